@@ -1,0 +1,20 @@
+"""htc_notebook: high-throughput computing from Jupyter notebooks.
+
+>>> from htc_notebook import Session, Sweep                       # doctest: +SKIP
+>>> task = Session().project("demo").task("sweep-1")              # doctest: +SKIP
+>>> jobs = task.sweep(simulate, Sweep.grid(T=[1.5, 2.3], seed=[1, 2]))  # doctest: +SKIP
+>>> jobs.wait(progress=True).to_dataframe(results=True)           # doctest: +SKIP
+"""
+
+from htc_notebook.errors import HTCError, JobFailed, SpecError, StorageAccessDenied
+from htc_notebook.runtime import CommandResult, JobGroup, JobHandle, Project, Session, Task
+from htc_notebook.spec import (JobBatch, JobDefinition, PartitionProfile, Resources, RetryPolicy,
+                               SiteConfig, Sweep)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Session", "Project", "Task", "JobHandle", "JobGroup", "CommandResult",
+    "Sweep", "Resources", "JobBatch", "JobDefinition", "PartitionProfile", "SiteConfig", "RetryPolicy",
+    "HTCError", "SpecError", "JobFailed", "StorageAccessDenied",
+]

@@ -1,0 +1,69 @@
+"""What every backend receives and reports.
+
+A backend turns `Launch` records (one attempt of one job, fully resolved) into
+running work and reports back through `Reporter` callbacks. It never touches the
+ledger: the runtime owns the truth (design G5) and records what backends report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+from htc_notebook.ledger import Outcome
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One attempt of one job, with everything needed to run it."""
+
+    job_id: int
+    attempt: int
+    kind: str  # "python" | "command"
+    cwd: Path
+    env: dict[str, str]
+    log_out: Path
+    log_err: Path
+    cores: int = 1
+    priority: int = 0  # lower runs first
+    timeout: int | None = None
+    command: tuple[str, ...] = ()
+    call: Any = None  # python jobs: a `Call` (function + arguments)
+
+
+@dataclass(frozen=True)
+class Call:
+    """A Python call to run remotely: fn(*args, **kwargs)."""
+
+    fn: Callable[..., Any]
+    args: tuple = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+class Reporter(Protocol):
+    """Callbacks a backend uses; called from any thread, must not block long."""
+
+    def started(self, job_id: int, attempt: int, host: str, native_id: str | None) -> None: ...
+
+    def finished(self, outcome: Outcome) -> None: ...
+
+
+class Backend(Protocol):
+    """How launches become running work on one kind of resource."""
+
+    name: str
+
+    def submit(self, launches: Sequence[Launch]) -> None: ...
+
+    def cancel(self, job_ids: Sequence[int]) -> None: ...
+
+    def running(self) -> set[int]:
+        """Job ids this backend, in this process, is still responsible for."""
+        ...
+
+    def render(self, launches: Sequence[Launch]) -> str:
+        """What `submit` would do, as text, without doing it (dry run)."""
+        ...
+
+    def close(self) -> None: ...

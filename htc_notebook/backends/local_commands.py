@@ -1,0 +1,155 @@
+"""Command jobs on this machine: subprocesses with core slots, timeouts and logs.
+
+Each job runs in its own session (process group) in its task directory, with
+stdout/stderr in per-job log files. A timeout or a cancel kills the whole group.
+Jobs wait until enough of the profile's cores are free; lower `priority`
+values start first (ON_DEMAND_PRIORITY before ON_DEMAND_ECONOMY).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from typing import Sequence
+
+from htc_notebook.backends.base import Launch, Reporter
+from htc_notebook.ledger import Outcome
+
+KILL_GRACE_SECONDS = 5.0
+
+
+class CommandRunner:
+    """Runs command launches as local subprocesses within `cores` slots."""
+
+    def __init__(self, cores: int, reporter: Reporter):
+        self.cores = cores
+        self._reporter = reporter
+        self._free = cores
+        self._queue: list[tuple[int, int, Launch]] = []
+        self._order = itertools.count()
+        self._procs: dict[int, subprocess.Popen] = {}
+        self._cancelled: set[int] = set()
+        self._lock = threading.Condition()
+        self._closed = False
+        self._host = socket.gethostname()
+        self._thread = threading.Thread(target=self._dispatch_loop, name="htc-commands", daemon=True)
+        self._thread.start()
+
+    def submit(self, launches: Sequence[Launch]) -> None:
+        with self._lock:
+            for launch in launches:
+                heapq.heappush(self._queue, (launch.priority, next(self._order), launch))
+            self._lock.notify_all()
+
+    def cancel(self, job_ids: Sequence[int]) -> None:
+        ids = set(job_ids)
+        with self._lock:
+            dropped = [item[2] for item in self._queue if item[2].job_id in ids]
+            if dropped:
+                self._queue = [item for item in self._queue if item[2].job_id not in ids]
+                heapq.heapify(self._queue)
+            procs = [(jid, p) for jid, p in self._procs.items() if jid in ids]
+            self._cancelled.update(jid for jid, _ in procs)
+        for launch in dropped:
+            self._reporter.finished(Outcome(launch.job_id, launch.attempt, "CANCELLED",
+                                            reason="cancelled before it started"))
+        for _, proc in procs:
+            _kill_group(proc)
+
+    def running(self) -> set[int]:
+        with self._lock:
+            return set(self._procs) | {item[2].job_id for item in self._queue}
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            queued = [item[2] for item in self._queue]
+            self._queue.clear()
+            procs = list(self._procs.items())
+            self._cancelled.update(jid for jid, _ in procs)
+            self._lock.notify_all()
+        for launch in queued:
+            self._reporter.finished(Outcome(launch.job_id, launch.attempt, "CANCELLED",
+                                            reason="session closed before the job started"))
+        for _, proc in procs:
+            _kill_group(proc)
+        self._thread.join(timeout=10)
+
+    # -- internals ---------------------------------------------------------
+    def _dispatch_loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._closed and not (self._queue and self._queue[0][2].cores <= self._free):
+                    self._lock.wait()
+                if self._closed:
+                    return
+                _, _, launch = heapq.heappop(self._queue)
+                self._free -= launch.cores
+            threading.Thread(target=self._run, args=(launch,), name=f"htc-job-{launch.job_id}",
+                             daemon=True).start()
+
+    def _run(self, launch: Launch) -> None:
+        started = time.time()
+        reason, exit_code, status = None, None, "FAILED"
+        try:
+            launch.log_out.parent.mkdir(parents=True, exist_ok=True)
+            env = {**os.environ, **launch.env}
+            with open(launch.log_out, "ab") as out, open(launch.log_err, "ab") as err:
+                try:
+                    proc = subprocess.Popen(list(launch.command), cwd=launch.cwd, env=env, stdout=out,
+                                            stderr=err, stdin=subprocess.DEVNULL, start_new_session=True)
+                except OSError as exc:
+                    proc = None
+                    reason = f"could not start {launch.command[0]!r}: {exc.strerror or exc}"
+                if proc is not None:
+                    with self._lock:
+                        self._procs[launch.job_id] = proc
+                    self._reporter.started(launch.job_id, launch.attempt, self._host, f"pid:{proc.pid}")
+                    try:
+                        exit_code = proc.wait(timeout=launch.timeout)
+                    except subprocess.TimeoutExpired:
+                        _kill_group(proc)
+                        exit_code = proc.wait()
+                        reason = f"timeout: killed after execTimeoutSeconds={launch.timeout}"
+                    with self._lock:
+                        self._procs.pop(launch.job_id, None)
+                        cancelled = launch.job_id in self._cancelled
+                        self._cancelled.discard(launch.job_id)
+                    if cancelled:
+                        status, reason = "CANCELLED", "cancelled while running"
+                    elif reason is None and exit_code == 0:
+                        status = "SUCCEEDED"
+                    elif reason is None:
+                        reason = (f"killed by signal {-exit_code}" if exit_code < 0
+                                  else f"exited with code {exit_code}")
+        except Exception as exc:  # noqa: BLE001 - a runner bug must still end the job
+            reason = f"runner error: {type(exc).__name__}: {exc}"
+        finally:
+            with self._lock:
+                self._free += launch.cores
+                self._lock.notify_all()
+        self._reporter.finished(Outcome(launch.job_id, launch.attempt, status, reason=reason,
+                                        exit_code=exit_code, host=self._host, started=started,
+                                        ended=time.time()))
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the job's process group, then SIGKILL what is left after a grace period."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=KILL_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

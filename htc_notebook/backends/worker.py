@@ -1,0 +1,87 @@
+"""Code that runs on a worker (local or a SLURM pilot) around one Python job.
+
+It must stay importable without the rest of the runtime: a worker only needs
+this module, cloudpickle and the user's function.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+import traceback
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import cloudpickle
+
+
+class _LazyLog:
+    """A text stream that creates its log file only when something is written."""
+
+    def __init__(self, path: str):
+        self.path, self._f = path, None
+
+    def write(self, text: str) -> int:
+        if self._f is None:
+            self._f = open(self.path, "a", encoding="utf-8")
+        return self._f.write(text)
+
+    def flush(self) -> None:
+        if self._f is not None:
+            self._f.flush()
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+
+
+@contextmanager
+def _job_context(cwd: str, env: dict[str, str], log_out: str, log_err: str) -> Iterator[_LazyLog]:
+    """Run in the task directory with the job's variables set and prints sent to the job's logs.
+
+    Workers run one task per process (threads_per_worker=1), so this is safe.
+    Yields the stderr log, so a failure's traceback lands next to what the job printed.
+    """
+    old_cwd = os.getcwd()
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    os.chdir(cwd)
+    out, err = _LazyLog(log_out), _LazyLog(log_err)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            yield err
+    finally:
+        out.close()
+        err.close()
+        os.chdir(old_cwd)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def run_call(call: Any, cwd: str, env: dict[str, str], logs: tuple[str, str]) -> dict[str, Any]:
+    """Run `call.fn(*call.args, **call.kwargs)`; never raises for user errors.
+
+    Returns a plain dict: ok, value (cloudpickled bytes) or message (the
+    exception, whose traceback goes to the stderr log), host, pid, started, ended.
+    """
+    started = time.time()
+    out: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(), "started": started}
+    with _job_context(cwd, env, *logs) as err:
+        try:
+            value = call.fn(*call.args, **call.kwargs)
+            try:
+                out["value"] = cloudpickle.dumps(value)
+            except Exception as exc:  # the result cannot travel back
+                raise TypeError(f"the return value ({type(value).__name__}) cannot be pickled: {exc}") from exc
+            out["ok"] = True
+        except BaseException as exc:  # noqa: BLE001 - report everything, including SystemExit
+            out["ok"] = False
+            out["message"] = f"{type(exc).__name__}: {exc}"
+            err.write("".join(traceback.format_exception(exc)))
+    out["ended"] = time.time()
+    return out

@@ -1,0 +1,243 @@
+"""The `htc` command. Calls the runtime only; user mistakes exit 2 with one clear line.
+
+    htc demo                          the main job: an Ising-model sweep on the local backend
+    htc status [--task P/T] [--json]  tasks and their jobs, from the ledger
+    htc profiles list|show NAME       the site's hardware profiles
+    htc submit FILE [--dry-run]       an HTC job batch (JSON or YAML) into a task
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from htc_notebook.errors import HTCError
+
+console = Console()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args) or 0
+    except HTCError as exc:
+        print(f"htc: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("htc: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="htc", description="High-throughput computing: sweeps and batches "
+                                "on SLURM or this machine, recorded in a durable ledger.")
+    p.add_argument("--root", help="HTC data root (default: $HTC_ROOT or ./htc-data)")
+    p.add_argument("--site", help="site YAML with hardware profiles (layered over the defaults)")
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    d = sub.add_parser("demo", help="run the main job: a 2D Ising-model temperature sweep, locally")
+    d.add_argument("--task", default=None, help="task name (default: a new one per run)")
+    d.add_argument("--temperatures", type=int, default=16, help="number of temperatures (default 16)")
+    d.add_argument("--seeds", type=int, default=4, help="seeds per temperature (default 4)")
+    d.set_defaults(func=_demo)
+
+    s = sub.add_parser("status", help="tasks, or one task's jobs, from the ledger")
+    s.add_argument("--task", help="PROJECT/TASK (or TASK in project 'default')")
+    s.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    s.set_defaults(func=_status)
+
+    pr = sub.add_parser("profiles", help="the site's hardware profiles")
+    psub = pr.add_subparsers(metavar="ACTION")
+    pl = psub.add_parser("list", help="a table of profiles and their limits")
+    pl.set_defaults(func=_profiles_list)
+    ps = psub.add_parser("show", help="every field of one profile")
+    ps.add_argument("name")
+    ps.set_defaults(func=_profiles_show)
+    pr.set_defaults(func=_profiles_list)
+
+    sb = sub.add_parser("submit", help="submit an HTC job batch file (JSON or YAML) to a task")
+    sb.add_argument("file")
+    sb.add_argument("--project", default="default")
+    sb.add_argument("--task", default="default")
+    sb.add_argument("--profile", default=None)
+    sb.add_argument("--dry-run", action="store_true", help="validate and show what would run; write nothing")
+    sb.set_defaults(func=_submit)
+    return p
+
+
+def _session(args):
+    from htc_notebook.runtime import Session
+
+    return Session(args.root, site=args.site)
+
+
+# -- demo ---------------------------------------------------------------------------
+def _demo(args) -> int:
+    import numpy as np
+
+    from htc_notebook.examples.ising import T_CRITICAL, ising
+    from htc_notebook.spec import Sweep
+
+    if args.temperatures < 1 or args.seeds < 1:
+        raise HTCError("--temperatures and --seeds must be at least 1")
+    temps = [round(float(t), 3) for t in np.linspace(1.5, 3.5, args.temperatures)]
+    sweep = Sweep.grid(T=temps, seed=list(range(1, args.seeds + 1)))
+    task_name = args.task or time.strftime("ising-%Y%m%d-%H%M%S")
+    with _session(args) as session:
+        task = session.project("demo").task(task_name)
+        console.print(f"[bold]htc demo[/]: 2D Ising model, {len(temps)} temperatures x {args.seeds} seeds "
+                      f"= {len(sweep)} jobs on profile '{session.site.default_profile}' "
+                      f"(task demo/{task_name}, ledger {session.storage.ledger_path})")
+        group = task.sweep(ising, sweep, name="ising")
+        if group.skipped:
+            console.print(f"{group.skipped} members already succeeded in this task; they are not run again.")
+        group.wait(progress=True)
+        df = group.to_dataframe(results=True)
+    failed = df[df.status != "SUCCEEDED"]
+    ok = df[df.status == "SUCCEEDED"]
+    if len(ok):
+        vals = ok.join(ok.pop("result").apply(lambda r: __import__("pandas").Series(r)))
+        table = vals.groupby("T").agg(m=("magnetization", "mean"), m_sd=("magnetization", "std"),
+                                      e=("energy", "mean"), chi=("susceptibility", "mean"),
+                                      runs=("job_id", "count"), runtime=("runtime_s", "mean"))
+        _print_ising(table, T_CRITICAL)
+    if len(failed):
+        console.print(f"[red]{len(failed)} jobs did not succeed:[/]")
+        for _, r in failed.head(5).iterrows():
+            console.print(f"  job {r.job_id} {r.status}: {r.reason}")
+        return 1
+    return 0
+
+
+def _print_ising(table, tc: float) -> None:
+    t = Table(title=f"Ising 32x32: mean over seeds (T_c = {tc:.3f})")
+    for col in ("T", "|m| per spin", "sd", "energy per spin", "susceptibility", "runs", "job s", ""):
+        t.add_column(col, justify="right" if col else "left")
+    for T, r in table.iterrows():
+        bar = "#" * int(round(r.m * 30))
+        sd = "" if r.m_sd != r.m_sd else f"{r.m_sd:.3f}"  # NaN with one seed
+        t.add_row(f"{T:.3f}", f"{r.m:.3f}", sd, f"{r.e:.3f}", f"{r.chi:.2f}", str(int(r.runs)),
+                  f"{r.runtime:.2f}", f"[cyan]{bar}[/]")
+    console.print(t)
+
+
+# -- status -------------------------------------------------------------------------
+def _split_task(text: str) -> tuple[str, str]:
+    project, _, task = text.rpartition("/")
+    return project or "default", task
+
+
+def _status(args) -> int:
+    with _session(args) as session:
+        ledger = session.ledger
+        if args.task:
+            project, name = _split_task(args.task)
+            row = ledger.find_task(project, name)
+            if row is None:
+                known = ", ".join(f"{t.project}/{t.name}" for t in ledger.tasks()) or "(none)"
+                raise HTCError(f"no task {project}/{name} in {session.storage.ledger_path}; known tasks: {known}")
+            task = session.project(project).task(name)
+            df = task.to_dataframe()
+            if args.json:
+                print(json.dumps({"task": f"{project}/{name}", "counts": task.counts(),
+                                  "jobs": json.loads(df.to_json(orient="records", date_format="iso"))}, indent=2))
+                return 0
+            _print_counts([(f"{project}/{name}", task.counts())])
+            t = Table(title=f"jobs of {project}/{name}")
+            cols = [c for c in df.columns if c not in ("name",)]
+            for c in cols:
+                t.add_column(str(c))
+            for _, r in df.tail(50).iterrows():
+                t.add_row(*["" if v is None or v != v else str(v) for v in (r[c] for c in cols)])
+            console.print(t)
+            if len(df) > 50:
+                console.print(f"(last 50 of {len(df)} jobs; --json for all)")
+            return 0
+        rows = [(f"{t.project}/{t.name}", ledger.counts(t.id)) for t in ledger.tasks()]
+        if args.json:
+            print(json.dumps([{"task": n, "counts": c} for n, c in rows], indent=2))
+        else:
+            _print_counts(rows)
+    return 0
+
+
+def _print_counts(rows) -> None:
+    states = ("SUBMITTED", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "LOST")
+    t = Table(title="tasks")
+    t.add_column("task")
+    for s in states:
+        t.add_column(s.lower(), justify="right")
+    for name, counts in rows:
+        t.add_row(name, *[str(counts.get(s, 0) or "") for s in states])
+    console.print(t)
+
+
+# -- profiles -------------------------------------------------------------------------
+def _site(args):
+    from htc_notebook.spec import SiteConfig
+
+    return SiteConfig.load(args.site)
+
+
+def _profiles_list(args) -> int:
+    from htc_notebook.spec import format_walltime
+
+    site = _site(args)
+    t = Table(title="profiles")
+    for col in ("name", "backend", "partition", "cores/node", "memory/node", "gpus/node", "max nodes",
+                "arch", "max walltime", "launcher"):
+        t.add_column(col)
+    for name in site.names():
+        p = site.profile(name)
+        star = " (default)" if name == site.default_profile else ""
+        t.add_row(name + star, p.backend, p.partition or "", str(p.cores_per_node),
+                  f"{p.memory_per_node} MiB", str(p.gpus_per_node), str(p.max_nodes), p.architecture,
+                  format_walltime(p.max_walltime) if p.max_walltime else "", p.launcher)
+    console.print(t)
+    return 0
+
+
+def _profiles_show(args) -> int:
+    p = _site(args).profile(args.name)
+    for k, v in p.model_dump().items():
+        console.print(f"[bold]{k}[/]: {v}")
+    return 0
+
+
+# -- submit -------------------------------------------------------------------------
+def _submit(args) -> int:
+    from htc_notebook.runtime.plan import render_batch
+    from htc_notebook.spec import load_batches
+
+    batches = load_batches(args.file)
+    if args.dry_run:
+        from htc_notebook.spec import SiteConfig
+
+        site = SiteConfig.load(args.site)
+        for b in batches:
+            print(render_batch(site, b, args.profile))
+        return 0
+    with _session(args) as session:
+        task = session.project(args.project).task(args.task)
+        groups = [task.submit_batch(b, profile=args.profile) for b in batches]
+        console.print(f"submitted {sum(len(g) for g in groups)} jobs to {args.project}/{args.task}")
+        failed = 0
+        for g in groups:
+            g.wait(progress=True)
+            failed += sum(v for k, v in g.counts().items() if k != "SUCCEEDED")
+        _print_counts([(f"{args.project}/{args.task}", task.counts())])
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Small real computations used by `htc demo`, the notebooks and the benchmarks."""

@@ -1,0 +1,616 @@
+"""The Ledger: one SQLite file (WAL) holding projects, tasks, jobs, attempts, events, results.
+
+Every write is one `BEGIN IMMEDIATE` transaction, so concurrent writers (threads or processes)
+queue on the database lock instead of failing halfway. State rules (G3: SUCCEEDED is final;
+active-state updates never touch terminal jobs) live in the SQL WHERE clauses, with a trigger
+as a last line of defence.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from ..errors import LedgerError
+from .rows import (AttemptRow, AttemptStart, BatchRow, EventRow, JobRow, NewBatch, NewJob, Outcome,
+                   ProjectRow, ResultRow, TaskRow)
+from .schema import ACTIVE_SQL, ATTEMPT_COLUMNS, DDL, JOB_COLUMNS, PRAGMAS, SCHEMA_VERSION, TERMINAL_SQL
+from .states import ACTIVE, REQUEUEABLE, TERMINAL, JobStatus, sql_list
+
+T = TypeVar("T")
+LOCK_WAIT = 60.0  # seconds a writer waits for the database lock before giving up
+KINDS = ("python", "command")
+LIFECYCLES = ("ACTIVE", "ARCHIVED")
+REQUEUEABLE_SQL = sql_list(REQUEUEABLE)
+# A list of ids or keys is passed as one JSON parameter and expanded by json_each, so inputs of
+# any size fit in one statement (no SQLITE_MAX_VARIABLE_NUMBER chunking needed).
+IN_JSON = "(SELECT value FROM json_each(?))"
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
+class Ledger:
+    """The durable truth. Safe for many threads (one connection each) and many processes."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        self._closed = False
+        self._con()  # open now: errors surface here, and the schema exists afterwards
+
+    def __repr__(self) -> str:
+        return f"Ledger({str(self.path)!r})"
+
+    # --- connections and transactions ----------------------------------------------------
+
+    def _con(self) -> sqlite3.Connection:
+        if self._closed:
+            raise LedgerError(f"ledger {self.path} is closed")
+        con = getattr(self._local, "con", None)
+        if con is None or self._local.pid != os.getpid():  # new thread, or a forked child
+            con = self._open()
+            self._local.con, self._local.pid = con, os.getpid()
+            with self._lock:
+                self._connections.append(con)
+        return con
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            con = sqlite3.connect(self.path, timeout=LOCK_WAIT, isolation_level=None,
+                                  check_same_thread=False)
+        except (OSError, sqlite3.Error) as e:
+            raise LedgerError(f"cannot open ledger {self.path}: {e}") from e
+        try:
+            for pragma in PRAGMAS:
+                _retry(lambda: con.execute(pragma).fetchall(), self.path)
+            self._ensure_schema(con)
+        except BaseException as e:
+            con.close()
+            if isinstance(e, LedgerError):
+                raise LedgerError(f"cannot open ledger {self.path}: {e.__cause__ or e}") from e
+            raise
+        return con
+
+    def _ensure_schema(self, con: sqlite3.Connection) -> None:
+        version = con.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            return
+        _retry(lambda: con.execute("BEGIN IMMEDIATE"), self.path)
+        try:
+            version = con.execute("PRAGMA user_version").fetchone()[0]  # another process may have won
+            if version == 0:
+                for statement in DDL:
+                    con.execute(statement)
+                con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version != SCHEMA_VERSION:
+                raise LedgerError(f"schema version {version}, this htc_notebook understands "
+                                  f"{SCHEMA_VERSION}; upgrade htc_notebook or use another data root")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
+        con = self._con()
+        _retry(lambda: con.execute("BEGIN IMMEDIATE"), self.path)
+        try:
+            yield con
+            con.execute("COMMIT")
+        except BaseException as e:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            if isinstance(e, sqlite3.Error):
+                raise LedgerError(f"ledger {self.path}: {e}") from e
+            raise
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: several SELECTs see one consistent state."""
+        con = self._con()
+        try:
+            con.execute("BEGIN")
+            try:
+                yield con
+            finally:
+                con.execute("COMMIT")
+        except sqlite3.Error as e:
+            raise LedgerError(f"ledger {self.path}: {e}") from e
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self._con().execute(sql, params).fetchall()
+        except sqlite3.Error as e:
+            raise LedgerError(f"ledger {self.path}: {e}") from e
+
+    def close(self) -> None:
+        """Close every thread's connection; the Ledger cannot be used afterwards."""
+        with self._lock:
+            self._closed = True
+            for con in self._connections:
+                con.close()
+            self._connections.clear()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- projects and tasks --------------------------------------------------------------
+
+    def project(self, name: str) -> ProjectRow:
+        """Get or create a project."""
+        _check_text("project name", name)
+        with self._write() as con:
+            con.execute("INSERT OR IGNORE INTO projects (name, created) VALUES (?, ?)", (name, time.time()))
+            return ProjectRow(*con.execute("SELECT name, created FROM projects WHERE name = ?",
+                                           (name,)).fetchone())
+
+    def projects(self) -> list[ProjectRow]:
+        return [ProjectRow(*r) for r in self._read("SELECT name, created FROM projects ORDER BY name")]
+
+    def task(self, project: str, name: str) -> TaskRow:
+        """Get or create a task (and its project)."""
+        _check_text("project name", project)
+        _check_text("task name", name)
+        now = time.time()
+        with self._write() as con:
+            con.execute("INSERT OR IGNORE INTO projects (name, created) VALUES (?, ?)", (project, now))
+            con.execute("INSERT OR IGNORE INTO tasks (project, name, created) VALUES (?, ?, ?)",
+                        (project, name, now))
+            return TaskRow(*con.execute(
+                "SELECT id, project, name, lifecycle, created FROM tasks WHERE project = ? AND name = ?",
+                (project, name)).fetchone())
+
+    def get_task(self, task_id: int) -> TaskRow:
+        rows = self._read("SELECT id, project, name, lifecycle, created FROM tasks WHERE id = ?", (task_id,))
+        if not rows:
+            raise LedgerError(f"no task {task_id}")
+        return TaskRow(*rows[0])
+
+    def find_task(self, project: str, name: str) -> TaskRow | None:
+        rows = self._read("SELECT id, project, name, lifecycle, created FROM tasks "
+                          "WHERE project = ? AND name = ?", (project, name))
+        return TaskRow(*rows[0]) if rows else None
+
+    def tasks(self, project: str | None = None) -> list[TaskRow]:
+        sql = "SELECT id, project, name, lifecycle, created FROM tasks"
+        if project is None:
+            return [TaskRow(*r) for r in self._read(sql + " ORDER BY id")]
+        return [TaskRow(*r) for r in self._read(sql + " WHERE project = ? ORDER BY id", (project,))]
+
+    def set_lifecycle(self, task_id: int, lifecycle: str) -> None:
+        if lifecycle not in LIFECYCLES:
+            raise LedgerError(f"task lifecycle {lifecycle!r} is not one of {', '.join(LIFECYCLES)}")
+        with self._write() as con:
+            if con.execute("UPDATE tasks SET lifecycle = ? WHERE id = ?", (lifecycle, task_id)).rowcount == 0:
+                raise LedgerError(f"no task {task_id}")
+
+    # --- submitting ----------------------------------------------------------------------
+
+    def add_jobs(self, task_id: int, jobs: Sequence[NewJob], batch: NewBatch | None = None) -> list[int]:
+        """Insert jobs as SUBMITTED in one transaction; returns their ids in input order.
+
+        A key already used in this task (or twice in `jobs`) raises LedgerError naming it, and
+        nothing is inserted.
+        """
+        jobs = list(jobs)
+        encoded = [_encode_job(j) for j in jobs]  # validate everything before touching the db
+        keys = [j.key for j in jobs if j.key is not None]
+        seen: set[str] = set()
+        for key in keys:
+            if key in seen:
+                raise LedgerError(f"duplicate job key {key!r} in one submission; keys are unique per task")
+            seen.add(key)
+        batch_row = _encode_batch(batch) if batch is not None else None
+        if not jobs and batch is None:
+            return []
+        now = time.time()
+        with self._write() as con:
+            _require_task(con, task_id)
+            seq = _next_seq(con)
+            batch_id = None
+            if batch_row is not None:
+                batch_id = con.execute(
+                    "INSERT INTO batches (task_id, name, size, definition, tags, created) "
+                    "VALUES (?, ?, ?, ?, ?, ?)", (task_id, *batch_row, now)).lastrowid
+            # We hold the write lock, so ids from MAX(id)+1 on are ours: no per-row round trips.
+            first = con.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM jobs").fetchone()[0]
+            ids = list(range(first, first + len(jobs)))
+            try:
+                con.executemany(
+                    "INSERT INTO jobs (id, task_id, batch_id, idx, key, name, kind, profile, priority, "
+                    "                  params, spec, status, created, updated, seq) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'SUBMITTED', ?, ?, ?)",
+                    ((job_id, task_id, batch_id, *row, now, now, seq) for job_id, row in zip(ids, encoded)))
+            except sqlite3.IntegrityError as e:
+                taken = con.execute(f"SELECT key FROM jobs WHERE task_id = ? AND id < ? AND key IN {IN_JSON} "
+                                    f"ORDER BY id LIMIT 1", (task_id, first, json.dumps(keys))).fetchone()
+                if taken is None:
+                    raise
+                raise LedgerError(f"job key {taken[0]!r} already exists in task {task_id}; "
+                                  "nothing was submitted") from e
+            what = f"batch {batch.name!r}: " if batch is not None else ""
+            _event(con, task_id, ids[0] if len(ids) == 1 else None, now, "submitted",
+                   f"{what}{len(ids)} job{'s' if len(ids) != 1 else ''} submitted")
+        return ids
+
+    def jobs_by_key(self, task_id: int, keys: Iterable[str]) -> dict[str, JobRow]:
+        rows = self._read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE task_id = ? AND key IN {IN_JSON}",
+                          (task_id, json.dumps(list(keys))))
+        return {job.key: job for job in map(_job, rows) if job.key is not None}
+
+    # --- state changes -------------------------------------------------------------------
+
+    def requeue(self, job_ids: Iterable[int], reason: str) -> list[int]:
+        """FAILED/CANCELLED/LOST -> SUBMITTED. Returns the ids moved; SUCCEEDED never moves."""
+        ids = _ids(job_ids)
+        now = time.time()
+        with self._write() as con:
+            seq = _next_seq(con)
+            moved = con.execute(
+                f"UPDATE jobs SET status = 'SUBMITTED', reason = ?, exit_code = NULL, host = NULL, "
+                f"       native_id = NULL, started = NULL, ended = NULL, updated = ?, seq = ? "
+                f"WHERE id IN {IN_JSON} AND status IN ({REQUEUEABLE_SQL}) "
+                f"RETURNING id, task_id", (reason, now, seq, json.dumps(ids))).fetchall()
+            _events_per_task(con, moved, now, "requeued", reason)
+        return _in_order(ids, moved)
+
+    def set_status(self, job_ids: Iterable[int], status: str, reason: str | None = None, *,
+                   host: str | None = None, native_id: str | None = None) -> int:
+        """Move jobs between active states; terminal jobs are never touched.
+
+        Sets `started` on the first move to RUNNING. Rows already in exactly this state are left
+        alone (no seq bump). Returns the number of jobs changed.
+        """
+        status = _status(status)
+        if JobStatus(status) not in ACTIVE:
+            raise LedgerError(f"set_status only moves jobs between active states ({ACTIVE_SQL}); "
+                              f"use record_outcomes or cancel for {status}")
+        ids = _ids(job_ids)
+        now = time.time()
+        p = {"s": status, "r": reason, "h": host, "n": native_id, "now": now}
+        with self._write() as con:
+            p["seq"], p["ids"] = _next_seq(con), json.dumps(ids)
+            changed = con.execute(
+                f"UPDATE jobs SET status = :s, reason = :r, host = COALESCE(:h, host), "
+                f"       native_id = COALESCE(:n, native_id), updated = :now, seq = :seq, "
+                f"       started = CASE WHEN :s = 'RUNNING' AND started IS NULL THEN :now ELSE started END "
+                f"WHERE id IN (SELECT value FROM json_each(:ids)) AND status NOT IN ({TERMINAL_SQL}) "
+                f"  AND (status IS NOT :s OR reason IS NOT :r "
+                f"       OR (:h IS NOT NULL AND host IS NOT :h) "
+                f"       OR (:n IS NOT NULL AND native_id IS NOT :n)) "
+                f"RETURNING id", p).fetchall()
+            if changed and status != JobStatus.SUBMITTED:
+                # keep the current attempt's row in step with its job
+                con.execute(
+                    f"UPDATE attempts SET status = :s, host = COALESCE(:h, host), "
+                    f"       native_id = COALESCE(:n, native_id), "
+                    f"       started = CASE WHEN :s = 'RUNNING' AND started IS NULL THEN :now ELSE started END "
+                    f"WHERE status NOT IN ({TERMINAL_SQL}) AND (job_id, number) IN "
+                    f"      (SELECT id, attempts FROM jobs WHERE id IN (SELECT value FROM json_each(:ids)))",
+                    {**p, "ids": json.dumps([r[0] for r in changed])})
+        return len(changed)
+
+    def start_attempts(self, items: Sequence[AttemptStart]) -> list[int]:
+        """Begin a new attempt for each job; returns attempt numbers (0 for jobs already terminal)."""
+        items = list(items)
+        for it in items:
+            if JobStatus(_status(it.status)) not in ACTIVE:
+                raise LedgerError(f"an attempt starts in an active state, not {it.status}")
+        numbers: list[int] = []
+        now = time.time()
+        with self._write() as con:
+            seq = _next_seq(con)
+            for it in items:
+                p = {"id": it.job_id, "s": _status(it.status), "h": it.host, "n": it.native_id,
+                     "o": it.log_out, "e": it.log_err, "now": now, "seq": seq}
+                row = con.execute(
+                    f"UPDATE jobs SET attempts = attempts + 1, status = :s, reason = NULL, exit_code = NULL, "
+                    f"       host = :h, native_id = :n, log_out = :o, log_err = :e, ended = NULL, "
+                    f"       started = CASE WHEN :s = 'RUNNING' THEN :now END, updated = :now, seq = :seq "
+                    f"WHERE id = :id AND status NOT IN ({TERMINAL_SQL}) RETURNING attempts", p).fetchone()
+                if row is None:
+                    numbers.append(0)
+                    continue
+                con.execute(
+                    f"INSERT INTO attempts ({ATTEMPT_COLUMNS}) "
+                    f"VALUES (:id, :number, :s, NULL, :h, :n, NULL, "
+                    f"        CASE WHEN :s = 'RUNNING' THEN :now END, NULL, :o, :e)", {**p, "number": row[0]})
+                numbers.append(row[0])
+        return numbers
+
+    def record_outcomes(self, outcomes: Sequence[Outcome]) -> list[int]:
+        """Commit how attempts ended; returns the ids whose job row changed.
+
+        SUCCEEDED is accepted from any attempt unless the job already SUCCEEDED (then it is a
+        no-op: the result is committed exactly once, G2). Other outcomes apply only to a job
+        that is not terminal and whose current attempt is not newer than the outcome's.
+        """
+        prepared = [(o, *_prepare_outcome(o)) for o in outcomes]
+        committed: list[int] = []
+        now = time.time()
+        with self._write() as con:
+            seq = _next_seq(con)
+            for o, status, result_size in prepared:
+                p = {"id": o.job_id, "a": o.attempt, "s": status, "r": o.reason, "x": o.exit_code,
+                     "h": o.host, "st": o.started, "en": o.ended if o.ended is not None else now,
+                     "now": now, "seq": seq}
+                # a non-success outcome never overrides a terminal job, a newer attempt, or a
+                # verdict already recorded for this attempt (outcomes are idempotent)
+                guard = ("status <> 'SUCCEEDED'" if status == JobStatus.SUCCEEDED else
+                         f"status NOT IN ({TERMINAL_SQL}) AND attempts <= :a AND NOT EXISTS "
+                         f"(SELECT 1 FROM attempts WHERE job_id = :id AND number = :a "
+                         f" AND status IN ({TERMINAL_SQL}))")
+                row = con.execute(
+                    f"UPDATE jobs SET status = :s, reason = :r, exit_code = :x, host = COALESCE(:h, host), "
+                    f"       attempts = MAX(attempts, :a), started = COALESCE(started, :st), ended = :en, "
+                    f"       updated = :now, seq = :seq "
+                    f"WHERE id = :id AND {guard} RETURNING task_id, host, native_id, COALESCE(log_err, log_out)", p).fetchone()
+                # finish the attempt row if still open (or correct an earlier verdict to SUCCEEDED)
+                con.execute(
+                    f"UPDATE attempts SET status = :s, reason = :r, exit_code = :x, host = COALESCE(:h, host), "
+                    f"       started = COALESCE(started, :st), ended = :en "
+                    f"WHERE job_id = :id AND number = :a AND (status NOT IN ({TERMINAL_SQL}) "
+                    f"      OR (:s = 'SUCCEEDED' AND status <> 'SUCCEEDED'))", p)
+                if row is None:
+                    continue
+                task_id, host, native_id, log = row
+                con.execute(  # an outcome for an attempt that start_attempts never saw
+                    f"INSERT OR IGNORE INTO attempts ({ATTEMPT_COLUMNS}) "
+                    f"SELECT id, :a, :s, :r, host, native_id, :x, :st, :en, log_out, log_err "
+                    f"FROM jobs WHERE id = :id", p)
+                if status == JobStatus.SUCCEEDED:
+                    if result_size is not None:
+                        con.execute("INSERT INTO results (job_id, attempt, inline, path, size, created) "
+                                    "VALUES (?, ?, ?, ?, ?, ?)",
+                                    (o.job_id, o.attempt, o.result, o.result_path, result_size, now))
+                else:
+                    details = ", ".join(f"{k} {v}" for k, v in (("exit code", o.exit_code), ("host", host),
+                                                                ("native id", native_id), ("log", log))
+                                        if v is not None)
+                    _event(con, task_id, o.job_id, now, status.lower(),
+                           f"attempt {o.attempt} {status}: {o.reason or 'no reason recorded'}"
+                           + (f" ({details})" if details else ""))
+                committed.append(o.job_id)
+        return committed
+
+    def cancel(self, job_ids: Iterable[int], reason: str = "cancelled by user") -> list[int]:
+        """Active -> CANCELLED. Returns the ids cancelled (terminal jobs are left alone)."""
+        ids = _ids(job_ids)
+        now = time.time()
+        with self._write() as con:
+            seq = _next_seq(con)
+            moved = con.execute(
+                f"UPDATE jobs SET status = 'CANCELLED', reason = ?, ended = ?, updated = ?, seq = ? "
+                f"WHERE id IN {IN_JSON} AND status IN ({ACTIVE_SQL}) RETURNING id, task_id",
+                (reason, now, now, seq, json.dumps(ids))).fetchall()
+            con.execute(
+                f"UPDATE attempts SET status = 'CANCELLED', reason = ?, ended = ? "
+                f"WHERE status IN ({ACTIVE_SQL}) AND (job_id, number) IN "
+                f"      (SELECT id, attempts FROM jobs WHERE id IN {IN_JSON})",
+                (reason, now, json.dumps([r[0] for r in moved])))
+            _events_per_task(con, moved, now, "cancelled", reason)
+        return _in_order(ids, moved)
+
+    def add_event(self, task_id: int, job_id: int | None, kind: str, message: str) -> int:
+        with self._write() as con:
+            _require_task(con, task_id)
+            return _event(con, task_id, job_id, time.time(), kind, message)
+
+    # --- reads ---------------------------------------------------------------------------
+
+    def job(self, job_id: int) -> JobRow:
+        rows = self._read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        if not rows:
+            raise LedgerError(f"no job {job_id}")
+        return _job(rows[0])
+
+    def jobs(self, task_id: int, *, status: str | Iterable[str] | None = None, batch_id: int | None = None,
+             after_seq: int | None = None, limit: int | None = None) -> list[JobRow]:
+        """A task's jobs ordered by id, optionally filtered by status, batch, or change seq."""
+        where, params = ["task_id = ?"], list[Any]([task_id])
+        if status is not None:
+            wanted = [status] if isinstance(status, str) else list(status)
+            where.append(f"status IN {IN_JSON}")
+            params.append(json.dumps([_status(s) for s in wanted]))
+        if batch_id is not None:
+            where.append("batch_id = ?")
+            params.append(batch_id)
+        if after_seq is not None:
+            where.append("seq > ?")
+            params.append(after_seq)
+        sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE {' AND '.join(where)} ORDER BY id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [_job(r) for r in self._read(sql, params)]
+
+    def changes(self, task_id: int, after_seq: int) -> tuple[int, list[JobRow]]:
+        """(max_seq, jobs changed after `after_seq`) read from one snapshot: poll with the seq returned."""
+        with self._snapshot() as con:
+            seq = con.execute("SELECT seq FROM counter").fetchone()[0]
+            rows = con.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE task_id = ? AND seq > ? ORDER BY id",
+                               (task_id, after_seq)).fetchall()
+        return seq, [_job(r) for r in rows]
+
+    def counts(self, task_id: int) -> dict[str, int]:
+        counts = {s.value: 0 for s in JobStatus}
+        counts.update(self._read("SELECT status, COUNT(*) FROM jobs WHERE task_id = ? GROUP BY status",
+                                 (task_id,)))
+        return counts
+
+    def attempts(self, job_id: int) -> list[AttemptRow]:
+        return [AttemptRow(*r) for r in
+                self._read(f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE job_id = ? ORDER BY number", (job_id,))]
+
+    def events(self, *, task_id: int | None = None, job_id: int | None = None,
+               limit: int | None = None) -> list[EventRow]:
+        """Events oldest first; with `limit`, the newest `limit` of them."""
+        where: list[str] = []
+        params: list[Any] = []
+        if task_id is not None:
+            where.append("task_id = ?")
+            params.append(task_id)
+        if job_id is not None:
+            where.append("job_id = ?")
+            params.append(job_id)
+        sql = "SELECT id, task_id, job_id, ts, kind, message FROM events"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [EventRow(*r) for r in reversed(self._read(sql, params))]
+
+    def result(self, job_id: int) -> ResultRow | None:
+        rows = self._read("SELECT job_id, attempt, inline, path, size, created FROM results WHERE job_id = ?",
+                          (job_id,))
+        return ResultRow(*rows[0]) if rows else None
+
+    def batches(self, task_id: int) -> list[BatchRow]:
+        rows = self._read("SELECT id, task_id, name, size, definition, tags, created FROM batches "
+                          "WHERE task_id = ? ORDER BY id", (task_id,))
+        return [BatchRow(i, t, n, s, json.loads(d), tuple(json.loads(tags)), c) for i, t, n, s, d, tags, c in rows]
+
+    def max_seq(self) -> int:
+        return int(self._read("SELECT seq FROM counter")[0][0])
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+def _retry(fn: Callable[[], T], path: Path) -> T:
+    """Run fn, retrying while another connection holds the lock (beyond sqlite's busy_timeout)."""
+    deadline, delay = time.monotonic() + LOCK_WAIT, 0.01
+    while True:
+        try:
+            return fn()
+        except sqlite3.OperationalError as e:
+            message = str(e).lower()
+            if ("locked" in message or "busy" in message) and time.monotonic() < deadline:
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+                continue
+            raise LedgerError(f"ledger {path}: {e}") from e
+        except sqlite3.Error as e:
+            raise LedgerError(f"ledger {path}: {e}") from e
+
+
+def _next_seq(con: sqlite3.Connection) -> int:
+    return int(con.execute("UPDATE counter SET seq = seq + 1 RETURNING seq").fetchone()[0])
+
+
+def _require_task(con: sqlite3.Connection, task_id: int) -> None:
+    if con.execute("SELECT 1 FROM tasks WHERE id = ?", (task_id,)).fetchone() is None:
+        raise LedgerError(f"no task {task_id}")
+
+
+def _event(con: sqlite3.Connection, task_id: int, job_id: int | None, ts: float, kind: str, message: str) -> int:
+    cur = con.execute("INSERT INTO events (task_id, job_id, ts, kind, message) VALUES (?, ?, ?, ?, ?)",
+                      (task_id, job_id, ts, kind, message))
+    return int(cur.lastrowid or 0)
+
+
+def _events_per_task(con: sqlite3.Connection, moved: list[tuple[int, int]], ts: float, kind: str,
+                     reason: str) -> None:
+    """One event per task touched (not per job): '3 jobs cancelled: reason (jobs 4, 5, 6)'."""
+    by_task: dict[int, list[int]] = {}
+    for job_id, task_id in moved:
+        by_task.setdefault(task_id, []).append(job_id)
+    for task_id, ids in by_task.items():
+        if len(ids) == 1:
+            _event(con, task_id, ids[0], ts, kind, f"job {kind}: {reason}")
+        else:
+            shown = ", ".join(map(str, ids[:10])) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+            _event(con, task_id, None, ts, kind, f"{len(ids)} jobs {kind}: {reason} (jobs {shown})")
+
+
+def _ids(job_ids: Iterable[int]) -> list[int]:
+    ids = list(job_ids)
+    for i in ids:
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise LedgerError(f"job ids are integers, not {i!r}")
+    return ids
+
+
+def _in_order(ids: list[int], moved: list[tuple[Any, ...]]) -> list[int]:
+    done = {r[0] for r in moved}
+    return [i for i in dict.fromkeys(ids) if i in done]
+
+
+def _status(status: str) -> str:
+    try:
+        return JobStatus(status).value
+    except ValueError:
+        raise LedgerError(f"unknown job status {status!r}; known: {', '.join(s.value for s in JobStatus)}") from None
+
+
+def _check_text(what: str, value: object) -> None:
+    if not isinstance(value, str) or not value:
+        raise LedgerError(f"{what} must be a non-empty string, not {value!r}")
+
+
+def _json(what: str, value: object) -> str:
+    try:
+        return _ENCODER.encode(value)
+    except (TypeError, ValueError) as e:
+        raise LedgerError(f"{what} cannot be stored as JSON: {e}") from e
+
+
+def _encode_job(job: NewJob) -> tuple[Any, ...]:
+    _check_text("job name", job.name)
+    if job.kind not in KINDS:
+        raise LedgerError(f"job {job.name!r}: kind {job.kind!r} is not one of {', '.join(KINDS)}")
+    if job.key is not None and not isinstance(job.key, str):
+        raise LedgerError(f"job {job.name!r}: key must be a string or None, not {job.key!r}")
+    for field in ("index", "priority"):
+        value = getattr(job, field)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise LedgerError(f"job {job.name!r}: {field} must be an integer, not {value!r}")
+    return (job.index, job.key, job.name, job.kind, job.profile, job.priority,
+            _json(f"job {job.name!r} params", job.params), _json(f"job {job.name!r} spec", job.spec))
+
+
+def _encode_batch(batch: NewBatch) -> tuple[Any, ...]:
+    _check_text("batch name", batch.name)
+    return (batch.name, batch.size, _json(f"batch {batch.name!r} definition", batch.definition),
+            _json(f"batch {batch.name!r} tags", list(batch.tags)))
+
+
+def _prepare_outcome(o: Outcome) -> tuple[str, int | None]:
+    """Validate an outcome before the transaction; returns (status, result size or None)."""
+    status = _status(o.status)
+    if JobStatus(status) not in TERMINAL:
+        raise LedgerError(f"job {o.job_id}: an outcome is a terminal status, not {status}")
+    if status != JobStatus.SUCCEEDED:
+        return status, None
+    if o.result is not None and o.result_path is not None:
+        raise LedgerError(f"job {o.job_id}: give the result inline or as a path, not both")
+    if o.result is not None:
+        if not isinstance(o.result, (bytes, bytearray, memoryview)):
+            raise LedgerError(f"job {o.job_id}: an inline result is bytes, not {type(o.result).__name__}")
+        return status, len(o.result)
+    if o.result_path is not None:
+        try:
+            return status, os.stat(o.result_path).st_size
+        except OSError as e:
+            raise LedgerError(f"job {o.job_id}: result file {o.result_path} cannot be read: {e}") from e
+    return status, None
+
+
+def _job(r: tuple[Any, ...]) -> JobRow:
+    values = list(r)
+    values[9], values[10] = json.loads(r[9]), json.loads(r[10])  # params, spec
+    return JobRow(*values)

@@ -1,0 +1,141 @@
+"""Rows read from the ledger and inputs written to it (frozen dataclasses)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ProjectRow:
+    name: str
+    created: float
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    id: int
+    project: str
+    name: str
+    lifecycle: str  # 'ACTIVE' | 'ARCHIVED'
+    created: float
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    id: int
+    task_id: int
+    name: str
+    size: int
+    definition: dict[str, Any]
+    tags: tuple[str, ...]
+    created: float
+
+
+@dataclass(frozen=True)
+class JobRow:
+    id: int
+    task_id: int
+    batch_id: int | None
+    index: int
+    key: str | None
+    name: str
+    kind: str  # 'python' | 'command'
+    profile: str
+    priority: int
+    params: dict[str, Any]
+    spec: dict[str, Any]
+    status: str
+    reason: str | None
+    exit_code: int | None
+    attempts: int
+    host: str | None
+    native_id: str | None
+    log_out: str | None
+    log_err: str | None
+    created: float
+    updated: float
+    started: float | None
+    ended: float | None
+    seq: int
+
+
+@dataclass(frozen=True)
+class AttemptRow:
+    job_id: int
+    number: int
+    status: str
+    reason: str | None
+    host: str | None
+    native_id: str | None
+    exit_code: int | None
+    started: float | None
+    ended: float | None
+    log_out: str | None
+    log_err: str | None
+
+
+@dataclass(frozen=True)
+class EventRow:
+    id: int
+    task_id: int
+    job_id: int | None
+    ts: float
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    job_id: int
+    attempt: int
+    inline: bytes | None
+    path: str | None
+    size: int
+    created: float
+
+
+# --- inputs --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class NewJob:
+    name: str
+    kind: str  # 'python' | 'command'
+    params: dict[str, Any]
+    spec: dict[str, Any]
+    key: str | None = None
+    index: int = 0
+    profile: str = "local"
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class NewBatch:
+    name: str
+    size: int
+    definition: dict[str, Any]
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AttemptStart:
+    job_id: int
+    host: str | None = None
+    native_id: str | None = None
+    log_out: str | None = None
+    log_err: str | None = None
+    status: str = "RUNNING"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    job_id: int
+    attempt: int
+    status: str  # a terminal status
+    reason: str | None = None
+    exit_code: int | None = None
+    host: str | None = None
+    started: float | None = None
+    ended: float | None = None
+    result: bytes | None = None
+    result_path: str | None = None

@@ -1,0 +1,132 @@
+"""The ledger's tables. Bump SCHEMA_VERSION (PRAGMA user_version) with every change."""
+
+from __future__ import annotations
+
+from .states import ACTIVE, TERMINAL, JobStatus, sql_list
+
+SCHEMA_VERSION = 1
+
+_ALL = sql_list(frozenset(JobStatus))
+
+PRAGMAS = (
+    "PRAGMA busy_timeout = 60000",
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA synchronous = FULL",
+    "PRAGMA foreign_keys = ON",
+)
+
+DDL = (
+    # One row: the global change counter. Each write transaction that changes jobs takes the
+    # next value and stamps it on every job row it changes.
+    """CREATE TABLE counter (
+        id    INTEGER PRIMARY KEY CHECK (id = 1),
+        seq   INTEGER NOT NULL
+    )""",
+    "INSERT INTO counter (id, seq) VALUES (1, 0)",
+
+    """CREATE TABLE projects (
+        name     TEXT PRIMARY KEY,
+        created  REAL NOT NULL
+    )""",
+
+    """CREATE TABLE tasks (
+        id         INTEGER PRIMARY KEY,
+        project    TEXT NOT NULL REFERENCES projects(name),
+        name       TEXT NOT NULL,
+        lifecycle  TEXT NOT NULL DEFAULT 'ACTIVE' CHECK (lifecycle IN ('ACTIVE', 'ARCHIVED')),
+        created    REAL NOT NULL,
+        UNIQUE (project, name)
+    )""",
+
+    """CREATE TABLE batches (
+        id          INTEGER PRIMARY KEY,
+        task_id     INTEGER NOT NULL REFERENCES tasks(id),
+        name        TEXT NOT NULL,
+        size        INTEGER NOT NULL,
+        definition  TEXT NOT NULL,   -- JSON
+        tags        TEXT NOT NULL,   -- JSON list
+        created     REAL NOT NULL
+    )""",
+    "CREATE INDEX batches_task ON batches (task_id)",
+
+    f"""CREATE TABLE jobs (
+        id         INTEGER PRIMARY KEY,
+        task_id    INTEGER NOT NULL REFERENCES tasks(id),
+        batch_id   INTEGER REFERENCES batches(id),
+        idx        INTEGER NOT NULL,
+        key        TEXT,
+        name       TEXT NOT NULL,
+        kind       TEXT NOT NULL CHECK (kind IN ('python', 'command')),
+        profile    TEXT NOT NULL,
+        priority   INTEGER NOT NULL,
+        params     TEXT NOT NULL,    -- JSON
+        spec       TEXT NOT NULL,    -- JSON
+        status     TEXT NOT NULL CHECK (status IN ({_ALL})),
+        reason     TEXT,
+        exit_code  INTEGER,
+        attempts   INTEGER NOT NULL DEFAULT 0,
+        host       TEXT,
+        native_id  TEXT,
+        log_out    TEXT,
+        log_err    TEXT,
+        created    REAL NOT NULL,
+        updated    REAL NOT NULL,
+        started    REAL,
+        ended      REAL,
+        seq        INTEGER NOT NULL
+    )""",
+    "CREATE UNIQUE INDEX jobs_task_key ON jobs (task_id, key) WHERE key IS NOT NULL",
+    "CREATE INDEX jobs_task_status ON jobs (task_id, status)",
+    "CREATE INDEX jobs_task_seq ON jobs (task_id, seq)",
+    "CREATE INDEX jobs_batch ON jobs (batch_id)",
+    # G3 in the database itself: whatever SQL runs, a SUCCEEDED job stays SUCCEEDED.
+    """CREATE TRIGGER jobs_succeeded_is_final
+        BEFORE UPDATE OF status ON jobs
+        WHEN OLD.status = 'SUCCEEDED' AND NEW.status <> 'SUCCEEDED'
+        BEGIN SELECT RAISE(ABORT, 'a SUCCEEDED job is final'); END""",
+
+    f"""CREATE TABLE attempts (
+        job_id     INTEGER NOT NULL REFERENCES jobs(id),
+        number     INTEGER NOT NULL,
+        status     TEXT NOT NULL CHECK (status IN ({_ALL})),
+        reason     TEXT,
+        host       TEXT,
+        native_id  TEXT,
+        exit_code  INTEGER,
+        started    REAL,
+        ended      REAL,
+        log_out    TEXT,
+        log_err    TEXT,
+        PRIMARY KEY (job_id, number)
+    ) WITHOUT ROWID""",
+
+    """CREATE TABLE events (
+        id       INTEGER PRIMARY KEY,
+        task_id  INTEGER NOT NULL REFERENCES tasks(id),
+        job_id   INTEGER REFERENCES jobs(id),
+        ts       REAL NOT NULL,
+        kind     TEXT NOT NULL,
+        message  TEXT NOT NULL
+    )""",
+    "CREATE INDEX events_task ON events (task_id, id)",
+    "CREATE INDEX events_job ON events (job_id, id)",
+
+    # PRIMARY KEY job_id: a job's result is committed exactly once (G2).
+    """CREATE TABLE results (
+        job_id   INTEGER PRIMARY KEY REFERENCES jobs(id),
+        attempt  INTEGER NOT NULL,
+        inline   BLOB,
+        path     TEXT,
+        size     INTEGER NOT NULL,
+        created  REAL NOT NULL,
+        CHECK ((inline IS NULL) <> (path IS NULL))
+    )""",
+)
+
+ACTIVE_SQL = sql_list(ACTIVE)
+TERMINAL_SQL = sql_list(TERMINAL)
+
+JOB_COLUMNS = ("id, task_id, batch_id, idx, key, name, kind, profile, priority, params, spec, status, "
+               "reason, exit_code, attempts, host, native_id, log_out, log_err, created, updated, "
+               "started, ended, seq")
+ATTEMPT_COLUMNS = "job_id, number, status, reason, host, native_id, exit_code, started, ended, log_out, log_err"

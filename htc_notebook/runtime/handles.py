@@ -1,0 +1,272 @@
+"""Future-like handles over jobs in the ledger.
+
+A handle holds only ids: everything it shows is read from the ledger, so a
+handle rebuilt after a kernel restart (`session.job(id)`, `task.jobs()`) is as
+good as the original.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+import cloudpickle
+
+from htc_notebook.errors import JobFailed
+from htc_notebook.ledger import JobRow
+
+if TYPE_CHECKING:
+    import pandas
+
+    from htc_notebook.runtime.session import Session
+
+TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED", "LOST")
+STATES = ("SUBMITTED", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "LOST")
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a command job leaves behind: its exit code and log files."""
+
+    exit_code: int
+    log_out: str | None
+    log_err: str | None
+
+    @property
+    def stdout(self) -> str:
+        return _read(self.log_out)
+
+    @property
+    def stderr(self) -> str:
+        return _read(self.log_err)
+
+
+def _read(path: str | None) -> str:
+    if not path:
+        return ""
+    try:
+        return Path(path).read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def load_result(session: "Session", row: JobRow) -> Any:
+    """The value a SUCCEEDED job produced (a CommandResult for command jobs)."""
+    if row.kind == "command":
+        return CommandResult(row.exit_code if row.exit_code is not None else 0, row.log_out, row.log_err)
+    res = session.ledger.result(row.id)
+    if res is None:
+        raise JobFailed(row.id, row.status, "no result was recorded", hint="retry the job")
+    data = res.inline if res.inline is not None else Path(res.path).read_bytes()
+    return cloudpickle.loads(data)
+
+
+def failure(row: JobRow) -> JobFailed:
+    """The error that explains why a job did not succeed (design G4)."""
+    hints = {
+        "FAILED": "read the log, fix the cause, then retry (task.retry() or re-run the sweep; "
+                  "members that succeeded are not run again)",
+        "CANCELLED": "retry it if it should run",
+        "LOST": "retry it (task.retry() or re-run the sweep)",
+    }
+    reason = row.reason or ""
+    if reason.startswith("timeout"):
+        hints["FAILED"] = "raise execTimeoutSeconds (or the walltime), or make the job faster, then retry"
+    return JobFailed(row.id, row.status, row.reason, attempt=row.attempts, host=row.host,
+                     native_id=row.native_id, log_path=row.log_err, hint=hints.get(row.status))
+
+
+class JobHandle:
+    """One job: `result()`, `done()`, `cancel()`, `status`, `attempts`."""
+
+    def __init__(self, session: "Session", job_id: int, task_id: int | None = None):
+        self.session, self.id = session, job_id
+        self.task_id = task_id if task_id is not None else session.ledger.job(job_id).task_id
+
+    def __repr__(self) -> str:
+        row = self.row
+        return f"<JobHandle {self.id} {row.name} {row.status}{': ' + row.reason if row.reason else ''}>"
+
+    @property
+    def row(self) -> JobRow:
+        return self.session.ledger.job(self.id)
+
+    @property
+    def status(self) -> str:
+        return self.row.status
+
+    @property
+    def attempts(self) -> list:
+        return self.session.ledger.attempts(self.id)
+
+    def done(self) -> bool:
+        return self.status in TERMINAL
+
+    def wait(self, timeout: float | None = None) -> JobRow:
+        """Block until the job ends (or `timeout` seconds; then TimeoutError)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last_reconcile = 0.0
+        while True:
+            row = self.row
+            if row.status in TERMINAL:
+                return row
+            if time.monotonic() - last_reconcile > 2.0:
+                self.session.reconcile([row])
+                last_reconcile = time.monotonic()
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {self.id} is still {row.status} after {timeout} s")
+            self.session.wait_for_change()
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The job's value; raises JobFailed (with reason, host, log path) if it did not succeed."""
+        row = self.wait(timeout)
+        if row.status != "SUCCEEDED":
+            raise failure(row)
+        return load_result(self.session, row)
+
+    def exception(self, timeout: float | None = None) -> JobFailed | None:
+        row = self.wait(timeout)
+        return None if row.status == "SUCCEEDED" else failure(row)
+
+    def cancel(self) -> bool:
+        return bool(self.session.cancel([self.id]))
+
+    def retry(self) -> bool:
+        return bool(self.session.retry([self.id]))
+
+    def logs(self, stream: str = "out", tail: int | None = None) -> str:
+        """The job's stdout (`stream="out"`) or stderr (`"err"`), optionally the last `tail` lines."""
+        row = self.row
+        text = _read(row.log_out if stream == "out" else row.log_err)
+        return "".join(text.splitlines(keepends=True)[-tail:]) if tail else text
+
+
+class JobGroup(Sequence[JobHandle]):
+    """Many jobs (a sweep, a batch, a task): counts, waiting with progress, results, a DataFrame."""
+
+    def __init__(self, session: "Session", task_id: int, job_ids: Sequence[int], name: str, *, skipped: int = 0):
+        self.session, self.task_id, self.ids, self.name = session, task_id, list(job_ids), name
+        self.skipped = skipped
+        self._status: dict[int, str] = {}
+        self._seq = -1  # ledger seq already seen
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{k}={v}" for k, v in self.counts().items() if v)
+        return f"<JobGroup {self.name}: {len(self)} jobs ({counts or 'none'})>"
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return JobGroup(self.session, self.task_id, self.ids[i], self.name)
+        return JobHandle(self.session, self.ids[i], self.task_id)
+
+    def __iter__(self) -> Iterator[JobHandle]:
+        return (JobHandle(self.session, j, self.task_id) for j in self.ids)
+
+    # -- state ------------------------------------------------------------------
+    def rows(self) -> list[JobRow]:
+        wanted = set(self.ids)
+        by_id = {r.id: r for r in self.session.ledger.jobs(self.task_id) if r.id in wanted}
+        return [by_id[j] for j in self.ids if j in by_id]
+
+    def refresh(self) -> dict[int, str]:
+        """Bring the status of every member up to date, reading only rows that changed."""
+        wanted = set(self.ids)
+        self._seq, changed = self.session.ledger.changes(self.task_id, self._seq)
+        for r in changed:
+            if r.id in wanted:
+                self._status[r.id] = r.status
+        return self._status
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(STATES, 0)
+        for status in self.refresh().values():
+            counts[status] = counts.get(status, 0) + 1
+        return counts
+
+    def done(self) -> bool:
+        status = self.refresh()
+        return all(status.get(j) in TERMINAL for j in self.ids)
+
+    def wait(self, timeout: float | None = None, *, progress: bool = False) -> "JobGroup":
+        """Block until every job has ended; `progress=True` shows a progress bar."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        bar = _Progress(len(self), self.name) if progress else None
+        last_reconcile = time.monotonic()
+        try:
+            while True:
+                counts = self.counts()
+                ended = sum(counts[s] for s in TERMINAL)
+                if bar:
+                    bar.update(ended, counts)
+                if ended >= len(self):
+                    return self
+                if time.monotonic() - last_reconcile > 2.0:
+                    self.session.reconcile(r for r in self.rows() if r.status not in TERMINAL)
+                    last_reconcile = time.monotonic()
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError(f"{len(self) - ended} of {len(self)} jobs still running after {timeout} s")
+                self.session.wait_for_change()
+        finally:
+            if bar:
+                bar.close()
+
+    def results(self, timeout: float | None = None, *, errors: str = "raise") -> list[Any]:
+        """Values in member order. `errors`: "raise" the first failure, or "return" JobFailed objects."""
+        self.wait(timeout)
+        out = []
+        for row in self.rows():
+            if row.status == "SUCCEEDED":
+                out.append(load_result(self.session, row))
+            elif errors == "return":
+                out.append(failure(row))
+            else:
+                raise failure(row)
+        return out
+
+    def cancel(self) -> list[int]:
+        return self.session.cancel(self.ids)
+
+    def retry(self) -> list[int]:
+        return self.session.retry(self.ids)
+
+    def to_dataframe(self, results: bool = False) -> "pandas.DataFrame":
+        """One row per job; parameters become columns; `results=True` adds a `result` column."""
+        import pandas as pd
+
+        records = []
+        for row in self.rows():
+            rec = {"job_id": row.id, "name": row.name, "index": row.index, "status": row.status,
+                   "reason": row.reason, "exit_code": row.exit_code, "attempts": row.attempts,
+                   "host": row.host,
+                   "started": pd.to_datetime(row.started, unit="s") if row.started else pd.NaT,
+                   "runtime_s": (row.ended - row.started) if row.started and row.ended else None}
+            for k, v in row.params.items():
+                rec[k if k not in rec else f"param_{k}"] = v
+            if results:
+                rec["result"] = load_result(self.session, row) if row.status == "SUCCEEDED" else None
+            records.append(rec)
+        return pd.DataFrame.from_records(records)
+
+
+class _Progress:
+    """A terminal (or notebook) progress bar with counts by state, via rich."""
+
+    def __init__(self, total: int, name: str):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                           TimeElapsedColumn(), TextColumn("{task.fields[states]}"), transient=False)
+        self._p.start()
+        self._task = self._p.add_task(name, total=total, states="")
+
+    def update(self, ended: int, counts: dict[str, int]) -> None:
+        states = " ".join(f"{k.lower()}={v}" for k, v in counts.items() if v)
+        self._p.update(self._task, completed=ended, states=states)
+
+    def close(self) -> None:
+        self._p.stop()

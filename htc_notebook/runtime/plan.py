@@ -1,0 +1,50 @@
+"""From an HTC job definition to what a backend runs: checks and dry-run text.
+
+Pure functions of the site and the spec: nothing is written or started.
+"""
+
+from __future__ import annotations
+
+import platform
+import shlex
+
+from htc_notebook.errors import SpecError, UnsupportedFeature
+from htc_notebook.spec import JobBatch, JobDefinition, PartitionProfile, Resources, SiteConfig
+
+PRIORITY = {"ON_DEMAND_PRIORITY": 0, "ON_DEMAND_ECONOMY": 1}
+_MACHINE_ARCH = {"x86_64": "X86", "amd64": "X86", "aarch64": "AARCH64", "arm64": "AARCH64"}
+
+
+def check_definition(site: SiteConfig, profile: str | None,
+                     d: JobDefinition) -> tuple[PartitionProfile, Resources, int]:
+    """Check a job definition against a profile: (profile, resources, priority rank)."""
+    if d.image_name:
+        raise UnsupportedFeature(
+            f"imageName={d.image_name!r}: container images are not supported yet; "
+            "leave imageName empty to run the commands on the host")
+    prof = site.profile(profile or site.default_profile)
+    arch = prof.architecture
+    if prof.backend == "local":
+        arch = _MACHINE_ARCH.get(platform.machine().lower(), arch)
+    if d.architecture != arch:
+        raise SpecError("JobDefinition", "architecture", d.architecture,
+                        f"the architecture of profile {prof.name!r}: {arch}")
+    res = prof.resolve(Resources(cores=d.max_vcpus, memory=d.max_memory, walltime=d.exec_timeout_seconds))
+    return prof, res, PRIORITY[d.priority]
+
+
+def render_batch(site: SiteConfig, batch: JobBatch, profile: str | None = None) -> str:
+    """What submitting `batch` would run, as text (the dry run)."""
+    d = batch.htc_job_definition
+    prof, res, prio = check_definition(site, profile, d)
+    envs = " ".join(f"{e.name}={shlex.quote(e.value)}" for e in d.envs)
+    lines = [
+        f"# batch {batch.job_name!r}: {batch.batch_size} jobs on profile {prof.name!r} ({prof.backend})",
+        f"# each: cores={res.cores} memory={res.memory or '-'} MiB timeout={res.walltime or '-'} s "
+        f"priority={d.priority}",
+        f"# cwd: the task directory; HTC_JOB_INDEX=0..{batch.batch_size - 1}",
+    ]
+    if envs:
+        lines.append(f"# env: {envs}")
+    lines.append(shlex.join(d.commands))
+    return "\n".join(lines)

@@ -1,0 +1,112 @@
+"""One thread that commits what backends report, in batches.
+
+Backends call `started()` and `finished()` from any thread; the recorder
+groups whatever arrived within a few milliseconds into one ledger transaction,
+so a sweep of thousands of tiny jobs costs a handful of commits, not thousands.
+Large results are written to files first (temp, fsync, rename), then the row
+that points at them is committed (design G2).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Callable, Sequence
+
+from htc_notebook.ledger import Ledger, Outcome
+from htc_notebook.storage import atomic_write
+
+INLINE_RESULT_LIMIT = 256 * 1024  # bytes; larger results go to files
+FLUSH_INTERVAL = 0.02  # seconds a batch may wait to grow
+MAX_BATCH = 2000
+
+_STOP = object()
+
+
+class Recorder:
+    """Batched, single-writer committer of backend reports into the ledger."""
+
+    def __init__(self, ledger: Ledger, result_path: Callable[[int], object],
+                 on_commit: Callable[[Sequence[Outcome]], None]):
+        self._ledger = ledger
+        self._result_path = result_path
+        self._on_commit = on_commit
+        self._queue: queue.Queue = queue.Queue()
+        self._idle = threading.Condition()
+        self._pending = 0
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="htc-recorder", daemon=True)
+        self._thread.start()
+
+    # Reporter interface ------------------------------------------------------
+    def started(self, job_id: int, attempt: int, host: str, native_id: str | None) -> None:
+        self._put(("started", job_id, host, native_id))
+
+    def finished(self, outcome: Outcome) -> None:
+        self._put(("finished", outcome))
+
+    # -------------------------------------------------------------------------
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until everything reported so far is committed."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._pending == 0, timeout=timeout)
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> None:
+        self._queue.put(_STOP)
+        self._thread.join(timeout=30)
+
+    def _put(self, item) -> None:
+        with self._idle:
+            self._pending += 1
+        self._queue.put(item)
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            batch = [item]
+            try:
+                deadline_wait = FLUSH_INTERVAL
+                while len(batch) < MAX_BATCH:
+                    nxt = self._queue.get(timeout=deadline_wait)
+                    if nxt is _STOP:
+                        self._commit(batch)
+                        return
+                    batch.append(nxt)
+            except queue.Empty:
+                pass
+            self._commit(batch)
+
+    def _commit(self, batch: list) -> None:
+        try:
+            starts: dict[tuple[str, str | None], list[int]] = {}
+            outcomes: list[Outcome] = []
+            for item in batch:
+                if item[0] == "started":
+                    _, job_id, host, native_id = item
+                    starts.setdefault((host, native_id), []).append(job_id)
+                else:
+                    outcomes.append(self._spill(item[1]))
+            for (host, native_id), ids in starts.items():
+                self._ledger.set_status(ids, "RUNNING", host=host, native_id=native_id)
+            committed = set(self._ledger.record_outcomes(outcomes)) if outcomes else set()
+            self._on_commit([o for o in outcomes if o.job_id in committed])
+        except BaseException as exc:  # noqa: BLE001 - surfaced by flush()
+            self._error = exc
+        finally:
+            with self._idle:
+                self._pending -= len(batch)
+                self._idle.notify_all()
+
+    def _spill(self, outcome: Outcome) -> Outcome:
+        """Move a large result into a file before its ledger row is written."""
+        if outcome.result is None or len(outcome.result) <= INLINE_RESULT_LIMIT:
+            return outcome
+        path = self._result_path(outcome.job_id)
+        atomic_write(path, outcome.result)
+        from dataclasses import replace
+
+        return replace(outcome, result=None, result_path=str(path))

@@ -1,0 +1,291 @@
+"""The Session: one data root (ledger + storage), one site, live backends.
+
+>>> s = Session("htc-data")                       # doctest: +SKIP
+>>> task = s.project("demo").task("first")        # doctest: +SKIP
+>>> task.submit(pow, 2, 10).result()              # doctest: +SKIP
+1024
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import cloudpickle
+
+from htc_notebook.backends.base import Backend, Call, Launch
+from htc_notebook.errors import UnsupportedFeature
+from htc_notebook.ledger import AttemptStart, JobRow, Ledger, Outcome, TaskRow
+from htc_notebook.ledger.states import TERMINAL
+from htc_notebook.runtime.recorder import Recorder
+from htc_notebook.spec import PartitionProfile, RetryPolicy, SiteConfig
+from htc_notebook.storage import Storage
+
+TERMINAL_NAMES = frozenset(str(s.value if hasattr(s, "value") else s) for s in TERMINAL)
+POLL_SECONDS = 0.25
+RECONCILE_EVERY = 2.0
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Which process is responsible for a job on the local backend."""
+
+    host: str
+    pid: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.pid}"
+
+    @classmethod
+    def parse(cls, text: str | None) -> "Owner | None":
+        if not text or ":" not in text:
+            return None
+        host, _, pid = text.rpartition(":")
+        return cls(host, int(pid)) if pid.isdigit() else None
+
+    def alive(self) -> bool | None:
+        """True/False on this host; None when the owner is on another host (cannot tell)."""
+        if self.host != socket.gethostname():
+            return None
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+def _kill_orphan_group(native_id: str | None) -> bool:
+    """Kill what is left of a local command job (`pid:N`, its own process group) after its owner died."""
+    if not native_id or not native_id.startswith("pid:") or not native_id[4:].isdigit():
+        return False
+    try:
+        os.killpg(int(native_id[4:]), signal.SIGKILL)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+class Session:
+    """Entry point: `Session(root).project(name).task(name)`.
+
+    `root` defaults to `$HTC_ROOT`, else `./htc-data`; `site` is a SiteConfig,
+    a path to a site YAML, or None for the layered default site.
+    Nothing is started until work is submitted.
+    """
+
+    def __init__(self, root: str | os.PathLike | None = None, *, site: SiteConfig | str | os.PathLike | None = None):
+        self.root = Path(root or os.environ.get("HTC_ROOT") or "htc-data").resolve()
+        self.site = site if isinstance(site, SiteConfig) else SiteConfig.load(site)
+        self.storage = Storage(self.root)
+        self.ledger = Ledger(self.storage.ledger_path)
+        self.owner = Owner(socket.gethostname(), os.getpid())
+        self._backends: dict[str, Backend] = {}
+        self._tasks: dict[int, TaskRow] = {}
+        self._calls: dict[str, object] = {}
+        self._job_task: dict[int, int] = {}
+        self._changed = threading.Condition()
+        self._lock = threading.RLock()
+        self._closed = False
+        self._recorder = Recorder(self.ledger, self._result_path, self._committed)
+
+    def __repr__(self) -> str:
+        return f"Session(root={str(self.root)!r}, profiles={self.site.names()})"
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- navigation ----------------------------------------------------------
+    def project(self, name: str):
+        from htc_notebook.runtime.task import Project
+
+        return Project(self, self.ledger.project(name).name)
+
+    def projects(self) -> list:
+        from htc_notebook.runtime.task import Project
+
+        return [Project(self, p.name) for p in self.ledger.projects()]
+
+    def job(self, job_id: int):
+        """A handle for any job in the ledger, e.g. after a kernel restart."""
+        from htc_notebook.runtime.handles import JobHandle
+
+        row = self.ledger.job(job_id)
+        return JobHandle(self, row.id, row.task_id)
+
+    def task_row(self, task_id: int) -> TaskRow:
+        row = self._tasks.get(task_id)
+        if row is None:
+            row = self._tasks[task_id] = self.ledger.get_task(task_id)
+        return row
+
+    # -- backends --------------------------------------------------------------
+    def profile(self, name: str | None) -> PartitionProfile:
+        return self.site.profile(name or self.site.default_profile)
+
+    def backend(self, profile: PartitionProfile) -> Backend:
+        with self._lock:
+            if self._closed:
+                raise UnsupportedFeature("this session is closed; open a new Session")
+            backend = self._backends.get(profile.name)
+            if backend is None:
+                if profile.backend != "local":
+                    raise UnsupportedFeature(
+                        f"profile {profile.name!r} uses the {profile.backend!r} backend, which this "
+                        f"version cannot run yet; use a local profile ({self._local_names()})")
+                from htc_notebook.backends.local import LocalBackend
+
+                backend = self._backends[profile.name] = LocalBackend(profile, self._recorder)
+            return backend
+
+    def _local_names(self) -> str:
+        return ", ".join(n for n in self.site.names() if self.site.profile(n).backend == "local")
+
+    # -- dispatch ----------------------------------------------------------------
+    def remember_call(self, digest: str, obj: object) -> None:
+        self._calls[digest] = obj
+
+    def _call_for(self, task: TaskRow, row: JobRow) -> Call:
+        digest = row.spec["payload"]
+        obj = self._calls.get(digest)
+        if obj is None:
+            path = self.storage.payload_path(task.project, task.name, digest)
+            obj = self._calls[digest] = cloudpickle.loads(Path(path).read_bytes())
+        if isinstance(obj, Call):
+            return obj
+        return Call(obj, (), dict(row.params))
+
+    def dispatch(self, task: TaskRow, rows: Sequence[JobRow]) -> None:
+        """Record an attempt for each job (write-ahead), then hand them to their backends."""
+        if not rows:
+            return
+        task_dir = self.storage.task_dir(task.project, task.name)
+        shared = self.storage.shared_dir(task.project)
+        log_dir = self.storage.log_paths(task.project, task.name, rows[0].id)[0].parent
+        log_dir.mkdir(parents=True, exist_ok=True)
+        base_env = {"HTC_TASK_DIR": str(task_dir), "HTC_PROJECT_SHARED": str(shared),
+                    "HTC_PROJECT": task.project, "HTC_TASK": task.name}
+        logs = {r.id: self.storage.log_paths(task.project, task.name, r.id) for r in rows}
+        numbers = self.ledger.start_attempts([
+            AttemptStart(r.id, host=self.owner.host, native_id=f"local:{self.owner}",
+                         log_out=str(logs[r.id][0]), log_err=str(logs[r.id][1]), status="RUNNABLE")
+            for r in rows])
+        by_profile: dict[str, list[Launch]] = {}
+        for row, attempt in zip(rows, numbers):
+            if not attempt:
+                continue  # became terminal meanwhile (e.g. cancelled)
+            self._job_task[row.id] = task.id
+            spec = row.spec
+            env = {**base_env, "HTC_JOB_ID": str(row.id), "HTC_JOB_INDEX": str(row.index),
+                   **spec.get("envs", {})}
+            launch = Launch(job_id=row.id, attempt=attempt, kind=row.kind, cwd=task_dir, env=env,
+                            log_out=logs[row.id][0], log_err=logs[row.id][1],
+                            cores=spec.get("cores", 1), priority=row.priority,
+                            timeout=spec.get("timeout"), command=tuple(spec.get("commands", ())),
+                            call=self._call_for(task, row) if row.kind == "python" else None)
+            by_profile.setdefault(row.profile, []).append(launch)
+        for profile, launches in by_profile.items():
+            self.backend(self.profile(profile)).submit(launches)
+
+    def cancel(self, job_ids: Iterable[int], reason: str = "cancelled by user") -> list[int]:
+        ids = list(job_ids)
+        cancelled = self.ledger.cancel(ids, reason)
+        for backend in list(self._backends.values()):
+            backend.cancel(cancelled)
+        self._notify()
+        return cancelled
+
+    def retry(self, job_ids: Iterable[int], reason: str = "retried by user") -> list[int]:
+        """Run FAILED, CANCELLED or LOST jobs again (SUCCEEDED ones are never re-run)."""
+        moved = self.ledger.requeue(list(job_ids), reason)
+        by_task: dict[int, list[JobRow]] = {}
+        for job_id in moved:
+            row = self.ledger.job(job_id)
+            by_task.setdefault(row.task_id, []).append(row)
+        for task_id, rows in by_task.items():
+            self.dispatch(self.task_row(task_id), rows)
+        return moved
+
+    # -- what backends report (recorder thread) ------------------------------------
+    def _result_path(self, job_id: int) -> Path:
+        task = self.task_row(self._job_task.get(job_id) or self.ledger.job(job_id).task_id)
+        return self.storage.result_path(task.project, task.name, job_id)
+
+    def _committed(self, outcomes: Sequence[Outcome]) -> None:
+        self._notify()
+        for o in outcomes:
+            if o.status not in ("FAILED", "LOST"):
+                continue
+            row = self.ledger.job(o.job_id)
+            policy = RetryPolicy(**row.spec.get("retry", {}))
+            if row.attempts <= policy.retries:
+                timer = threading.Timer(policy.delay(row.attempts), self._retry_later,
+                                        args=(o.job_id, f"automatic retry {row.attempts} of "
+                                              f"{policy.retries} after: {o.reason}"))
+                timer.daemon = True
+                timer.start()
+
+    def _retry_later(self, job_id: int, reason: str) -> None:
+        if not self._closed:
+            self.retry([job_id], reason)
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    # -- waiting -----------------------------------------------------------------
+    def wait_for_change(self, timeout: float = POLL_SECONDS) -> None:
+        """Sleep until this process commits something, or `timeout` (other processes write too)."""
+        with self._changed:
+            self._changed.wait(timeout)
+
+    def reconcile(self, rows: Iterable[JobRow]) -> int:
+        """Mark LOST the active local jobs whose owning process has exited (design G5).
+
+        Local jobs live inside the process that submitted them; if it is gone,
+        so is the work. Nothing is assumed to have succeeded.
+        """
+        lost: list[Outcome] = []
+        for row in rows:
+            if row.status in TERMINAL_NAMES:
+                continue
+            owner = Owner.parse(row.spec.get("owner"))
+            if owner is None or owner == self.owner or owner.alive() is not False:
+                continue
+            reason = (f"the process that ran it ({owner}) has exited; local jobs do not outlive "
+                      f"their session")
+            if _kill_orphan_group(row.native_id):
+                reason += f"; its orphaned process group {row.native_id} was killed"
+            lost.append(Outcome(row.id, row.attempts, "LOST", reason=reason + ". Retry it or re-run the sweep",
+                                host=owner.host, ended=time.time()))
+        if lost:
+            self.ledger.record_outcomes(lost)
+            self._notify()
+        return len(lost)
+
+    def flush(self) -> None:
+        """Wait until everything backends reported is committed to the ledger."""
+        self._recorder.flush()
+
+    def close(self) -> None:
+        """Stop backends (running local jobs end CANCELLED) and commit what they reported."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            backends, self._backends = list(self._backends.values()), {}
+        for backend in backends:
+            backend.close()
+        self._recorder.flush(timeout=30)
+        self._recorder.close()
+        self.ledger.close()

@@ -1,0 +1,223 @@
+"""Projects and tasks: where work is submitted (HTC API: Project -> Task -> Job)."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+import cloudpickle
+
+from htc_notebook.backends.base import Call
+from htc_notebook.errors import SpecError
+from htc_notebook.ledger import NewBatch, NewJob
+from htc_notebook.runtime.commands import render_command, template_argv
+from htc_notebook.runtime.handles import JobGroup, JobHandle
+from htc_notebook.runtime.plan import check_definition
+from htc_notebook.spec import JobBatch, JobDefinition, PartitionProfile, Resources, RetryPolicy, Sweep
+from htc_notebook.storage import ProjectStorage, TaskStorage, atomic_write
+
+if TYPE_CHECKING:
+    import pandas
+
+    from htc_notebook.runtime.session import Session
+
+class Project:
+    """A long-lived container of tasks with shared storage every task can read."""
+
+    def __init__(self, session: "Session", name: str):
+        self.session, self.name = session, name
+
+    def __repr__(self) -> str:
+        return f"Project({self.name!r})"
+
+    def task(self, name: str) -> "Task":
+        """The task `name`, created on first use."""
+        return Task(self.session, self.session.ledger.task(self.name, name))
+
+    def tasks(self) -> list["Task"]:
+        return [Task(self.session, row) for row in self.session.ledger.tasks(self.name)]
+
+    @property
+    def shared(self) -> ProjectStorage:
+        """The project's shared storage: put inputs here for every task's jobs to read."""
+        return ProjectStorage(self.session.storage.shared_dir(self.name))
+
+
+class Task:
+    """One run of a workload: a set of jobs and a storage directory only they can write."""
+
+    def __init__(self, session: "Session", row):
+        self.session, self.row = session, row
+        self.id, self.name, self.project = row.id, row.name, row.project
+        session._tasks[row.id] = row
+
+    def __repr__(self) -> str:
+        return f"Task({self.project}/{self.name}, id={self.id})"
+
+    @property
+    def storage(self) -> TaskStorage:
+        st = self.session.storage
+        return TaskStorage(st.task_dir(self.project, self.name), st.shared_dir(self.project))
+
+    # -- submitting -----------------------------------------------------------
+    def submit(self, fn: Callable[..., Any], /, *args: Any, profile: str | None = None,
+               resources: Resources | Mapping[str, Any] | None = None, retries: int = 0,
+               name: str | None = None, **kwargs: Any) -> JobHandle:
+        """Run `fn(*args, **kwargs)` as one job; returns its handle at once."""
+        prof, res = self._resolve(profile, resources)
+        payload = _pickle(Call(fn, args, kwargs), fn)
+        job = NewJob(name=name or _fn_name(fn), kind="python", params={},
+                     spec=self._spec(res, retries, payload=self._store(payload)), profile=prof.name)
+        return JobHandle(self.session, self._add([job])[0].id, self.id)
+
+    def sweep(self, what: Callable[..., Any] | str | Sequence[str], sweep: Sweep, *,
+              profile: str | None = None, resources: Resources | Mapping[str, Any] | None = None,
+              definition: JobDefinition | None = None, retries: int = 0,
+              name: str | None = None) -> JobGroup:
+        """Run `what` once per sweep member; members that already succeeded are not run again.
+
+        `what` is a function called as `fn(**params)`, or a command template whose
+        `{name}` fields are filled from each member's parameters. `definition`
+        gives a command sweep its HTC job definition (vCPUs, memory, timeout, envs).
+        """
+        if not isinstance(sweep, Sweep):
+            raise SpecError("sweep", "sweep", type(sweep).__name__, "a Sweep (Sweep.grid, Sweep.zip, ...)")
+        if callable(what):
+            prof, res = self._resolve(profile, resources)
+            digest = self._store(_pickle(what, what))
+            identity, label = f"fn:{_fn_name(what)}", name or _fn_name(what)
+            common = self._spec(res, retries, payload=digest)
+            kind = "python"
+            render = lambda params: common  # noqa: E731
+            priority = 0
+        else:
+            argv = template_argv(what)
+            definition = definition or JobDefinition(commands=argv)
+            prof, res, common, priority = self._command_spec(profile, definition, retries)
+            identity, label, kind = "cmd:" + "\0".join(argv), name or _safe_label(argv[0]), "command"
+            for member in sweep.members[:1]:
+                render_command(argv, member.params)  # a missing field fails before anything is written
+            render = lambda params: {**common, "commands": list(render_command(argv, params))}  # noqa: E731
+        keys = [_member_key(identity, m.key) for m in sweep.members]
+        existing = self.session.ledger.jobs_by_key(self.id, keys)
+        self.session.reconcile(existing.values())
+        existing = self.session.ledger.jobs_by_key(self.id, keys) if existing else existing
+        new = [NewJob(name=label, kind=kind, params=dict(m.params), spec=render(m.params), key=k,
+                      index=i, profile=prof.name, priority=priority)
+               for i, (m, k) in enumerate(zip(sweep.members, keys)) if k not in existing]
+        rows = self._add(new, NewBatch(label, len(new), {"sweep": identity, "members": len(sweep)}))
+        rerun = [r.id for r in existing.values() if r.status in ("FAILED", "CANCELLED", "LOST")]
+        if rerun:
+            self.session.retry(rerun, "sweep submitted again")
+        new_ids = iter(r.id for r in rows)
+        ids = [existing[k].id if k in existing else next(new_ids) for k in keys]
+        return JobGroup(self.session, self.id, ids, label,
+                        skipped=sum(1 for r in existing.values() if r.status == "SUCCEEDED"))
+
+    def submit_batch(self, batch: JobBatch | Mapping[str, Any], *, profile: str | None = None,
+                     retries: int = 0) -> JobGroup:
+        """Submit an HTC job batch: `batchSize` jobs sharing one job definition.
+
+        Job i sees `HTC_JOB_INDEX=i`.
+        """
+        if not isinstance(batch, JobBatch):
+            batch = JobBatch.model_validate(batch)
+        limit = self.session.site.max_batch_size
+        if batch.batch_size > limit:
+            raise SpecError("JobBatch", "batchSize", batch.batch_size,
+                            f"at most the site's max_batch_size={limit}; split the batch or raise max_batch_size")
+        prof, res, spec, priority = self._command_spec(profile, batch.htc_job_definition, retries)
+        jobs = [NewJob(name=batch.job_name, kind="command", params={}, spec=spec, index=i,
+                       profile=prof.name, priority=priority) for i in range(batch.batch_size)]
+        rows = self._add(jobs, NewBatch(batch.job_name, batch.batch_size, batch.to_wire(), tuple(batch.tags)))
+        return JobGroup(self.session, self.id, [r.id for r in rows], batch.job_name)
+
+    # -- looking ----------------------------------------------------------------
+    def jobs(self, status: str | Sequence[str] | None = None) -> JobGroup:
+        """Handles for this task's jobs (all, or those in `status`), rebuilt from the ledger."""
+        rows = self.session.ledger.jobs(self.id, status=status)
+        self.session.reconcile(rows)
+        return JobGroup(self.session, self.id, [r.id for r in rows], self.name)
+
+    def counts(self) -> dict[str, int]:
+        return self.session.ledger.counts(self.id)
+
+    def to_dataframe(self, results: bool = False) -> "pandas.DataFrame":
+        """One row per job: status, reason, timing, host, parameters (and results if asked)."""
+        return self.jobs().to_dataframe(results=results)
+
+    def cancel(self) -> list[int]:
+        """Cancel every job of this task that has not ended."""
+        active = self.session.ledger.jobs(self.id, status=("SUBMITTED", "RUNNABLE", "STARTING", "RUNNING"))
+        return self.session.cancel([r.id for r in active])
+
+    def retry(self) -> JobGroup:
+        """Run this task's FAILED, CANCELLED and LOST jobs again."""
+        rows = self.session.ledger.jobs(self.id, status=("FAILED", "CANCELLED", "LOST"))
+        moved = self.session.retry([r.id for r in rows])
+        return JobGroup(self.session, self.id, moved, self.name)
+
+    # -- internals ----------------------------------------------------------------
+    def _resolve(self, profile: str | None, resources) -> tuple[PartitionProfile, Resources]:
+        prof = self.session.profile(profile)
+        if resources is None:
+            res = Resources()
+        elif isinstance(resources, Resources):
+            res = resources
+        else:
+            res = Resources(**resources)
+        return prof, prof.resolve(res)
+
+    def _spec(self, res: Resources, retries: int, **extra: Any) -> dict[str, Any]:
+        policy = RetryPolicy(retries=retries)
+        return {"cores": res.cores, "memory": res.memory, "timeout": res.walltime,
+                "retry": policy.model_dump(), "owner": str(self.session.owner), **extra}
+
+    def _command_spec(self, profile: str | None, d: JobDefinition, retries: int):
+        """Check an HTC job definition against a profile: (profile, resources, spec, priority)."""
+        prof, res, priority = check_definition(self.session.site, profile, d)
+        spec = self._spec(res, retries, commands=list(d.commands), envs={e.name: e.value for e in d.envs},
+                          disk_gib=d.max_disk_gib, image=d.image_name)
+        return prof, res, spec, priority
+
+    def _store(self, payload: bytes) -> str:
+        """Keep a pickled call where a later session can find it (content-addressed)."""
+        digest = hashlib.sha256(payload).hexdigest()[:24]
+        path = self.session.storage.payload_path(self.project, self.name, digest)
+        if not path.exists():
+            atomic_write(path, payload)
+        self.session.remember_call(digest, cloudpickle.loads(payload))
+        return digest
+
+    def _add(self, jobs: list[NewJob], batch: NewBatch | None = None):
+        """Write-ahead: record the jobs, then dispatch them."""
+        if not jobs:
+            return []
+        ledger = self.session.ledger
+        before = ledger.max_seq()
+        wanted = set(ledger.add_jobs(self.id, jobs, batch))
+        rows = [r for r in ledger.jobs(self.id, after_seq=before) if r.id in wanted]
+        self.session.dispatch(self.row, rows)
+        return rows
+
+
+def _fn_name(fn: Callable[..., Any]) -> str:
+    return _safe_label(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or "call")
+
+
+def _safe_label(text: str) -> str:
+    """A job name from a function or program name (names allow [A-Za-z0-9_.-])."""
+    label = "".join(c if c.isalnum() or c in "_.-" else "_" for c in text.rsplit("/", 1)[-1])
+    return (label.lstrip("_.-") or "job")[:128]
+
+
+def _member_key(identity: str, member_key: str) -> str:
+    return hashlib.sha256(f"{identity}\n{member_key}".encode()).hexdigest()[:20]
+
+
+def _pickle(obj: object, fn: object) -> bytes:
+    """Pickle now, so an unpicklable function fails at submit time, not on a node."""
+    try:
+        return cloudpickle.dumps(obj)
+    except Exception as exc:
+        raise SpecError("submit", "fn", fn, f"a picklable function and arguments ({type(exc).__name__}: {exc})") from None

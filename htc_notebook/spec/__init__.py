@@ -1,0 +1,21 @@
+"""What is asked: pure data and validation (no dask, no Jupyter).
+
+Every model is frozen and forbids unknown keys; bad input raises
+:class:`htc_notebook.errors.SpecError` naming the field, the value and what is allowed.
+"""
+
+from .job import EnvVar, JobBatch, JobDefinition, load_batches
+from .names import check_name
+from .profile import PartitionProfile
+from .resources import Resources
+from .retry import RetryPolicy
+from .site import SiteConfig
+from .sweep import Member, Sweep
+from .units import format_walltime, parse_memory_mib, parse_walltime_seconds
+from .yaml_loader import LineMap, load_yaml, locate, located
+
+__all__ = [
+    "EnvVar", "JobBatch", "JobDefinition", "LineMap", "Member", "PartitionProfile", "Resources",
+    "RetryPolicy", "SiteConfig", "Sweep", "check_name", "format_walltime", "load_batches",
+    "load_yaml", "locate", "located", "parse_memory_mib", "parse_walltime_seconds",
+]

@@ -1,0 +1,77 @@
+"""Safe string types: names that end up in file paths, sbatch directives and shell lines.
+
+Each type refuses anything a shell would treat specially (``;``, newlines, quotes,
+``$()``, spaces, ``/``), so no quoting mistake downstream can turn a name into a command.
+
+>>> check_name("sweep-01.v2")
+'sweep-01.v2'
+>>> check_name("a; rm -rf ~")
+Traceback (most recent call last):
+...
+htc_notebook.errors.SpecError: name = 'a; rm -rf ~' is not allowed: 1-128 characters: letters, digits, _ . - (starting with a letter or digit); found ';'
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import BeforeValidator
+
+from htc_notebook.errors import SpecError
+
+_RULES: dict[str, tuple[re.Pattern[str], re.Pattern[str], str]] = {
+    # kind: (whole-value pattern, one allowed character, description)
+    "name": (re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"), re.compile(r"[A-Za-z0-9_.-]"),
+             "1-128 characters: letters, digits, _ . - (starting with a letter or digit)"),
+    "env": (re.compile(r"[A-Za-z_][A-Za-z0-9_]*"), re.compile(r"[A-Za-z0-9_]"),
+            "an environment variable name: letters, digits, _ (not starting with a digit)"),
+    "sched": (re.compile(r"[A-Za-z0-9_.-]+"), re.compile(r"[A-Za-z0-9_.-]"),
+              "a scheduler name: letters, digits, _ . -"),
+    "constraint": (re.compile(r"[A-Za-z0-9_.\-&|,:\[\]*!]+"), re.compile(r"[A-Za-z0-9_.\-&|,:\[\]*!]"),
+                   "a SLURM feature expression: letters, digits and _ . - & | , : [ ] * !"),
+}
+
+
+def _check(kind: str, value: object, field: str) -> str:
+    whole, char, described = _RULES[kind]
+    if not isinstance(value, str):
+        raise SpecError("", field, value, f"{described} (got {type(value).__name__})")
+    if whole.fullmatch(value):
+        return value
+    bad = next((c for c in value if not char.fullmatch(c)), None)
+    if bad is not None:
+        hint = f"; found {bad!r}"
+    elif not value:
+        hint = "; got an empty string"
+    elif kind == "name" and len(value) > 128:
+        hint = f"; got {len(value)} characters"
+    else:
+        hint = f"; cannot start with {value[0]!r}"
+    raise SpecError("", field, value, described + hint)
+
+
+def check_name(value: object, field: str = "name") -> str:
+    """Return `value` if it is a valid project/task/job name, else raise SpecError."""
+    return _check("name", value, field)
+
+
+def check_env_name(value: object, field: str = "name") -> str:
+    """Return `value` if it is a valid environment variable name, else raise SpecError."""
+    return _check("env", value, field)
+
+
+def check_safe_text(value: object, field: str = "text") -> str:
+    """Return `value` if it is a str without NUL characters, else raise SpecError."""
+    if not isinstance(value, str):
+        raise SpecError("", field, value, f"text (a string) (got {type(value).__name__})")
+    if "\0" in value:
+        raise SpecError("", field, value, "text without NUL characters")
+    return value
+
+
+Name = Annotated[str, BeforeValidator(lambda v: _check("name", v, ""))]
+EnvName = Annotated[str, BeforeValidator(lambda v: _check("env", v, ""))]
+SchedName = Annotated[str, BeforeValidator(lambda v: _check("sched", v, ""))]
+Constraint = Annotated[str, BeforeValidator(lambda v: _check("constraint", v, ""))]
+SafeText = Annotated[str, BeforeValidator(lambda v: check_safe_text(v, ""))]

@@ -1,0 +1,119 @@
+"""What one partition of the machine offers, and whether a request fits it.
+
+>>> cpu = PartitionProfile(name="cpu", cores_per_node=32, memory_per_node="128G", max_nodes=4)
+>>> cpu.partition, cpu.memory_per_node
+('cpu', 131072)
+>>> cpu.check(Resources(gpus=1))
+Traceback (most recent call last):
+...
+htc_notebook.errors.ResourceLimitError: Resources.gpus = 1 is not allowed: profile 'cpu' has no GPUs (gpus_per_node=0)
+"""
+
+from __future__ import annotations
+
+import string
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator, model_validator
+
+from htc_notebook.errors import ResourceLimitError, SpecError
+
+from ._model import SpecModel, whole
+from .names import Constraint, Name, SafeText, SchedName
+from .resources import MemoryMiB, Resources, WalltimeSeconds
+from .units import format_walltime
+
+LAUNCHERS = ("srun", "mpirun", "mpiexec", "ibrun")
+TEMPLATE_FIELDS = ("ranks", "command", "nodes", "ranks_per_node", "cpus_per_rank", "cores")
+
+
+def _check_launcher(value: object) -> object:
+    """A known launcher name, or a template such as "mpiexec -n {ranks} {command}"."""
+    allowed = (f"one of {', '.join(LAUNCHERS)}, or a template containing {{ranks}} and {{command}} "
+               f"(fields: {', '.join(TEMPLATE_FIELDS)})")
+    if not isinstance(value, str):
+        raise SpecError("", "", value, f"{allowed} (got {type(value).__name__})")
+    if value in LAUNCHERS:
+        return value
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
+    except ValueError:
+        raise SpecError("", "", value, allowed) from None
+    if "\0" in value or not {"ranks", "command"} <= fields or not fields <= set(TEMPLATE_FIELDS):
+        raise SpecError("", "", value, allowed)
+    return value
+
+
+class PartitionProfile(SpecModel):
+    """A partition (or the local machine): its limits, defaults and how jobs start on it."""
+
+    name: Name
+    backend: Literal["local", "slurm"] = "slurm"
+    partition: SchedName | None = None
+    cores_per_node: Annotated[int, whole(1)]
+    memory_per_node: MemoryMiB
+    gpus_per_node: Annotated[int, whole(0)] = 0
+    max_nodes: Annotated[int, whole(1)] = 1
+    architecture: Literal["X86", "AARCH64"] = "X86"
+    default_walltime: WalltimeSeconds | None = None
+    max_walltime: WalltimeSeconds | None = None
+    account: SchedName | None = None
+    qos: SchedName | None = None
+    economy_qos: SchedName | None = None
+    constraints: tuple[Constraint, ...] = ()
+    launcher: Annotated[str, BeforeValidator(_check_launcher)] = "srun"
+    mpi: Literal["pmix", "pmi2", "none"] | None = None
+    setup: tuple[SafeText, ...] = ()
+    omp_places: SafeText | None = None
+    omp_proc_bind: SafeText | None = None
+    python: SafeText | None = None
+    warning: SafeText | None = None
+
+    @model_validator(mode="after")
+    def _defaults(self) -> PartitionProfile:
+        if self.partition is None and self.backend == "slurm":
+            self.__dict__["partition"] = self.name  # frozen: set once, during validation
+        if self.default_walltime and self.max_walltime and self.default_walltime > self.max_walltime:
+            raise SpecError("", "default_walltime", self.default_walltime,
+                            f"at most max_walltime={self.max_walltime} s ({format_walltime(self.max_walltime)})")
+        return self
+
+    def check(self, resources: Resources) -> None:
+        """Raise ResourceLimitError if `resources` does not fit this profile."""
+        r, me = resources, f"profile {self.name!r}"
+
+        def fail(field: str, value: object, allowed: str) -> None:
+            raise ResourceLimitError("Resources", field, value, allowed)
+
+        if r.nodes > self.max_nodes:
+            fail("nodes", r.nodes, f"{me} allows at most max_nodes={self.max_nodes}")
+        if r.is_mpi:
+            per_node = r.ranks_per_node * r.cpus_per_rank  # type: ignore[operator]
+            if per_node > self.cores_per_node:
+                fail("ranks_per_node", r.ranks_per_node,
+                     f"more ranks than cores: ranks_per_node x cpus_per_rank = {r.ranks_per_node} x "
+                     f"{r.cpus_per_rank} = {per_node} cores per node, but {me} has "
+                     f"cores_per_node={self.cores_per_node}")
+        total = self.cores_per_node * r.nodes
+        if r.cores > total:  # type: ignore[operator]
+            fail("cores", r.cores, f"{me} allows at most cores_per_node x nodes = "
+                 f"{self.cores_per_node} x {r.nodes} = {total} cores")
+        if not r.is_mpi and r.cores > self.cores_per_node:  # type: ignore[operator]
+            fail("cores", r.cores, f"a job without MPI ranks runs on one node; {me} has "
+                 f"cores_per_node={self.cores_per_node}")
+        if r.memory is not None and r.memory > self.memory_per_node:
+            fail("memory", r.memory, f"{me} has memory_per_node={self.memory_per_node} MiB")
+        if r.gpus and not self.gpus_per_node:
+            fail("gpus", r.gpus, f"{me} has no GPUs (gpus_per_node=0)")
+        if r.gpus > self.gpus_per_node:
+            fail("gpus", r.gpus, f"{me} has gpus_per_node={self.gpus_per_node}")
+        if r.walltime is not None and self.max_walltime is not None and r.walltime > self.max_walltime:
+            fail("walltime", r.walltime, f"{me} allows at most max_walltime={self.max_walltime} s "
+                 f"({format_walltime(self.max_walltime)})")
+
+    def resolve(self, resources: Resources) -> Resources:
+        """Check `resources` and return a copy with walltime defaulted to `default_walltime`."""
+        self.check(resources)
+        if resources.walltime is None and self.default_walltime is not None:
+            return resources.model_copy(update={"walltime": self.default_walltime})
+        return resources

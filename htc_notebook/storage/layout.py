@@ -1,0 +1,77 @@
+"""Where everything lives under the data root.
+
+    root/ledger.db
+    root/projects/<project>/shared/
+    root/projects/<project>/tasks/<task>/          (the task's own files)
+    root/projects/<project>/tasks/<task>/logs/     (job-<id>.out, job-<id>.err)
+    root/projects/<project>/tasks/<task>/.htc/     (results/, payloads/: toolkit internals)
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ..errors import StorageAccessDenied
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+_NAME_RE = re.compile(NAME_PATTERN)
+_DIGEST_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+def check_name(kind: str, name: str) -> str:
+    """Return `name` if it is a safe project/task name, else raise StorageAccessDenied."""
+    if not isinstance(name, str) or name in (".", "..") or not _NAME_RE.fullmatch(name):
+        raise StorageAccessDenied(name, f"invalid {kind} name; allowed pattern is {NAME_PATTERN}")
+    return name
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class Storage:
+    """The data root. Every directory is created on first use."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root).absolute()
+
+    def __repr__(self) -> str:
+        return f"Storage({str(self.root)!r})"
+
+    @property
+    def ledger_path(self) -> Path:
+        _mkdir(self.root)
+        return self.root / "ledger.db"
+
+    def project_dir(self, project: str) -> Path:
+        return _mkdir(self.root / "projects" / check_name("project", project))
+
+    def shared_dir(self, project: str) -> Path:
+        return _mkdir(self.project_dir(project) / "shared")
+
+    def task_dir(self, project: str, task: str) -> Path:
+        return _mkdir(self.project_dir(project) / "tasks" / check_name("task", task))
+
+    def internal_dir(self, project: str, task: str) -> Path:
+        return _mkdir(self.task_dir(project, task) / ".htc")
+
+    def log_paths(self, project: str, task: str, job_id: int) -> tuple[Path, Path]:
+        logs = _mkdir(self.task_dir(project, task) / "logs")
+        n = _job_id(job_id)
+        return logs / f"job-{n}.out", logs / f"job-{n}.err"
+
+    def result_path(self, project: str, task: str, job_id: int) -> Path:
+        return _mkdir(self.internal_dir(project, task) / "results") / f"job-{_job_id(job_id)}.pkl"
+
+    def payload_path(self, project: str, task: str, digest: str) -> Path:
+        if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
+            raise StorageAccessDenied(digest, "invalid payload digest; allowed pattern is ^[A-Za-z0-9_-]{1,128}$")
+        return _mkdir(self.internal_dir(project, task) / "payloads") / f"{digest}.pkl"
+
+
+def _job_id(job_id: int) -> int:
+    if isinstance(job_id, bool) or not isinstance(job_id, int) or job_id < 0:
+        raise StorageAccessDenied(job_id, "job id must be a non-negative integer")
+    return job_id

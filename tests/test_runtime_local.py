@@ -1,0 +1,275 @@
+"""End-to-end on the embedded local backend: real LocalCluster, real subprocesses, real ledger."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from htc_notebook import JobBatch, JobFailed, Resources, SpecError, Sweep
+from htc_notebook.errors import UnsupportedFeature
+
+
+def _alive(pid: int, wait: float = 5.0) -> bool:
+    """True if `pid` is a live process (zombies count as dead: pid 1 here may never reap them)."""
+    deadline = time.time() + wait
+    while time.time() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return False
+        if state in ("Z", "X"):
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def collatz_steps(n: int, offset: int = 0) -> int:
+    steps = 0
+    while n != 1:
+        n = n // 2 if n % 2 == 0 else 3 * n + 1
+        steps += 1
+    return steps + offset
+
+
+def fail_on(x: int) -> int:
+    if x == 3:
+        raise ValueError(f"bad x={x}")
+    return x
+
+
+def test_sweep_of_200_members_returns_every_result_in_order(session):
+    task = session.project("e2e").task("collatz")
+    sweep = Sweep.grid(n=list(range(1, 101)), offset=[0, 1000])
+    group = task.sweep(collatz_steps, sweep)
+    assert len(group) == 200
+    values = group.results(timeout=120)
+    expected = [collatz_steps(m.params["n"], m.params["offset"]) for m in sweep.members]
+    assert values == expected
+    counts = task.counts()
+    assert counts["SUCCEEDED"] == 200 and sum(counts.values()) == 200
+    df = group.to_dataframe(results=True)
+    assert list(df.columns[:4]) == ["job_id", "name", "index", "status"]
+    assert {"n", "offset", "result"} <= set(df.columns)
+    assert (df.result == df.apply(lambda r: collatz_steps(r.n, r.offset), axis=1)).all()
+
+
+def test_resubmitting_a_sweep_runs_nothing_new(session):
+    task = session.project("e2e").task("resubmit")
+    sweep = Sweep.grid(n=[5, 6, 7, 8])
+    first = task.sweep(collatz_steps, sweep)
+    first.wait(timeout=60)
+    attempts_before = {j.id: j.row.attempts for j in first}
+    second = task.sweep(collatz_steps, sweep)
+    assert second.skipped == 4
+    assert second.ids == first.ids
+    assert second.results(timeout=30) == first.results()
+    assert {j.id: j.row.attempts for j in second} == attempts_before
+    # a bigger sweep runs only its new members
+    third = task.sweep(collatz_steps, Sweep.grid(n=[5, 6, 7, 8, 9]))
+    assert third.skipped == 4 and len(third) == 5
+    third.wait(timeout=60)
+    assert sum(task.counts().values()) == 5
+
+
+def test_failures_explain_themselves_and_resweep_reruns_only_them(session):
+    task = session.project("e2e").task("failing")
+    group = task.sweep(fail_on, Sweep.grid(x=[1, 2, 3]))
+    out = group.results(timeout=60, errors="return")
+    assert out[:2] == [1, 2]
+    err = out[2]
+    assert isinstance(err, JobFailed)
+    assert err.status == "FAILED" and "ValueError: bad x=3" in err.reason
+    assert err.attempt == 1 and err.host and err.log_path
+    assert "ValueError: bad x=3" in open(err.log_path).read()  # the traceback is in the job's log
+    assert "retry" in str(err)
+    with pytest.raises(JobFailed, match="bad x=3"):
+        group[2].result()
+    again = task.sweep(fail_on, Sweep.grid(x=[1, 2, 3]))
+    again.wait(timeout=60)
+    assert [j.row.attempts for j in again] == [1, 1, 2]
+
+
+def test_falsy_results_come_back_as_themselves(session):
+    task = session.project("e2e").task("falsy")
+    handles = [task.submit(lambda v=v: v) for v in (0, "", [], None, False)]
+    assert [h.result(timeout=60) for h in handles] == [0, "", [], None, False]
+
+
+def test_large_result_goes_to_a_file_atomically(session):
+    task = session.project("e2e").task("large")
+    h = task.submit(bytes, 1_000_000)
+    assert h.result(timeout=60) == bytes(1_000_000)
+    res = session.ledger.result(h.id)
+    assert res.inline is None and res.path and os.path.getsize(res.path) > 1_000_000
+    assert not [p for p in os.listdir(os.path.dirname(res.path)) if p.startswith(".")]
+
+
+def test_automatic_retries_are_recorded_as_attempts(session, tmp_path):
+    marker = tmp_path / "tries"
+
+    def flaky():
+        n = int(marker.read_text()) if marker.exists() else 0
+        marker.write_text(str(n + 1))
+        if n < 2:
+            raise RuntimeError(f"transient {n}")
+        return "ok"
+
+    task = session.project("e2e").task("retry")
+    h = task.submit(flaky, retries=3)
+    deadline = time.time() + 60
+    while h.status != "SUCCEEDED" and time.time() < deadline:
+        time.sleep(0.1)
+    assert h.result(timeout=1) == "ok"
+    attempts = h.attempts
+    assert [a.status for a in attempts] == ["FAILED", "FAILED", "SUCCEEDED"]
+    assert "transient 0" in attempts[0].reason
+
+
+def test_unpicklable_function_fails_at_submit_and_writes_nothing(session):
+    task = session.project("e2e").task("unpicklable")
+    lock = threading.Lock()
+    with pytest.raises(SpecError, match="picklable"):
+        task.submit(lambda: lock)
+    assert sum(task.counts().values()) == 0
+
+
+def test_batch_jobs_see_their_index_and_run_in_the_task_directory(session):
+    task = session.project("e2e").task("batch")
+    batch = JobBatch.model_validate({
+        "jobName": "idx", "batchSize": 5,
+        "htcJobDefinition": {"commands": ["sh", "-c", 'echo "$HTC_JOB_INDEX $GREETING" > out-$HTC_JOB_INDEX.txt; pwd'],
+                             "envs": [{"name": "GREETING", "value": "hi; $(rm -rf /)"}]}})
+    group = task.submit_batch(batch)
+    results = group.results(timeout=60)
+    assert [r.exit_code for r in results] == [0] * 5
+    for i in range(5):
+        assert task.storage.read_text(f"out-{i}.txt") == f"{i} hi; $(rm -rf /)\n"
+    assert results[0].stdout.strip() == str(task.storage.path("."))
+
+
+def test_timed_out_command_ends_failed_with_reason_and_its_children_die(session, tmp_path):
+    task = session.project("e2e").task("timeout")
+    pidfile = tmp_path / "child.pid"
+    batch = JobBatch.model_validate({
+        "jobName": "sleepy", "batchSize": 1,
+        "htcJobDefinition": {"commands": ["sh", "-c", f"sleep 300 & echo $! > {pidfile}; wait"],
+                             "execTimeoutSeconds": 1}})
+    t0 = time.monotonic()
+    job = task.submit_batch(batch)[0]
+    err = job.exception(timeout=60)
+    assert time.monotonic() - t0 < 30
+    assert err is not None and err.status == "FAILED"
+    assert "timeout" in err.reason and "execTimeoutSeconds=1" in err.reason
+    assert "execTimeoutSeconds" in str(err)
+    child = int(pidfile.read_text())
+    assert not _alive(child)  # the whole process group was killed, not just `sh`
+
+
+def test_failed_command_reports_exit_code_and_log(session):
+    task = session.project("e2e").task("exit3")
+    batch = JobBatch.model_validate({"jobName": "three", "batchSize": 1,
+                                     "htcJobDefinition": {"commands": ["sh", "-c", "echo oops >&2; exit 3"]}})
+    err = task.submit_batch(batch)[0].exception(timeout=60)
+    assert err.status == "FAILED" and "code 3" in err.reason
+    assert open(err.log_path).read() == "oops\n"
+    assert task.jobs()[0].row.exit_code == 3
+
+
+def test_command_sweep_fills_templates_without_a_shell(session):
+    task = session.project("e2e").task("cmd-sweep")
+    group = task.sweep("echo {word} {n}", Sweep.zip(word=["a;b", "$(x)", "two words"], n=[1, 2, 3]))
+    outs = [r.stdout for r in group.results(timeout=60)]
+    assert outs == ["a;b 1\n", "$(x) 2\n", "two words 3\n"]
+    with pytest.raises(SpecError, match="one of the sweep's parameters"):
+        task.sweep("echo {missing}", Sweep.grid(n=[1]))
+
+
+def test_cancel_a_running_command(session):
+    task = session.project("e2e").task("cancel")
+    batch = JobBatch.model_validate({"jobName": "long", "batchSize": 1,
+                                     "htcJobDefinition": {"commands": ["sleep", "300"]}})
+    job = task.submit_batch(batch)[0]
+    deadline = time.time() + 30
+    while job.status != "RUNNING" and time.time() < deadline:
+        time.sleep(0.05)
+    assert job.status == "RUNNING"
+    assert job.cancel()
+    row = job.wait(timeout=30)
+    assert row.status == "CANCELLED"
+
+
+def test_economy_jobs_start_after_priority_jobs(session):
+    task = session.project("e2e").task("priority")
+    cores = session.profile(None).cores_per_node
+    blocker = {"jobName": "block", "batchSize": cores,
+               "htcJobDefinition": {"commands": ["sleep", "1"]}}
+    eco = {"jobName": "eco", "batchSize": 2,
+           "htcJobDefinition": {"commands": ["true"], "priority": "ON_DEMAND_ECONOMY"}}
+    pri = {"jobName": "pri", "batchSize": 2, "htcJobDefinition": {"commands": ["true"]}}
+    b = task.submit_batch(blocker)
+    e = task.submit_batch(eco)
+    p = task.submit_batch(pri)
+    for g in (b, e, p):
+        g.wait(timeout=60)
+    assert max(j.row.started for j in p) <= min(j.row.started for j in e)
+
+
+def test_bad_requests_are_refused_before_anything_is_written(session):
+    task = session.project("e2e").task("refused")
+    cores = session.profile(None).cores_per_node
+    with pytest.raises(UnsupportedFeature, match="container images"):
+        task.submit_batch({"jobName": "img", "batchSize": 1,
+                           "htcJobDefinition": {"imageName": "ubuntu:24.04", "commands": ["true"]}})
+    with pytest.raises(SpecError, match="cores"):
+        task.submit_batch({"jobName": "big", "batchSize": 1,
+                           "htcJobDefinition": {"maxVCpus": cores + 1, "commands": ["true"]}})
+    with pytest.raises(SpecError):
+        task.submit(collatz_steps, 3, resources={"cores": -4})
+    with pytest.raises(SpecError, match="architecture"):
+        task.submit_batch({"jobName": "arm", "batchSize": 1,
+                           "htcJobDefinition": {"architecture": "A100", "commands": ["true"]}})
+    assert sum(task.counts().values()) == 0
+
+
+def test_jobs_of_a_dead_session_become_lost_not_succeeded(tmp_path):
+    """A local job whose owning process died is LOST (design G5), and re-running resumes it."""
+    from htc_notebook import Session, SiteConfig
+
+    root = tmp_path / "root"
+    script = textwrap.dedent(f"""
+        import time
+        from htc_notebook import Session, SiteConfig
+        s = Session({str(root)!r}, site=SiteConfig.builtin())
+        t = s.project("p").task("t")
+        g = t.submit_batch({{"jobName": "long", "batchSize": 2,
+                             "htcJobDefinition": {{"commands": ["sleep", "300"]}}}})
+        while t.counts()["RUNNING"] < 2:
+            time.sleep(0.05)
+        print("running", flush=True)
+        time.sleep(300)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "running"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with Session(root, site=SiteConfig.builtin()) as s:
+        task = s.project("p").task("t")
+        jobs = task.jobs()
+        assert [j.status for j in jobs] == ["LOST", "LOST"]
+        err = jobs[0].exception(timeout=5)
+        assert "has exited" in err.reason and str(proc.pid) in err.reason
+        assert "orphaned process group" in err.reason  # the `sleep 300` children were killed
+        pgid = int(jobs[0].row.native_id.split(":")[1])
+        assert not _alive(pgid)
+        retried = task.retry()
+        assert len(retried) == 2
+        retried.cancel()
+        assert [j.status for j in task.jobs()] == ["CANCELLED", "CANCELLED"]

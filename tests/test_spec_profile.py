@@ -1,0 +1,127 @@
+import pytest
+
+from htc_notebook.errors import ResourceLimitError, SpecError
+from htc_notebook.spec import PartitionProfile, Resources
+
+
+@pytest.fixture
+def cpu():
+    return PartitionProfile(name="cpu", cores_per_node=8, memory_per_node="16G", max_nodes=4,
+                            default_walltime="01:00:00", max_walltime="1-00:00:00")
+
+
+@pytest.fixture
+def gpu():
+    return PartitionProfile(name="gpu", cores_per_node=16, memory_per_node=65536, gpus_per_node=2)
+
+
+def test_defaults_and_units(cpu):
+    assert cpu.partition == "cpu" and cpu.backend == "slurm" and cpu.launcher == "srun"
+    assert (cpu.memory_per_node, cpu.default_walltime, cpu.max_walltime) == (16384, 3600, 86400)
+    local = PartitionProfile(name="here", backend="local", cores_per_node=2, memory_per_node=1024)
+    assert local.partition is None
+    assert PartitionProfile(name="x", partition="batch", cores_per_node=1, memory_per_node=1).partition == "batch"
+
+
+def test_lists_become_tuples():
+    p = PartitionProfile(name="x", cores_per_node=1, memory_per_node=1, setup=["module load gcc"],
+                         constraints=["ib"])
+    assert p.setup == ("module load gcc",) and p.constraints == ("ib",)
+    hash(p)  # frozen and hashable: no shared mutable state
+
+
+@pytest.mark.parametrize("field, bad", [("cores_per_node", 0), ("cores_per_node", 1.5), ("max_nodes", True),
+                                        ("gpus_per_node", -1), ("memory_per_node", "lots")])
+def test_bad_numbers(field, bad):
+    kw = {"name": "x", "cores_per_node": 1, "memory_per_node": 1, field: bad}
+    with pytest.raises(SpecError) as info:
+        PartitionProfile(**kw)
+    assert (info.value.model, info.value.field, info.value.value) == ("PartitionProfile", field, bad)
+
+
+def test_literal_choices_listed():
+    with pytest.raises(SpecError, match=r"architecture = 'ARM' is not allowed: one of X86, AARCH64"):
+        PartitionProfile(name="x", cores_per_node=1, memory_per_node=1, architecture="ARM")
+    with pytest.raises(SpecError, match=r"one of pmix, pmi2, none"):
+        PartitionProfile(name="x", cores_per_node=1, memory_per_node=1, mpi="openmpi")
+
+
+def test_missing_required_field():
+    with pytest.raises(SpecError, match=r"PartitionProfile.memory_per_node = <missing> is not allowed: a value is required"):
+        PartitionProfile(name="x", cores_per_node=1)
+
+
+def test_launcher_names_and_templates():
+    base = {"name": "x", "cores_per_node": 1, "memory_per_node": 1}
+    for name in ("srun", "mpirun", "mpiexec", "ibrun"):
+        assert PartitionProfile(**base, launcher=name).launcher == name
+    tpl = "mpiexec -n {ranks} --bind-to core {command}"
+    assert PartitionProfile(**base, launcher=tpl).launcher == tpl
+    for bad in ("aprun", "mpiexec -n {ranks}", "{command}", "x {ranks} {command} {home}", "x {ranks {command}"):
+        with pytest.raises(SpecError) as info:
+            PartitionProfile(**base, launcher=bad)
+        assert info.value.field == "launcher" and "{ranks} and {command}" in info.value.allowed
+
+
+def test_default_walltime_above_max():
+    with pytest.raises(SpecError, match=r"default_walltime = 7200 is not allowed: at most max_walltime=3600"):
+        PartitionProfile(name="x", cores_per_node=1, memory_per_node=1, default_walltime=7200, max_walltime=3600)
+
+
+def test_fits(cpu, gpu):
+    cpu.check(Resources(cores=8, memory="16G"))
+    cpu.check(Resources(ranks=32, nodes=4))
+    gpu.check(Resources(gpus=2, cores=16))
+
+
+def limit_error(profile, **kw):
+    with pytest.raises(ResourceLimitError) as info:
+        profile.check(Resources(**kw))
+    assert isinstance(info.value, SpecError)
+    return info.value
+
+
+def test_too_many_cores(cpu):
+    err = limit_error(cpu, cores=9)
+    assert err.field == "cores" and err.value == 9
+    assert "cores_per_node x nodes = 8 x 1 = 8 cores" in str(err)
+    err = limit_error(cpu, cores=12, nodes=2)
+    assert "a job without MPI ranks runs on one node; profile 'cpu' has cores_per_node=8" in str(err)
+    err = limit_error(cpu, cores=17, nodes=2)
+    assert "cores_per_node x nodes = 8 x 2 = 16 cores" in str(err)
+
+
+def test_too_much_memory(cpu):
+    err = limit_error(cpu, memory="17G")
+    assert (err.field, err.value) == ("memory", 17408) and "memory_per_node=16384 MiB" in str(err)
+
+
+def test_gpus_on_cpu_profile(cpu, gpu):
+    err = limit_error(cpu, gpus=1)
+    assert err.field == "gpus" and "profile 'cpu' has no GPUs (gpus_per_node=0)" in str(err)
+    err = limit_error(gpu, gpus=3)
+    assert "profile 'gpu' has gpus_per_node=2" in str(err)
+
+
+def test_too_many_nodes(cpu):
+    err = limit_error(cpu, nodes=5)
+    assert err.field == "nodes" and "max_nodes=4" in str(err)
+
+
+def test_walltime_over_max(cpu):
+    err = limit_error(cpu, walltime="2-00")
+    assert err.field == "walltime" and "max_walltime=86400 s (1-00:00:00)" in str(err)
+
+
+def test_more_ranks_than_cores(cpu):
+    err = limit_error(cpu, ranks=8, nodes=2, cpus_per_rank=4)
+    assert err.field == "ranks_per_node"
+    assert "more ranks than cores: ranks_per_node x cpus_per_rank = 4 x 4 = 16 cores per node" in str(err)
+    assert "cores_per_node=8" in str(err)
+
+
+def test_resolve_defaults_walltime(cpu):
+    assert cpu.resolve(Resources()).walltime == 3600
+    assert cpu.resolve(Resources(walltime=60)).walltime == 60
+    with pytest.raises(ResourceLimitError):
+        cpu.resolve(Resources(gpus=1))
