@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -49,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--task", default=None, help="task name (default: a new one per run)")
     d.add_argument("--temperatures", type=int, default=16, help="number of temperatures (default 16)")
     d.add_argument("--seeds", type=int, default=4, help="seeds per temperature (default 4)")
+    d.add_argument("--mc-sweeps", type=int, default=2000, help="Monte Carlo sweeps per job (default 2000)")
     d.set_defaults(func=_demo)
 
     s = sub.add_parser("status", help="tasks, or one task's jobs, from the ledger")
@@ -88,8 +90,8 @@ def _demo(args) -> int:
     from htc_notebook.examples.ising import T_CRITICAL, ising
     from htc_notebook.spec import Sweep
 
-    if args.temperatures < 1 or args.seeds < 1:
-        raise HTCError("--temperatures and --seeds must be at least 1")
+    if args.temperatures < 1 or args.seeds < 1 or args.mc_sweeps < 2:
+        raise HTCError("--temperatures and --seeds must be at least 1, --mc-sweeps at least 2")
     temps = [round(float(t), 3) for t in np.linspace(1.5, 3.5, args.temperatures)]
     sweep = Sweep.grid(T=temps, seed=list(range(1, args.seeds + 1)))
     task_name = args.task or time.strftime("ising-%Y%m%d-%H%M%S")
@@ -98,7 +100,7 @@ def _demo(args) -> int:
         console.print(f"[bold]htc demo[/]: 2D Ising model, {len(temps)} temperatures x {args.seeds} seeds "
                       f"= {len(sweep)} jobs on profile '{session.site.default_profile}' "
                       f"(task demo/{task_name}, ledger {session.storage.ledger_path})")
-        group = task.sweep(ising, sweep, name="ising")
+        group = task.sweep(functools.partial(ising, sweeps=args.mc_sweeps), sweep, name="ising")
         if group.skipped:
             console.print(f"{group.skipped} members already succeeded in this task; they are not run again.")
         group.wait(progress=True)
@@ -120,11 +122,13 @@ def _demo(args) -> int:
 
 
 def _print_ising(table, tc: float) -> None:
-    t = Table(title=f"Ising 32x32: mean over seeds (T_c = {tc:.3f})")
-    for col in ("T", "|m| per spin", "sd", "energy per spin", "susceptibility", "runs", "job s", ""):
-        t.add_column(col, justify="right" if col else "left")
+    t = Table(title=f"2D Ising 32x32, mean over seeds (T_c = {tc:.3f})",
+              caption="|m|: magnetization per spin, E: energy per spin, chi: susceptibility")
+    for col in ("T", "|m|", "sd", "E/spin", "chi", "runs", "s/job"):
+        t.add_column(col, justify="right", no_wrap=True)
+    t.add_column("|m| 0..1", no_wrap=True)
     for T, r in table.iterrows():
-        bar = "#" * int(round(r.m * 30))
+        bar = "#" * int(round(r.m * 20))
         sd = "" if r.m_sd != r.m_sd else f"{r.m_sd:.3f}"  # NaN with one seed
         t.add_row(f"{T:.3f}", f"{r.m:.3f}", sd, f"{r.e:.3f}", f"{r.chi:.2f}", str(int(r.runs)),
                   f"{r.runtime:.2f}", f"[cyan]{bar}[/]")

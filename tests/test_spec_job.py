@@ -49,6 +49,12 @@ def test_plain_string_command_refused():
     assert info.value.field == "commands" and "argv" in info.value.allowed
 
 
+def test_nul_in_command_refused():
+    with pytest.raises(SpecError) as info:
+        JobDefinition(commands=["echo", "a\0b"])
+    assert info.value.field == "commands[1]" and "NUL" in info.value.allowed
+
+
 def test_empty_commands_refused():
     with pytest.raises(SpecError, match=r"commands = \(\) is not allowed: at least 1 item|commands = \[\]"):
         JobDefinition(commands=[])

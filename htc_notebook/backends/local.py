@@ -41,7 +41,7 @@ class LocalBackend:
                 from distributed import Client, LocalCluster
 
                 self._cluster = LocalCluster(n_workers=self.profile.cores_per_node, threads_per_worker=1,
-                                             processes=True, dashboard_address=None)
+                                             processes=True, dashboard_address=":0")
                 self._client = Client(self._cluster)
             return self._client
 
