@@ -445,6 +445,14 @@ class Ledger:
                                (task_id, after_seq)).fetchall()
         return seq, [_job(r) for r in rows]
 
+    def status_changes(self, task_id: int, after_seq: int) -> tuple[int, list[tuple[int, str]]]:
+        """Like `changes`, but only (job id, status) pairs: cheap enough to poll for huge tasks."""
+        with self._snapshot() as con:
+            seq = con.execute("SELECT seq FROM counter").fetchone()[0]
+            rows = con.execute("SELECT id, status FROM jobs WHERE task_id = ? AND seq > ?",
+                               (task_id, after_seq)).fetchall()
+        return seq, rows
+
     def counts(self, task_id: int) -> dict[str, int]:
         counts = {s.value: 0 for s in JobStatus}
         counts.update(self._read("SELECT status, COUNT(*) FROM jobs WHERE task_id = ? GROUP BY status",
@@ -479,6 +487,12 @@ class Ledger:
         rows = self._read("SELECT job_id, attempt, inline, path, size, created FROM results WHERE job_id = ?",
                           (job_id,))
         return ResultRow(*rows[0]) if rows else None
+
+    def results(self, job_ids: Iterable[int]) -> dict[int, ResultRow]:
+        """The results of many jobs in one query (jobs without a result are absent)."""
+        rows = self._read(f"SELECT job_id, attempt, inline, path, size, created FROM results "
+                          f"WHERE job_id IN {IN_JSON}", (json.dumps(_ids(job_ids)),))
+        return {r[0]: ResultRow(*r) for r in rows}
 
     def batches(self, task_id: int) -> list[BatchRow]:
         rows = self._read("SELECT id, task_id, name, size, definition, tags, created FROM batches "

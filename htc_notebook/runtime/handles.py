@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import cloudpickle
 
 from htc_notebook.errors import JobFailed
-from htc_notebook.ledger import JobRow
+from htc_notebook.ledger import JobRow, ResultRow
 
 if TYPE_CHECKING:
     import pandas
@@ -52,11 +52,11 @@ def _read(path: str | None) -> str:
         return ""
 
 
-def load_result(session: "Session", row: JobRow) -> Any:
+def load_result(session: "Session", row: JobRow, res: ResultRow | None = None) -> Any:
     """The value a SUCCEEDED job produced (a CommandResult for command jobs)."""
     if row.kind == "command":
         return CommandResult(row.exit_code if row.exit_code is not None else 0, row.log_out, row.log_err)
-    res = session.ledger.result(row.id)
+    res = res or session.ledger.result(row.id)
     if res is None:
         raise JobFailed(row.id, row.status, "no result was recorded", hint="retry the job")
     data = res.inline if res.inline is not None else Path(res.path).read_bytes()
@@ -150,6 +150,7 @@ class JobGroup(Sequence[JobHandle]):
         self.session, self.task_id, self.ids, self.name = session, task_id, list(job_ids), name
         self.skipped = skipped
         self._status: dict[int, str] = {}
+        self._counts: dict[str, int] = dict.fromkeys(STATES, 0)
         self._seq = -1  # ledger seq already seen
 
     def __repr__(self) -> str:
@@ -176,17 +177,21 @@ class JobGroup(Sequence[JobHandle]):
     def refresh(self) -> dict[int, str]:
         """Bring the status of every member up to date, reading only rows that changed."""
         wanted = set(self.ids)
-        self._seq, changed = self.session.ledger.changes(self.task_id, self._seq)
-        for r in changed:
-            if r.id in wanted:
-                self._status[r.id] = r.status
+        self._seq, changed = self.session.ledger.status_changes(self.task_id, self._seq)
+        counts, known = self._counts, self._status
+        for job_id, status in changed:
+            if job_id in wanted:
+                old = known.get(job_id)
+                if old is not None:
+                    counts[old] -= 1
+                counts[status] = counts.get(status, 0) + 1
+                known[job_id] = status
         return self._status
 
     def counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(STATES, 0)
-        for status in self.refresh().values():
-            counts[status] = counts.get(status, 0) + 1
-        return counts
+        """Jobs per state (kept up to date incrementally from the ledger's changes)."""
+        self.refresh()
+        return dict(self._counts)
 
     def done(self) -> bool:
         status = self.refresh()
@@ -206,7 +211,7 @@ class JobGroup(Sequence[JobHandle]):
                 if ended >= len(self):
                     return self
                 if time.monotonic() - last_reconcile > 2.0:
-                    self.session.reconcile(r for r in self.rows() if r.status not in TERMINAL)
+                    self._reconcile_foreign()
                     last_reconcile = time.monotonic()
                 if deadline is not None and time.monotonic() >= deadline:
                     raise TimeoutError(f"{len(self) - ended} of {len(self)} jobs still running after {timeout} s")
@@ -215,13 +220,22 @@ class JobGroup(Sequence[JobHandle]):
             if bar:
                 bar.close()
 
+    def _reconcile_foreign(self) -> None:
+        """Check jobs this process did not dispatch (their owner may have died)."""
+        status, mine = self._status, self.session.dispatched
+        foreign = [j for j in self.ids if status.get(j) not in TERMINAL and j not in mine]
+        if foreign:
+            self.session.reconcile(self.session.ledger.job(j) for j in foreign)
+
     def results(self, timeout: float | None = None, *, errors: str = "raise") -> list[Any]:
         """Values in member order. `errors`: "raise" the first failure, or "return" JobFailed objects."""
         self.wait(timeout)
         out = []
-        for row in self.rows():
+        rows = self.rows()
+        stored = self.session.ledger.results(r.id for r in rows if r.kind == "python" and r.status == "SUCCEEDED")
+        for row in rows:
             if row.status == "SUCCEEDED":
-                out.append(load_result(self.session, row))
+                out.append(load_result(self.session, row, stored.get(row.id)))
             elif errors == "return":
                 out.append(failure(row))
             else:

@@ -21,7 +21,7 @@ import cloudpickle
 
 from htc_notebook.backends.base import Backend, Call, Launch
 from htc_notebook.errors import UnsupportedFeature
-from htc_notebook.ledger import AttemptStart, JobRow, Ledger, Outcome, TaskRow
+from htc_notebook.ledger import AttemptStart, JobRow, Ledger, NewJob, Outcome, TaskRow
 from htc_notebook.ledger.states import TERMINAL
 from htc_notebook.runtime.recorder import Recorder
 from htc_notebook.spec import PartitionProfile, RetryPolicy, SiteConfig
@@ -73,6 +73,16 @@ def _kill_orphan_group(native_id: str | None) -> bool:
         return False
 
 
+class Pending:
+    """A job just added to the ledger, described from what was added (no read-back)."""
+
+    __slots__ = ("id", "kind", "params", "spec", "index", "profile", "priority")
+
+    def __init__(self, job_id: int, job: NewJob):
+        self.id, self.kind, self.params, self.spec = job_id, job.kind, job.params, job.spec
+        self.index, self.profile, self.priority = job.index, job.profile, job.priority
+
+
 class Session:
     """Entry point: `Session(root).project(name).task(name)`.
 
@@ -90,7 +100,7 @@ class Session:
         self._backends: dict[str, Backend] = {}
         self._tasks: dict[int, TaskRow] = {}
         self._calls: dict[str, object] = {}
-        self._job_task: dict[int, int] = {}
+        self._job_task: dict[int, int] = {}  # job id -> task id, for every job dispatched here
         self._changed = threading.Condition()
         self._lock = threading.RLock()
         self._closed = False
@@ -152,6 +162,11 @@ class Session:
         return ", ".join(n for n in self.site.names() if self.site.profile(n).backend == "local")
 
     # -- dispatch ----------------------------------------------------------------
+    @property
+    def dispatched(self) -> dict[int, int]:
+        """Jobs this process has handed to a backend (job id -> task id)."""
+        return self._job_task
+
     def remember_call(self, digest: str, obj: object) -> None:
         self._calls[digest] = obj
 
@@ -165,7 +180,7 @@ class Session:
             return obj
         return Call(obj, (), dict(row.params))
 
-    def dispatch(self, task: TaskRow, rows: Sequence[JobRow]) -> None:
+    def dispatch(self, task: TaskRow, rows: Sequence[JobRow | Pending]) -> None:
         """Record an attempt for each job (write-ahead), then hand them to their backends."""
         if not rows:
             return
@@ -175,7 +190,7 @@ class Session:
         log_dir.mkdir(parents=True, exist_ok=True)
         base_env = {"HTC_TASK_DIR": str(task_dir), "HTC_PROJECT_SHARED": str(shared),
                     "HTC_PROJECT": task.project, "HTC_TASK": task.name}
-        logs = {r.id: self.storage.log_paths(task.project, task.name, r.id) for r in rows}
+        logs = {r.id: (log_dir / f"job-{r.id}.out", log_dir / f"job-{r.id}.err") for r in rows}
         numbers = self.ledger.start_attempts([
             AttemptStart(r.id, host=self.owner.host, native_id=f"local:{self.owner}",
                          log_out=str(logs[r.id][0]), log_err=str(logs[r.id][1]), status="RUNNABLE")

@@ -13,6 +13,7 @@ from htc_notebook.ledger import NewBatch, NewJob
 from htc_notebook.runtime.commands import render_command, template_argv
 from htc_notebook.runtime.handles import JobGroup, JobHandle
 from htc_notebook.runtime.plan import check_definition
+from htc_notebook.runtime.session import Pending
 from htc_notebook.spec import JobBatch, JobDefinition, PartitionProfile, Resources, RetryPolicy, Sweep
 from htc_notebook.storage import ProjectStorage, TaskStorage, atomic_write
 
@@ -68,7 +69,7 @@ class Task:
         payload = _pickle(Call(fn, args, kwargs), fn)
         job = NewJob(name=name or _fn_name(fn), kind="python", params={},
                      spec=self._spec(res, retries, payload=self._store(payload)), profile=prof.name)
-        return JobHandle(self.session, self._add([job])[0].id, self.id)
+        return JobHandle(self.session, self._add([job])[0], self.id)
 
     def sweep(self, what: Callable[..., Any] | str | Sequence[str], sweep: Sweep, *,
               profile: str | None = None, resources: Resources | Mapping[str, Any] | None = None,
@@ -105,11 +106,10 @@ class Task:
         new = [NewJob(name=label, kind=kind, params=dict(m.params), spec=render(m.params), key=k,
                       index=i, profile=prof.name, priority=priority)
                for i, (m, k) in enumerate(zip(sweep.members, keys)) if k not in existing]
-        rows = self._add(new, NewBatch(label, len(new), {"sweep": identity, "members": len(sweep)}))
+        new_ids = iter(self._add(new, NewBatch(label, len(new), {"sweep": identity, "members": len(sweep)})))
         rerun = [r.id for r in existing.values() if r.status in ("FAILED", "CANCELLED", "LOST")]
         if rerun:
             self.session.retry(rerun, "sweep submitted again")
-        new_ids = iter(r.id for r in rows)
         ids = [existing[k].id if k in existing else next(new_ids) for k in keys]
         return JobGroup(self.session, self.id, ids, label,
                         skipped=sum(1 for r in existing.values() if r.status == "SUCCEEDED"))
@@ -129,8 +129,8 @@ class Task:
         prof, res, spec, priority = self._command_spec(profile, batch.htc_job_definition, retries)
         jobs = [NewJob(name=batch.job_name, kind="command", params={}, spec=spec, index=i,
                        profile=prof.name, priority=priority) for i in range(batch.batch_size)]
-        rows = self._add(jobs, NewBatch(batch.job_name, batch.batch_size, batch.to_wire(), tuple(batch.tags)))
-        return JobGroup(self.session, self.id, [r.id for r in rows], batch.job_name)
+        ids = self._add(jobs, NewBatch(batch.job_name, batch.batch_size, batch.to_wire(), tuple(batch.tags)))
+        return JobGroup(self.session, self.id, ids, batch.job_name)
 
     # -- looking ----------------------------------------------------------------
     def jobs(self, status: str | Sequence[str] | None = None) -> JobGroup:
@@ -189,16 +189,13 @@ class Task:
         self.session.remember_call(digest, cloudpickle.loads(payload))
         return digest
 
-    def _add(self, jobs: list[NewJob], batch: NewBatch | None = None):
-        """Write-ahead: record the jobs, then dispatch them."""
+    def _add(self, jobs: list[NewJob], batch: NewBatch | None = None) -> list[int]:
+        """Write-ahead: record the jobs, then dispatch them. Returns their ids."""
         if not jobs:
             return []
-        ledger = self.session.ledger
-        before = ledger.max_seq()
-        wanted = set(ledger.add_jobs(self.id, jobs, batch))
-        rows = [r for r in ledger.jobs(self.id, after_seq=before) if r.id in wanted]
-        self.session.dispatch(self.row, rows)
-        return rows
+        ids = self.session.ledger.add_jobs(self.id, jobs, batch)
+        self.session.dispatch(self.row, [Pending(i, j) for i, j in zip(ids, jobs)])
+        return ids
 
 
 def _fn_name(fn: Callable[..., Any]) -> str:
