@@ -1,0 +1,1 @@
+"""Jupyter server extension: REST API over runtime + ledger. Calls runtime only."""

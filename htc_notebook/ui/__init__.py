@@ -1,0 +1,1 @@
+"""IPython magics and widgets (optional dependencies, imported lazily). Calls runtime only."""
