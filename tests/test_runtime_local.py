@@ -273,3 +273,29 @@ def test_jobs_of_a_dead_session_become_lost_not_succeeded(tmp_path):
         assert len(retried) == 2
         retried.cancel()
         assert [j.status for j in task.jobs()] == ["CANCELLED", "CANCELLED"]
+
+
+def test_handles_rebuild_from_the_ledger_in_a_new_session(session):
+    from htc_notebook import Session, SiteConfig
+
+    task = session.project("e2e").task("rebuild")
+    group = task.sweep(collatz_steps, Sweep.grid(n=[3, 4]))
+    values = group.results(timeout=60)
+    with Session(session.root, site=SiteConfig.builtin()) as other:
+        again = other.project("e2e").task("rebuild")
+        assert again.id == task.id
+        assert [h.result() for h in again.jobs()] == values
+        assert other.job(group.ids[0]).result() == values[0]
+        df = again.to_dataframe(results=True)
+        assert list(df.result) == values and list(df.n) == [3, 4]
+
+
+def test_an_empty_sweep_warns_and_writes_nothing(session):
+    from htc_notebook.errors import HTCWarning
+
+    task = session.project("e2e").task("empty")
+    with pytest.warns(HTCWarning):
+        empty = Sweep.grid(n=[])
+    group = task.sweep(collatz_steps, empty)
+    assert len(group) == 0 and group.results(timeout=5) == []
+    assert sum(task.counts().values()) == 0 and session.ledger.batches(task.id) == []
