@@ -220,18 +220,19 @@ def _profiles_show(args) -> int:
 
 # -- submit -------------------------------------------------------------------------
 def _submit(args) -> int:
-    from htc_notebook.runtime.plan import render_batch
-    from htc_notebook.spec import load_batches
+    from htc_notebook.runtime import Session
+    from htc_notebook.runtime.plan import check_definition, render_batch
+    from htc_notebook.spec import SiteConfig, load_batches
 
     batches = load_batches(args.file)
+    site = SiteConfig.load(args.site)
+    for b in batches:  # every batch is checked before anything is written (no empty task, no half-submitted list)
+        check_definition(site, args.profile, b.htc_job_definition)
     if args.dry_run:
-        from htc_notebook.spec import SiteConfig
-
-        site = SiteConfig.load(args.site)
         for b in batches:
             print(render_batch(site, b, args.profile))
         return 0
-    with _session(args) as session:
+    with Session(args.root, site=site) as session:
         task = session.project(args.project).task(args.task)
         groups = [task.submit_batch(b, profile=args.profile) for b in batches]
         console.print(f"submitted {sum(len(g) for g in groups)} jobs to {args.project}/{args.task}")

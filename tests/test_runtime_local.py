@@ -299,3 +299,14 @@ def test_an_empty_sweep_warns_and_writes_nothing(session):
     group = task.sweep(collatz_steps, empty)
     assert len(group) == 0 and group.results(timeout=5) == []
     assert sum(task.counts().values()) == 0 and session.ledger.batches(task.id) == []
+
+
+def test_recorded_times_are_the_jobs_own(session):
+    """started/ended come from where the job ran, so runtime is never negative."""
+    task = session.project("e2e").task("times")
+    group = task.submit_batch({"jobName": "quick", "batchSize": 6,
+                               "htcJobDefinition": {"commands": ["sh", "-c", "exit $((HTC_JOB_INDEX % 2))"]}})
+    group.wait(timeout=60)
+    df = group.to_dataframe()
+    assert set(df.status) == {"SUCCEEDED", "FAILED"}
+    assert (df.runtime_s >= 0).all()

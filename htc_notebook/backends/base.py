@@ -23,8 +23,8 @@ class Launch:
     kind: str  # "python" | "command"
     cwd: Path
     env: dict[str, str]
-    log_out: Path
-    log_err: Path
+    log_out: str
+    log_err: str
     cores: int = 1
     priority: int = 0  # lower runs first
     timeout: int | None = None

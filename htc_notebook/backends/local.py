@@ -10,15 +10,25 @@ from __future__ import annotations
 import shlex
 import threading
 import time
+from pathlib import Path
 from typing import Sequence
 
 from htc_notebook.backends.base import Launch, Reporter
 from htc_notebook.backends.local_commands import CommandRunner
-from htc_notebook.backends.worker import run_call
+from htc_notebook.backends.worker import JobRunner
 from htc_notebook.ledger import Outcome
 from htc_notebook.spec import PartitionProfile
 
-COLLECT_INTERVAL = 0.02  # seconds between looks at pending futures
+
+
+def _collect_interval(pending: int) -> float:
+    """Seconds between looks at pending futures.
+
+    Every gather is a round trip through the event loop the scheduler runs on,
+    so with thousands of jobs in flight a look per ~second is cheaper for the
+    scheduler than many small ones; a handful of jobs are looked at every 20 ms.
+    """
+    return min(1.0, max(0.02, pending * 5e-4))
 
 
 class LocalBackend:
@@ -34,6 +44,7 @@ class LocalBackend:
         self._cluster = None
         self._futures: dict[int, tuple[Launch, object]] = {}
         self._collector: threading.Thread | None = None
+        self._rounds = 0
         self._lock = threading.Lock()
 
     # -- dask for Python jobs ------------------------------------------------
@@ -59,10 +70,19 @@ class LocalBackend:
 
     def _submit_calls(self, launches: list[Launch]) -> None:
         client = self.client
-        futures = client.map(run_call, [l.call for l in launches], [str(l.cwd) for l in launches],
-                             [l.env for l in launches],
-                             [(str(l.log_out), str(l.log_err)) for l in launches],
-                             key=[f"htc-job-{l.job_id}-{l.attempt}" for l in launches], pure=False)
+        groups: dict[tuple[int, Path], list[Launch]] = {}
+        for l in launches:
+            groups.setdefault((id(l.call.fn), l.cwd), []).append(l)
+        futures, ordered = [], []
+        for (_, cwd), group in groups.items():
+            shared = dict(set(group[0].env.items()).intersection(*(l.env.items() for l in group[1:])))
+            runner = JobRunner(group[0].call.fn, str(cwd), shared)
+            futures += client.map(runner, [l.call.args for l in group], [l.call.kwargs for l in group],
+                                  [{k: v for k, v in l.env.items() if k not in shared} for l in group],
+                                  [(l.log_out, l.log_err) for l in group],
+                                  key=[f"htc-job-{l.job_id}-{l.attempt}" for l in group], pure=False)
+            ordered += group
+        launches = ordered
         with self._lock:
             for launch, fut in zip(launches, futures):
                 self._futures[launch.job_id] = (launch, fut)
@@ -78,24 +98,34 @@ class LocalBackend:
         client's event loop once per job, which costs more than trivial jobs do.
         """
         while True:
-            with self._lock:
-                if self._client is None:
-                    self._collector = None
-                    return
-                done = [(l, f) for l, f in self._futures.values() if f.status != "pending"]
-                for launch, _ in done:
-                    del self._futures[launch.job_id]
-            if not done:
-                # a scan costs ~0.1 us per pending future: look less often when many are pending
-                time.sleep(min(0.5, max(COLLECT_INTERVAL, len(self._futures) * 2e-5)))
-                continue
-            finished = [(l, f) for l, f in done if f.status == "finished"]
-            values = self._gather([f for _, f in finished])
-            for (launch, fut), value in zip(finished, values):
-                self._reporter.finished(_outcome(launch, fut, value))
-            for launch, fut in done:
-                if fut.status != "finished":
-                    self._reporter.finished(_outcome(launch, fut, _exception(fut)))
+            reported = self._collect_once()
+            if reported is None:
+                return
+            if not reported:
+                time.sleep(_collect_interval(len(self._futures)))
+
+    def _collect_once(self) -> int | None:
+        """Report every future that is no longer pending; None once the backend is closed.
+
+        A round of its own so no reference to a future (which keeps its result
+        alive on a worker) outlives it.
+        """
+        with self._lock:
+            if self._client is None:
+                self._collector = None
+                return None
+            self._rounds += 1
+            done = _not_pending(self._futures.values(), full=self._rounds % 8 == 0)
+            for launch, _ in done:
+                del self._futures[launch.job_id]
+        finished = [(l, f) for l, f in done if f.status == "finished"]
+        values = self._gather([f for _, f in finished])
+        for (launch, fut), value in zip(finished, values):
+            self._reporter.finished(_outcome(launch, fut, value))
+        for launch, fut in done:
+            if fut.status != "finished":
+                self._reporter.finished(_outcome(launch, fut, _exception(fut)))
+        return len(done)
 
     def _gather(self, futures: list) -> list:
         try:
@@ -136,6 +166,25 @@ class LocalBackend:
             client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _not_pending(items, full: bool, window: int = 256) -> list:
+    """The (launch, future) pairs whose future has ended.
+
+    dask runs equal-priority tasks roughly in submission order, so a look
+    stops after `window` pending futures in a row; every few rounds a full
+    look catches the ones that finished out of order.
+    """
+    done, streak = [], 0
+    for launch, fut in items:
+        if fut.status != "pending":
+            done.append((launch, fut))
+            streak = 0
+        else:
+            streak += 1
+            if not full and streak >= window:
+                break
+    return done
 
 
 def _exception(fut) -> BaseException | None:

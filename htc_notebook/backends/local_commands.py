@@ -98,7 +98,6 @@ class CommandRunner:
         started = time.time()
         reason, exit_code, status = None, None, "FAILED"
         try:
-            launch.log_out.parent.mkdir(parents=True, exist_ok=True)
             env = {**os.environ, **launch.env}
             with open(launch.log_out, "ab") as out, open(launch.log_err, "ab") as err:
                 try:

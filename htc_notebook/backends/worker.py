@@ -63,8 +63,24 @@ def _job_context(cwd: str, env: dict[str, str], log_out: str, log_err: str) -> I
                 os.environ[k] = v
 
 
-def run_call(call: Any, cwd: str, env: dict[str, str], logs: tuple[str, str]) -> dict[str, Any]:
-    """Run `call.fn(*call.args, **call.kwargs)`; never raises for user errors.
+class JobRunner:
+    """The dask task function for every job of one submission that calls the same `fn`.
+
+    dask pickles a task's function once and caches it, while arguments are
+    pickled per task: so the user's function travels once per submission and
+    each task carries only its own small, plain arguments.
+    """
+
+    def __init__(self, fn: Any, cwd: str, env: dict[str, str]):
+        self.fn, self.cwd, self.env = fn, cwd, env  # env: the variables every job here shares
+
+    def __call__(self, args: tuple, kwargs: dict, env: dict[str, str], logs: tuple[str, str]) -> dict[str, Any]:
+        return run_call(self.fn, args, kwargs, self.cwd, {**self.env, **env}, logs)
+
+
+def run_call(fn: Any, args: tuple, kwargs: dict, cwd: str, env: dict[str, str],
+             logs: tuple[str, str]) -> dict[str, Any]:
+    """Run `fn(*args, **kwargs)`; never raises for user errors.
 
     Returns a plain dict: ok, value (cloudpickled bytes) or message (the
     exception, whose traceback goes to the stderr log), host, pid, started, ended.
@@ -73,7 +89,7 @@ def run_call(call: Any, cwd: str, env: dict[str, str], logs: tuple[str, str]) ->
     out: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(), "started": started}
     with _job_context(cwd, env, *logs) as err:
         try:
-            value = call.fn(*call.args, **call.kwargs)
+            value = fn(*args, **kwargs)
             try:
                 out["value"] = cloudpickle.dumps(value)
             except Exception as exc:  # the result cannot travel back

@@ -355,13 +355,13 @@ class Ledger:
                          f" AND status IN ({TERMINAL_SQL}))")
                 row = con.execute(
                     f"UPDATE jobs SET status = :s, reason = :r, exit_code = :x, host = COALESCE(:h, host), "
-                    f"       attempts = MAX(attempts, :a), started = COALESCE(started, :st), ended = :en, "
+                    f"       attempts = MAX(attempts, :a), started = COALESCE(:st, started), ended = :en, "
                     f"       updated = :now, seq = :seq "
                     f"WHERE id = :id AND {guard} RETURNING task_id, host, native_id, COALESCE(log_err, log_out)", p).fetchone()
                 # finish the attempt row if still open (or correct an earlier verdict to SUCCEEDED)
                 con.execute(
                     f"UPDATE attempts SET status = :s, reason = :r, exit_code = :x, host = COALESCE(:h, host), "
-                    f"       started = COALESCE(started, :st), ended = :en "
+                    f"       started = COALESCE(:st, started), ended = :en "
                     f"WHERE job_id = :id AND number = :a AND (status NOT IN ({TERMINAL_SQL}) "
                     f"      OR (:s = 'SUCCEEDED' AND status <> 'SUCCEEDED'))", p)
                 if row is None:

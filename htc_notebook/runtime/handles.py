@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from htc_notebook.runtime.session import Session
 
+REFRESH_MIN_INTERVAL = 0.1  # seconds between two looks at the ledger while waiting
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED", "LOST")
 STATES = ("SUBMITTED", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "LOST")
 
@@ -215,6 +216,8 @@ class JobGroup(Sequence[JobHandle]):
                     last_reconcile = time.monotonic()
                 if deadline is not None and time.monotonic() >= deadline:
                     raise TimeoutError(f"{len(self) - ended} of {len(self)} jobs still running after {timeout} s")
+                # at most ~10 looks a second: each look takes the GIL from the scheduler's loop
+                time.sleep(REFRESH_MIN_INTERVAL)
                 self.session.wait_for_change()
         finally:
             if bar:

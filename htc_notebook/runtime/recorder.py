@@ -17,7 +17,7 @@ from htc_notebook.ledger import Ledger, Outcome
 from htc_notebook.storage import atomic_write
 
 INLINE_RESULT_LIMIT = 256 * 1024  # bytes; larger results go to files
-FLUSH_INTERVAL = 0.02  # seconds a batch may wait to grow
+FLUSH_INTERVAL = 0.05  # seconds a batch may wait to grow
 MAX_BATCH = 2000
 
 _STOP = object()

@@ -190,10 +190,11 @@ class Session:
         log_dir.mkdir(parents=True, exist_ok=True)
         base_env = {"HTC_TASK_DIR": str(task_dir), "HTC_PROJECT_SHARED": str(shared),
                     "HTC_PROJECT": task.project, "HTC_TASK": task.name}
-        logs = {r.id: (log_dir / f"job-{r.id}.out", log_dir / f"job-{r.id}.err") for r in rows}
+        prefix = os.path.join(log_dir, "job-")
+        logs = {r.id: (f"{prefix}{r.id}.out", f"{prefix}{r.id}.err") for r in rows}
         numbers = self.ledger.start_attempts([
             AttemptStart(r.id, host=self.owner.host, native_id=f"local:{self.owner}",
-                         log_out=str(logs[r.id][0]), log_err=str(logs[r.id][1]), status="RUNNABLE")
+                         log_out=logs[r.id][0], log_err=logs[r.id][1], status="RUNNABLE")
             for r in rows])
         by_profile: dict[str, list[Launch]] = {}
         for row, attempt in zip(rows, numbers):
