@@ -4,6 +4,7 @@
     htc status [--task P/T] [--json]  tasks and their jobs, from the ledger
     htc profiles list|show NAME       the site's hardware profiles
     htc submit FILE [--dry-run]       an HTC job batch (JSON or YAML) into a task
+    htc slurm up|down|status          the local multi-node SLURM test cluster (root)
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     ps = psub.add_parser("show", help="every field of one profile")
     ps.add_argument("name")
     ps.set_defaults(func=_profiles_show)
+    pd = psub.add_parser("discover", help="read partitions from SLURM (sinfo) and write a site YAML")
+    pd.add_argument("-o", "--output", help="write here instead of printing")
+    pd.add_argument("--scheduler-host", help="address the nodes use to reach this machine's dask scheduler")
+    pd.set_defaults(func=_profiles_discover)
     pr.set_defaults(func=_profiles_list)
 
     sb = sub.add_parser("submit", help="submit an HTC job batch file (JSON or YAML) to a task")
@@ -74,6 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     sb.add_argument("--profile", default=None)
     sb.add_argument("--dry-run", action="store_true", help="validate and show what would run; write nothing")
     sb.set_defaults(func=_submit)
+
+    from htc_notebook.devcluster.cli import add_parser as _add_slurm_parser  # htc slurm up|down|status
+
+    _add_slurm_parser(sub)
     return p
 
 
@@ -215,6 +224,25 @@ def _profiles_show(args) -> int:
     p = _site(args).profile(args.name)
     for k, v in p.model_dump().items():
         console.print(f"[bold]{k}[/]: {v}")
+    return 0
+
+
+def _profiles_discover(args) -> int:
+    import yaml
+
+    from htc_notebook.backends.slurm.discover import discover
+    from htc_notebook.spec import SiteConfig
+
+    site = discover(scheduler_host=args.scheduler_host)
+    text = ("# hardware profiles discovered from SLURM (sinfo); edit freely\n"
+            + yaml.safe_dump(site, sort_keys=False))
+    SiteConfig.from_yaml(text, file=args.output or "<discovered>")  # what we write must load
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text)
+        console.print(f"wrote {len(site['profiles'])} profiles to {args.output}")
+    else:
+        print(text, end="")
     return 0
 
 

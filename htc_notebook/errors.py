@@ -113,3 +113,7 @@ class JobFailed(HTCError):
 
 class HTCWarning(UserWarning):
     """Warnings about input that was accepted but probably not meant (empty sweep, duplicates)."""
+
+
+class DevClusterError(BackendError):
+    """The local multi-node SLURM test cluster (`htc slurm up`) could not be built, checked or removed."""

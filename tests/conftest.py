@@ -58,3 +58,45 @@ def _pickle_test_module_by_value(request):
         except ValueError:
             pass
     yield
+
+
+# -- the real multi-node SLURM test cluster (htc_notebook.devcluster, `make slurm-up`) ------------
+class SlurmClusterInfo:
+    """What tests need to know about the running test cluster."""
+
+    def __init__(self, state_root: str, shared_dir: str, nodes: dict, partitions: dict):
+        self.state_root, self.shared_dir = state_root, shared_dir
+        self.nodes = nodes            # node -> {"partitions", "state", "cpus", "memory_mb", "gres"}
+        self.partitions = partitions  # partition -> [node, ...]
+        self.node_names = sorted(nodes)
+        self.partition_names = sorted(partitions)
+        self.python = str(REPO / ".venv" / "bin" / "python")
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """The 4-node SLURM cluster from `make slurm-up`. Missing: a failure with HTC_REQUIRE_SLURM=1, else a skip."""
+    import shutil
+
+    from htc_notebook.devcluster import daemons, spec
+
+    s = spec()
+    problem = None
+    if not shutil.which("sinfo"):
+        problem = "the SLURM client tools are not installed"
+    else:
+        nodes = daemons.sinfo_nodes()
+        bad = {n: nodes.get(n, {}).get("state", "missing") for n in s.node_names
+               if nodes.get(n, {}).get("state") not in ("idle", "mix", "alloc", "comp")}
+        if not nodes:
+            problem = "sinfo gets no answer from slurmctld"
+        elif bad:
+            problem = "nodes not up: " + ", ".join(f"{n}={st}" for n, st in bad.items())
+    if problem:
+        msg = f"SLURM test cluster not available ({problem}); run `make slurm-up` (as root)"
+        if os.environ.get("HTC_REQUIRE_SLURM") == "1":
+            pytest.fail(f"{msg}. HTC_REQUIRE_SLURM=1 forbids skipping.", pytrace=False)
+        pytest.skip(f"{msg}; set HTC_REQUIRE_SLURM=1 to make this a failure")
+    os.makedirs(s.shared_dir, exist_ok=True)
+    return SlurmClusterInfo(s.state_root, s.shared_dir, {n: nodes[n] for n in s.node_names},
+                            {p: s.partition_nodes(p) for p in s.partition_names})

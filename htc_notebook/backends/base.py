@@ -28,6 +28,10 @@ class Launch:
     cores: int = 1
     priority: int = 0  # lower runs first
     timeout: int | None = None
+    memory: int | None = None  # MiB
+    disk_gib: int | None = None
+    gpus: int = 0
+    throttle: int | None = None  # at most this many of the batch at once (SLURM arrays: %N)
     command: tuple[str, ...] = ()
     call: Any = None  # python jobs: a `Call` (function + arguments)
 
@@ -45,6 +49,11 @@ class Reporter(Protocol):
     """Callbacks a backend uses; called from any thread, must not block long."""
 
     def started(self, job_id: int, attempt: int, host: str, native_id: str | None) -> None: ...
+
+    def update(self, job_ids: Sequence[int], status: str, *, reason: str | None = None,
+               host: str | None = None, native_id: str | None = None) -> None:
+        """A non-final state: RUNNABLE (with the scheduler's pending reason), STARTING, RUNNING."""
+        ...
 
     def finished(self, outcome: Outcome) -> None: ...
 

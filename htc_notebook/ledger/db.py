@@ -274,33 +274,47 @@ class Ledger:
         Sets `started` on the first move to RUNNING. Rows already in exactly this state are left
         alone (no seq bump). Returns the number of jobs changed.
         """
-        status = _status(status)
-        if JobStatus(status) not in ACTIVE:
-            raise LedgerError(f"set_status only moves jobs between active states ({ACTIVE_SQL}); "
-                              f"use record_outcomes or cancel for {status}")
-        ids = _ids(job_ids)
-        now = time.time()
-        p = {"s": status, "r": reason, "h": host, "n": native_id, "now": now}
+        return self.set_statuses([(job_ids, status, reason, host, native_id)])
+
+    def set_statuses(self, updates: Sequence[tuple[Iterable[int], str, str | None, str | None, str | None]]) -> int:
+        """Several `set_status` calls, (job_ids, status, reason, host, native_id) each, in ONE transaction."""
+        prepared = []
+        for job_ids, status, reason, host, native_id in updates:
+            status = _status(status)
+            if JobStatus(status) not in ACTIVE:
+                raise LedgerError(f"set_status only moves jobs between active states ({ACTIVE_SQL}); "
+                                  f"use record_outcomes or cancel for {status}")
+            prepared.append((_ids(job_ids), status, reason, host, native_id))
+        total = 0
         with self._write() as con:
-            p["seq"], p["ids"] = _next_seq(con), json.dumps(ids)
-            changed = con.execute(
-                f"UPDATE jobs SET status = :s, reason = :r, host = COALESCE(:h, host), "
-                f"       native_id = COALESCE(:n, native_id), updated = :now, seq = :seq, "
+            seq = _next_seq(con)
+            for ids, status, reason, host, native_id in prepared:
+                total += self._set_status(con, seq, ids, status, reason, host, native_id)
+        return total
+
+    @staticmethod
+    def _set_status(con: sqlite3.Connection, seq: int, ids: list[int], status: str, reason: str | None,
+                    host: str | None, native_id: str | None) -> int:
+        now = time.time()
+        p = {"s": status, "r": reason, "h": host, "n": native_id, "now": now, "seq": seq, "ids": json.dumps(ids)}
+        changed = con.execute(
+            f"UPDATE jobs SET status = :s, reason = :r, host = COALESCE(:h, host), "
+            f"       native_id = COALESCE(:n, native_id), updated = :now, seq = :seq, "
+            f"       started = CASE WHEN :s = 'RUNNING' AND started IS NULL THEN :now ELSE started END "
+            f"WHERE id IN (SELECT value FROM json_each(:ids)) AND status NOT IN ({TERMINAL_SQL}) "
+            f"  AND (status IS NOT :s OR reason IS NOT :r "
+            f"       OR (:h IS NOT NULL AND host IS NOT :h) "
+            f"       OR (:n IS NOT NULL AND native_id IS NOT :n)) "
+            f"RETURNING id", p).fetchall()
+        if changed and status != JobStatus.SUBMITTED:
+            # keep the current attempt's row in step with its job
+            con.execute(
+                f"UPDATE attempts SET status = :s, host = COALESCE(:h, host), "
+                f"       native_id = COALESCE(:n, native_id), "
                 f"       started = CASE WHEN :s = 'RUNNING' AND started IS NULL THEN :now ELSE started END "
-                f"WHERE id IN (SELECT value FROM json_each(:ids)) AND status NOT IN ({TERMINAL_SQL}) "
-                f"  AND (status IS NOT :s OR reason IS NOT :r "
-                f"       OR (:h IS NOT NULL AND host IS NOT :h) "
-                f"       OR (:n IS NOT NULL AND native_id IS NOT :n)) "
-                f"RETURNING id", p).fetchall()
-            if changed and status != JobStatus.SUBMITTED:
-                # keep the current attempt's row in step with its job
-                con.execute(
-                    f"UPDATE attempts SET status = :s, host = COALESCE(:h, host), "
-                    f"       native_id = COALESCE(:n, native_id), "
-                    f"       started = CASE WHEN :s = 'RUNNING' AND started IS NULL THEN :now ELSE started END "
-                    f"WHERE status NOT IN ({TERMINAL_SQL}) AND (job_id, number) IN "
-                    f"      (SELECT id, attempts FROM jobs WHERE id IN (SELECT value FROM json_each(:ids)))",
-                    {**p, "ids": json.dumps([r[0] for r in changed])})
+                f"WHERE status NOT IN ({TERMINAL_SQL}) AND (job_id, number) IN "
+                f"      (SELECT id, attempts FROM jobs WHERE id IN (SELECT value FROM json_each(:ids)))",
+                {**p, "ids": json.dumps([r[0] for r in changed])})
         return len(changed)
 
     def start_attempts(self, items: Sequence[AttemptStart]) -> list[int]:

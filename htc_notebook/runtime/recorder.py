@@ -40,7 +40,11 @@ class Recorder:
 
     # Reporter interface ------------------------------------------------------
     def started(self, job_id: int, attempt: int, host: str, native_id: str | None) -> None:
-        self._put(("started", job_id, host, native_id))
+        self._put(("update", (job_id,), "RUNNING", None, host, native_id))
+
+    def update(self, job_ids, status: str, *, reason: str | None = None, host: str | None = None,
+               native_id: str | None = None) -> None:
+        self._put(("update", tuple(job_ids), status, reason, host, native_id))
 
     def finished(self, outcome: Outcome) -> None:
         self._put(("finished", outcome))
@@ -82,16 +86,16 @@ class Recorder:
 
     def _commit(self, batch: list) -> None:
         try:
-            starts: dict[tuple[str, str | None], list[int]] = {}
+            updates: dict[tuple, list[int]] = {}
             outcomes: list[Outcome] = []
             for item in batch:
-                if item[0] == "started":
-                    _, job_id, host, native_id = item
-                    starts.setdefault((host, native_id), []).append(job_id)
+                if item[0] == "update":
+                    _, ids, *how = item
+                    updates.setdefault(tuple(how), []).extend(ids)
                 else:
                     outcomes.append(self._spill(item[1]))
-            for (host, native_id), ids in starts.items():
-                self._ledger.set_status(ids, "RUNNING", host=host, native_id=native_id)
+            if updates:
+                self._ledger.set_statuses([(ids, *how) for how, ids in updates.items()])
             committed = set(self._ledger.record_outcomes(outcomes)) if outcomes else set()
             self._on_commit([o for o in outcomes if o.job_id in committed])
         except BaseException as exc:  # noqa: BLE001 - surfaced by flush()

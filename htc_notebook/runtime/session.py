@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 import cloudpickle
 
 from htc_notebook.backends.base import Backend, Call, Launch
-from htc_notebook.errors import UnsupportedFeature
+from htc_notebook.errors import HTCError, UnsupportedFeature
 from htc_notebook.ledger import AttemptStart, JobRow, Ledger, NewJob, Outcome, TaskRow
 from htc_notebook.ledger.states import TERMINAL
 from htc_notebook.runtime.recorder import Recorder
@@ -149,13 +149,15 @@ class Session:
                 raise UnsupportedFeature("this session is closed; open a new Session")
             backend = self._backends.get(profile.name)
             if backend is None:
-                if profile.backend != "local":
-                    raise UnsupportedFeature(
-                        f"profile {profile.name!r} uses the {profile.backend!r} backend, which this "
-                        f"version cannot run yet; use a local profile ({self._local_names()})")
-                from htc_notebook.backends.local import LocalBackend
+                if profile.backend == "slurm":
+                    from htc_notebook.backends.slurm.backend import SlurmBackend
 
-                backend = self._backends[profile.name] = LocalBackend(profile, self._recorder)
+                    backend = SlurmBackend(profile, self._recorder, log_directory=str(self.root / "pilot-logs"))
+                else:
+                    from htc_notebook.backends.local import LocalBackend
+
+                    backend = LocalBackend(profile, self._recorder)
+                self._backends[profile.name] = backend
             return backend
 
     def _local_names(self) -> str:
@@ -208,10 +210,42 @@ class Session:
                             log_out=logs[row.id][0], log_err=logs[row.id][1],
                             cores=spec.get("cores", 1), priority=row.priority,
                             timeout=spec.get("timeout"), command=tuple(spec.get("commands", ())),
+                            memory=spec.get("memory"), disk_gib=spec.get("disk_gib"),
+                            gpus=spec.get("gpus", 0), throttle=spec.get("throttle"),
                             call=self._call_for(task, row) if row.kind == "python" else None)
             by_profile.setdefault(row.profile, []).append(launch)
         for profile, launches in by_profile.items():
-            self.backend(self.profile(profile)).submit(launches)
+            try:
+                self.backend(self.profile(profile)).submit(launches)
+            except HTCError as exc:
+                # recorded before submission (write-ahead): say why they never ran, then raise
+                self.ledger.record_outcomes([Outcome(l.job_id, l.attempt, "FAILED", reason=f"not submitted: {exc}",
+                                                     ended=time.time()) for l in launches])
+                self._notify()
+                raise
+
+    # -- pilots (dask workers on a scheduler) --------------------------------------
+    def pilots(self, profile: str | None = None):
+        """The dask-jobqueue cluster of a SLURM profile (started on first use)."""
+        prof = self.profile(profile)
+        backend = self.backend(prof)
+        if prof.backend != "slurm":
+            raise UnsupportedFeature(f"profile {prof.name!r} runs locally; it has no pilots to scale")
+        return backend.pilots.cluster
+
+    def scale(self, profile: str | None, jobs: int) -> None:
+        """Keep exactly `jobs` pilot jobs of a SLURM profile (stops adapting)."""
+        cluster = self.pilots(profile)
+        adaptive = getattr(cluster, "_adaptive", None)  # where distributed keeps it; adapt() stops it too
+        if adaptive is not None:
+            adaptive.stop()
+            cluster._adaptive = None
+        cluster.scale(jobs=jobs)
+
+    def adapt(self, profile: str | None, minimum: int = 0, maximum: int | None = None) -> None:
+        """Let a SLURM profile's pilot count follow the work, between `minimum` and `maximum` jobs."""
+        prof = self.profile(profile)
+        self.pilots(profile).adapt(minimum_jobs=minimum, maximum_jobs=maximum or prof.max_pilots)
 
     def cancel(self, job_ids: Iterable[int], reason: str = "cancelled by user") -> list[int]:
         ids = list(job_ids)
@@ -275,11 +309,13 @@ class Session:
         for row in rows:
             if row.status in TERMINAL_NAMES:
                 continue
+            if row.kind == "command" and self._adopt(row):
+                continue
             owner = Owner.parse(row.spec.get("owner"))
             if owner is None or owner == self.owner or owner.alive() is not False:
                 continue
-            reason = (f"the process that ran it ({owner}) has exited; local jobs do not outlive "
-                      f"their session")
+            reason = (f"the process that ran it ({owner}) has exited; local jobs and pilots do not "
+                      f"outlive their session")
             if _kill_orphan_group(row.native_id):
                 reason += f"; its orphaned process group {row.native_id} was killed"
             lost.append(Outcome(row.id, row.attempts, "LOST", reason=reason + ". Retry it or re-run the sweep",
@@ -288,6 +324,22 @@ class Session:
             self.ledger.record_outcomes(lost)
             self._notify()
         return len(lost)
+
+    def _adopt(self, row: JobRow) -> bool:
+        """Watch a SLURM array task this process did not submit (jobs outlive kernels)."""
+        try:
+            profile = self.profile(row.profile)
+        except Exception:  # noqa: BLE001 - a profile gone from the site: judge it by owner
+            return False
+        if profile.backend != "slurm" or not row.native_id or "_" not in row.native_id:
+            return False
+        if row.id not in self._job_task:
+            task = self.task_row(row.task_id)
+            self.backend(profile).adopt(row.id, row.attempts, row.native_id,
+                                        str(self.storage.task_dir(task.project, task.name)),
+                                        row.spec.get("timeout"))
+            self._job_task[row.id] = row.task_id
+        return True
 
     def flush(self) -> None:
         """Wait until everything backends reported is committed to the ledger."""

@@ -67,6 +67,9 @@ class PartitionProfile(SpecModel):
     omp_places: SafeText | None = None
     omp_proc_bind: SafeText | None = None
     python: SafeText | None = None
+    scheduler_host: SchedName | None = None  # address the nodes use to reach this kernel's dask scheduler
+    max_pilots: Annotated[int, whole(1)] = 4  # adapt() scales up to this many pilot jobs
+    pilot_workers: Annotated[int, whole(1)] | None = None  # dask worker processes per pilot (default: one per core)
     warning: SafeText | None = None
 
     @model_validator(mode="after")

@@ -1,0 +1,284 @@
+"""Command jobs as SLURM job arrays, submitted with sbatch so they outlive the kernel.
+
+A group of launches that share a job definition becomes one array per
+`MaxArraySize` chunk. A poller thread turns what SLURM and the jobs' own files
+say into reports: squeue for queued and running tasks (with the pending reason
+in words), the exit-code file each task writes when it ends, and `scontrol`
+for tasks that left the queue without one (cancelled, timed out, node failure).
+A task unknown to all three is LOST, never SUCCEEDED (design G5).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from htc_notebook.backends.base import Launch, Reporter
+from htc_notebook.backends.slurm import scheduler
+from htc_notebook.backends.slurm.script import TIMEOUT_EXIT, command_line, render_array, sbatch_argv
+from htc_notebook.backends.slurm.states import end_reason, explain_pending, htc_status
+from htc_notebook.ledger import Outcome
+from htc_notebook.spec import PartitionProfile
+from htc_notebook.storage import atomic_write
+
+POLL_SECONDS = 2.0
+LOST_AFTER_ROUNDS = 3  # rounds a task may be unknown to squeue, scontrol and its files
+
+
+@dataclass
+class Tracked:
+    """One array task this process watches."""
+
+    job_id: int
+    attempt: int
+    native_id: str  # "<array job id>_<task id>"
+    state_dir: Path
+    timeout: int | None = None
+    last: tuple | None = None  # last (status, reason, host) reported
+    unknown_rounds: int = 0
+
+
+def state_dir(cwd: Path | str) -> Path:
+    """Where array scripts, id lists and start/exit files of a task live."""
+    return Path(cwd) / ".htc" / "slurm"
+
+
+class ArrayRunner:
+    """Submits command launches as job arrays on one profile and reports on them."""
+
+    def __init__(self, profile: PartitionProfile, reporter: Reporter, *, poll_seconds: float = POLL_SECONDS):
+        self.profile = profile
+        self._reporter = reporter
+        self._poll_seconds = poll_seconds
+        self._tracked: dict[str, Tracked] = {}
+        self._by_job: dict[int, str] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._max_array: int | None = None
+
+    # -- submitting --------------------------------------------------------------
+    def plan(self, launches: Sequence[Launch]) -> list[tuple[list[Launch], str]]:
+        """(chunk, script) pairs: what `submit` would send, without sending it."""
+        max_array = self._max_array or scheduler.max_array_size()
+        self._max_array = max_array
+        plans = []
+        for group in _groups(launches):
+            for start in range(0, len(group), max_array):
+                chunk = group[start:start + max_array]
+                plans.append((chunk, self._script(chunk, ids_file="<ids>", commands_file="<commands>")))
+        return plans
+
+    def submit(self, launches: Sequence[Launch]) -> None:
+        if not launches:
+            return
+        self._max_array = self._max_array or scheduler.max_array_size()
+        for group in _groups(launches):
+            for start in range(0, len(group), self._max_array):
+                self._submit_chunk(group[start:start + self._max_array])
+        self._ensure_poller()
+
+    def _submit_chunk(self, chunk: list[Launch]) -> None:
+        first = chunk[0]
+        sdir = state_dir(first.cwd)
+        sdir.mkdir(parents=True, exist_ok=True)
+        stem = sdir / f"array-{first.job_id}-{first.attempt}"
+        ids_file = Path(f"{stem}.ids")
+        atomic_write(ids_file, "".join(f"{l.job_id} {l.attempt}\n" for l in chunk).encode())
+        commands_file = None
+        if any(l.command != first.command for l in chunk):
+            commands_file = Path(f"{stem}.commands")
+            atomic_write(commands_file, "".join(command_line(l.command) + "\n" for l in chunk).encode())
+        script = Path(f"{stem}.sh")
+        atomic_write(script, self._script(chunk, str(ids_file), str(commands_file) if commands_file else None).encode())
+        job = scheduler.sbatch(sbatch_argv(str(script), wrapper_log=f"{stem}-%a.log", chdir=str(first.cwd)))
+        with self._lock:
+            for i, l in enumerate(chunk):
+                t = Tracked(l.job_id, l.attempt, f"{job}_{i}", sdir, l.timeout)
+                self._tracked[t.native_id] = t
+                self._by_job[l.job_id] = t.native_id
+        for i, l in enumerate(chunk):
+            self._reporter.update([l.job_id], "RUNNABLE", reason="submitted to SLURM", native_id=f"{job}_{i}")
+
+    def _script(self, chunk: list[Launch], ids_file: str, commands_file: str | None) -> str:
+        first, p = chunk[0], self.profile
+        varying = {"HTC_JOB_ID", "HTC_JOB_INDEX"}
+        env = {k: v for k, v in first.env.items() if k not in varying}
+        same_command = all(l.command == first.command for l in chunk)
+        return render_array(
+            job_name=f"htc-{first.job_id}", size=len(chunk), ids_file=ids_file,
+            offset=int(first.env.get("HTC_JOB_INDEX", 0)), task_dir=str(first.cwd),
+            log_dir=str(Path(first.log_out).parent), state_dir=str(state_dir(first.cwd)),
+            partition=p.partition or p.name, command=first.command if same_command else None,
+            commands_file=None if same_command else (commands_file or "<commands>"),
+            cpus_per_task=first.cores, mem_mib=first.memory, tmp_gib=first.disk_gib,
+            timeout_s=first.timeout, time_s=None if first.timeout else p.default_walltime,
+            account=p.account, qos=(p.economy_qos or p.qos) if first.priority else p.qos,
+            constraints=p.constraints, gres=f"gpu:{first.gpus}" if first.gpus else None,
+            throttle=first.throttle, setup=p.setup, env=env)
+
+    # -- adopting jobs submitted by an earlier process ------------------------------
+    def adopt(self, job_id: int, attempt: int, native_id: str, cwd: str | Path, timeout: int | None) -> None:
+        with self._lock:
+            if native_id in self._tracked:
+                return
+            self._tracked[native_id] = Tracked(job_id, attempt, native_id, state_dir(cwd), timeout)
+            self._by_job[job_id] = native_id
+        self._ensure_poller()
+
+    # -- the rest of the backend interface --------------------------------------------
+    def cancel(self, job_ids: Sequence[int]) -> None:
+        with self._lock:
+            native = [self._by_job[j] for j in job_ids if j in self._by_job]
+        scheduler.scancel(native)
+
+    def running(self) -> set[int]:
+        with self._lock:
+            return set(self._by_job)
+
+    def close(self) -> None:
+        """Stop watching. The jobs keep running in SLURM; a later session adopts them."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    # -- watching --------------------------------------------------------------------
+    def _ensure_poller(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._poll_loop, name="htc-slurm-poll", daemon=True)
+                self._thread.start()
+
+    def _poll_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.poll()
+            except Exception as exc:  # noqa: BLE001 - a scheduler hiccup must not end the watch
+                self._last_error = exc
+            self._stop.wait(self._poll_seconds)
+
+    def poll(self) -> None:
+        """One look at every tracked task; reports what changed."""
+        with self._lock:
+            tracked = list(self._tracked.values())
+        if not tracked:
+            return
+        queue = scheduler.squeue({t.native_id.split("_")[0] for t in tracked})
+        missing: list[Tracked] = []
+        for t in tracked:
+            ended = _read_exit(t)
+            if ended is not None:
+                self._finish(t, ended)
+            elif t.native_id in queue:
+                entry = queue[t.native_id]
+                status = htc_status(entry.state)
+                reason = explain_pending(entry.reason) if status == "RUNNABLE" else None
+                host = _read_start_host(t) or (entry.nodes or None)
+                self._report(t, status, reason, host)
+            else:
+                missing.append(t)
+        for array_id in {t.native_id.split("_")[0] for t in missing}:
+            known = scheduler.scontrol_jobs(array_id)
+            for t in (m for m in missing if m.native_id.startswith(array_id + "_")):
+                self._resolve_missing(t, known.get(t.native_id))
+
+    def _report(self, t: Tracked, status: str, reason: str | None, host: str | None) -> None:
+        if t.last == (status, reason, host):
+            return
+        t.last = (status, reason, host)
+        self._reporter.update([t.job_id], status, reason=reason, host=host)
+
+    def _resolve_missing(self, t: Tracked, fields: dict[str, str] | None) -> None:
+        ended = _read_exit(t)  # it may have finished between squeue and now
+        if ended is not None:
+            self._finish(t, ended)
+            return
+        if fields is None:
+            t.unknown_rounds += 1
+            if t.unknown_rounds >= LOST_AFTER_ROUNDS:
+                self._finish(t, Outcome(t.job_id, t.attempt, "LOST", reason=(
+                    f"SLURM job {t.native_id} is not in squeue, unknown to scontrol, and wrote no "
+                    "exit-code file: it did not finish normally. Retry it")))
+            return
+        state = fields.get("JobState", "")
+        status = htc_status(state)
+        if status not in ("SUCCEEDED", "FAILED", "CANCELLED", "LOST"):
+            self._report(t, status, None, fields.get("NodeList") or None)
+            return
+        code = fields.get("ExitCode", "0:0").split(":")
+        exit_code = int(code[0]) if code[0].isdigit() else None
+        if status == "SUCCEEDED" and exit_code not in (0, None):
+            status = "FAILED"
+        reason = end_reason(state) or (f"exited with code {exit_code}" if status == "FAILED" else None)
+        if status == "CANCELLED":
+            reason = "cancelled in SLURM (scancel from outside htc_notebook, or an administrator)"
+        host = fields.get("BatchHost") or fields.get("NodeList")
+        self._finish(t, Outcome(t.job_id, t.attempt, status, reason=f"{reason} [{t.native_id} {state}]"
+                                if reason else None, exit_code=exit_code, host=host, ended=time.time()))
+
+    def _finish(self, t: Tracked, outcome: Outcome) -> None:
+        with self._lock:
+            self._tracked.pop(t.native_id, None)
+            if self._by_job.get(t.job_id) == t.native_id:
+                del self._by_job[t.job_id]
+        self._reporter.finished(outcome)
+
+
+def _groups(launches: Sequence[Launch]) -> list[list[Launch]]:
+    """Launches that can share one array script: same directory, resources, env and priority."""
+    groups: dict[tuple, list[Launch]] = {}
+    for l in launches:
+        env = tuple(sorted((k, v) for k, v in l.env.items() if k not in ("HTC_JOB_ID", "HTC_JOB_INDEX")))
+        key = (str(l.cwd), l.cores, l.memory, l.disk_gib, l.gpus, l.timeout, l.priority, l.throttle, env)
+        groups.setdefault(key, []).append(l)
+    out = []
+    for group in groups.values():
+        # HTC_JOB_INDEX must run consecutively inside one array: split where it does not
+        run = [group[0]]
+        for l in group[1:]:
+            if int(l.env.get("HTC_JOB_INDEX", -2)) == int(run[-1].env.get("HTC_JOB_INDEX", -9)) + 1:
+                run.append(l)
+            else:
+                out.append(run)
+                run = [l]
+        out.append(run)
+    return out
+
+
+def _read_exit(t: Tracked) -> Outcome | None:
+    """The task's own record of how it ended: "<rc> <host> <epoch>" (None if not there yet)."""
+    try:
+        rc, host, ended = (t.state_dir / f"job-{t.job_id}-{t.attempt}.exit").read_text().split()[:3]
+    except (FileNotFoundError, ValueError):
+        return None
+    code = int(rc)
+    started = _read_start(t)
+    if code == 0:
+        return Outcome(t.job_id, t.attempt, "SUCCEEDED", exit_code=0, host=host,
+                       started=started, ended=float(ended))
+    if code == TIMEOUT_EXIT and t.timeout:
+        reason = f"timeout: killed after execTimeoutSeconds={t.timeout}"
+    elif code > 128:
+        reason = f"killed by signal {code - 128}"
+    else:
+        reason = f"exited with code {code}"
+    return Outcome(t.job_id, t.attempt, "FAILED", reason=reason, exit_code=code, host=host,
+                   started=started, ended=float(ended))
+
+
+def _read_start(t: Tracked) -> float | None:
+    try:
+        return float((t.state_dir / f"job-{t.job_id}-{t.attempt}.start").read_text().split()[1])
+    except (FileNotFoundError, ValueError, IndexError):
+        return None
+
+
+def _read_start_host(t: Tracked) -> str | None:
+    try:
+        return (t.state_dir / f"job-{t.job_id}-{t.attempt}.start").read_text().split()[0]
+    except (FileNotFoundError, IndexError):
+        return None

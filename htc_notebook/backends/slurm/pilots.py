@@ -1,0 +1,80 @@
+"""Pilot jobs for Python calls on SLURM: a profile compiled to a dask-jobqueue SLURMCluster.
+
+A pilot is one SLURM job per node running dask workers (one process per core)
+that take Python jobs until their lifetime ends. The lifetime is set below the
+walltime, staggered, so SLURM's time limit never kills a running task
+(which dask would report as KilledWorker).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from htc_notebook.backends.slurm import scheduler
+from htc_notebook.errors import BackendError
+from htc_notebook.spec import PartitionProfile, format_walltime
+
+DEFAULT_WALLTIME = 3600
+LIFETIME_MARGIN = 0.1  # fraction of the walltime kept free at the end (at least 2 min)
+
+
+def pilot_options(profile: PartitionProfile, *, log_directory: str | None = None) -> dict[str, Any]:
+    """Keyword arguments for `dask_jobqueue.SLURMCluster` (pure: no cluster is made)."""
+    walltime = profile.default_walltime or min(DEFAULT_WALLTIME, profile.max_walltime or DEFAULT_WALLTIME)
+    margin = max(120, int(walltime * LIFETIME_MARGIN))
+    lifetime = max(60, walltime - margin)
+    directives = []
+    if profile.qos:
+        directives.append(f"--qos={profile.qos}")
+    if profile.constraints:
+        directives.append(f"--constraint={'&'.join(profile.constraints)}")
+    if profile.gpus_per_node:
+        directives.append(f"--gres=gpu:{profile.gpus_per_node}")
+    options: dict[str, Any] = {
+        "queue": profile.partition or profile.name,
+        "account": profile.account,
+        "cores": profile.cores_per_node,
+        "processes": min(profile.pilot_workers or profile.cores_per_node, profile.cores_per_node),
+        "memory": f"{profile.memory_per_node}MiB",
+        "job_mem": f"{profile.memory_per_node}M",  # exact: dask-jobqueue would round it up
+        "walltime": format_walltime(walltime),
+        "job_extra_directives": directives,
+        "job_script_prologue": list(profile.setup),
+        "python": profile.python or sys.executable,
+        "worker_extra_args": ["--lifetime", f"{lifetime}s", "--lifetime-stagger", f"{min(margin // 2, 300)}s"],
+        "scheduler_options": {"dashboard_address": ":0",
+                              **({"host": profile.scheduler_host} if profile.scheduler_host else {})},
+        "job_name": f"htc-pilot-{profile.name}",
+    }
+    if log_directory:
+        options["log_directory"] = log_directory
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def make_pilot_cluster(profile: PartitionProfile, *, log_directory: str | None = None):
+    """A SLURMCluster for the profile, checked with `sbatch --test-only` first.
+
+    dask-jobqueue does not surface an sbatch rejection (the client would just
+    wait for workers); testing the rendered script first turns it into an
+    error carrying the scheduler's message, within seconds.
+    """
+    try:
+        from dask_jobqueue import SLURMCluster
+    except ImportError:
+        raise BackendError("Python jobs on SLURM need dask-jobqueue: pip install 'htc_notebook[slurm]'") from None
+    cluster = SLURMCluster(**pilot_options(profile, log_directory=log_directory))
+    try:
+        check_pilot_script(cluster.job_script())
+    except BackendError:
+        cluster.close()
+        raise
+    cluster.adapt(minimum_jobs=0, maximum_jobs=profile.max_pilots)
+    return cluster
+
+
+def check_pilot_script(script: str) -> None:
+    """Ask SLURM whether it would accept the pilot script (`sbatch --test-only`)."""
+    proc = scheduler.run(["sbatch", "--test-only"], input=script, check=False)
+    if proc.returncode != 0:
+        raise BackendError(f"SLURM rejects this profile's pilot job: {proc.stderr.strip() or proc.stdout.strip()}")

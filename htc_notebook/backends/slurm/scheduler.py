@@ -1,0 +1,98 @@
+"""Talking to SLURM through its commands: sbatch, squeue, scontrol, scancel.
+
+Every call has a timeout; a failure raises BackendError carrying the
+scheduler's own message.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from htc_notebook.errors import BackendError
+
+TIMEOUT = 60.0
+
+
+def run(argv: Sequence[str], *, timeout: float = TIMEOUT, check: bool = True,
+        input: str | None = None) -> subprocess.CompletedProcess:
+    """Run a SLURM command; BackendError (with its stderr) if it is missing or fails."""
+    if shutil.which(argv[0]) is None:
+        raise BackendError(f"{argv[0]} not found: SLURM client commands are not installed on this machine "
+                           "(on the test machine: make slurm-up)")
+    try:
+        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, input=input)
+    except subprocess.TimeoutExpired:
+        raise BackendError(f"{argv[0]} did not answer within {timeout:.0f} s (is slurmctld up?)") from None
+    if check and proc.returncode != 0:
+        msg = (proc.stderr or proc.stdout).strip() or f"exit code {proc.returncode}"
+        raise BackendError(f"{argv[0]} failed: {msg}")
+    return proc
+
+
+def sbatch(argv: Sequence[str]) -> str:
+    """Submit; returns the SLURM job id (`--parsable` output, cluster suffix dropped)."""
+    out = run(argv).stdout.strip()
+    job_id = out.split(";")[0]
+    if not job_id.isdigit():
+        raise BackendError(f"sbatch gave an unexpected answer: {out!r}")
+    return job_id
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """One line of squeue: an array task `1234_7` or a plain job `1234`."""
+
+    native_id: str
+    state: str
+    reason: str
+    nodes: str
+
+
+def squeue(job_ids: Iterable[str]) -> dict[str, QueueEntry]:
+    """State of the given jobs (array jobs expanded per task); jobs SLURM forgot are absent."""
+    ids = sorted(set(job_ids))
+    if not ids:
+        return {}
+    proc = run(["squeue", "-h", "-r", "-o", "%i|%T|%r|%N", "-j", ",".join(ids)], check=False)
+    if proc.returncode != 0 and "Invalid job id" not in proc.stderr:
+        raise BackendError(f"squeue failed: {proc.stderr.strip()}")
+    out = {}
+    for line in proc.stdout.splitlines():
+        parts = line.split("|")
+        if len(parts) == 4:
+            out[parts[0]] = QueueEntry(*parts)
+    return out
+
+
+_FIELD = re.compile(r"(\w+)=(\S*)")
+
+
+def scontrol_jobs(job_id: str) -> dict[str, dict[str, str]]:
+    """`scontrol show job -o` for a job (all tasks of an array), keyed by `JOBID_TASK` or `JOBID`."""
+    proc = run(["scontrol", "show", "job", "-o", job_id], check=False)
+    out = {}
+    for line in proc.stdout.splitlines():
+        fields = dict(_FIELD.findall(line))
+        if "JobId" not in fields:
+            continue
+        key = (f"{fields['ArrayJobId']}_{fields['ArrayTaskId']}"
+               if fields.get("ArrayTaskId", "").isdigit() else fields["JobId"])
+        out[key] = fields
+    return out
+
+
+def scancel(native_ids: Iterable[str]) -> None:
+    ids = sorted(set(native_ids))
+    if ids:
+        run(["scancel", *ids], check=False)
+
+
+def max_array_size() -> int:
+    """The cluster's MaxArraySize (array indices run 0..MaxArraySize-1)."""
+    out = run(["scontrol", "show", "config"]).stdout
+    m = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.M)
+    return int(m.group(1)) if m else 1001

@@ -1,0 +1,105 @@
+"""The sbatch script of a job array, from one pure function.
+
+`render_array` takes every parameter by keyword: its signature is the list of
+what a batch may set. Directive values are checked to be plain tokens; paths
+and environment values are shell-quoted in the body. Each array task looks up
+its ledger job id and attempt (and, for sweeps, its own command line) by its index, runs
+in the task directory with its logs in `logs/job-<id>.out|err`, and writes an
+exit-code file atomically when it ends: the record that survives when
+accounting (`sacct`) is not available.
+
+>>> print(render_array(job_name="demo", size=2, partition="cpu", ids_file="/d/ids", offset=0,
+...                    command=["echo", "hi there"], task_dir="/d", log_dir="/d/logs",
+...                    state_dir="/d/.htc/slurm").splitlines()[2])
+#SBATCH --array=0-1
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from typing import Mapping, Sequence
+
+from htc_notebook.errors import SpecError
+from htc_notebook.spec import format_walltime
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_.:,=+%/@&|\[\]*!-]+$")
+TIMEOUT_EXIT = 124  # what coreutils `timeout` exits with
+KILL_AFTER = 10  # seconds between TERM and KILL when execTimeoutSeconds runs out
+SLURM_MARGIN = 60  # SLURM's own time limit sits this far above execTimeoutSeconds
+
+
+def _directive(option: str, value: object) -> str:
+    text = str(value)
+    if not _TOKEN.match(text):
+        raise SpecError("sbatch", option, value, "a plain token (letters, digits, _ . : , = + % / @ & | [ ] * ! -)")
+    return f"#SBATCH --{option}={text}"
+
+
+def render_array(*, job_name: str, size: int, ids_file: str, offset: int, task_dir: str, log_dir: str,
+                 state_dir: str, partition: str | None = None, command: Sequence[str] | None = None,
+                 commands_file: str | None = None, cpus_per_task: int = 1, mem_mib: int | None = None,
+                 tmp_gib: int | None = None, timeout_s: int | None = None, time_s: int | None = None,
+                 account: str | None = None, qos: str | None = None, constraints: Sequence[str] = (),
+                 gres: str | None = None, throttle: int | None = None, setup: Sequence[str] = (),
+                 env: Mapping[str, str] | None = None) -> str:
+    """The script for array tasks 0..size-1 covering batch indices offset..offset+size-1.
+
+    Exactly one of `command` (the same argv for every task) or `commands_file`
+    (line i holds task i's shell-quoted argv) is given.
+    """
+    if (command is None) == (commands_file is None):
+        raise ValueError("give exactly one of command or commands_file")
+    if size < 1:
+        raise SpecError("sbatch", "array", size, "at least one task")
+    if timeout_s and not time_s:
+        time_s = timeout_s + KILL_AFTER + SLURM_MARGIN
+    array = f"0-{size - 1}" + (f"%{throttle}" if throttle else "")
+    lines = ["#!/bin/bash", _directive("job-name", job_name), _directive("array", array)]
+    for option, value in (("partition", partition), ("account", account), ("qos", qos),
+                          ("cpus-per-task", cpus_per_task), ("mem", f"{mem_mib}M" if mem_mib else None),
+                          ("tmp", f"{tmp_gib}G" if tmp_gib else None),
+                          ("time", format_walltime(time_s) if time_s else None),
+                          ("constraint", "&".join(constraints) if constraints else None),
+                          ("gres", gres)):
+        if value is not None:
+            lines.append(_directive(option, value))
+    q = shlex.quote
+    lines += [
+        "set -u",
+        f"htc_n=$((SLURM_ARRAY_TASK_ID + 1))",
+        f"set -- $(sed -n \"${{htc_n}}p\" {q(ids_file)})",
+        "export HTC_JOB_ID=$1 HTC_ATTEMPT=$2",
+        f"export HTC_JOB_INDEX=$((SLURM_ARRAY_TASK_ID + {int(offset)}))",
+        f"htc_state={q(state_dir)}",
+        f"exec >{q(log_dir)}/job-$HTC_JOB_ID.out 2>{q(log_dir)}/job-$HTC_JOB_ID.err",
+        'printf "%s %s\\n" "$(hostname)" "$(date +%s.%N)" > "$htc_state/job-$HTC_JOB_ID-$HTC_ATTEMPT.start"',
+    ]
+    lines += [f"export {name}={q(value)}" for name, value in (env or {}).items()]
+    lines += list(setup)
+    lines.append(f"cd {q(task_dir)}")
+    runner = f"timeout --kill-after={KILL_AFTER} {int(timeout_s)} " if timeout_s else ""
+    if command is not None:
+        lines.append(runner + shlex.join(command))
+    else:
+        lines.append(f"eval \"{runner}$(sed -n \"${{htc_n}}p\" {q(commands_file)})\"")
+    lines += [
+        "htc_rc=$?",
+        'printf "%s %s %s\\n" "$htc_rc" "$(hostname)" "$(date +%s.%N)" > "$htc_state/job-$HTC_JOB_ID-$HTC_ATTEMPT.exit.tmp"',
+        'mv -f "$htc_state/job-$HTC_JOB_ID-$HTC_ATTEMPT.exit.tmp" "$htc_state/job-$HTC_JOB_ID-$HTC_ATTEMPT.exit"',
+        'exit "$htc_rc"',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def command_line(argv: Sequence[str]) -> str:
+    """One line of a commands file: the argv, shell-quoted (refuses newlines, which would split it)."""
+    for arg in argv:
+        if "\n" in arg or "\r" in arg:
+            raise SpecError("command", "argument", arg, "no newlines in command arguments on SLURM")
+    return shlex.join(argv)
+
+
+def sbatch_argv(script: str, *, wrapper_log: str, chdir: str) -> list[str]:
+    """The sbatch command line (paths go here, as arguments, not as directives)."""
+    return ["sbatch", "--parsable", f"--output={wrapper_log}", f"--chdir={chdir}", script]

@@ -1,0 +1,206 @@
+"""A real multi-node SLURM cluster on this one machine, for tests, CI and demos (`htc slurm up`).
+
+Four slurmd "nodes", each in its own network namespace (own address on bridge br-htc), hostname
+and private /tmp, under one slurmctld and munged. All state lives under one root
+(`$HTC_DEVCLUSTER_ROOT`, default /var/lib/htc-devcluster); slurm.conf and gres.conf are also
+installed at /etc/slurm so every SLURM client finds them without SLURM_CONF. See
+docs/test-cluster.md.
+
+    up()        -> ClusterInfo   clean whatever an earlier run left, then start fresh
+    down()                       stop everything, remove namespaces, bridge and /etc/slurm files
+    status()    -> dict          daemons, network, nodes and partitions
+    leftovers() -> list[str]     what `down()` promises is gone; [] after a clean down
+    install()                    apt-get the packages that are missing
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from htc_notebook.errors import DevClusterError
+
+from . import daemons, net
+from .config import (DEFAULT_ROOT, MARKER, ClusterSpec, default_spec, render_gres_conf, render_hosts,
+                     render_slurm_conf, shared_under_tmp)
+from .install import install, missing_packages
+
+__all__ = ["ClusterInfo", "ClusterSpec", "DevClusterError", "down", "install", "leftovers", "require_root",
+           "shared_paths", "spec", "state_root", "status", "up"]
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    state_root: str
+    slurm_conf: str
+    controller: str
+    nodes: tuple[str, ...]
+    partitions: dict[str, tuple[str, ...]]
+    shared_dir: str = ""
+    shared_under_tmp: tuple[str, ...] = ()
+    seconds: float = 0.0
+    node_info: dict = field(default_factory=dict)
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise DevClusterError("the SLURM test cluster needs root (network namespaces, mounts, daemons): "
+                              "run it as root, e.g. `sudo .venv/bin/htc slurm up`")
+
+
+def state_root() -> str:
+    root = os.environ.get("HTC_DEVCLUSTER_ROOT") or DEFAULT_ROOT
+    p = PurePosixPath(os.path.abspath(root))
+    if p == PurePosixPath("/tmp") or PurePosixPath("/tmp") in p.parents:
+        raise DevClusterError(f"HTC_DEVCLUSTER_ROOT={root} is under /tmp, but every node mounts its own "
+                              f"private /tmp over it; choose a path outside /tmp (default {DEFAULT_ROOT})")
+    if p == PurePosixPath("/"):
+        raise DevClusterError("HTC_DEVCLUSTER_ROOT must not be /")
+    return str(p)
+
+
+def spec(root: str | None = None) -> ClusterSpec:
+    return default_spec(root or state_root(), controller_host=socket.gethostname().split(".")[0])
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def shared_paths(extra=()) -> list[str]:
+    """Paths jobs must see at the same place on every node: the checkout, the venv, the interpreter,
+    and anything in $HTC_DEVCLUSTER_SHARED (os.pathsep separated). Only those under /tmp need work."""
+    cands = [str(repo_root()), sys.prefix, os.path.realpath(sys.prefix), sys.base_prefix,
+             os.path.realpath(sys.base_prefix), os.path.dirname(os.path.realpath(sys.executable))]
+    cands += [p for p in os.environ.get("HTC_DEVCLUSTER_SHARED", "").split(os.pathsep) if p]
+    cands += [str(p) for p in extra]
+    return [os.path.abspath(p) for p in cands]
+
+
+# -- files ------------------------------------------------------------------------------
+def _ours(path: str) -> bool:
+    try:
+        with open(path) as fh:
+            return fh.readline().rstrip("\n") == MARKER
+    except OSError:
+        return False
+
+
+def _write_configs(s: ClusterSpec) -> None:
+    for d in (s.etc_dir, s.log_dir, s.run_dir, s.hold_dir, s.path("spool", "slurmctld"), s.slurm_conf_dir,
+              s.shared_dir):
+        os.makedirs(d, exist_ok=True)
+    os.chmod(s.shared_dir, 0o1777)
+    for n in s.nodes:
+        os.makedirs(s.path("spool", "slurmd", n.name), exist_ok=True)
+        os.makedirs(s.node_tmp(n.name), exist_ok=True)
+        os.chmod(s.node_tmp(n.name), 0o1777)
+        Path(s.node_hosts(n.name)).write_text(render_hosts(s))
+    texts = {"slurm.conf": render_slurm_conf(s), "gres.conf": render_gres_conf(s)}
+    for name, text in texts.items():
+        Path(s.etc_dir, name).write_text(text)
+        target = os.path.join(s.slurm_conf_dir, name)
+        if os.path.exists(target) and not _ours(target):
+            raise DevClusterError(f"{target} exists and was not written by htc_notebook.devcluster; "
+                                  "refusing to overwrite a real SLURM configuration (move it away first)")
+        tmp = target + ".htc-tmp"
+        Path(tmp).write_text(text)
+        os.replace(tmp, target)
+
+
+def _remove_configs(s: ClusterSpec) -> None:
+    for name in ("slurm.conf", "gres.conf"):
+        target = os.path.join(s.slurm_conf_dir, name)
+        if _ours(target):
+            os.unlink(target)
+
+
+def _fresh_state(s: ClusterSpec) -> None:
+    """Spool, node /tmp dirs and pid files from an earlier run go; its logs are kept as *.prev.
+    The shared scratch dir (<root>/shared) is kept."""
+    for d in (s.path("spool"), s.path("nodes"), s.run_dir):
+        shutil.rmtree(d, ignore_errors=True)
+    if os.path.isdir(s.log_dir):
+        for f in Path(s.log_dir).glob("*.log"):
+            os.replace(f, f.with_suffix(".log.prev"))
+
+
+# -- the public verbs -------------------------------------------------------------------
+def up(*, shared=(), timeout: float = 90, install_missing: bool = True) -> ClusterInfo:
+    """Clean whatever an earlier run left, then start munged, slurmctld and every node; wait until idle."""
+    require_root()
+    t0 = time.monotonic()
+    if install_missing:
+        install()
+    elif missing := missing_packages():
+        raise DevClusterError(f"missing packages: {', '.join(missing)} (run `htc slurm install`)")
+    s = spec()
+    _teardown(s)
+    _fresh_state(s)
+    _write_configs(s)
+    daemons.start_munge(s)
+    net.setup(s)
+    daemons.start_slurmctld(s)
+    paths = shared_under_tmp(shared_paths(shared))
+    for n in s.nodes:
+        daemons.start_slurmd(s, n.name, paths)
+    nodes = daemons.wait_ready(s, timeout=timeout)
+    return ClusterInfo(state_root=s.state_root, slurm_conf=s.slurm_conf,
+                       controller=f"{s.controller_host}({s.controller_address})", nodes=tuple(s.node_names),
+                       partitions={p: tuple(s.partition_nodes(p)) for p in s.partition_names},
+                       shared_dir=s.shared_dir, shared_under_tmp=tuple(paths),
+                       seconds=round(time.monotonic() - t0, 1), node_info=nodes)
+
+
+def _teardown(s: ClusterSpec) -> list[str]:
+    still = daemons.stop_all(s)
+    net.teardown(s)
+    _remove_configs(s)
+    return still
+
+
+def down() -> None:
+    """Stop every daemon and job this cluster started, remove namespaces, bridge and /etc/slurm files."""
+    require_root()
+    s = spec()
+    still = _teardown(s)
+    left = leftovers()
+    if still or left:
+        raise DevClusterError(f"`down` could not remove everything: {', '.join(still + left)}")
+
+
+def leftovers() -> list[str]:
+    """What `down()` guarantees is gone: SLURM processes, our munged, node namespaces, veths, the
+    bridge, our /etc/slurm files. Empty after a clean `down()`."""
+    s = spec()
+    found = [f"process {c} (pid {p})" for p, c in sorted(daemons.slurm_processes().items())]
+    found += [f"process {c} (pid {p})" for p, c in sorted(daemons.our_processes(s).items())
+              if c not in daemons.SLURM_COMMS]
+    found += net.leftovers(s)
+    found += [f"file {os.path.join(s.slurm_conf_dir, n)}" for n in ("slurm.conf", "gres.conf")
+              if _ours(os.path.join(s.slurm_conf_dir, n))]
+    return found
+
+
+def status() -> dict:
+    s = spec()
+    daemon_state = {"munged": {"alive": daemons.munge_works()},
+                    "slurmctld": {"pid": daemons.pidfile_alive(s.slurmctld_pidfile, "slurmctld")}}
+    daemon_state["slurmctld"]["alive"] = bool(daemon_state["slurmctld"]["pid"])
+    for n in s.node_names:
+        pid = daemons.pidfile_alive(s.slurmd_pidfile(n), "slurmd")
+        daemon_state[f"slurmd@{n}"] = {"pid": pid, "alive": bool(pid)}
+    nodes = daemons.sinfo_nodes() if daemon_state["slurmctld"]["alive"] else {}
+    partitions = daemons.sinfo_partitions() if nodes else []
+    network = {"bridge": net.bridge_exists(s), "namespaces": {n: net.netns_exists(s, n) for n in s.node_names}}
+    up_ = (all(d["alive"] for d in daemon_state.values())
+           and all(nodes.get(n, {}).get("state") in ("idle", "mix", "alloc") for n in s.node_names))
+    return {"up": up_, "state_root": s.state_root, "slurm_conf": s.slurm_conf, "shared_dir": s.shared_dir,
+            "controller": f"{s.controller_host}({s.controller_address})", "daemons": daemon_state,
+            "network": network, "nodes": nodes, "partitions": partitions,
+            "logs": {"slurmctld": s.slurmctld_log, **{n: s.slurmd_log(n) for n in s.node_names}}}
