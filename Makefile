@@ -3,15 +3,20 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 TEST_OUT ?= test-output
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install bench bench-slurm clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,slurm]'
+	$(BIN)/python -m pip install --quiet -e .
 	touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,slurm,mpi]'
+	touch $(TEST_STAMP)
 
 install: $(STAMP)
 
@@ -19,14 +24,43 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/htc demo
 
-## test: every test; SLURM, MPI and browser parts are required (never skipped)
-test: $(STAMP)
+## test: every test; SLURM, MPI and browser parts are required (never skipped).
+## Brings the SLURM test cluster up, runs pytest, always brings it down, exits with pytest's status.
+test: system-deps $(TEST_STAMP)
 	mkdir -p $(TEST_OUT)
-	HTC_REQUIRE_SLURM=1 $(BIN)/python -m pytest -q -p no:cacheprovider --junitxml=$(TEST_OUT)/junit.xml
+	$(MAKE) --no-print-directory slurm-up || { $(MAKE) --no-print-directory slurm-down; exit 1; }
+	HTC_REQUIRE_SLURM=1 $(BIN)/python -m pytest -q -p no:cacheprovider --junitxml=$(TEST_OUT)/junit.xml; \
+	  rc=$$?; $(MAKE) --no-print-directory slurm-down; down=$$?; \
+	  if [ $$rc -ne 0 ]; then exit $$rc; fi; exit $$down
+
+## system-deps: Debian packages for the SLURM test cluster and the venv (root; apt-get only what is missing).
+## Keep in sync with htc_notebook/devcluster/install.py (a test compares them).
+.PHONY: system-deps slurm-up slurm-down
+SYSTEM_PACKAGES := slurmctld slurmd slurm-client munge openmpi-bin libopenmpi-dev iproute2 util-linux python3-venv
+system-deps:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "apt-get install" $$missing; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+## slurm-up / slurm-down: the local 4-node SLURM test cluster (root; docs/test-cluster.md)
+slurm-up: $(STAMP)
+	$(BIN)/htc slurm up
+
+slurm-down: $(STAMP)
+	$(BIN)/htc slurm down
 
 ## bench: the benchmarks; figures go to bench/results.md
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	$(BIN)/python bench/throughput.py --write bench/results.md
+	$(BIN)/python bench/throughput.py --work-ms 20 --jobs 300 --pairs 5 --write bench/results.md
+
+## bench-slurm: the SLURM benchmarks (needs make slurm-up)
+bench-slurm: $(TEST_STAMP)
+	$(BIN)/python bench/slurm.py --write bench/results.md
 
 clean:
 	rm -rf $(VENV) htc-data $(TEST_OUT)

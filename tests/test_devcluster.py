@@ -190,3 +190,10 @@ def test_status_and_leftovers_see_the_running_cluster(slurm_cluster):
     for thing in ("slurmctld", "slurmd", "bridge br-htc", "network namespace node1", "network namespace node4",
                   "file /etc/slurm/slurm.conf"):
         assert thing in left
+
+
+def test_makefile_installs_every_package_the_cluster_needs():
+    from htc_notebook.devcluster.install import PACKAGES
+
+    line = next(ln for ln in (REPO / "Makefile").read_text().splitlines() if ln.startswith("SYSTEM_PACKAGES"))
+    assert set(PACKAGES) <= set(line.split(":=", 1)[1].split())

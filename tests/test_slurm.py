@@ -134,11 +134,12 @@ def test_scancel_from_outside_shows_cancelled(session):
 
 def test_pending_reasons_are_readable_and_a_timeout_explains_itself(session):
     task = session.project("slurm").task("pending")
+    cores = session.profile("gpu").cores_per_node  # the gpu partition is one node: fill it
     blockers = task.submit_batch({"jobName": "block", "batchSize": 1,
-                                  "htcJobDefinition": {"commands": ["sleep", "20"], "maxVCpus": 2}},
+                                  "htcJobDefinition": {"commands": ["sleep", "15"], "maxVCpus": cores}},
                                  profile="gpu")
     late = task.submit_batch({"jobName": "late", "batchSize": 1,
-                              "htcJobDefinition": {"commands": ["sleep", "300"], "maxVCpus": 2,
+                              "htcJobDefinition": {"commands": ["sleep", "300"], "maxVCpus": cores,
                                                    "execTimeoutSeconds": 2}}, profile="gpu")[0]
     deadline = time.time() + 60
     while late.status != "RUNNABLE" or not (late.row.reason or "").startswith("waiting"):

@@ -50,6 +50,10 @@ class Reporter(Protocol):
 
     def started(self, job_id: int, attempt: int, host: str, native_id: str | None) -> None: ...
 
+    def submitted(self, native_ids: dict[int, str], reason: str) -> None:
+        """Jobs a scheduler accepted (job id -> native id): recorded before this returns."""
+        ...
+
     def update(self, job_ids: Sequence[int], status: str, *, reason: str | None = None,
                host: str | None = None, native_id: str | None = None) -> None:
         """A non-final state: RUNNABLE (with the scheduler's pending reason), STARTING, RUNNING."""

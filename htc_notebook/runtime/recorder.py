@@ -42,6 +42,12 @@ class Recorder:
     def started(self, job_id: int, attempt: int, host: str, native_id: str | None) -> None:
         self._put(("update", (job_id,), "RUNNING", None, host, native_id))
 
+    def submitted(self, native_ids: dict[int, str], reason: str) -> None:
+        """Synchronous, unlike the rest: the link to the scheduler's job must survive a crash."""
+        self._ledger.set_statuses([([job_id], "RUNNABLE", reason, None, native)
+                                   for job_id, native in native_ids.items()])
+        self._on_commit([])
+
     def update(self, job_ids, status: str, *, reason: str | None = None, host: str | None = None,
                native_id: str | None = None) -> None:
         self._put(("update", tuple(job_ids), status, reason, host, native_id))

@@ -8,11 +8,13 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import socket
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -73,6 +75,18 @@ def _kill_orphan_group(native_id: str | None) -> bool:
         return False
 
 
+def _close_at_exit(session: "Session") -> None:
+    """Close the session when the interpreter exits (what backends reported gets committed)."""
+    ref = weakref.ref(session)
+
+    def close() -> None:
+        s = ref()
+        if s is not None:
+            s.close()
+
+    atexit.register(close)
+
+
 class Pending:
     """A job just added to the ledger, described from what was added (no read-back)."""
 
@@ -105,6 +119,7 @@ class Session:
         self._lock = threading.RLock()
         self._closed = False
         self._recorder = Recorder(self.ledger, self._result_path, self._committed)
+        _close_at_exit(self)
 
     def __repr__(self) -> str:
         return f"Session(root={str(self.root)!r}, profiles={self.site.names()})"

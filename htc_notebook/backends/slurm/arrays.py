@@ -100,8 +100,8 @@ class ArrayRunner:
                 t = Tracked(l.job_id, l.attempt, f"{job}_{i}", sdir, l.timeout)
                 self._tracked[t.native_id] = t
                 self._by_job[l.job_id] = t.native_id
-        for i, l in enumerate(chunk):
-            self._reporter.update([l.job_id], "RUNNABLE", reason="submitted to SLURM", native_id=f"{job}_{i}")
+        self._reporter.submitted({l.job_id: f"{job}_{i}" for i, l in enumerate(chunk)},
+                                 reason=f"submitted to SLURM as array {job}")
 
     def _script(self, chunk: list[Launch], ids_file: str, commands_file: str | None) -> str:
         first, p = chunk[0], self.profile
