@@ -34,6 +34,7 @@ class Launch:
     throttle: int | None = None  # at most this many of the batch at once (SLURM arrays: %N)
     command: tuple[str, ...] = ()
     call: Any = None  # python jobs: a `Call` (function + arguments)
+    name: str = "job"  # the job's (batch's) name
 
 
 @dataclass(frozen=True)

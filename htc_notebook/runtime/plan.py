@@ -47,4 +47,23 @@ def render_batch(site: SiteConfig, batch: JobBatch, profile: str | None = None) 
     if envs:
         lines.append(f"# env: {envs}")
     lines.append(shlex.join(d.commands))
+    if prof.backend == "slurm":
+        lines.append(_slurm_script(prof, batch, res, prio))
     return "\n".join(lines)
+
+
+def _slurm_script(prof: PartitionProfile, batch: JobBatch, res: Resources, priority: int) -> str:
+    """The first array's sbatch script, as the SLURM backend would write it (placeholder paths)."""
+    from htc_notebook.backends.slurm.script import render_array
+
+    d = batch.htc_job_definition
+    env = {e.name: e.value for e in d.envs}
+    return ("# sbatch script of the first array (paths are filled in at submission; batches larger than "
+            "the cluster's MaxArraySize are split into several arrays):\n") + render_array(
+        job_name=f"htc-{batch.job_name}"[:64], size=batch.batch_size, ids_file="<task>/.htc/slurm/array.ids",
+        offset=0, task_dir="<task>", log_dir="<task>/logs", state_dir="<task>/.htc/slurm",
+        partition=prof.partition, command=d.commands, cpus_per_task=res.cores, mem_mib=res.memory,
+        tmp_gib=d.max_disk_gib, timeout_s=d.exec_timeout_seconds,
+        time_s=None if d.exec_timeout_seconds else prof.default_walltime, account=prof.account,
+        qos=(prof.economy_qos or prof.qos) if priority else prof.qos, constraints=prof.constraints,
+        setup=prof.setup, env=env)

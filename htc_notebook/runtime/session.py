@@ -90,10 +90,10 @@ def _close_at_exit(session: "Session") -> None:
 class Pending:
     """A job just added to the ledger, described from what was added (no read-back)."""
 
-    __slots__ = ("id", "kind", "params", "spec", "index", "profile", "priority")
+    __slots__ = ("id", "name", "kind", "params", "spec", "index", "profile", "priority")
 
     def __init__(self, job_id: int, job: NewJob):
-        self.id, self.kind, self.params, self.spec = job_id, job.kind, job.params, job.spec
+        self.id, self.name, self.kind, self.params, self.spec = job_id, job.name, job.kind, job.params, job.spec
         self.index, self.profile, self.priority = job.index, job.profile, job.priority
 
 
@@ -221,7 +221,7 @@ class Session:
             spec = row.spec
             env = {**base_env, "HTC_JOB_ID": str(row.id), "HTC_JOB_INDEX": str(row.index),
                    **spec.get("envs", {})}
-            launch = Launch(job_id=row.id, attempt=attempt, kind=row.kind, cwd=task_dir, env=env,
+            launch = Launch(job_id=row.id, attempt=attempt, kind=row.kind, cwd=task_dir, env=env, name=row.name,
                             log_out=logs[row.id][0], log_err=logs[row.id][1],
                             cores=spec.get("cores", 1), priority=row.priority,
                             timeout=spec.get("timeout"), command=tuple(spec.get("commands", ())),

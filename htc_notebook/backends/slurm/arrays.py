@@ -109,7 +109,7 @@ class ArrayRunner:
         env = {k: v for k, v in first.env.items() if k not in varying}
         same_command = all(l.command == first.command for l in chunk)
         return render_array(
-            job_name=f"htc-{first.job_id}", size=len(chunk), ids_file=ids_file,
+            job_name=f"htc-{first.name}"[:64], size=len(chunk), ids_file=ids_file,
             offset=int(first.env.get("HTC_JOB_INDEX", 0)), task_dir=str(first.cwd),
             log_dir=str(Path(first.log_out).parent), state_dir=str(state_dir(first.cwd)),
             partition=p.partition or p.name, command=first.command if same_command else None,

@@ -1,0 +1,93 @@
+"""The SLURM backend's pure parts: scripts, state tables, discovery, pilot options (no cluster)."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+
+import pytest
+
+from htc_notebook.backends.slurm.discover import profiles_from_sinfo
+from htc_notebook.backends.slurm.pilots import pilot_options
+from htc_notebook.backends.slurm.script import command_line, render_array
+from htc_notebook.backends.slurm.states import end_reason, explain_pending, htc_status
+from htc_notebook.errors import SpecError
+from htc_notebook.spec import PartitionProfile, SiteConfig
+
+BASE = dict(job_name="b", size=3, ids_file="/d/ids", offset=1001, task_dir="/data/my task",
+            log_dir="/data/my task/logs", state_dir="/data/my task/.htc/slurm")
+
+
+def directives(script: str) -> dict[str, str]:
+    return dict(l[len("#SBATCH --"):].split("=", 1) for l in script.splitlines() if l.startswith("#SBATCH"))
+
+
+def test_array_script_maps_the_job_definition_onto_directives():
+    s = render_array(**BASE, command=["echo", "a b"], partition="cpu", cpus_per_task=2, mem_mib=512,
+                     tmp_gib=3, timeout_s=30, qos="low", constraints=("avx2", "ib"), gres="gpu:1", throttle=5,
+                     env={"MODE": "x; $(rm -rf /)"}, setup=["module load lammps"])
+    d = directives(s)
+    assert d == {"job-name": "b", "array": "0-2%5", "partition": "cpu", "qos": "low", "cpus-per-task": "2",
+                 "mem": "512M", "tmp": "3G", "time": "00:01:40", "constraint": "avx2&ib", "gres": "gpu:1"}
+    assert "export HTC_JOB_INDEX=$((SLURM_ARRAY_TASK_ID + 1001))" in s
+    assert "export MODE='x; $(rm -rf /)'" in s
+    assert "cd '/data/my task'" in s and "timeout --kill-after=10 30 echo 'a b'" in s
+    assert s.index("module load lammps") < s.index("cd '/data/my task'")
+
+
+def test_array_script_is_valid_bash():
+    s = render_array(**BASE, commands_file="/d/cmds")
+    assert subprocess.run(["bash", "-n"], input=s, text=True).returncode == 0
+
+
+@pytest.mark.parametrize("field,value", [("partition", "cpu;rm"), ("partition", "a b"), ("qos", "x\n#SBATCH"),
+                                         ("account", "$(id)"), ("gres", "gpu:1 --x")])
+def test_directive_values_must_be_plain_tokens(field, value):
+    with pytest.raises(SpecError, match="plain token"):
+        render_array(**BASE, command=["true"], **{field: value})
+
+
+def test_commands_file_lines_round_trip_through_the_shell():
+    argv = ["python", "sim.py", "--name", "it's a 'test'", "$(x)", ";"]
+    assert shlex.split(command_line(argv)) == argv
+    with pytest.raises(SpecError, match="newlines"):
+        command_line(["echo", "a\nb"])
+
+
+def test_state_table_never_calls_an_unknown_state_success():
+    assert htc_status("PENDING") == "RUNNABLE" and htc_status("COMPLETED") == "SUCCEEDED"
+    assert htc_status("CANCELLED by 0") == "CANCELLED" and htc_status("TIMEOUT") == "FAILED"
+    assert htc_status("SOMETHING_NEW") == "RUNNING"
+    assert "memory" in end_reason("OUT_OF_MEMORY")
+    assert explain_pending("(Resources)").startswith("waiting for free resources")
+    assert "QOS" in explain_pending("QOSMaxJobsPerUserLimit")
+    assert explain_pending("WeirdReason") == "pending: WeirdReason"
+
+
+def test_discovered_site_loads_and_merges_heterogeneous_nodes():
+    text = ("cpu*|2|2|2000|(null)|(null)|1-00:00:00|1:00:00|up\n"
+            "cpu*|1|4|1000|(null)|(null)|1-00:00:00|1:00:00|up\n"
+            "gpu|1|4|8000|gpu:a100:2(S:0)|(null)|12:00:00|n/a|up\n"
+            "old|1|8|8000|(null)|(null)|infinite|n/a|down\n")
+    site = profiles_from_sinfo(text, python="/venv/bin/python", scheduler_host="10.77.0.1", mpi="pmix")
+    cpu = site["profiles"]["cpu"]
+    assert (cpu["cores_per_node"], cpu["memory_per_node"], cpu["max_nodes"]) == (2, "1000M", 3)
+    assert site["profiles"]["gpu"]["gpus_per_node"] == 2 and site["default_profile"] == "cpu"
+    assert "down" in site["profiles"]["old"]["warning"] and "max_walltime" not in site["profiles"]["old"]
+    import yaml
+
+    loaded = SiteConfig.from_yaml(yaml.safe_dump(site))
+    assert loaded.profile("gpu").max_walltime == 12 * 3600
+
+
+def test_pilot_options_keep_lifetime_below_walltime_and_memory_exact():
+    p = PartitionProfile(name="gpu", cores_per_node=4, memory_per_node="8000M", gpus_per_node=2,
+                         default_walltime="01:00:00", qos="normal", scheduler_host="10.77.0.1",
+                         setup=["module load cuda"], pilot_workers=2)
+    o = pilot_options(p)
+    lifetime = int(o["worker_extra_args"][1].rstrip("s"))
+    stagger = int(o["worker_extra_args"][3].rstrip("s"))
+    assert lifetime + stagger < 3600 and lifetime >= 3600 * 0.8
+    assert o["job_mem"] == "8000M" and o["processes"] == 2 and o["cores"] == 4
+    assert "--gres=gpu:2" in o["job_extra_directives"] and "--qos=normal" in o["job_extra_directives"]
+    assert o["scheduler_options"]["host"] == "10.77.0.1" and o["job_script_prologue"] == ["module load cuda"]
