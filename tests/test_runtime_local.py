@@ -310,3 +310,22 @@ def test_recorded_times_are_the_jobs_own(session):
     df = group.to_dataframe()
     assert set(df.status) == {"SUCCEEDED", "FAILED"}
     assert (df.runtime_s >= 0).all()
+
+
+def test_a_function_the_workers_cannot_load_fails_with_an_explanation(session, tmp_path):
+    """A function pickled by reference to a module only this process can import."""
+    import importlib
+    import sys as _sys
+
+    mod_dir = tmp_path / "only_here"
+    mod_dir.mkdir()
+    (mod_dir / "private_mod.py").write_text("def f(x):\n    return x * 2\n")
+    _sys.path.insert(0, str(mod_dir))
+    try:
+        mod = importlib.import_module("private_mod")
+        task = session.project("e2e").task("unloadable")
+        err = task.submit(mod.f, 2).exception(timeout=60)
+    finally:
+        _sys.path.remove(str(mod_dir))
+    assert err.status == "FAILED"
+    assert "could not load private_mod.f" in err.reason and "No module named 'private_mod'" in err.reason

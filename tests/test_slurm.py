@@ -171,3 +171,20 @@ def test_jobs_outlive_the_session_and_a_new_one_adopts_them(session, site):
         jobs.wait(timeout=180)
         assert [j.status for j in jobs] == ["SUCCEEDED", "FAILED", "FAILED"]
         assert [j.row.exit_code for j in jobs] == [0, 1, 2]
+
+
+def test_throttle_limits_how_many_array_tasks_run_at_once(session):
+    task = session.project("slurm").task("throttle")
+    group = task.submit_batch({"jobName": "thr", "batchSize": 6,
+                               "htcJobDefinition": {"commands": ["sleep", "2"], "maxVCpus": 1}},
+                              profile="knl", throttle=2)
+    group.wait(timeout=180)
+    rows = [j.row for j in group]
+    assert all(r.status == "SUCCEEDED" for r in rows)
+    # never more than 2 running at once: check overlaps of [started, ended]
+    events = sorted([(r.started, 1) for r in rows] + [(r.ended, -1) for r in rows])
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    assert peak <= 2

@@ -68,14 +68,32 @@ class JobRunner:
 
     dask pickles a task's function once and caches it, while arguments are
     pickled per task: so the user's function travels once per submission and
-    each task carries only its own small, plain arguments.
+    each task carries only its own small, plain arguments. The function itself
+    travels as cloudpickled bytes, loaded inside the job: a function that cannot
+    be loaded on the node (say, from a module only the notebook can import)
+    fails that job with an explanation instead of killing workers.
     """
 
     def __init__(self, fn: Any, cwd: str, env: dict[str, str]):
-        self.fn, self.cwd, self.env = fn, cwd, env  # env: the variables every job here shares
+        self.payload = cloudpickle.dumps(fn)
+        self.name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+        self.cwd, self.env = cwd, env  # env: the variables every job here shares
+        self._fn: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_fn": None}
 
     def __call__(self, args: tuple, kwargs: dict, env: dict[str, str], logs: tuple[str, str]) -> dict[str, Any]:
-        return run_call(self.fn, args, kwargs, self.cwd, {**self.env, **env}, logs)
+        if self._fn is None:
+            try:
+                self._fn = cloudpickle.loads(self.payload)
+            except Exception as exc:  # noqa: BLE001
+                return {"ok": False, "host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
+                        "ended": time.time(),
+                        "message": (f"could not load {self.name} on {socket.gethostname()}: "
+                                    f"{type(exc).__name__}: {exc}. Define the function in the notebook, or "
+                                    "in a module installed where the jobs run")}
+        return run_call(self._fn, args, kwargs, self.cwd, {**self.env, **env}, logs)
 
 
 def run_call(fn: Any, args: tuple, kwargs: dict, cwd: str, env: dict[str, str],

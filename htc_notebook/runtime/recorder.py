@@ -1,8 +1,9 @@
 """One thread that commits what backends report, in batches.
 
 Backends call `started()` and `finished()` from any thread; the recorder
-groups whatever arrived within a few milliseconds into one ledger transaction,
-so a sweep of thousands of tiny jobs costs a handful of commits, not thousands.
+commits whatever is queued in one ledger transaction (group commit), so a
+sweep of thousands of tiny jobs costs a few commits, not thousands, and a lone
+report is committed at once.
 Large results are written to files first (temp, fsync, rename), then the row
 that points at them is committed (design G2).
 """
@@ -17,7 +18,6 @@ from htc_notebook.ledger import Ledger, Outcome
 from htc_notebook.storage import atomic_write
 
 INLINE_RESULT_LIMIT = 256 * 1024  # bytes; larger results go to files
-FLUSH_INTERVAL = 0.05  # seconds a batch may wait to grow
 MAX_BATCH = 2000
 
 _STOP = object()
@@ -73,21 +73,25 @@ class Recorder:
         self._queue.put(item)
 
     def _loop(self) -> None:
+        """Group commit: take what is queued now, commit it, repeat.
+
+        No artificial delay: reports that arrive while a commit runs form the
+        next batch, so batches grow with load and a lone report commits at once.
+        """
         while True:
             item = self._queue.get()
             if item is _STOP:
                 return
             batch = [item]
-            try:
-                deadline_wait = FLUSH_INTERVAL
-                while len(batch) < MAX_BATCH:
-                    nxt = self._queue.get(timeout=deadline_wait)
-                    if nxt is _STOP:
-                        self._commit(batch)
-                        return
-                    batch.append(nxt)
-            except queue.Empty:
-                pass
+            while len(batch) < MAX_BATCH:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    self._commit(batch)
+                    return
+                batch.append(nxt)
             self._commit(batch)
 
     def _commit(self, batch: list) -> None:

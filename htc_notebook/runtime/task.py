@@ -115,11 +115,14 @@ class Task:
                         skipped=sum(1 for r in existing.values() if r.status == "SUCCEEDED"))
 
     def submit_batch(self, batch: JobBatch | Mapping[str, Any], *, profile: str | None = None,
-                     retries: int = 0) -> JobGroup:
+                     retries: int = 0, throttle: int | None = None) -> JobGroup:
         """Submit an HTC job batch: `batchSize` jobs sharing one job definition.
 
-        Job i sees `HTC_JOB_INDEX=i`.
+        Job i sees `HTC_JOB_INDEX=i`. `throttle` caps how many of the batch run at once
+        (SLURM: the array's `%N`; the local backend is bounded by its cores and ignores it).
         """
+        if throttle is not None and (isinstance(throttle, bool) or not isinstance(throttle, int) or throttle < 1):
+            raise SpecError("submit_batch", "throttle", throttle, "a whole number >= 1, or None")
         if not isinstance(batch, JobBatch):
             batch = JobBatch.model_validate(batch)
         limit = self.session.site.max_batch_size
@@ -127,6 +130,8 @@ class Task:
             raise SpecError("JobBatch", "batchSize", batch.batch_size,
                             f"at most the site's max_batch_size={limit}; split the batch or raise max_batch_size")
         prof, res, spec, priority = self._command_spec(profile, batch.htc_job_definition, retries)
+        if throttle:
+            spec["throttle"] = throttle
         jobs = [NewJob(name=batch.job_name, kind="command", params={}, spec=spec, index=i,
                        profile=prof.name, priority=priority) for i in range(batch.batch_size)]
         ids = self._add(jobs, NewBatch(batch.job_name, batch.batch_size, batch.to_wire(), tuple(batch.tags)))

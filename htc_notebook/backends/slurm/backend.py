@@ -23,7 +23,14 @@ class SlurmBackend:
 
     def submit(self, launches: Sequence[Launch]) -> None:
         self.arrays.submit([l for l in launches if l.kind == "command"])
-        self.pilots.submit([l for l in launches if l.kind == "python"])
+        calls = [l for l in launches if l.kind == "python"]
+        if calls:
+            first = not self.pilots.started
+            self.pilots.submit(calls)
+            if first:
+                # ask for pilots now: adapt() would wait for its first tick before asking
+                workers = self.profile.pilot_workers or self.profile.cores_per_node
+                self.pilots.cluster.scale(jobs=min(self.profile.max_pilots, -(-len(calls) // workers)))
 
     def adopt(self, job_id: int, attempt: int, native_id: str, cwd: str, timeout: int | None) -> None:
         """Watch an array task submitted by an earlier session (jobs outlive kernels)."""

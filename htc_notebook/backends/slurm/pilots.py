@@ -53,28 +53,27 @@ def pilot_options(profile: PartitionProfile, *, log_directory: str | None = None
 
 
 def make_pilot_cluster(profile: PartitionProfile, *, log_directory: str | None = None):
-    """A SLURMCluster for the profile, checked with `sbatch --test-only` first.
+    """A SLURMCluster for the profile, its job script checked by `sbatch --test-only`.
 
     dask-jobqueue does not surface an sbatch rejection (the client would just
-    wait for workers); testing the rendered script first turns it into an
-    error carrying the scheduler's message, within seconds.
+    wait for workers); testing the rendered script turns it into an error
+    carrying the scheduler's message, within seconds. The test runs while the
+    dask scheduler starts, so it adds no latency.
     """
     try:
         from dask_jobqueue import SLURMCluster
+        from dask_jobqueue.slurm import SLURMJob
     except ImportError:
         raise BackendError("Python jobs on SLURM need dask-jobqueue: pip install 'htc_notebook[slurm]'") from None
-    cluster = SLURMCluster(**pilot_options(profile, log_directory=log_directory))
-    try:
-        check_pilot_script(cluster.job_script())
-    except BackendError:
+    options = pilot_options(profile, log_directory=log_directory)
+    probe = {k: v for k, v in options.items() if k not in ("scheduler_options", "log_directory")}
+    test = scheduler.start(["sbatch", "--test-only"],
+                           input=SLURMJob(scheduler="tcp://scheduler:8786", name="probe", **probe).job_script())
+    cluster = SLURMCluster(**options)
+    out, err = test.communicate(timeout=60)
+    if test.returncode != 0:
         cluster.close()
-        raise
-    cluster.adapt(minimum_jobs=0, maximum_jobs=profile.max_pilots)
+        raise BackendError(f"SLURM rejects this profile's pilot job: {err.strip() or out.strip()}")
+    # release a pilot only after ~10 s without work, so a fresh one is not cancelled before its task lands
+    cluster.adapt(minimum_jobs=0, maximum_jobs=profile.max_pilots, interval="1s", wait_count=10)
     return cluster
-
-
-def check_pilot_script(script: str) -> None:
-    """Ask SLURM whether it would accept the pilot script (`sbatch --test-only`)."""
-    proc = scheduler.run(["sbatch", "--test-only"], input=script, check=False)
-    if proc.returncode != 0:
-        raise BackendError(f"SLURM rejects this profile's pilot job: {proc.stderr.strip() or proc.stdout.strip()}")

@@ -33,6 +33,19 @@ def run(argv: Sequence[str], *, timeout: float = TIMEOUT, check: bool = True,
     return proc
 
 
+def start(argv: Sequence[str], *, input: str | None = None) -> subprocess.Popen:
+    """Start a SLURM command without waiting (use `communicate()`); BackendError if it is missing."""
+    if shutil.which(argv[0]) is None:
+        raise BackendError(f"{argv[0]} not found: SLURM client commands are not installed on this machine")
+    proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    if input is not None:
+        proc.stdin.write(input)
+    proc.stdin.close()
+    proc.stdin = None  # communicate() must not flush it again
+    return proc
+
+
 def sbatch(argv: Sequence[str]) -> str:
     """Submit; returns the SLURM job id (`--parsable` output, cluster suffix dropped)."""
     out = run(argv).stdout.strip()
