@@ -209,8 +209,8 @@ def test_cancel_a_running_command(session):
 def test_economy_jobs_start_after_priority_jobs(session):
     task = session.project("e2e").task("priority")
     cores = session.profile(None).cores_per_node
-    blocker = {"jobName": "block", "batchSize": cores,
-               "htcJobDefinition": {"commands": ["sleep", "1"]}}
+    blocker = {"jobName": "block", "batchSize": cores,  # holds every core while the others queue
+               "htcJobDefinition": {"commands": ["sleep", "3"]}}
     eco = {"jobName": "eco", "batchSize": 2,
            "htcJobDefinition": {"commands": ["true"], "priority": "ON_DEMAND_ECONOMY"}}
     pri = {"jobName": "pri", "batchSize": 2, "htcJobDefinition": {"commands": ["true"]}}

@@ -7,7 +7,8 @@ from typing import Sequence
 from htc_notebook.backends.base import Launch, Reporter
 from htc_notebook.backends.dask_jobs import DaskJobs
 from htc_notebook.backends.slurm.arrays import ArrayRunner
-from htc_notebook.backends.slurm.pilots import make_pilot_cluster, pilot_options
+from htc_notebook.backends.slurm.pilots import check_probe, make_pilot_cluster, pilot_options
+from htc_notebook.errors import BackendError
 from htc_notebook.spec import PartitionProfile
 
 
@@ -24,13 +25,20 @@ class SlurmBackend:
     def submit(self, launches: Sequence[Launch]) -> None:
         self.arrays.submit([l for l in launches if l.kind == "command"])
         calls = [l for l in launches if l.kind == "python"]
-        if calls:
-            first = not self.pilots.started
-            self.pilots.submit(calls)
-            if first:
-                # ask for pilots now: adapt() would wait for its first tick before asking
-                workers = self.profile.pilot_workers or self.profile.cores_per_node
-                self.pilots.cluster.scale(jobs=min(self.profile.max_pilots, -(-len(calls) // workers)))
+        if not calls:
+            return
+        first = not self.pilots.started
+        if first:
+            try:  # the probe ran while the scheduler and client started
+                check_probe(self.pilots.cluster)
+            except BackendError:
+                self.pilots.close()
+                raise
+        self.pilots.submit(calls)
+        if first:
+            # ask for pilots now: adapt() would wait for its first tick before asking
+            workers = self.profile.pilot_workers or self.profile.cores_per_node
+            self.pilots.cluster.scale(jobs=min(self.profile.max_pilots, -(-len(calls) // workers)))
 
     def adopt(self, job_id: int, attempt: int, native_id: str, cwd: str, timeout: int | None) -> None:
         """Watch an array task submitted by an earlier session (jobs outlive kernels)."""

@@ -53,12 +53,13 @@ def pilot_options(profile: PartitionProfile, *, log_directory: str | None = None
 
 
 def make_pilot_cluster(profile: PartitionProfile, *, log_directory: str | None = None):
-    """A SLURMCluster for the profile, its job script checked by `sbatch --test-only`.
+    """A SLURMCluster for the profile, its job script under test by `sbatch --test-only`.
 
     dask-jobqueue does not surface an sbatch rejection (the client would just
     wait for workers); testing the rendered script turns it into an error
     carrying the scheduler's message, within seconds. The test runs while the
-    dask scheduler starts, so it adds no latency.
+    dask scheduler and client start; `check_probe` reads its verdict before
+    the first pilot is asked for.
     """
     try:
         from dask_jobqueue import SLURMCluster
@@ -70,10 +71,18 @@ def make_pilot_cluster(profile: PartitionProfile, *, log_directory: str | None =
     test = scheduler.start(["sbatch", "--test-only"],
                            input=SLURMJob(scheduler="tcp://scheduler:8786", name="probe", **probe).job_script())
     cluster = SLURMCluster(**options)
-    out, err = test.communicate(timeout=60)
-    if test.returncode != 0:
-        cluster.close()
-        raise BackendError(f"SLURM rejects this profile's pilot job: {err.strip() or out.strip()}")
+    cluster.htc_probe = test  # its verdict is read by check_probe() before the first pilot is asked for
     # release a pilot only after ~10 s without work, so a fresh one is not cancelled before its task lands
     cluster.adapt(minimum_jobs=0, maximum_jobs=profile.max_pilots, interval="1s", wait_count=10)
     return cluster
+
+
+def check_probe(cluster) -> None:
+    """Raise BackendError with SLURM's message if it rejected the pilot script (read once per cluster)."""
+    test = getattr(cluster, "htc_probe", None)
+    if test is None:
+        return
+    cluster.htc_probe = None
+    out, err = test.communicate(timeout=60)
+    if test.returncode != 0:
+        raise BackendError(f"SLURM rejects this profile's pilot job: {err.strip() or out.strip()}")
