@@ -95,6 +95,7 @@ def _session(args):
 # -- demo ---------------------------------------------------------------------------
 def _demo(args) -> int:
     import numpy as np
+    import pandas as pd
 
     from htc_notebook.examples.ising import T_CRITICAL, ising
     from htc_notebook.spec import Sweep
@@ -117,7 +118,7 @@ def _demo(args) -> int:
     failed = df[df.status != "SUCCEEDED"]
     ok = df[df.status == "SUCCEEDED"]
     if len(ok):
-        vals = ok.join(ok.pop("result").apply(lambda r: __import__("pandas").Series(r)))
+        vals = ok.join(pd.DataFrame(list(ok.pop("result")), index=ok.index))
         table = vals.groupby("T").agg(m=("magnetization", "mean"), m_sd=("magnetization", "std"),
                                       e=("energy", "mean"), chi=("susceptibility", "mean"),
                                       runs=("job_id", "count"), runtime=("runtime_s", "mean"))
