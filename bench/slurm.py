@@ -86,7 +86,7 @@ def submit_singles(root: Path, n: int) -> float:
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     ids = []
-    for i in range(n):
+    for _ in range(n):
         out = subprocess.run(["sbatch", "--parsable", "--hold", "-p", "cpu", f"--output={root}/single-%j.log",
                               "--wrap", "true"], capture_output=True, text=True, check=True)
         ids.append(out.stdout.strip().split(";")[0])

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from htc_notebook import JobBatch, JobFailed, Resources, SpecError, Sweep
+from htc_notebook import JobBatch, JobFailed, SpecError, Sweep
 from htc_notebook.errors import UnsupportedFeature
 
 

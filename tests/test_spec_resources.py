@@ -109,7 +109,7 @@ def test_too_few_cores_for_ranks():
 
 def test_frozen_and_round_trips():
     r = Resources(ranks=8, nodes=2, memory="1G")
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="frozen"):
         r.cores = 3
     assert Resources(**r.model_dump()) == r
     assert hash(r) == hash(Resources(**r.model_dump()))

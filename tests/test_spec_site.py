@@ -47,7 +47,7 @@ def test_profiles_mapping_is_immutable():
     site = SiteConfig.from_yaml(SITE)
     with pytest.raises(TypeError):
         site.profiles["evil"] = site.profile("cpu")
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="frozen"):
         site.default_profile = "gpu"
     assert SiteConfig.model_validate(site.model_dump()) == site
 

@@ -71,7 +71,7 @@ class Ledger:
             raise LedgerError(f"cannot open ledger {self.path}: {e}") from e
         try:
             for pragma in PRAGMAS:
-                _retry(lambda: con.execute(pragma).fetchall(), self.path)
+                _retry(lambda p=pragma: con.execute(p).fetchall(), self.path)
             self._ensure_schema(con)
         except BaseException as e:
             con.close()

@@ -67,7 +67,7 @@ def render_array(*, job_name: str, size: int, ids_file: str, offset: int, task_d
     q = shlex.quote
     lines += [
         "set -u",
-        f"htc_n=$((SLURM_ARRAY_TASK_ID + 1))",
+        "htc_n=$((SLURM_ARRAY_TASK_ID + 1))",
         f"set -- $(sed -n \"${{htc_n}}p\" {q(ids_file)})",
         "export HTC_JOB_ID=$1 HTC_ATTEMPT=$2",
         f"export HTC_JOB_INDEX=$((SLURM_ARRAY_TASK_ID + {int(offset)}))",
