@@ -186,7 +186,7 @@ def _status(args) -> int:
 
 
 def _print_counts(rows) -> None:
-    states = ("SUBMITTED", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "LOST")
+    from htc_notebook.ledger.states import STATES as states
     t = Table(title="tasks")
     t.add_column("task")
     for s in states:

@@ -29,6 +29,12 @@ TERMINAL: frozenset[JobStatus] = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILE
 ACTIVE: frozenset[JobStatus] = frozenset(JobStatus) - TERMINAL
 REQUEUEABLE: frozenset[JobStatus] = TERMINAL - {JobStatus.SUCCEEDED}
 
+# the same sets as plain strings (job rows carry statuses as str), and every state in lifecycle order
+STATES: tuple[str, ...] = tuple(s.value for s in JobStatus)
+TERMINAL_NAMES: frozenset[str] = frozenset(s.value for s in TERMINAL)
+ACTIVE_NAMES: frozenset[str] = frozenset(s.value for s in ACTIVE)
+REQUEUEABLE_NAMES: frozenset[str] = frozenset(s.value for s in REQUEUEABLE)
+
 
 def sql_list(states: frozenset[JobStatus]) -> str:
     """`'A','B'` for use inside an SQL IN (...) (values are enum constants, never user input)."""

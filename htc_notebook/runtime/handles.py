@@ -16,6 +16,7 @@ import cloudpickle
 
 from htc_notebook.errors import JobFailed
 from htc_notebook.ledger import JobRow, ResultRow
+from htc_notebook.ledger.states import STATES, TERMINAL_NAMES
 
 if TYPE_CHECKING:
     import pandas
@@ -23,8 +24,8 @@ if TYPE_CHECKING:
     from htc_notebook.runtime.session import Session
 
 REFRESH_MIN_INTERVAL = 0.1  # seconds between two looks at the ledger while waiting
-TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED", "LOST")
-STATES = ("SUBMITTED", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "LOST")
+RECONCILE_EVERY = 2.0  # seconds between checks that jobs owned elsewhere still have a live owner
+TERMINAL = TERMINAL_NAMES
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ class JobHandle:
             row = self.row
             if row.status in TERMINAL:
                 return row
-            if time.monotonic() - last_reconcile > 2.0:
+            if time.monotonic() - last_reconcile > RECONCILE_EVERY:
                 self.session.reconcile([row])
                 last_reconcile = time.monotonic()
             if deadline is not None and time.monotonic() >= deadline:
@@ -211,7 +212,7 @@ class JobGroup(Sequence[JobHandle]):
                     bar.update(ended, counts)
                 if ended >= len(self):
                     return self
-                if time.monotonic() - last_reconcile > 2.0:
+                if time.monotonic() - last_reconcile > RECONCILE_EVERY:
                     self._reconcile_foreign()
                     last_reconcile = time.monotonic()
                 if deadline is not None and time.monotonic() >= deadline:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from dataclasses import replace
 from typing import Callable, Sequence
 
 from htc_notebook.ledger import Ledger, Outcome
@@ -121,6 +122,4 @@ class Recorder:
             return outcome
         path = self._result_path(outcome.job_id)
         atomic_write(path, outcome.result)
-        from dataclasses import replace
-
         return replace(outcome, result=None, result_path=str(path))

@@ -24,14 +24,12 @@ import cloudpickle
 from htc_notebook.backends.base import Backend, Call, Launch
 from htc_notebook.errors import HTCError, UnsupportedFeature
 from htc_notebook.ledger import AttemptStart, JobRow, Ledger, NewJob, Outcome, TaskRow
-from htc_notebook.ledger.states import TERMINAL
+from htc_notebook.ledger.states import TERMINAL_NAMES
 from htc_notebook.runtime.recorder import Recorder
 from htc_notebook.spec import PartitionProfile, RetryPolicy, SiteConfig
 from htc_notebook.storage import Storage
 
-TERMINAL_NAMES = frozenset(str(s.value if hasattr(s, "value") else s) for s in TERMINAL)
 POLL_SECONDS = 0.25
-RECONCILE_EVERY = 2.0
 
 
 @dataclass(frozen=True)
@@ -322,8 +320,8 @@ class Session:
         """
         lost: list[Outcome] = []
         for row in rows:
-            if row.status in TERMINAL_NAMES:
-                continue
+            if row.status in TERMINAL_NAMES or row.id in self._job_task:
+                continue  # ended, or watched by this process
             if row.kind == "command" and self._adopt(row):
                 continue
             owner = Owner.parse(row.spec.get("owner"))
@@ -348,12 +346,10 @@ class Session:
             return False
         if profile.backend != "slurm" or not row.native_id or "_" not in row.native_id:
             return False
-        if row.id not in self._job_task:
-            task = self.task_row(row.task_id)
-            self.backend(profile).adopt(row.id, row.attempts, row.native_id,
-                                        str(self.storage.task_dir(task.project, task.name)),
-                                        row.spec.get("timeout"))
-            self._job_task[row.id] = row.task_id
+        task = self.task_row(row.task_id)
+        self.backend(profile).adopt(row.id, row.attempts, row.native_id,
+                                    str(self.storage.task_dir(task.project, task.name)), row.spec.get("timeout"))
+        self._job_task[row.id] = row.task_id  # watched here from now on: reconcile skips it
         return True
 
     def flush(self) -> None:

@@ -10,6 +10,7 @@ import cloudpickle
 from htc_notebook.backends.base import Call
 from htc_notebook.errors import SpecError
 from htc_notebook.ledger import NewBatch, NewJob
+from htc_notebook.ledger.states import ACTIVE_NAMES, REQUEUEABLE_NAMES
 from htc_notebook.runtime.commands import render_command, template_argv
 from htc_notebook.runtime.handles import JobGroup, JobHandle
 from htc_notebook.runtime.plan import check_definition
@@ -66,9 +67,9 @@ class Task:
                name: str | None = None, **kwargs: Any) -> JobHandle:
         """Run `fn(*args, **kwargs)` as one job; returns its handle at once."""
         prof, res = self._resolve(profile, resources)
-        payload = _pickle(Call(fn, args, kwargs), fn)
+        call = Call(fn, args, kwargs)
         job = NewJob(name=name or _fn_name(fn), kind="python", params={},
-                     spec=self._spec(res, retries, payload=self._store(payload)), profile=prof.name)
+                     spec=self._spec(res, retries, payload=self._store(call, fn)), profile=prof.name)
         return JobHandle(self.session, self._add([job])[0], self.id)
 
     def sweep(self, what: Callable[..., Any] | str | Sequence[str], sweep: Sweep, *,
@@ -85,7 +86,7 @@ class Task:
             raise SpecError("sweep", "sweep", type(sweep).__name__, "a Sweep (Sweep.grid, Sweep.zip, ...)")
         if callable(what):
             prof, res = self._resolve(profile, resources)
-            digest = self._store(_pickle(what, what))
+            digest = self._store(what, what)
             identity, label = f"fn:{_fn_name(what)}", name or _fn_name(what)
             common = self._spec(res, retries, payload=digest)
             kind = "python"
@@ -107,7 +108,7 @@ class Task:
                       index=i, profile=prof.name, priority=priority)
                for i, (m, k) in enumerate(zip(sweep.members, keys)) if k not in existing]
         new_ids = iter(self._add(new, NewBatch(label, len(new), {"sweep": identity, "members": len(sweep)})))
-        rerun = [r.id for r in existing.values() if r.status in ("FAILED", "CANCELLED", "LOST")]
+        rerun = [r.id for r in existing.values() if r.status in REQUEUEABLE_NAMES]
         if rerun:
             self.session.retry(rerun, "sweep submitted again")
         ids = [existing[k].id if k in existing else next(new_ids) for k in keys]
@@ -153,12 +154,12 @@ class Task:
 
     def cancel(self) -> list[int]:
         """Cancel every job of this task that has not ended."""
-        active = self.session.ledger.jobs(self.id, status=("SUBMITTED", "RUNNABLE", "STARTING", "RUNNING"))
+        active = self.session.ledger.jobs(self.id, status=ACTIVE_NAMES)
         return self.session.cancel([r.id for r in active])
 
     def retry(self) -> JobGroup:
         """Run this task's FAILED, CANCELLED and LOST jobs again."""
-        rows = self.session.ledger.jobs(self.id, status=("FAILED", "CANCELLED", "LOST"))
+        rows = self.session.ledger.jobs(self.id, status=REQUEUEABLE_NAMES)
         moved = self.session.retry([r.id for r in rows])
         return JobGroup(self.session, self.id, moved, self.name)
 
@@ -185,13 +186,15 @@ class Task:
                           disk_gib=d.max_disk_gib, image=d.image_name)
         return prof, res, spec, priority
 
-    def _store(self, payload: bytes) -> str:
-        """Keep a pickled call where a later session can find it (content-addressed)."""
+    def _store(self, obj: object, fn: object) -> str:
+        """Pickle `obj` now (an unpicklable function fails here, not on a node) and keep it where a
+        later session can find it (content-addressed); this session keeps the object itself."""
+        payload = _pickle(obj, fn)
         digest = hashlib.sha256(payload).hexdigest()[:24]
         path = self.session.storage.payload_path(self.project, self.name, digest)
         if not path.exists():
             atomic_write(path, payload)
-        self.session.remember_call(digest, cloudpickle.loads(payload))
+        self.session.remember_call(digest, obj)
         return digest
 
     def _add(self, jobs: list[NewJob], batch: NewBatch | None = None) -> list[int]:

@@ -21,6 +21,7 @@ from htc_notebook.backends.slurm import scheduler
 from htc_notebook.backends.slurm.script import TIMEOUT_EXIT, command_line, render_array, sbatch_argv
 from htc_notebook.backends.slurm.states import end_reason, explain_pending, htc_status
 from htc_notebook.ledger import Outcome
+from htc_notebook.ledger.states import TERMINAL_NAMES
 from htc_notebook.spec import PartitionProfile
 from htc_notebook.storage import atomic_write
 
@@ -206,7 +207,7 @@ class ArrayRunner:
             return
         state = fields.get("JobState", "")
         status = htc_status(state)
-        if status not in ("SUCCEEDED", "FAILED", "CANCELLED", "LOST"):
+        if status not in TERMINAL_NAMES:
             self._report(t, status, None, fields.get("NodeList") or None)
             return
         code = fields.get("ExitCode", "0:0").split(":")
