@@ -17,6 +17,9 @@ from htc_notebook.backends.worker import JobRunner
 from htc_notebook.ledger import Outcome
 
 
+PER_JOB_ENV = ("HTC_JOB_ID", "HTC_JOB_INDEX")  # set by the runner from each task's job id and index
+
+
 def _collect_interval(pending: int) -> float:
     """Seconds between looks at pending futures.
 
@@ -66,15 +69,16 @@ class DaskJobs:
 
     def _submit_calls(self, launches: list[Launch]) -> None:
         client = self.client
-        groups: dict[tuple[int, Path], list[Launch]] = {}
+        groups: dict[tuple, list[Launch]] = {}
         for l in launches:
-            groups.setdefault((id(l.call.fn), l.cwd), []).append(l)
+            shared = frozenset((k, v) for k, v in l.env.items() if k not in PER_JOB_ENV)
+            groups.setdefault((id(l.call.fn), l.cwd, shared), []).append(l)
         futures, ordered = [], []
-        for (_, cwd), group in groups.items():
-            shared = dict(set(group[0].env.items()).intersection(*(l.env.items() for l in group[1:])))
-            runner = JobRunner(group[0].call.fn, str(cwd), shared)
-            futures += client.map(runner, [l.call.args for l in group], [l.call.kwargs for l in group],
-                                  [{k: v for k, v in l.env.items() if k not in shared} for l in group],
+        for (_, cwd, shared), group in groups.items():
+            runner = JobRunner(group[0].call.fn, str(cwd), dict(shared))
+            futures += client.map(runner, [l.job_id for l in group],
+                                  [int(l.env.get("HTC_JOB_INDEX", 0)) for l in group],
+                                  [l.call.args for l in group], [l.call.kwargs for l in group],
                                   [(l.log_out, l.log_err) for l in group],
                                   key=[f"htc-job-{l.job_id}-{l.attempt}" for l in group], pure=False)
             ordered += group

@@ -7,6 +7,7 @@ this module, cloudpickle and the user's function.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import socket
 import time
@@ -63,37 +64,41 @@ def _job_context(cwd: str, env: dict[str, str], log_out: str, log_err: str) -> I
                 os.environ[k] = v
 
 
+# Functions already loaded in this worker process, by payload digest. dask pickles a task's
+# function with every task it sends to a worker, so without this each job would load it again.
+_LOADED: dict[str, Any] = {}
+
+
 class JobRunner:
     """The dask task function for every job of one submission that calls the same `fn`.
 
-    dask pickles a task's function once and caches it, while arguments are
-    pickled per task: so the user's function travels once per submission and
-    each task carries only its own small, plain arguments. The function itself
-    travels as cloudpickled bytes, loaded inside the job: a function that cannot
-    be loaded on the node (say, from a module only the notebook can import)
-    fails that job with an explanation instead of killing workers.
+    It carries what the jobs share (the function, working directory, environment), so
+    each task carries only its own job id, index, arguments and log paths. The function
+    travels as cloudpickled bytes and is loaded once per worker process, inside the job:
+    a function that cannot be loaded on the node (say, from a module only the notebook
+    can import) fails that job with an explanation instead of killing workers.
     """
 
     def __init__(self, fn: Any, cwd: str, env: dict[str, str]):
         self.payload = cloudpickle.dumps(fn)
+        self.digest = hashlib.sha256(self.payload).hexdigest()
         self.name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
         self.cwd, self.env = cwd, env  # env: the variables every job here shares
-        self._fn: Any = None
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_fn": None}
-
-    def __call__(self, args: tuple, kwargs: dict, env: dict[str, str], logs: tuple[str, str]) -> dict[str, Any]:
-        if self._fn is None:
+    def __call__(self, job_id: int, index: int, args: tuple, kwargs: dict,
+                 logs: tuple[str, str]) -> dict[str, Any]:
+        fn = _LOADED.get(self.digest)
+        if fn is None:
             try:
-                self._fn = cloudpickle.loads(self.payload)
+                fn = _LOADED[self.digest] = cloudpickle.loads(self.payload)
             except Exception as exc:  # noqa: BLE001
                 return {"ok": False, "host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
                         "ended": time.time(),
                         "message": (f"could not load {self.name} on {socket.gethostname()}: "
                                     f"{type(exc).__name__}: {exc}. Define the function in the notebook, or "
                                     "in a module installed where the jobs run")}
-        return run_call(self._fn, args, kwargs, self.cwd, {**self.env, **env}, logs)
+        env = {**self.env, "HTC_JOB_ID": str(job_id), "HTC_JOB_INDEX": str(index)}
+        return run_call(fn, args, kwargs, self.cwd, env, logs)
 
 
 def run_call(fn: Any, args: tuple, kwargs: dict, cwd: str, env: dict[str, str],

@@ -323,27 +323,25 @@ class Ledger:
         for it in items:
             if JobStatus(_status(it.status)) not in ACTIVE:
                 raise LedgerError(f"an attempt starts in an active state, not {it.status}")
-        numbers: list[int] = []
         now = time.time()
         with self._write() as con:
             seq = _next_seq(con)
-            for it in items:
-                p = {"id": it.job_id, "s": _status(it.status), "h": it.host, "n": it.native_id,
-                     "o": it.log_out, "e": it.log_err, "now": now, "seq": seq}
-                row = con.execute(
-                    f"UPDATE jobs SET attempts = attempts + 1, status = :s, reason = NULL, exit_code = NULL, "
-                    f"       host = :h, native_id = :n, log_out = :o, log_err = :e, ended = NULL, "
-                    f"       started = CASE WHEN :s = 'RUNNING' THEN :now END, updated = :now, seq = :seq "
-                    f"WHERE id = :id AND status NOT IN ({TERMINAL_SQL}) RETURNING attempts", p).fetchone()
-                if row is None:
-                    numbers.append(0)
-                    continue
-                con.execute(
-                    f"INSERT INTO attempts ({ATTEMPT_COLUMNS}) "
-                    f"VALUES (:id, :number, :s, NULL, :h, :n, NULL, "
-                    f"        CASE WHEN :s = 'RUNNING' THEN :now END, NULL, :o, :e)", {**p, "number": row[0]})
-                numbers.append(row[0])
-        return numbers
+            # set-based: bump every live job, then read back which ones this transaction moved
+            con.executemany(
+                f"UPDATE jobs SET attempts = attempts + 1, status = ?1, reason = NULL, exit_code = NULL, "
+                f"       host = ?2, native_id = ?3, log_out = ?4, log_err = ?5, ended = NULL, "
+                f"       started = CASE WHEN ?1 = 'RUNNING' THEN ?6 END, updated = ?6, seq = ?7 "
+                f"WHERE id = ?8 AND status NOT IN ({TERMINAL_SQL})",
+                ((_status(it.status), it.host, it.native_id, it.log_out, it.log_err, now, seq, it.job_id)
+                 for it in {it.job_id: it for it in items}.values()))  # a job twice: one attempt
+            ids = json.dumps([it.job_id for it in items])
+            numbers = dict(con.execute(f"SELECT id, attempts FROM jobs WHERE id IN {IN_JSON} AND seq = ?",
+                                       (ids, seq)).fetchall())
+            con.execute(
+                f"INSERT INTO attempts ({ATTEMPT_COLUMNS}) "
+                f"SELECT id, attempts, status, NULL, host, native_id, NULL, started, NULL, log_out, log_err "
+                f"FROM jobs WHERE id IN {IN_JSON} AND seq = ?", (ids, seq))
+        return [numbers.get(it.job_id, 0) for it in items]
 
     def record_outcomes(self, outcomes: Sequence[Outcome]) -> list[int]:
         """Commit how attempts ended; returns the ids whose job row changed.
@@ -357,14 +355,18 @@ class Ledger:
         now = time.time()
         with self._write() as con:
             seq = _next_seq(con)
+            successes = [p for p in prepared if p[1] == JobStatus.SUCCEEDED]
+            if successes:
+                committed += _record_successes(con, successes, now, seq)
             for o, status, result_size in prepared:
+                if status == JobStatus.SUCCEEDED:
+                    continue
                 p = {"id": o.job_id, "a": o.attempt, "s": status, "r": o.reason, "x": o.exit_code,
                      "h": o.host, "st": o.started, "en": o.ended if o.ended is not None else now,
                      "now": now, "seq": seq}
                 # a non-success outcome never overrides a terminal job, a newer attempt, or a
                 # verdict already recorded for this attempt (outcomes are idempotent)
-                guard = ("status <> 'SUCCEEDED'" if status == JobStatus.SUCCEEDED else
-                         f"status NOT IN ({TERMINAL_SQL}) AND attempts <= :a AND NOT EXISTS "
+                guard = (f"status NOT IN ({TERMINAL_SQL}) AND attempts <= :a AND NOT EXISTS "
                          f"(SELECT 1 FROM attempts WHERE job_id = :id AND number = :a "
                          f" AND status IN ({TERMINAL_SQL}))")
                 row = con.execute(
@@ -372,12 +374,11 @@ class Ledger:
                     f"       attempts = MAX(attempts, :a), started = COALESCE(:st, started), ended = :en, "
                     f"       updated = :now, seq = :seq "
                     f"WHERE id = :id AND {guard} RETURNING task_id, host, native_id, COALESCE(log_err, log_out)", p).fetchone()
-                # finish the attempt row if still open (or correct an earlier verdict to SUCCEEDED)
+                # finish the attempt row if still open
                 con.execute(
                     f"UPDATE attempts SET status = :s, reason = :r, exit_code = :x, host = COALESCE(:h, host), "
                     f"       started = COALESCE(:st, started), ended = :en "
-                    f"WHERE job_id = :id AND number = :a AND (status NOT IN ({TERMINAL_SQL}) "
-                    f"      OR (:s = 'SUCCEEDED' AND status <> 'SUCCEEDED'))", p)
+                    f"WHERE job_id = :id AND number = :a AND status NOT IN ({TERMINAL_SQL})", p)
                 if row is None:
                     continue
                 task_id, host, native_id, log = row
@@ -385,18 +386,12 @@ class Ledger:
                     f"INSERT OR IGNORE INTO attempts ({ATTEMPT_COLUMNS}) "
                     f"SELECT id, :a, :s, :r, host, native_id, :x, :st, :en, log_out, log_err "
                     f"FROM jobs WHERE id = :id", p)
-                if status == JobStatus.SUCCEEDED:
-                    if result_size is not None:
-                        con.execute("INSERT INTO results (job_id, attempt, inline, path, size, created) "
-                                    "VALUES (?, ?, ?, ?, ?, ?)",
-                                    (o.job_id, o.attempt, o.result, o.result_path, result_size, now))
-                else:
-                    details = ", ".join(f"{k} {v}" for k, v in (("exit code", o.exit_code), ("host", host),
-                                                                ("native id", native_id), ("log", log))
-                                        if v is not None)
-                    _event(con, task_id, o.job_id, now, status.lower(),
-                           f"attempt {o.attempt} {status}: {o.reason or 'no reason recorded'}"
-                           + (f" ({details})" if details else ""))
+                details = ", ".join(f"{k} {v}" for k, v in (("exit code", o.exit_code), ("host", host),
+                                                            ("native id", native_id), ("log", log))
+                                    if v is not None)
+                _event(con, task_id, o.job_id, now, status.lower(),
+                       f"attempt {o.attempt} {status}: {o.reason or 'no reason recorded'}"
+                       + (f" ({details})" if details else ""))
                 committed.append(o.job_id)
         return committed
 
@@ -518,6 +513,40 @@ class Ledger:
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+def _record_successes(con: sqlite3.Connection, successes: list, now: float, seq: int) -> list[int]:
+    """Commit SUCCEEDED outcomes set-based (the hot path of big sweeps); returns the ids committed.
+
+    SUCCEEDED is accepted from any attempt unless the job already SUCCEEDED; the first success
+    of a job wins, later ones (in this call or after) are no-ops (G2).
+    """
+    ids = json.dumps([o.job_id for o, _, _ in successes])
+    open_ids = {r[0] for r in con.execute(f"SELECT id FROM jobs WHERE id IN {IN_JSON} AND status <> 'SUCCEEDED'",
+                                          (ids,))}
+    first: dict[int, tuple] = {}
+    for o, _, size in successes:
+        if o.job_id in open_ids and o.job_id not in first:
+            first[o.job_id] = (o, size)
+    rows = [(o.job_id, o.attempt, o.reason, o.exit_code, o.host, o.started,
+             o.ended if o.ended is not None else now) for o, _ in first.values()]
+    con.executemany(
+        "UPDATE jobs SET status = 'SUCCEEDED', reason = ?3, exit_code = ?4, host = COALESCE(?5, host), "
+        "       attempts = MAX(attempts, ?2), started = COALESCE(?6, started), ended = ?7, "
+        f"       updated = {now!r}, seq = {seq:d} WHERE id = ?1", rows)
+    # finish the attempt row (or correct an earlier verdict), or add it if start_attempts never saw it
+    con.executemany(
+        "UPDATE attempts SET status = 'SUCCEEDED', reason = ?3, exit_code = ?4, host = COALESCE(?5, host), "
+        "       started = COALESCE(?6, started), ended = ?7 "
+        "WHERE job_id = ?1 AND number = ?2 AND status <> 'SUCCEEDED'", rows)
+    con.executemany(
+        f"INSERT OR IGNORE INTO attempts ({ATTEMPT_COLUMNS}) "
+        "SELECT id, ?2, 'SUCCEEDED', ?3, host, native_id, ?4, ?6, ?7, log_out, log_err FROM jobs WHERE id = ?1",
+        rows)
+    con.executemany("INSERT INTO results (job_id, attempt, inline, path, size, created) VALUES (?, ?, ?, ?, ?, ?)",
+                    [(o.job_id, o.attempt, o.result, o.result_path, size, now)
+                     for o, size in first.values() if size is not None])
+    return list(first)
+
 
 def _retry(fn: Callable[[], T], path: Path) -> T:
     """Run fn, retrying while another connection holds the lock (beyond sqlite's busy_timeout)."""
