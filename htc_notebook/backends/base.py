@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
+from htc_notebook.backends.launchers import MpiLayout
 from htc_notebook.ledger import Outcome
 
 
@@ -20,7 +21,7 @@ class Launch:
 
     job_id: int
     attempt: int
-    kind: str  # "python" | "command"
+    kind: str  # "python" | "command" (either may be an MPI job: see `mpi`)
     cwd: Path
     env: dict[str, str]
     log_out: str
@@ -35,6 +36,7 @@ class Launch:
     command: tuple[str, ...] = ()
     call: Any = None  # python jobs: a `Call` (function + arguments)
     name: str = "job"  # the job's (batch's) name
+    mpi: MpiLayout | None = None  # MPI jobs: how many ranks where (see backends/mpi_jobs.py)
 
 
 @dataclass(frozen=True)

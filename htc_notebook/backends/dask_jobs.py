@@ -13,10 +13,13 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from htc_notebook.backends.base import Launch, Reporter
+from htc_notebook.backends.mpi_jobs import verdict
+from htc_notebook.backends.mpi_ranks import run_step
 from htc_notebook.backends.worker import JobRunner
 from htc_notebook.ledger import Outcome
 
 
+SLOTS = "slots"  # the dask worker resource a packed MPI allocation offers: one per core
 PER_JOB_ENV = ("HTC_JOB_ID", "HTC_JOB_INDEX")  # set by the runner from each task's job id and index
 
 
@@ -70,10 +73,20 @@ class DaskJobs:
     def _submit_calls(self, launches: list[Launch]) -> None:
         client = self.client
         groups: dict[tuple, list[Launch]] = {}
+        futures, ordered = [], []
+        steps: dict[int, list[Launch]] = {}
         for l in launches:
+            if l.mpi is not None:  # packed MPI: a launcher run holding `cores` of the allocation's slots
+                steps.setdefault(l.cores, []).append(l)
+        for cores, group in steps.items():
+            futures += client.map(run_step, [l.command for l in group], [l.env for l in group],
+                                  [str(l.cwd) for l in group], [(l.log_out, l.log_err) for l in group],
+                                  [l.timeout for l in group], key=[f"htc-job-{l.job_id}-{l.attempt}" for l in group],
+                                  resources={SLOTS: cores}, pure=False)
+            ordered += group
+        for l in (l for l in launches if l.mpi is None):
             shared = frozenset((k, v) for k, v in l.env.items() if k not in PER_JOB_ENV)
             groups.setdefault((id(l.call.fn), l.cwd, shared), []).append(l)
-        futures, ordered = [], []
         for (_, cwd, shared), group in groups.items():
             runner = JobRunner(group[0].call.fn, str(cwd), dict(shared))
             futures += client.map(runner, [l.job_id for l in group],
@@ -187,6 +200,9 @@ def _exception(fut) -> BaseException | None:
 
 def _outcome(launch: Launch, fut, res) -> Outcome:
     """Translate what dask gave back into an Outcome."""
+    if isinstance(res, dict) and res.get("mpi_step"):
+        return verdict(launch, res["exit_code"], res["reason"], host=res["host"], started=res["started"],
+                       ended=res["ended"])
     if isinstance(res, dict) and "ok" in res:
         if res["ok"]:
             return Outcome(launch.job_id, launch.attempt, "SUCCEEDED", host=res["host"],

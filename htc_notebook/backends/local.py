@@ -13,6 +13,7 @@ from typing import Sequence
 from htc_notebook.backends.base import Launch, Reporter
 from htc_notebook.backends.dask_jobs import DaskJobs
 from htc_notebook.backends.local_commands import CommandRunner
+from htc_notebook.backends.mpi_jobs import wrap
 from htc_notebook.spec import PartitionProfile
 
 
@@ -38,8 +39,10 @@ class LocalBackend:
         return self._calls.client
 
     def submit(self, launches: Sequence[Launch]) -> None:
-        self._commands.submit([l for l in launches if l.kind == "command"])
-        self._calls.submit([l for l in launches if l.kind == "python"])
+        """Commands and MPI jobs (all ranks on this machine) as subprocesses; Python calls on dask."""
+        self._commands.submit([wrap(l, self.profile) if l.mpi else l for l in launches
+                               if l.kind == "command" or l.mpi])
+        self._calls.submit([l for l in launches if l.kind == "python" and not l.mpi])
 
     def cancel(self, job_ids: Sequence[int]) -> None:
         self._commands.cancel(job_ids)
@@ -61,7 +64,9 @@ def render_local(profile: PartitionProfile, launches: Sequence[Launch]) -> str:
     """What the local backend would run, as text."""
     lines = [f"# local backend: {profile.cores_per_node} cores on this machine"]
     for l in launches:
-        what = shlex.join(l.command) if l.kind == "command" else f"python call {_call_name(l.call)}"
+        if l.mpi:
+            l = wrap(l, profile, write=False)
+        what = shlex.join(l.command) if l.kind == "command" or l.mpi else f"python call {_call_name(l.call)}"
         extra = f" timeout={l.timeout}s" if l.timeout else ""
         lines.append(f"job {l.job_id}: cores={l.cores}{extra} cwd={l.cwd}\n    {what}")
     return "\n".join(lines)

@@ -19,6 +19,7 @@ import time
 from typing import Sequence
 
 from htc_notebook.backends.base import Launch, Reporter
+from htc_notebook.backends.mpi_jobs import verdict
 from htc_notebook.ledger import Outcome
 
 KILL_GRACE_SECONDS = 5.0
@@ -124,7 +125,7 @@ class CommandRunner:
                         status, reason = "CANCELLED", "cancelled while running"
                     elif reason is None and exit_code == 0:
                         status = "SUCCEEDED"
-                    elif reason is None:
+                    elif reason is None and launch.mpi is None:
                         reason = (f"killed by signal {-exit_code}" if exit_code < 0
                                   else f"exited with code {exit_code}")
         except Exception as exc:  # noqa: BLE001 - a runner bug must still end the job
@@ -133,9 +134,12 @@ class CommandRunner:
             with self._lock:
                 self._free += launch.cores
                 self._lock.notify_all()
+        times = dict(host=self._host, started=started, ended=time.time())
+        if launch.mpi is not None:  # the ranks' own reports decide (and carry rank 0's value)
+            self._reporter.finished(verdict(launch, exit_code, reason, **times))
+            return
         self._reporter.finished(Outcome(launch.job_id, launch.attempt, status, reason=reason,
-                                        exit_code=exit_code, host=self._host, started=started,
-                                        ended=time.time()))
+                                        exit_code=exit_code, **times))
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

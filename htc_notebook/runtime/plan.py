@@ -67,3 +67,11 @@ def _slurm_script(prof: PartitionProfile, batch: JobBatch, res: Resources, prior
         time_s=None if d.exec_timeout_seconds else prof.default_walltime, account=prof.account,
         qos=(prof.economy_qos or prof.qos) if priority else prof.qos, constraints=prof.constraints,
         setup=prof.setup, env=env)
+
+
+def check_mpi(profile: PartitionProfile, res: Resources) -> None:
+    """An MPI request that fits the profile (checked by `resolve`) must also fit a packed allocation."""
+    if profile.backend == "slurm" and profile.packing == "packed" and res.nodes > profile.nodes_per_pack:
+        raise SpecError("mpi_task", "nodes", res.nodes,
+                        f"at most the {profile.nodes_per_pack} nodes of profile {profile.name!r}'s packed "
+                        "allocation (pack_nodes); raise pack_nodes or use packing: per_task")

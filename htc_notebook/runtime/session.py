@@ -22,6 +22,7 @@ from typing import Iterable, Sequence
 import cloudpickle
 
 from htc_notebook.backends.base import Backend, Call, Launch
+from htc_notebook.backends.launchers import MpiLayout
 from htc_notebook.errors import HTCError, UnsupportedFeature
 from htc_notebook.ledger import AttemptStart, JobRow, Ledger, NewJob, Outcome, TaskRow
 from htc_notebook.ledger.states import TERMINAL_NAMES
@@ -225,7 +226,8 @@ class Session:
                             timeout=spec.get("timeout"), command=tuple(spec.get("commands", ())),
                             memory=spec.get("memory"), disk_gib=spec.get("disk_gib"),
                             gpus=spec.get("gpus", 0), throttle=spec.get("throttle"),
-                            call=self._call_for(task, row) if row.kind == "python" else None)
+                            call=self._call_for(task, row) if row.kind == "python" else None,
+                            mpi=MpiLayout(**spec["mpi"]) if spec.get("mpi") else None)
             by_profile.setdefault(row.profile, []).append(launch)
         for profile, launches in by_profile.items():
             try:

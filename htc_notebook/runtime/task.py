@@ -13,7 +13,7 @@ from htc_notebook.ledger import NewBatch, NewJob
 from htc_notebook.ledger.states import ACTIVE_NAMES, REQUEUEABLE_NAMES
 from htc_notebook.runtime.commands import render_command, template_argv
 from htc_notebook.runtime.handles import JobGroup, JobHandle
-from htc_notebook.runtime.plan import check_definition
+from htc_notebook.runtime.plan import check_definition, check_mpi
 from htc_notebook.runtime.session import Pending
 from htc_notebook.spec import JobBatch, JobDefinition, PartitionProfile, Resources, RetryPolicy, Sweep
 from htc_notebook.storage import ProjectStorage, TaskStorage, atomic_write
@@ -64,13 +64,53 @@ class Task:
     # -- submitting -----------------------------------------------------------
     def submit(self, fn: Callable[..., Any], /, *args: Any, profile: str | None = None,
                resources: Resources | Mapping[str, Any] | None = None, retries: int = 0,
-               name: str | None = None, **kwargs: Any) -> JobHandle:
-        """Run `fn(*args, **kwargs)` as one job; returns its handle at once."""
+               name: str | None = None, key: str | None = None, **kwargs: Any) -> JobHandle:
+        """Run `fn(*args, **kwargs)` as one job; returns its handle at once.
+
+        With a `key`, a job of this task with the same key is reused instead: its handle
+        is returned (and it is run again if it failed, was cancelled or lost).
+        """
         prof, res = self._resolve(profile, resources)
         call = Call(fn, args, kwargs)
-        job = NewJob(name=name or _fn_name(fn), kind="python", params={},
+        job = NewJob(name=name or _fn_name(fn), kind="python", params={}, key=key,
                      spec=self._spec(res, retries, payload=self._store(call, fn)), profile=prof.name)
-        return JobHandle(self.session, self._add([job])[0], self.id)
+        return JobHandle(self.session, self._add_keyed(job), self.id)
+
+    def mpi(self, what: Callable[..., Any] | str | Sequence[str], /, *args: Any, nodes: int = 1,
+            ranks: int | None = None, ranks_per_node: int | None = None, cpus_per_rank: int = 1,
+            memory: int | str | None = None, walltime: int | str | None = None, gpus: int = 0,
+            launcher: str | None = None, profile: str | None = None, retries: int = 0,
+            name: str | None = None, key: str | None = None, **kwargs: Any) -> JobHandle:
+        """Run an MPI job with `ranks` = `nodes` x `ranks_per_node` ranks; returns its handle at once.
+
+        `what` is a function, run on every rank with mpi4py (a parameter named ``comm`` gets
+        the communicator); the result is rank 0's return value. Or it is an MPI
+        executable's argv (a list, or a string split like a shell would); the result is a
+        CommandResult. The profile's launcher starts the ranks unless `launcher` names
+        another (srun, mpirun, mpiexec, ibrun, or a template). `memory` is per node.
+        """
+        res = Resources(nodes=nodes, ranks=ranks, ranks_per_node=ranks_per_node, cpus_per_rank=cpus_per_rank,
+                        memory=memory, walltime=walltime, gpus=gpus)
+        if not res.is_mpi:
+            raise SpecError("mpi", "ranks", ranks, "a number of ranks: give ranks=, or ranks_per_node= (with nodes=)")
+        prof, res = self._resolve(profile, res)
+        if launcher is not None:
+            prof = _with_launcher(prof, launcher)
+        check_mpi(prof, res)
+        layout = {"ranks": res.ranks, "nodes": res.nodes, "ranks_per_node": res.ranks_per_node,
+                  "cpus_per_rank": res.cpus_per_rank, "launcher": launcher}
+        if callable(what):
+            call = Call(what, args, kwargs)
+            spec = self._spec(res, retries, payload=self._store(call, what), mpi=layout, gpus=res.gpus)
+            job = NewJob(name=name or _fn_name(what), kind="python", params={}, spec=spec, key=key, profile=prof.name)
+        else:
+            if args or kwargs:
+                raise SpecError("mpi", "args", args or kwargs, "no arguments for an executable: put them in its argv")
+            argv = template_argv(what)
+            spec = self._spec(res, retries, commands=list(argv), mpi=layout, gpus=res.gpus)
+            job = NewJob(name=name or _safe_label(argv[0]), kind="command", params={}, spec=spec, key=key,
+                         profile=prof.name)
+        return JobHandle(self.session, self._add_keyed(job), self.id)
 
     def sweep(self, what: Callable[..., Any] | str | Sequence[str], sweep: Sweep, *,
               profile: str | None = None, resources: Resources | Mapping[str, Any] | None = None,
@@ -197,6 +237,18 @@ class Task:
         self.session.remember_call(digest, obj)
         return digest
 
+    def _add_keyed(self, job: NewJob) -> int:
+        """Add one job, or reuse the job with the same key (re-running it if it did not succeed)."""
+        if job.key is not None:
+            existing = self.session.ledger.jobs_by_key(self.id, [job.key]).get(job.key)
+            if existing is not None:
+                self.session.reconcile([existing])
+                existing = self.session.ledger.job(existing.id)
+                if existing.status in REQUEUEABLE_NAMES:
+                    self.session.retry([existing.id], "submitted again")
+                return existing.id
+        return self._add([job])[0]
+
     def _add(self, jobs: list[NewJob], batch: NewBatch | None = None) -> list[int]:
         """Write-ahead: record the jobs, then dispatch them. Returns their ids."""
         if not jobs:
@@ -226,3 +278,14 @@ def _pickle(obj: object, fn: object) -> bytes:
         return cloudpickle.dumps(obj)
     except Exception as exc:
         raise SpecError("submit", "fn", fn, f"a picklable function and arguments ({type(exc).__name__}: {exc})") from None
+
+
+def _with_launcher(profile: PartitionProfile, launcher: str) -> PartitionProfile:
+    """The profile with another launcher, validated like a site file's (packing re-derived)."""
+    data = {**profile.model_dump(), "launcher": launcher}
+    if profile.packing == "packed" and launcher != "srun":
+        data["packing"] = None  # a per-job launcher other than srun runs in an allocation of its own
+    try:
+        return PartitionProfile.model_validate(data)
+    except SpecError as exc:
+        raise SpecError("mpi_task", "launcher", launcher, exc.allowed) from None

@@ -63,6 +63,10 @@ class PartitionProfile(SpecModel):
     constraints: tuple[Constraint, ...] = ()
     launcher: Annotated[str, BeforeValidator(_check_launcher)] = "srun"
     mpi: Literal["pmix", "pmi2", "none"] | None = None
+    # MPI tasks: "packed" runs many in one allocation of `pack_nodes` nodes (srun --exact steps);
+    # "per_task" gives each its own SLURM job. Default: packed with srun, else per_task
+    packing: Literal["packed", "per_task"] | None = None
+    pack_nodes: Annotated[int, whole(1)] | None = None  # default: max_nodes
     setup: tuple[SafeText, ...] = ()
     omp_places: SafeText | None = None
     omp_proc_bind: SafeText | None = None
@@ -76,6 +80,14 @@ class PartitionProfile(SpecModel):
     def _defaults(self) -> PartitionProfile:
         if self.partition is None and self.backend == "slurm":
             self.__dict__["partition"] = self.name  # frozen: set once, during validation
+        if self.pack_nodes is not None and self.pack_nodes > self.max_nodes:
+            raise SpecError("", "pack_nodes", self.pack_nodes, f"at most max_nodes={self.max_nodes}")
+        if self.packing is None:
+            self.__dict__["packing"] = "packed" if self.launcher == "srun" or self.backend == "local" else "per_task"
+        if self.backend == "slurm" and self.packing == "packed" and self.launcher != "srun":
+            raise SpecError("", "packing", self.packing,
+                            f"'per_task' with launcher {self.launcher!r}: packing many MPI tasks into one "
+                            "allocation needs srun steps (launcher: srun)")
         if self.default_walltime and self.max_walltime and self.default_walltime > self.max_walltime:
             raise SpecError("", "default_walltime", self.default_walltime,
                             f"at most max_walltime={self.max_walltime} s ({format_walltime(self.max_walltime)})")
@@ -113,6 +125,11 @@ class PartitionProfile(SpecModel):
         if r.walltime is not None and self.max_walltime is not None and r.walltime > self.max_walltime:
             fail("walltime", r.walltime, f"{me} allows at most max_walltime={self.max_walltime} s "
                  f"({format_walltime(self.max_walltime)})")
+
+    @property
+    def nodes_per_pack(self) -> int:
+        """Nodes in one packed MPI allocation."""
+        return self.pack_nodes or self.max_nodes
 
     def resolve(self, resources: Resources) -> Resources:
         """Check `resources` and return a copy with walltime defaulted to `default_walltime`."""

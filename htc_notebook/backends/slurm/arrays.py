@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from htc_notebook.backends.base import Launch, Reporter
+from htc_notebook.backends.mpi_ranks import is_python_job, rank_dir, read_outcome
 from htc_notebook.backends.slurm import scheduler
 from htc_notebook.backends.slurm.script import TIMEOUT_EXIT, command_line, render_array, sbatch_argv
 from htc_notebook.backends.slurm.states import end_reason, explain_pending, htc_status
@@ -115,7 +116,10 @@ class ArrayRunner:
             log_dir=str(Path(first.log_out).parent), state_dir=str(state_dir(first.cwd)),
             partition=p.partition or p.name, command=first.command if same_command else None,
             commands_file=None if same_command else (commands_file or "<commands>"),
-            cpus_per_task=first.cores, mem_mib=first.memory, tmp_gib=first.disk_gib,
+            cpus_per_task=first.mpi.cpus_per_rank if first.mpi else first.cores,
+            nodes=first.mpi.nodes if first.mpi else None,
+            ntasks_per_node=first.mpi.ranks_per_node if first.mpi else None,
+            mem_mib=first.memory, tmp_gib=first.disk_gib,
             timeout_s=first.timeout, time_s=None if first.timeout else p.default_walltime,
             account=p.account, qos=(p.economy_qos or p.qos) if first.priority else p.qos,
             constraints=p.constraints, gres=f"gpu:{first.gpus}" if first.gpus else None,
@@ -234,7 +238,7 @@ def _groups(launches: Sequence[Launch]) -> list[list[Launch]]:
     groups: dict[tuple, list[Launch]] = {}
     for l in launches:
         env = tuple(sorted((k, v) for k, v in l.env.items() if k not in ("HTC_JOB_ID", "HTC_JOB_INDEX")))
-        key = (str(l.cwd), l.cores, l.memory, l.disk_gib, l.gpus, l.timeout, l.priority, l.throttle, env)
+        key = (str(l.cwd), l.cores, l.mpi, l.memory, l.disk_gib, l.gpus, l.timeout, l.priority, l.throttle, env)
         groups.setdefault(key, []).append(l)
     out = []
     for group in groups.values():
@@ -258,6 +262,11 @@ def _read_exit(t: Tracked) -> Outcome | None:
         return None
     code = int(rc)
     started = _read_start(t)
+    ranks = rank_dir(t.state_dir.parent.parent, t.job_id, t.attempt)
+    if is_python_job(ranks):  # an MPI function: the ranks' reports decide, and carry rank 0's value
+        status, reason, result = read_outcome(ranks, code)
+        return Outcome(t.job_id, t.attempt, status, reason=reason, exit_code=code, host=host,
+                       started=started, ended=float(ended), result=result)
     if code == 0:
         return Outcome(t.job_id, t.attempt, "SUCCEEDED", exit_code=0, host=host,
                        started=started, ended=float(ended))

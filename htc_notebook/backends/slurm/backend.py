@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
 from typing import Sequence
 
 from htc_notebook.backends.base import Launch, Reporter
 from htc_notebook.backends.dask_jobs import DaskJobs
 from htc_notebook.backends.slurm.arrays import ArrayRunner
-from htc_notebook.backends.slurm.pilots import check_probe, make_pilot_cluster, pilot_options
+from htc_notebook.backends.mpi_jobs import packs, wrap
+from htc_notebook.backends.slurm.pilots import check_probe, make_pilot_cluster, pack_options, pilot_options
 from htc_notebook.errors import BackendError
 from htc_notebook.spec import PartitionProfile
 
@@ -21,24 +23,33 @@ class SlurmBackend:
         self.profile = profile
         self.arrays = ArrayRunner(profile, reporter)
         self.pilots = DaskJobs(lambda: make_pilot_cluster(profile, log_directory=log_directory), reporter)
+        self.packs = DaskJobs(lambda: make_pilot_cluster(profile, log_directory=log_directory, packed=True),
+                              reporter)
 
     def submit(self, launches: Sequence[Launch]) -> None:
-        self.arrays.submit([l for l in launches if l.kind == "command"])
-        calls = [l for l in launches if l.kind == "python"]
-        if not calls:
+        """Commands and per-task MPI jobs as arrays; Python calls on pilots; packed MPI jobs as steps."""
+        mpi = [l for l in launches if l.mpi]
+        packed = [wrap(l, self.profile, step=True) for l in mpi if packs(l, self.profile)]
+        alone = [wrap(l, self.profile) for l in mpi if not packs(l, self.profile)]
+        self.arrays.submit([l for l in launches if l.kind == "command" and not l.mpi] + alone)
+        calls = [l for l in launches if l.kind == "python" and not l.mpi]
+        workers = self.profile.pilot_workers or self.profile.cores_per_node
+        self._start(self.pilots, calls, -(-len(calls) // workers))
+        self._start(self.packs, packed, 1)
+
+    def _start(self, runner: DaskJobs, launches: list[Launch], jobs: int) -> None:
+        if not launches:
             return
-        first = not self.pilots.started
+        first = not runner.started
         if first:
             try:  # the probe ran while the scheduler and client started
-                check_probe(self.pilots.cluster)
+                check_probe(runner.cluster)
             except BackendError:
-                self.pilots.close()
+                runner.close()
                 raise
-        self.pilots.submit(calls)
-        if first:
-            # ask for pilots now: adapt() would wait for its first tick before asking
-            workers = self.profile.pilot_workers or self.profile.cores_per_node
-            self.pilots.cluster.scale(jobs=min(self.profile.max_pilots, -(-len(calls) // workers)))
+        runner.submit(launches)
+        if first:  # ask for allocations now: adapt() would wait for its first tick before asking
+            runner.cluster.scale(jobs=min(self.profile.max_pilots, jobs))
 
     def adopt(self, job_id: int, attempt: int, native_id: str, cwd: str, timeout: int | None) -> None:
         """Watch an array task submitted by an earlier session (jobs outlive kernels)."""
@@ -47,30 +58,38 @@ class SlurmBackend:
     def cancel(self, job_ids: Sequence[int]) -> None:
         self.arrays.cancel(job_ids)
         self.pilots.cancel(job_ids)
+        self.packs.cancel(job_ids)
 
     def running(self) -> set[int]:
-        return self.arrays.running() | self.pilots.running()
+        return self.arrays.running() | self.pilots.running() | self.packs.running()
 
     def render(self, launches: Sequence[Launch]) -> str:
         """The sbatch scripts (arrays) and the pilot job script, without submitting."""
         parts = []
-        commands = [l for l in launches if l.kind == "command"]
+        mpi = [l for l in launches if l.mpi]
+        packed = [wrap(l, self.profile, step=True, write=False) for l in mpi if packs(l, self.profile)]
+        alone = [wrap(l, self.profile, write=False) for l in mpi if not packs(l, self.profile)]
+        commands = [l for l in launches if l.kind == "command" and not l.mpi] + alone
         for chunk, script in self.arrays.plan(commands):
             parts.append(f"# array of {len(chunk)} jobs (ids {chunk[0].job_id}..{chunk[-1].job_id})\n{script}")
-        if any(l.kind == "python" for l in launches):
+        if any(l.kind == "python" and not l.mpi for l in launches):
             parts.append(f"# pilot job (dask-jobqueue)\n{pilot_job_script(self.profile)}")
+        if packed:
+            parts.append(f"# packed MPI allocation (dask-jobqueue)\n{pilot_job_script(self.profile, packed=True)}")
+            parts += [f"# job {l.job_id}: a step of it\n{shlex.join(l.command)}" for l in packed]
         return "\n".join(parts)
 
     def close(self) -> None:
         """Stop pilots and watching; submitted arrays keep running in SLURM."""
         self.arrays.close()
         self.pilots.close()
+        self.packs.close()
 
 
-def pilot_job_script(profile: PartitionProfile) -> str:
-    """The pilot's job script as dask-jobqueue renders it (no job is submitted)."""
+def pilot_job_script(profile: PartitionProfile, packed: bool = False) -> str:
+    """The pilot's (or packed MPI allocation's) job script as dask-jobqueue renders it (nothing submitted)."""
     from dask_jobqueue.slurm import SLURMJob
 
-    opts = pilot_options(profile)
+    opts = (pack_options if packed else pilot_options)(profile)
     opts.pop("scheduler_options", None)
     return SLURMJob(scheduler="tcp://scheduler:8786", name="pilot", **opts).job_script()

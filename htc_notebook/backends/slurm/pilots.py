@@ -52,8 +52,30 @@ def pilot_options(profile: PartitionProfile, *, log_directory: str | None = None
     return {k: v for k, v in options.items() if v is not None}
 
 
-def make_pilot_cluster(profile: PartitionProfile, *, log_directory: str | None = None):
-    """A SLURMCluster for the profile, its job script under test by `sbatch --test-only`.
+def pack_options(profile: PartitionProfile, *, log_directory: str | None = None) -> dict[str, Any]:
+    """SLURMCluster arguments for a packed MPI allocation (pure).
+
+    One SLURM job of `pack_nodes` nodes runs one dask worker on its first node. The
+    worker offers one `slots` resource per core of the allocation and one thread per
+    slot; each MPI task holds as many slots as it has cores while its launcher runs
+    an `srun --exact` step inside the allocation. So many small MPI tasks share one
+    allocation, and dask never starts more than fit.
+    """
+    options = pilot_options(profile, log_directory=log_directory)
+    nodes = profile.nodes_per_pack
+    slots = nodes * profile.cores_per_node
+    options.update(
+        cores=slots, processes=1, job_name=f"htc-mpi-{profile.name}",
+        job_directives_skip=["-n 1", "--cpus-per-task"],  # dask-jobqueue's one-task defaults
+        job_extra_directives=[*options["job_extra_directives"], f"--nodes={nodes}",
+                              f"--ntasks-per-node={profile.cores_per_node}"],
+        worker_extra_args=[*options["worker_extra_args"], "--resources", f"slots={slots}"],
+    )
+    return options
+
+
+def make_pilot_cluster(profile: PartitionProfile, *, log_directory: str | None = None, packed: bool = False):
+    """A SLURMCluster for the profile (`packed`: MPI allocations), its job script under test by `sbatch --test-only`.
 
     dask-jobqueue does not surface an sbatch rejection (the client would just
     wait for workers); testing the rendered script turns it into an error
@@ -66,7 +88,7 @@ def make_pilot_cluster(profile: PartitionProfile, *, log_directory: str | None =
         from dask_jobqueue.slurm import SLURMJob
     except ImportError:
         raise BackendError("Python jobs on SLURM need dask-jobqueue: pip install 'htc_notebook[slurm]'") from None
-    options = pilot_options(profile, log_directory=log_directory)
+    options = (pack_options if packed else pilot_options)(profile, log_directory=log_directory)
     probe = {k: v for k, v in options.items() if k not in ("scheduler_options", "log_directory")}
     test = scheduler.start(["sbatch", "--test-only"],
                            input=SLURMJob(scheduler="tcp://scheduler:8786", name="probe", **probe).job_script())

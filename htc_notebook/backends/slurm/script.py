@@ -38,7 +38,8 @@ def _directive(option: str, value: object) -> str:
 
 def render_array(*, job_name: str, size: int, ids_file: str, offset: int, task_dir: str, log_dir: str,
                  state_dir: str, partition: str | None = None, command: Sequence[str] | None = None,
-                 commands_file: str | None = None, cpus_per_task: int = 1, mem_mib: int | None = None,
+                 commands_file: str | None = None, cpus_per_task: int = 1, nodes: int | None = None,
+                 ntasks_per_node: int | None = None, mem_mib: int | None = None,
                  tmp_gib: int | None = None, timeout_s: int | None = None, time_s: int | None = None,
                  account: str | None = None, qos: str | None = None, constraints: Sequence[str] = (),
                  gres: str | None = None, throttle: int | None = None, setup: Sequence[str] = (),
@@ -46,7 +47,8 @@ def render_array(*, job_name: str, size: int, ids_file: str, offset: int, task_d
     """The script for array tasks 0..size-1 covering batch indices offset..offset+size-1.
 
     Exactly one of `command` (the same argv for every task) or `commands_file`
-    (line i holds task i's shell-quoted argv) is given.
+    (line i holds task i's shell-quoted argv) is given. MPI jobs set `nodes` and
+    `ntasks_per_node` (ranks); `mem_mib` is per node.
     """
     if (command is None) == (commands_file is None):
         raise ValueError("give exactly one of command or commands_file")
@@ -57,6 +59,7 @@ def render_array(*, job_name: str, size: int, ids_file: str, offset: int, task_d
     array = f"0-{size - 1}" + (f"%{throttle}" if throttle else "")
     lines = ["#!/bin/bash", _directive("job-name", job_name), _directive("array", array)]
     for option, value in (("partition", partition), ("account", account), ("qos", qos),
+                          ("nodes", nodes), ("ntasks-per-node", ntasks_per_node),
                           ("cpus-per-task", cpus_per_task), ("mem", f"{mem_mib}M" if mem_mib else None),
                           ("tmp", f"{tmp_gib}G" if tmp_gib else None),
                           ("time", format_walltime(time_s) if time_s else None),

@@ -1,0 +1,180 @@
+"""MPI jobs on the nodes: the rank program, and reading what the ranks left behind.
+
+A Python MPI job runs ``python -m htc_notebook.backends.mpi_ranks DIR`` under the
+profile's launcher. Every rank loads the call from DIR, runs it (given the communicator
+if it has a ``comm`` parameter: first positional, else by name; without one it uses
+``MPI.COMM_WORLD`` itself),
+and writes ``rank-<r>.json``; rank 0 also writes its return value. A rank that
+raises records its error and aborts the communicator, so no rank waits forever on
+one that died. `read_outcome` turns the files and the launcher's exit code into
+the job's verdict: rank 0's value (falsy values included) or an error naming the
+rank, the host and the traceback.
+
+This module must stay importable on a node without the rest of the runtime:
+standard library and cloudpickle only (mpi4py inside the rank program).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Sequence
+
+import cloudpickle
+
+CALL_FILE = "call.pkl"
+RESULT_FILE = "result.pkl"
+RANKS_FILE = "ranks"
+KILL_GRACE_SECONDS = 5.0
+
+
+def rank_dir(cwd: str | os.PathLike, job_id: int, attempt: int) -> Path:
+    """Where one attempt of an MPI job keeps its call, rank reports and result."""
+    return Path(cwd) / ".htc" / "mpi" / f"job-{job_id}-{attempt}"
+
+
+def rank_argv(python: str, directory: str | os.PathLike) -> list[str]:
+    """The command each rank runs for a Python MPI job."""
+    return [python, "-m", "htc_notebook.backends.mpi_ranks", str(directory)]
+
+
+def write_call(directory: str | os.PathLike, fn: Any, args: tuple, kwargs: dict, *, ranks: int) -> None:
+    """Put the call where every rank can load it (temp file + rename), with the rank count."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    _atomic(d / RANKS_FILE, str(ranks).encode())
+    _atomic(d / CALL_FILE, cloudpickle.dumps((fn, args, kwargs)))
+
+
+def is_python_job(directory: str | os.PathLike) -> bool:
+    """Was this attempt a Python MPI job (its call was written here)?"""
+    return (Path(directory) / CALL_FILE).exists()
+
+
+def _atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _with_comm(fn: Any, args: tuple, kwargs: dict, comm: Any) -> tuple[tuple, dict]:
+    """Give the communicator to a function with a `comm` parameter: first positional, else by name."""
+    try:
+        params = list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return args, kwargs
+    if params[:1] == ["comm"]:
+        return (comm, *args), kwargs
+    if "comm" in params and "comm" not in kwargs:
+        return args, {**kwargs, "comm": comm}
+    return args, kwargs
+
+
+def main(directory: str) -> int:
+    """One rank: run the call, report, and abort everyone if it raised."""
+    from mpi4py import MPI
+
+    d, comm = Path(directory), MPI.COMM_WORLD
+    rank, host = comm.Get_rank(), socket.gethostname()
+    report = {"rank": rank, "host": host, "pid": os.getpid(), "started": time.time()}
+    try:
+        fn, args, kwargs = cloudpickle.loads((d / CALL_FILE).read_bytes())
+        args, kwargs = _with_comm(fn, args, kwargs, comm)
+        value = fn(*args, **kwargs)
+        if rank == 0:
+            try:
+                data = cloudpickle.dumps(value)
+            except Exception as exc:
+                raise TypeError(f"rank 0's return value ({type(value).__name__}) cannot be pickled: {exc}") from exc
+            _atomic(d / RESULT_FILE, data)
+        ok = True
+    except BaseException as exc:  # noqa: BLE001 - report everything, then abort the other ranks
+        ok = False
+        report.update(error=f"{type(exc).__name__}: {exc}", traceback="".join(traceback.format_exception(exc)))
+        sys.stderr.write(f"[rank {rank} on {host}] " + report["traceback"])
+        sys.stderr.flush()
+    report.update(ok=ok, ended=time.time())
+    _atomic(d / f"rank-{rank}.json", json.dumps(report).encode())
+    if not ok:
+        comm.Abort(1)
+    return 0
+
+
+def read_outcome(directory: str | os.PathLike, exit_code: int | None) -> tuple[str, str | None, bytes | None]:
+    """(status, reason, rank 0's pickled value) from the rank reports and the launcher's exit code."""
+    d = Path(directory)
+    ranks = int((d / RANKS_FILE).read_text())
+    reports = {}
+    for r in range(ranks):
+        try:
+            reports[r] = json.loads((d / f"rank-{r}.json").read_text())
+        except (FileNotFoundError, ValueError):
+            pass
+    failed = [rep for _, rep in sorted(reports.items()) if not rep.get("ok")]
+    if failed:
+        first = failed[0]
+        tail = "".join(first.get("traceback", "").splitlines(keepends=True)[-6:]).rstrip()
+        also = f" (also failed: ranks {', '.join(str(f['rank']) for f in failed[1:])})" if failed[1:] else ""
+        return "FAILED", f"rank {first['rank']} on {first['host']} raised {first['error']}{also}\n{tail}", None
+    result = d / RESULT_FILE
+    if exit_code == 0 and len(reports) == ranks and result.exists():
+        return "SUCCEEDED", None, result.read_bytes()
+    missing = [r for r in range(ranks) if r not in reports]
+    how = f"killed by signal {-exit_code}" if exit_code is not None and exit_code < 0 else f"exit code {exit_code}"
+    who = f"ranks {', '.join(map(str, missing))} ended without reporting" if missing else "no result from rank 0"
+    return "FAILED", f"MPI launcher ended with {how}; {who} (killed, out of memory, or crashed outside Python)", None
+
+
+def run_launch(argv: Sequence[str], *, cwd: str, env: dict[str, str], logs: tuple[str, str],
+               timeout: float | None) -> tuple[int | None, str | None]:
+    """Run a launcher command in its own process group: (exit code, reason if it did not exit by itself)."""
+    with open(logs[0], "ab") as out, open(logs[1], "ab") as err:
+        try:
+            proc = subprocess.Popen(list(argv), cwd=cwd, env={**os.environ, **env}, stdout=out, stderr=err,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        except OSError as exc:
+            return None, f"could not start {argv[0]!r}: {exc.strerror or exc}"
+        try:
+            return proc.wait(timeout=timeout), None
+        except subprocess.TimeoutExpired:
+            kill_group(proc)
+            return proc.wait(), f"timeout: killed after {timeout:g} s"
+
+
+def run_step(argv: Sequence[str], env: dict[str, str], cwd: str, logs: tuple[str, str],
+             timeout: float | None) -> dict[str, Any]:
+    """The dask task of a packed MPI job: run its launcher inside the allocation this worker holds."""
+    started = time.time()
+    exit_code, reason = run_launch(argv, cwd=cwd, env=env, logs=logs, timeout=timeout)
+    return {"mpi_step": True, "exit_code": exit_code, "reason": reason, "host": socket.gethostname(),
+            "started": started, "ended": time.time()}
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group, then SIGKILL what is left after a grace period."""
+    for sig, wait in ((signal.SIGTERM, KILL_GRACE_SECONDS), (signal.SIGKILL, 0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        if wait:
+            try:
+                proc.wait(timeout=wait)
+                return
+            except subprocess.TimeoutExpired:
+                pass
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
