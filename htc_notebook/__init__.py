@@ -8,6 +8,7 @@
 
 from htc_notebook.errors import HTCError, JobFailed, SpecError, StorageAccessDenied
 from htc_notebook.runtime import CommandResult, JobGroup, JobHandle, Project, Session, Task
+from htc_notebook.runtime.decorators import current_task, mpi_task, on_cluster, task, use
 from htc_notebook.spec import (JobBatch, JobDefinition, PartitionProfile, Resources, RetryPolicy,
                                SiteConfig, Sweep)
 
@@ -17,4 +18,5 @@ __all__ = [
     "Session", "Project", "Task", "JobHandle", "JobGroup", "CommandResult",
     "Sweep", "Resources", "JobBatch", "JobDefinition", "PartitionProfile", "SiteConfig", "RetryPolicy",
     "HTCError", "SpecError", "JobFailed", "StorageAccessDenied",
+    "on_cluster", "task", "mpi_task", "use", "current_task",
 ]

@@ -58,3 +58,17 @@ def render_command(template: str | Sequence[str], params: Mapping[str, Any]) -> 
         raise SpecError("command", "template field", "{" + missing[0] + "}",
                         f"one of the sweep's parameters: {', '.join(sorted(params)) or '(none)'}")
     return tuple(token.format_map(params) for token in argv)
+
+
+def plain_argv(value: object, model: str = "mpi_task", field: str = "command") -> tuple[str, ...]:
+    """A program's argv from a list of strings, or from a command string split like a shell would."""
+    argv: object = value
+    if isinstance(value, str):
+        try:
+            argv = shlex.split(value)
+        except ValueError as exc:
+            raise SpecError(model, field, value, f"a shell-like command line ({exc})") from None
+    if (isinstance(argv, (list, tuple)) and argv and all(isinstance(a, str) and "\0" not in a for a in argv)):
+        return tuple(argv)
+    raise SpecError(model, field, value, "the program's argv: a non-empty list of strings (no NUL bytes), "
+                    "or a command string")

@@ -11,7 +11,7 @@ from htc_notebook.backends.base import Call
 from htc_notebook.errors import SpecError
 from htc_notebook.ledger import NewBatch, NewJob
 from htc_notebook.ledger.states import ACTIVE_NAMES, REQUEUEABLE_NAMES
-from htc_notebook.runtime.commands import render_command, template_argv
+from htc_notebook.runtime.commands import plain_argv, render_command, template_argv
 from htc_notebook.runtime.handles import JobGroup, JobHandle
 from htc_notebook.runtime.plan import check_definition, check_mpi
 from htc_notebook.runtime.session import Pending
@@ -106,7 +106,7 @@ class Task:
         else:
             if args or kwargs:
                 raise SpecError("mpi", "args", args or kwargs, "no arguments for an executable: put them in its argv")
-            argv = template_argv(what)
+            argv = plain_argv(what, "mpi", "command")
             spec = self._spec(res, retries, commands=list(argv), mpi=layout, gpus=res.gpus)
             job = NewJob(name=name or _safe_label(argv[0]), kind="command", params={}, spec=spec, key=key,
                          profile=prof.name)
