@@ -1,0 +1,100 @@
+"""Many small MPI tasks: packed in one allocation (htc) against one sbatch job per task.
+
+Both sides run the same 2-rank mpi4py program (each rank sleeps `--seconds`, then an
+allreduce) `--tasks` times on the test cluster's `cpu` partition (2 nodes x 2 cores),
+in the same run, one side after the other (order alternates with --pairs). The
+alternative is what a user without htc_notebook writes: one `sbatch` per task whose
+script runs `srun --mpi=pmix -n 2 python task.py`, then waits until squeue is empty.
+htc: `task.mpi(fn, ranks=2)` per task on the profile's packed allocation
+(`srun --exact` steps), until every result is in the ledger.
+
+    .venv/bin/python bench/mpi.py [--tasks 200] [--seconds 0.2] [--pairs 1] [--write bench/results.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from slurm import site  # noqa: E402
+from throughput import _write  # noqa: E402
+
+TASK_PY = """
+import sys, time
+from mpi4py import MPI
+time.sleep(float(sys.argv[1]))
+assert MPI.COMM_WORLD.allreduce(1) == MPI.COMM_WORLD.size
+"""
+
+
+def small(comm, seconds):
+    import time
+
+    time.sleep(seconds)
+    return comm.allreduce(1)
+
+
+def run_htc(tasks: int, seconds: float) -> float:
+    from htc_notebook import Session
+
+    root = REPO / "test-output" / f"bench-mpi-{uuid.uuid4().hex[:8]}"
+    with Session(root, site=site()) as s:
+        t = s.project("bench").task("packed")
+        t0 = time.perf_counter()
+        handles = [t.mpi(small, seconds, ranks=2, profile="cpu", name="small") for _ in range(tasks)]
+        assert all(h.result(timeout=3600) == 2 for h in handles)
+        return time.perf_counter() - t0
+
+
+def run_sbatch(tasks: int, seconds: float) -> float:
+    work = REPO / "test-output" / f"bench-sbatch-{uuid.uuid4().hex[:8]}"
+    work.mkdir(parents=True)
+    (work / "task.py").write_text(TASK_PY)
+    script = work / "job.sh"
+    script.write_text(f"#!/bin/bash\n#SBATCH -p cpu -n 2 --cpus-per-task=1 --mem-per-cpu=500M -t 5\n"
+                      f"srun --mpi=pmix -n 2 {sys.executable} {work}/task.py {seconds}\n")
+    t0 = time.perf_counter()
+    ids = [subprocess.run(["sbatch", "--parsable", f"--chdir={work}", f"--output={work}/%j.out", str(script)],
+                          check=True, capture_output=True, text=True).stdout.strip() for _ in range(tasks)]
+    while subprocess.run(["squeue", "-h", "-j", ",".join(ids)], capture_output=True, text=True).stdout.strip():
+        time.sleep(0.5)
+    dt = time.perf_counter() - t0
+    failed = subprocess.run(["grep", "-l", "-i", "error", *map(str, work.glob("*.out"))], capture_output=True, text=True)
+    assert not failed.stdout, f"sbatch tasks failed: {failed.stdout}"
+    return dt
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tasks", type=int, default=200)
+    ap.add_argument("--seconds", type=float, default=0.2)
+    ap.add_argument("--pairs", type=int, default=1)
+    ap.add_argument("--write")
+    args = ap.parse_args()
+    packed, single = [], []
+    for i in range(args.pairs):
+        order = (("htc", run_htc), ("sbatch", run_sbatch)) if i % 2 == 0 else (("sbatch", run_sbatch), ("htc", run_htc))
+        for name, fn in order:
+            dt = fn(args.tasks, args.seconds)
+            (packed if name == "htc" else single).append(dt)
+            print(f"pair {i}: {name:6s} {args.tasks} tasks in {dt:6.1f} s ({args.tasks / dt:5.2f} tasks/s)", flush=True)
+    p, s = sorted(packed)[len(packed) // 2], sorted(single)[len(single) // 2]
+    summary = (f"{args.tasks} two-rank mpi4py tasks of {args.seconds} s on partition cpu (2 nodes x 2 cores), "
+               f"{args.pairs} pair(s): packed in one allocation (srun --exact steps) {p:.1f} s, one sbatch job per "
+               f"task {s:.1f} s; packed is **{s / p:.2f}x** faster (target >= 5x)")
+    print(summary)
+    if args.write:
+        _write(Path(args.write), "mpi-packing", summary,
+               f"python bench/mpi.py --tasks {args.tasks} --seconds {args.seconds} --pairs {args.pairs} "
+               f"--write {args.write}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
