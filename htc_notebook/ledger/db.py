@@ -462,6 +462,16 @@ class Ledger:
                                (task_id, after_seq)).fetchall()
         return seq, rows
 
+    def view_changes(self, task_id: int, after_seq: int) -> tuple[int, list[tuple[Any, ...]]]:
+        """For live tables: (max_seq, rows changed after `after_seq`), each
+        (id, name, status, reason, host, attempts, started, ended, params as JSON text, seq).
+        Plain tuples, nothing decoded: a table refresh of thousands of rows stays cheap."""
+        with self._snapshot() as con:
+            seq = con.execute("SELECT seq FROM counter").fetchone()[0]
+            rows = con.execute("SELECT id, name, status, reason, host, attempts, started, ended, params, seq "
+                               "FROM jobs WHERE task_id = ? AND seq > ? ORDER BY id", (task_id, after_seq)).fetchall()
+        return seq, rows
+
     def counts(self, task_id: int) -> dict[str, int]:
         counts = {s.value: 0 for s in JobStatus}
         counts.update(self._read("SELECT status, COUNT(*) FROM jobs WHERE task_id = ? GROUP BY status",

@@ -1,0 +1,154 @@
+"""The live jobs table widget: anywidget front end, patches from `TableModel`.
+
+A background thread looks at the ledger every `interval` seconds and sends one
+message with the rows that changed (nothing when nothing did), so the message rate
+is bounded (<= 1/interval) whatever the number of jobs. The browser keeps all rows and
+renders only those in view. Cancel/retry buttons and row clicks come back as messages.
+Without a widget front end (terminal, nbconvert) the widget shows as text and HTML.
+"""
+
+from __future__ import annotations
+
+import html
+import pathlib
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any, Iterable
+
+import anywidget
+
+from htc_notebook.ledger.states import REQUEUEABLE_NAMES, STATES, TERMINAL_NAMES
+from htc_notebook.ui.table import TableModel
+
+if TYPE_CHECKING:
+    from htc_notebook.runtime.session import Session
+
+STATIC = pathlib.Path(__file__).parent / "static"
+INTERVAL = 0.25  # seconds between looks at the ledger: at most 4 patch messages per second
+LOG_TAIL = 40
+
+
+class JobsTable(anywidget.AnyWidget):
+    """Live table of a task's jobs (or some of them): status, reason, host, runtime, parameters."""
+
+    _esm = STATIC / "jobs_table.js"
+    _css = STATIC / "jobs_table.css"
+
+    def __init__(self, session: "Session", task_id: int, job_ids: Iterable[int] | None = None, *,
+                 interval: float = INTERVAL, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.session = session
+        self.model = TableModel(session.ledger, task_id, job_ids)
+        self.model.poll()
+        self.sent_messages = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.on_msg(self._on_front_end)
+        ref = weakref.ref(self)
+        self._thread = threading.Thread(target=_refresh_loop, args=(ref, self._stop, interval),
+                                        name="htc-table", daemon=True)
+        self._thread.start()
+
+    # -- kernel -> browser ----------------------------------------------------------
+    def refresh(self) -> dict | None:
+        """Send what changed since the last refresh (one message, or none)."""
+        with self._lock:
+            patch = self.model.poll()
+            if patch is not None:
+                self._post(patch)
+            return patch
+
+    def _post(self, msg: dict) -> None:
+        self.sent_messages += 1
+        self.send(msg)
+
+    # -- browser -> kernel ----------------------------------------------------------
+    def _on_front_end(self, _widget, content: dict, _buffers) -> None:
+        kind = content.get("t")
+        if kind == "ready":
+            with self._lock:
+                for chunk in self.model.snapshot():
+                    self._post(chunk)
+        elif kind == "detail":
+            self._post({"t": "detail", "id": content.get("id"), "text": self.detail(int(content["id"]))})
+        elif kind in ("cancel", "retry"):
+            ids = self._ids(content.get("ids"), kind)
+            done = (self.session.cancel if kind == "cancel" else self.session.retry)(ids)
+            self._post({"t": "notice", "text": f"{kind}: {len(done)} of {len(ids)} jobs"})
+
+    def _ids(self, ids: Any, kind: str) -> list[int]:
+        rows = self.model.rows
+        if ids == "all":
+            return [i for i, r in rows.items() if STATES[r[1]] not in TERMINAL_NAMES]
+        if ids == "failed":
+            return [i for i, r in rows.items() if STATES[r[1]] in REQUEUEABLE_NAMES]
+        return [int(i) for i in ids or [] if int(i) in rows]
+
+    def detail(self, job_id: int) -> str:
+        """What a click on a row shows: state, reason, where it ran, the log tails."""
+        handle = self.session.job(job_id)
+        row = handle.row
+        lines = [f"job {row.id} {row.name}: {row.status}" + (f" - {row.reason}" if row.reason else ""),
+                 f"attempts {row.attempts}, host {row.host or '-'}, native id {row.native_id or '-'}"]
+        for stream in ("err", "out"):
+            text = handle.logs(stream, tail=LOG_TAIL)
+            if text.strip():
+                lines += [f"--- std{stream} (last {LOG_TAIL} lines) ---", text.rstrip()]
+        return "\n".join(lines)
+
+    # -- without a widget front end --------------------------------------------------------
+    def _repr_mimebundle_(self, **kwargs):
+        bundle = super()._repr_mimebundle_(**kwargs)
+        data = bundle[0] if isinstance(bundle, tuple) else bundle
+        data["text/plain"] = self.text()
+        data["text/html"] = self.html()
+        return bundle
+
+    def text(self, limit: int = 20) -> str:
+        self.refresh()
+        recs = self.model.records(limit)
+        out = [self.model.summary()]
+        out += [f"{r['id']:>7} {r['name'][:20]:20} {r['status']:10} {r['host'][:12]:12} {r['runtime']:>8} "
+                f"{r['params'][:40]}" for r in recs]
+        if len(self.model.rows) > limit:
+            out.append(f"... {len(self.model.rows) - limit} more")
+        return "\n".join(out)
+
+    def html(self, limit: int = 20) -> str:
+        recs = self.model.records(limit)
+        cols = ("id", "name", "status", "host", "attempts", "runtime", "params", "reason")
+        head = "".join(f"<th>{c}</th>" for c in cols)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r[c]))}</td>" for c in cols) + "</tr>" for r in recs)
+        return f"<p>{html.escape(self.model.summary())}</p><table><tr>{head}</tr>{body}</table>"
+
+    def close(self) -> None:
+        stop = getattr(self, "_stop", None)  # close() also runs from __del__ of a half-built widget
+        if stop is not None:
+            stop.set()
+        super().close()
+
+
+def _refresh_loop(ref: "weakref.ref[JobsTable]", stop: threading.Event, interval: float) -> None:
+    while not stop.wait(interval):
+        table = ref()
+        if table is None:
+            return
+        try:
+            table.refresh()
+        except Exception:  # noqa: BLE001 - a closed comm or ledger ends the loop quietly
+            return
+        finally:
+            del table
+
+
+def live_table(obj: Any) -> JobsTable:
+    """A live table for a Task, a JobGroup or a JobHandle."""
+    from htc_notebook.runtime import JobGroup, JobHandle, Task
+
+    if isinstance(obj, Task):
+        return JobsTable(obj.session, obj.id)
+    if isinstance(obj, JobGroup):
+        return JobsTable(obj.session, obj.task_id, obj.ids)
+    if isinstance(obj, JobHandle):
+        return JobsTable(obj.session, obj.task_id, [obj.id])
+    raise TypeError(f"live_table takes a Task, JobGroup or JobHandle, not {type(obj).__name__}")

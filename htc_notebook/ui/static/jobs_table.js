@@ -1,0 +1,113 @@
+// Live jobs table (anywidget front end). Rows arrive as patches of changed rows only;
+// only the rows in view are in the DOM (virtual scrolling), so 100,000 jobs stay responsive.
+const ROW = 24, COLS = ["id", "name", "status", "host", "attempts", "runtime", "params", "reason"];
+
+function render({ model, el }) {
+  let states = [], hosts = [], names = [], t0 = 0, totals = {};
+  const rows = new Map(), stat = new Map(), selected = new Set();
+  let order = [], filterState = "", filterText = "", sortCol = "id", sortDir = 1, dirty = true;
+
+  el.classList.add("htc-table");
+  el.innerHTML = `
+    <div class="htc-head">
+      <div class="htc-progress"><div class="htc-bar"></div><span class="htc-count"></span></div>
+      <div class="htc-chips"></div>
+      <div class="htc-tools">
+        <input class="htc-filter" placeholder="filter: text in any column">
+        <button class="htc-retry-failed">Retry failed</button>
+        <button class="htc-cancel-sel">Cancel selected</button>
+        <button class="htc-retry-sel">Retry selected</button>
+        <button class="htc-cancel-all">Cancel all</button>
+      </div>
+    </div>
+    <div class="htc-grid-head">${COLS.map(c => `<span data-col="${c}">${c}</span>`).join("")}</div>
+    <div class="htc-scroll"><div class="htc-spacer"></div><div class="htc-rows"></div></div>
+    <pre class="htc-detail">click a row to see its log and error</pre>`;
+  const $ = (s) => el.querySelector(s);
+  const scroll = $(".htc-scroll"), spacer = $(".htc-spacer"), body = $(".htc-rows"), detail = $(".htc-detail");
+
+  const fmt = (r) => {
+    const s = stat.get(r[0]) || [r[0], 0, ""];
+    const runtime = r[5] != null ? (r[5] / 10).toFixed(1) + "s"
+      : r[4] != null ? ((Date.now() / 1000 - t0) - r[4] / 10).toFixed(0) + "s…" : "";
+    return { id: r[0], name: names[s[1]] ?? "", status: states[r[1]], host: r[2] >= 0 ? hosts[r[2]] : "",
+             attempts: r[3], runtime, params: s[2] ?? "", reason: r[6] ?? "" };
+  };
+  const rebuild = () => {
+    let ids = [...rows.keys()];
+    if (filterState) ids = ids.filter((id) => states[rows.get(id)[1]] === filterState);
+    if (filterText) {
+      const q = filterText.toLowerCase();
+      ids = ids.filter((id) => Object.values(fmt(rows.get(id))).join(" ").toLowerCase().includes(q));
+    }
+    if (sortCol !== "id") {
+      const key = (id) => fmt(rows.get(id))[sortCol];
+      ids.sort((a, b) => (key(a) > key(b) ? 1 : key(a) < key(b) ? -1 : a - b) * sortDir);
+    } else ids.sort((a, b) => (a - b) * sortDir);
+    order = ids;
+  };
+  const paint = () => {
+    if (dirty) { rebuild(); dirty = false; }
+    spacer.style.height = `${order.length * ROW}px`;
+    const first = Math.max(0, Math.floor(scroll.scrollTop / ROW) - 5);
+    const last = Math.min(order.length, first + Math.ceil(scroll.clientHeight / ROW) + 10);
+    body.style.transform = `translateY(${first * ROW}px)`;
+    body.innerHTML = order.slice(first, last).map((id) => {
+      const f = fmt(rows.get(id));
+      return `<div class="htc-row st-${f.status} ${selected.has(id) ? "sel" : ""}" data-id="${id}">` +
+        COLS.map((c) => `<span title="${String(f[c]).replace(/"/g, "&quot;")}">${String(f[c])
+          .replace(/&/g, "&amp;").replace(/</g, "&lt;")}</span>`).join("") + "</div>";
+    }).join("");
+    const total = Object.values(totals).reduce((a, b) => a + b, 0);
+    const ended = ["SUCCEEDED", "FAILED", "CANCELLED", "LOST"].reduce((a, s) => a + (totals[s] || 0), 0);
+    $(".htc-bar").style.width = total ? `${(100 * ended) / total}%` : "0";
+    $(".htc-count").textContent = `${ended} / ${total} ended`;
+    $(".htc-chips").innerHTML = states.filter((s) => totals[s]).map((s) =>
+      `<span class="chip st-${s} ${filterState === s ? "on" : ""}" data-state="${s}">${s} ${totals[s]}</span>`).join("");
+  };
+  let queued = false;
+  const schedule = () => { if (!queued) { queued = true; requestAnimationFrame(() => { queued = false; paint(); }); } };
+
+  model.on("msg:custom", (msg) => {
+    if (msg.t === "reset") {
+      rows.clear(); stat.clear(); states = msg.states; t0 = msg.t0; hosts = msg.hosts; names = msg.names;
+    }
+    if (msg.t === "reset" || msg.t === "patch") {
+      hosts.push(...(msg.t === "patch" ? msg.hosts : []));
+      names.push(...(msg.t === "patch" ? msg.names : []));
+      for (const s of msg.new) stat.set(s[0], s);
+      for (const r of msg.rows) rows.set(r[0], r);
+      if (msg.totals) totals = msg.totals;
+      dirty = true; schedule();
+    } else if (msg.t === "detail") {
+      detail.textContent = msg.text;
+    } else if (msg.t === "notice") {
+      detail.textContent = msg.text;
+    }
+  });
+  scroll.addEventListener("scroll", schedule);
+  body.addEventListener("click", (e) => {
+    const row = e.target.closest(".htc-row"); if (!row) return;
+    const id = Number(row.dataset.id);
+    if (e.ctrlKey || e.metaKey || e.shiftKey) { selected.has(id) ? selected.delete(id) : selected.add(id); }
+    else { selected.clear(); selected.add(id); }
+    model.send({ t: "detail", id }); schedule();
+  });
+  $(".htc-chips").addEventListener("click", (e) => {
+    const s = e.target.dataset.state; if (!s) return;
+    filterState = filterState === s ? "" : s; dirty = true; schedule();
+  });
+  $(".htc-grid-head").addEventListener("click", (e) => {
+    const c = e.target.dataset.col; if (!c) return;
+    sortDir = sortCol === c ? -sortDir : 1; sortCol = c; dirty = true; schedule();
+  });
+  $(".htc-filter").addEventListener("input", (e) => { filterText = e.target.value; dirty = true; schedule(); });
+  $(".htc-retry-failed").addEventListener("click", () => model.send({ t: "retry", ids: "failed" }));
+  $(".htc-cancel-all").addEventListener("click", () => model.send({ t: "cancel", ids: "all" }));
+  $(".htc-cancel-sel").addEventListener("click", () => model.send({ t: "cancel", ids: [...selected] }));
+  $(".htc-retry-sel").addEventListener("click", () => model.send({ t: "retry", ids: [...selected] }));
+  const timer = setInterval(() => { if (totals.RUNNING) schedule(); }, 1000);  // running times tick
+  model.send({ t: "ready" });
+  return () => clearInterval(timer);
+}
+export default { render };

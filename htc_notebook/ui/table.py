@@ -1,0 +1,109 @@
+"""The live jobs table's data: what changed since the last look, in a compact wire form.
+
+`TableModel` reads only the rows the ledger stamped after the last sequence number it
+saw, and turns them into a patch: changed rows only, statuses as small integers,
+host and job names interned (sent once), times in tenths of a second since a base
+time. A patch for 1,000 changed rows is ~25 kB however many jobs the table tracks.
+No widget code here: the widget (`jobs_widget.py`) sends what this returns, and the
+plain-text/HTML fallback renders from it too.
+
+Row layout on the wire (`COLUMNS`): [id, status, host, attempts, started, duration, reason]
+where status indexes `STATES`, host indexes the interned host list (-1: none), started is
+tenths of a second since `t0` (null: not started), duration is tenths of a second (null:
+not ended) and reason is text or null. A job's name and parameters travel once, in `new`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterable, Iterator
+
+from htc_notebook.ledger import Ledger
+from htc_notebook.ledger.states import STATES
+
+COLUMNS = ("id", "status", "host", "attempts", "started", "duration", "reason")
+_STATUS = {s: i for i, s in enumerate(STATES)}
+
+
+class TableModel:
+    """Incremental view of one task's jobs (or a subset of them) for a live table."""
+
+    def __init__(self, ledger: Ledger, task_id: int, job_ids: Iterable[int] | None = None):
+        self.ledger, self.task_id = ledger, task_id
+        self.only = set(job_ids) if job_ids is not None else None
+        self.t0 = round(time.time())
+        self.seq = 0
+        self.rows: dict[int, list] = {}       # id -> wire row
+        self.static: dict[int, list] = {}     # id -> [id, name index, params JSON text]
+        self.hosts: dict[str, int] = {}
+        self.names: dict[str, int] = {}
+        self.totals: dict[str, int] = {}
+
+    def poll(self) -> dict[str, Any] | None:
+        """A patch with the rows changed since the last poll, or None if nothing changed."""
+        seq, changed = self.ledger.view_changes(self.task_id, self.seq)
+        self.seq = seq
+        rows, new, hosts, names = [], [], [], []
+        for job_id, name, status, reason, host, attempts, started, ended, params, _ in changed:
+            if self.only is not None and job_id not in self.only:
+                continue
+            if job_id not in self.static:
+                if name not in self.names:
+                    self.names[name] = len(self.names)
+                    names.append(name)
+                self.static[job_id] = [job_id, self.names[name], params]
+                new.append(self.static[job_id])
+            h = -1
+            if host:
+                h = self.hosts.get(host)
+                if h is None:
+                    h = self.hosts[host] = len(self.hosts)
+                    hosts.append(host)
+            row = [job_id, _STATUS[status], h, attempts,
+                   round((started - self.t0) * 10) if started else None,
+                   round((ended - started) * 10) if ended and started else None, reason]
+            old = self.rows.get(job_id)
+            if old == row:
+                continue
+            if old is not None:
+                self.totals[STATES[old[1]]] -= 1
+            self.totals[status] = self.totals.get(status, 0) + 1
+            self.rows[job_id] = row
+            rows.append(row)
+        if not rows:
+            return None
+        return {"t": "patch", "rows": rows, "new": new, "hosts": hosts, "names": names,
+                "totals": {k: v for k, v in self.totals.items() if v}}
+
+    def snapshot(self, chunk: int = 5000) -> Iterator[dict[str, Any]]:
+        """Everything known, in chunks: for a view that (re)connects."""
+        ids = sorted(self.rows)
+        head = {"t": "reset", "t0": self.t0, "columns": list(COLUMNS), "states": list(STATES),
+                "hosts": list(self.hosts), "names": list(self.names),
+                "totals": {k: v for k, v in self.totals.items() if v}}
+        if not ids:
+            yield {**head, "rows": [], "new": []}
+            return
+        for start in range(0, len(ids), chunk):
+            part = ids[start:start + chunk]
+            msg = {"t": "patch", "rows": [self.rows[i] for i in part], "new": [self.static[i] for i in part],
+                   "hosts": [], "names": []}
+            yield {**msg, **head} if start == 0 else msg
+
+    # -- for text/HTML renderings --------------------------------------------------
+    def records(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Rows as dicts (first `limit` by id), for text and HTML renderings."""
+        hosts, names = list(self.hosts), list(self.names)
+        out = []
+        for job_id in sorted(self.rows)[:limit]:
+            _, st, h, attempts, started, duration, reason = self.rows[job_id]
+            out.append({"id": job_id, "name": names[self.static[job_id][1]], "status": STATES[st],
+                        "host": hosts[h] if h >= 0 else "", "attempts": attempts,
+                        "runtime": f"{duration / 10:.1f}s" if duration is not None else "",
+                        "params": self.static[job_id][2], "reason": reason or ""})
+        return out
+
+    def summary(self) -> str:
+        total = sum(self.totals.values())
+        parts = ", ".join(f"{k} {v}" for k, v in sorted(self.totals.items(), key=lambda kv: STATES.index(kv[0])) if v)
+        return f"{total} jobs: {parts}" if total else "no jobs"
