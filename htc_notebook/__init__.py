@@ -20,3 +20,10 @@ __all__ = [
     "HTCError", "SpecError", "JobFailed", "StorageAccessDenied",
     "on_cluster", "task", "mpi_task", "use", "current_task",
 ]
+
+
+def load_ipython_extension(ipython) -> None:
+    """`%load_ext htc_notebook`: registers the `%htc` / `%%htc` magics."""
+    from htc_notebook.ui.magics import load_ipython_extension as load
+
+    load(ipython)
