@@ -1,0 +1,184 @@
+"""The notebook layer in a real IPython shell: every %htc subcommand and its misuse, the live
+table's diff protocol, the launcher form's live validation."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.testing.globalipapp import start_ipython
+
+from htc_notebook import Session, SiteConfig, Sweep, use
+from htc_notebook.ledger import NewJob, Outcome
+from htc_notebook.ledger.rows import AttemptStart
+from htc_notebook.ui.jobs_widget import JobsTable, live_table
+from htc_notebook.ui.magics import LiveGroup, parse_axis
+from htc_notebook.ui.table import TableModel
+
+
+@pytest.fixture(scope="module")
+def ip():
+    shell = start_ipython()
+    shell.run_line_magic("load_ext", "htc_notebook")
+    return shell
+
+
+@pytest.fixture
+def task(tmp_path):
+    with Session(tmp_path, site=SiteConfig.builtin()) as s:
+        t = s.project("nb").task("t")
+        with use(t):
+            yield t
+
+
+def htc(ip, line, cell=None):
+    return ip.run_cell_magic("htc", line, cell) if cell is not None else ip.run_line_magic("htc", line)
+
+
+def test_profiles_table(ip, task):
+    df = htc(ip, "profiles")
+    assert list(df.index) == ["local"] and df.loc["local", "backend"] == "local"
+
+
+def test_submit_sweep_runs_every_member_and_displays_as_live_table(ip, task):
+    g = htc(ip, "submit --sweep T=300:320:10 --sweep seed=1,2 -- echo T={T} seed={seed}")
+    assert isinstance(g, LiveGroup) and len(g) == 6
+    assert g.wait(timeout=120).counts()["SUCCEEDED"] == 6
+    outs = sorted(h.logs().strip() for h in g)
+    assert outs[0] == "T=300 seed=1" and outs[-1] == "T=320 seed=2"
+    again = htc(ip, "submit --sweep T=300:320:10 --sweep seed=1,2 -- echo T={T} seed={seed}")
+    assert again.skipped == 6 and sorted(again.ids) == sorted(g.ids)  # nothing runs twice
+
+
+def test_cell_magic_runs_the_cell_as_a_script_with_sweep_variables(ip, task):
+    g = htc(ip, "submit --sweep x=5,6", "y=$((x * 2))\necho \"x=$x y=$y {braces kept}\"\n")
+    g.wait(timeout=120)
+    assert sorted(h.logs().strip() for h in g) == ["x=5 y=10 {braces kept}", "x=6 y=12 {braces kept}"]
+
+
+def test_dry_run_submits_nothing(ip, task):
+    text = htc(ip, "submit --dry-run --sweep T=1,2 -- echo {T}")
+    assert "nothing submitted" in text and "echo 1" in text and "echo 2" in text
+    assert sum(task.counts().values()) == 0
+
+
+def test_status_logs_cancel_retry_attach(ip, task):
+    g = htc(ip, "submit -- sh -c 'echo out; echo err >&2; exit 3'")
+    g.wait(timeout=60)
+    job = g.ids[0]
+    assert htc(ip, "status").counts()["FAILED"] == 1
+    assert htc(ip, f"logs {job}").strip() == "out" and htc(ip, f"logs {job} --err").strip() == "err"
+    assert "retry 1 job" in htc(ip, "retry t")
+    task.session.job(job).wait(timeout=60)
+    slow = htc(ip, "submit -- sleep 60")
+    assert "done" in htc(ip, f"cancel {slow.ids[0]}")
+    assert slow.wait(timeout=30).counts()["CANCELLED"] == 1
+    attached = htc(ip, "attach nb/t")
+    assert sorted(attached.ids) == sorted([job, slow.ids[0]])
+
+
+@pytest.mark.parametrize("line, says", [
+    ("", "%htc profiles"),
+    ("frobnicate", "invalid choice"),
+    ("submit --cores -4 -- echo", "-4 is not allowed"),
+    ("submit --cores four -- echo", "not a whole number"),
+    ("submit", "give a COMMAND"),
+    ("submit --sweep T -- echo {T}", "NAME=SPEC"),
+    ("submit --sweep T=1:x:2 -- echo {T}", "not a number"),
+    ("submit --sweep T=5:1:1 -- echo {T}", "stop >= start"),
+    ("submit --sweep T=1,2 -- echo {U}", "one of the sweep's parameters: T"),
+    ("submit --profile cpx -- echo", "unknown profile 'cpx'"),
+    ("submit --nodes 2 --ranks-per-node 1 -- hostname", "max_nodes=1"),
+    ("logs abc", "not a whole number"),
+    ("use nothing", "PROJECT/TASK"),
+    ("cluster explode local", "invalid choice"),
+    ("submit -- echo 'unclosed", "cannot split"),
+])
+def test_misuse_gets_usage_error(ip, task, line, says):
+    with pytest.raises(UsageError) as info:
+        htc(ip, line)
+    assert says in str(info.value)
+    assert sum(task.counts().values()) == 0
+
+
+def test_user_text_is_never_evaluated(ip, task, tmp_path):
+    marker = tmp_path / "evaluated"
+    g = htc(ip, f"submit --sweep x=__import__('os').system('touch {marker}') -- echo {{x}}")
+    g.wait(timeout=60)
+    assert not marker.exists()
+    assert "__import__" in g[0].logs()
+
+
+def test_parse_axis():
+    assert parse_axis("T=300:400:50") == ("T", [300, 350, 400])
+    assert parse_axis("x=0.1:0.3:0.1") == ("x", [0.1, 0.2, 0.3])
+    assert parse_axis("mode=a,b") == ("mode", ["a", "b"])
+
+
+def test_diff_protocol_sends_only_changed_rows(tmp_path):
+    with Session(tmp_path, site=SiteConfig.builtin()) as s:
+        t = s.project("p").task("big")
+        ledger = s.ledger
+        ids = ledger.add_jobs(t.id, [NewJob(name="sim", kind="command", params={"i": i}, spec={}, index=i,
+                                            profile="local") for i in range(10_000)])
+        table = JobsTable(s, t.id, interval=3600)  # refreshed by hand below
+        sent = []
+        table.send = lambda msg, buffers=None: sent.append(msg)
+        assert table.refresh() is None and sent == []  # nothing changed: no message at all
+        changed = [ids[10], ids[5000], ids[9999]]
+        ledger.start_attempts([AttemptStart(i, host="node1", native_id=None, log_out=None, log_err=None,
+                                            status="RUNNING") for i in changed])
+        table.refresh()
+        assert len(sent) == 1 and sorted(r[0] for r in sent[0]["rows"]) == sorted(changed)
+        assert sent[0]["new"] == [] and sent[0]["hosts"] == ["node1"]
+        assert sent[0]["totals"] == {"SUBMITTED": 9997, "RUNNING": 3}
+        ledger.record_outcomes([Outcome(ids[10], 1, "SUCCEEDED", started=time.time() - 2, ended=time.time())])
+        table.refresh()
+        assert [r[0] for r in sent[1]["rows"]] == [ids[10]] and sent[1]["hosts"] == []
+        table._on_front_end(table, {"t": "ready"}, [])  # a view (re)connects: everything, in chunks
+        snapshot = sent[2:]
+        assert snapshot[0]["t"] == "reset" and sum(len(m["rows"]) for m in snapshot) == 10_000
+        assert len(snapshot) == 2 and snapshot[0]["hosts"] == ["node1"]
+        table.close()
+
+
+def test_patch_size_and_cost_per_thousand_changed_rows(tmp_path):
+    """The figures bench/table.py measures, held to the issue's bounds as a smoke check."""
+    with Session(tmp_path, site=SiteConfig.builtin()) as s:
+        t = s.project("p").task("big")
+        ids = s.ledger.add_jobs(t.id, [NewJob(name="sim", kind="command", params={"T": i / 7, "seed": i % 5},
+                                              spec={}, index=i, profile="local") for i in range(20_000)])
+        model = TableModel(s.ledger, t.id)
+        model.poll()
+        s.ledger.start_attempts([AttemptStart(i, host=f"node{i % 4}", native_id=None, log_out=None,
+                                              log_err=None, status="RUNNING") for i in ids[:1000]])
+        patch = model.poll()
+        assert len(patch["rows"]) == 1000
+        assert len(json.dumps(patch, separators=(",", ":"))) < 50_000
+
+
+def test_live_table_renders_without_a_front_end(tmp_path):
+    with Session(tmp_path, site=SiteConfig.builtin()) as s:
+        t = s.project("p").task("t")
+        g = t.sweep(["echo", "{x}"], Sweep.grid(x=[1, 2, 3]))
+        g.wait(timeout=60)
+        table = live_table(g)
+        bundle = table._repr_mimebundle_()
+        data = bundle[0] if isinstance(bundle, tuple) else bundle
+        assert data["text/plain"].startswith("3 jobs: SUCCEEDED 3")
+        assert data["text/html"].count("<tr>") == 4 and "SUCCEEDED" in data["text/html"]
+        table.close()
+
+
+def test_launcher_validates_live_against_the_profile(ip, task):
+    form = htc(ip, "launcher")
+    assert form.valid and "fits" in form.status.value
+    form.cores.value = 10_000
+    assert not form.valid and "at most cores_per_node" in form.status.value and form.start.disabled
+    form.cores.value = 1
+    form.walltime.value = "25:61:00"
+    assert not form.valid and "walltime" in form.status.value
+    form.walltime.value = "00:10:00"
+    assert form.valid and not form.start.disabled
