@@ -106,6 +106,13 @@ class ProjectStorage:
             atomic_write(dest, src.read_bytes())
         return dest
 
+    def write_text(self, rel: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
+        """Put a small input file into shared storage (atomically), for every task's jobs to read."""
+        dest = self.path(rel)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(dest, text.encode(encoding))
+        return dest
+
     def list(self, rel: str | os.PathLike[str] = ".") -> list[str]:
         return _list(self.path(rel))
 

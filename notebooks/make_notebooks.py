@@ -1,0 +1,188 @@
+"""Writes the demo notebooks: `python notebooks/make_notebooks.py` (the source of truth, reviewable as text)."""
+import nbformat as nbf
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parent
+
+def nb(cells):
+    n = nbf.v4.new_notebook()
+    n.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    n.cells = [nbf.v4.new_markdown_cell(c[3:]) if c.startswith("md:") else nbf.v4.new_code_cell(c) for c in cells]
+    return n
+
+quickstart = nb([
+"""md:# Quickstart: an ensemble sweep on this machine
+
+`htc_notebook` runs many jobs from a notebook. With no scheduler around, jobs run on an
+embedded local backend (a dask `LocalCluster`); the same code runs on SLURM with a profile.
+Everything is recorded in a ledger (`htc-data/ledger.db`), so results survive the kernel.""",
+"""import shutil
+shutil.rmtree("htc-data-quickstart", ignore_errors=True)   # start clean each time this notebook is run
+
+from htc_notebook import Session, Sweep, use
+session = Session("htc-data-quickstart")
+task = session.project("demo").task("quickstart")
+use(task)     # the task that %htc and the decorators use
+task""",
+"""md:## A Python sweep
+
+`task.sweep` runs a function once per member of a sweep (here a grid). It returns at once;
+`wait(progress=True)` shows a progress bar.""",
+"""def energy(T, seed):
+    import random
+    rng = random.Random(seed)
+    return sum(rng.gauss(0, T) ** 2 for _ in range(2_000)) / 2_000
+
+jobs = task.sweep(energy, Sweep.grid(T=[0.5, 1.0, 2.0], seed=[1, 2, 3]))
+jobs.wait(progress=True)
+df = jobs.to_dataframe(results=True)
+df[["status", "T", "seed", "result"]]""",
+"""# NBVAL_CHECK_OUTPUT
+print(len(df), "jobs:", df.status.value_counts().to_dict())
+print("mean energy rises with T:", df.groupby("T").result.mean().is_monotonic_increasing)""",
+"""md:Run the sweep again: every member has a stable key, and members that already succeeded
+are not run again.""",
+"""# NBVAL_CHECK_OUTPUT
+again = task.sweep(energy, Sweep.grid(T=[0.5, 1.0, 2.0], seed=[1, 2, 3]))
+print("skipped", again.skipped, "of", len(again))""",
+"""md:## The `%htc` magics and the live table
+
+`%htc submit` runs a command template over a sweep; the result is the job group,
+displayed as a live table (in JupyterLab: filter, sort, click a row for its log).""",
+"""%load_ext htc_notebook""",
+"""%htc submit --sweep n=1:5:1 -- python -c "print({n} ** 2)\"""",
+"""# NBVAL_CHECK_OUTPUT
+group = _
+group.wait(timeout=120)
+print(sorted(int(h.logs()) for h in group))""",
+"""%htc profiles""",
+"""md:A mistake gets a clear message, and nothing is submitted:""",
+"""# NBVAL_CHECK_OUTPUT
+from IPython.core.error import UsageError
+try:
+    get_ipython().run_line_magic("htc", "submit --cores -4 -- echo hi")
+except UsageError as e:
+    print(str(e).splitlines()[0])""",
+"""md:## The cluster launcher
+
+A form generated from the site's profiles; each change is checked against the profile's limits.""",
+"""%htc launcher""",
+])
+
+mpi = nb([
+"""md:# MPI tasks
+
+`mpi_task` runs a function on every rank of an MPI job (with mpi4py) and returns rank 0's value;
+with `executable=True` it runs an MPI program. On SLURM many small MPI tasks share one
+allocation. This notebook uses the test cluster's `cpu` profile when SLURM is there (as in
+`make test`), else this machine.""",
+"""import os, shutil, subprocess, sys, tempfile
+from htc_notebook import Session, SiteConfig, mpi_task, on_cluster, use
+
+if shutil.which("sinfo") and subprocess.run(["sinfo"], capture_output=True).returncode == 0:
+    site_file = tempfile.mktemp(suffix=".yaml")
+    htc = os.path.join(os.path.dirname(sys.executable), "htc")   # the `htc` command of this environment
+    subprocess.run([htc, "profiles", "discover", "--scheduler-host", "10.77.0.1", "-o", site_file], check=True, capture_output=True)
+    site, PROFILE, NODES = SiteConfig.load(site_file), "cpu", 2
+else:
+    site, PROFILE, NODES = SiteConfig.builtin(), "local", 1
+root = "../test-output/htc-data-mpi" if PROFILE == "cpu" else "htc-data-mpi"   # nodes need a shared path
+shutil.rmtree(root, ignore_errors=True)
+session = Session(root, site=site)
+task = session.project("demo").task("mpi")
+use(task)
+print("profile:", PROFILE)""",
+"""@mpi_task(nodes=NODES, ranks_per_node=2 // NODES)
+def ranks(comm, scale):
+    import socket
+    rows = comm.gather((comm.rank, socket.gethostname()))
+    return {"size": comm.size, "sum": comm.allreduce(comm.rank * scale), "ranks": rows}
+
+@on_cluster(profile=PROFILE)
+def study(scales):
+    return [ranks(s) for s in scales]     # futures, all submitted at once
+
+futures = study([1, 10, 100])
+results = [f.result(timeout=300) for f in futures]
+results[0]""",
+"""# NBVAL_CHECK_OUTPUT
+print([r["sum"] for r in results], {r["size"] for r in results})""",
+"""md:Falsy values come back as themselves, and an exception on one rank names the rank and
+the host (and no rank hangs):""",
+"""# NBVAL_CHECK_OUTPUT
+@mpi_task(profile=PROFILE, ranks=2)
+def falsy(comm):
+    return 0
+
+@mpi_task(profile=PROFILE, ranks=2)
+def broken(comm):
+    if comm.rank == 1:
+        raise ValueError("no convergence")
+    comm.Barrier()
+
+print(repr(falsy().result(timeout=300)))
+try:
+    broken().result(timeout=300)
+except Exception as e:
+    print(str(e).split(" raised ")[1].splitlines()[0])""",
+"""md:An MPI program (any executable): the function returns its argv.""",
+"""# NBVAL_CHECK_OUTPUT
+@mpi_task(profile=PROFILE, ranks=2, executable=True)
+def hello():
+    return ["sh", "-c", "echo rank ${OMPI_COMM_WORLD_RANK:-$SLURM_PROCID}"]
+
+out = hello().result(timeout=300)
+print(out.exit_code, sorted(out.stdout.split()))""",
+])
+
+batches = nb([
+"""md:# HTC batches: projects, tasks, jobs, storage
+
+Work is organised as Project -> Task -> Job. A job batch is `batchSize` jobs sharing one job
+definition (HTC wire names); job *i* sees `HTC_JOB_INDEX=i`. Each task has its own storage;
+the project's shared storage is readable by every task.""",
+"""import shutil
+shutil.rmtree("htc-data-batches", ignore_errors=True)
+from htc_notebook import Session
+session = Session("htc-data-batches")
+project = session.project("materials")
+project.shared.write_text("input.txt", "lattice=fcc\\n")
+task = project.task("relax")
+task""",
+"""group = task.submit_batch({
+    "jobName": "relax",
+    "batchSize": 4,
+    "htcJobDefinition": {
+        "commands": ["sh", "-c", "cat $HTC_PROJECT_SHARED/input.txt; echo index=$HTC_JOB_INDEX > out-$HTC_JOB_INDEX.txt"],
+        "maxVCpus": 1, "maxMemory": 256, "execTimeoutSeconds": 60,
+        "envs": [{"name": "MODE", "value": "fast"}],
+    },
+})
+group.wait(timeout=120).to_dataframe()[["status", "exit_code"]]""",
+"""# NBVAL_CHECK_OUTPUT
+print(sorted(name for name in task.storage.list() if name.startswith("out-")))
+print(task.storage.read_text("out-2.txt").strip())""",
+"""md:Paths outside the task's storage are refused:""",
+"""# NBVAL_CHECK_OUTPUT
+from htc_notebook import StorageAccessDenied
+try:
+    task.storage.read_text("../other-task/secret.txt")
+except StorageAccessDenied as e:
+    print(type(e).__name__)""",
+"""md:## After a kernel restart
+
+Handles are rebuilt from the ledger: a new `Session` on the same data root sees every job,
+and `%htc attach` shows the task's live table again.""",
+"""# NBVAL_CHECK_OUTPUT
+fresh = Session("htc-data-batches").project("materials").task("relax")
+print(fresh.counts()["SUCCEEDED"], "succeeded, rebuilt from the ledger")""",
+])
+
+if __name__ == "__main__":
+    # Executed here so the saved outputs are the reference nbval compares `# NBVAL_CHECK_OUTPUT` cells to.
+    from nbclient import NotebookClient
+
+    for name, book in (("01-quickstart", quickstart), ("02-mpi-tasks", mpi), ("03-htc-batches", batches)):
+        NotebookClient(book, timeout=600, resources={"metadata": {"path": str(OUT)}}).execute()
+        nbf.write(book, OUT / f"{name}.ipynb")
+        print("wrote", name)
