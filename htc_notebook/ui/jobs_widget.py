@@ -16,6 +16,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, Iterable
 
 import anywidget
+import traitlets
 
 from htc_notebook.ledger.states import REQUEUEABLE_NAMES, STATES, TERMINAL_NAMES
 from htc_notebook.ui.table import TableModel
@@ -33,6 +34,7 @@ class JobsTable(anywidget.AnyWidget):
 
     _esm = STATIC / "jobs_table.js"
     _css = STATIC / "jobs_table.css"
+    states = traitlets.List(list(STATES)).tag(sync=True)  # the status codes rows carry
 
     def __init__(self, session: "Session", task_id: int, job_ids: Iterable[int] | None = None, *,
                  interval: float = INTERVAL, **kwargs: Any):

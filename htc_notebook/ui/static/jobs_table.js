@@ -3,7 +3,7 @@
 const ROW = 24, COLS = ["id", "name", "status", "host", "attempts", "runtime", "params", "reason"];
 
 function render({ model, el }) {
-  let states = [], hosts = [], names = [], t0 = 0, totals = {};
+  let states = model.get("states"), hosts = [], names = [], t0 = 0, totals = {}, synced = false;
   const rows = new Map(), stat = new Map(), selected = new Set();
   let order = [], filterState = "", filterText = "", sortCol = "id", sortDir = 1, dirty = true;
 
@@ -71,7 +71,9 @@ function render({ model, el }) {
   model.on("msg:custom", (msg) => {
     if (msg.t === "reset") {
       rows.clear(); stat.clear(); states = msg.states; t0 = msg.t0; hosts = msg.hosts; names = msg.names;
+      synced = true;
     }
+    if (msg.t === "patch" && !synced) return;  // everything comes with the reset this view asked for
     if (msg.t === "reset" || msg.t === "patch") {
       hosts.push(...(msg.t === "patch" ? msg.hosts : []));
       names.push(...(msg.t === "patch" ? msg.names : []));

@@ -1,0 +1,105 @@
+"""A real JupyterLab in a real Chromium (Debian's, driven by Playwright; no browser download):
+open the quickstart notebook, run all cells, see the live table reach SUCCEEDED for every job
+and the launcher form reject an over-limit request. A screenshot lands in test-output/browser/."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "test-output" / "browser"
+
+
+def _require(ok: bool, what: str) -> None:
+    if ok:
+        return
+    msg = f"{what} missing: `make test` installs it"
+    if os.environ.get("HTC_REQUIRE_SLURM") == "1":
+        pytest.fail(f"{msg}. HTC_REQUIRE_SLURM=1 forbids skipping.", pytrace=False)
+    pytest.skip(msg)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """JupyterLab serving a copy of the notebooks; yields (base url, token)."""
+    _require(shutil.which("chromium") is not None, "Debian's chromium")
+    root = tmp_path_factory.mktemp("lab")
+    shutil.copy(REPO / "notebooks" / "01-quickstart.ipynb", root)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = uuid.uuid4().hex
+    env = {**os.environ, "HOME": str(root), "JUPYTER_CONFIG_DIR": str(root / ".jupyter")}
+    log = open(root / "lab.log", "wb")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "jupyter"), "lab", "--no-browser", "--allow-root",
+                             f"--port={port}", "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}",
+                             f"--ServerApp.root_dir={root}", "--LabApp.news_url=None",
+                             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+                            cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"JupyterLab did not start:\n{(root / 'lab.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+    yield url, token
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def test_quickstart_runs_in_jupyterlab_with_live_table_and_launcher(lab):
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _require(False, "playwright (python package)")
+    url, token = lab
+    OUT.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), headless=True,
+                                    args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.goto(f"{url}/lab/tree/01-quickstart.ipynb?token={token}")
+            page.wait_for_selector(".jp-NotebookPanel .jp-Notebook", timeout=90_000)
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
+            page.wait_for_timeout(2_000)  # "idle" shows before the session is wired to the panel
+            page.click("div.lm-MenuBar-itemLabel:text-is('Run')")
+            page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
+            # the %htc submit cell: a live table of 5 jobs, all SUCCEEDED
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('.htc-table .htc-count')]"
+                ".some(e => e.textContent.trim() === '5 / 5 ended')", timeout=180_000)
+            chips = page.locator(".htc-table .htc-chips .chip").all_inner_texts()
+            assert chips == ["SUCCEEDED 5"], chips
+            rows = page.locator(".htc-table .htc-row").count()
+            assert rows == 5
+            # the launcher form: an over-limit request is refused with the reason
+            cores = page.locator(".widget-inline-hbox:has(label:text-is('cores')) input").last
+            cores.fill("999")
+            cores.press("Enter")
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('.widget-html-content')]"
+                ".some(e => e.textContent.includes('Resources.cores = 999 is not allowed'))", timeout=30_000)
+            assert page.locator("button:text-is('Start')").last.is_disabled()
+            page.locator(".htc-table").first.scroll_into_view_if_needed()
+        finally:
+            page.screenshot(path=str(OUT / "quickstart.png"), full_page=True)
+            browser.close()
