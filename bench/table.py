@@ -1,6 +1,7 @@
 """Live table cost: 100,000 tracked jobs, 1,000 changing per refresh.
 
-Per refresh: kernel CPU time (process time of the refresh, including the JSON encoding the
+Refreshes alternate between 1,000 jobs starting and 1,000 ending with a small result
+(previewed in the row). Per refresh: kernel CPU time (process time of the refresh, including the JSON encoding the
 kernel does before a message leaves) and bytes of message content, for
 (a) htc_notebook's JobsTable (one patch message of changed rows), and
 (b) the obvious alternative, one ipywidgets widget per row (an HTML widget whose value is
@@ -37,7 +38,9 @@ def main() -> int:
     import ipywidgets as w
 
     from htc_notebook import Session, SiteConfig
-    from htc_notebook.ledger import NewJob
+    import cloudpickle
+
+    from htc_notebook.ledger import NewJob, Outcome
     from htc_notebook.ledger.rows import AttemptStart
     from htc_notebook.ui.jobs_widget import JobsTable
 
@@ -61,8 +64,14 @@ def main() -> int:
         table_cpu, table_bytes, table_msgs, row_cpu, row_bytes, row_msgs = [], [], [], [], [], []
         for r in range(args.refreshes):
             batch = ids[r * args.changes:(r + 1) * args.changes]
-            s.ledger.start_attempts([AttemptStart(i, host=f"node{i % 4}", native_id=None, log_out=None,
-                                                  log_err=None, status="RUNNING") for i in batch])
+            if r % 2 == 0:
+                s.ledger.start_attempts([AttemptStart(i, host=f"node{i % 4}", native_id=None, log_out=None,
+                                                      log_err=None, status="RUNNING") for i in batch])
+            else:  # every other refresh: 1,000 jobs end with a small result (previewed in the row)
+                now = time.time()
+                s.ledger.record_outcomes([Outcome(i, 1, "SUCCEEDED", host=f"node{i % 4}", started=now - 5,
+                                                  ended=now, result=cloudpickle.dumps({"E": -1.5 * i, "T": i % 7}))
+                                          for i in batch])
             sent.clear()
             c0 = time.process_time()
             table.refresh()
@@ -71,10 +80,11 @@ def main() -> int:
             table_msgs.append(len(sent))
             sent.clear()
             c0 = time.process_time()
-            for job_id, status, host in s.ledger._read(
-                    "SELECT id, status, host FROM jobs WHERE id IN (SELECT value FROM json_each(?))",
-                    (json.dumps(batch),)):
-                per_row[job_id].value = f"{job_id} sim {status} {host}"
+            for job_id, status, host, blob in s.ledger._read(  # the same facts the table shows
+                    "SELECT j.id, j.status, j.host, r.inline FROM jobs j LEFT JOIN results r ON r.job_id = j.id "
+                    "WHERE j.id IN (SELECT value FROM json_each(?))", (json.dumps(batch),)):
+                preview = repr(cloudpickle.loads(blob))[:40] if blob is not None else ""
+                per_row[job_id].value = f"{job_id} sim {status} {host} {preview}"
             row_cpu.append(time.process_time() - c0)
             row_bytes.append(sum(sent))
             row_msgs.append(len(sent))

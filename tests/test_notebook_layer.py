@@ -182,3 +182,21 @@ def test_launcher_validates_live_against_the_profile(ip, task):
     assert not form.valid and "walltime" in form.status.value
     form.walltime.value = "00:10:00"
     assert form.valid and not form.start.disabled
+
+
+def square(x):
+    return x * x
+
+
+def test_table_rows_preview_small_python_results(tmp_path):
+    with Session(tmp_path, site=SiteConfig.builtin()) as s:
+        t = s.project("p").task("t")
+        g = t.sweep(square, Sweep.grid(x=[0, 3]))
+        g.wait(timeout=120)
+        model = TableModel(s.ledger, t.id)
+        model.poll()
+        assert sorted(r["result"] for r in model.records()) == ["0", "9"]
+        big = t.submit(lambda: "x" * 10_000)
+        big.wait(timeout=120)
+        model.poll()
+        assert model.records()[-1]["result"] == ""  # large results are not previewed

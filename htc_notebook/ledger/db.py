@@ -25,6 +25,7 @@ from .schema import ACTIVE_SQL, ATTEMPT_COLUMNS, DDL, JOB_COLUMNS, PRAGMAS, SCHE
 from .states import ACTIVE, REQUEUEABLE, TERMINAL, JobStatus, sql_list
 
 T = TypeVar("T")
+PREVIEW_BYTES = 512  # results this small come with `view_changes` rows, for table previews
 LOCK_WAIT = 60.0  # seconds a writer waits for the database lock before giving up
 KINDS = ("python", "command")
 LIFECYCLES = ("ACTIVE", "ARCHIVED")
@@ -463,13 +464,15 @@ class Ledger:
         return seq, rows
 
     def view_changes(self, task_id: int, after_seq: int) -> tuple[int, list[tuple[Any, ...]]]:
-        """For live tables: (max_seq, rows changed after `after_seq`), each
-        (id, name, status, reason, host, attempts, started, ended, params as JSON text, seq).
-        Plain tuples, nothing decoded: a table refresh of thousands of rows stays cheap."""
+        """For live tables: (max_seq, rows changed after `after_seq`), each (id, name, status, reason,
+        host, attempts, started, ended, params as JSON text, seq, result bytes if inline and at most
+        `PREVIEW_BYTES`). Plain tuples, nothing decoded: a refresh of thousands of rows stays cheap."""
         with self._snapshot() as con:
             seq = con.execute("SELECT seq FROM counter").fetchone()[0]
-            rows = con.execute("SELECT id, name, status, reason, host, attempts, started, ended, params, seq "
-                               "FROM jobs WHERE task_id = ? AND seq > ? ORDER BY id", (task_id, after_seq)).fetchall()
+            rows = con.execute("SELECT j.id, j.name, j.status, j.reason, j.host, j.attempts, j.started, j.ended, "
+                               f"       j.params, j.seq, CASE WHEN r.size <= {PREVIEW_BYTES} THEN r.inline END "
+                               "FROM jobs j LEFT JOIN results r ON r.job_id = j.id "
+                               "WHERE j.task_id = ? AND j.seq > ? ORDER BY j.id", (task_id, after_seq)).fetchall()
         return seq, rows
 
     def counts(self, task_id: int) -> dict[str, int]:

@@ -111,14 +111,14 @@ class JobsTable(anywidget.AnyWidget):
         recs = self.model.records(limit)
         out = [self.model.summary()]
         out += [f"{r['id']:>7} {r['name'][:20]:20} {r['status']:10} {r['host'][:12]:12} {r['runtime']:>8} "
-                f"{r['params'][:40]}" for r in recs]
+                f"{r['params'][:30]:30} {r['result'][:20]}" for r in recs]
         if len(self.model.rows) > limit:
             out.append(f"... {len(self.model.rows) - limit} more")
         return "\n".join(out)
 
     def html(self, limit: int = 20) -> str:
         recs = self.model.records(limit)
-        cols = ("id", "name", "status", "host", "attempts", "runtime", "params", "reason")
+        cols = ("id", "name", "status", "host", "attempts", "runtime", "params", "result", "reason")
         head = "".join(f"<th>{c}</th>" for c in cols)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r[c]))}</td>" for c in cols) + "</tr>" for r in recs)
         return f"<p>{html.escape(self.model.summary())}</p><table><tr>{head}</tr>{body}</table>"

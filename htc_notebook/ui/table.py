@@ -7,10 +7,11 @@ time. A patch for 1,000 changed rows is ~25 kB however many jobs the table track
 No widget code here: the widget (`jobs_widget.py`) sends what this returns, and the
 plain-text/HTML fallback renders from it too.
 
-Row layout on the wire (`COLUMNS`): [id, status, host, attempts, started, duration, reason]
-where status indexes `STATES`, host indexes the interned host list (-1: none), started is
-tenths of a second since `t0` (null: not started), duration is tenths of a second (null:
-not ended) and reason is text or null. A job's name and parameters travel once, in `new`.
+Row layout on the wire (`COLUMNS`): [id, status, host, attempts, started, duration, reason,
+result] where status indexes `STATES`, host indexes the interned host list (-1: none), started
+is tenths of a second since `t0` (null: not started), duration is tenths of a second (null:
+not ended), reason is text or null, and result is a short preview of a small Python result
+(null for commands, large results and jobs not done). A job's name and parameters travel once, in `new`.
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ from __future__ import annotations
 import time
 from typing import Any, Iterable, Iterator
 
+import cloudpickle
+
 from htc_notebook.ledger import Ledger
 from htc_notebook.ledger.states import STATES
 
-COLUMNS = ("id", "status", "host", "attempts", "started", "duration", "reason")
+COLUMNS = ("id", "status", "host", "attempts", "started", "duration", "reason", "result")
+PREVIEW_CHARS = 40
 _STATUS = {s: i for i, s in enumerate(STATES)}
 
 
@@ -44,7 +48,7 @@ class TableModel:
         seq, changed = self.ledger.view_changes(self.task_id, self.seq)
         self.seq = seq
         rows, new, hosts, names = [], [], [], []
-        for job_id, name, status, reason, host, attempts, started, ended, params, _ in changed:
+        for job_id, name, status, reason, host, attempts, started, ended, params, _, blob in changed:
             if self.only is not None and job_id not in self.only:
                 continue
             if job_id not in self.static:
@@ -61,7 +65,8 @@ class TableModel:
                     hosts.append(host)
             row = [job_id, _STATUS[status], h, attempts,
                    round((started - self.t0) * 10) if started else None,
-                   round((ended - started) * 10) if ended and started else None, reason]
+                   round((ended - started) * 10) if ended and started else None, reason,
+                   _preview(blob) if blob is not None else None]
             old = self.rows.get(job_id)
             if old == row:
                 continue
@@ -96,14 +101,23 @@ class TableModel:
         hosts, names = list(self.hosts), list(self.names)
         out = []
         for job_id in sorted(self.rows)[:limit]:
-            _, st, h, attempts, started, duration, reason = self.rows[job_id]
+            _, st, h, attempts, started, duration, reason, result = self.rows[job_id]
             out.append({"id": job_id, "name": names[self.static[job_id][1]], "status": STATES[st],
                         "host": hosts[h] if h >= 0 else "", "attempts": attempts,
                         "runtime": f"{duration / 10:.1f}s" if duration is not None else "",
-                        "params": self.static[job_id][2], "reason": reason or ""})
+                        "params": self.static[job_id][2], "reason": reason or "", "result": result or ""})
         return out
 
     def summary(self) -> str:
         total = sum(self.totals.values())
         parts = ", ".join(f"{k} {v}" for k, v in sorted(self.totals.items(), key=lambda kv: STATES.index(kv[0])) if v)
         return f"{total} jobs: {parts}" if total else "no jobs"
+
+
+def _preview(blob: bytes) -> str | None:
+    """A short repr of a small pickled result (None if it cannot be loaded here)."""
+    try:
+        text = repr(cloudpickle.loads(blob))
+    except Exception:  # noqa: BLE001 - a class only the job's environment knows: no preview
+        return None
+    return text if len(text) <= PREVIEW_CHARS else text[:PREVIEW_CHARS - 1] + "…"
