@@ -178,11 +178,90 @@ fresh = Session("htc-data-batches").project("materials").task("relax")
 print(fresh.counts()["SUCCEEDED"], "succeeded, rebuilt from the ledger")""",
 ])
 
+
+clusters = nb([
+"""md:# Profiles and clusters
+
+A site file describes each partition once: cores, memory and GPUs per node, limits, the MPI
+launcher, environment set-up. `htc profiles discover` writes one from SLURM. This notebook uses
+the test cluster when SLURM answers (as in `make test`), else this machine.""",
+"""import os, shutil, subprocess, sys, tempfile
+from htc_notebook import Session, SiteConfig, Sweep, use
+
+if shutil.which("sinfo") and subprocess.run(["sinfo"], capture_output=True).returncode == 0:
+    site_file = tempfile.mktemp(suffix=".yaml")
+    htc = os.path.join(os.path.dirname(sys.executable), "htc")
+    subprocess.run([htc, "profiles", "discover", "--scheduler-host", "10.77.0.1", "-o", site_file],
+                   check=True, capture_output=True)
+    site, PROFILE = SiteConfig.load(site_file), "cpu"
+else:
+    site, PROFILE = SiteConfig.builtin(), "local"
+root = "../test-output/htc-data-clusters" if PROFILE == "cpu" else "htc-data-clusters"
+shutil.rmtree(root, ignore_errors=True)
+session = Session(root, site=site)
+task = session.project("demo").task("clusters")
+use(task)
+%load_ext htc_notebook""",
+"""%htc profiles""",
+"""md:A request that does not fit a profile is refused before anything is submitted, naming the
+limit:""",
+"""# NBVAL_CHECK_OUTPUT
+from htc_notebook import Resources
+try:
+    site.profile(PROFILE).check(Resources(cores=10_000))
+except Exception as e:
+    print(type(e).__name__, "names the limit:", "allows at most" in str(e))""",
+"""md:Start the profile's cluster (on SLURM: pilot jobs, dask workers inside SLURM jobs), see it,
+run a sweep on it, stop it.""",
+"""%htc cluster start $PROFILE --jobs 1""",
+"""jobs = task.sweep(lambda x: x * x, Sweep.grid(x=range(8)), profile=PROFILE)
+jobs.wait(timeout=300, progress=True)
+%htc clusters""",
+"""# NBVAL_CHECK_OUTPUT
+print(jobs.results())""",
+"""%htc cluster stop $PROFILE""",
+"""md:The form below is generated from the same profiles: change a value and it is checked at once;
+when it fits, the pilot job script is shown.""",
+"""%htc launcher""",
+])
+
+ensemble = nb([
+"""md:# An ensemble sweep, analysed
+
+A 2D Ising model (the `htc demo` job) over temperatures and seeds: grid sweeps, a random
+sample, results straight into pandas, and a plot.""",
+"""import shutil
+shutil.rmtree("htc-data-ensemble", ignore_errors=True)
+import pandas as pd
+from htc_notebook import Session, Sweep
+from htc_notebook.examples.ising import ising
+task = Session("htc-data-ensemble").project("ising").task("ensemble")""",
+"""sweep = Sweep.grid(T=[1.5, 2.0, 2.27, 2.5, 3.0, 3.5], seed=[1, 2, 3])
+jobs = task.sweep(ising, sweep)
+jobs.wait(progress=True)
+df = jobs.to_dataframe(results=True)
+df = pd.concat([df[["T", "seed"]], pd.json_normalize(df.result)], axis=1)
+df.head()""",
+"""summary = df.groupby("T")[["magnetization", "energy"]].mean()
+ax = summary.magnetization.plot(marker="o", title="|m| falls through the critical temperature (2.269)")
+ax.set_xlabel("T"); ax.set_ylabel("<|m|>");""",
+"""# NBVAL_CHECK_OUTPUT
+print("ordered below Tc:", bool(summary.magnetization[1.5] > 0.8), "| disordered above:", bool(summary.magnetization[3.5] < 0.3))""",
+"""md:More members later: only the new ones run.""",
+"""# NBVAL_CHECK_OUTPUT
+more = task.sweep(ising, Sweep.grid(T=[1.5, 2.0, 2.27, 2.5, 3.0, 3.5, 4.0], seed=[1, 2, 3]))
+more.wait(timeout=300)
+print("skipped", more.skipped, "ran", len(more) - more.skipped)""",
+])
+
+
 if __name__ == "__main__":
     # Executed here so the saved outputs are the reference nbval compares `# NBVAL_CHECK_OUTPUT` cells to.
     from nbclient import NotebookClient
 
-    for name, book in (("01-quickstart", quickstart), ("02-mpi-tasks", mpi), ("03-htc-batches", batches)):
+    books = (("01-quickstart", quickstart), ("02-mpi-tasks", mpi), ("03-htc-batches", batches),
+             ("04-profiles-and-clusters", clusters), ("05-ensemble-sweep", ensemble))
+    for name, book in books:
         NotebookClient(book, timeout=600, resources={"metadata": {"path": str(OUT)}}).execute()
         nbf.write(book, OUT / f"{name}.ipynb")
         print("wrote", name)
