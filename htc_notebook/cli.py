@@ -80,6 +80,24 @@ def _parser() -> argparse.ArgumentParser:
     sb.add_argument("--dry-run", action="store_true", help="validate and show what would run; write nothing")
     sb.set_defaults(func=_submit)
 
+    sv = sub.add_parser("serve", help="serve the HTC REST API (/htc/api/v1) over this data root")
+    sv.add_argument("--port", type=int, default=8750)
+    sv.add_argument("--address", default="127.0.0.1")
+    sv.set_defaults(func=_serve)
+
+    ky = sub.add_parser("keys", help="API keys for the REST API")
+    ksub = ky.add_subparsers(metavar="ACTION")
+    kc = ksub.add_parser("create", help="a new API key for USER (printed once)")
+    kc.add_argument("user")
+    kc.add_argument("--project", action="append", default=[], help="make USER a member of PROJECT")
+    kc.set_defaults(func=_keys_create)
+    kr = ksub.add_parser("revoke", help="revoke a key (its tokens stop working at once)")
+    kr.add_argument("key_id", help="the id part of htc_<id>_<secret>")
+    kr.set_defaults(func=_keys_revoke)
+    kl = ksub.add_parser("list", help="keys: id, user, created, revoked")
+    kl.set_defaults(func=_keys_list)
+    ky.set_defaults(func=_keys_list)
+
     from htc_notebook.devcluster.cli import add_parser as _add_slurm_parser  # htc slurm up|down|status
 
     _add_slurm_parser(sub)
@@ -275,3 +293,49 @@ def _submit(args) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+# -- REST API -----------------------------------------------------------------------------
+def _serve(args) -> int:
+    from htc_notebook.server.standalone import serve
+
+    with _session(args) as session:
+        serve(session, args.port, args.address)
+    return 0
+
+
+def _auth(args):
+    import os
+
+    from htc_notebook.server.auth import Auth
+
+    return Auth(os.path.abspath(args.root or os.environ.get("HTC_ROOT") or "htc-data"))
+
+
+def _keys_create(args) -> int:
+    key = _auth(args).create_key(args.user, args.project)
+    print(key)
+    print(f"# API key for {args.user}: shown once, stored hashed. Exchange it for a bearer token at "
+          "GET /htc/api/v1/auth/token with `Authorization: Token <key>`.", file=sys.stderr)
+    return 0
+
+
+def _keys_revoke(args) -> int:
+    if not _auth(args).revoke_key(args.key_id):
+        raise HTCError(f"no active key {args.key_id!r} (see `htc keys list`)")
+    print(f"revoked {args.key_id}")
+    return 0
+
+
+def _keys_list(args) -> int:
+    table = Table("id", "user", "created", "revoked")
+    for k in _auth(args).keys():
+        table.add_row(k["id"], k["user"], _when(k["created"]), _when(k["revoked"]) if k["revoked"] else "")
+    console.print(table)
+    return 0
+
+
+def _when(ts: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ts).isoformat(timespec="seconds")

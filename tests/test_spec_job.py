@@ -21,6 +21,7 @@ WIRE = {
         "architecture": "AARCH64",
         "priority": "ON_DEMAND_ECONOMY",
         "tags": [],
+        "claims": [],
     },
 }
 

@@ -428,8 +428,9 @@ class Ledger:
         return _job(rows[0])
 
     def jobs(self, task_id: int, *, status: str | Iterable[str] | None = None, batch_id: int | None = None,
-             after_seq: int | None = None, limit: int | None = None) -> list[JobRow]:
-        """A task's jobs ordered by id, optionally filtered by status, batch, or change seq."""
+             after_seq: int | None = None, after_id: int | None = None, limit: int | None = None) -> list[JobRow]:
+        """A task's jobs ordered by id, optionally filtered by status, batch, change seq, or
+        `id > after_id` (pages: pass the last id of the previous page)."""
         where, params = ["task_id = ?"], list[Any]([task_id])
         if status is not None:
             wanted = [status] if isinstance(status, str) else list(status)
@@ -441,6 +442,9 @@ class Ledger:
         if after_seq is not None:
             where.append("seq > ?")
             params.append(after_seq)
+        if after_id is not None:
+            where.append("id > ?")
+            params.append(after_id)
         sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE {' AND '.join(where)} ORDER BY id"
         if limit is not None:
             sql += " LIMIT ?"

@@ -74,6 +74,7 @@ class JobDefinition(SpecModel):
     architecture: Literal["X86", "AARCH64", "A100"] = "X86"
     priority: Literal["ON_DEMAND_PRIORITY", "ON_DEMAND_ECONOMY"] = "ON_DEMAND_PRIORITY"
     tags: tuple[str, ...] = ()
+    claims: tuple[Any, ...] = ()  # accepted and kept (HTC API); the local and SLURM backends do not use them
 
     @field_validator("envs")
     @classmethod

@@ -1,0 +1,316 @@
+"""The HTC REST API's operations over a Session, without HTTP (handlers are thin wrappers).
+
+Shapes follow the HTC API: camelCase fields; lists as `{"items": [...], "next": token}` (the
+handler turns the token into a URL). A user sees only projects they are a member of; anything
+else, and any task or job outside the project/task in the path, is a 404. Ids are validated
+(project ids are names, task ids digits, job ids digits or `<parentJobId>:<index>`), never
+used as paths.
+
+Toolkit state -> wire status (the names existing HTC clients know):
+
+| toolkit | wire | statusReason |
+|---|---|---|
+| SUBMITTED | SUBMITTED_TO_RESCALE | |
+| RUNNABLE (no native id yet) | SUBMITTED_TO_PROVIDER | the backend's reason |
+| RUNNABLE (queued in SLURM) | RUNNABLE | the pending reason in words |
+| STARTING, RUNNING, SUCCEEDED, FAILED | same | |
+| CANCELLED | FAILED | "CANCELLED: ..." |
+| LOST | FAILED | "LOST: ..." |
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import TYPE_CHECKING, Any, Sequence
+
+from pydantic import ValidationError
+
+from htc_notebook.errors import HTCError, SpecError
+from htc_notebook.ledger import JobRow, TaskRow
+from htc_notebook.ledger.states import ACTIVE_NAMES, STATES
+from htc_notebook.server.auth import Auth
+from htc_notebook.spec import JobBatch, check_name
+
+if TYPE_CHECKING:
+    from htc_notebook.runtime.session import Session
+
+DEFAULT_PAGE, MAX_PAGE = 100, 1000
+WIRE_STATUSES = ("SUBMITTED_TO_RESCALE", "SUBMITTED_TO_PROVIDER", "RUNNABLE", "STARTING", "RUNNING",
+                 "SUCCEEDED", "FAILED")
+_DIGITS = re.compile(r"^[0-9]{1,18}$")
+_JOB_UUID = re.compile(r"^([0-9]{1,18}):([0-9]{1,9})$")
+
+
+class ApiError(HTCError):
+    """An error with its HTTP status."""
+
+    def __init__(self, status: int, message: str):
+        self.status = status
+        super().__init__(message)
+
+
+def wire_status(row: JobRow) -> tuple[str, str | None]:
+    """(wire status, statusReason) for a job row (table in the module docstring)."""
+    if row.status == "SUBMITTED":
+        return "SUBMITTED_TO_RESCALE", row.reason
+    if row.status == "RUNNABLE":
+        return ("RUNNABLE" if row.native_id and not row.native_id.startswith("local:") else
+                "SUBMITTED_TO_PROVIDER"), row.reason
+    if row.status in ("CANCELLED", "LOST"):
+        return "FAILED", f"{row.status}: {row.reason or ''}".rstrip(": ")
+    return row.status, row.reason
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+class HTCApi:
+    """Projects, tasks and jobs of one data root, as the HTC API serves them."""
+
+    def __init__(self, session: "Session", auth: Auth):
+        self.session, self.auth = session, auth
+
+    # -- ids and scoping ---------------------------------------------------------------------
+    def _project(self, user: str, project_id: str) -> str:
+        try:
+            check_name(project_id, field="projectId")
+        except SpecError as exc:
+            raise ApiError(400, str(exc)) from None
+        if not self.auth.is_member(user, project_id) or project_id not in {p.name for p in self.session.ledger.projects()}:
+            raise ApiError(404, f"no project {project_id!r}")
+        return project_id
+
+    def _task(self, user: str, project_id: str, task_id: str) -> TaskRow:
+        project = self._project(user, project_id)
+        if not isinstance(task_id, str) or not _DIGITS.match(task_id):
+            raise ApiError(400, f"taskId {task_id!r} is not allowed: a task id is digits")
+        try:
+            row = self.session.ledger.get_task(int(task_id))
+        except HTCError:
+            raise ApiError(404, f"no task {task_id} in project {project!r}") from None
+        if row.project != project:
+            raise ApiError(404, f"no task {task_id} in project {project!r}")
+        return row
+
+    def _job(self, user: str, project_id: str, task_id: str, job_id: str) -> tuple[TaskRow, JobRow]:
+        task = self._task(user, project_id, task_id)
+        ledger = self.session.ledger
+        m = _JOB_UUID.match(job_id) if isinstance(job_id, str) else None
+        row = None
+        if m:
+            rows = ledger.jobs(task.id, batch_id=int(m.group(1)))
+            row = next((r for r in rows if r.index == int(m.group(2))), None)
+        elif isinstance(job_id, str) and _DIGITS.match(job_id):
+            try:
+                row = ledger.job(int(job_id))
+            except HTCError:
+                row = None
+        else:
+            raise ApiError(400, f"jobId {job_id!r} is not allowed: a job id is digits or <parentJobId>:<index>")
+        if row is None or row.task_id != task.id:
+            raise ApiError(404, f"no job {job_id} in task {task_id}")
+        return task, row
+
+    # -- shapes --------------------------------------------------------------------------------
+    def project_json(self, name: str) -> dict[str, Any]:
+        tasks = self.session.ledger.tasks(name)
+        return {"projectId": name, "projectName": name, "regions": ["local"],
+                "containerRegistry": {"images": f"/htc/projects/{name}/container-registry/images"},
+                "taskCount": len(tasks)}
+
+    def task_json(self, row: TaskRow) -> dict[str, Any]:
+        return {"taskId": str(row.id), "projectId": row.project, "taskName": row.name,
+                "lifecycleStatus": row.lifecycle, "createdAt": _iso(row.created)}
+
+    def job_json(self, task: TaskRow, row: JobRow) -> dict[str, Any]:
+        status, reason = wire_status(row)
+        return {"jobUUID": f"{row.batch_id}:{row.index}" if row.batch_id is not None else str(row.id),
+                "jobId": str(row.id), "projectId": task.project, "taskId": str(task.id), "jobName": row.name,
+                "parentJobId": str(row.batch_id) if row.batch_id is not None else None, "index": row.index,
+                "status": status, "statusReason": reason, "exitCode": row.exit_code, "attempts": row.attempts,
+                "host": row.host, "createdAt": _iso(row.created), "startedAt": _iso(row.started),
+                "endedAt": _iso(row.ended), "updatedAt": _iso(row.updated)}
+
+    # -- projects ------------------------------------------------------------------------------
+    def list_projects(self, user: str, page: str | None, size: int) -> tuple[list[dict], str | None]:
+        names = sorted(self.auth.projects_of(user) & {p.name for p in self.session.ledger.projects()})
+        return _offset_page([self.project_json(n) for n in names], page, size)
+
+    def create_project(self, user: str, body: Any) -> dict[str, Any]:
+        name = _field(body, "projectName", str)
+        try:
+            check_name(name, field="projectName")
+        except SpecError as exc:
+            raise ApiError(400, str(exc)) from None
+        exists = name in {p.name for p in self.session.ledger.projects()}
+        if exists and not self.auth.is_member(user, name):
+            raise ApiError(409, f"project {name!r} exists and you are not a member")
+        self.session.project(name)
+        self.auth.grant(user, name)
+        return self.project_json(name)
+
+    def get_project(self, user: str, project_id: str) -> dict[str, Any]:
+        return self.project_json(self._project(user, project_id))
+
+    # -- tasks ---------------------------------------------------------------------------------
+    def list_tasks(self, user: str, project_id: str, page: str | None, size: int) -> tuple[list[dict], str | None]:
+        project = self._project(user, project_id)
+        return _offset_page([self.task_json(t) for t in self.session.ledger.tasks(project)], page, size)
+
+    def create_task(self, user: str, project_id: str, body: Any) -> dict[str, Any]:
+        project = self._project(user, project_id)
+        name = _field(body, "taskName", str)
+        try:
+            check_name(name, field="taskName")
+        except SpecError as exc:
+            raise ApiError(400, str(exc)) from None
+        return self.task_json(self.session.ledger.task(project, name))
+
+    def get_task(self, user: str, project_id: str, task_id: str) -> dict[str, Any]:
+        return self.task_json(self._task(user, project_id, task_id))
+
+    def patch_task(self, user: str, project_id: str, task_id: str, body: Any) -> dict[str, Any]:
+        task = self._task(user, project_id, task_id)
+        status = _field(body, "lifecycleStatus", str)
+        if status not in ("ACTIVE", "ARCHIVED"):
+            raise ApiError(400, f"lifecycleStatus {status!r} is not allowed: ACTIVE or ARCHIVED")
+        self.session.ledger.set_lifecycle(task.id, status)
+        return self.task_json(self.session.ledger.get_task(task.id))
+
+    def delete_task(self, user: str, project_id: str, task_id: str) -> None:
+        """Cancel the task's active jobs and archive it (the ledger keeps its record)."""
+        task = self._task(user, project_id, task_id)
+        active = self.session.ledger.jobs(task.id, status=ACTIVE_NAMES)
+        self.session.cancel([r.id for r in active], "task deleted through the API")
+        self.session.ledger.set_lifecycle(task.id, "ARCHIVED")
+
+    # -- jobs ----------------------------------------------------------------------------------
+    def list_jobs(self, user: str, project_id: str, task_id: str, page: str | None,
+                  size: int) -> tuple[list[dict], str | None]:
+        task = self._task(user, project_id, task_id)
+        after = None
+        if page is not None:
+            if not _DIGITS.match(page):
+                raise ApiError(400, f"page {page!r} is not allowed: use the `next` link of the previous page")
+            after = int(page)
+        rows = self.session.ledger.jobs(task.id, after_id=after, limit=size + 1)
+        more = len(rows) > size
+        rows = rows[:size]
+        return [self.job_json(task, r) for r in rows], (str(rows[-1].id) if more else None)
+
+    def get_job(self, user: str, project_id: str, task_id: str, job_id: str) -> dict[str, Any]:
+        return self.job_json(*self._job(user, project_id, task_id, job_id))
+
+    def submit_batches(self, user: str, project_id: str, task_id: str, body: Any) -> list[dict[str, Any]]:
+        """Validate every batch first (nothing is submitted if one is bad), then submit them all."""
+        task_row = self._task(user, project_id, task_id)
+        if task_row.lifecycle != "ACTIVE":
+            raise ApiError(409, f"task {task_id} is {task_row.lifecycle}: submit to an ACTIVE task")
+        if not isinstance(body, list) or not body:
+            raise ApiError(400, "the body is a non-empty list of job batches")
+        batches: list[JobBatch] = []
+        for i, item in enumerate(body):
+            try:
+                batches.append(JobBatch.model_validate(item))
+            except (ValidationError, SpecError) as exc:
+                raise ApiError(400, f"batch {i}: {exc}") from None
+        from htc_notebook.runtime.task import Task
+
+        task = Task(self.session, task_row)
+        out = []
+        for batch in batches:
+            try:
+                group = task.submit_batch(batch)
+            except HTCError as exc:
+                raise ApiError(400, f"batch {batch.job_name!r}: {exc}") from None
+            parent = self.session.ledger.job(group.ids[0]).batch_id
+            out.append({"jobName": batch.job_name, "taskId": str(task_row.id), "projectId": task_row.project,
+                        "parentJobId": str(parent), "batchSize": batch.batch_size, "group": batch.job_name,
+                        "tags": list(batch.tags), "region": batch.region,
+                        "htcJobDefinition": batch.htc_job_definition.to_wire(),
+                        "jobUUIDs": [f"{parent}:0", f"{parent}:{batch.batch_size - 1}"]})
+        return out
+
+    def cancel_jobs(self, user: str, project_id: str, task_id: str, body: Any) -> dict[str, Any]:
+        """Cancel the listed jobs (`{"jobIds": [...]}`), or every active job of the task."""
+        task = self._task(user, project_id, task_id)
+        ids = None if body in (None, {}) else _field(body, "jobIds", list)
+        if ids is None:
+            rows = self.session.ledger.jobs(task.id, status=ACTIVE_NAMES)
+        else:
+            rows = [self._job(user, project_id, task_id, str(j))[1] for j in ids]
+        cancelled = self.session.cancel([r.id for r in rows])
+        return {"cancelled": len(cancelled), "jobIds": [str(i) for i in cancelled]}
+
+    def job_logs(self, user: str, project_id: str, task_id: str, job_id: str, page: str | None,
+                 size: int, stream: str = "out") -> tuple[list[dict], str | None]:
+        _, row = self._job(user, project_id, task_id, job_id)
+        if stream not in ("out", "err"):
+            raise ApiError(400, f"stream {stream!r} is not allowed: out or err")
+        handle = self.session.job(row.id)
+        lines = handle.logs(stream).splitlines()
+        items = [{"lineNumber": i + 1, "message": text} for i, text in enumerate(lines)]
+        return _offset_page(items, page, size)
+
+    def job_events(self, user: str, project_id: str, task_id: str, job_id: str, page: str | None,
+                   size: int) -> tuple[list[dict], str | None]:
+        _, row = self._job(user, project_id, task_id, job_id)
+        items = [{"eventId": str(e.id), "kind": e.kind, "message": e.message, "timestamp": _iso(e.ts)}
+                 for e in self.session.ledger.events(job_id=row.id)]
+        return _offset_page(items, page, size)
+
+    def summary_statistics(self, user: str, project_id: str, task_id: str) -> dict[str, Any]:
+        task = self._task(user, project_id, task_id)
+        counts = dict.fromkeys(WIRE_STATUSES, 0)
+        for row in self.session.ledger.jobs(task.id):
+            counts[wire_status(row)[0]] += 1
+        return {"jobStatuses": counts, "toolkitStatuses": {s: n for s, n in self.session.ledger.counts(task.id).items()
+                                                            if s in STATES}}
+
+    # -- container registry --------------------------------------------------------------------
+    def images(self, user: str, project_id: str) -> dict[str, Any]:
+        """The project's image catalog: the host environment only (imageName "")."""
+        self._project(user, project_id)
+        return {"images": [_HOST_IMAGE]}
+
+    def image(self, user: str, project_id: str, image_name: str) -> dict[str, Any]:
+        self._project(user, project_id)
+        if image_name in ("host", ""):
+            return _HOST_IMAGE
+        raise ApiError(404, f"no image {image_name!r}: container images are not supported yet; "
+                            "imageName \"\" runs jobs on the host")
+
+
+_HOST_IMAGE = {"imageName": "", "status": "READY", "description": "the host environment (no container)"}
+
+
+def _field(body: Any, name: str, kind: type) -> Any:
+    if not isinstance(body, dict) or name not in body:
+        raise ApiError(400, f"the body needs {name!r}")
+    value = body[name]
+    if not isinstance(value, kind):
+        raise ApiError(400, f"{name} = {value!r} is not allowed: a {kind.__name__}")
+    return value
+
+
+def _offset_page(items: Sequence[dict], page: str | None, size: int) -> tuple[list[dict], str | None]:
+    start = 0
+    if page is not None:
+        if not _DIGITS.match(page):
+            raise ApiError(400, f"page {page!r} is not allowed: use the `next` link of the previous page")
+        start = int(page)
+    chunk = list(items[start:start + size])
+    return chunk, (str(start + size) if start + size < len(items) else None)
+
+
+def page_size(value: str | None) -> int:
+    """`pageSize` from the query: 1..MAX_PAGE (default DEFAULT_PAGE)."""
+    if value is None:
+        return DEFAULT_PAGE
+    if not _DIGITS.match(value) or not 1 <= int(value) <= MAX_PAGE:
+        raise ApiError(400, f"pageSize {value!r} is not allowed: a whole number from 1 to {MAX_PAGE}")
+    return int(value)

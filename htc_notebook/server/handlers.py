@@ -1,0 +1,175 @@
+"""Thin tornado handlers over `HTCApi`: authenticate, parse, call, write JSON.
+
+Every route but `/auth/token` and the JWKS needs `Authorization: Bearer <token>`. Inside
+Jupyter (`extension.py`) a logged-in Jupyter user is accepted too; its mutations need the
+XSRF token like any Jupyter API call (bearer requests need none: browsers never add that
+header by themselves).
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from typing import Any, Callable
+
+from tornado import web
+
+from htc_notebook.server.api import ApiError, HTCApi, page_size
+from htc_notebook.server.auth import Unauthorized
+
+PREFIX = "htc/api/v1"
+
+
+class HTCHandler(web.RequestHandler):
+    """Base: bearer-token user, JSON in and out, errors as `{"message": ...}`."""
+
+    def initialize(self, api: HTCApi) -> None:
+        self.api = api
+
+    # -- who is asking -----------------------------------------------------------------------
+    def bearer(self) -> str | None:
+        header = self.request.headers.get("Authorization", "")
+        scheme, _, value = header.partition(" ")
+        return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+    def htc_user(self) -> str:
+        token = self.bearer()
+        if token is not None:
+            try:
+                return self.api.auth.verify(token)["sub"]
+            except Unauthorized as exc:
+                raise ApiError(401, str(exc)) from None
+        return self.fallback_user()
+
+    def fallback_user(self) -> str:
+        raise ApiError(401, "authentication needed: Authorization: Bearer <token> (from GET /auth/token)")
+
+    # -- io ------------------------------------------------------------------------------------
+    def body(self) -> Any:
+        if not self.request.body:
+            return None
+        try:
+            return json.loads(self.request.body)
+        except ValueError:
+            raise ApiError(400, "the body is not JSON") from None
+
+    def send(self, obj: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(obj))
+
+    def send_page(self, items: list, token: str | None) -> None:
+        nxt = None
+        if token is not None:
+            query = dict(urllib.parse.parse_qsl(self.request.query))
+            query["page"] = token
+            nxt = f"{self.request.protocol}://{self.request.host}{self.request.path}?{urllib.parse.urlencode(query)}"
+        self.send({"items": items, "next": nxt})
+
+    def size(self) -> int:
+        return page_size(self.get_query_argument("pageSize", None))
+
+    def page(self) -> str | None:
+        return self.get_query_argument("page", None)
+
+    def run(self, fn: Callable[..., Any]) -> Any:
+        try:
+            return fn()
+        except ApiError as exc:
+            self.send({"message": str(exc)}, exc.status)
+            return _SENT
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"message": self._reason}))
+
+
+_SENT = object()
+
+
+def _route(**verbs: Callable[..., Any]) -> Callable[[type[HTCHandler]], type[HTCHandler]]:
+    """A handler class whose HTTP verbs call `verbs[verb](handler, user, *path_args)`."""
+
+    def make(base: type[HTCHandler]) -> type[HTCHandler]:
+        def bind(fn: Callable[..., Any]) -> Callable[..., None]:
+            def method(self: HTCHandler, *args: str) -> None:
+                self.run(lambda: fn(self, self.htc_user(), *args))
+            return method
+
+        return type(f"HTC_{'_'.join(verbs)}", (base,), {verb: bind(fn) for verb, fn in verbs.items()})
+
+    return make
+
+
+def public(action: Callable[[HTCHandler], None], base: type[HTCHandler]) -> type[HTCHandler]:
+    """A GET route that needs no bearer token (it checks its own credential, if any)."""
+
+    class Public(base):  # type: ignore[valid-type, misc]
+        def get(self) -> None:
+            self.run(lambda: action(self))
+
+    return Public
+
+
+# -- auth ---------------------------------------------------------------------------------------
+def _token(h: HTCHandler) -> None:
+    scheme, _, key = h.request.headers.get("Authorization", "").partition(" ")
+    if scheme != "Token" or not key.strip():
+        raise ApiError(401, "send your API key as `Authorization: Token <api key>`")
+    try:
+        h.send(h.api.auth.issue_token(key.strip()))
+    except Unauthorized as exc:
+        raise ApiError(401, str(exc)) from None
+
+
+def _whoami(h: HTCHandler) -> None:
+    token = h.bearer()
+    if token is None:
+        raise ApiError(401, "send a bearer token")
+    try:
+        h.send(h.api.auth.verify(token))
+    except Unauthorized as exc:
+        raise ApiError(401, str(exc)) from None
+
+
+def routes(base: type[HTCHandler], prefix: str, api: HTCApi) -> list[tuple[str, type, dict]]:
+    """(pattern, handler class, kwargs) for every route, under `prefix` (e.g. "/htc/api/v1")."""
+    seg = "([^/]+)"
+    task = f"/htc/projects/{seg}/tasks/{seg}"
+    table: list[tuple[str, type]] = [
+        ("/auth/token", public(_token, base)),
+        ("/auth/token/whoami", public(_whoami, base)),
+        ("/.well-known/jwks.json", public(lambda h: h.send(h.api.auth.jwks()), base)),
+        ("/htc/projects", _route(
+            get=lambda h, u: h.send_page(*h.api.list_projects(u, h.page(), h.size())),
+            post=lambda h, u: h.send(h.api.create_project(u, h.body()), 201))(base)),
+        (f"/htc/projects/{seg}", _route(get=lambda h, u, p: h.send(h.api.get_project(u, p)))(base)),
+        (f"/htc/projects/{seg}/tasks", _route(
+            get=lambda h, u, p: h.send_page(*h.api.list_tasks(u, p, h.page(), h.size())),
+            post=lambda h, u, p: h.send(h.api.create_task(u, p, h.body()), 201))(base)),
+        (task, _route(
+            get=lambda h, u, p, t: h.send(h.api.get_task(u, p, t)),
+            patch=lambda h, u, p, t: h.send(h.api.patch_task(u, p, t, h.body())),
+            delete=lambda h, u, p, t: (h.api.delete_task(u, p, t), h.set_status(204), h.finish()))(base)),
+        (f"{task}/jobs", _route(
+            get=lambda h, u, p, t: h.send_page(*h.api.list_jobs(u, p, t, h.page(), h.size())))(base)),
+        (f"{task}/jobs/batch", _route(
+            post=lambda h, u, p, t: h.send(h.api.submit_batches(u, p, t, h.body()), 201))(base)),
+        (f"{task}/jobs/cancel", _route(
+            post=lambda h, u, p, t: h.send(h.api.cancel_jobs(u, p, t, h.body())))(base)),
+        (f"{task}/jobs/{seg}", _route(get=lambda h, u, p, t, j: h.send(h.api.get_job(u, p, t, j)))(base)),
+        (f"{task}/jobs/{seg}/logs", _route(
+            get=lambda h, u, p, t, j: h.send_page(*h.api.job_logs(
+                u, p, t, j, h.page(), h.size(), h.get_query_argument("stream", "out"))))(base)),
+        (f"{task}/jobs/{seg}/events", _route(
+            get=lambda h, u, p, t, j: h.send_page(*h.api.job_events(u, p, t, j, h.page(), h.size())))(base)),
+        (f"{task}/summary-statistics", _route(
+            get=lambda h, u, p, t: h.send(h.api.summary_statistics(u, p, t)))(base)),
+        (f"/htc/projects/{seg}/container-registry/images", _route(
+            get=lambda h, u, p: h.send(h.api.images(u, p)))(base)),
+        (f"/htc/projects/{seg}/container-registry/images/{seg}", _route(
+            get=lambda h, u, p, i: h.send(h.api.image(u, p, i)))(base)),
+    ]
+    prefix = "/" + prefix.strip("/")
+    return [(prefix + pattern.replace(".", r"\.", 1) if pattern.startswith("/.") else prefix + pattern,
+             cls, {"api": api}) for pattern, cls in table]
