@@ -27,3 +27,8 @@ def load_ipython_extension(ipython) -> None:
     from htc_notebook.ui.magics import load_ipython_extension as load
 
     load(ipython)
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    """Jupyter finds the REST API extension here (htc_notebook.server.extension)."""
+    return [{"module": "htc_notebook.server.extension"}]

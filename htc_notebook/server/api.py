@@ -118,7 +118,7 @@ class HTCApi:
     # -- shapes --------------------------------------------------------------------------------
     def project_json(self, name: str) -> dict[str, Any]:
         tasks = self.session.ledger.tasks(name)
-        return {"projectId": name, "projectName": name, "regions": ["local"],
+        return {"projectId": name, "projectName": name, "regions": self.session.site.names(),
                 "containerRegistry": {"images": f"/htc/projects/{name}/container-registry/images"},
                 "taskCount": len(tasks)}
 
@@ -222,9 +222,10 @@ class HTCApi:
 
         task = Task(self.session, task_row)
         out = []
+        names = set(self.session.site.names())
         for batch in batches:
-            try:
-                group = task.submit_batch(batch)
+            try:  # `region` names the profile (partition) to run on; else the site's default
+                group = task.submit_batch(batch, profile=batch.region if batch.region in names else None)
             except HTCError as exc:
                 raise ApiError(400, f"batch {batch.job_name!r}: {exc}") from None
             parent = self.session.ledger.job(group.ids[0]).batch_id

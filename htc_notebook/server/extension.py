@@ -1,0 +1,63 @@
+"""The Jupyter server extension: the HTC REST API at `{base_url}htc/api/v1`.
+
+Requests authenticate with a bearer token (as with `htc serve`) or as the logged-in Jupyter
+user (the lab UI). The Jupyter user acts as the server's own user (`$USER`, or `jupyter`)
+and is a member of every project, since whoever runs the server owns its data root; cookie
+requests that change something need Jupyter's XSRF token.
+
+Enabled by `jupyter server extension enable htc_notebook` (the wheel ships the config).
+Data root: `$HTC_ROOT`, else `htc-data` under the server's root directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from jupyter_server.base.handlers import APIHandler
+
+from htc_notebook.server.api import HTCApi
+from htc_notebook.server.auth import Auth
+from htc_notebook.server.handlers import PREFIX, HTCHandler, routes
+
+
+class JupyterHTCHandler(HTCHandler, APIHandler):
+    """Bearer token, or Jupyter's own login (with XSRF on mutations)."""
+
+    def check_xsrf_cookie(self) -> None:
+        if self.bearer() is not None:  # not a cookie request: nothing a browser adds by itself
+            return None
+        return super().check_xsrf_cookie()
+
+    def fallback_user(self) -> str:
+        from htc_notebook.server.api import ApiError
+
+        if self.current_user is None:
+            raise ApiError(401, "authentication needed: log in to Jupyter, or send Authorization: Bearer <token>")
+        user = owner_name()
+        for project in self.api.session.ledger.projects():
+            self.api.auth.grant(user, project.name)
+        return user
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        HTCHandler.write_error(self, status_code, **kwargs)
+
+
+def owner_name() -> str:
+    return "".join(c for c in os.environ.get("USER", "jupyter") if c.isalnum() or c in "_.-") or "jupyter"
+
+
+def _load_jupyter_server_extension(serverapp) -> None:
+    from htc_notebook.runtime import Session
+
+    root = os.environ.get("HTC_ROOT") or str(Path(serverapp.root_dir) / "htc-data")
+    session = Session(root)
+    api = HTCApi(session, Auth(session.root))
+    base = serverapp.web_app.settings.get("base_url", "/")
+    serverapp.web_app.add_handlers(".*$", routes(JupyterHTCHandler, base.rstrip("/") + "/" + PREFIX, api))
+    serverapp.web_app.settings["htc_api"] = api
+    serverapp.log.info(f"htc_notebook: HTC API at {base}{PREFIX} over {session.root}")
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    return [{"module": "htc_notebook.server.extension"}]

@@ -1,0 +1,203 @@
+"""The HTC REST API: auth (keys, tokens, revocation, forgery, expiry), every route and verb in a
+real Jupyter server (pytest-jupyter), scoping, bad ids, XSRF on cookie-authenticated mutations."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.parse
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from tornado.httpclient import HTTPClientError
+
+from htc_notebook.server.auth import Auth, Unauthorized
+
+pytest_plugins = ["pytest_jupyter.jupyter_server"]
+API = "htc/api/v1"
+
+
+# -- auth, without HTTP -----------------------------------------------------------------------
+def test_key_token_roundtrip_and_revocation(tmp_path):
+    auth = Auth(tmp_path)
+    key = auth.create_key("ada", ["md"])
+    tok = auth.issue_token(key)
+    assert tok["expiresAt"].endswith("Z") and auth.verify(tok["tokenValue"])["sub"] == "ada"
+    assert key.split("_", 2)[2].encode() not in (tmp_path / "server" / "auth.db").read_bytes()  # stored hashed
+    assert auth.revoke_key(key.split("_")[1])
+    with pytest.raises(Unauthorized, match="revoked"):
+        auth.verify(tok["tokenValue"])
+    with pytest.raises(Unauthorized, match="revoked"):
+        auth.issue_token(key)
+    with pytest.raises(Unauthorized):
+        auth.issue_token("htc_nope_nope")
+
+
+def test_forged_and_expired_tokens_are_refused(tmp_path):
+    auth = Auth(tmp_path)
+    key_id = auth.create_key("ada").split("_")[1]
+    now = int(time.time())
+    claims = {"sub": "ada", "key": key_id, "iss": "htc_notebook", "iat": now, "exp": now + 60}
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    with pytest.raises(Unauthorized, match="invalid"):
+        auth.verify(jwt.encode(claims, other, algorithm="RS256"))
+    with pytest.raises(Unauthorized, match="invalid"):
+        auth.verify(jwt.encode(claims, "a-shared-secret-long-enough-for-hs256!!", algorithm="HS256"))
+    expired = jwt.encode({**claims, "iat": now - 30_000, "exp": now - 10}, auth._private, algorithm="RS256")
+    with pytest.raises(Unauthorized, match="expired"):
+        auth.verify(expired)
+    assert auth.jwks()["keys"][0]["kid"] == auth.kid
+
+
+# -- a real Jupyter server ------------------------------------------------------------------
+@pytest.fixture
+def jp_server_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("HTC_ROOT", str(tmp_path / "htc-data"))
+    return {"ServerApp": {"jpserver_extensions": {"htc_notebook": True}}}
+
+
+@pytest.fixture
+def key(tmp_path, jp_serverapp):
+    auth = jp_serverapp.web_app.settings["htc_api"].auth
+    return auth.create_key("ada", ["md"]), auth.create_key("bob", ["other"])
+
+
+async def call(client, jp_base_url, method, path, *, auth=None, body=None, headers=None):
+    """A request to the test server without Jupyter's token (unless given): (status, JSON)."""
+    url = f"{jp_base_url}{API}{path}"
+    h = dict(headers or {})
+    if auth:
+        h["Authorization"] = auth
+    try:
+        r = await client.fetch(url, method=method, headers=h, raise_error=True,
+                                          body=json.dumps(body) if body is not None else (None if method in ("GET", "DELETE") else ""),
+                                          allow_nonstandard_methods=True)
+        return r.code, json.loads(r.body) if r.body else None
+    except HTTPClientError as e:
+        return e.code, json.loads(e.response.body) if e.response and e.response.body else None
+
+
+async def tokens(http_server_client, jp_base_url, keys):
+    """Bearer headers for ada and bob, got the way a client gets them."""
+    out = []
+    for k in keys:
+        code, body = await call(http_server_client, jp_base_url, "GET", "/auth/token", auth=f"Token {k}")
+        assert code == 200 and set(body) == {"tokenValue", "expiresAt"}
+        out.append(f"Bearer {body['tokenValue']}")
+    return out
+
+
+async def test_every_route_and_verb(http_server_client, jp_base_url, key):
+    ada, bob = await tokens(http_server_client, jp_base_url, key)
+    c = lambda m, p, **kw: call(http_server_client, jp_base_url, m, p, **kw)  # noqa: E731
+    assert (await c("GET", "/auth/token/whoami", auth=ada))[1]["sub"] == "ada"
+    assert (await c("GET", "/.well-known/jwks.json"))[1]["keys"][0]["alg"] == "RS256"
+    code, project = await c("POST", "/htc/projects", auth=ada, body={"projectName": "md"})
+    assert code == 201 and project["projectId"] == "md"
+    assert [p["projectId"] for p in (await c("GET", "/htc/projects", auth=ada))[1]["items"]] == ["md"]
+    assert (await c("GET", "/htc/projects/md", auth=ada))[1]["projectName"] == "md"
+    code, task = await c("POST", "/htc/projects/md/tasks", auth=ada, body={"taskName": "melt"})
+    assert code == 201 and task["lifecycleStatus"] == "ACTIVE"
+    t = f"/htc/projects/md/tasks/{task['taskId']}"
+    assert (await c("GET", "/htc/projects/md/tasks", auth=ada))[1]["items"][0]["taskName"] == "melt"
+    assert (await c("GET", t, auth=ada))[1]["taskId"] == task["taskId"]
+    batch = [{"jobName": "hi", "batchSize": 3, "tags": ["x"], "region": "local",
+              "htcJobDefinition": {"commands": ["sh", "-c", "echo line1; echo job $HTC_JOB_INDEX"], "maxVCpus": 1,
+                                   "claims": []}}]
+    code, out = await c("POST", f"{t}/jobs/batch", auth=ada, body=batch)
+    assert code == 201 and out[0]["batchSize"] == 3 and out[0]["parentJobId"]
+    parent = out[0]["parentJobId"]
+    for _ in range(100):
+        stats = (await c("GET", f"{t}/summary-statistics", auth=ada))[1]["jobStatuses"]
+        if stats["SUCCEEDED"] == 3:
+            break
+        time.sleep(0.1)
+    assert stats["SUCCEEDED"] == 3 and set(stats) >= {"SUBMITTED_TO_RESCALE", "RUNNABLE", "FAILED"}
+    code, page1 = await c("GET", f"{t}/jobs?pageSize=2", auth=ada)
+    assert len(page1["items"]) == 2 and page1["next"]
+    nxt = urllib.parse.urlsplit(page1["next"])
+    page2 = (await c("GET", f"{t}/jobs?{nxt.query}", auth=ada))[1]
+    assert [j["jobUUID"] for j in page1["items"] + page2["items"]] == [f"{parent}:{i}" for i in range(3)]
+    assert page2["next"] is None
+    job = (await c("GET", f"{t}/jobs/{parent}:2", auth=ada))[1]
+    assert job["status"] == "SUCCEEDED" and job["exitCode"] == 0 and job["taskId"] == task["taskId"]
+    logs = (await c("GET", f"{t}/jobs/{parent}:2/logs?pageSize=1", auth=ada))[1]
+    assert logs["items"] == [{"lineNumber": 1, "message": "line1"}] and logs["next"]
+    assert (await c("GET", f"{t}/jobs/{job['jobId']}/events", auth=ada))[0] == 200
+    assert (await c("GET", "/htc/projects/md/container-registry/images", auth=ada))[1]["images"][0]["status"] == "READY"
+    assert (await c("GET", "/htc/projects/md/container-registry/images/host", auth=ada))[0] == 200
+    assert (await c("GET", "/htc/projects/md/container-registry/images/ubuntu", auth=ada))[0] == 404
+    code, slow = await c("POST", f"{t}/jobs/batch", auth=ada, body=[{"jobName": "slow", "batchSize": 2,
+                         "htcJobDefinition": {"commands": ["sleep", "60"]}}])
+    assert code == 201
+    code, cancelled = await c("POST", f"{t}/jobs/cancel", auth=ada, body={})
+    assert code == 200 and cancelled["cancelled"] == 2
+    assert (await c("PATCH", t, auth=ada, body={"lifecycleStatus": "ARCHIVED"}))[1]["lifecycleStatus"] == "ARCHIVED"
+    assert (await c("POST", f"{t}/jobs/batch", auth=ada, body=batch))[0] == 409  # archived: no new work
+    assert (await c("DELETE", t, auth=ada))[0] == 204
+    # bob is not a member of md: everything about it is a 404, and he cannot take it over
+    assert (await c("GET", "/htc/projects/md", auth=bob))[0] == 404
+    assert (await c("GET", f"{t}/jobs/{parent}:0", auth=bob))[0] == 404
+    assert (await c("POST", "/htc/projects", auth=bob, body={"projectName": "md"}))[0] == 409
+    assert (await c("GET", "/htc/projects", auth=bob))[1]["items"] == []
+
+
+@pytest.mark.parametrize("method, path", [
+    ("GET", "/htc/projects"), ("POST", "/htc/projects"), ("GET", "/htc/projects/md"),
+    ("GET", "/htc/projects/md/tasks"), ("POST", "/htc/projects/md/tasks"), ("GET", "/htc/projects/md/tasks/1"),
+    ("PATCH", "/htc/projects/md/tasks/1"), ("DELETE", "/htc/projects/md/tasks/1"),
+    ("GET", "/htc/projects/md/tasks/1/jobs"), ("POST", "/htc/projects/md/tasks/1/jobs/batch"),
+    ("POST", "/htc/projects/md/tasks/1/jobs/cancel"), ("GET", "/htc/projects/md/tasks/1/jobs/1"),
+    ("GET", "/htc/projects/md/tasks/1/jobs/1/logs"), ("GET", "/htc/projects/md/tasks/1/jobs/1/events"),
+    ("GET", "/htc/projects/md/tasks/1/summary-statistics"), ("GET", "/htc/projects/md/container-registry/images"),
+    ("GET", "/htc/projects/md/container-registry/images/x"), ("GET", "/auth/token"), ("GET", "/auth/token/whoami"),
+])
+@pytest.mark.parametrize("credential", [None, "Bearer not.a.token", "Token htc_bad_key", "Basic YWRhOmFkYQ=="])
+async def test_unauthenticated_requests_get_401(http_server_client, jp_base_url, key, method, path, credential):
+    code, body = await call(http_server_client, jp_base_url, method, path, auth=credential,
+                            body={} if method in ("POST", "PATCH") else None)
+    # a mutation with no bearer token is a cookie request to Jupyter: its XSRF check may say 403 first
+    assert (code == 401 or (code == 403 and method != "GET" and not (credential or "").startswith("Bearer"))), (code, body)
+    assert body is None or body.get("message")
+
+
+async def test_bad_ids_and_traversal(http_server_client, jp_base_url, key):
+    ada, _ = await tokens(http_server_client, jp_base_url, key)
+    c = lambda m, p, **kw: call(http_server_client, jp_base_url, m, p, **kw)  # noqa: E731
+    await c("POST", "/htc/projects", auth=ada, body={"projectName": "md"})
+    _, task = await c("POST", "/htc/projects/md/tasks", auth=ada, body={"taskName": "t"})
+    t = f"/htc/projects/md/tasks/{task['taskId']}"
+    for path, codes in [("/htc/projects/..%2F..%2Fetc", {400}), ("/htc/projects/%2e%2e", {400}),
+                        ("/htc/projects/md/tasks/1%3B%20DROP", {400}), ("/htc/projects/md/tasks/-1", {400}),
+                        ("/htc/projects/md/tasks/999", {404}), (f"{t}/jobs/..%2Fx", {400}),
+                        (f"{t}/jobs/99999", {404}), (f"{t}/jobs/1:999", {404}), ("/htc/projects/nope", {404}),
+                        (f"{t}/jobs?pageSize=0", {400}), (f"{t}/jobs?page=abc", {400})]:
+        code, body = await c("GET", path, auth=ada)
+        assert code in codes, (path, code, body)
+    bad_batches = [None, [], [{"jobName": "x"}], [{"jobName": "x", "batchSize": 1, "htcJobDefinition": {
+        "commands": ["true"], "maxVCpus": -1}}], [{"jobName": "a;b", "batchSize": 1, "htcJobDefinition": {"commands": ["true"]}}]]
+    for b in bad_batches:
+        code, body = await c("POST", f"{t}/jobs/batch", auth=ada, body=b)
+        assert code == 400, (b, body)
+    assert (await c("GET", f"{t}/summary-statistics", auth=ada))[1]["jobStatuses"]["SUCCEEDED"] == 0
+
+
+async def test_jupyter_login_works_and_cookie_mutations_need_xsrf(jp_fetch, http_server_client, jp_base_url, jp_serverapp):
+    # with Jupyter's token (what jp_fetch sends) the lab UI's user gets in
+    r = await jp_fetch(*API.split("/"), "htc", "projects", method="POST", body=json.dumps({"projectName": "lab"}))
+    assert r.code == 201
+    # a browser session: log in with the token to get the cookie, then mutate without XSRF
+    client = http_server_client
+    login = await client.fetch(f"{jp_base_url}?token={jp_serverapp.identity_provider.token}",
+                               follow_redirects=False, raise_error=False)
+    cookies = "; ".join(c.split(";", 1)[0] for c in login.headers.get_list("Set-Cookie"))
+    assert "username" in cookies or "login" in cookies or cookies
+    ok = await client.fetch(f"{jp_base_url}{API}/htc/projects",
+                            headers={"Cookie": cookies}, raise_error=False)
+    assert ok.code == 200  # reading with the cookie is fine
+    post = await client.fetch(f"{jp_base_url}{API}/htc/projects", method="POST",
+                              headers={"Cookie": cookies}, body=json.dumps({"projectName": "evil"}), raise_error=False)
+    assert post.code == 403
+    api = jp_serverapp.web_app.settings["htc_api"]
+    assert "evil" not in {p.name for p in api.session.ledger.projects()}
