@@ -133,6 +133,9 @@ async def test_every_route_and_verb(http_server_client, jp_base_url, key):
     assert code == 201
     code, cancelled = await c("POST", f"{t}/jobs/cancel", auth=ada, body={})
     assert code == 200 and cancelled["cancelled"] == 2
+    code, retried = await c("POST", f"{t}/jobs/retry", auth=ada, body={"jobIds": [f"{slow[0]['parentJobId']}:0"]})
+    assert code == 200 and retried["retried"] == 1
+    assert (await c("POST", f"{t}/jobs/cancel", auth=ada, body={}))[1]["cancelled"] == 1
     assert (await c("PATCH", t, auth=ada, body={"lifecycleStatus": "ARCHIVED"}))[1]["lifecycleStatus"] == "ARCHIVED"
     assert (await c("POST", f"{t}/jobs/batch", auth=ada, body=batch))[0] == 409  # archived: no new work
     assert (await c("DELETE", t, auth=ada))[0] == 204
@@ -148,7 +151,8 @@ async def test_every_route_and_verb(http_server_client, jp_base_url, key):
     ("GET", "/htc/projects/md/tasks"), ("POST", "/htc/projects/md/tasks"), ("GET", "/htc/projects/md/tasks/1"),
     ("PATCH", "/htc/projects/md/tasks/1"), ("DELETE", "/htc/projects/md/tasks/1"),
     ("GET", "/htc/projects/md/tasks/1/jobs"), ("POST", "/htc/projects/md/tasks/1/jobs/batch"),
-    ("POST", "/htc/projects/md/tasks/1/jobs/cancel"), ("GET", "/htc/projects/md/tasks/1/jobs/1"),
+    ("POST", "/htc/projects/md/tasks/1/jobs/cancel"), ("POST", "/htc/projects/md/tasks/1/jobs/retry"),
+    ("GET", "/htc/projects/md/tasks/1/jobs/1"),
     ("GET", "/htc/projects/md/tasks/1/jobs/1/logs"), ("GET", "/htc/projects/md/tasks/1/jobs/1/events"),
     ("GET", "/htc/projects/md/tasks/1/summary-statistics"), ("GET", "/htc/projects/md/container-registry/images"),
     ("GET", "/htc/projects/md/container-registry/images/x"), ("GET", "/auth/token"), ("GET", "/auth/token/whoami"),

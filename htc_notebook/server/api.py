@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from htc_notebook.errors import HTCError, SpecError
 from htc_notebook.ledger import JobRow, TaskRow
-from htc_notebook.ledger.states import ACTIVE_NAMES, STATES
+from htc_notebook.ledger.states import ACTIVE_NAMES, REQUEUEABLE_NAMES, STATES
 from htc_notebook.server.auth import Auth
 from htc_notebook.spec import JobBatch, check_name
 
@@ -246,6 +246,18 @@ class HTCApi:
             rows = [self._job(user, project_id, task_id, str(j))[1] for j in ids]
         cancelled = self.session.cancel([r.id for r in rows])
         return {"cancelled": len(cancelled), "jobIds": [str(i) for i in cancelled]}
+
+    def retry_jobs(self, user: str, project_id: str, task_id: str, body: Any) -> dict[str, Any]:
+        """Run the listed jobs again (`{"jobIds": [...]}`), or every FAILED, CANCELLED or LOST job of
+        the task; SUCCEEDED jobs never run again (an extension of the HTC API, for the lab sidebar)."""
+        task = self._task(user, project_id, task_id)
+        ids = None if body in (None, {}) else _field(body, "jobIds", list)
+        if ids is None:
+            rows = self.session.ledger.jobs(task.id, status=REQUEUEABLE_NAMES)
+        else:
+            rows = [self._job(user, project_id, task_id, str(j))[1] for j in ids]
+        moved = self.session.retry([r.id for r in rows], "retried through the API")
+        return {"retried": len(moved), "jobIds": [str(i) for i in moved]}
 
     def job_logs(self, user: str, project_id: str, task_id: str, job_id: str, page: str | None,
                  size: int, stream: str = "out") -> tuple[list[dict], str | None]:

@@ -157,6 +157,8 @@ def routes(base: type[HTCHandler], prefix: str, api: HTCApi) -> list[tuple[str, 
             post=lambda h, u, p, t: h.send(h.api.submit_batches(u, p, t, h.body()), 201))(base)),
         (f"{task}/jobs/cancel", _route(
             post=lambda h, u, p, t: h.send(h.api.cancel_jobs(u, p, t, h.body())))(base)),
+        (f"{task}/jobs/retry", _route(
+            post=lambda h, u, p, t: h.send(h.api.retry_jobs(u, p, t, h.body())))(base)),
         (f"{task}/jobs/{seg}", _route(get=lambda h, u, p, t, j: h.send(h.api.get_job(u, p, t, j)))(base)),
         (f"{task}/jobs/{seg}/logs", _route(
             get=lambda h, u, p, t, j: h.send_page(*h.api.job_logs(

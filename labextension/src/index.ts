@@ -1,0 +1,165 @@
+// The HTC sidebar: projects -> tasks -> jobs from htc_notebook's REST API (the ledger is the
+// truth), live counts by status, a job's log, cancel and retry. Polls every 2 s while visible.
+import { ILabShell, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
+import { URLExt } from '@jupyterlab/coreutils';
+import { ServerConnection } from '@jupyterlab/services';
+import { Widget } from '@lumino/widgets';
+
+const API = 'htc/api/v1/htc';
+
+async function api(path: string, init: RequestInit = {}): Promise<any> {
+  const settings = ServerConnection.makeSettings();
+  const url = URLExt.join(settings.baseUrl, API, path);
+  const response = await ServerConnection.makeRequest(url, init, settings);
+  const text = await response.text();
+  const body = text ? JSON.parse(text) : null;
+  if (!response.ok) {
+    throw new Error((body && body.message) || response.statusText);
+  }
+  return body;
+}
+
+function el<K extends keyof HTMLElementTagNameMap>(tag: K, cls = '', text = ''): HTMLElementTagNameMap[K] {
+  const node = document.createElement(tag);
+  if (cls) {
+    node.className = cls;
+  }
+  if (text) {
+    node.textContent = text;
+  }
+  return node;
+}
+
+class HTCSidebar extends Widget {
+  private selectedTask: { project: string; task: string } | null = null;
+  private selectedJob: string | null = null;
+  private timer = 0;
+  private tree = el('div', 'htc-tree');
+  private jobs = el('div', 'htc-jobs');
+  private detail = el('div', 'htc-detail');
+  private status = el('div', 'htc-error');
+
+  constructor() {
+    super();
+    this.id = 'htc-sidebar';
+    this.addClass('htc-sidebar');
+    this.title.label = 'HTC';
+    this.title.caption = 'HTC projects, tasks and jobs';
+    this.node.append(el('h3', '', 'Projects'), this.tree, this.jobs, this.detail, this.status);
+  }
+
+  protected onAfterShow(): void {
+    void this.refresh();
+    this.timer = window.setInterval(() => void this.refresh(), 2000);
+  }
+
+  protected onBeforeHide(): void {
+    window.clearInterval(this.timer);
+  }
+
+  async refresh(): Promise<void> {
+    try {
+      const projects = (await api('projects')).items;
+      const tree = el('div', 'htc-tree');
+      for (const p of projects) {
+        tree.append(el('div', 'htc-project', p.projectName));
+        const tasks = (await api(`projects/${encodeURIComponent(p.projectId)}/tasks`)).items;
+        for (const t of tasks) {
+          const stats = (await api(`projects/${encodeURIComponent(p.projectId)}/tasks/${t.taskId}/summary-statistics`)).jobStatuses;
+          const row = el('div', 'htc-task', `${t.taskName} (${t.lifecycleStatus.toLowerCase()})`);
+          row.dataset.task = t.taskId;
+          for (const [s, n] of Object.entries(stats)) {
+            if (n) {
+              row.append(el('span', `htc-count st-${s}`, `${s} ${n}`));
+            }
+          }
+          if (this.selectedTask && this.selectedTask.task === t.taskId) {
+            row.classList.add('sel');
+          }
+          row.onclick = () => {
+            this.selectedTask = { project: p.projectId, task: t.taskId };
+            this.selectedJob = null;
+            void this.refresh();
+          };
+          tree.append(row);
+        }
+      }
+      this.tree.replaceWith(tree);
+      this.tree = tree;
+      await this.renderJobs();
+      this.status.textContent = '';
+    } catch (e) {
+      this.status.textContent = `HTC API: ${(e as Error).message}`;
+    }
+  }
+
+  private taskPath(): string {
+    const s = this.selectedTask!;
+    return `projects/${encodeURIComponent(s.project)}/tasks/${s.task}`;
+  }
+
+  private async renderJobs(): Promise<void> {
+    const jobs = el('div', 'htc-jobs');
+    if (this.selectedTask) {
+      jobs.append(el('h3', '', 'Jobs'));
+      const page = await api(`${this.taskPath()}/jobs?pageSize=200`);
+      for (const j of page.items) {
+        const row = el('div', `htc-job st-${j.status}`, `${j.jobUUID} ${j.jobName} ${j.status}` +
+          (j.statusReason ? ` - ${j.statusReason}` : ''));
+        row.dataset.job = j.jobUUID;
+        if (j.jobUUID === this.selectedJob) {
+          row.classList.add('sel');
+        }
+        row.onclick = () => {
+          this.selectedJob = j.jobUUID;
+          void this.refresh();
+        };
+        jobs.append(row);
+      }
+      if (page.next) {
+        jobs.append(el('div', '', '… more jobs than shown'));
+      }
+    }
+    this.jobs.replaceWith(jobs);
+    this.jobs = jobs;
+    await this.renderDetail();
+  }
+
+  private async renderDetail(): Promise<void> {
+    const detail = el('div', 'htc-detail');
+    if (this.selectedTask && this.selectedJob) {
+      const job = this.selectedJob;
+      const base = `${this.taskPath()}/jobs`;
+      const cancel = el('button', 'htc-cancel', 'Cancel');
+      cancel.onclick = async () => {
+        await api(`${base}/cancel`, { method: 'POST', body: JSON.stringify({ jobIds: [job] }) });
+        void this.refresh();
+      };
+      const retry = el('button', 'htc-retry', 'Retry');
+      retry.onclick = async () => {
+        await api(`${base}/retry`, { method: 'POST', body: JSON.stringify({ jobIds: [job] }) });
+        void this.refresh();
+      };
+      const out = await api(`${base}/${job}/logs?pageSize=200`);
+      const err = await api(`${base}/${job}/logs?pageSize=200&stream=err`);
+      const log = el('div', 'htc-log', out.items.map((l: any) => l.message).join('\n') +
+        (err.items.length ? '\n--- stderr ---\n' + err.items.map((l: any) => l.message).join('\n') : ''));
+      detail.append(el('h3', '', `Job ${job}`), cancel, retry, log);
+    }
+    this.detail.replaceWith(detail);
+    this.detail = detail;
+  }
+}
+
+const plugin: JupyterFrontEndPlugin<void> = {
+  id: 'htc-notebook:sidebar',
+  description: 'HTC projects, tasks and jobs in the left sidebar',
+  autoStart: true,
+  requires: [ILabShell],
+  activate: (app: JupyterFrontEnd, shell: ILabShell) => {
+    const sidebar = new HTCSidebar();
+    shell.add(sidebar, 'left', { rank: 900 });
+  }
+};
+
+export default plugin;
