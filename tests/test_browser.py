@@ -39,7 +39,8 @@ def lab(tmp_path_factory):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     token = uuid.uuid4().hex
-    env = {**os.environ, "HOME": str(root), "JUPYTER_CONFIG_DIR": str(root / ".jupyter")}
+    env = {**os.environ, "HOME": str(root), "JUPYTER_CONFIG_DIR": str(root / ".jupyter"),
+           "HTC_ROOT": str(root / "htc-data")}
     log = open(root / "lab.log", "wb")
     proc = subprocess.Popen([str(Path(sys.executable).parent / "jupyter"), "lab", "--no-browser", "--allow-root",
                              f"--port={port}", "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}",
@@ -57,7 +58,7 @@ def lab(tmp_path_factory):
                 proc.kill()
                 pytest.fail(f"JupyterLab did not start:\n{(root / 'lab.log').read_text()[-3000:]}")
             time.sleep(0.5)
-    yield url, token
+    yield url, token, root
     proc.terminate()
     try:
         proc.wait(timeout=20)
@@ -70,7 +71,7 @@ def test_quickstart_runs_in_jupyterlab_with_live_table_and_launcher(lab):
         from playwright.sync_api import sync_playwright
     except ImportError:
         _require(False, "playwright (python package)")
-    url, token = lab
+    url, token, _ = lab
     OUT.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=shutil.which("chromium"), headless=True,
@@ -103,3 +104,63 @@ def test_quickstart_runs_in_jupyterlab_with_live_table_and_launcher(lab):
         finally:
             page.screenshot(path=str(OUT / "quickstart.png"), full_page=True)
             browser.close()
+
+
+def _browser(p):
+    return p.chromium.launch(executable_path=shutil.which("chromium"), headless=True,
+                             args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"])
+
+
+def test_sidebar_shows_kernel_work_logs_cancel_and_survives_reload(lab):
+    from jupyter_client.manager import start_new_kernel
+    from playwright.sync_api import sync_playwright
+
+    url, token, root = lab
+    OUT.mkdir(parents=True, exist_ok=True)
+    km, kc = start_new_kernel(kernel_name="python3", cwd=str(root))
+    try:  # work submitted from a kernel, into the data root the lab's server serves
+        reply = kc.execute_interactive(
+            "from htc_notebook import Session\n"
+            f"t = Session({str(root / 'htc-data')!r}).project('sidebar').task('from-kernel')\n"
+            "g = t.submit_batch({'jobName': 'hello', 'batchSize': 1, 'htcJobDefinition': "
+            "{'commands': ['sh', '-c', 'echo hello from the kernel']}})\n"
+            "slow = t.submit_batch({'jobName': 'slow', 'batchSize': 1, 'htcJobDefinition': "
+            "{'commands': ['sleep', '300']}})\n"
+            "g.wait(timeout=60)\n", timeout=120)
+        assert reply["content"]["status"] == "ok"
+        with sync_playwright() as p:
+            browser = _browser(p)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            try:
+                page.goto(f"{url}/lab?token={token}")
+                page.wait_for_selector(".jp-LabShell", timeout=90_000)
+                page.click("li.lm-TabBar-tab[data-id='htc-sidebar']")
+                task = page.locator(".htc-sidebar .htc-task", has_text="from-kernel")
+                task.wait_for(timeout=30_000)
+                assert "SUCCEEDED 1" in task.inner_text()
+                task.click()
+                page.locator(".htc-sidebar .htc-job", has_text="hello").click()
+                page.wait_for_function("() => (document.querySelector('.htc-sidebar .htc-log') || {})"
+                                       ".textContent?.includes('hello from the kernel')", timeout=30_000)
+                page.locator(".htc-sidebar .htc-job", has_text="slow").click()
+                page.wait_for_selector(".htc-sidebar .htc-detail h3", timeout=30_000)
+                page.wait_for_function("() => (document.querySelector('.htc-sidebar .htc-detail h3') || {})"
+                                       ".textContent?.includes(':')", timeout=30_000)
+                page.locator(".htc-sidebar button.htc-cancel").click()
+                page.wait_for_function("() => [...document.querySelectorAll('.htc-sidebar .htc-job')]"
+                                       ".some(e => e.textContent.includes('slow FAILED - CANCELLED'))", timeout=30_000)
+                page.reload()
+                page.wait_for_selector(".jp-LabShell", timeout=90_000)
+                if not page.locator(".htc-sidebar .htc-task").count():
+                    page.click("li.lm-TabBar-tab[data-id='htc-sidebar']")
+                again = page.locator(".htc-sidebar .htc-task", has_text="from-kernel")
+                again.wait_for(timeout=30_000)
+                assert "FAILED 1" in again.inner_text() and "SUCCEEDED 1" in again.inner_text()
+            finally:
+                page.screenshot(path=str(OUT / "sidebar.png"), full_page=True)
+                browser.close()
+        out = kc.execute_interactive("print(slow[0].row.status)", timeout=60)
+        assert out["content"]["status"] == "ok"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)

@@ -267,8 +267,30 @@ class Session:
         cancelled = self.ledger.cancel(ids, reason)
         for backend in list(self._backends.values()):
             backend.cancel(cancelled)
+        self._stop_foreign([i for i in cancelled if i not in self._job_task])
         self._notify()
         return cancelled
+
+    def _stop_foreign(self, job_ids: list[int]) -> None:
+        """Stop what other processes started for jobs just cancelled here (the ledger already says
+        CANCELLED, so their owners' later reports are ignored): scancel SLURM jobs, kill local
+        command jobs' process groups on this host. Python jobs on another process's dask cannot
+        be reached from here; they finish and their result is not recorded."""
+        slurm, host = [], socket.gethostname()
+        for job_id in job_ids:
+            row = self.ledger.job(job_id)
+            native = row.native_id or ""
+            if native.replace("_", "").isdigit():
+                slurm.append(native)
+            elif native.startswith("pid:") and row.host == host:
+                _kill_orphan_group(native)
+        if slurm:
+            from htc_notebook.backends.slurm import scheduler
+
+            try:
+                scheduler.scancel(slurm)
+            except HTCError:
+                pass  # no SLURM here (or it refused): the ledger's verdict stands
 
     def retry(self, job_ids: Iterable[int], reason: str = "retried by user") -> list[int]:
         """Run FAILED, CANCELLED or LOST jobs again (SUCCEEDED ones are never re-run)."""
