@@ -149,6 +149,19 @@ def test_sidebar_shows_kernel_work_logs_cancel_and_survives_reload(lab):
                 page.locator(".htc-sidebar button.htc-cancel").click()
                 page.wait_for_function("() => [...document.querySelectorAll('.htc-sidebar .htc-job')]"
                                        ".some(e => e.textContent.includes('slow FAILED - CANCELLED'))", timeout=30_000)
+                # the new-cluster form: checked by the server as you type; start and stop a cluster
+                cores = page.locator(".htc-sidebar input.htc-cores")
+                cores.fill("999")
+                page.wait_for_function("() => document.querySelector('.htc-sidebar .htc-verdict')"
+                                       ".textContent.includes('Resources.cores = 999 is not allowed')", timeout=30_000)
+                assert page.locator(".htc-sidebar button.htc-start").is_disabled()
+                cores.fill("1")
+                page.wait_for_function("() => document.querySelector('.htc-sidebar .htc-verdict')"
+                                       ".textContent.startsWith('\u2713')", timeout=30_000)
+                page.locator(".htc-sidebar button.htc-start").click()
+                page.locator(".htc-sidebar .htc-cluster", has_text="local local").wait_for(timeout=90_000)
+                page.locator(".htc-sidebar .htc-cluster button.htc-stop").click()
+                page.wait_for_function("() => !document.querySelector('.htc-sidebar .htc-cluster')", timeout=60_000)
                 page.reload()
                 page.wait_for_selector(".jp-LabShell", timeout=90_000)
                 if not page.locator(".htc-sidebar .htc-task").count():

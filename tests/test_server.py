@@ -205,3 +205,20 @@ async def test_jupyter_login_works_and_cookie_mutations_need_xsrf(jp_fetch, http
     assert post.code == 403
     api = jp_serverapp.web_app.settings["htc_api"]
     assert "evil" not in {p.name for p in api.session.ledger.projects()}
+
+
+async def test_profiles_check_and_clusters(http_server_client, jp_base_url, key):
+    ada, _ = await tokens(http_server_client, jp_base_url, key)
+    c = lambda m, p, **kw: call(http_server_client, jp_base_url, m, p, **kw)  # noqa: E731
+    profiles = (await c("GET", "/htc/profiles", auth=ada))[1]
+    assert profiles["default"] == "local" and profiles["items"][0]["name"] == "local"
+    bad = (await c("POST", "/htc/profiles/local/check", auth=ada, body={"cores": 100_000}))[1]
+    assert bad["ok"] is False and "at most" in bad["message"]
+    assert (await c("POST", "/htc/profiles/local/check", auth=ada, body={"cores": 1}))[1]["ok"] is True
+    assert (await c("POST", "/htc/profiles/local/check", auth=ada, body={"cpus": 1}))[0] == 400
+    assert (await c("POST", "/htc/profiles/nope/check", auth=ada, body={}))[0] == 404
+    assert (await c("GET", "/htc/clusters", auth=ada))[1]["items"] == []
+    assert (await c("POST", "/htc/clusters/local", auth=ada, body={"action": "scale"}))[0] == 400
+    started = (await c("POST", "/htc/clusters/local", auth=ada, body={"action": "start"}))[1]["items"]
+    assert [(x["profile"], x["kind"]) for x in started] == [("local", "local")] and started[0]["workers"] >= 1
+    assert (await c("POST", "/htc/clusters/local", auth=ada, body={"action": "stop"}))[1]["items"] == []

@@ -262,6 +262,37 @@ class Session:
         prof = self.profile(profile)
         self.pilots(profile).adapt(minimum_jobs=minimum, maximum_jobs=maximum or prof.max_pilots)
 
+    def start(self, profile: str | None, jobs: int | None = None) -> None:
+        """Start a profile's cluster now: the local dask cluster, or `jobs` SLURM pilot jobs (default 1)."""
+        prof = self.profile(profile)
+        if prof.backend == "local":
+            self.backend(prof).client  # noqa: B018 - starts it
+        else:
+            self.scale(prof.name, jobs or 1)
+
+    def stop(self, profile: str | None) -> bool:
+        """Stop a profile's clusters (its running jobs here end CANCELLED); False if none ran."""
+        prof = self.profile(profile)
+        with self._lock:
+            backend = self._backends.pop(prof.name, None)
+        if backend is None:
+            return False
+        backend.close()
+        return True
+
+    def clusters(self) -> list[dict]:
+        """The dask clusters this session runs: profile, kind, workers, dashboard, jobs running."""
+        rows = []
+        for name, backend in list(self._backends.items()):
+            for kind, attr in (("local", "_calls"), ("pilots", "pilots"), ("mpi-packs", "packs")):
+                runner = getattr(backend, attr, None)
+                if runner is None or not runner.started:
+                    continue
+                client = runner.client
+                rows.append({"profile": name, "kind": kind, "workers": len(client.scheduler_info().get("workers", {})),
+                             "dashboard": client.dashboard_link, "jobs": len(runner.running())})
+        return rows
+
     def cancel(self, job_ids: Iterable[int], reason: str = "cancelled by user") -> list[int]:
         ids = list(job_ids)
         cancelled = self.ledger.cancel(ids, reason)

@@ -284,6 +284,66 @@ class HTCApi:
         return {"jobStatuses": counts, "toolkitStatuses": {s: n for s, n in self.session.ledger.counts(task.id).items()
                                                             if s in STATES}}
 
+    # -- profiles and clusters (toolkit extensions of the API, for the lab sidebar) --------------------
+    def profiles(self, user: str) -> dict[str, Any]:
+        out = []
+        for name in self.session.site.names():
+            p = self.session.site.profile(name)
+            out.append({"name": name, "backend": p.backend, "partition": p.partition, "coresPerNode": p.cores_per_node,
+                        "memoryPerNode": p.memory_per_node, "gpusPerNode": p.gpus_per_node, "maxNodes": p.max_nodes,
+                        "maxWalltime": p.max_walltime, "launcher": p.launcher, "packing": p.packing,
+                        "warning": p.warning})
+        return {"items": out, "default": self.session.site.default_profile}
+
+    def check_request(self, user: str, name: str, body: Any) -> dict[str, Any]:
+        """Does `{nodes, cores, gpus, memory, walltime}` fit profile `name`? The reason if not."""
+        from htc_notebook.spec import Resources
+
+        prof = self._profile(name)
+        if not isinstance(body, dict):
+            raise ApiError(400, "the body is an object: {nodes, cores, gpus, memory, walltime}")
+        allowed = {"nodes", "cores", "gpus", "memory", "walltime"}
+        unknown = set(body) - allowed
+        if unknown:
+            raise ApiError(400, f"unknown fields {sorted(unknown)}; allowed: {sorted(allowed)}")
+        try:
+            res = prof.resolve(Resources(**{k: v for k, v in body.items() if v not in (None, "")}))
+        except HTCError as exc:
+            return {"ok": False, "message": str(exc)}
+        return {"ok": True, "message": f"fits {name}: {res.cores} cores, {res.memory or '-'} MiB, "
+                                        f"walltime {res.walltime or '-'} s"}
+
+    def clusters(self, user: str) -> dict[str, Any]:
+        return {"items": self.session.clusters()}
+
+    def cluster_action(self, user: str, name: str, body: Any) -> dict[str, Any]:
+        prof = self._profile(name)
+        action = _field(body, "action", str)
+        jobs = body.get("jobs") if isinstance(body, dict) else None
+        if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 0):
+            raise ApiError(400, f"jobs = {jobs!r} is not allowed: a whole number >= 0")
+        try:
+            if action == "start":
+                self.session.start(prof.name, jobs)
+            elif action == "scale" and prof.backend == "slurm":
+                self.session.scale(prof.name, 1 if jobs is None else jobs)
+            elif action == "stop":
+                self.session.stop(prof.name)
+            else:
+                raise ApiError(400, f"action {action!r} is not allowed: start, stop" +
+                               (", scale" if prof.backend == "slurm" else " (a local profile cannot scale)"))
+        except ApiError:
+            raise
+        except HTCError as exc:
+            raise ApiError(400, str(exc)) from None
+        return self.clusters(user)
+
+    def _profile(self, name: str):
+        try:
+            return self.session.site.profile(name)
+        except HTCError as exc:
+            raise ApiError(404, str(exc)) from None
+
     # -- container registry --------------------------------------------------------------------
     def images(self, user: str, project_id: str) -> dict[str, Any]:
         """The project's image catalog: the host environment only (imageName "")."""

@@ -167,6 +167,11 @@ def routes(base: type[HTCHandler], prefix: str, api: HTCApi) -> list[tuple[str, 
             get=lambda h, u, p, t, j: h.send_page(*h.api.job_events(u, p, t, j, h.page(), h.size())))(base)),
         (f"{task}/summary-statistics", _route(
             get=lambda h, u, p, t: h.send(h.api.summary_statistics(u, p, t)))(base)),
+        ("/htc/profiles", _route(get=lambda h, u: h.send(h.api.profiles(u)))(base)),
+        (f"/htc/profiles/{seg}/check", _route(
+            post=lambda h, u, n: h.send(h.api.check_request(u, n, h.body())))(base)),
+        ("/htc/clusters", _route(get=lambda h, u: h.send(h.api.clusters(u)))(base)),
+        (f"/htc/clusters/{seg}", _route(post=lambda h, u, n: h.send(h.api.cluster_action(u, n, h.body())))(base)),
         (f"/htc/projects/{seg}/container-registry/images", _route(
             get=lambda h, u, p: h.send(h.api.images(u, p)))(base)),
         (f"/htc/projects/{seg}/container-registry/images/{seg}", _route(

@@ -78,9 +78,7 @@ class ClusterLauncher(w.VBox):
         prof = self.session.site.profile(self.profile.value)
         try:
             if action == "stop":
-                backend = self.session._backends.pop(prof.name, None)
-                if backend is not None:
-                    backend.close()
+                self.session.stop(prof.name)
                 self.status.value = f"stopped {prof.name}"
             elif prof.backend == "local":
                 client = self.session.backend(prof).client

@@ -163,33 +163,21 @@ class HTCMagics(Magics):
     def _clusters(self, args, cell):
         import pandas as pd
 
-        session = current_task().session
-        rows = []
-        for name, backend in list(session._backends.items()):
-            for kind in ("pilots", "packs", "_calls"):
-                runner = getattr(backend, kind, None)
-                if runner is None or not runner.started:
-                    continue
-                workers = len(runner.client.scheduler_info().get("workers", {}))
-                rows.append({"profile": name, "kind": kind.strip("_").replace("calls", "local"),
-                             "dashboard": runner.client.dashboard_link, "workers": workers,
-                             "jobs running here": len(runner.running())})
-        return pd.DataFrame(rows, columns=["profile", "kind", "dashboard", "workers", "jobs running here"])
+        rows = current_task().session.clusters()
+        return pd.DataFrame(rows, columns=["profile", "kind", "workers", "dashboard", "jobs"])
 
     def _cluster(self, args, cell):
         session = current_task().session
         prof = session.profile(args.profile)
         if args.action == "stop":
-            backend = session._backends.pop(prof.name, None)
-            if backend is not None:
-                backend.close()
-            return f"stopped {prof.name}" if backend else f"{prof.name} was not running"
+            return _Text(f"stopped {prof.name}" if session.stop(prof.name) else f"{prof.name} was not running")
         if prof.backend == "local":
             if args.action != "start":
                 raise UsageError(f"profile {prof.name!r} is the local machine: only start and stop apply")
+            session.start(prof.name)
             return session.backend(prof).client
         if args.action == "start":
-            session.scale(prof.name, args.jobs or 1)
+            session.start(prof.name, args.jobs)
         elif args.action == "scale":
             if args.jobs is None:
                 raise UsageError("%htc cluster scale PROFILE --jobs N")

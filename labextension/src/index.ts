@@ -38,6 +38,8 @@ class HTCSidebar extends Widget {
   private jobs = el('div', 'htc-jobs');
   private detail = el('div', 'htc-detail');
   private status = el('div', 'htc-error');
+  private clusters = el('div', 'htc-clusters');
+  private form = el('div', 'htc-form');
 
   constructor() {
     super();
@@ -45,7 +47,89 @@ class HTCSidebar extends Widget {
     this.addClass('htc-sidebar');
     this.title.label = 'HTC';
     this.title.caption = 'HTC projects, tasks and jobs';
-    this.node.append(el('h3', '', 'Projects'), this.tree, this.jobs, this.detail, this.status);
+    this.node.append(el('h3', '', 'Projects'), this.tree, this.jobs, this.detail,
+      el('h3', '', 'Clusters'), this.clusters, el('h3', '', 'New cluster'), this.form, this.status);
+    void this.buildForm();
+  }
+
+  // A form generated from the site's profiles; each change is checked by the server.
+  private async buildForm(): Promise<void> {
+    const profiles = await api('profiles');
+    const select = el('select', 'htc-profile');
+    for (const p of profiles.items) {
+      const option = el('option', '', `${p.name} (${p.backend}: ${p.coresPerNode} cores, ${p.gpusPerNode} GPUs/node)`);
+      option.value = p.name;
+      option.selected = p.name === profiles.default;
+      select.append(option);
+    }
+    const fields: Record<string, HTMLInputElement> = {};
+    const inputs = el('div', 'htc-fields');
+    for (const [name, value] of [['nodes', '1'], ['cores', '1'], ['gpus', '0'], ['memory', ''], ['walltime', '']]) {
+      const input = el('input', `htc-field htc-${name}`);
+      input.placeholder = name;
+      input.value = value;
+      input.title = name;
+      fields[name] = input;
+      inputs.append(el('label', '', name), input);
+    }
+    const verdict = el('div', 'htc-verdict');
+    const start = el('button', 'htc-start', 'Start');
+    const check = async () => {
+      const body: Record<string, any> = {};
+      for (const [k, input] of Object.entries(fields)) {
+        if (input.value.trim()) {
+          body[k] = /^[0-9]+$/.test(input.value.trim()) ? Number(input.value.trim()) : input.value.trim();
+        }
+      }
+      try {
+        const r = await api(`profiles/${encodeURIComponent(select.value)}/check`, { method: 'POST', body: JSON.stringify(body) });
+        verdict.textContent = (r.ok ? '\u2713 ' : '\u2717 ') + r.message;
+        verdict.className = r.ok ? 'htc-verdict ok' : 'htc-verdict htc-error';
+        start.disabled = !r.ok;
+      } catch (e) {
+        verdict.textContent = (e as Error).message;
+        start.disabled = true;
+      }
+    };
+    select.onchange = () => void check();
+    for (const input of Object.values(fields)) {
+      input.oninput = () => void check();
+    }
+    start.onclick = async () => {
+      verdict.textContent = `starting ${select.value} ...`;
+      await api(`clusters/${encodeURIComponent(select.value)}`, { method: 'POST', body: JSON.stringify({ action: 'start', jobs: 1 }) });
+      void this.refresh();
+    };
+    this.form.append(select, inputs, verdict, start);
+    await check();
+  }
+
+  private async renderClusters(): Promise<void> {
+    const list = el('div', 'htc-clusters');
+    const clusters = (await api('clusters')).items;
+    if (!clusters.length) {
+      list.append(el('div', '', 'none running in this server'));
+    }
+    for (const c of clusters) {
+      const row = el('div', 'htc-cluster', `${c.profile} ${c.kind}: ${c.workers} workers, ${c.jobs} jobs `);
+      if (c.kind === 'pilots') {
+        const scale = el('button', 'htc-scale', '+1 pilot');
+        scale.onclick = async () => {
+          await api(`clusters/${encodeURIComponent(c.profile)}`, { method: 'POST', body: JSON.stringify({ action: 'scale', jobs: c.workers + 1 }) });
+          void this.refresh();
+        };
+        row.append(scale);
+      }
+      const stop = el('button', 'htc-stop', 'Stop');
+      stop.onclick = async () => {
+        await api(`clusters/${encodeURIComponent(c.profile)}`, { method: 'POST', body: JSON.stringify({ action: 'stop' }) });
+        void this.refresh();
+      };
+      row.append(stop);
+      list.append(row);
+    }
+    this.clusters.replaceWith(list);
+    this.clusters = list;
   }
 
   protected onAfterShow(): void {
@@ -87,6 +171,7 @@ class HTCSidebar extends Widget {
       this.tree.replaceWith(tree);
       this.tree = tree;
       await this.renderJobs();
+      await this.renderClusters();
       this.status.textContent = '';
     } catch (e) {
       this.status.textContent = `HTC API: ${(e as Error).message}`;
