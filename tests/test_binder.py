@@ -33,8 +33,12 @@ def _require() -> None:
 
 
 def as_user(cmd: str, cwd: Path, timeout: int = 1200) -> subprocess.CompletedProcess:
-    env = {"HOME": f"/home/{USER}", "PATH": f"{cwd}/venv/bin:/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
-    return subprocess.run(["runuser", "-u", USER, "--", "bash", "-c", cmd], cwd=cwd, env=env, timeout=timeout,
+    env = {"HOME": f"/home/{USER}", "PATH": f"{cwd}/venv/bin:/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
+           # how this machine reaches the registries (CA bundles, proxies, index settings) applies to any user
+           **{k: v for k, v in os.environ.items()
+              if any(t in k.upper() for t in ("PROXY", "CERT", "CA_BUNDLE", "CAINFO"))
+              or k.startswith(("PIP_", "npm_config_", "NPM_CONFIG_"))}}
+    return subprocess.run([shutil.which("runuser") or "/usr/sbin/runuser", "-u", USER, "--", "bash", "-c", cmd], cwd=cwd, env=env, timeout=timeout,
                           capture_output=True, text=True)
 
 
