@@ -6,20 +6,43 @@
 >>> jobs.wait(progress=True).to_dataframe(results=True)           # doctest: +SKIP
 """
 
-from htc_notebook.errors import HTCError, JobFailed, SpecError, StorageAccessDenied
-from htc_notebook.runtime import CommandResult, JobGroup, JobHandle, Project, Session, Task
-from htc_notebook.runtime.decorators import current_task, mpi_task, on_cluster, task, use
-from htc_notebook.spec import (JobBatch, JobDefinition, PartitionProfile, Resources, RetryPolicy,
-                               SiteConfig, Sweep)
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Session", "Project", "Task", "JobHandle", "JobGroup", "CommandResult",
-    "Sweep", "Resources", "JobBatch", "JobDefinition", "PartitionProfile", "SiteConfig", "RetryPolicy",
-    "HTCError", "SpecError", "JobFailed", "StorageAccessDenied",
-    "on_cluster", "task", "mpi_task", "use", "current_task",
-]
+# Public names and the module each lives in. Imported on first use (PEP 562), so that code
+# running on a node (htc_notebook.backends.worker, .mpi_ranks) does not import the runtime,
+# dask and pydantic just because it lives in this package.
+_EXPORTS = {
+    "htc_notebook.runtime": ("Session", "Project", "Task", "JobHandle", "JobGroup", "CommandResult"),
+    "htc_notebook.runtime.decorators": ("on_cluster", "task", "mpi_task", "use", "current_task"),
+    "htc_notebook.spec": ("Sweep", "Resources", "JobBatch", "JobDefinition", "PartitionProfile", "SiteConfig",
+                          "RetryPolicy"),
+    "htc_notebook.errors": ("HTCError", "SpecError", "JobFailed", "StorageAccessDenied"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = [name for names in _EXPORTS.values() for name in names]
+
+if TYPE_CHECKING:
+    from htc_notebook.errors import HTCError, JobFailed, SpecError, StorageAccessDenied  # noqa: F401
+    from htc_notebook.runtime import CommandResult, JobGroup, JobHandle, Project, Session, Task  # noqa: F401
+    from htc_notebook.runtime.decorators import current_task, mpi_task, on_cluster, task, use  # noqa: F401
+    from htc_notebook.spec import (JobBatch, JobDefinition, PartitionProfile, Resources,  # noqa: F401
+                                   RetryPolicy, SiteConfig, Sweep)
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'htc_notebook' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 def load_ipython_extension(ipython) -> None:

@@ -111,6 +111,7 @@ class JobHandle:
         deadline = None if timeout is None else time.monotonic() + timeout
         last_reconcile = 0.0
         while True:
+            mark = self.session.change_mark()
             row = self.row
             if row.status in TERMINAL:
                 return row
@@ -119,7 +120,7 @@ class JobHandle:
                 last_reconcile = time.monotonic()
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job {self.id} is still {row.status} after {timeout} s")
-            self.session.wait_for_change()
+            self.session.wait_for_change(since=mark)
 
     def result(self, timeout: float | None = None) -> Any:
         """The job's value; raises JobFailed (with reason, host, log path) if it did not succeed."""
@@ -206,6 +207,7 @@ class JobGroup(Sequence[JobHandle]):
         last_reconcile = time.monotonic()
         try:
             while True:
+                mark = self.session.change_mark()
                 counts = self.counts()
                 ended = sum(counts[s] for s in TERMINAL)
                 if bar:
@@ -219,7 +221,7 @@ class JobGroup(Sequence[JobHandle]):
                     raise TimeoutError(f"{len(self) - ended} of {len(self)} jobs still running after {timeout} s")
                 # at most ~10 looks a second: each look takes the GIL from the scheduler's loop
                 time.sleep(REFRESH_MIN_INTERVAL)
-                self.session.wait_for_change()
+                self.session.wait_for_change(since=mark)
         finally:
             if bar:
                 bar.close()

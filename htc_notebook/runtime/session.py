@@ -115,6 +115,7 @@ class Session:
         self._calls: dict[str, object] = {}
         self._job_task: dict[int, int] = {}  # job id -> task id, for every job dispatched here
         self._changed = threading.Condition()
+        self._generation = 0  # bumped on every commit this process makes (see change_mark)
         self._lock = threading.RLock()
         self._closed = False
         self._recorder = Recorder(self.ledger, self._result_path, self._committed)
@@ -359,13 +360,23 @@ class Session:
 
     def _notify(self) -> None:
         with self._changed:
+            self._generation += 1
             self._changed.notify_all()
 
     # -- waiting -----------------------------------------------------------------
-    def wait_for_change(self, timeout: float = POLL_SECONDS) -> None:
-        """Sleep until this process commits something, or `timeout` (other processes write too)."""
+    def change_mark(self) -> int:
+        """A mark to pass to `wait_for_change`: take it before looking at the ledger."""
         with self._changed:
-            self._changed.wait(timeout)
+            return self._generation
+
+    def wait_for_change(self, timeout: float = POLL_SECONDS, since: int | None = None) -> None:
+        """Sleep until this process commits something after `since` (a `change_mark`), or `timeout`
+        (other processes write too). With the mark, a commit between the look and the wait is not missed."""
+        with self._changed:
+            if since is None:
+                self._changed.wait(timeout)
+            else:
+                self._changed.wait_for(lambda: self._generation != since, timeout)
 
     def reconcile(self, rows: Iterable[JobRow]) -> int:
         """Mark LOST the active local jobs whose owning process has exited (design G5).

@@ -9,7 +9,8 @@ from htc_notebook.backends.base import Launch, Reporter
 from htc_notebook.backends.dask_jobs import DaskJobs
 from htc_notebook.backends.slurm.arrays import ArrayRunner
 from htc_notebook.backends.mpi_jobs import packs, wrap
-from htc_notebook.backends.slurm.pilots import check_probe, make_pilot_cluster, pack_options, pilot_options
+from htc_notebook.backends.slurm.pilots import (check_probe, make_pilot_cluster, pack_options, pilot_options,
+                                                start_adapting)
 from htc_notebook.errors import BackendError
 from htc_notebook.spec import PartitionProfile
 
@@ -50,6 +51,7 @@ class SlurmBackend:
         runner.submit(launches)
         if first:  # ask for allocations now: adapt() would wait for its first tick before asking
             runner.cluster.scale(jobs=min(self.profile.max_pilots, jobs))
+            start_adapting(runner.cluster, self.profile)
 
     def adopt(self, job_id: int, attempt: int, native_id: str, cwd: str, timeout: int | None) -> None:
         """Watch an array task submitted by an earlier session (jobs outlive kernels)."""
