@@ -13,6 +13,7 @@ import urllib.parse
 from typing import Any, Callable
 
 from tornado import web
+from tornado.ioloop import IOLoop
 
 from htc_notebook.server.api import ApiError, HTCApi, page_size
 from htc_notebook.server.auth import Unauthorized
@@ -87,13 +88,35 @@ class HTCHandler(web.RequestHandler):
 _SENT = object()
 
 
+class Page(tuple):
+    """(items, next token): sent as `{"items": ..., "next": URL}`."""
+
+
 def _route(**verbs: Callable[..., Any]) -> Callable[[type[HTCHandler]], type[HTCHandler]]:
-    """A handler class whose HTTP verbs call `verbs[verb](handler, user, *path_args)`."""
+    """A handler class whose HTTP verbs run `verbs[verb](handler, user, *path_args)` on a thread
+    (ledger reads, submissions and cluster starts must not block the server's event loop) and
+    send what it returns: a dict or list (200), `(status, body)`, or a `Page`."""
 
     def make(base: type[HTCHandler]) -> type[HTCHandler]:
-        def bind(fn: Callable[..., Any]) -> Callable[..., None]:
-            def method(self: HTCHandler, *args: str) -> None:
-                self.run(lambda: fn(self, self.htc_user(), *args))
+        def bind(fn: Callable[..., Any]) -> Callable[..., Any]:
+            async def method(self: HTCHandler, *args: str) -> None:
+                try:
+                    user = self.htc_user()
+                    out = await IOLoop.current().run_in_executor(None, lambda: fn(self, user, *args))
+                except ApiError as exc:
+                    self.send({"message": str(exc)}, exc.status)
+                    return
+                if isinstance(out, Page):
+                    self.send_page(*out)
+                elif isinstance(out, tuple):
+                    status, body = out
+                    if body is None:
+                        self.set_status(status)
+                        self.finish()
+                    else:
+                        self.send(body, status)
+                else:
+                    self.send(out)
             return method
 
         return type(f"HTC_{'_'.join(verbs)}", (base,), {verb: bind(fn) for verb, fn in verbs.items()})
@@ -141,41 +164,34 @@ def routes(base: type[HTCHandler], prefix: str, api: HTCApi) -> list[tuple[str, 
         ("/auth/token/whoami", public(_whoami, base)),
         ("/.well-known/jwks.json", public(lambda h: h.send(h.api.auth.jwks()), base)),
         ("/htc/projects", _route(
-            get=lambda h, u: h.send_page(*h.api.list_projects(u, h.page(), h.size())),
-            post=lambda h, u: h.send(h.api.create_project(u, h.body()), 201))(base)),
-        (f"/htc/projects/{seg}", _route(get=lambda h, u, p: h.send(h.api.get_project(u, p)))(base)),
+            get=lambda h, u: Page(h.api.list_projects(u, h.page(), h.size())),
+            post=lambda h, u: (201, h.api.create_project(u, h.body())))(base)),
+        (f"/htc/projects/{seg}", _route(get=lambda h, u, p: h.api.get_project(u, p))(base)),
         (f"/htc/projects/{seg}/tasks", _route(
-            get=lambda h, u, p: h.send_page(*h.api.list_tasks(u, p, h.page(), h.size())),
-            post=lambda h, u, p: h.send(h.api.create_task(u, p, h.body()), 201))(base)),
+            get=lambda h, u, p: Page(h.api.list_tasks(u, p, h.page(), h.size())),
+            post=lambda h, u, p: (201, h.api.create_task(u, p, h.body())))(base)),
         (task, _route(
-            get=lambda h, u, p, t: h.send(h.api.get_task(u, p, t)),
-            patch=lambda h, u, p, t: h.send(h.api.patch_task(u, p, t, h.body())),
-            delete=lambda h, u, p, t: (h.api.delete_task(u, p, t), h.set_status(204), h.finish()))(base)),
-        (f"{task}/jobs", _route(
-            get=lambda h, u, p, t: h.send_page(*h.api.list_jobs(u, p, t, h.page(), h.size())))(base)),
-        (f"{task}/jobs/batch", _route(
-            post=lambda h, u, p, t: h.send(h.api.submit_batches(u, p, t, h.body()), 201))(base)),
-        (f"{task}/jobs/cancel", _route(
-            post=lambda h, u, p, t: h.send(h.api.cancel_jobs(u, p, t, h.body())))(base)),
-        (f"{task}/jobs/retry", _route(
-            post=lambda h, u, p, t: h.send(h.api.retry_jobs(u, p, t, h.body())))(base)),
-        (f"{task}/jobs/{seg}", _route(get=lambda h, u, p, t, j: h.send(h.api.get_job(u, p, t, j)))(base)),
+            get=lambda h, u, p, t: h.api.get_task(u, p, t),
+            patch=lambda h, u, p, t: h.api.patch_task(u, p, t, h.body()),
+            delete=lambda h, u, p, t: (204, h.api.delete_task(u, p, t)))(base)),
+        (f"{task}/jobs", _route(get=lambda h, u, p, t: Page(h.api.list_jobs(u, p, t, h.page(), h.size())))(base)),
+        (f"{task}/jobs/batch", _route(post=lambda h, u, p, t: (201, h.api.submit_batches(u, p, t, h.body())))(base)),
+        (f"{task}/jobs/cancel", _route(post=lambda h, u, p, t: h.api.cancel_jobs(u, p, t, h.body()))(base)),
+        (f"{task}/jobs/retry", _route(post=lambda h, u, p, t: h.api.retry_jobs(u, p, t, h.body()))(base)),
+        (f"{task}/jobs/{seg}", _route(get=lambda h, u, p, t, j: h.api.get_job(u, p, t, j))(base)),
         (f"{task}/jobs/{seg}/logs", _route(
-            get=lambda h, u, p, t, j: h.send_page(*h.api.job_logs(
-                u, p, t, j, h.page(), h.size(), h.get_query_argument("stream", "out"))))(base)),
+            get=lambda h, u, p, t, j: Page(h.api.job_logs(u, p, t, j, h.page(), h.size(),
+                                                          h.get_query_argument("stream", "out"))))(base)),
         (f"{task}/jobs/{seg}/events", _route(
-            get=lambda h, u, p, t, j: h.send_page(*h.api.job_events(u, p, t, j, h.page(), h.size())))(base)),
-        (f"{task}/summary-statistics", _route(
-            get=lambda h, u, p, t: h.send(h.api.summary_statistics(u, p, t)))(base)),
-        ("/htc/profiles", _route(get=lambda h, u: h.send(h.api.profiles(u)))(base)),
-        (f"/htc/profiles/{seg}/check", _route(
-            post=lambda h, u, n: h.send(h.api.check_request(u, n, h.body())))(base)),
-        ("/htc/clusters", _route(get=lambda h, u: h.send(h.api.clusters(u)))(base)),
-        (f"/htc/clusters/{seg}", _route(post=lambda h, u, n: h.send(h.api.cluster_action(u, n, h.body())))(base)),
-        (f"/htc/projects/{seg}/container-registry/images", _route(
-            get=lambda h, u, p: h.send(h.api.images(u, p)))(base)),
+            get=lambda h, u, p, t, j: Page(h.api.job_events(u, p, t, j, h.page(), h.size())))(base)),
+        (f"{task}/summary-statistics", _route(get=lambda h, u, p, t: h.api.summary_statistics(u, p, t))(base)),
+        ("/htc/profiles", _route(get=lambda h, u: h.api.profiles(u))(base)),
+        (f"/htc/profiles/{seg}/check", _route(post=lambda h, u, n: h.api.check_request(u, n, h.body()))(base)),
+        ("/htc/clusters", _route(get=lambda h, u: h.api.clusters(u))(base)),
+        (f"/htc/clusters/{seg}", _route(post=lambda h, u, n: h.api.cluster_action(u, n, h.body()))(base)),
+        (f"/htc/projects/{seg}/container-registry/images", _route(get=lambda h, u, p: h.api.images(u, p))(base)),
         (f"/htc/projects/{seg}/container-registry/images/{seg}", _route(
-            get=lambda h, u, p, i: h.send(h.api.image(u, p, i)))(base)),
+            get=lambda h, u, p, i: h.api.image(u, p, i))(base)),
     ]
     prefix = "/" + prefix.strip("/")
     return [(prefix + pattern.replace(".", r"\.", 1) if pattern.startswith("/.") else prefix + pattern,
