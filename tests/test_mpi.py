@@ -11,7 +11,6 @@ import pytest
 
 from htc_notebook import JobFailed, PartitionProfile, Session, SiteConfig, SpecError, mpi_task, task, use
 from htc_notebook.backends.launchers import MpiLayout, launch_argv, launch_env
-from htc_notebook.errors import ResourceLimitError
 
 L22 = MpiLayout(ranks=4, nodes=2, ranks_per_node=2)
 HYBRID = MpiLayout(ranks=4, nodes=2, ranks_per_node=2, cpus_per_rank=3)

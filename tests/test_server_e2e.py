@@ -4,7 +4,6 @@ statistics -> cancel of a second batch. Once on the local backend, once on the S
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
