@@ -60,6 +60,13 @@ def _pickle_test_module_by_value(request):
     yield
 
 
+def missing(what: str) -> None:
+    """A real part (SLURM, MPI, browser) is not here: a failure under HTC_REQUIRE_SLURM=1, else a skip."""
+    if os.environ.get("HTC_REQUIRE_SLURM") == "1":
+        pytest.fail(f"{what}. HTC_REQUIRE_SLURM=1 forbids skipping.", pytrace=False)
+    pytest.skip(f"{what}; set HTC_REQUIRE_SLURM=1 to make this a failure")
+
+
 # -- the real multi-node SLURM test cluster (htc_notebook.devcluster, `make slurm-up`) ------------
 class SlurmClusterInfo:
     """What tests need to know about the running test cluster."""
@@ -93,10 +100,7 @@ def slurm_cluster():
         elif bad:
             problem = "nodes not up: " + ", ".join(f"{n}={st}" for n, st in bad.items())
     if problem:
-        msg = f"SLURM test cluster not available ({problem}); run `make slurm-up` (as root)"
-        if os.environ.get("HTC_REQUIRE_SLURM") == "1":
-            pytest.fail(f"{msg}. HTC_REQUIRE_SLURM=1 forbids skipping.", pytrace=False)
-        pytest.skip(f"{msg}; set HTC_REQUIRE_SLURM=1 to make this a failure")
+        missing(f"SLURM test cluster not available ({problem}); run `make slurm-up` (as root)")
     os.makedirs(s.shared_dir, exist_ok=True)
     return SlurmClusterInfo(s.state_root, s.shared_dir, {n: nodes[n] for n in s.node_names},
                             {p: s.partition_nodes(p) for p in s.partition_names})

@@ -15,18 +15,15 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import missing
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "test-output" / "browser"
 
 
 def _require(ok: bool, what: str) -> None:
-    if ok:
-        return
-    msg = f"{what} missing: `make test` installs it"
-    if os.environ.get("HTC_REQUIRE_SLURM") == "1":
-        pytest.fail(f"{msg}. HTC_REQUIRE_SLURM=1 forbids skipping.", pytrace=False)
-    pytest.skip(msg)
+    if not ok:
+        missing(f"{what} missing: `make test` installs it")
 
 
 @pytest.fixture(scope="module")

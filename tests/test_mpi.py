@@ -3,11 +3,11 @@ real mpirun runs on this machine (the local backend)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 
 import pytest
+from conftest import missing
 
 from htc_notebook import JobFailed, PartitionProfile, Session, SiteConfig, SpecError, mpi_task, task, use
 from htc_notebook.backends.launchers import MpiLayout, launch_argv, launch_env
@@ -119,16 +119,13 @@ def test_decorators_have_no_side_effects_until_called(tmp_path, monkeypatch):
 
 # -- real MPI on this machine --------------------------------------------------------
 def _need_mpi():
-    missing = [t for t in ("mpirun",) if not shutil.which(t)]
+    absent = [t for t in ("mpirun",) if not shutil.which(t)]
     try:
         import mpi4py  # noqa: F401
     except ImportError:
-        missing.append("mpi4py")
-    if missing:
-        msg = f"MPI not available here ({', '.join(missing)}); `make test` installs Open MPI and mpi4py"
-        if os.environ.get("HTC_REQUIRE_SLURM") == "1":
-            pytest.fail(msg + ". HTC_REQUIRE_SLURM=1 forbids skipping.", pytrace=False)
-        pytest.skip(msg)
+        absent.append("mpi4py")
+    if absent:
+        missing(f"MPI not available here ({', '.join(absent)}); `make test` installs Open MPI and mpi4py")
 
 
 @pytest.fixture

@@ -15,6 +15,9 @@ from htc_notebook.backends.launchers import MpiLayout
 from htc_notebook.ledger import Outcome
 
 
+PER_JOB_ENV = ("HTC_JOB_ID", "HTC_JOB_INDEX")  # the variables that differ between jobs of one submission
+
+
 @dataclass(frozen=True)
 class Launch:
     """One attempt of one job, with everything needed to run it."""

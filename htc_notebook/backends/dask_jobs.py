@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Any, Callable, Sequence
 
-from htc_notebook.backends.base import Launch, Reporter
+from htc_notebook.backends.base import PER_JOB_ENV, Launch, Reporter
 from htc_notebook.backends.mpi_jobs import verdict
 from htc_notebook.backends.mpi_ranks import run_step
 from htc_notebook.backends.worker import JobRunner
@@ -19,7 +19,6 @@ from htc_notebook.ledger import Outcome
 
 
 SLOTS = "slots"  # the dask worker resource a packed MPI allocation offers: one per core
-PER_JOB_ENV = ("HTC_JOB_ID", "HTC_JOB_INDEX")  # set by the runner from each task's job id and index
 
 
 def _collect_interval(pending: int) -> float:

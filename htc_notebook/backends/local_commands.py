@@ -11,7 +11,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import os
-import signal
 import socket
 import subprocess
 import threading
@@ -20,9 +19,9 @@ from typing import Sequence
 
 from htc_notebook.backends.base import Launch, Reporter
 from htc_notebook.backends.mpi_jobs import verdict
+from htc_notebook.backends.mpi_ranks import kill_group
 from htc_notebook.ledger import Outcome
 
-KILL_GRACE_SECONDS = 5.0
 
 
 class CommandRunner:
@@ -61,7 +60,7 @@ class CommandRunner:
             self._reporter.finished(Outcome(launch.job_id, launch.attempt, "CANCELLED",
                                             reason="cancelled before it started"))
         for _, proc in procs:
-            _kill_group(proc)
+            kill_group(proc)
 
     def running(self) -> set[int]:
         with self._lock:
@@ -79,7 +78,7 @@ class CommandRunner:
             self._reporter.finished(Outcome(launch.job_id, launch.attempt, "CANCELLED",
                                             reason="session closed before the job started"))
         for _, proc in procs:
-            _kill_group(proc)
+            kill_group(proc)
         self._thread.join(timeout=10)
 
     # -- internals ---------------------------------------------------------
@@ -114,7 +113,7 @@ class CommandRunner:
                     try:
                         exit_code = proc.wait(timeout=launch.timeout)
                     except subprocess.TimeoutExpired:
-                        _kill_group(proc)
+                        kill_group(proc)
                         exit_code = proc.wait()
                         reason = f"timeout: killed after execTimeoutSeconds={launch.timeout}"
                     with self._lock:
@@ -141,18 +140,3 @@ class CommandRunner:
         self._reporter.finished(Outcome(launch.job_id, launch.attempt, status, reason=reason,
                                         exit_code=exit_code, **times))
 
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGTERM the job's process group, then SIGKILL what is left after a grace period."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=KILL_GRACE_SECONDS)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass

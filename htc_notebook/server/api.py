@@ -71,8 +71,12 @@ def _iso(ts: float | None) -> str | None:
 class HTCApi:
     """Projects, tasks and jobs of one data root, as the HTC API serves them."""
 
-    def __init__(self, session: "Session", auth: Auth):
-        self.session, self.auth = session, auth
+    def __init__(self, session: "Session", auth: Auth, owner: str | None = None):
+        """`owner`: the user who runs the server (Jupyter's logged-in user); a member of every project."""
+        self.session, self.auth, self.owner = session, auth, owner
+
+    def _member(self, user: str, project: str) -> bool:
+        return user == self.owner or self.auth.is_member(user, project)
 
     # -- ids and scoping ---------------------------------------------------------------------
     def _project(self, user: str, project_id: str) -> str:
@@ -80,7 +84,7 @@ class HTCApi:
             check_name(project_id, field="projectId")
         except SpecError as exc:
             raise ApiError(400, str(exc)) from None
-        if not self.auth.is_member(user, project_id) or project_id not in {p.name for p in self.session.ledger.projects()}:
+        if not self._member(user, project_id) or project_id not in {p.name for p in self.session.ledger.projects()}:
             raise ApiError(404, f"no project {project_id!r}")
         return project_id
 
@@ -137,7 +141,7 @@ class HTCApi:
 
     # -- projects ------------------------------------------------------------------------------
     def list_projects(self, user: str, page: str | None, size: int) -> tuple[list[dict], str | None]:
-        names = sorted(self.auth.projects_of(user) & {p.name for p in self.session.ledger.projects()})
+        names = sorted(p.name for p in self.session.ledger.projects() if self._member(user, p.name))
         return _offset_page([self.project_json(n) for n in names], page, size)
 
     def create_project(self, user: str, body: Any) -> dict[str, Any]:
@@ -147,7 +151,7 @@ class HTCApi:
         except SpecError as exc:
             raise ApiError(400, str(exc)) from None
         exists = name in {p.name for p in self.session.ledger.projects()}
-        if exists and not self.auth.is_member(user, name):
+        if exists and not self._member(user, name):
             raise ApiError(409, f"project {name!r} exists and you are not a member")
         self.session.project(name)
         self.auth.grant(user, name)
@@ -238,26 +242,23 @@ class HTCApi:
 
     def cancel_jobs(self, user: str, project_id: str, task_id: str, body: Any) -> dict[str, Any]:
         """Cancel the listed jobs (`{"jobIds": [...]}`), or every active job of the task."""
-        task = self._task(user, project_id, task_id)
-        ids = None if body in (None, {}) else _field(body, "jobIds", list)
-        if ids is None:
-            rows = self.session.ledger.jobs(task.id, status=ACTIVE_NAMES)
-        else:
-            rows = [self._job(user, project_id, task_id, str(j))[1] for j in ids]
+        rows = self._selected(user, project_id, task_id, body, ACTIVE_NAMES)
         cancelled = self.session.cancel([r.id for r in rows])
         return {"cancelled": len(cancelled), "jobIds": [str(i) for i in cancelled]}
 
     def retry_jobs(self, user: str, project_id: str, task_id: str, body: Any) -> dict[str, Any]:
         """Run the listed jobs again (`{"jobIds": [...]}`), or every FAILED, CANCELLED or LOST job of
         the task; SUCCEEDED jobs never run again (an extension of the HTC API, for the lab sidebar)."""
-        task = self._task(user, project_id, task_id)
-        ids = None if body in (None, {}) else _field(body, "jobIds", list)
-        if ids is None:
-            rows = self.session.ledger.jobs(task.id, status=REQUEUEABLE_NAMES)
-        else:
-            rows = [self._job(user, project_id, task_id, str(j))[1] for j in ids]
+        rows = self._selected(user, project_id, task_id, body, REQUEUEABLE_NAMES)
         moved = self.session.retry([r.id for r in rows], "retried through the API")
         return {"retried": len(moved), "jobIds": [str(i) for i in moved]}
+
+    def _selected(self, user: str, project_id: str, task_id: str, body: Any, default: Any) -> list[JobRow]:
+        """The jobs a body lists (`{"jobIds": [...]}`, each checked), or the task's jobs in `default` states."""
+        task = self._task(user, project_id, task_id)
+        if body in (None, {}):
+            return self.session.ledger.jobs(task.id, status=default)
+        return [self._job(user, project_id, task_id, str(j))[1] for j in _field(body, "jobIds", list)]
 
     def job_logs(self, user: str, project_id: str, task_id: str, job_id: str, page: str | None,
                  size: int, stream: str = "out") -> tuple[list[dict], str | None]:

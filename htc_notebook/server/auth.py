@@ -157,9 +157,6 @@ class Auth:
         with self._db() as con:
             con.execute("INSERT OR IGNORE INTO members (user, project) VALUES (?, ?)", (user, project))
 
-    def projects_of(self, user: str) -> set[str]:
-        return {r[0] for r in self._db().execute("SELECT project FROM members WHERE user = ?", (user,))}
-
     def is_member(self, user: str, project: str) -> bool:
         return self._db().execute("SELECT 1 FROM members WHERE user = ? AND project = ?",
                                   (user, project)).fetchone() is not None

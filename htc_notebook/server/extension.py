@@ -34,10 +34,7 @@ class JupyterHTCHandler(HTCHandler, APIHandler):
 
         if self.current_user is None:
             raise ApiError(401, "authentication needed: log in to Jupyter, or send Authorization: Bearer <token>")
-        user = owner_name()
-        for project in self.api.session.ledger.projects():
-            self.api.auth.grant(user, project.name)
-        return user
+        return self.api.owner
 
     def write_error(self, status_code: int, **kwargs) -> None:
         HTCHandler.write_error(self, status_code, **kwargs)
@@ -52,7 +49,7 @@ def _load_jupyter_server_extension(serverapp) -> None:
 
     root = os.environ.get("HTC_ROOT") or str(Path(serverapp.root_dir) / "htc-data")
     session = Session(root)
-    api = HTCApi(session, Auth(session.root))
+    api = HTCApi(session, Auth(session.root), owner=owner_name())
     base = serverapp.web_app.settings.get("base_url", "/")
     serverapp.web_app.add_handlers(".*$", routes(JupyterHTCHandler, base.rstrip("/") + "/" + PREFIX, api))
     serverapp.web_app.settings["htc_api"] = api

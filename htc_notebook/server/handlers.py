@@ -73,19 +73,16 @@ class HTCHandler(web.RequestHandler):
     def page(self) -> str | None:
         return self.get_query_argument("page", None)
 
-    def run(self, fn: Callable[..., Any]) -> Any:
+    def run(self, fn: Callable[[], None]) -> None:
+        """Call `fn`; an ApiError becomes its JSON error response."""
         try:
-            return fn()
+            fn()
         except ApiError as exc:
             self.send({"message": str(exc)}, exc.status)
-            return _SENT
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"message": self._reason}))
-
-
-_SENT = object()
 
 
 class Page(tuple):

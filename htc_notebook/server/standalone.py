@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 
 from tornado import web
 
@@ -32,5 +31,3 @@ def serve(session, port: int, address: str = "127.0.0.1") -> None:
         asyncio.run(main())
     except KeyboardInterrupt:
         pass
-    finally:
-        os.environ.pop("HTC_SERVING", None)

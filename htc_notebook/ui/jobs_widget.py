@@ -74,11 +74,11 @@ class JobsTable(anywidget.AnyWidget):
         elif kind == "detail":
             self._post({"t": "detail", "id": content.get("id"), "text": self.detail(int(content["id"]))})
         elif kind in ("cancel", "retry"):
-            ids = self._ids(content.get("ids"), kind)
+            ids = self._ids(content.get("ids"))
             done = (self.session.cancel if kind == "cancel" else self.session.retry)(ids)
             self._post({"t": "notice", "text": f"{kind}: {len(done)} of {len(ids)} jobs"})
 
-    def _ids(self, ids: Any, kind: str) -> list[int]:
+    def _ids(self, ids: Any) -> list[int]:
         rows = self.model.rows
         if ids == "all":
             return [i for i, r in rows.items() if STATES[r[1]] not in TERMINAL_NAMES]

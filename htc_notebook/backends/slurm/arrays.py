@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from htc_notebook.backends.base import Launch, Reporter
+from htc_notebook.backends.base import PER_JOB_ENV, Launch, Reporter
 from htc_notebook.backends.mpi_ranks import is_python_job, rank_dir, read_outcome
 from htc_notebook.backends.slurm import scheduler
 from htc_notebook.backends.slurm.script import TIMEOUT_EXIT, command_line, render_array, sbatch_argv
@@ -107,8 +107,7 @@ class ArrayRunner:
 
     def _script(self, chunk: list[Launch], ids_file: str, commands_file: str | None) -> str:
         first, p = chunk[0], self.profile
-        varying = {"HTC_JOB_ID", "HTC_JOB_INDEX"}
-        env = {k: v for k, v in first.env.items() if k not in varying}
+        env = {k: v for k, v in first.env.items() if k not in PER_JOB_ENV}
         same_command = all(l.command == first.command for l in chunk)
         return render_array(
             job_name=f"htc-{first.name}"[:64], size=len(chunk), ids_file=ids_file,
@@ -237,7 +236,7 @@ def _groups(launches: Sequence[Launch]) -> list[list[Launch]]:
     """Launches that can share one array script: same directory, resources, env and priority."""
     groups: dict[tuple, list[Launch]] = {}
     for l in launches:
-        env = tuple(sorted((k, v) for k, v in l.env.items() if k not in ("HTC_JOB_ID", "HTC_JOB_INDEX")))
+        env = tuple(sorted((k, v) for k, v in l.env.items() if k not in PER_JOB_ENV))
         key = (str(l.cwd), l.cores, l.mpi, l.memory, l.disk_gib, l.gpus, l.timeout, l.priority, l.throttle, env)
         groups.setdefault(key, []).append(l)
     out = []
