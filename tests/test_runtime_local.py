@@ -329,3 +329,70 @@ def test_a_function_the_workers_cannot_load_fails_with_an_explanation(session, t
         _sys.path.remove(str(mod_dir))
     assert err.status == "FAILED"
     assert "could not load private_mod.f" in err.reason and "No module named 'private_mod'" in err.reason
+
+
+def quick(x: int) -> tuple[int, str]:
+    """A trivial job that prints, fails for x == 123, and reports its own index variable."""
+    print(f"job says {x}")
+    if x == 123:
+        raise ValueError("x is 123")
+    return x * 2, os.environ["HTC_JOB_INDEX"]
+
+
+def test_quick_jobs_are_packed_and_each_keeps_its_own_record(session):
+    from distributed import get_task_stream
+
+    from htc_notebook.backends.dask_jobs import PROBE_JOBS
+
+    task = session.project("e2e").task("packed")
+    client = session.backend(session.profile("local")).client
+    with get_task_stream(client) as stream:
+        group = task.sweep(quick, Sweep.zip(x=list(range(400))))
+        values = group.results(timeout=120, errors="return")
+    keys = [t["key"] for t in stream.data]
+    packs = [k for k in keys if "-x" in k]
+    # fewer dask tasks than jobs, and every job ran once: probes alone, the rest in packs
+    assert packs and len(keys) < 400
+    assert len(keys) - len(packs) == PROBE_JOBS
+    assert sum(int(k.rsplit("-x", 1)[1]) for k in packs) == 400 - PROBE_JOBS
+    # each job has its own outcome, index, log and attempt; one failure spoils nothing else
+    assert isinstance(values[123], JobFailed) and "x is 123" in str(values[123])
+    assert [v for i, v in enumerate(values) if i != 123] == [(2 * i, str(i)) for i in range(400) if i != 123]
+    assert task.counts()["SUCCEEDED"] == 399 and task.counts()["FAILED"] == 1
+    jobs = list(group)
+    assert jobs[250].logs().strip() == "job says 250"
+    assert "ValueError: x is 123" in jobs[123].logs("err")
+    assert {len(j.attempts) for j in jobs} == {1}
+
+
+def nap(i: int) -> int:
+    time.sleep(0.02)
+    return i
+
+
+def test_slow_jobs_are_not_packed(session):
+    from distributed import get_task_stream
+
+    task = session.project("e2e").task("unpacked")
+    client = session.backend(session.profile("local")).client
+    with get_task_stream(client) as stream:
+        task.sweep(nap, Sweep.zip(i=list(range(24)))).results(timeout=120)
+    keys = [t["key"] for t in stream.data]
+    assert len(keys) == 24 and not [k for k in keys if "-x" in k]
+
+
+def test_cancel_reaches_jobs_waiting_for_their_probes(session, tmp_path):
+    def touch_then_sleep(i: int) -> None:
+        (tmp_path / f"ran-{i}").touch()
+        time.sleep(1.0)
+
+    from htc_notebook.backends.dask_jobs import PROBE_JOBS, PROBE_WAIT
+
+    task = session.project("e2e").task("cancel-held")
+    group = task.sweep(touch_then_sleep, Sweep.zip(i=list(range(30))))
+    cancelled = group.cancel()
+    group.wait(timeout=60)
+    time.sleep(PROBE_WAIT + 1.5)  # past the moment held jobs would have been released
+    assert len(cancelled) == 30 and task.counts()["CANCELLED"] == 30
+    ran = {int(p.name.split("-")[1]) for p in tmp_path.glob("ran-*")}
+    assert ran <= set(range(PROBE_JOBS)), ran

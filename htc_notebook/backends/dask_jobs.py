@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from htc_notebook.backends.base import PER_JOB_ENV, Launch, Reporter
@@ -20,15 +21,57 @@ from htc_notebook.ledger import Outcome
 
 SLOTS = "slots"  # the dask worker resource a packed MPI allocation offers: one per core
 
+# Packing quick jobs. dask spends about a millisecond of scheduler and worker time per task,
+# which is most of a trivial job's cost. So the first PROBE_JOBS jobs of a large submission
+# run one per dask task and are timed; if every one took less than PACK_BELOW seconds, the
+# rest run several to a dask task (about PACK_SECONDS of work each, and at least
+# PACKS_PER_THREAD tasks per worker thread so no thread idles). Each job keeps its own
+# attempt, logs, outcome and ledger row. Slower jobs, and small submissions, run one per task.
+PROBE_JOBS = 8
+PACK_BELOW = 0.01
+PACK_SECONDS = 0.05
+PACKS_PER_THREAD = 4
+MAX_PACK = 1000
+PROBE_WAIT = 0.5  # seconds the rest of a submission waits for its probes before running unpacked
+
 
 def _collect_interval(pending: int) -> float:
-    """Seconds between looks at pending futures.
+    """Seconds between looks at pending dask tasks.
 
     Every gather is a round trip through the event loop the scheduler runs on,
-    so with thousands of jobs in flight a look per ~second is cheaper for the
-    scheduler than many small ones; a handful of jobs are looked at every 20 ms.
+    so with thousands of tasks in flight a look per ~second is cheaper for the
+    scheduler than many small ones; a handful of tasks are looked at every 20 ms.
     """
     return min(1.0, max(0.02, pending * 5e-4))
+
+
+def pack_size(durations: Sequence[float], jobs: int, threads: int) -> int:
+    """How many jobs to run per dask task, from the probes' durations (seconds).
+
+    >>> pack_size([0.0001] * 8, jobs=2000, threads=2)
+    250
+    >>> pack_size([0.0001, 0.5], jobs=2000, threads=2)   # one slow probe: no packing
+    1
+    >>> pack_size([0.002] * 8, jobs=100_000, threads=64)
+    25
+    """
+    slowest = max(durations, default=PACK_BELOW)
+    if slowest >= PACK_BELOW:
+        return 1
+    by_time = int(PACK_SECONDS / max(slowest, 1e-5))
+    by_threads = -(-jobs // (PACKS_PER_THREAD * max(1, threads)))
+    return max(1, min(MAX_PACK, by_time, by_threads))
+
+
+@dataclass(eq=False)  # compared by identity
+class _Held:
+    """The rest of a submission, waiting for its probe jobs' timings."""
+
+    runner: JobRunner
+    launches: list[Launch]
+    probes: set[int]  # job ids still running
+    durations: list[float] = field(default_factory=list)
+    since: float = field(default_factory=time.monotonic)
 
 
 class DaskJobs:
@@ -39,7 +82,9 @@ class DaskJobs:
         self._reporter = reporter
         self._client = None
         self._cluster = None
-        self._futures: dict[int, tuple[Launch, object]] = {}
+        self._tasks: dict[str, tuple[list[Launch], object]] = {}  # dask key -> (its jobs, future)
+        self._key_of: dict[int, str] = {}  # job id -> dask key
+        self._held: list[_Held] = []
         self._collector: threading.Thread | None = None
         self._rounds = 0
         self._lock = threading.Lock()
@@ -65,58 +110,68 @@ class DaskJobs:
         return self._client is not None
 
     def submit(self, launches: Sequence[Launch]) -> None:
-        if launches:
-            self._submit_calls(list(launches))
-
-    def _submit_calls(self, launches: list[Launch]) -> None:
+        if not launches:
+            return
         client = self.client
-        groups: dict[tuple, list[Launch]] = {}
-        futures, ordered = [], []
         steps: dict[int, list[Launch]] = {}
+        calls: dict[tuple, list[Launch]] = {}
         for l in launches:
             if l.mpi is not None:  # packed MPI: a launcher run holding `cores` of the allocation's slots
                 steps.setdefault(l.cores, []).append(l)
+            else:
+                shared = frozenset((k, v) for k, v in l.env.items() if k not in PER_JOB_ENV)
+                calls.setdefault((id(l.call.fn), l.cwd, shared), []).append(l)
         for cores, group in steps.items():
-            futures += client.map(run_step, [l.command for l in group], [l.env for l in group],
-                                  [str(l.cwd) for l in group], [(l.log_out, l.log_err) for l in group],
-                                  [l.timeout for l in group], key=[f"htc-job-{l.job_id}-{l.attempt}" for l in group],
-                                  resources={SLOTS: cores}, pure=False)
-            ordered += group
-        for l in (l for l in launches if l.mpi is None):
-            shared = frozenset((k, v) for k, v in l.env.items() if k not in PER_JOB_ENV)
-            groups.setdefault((id(l.call.fn), l.cwd, shared), []).append(l)
-        for (_, cwd, shared), group in groups.items():
+            futures = client.map(run_step, [l.command for l in group], [l.env for l in group],
+                                 [str(l.cwd) for l in group], [(l.log_out, l.log_err) for l in group],
+                                 [l.timeout for l in group], key=[_key([l]) for l in group],
+                                 resources={SLOTS: cores}, pure=False)
+            self._track([[l] for l in group], futures)
+        for (_, cwd, shared), group in calls.items():
             runner = JobRunner(group[0].call.fn, str(cwd), dict(shared))
-            futures += client.map(runner, [l.job_id for l in group],
-                                  [int(l.env.get("HTC_JOB_INDEX", 0)) for l in group],
-                                  [l.call.args for l in group], [l.call.kwargs for l in group],
-                                  [(l.log_out, l.log_err) for l in group],
-                                  key=[f"htc-job-{l.job_id}-{l.attempt}" for l in group], pure=False)
-            ordered += group
-        launches = ordered
+            if len(group) > 2 * PROBE_JOBS:
+                probes, rest = group[:PROBE_JOBS], group[PROBE_JOBS:]
+                with self._lock:
+                    self._held.append(_Held(runner, rest, {l.job_id for l in probes}))
+                group = probes
+            self._run(client, runner, [[l] for l in group])
+        self._start_collector()
+
+    def _run(self, client, runner: JobRunner, packs: list[list[Launch]]) -> None:
+        futures = client.map(runner, [[(l.job_id, int(l.env.get("HTC_JOB_INDEX", 0)), l.call.args,
+                                             l.call.kwargs, (l.log_out, l.log_err)) for l in pack]
+                                           for pack in packs],
+                                  key=[_key(pack) for pack in packs], pure=False)
+        self._track(packs, futures)
+
+    def _track(self, packs: list[list[Launch]], futures: list) -> None:
         with self._lock:
-            for launch, fut in zip(launches, futures):
-                self._futures[launch.job_id] = (launch, fut)
+            for pack, fut in zip(packs, futures):
+                self._tasks[fut.key] = (pack, fut)
+                for l in pack:
+                    self._key_of[l.job_id] = fut.key
+
+    def _start_collector(self) -> None:
+        with self._lock:
             if self._collector is None:
                 self._collector = threading.Thread(target=self._collect, name="htc-collect", daemon=True)
                 self._collector.start()
 
     def _collect(self) -> None:
-        """Report finished futures in bulk.
+        """Report finished tasks in bulk, then sleep a while; until the backend closes.
 
         Polls each future's state (an attribute read, no round trip) and gathers
         the finished ones with one call: per-future callbacks would wake the
         client's event loop once per job, which costs more than trivial jobs do.
         """
         while True:
-            reported = self._collect_once()
-            if reported is None:
+            if self._collect_once() is None:
                 return
-            if not reported:
-                time.sleep(_collect_interval(len(self._futures)))
+            time.sleep(0.02 if self._held else _collect_interval(len(self._tasks)))
 
     def _collect_once(self) -> int | None:
-        """Report every future that is no longer pending; None once the backend is closed.
+        """Report every task that is no longer pending, and release held submissions whose probes
+        are timed; None once the backend is closed.
 
         A round of its own so no reference to a future (which keeps its result
         alive on a worker) outlives it.
@@ -126,17 +181,47 @@ class DaskJobs:
                 self._collector = None
                 return None
             self._rounds += 1
-            done = _not_pending(self._futures.values(), full=self._rounds % 8 == 0)
-            for launch, _ in done:
-                del self._futures[launch.job_id]
-        finished = [(l, f) for l, f in done if f.status == "finished"]
+            client = self._client
+            done = _not_pending(self._tasks.values(), full=self._rounds % 8 == 0)
+            for pack, fut in done:
+                del self._tasks[fut.key]
+                for l in pack:
+                    self._key_of.pop(l.job_id, None)
+        finished = [(p, f) for p, f in done if f.status == "finished"]
         values = self._gather([f for _, f in finished])
-        for (launch, fut), value in zip(finished, values):
-            self._reporter.finished(_outcome(launch, fut, value))
-        for launch, fut in done:
+        outcomes = []
+        for (pack, fut), value in zip(finished, values):
+            reports = value if isinstance(value, list) else [value] * len(pack)  # a pack's list, or one report
+            outcomes += [_outcome(l, fut, r) for l, r in zip(pack, reports)]
+        for pack, fut in done:
             if fut.status != "finished":
-                self._reporter.finished(_outcome(launch, fut, _exception(fut)))
+                exc = _exception(fut)
+                outcomes += [_outcome(l, fut, exc) for l in pack]
+        for outcome in outcomes:
+            self._reporter.finished(outcome)
+        if self._held:
+            self._release(client, outcomes)
         return len(done)
+
+    def _release(self, client, outcomes: list[Outcome]) -> None:
+        """Time the probes that ended, and run the rest of a submission once that decides how:
+        packed when every probe was quick; one job per task as soon as one probe was slow,
+        or after PROBE_WAIT."""
+        ready = []
+        with self._lock:
+            for held in self._held:
+                for o in outcomes:
+                    if o.job_id in held.probes:
+                        held.probes.discard(o.job_id)
+                        if o.started is not None and o.ended is not None:
+                            held.durations.append(o.ended - o.started)
+                slow = max(held.durations, default=0) >= PACK_BELOW  # decided: no packing
+                if slow or not held.probes or time.monotonic() - held.since > PROBE_WAIT:
+                    ready.append(held)
+            self._held = [h for h in self._held if h not in ready]
+        for held in (h for h in ready if h.launches):
+            n = 1 if held.probes else pack_size(held.durations, len(held.launches), sum(client.nthreads().values()))
+            self._run(client, held.runner, [held.launches[i:i + n] for i in range(0, len(held.launches), n)])
 
     def _gather(self, futures: list) -> list:
         try:
@@ -145,22 +230,36 @@ class DaskJobs:
             return [exc] * len(futures)
 
     def cancel(self, job_ids: Sequence[int]) -> None:
+        """Stop these jobs: a dask task is cancelled once none of its jobs is wanted."""
+        drop, futures = set(job_ids), []
         with self._lock:
-            futures = [self._futures.pop(j)[1] for j in job_ids if j in self._futures]
+            for held in self._held:
+                held.launches = [l for l in held.launches if l.job_id not in drop]
+            for job_id in drop:
+                key = self._key_of.pop(job_id, None)
+                if key is None:
+                    continue
+                pack, fut = self._tasks[key]
+                pack[:] = [l for l in pack if l.job_id != job_id]
+                if not pack:
+                    del self._tasks[key]
+                    futures.append(fut)
         if futures and self._client is not None:
             self._client.cancel(futures)
 
     def running(self) -> set[int]:
         with self._lock:
-            return set(self._futures)
+            return set(self._key_of) | {l.job_id for h in self._held for l in h.launches}
 
     def close(self) -> None:
         """Stop the cluster; jobs still pending end CANCELLED."""
         with self._lock:
             client, cluster, self._client, self._cluster = self._client, self._cluster, None, None
-            pending, self._futures = self._futures, {}
-        for job_id, (launch, _) in pending.items():
-            self._reporter.finished(Outcome(job_id, launch.attempt, "CANCELLED",
+            pending = [l for pack, _ in self._tasks.values() for l in pack]
+            pending += [l for h in self._held for l in h.launches]
+            self._tasks, self._key_of, self._held = {}, {}, []
+        for launch in pending:
+            self._reporter.finished(Outcome(launch.job_id, launch.attempt, "CANCELLED",
                                             reason="session closed before the job finished"))
         if client is not None:
             client.close()
@@ -168,17 +267,23 @@ class DaskJobs:
             cluster.close()
 
 
+def _key(pack: list[Launch]) -> str:
+    """The dask key of a task running these jobs: htc-job-<id>-<attempt>[-x<count>]."""
+    first = pack[0]
+    return f"htc-job-{first.job_id}-{first.attempt}" + (f"-x{len(pack)}" if len(pack) > 1 else "")
+
+
 def _not_pending(items, full: bool, window: int = 256) -> list:
-    """The (launch, future) pairs whose future has ended.
+    """The (jobs, future) pairs whose future has ended.
 
     dask runs equal-priority tasks roughly in submission order, so a look
     stops after `window` pending futures in a row; every few rounds a full
     look catches the ones that finished out of order.
     """
     done, streak = [], 0
-    for launch, fut in items:
+    for jobs, fut in items:
         if fut.status != "pending":
-            done.append((launch, fut))
+            done.append((jobs, fut))
             streak = 0
         else:
             streak += 1

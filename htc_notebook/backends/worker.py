@@ -70,13 +70,15 @@ _LOADED: dict[str, Any] = {}
 
 
 class JobRunner:
-    """The dask task function for every job of one submission that calls the same `fn`.
+    """The dask task function for the jobs of one submission that call the same `fn`.
 
     It carries what the jobs share (the function, working directory, environment), so
-    each task carries only its own job id, index, arguments and log paths. The function
-    travels as cloudpickled bytes and is loaded once per worker process, inside the job:
-    a function that cannot be loaded on the node (say, from a module only the notebook
-    can import) fails that job with an explanation instead of killing workers.
+    each dask task carries only its jobs' ids, indexes, arguments and log paths. One
+    dask task runs one job, or a pack of several when the jobs are known to be quick
+    (see `backends/dask_jobs.py`). The function travels as cloudpickled bytes and is
+    loaded once per worker process, inside the job: a function that cannot be loaded
+    on the node (say, from a module only the notebook can import) fails its jobs with
+    an explanation instead of killing workers.
     """
 
     def __init__(self, fn: Any, cwd: str, env: dict[str, str]):
@@ -85,20 +87,22 @@ class JobRunner:
         self.name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
         self.cwd, self.env = cwd, env  # env: the variables every job here shares
 
-    def __call__(self, job_id: int, index: int, args: tuple, kwargs: dict,
-                 logs: tuple[str, str]) -> dict[str, Any]:
+    def __call__(self, jobs: list[tuple[int, int, tuple, dict, tuple[str, str]]]) -> list[dict[str, Any]]:
+        """Run each (job_id, index, args, kwargs, logs) in turn; one report per job."""
         fn = _LOADED.get(self.digest)
         if fn is None:
             try:
                 fn = _LOADED[self.digest] = cloudpickle.loads(self.payload)
             except Exception as exc:  # noqa: BLE001
-                return {"ok": False, "host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
-                        "ended": time.time(),
-                        "message": (f"could not load {self.name} on {socket.gethostname()}: "
-                                    f"{type(exc).__name__}: {exc}. Define the function in the notebook, or "
-                                    "in a module installed where the jobs run")}
-        env = {**self.env, "HTC_JOB_ID": str(job_id), "HTC_JOB_INDEX": str(index)}
-        return run_call(fn, args, kwargs, self.cwd, env, logs)
+                now = time.time()
+                return [{"ok": False, "host": socket.gethostname(), "pid": os.getpid(), "started": now,
+                         "ended": now,
+                         "message": (f"could not load {self.name} on {socket.gethostname()}: "
+                                     f"{type(exc).__name__}: {exc}. Define the function in the notebook, or "
+                                     "in a module installed where the jobs run")}] * len(jobs)
+        return [run_call(fn, args, kwargs, self.cwd,
+                         {**self.env, "HTC_JOB_ID": str(job_id), "HTC_JOB_INDEX": str(index)}, logs)
+                for job_id, index, args, kwargs, logs in jobs]
 
 
 def run_call(fn: Any, args: tuple, kwargs: dict, cwd: str, env: dict[str, str],

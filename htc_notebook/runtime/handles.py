@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from htc_notebook.runtime.session import Session
 
-REFRESH_MIN_INTERVAL = 0.1  # seconds between two looks at the ledger while waiting
+REFRESH_MIN_INTERVAL = 0.02  # seconds between two looks at the ledger while waiting
 RECONCILE_EVERY = 2.0  # seconds between checks that jobs owned elsewhere still have a live owner
 TERMINAL = TERMINAL_NAMES
 
