@@ -7,6 +7,7 @@ Python job is submitted.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from htc_notebook.backends.mpi_ranks import run_step
 from htc_notebook.backends.worker import JobRunner
 from htc_notebook.ledger import Outcome
 
+
+log = logging.getLogger(__name__)
 
 SLOTS = "slots"  # the dask worker resource a packed MPI allocation offers: one per core
 
@@ -36,13 +39,16 @@ PROBE_WAIT = 0.5  # seconds the rest of a submission waits for its probes before
 
 
 def _collect_interval(pending: int) -> float:
-    """Seconds between looks at pending dask tasks.
+    """Seconds between looks at pending dask tasks (a new submission wakes the collector early).
 
     Every gather is a round trip through the event loop the scheduler runs on,
     so with thousands of tasks in flight a look per ~second is cheaper for the
-    scheduler than many small ones; a handful of tasks are looked at every 20 ms.
+    scheduler than many small ones; a handful of tasks are looked at every 5 ms.
+
+    >>> _collect_interval(0), _collect_interval(1), _collect_interval(100), _collect_interval(5000)
+    (1.0, 0.005, 0.05, 1.0)
     """
-    return min(1.0, max(0.02, pending * 5e-4))
+    return 1.0 if not pending else min(1.0, max(0.005, pending * 5e-4))
 
 
 def pack_size(durations: Sequence[float], jobs: int, threads: int) -> int:
@@ -86,6 +92,7 @@ class DaskJobs:
         self._key_of: dict[int, str] = {}  # job id -> dask key
         self._held: list[_Held] = []
         self._collector: threading.Thread | None = None
+        self._wake = threading.Event()  # set by a submission: the collector looks at once
         self._rounds = 0
         self._lock = threading.Lock()
 
@@ -152,6 +159,7 @@ class DaskJobs:
                     self._key_of[l.job_id] = fut.key
 
     def _start_collector(self) -> None:
+        self._wake.set()
         with self._lock:
             if self._collector is None:
                 self._collector = threading.Thread(target=self._collect, name="htc-collect", daemon=True)
@@ -167,7 +175,8 @@ class DaskJobs:
         while True:
             if self._collect_once() is None:
                 return
-            time.sleep(0.02 if self._held else _collect_interval(len(self._tasks)))
+            self._wake.wait(0.02 if self._held else _collect_interval(len(self._tasks)))
+            self._wake.clear()
 
     def _collect_once(self) -> int | None:
         """Report every task that is no longer pending, and release held submissions whose probes
@@ -264,7 +273,10 @@ class DaskJobs:
         if client is not None:
             client.close()
         if cluster is not None:
-            cluster.close()
+            try:
+                cluster.close()
+            except Exception as exc:  # noqa: BLE001 - e.g. a pilot SLURM refused never started; nothing to stop
+                log.info("closing the dask cluster: %s: %s", type(exc).__name__, exc)
 
 
 def _key(pack: list[Launch]) -> str:

@@ -43,14 +43,17 @@ class SlurmBackend:
             return
         first = not runner.started
         if first:
-            try:  # the probe ran while the scheduler and client started
+            # ask for allocations now (adapt() would wait for its first tick), then read the verdict
+            # of the `sbatch --test-only` probe that ran while the scheduler started: a rejected
+            # script raises here, with SLURM's message, before any job is handed to dask.
+            runner.cluster.scale(jobs=min(self.profile.max_pilots, jobs))
+            try:
                 check_probe(runner.cluster)
             except BackendError:
                 runner.close()
                 raise
         runner.submit(launches)
-        if first:  # ask for allocations now: adapt() would wait for its first tick before asking
-            runner.cluster.scale(jobs=min(self.profile.max_pilots, jobs))
+        if first:
             start_adapting(runner.cluster, self.profile)
 
     def adopt(self, job_id: int, attempt: int, native_id: str, cwd: str, timeout: int | None) -> None:
