@@ -5,8 +5,9 @@ allreduce) `--tasks` times on the test cluster's `cpu` partition (2 nodes x 2 co
 in the same run, one side after the other (order alternates with --pairs). The
 alternative is what a user without htc_notebook writes: one `sbatch` per task whose
 script runs `srun --mpi=pmix -n 2 python task.py`, then waits until squeue is empty.
-htc: `task.mpi(fn, ranks=2)` per task on the profile's packed allocation
-(`srun --exact` steps), until every result is in the ledger.
+htc: `task.mpi(fn, ranks=2)` per task on the profile's packed allocation (its MPI rank
+pool, started once: see backends/mpi_pool.py), until every result is in the ledger.
+Both sides' clocks include getting an allocation and starting MPI.
 
     .venv/bin/python bench/mpi.py [--tasks 200] [--seconds 0.2] [--pairs 1] [--write bench/results.md]
 """
@@ -86,7 +87,7 @@ def main() -> int:
             print(f"pair {i}: {name:6s} {args.tasks} tasks in {dt:6.1f} s ({args.tasks / dt:5.2f} tasks/s)", flush=True)
     p, s = sorted(packed)[len(packed) // 2], sorted(single)[len(single) // 2]
     summary = (f"{args.tasks} two-rank mpi4py tasks of {args.seconds} s on partition cpu (2 nodes x 2 cores), "
-               f"{args.pairs} pair(s): packed in one allocation (srun --exact steps) {p:.1f} s, one sbatch job per "
+               f"{args.pairs} pair(s): packed in one allocation (rank pool) {p:.1f} s, one sbatch job per "
                f"task {s:.1f} s; packed is **{s / p:.2f}x** faster (target >= 5x)")
     print(summary)
     if args.write:

@@ -120,6 +120,25 @@ def test_eight_small_tasks_share_one_packed_allocation_and_overlap(session):
     assert overlaps >= 2, spans
 
 
+def ranks_of(comm):
+    import os
+    import socket
+
+    return comm.gather((os.getpid(), socket.gethostname(), os.environ.get("SLURM_STEP_ID")))
+
+
+def test_packed_python_tasks_run_on_one_rank_pool_that_survives_a_failed_task(session):
+    first = session.mpi(ranks_of, nodes=2, ranks_per_node=2, profile="cpu").result(timeout=180)
+    assert {h for _, h, _ in first} == {"node1", "node2"} and len({s for _, _, s in first}) == 1
+    again = session.mpi(ranks_of, nodes=2, ranks_per_node=2, profile="cpu").result(timeout=180)
+    assert again == first  # the same rank processes (pids, hosts, srun step) served both tasks
+    with pytest.raises(JobFailed, match="rank 3 on node2 raised RuntimeError: diverged at step 17"):
+        session.mpi(fails_on_rank_3, nodes=2, ranks_per_node=2, profile="cpu").result(timeout=180)
+    after = session.mpi(ranks_of, nodes=2, ranks_per_node=2, profile="cpu").result(timeout=180)
+    assert {p for p, _, _ in after}.isdisjoint({p for p, _, _ in first})  # stuck ranks were replaced
+    assert after[0][2] != first[0][2]  # by a new pool step
+
+
 def test_per_task_profile_gives_each_task_its_own_allocation(site, tmp_path):  # noqa: F811
     data = site.profile("cpu").model_dump()
     per_task = site.profile("cpu").model_validate({**data, "name": "cpu-alone", "packing": "per_task"})

@@ -13,8 +13,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+import cloudpickle
+
 from htc_notebook.backends.base import PER_JOB_ENV, Launch, Reporter
 from htc_notebook.backends.mpi_jobs import verdict
+from htc_notebook.backends.mpi_pool import PoolSpec, run_pooled
 from htc_notebook.backends.mpi_ranks import run_step
 from htc_notebook.backends.worker import JobRunner
 from htc_notebook.ledger import Outcome
@@ -83,9 +86,10 @@ class _Held:
 class DaskJobs:
     """Runs Python launches on the cluster `make_cluster()` returns, started on first use."""
 
-    def __init__(self, make_cluster: Callable[[], Any], reporter: Reporter):
+    def __init__(self, make_cluster: Callable[[], Any], reporter: Reporter, *, pool: PoolSpec | None = None):
         self._make_cluster = make_cluster
         self._reporter = reporter
+        self._pool = pool  # packed allocations: where Python MPI jobs run (an MPI rank pool)
         self._client = None
         self._cluster = None
         self._tasks: dict[str, tuple[list[Launch], object]] = {}  # dask key -> (its jobs, future)
@@ -129,11 +133,19 @@ class DaskJobs:
                 shared = frozenset((k, v) for k, v in l.env.items() if k not in PER_JOB_ENV)
                 calls.setdefault((id(l.call.fn), l.cwd, shared), []).append(l)
         for cores, group in steps.items():
-            futures = client.map(run_step, [l.command for l in group], [l.env for l in group],
-                                 [str(l.cwd) for l in group], [(l.log_out, l.log_err) for l in group],
-                                 [l.timeout for l in group], key=[_key([l]) for l in group],
+            commands = [l for l in group if l.kind == "command" or self._pool is None]
+            futures = client.map(run_step, [l.command for l in commands], [l.env for l in commands],
+                                 [str(l.cwd) for l in commands], [(l.log_out, l.log_err) for l in commands],
+                                 [l.timeout for l in commands], key=[_key([l]) for l in commands],
                                  resources={SLOTS: cores}, pure=False)
-            self._track([[l] for l in group], futures)
+            calls_ = [l for l in group if l.kind == "python" and self._pool is not None]
+            futures += client.map(run_pooled, [self._pool] * len(calls_),
+                                  [cloudpickle.dumps((l.call.fn, l.call.args, l.call.kwargs)) for l in calls_],
+                                  [(l.mpi.nodes, l.mpi.ranks_per_node, l.mpi.cpus_per_rank) for l in calls_],
+                                  [str(l.cwd) for l in calls_], [l.env for l in calls_],
+                                  [(l.log_out, l.log_err) for l in calls_], [l.timeout for l in calls_],
+                                  key=[_key([l]) for l in calls_], resources={SLOTS: cores}, pure=False)
+            self._track([[l] for l in commands + calls_], futures)
         for (_, cwd, shared), group in calls.items():
             runner = JobRunner(group[0].call.fn, str(cwd), dict(shared))
             if len(group) > 2 * PROBE_JOBS:

@@ -13,8 +13,9 @@ import sys
 from dataclasses import replace
 
 from htc_notebook.backends.base import Launch
-from htc_notebook.backends.launchers import launch_argv, launch_env
-from htc_notebook.backends.mpi_ranks import rank_argv, rank_dir, read_outcome, write_call
+from htc_notebook.backends.launchers import MpiLayout, launch_argv, launch_env
+from htc_notebook.backends.mpi_pool import PoolSpec
+from htc_notebook.backends.mpi_ranks import pool_argv, rank_argv, rank_dir, read_outcome, write_call
 from htc_notebook.ledger import Outcome
 from htc_notebook.spec import PartitionProfile
 
@@ -34,10 +35,38 @@ def wrap(launch: Launch, profile: PartitionProfile, *, step: bool = False, write
         inner = rank_argv(profile.python or sys.executable, d)
     mem = (profile.memory_per_node // profile.cores_per_node) if step else None
     argv = launch_argv(layout.launcher or profile.launcher, layout, inner, mpi=profile.mpi, step_mem_per_cpu=mem)
-    env = {**launch.env, **launch_env(layout, omp_places=profile.omp_places, omp_proc_bind=profile.omp_proc_bind)}
-    if os.geteuid() == 0:  # Open MPI refuses root unless told twice (test clusters run as root)
-        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    env = {**launch.env, **launch_env(layout, omp_places=profile.omp_places, omp_proc_bind=profile.omp_proc_bind),
+           **_root_env()}
     return replace(launch, command=tuple(argv), env=env, cores=layout.cores)
+
+
+def pooled(launch: Launch, profile: PartitionProfile) -> Launch:
+    """A packed Python MPI launch as it runs on a rank pool: the job's OpenMP settings, and its cores."""
+    env = {**launch.env, **launch_env(launch.mpi, omp_places=profile.omp_places, omp_proc_bind=profile.omp_proc_bind)}
+    return replace(launch, env=env, cores=launch.mpi.cores)
+
+
+def pool_spec(profile: PartitionProfile, log_directory: str | None) -> PoolSpec:
+    """The rank pool of the profile's packed allocation: a rank on every core, in one `srun --overlap`
+    step (it holds no cores of its own: dask's slots decide what runs, and command steps still fit).
+
+    >>> from htc_notebook.spec import PartitionProfile
+    >>> p = PartitionProfile(name="cpu", backend="slurm", partition="cpu", cores_per_node=2, memory_per_node="2G",
+    ...                      max_nodes=2, mpi="pmix", python="/venv/bin/python")
+    >>> spec = pool_spec(p, "/logs")
+    >>> " ".join(spec.argv[:8]), spec.size, spec.log
+    ('srun --overlap --nodes=2 --ntasks=4 --ntasks-per-node=2 --cpus-per-task=1 --kill-on-bad-exit=1 --mpi=pmix', 4, '/logs/htc-mpi-pool-cpu.log')
+    """
+    nodes, per_node = profile.nodes_per_pack, profile.cores_per_node
+    layout = MpiLayout(ranks=nodes * per_node, nodes=nodes, ranks_per_node=per_node)
+    argv = launch_argv("srun", layout, pool_argv(profile.python or sys.executable), mpi=profile.mpi)
+    log = os.path.join(log_directory or ".", f"htc-mpi-pool-{profile.name}.log")
+    return PoolSpec(argv=("srun", "--overlap", *argv[1:]), env=tuple(_root_env().items()), size=layout.ranks, log=log)
+
+
+def _root_env() -> dict[str, str]:
+    """Open MPI refuses root unless told twice (test clusters run as root)."""
+    return {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"} if os.geteuid() == 0 else {}
 
 
 def packs(launch: Launch, profile: PartitionProfile) -> bool:

@@ -10,6 +10,10 @@ one that died. `read_outcome` turns the files and the launcher's exit code into
 the job's verdict: rank 0's value (falsy values included) or an error naming the
 rank, the host and the traceback.
 
+The same program also serves a rank pool (``--serve ADDRESS``, see `mpi_pool`): ranks
+that outlive tasks and run one Python MPI task after another on sub-communicators of
+``COMM_WORLD``, reporting to the pool's driver over an authenticated connection.
+
 This module must stay importable on a node without the rest of the runtime:
 standard library and cloudpickle only (mpi4py inside the rank program).
 """
@@ -85,15 +89,24 @@ def _with_comm(fn: Any, args: tuple, kwargs: dict, comm: Any) -> tuple[tuple, di
     return args, kwargs
 
 
-def main(directory: str) -> int:
-    """One rank: run the call, report, and abort everyone if it raised."""
-    from mpi4py import MPI
+POOL_KEY_ENV = "HTC_POOL_KEY"  # the pool's connection key (hex), given to the ranks by the driver
 
-    d, comm = Path(directory), MPI.COMM_WORLD
+
+def pool_argv(python: str) -> list[str]:
+    """The command each rank of a rank pool runs; the driver appends its address."""
+    return [python, str(Path(__file__).resolve()), "--serve"]
+
+
+def run_on(comm: Any, payload: bytes) -> tuple[dict[str, Any], bytes | None]:
+    """Run a pickled (fn, args, kwargs) on this rank of `comm`: (report, rank 0's pickled value).
+
+    Never raises: an exception is reported with its traceback (also written to stderr).
+    """
     rank, host = comm.Get_rank(), socket.gethostname()
-    report = {"rank": rank, "host": host, "pid": os.getpid(), "started": time.time()}
+    report: dict[str, Any] = {"rank": rank, "host": host, "pid": os.getpid(), "started": time.time()}
+    data = None
     try:
-        fn, args, kwargs = cloudpickle.loads((d / CALL_FILE).read_bytes())
+        fn, args, kwargs = cloudpickle.loads(payload)
         args, kwargs = _with_comm(fn, args, kwargs, comm)
         value = fn(*args, **kwargs)
         if rank == 0:
@@ -101,17 +114,64 @@ def main(directory: str) -> int:
                 data = cloudpickle.dumps(value)
             except Exception as exc:
                 raise TypeError(f"rank 0's return value ({type(value).__name__}) cannot be pickled: {exc}") from exc
-            _atomic(d / RESULT_FILE, data)
-        ok = True
-    except BaseException as exc:  # noqa: BLE001 - report everything, then abort the other ranks
-        ok = False
-        report.update(error=f"{type(exc).__name__}: {exc}", traceback="".join(traceback.format_exception(exc)))
+        report["ok"] = True
+    except BaseException as exc:  # noqa: BLE001 - report everything, SystemExit included
+        report.update(ok=False, error=f"{type(exc).__name__}: {exc}",
+                      traceback="".join(traceback.format_exception(exc)))
         sys.stderr.write(f"[rank {rank} on {host}] " + report["traceback"])
         sys.stderr.flush()
-    report.update(ok=ok, ended=time.time())
-    _atomic(d / f"rank-{rank}.json", json.dumps(report).encode())
-    if not ok:
-        comm.Abort(1)
+    report["ended"] = time.time()
+    return report, data
+
+
+def serve(address: str) -> int:
+    """One rank of a pool: connect to the driver, then run what it sends until it says stop.
+
+    A task arrives as (members, payload, cwd, env, logs): the world ranks that run it, in
+    order, which form a communicator with ``Create_group`` (collective over those ranks
+    only, so other tasks run alongside). Waiting for work blocks on the socket, not in
+    MPI, so idle ranks use no CPU.
+    """
+    from multiprocessing.connection import Client
+
+    from mpi4py import MPI
+
+    from htc_notebook.backends.worker import job_context
+
+    world = MPI.COMM_WORLD
+    host, port = address.rsplit(":", 1)
+    conn = Client((host, int(port)), authkey=bytes.fromhex(os.environ.pop(POOL_KEY_ENV)))
+    conn.send({"rank": world.Get_rank(), "host": socket.gethostname(), "pid": os.getpid()})
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:
+            break
+        if task is None:
+            break
+        members, payload, cwd, env, logs = task
+        group = world.Get_group().Incl(members)
+        comm = world.Create_group(group)
+        group.Free()
+        with job_context(cwd, env, *logs):
+            report, data = run_on(comm, payload)
+        conn.send((report, data))
+        comm.Free()
+    conn.close()
+    return 0
+
+
+def main(directory: str) -> int:
+    """One rank: run the call, report, and abort everyone if it raised."""
+    from mpi4py import MPI
+
+    d, comm = Path(directory), MPI.COMM_WORLD
+    report, data = run_on(comm, (d / CALL_FILE).read_bytes())
+    if data is not None:
+        _atomic(d / RESULT_FILE, data)
+    _atomic(d / f"rank-{comm.Get_rank()}.json", json.dumps(report).encode())
+    if not report["ok"]:
+        comm.Abort(1)  # so no rank waits forever on this one
     return 0
 
 
@@ -127,10 +187,7 @@ def read_outcome(directory: str | os.PathLike, exit_code: int | None) -> tuple[s
             pass
     failed = [rep for _, rep in sorted(reports.items()) if not rep.get("ok")]
     if failed:
-        first = failed[0]
-        tail = "".join(first.get("traceback", "").splitlines(keepends=True)[-6:]).rstrip()
-        also = f" (also failed: ranks {', '.join(str(f['rank']) for f in failed[1:])})" if failed[1:] else ""
-        return "FAILED", f"rank {first['rank']} on {first['host']} raised {first['error']}{also}\n{tail}", None
+        return "FAILED", failure(failed), None
     result = d / RESULT_FILE
     if exit_code == 0 and len(reports) == ranks and result.exists():
         return "SUCCEEDED", None, result.read_bytes()
@@ -138,6 +195,14 @@ def read_outcome(directory: str | os.PathLike, exit_code: int | None) -> tuple[s
     how = f"killed by signal {-exit_code}" if exit_code is not None and exit_code < 0 else f"exit code {exit_code}"
     who = f"ranks {', '.join(map(str, missing))} ended without reporting" if missing else "no result from rank 0"
     return "FAILED", f"MPI launcher ended with {how}; {who} (killed, out of memory, or crashed outside Python)", None
+
+
+def failure(failed: Sequence[dict[str, Any]]) -> str:
+    """Why a Python MPI task failed, from the reports of the ranks that raised (rank order)."""
+    first = failed[0]
+    tail = "".join(first.get("traceback", "").splitlines(keepends=True)[-6:]).rstrip()
+    also = f" (also failed: ranks {', '.join(str(f['rank']) for f in failed[1:])})" if failed[1:] else ""
+    return f"rank {first['rank']} on {first['host']} raised {first['error']}{also}\n{tail}"
 
 
 def run_launch(argv: Sequence[str], *, cwd: str, env: dict[str, str], logs: tuple[str, str],
@@ -181,4 +246,4 @@ def kill_group(proc: subprocess.Popen) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(serve(sys.argv[2]) if sys.argv[1] == "--serve" else main(sys.argv[1]))

@@ -39,7 +39,7 @@ class _LazyLog:
 
 
 @contextmanager
-def _job_context(cwd: str, env: dict[str, str], log_out: str, log_err: str) -> Iterator[_LazyLog]:
+def job_context(cwd: str, env: dict[str, str], log_out: str, log_err: str) -> Iterator[_LazyLog]:
     """Run in the task directory with the job's variables set and prints sent to the job's logs.
 
     Workers run one task per process (threads_per_worker=1), so this is safe.
@@ -114,7 +114,7 @@ def run_call(fn: Any, args: tuple, kwargs: dict, cwd: str, env: dict[str, str],
     """
     started = time.time()
     out: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(), "started": started}
-    with _job_context(cwd, env, *logs) as err:
+    with job_context(cwd, env, *logs) as err:
         try:
             value = fn(*args, **kwargs)
             try:

@@ -8,7 +8,7 @@ from typing import Sequence
 from htc_notebook.backends.base import Launch, Reporter
 from htc_notebook.backends.dask_jobs import DaskJobs
 from htc_notebook.backends.slurm.arrays import ArrayRunner
-from htc_notebook.backends.mpi_jobs import packs, wrap
+from htc_notebook.backends.mpi_jobs import packs, pool_spec, pooled, wrap
 from htc_notebook.backends.slurm.pilots import (check_probe, make_pilot_cluster, pack_options, pilot_options,
                                                 start_adapting)
 from htc_notebook.errors import BackendError
@@ -24,13 +24,15 @@ class SlurmBackend:
         self.profile = profile
         self.arrays = ArrayRunner(profile, reporter)
         self.pilots = DaskJobs(lambda: make_pilot_cluster(profile, log_directory=log_directory), reporter)
+        self.pool = pool_spec(profile, log_directory)
         self.packs = DaskJobs(lambda: make_pilot_cluster(profile, log_directory=log_directory, packed=True),
-                              reporter)
+                              reporter, pool=self.pool)
 
     def submit(self, launches: Sequence[Launch]) -> None:
         """Commands and per-task MPI jobs as arrays; Python calls on pilots; packed MPI jobs as steps."""
         mpi = [l for l in launches if l.mpi]
-        packed = [wrap(l, self.profile, step=True) for l in mpi if packs(l, self.profile)]
+        packed = [pooled(l, self.profile) if l.kind == "python" else wrap(l, self.profile, step=True)
+                  for l in mpi if packs(l, self.profile)]
         alone = [wrap(l, self.profile) for l in mpi if not packs(l, self.profile)]
         self.arrays.submit([l for l in launches if l.kind == "command" and not l.mpi] + alone)
         calls = [l for l in launches if l.kind == "python" and not l.mpi]
@@ -72,7 +74,8 @@ class SlurmBackend:
         """The sbatch scripts (arrays) and the pilot job script, without submitting."""
         parts = []
         mpi = [l for l in launches if l.mpi]
-        packed = [wrap(l, self.profile, step=True, write=False) for l in mpi if packs(l, self.profile)]
+        packed = [l if l.kind == "python" else wrap(l, self.profile, step=True, write=False)
+                  for l in mpi if packs(l, self.profile)]
         alone = [wrap(l, self.profile, write=False) for l in mpi if not packs(l, self.profile)]
         commands = [l for l in launches if l.kind == "command" and not l.mpi] + alone
         for chunk, script in self.arrays.plan(commands):
@@ -81,7 +84,11 @@ class SlurmBackend:
             parts.append(f"# pilot job (dask-jobqueue)\n{pilot_job_script(self.profile)}")
         if packed:
             parts.append(f"# packed MPI allocation (dask-jobqueue)\n{pilot_job_script(self.profile, packed=True)}")
-            parts += [f"# job {l.job_id}: a step of it\n{shlex.join(l.command)}" for l in packed]
+            parts += [f"# job {l.job_id}: a step of it\n{shlex.join(l.command)}" for l in packed if l.kind == "command"]
+            if any(l.kind == "python" for l in packed):
+                ids = ", ".join(str(l.job_id) for l in packed if l.kind == "python")
+                parts.append(f"# jobs {ids}: on the allocation's MPI rank pool, started once as\n"
+                             f"{shlex.join(self.pool.argv)} <driver address>")
         return "\n".join(parts)
 
     def close(self) -> None:
