@@ -139,6 +139,14 @@ def test_packed_python_tasks_run_on_one_rank_pool_that_survives_a_failed_task(se
     assert after[0][2] != first[0][2]  # by a new pool step
 
 
+def test_an_executable_step_runs_beside_a_running_rank_pool(session, mpi_hello):
+    first = session.mpi(ranks_of, nodes=2, ranks_per_node=1, profile="cpu").result(timeout=180)  # starts the pool
+    res = session.mpi([mpi_hello], nodes=2, ranks_per_node=2, profile="cpu").result(timeout=180)
+    assert res.exit_code == 0 and sum(line.endswith("sum 6") for line in res.stdout.splitlines()) == 4
+    again = session.mpi(ranks_of, nodes=2, ranks_per_node=1, profile="cpu").result(timeout=180)
+    assert again == first  # the pool was not disturbed by the step
+
+
 def test_per_task_profile_gives_each_task_its_own_allocation(site, tmp_path):  # noqa: F811
     data = site.profile("cpu").model_dump()
     per_task = site.profile("cpu").model_validate({**data, "name": "cpu-alone", "packing": "per_task"})
