@@ -2,7 +2,9 @@
 
 `DaskJobs` maps launches onto a dask Client and reports each job's outcome.
 The cluster is created by a factory on first use, so nothing starts until a
-Python job is submitted.
+Python job is submitted. Quick jobs are packed several to a dask task (see
+PROBE_JOBS below); on a packed MPI allocation, Python MPI jobs run on its rank
+pool (`mpi_pool`) and MPI programs as launcher steps, each holding `slots`.
 """
 
 from __future__ import annotations
@@ -127,25 +129,13 @@ class DaskJobs:
         steps: dict[int, list[Launch]] = {}
         calls: dict[tuple, list[Launch]] = {}
         for l in launches:
-            if l.mpi is not None:  # packed MPI: a launcher run holding `cores` of the allocation's slots
+            if l.mpi is not None:  # packed MPI (SLURM)
                 steps.setdefault(l.cores, []).append(l)
             else:
                 shared = frozenset((k, v) for k, v in l.env.items() if k not in PER_JOB_ENV)
                 calls.setdefault((id(l.call.fn), l.cwd, shared), []).append(l)
         for cores, group in steps.items():
-            commands = [l for l in group if l.kind == "command" or self._pool is None]
-            futures = client.map(run_step, [l.command for l in commands], [l.env for l in commands],
-                                 [str(l.cwd) for l in commands], [(l.log_out, l.log_err) for l in commands],
-                                 [l.timeout for l in commands], key=[_key([l]) for l in commands],
-                                 resources={SLOTS: cores}, pure=False)
-            calls_ = [l for l in group if l.kind == "python" and self._pool is not None]
-            futures += client.map(run_pooled, [self._pool] * len(calls_),
-                                  [cloudpickle.dumps((l.call.fn, l.call.args, l.call.kwargs)) for l in calls_],
-                                  [(l.mpi.nodes, l.mpi.ranks_per_node, l.mpi.cpus_per_rank) for l in calls_],
-                                  [str(l.cwd) for l in calls_], [l.env for l in calls_],
-                                  [(l.log_out, l.log_err) for l in calls_], [l.timeout for l in calls_],
-                                  key=[_key([l]) for l in calls_], resources={SLOTS: cores}, pure=False)
-            self._track([[l] for l in commands + calls_], futures)
+            self._run_mpi(client, cores, group)
         for (_, cwd, shared), group in calls.items():
             runner = JobRunner(group[0].call.fn, str(cwd), dict(shared))
             if len(group) > 2 * PROBE_JOBS:
@@ -156,12 +146,28 @@ class DaskJobs:
             self._run(client, runner, [[l] for l in group])
         self._start_collector()
 
+    def _run_mpi(self, client, cores: int, group: list[Launch]) -> None:
+        """Packed MPI launches, each holding `cores` of the allocation's slots while it runs:
+        Python functions on the allocation's rank pool, programs as launcher steps."""
+        calls = [l for l in group if l.kind == "python"]
+        steps = [l for l in group if l.kind != "python"]
+        futures = client.map(run_step, [l.command for l in steps], [l.env for l in steps],
+                             [str(l.cwd) for l in steps], [(l.log_out, l.log_err) for l in steps],
+                             [l.timeout for l in steps], key=[_key([l]) for l in steps],
+                             resources={SLOTS: cores}, pure=False)
+        futures += client.map(run_pooled, [self._pool] * len(calls),
+                               [cloudpickle.dumps((l.call.fn, l.call.args, l.call.kwargs)) for l in calls],
+                               [(l.mpi.nodes, l.mpi.ranks_per_node, l.mpi.cpus_per_rank) for l in calls],
+                               [str(l.cwd) for l in calls], [l.env for l in calls],
+                               [(l.log_out, l.log_err) for l in calls], [l.timeout for l in calls],
+                               key=[_key([l]) for l in calls], resources={SLOTS: cores}, pure=False)
+        self._track([[l] for l in steps + calls], futures)
+
     def _run(self, client, runner: JobRunner, packs: list[list[Launch]]) -> None:
-        futures = client.map(runner, [[(l.job_id, int(l.env.get("HTC_JOB_INDEX", 0)), l.call.args,
-                                             l.call.kwargs, (l.log_out, l.log_err)) for l in pack]
-                                           for pack in packs],
-                                  key=[_key(pack) for pack in packs], pure=False)
-        self._track(packs, futures)
+        """One dask task per pack of jobs (a pack of one, or several quick ones)."""
+        jobs = [[(l.job_id, int(l.env.get("HTC_JOB_INDEX", 0)), l.call.args, l.call.kwargs, (l.log_out, l.log_err))
+                 for l in pack] for pack in packs]
+        self._track(packs, client.map(runner, jobs, key=[_key(pack) for pack in packs], pure=False))
 
     def _track(self, packs: list[list[Launch]], futures: list) -> None:
         with self._lock:
