@@ -125,6 +125,25 @@ try:
     broken().result(timeout=300)
 except Exception as e:
     print(str(e).split(" raised ")[1].splitlines()[0])""",
+"""md:Many small MPI tasks at once. On a SLURM profile they share one allocation, and Python
+tasks run on its rank pool: MPI ranks started once that serve task after task, each on a
+communicator of its own. Locally, each task runs under `mpirun`.""",
+"""import time
+import pandas as pd
+
+@mpi_task(profile=PROFILE, ranks=2)
+def tiny(comm, i):
+    import os, socket
+    return comm.gather((os.getpid(), socket.gethostname())), comm.allreduce(i)
+
+t0 = time.time()
+runs = [tiny(i) for i in range(20)]
+table = pd.DataFrame([{"task": i, "ranks (pid@host)": " ".join(f"{p}@{h}" for p, h in ranks), "sum": s}
+                      for i, (ranks, s) in enumerate(f.result(timeout=300) for f in runs)])
+print(f"20 two-rank tasks in {time.time() - t0:.1f} s on {table['ranks (pid@host)'].nunique()} distinct set(s) of ranks")
+table.head()""",
+"""# NBVAL_CHECK_OUTPUT
+print("every task summed its own input twice:", bool((table["sum"] == 2 * table["task"]).all()))""",
 """md:An MPI program (any executable): the function returns its argv.""",
 """# NBVAL_CHECK_OUTPUT
 @mpi_task(profile=PROFILE, ranks=2, executable=True)
