@@ -125,9 +125,9 @@ try:
     broken().result(timeout=300)
 except Exception as e:
     print(str(e).split(" raised ")[1].splitlines()[0])""",
-"""md:Many small MPI tasks at once. On a SLURM profile they share one allocation, and Python
-tasks run on its rank pool: MPI ranks started once that serve task after task, each on a
-communicator of its own. Locally, each task runs under `mpirun`.""",
+"""md:Many small MPI tasks at once. Python MPI tasks run on a rank pool: MPI ranks started once
+(on SLURM, in one shared allocation; locally, on this machine's cores) that serve task after
+task, each on a communicator of its own, so a small task does not pay for starting MPI.""",
 """import time
 import pandas as pd
 

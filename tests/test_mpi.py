@@ -198,3 +198,16 @@ def test_pure_task_reuses_equal_calls(local):
 
     a, b, c = square(3), square(3), square(4)
     assert a.id == b.id != c.id and a.result(timeout=60) == 9 and c.result(timeout=60) == 16
+
+
+def pids(comm):
+    import os
+
+    return comm.gather(os.getpid())
+
+
+def test_local_mpi_functions_share_a_rank_pool_unless_they_name_a_launcher(local):
+    first = local.mpi(pids, ranks=2).result(timeout=120)
+    assert local.mpi(pids, ranks=2).result(timeout=120) == first  # the same ranks served both
+    own = local.mpi(pids, ranks=2, launcher="mpirun -np {ranks} --oversubscribe {command}").result(timeout=120)
+    assert set(own).isdisjoint(first)  # a launcher of its own: ranks of its own

@@ -149,8 +149,8 @@ class DaskJobs:
     def _run_mpi(self, client, cores: int, group: list[Launch]) -> None:
         """Packed MPI launches, each holding `cores` of the allocation's slots while it runs:
         Python functions on the allocation's rank pool, programs as launcher steps."""
-        calls = [l for l in group if l.kind == "python"]
-        steps = [l for l in group if l.kind != "python"]
+        calls = [l for l in group if not l.command]  # functions (`mpi_jobs.pooled`); the rest have a launcher line
+        steps = [l for l in group if l.command]
         futures = client.map(run_step, [l.command for l in steps], [l.env for l in steps],
                              [str(l.cwd) for l in steps], [(l.log_out, l.log_err) for l in steps],
                              [l.timeout for l in steps], key=[_key([l]) for l in steps],

@@ -2,7 +2,8 @@
 
 Python jobs run on a dask `LocalCluster` (one process per core, one thread
 each) started on first use; command jobs run as subprocesses through
-`CommandRunner`. Both report to the runtime through a `Reporter`.
+`CommandRunner`, which also runs MPI functions on a local rank pool (one rank
+per core, started by the first). All report to the runtime through a `Reporter`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Sequence
 from htc_notebook.backends.base import Launch, Reporter
 from htc_notebook.backends.dask_jobs import DaskJobs
 from htc_notebook.backends.local_commands import CommandRunner
-from htc_notebook.backends.mpi_jobs import wrap
+from htc_notebook.backends.mpi_jobs import on_pool, pool_spec, pooled, wrap
+from htc_notebook.backends.mpi_pool import RankPool
 from htc_notebook.spec import PartitionProfile
 
 
@@ -22,9 +24,10 @@ class LocalBackend:
 
     name = "local"
 
-    def __init__(self, profile: PartitionProfile, reporter: Reporter):
+    def __init__(self, profile: PartitionProfile, reporter: Reporter, *, log_directory: str | None = None):
         self.profile = profile
-        self._commands = CommandRunner(profile.cores_per_node, reporter)
+        self.pool = RankPool(pool_spec(profile, log_directory))  # started by its first task
+        self._commands = CommandRunner(profile.cores_per_node, reporter, pool=self.pool)
         self._calls = DaskJobs(self._make_cluster, reporter)
 
     def _make_cluster(self):
@@ -39,9 +42,10 @@ class LocalBackend:
         return self._calls.client
 
     def submit(self, launches: Sequence[Launch]) -> None:
-        """Commands and MPI jobs (all ranks on this machine) as subprocesses; Python calls on dask."""
-        self._commands.submit([wrap(l, self.profile) if l.mpi else l for l in launches
-                               if l.kind == "command" or l.mpi])
+        """Commands and MPI programs as subprocesses, MPI functions on the rank pool (all within the
+        profile's cores); Python calls on dask."""
+        self._commands.submit([l if not l.mpi else pooled(l, self.profile) if on_pool(l, self.profile)
+                               else wrap(l, self.profile) for l in launches if l.kind == "command" or l.mpi])
         self._calls.submit([l for l in launches if l.kind == "python" and not l.mpi])
 
     def cancel(self, job_ids: Sequence[int]) -> None:
@@ -58,15 +62,21 @@ class LocalBackend:
         """Stop everything; jobs still queued or running end CANCELLED."""
         self._commands.close()
         self._calls.close()
+        self.pool.close()
 
 
 def render_local(profile: PartitionProfile, launches: Sequence[Launch]) -> str:
     """What the local backend would run, as text."""
     lines = [f"# local backend: {profile.cores_per_node} cores on this machine"]
     for l in launches:
-        if l.mpi:
+        if l.mpi and on_pool(l, profile):
+            what = (f"on the rank pool ({shlex.join(pool_spec(profile, None).argv)}): {l.mpi.ranks} ranks "
+                    f"run python call {_call_name(l.call)}")
+        elif l.mpi:
             l = wrap(l, profile, write=False)
-        what = shlex.join(l.command) if l.kind == "command" or l.mpi else f"python call {_call_name(l.call)}"
+            what = shlex.join(l.command)
+        else:
+            what = shlex.join(l.command) if l.kind == "command" else f"python call {_call_name(l.call)}"
         extra = f" timeout={l.timeout}s" if l.timeout else ""
         lines.append(f"job {l.job_id}: cores={l.cores}{extra} cwd={l.cwd}\n    {what}")
     return "\n".join(lines)

@@ -17,8 +17,11 @@ import threading
 import time
 from typing import Sequence
 
+import cloudpickle
+
 from htc_notebook.backends.base import Launch, Reporter
-from htc_notebook.backends.mpi_jobs import verdict
+from htc_notebook.backends.mpi_jobs import pool_verdict, verdict
+from htc_notebook.backends.mpi_pool import RankPool
 from htc_notebook.backends.mpi_ranks import kill_group
 from htc_notebook.ledger import Outcome
 
@@ -27,13 +30,15 @@ from htc_notebook.ledger import Outcome
 class CommandRunner:
     """Runs command launches as local subprocesses within `cores` slots."""
 
-    def __init__(self, cores: int, reporter: Reporter):
+    def __init__(self, cores: int, reporter: Reporter, *, pool: RankPool | None = None):
         self.cores = cores
+        self._pool = pool  # where Python MPI launches (no command) run
         self._reporter = reporter
         self._free = cores
         self._queue: list[tuple[int, int, Launch]] = []
         self._order = itertools.count()
         self._procs: dict[int, subprocess.Popen] = {}
+        self._on_pool: set[int] = set()  # jobs running on the rank pool
         self._cancelled: set[int] = set()
         self._lock = threading.Condition()
         self._closed = False
@@ -56,6 +61,7 @@ class CommandRunner:
                 heapq.heapify(self._queue)
             procs = [(jid, p) for jid, p in self._procs.items() if jid in ids]
             self._cancelled.update(jid for jid, _ in procs)
+            self._cancelled.update(ids & self._on_pool)
         for launch in dropped:
             self._reporter.finished(Outcome(launch.job_id, launch.attempt, "CANCELLED",
                                             reason="cancelled before it started"))
@@ -64,7 +70,7 @@ class CommandRunner:
 
     def running(self) -> set[int]:
         with self._lock:
-            return set(self._procs) | {item[2].job_id for item in self._queue}
+            return set(self._procs) | self._on_pool | {item[2].job_id for item in self._queue}
 
     def close(self) -> None:
         with self._lock:
@@ -95,6 +101,8 @@ class CommandRunner:
                              daemon=True).start()
 
     def _run(self, launch: Launch) -> None:
+        if not launch.command:  # a Python MPI function (`mpi_jobs.pooled`); wrapped ones have a launcher line
+            return self._run_on_pool(launch)
         started = time.time()
         reason, exit_code, status = None, None, "FAILED"
         try:
@@ -139,4 +147,26 @@ class CommandRunner:
             return
         self._reporter.finished(Outcome(launch.job_id, launch.attempt, status, reason=reason,
                                         exit_code=exit_code, **times))
+
+    def _run_on_pool(self, launch: Launch) -> None:
+        """A Python MPI launch on the rank pool, holding its cores meanwhile (a cancel drops its result)."""
+        with self._lock:
+            self._on_pool.add(launch.job_id)
+        self._reporter.started(launch.job_id, launch.attempt, self._host, "rank pool")
+        try:
+            report = self._pool.run(cloudpickle.dumps((launch.call.fn, launch.call.args, launch.call.kwargs)),
+                                    nodes=1, ranks_per_node=launch.mpi.ranks_per_node,
+                                    cpus_per_rank=launch.mpi.cpus_per_rank, cwd=str(launch.cwd), env=launch.env,
+                                    logs=(launch.log_out, launch.log_err), timeout=launch.timeout)
+        except Exception as exc:  # noqa: BLE001 - a runner bug must still end the job
+            report = {"ok": False, "message": f"runner error: {type(exc).__name__}: {exc}", "host": self._host,
+                      "started": None, "ended": time.time()}
+        finally:
+            with self._lock:
+                self._free += launch.cores
+                self._on_pool.discard(launch.job_id)
+                cancelled = launch.job_id in self._cancelled
+                self._cancelled.discard(launch.job_id)
+                self._lock.notify_all()
+        self._reporter.finished(pool_verdict(launch, report, cancelled=cancelled))
 

@@ -49,6 +49,7 @@ def pooled(launch: Launch, profile: PartitionProfile) -> Launch:
 def pool_spec(profile: PartitionProfile, log_directory: str | None) -> PoolSpec:
     """The rank pool of the profile's packed allocation: a rank on every core, in one `srun --overlap`
     step (it holds no cores of its own: dask's slots decide what runs, and command steps still fit).
+    On the local backend: a rank on every core of this machine, under the profile's launcher.
 
     >>> from htc_notebook.spec import PartitionProfile
     >>> p = PartitionProfile(name="cpu", backend="slurm", partition="cpu", cores_per_node=2, memory_per_node="2G",
@@ -57,11 +58,32 @@ def pool_spec(profile: PartitionProfile, log_directory: str | None) -> PoolSpec:
     >>> " ".join(spec.argv[:8]), spec.size, spec.log
     ('srun --overlap --nodes=2 --ntasks=4 --ntasks-per-node=2 --cpus-per-task=1 --kill-on-bad-exit=1 --mpi=pmix', 4, '/logs/htc-mpi-pool-cpu.log')
     """
-    nodes, per_node = profile.nodes_per_pack, profile.cores_per_node
+    local = profile.backend == "local"
+    nodes, per_node = (1 if local else profile.nodes_per_pack), profile.cores_per_node
     layout = MpiLayout(ranks=nodes * per_node, nodes=nodes, ranks_per_node=per_node)
-    argv = launch_argv("srun", layout, pool_argv(profile.python or sys.executable), mpi=profile.mpi)
+    argv = launch_argv(profile.launcher if local else "srun", layout, pool_argv(profile.python or sys.executable),
+                       mpi=profile.mpi)
+    if not local:
+        argv.insert(1, "--overlap")
     log = os.path.join(log_directory or ".", f"htc-mpi-pool-{profile.name}.log")
-    return PoolSpec(argv=("srun", "--overlap", *argv[1:]), env=tuple(_root_env().items()), size=layout.ranks, log=log)
+    return PoolSpec(argv=tuple(argv), env=tuple(_root_env().items()), size=layout.ranks, log=log)
+
+
+def on_pool(launch: Launch, profile: PartitionProfile) -> bool:
+    """Does this MPI launch run on a rank pool: a Python function, packed, with the profile's own launcher?"""
+    return (launch.kind == "python" and profile.packing == "packed"
+            and (launch.mpi.launcher or profile.launcher) == profile.launcher)
+
+
+def pool_verdict(launch: Launch, report: dict, *, cancelled: bool = False) -> Outcome:
+    """How a task on a rank pool ended, from `RankPool.run`'s report."""
+    o = dict(job_id=launch.job_id, attempt=launch.attempt, host=report["host"], started=report["started"],
+             ended=report["ended"])
+    if cancelled:
+        return Outcome(status="CANCELLED", reason="cancelled while running", **o)
+    if report["ok"]:
+        return Outcome(status="SUCCEEDED", result=report["value"], **o)
+    return Outcome(status="FAILED", reason=report["message"], **o)
 
 
 def _root_env() -> dict[str, str]:

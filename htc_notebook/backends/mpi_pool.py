@@ -184,6 +184,7 @@ class RankPool:
         listener = Listener(("0.0.0.0", 0), authkey=key)
         address = f"{_reachable_ip()}:{listener.address[1]}"
         env = {**os.environ, **dict(self.spec.env), POOL_KEY_ENV: key.hex()}
+        os.makedirs(os.path.dirname(os.path.abspath(self.spec.log)), exist_ok=True)
         with open(self.spec.log, "ab") as log:
             proc = subprocess.Popen([*self.spec.argv, address], env=env, stdout=log, stderr=log,
                                     stdin=subprocess.DEVNULL, start_new_session=True)

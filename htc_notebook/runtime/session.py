@@ -171,7 +171,7 @@ class Session:
                 else:
                     from htc_notebook.backends.local import LocalBackend
 
-                    backend = LocalBackend(profile, self._recorder)
+                    backend = LocalBackend(profile, self._recorder, log_directory=str(self.root / "pilot-logs"))
                 self._backends[profile.name] = backend
             return backend
 
