@@ -124,3 +124,14 @@ def test_timeout_and_impossible_layouts_are_reported(pool, tmp_path):
     too_big = pool.run(cloudpickle.dumps((who, (1,), {})), nodes=2, ranks_per_node=2, cpus_per_rank=1,
                        cwd=str(tmp_path), env={}, logs=(str(tmp_path / "o"), str(tmp_path / "e")), timeout=None)
     assert not too_big["ok"] and "cannot place 2 nodes x 2 ranks" in too_big["message"]
+
+
+def test_a_pool_that_cannot_start_fails_the_task_with_the_reason(tmp_path):
+    broken = RankPool(PoolSpec(argv=("no-such-mpirun", "-np", "2"), env=(), size=2, log=str(tmp_path / "p.log")))
+    out = run(broken, tmp_path, who, 1)
+    assert not out["ok"] and "could not start the MPI rank pool with 'no-such-mpirun'" in out["message"]
+    exits = RankPool(PoolSpec(argv=("sh", "-c", "echo no ranks here >&2; exit 7"), env=(), size=2,
+                              log=str(tmp_path / "q.log")))
+    out = run(exits, tmp_path, who, 1)
+    assert not out["ok"] and "0 of 2 ranks connected (launcher exit code 7)" in out["message"]
+    assert "no ranks here" in out["message"]  # the tail of the pool's log

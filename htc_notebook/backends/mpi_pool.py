@@ -186,8 +186,13 @@ class RankPool:
         env = {**os.environ, **dict(self.spec.env), POOL_KEY_ENV: key.hex()}
         os.makedirs(os.path.dirname(os.path.abspath(self.spec.log)), exist_ok=True)
         with open(self.spec.log, "ab") as log:
-            proc = subprocess.Popen([*self.spec.argv, address], env=env, stdout=log, stderr=log,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            try:
+                proc = subprocess.Popen([*self.spec.argv, address], env=env, stdout=log, stderr=log,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+            except OSError as exc:
+                listener.close()
+                raise PoolError(f"could not start the MPI rank pool with {self.spec.argv[0]!r}: "
+                                f"{exc.strerror or exc}") from None
         ranks: dict[int, tuple[Connection, str]] = {}
 
         def accept() -> None:
