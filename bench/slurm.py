@@ -63,8 +63,9 @@ def latency_plain(site) -> float:
 
     from htc_notebook.backends.slurm.pilots import pilot_options
 
+    logs = str(REPO / "test-output" / "bench-slurm" / "plain-logs")  # as htc keeps its pilots' logs
     t0 = time.perf_counter()
-    with SLURMCluster(**pilot_options(site.profile("cpu"))) as cluster, Client(cluster) as client:
+    with SLURMCluster(**pilot_options(site.profile("cpu"), log_directory=logs)) as cluster, Client(cluster) as client:
         cluster.scale(jobs=1)
         host = client.submit(first_result).result(timeout=300)
         dt = time.perf_counter() - t0
