@@ -396,3 +396,23 @@ def test_cancel_reaches_jobs_waiting_for_their_probes(session, tmp_path):
     assert len(cancelled) == 30 and task.counts()["CANCELLED"] == 30
     ran = {int(p.name.split("-")[1]) for p in tmp_path.glob("ran-*")}
     assert ran <= set(range(PROBE_JOBS)), ran
+
+
+def quick_unless_gated(x: int, gate: str) -> int:
+    """Quick for the probes (x < 8); the others wait for `gate` to exist, so a pack is still running."""
+    deadline = time.time() + 60
+    while x >= 8 and not os.path.exists(gate) and time.time() < deadline:
+        time.sleep(0.01)
+    return x * 2
+
+
+def test_cancelling_a_job_inside_a_running_pack_leaves_the_others_results_right(session, tmp_path):
+    task = session.project("e2e").task("cancel-in-pack")
+    gate = str(tmp_path / "open")
+    group = task.sweep(quick_unless_gated, Sweep.zip(x=list(range(100)), gate=[gate] * 100))
+    time.sleep(1.5)  # the probes are done: the rest now runs in packs, each blocked at its first job
+    assert session.cancel([group[20].id, group[21].id]) == [group[20].id, group[21].id]
+    open(gate, "w").close()
+    values = group.results(timeout=120, errors="return")
+    assert [group[i].status for i in (20, 21)] == ["CANCELLED", "CANCELLED"]
+    assert [v for i, v in enumerate(values) if i not in (20, 21)] == [2 * i for i in range(100) if i not in (20, 21)]

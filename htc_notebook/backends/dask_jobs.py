@@ -210,25 +210,34 @@ class DaskJobs:
             self._rounds += 1
             client = self._client
             done = _not_pending(self._tasks.values(), full=self._rounds % 8 == 0)
+            wanted = []  # per task: which of its jobs are still wanted (not cancelled meanwhile)
             for pack, fut in done:
                 del self._tasks[fut.key]
-                for l in pack:
-                    self._key_of.pop(l.job_id, None)
-        finished = [(p, f) for p, f in done if f.status == "finished"]
-        values = self._gather([f for _, f in finished])
+                wanted.append(self._claim(pack, fut.key))
         outcomes = []
-        for (pack, fut), value in zip(finished, values):
+        finished = [(p, f, w) for (p, f), w in zip(done, wanted) if f.status == "finished"]
+        values = self._gather([f for _, f, _ in finished])
+        for (pack, fut, keep), value in zip(finished, values):
             reports = value if isinstance(value, list) else [value] * len(pack)  # a pack's list, or one report
-            outcomes += [_outcome(l, fut, r) for l, r in zip(pack, reports)]
-        for pack, fut in done:
+            outcomes += [_outcome(l, fut, r) for l, r, k in zip(pack, reports, keep) if k]
+        for (pack, fut), keep in zip(done, wanted):
             if fut.status != "finished":
                 exc = _exception(fut)
-                outcomes += [_outcome(l, fut, exc) for l in pack]
+                outcomes += [_outcome(l, fut, exc) for l, k in zip(pack, keep) if k]
         for outcome in outcomes:
             self._reporter.finished(outcome)
         if self._held:
             self._release(client, outcomes)
         return len(done)
+
+    def _claim(self, pack: list[Launch], key: str) -> list[bool]:
+        """Which jobs of a finished task are still its own (not cancelled or resubmitted since),
+        forgetting them; called with the lock held."""
+        keep = [self._key_of.get(l.job_id) == key for l in pack]
+        for l, k in zip(pack, keep):
+            if k:
+                del self._key_of[l.job_id]
+        return keep
 
     def _release(self, client, outcomes: list[Outcome]) -> None:
         """Time the probes that ended, and run the rest of a submission once that decides how:
@@ -262,13 +271,10 @@ class DaskJobs:
         with self._lock:
             for held in self._held:
                 held.launches = [l for l in held.launches if l.job_id not in drop]
-            for job_id in drop:
-                key = self._key_of.pop(job_id, None)
-                if key is None:
-                    continue
+            keys = {self._key_of.pop(j) for j in drop if j in self._key_of}
+            for key in keys:  # a pack keeps its jobs in order (its reports line up with them); it ends once none is wanted
                 pack, fut = self._tasks[key]
-                pack[:] = [l for l in pack if l.job_id != job_id]
-                if not pack:
+                if not any(self._key_of.get(l.job_id) == key for l in pack):
                     del self._tasks[key]
                     futures.append(fut)
         if futures and self._client is not None:
