@@ -42,6 +42,14 @@ class Launch:
     mpi: MpiLayout | None = None  # MPI jobs: how many ranks where (see backends/mpi_jobs.py)
 
 
+def call_outcome(launch: Launch, report: dict[str, Any]) -> Outcome:
+    """How a Python call ended, from the report `worker.run_call` or a rank pool returns."""
+    times = dict(host=report["host"], started=report["started"], ended=report["ended"])
+    if report["ok"]:
+        return Outcome(launch.job_id, launch.attempt, "SUCCEEDED", result=report["value"], **times)
+    return Outcome(launch.job_id, launch.attempt, "FAILED", reason=report["message"], **times)
+
+
 @dataclass(frozen=True)
 class Call:
     """A Python call to run remotely: fn(*args, **kwargs)."""

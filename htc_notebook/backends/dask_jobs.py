@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 import cloudpickle
 
-from htc_notebook.backends.base import PER_JOB_ENV, Launch, Reporter
+from htc_notebook.backends.base import PER_JOB_ENV, Launch, Reporter, call_outcome
 from htc_notebook.backends.mpi_jobs import verdict
 from htc_notebook.backends.mpi_pool import PoolSpec, run_pooled
 from htc_notebook.backends.mpi_ranks import run_step
@@ -343,11 +343,7 @@ def _outcome(launch: Launch, fut, res) -> Outcome:
         return verdict(launch, res["exit_code"], res["reason"], host=res["host"], started=res["started"],
                        ended=res["ended"])
     if isinstance(res, dict) and "ok" in res:
-        if res["ok"]:
-            return Outcome(launch.job_id, launch.attempt, "SUCCEEDED", host=res["host"],
-                           started=res["started"], ended=res["ended"], result=res["value"])
-        return Outcome(launch.job_id, launch.attempt, "FAILED", reason=res["message"],
-                       host=res["host"], started=res["started"], ended=res["ended"])
+        return call_outcome(launch, res)
     if fut.status == "cancelled":
         return Outcome(launch.job_id, launch.attempt, "CANCELLED", reason="cancelled")
     # dask itself failed: worker died (KilledWorker), the call could not be unpickled, ...

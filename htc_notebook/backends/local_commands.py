@@ -19,8 +19,8 @@ from typing import Sequence
 
 import cloudpickle
 
-from htc_notebook.backends.base import Launch, Reporter
-from htc_notebook.backends.mpi_jobs import pool_verdict, verdict
+from htc_notebook.backends.base import Launch, Reporter, call_outcome
+from htc_notebook.backends.mpi_jobs import verdict
 from htc_notebook.backends.mpi_pool import RankPool
 from htc_notebook.backends.mpi_ranks import kill_group
 from htc_notebook.ledger import Outcome
@@ -168,5 +168,6 @@ class CommandRunner:
                 cancelled = launch.job_id in self._cancelled
                 self._cancelled.discard(launch.job_id)
                 self._lock.notify_all()
-        self._reporter.finished(pool_verdict(launch, report, cancelled=cancelled))
+        self._reporter.finished(Outcome(launch.job_id, launch.attempt, "CANCELLED", reason="cancelled while running")
+                                if cancelled else call_outcome(launch, report))
 

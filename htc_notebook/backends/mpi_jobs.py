@@ -75,17 +75,6 @@ def on_pool(launch: Launch, profile: PartitionProfile) -> bool:
             and (launch.mpi.launcher or profile.launcher) == profile.launcher)
 
 
-def pool_verdict(launch: Launch, report: dict, *, cancelled: bool = False) -> Outcome:
-    """How a task on a rank pool ended, from `RankPool.run`'s report."""
-    o = dict(job_id=launch.job_id, attempt=launch.attempt, host=report["host"], started=report["started"],
-             ended=report["ended"])
-    if cancelled:
-        return Outcome(status="CANCELLED", reason="cancelled while running", **o)
-    if report["ok"]:
-        return Outcome(status="SUCCEEDED", result=report["value"], **o)
-    return Outcome(status="FAILED", reason=report["message"], **o)
-
-
 def _root_env() -> dict[str, str]:
     """Open MPI refuses root unless told twice (test clusters run as root)."""
     return {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"} if os.geteuid() == 0 else {}

@@ -8,7 +8,7 @@ from typing import Sequence
 from htc_notebook.backends.base import Launch, Reporter
 from htc_notebook.backends.dask_jobs import DaskJobs
 from htc_notebook.backends.slurm.arrays import ArrayRunner
-from htc_notebook.backends.mpi_jobs import packs, pool_spec, pooled, wrap
+from htc_notebook.backends.mpi_jobs import on_pool, packs, pool_spec, pooled, wrap
 from htc_notebook.backends.slurm.pilots import (check_probe, make_pilot_cluster, pack_options, pilot_options,
                                                 start_adapting)
 from htc_notebook.errors import BackendError
@@ -31,7 +31,7 @@ class SlurmBackend:
     def submit(self, launches: Sequence[Launch]) -> None:
         """Commands and per-task MPI jobs as arrays; Python calls on pilots; packed MPI jobs as steps."""
         mpi = [l for l in launches if l.mpi]
-        packed = [pooled(l, self.profile) if l.kind == "python" else wrap(l, self.profile, step=True)
+        packed = [pooled(l, self.profile) if on_pool(l, self.profile) else wrap(l, self.profile, step=True)
                   for l in mpi if packs(l, self.profile)]
         alone = [wrap(l, self.profile) for l in mpi if not packs(l, self.profile)]
         self.arrays.submit([l for l in launches if l.kind == "command" and not l.mpi] + alone)
@@ -74,7 +74,7 @@ class SlurmBackend:
         """The sbatch scripts (arrays) and the pilot job script, without submitting."""
         parts = []
         mpi = [l for l in launches if l.mpi]
-        packed = [l if l.kind == "python" else wrap(l, self.profile, step=True, write=False)
+        packed = [l if on_pool(l, self.profile) else wrap(l, self.profile, step=True, write=False)
                   for l in mpi if packs(l, self.profile)]
         alone = [wrap(l, self.profile, write=False) for l in mpi if not packs(l, self.profile)]
         commands = [l for l in launches if l.kind == "command" and not l.mpi] + alone
@@ -84,9 +84,9 @@ class SlurmBackend:
             parts.append(f"# pilot job (dask-jobqueue)\n{pilot_job_script(self.profile)}")
         if packed:
             parts.append(f"# packed MPI allocation (dask-jobqueue)\n{pilot_job_script(self.profile, packed=True)}")
-            parts += [f"# job {l.job_id}: a step of it\n{shlex.join(l.command)}" for l in packed if l.kind == "command"]
-            if any(l.kind == "python" for l in packed):
-                ids = ", ".join(str(l.job_id) for l in packed if l.kind == "python")
+            parts += [f"# job {l.job_id}: a step of it\n{shlex.join(l.command)}" for l in packed if l.command]
+            if any(not l.command for l in packed):
+                ids = ", ".join(str(l.job_id) for l in packed if not l.command)
                 parts.append(f"# jobs {ids}: on the allocation's MPI rank pool, started once as\n"
                              f"{shlex.join(self.pool.argv)} <driver address>")
         return "\n".join(parts)
