@@ -41,3 +41,25 @@ def test_importing_spec_loads_nothing_forbidden():
             f"print(sorted(m for m in sys.modules if m.split('.')[0] in {sorted(FORBIDDEN)!r}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, by full dotted name (relative imports left out)."""
+    mods = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            mods |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            mods.add(node.module)
+    return mods
+
+
+def test_ui_and_server_call_the_runtime_not_the_backends():
+    """design.md: ui/ and server/ call runtime only; how jobs run is the backends' business."""
+    pkg = SPEC.parent
+    files = sorted((pkg / "ui").rglob("*.py")) + sorted((pkg / "server").rglob("*.py"))
+    assert len(files) >= 8
+    offenders = {str(f.relative_to(pkg)): sorted(m for m in imported_modules(f)
+                                                 if m.startswith(("htc_notebook.backends", "htc_notebook.devcluster")))
+                 for f in files}
+    assert {k: v for k, v in offenders.items() if v} == {}

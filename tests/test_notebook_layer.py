@@ -64,6 +64,12 @@ def test_dry_run_submits_nothing(ip, task):
     assert sum(task.counts().values()) == 0
 
 
+def test_mpi_dry_run_shows_the_launcher_line(ip, task):
+    text = htc(ip, "submit --dry-run --nodes 1 --ranks-per-node 2 -- ./md -in x")
+    assert "mpirun -np 2 --map-by ppr:2:node --bind-to core ./md -in x" in text
+    assert sum(task.counts().values()) == 0
+
+
 def test_status_logs_cancel_retry_attach(ip, task):
     g = htc(ip, "submit -- sh -c 'echo out; echo err >&2; exit 3'")
     g.wait(timeout=60)

@@ -69,6 +69,27 @@ def _slurm_script(prof: PartitionProfile, batch: JobBatch, res: Resources, prior
         setup=prof.setup, env=env)
 
 
+def render_pilot(profile: PartitionProfile) -> str:
+    """What starting the profile's cluster would run, as text: a SLURM pilot's job script."""
+    if profile.backend == "local":
+        return f"# local backend: {profile.cores_per_node} worker processes on this machine (no job script)"
+    try:
+        from htc_notebook.backends.slurm.backend import pilot_job_script
+
+        return pilot_job_script(profile)
+    except Exception as exc:  # noqa: BLE001 - a preview: say why there is none (e.g. dask-jobqueue missing)
+        return f"# cannot render the pilot script here: {exc}"
+
+
+def render_mpi_command(profile: PartitionProfile, argv: list[str], *, nodes: int, ranks_per_node: int,
+                       cpus_per_rank: int) -> str:
+    """The launcher line an MPI program would run under on this profile, as text."""
+    from htc_notebook.backends.launchers import MpiLayout, launch_argv
+
+    layout = MpiLayout(nodes * ranks_per_node, nodes, ranks_per_node, cpus_per_rank)
+    return shlex.join(launch_argv(profile.launcher, layout, argv, mpi=profile.mpi))
+
+
 def check_mpi(profile: PartitionProfile, res: Resources) -> None:
     """An MPI request that fits the profile (checked by `resolve`) must also fit a packed allocation."""
     if profile.backend == "slurm" and profile.packing == "packed" and res.nodes > profile.nodes_per_pack:

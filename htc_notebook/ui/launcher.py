@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import ipywidgets as w
 
 from htc_notebook.errors import HTCError
+from htc_notebook.runtime.plan import render_pilot
 from htc_notebook.spec import Resources
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ class ClusterLauncher(w.VBox):
         """Check the form against the profile; show the reason, or the script preview."""
         prof = self.session.site.profile(self.profile.value)
         try:
-            res = prof.resolve(self.request())
+            prof.resolve(self.request())
         except HTCError as exc:
             self.status.value = f"<span style='color:#c62828'>&#10007; {_escape(str(exc))}</span>"
             for b in (self.start, self.scale):
@@ -68,7 +69,7 @@ class ClusterLauncher(w.VBox):
         self.status.value = f"<span style='color:#2e7d32'>&#10003; fits ({_escape(limits)})</span>"
         for b in (self.start, self.scale):
             b.disabled = prof.backend == "local" and b is self.scale
-        self.preview.value = _preview(prof, res)
+        self.preview.value = render_pilot(prof)
         self.valid = True
         return True
 
@@ -90,15 +91,6 @@ class ClusterLauncher(w.VBox):
             self.status.value = f"<span style='color:#c62828'>{_escape(str(exc))}</span>"
 
 
-def _preview(prof, res: Resources) -> str:
-    if prof.backend == "local":
-        return f"# local backend: {prof.cores_per_node} worker processes on this machine (no job script)"
-    try:
-        from htc_notebook.backends.slurm.backend import pilot_job_script
-
-        return pilot_job_script(prof)
-    except Exception as exc:  # noqa: BLE001 - dask-jobqueue missing: say so in the preview
-        return f"# cannot render the pilot script here: {exc}"
 
 
 def _escape(text: str) -> str:

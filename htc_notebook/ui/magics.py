@@ -251,12 +251,11 @@ class HTCMagics(Magics):
         if len(members) > 5:
             lines.append(f"#   ... {len(members) - 5} more")
         if mpi:
-            from htc_notebook.backends.launchers import MpiLayout, launch_argv
+            from htc_notebook.runtime.plan import render_mpi_command
 
-            prof = task.session.profile(args.profile)
-            nodes, rpn = args.nodes or 1, args.ranks_per_node or 1
-            layout = MpiLayout(nodes * rpn, nodes, rpn, args.cpus_per_rank)
-            lines.append(shlex.join(launch_argv(prof.launcher, layout, first, mpi=prof.mpi)))
+            lines.append(render_mpi_command(task.session.profile(args.profile), first, nodes=args.nodes or 1,
+                                            ranks_per_node=args.ranks_per_node or 1,
+                                            cpus_per_rank=args.cpus_per_rank))
         else:
             d = {"commands": first, "maxVCpus": args.cores or 1}
             if args.memory:
