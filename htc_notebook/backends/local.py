@@ -41,6 +41,10 @@ class LocalBackend:
         """The dask Client of the local cluster, started on first use."""
         return self._calls.client
 
+    def dask_runners(self) -> dict[str, DaskJobs]:
+        """The dask clusters this backend may run, by kind."""
+        return {"local": self._calls}
+
     def submit(self, launches: Sequence[Launch]) -> None:
         """Commands and MPI programs as subprocesses, MPI functions on the rank pool (all within the
         profile's cores); Python calls on dask."""

@@ -17,7 +17,7 @@ pool takes no new tasks, lets the running ones finish, and is replaced by a fres
 one. A rank that dies (crash, kill) ends the step: the tasks running on the pool
 fail with that reason and the next task starts a new pool.
 
-Like `mpi_ranks`, this module needs only the standard library on the worker.
+Like `mpi_ranks`, this module needs only the standard library and cloudpickle on the worker.
 """
 
 from __future__ import annotations

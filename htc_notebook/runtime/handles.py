@@ -219,7 +219,7 @@ class JobGroup(Sequence[JobHandle]):
                     last_reconcile = time.monotonic()
                 if deadline is not None and time.monotonic() >= deadline:
                     raise TimeoutError(f"{len(self) - ended} of {len(self)} jobs still running after {timeout} s")
-                # at most ~10 looks a second: each look takes the GIL from the scheduler's loop
+                # at most ~50 looks a second: each look takes the GIL from the scheduler's loop
                 time.sleep(REFRESH_MIN_INTERVAL)
                 self.session.wait_for_change(since=mark)
         finally:

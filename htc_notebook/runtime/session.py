@@ -285,9 +285,8 @@ class Session:
         """The dask clusters this session runs: profile, kind, workers, dashboard, jobs running."""
         rows = []
         for name, backend in list(self._backends.items()):
-            for kind, attr in (("local", "_calls"), ("pilots", "pilots"), ("mpi-packs", "packs")):
-                runner = getattr(backend, attr, None)
-                if runner is None or not runner.started:
+            for kind, runner in backend.dask_runners().items():
+                if not runner.started:
                     continue
                 client = runner.client
                 rows.append({"profile": name, "kind": kind, "workers": len(client.scheduler_info().get("workers", {})),

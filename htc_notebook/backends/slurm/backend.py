@@ -28,6 +28,10 @@ class SlurmBackend:
         self.packs = DaskJobs(lambda: make_pilot_cluster(profile, log_directory=log_directory, packed=True),
                               reporter, pool=self.pool)
 
+    def dask_runners(self) -> dict[str, DaskJobs]:
+        """The dask clusters this backend may run, by kind."""
+        return {"pilots": self.pilots, "mpi-packs": self.packs}
+
     def submit(self, launches: Sequence[Launch]) -> None:
         """Commands and per-task MPI jobs as arrays; Python calls on pilots; packed MPI jobs as steps."""
         mpi = [l for l in launches if l.mpi]
