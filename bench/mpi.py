@@ -9,7 +9,12 @@ htc: `task.mpi(fn, ranks=2)` per task on the profile's packed allocation (its MP
 pool, started once: see backends/mpi_pool.py), until every result is in the ledger.
 Both sides' clocks include getting an allocation and starting MPI.
 
+`--local` compares, on the local backend in one Session, the local rank pool against
+one `mpirun` per task (a call naming the launcher template `mpirun -np {ranks} {command}`
+gets ranks of its own), alternating. The pool's one-time start is reported apart.
+
     .venv/bin/python bench/mpi.py [--tasks 200] [--seconds 0.2] [--pairs 1] [--write bench/results.md]
+    .venv/bin/python bench/mpi.py --local --tasks 40 --seconds 0.05 --pairs 3 [--write bench/results.md]
 """
 
 from __future__ import annotations
@@ -74,13 +79,54 @@ def run_sbatch(tasks: int, seconds: float) -> float:
     return dt
 
 
+PER_TASK = "mpirun -np {ranks} {command}"  # --local: a launcher of its own, so ranks of its own
+
+
+def run_local(args) -> str:
+    """The local rank pool against one mpirun per task; the summary line."""
+    import tempfile
+
+    from htc_notebook import Session, SiteConfig
+
+    site_ = SiteConfig.builtin()
+    cores = site_.profile("local").cores_per_node
+    with tempfile.TemporaryDirectory() as root, Session(root, site=site_) as s:
+        def run(i: int, launcher: str | None) -> float:
+            t = s.project("bench").task(f"{'pool' if launcher is None else 'mpirun'}-{i}")
+            t0 = time.perf_counter()
+            handles = [t.mpi(small, args.seconds, ranks=2, launcher=launcher) for _ in range(args.tasks)]
+            assert all(h.result(timeout=3600) == 2 for h in handles)
+            return time.perf_counter() - t0
+
+        first = run(-1, None)  # the pool starts once per session: reported, not part of the comparison
+        pool, per_task = [], []
+        for i in range(args.pairs):
+            for launcher in ((None, PER_TASK) if i % 2 == 0 else (PER_TASK, None)):
+                (pool if launcher is None else per_task).append(run(i, launcher))
+            print(f"pair {i}: pool {pool[-1]:.2f} s, mpirun per task {per_task[-1]:.2f} s", flush=True)
+    p, m = statistics.median(pool), statistics.median(per_task)
+    floor = -(-args.tasks // max(1, cores // 2)) * args.seconds
+    return (f"{args.tasks} two-rank mpi4py tasks of {args.seconds:g} s on the local backend ({cores} cores), "
+            f"{args.pairs} alternating pairs: rank pool {p:.2f} s vs one mpirun per task {m:.2f} s (medians); "
+            f"the pool is **{m / p:.1f}x** faster. The floor (task time alone) is {floor:.2f} s. The pool starts "
+            f"once per session, outside these figures: the first {args.tasks} tasks, which started it, took "
+            f"{first:.2f} s")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--local", action="store_true", help="the local rank pool against one mpirun per task")
     ap.add_argument("--tasks", type=int, default=200)
     ap.add_argument("--seconds", type=float, default=0.2)
     ap.add_argument("--pairs", type=int, default=1)
     ap.add_argument("--write")
     args = ap.parse_args()
+    if args.local:
+        summary = run_local(args)
+        print(summary)
+        if args.write:
+            _write(Path(args.write), "mpi-local", summary, " ".join(["python"] + sys.argv))
+        return 0
     packed, single = [], []
     for i in range(args.pairs):
         order = (("htc", run_htc), ("sbatch", run_sbatch)) if i % 2 == 0 else (("sbatch", run_sbatch), ("htc", run_htc))
