@@ -152,6 +152,9 @@ def hello():
 
 out = hello().result(timeout=300)
 print(out.exit_code, sorted(out.stdout.split()))""",
+"""md:Done: close the session, which ends its allocations and rank pools now. (A kernel that just
+exits leaves its pilot jobs to notice, within a minute, that their scheduler is gone.)""",
+"""session.close()""",
 ])
 
 batches = nb([
