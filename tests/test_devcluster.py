@@ -40,9 +40,12 @@ def test_slurm_conf_settings():
     assert c["SlurmctldHost"] == "ctl(10.77.0.1)"
     assert c["MaxArraySize"] == "1001" and int(c["MaxJobCount"]) >= 10_500
     assert c["SlurmdParameters"] == "config_overrides"
-    assert c["ProctrackType"] == "proctrack/linuxproc" and c["TaskPlugin"] == "task/none"
+    assert c["ProctrackType"] == "proctrack/cgroup" and c["TaskPlugin"] == "task/cgroup"
     assert c["SelectType"] == "select/cons_tres" and c["SelectTypeParameters"] == "CR_Core_Memory"
-    assert c["AccountingStorageType"] == "accounting_storage/none" and c["MpiDefault"] == "none"
+    assert c["AccountingStorageType"] == "accounting_storage/slurmdbd" and c["MpiDefault"] == "none"
+    assert c["AccountingStorageEnforce"] == "associations,limits,qos" and c["AccountingStorageHost"] == "10.77.0.1"
+    assert c["PreemptType"] == "preempt/qos" and c["PreemptMode"] == "REQUEUE"
+    assert c["PriorityType"] == "priority/multifactor" and c["JobAcctGatherType"] == "jobacct_gather/linux"
     assert c["MinJobAge"] == "300" and c["ReturnToService"] == "2" and c["KillWait"] == "5"
     for key in ("StateSaveLocation", "SlurmdSpoolDir", "SlurmctldPidFile", "SlurmdPidFile", "SlurmctldLogFile",
                 "SlurmdLogFile"):
@@ -61,6 +64,22 @@ def test_nodes_and_partitions_rendered():
     gres = cfg.render_gres_conf(SPEC)
     assert "NodeName=node3 Name=gpu File=/dev/tty[0-1]" in gres
     assert cfg.render_slurm_conf(SPEC).startswith(cfg.MARKER) and gres.startswith(cfg.MARKER)
+
+
+def test_accounting_files_and_commands_rendered():
+    cgroup = cfg.render_cgroup_conf(SPEC)
+    assert "ConstrainRAMSpace=yes" in cgroup and "ConstrainCores=yes" in cgroup and "CgroupPlugin=cgroup/v1" in cgroup
+    dbd = cfg.render_slurmdbd_conf(SPEC, "pw123")
+    assert "StoragePass=pw123" in dbd and "StoragePort=3307" in dbd and "StorageHost=127.0.0.1" in dbd
+    argv = cfg.render_mariadb_argv(SPEC)
+    assert "--bind-address=127.0.0.1" in argv and "--datadir=/srv/htc-dc/mariadb" in argv
+    cmds = [" ".join(c) for c in cfg.render_sacctmgr(SPEC, "alice")]
+    assert cmds[0] == "sacctmgr -i add cluster htc-dev"
+    normal = next(c for c in cmds if "name=normal" in c)
+    assert "Preempt=economy" in normal and "MaxSubmitJobsPerUser=5000" in normal
+    assert any("name=economy" in c and "PreemptMode=requeue" in c for c in cmds)
+    assert "QOS=normal,economy,capped DefaultQOS=normal" in next(c for c in cmds if "add user alice" in c)
+    assert cmds[-1].endswith("name=alice set DefaultAccount=htc")
 
 
 def test_hosts_file_names_every_node_and_the_controller():
@@ -187,7 +206,7 @@ def test_status_and_leftovers_see_the_running_cluster(slurm_cluster):
     assert all(d["alive"] for d in st["daemons"].values())
     # leftovers() is what `down()` promises to empty; with the cluster up it must notice everything.
     left = " ".join(devcluster.leftovers())
-    for thing in ("slurmctld", "slurmd", "bridge br-htc", "network namespace node1", "network namespace node4",
+    for thing in ("slurmctld", "slurmd", "slurmdbd", "mariadbd", "bridge br-htc", "network namespace node1", "network namespace node4",
                   "file /etc/slurm/slurm.conf"):
         assert thing in left
 

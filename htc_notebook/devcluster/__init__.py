@@ -25,9 +25,9 @@ from pathlib import Path, PurePosixPath
 
 from htc_notebook.errors import DevClusterError
 
-from . import daemons, net
-from .config import (DEFAULT_ROOT, MARKER, ClusterSpec, default_spec, render_gres_conf, render_hosts,
-                     render_slurm_conf, shared_under_tmp)
+from . import accounting, daemons, net
+from .config import (CONFIG_FILES, DEFAULT_ROOT, MARKER, ClusterSpec, default_spec, render_cgroup_conf,
+                     render_gres_conf, render_hosts, render_slurm_conf, shared_under_tmp)
 from .install import install, missing_packages
 
 __all__ = ["ClusterInfo", "ClusterSpec", "DevClusterError", "down", "install", "leftovers", "require_root",
@@ -101,7 +101,9 @@ def _write_configs(s: ClusterSpec) -> None:
         os.makedirs(s.node_tmp(n.name), exist_ok=True)
         os.chmod(s.node_tmp(n.name), 0o1777)
         Path(s.node_hosts(n.name)).write_text(render_hosts(s))
-    texts = {"slurm.conf": render_slurm_conf(s), "gres.conf": render_gres_conf(s)}
+    texts = {"slurm.conf": render_slurm_conf(s), "gres.conf": render_gres_conf(s),
+             "cgroup.conf": render_cgroup_conf(s)}
+    assert tuple(texts) == CONFIG_FILES
     for name, text in texts.items():
         Path(s.etc_dir, name).write_text(text)
         target = os.path.join(s.slurm_conf_dir, name)
@@ -114,7 +116,7 @@ def _write_configs(s: ClusterSpec) -> None:
 
 
 def _remove_configs(s: ClusterSpec) -> None:
-    for name in ("slurm.conf", "gres.conf"):
+    for name in CONFIG_FILES:
         target = os.path.join(s.slurm_conf_dir, name)
         if _ours(target):
             os.unlink(target)
@@ -145,6 +147,9 @@ def up(*, shared=(), timeout: float = 90, install_missing: bool = True) -> Clust
     _write_configs(s)
     daemons.start_munge(s)
     net.setup(s)
+    accounting.start_mariadb(s)
+    accounting.start_slurmdbd(s)
+    accounting.make_site(s)
     daemons.start_slurmctld(s)
     paths = shared_under_tmp(shared_paths(shared))
     for n in s.nodes:
@@ -182,16 +187,18 @@ def leftovers() -> list[str]:
     found += [f"process {c} (pid {p})" for p, c in sorted(daemons.our_processes(s).items())
               if c not in daemons.SLURM_COMMS]
     found += net.leftovers(s)
-    found += [f"file {os.path.join(s.slurm_conf_dir, n)}" for n in ("slurm.conf", "gres.conf")
+    found += [f"file {os.path.join(s.slurm_conf_dir, n)}" for n in CONFIG_FILES
               if _ours(os.path.join(s.slurm_conf_dir, n))]
     return found
 
 
 def status() -> dict:
     s = spec()
-    daemon_state = {"munged": {"alive": daemons.munge_works()},
-                    "slurmctld": {"pid": daemons.pidfile_alive(s.slurmctld_pidfile, "slurmctld")}}
-    daemon_state["slurmctld"]["alive"] = bool(daemon_state["slurmctld"]["pid"])
+    daemon_state = {"munged": {"alive": daemons.munge_works()}}
+    for name, pidfile in (("mariadbd", s.db_pidfile), ("slurmdbd", s.slurmdbd_pidfile),
+                          ("slurmctld", s.slurmctld_pidfile)):
+        pid = daemons.pidfile_alive(pidfile, name)
+        daemon_state[name] = {"pid": pid, "alive": bool(pid)}
     for n in s.node_names:
         pid = daemons.pidfile_alive(s.slurmd_pidfile(n), "slurmd")
         daemon_state[f"slurmd@{n}"] = {"pid": pid, "alive": bool(pid)}
@@ -203,4 +210,5 @@ def status() -> dict:
     return {"up": up_, "state_root": s.state_root, "slurm_conf": s.slurm_conf, "shared_dir": s.shared_dir,
             "controller": f"{s.controller_host}({s.controller_address})", "daemons": daemon_state,
             "network": network, "nodes": nodes, "partitions": partitions,
-            "logs": {"slurmctld": s.slurmctld_log, **{n: s.slurmd_log(n) for n in s.node_names}}}
+            "logs": {"slurmctld": s.slurmctld_log, "slurmdbd": s.slurmdbd_log, "mariadb": s.db_log,
+                     **{n: s.slurmd_log(n) for n in s.node_names}}}

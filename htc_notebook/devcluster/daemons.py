@@ -21,7 +21,7 @@ from htc_notebook.errors import DevClusterError
 from .config import ClusterSpec, render_node_argv
 
 DAEMON_MARK = "HTC_DEVCLUSTER_DAEMON"
-SLURM_COMMS = ("slurmctld", "slurmd", "slurmstepd")
+SLURM_COMMS = ("slurmctld", "slurmd", "slurmstepd", "slurmdbd")
 MUNGE_KEY = "/etc/munge/munge.key"
 MUNGE_DIRS = ("/etc/munge", "/var/log/munge", "/run/munge", "/var/lib/munge")
 
@@ -123,10 +123,11 @@ def _terminate(pids: dict[int, str], grace: float = 10.0) -> list[str]:
 
 
 def stop_all(spec: ClusterSpec) -> list[str]:
-    """Stop every process this cluster started: nodes first, then slurmctld, then our munged."""
+    """Stop every process this cluster started: nodes first, then slurmctld, slurmdbd, mariadbd, munged."""
     still: list[str] = []
     procs = our_processes(spec)
-    order = [lambda c: c not in ("slurmctld", "munged"), lambda c: c == "slurmctld", lambda c: c == "munged"]
+    last = ("slurmctld", "slurmdbd", "mariadbd", "munged")
+    order = [lambda c: c not in last, *[lambda c, d=d: c == d for d in last]]
     for pick in order:
         group = {p: c for p, c in procs.items() if pick(c)}
         if group:
@@ -135,7 +136,8 @@ def stop_all(spec: ClusterSpec) -> list[str]:
     late = {p: c for p, c in our_processes(spec).items() if p not in procs}
     if late:
         still += _terminate(late)
-    for path in [spec.slurmctld_pidfile, *[spec.slurmd_pidfile(n.name) for n in spec.nodes]]:
+    for path in [spec.slurmctld_pidfile, spec.slurmdbd_pidfile, spec.db_pidfile,
+                 *[spec.slurmd_pidfile(n.name) for n in spec.nodes]]:
         try:
             os.unlink(path)
         except OSError:

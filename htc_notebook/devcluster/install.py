@@ -8,9 +8,9 @@ import subprocess
 
 from htc_notebook.errors import DevClusterError
 
-PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge", "openmpi-bin", "libopenmpi-dev", "iproute2",
-            "util-linux")
-SYSTEMD_UNITS = ("slurmctld", "slurmd")
+PACKAGES = ("slurmctld", "slurmd", "slurm-client", "slurmdbd", "mariadb-server", "munge", "openmpi-bin",
+            "libopenmpi-dev", "iproute2", "util-linux")
+SYSTEMD_UNITS = ("slurmctld", "slurmd", "slurmdbd", "mariadb")
 
 
 def missing_packages(packages=PACKAGES) -> list[str]:
@@ -44,6 +44,6 @@ def install(packages=PACKAGES) -> list[str]:
 
 
 def _disable_distro_units() -> None:
-    """On a systemd machine the packages start their own slurmd/slurmctld; the test cluster runs its own."""
+    """On a systemd machine the packages start their own daemons; the test cluster runs its own."""
     if os.path.isdir("/run/systemd/system") and shutil.which("systemctl"):
         subprocess.run(["systemctl", "disable", "--now", *SYSTEMD_UNITS], capture_output=True)

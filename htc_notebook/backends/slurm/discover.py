@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
+import getpass
 import re
+import shutil
 import sys
 from typing import Any
 
@@ -81,9 +83,57 @@ def profiles_from_sinfo(text: str, *, python: str | None = None, scheduler_host:
     return site
 
 
+def economy_from_sacctmgr(assoc: str, qos: str) -> str | None:
+    """The QOS for ON_DEMAND_ECONOMY jobs: one the user may use that their default QOS preempts,
+    else the allowed QOS of lowest priority below the default's (None when there is no such QOS).
+
+    `assoc` is `sacctmgr -n -P show assoc where user=U format=qos,defaultqos`, `qos` is
+    `sacctmgr -n -P show qos format=name,priority,preempt`.
+
+    >>> economy_from_sacctmgr("economy,normal|normal\\n", "normal|100|economy\\neconomy|0|\\n")
+    'economy'
+    """
+    allowed: set[str] = set()
+    default = None
+    for line in assoc.splitlines():
+        names, _, dflt = line.strip().partition("|")
+        allowed |= {n for n in names.split(",") if n}
+        default = default or dflt or None
+    levels: dict[str, tuple[int, set[str]]] = {}
+    for line in qos.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) == 3 and parts[1].lstrip("-").isdigit():
+            levels[parts[0]] = (int(parts[1]), {n for n in parts[2].split(",") if n})
+    if default not in levels:
+        return None
+    prio, preempts = levels[default]
+    candidates = sorted((levels[n][0], n) for n in allowed & set(levels) if n != default)
+    preempted = [n for _, n in candidates if n in preempts]
+    lower = [n for p, n in candidates if p < prio]
+    return (preempted or lower or [None])[0]
+
+
+def _economy_qos() -> str | None:
+    """Read the user's associations (only where SLURM has accounting)."""
+    if not shutil.which("sacctmgr"):
+        return None
+    assoc = scheduler.run(["sacctmgr", "-n", "-P", "show", "assoc", "where", f"user={getpass.getuser()}",
+                           "format=qos,defaultqos"], check=False, timeout=20)
+    qos = scheduler.run(["sacctmgr", "-n", "-P", "show", "qos", "format=name,priority,preempt"], check=False,
+                        timeout=20)
+    if assoc.returncode or qos.returncode:
+        return None  # no accounting (or no slurmdbd): priority is the scheduler's default for every job
+    return economy_from_sacctmgr(assoc.stdout, qos.stdout)
+
+
 def discover(*, python: str | None = None, scheduler_host: str | None = None) -> dict[str, Any]:
-    """Read the partitions of the SLURM this machine talks to."""
+    """Read the partitions of the SLURM this machine talks to (and, with accounting, the economy QOS)."""
     text = scheduler.run(["sinfo", "-h", "-o", SINFO_FORMAT]).stdout
     mpis = scheduler.run(["srun", "--mpi=list"], check=False)
     mpi = "pmix" if "pmix" in (mpis.stdout + mpis.stderr) else None
-    return profiles_from_sinfo(text, python=python or sys.executable, scheduler_host=scheduler_host, mpi=mpi)
+    site = profiles_from_sinfo(text, python=python or sys.executable, scheduler_host=scheduler_host, mpi=mpi)
+    economy = _economy_qos()
+    if economy:
+        for prof in site["profiles"].values():
+            prof["economy_qos"] = economy
+    return site
