@@ -64,13 +64,15 @@ class Reporter(Protocol):
 
     def started(self, job_id: int, attempt: int, host: str, native_id: str | None) -> None: ...
 
-    def submitted(self, native_ids: dict[int, str], reason: str) -> None:
-        """Jobs a scheduler accepted (job id -> native id): recorded before this returns."""
+    def submitted(self, native_ids: dict[int, str], reason: str, status: str = "RUNNABLE") -> None:
+        """Jobs a scheduler accepted (job id -> native id), or (status HELD, native id `sbatch:<token>`)
+        about to be sent: recorded before this returns."""
         ...
 
     def update(self, job_ids: Sequence[int], status: str, *, reason: str | None = None,
                host: str | None = None, native_id: str | None = None) -> None:
-        """A non-final state: RUNNABLE (with the scheduler's pending reason), STARTING, RUNNING."""
+        """A non-final state: HELD (beyond the site's limits), RUNNABLE (with the scheduler's pending
+        reason), STARTING, RUNNING."""
         ...
 
     def finished(self, outcome: Outcome) -> None: ...

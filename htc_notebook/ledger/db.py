@@ -21,7 +21,8 @@ from typing import Any, Callable, TypeVar
 from ..errors import LedgerError
 from .rows import (AttemptRow, AttemptStart, BatchRow, EventRow, JobRow, NewBatch, NewJob, Outcome,
                    ProjectRow, ResultRow, TaskRow)
-from .schema import ACTIVE_SQL, ATTEMPT_COLUMNS, DDL, JOB_COLUMNS, PRAGMAS, SCHEMA_VERSION, TERMINAL_SQL
+from .schema import (ACTIVE_SQL, ATTEMPT_COLUMNS, DDL, JOB_COLUMNS, PRAGMAS, SCHEMA_VERSION, TERMINAL_SQL,
+                     V1_STATUSES)
 from .states import ACTIVE, REQUEUEABLE, TERMINAL, JobStatus, sql_list
 
 T = TypeVar("T")
@@ -92,6 +93,8 @@ class Ledger:
                 for statement in DDL:
                     con.execute(statement)
                 con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version == 1:
+                _upgrade_v1(con)
             elif version != SCHEMA_VERSION:
                 raise LedgerError(f"schema version {version}, this htc_notebook understands "
                                   f"{SCHEMA_VERSION}; upgrade htc_notebook or use another data root")
@@ -207,7 +210,8 @@ class Ledger:
         nothing is inserted.
         """
         jobs = list(jobs)
-        encoded = [_encode_job(j) for j in jobs]  # validate everything before touching the db
+        specs: dict[int, str] = {}  # id(spec) -> JSON: a batch's jobs share one spec, encoded once
+        encoded = [_encode_job(j, specs) for j in jobs]  # validate everything before touching the db
         keys = [j.key for j in jobs if j.key is not None]
         seen: set[str] = set()
         for key in keys:
@@ -230,11 +234,10 @@ class Ledger:
             first = con.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM jobs").fetchone()[0]
             ids = list(range(first, first + len(jobs)))
             try:
-                con.executemany(
-                    "INSERT INTO jobs (id, task_id, batch_id, idx, key, name, kind, profile, priority, "
-                    "                  params, spec, status, created, updated, seq) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'SUBMITTED', ?, ?, ?)",
-                    ((job_id, task_id, batch_id, *row, now, now, seq) for job_id, row in zip(ids, encoded)))
+                _many(con, "INSERT INTO jobs (id, task_id, batch_id, idx, key, name, kind, profile, priority, "
+                           "                  params, spec, status, created, updated, seq) VALUES {values}",
+                      "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'SUBMITTED', ?, ?, ?)",
+                      [(job_id, task_id, batch_id, *row, now, now, seq) for job_id, row in zip(ids, encoded)])
             except sqlite3.IntegrityError as e:
                 taken = con.execute(f"SELECT key FROM jobs WHERE task_id = ? AND id < ? AND key IN {IN_JSON} "
                                     f"ORDER BY id LIMIT 1", (task_id, first, json.dumps(keys))).fetchone()
@@ -321,23 +324,25 @@ class Ledger:
     def start_attempts(self, items: Sequence[AttemptStart]) -> list[int]:
         """Begin a new attempt for each job; returns attempt numbers (0 for jobs already terminal)."""
         items = list(items)
-        for it in items:
-            if JobStatus(_status(it.status)) not in ACTIVE:
-                raise LedgerError(f"an attempt starts in an active state, not {it.status}")
+        canonical = {s: _status(s) for s in {it.status for it in items}}  # each distinct status checked once
+        for status in canonical.values():
+            if JobStatus(status) not in ACTIVE:
+                raise LedgerError(f"an attempt starts in an active state, not {status}")
         now = time.time()
         with self._write() as con:
             seq = _next_seq(con)
-            # set-based: bump every live job, then read back which ones this transaction moved
-            con.executemany(
-                f"UPDATE jobs SET attempts = attempts + 1, status = ?1, reason = NULL, exit_code = NULL, "
-                f"       host = ?2, native_id = ?3, log_out = ?4, log_err = ?5, ended = NULL, "
-                f"       started = CASE WHEN ?1 = 'RUNNING' THEN ?6 END, updated = ?6, seq = ?7 "
-                f"WHERE id = ?8 AND status NOT IN ({TERMINAL_SQL})",
-                ((_status(it.status), it.host, it.native_id, it.log_out, it.log_err, now, seq, it.job_id)
-                 for it in {it.job_id: it for it in items}.values()))  # a job twice: one attempt
+            # bump every live job (many rows a statement), reading back the ones this transaction moved
+            # (u.column1..8: job id, status, host, native id, log out, log err, now, seq)
+            numbers = dict(_many(
+                con, f"UPDATE jobs SET attempts = attempts + 1, status = u.column2, reason = NULL, exit_code = NULL, "
+                     f"       host = u.column3, native_id = u.column4, log_out = u.column5, log_err = u.column6, "
+                     f"       ended = NULL, started = CASE WHEN u.column2 = 'RUNNING' THEN u.column7 END, "
+                     f"       updated = u.column7, seq = u.column8 "
+                     f"FROM (VALUES {{values}}) AS u WHERE jobs.id = u.column1 AND jobs.status NOT IN ({TERMINAL_SQL}) "
+                     f"RETURNING jobs.id, jobs.attempts", "(?, ?, ?, ?, ?, ?, ?, ?)",
+                [(it.job_id, canonical[it.status], it.host, it.native_id, it.log_out, it.log_err, now, seq)
+                 for it in {it.job_id: it for it in items}.values()]))  # a job twice: one attempt
             ids = json.dumps([it.job_id for it in items])
-            numbers = dict(con.execute(f"SELECT id, attempts FROM jobs WHERE id IN {IN_JSON} AND seq = ?",
-                                       (ids, seq)).fetchall())
             con.execute(
                 f"INSERT INTO attempts ({ATTEMPT_COLUMNS}) "
                 f"SELECT id, attempts, status, NULL, host, native_id, NULL, started, NULL, log_out, log_err "
@@ -412,6 +417,18 @@ class Ledger:
                 f"      (SELECT id, attempts FROM jobs WHERE id IN {IN_JSON})",
                 (reason, now, json.dumps([r[0] for r in moved])))
             _events_per_task(con, moved, now, "cancelled", reason)
+        return _in_order(ids, moved)
+
+    def claim(self, job_ids: Iterable[int], old_owner: str, new_owner: str) -> list[int]:
+        """Make `new_owner` responsible for active jobs still owned by `old_owner` (compare and set:
+        of two processes claiming the same jobs, one gets them). Returns the ids claimed."""
+        ids = _ids(job_ids)
+        with self._write() as con:
+            moved = con.execute(
+                f"UPDATE jobs SET spec = json_set(spec, '$.owner', ?) WHERE id IN {IN_JSON} "
+                f"AND status IN ({ACTIVE_SQL}) AND json_extract(spec, '$.owner') IS ? RETURNING id, task_id",
+                (new_owner, json.dumps(ids), old_owner)).fetchall()
+            _events_per_task(con, moved, time.time(), "adopted", f"taken over by {new_owner} from {old_owner}")
         return _in_order(ids, moved)
 
     def add_event(self, task_id: int, job_id: int | None, kind: str, message: str) -> int:
@@ -565,6 +582,39 @@ def _record_successes(con: sqlite3.Connection, successes: list, now: float, seq:
     return list(first)
 
 
+def _upgrade_v1(con: sqlite3.Connection) -> None:
+    """v1 -> v2: the HELD state joins the CHECK constraints of jobs and attempts. A CHECK that admits
+    more values changes no stored row, so the table definitions are edited in place (the procedure
+    in SQLite's ALTER TABLE documentation), then the schema cookie is bumped and checked."""
+    new = sql_list(frozenset(JobStatus))
+    cookie = con.execute("PRAGMA schema_version").fetchone()[0]
+    con.execute("PRAGMA writable_schema = ON")
+    con.execute("UPDATE sqlite_master SET sql = replace(sql, ?, ?) WHERE type = 'table' AND name IN "
+                "('jobs', 'attempts')", (V1_STATUSES, new))
+    con.execute(f"PRAGMA schema_version = {cookie + 1}")
+    con.execute("PRAGMA writable_schema = OFF")
+    problems = con.execute("PRAGMA integrity_check").fetchall()
+    if problems != [("ok",)]:
+        raise LedgerError(f"upgrading the ledger to schema {SCHEMA_VERSION} failed: {problems[:3]}")
+    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _many(con: sqlite3.Connection, sql: str, row: str, rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Run `sql` over `rows`, as many rows a statement as fit in 999 parameters: `{values}` in `sql`
+    becomes `row, row, ...`. Returns what the statements return (RETURNING). Much cheaper than
+    executemany for big inputs: each statement opens its tables and indexes once, not once per row."""
+    if not rows:
+        return []
+    per = max(1, 999 // len(rows[0]))
+    full = sql.replace("{values}", ", ".join([row] * per))
+    out: list[tuple[Any, ...]] = []
+    for start in range(0, len(rows), per):
+        part = rows[start:start + per]
+        statement = full if len(part) == per else sql.replace("{values}", ", ".join([row] * len(part)))
+        out += con.execute(statement, [v for r in part for v in r]).fetchall()
+    return out
+
+
 def _retry(fn: Callable[[], T], path: Path) -> T:
     """Run fn, retrying while another connection holds the lock (beyond sqlite's busy_timeout)."""
     deadline, delay = time.monotonic() + LOCK_WAIT, 0.01
@@ -643,7 +693,9 @@ def _json(what: str, value: object) -> str:
         raise LedgerError(f"{what} cannot be stored as JSON: {e}") from e
 
 
-def _encode_job(job: NewJob) -> tuple[Any, ...]:
+def _encode_job(job: NewJob, specs: dict[int, str] | None = None) -> tuple[Any, ...]:
+    """A job's column values, validated; `specs` caches spec encodings by object identity (the
+    caller keeps every job, hence every spec, alive while the cache is used)."""
     _check_text("job name", job.name)
     if job.kind not in KINDS:
         raise LedgerError(f"job {job.name!r}: kind {job.kind!r} is not one of {', '.join(KINDS)}")
@@ -653,8 +705,13 @@ def _encode_job(job: NewJob) -> tuple[Any, ...]:
         value = getattr(job, field)
         if isinstance(value, bool) or not isinstance(value, int):
             raise LedgerError(f"job {job.name!r}: {field} must be an integer, not {value!r}")
+    spec = specs.get(id(job.spec)) if specs is not None else None
+    if spec is None:
+        spec = _json(f"job {job.name!r} spec", job.spec)
+        if specs is not None:
+            specs[id(job.spec)] = spec
     return (job.index, job.key, job.name, job.kind, job.profile, job.priority,
-            _json(f"job {job.name!r} params", job.params), _json(f"job {job.name!r} spec", job.spec))
+            _json(f"job {job.name!r} params", job.params), spec)
 
 
 def _encode_batch(batch: NewBatch) -> tuple[Any, ...]:

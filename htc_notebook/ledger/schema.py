@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from .states import ACTIVE, TERMINAL, JobStatus, sql_list
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Version 1 had no HELD state: its CHECK constraints list these (upgraded in place, see Ledger)
+V1_STATUSES = "'CANCELLED','FAILED','LOST','RUNNABLE','RUNNING','STARTING','SUBMITTED','SUCCEEDED'"
 
 _ALL = sql_list(frozenset(JobStatus))
 

@@ -1,6 +1,6 @@
 """Job states and which moves between them the ledger allows.
 
-    SUBMITTED -> RUNNABLE -> STARTING -> RUNNING -> SUCCEEDED | FAILED | CANCELLED | LOST
+    SUBMITTED -> [HELD ->] RUNNABLE -> STARTING -> RUNNING -> SUCCEEDED | FAILED | CANCELLED | LOST
     FAILED | CANCELLED | LOST --requeue--> SUBMITTED
     SUCCEEDED is final (G3).
 """
@@ -12,6 +12,7 @@ from enum import Enum
 
 class JobStatus(str, Enum):
     SUBMITTED = "SUBMITTED"
+    HELD = "HELD"  # waiting in the ledger for room in the site's limits (G8); not yet given to the scheduler
     RUNNABLE = "RUNNABLE"
     STARTING = "STARTING"
     RUNNING = "RUNNING"

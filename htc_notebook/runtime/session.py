@@ -201,12 +201,8 @@ class Session:
         """Record an attempt for each job (write-ahead), then hand them to their backends."""
         if not rows:
             return
-        task_dir = self.storage.task_dir(task.project, task.name)
-        shared = self.storage.shared_dir(task.project)
         log_dir = self.storage.log_paths(task.project, task.name, rows[0].id)[0].parent
         log_dir.mkdir(parents=True, exist_ok=True)
-        base_env = {"HTC_TASK_DIR": str(task_dir), "HTC_PROJECT_SHARED": str(shared),
-                    "HTC_PROJECT": task.project, "HTC_TASK": task.name}
         prefix = os.path.join(log_dir, "job-")
         logs = {r.id: (f"{prefix}{r.id}.out", f"{prefix}{r.id}.err") for r in rows}
         numbers = self.ledger.start_attempts([
@@ -214,31 +210,43 @@ class Session:
                          log_out=logs[r.id][0], log_err=logs[r.id][1], status="RUNNABLE")
             for r in rows])
         by_profile: dict[str, list[Launch]] = {}
+        where = self._where(task)
         for row, attempt in zip(rows, numbers):
             if not attempt:
                 continue  # became terminal meanwhile (e.g. cancelled)
             self._job_task[row.id] = task.id
-            spec = row.spec
-            env = {**base_env, "HTC_JOB_ID": str(row.id), "HTC_JOB_INDEX": str(row.index),
-                   **spec.get("envs", {})}
-            launch = Launch(job_id=row.id, attempt=attempt, kind=row.kind, cwd=task_dir, env=env, name=row.name,
-                            log_out=logs[row.id][0], log_err=logs[row.id][1],
-                            cores=spec.get("cores", 1), priority=row.priority,
-                            timeout=spec.get("timeout"), command=tuple(spec.get("commands", ())),
-                            memory=spec.get("memory"), disk_gib=spec.get("disk_gib"),
-                            gpus=spec.get("gpus", 0), throttle=spec.get("throttle"),
-                            call=self._call_for(task, row) if row.kind == "python" else None,
-                            mpi=MpiLayout(**spec["mpi"]) if spec.get("mpi") else None)
-            by_profile.setdefault(row.profile, []).append(launch)
+            by_profile.setdefault(row.profile, []).append(self._launch(task, where, row, attempt, *logs[row.id]))
         for profile, launches in by_profile.items():
+            backend = self.backend(self.profile(profile))
             try:
-                self.backend(self.profile(profile)).submit(launches)
+                backend.submit(launches)
             except HTCError as exc:
-                # recorded before submission (write-ahead): say why they never ran, then raise
+                # recorded before submission (write-ahead): say why the ones not taken never ran, then raise
+                taken = backend.running()
                 self.ledger.record_outcomes([Outcome(l.job_id, l.attempt, "FAILED", reason=f"not submitted: {exc}",
-                                                     ended=time.time()) for l in launches])
+                                                     ended=time.time()) for l in launches if l.job_id not in taken])
                 self._notify()
                 raise
+
+    def _where(self, task: TaskRow) -> tuple[Path, dict[str, str]]:
+        """A task's directory and the environment every job of it gets."""
+        task_dir = self.storage.task_dir(task.project, task.name)
+        return task_dir, {"HTC_TASK_DIR": str(task_dir), "HTC_PROJECT_SHARED": str(self.storage.shared_dir(task.project)),
+                          "HTC_PROJECT": task.project, "HTC_TASK": task.name}
+
+    def _launch(self, task: TaskRow, where: tuple[Path, dict[str, str]], row: JobRow | Pending, attempt: int,
+                log_out: str, log_err: str) -> Launch:
+        """What a backend needs to run one attempt of a job."""
+        task_dir, base_env = where
+        spec = row.spec
+        env = {**base_env, "HTC_JOB_ID": str(row.id), "HTC_JOB_INDEX": str(row.index), **spec.get("envs", {})}
+        return Launch(job_id=row.id, attempt=attempt, kind=row.kind, cwd=task_dir, env=env, name=row.name,
+                      log_out=log_out, log_err=log_err, cores=spec.get("cores", 1), priority=row.priority,
+                      timeout=spec.get("timeout"), command=tuple(spec.get("commands", ())),
+                      memory=spec.get("memory"), disk_gib=spec.get("disk_gib"),
+                      gpus=spec.get("gpus", 0), throttle=spec.get("throttle"),
+                      call=self._call_for(task, row) if row.kind == "python" else None,
+                      mpi=MpiLayout(**spec["mpi"]) if spec.get("mpi") else None)
 
     # -- pilots (dask workers on a scheduler) --------------------------------------
     def pilots(self, profile: str | None = None):
@@ -384,6 +392,7 @@ class Session:
         so is the work. Nothing is assumed to have succeeded.
         """
         lost: list[Outcome] = []
+        held: dict[str, list[JobRow]] = {}
         for row in rows:
             if row.status in TERMINAL_NAMES or row.id in self._job_task:
                 continue  # ended, or watched by this process
@@ -391,6 +400,9 @@ class Session:
                 continue
             owner = Owner.parse(row.spec.get("owner"))
             if owner is None or owner == self.owner or owner.alive() is not False:
+                continue
+            if self._fed_by_slurm(row):
+                held.setdefault(str(owner), []).append(row)
                 continue
             reason = (f"the process that ran it ({owner}) has exited; local jobs and pilots do not "
                       f"outlive their session")
@@ -401,7 +413,37 @@ class Session:
         if lost:
             self.ledger.record_outcomes(lost)
             self._notify()
+        for owner, group in held.items():
+            self._take_held(owner, group)
         return len(lost)
+
+    def _fed_by_slurm(self, row: JobRow) -> bool:
+        """A SLURM array job that its dead submitter never handed to SLURM (held, or its sbatch unanswered)."""
+        try:
+            profile = self.profile(row.profile)
+        except Exception:  # noqa: BLE001 - a profile gone from the site
+            return False
+        return (profile.backend == "slurm" and row.kind == "command" and not row.spec.get("mpi")
+                and not (row.native_id or "")[:1].isdigit())
+
+    def _take_held(self, owner: str, rows: list[JobRow]) -> None:
+        """Claim held work of a dead session (exactly one live session gets each job) and feed it."""
+        claimed = set(self.ledger.claim([r.id for r in rows], owner, str(self.owner)))
+        by_task: dict[int, list[JobRow]] = {}
+        for r in rows:
+            if r.id in claimed:
+                by_task.setdefault(r.task_id, []).append(r)
+        for task_id, group in by_task.items():
+            task = self.task_row(task_id)
+            where = self._where(task)
+            by_profile: dict[str, list[Launch]] = {}
+            for r in group:
+                self._job_task[r.id] = task_id
+                by_profile.setdefault(r.profile, []).append(
+                    self._launch(task, where, r, r.attempts, r.log_out or "", r.log_err or ""))
+            tokens = {r.id: r.native_id[len("sbatch:"):] for r in group if (r.native_id or "").startswith("sbatch:")}
+            for profile, launches in by_profile.items():
+                self.backend(self.profile(profile)).hold(launches, tokens)
 
     def _adopt(self, row: JobRow) -> bool:
         """Watch a SLURM array task this process did not submit (jobs outlive kernels)."""

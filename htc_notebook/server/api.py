@@ -11,6 +11,7 @@ Toolkit state -> wire status (the names existing HTC clients know):
 | toolkit | wire | statusReason |
 |---|---|---|
 | SUBMITTED | SUBMITTED_TO_RESCALE | |
+| HELD (beyond the site's limits) | SUBMITTED_TO_PROVIDER | "held: ..." (why, and how many are queued) |
 | RUNNABLE (no native id yet) | SUBMITTED_TO_PROVIDER | the backend's reason |
 | RUNNABLE (queued in SLURM) | RUNNABLE | the pending reason in words |
 | STARTING, RUNNING, SUCCEEDED, FAILED | same | |
@@ -54,6 +55,8 @@ def wire_status(row: JobRow) -> tuple[str, str | None]:
     """(wire status, statusReason) for a job row (table in the module docstring)."""
     if row.status == "SUBMITTED":
         return "SUBMITTED_TO_RESCALE", row.reason
+    if row.status == "HELD":
+        return "SUBMITTED_TO_PROVIDER", row.reason
     if row.status == "RUNNABLE":
         return ("RUNNABLE" if row.native_id and not row.native_id.startswith("local:") else
                 "SUBMITTED_TO_PROVIDER"), row.reason

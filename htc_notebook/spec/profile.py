@@ -74,6 +74,12 @@ class PartitionProfile(SpecModel):
     scheduler_host: SchedName | None = None  # address the nodes use to reach this kernel's dask scheduler
     max_pilots: Annotated[int, whole(1)] = 4  # adapt() scales up to this many pilot jobs
     pilot_workers: Annotated[int, whole(1)] | None = None  # dask worker processes per pilot (default: one per core)
+    # Python jobs: at most this many dask tasks in flight per cluster; the rest wait in the kernel
+    # and are handed over as results come back (default: backends.dask_jobs.WINDOW, 4000)
+    dask_window: Annotated[int, whole(1)] | None = None
+    # command jobs on SLURM: at most this many of this user's jobs queued in the partition (below
+    # the site's own limits, which are read from SLURM); the rest wait HELD in the ledger
+    max_queued: Annotated[int, whole(1)] | None = None
     warning: SafeText | None = None
 
     @model_validator(mode="after")

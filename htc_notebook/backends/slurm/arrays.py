@@ -1,7 +1,13 @@
 """Command jobs as SLURM job arrays, submitted with sbatch so they outlive the kernel.
 
 A group of launches that share a job definition becomes one array per
-`MaxArraySize` chunk. A poller thread turns what SLURM and the jobs' own files
+`MaxArraySize` chunk. Chunks are **fed** as the site allows (design G8): never more of the
+user's jobs queued than the tightest limit (`limits.py`: the QOS's and association's submit
+limits, MaxJobCount, the profile's `max_queued`, or what sbatch's refusals taught); the rest
+wait HELD, with the reason in words, and go out as the queue drains. Each chunk's intent
+(`sbatch:<token>` as native id, `--comment=htc:<token>` on the job) is in the ledger before
+sbatch runs, so a chunk whose sbatch timed out, or whose submitter died, is looked up in
+`squeue` by its comment before it is ever sent again. A poller thread turns what SLURM and the jobs' own files
 say into reports: squeue for queued and running tasks (with the pending reason
 in words), the exit-code file each task writes when it ends, and `scontrol`
 for tasks that left the queue without one (cancelled, timed out, node failure).
@@ -10,15 +16,20 @@ A task unknown to all three is LOST, never SUCCEEDED (design G5).
 
 from __future__ import annotations
 
+import getpass
 import threading
 import time
-from dataclasses import dataclass
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 from htc_notebook.backends.base import PER_JOB_ENV, Launch, Reporter
 from htc_notebook.backends.mpi_ranks import is_python_job, rank_dir, read_outcome
+from htc_notebook.backends.slurm import limits as site_limits
 from htc_notebook.backends.slurm import scheduler
+from htc_notebook.errors import BackendError
 from htc_notebook.backends.slurm.script import TIMEOUT_EXIT, command_line, render_array, sbatch_argv
 from htc_notebook.backends.slurm.states import end_reason, explain_pending, htc_status
 from htc_notebook.ledger import Outcome
@@ -28,7 +39,21 @@ from htc_notebook.storage import atomic_write
 
 POLL_SECONDS = 2.0
 LOST_AFTER_ROUNDS = 3  # rounds a task may be unknown to squeue, scontrol and its files
+LIMITS_TTL = 300.0  # seconds before the site's limits are read again (and a learned one forgotten)
+MAX_BACKOFF = 60.0  # seconds between tries while sbatch fails transiently
 
+
+@dataclass
+class Chunk:
+    """Launches that go out as one array (one script, consecutive HTC_JOB_INDEX), maybe not yet sent.
+
+    `token` is set once an sbatch of it was attempted without a clear answer: it may be in SLURM
+    (looked up by its comment before it is sent again)."""
+
+    launches: list[Launch]
+    qos: str | None
+    token: str | None = None
+    key: object = field(default=None)  # the submit() call that made it
 
 @dataclass
 class Tracked:
@@ -61,6 +86,14 @@ class ArrayRunner:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._max_array: int | None = None
+        self._held: deque[Chunk] = deque()
+        self._feed_lock = threading.Lock()
+        self._limits: list[site_limits.Limit] = []
+        self._limits_read = -LIMITS_TTL  # monotonic time of the last read
+        self._learned: site_limits.Limit | None = None  # from sbatch refusing more
+        self._retry_at = 0.0
+        self._backoff = 1.0
+        self._said: dict[int, str] = {}  # held job id -> the reason it was last reported HELD with
 
     # -- submitting --------------------------------------------------------------
     def plan(self, launches: Sequence[Launch]) -> list[tuple[list[Launch], str]]:
@@ -75,15 +108,149 @@ class ArrayRunner:
         return plans
 
     def submit(self, launches: Sequence[Launch]) -> None:
+        """Send what the site has room for now; hold the rest (fed by the poller as room appears).
+
+        Raises BackendError with sbatch's words when SLURM refuses the first chunk of this call
+        for good (bad partition, QOS, request) - then nothing of this call is held or sent."""
         if not launches:
             return
         self._max_array = self._max_array or scheduler.max_array_size()
-        for group in _groups(launches):
-            for start in range(0, len(group), self._max_array):
-                self._submit_chunk(group[start:start + self._max_array])
+        call = object()
+        with self._lock:
+            for group in _groups(launches):
+                qos = self._qos(group[0])
+                for start in range(0, len(group), self._max_array):
+                    self._held.append(Chunk(group[start:start + self._max_array], qos, key=call))
+        self._feed(call=call)
         self._ensure_poller()
 
-    def _submit_chunk(self, chunk: list[Launch]) -> None:
+    def hold(self, launches: Sequence[Launch], tokens: dict[int, str]) -> None:
+        """Take over held work of an earlier session (`tokens`: job id -> the intent token of a chunk
+        whose sbatch may have gone through); fed like this session's own."""
+        self._max_array = self._max_array or scheduler.max_array_size()
+        with self._lock:
+            for group in _groups(launches):
+                by_token: dict[str | None, list[Launch]] = {}
+                for l in group:
+                    by_token.setdefault(tokens.get(l.job_id), []).append(l)
+                for token, part in by_token.items():
+                    for start in range(0, len(part), self._max_array):
+                        self._held.append(Chunk(part[start:start + self._max_array], self._qos(part[0]),
+                                                token=token))
+        self._ensure_poller()
+
+    def _qos(self, launch: Launch) -> str | None:
+        p = self.profile
+        return (p.economy_qos or p.qos) if launch.priority else p.qos
+
+    # -- feeding ---------------------------------------------------------------------
+    def _site(self) -> list[site_limits.Limit]:
+        """The site's limits (read every LIMITS_TTL s), the profile's own cap, and a learned one."""
+        now = time.monotonic()
+        if now - self._limits_read > LIMITS_TTL:
+            self._limits_read = now
+            self._learned = None
+            try:
+                self._limits = site_limits.read_limits()
+            except BackendError:
+                self._limits = []  # the controller does not answer: refusals will teach us
+        out = list(self._limits)
+        if self.profile.max_queued:
+            part = self.profile.partition or self.profile.name
+            out.append(site_limits.Limit(f"partition:{part}", self.profile.max_queued,
+                                         f"profile {self.profile.name} allows {self.profile.max_queued:,} (max_queued)"))
+        if self._learned:
+            out.append(self._learned)
+        return out
+
+    def _room(self, chunk: Chunk) -> tuple[int, str | None]:
+        limits = site_limits.for_qos(self._site(), chunk.qos)
+        return site_limits.room(limits, site_limits.queued_counts()) if limits else (len(chunk.launches), None)
+
+    def _feed(self, call: object | None = None) -> None:
+        """Send held chunks while there is room; say why the rest waits."""
+        with self._feed_lock:
+            sent_of_call = False
+            while True:
+                with self._lock:
+                    chunk = self._held[0] if self._held else None
+                if chunk is None or time.monotonic() < self._retry_at:
+                    break
+                try:
+                    if chunk.token and self._resolve(chunk):
+                        continue
+                    free, why = self._room(chunk)
+                except BackendError as exc:  # squeue or the controller: try again later
+                    self._transient(exc)
+                    break
+                if free <= 0:
+                    self._say_held(why)
+                    break
+                part = chunk.launches[:free]
+                try:
+                    self._submit_chunk(part, chunk)
+                except BackendError as exc:
+                    kind = site_limits.classify(str(exc))
+                    if kind == "limit":
+                        used = site_limits.queued_counts().get("user", 0)
+                        self._learned = site_limits.Limit("user", max(used, 1),
+                                                          f"sbatch refused more ({_first_line(exc)})")
+                        continue
+                    if kind == "transient":
+                        self._transient(exc)
+                        break
+                    self._refused(chunk, exc, raise_it=call is not None and chunk.key is call and not sent_of_call,
+                                  call=call)
+                    continue
+                sent_of_call = sent_of_call or chunk.key is call
+                self._backoff = 1.0
+                with self._lock:
+                    chunk.launches = chunk.launches[len(part):]
+                    chunk.token = None
+                    if not chunk.launches and self._held and self._held[0] is chunk:
+                        self._held.popleft()
+
+    def _transient(self, exc: Exception) -> None:
+        self._retry_at = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, MAX_BACKOFF)
+        self._say_held(f"held: SLURM does not answer ({_first_line(exc)}); trying again in {self._backoff / 2:.0f} s")
+
+    def _refused(self, chunk: Chunk, exc: BackendError, *, raise_it: bool, call: object | None) -> None:
+        """SLURM will not take this chunk: its jobs fail with sbatch's words; nothing else is touched."""
+        with self._lock:
+            if raise_it:  # the caller hears it: nothing of its call is held any longer
+                self._held = deque(c for c in self._held if c.key is not call)
+            else:
+                self._held.popleft()
+        if raise_it:
+            raise exc
+        for l in chunk.launches:
+            self._reporter.finished(Outcome(l.job_id, l.attempt, "FAILED", reason=f"not submitted: {exc}",
+                                            ended=time.time()))
+
+    def _say_held(self, why: str) -> None:
+        """Report held jobs HELD with `why` (each job once per new reason)."""
+        with self._lock:
+            ids = [l.job_id for c in self._held for l in c.launches]
+        new = [i for i in ids if self._said.get(i) != why]
+        if new:
+            self._reporter.update(new, "HELD", reason=why)
+        self._said = {i: self._said.get(i, why) for i in ids} | dict.fromkeys(new, why)
+
+    def _resolve(self, chunk: Chunk) -> bool:
+        """Was a chunk whose sbatch gave no clear answer accepted? Look for its comment in squeue.
+        True (and tracked) if it was; False if SLURM answers without it (then it is sent again)."""
+        found = scheduler.squeue_comments(getpass.getuser()).get(f"htc:{chunk.token}")
+        if not found:
+            chunk.token = None
+            return False
+        self._track(chunk.launches, found)
+        with self._lock:
+            if self._held and self._held[0] is chunk:
+                self._held.popleft()
+        return True
+
+    def _submit_chunk(self, chunk: list[Launch], of: Chunk) -> None:
         first = chunk[0]
         sdir = state_dir(first.cwd)
         sdir.mkdir(parents=True, exist_ok=True)
@@ -96,7 +263,22 @@ class ArrayRunner:
             atomic_write(commands_file, "".join(command_line(l.command) + "\n" for l in chunk).encode())
         script = Path(f"{stem}.sh")
         atomic_write(script, self._script(chunk, str(ids_file), str(commands_file) if commands_file else None).encode())
-        job = scheduler.sbatch(sbatch_argv(str(script), wrapper_log=f"{stem}-%a.log", chdir=str(first.cwd)))
+        token = uuid.uuid4().hex[:16]
+        # the intent, before sbatch: a restart looks this chunk up by its comment instead of sending it twice
+        self._reporter.submitted({l.job_id: f"sbatch:{token}" for l in chunk}, reason="being submitted to SLURM",
+                                 status="HELD")
+        try:
+            job = scheduler.sbatch(sbatch_argv(str(script), wrapper_log=f"{stem}-%a.log", chdir=str(first.cwd),
+                                               comment=f"htc:{token}"))
+        except BackendError as exc:
+            if site_limits.classify(str(exc)) == "transient":
+                of.token = token  # no clear answer: it may be in SLURM
+            raise
+        self._track(chunk, job)
+
+    def _track(self, chunk: list[Launch], job: str) -> None:
+        """Watch array `job`'s tasks (task i is chunk[i]) and record their native ids now."""
+        sdir = state_dir(chunk[0].cwd)
         with self._lock:
             for i, l in enumerate(chunk):
                 t = Tracked(l.job_id, l.attempt, f"{job}_{i}", sdir, l.timeout)
@@ -135,13 +317,19 @@ class ArrayRunner:
 
     # -- the rest of the backend interface --------------------------------------------
     def cancel(self, job_ids: Sequence[int]) -> None:
+        wanted = set(job_ids)
         with self._lock:
             native = [self._by_job[j] for j in job_ids if j in self._by_job]
+            for c in self._held:  # held jobs just leave the queue (the ledger already says CANCELLED)
+                if c.token is None:
+                    c.launches = [l for l in c.launches if l.job_id not in wanted]
+            self._held = deque(c for c in self._held if c.launches)
         scheduler.scancel(native)
 
     def running(self) -> set[int]:
+        """Jobs this runner is responsible for: tracked in SLURM or held for feeding."""
         with self._lock:
-            return set(self._by_job)
+            return set(self._by_job) | {l.job_id for c in self._held for l in c.launches}
 
     def close(self) -> None:
         """Stop watching. The jobs keep running in SLURM; a later session adopts them."""
@@ -162,6 +350,10 @@ class ArrayRunner:
             try:
                 self.poll()
             except Exception as exc:  # noqa: BLE001 - a scheduler hiccup must not end the watch
+                self._last_error = exc
+            try:
+                self._feed()
+            except Exception as exc:  # noqa: BLE001 - feeding goes on next round
                 self._last_error = exc
             self._stop.wait(self._poll_seconds)
 
@@ -230,6 +422,10 @@ class ArrayRunner:
             if self._by_job.get(t.job_id) == t.native_id:
                 del self._by_job[t.job_id]
         self._reporter.finished(outcome)
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
 
 
 def _groups(launches: Sequence[Launch]) -> list[list[Launch]]:

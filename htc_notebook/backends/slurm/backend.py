@@ -62,6 +62,10 @@ class SlurmBackend:
         if first:
             start_adapting(runner.cluster, self.profile)
 
+    def hold(self, launches: Sequence[Launch], tokens: dict[int, str]) -> None:
+        """Feed command jobs an earlier session held (or sent without an answer: `tokens`)."""
+        self.arrays.hold(launches, tokens)
+
     def adopt(self, job_id: int, attempt: int, native_id: str, cwd: str, timeout: int | None) -> None:
         """Watch an array task submitted by an earlier session (jobs outlive kernels)."""
         self.arrays.adopt(job_id, attempt, native_id, cwd, timeout)

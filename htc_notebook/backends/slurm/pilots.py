@@ -8,6 +8,7 @@ walltime, staggered, so SLURM's time limit never kills a running task
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Any
 
@@ -92,9 +93,23 @@ def make_pilot_cluster(profile: PartitionProfile, *, log_directory: str | None =
     probe = {k: v for k, v in options.items() if k not in ("scheduler_options", "log_directory")}
     test = scheduler.start(["sbatch", "--test-only"],
                            input=SLURMJob(scheduler="tcp://scheduler:8786", name="probe", **probe).job_script())
-    cluster = SLURMCluster(**options)
+    cluster = SLURMCluster(job_cls=_clean_job_class(), **options)
     cluster.htc_probe = test  # its verdict is read by check_probe() before the first pilot is asked for
     return cluster
+
+
+@functools.cache
+def _clean_job_class():
+    """dask-jobqueue's SLURMJob, calling sbatch and scancel with `scheduler.clean_env()`: a kernel
+    inside an allocation must not hand its SLURM_* variables to the pilots it submits."""
+    from dask_jobqueue.slurm import SLURMJob
+
+    class CleanEnvSLURMJob(SLURMJob):
+        @staticmethod
+        async def _call(cmd, *, shell=False, **kwargs):
+            return await SLURMJob._call(cmd, shell=shell, env=scheduler.clean_env(), **kwargs)
+
+    return CleanEnvSLURMJob
 
 
 def start_adapting(cluster, profile: PartitionProfile) -> None:

@@ -6,6 +6,7 @@ scheduler's own message.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -15,6 +16,21 @@ from typing import Iterable, Sequence
 from htc_notebook.errors import BackendError
 
 TIMEOUT = 60.0
+# What an allocation (or a user's shell) sets that would shape jobs the toolkit submits from inside it
+ALLOCATION_PREFIXES = ("SLURM_", "SBATCH_", "SALLOC_", "SRUN_", "SQUEUE_", "SCONTROL_")
+KEPT = ("SLURM_CONF",)  # where the cluster's configuration is: not a property of an allocation
+
+
+def clean_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for every SLURM command the toolkit starts: without the `SLURM_*`/`SBATCH_*`
+    variables of an allocation the kernel runs in (Open OnDemand, batchspawner), so a job gets
+    what its profile asks for, not its kernel's allocation. `SLURM_CONF` is kept.
+
+    >>> sorted(clean_env({"SLURM_JOB_ID": "7", "SBATCH_PARTITION": "x", "SLURM_CONF": "/c", "HOME": "/h"}))
+    ['HOME', 'SLURM_CONF']
+    """
+    env = os.environ if env is None else env
+    return {k: v for k, v in env.items() if k in KEPT or not k.startswith(ALLOCATION_PREFIXES)}
 
 
 def run(argv: Sequence[str], *, timeout: float = TIMEOUT, check: bool = True,
@@ -24,7 +40,8 @@ def run(argv: Sequence[str], *, timeout: float = TIMEOUT, check: bool = True,
         raise BackendError(f"{argv[0]} not found: SLURM client commands are not installed on this machine "
                            "(on the test machine: make slurm-up)")
     try:
-        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, input=input)
+        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, input=input,
+                              env=clean_env())
     except subprocess.TimeoutExpired:
         raise BackendError(f"{argv[0]} did not answer within {timeout:.0f} s (is slurmctld up?)") from None
     if check and proc.returncode != 0:
@@ -38,7 +55,7 @@ def start(argv: Sequence[str], *, input: str | None = None) -> subprocess.Popen:
     if shutil.which(argv[0]) is None:
         raise BackendError(f"{argv[0]} not found: SLURM client commands are not installed on this machine")
     proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, env=clean_env())
     if input is not None:
         proc.stdin.write(input)
     proc.stdin.close()
@@ -78,6 +95,17 @@ def squeue(job_ids: Iterable[str]) -> dict[str, QueueEntry]:
         parts = line.split("|")
         if len(parts) == 4:
             out[parts[0]] = QueueEntry(*parts)
+    return out
+
+
+def squeue_comments(user: str) -> dict[str, str]:
+    """comment -> job id for the user's jobs in the queue (array tasks collapse to their array's id)."""
+    proc = run(["squeue", "-h", "-u", user, "-o", "%F|%k"], timeout=60)
+    out: dict[str, str] = {}
+    for line in proc.stdout.splitlines():
+        job, _, comment = line.partition("|")
+        if comment and comment != "(null)" and job.isdigit():
+            out.setdefault(comment, job)
     return out
 
 

@@ -103,6 +103,8 @@ def command_line(argv: Sequence[str]) -> str:
     return shlex.join(argv)
 
 
-def sbatch_argv(script: str, *, wrapper_log: str, chdir: str) -> list[str]:
-    """The sbatch command line (paths go here, as arguments, not as directives)."""
-    return ["sbatch", "--parsable", f"--output={wrapper_log}", f"--chdir={chdir}", script]
+def sbatch_argv(script: str, *, wrapper_log: str, chdir: str, comment: str | None = None) -> list[str]:
+    """The sbatch command line (paths go here, as arguments, not as directives); `comment` marks
+    the job so that it can be found in squeue by what the ledger recorded before sbatch ran."""
+    return ["sbatch", "--parsable", f"--output={wrapper_log}", f"--chdir={chdir}",
+            *([f"--comment={comment}"] if comment else []), script]
