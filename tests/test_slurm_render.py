@@ -29,10 +29,38 @@ def test_array_script_maps_the_job_definition_onto_directives():
     d = directives(s)
     assert d == {"job-name": "b", "array": "0-2%5", "partition": "cpu", "qos": "low", "cpus-per-task": "2",
                  "mem": "512M", "tmp": "3G", "time": "00:01:40", "constraint": "avx2&ib", "gres": "gpu:1"}
-    assert "export HTC_JOB_INDEX=$((SLURM_ARRAY_TASK_ID + 1001))" in s
+    assert "export HTC_JOB_INDEX=$((htc_n - 1 + 1001))" in s
     assert "export MODE='x; $(rm -rf /)'" in s
     assert "cd '/data/my task'" in s and "timeout --kill-after=10 30 echo 'a b'" in s
     assert s.index("module load lammps") < s.index("cd '/data/my task'")
+
+
+def _run_task(tmp_path, script: str, task: int) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-c", script], env={"PATH": "/usr/bin:/bin", "SLURM_ARRAY_TASK_ID": str(task)},
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_a_bundled_array_task_runs_its_jobs_in_turn_each_with_its_own_record(tmp_path):
+    """The rendered script itself, run by bash as SLURM would run array task 1 of a 5-job, 2-per-task
+    bundle: jobs 3 and 4 (indices 12, 13) run, each with its env, logs, start and exit file; a job
+    with a .cancel file is skipped; an exit code is that job's own."""
+    state, logs = tmp_path / "state", tmp_path / "logs"
+    state.mkdir()
+    logs.mkdir()
+    (tmp_path / "ids").write_text("".join(f"{j} 1\n" for j in (11, 12, 13, 14, 15)))
+    script = render_array(job_name="b", size=5, ids_file=str(tmp_path / "ids"), offset=10, task_dir=str(tmp_path),
+                          log_dir=str(logs), state_dir=str(state), bundle=2,
+                          command=["sh", "-c", 'echo "$HTC_JOB_ID $HTC_JOB_INDEX $PWD"; exit $((HTC_JOB_ID % 2))'])
+    assert directives(script)["array"] == "0-2"
+    proc = _run_task(tmp_path, script, 1)
+    assert proc.returncode == 1  # the first failing job's code
+    assert (logs / "job-13.out").read_text().split() == ["13", "12", str(tmp_path)]
+    assert (logs / "job-14.out").read_text().split() == ["14", "13", str(tmp_path)]
+    assert [(state / f"job-{j}-1.exit").read_text().split()[0] for j in (13, 14)] == ["1", "0"]
+    assert not (state / "job-12-1.start").exists() and not (state / "job-15-1.exit").exists()
+    (state / "job-15-1.cancel").touch()
+    assert _run_task(tmp_path, script, 2).returncode == 0
+    assert not (state / "job-15-1.start").exists()  # cancelled before its turn: never started
 
 
 def test_array_script_is_valid_bash():

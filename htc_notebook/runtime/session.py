@@ -321,6 +321,11 @@ class Session:
             native = row.native_id or ""
             if native.replace("_", "").isdigit():
                 slurm.append(native)
+            elif "/" in native:  # one job of a bundle: its array task skips or stops it, the others go on
+                from htc_notebook.backends.slurm.arrays import state_dir, stop_bundled
+
+                task = self.task_row(row.task_id)
+                stop_bundled(state_dir(self.storage.task_dir(task.project, task.name)), row.id, row.attempts)
             elif native.startswith("pid:") and row.host == host:
                 _kill_orphan_group(native)
         if slurm:

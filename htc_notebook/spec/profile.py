@@ -80,6 +80,9 @@ class PartitionProfile(SpecModel):
     # command jobs on SLURM: at most this many of this user's jobs queued in the partition (below
     # the site's own limits, which are read from SLURM); the rest wait HELD in the ledger
     max_queued: Annotated[int, whole(1)] | None = None
+    # command jobs on SLURM: run this many jobs in turn per array task (1: never bundle). Default:
+    # a large batch's first jobs are timed, and short ones are bundled to ~20 s of work per task
+    bundle: Annotated[int, whole(1)] | None = None
     warning: SafeText | None = None
 
     @model_validator(mode="after")

@@ -39,8 +39,25 @@ from htc_notebook.storage import atomic_write
 
 POLL_SECONDS = 2.0
 LOST_AFTER_ROUNDS = 3  # rounds a task may be unknown to squeue, scontrol and its files
+PROBES = 8  # a large batch's first jobs run one per array task and are timed
+PROBE_WAIT = 120.0  # seconds the rest of the batch waits for the probes before it is sent unbundled
+BUNDLE_SECONDS = 20.0  # about this much work per array task when short jobs are bundled
+MAX_BUNDLE = 200
 LIMITS_TTL = 300.0  # seconds before the site's limits are read again (and a learned one forgotten)
 MAX_BACKOFF = 60.0  # seconds between tries while sbatch fails transiently
+
+
+def bundle_size(median: float | None, jobs: int, slots: int) -> int:
+    """How many jobs of `median` seconds an array task runs in turn: about BUNDLE_SECONDS of work,
+    but at least two array tasks per slot of the partition (so bundling never leaves it idle).
+
+    >>> bundle_size(0.1, 10_000, 4), bundle_size(30.0, 10_000, 4), bundle_size(None, 50, 4), bundle_size(0.1, 40, 4)
+    (200, 1, 1, 5)
+    """
+    if median is None:
+        return 1
+    by_time = int(BUNDLE_SECONDS / max(median, 0.01))
+    return max(1, min(MAX_BUNDLE, by_time, jobs // (2 * max(slots, 1))))
 
 
 @dataclass
@@ -54,6 +71,9 @@ class Chunk:
     qos: str | None
     token: str | None = None
     key: object = field(default=None)  # the submit() call that made it
+    bundle: int | None = 1  # jobs per array task; None: decided once `probes` have run
+    probes: frozenset[int] = frozenset()
+    since: float = field(default_factory=time.monotonic)
 
 @dataclass
 class Tracked:
@@ -61,11 +81,20 @@ class Tracked:
 
     job_id: int
     attempt: int
-    native_id: str  # "<array job id>_<task id>"
+    native_id: str  # "<array job id>_<task id>", or "<array job id>_<task id>/<bundle>" for a bundled job
     state_dir: Path
     timeout: int | None = None
     last: tuple | None = None  # last (status, reason, host) reported
     unknown_rounds: int = 0
+
+    @property
+    def task(self) -> str:
+        """The array task (squeue's id): one per job, or shared by a bundle."""
+        return self.native_id.split("/")[0]
+
+    @property
+    def bundled(self) -> bool:
+        return "/" in self.native_id
 
 
 def state_dir(cwd: Path | str) -> Path:
@@ -80,8 +109,7 @@ class ArrayRunner:
         self.profile = profile
         self._reporter = reporter
         self._poll_seconds = poll_seconds
-        self._tracked: dict[str, Tracked] = {}
-        self._by_job: dict[int, str] = {}
+        self._tracked: dict[int, Tracked] = {}  # by ledger job id
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -94,6 +122,7 @@ class ArrayRunner:
         self._retry_at = 0.0
         self._backoff = 1.0
         self._said: dict[int, str] = {}  # held job id -> the reason it was last reported HELD with
+        self._timed: dict[int, float | None] = {}  # probe job id -> its run time (None: ended without one)
 
     # -- submitting --------------------------------------------------------------
     def plan(self, launches: Sequence[Launch]) -> list[tuple[list[Launch], str]]:
@@ -118,9 +147,17 @@ class ArrayRunner:
         call = object()
         with self._lock:
             for group in _groups(launches):
-                qos = self._qos(group[0])
-                for start in range(0, len(group), self._max_array):
-                    self._held.append(Chunk(group[start:start + self._max_array], qos, key=call))
+                qos, fixed = self._qos(group[0]), self.profile.bundle
+                if fixed is None and len(group) > 2 * PROBES and not group[0].mpi:
+                    probes, group = group[:PROBES], group[PROBES:]
+                    self._timed.update(dict.fromkeys((l.job_id for l in probes), -1.0))
+                    self._held.append(Chunk(probes, qos, key=call))
+                    self._held.append(Chunk(group, qos, key=call, bundle=None,
+                                            probes=frozenset(l.job_id for l in probes)))
+                    continue
+                step = self._max_array * (fixed or 1)
+                for start in range(0, len(group), step):
+                    self._held.append(Chunk(group[start:start + step], qos, key=call, bundle=fixed or 1))
         self._feed(call=call)
         self._ensure_poller()
 
@@ -138,6 +175,27 @@ class ArrayRunner:
                         self._held.append(Chunk(part[start:start + self._max_array], self._qos(part[0]),
                                                 token=token))
         self._ensure_poller()
+
+    def _decide(self, chunk: Chunk) -> bool:
+        """Choose an undecided chunk's bundle size once its probes ran (or PROBE_WAIT passed), and
+        split it into arrays of at most MaxArraySize tasks. False while it still waits."""
+        times = [self._timed.get(j, -1.0) for j in chunk.probes]
+        if any(t is not None and t < 0 for t in times) and time.monotonic() - chunk.since < PROBE_WAIT:
+            return False
+        ran = sorted(t for t in times if t is not None and t >= 0)
+        p = self.profile
+        slots = p.cores_per_node * p.max_nodes // max(1, chunk.launches[0].cores)
+        k = bundle_size(ran[len(ran) // 2] if ran else None, len(chunk.launches), slots)
+        step = (self._max_array or 1) * k
+        parts = [Chunk(chunk.launches[i:i + step], chunk.qos, key=chunk.key, bundle=k)
+                 for i in range(0, len(chunk.launches), step)]
+        with self._lock:
+            if self._held and self._held[0] is chunk:
+                self._held.popleft()
+                self._held.extendleft(reversed(parts))
+            for j in chunk.probes:
+                self._timed.pop(j, None)
+        return True
 
     def _qos(self, launch: Launch) -> str | None:
         p = self.profile
@@ -176,6 +234,12 @@ class ArrayRunner:
                     chunk = self._held[0] if self._held else None
                 if chunk is None or time.monotonic() < self._retry_at:
                     break
+                if chunk.bundle is None and not self._decide(chunk):
+                    self._say_held(f"held: timing the first {PROBES} jobs of the batch, to choose how many "
+                                   "to run per array task")
+                    break
+                if chunk.bundle is None:
+                    continue
                 try:
                     if chunk.token and self._resolve(chunk):
                         continue
@@ -186,7 +250,7 @@ class ArrayRunner:
                 if free <= 0:
                     self._say_held(why)
                     break
-                part = chunk.launches[:free]
+                part = chunk.launches[:free * chunk.bundle]
                 try:
                     self._submit_chunk(part, chunk)
                 except BackendError as exc:
@@ -244,7 +308,7 @@ class ArrayRunner:
         if not found:
             chunk.token = None
             return False
-        self._track(chunk.launches, found)
+        self._track(chunk.launches, found, chunk.bundle or 1)
         with self._lock:
             if self._held and self._held[0] is chunk:
                 self._held.popleft()
@@ -262,7 +326,8 @@ class ArrayRunner:
             commands_file = Path(f"{stem}.commands")
             atomic_write(commands_file, "".join(command_line(l.command) + "\n" for l in chunk).encode())
         script = Path(f"{stem}.sh")
-        atomic_write(script, self._script(chunk, str(ids_file), str(commands_file) if commands_file else None).encode())
+        atomic_write(script, self._script(chunk, str(ids_file), str(commands_file) if commands_file else None,
+                                          of.bundle or 1).encode())
         token = uuid.uuid4().hex[:16]
         # the intent, before sbatch: a restart looks this chunk up by its comment instead of sending it twice
         self._reporter.submitted({l.job_id: f"sbatch:{token}" for l in chunk}, reason="being submitted to SLURM",
@@ -274,20 +339,20 @@ class ArrayRunner:
             if site_limits.classify(str(exc)) == "transient":
                 of.token = token  # no clear answer: it may be in SLURM
             raise
-        self._track(chunk, job)
+        self._track(chunk, job, of.bundle or 1)
 
-    def _track(self, chunk: list[Launch], job: str) -> None:
-        """Watch array `job`'s tasks (task i is chunk[i]) and record their native ids now."""
+    def _track(self, chunk: list[Launch], job: str, bundle: int) -> None:
+        """Watch array `job` (job i of the chunk is in task i // bundle) and record the native ids now."""
         sdir = state_dir(chunk[0].cwd)
+        natives = {l.job_id: f"{job}_{i // bundle}" + (f"/{bundle}" if bundle > 1 else "")
+                   for i, l in enumerate(chunk)}
         with self._lock:
-            for i, l in enumerate(chunk):
-                t = Tracked(l.job_id, l.attempt, f"{job}_{i}", sdir, l.timeout)
-                self._tracked[t.native_id] = t
-                self._by_job[l.job_id] = t.native_id
-        self._reporter.submitted({l.job_id: f"{job}_{i}" for i, l in enumerate(chunk)},
-                                 reason=f"submitted to SLURM as array {job}")
+            for l in chunk:
+                self._tracked[l.job_id] = Tracked(l.job_id, l.attempt, natives[l.job_id], sdir, l.timeout)
+        what = f"as array {job}" + (f", {bundle} jobs per array task" if bundle > 1 else "")
+        self._reporter.submitted(natives, reason=f"submitted to SLURM {what}")
 
-    def _script(self, chunk: list[Launch], ids_file: str, commands_file: str | None) -> str:
+    def _script(self, chunk: list[Launch], ids_file: str, commands_file: str | None, bundle: int = 1) -> str:
         first, p = chunk[0], self.profile
         env = {k: v for k, v in first.env.items() if k not in PER_JOB_ENV}
         same_command = all(l.command == first.command for l in chunk)
@@ -304,32 +369,34 @@ class ArrayRunner:
             timeout_s=first.timeout, time_s=None if first.timeout else p.default_walltime,
             account=p.account, qos=(p.economy_qos or p.qos) if first.priority else p.qos,
             constraints=p.constraints, gres=f"gpu:{first.gpus}" if first.gpus else None,
-            throttle=first.throttle, setup=p.setup, env=env)
+            throttle=first.throttle, setup=p.setup, env=env, bundle=bundle)
 
     # -- adopting jobs submitted by an earlier process ------------------------------
     def adopt(self, job_id: int, attempt: int, native_id: str, cwd: str | Path, timeout: int | None) -> None:
         with self._lock:
-            if native_id in self._tracked:
+            if job_id in self._tracked:
                 return
-            self._tracked[native_id] = Tracked(job_id, attempt, native_id, state_dir(cwd), timeout)
-            self._by_job[job_id] = native_id
+            self._tracked[job_id] = Tracked(job_id, attempt, native_id, state_dir(cwd), timeout)
         self._ensure_poller()
 
     # -- the rest of the backend interface --------------------------------------------
     def cancel(self, job_ids: Sequence[int]) -> None:
         wanted = set(job_ids)
         with self._lock:
-            native = [self._by_job[j] for j in job_ids if j in self._by_job]
+            tracked = [self._tracked[j] for j in wanted if j in self._tracked]
             for c in self._held:  # held jobs just leave the queue (the ledger already says CANCELLED)
                 if c.token is None:
                     c.launches = [l for l in c.launches if l.job_id not in wanted]
             self._held = deque(c for c in self._held if c.launches)
-        scheduler.scancel(native)
+        for t in tracked:
+            if t.bundled:  # the others of its array task go on
+                stop_bundled(t.state_dir, t.job_id, t.attempt)
+        scheduler.scancel([t.task for t in tracked if not t.bundled])
 
     def running(self) -> set[int]:
         """Jobs this runner is responsible for: tracked in SLURM or held for feeding."""
         with self._lock:
-            return set(self._by_job) | {l.job_id for c in self._held for l in c.launches}
+            return set(self._tracked) | {l.job_id for c in self._held for l in c.launches}
 
     def close(self) -> None:
         """Stop watching. The jobs keep running in SLURM; a later session adopts them."""
@@ -363,24 +430,26 @@ class ArrayRunner:
             tracked = list(self._tracked.values())
         if not tracked:
             return
-        queue = scheduler.squeue({t.native_id.split("_")[0] for t in tracked})
+        queue = scheduler.squeue({t.task.split("_")[0] for t in tracked})
         missing: list[Tracked] = []
         for t in tracked:
             ended = _read_exit(t)
             if ended is not None:
                 self._finish(t, ended)
-            elif t.native_id in queue:
-                entry = queue[t.native_id]
+            elif t.task in queue:
+                entry = queue[t.task]
                 status = htc_status(entry.state)
                 reason = explain_pending(entry.reason) if status == "RUNNABLE" else None
-                host = _read_start_host(t) or (entry.nodes or None)
-                self._report(t, status, reason, host)
+                host = _read_start_host(t)
+                if t.bundled and status == "RUNNING" and host is None:
+                    status, reason = "RUNNABLE", f"waiting its turn in array task {t.task} (bundled jobs run in turn)"
+                self._report(t, status, reason, host or (entry.nodes or None))
             else:
                 missing.append(t)
-        for array_id in {t.native_id.split("_")[0] for t in missing}:
+        for array_id in {t.task.split("_")[0] for t in missing}:
             known = scheduler.scontrol_jobs(array_id)
-            for t in (m for m in missing if m.native_id.startswith(array_id + "_")):
-                self._resolve_missing(t, known.get(t.native_id))
+            for t in (m for m in missing if m.task.startswith(array_id + "_")):
+                self._resolve_missing(t, known.get(t.task))
 
     def _report(self, t: Tracked, status: str, reason: str | None, host: str | None) -> None:
         if t.last == (status, reason, host):
@@ -392,6 +461,10 @@ class ArrayRunner:
         ended = _read_exit(t)  # it may have finished between squeue and now
         if ended is not None:
             self._finish(t, ended)
+            return
+        if t.bundled and (t.state_dir / f"job-{t.job_id}-{t.attempt}.cancel").exists():
+            self._finish(t, Outcome(t.job_id, t.attempt, "CANCELLED", reason="cancelled before its turn in "
+                                    f"bundle {t.task}", ended=time.time()))
             return
         if fields is None:
             t.unknown_rounds += 1
@@ -407,6 +480,11 @@ class ArrayRunner:
             return
         code = fields.get("ExitCode", "0:0").split(":")
         exit_code = int(code[0]) if code[0].isdigit() else None
+        if status == "SUCCEEDED" and t.bundled:  # its array task ended, but this job wrote no exit file
+            self._finish(t, Outcome(t.job_id, t.attempt, "LOST", reason=(
+                f"array task {t.task} ended without running it (no start or exit file). Retry it"),
+                ended=time.time()))
+            return
         if status == "SUCCEEDED" and exit_code not in (0, None):
             status = "FAILED"
         reason = end_reason(state) or (f"exited with code {exit_code}" if status == "FAILED" else None)
@@ -418,10 +496,17 @@ class ArrayRunner:
 
     def _finish(self, t: Tracked, outcome: Outcome) -> None:
         with self._lock:
-            self._tracked.pop(t.native_id, None)
-            if self._by_job.get(t.job_id) == t.native_id:
-                del self._by_job[t.job_id]
+            if self._tracked.get(t.job_id) is t:
+                del self._tracked[t.job_id]
+            if t.job_id in self._timed:  # a probe: how long it ran decides the bundle size
+                ran = outcome.ended - outcome.started if outcome.started and outcome.ended else None
+                self._timed[t.job_id] = ran
         self._reporter.finished(outcome)
+
+
+def stop_bundled(sdir: Path | str, job_id: int, attempt: int) -> None:
+    """Cancel one job of a bundle: its array task skips it, or stops it (TERM) if it is running."""
+    Path(sdir, f"job-{job_id}-{attempt}.cancel").touch()
 
 
 def _first_line(exc: Exception) -> str:

@@ -23,10 +23,11 @@ class SlurmBackend:
     def __init__(self, profile: PartitionProfile, reporter: Reporter, *, log_directory: str | None = None):
         self.profile = profile
         self.arrays = ArrayRunner(profile, reporter)
-        self.pilots = DaskJobs(lambda: make_pilot_cluster(profile, log_directory=log_directory), reporter)
+        self.pilots = DaskJobs(lambda: make_pilot_cluster(profile, log_directory=log_directory), reporter,
+                               window=profile.dask_window)
         self.pool = pool_spec(profile, log_directory)
         self.packs = DaskJobs(lambda: make_pilot_cluster(profile, log_directory=log_directory, packed=True),
-                              reporter, pool=self.pool)
+                              reporter, pool=self.pool, window=profile.dask_window)
 
     def dask_runners(self) -> dict[str, DaskJobs]:
         """The dask clusters this backend may run, by kind."""

@@ -3,7 +3,8 @@
 `render_array` takes every parameter by keyword: its signature is the list of
 what a batch may set. Directive values are checked to be plain tokens; paths
 and environment values are shell-quoted in the body. Each array task looks up
-its ledger job id and attempt (and, for sweeps, its own command line) by its index, runs
+its ledger job id and attempt (and, for sweeps, its own command line) by its index - an array
+task may run several jobs in turn (a bundle of short commands) - runs each
 in the task directory with its logs in `logs/job-<id>.out|err`, and writes an
 exit-code file atomically when it ends: the record that survives when
 accounting (`sacct`) is not available.
@@ -26,7 +27,7 @@ from htc_notebook.spec import format_walltime
 _TOKEN = re.compile(r"^[A-Za-z0-9_.:,=+%/@&|\[\]*!-]+$")
 TIMEOUT_EXIT = 124  # what coreutils `timeout` exits with
 KILL_AFTER = 10  # seconds between TERM and KILL when execTimeoutSeconds runs out
-SLURM_MARGIN = 60  # SLURM's own time limit sits this far above execTimeoutSeconds
+SLURM_MARGIN = 60  # SLURM's own time limit sits this far above execTimeoutSeconds (x jobs in a bundle)
 
 
 def _directive(option: str, value: object) -> str:
@@ -43,20 +44,25 @@ def render_array(*, job_name: str, size: int, ids_file: str, offset: int, task_d
                  tmp_gib: int | None = None, timeout_s: int | None = None, time_s: int | None = None,
                  account: str | None = None, qos: str | None = None, constraints: Sequence[str] = (),
                  gres: str | None = None, throttle: int | None = None, setup: Sequence[str] = (),
-                 env: Mapping[str, str] | None = None) -> str:
-    """The script for array tasks 0..size-1 covering batch indices offset..offset+size-1.
+                 env: Mapping[str, str] | None = None, bundle: int = 1) -> str:
+    """The script for `size` jobs covering batch indices offset..offset+size-1, `bundle` jobs to
+    an array task (run one after another, each with its own variables, logs, timeout and exit file).
 
-    Exactly one of `command` (the same argv for every task) or `commands_file`
-    (line i holds task i's shell-quoted argv) is given. MPI jobs set `nodes` and
-    `ntasks_per_node` (ranks); `mem_mib` is per node.
+    Exactly one of `command` (the same argv for every job) or `commands_file` (line i holds job
+    i's shell-quoted argv) is given. MPI jobs set `nodes` and `ntasks_per_node` (ranks); `mem_mib`
+    is per node. A bundled job whose `<state>/job-<id>-<attempt>.cancel` file appears is skipped,
+    or stopped (TERM) if it is running: one job of a bundle is cancelled alone.
     """
     if (command is None) == (commands_file is None):
         raise ValueError("give exactly one of command or commands_file")
     if size < 1:
         raise SpecError("sbatch", "array", size, "at least one task")
+    if bundle < 1:
+        raise SpecError("sbatch", "bundle", bundle, "at least one job per array task")
+    tasks = -(-size // bundle)
     if timeout_s and not time_s:
-        time_s = timeout_s + KILL_AFTER + SLURM_MARGIN
-    array = f"0-{size - 1}" + (f"%{throttle}" if throttle else "")
+        time_s = bundle * (timeout_s + KILL_AFTER) + SLURM_MARGIN
+    array = f"0-{tasks - 1}" + (f"%{throttle}" if throttle else "")
     lines = ["#!/bin/bash", _directive("job-name", job_name), _directive("array", array)]
     for option, value in (("partition", partition), ("account", account), ("qos", qos),
                           ("nodes", nodes), ("ntasks-per-node", ntasks_per_node),
@@ -68,29 +74,46 @@ def render_array(*, job_name: str, size: int, ids_file: str, offset: int, task_d
         if value is not None:
             lines.append(_directive(option, value))
     q = shlex.quote
-    lines += [
-        "set -u",
-        "htc_n=$((SLURM_ARRAY_TASK_ID + 1))",
-        f"set -- $(sed -n \"${{htc_n}}p\" {q(ids_file)})",
-        "export HTC_JOB_ID=$1 HTC_ATTEMPT=$2",
-        f"export HTC_JOB_INDEX=$((SLURM_ARRAY_TASK_ID + {int(offset)}))",
-        f"htc_state={q(state_dir)}",
-        f"exec >{q(log_dir)}/job-$HTC_JOB_ID.out 2>{q(log_dir)}/job-$HTC_JOB_ID.err",
-        'printf "%s %s\\n" "$(hostname)" "$(date +%s.%N)" > "$htc_state/job-$HTC_JOB_ID-$HTC_ATTEMPT.start"',
-    ]
+    lines += ["set -u", f"htc_state={q(state_dir)}"]
     lines += [f"export {name}={q(value)}" for name, value in (env or {}).items()]
     lines += list(setup)
-    lines.append(f"cd {q(task_dir)}")
-    runner = f"timeout --kill-after={KILL_AFTER} {int(timeout_s)} " if timeout_s else ""
-    if command is not None:
-        lines.append(runner + shlex.join(command))
-    else:
-        lines.append(f"eval \"{runner}$(sed -n \"${{htc_n}}p\" {q(commands_file)})\"")
+    # `timeout 0` never times out, but forwards TERM to the command: how a bundled job is stopped alone
+    runner = f"timeout --kill-after={KILL_AFTER} {int(timeout_s or 0)} "
+    run = (runner + shlex.join(command) if command is not None
+           else f"eval \"{runner}$(sed -n \"${{htc_n}}p\" {q(commands_file)})\"")
     lines += [
-        "htc_rc=$?",
-        'printf "%s %s %s\\n" "$htc_rc" "$(hostname)" "$(date +%s.%N)" > "$htc_state/job-$HTC_JOB_ID-$HTC_ATTEMPT.exit.tmp"',
-        'mv -f "$htc_state/job-$HTC_JOB_ID-$HTC_ATTEMPT.exit.tmp" "$htc_state/job-$HTC_JOB_ID-$HTC_ATTEMPT.exit"',
-        'exit "$htc_rc"',
+        "htc_worst=0",
+        f"for htc_k in $(seq 1 {int(bundle)}); do",
+        f"  htc_n=$((SLURM_ARRAY_TASK_ID * {int(bundle)} + htc_k))",
+        f"  [ \"$htc_n\" -le {int(size)} ] || break",
+        f"  set -- $(sed -n \"${{htc_n}}p\" {q(ids_file)})",
+        "  export HTC_JOB_ID=$1 HTC_ATTEMPT=$2",
+        f"  export HTC_JOB_INDEX=$((htc_n - 1 + {int(offset)}))",
+        '  htc_job="$htc_state/job-$HTC_JOB_ID-$HTC_ATTEMPT"',
+        '  [ -e "$htc_job.cancel" ] && continue',
+        "  (",
+        f"    exec >{q(log_dir)}/job-$HTC_JOB_ID.out 2>{q(log_dir)}/job-$HTC_JOB_ID.err",
+        '    printf "%s %s\\n" "$(hostname)" "$(date +%s.%N)" > "$htc_job.start"',
+        f"    cd {q(task_dir)}",
+        f"    exec {run}",
+    ]
+    if bundle == 1:
+        lines += ["  )", "  htc_rc=$?"]
+    else:
+        lines += [
+            "  ) &",
+            "  htc_pid=$!",
+            '  ( while [ ! -e "$htc_job.cancel" ]; do sleep 1; done; kill -TERM "$htc_pid" ) 2>/dev/null &',
+            "  htc_watch=$!",
+            '  wait "$htc_pid"; htc_rc=$?',
+            '  kill "$htc_watch" 2>/dev/null; wait "$htc_watch" 2>/dev/null',
+        ]
+    lines += [
+        '  printf "%s %s %s\\n" "$htc_rc" "$(hostname)" "$(date +%s.%N)" > "$htc_job.exit.tmp"',
+        '  mv -f "$htc_job.exit.tmp" "$htc_job.exit"',
+        '  [ "$htc_worst" -eq 0 ] && htc_worst=$htc_rc',
+        "done",
+        'exit "$htc_worst"',
     ]
     return "\n".join(lines) + "\n"
 

@@ -1,0 +1,72 @@
+"""Short command jobs bundled several to a SLURM array task, each keeping its own environment,
+directory, logs, exit code, timeout and ledger row, and cancellable alone (real cluster)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+import yaml
+
+from test_slurm import REPO, site  # noqa: F401 - the discovered site fixture
+
+from htc_notebook import Session, SiteConfig
+from htc_notebook.backends.slurm.arrays import PROBES
+
+pytestmark = pytest.mark.slurm
+
+
+def with_profile(site, name: str, **changes) -> SiteConfig:  # noqa: F811
+    data = {"profiles": {n: site.profile(n).model_dump(exclude_none=True, exclude={"name"}) for n in site.names()}}
+    data["profiles"][name] = {**data["profiles"]["cpu"], **changes}
+    return SiteConfig.from_yaml(yaml.safe_dump(data))
+
+
+@pytest.fixture
+def root():
+    return REPO / "test-output" / f"bundle-{uuid.uuid4().hex[:8]}"
+
+
+def test_short_commands_are_timed_then_bundled_and_keep_their_own_records(site, root):  # noqa: F811
+    n = 60
+    with Session(root, site=site) as s:
+        task = s.project("bundle").task("short")
+        group = task.submit_batch({"jobName": "short", "batchSize": n, "htcJobDefinition": {
+            "commands": ["sh", "-c", 'echo "$HTC_JOB_INDEX $HTC_JOB_ID $PWD"; sleep 0.05; '
+                                     '[ $((HTC_JOB_INDEX % 25)) -ne 7 ] || exit 3'],
+            "maxVCpus": 1, "maxMemory": 64}}, profile="cpu")
+        group.wait(timeout=300)
+        counts = group.counts()
+        assert counts["SUCCEEDED"] == n - 3 and counts["FAILED"] == 3, counts  # indices 7, 32 and 57
+        tasks = {j.row.native_id.split("/")[0] for j in group}
+        assert len(tasks) < n - PROBES  # bundled: fewer array tasks than jobs
+        assert all("/" not in j.row.native_id for j in group[:PROBES])  # the timed probes ran alone
+        assert any("/" in j.row.native_id for j in group[PROBES:])
+        for i, job in enumerate(group):
+            out = (task.storage.path("logs") / f"job-{job.id}.out").read_text().split()
+            assert out == [str(i), str(job.id), str(task.storage.path("."))], (i, out)
+            assert job.row.exit_code == (3 if i % 25 == 7 else 0) and job.row.attempts == 1
+        assert "code 3" in group[32].row.reason
+
+
+def test_one_job_of_a_bundle_is_cancelled_alone_and_a_timeout_is_its_own(site, root):  # noqa: F811
+    bundled = with_profile(site, "bundled", bundle=4, max_nodes=1)
+    with Session(root, site=bundled) as s:
+        task = s.project("bundle").task("cancel")
+        group = task.submit_batch({"jobName": "slow", "batchSize": 4, "htcJobDefinition": {
+            "commands": ["sh", "-c", 'echo start; [ "$HTC_JOB_INDEX" -eq 1 ] && sleep 60; sleep 2'],
+            "maxVCpus": 1, "maxMemory": 64, "execTimeoutSeconds": 4}}, profile="bundled")
+        assert len({j.row.native_id for j in group}) == 1 and group[0].row.native_id.endswith("/4")
+        deadline = time.monotonic() + 120
+        while group[0].status != "RUNNING":
+            assert time.monotonic() < deadline, group.counts()
+            time.sleep(0.2)
+        s.cancel([group[0].id, group[3].id])  # the running one, and one waiting its turn
+        group.wait(timeout=180)
+        status = [j.status for j in group]
+        assert status == ["CANCELLED", "FAILED", "SUCCEEDED", "CANCELLED"], [j.row.reason for j in group]
+        assert "execTimeoutSeconds=4" in group[1].row.reason  # its own timeout, not the bundle's
+        logs = task.storage.path("logs")
+        assert (logs / f"job-{group[2].id}.out").read_text() == "start\n"
+        assert not (logs / f"job-{group[3].id}.out").exists()  # never started
