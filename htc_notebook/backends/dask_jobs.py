@@ -5,6 +5,8 @@ The cluster is created by a factory on first use, so nothing starts until a
 Python job is submitted. Quick jobs are packed several to a dask task (see
 PROBE_JOBS below); on a packed MPI allocation, Python MPI jobs run on its rank
 pool (`mpi_pool`) and MPI programs as launcher steps, each holding `slots`.
+At most `window` dask tasks are in flight; the rest wait here (not as futures)
+and are handed to dask as results come back (see WINDOW below).
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from itertools import groupby
+from typing import Any, Callable, NamedTuple, Sequence
 
 import cloudpickle
 
@@ -41,6 +45,13 @@ PACK_SECONDS = 0.05
 PACKS_PER_THREAD = 4
 MAX_PACK = 1000
 PROBE_WAIT = 0.5  # seconds the rest of a submission waits for its probes before running unpacked
+
+# Windows. dask keeps a few kB per task on the scheduler and on the client, so a sweep handed
+# over whole costs memory in proportion to its size. At most WINDOW dask tasks (a profile's
+# `dask_window`) are in flight; the rest wait in DaskJobs' queue (small records, not futures) and are submitted
+# as results come back. Probes go to the front of the queue: they decide how the rest runs.
+WINDOW = 4000
+REFILL_EVERY = 0.2  # seconds at most between looks while launches wait for room
 
 
 def _collect_interval(pending: int) -> float:
@@ -74,28 +85,58 @@ def pack_size(durations: Sequence[float], jobs: int, threads: int) -> int:
     return max(1, min(MAX_PACK, by_time, by_threads))
 
 
+class _Call(NamedTuple):
+    """A Python call waiting or in flight: what its worker needs and its Outcome names (a Launch is
+    several times larger, and a sweep's calls may wait here a long time)."""
+
+    job_id: int
+    attempt: int
+    index: int
+    args: tuple
+    kwargs: dict[str, Any]
+    logs: tuple[str, str]
+
+
+Job = Launch | _Call  # packed MPI launches stay Launches: few, and they need all of it
+
+
 @dataclass(eq=False)  # compared by identity
 class _Held:
     """The rest of a submission, waiting for its probe jobs' timings."""
 
     runner: JobRunner
-    launches: list[Launch]
+    launches: list[_Call]
     probes: set[int]  # job ids still running
     durations: list[float] = field(default_factory=list)
-    since: float = field(default_factory=time.monotonic)
+    since: float | None = None  # when its probes left the queue (handed to dask or cancelled)
+
+
+@dataclass(frozen=True)
+class _Mpi:
+    """How a packed MPI launch runs: holding `cores` of the allocation's slots."""
+
+    cores: int
+
+
+How = JobRunner | _Mpi  # what a waiting dask task runs: a JobRunner over its pack, or an MPI launch
 
 
 class DaskJobs:
     """Runs Python launches on the cluster `make_cluster()` returns, started on first use."""
 
-    def __init__(self, make_cluster: Callable[[], Any], reporter: Reporter, *, pool: PoolSpec | None = None):
+    def __init__(self, make_cluster: Callable[[], Any], reporter: Reporter, *, pool: PoolSpec | None = None,
+                 window: int | None = None):
         self._make_cluster = make_cluster
         self._reporter = reporter
         self._pool = pool  # packed allocations: where Python MPI jobs run (an MPI rank pool)
+        self.window = window or WINDOW  # at most this many dask tasks in flight
+        self.peak_in_flight = 0  # the most dask tasks that were in flight at once (for tests and benchmarks)
         self._client = None
         self._cluster = None
-        self._tasks: dict[str, tuple[list[Launch], object]] = {}  # dask key -> (its jobs, future)
+        self._tasks: dict[str, tuple[list[Job], object]] = {}  # dask key -> (its jobs, future): in flight
         self._key_of: dict[int, str] = {}  # job id -> dask key
+        self._queue: deque[tuple[How, list[Job]]] = deque()  # dask tasks waiting for room in the window
+        self._waiting: dict[int, int] = {}  # job id -> attempt, for jobs queued or held that are still to run
         self._held: list[_Held] = []
         self._collector: threading.Thread | None = None
         self._wake = threading.Event()  # set by a submission: the collector looks at once
@@ -123,9 +164,10 @@ class DaskJobs:
         return self._client is not None
 
     def submit(self, launches: Sequence[Launch]) -> None:
+        """Queue these launches (probes of a large submission first) and hand dask what fits the window."""
         if not launches:
             return
-        client = self.client
+        self.client  # noqa: B018 - starts the cluster
         steps: dict[int, list[Launch]] = {}
         calls: dict[tuple, list[Launch]] = {}
         for l in launches:
@@ -134,47 +176,75 @@ class DaskJobs:
             else:
                 shared = frozenset((k, v) for k, v in l.env.items() if k not in PER_JOB_ENV)
                 calls.setdefault((id(l.call.fn), l.cwd, shared), []).append(l)
-        for cores, group in steps.items():
-            self._run_mpi(client, cores, group)
-        for (_, cwd, shared), group in calls.items():
-            runner = JobRunner(group[0].call.fn, str(cwd), dict(shared))
-            if len(group) > 2 * PROBE_JOBS:
-                probes, rest = group[:PROBE_JOBS], group[PROBE_JOBS:]
-                with self._lock:
+        with self._lock:
+            self._waiting.update((l.job_id, l.attempt) for l in launches)
+            self._queue.extend((_Mpi(cores), [l]) for cores, group in steps.items() for l in group)
+            for (_, cwd, shared), same in calls.items():
+                runner = JobRunner(same[0].call.fn, str(cwd), dict(shared))
+                group = [_Call(l.job_id, l.attempt, int(l.env.get("HTC_JOB_INDEX", 0)), l.call.args, l.call.kwargs,
+                               (l.log_out, l.log_err)) for l in same]
+                if len(group) > 2 * PROBE_JOBS:
+                    probes, rest = group[:PROBE_JOBS], group[PROBE_JOBS:]
                     self._held.append(_Held(runner, rest, {l.job_id for l in probes}))
-                group = probes
-            self._run(client, runner, [[l] for l in group])
+                    self._queue.extendleft((runner, [l]) for l in reversed(probes))
+                else:
+                    self._queue.extend((runner, [l]) for l in group)
+        self._refill()
         self._start_collector()
 
-    def _run_mpi(self, client, cores: int, group: list[Launch]) -> None:
-        """Packed MPI launches, each holding `cores` of the allocation's slots while it runs:
-        Python functions on the allocation's rank pool, programs as launcher steps."""
-        calls = [l for l in group if not l.command]  # functions (`mpi_jobs.pooled`); the rest have a launcher line
-        steps = [l for l in group if l.command]
-        futures = client.map(run_step, [l.command for l in steps], [l.env for l in steps],
-                             [str(l.cwd) for l in steps], [(l.log_out, l.log_err) for l in steps],
-                             [l.timeout for l in steps], key=[_key([l]) for l in steps],
-                             resources={SLOTS: cores}, pure=False)
-        futures += client.map(run_pooled, [self._pool] * len(calls),
-                               [cloudpickle.dumps((l.call.fn, l.call.args, l.call.kwargs)) for l in calls],
-                               [(l.mpi.nodes, l.mpi.ranks_per_node, l.mpi.cpus_per_rank) for l in calls],
-                               [str(l.cwd) for l in calls], [l.env for l in calls],
-                               [(l.log_out, l.log_err) for l in calls], [l.timeout for l in calls],
-                               key=[_key([l]) for l in calls], resources={SLOTS: cores}, pure=False)
-        self._track([[l] for l in steps + calls], futures)
+    def _refill(self) -> None:
+        """Hand waiting dask tasks to dask while fewer than `window` are in flight.
 
-    def _run(self, client, runner: JobRunner, packs: list[list[Launch]]) -> None:
-        """One dask task per pack of jobs (a pack of one, or several quick ones)."""
-        jobs = [[(l.job_id, int(l.env.get("HTC_JOB_INDEX", 0)), l.call.args, l.call.kwargs, (l.log_out, l.log_err))
-                 for l in pack] for pack in packs]
-        self._track(packs, client.map(runner, jobs, key=[_key(pack) for pack in packs], pure=False))
-
-    def _track(self, packs: list[list[Launch]], futures: list) -> None:
+        Under the lock from queue to tracking, so a cancel finds each job either
+        waiting or in flight.
+        """
         with self._lock:
-            for pack, fut in zip(packs, futures):
-                self._tasks[fut.key] = (pack, fut)
-                for l in pack:
-                    self._key_of[l.job_id] = fut.key
+            client, room, ready = self._client, self.window - len(self._tasks), []
+            if client is None:
+                return
+            while room > 0 and self._queue:
+                how, pack = self._queue.popleft()
+                pack = [l for l in pack if self._waiting.get(l.job_id) == l.attempt]  # cancelled ones never run
+                if pack:
+                    for l in pack:
+                        del self._waiting[l.job_id]
+                    ready.append((how, pack))
+                    room -= 1
+            for how, group in groupby(ready, key=lambda item: item[0]):
+                packs = [pack for _, pack in group]
+                futures = (self._map_mpi(client, how.cores, [p[0] for p in packs]) if isinstance(how, _Mpi)
+                           else self._map(client, how, packs))
+                for pack, fut in zip(packs, futures):
+                    self._tasks[fut.key] = (pack, fut)
+                    for l in pack:
+                        self._key_of[l.job_id] = fut.key
+            self.peak_in_flight = max(self.peak_in_flight, len(self._tasks))
+            now = time.monotonic()
+            for held in self._held:  # its probes' time starts once none of them waits for room
+                if held.since is None and self._waiting.keys().isdisjoint(held.probes):
+                    held.since = now
+
+    def _map_mpi(self, client, cores: int, group: list[Launch]) -> list:
+        """Packed MPI launches, each holding `cores` of the allocation's slots while it runs:
+        Python functions on the allocation's rank pool, programs as launcher steps.
+        One future per launch, in `group`'s order."""
+        futures = []
+        for l in group:  # few and long: one client call each keeps the order simple
+            if l.command:  # a launcher line; the rest are functions (`mpi_jobs.pooled`)
+                futures.append(client.submit(run_step, l.command, l.env, str(l.cwd), (l.log_out, l.log_err),
+                                             l.timeout, key=_key([l]), resources={SLOTS: cores}, pure=False))
+            else:
+                futures.append(client.submit(run_pooled, self._pool, cloudpickle.dumps((l.call.fn, l.call.args,
+                                                                                      l.call.kwargs)),
+                                             (l.mpi.nodes, l.mpi.ranks_per_node, l.mpi.cpus_per_rank), str(l.cwd),
+                                             l.env, (l.log_out, l.log_err), l.timeout, key=_key([l]),
+                                             resources={SLOTS: cores}, pure=False))
+        return futures
+
+    def _map(self, client, runner: JobRunner, packs: list[list[_Call]]) -> list:
+        """One dask task per pack of jobs (a pack of one, or several quick ones)."""
+        jobs = [[(c.job_id, c.index, c.args, c.kwargs, c.logs) for c in pack] for pack in packs]
+        return client.map(runner, jobs, key=[_key(pack) for pack in packs], pure=False)
 
     def _start_collector(self) -> None:
         self._wake.set()
@@ -193,7 +263,9 @@ class DaskJobs:
         while True:
             if self._collect_once() is None:
                 return
-            self._wake.wait(0.02 if self._held else _collect_interval(len(self._tasks)))
+            self._refill()  # after the round: the futures it reported are released by now
+            interval = _collect_interval(len(self._tasks))
+            self._wake.wait(0.02 if self._held else min(interval, REFILL_EVERY) if self._queue else interval)
             self._wake.clear()
 
     def _collect_once(self) -> int | None:
@@ -230,7 +302,7 @@ class DaskJobs:
             self._release(client, outcomes)
         return len(done)
 
-    def _claim(self, pack: list[Launch], key: str) -> list[bool]:
+    def _claim(self, pack: list[Job], key: str) -> list[bool]:
         """Which jobs of a finished task are still its own (not cancelled or resubmitted since),
         forgetting them; called with the lock held."""
         keep = [self._key_of.get(l.job_id) == key for l in pack]
@@ -240,11 +312,12 @@ class DaskJobs:
         return keep
 
     def _release(self, client, outcomes: list[Outcome]) -> None:
-        """Time the probes that ended, and run the rest of a submission once that decides how:
+        """Time the probes that ended, and queue the rest of a submission once that decides how:
         packed when every probe was quick; one job per task as soon as one probe was slow,
-        or after PROBE_WAIT."""
+        or PROBE_WAIT after the probes were handed to dask."""
         ready = []
         with self._lock:
+            now = time.monotonic()
             for held in self._held:
                 for o in outcomes:
                     if o.job_id in held.probes:
@@ -252,12 +325,14 @@ class DaskJobs:
                         if o.started is not None and o.ended is not None:
                             held.durations.append(o.ended - o.started)
                 slow = max(held.durations, default=0) >= PACK_BELOW  # decided: no packing
-                if slow or not held.probes or time.monotonic() - held.since > PROBE_WAIT:
+                if slow or not held.probes or (held.since is not None and now - held.since > PROBE_WAIT):
                     ready.append(held)
             self._held = [h for h in self._held if h not in ready]
-        for held in (h for h in ready if h.launches):
-            n = 1 if held.probes else pack_size(held.durations, len(held.launches), sum(client.nthreads().values()))
-            self._run(client, held.runner, [held.launches[i:i + n] for i in range(0, len(held.launches), n)])
+        threads = sum(client.nthreads().values()) if any(not h.probes for h in ready) else 0
+        for held in ready:
+            n = 1 if held.probes else pack_size(held.durations, len(held.launches), threads)
+            with self._lock:  # cancelled ones are dropped when their pack leaves the queue
+                self._queue.extend((held.runner, held.launches[i:i + n]) for i in range(0, len(held.launches), n))
 
     def _gather(self, futures: list) -> list:
         try:
@@ -269,8 +344,8 @@ class DaskJobs:
         """Stop these jobs: a dask task is cancelled once none of its jobs is wanted."""
         drop, futures = set(job_ids), []
         with self._lock:
-            for held in self._held:
-                held.launches = [l for l in held.launches if l.job_id not in drop]
+            for j in drop:  # queued or held: dropped when they would leave the queue
+                self._waiting.pop(j, None)
             keys = {self._key_of.pop(j) for j in drop if j in self._key_of}
             for key in keys:  # a pack keeps its jobs in order (its reports line up with them); it ends once none is wanted
                 pack, fut = self._tasks[key]
@@ -282,15 +357,16 @@ class DaskJobs:
 
     def running(self) -> set[int]:
         with self._lock:
-            return set(self._key_of) | {l.job_id for h in self._held for l in h.launches}
+            return set(self._key_of) | self._waiting.keys()
 
     def close(self) -> None:
         """Stop the cluster; jobs still pending end CANCELLED."""
         with self._lock:
             client, cluster, self._client, self._cluster = self._client, self._cluster, None, None
             pending = [l for pack, _ in self._tasks.values() for l in pack]
-            pending += [l for h in self._held for l in h.launches]
-            self._tasks, self._key_of, self._held = {}, {}, []
+            waiting = [l for _, pack in self._queue for l in pack] + [l for h in self._held for l in h.launches]
+            pending += [l for l in waiting if self._waiting.get(l.job_id) == l.attempt]
+            self._tasks, self._key_of, self._held, self._queue, self._waiting = {}, {}, [], deque(), {}
         for launch in pending:
             self._reporter.finished(Outcome(launch.job_id, launch.attempt, "CANCELLED",
                                             reason="session closed before the job finished"))
@@ -303,17 +379,17 @@ class DaskJobs:
                 log.info("closing the dask cluster: %s: %s", type(exc).__name__, exc)
 
 
-def _key(pack: list[Launch]) -> str:
+def _key(pack: list[Job]) -> str:
     """The dask key of a task running these jobs: htc-job-<id>-<attempt>[-x<count>]."""
     first = pack[0]
     return f"htc-job-{first.job_id}-{first.attempt}" + (f"-x{len(pack)}" if len(pack) > 1 else "")
 
 
-def _not_pending(items, full: bool, window: int = 256) -> list:
+def _not_pending(items, full: bool, look: int = 256) -> list:
     """The (jobs, future) pairs whose future has ended.
 
     dask runs equal-priority tasks roughly in submission order, so a look
-    stops after `window` pending futures in a row; every few rounds a full
+    stops after `look` pending futures in a row; every few rounds a full
     look catches the ones that finished out of order.
     """
     done, streak = [], 0
@@ -323,7 +399,7 @@ def _not_pending(items, full: bool, window: int = 256) -> list:
             streak = 0
         else:
             streak += 1
-            if not full and streak >= window:
+            if not full and streak >= look:
                 break
     return done
 
@@ -337,13 +413,13 @@ def _exception(fut) -> BaseException | None:
         return exc
 
 
-def _outcome(launch: Launch, fut, res) -> Outcome:
+def _outcome(launch: Job, fut, res) -> Outcome:
     """Translate what dask gave back into an Outcome."""
     if isinstance(res, dict) and res.get("mpi_step"):
         return verdict(launch, res["exit_code"], res["reason"], host=res["host"], started=res["started"],
                        ended=res["ended"])
     if isinstance(res, dict) and "ok" in res:
-        return call_outcome(launch, res)
+        return call_outcome(launch, res)  # reads only job_id and attempt: a _Call will do
     if fut.status == "cancelled":
         return Outcome(launch.job_id, launch.attempt, "CANCELLED", reason="cancelled")
     # dask itself failed: worker died (KilledWorker), the call could not be unpickled, ...

@@ -28,7 +28,7 @@ class LocalBackend:
         self.profile = profile
         self.pool = RankPool(pool_spec(profile, log_directory))  # started by its first task
         self._commands = CommandRunner(profile.cores_per_node, reporter, pool=self.pool)
-        self._calls = DaskJobs(self._make_cluster, reporter)
+        self._calls = DaskJobs(self._make_cluster, reporter, window=profile.dask_window)
 
     def _make_cluster(self):
         from distributed import LocalCluster

@@ -1,0 +1,146 @@
+"""Python jobs are handed to dask in windows: at most `dask_window` dask tasks in flight.
+
+A real LocalCluster whose profile has a window of 3, so every sweep here is larger than it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from htc_notebook import SpecError, Sweep
+
+WINDOW = 3
+
+
+@pytest.fixture(scope="module")
+def windowed(tmp_path_factory):
+    """A session whose local profile keeps at most WINDOW dask tasks in flight."""
+    from htc_notebook import Session, SiteConfig
+
+    site = SiteConfig.from_yaml(f"profiles:\n  local: {{dask_window: {WINDOW}}}\n")
+    with Session(tmp_path_factory.mktemp("htc-root"), site=site) as s:
+        yield s
+
+
+def _runner(session):
+    return session.backend(session.profile("local")).dask_runners()["local"]
+
+
+def mark_and_nap(i: int, marks: str, nap: float) -> int:
+    """Append a line to this job's own file (to count its runs), then sleep `nap` seconds."""
+    with open(os.path.join(marks, f"ran-{i}"), "a") as f:
+        f.write("ran\n")
+    time.sleep(nap)
+    return i * 10
+
+
+def _runs(marks) -> dict[int, int]:
+    return {int(p.name.split("-")[1]): len(p.read_text().splitlines()) for p in marks.glob("ran-*")}
+
+
+@pytest.mark.parametrize("value", [0, -2, 2.5, True, "100"])
+def test_the_window_is_a_whole_number_of_at_least_one(value):
+    from htc_notebook.spec import PartitionProfile
+
+    with pytest.raises(SpecError) as err:
+        PartitionProfile(name="p", cores_per_node=2, memory_per_node="1G", dask_window=value)
+    assert err.value.field == "dask_window" and "a whole number >= 1" in str(err.value)
+
+
+def test_a_bad_window_in_a_site_file_names_the_field_and_line():
+    from htc_notebook import HTCError, SiteConfig
+
+    with pytest.raises(HTCError) as err:
+        SiteConfig.from_yaml("profiles:\n  local:\n    dask_window: 0\n", file="site.yaml")
+    assert "dask_window" in str(err.value) and "site.yaml:3" in str(err.value)
+
+
+def test_a_sweep_larger_than_the_window_runs_every_job_once_and_never_overfills_dask(windowed, tmp_path):
+    client, runner = windowed.backend(windowed.profile("local")).client, _runner(windowed)
+    seen, stop = [0], threading.Event()
+
+    def watch():  # how many tasks the scheduler itself holds, every few ms
+        while not stop.is_set():
+            seen[0] = max(seen[0], client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)))
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        n = 40  # 20 ms jobs: too slow to pack, so 40 dask tasks through a window of 3
+        group = windowed.project("w").task("once").sweep(
+            mark_and_nap, Sweep.zip(i=list(range(n)), marks=[str(tmp_path)] * n, nap=[0.02] * n))
+        values = group.results(timeout=120)
+    finally:
+        stop.set()
+        watcher.join()
+    assert values == [10 * i for i in range(n)]
+    assert _runs(tmp_path) == {i: 1 for i in range(n)}
+    assert runner.peak_in_flight == WINDOW  # filled, never more
+    # the scheduler forgets released tasks a moment after their results are gathered, so its count
+    # may briefly include a finished window too; without a window it would reach all 40
+    assert 1 <= seen[0] <= 2 * WINDOW
+    assert not runner.running()
+
+
+def quick(x: int) -> int:
+    return x + 1
+
+
+def test_quick_jobs_are_still_packed_within_the_window(windowed):
+    from distributed import get_task_stream
+
+    from htc_notebook.backends.dask_jobs import PROBE_JOBS
+
+    client = windowed.backend(windowed.profile("local")).client
+    with get_task_stream(client) as stream:
+        values = windowed.project("w").task("packed").sweep(quick, Sweep.zip(x=list(range(600)))).results(timeout=120)
+    assert values == [x + 1 for x in range(600)]
+    keys = [t["key"] for t in stream.data]
+    packs = [k for k in keys if "-x" in k]
+    assert len(keys) - len(packs) == PROBE_JOBS
+    assert sum(int(k.rsplit("-x", 1)[1]) for k in packs) == 600 - PROBE_JOBS
+    assert _runner(windowed).peak_in_flight <= WINDOW
+
+
+def test_cancelled_jobs_waiting_for_room_never_run_and_the_rest_do(windowed, tmp_path):
+    n = 12  # a small submission (no probes): jobs 0-2 in flight, 3-11 wait for room
+    task = windowed.project("w").task("cancel-queued")
+    group = task.sweep(mark_and_nap, Sweep.zip(i=list(range(n)), marks=[str(tmp_path)] * n, nap=[0.3] * n))
+    drop = [group[i].id for i in (5, 7, 11)]
+    assert windowed.cancel(drop) == drop
+    values = group.results(timeout=120, errors="return")
+    time.sleep(0.5)  # past the moment a wrongly released job would have started
+    assert [group[i].status for i in (5, 7, 11)] == ["CANCELLED"] * 3
+    kept = [i for i in range(n) if i not in (5, 7, 11)]
+    assert [values[i] for i in kept] == [10 * i for i in kept]
+    assert _runs(tmp_path) == {i: 1 for i in kept}
+    assert {k: v for k, v in task.counts().items() if v} == {"SUCCEEDED": n - 3, "CANCELLED": 3}
+
+
+def test_cancelling_a_whole_queued_sweep_stops_it(windowed, tmp_path):
+    n = 30  # probes (8) first; 3 of them reach dask, everything else waits
+    task = windowed.project("w").task("cancel-all")
+    group = task.sweep(mark_and_nap, Sweep.zip(i=list(range(n)), marks=[str(tmp_path)] * n, nap=[0.5] * n))
+    assert len(group.cancel()) == n
+    group.wait(timeout=60)
+    time.sleep(1.5)
+    assert {k: v for k, v in task.counts().items() if v} == {"CANCELLED": n}
+    assert set(_runs(tmp_path)) <= set(range(WINDOW))
+    assert not _runner(windowed).running()
+
+
+def test_a_queued_job_cancelled_then_retried_runs_once(windowed, tmp_path):
+    n = 10  # jobs 0-2 in flight; job 8 is cancelled while it waits, then retried (a new attempt)
+    task = windowed.project("w").task("cancel-retry")
+    group = task.sweep(mark_and_nap, Sweep.zip(i=list(range(n)), marks=[str(tmp_path)] * n, nap=[0.2] * n))
+    windowed.cancel([group[8].id])
+    assert task.retry().ids == [group[8].id]
+    assert group.results(timeout=120) == [10 * i for i in range(n)]
+    time.sleep(0.5)
+    assert _runs(tmp_path) == {i: 1 for i in range(n)}  # the cancelled attempt's queue entry never ran
+    assert [a.number for a in group[8].attempts] == [1, 2]
