@@ -179,21 +179,31 @@ def _status(args) -> int:
                 known = ", ".join(f"{t.project}/{t.name}" for t in ledger.tasks()) or "(none)"
                 raise HTCError(f"no task {project}/{name} in {session.storage.ledger_path}; known tasks: {known}")
             task = session.project(project).task(name)
-            df = task.to_dataframe()
-            if args.json:
+            if args.json:  # every job, as asked: reads every row
+                df = task.to_dataframe()
                 print(json.dumps({"task": f"{project}/{name}", "counts": task.counts(),
                                   "jobs": json.loads(df.to_json(orient="records", date_format="iso"))}, indent=2))
                 return 0
-            _print_counts([(f"{project}/{name}", task.counts())])
+            # the table: indexed counts and the newest 50 rows, whatever the task's size
+            _reconcile_gone(session, row.id)
+            counts = ledger.counts(row.id)
+            _print_counts([(f"{project}/{name}", counts)])
+            jobs = ledger.last_jobs(row.id, 50)
+            params = list(dict.fromkeys(k for j in jobs for k in j.params))
             t = Table(title=f"jobs of {project}/{name}")
-            cols = [c for c in df.columns if c not in ("name",)]
-            for c in cols:
-                t.add_column(str(c))
-            for _, r in df.tail(50).iterrows():
-                t.add_row(*["" if v is None or v != v else str(v) for v in (r[c] for c in cols)])
+            for c in ("job_id", "index", "status", "reason", "exit_code", "attempts", "host", "started", "runtime_s",
+                      *params):
+                t.add_column(c)
+            for j in jobs:
+                started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(j.started)) if j.started else None
+                runtime = j.ended - j.started if j.started and j.ended else None
+                t.add_row(*["" if v is None else str(v) for v in (j.id, j.index, j.status, j.reason, j.exit_code,
+                                                                  j.attempts, j.host, started, runtime,
+                                                                  *(j.params.get(k) for k in params))])
             console.print(t)
-            if len(df) > 50:
-                console.print(f"(last 50 of {len(df)} jobs; --json for all)")
+            total = sum(counts.values())
+            if total > 50:
+                console.print(f"(last 50 of {total} jobs; --json for all)")
             return 0
         rows = [(f"{t.project}/{t.name}", ledger.counts(t.id)) for t in ledger.tasks()]
         if args.json:
@@ -201,6 +211,19 @@ def _status(args) -> int:
         else:
             _print_counts(rows)
     return 0
+
+
+def _reconcile_gone(session, task_id: int) -> None:
+    """What `Task.jobs()` does before showing jobs (G5: the active jobs of a process that has exited
+    become LOST), but rows are read only if some owner of the task's active jobs is gone."""
+    from htc_notebook.ledger.states import ACTIVE_NAMES
+    from htc_notebook.runtime.session import Owner
+
+    for text in session.ledger.active_owners(task_id):
+        owner = Owner.parse(text)
+        if owner is not None and owner != session.owner and owner.alive() is False:
+            session.reconcile(session.ledger.jobs(task_id, status=ACTIVE_NAMES))
+            return
 
 
 def _print_counts(rows) -> None:

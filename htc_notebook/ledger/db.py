@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from itertools import chain
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -502,6 +503,60 @@ class Ledger:
                                  (task_id,)))
         return counts
 
+    # --- reads that stay fast on 100,000-job tasks (indexed; no row read that is not needed) ---
+
+    def queued_count(self, task_id: int, status: str = "RUNNABLE") -> int:
+        """A task's jobs in `status` that a scheduler knows by its own id (a native id that is not
+        the local backend's `local:...`). Reads only the rows in `status`, via (task_id, status)."""
+        return int(self._read("SELECT COUNT(*) FROM jobs WHERE task_id = ? AND status = ? AND native_id <> '' "
+                              "AND substr(native_id, 1, 6) <> 'local:'", (task_id, _status(status)))[0][0])
+
+    def job_ids(self, task_id: int, status: str | Iterable[str] | None = None) -> list[int]:
+        """Ids of a task's jobs (those in `status`), ascending, from the (task_id, status) index alone."""
+        if status is None:
+            rows = self._read("SELECT id FROM jobs WHERE task_id = ? ORDER BY id", (task_id,))
+        else:
+            wanted = [status] if isinstance(status, str) else list(status)
+            rows = self._read(f"SELECT id FROM jobs WHERE task_id = ? AND status IN {IN_JSON} ORDER BY id",
+                              (task_id, json.dumps([_status(s) for s in wanted])))
+        return [r[0] for r in rows]
+
+    def last_jobs(self, task_id: int, limit: int) -> list[JobRow]:
+        """A task's `limit` newest jobs (highest ids), oldest first."""
+        rows = self._read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id IN (SELECT id FROM jobs WHERE task_id = ? "
+                          f"ORDER BY id DESC LIMIT ?) ORDER BY id DESC", (task_id, limit))  # ids from an index first
+        return [_job(r) for r in reversed(rows)]
+
+    def job_at(self, batch_id: int, index: int) -> JobRow | None:
+        """Job `index` of a batch. `add_jobs` gives a batch consecutive ids in index order, so the job at
+        the batch's first id + `index` is looked at first (two index lookups); else the batch is searched."""
+        rows = self._read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = (SELECT MIN(id) FROM jobs WHERE batch_id = ?1) "
+                          f"+ ?2 AND batch_id = ?1 AND idx = ?2", (batch_id, index))
+        if not rows:
+            rows = self._read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE batch_id = ? AND idx = ? ORDER BY id LIMIT 1",
+                              (batch_id, index))
+        return _job(rows[0]) if rows else None
+
+    def active_owners(self, task_id: int) -> dict[str | None, int]:
+        """How many active jobs of a task each owner (the process its spec names) has: lets a caller
+        reconcile only the jobs of owners that are gone instead of reading every row."""
+        return dict(self._read(f"SELECT json_extract(spec, '$.owner'), COUNT(*) FROM jobs "
+                               f"WHERE task_id = ? AND status IN ({ACTIVE_SQL}) GROUP BY 1", (task_id,)))
+
+    def view_rows(self, task_id: int, job_ids: Iterable[int] | None = None) -> tuple[int, list[tuple[Any, ...]]]:
+        """`view_changes(task_id, 0)` for a live table's first load, in id order: every job of the task,
+        or only `job_ids` (looked up by id, so a table of 100 jobs in a 100,000-job task reads 100 rows)."""
+        where, params = "j.task_id = ?", [task_id]
+        if job_ids is not None:  # `+`: look the ids up by primary key, not the task's index
+            where, params = f"j.id IN {IN_JSON} AND +j.task_id = ?", [json.dumps(_ids(job_ids)), task_id]
+        with self._snapshot() as con:
+            seq = con.execute("SELECT seq FROM counter").fetchone()[0]
+            rows = con.execute("SELECT j.id, j.name, j.status, j.reason, j.host, j.attempts, j.started, j.ended, "
+                               f"       j.params, j.seq, CASE WHEN r.size <= {PREVIEW_BYTES} THEN r.inline END "
+                               f"FROM jobs j LEFT JOIN results r ON r.job_id = j.id WHERE {where} ORDER BY j.id",
+                               params).fetchall()
+        return seq, rows
+
     def attempts(self, job_id: int) -> list[AttemptRow]:
         return [AttemptRow(*r) for r in
                 self._read(f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE job_id = ? ORDER BY number", (job_id,))]
@@ -611,7 +666,7 @@ def _many(con: sqlite3.Connection, sql: str, row: str, rows: Sequence[tuple[Any,
     for start in range(0, len(rows), per):
         part = rows[start:start + per]
         statement = full if len(part) == per else sql.replace("{values}", ", ".join([row] * len(part)))
-        out += con.execute(statement, [v for r in part for v in r]).fetchall()
+        out += con.execute(statement, list(chain.from_iterable(part))).fetchall()
     return out
 
 
@@ -710,8 +765,8 @@ def _encode_job(job: NewJob, specs: dict[int, str] | None = None) -> tuple[Any, 
         spec = _json(f"job {job.name!r} spec", job.spec)
         if specs is not None:
             specs[id(job.spec)] = spec
-    return (job.index, job.key, job.name, job.kind, job.profile, job.priority,
-            _json(f"job {job.name!r} params", job.params), spec)
+    params = "{}" if type(job.params) is dict and not job.params else _json(f"job {job.name!r} params", job.params)
+    return (job.index, job.key, job.name, job.kind, job.profile, job.priority, params, spec)
 
 
 def _encode_batch(batch: NewBatch) -> tuple[Any, ...]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence, cast
 
 from pydantic import ValidationError
 
@@ -109,8 +109,7 @@ class HTCApi:
         m = _JOB_UUID.match(job_id) if isinstance(job_id, str) else None
         row = None
         if m:
-            rows = ledger.jobs(task.id, batch_id=int(m.group(1)))
-            row = next((r for r in rows if r.index == int(m.group(2))), None)
+            row = ledger.job_at(int(m.group(1)), int(m.group(2)))
         elif isinstance(job_id, str) and _DIGITS.match(job_id):
             try:
                 row = ledger.job(int(job_id))
@@ -191,8 +190,7 @@ class HTCApi:
     def delete_task(self, user: str, project_id: str, task_id: str) -> None:
         """Cancel the task's active jobs and archive it (the ledger keeps its record)."""
         task = self._task(user, project_id, task_id)
-        active = self.session.ledger.jobs(task.id, status=ACTIVE_NAMES)
-        self.session.cancel([r.id for r in active], "task deleted through the API")
+        self.session.cancel(self.session.ledger.job_ids(task.id, ACTIVE_NAMES), "task deleted through the API")
         self.session.ledger.set_lifecycle(task.id, "ARCHIVED")
 
     # -- jobs ----------------------------------------------------------------------------------
@@ -245,23 +243,22 @@ class HTCApi:
 
     def cancel_jobs(self, user: str, project_id: str, task_id: str, body: Any) -> dict[str, Any]:
         """Cancel the listed jobs (`{"jobIds": [...]}`), or every active job of the task."""
-        rows = self._selected(user, project_id, task_id, body, ACTIVE_NAMES)
-        cancelled = self.session.cancel([r.id for r in rows])
+        cancelled = self.session.cancel(self._selected(user, project_id, task_id, body, ACTIVE_NAMES))
         return {"cancelled": len(cancelled), "jobIds": [str(i) for i in cancelled]}
 
     def retry_jobs(self, user: str, project_id: str, task_id: str, body: Any) -> dict[str, Any]:
         """Run the listed jobs again (`{"jobIds": [...]}`), or every FAILED, CANCELLED or LOST job of
         the task; SUCCEEDED jobs never run again (an extension of the HTC API, for the lab sidebar)."""
-        rows = self._selected(user, project_id, task_id, body, REQUEUEABLE_NAMES)
-        moved = self.session.retry([r.id for r in rows], "retried through the API")
+        moved = self.session.retry(self._selected(user, project_id, task_id, body, REQUEUEABLE_NAMES),
+                                   "retried through the API")
         return {"retried": len(moved), "jobIds": [str(i) for i in moved]}
 
-    def _selected(self, user: str, project_id: str, task_id: str, body: Any, default: Any) -> list[JobRow]:
-        """The jobs a body lists (`{"jobIds": [...]}`, each checked), or the task's jobs in `default` states."""
+    def _selected(self, user: str, project_id: str, task_id: str, body: Any, default: Any) -> list[int]:
+        """Ids of the jobs a body lists (`{"jobIds": [...]}`, each checked), or of the task's jobs in `default` states."""
         task = self._task(user, project_id, task_id)
         if body in (None, {}):
-            return self.session.ledger.jobs(task.id, status=default)
-        return [self._job(user, project_id, task_id, str(j))[1] for j in _field(body, "jobIds", list)]
+            return self.session.ledger.job_ids(task.id, default)
+        return [self._job(user, project_id, task_id, str(j))[1].id for j in _field(body, "jobIds", list)]
 
     def job_logs(self, user: str, project_id: str, task_id: str, job_id: str, page: str | None,
                  size: int, stream: str = "out") -> tuple[list[dict], str | None]:
@@ -281,12 +278,19 @@ class HTCApi:
         return _offset_page(items, page, size)
 
     def summary_statistics(self, user: str, project_id: str, task_id: str) -> dict[str, Any]:
+        """Jobs per wire and per toolkit status, from indexed counts: no job row is read except the
+        RUNNABLE ones, to tell those a scheduler holds from those not yet given to one."""
         task = self._task(user, project_id, task_id)
+        ledger = self.session.ledger
+        toolkit = ledger.counts(task.id)
+        queued = ledger.queued_count(task.id) if toolkit.get("RUNNABLE") else 0
         counts = dict.fromkeys(WIRE_STATUSES, 0)
-        for row in self.session.ledger.jobs(task.id):
-            counts[wire_status(row)[0]] += 1
-        return {"jobStatuses": counts, "toolkitStatuses": {s: n for s, n in self.session.ledger.counts(task.id).items()
-                                                            if s in STATES}}
+        for status, n in toolkit.items():  # wire_status looks at status and native id only
+            for k, native_id in ((n - queued, None), (queued, "queued")) if status == "RUNNABLE" else ((n, None),):
+                if k:
+                    wire = wire_status(cast(JobRow, _Counted(status, native_id)))[0]
+                    counts[wire] = counts.get(wire, 0) + k
+        return {"jobStatuses": counts, "toolkitStatuses": {s: n for s, n in toolkit.items() if s in STATES}}
 
     # -- profiles and clusters (toolkit extensions of the API, for the lab sidebar) --------------------
     def profiles(self, user: str) -> dict[str, Any]:
@@ -360,6 +364,13 @@ class HTCApi:
             return _HOST_IMAGE
         raise ApiError(404, f"no image {image_name!r}: container images are not supported yet; "
                             "imageName \"\" runs jobs on the host")
+
+
+class _Counted(NamedTuple):
+    """What `wire_status` reads of a row, for a group of counted jobs."""
+    status: str
+    native_id: str | None
+    reason: str | None = None
 
 
 _HOST_IMAGE = {"imageName": "", "status": "READY", "description": "the host environment (no container)"}

@@ -45,18 +45,22 @@ class TableModel:
 
     def poll(self) -> dict[str, Any] | None:
         """A patch with the rows changed since the last poll, or None if nothing changed."""
-        seq, changed = self.ledger.view_changes(self.task_id, self.seq)
+        if self.seq == 0:  # first load: the rows asked for, looked up by id (not the whole task's)
+            seq, changed = self.ledger.view_rows(self.task_id, self.only)
+        else:
+            seq, changed = self.ledger.view_changes(self.task_id, self.seq)
         self.seq = seq
         rows, new, hosts, names = [], [], [], []
+        only, static, known, t0 = self.only, self.static, self.rows, self.t0  # locals: the loop may run 100,000 times
         for job_id, name, status, reason, host, attempts, started, ended, params, _, blob in changed:
-            if self.only is not None and job_id not in self.only:
+            if only is not None and job_id not in only:
                 continue
-            if job_id not in self.static:
-                if name not in self.names:
-                    self.names[name] = len(self.names)
+            if job_id not in static:
+                n = self.names.get(name)
+                if n is None:
+                    n = self.names[name] = len(self.names)
                     names.append(name)
-                self.static[job_id] = [job_id, self.names[name], params]
-                new.append(self.static[job_id])
+                new.append(static.setdefault(job_id, [job_id, n, params]))
             h = -1
             if host:
                 h = self.hosts.get(host)
@@ -64,16 +68,16 @@ class TableModel:
                     h = self.hosts[host] = len(self.hosts)
                     hosts.append(host)
             row = [job_id, _STATUS[status], h, attempts,
-                   round((started - self.t0) * 10) if started else None,
+                   round((started - t0) * 10) if started else None,
                    round((ended - started) * 10) if ended and started else None, reason,
                    _preview(blob) if blob is not None else None]
-            old = self.rows.get(job_id)
+            old = known.get(job_id)
             if old == row:
                 continue
             if old is not None:
                 self.totals[STATES[old[1]]] -= 1
             self.totals[status] = self.totals.get(status, 0) + 1
-            self.rows[job_id] = row
+            known[job_id] = row
             rows.append(row)
         if not rows:
             return None

@@ -1,0 +1,225 @@
+"""Read paths on a 20,000-job task: counts, pages and first loads agree with a direct look at every
+row, use the indexes (query plans), and write paths that batch many rows a statement lose nothing.
+No timings are asserted here: bench/scale.py measures them."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+from htc_notebook import cli
+from htc_notebook.errors import LedgerError
+from htc_notebook.ledger import AttemptStart, Ledger, NewBatch, NewJob, Outcome
+from htc_notebook.ledger.states import ACTIVE_NAMES, REQUEUEABLE_NAMES
+from htc_notebook.server.api import HTCApi, wire_status
+from htc_notebook.server.auth import Auth
+from htc_notebook.ui.table import TableModel
+
+N = 20_000
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory):
+    """A session whose task `scale/big` has 20,000 jobs in every kind of state, beside two small tasks."""
+    from htc_notebook import Session, SiteConfig
+
+    root = tmp_path_factory.mktemp("scale")
+    with Session(root, site=SiteConfig.builtin()) as s:
+        led = s.ledger
+        before = led.task("scale", "before")
+        led.add_jobs(before.id, [NewJob("b", "command", {}, {}, index=i) for i in range(300)], NewBatch("b", 300, {}))
+        task = led.task("scale", "big")
+        spec = {"cores": 1, "owner": str(s.owner)}
+        ids = led.add_jobs(task.id, [NewJob("sim", "command", {"i": i}, spec, index=i) for i in range(N)],
+                           NewBatch("sim", N, {}))
+        after = led.task("scale", "after")  # interleaved: later ids belong to another task
+        led.add_jobs(after.id, [NewJob("a", "command", {}, {}, index=i) for i in range(300)], NewBatch("a", 300, {}))
+        # 4,000 SUBMITTED; 4,000 RUNNABLE local; 4,000 RUNNABLE queued in SLURM; 2,000 RUNNING; the rest ended
+        led.start_attempts([AttemptStart(i, native_id=f"local:{s.owner}", status="RUNNABLE") for i in ids[4000:8000]])
+        led.start_attempts([AttemptStart(i, native_id=f"77_{i}", status="RUNNABLE") for i in ids[8000:12000]])
+        led.start_attempts([AttemptStart(i, native_id="", status="RUNNABLE") for i in ids[12000:12010]])
+        led.start_attempts([AttemptStart(i, host="n1") for i in ids[12010:20000]])
+        led.record_outcomes([Outcome(i, 1, "SUCCEEDED", result=b"x") for i in ids[14000:17000]])
+        led.record_outcomes([Outcome(i, 1, "FAILED", reason="boom") for i in ids[17000:18000]])
+        led.record_outcomes([Outcome(i, 1, "LOST", reason="node died") for i in ids[18000:19000]])
+        led.cancel(ids[19000:20000])
+        yield s, task, ids
+
+
+def _direct(s, task_id: int, sql: str) -> list[tuple]:
+    con = sqlite3.connect(s.ledger.path)
+    try:
+        return con.execute(sql, (task_id,)).fetchall()
+    finally:
+        con.close()
+
+
+def test_counts_match_a_direct_count(big):
+    s, task, _ = big
+    direct = dict(_direct(s, task.id, "SELECT status, COUNT(*) FROM jobs WHERE task_id = ? GROUP BY status"))
+    counts = s.ledger.counts(task.id)
+    assert {k: v for k, v in counts.items() if v} == direct
+    assert sum(counts.values()) == N
+    assert s.ledger.queued_count(task.id) == 4000  # not the local ones, not the empty native ids
+
+
+def test_summary_statistics_match_every_row(big):
+    s, task, _ = big
+    api = HTCApi(s, Auth(s.root), owner="me")
+    summary = api.summary_statistics("me", "scale", str(task.id))
+    by_rows = Counter(wire_status(r)[0] for r in s.ledger.jobs(task.id))
+    assert {k: v for k, v in summary["jobStatuses"].items() if v} == dict(by_rows)
+    assert summary["jobStatuses"]["RUNNABLE"] == 4000 and summary["jobStatuses"]["SUBMITTED_TO_PROVIDER"] == 4010
+    assert summary["toolkitStatuses"] == s.ledger.counts(task.id)
+
+
+def _plans(ledger: Ledger, fn) -> list[str]:
+    """The query plans of the SELECTs that `fn()` runs on this thread's connection."""
+    statements: list[str] = []
+    con = ledger._con()
+    con.set_trace_callback(statements.append)  # the statements, with their parameters filled in
+    try:
+        fn()
+    finally:
+        con.set_trace_callback(None)
+    return [" | ".join(r[3] for r in con.execute("EXPLAIN QUERY PLAN " + q)) for q in statements
+            if q.lstrip().upper().startswith("SELECT") and "FROM jobs" in q]
+
+
+def test_counts_use_the_status_index(big):
+    """The SQL behind counts and summary-statistics searches (task_id, status); it never scans the table."""
+    s, task, _ = big
+    plans = _plans(s.ledger, lambda: (s.ledger.counts(task.id), s.ledger.queued_count(task.id)))
+    assert len(plans) == 2
+    for plan in plans:
+        assert "jobs_task_status" in plan and "SCAN jobs" not in plan, plan
+
+
+def test_small_table_first_load_looks_up_its_jobs_by_id(big):
+    s, task, ids = big
+    [plan] = _plans(s.ledger, lambda: s.ledger.view_rows(task.id, ids[:10]))
+    assert "SEARCH j USING INTEGER PRIMARY KEY" in plan and "INDEX jobs_task" not in plan, plan
+
+
+def test_paging_returns_every_job_once(big):
+    s, task, ids = big
+    api = HTCApi(s, Auth(s.root), owner="me")
+    seen, page = [], None
+    while True:
+        items, page = api.list_jobs("me", "scale", str(task.id), page, 999)
+        seen += [int(j["jobId"]) for j in items]
+        if page is None:
+            break
+    assert seen == ids  # every job of the task, once, in id order, none of the other tasks'
+
+
+def test_id_reads_agree_with_rows(big):
+    s, task, ids = big
+    led = s.ledger
+    assert led.job_ids(task.id) == ids
+    assert led.job_ids(task.id, ACTIVE_NAMES) == [r.id for r in led.jobs(task.id, status=ACTIVE_NAMES)]
+    assert led.job_ids(task.id, "RUNNING") == [r.id for r in led.jobs(task.id, status="RUNNING")]
+    assert [r.id for r in led.last_jobs(task.id, 50)] == ids[-50:]
+    assert led.last_jobs(task.id, N + 10) == led.jobs(task.id)
+
+
+def test_job_at_finds_the_batch_member(big):
+    s, task, ids = big
+    led = s.ledger
+    batch = led.job(ids[0]).batch_id
+    for index in (0, 1, 12345, N - 1):
+        assert led.job_at(batch, index).id == ids[index]
+    assert led.job_at(batch, N) is None
+    # a batch whose members are not at first id + index (a re-run sweep skips what succeeded)
+    t = led.task("scale", "sparse")
+    sparse = led.add_jobs(t.id, [NewJob("s", "command", {}, {}, index=2 * i + 1) for i in range(100)],
+                          NewBatch("s", 100, {}))
+    sb = led.job(sparse[0]).batch_id
+    assert led.job_at(sb, 41).id == sparse[20] and led.job_at(sb, 40) is None
+    api = HTCApi(s, Auth(s.root), owner="me")
+    assert api.get_job("me", "scale", str(task.id), f"{batch}:777")["jobId"] == str(ids[777])
+
+
+def test_table_first_load_is_every_row_once(big):
+    s, task, ids = big
+    model = TableModel(s.ledger, task.id)
+    patch = model.poll()
+    assert [r[0] for r in patch["rows"]] == ids and [n[0] for n in patch["new"]] == ids
+    assert patch["totals"] == {k: v for k, v in s.ledger.counts(task.id).items() if v}
+    assert model.poll() is None  # nothing changed since
+    some = ids[5:15] + ids[-3:]
+    part = TableModel(s.ledger, task.id, some)
+    assert [r[0] for r in part.poll()["rows"]] == some
+    s.ledger.set_status(ids[:4] + ids[5:7], "RUNNABLE", "next")  # later polls: changes of its jobs only
+    assert [r[0] for r in part.poll()["rows"]] == ids[5:7]
+
+
+def test_status_shows_counts_and_the_newest_jobs(big, capsys, monkeypatch):
+    s, task, ids = big
+    monkeypatch.setattr(cli.console, "width", 400)  # no wrapped cells
+    assert cli.main(["--root", str(s.root), "status", "--task", "scale/big"]) == 0
+    out = capsys.readouterr().out
+    assert f"last 50 of {N} jobs" in out
+    jobs = out.split("jobs of scale/big")[1]
+    assert str(ids[-50]) in jobs and str(ids[-1]) in jobs and str(ids[-51]) not in jobs
+    assert str(s.ledger.counts(task.id)["SUCCEEDED"]) in out.split("jobs of scale/big")[0]  # the counts table
+
+
+def test_status_marks_jobs_of_an_exited_owner_lost(tmp_path, capsys):
+    """`htc status --task` still reconciles (G5) while reading only what it shows."""
+    from htc_notebook import Session, SiteConfig
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with Session(tmp_path, site=SiteConfig.builtin()) as s:
+        t = s.ledger.task("p", "t")
+        gone = s.ledger.add_jobs(t.id, [NewJob("g", "command", {}, {"owner": f"{s.owner.host}:{dead.pid}"},
+                                               index=i) for i in range(3)])
+        alive = s.ledger.add_jobs(t.id, [NewJob("a", "command", {}, {"owner": f"{s.owner.host}:{os.getppid()}"},
+                                                index=0)])
+    assert cli.main(["--root", str(tmp_path), "status", "--task", "p/t"]) == 0
+    capsys.readouterr()
+    with Ledger(tmp_path / "ledger.db") as led:
+        assert {led.job(i).status for i in gone} == {"LOST"}
+        assert led.job(alive[0]).status == "SUBMITTED"
+
+
+def test_add_jobs_encodes_each_spec_and_keeps_keys_unique(tmp_path):
+    with Ledger(tmp_path / "l.db") as led:
+        t = led.task("p", "t")
+        a, b = {"cores": 1, "x": [1, 2]}, {"cores": 2}
+        ids = led.add_jobs(t.id, [NewJob(f"j{i}", "python", {"i": i} if i % 2 else {}, (a, b, a)[i % 3],
+                                         key=f"k{i}", index=i) for i in range(500)])
+        rows = led.jobs(t.id)
+        assert [r.spec for r in rows] == [(a, b, a)[i % 3] for i in range(500)]
+        assert [r.params for r in rows] == [{"i": i} if i % 2 else {} for i in range(500)]
+        # a key taken far beyond the first statement of many rows: nothing of the call is kept
+        with pytest.raises(LedgerError, match="'k444' already exists"):
+            led.add_jobs(t.id, [NewJob(f"n{i}", "python", {}, {}, key=f"n{i}") for i in range(400)]
+                         + [NewJob("dup", "python", {}, {}, key="k444")])
+        assert led.job_ids(t.id) == ids
+
+
+def test_start_attempts_over_many_statements(tmp_path):
+    with Ledger(tmp_path / "l.db") as led:
+        t = led.task("p", "t")
+        ids = led.add_jobs(t.id, [NewJob(f"j{i}", "command", {}, {}, index=i) for i in range(1000)])
+        led.cancel(ids[500:510])
+        items = [AttemptStart(i, host="h", native_id=f"n{i}", log_out=f"/o{i}", log_err=f"/e{i}", status="RUNNABLE")
+                 for i in ids] + [AttemptStart(ids[3], status="RUNNABLE")]  # one job twice: one attempt
+        numbers = led.start_attempts(items)
+        assert numbers == [0 if 500 <= k < 510 else 1 for k in range(1000)] + [1]
+        rows = {r.id: r for r in led.jobs(t.id)}
+        assert rows[ids[999]].log_err == "/e" + str(ids[999]) and rows[ids[999]].native_id == f"n{ids[999]}"
+        assert rows[ids[3]].attempts == 1 and rows[ids[3]].native_id is None  # the last item for a job wins
+        assert sum(len(led.attempts(i)) for i in ids) == 990
+        assert led.counts(t.id)["RUNNABLE"] == 990 and led.counts(t.id)["CANCELLED"] == 10
+        assert json.loads(json.dumps(led.job_ids(t.id, REQUEUEABLE_NAMES))) == ids[500:510]
+        with pytest.raises(LedgerError, match="active state"):
+            led.start_attempts([AttemptStart(ids[0], status="SUCCEEDED")])
