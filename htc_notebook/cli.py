@@ -323,6 +323,7 @@ def _serve(args) -> int:
     from htc_notebook.server.standalone import serve
 
     with _session(args) as session:
+        session.resume()  # an earlier kernel's SLURM jobs and held work are watched and fed from here
         serve(session, args.port, args.address)
     return 0
 

@@ -12,7 +12,7 @@ import yaml
 from test_slurm import REPO, site  # noqa: F401 - the discovered site fixture
 
 from htc_notebook import Session, SiteConfig
-from htc_notebook.backends.slurm.arrays import PROBES
+from htc_notebook.backends.slurm.arrays import PROBES, state_dir
 
 pytestmark = pytest.mark.slurm
 
@@ -55,7 +55,7 @@ def test_one_job_of_a_bundle_is_cancelled_alone_and_a_timeout_is_its_own(site, r
     with Session(root, site=bundled) as s:
         task = s.project("bundle").task("cancel")
         group = task.submit_batch({"jobName": "slow", "batchSize": 4, "htcJobDefinition": {
-            "commands": ["sh", "-c", 'echo start; [ "$HTC_JOB_INDEX" -eq 1 ] && sleep 60; sleep 2'],
+            "commands": ["sh", "-c", 'echo start; case $HTC_JOB_INDEX in 0) sleep 30;; 1) sleep 60;; esac; sleep 1'],
             "maxVCpus": 1, "maxMemory": 64, "execTimeoutSeconds": 4}}, profile="bundled")
         assert len({j.row.native_id for j in group}) == 1 and group[0].row.native_id.endswith("/4")
         deadline = time.monotonic() + 120
@@ -69,4 +69,7 @@ def test_one_job_of_a_bundle_is_cancelled_alone_and_a_timeout_is_its_own(site, r
         assert "execTimeoutSeconds=4" in group[1].row.reason  # its own timeout, not the bundle's
         logs = task.storage.path("logs")
         assert (logs / f"job-{group[2].id}.out").read_text() == "start\n"
+        rc, _, ended = (state_dir(task.storage.path(".")) / f"job-{group[0].id}-1.exit").read_text().split()
+        started = float((state_dir(task.storage.path(".")) / f"job-{group[0].id}-1.start").read_text().split()[1])
+        assert rc == str(128 + 15) and float(ended) - started < 20  # stopped by TERM, not left to run 30 s
         assert not (logs / f"job-{group[3].id}.out").exists()  # never started

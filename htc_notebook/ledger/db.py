@@ -22,8 +22,8 @@ from typing import Any, Callable, TypeVar
 from ..errors import LedgerError
 from .rows import (AttemptRow, AttemptStart, BatchRow, EventRow, JobRow, NewBatch, NewJob, Outcome,
                    ProjectRow, ResultRow, TaskRow)
-from .schema import (ACTIVE_SQL, ATTEMPT_COLUMNS, DDL, JOB_COLUMNS, PRAGMAS, SCHEMA_VERSION, TERMINAL_SQL,
-                     V1_STATUSES)
+from .schema import (ACTIVE_SQL, ATTEMPT_COLUMNS, DDL, JOB_COLUMNS, LEASES_DDL, PRAGMAS, SCHEMA_VERSION,
+                     TERMINAL_SQL, V1_STATUSES)
 from .states import ACTIVE, REQUEUEABLE, TERMINAL, JobStatus, sql_list
 
 T = TypeVar("T")
@@ -432,6 +432,31 @@ class Ledger:
             _events_per_task(con, moved, time.time(), "adopted", f"taken over by {new_owner} from {old_owner}")
         return _in_order(ids, moved)
 
+    def lease(self, name: str, owner: str, ttl: float) -> bool:
+        """Take or renew the lease `name` for `ttl` seconds. True if `owner` holds it now; False while
+        another owner's lease has not expired (of many processes asking, one holds it at a time)."""
+        now = time.time()
+        with self._write() as con:
+            con.execute("INSERT INTO leases (name, owner, expires) VALUES (?1, ?2, ?3) ON CONFLICT (name) DO UPDATE "
+                        "SET owner = ?2, expires = ?3 WHERE leases.owner = ?2 OR leases.expires < ?4",
+                        (name, owner, now + ttl, now))
+            return con.execute("SELECT owner FROM leases WHERE name = ?", (name,)).fetchone()[0] == owner
+
+    def release(self, name: str, owner: str) -> None:
+        """Give the lease up (if `owner` holds it), so another process takes it at once."""
+        with self._write() as con:
+            con.execute("DELETE FROM leases WHERE name = ? AND owner = ?", (name, owner))
+
+    def scheduler_jobs(self) -> list[tuple[int, int, int, str, str, int | None]]:
+        """Every active job a scheduler has (native id `<array>_<task>...`), in every task:
+        (job id, task id, attempt, native id, profile, timeout)."""
+        return self._read(f"SELECT id, task_id, attempts, native_id, profile, json_extract(spec, '$.timeout') "
+                          f"FROM jobs WHERE status IN ({ACTIVE_SQL}) AND native_id GLOB '[0-9]*_[0-9]*'")
+
+    def statuses(self, job_ids: Iterable[int]) -> dict[int, str]:
+        """job id -> status, for many jobs in one query."""
+        return dict(self._read(f"SELECT id, status FROM jobs WHERE id IN {IN_JSON}", (json.dumps(_ids(job_ids)),)))
+
     def add_event(self, task_id: int, job_id: int | None, kind: str, message: str) -> int:
         with self._write() as con:
             _require_task(con, task_id)
@@ -638,7 +663,7 @@ def _record_successes(con: sqlite3.Connection, successes: list, now: float, seq:
 
 
 def _upgrade_v1(con: sqlite3.Connection) -> None:
-    """v1 -> v2: the HELD state joins the CHECK constraints of jobs and attempts. A CHECK that admits
+    """v1 -> v2: the HELD state joins the CHECK constraints of jobs and attempts, and leases appear. A CHECK that admits
     more values changes no stored row, so the table definitions are edited in place (the procedure
     in SQLite's ALTER TABLE documentation), then the schema cookie is bumped and checked."""
     new = sql_list(frozenset(JobStatus))
@@ -651,6 +676,7 @@ def _upgrade_v1(con: sqlite3.Connection) -> None:
     problems = con.execute("PRAGMA integrity_check").fetchall()
     if problems != [("ok",)]:
         raise LedgerError(f"upgrading the ledger to schema {SCHEMA_VERSION} failed: {problems[:3]}")
+    con.execute(LEASES_DDL)
     con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 

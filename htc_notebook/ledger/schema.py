@@ -17,6 +17,13 @@ PRAGMAS = (
     "PRAGMA foreign_keys = ON",
 )
 
+# Named leases: which process does a job for the whole data root (e.g. the one SLURM status poll)
+LEASES_DDL = """CREATE TABLE leases (
+        name     TEXT PRIMARY KEY,
+        owner    TEXT NOT NULL,
+        expires  REAL NOT NULL
+    )"""
+
 DDL = (
     # One row: the global change counter. Each write transaction that changes jobs takes the
     # next value and stamps it on every job row it changes.
@@ -112,6 +119,8 @@ DDL = (
     )""",
     "CREATE INDEX events_task ON events (task_id, id)",
     "CREATE INDEX events_job ON events (job_id, id)",
+
+    LEASES_DDL,
 
     # PRIMARY KEY job_id: a job's result is committed exactly once (G2).
     """CREATE TABLE results (

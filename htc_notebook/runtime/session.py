@@ -25,7 +25,7 @@ from htc_notebook.backends.base import Backend, Call, Launch
 from htc_notebook.backends.launchers import MpiLayout
 from htc_notebook.errors import HTCError, UnsupportedFeature
 from htc_notebook.ledger import AttemptStart, JobRow, Ledger, NewJob, Outcome, TaskRow
-from htc_notebook.ledger.states import TERMINAL_NAMES
+from htc_notebook.ledger.states import ACTIVE_NAMES, TERMINAL_NAMES
 from htc_notebook.runtime.recorder import Recorder
 from htc_notebook.spec import PartitionProfile, RetryPolicy, SiteConfig
 from htc_notebook.storage import Storage
@@ -118,6 +118,7 @@ class Session:
         self._generation = 0  # bumped on every commit this process makes (see change_mark)
         self._lock = threading.RLock()
         self._closed = False
+        self._watch = None  # runtime/watch.py: started with the first SLURM backend
         self._recorder = Recorder(self.ledger, self._result_path, self._committed)
         _close_at_exit(self)
 
@@ -167,13 +168,40 @@ class Session:
                 if profile.backend == "slurm":
                     from htc_notebook.backends.slurm.backend import SlurmBackend
 
-                    backend = SlurmBackend(profile, self._recorder, log_directory=str(self.root / "pilot-logs"))
+                    backend = SlurmBackend(profile, self._recorder, log_directory=str(self.root / "pilot-logs"),
+                                           grace=self.site.exit_file_grace)
+                    if self._watch is None:
+                        from htc_notebook.runtime.watch import SlurmWatch
+
+                        self._watch = SlurmWatch(self)
                 else:
                     from htc_notebook.backends.local import LocalBackend
 
                     backend = LocalBackend(profile, self._recorder, log_directory=str(self.root / "pilot-logs"))
                 self._backends[profile.name] = backend
             return backend
+
+    def slurm_backends(self) -> list:
+        """The SLURM backends this session runs (for the data root's one status poll)."""
+        with self._lock:
+            return [b for b in self._backends.values() if getattr(b, "name", "") == "slurm"]
+
+    def watch_rows(self, rows: Sequence[tuple[int, int, int, str, str, int | None]]) -> None:
+        """Watch jobs SLURM has, whoever submitted them: (job id, task id, attempt, native id,
+        profile, timeout) rows of `Ledger.scheduler_jobs` (this process holds the poll lease)."""
+        for job_id, task_id, attempt, native, profile_name, timeout in rows:
+            if job_id in self._job_task:
+                continue
+            try:
+                profile = self.profile(profile_name)
+            except HTCError:
+                continue  # a profile gone from this site: another process may know it
+            if profile.backend != "slurm":
+                continue
+            task = self.task_row(task_id)
+            self.backend(profile).adopt(job_id, attempt, native, str(self.storage.task_dir(task.project, task.name)),
+                                        timeout)
+            self._job_task[job_id] = task_id
 
     def _local_names(self) -> str:
         return ", ".join(n for n in self.site.names() if self.site.profile(n).backend == "local")
@@ -422,6 +450,15 @@ class Session:
             self._take_held(owner, group)
         return len(lost)
 
+    def resume(self) -> int:
+        """Take up what earlier sessions of this data root left (for `htc serve` and the Jupyter
+        server at start): watch their SLURM jobs, feed their held work, and mark LOST the local jobs
+        of processes that have exited. Returns how many jobs were marked LOST."""
+        lost = 0
+        for task in self.ledger.tasks():
+            lost += self.reconcile(self.ledger.jobs(task.id, status=ACTIVE_NAMES))
+        return lost
+
     def _fed_by_slurm(self, row: JobRow) -> bool:
         """A SLURM array job that its dead submitter never handed to SLURM (held, or its sbatch unanswered)."""
         try:
@@ -475,6 +512,8 @@ class Session:
                 return
             self._closed = True
             backends, self._backends = list(self._backends.values()), {}
+        if self._watch is not None:
+            self._watch.close()
         for backend in backends:
             backend.close()
         self._recorder.flush(timeout=30)

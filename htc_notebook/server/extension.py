@@ -12,6 +12,7 @@ Data root: `$HTC_ROOT`, else `htc-data` under the server's root directory.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 from jupyter_server.base.handlers import APIHandler
@@ -49,6 +50,8 @@ def _load_jupyter_server_extension(serverapp) -> None:
 
     root = os.environ.get("HTC_ROOT") or str(Path(serverapp.root_dir) / "htc-data")
     session = Session(root)
+    # earlier kernels' SLURM jobs and held work are watched and fed from here (off the event loop)
+    threading.Thread(target=session.resume, name="htc-resume", daemon=True).start()
     api = HTCApi(session, Auth(session.root), owner=owner_name())
     base = serverapp.web_app.settings.get("base_url", "/")
     serverapp.web_app.add_handlers(".*$", routes(JupyterHTCHandler, base.rstrip("/") + "/" + PREFIX, api))

@@ -56,6 +56,12 @@ class SiteConfig(SpecModel):
     profiles: Mapping[str, PartitionProfile]
     default_profile: str = "local"
     max_batch_size: Annotated[int, whole(1, BATCH_LIMIT)] = BATCH_LIMIT
+    # SLURM: one process per data root polls every `poll_seconds`, longer with many jobs tracked
+    # (runtime/watch.py); a job gone from the queue without its exit-code file waits
+    # `exit_file_grace` seconds for it (a shared file system may show it late) before SLURM's
+    # own record decides, or the job is called LOST
+    poll_seconds: Annotated[int, whole(1, 3600)] = 2
+    exit_file_grace: Annotated[int, whole(0, 3600)] = 30
 
     @field_validator("profiles", mode="before")
     @classmethod

@@ -37,8 +37,8 @@ from htc_notebook.ledger.states import TERMINAL_NAMES
 from htc_notebook.spec import PartitionProfile
 from htc_notebook.storage import atomic_write
 
-POLL_SECONDS = 2.0
-LOST_AFTER_ROUNDS = 3  # rounds a task may be unknown to squeue, scontrol and its files
+FEED_SECONDS = 2.0  # how often held work is looked at (statuses are polled by runtime/watch.py)
+EXIT_FILE_GRACE = 30.0  # seconds a job gone from the queue may take to show its exit-code file
 PROBES = 8  # a large batch's first jobs run one per array task and are timed
 PROBE_WAIT = 120.0  # seconds the rest of the batch waits for the probes before it is sent unbundled
 BUNDLE_SECONDS = 20.0  # about this much work per array task when short jobs are bundled
@@ -85,7 +85,7 @@ class Tracked:
     state_dir: Path
     timeout: int | None = None
     last: tuple | None = None  # last (status, reason, host) reported
-    unknown_rounds: int = 0
+    gone_since: float | None = None  # monotonic time it was first missing from squeue
 
     @property
     def task(self) -> str:
@@ -105,10 +105,10 @@ def state_dir(cwd: Path | str) -> Path:
 class ArrayRunner:
     """Submits command launches as job arrays on one profile and reports on them."""
 
-    def __init__(self, profile: PartitionProfile, reporter: Reporter, *, poll_seconds: float = POLL_SECONDS):
+    def __init__(self, profile: PartitionProfile, reporter: Reporter, *, grace: float = EXIT_FILE_GRACE):
         self.profile = profile
         self._reporter = reporter
-        self._poll_seconds = poll_seconds
+        self._grace = grace
         self._tracked: dict[int, Tracked] = {}  # by ledger job id
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -393,6 +393,17 @@ class ArrayRunner:
                 stop_bundled(t.state_dir, t.job_id, t.attempt)
         scheduler.scancel([t.task for t in tracked if not t.bundled])
 
+    def forget(self, job_ids: Sequence[int]) -> None:
+        """Stop watching jobs another process has recorded as ended (the data root's one poller)."""
+        with self._lock:
+            for j in job_ids:
+                self._tracked.pop(j, None)
+
+    def tracked(self) -> set[int]:
+        """Jobs in SLURM this runner watches."""
+        with self._lock:
+            return set(self._tracked)
+
     def running(self) -> set[int]:
         """Jobs this runner is responsible for: tracked in SLURM or held for feeding."""
         with self._lock:
@@ -409,23 +420,20 @@ class ArrayRunner:
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._stop.clear()
-                self._thread = threading.Thread(target=self._poll_loop, name="htc-slurm-poll", daemon=True)
+                self._thread = threading.Thread(target=self._feed_loop, name="htc-slurm-feed", daemon=True)
                 self._thread.start()
 
-    def _poll_loop(self) -> None:
+    def _feed_loop(self) -> None:
         while not self._stop.is_set():
-            try:
-                self.poll()
-            except Exception as exc:  # noqa: BLE001 - a scheduler hiccup must not end the watch
-                self._last_error = exc
             try:
                 self._feed()
             except Exception as exc:  # noqa: BLE001 - feeding goes on next round
                 self._last_error = exc
-            self._stop.wait(self._poll_seconds)
+            self._stop.wait(FEED_SECONDS)
 
     def poll(self) -> None:
-        """One look at every tracked task; reports what changed."""
+        """One look at every tracked task; reports what changed. Called by the data root's one
+        poller (runtime/watch.py); raises BackendError when squeue fails (the poller backs off)."""
         with self._lock:
             tracked = list(self._tracked.values())
         if not tracked:
@@ -447,8 +455,11 @@ class ArrayRunner:
             else:
                 missing.append(t)
         for array_id in {t.task.split("_")[0] for t in missing}:
+            group = [m for m in missing if m.task.startswith(array_id + "_")]
             known = scheduler.scontrol_jobs(array_id)
-            for t in (m for m in missing if m.task.startswith(array_id + "_")):
+            if any(m.task not in known for m in group):  # scontrol forgets after MinJobAge: accounting
+                known = {**scheduler.sacct_jobs(array_id), **known}
+            for t in group:
                 self._resolve_missing(t, known.get(t.task))
 
     def _report(self, t: Tracked, status: str, reason: str | None, host: str | None) -> None:
@@ -466,18 +477,23 @@ class ArrayRunner:
             self._finish(t, Outcome(t.job_id, t.attempt, "CANCELLED", reason="cancelled before its turn in "
                                     f"bundle {t.task}", ended=time.time()))
             return
+        now = time.monotonic()
+        t.gone_since = t.gone_since or now
+        waited = now - t.gone_since
         if fields is None:
-            t.unknown_rounds += 1
-            if t.unknown_rounds >= LOST_AFTER_ROUNDS:
+            if waited >= self._grace:
                 self._finish(t, Outcome(t.job_id, t.attempt, "LOST", reason=(
-                    f"SLURM job {t.native_id} is not in squeue, unknown to scontrol, and wrote no "
-                    "exit-code file: it did not finish normally. Retry it")))
+                    f"SLURM job {t.native_id} is not in squeue, unknown to scontrol and accounting, and wrote "
+                    f"no exit-code file within {self._grace:.0f} s: it did not finish normally. Retry it")))
             return
         state = fields.get("JobState", "")
         status = htc_status(state)
         if status not in TERMINAL_NAMES:
+            t.gone_since = None  # SLURM still has it (requeued, completing)
             self._report(t, status, None, fields.get("NodeList") or None)
             return
+        if state.split()[0] in ("COMPLETED", "FAILED") and waited < self._grace:
+            return  # its script ran to the end: the exit-code file may still be on its way
         code = fields.get("ExitCode", "0:0").split(":")
         exit_code = int(code[0]) if code[0].isdigit() else None
         if status == "SUCCEEDED" and t.bundled:  # its array task ended, but this job wrote no exit file
@@ -534,10 +550,16 @@ def _groups(launches: Sequence[Launch]) -> list[list[Launch]]:
     return out
 
 
+def _epoch(text: str) -> float:
+    """A time the job script wrote (bash's EPOCHREALTIME has the locale's decimal point)."""
+    return float(text.replace(",", "."))
+
+
 def _read_exit(t: Tracked) -> Outcome | None:
     """The task's own record of how it ended: "<rc> <host> <epoch>" (None if not there yet)."""
     try:
-        rc, host, ended = (t.state_dir / f"job-{t.job_id}-{t.attempt}.exit").read_text().split()[:3]
+        rc, host, when = (t.state_dir / f"job-{t.job_id}-{t.attempt}.exit").read_text().split()[:3]
+        ended = _epoch(when)
     except (FileNotFoundError, ValueError):
         return None
     code = int(rc)
@@ -546,10 +568,10 @@ def _read_exit(t: Tracked) -> Outcome | None:
     if is_python_job(ranks):  # an MPI function: the ranks' reports decide, and carry rank 0's value
         status, reason, result = read_outcome(ranks, code)
         return Outcome(t.job_id, t.attempt, status, reason=reason, exit_code=code, host=host,
-                       started=started, ended=float(ended), result=result)
+                       started=started, ended=ended, result=result)
     if code == 0:
         return Outcome(t.job_id, t.attempt, "SUCCEEDED", exit_code=0, host=host,
-                       started=started, ended=float(ended))
+                       started=started, ended=ended)
     if code == TIMEOUT_EXIT and t.timeout:
         reason = f"timeout: killed after execTimeoutSeconds={t.timeout}"
     elif code > 128:
@@ -557,12 +579,12 @@ def _read_exit(t: Tracked) -> Outcome | None:
     else:
         reason = f"exited with code {code}"
     return Outcome(t.job_id, t.attempt, "FAILED", reason=reason, exit_code=code, host=host,
-                   started=started, ended=float(ended))
+                   started=started, ended=ended)
 
 
 def _read_start(t: Tracked) -> float | None:
     try:
-        return float((t.state_dir / f"job-{t.job_id}-{t.attempt}.start").read_text().split()[1])
+        return _epoch((t.state_dir / f"job-{t.job_id}-{t.attempt}.start").read_text().split()[1])
     except (FileNotFoundError, ValueError, IndexError):
         return None
 

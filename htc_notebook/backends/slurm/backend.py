@@ -20,9 +20,10 @@ class SlurmBackend:
 
     name = "slurm"
 
-    def __init__(self, profile: PartitionProfile, reporter: Reporter, *, log_directory: str | None = None):
+    def __init__(self, profile: PartitionProfile, reporter: Reporter, *, log_directory: str | None = None,
+                 grace: float = 30.0):
         self.profile = profile
-        self.arrays = ArrayRunner(profile, reporter)
+        self.arrays = ArrayRunner(profile, reporter, grace=grace)
         self.pilots = DaskJobs(lambda: make_pilot_cluster(profile, log_directory=log_directory), reporter,
                                window=profile.dask_window)
         self.pool = pool_spec(profile, log_directory)

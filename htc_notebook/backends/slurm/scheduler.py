@@ -126,6 +126,20 @@ def scontrol_jobs(job_id: str) -> dict[str, dict[str, str]]:
     return out
 
 
+def sacct_jobs(job_id: str) -> dict[str, dict[str, str]]:
+    """What accounting says of a job's tasks, in `scontrol_jobs`' shape ({} without accounting)."""
+    if shutil.which("sacct") is None:
+        return {}
+    proc = run(["sacct", "-n", "-P", "-X", "-j", job_id, "-o", "JobID,State,ExitCode,NodeList"], check=False,
+               timeout=60)
+    out = {}
+    for line in proc.stdout.splitlines() if proc.returncode == 0 else ():
+        parts = line.split("|")
+        if len(parts) == 4 and "[" not in parts[0]:
+            out[parts[0]] = {"JobState": parts[1], "ExitCode": parts[2], "NodeList": parts[3]}
+    return out
+
+
 def scancel(native_ids: Iterable[str]) -> None:
     ids = sorted(set(native_ids))
     if ids:

@@ -1,0 +1,258 @@
+"""Scale benchmarks: how the toolkit holds up at 100,000 jobs. One subcommand per part.
+
+    .venv/bin/python bench/scale.py ledger [--sizes 1000,10000,100000] [--repeats 3] [--write bench/results.md]
+    .venv/bin/python bench/scale.py python [--sizes 1000,10000,100000] [--window 4000] [--write bench/results.md]
+    .venv/bin/python bench/scale.py slurm [--jobs 2000] [--limit 500] [--short 2000] [--write bench/results.md]
+
+`ledger`: on a fresh data root (a temp dir), for each task size, side by side in one run:
+- record: writing a batch as `Task.submit_batch` does, `Ledger.add_jobs` (one spec shared by the
+  batch) then `start_attempts` (RUNNABLE, per-job log paths) as `Session.dispatch` does; a new task
+  each repeat; the jobs are built before the clock starts, the attempts (which need the ids) after
+  it (target < 1 s at 100,000);
+- summary-statistics: the REST operation (`HTCApi.summary_statistics`), in-process, no HTTP
+  (target < 50 ms at 100,000); beside it, the same counts by reading every job row (how it was done before);
+- `htc status --task P/T`: the whole command in-process (session, queries, table), output discarded;
+- live table first load: `TableModel.poll()` on a new model (everything the widget gets first).
+Figures are medians of `--repeats` runs.
+
+`slurm`: command jobs through a per-user submit limit (htc's feeder against a plain shell loop that
+waits for room), and 0.1 s commands bundled against one array task per job: bench/slurm_scale.py.
+
+`python`: trivial Python calls through `task.sweep` on the local backend against raw `Client.map`
+in the same window of dask tasks in flight; each size and side in a fresh process, sides alternating:
+time to every result, peak RSS growth of the kernel (the LocalCluster scheduler runs in it), the
+most tasks the scheduler held, and memory per job over raw futures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from throughput import _write  # noqa: E402
+
+
+def _median_ms(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def bench_ledger(args: argparse.Namespace) -> str:
+    """Record / summary-statistics / htc status / live table first load, per task size; returns the summary."""
+    from htc_notebook import Session, SiteConfig
+    from htc_notebook import cli
+    from htc_notebook.ledger import AttemptStart, NewBatch, NewJob
+    from htc_notebook.runtime.task import Task
+    from htc_notebook.server.api import HTCApi, wire_status
+    from htc_notebook.server.auth import Auth
+    from htc_notebook.spec import JobDefinition
+    from htc_notebook.ui.table import TableModel
+
+    sizes = [int(s) for s in args.sizes.split(",")]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="htc-scale-") as root, Session(root, site=SiteConfig.builtin()) as s:
+        api = HTCApi(s, Auth(root), owner="bench")
+        project = s.project("bench")
+        for n in sizes:
+            record_times, task_ids = [], []
+            for r in range(args.repeats):
+                task = project.task(f"batch-{n}-{r}")
+                # what Task.submit_batch and Session.dispatch hand the ledger
+                _, _, spec, priority = Task(s, task.row)._command_spec(None, JobDefinition(commands=["echo", "hi"]), 0)
+                jobs = [NewJob(name="batch", kind="command", params={}, spec=spec, index=i, profile="local",
+                               priority=priority) for i in range(n)]
+                prefix = f"{s.storage.log_paths('bench', task.name, 0)[0].parent}/job-"
+                t0 = time.perf_counter()
+                ids = s.ledger.add_jobs(task.id, jobs, NewBatch("batch", n, {"jobName": "batch"}))
+                s.ledger.start_attempts([AttemptStart(i, host=s.owner.host, native_id=f"local:{s.owner}",
+                                                      log_out=f"{prefix}{i}.out", log_err=f"{prefix}{i}.err",
+                                                      status="RUNNABLE") for i in ids])
+                record_times.append(time.perf_counter() - t0)
+                task_ids.append(task.id)
+            task_id = task_ids[0]
+            summary = _median_ms(lambda: api.summary_statistics("bench", "bench", str(task_id)), args.repeats)
+            assert sum(api.summary_statistics("bench", "bench", str(task_id))["jobStatuses"].values()) == n
+            rows_ms = _median_ms(lambda: [wire_status(j) for j in s.ledger.jobs(task_id)], args.repeats)
+            argv = ["--root", root, "status", "--task", f"bench/batch-{n}-0"]
+
+            def status() -> None:
+                with contextlib.redirect_stdout(io.StringIO()):
+                    assert cli.main(argv) == 0
+
+            status_ms = _median_ms(status, args.repeats)
+            table_ms = _median_ms(lambda: TableModel(s.ledger, task_id).poll(), args.repeats)
+            rows.append((n, statistics.median(record_times) * 1e3, summary, rows_ms, status_ms, table_ms))
+            print(f"{n:>7} jobs: record {rows[-1][1]:8.1f} ms  summary-statistics {summary:6.1f} ms  "
+                  f"(by reading rows {rows_ms:6.0f} ms)  htc status {status_ms:6.1f} ms  table first load {table_ms:6.1f} ms", flush=True)
+    table = ("| jobs in the task | record a batch (add_jobs + start_attempts) | summary-statistics | "
+             "(the same by reading every row, as before) | `htc status --task` | live table first load |\n"
+             "|---|---|---|---|---|---|\n"
+             + "".join(f"| {n:,} | {rec:.0f} ms | {summ:.1f} ms | {by_rows:.0f} ms | {st:.0f} ms | {tb:.0f} ms |\n"
+                       for n, rec, summ, by_rows, st, tb in rows))
+    return (f"Medians of {args.repeats} runs, each size in its own task of one fresh data root:\n\n{table}\n"
+            "Targets at 100,000 jobs: record < 1 s, summary-statistics < 50 ms; queries well under a second.")
+
+
+# -- python: trivial calls through task.sweep vs raw Client.map in windows ---------------------------------
+
+def add_one(x: int) -> int:
+    """A trivial Python call."""
+    return x + 1
+
+
+def _rss_kb(field: str) -> int:
+    """VmRSS or VmHWM (peak since the last reset) of this process, in kB."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def _python_side(side: str, jobs: int, window: int | None) -> dict:
+    """One measured run in this (fresh) process: `jobs` calls of add_one through `side`.
+
+    The LocalCluster's scheduler runs in this process (asserted), so RSS here is kernel +
+    scheduler. The input (the Sweep, or the list of arguments) is built before the baseline.
+    Peaks are VmHWM, reset through /proc/self/clear_refs at the start; task.sweep's peak is
+    read after each phase (sweep() returned, every job ended, results in hand).
+    """
+    import tempfile
+    import threading
+    from collections import deque
+
+    from distributed import Scheduler
+
+    from htc_notebook import Session, SiteConfig, Sweep
+    from htc_notebook.backends.dask_jobs import WINDOW
+
+    window = window or WINDOW
+    site = SiteConfig.from_yaml(f"profiles:\n  local: {{dask_window: {window}}}\n")
+    with tempfile.TemporaryDirectory() as root, Session(root, site=site) as session:
+        backend = session.backend(session.profile("local"))
+        client, scheduler = backend.client, backend.dask_runners()["local"].cluster.scheduler
+        assert isinstance(scheduler, Scheduler), "the LocalCluster's scheduler is not in this process"
+        client.gather(client.map(add_one, range(200)))  # warm up workers and imports, both paths
+        session.project("bench").task("warm-up").sweep(add_one, Sweep.zip(x=list(range(2000)))).results()
+        xs = list(range(jobs))
+        work = Sweep.zip(x=xs) if side == "htc" else None
+        tasks, stop = [0], threading.Event()
+
+        def count_tasks():  # the most tasks the scheduler held at once
+            while not stop.wait(0.05):
+                tasks[0] = max(tasks[0], len(scheduler.tasks))
+
+        watcher = threading.Thread(target=count_tasks, daemon=True)
+        watcher.start()
+        base, peaks = _rss_kb("VmRSS"), {}
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # VmHWM := VmRSS
+        t0 = time.perf_counter()
+        if side == "htc":
+            group = session.project("bench").task("run").sweep(add_one, work)
+            peaks["submitted"] = _rss_kb("VmHWM")
+            group.wait()
+            peaks["ran"] = _rss_kb("VmHWM")
+            out = group.results()
+        else:  # Client.map in quarter-window chunks, at most `window` tasks in flight
+            out, flight, chunk = [], deque(), max(1, window // 4)
+            for i in range(0, jobs, chunk):
+                if len(flight) == 4:
+                    out += client.gather(flight.popleft())
+                flight.append(client.map(add_one, xs[i:i + chunk]))
+            while flight:
+                out += client.gather(flight.popleft())
+        seconds = time.perf_counter() - t0
+        peaks["results"] = _rss_kb("VmHWM")
+        stop.set()
+        watcher.join()
+        assert out == [x + 1 for x in xs]
+    return {"side": side, "jobs": jobs, "window": window, "seconds": seconds, "tasks": tasks[0],
+            "growth_mb": {phase: (kb - base) / 1024 for phase, kb in peaks.items()}}
+
+
+def _python_table(args: argparse.Namespace) -> str:
+    """Each (size, side) in a fresh process, sides alternating; returns the summary (a table)."""
+    import json
+    import os
+    import subprocess
+
+    sizes = [int(s) for s in args.sizes.split(",")]
+    by = {}
+    for k, jobs in enumerate(sizes):
+        for side in (("raw", "htc") if k % 2 == 0 else ("htc", "raw")):
+            cmd = [sys.executable, __file__, "python", "--side", side, "--sizes", str(jobs)]
+            cmd += ["--window", str(args.window)] if args.window else []
+            run = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            r = by[side, jobs] = json.loads(run.stdout.strip().splitlines()[-1])
+            print(f"{side} {jobs:>7}: {r['seconds']:7.2f} s, peak RSS +{r['growth_mb']['results']:.1f} MB, "
+                  f"at most {r['tasks']} scheduler tasks", flush=True)
+    lines = ["| jobs | raw Client.map | task.sweep | time htc/raw (< 1: htc faster) | scheduler tasks at most (raw / htc) "
+             "| peak RSS growth, raw | peak RSS growth, htc: sweep() / all ended / results() "
+             "| htc over raw, per job |", "|---|---|---|---|---|---|---|---|"]
+    for jobs in sizes:
+        raw, htc = by["raw", jobs], by["htc", jobs]
+        g = htc["growth_mb"]
+        per_job = (g["results"] - raw["growth_mb"]["results"]) * 1024 / jobs
+        lines.append(f"| {jobs:,} | {raw['seconds']:.2f} s | {htc['seconds']:.2f} s "
+                     f"| **{htc['seconds'] / raw['seconds']:.3f}** | {raw['tasks']:,} / {htc['tasks']:,} "
+                     f"| {raw['growth_mb']['results']:.1f} MB "
+                     f"| {g['submitted']:.1f} / {g['ran']:.1f} / **{g['results']:.1f}** MB | {per_job:+.2f} kB |")
+    spread = {side: [by[side, j]["growth_mb"]["results"] for j in sizes] for side in ("raw", "htc")}
+    spread = {side: max(v) - min(v) for side, v in spread.items()}
+    return (f"Trivial Python calls on the local backend (LocalCluster, {os.cpu_count()} workers), at most "
+            f"{by['raw', sizes[0]]['window']:,} dask tasks in flight on both sides (task.sweep: the "
+            f"profile's `dask_window`; raw: `Client.map` in quarter-window chunks). Each run in a fresh "
+            f"process, sides alternating. The scheduler runs in the kernel process, so RSS is kernel + "
+            f"scheduler. Time: from the call to every result in hand. Peak RSS growth: VmHWM minus RSS "
+            f"just before the call (the Sweep or argument list already built).\n\n" + "\n".join(lines) +
+            f"\n\nFrom {min(sizes):,} to {max(sizes):,} jobs the peak grows by "
+            f"**{spread['htc']:.1f} MB** with task.sweep and {spread['raw']:.1f} MB with raw Client.map "
+            f"(targets: flat within 100 MB; within +0.5 kB per job over raw futures).")
+
+
+def bench_python(args: argparse.Namespace) -> str:
+    """`python`: the side-by-side table, or (--side, in a child process) one measured run as JSON."""
+    if args.side:
+        import json
+
+        return json.dumps(_python_side(args.side, int(args.sizes), args.window))
+    return _python_table(args)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="part", required=True)
+    led = sub.add_parser("ledger", help="recording a batch and the read paths, at 1,000 to 100,000 jobs")
+    led.add_argument("--sizes", default="1000,10000,100000", help="comma-separated task sizes")
+    led.add_argument("--repeats", type=int, default=3)
+    led.add_argument("--write", help="update this section of this results file")
+    led.set_defaults(func=bench_ledger, section="scale-ledger")
+    py = sub.add_parser("python", help="trivial Python calls, task.sweep vs raw Client.map in windows: time, peak RSS")
+    py.add_argument("--sizes", default="1000,10000,100000", help="comma-separated sweep sizes")
+    py.add_argument("--window", type=int, help="dask tasks in flight on both sides (default: dask_jobs.WINDOW)")
+    py.add_argument("--side", choices=("htc", "raw"), help=argparse.SUPPRESS)  # a child: one run of one size
+    py.add_argument("--write", help="update this section of this results file")
+    py.set_defaults(func=bench_python, section="scale-python")
+    from slurm_scale import add_parser as add_slurm  # needs the test cluster (make slurm-up)
+
+    add_slurm(sub)
+    args = ap.parse_args()
+    summary = args.func(args)
+    print(summary)
+    if getattr(args, "write", None):
+        _write(Path(args.write), args.section, summary, " ".join(["python"] + sys.argv))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

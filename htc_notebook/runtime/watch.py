@@ -1,0 +1,98 @@
+"""One status poll of SLURM per data root, however many kernels, `htc status` and `htc serve` use it.
+
+Every Session that has a SLURM backend runs a `SlurmWatch`. Each round it asks the ledger for the
+lease `slurm-status-poll` (a row with an owner and an expiry, taken in one write transaction: one
+process holds it at a time). The holder adopts every active job SLURM has in the ledger, whichever
+process submitted it, and polls them all (squeue, the jobs' exit-code files, scontrol/sacct for the
+ones that left the queue); what it learns is committed to the ledger, which every other process
+reads. The others only drop from their watch what the ledger says has ended. When the holder
+closes it gives the lease up; when it dies, the lease expires and another process takes over.
+
+The interval grows with the number of jobs watched and with how long squeue takes, and backs off
+while squeue fails:
+
+>>> poll_interval(2, 0, 0.01, 0), poll_interval(2, 10_000, 0.01, 0), poll_interval(2, 10, 1.5, 0)
+(2.0, 12.0, 15.0)
+>>> poll_interval(2, 10, 0.01, 3), poll_interval(2, 10**6, 0.01, 0)
+(16.08, 60.0)
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from htc_notebook.errors import HTCError
+from htc_notebook.ledger.states import TERMINAL_NAMES
+
+if TYPE_CHECKING:
+    from htc_notebook.runtime.session import Session
+
+LEASE = "slurm-status-poll"
+JOBS_PER_STEP = 2000  # the interval grows by `base` for every this many jobs watched
+MAX_INTERVAL = 60.0
+LEASE_MIN_SECONDS = 10.0  # a holder silent this long (and 3 intervals) is taken over; two pollers for a moment are harmless
+
+
+def poll_interval(base: float, watched: int, took: float, failures: int) -> float:
+    """Seconds until the next poll: `base` (more with many jobs), at least 10x what the last poll
+    took, doubled for each failure in a row; at most MAX_INTERVAL."""
+    interval = max(base * (1 + watched / JOBS_PER_STEP), 10 * took) * 2 ** min(failures, 5)
+    return round(min(interval, MAX_INTERVAL), 2)
+
+
+class SlurmWatch:
+    """The poll loop of one Session; polls only while it holds the data root's lease."""
+
+    def __init__(self, session: "Session"):
+        self.session = session
+        self.base = float(session.site.poll_seconds)
+        self.interval = self.base
+        self.failures = 0
+        self.polls = 0  # rounds this process polled SLURM (for tests)
+        self.holder = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="htc-slurm-watch", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except HTCError:  # the ledger busy or SLURM away: next round
+                self.failures += 1
+            self._stop.wait(self.interval)
+
+    def tick(self) -> None:
+        s = self.session
+        ledger, owner = s.ledger, str(s.owner)
+        self.holder = ledger.lease(LEASE, owner, ttl=max(LEASE_MIN_SECONDS, 3 * self.interval))
+        runners = [b.arrays for b in s.slurm_backends()]
+        if not self.holder:
+            for runner in runners:
+                ids = runner.tracked()
+                if ids:
+                    status = ledger.statuses(ids)
+                    runner.forget([i for i in ids if status.get(i, "LOST") in TERMINAL_NAMES])
+            return
+        rows = ledger.scheduler_jobs()
+        s.watch_rows(rows)
+        t0 = time.monotonic()
+        try:
+            for b in s.slurm_backends():
+                b.arrays.poll()
+            self.failures = 0
+        except HTCError:
+            self.failures += 1
+        self.polls += 1
+        self.interval = poll_interval(self.base, len(rows), time.monotonic() - t0, self.failures)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        if self.holder:
+            try:
+                self.session.ledger.release(LEASE, str(self.session.owner))
+            except HTCError:
+                pass
