@@ -63,6 +63,27 @@ def test_a_bundled_array_task_runs_its_jobs_in_turn_each_with_its_own_record(tmp
     assert not (state / "job-15-1.start").exists()  # cancelled before its turn: never started
 
 
+def test_a_sweep_array_runs_each_jobs_own_command_line(tmp_path):
+    """The commands-file form (a command sweep): line n of the file is job n's argv, run in the task dir."""
+    state, logs = tmp_path / "state", tmp_path / "logs"
+    state.mkdir()
+    logs.mkdir()
+    (tmp_path / "ids").write_text("21 2\n22 1\n")
+    (tmp_path / "cmds").write_text(command_line(["sh", "-c", "echo one > out-1; exit 4"]) + "\n"
+                                   + command_line(["sh", "-c", "echo 'two words' > out-2"]) + "\n")
+    for bundle in (1, 2):
+        script = render_array(job_name="s", size=2, ids_file=str(tmp_path / "ids"), offset=0, task_dir=str(tmp_path),
+                              log_dir=str(logs), state_dir=str(state), commands_file=str(tmp_path / "cmds"),
+                              bundle=bundle, timeout_s=30 if bundle == 1 else None)
+        for task in range(2 // bundle):
+            _run_task(tmp_path, script, task)
+        assert (tmp_path / "out-1").read_text() == "one\n" and (tmp_path / "out-2").read_text() == "two words\n"
+        assert (state / "job-21-2.exit").read_text().split()[0] == "4"
+        assert (state / "job-22-1.exit").read_text().split()[0] == "0"
+        for f in ("out-1", "out-2"):
+            (tmp_path / f).unlink()
+
+
 def test_array_script_is_valid_bash():
     s = render_array(**BASE, commands_file="/d/cmds")
     assert subprocess.run(["bash", "-n"], input=s, text=True).returncode == 0

@@ -255,11 +255,14 @@ class ArrayRunner:
                     self._submit_chunk(part, chunk)
                 except BackendError as exc:
                     kind = site_limits.classify(str(exc))
-                    if kind == "limit":
+                    if kind == "limit":  # the queue is full (maybe with others' jobs): wait a round
                         used = site_limits.queued_counts().get("user", 0)
                         self._learned = site_limits.Limit("user", max(used, 1),
                                                           f"sbatch refused more ({_first_line(exc)})")
-                        continue
+                        self._retry_at = time.monotonic() + FEED_SECONDS
+                        self._say_held(f"held: {used:,} of your jobs are queued; sbatch refused more "
+                                       f"({_first_line(exc)})")
+                        break
                     if kind == "transient":
                         self._transient(exc)
                         break

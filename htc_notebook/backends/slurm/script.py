@@ -80,8 +80,8 @@ def render_array(*, job_name: str, size: int, ids_file: str, offset: int, task_d
     lines += [f"export {name}={q(value)}" for name, value in (env or {}).items()]
     lines += list(setup)
     runner = f"timeout --kill-after={KILL_AFTER} {int(timeout_s)} " if timeout_s else ""
-    run = (runner + shlex.join(command) if command is not None
-           else f"eval \"{runner}$(sed -n \"${{htc_n}}p\" {q(commands_file)})\"")
+    run = (f"exec {runner}{shlex.join(command)}" if command is not None
+           else f"eval \"exec {runner}$(sed -n \"${{htc_n}}p\" {q(commands_file)})\"")
     lines += [
         "htc_worst=0",
         f"for ((htc_k = 1; htc_k <= {int(bundle)}; htc_k++)); do",
@@ -97,7 +97,7 @@ def render_array(*, job_name: str, size: int, ids_file: str, offset: int, task_d
         f"    exec >{q(log_dir)}/job-$HTC_JOB_ID.out 2>{q(log_dir)}/job-$HTC_JOB_ID.err",
         '    printf "%s %s\\n" "$htc_host" "${EPOCHREALTIME:-$(date +%s.%N)}" > "$htc_job.start"',
         f"    cd {q(task_dir)}",
-        f"    exec {run}",
+        f"    {run}",
     ]
     if bundle == 1:
         lines += ["  )", "  htc_rc=$?"]
