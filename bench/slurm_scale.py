@@ -11,7 +11,7 @@ call through shims on PATH:
   chunk (at most room and MaxArraySize tasks), as a careful user would. Target ratio >= 0.95
   (plain time / htc time).
 - bundled: M commands of 0.1 s, htc with bundling (the default: timed, then bundled) against
-  one array task per job (plain sbatch arrays). Target >= 10x.
+  one array task per job (the same shell loop, through the normal QOS's submit limit). Target >= 10x.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ def add_parser(sub) -> None:
     p.add_argument("--jobs", type=int, default=2000, help="trivial commands in the fed part")
     p.add_argument("--limit", type=int, default=500, help="MaxSubmitJobsPerUser of the capped QOS during the run")
     p.add_argument("--short", type=int, default=2000, help="0.1 s commands in the bundled part")
+    p.add_argument("--only", choices=("fed", "bundled"), help="run one part")
     p.add_argument("--write", help="update this section of this results file")
     p.set_defaults(func=bench_slurm, section="scale-slurm")
 
@@ -67,13 +68,13 @@ def _wait_empty(env: dict, timeout: float = 7200) -> None:
 
 PLAIN_FED = textwrap.dedent("""\
     #!/bin/bash
-    # submit N one-job array tasks in chunks, waiting for room under the limit L
-    n=$1; limit=$2; dir=$3; left=$n
+    # submit N one-job array tasks of COMMAND in chunks, waiting for room under the limit L of QOS
+    n=$1; limit=$2; qos=$3; command=$4; left=$n
     while [ "$left" -gt 0 ]; do
-      queued=$(squeue -h -r -u root -q capped -o %i | wc -l)
+      queued=$(squeue -h -r -u root -q "$qos" -o %i | wc -l)
       room=$((limit - queued)); [ "$room" -gt 1001 ] && room=1001; [ "$room" -gt "$left" ] && room=$left
       if [ "$room" -le 0 ]; then sleep 2; continue; fi
-      sbatch -Q -p knl --qos=capped -c 1 --mem=64M --array=0-$((room - 1)) -o /dev/null --wrap true \\
+      sbatch -Q -p knl --qos="$qos" -c 1 --mem=64M --array=0-$((room - 1)) -o /dev/null --wrap "$command" \\
         && left=$((left - room)) || sleep 2
     done
 """)
@@ -126,43 +127,39 @@ def _per_minute(calls: dict[str, int], seconds: float) -> str:
 
 def bench_slurm(args: argparse.Namespace) -> str:
     work = Path(tempfile.mkdtemp(prefix="htc-bench-", dir=REPO / "test-output"))
+    script = work / "fed.sh"
+    script.write_text(PLAIN_FED)
     rows = []
-    _set_limit(args.limit)
     try:
-        # -- fed: through the submit limit ------------------------------------------------
-        log = work / "plain-fed.log"
-        env = _shims(work / "plain-bin", log)
-        script = work / "fed.sh"
-        script.write_text(PLAIN_FED)
-        t0 = time.perf_counter()
-        subprocess.run(["bash", str(script), str(args.jobs), str(args.limit), str(work)], env=env, check=True)
-        _wait_empty(env)
-        plain = time.perf_counter() - t0
-        plain_calls = _calls(log)
-        log = work / "htc-fed.log"
-        env = _shims(work / "htc-bin", log)
-        htc = _htc_side(args.jobs, ["true"], _htc_site(bundle=1, qos="capped"), env)
-        rows.append(("fed", args.jobs, plain, htc, plain_calls, _calls(log)))
-        print(f"fed: plain {plain:.1f} s, htc {htc:.1f} s, ratio {plain / htc:.3f}", flush=True)
-        # -- bundled: short commands -------------------------------------------------------
-        _set_limit(None)
-        log = work / "plain-short.log"
-        env = _shims(work / "plain-bin2", log)
-        t0 = time.perf_counter()
-        left = args.short
-        while left > 0:
-            size = min(left, 1001)
-            subprocess.run(["sbatch", "-Q", "-p", "knl", "-c", "1", "--mem=64M", f"--array=0-{size - 1}",
-                            "-o", "/dev/null", "--wrap", "sleep 0.1"], env=env, check=True)
-            left -= size
-        _wait_empty(env)
-        plain = time.perf_counter() - t0
-        plain_calls = _calls(log)
-        log = work / "htc-short.log"
-        env = _shims(work / "htc-bin2", log)
-        htc = _htc_side(args.short, ["sleep", "0.1"], _htc_site(bundle=None, qos=None), env)
-        rows.append(("bundled", args.short, plain, htc, plain_calls, _calls(log)))
-        print(f"bundled: one task per job {plain:.1f} s, htc {htc:.1f} s, ratio {plain / htc:.2f}", flush=True)
+        if args.only in (None, "fed"):  # through the capped QOS's submit limit, bundling off
+            _set_limit(args.limit)
+            log = work / "plain-fed.log"
+            env = _shims(work / "plain-bin", log)
+            t0 = time.perf_counter()
+            subprocess.run(["bash", str(script), str(args.jobs), str(args.limit), "capped", "true"], env=env,
+                           check=True)
+            _wait_empty(env)
+            plain, plain_calls = time.perf_counter() - t0, _calls(log)
+            log = work / "htc-fed.log"
+            htc = _htc_side(args.jobs, ["true"], _htc_site(bundle=1, qos="capped"), _shims(work / "htc-bin", log))
+            rows.append(("fed", args.jobs, plain, htc, plain_calls, _calls(log)))
+            print(f"fed: plain {plain:.1f} s, htc {htc:.1f} s, ratio {plain / htc:.3f}", flush=True)
+            _set_limit(None)
+        if args.only in (None, "bundled"):  # one array task per job, through the normal QOS's limit
+            log = work / "plain-short.log"
+            env = _shims(work / "plain-bin2", log)
+            normal = subprocess.run(["sacctmgr", "-n", "-P", "show", "qos", "normal", "format=maxsubmitpu"],
+                                    capture_output=True, text=True, check=True).stdout.split()
+            t0 = time.perf_counter()
+            subprocess.run(["bash", str(script), str(args.short), normal[0] if normal else "50000", "normal",
+                            "sleep 0.1"], env=env, check=True)
+            _wait_empty(env)
+            plain, plain_calls = time.perf_counter() - t0, _calls(log)
+            log = work / "htc-short.log"
+            htc = _htc_side(args.short, ["sleep", "0.1"], _htc_site(bundle=None, qos=None),
+                            _shims(work / "htc-bin2", log))
+            rows.append(("bundled", args.short, plain, htc, plain_calls, _calls(log)))
+            print(f"bundled: one task per job {plain:.1f} s, htc {htc:.1f} s, ratio {plain / htc:.2f}", flush=True)
     finally:
         _set_limit(None)
         shutil.rmtree(work, ignore_errors=True)

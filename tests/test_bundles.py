@@ -73,3 +73,15 @@ def test_one_job_of_a_bundle_is_cancelled_alone_and_a_timeout_is_its_own(site, r
         started = float((state_dir(task.storage.path(".")) / f"job-{group[0].id}-1.start").read_text().split()[1])
         assert rc == str(128 + 15) and float(ended) - started < 20  # stopped by TERM, not left to run 30 s
         assert not (logs / f"job-{group[3].id}.out").exists()  # never started
+
+
+def test_a_bundles_time_limit_stays_within_the_partitions():
+    """78 jobs with execTimeoutSeconds=3600 each would ask for 3 days; the partition allows 2."""
+    from htc_notebook.backends.slurm.arrays import _bundle_time
+    from htc_notebook.spec import PartitionProfile
+
+    knl = PartitionProfile(name="knl", cores_per_node=64, memory_per_node="64G", max_walltime="2-00:00:00",
+                           default_walltime="01:00:00")
+    assert _bundle_time(3600, 78, knl) == 2 * 86400
+    assert _bundle_time(30, 4, knl) == 4 * (30 + 10) + 60
+    assert _bundle_time(None, 50, knl) == 3600

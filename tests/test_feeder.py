@@ -122,6 +122,43 @@ def test_a_controller_that_stops_answering_mid_batch_loses_and_duplicates_nothin
         assert all(j.row.attempts == 1 for j in group)
 
 
+@contextmanager
+def controller_stopped(seconds: float):
+    """slurmctld stopped (SIGTERM, as an admin's restart), down for `seconds`, started again from
+    its saved state."""
+    s = spec()
+    pid = daemons.pidfile_alive(s.slurmctld_pidfile, "slurmctld")
+    assert pid
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while daemons.pidfile_alive(s.slurmctld_pidfile, "slurmctld"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    try:
+        yield
+        time.sleep(seconds)
+    finally:
+        daemons.start_slurmctld(s, clean=False)
+
+
+def test_a_controller_restarted_mid_batch_loses_and_duplicates_nothing(capped_site):
+    root = REPO / "test-output" / f"feed-{uuid.uuid4().hex[:8]}"
+    with Session(root, site=capped_site) as s:
+        task = s.project("feed").task("restarted")
+        task.storage.path("out").mkdir()
+        group = task.submit_batch(batch(14, seconds=1), profile="capped")
+        deadline = time.monotonic() + 60
+        while group.counts()["SUCCEEDED"] < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        with controller_stopped(6):
+            pass
+        group.wait(timeout=300)
+        assert group.counts()["SUCCEEDED"] == 14, group.counts()
+        assert outputs(task) == {i: [str(i)] for i in range(14)}
+        assert all(j.row.attempts == 1 for j in group)
+
+
 KERNEL = textwrap.dedent("""
     import sys, yaml
     from htc_notebook import Session, SiteConfig
@@ -165,6 +202,15 @@ def test_bad_max_queued_is_refused_with_the_field_named(bad):
     with pytest.raises(SpecError, match="max_queued"):
         SiteConfig.from_yaml(yaml.safe_dump({"profiles": {"p": {
             "backend": "slurm", "cores_per_node": 2, "memory_per_node": "1G", "max_queued": bad}}}))
+
+
+@pytest.mark.parametrize("field,bad", [("poll_seconds", 0), ("poll_seconds", "fast"), ("exit_file_grace", -1),
+                                       ("exit_file_grace", 1.5)])
+def test_bad_site_poll_settings_are_refused_with_the_field_named(field, bad):
+    with pytest.raises(SpecError, match=field):
+        SiteConfig.from_yaml(yaml.safe_dump({"profiles": {"p": {"backend": "slurm", "cores_per_node": 2,
+                                                                 "memory_per_node": "1G"}},
+                                             "default_profile": "p", field: bad}))
 
 
 def test_sbatch_words_are_sorted_into_limit_transient_refused():

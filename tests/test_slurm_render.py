@@ -61,6 +61,10 @@ def test_a_bundled_array_task_runs_its_jobs_in_turn_each_with_its_own_record(tmp
     (state / "job-15-1.cancel").touch()
     assert _run_task(tmp_path, script, 2).returncode == 0
     assert not (state / "job-15-1.start").exists()  # cancelled before its turn: never started
+    # the array task runs again (SLURM requeued it after a preemption): what ended is not run again
+    (logs / "job-13.out").unlink()
+    assert _run_task(tmp_path, script, 1).returncode == 0
+    assert not (logs / "job-13.out").exists()  # job 13 was not run again
 
 
 def test_a_sweep_array_runs_each_jobs_own_command_line(tmp_path):
@@ -82,6 +86,8 @@ def test_a_sweep_array_runs_each_jobs_own_command_line(tmp_path):
         assert (state / "job-22-1.exit").read_text().split()[0] == "0"
         for f in ("out-1", "out-2"):
             (tmp_path / f).unlink()
+        for f in state.iterdir():
+            f.unlink()
 
 
 def test_array_script_is_valid_bash():

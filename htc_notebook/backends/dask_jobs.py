@@ -15,14 +15,15 @@ import logging
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import groupby
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import cloudpickle
 
 from htc_notebook.backends.base import PER_JOB_ENV, Launch, Reporter, call_outcome
-from htc_notebook.backends.mpi_jobs import verdict
 from htc_notebook.backends.mpi_pool import PoolSpec, run_pooled
 from htc_notebook.backends.mpi_ranks import run_step
 from htc_notebook.backends.worker import JobRunner
@@ -45,6 +46,9 @@ PACK_SECONDS = 0.05
 PACKS_PER_THREAD = 4
 MAX_PACK = 1000
 PROBE_WAIT = 0.5  # seconds the rest of a submission waits for its probes before running unpacked
+# The runtime hands a large sweep over in slices (`Session.dispatch`), inside `one_submission()`:
+# there a slice of the same function, directory and environment as an earlier one joins it while
+# it waits for its probes, or runs as they decided. So a sweep is probed once, not once per slice.
 
 # Windows. dask keeps a few kB per task on the scheduler and on the client, so a sweep handed
 # over whole costs memory in proportion to its size. At most WINDOW dask tasks (a profile's
@@ -107,8 +111,18 @@ class _Held:
     runner: JobRunner
     launches: list[_Call]
     probes: set[int]  # job ids still running
+    group: tuple = ()  # what its jobs share: (id of the function, cwd, environment)
     durations: list[float] = field(default_factory=list)
     since: float | None = None  # when its probes left the queue (handed to dask or cancelled)
+
+
+@dataclass(eq=False)
+class _Verdict:
+    """How the probes of a submission decided its jobs run, for the submissions that continue it."""
+
+    runner: JobRunner
+    durations: list[float] | None  # None: run one per task
+    threads: int
 
 
 @dataclass(frozen=True)
@@ -138,6 +152,8 @@ class DaskJobs:
         self._queue: deque[tuple[How, list[Job]]] = deque()  # dask tasks waiting for room in the window
         self._waiting: dict[int, int] = {}  # job id -> attempt, for jobs queued or held that are still to run
         self._held: list[_Held] = []
+        self._verdicts: dict[tuple, _Verdict] = {}  # in one_submission(): group -> how its probes decided
+        self._open = 0  # one_submission() contexts open
         self._collector: threading.Thread | None = None
         self._wake = threading.Event()  # set by a submission: the collector looks at once
         self._rounds = 0
@@ -179,18 +195,40 @@ class DaskJobs:
         with self._lock:
             self._waiting.update((l.job_id, l.attempt) for l in launches)
             self._queue.extend((_Mpi(cores), [l]) for cores, group in steps.items() for l in group)
-            for (_, cwd, shared), same in calls.items():
-                runner = JobRunner(same[0].call.fn, str(cwd), dict(shared))
+            for key, same in calls.items():
                 group = [_Call(l.job_id, l.attempt, int(l.env.get("HTC_JOB_INDEX", 0)), l.call.args, l.call.kwargs,
                                (l.log_out, l.log_err)) for l in same]
+                held = next((h for h in self._held if h.group == key), None) if self._open else None
+                verdict = self._verdicts.get(key)
+                if held is not None:  # continues a submission waiting for its probes: wait with it
+                    held.launches += group
+                    continue
+                if verdict is not None:  # continues a submission its probes decided: run as they said
+                    self._queue_packed(verdict.runner, group, verdict.durations, verdict.threads)
+                    continue
+                runner = JobRunner(same[0].call.fn, str(key[1]), dict(key[2]))
                 if len(group) > 2 * PROBE_JOBS:
                     probes, rest = group[:PROBE_JOBS], group[PROBE_JOBS:]
-                    self._held.append(_Held(runner, rest, {l.job_id for l in probes}))
+                    self._held.append(_Held(runner, rest, {l.job_id for l in probes}, key))
                     self._queue.extendleft((runner, [l]) for l in reversed(probes))
                 else:
                     self._queue.extend((runner, [l]) for l in group)
         self._refill()
         self._start_collector()
+
+    @contextmanager
+    def one_submission(self) -> Iterator[None]:
+        """The submissions made inside are one (a sweep handed over in slices): a group of calls
+        probed by the first slice is not probed again; later slices run as its probes decide."""
+        with self._lock:
+            self._open += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._open -= 1
+                if not self._open:
+                    self._verdicts = {}
 
     def _refill(self) -> None:
         """Hand waiting dask tasks to dask while fewer than `window` are in flight.
@@ -210,10 +248,10 @@ class DaskJobs:
                         del self._waiting[l.job_id]
                     ready.append((how, pack))
                     room -= 1
-            for how, group in groupby(ready, key=lambda item: item[0]):
+            for (how, many), group in groupby(ready, key=lambda item: (item[0], len(item[1]) > 1)):
                 packs = [pack for _, pack in group]
                 futures = (self._map_mpi(client, how.cores, [p[0] for p in packs]) if isinstance(how, _Mpi)
-                           else self._map(client, how, packs))
+                           else self._map(client, how, packs, many))
                 for pack, fut in zip(packs, futures):
                     self._tasks[fut.key] = (pack, fut)
                     for l in pack:
@@ -241,10 +279,17 @@ class DaskJobs:
                                              resources={SLOTS: cores}, pure=False))
         return futures
 
-    def _map(self, client, runner: JobRunner, packs: list[list[_Call]]) -> list:
-        """One dask task per pack of jobs (a pack of one, or several quick ones)."""
+    def _map(self, client, runner: JobRunner, packs: list[list[_Call]], many: bool) -> list:
+        """One dask task per pack of jobs (packs of one, or `many` quick ones each).
+
+        A pack of many travels as one pickle that `_run_pack` loads on the worker: the scheduler
+        keeps its recent messages to each worker (dask's low-level log, 1,000 per worker), and there
+        a pack's jobs as Python objects would cost ~0.6 kB each, as bytes ~0.15 kB."""
         jobs = [[(c.job_id, c.index, c.args, c.kwargs, c.logs) for c in pack] for pack in packs]
-        return client.map(runner, jobs, key=[_key(pack) for pack in packs], pure=False)
+        keys = [_key(pack) for pack in packs]
+        if many:
+            return client.map(partial(_run_pack, runner), [cloudpickle.dumps(j) for j in jobs], key=keys, pure=False)
+        return client.map(runner, jobs, key=keys, pure=False)
 
     def _start_collector(self) -> None:
         self._wake.set()
@@ -329,10 +374,20 @@ class DaskJobs:
                     ready.append(held)
             self._held = [h for h in self._held if h not in ready]
         threads = sum(client.nthreads().values()) if any(not h.probes for h in ready) else 0
-        for held in ready:
-            n = 1 if held.probes else pack_size(held.durations, len(held.launches), threads)
-            with self._lock:  # cancelled ones are dropped when their pack leaves the queue
-                self._queue.extend((held.runner, held.launches[i:i + n]) for i in range(0, len(held.launches), n))
+        with self._lock:
+            for held in ready:
+                durations = None if held.probes else held.durations  # probes still out: PROBE_WAIT passed
+                log.debug("%d jobs after probes of %s s: packs of %d", len(held.launches), durations,
+                          1 if durations is None else pack_size(durations, len(held.launches), threads))
+                if self._open:
+                    self._verdicts[held.group] = _Verdict(held.runner, durations, threads)
+                self._queue_packed(held.runner, held.launches, durations, threads)
+
+    def _queue_packed(self, runner: JobRunner, calls: list[_Call], durations: list[float] | None, threads: int) -> None:
+        """Queue calls packed as their probes' `durations` say (None: one per task); with the lock held.
+        Cancelled ones are dropped when their pack leaves the queue."""
+        n = 1 if durations is None else pack_size(durations, len(calls), threads)
+        self._queue.extend((runner, calls[i:i + n]) for i in range(0, len(calls), n))
 
     def _gather(self, futures: list) -> list:
         try:
@@ -367,6 +422,7 @@ class DaskJobs:
             waiting = [l for _, pack in self._queue for l in pack] + [l for h in self._held for l in h.launches]
             pending += [l for l in waiting if self._waiting.get(l.job_id) == l.attempt]
             self._tasks, self._key_of, self._held, self._queue, self._waiting = {}, {}, [], deque(), {}
+            self._verdicts = {}
         for launch in pending:
             self._reporter.finished(Outcome(launch.job_id, launch.attempt, "CANCELLED",
                                             reason="session closed before the job finished"))
@@ -377,6 +433,11 @@ class DaskJobs:
                 cluster.close()
             except Exception as exc:  # noqa: BLE001 - e.g. a pilot SLURM refused never started; nothing to stop
                 log.info("closing the dask cluster: %s: %s", type(exc).__name__, exc)
+
+
+def _run_pack(runner: JobRunner, jobs: bytes) -> list[dict[str, Any]]:
+    """On a worker: run a pack of jobs sent as one pickle (see `DaskJobs._map`)."""
+    return runner(cloudpickle.loads(jobs))
 
 
 def _key(pack: list[Job]) -> str:
@@ -416,6 +477,8 @@ def _exception(fut) -> BaseException | None:
 def _outcome(launch: Job, fut, res) -> Outcome:
     """Translate what dask gave back into an Outcome."""
     if isinstance(res, dict) and res.get("mpi_step"):
+        from htc_notebook.backends.mpi_jobs import verdict  # here: workers import this module (_run_pack)
+
         return verdict(launch, res["exit_code"], res["reason"], host=res["host"], started=res["started"],
                        ended=res["ended"])
     if isinstance(res, dict) and "ok" in res:

@@ -210,10 +210,11 @@ def _scontrol_ping() -> bool:
     return out.returncode == 0 and "is UP" in out.stdout
 
 
-def start_slurmctld(spec: ClusterSpec, timeout: float = 30) -> int:
-    # -c: start from a clean state (no jobs from an earlier run), -i: ignore unreadable state
-    out = subprocess.run(["slurmctld", "-c", "-i", "-f", spec.slurm_conf], capture_output=True, text=True,
-                         env=_env(spec), timeout=60)
+def start_slurmctld(spec: ClusterSpec, timeout: float = 30, *, clean: bool = True) -> int:
+    """Start the controller: from a clean state (`up`: no jobs from an earlier run), or, with
+    clean=False, from its saved state (a restart that keeps the queue, as after a crash)."""
+    argv = ["slurmctld", *(["-c", "-i"] if clean else []), "-f", spec.slurm_conf]
+    out = subprocess.run(argv, capture_output=True, text=True, env=_env(spec), timeout=60)
     if out.returncode != 0:
         raise DevClusterError(f"slurmctld did not start (exit {out.returncode}): {out.stderr.strip()}\n"
                               f"  log {spec.slurmctld_log}:\n{_tail(spec.slurmctld_log)}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
@@ -23,9 +24,11 @@ if TYPE_CHECKING:
 
     from htc_notebook.runtime.session import Session
 
+PAGE = 5000  # jobs whose rows (and results) a group reads at a time
 REFRESH_MIN_INTERVAL = 0.02  # seconds between two looks at the ledger while waiting
 RECONCILE_EVERY = 2.0  # seconds between checks that jobs owned elsewhere still have a live owner
 TERMINAL = TERMINAL_NAMES
+_STATUS = {s: s for s in STATES}  # one string per state, however many jobs are in it
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,7 @@ class JobGroup(Sequence[JobHandle]):
         self._status: dict[int, str] = {}
         self._counts: dict[str, int] = dict.fromkeys(STATES, 0)
         self._seq = -1  # ledger seq already seen
+        self._members: range | set[int] | None = None
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{k}={v}" for k, v in self.counts().items() if v)
@@ -173,17 +177,34 @@ class JobGroup(Sequence[JobHandle]):
 
     # -- state ------------------------------------------------------------------
     def rows(self) -> list[JobRow]:
-        wanted = set(self.ids)
-        by_id = {r.id: r for r in self.session.ledger.jobs(self.task_id) if r.id in wanted}
-        return [by_id[j] for j in self.ids if j in by_id]
+        return [row for page in self._pages() for row in page]
+
+    def _pages(self) -> Iterator[list[JobRow]]:
+        """The members' rows in member order, PAGE jobs at a time (ids not in the task are left out).
+        A page of a sweep's ids, numbered consecutively, is one query over their range."""
+        ledger = self.session.ledger
+        for start in range(0, len(self.ids), PAGE):
+            ids, by_id = self.ids[start:start + PAGE], {}
+            for first, last in _spans(ids, PAGE):
+                by_id.update((r.id, r) for r in ledger.jobs(self.task_id, after_id=first - 1, limit=last - first + 1))
+            yield [by_id[j] for j in ids if j in by_id]
+
+    def _wanted(self) -> range | set[int]:
+        """The members' ids, to test membership: a range when they are consecutive (a new sweep)."""
+        if self._members is None:
+            ids = self.ids
+            consecutive = bool(ids) and ids[-1] - ids[0] == len(ids) - 1 and all(b == a + 1 for a, b in pairwise(ids))
+            self._members = range(ids[0], ids[-1] + 1) if consecutive else set(ids)
+        return self._members
 
     def refresh(self) -> dict[int, str]:
         """Bring the status of every member up to date, reading only rows that changed."""
-        wanted = set(self.ids)
+        wanted = self._wanted()
         self._seq, changed = self.session.ledger.status_changes(self.task_id, self._seq)
         counts, known = self._counts, self._status
         for job_id, status in changed:
             if job_id in wanted:
+                status = _STATUS.get(status, status)
                 old = known.get(job_id)
                 if old is not None:
                     counts[old] -= 1
@@ -234,18 +255,20 @@ class JobGroup(Sequence[JobHandle]):
             self.session.reconcile(self.session.ledger.job(j) for j in foreign)
 
     def results(self, timeout: float | None = None, *, errors: str = "raise") -> list[Any]:
-        """Values in member order. `errors`: "raise" the first failure, or "return" JobFailed objects."""
+        """Values in member order. `errors`: "raise" the first failure, or "return" JobFailed objects.
+
+        Rows and stored results are read a page at a time: beyond the values, it holds one page."""
         self.wait(timeout)
         out = []
-        rows = self.rows()
-        stored = self.session.ledger.results(r.id for r in rows if r.kind == "python" and r.status == "SUCCEEDED")
-        for row in rows:
-            if row.status == "SUCCEEDED":
-                out.append(load_result(self.session, row, stored.get(row.id)))
-            elif errors == "return":
-                out.append(failure(row))
-            else:
-                raise failure(row)
+        for page in self._pages():
+            stored = self.session.ledger.results(r.id for r in page if r.kind == "python" and r.status == "SUCCEEDED")
+            for row in page:
+                if row.status == "SUCCEEDED":
+                    out.append(load_result(self.session, row, stored.get(row.id)))
+                elif errors == "return":
+                    out.append(failure(row))
+                else:
+                    raise failure(row)
         return out
 
     def cancel(self) -> list[int]:
@@ -271,6 +294,21 @@ class JobGroup(Sequence[JobHandle]):
                 rec["result"] = load_result(self.session, row) if row.status == "SUCCEEDED" else None
             records.append(rec)
         return pd.DataFrame.from_records(records)
+
+
+def _spans(ids: Sequence[int], width: int) -> list[tuple[int, int]]:
+    """The distinct ids as runs (first, last) no wider than `width`, to read a range each.
+
+    >>> _spans([7, 5, 6, 40, 5], 10)
+    [(5, 7), (40, 40)]
+    """
+    runs: list[list[int]] = []
+    for j in sorted(set(ids)):
+        if runs and j - runs[-1][0] < width:
+            runs[-1][1] = j
+        else:
+            runs.append([j, j])
+    return [(a, b) for a, b in runs]
 
 
 class _Progress:

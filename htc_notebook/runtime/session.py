@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 import weakref
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -31,6 +32,7 @@ from htc_notebook.spec import PartitionProfile, RetryPolicy, SiteConfig
 from htc_notebook.storage import Storage
 
 POLL_SECONDS = 0.25
+DISPATCH_SLICE = 5000  # jobs whose attempts and Launches are built and handed over at a time
 
 
 @dataclass(frozen=True)
@@ -223,36 +225,70 @@ class Session:
             obj = self._calls[digest] = cloudpickle.loads(Path(path).read_bytes())
         if isinstance(obj, Call):
             return obj
-        return Call(obj, (), dict(row.params))
+        return Call(obj, (), row.params)  # the job's own dict (a copy of its member's), not shared
 
     def dispatch(self, task: TaskRow, rows: Sequence[JobRow | Pending]) -> None:
-        """Record an attempt for each job (write-ahead), then hand them to their backends."""
+        """Record an attempt for each job (write-ahead), then hand them to their backends.
+
+        A slice of DISPATCH_SLICE jobs at a time: their attempts, their Launches, handed over and
+        dropped, so memory does not grow with a sweep's size. Plain Python calls are handed over
+        slice by slice (DaskJobs keeps them as small records, probing once per sweep); other
+        launches are handed over together at the end (SLURM arrays and throttles are per submission).
+        """
         if not rows:
             return
         log_dir = self.storage.log_paths(task.project, task.name, rows[0].id)[0].parent
         log_dir.mkdir(parents=True, exist_ok=True)
-        prefix = os.path.join(log_dir, "job-")
-        logs = {r.id: (f"{prefix}{r.id}.out", f"{prefix}{r.id}.err") for r in rows}
-        numbers = self.ledger.start_attempts([
-            AttemptStart(r.id, host=self.owner.host, native_id=f"local:{self.owner}",
-                         log_out=logs[r.id][0], log_err=logs[r.id][1], status="RUNNABLE")
-            for r in rows])
-        by_profile: dict[str, list[Launch]] = {}
-        where = self._where(task)
-        for row, attempt in zip(rows, numbers):
-            if not attempt:
-                continue  # became terminal meanwhile (e.g. cancelled)
-            self._job_task[row.id] = task.id
-            by_profile.setdefault(row.profile, []).append(self._launch(task, where, row, attempt, *logs[row.id]))
-        for profile, launches in by_profile.items():
+        prefix, where = os.path.join(log_dir, "job-"), self._where(task)
+        later: dict[str, list[Launch]] = {}
+        with ExitStack() as one:  # to each dask runner the slices are one submission (probed once)
+            for profile in {r.profile for r in rows}:
+                for runner in self.backend(self.profile(profile)).dask_runners().values():
+                    one.enter_context(runner.one_submission())
+            for start in range(0, len(rows), DISPATCH_SLICE):
+                end = start + DISPATCH_SLICE
+                # one expression: the previous slice's Launches are gone before the next is built
+                self._hand_over(self._attempt(task, where, prefix, rows[start:end], later), later, rows, end)
+            self._hand_over(later, {}, rows, len(rows))
+
+    def _attempt(self, task: TaskRow, where, prefix: str, rows: Sequence[JobRow | Pending],
+                 later: dict[str, list[Launch]]) -> dict[str, list[Launch]]:
+        """Start an attempt for each of these jobs and make the Launches of those still live: plain
+        Python calls are returned by profile, the others added to `later`."""
+        native = f"local:{self.owner}"
+        logs = [(f"{prefix}{r.id}.out", f"{prefix}{r.id}.err") for r in rows]
+        numbers = self.ledger.start_attempts([AttemptStart(r.id, host=self.owner.host, native_id=native, log_out=o,
+                                                           log_err=e, status="RUNNABLE")
+                                              for r, (o, e) in zip(rows, logs)])
+        now: dict[str, list[Launch]] = {}
+        for row, attempt, (o, e) in zip(rows, numbers, logs):
+            if attempt:  # 0: became terminal meanwhile (e.g. cancelled)
+                self._job_task[row.id] = task.id
+                launch = self._launch(task, where, row, attempt, o, e)
+                plain = launch.kind == "python" and launch.mpi is None
+                (now if plain else later).setdefault(row.profile, []).append(launch)
+        return now
+
+    def _hand_over(self, by_profile: dict[str, list[Launch]], later: dict[str, list[Launch]],
+                   rows: Sequence[JobRow | Pending], end: int) -> None:
+        """Submit launches per profile. If a backend refuses, what it did not take, what waits for
+        `later` and the jobs not yet attempted (`rows[end:]`) end FAILED saying why (they were
+        recorded before submission, write-ahead), then the error is raised."""
+        queue = list(by_profile.items())
+        for k, (profile, launches) in enumerate(queue):
             backend = self.backend(self.profile(profile))
             try:
                 backend.submit(launches)
             except HTCError as exc:
-                # recorded before submission (write-ahead): say why the ones not taken never ran, then raise
-                taken = backend.running()
-                self.ledger.record_outcomes([Outcome(l.job_id, l.attempt, "FAILED", reason=f"not submitted: {exc}",
-                                                     ended=time.time()) for l in launches if l.job_id not in taken])
+                taken, reason, unstarted = backend.running(), f"not submitted: {exc}", rows[end:]
+                unsent = [l for l in launches if l.job_id not in taken]
+                unsent += [l for _, rest in queue[k + 1:] + list(later.items()) for l in rest]
+                numbers = self.ledger.start_attempts([AttemptStart(r.id, host=self.owner.host, status="RUNNABLE")
+                                                      for r in unstarted]) if unstarted else []
+                self.ledger.record_outcomes(
+                    [Outcome(l.job_id, l.attempt, "FAILED", reason=reason, ended=time.time()) for l in unsent]
+                    + [Outcome(r.id, n, "FAILED", reason=reason, ended=time.time())
+                       for r, n in zip(unstarted, numbers) if n])
                 self._notify()
                 raise
 

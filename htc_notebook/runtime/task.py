@@ -147,11 +147,16 @@ class Task:
         new = [NewJob(name=label, kind=kind, params=dict(m.params), spec=render(m.params), key=k,
                       index=i, profile=prof.name, priority=priority)
                for i, (m, k) in enumerate(zip(sweep.members, keys)) if k not in existing]
-        new_ids = iter(self._add(new, NewBatch(label, len(new), {"sweep": identity, "members": len(sweep)})))
+        order = [existing[k].id if k in existing else None for k in keys] if existing else None  # None: new
+        del keys  # the new jobs hold theirs, and are let go once recorded (see _add)
+        new_ids = self._add(new, NewBatch(label, len(new), {"sweep": identity, "members": len(sweep)}))
         rerun = [r.id for r in existing.values() if r.status in REQUEUEABLE_NAMES]
         if rerun:
             self.session.retry(rerun, "sweep submitted again")
-        ids = [existing[k].id if k in existing else next(new_ids) for k in keys]
+        if order is not None:
+            fresh = iter(new_ids)
+            new_ids = [j if j is not None else next(fresh) for j in order]
+        ids = new_ids
         return JobGroup(self.session, self.id, ids, label,
                         skipped=sum(1 for r in existing.values() if r.status == "SUCCEEDED"))
 
@@ -250,11 +255,16 @@ class Task:
         return self._add([job])[0]
 
     def _add(self, jobs: list[NewJob], batch: NewBatch | None = None) -> list[int]:
-        """Write-ahead: record the jobs, then dispatch them. Returns their ids."""
+        """Write-ahead: record the jobs, then dispatch them. Returns their ids.
+
+        Takes `jobs` over: once recorded, the list is emptied, so only their small Pending
+        records (what dispatch needs) stay alive while a large sweep is handed over."""
         if not jobs:
             return []
         ids = self.session.ledger.add_jobs(self.id, jobs, batch)
-        self.session.dispatch(self.row, [Pending(i, j) for i, j in zip(ids, jobs)])
+        pending = [Pending(i, j) for i, j in zip(ids, jobs)]
+        jobs.clear()
+        self.session.dispatch(self.row, pending)
         return ids
 
 

@@ -8,8 +8,8 @@ ones that left the queue); what it learns is committed to the ledger, which ever
 reads. The others only drop from their watch what the ledger says has ended. When the holder
 closes it gives the lease up; when it dies, the lease expires and another process takes over.
 
-The interval grows with the number of jobs watched and with how long squeue takes, and backs off
-while squeue fails:
+The interval grows with the number of array tasks watched (a bundle of short jobs counts once) and
+with how long squeue takes, and backs off while squeue fails:
 
 >>> poll_interval(2, 0, 0.01, 0), poll_interval(2, 10_000, 0.01, 0), poll_interval(2, 10, 1.5, 0)
 (2.0, 12.0, 15.0)
@@ -20,7 +20,6 @@ while squeue fails:
 from __future__ import annotations
 
 import threading
-import time
 from typing import TYPE_CHECKING
 
 from htc_notebook.errors import HTCError
@@ -30,14 +29,15 @@ if TYPE_CHECKING:
     from htc_notebook.runtime.session import Session
 
 LEASE = "slurm-status-poll"
-JOBS_PER_STEP = 2000  # the interval grows by `base` for every this many jobs watched
+JOBS_PER_STEP = 2000  # the interval grows by `base` for every this many array tasks watched
 MAX_INTERVAL = 60.0
 LEASE_MIN_SECONDS = 10.0  # a holder silent this long (and 3 intervals) is taken over; two pollers for a moment are harmless
 
 
 def poll_interval(base: float, watched: int, took: float, failures: int) -> float:
-    """Seconds until the next poll: `base` (more with many jobs), at least 10x what the last poll
-    took, doubled for each failure in a row; at most MAX_INTERVAL."""
+    """Seconds until the next poll: `base` (more with many array tasks), at least 10x what squeue
+    took last time (a slow controller is left alone), doubled for each failure in a row; at most
+    MAX_INTERVAL."""
     interval = max(base * (1 + watched / JOBS_PER_STEP), 10 * took) * 2 ** min(failures, 5)
     return round(min(interval, MAX_INTERVAL), 2)
 
@@ -78,15 +78,16 @@ class SlurmWatch:
             return
         rows = ledger.scheduler_jobs()
         s.watch_rows(rows)
-        t0 = time.monotonic()
+        took = 0.0
         try:
             for b in s.slurm_backends():
-                b.arrays.poll()
+                took += b.arrays.poll()
             self.failures = 0
         except HTCError:
             self.failures += 1
         self.polls += 1
-        self.interval = poll_interval(self.base, len(rows), time.monotonic() - t0, self.failures)
+        tasks = len({native.split("/")[0] for _, _, _, native, _, _ in rows})  # what squeue lists: bundles once
+        self.interval = poll_interval(self.base, tasks, took, self.failures)
 
     def close(self) -> None:
         self._stop.set()

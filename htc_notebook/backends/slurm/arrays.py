@@ -30,7 +30,8 @@ from htc_notebook.backends.mpi_ranks import is_python_job, rank_dir, read_outcom
 from htc_notebook.backends.slurm import limits as site_limits
 from htc_notebook.backends.slurm import scheduler
 from htc_notebook.errors import BackendError
-from htc_notebook.backends.slurm.script import TIMEOUT_EXIT, command_line, render_array, sbatch_argv
+from htc_notebook.backends.slurm.script import (KILL_AFTER, SLURM_MARGIN, TIMEOUT_EXIT, command_line,
+                                                render_array, sbatch_argv)
 from htc_notebook.backends.slurm.states import end_reason, explain_pending, htc_status
 from htc_notebook.ledger import Outcome
 from htc_notebook.ledger.states import TERMINAL_NAMES
@@ -369,7 +370,7 @@ class ArrayRunner:
             nodes=first.mpi.nodes if first.mpi else None,
             ntasks_per_node=first.mpi.ranks_per_node if first.mpi else None,
             mem_mib=first.memory, tmp_gib=first.disk_gib,
-            timeout_s=first.timeout, time_s=None if first.timeout else p.default_walltime,
+            timeout_s=first.timeout, time_s=_bundle_time(first.timeout, bundle, p),
             account=p.account, qos=(p.economy_qos or p.qos) if first.priority else p.qos,
             constraints=p.constraints, gres=f"gpu:{first.gpus}" if first.gpus else None,
             throttle=first.throttle, setup=p.setup, env=env, bundle=bundle)
@@ -434,24 +435,27 @@ class ArrayRunner:
                 self._last_error = exc
             self._stop.wait(FEED_SECONDS)
 
-    def poll(self) -> None:
+    def poll(self) -> float:
         """One look at every tracked task; reports what changed. Called by the data root's one
-        poller (runtime/watch.py); raises BackendError when squeue fails (the poller backs off)."""
+        poller (runtime/watch.py); raises BackendError when squeue fails (the poller backs off).
+        Returns the seconds squeue took. Jobs of pending array tasks are not looked for on disk."""
         with self._lock:
             tracked = list(self._tracked.values())
         if not tracked:
-            return
+            return 0.0
+        t0 = time.monotonic()
         queue = scheduler.squeue({t.task.split("_")[0] for t in tracked})
+        took = time.monotonic() - t0
         missing: list[Tracked] = []
         for t in tracked:
-            ended = _read_exit(t)
+            entry = queue.get(t.task)
+            status = htc_status(entry.state) if entry else None
+            ended = _read_exit(t) if status != "RUNNABLE" else None
             if ended is not None:
                 self._finish(t, ended)
-            elif t.task in queue:
-                entry = queue[t.task]
-                status = htc_status(entry.state)
+            elif entry is not None:
                 reason = explain_pending(entry.reason) if status == "RUNNABLE" else None
-                host = _read_start_host(t)
+                host = _read_start_host(t) if status != "RUNNABLE" else None
                 if t.bundled and status == "RUNNING" and host is None:
                     status, reason = "RUNNABLE", f"waiting its turn in array task {t.task} (bundled jobs run in turn)"
                 self._report(t, status, reason, host or (entry.nodes or None))
@@ -464,6 +468,7 @@ class ArrayRunner:
                 known = {**scheduler.sacct_jobs(array_id), **known}
             for t in group:
                 self._resolve_missing(t, known.get(t.task))
+        return took
 
     def _report(self, t: Tracked, status: str, reason: str | None, host: str | None) -> None:
         if t.last == (status, reason, host):
@@ -521,6 +526,16 @@ class ArrayRunner:
                 ran = outcome.ended - outcome.started if outcome.started and outcome.ended else None
                 self._timed[t.job_id] = ran
         self._reporter.finished(outcome)
+
+
+def _bundle_time(timeout: int | None, bundle: int, profile: PartitionProfile) -> int | None:
+    """The array task's --time: each job's timeout (plus the kill margin) for every job of the bundle,
+    at most the partition's limit (bundled jobs were measured short; a bundle that still runs out
+    of time leaves its unrun jobs to SLURM's TIMEOUT verdict); without a timeout, the profile's default."""
+    if not timeout:
+        return profile.default_walltime
+    wanted = bundle * (timeout + KILL_AFTER) + SLURM_MARGIN
+    return min(wanted, profile.max_walltime) if profile.max_walltime else wanted
 
 
 def stop_bundled(sdir: Path | str, job_id: int, attempt: int) -> None:

@@ -92,7 +92,8 @@ def render_array(*, job_name: str, size: int, ids_file: str, offset: int, task_d
         "  export HTC_JOB_ID=$1 HTC_ATTEMPT=$2",
         f"  export HTC_JOB_INDEX=$((htc_n - 1 + {int(offset)}))",
         '  htc_job="$htc_state/job-$HTC_JOB_ID-$HTC_ATTEMPT"',
-        '  [ -e "$htc_job.cancel" ] && continue',
+        # cancelled alone, or done before its array task was preempted and requeued: not (again)
+        '  [ -e "$htc_job.cancel" ] || [ -e "$htc_job.exit" ] && continue',
         "  (",
         f"    exec >{q(log_dir)}/job-$HTC_JOB_ID.out 2>{q(log_dir)}/job-$HTC_JOB_ID.err",
         '    printf "%s %s\\n" "$htc_host" "${EPOCHREALTIME:-$(date +%s.%N)}" > "$htc_job.start"',

@@ -1,0 +1,133 @@
+"""A large sweep is handed over in slices: at most one slice of Launches is alive at once,
+every job still runs once (its own attempt), and the sweep is probed once, not once per slice."""
+
+from __future__ import annotations
+
+import pytest
+
+from htc_notebook import Sweep
+from htc_notebook.backends.base import Launch
+
+N, SLICE = 20_000, 2_000
+
+
+class CountedLaunch(Launch):
+    """A Launch that counts how many of its kind are alive (CPython frees at the last reference)."""
+
+    live = peak = made = 0
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        cls = CountedLaunch
+        cls.live, cls.made = cls.live + 1, cls.made + 1
+        cls.peak = max(cls.peak, cls.live)
+
+    def __del__(self):
+        CountedLaunch.live -= 1
+
+
+def add_one(x: int) -> int:
+    return x + 1
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """One N-job sweep dispatched SLICE jobs at a time, with Launches counted; its task stream."""
+    from distributed import get_task_stream
+
+    from htc_notebook import Session, SiteConfig
+    from htc_notebook.backends import dask_jobs
+    from htc_notebook.runtime import session as session_module
+
+    with pytest.MonkeyPatch.context() as mp:
+        # packing decided by the probes whatever the machine's load: quick means under 5 s here,
+        # and packs are as large as the threads allow
+        mp.setattr(dask_jobs, "PACK_BELOW", 5.0)
+        mp.setattr(dask_jobs, "PACK_SECONDS", 1e3)
+        mp.setattr(dask_jobs, "PROBE_WAIT", 300.0)
+        mp.setattr(session_module, "DISPATCH_SLICE", SLICE)
+        mp.setattr(session_module, "Launch", CountedLaunch)
+        with Session(tmp_path_factory.mktemp("htc-root"), site=SiteConfig.builtin()) as s:
+            client = s.backend(s.profile("local")).client
+            task = s.project("p").task("big")
+            with get_task_stream(client) as stream:
+                group = task.sweep(add_one, Sweep.zip(x=list(range(N))))
+                values = group.results(timeout=600)
+            yield s, task, group, values, [t["key"] for t in stream.data]
+
+
+def test_at_most_one_slice_of_launches_is_alive_at_once(swept):
+    assert CountedLaunch.made == N  # every job got its Launch...
+    assert CountedLaunch.peak <= SLICE  # ...but never more than a slice of them lived at once
+    assert CountedLaunch.live == 0
+
+
+def test_every_job_runs_once_with_its_own_attempt(swept):
+    _, task, group, values, _ = swept
+    assert values == [x + 1 for x in range(N)]
+    rows = task.jobs().rows()
+    assert len(rows) == N and {r.status for r in rows} == {"SUCCEEDED"}
+    assert {r.attempts for r in rows} == {1}
+    assert len({r.log_out for r in rows}) == N  # each its own log
+
+
+def test_the_sweep_is_probed_once_not_once_per_slice(swept):
+    from htc_notebook.backends.dask_jobs import PROBE_JOBS
+
+    *_, keys = swept
+    packs = [k for k in keys if "-x" in k]
+    assert len(keys) - len(packs) == PROBE_JOBS
+    assert sum(int(k.rsplit("-x", 1)[1]) for k in packs) == N - PROBE_JOBS
+
+
+def test_results_read_in_pages_keep_member_order_for_any_ids(swept, monkeypatch):
+    from htc_notebook.runtime import handles
+    from htc_notebook.runtime.handles import JobGroup
+
+    s, task, group, values, _ = swept
+    monkeypatch.setattr(handles, "PAGE", 700)
+    picked = list(range(N - 1, -1, -3)) + [0, 3, 8]  # out of order and scattered (distinct: wait() counts jobs)
+    ids, expected = [group.ids[i] for i in picked], [values[i] for i in picked]
+    assert JobGroup(s, task.id, ids, "mixed").results() == expected
+
+
+class RefusesSecondSlice:
+    """A backend that takes the first submission and refuses the next (say, the site said no)."""
+
+    def __init__(self):
+        self.taken: set[int] = set()
+
+    def submit(self, launches):
+        from htc_notebook.errors import BackendError
+
+        if self.taken:
+            raise BackendError("the site refused the submission")
+        self.taken |= {l.job_id for l in launches}
+
+    def running(self):
+        return set(self.taken)
+
+    def dask_runners(self):
+        return {}
+
+    def close(self):
+        pass
+
+
+def test_when_a_slice_is_refused_every_job_not_taken_ends_failed_saying_why(tmp_path, monkeypatch):
+    from htc_notebook import HTCError, Session, SiteConfig
+    from htc_notebook.runtime import session as session_module
+
+    monkeypatch.setattr(session_module, "DISPATCH_SLICE", 10)
+    backend = RefusesSecondSlice()
+    with Session(tmp_path, site=SiteConfig.builtin()) as s:
+        monkeypatch.setattr(s, "backend", lambda profile: backend)
+        task = s.project("p").task("refused")
+        with pytest.raises(HTCError, match="refused"):
+            task.sweep(add_one, Sweep.zip(x=list(range(35))))
+        rows = task.jobs().rows()
+        assert len(rows) == 35 and len(backend.taken) == 10
+        assert all(r.status == "RUNNABLE" for r in rows if r.id in backend.taken)
+        failed = [r for r in rows if r.id not in backend.taken]
+        assert len(failed) == 25 and all(r.status == "FAILED" and "not submitted" in r.reason and r.attempts == 1
+                                         for r in failed)
