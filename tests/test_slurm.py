@@ -90,7 +90,11 @@ def test_rejected_pilot_raises_with_the_schedulers_message_fast(session):
         assert job.status == "FAILED" and "invalid partition" in job.row.reason.lower()
 
 
-def test_a_batch_bigger_than_max_array_size_runs_every_index_exactly_once(session):
+def test_a_batch_bigger_than_max_array_size_runs_every_index_exactly_once(site, session):
+    # bundling off (bundle: 1): one array task per job, so 2,500 jobs need several arrays
+    data = {"profiles": {n: site.profile(n).model_dump(exclude_none=True, exclude={"name"}) for n in site.names()}}
+    data["profiles"]["knl"]["bundle"] = 1
+    session = Session(session.root, site=SiteConfig.from_yaml(yaml.safe_dump(data)))
     task = session.project("slurm").task("big-batch")
     batch = {"jobName": "many", "batchSize": 2500,
              "htcJobDefinition": {"commands": ["sh", "-c", 'echo "$HTC_JOB_INDEX $(hostname)" >> out/$HTC_JOB_INDEX'],
@@ -105,6 +109,8 @@ def test_a_batch_bigger_than_max_array_size_runs_every_index_exactly_once(sessio
     lines = {int(p.name): p.read_text().splitlines() for p in out.iterdir()}
     assert sorted(lines) == list(range(2500))
     assert all(len(v) == 1 and v[0].endswith("node4") for v in lines.values())
+    assert all("/" not in j.row.native_id for j in group)  # not bundled
+    session.close()
 
 
 def test_exit_code_3_is_failed_with_code_and_log(session):
