@@ -100,6 +100,21 @@ def test_a_batch_above_the_qos_limit_is_fed_and_runs_every_index_once(capped_sit
     assert CAP - 1 <= max(watch.samples) <= CAP, watch.samples
 
 
+def test_held_jobs_cancelled_from_another_process_are_never_sent(capped_site):
+    root = REPO / "test-output" / f"feed-{uuid.uuid4().hex[:8]}"
+    with Session(root, site=capped_site) as s:
+        task = s.project("feed").task("cancel-held")
+        task.storage.path("out").mkdir()
+        group = task.submit_batch(batch(14, seconds=1), profile="capped")
+        s.flush()
+        late = [j.id for j in group[9:]]  # held behind the limit of 6
+        with Session(root, site=capped_site) as other:  # another kernel, or the REST API
+            assert other.cancel(late) == late
+        group.wait(timeout=300)
+        assert [j.status for j in group] == ["SUCCEEDED"] * 9 + ["CANCELLED"] * 5
+        assert sorted(outputs(task)) == list(range(9))  # the cancelled ones never ran
+
+
 def test_a_controller_that_stops_answering_mid_batch_loses_and_duplicates_nothing(capped_site):
     root = REPO / "test-output" / f"feed-{uuid.uuid4().hex[:8]}"
     with Session(root, site=capped_site) as s:

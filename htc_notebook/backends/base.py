@@ -64,9 +64,13 @@ class Reporter(Protocol):
 
     def started(self, job_id: int, attempt: int, host: str, native_id: str | None) -> None: ...
 
-    def submitted(self, native_ids: dict[int, str], reason: str, status: str = "RUNNABLE") -> None:
-        """Jobs a scheduler accepted (job id -> native id), or (status HELD, native id `sbatch:<token>`)
-        about to be sent: recorded before this returns."""
+    def sending(self, job_ids: Sequence[int], native_id: str, reason: str) -> set[int]:
+        """Jobs about to be sent to a scheduler as `native_id` (e.g. `sbatch:<token>`): recorded
+        before this returns. Returns the ones still active; the others must not be sent."""
+        ...
+
+    def submitted(self, native_ids: dict[int, str], reason: str) -> None:
+        """Jobs a scheduler accepted (job id -> native id): recorded before this returns."""
         ...
 
     def update(self, job_ids: Sequence[int], status: str, *, reason: str | None = None,

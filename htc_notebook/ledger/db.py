@@ -420,6 +420,18 @@ class Ledger:
             _events_per_task(con, moved, now, "cancelled", reason)
         return _in_order(ids, moved)
 
+    def intend(self, job_ids: Iterable[int], native_id: str, reason: str) -> list[int]:
+        """Record that these jobs are about to be sent to a scheduler as `native_id` (HELD until it
+        answers). Returns the ids still active: a job cancelled meanwhile, by any process, is not sent."""
+        ids = _ids(job_ids)
+        now = time.time()
+        with self._write() as con:
+            seq = _next_seq(con)
+            moved = con.execute(f"UPDATE jobs SET status = 'HELD', reason = ?, native_id = ?, updated = ?, seq = ? "
+                                f"WHERE id IN {IN_JSON} AND status IN ({ACTIVE_SQL}) RETURNING id",
+                                (reason, native_id, now, seq, json.dumps(ids))).fetchall()
+        return [r[0] for r in moved]
+
     def claim(self, job_ids: Iterable[int], old_owner: str, new_owner: str) -> list[int]:
         """Make `new_owner` responsible for active jobs still owned by `old_owner` (compare and set:
         of two processes claiming the same jobs, one gets them). Returns the ids claimed."""

@@ -43,9 +43,15 @@ class Recorder:
     def started(self, job_id: int, attempt: int, host: str, native_id: str | None) -> None:
         self._put(("update", (job_id,), "RUNNING", None, host, native_id))
 
-    def submitted(self, native_ids: dict[int, str], reason: str, status: str = "RUNNABLE") -> None:
+    def sending(self, job_ids, native_id: str, reason: str) -> set[int]:
+        """Synchronous: the intent is in the ledger before the scheduler hears of the jobs."""
+        live = set(self._ledger.intend(job_ids, native_id, reason))
+        self._on_commit([])
+        return live
+
+    def submitted(self, native_ids: dict[int, str], reason: str) -> None:
         """Synchronous, unlike the rest: the link to the scheduler's job must survive a crash."""
-        self._ledger.set_statuses([([job_id], status, reason, None, native)
+        self._ledger.set_statuses([([job_id], "RUNNABLE", reason, None, native)
                                    for job_id, native in native_ids.items()])
         self._on_commit([])
 

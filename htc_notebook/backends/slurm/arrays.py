@@ -322,6 +322,15 @@ class ArrayRunner:
         first = chunk[0]
         sdir = state_dir(first.cwd)
         sdir.mkdir(parents=True, exist_ok=True)
+        token = uuid.uuid4().hex[:16]
+        # the intent, before sbatch: a restart looks this chunk up by its comment instead of sending it
+        # twice; a job cancelled meanwhile (by any process) gets its .cancel file, so its array task skips it
+        live = self._reporter.sending([l.job_id for l in chunk], f"sbatch:{token}", "being submitted to SLURM")
+        if not live:
+            return  # all cancelled while they waited: nothing to send
+        for l in chunk:
+            if l.job_id not in live:
+                stop_bundled(sdir, l.job_id, l.attempt)
         stem = sdir / f"array-{first.job_id}-{first.attempt}"
         ids_file = Path(f"{stem}.ids")
         atomic_write(ids_file, "".join(f"{l.job_id} {l.attempt}\n" for l in chunk).encode())
@@ -332,10 +341,6 @@ class ArrayRunner:
         script = Path(f"{stem}.sh")
         atomic_write(script, self._script(chunk, str(ids_file), str(commands_file) if commands_file else None,
                                           of.bundle or 1).encode())
-        token = uuid.uuid4().hex[:16]
-        # the intent, before sbatch: a restart looks this chunk up by its comment instead of sending it twice
-        self._reporter.submitted({l.job_id: f"sbatch:{token}" for l in chunk}, reason="being submitted to SLURM",
-                                 status="HELD")
         try:
             job = scheduler.sbatch(sbatch_argv(str(script), wrapper_log=f"{stem}-%a.log", chdir=str(first.cwd),
                                                comment=f"htc:{token}"))
@@ -343,16 +348,18 @@ class ArrayRunner:
             if site_limits.classify(str(exc)) == "transient":
                 of.token = token  # no clear answer: it may be in SLURM
             raise
-        self._track(chunk, job, of.bundle or 1)
+        self._track(chunk, job, of.bundle or 1, live)
 
-    def _track(self, chunk: list[Launch], job: str, bundle: int) -> None:
-        """Watch array `job` (job i of the chunk is in task i // bundle) and record the native ids now."""
+    def _track(self, chunk: list[Launch], job: str, bundle: int, live: set[int] | None = None) -> None:
+        """Watch array `job` (job i of the chunk is in task i // bundle) and record the native ids now
+        (of the `live` jobs: the others were cancelled before sbatch and are skipped by their task)."""
         sdir = state_dir(chunk[0].cwd)
         natives = {l.job_id: f"{job}_{i // bundle}" + (f"/{bundle}" if bundle > 1 else "")
-                   for i, l in enumerate(chunk)}
+                   for i, l in enumerate(chunk) if live is None or l.job_id in live}
         with self._lock:
             for l in chunk:
-                self._tracked[l.job_id] = Tracked(l.job_id, l.attempt, natives[l.job_id], sdir, l.timeout)
+                if l.job_id in natives:
+                    self._tracked[l.job_id] = Tracked(l.job_id, l.attempt, natives[l.job_id], sdir, l.timeout)
         what = f"as array {job}" + (f", {bundle} jobs per array task" if bundle > 1 else "")
         self._reporter.submitted(natives, reason=f"submitted to SLURM {what}")
 
