@@ -67,6 +67,25 @@ def outputs(task) -> dict[int, list[str]]:
     return {int(p.name): p.read_text().split() for p in task.storage.path("out").iterdir()}
 
 
+def feeding(s, name: str, n: int):
+    """A batch of n 1-second jobs through the capped QOS, once the first two have succeeded."""
+    task = s.project("feed").task(name)
+    task.storage.path("out").mkdir()
+    group = task.submit_batch(batch(n, seconds=1), profile="capped")
+    deadline = time.monotonic() + 60
+    while group.counts()["SUCCEEDED"] < 2:  # feeding is under way
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    return task, group
+
+
+def ran_once(task, group, n: int) -> None:
+    group.wait(timeout=300)
+    assert group.counts()["SUCCEEDED"] == n, group.counts()
+    assert outputs(task) == {i: [str(i)] for i in range(n)}  # every index, exactly once
+    assert all(j.row.attempts == 1 for j in group)
+
+
 @contextmanager
 def controller_paused():
     """A hung controller: slurmctld SIGSTOPped (sbatch and squeue time out), then continued."""
@@ -118,23 +137,14 @@ def test_held_jobs_cancelled_from_another_process_are_never_sent(capped_site):
 def test_a_controller_that_stops_answering_mid_batch_loses_and_duplicates_nothing(capped_site):
     root = REPO / "test-output" / f"feed-{uuid.uuid4().hex[:8]}"
     with Session(root, site=capped_site) as s:
-        task = s.project("feed").task("hung")
-        task.storage.path("out").mkdir()
-        group = task.submit_batch(batch(16, seconds=1), profile="capped")
-        deadline = time.monotonic() + 60
-        while group.counts()["SUCCEEDED"] < 2:  # feeding is under way
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        task, group = feeding(s, "hung", 16)
         reasons = set()
         with controller_paused():
             for _ in range(25):  # longer than sbatch's and squeue's message timeout (10 s)
                 time.sleep(1)
                 reasons |= {j.row.reason for j in task.jobs("HELD")}
-        group.wait(timeout=300)
+        ran_once(task, group, 16)
         assert any("SLURM does not answer" in r for r in reasons), reasons
-        assert group.counts()["SUCCEEDED"] == 16, group.counts()
-        assert outputs(task) == {i: [str(i)] for i in range(16)}
-        assert all(j.row.attempts == 1 for j in group)
 
 
 @contextmanager
@@ -159,19 +169,10 @@ def controller_stopped(seconds: float):
 def test_a_controller_restarted_mid_batch_loses_and_duplicates_nothing(capped_site):
     root = REPO / "test-output" / f"feed-{uuid.uuid4().hex[:8]}"
     with Session(root, site=capped_site) as s:
-        task = s.project("feed").task("restarted")
-        task.storage.path("out").mkdir()
-        group = task.submit_batch(batch(14, seconds=1), profile="capped")
-        deadline = time.monotonic() + 60
-        while group.counts()["SUCCEEDED"] < 2:
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        task, group = feeding(s, "restarted", 14)
         with controller_stopped(6):
             pass
-        group.wait(timeout=300)
-        assert group.counts()["SUCCEEDED"] == 14, group.counts()
-        assert outputs(task) == {i: [str(i)] for i in range(14)}
-        assert all(j.row.attempts == 1 for j in group)
+        ran_once(task, group, 14)
 
 
 KERNEL = textwrap.dedent("""
