@@ -12,7 +12,8 @@ import yaml
 from test_slurm import REPO, site  # noqa: F401 - the discovered site fixture
 
 from htc_notebook import Session, SiteConfig
-from htc_notebook.backends.slurm.arrays import PROBES, state_dir
+from htc_notebook.backends.slurm.arrays import state_dir
+from htc_notebook.backends.slurm.feeder import PROBES
 
 pytestmark = pytest.mark.slurm
 

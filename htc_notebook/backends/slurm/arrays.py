@@ -1,14 +1,11 @@
 """Command jobs as SLURM job arrays, submitted with sbatch so they outlive the kernel.
 
 A group of launches that share a job definition becomes one array per
-`MaxArraySize` chunk. Chunks are **fed** as the site allows (design G8): never more of the
-user's jobs queued than the tightest limit (`limits.py`: the QOS's and association's submit
-limits, MaxJobCount, the profile's `max_queued`, or what sbatch's refusals taught); the rest
-wait HELD, with the reason in words, and go out as the queue drains. Each chunk's intent
+`MaxArraySize` chunk, sent as the site has room (`feeder.py`, design G8). Each chunk's intent
 (`sbatch:<token>` as native id, `--comment=htc:<token>` on the job) is in the ledger before
 sbatch runs, so a chunk whose sbatch timed out, or whose submitter died, is looked up in
-`squeue` by its comment before it is ever sent again. A poller thread turns what SLURM and the jobs' own files
-say into reports: squeue for queued and running tasks (with the pending reason
+`squeue` by its comment before it is ever sent again. `poll()` (called by the data root's one
+poller, runtime/watch.py) turns what SLURM and the jobs' own files say into reports: squeue for queued and running tasks (with the pending reason
 in words), the exit-code file each task writes when it ends, and `scontrol`
 for tasks that left the queue without one (cancelled, timed out, node failure).
 A task unknown to all three is LOST, never SUCCEEDED (design G5).
@@ -16,12 +13,10 @@ A task unknown to all three is LOST, never SUCCEEDED (design G5).
 
 from __future__ import annotations
 
-import getpass
 import threading
 import time
 import uuid
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -29,6 +24,7 @@ from htc_notebook.backends.base import PER_JOB_ENV, Launch, Reporter
 from htc_notebook.backends.mpi_ranks import is_python_job, rank_dir, read_outcome
 from htc_notebook.backends.slurm import limits as site_limits
 from htc_notebook.backends.slurm import scheduler
+from htc_notebook.backends.slurm.feeder import FEED_SECONDS, Chunk, Feeder
 from htc_notebook.errors import BackendError
 from htc_notebook.backends.slurm.script import (KILL_AFTER, SLURM_MARGIN, TIMEOUT_EXIT, command_line,
                                                 render_array, sbatch_argv)
@@ -38,43 +34,8 @@ from htc_notebook.ledger.states import TERMINAL_NAMES
 from htc_notebook.spec import PartitionProfile
 from htc_notebook.storage import atomic_write
 
-FEED_SECONDS = 2.0  # how often held work is looked at (statuses are polled by runtime/watch.py)
 EXIT_FILE_GRACE = 30.0  # seconds a job gone from the queue may take to show its exit-code file
-PROBES = 8  # a large batch's first jobs run one per array task and are timed
-PROBE_WAIT = 120.0  # seconds the rest of the batch waits for the probes before it is sent unbundled
-BUNDLE_SECONDS = 20.0  # about this much work per array task when short jobs are bundled
-MAX_BUNDLE = 200
-LIMITS_TTL = 300.0  # seconds before the site's limits are read again (and a learned one forgotten)
-MAX_BACKOFF = 60.0  # seconds between tries while sbatch fails transiently
 
-
-def bundle_size(median: float | None, jobs: int, slots: int) -> int:
-    """How many jobs of `median` seconds an array task runs in turn: about BUNDLE_SECONDS of work,
-    but at least two array tasks per slot of the partition (so bundling never leaves it idle).
-
-    >>> bundle_size(0.1, 10_000, 4), bundle_size(30.0, 10_000, 4), bundle_size(None, 50, 4), bundle_size(0.1, 40, 4)
-    (200, 1, 1, 5)
-    """
-    if median is None:
-        return 1
-    by_time = int(BUNDLE_SECONDS / max(median, 0.01))
-    return max(1, min(MAX_BUNDLE, by_time, jobs // (2 * max(slots, 1))))
-
-
-@dataclass
-class Chunk:
-    """Launches that go out as one array (one script, consecutive HTC_JOB_INDEX), maybe not yet sent.
-
-    `token` is set once an sbatch of it was attempted without a clear answer: it may be in SLURM
-    (looked up by its comment before it is sent again)."""
-
-    launches: list[Launch]
-    qos: str | None
-    token: str | None = None
-    key: object = field(default=None)  # the submit() call that made it
-    bundle: int | None = 1  # jobs per array task; None: decided once `probes` have run
-    probes: frozenset[int] = frozenset()
-    since: float = field(default_factory=time.monotonic)
 
 @dataclass
 class Tracked:
@@ -115,15 +76,7 @@ class ArrayRunner:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._max_array: int | None = None
-        self._held: deque[Chunk] = deque()
-        self._feed_lock = threading.Lock()
-        self._limits: list[site_limits.Limit] = []
-        self._limits_read = -LIMITS_TTL  # monotonic time of the last read
-        self._learned: site_limits.Limit | None = None  # from sbatch refusing more
-        self._retry_at = 0.0
-        self._backoff = 1.0
-        self._said: dict[int, str] = {}  # held job id -> the reason it was last reported HELD with
-        self._timed: dict[int, float | None] = {}  # probe job id -> its run time (None: ended without one)
+        self.feeder = Feeder(profile, reporter, send=self._submit_chunk, track=self._track)
 
     # -- submitting --------------------------------------------------------------
     def plan(self, launches: Sequence[Launch]) -> list[tuple[list[Launch], str]]:
@@ -144,179 +97,16 @@ class ArrayRunner:
         for good (bad partition, QOS, request) - then nothing of this call is held or sent."""
         if not launches:
             return
-        self._max_array = self._max_array or scheduler.max_array_size()
-        call = object()
-        with self._lock:
-            for group in _groups(launches):
-                qos, fixed = self._qos(group[0]), self.profile.bundle
-                if fixed is None and len(group) > 2 * PROBES and not group[0].mpi:
-                    probes, group = group[:PROBES], group[PROBES:]
-                    self._timed.update(dict.fromkeys((l.job_id for l in probes), -1.0))
-                    self._held.append(Chunk(probes, qos, key=call))
-                    self._held.append(Chunk(group, qos, key=call, bundle=None,
-                                            probes=frozenset(l.job_id for l in probes)))
-                    continue
-                step = self._max_array * (fixed or 1)
-                for start in range(0, len(group), step):
-                    self._held.append(Chunk(group[start:start + step], qos, key=call, bundle=fixed or 1))
-        self._feed(call=call)
+        self.feeder.max_array = self._max_array = self._max_array or scheduler.max_array_size()
+        self.feeder.feed(call=self.feeder.add(_groups(launches)))
         self._ensure_poller()
 
     def hold(self, launches: Sequence[Launch], tokens: dict[int, str]) -> None:
         """Take over held work of an earlier session (`tokens`: job id -> the intent token of a chunk
         whose sbatch may have gone through); fed like this session's own."""
-        self._max_array = self._max_array or scheduler.max_array_size()
-        with self._lock:
-            for group in _groups(launches):
-                by_token: dict[str | None, list[Launch]] = {}
-                for l in group:
-                    by_token.setdefault(tokens.get(l.job_id), []).append(l)
-                for token, part in by_token.items():
-                    for start in range(0, len(part), self._max_array):
-                        self._held.append(Chunk(part[start:start + self._max_array], self._qos(part[0]),
-                                                token=token))
+        self.feeder.max_array = self._max_array = self._max_array or scheduler.max_array_size()
+        self.feeder.hold(_groups(launches), tokens)
         self._ensure_poller()
-
-    def _decide(self, chunk: Chunk) -> bool:
-        """Choose an undecided chunk's bundle size once its probes ran (or PROBE_WAIT passed), and
-        split it into arrays of at most MaxArraySize tasks. False while it still waits."""
-        times = [self._timed.get(j, -1.0) for j in chunk.probes]
-        if any(t is not None and t < 0 for t in times) and time.monotonic() - chunk.since < PROBE_WAIT:
-            return False
-        ran = sorted(t for t in times if t is not None and t >= 0)
-        p = self.profile
-        slots = p.cores_per_node * p.max_nodes // max(1, chunk.launches[0].cores)
-        k = bundle_size(ran[len(ran) // 2] if ran else None, len(chunk.launches), slots)
-        step = (self._max_array or 1) * k
-        parts = [Chunk(chunk.launches[i:i + step], chunk.qos, key=chunk.key, bundle=k)
-                 for i in range(0, len(chunk.launches), step)]
-        with self._lock:
-            if self._held and self._held[0] is chunk:
-                self._held.popleft()
-                self._held.extendleft(reversed(parts))
-            for j in chunk.probes:
-                self._timed.pop(j, None)
-        return True
-
-    def _qos(self, launch: Launch) -> str | None:
-        p = self.profile
-        return (p.economy_qos or p.qos) if launch.priority else p.qos
-
-    # -- feeding ---------------------------------------------------------------------
-    def _site(self) -> list[site_limits.Limit]:
-        """The site's limits (read every LIMITS_TTL s), the profile's own cap, and a learned one."""
-        now = time.monotonic()
-        if now - self._limits_read > LIMITS_TTL:
-            self._limits_read = now
-            self._learned = None
-            try:
-                self._limits = site_limits.read_limits()
-            except BackendError:
-                self._limits = []  # the controller does not answer: refusals will teach us
-        out = list(self._limits)
-        if self.profile.max_queued:
-            part = self.profile.partition or self.profile.name
-            out.append(site_limits.Limit(f"partition:{part}", self.profile.max_queued,
-                                         f"profile {self.profile.name} allows {self.profile.max_queued:,} (max_queued)"))
-        if self._learned:
-            out.append(self._learned)
-        return out
-
-    def _room(self, chunk: Chunk) -> tuple[int, str | None]:
-        limits = site_limits.for_qos(self._site(), chunk.qos)
-        return site_limits.room(limits, site_limits.queued_counts()) if limits else (len(chunk.launches), None)
-
-    def _feed(self, call: object | None = None) -> None:
-        """Send held chunks while there is room; say why the rest waits."""
-        with self._feed_lock:
-            sent_of_call = False
-            while True:
-                with self._lock:
-                    chunk = self._held[0] if self._held else None
-                if chunk is None or time.monotonic() < self._retry_at:
-                    break
-                if chunk.bundle is None and not self._decide(chunk):
-                    self._say_held(f"held: timing the first {PROBES} jobs of the batch, to choose how many "
-                                   "to run per array task")
-                    break
-                if chunk.bundle is None:
-                    continue
-                try:
-                    if chunk.token and self._resolve(chunk):
-                        continue
-                    free, why = self._room(chunk)
-                except BackendError as exc:  # squeue or the controller: try again later
-                    self._transient(exc)
-                    break
-                if free <= 0:
-                    self._say_held(why)
-                    break
-                part = chunk.launches[:free * chunk.bundle]
-                try:
-                    self._submit_chunk(part, chunk)
-                except BackendError as exc:
-                    kind = site_limits.classify(str(exc))
-                    if kind == "limit":  # the queue is full (maybe with others' jobs): wait a round
-                        used = site_limits.queued_counts().get("user", 0)
-                        self._learned = site_limits.Limit("user", max(used, 1),
-                                                          f"sbatch refused more ({_first_line(exc)})")
-                        self._retry_at = time.monotonic() + FEED_SECONDS
-                        self._say_held(f"held: {used:,} of your jobs are queued; sbatch refused more "
-                                       f"({_first_line(exc)})")
-                        break
-                    if kind == "transient":
-                        self._transient(exc)
-                        break
-                    self._refused(chunk, exc, raise_it=call is not None and chunk.key is call and not sent_of_call,
-                                  call=call)
-                    continue
-                sent_of_call = sent_of_call or chunk.key is call
-                self._backoff = 1.0
-                with self._lock:
-                    chunk.launches = chunk.launches[len(part):]
-                    chunk.token = None
-                    if not chunk.launches and self._held and self._held[0] is chunk:
-                        self._held.popleft()
-
-    def _transient(self, exc: Exception) -> None:
-        self._retry_at = time.monotonic() + self._backoff
-        self._backoff = min(self._backoff * 2, MAX_BACKOFF)
-        self._say_held(f"held: SLURM does not answer ({_first_line(exc)}); trying again in {self._backoff / 2:.0f} s")
-
-    def _refused(self, chunk: Chunk, exc: BackendError, *, raise_it: bool, call: object | None) -> None:
-        """SLURM will not take this chunk: its jobs fail with sbatch's words; nothing else is touched."""
-        with self._lock:
-            if raise_it:  # the caller hears it: nothing of its call is held any longer
-                self._held = deque(c for c in self._held if c.key is not call)
-            else:
-                self._held.popleft()
-        if raise_it:
-            raise exc
-        for l in chunk.launches:
-            self._reporter.finished(Outcome(l.job_id, l.attempt, "FAILED", reason=f"not submitted: {exc}",
-                                            ended=time.time()))
-
-    def _say_held(self, why: str) -> None:
-        """Report held jobs HELD with `why` (each job once per new reason)."""
-        with self._lock:
-            ids = [l.job_id for c in self._held for l in c.launches]
-        new = [i for i in ids if self._said.get(i) != why]
-        if new:
-            self._reporter.update(new, "HELD", reason=why)
-        self._said = {i: self._said.get(i, why) for i in ids} | dict.fromkeys(new, why)
-
-    def _resolve(self, chunk: Chunk) -> bool:
-        """Was a chunk whose sbatch gave no clear answer accepted? Look for its comment in squeue.
-        True (and tracked) if it was; False if SLURM answers without it (then it is sent again)."""
-        found = scheduler.squeue_comments(getpass.getuser()).get(f"htc:{chunk.token}")
-        if not found:
-            chunk.token = None
-            return False
-        self._track(chunk.launches, found, chunk.bundle or 1)
-        with self._lock:
-            if self._held and self._held[0] is chunk:
-                self._held.popleft()
-        return True
 
     def _submit_chunk(self, chunk: list[Launch], of: Chunk) -> None:
         first = chunk[0]
@@ -393,12 +183,9 @@ class ArrayRunner:
     # -- the rest of the backend interface --------------------------------------------
     def cancel(self, job_ids: Sequence[int]) -> None:
         wanted = set(job_ids)
+        self.feeder.cancel(wanted)
         with self._lock:
             tracked = [self._tracked[j] for j in wanted if j in self._tracked]
-            for c in self._held:  # held jobs just leave the queue (the ledger already says CANCELLED)
-                if c.token is None:
-                    c.launches = [l for l in c.launches if l.job_id not in wanted]
-            self._held = deque(c for c in self._held if c.launches)
         for t in tracked:
             if t.bundled:  # the others of its array task go on
                 stop_bundled(t.state_dir, t.job_id, t.attempt)
@@ -418,7 +205,8 @@ class ArrayRunner:
     def running(self) -> set[int]:
         """Jobs this runner is responsible for: tracked in SLURM or held for feeding."""
         with self._lock:
-            return set(self._tracked) | {l.job_id for c in self._held for l in c.launches}
+            tracked = set(self._tracked)
+        return tracked | self.feeder.held()
 
     def close(self) -> None:
         """Stop watching. The jobs keep running in SLURM; a later session adopts them."""
@@ -437,7 +225,7 @@ class ArrayRunner:
     def _feed_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                self._feed()
+                self.feeder.feed()
             except Exception as exc:  # noqa: BLE001 - feeding goes on next round
                 self._last_error = exc
             self._stop.wait(FEED_SECONDS)
@@ -529,9 +317,7 @@ class ArrayRunner:
         with self._lock:
             if self._tracked.get(t.job_id) is t:
                 del self._tracked[t.job_id]
-            if t.job_id in self._timed:  # a probe: how long it ran decides the bundle size
-                ran = outcome.ended - outcome.started if outcome.started and outcome.ended else None
-                self._timed[t.job_id] = ran
+        self.feeder.timed(t.job_id, outcome)
         self._reporter.finished(outcome)
 
 
@@ -548,10 +334,6 @@ def _bundle_time(timeout: int | None, bundle: int, profile: PartitionProfile) ->
 def stop_bundled(sdir: Path | str, job_id: int, attempt: int) -> None:
     """Cancel one job of a bundle: its array task skips it, or stops it (TERM) if it is running."""
     Path(sdir, f"job-{job_id}-{attempt}.cancel").touch()
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
 
 
 def _groups(launches: Sequence[Launch]) -> list[list[Launch]]:
