@@ -192,18 +192,24 @@ class Session:
         """Watch jobs SLURM has, whoever submitted them: (job id, task id, attempt, native id,
         profile, timeout) rows of `Ledger.scheduler_jobs` (this process holds the poll lease)."""
         for job_id, task_id, attempt, native, profile_name, timeout in rows:
-            if job_id in self._job_task:
-                continue
-            try:
-                profile = self.profile(profile_name)
-            except HTCError:
-                continue  # a profile gone from this site: another process may know it
-            if profile.backend != "slurm":
-                continue
-            task = self.task_row(task_id)
-            self.backend(profile).adopt(job_id, attempt, native, str(self.storage.task_dir(task.project, task.name)),
-                                        timeout)
-            self._job_task[job_id] = task_id
+            if job_id not in self._job_task:
+                self._watch_job(job_id, task_id, attempt, native, profile_name, timeout)
+
+    def _watch_job(self, job_id: int, task_id: int, attempt: int, native: str | None, profile_name: str,
+                   timeout: int | None) -> bool:
+        """Watch a SLURM array task this process did not submit (jobs outlive kernels); False if the
+        job is not one (no array id, or a profile this site does not know or runs locally)."""
+        try:
+            profile = self.profile(profile_name)
+        except HTCError:
+            return False  # a profile gone from this site: another process may know it
+        if profile.backend != "slurm" or not native or "_" not in native:
+            return False
+        task = self.task_row(task_id)
+        self.backend(profile).adopt(job_id, attempt, native, str(self.storage.task_dir(task.project, task.name)),
+                                    timeout)
+        self._job_task[job_id] = task_id  # watched here from now on: reconcile skips it
+        return True
 
     def _local_names(self) -> str:
         return ", ".join(n for n in self.site.names() if self.site.profile(n).backend == "local")
@@ -465,7 +471,8 @@ class Session:
         for row in rows:
             if row.status in TERMINAL_NAMES or row.id in self._job_task:
                 continue  # ended, or watched by this process
-            if row.kind == "command" and self._adopt(row):
+            if row.kind == "command" and self._watch_job(row.id, row.task_id, row.attempts, row.native_id, row.profile,
+                                                          row.spec.get("timeout")):
                 continue
             owner = Owner.parse(row.spec.get("owner"))
             if owner is None or owner == self.owner or owner.alive() is not False:
@@ -522,20 +529,6 @@ class Session:
             tokens = {r.id: r.native_id[len("sbatch:"):] for r in group if (r.native_id or "").startswith("sbatch:")}
             for profile, launches in by_profile.items():
                 self.backend(self.profile(profile)).hold(launches, tokens)
-
-    def _adopt(self, row: JobRow) -> bool:
-        """Watch a SLURM array task this process did not submit (jobs outlive kernels)."""
-        try:
-            profile = self.profile(row.profile)
-        except Exception:  # noqa: BLE001 - a profile gone from the site: judge it by owner
-            return False
-        if profile.backend != "slurm" or not row.native_id or "_" not in row.native_id:
-            return False
-        task = self.task_row(row.task_id)
-        self.backend(profile).adopt(row.id, row.attempts, row.native_id,
-                                    str(self.storage.task_dir(task.project, task.name)), row.spec.get("timeout"))
-        self._job_task[row.id] = row.task_id  # watched here from now on: reconcile skips it
-        return True
 
     def flush(self) -> None:
         """Wait until everything backends reported is committed to the ledger."""
