@@ -104,10 +104,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _session(args):
+def _session(args, reconcile: bool = True):
     from htc_notebook.runtime import Session
 
-    return Session(args.root, site=args.site)
+    return Session(args.root, site=args.site, reconcile=reconcile)
 
 
 # -- demo ---------------------------------------------------------------------------
@@ -170,7 +170,7 @@ def _split_task(text: str) -> tuple[str, str]:
 
 
 def _status(args) -> int:
-    with _session(args) as session:
+    with _session(args, reconcile=False) as session:  # a look, not a worker: no retries started here
         ledger = session.ledger
         if args.task:
             project, name = _split_task(args.task)
@@ -314,9 +314,6 @@ def _submit(args) -> int:
     return 1 if failed else 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
 
 # -- REST API -----------------------------------------------------------------------------
 def _serve(args) -> int:
@@ -363,3 +360,7 @@ def _when(ts: float) -> str:
     import datetime as dt
 
     return dt.datetime.fromtimestamp(ts).isoformat(timespec="seconds")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

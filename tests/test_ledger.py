@@ -242,7 +242,7 @@ def test_requeue_only_moves_failed_cancelled_lost(ledger: Ledger, task: TaskRow)
     ids = ledger.add_jobs(task.id, new_jobs(5))
     run_fail(ledger, ids[0])
     ledger.cancel([ids[1]])
-    ledger.record_outcomes([Outcome(ids[2], 0, "LOST", reason="vanished from squeue")])
+    ledger.record_outcomes([Outcome(ids[2], 0, "LOST", reason="its owner exited", cause="owner")])
     run_ok(ledger, ids[3])
     assert ledger.requeue(reversed(ids), "again") == [ids[2], ids[1], ids[0]]
     assert [j.status for j in ledger.jobs(task.id)] == ["SUBMITTED"] * 3 + ["SUCCEEDED", "SUBMITTED"]

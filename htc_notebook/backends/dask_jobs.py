@@ -486,5 +486,6 @@ def _outcome(launch: Job, fut, res) -> Outcome:
     if fut.status == "cancelled":
         return Outcome(launch.job_id, launch.attempt, "CANCELLED", reason="cancelled")
     # dask itself failed: worker died (KilledWorker), the call could not be unpickled, ...
-    return Outcome(launch.job_id, launch.attempt, "FAILED",
+    lost = type(res).__name__ == "KilledWorker"  # its workers died under it (pilot ended, node lost, ...)
+    return Outcome(launch.job_id, launch.attempt, "FAILED", cause="lost" if lost else None,
                    reason=f"the worker could not run the job: {type(res).__name__}: {res}")

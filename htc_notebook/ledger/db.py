@@ -22,9 +22,9 @@ from typing import Any, Callable, TypeVar
 from ..errors import LedgerError
 from .rows import (AttemptRow, AttemptStart, BatchRow, EventRow, JobRow, NewBatch, NewJob, Outcome,
                    ProjectRow, ResultRow, TaskRow)
-from .schema import (ACTIVE_SQL, ATTEMPT_COLUMNS, DDL, JOB_COLUMNS, LEASES_DDL, PRAGMAS, SCHEMA_VERSION,
-                     TERMINAL_SQL, V1_STATUSES)
-from .states import ACTIVE, REQUEUEABLE, TERMINAL, JobStatus, sql_list
+from .schema import (ACTIVE_SQL, ATTEMPT_COLUMNS, ATTEMPT_READ, DDL, JOB_COLUMNS, LEASES_DDL, PRAGMAS,
+                     REQUEST_SQL, SCHEMA_VERSION, TERMINAL_SQL, V1_STATUSES, V3_UPGRADE)
+from .states import ACTIVE, CAUSES, REQUEUE_CAUSES, REQUEUEABLE, TERMINAL, Cause, JobStatus, sql_list
 
 T = TypeVar("T")
 PREVIEW_BYTES = 512  # results this small come with `view_changes` rows, for table previews
@@ -94,9 +94,13 @@ class Ledger:
                 for statement in DDL:
                     con.execute(statement)
                 con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version == 1:
-                _upgrade_v1(con)
-            elif version != SCHEMA_VERSION:
+            elif version in (1, 2):
+                if version == 1:
+                    _upgrade_v1(con)
+                for statement in V3_UPGRADE:
+                    con.execute(statement)
+                con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            else:
                 raise LedgerError(f"schema version {version}, this htc_notebook understands "
                                   f"{SCHEMA_VERSION}; upgrade htc_notebook or use another data root")
             con.execute("COMMIT")
@@ -258,17 +262,19 @@ class Ledger:
 
     # --- state changes -------------------------------------------------------------------
 
-    def requeue(self, job_ids: Iterable[int], reason: str) -> list[int]:
-        """FAILED/CANCELLED/LOST -> SUBMITTED. Returns the ids moved; SUCCEEDED never moves."""
+    def requeue(self, job_ids: Iterable[int], reason: str, owner: str | None = None) -> list[int]:
+        """FAILED/CANCELLED/LOST -> SUBMITTED, owned by `owner` from now on (if given: the process
+        that will run them). Returns the ids moved; SUCCEEDED never moves."""
         ids = _ids(job_ids)
         now = time.time()
         with self._write() as con:
             seq = _next_seq(con)
             moved = con.execute(
                 f"UPDATE jobs SET status = 'SUBMITTED', reason = ?, exit_code = NULL, host = NULL, "
-                f"       native_id = NULL, started = NULL, ended = NULL, updated = ?, seq = ? "
+                f"       native_id = NULL, started = NULL, ended = NULL, updated = ?, seq = ?, retry_at = NULL, "
+                f"       spec = CASE WHEN ? IS NULL THEN spec ELSE json_set(spec, '$.owner', ?) END "
                 f"WHERE id IN {IN_JSON} AND status IN ({REQUEUEABLE_SQL}) "
-                f"RETURNING id, task_id", (reason, now, seq, json.dumps(ids))).fetchall()
+                f"RETURNING id, task_id", (reason, now, seq, owner, owner, json.dumps(ids))).fetchall()
             _events_per_task(con, moved, now, "requeued", reason)
         return _in_order(ids, moved)
 
@@ -345,9 +351,9 @@ class Ledger:
                  for it in {it.job_id: it for it in items}.values()]))  # a job twice: one attempt
             ids = json.dumps([it.job_id for it in items])
             con.execute(
-                f"INSERT INTO attempts ({ATTEMPT_COLUMNS}) "
-                f"SELECT id, attempts, status, NULL, host, native_id, NULL, started, NULL, log_out, log_err "
-                f"FROM jobs WHERE id IN {IN_JSON} AND seq = ?", (ids, seq))
+                f"INSERT INTO attempts ({ATTEMPT_COLUMNS}, request) "
+                f"SELECT id, attempts, status, NULL, host, native_id, NULL, started, NULL, log_out, log_err, "
+                f"       {REQUEST_SQL} FROM jobs WHERE id IN {IN_JSON} AND seq = ?", (ids, seq))
         return [numbers.get(it.job_id, 0) for it in items]
 
     def record_outcomes(self, outcomes: Sequence[Outcome]) -> list[int]:
@@ -359,6 +365,12 @@ class Ledger:
         """
         prepared = [(o, *_prepare_outcome(o)) for o in outcomes]
         committed: list[int] = []
+        # a failure that may be retried (not the job's fault, or the policy allows retries) leaves the
+        # job SUBMITTED with its retry due at once, for the reconcile loop to decide (runtime/reconcile.py);
+        # it has not ended, so waiting goes on and a cancel still stops it
+        retryable = (f":s <> 'CANCELLED' AND ((:c IN ({sql_list(REQUEUE_CAUSES)}) "
+                     f"AND COALESCE(json_extract(spec, '$.retry.requeues'), 1) > 0) "
+                     f"OR json_extract(spec, '$.retry.retries') > 0)")
         now = time.time()
         with self._write() as con:
             seq = _next_seq(con)
@@ -370,28 +382,31 @@ class Ledger:
                     continue
                 p = {"id": o.job_id, "a": o.attempt, "s": status, "r": o.reason, "x": o.exit_code,
                      "h": o.host, "st": o.started, "en": o.ended if o.ended is not None else now,
-                     "now": now, "seq": seq}
+                     "now": now, "seq": seq, "c": _cause(o, status)}
                 # a non-success outcome never overrides a terminal job, a newer attempt, or a
                 # verdict already recorded for this attempt (outcomes are idempotent)
                 guard = (f"status NOT IN ({TERMINAL_SQL}) AND attempts <= :a AND NOT EXISTS "
                          f"(SELECT 1 FROM attempts WHERE job_id = :id AND number = :a "
                          f" AND status IN ({TERMINAL_SQL}))")
                 row = con.execute(
-                    f"UPDATE jobs SET status = :s, reason = :r, exit_code = :x, host = COALESCE(:h, host), "
+                    f"UPDATE jobs SET status = CASE WHEN {retryable} THEN 'SUBMITTED' ELSE :s END, "
+                    f"       reason = CASE WHEN {retryable} THEN 'attempt ' || :a || ' ended ' || :s || "
+                    f"                ', a retry is being decided: ' || COALESCE(:r, 'no reason recorded') ELSE :r END, "
+                    f"       exit_code = :x, host = COALESCE(:h, host), "
                     f"       attempts = MAX(attempts, :a), started = COALESCE(:st, started), ended = :en, "
-                    f"       updated = :now, seq = :seq "
+                    f"       updated = :now, seq = :seq, retry_at = CASE WHEN {retryable} THEN :en END "
                     f"WHERE id = :id AND {guard} RETURNING task_id, host, native_id, COALESCE(log_err, log_out)", p).fetchone()
                 # finish the attempt row if still open
                 con.execute(
                     f"UPDATE attempts SET status = :s, reason = :r, exit_code = :x, host = COALESCE(:h, host), "
-                    f"       started = COALESCE(:st, started), ended = :en "
+                    f"       started = COALESCE(:st, started), ended = :en, cause = :c "
                     f"WHERE job_id = :id AND number = :a AND status NOT IN ({TERMINAL_SQL})", p)
                 if row is None:
                     continue
                 task_id, host, native_id, log = row
                 con.execute(  # an outcome for an attempt that start_attempts never saw
-                    f"INSERT OR IGNORE INTO attempts ({ATTEMPT_COLUMNS}) "
-                    f"SELECT id, :a, :s, :r, host, native_id, :x, :st, :en, log_out, log_err "
+                    f"INSERT OR IGNORE INTO attempts ({ATTEMPT_COLUMNS}, cause, request) "
+                    f"SELECT id, :a, :s, :r, host, native_id, :x, :st, :en, log_out, log_err, :c, {REQUEST_SQL} "
                     f"FROM jobs WHERE id = :id", p)
                 details = ", ".join(f"{k} {v}" for k, v in (("exit code", o.exit_code), ("host", host),
                                                             ("native id", native_id), ("log", log))
@@ -409,7 +424,7 @@ class Ledger:
         with self._write() as con:
             seq = _next_seq(con)
             moved = con.execute(
-                f"UPDATE jobs SET status = 'CANCELLED', reason = ?, ended = ?, updated = ?, seq = ? "
+                f"UPDATE jobs SET status = 'CANCELLED', reason = ?, ended = ?, updated = ?, seq = ?, retry_at = NULL "
                 f"WHERE id IN {IN_JSON} AND status IN ({ACTIVE_SQL}) RETURNING id, task_id",
                 (reason, now, now, seq, json.dumps(ids))).fetchall()
             con.execute(
@@ -444,6 +459,56 @@ class Ledger:
             _events_per_task(con, moved, time.time(), "adopted", f"taken over by {new_owner} from {old_owner}")
         return _in_order(ids, moved)
 
+    # --- retries (decided and started by runtime/reconcile.py) -----------------------------------
+    # A job whose failed attempt may be retried is SUBMITTED with `retry_at` set (see record_outcomes).
+
+    def retries_due(self, now: float, limit: int = 1000) -> list[JobRow]:
+        """Jobs whose retry is due (or still to be decided) by `now`, oldest first."""
+        rows = self._read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE retry_at <= ? AND status = 'SUBMITTED' "
+                          f"ORDER BY retry_at LIMIT ?", (now, limit))
+        return [_job(r) for r in rows]
+
+    def postpone_retry(self, job_id: int, attempt: int, due: float, reason: str) -> bool:
+        """The retry of `job_id` after `attempt` is due at `due` (the reason says so); False if the job moved."""
+        now = time.time()
+        with self._write() as con:
+            seq = _next_seq(con)
+            return con.execute("UPDATE jobs SET retry_at = ?, reason = ?, updated = ?, seq = ? WHERE id = ? "
+                               "AND attempts = ? AND retry_at IS NOT NULL AND status = 'SUBMITTED'",
+                               (due, reason, now, seq, job_id, attempt)).rowcount == 1
+
+    def settle_retry(self, job_id: int, attempt: int, why: str) -> bool:
+        """No retry for `job_id` after `attempt`: the job ends as that attempt did, its reason says why."""
+        now = time.time()
+        with self._write() as con:
+            seq = _next_seq(con)
+            row = con.execute(
+                "UPDATE jobs SET retry_at = NULL, status = a.status, reason = COALESCE(a.reason || '; ', '') || ?, "
+                "       updated = ?, seq = ? FROM attempts a WHERE jobs.id = ? AND jobs.attempts = ? "
+                "  AND jobs.retry_at IS NOT NULL AND jobs.status = 'SUBMITTED' AND a.job_id = jobs.id "
+                "  AND a.number = jobs.attempts RETURNING jobs.task_id, jobs.status",
+                (why, now, seq, job_id, attempt)).fetchone()
+            if row is not None:
+                _event(con, row[0], job_id, now, "not retried", f"attempt {attempt} stays {row[1]}: {why}")
+        return row is not None
+
+    def requeue_retry(self, job_id: int, attempt: int, owner: str, spec: dict[str, Any], reason: str) -> bool:
+        """Start the due retry of `job_id` after `attempt` (compare and set: of many processes, one
+        does it): owned by `owner` from now on, with `spec` keys (memory, timeout) changed. The job is
+        then dispatched by the caller."""
+        now = time.time()
+        patch = _json("retry spec", {**spec, "owner": owner})
+        with self._write() as con:
+            seq = _next_seq(con)
+            row = con.execute(
+                "UPDATE jobs SET reason = ?, exit_code = NULL, host = NULL, native_id = NULL, started = NULL, "
+                "       ended = NULL, updated = ?, seq = ?, retry_at = NULL, spec = json_patch(spec, ?) "
+                "WHERE id = ? AND attempts = ? AND retry_at IS NOT NULL AND status = 'SUBMITTED' "
+                "RETURNING task_id", (reason, now, seq, patch, job_id, attempt)).fetchone()
+            if row is not None:
+                _event(con, row[0], job_id, now, "retrying", reason)
+        return row is not None
+
     def lease(self, name: str, owner: str, ttl: float) -> bool:
         """Take or renew the lease `name` for `ttl` seconds. True if `owner` holds it now; False while
         another owner's lease has not expired (of many processes asking, one holds it at a time)."""
@@ -460,10 +525,10 @@ class Ledger:
             con.execute("DELETE FROM leases WHERE name = ? AND owner = ?", (name, owner))
 
     def scheduler_jobs(self) -> list[tuple[int, int, int, str, str, int | None]]:
-        """Every active job a scheduler has (native id `<array>_<task>...`), in every task:
+        """Every active job a scheduler has (native id `<array>_<task>...`, no retry pending), in every task:
         (job id, task id, attempt, native id, profile, timeout)."""
         return self._read(f"SELECT id, task_id, attempts, native_id, profile, json_extract(spec, '$.timeout') "
-                          f"FROM jobs WHERE status IN ({ACTIVE_SQL}) AND native_id GLOB '[0-9]*_[0-9]*'")
+                          f"FROM jobs WHERE status IN ({ACTIVE_SQL}) AND native_id GLOB '[0-9]*_[0-9]*' AND retry_at IS NULL")
 
     def statuses(self, job_ids: Iterable[int]) -> dict[int, str]:
         """job id -> status, for many jobs in one query."""
@@ -574,11 +639,20 @@ class Ledger:
                               (batch_id, index))
         return _job(rows[0]) if rows else None
 
-    def active_owners(self, task_id: int) -> dict[str | None, int]:
-        """How many active jobs of a task each owner (the process its spec names) has: lets a caller
-        reconcile only the jobs of owners that are gone instead of reading every row."""
+    def active_owners(self, task_id: int | None = None) -> dict[str | None, int]:
+        """How many active jobs of a task (or of every task) each owner (the process its spec names)
+        has: lets a caller reconcile only the jobs of owners that are gone instead of reading every row."""
+        if task_id is None:
+            return dict(self._read(f"SELECT json_extract(spec, '$.owner'), COUNT(*) FROM jobs "
+                                   f"WHERE status IN ({ACTIVE_SQL}) GROUP BY 1"))
         return dict(self._read(f"SELECT json_extract(spec, '$.owner'), COUNT(*) FROM jobs "
                                f"WHERE task_id = ? AND status IN ({ACTIVE_SQL}) GROUP BY 1", (task_id,)))
+
+    def owned_jobs(self, owner: str) -> list[JobRow]:
+        """The active jobs of one owner, in every task."""
+        rows = self._read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE status IN ({ACTIVE_SQL}) "
+                          f"AND json_extract(spec, '$.owner') = ?", (owner,))
+        return [_job(r) for r in rows]
 
     def view_rows(self, task_id: int, job_ids: Iterable[int] | None = None) -> tuple[int, list[tuple[Any, ...]]]:
         """`view_changes(task_id, 0)` for a live table's first load, in id order: every job of the task,
@@ -595,8 +669,16 @@ class Ledger:
         return seq, rows
 
     def attempts(self, job_id: int) -> list[AttemptRow]:
-        return [AttemptRow(*r) for r in
-                self._read(f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE job_id = ? ORDER BY number", (job_id,))]
+        return self.attempts_of([job_id]).get(job_id, [])
+
+    def attempts_of(self, job_ids: Iterable[int]) -> dict[int, list[AttemptRow]]:
+        """Every attempt of many jobs in one query: job id -> attempts in order (jobs with none absent)."""
+        rows = self._read(f"SELECT {ATTEMPT_READ} FROM attempts WHERE job_id IN {IN_JSON} ORDER BY job_id, number",
+                          (json.dumps(_ids(job_ids)),))
+        out: dict[int, list[AttemptRow]] = {}
+        for r in rows:
+            out.setdefault(r[0], []).append(AttemptRow(*r[:-1], json.loads(r[-1]) if r[-1] else None))
+        return out
 
     def events(self, *, task_id: int | None = None, job_id: int | None = None,
                limit: int | None = None) -> list[EventRow]:
@@ -658,7 +740,7 @@ def _record_successes(con: sqlite3.Connection, successes: list, now: float, seq:
     con.executemany(
         "UPDATE jobs SET status = 'SUCCEEDED', reason = ?3, exit_code = ?4, host = COALESCE(?5, host), "
         "       attempts = MAX(attempts, ?2), started = COALESCE(?6, started), ended = ?7, "
-        f"       updated = {now!r}, seq = {seq:d} WHERE id = ?1", rows)
+        f"       updated = {now!r}, seq = {seq:d}, retry_at = NULL WHERE id = ?1", rows)
     # finish the attempt row (or correct an earlier verdict), or add it if start_attempts never saw it
     con.executemany(
         "UPDATE attempts SET status = 'SUCCEEDED', reason = ?3, exit_code = ?4, host = COALESCE(?5, host), "
@@ -675,7 +757,7 @@ def _record_successes(con: sqlite3.Connection, successes: list, now: float, seq:
 
 
 def _upgrade_v1(con: sqlite3.Connection) -> None:
-    """v1 -> v2: the HELD state joins the CHECK constraints of jobs and attempts, and leases appear. A CHECK that admits
+    """v1 -> v2 (then v3 follows): the HELD state joins the CHECK constraints of jobs and attempts, and leases appear. A CHECK that admits
     more values changes no stored row, so the table definitions are edited in place (the procedure
     in SQLite's ALTER TABLE documentation), then the schema cookie is bumped and checked."""
     new = sql_list(frozenset(JobStatus))
@@ -689,7 +771,6 @@ def _upgrade_v1(con: sqlite3.Connection) -> None:
     if problems != [("ok",)]:
         raise LedgerError(f"upgrading the ledger to schema {SCHEMA_VERSION} failed: {problems[:3]}")
     con.execute(LEASES_DDL)
-    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 def _many(con: sqlite3.Connection, sql: str, row: str, rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
@@ -811,6 +892,17 @@ def _encode_batch(batch: NewBatch) -> tuple[Any, ...]:
     _check_text("batch name", batch.name)
     return (batch.name, batch.size, _json(f"batch {batch.name!r} definition", batch.definition),
             _json(f"batch {batch.name!r} tags", list(batch.tags)))
+
+
+def _cause(o: Outcome, status: str) -> str | None:
+    """Why an attempt failed: what the backend said, else what its status implies."""
+    if o.cause is not None:
+        if o.cause not in CAUSES:
+            raise LedgerError(f"job {o.job_id}: cause {o.cause!r} is not one of {', '.join(sorted(CAUSES))}")
+        return str(o.cause)
+    if status == JobStatus.FAILED:  # backends' convention: a time limit's verdict starts with "timeout"
+        return (Cause.TIMEOUT if (o.reason or "").startswith("timeout") else Cause.EXIT).value
+    return Cause.LOST.value if status == JobStatus.LOST else None
 
 
 def _prepare_outcome(o: Outcome) -> tuple[str, int | None]:

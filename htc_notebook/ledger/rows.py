@@ -58,6 +58,7 @@ class JobRow:
     started: float | None
     ended: float | None
     seq: int
+    retry_at: float | None = None  # a retry is due (or to be decided) at this time
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,8 @@ class AttemptRow:
     ended: float | None
     log_out: str | None
     log_err: str | None
+    cause: str | None = None  # why it failed (ledger.states.Cause)
+    request: dict[str, Any] | None = None  # {"memory": MiB, "timeout": s} it asked for
 
 
 @dataclass(frozen=True)
@@ -139,3 +142,4 @@ class Outcome:
     ended: float | None = None
     result: bytes | None = None
     result_path: str | None = None
+    cause: str | None = None  # why it failed (ledger.states.Cause); None: derived from the status

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .states import ACTIVE, TERMINAL, JobStatus, sql_list
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Version 1 had no HELD state: its CHECK constraints list these (upgraded in place, see Ledger)
 V1_STATUSES = "'CANCELLED','FAILED','LOST','RUNNABLE','RUNNING','STARTING','SUBMITTED','SUCCEEDED'"
 
@@ -16,6 +16,12 @@ PRAGMAS = (
     "PRAGMA synchronous = FULL",
     "PRAGMA foreign_keys = ON",
 )
+
+# Jobs whose retry is due (or to be decided) are found by this index, not by reading failed jobs
+RETRY_INDEX = "CREATE INDEX jobs_retry_at ON jobs (retry_at) WHERE retry_at IS NOT NULL"
+# v2 -> v3: retries live in the ledger (a kernel restart forgets none), attempts say why they failed
+V3_UPGRADE = ("ALTER TABLE jobs ADD COLUMN retry_at REAL", RETRY_INDEX,
+              "ALTER TABLE attempts ADD COLUMN cause TEXT", "ALTER TABLE attempts ADD COLUMN request TEXT")
 
 # Named leases: which process does a job for the whole data root (e.g. the one SLURM status poll)
 LEASES_DDL = """CREATE TABLE leases (
@@ -82,12 +88,14 @@ DDL = (
         updated    REAL NOT NULL,
         started    REAL,
         ended      REAL,
-        seq        INTEGER NOT NULL
+        seq        INTEGER NOT NULL,
+        retry_at   REAL              -- a failed attempt waits for its retry decision (due then)
     )""",
     "CREATE UNIQUE INDEX jobs_task_key ON jobs (task_id, key) WHERE key IS NOT NULL",
     "CREATE INDEX jobs_task_status ON jobs (task_id, status)",
     "CREATE INDEX jobs_task_seq ON jobs (task_id, seq)",
     "CREATE INDEX jobs_batch ON jobs (batch_id)",
+    RETRY_INDEX,
     # G3 in the database itself: whatever SQL runs, a SUCCEEDED job stays SUCCEEDED.
     """CREATE TRIGGER jobs_succeeded_is_final
         BEFORE UPDATE OF status ON jobs
@@ -106,6 +114,8 @@ DDL = (
         ended      REAL,
         log_out    TEXT,
         log_err    TEXT,
+        cause      TEXT,             -- why it failed (ledger.states.Cause)
+        request    TEXT,             -- JSON: the memory (MiB) and time limit (s) it asked for
         PRIMARY KEY (job_id, number)
     ) WITHOUT ROWID""",
 
@@ -139,5 +149,8 @@ TERMINAL_SQL = sql_list(TERMINAL)
 
 JOB_COLUMNS = ("id, task_id, batch_id, idx, key, name, kind, profile, priority, params, spec, status, "
                "reason, exit_code, attempts, host, native_id, log_out, log_err, created, updated, "
-               "started, ended, seq")
+               "started, ended, seq, retry_at")
 ATTEMPT_COLUMNS = "job_id, number, status, reason, host, native_id, exit_code, started, ended, log_out, log_err"
+ATTEMPT_READ = ATTEMPT_COLUMNS + ", cause, request"
+# what an attempt asks for, from its job's spec when it starts
+REQUEST_SQL = "json_object('memory', json_extract(spec, '$.memory'), 'timeout', json_extract(spec, '$.timeout'))"

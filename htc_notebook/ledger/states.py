@@ -37,6 +37,27 @@ ACTIVE_NAMES: frozenset[str] = frozenset(s.value for s in ACTIVE)
 REQUEUEABLE_NAMES: frozenset[str] = frozenset(s.value for s in REQUEUEABLE)
 
 
-def sql_list(states: frozenset[JobStatus]) -> str:
+def sql_list(states: frozenset) -> str:
     """`'A','B'` for use inside an SQL IN (...) (values are enum constants, never user input)."""
     return ",".join(f"'{s.value}'" for s in sorted(states, key=lambda s: s.value))
+
+
+class Cause(str, Enum):
+    """Why an attempt failed, as far as the backend could tell: decides how it is retried
+    (spec/retry.py). Stored with the attempt."""
+
+    EXIT = "exit"            # the program failed: an exit code, a Python exception
+    TIMEOUT = "timeout"      # killed at its time limit (execTimeoutSeconds or SLURM's)
+    MEMORY = "memory"        # killed for using more memory than it asked for
+    NODE = "node"            # the node it ran on failed
+    PREEMPTED = "preempted"  # preempted by a higher-priority job
+    LOST = "lost"            # its worker, pilot or scheduler job vanished without a word
+    OWNER = "owner"          # the process that ran it (local backend) exited
+    SUBMIT = "submit"        # the scheduler refused it
+
+    def __str__(self) -> str:
+        return self.value
+
+
+CAUSES: frozenset[str] = frozenset(c.value for c in Cause)
+REQUEUE_CAUSES: frozenset[Cause] = frozenset({Cause.NODE, Cause.PREEMPTED, Cause.LOST})  # not the job's fault

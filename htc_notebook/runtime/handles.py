@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 
 PAGE = 5000  # jobs whose rows (and results) a group reads at a time
 REFRESH_MIN_INTERVAL = 0.02  # seconds between two looks at the ledger while waiting
-RECONCILE_EVERY = 2.0  # seconds between checks that jobs owned elsewhere still have a live owner
 TERMINAL = TERMINAL_NAMES
 _STATUS = {s: s for s in STATES}  # one string per state, however many jobs are in it
 
@@ -110,17 +109,15 @@ class JobHandle:
         return self.status in TERMINAL
 
     def wait(self, timeout: float | None = None) -> JobRow:
-        """Block until the job ends (or `timeout` seconds; then TimeoutError)."""
+        """Block until the job ends (or `timeout` seconds; then TimeoutError). Only reads: the
+        session's reconcile loop (started here if need be) resolves jobs whose owner has exited."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        last_reconcile = 0.0
+        self.session.reconciler.start()
         while True:
             mark = self.session.change_mark()
             row = self.row
             if row.status in TERMINAL:
                 return row
-            if time.monotonic() - last_reconcile > RECONCILE_EVERY:
-                self.session.reconcile([row])
-                last_reconcile = time.monotonic()
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job {self.id} is still {row.status} after {timeout} s")
             self.session.wait_for_change(since=mark)
@@ -222,10 +219,11 @@ class JobGroup(Sequence[JobHandle]):
         return all(status.get(j) in TERMINAL for j in self.ids)
 
     def wait(self, timeout: float | None = None, *, progress: bool = False) -> "JobGroup":
-        """Block until every job has ended; `progress=True` shows a progress bar."""
+        """Block until every job has ended; `progress=True` shows a progress bar. A job waiting for
+        its retry has not ended. Only reads (see JobHandle.wait)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         bar = _Progress(len(self), self.name) if progress else None
-        last_reconcile = time.monotonic()
+        self.session.reconciler.start()
         try:
             while True:
                 mark = self.session.change_mark()
@@ -235,9 +233,6 @@ class JobGroup(Sequence[JobHandle]):
                     bar.update(ended, counts)
                 if ended >= len(self):
                     return self
-                if time.monotonic() - last_reconcile > RECONCILE_EVERY:
-                    self._reconcile_foreign()
-                    last_reconcile = time.monotonic()
                 if deadline is not None and time.monotonic() >= deadline:
                     raise TimeoutError(f"{len(self) - ended} of {len(self)} jobs still running after {timeout} s")
                 # at most ~50 looks a second: each look takes the GIL from the scheduler's loop
@@ -246,13 +241,6 @@ class JobGroup(Sequence[JobHandle]):
         finally:
             if bar:
                 bar.close()
-
-    def _reconcile_foreign(self) -> None:
-        """Check jobs this process did not dispatch (their owner may have died)."""
-        status, mine = self._status, self.session.dispatched
-        foreign = [j for j in self.ids if status.get(j) not in TERMINAL and j not in mine]
-        if foreign:
-            self.session.reconcile(self.session.ledger.job(j) for j in foreign)
 
     def results(self, timeout: float | None = None, *, errors: str = "raise") -> list[Any]:
         """Values in member order. `errors`: "raise" the first failure, or "return" JobFailed objects.
@@ -278,22 +266,41 @@ class JobGroup(Sequence[JobHandle]):
         return self.session.retry(self.ids)
 
     def to_dataframe(self, results: bool = False) -> "pandas.DataFrame":
-        """One row per job; parameters become columns; `results=True` adds a `result` column."""
+        """One row per job; parameters become columns; `results=True` adds a `result` column.
+
+        `memory_mib` and `timeout_s` are what the job asks for now (a retry may have raised them);
+        `history` tells each attempt of a job tried more than once: "1 FAILED (memory, 128 MiB) · 2 ..."."""
         import pandas as pd
 
         records = []
-        for row in self.rows():
-            rec = {"job_id": row.id, "name": row.name, "index": row.index, "status": row.status,
-                   "reason": row.reason, "exit_code": row.exit_code, "attempts": row.attempts,
-                   "host": row.host,
-                   "started": pd.to_datetime(row.started, unit="s") if row.started else pd.NaT,
-                   "runtime_s": (row.ended - row.started) if row.started and row.ended else None}
-            for k, v in row.params.items():
-                rec[k if k not in rec else f"param_{k}"] = v
-            if results:
-                rec["result"] = load_result(self.session, row) if row.status == "SUCCEEDED" else None
-            records.append(rec)
+        for page in self._pages():
+            retried = self.session.ledger.attempts_of(r.id for r in page if r.attempts > 1)
+            for row in page:
+                records.append(self._record(pd, row, retried.get(row.id), results))
         return pd.DataFrame.from_records(records)
+
+    def _record(self, pd, row: JobRow, attempts, results: bool) -> dict[str, Any]:
+        rec = {"job_id": row.id, "name": row.name, "index": row.index, "status": row.status,
+               "reason": row.reason, "exit_code": row.exit_code, "attempts": row.attempts,
+               "host": row.host,
+               "started": pd.to_datetime(row.started, unit="s") if row.started else pd.NaT,
+               "runtime_s": (row.ended - row.started) if row.started and row.ended else None,
+               "memory_mib": row.spec.get("memory"), "timeout_s": row.spec.get("timeout"),
+               "history": " · ".join(map(_attempt_text, attempts)) if attempts else None}
+        for k, v in row.params.items():
+            rec[k if k not in rec else f"param_{k}"] = v
+        if results:
+            rec["result"] = load_result(self.session, row) if row.status == "SUCCEEDED" else None
+        return rec
+
+
+def _attempt_text(a) -> str:
+    """One attempt, short: `2 FAILED (memory, 256 MiB)`."""
+    asked = a.request or {}
+    parts = [a.cause] if a.cause else []
+    parts += [f"{asked['memory']} MiB"] if asked.get("memory") else []
+    parts += [f"{asked['timeout']} s"] if asked.get("timeout") and a.cause == "timeout" else []
+    return f"{a.number} {a.status}" + (f" ({', '.join(parts)})" if parts else "")
 
 
 def _spans(ids: Sequence[int], width: int) -> list[tuple[int, int]]:

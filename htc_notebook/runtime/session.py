@@ -26,9 +26,10 @@ from htc_notebook.backends.base import Backend, Call, Launch
 from htc_notebook.backends.launchers import MpiLayout
 from htc_notebook.errors import HTCError, UnsupportedFeature
 from htc_notebook.ledger import AttemptStart, JobRow, Ledger, NewJob, Outcome, TaskRow
-from htc_notebook.ledger.states import ACTIVE_NAMES, TERMINAL_NAMES
+from htc_notebook.ledger.states import TERMINAL_NAMES
+from htc_notebook.runtime.reconcile import Reconciler
 from htc_notebook.runtime.recorder import Recorder
-from htc_notebook.spec import PartitionProfile, RetryPolicy, SiteConfig
+from htc_notebook.spec import PartitionProfile, SiteConfig
 from htc_notebook.storage import Storage
 
 POLL_SECONDS = 0.25
@@ -103,10 +104,13 @@ class Session:
 
     `root` defaults to `$HTC_ROOT`, else `./htc-data`; `site` is a SiteConfig,
     a path to a site YAML, or None for the layered default site.
-    Nothing is started until work is submitted.
+    No cluster is started until work is submitted. The reconcile loop (runtime/reconcile.py) runs
+    from the start unless `reconcile=False` (a short look, such as `htc status`, that must not
+    take up retries it would not live to see through).
     """
 
-    def __init__(self, root: str | os.PathLike | None = None, *, site: SiteConfig | str | os.PathLike | None = None):
+    def __init__(self, root: str | os.PathLike | None = None, *, site: SiteConfig | str | os.PathLike | None = None,
+                 reconcile: bool = True):
         self.root = Path(root or os.environ.get("HTC_ROOT") or "htc-data").resolve()
         self.site = site if isinstance(site, SiteConfig) else SiteConfig.load(site)
         self.storage = Storage(self.root)
@@ -122,7 +126,9 @@ class Session:
         self._closed = False
         self._watch = None  # runtime/watch.py: started with the first SLURM backend
         self._recorder = Recorder(self.ledger, self._result_path, self._committed)
+        self.reconciler = Reconciler(self, enabled=reconcile)
         _close_at_exit(self)
+        self.reconciler.start()
 
     def __repr__(self) -> str:
         return f"Session(root={str(self.root)!r}, profiles={self.site.names()})"
@@ -181,7 +187,16 @@ class Session:
 
                     backend = LocalBackend(profile, self._recorder, log_directory=str(self.root / "pilot-logs"))
                 self._backends[profile.name] = backend
+                self.reconciler.start()
             return backend
+
+    def live_backends(self) -> list[Backend]:
+        with self._lock:
+            return list(self._backends.values())
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def slurm_backends(self) -> list:
         """The SLURM backends this session runs (for the data root's one status poll)."""
@@ -292,8 +307,9 @@ class Session:
                 numbers = self.ledger.start_attempts([AttemptStart(r.id, host=self.owner.host, status="RUNNABLE")
                                                       for r in unstarted]) if unstarted else []
                 self.ledger.record_outcomes(
-                    [Outcome(l.job_id, l.attempt, "FAILED", reason=reason, ended=time.time()) for l in unsent]
-                    + [Outcome(r.id, n, "FAILED", reason=reason, ended=time.time())
+                    [Outcome(l.job_id, l.attempt, "FAILED", reason=reason, ended=time.time(), cause="submit")
+                     for l in unsent]
+                    + [Outcome(r.id, n, "FAILED", reason=reason, ended=time.time(), cause="submit")
                        for r, n in zip(unstarted, numbers) if n])
                 self._notify()
                 raise
@@ -408,7 +424,7 @@ class Session:
 
     def retry(self, job_ids: Iterable[int], reason: str = "retried by user") -> list[int]:
         """Run FAILED, CANCELLED or LOST jobs again (SUCCEEDED ones are never re-run)."""
-        moved = self.ledger.requeue(list(job_ids), reason)
+        moved = self.ledger.requeue(list(job_ids), reason, owner=str(self.owner))
         by_task: dict[int, list[JobRow]] = {}
         for job_id in moved:
             row = self.ledger.job(job_id)
@@ -424,21 +440,8 @@ class Session:
 
     def _committed(self, outcomes: Sequence[Outcome]) -> None:
         self._notify()
-        for o in outcomes:
-            if o.status not in ("FAILED", "LOST"):
-                continue
-            row = self.ledger.job(o.job_id)
-            policy = RetryPolicy(**row.spec.get("retry", {}))
-            if row.attempts <= policy.retries:
-                timer = threading.Timer(policy.delay(row.attempts), self._retry_later,
-                                        args=(o.job_id, f"automatic retry {row.attempts} of "
-                                              f"{policy.retries} after: {o.reason}"))
-                timer.daemon = True
-                timer.start()
-
-    def _retry_later(self, job_id: int, reason: str) -> None:
-        if not self._closed:
-            self.retry([job_id], reason)
+        if any(o.status in ("FAILED", "LOST") for o in outcomes):
+            self.reconciler.wake()  # a retry may be due now
 
     def _notify(self) -> None:
         with self._changed:
@@ -469,8 +472,8 @@ class Session:
         lost: list[Outcome] = []
         held: dict[str, list[JobRow]] = {}
         for row in rows:
-            if row.status in TERMINAL_NAMES or row.id in self._job_task:
-                continue  # ended, or watched by this process
+            if row.status in TERMINAL_NAMES or row.id in self._job_task or row.retry_at is not None:
+                continue  # ended, watched by this process, or waiting for its retry (the reconcile loop's)
             if row.kind == "command" and self._watch_job(row.id, row.task_id, row.attempts, row.native_id, row.profile,
                                                           row.spec.get("timeout")):
                 continue
@@ -485,7 +488,7 @@ class Session:
             if _kill_orphan_group(row.native_id):
                 reason += f"; its orphaned process group {row.native_id} was killed"
             lost.append(Outcome(row.id, row.attempts, "LOST", reason=reason + ". Retry it or re-run the sweep",
-                                host=owner.host, ended=time.time()))
+                                host=owner.host, ended=time.time(), cause="owner"))
         if lost:
             self.ledger.record_outcomes(lost)
             self._notify()
@@ -494,13 +497,12 @@ class Session:
         return len(lost)
 
     def resume(self) -> int:
-        """Take up what earlier sessions of this data root left (for `htc serve` and the Jupyter
-        server at start): watch their SLURM jobs, feed their held work, and mark LOST the local jobs
-        of processes that have exited. Returns how many jobs were marked LOST."""
-        lost = 0
-        for task in self.ledger.tasks():
-            lost += self.reconcile(self.ledger.jobs(task.id, status=ACTIVE_NAMES))
-        return lost
+        """Take up what earlier sessions of this data root left (`htc serve`, the Jupyter server at
+        start, `%htc attach`): watch their SLURM jobs, feed their held work, retry what is due, and
+        mark LOST the local jobs of processes that have exited; then keep doing so (the reconcile
+        loop). Returns how many jobs were marked LOST."""
+        self.reconciler.start()
+        return self.reconciler.reconcile_owners()
 
     def _fed_by_slurm(self, row: JobRow) -> bool:
         """A SLURM array job that its dead submitter never handed to SLURM (held, or its sbatch unanswered)."""
@@ -541,6 +543,7 @@ class Session:
                 return
             self._closed = True
             backends, self._backends = list(self._backends.values()), {}
+        self.reconciler.close()
         if self._watch is not None:
             self._watch.close()
         for backend in backends:

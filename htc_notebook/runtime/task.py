@@ -63,7 +63,7 @@ class Task:
 
     # -- submitting -----------------------------------------------------------
     def submit(self, fn: Callable[..., Any], /, *args: Any, profile: str | None = None,
-               resources: Resources | Mapping[str, Any] | None = None, retries: int = 0,
+               resources: Resources | Mapping[str, Any] | None = None, retries: int | RetryPolicy = 0,
                name: str | None = None, key: str | None = None, **kwargs: Any) -> JobHandle:
         """Run `fn(*args, **kwargs)` as one job; returns its handle at once.
 
@@ -79,7 +79,7 @@ class Task:
     def mpi(self, what: Callable[..., Any] | str | Sequence[str], /, *args: Any, nodes: int = 1,
             ranks: int | None = None, ranks_per_node: int | None = None, cpus_per_rank: int = 1,
             memory: int | str | None = None, walltime: int | str | None = None, gpus: int = 0,
-            launcher: str | None = None, profile: str | None = None, retries: int = 0,
+            launcher: str | None = None, profile: str | None = None, retries: int | RetryPolicy = 0,
             name: str | None = None, key: str | None = None, **kwargs: Any) -> JobHandle:
         """Run an MPI job with `ranks` = `nodes` x `ranks_per_node` ranks; returns its handle at once.
 
@@ -114,7 +114,7 @@ class Task:
 
     def sweep(self, what: Callable[..., Any] | str | Sequence[str], sweep: Sweep, *,
               profile: str | None = None, resources: Resources | Mapping[str, Any] | None = None,
-              definition: JobDefinition | None = None, retries: int = 0,
+              definition: JobDefinition | None = None, retries: int | RetryPolicy = 0,
               name: str | None = None) -> JobGroup:
         """Run `what` once per sweep member; members that already succeeded are not run again.
 
@@ -161,7 +161,7 @@ class Task:
                         skipped=sum(1 for r in existing.values() if r.status == "SUCCEEDED"))
 
     def submit_batch(self, batch: JobBatch | Mapping[str, Any], *, profile: str | None = None,
-                     retries: int = 0, throttle: int | None = None) -> JobGroup:
+                     retries: int | RetryPolicy = 0, throttle: int | None = None) -> JobGroup:
         """Submit an HTC job batch: `batchSize` jobs sharing one job definition.
 
         Job i sees `HTC_JOB_INDEX=i`. `throttle` caps how many of the batch run at once
@@ -186,11 +186,12 @@ class Task:
     # -- looking ----------------------------------------------------------------
     def jobs(self, status: str | Sequence[str] | None = None) -> JobGroup:
         """Handles for this task's jobs (all, or those in `status`), rebuilt from the ledger."""
+        self.session.reconciler.settled()
         rows = self.session.ledger.jobs(self.id, status=status)
-        self.session.reconcile(rows)
         return JobGroup(self.session, self.id, [r.id for r in rows], self.name)
 
     def counts(self) -> dict[str, int]:
+        self.session.reconciler.settled()
         return self.session.ledger.counts(self.id)
 
     def to_dataframe(self, results: bool = False) -> "pandas.DataFrame":
@@ -219,8 +220,9 @@ class Task:
             res = Resources(**resources)
         return prof, prof.resolve(res)
 
-    def _spec(self, res: Resources, retries: int, **extra: Any) -> dict[str, Any]:
-        policy = RetryPolicy(retries=retries)
+    def _spec(self, res: Resources, retries: int | RetryPolicy, **extra: Any) -> dict[str, Any]:
+        """A job's spec; `retries` is a number of retries or a whole RetryPolicy (spec/retry.py)."""
+        policy = retries if isinstance(retries, RetryPolicy) else RetryPolicy(retries=retries)
         return {"cores": res.cores, "memory": res.memory, "timeout": res.walltime,
                 "retry": policy.model_dump(), "owner": str(self.session.owner), **extra}
 

@@ -208,7 +208,15 @@ class HTCApi:
         return [self.job_json(task, r) for r in rows], (str(rows[-1].id) if more else None)
 
     def get_job(self, user: str, project_id: str, task_id: str, job_id: str) -> dict[str, Any]:
-        return self.job_json(*self._job(user, project_id, task_id, job_id))
+        """A job, with each attempt: how it ended, why, and what it asked for (a retry may ask for more)."""
+        task, row = self._job(user, project_id, task_id, job_id)
+        history = [{"attempt": a.number, "status": a.status, "statusReason": a.reason, "cause": a.cause,
+                    "exitCode": a.exit_code, "host": a.host, "nativeId": a.native_id,
+                    "maxMemory": (a.request or {}).get("memory"),
+                    "execTimeoutSeconds": (a.request or {}).get("timeout"),
+                    "startedAt": _iso(a.started), "endedAt": _iso(a.ended)}
+                   for a in self.session.ledger.attempts(row.id)]
+        return {**self.job_json(task, row), "attemptHistory": history}
 
     def submit_batches(self, user: str, project_id: str, task_id: str, body: Any) -> list[dict[str, Any]]:
         """Validate every batch first (nothing is submitted if one is bad), then submit them all."""

@@ -8,7 +8,7 @@ from .job import EnvVar, JobBatch, JobDefinition, load_batches
 from .names import check_name
 from .profile import PartitionProfile
 from .resources import Resources
-from .retry import RetryPolicy
+from .retry import Decision, Limits, Request, RetryPolicy
 from .site import SiteConfig
 from .sweep import Member, Sweep
 from .units import format_walltime, parse_memory_mib, parse_walltime_seconds
@@ -16,6 +16,6 @@ from .yaml_loader import LineMap, load_yaml, locate, located
 
 __all__ = [
     "EnvVar", "JobBatch", "JobDefinition", "LineMap", "Member", "PartitionProfile", "Resources",
-    "RetryPolicy", "SiteConfig", "Sweep", "check_name", "format_walltime", "load_batches",
+    "Decision", "Limits", "Request", "RetryPolicy", "SiteConfig", "Sweep", "check_name", "format_walltime", "load_batches",
     "load_yaml", "locate", "located", "parse_memory_mib", "parse_walltime_seconds",
 ]

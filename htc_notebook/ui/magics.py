@@ -275,6 +275,7 @@ class HTCMagics(Magics):
         """After a kernel restart: the task's jobs and live table, rebuilt from the ledger."""
         task = self._task(args.task)
         use(task)
+        task.session.resume()  # what the earlier kernel left: watched, fed, retried, or LOST
         group = task.jobs()
         return LiveGroup(group.session, group.task_id, group.ids, task.name)
 

@@ -28,9 +28,9 @@ from htc_notebook.backends.slurm.feeder import FEED_SECONDS, Chunk, Feeder
 from htc_notebook.errors import BackendError
 from htc_notebook.backends.slurm.script import (KILL_AFTER, SLURM_MARGIN, TIMEOUT_EXIT, command_line,
                                                 render_array, sbatch_argv)
-from htc_notebook.backends.slurm.states import end_reason, explain_pending, htc_status
+from htc_notebook.backends.slurm.states import end_cause, end_reason, explain_pending, htc_status
 from htc_notebook.ledger import Outcome
-from htc_notebook.ledger.states import TERMINAL_NAMES
+from htc_notebook.ledger.states import TERMINAL_NAMES, Cause
 from htc_notebook.spec import PartitionProfile
 from htc_notebook.storage import atomic_write
 
@@ -46,6 +46,7 @@ class Tracked:
     native_id: str  # "<array job id>_<task id>", or "<array job id>_<task id>/<bundle>" for a bundled job
     state_dir: Path
     timeout: int | None = None
+    memory: int | None = None  # MiB asked for (to say so when the cgroup kills it)
     last: tuple | None = None  # last (status, reason, host) reported
     gone_since: float | None = None  # monotonic time it was first missing from squeue
 
@@ -149,7 +150,7 @@ class ArrayRunner:
         with self._lock:
             for l in chunk:
                 if l.job_id in natives:
-                    self._tracked[l.job_id] = Tracked(l.job_id, l.attempt, natives[l.job_id], sdir, l.timeout)
+                    self._tracked[l.job_id] = Tracked(l.job_id, l.attempt, natives[l.job_id], sdir, l.timeout, l.memory)
         what = f"as array {job}" + (f", {bundle} jobs per array task" if bundle > 1 else "")
         self._reporter.submitted(natives, reason=f"submitted to SLURM {what}")
 
@@ -311,7 +312,8 @@ class ArrayRunner:
             reason = "cancelled in SLURM (scancel from outside htc_notebook, or an administrator)"
         host = fields.get("BatchHost") or fields.get("NodeList")
         self._finish(t, Outcome(t.job_id, t.attempt, status, reason=f"{reason} [{t.native_id} {state}]"
-                                if reason else None, exit_code=exit_code, host=host, ended=time.time()))
+                                if reason else None, exit_code=exit_code, host=host, ended=time.time(),
+                                cause=end_cause(state) if status == "FAILED" else None))
 
     def _finish(self, t: Tracked, outcome: Outcome) -> None:
         with self._lock:
@@ -363,9 +365,9 @@ def _epoch(text: str) -> float:
 
 
 def _read_exit(t: Tracked) -> Outcome | None:
-    """The task's own record of how it ended: "<rc> <host> <epoch>" (None if not there yet)."""
+    """The task's own record of how it ended: "<rc> <host> <epoch> [oom]" (None if not there yet)."""
     try:
-        rc, host, when = (t.state_dir / f"job-{t.job_id}-{t.attempt}.exit").read_text().split()[:3]
+        rc, host, when, *how = (t.state_dir / f"job-{t.job_id}-{t.attempt}.exit").read_text().split()
         ended = _epoch(when)
     except (FileNotFoundError, ValueError):
         return None
@@ -379,14 +381,18 @@ def _read_exit(t: Tracked) -> Outcome | None:
     if code == 0:
         return Outcome(t.job_id, t.attempt, "SUCCEEDED", exit_code=0, host=host,
                        started=started, ended=ended)
-    if code == TIMEOUT_EXIT and t.timeout:
-        reason = f"timeout: killed after execTimeoutSeconds={t.timeout}"
+    cause = Cause.EXIT
+    if "oom" in how:
+        reason, cause = (f"out of memory: the cgroup's OOM killer stopped it (it asked for "
+                         f"{t.memory} MiB)" if t.memory else "out of memory: the cgroup's OOM killer stopped it"), Cause.MEMORY
+    elif code == TIMEOUT_EXIT and t.timeout:
+        reason, cause = f"timeout: killed after execTimeoutSeconds={t.timeout}", Cause.TIMEOUT
     elif code > 128:
         reason = f"killed by signal {code - 128}"
     else:
         reason = f"exited with code {code}"
     return Outcome(t.job_id, t.attempt, "FAILED", reason=reason, exit_code=code, host=host,
-                   started=started, ended=ended)
+                   started=started, ended=ended, cause=cause)
 
 
 def _read_start(t: Tracked) -> float | None:

@@ -235,7 +235,7 @@ class Feeder:
             raise exc
         for l in chunk.launches:
             self._reporter.finished(Outcome(l.job_id, l.attempt, "FAILED", reason=f"not submitted: {exc}",
-                                            ended=time.time()))
+                                            ended=time.time(), cause="submit"))
 
     def _say_held(self, why: str) -> None:
         """Report held jobs HELD with `why` (each job once per new reason)."""

@@ -76,6 +76,20 @@ def end_reason(slurm_state: str) -> str | None:
     return STATES.get(base, ("RUNNING", None))[1]
 
 
+# SLURM end states that say why a job failed (the ledger's Cause); the rest failed on their own
+CAUSES: dict[str, str] = {"TIMEOUT": "timeout", "OUT_OF_MEMORY": "memory", "NODE_FAIL": "node", "BOOT_FAIL": "node",
+                          "PREEMPTED": "preempted"}
+
+
+def end_cause(slurm_state: str) -> str:
+    """Why a job that ended in this state failed: timeout, memory, node, preempted, else exit.
+
+    >>> end_cause("OUT_OF_MEMORY"), end_cause("NODE_FAIL"), end_cause("FAILED")
+    ('memory', 'node', 'exit')
+    """
+    return CAUSES.get(slurm_state.split()[0].rstrip("+"), "exit")
+
+
 def explain_pending(reason: str) -> str:
     """A readable sentence for a squeue pending reason (%r)."""
     reason = reason.strip().strip("()")

@@ -1,0 +1,178 @@
+"""The reconcile loop: what the ledger says, brought in line with what is really going on.
+
+One loop per Session (in the spirit of distributed's `SpecCluster._correct_state`: the desired
+state kept apart from the live one, one method that corrects the difference). Each tick:
+
+1. **Retries** that are due. A job whose attempt failed in a way that may be retried stays
+   SUBMITTED (it has not ended: waiting goes on, a cancel stops it) with its retry due in the
+   ledger (`retry_at`), so a kernel restart forgets none. The job's RetryPolicy decides from the
+   cause of each attempt (the ledger's `Cause`): run again as it was, with more memory or more
+   time, requeued after a fault of the machine without using up `retries`, or not at all (then
+   the job ends as its attempt did, and its reason says why). A session retries the jobs it owns
+   and those of owners that have exited; starting a retry is a compare-and-set in the ledger
+   (of many processes, one does it), and the retry is owned by the process that started it.
+2. **Dead owners** (every few seconds, over the whole data root): the local jobs of a process that
+   has exited become LOST; its SLURM jobs are watched from here; its held work is claimed and fed.
+3. **Foreign cancels**: a job this process runs that another process cancelled is stopped here.
+
+Held work is released by the SLURM feeder as room appears; the status of SLURM jobs comes from
+the data root's one poller (runtime/watch.py). Readers (`jobs()`, `status()`, handles) only read.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from htc_notebook.errors import HTCError
+from htc_notebook.ledger import JobRow
+from htc_notebook.ledger.states import TERMINAL_NAMES
+from htc_notebook.spec import Decision, Limits, Request, RetryPolicy
+
+if TYPE_CHECKING:
+    from htc_notebook.runtime.session import Session
+
+TICK_SECONDS = 1.0  # between two ticks (a commit of a failure wakes the loop at once)
+OWNERS_EVERY = 5.0  # seconds between two looks for owners that have exited
+RETRIES_PER_TICK = 1000
+
+
+class Reconciler:
+    """The reconcile loop of one Session. `tick()` runs it once; `start()` in a thread."""
+
+    def __init__(self, session: "Session", enabled: bool = True):
+        self.session, self.enabled = session, enabled
+        self.retried = 0  # retries this process started (for tests and figures)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._first = threading.Event()  # set when the first tick is over
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._owners_looked = 0.0
+
+    def start(self) -> None:
+        """Run the loop in a thread (idempotent; nothing if not enabled)."""
+        with self._lock:
+            if self.enabled and self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(target=self._loop, name="htc-reconcile", daemon=True)
+                self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def settled(self, timeout: float = 30.0) -> None:
+        """Wait until the loop's first tick is over, so that what a new session shows first is
+        already reconciled (jobs of exited owners LOST, ...); at once if the loop does not run."""
+        if self._thread is not None:
+            self._first.wait(timeout)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except HTCError:  # the ledger busy, a backend refusing: next tick
+                pass
+            finally:
+                self._first.set()
+            self._wake.wait(TICK_SECONDS)
+            self._wake.clear()
+
+    def tick(self, *, owners: bool | None = None) -> None:
+        """One round: due retries, exited owners (every OWNERS_EVERY s, or when `owners` is True), foreign cancels."""
+        now = time.time()
+        if owners or (owners is None and now - self._owners_looked >= OWNERS_EVERY):
+            self._owners_looked = now
+            self.reconcile_owners()
+            self.stop_cancelled()
+        self.start_retries(now)
+
+    # -- 1. retries ----------------------------------------------------------------------------
+    def start_retries(self, now: float) -> int:
+        s = self.session
+        started = 0
+        by_task: dict[int, list[JobRow]] = {}
+        for row in s.ledger.retries_due(now, RETRIES_PER_TICK):
+            if s.closed or not self._mine(row):
+                continue
+            decision, failed = self._decide(row)
+            if not decision.retry:
+                s.ledger.settle_retry(row.id, row.attempts, decision.why)
+                continue
+            due = (row.ended or now) + decision.delay
+            if due > now:
+                s.ledger.postpone_retry(row.id, row.attempts, due, f"{decision.why}, in {due - now:.0f} s "
+                                        f"(attempt {row.attempts}: {failed})")
+                continue
+            change = {k: v for k, v in (("memory", decision.request.memory), ("timeout", decision.request.timeout))
+                      if v is not None and v != row.spec.get(k)}
+            reason = f"automatic {decision.why} (attempt {row.attempts}: {failed})"
+            if s.ledger.requeue_retry(row.id, row.attempts, str(s.owner), change, reason):
+                by_task.setdefault(row.task_id, []).append(s.ledger.job(row.id))
+                started += 1
+        for task_id, rows in by_task.items():
+            try:
+                s.dispatch(s.task_row(task_id), rows)
+            except HTCError:
+                pass  # dispatch has recorded why they were not submitted
+        self.retried += started
+        return started
+
+    def _mine(self, row: JobRow) -> bool:
+        """Is this session the one to retry `row`: its owner, or the owner has exited."""
+        from htc_notebook.runtime.session import Owner
+
+        owner = Owner.parse(row.spec.get("owner"))
+        return owner is None or owner == self.session.owner or owner.alive() is False
+
+    def _decide(self, row: JobRow) -> tuple[Decision, str]:
+        """The policy's decision for `row`'s failed attempt, and that attempt's reason."""
+        s = self.session
+        attempts = s.ledger.attempts(row.id)
+        causes = [a.cause for a in attempts if a.number < row.attempts]
+        last = next((a for a in attempts if a.number == row.attempts), None)
+        cause = (last.cause if last else None) or "exit"
+        failed = f"{last.status}, {last.reason}" if last and last.reason else "failed"
+        policy = RetryPolicy(**row.spec.get("retry", {}))
+        try:
+            profile = s.profile(row.profile)
+            limits = Limits(memory=profile.memory_per_node, timeout=profile.max_walltime)
+        except HTCError:
+            limits = Limits()
+        return policy.decide(cause, Request(memory=row.spec.get("memory"), timeout=row.spec.get("timeout")),
+                             causes, limits), failed
+
+    # -- 2. owners that exited -------------------------------------------------------------------
+    def reconcile_owners(self) -> int:
+        """Look at the active jobs of every owner (data root wide) that has exited; returns how many became LOST."""
+        from htc_notebook.runtime.session import Owner
+
+        s = self.session
+        lost = 0
+        for text in s.ledger.active_owners():
+            owner = Owner.parse(text)
+            if owner is not None and owner != s.owner and owner.alive() is False:
+                lost += s.reconcile(s.ledger.owned_jobs(text))
+        return lost
+
+    # -- 3. cancels from elsewhere ----------------------------------------------------------------
+    def stop_cancelled(self) -> None:
+        """Stop what this process runs for jobs that the ledger says have ended (cancelled elsewhere)."""
+        s = self.session
+        for backend in s.live_backends():
+            running = backend.running()
+            if running:
+                status = s.ledger.statuses(running)
+                ended = [j for j in running if status.get(j) in STOPPED]
+                if ended:
+                    backend.cancel(ended)
+
+
+STOPPED = TERMINAL_NAMES - {"SUCCEEDED"}  # a job that ended so while it runs here was stopped elsewhere
+

@@ -1,0 +1,160 @@
+"""Retries in the ledger: a failed attempt that may be retried leaves its job SUBMITTED with the
+retry due (so a kernel restart forgets none), one process starts it (compare and set), and older
+ledgers are upgraded in place to hold it."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from htc_notebook.errors import LedgerError
+from htc_notebook.ledger import SCHEMA_VERSION, AttemptStart, Ledger, NewJob, Outcome
+from htc_notebook.ledger.schema import DDL, V1_STATUSES
+from htc_notebook.ledger.states import JobStatus, sql_list
+
+
+def spec(retries: int = 0, **more) -> dict:
+    return {"cores": 1, "memory": 100, "timeout": 60, "owner": "h:1",
+            "retry": {"retries": retries, "requeues": 5}, **more}
+
+
+@pytest.fixture
+def ledger(tmp_path: Path):
+    with Ledger(tmp_path / "ledger.db") as led:
+        yield led
+
+
+def start_and_fail(ledger: Ledger, job_id: int, cause: str | None, status: str = "FAILED") -> int:
+    [attempt] = ledger.start_attempts([AttemptStart(job_id, host="n1", native_id="7_0")])
+    ledger.record_outcomes([Outcome(job_id, attempt, status, reason=f"{cause or 'plain'} failure", cause=cause,
+                                    exit_code=1)])
+    return attempt
+
+
+def test_a_failure_that_may_be_retried_has_not_ended(ledger):
+    task = ledger.task("p", "t")
+    retried, final, fault = ledger.add_jobs(task.id, [NewJob("a", "command", {}, spec(retries=1)),
+                                                      NewJob("b", "command", {}, spec(retries=0)),
+                                                      NewJob("c", "command", {}, spec(retries=0))])
+    start_and_fail(ledger, retried, "memory")
+    start_and_fail(ledger, final, "exit")
+    start_and_fail(ledger, fault, "node")  # not the job's fault: requeued even with retries=0
+    rows = {r.id: r for r in ledger.jobs(task.id)}
+    assert rows[retried].status == "SUBMITTED" and rows[retried].retry_at is not None
+    assert "a retry is being decided: memory failure" in rows[retried].reason
+    assert rows[final].status == "FAILED" and rows[final].retry_at is None
+    assert rows[fault].status == "SUBMITTED" and rows[fault].retry_at is not None
+    # the attempt keeps the truth: FAILED, why, and what it asked for
+    (a,) = ledger.attempts(retried)
+    assert (a.status, a.cause, a.request) == ("FAILED", "memory", {"memory": 100, "timeout": 60})
+    assert {r.id for r in ledger.retries_due(time.time())} == {retried, fault}
+    assert ledger.scheduler_jobs() == []  # its old SLURM id is not polled any more
+
+
+def test_starting_a_retry_is_compare_and_set(ledger):
+    task = ledger.task("p", "t")
+    (job,) = ledger.add_jobs(task.id, [NewJob("a", "command", {}, spec(retries=2))])
+    attempt = start_and_fail(ledger, job, "memory")
+    assert ledger.requeue_retry(job, attempt, "h:2", {"memory": 200}, "retry 1 of 2") is True
+    assert ledger.requeue_retry(job, attempt, "h:3", {"memory": 400}, "retry 1 of 2") is False  # one wins
+    row = ledger.job(job)
+    assert (row.status, row.retry_at, row.spec["memory"], row.spec["owner"]) == ("SUBMITTED", None, 200, "h:2")
+    assert row.spec["timeout"] == 60 and row.native_id is None and row.exit_code is None
+    [second] = ledger.start_attempts([AttemptStart(job, host="n2")])
+    assert second == 2 and ledger.attempts(job)[1].request == {"memory": 200, "timeout": 60}
+    events = [e.kind for e in ledger.events(job_id=job)]
+    assert "retrying" in events
+
+
+def test_settled_jobs_end_as_their_attempt_did_saying_why(ledger):
+    task = ledger.task("p", "t")
+    failed, lost = ledger.add_jobs(task.id, [NewJob("a", "command", {}, spec(retries=1)),
+                                             NewJob("b", "command", {}, spec())])
+    a1 = start_and_fail(ledger, failed, "memory")
+    a2 = start_and_fail(ledger, lost, "lost", status="LOST")
+    assert ledger.settle_retry(failed, a1, "out of memory at 100 MiB, the most the profile allows: not retried")
+    assert ledger.settle_retry(lost, a2, "requeued 5 times already")
+    assert not ledger.settle_retry(failed, a1, "again")  # settled once
+    row = ledger.job(failed)
+    assert row.status == "FAILED" and row.retry_at is None
+    assert row.reason == "memory failure; out of memory at 100 MiB, the most the profile allows: not retried"
+    assert ledger.job(lost).status == "LOST"
+    assert ledger.retries_due(time.time() + 1000) == []
+
+
+def test_a_retry_can_be_postponed_and_cancelled(ledger):
+    task = ledger.task("p", "t")
+    (job,) = ledger.add_jobs(task.id, [NewJob("a", "python", {}, spec(retries=3))])
+    attempt = start_and_fail(ledger, job, "exit")
+    due = time.time() + 60
+    assert ledger.postpone_retry(job, attempt, due, "retry 1 of 3, in 60 s")
+    assert ledger.retries_due(time.time()) == [] and ledger.job(job).reason == "retry 1 of 3, in 60 s"
+    assert [r.id for r in ledger.retries_due(due)] == [job]
+    assert ledger.cancel([job]) == [job]
+    row = ledger.job(job)
+    assert (row.status, row.retry_at) == ("CANCELLED", None)
+    assert not ledger.requeue_retry(job, attempt, "h:2", {}, "too late")
+
+
+def test_unknown_cause_is_refused_and_nothing_written(ledger):
+    task = ledger.task("p", "t")
+    (job,) = ledger.add_jobs(task.id, [NewJob("a", "command", {}, spec(retries=1))])
+    [attempt] = ledger.start_attempts([AttemptStart(job)])
+    with pytest.raises(LedgerError, match="cause 'gremlins' is not one of"):
+        ledger.record_outcomes([Outcome(job, attempt, "FAILED", cause="gremlins")])
+    assert ledger.job(job).status == "RUNNING"
+
+
+def test_timeouts_are_a_cause_of_their_own(ledger):
+    task = ledger.task("p", "t")
+    (job,) = ledger.add_jobs(task.id, [NewJob("a", "command", {}, spec(retries=1))])
+    [attempt] = ledger.start_attempts([AttemptStart(job)])
+    ledger.record_outcomes([Outcome(job, attempt, "FAILED", reason="timeout: killed after execTimeoutSeconds=60")])
+    assert ledger.attempts(job)[0].cause == "timeout"
+
+
+# -- older ledgers, upgraded in place -------------------------------------------------------------
+
+def _old_ledger(path: Path, version: int) -> None:
+    """A ledger as version 1 or 2 of the schema made it: no retry columns (and for v1, no HELD, no leases)."""
+    con = sqlite3.connect(path)
+    for statement in DDL:
+        if "jobs_retry_at" in statement or statement.lstrip().startswith("CREATE TABLE leases") and version == 1:
+            continue
+        statement = (statement.replace(",\n        retry_at   REAL              -- a failed attempt waits for its retry decision (due then)", "")
+                     .replace("        cause      TEXT,             -- why it failed (ledger.states.Cause)\n", "")
+                     .replace("        request    TEXT,             -- JSON: the memory (MiB) and time limit (s) it asked for\n", ""))
+        if version == 1:
+            statement = statement.replace(sql_list(frozenset(JobStatus)), V1_STATUSES)
+        con.execute(statement)
+    con.execute("INSERT INTO projects VALUES ('p', 0)")
+    con.execute("INSERT INTO tasks (id, project, name, created) VALUES (1, 'p', 't', 0)")
+    con.execute("INSERT INTO jobs (id, task_id, idx, name, kind, profile, priority, params, spec, status, created, "
+                "updated, seq) VALUES (1, 1, 0, 'old', 'command', 'local', 0, '{}', ?, 'RUNNING', 0, 0, 1)",
+                ('{"retry": {"retries": 1}, "memory": 50}',))
+    con.execute("INSERT INTO attempts (job_id, number, status) VALUES (1, 1, 'RUNNING')")
+    con.execute("UPDATE jobs SET attempts = 1")
+    con.execute(f"PRAGMA user_version = {version}")
+    con.commit()
+    con.close()
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_older_ledgers_are_upgraded_and_keep_their_jobs(tmp_path, version):
+    path = tmp_path / "old.db"
+    _old_ledger(path, version)
+    with pytest.raises(sqlite3.OperationalError):  # the old schema has no retry column
+        sqlite3.connect(path).execute("SELECT retry_at FROM jobs").fetchall()
+    with Ledger(path) as ledger:
+        assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        (row,) = ledger.jobs(1)
+        assert (row.name, row.status, row.attempts) == ("old", "RUNNING", 1)
+        # the old running attempt fails for lack of memory: its retry waits in the ledger
+        ledger.record_outcomes([Outcome(1, 1, "FAILED", reason="out of memory", cause="memory")])
+        assert ledger.job(1).status == "SUBMITTED" and ledger.attempts(1)[0].cause == "memory"
+        ledger.intend([1], "sbatch:x", "held")  # HELD exists in either
+    with Ledger(path) as again:  # opening an upgraded ledger again changes nothing
+        assert again.job(1).status == "HELD"

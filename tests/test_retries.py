@@ -1,0 +1,138 @@
+"""Retries that learn, on the local backend: decided from each attempt's cause by the reconcile
+loop, kept in the ledger (a killed kernel forgets none), started once, stopped by a cancel."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import dask
+import distributed  # noqa: F401 - its config defaults
+import pytest
+
+from htc_notebook import RetryPolicy, Session, SiteConfig
+
+NOW = RetryPolicy(retries=1, backoff=0)
+
+
+def wait_for(predicate, timeout: float = 60, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def batch(command: list[str], timeout: int | None = None, size: int = 1) -> dict:
+    d = {"commands": command}
+    if timeout:
+        d["execTimeoutSeconds"] = timeout
+    return {"jobName": "job", "batchSize": size, "htcJobDefinition": d}
+
+
+def test_a_timeout_is_retried_with_twice_the_time(session):
+    task = session.project("retries").task("timeout")
+    (job,) = task.submit_batch(batch(["sleep", "1.5"], timeout=1), retries=NOW)
+    row = job.wait(timeout=60)
+    assert row.status == "SUCCEEDED", row.reason
+    first, second = job.attempts
+    assert (first.status, first.cause, first.request["timeout"]) == ("FAILED", "timeout", 1)
+    assert (second.status, second.request["timeout"]) == ("SUCCEEDED", 2)
+    assert row.spec["timeout"] == 2
+    kinds = [e.message for e in session.ledger.events(job_id=job.id) if e.kind == "retrying"]
+    assert kinds and "time limit 1 -> 2 s" in kinds[0]
+
+
+def test_a_request_that_cannot_grow_is_not_retried(tmp_path):
+    site = SiteConfig.from_yaml("profiles:\n  tight:\n    backend: local\n    cores_per_node: 2\n"
+                                "    memory_per_node: 1G\n    max_walltime: 1\n")
+    with Session(tmp_path / "root", site=site) as s:
+        (job,) = s.project("retries").task("tight").submit_batch(batch(["sleep", "5"], timeout=1), profile="tight",
+                                                                  retries=RetryPolicy(retries=3, backoff=0))
+        row = job.wait(timeout=60)
+        assert row.status == "FAILED" and len(job.attempts) == 1
+        assert row.reason.endswith("timeout at 1 s, the most the profile allows: not retried")
+        assert row.reason.startswith("timeout: killed after execTimeoutSeconds=1")
+
+
+def test_a_retry_waits_in_the_ledger_and_a_cancel_calls_it_off(session):
+    task = session.project("retries").task("cancel")
+    group = task.submit_batch(batch(["false"]), retries=RetryPolicy(retries=2, backoff=30, max_backoff=30))
+    (job,) = group
+    wait_for(lambda: "in 30 s" in (job.row.reason or "") or "in 29 s" in (job.row.reason or ""), what="postponed")
+    row = job.row
+    assert row.status == "SUBMITTED" and row.retry_at > time.time() + 20
+    assert row.reason.startswith("retry 1 of 2, it failed") and "exited with code 1" in row.reason
+    with pytest.raises(TimeoutError):  # a job waiting for its retry has not ended
+        group.wait(timeout=1)
+    assert group.cancel() == [job.id]
+    group.wait(timeout=10)
+    assert job.status == "CANCELLED" and len(job.attempts) == 1 and job.row.retry_at is None
+
+
+def test_python_calls_that_lose_their_worker_are_requeued_without_using_retries(session, tmp_path):
+    """The worker process running the call dies (SIGKILL): dask gives up with KilledWorker after
+    its own retries; the job is requeued (cause lost) even with retries=0, and succeeds."""
+    marker = tmp_path / "kills"
+    allowed = dask.config.get("distributed.scheduler.allowed-failures")
+
+    def die_until_dask_gives_up():  # dask reruns a call whose worker died, `allowed` times
+        kills = len(marker.read_text()) if marker.exists() else 0
+        if kills <= allowed:
+            with open(marker, "a") as f:
+                f.write("x")
+            os.kill(os.getpid(), signal.SIGKILL)
+        return kills
+
+    task = session.project("retries").task("worker")
+    job = task.submit(die_until_dask_gives_up)
+    row = job.wait(timeout=120)
+    assert row.status == "SUCCEEDED", row.reason
+    causes = [a.cause for a in job.attempts]
+    assert causes[-1] is None and all(c == "lost" for c in causes[:-1]) and len(causes) >= 2
+
+
+KERNEL = textwrap.dedent("""
+    import sys, time
+    from htc_notebook import RetryPolicy, Session, SiteConfig
+    s = Session(sys.argv[1], site=SiteConfig.builtin())
+    task = s.project("p").task("t")
+    # fails on its first run, succeeds on the next: each run adds a line to runs
+    (job,) = task.submit_batch({"jobName": "flaky", "batchSize": 1, "htcJobDefinition": {"commands": [
+        "sh", "-c", "echo run >> runs; [ $(wc -l < runs) -ge 2 ]"]}},
+        retries=RetryPolicy(retries=1, backoff=4, max_backoff=4))
+    while not (job.row.retry_at or 0) > time.time():
+        time.sleep(0.05)
+    print(job.id, flush=True)
+    time.sleep(300)
+""")
+
+
+def test_a_retry_due_when_the_kernel_died_runs_once_in_the_next_sessions(tmp_path):
+    root = tmp_path / "root"
+    kernel = subprocess.Popen([sys.executable, "-c", KERNEL, str(root)], stdout=subprocess.PIPE, text=True)
+    job_id = int(kernel.stdout.readline())
+    kernel.send_signal(signal.SIGKILL)
+    kernel.wait()
+    # two new sessions (another kernel and this one) both see the retry come due; one runs it
+    other = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import sys
+        from htc_notebook import Session, SiteConfig
+        with Session(sys.argv[1], site=SiteConfig.builtin()) as s:
+            print(s.job(int(sys.argv[2])).wait(timeout=120).status, flush=True)
+    """), str(root), str(job_id)], stdout=subprocess.PIPE, text=True)
+    with Session(root, site=SiteConfig.builtin()) as s:
+        row = s.job(job_id).wait(timeout=120)
+        assert row.status == "SUCCEEDED", row.reason
+        assert other.communicate(timeout=120)[0].strip() == "SUCCEEDED"
+        task_dir = s.storage.task_dir("p", "t")
+        assert (task_dir / "runs").read_text().splitlines() == ["run", "run"]  # run twice: the first and its retry
+        attempts = s.ledger.attempts(job_id)
+        assert [a.status for a in attempts] == ["FAILED", "SUCCEEDED"]
+        assert [e.kind for e in s.ledger.events(job_id=job_id)].count("retrying") == 1

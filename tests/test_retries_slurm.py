@@ -1,0 +1,49 @@
+"""Retries that learn, on the real test cluster: the cgroup kills a job for memory and the retry asks
+for more; a job killed at its time limit is retried with more time. Each attempt's request and why
+it changed are in the ledger, the DataFrame and the REST job view."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from test_slurm import REPO, site  # noqa: F401 - the discovered site fixture
+
+from htc_notebook import RetryPolicy, Session
+from htc_notebook.server.api import HTCApi
+from htc_notebook.server.auth import Auth
+
+pytestmark = pytest.mark.slurm
+
+
+def test_out_of_memory_and_timeout_are_retried_with_more(site, slurm_cluster):  # noqa: F811
+    root = REPO / "test-output" / f"retries-{uuid.uuid4().hex[:8]}"
+    grow = [slurm_cluster.python, "-c", "x = bytearray(300 << 20); import time; time.sleep(0.5)"]
+    with Session(root, site=site) as s:
+        task = s.project("retries").task("learn")
+        policy = RetryPolicy(retries=2, backoff=0)
+        (hungry,) = task.submit_batch({"jobName": "hungry", "batchSize": 1, "htcJobDefinition": {
+            "commands": grow, "maxMemory": 128}}, profile="cpu", retries=policy)
+        (slow,) = task.submit_batch({"jobName": "slow", "batchSize": 1, "htcJobDefinition": {
+            "commands": ["sleep", "3"], "execTimeoutSeconds": 2}}, profile="cpu", retries=policy)
+        for job in (hungry, slow):
+            row = job.wait(timeout=240)
+            assert row.status == "SUCCEEDED", row.reason
+        # memory: 128 MiB killed by the cgroup, 256 MiB killed, 512 MiB enough
+        attempts = hungry.attempts
+        assert [(a.status, a.cause, a.request["memory"]) for a in attempts] == [
+            ("FAILED", "memory", 128), ("FAILED", "memory", 256), ("SUCCEEDED", None, 512)]
+        assert "OOM killer" in attempts[0].reason and "128 MiB" in attempts[0].reason
+        # time: killed at 2 s, then given 4 s
+        assert [(a.status, a.cause, a.request["timeout"]) for a in slow.attempts] == [
+            ("FAILED", "timeout", 2), ("SUCCEEDED", None, 4)]
+        retried = [e.message for e in s.ledger.events(job_id=hungry.id) if e.kind == "retrying"]
+        assert "memory 128 -> 256 MiB" in retried[0] and "memory 256 -> 512 MiB" in retried[1]
+        # shown where people look: the DataFrame and the REST job view
+        df = task.to_dataframe().set_index("job_id")
+        assert df.loc[hungry.id, "memory_mib"] == 512 and df.loc[slow.id, "timeout_s"] == 4
+        assert df.loc[hungry.id, "history"] == "1 FAILED (memory, 128 MiB) · 2 FAILED (memory, 256 MiB) · 3 SUCCEEDED (512 MiB)"
+        view = HTCApi(s, Auth(root), owner="me").get_job("me", "retries", str(task.id), str(hungry.id))
+        assert [(a["status"], a["cause"], a["maxMemory"]) for a in view["attemptHistory"]] == [
+            ("FAILED", "memory", 128), ("FAILED", "memory", 256), ("SUCCEEDED", None, 512)]
