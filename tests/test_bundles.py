@@ -70,7 +70,7 @@ def test_one_job_of_a_bundle_is_cancelled_alone_and_a_timeout_is_its_own(site, r
         assert "execTimeoutSeconds=4" in group[1].row.reason  # its own timeout, not the bundle's
         logs = task.storage.path("logs")
         assert (logs / f"job-{group[2].id}.out").read_text() == "start\n"
-        rc, _, ended = (state_dir(task.storage.path(".")) / f"job-{group[0].id}-1.exit").read_text().split()
+        rc, _, ended, *_ = (state_dir(task.storage.path(".")) / f"job-{group[0].id}-1.exit").read_text().split()
         started = float((state_dir(task.storage.path(".")) / f"job-{group[0].id}-1.start").read_text().split()[1])
         assert rc == str(128 + 15) and float(ended) - started < 20  # stopped by TERM, not left to run 30 s
         assert not (logs / f"job-{group[3].id}.out").exists()  # never started

@@ -4,6 +4,7 @@ ledgers are upgraded in place to hold it."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -124,9 +125,8 @@ def _old_ledger(path: Path, version: int) -> None:
     for statement in DDL:
         if "jobs_retry_at" in statement or statement.lstrip().startswith("CREATE TABLE leases") and version == 1:
             continue
-        statement = (statement.replace(",\n        retry_at   REAL              -- a failed attempt waits for its retry decision (due then)", "")
-                     .replace("        cause      TEXT,             -- why it failed (ledger.states.Cause)\n", "")
-                     .replace("        request    TEXT,             -- JSON: the memory (MiB) and time limit (s) it asked for\n", ""))
+        statement = re.sub(r",\n\s+retry_at .*", "", statement)  # v3's columns, each on its own line
+        statement = re.sub(r"\n\s+(cause|request|cpu_s|max_rss_mib) .*", "", statement)
         if version == 1:
             statement = statement.replace(sql_list(frozenset(JobStatus)), V1_STATUSES)
         con.execute(statement)

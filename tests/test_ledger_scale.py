@@ -30,7 +30,7 @@ def big(tmp_path_factory):
     from htc_notebook import Session, SiteConfig
 
     root = tmp_path_factory.mktemp("scale")
-    with Session(root, site=SiteConfig.builtin()) as s:
+    with Session(root, site=SiteConfig.builtin(), reconcile=False) as s:  # a made-up ledger: nothing acts on it
         led = s.ledger
         before = led.task("scale", "before")
         led.add_jobs(before.id, [NewJob("b", "command", {}, {}, index=i) for i in range(300)], NewBatch("b", 300, {}))
@@ -47,7 +47,7 @@ def big(tmp_path_factory):
         led.start_attempts([AttemptStart(i, host="n1") for i in ids[12010:20000]])
         led.record_outcomes([Outcome(i, 1, "SUCCEEDED", result=b"x") for i in ids[14000:17000]])
         led.record_outcomes([Outcome(i, 1, "FAILED", reason="boom") for i in ids[17000:18000]])
-        led.record_outcomes([Outcome(i, 1, "LOST", reason="node died") for i in ids[18000:19000]])
+        led.record_outcomes([Outcome(i, 1, "LOST", reason="its kernel died", cause="owner") for i in ids[18000:19000]])
         led.cancel(ids[19000:20000])
         yield s, task, ids
 

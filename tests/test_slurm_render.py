@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
+import sys
 
 import pytest
 
@@ -146,3 +148,20 @@ def test_pilot_options_keep_lifetime_below_walltime_and_memory_exact():
     assert o["job_mem"] == "8000M" and o["processes"] == 2 and o["cores"] == 4
     assert "--gres=gpu:2" in o["job_extra_directives"] and "--qos=normal" in o["job_extra_directives"]
     assert o["scheduler_options"]["host"] == "10.77.0.1" and o["job_script_prologue"] == ["module load cuda"]
+
+
+def test_each_job_records_the_cpu_it_used(tmp_path):
+    """The script counts each job's CPU ticks with builtins (its children's cutime + cstime) and reads
+    its memory cgroup's peak (here: whatever cgroup the test runs in, or "-" without one)."""
+    state, logs = tmp_path / "state", tmp_path / "logs"
+    state.mkdir()
+    logs.mkdir()
+    (tmp_path / "ids").write_text("31 1\n32 1\n")
+    burn = "import time, sys; t = time.process_time(); exec('while time.process_time() - t < 0.3: pass')"
+    script = render_array(job_name="u", size=2, ids_file=str(tmp_path / "ids"), offset=0, task_dir=str(tmp_path),
+                          log_dir=str(logs), state_dir=str(state), bundle=2, command=[sys.executable, "-c", burn])
+    assert _run_task(tmp_path, script, 0).returncode == 0
+    for job in (31, 32):
+        rc, _, _, how, ticks, peak = (state / f"job-{job}-1.exit").read_text().split()
+        cpu = int(ticks) / os.sysconf("SC_CLK_TCK")
+        assert (rc, how) == ("0", "ok") and (peak == "-" or peak.isdigit()) and 0.25 <= cpu < 2.0, cpu

@@ -44,7 +44,7 @@ class Launch:
 
 def call_outcome(launch: Launch, report: dict[str, Any]) -> Outcome:
     """How a Python call ended, from the report `worker.run_call` or a rank pool returns."""
-    times = dict(host=report["host"], started=report["started"], ended=report["ended"])
+    times = dict(host=report["host"], started=report["started"], ended=report["ended"], cpu_s=report.get("cpu_s"))
     if report["ok"]:
         return Outcome(launch.job_id, launch.attempt, "SUCCEEDED", result=report["value"], **times)
     return Outcome(launch.job_id, launch.attempt, "FAILED", reason=report["message"], **times)

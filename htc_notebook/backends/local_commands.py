@@ -15,7 +15,7 @@ import socket
 import subprocess
 import threading
 import time
-from typing import Sequence
+from typing import Any, Sequence
 
 import cloudpickle
 
@@ -25,6 +25,26 @@ from htc_notebook.backends.mpi_pool import RankPool
 from htc_notebook.backends.mpi_ranks import kill_group
 from htc_notebook.ledger import Outcome
 
+
+
+def wait_usage(proc: subprocess.Popen, timeout: float | None) -> tuple[int, Any]:
+    """`proc.wait(timeout)` that also returns what the child used (`os.wait4`'s rusage: CPU time,
+    peak RSS), None if another thread reaped it first. Polls like Popen.wait does with a timeout."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = 0.0005
+    while True:
+        try:
+            pid, status, usage = os.wait4(proc.pid, 0 if deadline is None else os.WNOHANG)
+        except ChildProcessError:  # reaped elsewhere (a cancel's kill)
+            return proc.wait(), None
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return proc.returncode, usage
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+        delay = min(delay * 2, remaining, 0.05)
+        time.sleep(delay)
 
 
 class CommandRunner:
@@ -104,7 +124,7 @@ class CommandRunner:
         if not launch.command:  # a Python MPI function (`mpi_jobs.pooled`); wrapped ones have a launcher line
             return self._run_on_pool(launch)
         started = time.time()
-        reason, exit_code, status = None, None, "FAILED"
+        reason, exit_code, status, usage = None, None, "FAILED", None
         try:
             env = {**os.environ, **launch.env}
             with open(launch.log_out, "ab") as out, open(launch.log_err, "ab") as err:
@@ -119,7 +139,7 @@ class CommandRunner:
                         self._procs[launch.job_id] = proc
                     self._reporter.started(launch.job_id, launch.attempt, self._host, f"pid:{proc.pid}")
                     try:
-                        exit_code = proc.wait(timeout=launch.timeout)
+                        exit_code, usage = wait_usage(proc, launch.timeout)
                     except subprocess.TimeoutExpired:
                         kill_group(proc)
                         exit_code = proc.wait()
@@ -145,8 +165,10 @@ class CommandRunner:
         if launch.mpi is not None:  # the ranks' own reports decide (and carry rank 0's value)
             self._reporter.finished(verdict(launch, exit_code, reason, **times))
             return
+        used = dict(cpu_s=round(usage.ru_utime + usage.ru_stime, 3), max_rss_mib=round(usage.ru_maxrss / 1024, 1)) \
+            if usage is not None else {}
         self._reporter.finished(Outcome(launch.job_id, launch.attempt, status, reason=reason,
-                                        exit_code=exit_code, **times))
+                                        exit_code=exit_code, **times, **used))
 
     def _run_on_pool(self, launch: Launch) -> None:
         """A Python MPI launch on the rank pool, holding its cores meanwhile (a cancel drops its result)."""

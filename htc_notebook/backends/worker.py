@@ -112,7 +112,7 @@ def run_call(fn: Any, args: tuple, kwargs: dict, cwd: str, env: dict[str, str],
     Returns a plain dict: ok, value (cloudpickled bytes) or message (the
     exception, whose traceback goes to the stderr log), host, pid, started, ended.
     """
-    started = time.time()
+    started, cpu = time.time(), time.thread_time()  # the call's own thread (a worker runs one call per thread)
     out: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(), "started": started}
     with job_context(cwd, env, *logs) as err:
         try:
@@ -126,5 +126,5 @@ def run_call(fn: Any, args: tuple, kwargs: dict, cwd: str, env: dict[str, str],
             out["ok"] = False
             out["message"] = f"{type(exc).__name__}: {exc}"
             err.write("".join(traceback.format_exception(exc)))
-    out["ended"] = time.time()
+    out["ended"], out["cpu_s"] = time.time(), round(time.thread_time() - cpu, 3)
     return out

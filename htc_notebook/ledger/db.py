@@ -35,6 +35,10 @@ REQUEUEABLE_SQL = sql_list(REQUEUEABLE)
 # A list of ids or keys is passed as one JSON parameter and expanded by json_each, so inputs of
 # any size fit in one statement (no SQLITE_MAX_VARIABLE_NUMBER chunking needed).
 IN_JSON = "(SELECT value FROM json_each(?))"
+# what a job's last attempt used and what it asked for, for live tables (the spec is read only when measured)
+USED_SQL = ("j.cpu_s, j.max_rss_mib, "
+            "CASE WHEN j.cpu_s IS NOT NULL OR j.max_rss_mib IS NOT NULL THEN json_extract(j.spec, '$.memory') END, "
+            "CASE WHEN j.cpu_s IS NOT NULL THEN json_extract(j.spec, '$.cores') END")
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
@@ -270,7 +274,7 @@ class Ledger:
         with self._write() as con:
             seq = _next_seq(con)
             moved = con.execute(
-                f"UPDATE jobs SET status = 'SUBMITTED', reason = ?, exit_code = NULL, host = NULL, "
+                f"UPDATE jobs SET status = 'SUBMITTED', reason = ?, exit_code = NULL, cpu_s = NULL, max_rss_mib = NULL, host = NULL, "
                 f"       native_id = NULL, started = NULL, ended = NULL, updated = ?, seq = ?, retry_at = NULL, "
                 f"       spec = CASE WHEN ? IS NULL THEN spec ELSE json_set(spec, '$.owner', ?) END "
                 f"WHERE id IN {IN_JSON} AND status IN ({REQUEUEABLE_SQL}) "
@@ -341,7 +345,7 @@ class Ledger:
             # bump every live job (many rows a statement), reading back the ones this transaction moved
             # (u.column1..8: job id, status, host, native id, log out, log err, now, seq)
             numbers = dict(_many(
-                con, f"UPDATE jobs SET attempts = attempts + 1, status = u.column2, reason = NULL, exit_code = NULL, "
+                con, f"UPDATE jobs SET attempts = attempts + 1, status = u.column2, reason = NULL, exit_code = NULL, cpu_s = NULL, max_rss_mib = NULL, "
                      f"       host = u.column3, native_id = u.column4, log_out = u.column5, log_err = u.column6, "
                      f"       ended = NULL, started = CASE WHEN u.column2 = 'RUNNING' THEN u.column7 END, "
                      f"       updated = u.column7, seq = u.column8 "
@@ -382,7 +386,7 @@ class Ledger:
                     continue
                 p = {"id": o.job_id, "a": o.attempt, "s": status, "r": o.reason, "x": o.exit_code,
                      "h": o.host, "st": o.started, "en": o.ended if o.ended is not None else now,
-                     "now": now, "seq": seq, "c": _cause(o, status)}
+                     "now": now, "seq": seq, "c": _cause(o, status), "cpu": o.cpu_s, "rss": o.max_rss_mib}
                 # a non-success outcome never overrides a terminal job, a newer attempt, or a
                 # verdict already recorded for this attempt (outcomes are idempotent)
                 guard = (f"status NOT IN ({TERMINAL_SQL}) AND attempts <= :a AND NOT EXISTS "
@@ -392,21 +396,23 @@ class Ledger:
                     f"UPDATE jobs SET status = CASE WHEN {retryable} THEN 'SUBMITTED' ELSE :s END, "
                     f"       reason = CASE WHEN {retryable} THEN 'attempt ' || :a || ' ended ' || :s || "
                     f"                ', a retry is being decided: ' || COALESCE(:r, 'no reason recorded') ELSE :r END, "
-                    f"       exit_code = :x, host = COALESCE(:h, host), "
+                    f"       exit_code = :x, host = COALESCE(:h, host), cpu_s = :cpu, max_rss_mib = :rss, "
                     f"       attempts = MAX(attempts, :a), started = COALESCE(:st, started), ended = :en, "
                     f"       updated = :now, seq = :seq, retry_at = CASE WHEN {retryable} THEN :en END "
                     f"WHERE id = :id AND {guard} RETURNING task_id, host, native_id, COALESCE(log_err, log_out)", p).fetchone()
                 # finish the attempt row if still open
                 con.execute(
                     f"UPDATE attempts SET status = :s, reason = :r, exit_code = :x, host = COALESCE(:h, host), "
-                    f"       started = COALESCE(:st, started), ended = :en, cause = :c "
+                    f"       started = COALESCE(:st, started), ended = :en, cause = :c, cpu_s = :cpu, "
+                    f"       max_rss_mib = :rss "
                     f"WHERE job_id = :id AND number = :a AND status NOT IN ({TERMINAL_SQL})", p)
                 if row is None:
                     continue
                 task_id, host, native_id, log = row
                 con.execute(  # an outcome for an attempt that start_attempts never saw
-                    f"INSERT OR IGNORE INTO attempts ({ATTEMPT_COLUMNS}, cause, request) "
-                    f"SELECT id, :a, :s, :r, host, native_id, :x, :st, :en, log_out, log_err, :c, {REQUEST_SQL} "
+                    f"INSERT OR IGNORE INTO attempts ({ATTEMPT_COLUMNS}, cause, cpu_s, max_rss_mib, request) "
+                    f"SELECT id, :a, :s, :r, host, native_id, :x, :st, :en, log_out, log_err, :c, :cpu, :rss, "
+                    f"       {REQUEST_SQL} "
                     f"FROM jobs WHERE id = :id", p)
                 details = ", ".join(f"{k} {v}" for k, v in (("exit code", o.exit_code), ("host", host),
                                                             ("native id", native_id), ("log", log))
@@ -501,7 +507,7 @@ class Ledger:
         with self._write() as con:
             seq = _next_seq(con)
             row = con.execute(
-                "UPDATE jobs SET reason = ?, exit_code = NULL, host = NULL, native_id = NULL, started = NULL, "
+                "UPDATE jobs SET reason = ?, exit_code = NULL, cpu_s = NULL, max_rss_mib = NULL, host = NULL, native_id = NULL, started = NULL, "
                 "       ended = NULL, updated = ?, seq = ?, retry_at = NULL, spec = json_patch(spec, ?) "
                 "WHERE id = ? AND attempts = ? AND retry_at IS NOT NULL AND status = 'SUBMITTED' "
                 "RETURNING task_id", (reason, now, seq, patch, job_id, attempt)).fetchone()
@@ -590,11 +596,12 @@ class Ledger:
     def view_changes(self, task_id: int, after_seq: int) -> tuple[int, list[tuple[Any, ...]]]:
         """For live tables: (max_seq, rows changed after `after_seq`), each (id, name, status, reason,
         host, attempts, started, ended, params as JSON text, seq, result bytes if inline and at most
-        `PREVIEW_BYTES`). Plain tuples, nothing decoded: a refresh of thousands of rows stays cheap."""
+        `PREVIEW_BYTES`, CPU s, peak MiB, memory asked, cores asked (the last two only when measured)).
+        Plain tuples, nothing decoded: a refresh of thousands of rows stays cheap."""
         with self._snapshot() as con:
             seq = con.execute("SELECT seq FROM counter").fetchone()[0]
             rows = con.execute("SELECT j.id, j.name, j.status, j.reason, j.host, j.attempts, j.started, j.ended, "
-                               f"       j.params, j.seq, CASE WHEN r.size <= {PREVIEW_BYTES} THEN r.inline END "
+                               f"       j.params, j.seq, CASE WHEN r.size <= {PREVIEW_BYTES} THEN r.inline END, {USED_SQL} "
                                "FROM jobs j LEFT JOIN results r ON r.job_id = j.id "
                                "WHERE j.task_id = ? AND j.seq > ? ORDER BY j.id", (task_id, after_seq)).fetchall()
         return seq, rows
@@ -663,7 +670,7 @@ class Ledger:
         with self._snapshot() as con:
             seq = con.execute("SELECT seq FROM counter").fetchone()[0]
             rows = con.execute("SELECT j.id, j.name, j.status, j.reason, j.host, j.attempts, j.started, j.ended, "
-                               f"       j.params, j.seq, CASE WHEN r.size <= {PREVIEW_BYTES} THEN r.inline END "
+                               f"       j.params, j.seq, CASE WHEN r.size <= {PREVIEW_BYTES} THEN r.inline END, {USED_SQL} "
                                f"FROM jobs j LEFT JOIN results r ON r.job_id = j.id WHERE {where} ORDER BY j.id",
                                params).fetchall()
         return seq, rows
@@ -737,19 +744,21 @@ def _record_successes(con: sqlite3.Connection, successes: list, now: float, seq:
             first[o.job_id] = (o, size)
     rows = [(o.job_id, o.attempt, o.reason, o.exit_code, o.host, o.started,
              o.ended if o.ended is not None else now) for o, _ in first.values()]
+    used = [(*r, o.cpu_s, o.max_rss_mib) for r, (o, _) in zip(rows, first.values())]
     con.executemany(
         "UPDATE jobs SET status = 'SUCCEEDED', reason = ?3, exit_code = ?4, host = COALESCE(?5, host), "
         "       attempts = MAX(attempts, ?2), started = COALESCE(?6, started), ended = ?7, "
-        f"       updated = {now!r}, seq = {seq:d}, retry_at = NULL WHERE id = ?1", rows)
+        f"       updated = {now!r}, seq = {seq:d}, retry_at = NULL, cpu_s = ?8, max_rss_mib = ?9 WHERE id = ?1",
+        used)
     # finish the attempt row (or correct an earlier verdict), or add it if start_attempts never saw it
     con.executemany(
         "UPDATE attempts SET status = 'SUCCEEDED', reason = ?3, exit_code = ?4, host = COALESCE(?5, host), "
-        "       started = COALESCE(?6, started), ended = ?7 "
-        "WHERE job_id = ?1 AND number = ?2 AND status <> 'SUCCEEDED'", rows)
+        "       started = COALESCE(?6, started), ended = ?7, cause = NULL, cpu_s = ?8, max_rss_mib = ?9 "
+        "WHERE job_id = ?1 AND number = ?2 AND status <> 'SUCCEEDED'", used)
     con.executemany(
-        f"INSERT OR IGNORE INTO attempts ({ATTEMPT_COLUMNS}) "
-        "SELECT id, ?2, 'SUCCEEDED', ?3, host, native_id, ?4, ?6, ?7, log_out, log_err FROM jobs WHERE id = ?1",
-        rows)
+        f"INSERT OR IGNORE INTO attempts ({ATTEMPT_COLUMNS}, cpu_s, max_rss_mib, request) "
+        "SELECT id, ?2, 'SUCCEEDED', ?3, host, native_id, ?4, ?6, ?7, log_out, log_err, ?8, ?9, "
+        f"       {REQUEST_SQL} FROM jobs WHERE id = ?1", used)
     con.executemany("INSERT INTO results (job_id, attempt, inline, path, size, created) VALUES (?, ?, ?, ?, ?, ?)",
                     [(o.job_id, o.attempt, o.result, o.result_path, size, now)
                      for o, size in first.values() if size is not None])

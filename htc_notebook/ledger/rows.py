@@ -59,6 +59,8 @@ class JobRow:
     ended: float | None
     seq: int
     retry_at: float | None = None  # a retry is due (or to be decided) at this time
+    cpu_s: float | None = None  # what its last attempt used: CPU time (user + system), where measured
+    max_rss_mib: float | None = None  # and peak memory, where measured
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,8 @@ class AttemptRow:
     log_out: str | None
     log_err: str | None
     cause: str | None = None  # why it failed (ledger.states.Cause)
+    cpu_s: float | None = None  # CPU time used (user + system), where measured
+    max_rss_mib: float | None = None  # peak memory, where measured
     request: dict[str, Any] | None = None  # {"memory": MiB, "timeout": s} it asked for
 
 
@@ -143,3 +147,5 @@ class Outcome:
     result: bytes | None = None
     result_path: str | None = None
     cause: str | None = None  # why it failed (ledger.states.Cause); None: derived from the status
+    cpu_s: float | None = None  # CPU time the attempt used, where the backend measured it
+    max_rss_mib: float | None = None  # its peak memory, where measured

@@ -20,8 +20,11 @@ PRAGMAS = (
 # Jobs whose retry is due (or to be decided) are found by this index, not by reading failed jobs
 RETRY_INDEX = "CREATE INDEX jobs_retry_at ON jobs (retry_at) WHERE retry_at IS NOT NULL"
 # v2 -> v3: retries live in the ledger (a kernel restart forgets none), attempts say why they failed
-V3_UPGRADE = ("ALTER TABLE jobs ADD COLUMN retry_at REAL", RETRY_INDEX,
-              "ALTER TABLE attempts ADD COLUMN cause TEXT", "ALTER TABLE attempts ADD COLUMN request TEXT")
+# and what they used
+V3_UPGRADE = ("ALTER TABLE jobs ADD COLUMN retry_at REAL", RETRY_INDEX, "ALTER TABLE jobs ADD COLUMN cpu_s REAL",
+              "ALTER TABLE jobs ADD COLUMN max_rss_mib REAL",
+              "ALTER TABLE attempts ADD COLUMN cause TEXT", "ALTER TABLE attempts ADD COLUMN request TEXT",
+              "ALTER TABLE attempts ADD COLUMN cpu_s REAL", "ALTER TABLE attempts ADD COLUMN max_rss_mib REAL")
 
 # Named leases: which process does a job for the whole data root (e.g. the one SLURM status poll)
 LEASES_DDL = """CREATE TABLE leases (
@@ -89,7 +92,9 @@ DDL = (
         started    REAL,
         ended      REAL,
         seq        INTEGER NOT NULL,
-        retry_at   REAL              -- a failed attempt waits for its retry decision (due then)
+        retry_at   REAL,             -- a failed attempt waits for its retry decision (due then)
+        cpu_s      REAL,             -- what its last attempt used (CPU time, peak memory), where measured
+        max_rss_mib REAL
     )""",
     "CREATE UNIQUE INDEX jobs_task_key ON jobs (task_id, key) WHERE key IS NOT NULL",
     "CREATE INDEX jobs_task_status ON jobs (task_id, status)",
@@ -116,6 +121,8 @@ DDL = (
         log_err    TEXT,
         cause      TEXT,             -- why it failed (ledger.states.Cause)
         request    TEXT,             -- JSON: the memory (MiB) and time limit (s) it asked for
+        cpu_s      REAL,             -- CPU time it used (user + system), where measured
+        max_rss_mib REAL,            -- its peak memory, where measured
         PRIMARY KEY (job_id, number)
     ) WITHOUT ROWID""",
 
@@ -149,8 +156,8 @@ TERMINAL_SQL = sql_list(TERMINAL)
 
 JOB_COLUMNS = ("id, task_id, batch_id, idx, key, name, kind, profile, priority, params, spec, status, "
                "reason, exit_code, attempts, host, native_id, log_out, log_err, created, updated, "
-               "started, ended, seq, retry_at")
+               "started, ended, seq, retry_at, cpu_s, max_rss_mib")
 ATTEMPT_COLUMNS = "job_id, number, status, reason, host, native_id, exit_code, started, ended, log_out, log_err"
-ATTEMPT_READ = ATTEMPT_COLUMNS + ", cause, request"
+ATTEMPT_READ = ATTEMPT_COLUMNS + ", cause, cpu_s, max_rss_mib, request"
 # what an attempt asks for, from its job's spec when it starts
 REQUEST_SQL = "json_object('memory', json_extract(spec, '$.memory'), 'timeout', json_extract(spec, '$.timeout'))"

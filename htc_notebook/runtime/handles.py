@@ -268,8 +268,10 @@ class JobGroup(Sequence[JobHandle]):
     def to_dataframe(self, results: bool = False) -> "pandas.DataFrame":
         """One row per job; parameters become columns; `results=True` adds a `result` column.
 
-        `memory_mib` and `timeout_s` are what the job asks for now (a retry may have raised them);
-        `history` tells each attempt of a job tried more than once: "1 FAILED (memory, 128 MiB) · 2 ..."."""
+        `memory_mib`, `cores` and `timeout_s` are what the job asks for now (a retry may have raised
+        them); `max_rss_mib`, `cpu_s` and `cpu_efficiency` (CPU time / (runtime x cores)) what its last
+        attempt used, where measured; `history` tells each attempt of a job tried more than once:
+        "1 FAILED (memory, 128 MiB) · 2 ..."."""
         import pandas as pd
 
         records = []
@@ -285,13 +287,22 @@ class JobGroup(Sequence[JobHandle]):
                "host": row.host,
                "started": pd.to_datetime(row.started, unit="s") if row.started else pd.NaT,
                "runtime_s": (row.ended - row.started) if row.started and row.ended else None,
-               "memory_mib": row.spec.get("memory"), "timeout_s": row.spec.get("timeout"),
+               "memory_mib": row.spec.get("memory"), "max_rss_mib": row.max_rss_mib,
+               "cores": row.spec.get("cores"), "cpu_s": row.cpu_s,
+               "cpu_efficiency": _efficiency(row), "timeout_s": row.spec.get("timeout"),
                "history": " · ".join(map(_attempt_text, attempts)) if attempts else None}
         for k, v in row.params.items():
             rec[k if k not in rec else f"param_{k}"] = v
         if results:
             rec["result"] = load_result(self.session, row) if row.status == "SUCCEEDED" else None
         return rec
+
+
+def _efficiency(row: JobRow) -> float | None:
+    """CPU time over what the job held: runtime x cores (None where not measured)."""
+    if row.cpu_s is None or not row.started or not row.ended or row.ended <= row.started:
+        return None
+    return round(row.cpu_s / ((row.ended - row.started) * (row.spec.get("cores") or 1)), 3)
 
 
 def _attempt_text(a) -> str:

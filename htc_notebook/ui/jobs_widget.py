@@ -118,7 +118,7 @@ class JobsTable(anywidget.AnyWidget):
 
     def html(self, limit: int = 20) -> str:
         recs = self.model.records(limit)
-        cols = ("id", "name", "status", "host", "attempts", "runtime", "params", "result", "reason")
+        cols = ("id", "name", "status", "host", "attempts", "runtime", "used", "params", "result", "reason")
         head = "".join(f"<th>{c}</th>" for c in cols)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r[c]))}</td>" for c in cols) + "</tr>" for r in recs)
         return f"<p>{html.escape(self.model.summary())}</p><table><tr>{head}</tr>{body}</table>"

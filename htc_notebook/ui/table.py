@@ -8,10 +8,12 @@ No widget code here: the widget (`jobs_widget.py`) sends what this returns, and 
 plain-text/HTML fallback renders from it too.
 
 Row layout on the wire (`COLUMNS`): [id, status, host, attempts, started, duration, reason,
-result] where status indexes `STATES`, host indexes the interned host list (-1: none), started
+result, used] where status indexes `STATES`, host indexes the interned host list (-1: none), started
 is tenths of a second since `t0` (null: not started), duration is tenths of a second (null:
-not ended), reason is text or null, and result is a short preview of a small Python result
-(null for commands, large results and jobs not done). A job's name and parameters travel once, in `new`.
+not ended), reason is text or null, result is a short preview of a small Python result
+(null for commands, large results and jobs not done), and used says what the last attempt used
+against what it asked for ("612/4096 MiB, CPU 93%"; null where not measured). A job's name and
+parameters travel once, in `new`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import cloudpickle
 from htc_notebook.ledger import Ledger
 from htc_notebook.ledger.states import STATES
 
-COLUMNS = ("id", "status", "host", "attempts", "started", "duration", "reason", "result")
+COLUMNS = ("id", "status", "host", "attempts", "started", "duration", "reason", "result", "used")
 PREVIEW_CHARS = 40
 _STATUS = {s: i for i, s in enumerate(STATES)}
 
@@ -52,7 +54,7 @@ class TableModel:
         self.seq = seq
         rows, new, hosts, names = [], [], [], []
         only, static, known, t0 = self.only, self.static, self.rows, self.t0  # locals: the loop may run 100,000 times
-        for job_id, name, status, reason, host, attempts, started, ended, params, _, blob in changed:
+        for job_id, name, status, reason, host, attempts, started, ended, params, _, blob, *use in changed:
             if only is not None and job_id not in only:
                 continue
             if job_id not in static:
@@ -70,7 +72,9 @@ class TableModel:
             row = [job_id, _STATUS[status], h, attempts,
                    round((started - t0) * 10) if started else None,
                    round((ended - started) * 10) if ended and started else None, reason,
-                   _preview(blob) if blob is not None else None]
+                   _preview(blob) if blob is not None else None,
+                   used(*use, ended - started if ended and started else None) if use[0] is not None or use[1] is not None
+                   else None]
             old = known.get(job_id)
             if old == row:
                 continue
@@ -105,17 +109,35 @@ class TableModel:
         hosts, names = list(self.hosts), list(self.names)
         out = []
         for job_id in sorted(self.rows)[:limit]:
-            _, st, h, attempts, started, duration, reason, result = self.rows[job_id]
+            _, st, h, attempts, started, duration, reason, result, use = self.rows[job_id]
             out.append({"id": job_id, "name": names[self.static[job_id][1]], "status": STATES[st],
                         "host": hosts[h] if h >= 0 else "", "attempts": attempts,
                         "runtime": f"{duration / 10:.1f}s" if duration is not None else "",
-                        "params": self.static[job_id][2], "reason": reason or "", "result": result or ""})
+                        "params": self.static[job_id][2], "reason": reason or "", "result": result or "",
+                        "used": use or ""})
         return out
 
     def summary(self) -> str:
         total = sum(self.totals.values())
         parts = ", ".join(f"{k} {v}" for k, v in sorted(self.totals.items(), key=lambda kv: STATES.index(kv[0])) if v)
         return f"{total} jobs: {parts}" if total else "no jobs"
+
+
+def used(cpu_s: float | None, rss_mib: float | None, memory: int | None, cores: int | None,
+         wall_s: float | None) -> str:
+    """What an attempt used against what it asked for, short.
+
+    >>> used(55.8, 612.0, 4096, 1, 60.0)
+    '612/4096 MiB, CPU 93%'
+    >>> used(0.5, None, None, 2, None)
+    'CPU 0.5 s'
+    """
+    parts = []
+    if rss_mib is not None:
+        parts.append(f"{rss_mib:.0f}/{memory} MiB" if memory else f"{rss_mib:.0f} MiB")
+    if cpu_s is not None:
+        parts.append(f"CPU {100 * cpu_s / (wall_s * (cores or 1)):.0f}%" if wall_s else f"CPU {cpu_s:.1f} s")
+    return ", ".join(parts)
 
 
 def _preview(blob: bytes) -> str | None:

@@ -13,6 +13,7 @@ A task unknown to all three is LOST, never SUCCEEDED (design G5).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -359,19 +360,26 @@ def _groups(launches: Sequence[Launch]) -> list[list[Launch]]:
     return out
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # /proc/<pid>/stat's unit, on the nodes as here
+
+
 def _epoch(text: str) -> float:
     """A time the job script wrote (bash's EPOCHREALTIME has the locale's decimal point)."""
     return float(text.replace(",", "."))
 
 
 def _read_exit(t: Tracked) -> Outcome | None:
-    """The task's own record of how it ended: "<rc> <host> <epoch> [oom]" (None if not there yet)."""
+    """The task's own record of how it ended: "<rc> <host> <epoch> <ok|oom> <cpu ticks> <peak bytes|->"
+    (None if not there yet; files of older scripts end after <epoch>)."""
     try:
-        rc, host, when, *how = (t.state_dir / f"job-{t.job_id}-{t.attempt}.exit").read_text().split()
+        rc, host, when, *rest = (t.state_dir / f"job-{t.job_id}-{t.attempt}.exit").read_text().split()
         ended = _epoch(when)
     except (FileNotFoundError, ValueError):
         return None
     code = int(rc)
+    how, cpu, peak = (rest + ["ok", "-", "-"][len(rest):])[:3]
+    used = {"cpu_s": round(int(cpu) / CLOCK_TICKS, 2) if cpu.isdigit() else None,
+            "max_rss_mib": round(int(peak) / 2**20, 1) if peak.isdigit() else None}
     started = _read_start(t)
     ranks = rank_dir(t.state_dir.parent.parent, t.job_id, t.attempt)
     if is_python_job(ranks):  # an MPI function: the ranks' reports decide, and carry rank 0's value
@@ -380,9 +388,9 @@ def _read_exit(t: Tracked) -> Outcome | None:
                        started=started, ended=ended, result=result)
     if code == 0:
         return Outcome(t.job_id, t.attempt, "SUCCEEDED", exit_code=0, host=host,
-                       started=started, ended=ended)
+                       started=started, ended=ended, **used)
     cause = Cause.EXIT
-    if "oom" in how:
+    if how == "oom":
         reason, cause = (f"out of memory: the cgroup's OOM killer stopped it (it asked for "
                          f"{t.memory} MiB)" if t.memory else "out of memory: the cgroup's OOM killer stopped it"), Cause.MEMORY
     elif code == TIMEOUT_EXIT and t.timeout:
@@ -392,7 +400,7 @@ def _read_exit(t: Tracked) -> Outcome | None:
     else:
         reason = f"exited with code {code}"
     return Outcome(t.job_id, t.attempt, "FAILED", reason=reason, exit_code=code, host=host,
-                   started=started, ended=ended, cause=cause)
+                   started=started, ended=ended, cause=cause, **used)
 
 
 def _read_start(t: Tracked) -> float | None:

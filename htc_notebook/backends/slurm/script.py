@@ -30,15 +30,24 @@ KILL_AFTER = 10  # seconds between TERM and KILL when execTimeoutSeconds runs ou
 SLURM_MARGIN = 60  # SLURM's own time limit sits this far above execTimeoutSeconds (x jobs in a bundle)
 
 
-# `htc_ooms` sets htc_o to the OOM kills counted in this task's memory cgroup (0 without one):
-# cgroup v1 memory.oom_control or v2 memory.events, found from /proc/self/cgroup; builtins only
-OOM_COUNTER = [
-    "htc_oomf=/dev/null",
+# What each job used, measured by the script with builtins only (no forks): `htc_used` sets
+# htc_o to the OOM kills counted in this task's memory cgroup (v1 memory.oom_control, v2
+# memory.events; found from /proc/self/cgroup; 0 without one) and htc_cpu to the CPU ticks of the
+# script's finished children (cutime + cstime of /proc/self/stat). The cgroup's peak (v1
+# memory.max_usage_in_bytes, v2 memory.peak) is reset before each job where the cgroup allows it,
+# so for bundled jobs without that right it is the bundle's peak so far.
+USAGE = [
+    "htc_oomf=/dev/null htc_peakf=/dev/null",
     "while IFS=: read -r _ htc_c htc_p; do",
-    "  if [ \"$htc_c\" = memory ]; then htc_oomf=/sys/fs/cgroup/memory$htc_p/memory.oom_control; break; fi",
-    "  [ -z \"$htc_c\" ] && [ -e \"/sys/fs/cgroup$htc_p/memory.events\" ] && htc_oomf=/sys/fs/cgroup$htc_p/memory.events",
+    "  if [ \"$htc_c\" = memory ] && [ \"$htc_p\" != / ]; then htc_m=/sys/fs/cgroup/memory$htc_p",
+    "    htc_oomf=$htc_m/memory.oom_control htc_peakf=$htc_m/memory.max_usage_in_bytes; break; fi",
+    "  if [ -z \"$htc_c\" ] && [ \"$htc_p\" != / ] && [ -e \"/sys/fs/cgroup$htc_p/memory.events\" ]; then",
+    "    htc_oomf=/sys/fs/cgroup$htc_p/memory.events htc_peakf=/sys/fs/cgroup$htc_p/memory.peak; fi",
     "done < /proc/self/cgroup",
-    "htc_ooms() { htc_o=0; while read -r htc_k htc_v; do [ \"$htc_k\" = oom_kill ] && htc_o=$htc_v; done < \"$htc_oomf\"; }",
+    "htc_used() {",
+    "  htc_o=0; while read -r htc_k htc_v; do [ \"$htc_k\" = oom_kill ] && htc_o=$htc_v; done < \"$htc_oomf\"",
+    "  read -r -a htc_st < /proc/self/stat; htc_cpu=$((htc_st[15] + htc_st[16]))",
+    "}",
 ]
 
 
@@ -89,7 +98,7 @@ def render_array(*, job_name: str, size: int, ids_file: str, offset: int, task_d
     # no forks where bash has a builtin: the host from /proc (its UTS namespace), the time from
     # EPOCHREALTIME (bash >= 5; `date` on older shells) - a trivial job's cost is mostly this script
     lines += ["set -u", f"htc_state={q(state_dir)}", "read -r htc_host < /proc/sys/kernel/hostname"]
-    lines += OOM_COUNTER
+    lines += USAGE
     lines += [f"export {name}={q(value)}" for name, value in (env or {}).items()]
     lines += list(setup)
     runner = f"timeout --kill-after={KILL_AFTER} {int(timeout_s)} " if timeout_s else ""
@@ -107,7 +116,8 @@ def render_array(*, job_name: str, size: int, ids_file: str, offset: int, task_d
         '  htc_job="$htc_state/job-$HTC_JOB_ID-$HTC_ATTEMPT"',
         # cancelled alone, or done before its array task was preempted and requeued: not (again)
         '  [ -e "$htc_job.cancel" ] || [ -e "$htc_job.exit" ] && continue',
-        "  htc_ooms; htc_before=$htc_o",
+        "  htc_used; htc_oom0=$htc_o htc_cpu0=$htc_cpu",
+        '  { echo 0 > "$htc_peakf"; } 2>/dev/null',
         "  (",
         f"    exec >{q(log_dir)}/job-$HTC_JOB_ID.out 2>{q(log_dir)}/job-$HTC_JOB_ID.err",
         '    printf "%s %s\\n" "$htc_host" "${EPOCHREALTIME:-$(date +%s.%N)}" > "$htc_job.start"',
@@ -126,10 +136,12 @@ def render_array(*, job_name: str, size: int, ids_file: str, offset: int, task_d
             '  kill "$htc_watch" 2>/dev/null; wait "$htc_watch" 2>/dev/null',
         ]
     lines += [
-        # one short write (readers retry a file they find empty): no rename, no fork; "oom" when
-        # the cgroup's OOM killer struck while this job ran
-        '  htc_ooms; htc_how=; [ "$htc_o" -gt "$htc_before" ] && htc_how=oom',
-        '  printf "%s %s %s %s\\n" "$htc_rc" "$htc_host" "${EPOCHREALTIME:-$(date +%s.%N)}" "$htc_how" > "$htc_job.exit"',
+        # one short write (readers retry a file they find empty): no rename, no fork. Fields: exit
+        # code, host, end time, ok|oom (the cgroup's OOM killer struck while it ran), CPU ticks, peak bytes
+        '  htc_used; htc_how=ok; [ "$htc_o" -gt "$htc_oom0" ] && htc_how=oom',
+        '  htc_peak=-; read -r htc_peak 2>/dev/null < "$htc_peakf"',
+        '  printf "%s %s %s %s %s %s\\n" "$htc_rc" "$htc_host" "${EPOCHREALTIME:-$(date +%s.%N)}" "$htc_how" '
+        '"$((htc_cpu - htc_cpu0))" "${htc_peak:--}" > "$htc_job.exit"',
         '  [ "$htc_worst" -eq 0 ] && htc_worst=$htc_rc',
         "done",
         'exit "$htc_worst"',

@@ -1,6 +1,6 @@
 // Live jobs table (anywidget front end). Rows arrive as patches of changed rows only;
 // only the rows in view are in the DOM (virtual scrolling), so 100,000 jobs stay responsive.
-const ROW = 24, COLS = ["id", "name", "status", "host", "attempts", "runtime", "params", "result", "reason"];
+const ROW = 24, COLS = ["id", "name", "status", "host", "attempts", "runtime", "used", "params", "result", "reason"];
 
 function render({ model, el }) {
   let states = model.get("states"), hosts = [], names = [], t0 = 0, totals = {}, synced = false;
@@ -31,7 +31,7 @@ function render({ model, el }) {
     const runtime = r[5] != null ? (r[5] / 10).toFixed(1) + "s"
       : r[4] != null ? ((Date.now() / 1000 - t0) - r[4] / 10).toFixed(0) + "s…" : "";
     return { id: r[0], name: names[s[1]] ?? "", status: states[r[1]], host: r[2] >= 0 ? hosts[r[2]] : "",
-             attempts: r[3], runtime, params: s[2] ?? "", result: r[7] ?? "", reason: r[6] ?? "" };
+             attempts: r[3], runtime, used: r[8] ?? "", params: s[2] ?? "", result: r[7] ?? "", reason: r[6] ?? "" };
   };
   const rebuild = () => {
     let ids = [...rows.keys()];
