@@ -83,6 +83,10 @@ class LedgerError(HTCError):
     """The ledger database cannot be opened or written."""
 
 
+class KeyTaken(LedgerError):
+    """A job key already used in the task (another process may have just added it); nothing was added."""
+
+
 class BackendError(HTCError):
     """A backend could not submit, query or cancel work (the scheduler's message is kept)."""
 

@@ -19,7 +19,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from ..errors import LedgerError
+from ..errors import KeyTaken, LedgerError
 from .rows import (AttemptRow, AttemptStart, BatchRow, EventRow, JobRow, NewBatch, NewJob, Outcome,
                    ProjectRow, ResultRow, TaskRow)
 from .schema import (ACTIVE_SQL, ATTEMPT_COLUMNS, ATTEMPT_READ, DDL, JOB_COLUMNS, LEASES_DDL, PRAGMAS,
@@ -252,8 +252,8 @@ class Ledger:
                                     f"ORDER BY id LIMIT 1", (task_id, first, json.dumps(keys))).fetchone()
                 if taken is None:
                     raise
-                raise LedgerError(f"job key {taken[0]!r} already exists in task {task_id}; "
-                                  "nothing was submitted") from e
+                raise KeyTaken(f"job key {taken[0]!r} already exists in task {task_id}; "
+                               "nothing was submitted") from e
             what = f"batch {batch.name!r}: " if batch is not None else ""
             _event(con, task_id, ids[0] if len(ids) == 1 else None, now, "submitted",
                    f"{what}{len(ids)} job{'s' if len(ids) != 1 else ''} submitted")

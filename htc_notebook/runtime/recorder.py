@@ -123,9 +123,15 @@ class Recorder:
                 self._idle.notify_all()
 
     def _spill(self, outcome: Outcome) -> Outcome:
-        """Move a large result into a file before its ledger row is written."""
+        """Move a large result into a file before its ledger row is written. A result that cannot
+        be written (the disk full, ...) fails its own job, saying so; the rest of the batch goes on."""
         if outcome.result is None or len(outcome.result) <= INLINE_RESULT_LIMIT:
             return outcome
         path = self._result_path(outcome.job_id)
-        atomic_write(path, outcome.result)
+        try:
+            atomic_write(path, outcome.result)
+        except OSError as exc:
+            return replace(outcome, status="FAILED", result=None, cause=None,
+                           reason=f"its result ({len(outcome.result):,} bytes) could not be stored in "
+                                  f"{path.parent}: {exc.strerror or exc}. Make room there, then retry it")
         return replace(outcome, result=None, result_path=str(path))

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import cloudpickle
 
 from htc_notebook.backends.base import Call
-from htc_notebook.errors import SpecError
+from htc_notebook.errors import KeyTaken, SpecError
 from htc_notebook.ledger import NewBatch, NewJob
 from htc_notebook.ledger.states import ACTIVE_NAMES, REQUEUEABLE_NAMES
 from htc_notebook.runtime.commands import plain_argv, render_command, template_argv
@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     import pandas
 
     from htc_notebook.runtime.session import Session
+
+RACES = 5  # times a submission re-reads the task when another process added the same keys meanwhile
+
 
 class Project:
     """A long-lived container of tasks with shared storage every task can read."""
@@ -140,16 +143,22 @@ class Task:
             for member in sweep.members[:1]:
                 render_command(argv, member.params)  # a missing field fails before anything is written
             render = lambda params: {**common, "commands": list(render_command(argv, params))}  # noqa: E731
-        keys = [_member_key(identity, m.key) for m in sweep.members]
-        existing = self.session.ledger.jobs_by_key(self.id, keys)
-        self.session.reconcile(existing.values())
-        existing = self.session.ledger.jobs_by_key(self.id, keys) if existing else existing
-        new = [NewJob(name=label, kind=kind, params=dict(m.params), spec=render(m.params), key=k,
-                      index=i, profile=prof.name, priority=priority)
-               for i, (m, k) in enumerate(zip(sweep.members, keys)) if k not in existing]
-        order = [existing[k].id if k in existing else None for k in keys] if existing else None  # None: new
-        del keys  # the new jobs hold theirs, and are let go once recorded (see _add)
-        new_ids = self._add(new, NewBatch(label, len(new), {"sweep": identity, "members": len(sweep)}))
+        for race in range(RACES):
+            keys = [_member_key(identity, m.key) for m in sweep.members]
+            existing = self.session.ledger.jobs_by_key(self.id, keys)
+            self.session.reconcile(existing.values())
+            existing = self.session.ledger.jobs_by_key(self.id, keys) if existing else existing
+            new = [NewJob(name=label, kind=kind, params=dict(m.params), spec=render(m.params), key=k,
+                          index=i, profile=prof.name, priority=priority)
+                   for i, (m, k) in enumerate(zip(sweep.members, keys)) if k not in existing]
+            order = [existing[k].id if k in existing else None for k in keys] if existing else None  # None: new
+            del keys  # the new jobs hold theirs, and are let go once recorded (see _add)
+            try:
+                new_ids = self._add(new, NewBatch(label, len(new), {"sweep": identity, "members": len(sweep)}))
+                break
+            except KeyTaken:  # another kernel added some of these members just now: theirs are used
+                if race == RACES - 1:
+                    raise
         rerun = [r.id for r in existing.values() if r.status in REQUEUEABLE_NAMES]
         if rerun:
             self.session.retry(rerun, "sweep submitted again")
@@ -246,6 +255,15 @@ class Task:
 
     def _add_keyed(self, job: NewJob) -> int:
         """Add one job, or reuse the job with the same key (re-running it if it did not succeed)."""
+        for race in range(RACES):
+            try:
+                return self._add_keyed_once(job)
+            except KeyTaken:  # another process added the same key just now: reuse it
+                if race == RACES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _add_keyed_once(self, job: NewJob) -> int:
         if job.key is not None:
             existing = self.session.ledger.jobs_by_key(self.id, [job.key]).get(job.key)
             if existing is not None:
