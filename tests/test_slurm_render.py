@@ -21,7 +21,8 @@ BASE = dict(job_name="b", size=3, ids_file="/d/ids", offset=1001, task_dir="/dat
 
 
 def directives(script: str) -> dict[str, str]:
-    return dict(l[len("#SBATCH --"):].split("=", 1) for l in script.splitlines() if l.startswith("#SBATCH"))
+    """`#SBATCH --key=value` -> {key: value}; a flag (`--requeue`) -> {flag: ""}."""
+    return dict((l[len("#SBATCH --"):] + "=").split("=")[:2] for l in script.splitlines() if l.startswith("#SBATCH"))
 
 
 def test_array_script_maps_the_job_definition_onto_directives():
@@ -29,7 +30,7 @@ def test_array_script_maps_the_job_definition_onto_directives():
                      tmp_gib=3, timeout_s=30, qos="low", constraints=("avx2", "ib"), gres="gpu:1", throttle=5,
                      env={"MODE": "x; $(rm -rf /)"}, setup=["module load lammps"])
     d = directives(s)
-    assert d == {"job-name": "b", "array": "0-2%5", "partition": "cpu", "qos": "low", "cpus-per-task": "2",
+    assert d == {"job-name": "b", "array": "0-2%5", "requeue": "", "partition": "cpu", "qos": "low", "cpus-per-task": "2",
                  "mem": "512M", "tmp": "3G", "time": "00:01:40", "constraint": "avx2&ib", "gres": "gpu:1"}
     assert "export HTC_JOB_INDEX=$((htc_n - 1 + 1001))" in s
     assert "export MODE='x; $(rm -rf /)'" in s

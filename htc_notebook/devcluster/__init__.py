@@ -16,7 +16,9 @@ docs/test-cluster.md.
 from __future__ import annotations
 
 import os
+import signal
 import shutil
+import subprocess
 import socket
 import sys
 import time
@@ -30,8 +32,8 @@ from .config import (CONFIG_FILES, DEFAULT_ROOT, MARKER, ClusterSpec, default_sp
                      render_gres_conf, render_hosts, render_slurm_conf, shared_under_tmp)
 from .install import install, missing_packages
 
-__all__ = ["ClusterInfo", "ClusterSpec", "DevClusterError", "down", "install", "leftovers", "require_root",
-           "shared_paths", "spec", "state_root", "status", "up"]
+__all__ = ["ClusterInfo", "ClusterSpec", "DevClusterError", "down", "install", "kill_node", "leftovers",
+           "require_root", "revive_node", "shared_paths", "spec", "state_root", "status", "up"]
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,37 @@ def _fresh_state(s: ClusterSpec) -> None:
 
 
 # -- the public verbs -------------------------------------------------------------------
+def kill_node(node: str) -> list[int]:
+    """Make `node` fail as a machine does: every process in its network namespace (its slurmd, the
+    slurmstepd of its jobs, the jobs themselves) is SIGKILLed at once. Returns the pids killed."""
+    s = spec()
+    ino = daemons._netns_ino(s.netns(node))
+    if ino is None:
+        raise DevClusterError(f"no node {node!r} in the test cluster (known: {', '.join(s.node_names)})")
+    pids = [pid for pid in daemons._pids() if pid != os.getpid() and daemons._netns_ino(f"/proc/{pid}/ns/net") == ino]
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return pids
+
+
+def revive_node(node: str, timeout: float = 60) -> None:
+    """Start a failed node's slurmd again and return it to service (`scontrol update ... resume`)."""
+    s = spec()
+    daemons.start_slurmd(s, node, shared_under_tmp(shared_paths()))
+    deadline = time.monotonic() + timeout
+    while True:
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], capture_output=True, timeout=30)
+        state = daemons.sinfo_nodes().get(node, {}).get("state", "")
+        if state in ("idle", "mix", "alloc"):
+            return
+        if time.monotonic() > deadline:
+            raise DevClusterError(f"node {node} is {state or 'unknown'} {timeout:.0f} s after its slurmd started")
+        time.sleep(0.5)
+
+
 def up(*, shared=(), timeout: float = 90, install_missing: bool = True) -> ClusterInfo:
     """Clean whatever an earlier run left, then start munged, slurmctld and every node; wait until idle."""
     require_root()

@@ -84,7 +84,9 @@ def render_array(*, job_name: str, size: int, ids_file: str, offset: int, task_d
     if timeout_s and not time_s:
         time_s = bundle * (timeout_s + KILL_AFTER) + SLURM_MARGIN
     array = f"0-{tasks - 1}" + (f"%{throttle}" if throttle else "")
-    lines = ["#!/bin/bash", _directive("job-name", job_name), _directive("array", array)]
+    # --requeue: SLURM runs the array task again after a node failure or a preemption (whatever the
+    # site's JobRequeue default); jobs of it that had finished are skipped by their exit file
+    lines = ["#!/bin/bash", _directive("job-name", job_name), _directive("array", array), "#SBATCH --requeue"]
     for option, value in (("partition", partition), ("account", account), ("qos", qos),
                           ("nodes", nodes), ("ntasks-per-node", ntasks_per_node),
                           ("cpus-per-task", cpus_per_task), ("mem", f"{mem_mib}M" if mem_mib else None),
