@@ -136,3 +136,25 @@ def test_a_retry_due_when_the_kernel_died_runs_once_in_the_next_sessions(tmp_pat
         attempts = s.ledger.attempts(job_id)
         assert [a.status for a in attempts] == ["FAILED", "SUCCEEDED"]
         assert [e.kind for e in s.ledger.events(job_id=job_id)].count("retrying") == 1
+
+
+def test_a_call_that_loses_its_worker_resumes_from_its_checkpoint(session, tmp_path):
+    """`storage.current().checkpoint()` saves state a later run of the same job restores: the
+    worker dies at step 20 on the first run; the next run starts at step 20, not 0."""
+    marker = tmp_path / "died"
+
+    def steps(n):
+        from htc_notebook import storage
+
+        st = storage.current()
+        start, total = st.restore(default=(0, 0))
+        for i in range(start, n):
+            if i == 20 and not marker.exists():
+                marker.write_text("x")
+                os.kill(os.getpid(), signal.SIGKILL)
+            total += i
+            st.checkpoint((i + 1, total))
+        return start, total
+
+    job = session.project("retries").task("checkpoint").submit(steps, 40)
+    assert job.result(timeout=120) == (20, sum(range(40)))

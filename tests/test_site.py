@@ -12,6 +12,7 @@ import pytest
 from test_slurm import REPO, site  # noqa: F401 - the discovered site fixture
 
 from htc_notebook import Session
+from htc_notebook.storage import checkpoint_path
 
 pytestmark = pytest.mark.slurm
 
@@ -75,20 +76,31 @@ def test_qos_submit_limit_refuses_with_slurms_reason(slurm_cluster):
         sh("scancel", first)
 
 
+# 12 steps of 1 s; each step's number is saved in $HTC_CHECKPOINT (the same file for every run of the
+# job), and a run starts after the last saved step; runs/<index> gets the step each run started at
+RESUMABLE = """i=$(cat "$HTC_CHECKPOINT" 2>/dev/null || echo 0); echo "$i" >> runs/$HTC_JOB_INDEX
+while [ "$i" -lt 12 ]; do sleep 1; i=$((i + 1)); echo "$i" > "$HTC_CHECKPOINT"; done"""
+
+
 def test_economy_jobs_are_preempted_requeued_and_succeed_once(site, tmp_path_factory):  # noqa: F811
     """ON_DEMAND_ECONOMY -> the economy QOS. Priority jobs that need the cores preempt them; SLURM
-    requeues them; each still ends SUCCEEDED once, in one attempt, having started twice."""
+    requeues them; each resumes from its checkpoint and ends SUCCEEDED once, in one attempt, having
+    started twice."""
     root = REPO / "test-output" / f"site-{uuid.uuid4().hex[:8]}"
     with Session(root, site=site) as s:
         task = s.project("site").task("preempt")
         task.storage.path("runs").mkdir()
         economy = task.submit_batch({"jobName": "econ", "batchSize": 4, "htcJobDefinition": {
-            "commands": ["sh", "-c", "echo run >> runs/$HTC_JOB_INDEX; sleep 12"], "maxVCpus": 1,
+            "commands": ["sh", "-c", RESUMABLE], "maxVCpus": 1,
             "maxMemory": 100, "priority": "ON_DEMAND_ECONOMY"}}, profile="cpu")
         deadline = time.monotonic() + 120
         while economy.counts()["RUNNING"] < 4:
             assert time.monotonic() < deadline, economy.counts()
             time.sleep(0.5)
+        saved = [checkpoint_path(task.storage.path("."), j.id) for j in economy]
+        while not all(p.exists() and p.read_text().strip() not in ("", "0", "1") for p in saved):
+            assert time.monotonic() < deadline, [p.exists() and p.read_text() for p in saved]
+            time.sleep(0.2)  # each has saved a step or two
         qos = sh("squeue", "-h", "-o", "%q", "-j", economy[0].row.native_id.split("_")[0]).stdout.split()
         assert set(qos) == {"economy"}
         urgent = task.submit_batch({"jobName": "urgent", "batchSize": 2, "htcJobDefinition": {
@@ -100,6 +112,7 @@ def test_economy_jobs_are_preempted_requeued_and_succeed_once(site, tmp_path_fac
         runs = {p.name: p.read_text().split() for p in task.storage.path("runs").iterdir()}
         assert sorted(runs) == ["0", "1", "2", "3"]
         assert all(len(r) == 2 for r in runs.values()), runs  # each was preempted once and ran again
+        assert all(r[0] == "0" and int(r[1]) > 0 for r in runs.values()), runs  # ... resuming from its checkpoint
         for job in economy:
             assert job.row.attempts == 1 and job.row.exit_code == 0
             assert [a.status for a in s.ledger.attempts(job.id)] == ["SUCCEEDED"]

@@ -166,3 +166,32 @@ def test_each_job_records_the_cpu_it_used(tmp_path):
         rc, _, _, how, ticks, peak = (state / f"job-{job}-1.exit").read_text().split()
         cpu = int(ticks) / os.sysconf("SC_CLK_TCK")
         assert (rc, how) == ("0", "ok") and (peak == "-" or peak.isdigit()) and 0.25 <= cpu < 2.0, cpu
+
+
+@pytest.mark.parametrize("timeout_s", [None, 30])
+def test_slurms_warning_signal_reaches_the_job_so_it_can_checkpoint(tmp_path, timeout_s):
+    """SLURM sends USR1 to the batch script before the time limit (--signal=B:USR1@60); the script
+    passes it to the job (under `timeout` too), which saves its state in $HTC_CHECKPOINT."""
+    import signal
+    import time
+
+    state, logs = tmp_path / "state", tmp_path / "logs"
+    state.mkdir()
+    logs.mkdir()
+    (tmp_path / ".htc" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "ids").write_text("41 1\n")
+    job = 'trap \'echo saved > "$HTC_CHECKPOINT"; exit 9\' USR1; : > ready; sleep 30 & wait'
+    script = render_array(job_name="w", size=1, ids_file=str(tmp_path / "ids"), offset=0, task_dir=str(tmp_path),
+                          log_dir=str(logs), state_dir=str(state), command=["sh", "-c", job], timeout_s=timeout_s,
+                          time_s=3600)
+    assert directives(script)["signal"] == "B:USR1@60"
+    proc = subprocess.Popen(["bash", "-c", script], env={"PATH": "/usr/bin:/bin", "SLURM_ARRAY_TASK_ID": "0"},
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    while not (tmp_path / "ready").exists():  # its trap is set
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR1)
+    assert proc.wait(timeout=20) == 9, (proc.stderr.read(), (logs / "job-41.err").read_text())
+    assert (tmp_path / ".htc" / "checkpoints" / "job-41").read_text() == "saved\n"
+    assert (state / "job-41-1.exit").read_text().split()[0] == "9"

@@ -15,7 +15,7 @@ from htc_notebook.backends.launchers import MpiLayout
 from htc_notebook.ledger import Outcome
 
 
-PER_JOB_ENV = ("HTC_JOB_ID", "HTC_JOB_INDEX")  # the variables that differ between jobs of one submission
+PER_JOB_ENV = ("HTC_JOB_ID", "HTC_JOB_INDEX", "HTC_CHECKPOINT")  # the variables that differ between jobs of one submission
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ from typing import Any, Iterator
 
 import cloudpickle
 
+from htc_notebook.storage.views import checkpoint_path
+
 
 class _LazyLog:
     """A text stream that creates its log file only when something is written."""
@@ -101,7 +103,8 @@ class JobRunner:
                                      f"{type(exc).__name__}: {exc}. Define the function in the notebook, or "
                                      "in a module installed where the jobs run")}] * len(jobs)
         return [run_call(fn, args, kwargs, self.cwd,
-                         {**self.env, "HTC_JOB_ID": str(job_id), "HTC_JOB_INDEX": str(index)}, logs)
+                         {**self.env, "HTC_JOB_ID": str(job_id), "HTC_JOB_INDEX": str(index),
+                          "HTC_CHECKPOINT": str(checkpoint_path(self.cwd, job_id))}, logs)
                 for job_id, index, args, kwargs, logs in jobs]
 
 

@@ -30,7 +30,7 @@ from htc_notebook.ledger.states import TERMINAL_NAMES
 from htc_notebook.runtime.reconcile import Reconciler
 from htc_notebook.runtime.recorder import Recorder
 from htc_notebook.spec import PartitionProfile, SiteConfig
-from htc_notebook.storage import Storage
+from htc_notebook.storage import Storage, checkpoint_path
 
 POLL_SECONDS = 0.25
 DISPATCH_SLICE = 5000  # jobs whose attempts and Launches are built and handed over at a time
@@ -260,6 +260,7 @@ class Session:
             return
         log_dir = self.storage.log_paths(task.project, task.name, rows[0].id)[0].parent
         log_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint_path(self.storage.task_dir(task.project, task.name), 0).parent.mkdir(parents=True, exist_ok=True)
         prefix, where = os.path.join(log_dir, "job-"), self._where(task)
         later: dict[str, list[Launch]] = {}
         with ExitStack() as one:  # to each dask runner the slices are one submission (probed once)
@@ -325,7 +326,8 @@ class Session:
         """What a backend needs to run one attempt of a job."""
         task_dir, base_env = where
         spec = row.spec
-        env = {**base_env, "HTC_JOB_ID": str(row.id), "HTC_JOB_INDEX": str(row.index), **spec.get("envs", {})}
+        env = {**base_env, "HTC_JOB_ID": str(row.id), "HTC_JOB_INDEX": str(row.index),
+               "HTC_CHECKPOINT": str(checkpoint_path(task_dir, row.id)), **spec.get("envs", {})}
         return Launch(job_id=row.id, attempt=attempt, kind=row.kind, cwd=task_dir, env=env, name=row.name,
                       log_out=log_out, log_err=log_err, cores=spec.get("cores", 1), priority=row.priority,
                       timeout=spec.get("timeout"), command=tuple(spec.get("commands", ())),

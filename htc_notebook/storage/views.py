@@ -15,6 +15,12 @@ INTERNAL = ".htc"
 _WRITE_CHARS = set("wax+")
 
 
+def checkpoint_path(task_dir: Path | str, job_id: int) -> Path:
+    """Where a job keeps its checkpoint: the same file for every attempt of the job (jobs see it as
+    `$HTC_CHECKPOINT`; Python calls use `storage.current().checkpoint()` / `.restore()`)."""
+    return Path(task_dir) / INTERNAL / "checkpoints" / f"job-{int(job_id)}"
+
+
 def _is_write_mode(mode: str) -> bool:
     return bool(_WRITE_CHARS & set(mode))
 
@@ -31,9 +37,10 @@ class TaskStorage:
     Every path goes through `confine`; the toolkit's own `.htc/` directory is off limits.
     """
 
-    def __init__(self, task_dir: Path | str, shared_dir: Path | str):
+    def __init__(self, task_dir: Path | str, shared_dir: Path | str, job_id: int | None = None):
         self.task_dir = Path(os.path.realpath(task_dir))
         self.shared_dir = Path(os.path.realpath(shared_dir))
+        self.job_id = job_id  # inside a job: whose checkpoint checkpoint()/restore() use
 
     def __repr__(self) -> str:
         return f"TaskStorage(task_dir={str(self.task_dir)!r}, shared_dir={str(self.shared_dir)!r})"
@@ -82,6 +89,38 @@ class TaskStorage:
         d = self.path(rel)
         return _list(d, hide=(INTERNAL,) if d == self.task_dir else ())
 
+    # -- inside a job: state that survives a requeue (preemption, node failure, a lost worker) --
+    def checkpoint(self, state: Any) -> None:
+        """Save `state` (anything cloudpickle can pickle) for a later attempt of this job, atomically.
+
+        >>> def simulate(steps):                                  # doctest: +SKIP
+        ...     st = storage.current()
+        ...     i, x = st.restore(default=(0, 0.0))
+        ...     for i in range(i, steps):
+        ...         x = step(x)
+        ...         st.checkpoint((i + 1, x))
+        ...     return x
+        """
+        import cloudpickle
+
+        path = self._checkpoint()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, cloudpickle.dumps(state))
+
+    def restore(self, default: Any = None) -> Any:
+        """What the last `checkpoint()` of this job saved (in this or an earlier attempt), else `default`."""
+        import cloudpickle
+
+        try:
+            return cloudpickle.loads(self._checkpoint().read_bytes())
+        except FileNotFoundError:
+            return default
+
+    def _checkpoint(self) -> Path:
+        if self.job_id is None:
+            raise HTCError("checkpoint() and restore() work inside a job run by htc_notebook (HTC_JOB_ID is not set)")
+        return checkpoint_path(self.task_dir, self.job_id)
+
 
 class ProjectStorage:
     """A project's shared directory, as the user sees it (jobs only read it)."""
@@ -124,4 +163,5 @@ def current() -> TaskStorage:
         raise HTCError("storage.current() only works inside a job run by htc_notebook: "
                        "HTC_TASK_DIR and HTC_PROJECT_SHARED are not set. "
                        "Outside a job, use a Session's task or project storage instead.")
-    return TaskStorage(task_dir, shared)
+    job = os.environ.get("HTC_JOB_ID")
+    return TaskStorage(task_dir, shared, int(job) if job and job.isdigit() else None)

@@ -27,6 +27,7 @@ from htc_notebook.spec import format_walltime
 _TOKEN = re.compile(r"^[A-Za-z0-9_.:,=+%/@&|\[\]*!-]+$")
 TIMEOUT_EXIT = 124  # what coreutils `timeout` exits with
 KILL_AFTER = 10  # seconds between TERM and KILL when execTimeoutSeconds runs out
+WARNING_SECONDS = 60  # SLURM signals USR1 this long before an array task's time limit (passed on to the job)
 SLURM_MARGIN = 60  # SLURM's own time limit sits this far above execTimeoutSeconds (x jobs in a bundle)
 
 
@@ -87,6 +88,8 @@ def render_array(*, job_name: str, size: int, ids_file: str, offset: int, task_d
     # --requeue: SLURM runs the array task again after a node failure or a preemption (whatever the
     # site's JobRequeue default); jobs of it that had finished are skipped by their exit file
     lines = ["#!/bin/bash", _directive("job-name", job_name), _directive("array", array), "#SBATCH --requeue"]
+    if time_s and time_s > 2 * WARNING_SECONDS:
+        lines.append(_directive("signal", f"B:USR1@{WARNING_SECONDS}"))
     for option, value in (("partition", partition), ("account", account), ("qos", qos),
                           ("nodes", nodes), ("ntasks-per-node", ntasks_per_node),
                           ("cpus-per-task", cpus_per_task), ("mem", f"{mem_mib}M" if mem_mib else None),
@@ -101,6 +104,10 @@ def render_array(*, job_name: str, size: int, ids_file: str, offset: int, task_d
     # EPOCHREALTIME (bash >= 5; `date` on older shells) - a trivial job's cost is mostly this script
     lines += ["set -u", f"htc_state={q(state_dir)}", "read -r htc_host < /proc/sys/kernel/hostname"]
     lines += USAGE
+    # SLURM's warning (--signal=B:USR1@WARNING_SECONDS) goes to this script: pass it to the running
+    # job, so that it can checkpoint (under `timeout`, to timeout's child: timeout itself would die of it)
+    target = 'pkill -USR1 -P "$htc_pid"' if timeout_s else 'kill -USR1 "$htc_pid"'
+    lines += ["htc_pid= htc_sig=", f"trap 'htc_sig=1; [ -n \"$htc_pid\" ] && {target} 2>/dev/null' USR1"]
     lines += [f"export {name}={q(value)}" for name, value in (env or {}).items()]
     lines += list(setup)
     runner = f"timeout --kill-after={KILL_AFTER} {int(timeout_s)} " if timeout_s else ""
@@ -114,6 +121,7 @@ def render_array(*, job_name: str, size: int, ids_file: str, offset: int, task_d
         f"  mapfile -t -s $((htc_n - 1)) -n 1 htc_line < {q(ids_file)}",
         "  set -- ${htc_line[0]}",
         "  export HTC_JOB_ID=$1 HTC_ATTEMPT=$2",
+        f"  export HTC_CHECKPOINT={q(task_dir)}/.htc/checkpoints/job-$HTC_JOB_ID",
         f"  export HTC_JOB_INDEX=$((htc_n - 1 + {int(offset)}))",
         '  htc_job="$htc_state/job-$HTC_JOB_ID-$HTC_ATTEMPT"',
         # cancelled alone, or done before its array task was preempted and requeued: not (again)
@@ -126,17 +134,18 @@ def render_array(*, job_name: str, size: int, ids_file: str, offset: int, task_d
         f"    cd {q(task_dir)}",
         f"    {run}",
     ]
-    if bundle == 1:
-        lines += ["  )", "  htc_rc=$?"]
-    else:
-        lines += [
-            "  ) &",
-            "  htc_pid=$!",
-            '  ( while [ ! -e "$htc_job.cancel" ]; do sleep 1; done; kill -TERM "$htc_pid" ) 2>/dev/null &',
-            "  htc_watch=$!",
-            '  wait "$htc_pid"; htc_rc=$?',
-            '  kill "$htc_watch" 2>/dev/null; wait "$htc_watch" 2>/dev/null',
-        ]
+    # the job runs in the background so that the script's USR1 trap (SLURM's warning before the
+    # time limit) runs at once and passes the signal on; `wait` returns early for a trapped signal
+    lines += ["  ) &", "  htc_pid=$!"]
+    if bundle > 1:
+        lines += ['  ( while [ ! -e "$htc_job.cancel" ]; do sleep 1; done; kill -TERM "$htc_pid" ) 2>/dev/null &',
+                  "  htc_watch=$!"]
+    # a wait cut short by the trap (htc_sig) waits again; bash keeps the status of a child it reaped
+    # meanwhile, and says 127 only if this wait already took it
+    lines += ['  htc_rc=; while :; do htc_sig=; wait "$htc_pid"; htc_r=$?',
+              '    [ "$htc_r" -eq 127 ] && [ -n "$htc_rc" ] && break; htc_rc=$htc_r; [ -n "$htc_sig" ] || break; done']
+    if bundle > 1:
+        lines += ['  kill "$htc_watch" 2>/dev/null; wait "$htc_watch" 2>/dev/null']
     lines += [
         # one short write (readers retry a file they find empty): no rename, no fork. Fields: exit
         # code, host, end time, ok|oom (the cgroup's OOM killer struck while it ran), CPU ticks, peak bytes
