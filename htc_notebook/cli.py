@@ -217,7 +217,7 @@ def _reconcile_gone(session, task_id: int) -> None:
     """What `Task.jobs()` does before showing jobs (G5: the active jobs of a process that has exited
     become LOST), but rows are read only if some owner of the task's active jobs is gone."""
     from htc_notebook.ledger.states import ACTIVE_NAMES
-    from htc_notebook.runtime.session import Owner
+    from htc_notebook.runtime.owner import Owner
 
     for text in session.ledger.active_owners(task_id):
         owner = Owner.parse(text)

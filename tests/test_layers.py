@@ -63,3 +63,33 @@ def test_ui_and_server_call_the_runtime_not_the_backends():
                                                  if m.startswith(("htc_notebook.backends", "htc_notebook.devcluster")))
                  for f in files}
     assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def _module_level_imports(path: Path, package: str) -> set[str]:
+    """The package's modules a file imports when it is loaded (not inside functions, not under TYPE_CHECKING)."""
+    out = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith(package):
+            out.add(node.module)
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith(package)}
+    return out
+
+
+def test_the_runtime_has_no_import_circle():
+    """issue 12: session, task, handles and the reconcile loop import each other one way only."""
+    runtime = SPEC.parent / "runtime"
+    graph = {f"htc_notebook.runtime.{p.stem}": _module_level_imports(p, "htc_notebook.runtime")
+             for p in runtime.glob("*.py") if p.stem != "__init__"}
+    assert "htc_notebook.runtime.task" in graph["htc_notebook.runtime.session"]  # what a circle used to hide
+
+    def cycle_from(node, path):
+        for nxt in graph.get(node, ()):
+            if nxt in path:
+                return path[path.index(nxt):] + [nxt]
+            found = cycle_from(nxt, path + [nxt])
+            if found:
+                return found
+        return None
+
+    assert [c for n in graph if (c := cycle_from(n, [n]))] == []

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from htc_notebook.errors import HTCError
 from htc_notebook.ledger import JobRow
 from htc_notebook.ledger.states import TERMINAL_NAMES
+from htc_notebook.runtime.owner import Owner
 from htc_notebook.spec import Decision, Limits, Request, RetryPolicy
 
 if TYPE_CHECKING:
@@ -126,8 +127,6 @@ class Reconciler:
 
     def _mine(self, row: JobRow) -> bool:
         """Is this session the one to retry `row`: its owner, or the owner has exited."""
-        from htc_notebook.runtime.session import Owner
-
         owner = Owner.parse(row.spec.get("owner"))
         return owner is None or owner == self.session.owner or owner.alive() is False
 
@@ -151,8 +150,6 @@ class Reconciler:
     # -- 2. owners that exited -------------------------------------------------------------------
     def reconcile_owners(self) -> int:
         """Look at the active jobs of every owner (data root wide) that has exited; returns how many became LOST."""
-        from htc_notebook.runtime.session import Owner
-
         s = self.session
         lost = 0
         for text in s.ledger.active_owners():

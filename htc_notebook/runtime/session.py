@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import atexit
 import os
-import signal
 import socket
 import threading
 import time
 import weakref
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -25,56 +23,18 @@ import cloudpickle
 from htc_notebook.backends.base import Backend, Call, Launch
 from htc_notebook.backends.launchers import MpiLayout
 from htc_notebook.errors import HTCError, UnsupportedFeature
-from htc_notebook.ledger import AttemptStart, JobRow, Ledger, NewJob, Outcome, TaskRow
+from htc_notebook.ledger import AttemptStart, JobRow, Ledger, Outcome, TaskRow
 from htc_notebook.ledger.states import TERMINAL_NAMES
+from htc_notebook.runtime.handles import JobHandle
+from htc_notebook.runtime.owner import Owner, kill_orphan_group
 from htc_notebook.runtime.reconcile import Reconciler
 from htc_notebook.runtime.recorder import Recorder
+from htc_notebook.runtime.task import Pending, Project
 from htc_notebook.spec import PartitionProfile, SiteConfig
 from htc_notebook.storage import Storage, checkpoint_path
 
 POLL_SECONDS = 0.25
 DISPATCH_SLICE = 5000  # jobs whose attempts and Launches are built and handed over at a time
-
-
-@dataclass(frozen=True)
-class Owner:
-    """Which process is responsible for a job on the local backend."""
-
-    host: str
-    pid: int
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.pid}"
-
-    @classmethod
-    def parse(cls, text: str | None) -> "Owner | None":
-        if not text or ":" not in text:
-            return None
-        host, _, pid = text.rpartition(":")
-        return cls(host, int(pid)) if pid.isdigit() else None
-
-    def alive(self) -> bool | None:
-        """True/False on this host; None when the owner is on another host (cannot tell)."""
-        if self.host != socket.gethostname():
-            return None
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-
-
-def _kill_orphan_group(native_id: str | None) -> bool:
-    """Kill what is left of a local command job (`pid:N`, its own process group) after its owner died."""
-    if not native_id or not native_id.startswith("pid:") or not native_id[4:].isdigit():
-        return False
-    try:
-        os.killpg(int(native_id[4:]), signal.SIGKILL)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
 
 
 def _close_at_exit(session: "Session") -> None:
@@ -87,16 +47,6 @@ def _close_at_exit(session: "Session") -> None:
             s.close()
 
     atexit.register(close)
-
-
-class Pending:
-    """A job just added to the ledger, described from what was added (no read-back)."""
-
-    __slots__ = ("id", "name", "kind", "params", "spec", "index", "profile", "priority")
-
-    def __init__(self, job_id: int, job: NewJob):
-        self.id, self.name, self.kind, self.params, self.spec = job_id, job.name, job.kind, job.params, job.spec
-        self.index, self.profile, self.priority = job.index, job.profile, job.priority
 
 
 class Session:
@@ -140,20 +90,14 @@ class Session:
         self.close()
 
     # -- navigation ----------------------------------------------------------
-    def project(self, name: str):
-        from htc_notebook.runtime.task import Project
-
+    def project(self, name: str) -> Project:
         return Project(self, self.ledger.project(name).name)
 
-    def projects(self) -> list:
-        from htc_notebook.runtime.task import Project
-
+    def projects(self) -> list[Project]:
         return [Project(self, p.name) for p in self.ledger.projects()]
 
     def job(self, job_id: int):
         """A handle for any job in the ledger, e.g. after a kernel restart."""
-        from htc_notebook.runtime.handles import JobHandle
-
         row = self.ledger.job(job_id)
         return JobHandle(self, row.id, row.task_id)
 
@@ -415,7 +359,7 @@ class Session:
                 task = self.task_row(row.task_id)
                 stop_bundled(state_dir(self.storage.task_dir(task.project, task.name)), row.id, row.attempts)
             elif native.startswith("pid:") and row.host == host:
-                _kill_orphan_group(native)
+                kill_orphan_group(native)
         if slurm:
             from htc_notebook.backends.slurm import scheduler
 
@@ -487,7 +431,7 @@ class Session:
                 continue
             reason = (f"the process that ran it ({owner}) has exited; local jobs and pilots do not "
                       f"outlive their session")
-            if _kill_orphan_group(row.native_id):
+            if kill_orphan_group(row.native_id):
                 reason += f"; its orphaned process group {row.native_id} was killed"
             lost.append(Outcome(row.id, row.attempts, "LOST", reason=reason + ". Retry it or re-run the sweep",
                                 host=owner.host, ended=time.time(), cause="owner"))

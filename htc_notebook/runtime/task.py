@@ -14,7 +14,6 @@ from htc_notebook.ledger.states import ACTIVE_NAMES, REQUEUEABLE_NAMES
 from htc_notebook.runtime.commands import plain_argv, render_command, template_argv
 from htc_notebook.runtime.handles import JobGroup, JobHandle
 from htc_notebook.runtime.plan import check_definition, check_mpi
-from htc_notebook.runtime.session import Pending
 from htc_notebook.spec import JobBatch, JobDefinition, PartitionProfile, Resources, RetryPolicy, Sweep
 from htc_notebook.storage import ProjectStorage, TaskStorage, atomic_write
 
@@ -24,6 +23,16 @@ if TYPE_CHECKING:
     from htc_notebook.runtime.session import Session
 
 RACES = 5  # times a submission re-reads the task when another process added the same keys meanwhile
+
+
+class Pending:
+    """A job just added to the ledger, described from what was added (no read-back)."""
+
+    __slots__ = ("id", "name", "kind", "params", "spec", "index", "profile", "priority")
+
+    def __init__(self, job_id: int, job: NewJob):
+        self.id, self.name, self.kind, self.params, self.spec = job_id, job.name, job.kind, job.params, job.spec
+        self.index, self.profile, self.priority = job.index, job.profile, job.priority
 
 
 class Project:
