@@ -22,6 +22,7 @@ from htc_notebook.ledger.states import STATES, TERMINAL_NAMES
 if TYPE_CHECKING:
     import pandas
 
+    from htc_notebook.runtime.efficiency import Efficiency
     from htc_notebook.runtime.session import Session
 
 PAGE = 5000  # jobs whose rows (and results) a group reads at a time
@@ -258,6 +259,15 @@ class JobGroup(Sequence[JobHandle]):
                 else:
                     raise failure(row)
         return out
+
+    def efficiency(self) -> "Efficiency":
+        """What the members that ended used against what they asked for, with the requests worth
+        changing (`print(group.efficiency())`; runtime/efficiency.py)."""
+        from htc_notebook.runtime.efficiency import Usage, summarize
+
+        return summarize(Usage(r.spec.get("memory"), r.max_rss_mib, r.spec.get("cores") or 1, r.cpu_s,
+                               r.ended - r.started if r.started and r.ended else None, r.spec.get("timeout"))
+                         for page in self._pages() for r in page if r.status == "SUCCEEDED")
 
     def cancel(self) -> list[int]:
         return self.session.cancel(self.ids)
