@@ -14,7 +14,7 @@ import dask
 import distributed  # noqa: F401 - its config defaults
 import pytest
 
-from htc_notebook import RetryPolicy, Session, SiteConfig
+from htc_notebook import JobGroup, RetryPolicy, Session, SiteConfig
 
 NOW = RetryPolicy(retries=1, backoff=0)
 
@@ -100,7 +100,7 @@ def test_python_calls_that_lose_their_worker_are_requeued_without_using_retries(
 
 KERNEL = textwrap.dedent("""
     import sys, time
-    from htc_notebook import RetryPolicy, Session, SiteConfig
+    from htc_notebook import JobGroup, RetryPolicy, Session, SiteConfig
     s = Session(sys.argv[1], site=SiteConfig.builtin())
     task = s.project("p").task("t")
     # fails on its first run, succeeds on the next: each run adds a line to runs
@@ -158,3 +158,10 @@ def test_a_call_that_loses_its_worker_resumes_from_its_checkpoint(session, tmp_p
 
     job = session.project("retries").task("checkpoint").submit(steps, 40)
     assert job.result(timeout=120) == (20, sum(range(40)))
+
+
+def test_a_group_that_names_a_job_twice_still_ends(session):
+    task = session.project("retries").task("twice")
+    (job,) = task.submit_batch(batch(["true"]))
+    group = JobGroup(session, task.id, [job.id, job.id], "twice")
+    assert group.wait(timeout=30) is group and group.counts()["SUCCEEDED"] == 1

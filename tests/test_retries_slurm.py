@@ -35,6 +35,9 @@ def test_out_of_memory_and_timeout_are_retried_with_more(site, slurm_cluster):  
         assert [(a.status, a.cause, a.request["memory"]) for a in attempts] == [
             ("FAILED", "memory", 128), ("FAILED", "memory", 256), ("SUCCEEDED", None, 512)]
         assert "OOM killer" in attempts[0].reason and "128 MiB" in attempts[0].reason
+        # what it used, from its cgroup and the script's own count: the 300 MiB it held, some CPU
+        assert 300 <= attempts[-1].max_rss_mib < 512 and attempts[-1].cpu_s is not None
+        assert hungry.row.max_rss_mib == attempts[-1].max_rss_mib
         # time: killed at 2 s, then given 4 s
         assert [(a.status, a.cause, a.request["timeout"]) for a in slow.attempts] == [
             ("FAILED", "timeout", 2), ("SUCCEEDED", None, 4)]

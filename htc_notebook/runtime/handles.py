@@ -223,7 +223,8 @@ class JobGroup(Sequence[JobHandle]):
         """Block until every job has ended; `progress=True` shows a progress bar. A job waiting for
         its retry has not ended. Only reads (see JobHandle.wait)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        bar = _Progress(len(self), self.name) if progress else None
+        total = len(self._wanted())  # distinct jobs: a group may name one twice
+        bar = _Progress(total, self.name) if progress else None
         self.session.reconciler.start()
         try:
             while True:
@@ -232,10 +233,10 @@ class JobGroup(Sequence[JobHandle]):
                 ended = sum(counts[s] for s in TERMINAL)
                 if bar:
                     bar.update(ended, counts)
-                if ended >= len(self):
+                if ended >= total:
                     return self
                 if deadline is not None and time.monotonic() >= deadline:
-                    raise TimeoutError(f"{len(self) - ended} of {len(self)} jobs still running after {timeout} s")
+                    raise TimeoutError(f"{total - ended} of {total} jobs still running after {timeout} s")
                 # at most ~50 looks a second: each look takes the GIL from the scheduler's loop
                 time.sleep(REFRESH_MIN_INTERVAL)
                 self.session.wait_for_change(since=mark)
