@@ -281,3 +281,12 @@ def test_no_arguments_prints_usage(tmp_path):
     for command in ("demo", "status", "profiles", "submit"):
         assert command in out
     assert "Traceback" not in r.stderr
+
+
+def test_the_module_runs_as_a_program():
+    """`python -m htc_notebook.cli` (issue 14: it failed with a NameError before the commands were defined)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "htc_notebook.cli", "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.startswith("usage: htc"), out.stderr
