@@ -5,47 +5,24 @@ held ones and feeds them; every job SUCCEEDED, each command run exactly once."""
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import pytest
-import requests
 import yaml
 
 from test_feeder import CAP, capped_site  # noqa: F401 - the site with the `capped` QOS profile
+from test_server_e2e import HTC, _port, api
 from test_slurm import REPO, site  # noqa: F401
 
 pytestmark = pytest.mark.slurm
-HTC = str(Path(sys.executable).parent / "htc")
 N = 16
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve(base: list[str], port: int) -> subprocess.Popen:
     return subprocess.Popen([HTC, *base, "serve", "--port", str(port)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-
-
-def api(url: str, key: str) -> requests.Session:
-    for _ in range(150):
-        try:
-            r = requests.get(f"{url}/auth/token", headers={"Authorization": f"Token {key}"}, timeout=5)
-            break
-        except requests.ConnectionError:
-            time.sleep(0.2)
-    assert r.status_code == 200, r.text
-    s = requests.Session()
-    s.headers["Authorization"] = f"Bearer {r.json()['tokenValue']}"
-    return s
 
 
 def test_htc_serve_killed_mid_batch_and_restarted_finishes_it_once(capped_site, tmp_path):  # noqa: F811

@@ -24,6 +24,20 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
+def api(url: str, key: str, tries: int = 150) -> requests.Session:
+    """A requests session with a bearer token from `key`, once the server at `url` answers."""
+    for _ in range(tries):
+        try:
+            r = requests.get(f"{url}/auth/token", headers={"Authorization": f"Token {key}"}, timeout=5)
+            break
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    assert r.status_code == 200, r.text
+    s = requests.Session()
+    s.headers["Authorization"] = f"Bearer {r.json()['tokenValue']}"
+    return s
+
+
 def flow(root: Path, site: str | None, region: str) -> None:
     base = ["--root", str(root)] + (["--site", site] if site else [])
     key = subprocess.run([HTC, *base, "keys", "create", "ada", "--project", "md"], check=True,
@@ -33,15 +47,7 @@ def flow(root: Path, site: str | None, region: str) -> None:
                               stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/htc/api/v1"
     try:
-        for _ in range(100):
-            try:
-                r = requests.get(f"{url}/auth/token", headers={"Authorization": f"Token {key}"}, timeout=5)
-                break
-            except requests.ConnectionError:
-                time.sleep(0.2)
-        assert r.status_code == 200, r.text
-        s = requests.Session()
-        s.headers["Authorization"] = f"Bearer {r.json()['tokenValue']}"
+        s = api(url, key)
         assert s.post(f"{url}/htc/projects", json={"projectName": "md"}).status_code == 201
         task = s.post(f"{url}/htc/projects/md/tasks", json={"taskName": "e2e"}).json()
         t = f"{url}/htc/projects/md/tasks/{task['taskId']}"

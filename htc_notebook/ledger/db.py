@@ -35,6 +35,8 @@ REQUEUEABLE_SQL = sql_list(REQUEUEABLE)
 # A list of ids or keys is passed as one JSON parameter and expanded by json_each, so inputs of
 # any size fit in one statement (no SQLITE_MAX_VARIABLE_NUMBER chunking needed).
 IN_JSON = "(SELECT value FROM json_each(?))"
+# a job whose retry after a given attempt still waits (job id, attempt number): what the retry methods change
+RETRY_PENDING = "id = ? AND attempts = ? AND retry_at IS NOT NULL AND status = 'SUBMITTED'"
 # what a job's last attempt used and what it asked for, for live tables (the spec is read only when measured)
 USED_SQL = ("j.cpu_s, j.max_rss_mib, "
             "CASE WHEN j.cpu_s IS NOT NULL OR j.max_rss_mib IS NOT NULL THEN json_extract(j.spec, '$.memory') END, "
@@ -479,8 +481,7 @@ class Ledger:
         now = time.time()
         with self._write() as con:
             seq = _next_seq(con)
-            return con.execute("UPDATE jobs SET retry_at = ?, reason = ?, updated = ?, seq = ? WHERE id = ? "
-                               "AND attempts = ? AND retry_at IS NOT NULL AND status = 'SUBMITTED'",
+            return con.execute(f"UPDATE jobs SET retry_at = ?, reason = ?, updated = ?, seq = ? WHERE {RETRY_PENDING}",
                                (due, reason, now, seq, job_id, attempt)).rowcount == 1
 
     def settle_retry(self, job_id: int, attempt: int, why: str) -> bool:
@@ -492,7 +493,7 @@ class Ledger:
                 "UPDATE jobs SET retry_at = NULL, status = a.status, reason = COALESCE(a.reason || '; ', '') || ?, "
                 "       updated = ?, seq = ? FROM attempts a WHERE jobs.id = ? AND jobs.attempts = ? "
                 "  AND jobs.retry_at IS NOT NULL AND jobs.status = 'SUBMITTED' AND a.job_id = jobs.id "
-                "  AND a.number = jobs.attempts RETURNING jobs.task_id, jobs.status",
+                "  AND a.number = jobs.attempts RETURNING jobs.task_id, jobs.status",  # RETRY_PENDING, qualified
                 (why, now, seq, job_id, attempt)).fetchone()
             if row is not None:
                 _event(con, row[0], job_id, now, "not retried", f"attempt {attempt} stays {row[1]}: {why}")
@@ -507,10 +508,10 @@ class Ledger:
         with self._write() as con:
             seq = _next_seq(con)
             row = con.execute(
-                "UPDATE jobs SET reason = ?, exit_code = NULL, cpu_s = NULL, max_rss_mib = NULL, host = NULL, native_id = NULL, started = NULL, "
-                "       ended = NULL, updated = ?, seq = ?, retry_at = NULL, spec = json_patch(spec, ?) "
-                "WHERE id = ? AND attempts = ? AND retry_at IS NOT NULL AND status = 'SUBMITTED' "
-                "RETURNING task_id", (reason, now, seq, patch, job_id, attempt)).fetchone()
+                "UPDATE jobs SET reason = ?, exit_code = NULL, cpu_s = NULL, max_rss_mib = NULL, host = NULL, "
+                "       native_id = NULL, started = NULL, ended = NULL, updated = ?, seq = ?, retry_at = NULL, "
+                f"       spec = json_patch(spec, ?) WHERE {RETRY_PENDING} RETURNING task_id",
+                (reason, now, seq, patch, job_id, attempt)).fetchone()
             if row is not None:
                 _event(con, row[0], job_id, now, "retrying", reason)
         return row is not None
@@ -905,9 +906,7 @@ def _encode_batch(batch: NewBatch) -> tuple[Any, ...]:
 
 def _cause(o: Outcome, status: str) -> str | None:
     """Why an attempt failed: what the backend said, else what its status implies."""
-    if o.cause is not None:
-        if o.cause not in CAUSES:
-            raise LedgerError(f"job {o.job_id}: cause {o.cause!r} is not one of {', '.join(sorted(CAUSES))}")
+    if o.cause is not None:  # checked by _prepare_outcome
         return str(o.cause)
     if status == JobStatus.FAILED:  # backends' convention: a time limit's verdict starts with "timeout"
         return (Cause.TIMEOUT if (o.reason or "").startswith("timeout") else Cause.EXIT).value
@@ -919,6 +918,8 @@ def _prepare_outcome(o: Outcome) -> tuple[str, int | None]:
     status = _status(o.status)
     if JobStatus(status) not in TERMINAL:
         raise LedgerError(f"job {o.job_id}: an outcome is a terminal status, not {status}")
+    if o.cause is not None and o.cause not in CAUSES:
+        raise LedgerError(f"job {o.job_id}: cause {o.cause!r} is not one of {', '.join(sorted(CAUSES))}")
     if status != JobStatus.SUCCEEDED:
         return status, None
     if o.result is not None and o.result_path is not None:

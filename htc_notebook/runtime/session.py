@@ -144,8 +144,7 @@ class Session:
 
     def slurm_backends(self) -> list:
         """The SLURM backends this session runs (for the data root's one status poll)."""
-        with self._lock:
-            return [b for b in self._backends.values() if getattr(b, "name", "") == "slurm"]
+        return [b for b in self.live_backends() if getattr(b, "name", "") == "slurm"]
 
     def watch_rows(self, rows: Sequence[tuple[int, int, int, str, str, int | None]]) -> None:
         """Watch jobs SLURM has, whoever submitted them: (job id, task id, attempt, native id,
