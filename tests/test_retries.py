@@ -10,8 +10,6 @@ import sys
 import textwrap
 import time
 
-import dask
-import distributed  # noqa: F401 - its config defaults
 import pytest
 
 from htc_notebook import JobGroup, RetryPolicy, Session, SiteConfig
@@ -77,25 +75,60 @@ def test_a_retry_waits_in_the_ledger_and_a_cancel_calls_it_off(session):
 
 
 def test_python_calls_that_lose_their_worker_are_requeued_without_using_retries(session, tmp_path):
-    """The worker process running the call dies (SIGKILL): dask gives up with KilledWorker after
-    its own retries; the job is requeued (cause lost) even with retries=0, and succeeds."""
+    """The worker process running the call dies (SIGKILL), twice: each death ends one attempt
+    (cause lost; dask does not rerun it unseen), each is requeued even with retries=0, and the
+    third run succeeds: the ledger holds every run."""
     marker = tmp_path / "kills"
-    allowed = dask.config.get("distributed.scheduler.allowed-failures")
 
-    def die_until_dask_gives_up():  # dask reruns a call whose worker died, `allowed` times
+    def die_twice():
         kills = len(marker.read_text()) if marker.exists() else 0
-        if kills <= allowed:
+        if kills < 2:
             with open(marker, "a") as f:
                 f.write("x")
             os.kill(os.getpid(), signal.SIGKILL)
         return kills
 
     task = session.project("retries").task("worker")
-    job = task.submit(die_until_dask_gives_up)
+    job = task.submit(die_twice)
     row = job.wait(timeout=120)
     assert row.status == "SUCCEEDED", row.reason
-    causes = [a.cause for a in job.attempts]
-    assert causes[-1] is None and all(c == "lost" for c in causes[:-1]) and len(causes) >= 2
+    assert [a.cause for a in job.attempts] == ["lost", "lost", None]
+    assert job.result() == 2
+
+
+def test_a_finished_call_whose_worker_dies_before_its_result_is_collected_is_a_lost_attempt(session, tmp_path):
+    """The call finishes, then its worker is SIGKILLed before the collector gathers the result: the
+    attempt ends FAILED with cause lost (not "NoneType: None"), dask's own rerun of it is cancelled,
+    and the next attempt's result is the one committed."""
+    gate, hold, runs = tmp_path / "gate", tmp_path / "hold", tmp_path / "runs"
+
+    def finish_then_wait():
+        while not gate.exists():
+            time.sleep(0.01)
+        with open(runs, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        while hold.exists():  # dask's rerun inside the same attempt waits here until the test lets go
+            time.sleep(0.01)
+        return len(runs.read_text().splitlines())
+
+    task = session.project("retries").task("lost-result")
+    job = task.submit(finish_then_wait)
+    (calls,) = [b.dask_runners()["local"] for b in session.live_backends() if hasattr(b, "dask_runners")]
+    with calls._lock:  # the collector cannot gather while the test holds this
+        (_, fut), = calls._tasks.values()
+        gate.touch()
+        wait_for(lambda: fut.status == "finished", what="the call to finish")
+        hold.touch()
+        os.kill(int(runs.read_text().split()[0]), signal.SIGKILL)
+        wait_for(lambda: fut.status == "lost", what="the result to be lost with its worker")
+    wait_for(lambda: job.row.attempts == 2, what="the next attempt")
+    hold.unlink()
+    row = job.wait(timeout=60)
+    assert row.status == "SUCCEEDED", row.reason
+    first, last = job.attempts
+    assert (first.status, first.cause) == ("FAILED", "lost") and "before the result was collected" in first.reason
+    assert last.cause is None
+    assert job.result() == len(runs.read_text().splitlines())  # the last run's value, committed once
 
 
 KERNEL = textwrap.dedent("""

@@ -104,3 +104,28 @@ def test_two_kernels_and_htc_serve_make_one_poll_per_interval(site, tmp_path):  
         group = s.project("watch").task("shared").jobs()
         group.wait(timeout=120)
         assert group.counts()["SUCCEEDED"] == 4
+
+
+def test_a_controller_that_stalled_once_is_polled_again_soon_after(site, tmp_path):  # noqa: F811
+    """squeue hangs while slurmctld is stopped and returns once it is continued: that one slow poll
+    must not stretch the interval to ten times its length (a minute without news)."""
+    from test_feeder import controller_paused
+
+    with Session(tmp_path / "root", site=site) as s:
+        task = s.project("watch").task("stall")
+        group = task.submit_batch({"jobName": "slow", "batchSize": 1, "htcJobDefinition": {
+            "commands": ["sh", "-c", "sleep 120"], "maxVCpus": 1, "maxMemory": 64}}, profile="knl")
+        watch = s._watch
+        deadline = time.monotonic() + 60
+        while watch.polls < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with controller_paused():
+            time.sleep(8)
+        polls = watch.polls
+        deadline = time.monotonic() + 40
+        while watch.polls < polls + 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        took = list(watch.took)
+        group.cancel()
+        assert max(took) >= 4, f"the stall was not measured: {took}"
+        assert watch.polls >= polls + 3, f"{watch.polls - polls} polls in 40 s after the stall; took {took}, interval {watch.interval}"

@@ -55,6 +55,11 @@ PROBE_WAIT = 0.5  # seconds the rest of a submission waits for its probes before
 # `dask_window`) are in flight; the rest wait in DaskJobs' queue (small records, not futures) and are submitted
 # as results come back. Probes go to the front of the queue: they decide how the rest runs.
 WINDOW = 4000
+
+# A worker that dies under a call ends that call's attempt at once (cause "lost"; the reconcile
+# loop requeues it): dask's own reruns (allowed-failures, 3 by default) would run the call again
+# inside one attempt, where the ledger cannot see it.
+ALLOWED_FAILURES = 0
 REFILL_EVERY = 0.2  # seconds at most between looks while launches wait for room
 
 
@@ -332,15 +337,26 @@ class DaskJobs:
                 del self._tasks[fut.key]
                 wanted.append(self._claim(pack, fut.key))
         outcomes = []
-        finished = [(p, f, w) for (p, f), w in zip(done, wanted) if f.status == "finished"]
+        status = [f.status for _, f in done]  # read once: a finished future turns "lost" if its worker dies
+        finished = [(p, f, w) for (p, f), w, st in zip(done, wanted, status) if st == "finished"]
         values = self._gather([f for _, f, _ in finished])
+        lost = []
         for (pack, fut, keep), value in zip(finished, values):
+            if isinstance(value, Exception):  # finished, but its result could not be gathered
+                lost.append(fut)
+                outcomes += [_lost(l) for l, k in zip(pack, keep) if k]
+                continue
             reports = value if isinstance(value, list) else [value] * len(pack)  # a pack's list, or one report
             outcomes += [_outcome(l, fut, r) for l, r, k in zip(pack, reports, keep) if k]
-        for (pack, fut), keep in zip(done, wanted):
-            if fut.status != "finished":
+        for (pack, fut), keep, st in zip(done, wanted, status):
+            if st == "lost":  # finished, then its worker died before the result was gathered
+                lost.append(fut)
+                outcomes += [_lost(l) for l, k in zip(pack, keep) if k]
+            elif st != "finished":
                 exc = _exception(fut)
                 outcomes += [_outcome(l, fut, exc) for l, k in zip(pack, keep) if k]
+        if lost:  # dask would run them again within the same attempt, where the ledger cannot see it
+            client.cancel(lost)
         for outcome in outcomes:
             self._reporter.finished(outcome)
         if self._held:
@@ -392,8 +408,15 @@ class DaskJobs:
     def _gather(self, futures: list) -> list:
         try:
             return self._client.gather(futures, errors="raise") if futures else []
-        except Exception as exc:  # noqa: BLE001 - a worker died after finishing: report per job
-            return [exc] * len(futures)
+        except Exception as exc:  # noqa: BLE001 - a worker died after finishing: which results are gone?
+            log.info("gathering %d finished calls: %s: %s", len(futures), type(exc).__name__, exc)
+        out = []
+        for fut in futures:
+            try:
+                out.append(fut.result(timeout=30) if fut.status == "finished" else LookupError(fut.status))
+            except Exception as exc:  # noqa: BLE001
+                out.append(exc)
+        return out
 
     def cancel(self, job_ids: Sequence[int]) -> None:
         """Stop these jobs: a dask task is cancelled once none of its jobs is wanted."""
@@ -472,6 +495,12 @@ def _exception(fut) -> BaseException | None:
         return fut.exception(timeout=30)
     except Exception as exc:  # noqa: BLE001
         return exc
+
+
+def _lost(launch: Job) -> Outcome:
+    """A call that ran, but whose result died with its worker before it was collected."""
+    return Outcome(launch.job_id, launch.attempt, "FAILED", cause="lost",
+                   reason="the worker holding the finished call's result died before the result was collected")
 
 
 def _outcome(launch: Job, fut, res) -> Outcome:

@@ -12,7 +12,7 @@ import shlex
 from typing import Sequence
 
 from htc_notebook.backends.base import Launch, Reporter
-from htc_notebook.backends.dask_jobs import DaskJobs
+from htc_notebook.backends.dask_jobs import ALLOWED_FAILURES, DaskJobs
 from htc_notebook.backends.local_commands import CommandRunner
 from htc_notebook.backends.mpi_jobs import on_pool, pool_spec, pooled, wrap
 from htc_notebook.backends.mpi_pool import RankPool
@@ -34,7 +34,8 @@ class LocalBackend:
         from distributed import LocalCluster
 
         return LocalCluster(n_workers=self.profile.cores_per_node, threads_per_worker=1,
-                            processes=True, dashboard_address=":0")
+                            processes=True, dashboard_address=":0",
+                            scheduler_kwargs={"allowed_failures": ALLOWED_FAILURES})
 
     @property
     def client(self):

@@ -9,7 +9,8 @@ reads. The others only drop from their watch what the ledger says has ended. Whe
 closes it gives the lease up; when it dies, the lease expires and another process takes over.
 
 The interval grows with the number of array tasks watched (a bundle of short jobs counts once) and
-with how long squeue takes, and backs off while squeue fails:
+with how long squeue takes (the quickest of the last SLOW_POLLS polls: a controller that stalled once,
+say while it restarted, is not then left alone for a minute), and backs off while squeue fails:
 
 >>> poll_interval(2, 0, 0.01, 0), poll_interval(2, 10_000, 0.01, 0), poll_interval(2, 10, 1.5, 0)
 (2.0, 12.0, 15.0)
@@ -20,6 +21,7 @@ with how long squeue takes, and backs off while squeue fails:
 from __future__ import annotations
 
 import threading
+from collections import deque
 from typing import TYPE_CHECKING
 
 from htc_notebook.errors import HTCError
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 LEASE = "slurm-status-poll"
 JOBS_PER_STEP = 2000  # the interval grows by `base` for every this many array tasks watched
 MAX_INTERVAL = 60.0
+SLOW_POLLS = 3  # squeue counts as slow once this many polls in a row were
 LEASE_MIN_SECONDS = 10.0  # a holder silent this long (and 3 intervals) is taken over; two pollers for a moment are harmless
 
 
@@ -50,6 +53,7 @@ class SlurmWatch:
         self.base = float(session.site.poll_seconds)
         self.interval = self.base
         self.failures = 0
+        self.took: deque[float] = deque(maxlen=SLOW_POLLS)  # seconds the last polls took
         self.polls = 0  # rounds this process polled SLURM (for tests)
         self.holder = False
         self._stop = threading.Event()
@@ -86,8 +90,9 @@ class SlurmWatch:
         except HTCError:
             self.failures += 1
         self.polls += 1
+        self.took.append(took)
         tasks = len({native.split("/")[0] for _, _, _, native, _, _ in rows})  # what squeue lists: bundles once
-        self.interval = poll_interval(self.base, tasks, took, self.failures)
+        self.interval = poll_interval(self.base, tasks, min(self.took), self.failures)
 
     def close(self) -> None:
         self._stop.set()

@@ -12,6 +12,7 @@ import functools
 import sys
 from typing import Any
 
+from htc_notebook.backends.dask_jobs import ALLOWED_FAILURES
 from htc_notebook.backends.slurm import scheduler
 from htc_notebook.errors import BackendError
 from htc_notebook.spec import PartitionProfile, format_walltime
@@ -44,7 +45,7 @@ def pilot_options(profile: PartitionProfile, *, log_directory: str | None = None
         "job_script_prologue": list(profile.setup),
         "python": profile.python or sys.executable,
         "worker_extra_args": ["--lifetime", f"{lifetime}s", "--lifetime-stagger", f"{min(margin // 2, 300)}s"],
-        "scheduler_options": {"dashboard_address": ":0",
+        "scheduler_options": {"dashboard_address": ":0", "allowed_failures": ALLOWED_FAILURES,
                               **({"host": profile.scheduler_host} if profile.scheduler_host else {})},
         "job_name": f"htc-pilot-{profile.name}",
     }
