@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -41,6 +42,8 @@ def test_a_node_lost_mid_array_requeues_its_jobs_on_the_other_node(site, slurm_c
             group.wait(timeout=240)
         finally:
             revive_node("node2")
+        # as after a reboot, none of the dead jobs' cgroups is left (slurmstepd would fail a requeued job on it)
+        assert not [d for d in Path("/sys/fs/cgroup").glob("*/slurm_node2/**/job_*") if d.is_dir()]
         rows = [j.row for j in group]
         assert [r.status for r in rows] == ["SUCCEEDED"] * 4, [(r.status, r.reason) for r in rows]
         runs = {i: (task.storage.path("runs") / str(i)).read_text().split() for i in range(4)}

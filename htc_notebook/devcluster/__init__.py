@@ -151,9 +151,21 @@ def kill_node(node: str) -> list[int]:
     return pids
 
 
+def _clear_cgroups(node: str) -> None:
+    """Remove the cgroups a killed node's slurmd and jobs left (empty once their processes died), as a
+    reboot would: slurmstepd fails a job whose cgroup it finds already there, and drains the node."""
+    for top in Path("/sys/fs/cgroup").glob(f"*/slurm_{node}"):
+        for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            try:
+                d.rmdir()
+            except OSError:  # still holds a process (not this node's), or already gone
+                pass
+
+
 def revive_node(node: str, timeout: float = 60) -> None:
     """Start a failed node's slurmd again and return it to service (`scontrol update ... resume`)."""
     s = spec()
+    _clear_cgroups(node)
     daemons.start_slurmd(s, node, shared_under_tmp(shared_paths()))
     deadline = time.monotonic() + timeout
     while True:
