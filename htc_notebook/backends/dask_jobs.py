@@ -55,12 +55,12 @@ PROBE_WAIT = 0.5  # seconds the rest of a submission waits for its probes before
 # `dask_window`) are in flight; the rest wait in DaskJobs' queue (small records, not futures) and are submitted
 # as results come back. Probes go to the front of the queue: they decide how the rest runs.
 WINDOW = 4000
+REFILL_EVERY = 0.2  # seconds at most between looks while launches wait for room
 
 # A worker that dies under a call ends that call's attempt at once (cause "lost"; the reconcile
 # loop requeues it): dask's own reruns (allowed-failures, 3 by default) would run the call again
 # inside one attempt, where the ledger cannot see it.
 ALLOWED_FAILURES = 0
-REFILL_EVERY = 0.2  # seconds at most between looks while launches wait for room
 
 
 def _collect_interval(pending: int) -> float:
@@ -338,23 +338,19 @@ class DaskJobs:
                 wanted.append(self._claim(pack, fut.key))
         outcomes = []
         status = [f.status for _, f in done]  # read once: a finished future turns "lost" if its worker dies
-        finished = [(p, f, w) for (p, f), w, st in zip(done, wanted, status) if st == "finished"]
-        values = self._gather([f for _, f, _ in finished])
+        finished = [f for (_, f), st in zip(done, status) if st == "finished"]
+        values = iter(self._gather(finished))
         lost = []
-        for (pack, fut, keep), value in zip(finished, values):
-            if isinstance(value, Exception):  # finished, but its result could not be gathered
-                lost.append(fut)
-                outcomes += [_lost(l) for l, k in zip(pack, keep) if k]
-                continue
-            reports = value if isinstance(value, list) else [value] * len(pack)  # a pack's list, or one report
-            outcomes += [_outcome(l, fut, r) for l, r, k in zip(pack, reports, keep) if k]
         for (pack, fut), keep, st in zip(done, wanted, status):
-            if st == "lost":  # finished, then its worker died before the result was gathered
+            value = next(values) if st == "finished" else None
+            if st == "lost" or isinstance(value, Exception):  # finished, but its worker died before the gather
                 lost.append(fut)
                 outcomes += [_lost(l) for l, k in zip(pack, keep) if k]
-            elif st != "finished":
-                exc = _exception(fut)
-                outcomes += [_outcome(l, fut, exc) for l, k in zip(pack, keep) if k]
+            elif st == "finished":
+                reports = value if isinstance(value, list) else [value] * len(pack)  # a pack's list, or one report
+                outcomes += [_outcome(l, fut, r) for l, r, k in zip(pack, reports, keep) if k]
+            else:
+                outcomes += [_outcome(l, fut, _exception(fut)) for l, k in zip(pack, keep) if k]
         if lost:  # dask would run them again within the same attempt, where the ledger cannot see it
             client.cancel(lost)
         for outcome in outcomes:

@@ -299,17 +299,15 @@ class ArrayRunner:
             return
         if state.split()[0] in ("COMPLETED", "FAILED") and waited < self._grace:
             return  # its script ran to the end: the exit-code file may still be on its way
-        code = fields.get("ExitCode", "0:0").split(":")
-        exit_code = int(code[0]) if code[0].isdigit() else None
         if status == "SUCCEEDED":  # SLURM says the script ended well, but the job wrote no exit file
             started = _read_start(t) is not None
             what = ("started (its start file is there) but wrote no exit-code file: it was stopped before "
                     "it finished" if started else "ended without running it (no start or exit file)")
-            self._finish(t, Outcome(t.job_id, t.attempt, "LOST", cause=Cause.LOST, reason=(
+            self._finish(t, Outcome(t.job_id, t.attempt, "LOST", reason=(
                 f"array task {t.task} {what}. Retry it [{t.native_id} {state}]"), ended=time.time()))
             return
-        if status == "SUCCEEDED" and exit_code not in (0, None):
-            status = "FAILED"
+        code = fields.get("ExitCode", "0:0").split(":")
+        exit_code = int(code[0]) if code[0].isdigit() else None
         reason = end_reason(state) or (f"exited with code {exit_code}" if status == "FAILED" else None)
         if status == "CANCELLED":
             reason = "cancelled in SLURM (scancel from outside htc_notebook, or an administrator)"
