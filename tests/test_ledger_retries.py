@@ -123,10 +123,12 @@ def _old_ledger(path: Path, version: int) -> None:
     """A ledger as version 1 or 2 of the schema made it: no retry columns (and for v1, no HELD, no leases)."""
     con = sqlite3.connect(path)
     for statement in DDL:
-        if "jobs_retry_at" in statement or statement.lstrip().startswith("CREATE TABLE leases") and version == 1:
+        if ("jobs_active_owner" in statement or "jobs_retry_at" in statement and version < 3
+                or statement.lstrip().startswith("CREATE TABLE leases") and version == 1):
             continue
-        statement = re.sub(r",\n\s+retry_at .*", "", statement)  # v3's columns, each on its own line
-        statement = re.sub(r"\n\s+(cause|request|cpu_s|max_rss_mib) .*", "", statement)
+        if version < 3:
+            statement = re.sub(r",\n\s+retry_at .*", "", statement)  # v3's columns, each on its own line
+            statement = re.sub(r"\n\s+(cause|request|cpu_s|max_rss_mib) .*", "", statement)
         if version == 1:
             statement = statement.replace(sql_list(frozenset(JobStatus)), V1_STATUSES)
         con.execute(statement)
@@ -142,14 +144,19 @@ def _old_ledger(path: Path, version: int) -> None:
     con.close()
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_older_ledgers_are_upgraded_and_keep_their_jobs(tmp_path, version):
     path = tmp_path / "old.db"
     _old_ledger(path, version)
-    with pytest.raises(sqlite3.OperationalError):  # the old schema has no retry column
-        sqlite3.connect(path).execute("SELECT retry_at FROM jobs").fetchall()
+    if version < 3:
+        with pytest.raises(sqlite3.OperationalError):  # the old schema has no retry column
+            sqlite3.connect(path).execute("SELECT retry_at FROM jobs").fetchall()
+    indexes = "SELECT name FROM sqlite_master WHERE type = 'index' AND name = 'jobs_active_owner'"
+    assert not sqlite3.connect(path).execute(indexes).fetchall()
     with Ledger(path) as ledger:
         assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert sqlite3.connect(path).execute(indexes).fetchall()  # owners are counted from the index
+        assert ledger.active_owners() == {None: 1}
         (row,) = ledger.jobs(1)
         assert (row.name, row.status, row.attempts) == ("old", "RUNNING", 1)
         # the old running attempt fails for lack of memory: its retry waits in the ledger

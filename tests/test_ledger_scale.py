@@ -101,6 +101,16 @@ def test_counts_use_the_status_index(big):
         assert "jobs_task_status" in plan and "SCAN jobs" not in plan, plan
 
 
+def test_owners_are_counted_from_the_owner_index(big):
+    """The reconcile loop's look at every task's owners (every few seconds) reads the active jobs'
+    owner index, not each job's spec; the jobs of one owner are found through it too."""
+    s, task, _ = big
+    owners, owned = _plans(s.ledger, lambda: (s.ledger.active_owners(), s.ledger.owned_jobs("nobody")))
+    assert owners == "SCAN jobs USING INDEX jobs_active_owner", owners  # the partial index: active jobs only
+    assert "jobs_active_owner" in owned, owned
+    assert sum(s.ledger.active_owners(task.id).values()) == len(s.ledger.job_ids(task.id, ACTIVE_NAMES))
+
+
 def test_small_table_first_load_looks_up_its_jobs_by_id(big):
     s, task, ids = big
     [plan] = _plans(s.ledger, lambda: s.ledger.view_rows(task.id, ids[:10]))

@@ -131,6 +131,36 @@ def test_a_finished_call_whose_worker_dies_before_its_result_is_collected_is_a_l
     assert job.result() == len(runs.read_text().splitlines())  # the last run's value, committed once
 
 
+def test_a_lost_result_that_dask_computes_again_before_the_collector_looks_is_still_a_lost_attempt(session,
+                                                                                                    tmp_path):
+    """As above, but dask's rerun (inside the same attempt) finishes before the collector looks: the
+    collector saw no "lost" status, yet dask's remove-worker event named the result lost, so the
+    rerun's result is not committed as the first attempt's; the ledger shows a lost attempt."""
+    gate, runs = tmp_path / "gate", tmp_path / "runs"
+
+    def finish_then_count():
+        while not gate.exists():
+            time.sleep(0.01)
+        with open(runs, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        return len(runs.read_text().splitlines())
+
+    task = session.project("retries").task("rerun-first")
+    job = task.submit(finish_then_count)
+    (calls,) = [b.dask_runners()["local"] for b in session.live_backends() if hasattr(b, "dask_runners")]
+    with calls._lock:  # the collector cannot look while the test holds this
+        (_, fut), = calls._tasks.values()
+        gate.touch()
+        wait_for(lambda: fut.status == "finished", what="the call to finish")
+        os.kill(int(runs.read_text().split()[0]), signal.SIGKILL)
+        wait_for(lambda: len(runs.read_text().splitlines()) == 2 and fut.status == "finished",
+                 what="dask to run it again and finish")
+    row = job.wait(timeout=60)
+    assert row.status == "SUCCEEDED", row.reason
+    assert [a.cause for a in job.attempts] == ["lost", None]
+    assert job.result() == 3  # the second attempt's run (the third run in all), committed once
+
+
 KERNEL = textwrap.dedent("""
     import sys, time
     from htc_notebook import JobGroup, RetryPolicy, Session, SiteConfig

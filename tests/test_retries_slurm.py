@@ -50,3 +50,39 @@ def test_out_of_memory_and_timeout_are_retried_with_more(site, slurm_cluster):  
         view = HTCApi(s, Auth(root), owner="me").get_job("me", "retries", str(task.id), str(hungry.id))
         assert [(a["status"], a["cause"], a["maxMemory"]) for a in view["attemptHistory"]] == [
             ("FAILED", "memory", 128), ("FAILED", "memory", 256), ("SUCCEEDED", None, 512)]
+
+
+CHECKPOINTING = """
+step=$(cat "$HTC_CHECKPOINT" 2>/dev/null || echo 0)
+echo "start $step" >> runs
+trap 'echo "$step" > "$HTC_CHECKPOINT"; exit 99' USR1
+: > "ready-$step"
+while [ "$step" -lt 200 ]; do sleep 0.05; step=$((step + 1)); done
+echo "done $step" >> runs
+"""
+
+
+def test_slurms_warning_signal_checkpoints_a_command_and_its_retry_resumes(site):  # noqa: F811
+    """USR1 delivered by slurmd to the array task's batch script (`scancel --batch --signal=USR1`,
+    what `--signal=B:USR1@60` makes SLURM send before the time limit) reaches the job, which saves
+    its step and exits; the retry resumes from the saved step instead of starting over."""
+    import subprocess
+    import time
+
+    root = REPO / "test-output" / f"usr1-{uuid.uuid4().hex[:8]}"
+    with Session(root, site=site) as s:
+        task = s.project("retries").task("usr1")
+        (job,) = task.submit_batch({"jobName": "steps", "batchSize": 1, "htcJobDefinition": {
+            "commands": ["sh", "-c", CHECKPOINTING]}}, profile="cpu", retries=RetryPolicy(retries=1, backoff=0))
+        deadline = time.monotonic() + 120
+        while not task.storage.path("ready-0").exists():  # its trap is set
+            assert time.monotonic() < deadline, job.row
+            time.sleep(0.2)
+        time.sleep(1.0)  # some steps done
+        subprocess.run(["scancel", "--batch", "--signal=USR1", job.row.native_id], check=True)
+        row = job.wait(timeout=180)
+        assert row.status == "SUCCEEDED", row.reason
+        assert [(a.status, a.cause) for a in job.attempts] == [("FAILED", "exit"), ("SUCCEEDED", None)]
+        runs = task.storage.read_text("runs").split("\n")
+        saved = int(runs[1].split()[1])
+        assert runs[0] == "start 0" and 0 < saved < 200 and runs[2] == "done 200", runs  # resumed, not restarted

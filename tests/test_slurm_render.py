@@ -138,17 +138,32 @@ def test_discovered_site_loads_and_merges_heterogeneous_nodes():
     assert loaded.profile("gpu").max_walltime == 12 * 3600
 
 
-def test_pilot_options_keep_lifetime_below_walltime_and_memory_exact():
+def test_pilot_options_set_a_deadline_below_walltime_and_memory_exact():
+    import re
+
     p = PartitionProfile(name="gpu", cores_per_node=4, memory_per_node="8000M", gpus_per_node=2,
                          default_walltime="01:00:00", qos="normal", scheduler_host="10.77.0.1",
                          setup=["module load cuda"], pilot_workers=2)
     o = pilot_options(p)
-    lifetime = int(o["worker_extra_args"][1].rstrip("s"))
-    stagger = int(o["worker_extra_args"][3].rstrip("s"))
-    assert lifetime + stagger < 3600 and lifetime >= 3600 * 0.8
+    setup, deadline = o["job_script_prologue"]
+    lifetime = int(re.fullmatch(r"export HTC_PILOT_LIFETIME=(\d+) HTC_PILOT_DEADLINE=\$\(\( \$\(date \+%s\) \+ \1 \)\)", deadline)[1])
+    assert 3600 * 0.8 <= lifetime <= 3600 - 120
+    assert "--lifetime" not in o.get("worker_extra_args", [])  # dask's lifetime retires workers under their calls
     assert o["job_mem"] == "8000M" and o["processes"] == 2 and o["cores"] == 4
     assert "--gres=gpu:2" in o["job_extra_directives"] and "--qos=normal" in o["job_extra_directives"]
-    assert o["scheduler_options"]["host"] == "10.77.0.1" and o["job_script_prologue"] == ["module load cuda"]
+    assert o["scheduler_options"]["host"] == "10.77.0.1" and setup == "module load cuda"
+
+
+def test_the_pilot_deadline_is_set_when_the_job_starts(tmp_path):
+    """The prologue line, run by bash as the job script would, gives an epoch second `lifetime` ahead."""
+    import time
+
+    p = PartitionProfile(name="cpu", cores_per_node=2, memory_per_node="2000M", default_walltime="00:30:00")
+    line = pilot_options(p)["job_script_prologue"][-1]
+    before = int(time.time())
+    out = subprocess.run(["bash", "-c", f"{line}; echo $HTC_PILOT_DEADLINE"], capture_output=True, text=True,
+                         check=True).stdout
+    assert before + 1800 - 180 <= int(out) <= int(time.time()) + 1800 - 180
 
 
 def test_each_job_records_the_cpu_it_used(tmp_path):

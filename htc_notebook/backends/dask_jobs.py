@@ -161,6 +161,9 @@ class DaskJobs:
         self._open = 0  # one_submission() contexts open
         self._collector: threading.Thread | None = None
         self._wake = threading.Event()  # set by a submission: the collector looks at once
+        # keys whose results died with a worker (dask's "remove-worker" event), appended on the
+        # client's event loop: dask runs them again, within the same attempt, unless they count as lost
+        self._lost_keys: deque[list] = deque()
         self._rounds = 0
         self._lock = threading.Lock()
 
@@ -178,7 +181,17 @@ class DaskJobs:
 
                 self._cluster = self._make_cluster()
                 self._client = Client(self._cluster)
+                self._client.subscribe_topic("all", self._on_event)
             return self._client
+
+    def _on_event(self, event) -> None:
+        """dask's cluster events (on the client's event loop: no lock taken here). A worker removed
+        with finished results nobody collected yet: those calls are lost, even if dask runs them
+        again before the collector looks (it sends this before it reschedules them)."""
+        msg = event[1]
+        if isinstance(msg, dict) and msg.get("action") == "remove-worker" and msg.get("lost-computed-tasks"):
+            self._lost_keys.append(list(msg["lost-computed-tasks"]))
+            self._wake.set()
 
     @property
     def started(self) -> bool:
@@ -211,7 +224,8 @@ class DaskJobs:
                 if verdict is not None:  # continues a submission its probes decided: run as they said
                     self._queue_packed(verdict.runner, group, verdict.durations, verdict.threads)
                     continue
-                runner = JobRunner(same[0].call.fn, str(key[1]), dict(key[2]))
+                runner = JobRunner(same[0].call.fn, str(key[1]), dict(key[2]),
+                                   max((l.timeout for l in same if l.timeout), default=None))
                 if len(group) > 2 * PROBE_JOBS:
                     probes, rest = group[:PROBE_JOBS], group[PROBE_JOBS:]
                     self._held.append(_Held(runner, rest, {l.job_id for l in probes}, key))
@@ -332,12 +346,18 @@ class DaskJobs:
             self._rounds += 1
             client = self._client
             done = _not_pending(self._tasks.values(), full=self._rounds % 8 == 0)
+            gone = set()
+            while self._lost_keys:
+                gone.update(self._lost_keys.popleft())
+            seen = {fut.key for _, fut in done}
+            done += [self._tasks[k] for k in gone if k in self._tasks and k not in seen]
             wanted = []  # per task: which of its jobs are still wanted (not cancelled meanwhile)
             for pack, fut in done:
                 del self._tasks[fut.key]
                 wanted.append(self._claim(pack, fut.key))
         outcomes = []
-        status = [f.status for _, f in done]  # read once: a finished future turns "lost" if its worker dies
+        # read once: a finished future turns "lost" if its worker dies
+        status = ["lost" if f.key in gone else f.status for _, f in done]
         finished = [f for (_, f), st in zip(done, status) if st == "finished"]
         values = iter(self._gather(finished))
         lost = []

@@ -278,7 +278,11 @@ _POOLS_LOCK = threading.Lock()
 
 def run_pooled(spec: PoolSpec, payload: bytes, layout: tuple[int, int, int], cwd: str, env: dict[str, str],
                logs: tuple[str, str], timeout: float | None) -> dict[str, Any]:
-    """The dask task of a packed Python MPI job: run it on this allocation's pool (started on first use)."""
+    """The dask task of a packed Python MPI job: run it on this allocation's pool (started on first use),
+    unless its timeout would outlast the allocation (see `worker.leave_if_late`)."""
+    from htc_notebook.backends.worker import leave_if_late
+
+    leave_if_late(timeout or 0.0)
     with _POOLS_LOCK:
         pool = _POOLS.get(spec)
         if pool is None:

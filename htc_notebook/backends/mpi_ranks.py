@@ -223,7 +223,11 @@ def run_launch(argv: Sequence[str], *, cwd: str, env: dict[str, str], logs: tupl
 
 def run_step(argv: Sequence[str], env: dict[str, str], cwd: str, logs: tuple[str, str],
              timeout: float | None) -> dict[str, Any]:
-    """The dask task of a packed MPI job: run its launcher inside the allocation this worker holds."""
+    """The dask task of a packed MPI job: run its launcher inside the allocation this worker holds
+    (unless its timeout would outlast the allocation: see `worker.leave_if_late`)."""
+    from htc_notebook.backends.worker import leave_if_late
+
+    leave_if_late(timeout or 0.0)
     started = time.time()
     exit_code, reason = run_launch(argv, cwd=cwd, env=env, logs=logs, timeout=timeout)
     return {"mpi_step": True, "exit_code": exit_code, "reason": reason, "host": socket.gethostname(),

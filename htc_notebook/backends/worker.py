@@ -6,12 +6,15 @@ this module, cloudpickle and the user's function.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
+import math
 import os
 import socket
 import time
 import traceback
+from collections import deque
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -70,6 +73,67 @@ def job_context(cwd: str, env: dict[str, str], log_out: str, log_err: str) -> It
 # function with every task it sends to a worker, so without this each job would load it again.
 _LOADED: dict[str, Any] = {}
 
+# Walltime-aware pilots. A pilot's job script sets PILOT_DEADLINE (epoch seconds: its start plus
+# its walltime less a margin). A call starts only if it is expected to end by then: expected is
+# the p95 of the function's last calls on this worker, else the declared timeout, else 0. A call
+# that would not fit goes back to the scheduler (dask's `Reschedule`) for another worker, and this
+# worker drains: it takes nothing more, waits for its results to be collected, retires and tells
+# the client (DRAIN_TOPIC) so the pilot's replacement is asked for now, not once it has left.
+# dask's own `--lifetime` is not used: it retires a worker under its running calls, and dask then
+# runs them again on another worker within the same attempt, where the ledger cannot see it.
+PILOT_DEADLINE = "HTC_PILOT_DEADLINE"
+PILOT_LIFETIME = "HTC_PILOT_LIFETIME"  # seconds from the pilot's start to its deadline
+DRAIN_TOPIC = "htc-pilot-draining"
+TIMED_CALLS = 100  # a function's last calls on this worker that its p95 is taken from
+_TIMES: dict[str, deque[float]] = {}  # payload digest -> seconds its last calls took here
+
+
+def p95(times: Any) -> float:
+    """The 95th percentile (nearest rank) of some durations.
+
+    >>> p95([1.0] * 19 + [9.0]), p95([2.0]), p95(range(1, 101))
+    (1.0, 2.0, 95)
+    """
+    ordered = sorted(times)
+    return ordered[math.ceil(0.95 * len(ordered)) - 1]
+
+
+def leave_if_late(expected: float) -> None:
+    """On a pilot, hand this dask task back to the scheduler and drain the worker unless work of
+    `expected` seconds ends before the pilot's deadline; nothing elsewhere (no deadline set).
+    An `expected` longer than the pilot's whole lifetime (say, a timeout defaulted from the
+    walltime) would fit no pilot, so it counts as unknown (0) until calls are timed."""
+    deadline = os.environ.get(PILOT_DEADLINE)
+    if deadline is None:
+        return
+    if expected > float(os.environ.get(PILOT_LIFETIME, "inf")):
+        expected = 0.0
+    if time.time() + expected <= float(deadline):
+        return
+    from distributed import Reschedule, get_worker
+
+    worker = get_worker()
+    worker.loop.add_callback(_drain, worker, expected)
+    raise Reschedule()
+
+
+async def _drain(worker: Any, expected: float) -> None:
+    """Take no more tasks; once none runs, retire (dask moves the results the client has not
+    collected yet to another worker and sends the tasks queued here elsewhere, none counted as
+    lost) and close, nanny included: the pilot job ends by itself."""
+    from distributed.core import Status
+
+    if worker.status != Status.running:
+        return
+    worker.status = Status.closing_gracefully  # the scheduler sends it nothing more
+    worker.log_event(DRAIN_TOPIC, {"name": worker.name, "expected": expected})  # dask adds "worker": its address
+    while worker.state.executing_count:  # calls that fit before the deadline
+        await asyncio.sleep(0.1)
+    await worker.scheduler.retire_workers(workers=[worker.address], close_workers=False, remove=True,
+                                          stimulus_id=f"htc-pilot-deadline-{time.time()}")
+    await asyncio.sleep(0.5)  # the scheduler's echo of closing_gracefully arrives before we close
+    await worker.close(nanny=True, reason="htc-pilot-deadline")
+
 
 class JobRunner:
     """The dask task function for the jobs of one submission that call the same `fn`.
@@ -83,14 +147,17 @@ class JobRunner:
     an explanation instead of killing workers.
     """
 
-    def __init__(self, fn: Any, cwd: str, env: dict[str, str]):
+    def __init__(self, fn: Any, cwd: str, env: dict[str, str], timeout: float | None = None):
         self.payload = cloudpickle.dumps(fn)
         self.digest = hashlib.sha256(self.payload).hexdigest()
         self.name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
         self.cwd, self.env = cwd, env  # env: the variables every job here shares
+        self.timeout = timeout  # the longest a call may take (declared), if known
 
     def __call__(self, jobs: list[tuple[int, int, tuple, dict, tuple[str, str]]]) -> list[dict[str, Any]]:
         """Run each (job_id, index, args, kwargs, logs) in turn; one report per job."""
+        times = _TIMES.setdefault(self.digest, deque(maxlen=TIMED_CALLS))
+        leave_if_late(len(jobs) * (p95(times) if times else self.timeout or 0.0))
         fn = _LOADED.get(self.digest)
         if fn is None:
             try:
@@ -102,10 +169,13 @@ class JobRunner:
                          "message": (f"could not load {self.name} on {socket.gethostname()}: "
                                      f"{type(exc).__name__}: {exc}. Define the function in the notebook, or "
                                      "in a module installed where the jobs run")}] * len(jobs)
-        return [run_call(fn, args, kwargs, self.cwd,
-                         {**self.env, "HTC_JOB_ID": str(job_id), "HTC_JOB_INDEX": str(index),
-                          "HTC_CHECKPOINT": str(checkpoint_path(self.cwd, job_id))}, logs)
-                for job_id, index, args, kwargs, logs in jobs]
+        reports = []
+        for job_id, index, args, kwargs, logs in jobs:
+            reports.append(run_call(fn, args, kwargs, self.cwd,
+                                    {**self.env, "HTC_JOB_ID": str(job_id), "HTC_JOB_INDEX": str(index),
+                                     "HTC_CHECKPOINT": str(checkpoint_path(self.cwd, job_id))}, logs))
+            times.append(reports[-1]["ended"] - reports[-1]["started"])
+        return reports
 
 
 def run_call(fn: Any, args: tuple, kwargs: dict, cwd: str, env: dict[str, str],

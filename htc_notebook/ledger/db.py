@@ -23,7 +23,8 @@ from ..errors import KeyTaken, LedgerError
 from .rows import (AttemptRow, AttemptStart, BatchRow, EventRow, JobRow, NewBatch, NewJob, Outcome,
                    ProjectRow, ResultRow, TaskRow)
 from .schema import (ACTIVE_SQL, ATTEMPT_COLUMNS, ATTEMPT_READ, DDL, JOB_COLUMNS, LEASES_DDL, PRAGMAS,
-                     REQUEST_SQL, SCHEMA_VERSION, TERMINAL_SQL, V1_STATUSES, V3_UPGRADE)
+                     REQUEST_SQL, SCHEMA_VERSION, TERMINAL_SQL, V1_STATUSES, V3_UPGRADE,
+                     V4_UPGRADE)
 from .states import ACTIVE, CAUSES, REQUEUE_CAUSES, REQUEUEABLE, TERMINAL, Cause, JobStatus, sql_list
 
 T = TypeVar("T")
@@ -100,10 +101,10 @@ class Ledger:
                 for statement in DDL:
                     con.execute(statement)
                 con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version in (1, 2):
+            elif version in (1, 2, 3):
                 if version == 1:
                     _upgrade_v1(con)
-                for statement in V3_UPGRADE:
+                for statement in (V3_UPGRADE if version < 3 else ()) + V4_UPGRADE:
                     con.execute(statement)
                 con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             else:

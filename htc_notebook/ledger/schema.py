@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .states import ACTIVE, TERMINAL, JobStatus, sql_list
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Version 1 had no HELD state: its CHECK constraints list these (upgraded in place, see Ledger)
 V1_STATUSES = "'CANCELLED','FAILED','LOST','RUNNABLE','RUNNING','STARTING','SUBMITTED','SUCCEEDED'"
 
@@ -17,6 +17,9 @@ PRAGMAS = (
     "PRAGMA foreign_keys = ON",
 )
 
+ACTIVE_SQL = sql_list(ACTIVE)
+TERMINAL_SQL = sql_list(TERMINAL)
+
 # Jobs whose retry is due (or to be decided) are found by this index, not by reading failed jobs
 RETRY_INDEX = "CREATE INDEX jobs_retry_at ON jobs (retry_at) WHERE retry_at IS NOT NULL"
 # v2 -> v3: retries live in the ledger (a kernel restart forgets none), attempts say why they failed
@@ -25,6 +28,11 @@ V3_UPGRADE = ("ALTER TABLE jobs ADD COLUMN retry_at REAL", RETRY_INDEX, "ALTER T
               "ALTER TABLE jobs ADD COLUMN max_rss_mib REAL",
               "ALTER TABLE attempts ADD COLUMN cause TEXT", "ALTER TABLE attempts ADD COLUMN request TEXT",
               "ALTER TABLE attempts ADD COLUMN cpu_s REAL", "ALTER TABLE attempts ADD COLUMN max_rss_mib REAL")
+
+# v3 -> v4: the reconcile loop counts active jobs per owner every few seconds (which owners are
+# gone?): this index answers from the active jobs' owners alone, not by parsing every job's spec
+OWNER_INDEX = f"CREATE INDEX jobs_active_owner ON jobs (json_extract(spec, '$.owner')) WHERE status IN ({ACTIVE_SQL})"
+V4_UPGRADE = (OWNER_INDEX,)
 
 # Named leases: which process does a job for the whole data root (e.g. the one SLURM status poll)
 LEASES_DDL = """CREATE TABLE leases (
@@ -101,6 +109,7 @@ DDL = (
     "CREATE INDEX jobs_task_seq ON jobs (task_id, seq)",
     "CREATE INDEX jobs_batch ON jobs (batch_id)",
     RETRY_INDEX,
+    OWNER_INDEX,
     # G3 in the database itself: whatever SQL runs, a SUCCEEDED job stays SUCCEEDED.
     """CREATE TRIGGER jobs_succeeded_is_final
         BEFORE UPDATE OF status ON jobs
@@ -151,8 +160,6 @@ DDL = (
     )""",
 )
 
-ACTIVE_SQL = sql_list(ACTIVE)
-TERMINAL_SQL = sql_list(TERMINAL)
 
 JOB_COLUMNS = ("id, task_id, batch_id, idx, key, name, kind, profile, priority, params, spec, status, "
                "reason, exit_code, attempts, host, native_id, log_out, log_err, created, updated, "

@@ -10,7 +10,7 @@ from htc_notebook.backends.dask_jobs import DaskJobs
 from htc_notebook.backends.slurm.arrays import ArrayRunner
 from htc_notebook.backends.mpi_jobs import on_pool, packs, pool_spec, pooled, wrap
 from htc_notebook.backends.slurm.pilots import (check_probe, make_pilot_cluster, pack_options, pilot_options,
-                                                start_adapting)
+                                                replace_draining_pilots, start_adapting)
 from htc_notebook.errors import BackendError
 from htc_notebook.spec import PartitionProfile
 
@@ -55,6 +55,7 @@ class SlurmBackend:
             # of the `sbatch --test-only` probe that ran while the scheduler started: a rejected
             # script raises here, with SLURM's message, before any job is handed to dask.
             runner.cluster.scale(jobs=min(self.profile.max_pilots, jobs))
+            replace_draining_pilots(runner.client, runner.cluster)
             try:
                 check_probe(runner.cluster)
             except BackendError:

@@ -1,21 +1,28 @@
 """Pilot jobs for Python calls on SLURM: a profile compiled to a dask-jobqueue SLURMCluster.
 
 A pilot is one SLURM job per node running dask workers (one process per core)
-that take Python jobs until their lifetime ends. The lifetime is set below the
-walltime, staggered, so SLURM's time limit never kills a running task
-(which dask would report as KilledWorker).
+that take Python jobs until its deadline: its start plus its walltime less a
+margin (10 %, at least 2 minutes). A worker starts no call expected to end after
+the deadline; it hands the call back, drains and leaves, and the client asks for
+the pilot's replacement at once (`worker.leave_if_late`, `replace_draining_pilots`),
+so SLURM's time limit does not kill running calls (which dask would report as
+KilledWorker).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from typing import Any
 
 from htc_notebook.backends.dask_jobs import ALLOWED_FAILURES
 from htc_notebook.backends.slurm import scheduler
+from htc_notebook.backends.worker import DRAIN_TOPIC, PILOT_DEADLINE, PILOT_LIFETIME
 from htc_notebook.errors import BackendError
 from htc_notebook.spec import PartitionProfile, format_walltime
+
+log = logging.getLogger(__name__)
 
 DEFAULT_WALLTIME = 3600
 LIFETIME_MARGIN = 0.1  # fraction of the walltime kept free at the end (at least 2 min)
@@ -42,9 +49,9 @@ def pilot_options(profile: PartitionProfile, *, log_directory: str | None = None
         "job_mem": f"{profile.memory_per_node}M",  # exact: dask-jobqueue would round it up
         "walltime": format_walltime(walltime),
         "job_extra_directives": directives,
-        "job_script_prologue": list(profile.setup),
+        "job_script_prologue": [*profile.setup,  # the deadline counts from the job's start
+                                f"export {PILOT_LIFETIME}={lifetime} {PILOT_DEADLINE}=$(( $(date +%s) + {lifetime} ))"],
         "python": profile.python or sys.executable,
-        "worker_extra_args": ["--lifetime", f"{lifetime}s", "--lifetime-stagger", f"{min(margin // 2, 300)}s"],
         "scheduler_options": {"dashboard_address": ":0", "allowed_failures": ALLOWED_FAILURES,
                               **({"host": profile.scheduler_host} if profile.scheduler_host else {})},
         "job_name": f"htc-pilot-{profile.name}",
@@ -71,7 +78,7 @@ def pack_options(profile: PartitionProfile, *, log_directory: str | None = None)
         job_directives_skip=["-n 1", "--cpus-per-task"],  # dask-jobqueue's one-task defaults
         job_extra_directives=[*options["job_extra_directives"], f"--nodes={nodes}",
                               f"--ntasks-per-node={profile.cores_per_node}"],
-        worker_extra_args=[*options["worker_extra_args"], "--resources", f"slots={slots}"],
+        worker_extra_args=["--resources", f"slots={slots}"],
     )
     return options
 
@@ -118,6 +125,26 @@ def start_adapting(cluster, profile: PartitionProfile) -> None:
     adaptive loop running while the first pilot starts delays it (~0.15 s measured). A pilot is
     released only after ~10 s without work, so a fresh one is not cancelled before its task lands."""
     cluster.adapt(minimum_jobs=0, maximum_jobs=profile.max_pilots, interval="1s", wait_count=10)
+
+
+def replace_draining_pilots(client, cluster) -> None:
+    """Ask for a pilot's replacement as soon as one of its workers starts draining before its
+    deadline (`worker.leave_if_late`), not once it has left: the draining pilot leaves the
+    cluster's plan (it ends by itself), so adapting, or a fixed scale, asks for a new one now."""
+
+    def draining(event) -> None:
+        name = event[1]["name"]
+        job = next((job for job, spec in cluster.worker_spec.items()
+                    if name == job or name in {f"{job}{suffix}" for suffix in spec.get("group", ())}), None)
+        if job is None:  # another of its workers reported first
+            return
+        log.info("pilot %s drains before its deadline: asking for its replacement", job)
+        del cluster.worker_spec[job]
+        cluster.workers.pop(job, None)  # so correcting the plan neither scancels it nor asks for it again
+        if getattr(cluster, "_adaptive", None) is None:  # a fixed scale: keep the count
+            cluster.scale(jobs=len(cluster.worker_spec) + 1)
+
+    client.subscribe_topic(DRAIN_TOPIC, draining)
 
 
 def check_probe(cluster) -> None:

@@ -1,0 +1,48 @@
+"""A pilot's worker near its deadline (real dask workers with the deadline its job script would
+set): it starts no call it cannot finish in time, hands it back for another worker, drains and
+leaves, telling the client; every call runs once. The SLURM side is in test_pilot_faults.py."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from htc_notebook.backends.worker import DRAIN_TOPIC, PILOT_DEADLINE, PILOT_LIFETIME, JobRunner
+
+
+def noted_second(x: int) -> int:
+    time.sleep(1.0)
+    with open("calls", "a") as f:
+        f.write(f"{x} {os.environ.get(PILOT_DEADLINE, 'none')} {time.time():.3f}\n")
+    return x
+
+
+def test_a_worker_near_its_deadline_hands_back_the_call_and_leaves(tmp_path):
+    from distributed import Client, Nanny, Scheduler, SpecCluster
+
+    lifetime = 6
+    deadline = time.time() + lifetime
+    env = {PILOT_DEADLINE: f"{deadline:.3f}", PILOT_LIFETIME: str(lifetime)}
+    workers = {"late": {"cls": Nanny, "options": {"nthreads": 1, "env": env}},
+               "free": {"cls": Nanny, "options": {"nthreads": 1}}}
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0", "allowed_failures": 0}}
+    events = []
+    with SpecCluster(workers=workers, scheduler=scheduler) as cluster, Client(cluster) as client:
+        client.wait_for_workers(2)
+        client.subscribe_topic(DRAIN_TOPIC, events.append)
+        # a declared timeout longer than the pilot's lifetime fits no pilot: it counts as unknown
+        runner = JobRunner(noted_second, str(tmp_path), {}, timeout=3600)
+        logs = (str(tmp_path / "out"), str(tmp_path / "err"))
+        futures = client.map(runner, [[(i, i, (i,), {}, logs)] for i in range(14)], pure=False)
+        reports = [r for rs in client.gather(futures) for r in rs]
+        assert all(r["ok"] for r in reports)
+        for _ in range(50):
+            if {w["name"] for w in client.scheduler_info()["workers"].values()} == {"free"}:
+                break
+            time.sleep(0.1)
+        assert {w["name"] for w in client.scheduler_info()["workers"].values()} == {"free"}  # it left
+    calls = [line.split() for line in (tmp_path / "calls").read_text().splitlines()]
+    assert sorted(int(x) for x, *_ in calls) == list(range(14))  # each ran once
+    on_late = [(float(t), float(d)) for _, d, t in calls if d != "none"]
+    assert on_late and all(t <= d for t, d in on_late), on_late  # it took calls, none past its deadline
+    assert [e[1]["name"] for e in events] == ["late"]  # the client was told, once
