@@ -46,3 +46,24 @@ def test_a_worker_near_its_deadline_hands_back_the_call_and_leaves(tmp_path):
     on_late = [(float(t), float(d)) for _, d, t in calls if d != "none"]
     assert on_late and all(t <= d for t, d in on_late), on_late  # it took calls, none past its deadline
     assert [e[1]["name"] for e in events] == ["late"]  # the client was told, once
+
+
+def test_a_worker_that_never_ran_the_function_goes_by_the_sweeps_measured_time(tmp_path):
+    """A fresh worker 20 s before its deadline, for calls the client measured at 30 s elsewhere:
+    it starts none of them (they all run on the other worker) and leaves."""
+    from distributed import Client, Nanny, Scheduler, SpecCluster
+
+    env = {PILOT_DEADLINE: f"{time.time() + 20:.3f}", PILOT_LIFETIME: "60"}
+    workers = {"late": {"cls": Nanny, "options": {"nthreads": 1, "env": env}},
+               "free": {"cls": Nanny, "options": {"nthreads": 1}}}
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0", "allowed_failures": 0}}
+    with SpecCluster(workers=workers, scheduler=scheduler) as cluster, Client(cluster) as client:
+        client.wait_for_workers(2)
+        runner = JobRunner(noted_second, str(tmp_path), {})
+        runner.expected = 30.0  # what DaskJobs learned from the calls that ended so far
+        logs = (str(tmp_path / "out"), str(tmp_path / "err"))
+        futures = client.map(runner, [[(i, i, (i,), {}, logs)] for i in range(4)], pure=False)
+        assert all(r["ok"] for rs in client.gather(futures) for r in rs)
+    calls = [line.split() for line in (tmp_path / "calls").read_text().splitlines()]
+    assert sorted(int(x) for x, *_ in calls) == list(range(4))
+    assert {d for _, d, _ in calls} == {"none"}  # every call ran on the worker without a deadline

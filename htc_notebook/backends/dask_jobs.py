@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ import cloudpickle
 from htc_notebook.backends.base import PER_JOB_ENV, Launch, Reporter, call_outcome
 from htc_notebook.backends.mpi_pool import PoolSpec, run_pooled
 from htc_notebook.backends.mpi_ranks import run_step
-from htc_notebook.backends.worker import JobRunner
+from htc_notebook.backends.worker import TIMED_CALLS, JobRunner, p95
 from htc_notebook.ledger import Outcome
 
 
@@ -154,6 +155,8 @@ class DaskJobs:
         self._cluster = None
         self._tasks: dict[str, tuple[list[Job], object]] = {}  # dask key -> (its jobs, future): in flight
         self._key_of: dict[int, str] = {}  # job id -> dask key
+        self._runner_of: dict[str, JobRunner] = {}  # dask key -> the JobRunner of its calls, in flight
+        self._took: weakref.WeakKeyDictionary[JobRunner, deque[float]] = weakref.WeakKeyDictionary()
         self._queue: deque[tuple[How, list[Job]]] = deque()  # dask tasks waiting for room in the window
         self._waiting: dict[int, int] = {}  # job id -> attempt, for jobs queued or held that are still to run
         self._held: list[_Held] = []
@@ -273,6 +276,8 @@ class DaskJobs:
                            else self._map(client, how, packs, many))
                 for pack, fut in zip(packs, futures):
                     self._tasks[fut.key] = (pack, fut)
+                    if isinstance(how, JobRunner):
+                        self._runner_of[fut.key] = how
                     for l in pack:
                         self._key_of[l.job_id] = fut.key
             self.peak_in_flight = max(self.peak_in_flight, len(self._tasks))
@@ -352,8 +357,10 @@ class DaskJobs:
             seen = {fut.key for _, fut in done}
             done += [self._tasks[k] for k in gone if k in self._tasks and k not in seen]
             wanted = []  # per task: which of its jobs are still wanted (not cancelled meanwhile)
+            runners = []
             for pack, fut in done:
                 del self._tasks[fut.key]
+                runners.append(self._runner_of.pop(fut.key, None))
                 wanted.append(self._claim(pack, fut.key))
         outcomes = []
         # read once: a finished future turns "lost" if its worker dies
@@ -361,7 +368,7 @@ class DaskJobs:
         finished = [f for (_, f), st in zip(done, status) if st == "finished"]
         values = iter(self._gather(finished))
         lost = []
-        for (pack, fut), keep, st in zip(done, wanted, status):
+        for (pack, fut), keep, st, runner in zip(done, wanted, status, runners):
             value = next(values) if st == "finished" else None
             if st == "lost" or isinstance(value, Exception):  # finished, but its worker died before the gather
                 lost.append(fut)
@@ -369,6 +376,8 @@ class DaskJobs:
             elif st == "finished":
                 reports = value if isinstance(value, list) else [value] * len(pack)  # a pack's list, or one report
                 outcomes += [_outcome(l, fut, r) for l, r, k in zip(pack, reports, keep) if k]
+                if runner is not None:
+                    self._time(runner, reports)
             else:
                 outcomes += [_outcome(l, fut, _exception(fut)) for l, k in zip(pack, keep) if k]
         if lost:  # dask would run them again within the same attempt, where the ledger cannot see it
@@ -378,6 +387,14 @@ class DaskJobs:
         if self._held:
             self._release(client, outcomes)
         return len(done)
+
+    def _time(self, runner: JobRunner, reports: list) -> None:
+        """Learn how long the runner's calls take: the p95 of its last calls that succeeded, carried by
+        the dask tasks submitted from now on (a pilot near its deadline starts none that would not fit)."""
+        took = self._took.setdefault(runner, deque(maxlen=TIMED_CALLS))
+        took.extend(r["ended"] - r["started"] for r in reports if isinstance(r, dict) and r.get("ok"))
+        if took:
+            runner.expected = p95(took)
 
     def _claim(self, pack: list[Job], key: str) -> list[bool]:
         """Which jobs of a finished task are still its own (not cancelled or resubmitted since),
@@ -445,6 +462,7 @@ class DaskJobs:
                 pack, fut = self._tasks[key]
                 if not any(self._key_of.get(l.job_id) == key for l in pack):
                     del self._tasks[key]
+                    self._runner_of.pop(key, None)
                     futures.append(fut)
         if futures and self._client is not None:
             self._client.cancel(futures)

@@ -75,7 +75,8 @@ _LOADED: dict[str, Any] = {}
 
 # Walltime-aware pilots. A pilot's job script sets PILOT_DEADLINE (epoch seconds: its start plus
 # its walltime less a margin). A call starts only if it is expected to end by then: expected is
-# the p95 of the function's last calls on this worker, else the declared timeout, else 0. A call
+# the larger p95 of the function's last calls on this worker and of the submission's calls that
+# ended so far (the client's `JobRunner.expected`), else the declared timeout, else 0. A call
 # that would not fit goes back to the scheduler (dask's `Reschedule`) for another worker, and this
 # worker drains: it takes nothing more, waits for its results to be collected, retires and tells
 # the client (DRAIN_TOPIC) so the pilot's replacement is asked for now, not once it has left.
@@ -153,11 +154,13 @@ class JobRunner:
         self.name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
         self.cwd, self.env = cwd, env  # env: the variables every job here shares
         self.timeout = timeout  # the longest a call may take (declared), if known
+        self.expected: float | None = None  # p95 of the calls that ended so far, anywhere (set by the client)
 
     def __call__(self, jobs: list[tuple[int, int, tuple, dict, tuple[str, str]]]) -> list[dict[str, Any]]:
         """Run each (job_id, index, args, kwargs, logs) in turn; one report per job."""
         times = _TIMES.setdefault(self.digest, deque(maxlen=TIMED_CALLS))
-        leave_if_late(len(jobs) * (p95(times) if times else self.timeout or 0.0))
+        measured = max(p95(times) if times else 0.0, self.expected or 0.0)  # here, and the sweep's so far
+        leave_if_late(len(jobs) * (measured or self.timeout or 0.0))
         fn = _LOADED.get(self.digest)
         if fn is None:
             try:
