@@ -68,7 +68,7 @@ def flow(root: Path, site: str | None, region: str) -> None:
         while url_next:
             page = s.get(url_next).json()
             jobs += page["items"]
-            url_next = page["next"]
+            url_next = page.get("next")  # absent on the last page
         assert [j["jobUUID"] for j in jobs] == [f"{parent}:{i}" for i in range(20)]
         hosts = set()
         for i in (0, 19):

@@ -8,7 +8,8 @@ from htc_notebook.spec import EnvVar, JobBatch, JobDefinition, load_batches
 WIRE = {
     "jobName": "blast-run",
     "batchSize": 3,
-    "tags": ["t1"],
+    "tags": ["t1", {"key": "study", "value": "lj"}],  # batch tags: strings or {key, value}
+    "cloudProvider": "AWS",
     "htcJobDefinition": {
         "imageName": "",
         "maxVCpus": 2,
@@ -20,8 +21,8 @@ WIRE = {
         "execTimeoutSeconds": 600,
         "architecture": "AARCH64",
         "priority": "ON_DEMAND_ECONOMY",
-        "tags": [],
-        "claims": [],
+        "tags": {"stage": "blast"},  # job tags: a mapping, as HTC API clients send them
+        "claims": [{"name": "group", "value": "bio"}],
     },
 }
 
@@ -35,6 +36,13 @@ def test_wire_round_trip():
     assert wire["htcJobDefinition"] == {**WIRE["htcJobDefinition"]} and wire["jobName"] == "blast-run"
     assert json.loads(json.dumps(wire)) == wire
     assert JobBatch.model_validate(wire) == batch
+    assert wire["tags"] == WIRE["tags"] and wire["cloudProvider"] == "AWS"
+
+
+def test_job_tags_as_a_list_of_keys_and_an_unknown_cloud_is_refused():
+    assert JobDefinition(commands=["x"], tags=["a", "b"]).to_wire()["tags"] == {"a": "", "b": ""}
+    with pytest.raises(SpecError, match=r"cloudProvider = 'AZURE' is not allowed: one of AWS, GCP"):
+        JobBatch.model_validate({**WIRE, "cloudProvider": "AZURE"})
 
 
 def test_python_names_and_conveniences():

@@ -198,7 +198,8 @@ class Task:
             spec["throttle"] = throttle
         jobs = [NewJob(name=batch.job_name, kind="command", params={}, spec=spec, index=i,
                        profile=prof.name, priority=priority) for i in range(batch.batch_size)]
-        ids = self._add(jobs, NewBatch(batch.job_name, batch.batch_size, batch.to_wire(), tuple(batch.tags)))
+        wire = batch.to_wire()
+        ids = self._add(jobs, NewBatch(batch.job_name, batch.batch_size, wire, tuple(wire["tags"])))
         return JobGroup(self.session, self.id, ids, batch.job_name)
 
     # -- looking ----------------------------------------------------------------

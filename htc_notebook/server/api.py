@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from htc_notebook.runtime.session import Session
 
 DEFAULT_PAGE, MAX_PAGE = 100, 1000
+MAX_LOG_PAGE = 5000  # log lines a page: HTC API clients ask for 5000
 WIRE_STATUSES = ("SUBMITTED_TO_RESCALE", "SUBMITTED_TO_PROVIDER", "RUNNABLE", "STARTING", "RUNNING",
                  "SUCCEEDED", "FAILED")
 _DIGITS = re.compile(r"^[0-9]{1,18}$")
@@ -187,11 +188,12 @@ class HTCApi:
         self.session.ledger.set_lifecycle(task.id, status)
         return self.task_json(self.session.ledger.get_task(task.id))
 
-    def delete_task(self, user: str, project_id: str, task_id: str) -> None:
-        """Cancel the task's active jobs and archive it (the ledger keeps its record)."""
+    def delete_task(self, user: str, project_id: str, task_id: str) -> dict[str, Any]:
+        """Cancel the task's active jobs and archive it (the ledger keeps its record); the task as it is now."""
         task = self._task(user, project_id, task_id)
         self.session.cancel(self.session.ledger.job_ids(task.id, ACTIVE_NAMES), "task deleted through the API")
         self.session.ledger.set_lifecycle(task.id, "ARCHIVED")
+        return self.get_task(user, project_id, task_id)
 
     # -- jobs ----------------------------------------------------------------------------------
     def list_jobs(self, user: str, project_id: str, task_id: str, page: str | None,
@@ -244,7 +246,7 @@ class HTCApi:
             parent = self.session.ledger.job(group.ids[0]).batch_id
             out.append({"jobName": batch.job_name, "taskId": str(task_row.id), "projectId": task_row.project,
                         "parentJobId": str(parent), "batchSize": batch.batch_size, "group": batch.job_name,
-                        "tags": list(batch.tags), "region": batch.region,
+                        "tags": batch.to_wire()["tags"], "region": batch.region,
                         "htcJobDefinition": batch.htc_job_definition.to_wire(),
                         "jobUUIDs": [f"{parent}:0", f"{parent}:{batch.batch_size - 1}"]})
         return out
@@ -275,7 +277,8 @@ class HTCApi:
             raise ApiError(400, f"stream {stream!r} is not allowed: out or err")
         handle = self.session.job(row.id)
         lines = handle.logs(stream).splitlines()
-        items = [{"lineNumber": i + 1, "message": text} for i, text in enumerate(lines)]
+        # newest line first, as the HTC API sends them (its clients reverse the pages they read)
+        items = [{"lineNumber": i + 1, "message": lines[i]} for i in range(len(lines) - 1, -1, -1)]
         return _offset_page(items, page, size)
 
     def job_events(self, user: str, project_id: str, task_id: str, job_id: str, page: str | None,
@@ -403,10 +406,10 @@ def _offset_page(items: Sequence[dict], page: str | None, size: int) -> tuple[li
     return chunk, (str(start + size) if start + size < len(items) else None)
 
 
-def page_size(value: str | None) -> int:
-    """`pageSize` from the query: 1..MAX_PAGE (default DEFAULT_PAGE)."""
+def page_size(value: str | None, most: int = MAX_PAGE) -> int:
+    """`pageSize` from the query: 1..`most` (default DEFAULT_PAGE)."""
     if value is None:
         return DEFAULT_PAGE
-    if not _DIGITS.match(value) or not 1 <= int(value) <= MAX_PAGE:
-        raise ApiError(400, f"pageSize {value!r} is not allowed: a whole number from 1 to {MAX_PAGE}")
+    if not _DIGITS.match(value) or not 1 <= int(value) <= most:
+        raise ApiError(400, f"pageSize {value!r} is not allowed: a whole number from 1 to {most}")
     return int(value)

@@ -124,14 +124,15 @@ class Auth:
 
     # -- bearer tokens ---------------------------------------------------------------------
     def issue_token(self, api_key: str) -> dict[str, str]:
-        """`{"tokenValue", "expiresAt"}` for a valid API key."""
+        """`{"tokenValue", "expiresIn", "expiresAt"}` for a valid API key (expiresIn in seconds: what
+        HTC API clients read to renew it)."""
         key_id, user = self._check_key(api_key)
         now = int(time.time())
         claims = {"sub": user, "key": key_id, "iss": ISSUER, "iat": now, "exp": now + TOKEN_SECONDS,
                   "jti": uuid.uuid4().hex}
         token = jwt.encode(claims, self._private, algorithm=ALGORITHM, headers={"kid": self.kid})
         expires = dt.datetime.fromtimestamp(now + TOKEN_SECONDS, dt.timezone.utc)
-        return {"tokenValue": token, "expiresAt": expires.isoformat().replace("+00:00", "Z")}
+        return {"tokenValue": token, "expiresIn": TOKEN_SECONDS, "expiresAt": expires.isoformat().replace("+00:00", "Z")}
 
     def verify(self, token: str) -> dict[str, Any]:
         """The claims of a valid token whose key is not revoked; Unauthorized otherwise."""

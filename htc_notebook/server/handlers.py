@@ -15,7 +15,7 @@ from typing import Any, Callable
 from tornado import web
 from tornado.ioloop import IOLoop
 
-from htc_notebook.server.api import ApiError, HTCApi, page_size
+from htc_notebook.server.api import MAX_LOG_PAGE, MAX_PAGE, ApiError, HTCApi, page_size
 from htc_notebook.server.auth import Unauthorized
 
 PREFIX = "htc/api/v1"
@@ -60,15 +60,17 @@ class HTCHandler(web.RequestHandler):
         self.finish(json.dumps(obj))
 
     def send_page(self, items: list, token: str | None) -> None:
-        nxt = None
-        if token is not None:
-            query = dict(urllib.parse.parse_qsl(self.request.query))
-            query["page"] = token
-            nxt = f"{self.request.protocol}://{self.request.host}{self.request.path}?{urllib.parse.urlencode(query)}"
-        self.send({"items": items, "next": nxt})
+        """`{"items": [...], "next": URL}`; the last page has no `next` (HTC API clients page on
+        until the key is absent: `"next": null` breaks them)."""
+        if token is None:
+            return self.send({"items": items})
+        query = dict(urllib.parse.parse_qsl(self.request.query))
+        query["page"] = token
+        self.send({"items": items,
+                   "next": f"{self.request.protocol}://{self.request.host}{self.request.path}?{urllib.parse.urlencode(query)}"})
 
-    def size(self) -> int:
-        return page_size(self.get_query_argument("pageSize", None))
+    def size(self, most: int = MAX_PAGE) -> int:
+        return page_size(self.get_query_argument("pageSize", None), most)
 
     def page(self) -> str | None:
         return self.get_query_argument("page", None)
@@ -86,7 +88,7 @@ class HTCHandler(web.RequestHandler):
 
 
 class Page(tuple):
-    """(items, next token): sent as `{"items": ..., "next": URL}`."""
+    """(items, next token): sent as `{"items": ..., "next": URL}` (no `next` on the last page)."""
 
 
 def _route(**verbs: Callable[..., Any]) -> Callable[[type[HTCHandler]], type[HTCHandler]]:
@@ -170,14 +172,14 @@ def routes(base: type[HTCHandler], prefix: str, api: HTCApi) -> list[tuple[str, 
         (task, _route(
             get=lambda h, u, p, t: h.api.get_task(u, p, t),
             patch=lambda h, u, p, t: h.api.patch_task(u, p, t, h.body()),
-            delete=lambda h, u, p, t: (204, h.api.delete_task(u, p, t)))(base)),
+            delete=lambda h, u, p, t: h.api.delete_task(u, p, t))(base)),
         (f"{task}/jobs", _route(get=lambda h, u, p, t: Page(h.api.list_jobs(u, p, t, h.page(), h.size())))(base)),
         (f"{task}/jobs/batch", _route(post=lambda h, u, p, t: (201, h.api.submit_batches(u, p, t, h.body())))(base)),
         (f"{task}/jobs/cancel", _route(post=lambda h, u, p, t: h.api.cancel_jobs(u, p, t, h.body()))(base)),
         (f"{task}/jobs/retry", _route(post=lambda h, u, p, t: h.api.retry_jobs(u, p, t, h.body()))(base)),
         (f"{task}/jobs/{seg}", _route(get=lambda h, u, p, t, j: h.api.get_job(u, p, t, j))(base)),
         (f"{task}/jobs/{seg}/logs", _route(
-            get=lambda h, u, p, t, j: Page(h.api.job_logs(u, p, t, j, h.page(), h.size(),
+            get=lambda h, u, p, t, j: Page(h.api.job_logs(u, p, t, j, h.page(), h.size(MAX_LOG_PAGE),
                                                           h.get_query_argument("stream", "out"))))(base)),
         (f"{task}/jobs/{seg}/events", _route(
             get=lambda h, u, p, t, j: Page(h.api.job_events(u, p, t, j, h.page(), h.size())))(base)),

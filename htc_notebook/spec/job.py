@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BeforeValidator, Field, field_validator
+from pydantic import AliasChoices, BeforeValidator, Field, PlainSerializer, field_validator
 
 from htc_notebook.errors import ConfigError, SpecError
 
@@ -44,6 +44,19 @@ def _envs(value: object) -> object:
     return value
 
 
+def _job_tags(value: object) -> object:
+    """Job tags: a mapping {"key": "value"} (HTC API clients send them so), or a list of keys."""
+    if isinstance(value, Mapping):
+        return tuple(value.items())
+    if isinstance(value, (list, tuple)):
+        return tuple((t, "") if isinstance(t, str) else t for t in value)
+    return value
+
+
+JobTags = Annotated[tuple[tuple[SafeText, SafeText], ...], BeforeValidator(_job_tags),
+                    PlainSerializer(dict, return_type=dict)]
+
+
 def _batch_size(value: object) -> int:
     try:
         return as_whole(value, 1, BATCH_LIMIT)
@@ -57,6 +70,13 @@ class EnvVar(SpecModel):
 
     name: EnvName
     value: SafeText
+
+
+class BatchTag(SpecModel):
+    """A batch tag as the HTC API sends it, `{"key": ..., "value": ...}` (a plain string is a tag too)."""
+
+    key: SafeText
+    value: SafeText = ""
 
 
 class JobDefinition(SpecModel):
@@ -73,7 +93,7 @@ class JobDefinition(SpecModel):
         None, **_alias("execTimeoutSeconds", "exec_timeout_seconds"))
     architecture: Literal["X86", "AARCH64", "A100"] = "X86"
     priority: Literal["ON_DEMAND_PRIORITY", "ON_DEMAND_ECONOMY"] = "ON_DEMAND_PRIORITY"
-    tags: tuple[str, ...] = ()
+    tags: JobTags = ()  # kept with the batch's record; the backends do not use them
     claims: tuple[Any, ...] = ()  # accepted and kept (HTC API); the local and SLURM backends do not use them
 
     @field_validator("envs")
@@ -98,8 +118,11 @@ class JobBatch(SpecModel):
 
     job_name: Name = Field(**_alias("jobName", "job_name"))
     batch_size: Annotated[int, BeforeValidator(_batch_size)] = Field(**_alias("batchSize", "batch_size"))
-    tags: tuple[str, ...] = ()
+    tags: tuple[SafeText | BatchTag, ...] = ()
     region: str | None = None
+    # HTC API clients name the cloud of their region; kept with the batch's record (this toolkit
+    # runs where its profiles say: a local machine or a SLURM site)
+    cloud_provider: Literal["AWS", "GCP"] | None = Field(None, **_alias("cloudProvider", "cloud_provider"))
     htc_job_definition: JobDefinition = Field(**_alias("htcJobDefinition", "htc_job_definition"))
 
     def to_wire(self) -> dict[str, Any]:

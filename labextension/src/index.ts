@@ -227,8 +227,9 @@ class HTCSidebar extends Widget {
       };
       const out = await api(`${base}/${job}/logs?pageSize=200`);
       const err = await api(`${base}/${job}/logs?pageSize=200&stream=err`);
-      const log = el('div', 'htc-log', out.items.map((l: any) => l.message).join('\n') +
-        (err.items.length ? '\n--- stderr ---\n' + err.items.map((l: any) => l.message).join('\n') : ''));
+      // the last 200 lines, newest first on the wire: shown in reading order
+      const lines = (page: any) => page.items.slice().reverse().map((l: any) => l.message).join('\n');
+      const log = el('div', 'htc-log', lines(out) + (err.items.length ? '\n--- stderr ---\n' + lines(err) : ''));
       detail.append(el('h3', '', `Job ${job}`), cancel, retry, log);
     }
     this.detail.replaceWith(detail);
