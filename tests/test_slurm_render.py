@@ -210,3 +210,34 @@ def test_slurms_warning_signal_reaches_the_job_so_it_can_checkpoint(tmp_path, ti
     assert proc.wait(timeout=20) == 9, (proc.stderr.read(), (logs / "job-41.err").read_text())
     assert (tmp_path / ".htc" / "checkpoints" / "job-41").read_text() == "saved\n"
     assert (state / "job-41-1.exit").read_text().split()[0] == "9"
+
+
+def test_a_profile_python_with_other_versions_is_refused_naming_both(tmp_path):
+    """`python:` of a profile is run before any pilot is asked for: a real second environment (a
+    venv of this interpreter seeing this one's packages) whose htc_notebook is a stand-in of
+    another version is refused naming both; with the same versions it is accepted; one that cannot
+    import dask, or does not exist, is refused saying so."""
+    import site
+    import venv
+
+    import htc_notebook
+    from htc_notebook.backends.slurm.pilots import check_python
+    from htc_notebook.errors import BackendError
+
+    env = tmp_path / "other"
+    venv.create(env, with_pip=False)
+    python = str(env / "bin" / "python")
+    with pytest.raises(BackendError, match=r"cannot load what pilots run \(ModuleNotFoundError: No module named"):
+        check_python(python)  # a bare venv: no dask
+    packages = next(env.glob("lib/python*/site-packages"))
+    stand_in = tmp_path / "stand-in" / "htc_notebook"
+    stand_in.mkdir(parents=True)
+    (stand_in / "__init__.py").write_text('__version__ = "0.0.1"\n')
+    (packages / "a_stand_in.pth").write_text(f"{stand_in.parent}\n")  # found before this kernel's packages
+    (packages / "b_ours.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    with pytest.raises(BackendError, match=rf"htc_notebook 0\.0\.1 \(this kernel: {htc_notebook.__version__}\)"):
+        check_python(python)
+    (stand_in / "__init__.py").write_text(f'__version__ = "{htc_notebook.__version__}"\n')
+    check_python(python)  # the kernel's versions: accepted
+    with pytest.raises(BackendError, match="cannot be run here"):
+        check_python(str(tmp_path / "missing" / "python"))

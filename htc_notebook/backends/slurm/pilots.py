@@ -83,6 +83,43 @@ def pack_options(profile: PartitionProfile, *, log_directory: str | None = None)
     return options
 
 
+VERSIONS = ("import json, platform, dask, distributed, htc_notebook; print(json.dumps("
+            "[platform.python_version(), dask.__version__, distributed.__version__, htc_notebook.__version__]))")
+
+
+def check_python(python: str) -> None:
+    """Refuse a profile's `python` whose Python, dask, distributed or htc_notebook differs from this
+    kernel's (or that cannot import them), naming both: a pilot running other code than its kernel
+    fails every call. Run here, where the path must also exist for the nodes (a shared file system)."""
+    import json
+    import platform
+    import subprocess
+
+    import dask
+    import distributed
+
+    import htc_notebook
+
+    if python == sys.executable:
+        return
+    ours = [platform.python_version(), dask.__version__, distributed.__version__, htc_notebook.__version__]
+    try:
+        out = subprocess.run([python, "-c", VERSIONS], capture_output=True, text=True, timeout=120,
+                             cwd="/")  # not a checkout of htc_notebook the kernel runs in
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BackendError(f"the profile's python {python!r} cannot be run here: {exc}") from None
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        raise BackendError(f"the profile's python {python!r} cannot load what pilots run ({last}); "
+                           f"install htc_notebook[slurm] {ours[3]} with dask {ours[1]} for it, or leave python unset")
+    theirs = json.loads(out.stdout.strip().splitlines()[-1])
+    names = ("Python", "dask", "distributed", "htc_notebook")
+    differ = [f"{n} {t} (this kernel: {o})" for n, t, o in zip(names, theirs, ours) if t != o]
+    if differ:
+        raise BackendError(f"the profile's python {python!r} has {', '.join(differ)}: pilots must run "
+                           "the kernel's versions (dask refuses mismatched workers, and calls would fail)")
+
+
 def make_pilot_cluster(profile: PartitionProfile, *, log_directory: str | None = None, packed: bool = False):
     """A SLURMCluster for the profile (`packed`: MPI allocations), its job script under test by `sbatch --test-only`.
 
@@ -98,6 +135,7 @@ def make_pilot_cluster(profile: PartitionProfile, *, log_directory: str | None =
     except ImportError:
         raise BackendError("Python jobs on SLURM need dask-jobqueue: pip install 'htc_notebook[slurm]'") from None
     options = (pack_options if packed else pilot_options)(profile, log_directory=log_directory)
+    check_python(options["python"])
     probe = {k: v for k, v in options.items() if k not in ("scheduler_options", "log_directory")}
     test = scheduler.start(["sbatch", "--test-only"],
                            input=SLURMJob(scheduler="tcp://scheduler:8786", name="probe", **probe).job_script())
