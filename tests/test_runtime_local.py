@@ -157,10 +157,11 @@ def test_batch_jobs_see_their_index_and_run_in_the_task_directory(session):
 
 def test_timed_out_command_ends_failed_with_reason_and_its_children_die(session, tmp_path):
     task = session.project("e2e").task("timeout")
-    pidfile = tmp_path / "child.pid"
+    pidfile = task.storage.path("child.pid")  # jobs write only to their task directory (the sandbox)
+    marker = f"{300 + os.getpid() % 1000 / 1000:.3f}"  # the child's own argument: found by it on the host
     batch = JobBatch.model_validate({
         "jobName": "sleepy", "batchSize": 1,
-        "htcJobDefinition": {"commands": ["sh", "-c", f"sleep 300 & echo $! > {pidfile}; wait"],
+        "htcJobDefinition": {"commands": ["sh", "-c", f"sleep {marker} & echo $! > {pidfile}; wait"],
                              "execTimeoutSeconds": 1}})
     t0 = time.monotonic()
     job = task.submit_batch(batch)[0]
@@ -169,8 +170,23 @@ def test_timed_out_command_ends_failed_with_reason_and_its_children_die(session,
     assert err is not None and err.status == "FAILED"
     assert "timeout" in err.reason and "execTimeoutSeconds=1" in err.reason
     assert "execTimeoutSeconds" in str(err)
-    child = int(pidfile.read_text())
-    assert not _alive(child)  # the whole process group was killed, not just `sh`
+    assert int(pidfile.read_text()) > 0  # the child started (its pid in the job's own PID namespace)
+    # the whole job was killed, not just `sh`: no `sleep <marker>` is left on the host
+    assert not [pid for pid in _host_pids_running(["sleep", marker]) if _alive(pid, wait=5)]
+
+
+def _host_pids_running(argv: list[str]) -> list[int]:
+    """The host's processes whose command line is exactly `argv`."""
+    wanted, found = "\0".join(argv) + "\0", []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline") as f:
+                    if f.read() == wanted:
+                        found.append(int(entry))
+            except OSError:
+                pass
+    return found
 
 
 def test_failed_command_reports_exit_code_and_log(session):

@@ -40,6 +40,7 @@ class Launch:
     call: Any = None  # python jobs: a `Call` (function + arguments)
     name: str = "job"  # the job's (batch's) name
     mpi: MpiLayout | None = None  # MPI jobs: how many ranks where (see backends/mpi_jobs.py)
+    view: Any = None  # a `sandbox.JobView`: what of the data root the job may see (command jobs are confined to it)
 
 
 def call_outcome(launch: Launch, report: dict[str, Any]) -> Outcome:

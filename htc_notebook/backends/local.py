@@ -15,6 +15,7 @@ from htc_notebook.backends.base import Launch, Reporter
 from htc_notebook.backends.dask_jobs import ALLOWED_FAILURES, DaskJobs
 from htc_notebook.backends.local_commands import CommandRunner
 from htc_notebook.backends.mpi_jobs import on_pool, pool_spec, pooled, wrap
+from htc_notebook.backends.sandbox import check_sandbox, confined
 from htc_notebook.backends.mpi_pool import RankPool
 from htc_notebook.spec import PartitionProfile
 
@@ -49,8 +50,11 @@ class LocalBackend:
     def submit(self, launches: Sequence[Launch]) -> None:
         """Commands and MPI programs as subprocesses, MPI functions on the rank pool (all within the
         profile's cores); Python calls on dask."""
+        commands = [confined(l, self.profile) for l in launches if l.kind == "command" or l.mpi]
+        if self.profile.sandbox == "bwrap" and any(l.kind == "command" for l in commands):
+            check_sandbox(self.profile.name)
         self._commands.submit([l if not l.mpi else pooled(l, self.profile) if on_pool(l, self.profile)
-                               else wrap(l, self.profile) for l in launches if l.kind == "command" or l.mpi])
+                               else wrap(l, self.profile) for l in commands])
         self._calls.submit([l for l in launches if l.kind == "python" and not l.mpi])
 
     def cancel(self, job_ids: Sequence[int]) -> None:
@@ -73,7 +77,7 @@ class LocalBackend:
 def render_local(profile: PartitionProfile, launches: Sequence[Launch]) -> str:
     """What the local backend would run, as text."""
     lines = [f"# local backend: {profile.cores_per_node} cores on this machine"]
-    for l in launches:
+    for l in map(lambda l: confined(l, profile), launches):
         if l.mpi and on_pool(l, profile):
             what = (f"on the rank pool ({shlex.join(pool_spec(profile, None).argv)}): {l.mpi.ranks} ranks "
                     f"run python call {_call_name(l.call)}")

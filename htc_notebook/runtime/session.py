@@ -22,6 +22,7 @@ import cloudpickle
 
 from htc_notebook.backends.base import Backend, Call, Launch
 from htc_notebook.backends.launchers import MpiLayout
+from htc_notebook.backends.sandbox import JobView
 from htc_notebook.errors import HTCError, UnsupportedFeature
 from htc_notebook.ledger import AttemptStart, JobRow, Ledger, Outcome, TaskRow
 from htc_notebook.ledger.states import TERMINAL_NAMES
@@ -258,16 +259,17 @@ class Session:
                 self._notify()
                 raise
 
-    def _where(self, task: TaskRow) -> tuple[Path, dict[str, str]]:
-        """A task's directory and the environment every job of it gets."""
-        task_dir = self.storage.task_dir(task.project, task.name)
-        return task_dir, {"HTC_TASK_DIR": str(task_dir), "HTC_PROJECT_SHARED": str(self.storage.shared_dir(task.project)),
-                          "HTC_PROJECT": task.project, "HTC_TASK": task.name}
+    def _where(self, task: TaskRow) -> tuple[Path, JobView, dict[str, str]]:
+        """A task's directory, what of the data root its jobs may see, and the environment every job of it gets."""
+        task_dir, shared = self.storage.task_dir(task.project, task.name), self.storage.shared_dir(task.project)
+        view = JobView(*(os.path.realpath(p) for p in (self.storage.root, task_dir, shared)))
+        return task_dir, view, {"HTC_TASK_DIR": str(task_dir), "HTC_PROJECT_SHARED": str(shared),
+                                "HTC_PROJECT": task.project, "HTC_TASK": task.name}
 
-    def _launch(self, task: TaskRow, where: tuple[Path, dict[str, str]], row: JobRow | Pending, attempt: int,
+    def _launch(self, task: TaskRow, where: tuple[Path, JobView, dict[str, str]], row: JobRow | Pending, attempt: int,
                 log_out: str, log_err: str) -> Launch:
         """What a backend needs to run one attempt of a job."""
-        task_dir, base_env = where
+        task_dir, view, base_env = where
         spec = row.spec
         env = {**base_env, "HTC_JOB_ID": str(row.id), "HTC_JOB_INDEX": str(row.index),
                "HTC_CHECKPOINT": str(checkpoint_path(task_dir, row.id)), **spec.get("envs", {})}
@@ -277,7 +279,7 @@ class Session:
                       memory=spec.get("memory"), disk_gib=spec.get("disk_gib"),
                       gpus=spec.get("gpus", 0), throttle=spec.get("throttle"),
                       call=self._call_for(task, row) if row.kind == "python" else None,
-                      mpi=MpiLayout(**spec["mpi"]) if spec.get("mpi") else None)
+                      mpi=MpiLayout(**spec["mpi"]) if spec.get("mpi") else None, view=view)
 
     # -- pilots (dask workers on a scheduler) --------------------------------------
     def pilots(self, profile: str | None = None):

@@ -84,6 +84,10 @@ class PartitionProfile(SpecModel):
     # a large batch's first jobs are timed, and short ones are bundled to ~20 s of work per task
     bundle: Annotated[int, whole(1)] | None = None
     warning: SafeText | None = None
+    # command jobs run in a bubblewrap sandbox (backends/sandbox.py): the host read-only, their task
+    # directory read-write, the project's shared directory read-only, the rest of the data root hidden.
+    # "none" runs them as plain processes (a site without bwrap or user namespaces)
+    sandbox: Literal["bwrap", "none"] = "bwrap"
 
     @model_validator(mode="after")
     def _defaults(self) -> PartitionProfile:

@@ -9,6 +9,7 @@ from htc_notebook.backends.base import Launch, Reporter
 from htc_notebook.backends.dask_jobs import DaskJobs
 from htc_notebook.backends.slurm.arrays import ArrayRunner
 from htc_notebook.backends.mpi_jobs import on_pool, packs, pool_spec, pooled, wrap
+from htc_notebook.backends.sandbox import check_sandbox, confined
 from htc_notebook.backends.slurm.pilots import (check_probe, make_pilot_cluster, pack_options, pilot_options,
                                                 replace_draining_pilots, start_adapting)
 from htc_notebook.errors import BackendError
@@ -36,6 +37,7 @@ class SlurmBackend:
 
     def submit(self, launches: Sequence[Launch]) -> None:
         """Commands and per-task MPI jobs as arrays; Python calls on pilots; packed MPI jobs as steps."""
+        launches = self._confined(launches)
         mpi = [l for l in launches if l.mpi]
         packed = [pooled(l, self.profile) if on_pool(l, self.profile) else wrap(l, self.profile, step=True)
                   for l in mpi if packs(l, self.profile)]
@@ -67,7 +69,13 @@ class SlurmBackend:
 
     def hold(self, launches: Sequence[Launch], tokens: dict[int, str]) -> None:
         """Feed command jobs an earlier session held (or sent without an answer: `tokens`)."""
-        self.arrays.hold(launches, tokens)
+        self.arrays.hold(self._confined(launches), tokens)
+
+    def _confined(self, launches: Sequence[Launch]) -> list[Launch]:
+        """Command jobs in the profile's sandbox (refused here if this machine cannot make one)."""
+        if self.profile.sandbox == "bwrap" and any(l.kind == "command" for l in launches):
+            check_sandbox(self.profile.name)
+        return [confined(l, self.profile) for l in launches]
 
     def adopt(self, job_id: int, attempt: int, native_id: str, cwd: str, timeout: int | None) -> None:
         """Watch an array task submitted by an earlier session (jobs outlive kernels)."""
@@ -84,6 +92,7 @@ class SlurmBackend:
     def render(self, launches: Sequence[Launch]) -> str:
         """The sbatch scripts (arrays) and the pilot job script, without submitting."""
         parts = []
+        launches = [confined(l, self.profile) for l in launches]
         mpi = [l for l in launches if l.mpi]
         packed = [l if on_pool(l, self.profile) else wrap(l, self.profile, step=True, write=False)
                   for l in mpi if packs(l, self.profile)]

@@ -105,9 +105,17 @@ def render_array(*, job_name: str, size: int, ids_file: str, offset: int, task_d
     lines += ["set -u", f"htc_state={q(state_dir)}", "read -r htc_host < /proc/sys/kernel/hostname"]
     lines += USAGE
     # SLURM's warning (--signal=B:USR1@WARNING_SECONDS) goes to this script: pass it to the running
-    # job, so that it can checkpoint (under `timeout`, to timeout's child: timeout itself would die of it)
-    target = 'pkill -USR1 -P "$htc_pid"' if timeout_s else 'kill -USR1 "$htc_pid"'
-    lines += ["htc_pid= htc_sig=", f"trap 'htc_sig=1; [ -n \"$htc_pid\" ] && {target} 2>/dev/null' USR1"]
+    # job, so that it can checkpoint. It goes to the job's own first process, below `timeout` and the
+    # sandbox (bwrap), which would die of it (neither passes signals on)
+    lines += ["htc_pid= htc_sig=",
+              "htc_usr1() {",
+              "  local p=$htc_pid c",
+              '  while { read -r c < "/proc/$p/comm"; } 2>/dev/null; do',
+              '    case $c in timeout|bwrap) p=$(pgrep -o -P "$p") || return 0 ;; *) break ;; esac',
+              "  done",
+              '  kill -USR1 "$p" 2>/dev/null',
+              "}",
+              "trap 'htc_sig=1; [ -n \"$htc_pid\" ] && htc_usr1' USR1"]
     lines += [f"export {name}={q(value)}" for name, value in (env or {}).items()]
     lines += list(setup)
     runner = f"timeout --kill-after={KILL_AFTER} {int(timeout_s)} " if timeout_s else ""

@@ -1,0 +1,89 @@
+"""Command jobs in a bubblewrap sandbox: what a job may see of the host and of the data root.
+
+The job sees the host's system read-only, its task directory read-write (but the toolkit's
+`.htc/` in it read-only, except `checkpoints/`), its project's shared directory read-only, and
+nothing else of the data root: other tasks, other projects, the ledger and the keys are hidden
+under an empty tmpfs. /dev and /tmp are the node's (MPI ranks share memory through them).
+A job that is not an MPI rank also gets its own PID namespace, so it cannot reach other
+processes' files through /proc/<pid>/root. Open MPI's shared-memory transport crashes across
+PID namespaces (seen with Open MPI 4.1: vader segfaults), so MPI ranks keep the node's.
+
+>>> view = JobView(root="/d", task_dir="/d/projects/p/tasks/t", shared_dir="/d/projects/p/shared")
+>>> print(" ".join(bwrap_argv(view, ["./md", "in.lj"])))  # doctest: +NORMALIZE_WHITESPACE
+bwrap --die-with-parent --ro-bind / / --dev-bind /dev /dev --proc /proc --bind /tmp /tmp --tmpfs /d
+ --ro-bind /d/projects/p/shared /d/projects/p/shared --bind /d/projects/p/tasks/t /d/projects/p/tasks/t
+ --ro-bind /d/projects/p/tasks/t/.htc /d/projects/p/tasks/t/.htc
+ --bind /d/projects/p/tasks/t/.htc/checkpoints /d/projects/p/tasks/t/.htc/checkpoints
+ --chdir /d/projects/p/tasks/t --unshare-pid -- ./md in.lj
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+from htc_notebook.backends.base import Launch
+from htc_notebook.errors import BackendError
+from htc_notebook.spec import PartitionProfile
+
+BWRAP = "bwrap"
+
+
+@dataclass(frozen=True)
+class JobView:
+    """What of the data root a job of one task may see (paths as the job sees them, absolute)."""
+
+    root: str
+    task_dir: str
+    shared_dir: str
+
+    @property
+    def internal(self) -> str:
+        return os.path.join(self.task_dir, ".htc")
+
+    @property
+    def checkpoints(self) -> str:
+        return os.path.join(self.internal, "checkpoints")
+
+
+def bwrap_argv(view: JobView, argv: Sequence[str], *, pid_namespace: bool = True) -> list[str]:
+    """The argv that runs `argv` confined to `view` (a pure function: nothing is checked on disk)."""
+    task, shared = view.task_dir, view.shared_dir
+    out = [BWRAP, "--die-with-parent", "--ro-bind", "/", "/", "--dev-bind", "/dev", "/dev", "--proc", "/proc",
+           "--bind", "/tmp", "/tmp", "--tmpfs", view.root, "--ro-bind", shared, shared, "--bind", task, task,
+           "--ro-bind", view.internal, view.internal, "--bind", view.checkpoints, view.checkpoints,
+           "--chdir", task]
+    if pid_namespace:
+        out.append("--unshare-pid")
+    return out + ["--", *argv]
+
+
+def confined(launch: Launch, profile: PartitionProfile) -> Launch:
+    """A command launch as it runs on `profile`: in the sandbox unless the profile says `sandbox: none`.
+    Python calls (and the rank program of an MPI function) are not confined by this."""
+    if launch.kind != "command" or launch.view is None or profile.sandbox == "none":
+        return launch
+    return replace(launch, command=tuple(bwrap_argv(launch.view, launch.command, pid_namespace=launch.mpi is None)))
+
+
+@functools.cache
+def check_sandbox(profile_name: str) -> None:
+    """Refuse (BackendError) if bubblewrap cannot make a sandbox on this machine, before a job is sent.
+    Checked once per profile and process; on SLURM this checks the submitting machine only (a node
+    without it fails its jobs with bwrap's own message in the job's log)."""
+    probe = [BWRAP, "--die-with-parent", "--ro-bind", "/", "/", "--dev-bind", "/dev", "/dev", "--proc", "/proc",
+             "--unshare-pid", "--", "true"]
+    try:
+        done = subprocess.run(probe, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+        problem = None if done.returncode == 0 else (done.stderr.strip() or f"exit code {done.returncode}")
+    except FileNotFoundError:
+        problem = "bwrap is not installed (Debian/Ubuntu: apt install bubblewrap)"
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        problem = str(exc)
+    if problem:
+        raise BackendError(f"profile {profile_name!r} runs command jobs in a bubblewrap sandbox (sandbox: bwrap), "
+                           f"but bwrap cannot make one here: {problem}. Install bubblewrap and allow user "
+                           "namespaces, or set `sandbox: none` in the profile to run command jobs unconfined")
