@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -96,6 +97,21 @@ def test_python_calls_that_lose_their_worker_are_requeued_without_using_retries(
     assert job.result() == 2
 
 
+@contextmanager
+def finished_then_killed(session, gate, runs, before_kill=lambda: None):
+    """Hold the collector (it cannot gather while the test holds the runner's lock), let the one
+    call finish (`gate`), then SIGKILL the worker that ran it (its pid is the first line of `runs`);
+    yields the call's dask future, the collector still held."""
+    (calls,) = [b.dask_runners()["local"] for b in session.live_backends() if hasattr(b, "dask_runners")]
+    with calls._lock:
+        (_, fut), = calls._tasks.values()
+        gate.touch()
+        wait_for(lambda: fut.status == "finished", what="the call to finish")
+        before_kill()
+        os.kill(int(runs.read_text().split()[0]), signal.SIGKILL)
+        yield fut
+
+
 def test_a_finished_call_whose_worker_dies_before_its_result_is_collected_is_a_lost_attempt(session, tmp_path):
     """The call finishes, then its worker is SIGKILLed before the collector gathers the result: the
     attempt ends FAILED with cause lost (not "NoneType: None"), dask's own rerun of it is cancelled,
@@ -113,13 +129,7 @@ def test_a_finished_call_whose_worker_dies_before_its_result_is_collected_is_a_l
 
     task = session.project("retries").task("lost-result")
     job = task.submit(finish_then_wait)
-    (calls,) = [b.dask_runners()["local"] for b in session.live_backends() if hasattr(b, "dask_runners")]
-    with calls._lock:  # the collector cannot gather while the test holds this
-        (_, fut), = calls._tasks.values()
-        gate.touch()
-        wait_for(lambda: fut.status == "finished", what="the call to finish")
-        hold.touch()
-        os.kill(int(runs.read_text().split()[0]), signal.SIGKILL)
+    with finished_then_killed(session, gate, runs, before_kill=hold.touch) as fut:
         wait_for(lambda: fut.status == "lost", what="the result to be lost with its worker")
     wait_for(lambda: job.row.attempts == 2, what="the next attempt")
     hold.unlink()
@@ -147,12 +157,7 @@ def test_a_lost_result_that_dask_computes_again_before_the_collector_looks_is_st
 
     task = session.project("retries").task("rerun-first")
     job = task.submit(finish_then_count)
-    (calls,) = [b.dask_runners()["local"] for b in session.live_backends() if hasattr(b, "dask_runners")]
-    with calls._lock:  # the collector cannot look while the test holds this
-        (_, fut), = calls._tasks.values()
-        gate.touch()
-        wait_for(lambda: fut.status == "finished", what="the call to finish")
-        os.kill(int(runs.read_text().split()[0]), signal.SIGKILL)
+    with finished_then_killed(session, gate, runs) as fut:
         wait_for(lambda: len(runs.read_text().splitlines()) == 2 and fut.status == "finished",
                  what="dask to run it again and finish")
     row = job.wait(timeout=60)

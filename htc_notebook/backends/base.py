@@ -43,6 +43,12 @@ class Launch:
     view: Any = None  # a `sandbox.JobView`: what of the data root the job may see (command jobs are confined to it)
 
 
+def oom_reason(limit_mib: int | None) -> str:
+    """Why a job the kernel's OOM killer stopped failed, in one wording for every backend."""
+    return (f"out of memory (limit {limit_mib} MiB): the OOM killer stopped it" if limit_mib
+            else "out of memory: the OOM killer stopped it")
+
+
 def call_outcome(launch: Launch, report: dict[str, Any]) -> Outcome:
     """How a Python call ended, from the report `worker.run_call` or a rank pool returns."""
     times = dict(host=report["host"], started=report["started"], ended=report["ended"], cpu_s=report.get("cpu_s"))

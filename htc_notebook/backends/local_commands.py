@@ -19,7 +19,8 @@ from typing import Any, Sequence
 
 import cloudpickle
 
-from htc_notebook.backends.base import Launch, Reporter, call_outcome
+from htc_notebook.backends.base import Launch, Reporter, call_outcome, oom_reason
+from htc_notebook.backends.memory_limit import cgroup_parent, limited_argv
 from htc_notebook.backends.mpi_jobs import verdict
 from htc_notebook.backends.mpi_pool import RankPool
 from htc_notebook.backends.mpi_ranks import kill_group
@@ -124,12 +125,15 @@ class CommandRunner:
         if not launch.command:  # a Python MPI function (`mpi_jobs.pooled`); wrapped ones have a launcher line
             return self._run_on_pool(launch)
         started = time.time()
-        reason, exit_code, status, usage = None, None, "FAILED", None
+        reason, exit_code, status, usage, cause, cage = None, None, "FAILED", None, None, None
         try:
             env = {**os.environ, **launch.env}
+            argv = list(launch.command)
+            if launch.memory:  # a hard limit: the job's own memory cgroup, else prlimit (memory_limit.py)
+                argv, cage = limited_argv(cgroup_parent(), launch.memory, argv, f"job-{launch.job_id}-{launch.attempt}")
             with open(launch.log_out, "ab") as out, open(launch.log_err, "ab") as err:
                 try:
-                    proc = subprocess.Popen(list(launch.command), cwd=launch.cwd, env=env, stdout=out,
+                    proc = subprocess.Popen(argv, cwd=launch.cwd, env=env, stdout=out,
                                             stderr=err, stdin=subprocess.DEVNULL, start_new_session=True)
                 except OSError as exc:
                     proc = None
@@ -148,16 +152,24 @@ class CommandRunner:
                         self._procs.pop(launch.job_id, None)
                         cancelled = launch.job_id in self._cancelled
                         self._cancelled.discard(launch.job_id)
+                    oom = cage is not None and cage.oom_kills() > 0
                     if cancelled:
                         status, reason = "CANCELLED", "cancelled while running"
                     elif reason is None and exit_code == 0:
                         status = "SUCCEEDED"
+                    elif reason is None and oom:
+                        reason, cause = oom_reason(launch.memory), "memory"
                     elif reason is None and launch.mpi is None:
                         reason = (f"killed by signal {-exit_code}" if exit_code < 0
                                   else f"exited with code {exit_code}")
+                        if launch.memory and cage is None:
+                            reason += (f" (its address space was limited to maxMemory={launch.memory} MiB by "
+                                       "prlimit: this machine gives it no memory cgroup)")
         except Exception as exc:  # noqa: BLE001 - a runner bug must still end the job
             reason = f"runner error: {type(exc).__name__}: {exc}"
         finally:
+            if cage is not None:
+                cage.remove()
             with self._lock:
                 self._free += launch.cores
                 self._lock.notify_all()
@@ -167,7 +179,7 @@ class CommandRunner:
             return
         used = dict(cpu_s=round(usage.ru_utime + usage.ru_stime, 3), max_rss_mib=round(usage.ru_maxrss / 1024, 1)) \
             if usage is not None else {}
-        self._reporter.finished(Outcome(launch.job_id, launch.attempt, status, reason=reason,
+        self._reporter.finished(Outcome(launch.job_id, launch.attempt, status, reason=reason, cause=cause,
                                         exit_code=exit_code, **times, **used))
 
     def _run_on_pool(self, launch: Launch) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from htc_notebook.backends.base import PER_JOB_ENV, Launch, Reporter
+from htc_notebook.backends.base import PER_JOB_ENV, Launch, Reporter, oom_reason
 from htc_notebook.backends.mpi_ranks import is_python_job, rank_dir, read_outcome
 from htc_notebook.backends.slurm import limits as site_limits
 from htc_notebook.backends.slurm import scheduler
@@ -391,8 +391,7 @@ def _read_exit(t: Tracked) -> Outcome | None:
                        started=started, ended=ended, **used)
     cause = Cause.EXIT
     if how == "oom":
-        reason, cause = (f"out of memory: the cgroup's OOM killer stopped it (it asked for "
-                         f"{t.memory} MiB)" if t.memory else "out of memory: the cgroup's OOM killer stopped it"), Cause.MEMORY
+        reason, cause = oom_reason(t.memory), Cause.MEMORY
     elif code == TIMEOUT_EXIT and t.timeout:
         reason, cause = f"timeout: killed after execTimeoutSeconds={t.timeout}", Cause.TIMEOUT
     elif code > 128:

@@ -1,0 +1,106 @@
+"""`maxMemory` as a hard limit for a local command job.
+
+Where this process may make memory cgroups (cgroup v1, under its own: a root kernel, or a
+delegated tree), each job gets one of its own (`job-<id>-<attempt>`) with `memory.limit_in_bytes`
+set; the kernel's OOM killer stops a job that goes over, and the cgroup's `oom_kill` count tells
+it apart from any other kill. Elsewhere (cgroup v2 without delegation, no cgroups) the job runs
+under `prlimit --as`: its address space is limited, so an allocation beyond it fails (a
+`MemoryError`, `ENOMEM`) instead of the job being killed. On SLURM, the site's cgroups do this
+(backends/slurm/script.py reads their OOM count).
+
+>>> print(" ".join(limited_argv(None, 512, ["./md"])[0]))
+prlimit --as=536870912 -- ./md
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+MIB = 1024 * 1024
+V1 = Path("/sys/fs/cgroup/memory")
+
+
+@dataclass(frozen=True)
+class Cage:
+    """A job's own memory cgroup (v1)."""
+
+    path: Path
+    limit_mib: int
+
+    def oom_kills(self) -> int:
+        """How many of the job's processes the OOM killer stopped (memory.oom_control's oom_kill)."""
+        try:
+            for line in (self.path / "memory.oom_control").read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+        except (OSError, ValueError):
+            pass
+        return 0
+
+    def peak_mib(self) -> float | None:
+        try:
+            return round(int((self.path / "memory.max_usage_in_bytes").read_text()) / MIB, 1)
+        except (OSError, ValueError):
+            return None
+
+    def remove(self) -> None:
+        """Remove the cgroup once its processes are gone (the kernel frees them a moment after the kill)."""
+        for _ in range(50):
+            try:
+                self.path.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                time.sleep(0.02)
+
+
+@functools.cache
+def cgroup_parent() -> Path | None:
+    """Where this process may make jobs' memory cgroups: a directory under its own v1 memory cgroup,
+    or None (then `prlimit`)."""
+    try:
+        own = next(line.split(":", 2)[2].strip() for line in Path("/proc/self/cgroup").read_text().splitlines()
+                   if line.split(":", 2)[1] == "memory")
+    except (OSError, StopIteration, IndexError):
+        return None
+    mine = V1 / own.lstrip("/")
+    for stale in mine.glob("htc-*"):  # left by processes that died: empty once their jobs ended
+        if stale.name[4:].isdigit() and not Path(f"/proc/{stale.name[4:]}").exists():
+            for d in [*stale.glob("job-*"), stale]:
+                try:
+                    d.rmdir()
+                except OSError:
+                    pass
+    parent = mine / f"htc-{os.getpid()}"
+    try:
+        parent.mkdir(exist_ok=True)
+        (parent / "memory.use_hierarchy").read_text()
+    except OSError:
+        return None
+    return parent
+
+
+def limited_argv(parent: Path | None, limit_mib: int, argv: Sequence[str], name: str = "job") -> tuple[list[str], Cage | None]:
+    """`argv` held to `limit_mib`: in a new cgroup `name` under `parent` (the job joins it before it
+    execs, so nothing it allocates escapes the limit), or under prlimit when `parent` is None."""
+    limit = int(limit_mib) * MIB
+    if parent is not None:
+        path = parent / name
+        try:
+            path.mkdir(exist_ok=True)
+            (path / "memory.limit_in_bytes").write_text(str(limit))
+            try:  # no swap beyond the limit, where the kernel accounts swap
+                (path / "memory.memsw.limit_in_bytes").write_text(str(limit))
+            except OSError:
+                pass
+            return ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(path / "cgroup.procs"), *argv], Cage(path, limit_mib)
+        except OSError:
+            pass
+    return ["prlimit", f"--as={limit}", "--", *argv], None
