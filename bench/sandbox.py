@@ -62,7 +62,7 @@ def main() -> int:
                                        "htcJobDefinition": {"commands": ["true"]}})
             group.wait(timeout=600)
             dt = (time.perf_counter() - t0) / args.jobs
-            assert group.counts() == {"SUCCEEDED": args.jobs}, group.counts()
+            assert group.counts()["SUCCEEDED"] == args.jobs, group.counts()
             return dt
 
         try:

@@ -4,6 +4,9 @@
     htc status [--task P/T] [--json]  tasks and their jobs, from the ledger
     htc profiles list|show NAME       the site's hardware profiles
     htc submit FILE [--dry-run]       an HTC job batch (JSON or YAML) into a task
+    htc registry up|down|status       the data root's container registry (one namespace per project)
+    htc images push SRC REPO:TAG      put an image (OCI archive or layout, docker archive, root fs dir) there
+    htc images list                   a project's images
     htc slurm up|down|status          the local multi-node SLURM test cluster (root)
 """
 
@@ -97,6 +100,30 @@ def _parser() -> argparse.ArgumentParser:
     kl = ksub.add_parser("list", help="keys: id, user, created, revoked")
     kl.set_defaults(func=_keys_list)
     ky.set_defaults(func=_keys_list)
+
+    rg = sub.add_parser("registry", help="the data root's OCI registry and its token service")
+    rsub = rg.add_subparsers(metavar="ACTION")
+    ru = rsub.add_parser("up", help="start it (or say where it runs)")
+    ru.add_argument("--host", default="127.0.0.1", help="the address clients and cluster nodes reach it at")
+    ru.add_argument("--port", type=int, default=5050, help="the registry's port; its token service uses the next")
+    ru.add_argument("--listen", default="0.0.0.0", help="the interface to listen on")
+    ru.set_defaults(func=_registry_up)
+    rsub.add_parser("down", help="stop it (images stay)").set_defaults(func=_registry_down)
+    rsub.add_parser("status", help="where it runs, if it does").set_defaults(func=_registry_status)
+    rg.set_defaults(func=_registry_status)
+
+    im = sub.add_parser("images", help="a project's container images")
+    isub = im.add_subparsers(metavar="ACTION")
+    ip = isub.add_parser("push", help="copy SOURCE into the project's registry as REPO:TAG (with skopeo)")
+    ip.add_argument("source", help="an OCI archive (.tar), an OCI layout dir[:tag], a docker archive "
+                                   "(docker-archive:FILE), or a root file system directory")
+    ip.add_argument("image", help="REPO:TAG in the project's registry")
+    ip.add_argument("--project", default="default")
+    ip.set_defaults(func=_images_push)
+    il = isub.add_parser("list", help="the project's images (repo:tag)")
+    il.add_argument("--project", default="default")
+    il.set_defaults(func=_images_list)
+    im.set_defaults(func=_images_list, project="default")
 
     from htc_notebook.devcluster.cli import add_parser as _add_slurm_parser  # htc slurm up|down|status
 
@@ -331,6 +358,63 @@ def _auth(args):
     from htc_notebook.server.auth import Auth
 
     return Auth(os.path.abspath(args.root or os.environ.get("HTC_ROOT") or "htc-data"))
+
+
+# -- the container registry ------------------------------------------------------------------
+def _root(args) -> str:
+    import os
+
+    return os.path.abspath(args.root or os.environ.get("HTC_ROOT") or "htc-data")
+
+
+def _registry_up(args) -> int:
+    from htc_notebook.registry import daemon
+
+    state = daemon.up(_root(args), host=args.host, port=args.port, listen=args.listen)
+    print(f"registry on {state.address} (tokens from {state.realm}); push to {state.address}/<project>/REPO:TAG")
+    return 0
+
+
+def _registry_down(args) -> int:
+    from htc_notebook.registry import daemon
+
+    print("registry stopped" if daemon.down(_root(args)) else "no registry was running")
+    return 0
+
+
+def _registry_status(args) -> int:
+    from htc_notebook.registry import daemon
+
+    state = daemon.status(_root(args))
+    if state is None:
+        print("no registry running (htc registry up)")
+        return 1
+    print(f"registry on {state.address} (pid {state.registry_pid}), tokens from {state.realm} (pid {state.token_pid})")
+    return 0
+
+
+def _images_push(args) -> int:
+    from htc_notebook.registry import ProjectRegistry
+    from htc_notebook.registry.push import push
+
+    reg = ProjectRegistry(_root(args), _project_name(args.project))
+    digest = push(reg, args.source, args.image)
+    print(f"pushed {args.image} ({digest}) to {reg.prefix}{args.image}")
+    return 0
+
+
+def _images_list(args) -> int:
+    from htc_notebook.registry import ProjectRegistry
+
+    for image in ProjectRegistry(_root(args), _project_name(args.project)).images():
+        print(image)
+    return 0
+
+
+def _project_name(name: str) -> str:
+    from htc_notebook.spec import check_name
+
+    return check_name(name, field="--project")
 
 
 def _keys_create(args) -> int:

@@ -212,7 +212,11 @@ BAD = {
     "jobName with ;": ({"job_name": '"a;rm -rf"'}, [":1:", "jobName = 'a;rm -rf'", "found ';'"]),
     "env name with space": ({"extra": ('envs: [{name: "A B", value: x}]',)},
                             [":5:", "envs[0].name = 'A B'", "environment variable name"]),
-    "container image": ({"extra": ("imageName: ubuntu",)}, ["imageName='ubuntu'", "container images"]),
+    "container image": ({"extra": ("imageName: ubuntu:24.04",)}, ["imageName='ubuntu:24.04'", "container images"]),
+    "image without a tag": ({"extra": ("imageName: ubuntu",)}, ["imageName = 'ubuntu'", "repo:tag"]),
+    "image with ..": ({"extra": ('imageName: "../x:1"',)}, ["imageName = '../x:1'", "repo:tag"]),
+    "image with $()": ({"extra": ('imageName: "$(id):1"',)}, ["imageName = '$(id):1'", "repo:tag"]),
+    "image uppercase": ({"extra": ("imageName: Ubuntu:24.04",)}, ["imageName = 'Ubuntu:24.04'", "lowercase"]),
     "unknown key": ({"extra": ("maxVcpuz: 2",)},
                     [":5:", "maxVcpuz", "unknown key", "valid keys", "maxVCpus", "execTimeoutSeconds"]),
 }
@@ -241,7 +245,7 @@ def test_submit_missing_file(tmp_path):
 def test_submit_list_with_one_bad_batch_submits_none(tmp_path):
     root = tmp_path / "root"
     good = {"jobName": "ok", "batchSize": 1, "htcJobDefinition": {"commands": ["touch", "ran.txt"]}}
-    bad = {"jobName": "img", "batchSize": 1, "htcJobDefinition": {"commands": ["true"], "imageName": "ubuntu"}}
+    bad = {"jobName": "img", "batchSize": 1, "htcJobDefinition": {"commands": ["true"], "imageName": "ubuntu:24.04"}}
     path = tmp_path / "batches.json"
     path.write_text(json.dumps([good, bad]))
     r = htc("submit", str(path), "--project", "p", "--task", "t", root=root)

@@ -281,6 +281,15 @@ class Session:
                       call=self._call_for(task, row) if row.kind == "python" else None,
                       mpi=MpiLayout(**spec["mpi"]) if spec.get("mpi") else None, view=view)
 
+    # -- the data root's container registry -----------------------------------------
+    def registry(self, project: str):
+        """The container registry as `project` sees it (`htc_notebook.registry.ProjectRegistry`:
+        prefix, password, repositories, images); the registry itself runs apart (`htc registry up`)."""
+        from htc_notebook.registry import ProjectRegistry
+        from htc_notebook.spec import check_name
+
+        return ProjectRegistry(self.root, check_name(project, field="project"))
+
     # -- pilots (dask workers on a scheduler) --------------------------------------
     def pilots(self, profile: str | None = None):
         """The dask-jobqueue cluster of a SLURM profile (started on first use)."""

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Sequence, cast
 
 from pydantic import ValidationError
 
-from htc_notebook.errors import HTCError, SpecError
+from htc_notebook.errors import BackendError, HTCError, SpecError
 from htc_notebook.ledger import JobRow, TaskRow
 from htc_notebook.ledger.states import ACTIVE_NAMES, REQUEUEABLE_NAMES, STATES
 from htc_notebook.server.auth import Auth
@@ -125,9 +125,13 @@ class HTCApi:
     # -- shapes --------------------------------------------------------------------------------
     def project_json(self, name: str) -> dict[str, Any]:
         tasks = self.session.ledger.tasks(name)
+        reg = self.session.registry(name)
+        try:  # the registry down: no prefix to push to, the repositories created so far
+            prefix, repositories = reg.prefix, reg.repositories()
+        except BackendError:
+            prefix, repositories = "", reg.recorded()
         return {"projectId": name, "projectName": name, "regions": self.session.site.names(),
-                "containerRegistry": {"images": f"/htc/projects/{name}/container-registry/images"},
-                "taskCount": len(tasks)}
+                "containerRegistry": prefix, "repositories": repositories, "taskCount": len(tasks)}
 
     def task_json(self, row: TaskRow) -> dict[str, Any]:
         return {"taskId": str(row.id), "projectId": row.project, "taskName": row.name,
@@ -364,17 +368,50 @@ class HTCApi:
             raise ApiError(404, str(exc)) from None
 
     # -- container registry --------------------------------------------------------------------
+    # -- the project's container registry (htc_notebook.registry) -------------------------------
+    def _registry(self, user: str, project_id: str):
+        return self.session.registry(self._project(user, project_id))
+
+    def create_repo(self, user: str, project_id: str, repo: str) -> dict[str, Any]:
+        """Create a repository (idempotent: an existing one is left as it is)."""
+        reg = self._registry(user, project_id)
+        try:
+            reg.create_repo(repo)
+        except SpecError as exc:
+            raise ApiError(400, str(exc)) from None
+        return {"repoName": repo, "imagePrefix": _registry_call(lambda: reg.prefix) + repo}
+
+    def registry_token(self, user: str, project_id: str) -> str:
+        """The project's registry password: `login <containerRegistry host> -u <projectId>` with it."""
+        reg = self._registry(user, project_id)
+        _registry_call(lambda: reg.state)
+        return reg.password()
+
     def images(self, user: str, project_id: str) -> dict[str, Any]:
-        """The project's image catalog: the host environment only (imageName "")."""
-        self._project(user, project_id)
-        return {"images": [_HOST_IMAGE]}
+        """The project's images, as `repo:tag`."""
+        reg = self._registry(user, project_id)
+        return {"images": _registry_call(reg.images)}
 
     def image(self, user: str, project_id: str, image_name: str) -> dict[str, Any]:
-        self._project(user, project_id)
-        if image_name in ("host", ""):
-            return _HOST_IMAGE
-        raise ApiError(404, f"no image {image_name!r}: container images are not supported yet; "
-                            "imageName \"\" runs jobs on the host")
+        """`{"status": "READY"}` for an image the registry holds; 404 naming the known ones otherwise."""
+        reg = self._registry(user, project_id)
+        try:
+            digest = _registry_call(lambda: reg.digest(image_name))
+        except SpecError as exc:
+            raise ApiError(400, str(exc)) from None
+        if digest is None:
+            known = _registry_call(reg.images)
+            raise ApiError(404, f"no image {image_name!r} in project {project_id!r}; its images: "
+                                f"{', '.join(known) or '(none)'}")
+        return {"status": "READY", "imageName": image_name, "digest": digest}
+
+
+def _registry_call(fn):
+    """`fn()`, with a registry that is down or failing as 503 (the client may try again)."""
+    try:
+        return fn()
+    except BackendError as exc:
+        raise ApiError(503, str(exc)) from None
 
 
 class _Counted(NamedTuple):
@@ -384,7 +421,6 @@ class _Counted(NamedTuple):
     reason: str | None = None
 
 
-_HOST_IMAGE = {"imageName": "", "status": "READY", "description": "the host environment (no container)"}
 
 
 def _field(body: Any, name: str, kind: type) -> Any:

@@ -91,6 +91,10 @@ class Page(tuple):
     """(items, next token): sent as `{"items": ..., "next": URL}` (no `next` on the last page)."""
 
 
+class Text(str):
+    """A plain-text answer (the registry token)."""
+
+
 def _route(**verbs: Callable[..., Any]) -> Callable[[type[HTCHandler]], type[HTCHandler]]:
     """A handler class whose HTTP verbs run `verbs[verb](handler, user, *path_args)` on a thread
     (ledger reads, submissions and cluster starts must not block the server's event loop) and
@@ -107,6 +111,9 @@ def _route(**verbs: Callable[..., Any]) -> Callable[[type[HTCHandler]], type[HTC
                     return
                 if isinstance(out, Page):
                     self.send_page(*out)
+                elif isinstance(out, Text):
+                    self.set_header("Content-Type", "text/plain; charset=utf-8")
+                    self.finish(str(out))
                 elif isinstance(out, tuple):
                     status, body = out
                     if body is None:
@@ -188,6 +195,10 @@ def routes(base: type[HTCHandler], prefix: str, api: HTCApi) -> list[tuple[str, 
         (f"/htc/profiles/{seg}/check", _route(post=lambda h, u, n: h.api.check_request(u, n, h.body()))(base)),
         ("/htc/clusters", _route(get=lambda h, u: h.api.clusters(u))(base)),
         (f"/htc/clusters/{seg}", _route(post=lambda h, u, n: h.api.cluster_action(u, n, h.body()))(base)),
+        (f"/htc/projects/{seg}/container-registry/repo/{seg}", _route(
+            post=lambda h, u, p, r: h.api.create_repo(u, p, r))(base)),
+        (f"/htc/projects/{seg}/container-registry/token", _route(
+            get=lambda h, u, p: Text(h.api.registry_token(u, p)))(base)),
         (f"/htc/projects/{seg}/container-registry/images", _route(get=lambda h, u, p: h.api.images(u, p))(base)),
         (f"/htc/projects/{seg}/container-registry/images/{seg}", _route(
             get=lambda h, u, p, i: h.api.image(u, p, i))(base)),

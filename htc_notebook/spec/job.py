@@ -20,7 +20,7 @@ from pydantic import AliasChoices, BeforeValidator, Field, PlainSerializer, fiel
 from htc_notebook.errors import ConfigError, SpecError
 
 from ._model import SpecModel, as_whole, fail, whole
-from .names import EnvName, Name, SafeText
+from .names import EnvName, Name, SafeText, parse_image
 from .yaml_loader import LineMap, load_yaml, locate
 
 BATCH_LIMIT = 100_000
@@ -72,6 +72,13 @@ class EnvVar(SpecModel):
     value: SafeText
 
 
+def _image(value: object) -> object:
+    if value == "" or value is None:
+        return ""
+    parse_image(value, field="")
+    return value
+
+
 class BatchTag(SpecModel):
     """A batch tag as the HTC API sends it, `{"key": ..., "value": ...}` (a plain string is a tag too)."""
 
@@ -82,7 +89,8 @@ class BatchTag(SpecModel):
 class JobDefinition(SpecModel):
     """What every job of a batch runs, with what limits (HTC ``htcJobDefinition``)."""
 
-    image_name: str = Field("", **_alias("imageName", "image_name"))
+    # "" runs on the host; else repo:tag or repo@sha256:... of the project's registry (spec/names.py)
+    image_name: Annotated[str, BeforeValidator(_image)] = Field("", **_alias("imageName", "image_name"))
     max_vcpus: Annotated[int, whole(1)] = Field(1, **_alias("maxVCpus", "maxVcpus", "max_vcpus"))
     max_memory: Annotated[int | None, whole(1)] = Field(None, **_alias("maxMemory", "max_memory"))
     max_disk_gib: Annotated[int | None, whole(1)] = Field(None, **_alias("maxDiskGiB", "max_disk_gib"))

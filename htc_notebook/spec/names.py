@@ -70,6 +70,46 @@ def check_safe_text(value: object, field: str = "text") -> str:
     return value
 
 
+# OCI image references of the project's registry (the distribution spec's grammar, one path component)
+_REPO = re.compile(r"[a-z0-9]+(?:(?:[._]|__|[-]*)[a-z0-9]+)*")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_DIGEST = re.compile(r"sha256:[a-f0-9]{64}")
+REPO_FORM = "1-128 characters: lowercase letters and digits, with single . _ or - (or __) between them (an OCI repository name)"
+IMAGE_FORM = (f"repo:tag or repo@sha256:<64 hex digits> of the project's registry; repo: {REPO_FORM}; "
+              "tag: letters, digits, _ . - (1-128, not starting with . or -)")
+
+
+def check_repo_name(value: object, field: str = "repoName") -> str:
+    """Return `value` if it is a repository name of the project registry, else raise SpecError.
+
+    >>> check_repo_name("lammps-2024")
+    'lammps-2024'
+    """
+    if not isinstance(value, str) or len(value) > 128 or not _REPO.fullmatch(value):
+        raise SpecError("", field, value, REPO_FORM)
+    return value
+
+
+def parse_image(value: object, field: str = "imageName") -> tuple[str, str]:
+    """(repository, tag or digest) of an image reference `repo:tag` or `repo@sha256:...`, else SpecError.
+
+    >>> parse_image("lammps:2024.1"), parse_image("md@sha256:" + "a" * 64)[1][:10]
+    (('lammps', '2024.1'), 'sha256:aaa')
+    >>> parse_image("../etc:x")
+    Traceback (most recent call last):
+    ...
+    htc_notebook.errors.SpecError: imageName = '../etc:x' is not allowed: repo:tag or repo@sha256:<64 hex digits> of the project's registry; repo: 1-128 characters: lowercase letters and digits, with single . _ or - (or __) between them (an OCI repository name); tag: letters, digits, _ . - (1-128, not starting with . or -)
+    """
+    if isinstance(value, str):
+        repo, at, digest = value.partition("@")
+        if at and len(repo) <= 128 and _REPO.fullmatch(repo) and _DIGEST.fullmatch(digest):
+            return repo, digest
+        repo, colon, tag = value.partition(":")
+        if colon and len(repo) <= 128 and _REPO.fullmatch(repo) and _TAG.fullmatch(tag):
+            return repo, tag
+    raise SpecError("", field, value, IMAGE_FORM)
+
+
 Name = Annotated[str, BeforeValidator(lambda v: _check("name", v, ""))]
 EnvName = Annotated[str, BeforeValidator(lambda v: _check("env", v, ""))]
 SchedName = Annotated[str, BeforeValidator(lambda v: _check("sched", v, ""))]
