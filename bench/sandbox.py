@@ -4,8 +4,10 @@ Two ways, side by side in this one process, alternating (A B, B A, ...) so machi
 (1) the process alone: `subprocess.run(["true"])` against the same `true` under the sandbox's
     bwrap command line (`backends/sandbox.py::bwrap_argv`), `--jobs` times each;
 (2) whole jobs: a batch of `--jobs` `true` jobs on the local backend with `sandbox: none`
-    against the same batch with `sandbox: bwrap`, from submit to every job committed.
-Reported: milliseconds per job (medians) and the ratios bwrap / bare.
+    against the same batch with `sandbox: bwrap`, and in a busybox image of the project registry
+    (ch-run inside the sandbox), from submit to every job committed.
+Reported: milliseconds per job (medians), the ratios to bare, and the time to a first job of an
+image not yet unpacked against the same image cached.
 
     .venv/bin/python bench/sandbox.py [--jobs 200] [--pairs 5] [--write bench/results.md]
 """
@@ -13,6 +15,8 @@ Reported: milliseconds per job (medians) and the ratios bwrap / bare.
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -24,6 +28,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import _write  # noqa: E402
 
 
+def busybox_rootfs(where: Path, marker: str) -> Path:
+    """A root file system of Debian's busybox with /bin/true and a marker (a new digest per marker)."""
+    (where / "bin").mkdir(parents=True)
+    (where / "etc").mkdir()
+    shutil.copy(shutil.which("busybox"), where / "bin" / "busybox")
+    for applet in ("sh", "true"):
+        (where / "bin" / applet).symlink_to("busybox")
+    (where / "etc" / "marker").write_text(marker)
+    return where
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, default=200)
@@ -32,62 +47,86 @@ def main() -> int:
     args = ap.parse_args()
 
     from htc_notebook import Session, SiteConfig
+    from htc_notebook.backends.images import ch_run_argv
     from htc_notebook.backends.sandbox import JobView, bwrap_argv
+    from htc_notebook.registry import ProjectRegistry, daemon
+    from htc_notebook.registry.push import push
 
     def site(mode: str) -> SiteConfig:
         data = SiteConfig.builtin().model_dump(exclude_defaults=True)
-        data["profiles"]["local"]["sandbox"] = mode
+        data["profiles"]["local"]["sandbox"] = "none" if mode == "none" else "bwrap"
         return SiteConfig.model_validate(data)
 
+    modes = ("none", "bwrap", "image")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        view = JobView(str(root), str(root / "t"), str(root / "s"))
-        for d in (root / "t" / ".htc" / "checkpoints", root / "s"):
-            d.mkdir(parents=True)
-
-        def processes(mode: str) -> float:
-            argv = ["true"] if mode == "none" else bwrap_argv(view, ["true"])
-            t0 = time.perf_counter()
-            for _ in range(args.jobs):
-                subprocess.run(argv, check=True, stdin=subprocess.DEVNULL)
-            return (time.perf_counter() - t0) / args.jobs
-
-        sessions = {mode: Session(root / mode, site=site(mode)) for mode in ("none", "bwrap")}
+        daemon.up(root / "image", port=5350, listen="127.0.0.1")
+        registry = ProjectRegistry(root / "image", "bench")
+        push(registry, str(busybox_rootfs(root / "rootfs", "v1")), "busybox:v1")
+        sessions = {mode: Session(root / mode, site=site(mode)) for mode in modes}
         runs = iter(range(10**6))
+        command = {"none": ["true"], "bwrap": ["true"], "image": ["/bin/true"]}
 
-        def jobs(mode: str) -> float:
+        def jobs(mode: str, n: int = args.jobs, image: str = "busybox:v1") -> float:
             task = sessions[mode].project("bench").task(f"run-{next(runs)}")
+            definition = {"commands": command[mode], **({"imageName": image} if mode == "image" else {})}
             t0 = time.perf_counter()
-            group = task.submit_batch({"jobName": "true", "batchSize": args.jobs,
-                                       "htcJobDefinition": {"commands": ["true"]}})
+            group = task.submit_batch({"jobName": "true", "batchSize": n, "htcJobDefinition": definition})
             group.wait(timeout=600)
-            dt = (time.perf_counter() - t0) / args.jobs
-            assert group.counts()["SUCCEEDED"] == args.jobs, group.counts()
+            dt = (time.perf_counter() - t0) / n
+            assert group.counts()["SUCCEEDED"] == n, (group.counts(), group[0].row.reason)
             return dt
 
         try:
-            jobs("none"), jobs("bwrap")  # warm up both
+            for mode in modes:
+                jobs(mode)  # warm up each (the image is pulled and unpacked here)
+            rootfs = next(p / "rootfs" for p in (root / "image" / "registry" / "cache").iterdir() if p.is_dir())
+            view = JobView(str(root / "image"), str(root / "t"), str(root / "s"))
+            for d in (root / "t" / ".htc" / "checkpoints", root / "s"):
+                d.mkdir(parents=True)
+            argv = {"none": ["true"], "bwrap": bwrap_argv(view, ["true"]),
+                    "image": bwrap_argv(view, ch_run_argv(str(rootfs), view.task_dir, view.shared_dir, ["/bin/true"]),
+                                        image=str(rootfs))}
+            for d in (view.task_dir, view.shared_dir):
+                (rootfs / d.lstrip("/")).mkdir(parents=True, exist_ok=True)
+
+            def processes(mode: str) -> float:
+                t0 = time.perf_counter()
+                for _ in range(args.jobs):
+                    subprocess.run(argv[mode], check=True, stdin=subprocess.DEVNULL, env={**os.environ, "USER": "root"})
+                return (time.perf_counter() - t0) / args.jobs
+
             times: dict[tuple[str, str], list[float]] = {}
             for i in range(args.pairs):
-                order = ("none", "bwrap") if i % 2 == 0 else ("bwrap", "none")
+                order = modes if i % 2 == 0 else modes[::-1]
                 for what, fn in (("process", processes), ("job", jobs)):
                     for mode in order:
                         times.setdefault((what, mode), []).append(fn(mode))
                 print("pair", i, " ".join(f"{w}/{m} {v[-1] * 1e3:.2f} ms" for (w, m), v in times.items()), flush=True)
+            first, cached = [], []
+            for i in range(3):  # one job of an image not yet unpacked here, then one of it cached
+                push(registry, str(busybox_rootfs(root / f"rootfs-{i}", f"fresh {i}")), f"fresh:v{i}")
+                first.append(jobs("image", 1, f"fresh:v{i}"))
+                cached.append(jobs("image", 1, f"fresh:v{i}"))
         finally:
             for s in sessions.values():
                 s.close()
+            daemon.down(root / "image")
 
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    rows = [("process alone (subprocess.run)", "process"), ("whole job (submit to committed)", "job")]
     summary = "\n".join([
-        f"{args.jobs} `true` per run x {args.pairs} alternating pairs, local backend, medians:",
+        f"{args.jobs} `true` per run x {args.pairs} alternating rounds, local backend, medians "
+        "(image: busybox from the project registry, run with ch-run inside the sandbox):",
         "",
-        "| | bare | bwrap sandbox | ratio bwrap/bare |",
-        "|---|---|---|---|",
-        f"| process alone (subprocess.run) | {med['process', 'none']:.2f} ms | {med['process', 'bwrap']:.2f} ms "
-        f"| **{med['process', 'bwrap'] / med['process', 'none']:.2f}** |",
-        f"| whole job (submit to committed) | {med['job', 'none']:.2f} ms | {med['job', 'bwrap']:.2f} ms "
-        f"| **{med['job', 'bwrap'] / med['job', 'none']:.2f}** |",
+        "| | bare | bwrap sandbox | image (sandbox + ch-run) | sandbox/bare | image/bare |",
+        "|---|---|---|---|---|---|",
+        *[f"| {label} | {med[k, 'none']:.2f} ms | {med[k, 'bwrap']:.2f} ms | {med[k, 'image']:.2f} ms "
+          f"| **{med[k, 'bwrap'] / med[k, 'none']:.2f}** | **{med[k, 'image'] / med[k, 'none']:.2f}** |"
+          for label, k in rows],
+        "",
+        f"One job of an image not yet unpacked (resolve, pull, unpack, run): {statistics.median(first):.2f} s "
+        f"(median of 3); the same image once cached: {statistics.median(cached):.2f} s.",
     ])
     print(summary)
     if args.write:

@@ -318,13 +318,14 @@ def _profiles_discover(args) -> int:
 # -- submit -------------------------------------------------------------------------
 def _submit(args) -> int:
     from htc_notebook.runtime import Session
-    from htc_notebook.runtime.plan import check_definition, render_batch
+    from htc_notebook.runtime.plan import check_definition, check_image, render_batch
     from htc_notebook.spec import SiteConfig, load_batches
 
     batches = load_batches(args.file)
     site = SiteConfig.load(args.site)
     for b in batches:  # every batch is checked before anything is written (no empty task, no half-submitted list)
         check_definition(site, args.profile, b.htc_job_definition)
+        check_image(_root(args), _project_name(args.project), b.htc_job_definition)
     if args.dry_run:
         for b in batches:
             print(render_batch(site, b, args.profile))

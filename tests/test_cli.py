@@ -212,7 +212,7 @@ BAD = {
     "jobName with ;": ({"job_name": '"a;rm -rf"'}, [":1:", "jobName = 'a;rm -rf'", "found ';'"]),
     "env name with space": ({"extra": ('envs: [{name: "A B", value: x}]',)},
                             [":5:", "envs[0].name = 'A B'", "environment variable name"]),
-    "container image": ({"extra": ("imageName: ubuntu:24.04",)}, ["imageName='ubuntu:24.04'", "container images"]),
+    "image, no registry": ({"extra": ("imageName: ubuntu:24.04",)}, ["registry", "htc registry up"]),
     "image without a tag": ({"extra": ("imageName: ubuntu",)}, ["imageName = 'ubuntu'", "repo:tag"]),
     "image with ..": ({"extra": ('imageName: "../x:1"',)}, ["imageName = '../x:1'", "repo:tag"]),
     "image with $()": ({"extra": ('imageName: "$(id):1"',)}, ["imageName = '$(id):1'", "repo:tag"]),
@@ -249,7 +249,7 @@ def test_submit_list_with_one_bad_batch_submits_none(tmp_path):
     path = tmp_path / "batches.json"
     path.write_text(json.dumps([good, bad]))
     r = htc("submit", str(path), "--project", "p", "--task", "t", root=root)
-    assert_user_error(r, "container images")
+    assert_user_error(r, "htc registry up")
     assert_nothing_written(root)
 
 

@@ -20,7 +20,9 @@ from htc_notebook.ui.table import TableModel
 
 @pytest.fixture(scope="module")
 def ip():
-    shell = start_ipython()
+    from IPython import get_ipython
+
+    shell = start_ipython() or get_ipython()  # one global shell per process, whichever module starts it
     shell.run_line_magic("load_ext", "htc_notebook")
     return shell
 

@@ -51,7 +51,7 @@ def busybox_layout(where: Path, marker: str) -> Path:
         (rootfs / d).mkdir(exist_ok=True)
     shutil.copy(shutil.which("busybox"), rootfs / "bin" / "busybox")
     (rootfs / "bin" / "sh").symlink_to("busybox")
-    (rootfs / "etc" / "marker").write_text(marker)
+    (rootfs / "etc" / "marker").write_text(marker + "\n")
     subprocess.run(["umoci", "repack", "--image", f"{where}:v1", str(bundle)], check=True, capture_output=True)
     return where
 

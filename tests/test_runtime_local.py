@@ -14,6 +14,7 @@ import pytest
 
 from htc_notebook import JobBatch, JobFailed, SpecError, Sweep
 from htc_notebook.errors import UnsupportedFeature
+from htc_notebook.registry import RegistryNotRunning
 
 
 def _alive(pid: int, wait: float = 5.0) -> bool:
@@ -241,7 +242,7 @@ def test_economy_jobs_start_after_priority_jobs(session):
 def test_bad_requests_are_refused_before_anything_is_written(session):
     task = session.project("e2e").task("refused")
     cores = session.profile(None).cores_per_node
-    with pytest.raises(UnsupportedFeature, match="container images"):
+    with pytest.raises(RegistryNotRunning, match="htc registry up"):  # no registry in this data root
         task.submit_batch({"jobName": "img", "batchSize": 1,
                            "htcJobDefinition": {"imageName": "ubuntu:24.04", "commands": ["true"]}})
     with pytest.raises(SpecError, match="cores"):

@@ -41,6 +41,7 @@ class Launch:
     name: str = "job"  # the job's (batch's) name
     mpi: MpiLayout | None = None  # MPI jobs: how many ranks where (see backends/mpi_jobs.py)
     view: Any = None  # a `sandbox.JobView`: what of the data root the job may see (command jobs are confined to it)
+    image: str | None = None  # command jobs with an imageName: the image's unpacked root file system
 
 
 def oom_reason(limit_mib: int | None) -> str:

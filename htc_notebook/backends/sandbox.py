@@ -5,7 +5,8 @@ The job sees the host's system read-only, its task directory read-write (but the
 nothing else of the data root: other tasks, other projects, the ledger and the keys are hidden
 under an empty tmpfs. /dev and /tmp are the node's (MPI ranks share memory through them).
 A job that is not an MPI rank also gets its own PID namespace, so it cannot reach other
-processes' files through /proc/<pid>/root. Open MPI's shared-memory transport crashes across
+processes' files through /proc/<pid>/root; the job is the namespace's pid 1 (so its CPU time
+reaches the runner's wait4, and a signal it has no handler for does not kill it; SIGKILL does). Open MPI's shared-memory transport crashes across
 PID namespaces (seen with Open MPI 4.1: vader segfaults), so MPI ranks keep the node's.
 
 >>> view = JobView(root="/d", task_dir="/d/projects/p/tasks/t", shared_dir="/d/projects/p/shared")
@@ -14,18 +15,20 @@ bwrap --die-with-parent --ro-bind / / --dev-bind /dev /dev --proc /proc --bind /
  --ro-bind /d/projects/p/shared /d/projects/p/shared --bind /d/projects/p/tasks/t /d/projects/p/tasks/t
  --ro-bind /d/projects/p/tasks/t/.htc /d/projects/p/tasks/t/.htc
  --bind /d/projects/p/tasks/t/.htc/checkpoints /d/projects/p/tasks/t/.htc/checkpoints
- --chdir /d/projects/p/tasks/t --unshare-pid -- ./md in.lj
+ --chdir /d/projects/p/tasks/t --unshare-pid --as-pid-1 -- ./md in.lj
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import pwd
 import subprocess
 from dataclasses import dataclass, replace
 from typing import Sequence
 
 from htc_notebook.backends.base import Launch
+from htc_notebook.backends.images import in_image
 from htc_notebook.errors import BackendError
 from htc_notebook.spec import PartitionProfile
 
@@ -49,24 +52,33 @@ class JobView:
         return os.path.join(self.internal, "checkpoints")
 
 
-def bwrap_argv(view: JobView, argv: Sequence[str], *, pid_namespace: bool = True) -> list[str]:
-    """The argv that runs `argv` confined to `view` (a pure function: nothing is checked on disk)."""
+def bwrap_argv(view: JobView, argv: Sequence[str], *, pid_namespace: bool = True,
+               image: str | None = None) -> list[str]:
+    """The argv that runs `argv` confined to `view` (a pure function: nothing is checked on disk);
+    `image`, a root file system under the data root that `argv` runs in, is shown read-only."""
     task, shared = view.task_dir, view.shared_dir
     out = [BWRAP, "--die-with-parent", "--ro-bind", "/", "/", "--dev-bind", "/dev", "/dev", "--proc", "/proc",
            "--bind", "/tmp", "/tmp", "--tmpfs", view.root, "--ro-bind", shared, shared, "--bind", task, task,
            "--ro-bind", view.internal, view.internal, "--bind", view.checkpoints, view.checkpoints,
-           "--chdir", task]
-    if pid_namespace:
-        out.append("--unshare-pid")
+           *(["--ro-bind", image, image] if image else []), "--chdir", task]
+    if pid_namespace:  # the job is its pid 1: bwrap's own reaper would hide its CPU time from wait4
+        out += ["--unshare-pid", "--as-pid-1"]
     return out + ["--", *argv]
 
 
 def confined(launch: Launch, profile: PartitionProfile) -> Launch:
-    """A command launch as it runs on `profile`: in the sandbox unless the profile says `sandbox: none`.
+    """A command launch as it runs on `profile`: in its image (if it has one) with the profile's
+    container runtime, in the sandbox unless the profile says `sandbox: none`.
     Python calls (and the rank program of an MPI function) are not confined by this."""
-    if launch.kind != "command" or launch.view is None or profile.sandbox == "none":
+    if launch.kind != "command" or launch.view is None:
         return launch
-    return replace(launch, command=tuple(bwrap_argv(launch.view, launch.command, pid_namespace=launch.mpi is None)))
+    argv, env = list(launch.command), launch.env
+    if launch.image:
+        argv = in_image(profile.container_runtime, launch.image, launch.view.task_dir, launch.view.shared_dir, argv)
+        env = {"USER": os.environ.get("USER") or pwd.getpwuid(os.getuid()).pw_name, **env}  # ch-run wants it
+    if profile.sandbox != "none":
+        argv = bwrap_argv(launch.view, argv, pid_namespace=launch.mpi is None, image=launch.image)
+    return replace(launch, command=tuple(argv), env=env)
 
 
 @functools.cache

@@ -9,7 +9,7 @@ import subprocess
 from htc_notebook.errors import DevClusterError
 
 PACKAGES = ("slurmctld", "slurmd", "slurm-client", "slurmdbd", "mariadb-server", "munge", "openmpi-bin",
-            "libopenmpi-dev", "iproute2", "util-linux", "bubblewrap")
+            "libopenmpi-dev", "iproute2", "util-linux", "bubblewrap", "charliecloud-runtime")
 SYSTEMD_UNITS = ("slurmctld", "slurmd", "slurmdbd", "mariadb")
 
 

@@ -12,6 +12,7 @@ through the API before anything was pushed to them are recorded in `registry/rep
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import os
@@ -64,6 +65,14 @@ class ProjectRegistry:
     def password(self) -> str:
         """The registry password of this project (user name: the project id)."""
         return self.keys.password(self.project)
+
+    def write_authfile(self, path: Path) -> Path:
+        """A containers-auth.json (0600) with this project's login, for skopeo's --*-authfile."""
+        credential = base64.b64encode(f"{self.project}:{self.password()}".encode()).decode()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"auths": {self.state.address: {"auth": credential}}}, f)
+        return path
 
     # -- repositories ------------------------------------------------------------------------
     def _recorded(self) -> Path:
@@ -119,6 +128,37 @@ class ProjectRegistry:
             if exc.code == 404:
                 return None
             raise BackendError(f"the registry answered {exc.code} for {image}") from None
+
+    def manifest(self, image: str) -> tuple[str, dict]:
+        """(digest, manifest) of an image (of an index: its linux/amd64 or first manifest); KeyError if absent."""
+        repo, ref = parse_image(image)
+        name = f"{self.namespace}/{repo}"
+        access = [{"type": "repository", "name": name, "actions": ["pull"]}]
+        for _ in range(2):
+            request = self._request(f"/v2/{name}/manifests/{ref}", access)
+            request.add_header("Accept", MANIFESTS)
+            try:
+                with urllib.request.urlopen(request, timeout=10) as r:
+                    digest, body = r.headers.get("Docker-Content-Digest") or ref, json.loads(r.read())
+            except urllib.error.HTTPError as exc:
+                if exc.code == 404:
+                    raise KeyError(image) from None
+                raise BackendError(f"the registry answered {exc.code} for {image}") from None
+            if "manifests" not in body:
+                return digest, body
+            chosen = next((m for m in body["manifests"] if m.get("platform", {}).get("architecture") == "amd64"),
+                          body["manifests"][0])
+            ref = chosen["digest"]
+        raise BackendError(f"{image}: an index of indexes is not supported")
+
+    def architecture(self, image: str) -> str:
+        """The image's platform architecture (amd64, arm64, ...), from its config."""
+        _, manifest = self.manifest(image)
+        repo, _ = parse_image(image)
+        name = f"{self.namespace}/{repo}"
+        config = self._get(f"/v2/{name}/blobs/{manifest['config']['digest']}",
+                           [{"type": "repository", "name": name, "actions": ["pull"]}])
+        return (config or {}).get("architecture", "")
 
     # -- http ----------------------------------------------------------------------------------
     def _request(self, path: str, access: list[dict], method: str = "GET") -> urllib.request.Request:

@@ -11,9 +11,6 @@ credentials go to skopeo in a private auth file, never on its command line.
 
 from __future__ import annotations
 
-import base64
-import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -43,7 +40,8 @@ def skopeo_source(source: str) -> str | None:
                     "docker-archive:FILE, oci-archive:FILE, or a root file system directory")
 
 
-def _run(argv: list[str], what: str) -> None:
+def run_tool(argv: list[str], what: str) -> None:
+    """Run a tool (skopeo, umoci, cp); BackendError with its own words if it is missing or fails."""
     if shutil.which(argv[0]) is None:
         raise BackendError(f"{argv[0]} is not installed (Debian: apt install {argv[0]})")
     done = subprocess.run(argv, capture_output=True, text=True)
@@ -53,12 +51,12 @@ def _run(argv: list[str], what: str) -> None:
 
 def pack_rootfs(rootfs: str, layout: Path) -> str:
     """A root file system directory as an OCI layout (umoci, rootless); returns skopeo's source name."""
-    _run(["umoci", "init", "--layout", str(layout)], "umoci init")
-    _run(["umoci", "new", "--image", f"{layout}:packed"], "umoci new")
+    run_tool(["umoci", "init", "--layout", str(layout)], "umoci init")
+    run_tool(["umoci", "new", "--image", f"{layout}:packed"], "umoci new")
     bundle = layout.parent / "bundle"
-    _run(["umoci", "unpack", "--rootless", "--image", f"{layout}:packed", str(bundle)], "umoci unpack")
-    _run(["cp", "-a", f"{rootfs}/.", str(bundle / "rootfs")], "copying the root file system")
-    _run(["umoci", "repack", "--image", f"{layout}:packed", str(bundle)], "umoci repack")
+    run_tool(["umoci", "unpack", "--rootless", "--image", f"{layout}:packed", str(bundle)], "umoci unpack")
+    run_tool(["cp", "-a", f"{rootfs}/.", str(bundle / "rootfs")], "copying the root file system")
+    run_tool(["umoci", "repack", "--image", f"{layout}:packed", str(bundle)], "umoci repack")
     return f"oci:{layout}:packed"
 
 
@@ -73,12 +71,8 @@ def push(registry: ProjectRegistry, source: str, image: str) -> str:
         src = skopeo_source(source)
         if src is None:
             src = pack_rootfs(source, Path(tmp) / "layout")
-        auth = Path(tmp) / "auth.json"
-        credential = base64.b64encode(f"{registry.project}:{registry.password()}".encode()).decode()
-        fd = os.open(auth, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"auths": {registry.state.address: {"auth": credential}}}, f)
-        _run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", "--dest-authfile", str(auth), src,
+        auth = registry.write_authfile(Path(tmp) / "auth.json")
+        run_tool(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", "--dest-authfile", str(auth), src,
               f"docker://{prefix}{repo}:{tag}"], f"skopeo copy {source} -> {prefix}{image}")
     digest = registry.digest(image)
     if digest is None:

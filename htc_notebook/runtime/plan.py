@@ -8,7 +8,7 @@ from __future__ import annotations
 import platform
 import shlex
 
-from htc_notebook.errors import SpecError, UnsupportedFeature
+from htc_notebook.errors import SpecError
 from htc_notebook.spec import JobBatch, JobDefinition, PartitionProfile, Resources, SiteConfig
 
 PRIORITY = {"ON_DEMAND_PRIORITY": 0, "ON_DEMAND_ECONOMY": 1}
@@ -18,10 +18,6 @@ _MACHINE_ARCH = {"x86_64": "X86", "amd64": "X86", "aarch64": "AARCH64", "arm64":
 def check_definition(site: SiteConfig, profile: str | None,
                      d: JobDefinition) -> tuple[PartitionProfile, Resources, int]:
     """Check a job definition against a profile: (profile, resources, priority rank)."""
-    if d.image_name:
-        raise UnsupportedFeature(
-            f"imageName={d.image_name!r}: container images are not supported yet; "
-            "leave imageName empty to run the commands on the host")
     prof = site.profile(profile or site.default_profile)
     arch = prof.architecture
     if prof.backend == "local":
@@ -31,6 +27,18 @@ def check_definition(site: SiteConfig, profile: str | None,
                         f"the architecture of profile {prof.name!r}: {arch}")
     res = prof.resolve(Resources(cores=d.max_vcpus, memory=d.max_memory, walltime=d.exec_timeout_seconds))
     return prof, res, PRIORITY[d.priority]
+
+
+def check_image(root, project: str, d: JobDefinition) -> str | None:
+    """The digest `d.image_name` resolves to in `project`'s registry under data root `root` (None
+    without an image); SpecError if the project has no such image or it is of another architecture,
+    RegistryNotRunning if the registry is down. Reads the registry only: nothing is written."""
+    if not d.image_name:
+        return None
+    from htc_notebook.registry import ProjectRegistry
+    from htc_notebook.registry.pull import resolve
+
+    return resolve(ProjectRegistry(root, project), d.image_name, d.architecture)
 
 
 def render_batch(site: SiteConfig, batch: JobBatch, profile: str | None = None) -> str:
@@ -46,6 +54,9 @@ def render_batch(site: SiteConfig, batch: JobBatch, profile: str | None = None) 
     ]
     if envs:
         lines.append(f"# env: {envs}")
+    if d.image_name:
+        lines.append(f"# image: {d.image_name} of the project's registry, with {prof.container_runtime} "
+                     "(resolved to its digest at submit)")
     lines.append(shlex.join(d.commands))
     if prof.backend == "slurm":
         lines.append(_slurm_script(prof, batch, res, prio))

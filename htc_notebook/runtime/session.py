@@ -279,7 +279,8 @@ class Session:
                       memory=spec.get("memory"), disk_gib=spec.get("disk_gib"),
                       gpus=spec.get("gpus", 0), throttle=spec.get("throttle"),
                       call=self._call_for(task, row) if row.kind == "python" else None,
-                      mpi=MpiLayout(**spec["mpi"]) if spec.get("mpi") else None, view=view)
+                      mpi=MpiLayout(**spec["mpi"]) if spec.get("mpi") else None, view=view,
+                      image=(spec.get("image") or {}).get("rootfs") if isinstance(spec.get("image"), dict) else None)
 
     # -- the data root's container registry -----------------------------------------
     def registry(self, project: str):

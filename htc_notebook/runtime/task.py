@@ -249,8 +249,24 @@ class Task:
         """Check an HTC job definition against a profile: (profile, resources, spec, priority)."""
         prof, res, priority = check_definition(self.session.site, profile, d)
         spec = self._spec(res, retries, commands=list(d.commands), envs={e.name: e.value for e in d.envs},
-                          disk_gib=d.max_disk_gib, image=d.image_name)
+                          disk_gib=d.max_disk_gib, image=self._image(d))
         return prof, res, spec, priority
+
+    def _image(self, d: JobDefinition) -> dict[str, str] | str:
+        """The job's image, resolved once for every job of the batch: its name, the digest it runs
+        (a tag moved later does not change what a retry runs) and its unpacked root file system.
+        Refused before anything is recorded if the project has no such image, or it is of another
+        architecture."""
+        if not d.image_name:
+            return ""
+        from htc_notebook.registry.pull import add_mount_points, resolve, rootfs
+
+        registry = self.session.registry(self.project)
+        digest = resolve(registry, d.image_name, d.architecture)
+        root = rootfs(registry, d.image_name, digest)
+        st = self.session.storage
+        add_mount_points(root, [str(st.task_dir(self.project, self.name)), str(st.shared_dir(self.project))])
+        return {"name": d.image_name, "digest": digest, "rootfs": str(root)}
 
     def _store(self, obj: object, fn: object) -> str:
         """Pickle `obj` now (an unpicklable function fails here, not on a node) and keep it where a

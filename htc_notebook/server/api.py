@@ -237,11 +237,21 @@ class HTCApi:
                 batches.append(JobBatch.model_validate(item))
             except (ValidationError, SpecError) as exc:
                 raise ApiError(400, f"batch {i}: {exc}") from None
+        from htc_notebook.runtime.plan import check_definition, check_image
         from htc_notebook.runtime.task import Task
 
         task = Task(self.session, task_row)
         out = []
         names = set(self.session.site.names())
+        for batch in batches:  # the profile's limits and the image, for every batch before any is submitted
+            try:
+                check_definition(self.session.site, batch.region if batch.region in names else None,
+                                 batch.htc_job_definition)
+                check_image(self.session.root, task_row.project, batch.htc_job_definition)
+            except BackendError as exc:
+                raise ApiError(503, f"batch {batch.job_name!r}: {exc}") from None
+            except HTCError as exc:
+                raise ApiError(400, f"batch {batch.job_name!r}: {exc}") from None
         for batch in batches:
             try:  # `region` names the profile (partition) to run on; else the site's default
                 group = task.submit_batch(batch, profile=batch.region if batch.region in names else None)

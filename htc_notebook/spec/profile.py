@@ -88,6 +88,9 @@ class PartitionProfile(SpecModel):
     # directory read-write, the project's shared directory read-only, the rest of the data root hidden.
     # "none" runs them as plain processes (a site without bwrap or user namespaces)
     sandbox: Literal["bwrap", "none"] = "bwrap"
+    # jobs with an imageName run in it with this container runtime (backends/images.py); apptainer
+    # is rendered for sites that have it (it cannot be installed on the test machine)
+    container_runtime: Literal["charliecloud", "apptainer"] = "charliecloud"
 
     @model_validator(mode="after")
     def _defaults(self) -> PartitionProfile:

@@ -8,7 +8,7 @@ raises IPython's UsageError with the usage text. Submissions return the handle
     %htc clusters
     %htc cluster start|scale|adapt|stop PROFILE [--jobs N] [--min A] [--max B]
     %htc use PROJECT/TASK
-    %htc submit [--profile P] [--task T] [--sweep NAME=SPEC ...] [--nodes N --ranks-per-node R]
+    %htc submit [--profile P] [--task T] [--sweep NAME=SPEC ...] [--image REPO:TAG] [--nodes N --ranks-per-node R]
                 [--cores C] [--memory M] [--timeout S] [--dry-run] -- COMMAND ...
     %%htc submit [...]                 (the cell is a bash script; sweep parameters are its variables)
     %htc status [TASK]  |  %htc cancel JOB|TASK  |  %htc retry JOB|TASK
@@ -67,6 +67,7 @@ def _parser() -> _Parser:
     s.add_argument("--cores", type=_whole)
     s.add_argument("--memory")
     s.add_argument("--timeout", type=_whole)
+    s.add_argument("--image", help="REPO:TAG of the project's registry to run the command in")
     s.add_argument("--dry-run", action="store_true")
     s.add_argument("command", nargs=argparse.REMAINDER)
     for name in ("status", "attach"):
@@ -222,6 +223,8 @@ class HTCMagics(Magics):
         mpi = args.nodes is not None or args.ranks_per_node is not None
         if args.dry_run:
             return self._dry_run(task, argv, sweep, args, mpi)
+        if mpi and args.image:
+            raise UsageError("%htc submit: --image with MPI (--nodes/--ranks-per-node) is not supported yet")
         if mpi:
             members = sweep.members if sweep else [None]
             handles = [task.mpi(list(render_command(argv, m.params)) if m else list(argv),
@@ -231,7 +234,8 @@ class HTCMagics(Magics):
             return LiveGroup(task.session, task.id, [h.id for h in handles], name)
         definition = JobDefinition(commands=list(argv), maxVCpus=args.cores or 1,
                                    **({"maxMemory": _mib(args.memory)} if args.memory else {}),
-                                   **({"execTimeoutSeconds": args.timeout} if args.timeout else {}))
+                                   **({"execTimeoutSeconds": args.timeout} if args.timeout else {}),
+                                   **({"imageName": args.image} if args.image else {}))
         if sweep is None:
             group = task.submit_batch({"jobName": name, "batchSize": 1,
                                        "htcJobDefinition": definition.to_wire()}, profile=args.profile)
@@ -262,6 +266,8 @@ class HTCMagics(Magics):
                 d["maxMemory"] = _mib(args.memory)
             if args.timeout:
                 d["execTimeoutSeconds"] = args.timeout
+            if args.image:
+                d["imageName"] = args.image
             batch = JobBatch.model_validate({"jobName": args.name or first[0].rsplit("/", 1)[-1][:60] or "job",
                                              "batchSize": 1, "htcJobDefinition": d})
             lines.append(render_batch(task.session.site, batch, args.profile))

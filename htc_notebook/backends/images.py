@@ -1,0 +1,36 @@
+"""Command lines that run a job's argv in its image: one pure function per container runtime.
+
+The image is an unpacked root file system (registry/pull.py). The task directory is bound at
+its own path and is the working directory; the project's shared directory is bound at its own
+path (read-only under the sandbox, which wraps this: backends/sandbox.py); nothing else of the
+host's files is seen but the image. Charliecloud (`ch-run`, unprivileged) runs here; Apptainer,
+what most sites have, is rendered the same way (not installable on this machine: its lines are
+tested as text only).
+
+>>> print(" ".join(ch_run_argv("/c/rootfs", "/d/t", "/d/s", ["md", "in.lj"])))
+ch-run --bind=/d/t --bind=/d/s --cd=/d/t /c/rootfs -- md in.lj
+>>> print(" ".join(apptainer_argv("/c/rootfs", "/d/t", "/d/s", ["md"])))
+apptainer exec --contain --no-home --bind /d/t --bind /d/s:/d/s:ro --pwd /d/t /c/rootfs md
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+
+def ch_run_argv(rootfs: str, task_dir: str, shared_dir: str, argv: Sequence[str]) -> list[str]:
+    """Charliecloud: the image read-only, the task and shared directories bound in."""
+    return ["ch-run", f"--bind={task_dir}", f"--bind={shared_dir}", f"--cd={task_dir}", rootfs, "--", *argv]
+
+
+def apptainer_argv(rootfs: str, task_dir: str, shared_dir: str, argv: Sequence[str]) -> list[str]:
+    """Apptainer (rendering only here): a contained run of the unpacked image (a sandbox directory)."""
+    return ["apptainer", "exec", "--contain", "--no-home", "--bind", task_dir, "--bind", f"{shared_dir}:{shared_dir}:ro",
+            "--pwd", task_dir, rootfs, *argv]
+
+
+RUNTIMES = {"charliecloud": ch_run_argv, "apptainer": apptainer_argv}
+
+
+def in_image(runtime: str, rootfs: str, task_dir: str, shared_dir: str, argv: Sequence[str]) -> list[str]:
+    return RUNTIMES[runtime](rootfs, task_dir, shared_dir, argv)

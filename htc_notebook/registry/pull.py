@@ -1,0 +1,82 @@
+"""Images made ready to run: resolved to a digest, checked against the job's architecture, pulled
+once and unpacked into `<data root>/registry/cache/<digest>/rootfs` (the shared file system, so
+every node of the cluster finds it; one unpack per digest, under a lock, renamed into place).
+
+>>> ARCHITECTURES["X86"], ARCHITECTURES["AARCH64"]
+('amd64', 'arm64')
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tempfile
+from pathlib import Path
+
+from htc_notebook.errors import SpecError
+from htc_notebook.registry import daemon
+from htc_notebook.registry.catalog import ProjectRegistry
+from htc_notebook.registry.push import run_tool as _run
+from htc_notebook.spec.names import parse_image
+
+ARCHITECTURES = {"X86": "amd64", "AARCH64": "arm64", "A100": "amd64"}
+# what ch-run needs to find in an image (Charliecloud's own image builder adds them)
+MOUNT_POINTS = ("dev", "proc", "sys", "tmp", "home", "mnt")
+FILES = ("etc/passwd", "etc/group", "etc/hosts", "etc/resolv.conf")
+
+
+def resolve(registry: ProjectRegistry, image: str, architecture: str, field: str = "imageName") -> str:
+    """The digest of `image` in the project's registry. SpecError if it is not there (naming the
+    project's images) or if its platform is not `architecture` (X86 = amd64, AARCH64 = arm64)."""
+    parse_image(image, field=field)
+    try:
+        digest, _ = registry.manifest(image)
+    except KeyError:
+        known = registry.images()
+        raise SpecError("JobDefinition", field, image, f"an image of project {registry.project!r}: "
+                        f"{', '.join(known) or '(none pushed yet: htc images push)'}") from None
+    arch, wanted = registry.architecture(image), ARCHITECTURES.get(architecture, architecture)
+    if arch != wanted:
+        raise SpecError("JobDefinition", "architecture", architecture,
+                        f"the platform of image {image!r}: {arch} "
+                        f"({next((k for k, v in ARCHITECTURES.items() if v == arch), 'no architecture of this toolkit')})")
+    return digest
+
+
+def rootfs(registry: ProjectRegistry, image: str, digest: str) -> Path:
+    """The unpacked root file system of `image` at `digest`, pulled and unpacked on first use."""
+    cache = daemon.registry_dir(registry.root) / "cache"
+    final = cache / digest.replace(":", "-")
+    if (final / "rootfs").is_dir():
+        return final / "rootfs"
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / f"{final.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one unpack per digest, whoever asks
+        if (final / "rootfs").is_dir():
+            return final / "rootfs"
+        repo, _ = parse_image(image)
+        with tempfile.TemporaryDirectory(prefix=f".{final.name}-", dir=cache) as tmp:
+            auth = registry.write_authfile(Path(tmp) / "auth.json")
+            layout, bundle = Path(tmp) / "layout", Path(tmp) / "bundle"
+            _run(["skopeo", "copy", "--quiet", "--src-tls-verify=false", "--src-authfile", str(auth),
+                  f"docker://{registry.prefix}{repo}@{digest}", f"oci:{layout}:image"], f"pulling {image}")
+            _run(["umoci", "unpack", "--rootless", "--image", f"{layout}:image", str(bundle)], f"unpacking {image}")
+            root = bundle / "rootfs"
+            for d in MOUNT_POINTS:
+                (root / d).mkdir(exist_ok=True)
+            for name in FILES:
+                (root / name).parent.mkdir(parents=True, exist_ok=True)
+                (root / name).touch(exist_ok=True)
+            target = Path(tmp) / "done"
+            target.mkdir()
+            root.rename(target / "rootfs")
+            target.rename(final)
+    return final / "rootfs"
+
+
+
+def add_mount_points(root: Path, paths: list[str]) -> None:
+    """Empty directories in the image for the host directories bound into it (ch-run needs the
+    mount point to exist, and the image is read-only when a job runs)."""
+    for path in paths:
+        (root / os.path.realpath(path).lstrip("/")).mkdir(parents=True, exist_ok=True)

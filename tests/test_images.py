@@ -1,0 +1,104 @@
+"""Jobs in images (issue 13 item 3): `imageName` of the project's registry runs the commands in that
+image with Charliecloud (ch-run), inside the bubblewrap sandbox, on the local backend and on two
+SLURM nodes. The image is built here from busybox; what the job prints proves where it ran: the
+image's own /etc/marker, no host /usr, its task directory writable, the shared one read-only."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from htc_notebook import Session, SiteConfig, use
+from htc_notebook.errors import SpecError
+from htc_notebook.registry import ProjectRegistry, daemon
+from htc_notebook.registry.push import push
+
+from test_notebook_layer import ip  # noqa: F401 - the IPython shell with %htc loaded
+from test_registry import TOOLS, busybox_layout
+from test_server_e2e import _port
+from conftest import missing
+
+REPO = Path(__file__).resolve().parents[1]
+PROBE = ["/bin/sh", "-c", 'cat /etc/marker; cat "$HTC_PROJECT_SHARED/in.txt"; '
+         '[ -e /usr/bin/python3 ] && echo host-visible || echo host-hidden; '
+         'echo ran > "out-$HTC_JOB_ID" && echo task-writable; '
+         '(echo x > "$HTC_PROJECT_SHARED/new") 2>/dev/null && echo shared-writable || echo shared-read-only; '
+         '/bin/busybox hostname']
+
+
+def _registry(root: Path, tmp_path: Path) -> ProjectRegistry:
+    import shutil
+
+    absent = [t for t in (*TOOLS, "ch-run", "bwrap") if shutil.which(t) is None]
+    if absent:
+        missing(f"{', '.join(absent)} not installed (make test installs them)")
+    daemon.up(root, port=_port(), listen="127.0.0.1")
+    reg = ProjectRegistry(root, "md")
+    push(reg, f"oci:{busybox_layout(tmp_path / 'img', 'inside the busybox image')}:v1", "tools:v1")
+    arm = busybox_layout(tmp_path / "arm", "arm")
+    subprocess.run(["umoci", "config", "--image", f"{arm}:v1", "--architecture=arm64"], check=True, capture_output=True)
+    push(reg, f"oci:{arm}:v1", "armtools:v1")
+    return reg
+
+
+def _run(s: Session, jobs: int, profile: str | None = None, cores: int = 1) -> list[list[str]]:
+    task = s.project("md").task(f"img-{uuid.uuid4().hex[:6]}")
+    (s.storage.shared_dir("md") / "in.txt").write_text("shared input\n")
+    group = task.submit_batch({"jobName": "probe", "batchSize": jobs, "htcJobDefinition": {
+        "imageName": "tools:v1", "commands": PROBE, "maxVCpus": cores}}, profile=profile)
+    group.wait(timeout=300)
+    out = []
+    for h in group:
+        assert h.status == "SUCCEEDED", (h.row.reason, h.logs("err"))
+        out.append(h.logs("out").split())
+        assert (task.storage.path(f"out-{h.id}")).read_text() == "ran\n"
+    return out
+
+
+def test_a_batch_runs_in_its_image_on_the_local_backend_and_bad_images_are_refused(ip, tmp_path):  # noqa: F811
+    root = tmp_path / "root"
+    try:
+        _registry(root, tmp_path)
+        with Session(root, site=SiteConfig.builtin()) as s:
+            for words in _run(s, 2):
+                assert words[:8] == ["inside", "the", "busybox", "image", "shared", "input", "host-hidden",
+                                     "task-writable"], words
+                assert words[8] == "shared-read-only", words
+            task = s.project("md").task("refused")
+            for image, field, needle in (("tools:v2", "imageName", "tools:v1"),
+                                         ("armtools:v1", "architecture", "arm64")):
+                with pytest.raises(SpecError) as err:
+                    task.submit_batch({"jobName": "x", "batchSize": 1,
+                                       "htcJobDefinition": {"imageName": image, "commands": ["true"]}})
+                assert err.value.field.endswith(field) and needle in str(err.value), str(err.value)
+            assert task.jobs().rows() == []  # refused before anything was recorded
+            with use(s.project("md").task("magic")):  # %htc submit --image, as in a notebook
+                shown = ip.run_line_magic("htc", "submit --image tools:v1 -- /bin/busybox cat /etc/marker")
+                (job,) = [s.job(i) for i in shown.ids]
+                assert job.wait(timeout=60).status == "SUCCEEDED" and job.logs("out") == "inside the busybox image\n"
+            digests = [p for p in (root / "registry" / "cache").glob("sha256-*") if p.is_dir()]
+            assert len(digests) == 1  # pulled and unpacked once for both jobs
+    finally:
+        daemon.down(root)
+
+
+@pytest.mark.slurm
+def test_a_batch_runs_in_its_image_on_two_slurm_nodes(slurm_cluster, tmp_path):
+    site = SiteConfig.from_yaml(yaml.safe_dump({"profiles": {"cpu": {
+        "backend": "slurm", "partition": "cpu", "cores_per_node": 2, "memory_per_node": "2G", "max_nodes": 2,
+        "bundle": 1, "python": slurm_cluster.python}}}))
+    root = REPO / "test-output" / f"images-{uuid.uuid4().hex[:8]}"  # the shared file system: nodes find the image
+    try:
+        _registry(root, tmp_path)
+        with Session(root, site=site) as s:
+            out = _run(s, 4, profile="cpu", cores=2)
+    finally:
+        daemon.down(root)
+    for words in out:
+        assert words[:9] == ["inside", "the", "busybox", "image", "shared", "input", "host-hidden",
+                             "task-writable", "shared-read-only"], words
+    assert {words[9] for words in out} == {"node1", "node2"}, out
