@@ -66,3 +66,18 @@ def test_the_cgroups_of_a_dead_process_are_cleared_when_the_next_one_starts(tmp_
         assert not dead.exists()
     finally:
         memory_limit.cgroup_parent.cache_clear()
+
+
+def test_a_job_that_fills_its_scratch_gets_enospc_and_a_reason_that_says_so(session):
+    """maxDiskGiB: each (sandboxed) job gets its own scratch tmpfs of that size at $HTC_SCRATCH."""
+    task = session.project("limits").task("disk")
+    fill = ["sh", "-c", 'ls -A "$HTC_SCRATCH" | wc -l; [ "$TMPDIR" = "$HTC_SCRATCH" ] && echo tmpdir; '
+            'exec dd if=/dev/zero of="$HTC_SCRATCH/fill" bs=1M count="$1"', "fill"]
+    jobs = {mib: task.submit_batch({"jobName": f"fill-{mib}", "batchSize": 1, "htcJobDefinition": {
+        "commands": fill + [str(mib)], "maxDiskGiB": 1}})[0] for mib in (1500, 100)}
+    full, fits = (jobs[m].wait(timeout=120) for m in (1500, 100))
+    assert full.status == "FAILED", full.reason
+    assert full.reason == ("exited with code 1; disk full (ENOSPC: 'No space left on device' in its log): "
+                           "its scratch of maxDiskGiB=1 GiB ($HTC_SCRATCH) is full")
+    assert fits.status == "SUCCEEDED", fits.reason
+    assert jobs[100].logs("out").split() == ["0", "tmpdir"]  # its own scratch: empty, not the other job's

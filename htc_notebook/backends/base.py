@@ -7,6 +7,8 @@ ledger: the runtime owns the truth (design G5) and records what backends report.
 
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
@@ -48,6 +50,24 @@ def oom_reason(limit_mib: int | None) -> str:
     """Why a job the kernel's OOM killer stopped failed, in one wording for every backend."""
     return (f"out of memory (limit {limit_mib} MiB): the OOM killer stopped it" if limit_mib
             else "out of memory: the OOM killer stopped it")
+
+
+ENOSPC_TEXT = "No space left on device"  # strerror(ENOSPC), what tools print when a disk is full
+
+
+def disk_full_reason(log_err: str | Path, disk_gib: int | None) -> str | None:
+    """If the job's error log says a disk was full: why, naming its scratch limit (None otherwise)."""
+    try:
+        with open(log_err, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 65536))
+            tail = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    if ENOSPC_TEXT not in tail:
+        return None
+    where = f"its scratch of maxDiskGiB={disk_gib} GiB ($HTC_SCRATCH) is full" if disk_gib else "a disk was full"
+    return f"disk full (ENOSPC: '{ENOSPC_TEXT}' in its log): {where}"
 
 
 def call_outcome(launch: Launch, report: dict[str, Any]) -> Outcome:

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import cloudpickle
 
-from htc_notebook.backends.base import Launch, Reporter, call_outcome, oom_reason
+from htc_notebook.backends.base import Launch, Reporter, call_outcome, disk_full_reason, oom_reason
 from htc_notebook.backends.memory_limit import cgroup_parent, limited_argv
 from htc_notebook.backends.mpi_jobs import verdict
 from htc_notebook.backends.mpi_pool import RankPool
@@ -165,6 +165,8 @@ class CommandRunner:
                         if launch.memory and cage is None:
                             reason += (f" (its address space was limited to maxMemory={launch.memory} MiB by "
                                        "prlimit: this machine gives it no memory cgroup)")
+                        full = disk_full_reason(launch.log_err, launch.disk_gib)
+                        reason = f"{reason}; {full}" if full else reason
         except Exception as exc:  # noqa: BLE001 - a runner bug must still end the job
             reason = f"runner error: {type(exc).__name__}: {exc}"
         finally:

@@ -52,15 +52,20 @@ class JobView:
         return os.path.join(self.internal, "checkpoints")
 
 
+SCRATCH = "/tmp/htc-scratch"  # each job's own tmpfs of maxDiskGiB, mounted here in its namespace
+
+
 def bwrap_argv(view: JobView, argv: Sequence[str], *, pid_namespace: bool = True,
-               image: str | None = None) -> list[str]:
+               image: str | None = None, scratch_gib: int | None = None) -> list[str]:
     """The argv that runs `argv` confined to `view` (a pure function: nothing is checked on disk);
-    `image`, a root file system under the data root that `argv` runs in, is shown read-only."""
+    `image`, a root file system under the data root that `argv` runs in, is shown read-only;
+    `scratch_gib` gives the job a scratch tmpfs of that size at SCRATCH."""
     task, shared = view.task_dir, view.shared_dir
     out = [BWRAP, "--die-with-parent", "--ro-bind", "/", "/", "--dev-bind", "/dev", "/dev", "--proc", "/proc",
            "--bind", "/tmp", "/tmp", "--tmpfs", view.root, "--ro-bind", shared, shared, "--bind", task, task,
            "--ro-bind", view.internal, view.internal, "--bind", view.checkpoints, view.checkpoints,
-           *(["--ro-bind", image, image] if image else []), "--chdir", task]
+           *(["--ro-bind", image, image] if image else []),
+           *(["--size", str(scratch_gib << 30), "--tmpfs", SCRATCH] if scratch_gib else []), "--chdir", task]
     if pid_namespace:  # the job is its pid 1: bwrap's own reaper would hide its CPU time from wait4
         out += ["--unshare-pid", "--as-pid-1"]
     return out + ["--", *argv]
@@ -77,7 +82,11 @@ def confined(launch: Launch, profile: PartitionProfile) -> Launch:
         argv = in_image(profile.container_runtime, launch.image, launch.view.task_dir, launch.view.shared_dir, argv)
         env = {"USER": os.environ.get("USER") or pwd.getpwuid(os.getuid()).pw_name, **env}  # ch-run wants it
     if profile.sandbox != "none":
-        argv = bwrap_argv(launch.view, argv, pid_namespace=launch.mpi is None, image=launch.image)
+        # maxDiskGiB: a scratch of that size for a job that is not MPI (ranks on one node share /tmp)
+        scratch = launch.disk_gib if launch.mpi is None else None
+        argv = bwrap_argv(launch.view, argv, pid_namespace=launch.mpi is None, image=launch.image, scratch_gib=scratch)
+        if scratch:
+            env = {**env, "HTC_SCRATCH": SCRATCH, "TMPDIR": SCRATCH}
     return replace(launch, command=tuple(argv), env=env)
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from htc_notebook.backends.base import PER_JOB_ENV, Launch, Reporter, oom_reason
+from htc_notebook.backends.base import PER_JOB_ENV, Launch, Reporter, disk_full_reason, oom_reason
 from htc_notebook.backends.mpi_ranks import is_python_job, rank_dir, read_outcome
 from htc_notebook.backends.slurm import limits as site_limits
 from htc_notebook.backends.slurm import scheduler
@@ -48,6 +48,7 @@ class Tracked:
     state_dir: Path
     timeout: int | None = None
     memory: int | None = None  # MiB asked for (to say so when the cgroup kills it)
+    disk_gib: int | None = None  # its scratch (to say so when it fills up)
     last: tuple | None = None  # last (status, reason, host) reported
     gone_since: float | None = None  # monotonic time it was first missing from squeue
 
@@ -151,7 +152,8 @@ class ArrayRunner:
         with self._lock:
             for l in chunk:
                 if l.job_id in natives:
-                    self._tracked[l.job_id] = Tracked(l.job_id, l.attempt, natives[l.job_id], sdir, l.timeout, l.memory)
+                    self._tracked[l.job_id] = Tracked(l.job_id, l.attempt, natives[l.job_id], sdir, l.timeout, l.memory,
+                                                      l.disk_gib)
         what = f"as array {job}" + (f", {bundle} jobs per array task" if bundle > 1 else "")
         self._reporter.submitted(natives, reason=f"submitted to SLURM {what}")
 
@@ -398,6 +400,8 @@ def _read_exit(t: Tracked) -> Outcome | None:
         reason = f"killed by signal {code - 128}"
     else:
         reason = f"exited with code {code}"
+        full = disk_full_reason(t.state_dir.parent.parent / "logs" / f"job-{t.job_id}.err", t.disk_gib)
+        reason = f"{reason}; {full}" if full else reason
     return Outcome(t.job_id, t.attempt, "FAILED", reason=reason, exit_code=code, host=host,
                    started=started, ended=ended, cause=cause, **used)
 
