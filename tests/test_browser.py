@@ -174,3 +174,42 @@ def test_sidebar_shows_kernel_work_logs_cancel_and_survives_reload(lab):
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+def test_sidebar_shows_each_projects_registry_and_images(lab, tmp_path):
+    """Issue 13 item 6: the project's registry prefix and its images, as pushed (a real registry)."""
+    from playwright.sync_api import sync_playwright
+
+    from htc_notebook import Session, SiteConfig
+    from htc_notebook.registry import ProjectRegistry, daemon
+    from htc_notebook.registry.push import push
+    from test_server_e2e import _port
+
+    url, token, root = lab
+    data = root / "htc-data"
+    _require(all(shutil.which(t) for t in ("docker-registry", "skopeo", "umoci", "busybox")), "the registry tools")
+    state = daemon.up(data, port=_port(), listen="127.0.0.1")
+    try:
+        with Session(data, site=SiteConfig.builtin()) as s:
+            s.project("with-images")
+        rootfs = tmp_path / "rootfs"
+        (rootfs / "bin").mkdir(parents=True)
+        shutil.copy(shutil.which("busybox"), rootfs / "bin" / "busybox")
+        push(ProjectRegistry(data, "with-images"), str(rootfs), "tools:v1")
+        OUT.mkdir(parents=True, exist_ok=True)
+        with sync_playwright() as p:
+            browser = _browser(p)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            try:
+                page.goto(f"{url}/lab?token={token}")
+                page.wait_for_selector(".jp-LabShell", timeout=90_000)
+                if not page.locator(".htc-sidebar .htc-project").count():
+                    page.click("li.lm-TabBar-tab[data-id='htc-sidebar']")
+                line = page.locator(".htc-sidebar .htc-registry", has_text=f"{state.address}/with-images/")
+                line.wait_for(timeout=30_000)
+                assert line.locator(".htc-images").inner_text() == "tools:v1"
+            finally:
+                page.screenshot(path=str(OUT / "sidebar-registry.png"), full_page=True)
+                browser.close()
+    finally:
+        daemon.down(data)

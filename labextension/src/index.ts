@@ -147,6 +147,18 @@ class HTCSidebar extends Widget {
       const tree = el('div', 'htc-tree');
       for (const p of projects) {
         tree.append(el('div', 'htc-project', p.projectName));
+        if (p.containerRegistry) {
+          // the project's registry: where to push, and the images jobs may name (imageName)
+          let images: string[] = [];
+          try {
+            images = (await api(`projects/${encodeURIComponent(p.projectId)}/container-registry/images`)).images;
+          } catch {
+            // the registry went down between the two calls: show the prefix only
+          }
+          const registry = el('div', 'htc-registry', `images at ${p.containerRegistry}: `);
+          registry.append(el('span', 'htc-images', images.length ? images.join(', ') : '(none pushed)'));
+          tree.append(registry);
+        }
         const tasks = (await api(`projects/${encodeURIComponent(p.projectId)}/tasks`)).items;
         for (const t of tasks) {
           const stats = (await api(`projects/${encodeURIComponent(p.projectId)}/tasks/${t.taskId}/summary-statistics`)).jobStatuses;
