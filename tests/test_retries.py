@@ -13,9 +13,19 @@ from contextlib import contextmanager
 
 import pytest
 
+from test_sandbox import _local_site
+
 from htc_notebook import JobGroup, RetryPolicy, Session, SiteConfig
 
 NOW = RetryPolicy(retries=1, backoff=0)
+
+
+@pytest.fixture(scope="module")
+def unconfined(tmp_path_factory):
+    """Python calls in their worker's own process (`sandbox: none`), so a call can SIGKILL its worker:
+    for the worker-death tests (a confined call dying with its worker: tests/test_call_sandbox.py)."""
+    with Session(tmp_path_factory.mktemp("unconfined"), site=_local_site(sandbox="none")) as s:
+        yield s
 
 
 def wait_for(predicate, timeout: float = 60, what: str = "condition"):
@@ -75,7 +85,7 @@ def test_a_retry_waits_in_the_ledger_and_a_cancel_calls_it_off(session):
     assert job.status == "CANCELLED" and len(job.attempts) == 1 and job.row.retry_at is None
 
 
-def test_python_calls_that_lose_their_worker_are_requeued_without_using_retries(session, tmp_path):
+def test_python_calls_that_lose_their_worker_are_requeued_without_using_retries(unconfined, tmp_path):
     """The worker process running the call dies (SIGKILL), twice: each death ends one attempt
     (cause lost; dask does not rerun it unseen), each is requeued even with retries=0, and the
     third run succeeds: the ledger holds every run."""
@@ -89,7 +99,7 @@ def test_python_calls_that_lose_their_worker_are_requeued_without_using_retries(
             os.kill(os.getpid(), signal.SIGKILL)
         return kills
 
-    task = session.project("retries").task("worker")
+    task = unconfined.project("retries").task("worker")
     job = task.submit(die_twice)
     row = job.wait(timeout=120)
     assert row.status == "SUCCEEDED", row.reason
@@ -112,7 +122,7 @@ def finished_then_killed(session, gate, runs, before_kill=lambda: None):
         yield fut
 
 
-def test_a_finished_call_whose_worker_dies_before_its_result_is_collected_is_a_lost_attempt(session, tmp_path):
+def test_a_finished_call_whose_worker_dies_before_its_result_is_collected_is_a_lost_attempt(unconfined, tmp_path):
     """The call finishes, then its worker is SIGKILLed before the collector gathers the result: the
     attempt ends FAILED with cause lost (not "NoneType: None"), dask's own rerun of it is cancelled,
     and the next attempt's result is the one committed."""
@@ -127,9 +137,9 @@ def test_a_finished_call_whose_worker_dies_before_its_result_is_collected_is_a_l
             time.sleep(0.01)
         return len(runs.read_text().splitlines())
 
-    task = session.project("retries").task("lost-result")
+    task = unconfined.project("retries").task("lost-result")
     job = task.submit(finish_then_wait)
-    with finished_then_killed(session, gate, runs, before_kill=hold.touch) as fut:
+    with finished_then_killed(unconfined, gate, runs, before_kill=hold.touch) as fut:
         wait_for(lambda: fut.status == "lost", what="the result to be lost with its worker")
     wait_for(lambda: job.row.attempts == 2, what="the next attempt")
     hold.unlink()
@@ -141,7 +151,7 @@ def test_a_finished_call_whose_worker_dies_before_its_result_is_collected_is_a_l
     assert job.result() == len(runs.read_text().splitlines())  # the last run's value, committed once
 
 
-def test_a_lost_result_that_dask_computes_again_before_the_collector_looks_is_still_a_lost_attempt(session,
+def test_a_lost_result_that_dask_computes_again_before_the_collector_looks_is_still_a_lost_attempt(unconfined,
                                                                                                     tmp_path):
     """As above, but dask's rerun (inside the same attempt) finishes before the collector looks: the
     collector saw no "lost" status, yet dask's remove-worker event named the result lost, so the
@@ -155,9 +165,9 @@ def test_a_lost_result_that_dask_computes_again_before_the_collector_looks_is_st
             f.write(f"{os.getpid()}\n")
         return len(runs.read_text().splitlines())
 
-    task = session.project("retries").task("rerun-first")
+    task = unconfined.project("retries").task("rerun-first")
     job = task.submit(finish_then_count)
-    with finished_then_killed(session, gate, runs) as fut:
+    with finished_then_killed(unconfined, gate, runs) as fut:
         wait_for(lambda: len(runs.read_text().splitlines()) == 2 and fut.status == "finished",
                  what="dask to run it again and finish")
     row = job.wait(timeout=60)
@@ -206,7 +216,7 @@ def test_a_retry_due_when_the_kernel_died_runs_once_in_the_next_sessions(tmp_pat
         assert [e.kind for e in s.ledger.events(job_id=job_id)].count("retrying") == 1
 
 
-def test_a_call_that_loses_its_worker_resumes_from_its_checkpoint(session, tmp_path):
+def test_a_call_that_loses_its_worker_resumes_from_its_checkpoint(unconfined, tmp_path):
     """`storage.current().checkpoint()` saves state a later run of the same job restores: the
     worker dies at step 20 on the first run; the next run starts at step 20, not 0."""
     marker = tmp_path / "died"
@@ -224,7 +234,7 @@ def test_a_call_that_loses_its_worker_resumes_from_its_checkpoint(session, tmp_p
             st.checkpoint((i + 1, total))
         return start, total
 
-    job = session.project("retries").task("checkpoint").submit(steps, 40)
+    job = unconfined.project("retries").task("checkpoint").submit(steps, 40)
     assert job.result(timeout=120) == (20, sum(range(40)))
 
 

@@ -50,11 +50,11 @@ class LocalBackend:
     def submit(self, launches: Sequence[Launch]) -> None:
         """Commands and MPI programs as subprocesses, MPI functions on the rank pool (all within the
         profile's cores); Python calls on dask."""
-        commands = [confined(l, self.profile) for l in launches if l.kind == "command" or l.mpi]
-        if self.profile.sandbox == "bwrap" and any(l.kind == "command" for l in commands):
+        launches = [confined(l, self.profile) for l in launches]
+        if self.profile.sandbox == "bwrap" and any(l.kind == "command" for l in launches):
             check_sandbox(self.profile.name)
         self._commands.submit([l if not l.mpi else pooled(l, self.profile) if on_pool(l, self.profile)
-                               else wrap(l, self.profile) for l in commands])
+                               else wrap(l, self.profile) for l in launches if l.kind == "command" or l.mpi])
         self._calls.submit([l for l in launches if l.kind == "python" and not l.mpi])
 
     def cancel(self, job_ids: Sequence[int]) -> None:

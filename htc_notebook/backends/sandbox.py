@@ -72,9 +72,12 @@ def bwrap_argv(view: JobView, argv: Sequence[str], *, pid_namespace: bool = True
 
 
 def confined(launch: Launch, profile: PartitionProfile) -> Launch:
-    """A command launch as it runs on `profile`: in its image (if it has one) with the profile's
-    container runtime, in the sandbox unless the profile says `sandbox: none`.
-    Python calls (and the rank program of an MPI function) are not confined by this."""
+    """A launch as it runs on `profile`. A command: in its image (if it has one) with the profile's
+    container runtime, in the sandbox unless the profile says `sandbox: none`. A Python call keeps
+    its view, which its worker confines it to (`call_sandbox`), unless the profile says `sandbox:
+    none`. The rank program of an MPI function is not confined."""
+    if launch.kind == "python" and profile.sandbox == "none":
+        return replace(launch, view=None)
     if launch.kind != "command" or launch.view is None:
         return launch
     argv, env = list(launch.command), launch.env

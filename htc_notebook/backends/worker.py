@@ -20,6 +20,7 @@ from typing import Any, Iterator
 
 import cloudpickle
 
+from htc_notebook.backends.call_sandbox import ConfinementError, run_confined
 from htc_notebook.storage.views import checkpoint_path
 
 
@@ -148,13 +149,14 @@ class JobRunner:
     an explanation instead of killing workers.
     """
 
-    def __init__(self, fn: Any, cwd: str, env: dict[str, str], timeout: float | None = None):
+    def __init__(self, fn: Any, cwd: str, env: dict[str, str], timeout: float | None = None, view: Any = None):
         self.payload = cloudpickle.dumps(fn)
         self.digest = hashlib.sha256(self.payload).hexdigest()
         self.name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
         self.cwd, self.env = cwd, env  # env: the variables every job here shares
         self.timeout = timeout  # the longest a call may take (declared), if known
         self.expected: float | None = None  # p95 of the calls that ended so far, anywhere (set by the client)
+        self.view = view  # a `sandbox.JobView`: the calls run confined to it (`call_sandbox`); None: unconfined
 
     def __call__(self, jobs: list[tuple[int, int, tuple, dict, tuple[str, str]]]) -> list[dict[str, Any]]:
         """Run each (job_id, index, args, kwargs, logs) in turn; one report per job."""
@@ -166,19 +168,32 @@ class JobRunner:
             try:
                 fn = _LOADED[self.digest] = cloudpickle.loads(self.payload)
             except Exception as exc:  # noqa: BLE001
-                now = time.time()
-                return [{"ok": False, "host": socket.gethostname(), "pid": os.getpid(), "started": now,
-                         "ended": now,
-                         "message": (f"could not load {self.name} on {socket.gethostname()}: "
-                                     f"{type(exc).__name__}: {exc}. Define the function in the notebook, or "
-                                     "in a module installed where the jobs run")}] * len(jobs)
-        reports = []
-        for job_id, index, args, kwargs, logs in jobs:
-            reports.append(run_call(fn, args, kwargs, self.cwd,
-                                    {**self.env, "HTC_JOB_ID": str(job_id), "HTC_JOB_INDEX": str(index),
-                                     "HTC_CHECKPOINT": str(checkpoint_path(self.cwd, job_id))}, logs))
-            times.append(reports[-1]["ended"] - reports[-1]["started"])
+                return _failed(len(jobs), f"could not load {self.name} on {socket.gethostname()}: "
+                                          f"{type(exc).__name__}: {exc}. Define the function in the notebook, or "
+                                          "in a module installed where the jobs run")
+
+        def run_all() -> list[dict[str, Any]]:
+            return [run_call(fn, args, kwargs, self.cwd,
+                             {**self.env, "HTC_JOB_ID": str(job_id), "HTC_JOB_INDEX": str(index),
+                              "HTC_CHECKPOINT": str(checkpoint_path(self.cwd, job_id))}, logs)
+                    for job_id, index, args, kwargs, logs in jobs]
+
+        try:
+            reports = run_confined(self.view, run_all)
+        except ConfinementError as exc:
+            return _failed(len(jobs), f"{exc}. Allow user namespaces on {socket.gethostname()}, or set "
+                                      "`sandbox: none` in the profile to run Python calls unconfined")
+        except RuntimeError as exc:  # the confined process died under the calls (a crash, the OOM killer)
+            return _failed(len(jobs), str(exc))
+        times.extend(r["ended"] - r["started"] for r in reports)
         return reports
+
+
+def _failed(n: int, message: str) -> list[dict[str, Any]]:
+    """Reports for `n` jobs that did not run (or died together), all saying `message`."""
+    now = time.time()
+    return [{"ok": False, "host": socket.gethostname(), "pid": os.getpid(), "started": now, "ended": now,
+             "message": message}] * n
 
 
 def run_call(fn: Any, args: tuple, kwargs: dict, cwd: str, env: dict[str, str],

@@ -107,7 +107,7 @@ class Ledger:
                 for statement in (V3_UPGRADE if version < 3 else ()) + V4_UPGRADE:
                     con.execute(statement)
                 con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            else:
+            elif version != SCHEMA_VERSION:  # equal: another process made it while we waited for the lock
                 raise LedgerError(f"schema version {version}, this htc_notebook understands "
                                   f"{SCHEMA_VERSION}; upgrade htc_notebook or use another data root")
             con.execute("COMMIT")

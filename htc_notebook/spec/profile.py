@@ -85,8 +85,9 @@ class PartitionProfile(SpecModel):
     bundle: Annotated[int, whole(1)] | None = None
     warning: SafeText | None = None
     # command jobs run in a bubblewrap sandbox (backends/sandbox.py): the host read-only, their task
-    # directory read-write, the project's shared directory read-only, the rest of the data root hidden.
-    # "none" runs them as plain processes (a site without bwrap or user namespaces)
+    # directory read-write, the project's shared directory read-only, the rest of the data root hidden;
+    # Python calls see the same through namespaces their worker makes (backends/call_sandbox.py).
+    # "none" runs both unconfined (a site without bwrap or user namespaces)
     sandbox: Literal["bwrap", "none"] = "bwrap"
     # jobs with an imageName run in it with this container runtime (backends/images.py); apptainer
     # is rendered for sites that have it (it cannot be installed on the test machine)

@@ -1,0 +1,178 @@
+"""Python calls confined like command jobs, without starting another interpreter.
+
+A worker (local, or a SLURM pilot) runs the calls of one dask task in a child it forks. The child
+enters new mount and PID namespaces (and a user namespace when it is not root, as bwrap does)
+in which the data root shows what bwrap shows a command job (`sandbox.bwrap_argv`): an empty
+read-only tmpfs with the task directory bound read-write (its `.htc/` read-only but
+`checkpoints/`) and the project's shared directory read-only. Other tasks, other projects, the
+ledger and the keys are not there, so `open()` fails with the OS's own error. The calls run in a
+new PID namespace (below its init) with a /proc of its own, so they cannot reach the worker's
+view through /proc/<pid>/root. Their reports come back pickled through a pipe.
+
+The function was loaded (its modules imported) in the worker before the fork, so a confined call
+costs three forks and a few mounts, not an interpreter start (bench/sandbox.py). Whatever the call
+starts dies with it (its namespace's init exits when the call ends), and each process is
+SIGKILLed if its parent dies. A confined call cannot use its worker's dask connection (`get_client()`).
+
+>>> run_confined(None, lambda: 6 * 7)   # no view: the work runs here, unconfined
+42
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import pickle
+import signal
+import traceback
+from typing import Any, Callable, TypeVar
+
+import cloudpickle
+
+T = TypeVar("T")
+
+CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID = 0x00020000, 0x10000000, 0x20000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE, MS_RELATIME = 0x20, 0x1000, 0x4000, 0x40000, 0x200000
+ST_NOATIME, ST_NODIRATIME, ST_RELATIME = 0x400, 0x800, 0x1000
+PR_SET_PDEATHSIG = 1
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class ConfinementError(OSError):
+    """The call could not be confined (no namespaces here, or a mount refused): nothing of it ran."""
+
+
+def _call(what: str, rc: int) -> None:
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise ConfinementError(err, f"{what}: {os.strerror(err)}")
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    enc = lambda s: None if s is None else s.encode()  # noqa: E731
+    _call(f"mount {target}", _libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)))
+
+
+def _locked_flags(path: str) -> int:
+    """The flags of the mount `path` is on that a remount inside a user namespace must keep."""
+    f = os.statvfs(path).f_flag
+    flags = f & (MS_NOSUID | MS_NODEV | MS_NOEXEC | ST_NOATIME | ST_NODIRATIME)
+    return flags | (MS_RELATIME if f & ST_RELATIME else 0)
+
+
+def _bind(source: str, target: str, *, readonly: bool) -> None:
+    """Bind `source` at `target`, then set it read-only or writable (a bind copies its source's flags)."""
+    _mount(source, target, None, MS_BIND | MS_REC)
+    _mount(None, target, None, MS_BIND | MS_REMOUNT | (MS_RDONLY if readonly else 0) | _locked_flags(target))
+
+
+def _enter(view: Any) -> None:
+    """Unshare the mount and PID namespaces (and the user namespace when not root) and show the data
+    root as `view` allows. The PID namespace takes effect for the next child."""
+    uid, gid = os.getuid(), os.getgid()
+    os.makedirs(view.checkpoints, exist_ok=True)
+    _call("unshare", _libc.unshare(CLONE_NEWNS | CLONE_NEWPID | (CLONE_NEWUSER if uid else 0)))
+    if uid:  # map ourselves, so files we write keep our owner
+        for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(text)
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing mounted here reaches the host
+    # the bind sources, opened in the new namespace (a bind from another namespace's mount is refused)
+    fds = {p: os.open(p, os.O_PATH | os.O_DIRECTORY) for p in (view.task_dir, view.shared_dir)}
+    _mount("tmpfs", view.root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+    for path, fd in fds.items():  # reached through their fds: the tmpfs hides their paths
+        os.makedirs(path, exist_ok=True)
+        _bind(f"/proc/self/fd/{fd}", path, readonly=path == view.shared_dir)
+        os.close(fd)
+    _bind(view.internal, view.internal, readonly=True)
+    _bind(view.checkpoints, view.checkpoints, readonly=False)
+    _mount(None, view.root, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def _die_with_parent() -> None:
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _send(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _exit_code(status: int) -> int:
+    """A wait status as a shell would give it: the exit code, or 128 + the killing signal."""
+    return os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+
+
+def _child(view: Any, work: Callable[[], Any], w: int) -> int:
+    """In the forked child: confine, then start the namespace's init, which runs `work` in a child of
+    its own (so the call's signals behave as anywhere: init ignores the ones it has no handler for)."""
+    _die_with_parent()
+    try:
+        _enter(view)
+    except Exception as exc:  # noqa: BLE001 - reported to the worker as the call's failure
+        _send(w, pickle.dumps(("confine", f"{type(exc).__name__}: {exc}")))
+        return 0
+    init = os.fork()
+    if init == 0:  # pid 1 of the new PID namespace: when it exits, everything the call left dies
+        code = 70
+        try:
+            _die_with_parent()
+            _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+            call = os.fork()
+            if call == 0:
+                try:
+                    _die_with_parent()
+                    _send(w, cloudpickle.dumps(("ok", work())))
+                except BaseException as exc:  # noqa: BLE001
+                    _send(w, pickle.dumps(("error", "".join(traceback.format_exception(exc)).strip())))
+                finally:
+                    os._exit(0)
+            os.close(w)
+            while True:  # reap what the call orphaned, until the call itself ends
+                pid, status = os.wait()
+                if pid == call:
+                    code = _exit_code(status)
+                    break
+        except BaseException as exc:  # noqa: BLE001
+            _send(w, pickle.dumps(("confine", f"{type(exc).__name__}: {exc}")))
+        finally:
+            os._exit(code)
+    os.close(w)
+    return _exit_code(os.waitpid(init, 0)[1])
+
+
+def run_confined(view: Any, work: Callable[[], T]) -> T:
+    """`work()` run in a child confined to `view` (a `sandbox.JobView`; None: run here). Its value
+    comes back pickled. Raises ConfinementError if the child could not be confined, RuntimeError
+    if `work` raised or its process died (the message says how)."""
+    if view is None:
+        return work()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 70
+        try:
+            os.close(r)
+            code = _child(view, work, w)
+        finally:
+            os._exit(code)
+    os.close(w)
+    chunks = []
+    with os.fdopen(r, "rb") as f:
+        while chunk := f.read(1 << 20):
+            chunks.append(chunk)
+    _, status = os.waitpid(pid, 0)
+    if not chunks:
+        code = _exit_code(status)  # the call's, passed on by init and the child; or how the child died
+        sig = code - 128 if code > 128 else 0
+        how = f"killed by signal {sig}: {signal.strsignal(sig)}" if sig else f"exit code {code}"
+        raise RuntimeError(f"the confined call's process died ({how}) before it reported")
+    kind, value = pickle.loads(b"".join(chunks))
+    if kind == "confine":
+        raise ConfinementError(f"could not confine the call to its task's storage: {value}")
+    if kind == "error":
+        raise RuntimeError(value)
+    return value
