@@ -210,3 +210,20 @@ def test_confining_costs_forks_not_an_interpreter(tmp_path):
         run_confined(view, lambda: os.kill(os.getpid(), signal.SIGTERM))
     with pytest.raises(RuntimeError, match=r"ZeroDivisionError"):
         run_confined(view, lambda: 1 / 0)
+
+
+def test_a_machine_that_cannot_confine_calls_refuses_them_at_submit_and_says_how_to_opt_out(tmp_path, monkeypatch):
+    from htc_notebook.backends import call_sandbox
+    from htc_notebook.errors import BackendError
+
+    def refused(view):  # what unshare(2) says where user namespaces are off (a stand-in: they are on here)
+        raise call_sandbox.ConfinementError(1, "unshare: Operation not permitted")
+
+    monkeypatch.setattr(call_sandbox, "_enter", refused)
+    monkeypatch.setattr(call_sandbox, "_checked", set())
+    with Session(tmp_path / "root", site=_local_site()) as s:
+        task = s.project("nons").task("refused")
+        with pytest.raises(BackendError, match=r"cannot confine them: .*unshare: Operation not permitted.*sandbox: none"):
+            task.submit(pow, 2, 3)
+        (row,) = task.jobs().rows()
+        assert row.status == "FAILED" and "not submitted" in row.reason, row.reason

@@ -176,3 +176,22 @@ def run_confined(view: Any, work: Callable[[], T]) -> T:
     if kind == "error":
         raise RuntimeError(value)
     return value
+
+
+def check_call_sandbox(profile_name: str, view: Any) -> None:
+    """Refuse (BackendError) if Python calls cannot be confined on this machine, before a job is
+    sent: one empty confined call, once per profile and process (on SLURM this checks the
+    submitting machine only; a node that cannot fails its calls saying why)."""
+    if profile_name not in _checked:
+        from htc_notebook.errors import BackendError
+
+        try:
+            run_confined(view, lambda: None)
+        except (ConfinementError, RuntimeError) as exc:
+            raise BackendError(f"profile {profile_name!r} runs Python calls confined to their task's storage "
+                               f"(sandbox: bwrap), but this machine cannot confine them: {exc}. Allow user "
+                               "namespaces, or set `sandbox: none` in the profile to run them unconfined") from None
+        _checked.add(profile_name)
+
+
+_checked: set[str] = set()  # profiles whose calls this process has confined once

@@ -15,7 +15,7 @@ from htc_notebook.backends.base import Launch, Reporter
 from htc_notebook.backends.dask_jobs import ALLOWED_FAILURES, DaskJobs
 from htc_notebook.backends.local_commands import CommandRunner
 from htc_notebook.backends.mpi_jobs import on_pool, pool_spec, pooled, wrap
-from htc_notebook.backends.sandbox import check_sandbox, confined
+from htc_notebook.backends.sandbox import check_confinement, confined
 from htc_notebook.backends.mpi_pool import RankPool
 from htc_notebook.spec import PartitionProfile
 
@@ -51,8 +51,7 @@ class LocalBackend:
         """Commands and MPI programs as subprocesses, MPI functions on the rank pool (all within the
         profile's cores); Python calls on dask."""
         launches = [confined(l, self.profile) for l in launches]
-        if self.profile.sandbox == "bwrap" and any(l.kind == "command" for l in launches):
-            check_sandbox(self.profile.name)
+        check_confinement(self.profile, launches)
         self._commands.submit([l if not l.mpi else pooled(l, self.profile) if on_pool(l, self.profile)
                                else wrap(l, self.profile) for l in launches if l.kind == "command" or l.mpi])
         self._calls.submit([l for l in launches if l.kind == "python" and not l.mpi])

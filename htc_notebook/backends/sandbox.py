@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Sequence
 
 from htc_notebook.backends.base import Launch
+from htc_notebook.backends.call_sandbox import check_call_sandbox
 from htc_notebook.backends.images import in_image
 from htc_notebook.errors import BackendError
 from htc_notebook.spec import PartitionProfile
@@ -91,6 +92,17 @@ def confined(launch: Launch, profile: PartitionProfile) -> Launch:
         if scratch:
             env = {**env, "HTC_SCRATCH": SCRATCH, "TMPDIR": SCRATCH}
     return replace(launch, command=tuple(argv), env=env)
+
+
+def check_confinement(profile: PartitionProfile, launches: Sequence[Launch]) -> None:
+    """Refuse (BackendError) before anything is sent if this machine cannot confine these launches
+    as `profile` asks: commands under bwrap, Python calls in namespaces (`call_sandbox`)."""
+    if profile.sandbox == "none":
+        return
+    if any(l.kind == "command" for l in launches):
+        check_sandbox(profile.name)
+    if calls := [l for l in launches if l.kind == "python" and l.view and not l.mpi]:
+        check_call_sandbox(profile.name, calls[0].view)
 
 
 @functools.cache

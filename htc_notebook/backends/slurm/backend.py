@@ -9,7 +9,7 @@ from htc_notebook.backends.base import Launch, Reporter
 from htc_notebook.backends.dask_jobs import DaskJobs
 from htc_notebook.backends.slurm.arrays import ArrayRunner
 from htc_notebook.backends.mpi_jobs import on_pool, packs, pool_spec, pooled, wrap
-from htc_notebook.backends.sandbox import check_sandbox, confined
+from htc_notebook.backends.sandbox import check_confinement, confined
 from htc_notebook.backends.slurm.pilots import (check_probe, make_pilot_cluster, pack_options, pilot_options,
                                                 replace_draining_pilots, start_adapting)
 from htc_notebook.errors import BackendError
@@ -72,9 +72,8 @@ class SlurmBackend:
         self.arrays.hold(self._confined(launches), tokens)
 
     def _confined(self, launches: Sequence[Launch]) -> list[Launch]:
-        """Command jobs in the profile's sandbox (refused here if this machine cannot make one)."""
-        if self.profile.sandbox == "bwrap" and any(l.kind == "command" for l in launches):
-            check_sandbox(self.profile.name)
+        """Jobs confined as the profile says (refused here if this machine cannot confine them)."""
+        check_confinement(self.profile, launches)
         return [confined(l, self.profile) for l in launches]
 
     def adopt(self, job_id: int, attempt: int, native_id: str, cwd: str, timeout: int | None) -> None:
