@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from htc_notebook import Session, SiteConfig
+from htc_notebook import RetryPolicy, Session, SiteConfig
 from htc_notebook.backends import local_commands, memory_limit
 
 from conftest import missing
@@ -41,6 +41,32 @@ def test_a_job_over_its_memory_limit_is_killed_and_says_so_and_one_under_it_runs
     assert job.logs("out").strip() == "40"
     # each job's cgroup is gone once it ended
     assert not list(memory_limit.cgroup_parent().glob("job-*"))
+
+
+def hog(mib: int) -> int:
+    x = bytearray(mib << 20)
+    for i in range(0, len(x), 4096):  # touched, so it is really used
+        x[i] = 1
+    return len(x) >> 20
+
+
+def test_a_python_call_over_its_memory_request_is_killed_says_so_and_its_retry_gets_more(session):
+    """A confined call (backends/call_sandbox.py) runs in a memory cgroup of its own sized by its
+    `memory` request: over it, FAILED with the same reason as a command; cause memory, so its retry
+    asks for twice as much and fits."""
+    if memory_limit.cgroup_parent() is None:
+        missing("no memory cgroup can be made here (make test runs as root with cgroup v1)")
+    task = session.project("limits").task("python")
+    over = task.submit(hog, 400, resources={"memory": "128M"})
+    grows = task.submit(hog, 200, resources={"memory": "128M"}, retries=RetryPolicy(retries=1, backoff=0))
+    under = task.submit(hog, 40, resources={"memory": "128M"})
+    row = over.wait(timeout=120)
+    assert (row.status, row.reason) == ("FAILED", "out of memory (limit 128 MiB): the OOM killer stopped it")
+    assert [a.cause for a in over.attempts] == ["memory"]
+    assert grows.result(timeout=120) == 200 and [a.cause for a in grows.attempts] == ["memory", None]
+    assert under.result(timeout=120) == 40
+    workers = memory_limit.cgroup_parent().parent  # the workers' cgroups sit beside this process's
+    assert not list(workers.glob("htc-*/call-*")), "every call's cgroup is removed when it ends"
 
 
 def test_without_a_memory_cgroup_prlimit_holds_the_job_to_its_limit(session, monkeypatch):

@@ -75,7 +75,8 @@ def call_outcome(launch: Launch, report: dict[str, Any]) -> Outcome:
     times = dict(host=report["host"], started=report["started"], ended=report["ended"], cpu_s=report.get("cpu_s"))
     if report["ok"]:
         return Outcome(launch.job_id, launch.attempt, "SUCCEEDED", result=report["value"], **times)
-    return Outcome(launch.job_id, launch.attempt, "FAILED", reason=report["message"], **times)
+    return Outcome(launch.job_id, launch.attempt, "FAILED", reason=report["message"], cause=report.get("cause"),
+                   **times)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ SIGKILLed if its parent dies. A confined call cannot use its worker's dask conne
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
 import pickle
 import signal
@@ -28,6 +29,9 @@ import traceback
 from typing import Any, Callable, TypeVar
 
 import cloudpickle
+
+from htc_notebook.backends.memory_limit import cgroup_parent, make_cage
+from htc_notebook.backends.base import oom_reason
 
 T = TypeVar("T")
 
@@ -42,6 +46,10 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 class ConfinementError(OSError):
     """The call could not be confined (no namespaces here, or a mount refused): nothing of it ran."""
+
+
+class OutOfMemory(RuntimeError):
+    """The OOM killer stopped the confined call at its memory limit."""
 
 
 def _call(what: str, rc: int) -> None:
@@ -144,18 +152,24 @@ def _child(view: Any, work: Callable[[], Any], w: int) -> int:
     return _exit_code(os.waitpid(init, 0)[1])
 
 
-def run_confined(view: Any, work: Callable[[], T]) -> T:
+def run_confined(view: Any, work: Callable[[], T], memory_mib: int | None = None) -> T:
     """`work()` run in a child confined to `view` (a `sandbox.JobView`; None: run here). Its value
-    comes back pickled. Raises ConfinementError if the child could not be confined, RuntimeError
-    if `work` raised or its process died (the message says how)."""
+    comes back pickled. With `memory_mib`, the child and its descendants are held to it by a memory
+    cgroup of their own where this process may make one (`memory_limit.py`).
+    Raises ConfinementError if the child could not be confined, OutOfMemory if the OOM killer
+    stopped it, RuntimeError if `work` raised or its process died otherwise (saying how)."""
     if view is None:
         return work()
+    cage = make_cage(cgroup_parent(), memory_mib, f"call-{os.getpid()}-{next(_calls)}") if memory_mib else None
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
         code = 70
         try:
             os.close(r)
+            if cage is not None:  # joined before anything else: all the call allocates counts
+                with open(cage.path / "cgroup.procs", "w") as f:
+                    f.write(str(os.getpid()))
             code = _child(view, work, w)
         finally:
             os._exit(code)
@@ -165,6 +179,11 @@ def run_confined(view: Any, work: Callable[[], T]) -> T:
         while chunk := f.read(1 << 20):
             chunks.append(chunk)
     _, status = os.waitpid(pid, 0)
+    if cage is not None:
+        oom = cage.oom_kills() > 0
+        cage.remove()
+        if oom:
+            raise OutOfMemory(oom_reason(memory_mib))
     if not chunks:
         code = _exit_code(status)  # the call's, passed on by init and the child; or how the child died
         sig = code - 128 if code > 128 else 0
@@ -176,6 +195,9 @@ def run_confined(view: Any, work: Callable[[], T]) -> T:
     if kind == "error":
         raise RuntimeError(value)
     return value
+
+
+_calls = itertools.count()  # names this process's calls' memory cgroups
 
 
 def check_call_sandbox(profile_name: str, view: Any) -> None:

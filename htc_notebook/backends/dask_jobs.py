@@ -212,7 +212,7 @@ class DaskJobs:
                 steps.setdefault(l.cores, []).append(l)
             else:
                 shared = frozenset((k, v) for k, v in l.env.items() if k not in PER_JOB_ENV)
-                calls.setdefault((id(l.call.fn), l.cwd, shared, l.view), []).append(l)
+                calls.setdefault((id(l.call.fn), l.cwd, shared, l.view, l.memory), []).append(l)
         with self._lock:
             self._waiting.update((l.job_id, l.attempt) for l in launches)
             self._queue.extend((_Mpi(cores), [l]) for cores, group in steps.items() for l in group)
@@ -228,7 +228,8 @@ class DaskJobs:
                     self._queue_packed(verdict.runner, group, verdict.durations, verdict.threads)
                     continue
                 runner = JobRunner(same[0].call.fn, str(key[1]), dict(key[2]),
-                                   max((l.timeout for l in same if l.timeout), default=None), view=key[3])
+                                   max((l.timeout for l in same if l.timeout), default=None), view=key[3],
+                                   memory_mib=key[4])
                 if len(group) > 2 * PROBE_JOBS:
                     probes, rest = group[:PROBE_JOBS], group[PROBE_JOBS:]
                     self._held.append(_Held(runner, rest, {l.job_id for l in probes}, key))

@@ -6,7 +6,9 @@ set; the kernel's OOM killer stops a job that goes over, and the cgroup's `oom_k
 it apart from any other kill. Elsewhere (cgroup v2 without delegation, no cgroups) the job runs
 under `prlimit --as`: its address space is limited, so an allocation beyond it fails (a
 `MemoryError`, `ENOMEM`) instead of the job being killed. On SLURM, the site's cgroups do this
-(backends/slurm/script.py reads their OOM count).
+(backends/slurm/script.py reads their OOM count). Python calls on the local backend get such a
+cgroup too (`call_sandbox.run_confined`; no prlimit fallback: a forked worker's address space is
+already larger than most limits).
 
 >>> print(" ".join(limited_argv(None, 512, ["./md"])[0]))
 prlimit --as=536870912 -- ./md
@@ -87,20 +89,28 @@ def cgroup_parent() -> Path | None:
     return parent
 
 
+def make_cage(parent: Path | None, limit_mib: int, name: str) -> Cage | None:
+    """A new memory cgroup `name` under `parent` limited to `limit_mib` (no swap beyond it, where the
+    kernel accounts swap); None where it cannot be made."""
+    if parent is None:
+        return None
+    limit, path = int(limit_mib) * MIB, parent / name
+    try:
+        path.mkdir(exist_ok=True)
+        (path / "memory.limit_in_bytes").write_text(str(limit))
+    except OSError:
+        return None
+    try:
+        (path / "memory.memsw.limit_in_bytes").write_text(str(limit))
+    except OSError:
+        pass
+    return Cage(path, limit_mib)
+
+
 def limited_argv(parent: Path | None, limit_mib: int, argv: Sequence[str], name: str = "job") -> tuple[list[str], Cage | None]:
     """`argv` held to `limit_mib`: in a new cgroup `name` under `parent` (the job joins it before it
-    execs, so nothing it allocates escapes the limit), or under prlimit when `parent` is None."""
-    limit = int(limit_mib) * MIB
-    if parent is not None:
-        path = parent / name
-        try:
-            path.mkdir(exist_ok=True)
-            (path / "memory.limit_in_bytes").write_text(str(limit))
-            try:  # no swap beyond the limit, where the kernel accounts swap
-                (path / "memory.memsw.limit_in_bytes").write_text(str(limit))
-            except OSError:
-                pass
-            return ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(path / "cgroup.procs"), *argv], Cage(path, limit_mib)
-        except OSError:
-            pass
-    return ["prlimit", f"--as={limit}", "--", *argv], None
+    execs, so nothing it allocates escapes the limit), or under prlimit when there is none."""
+    cage = make_cage(parent, limit_mib, name)
+    if cage is not None:
+        return ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(cage.path / "cgroup.procs"), *argv], cage
+    return ["prlimit", f"--as={int(limit_mib) * MIB}", "--", *argv], None

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 import cloudpickle
 
-from htc_notebook.backends.call_sandbox import ConfinementError, run_confined
+from htc_notebook.backends.call_sandbox import ConfinementError, OutOfMemory, run_confined
 from htc_notebook.storage.views import checkpoint_path
 
 
@@ -149,7 +149,8 @@ class JobRunner:
     an explanation instead of killing workers.
     """
 
-    def __init__(self, fn: Any, cwd: str, env: dict[str, str], timeout: float | None = None, view: Any = None):
+    def __init__(self, fn: Any, cwd: str, env: dict[str, str], timeout: float | None = None, view: Any = None,
+                 memory_mib: int | None = None):
         self.payload = cloudpickle.dumps(fn)
         self.digest = hashlib.sha256(self.payload).hexdigest()
         self.name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
@@ -157,6 +158,7 @@ class JobRunner:
         self.timeout = timeout  # the longest a call may take (declared), if known
         self.expected: float | None = None  # p95 of the calls that ended so far, anywhere (set by the client)
         self.view = view  # a `sandbox.JobView`: the calls run confined to it (`call_sandbox`); None: unconfined
+        self.memory_mib = memory_mib  # confined calls: their memory cgroup's limit (the jobs' memory request)
 
     def __call__(self, jobs: list[tuple[int, int, tuple, dict, tuple[str, str]]]) -> list[dict[str, Any]]:
         """Run each (job_id, index, args, kwargs, logs) in turn; one report per job."""
@@ -179,21 +181,23 @@ class JobRunner:
                     for job_id, index, args, kwargs, logs in jobs]
 
         try:
-            reports = run_confined(self.view, run_all)
+            reports = run_confined(self.view, run_all, self.memory_mib)
         except ConfinementError as exc:
             return _failed(len(jobs), f"{exc}. Allow user namespaces on {socket.gethostname()}, or set "
                                       "`sandbox: none` in the profile to run Python calls unconfined")
-        except RuntimeError as exc:  # the confined process died under the calls (a crash, the OOM killer)
+        except OutOfMemory as exc:
+            return _failed(len(jobs), str(exc), cause="memory")
+        except RuntimeError as exc:  # the confined process died under the calls (a crash, a kill)
             return _failed(len(jobs), str(exc))
         times.extend(r["ended"] - r["started"] for r in reports)
         return reports
 
 
-def _failed(n: int, message: str) -> list[dict[str, Any]]:
+def _failed(n: int, message: str, cause: str | None = None) -> list[dict[str, Any]]:
     """Reports for `n` jobs that did not run (or died together), all saying `message`."""
     now = time.time()
     return [{"ok": False, "host": socket.gethostname(), "pid": os.getpid(), "started": now, "ended": now,
-             "message": message}] * n
+             "message": message, "cause": cause}] * n
 
 
 def run_call(fn: Any, args: tuple, kwargs: dict, cwd: str, env: dict[str, str],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+from dataclasses import replace
 from typing import Sequence
 
 from htc_notebook.backends.base import Launch, Reporter
@@ -43,7 +44,9 @@ class SlurmBackend:
                   for l in mpi if packs(l, self.profile)]
         alone = [wrap(l, self.profile) for l in mpi if not packs(l, self.profile)]
         self.arrays.submit([l for l in launches if l.kind == "command" and not l.mpi] + alone)
-        calls = [l for l in launches if l.kind == "python" and not l.mpi]
+        # a pilot's calls are held by the pilot job's own cgroup (SLURM's), not one each: cgroups made
+        # inside a job's would outlive a killed worker and keep slurmstepd from removing the job's
+        calls = [replace(l, memory=None) for l in launches if l.kind == "python" and not l.mpi]
         workers = self.profile.pilot_workers or self.profile.cores_per_node
         self._start(self.pilots, calls, -(-len(calls) // workers))
         self._start(self.packs, packed, 1)
