@@ -125,3 +125,15 @@ def test_resolve_defaults_walltime(cpu):
     assert cpu.resolve(Resources(walltime=60)).walltime == 60
     with pytest.raises(ResourceLimitError):
         cpu.resolve(Resources(gpus=1))
+
+
+@pytest.mark.parametrize("bad, hint", [("/opt/mpi:/x", "found ':'"), ("opt/mpi", "not absolute"),
+                                       ("/opt/../etc", "'..' parts"), ("/opt/my mpi", "found ' '"),
+                                       ("/opt/mpi,ro", "found ','")])
+def test_container_binds_are_plain_absolute_paths(bad, hint):
+    """ch-run and apptainer split --bind values at ':' and ','; the field, the value and the rule are named."""
+    with pytest.raises(SpecError) as info:
+        PartitionProfile(name="x", cores_per_node=1, memory_per_node=1, container_binds=["/etc/openmpi", bad])
+    assert "container_binds" in str(info.value) and repr(bad) in str(info.value) and hint in str(info.value)
+    ok = PartitionProfile(name="x", cores_per_node=1, memory_per_node=1, container_binds=["/usr/lib/x86_64-linux-gnu/libmpi.so.40"])
+    assert ok.container_binds == ("/usr/lib/x86_64-linux-gnu/libmpi.so.40",)

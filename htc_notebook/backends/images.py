@@ -7,10 +7,13 @@ host's files is seen but the image. Charliecloud (`ch-run`, unprivileged) runs h
 what most sites have, is rendered the same way (not installable on this machine: its lines are
 tested as text only).
 
+The site's `container_binds` (its MPI, interconnect libraries) are bound read-only at their own
+paths, so an MPI program in an image uses the host's MPI, as sites run them.
+
 >>> print(" ".join(ch_run_argv("/c/rootfs", "/d/t", "/d/s", ["md", "in.lj"])))
 ch-run --bind=/d/t --bind=/d/s --cd=/d/t /c/rootfs -- md in.lj
->>> print(" ".join(apptainer_argv("/c/rootfs", "/d/t", "/d/s", ["md"])))
-apptainer exec --contain --no-home --bind /d/t --bind /d/s:/d/s:ro --pwd /d/t /c/rootfs md
+>>> print(" ".join(apptainer_argv("/c/rootfs", "/d/t", "/d/s", ["md"], binds=["/opt/mpi"])))
+apptainer exec --contain --no-home --bind /d/t --bind /d/s:/d/s:ro --bind /opt/mpi:/opt/mpi:ro --pwd /d/t /c/rootfs md
 """
 
 from __future__ import annotations
@@ -18,19 +21,24 @@ from __future__ import annotations
 from typing import Sequence
 
 
-def ch_run_argv(rootfs: str, task_dir: str, shared_dir: str, argv: Sequence[str]) -> list[str]:
-    """Charliecloud: the image read-only, the task and shared directories bound in."""
-    return ["ch-run", f"--bind={task_dir}", f"--bind={shared_dir}", f"--cd={task_dir}", rootfs, "--", *argv]
+def ch_run_argv(rootfs: str, task_dir: str, shared_dir: str, argv: Sequence[str],
+                binds: Sequence[str] = ()) -> list[str]:
+    """Charliecloud: the image read-only, the task and shared directories and `binds` bound in
+    (ch-run binds read-only but the task directory, which the sandbox holds to its own rights)."""
+    return ["ch-run", f"--bind={task_dir}", f"--bind={shared_dir}", *(f"--bind={b}" for b in binds),
+            f"--cd={task_dir}", rootfs, "--", *argv]
 
 
-def apptainer_argv(rootfs: str, task_dir: str, shared_dir: str, argv: Sequence[str]) -> list[str]:
+def apptainer_argv(rootfs: str, task_dir: str, shared_dir: str, argv: Sequence[str],
+                   binds: Sequence[str] = ()) -> list[str]:
     """Apptainer (rendering only here): a contained run of the unpacked image (a sandbox directory)."""
     return ["apptainer", "exec", "--contain", "--no-home", "--bind", task_dir, "--bind", f"{shared_dir}:{shared_dir}:ro",
-            "--pwd", task_dir, rootfs, *argv]
+            *(a for b in binds for a in ("--bind", f"{b}:{b}:ro")), "--pwd", task_dir, rootfs, *argv]
 
 
 RUNTIMES = {"charliecloud": ch_run_argv, "apptainer": apptainer_argv}
 
 
-def in_image(runtime: str, rootfs: str, task_dir: str, shared_dir: str, argv: Sequence[str]) -> list[str]:
-    return RUNTIMES[runtime](rootfs, task_dir, shared_dir, argv)
+def in_image(runtime: str, rootfs: str, task_dir: str, shared_dir: str, argv: Sequence[str],
+             binds: Sequence[str] = ()) -> list[str]:
+    return RUNTIMES[runtime](rootfs, task_dir, shared_dir, argv, binds)

@@ -83,8 +83,11 @@ def confined(launch: Launch, profile: PartitionProfile) -> Launch:
         return launch
     argv, env = list(launch.command), launch.env
     if launch.image:
-        argv = in_image(profile.container_runtime, launch.image, launch.view.task_dir, launch.view.shared_dir, argv)
+        argv = in_image(profile.container_runtime, launch.image, launch.view.task_dir, launch.view.shared_dir, argv,
+                        profile.container_binds)
         env = {"USER": os.environ.get("USER") or pwd.getpwuid(os.getuid()).pw_name, **env}  # ch-run wants it
+        if launch.mpi is not None:  # each rank in a user namespace of its own: Open MPI's CMA cannot cross them
+            env = {"OMPI_MCA_btl_vader_single_copy_mechanism": "none", **env}
     if profile.sandbox != "none":
         # maxDiskGiB: a scratch of that size for a job that is not MPI (ranks on one node share /tmp)
         scratch = launch.disk_gib if launch.mpi is None else None

@@ -15,13 +15,18 @@ PRIORITY = {"ON_DEMAND_PRIORITY": 0, "ON_DEMAND_ECONOMY": 1}
 _MACHINE_ARCH = {"x86_64": "X86", "amd64": "X86", "aarch64": "AARCH64", "arm64": "AARCH64"}
 
 
+def architecture(prof: PartitionProfile) -> str:
+    """The HTC architecture (X86, AARCH64) jobs of `prof` run on: this machine's, locally."""
+    if prof.backend == "local":
+        return _MACHINE_ARCH.get(platform.machine().lower(), prof.architecture)
+    return prof.architecture
+
+
 def check_definition(site: SiteConfig, profile: str | None,
                      d: JobDefinition) -> tuple[PartitionProfile, Resources, int]:
     """Check a job definition against a profile: (profile, resources, priority rank)."""
     prof = site.profile(profile or site.default_profile)
-    arch = prof.architecture
-    if prof.backend == "local":
-        arch = _MACHINE_ARCH.get(platform.machine().lower(), arch)
+    arch = architecture(prof)
     if d.architecture != arch:
         raise SpecError("JobDefinition", "architecture", d.architecture,
                         f"the architecture of profile {prof.name!r}: {arch}")

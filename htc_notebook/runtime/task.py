@@ -13,7 +13,7 @@ from htc_notebook.ledger import NewBatch, NewJob
 from htc_notebook.ledger.states import ACTIVE_NAMES, REQUEUEABLE_NAMES
 from htc_notebook.runtime.commands import plain_argv, render_command, template_argv
 from htc_notebook.runtime.handles import JobGroup, JobHandle
-from htc_notebook.runtime.plan import check_definition, check_mpi
+from htc_notebook.runtime.plan import architecture, check_definition, check_mpi
 from htc_notebook.spec import JobBatch, JobDefinition, PartitionProfile, Resources, RetryPolicy, Sweep
 from htc_notebook.storage import ProjectStorage, TaskStorage, atomic_write
 
@@ -92,7 +92,7 @@ class Task:
             ranks: int | None = None, ranks_per_node: int | None = None, cpus_per_rank: int = 1,
             memory: int | str | None = None, walltime: int | str | None = None, gpus: int = 0,
             launcher: str | None = None, profile: str | None = None, retries: int | RetryPolicy = 0,
-            name: str | None = None, key: str | None = None, **kwargs: Any) -> JobHandle:
+            name: str | None = None, key: str | None = None, image: str | None = None, **kwargs: Any) -> JobHandle:
         """Run an MPI job with `ranks` = `nodes` x `ranks_per_node` ranks; returns its handle at once.
 
         `what` is a function, run on every rank with mpi4py (a parameter named ``comm`` gets
@@ -100,6 +100,8 @@ class Task:
         executable's argv (a list, or a string split like a shell would); the result is a
         CommandResult. The profile's launcher starts the ranks unless `launcher` names
         another (srun, mpirun, mpiexec, ibrun, or a template). `memory` is per node.
+        An executable may run in `image` (repo:tag of the project's registry): each rank runs in
+        it, with the profile's `container_binds` (the site's MPI) bound in.
         """
         res = Resources(nodes=nodes, ranks=ranks, ranks_per_node=ranks_per_node, cpus_per_rank=cpus_per_rank,
                         memory=memory, walltime=walltime, gpus=gpus)
@@ -112,6 +114,9 @@ class Task:
         layout = {"ranks": res.ranks, "nodes": res.nodes, "ranks_per_node": res.ranks_per_node,
                   "cpus_per_rank": res.cpus_per_rank, "launcher": launcher}
         if callable(what):
+            if image:
+                raise SpecError("mpi", "image", image, "no image for a Python function (it runs in the kernel's "
+                                "Python on every rank): images run MPI executables, given as an argv")
             call = Call(what, args, kwargs)
             spec = self._spec(res, retries, payload=self._store(call, what), mpi=layout, gpus=res.gpus)
             job = NewJob(name=name or _fn_name(what), kind="python", params={}, spec=spec, key=key, profile=prof.name)
@@ -119,7 +124,8 @@ class Task:
             if args or kwargs:
                 raise SpecError("mpi", "args", args or kwargs, "no arguments for an executable: put them in its argv")
             argv = plain_argv(what, "mpi", "command")
-            spec = self._spec(res, retries, commands=list(argv), mpi=layout, gpus=res.gpus)
+            spec = self._spec(res, retries, commands=list(argv), mpi=layout, gpus=res.gpus,
+                              image=self._image(image or "", architecture(prof), prof, field="image"))
             job = NewJob(name=name or _safe_label(argv[0]), kind="command", params={}, spec=spec, key=key,
                          profile=prof.name)
         return JobHandle(self.session, self._add_keyed(job), self.id)
@@ -249,24 +255,27 @@ class Task:
         """Check an HTC job definition against a profile: (profile, resources, spec, priority)."""
         prof, res, priority = check_definition(self.session.site, profile, d)
         spec = self._spec(res, retries, commands=list(d.commands), envs={e.name: e.value for e in d.envs},
-                          disk_gib=d.max_disk_gib, image=self._image(d))
+                          disk_gib=d.max_disk_gib, image=self._image(d.image_name, d.architecture, prof))
         return prof, res, spec, priority
 
-    def _image(self, d: JobDefinition) -> dict[str, str] | str:
-        """The job's image, resolved once for every job of the batch: its name, the digest it runs
-        (a tag moved later does not change what a retry runs) and its unpacked root file system.
-        Refused before anything is recorded if the project has no such image, or it is of another
-        architecture."""
-        if not d.image_name:
+    def _image(self, name: str, arch: str, prof: PartitionProfile,
+               field: str = "imageName") -> dict[str, str] | str:
+        """A job's image, resolved once for every job of a submission: its name, the digest it runs
+        (a tag moved later does not change what a retry runs) and its unpacked root file system,
+        with mount points for the task, the shared directory and `prof`'s container_binds.
+        Refused before anything is recorded if the project has no such image, or it is not of
+        architecture `arch`."""
+        if not name:
             return ""
         from htc_notebook.registry.pull import add_mount_points, resolve, rootfs
 
         registry = self.session.registry(self.project)
-        digest = resolve(registry, d.image_name, d.architecture)
-        root = rootfs(registry, d.image_name, digest)
+        digest = resolve(registry, name, arch, field=field)
+        root = rootfs(registry, name, digest)
         st = self.session.storage
-        add_mount_points(root, [str(st.task_dir(self.project, self.name)), str(st.shared_dir(self.project))])
-        return {"name": d.image_name, "digest": digest, "rootfs": str(root)}
+        add_mount_points(root, [str(st.task_dir(self.project, self.name)), str(st.shared_dir(self.project))],
+                         prof.container_binds)
+        return {"name": name, "digest": digest, "rootfs": str(root)}
 
     def _store(self, obj: object, fn: object) -> str:
         """Pickle `obj` now (an unpicklable function fails here, not on a node) and keep it where a

@@ -30,6 +30,10 @@ _RULES: dict[str, tuple[re.Pattern[str], re.Pattern[str], str]] = {
               "a scheduler name: letters, digits, _ . -"),
     "constraint": (re.compile(r"[A-Za-z0-9_.\-&|,:\[\]*!]+"), re.compile(r"[A-Za-z0-9_.\-&|,:\[\]*!]"),
                    "a SLURM feature expression: letters, digits and _ . - & | , : [ ] * !"),
+    # a host path bound into containers: ch-run and apptainer split --bind values at ':' and ','
+    "host_path": (re.compile(r"(/(?!\.\.?(?:/|$))[A-Za-z0-9_.+@-]+)+"), re.compile(r"[A-Za-z0-9_.+@/-]"),
+                  "an absolute path: / then letters, digits and _ . + @ - (no : , or spaces: bind "
+                  "options split at them)"),
 }
 
 
@@ -46,6 +50,10 @@ def _check(kind: str, value: object, field: str) -> str:
         hint = "; got an empty string"
     elif kind == "name" and len(value) > 128:
         hint = f"; got {len(value)} characters"
+    elif kind == "host_path" and not value.startswith("/"):
+        hint = "; it is not absolute"
+    elif kind == "host_path":
+        hint = "; '/' alone, '.' and '..' parts and a trailing '/' are not allowed"
     else:
         hint = f"; cannot start with {value[0]!r}"
     raise SpecError("", field, value, described + hint)
@@ -115,3 +123,4 @@ EnvName = Annotated[str, BeforeValidator(lambda v: _check("env", v, ""))]
 SchedName = Annotated[str, BeforeValidator(lambda v: _check("sched", v, ""))]
 Constraint = Annotated[str, BeforeValidator(lambda v: _check("constraint", v, ""))]
 SafeText = Annotated[str, BeforeValidator(lambda v: check_safe_text(v, ""))]
+HostPath = Annotated[str, BeforeValidator(lambda v: _check("host_path", v, ""))]

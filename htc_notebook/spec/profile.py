@@ -19,7 +19,7 @@ from pydantic import BeforeValidator, model_validator
 from htc_notebook.errors import ResourceLimitError, SpecError
 
 from ._model import SpecModel, whole
-from .names import Constraint, Name, SafeText, SchedName
+from .names import Constraint, HostPath, Name, SafeText, SchedName
 from .resources import MemoryMiB, Resources, WalltimeSeconds
 from .units import format_walltime
 
@@ -92,6 +92,10 @@ class PartitionProfile(SpecModel):
     # jobs with an imageName run in it with this container runtime (backends/images.py); apptainer
     # is rendered for sites that have it (it cannot be installed on the test machine)
     container_runtime: Literal["charliecloud", "apptainer"] = "charliecloud"
+    # host paths (files or directories) bound read-only at the same path into every image a job of
+    # this profile runs in: the site's MPI (its libraries, plugins and configuration) and interconnect
+    # libraries, so an MPI program in an image talks to the host's launcher and network, as sites do
+    container_binds: tuple[HostPath, ...] = ()
 
     @model_validator(mode="after")
     def _defaults(self) -> PartitionProfile:

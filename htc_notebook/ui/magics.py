@@ -223,14 +223,12 @@ class HTCMagics(Magics):
         mpi = args.nodes is not None or args.ranks_per_node is not None
         if args.dry_run:
             return self._dry_run(task, argv, sweep, args, mpi)
-        if mpi and args.image:
-            raise UsageError("%htc submit: --image with MPI (--nodes/--ranks-per-node) is not supported yet")
         if mpi:
             members = sweep.members if sweep else [None]
             handles = [task.mpi(list(render_command(argv, m.params)) if m else list(argv),
                                 nodes=args.nodes or 1, ranks_per_node=args.ranks_per_node or 1,
                                 cpus_per_rank=args.cpus_per_rank, memory=args.memory, walltime=args.timeout,
-                                profile=args.profile, name=name) for m in members]
+                                profile=args.profile, name=name, image=args.image) for m in members]
             return LiveGroup(task.session, task.id, [h.id for h in handles], name)
         definition = JobDefinition(commands=list(argv), maxVCpus=args.cores or 1,
                                    **({"maxMemory": _mib(args.memory)} if args.memory else {}),
@@ -257,9 +255,14 @@ class HTCMagics(Magics):
         if mpi:
             from htc_notebook.runtime.plan import render_mpi_command
 
-            lines.append(render_mpi_command(task.session.profile(args.profile), first, nodes=args.nodes or 1,
+            profile = task.session.profile(args.profile)
+            lines.append(render_mpi_command(profile, first, nodes=args.nodes or 1,
                                             ranks_per_node=args.ranks_per_node or 1,
                                             cpus_per_rank=args.cpus_per_rank))
+            if args.image:
+                lines.append(f"# each rank runs in image {args.image} of the project's registry with "
+                             f"{profile.container_runtime}, the profile's {len(profile.container_binds)} "
+                             "container_binds (the site's MPI) bound in")
         else:
             d = {"commands": first, "maxVCpus": args.cores or 1}
             if args.memory:
