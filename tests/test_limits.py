@@ -43,6 +43,24 @@ def test_a_job_over_its_memory_limit_is_killed_and_says_so_and_one_under_it_runs
     assert not list(memory_limit.cgroup_parent().glob("job-*"))
 
 
+MEMSW = ["sh", "-c", 'cat "/sys/fs/cgroup/memory$(grep :memory: /proc/self/cgroup | cut -d: -f3)/memory.memsw.limit_in_bytes"']
+
+
+def test_maxswap_is_the_swap_a_job_may_use_beyond_its_memory(session):
+    """The job reads its own cgroup's memory+swap limit: maxMemory plus maxSwap, or maxMemory alone."""
+    parent = memory_limit.cgroup_parent()
+    if parent is None or not (parent / "memory.memsw.limit_in_bytes").exists():
+        missing("no memory cgroup with swap accounting here (make test runs as root with cgroup v1)")
+    task = session.project("limits").task("swap")
+    seen = {}
+    for swap in (64, None):
+        (job,) = task.submit_batch({"jobName": "memsw", "batchSize": 1, "htcJobDefinition": {
+            "commands": MEMSW, "maxMemory": 128, **({"maxSwap": swap} if swap is not None else {})}})
+        assert job.wait(timeout=60).status == "SUCCEEDED", job.row.reason
+        seen[swap] = int(job.logs("out"))
+    assert seen == {64: (128 + 64) << 20, None: 128 << 20}, seen
+
+
 def hog(mib: int) -> int:
     x = bytearray(mib << 20)
     for i in range(0, len(x), 4096):  # touched, so it is really used

@@ -35,6 +35,7 @@ class Launch:
     priority: int = 0  # lower runs first
     timeout: int | None = None
     memory: int | None = None  # MiB
+    swap: int | None = None  # MiB of swap beyond `memory` (maxSwap), where the kernel accounts swap
     disk_gib: int | None = None
     gpus: int = 0
     throttle: int | None = None  # at most this many of the batch at once (SLURM arrays: %N)

@@ -130,7 +130,8 @@ class CommandRunner:
             env = {**os.environ, **launch.env}
             argv = list(launch.command)
             if launch.memory:  # a hard limit: the job's own memory cgroup, else prlimit (memory_limit.py)
-                argv, cage = limited_argv(cgroup_parent(), launch.memory, argv, f"job-{launch.job_id}-{launch.attempt}")
+                argv, cage = limited_argv(cgroup_parent(), launch.memory, argv, f"job-{launch.job_id}-{launch.attempt}",
+                                          swap_mib=launch.swap or 0)
             with open(launch.log_out, "ab") as out, open(launch.log_err, "ab") as err:
                 try:
                     proc = subprocess.Popen(argv, cwd=launch.cwd, env=env, stdout=out,

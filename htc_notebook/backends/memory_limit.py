@@ -89,9 +89,9 @@ def cgroup_parent() -> Path | None:
     return parent
 
 
-def make_cage(parent: Path | None, limit_mib: int, name: str) -> Cage | None:
-    """A new memory cgroup `name` under `parent` limited to `limit_mib` (no swap beyond it, where the
-    kernel accounts swap); None where it cannot be made."""
+def make_cage(parent: Path | None, limit_mib: int, name: str, swap_mib: int = 0) -> Cage | None:
+    """A new memory cgroup `name` under `parent` limited to `limit_mib` of memory, and to `swap_mib`
+    of swap beyond it where the kernel accounts swap (memory.memsw); None where it cannot be made."""
     if parent is None:
         return None
     limit, path = int(limit_mib) * MIB, parent / name
@@ -101,16 +101,18 @@ def make_cage(parent: Path | None, limit_mib: int, name: str) -> Cage | None:
     except OSError:
         return None
     try:
-        (path / "memory.memsw.limit_in_bytes").write_text(str(limit))
+        (path / "memory.memsw.limit_in_bytes").write_text(str(limit + int(swap_mib) * MIB))
     except OSError:
         pass
     return Cage(path, limit_mib)
 
 
-def limited_argv(parent: Path | None, limit_mib: int, argv: Sequence[str], name: str = "job") -> tuple[list[str], Cage | None]:
-    """`argv` held to `limit_mib`: in a new cgroup `name` under `parent` (the job joins it before it
-    execs, so nothing it allocates escapes the limit), or under prlimit when there is none."""
-    cage = make_cage(parent, limit_mib, name)
+def limited_argv(parent: Path | None, limit_mib: int, argv: Sequence[str], name: str = "job",
+                 swap_mib: int = 0) -> tuple[list[str], Cage | None]:
+    """`argv` held to `limit_mib` (and `swap_mib` of swap beyond it): in a new cgroup `name` under
+    `parent` (the job joins it before it execs, so nothing it allocates escapes the limit), or
+    under prlimit when there is none (which knows no swap)."""
+    cage = make_cage(parent, limit_mib, name, swap_mib)
     if cage is not None:
         return ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(cage.path / "cgroup.procs"), *argv], cage
     return ["prlimit", f"--as={int(limit_mib) * MIB}", "--", *argv], None

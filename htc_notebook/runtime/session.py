@@ -276,7 +276,7 @@ class Session:
         return Launch(job_id=row.id, attempt=attempt, kind=row.kind, cwd=task_dir, env=env, name=row.name,
                       log_out=log_out, log_err=log_err, cores=spec.get("cores", 1), priority=row.priority,
                       timeout=spec.get("timeout"), command=tuple(spec.get("commands", ())),
-                      memory=spec.get("memory"), disk_gib=spec.get("disk_gib"),
+                      memory=spec.get("memory"), swap=spec.get("swap"), disk_gib=spec.get("disk_gib"),
                       gpus=spec.get("gpus", 0), throttle=spec.get("throttle"),
                       call=self._call_for(task, row) if row.kind == "python" else None,
                       mpi=MpiLayout(**spec["mpi"]) if spec.get("mpi") else None, view=view,

@@ -255,7 +255,7 @@ class Task:
         """Check an HTC job definition against a profile: (profile, resources, spec, priority)."""
         prof, res, priority = check_definition(self.session.site, profile, d)
         spec = self._spec(res, retries, commands=list(d.commands), envs={e.name: e.value for e in d.envs},
-                          disk_gib=d.max_disk_gib, image=self._image(d.image_name, d.architecture, prof))
+                          disk_gib=d.max_disk_gib, swap=d.max_swap, image=self._image(d.image_name, d.architecture, prof))
         return prof, res, spec, priority
 
     def _image(self, name: str, arch: str, prof: PartitionProfile,
