@@ -47,6 +47,10 @@ PACK_SECONDS = 0.05
 PACKS_PER_THREAD = 4
 MAX_PACK = 1000
 PROBE_WAIT = 0.5  # seconds the rest of a submission waits for its probes before running unpacked
+# A confined call (backends/call_sandbox.py) costs its dask task ~10 ms of forks more, so confined
+# calls are packed up to CONFINED_SCALE times longer: under 0.2 s, ~1 s of work a pack (the forks
+# then cost ~1 %; bench/results.md, call-sandbox and throughput-20ms).
+CONFINED_SCALE = 20
 # The runtime hands a large sweep over in slices (`Session.dispatch`), inside `one_submission()`:
 # there a slice of the same function, directory and environment as an earlier one joins it while
 # it waits for its probes, or runs as they decided. So a sweep is probed once, not once per slice.
@@ -77,8 +81,9 @@ def _collect_interval(pending: int) -> float:
     return 1.0 if not pending else min(1.0, max(0.005, pending * 5e-4))
 
 
-def pack_size(durations: Sequence[float], jobs: int, threads: int) -> int:
-    """How many jobs to run per dask task, from the probes' durations (seconds).
+def pack_size(durations: Sequence[float], jobs: int, threads: int, scale: float = 1) -> int:
+    """How many jobs to run per dask task, from the probes' durations (seconds); `scale` stretches
+    PACK_BELOW and PACK_SECONDS (CONFINED_SCALE for confined calls).
 
     >>> pack_size([0.0001] * 8, jobs=2000, threads=2)
     250
@@ -86,11 +91,13 @@ def pack_size(durations: Sequence[float], jobs: int, threads: int) -> int:
     1
     >>> pack_size([0.002] * 8, jobs=100_000, threads=64)
     25
+    >>> pack_size([0.02] * 8, jobs=300, threads=2), pack_size([0.02] * 8, jobs=300, threads=2, scale=CONFINED_SCALE)
+    (1, 38)
     """
-    slowest = max(durations, default=PACK_BELOW)
-    if slowest >= PACK_BELOW:
+    slowest = max(durations, default=PACK_BELOW * scale)
+    if slowest >= PACK_BELOW * scale:
         return 1
-    by_time = int(PACK_SECONDS / max(slowest, 1e-5))
+    by_time = int(PACK_SECONDS * scale / max(slowest, 1e-5))
     by_threads = -(-jobs // (PACKS_PER_THREAD * max(1, threads)))
     return max(1, min(MAX_PACK, by_time, by_threads))
 
@@ -419,7 +426,7 @@ class DaskJobs:
                         held.probes.discard(o.job_id)
                         if o.started is not None and o.ended is not None:
                             held.durations.append(o.ended - o.started)
-                slow = max(held.durations, default=0) >= PACK_BELOW  # decided: no packing
+                slow = max(held.durations, default=0) >= PACK_BELOW * _scale(held.runner)  # decided: no packing
                 if slow or not held.probes or (held.since is not None and now - held.since > PROBE_WAIT):
                     ready.append(held)
             self._held = [h for h in self._held if h not in ready]
@@ -428,7 +435,8 @@ class DaskJobs:
             for held in ready:
                 durations = None if held.probes else held.durations  # probes still out: PROBE_WAIT passed
                 log.debug("%d jobs after probes of %s s: packs of %d", len(held.launches), durations,
-                          1 if durations is None else pack_size(durations, len(held.launches), threads))
+                          1 if durations is None else pack_size(durations, len(held.launches), threads,
+                                                                _scale(held.runner)))
                 if self._open:
                     self._verdicts[held.group] = _Verdict(held.runner, durations, threads)
                 self._queue_packed(held.runner, held.launches, durations, threads)
@@ -436,7 +444,7 @@ class DaskJobs:
     def _queue_packed(self, runner: JobRunner, calls: list[_Call], durations: list[float] | None, threads: int) -> None:
         """Queue calls packed as their probes' `durations` say (None: one per task); with the lock held.
         Cancelled ones are dropped when their pack leaves the queue."""
-        n = 1 if durations is None else pack_size(durations, len(calls), threads)
+        n = 1 if durations is None else pack_size(durations, len(calls), threads, _scale(runner))
         self._queue.extend((runner, calls[i:i + n]) for i in range(0, len(calls), n))
 
     def _gather(self, futures: list) -> list:
@@ -491,6 +499,11 @@ class DaskJobs:
                 cluster.close()
             except Exception as exc:  # noqa: BLE001 - e.g. a pilot SLURM refused never started; nothing to stop
                 log.info("closing the dask cluster: %s: %s", type(exc).__name__, exc)
+
+
+def _scale(runner: JobRunner) -> float:
+    """How much longer a pack of `runner`'s calls may be: confined calls cost their dask task more."""
+    return CONFINED_SCALE if runner.view is not None else 1
 
 
 def _run_pack(runner: JobRunner, jobs: bytes) -> list[dict[str, Any]]:
