@@ -56,6 +56,9 @@ def test_a_published_htc_client_drives_htc_serve_unchanged(client):
     api.post_htc_projects(client, {"projectName": "md"})
     (project,) = [p for p in htcprojects.get_projects(client) if p.json["projectId"] == "md"]
     assert htcprojects.get_project_with_id(client, "md").json["projectName"] == "md"
+    # ids that are not there, or cannot be ids of ours, are not found: the client reads 404 as "none"
+    for missing_id in ("nope", "../etc", "two words"):
+        assert htcprojects.get_project_with_id(client, missing_id) is None
     tasks = [htctasks.create_task_with_name(client, project, f"t{i}") for i in range(3)]
     # the client pages on while a page has `next` (the last page has none: `"next": null` broke it)
     assert {t.json["taskName"] for t in htctasks.get_tasks(client, project)} >= {"t0", "t1", "t2"}
@@ -90,6 +93,8 @@ def test_a_published_htc_client_drives_htc_serve_unchanged(client):
     while tasks[1].is_still_running(client):
         assert time.monotonic() < deadline
         time.sleep(0.5)
+    for missing_id in ("999999", "not-a-task", "1;DROP"):
+        assert htctasks.delete_task_with_id(client, project, missing_id) is None
     deleted = htctasks.delete_task_with_id(client, project, tasks[2].json["taskId"])
     assert deleted["lifecycleStatus"] == "ARCHIVED"
     assert "t2" not in {t.json["taskName"] for t in htctasks.get_tasks(client, project)}  # ACTIVE ones only

@@ -177,9 +177,10 @@ async def test_bad_ids_and_traversal(http_server_client, jp_base_url, key):
     await c("POST", "/htc/projects", auth=ada, body={"projectName": "md"})
     _, task = await c("POST", "/htc/projects/md/tasks", auth=ada, body={"taskName": "t"})
     t = f"/htc/projects/md/tasks/{task['taskId']}"
-    for path, codes in [("/htc/projects/..%2F..%2Fetc", {400}), ("/htc/projects/%2e%2e", {400}),
-                        ("/htc/projects/md/tasks/1%3B%20DROP", {400}), ("/htc/projects/md/tasks/-1", {400}),
-                        ("/htc/projects/md/tasks/999", {404}), (f"{t}/jobs/..%2Fx", {400}),
+    # an id that cannot be one (traversal, SQL, negative) is not found, like one that is not there
+    for path, codes in [("/htc/projects/..%2F..%2Fetc", {404}), ("/htc/projects/%2e%2e", {404}),
+                        ("/htc/projects/md/tasks/1%3B%20DROP", {404}), ("/htc/projects/md/tasks/-1", {404}),
+                        ("/htc/projects/md/tasks/999", {404}), (f"{t}/jobs/..%2Fx", {404}),
                         (f"{t}/jobs/99999", {404}), (f"{t}/jobs/1:999", {404}), ("/htc/projects/nope", {404}),
                         (f"{t}/jobs?pageSize=0", {400}), (f"{t}/jobs?page=abc", {400})]:
         code, body = await c("GET", path, auth=ada)

@@ -83,11 +83,13 @@ class HTCApi:
         return user == self.owner or self.auth.is_member(user, project)
 
     # -- ids and scoping ---------------------------------------------------------------------
+    # An id in a path that cannot be one of ours is not found (404, saying what ids look like), as
+    # the HTC API answers any id it does not know: published clients read only 404 as "no such".
     def _project(self, user: str, project_id: str) -> str:
         try:
             check_name(project_id, field="projectId")
         except SpecError as exc:
-            raise ApiError(400, str(exc)) from None
+            raise ApiError(404, f"no project {project_id!r}: {exc}") from None
         if not self._member(user, project_id) or project_id not in {p.name for p in self.session.ledger.projects()}:
             raise ApiError(404, f"no project {project_id!r}")
         return project_id
@@ -95,7 +97,7 @@ class HTCApi:
     def _task(self, user: str, project_id: str, task_id: str) -> TaskRow:
         project = self._project(user, project_id)
         if not isinstance(task_id, str) or not _DIGITS.match(task_id):
-            raise ApiError(400, f"taskId {task_id!r} is not allowed: a task id is digits")
+            raise ApiError(404, f"no task {task_id!r} in project {project!r}: a task id is digits")
         try:
             row = self.session.ledger.get_task(int(task_id))
         except HTCError:
@@ -117,7 +119,7 @@ class HTCApi:
             except HTCError:
                 row = None
         else:
-            raise ApiError(400, f"jobId {job_id!r} is not allowed: a job id is digits or <parentJobId>:<index>")
+            raise ApiError(404, f"no job {job_id!r} in task {task_id}: a job id is digits or <parentJobId>:<index>")
         if row is None or row.task_id != task.id:
             raise ApiError(404, f"no job {job_id} in task {task_id}")
         return task, row
