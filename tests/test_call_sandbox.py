@@ -22,7 +22,7 @@ import pytest
 from test_sandbox import _assert_confined, _local_site, _prepare
 from test_slurm import REPO, site  # noqa: F401 - the discovered site fixture
 
-from htc_notebook import Session
+from htc_notebook import Session, SiteConfig
 from htc_notebook.backends.call_sandbox import run_confined
 from htc_notebook.backends.sandbox import JobView
 
@@ -227,3 +227,38 @@ def test_a_machine_that_cannot_confine_calls_refuses_them_at_submit_and_says_how
             task.submit(pow, 2, 3)
         (row,) = task.jobs().rows()
         assert row.status == "FAILED" and "not submitted" in row.reason, row.reason
+
+
+def mpi_probe(comm, root: str, sibling: str, other_shared: str) -> list[dict] | None:
+    """The probe on every rank of an MPI function; rank 0 returns them all."""
+    seen = comm.gather(probe(root, sibling, other_shared))
+    return seen if comm.rank == 0 else None
+
+
+def _assert_rank_confined(seen: dict) -> None:
+    """As a command's, but an MPI rank keeps the node's PID namespace (docs/storage.md)."""
+    _assert_confined({**seen, "read_ledger_via_proc": "FileNotFoundError (not asserted for ranks)"})
+
+
+def test_each_rank_of_a_local_mpi_function_is_confined(tmp_path):
+    site = _local_site(packing="per_task")  # the rank pool (packed) serves every task: not confined
+    with Session(tmp_path / "root", site=site) as s:
+        task, argv = _prepare(s, "py-mpi")
+        seen = task.mpi(mpi_probe, *argv[-3:], ranks_per_node=2).result(timeout=300)
+    assert len(seen) == 2
+    for one in seen:
+        _assert_rank_confined(one)
+
+
+@pytest.mark.slurm
+def test_each_rank_of_an_mpi_function_on_two_slurm_nodes_is_confined(site):  # noqa: F811
+    """A per-task allocation (a packed one's rank pool serves every task: not confined)."""
+    per_task = site.profile("cpu").model_validate({**site.profile("cpu").model_dump(), "packing": "per_task"})
+    alone = SiteConfig(profiles={**site.profiles, "cpu": per_task}, default_profile="cpu")
+    root = REPO / "test-output" / f"call-sandbox-mpi-{uuid.uuid4().hex[:8]}"
+    with Session(root, site=alone) as s:
+        task, argv = _prepare(s, "py-mpi-slurm")
+        seen = task.mpi(mpi_probe, *argv[-3:], nodes=2, ranks_per_node=1, profile="cpu").result(timeout=300)
+    for one in seen:
+        _assert_rank_confined(one)
+    assert {one["host"] for one in seen} == {"node1", "node2"}, seen

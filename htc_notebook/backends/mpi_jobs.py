@@ -16,6 +16,7 @@ from htc_notebook.backends.base import Launch
 from htc_notebook.backends.launchers import MpiLayout, launch_argv, launch_env
 from htc_notebook.backends.mpi_pool import PoolSpec
 from htc_notebook.backends.mpi_ranks import pool_argv, rank_argv, rank_dir, read_outcome, write_call
+from htc_notebook.backends.sandbox import bwrap_argv
 from htc_notebook.ledger import Outcome
 from htc_notebook.spec import PartitionProfile
 
@@ -33,6 +34,8 @@ def wrap(launch: Launch, profile: PartitionProfile, *, step: bool = False, write
         if write:
             write_call(d, launch.call.fn, launch.call.args, launch.call.kwargs, ranks=layout.ranks)
         inner = rank_argv(profile.python or sys.executable, d)
+        if launch.view is not None:  # each rank confined like a command job's, writing only its reports here
+            inner = bwrap_argv(launch.view, inner, pid_namespace=False, writable=[os.path.realpath(d)])
     mem = (profile.memory_per_node // profile.cores_per_node) if step else None
     argv = launch_argv(layout.launcher or profile.launcher, layout, inner, mpi=profile.mpi, step_mem_per_cpu=mem)
     env = {**launch.env, **launch_env(layout, omp_places=profile.omp_places, omp_proc_bind=profile.omp_proc_bind),

@@ -57,14 +57,16 @@ SCRATCH = "/tmp/htc-scratch"  # each job's own tmpfs of maxDiskGiB, mounted here
 
 
 def bwrap_argv(view: JobView, argv: Sequence[str], *, pid_namespace: bool = True,
-               image: str | None = None, scratch_gib: int | None = None) -> list[str]:
+               image: str | None = None, scratch_gib: int | None = None, writable: Sequence[str] = ()) -> list[str]:
     """The argv that runs `argv` confined to `view` (a pure function: nothing is checked on disk);
     `image`, a root file system under the data root that `argv` runs in, is shown read-only;
-    `scratch_gib` gives the job a scratch tmpfs of that size at SCRATCH."""
+    `scratch_gib` gives the job a scratch tmpfs of that size at SCRATCH; `writable`: directories
+    of the task's `.htc/` the job may write (an MPI function's rank directory)."""
     task, shared = view.task_dir, view.shared_dir
     out = [BWRAP, "--die-with-parent", "--ro-bind", "/", "/", "--dev-bind", "/dev", "/dev", "--proc", "/proc",
            "--bind", "/tmp", "/tmp", "--tmpfs", view.root, "--ro-bind", shared, shared, "--bind", task, task,
            "--ro-bind", view.internal, view.internal, "--bind", view.checkpoints, view.checkpoints,
+           *(a for d in writable for a in ("--bind", d, d)),
            *(["--ro-bind", image, image] if image else []),
            *(["--size", str(scratch_gib << 30), "--tmpfs", SCRATCH] if scratch_gib else []), "--chdir", task]
     if pid_namespace:  # the job is its pid 1: bwrap's own reaper would hide its CPU time from wait4
@@ -75,8 +77,9 @@ def bwrap_argv(view: JobView, argv: Sequence[str], *, pid_namespace: bool = True
 def confined(launch: Launch, profile: PartitionProfile) -> Launch:
     """A launch as it runs on `profile`. A command: in its image (if it has one) with the profile's
     container runtime, in the sandbox unless the profile says `sandbox: none`. A Python call keeps
-    its view, which its worker confines it to (`call_sandbox`), unless the profile says `sandbox:
-    none`. The rank program of an MPI function is not confined."""
+    its view, which its worker confines it to (`call_sandbox`), or each rank of an MPI function
+    under bwrap (`mpi_jobs.wrap`), unless the profile says `sandbox: none`. A rank pool (packed
+    MPI functions) serves every task and is not confined."""
     if launch.kind == "python" and profile.sandbox == "none":
         return replace(launch, view=None)
     if launch.kind != "command" or launch.view is None:
@@ -102,7 +105,7 @@ def check_confinement(profile: PartitionProfile, launches: Sequence[Launch]) -> 
     as `profile` asks: commands under bwrap, Python calls in namespaces (`call_sandbox`)."""
     if profile.sandbox == "none":
         return
-    if any(l.kind == "command" for l in launches):
+    if any(l.kind == "command" or (l.mpi and l.view) for l in launches):  # MPI functions' ranks: bwrap too
         check_sandbox(profile.name)
     if calls := [l for l in launches if l.kind == "python" and l.view and not l.mpi]:
         check_call_sandbox(profile.name, calls[0].view)
