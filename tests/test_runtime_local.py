@@ -383,7 +383,7 @@ def test_quick_jobs_are_packed_and_each_keeps_its_own_record(session):
 
 
 def nap(i: int) -> int:
-    time.sleep(0.02)
+    time.sleep(0.25)  # slow: over PACK_BELOW x CONFINED_SCALE (0.2 s), what a confined call may take in a pack
     return i
 
 
@@ -396,6 +396,23 @@ def test_slow_jobs_are_not_packed(session):
         task.sweep(nap, Sweep.zip(i=list(range(24)))).results(timeout=120)
     keys = [t["key"] for t in stream.data]
     assert len(keys) == 24 and not [k for k in keys if "-x" in k]
+
+
+def quick_nap(i: int) -> int:
+    time.sleep(0.02)
+    return i
+
+
+def test_confined_calls_of_20_ms_are_packed(session):
+    """A fork per confined call costs ~10 ms, so calls this quick share one (dask_jobs.CONFINED_SCALE)."""
+    from distributed import get_task_stream
+
+    task = session.project("e2e").task("packed-confined")
+    client = session.backend(session.profile("local")).client
+    with get_task_stream(client) as stream:
+        assert task.sweep(quick_nap, Sweep.zip(i=list(range(60)))).results(timeout=120) == list(range(60))
+    keys = [t["key"] for t in stream.data]
+    assert [k for k in keys if "-x" in k] and len(keys) < 60, keys
 
 
 def test_cancel_reaches_jobs_waiting_for_their_probes(session, tmp_path):
