@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,8 +64,18 @@ class Cage:
                 time.sleep(0.02)
 
 
-@functools.cache
 def cgroup_parent() -> Path | None:
+    """Where this process may make jobs' memory cgroups (see `_cgroup_parent`), found once even when
+    several of its threads ask at the same time."""
+    with _FIRST:
+        return _cgroup_parent()
+
+
+_FIRST = threading.Lock()
+
+
+@functools.cache
+def _cgroup_parent() -> Path | None:
     """Where this process may make jobs' memory cgroups: a directory under its own v1 memory cgroup,
     or None (then `prlimit`)."""
     try:
@@ -75,11 +86,11 @@ def cgroup_parent() -> Path | None:
     mine = V1 / own.lstrip("/")
     for stale in mine.glob("htc-*"):  # left by processes that died: empty once their jobs ended
         if stale.name[4:].isdigit() and not Path(f"/proc/{stale.name[4:]}").exists():
-            for d in [*stale.glob("job-*"), stale]:
-                try:
+            try:  # another process may be clearing the same one
+                for d in [*stale.glob("job-*"), *stale.glob("call-*"), stale]:
                     d.rmdir()
-                except OSError:
-                    pass
+            except OSError:
+                pass
     parent = mine / f"htc-{os.getpid()}"
     try:
         parent.mkdir(exist_ok=True)
