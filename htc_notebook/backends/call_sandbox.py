@@ -10,7 +10,7 @@ new PID namespace (below its init) with a /proc of its own, so they cannot reach
 view through /proc/<pid>/root. Their reports come back pickled through a pipe.
 
 The function was loaded (its modules imported) in the worker before the fork, so a confined call
-costs three forks and a few mounts, not an interpreter start (bench/sandbox.py). Whatever the call
+costs three forks and a few mounts, not an interpreter start (bench/call_sandbox.py). Whatever the call
 starts dies with it (its namespace's init exits when the call ends), and each process is
 SIGKILLed if its parent dies. A confined call cannot use its worker's dask connection (`get_client()`).
 
@@ -179,17 +179,20 @@ def run_confined(view: Any, work: Callable[[], T], memory_mib: int | None = None
         while chunk := f.read(1 << 20):
             chunks.append(chunk)
     _, status = os.waitpid(pid, 0)
+    oom = cage is not None and cage.oom_kills() > 0
     if cage is not None:
-        oom = cage.oom_kills() > 0
         cage.remove()
-        if oom:
-            raise OutOfMemory(oom_reason(memory_mib))
-    if not chunks:
+    try:
+        kind, value = pickle.loads(b"".join(chunks))
+    except Exception:  # noqa: BLE001 - nothing, or half a report: the call died before it had reported
+        kind, value = "died", None
+    if kind != "ok" and oom:  # a call that reported its value is done, whatever else the killer stopped
+        raise OutOfMemory(oom_reason(memory_mib))
+    if kind == "died":
         code = _exit_code(status)  # the call's, passed on by init and the child; or how the child died
         sig = code - 128 if code > 128 else 0
         how = f"killed by signal {sig}: {signal.strsignal(sig)}" if sig else f"exit code {code}"
         raise RuntimeError(f"the confined call's process died ({how}) before it reported")
-    kind, value = pickle.loads(b"".join(chunks))
     if kind == "confine":
         raise ConfinementError(f"could not confine the call to its task's storage: {value}")
     if kind == "error":
