@@ -3,6 +3,8 @@ every job still runs once (its own attempt), and the sweep is probed once, not o
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from htc_notebook import Sweep
@@ -33,7 +35,7 @@ def add_one(x: int) -> int:
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
     """One N-job sweep dispatched SLICE jobs at a time, with Launches counted; its task stream."""
-    from distributed import get_task_stream
+    from distributed import Client, get_task_stream
 
     from htc_notebook import Session, SiteConfig
     from htc_notebook.backends import dask_jobs
@@ -47,6 +49,10 @@ def swept(tmp_path_factory):
         mp.setattr(dask_jobs, "PROBE_WAIT", 300.0)
         mp.setattr(session_module, "DISPATCH_SLICE", SLICE)
         mp.setattr(session_module, "Launch", CountedLaunch)
+        # the scheduler slow to say its threads (as under load): slices handed over meanwhile must
+        # still join the probed ones (they were probed a second time: seen twice under make test)
+        nthreads = Client.nthreads
+        mp.setattr(Client, "nthreads", lambda self, *a, **kw: (time.sleep(1.0), nthreads(self, *a, **kw))[1])
         with Session(tmp_path_factory.mktemp("htc-root"), site=SiteConfig.builtin()) as s:
             client = s.backend(s.profile("local")).client
             task = s.project("p").task("big")

@@ -429,9 +429,12 @@ class DaskJobs:
                 slow = max(held.durations, default=0) >= PACK_BELOW * _scale(held.runner)  # decided: no packing
                 if slow or not held.probes or (held.since is not None and now - held.since > PROBE_WAIT):
                     ready.append(held)
-            self._held = [h for h in self._held if h not in ready]
+        # the ready ones stay held while the scheduler is asked for its threads (a round trip, long
+        # under load): a slice of the same submission arriving meanwhile joins them, where it would
+        # otherwise find neither them nor their verdict and be probed again
         threads = sum(client.nthreads().values()) if any(not h.probes for h in ready) else 0
         with self._lock:
+            self._held = [h for h in self._held if h not in ready]
             for held in ready:
                 durations = None if held.probes else held.durations  # probes still out: PROBE_WAIT passed
                 log.debug("%d jobs after probes of %s s: packs of %d", len(held.launches), durations,
