@@ -75,6 +75,7 @@ def main() -> int:
     import cloudpickle
 
     from htc_notebook.ledger import NewJob, Outcome
+    from htc_notebook.spec import JobSpec
     from htc_notebook.ledger.rows import AttemptStart
     from htc_notebook.ui.jobs_widget import JobsTable
 
@@ -87,7 +88,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as root, Session(root, site=SiteConfig.builtin()) as s:
         t = s.project("bench").task("table")
         ids = s.ledger.add_jobs(t.id, [NewJob(name="sim", kind="command", params={"T": round(i / 7, 3), "seed": i % 9},
-                                              spec={}, index=i, profile="local") for i in range(args.jobs)])
+                                              spec=JobSpec(), index=i, profile="local") for i in range(args.jobs)])
         t0 = time.perf_counter()
         table = JobsTable(s, t.id, interval=3600)
         print(f"table over {args.jobs} jobs built in {time.perf_counter() - t0:.2f} s", flush=True)

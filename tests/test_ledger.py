@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from htc_notebook.spec import JobSpec
 from htc_notebook.errors import LedgerError
 from htc_notebook.ledger import (SCHEMA_VERSION, AttemptStart, JobStatus, Ledger, NewBatch, NewJob, Outcome,
                                  TaskRow)
@@ -25,7 +26,7 @@ def task(ledger: Ledger) -> TaskRow:
 
 
 def new_jobs(n: int, prefix: str = "k") -> list[NewJob]:
-    return [NewJob(f"job{i}", "python", {"x": i}, {"cores": 1}, key=f"{prefix}{i}", index=i) for i in range(n)]
+    return [NewJob(f"job{i}", "python", {"x": i}, JobSpec(cores=1), key=f"{prefix}{i}", index=i) for i in range(n)]
 
 
 def run_ok(ledger: Ledger, job_id: int, result: bytes = b"R") -> None:
@@ -109,7 +110,7 @@ def test_add_jobs_rows_batch_and_one_event(ledger: Ledger, task: TaskRow) -> Non
     assert [r.id for r in rows] == ids
     j = rows[1]
     assert (j.status, j.key, j.index, j.params, j.spec, j.attempts, j.kind) == (
-        "SUBMITTED", "k1", 1, {"x": 1}, {"cores": 1}, 0, "python")
+        "SUBMITTED", "k1", 1, {"x": 1}, JobSpec(cores=1), 0, "python")
     [batch] = ledger.batches(task.id)
     assert (batch.name, batch.size, batch.definition, batch.tags) == ("b1", 3, {"fn": "f"}, ("sweep",))
     assert all(r.batch_id == batch.id for r in rows)
@@ -121,23 +122,23 @@ def test_add_jobs_rows_batch_and_one_event(ledger: Ledger, task: TaskRow) -> Non
 def test_duplicate_keys_rejected_nothing_inserted(ledger: Ledger, task: TaskRow) -> None:
     ledger.add_jobs(task.id, new_jobs(3))
     before = (ledger.jobs(task.id), ledger.events(), ledger.batches(task.id), ledger.max_seq())
-    clash = [NewJob("a", "python", {}, {}, key="fresh"), NewJob("b", "python", {}, {}, key="k2")]
+    clash = [NewJob("a", "python", {}, JobSpec(), key="fresh"), NewJob("b", "python", {}, JobSpec(), key="k2")]
     with pytest.raises(LedgerError, match="'k2'"):
         ledger.add_jobs(task.id, clash, NewBatch("b2", 2, {}))
     with pytest.raises(LedgerError, match="'dup'"):
-        ledger.add_jobs(task.id, [NewJob("a", "python", {}, {}, key="dup"), NewJob("b", "python", {}, {}, key="dup")])
+        ledger.add_jobs(task.id, [NewJob("a", "python", {}, JobSpec(), key="dup"), NewJob("b", "python", {}, JobSpec(), key="dup")])
     assert (ledger.jobs(task.id), ledger.events(), ledger.batches(task.id), ledger.max_seq()) == before
     # keys are per task; None keys never clash
     other = ledger.task("proj", "other")
     ledger.add_jobs(other.id, new_jobs(3))
-    ledger.add_jobs(task.id, [NewJob("n", "python", {}, {}), NewJob("n", "python", {}, {})])
+    ledger.add_jobs(task.id, [NewJob("n", "python", {}, JobSpec()), NewJob("n", "python", {}, JobSpec())])
 
 
 def test_add_jobs_validates_before_writing(ledger: Ledger, task: TaskRow) -> None:
     with pytest.raises(LedgerError, match="JSON"):
-        ledger.add_jobs(task.id, [NewJob("a", "python", {"f": object()}, {})])
+        ledger.add_jobs(task.id, [NewJob("a", "python", {"f": object()}, JobSpec())])
     with pytest.raises(LedgerError, match="kind"):
-        ledger.add_jobs(task.id, [NewJob("a", "shell", {}, {})])
+        ledger.add_jobs(task.id, [NewJob("a", "shell", {}, JobSpec())])
     with pytest.raises(LedgerError, match="no task 999"):
         ledger.add_jobs(999, new_jobs(1))
     assert ledger.jobs(task.id) == [] and ledger.events() == []
@@ -324,7 +325,7 @@ def test_threads_share_one_ledger(ledger: Ledger, task: TaskRow) -> None:
     def work(n: int) -> None:
         try:
             for i in range(20):
-                [j] = ledger.add_jobs(task.id, [NewJob("t", "python", {}, {}, key=f"{n}-{i}")])
+                [j] = ledger.add_jobs(task.id, [NewJob("t", "python", {}, JobSpec(), key=f"{n}-{i}")])
                 run_ok(ledger, j)
         except BaseException as e:  # pragma: no cover - reported below
             errors.append(e)

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from htc_notebook.spec import JobSpec
 from htc_notebook.ledger import AttemptStart, Ledger, NewBatch, NewJob, Outcome
 
 HERE = Path(__file__).resolve()
@@ -49,7 +50,7 @@ def crash_writer(db: str, task_id: int, start: int, size: int) -> None:
     previous: list[int] = []
     i = start
     while True:
-        jobs = [NewJob(f"b{i}-{j}", "python", {"i": i, "j": j, "pad": "x" * 200}, {}, key=f"b{i}-{j}", index=j)
+        jobs = [NewJob(f"b{i}-{j}", "python", {"i": i, "j": j, "pad": "x" * 200}, JobSpec(), key=f"b{i}-{j}", index=j)
                 for j in range(size)]
         ids = led.add_jobs(task_id, jobs, NewBatch(f"b{i}", size, {"i": i}))
         print(f"added {i} {ids[0]} {ids[-1]}", flush=True)
@@ -67,7 +68,7 @@ def busy_writer(db: str, task_id: int, who: str, rounds: int, size: int, go: str
     while not os.path.exists(go):
         time.sleep(0.001)
     for r in range(rounds):
-        ids = led.add_jobs(task_id, [NewJob("w", "command", {}, {}, key=f"{who}-{r}-{j}") for j in range(size)])
+        ids = led.add_jobs(task_id, [NewJob("w", "command", {}, JobSpec(), key=f"{who}-{r}-{j}") for j in range(size)])
         nums = led.start_attempts([AttemptStart(k, host=who) for k in ids])
         half = len(ids) // 2
         led.record_outcomes([Outcome(k, n, "SUCCEEDED", result=b"ok") for k, n in zip(ids[:half], nums)])
@@ -83,7 +84,7 @@ def test_big_add_jobs_is_one_transaction(tmp_path: Path) -> None:
     db = tmp_path / "ledger.db"
     led = Ledger(db)
     task = led.task("p", "big")
-    jobs = [NewJob(f"j{i}", "python", {"x": i}, {"cores": 1}, key=f"k{i}", index=i) for i in range(BIG)]
+    jobs = [NewJob(f"j{i}", "python", {"x": i}, JobSpec(cores=1), key=f"k{i}", index=i) for i in range(BIG)]
     child = spawn("reader", db, task.id, BIG)
     assert child.stdout is not None
     assert child.stdout.readline().strip() == "ready"

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 
 from htc_notebook.errors import LedgerError
+from htc_notebook.spec import JobSpec, RetryPolicy
 from htc_notebook.ledger import SCHEMA_VERSION, AttemptStart, Ledger, NewJob, Outcome
 from htc_notebook.ledger.schema import DDL, V1_STATUSES
 from htc_notebook.ledger.states import JobStatus, sql_list
 
 
-def spec(retries: int = 0, **more) -> dict:
-    return {"cores": 1, "memory": 100, "timeout": 60, "owner": "h:1",
-            "retry": {"retries": retries, "requeues": 5}, **more}
+def spec(retries: int = 0, **more) -> JobSpec:
+    return JobSpec(cores=1, memory=100, timeout=60, owner="h:1", retry=RetryPolicy(retries=retries, requeues=5), **more)
 
 
 @pytest.fixture
@@ -62,8 +62,8 @@ def test_starting_a_retry_is_compare_and_set(ledger):
     assert ledger.requeue_retry(job, attempt, "h:2", {"memory": 200}, "retry 1 of 2") is True
     assert ledger.requeue_retry(job, attempt, "h:3", {"memory": 400}, "retry 1 of 2") is False  # one wins
     row = ledger.job(job)
-    assert (row.status, row.retry_at, row.spec["memory"], row.spec["owner"]) == ("SUBMITTED", None, 200, "h:2")
-    assert row.spec["timeout"] == 60 and row.native_id is None and row.exit_code is None
+    assert (row.status, row.retry_at, row.spec.memory, row.spec.owner) == ("SUBMITTED", None, 200, "h:2")
+    assert row.spec.timeout == 60 and row.native_id is None and row.exit_code is None
     [second] = ledger.start_attempts([AttemptStart(job, host="n2")])
     assert second == 2 and ledger.attempts(job)[1].request == {"memory": 200, "timeout": 60}
     events = [e.kind for e in ledger.events(job_id=job)]

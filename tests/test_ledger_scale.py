@@ -13,6 +13,7 @@ from collections import Counter
 
 import pytest
 
+from htc_notebook.spec import JobSpec
 from htc_notebook import cli
 from htc_notebook.errors import LedgerError
 from htc_notebook.ledger import AttemptStart, Ledger, NewBatch, NewJob, Outcome
@@ -33,13 +34,13 @@ def big(tmp_path_factory):
     with Session(root, site=SiteConfig.builtin(), reconcile=False) as s:  # a made-up ledger: nothing acts on it
         led = s.ledger
         before = led.task("scale", "before")
-        led.add_jobs(before.id, [NewJob("b", "command", {}, {}, index=i) for i in range(300)], NewBatch("b", 300, {}))
+        led.add_jobs(before.id, [NewJob("b", "command", {}, JobSpec(), index=i) for i in range(300)], NewBatch("b", 300, {}))
         task = led.task("scale", "big")
-        spec = {"cores": 1, "owner": str(s.owner)}
+        spec = JobSpec(cores=1, owner=str(s.owner))
         ids = led.add_jobs(task.id, [NewJob("sim", "command", {"i": i}, spec, index=i) for i in range(N)],
                            NewBatch("sim", N, {}))
         after = led.task("scale", "after")  # interleaved: later ids belong to another task
-        led.add_jobs(after.id, [NewJob("a", "command", {}, {}, index=i) for i in range(300)], NewBatch("a", 300, {}))
+        led.add_jobs(after.id, [NewJob("a", "command", {}, JobSpec(), index=i) for i in range(300)], NewBatch("a", 300, {}))
         # 4,000 SUBMITTED; 4,000 RUNNABLE local; 4,000 RUNNABLE queued in SLURM; 2,000 RUNNING; the rest ended
         led.start_attempts([AttemptStart(i, native_id=f"local:{s.owner}", status="RUNNABLE") for i in ids[4000:8000]])
         led.start_attempts([AttemptStart(i, native_id=f"77_{i}", status="RUNNABLE") for i in ids[8000:12000]])
@@ -148,7 +149,7 @@ def test_job_at_finds_the_batch_member(big):
     assert led.job_at(batch, N) is None
     # a batch whose members are not at first id + index (a re-run sweep skips what succeeded)
     t = led.task("scale", "sparse")
-    sparse = led.add_jobs(t.id, [NewJob("s", "command", {}, {}, index=2 * i + 1) for i in range(100)],
+    sparse = led.add_jobs(t.id, [NewJob("s", "command", {}, JobSpec(), index=2 * i + 1) for i in range(100)],
                           NewBatch("s", 100, {}))
     sb = led.job(sparse[0]).batch_id
     assert led.job_at(sb, 41).id == sparse[20] and led.job_at(sb, 40) is None
@@ -189,9 +190,9 @@ def test_status_marks_jobs_of_an_exited_owner_lost(tmp_path, capsys):
     dead.wait()
     with Session(tmp_path, site=SiteConfig.builtin()) as s:
         t = s.ledger.task("p", "t")
-        gone = s.ledger.add_jobs(t.id, [NewJob("g", "command", {}, {"owner": f"{s.owner.host}:{dead.pid}"},
+        gone = s.ledger.add_jobs(t.id, [NewJob("g", "command", {}, JobSpec(owner=f"{s.owner.host}:{dead.pid}"),
                                                index=i) for i in range(3)])
-        alive = s.ledger.add_jobs(t.id, [NewJob("a", "command", {}, {"owner": f"{s.owner.host}:{os.getppid()}"},
+        alive = s.ledger.add_jobs(t.id, [NewJob("a", "command", {}, JobSpec(owner=f"{s.owner.host}:{os.getppid()}"),
                                                 index=0)])
     assert cli.main(["--root", str(tmp_path), "status", "--task", "p/t"]) == 0
     capsys.readouterr()
@@ -203,7 +204,7 @@ def test_status_marks_jobs_of_an_exited_owner_lost(tmp_path, capsys):
 def test_add_jobs_encodes_each_spec_and_keeps_keys_unique(tmp_path):
     with Ledger(tmp_path / "l.db") as led:
         t = led.task("p", "t")
-        a, b = {"cores": 1, "x": [1, 2]}, {"cores": 2}
+        a, b = JobSpec(cores=1, commands=("x", "1")), JobSpec(cores=2)
         ids = led.add_jobs(t.id, [NewJob(f"j{i}", "python", {"i": i} if i % 2 else {}, (a, b, a)[i % 3],
                                          key=f"k{i}", index=i) for i in range(500)])
         rows = led.jobs(t.id)
@@ -211,15 +212,15 @@ def test_add_jobs_encodes_each_spec_and_keeps_keys_unique(tmp_path):
         assert [r.params for r in rows] == [{"i": i} if i % 2 else {} for i in range(500)]
         # a key taken far beyond the first statement of many rows: nothing of the call is kept
         with pytest.raises(LedgerError, match="'k444' already exists"):
-            led.add_jobs(t.id, [NewJob(f"n{i}", "python", {}, {}, key=f"n{i}") for i in range(400)]
-                         + [NewJob("dup", "python", {}, {}, key="k444")])
+            led.add_jobs(t.id, [NewJob(f"n{i}", "python", {}, JobSpec(), key=f"n{i}") for i in range(400)]
+                         + [NewJob("dup", "python", {}, JobSpec(), key="k444")])
         assert led.job_ids(t.id) == ids
 
 
 def test_start_attempts_over_many_statements(tmp_path):
     with Ledger(tmp_path / "l.db") as led:
         t = led.task("p", "t")
-        ids = led.add_jobs(t.id, [NewJob(f"j{i}", "command", {}, {}, index=i) for i in range(1000)])
+        ids = led.add_jobs(t.id, [NewJob(f"j{i}", "command", {}, JobSpec(), index=i) for i in range(1000)])
         led.cancel(ids[500:510])
         items = [AttemptStart(i, host="h", native_id=f"n{i}", log_out=f"/o{i}", log_err=f"/e{i}", status="RUNNABLE")
                  for i in ids] + [AttemptStart(ids[3], status="RUNNABLE")]  # one job twice: one attempt

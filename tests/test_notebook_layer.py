@@ -10,6 +10,7 @@ import pytest
 from IPython.core.error import UsageError
 from IPython.testing.globalipapp import start_ipython
 
+from htc_notebook.spec import JobSpec
 from htc_notebook import Session, SiteConfig, Sweep, use
 from htc_notebook.ledger import NewJob, Outcome
 from htc_notebook.ledger.rows import AttemptStart
@@ -129,7 +130,7 @@ def test_diff_protocol_sends_only_changed_rows(tmp_path):
     with Session(tmp_path, site=SiteConfig.builtin()) as s:
         t = s.project("p").task("big")
         ledger = s.ledger
-        ids = ledger.add_jobs(t.id, [NewJob(name="sim", kind="command", params={"i": i}, spec={}, index=i,
+        ids = ledger.add_jobs(t.id, [NewJob(name="sim", kind="command", params={"i": i}, spec=JobSpec(), index=i,
                                             profile="local") for i in range(10_000)])
         table = JobsTable(s, t.id, interval=3600)  # refreshed by hand below
         sent = []
@@ -157,7 +158,7 @@ def test_patch_size_and_cost_per_thousand_changed_rows(tmp_path):
     with Session(tmp_path, site=SiteConfig.builtin()) as s:
         t = s.project("p").task("big")
         ids = s.ledger.add_jobs(t.id, [NewJob(name="sim", kind="command", params={"T": i / 7, "seed": i % 5},
-                                              spec={}, index=i, profile="local") for i in range(20_000)])
+                                              spec=JobSpec(), index=i, profile="local") for i in range(20_000)])
         model = TableModel(s.ledger, t.id)
         model.poll()
         s.ledger.start_attempts([AttemptStart(i, host=f"node{i % 4}", native_id=None, log_out=None,

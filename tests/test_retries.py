@@ -53,7 +53,7 @@ def test_a_timeout_is_retried_with_twice_the_time(session):
     first, second = job.attempts
     assert (first.status, first.cause, first.request["timeout"]) == ("FAILED", "timeout", 1)
     assert (second.status, second.request["timeout"]) == ("SUCCEEDED", 2)
-    assert row.spec["timeout"] == 2
+    assert row.spec.timeout == 2
     kinds = [e.message for e in session.ledger.events(job_id=job.id) if e.kind == "retrying"]
     assert kinds and "time limit 1 -> 2 s" in kinds[0]
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
-from htc_notebook.backends.launchers import MpiLayout
 from htc_notebook.ledger import Outcome
+from htc_notebook.spec import JobSpec
 
 
 PER_JOB_ENV = ("HTC_JOB_ID", "HTC_JOB_INDEX", "HTC_CHECKPOINT")  # the variables that differ between jobs of one submission
@@ -22,7 +22,12 @@ PER_JOB_ENV = ("HTC_JOB_ID", "HTC_JOB_INDEX", "HTC_CHECKPOINT")  # the variables
 
 @dataclass(frozen=True)
 class Launch:
-    """One attempt of one job, with everything needed to run it."""
+    """One attempt of one job: its `JobSpec` (what runs, with what), and where and how it runs.
+
+    What the job asked for is read from the spec (`launch.cores` is `launch.spec.cores`);
+    `command` starts as the spec's commands and is what a backend wraps them in (bwrap, a
+    launcher line).
+    """
 
     job_id: int
     attempt: int
@@ -31,20 +36,34 @@ class Launch:
     env: dict[str, str]
     log_out: str
     log_err: str
-    cores: int = 1
+    spec: JobSpec = JobSpec()
     priority: int = 0  # lower runs first
-    timeout: int | None = None
-    memory: int | None = None  # MiB
-    swap: int | None = None  # MiB of swap beyond `memory` (maxSwap), where the kernel accounts swap
-    disk_gib: int | None = None
-    gpus: int = 0
-    throttle: int | None = None  # at most this many of the batch at once (SLURM arrays: %N)
-    command: tuple[str, ...] = ()
+    command: tuple[str, ...] = ()  # what runs: the spec's commands unless a backend wrapped them
     call: Any = None  # python jobs: a `Call` (function + arguments)
     name: str = "job"  # the job's (batch's) name
-    mpi: MpiLayout | None = None  # MPI jobs: how many ranks where (see backends/mpi_jobs.py)
     view: Any = None  # a `sandbox.JobView`: what of the data root the job may see (command jobs are confined to it)
-    image: str | None = None  # command jobs with an imageName: the image's unpacked root file system
+
+    def __post_init__(self) -> None:
+        if not self.command and self.spec.commands:
+            object.__setattr__(self, "command", self.spec.commands)
+
+    def asking(self, **changes: Any) -> "Launch":
+        """The launch with its spec changed (e.g. `memory=None` where per-call limits do not apply)."""
+        return replace(self, spec=self.spec.model_copy(update=changes))
+
+    cores = property(lambda self: self.spec.cores)
+    timeout = property(lambda self: self.spec.timeout)
+    memory = property(lambda self: self.spec.memory)  # MiB
+    swap = property(lambda self: self.spec.swap)  # MiB of swap beyond `memory` (maxSwap)
+    disk_gib = property(lambda self: self.spec.disk_gib)
+    gpus = property(lambda self: self.spec.gpus)
+    throttle = property(lambda self: self.spec.throttle)  # at most this many of the batch at once (arrays: %N)
+    mpi = property(lambda self: self.spec.mpi)  # MPI jobs: how many ranks where (backends/mpi_jobs.py)
+
+    @property
+    def image(self) -> str | None:
+        """Command jobs with an imageName: the image's unpacked root file system."""
+        return self.spec.image.rootfs if self.spec.image else None
 
 
 def oom_reason(limit_mib: int | None) -> str:

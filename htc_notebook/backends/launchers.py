@@ -16,26 +16,10 @@ and binding from `cpus_per_rank`.
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass
 from typing import Sequence
 
 from htc_notebook.errors import SpecError
-
-
-@dataclass(frozen=True)
-class MpiLayout:
-    """Where an MPI job's ranks go (`ranks` = `nodes` x `ranks_per_node`, each with `cpus_per_rank` cores)
-    and, if not the profile's, which launcher starts them."""
-
-    ranks: int
-    nodes: int
-    ranks_per_node: int
-    cpus_per_rank: int = 1
-    launcher: str | None = None  # this job's launcher, if not the profile's
-
-    @property
-    def cores(self) -> int:
-        return self.ranks * self.cpus_per_rank
+from htc_notebook.spec import MpiLayout
 
 
 def launch_argv(launcher: str, layout: MpiLayout, command: Sequence[str], *, mpi: str | None = None,

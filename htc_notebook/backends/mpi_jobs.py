@@ -40,13 +40,13 @@ def wrap(launch: Launch, profile: PartitionProfile, *, step: bool = False, write
     argv = launch_argv(layout.launcher or profile.launcher, layout, inner, mpi=profile.mpi, step_mem_per_cpu=mem)
     env = {**launch.env, **launch_env(layout, omp_places=profile.omp_places, omp_proc_bind=profile.omp_proc_bind),
            **_root_env()}
-    return replace(launch, command=tuple(argv), env=env, cores=layout.cores)
+    return replace(launch, command=tuple(argv), env=env)
 
 
 def pooled(launch: Launch, profile: PartitionProfile) -> Launch:
-    """A packed Python MPI launch as it runs on a rank pool: the job's OpenMP settings, and its cores."""
+    """A packed Python MPI launch as it runs on a rank pool: with the job's OpenMP settings."""
     env = {**launch.env, **launch_env(launch.mpi, omp_places=profile.omp_places, omp_proc_bind=profile.omp_proc_bind)}
-    return replace(launch, env=env, cores=launch.mpi.cores)
+    return replace(launch, env=env)
 
 
 def pool_spec(profile: PartitionProfile, log_directory: str | None) -> PoolSpec:

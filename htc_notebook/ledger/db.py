@@ -8,6 +8,7 @@ as a last line of defence.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from ..errors import KeyTaken, LedgerError
+from ..spec import JobSpec
 from .rows import (AttemptRow, AttemptStart, BatchRow, EventRow, JobRow, NewBatch, NewJob, Outcome,
                    ProjectRow, ResultRow, TaskRow)
 from .schema import (ACTIVE_SQL, ATTEMPT_COLUMNS, ATTEMPT_READ, DDL, JOB_COLUMNS, LEASES_DDL, PRAGMAS,
@@ -892,7 +894,9 @@ def _encode_job(job: NewJob, specs: dict[int, str] | None = None) -> tuple[Any, 
             raise LedgerError(f"job {job.name!r}: {field} must be an integer, not {value!r}")
     spec = specs.get(id(job.spec)) if specs is not None else None
     if spec is None:
-        spec = _json(f"job {job.name!r} spec", job.spec)
+        if not isinstance(job.spec, JobSpec):
+            raise LedgerError(f"job {job.name!r}: its spec is a JobSpec, not {type(job.spec).__name__}")
+        spec = job.spec.to_json()
         if specs is not None:
             specs[id(job.spec)] = spec
     params = "{}" if type(job.params) is dict and not job.params else _json(f"job {job.name!r} params", job.params)
@@ -939,5 +943,9 @@ def _prepare_outcome(o: Outcome) -> tuple[str, int | None]:
 
 def _job(r: tuple[Any, ...]) -> JobRow:
     values = list(r)
-    values[9], values[10] = json.loads(r[9]), json.loads(r[10])  # params, spec
+    values[9], values[10] = json.loads(r[9]), _spec(r[10])  # params, spec
     return JobRow(*values)
+
+
+# the jobs of a sweep or batch often share one spec: read each distinct one once
+_spec = functools.lru_cache(maxsize=4096)(JobSpec.model_validate_json)

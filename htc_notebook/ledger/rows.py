@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from htc_notebook.spec import JobSpec
+
 
 @dataclass(frozen=True)
 class ProjectRow:
@@ -44,7 +46,7 @@ class JobRow:
     profile: str
     priority: int
     params: dict[str, Any]
-    spec: dict[str, Any]
+    spec: JobSpec
     status: str
     reason: str | None
     exit_code: int | None
@@ -109,7 +111,7 @@ class NewJob:
     name: str
     kind: str  # 'python' | 'command'
     params: dict[str, Any]
-    spec: dict[str, Any]
+    spec: JobSpec
     key: str | None = None
     index: int = 0
     profile: str = "local"

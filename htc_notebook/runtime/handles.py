@@ -266,8 +266,8 @@ class JobGroup(Sequence[JobHandle]):
         changing (`print(group.efficiency())`; runtime/efficiency.py)."""
         from htc_notebook.runtime.efficiency import Usage, summarize
 
-        return summarize(Usage(r.spec.get("memory"), r.max_rss_mib, r.spec.get("cores") or 1, r.cpu_s,
-                               r.ended - r.started if r.started and r.ended else None, r.spec.get("timeout"))
+        return summarize(Usage(r.spec.memory, r.max_rss_mib, r.spec.cores, r.cpu_s,
+                               r.ended - r.started if r.started and r.ended else None, r.spec.timeout)
                          for page in self._pages() for r in page if r.status == "SUCCEEDED")
 
     def cancel(self) -> list[int]:
@@ -298,9 +298,9 @@ class JobGroup(Sequence[JobHandle]):
                "host": row.host,
                "started": pd.to_datetime(row.started, unit="s") if row.started else pd.NaT,
                "runtime_s": (row.ended - row.started) if row.started and row.ended else None,
-               "memory_mib": row.spec.get("memory"), "max_rss_mib": row.max_rss_mib,
-               "cores": row.spec.get("cores"), "cpu_s": row.cpu_s,
-               "cpu_efficiency": _efficiency(row), "timeout_s": row.spec.get("timeout"),
+               "memory_mib": row.spec.memory, "max_rss_mib": row.max_rss_mib,
+               "cores": row.spec.cores, "cpu_s": row.cpu_s,
+               "cpu_efficiency": _efficiency(row), "timeout_s": row.spec.timeout,
                "history": " · ".join(map(_attempt_text, attempts)) if attempts else None}
         for k, v in row.params.items():
             rec[k if k not in rec else f"param_{k}"] = v
@@ -313,7 +313,7 @@ def _efficiency(row: JobRow) -> float | None:
     """CPU time over what the job held: runtime x cores (None where not measured)."""
     if row.cpu_s is None or not row.started or not row.ended or row.ended <= row.started:
         return None
-    return round(row.cpu_s / ((row.ended - row.started) * (row.spec.get("cores") or 1)), 3)
+    return round(row.cpu_s / ((row.ended - row.started) * (row.spec.cores)), 3)
 
 
 def _attempt_text(a) -> str:

@@ -9,7 +9,7 @@ import platform
 import shlex
 
 from htc_notebook.errors import SpecError
-from htc_notebook.spec import JobBatch, JobDefinition, PartitionProfile, Resources, SiteConfig
+from htc_notebook.spec import JobBatch, JobDefinition, MpiLayout, PartitionProfile, Resources, SiteConfig
 
 PRIORITY = {"ON_DEMAND_PRIORITY": 0, "ON_DEMAND_ECONOMY": 1}
 _MACHINE_ARCH = {"x86_64": "X86", "amd64": "X86", "aarch64": "AARCH64", "arm64": "AARCH64"}
@@ -100,9 +100,9 @@ def render_pilot(profile: PartitionProfile) -> str:
 def render_mpi_command(profile: PartitionProfile, argv: list[str], *, nodes: int, ranks_per_node: int,
                        cpus_per_rank: int) -> str:
     """The launcher line an MPI program would run under on this profile, as text."""
-    from htc_notebook.backends.launchers import MpiLayout, launch_argv
+    from htc_notebook.backends.launchers import launch_argv
 
-    layout = MpiLayout(nodes * ranks_per_node, nodes, ranks_per_node, cpus_per_rank)
+    layout = MpiLayout(ranks=nodes * ranks_per_node, nodes=nodes, ranks_per_node=ranks_per_node, cpus_per_rank=cpus_per_rank)
     return shlex.join(launch_argv(profile.launcher, layout, argv, mpi=profile.mpi))
 
 

@@ -29,7 +29,7 @@ from htc_notebook.errors import HTCError
 from htc_notebook.ledger import JobRow
 from htc_notebook.ledger.states import TERMINAL_NAMES
 from htc_notebook.runtime.owner import Owner
-from htc_notebook.spec import Decision, Limits, Request, RetryPolicy
+from htc_notebook.spec import Decision, Limits, Request
 
 if TYPE_CHECKING:
     from htc_notebook.runtime.session import Session
@@ -112,7 +112,7 @@ class Reconciler:
                                         f"(attempt {row.attempts}: {failed})")
                 continue
             change = {k: v for k, v in (("memory", decision.request.memory), ("timeout", decision.request.timeout))
-                      if v is not None and v != row.spec.get(k)}
+                      if v is not None and v != getattr(row.spec, k)}
             reason = f"automatic {decision.why} (attempt {row.attempts}: {failed})"
             if s.ledger.requeue_retry(row.id, row.attempts, str(s.owner), change, reason):
                 by_task.setdefault(row.task_id, []).append(s.ledger.job(row.id))
@@ -127,7 +127,7 @@ class Reconciler:
 
     def _mine(self, row: JobRow) -> bool:
         """Is this session the one to retry `row`: its owner, or the owner has exited."""
-        owner = Owner.parse(row.spec.get("owner"))
+        owner = Owner.parse(row.spec.owner)
         return owner is None or owner == self.session.owner or owner.alive() is False
 
     def _decide(self, row: JobRow) -> tuple[Decision, str]:
@@ -138,13 +138,12 @@ class Reconciler:
         last = next((a for a in attempts if a.number == row.attempts), None)
         cause = (last.cause if last else None) or "exit"
         failed = f"{last.status}, {last.reason}" if last and last.reason else "failed"
-        policy = RetryPolicy(**row.spec.get("retry", {}))
         try:
             profile = s.profile(row.profile)
             limits = Limits(memory=profile.memory_per_node, timeout=profile.max_walltime)
         except HTCError:
             limits = Limits()
-        return policy.decide(cause, Request(memory=row.spec.get("memory"), timeout=row.spec.get("timeout")),
+        return row.spec.retry.decide(cause, Request(memory=row.spec.memory, timeout=row.spec.timeout),
                              causes, limits), failed
 
     # -- 2. owners that exited -------------------------------------------------------------------

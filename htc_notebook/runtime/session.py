@@ -21,7 +21,6 @@ from typing import Iterable, Sequence
 import cloudpickle
 
 from htc_notebook.backends.base import Backend, Call, Launch
-from htc_notebook.backends.launchers import MpiLayout
 from htc_notebook.backends.sandbox import JobView
 from htc_notebook.errors import HTCError, UnsupportedFeature
 from htc_notebook.ledger import AttemptStart, JobRow, Ledger, Outcome, TaskRow
@@ -183,7 +182,7 @@ class Session:
         self._calls[digest] = obj
 
     def _call_for(self, task: TaskRow, row: JobRow) -> Call:
-        digest = row.spec["payload"]
+        digest = row.spec.payload
         obj = self._calls.get(digest)
         if obj is None:
             path = self.storage.payload_path(task.project, task.name, digest)
@@ -270,17 +269,11 @@ class Session:
                 log_out: str, log_err: str) -> Launch:
         """What a backend needs to run one attempt of a job."""
         task_dir, view, base_env = where
-        spec = row.spec
         env = {**base_env, "HTC_JOB_ID": str(row.id), "HTC_JOB_INDEX": str(row.index),
-               "HTC_CHECKPOINT": str(checkpoint_path(task_dir, row.id)), **spec.get("envs", {})}
+               "HTC_CHECKPOINT": str(checkpoint_path(task_dir, row.id)), **row.spec.envs}
         return Launch(job_id=row.id, attempt=attempt, kind=row.kind, cwd=task_dir, env=env, name=row.name,
-                      log_out=log_out, log_err=log_err, cores=spec.get("cores", 1), priority=row.priority,
-                      timeout=spec.get("timeout"), command=tuple(spec.get("commands", ())),
-                      memory=spec.get("memory"), swap=spec.get("swap"), disk_gib=spec.get("disk_gib"),
-                      gpus=spec.get("gpus", 0), throttle=spec.get("throttle"),
-                      call=self._call_for(task, row) if row.kind == "python" else None,
-                      mpi=MpiLayout(**spec["mpi"]) if spec.get("mpi") else None, view=view,
-                      image=(spec.get("image") or {}).get("rootfs") if isinstance(spec.get("image"), dict) else None)
+                      log_out=log_out, log_err=log_err, spec=row.spec, priority=row.priority, view=view,
+                      call=self._call_for(task, row) if row.kind == "python" else None)
 
     # -- the data root's container registry -----------------------------------------
     def registry(self, project: str):
@@ -432,9 +425,9 @@ class Session:
             if row.status in TERMINAL_NAMES or row.id in self._job_task or row.retry_at is not None:
                 continue  # ended, watched by this process, or waiting for its retry (the reconcile loop's)
             if row.kind == "command" and self._watch_job(row.id, row.task_id, row.attempts, row.native_id, row.profile,
-                                                          row.spec.get("timeout")):
+                                                          row.spec.timeout):
                 continue
-            owner = Owner.parse(row.spec.get("owner"))
+            owner = Owner.parse(row.spec.owner)
             if owner is None or owner == self.owner or owner.alive() is not False:
                 continue
             if self._fed_by_slurm(row):
@@ -467,7 +460,7 @@ class Session:
             profile = self.profile(row.profile)
         except Exception:  # noqa: BLE001 - a profile gone from the site
             return False
-        return (profile.backend == "slurm" and row.kind == "command" and not row.spec.get("mpi")
+        return (profile.backend == "slurm" and row.kind == "command" and not row.spec.mpi
                 and not (row.native_id or "")[:1].isdigit())
 
     def _take_held(self, owner: str, rows: list[JobRow]) -> None:

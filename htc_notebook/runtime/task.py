@@ -14,7 +14,8 @@ from htc_notebook.ledger.states import ACTIVE_NAMES, REQUEUEABLE_NAMES
 from htc_notebook.runtime.commands import plain_argv, render_command, template_argv
 from htc_notebook.runtime.handles import JobGroup, JobHandle
 from htc_notebook.runtime.plan import architecture, check_definition, check_mpi
-from htc_notebook.spec import JobBatch, JobDefinition, PartitionProfile, Resources, RetryPolicy, Sweep
+from htc_notebook.spec import (ImageRef, JobBatch, JobDefinition, JobSpec, MpiLayout, PartitionProfile, Resources,
+                               RetryPolicy, Sweep)
 from htc_notebook.storage import ProjectStorage, TaskStorage, atomic_write
 
 if TYPE_CHECKING:
@@ -111,20 +112,20 @@ class Task:
         if launcher is not None:
             prof = _with_launcher(prof, launcher)
         check_mpi(prof, res)
-        layout = {"ranks": res.ranks, "nodes": res.nodes, "ranks_per_node": res.ranks_per_node,
-                  "cpus_per_rank": res.cpus_per_rank, "launcher": launcher}
+        layout = MpiLayout(ranks=res.ranks, nodes=res.nodes, ranks_per_node=res.ranks_per_node,
+                           cpus_per_rank=res.cpus_per_rank, launcher=launcher)
         if callable(what):
             if image:
                 raise SpecError("mpi", "image", image, "no image for a Python function (it runs in the kernel's "
                                 "Python on every rank): images run MPI executables, given as an argv")
             call = Call(what, args, kwargs)
-            spec = self._spec(res, retries, payload=self._store(call, what), mpi=layout, gpus=res.gpus)
+            spec = self._spec(res, retries, payload=self._store(call, what), mpi=layout)
             job = NewJob(name=name or _fn_name(what), kind="python", params={}, spec=spec, key=key, profile=prof.name)
         else:
             if args or kwargs:
                 raise SpecError("mpi", "args", args or kwargs, "no arguments for an executable: put them in its argv")
             argv = plain_argv(what, "mpi", "command")
-            spec = self._spec(res, retries, commands=list(argv), mpi=layout, gpus=res.gpus,
+            spec = self._spec(res, retries, commands=tuple(argv), mpi=layout,
                               image=self._image(image or "", architecture(prof), prof, field="image"))
             job = NewJob(name=name or _safe_label(argv[0]), kind="command", params={}, spec=spec, key=key,
                          profile=prof.name)
@@ -157,7 +158,7 @@ class Task:
             identity, label, kind = "cmd:" + "\0".join(argv), name or _safe_label(argv[0]), "command"
             for member in sweep.members[:1]:
                 render_command(argv, member.params)  # a missing field fails before anything is written
-            render = lambda params: {**common, "commands": list(render_command(argv, params))}  # noqa: E731
+            render = lambda params: common.model_copy(update={"commands": render_command(argv, params)})  # noqa: E731
         for race in range(RACES):
             keys = [_member_key(identity, m.key) for m in sweep.members]
             existing = self.session.ledger.jobs_by_key(self.id, keys)
@@ -201,7 +202,7 @@ class Task:
                             f"at most the site's max_batch_size={limit}; split the batch or raise max_batch_size")
         prof, res, spec, priority = self._command_spec(profile, batch.htc_job_definition, retries)
         if throttle:
-            spec["throttle"] = throttle
+            spec = spec.model_copy(update={"throttle": throttle})
         jobs = [NewJob(name=batch.job_name, kind="command", params={}, spec=spec, index=i,
                        profile=prof.name, priority=priority) for i in range(batch.batch_size)]
         wire = batch.to_wire()
@@ -245,28 +246,29 @@ class Task:
             res = Resources(**resources)
         return prof, prof.resolve(res)
 
-    def _spec(self, res: Resources, retries: int | RetryPolicy, **extra: Any) -> dict[str, Any]:
-        """A job's spec; `retries` is a number of retries or a whole RetryPolicy (spec/retry.py)."""
+    def _spec(self, res: Resources, retries: int | RetryPolicy, **what: Any) -> JobSpec:
+        """A job's spec: `res` (checked against its profile), `retries` (a number of retries or a whole
+        RetryPolicy, spec/retry.py) and `what` runs (payload or commands, envs, mpi, image, ...)."""
         policy = retries if isinstance(retries, RetryPolicy) else RetryPolicy(retries=retries)
-        return {"cores": res.cores, "memory": res.memory, "timeout": res.walltime,
-                "retry": policy.model_dump(), "owner": str(self.session.owner), **extra}
+        return JobSpec(cores=res.cores, memory=res.memory, timeout=res.walltime, gpus=res.gpus, retry=policy,
+                       owner=str(self.session.owner), **what)
 
     def _command_spec(self, profile: str | None, d: JobDefinition, retries: int):
         """Check an HTC job definition against a profile: (profile, resources, spec, priority)."""
         prof, res, priority = check_definition(self.session.site, profile, d)
-        spec = self._spec(res, retries, commands=list(d.commands), envs={e.name: e.value for e in d.envs},
+        spec = self._spec(res, retries, commands=d.commands, envs={e.name: e.value for e in d.envs},
                           disk_gib=d.max_disk_gib, swap=d.max_swap, image=self._image(d.image_name, d.architecture, prof))
         return prof, res, spec, priority
 
     def _image(self, name: str, arch: str, prof: PartitionProfile,
-               field: str = "imageName") -> dict[str, str] | str:
+               field: str = "imageName") -> ImageRef | None:
         """A job's image, resolved once for every job of a submission: its name, the digest it runs
         (a tag moved later does not change what a retry runs) and its unpacked root file system,
         with mount points for the task, the shared directory and `prof`'s container_binds.
         Refused before anything is recorded if the project has no such image, or it is not of
         architecture `arch`."""
         if not name:
-            return ""
+            return None
         from htc_notebook.registry.pull import add_mount_points, resolve, rootfs
 
         registry = self.session.registry(self.project)
@@ -275,7 +277,7 @@ class Task:
         st = self.session.storage
         add_mount_points(root, [str(st.task_dir(self.project, self.name)), str(st.shared_dir(self.project))],
                          prof.container_binds)
-        return {"name": name, "digest": digest, "rootfs": str(root)}
+        return ImageRef(name=name, digest=digest, rootfs=str(root))
 
     def _store(self, obj: object, fn: object) -> str:
         """Pickle `obj` now (an unpicklable function fails here, not on a node) and keep it where a

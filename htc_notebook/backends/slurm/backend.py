@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-from dataclasses import replace
 from typing import Sequence
 
 from htc_notebook.backends.base import Launch, Reporter
@@ -46,7 +45,7 @@ class SlurmBackend:
         self.arrays.submit([l for l in launches if l.kind == "command" and not l.mpi] + alone)
         # a pilot's calls are held by the pilot job's own cgroup (SLURM's), not one each: cgroups made
         # inside a job's would outlive a killed worker and keep slurmstepd from removing the job's
-        calls = [replace(l, memory=None) for l in launches if l.kind == "python" and not l.mpi]
+        calls = [l.asking(memory=None) for l in launches if l.kind == "python" and not l.mpi]
         workers = self.profile.pilot_workers or self.profile.cores_per_node
         self._start(self.pilots, calls, -(-len(calls) // workers))
         self._start(self.packs, packed, 1)
