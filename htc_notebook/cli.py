@@ -318,18 +318,25 @@ def _profiles_discover(args) -> int:
 # -- submit -------------------------------------------------------------------------
 def _submit(args) -> int:
     from htc_notebook.runtime import Session
-    from htc_notebook.runtime.plan import check_definition, check_image, render_batch
+    from htc_notebook.ledger import NewJob
+    from htc_notebook.runtime.plan import check_definition, check_image, definition_spec, render_jobs
     from htc_notebook.spec import SiteConfig, load_batches
+    from htc_notebook.storage import Storage
 
     batches = load_batches(args.file)
     site = SiteConfig.load(args.site)
+    project = _project_name(args.project)
+    jobs = []
     for b in batches:  # every batch is checked before anything is written (no empty task, no half-submitted list)
-        check_definition(site, args.profile, b.htc_job_definition)
-        check_image(_root(args), _project_name(args.project), b.htc_job_definition)
-    if args.dry_run:
-        for b in batches:
-            print(render_batch(site, b, args.profile))
+        d = b.htc_job_definition
+        prof, res, priority = check_definition(site, args.profile, d)
+        spec = definition_spec(res, d, 0, None, check_image(_root(args), project, d))
+        jobs += [NewJob(name=b.job_name, kind="command", params={}, spec=spec, index=i, profile=prof.name,
+                        priority=priority) for i in range(b.batch_size)]
+    if args.dry_run:  # what submit_batch would send, rendered by the backends (nothing is written)
+        print(render_jobs(site, Storage(_root(args)), project, args.task, jobs))
         return 0
+    del jobs
     with Session(args.root, site=site) as session:
         task = session.project(args.project).task(args.task)
         groups = [task.submit_batch(b, profile=args.profile) for b in batches]

@@ -202,6 +202,24 @@ def test_submit_dry_run_writes_nothing(tmp_path):
     assert_nothing_written(root)
 
 
+def test_submit_dry_run_on_slurm_renders_the_array_submit_would_send(tmp_path):
+    """issue 13 item 8: the dry run goes through the backend's own plan, so it shows the sandbox
+    each job runs in (before, it had a path of its own and showed the bare command)."""
+    root, site = tmp_path / "root", tmp_path / "site.yaml"
+    site.write_text(SITE)
+    batch = batch_yaml(tmp_path / "batch.yaml", job_name="writer", batch_size=4, command=WRITE_INDEX,
+                       extra=("maxVCpus: 2", "maxMemory: 300"))
+    r = htc("--site", str(site), "submit", str(batch), "--dry-run", "--profile", "cpu", "--project", "p",
+            "--task", "t", root=root)
+    assert r.returncode == 0, r.stderr
+    task_dir = f"{root.resolve()}/projects/p/tasks/t"
+    for directive in ("#SBATCH --array=0-3", "#SBATCH --partition=cpu", "#SBATCH --cpus-per-task=2",
+                      "#SBATCH --mem=300M", f"htc_state={task_dir}/.htc/slurm"):
+        assert directive in r.stdout, (directive, r.stdout)
+    assert "bwrap --die-with-parent" in r.stdout and f"--bind {task_dir} {task_dir}" in r.stdout
+    assert_nothing_written(root)
+
+
 # -- 5. bad input -----------------------------------------------------------------------------
 BAD = {
     "batchSize 0": ({"batch_size": 0}, [":2:", "batchSize = 0", "from 1 to"]),

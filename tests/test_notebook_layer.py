@@ -67,9 +67,22 @@ def test_dry_run_submits_nothing(ip, task):
     assert sum(task.counts().values()) == 0
 
 
+def test_dry_run_shows_what_submitting_again_would_send(ip, task):
+    """A dry run is the submission itself, rendered instead of sent: members that already
+    succeeded are left out, as a real submit would skip them."""
+    htc(ip, "submit --sweep T=1,2 -- echo {T}").wait(timeout=60)
+    text = htc(ip, "submit --dry-run --sweep T=1,2,3 -- echo {T}")
+    assert "1 job in task" in text and text.rstrip().endswith("-- echo 3"), text
+    assert "-- echo 1" not in text and "-- echo 2" not in text
+    assert task.counts()["SUCCEEDED"] == 2 and sum(task.counts().values()) == 2
+
+
 def test_mpi_dry_run_shows_the_launcher_line(ip, task):
     text = htc(ip, "submit --dry-run --nodes 1 --ranks-per-node 2 -- ./md -in x")
-    assert "mpirun -np 2 --map-by ppr:2:node --bind-to core ./md -in x" in text
+    # the line the backend would run, as its submit renders it: each rank in the job's sandbox
+    [line] = [l.strip() for l in text.splitlines() if l.strip().startswith("mpirun")]
+    assert line.startswith("mpirun -np 2 --map-by ppr:2:node --bind-to core bwrap ") and line.endswith(" -- ./md -in x")
+    assert f"--bind {task.storage.task_dir} {task.storage.task_dir} " in line  # the task directory, writable
     assert sum(task.counts().values()) == 0
 
 

@@ -132,7 +132,8 @@ class Reporter(Protocol):
 
 
 class Backend(Protocol):
-    """How launches become running work on one kind of resource."""
+    """How launches become running work on one kind of resource. Each backend's module also has
+    the pure `plan(profile, launches)` its `submit` follows, and a `render` of that plan (the dry run)."""
 
     name: str
 
@@ -142,10 +143,6 @@ class Backend(Protocol):
 
     def running(self) -> set[int]:
         """Job ids this backend, in this process, is still responsible for."""
-        ...
-
-    def render(self, launches: Sequence[Launch]) -> str:
-        """What `submit` would do, as text, without doing it (dry run)."""
         ...
 
     def dask_runners(self) -> dict[str, Any]:

@@ -9,12 +9,13 @@ per core, started by the first). All report to the runtime through a `Reporter`.
 from __future__ import annotations
 
 import shlex
+from dataclasses import dataclass
 from typing import Sequence
 
 from htc_notebook.backends.base import Launch, Reporter
 from htc_notebook.backends.dask_jobs import ALLOWED_FAILURES, DaskJobs
 from htc_notebook.backends.local_commands import CommandRunner
-from htc_notebook.backends.mpi_jobs import on_pool, pool_spec, pooled, wrap
+from htc_notebook.backends.mpi_jobs import on_pool, pool_spec, pooled, stage, wrap
 from htc_notebook.backends.sandbox import check_confinement, confined
 from htc_notebook.backends.mpi_pool import RankPool
 from htc_notebook.spec import PartitionProfile
@@ -48,13 +49,11 @@ class LocalBackend:
         return {"local": self._calls}
 
     def submit(self, launches: Sequence[Launch]) -> None:
-        """Commands and MPI programs as subprocesses, MPI functions on the rank pool (all within the
-        profile's cores); Python calls on dask."""
-        launches = [confined(l, self.profile) for l in launches]
-        check_confinement(self.profile, launches)
-        self._commands.submit([l if not l.mpi else pooled(l, self.profile) if on_pool(l, self.profile)
-                               else wrap(l, self.profile) for l in launches if l.kind == "command" or l.mpi])
-        self._calls.submit([l for l in launches if l.kind == "python" and not l.mpi])
+        """Commands and MPI jobs as subprocesses (within the profile's cores); Python calls on dask."""
+        p = plan(self.profile, launches)
+        stage(p.commands)
+        self._commands.submit(p.commands)
+        self._calls.submit(p.calls)
 
     def cancel(self, job_ids: Sequence[int]) -> None:
         self._commands.cancel(job_ids)
@@ -63,9 +62,6 @@ class LocalBackend:
     def running(self) -> set[int]:
         return self._calls.running() | self._commands.running()
 
-    def render(self, launches: Sequence[Launch]) -> str:
-        return render_local(self.profile, launches)
-
     def close(self) -> None:
         """Stop everything; jobs still queued or running end CANCELLED."""
         self._commands.close()
@@ -73,20 +69,44 @@ class LocalBackend:
         self.pool.close()
 
 
-def render_local(profile: PartitionProfile, launches: Sequence[Launch]) -> str:
-    """What the local backend would run, as text."""
-    lines = [f"# local backend: {profile.cores_per_node} cores on this machine"]
-    for l in map(lambda l: confined(l, profile), launches):
-        if l.mpi and on_pool(l, profile):
+@dataclass(frozen=True)
+class LocalPlan:
+    """What `submit` hands each runner (and what a dry run shows)."""
+
+    commands: list[Launch]  # subprocesses: commands, MPI programs under the launcher, MPI functions on the rank pool
+    calls: list[Launch]  # Python calls, on the LocalCluster
+
+
+def plan(profile: PartitionProfile, launches: Sequence[Launch]) -> LocalPlan:
+    """How the local backend runs `launches` (a pure function, but for refusing a machine that
+    cannot confine them as the profile asks)."""
+    check_confinement(profile, launches)
+    launches = [confined(l, profile) for l in launches]
+    commands = [l if not l.mpi else pooled(l, profile) if on_pool(l, profile) else wrap(l, profile)
+                for l in launches if l.kind == "command" or l.mpi]
+    return LocalPlan(commands, [l for l in launches if l.kind == "python" and not l.mpi])
+
+
+def render(profile: PartitionProfile, launches: Sequence[Launch], shown: int = 20) -> str:
+    """What the local backend would run, as text: each run of jobs that run alike once, up to `shown` runs."""
+    p = plan(profile, launches)
+    runs: list[tuple[list[int], str]] = []
+    for l in sorted(p.commands + p.calls, key=lambda l: l.job_id):
+        if l.kind == "python" and not l.command:
             what = (f"on the rank pool ({shlex.join(pool_spec(profile, None).argv)}): {l.mpi.ranks} ranks "
-                    f"run python call {_call_name(l.call)}")
-        elif l.mpi:
-            l = wrap(l, profile, write=False)
-            what = shlex.join(l.command)
+                    f"run python call {_call_name(l.call)}" if l.mpi else f"python call {_call_name(l.call)}")
         else:
-            what = shlex.join(l.command) if l.kind == "command" else f"python call {_call_name(l.call)}"
-        extra = f" timeout={l.timeout}s" if l.timeout else ""
-        lines.append(f"job {l.job_id}: cores={l.cores}{extra} cwd={l.cwd}\n    {what}")
+            what = shlex.join(l.command)
+        what = f"cores={l.cores}{f' timeout={l.timeout}s' if l.timeout else ''} cwd={l.cwd}\n    {what}"
+        if runs and runs[-1][1] == what:
+            runs[-1][0].append(l.job_id)
+        else:
+            runs.append(([l.job_id], what))
+    lines = [f"# local backend: {profile.cores_per_node} cores on this machine"]
+    lines += [f"job{'s' if len(ids) > 1 else ''} {ids[0]}{f'..{ids[-1]}' if len(ids) > 1 else ''}: {what}"
+              for ids, what in runs[:shown]]
+    if len(runs) > shown:
+        lines.append(f"... and {sum(len(ids) for ids, _ in runs[shown:])} more jobs")
     return "\n".join(lines)
 
 

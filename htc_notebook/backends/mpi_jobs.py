@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import replace
+from typing import Sequence
 
 from htc_notebook.backends.base import Launch
 from htc_notebook.backends.launchers import MpiLayout, launch_argv, launch_env
@@ -21,18 +22,16 @@ from htc_notebook.ledger import Outcome
 from htc_notebook.spec import PartitionProfile
 
 
-def wrap(launch: Launch, profile: PartitionProfile, *, step: bool = False, write: bool = True) -> Launch:
-    """The launch as a command job that starts every rank with the profile's launcher.
+def wrap(launch: Launch, profile: PartitionProfile, *, step: bool = False) -> Launch:
+    """The launch as a command job that starts every rank with the profile's launcher (a pure
+    function: a Python function's ranks load the call that `stage` writes before it is sent).
 
-    `step`: run as an exclusive sub-step of a larger allocation (packed). `write`: put a
-    Python call where the ranks will load it (False for a dry run).
+    `step`: run as an exclusive sub-step of a larger allocation (packed).
     """
     layout = launch.mpi
     inner = list(launch.command)
     if launch.kind == "python":
         d = rank_dir(launch.cwd, launch.job_id, launch.attempt)
-        if write:
-            write_call(d, launch.call.fn, launch.call.args, launch.call.kwargs, ranks=layout.ranks)
         inner = rank_argv(profile.python or sys.executable, d)
         if launch.view is not None:  # each rank confined like a command job's, writing only its reports here
             inner = bwrap_argv(launch.view, inner, pid_namespace=False, writable=[os.path.realpath(d)])
@@ -41,6 +40,13 @@ def wrap(launch: Launch, profile: PartitionProfile, *, step: bool = False, write
     env = {**launch.env, **launch_env(layout, omp_places=profile.omp_places, omp_proc_bind=profile.omp_proc_bind),
            **_root_env()}
     return replace(launch, command=tuple(argv), env=env)
+
+
+def stage(launches: Sequence[Launch]) -> None:
+    """Write the call of each Python MPI launch that `wrap` gave a launcher line where its ranks load it."""
+    for l in launches:
+        if l.kind == "python" and l.mpi and l.command:
+            write_call(rank_dir(l.cwd, l.job_id, l.attempt), l.call.fn, l.call.args, l.call.kwargs, ranks=l.mpi.ranks)
 
 
 def pooled(launch: Launch, profile: PartitionProfile) -> Launch:

@@ -44,10 +44,15 @@ def resolve(registry: ProjectRegistry, image: str, architecture: str, field: str
     return digest
 
 
+def rootfs_path(data_root: Path | str, digest: str) -> Path:
+    """Where the image of `digest` is (or will be) unpacked under the data root (nothing is made)."""
+    return daemon.registry_dir(data_root) / "cache" / digest.replace(":", "-") / "rootfs"
+
+
 def rootfs(registry: ProjectRegistry, image: str, digest: str) -> Path:
     """The unpacked root file system of `image` at `digest`, pulled and unpacked on first use."""
-    cache = daemon.registry_dir(registry.root) / "cache"
-    final = cache / digest.replace(":", "-")
+    final = rootfs_path(registry.root, digest).parent
+    cache = final.parent
     if (final / "rootfs").is_dir():
         return final / "rootfs"
     cache.mkdir(parents=True, exist_ok=True)

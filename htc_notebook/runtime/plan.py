@@ -1,15 +1,28 @@
-"""From an HTC job definition to what a backend runs: checks and dry-run text.
+"""From what a user asks to what a backend runs: the checks, the JobSpec, the Launches, the dry run.
 
-Pure functions of the site and the spec: nothing is written or started.
+Pure functions of the site and the spec: nothing is written or started. Submitting and every
+dry run go the same way, to the same backend `plan`: a dry run is `render_jobs`, which builds the
+Launches a submission would and has the backend render them instead of sending them.
 """
 
 from __future__ import annotations
 
+import os
 import platform
 import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from htc_notebook.errors import SpecError
-from htc_notebook.spec import JobBatch, JobDefinition, MpiLayout, PartitionProfile, Resources, SiteConfig
+from htc_notebook.ledger import NewJob
+from htc_notebook.spec import ImageRef, JobDefinition, JobSpec, PartitionProfile, Resources, RetryPolicy, SiteConfig
+from htc_notebook.storage import Storage, checkpoint_path
+from htc_notebook.storage.layout import log_paths_in
+
+if TYPE_CHECKING:
+    from htc_notebook.backends.base import Launch
 
 PRIORITY = {"ON_DEMAND_PRIORITY": 0, "ON_DEMAND_ECONOMY": 1}
 _MACHINE_ARCH = {"x86_64": "X86", "amd64": "X86", "aarch64": "AARCH64", "arm64": "AARCH64"}
@@ -34,55 +47,17 @@ def check_definition(site: SiteConfig, profile: str | None,
     return prof, res, PRIORITY[d.priority]
 
 
-def check_image(root, project: str, d: JobDefinition) -> str | None:
-    """The digest `d.image_name` resolves to in `project`'s registry under data root `root` (None
+def check_image(root, project: str, d: JobDefinition) -> ImageRef | None:
+    """The image `d.image_name` resolves to in `project`'s registry under data root `root` (None
     without an image); SpecError if the project has no such image or it is of another architecture,
-    RegistryNotRunning if the registry is down. Reads the registry only: nothing is written."""
+    RegistryNotRunning if the registry is down. Reads the registry only: nothing is written or unpacked."""
     if not d.image_name:
         return None
     from htc_notebook.registry import ProjectRegistry
-    from htc_notebook.registry.pull import resolve
+    from htc_notebook.registry.pull import resolve, rootfs_path
 
-    return resolve(ProjectRegistry(root, project), d.image_name, d.architecture)
-
-
-def render_batch(site: SiteConfig, batch: JobBatch, profile: str | None = None) -> str:
-    """What submitting `batch` would run, as text (the dry run)."""
-    d = batch.htc_job_definition
-    prof, res, prio = check_definition(site, profile, d)
-    envs = " ".join(f"{e.name}={shlex.quote(e.value)}" for e in d.envs)
-    lines = [
-        f"# batch {batch.job_name!r}: {batch.batch_size} jobs on profile {prof.name!r} ({prof.backend})",
-        f"# each: cores={res.cores} memory={res.memory or '-'} MiB timeout={res.walltime or '-'} s "
-        f"priority={d.priority}",
-        f"# cwd: the task directory; HTC_JOB_INDEX=0..{batch.batch_size - 1}",
-    ]
-    if envs:
-        lines.append(f"# env: {envs}")
-    if d.image_name:
-        lines.append(f"# image: {d.image_name} of the project's registry, with {prof.container_runtime} "
-                     "(resolved to its digest at submit)")
-    lines.append(shlex.join(d.commands))
-    if prof.backend == "slurm":
-        lines.append(_slurm_script(prof, batch, res, prio))
-    return "\n".join(lines)
-
-
-def _slurm_script(prof: PartitionProfile, batch: JobBatch, res: Resources, priority: int) -> str:
-    """The first array's sbatch script, as the SLURM backend would write it (placeholder paths)."""
-    from htc_notebook.backends.slurm.script import render_array
-
-    d = batch.htc_job_definition
-    env = {e.name: e.value for e in d.envs}
-    return ("# sbatch script of the first array (paths are filled in at submission; batches larger than "
-            "the cluster's MaxArraySize are split into several arrays):\n") + render_array(
-        job_name=f"htc-{batch.job_name}"[:64], size=batch.batch_size, ids_file="<task>/.htc/slurm/array.ids",
-        offset=0, task_dir="<task>", log_dir="<task>/logs", state_dir="<task>/.htc/slurm",
-        partition=prof.partition, command=d.commands, cpus_per_task=res.cores, mem_mib=res.memory,
-        tmp_gib=d.max_disk_gib, timeout_s=d.exec_timeout_seconds,
-        time_s=None if d.exec_timeout_seconds else prof.default_walltime, account=prof.account,
-        qos=(prof.economy_qos or prof.qos) if priority else prof.qos, constraints=prof.constraints,
-        setup=prof.setup, env=env)
+    digest = resolve(ProjectRegistry(root, project), d.image_name, d.architecture)
+    return ImageRef(name=d.image_name, digest=digest, rootfs=str(rootfs_path(root, digest)))
 
 
 def render_pilot(profile: PartitionProfile) -> str:
@@ -97,18 +72,83 @@ def render_pilot(profile: PartitionProfile) -> str:
         return f"# cannot render the pilot script here: {exc}"
 
 
-def render_mpi_command(profile: PartitionProfile, argv: list[str], *, nodes: int, ranks_per_node: int,
-                       cpus_per_rank: int) -> str:
-    """The launcher line an MPI program would run under on this profile, as text."""
-    from htc_notebook.backends.launchers import launch_argv
-
-    layout = MpiLayout(ranks=nodes * ranks_per_node, nodes=nodes, ranks_per_node=ranks_per_node, cpus_per_rank=cpus_per_rank)
-    return shlex.join(launch_argv(profile.launcher, layout, argv, mpi=profile.mpi))
-
-
 def check_mpi(profile: PartitionProfile, res: Resources) -> None:
     """An MPI request that fits the profile (checked by `resolve`) must also fit a packed allocation."""
     if profile.backend == "slurm" and profile.packing == "packed" and res.nodes > profile.nodes_per_pack:
         raise SpecError("mpi_task", "nodes", res.nodes,
                         f"at most the {profile.nodes_per_pack} nodes of profile {profile.name!r}'s packed "
                         "allocation (pack_nodes); raise pack_nodes or use packing: per_task")
+
+
+def job_spec(res: Resources, retries: int | RetryPolicy, owner: str | None, **what: Any) -> JobSpec:
+    """A job's spec: `res` (resolved against its profile), `retries` (a number of retries or a
+    whole RetryPolicy, spec/retry.py), who dispatches it, and what runs (payload or commands,
+    envs, mpi, image, ...)."""
+    policy = retries if isinstance(retries, RetryPolicy) else RetryPolicy(retries=retries)
+    return JobSpec(cores=res.cores, memory=res.memory, timeout=res.walltime, gpus=res.gpus, retry=policy,
+                   owner=owner, **what)
+
+
+def definition_spec(res: Resources, d: JobDefinition, retries: int | RetryPolicy, owner: str | None,
+                    image: Any = None) -> JobSpec:
+    """The spec of a job of HTC job definition `d` (checked with `check_definition`, which gave `res`),
+    running in `image` (an ImageRef resolved from `d.image_name`, or None)."""
+    return job_spec(res, retries, owner, commands=d.commands, envs={e.name: e.value for e in d.envs},
+                    disk_gib=d.max_disk_gib, swap=d.max_swap, image=image)
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where the jobs of one task run: its directory, what of the data root they may see, the
+    environment every job of it gets."""
+
+    task_dir: Path
+    view: Any  # backends.sandbox.JobView
+    env: dict[str, str]
+
+
+def where(storage: Storage, project: str, task: str) -> Where:
+    """Where the jobs of `project`/`task` run (nothing is created)."""
+    from htc_notebook.backends.sandbox import JobView
+
+    task_dir, shared = storage.task_path(project, task), storage.shared_path(project)
+    view = JobView(*(os.path.realpath(p) for p in (storage.root, task_dir, shared)))
+    return Where(task_dir, view, {"HTC_TASK_DIR": str(task_dir), "HTC_PROJECT_SHARED": str(shared),
+                                  "HTC_PROJECT": project, "HTC_TASK": task})
+
+
+def launch(at: Where, job_id: int, job: Any, attempt: int, log_out: str, log_err: str, call: Any = None) -> "Launch":
+    """What a backend needs to run one attempt of job `job_id` (`job`: a JobRow, or what was just
+    recorded: name, kind, index, priority, spec)."""
+    from htc_notebook.backends.base import Launch
+
+    env = {**at.env, "HTC_JOB_ID": str(job_id), "HTC_JOB_INDEX": str(job.index),
+           "HTC_CHECKPOINT": str(checkpoint_path(at.task_dir, job_id)), **job.spec.envs}
+    return Launch(job_id=job_id, attempt=attempt, kind=job.kind, cwd=at.task_dir, env=env, name=job.name,
+                  log_out=log_out, log_err=log_err, spec=job.spec, priority=job.priority, view=at.view, call=call)
+
+
+def render_jobs(site: SiteConfig, storage: Storage, project: str, task: str, jobs: Sequence[NewJob]) -> str:
+    """What submitting `jobs` to `project`/`task` would send, as each job's backend renders it with
+    the `plan` its `submit` uses (sandbox, image, launcher lines, sbatch scripts). Nothing is
+    written or sent; the jobs are numbered 1.. here (the ledger gives their ids at submission)."""
+    at = where(storage, project, task)
+    by_profile: dict[str, list[Launch]] = {}
+    for n, job in enumerate(jobs, 1):
+        out, err = log_paths_in(at.task_dir, n)
+        by_profile.setdefault(job.profile, []).append(launch(at, n, job, 1, str(out), str(err)))
+    n, indexes = len(jobs), sorted({j.index for j in jobs})
+    parts = [f"# dry run: {n} job{'s' if n != 1 else ''} in task {project}/{task}; nothing submitted "
+             f"(the ledger gives their ids at submission); HTC_JOB_INDEX="
+             + (f"{indexes[0]}..{indexes[-1]}" if len(indexes) > 1 else str(indexes[0]) if indexes else "-")]
+    if jobs and jobs[0].spec.envs:
+        parts.append("# env: " + " ".join(f"{k}={shlex.quote(v)}" for k, v in jobs[0].spec.envs.items()))
+    for name, launches in by_profile.items():
+        prof = site.profile(name)
+        parts.append(f"# profile {name!r} ({prof.backend}): {len(launches)} job(s)")
+        if prof.backend == "slurm":
+            from htc_notebook.backends.slurm.backend import render
+        else:
+            from htc_notebook.backends.local import render
+        parts.append(render(prof, launches))
+    return "\n".join(parts)

@@ -21,10 +21,10 @@ from typing import Iterable, Sequence
 import cloudpickle
 
 from htc_notebook.backends.base import Backend, Call, Launch
-from htc_notebook.backends.sandbox import JobView
 from htc_notebook.errors import HTCError, UnsupportedFeature
 from htc_notebook.ledger import AttemptStart, JobRow, Ledger, Outcome, TaskRow
 from htc_notebook.ledger.states import TERMINAL_NAMES
+from htc_notebook.runtime import plan
 from htc_notebook.runtime.handles import JobHandle
 from htc_notebook.runtime.owner import Owner, kill_orphan_group
 from htc_notebook.runtime.reconcile import Reconciler
@@ -258,22 +258,16 @@ class Session:
                 self._notify()
                 raise
 
-    def _where(self, task: TaskRow) -> tuple[Path, JobView, dict[str, str]]:
-        """A task's directory, what of the data root its jobs may see, and the environment every job of it gets."""
-        task_dir, shared = self.storage.task_dir(task.project, task.name), self.storage.shared_dir(task.project)
-        view = JobView(*(os.path.realpath(p) for p in (self.storage.root, task_dir, shared)))
-        return task_dir, view, {"HTC_TASK_DIR": str(task_dir), "HTC_PROJECT_SHARED": str(shared),
-                                "HTC_PROJECT": task.project, "HTC_TASK": task.name}
+    def _where(self, task: TaskRow) -> plan.Where:
+        """Where a task's jobs run (its directories made now)."""
+        self.storage.task_dir(task.project, task.name), self.storage.shared_dir(task.project)
+        return plan.where(self.storage, task.project, task.name)
 
-    def _launch(self, task: TaskRow, where: tuple[Path, JobView, dict[str, str]], row: JobRow | Pending, attempt: int,
+    def _launch(self, task: TaskRow, where: plan.Where, row: JobRow | Pending, attempt: int,
                 log_out: str, log_err: str) -> Launch:
         """What a backend needs to run one attempt of a job."""
-        task_dir, view, base_env = where
-        env = {**base_env, "HTC_JOB_ID": str(row.id), "HTC_JOB_INDEX": str(row.index),
-               "HTC_CHECKPOINT": str(checkpoint_path(task_dir, row.id)), **row.spec.envs}
-        return Launch(job_id=row.id, attempt=attempt, kind=row.kind, cwd=task_dir, env=env, name=row.name,
-                      log_out=log_out, log_err=log_err, spec=row.spec, priority=row.priority, view=view,
-                      call=self._call_for(task, row) if row.kind == "python" else None)
+        return plan.launch(where, row.id, row, attempt, log_out, log_err,
+                           call=self._call_for(task, row) if row.kind == "python" else None)
 
     # -- the data root's container registry -----------------------------------------
     def registry(self, project: str):

@@ -13,7 +13,7 @@ from htc_notebook.ledger import NewBatch, NewJob
 from htc_notebook.ledger.states import ACTIVE_NAMES, REQUEUEABLE_NAMES
 from htc_notebook.runtime.commands import plain_argv, render_command, template_argv
 from htc_notebook.runtime.handles import JobGroup, JobHandle
-from htc_notebook.runtime.plan import architecture, check_definition, check_mpi
+from htc_notebook.runtime.plan import architecture, check_definition, check_mpi, definition_spec, job_spec, render_jobs
 from htc_notebook.spec import (ImageRef, JobBatch, JobDefinition, JobSpec, MpiLayout, PartitionProfile, Resources,
                                RetryPolicy, Sweep)
 from htc_notebook.storage import ProjectStorage, TaskStorage, atomic_write
@@ -175,9 +175,7 @@ class Task:
             except KeyTaken:  # another kernel added some of these members just now: theirs are used
                 if race == RACES - 1:
                     raise
-        rerun = [r.id for r in existing.values() if r.status in REQUEUEABLE_NAMES]
-        if rerun:
-            self.session.retry(rerun, "sweep submitted again")
+        self._rerun([r.id for r in existing.values() if r.status in REQUEUEABLE_NAMES], "sweep submitted again")
         if order is not None:
             fresh = iter(new_ids)
             new_ids = [j if j is not None else next(fresh) for j in order]
@@ -247,17 +245,13 @@ class Task:
         return prof, prof.resolve(res)
 
     def _spec(self, res: Resources, retries: int | RetryPolicy, **what: Any) -> JobSpec:
-        """A job's spec: `res` (checked against its profile), `retries` (a number of retries or a whole
-        RetryPolicy, spec/retry.py) and `what` runs (payload or commands, envs, mpi, image, ...)."""
-        policy = retries if isinstance(retries, RetryPolicy) else RetryPolicy(retries=retries)
-        return JobSpec(cores=res.cores, memory=res.memory, timeout=res.walltime, gpus=res.gpus, retry=policy,
-                       owner=str(self.session.owner), **what)
+        """A job's spec, dispatched by this session (`plan.job_spec`)."""
+        return job_spec(res, retries, str(self.session.owner), **what)
 
     def _command_spec(self, profile: str | None, d: JobDefinition, retries: int):
         """Check an HTC job definition against a profile: (profile, resources, spec, priority)."""
         prof, res, priority = check_definition(self.session.site, profile, d)
-        spec = self._spec(res, retries, commands=d.commands, envs={e.name: e.value for e in d.envs},
-                          disk_gib=d.max_disk_gib, swap=d.max_swap, image=self._image(d.image_name, d.architecture, prof))
+        spec = definition_spec(res, d, retries, str(self.session.owner), self._image(d.image_name, d.architecture, prof))
         return prof, res, spec, priority
 
     def _image(self, name: str, arch: str, prof: PartitionProfile,
@@ -307,9 +301,14 @@ class Task:
                 self.session.reconcile([existing])
                 existing = self.session.ledger.job(existing.id)
                 if existing.status in REQUEUEABLE_NAMES:
-                    self.session.retry([existing.id], "submitted again")
+                    self._rerun([existing.id], "submitted again")
                 return existing.id
         return self._add([job])[0]
+
+    def _rerun(self, ids: list[int], why: str) -> None:
+        """Run again jobs found by key that failed, were cancelled or lost."""
+        if ids:
+            self.session.retry(ids, why)
 
     def _add(self, jobs: list[NewJob], batch: NewBatch | None = None) -> list[int]:
         """Write-ahead: record the jobs, then dispatch them. Returns their ids.
@@ -323,6 +322,33 @@ class Task:
         jobs.clear()
         self.session.dispatch(self.row, pending)
         return ids
+
+
+class DryRun(Task):
+    """`task` as a dry run sees it: every submission is checked as it would be, then rendered as
+    its backend would send it (`plan.render_jobs`) instead of recorded and sent. `text` holds what
+    was rendered; jobs found by key are shown as they are, not run again.
+
+    >>> dry = DryRun(task); dry.submit_batch(batch); print(dry.text)  # doctest: +SKIP
+    """
+
+    def __init__(self, task: Task):
+        super().__init__(task.session, task.row)
+        self.rendered: list[str] = []
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.rendered)
+
+    def _rerun(self, ids: list[int], why: str) -> None:
+        if ids:
+            self.rendered.append(f"# {len(ids)} job(s) found by key would run again ({why}): {ids[:10]}")
+
+    def _add(self, jobs: list[NewJob], batch: NewBatch | None = None) -> list[int]:
+        if jobs:
+            s = self.session
+            self.rendered.append(render_jobs(s.site, s.storage, self.project, self.name, jobs))
+        return [0] * len(jobs)  # no job was recorded: there are no ids
 
 
 def _fn_name(fn: Callable[..., Any]) -> str:

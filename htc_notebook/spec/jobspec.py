@@ -9,7 +9,7 @@ built (Resources, JobDefinition, RetryPolicy); a JobSpec read back from the ledg
 ...                mpi=MpiLayout(ranks=2, nodes=1, ranks_per_node=2))
 >>> spec.mpi.cores, JobSpec.model_validate_json(spec.to_json()) == spec
 (2, True)
->>> JobSpec.model_validate_json('{"cores": 1, "image": ""}').image is None  # ledgers of before 0.9
+>>> JobSpec.model_validate_json('{"cores": 1, "image": ""}').image is None  # ledgers written before JobSpec
 True
 """
 

@@ -48,19 +48,26 @@ class Storage:
     def project_dir(self, project: str) -> Path:
         return _mkdir(self.root / "projects" / check_name("project", project))
 
+    def shared_path(self, project: str) -> Path:
+        """Where the project's shared directory is (nothing is created: see `shared_dir`)."""
+        return self.root / "projects" / check_name("project", project) / "shared"
+
+    def task_path(self, project: str, task: str) -> Path:
+        """Where the task's directory is (nothing is created: see `task_dir`)."""
+        return self.root / "projects" / check_name("project", project) / "tasks" / check_name("task", task)
+
     def shared_dir(self, project: str) -> Path:
-        return _mkdir(self.project_dir(project) / "shared")
+        return _mkdir(self.shared_path(project))
 
     def task_dir(self, project: str, task: str) -> Path:
-        return _mkdir(self.project_dir(project) / "tasks" / check_name("task", task))
+        return _mkdir(self.task_path(project, task))
 
     def internal_dir(self, project: str, task: str) -> Path:
         return _mkdir(self.task_dir(project, task) / ".htc")
 
     def log_paths(self, project: str, task: str, job_id: int) -> tuple[Path, Path]:
-        logs = _mkdir(self.task_dir(project, task) / "logs")
-        n = _job_id(job_id)
-        return logs / f"job-{n}.out", logs / f"job-{n}.err"
+        _mkdir(self.task_dir(project, task) / "logs")
+        return log_paths_in(self.task_path(project, task), job_id)
 
     def result_path(self, project: str, task: str, job_id: int) -> Path:
         return _mkdir(self.internal_dir(project, task) / "results") / f"job-{_job_id(job_id)}.pkl"
@@ -69,6 +76,12 @@ class Storage:
         if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
             raise StorageAccessDenied(digest, "invalid payload digest; allowed pattern is ^[A-Za-z0-9_-]{1,128}$")
         return _mkdir(self.internal_dir(project, task) / "payloads") / f"{digest}.pkl"
+
+
+def log_paths_in(task_dir: Path, job_id: int) -> tuple[Path, Path]:
+    """A job's standard output and error files in its task directory (nothing is created)."""
+    n = _job_id(job_id)
+    return task_dir / "logs" / f"job-{n}.out", task_dir / "logs" / f"job-{n}.err"
 
 
 def _job_id(job_id: int) -> int:

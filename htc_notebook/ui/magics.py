@@ -26,6 +26,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 
 from htc_notebook.errors import HTCError
 from htc_notebook.runtime import JobGroup, Task
+from htc_notebook.runtime.task import DryRun
 from htc_notebook.runtime.decorators import current_task, use
 from htc_notebook.spec import JobDefinition, Sweep
 
@@ -203,7 +204,7 @@ class HTCMagics(Magics):
         return task.session.project(project if sep else task.project).task(rest if sep else name)
 
     def _submit(self, args, cell):
-        from htc_notebook.runtime.commands import render_command, template_argv
+        from htc_notebook.runtime.commands import template_argv
 
         command = args.command[1:] if args.command[:1] == ["--"] else args.command
         if cell is not None:
@@ -221,8 +222,15 @@ class HTCMagics(Magics):
         argv = template_argv(command)
         name = args.name or argv[0].rsplit("/", 1)[-1]
         mpi = args.nodes is not None or args.ranks_per_node is not None
-        if args.dry_run:
-            return self._dry_run(task, argv, sweep, args, mpi)
+        if args.dry_run:  # the same submission, rendered by its backends instead of recorded and sent
+            dry = DryRun(task)
+            self._send(dry, argv, sweep, args, mpi, name)
+            return _Text(dry.text)
+        return self._send(task, argv, sweep, args, mpi, name)
+
+    def _send(self, task: Task, argv, sweep, args, mpi: bool, name: str) -> "LiveGroup":
+        from htc_notebook.runtime.commands import render_command
+
         if mpi:
             members = sweep.members if sweep else [None]
             handles = [task.mpi(list(render_command(argv, m.params)) if m else list(argv),
@@ -240,41 +248,6 @@ class HTCMagics(Magics):
         else:
             group = task.sweep(list(argv), sweep, profile=args.profile, definition=definition, name=name)
         return LiveGroup(group.session, group.task_id, group.ids, group.name, skipped=group.skipped)
-
-    def _dry_run(self, task: Task, argv, sweep, args, mpi: bool) -> str:
-        from htc_notebook.runtime.commands import render_command
-        from htc_notebook.runtime.plan import render_batch
-        from htc_notebook.spec import JobBatch
-
-        members = sweep.members if sweep else []
-        first = list(render_command(argv, members[0].params)) if members else list(argv)
-        lines = [f"# dry run: {len(members) or 1} job(s) in task {task.project}/{task.name}; nothing submitted"]
-        lines += [f"#   {shlex.join(render_command(argv, m.params))}" for m in members[:5]]
-        if len(members) > 5:
-            lines.append(f"#   ... {len(members) - 5} more")
-        if mpi:
-            from htc_notebook.runtime.plan import render_mpi_command
-
-            profile = task.session.profile(args.profile)
-            lines.append(render_mpi_command(profile, first, nodes=args.nodes or 1,
-                                            ranks_per_node=args.ranks_per_node or 1,
-                                            cpus_per_rank=args.cpus_per_rank))
-            if args.image:
-                lines.append(f"# each rank runs in image {args.image} of the project's registry with "
-                             f"{profile.container_runtime}, the profile's {len(profile.container_binds)} "
-                             "container_binds (the site's MPI) bound in")
-        else:
-            d = {"commands": first, "maxVCpus": args.cores or 1}
-            if args.memory:
-                d["maxMemory"] = _mib(args.memory)
-            if args.timeout:
-                d["execTimeoutSeconds"] = args.timeout
-            if args.image:
-                d["imageName"] = args.image
-            batch = JobBatch.model_validate({"jobName": args.name or first[0].rsplit("/", 1)[-1][:60] or "job",
-                                             "batchSize": 1, "htcJobDefinition": d})
-            lines.append(render_batch(task.session.site, batch, args.profile))
-        return _Text("\n".join(lines))
 
     def _status(self, args, cell):
         task = self._task(args.task)

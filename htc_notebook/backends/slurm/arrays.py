@@ -82,16 +82,12 @@ class ArrayRunner:
         self.feeder = Feeder(profile, reporter, send=self._submit_chunk, track=self._track)
 
     # -- submitting --------------------------------------------------------------
-    def plan(self, launches: Sequence[Launch]) -> list[tuple[list[Launch], str]]:
-        """(chunk, script) pairs: what `submit` would send, without sending it."""
-        max_array = self._max_array or scheduler.max_array_size()
-        self._max_array = max_array
-        plans = []
-        for group in _groups(launches):
-            for start in range(0, len(group), max_array):
-                chunk = group[start:start + max_array]
-                plans.append((chunk, self._script(chunk, ids_file="<ids>", commands_file="<commands>")))
-        return plans
+    @property
+    def max_array(self) -> int:
+        """The cluster's MaxArraySize, asked of SLURM once."""
+        if self._max_array is None:
+            self._max_array = scheduler.max_array_size()
+        return self._max_array
 
     def submit(self, launches: Sequence[Launch]) -> None:
         """Send what the site has room for now; hold the rest (fed by the poller as room appears).
@@ -100,14 +96,14 @@ class ArrayRunner:
         for good (bad partition, QOS, request) - then nothing of this call is held or sent."""
         if not launches:
             return
-        self.feeder.max_array = self._max_array = self._max_array or scheduler.max_array_size()
+        self.feeder.max_array = self.max_array
         self.feeder.feed(call=self.feeder.add(_groups(launches)))
         self._ensure_poller()
 
     def hold(self, launches: Sequence[Launch], tokens: dict[int, str]) -> None:
         """Take over held work of an earlier session (`tokens`: job id -> the intent token of a chunk
         whose sbatch may have gone through); fed like this session's own."""
-        self.feeder.max_array = self._max_array = self._max_array or scheduler.max_array_size()
+        self.feeder.max_array = self.max_array
         self.feeder.hold(_groups(launches), tokens)
         self._ensure_poller()
 
@@ -132,7 +128,7 @@ class ArrayRunner:
             commands_file = Path(f"{stem}.commands")
             atomic_write(commands_file, "".join(command_line(l.command) + "\n" for l in chunk).encode())
         script = Path(f"{stem}.sh")
-        atomic_write(script, self._script(chunk, str(ids_file), str(commands_file) if commands_file else None,
+        atomic_write(script, array_script(self.profile, chunk, str(ids_file), str(commands_file) if commands_file else None,
                                           of.bundle or 1).encode())
         try:
             job = scheduler.sbatch(sbatch_argv(str(script), wrapper_log=f"{stem}-%a.log", chdir=str(first.cwd),
@@ -156,25 +152,6 @@ class ArrayRunner:
                                                       l.disk_gib)
         what = f"as array {job}" + (f", {bundle} jobs per array task" if bundle > 1 else "")
         self._reporter.submitted(natives, reason=f"submitted to SLURM {what}")
-
-    def _script(self, chunk: list[Launch], ids_file: str, commands_file: str | None, bundle: int = 1) -> str:
-        first, p = chunk[0], self.profile
-        env = {k: v for k, v in first.env.items() if k not in PER_JOB_ENV}
-        same_command = all(l.command == first.command for l in chunk)
-        return render_array(
-            job_name=f"htc-{first.name}"[:64], size=len(chunk), ids_file=ids_file,
-            offset=int(first.env.get("HTC_JOB_INDEX", 0)), task_dir=str(first.cwd),
-            log_dir=str(Path(first.log_out).parent), state_dir=str(state_dir(first.cwd)),
-            partition=p.partition or p.name, command=first.command if same_command else None,
-            commands_file=None if same_command else (commands_file or "<commands>"),
-            cpus_per_task=first.mpi.cpus_per_rank if first.mpi else first.cores,
-            nodes=first.mpi.nodes if first.mpi else None,
-            ntasks_per_node=first.mpi.ranks_per_node if first.mpi else None,
-            mem_mib=first.memory, tmp_gib=first.disk_gib,
-            timeout_s=first.timeout, time_s=_bundle_time(first.timeout, bundle, p),
-            account=p.account, qos=(p.economy_qos or p.qos) if first.priority else p.qos,
-            constraints=p.constraints, gres=f"gpu:{first.gpus}" if first.gpus else None,
-            throttle=first.throttle, setup=p.setup, env=env, bundle=bundle)
 
     # -- adopting jobs submitted by an earlier process ------------------------------
     def adopt(self, job_id: int, attempt: int, native_id: str, cwd: str | Path, timeout: int | None) -> None:
@@ -334,6 +311,34 @@ def _bundle_time(timeout: int | None, bundle: int, profile: PartitionProfile) ->
         return profile.default_walltime
     wanted = bundle * (timeout + KILL_AFTER) + SLURM_MARGIN
     return min(wanted, profile.max_walltime) if profile.max_walltime else wanted
+
+
+def array_script(p: PartitionProfile, chunk: list[Launch], ids_file: str, commands_file: str | None,
+                 bundle: int = 1) -> str:
+    """The sbatch script of one array: the jobs of `chunk` (one group of `_groups`), `bundle` per array task."""
+    first = chunk[0]
+    env = {k: v for k, v in first.env.items() if k not in PER_JOB_ENV}
+    same_command = all(l.command == first.command for l in chunk)
+    return render_array(
+        job_name=f"htc-{first.name}"[:64], size=len(chunk), ids_file=ids_file,
+        offset=int(first.env.get("HTC_JOB_INDEX", 0)), task_dir=str(first.cwd),
+        log_dir=str(Path(first.log_out).parent), state_dir=str(state_dir(first.cwd)),
+        partition=p.partition or p.name, command=first.command if same_command else None,
+        commands_file=None if same_command else (commands_file or "<commands>"),
+        cpus_per_task=first.mpi.cpus_per_rank if first.mpi else first.cores,
+        nodes=first.mpi.nodes if first.mpi else None,
+        ntasks_per_node=first.mpi.ranks_per_node if first.mpi else None,
+        mem_mib=first.memory, tmp_gib=first.disk_gib,
+        timeout_s=first.timeout, time_s=_bundle_time(first.timeout, bundle, p),
+        account=p.account, qos=(p.economy_qos or p.qos) if first.priority else p.qos,
+        constraints=p.constraints, gres=f"gpu:{first.gpus}" if first.gpus else None,
+        throttle=first.throttle, setup=p.setup, env=env, bundle=bundle)
+
+
+def array_scripts(profile: PartitionProfile, launches: Sequence[Launch], max_array: int) -> list[tuple[list[Launch], str]]:
+    """(chunk, script) pairs: the arrays `ArrayRunner.submit` would send, with placeholder file names."""
+    return [(chunk, array_script(profile, chunk, ids_file="<ids>", commands_file="<commands>"))
+            for group in _groups(launches) for chunk in (group[i:i + max_array] for i in range(0, len(group), max_array))]
 
 
 def stop_bundled(sdir: Path | str, job_id: int, attempt: int) -> None:

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import shlex
+from dataclasses import dataclass
 from typing import Sequence
 
 from htc_notebook.backends.base import Launch, Reporter
 from htc_notebook.backends.dask_jobs import DaskJobs
-from htc_notebook.backends.slurm.arrays import ArrayRunner
-from htc_notebook.backends.mpi_jobs import on_pool, packs, pool_spec, pooled, wrap
+from htc_notebook.backends.slurm import scheduler
+from htc_notebook.backends.slurm.arrays import ArrayRunner, array_scripts
+from htc_notebook.backends.mpi_jobs import on_pool, packs, pool_spec, pooled, stage, wrap
 from htc_notebook.backends.sandbox import check_confinement, confined
 from htc_notebook.backends.slurm.pilots import (check_probe, make_pilot_cluster, pack_options, pilot_options,
                                                 replace_draining_pilots, start_adapting)
 from htc_notebook.errors import BackendError
 from htc_notebook.spec import PartitionProfile
+
+
+DEFAULT_MAX_ARRAY = 1001  # SLURM's default MaxArraySize
 
 
 class SlurmBackend:
@@ -37,18 +42,12 @@ class SlurmBackend:
 
     def submit(self, launches: Sequence[Launch]) -> None:
         """Commands and per-task MPI jobs as arrays; Python calls on pilots; packed MPI jobs as steps."""
-        launches = self._confined(launches)
-        mpi = [l for l in launches if l.mpi]
-        packed = [pooled(l, self.profile) if on_pool(l, self.profile) else wrap(l, self.profile, step=True)
-                  for l in mpi if packs(l, self.profile)]
-        alone = [wrap(l, self.profile) for l in mpi if not packs(l, self.profile)]
-        self.arrays.submit([l for l in launches if l.kind == "command" and not l.mpi] + alone)
-        # a pilot's calls are held by the pilot job's own cgroup (SLURM's), not one each: cgroups made
-        # inside a job's would outlive a killed worker and keep slurmstepd from removing the job's
-        calls = [l.asking(memory=None) for l in launches if l.kind == "python" and not l.mpi]
+        p = plan(self.profile, launches)
+        stage(p.arrays + p.packed)
+        self.arrays.submit(p.arrays)
         workers = self.profile.pilot_workers or self.profile.cores_per_node
-        self._start(self.pilots, calls, -(-len(calls) // workers))
-        self._start(self.packs, packed, 1)
+        self._start(self.pilots, p.calls, -(-len(p.calls) // workers))
+        self._start(self.packs, p.packed, 1)
 
     def _start(self, runner: DaskJobs, launches: list[Launch], jobs: int) -> None:
         if not launches:
@@ -71,12 +70,7 @@ class SlurmBackend:
 
     def hold(self, launches: Sequence[Launch], tokens: dict[int, str]) -> None:
         """Feed command jobs an earlier session held (or sent without an answer: `tokens`)."""
-        self.arrays.hold(self._confined(launches), tokens)
-
-    def _confined(self, launches: Sequence[Launch]) -> list[Launch]:
-        """Jobs confined as the profile says (refused here if this machine cannot confine them)."""
-        check_confinement(self.profile, launches)
-        return [confined(l, self.profile) for l in launches]
+        self.arrays.hold(plan(self.profile, launches).arrays, tokens)
 
     def adopt(self, job_id: int, attempt: int, native_id: str, cwd: str, timeout: int | None) -> None:
         """Watch an array task submitted by an earlier session (jobs outlive kernels)."""
@@ -90,33 +84,58 @@ class SlurmBackend:
     def running(self) -> set[int]:
         return self.arrays.running() | self.pilots.running() | self.packs.running()
 
-    def render(self, launches: Sequence[Launch]) -> str:
-        """The sbatch scripts (arrays) and the pilot job script, without submitting."""
-        parts = []
-        launches = [confined(l, self.profile) for l in launches]
-        mpi = [l for l in launches if l.mpi]
-        packed = [l if on_pool(l, self.profile) else wrap(l, self.profile, step=True, write=False)
-                  for l in mpi if packs(l, self.profile)]
-        alone = [wrap(l, self.profile, write=False) for l in mpi if not packs(l, self.profile)]
-        commands = [l for l in launches if l.kind == "command" and not l.mpi] + alone
-        for chunk, script in self.arrays.plan(commands):
-            parts.append(f"# array of {len(chunk)} jobs (ids {chunk[0].job_id}..{chunk[-1].job_id})\n{script}")
-        if any(l.kind == "python" and not l.mpi for l in launches):
-            parts.append(f"# pilot job (dask-jobqueue)\n{pilot_job_script(self.profile)}")
-        if packed:
-            parts.append(f"# packed MPI allocation (dask-jobqueue)\n{pilot_job_script(self.profile, packed=True)}")
-            parts += [f"# job {l.job_id}: a step of it\n{shlex.join(l.command)}" for l in packed if l.command]
-            if any(not l.command for l in packed):
-                ids = ", ".join(str(l.job_id) for l in packed if not l.command)
-                parts.append(f"# jobs {ids}: on the allocation's MPI rank pool, started once as\n"
-                             f"{shlex.join(self.pool.argv)} <driver address>")
-        return "\n".join(parts)
-
     def close(self) -> None:
         """Stop pilots and watching; submitted arrays keep running in SLURM."""
         self.arrays.close()
         self.pilots.close()
         self.packs.close()
+
+
+@dataclass(frozen=True)
+class SlurmPlan:
+    """What `submit` hands each runner (and what a dry run shows)."""
+
+    arrays: list[Launch]  # commands, and MPI jobs in allocations of their own: sbatch arrays
+    calls: list[Launch]  # Python calls: on the profile's pilots
+    packed: list[Launch]  # MPI jobs packed into the profile's shared allocation: steps, or on its rank pool
+
+
+def plan(profile: PartitionProfile, launches: Sequence[Launch]) -> SlurmPlan:
+    """How the SLURM backend runs `launches` (a pure function, but for refusing a machine that
+    cannot confine them as the profile asks)."""
+    check_confinement(profile, launches)
+    launches = [confined(l, profile) for l in launches]
+    mpi = [l for l in launches if l.mpi]
+    packed = [pooled(l, profile) if on_pool(l, profile) else wrap(l, profile, step=True)
+              for l in mpi if packs(l, profile)]
+    alone = [wrap(l, profile) for l in mpi if not packs(l, profile)]
+    # a pilot's calls are held by the pilot job's own cgroup (SLURM's), not one each: cgroups made
+    # inside a job's would outlive a killed worker and keep slurmstepd from removing the job's
+    calls = [l.asking(memory=None) for l in launches if l.kind == "python" and not l.mpi]
+    return SlurmPlan([l for l in launches if l.kind == "command" and not l.mpi] + alone, calls, packed)
+
+
+def render(profile: PartitionProfile, launches: Sequence[Launch], max_array: int | None = None) -> str:
+    """The sbatch scripts (arrays) and job scripts (pilots, packed allocation) `submit` would send.
+    `max_array`: the cluster's MaxArraySize (asked of SLURM if not given)."""
+    p, parts = plan(profile, launches), []
+    if p.arrays and max_array is None:
+        try:
+            max_array = scheduler.max_array_size()
+        except BackendError as exc:
+            max_array = DEFAULT_MAX_ARRAY
+            parts.append(f"# ({exc}: arrays are split at SLURM's default MaxArraySize, {max_array})")
+    for chunk, script in array_scripts(profile, p.arrays, max_array or DEFAULT_MAX_ARRAY):
+        parts.append(f"# array of {len(chunk)} jobs (ids {chunk[0].job_id}..{chunk[-1].job_id})\n{script}")
+    if p.calls:
+        parts.append(f"# pilot job (dask-jobqueue) for {len(p.calls)} Python calls\n{pilot_job_script(profile)}")
+    if p.packed:
+        parts.append(f"# packed MPI allocation (dask-jobqueue)\n{pilot_job_script(profile, packed=True)}")
+        parts += [f"# job {l.job_id}: a step of it\n{shlex.join(l.command)}" for l in p.packed if l.command]
+        if pool := [str(l.job_id) for l in p.packed if not l.command]:
+            parts.append(f"# jobs {', '.join(pool)}: on the allocation's MPI rank pool, started once as\n"
+                         f"{shlex.join(pool_spec(profile, None).argv)} <driver address>")
+    return "\n".join(parts)
 
 
 def pilot_job_script(profile: PartitionProfile, packed: bool = False) -> str:
