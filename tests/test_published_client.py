@@ -51,6 +51,7 @@ def client(tmp_path, monkeypatch):
 
 def test_a_published_htc_client_drives_htc_serve_unchanged(client):
     from rescalehtc import api, htcjobs, htcprojects, htctasks
+    from rescalehtc.exceptions import HtcException
 
     assert client.get_bearer_token().get_user_claims() == {}  # a real JWT, decoded by the client (no user claims)
     api.post_htc_projects(client, {"projectName": "md"})
@@ -59,6 +60,20 @@ def test_a_published_htc_client_drives_htc_serve_unchanged(client):
     # ids that are not there, or cannot be ids of ours, are not found: the client reads 404 as "none"
     for missing_id in ("nope", "../etc", "two words"):
         assert htcprojects.get_project_with_id(client, missing_id) is None
+    # who the API key is (GET /auth/whoami, sent with the key itself as the client does)
+    me = api.get_auth_whoami(client, f"Token {client.api_key}")
+    assert me["username"] == "ada" and "md" in me["projects"]
+    # the project's vCPU limits, set and read as the client does (the batch below runs under one)
+    for role, vcpus in (("PROJECT_ADMIN", 2), ("WORKSPACE_ADMIN", 8)):
+        project.set_vcpu_limit(client, role, vcpus)
+    limits = project.get_limits(client)
+    assert [(l["modifierRole"], l["vCPUs"]) for l in limits] == [("PROJECT_ADMIN", 2), ("WORKSPACE_ADMIN", 8)]
+    assert api.get_htc_projects_limits(client, "md", limits[0]["id"])["vCPUs"] == 2
+    assert api.patch_htc_projects_limits(client, "md", limits[0]["id"], {"vCPUs": 3})["vCPUs"] == 3
+    api.delete_htc_projects_limits(client, "md", limits[1]["id"])
+    assert [l["vCPUs"] for l in project.get_limits(client)] == [3]
+    with pytest.raises(HtcException, match="400.*vCPUs = 0"):
+        api.post_htc_projects_limits(client, "md", {"modifierRole": "PROJECT_ADMIN", "vCPUs": 0})
     tasks = [htctasks.create_task_with_name(client, project, f"t{i}") for i in range(3)]
     # the client pages on while a page has `next` (the last page has none: `"next": null` broke it)
     assert {t.json["taskName"] for t in htctasks.get_tasks(client, project)} >= {"t0", "t1", "t2"}
@@ -95,6 +110,8 @@ def test_a_published_htc_client_drives_htc_serve_unchanged(client):
         time.sleep(0.5)
     for missing_id in ("999999", "not-a-task", "1;DROP"):
         assert htctasks.delete_task_with_id(client, project, missing_id) is None
+    api.delete_htc_projects_limits(client, "md")  # all of them
+    assert project.get_limits(client) == []
     deleted = htctasks.delete_task_with_id(client, project, tasks[2].json["taskId"])
     assert deleted["lifecycleStatus"] == "ARCHIVED"
     assert "t2" not in {t.json["taskName"] for t in htctasks.get_tasks(client, project)}  # ACTIVE ones only

@@ -22,11 +22,11 @@ from typing import Any, Callable, TypeVar
 
 from ..errors import KeyTaken, LedgerError
 from ..spec import JobSpec
-from .rows import (AttemptRow, AttemptStart, BatchRow, EventRow, JobRow, NewBatch, NewJob, Outcome,
+from .rows import (AttemptRow, AttemptStart, BatchRow, EventRow, JobRow, LimitRow, NewBatch, NewJob, Outcome,
                    ProjectRow, ResultRow, TaskRow)
 from .schema import (ACTIVE_SQL, ATTEMPT_COLUMNS, ATTEMPT_READ, DDL, JOB_COLUMNS, LEASES_DDL, PRAGMAS,
                      REQUEST_SQL, SCHEMA_VERSION, TERMINAL_SQL, V1_STATUSES, V3_UPGRADE,
-                     V4_UPGRADE)
+                     V4_UPGRADE, V5_UPGRADE, HELD_FOR_ROOM, IN_USE_WHERE)
 from .states import ACTIVE, CAUSES, REQUEUE_CAUSES, REQUEUEABLE, TERMINAL, Cause, JobStatus, sql_list
 
 T = TypeVar("T")
@@ -103,10 +103,11 @@ class Ledger:
                 for statement in DDL:
                     con.execute(statement)
                 con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version in (1, 2, 3):
+            elif version in (1, 2, 3, 4):
                 if version == 1:
                     _upgrade_v1(con)
-                for statement in (V3_UPGRADE if version < 3 else ()) + V4_UPGRADE:
+                for statement in ((V3_UPGRADE if version < 3 else ()) + (V4_UPGRADE if version < 4 else ())
+                                  + V5_UPGRADE):
                     con.execute(statement)
                 con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:  # equal: another process made it while we waited for the lock
@@ -337,16 +338,23 @@ class Ledger:
                 {**p, "ids": json.dumps([r[0] for r in changed])})
         return len(changed)
 
-    def start_attempts(self, items: Sequence[AttemptStart]) -> list[int]:
-        """Begin a new attempt for each job; returns attempt numbers (0 for jobs already terminal)."""
+    def start_attempts(self, items: Sequence[AttemptStart], room: tuple[str, int] | None = None) -> list[int]:
+        """Begin a new attempt for each job; returns attempt numbers (0 for jobs already terminal).
+
+        `room` = (project, vCPU limit): only the jobs that fit in the project's limit start (in
+        order, counted in this write transaction, so processes sharing the ledger never exceed
+        it together); the others wait HELD for room, and get 0."""
         items = list(items)
         canonical = {s: _status(s) for s in {it.status for it in items}}  # each distinct status checked once
         for status in canonical.values():
             if JobStatus(status) not in ACTIVE:
                 raise LedgerError(f"an attempt starts in an active state, not {status}")
         now = time.time()
+        asked = items
         with self._write() as con:
             seq = _next_seq(con)
+            if room is not None:
+                items = _admit(con, items, room, now, seq)
             # bump every live job (many rows a statement), reading back the ones this transaction moved
             # (u.column1..8: job id, status, host, native id, log out, log err, now, seq)
             numbers = dict(_many(
@@ -363,7 +371,7 @@ class Ledger:
                 f"INSERT INTO attempts ({ATTEMPT_COLUMNS}, request) "
                 f"SELECT id, attempts, status, NULL, host, native_id, NULL, started, NULL, log_out, log_err, "
                 f"       {REQUEST_SQL} FROM jobs WHERE id IN {IN_JSON} AND seq = ?", (ids, seq))
-        return [numbers.get(it.job_id, 0) for it in items]
+        return [numbers.get(it.job_id, 0) for it in asked]
 
     def record_outcomes(self, outcomes: Sequence[Outcome]) -> list[int]:
         """Commit how attempts ended; returns the ids whose job row changed.
@@ -469,6 +477,50 @@ class Ledger:
                 (new_owner, json.dumps(ids), old_owner)).fetchall()
             _events_per_task(con, moved, time.time(), "adopted", f"taken over by {new_owner} from {old_owner}")
         return _in_order(ids, moved)
+
+    # --- project vCPU limits (HTC `limits`; enforced by start_attempts) ----------------------------
+    _LIMIT = "SELECT id, project, modifier_role, vcpus, created FROM project_limits"
+
+    def add_limit(self, project: str, modifier_role: str, vcpus: int) -> LimitRow:
+        """Limit `project`'s jobs to `vcpus` vCPUs in use at once (the lowest of its limits holds)."""
+        _check_text("project name", project)
+        with self._write() as con:
+            con.execute("INSERT OR IGNORE INTO projects (name, created) VALUES (?, ?)", (project, time.time()))
+            row = con.execute("INSERT INTO project_limits (project, modifier_role, vcpus, created) VALUES (?, ?, ?, ?) "
+                              "RETURNING id, project, modifier_role, vcpus, created",
+                              (project, modifier_role, vcpus, time.time())).fetchone()
+        return LimitRow(*row)
+
+    def limits(self, project: str) -> list[LimitRow]:
+        return [LimitRow(*r) for r in self._read(f"{self._LIMIT} WHERE project = ? ORDER BY id", (project,))]
+
+    def update_limit(self, project: str, limit_id: int, modifier_role: str, vcpus: int) -> LimitRow | None:
+        with self._write() as con:
+            row = con.execute("UPDATE project_limits SET modifier_role = ?, vcpus = ? WHERE project = ? AND id = ? "
+                              "RETURNING id, project, modifier_role, vcpus, created",
+                              (modifier_role, vcpus, project, limit_id)).fetchone()
+        return LimitRow(*row) if row else None
+
+    def delete_limits(self, project: str, limit_id: int | None = None) -> int:
+        """Delete one of `project`'s limits, or all; returns how many."""
+        with self._write() as con:
+            return con.execute("DELETE FROM project_limits WHERE project = ? AND (? IS NULL OR id = ?)",
+                               (project, limit_id, limit_id)).rowcount
+
+    def vcpu_limit(self, project: str) -> int | None:
+        """The lowest of `project`'s vCPU limits (None: no limit)."""
+        return self._read("SELECT MIN(vcpus) FROM project_limits WHERE project = ?", (project,))[0][0]
+
+    def vcpus_in_use(self, project: str) -> int:
+        """vCPUs of `project`'s jobs given to a backend and not ended (what its limit counts)."""
+        with self._write() as con:  # the same view start_attempts has
+            return _in_use(con, project)
+
+    def held_for_room(self, owner: str, limit: int = 1000) -> list[JobRow]:
+        """Jobs `owner` holds for room in their project's vCPU limit, in the order they go."""
+        rows = self._read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'HELD' AND native_id = '{HELD_FOR_ROOM}' "
+                          f"AND json_extract(spec, '$.owner') = ? ORDER BY priority, id LIMIT ?", (owner, limit))
+        return [_job(r) for r in rows]
 
     # --- retries (decided and started by runtime/reconcile.py) -----------------------------------
     # A job whose failed attempt may be retried is SUBMITTED with `retry_at` set (see record_outcomes).
@@ -784,6 +836,40 @@ def _upgrade_v1(con: sqlite3.Connection) -> None:
     if problems != [("ok",)]:
         raise LedgerError(f"upgrading the ledger to schema {SCHEMA_VERSION} failed: {problems[:3]}")
     con.execute(LEASES_DDL)
+
+
+def _in_use(con: sqlite3.Connection, project: str) -> int:
+    return con.execute(f"SELECT COALESCE(SUM(COALESCE(json_extract(spec, '$.cores'), 1)), 0) FROM jobs "
+                       f"WHERE {IN_USE_WHERE} AND task_id IN (SELECT id FROM tasks WHERE project = ?)",
+                       (project,)).fetchone()[0]
+
+
+def _admit(con: sqlite3.Connection, items: list[AttemptStart], room: tuple[str, int], now: float,
+           seq: int) -> list[AttemptStart]:
+    """The items whose jobs fit in their project's vCPU limit, in order (the first that does not fit
+    and every one after it wait); the others are held for room (no attempt starts)."""
+    project, limit = room
+    ids = json.dumps([it.job_id for it in items])
+    cores = dict(con.execute(f"SELECT id, COALESCE(json_extract(spec, '$.cores'), 1) FROM jobs "
+                             f"WHERE id IN {IN_JSON} AND status NOT IN ({TERMINAL_SQL})", (ids,)).fetchall())
+    used = _in_use(con, project)
+    admitted, held = [], []
+    for it in items:
+        c = cores.get(it.job_id)
+        if c is None:
+            continue  # ended meanwhile: start_attempts gives it 0
+        if held or used + c > limit:
+            held.append(it.job_id)
+        else:
+            used += c
+            admitted.append(it)
+    if held:
+        reason = (f"waiting for room in project {project}'s vCPU limit: {limit} vCPUs, {used} in use "
+                  "(it starts as jobs of the project end)")
+        con.execute(f"UPDATE jobs SET status = 'HELD', native_id = '{HELD_FOR_ROOM}', reason = ?, updated = ?, seq = ? "
+                    f"WHERE id IN {IN_JSON} AND status NOT IN ({TERMINAL_SQL}) "
+                    f"AND NOT (status = 'HELD' AND native_id IS '{HELD_FOR_ROOM}')", (reason, now, seq, json.dumps(held)))
+    return admitted
 
 
 def _many(con: sqlite3.Connection, sql: str, row: str, rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:

@@ -15,6 +15,17 @@ class ProjectRow:
 
 
 @dataclass(frozen=True)
+class LimitRow:
+    """A project's vCPU limit (its jobs use at most `vcpus` at once; the lowest of its limits holds)."""
+
+    id: int
+    project: str
+    modifier_role: str
+    vcpus: int
+    created: float
+
+
+@dataclass(frozen=True)
 class TaskRow:
     id: int
     project: str

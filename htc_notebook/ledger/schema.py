@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .states import ACTIVE, TERMINAL, JobStatus, sql_list
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Version 1 had no HELD state: its CHECK constraints list these (upgraded in place, see Ledger)
 V1_STATUSES = "'CANCELLED','FAILED','LOST','RUNNABLE','RUNNING','STARTING','SUBMITTED','SUCCEEDED'"
 
@@ -33,6 +33,24 @@ V3_UPGRADE = ("ALTER TABLE jobs ADD COLUMN retry_at REAL", RETRY_INDEX, "ALTER T
 # gone?): this index answers from the active jobs' owners alone, not by parsing every job's spec
 OWNER_INDEX = f"CREATE INDEX jobs_active_owner ON jobs (json_extract(spec, '$.owner')) WHERE status IN ({ACTIVE_SQL})"
 V4_UPGRADE = (OWNER_INDEX,)
+
+# v4 -> v5: project vCPU limits (HTC `limits`). Jobs beyond a limit wait HELD with this native id
+# (no attempt started); the vCPUs in use are summed over this index's few rows, not over held ones
+HELD_FOR_ROOM = "held:vcpus"
+LIMITS_DDL = """CREATE TABLE project_limits (
+        id             INTEGER PRIMARY KEY,
+        project        TEXT NOT NULL REFERENCES projects(name),
+        modifier_role  TEXT NOT NULL,
+        vcpus          INTEGER NOT NULL CHECK (vcpus >= 1),
+        created        REAL NOT NULL
+    )"""
+IN_USE_WHERE = (f"(status IN ('RUNNABLE', 'STARTING', 'RUNNING') "
+                f"OR (status = 'HELD' AND native_id IS NOT '{HELD_FOR_ROOM}'))")
+IN_USE_INDEX = f"CREATE INDEX jobs_in_use ON jobs (task_id) WHERE {IN_USE_WHERE}"
+HELD_INDEX = (f"CREATE INDEX jobs_held_for_room ON jobs (json_extract(spec, '$.owner'), priority, id) "
+              f"WHERE status = 'HELD' AND native_id = '{HELD_FOR_ROOM}'")
+V5_UPGRADE = (LIMITS_DDL, "CREATE INDEX project_limits_project ON project_limits (project)", IN_USE_INDEX,
+              HELD_INDEX)
 
 # Named leases: which process does a job for the whole data root (e.g. the one SLURM status poll)
 LEASES_DDL = """CREATE TABLE leases (
@@ -147,6 +165,7 @@ DDL = (
     "CREATE INDEX events_job ON events (job_id, id)",
 
     LEASES_DDL,
+    *V5_UPGRADE,
 
     # PRIMARY KEY job_id: a job's result is committed exactly once (G2).
     """CREATE TABLE results (

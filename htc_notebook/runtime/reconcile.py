@@ -14,6 +14,9 @@ state kept apart from the live one, one method that corrects the difference). Ea
 2. **Dead owners** (every few seconds, over the whole data root): the local jobs of a process that
    has exited become LOST; its SLURM jobs are watched from here; its held work is claimed and fed.
 3. **Foreign cancels**: a job this process runs that another process cancelled is stopped here.
+4. **Room in a project's vCPU limit**: jobs this session holds for room (`Ledger.start_attempts`
+   with a limit) are dispatched again, in order, as jobs of their project end (a commit of an
+   outcome wakes the loop) or the limit is raised or deleted.
 
 Held work is released by the SLURM feeder as room appears; the status of SLURM jobs comes from
 the data root's one poller (runtime/watch.py). Readers (`jobs()`, `status()`, handles) only read.
@@ -93,6 +96,8 @@ class Reconciler:
             self.reconcile_owners()
             self.stop_cancelled()
         self.start_retries(now)
+        if self.session.holding:
+            self.release_held()
 
     # -- 1. retries ----------------------------------------------------------------------------
     def start_retries(self, now: float) -> int:
@@ -156,6 +161,35 @@ class Reconciler:
             if owner is not None and owner != s.owner and owner.alive() is False:
                 lost += s.reconcile(s.ledger.owned_jobs(text))
         return lost
+
+    # -- 4. room in a project's vCPU limit -------------------------------------------------------
+    def release_held(self) -> int:
+        """Dispatch again the jobs this session holds for room, as many as their projects' limits
+        now have room for (the ledger admits them, atomically across processes). Returns how many
+        were offered."""
+        s = self.session
+        held = s.ledger.held_for_room(str(s.owner))
+        if not held:
+            s.holding = False
+            return 0
+        offered: dict[int, list[JobRow]] = {}
+        free: dict[str, float] = {}
+        for row in held:
+            project = s.task_row(row.task_id).project
+            if project not in free:
+                limit = s.ledger.vcpu_limit(project)
+                free[project] = float("inf") if limit is None else limit - s.ledger.vcpus_in_use(project)
+            if free[project] >= row.spec.cores:
+                free[project] -= row.spec.cores
+                offered.setdefault(row.task_id, []).append(row)
+            else:
+                free[project] = 0  # in order: nothing after the first that does not fit
+        for task_id, rows in offered.items():
+            try:
+                s.dispatch(s.task_row(task_id), rows)
+            except HTCError:
+                pass  # dispatch has recorded why they were not submitted
+        return sum(len(r) for r in offered.values())
 
     # -- 3. cancels from elsewhere ----------------------------------------------------------------
     def stop_cancelled(self) -> None:

@@ -23,6 +23,7 @@ import cloudpickle
 from htc_notebook.backends.base import Backend, Call, Launch
 from htc_notebook.errors import HTCError, UnsupportedFeature
 from htc_notebook.ledger import AttemptStart, JobRow, Ledger, Outcome, TaskRow
+from htc_notebook.ledger.schema import HELD_FOR_ROOM
 from htc_notebook.ledger.states import TERMINAL_NAMES
 from htc_notebook.runtime import plan
 from htc_notebook.runtime.handles import JobHandle
@@ -70,6 +71,7 @@ class Session:
         self._tasks: dict[int, TaskRow] = {}
         self._calls: dict[str, object] = {}
         self._job_task: dict[int, int] = {}  # job id -> task id, for every job dispatched here
+        self.holding = False  # some jobs of this session wait HELD for room in their project's vCPU limit
         self._changed = threading.Condition()
         self._generation = 0  # bumped on every commit this process makes (see change_mark)
         self._lock = threading.RLock()
@@ -205,6 +207,8 @@ class Session:
         log_dir.mkdir(parents=True, exist_ok=True)
         checkpoint_path(self.storage.task_dir(task.project, task.name), 0).parent.mkdir(parents=True, exist_ok=True)
         prefix, where = os.path.join(log_dir, "job-"), self._where(task)
+        limit = self.ledger.vcpu_limit(task.project)
+        room = (task.project, limit) if limit is not None else None
         later: dict[str, list[Launch]] = {}
         with ExitStack() as one:  # to each dask runner the slices are one submission (probed once)
             for profile in {r.profile for r in rows}:
@@ -213,18 +217,21 @@ class Session:
             for start in range(0, len(rows), DISPATCH_SLICE):
                 end = start + DISPATCH_SLICE
                 # one expression: the previous slice's Launches are gone before the next is built
-                self._hand_over(self._attempt(task, where, prefix, rows[start:end], later), later, rows, end)
+                self._hand_over(self._attempt(task, where, prefix, rows[start:end], later, room), later, rows, end)
             self._hand_over(later, {}, rows, len(rows))
 
     def _attempt(self, task: TaskRow, where, prefix: str, rows: Sequence[JobRow | Pending],
-                 later: dict[str, list[Launch]]) -> dict[str, list[Launch]]:
-        """Start an attempt for each of these jobs and make the Launches of those still live: plain
-        Python calls are returned by profile, the others added to `later`."""
+                 later: dict[str, list[Launch]], room: tuple[str, int] | None) -> dict[str, list[Launch]]:
+        """Start an attempt for each of these jobs that fits in `room` (its project's vCPU limit;
+        the others wait HELD, released by the reconcile loop) and make the Launches of those still
+        live: plain Python calls are returned by profile, the others added to `later`."""
         native = f"local:{self.owner}"
         logs = [(f"{prefix}{r.id}.out", f"{prefix}{r.id}.err") for r in rows]
         numbers = self.ledger.start_attempts([AttemptStart(r.id, host=self.owner.host, native_id=native, log_out=o,
                                                            log_err=e, status="RUNNABLE")
-                                              for r, (o, e) in zip(rows, logs)])
+                                              for r, (o, e) in zip(rows, logs)], room)
+        if room is not None and not all(numbers):
+            self.holding = True
         now: dict[str, list[Launch]] = {}
         for row, attempt, (o, e) in zip(rows, numbers, logs):
             if attempt:  # 0: became terminal meanwhile (e.g. cancelled)
@@ -384,8 +391,8 @@ class Session:
 
     def _committed(self, outcomes: Sequence[Outcome]) -> None:
         self._notify()
-        if any(o.status in ("FAILED", "LOST") for o in outcomes):
-            self.reconciler.wake()  # a retry may be due now
+        if self.holding or any(o.status in ("FAILED", "LOST") for o in outcomes):
+            self.reconciler.wake()  # a retry may be due now, or room for held jobs
 
     def _notify(self) -> None:
         with self._changed:
@@ -423,6 +430,10 @@ class Session:
                 continue
             owner = Owner.parse(row.spec.owner)
             if owner is None or owner == self.owner or owner.alive() is not False:
+                continue
+            if row.status == "HELD" and row.native_id == HELD_FOR_ROOM:  # never started: this session takes it
+                if self.ledger.claim([row.id], str(owner), str(self.owner)):
+                    self.holding = True
                 continue
             if self._fed_by_slurm(row):
                 held.setdefault(str(owner), []).append(row)

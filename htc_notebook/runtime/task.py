@@ -9,13 +9,13 @@ import cloudpickle
 
 from htc_notebook.backends.base import Call
 from htc_notebook.errors import KeyTaken, SpecError
-from htc_notebook.ledger import NewBatch, NewJob
+from htc_notebook.ledger import LimitRow, NewBatch, NewJob
 from htc_notebook.ledger.states import ACTIVE_NAMES, REQUEUEABLE_NAMES
 from htc_notebook.runtime.commands import plain_argv, render_command, template_argv
 from htc_notebook.runtime.handles import JobGroup, JobHandle
 from htc_notebook.runtime.plan import architecture, check_definition, check_mpi, definition_spec, job_spec, render_jobs
-from htc_notebook.spec import (ImageRef, JobBatch, JobDefinition, JobSpec, MpiLayout, PartitionProfile, Resources,
-                               RetryPolicy, Sweep)
+from htc_notebook.spec import (ImageRef, JobBatch, JobDefinition, JobSpec, MpiLayout, PartitionProfile,
+                               ProjectLimit, Resources, RetryPolicy, Sweep)
 from htc_notebook.storage import ProjectStorage, TaskStorage, atomic_write
 
 if TYPE_CHECKING:
@@ -56,6 +56,32 @@ class Project:
     def shared(self) -> ProjectStorage:
         """The project's shared storage: put inputs here for every task's jobs to read."""
         return ProjectStorage(self.session.storage.shared_dir(self.name))
+
+    # -- vCPU limits (HTC `limits`) ------------------------------------------------------
+    def limits(self) -> list[LimitRow]:
+        """This project's vCPU limits; the lowest holds for every kernel and server of the data root."""
+        return self.session.ledger.limits(self.name)
+
+    def set_vcpu_limit(self, vcpus: int, modifier_role: str = "PROJECT_ADMIN") -> LimitRow:
+        """At most `vcpus` vCPUs of this project's jobs in use at once; the rest wait HELD, in order.
+
+        >>> project.set_vcpu_limit(64)  # doctest: +SKIP
+        """
+        limit = ProjectLimit(vcpus=vcpus, modifier_role=modifier_role)
+        return self._changed(self.session.ledger.add_limit(self.name, limit.modifier_role, limit.vcpus))
+
+    def update_limit(self, limit_id: int, vcpus: int, modifier_role: str = "PROJECT_ADMIN") -> LimitRow | None:
+        """Change limit `limit_id` of this project (None if it has no such limit)."""
+        limit = ProjectLimit(vcpus=vcpus, modifier_role=modifier_role)
+        return self._changed(self.session.ledger.update_limit(self.name, limit_id, limit.modifier_role, limit.vcpus))
+
+    def delete_limits(self, limit_id: int | None = None) -> int:
+        """Delete one of this project's limits, or all of them; held jobs go as the rest allows."""
+        return self._changed(self.session.ledger.delete_limits(self.name, limit_id))
+
+    def _changed(self, out):
+        self.session.reconciler.wake()  # a raised or deleted limit makes room for held jobs
+        return out
 
 
 class Task:
@@ -305,6 +331,15 @@ class Task:
                 return existing.id
         return self._add([job])[0]
 
+    def _check_limit(self, jobs: list[NewJob]) -> None:
+        """Refuse, before anything is written, a job that could never start under the project's vCPU limit."""
+        limit = self.session.ledger.vcpu_limit(self.project)
+        if limit is not None:
+            cores = max({id(j.spec): j.spec.cores for j in jobs}.values())
+            if cores > limit:
+                raise SpecError("JobSpec", "cores", cores, f"at most the vCPU limit of project {self.project!r}, {limit} "
+                                "(a job above it would never start; raise the limit or ask for fewer cores)")
+
     def _rerun(self, ids: list[int], why: str) -> None:
         """Run again jobs found by key that failed, were cancelled or lost."""
         if ids:
@@ -317,6 +352,7 @@ class Task:
         records (what dispatch needs) stay alive while a large sweep is handed over."""
         if not jobs:
             return []
+        self._check_limit(jobs)
         ids = self.session.ledger.add_jobs(self.id, jobs, batch)
         pending = [Pending(i, j) for i, j in zip(ids, jobs)]
         jobs.clear()
@@ -346,6 +382,7 @@ class DryRun(Task):
 
     def _add(self, jobs: list[NewJob], batch: NewBatch | None = None) -> list[int]:
         if jobs:
+            self._check_limit(jobs)
             s = self.session
             self.rendered.append(render_jobs(s.site, s.storage, self.project, self.name, jobs))
         return [0] * len(jobs)  # no job was recorded: there are no ids

@@ -31,7 +31,7 @@ from htc_notebook.errors import BackendError, HTCError, SpecError
 from htc_notebook.ledger import JobRow, TaskRow
 from htc_notebook.ledger.states import ACTIVE_NAMES, REQUEUEABLE_NAMES, STATES
 from htc_notebook.server.auth import Auth
-from htc_notebook.spec import JobBatch, check_name
+from htc_notebook.spec import JobBatch, ProjectLimit, check_name
 
 if TYPE_CHECKING:
     from htc_notebook.runtime.session import Session
@@ -319,6 +319,42 @@ class HTCApi:
                     counts[wire] = counts.get(wire, 0) + k
         return {"jobStatuses": counts, "toolkitStatuses": {s: n for s, n in toolkit.items() if s in STATES}}
 
+    # -- vCPU limits (HTC `limits`: the lowest holds across every kernel and server) ------------------
+    def list_limits(self, user: str, project_id: str, page: str | None, size: int) -> tuple[list[dict], str | None]:
+        project = self.session.project(self._project(user, project_id))
+        return _offset_page([_limit_json(l) for l in project.limits()], page, size)
+
+    def get_limit(self, user: str, project_id: str, limit_id: str) -> dict[str, Any]:
+        return _limit_json(self._limit(user, project_id, limit_id))
+
+    def add_limit(self, user: str, project_id: str, body: Any) -> dict[str, Any]:
+        project = self.session.project(self._project(user, project_id))
+        limit = _limit_body(body)
+        return _limit_json(project.set_vcpu_limit(limit.vcpus, limit.modifier_role))
+
+    def patch_limit(self, user: str, project_id: str, limit_id: str, body: Any) -> dict[str, Any]:
+        row = self._limit(user, project_id, limit_id)
+        if not isinstance(body, dict):
+            raise ApiError(400, "the body is an object: {modifierRole, vCPUs}")
+        limit = _limit_body({"modifierRole": row.modifier_role, "vCPUs": row.vcpus, **body})
+        return _limit_json(self.session.project(row.project).update_limit(row.id, limit.vcpus, limit.modifier_role))
+
+    def delete_limits(self, user: str, project_id: str, limit_id: str | None = None) -> tuple[int, None]:
+        """Delete one limit, or all of the project's (204, no body)."""
+        if limit_id is None:
+            self.session.project(self._project(user, project_id)).delete_limits()
+        else:
+            row = self._limit(user, project_id, limit_id)
+            self.session.project(row.project).delete_limits(row.id)
+        return 204, None
+
+    def _limit(self, user: str, project_id: str, limit_id: str):
+        project = self.session.project(self._project(user, project_id))
+        found = [l for l in project.limits() if isinstance(limit_id, str) and str(l.id) == limit_id]
+        if not found:
+            raise ApiError(404, f"no limit {limit_id!r} in project {project.name!r}")
+        return found[0]
+
     # -- profiles and clusters (toolkit extensions of the API, for the lab sidebar) --------------------
     def profiles(self, user: str) -> dict[str, Any]:
         out = []
@@ -433,6 +469,17 @@ class _Counted(NamedTuple):
     reason: str | None = None
 
 
+
+
+def _limit_json(row) -> dict[str, Any]:
+    return {"id": row.id, "modifierRole": row.modifier_role, "vCPUs": row.vcpus}
+
+
+def _limit_body(body: Any) -> ProjectLimit:
+    try:
+        return ProjectLimit.model_validate(body)
+    except SpecError as exc:
+        raise ApiError(400, str(exc)) from None
 
 
 def _field(body: Any, name: str, kind: type) -> Any:

@@ -122,6 +122,13 @@ class Auth:
             raise Unauthorized("this API key was revoked")
         return parts[1], row[0]
 
+    def whoami(self, api_key: str) -> dict[str, Any]:
+        """Who a valid API key belongs to: `{"username", "keyId", "projects"}` (GET /auth/whoami)."""
+        key_id, user = self._check_key(api_key)
+        projects = [p for (p,) in self._db().execute("SELECT project FROM members WHERE user = ? ORDER BY project",
+                                                      (user,)).fetchall()]
+        return {"username": user, "keyId": key_id, "projects": projects}
+
     # -- bearer tokens ---------------------------------------------------------------------
     def issue_token(self, api_key: str) -> dict[str, str]:
         """`{"tokenValue", "expiresIn", "expiresAt"}` for a valid API key (expiresIn in seconds: what

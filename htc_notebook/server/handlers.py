@@ -161,6 +161,17 @@ def _whoami(h: HTCHandler) -> None:
         raise ApiError(401, str(exc)) from None
 
 
+def _key_whoami(h: HTCHandler) -> None:
+    """Who an API key (`Authorization: Token <api key>`) belongs to, and its projects."""
+    scheme, _, key = h.request.headers.get("Authorization", "").partition(" ")
+    if scheme != "Token" or not key.strip():
+        raise ApiError(401, "send your API key as `Authorization: Token <api key>`")
+    try:
+        h.send(h.api.auth.whoami(key.strip()))
+    except Unauthorized as exc:
+        raise ApiError(401, str(exc)) from None
+
+
 def routes(base: type[HTCHandler], prefix: str, api: HTCApi) -> list[tuple[str, type, dict]]:
     """(pattern, handler class, kwargs) for every route, under `prefix` (e.g. "/htc/api/v1")."""
     seg = "([^/]+)"
@@ -168,11 +179,20 @@ def routes(base: type[HTCHandler], prefix: str, api: HTCApi) -> list[tuple[str, 
     table: list[tuple[str, type]] = [
         ("/auth/token", public(_token, base)),
         ("/auth/token/whoami", public(_whoami, base)),
+        ("/auth/whoami", public(_key_whoami, base)),
         ("/.well-known/jwks.json", public(lambda h: h.send(h.api.auth.jwks()), base)),
         ("/htc/projects", _route(
             get=lambda h, u: Page(h.api.list_projects(u, h.page(), h.size())),
             post=lambda h, u: (201, h.api.create_project(u, h.body())))(base)),
         (f"/htc/projects/{seg}", _route(get=lambda h, u, p: h.api.get_project(u, p))(base)),
+        (f"/htc/projects/{seg}/limits", _route(
+            get=lambda h, u, p: Page(h.api.list_limits(u, p, h.page(), h.size())),
+            post=lambda h, u, p: (201, h.api.add_limit(u, p, h.body())),
+            delete=lambda h, u, p: h.api.delete_limits(u, p))(base)),
+        (f"/htc/projects/{seg}/limits/{seg}", _route(
+            get=lambda h, u, p, i: h.api.get_limit(u, p, i),
+            patch=lambda h, u, p, i: h.api.patch_limit(u, p, i, h.body()),
+            delete=lambda h, u, p, i: h.api.delete_limits(u, p, i))(base)),
         (f"/htc/projects/{seg}/tasks", _route(
             get=lambda h, u, p: Page(h.api.list_tasks(u, p, h.page(), h.size())),
             post=lambda h, u, p: (201, h.api.create_task(u, p, h.body())))(base)),

@@ -145,6 +145,22 @@ class JobBatch(SpecModel):
         return env
 
 
+class ProjectLimit(SpecModel):
+    """A project's vCPU limit (HTC ``limits``): at most `vcpus` vCPUs of its jobs in use at once,
+    across every kernel and server of the data root; jobs beyond it wait HELD in the ledger.
+
+    >>> ProjectLimit.model_validate({"modifierRole": "PROJECT_ADMIN", "vCPUs": 8}).to_wire()
+    {'modifierRole': 'PROJECT_ADMIN', 'vCPUs': 8}
+    """
+
+    modifier_role: Literal["PROJECT_ADMIN", "WORKSPACE_ADMIN"] = Field(
+        "PROJECT_ADMIN", **_alias("modifierRole", "modifier_role"))
+    vcpus: Annotated[int, whole(1)] = Field(**_alias("vCPUs", "vcpus"))
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
 def load_batches(path: str | Path) -> list[JobBatch]:
     """Job batches from a .json/.yaml/.yml file holding one batch object or a list of them."""
     path = Path(path)
