@@ -262,20 +262,17 @@ class Task:
                field: str = "imageName") -> dict[str, str] | str:
         """A job's image, resolved once for every job of a submission: its name, the digest it runs
         (a tag moved later does not change what a retry runs) and its unpacked root file system,
-        with mount points for the task, the shared directory and `prof`'s container_binds.
-        Refused before anything is recorded if the project has no such image, or it is not of
-        architecture `arch`."""
+        shared by every job that runs the image and never written for one: each job's sandbox lays
+        out the mount points for its task, shared directory and container_binds
+        (`backends.sandbox.image_root`). Refused before anything is recorded if the project has no
+        such image, or it is not of architecture `arch`."""
         if not name:
             return ""
-        from htc_notebook.registry.pull import add_mount_points, resolve, rootfs
+        from htc_notebook.registry.pull import resolve, rootfs
 
         registry = self.session.registry(self.project)
         digest = resolve(registry, name, arch, field=field)
-        root = rootfs(registry, name, digest)
-        st = self.session.storage
-        add_mount_points(root, [str(st.task_dir(self.project, self.name)), str(st.shared_dir(self.project))],
-                         prof.container_binds)
-        return {"name": name, "digest": digest, "rootfs": str(root)}
+        return {"name": name, "digest": digest, "rootfs": str(rootfs(registry, name, digest))}
 
     def _store(self, obj: object, fn: object) -> str:
         """Pickle `obj` now (an unpicklable function fails here, not on a node) and keep it where a
