@@ -19,6 +19,7 @@ from htc_notebook.registry.push import push
 
 from test_notebook_layer import ip  # noqa: F401 - the IPython shell with %htc loaded
 from test_registry import TOOLS, busybox_layout
+from test_sandbox import _local_site
 from test_server_e2e import _port
 from conftest import missing
 
@@ -60,7 +61,7 @@ def _run(s: Session, jobs: int, profile: str | None = None, cores: int = 1) -> l
 
 
 def test_a_batch_runs_in_its_image_on_the_local_backend_and_bad_images_are_refused(ip, tmp_path):  # noqa: F811
-    root = tmp_path / "root"
+    root = REPO / "test-output" / f"images-local-{uuid.uuid4().hex[:8]}"  # not under /tmp, which ch-run binds
     try:
         _registry(root, tmp_path)
         with Session(root, site=SiteConfig.builtin()) as s:
@@ -82,6 +83,13 @@ def test_a_batch_runs_in_its_image_on_the_local_backend_and_bad_images_are_refus
                 assert job.wait(timeout=60).status == "SUCCEEDED" and job.logs("out") == "inside the busybox image\n"
             digests = [p for p in (root / "registry" / "cache").glob("sha256-*") if p.is_dir()]
             assert len(digests) == 1  # pulled and unpacked once for both jobs
+        with Session(root, site=_local_site(sandbox="none")) as s:  # unconfined, but still in the image
+            for words in _run(s, 1):
+                assert words[:8] == ["inside", "the", "busybox", "image", "shared", "input", "host-hidden",
+                                     "task-writable"], words
+        # the image every task shares is as unpacked: no mount point of these tasks' directories in it
+        top = str(root.resolve()).lstrip("/").split("/")[0]
+        assert not (digests[0] / "rootfs" / top).exists(), top
     finally:
         daemon.down(root)
 

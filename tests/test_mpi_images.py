@@ -108,6 +108,18 @@ def _site(profile: dict) -> SiteConfig:
     return SiteConfig.from_yaml(yaml.safe_dump({"profiles": {profile.pop("name"): profile}}))
 
 
+IMAGE_TOP = ["bin", "dev", "etc", "home", "lib", "lib64", "mnt", "opt", "proc", "sys", "tmp", "usr"]
+
+
+def _unpacked(root: Path) -> list[str]:
+    """The top of the image's unpacked root file system, after checking that none of the binds is
+    in it (they are bound in for each job, not written into the image every profile shares)."""
+    (rootfs,) = (root / "registry" / "cache").glob("sha256-*/rootfs")
+    made = [p for p in (rootfs / LIBDIR.lstrip("/")).iterdir() if p.name not in OWN]
+    assert made == [], made
+    return sorted(p.name for p in rootfs.iterdir())
+
+
 def _ranks(job) -> list[list[str]]:
     row = job.wait(timeout=300)
     assert row.status == "SUCCEEDED", (row.reason, job.logs("err")[-3000:])
@@ -127,11 +139,14 @@ def test_an_mpi_program_runs_in_its_image_with_the_hosts_mpi_bound_in(registry):
             task.mpi(print, ranks_per_node=2, image="hello:v1")
         with pytest.raises(SpecError, match=r"image = 'hello:v2'.*hello:v1"):
             task.mpi(["/opt/hello"], ranks_per_node=2, image="hello:v2")
+    assert _unpacked(root) == IMAGE_TOP  # the binds' and the task's mount points are not in the shared image
     with Session(root, site=_site(local)) as s:  # no binds: the image has no MPI of its own
         job = s.project("md").task("no-binds").mpi(["/opt/hello"], ranks_per_node=2, image="hello:v1")
         assert job.wait(timeout=300).status == "FAILED"
-        err = job.logs("err")  # the empty mount point the binds left in the image is all it has
+        err = job.logs("err")  # not found, not an empty file that the other profile's binds left in the image
         assert "error while loading shared libraries" in err and "libmpi.so.40" in err, err[-2000:]
+        assert "No such file or directory" in err and "file too short" not in err, err[-2000:]
+    assert _unpacked(root) == IMAGE_TOP
 
 
 @pytest.mark.slurm
@@ -145,4 +160,5 @@ def test_an_mpi_program_in_its_image_spans_two_slurm_nodes(slurm_cluster, regist
                                                           image="hello:v1", profile="cpu")
         ranks = _ranks(job)
     assert [r[1] for r in ranks] == ["0", "1"] and {r[5] for r in ranks} == {"node1", "node2"}, ranks
+    assert _unpacked(root) == IMAGE_TOP
     assert all(r[6:] == ["sum", "1", "in", "the-mpi-image"] for r in ranks), ranks

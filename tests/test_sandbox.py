@@ -139,3 +139,37 @@ def test_a_machine_that_cannot_make_a_sandbox_refuses_command_jobs_and_says_how_
             assert all("not submitted" in (r.reason or "") for r in rows)
     finally:
         sandbox.check_sandbox.cache_clear()
+
+
+def test_an_images_mount_points_are_laid_out_over_it_and_not_written_into_it(tmp_path):
+    """`image_root`: the job sees the image with a mount point at each path it lacks (through the
+    image's own link lib -> usr/lib), its own entries bound back as they are; the image is unchanged."""
+    import shutil
+    import subprocess
+
+    from htc_notebook.backends.images import mount_points
+
+    if shutil.which("bwrap") is None:
+        pytest.skip("bwrap not installed")
+    img = tmp_path / "img"
+    (img / "usr" / "lib").mkdir(parents=True)
+    (img / "usr" / "lib" / "libc.so.6").write_text("the image's libc")
+    (img / "lib").symlink_to("usr/lib")
+    (img / "tmp").mkdir(mode=0o1777)
+    (img / "tmp").chmod(0o1777)
+    before = sorted((str(p.relative_to(img)), p.is_symlink(), p.stat().st_mode) for p in img.rglob("*"))
+    host_dir = tmp_path / "mpi"
+    host_dir.mkdir()
+    points = mount_points("/data/t", "/data/s", ["/lib/libmpi.so.40", str(host_dir)])
+    layout = sandbox.image_root(str(img), points)
+    show = ("cd $0; for p in lib/libc.so.6 lib/libmpi.so.40 data/t data/s " + str(host_dir).lstrip("/") + "; "
+            "do [ -e $p ] && echo $p; done; readlink lib; stat -c %a tmp; cat usr/lib/libc.so.6; echo; "
+            "touch usr/x 2>/dev/null || echo read-only")
+    done = subprocess.run(["bwrap", "--die-with-parent", "--ro-bind", "/", "/", "--dev-bind", "/dev", "/dev",
+                           *layout, "--", "sh", "-c", show, str(img)], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n") == ["lib/libc.so.6", "lib/libmpi.so.40", "data/t", "data/s",
+                                       str(host_dir).lstrip("/"), "usr/lib", "1777", "the image's libc",
+                                       "read-only", ""], done.stdout
+    assert sorted((str(p.relative_to(img)), p.is_symlink(), p.stat().st_mode) for p in img.rglob("*")) == before
+    assert not (img / "usr" / "lib" / "libmpi.so.40").exists() and not (img / "data").exists()

@@ -10,6 +10,11 @@ tested as text only).
 The site's `container_binds` (its MPI, interconnect libraries) are bound read-only at their own
 paths, so an MPI program in an image uses the host's MPI, as sites run them.
 
+The image need not have these paths, and nothing is written to it for them (the unpacked image
+is shared by every profile and task): `mount_points` names them, and the bubblewrap around
+ch-run (`sandbox.image_root`) shows each job the image with an empty mount point at each path it
+lacks. Apptainer makes its own (its underlay or overlay).
+
 >>> print(" ".join(ch_run_argv("/c/rootfs", "/d/t", "/d/s", ["md", "in.lj"])))
 ch-run --bind=/d/t --bind=/d/s --cd=/d/t /c/rootfs -- md in.lj
 >>> print(" ".join(apptainer_argv("/c/rootfs", "/d/t", "/d/s", ["md"], binds=["/opt/mpi"])))
@@ -18,6 +23,7 @@ apptainer exec --contain --no-home --bind /d/t --bind /d/s:/d/s:ro --bind /opt/m
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 
@@ -42,3 +48,9 @@ RUNTIMES = {"charliecloud": ch_run_argv, "apptainer": apptainer_argv}
 def in_image(runtime: str, rootfs: str, task_dir: str, shared_dir: str, argv: Sequence[str],
              binds: Sequence[str] = ()) -> list[str]:
     return RUNTIMES[runtime](rootfs, task_dir, shared_dir, argv, binds)
+
+
+def mount_points(task_dir: str, shared_dir: str, binds: Sequence[str] = ()) -> tuple[tuple[str, bool], ...]:
+    """Where the runtime binds host paths into the image, each with whether it is a directory (a
+    bind is what it is on this host: a file or a directory)."""
+    return ((task_dir, True), (shared_dir, True), *((b, os.path.isdir(b)) for b in binds))

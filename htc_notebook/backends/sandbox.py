@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import os
+import posixpath
 import pwd
 import subprocess
 from dataclasses import dataclass, replace
@@ -29,7 +30,7 @@ from typing import Sequence
 
 from htc_notebook.backends.base import Launch
 from htc_notebook.backends.call_sandbox import check_call_sandbox
-from htc_notebook.backends.images import in_image
+from htc_notebook.backends.images import in_image, mount_points
 from htc_notebook.errors import BackendError
 from htc_notebook.spec import PartitionProfile
 
@@ -57,9 +58,10 @@ SCRATCH = "/tmp/htc-scratch"  # each job's own tmpfs of maxDiskGiB, mounted here
 
 
 def bwrap_argv(view: JobView, argv: Sequence[str], *, pid_namespace: bool = True,
-               image: str | None = None, scratch_gib: int | None = None, writable: Sequence[str] = ()) -> list[str]:
+               image: Sequence[str] = (), scratch_gib: int | None = None, writable: Sequence[str] = ()) -> list[str]:
     """The argv that runs `argv` confined to `view` (a pure function: nothing is checked on disk);
-    `image`, a root file system under the data root that `argv` runs in, is shown read-only;
+    `image`: the options that show the root file system under the data root that `argv` runs in
+    (`image_root`, read-only);
     `scratch_gib` gives the job a scratch tmpfs of that size at SCRATCH; `writable`: directories
     of the task's `.htc/` the job may write (an MPI function's rank directory)."""
     task, shared = view.task_dir, view.shared_dir
@@ -67,7 +69,7 @@ def bwrap_argv(view: JobView, argv: Sequence[str], *, pid_namespace: bool = True
            "--bind", "/tmp", "/tmp", "--tmpfs", view.root, "--ro-bind", shared, shared, "--bind", task, task,
            "--ro-bind", view.internal, view.internal, "--bind", view.checkpoints, view.checkpoints,
            *(a for d in writable for a in ("--bind", d, d)),
-           *(["--ro-bind", image, image] if image else []),
+           *image,
            *(["--size", str(scratch_gib << 30), "--tmpfs", SCRATCH] if scratch_gib else []), "--chdir", task]
     if pid_namespace:  # the job is its pid 1: bwrap's own reaper would hide its CPU time from wait4
         out += ["--unshare-pid", "--as-pid-1"]
@@ -76,7 +78,8 @@ def bwrap_argv(view: JobView, argv: Sequence[str], *, pid_namespace: bool = True
 
 def confined(launch: Launch, profile: PartitionProfile) -> Launch:
     """A launch as it runs on `profile`. A command: in its image (if it has one) with the profile's
-    container runtime, in the sandbox unless the profile says `sandbox: none`. A Python call keeps
+    container runtime, in the sandbox unless the profile says `sandbox: none` (a command in an
+    image is still under bwrap then, which only lays out the image: `image_root`). A Python call keeps
     its view, which its worker confines it to (`call_sandbox`), or each rank of an MPI function
     under bwrap (`mpi_jobs.wrap`), unless the profile says `sandbox: none`. A rank pool (packed
     MPI functions) serves every task and is not confined."""
@@ -84,8 +87,10 @@ def confined(launch: Launch, profile: PartitionProfile) -> Launch:
         return replace(launch, view=None)
     if launch.kind != "command" or launch.view is None:
         return launch
-    argv, env = list(launch.command), launch.env
+    argv, env, image = list(launch.command), launch.env, ()
     if launch.image:
+        image = image_root(launch.image, mount_points(launch.view.task_dir, launch.view.shared_dir,
+                                                      profile.container_binds))
         argv = in_image(profile.container_runtime, launch.image, launch.view.task_dir, launch.view.shared_dir, argv,
                         profile.container_binds)
         env = {"USER": os.environ.get("USER") or pwd.getpwuid(os.getuid()).pw_name, **env}  # ch-run wants it
@@ -94,9 +99,11 @@ def confined(launch: Launch, profile: PartitionProfile) -> Launch:
     if profile.sandbox != "none":
         # maxDiskGiB: a scratch of that size for a job that is not MPI (ranks on one node share /tmp)
         scratch = launch.disk_gib if launch.mpi is None else None
-        argv = bwrap_argv(launch.view, argv, pid_namespace=launch.mpi is None, image=launch.image, scratch_gib=scratch)
+        argv = bwrap_argv(launch.view, argv, pid_namespace=launch.mpi is None, image=image, scratch_gib=scratch)
         if scratch:
             env = {**env, "HTC_SCRATCH": SCRATCH, "TMPDIR": SCRATCH}
+    elif image:  # unconfined: the host as it is, but the image's mount points are still laid out, not written
+        argv = [BWRAP, "--die-with-parent", "--dev-bind", "/", "/", *image, "--", *argv]
     return replace(launch, command=tuple(argv), env=env)
 
 
@@ -104,6 +111,8 @@ def check_confinement(profile: PartitionProfile, launches: Sequence[Launch]) -> 
     """Refuse (BackendError) before anything is sent if this machine cannot confine these launches
     as `profile` asks: commands under bwrap, Python calls in namespaces (`call_sandbox`)."""
     if profile.sandbox == "none":
+        if any(l.kind == "command" and l.image and l.view for l in launches):
+            check_sandbox(profile.name, images=True)
         return
     if any(l.kind == "command" or (l.mpi and l.view) for l in launches):  # MPI functions' ranks: bwrap too
         check_sandbox(profile.name)
@@ -112,7 +121,7 @@ def check_confinement(profile: PartitionProfile, launches: Sequence[Launch]) -> 
 
 
 @functools.cache
-def check_sandbox(profile_name: str) -> None:
+def check_sandbox(profile_name: str, images: bool = False) -> None:
     """Refuse (BackendError) if bubblewrap cannot make a sandbox on this machine, before a job is sent.
     Checked once per profile and process; on SLURM this checks the submitting machine only (a node
     without it fails its jobs with bwrap's own message in the job's log)."""
@@ -125,7 +134,91 @@ def check_sandbox(profile_name: str) -> None:
         problem = "bwrap is not installed (Debian/Ubuntu: apt install bubblewrap)"
     except (OSError, subprocess.TimeoutExpired) as exc:
         problem = str(exc)
+    if problem and images:
+        raise BackendError(f"profile {profile_name!r} runs command jobs in images, whose mount points bubblewrap "
+                           f"lays out over the image for each job (even with `sandbox: none`), but bwrap cannot "
+                           f"run here: {problem}. Install bubblewrap and allow user namespaces")
     if problem:
         raise BackendError(f"profile {profile_name!r} runs command jobs in a bubblewrap sandbox (sandbox: bwrap), "
                            f"but bwrap cannot make one here: {problem}. Install bubblewrap and allow user "
                            "namespaces, or set `sandbox: none` in the profile to run command jobs unconfined")
+
+
+@functools.lru_cache(maxsize=64)
+def image_root(rootfs: str, points: tuple[tuple[str, bool], ...]) -> tuple[str, ...]:
+    """bwrap options that show the unpacked image `rootfs` at its own path, read-only and as it is,
+    with an empty directory or file at each of `points` (container paths, with whether each is a
+    directory) that it lacks: the mount points its container runtime binds host paths onto.
+
+    Nothing is written to `rootfs`: every profile and task that uses the image shares it. Each
+    directory of the image on the way to a missing point is laid out on this job's own tmpfs
+    (with the directory's mode), where the image's entries are bound back read-only and its links
+    made again, as Apptainer's underlay does; the rest of the image is bound as it is. Links in the
+    image are followed inside the image. An image does not change (one per digest), so the
+    options are kept per image and points.
+    """
+    if not os.path.isdir(rootfs):  # not unpacked yet (a dry run): its points are laid out when it runs
+        return ("--ro-bind", rootfs, rootfs)
+    split: dict[str, None] = {}  # directories of the image (container paths) laid out on a tmpfs
+    made: dict[str, bool] = {}   # missing points (container paths), directory or not
+    for path, is_dir in points:
+        have, missing = _deepest(rootfs, path)
+        if not missing:
+            continue
+        parts = have.strip("/").split("/") if have != "/" else []
+        for depth in range(len(parts) + 1):  # "/" and each directory down to `have`
+            split["/" + "/".join(parts[:depth])] = None
+        made[posixpath.join(have, *missing)] = is_dir
+    if not split:
+        return ("--ro-bind", rootfs, rootfs)
+    out = _lay_out(rootfs, "/", split)
+    for point, is_dir in made.items():
+        where = _host(rootfs, point)
+        out += ["--dir", where] if is_dir else ["--dir", os.path.dirname(where), "--ro-bind", "/dev/null", where]
+    return (*out, "--remount-ro", rootfs)
+
+
+def _host(rootfs: str, inside: str) -> str:
+    return os.path.join(rootfs, inside.lstrip("/")).rstrip("/") or "/"
+
+
+def _deepest(rootfs: str, path: str) -> tuple[str, list[str]]:
+    """The deepest directory of the image on the way to container path `path` (links followed
+    inside the image) and the components below it that the image lacks ([] if it has `path`, or
+    if no mount point can be made for it: the runtime says why)."""
+    todo, have, links = [c for c in path.split("/") if c not in ("", ".")], "/", 0
+    while todo:
+        name = todo.pop(0)
+        if name == "..":
+            have = posixpath.dirname(have)
+            continue
+        host = _host(rootfs, posixpath.join(have, name))
+        if os.path.islink(host):
+            links += 1
+            if links > 40:
+                return have, []
+            target = os.readlink(host)
+            todo = [c for c in target.split("/") if c not in ("", ".")] + todo
+            have = "/" if target.startswith("/") else have
+        elif os.path.isdir(host):
+            have = posixpath.join(have, name)
+        else:
+            return have, [] if os.path.lexists(host) else [name, *todo]
+    return have, []
+
+
+def _lay_out(rootfs: str, inside: str, split: dict[str, None]) -> list[str]:
+    """Directory `inside` of the image on a tmpfs: its entries bound back or linked again, and the
+    directories on the way to a mount point laid out in turn."""
+    where = _host(rootfs, inside)
+    perms = ["--perms", format(os.stat(where).st_mode & 0o7777 | 0o700, "04o")]  # its entries are made in it
+    out = [*perms, "--tmpfs", where] if inside == "/" else [*perms, "--dir", where]
+    with os.scandir(where) as entries:
+        for entry in sorted(entries, key=lambda e: e.name):
+            if (sub := posixpath.join(inside, entry.name)) in split:
+                out += _lay_out(rootfs, sub, split)
+            elif entry.is_symlink():
+                out += ["--symlink", os.readlink(entry.path), entry.path]
+            else:
+                out += ["--ro-bind", entry.path, entry.path]
+    return out

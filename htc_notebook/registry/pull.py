@@ -9,10 +9,8 @@ every node of the cluster finds it; one unpack per digest, under a lock, renamed
 from __future__ import annotations
 
 import fcntl
-import os
 import tempfile
 from pathlib import Path
-from typing import Sequence
 
 from htc_notebook.errors import SpecError
 from htc_notebook.registry import daemon
@@ -79,18 +77,3 @@ def rootfs(registry: ProjectRegistry, image: str, digest: str) -> Path:
             target.rename(final)
     return final / "rootfs"
 
-
-
-def add_mount_points(root: Path, paths: list[str], binds: Sequence[str] = ()) -> None:
-    """Empty directories in the image for the host directories bound into it (ch-run needs the
-    mount point to exist, and the image is read-only when a job runs), and for the site's
-    `binds` (files or directories, as they are on this host) at their own paths."""
-    for path in paths:
-        (root / os.path.realpath(path).lstrip("/")).mkdir(parents=True, exist_ok=True)
-    for path in binds:
-        point = root / path.lstrip("/")
-        if os.path.isdir(path):
-            point.mkdir(parents=True, exist_ok=True)
-        elif not point.is_symlink():  # an image's own link there keeps pointing where it points
-            point.parent.mkdir(parents=True, exist_ok=True)
-            point.touch(exist_ok=True)

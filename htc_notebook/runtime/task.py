@@ -152,7 +152,7 @@ class Task:
                 raise SpecError("mpi", "args", args or kwargs, "no arguments for an executable: put them in its argv")
             argv = plain_argv(what, "mpi", "command")
             spec = self._spec(res, retries, commands=tuple(argv), mpi=layout,
-                              image=self._image(image or "", architecture(prof), prof, field="image"))
+                              image=self._image(image or "", architecture(prof), field="image"))
             job = NewJob(name=name or _safe_label(argv[0]), kind="command", params={}, spec=spec, key=key,
                          profile=prof.name)
         return JobHandle(self.session, self._add_keyed(job), self.id)
@@ -277,27 +277,23 @@ class Task:
     def _command_spec(self, profile: str | None, d: JobDefinition, retries: int):
         """Check an HTC job definition against a profile: (profile, resources, spec, priority)."""
         prof, res, priority = check_definition(self.session.site, profile, d)
-        spec = definition_spec(res, d, retries, str(self.session.owner), self._image(d.image_name, d.architecture, prof))
+        spec = definition_spec(res, d, retries, str(self.session.owner), self._image(d.image_name, d.architecture))
         return prof, res, spec, priority
 
-    def _image(self, name: str, arch: str, prof: PartitionProfile,
-               field: str = "imageName") -> ImageRef | None:
+    def _image(self, name: str, arch: str, field: str = "imageName") -> ImageRef | None:
         """A job's image, resolved once for every job of a submission: its name, the digest it runs
         (a tag moved later does not change what a retry runs) and its unpacked root file system,
-        with mount points for the task, the shared directory and `prof`'s container_binds.
-        Refused before anything is recorded if the project has no such image, or it is not of
-        architecture `arch`."""
+        shared by every job that runs the image and never written for one: each job's sandbox lays
+        out the mount points for its task, shared directory and container_binds
+        (`backends.sandbox.image_root`). Refused before anything is recorded if the project has no
+        such image, or it is not of architecture `arch`."""
         if not name:
             return None
-        from htc_notebook.registry.pull import add_mount_points, resolve, rootfs
+        from htc_notebook.registry.pull import resolve, rootfs
 
         registry = self.session.registry(self.project)
         digest = resolve(registry, name, arch, field=field)
-        root = rootfs(registry, name, digest)
-        st = self.session.storage
-        add_mount_points(root, [str(st.task_dir(self.project, self.name)), str(st.shared_dir(self.project))],
-                         prof.container_binds)
-        return ImageRef(name=name, digest=digest, rootfs=str(root))
+        return ImageRef(name=name, digest=digest, rootfs=str(rootfs(registry, name, digest)))
 
     def _store(self, obj: object, fn: object) -> str:
         """Pickle `obj` now (an unpicklable function fails here, not on a node) and keep it where a
