@@ -7,7 +7,8 @@ Two ways, side by side in this one process, alternating (A B, B A, ...) so machi
     against the same batch with `sandbox: bwrap`, and in a busybox image of the project registry
     (ch-run inside the sandbox), from submit to every job committed.
 Reported: milliseconds per job (medians), the ratios to bare, and the time to a first job of an
-image not yet unpacked against the same image cached.
+image not yet unpacked against the same image cached; and what a profile's container_binds file
+costs a process when it goes into a large image directory (laid out per job: the image is never written).
 
     .venv/bin/python bench/sandbox.py [--jobs 200] [--pairs 5] [--write bench/results.md]
 """
@@ -39,16 +40,31 @@ def busybox_rootfs(where: Path, marker: str) -> Path:
     return where
 
 
+def wide_rootfs(where: Path, entries: int) -> tuple[Path, str]:
+    """Busybox with a library directory of `entries` files, as a Debian-based image has, and a host
+    file that a profile's container_binds would bind into it at its own path."""
+    bind = "/usr/lib/x86_64-linux-gnu/libc.so.6"
+    busybox_rootfs(where, "wide")
+    lib = where / bind.lstrip("/").rsplit("/", 1)[0]
+    lib.mkdir(parents=True)
+    for i in range(entries):
+        (lib / f"lib{i}.so").touch()
+    return where, bind
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, default=200)
     ap.add_argument("--pairs", type=int, default=5)
+    ap.add_argument("--entries", type=int, default=1500,
+                    help="entries of the image directory a container_binds file goes into (Debian's "
+                         "/usr/lib/x86_64-linux-gnu holds about 1,400 on this machine)")
     ap.add_argument("--write", help="update the sandbox section of this results file")
     args = ap.parse_args()
 
     from htc_notebook import Session, SiteConfig
-    from htc_notebook.backends.images import ch_run_argv
-    from htc_notebook.backends.sandbox import JobView, bwrap_argv
+    from htc_notebook.backends.images import ch_run_argv, mount_points
+    from htc_notebook.backends.sandbox import JobView, bwrap_argv, image_root
     from htc_notebook.registry import ProjectRegistry, daemon
     from htc_notebook.registry.push import push
 
@@ -84,11 +100,15 @@ def main() -> int:
             view = JobView(str(root / "image"), str(root / "t"), str(root / "s"))
             for d in (root / "t" / ".htc" / "checkpoints", root / "s"):
                 d.mkdir(parents=True)
+            # as `sandbox.confined` renders them: the image's mount points laid out per job, not written
+            big, bind = wide_rootfs(root / "wide", args.entries)
             argv = {"none": ["true"], "bwrap": bwrap_argv(view, ["true"]),
                     "image": bwrap_argv(view, ch_run_argv(str(rootfs), view.task_dir, view.shared_dir, ["/bin/true"]),
-                                        image=str(rootfs))}
-            for d in (view.task_dir, view.shared_dir):
-                (rootfs / d.lstrip("/")).mkdir(parents=True, exist_ok=True)
+                                        image=image_root(str(rootfs), mount_points(view.task_dir, view.shared_dir))),
+                    "binds": bwrap_argv(view, ch_run_argv(str(big), view.task_dir, view.shared_dir, ["/bin/true"],
+                                                          [bind]),
+                                        image=image_root(str(big), mount_points(view.task_dir, view.shared_dir,
+                                                                                [bind])))}
 
             def processes(mode: str) -> float:
                 t0 = time.perf_counter()
@@ -100,7 +120,7 @@ def main() -> int:
             for i in range(args.pairs):
                 order = modes if i % 2 == 0 else modes[::-1]
                 for what, fn in (("process", processes), ("job", jobs)):
-                    for mode in order:
+                    for mode in order + (("binds",) if what == "process" else ()):
                         times.setdefault((what, mode), []).append(fn(mode))
                 print("pair", i, " ".join(f"{w}/{m} {v[-1] * 1e3:.2f} ms" for (w, m), v in times.items()), flush=True)
             first, cached = [], []
@@ -127,6 +147,11 @@ def main() -> int:
         "",
         f"One job of an image not yet unpacked (resolve, pull, unpack, run): {statistics.median(first):.2f} s "
         f"(median of 3); the same image once cached: {statistics.median(cached):.2f} s.",
+        "",
+        f"A profile's container_binds file bound into an image directory of {args.entries} entries (each bound back "
+        f"on the job's tmpfs, since the image is never written): {med['process', 'binds']:.2f} ms a process, "
+        f"**{med['process', 'binds'] / med['process', 'none']:.1f}x** bare, "
+        f"**{med['process', 'binds'] / med['process', 'image']:.1f}x** the same image without it.",
     ])
     print(summary)
     if args.write:

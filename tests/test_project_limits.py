@@ -181,3 +181,56 @@ def test_a_slurm_profile_keeps_the_projects_limit(site):  # noqa: F811
         assert group.counts()["SUCCEEDED"] == 4, [h.row.reason for h in group]
         assert most_at_once(command_spans(group)) <= 2
         assert {h.row.host for h in group} <= {"node1", "node2"}
+
+
+# -- task retention (HTC `task-retention-policy`) ----------------------------------------------
+def _backdate(db, task_id: int, hours: float, column: str) -> None:
+    """Move a task's last activity (its jobs' updates) or its archiving `hours` into the past: the
+    policy counts hours, a test cannot wait them."""
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    if column == "updated":
+        con.execute("UPDATE jobs SET updated = updated - ? WHERE task_id = ?", (hours * 3600, task_id))
+        con.execute("UPDATE tasks SET created = created - ? WHERE id = ?", (hours * 3600, task_id))
+    else:
+        con.execute("UPDATE tasks SET archived = archived - ? WHERE id = ?", (hours * 3600, task_id))
+    con.commit()
+    con.close()
+
+
+def test_a_retention_policy_archives_idle_tasks_then_deletes_their_files(tmp_path):
+    with Session(tmp_path) as s:
+        project = s.project("md")
+        assert project.retention() is None
+        project.set_retention(archive_after=24, delete_after=48)
+        idle, busy, fresh = (project.task(n) for n in ("idle", "busy", "fresh"))
+        idle.submit_batch({"jobName": "w", "batchSize": 1,
+                           "htcJobDefinition": {"commands": ["sh", "-c", "echo kept > out.txt"]}}).wait(timeout=60)
+        fresh.submit_batch({"jobName": "w", "batchSize": 1, "htcJobDefinition": {"commands": ["true"]}}).wait(timeout=60)
+        running = busy.submit_batch({"jobName": "w", "batchSize": 1, "htcJobDefinition": {"commands": ["sleep", "60"]}})
+        for t in (idle, busy):
+            _backdate(s.ledger.path, t.id, 25, "updated")
+        archived, deleted = s.reconciler.apply_retention()
+        assert (archived, deleted) == (["md/idle"], [])  # busy has a job running, fresh did something lately
+        assert [t.name for t in s.ledger.tasks("md") if t.lifecycle == "ARCHIVED"] == ["idle"]
+        assert (idle.storage.task_dir / "out.txt").read_text() == "kept\n"  # archived: its files stay
+        _backdate(s.ledger.path, idle.id, 47, "archived")
+        assert s.reconciler.apply_retention() == ([], [])  # 47 h < deleteAfter
+        _backdate(s.ledger.path, idle.id, 2, "archived")
+        assert s.reconciler.apply_retention() == ([], ["md/idle"])
+        assert not s.storage.task_path("md", "idle").exists()
+        assert s.reconciler.apply_retention() == ([], [])  # once
+        events = [e.kind for e in s.ledger.events(task_id=idle.id)]
+        assert "archived" in events and "deleted" in events
+        assert idle.counts()["SUCCEEDED"] == 1  # the record is kept
+        running.cancel()
+        assert project.delete_retention() and project.retention() is None
+
+
+def test_a_retention_policy_with_bad_hours_is_refused_naming_the_field(tmp_path):
+    with Session(tmp_path) as s:
+        for bad in (-1, 2.5, "a day"):
+            with pytest.raises(SpecError, match="archive_after|archiveAfter"):
+                s.project("md").set_retention(archive_after=bad)
+        assert s.project("md").retention() is None

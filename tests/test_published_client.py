@@ -74,6 +74,15 @@ def test_a_published_htc_client_drives_htc_serve_unchanged(client):
     assert [l["vCPUs"] for l in project.get_limits(client)] == [3]
     with pytest.raises(HtcException, match="400.*vCPUs = 0"):
         api.post_htc_projects_limits(client, "md", {"modifierRole": "PROJECT_ADMIN", "vCPUs": 0})
+    # the task retention policy: none yet (404, as the HTC API answers), then set, read, deleted
+    with pytest.raises(HtcException, match="404"):
+        api.get_htc_projects_task_retention_policy(client, "md")
+    policy = {"archiveAfter": 720, "deleteAfter": 2160}
+    assert api.put_htc_projects_task_retention_policy(client, "md", policy) == policy
+    assert api.get_htc_projects_task_retention_policy(client, "md") == policy
+    api.delete_htc_projects_task_retention_policy(client, "md")
+    with pytest.raises(HtcException, match="404"):
+        api.get_htc_projects_task_retention_policy(client, "md")
     tasks = [htctasks.create_task_with_name(client, project, f"t{i}") for i in range(3)]
     # the client pages on while a page has `next` (the last page has none: `"next": null` broke it)
     assert {t.json["taskName"] for t in htctasks.get_tasks(client, project)} >= {"t0", "t1", "t2"}

@@ -1,11 +1,11 @@
 """The durable truth: one SQLite (WAL) ledger of projects, tasks, jobs, attempts, events, results."""
 
 from .db import Ledger
-from .rows import (AttemptRow, AttemptStart, BatchRow, EventRow, JobRow, LimitRow, NewBatch, NewJob, Outcome,
+from .rows import (AttemptRow, AttemptStart, BatchRow, EventRow, JobRow, LimitRow, RetentionRow, NewBatch, NewJob, Outcome,
                    ProjectRow, ResultRow, TaskRow)
 from .schema import SCHEMA_VERSION
 from .states import ACTIVE, REQUEUEABLE, TERMINAL, JobStatus
 
-__all__ = ["ACTIVE", "AttemptRow", "AttemptStart", "BatchRow", "EventRow", "JobRow", "LimitRow", "JobStatus", "Ledger",
+__all__ = ["ACTIVE", "AttemptRow", "AttemptStart", "BatchRow", "EventRow", "JobRow", "LimitRow", "RetentionRow", "JobStatus", "Ledger",
            "NewBatch", "NewJob", "Outcome", "ProjectRow", "REQUEUEABLE", "ResultRow", "SCHEMA_VERSION",
            "TERMINAL", "TaskRow"]

@@ -22,11 +22,12 @@ from typing import Any, Callable, TypeVar
 
 from ..errors import KeyTaken, LedgerError
 from ..spec import JobSpec
-from .rows import (AttemptRow, AttemptStart, BatchRow, EventRow, JobRow, LimitRow, NewBatch, NewJob, Outcome,
+from .project_rules import ProjectRules, admit
+from .rows import (AttemptRow, AttemptStart, BatchRow, EventRow, JobRow, NewBatch, NewJob, Outcome,
                    ProjectRow, ResultRow, TaskRow)
 from .schema import (ACTIVE_SQL, ATTEMPT_COLUMNS, ATTEMPT_READ, DDL, JOB_COLUMNS, LEASES_DDL, PRAGMAS,
                      REQUEST_SQL, SCHEMA_VERSION, TERMINAL_SQL, V1_STATUSES, V3_UPGRADE,
-                     V4_UPGRADE, V5_UPGRADE, HELD_FOR_ROOM, IN_USE_WHERE)
+                     V4_UPGRADE, V5_UPGRADE)
 from .states import ACTIVE, CAUSES, REQUEUE_CAUSES, REQUEUEABLE, TERMINAL, Cause, JobStatus, sql_list
 
 T = TypeVar("T")
@@ -47,7 +48,7 @@ USED_SQL = ("j.cpu_s, j.max_rss_mib, "
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
-class Ledger:
+class Ledger(ProjectRules):
     """The durable truth. Safe for many threads (one connection each) and many processes."""
 
     def __init__(self, path: Path | str):
@@ -213,7 +214,8 @@ class Ledger:
         if lifecycle not in LIFECYCLES:
             raise LedgerError(f"task lifecycle {lifecycle!r} is not one of {', '.join(LIFECYCLES)}")
         with self._write() as con:
-            if con.execute("UPDATE tasks SET lifecycle = ? WHERE id = ?", (lifecycle, task_id)).rowcount == 0:
+            if con.execute("UPDATE tasks SET lifecycle = ?, archived = CASE WHEN ? = 'ARCHIVED' THEN ? END WHERE id = ?",
+                           (lifecycle, lifecycle, time.time(), task_id)).rowcount == 0:
                 raise LedgerError(f"no task {task_id}")
 
     # --- submitting ----------------------------------------------------------------------
@@ -354,7 +356,7 @@ class Ledger:
         with self._write() as con:
             seq = _next_seq(con)
             if room is not None:
-                items = _admit(con, items, room, now, seq)
+                items = admit(con, items, room, now, seq)
             # bump every live job (many rows a statement), reading back the ones this transaction moved
             # (u.column1..8: job id, status, host, native id, log out, log err, now, seq)
             numbers = dict(_many(
@@ -477,50 +479,6 @@ class Ledger:
                 (new_owner, json.dumps(ids), old_owner)).fetchall()
             _events_per_task(con, moved, time.time(), "adopted", f"taken over by {new_owner} from {old_owner}")
         return _in_order(ids, moved)
-
-    # --- project vCPU limits (HTC `limits`; enforced by start_attempts) ----------------------------
-    _LIMIT = "SELECT id, project, modifier_role, vcpus, created FROM project_limits"
-
-    def add_limit(self, project: str, modifier_role: str, vcpus: int) -> LimitRow:
-        """Limit `project`'s jobs to `vcpus` vCPUs in use at once (the lowest of its limits holds)."""
-        _check_text("project name", project)
-        with self._write() as con:
-            con.execute("INSERT OR IGNORE INTO projects (name, created) VALUES (?, ?)", (project, time.time()))
-            row = con.execute("INSERT INTO project_limits (project, modifier_role, vcpus, created) VALUES (?, ?, ?, ?) "
-                              "RETURNING id, project, modifier_role, vcpus, created",
-                              (project, modifier_role, vcpus, time.time())).fetchone()
-        return LimitRow(*row)
-
-    def limits(self, project: str) -> list[LimitRow]:
-        return [LimitRow(*r) for r in self._read(f"{self._LIMIT} WHERE project = ? ORDER BY id", (project,))]
-
-    def update_limit(self, project: str, limit_id: int, modifier_role: str, vcpus: int) -> LimitRow | None:
-        with self._write() as con:
-            row = con.execute("UPDATE project_limits SET modifier_role = ?, vcpus = ? WHERE project = ? AND id = ? "
-                              "RETURNING id, project, modifier_role, vcpus, created",
-                              (modifier_role, vcpus, project, limit_id)).fetchone()
-        return LimitRow(*row) if row else None
-
-    def delete_limits(self, project: str, limit_id: int | None = None) -> int:
-        """Delete one of `project`'s limits, or all; returns how many."""
-        with self._write() as con:
-            return con.execute("DELETE FROM project_limits WHERE project = ? AND (? IS NULL OR id = ?)",
-                               (project, limit_id, limit_id)).rowcount
-
-    def vcpu_limit(self, project: str) -> int | None:
-        """The lowest of `project`'s vCPU limits (None: no limit)."""
-        return self._read("SELECT MIN(vcpus) FROM project_limits WHERE project = ?", (project,))[0][0]
-
-    def vcpus_in_use(self, project: str) -> int:
-        """vCPUs of `project`'s jobs given to a backend and not ended (what its limit counts)."""
-        with self._write() as con:  # the same view start_attempts has
-            return _in_use(con, project)
-
-    def held_for_room(self, owner: str, limit: int = 1000) -> list[JobRow]:
-        """Jobs `owner` holds for room in their project's vCPU limit, in the order they go."""
-        rows = self._read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'HELD' AND native_id = '{HELD_FOR_ROOM}' "
-                          f"AND json_extract(spec, '$.owner') = ? ORDER BY priority, id LIMIT ?", (owner, limit))
-        return [_job(r) for r in rows]
 
     # --- retries (decided and started by runtime/reconcile.py) -----------------------------------
     # A job whose failed attempt may be retried is SUBMITTED with `retry_at` set (see record_outcomes).
@@ -836,40 +794,6 @@ def _upgrade_v1(con: sqlite3.Connection) -> None:
     if problems != [("ok",)]:
         raise LedgerError(f"upgrading the ledger to schema {SCHEMA_VERSION} failed: {problems[:3]}")
     con.execute(LEASES_DDL)
-
-
-def _in_use(con: sqlite3.Connection, project: str) -> int:
-    return con.execute(f"SELECT COALESCE(SUM(COALESCE(json_extract(spec, '$.cores'), 1)), 0) FROM jobs "
-                       f"WHERE {IN_USE_WHERE} AND task_id IN (SELECT id FROM tasks WHERE project = ?)",
-                       (project,)).fetchone()[0]
-
-
-def _admit(con: sqlite3.Connection, items: list[AttemptStart], room: tuple[str, int], now: float,
-           seq: int) -> list[AttemptStart]:
-    """The items whose jobs fit in their project's vCPU limit, in order (the first that does not fit
-    and every one after it wait); the others are held for room (no attempt starts)."""
-    project, limit = room
-    ids = json.dumps([it.job_id for it in items])
-    cores = dict(con.execute(f"SELECT id, COALESCE(json_extract(spec, '$.cores'), 1) FROM jobs "
-                             f"WHERE id IN {IN_JSON} AND status NOT IN ({TERMINAL_SQL})", (ids,)).fetchall())
-    used = _in_use(con, project)
-    admitted, held = [], []
-    for it in items:
-        c = cores.get(it.job_id)
-        if c is None:
-            continue  # ended meanwhile: start_attempts gives it 0
-        if held or used + c > limit:
-            held.append(it.job_id)
-        else:
-            used += c
-            admitted.append(it)
-    if held:
-        reason = (f"waiting for room in project {project}'s vCPU limit: {limit} vCPUs, {used} in use "
-                  "(it starts as jobs of the project end)")
-        con.execute(f"UPDATE jobs SET status = 'HELD', native_id = '{HELD_FOR_ROOM}', reason = ?, updated = ?, seq = ? "
-                    f"WHERE id IN {IN_JSON} AND status NOT IN ({TERMINAL_SQL}) "
-                    f"AND NOT (status = 'HELD' AND native_id IS '{HELD_FOR_ROOM}')", (reason, now, seq, json.dumps(held)))
-    return admitted
 
 
 def _many(con: sqlite3.Connection, sql: str, row: str, rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:

@@ -26,6 +26,16 @@ class LimitRow:
 
 
 @dataclass(frozen=True)
+class RetentionRow:
+    """A project's task retention policy, in hours (0: never): ACTIVE tasks with nothing done for
+    `archive_after` are archived; ARCHIVED tasks' files are deleted `delete_after` after."""
+
+    project: str
+    archive_after: int
+    delete_after: int
+
+
+@dataclass(frozen=True)
 class TaskRow:
     id: int
     project: str

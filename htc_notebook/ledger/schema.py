@@ -49,8 +49,15 @@ IN_USE_WHERE = (f"(status IN ('RUNNABLE', 'STARTING', 'RUNNING') "
 IN_USE_INDEX = f"CREATE INDEX jobs_in_use ON jobs (task_id) WHERE {IN_USE_WHERE}"
 HELD_INDEX = (f"CREATE INDEX jobs_held_for_room ON jobs (json_extract(spec, '$.owner'), priority, id) "
               f"WHERE status = 'HELD' AND native_id = '{HELD_FOR_ROOM}'")
+# ... and task retention policies (hours; 0: never), with when each task was archived and its files deleted
+RETENTION_DDL = """CREATE TABLE retention (
+        project        TEXT PRIMARY KEY REFERENCES projects(name),
+        archive_after  INTEGER NOT NULL CHECK (archive_after >= 0),
+        delete_after   INTEGER NOT NULL CHECK (delete_after >= 0)
+    )"""
 V5_UPGRADE = (LIMITS_DDL, "CREATE INDEX project_limits_project ON project_limits (project)", IN_USE_INDEX,
-              HELD_INDEX)
+              HELD_INDEX, RETENTION_DDL, "ALTER TABLE tasks ADD COLUMN archived REAL",
+              "ALTER TABLE tasks ADD COLUMN deleted REAL")
 
 # Named leases: which process does a job for the whole data root (e.g. the one SLURM status poll)
 LEASES_DDL = """CREATE TABLE leases (

@@ -17,6 +17,9 @@ state kept apart from the live one, one method that corrects the difference). Ea
 4. **Room in a project's vCPU limit**: jobs this session holds for room (`Ledger.start_attempts`
    with a limit) are dispatched again, in order, as jobs of their project end (a commit of an
    outcome wakes the loop) or the limit is raised or deleted.
+5. **Task retention** (every RETENTION_EVERY s): projects' retention policies archive tasks
+   inactive for their `archiveAfter` hours and delete the files of tasks archived `deleteAfter`
+   hours ago (each task claimed by one process in the ledger; its record is kept).
 
 Held work is released by the SLURM feeder as room appears; the status of SLURM jobs comes from
 the data root's one poller (runtime/watch.py). Readers (`jobs()`, `status()`, handles) only read.
@@ -24,6 +27,7 @@ the data root's one poller (runtime/watch.py). Readers (`jobs()`, `status()`, ha
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -39,6 +43,7 @@ if TYPE_CHECKING:
 
 TICK_SECONDS = 1.0  # between two ticks (a commit of a failure wakes the loop at once)
 OWNERS_EVERY = 5.0  # seconds between two looks for owners that have exited
+RETENTION_EVERY = 300.0  # seconds between two applications of the projects' task retention policies
 RETRIES_PER_TICK = 1000
 
 
@@ -54,6 +59,7 @@ class Reconciler:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._owners_looked = 0.0
+        self._retention_applied = 0.0
 
     def start(self) -> None:
         """Run the loop in a thread (idempotent; nothing if not enabled)."""
@@ -98,6 +104,9 @@ class Reconciler:
         self.start_retries(now)
         if self.session.holding:
             self.release_held()
+        if now - self._retention_applied >= RETENTION_EVERY:
+            self._retention_applied = now
+            self.apply_retention(now)
 
     # -- 1. retries ----------------------------------------------------------------------------
     def start_retries(self, now: float) -> int:
@@ -190,6 +199,19 @@ class Reconciler:
             except HTCError:
                 pass  # dispatch has recorded why they were not submitted
         return sum(len(r) for r in offered.values())
+
+    # -- 5. task retention ------------------------------------------------------------------------
+    def apply_retention(self, now: float | None = None) -> tuple[list[str], list[str]]:
+        """Apply every project's task retention policy once: (tasks archived, tasks whose files
+        were deleted), as project/task."""
+        s = self.session
+        archived, deleted = [], []
+        for policy in s.ledger.retention():
+            archived += [f"{policy.project}/{name}" for _, name in s.ledger.archive_inactive(policy, now)]
+            for _, name in s.ledger.due_for_deletion(policy, now):
+                shutil.rmtree(s.storage.task_path(policy.project, name), ignore_errors=True)
+                deleted.append(f"{policy.project}/{name}")
+        return archived, deleted
 
     # -- 3. cancels from elsewhere ----------------------------------------------------------------
     def stop_cancelled(self) -> None:

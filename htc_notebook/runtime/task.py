@@ -15,7 +15,7 @@ from htc_notebook.runtime.commands import plain_argv, render_command, template_a
 from htc_notebook.runtime.handles import JobGroup, JobHandle
 from htc_notebook.runtime.plan import architecture, check_definition, check_mpi, definition_spec, job_spec, render_jobs
 from htc_notebook.spec import (ImageRef, JobBatch, JobDefinition, JobSpec, MpiLayout, PartitionProfile,
-                               ProjectLimit, Resources, RetryPolicy, Sweep)
+                               ProjectLimit, Resources, RetentionPolicy, RetryPolicy, Sweep)
 from htc_notebook.storage import ProjectStorage, TaskStorage, atomic_write
 
 if TYPE_CHECKING:
@@ -78,6 +78,23 @@ class Project:
     def delete_limits(self, limit_id: int | None = None) -> int:
         """Delete one of this project's limits, or all of them; held jobs go as the rest allows."""
         return self._changed(self.session.ledger.delete_limits(self.name, limit_id))
+
+    # -- task retention (HTC `task-retention-policy`) -----------------------------------------
+    def retention(self) -> RetentionPolicy | None:
+        """This project's task retention policy (None: it has none, tasks are kept)."""
+        rows = self.session.ledger.retention(self.name)
+        return RetentionPolicy(archive_after=rows[0].archive_after, delete_after=rows[0].delete_after) if rows else None
+
+    def set_retention(self, archive_after: int = 0, delete_after: int = 0) -> RetentionPolicy:
+        """Archive ACTIVE tasks with nothing done for `archive_after` hours, and delete the files of
+        tasks archived `delete_after` hours ago (their ledger record is kept); 0 turns a rule off.
+        Any session of the data root applies it (its reconcile loop, every few minutes)."""
+        policy = RetentionPolicy(archive_after=archive_after, delete_after=delete_after)
+        self.session.ledger.set_retention(self.name, policy.archive_after, policy.delete_after)
+        return policy
+
+    def delete_retention(self) -> bool:
+        return self.session.ledger.delete_retention(self.name)
 
     def _changed(self, out):
         self.session.reconciler.wake()  # a raised or deleted limit makes room for held jobs

@@ -31,7 +31,7 @@ from htc_notebook.errors import BackendError, HTCError, SpecError
 from htc_notebook.ledger import JobRow, TaskRow
 from htc_notebook.ledger.states import ACTIVE_NAMES, REQUEUEABLE_NAMES, STATES
 from htc_notebook.server.auth import Auth
-from htc_notebook.spec import JobBatch, ProjectLimit, check_name
+from htc_notebook.spec import JobBatch, ProjectLimit, RetentionPolicy, check_name
 
 if TYPE_CHECKING:
     from htc_notebook.runtime.session import Session
@@ -354,6 +354,27 @@ class HTCApi:
         if not found:
             raise ApiError(404, f"no limit {limit_id!r} in project {project.name!r}")
         return found[0]
+
+    # -- task retention policy (HTC `task-retention-policy`: hours, 0 turns a rule off) ------------
+    def get_retention(self, user: str, project_id: str) -> dict[str, Any]:
+        project = self.session.project(self._project(user, project_id))
+        policy = project.retention()
+        if policy is None:  # as the HTC API answers: then the workspace's policy (none here) applies
+            raise ApiError(404, f"project {project.name!r} has no task retention policy")
+        return policy.to_wire()
+
+    def put_retention(self, user: str, project_id: str, body: Any) -> dict[str, Any]:
+        project = self.session.project(self._project(user, project_id))
+        try:
+            policy = RetentionPolicy.model_validate(body)
+        except SpecError as exc:
+            raise ApiError(400, str(exc)) from None
+        return project.set_retention(policy.archive_after, policy.delete_after).to_wire()
+
+    def delete_retention(self, user: str, project_id: str) -> tuple[int, None]:
+        if not self.session.project(self._project(user, project_id)).delete_retention():
+            raise ApiError(404, f"project {project_id!r} has no task retention policy")
+        return 204, None
 
     # -- profiles and clusters (toolkit extensions of the API, for the lab sidebar) --------------------
     def profiles(self, user: str) -> dict[str, Any]:

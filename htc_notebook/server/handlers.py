@@ -193,6 +193,10 @@ def routes(base: type[HTCHandler], prefix: str, api: HTCApi) -> list[tuple[str, 
             get=lambda h, u, p, i: h.api.get_limit(u, p, i),
             patch=lambda h, u, p, i: h.api.patch_limit(u, p, i, h.body()),
             delete=lambda h, u, p, i: h.api.delete_limits(u, p, i))(base)),
+        (f"/htc/projects/{seg}/task-retention-policy", _route(
+            get=lambda h, u, p: h.api.get_retention(u, p),
+            put=lambda h, u, p: h.api.put_retention(u, p, h.body()),
+            delete=lambda h, u, p: h.api.delete_retention(u, p))(base)),
         (f"/htc/projects/{seg}/tasks", _route(
             get=lambda h, u, p: Page(h.api.list_tasks(u, p, h.page(), h.size())),
             post=lambda h, u, p: (201, h.api.create_task(u, p, h.body())))(base)),

@@ -161,6 +161,20 @@ class ProjectLimit(SpecModel):
         return self.model_dump(mode="json", by_alias=True)
 
 
+class RetentionPolicy(SpecModel):
+    """A project's task retention policy (HTC ``task-retention-policy``), in hours; 0 turns a rule off.
+
+    >>> RetentionPolicy.model_validate({"archiveAfter": 720, "deleteAfter": 0}).to_wire()
+    {'archiveAfter': 720, 'deleteAfter': 0}
+    """
+
+    archive_after: Annotated[int, whole(0)] = Field(0, **_alias("archiveAfter", "archive_after"))
+    delete_after: Annotated[int, whole(0)] = Field(0, **_alias("deleteAfter", "delete_after"))
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
 def load_batches(path: str | Path) -> list[JobBatch]:
     """Job batches from a .json/.yaml/.yml file holding one batch object or a list of them."""
     path = Path(path)
