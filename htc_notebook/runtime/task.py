@@ -181,12 +181,16 @@ class Task:
         """Run `what` once per sweep member; members that already succeeded are not run again.
 
         `what` is a function called as `fn(**params)`, or a command template whose
-        `{name}` fields are filled from each member's parameters. `definition`
-        gives a command sweep its HTC job definition (vCPUs, memory, timeout, envs).
+        `{name}` fields are filled from each member's parameters. Each job asks for `resources`
+        (cores, memory, gpus, walltime); a command sweep may instead take an HTC job `definition`
+        (vCPUs, memory, timeout, envs, image).
         """
         if not isinstance(sweep, Sweep):
             raise SpecError("sweep", "sweep", type(sweep).__name__, "a Sweep (Sweep.grid, Sweep.zip, ...)")
         if callable(what):
+            if definition is not None:
+                raise SpecError("sweep", "definition", type(definition).__name__, "no job definition for a Python "
+                                "function (definitions are for commands): give its cores, memory, walltime as resources=")
             prof, res = self._resolve(profile, resources)
             digest = self._store(what, what)
             identity, label = f"fn:{_fn_name(what)}", name or _fn_name(what)
@@ -196,8 +200,18 @@ class Task:
             priority = 0
         else:
             argv = template_argv(what)
-            definition = definition or JobDefinition(commands=argv)
-            prof, res, common, priority = self._command_spec(profile, definition, retries)
+            if resources is None:
+                prof, res, common, priority = self._command_spec(profile, definition or JobDefinition(commands=argv),
+                                                                 retries)
+            elif definition is not None:
+                raise SpecError("sweep", "resources", resources, "resources= or definition= for a command, not both "
+                                "(a JobDefinition has maxVCpus, maxMemory, execTimeoutSeconds)")
+            else:
+                prof, res = self._resolve(profile, resources)
+                if res.is_mpi:
+                    raise SpecError("sweep", "resources", resources, "no MPI layout in a command sweep: submit each "
+                                    "member with task.mpi(argv, nodes=..., ranks_per_node=...)")
+                common, priority = self._spec(res, retries, commands=argv), 0
             identity, label, kind = "cmd:" + "\0".join(argv), name or _safe_label(argv[0]), "command"
             for member in sweep.members[:1]:
                 render_command(argv, member.params)  # a missing field fails before anything is written
@@ -396,6 +410,7 @@ class DryRun(Task):
     def _add(self, jobs: list[NewJob], batch: NewBatch | None = None) -> list[int]:
         if jobs:
             self._check_limit(jobs)
+            self.storage  # noqa: B018 - the task's directories, as a submission makes them (calls are probed in them)
             s = self.session
             self.rendered.append(render_jobs(s.site, s.storage, self.project, self.name, jobs))
         return [0] * len(jobs)  # no job was recorded: there are no ids
