@@ -12,7 +12,9 @@
 - summary-statistics: the REST operation (`HTCApi.summary_statistics`), in-process, no HTTP
   (target < 50 ms at 100,000); beside it, the same counts by reading every job row (how it was done before);
 - `htc status --task P/T`: the whole command in-process (session, queries, table), output discarded;
-- live table first load: `TableModel.poll()` on a new model (everything the widget gets first).
+- live table first load: `TableModel.poll()` on a new model (everything the widget gets first);
+- recording the largest size under a project vCPU limit of 64 against none, and the reconcile
+  loop's per-tick reads with those jobs held.
 Figures are medians of `--repeats` runs.
 
 `slurm`: command jobs through a per-user submit limit (htc's feeder against a plain shell loop that
@@ -106,6 +108,7 @@ def bench_ledger(args: argparse.Namespace) -> str:
         unindexed_ms = _median_ms(lambda: plain(f"SELECT json_extract(spec, '$.owner'), COUNT(*) FROM jobs NOT INDEXED "
                                                 f"WHERE status IN ({ACTIVE_SQL}) GROUP BY 1"), args.repeats * 3)
         print(f"owners of {active} active jobs: {owners_ms:.1f} ms (without the index {unindexed_ms:.1f} ms)", flush=True)
+        limited = _limited(s, max(sizes), args.repeats)
     table = ("| jobs in the task | record a batch (add_jobs + start_attempts) | summary-statistics | "
              "(the same by reading every row, as before) | `htc status --task` | live table first load |\n"
              "|---|---|---|---|---|---|\n"
@@ -115,7 +118,40 @@ def bench_ledger(args: argparse.Namespace) -> str:
             f"The reconcile loop's count of active jobs per owner (`Ledger.active_owners`, every few seconds) over "
             f"all {active:,} active jobs of that root: {owners_ms:.1f} ms through the owner index, {unindexed_ms:.1f} ms "
             f"without it (`NOT INDEXED`, same run): **{unindexed_ms / owners_ms:.1f}x**.\n\n"
-            "Targets at 100,000 jobs: record < 1 s, summary-statistics < 50 ms; queries well under a second.")
+            "Targets at 100,000 jobs: record < 1 s, summary-statistics < 50 ms; queries well under a second.\n\n"
+            f"Under a project vCPU limit of 64 (`start_attempts(..., room=)`: 64 jobs start, the rest are held in the "
+            f"same transaction), recording {max(sizes):,} jobs: {limited['held']:.0f} ms against {limited['free']:.0f} ms "
+            f"without a limit, same run (**{limited['held'] / limited['free']:.2f}x**); with them held, what the "
+            f"reconcile loop reads each tick: the owner's held jobs (first 1,000) {limited['list']:.1f} ms, the "
+            f"project's vCPUs in use {limited['in_use']:.1f} ms.")
+
+
+def _limited(s, n: int, repeats: int) -> dict[str, float]:
+    """Recording `n` jobs with start_attempts under a vCPU limit of 64 against none (alternating, a
+    new task each), then the reconcile loop's per-tick reads with them held."""
+    from htc_notebook.ledger import AttemptStart, NewJob
+    from htc_notebook.spec import JobSpec
+
+    spec = JobSpec(commands=("echo", "hi"), owner=str(s.owner))
+    s.project("limited").set_vcpu_limit(64)
+    times: dict[str, list[float]] = {"held": [], "free": []}
+    for r in range(repeats):
+        for side in (("held", "free") if r % 2 == 0 else ("free", "held")):
+            project = "limited" if side == "held" else "free"
+            task = s.ledger.task(project, f"t{r}")
+            jobs = [NewJob(name="b", kind="command", params={}, spec=spec, index=i) for i in range(n)]
+            t0 = time.perf_counter()
+            ids = s.ledger.add_jobs(task.id, jobs)
+            started = s.ledger.start_attempts([AttemptStart(i, status="RUNNABLE") for i in ids],
+                                              ("limited", 64) if side == "held" else None)
+            times[side].append(time.perf_counter() - t0)
+            assert sum(1 for x in started if x) == (64 if side == "held" and r == 0 else 0 if side == "held" else n)
+    out = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    out["list"] = _median_ms(lambda: s.ledger.held_for_room(str(s.owner)), repeats * 3)
+    out["in_use"] = _median_ms(lambda: s.ledger.vcpus_in_use("limited"), repeats * 3)
+    print(f"record {n} under a limit: {out['held']:.0f} ms, without {out['free']:.0f} ms; held list "
+          f"{out['list']:.1f} ms, in use {out['in_use']:.1f} ms", flush=True)
+    return out
 
 
 # -- python: trivial calls through task.sweep vs raw Client.map in windows ---------------------------------

@@ -132,7 +132,10 @@ def test_an_mpi_program_runs_in_its_image_with_the_hosts_mpi_bound_in(registry):
              "launcher": "mpirun"}
     with Session(root, site=_site({**local, "container_binds": binds})) as s:
         task = s.project("md").task("mpi-image")
-        ranks = _ranks(task.mpi(["/opt/hello"], ranks_per_node=2, image="hello:v1"))
+        job = task.mpi(["/opt/hello"], ranks_per_node=2, image="hello:v1")
+        ranks = _ranks(job)
+        copy = Path(job.row.spec.image.rootfs)  # the image's copy for these binds (hard links), made once
+        assert copy.name.startswith("rootfs-binds-") and all(os.path.lexists(copy / b.lstrip("/")) for b in binds)
         assert [r[:4] for r in ranks] == [["rank", "0", "of", "2"], ["rank", "1", "of", "2"]], ranks
         assert all(r[6:] == ["sum", "1", "in", "the-mpi-image"] for r in ranks), ranks  # allreduce, in the image
         with pytest.raises(SpecError, match="no image for a Python function"):

@@ -194,3 +194,17 @@ def test_throttle_limits_how_many_array_tasks_run_at_once(session):
         running += step
         peak = max(peak, running)
     assert peak <= 2
+
+
+def test_a_profiles_own_sbatch_options_reach_slurm(site):
+    """The site's escape hatch (`sbatch_options`): SLURM itself shows the option on the job."""
+    data = {"profiles": {n: site.profile(n).model_dump(exclude_none=True, exclude={"name"}) for n in site.names()}}
+    data["profiles"]["nice"] = {**data["profiles"]["cpu"], "sbatch_options": ["--nice=7"]}
+    root = REPO / "test-output" / f"slurm-{uuid.uuid4().hex[:8]}"
+    with Session(root, site=SiteConfig.from_yaml(yaml.safe_dump(data))) as s:
+        group = s.project("p").task("nice").submit_batch(
+            {"jobName": "n", "batchSize": 1, "htcJobDefinition": {"commands": ["sleep", "1"]}}, profile="nice")
+        row = group.wait(timeout=300)[0].row
+        assert row.status == "SUCCEEDED", row.reason
+        shown = subprocess.run(["scontrol", "show", "job", row.native_id], capture_output=True, text=True).stdout
+        assert "Nice=7" in shown, shown

@@ -38,6 +38,18 @@ def test_array_script_maps_the_job_definition_onto_directives():
     assert s.index("module load lammps") < s.index("cd '/data/my task'")
 
 
+def test_a_profiles_sbatch_options_reach_arrays_pilots_and_packed_allocations():
+    from htc_notebook.backends.slurm.backend import pilot_job_script
+
+    p = PartitionProfile(name="cpu", backend="slurm", cores_per_node=2, memory_per_node="2G", max_nodes=2,
+                         sbatch_options=["--reservation=maint", "--exclusive"])
+    array = render_array(**BASE, command=["true"], options=p.sbatch_options)
+    assert {k: v for k, v in directives(array).items() if k in ("reservation", "exclusive")} == {
+        "reservation": "maint", "exclusive": ""}
+    for script in (pilot_job_script(p), pilot_job_script(p, packed=True)):
+        assert "#SBATCH --reservation=maint" in script and "#SBATCH --exclusive" in script, script
+
+
 def _run_task(tmp_path, script: str, task: int) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", "-c", script], env={"PATH": "/usr/bin:/bin", "SLURM_ARRAY_TASK_ID": str(task)},
                           capture_output=True, text=True, timeout=60)

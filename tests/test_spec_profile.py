@@ -137,3 +137,18 @@ def test_container_binds_are_plain_absolute_paths(bad, hint):
     assert "container_binds" in str(info.value) and repr(bad) in str(info.value) and hint in str(info.value)
     ok = PartitionProfile(name="x", cores_per_node=1, memory_per_node=1, container_binds=["/usr/lib/x86_64-linux-gnu/libmpi.so.40"])
     assert ok.container_binds == ("/usr/lib/x86_64-linux-gnu/libmpi.so.40",)
+
+
+@pytest.mark.parametrize("bad, hint", [("--reservation=maint\n#SBATCH --qos=high", "found '\\n'"),
+                                       ("--comment='x'", "found \"'\""), ("--partition=a b", "found ' '"),
+                                       ("#SBATCH --exclusive", "found '#'"), ("exclusive", "does not start with --"),
+                                       ("--array=0-9", "--array to track"), ("--output=/tmp/x", "--output to track")])
+def test_sbatch_options_are_single_plain_options_the_toolkit_does_not_own(bad, hint):
+    """The site's escape hatch: each entry one #SBATCH line, nothing that could add another or
+    change how the toolkit tracks its jobs; the field, the value and the rule are named."""
+    with pytest.raises(SpecError) as info:
+        PartitionProfile(name="x", cores_per_node=1, memory_per_node=1, sbatch_options=["--exclusive", bad])
+    assert "sbatch_options" in str(info.value) and hint in str(info.value), str(info.value)
+    ok = PartitionProfile(name="x", cores_per_node=1, memory_per_node=1,
+                          sbatch_options=["--reservation=maint", "--exclusive", "--gpus-per-task=1", "--clusters=c2"])
+    assert ok.sbatch_options == ("--reservation=maint", "--exclusive", "--gpus-per-task=1", "--clusters=c2")

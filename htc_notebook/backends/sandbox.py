@@ -30,7 +30,7 @@ from typing import Sequence
 
 from htc_notebook.backends.base import Launch
 from htc_notebook.backends.call_sandbox import check_call_sandbox
-from htc_notebook.backends.images import in_image, mount_points
+from htc_notebook.backends.images import deepest, host_path, in_image, mount_points
 from htc_notebook.errors import BackendError
 from htc_notebook.spec import PartitionProfile
 
@@ -162,7 +162,7 @@ def image_root(rootfs: str, points: tuple[tuple[str, bool], ...]) -> tuple[str, 
     split: dict[str, None] = {}  # directories of the image (container paths) laid out on a tmpfs
     made: dict[str, bool] = {}   # missing points (container paths), directory or not
     for path, is_dir in points:
-        have, missing = _deepest(rootfs, path)
+        have, missing = deepest(rootfs, path)
         if not missing:
             continue
         parts = have.strip("/").split("/") if have != "/" else []
@@ -173,44 +173,15 @@ def image_root(rootfs: str, points: tuple[tuple[str, bool], ...]) -> tuple[str, 
         return ("--ro-bind", rootfs, rootfs)
     out = _lay_out(rootfs, "/", split)
     for point, is_dir in made.items():
-        where = _host(rootfs, point)
+        where = host_path(rootfs, point)
         out += ["--dir", where] if is_dir else ["--dir", os.path.dirname(where), "--ro-bind", "/dev/null", where]
     return (*out, "--remount-ro", rootfs)
-
-
-def _host(rootfs: str, inside: str) -> str:
-    return os.path.join(rootfs, inside.lstrip("/")).rstrip("/") or "/"
-
-
-def _deepest(rootfs: str, path: str) -> tuple[str, list[str]]:
-    """The deepest directory of the image on the way to container path `path` (links followed
-    inside the image) and the components below it that the image lacks ([] if it has `path`, or
-    if no mount point can be made for it: the runtime says why)."""
-    todo, have, links = [c for c in path.split("/") if c not in ("", ".")], "/", 0
-    while todo:
-        name = todo.pop(0)
-        if name == "..":
-            have = posixpath.dirname(have)
-            continue
-        host = _host(rootfs, posixpath.join(have, name))
-        if os.path.islink(host):
-            links += 1
-            if links > 40:
-                return have, []
-            target = os.readlink(host)
-            todo = [c for c in target.split("/") if c not in ("", ".")] + todo
-            have = "/" if target.startswith("/") else have
-        elif os.path.isdir(host):
-            have = posixpath.join(have, name)
-        else:
-            return have, [] if os.path.lexists(host) else [name, *todo]
-    return have, []
 
 
 def _lay_out(rootfs: str, inside: str, split: dict[str, None]) -> list[str]:
     """Directory `inside` of the image on a tmpfs: its entries bound back or linked again, and the
     directories on the way to a mount point laid out in turn."""
-    where = _host(rootfs, inside)
+    where = host_path(rootfs, inside)
     perms = ["--perms", format(os.stat(where).st_mode & 0o7777 | 0o700, "04o")]  # its entries are made in it
     out = [*perms, "--tmpfs", where] if inside == "/" else [*perms, "--dir", where]
     with os.scandir(where) as entries:

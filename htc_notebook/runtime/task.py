@@ -169,7 +169,7 @@ class Task:
                 raise SpecError("mpi", "args", args or kwargs, "no arguments for an executable: put them in its argv")
             argv = plain_argv(what, "mpi", "command")
             spec = self._spec(res, retries, commands=tuple(argv), mpi=layout,
-                              image=self._image(image or "", architecture(prof), field="image"))
+                              image=self._image(image or "", architecture(prof), prof, field="image"))
             job = NewJob(name=name or _safe_label(argv[0]), kind="command", params={}, spec=spec, key=key,
                          profile=prof.name)
         return JobHandle(self.session, self._add_keyed(job), self.id)
@@ -308,23 +308,25 @@ class Task:
     def _command_spec(self, profile: str | None, d: JobDefinition, retries: int):
         """Check an HTC job definition against a profile: (profile, resources, spec, priority)."""
         prof, res, priority = check_definition(self.session.site, profile, d)
-        spec = definition_spec(res, d, retries, str(self.session.owner), self._image(d.image_name, d.architecture))
+        spec = definition_spec(res, d, retries, str(self.session.owner), self._image(d.image_name, d.architecture, prof))
         return prof, res, spec, priority
 
-    def _image(self, name: str, arch: str, field: str = "imageName") -> ImageRef | None:
+    def _image(self, name: str, arch: str, prof: PartitionProfile, field: str = "imageName") -> ImageRef | None:
         """A job's image, resolved once for every job of a submission: its name, the digest it runs
         (a tag moved later does not change what a retry runs) and its unpacked root file system,
-        shared by every job that runs the image and never written for one: each job's sandbox lays
-        out the mount points for its task, shared directory and container_binds
-        (`backends.sandbox.image_root`). Refused before anything is recorded if the project has no
-        such image, or it is not of architecture `arch`."""
+        with mount points for `prof`'s container_binds (`backends.images.with_binds`: a copy made
+        once per set of binds; the shared unpack is never written). Each job's sandbox lays out the
+        points of its task and shared directories. Refused before anything is recorded if the
+        project has no such image, or it is not of architecture `arch`."""
         if not name:
             return None
+        from htc_notebook.backends.images import with_binds
         from htc_notebook.registry.pull import resolve, rootfs
 
         registry = self.session.registry(self.project)
         digest = resolve(registry, name, arch, field=field)
-        return ImageRef(name=name, digest=digest, rootfs=str(rootfs(registry, name, digest)))
+        root = with_binds(rootfs(registry, name, digest), prof.container_binds)
+        return ImageRef(name=name, digest=digest, rootfs=str(root))
 
     def _store(self, obj: object, fn: object) -> str:
         """Pickle `obj` now (an unpicklable function fails here, not on a node) and keep it where a

@@ -34,7 +34,30 @@ _RULES: dict[str, tuple[re.Pattern[str], re.Pattern[str], str]] = {
     "host_path": (re.compile(r"(/(?!\.\.?(?:/|$))[A-Za-z0-9_.+@-]+)+"), re.compile(r"[A-Za-z0-9_.+@/-]"),
                   "an absolute path: / then letters, digits and _ . + @ - (no : , or spaces: bind "
                   "options split at them)"),
+    # a site's own sbatch option (reservation, exclusive, gpus-per-task, clusters): one --key or
+    # --key=value token, written as an #SBATCH line (no spaces, quotes, newlines or # of its own)
+    "sbatch_option": (re.compile(r"--[a-z][a-z0-9-]*(=[A-Za-z0-9_.\-&|,:@%+/=\[\]*!]+)?"),
+                      re.compile(r"[A-Za-z0-9_.\-&|,:@%+/=\[\]*!]"),
+                      "one sbatch option: --key or --key=value, the value letters, digits and _ . - & | , : @ "
+                      "% + / = [ ] * ! (no spaces, quotes, newlines or #)"),
 }
+# sbatch options the toolkit sets itself: a site's own may not change how it tracks its jobs
+OWNED_SBATCH = ("array", "job-name", "output", "error", "chdir", "comment", "requeue", "no-requeue", "signal",
+                "parsable", "wrap", "open-mode")
+
+
+def check_sbatch_option(value: object, field: str = "sbatch_options") -> str:
+    """Return `value` if it is one plain sbatch option the toolkit does not set itself, else SpecError.
+
+    >>> check_sbatch_option("--reservation=maint"), check_sbatch_option("--exclusive")
+    ('--reservation=maint', '--exclusive')
+    """
+    text = _check("sbatch_option", value, field)
+    key = text[2:].split("=", 1)[0]
+    if key in OWNED_SBATCH:
+        raise SpecError("", field, value, f"an option the toolkit does not set itself (it sets --{key} to track "
+                        f"its jobs); not one of {', '.join('--' + k for k in OWNED_SBATCH)}")
+    return text
 
 
 def _check(kind: str, value: object, field: str) -> str:
@@ -50,6 +73,8 @@ def _check(kind: str, value: object, field: str) -> str:
         hint = "; got an empty string"
     elif kind == "name" and len(value) > 128:
         hint = f"; got {len(value)} characters"
+    elif kind == "sbatch_option" and not value.startswith("--"):
+        hint = "; it does not start with --"
     elif kind == "host_path" and not value.startswith("/"):
         hint = "; it is not absolute"
     elif kind == "host_path":
@@ -124,3 +149,4 @@ SchedName = Annotated[str, BeforeValidator(lambda v: _check("sched", v, ""))]
 Constraint = Annotated[str, BeforeValidator(lambda v: _check("constraint", v, ""))]
 SafeText = Annotated[str, BeforeValidator(lambda v: check_safe_text(v, ""))]
 HostPath = Annotated[str, BeforeValidator(lambda v: _check("host_path", v, ""))]
+SbatchOption = Annotated[str, BeforeValidator(lambda v: check_sbatch_option(v, ""))]

@@ -19,7 +19,7 @@ from pydantic import BeforeValidator, model_validator
 from htc_notebook.errors import ResourceLimitError, SpecError
 
 from ._model import SpecModel, whole
-from .names import Constraint, HostPath, Name, SafeText, SchedName
+from .names import Constraint, HostPath, Name, SafeText, SbatchOption, SchedName
 from .resources import MemoryMiB, Resources, WalltimeSeconds
 from .units import format_walltime
 
@@ -96,6 +96,10 @@ class PartitionProfile(SpecModel):
     # this profile runs in: the site's MPI (its libraries, plugins and configuration) and interconnect
     # libraries, so an MPI program in an image talks to the host's launcher and network, as sites do
     container_binds: tuple[HostPath, ...] = ()
+    # the site's own sbatch options, for what a profile does not type (--reservation=maint,
+    # --exclusive, --gpus-per-task=1, --clusters=c2): one #SBATCH line each, in every job this
+    # profile submits (arrays, pilots, packed allocations)
+    sbatch_options: tuple[SbatchOption, ...] = ()
 
     @model_validator(mode="after")
     def _defaults(self) -> PartitionProfile:

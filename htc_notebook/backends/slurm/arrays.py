@@ -332,7 +332,7 @@ def array_script(p: PartitionProfile, chunk: list[Launch], ids_file: str, comman
         timeout_s=first.timeout, time_s=_bundle_time(first.timeout, bundle, p),
         account=p.account, qos=(p.economy_qos or p.qos) if first.priority else p.qos,
         constraints=p.constraints, gres=f"gpu:{first.gpus}" if first.gpus else None,
-        throttle=first.throttle, setup=p.setup, env=env, bundle=bundle)
+        throttle=first.throttle, setup=p.setup, env=env, bundle=bundle, options=p.sbatch_options)
 
 
 def array_scripts(profile: PartitionProfile, launches: Sequence[Launch], max_array: int) -> list[tuple[list[Launch], str]]:

@@ -40,6 +40,7 @@ def pilot_options(profile: PartitionProfile, *, log_directory: str | None = None
         directives.append(f"--constraint={'&'.join(profile.constraints)}")
     if profile.gpus_per_node:
         directives.append(f"--gres=gpu:{profile.gpus_per_node}")
+    directives += profile.sbatch_options
     options: dict[str, Any] = {
         "queue": profile.partition or profile.name,
         "account": profile.account,

@@ -66,13 +66,14 @@ def render_array(*, job_name: str, size: int, ids_file: str, offset: int, task_d
                  tmp_gib: int | None = None, timeout_s: int | None = None, time_s: int | None = None,
                  account: str | None = None, qos: str | None = None, constraints: Sequence[str] = (),
                  gres: str | None = None, throttle: int | None = None, setup: Sequence[str] = (),
-                 env: Mapping[str, str] | None = None, bundle: int = 1) -> str:
+                 env: Mapping[str, str] | None = None, bundle: int = 1, options: Sequence[str] = ()) -> str:
     """The script for `size` jobs covering batch indices offset..offset+size-1, `bundle` jobs to
     an array task (run one after another, each with its own variables, logs, timeout and exit file).
 
     Exactly one of `command` (the same argv for every job) or `commands_file` (line i holds job
     i's shell-quoted argv) is given. MPI jobs set `nodes` and `ntasks_per_node` (ranks); `mem_mib`
-    is per node. A bundled job whose `<state>/job-<id>-<attempt>.cancel` file appears is skipped,
+    is per node. `options`: the site's own sbatch options (a profile's `sbatch_options`, checked
+    there), one #SBATCH line each. A bundled job whose `<state>/job-<id>-<attempt>.cancel` file appears is skipped,
     or stopped (TERM) if it is running: one job of a bundle is cancelled alone.
     """
     if (command is None) == (commands_file is None):
@@ -99,6 +100,7 @@ def render_array(*, job_name: str, size: int, ids_file: str, offset: int, task_d
                           ("gres", gres)):
         if value is not None:
             lines.append(_directive(option, value))
+    lines += [f"#SBATCH {option}" for option in options]
     q = shlex.quote
     # no forks where bash has a builtin: the host from /proc (its UTS namespace), the time from
     # EPOCHREALTIME (bash >= 5; `date` on older shells) - a trivial job's cost is mostly this script
