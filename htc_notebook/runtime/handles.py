@@ -292,6 +292,17 @@ class JobGroup(Sequence[JobHandle]):
                 records.append(self._record(pd, row, retried.get(row.id), results))
         return pd.DataFrame.from_records(records)
 
+    def plot(self, x: str, y: str = "result", *, by: str | None = None, ax: Any = None) -> Any:
+        """Plot `y` (the result, or a key of mapping results) against parameter `x` for the jobs that
+        succeeded; members that differ in other parameters are averaged (error bars: their std);
+        `by` draws a line per value of another parameter. Returns the matplotlib Axes.
+
+        >>> group.plot(x="T", y="pressure")  # doctest: +SKIP
+        """
+        from htc_notebook.runtime.plots import plot_results
+
+        return plot_results(self.to_dataframe(results=True), x, y, by=by, ax=ax, title=self.name)
+
     def _record(self, pd, row: JobRow, attempts, results: bool) -> dict[str, Any]:
         rec = {"job_id": row.id, "name": row.name, "index": row.index, "status": row.status,
                "reason": row.reason, "exit_code": row.exit_code, "attempts": row.attempts,
