@@ -26,6 +26,7 @@ from htc_notebook.ledger import AttemptStart, JobRow, Ledger, Outcome, TaskRow
 from htc_notebook.ledger.schema import HELD_FOR_ROOM
 from htc_notebook.ledger.states import TERMINAL_NAMES
 from htc_notebook.runtime import plan
+from htc_notebook.runtime.dashboard import proxy_dashboards
 from htc_notebook.runtime.handles import JobHandle
 from htc_notebook.runtime.owner import Owner, kill_orphan_group
 from htc_notebook.runtime.reconcile import Reconciler
@@ -64,6 +65,7 @@ class Session:
                  reconcile: bool = True):
         self.root = Path(root or os.environ.get("HTC_ROOT") or "htc-data").resolve()
         self.site = site if isinstance(site, SiteConfig) else SiteConfig.load(site)
+        proxy_dashboards()  # in a kernel of a Jupyter server with jupyter-server-proxy: links through it
         self.storage = Storage(self.root)
         self.ledger = Ledger(self.storage.ledger_path)
         self.owner = Owner(socket.gethostname(), os.getpid())

@@ -47,13 +47,18 @@ def owner_name() -> str:
 
 def _load_jupyter_server_extension(serverapp) -> None:
     from htc_notebook.runtime import Session
+    from htc_notebook.runtime.dashboard import PROXY_BASE_ENV, proxy_dashboards
 
+    base = serverapp.web_app.settings.get("base_url", "/")
+    if "jupyter_server_proxy" in serverapp.jpserver_extensions and PROXY_BASE_ENV not in os.environ:
+        # dask dashboards through this server: kernels it starts from now on inherit the variable
+        os.environ[PROXY_BASE_ENV] = base
+        proxy_dashboards()
     root = os.environ.get("HTC_ROOT") or str(Path(serverapp.root_dir) / "htc-data")
     session = Session(root)
     # earlier kernels' SLURM jobs and held work are watched and fed from here (off the event loop)
     threading.Thread(target=session.resume, name="htc-resume", daemon=True).start()
     api = HTCApi(session, Auth(session.root), owner=owner_name())
-    base = serverapp.web_app.settings.get("base_url", "/")
     serverapp.web_app.add_handlers(".*$", routes(JupyterHTCHandler, base.rstrip("/") + "/" + PREFIX, api))
     serverapp.web_app.settings["htc_api"] = api
     serverapp.log.info(f"htc_notebook: HTC API at {base}{PREFIX} over {session.root}")

@@ -112,6 +112,14 @@ class HTCSidebar extends Widget {
     }
     for (const c of clusters) {
       const row = el('div', 'htc-cluster', `${c.profile} ${c.kind}: ${c.workers} workers, ${c.jobs} jobs `);
+      if (c.dashboard) {
+        // through this Jupyter server (jupyter-server-proxy): opens with no port forwarding
+        const link = el('a', 'htc-dashboard', 'dashboard');
+        link.href = c.dashboard;
+        link.target = '_blank';
+        link.rel = 'noopener';
+        row.append(link, ' ');
+      }
       if (c.kind === 'pilots') {
         const scale = el('button', 'htc-scale', '+1 pilot');
         scale.onclick = async () => {
