@@ -213,3 +213,75 @@ def test_sidebar_shows_each_projects_registry_and_images(lab, tmp_path):
                 browser.close()
     finally:
         daemon.down(data)
+
+
+def _kernel_environ(kernel_id: str) -> dict[str, str]:
+    """The environment of the kernel process the server started for `kernel_id` (read from /proc)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            if f"kernel-{kernel_id}.json".encode() in (proc / "cmdline").read_bytes():
+                pairs = (proc / "environ").read_bytes().split(b"\0")
+                return dict(p.decode(errors="replace").split("=", 1) for p in pairs if b"=" in p)
+        except OSError:
+            continue
+    raise AssertionError(f"no process of kernel {kernel_id}")
+
+
+def test_a_clusters_dask_dashboard_opens_through_the_jupyter_server(lab):
+    """Issue 14 item 4: no port forwarding. The sidebar's cluster links to its dask dashboard
+    through the Jupyter server (jupyter-server-proxy), and the dashboard loads there; kernels the
+    server starts get the same links (dask's own included)."""
+    import json
+
+    from playwright.sync_api import sync_playwright
+
+    url, token, root = lab
+    OUT.mkdir(parents=True, exist_ok=True)
+    made = urllib.request.urlopen(urllib.request.Request(
+        f"{url}/api/kernels?token={token}", data=json.dumps({"name": "python3"}).encode(), method="POST",
+        headers={"Content-Type": "application/json"}), timeout=60)
+    kernel = json.loads(made.read())["id"]
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                env = _kernel_environ(kernel)
+                break
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        assert env.get("HTC_JUPYTER_BASE_URL") == "/", sorted(k for k in env if k.startswith(("HTC", "JPY")))
+    finally:
+        urllib.request.urlopen(urllib.request.Request(f"{url}/api/kernels/{kernel}?token={token}", method="DELETE"),
+                               timeout=60)
+    with sync_playwright() as p:
+        browser = _browser(p)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})  # one login for both pages
+        page, board = context.new_page(), None
+        try:
+            page.goto(f"{url}/lab?token={token}")
+            page.wait_for_selector(".jp-LabShell", timeout=90_000)
+            page.click("li.lm-TabBar-tab[data-id='htc-sidebar']")
+            page.locator(".htc-sidebar input.htc-cores").fill("1")
+            page.wait_for_function("() => document.querySelector('.htc-sidebar .htc-verdict')"
+                                   ".textContent.startsWith('\u2713')", timeout=30_000)
+            page.locator(".htc-sidebar button.htc-start").click()
+            link = page.locator(".htc-sidebar .htc-cluster a.htc-dashboard")
+            link.wait_for(timeout=90_000)
+            href = link.get_attribute("href")
+            assert href.startswith("/proxy/") and href.endswith("/status"), href  # through this server
+            board = context.new_page()
+            with board.expect_websocket(timeout=60_000) as opened:
+                board.goto(f"{url}{href}")
+            ws = opened.value  # bokeh's live connection to the scheduler, through the server too
+            assert ws.url.startswith(f"{url.replace('http', 'ws')}/proxy/"), ws.url
+            ws.wait_for_event("framereceived", timeout=60_000)
+            board.wait_for_function("() => document.title.includes('Dask')", timeout=60_000)
+            page.locator(".htc-sidebar .htc-cluster button.htc-stop").click()
+            page.wait_for_function("() => !document.querySelector('.htc-sidebar .htc-cluster')", timeout=60_000)
+        finally:
+            if board is not None:
+                board.screenshot(path=str(OUT / "dashboard.png"))
+            page.screenshot(path=str(OUT / "sidebar-dashboard.png"))
+            browser.close()

@@ -450,3 +450,27 @@ def test_cancelling_a_job_inside_a_running_pack_leaves_the_others_results_right(
     values = group.results(timeout=120, errors="return")
     assert [group[i].status for i in (20, 21)] == ["CANCELLED", "CANCELLED"]
     assert [v for i, v in enumerate(values) if i not in (20, 21)] == [2 * i for i in range(100) if i not in (20, 21)]
+
+
+def test_a_kernel_of_a_jupyter_server_with_a_proxy_links_dashboards_through_it(tmp_path):
+    """What the server extension hands its kernels (HTC_JUPYTER_BASE_URL): dask's own links and the
+    toolkit's point through the server (jupyter-server-proxy), with the dashboard's real port."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, sys\n"
+            "from htc_notebook import Session\n"
+            "if __name__ == '__main__':\n"
+            "    with Session(sys.argv[1]) as s:\n"
+            "        s.project('p').task('t').submit(abs, -1).wait(timeout=60)\n"
+            "        (c,) = s.clusters()\n"
+            "        port = s.backend(s.profile(None)).client.scheduler_info()['services']['dashboard']\n"
+            "        print(json.dumps([c['dashboard'], port]))\n")
+    env = {**os.environ, "HTC_JUPYTER_BASE_URL": "/user/ada/"}
+    env.pop("DASK_DISTRIBUTED__DASHBOARD__LINK", None)
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    link, port = json.loads(out.stdout.strip().splitlines()[-1])
+    assert link == f"/user/ada/proxy/{port}/status"
