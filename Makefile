@@ -36,7 +36,7 @@ test: system-deps $(TEST_STAMP)
 ## system-deps: Debian packages for the SLURM test cluster and the venv (root; apt-get only what is missing).
 ## Keep in sync with htc_notebook/devcluster/install.py (a test compares them).
 .PHONY: system-deps slurm-up slurm-down
-SYSTEM_PACKAGES := slurmctld slurmd slurm-client slurmdbd mariadb-server munge openmpi-bin libopenmpi-dev iproute2 util-linux python3-venv chromium bubblewrap docker-registry skopeo umoci busybox-static charliecloud-runtime
+SYSTEM_PACKAGES := slurmctld slurmd slurm-client slurmdbd mariadb-server munge openmpi-bin libopenmpi-dev iproute2 util-linux python3-venv chromium bubblewrap docker-registry skopeo umoci busybox-static charliecloud-runtime lammps
 system-deps:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \

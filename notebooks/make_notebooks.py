@@ -277,13 +277,177 @@ print("skipped", more.skipped, "ran", len(more) - more.skipped)""",
 ])
 
 
+lammps = nb([
+"""md:# A LAMMPS ensemble: a Lennard-Jones liquid at several temperatures
+
+Real science is the same code run many times with varying inputs. Here Debian's LAMMPS (`lmp`)
+runs a Lennard-Jones liquid (864 atoms, `lammps/in.lj`) at three temperatures and two velocity
+seeds; every member is an MPI run of 2 ranks: across two nodes of the test cluster's `cpu`
+profile when SLURM is there (as in `make test`), else with mpirun on this machine. The thermo
+output of each run is parsed into a DataFrame and plotted.""",
+"""import os, shutil, subprocess, sys, tempfile
+from htc_notebook import Session, SiteConfig, use
+
+if shutil.which("sinfo") and subprocess.run(["sinfo"], capture_output=True).returncode == 0:
+    site_file = tempfile.mktemp(suffix=".yaml")
+    htc = os.path.join(os.path.dirname(sys.executable), "htc")   # the `htc` command of this environment
+    subprocess.run([htc, "profiles", "discover", "--scheduler-host", "10.77.0.1", "-o", site_file], check=True, capture_output=True)
+    site, PROFILE, NODES = SiteConfig.load(site_file), "cpu", 2
+else:
+    site, PROFILE, NODES = SiteConfig.builtin(), "local", 1
+PER_NODE = 2 // NODES
+root = "../test-output/htc-data-lammps" if PROFILE == "cpu" else "htc-data-lammps"   # nodes need a shared path
+shutil.rmtree(root, ignore_errors=True)
+session = Session(root, site=site)
+task = session.project("md").task("lj")
+use(task)
+shutil.copy("lammps/in.lj", task.storage.path("in.lj"))   # every job's working directory is the task's
+print("profile:", PROFILE, "| ranks:", NODES, "node(s) x", PER_NODE)""",
+"""md:## Submitted with `%htc submit`
+
+A sweep over `T` and `seed`; `--nodes`/`--ranks-per-node` make each member an MPI job. (`$NAME`
+is a Python variable; `{{T}}` is the sweep's field, written with double braces so that IPython
+leaves it for the sweep.)""",
+"""%load_ext htc_notebook""",
+"""%htc submit --profile $PROFILE --nodes $NODES --ranks-per-node $PER_NODE --name lj --sweep T=0.8,1.2,1.6 --sweep seed=1,2 -- lmp -in in.lj -var T {{T}} -var seed {{seed}} -log none""",
+"""group = _
+group.wait(timeout=900)
+group.counts()""",
+"""md:## Thermo output into a DataFrame
+
+Each run prints a thermo table (step, temperature, pressure, potential and total energy, and the
+mean squared displacement). The second half of each run gives the averages; the slope of the MSD
+gives the diffusion coefficient (D = slope / 6, time step 0.005 tau).""",
+"""import numpy as np
+import pandas as pd
+
+def thermo(text):
+    \"\"\"The last thermo table of a LAMMPS run's output, one row per thermo step.\"\"\"
+    lines = text.splitlines()
+    head = max(i for i, line in enumerate(lines) if line.split()[:1] == ["Step"])
+    rows = []
+    for line in lines[head + 1:]:
+        if line.startswith("Loop time"):
+            break
+        rows.append([float(x) for x in line.split()])
+    return pd.DataFrame(rows, columns=lines[head].split())
+
+def summary(out):
+    t = thermo(out)
+    late = t[t.Step >= t.Step.max() / 2]
+    slope = np.polyfit(late.Step * 0.005, late["c_msd[4]"], 1)[0]
+    return {"temp": late.Temp.mean(), "pressure": late.Press.mean(), "energy": late.PotEng.mean(), "D": slope / 6}
+
+df = pd.DataFrame([{**h.row.params, "host": h.row.host, **summary(h.logs())} for h in group]).sort_values(["T", "seed"])
+df""",
+"""import matplotlib.pyplot as plt
+
+means = df.groupby("T")[["pressure", "energy", "D"]].agg(["mean", "std"])
+fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+for ax, (column, label) in zip(axes, [("pressure", "pressure P*"), ("energy", "potential energy / atom"),
+                                      ("D", "diffusion coefficient D*")]):
+    ax.errorbar(means.index, means[column]["mean"], yerr=means[column]["std"], marker="o", capsize=3)
+    ax.set_xlabel("T*"); ax.set_ylabel(label)
+fig.suptitle("Lennard-Jones liquid, density 0.8442: 2 seeds per temperature")
+fig.tight_layout()""",
+"""# NBVAL_CHECK_OUTPUT
+print(len(df), "runs, each of 2 MPI ranks:", group.counts()["SUCCEEDED"], "succeeded")
+print("thermostat holds T within 5%:", bool(((df.temp - df["T"]).abs() / df["T"] < 0.05).all()))
+for column in ("pressure", "energy", "D"):
+    print(column, "rises with T:", bool(means[column]["mean"].is_monotonic_increasing))""",
+"""md:## The same runs with `mpi_task(executable=True)`
+
+The decorated function builds the argv (here in the notebook); the call returns a handle whose
+result is the run's `CommandResult` (exit code, stdout, stderr).""",
+"""from htc_notebook import mpi_task
+
+@mpi_task(profile=PROFILE, nodes=NODES, ranks_per_node=PER_NODE, executable=True)
+def lj(T, seed):
+    return ["lmp", "-in", "in.lj", "-var", "T", str(T), "-var", "seed", str(seed), "-log", "none"]
+
+hot = [lj(2.0, seed) for seed in (1, 2)]
+runs = [h.result(timeout=900) for h in hot]
+[summary(r.stdout) for r in runs]""",
+"""# NBVAL_CHECK_OUTPUT
+print("exit codes:", [r.exit_code for r in runs])
+print("hotter still, higher pressure:", bool(min(summary(r.stdout)["pressure"] for r in runs) > means["pressure"]["mean"].max()))""",
+])
+
+
+reattach = nb([
+"""md:# Re-attach after a kernel restart
+
+Jobs outlive the kernel that submitted them: everything is in the ledger under the data root.
+After a restart (or a crash, or closing the laptop), `%htc attach` rebuilds the live table from
+the ledger; nothing that succeeded runs again. This notebook plays both kernels: the first one is
+a separate Python process that submits a sweep and is killed (SIGKILL) while its jobs run. On the
+test cluster (`cpu` profile, as in `make test`) its jobs run on as SLURM arrays; on this machine
+(`local`) the jobs that were running die with it and are marked LOST, and are retried here.""",
+"""import os, shutil, subprocess, sys, tempfile
+from htc_notebook import Session, SiteConfig, use
+
+if shutil.which("sinfo") and subprocess.run(["sinfo"], capture_output=True).returncode == 0:
+    site_file = tempfile.mktemp(suffix=".yaml")
+    htc = os.path.join(os.path.dirname(sys.executable), "htc")   # the `htc` command of this environment
+    subprocess.run([htc, "profiles", "discover", "--scheduler-host", "10.77.0.1", "-o", site_file], check=True, capture_output=True)
+    site, PROFILE, NODES = SiteConfig.load(site_file), "cpu", 2
+else:
+    site, PROFILE, NODES = SiteConfig.builtin(), "local", 1
+root = "../test-output/htc-data-reattach" if PROFILE == "cpu" else "htc-data-reattach"
+shutil.rmtree(root, ignore_errors=True)
+the_site = f"SiteConfig.load({site_file!r})" if PROFILE == "cpu" else "SiteConfig.builtin()"
+print("profile:", PROFILE)""",
+"""md:## The first kernel: submit, then die""",
+"""first_kernel = f\"\"\"
+import os, signal, time
+from htc_notebook import Session, SiteConfig, Sweep
+if __name__ == "__main__":
+    s = Session({root!r}, site={the_site})
+    task = s.project("demo").task("reattach")
+    group = task.sweep(["sh", "-c", "echo {{i}} >> ran.txt; sleep 3"], Sweep.grid(i=list(range(8))), profile={PROFILE!r})
+    while task.counts()["SUCCEEDED"] < 2:   # some done, some running, some waiting
+        time.sleep(0.2)
+    print("submitted", len(group), "- succeeded before the kill:", task.counts()["SUCCEEDED"], flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+\"\"\"
+killed = subprocess.run([sys.executable, "-c", first_kernel], capture_output=True, text=True, timeout=600)
+print(killed.stdout.strip(), "| exit:", killed.returncode)""",
+"""md:## This kernel: attach
+
+`%htc attach` takes up what the dead kernel left (its SLURM jobs are watched from here, its local
+jobs are marked LOST) and shows the live table.""",
+"""%load_ext htc_notebook
+session = Session(root, site=site)
+use(session.project("demo").task("reattach"))""",
+"""%htc attach demo/reattach""",
+"""table = _
+table.wait(timeout=600)
+print(table.counts())""",
+"""md:Whatever was LOST (local jobs that died with their kernel) runs again; SUCCEEDED jobs never do.""",
+"""%htc retry demo/reattach""",
+"""task = session.project("demo").task("reattach")
+task.jobs().wait(timeout=600)
+ran = (task.storage.task_dir / "ran.txt").read_text().split()
+print(task.counts())""",
+"""# NBVAL_CHECK_OUTPUT
+print("all 8 SUCCEEDED:", task.counts()["SUCCEEDED"] == 8)
+done_first = {h.row.params["i"] for h in task.jobs() if h.row.attempts == 1}
+print("each job that succeeded on its first attempt ran once:", all(ran.count(str(i)) == 1 for i in done_first))""",
+])
+
+
 if __name__ == "__main__":
     # Executed here so the saved outputs are the reference nbval compares `# NBVAL_CHECK_OUTPUT` cells to.
     from nbclient import NotebookClient
 
+    import sys
+
     books = (("01-quickstart", quickstart), ("02-mpi-tasks", mpi), ("03-htc-batches", batches),
-             ("04-profiles-and-clusters", clusters), ("05-ensemble-sweep", ensemble))
+             ("04-profiles-and-clusters", clusters), ("05-ensemble-sweep", ensemble),
+             ("06-lammps-ensemble", lammps), ("07-reattach", reattach))
     for name, book in books:
+        if sys.argv[1:] and name not in sys.argv[1:]:   # `make_notebooks.py 06-lammps-ensemble`: only that one
+            continue
         NotebookClient(book, timeout=600, resources={"metadata": {"path": str(OUT)}}).execute()
         nbf.write(book, OUT / f"{name}.ipynb")
         print("wrote", name)
