@@ -141,14 +141,24 @@ def public(action: Callable[[HTCHandler], None], base: type[HTCHandler]) -> type
 
 
 # -- auth ---------------------------------------------------------------------------------------
-def _token(h: HTCHandler) -> None:
+def _with_key(h: HTCHandler, use: Callable[[str], Any]) -> None:
+    """Send what `use` makes of the request's API key (`Authorization: Token <api key>`)."""
     scheme, _, key = h.request.headers.get("Authorization", "").partition(" ")
     if scheme != "Token" or not key.strip():
         raise ApiError(401, "send your API key as `Authorization: Token <api key>`")
     try:
-        h.send(h.api.auth.issue_token(key.strip()))
+        h.send(use(key.strip()))
     except Unauthorized as exc:
         raise ApiError(401, str(exc)) from None
+
+
+def _token(h: HTCHandler) -> None:
+    _with_key(h, h.api.auth.issue_token)
+
+
+def _key_whoami(h: HTCHandler) -> None:
+    """Who an API key belongs to, and its projects."""
+    _with_key(h, h.api.auth.whoami)
 
 
 def _whoami(h: HTCHandler) -> None:
@@ -157,17 +167,6 @@ def _whoami(h: HTCHandler) -> None:
         raise ApiError(401, "send a bearer token")
     try:
         h.send(h.api.auth.verify(token))
-    except Unauthorized as exc:
-        raise ApiError(401, str(exc)) from None
-
-
-def _key_whoami(h: HTCHandler) -> None:
-    """Who an API key (`Authorization: Token <api key>`) belongs to, and its projects."""
-    scheme, _, key = h.request.headers.get("Authorization", "").partition(" ")
-    if scheme != "Token" or not key.strip():
-        raise ApiError(401, "send your API key as `Authorization: Token <api key>`")
-    try:
-        h.send(h.api.auth.whoami(key.strip()))
     except Unauthorized as exc:
         raise ApiError(401, str(exc)) from None
 
