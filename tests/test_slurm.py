@@ -68,6 +68,23 @@ def test_pilot_workers_land_on_both_cpu_nodes(session):
     assert set(hosts.results(timeout=240)) == {"node1", "node2"}
 
 
+def gpu_device_after(seconds: float) -> str | None:
+    time.sleep(seconds)
+    return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def test_a_gpu_pilot_runs_one_worker_per_gpu_each_seeing_only_its_own(session):
+    """Issue 14: one dask worker per GPU of the pilot job, each with its own CUDA_VISIBLE_DEVICES
+    (SLURM gives the job both GPUs of node3)."""
+    task = session.project("p").task("gpus")
+    jobs = [task.submit(gpu_device_after, 3, profile="gpu") for _ in range(4)]  # both workers busy at once
+    devices = [j.result(timeout=300) for j in jobs]
+    assert all(d and "," not in d for d in devices), devices
+    assert len(set(devices)) == 2, devices
+    workers = session.backend(session.profile("gpu")).pilots.client.scheduler_info()["workers"].values()
+    assert len(workers) == 2 and {w["nthreads"] for w in workers} == {2}  # 4 cores, 2 GPUs
+
+
 def test_cpu_gpu_and_knl_clusters_run_side_by_side(session):
     task = session.project("slurm").task("three-profiles")
     jobs = {p: task.submit(hostname_after, 0.1, profile=p) for p in ("cpu", "gpu", "knl")}

@@ -13,7 +13,7 @@ from htc_notebook.backends.slurm.arrays import ArrayRunner, array_scripts
 from htc_notebook.backends.mpi_jobs import on_pool, packs, pool_spec, pooled, stage, wrap
 from htc_notebook.backends.sandbox import check_confinement, confined
 from htc_notebook.backends.slurm.pilots import (check_probe, make_pilot_cluster, pack_options, pilot_options,
-                                                replace_draining_pilots, start_adapting)
+                                                pilot_workers, replace_draining_pilots, start_adapting)
 from htc_notebook.errors import BackendError
 from htc_notebook.spec import PartitionProfile
 
@@ -45,8 +45,7 @@ class SlurmBackend:
         p = plan(self.profile, launches)
         stage(p.arrays + p.packed)
         self.arrays.submit(p.arrays)
-        workers = self.profile.pilot_workers or self.profile.cores_per_node
-        self._start(self.pilots, p.calls, -(-len(p.calls) // workers))
+        self._start(self.pilots, p.calls, -(-len(p.calls) // pilot_workers(self.profile)))
         self._start(self.packs, p.packed, 1)
 
     def _start(self, runner: DaskJobs, launches: list[Launch], jobs: int) -> None:

@@ -45,7 +45,7 @@ def pilot_options(profile: PartitionProfile, *, log_directory: str | None = None
         "queue": profile.partition or profile.name,
         "account": profile.account,
         "cores": profile.cores_per_node,
-        "processes": min(profile.pilot_workers or profile.cores_per_node, profile.cores_per_node),
+        "processes": pilot_workers(profile),
         "memory": f"{profile.memory_per_node}MiB",
         "job_mem": f"{profile.memory_per_node}M",  # exact: dask-jobqueue would round it up
         "walltime": format_walltime(walltime),
@@ -56,10 +56,19 @@ def pilot_options(profile: PartitionProfile, *, log_directory: str | None = None
         "scheduler_options": {"dashboard_address": ":0", "allowed_failures": ALLOWED_FAILURES,
                               **({"host": profile.scheduler_host} if profile.scheduler_host else {})},
         "job_name": f"htc-pilot-{profile.name}",
+        # a GPU pilot: one worker per GPU, each seeing only its own (slurm/gpu_worker.py)
+        "worker_extra_args": ["--preload", "htc_notebook.backends.slurm.gpu_worker"] if profile.gpus_per_node else None,
     }
     if log_directory:
         options["log_directory"] = log_directory
     return {k: v for k, v in options.items() if v is not None}
+
+
+def pilot_workers(profile: PartitionProfile) -> int:
+    """dask worker processes per pilot: one per GPU on a GPU profile, else `pilot_workers`, else one per core."""
+    if profile.gpus_per_node:
+        return min(profile.gpus_per_node, profile.cores_per_node)
+    return min(profile.pilot_workers or profile.cores_per_node, profile.cores_per_node)
 
 
 def pack_options(profile: PartitionProfile, *, log_directory: str | None = None) -> dict[str, Any]:
