@@ -89,6 +89,11 @@ def test_quickstart_runs_in_jupyterlab_with_live_table_and_launcher(lab):
             assert chips == ["SUCCEEDED 5"], chips
             rows = page.locator(".htc-table .htc-row").count()
             assert rows == 5
+            # the chart of states over time, drawn from the same patches: green (SUCCEEDED) on top at
+            # the end, and the rate jobs ended at
+            table = page.locator(".htc-table", has=page.locator(".htc-count", has_text="5 / 5 ended")).first
+            assert table.locator(".htc-chart svg polygon[data-state='SUCCEEDED']").count() == 1
+            assert " jobs/s ended " in table.locator(".htc-rate").inner_text()
             # the launcher form: an over-limit request is refused with the reason
             cores = page.locator(".widget-inline-hbox:has(label:text-is('cores')) input").last
             cores.fill("999")

@@ -1,16 +1,47 @@
 // Live jobs table (anywidget front end). Rows arrive as patches of changed rows only;
 // only the rows in view are in the DOM (virtual scrolling), so 100,000 jobs stay responsive.
+// The chart of job states over time (and the rate jobs end at) is drawn from the counts each
+// patch already carries: it costs no message of its own.
 const ROW = 24, COLS = ["id", "name", "status", "host", "attempts", "runtime", "used", "params", "result", "reason"];
+const ENDED = ["SUCCEEDED", "FAILED", "CANCELLED", "LOST"];
+const STACK = ["SUCCEEDED", "FAILED", "CANCELLED", "LOST", "RUNNING", "STARTING", "RUNNABLE", "HELD", "SUBMITTED"];
+const COLOR = { SUCCEEDED: "#4caf50", FAILED: "#e53935", CANCELLED: "#9e9e9e", LOST: "#b71c1c", RUNNING: "#1e88e5",
+                STARTING: "#64b5f6", RUNNABLE: "#bbdefb", HELD: "#ffb74d", SUBMITTED: "#e0e0e0" };
+const SAMPLES = 300;  // points kept for the chart (older ones thinned out by half)
+
+// The chart: counts of each state over time, stacked (SVG polygons), and jobs ended per second.
+function chart(history) {
+  if (history.length < 2) return { svg: "", rate: "" };
+  const W = 400, H = 48, t0 = history[0].t, span = Math.max(1, history[history.length - 1].t - t0);
+  const total = (h) => STACK.reduce((a, s) => a + (h.c[s] || 0), 0);
+  const most = Math.max(1, ...history.map(total));
+  const x = (h) => ((h.t - t0) / span * W).toFixed(1);
+  let below = history.map(() => 0), shapes = "";
+  for (const s of STACK) {
+    if (!history.some((h) => h.c[s])) continue;
+    const above = history.map((h, i) => below[i] + (h.c[s] || 0));
+    const top = history.map((h, i) => `${x(h)},${(H - above[i] / most * H).toFixed(1)}`);
+    const bottom = history.map((h, i) => `${x(h)},${(H - below[i] / most * H).toFixed(1)}`).reverse();
+    shapes += `<polygon data-state="${s}" fill="${COLOR[s]}" points="${top.concat(bottom).join(" ")}"><title>${s}</title></polygon>`;
+    below = above;
+  }
+  const last = history[history.length - 1], back = history.find((h) => h.t >= last.t - 10_000) || history[0];
+  const ended = (h) => ENDED.reduce((a, s) => a + (h.c[s] || 0), 0);
+  const secs = (last.t - back.t) / 1000;
+  return { svg: `<svg viewBox="0 0 ${W} ${H}" preserveAspectRatio="none" width="100%" height="${H}">${shapes}</svg>`,
+           rate: secs > 0 ? `${((ended(last) - ended(back)) / secs).toFixed(1)} jobs/s ended (last ${secs.toFixed(0)} s)` : "" };
+}
 
 function render({ model, el }) {
   let states = model.get("states"), hosts = [], names = [], t0 = 0, totals = {}, synced = false;
-  const rows = new Map(), stat = new Map(), selected = new Set();
+  const rows = new Map(), stat = new Map(), selected = new Set(), history = [];
   let order = [], filterState = "", filterText = "", sortCol = "id", sortDir = 1, dirty = true;
 
   el.classList.add("htc-table");
   el.innerHTML = `
     <div class="htc-head">
       <div class="htc-progress"><div class="htc-bar"></div><span class="htc-count"></span></div>
+      <div class="htc-chart"><div class="htc-plot"></div><span class="htc-rate"></span></div>
       <div class="htc-chips"></div>
       <div class="htc-tools">
         <input class="htc-filter" placeholder="filter: text in any column">
@@ -59,7 +90,10 @@ function render({ model, el }) {
           .replace(/&/g, "&amp;").replace(/</g, "&lt;")}</span>`).join("") + "</div>";
     }).join("");
     const total = Object.values(totals).reduce((a, b) => a + b, 0);
-    const ended = ["SUCCEEDED", "FAILED", "CANCELLED", "LOST"].reduce((a, s) => a + (totals[s] || 0), 0);
+    const ended = ENDED.reduce((a, s) => a + (totals[s] || 0), 0);
+    const drawn = chart(history);
+    $(".htc-plot").innerHTML = drawn.svg;
+    $(".htc-rate").textContent = drawn.rate;
     $(".htc-bar").style.width = total ? `${(100 * ended) / total}%` : "0";
     $(".htc-count").textContent = `${ended} / ${total} ended`;
     $(".htc-chips").innerHTML = states.filter((s) => totals[s]).map((s) =>
@@ -79,7 +113,11 @@ function render({ model, el }) {
       names.push(...(msg.t === "patch" ? msg.names : []));
       for (const s of msg.new) stat.set(s[0], s);
       for (const r of msg.rows) rows.set(r[0], r);
-      if (msg.totals) totals = msg.totals;
+      if (msg.totals) {
+        totals = msg.totals;
+        history.push({ t: Date.now(), c: { ...totals } });
+        if (history.length > SAMPLES) history.splice(0, history.length, ...history.filter((_, i) => i % 2 === 0));
+      }
       dirty = true; schedule();
     } else if (msg.t === "detail") {
       detail.textContent = msg.text;
