@@ -31,6 +31,22 @@ def session(tmp_path_factory):
         yield s
 
 
+def registry_port() -> int:
+    """A free port P whose neighbour P+1 is free too: the registry listens on P, its token service on P+1."""
+    import socket
+
+    for _ in range(100):
+        with socket.socket() as a, socket.socket() as b:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            try:
+                b.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no two free neighbouring ports")
+
+
 def run_htc(*args: str, root: Path, env: dict | None = None, timeout: float = 300):
     """Run the real `htc` command; returns CompletedProcess."""
     import subprocess

@@ -20,7 +20,7 @@ from htc_notebook.registry.push import push
 from test_notebook_layer import ip  # noqa: F401 - the IPython shell with %htc loaded
 from test_registry import TOOLS, busybox_layout
 from test_sandbox import _local_site
-from test_server_e2e import _port
+from conftest import registry_port
 from conftest import missing
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ def _registry(root: Path, tmp_path: Path) -> ProjectRegistry:
     absent = [t for t in (*TOOLS, "ch-run", "bwrap") if shutil.which(t) is None]
     if absent:
         missing(f"{', '.join(absent)} not installed (make test installs them)")
-    daemon.up(root, port=_port(), listen="127.0.0.1")
+    daemon.up(root, port=registry_port(), listen="127.0.0.1")
     reg = ProjectRegistry(root, "md")
     push(reg, f"oci:{busybox_layout(tmp_path / 'img', 'inside the busybox image')}:v1", "tools:v1")
     arm = busybox_layout(tmp_path / "arm", "arm")

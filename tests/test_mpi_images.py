@@ -25,7 +25,7 @@ from htc_notebook.registry import ProjectRegistry, daemon
 from htc_notebook.registry.push import push
 
 from test_registry import TOOLS
-from test_server_e2e import _port
+from conftest import registry_port
 from conftest import missing
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,7 +95,7 @@ def registry(tmp_path):
     if absent:
         missing(f"{', '.join(absent)} not installed (make test installs them)")
     root = REPO / "test-output" / f"mpi-images-{uuid.uuid4().hex[:8]}"  # the shared file system: nodes see it
-    daemon.up(root, port=_port(), listen="127.0.0.1")
+    daemon.up(root, port=registry_port(), listen="127.0.0.1")
     try:
         rootfs = image_rootfs(tmp_path / "rootfs")
         push(ProjectRegistry(root, "md"), str(rootfs), "hello:v1")

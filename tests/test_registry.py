@@ -18,7 +18,8 @@ import pytest
 
 from conftest import missing
 from test_published_client import client  # noqa: F401 - the fixture: htc serve + a signed-in rescalehtc
-from test_server_e2e import HTC, _port
+from conftest import registry_port
+from test_server_e2e import HTC
 
 TOOLS = ("docker-registry", "skopeo", "umoci", "busybox")
 
@@ -30,7 +31,7 @@ def registry(tmp_path):
     if absent:
         missing(f"{', '.join(absent)} not installed (make test installs them)")
     root = tmp_path / "root"
-    port = _port()
+    port = registry_port()
     up = subprocess.run([HTC, "--root", str(root), "registry", "up", "--port", str(port), "--listen", "127.0.0.1"],
                         capture_output=True, text=True, timeout=60)
     assert up.returncode == 0, up.stderr

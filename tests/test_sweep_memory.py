@@ -39,7 +39,7 @@ def swept(tmp_path_factory):
 
     from htc_notebook import Session, SiteConfig
     from htc_notebook.backends import dask_jobs
-    from htc_notebook.runtime import session as session_module
+    from htc_notebook.runtime import plan as plan_module, session as session_module
 
     with pytest.MonkeyPatch.context() as mp:
         # packing decided by the probes whatever the machine's load: quick means under 5 s here,
@@ -48,7 +48,7 @@ def swept(tmp_path_factory):
         mp.setattr(dask_jobs, "PACK_SECONDS", 1e3)
         mp.setattr(dask_jobs, "PROBE_WAIT", 300.0)
         mp.setattr(session_module, "DISPATCH_SLICE", SLICE)
-        mp.setattr(session_module, "Launch", CountedLaunch)
+        mp.setattr(plan_module, "Launch", CountedLaunch)  # where Session builds its Launches
         # the scheduler slow to say its threads (as under load): slices handed over meanwhile must
         # still join the probed ones (they were probed a second time: seen twice under make test)
         nthreads = Client.nthreads

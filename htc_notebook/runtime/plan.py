@@ -13,16 +13,14 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from htc_notebook.backends.base import Launch
 from htc_notebook.errors import SpecError
 from htc_notebook.ledger import NewJob
 from htc_notebook.spec import ImageRef, JobDefinition, JobSpec, PartitionProfile, Resources, RetryPolicy, SiteConfig
 from htc_notebook.storage import Storage, checkpoint_path
 from htc_notebook.storage.layout import log_paths_in
-
-if TYPE_CHECKING:
-    from htc_notebook.backends.base import Launch
 
 PRIORITY = {"ON_DEMAND_PRIORITY": 0, "ON_DEMAND_ECONOMY": 1}
 _MACHINE_ARCH = {"x86_64": "X86", "amd64": "X86", "aarch64": "AARCH64", "arm64": "AARCH64"}
@@ -117,11 +115,9 @@ def where(storage: Storage, project: str, task: str) -> Where:
                                   "HTC_PROJECT": project, "HTC_TASK": task})
 
 
-def launch(at: Where, job_id: int, job: Any, attempt: int, log_out: str, log_err: str, call: Any = None) -> "Launch":
+def launch(at: Where, job_id: int, job: Any, attempt: int, log_out: str, log_err: str, call: Any = None) -> Launch:
     """What a backend needs to run one attempt of job `job_id` (`job`: a JobRow, or what was just
     recorded: name, kind, index, priority, spec)."""
-    from htc_notebook.backends.base import Launch
-
     env = {**at.env, "HTC_JOB_ID": str(job_id), "HTC_JOB_INDEX": str(job.index),
            "HTC_CHECKPOINT": str(checkpoint_path(at.task_dir, job_id)), **job.spec.envs}
     return Launch(job_id=job_id, attempt=attempt, kind=job.kind, cwd=at.task_dir, env=env, name=job.name,
