@@ -85,6 +85,17 @@ def test_a_command_sweep_carries_resources_or_a_definition(captured):
     assert p.commands[0].command[-2:] == ("echo", "1")  # each in its sandbox
 
 
+def test_a_command_sweep_with_an_mpi_layout_makes_each_member_an_mpi_program(captured):
+    captured.sweep(["./md", "-T", "{T}"], Sweep.grid(T=[1, 2]), resources={"nodes": 1, "ranks_per_node": 2,
+                                                                           "memory": "200M"})
+    specs = [j.spec for j in captured.jobs]
+    assert [(s.commands, s.mpi.ranks, s.mpi.ranks_per_node, s.cores, s.memory) for s in specs] == [
+        (("./md", "-T", "1"), 2, 2, 2, 200), (("./md", "-T", "2"), 2, 2, 2, 200)]
+    assert [j.params for j in captured.jobs] == [{"T": 1}, {"T": 2}]  # members keep their parameters
+    rendered = local_plan(captured.session.profile(None), launches(captured)).commands
+    assert [l.command[:3] for l in rendered] == [("mpirun", "-np", "2")] * 2
+
+
 def test_a_batch_carries_its_definition_and_throttle(captured):
     captured.submit_batch({"jobName": "b", "batchSize": 3, "htcJobDefinition": {
         "commands": ["true"], "maxVCpus": 2, "maxMemory": 100, "execTimeoutSeconds": 30,
@@ -121,7 +132,6 @@ def test_mpi_jobs_and_the_decorators_carry_their_layout(captured):
     (lambda t: t.sweep(work, Sweep.grid(x=[1]), definition=JobDefinition(commands=["x"])), "definition"),
     (lambda t: t.sweep("echo {x}", Sweep.grid(x=[1]), resources={"cores": 1},
                        definition=JobDefinition(commands=["x"])), "resources"),
-    (lambda t: t.sweep("echo {x}", Sweep.grid(x=[1]), resources={"ranks": 2}), "resources"),
     (lambda t: t.submit(work, resources={"cores": 1, "color": "red"}), "color"),
     (lambda t: t.submit(work, resources={"gpus": 3}), "gpus"),
 ])

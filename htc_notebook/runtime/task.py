@@ -182,8 +182,9 @@ class Task:
 
         `what` is a function called as `fn(**params)`, or a command template whose
         `{name}` fields are filled from each member's parameters. Each job asks for `resources`
-        (cores, memory, gpus, walltime); a command sweep may instead take an HTC job `definition`
-        (vCPUs, memory, timeout, envs, image).
+        (cores, memory, gpus, walltime; for a command, an MPI layout too: ranks, nodes,
+        ranks_per_node, cpus_per_rank make each member an MPI program); a command sweep may instead
+        take an HTC job `definition` (vCPUs, memory, timeout, envs, image).
         """
         if not isinstance(sweep, Sweep):
             raise SpecError("sweep", "sweep", type(sweep).__name__, "a Sweep (Sweep.grid, Sweep.zip, ...)")
@@ -208,10 +209,12 @@ class Task:
                                 "(a JobDefinition has maxVCpus, maxMemory, execTimeoutSeconds)")
             else:
                 prof, res = self._resolve(profile, resources)
-                if res.is_mpi:
-                    raise SpecError("sweep", "resources", resources, "no MPI layout in a command sweep: submit each "
-                                    "member with task.mpi(argv, nodes=..., ranks_per_node=...)")
-                common, priority = self._spec(res, retries, commands=argv), 0
+                layout = None
+                if res.is_mpi:  # each member an MPI program: ranks = nodes x ranks_per_node
+                    check_mpi(prof, res)
+                    layout = MpiLayout(ranks=res.ranks, nodes=res.nodes, ranks_per_node=res.ranks_per_node,
+                                       cpus_per_rank=res.cpus_per_rank)
+                common, priority = self._spec(res, retries, commands=argv, mpi=layout), 0
             identity, label, kind = "cmd:" + "\0".join(argv), name or _safe_label(argv[0]), "command"
             for member in sweep.members[:1]:
                 render_command(argv, member.params)  # a missing field fails before anything is written

@@ -231,6 +231,11 @@ class HTCMagics(Magics):
     def _send(self, task: Task, argv, sweep, args, mpi: bool, name: str) -> "LiveGroup":
         from htc_notebook.runtime.commands import render_command
 
+        if mpi and sweep is not None and not args.image:  # a sweep of MPI programs: members keep their parameters
+            group = task.sweep(list(argv), sweep, profile=args.profile, name=name, resources={
+                "nodes": args.nodes or 1, "ranks_per_node": args.ranks_per_node or 1,
+                "cpus_per_rank": args.cpus_per_rank, "memory": args.memory, "walltime": args.timeout})
+            return LiveGroup(group.session, group.task_id, group.ids, group.name, skipped=group.skipped)
         if mpi:
             members = sweep.members if sweep else [None]
             handles = [task.mpi(list(render_command(argv, m.params)) if m else list(argv),
