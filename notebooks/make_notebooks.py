@@ -367,7 +367,7 @@ def lj(T, seed):
 
 hot = [lj(2.0, seed) for seed in (1, 2)]
 runs = [h.result(timeout=900) for h in hot]
-[summary(r.stdout) for r in runs]""",
+pd.DataFrame([summary(r.stdout) for r in runs])""",
 """# NBVAL_CHECK_OUTPUT
 print("exit codes:", [r.exit_code for r in runs])
 print("hotter still, higher pressure:", bool(min(summary(r.stdout)["pressure"] for r in runs) > means["pressure"]["mean"].max()))""",
@@ -418,7 +418,7 @@ print(killed.stdout.strip(), "| exit:", killed.returncode)""",
 jobs are marked LOST) and shows the live table.""",
 """%load_ext htc_notebook
 session = Session(root, site=site)
-use(session.project("demo").task("reattach"))""",
+use(session.project("demo").task("reattach"));""",
 """%htc attach demo/reattach""",
 """table = _
 table.wait(timeout=600)
