@@ -94,6 +94,15 @@ def test_quickstart_runs_in_jupyterlab_with_live_table_and_launcher(lab):
             table = page.locator(".htc-table", has=page.locator(".htc-count", has_text="5 / 5 ended")).first
             assert table.locator(".htc-chart svg polygon[data-state='SUCCEEDED']").count() == 1
             assert " jobs/s ended " in table.locator(".htc-rate").inner_text()
+            # every widget renders as a widget, not as its repr (issue 14 item 5): rich's progress bar of
+            # jobs.wait(progress=True) (an ipywidgets Output), the live tables (anywidget), the launcher
+            outputs = page.locator(".jp-OutputArea-output").all_inner_texts()
+            reprs = [t for t in outputs if t.strip().startswith(("Output(", "HBox(", "VBox(", "JobsTable(",
+                                                                  "LiveGroup(", "FloatProgress(", "IntProgress("))]
+            assert reprs == [], reprs
+            bars = page.locator(".jp-OutputArea .widget-output").all_inner_texts()
+            assert any("9/9" in t for t in bars), bars  # the sweep's 9 jobs, in the progress widget
+            assert page.locator(".jp-OutputArea .htc-table").count() >= 1  # the %htc submit cell's live table
             # the launcher form: an over-limit request is refused with the reason
             cores = page.locator(".widget-inline-hbox:has(label:text-is('cores')) input").last
             cores.fill("999")
