@@ -367,4 +367,5 @@ class _Progress:
         self._p.update(self._task, completed=ended, states=states)
 
     def close(self) -> None:
+        self._p.refresh()  # the final counts: in Jupyter, rich's stop() does not draw them (it did show 7/9 of 9)
         self._p.stop()
