@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import missing
 import yaml
 
 from htc_notebook import Session, SiteConfig
@@ -150,7 +151,7 @@ def test_an_images_mount_points_are_laid_out_over_it_and_not_written_into_it(tmp
     from htc_notebook.backends.images import mount_points
 
     if shutil.which("bwrap") is None:
-        pytest.skip("bwrap not installed")
+        missing("bubblewrap (bwrap) not installed: make test installs it")
     img = tmp_path / "img"
     (img / "usr" / "lib").mkdir(parents=True)
     (img / "usr" / "lib" / "libc.so.6").write_text("the image's libc")
