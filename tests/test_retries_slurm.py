@@ -4,7 +4,10 @@ it changed are in the ledger, the DataFrame and the REST job view."""
 
 from __future__ import annotations
 
+import os
+import signal
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -86,3 +89,58 @@ def test_slurms_warning_signal_checkpoints_a_command_and_its_retry_resumes(site)
         runs = task.storage.read_text("runs").split("\n")
         saved = int(runs[1].split()[1])
         assert runs[0] == "start 0" and 0 < saved < 200 and runs[2] == "done 200", runs  # resumed, not restarted
+
+
+def hog_once(mib: int) -> int:
+    """Holds `mib` MiB; the first call to run also waits (a marker in its task directory) so the test
+    can SIGKILL its worker while it sits in its memory cgroup."""
+    import os
+    import time
+
+    first = os.path.join(os.environ["HTC_TASK_DIR"], "first")
+    if not os.path.exists(first):
+        open(first, "w").close()
+        time.sleep(300)
+    x = bytearray(mib << 20)
+    for i in range(0, len(x), 4096):
+        x[i] = 1
+    return len(x) >> 20
+
+
+CGROUPS = Path("/sys/fs/cgroup/memory")
+
+
+def test_a_call_on_a_pilot_is_held_to_its_memory_and_no_cgroup_outlives_the_pilot(site):  # noqa: F811
+    """A Python call on a SLURM pilot runs in a memory cgroup of its own inside the pilot job's:
+    over its request it ends FAILED saying so, and its retry gets twice as much. A worker SIGKILLed
+    with a call in its cgroup, and the pilots' end, leave no cgroup behind: the pilot's script
+    removes them, so slurmstepd removes the jobs' own (a leftover keeps `job_<id>` there)."""
+    import subprocess
+    import time
+
+    root = REPO / "test-output" / f"call-memory-{uuid.uuid4().hex[:8]}"
+    before = set(CGROUPS.glob("slurm_*/uid_*/job_*"))
+    with Session(root, site=site) as s:
+        s.scale("cpu", jobs=1)
+        task = s.project("retries").task("call-memory")
+        stuck = task.submit(hog_once, 10, profile="cpu", resources={"memory": "256M"})
+        deadline = time.monotonic() + 180
+        while not (cages := [c for c in CGROUPS.glob("slurm_*/uid_*/job_*/step_*/task_*/htc-*/call-*")
+                             if c.parents[3] not in before]):
+            assert time.monotonic() < deadline, stuck.row
+            time.sleep(0.2)
+        pilots = set(CGROUPS.glob("slurm_*/uid_*/job_*")) - before
+        worker = int(cages[0].parent.name.split("-")[1])  # htc-<worker pid>
+        os.kill(worker, signal.SIGKILL)  # its call dies with it (PDEATHSIG); the nanny starts another
+        hog = task.submit(hog_once, 200, profile="cpu", resources={"memory": "128M"},
+                          retries=RetryPolicy(retries=1, backoff=0))
+        assert stuck.result(timeout=240) == 10
+        assert hog.result(timeout=240) == 200
+        assert [(a.status, a.cause, a.request["memory"]) for a in hog.attempts] == [
+            ("FAILED", "memory", 128), ("SUCCEEDED", None, 256)]
+        assert hog.attempts[0].reason == "out of memory (limit 128 MiB): the OOM killer stopped it"
+    deadline = time.monotonic() + 60  # the session's end scancels its pilots
+    while left := [p for p in pilots if p.exists()]:
+        assert time.monotonic() < deadline, (left, [c for p in left for c in p.glob("**/htc-*")],
+                                             subprocess.run(["squeue"], capture_output=True, text=True).stdout)
+        time.sleep(0.5)

@@ -157,7 +157,8 @@ def test_pilot_options_set_a_deadline_below_walltime_and_memory_exact():
                          default_walltime="01:00:00", qos="normal", scheduler_host="10.77.0.1",
                          setup=["module load cuda"], pilot_workers=2)
     o = pilot_options(p)
-    setup, deadline = o["job_script_prologue"]
+    setup, clear, deadline = o["job_script_prologue"]
+    assert clear.startswith("htc_cg=") and "trap " in clear  # memory_limit.clear_on_exit: calls' cgroups
     lifetime = int(re.fullmatch(r"export HTC_PILOT_LIFETIME=(\d+) HTC_PILOT_DEADLINE=\$\(\( \$\(date \+%s\) \+ \1 \)\)", deadline)[1])
     assert 3600 * 0.8 <= lifetime <= 3600 - 120
     assert "--lifetime" not in o.get("worker_extra_args", [])  # dask's lifetime retires workers under their calls

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
@@ -46,10 +46,6 @@ class Launch:
     def __post_init__(self) -> None:
         if not self.command and self.spec.commands:
             object.__setattr__(self, "command", self.spec.commands)
-
-    def asking(self, **changes: Any) -> "Launch":
-        """The launch with its spec changed (e.g. `memory=None` where per-call limits do not apply)."""
-        return replace(self, spec=self.spec.model_copy(update=changes))
 
     cores = property(lambda self: self.spec.cores)
     timeout = property(lambda self: self.spec.timeout)

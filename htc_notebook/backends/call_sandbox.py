@@ -24,6 +24,7 @@ import ctypes
 import itertools
 import os
 import pickle
+import select
 import signal
 import traceback
 from typing import Any, Callable, TypeVar
@@ -99,8 +100,15 @@ def _enter(view: Any) -> None:
     _mount(None, view.root, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int | None = None, lifeline: int | None = None) -> None:
+    """Be SIGKILLed when the parent dies, and exit now if it died before that was asked (between
+    the fork and here: a worker SIGKILLed then left its call running, seen on a pilot). How this
+    process knows: `parent`, the parent's pid as seen here, or `lifeline`, a pipe's read end whose
+    write end only the parent holds (EOF: gone)."""
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if (parent is not None and os.getppid() != parent) or (
+            lifeline is not None and select.select([lifeline], [], [], 0)[0]):
+        os._exit(128 + signal.SIGKILL)
 
 
 def _send(fd: int, data: bytes) -> None:
@@ -114,25 +122,28 @@ def _exit_code(status: int) -> int:
     return os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
 
 
-def _child(view: Any, work: Callable[[], Any], w: int) -> int:
+def _child(view: Any, work: Callable[[], Any], w: int, parent: int) -> int:
     """In the forked child: confine, then start the namespace's init, which runs `work` in a child of
     its own (so the call's signals behave as anywhere: init ignores the ones it has no handler for)."""
-    _die_with_parent()
+    _die_with_parent(parent)
     try:
         _enter(view)
     except Exception as exc:  # noqa: BLE001 - reported to the worker as the call's failure
         _send(w, pickle.dumps(("confine", f"{type(exc).__name__}: {exc}")))
         return 0
+    lifeline, held = os.pipe()  # init sees no parent pid (it is outside init's namespace)
     init = os.fork()
     if init == 0:  # pid 1 of the new PID namespace: when it exits, everything the call left dies
         code = 70
         try:
-            _die_with_parent()
+            os.close(held)
+            _die_with_parent(lifeline=lifeline)
+            os.close(lifeline)
             _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
             call = os.fork()
             if call == 0:
                 try:
-                    _die_with_parent()
+                    _die_with_parent(1)
                     _send(w, cloudpickle.dumps(("ok", work())))
                 except BaseException as exc:  # noqa: BLE001
                     _send(w, pickle.dumps(("error", "".join(traceback.format_exception(exc)).strip())))
@@ -149,6 +160,7 @@ def _child(view: Any, work: Callable[[], Any], w: int) -> int:
         finally:
             os._exit(code)
     os.close(w)
+    os.close(lifeline)
     return _exit_code(os.waitpid(init, 0)[1])
 
 
@@ -162,6 +174,7 @@ def run_confined(view: Any, work: Callable[[], T], memory_mib: int | None = None
         return work()
     cage = make_cage(cgroup_parent(), memory_mib, f"call-{os.getpid()}-{next(_calls)}") if memory_mib else None
     r, w = os.pipe()
+    worker = os.getpid()
     pid = os.fork()
     if pid == 0:
         code = 70
@@ -170,7 +183,7 @@ def run_confined(view: Any, work: Callable[[], T], memory_mib: int | None = None
             if cage is not None:  # joined before anything else: all the call allocates counts
                 with open(cage.path / "cgroup.procs", "w") as f:
                     f.write(str(os.getpid()))
-            code = _child(view, work, w)
+            code = _child(view, work, w, worker)
         finally:
             os._exit(code)
     os.close(w)

@@ -8,7 +8,8 @@ under `prlimit --as`: its address space is limited, so an allocation beyond it f
 `MemoryError`, `ENOMEM`) instead of the job being killed. On SLURM, the site's cgroups do this
 (backends/slurm/script.py reads their OOM count). Python calls on the local backend get such a
 cgroup too (`call_sandbox.run_confined`; no prlimit fallback: a forked worker's address space is
-already larger than most limits).
+already larger than most limits), and so do a SLURM pilot's, inside the pilot job's cgroup; the pilot's
+script removes what its workers leave there (`clear_on_exit`).
 
 >>> print(" ".join(limited_argv(None, 512, ["./md"])[0]))
 prlimit --as=536870912 -- ./md
@@ -98,6 +99,23 @@ def _cgroup_parent() -> Path | None:
     except OSError:
         return None
     return parent
+
+
+def clear_on_exit() -> str:
+    """A bash line for the start of a SLURM pilot's job script: when the script exits (its worker
+    ended or was killed, or the job was cancelled: SIGTERM) it removes the memory cgroups its workers
+    made under its own (`htc-<pid>/call-*`) once their processes are gone, for up to 10 s. A cgroup
+    left inside a job's keeps slurmstepd from removing the job's (seen on the test cluster). Not
+    covered: the script itself SIGKILLed (a worker slower to close than the site's KillWait).
+
+    >>> "trap" in clear_on_exit() and "/proc/" in clear_on_exit()
+    True
+    """
+    own = "$(sed -n 's/^[0-9]*:memory://p' /proc/self/cgroup)"
+    clear = ('for _ in $(seq 50); do left=; for d in "$htc_cg"/htc-*; do [ -d "$d" ] || continue; '
+             '[ -e "/proc/${d##*-}" ] && left=1 && continue; rmdir "$d"/call-* 2>/dev/null; rmdir "$d" 2>/dev/null || left=1; done; '
+             '[ -z "$left" ] && break; sleep 0.2; done')
+    return f"htc_cg={V1}{own}; trap '{clear}' EXIT"
 
 
 def make_cage(parent: Path | None, limit_mib: int, name: str, swap_mib: int = 0) -> Cage | None:

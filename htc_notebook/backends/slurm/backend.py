@@ -108,9 +108,7 @@ def plan(profile: PartitionProfile, launches: Sequence[Launch]) -> SlurmPlan:
     packed = [pooled(l, profile) if on_pool(l, profile) else wrap(l, profile, step=True)
               for l in mpi if packs(l, profile)]
     alone = [wrap(l, profile) for l in mpi if not packs(l, profile)]
-    # a pilot's calls are held by the pilot job's own cgroup (SLURM's), not one each: cgroups made
-    # inside a job's would outlive a killed worker and keep slurmstepd from removing the job's
-    calls = [l.asking(memory=None) for l in launches if l.kind == "python" and not l.mpi]
+    calls = [l for l in launches if l.kind == "python" and not l.mpi]
     return SlurmPlan([l for l in launches if l.kind == "command" and not l.mpi] + alone, calls, packed)
 
 

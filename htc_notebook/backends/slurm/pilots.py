@@ -17,6 +17,7 @@ import sys
 from typing import Any
 
 from htc_notebook.backends.dask_jobs import ALLOWED_FAILURES
+from htc_notebook.backends.memory_limit import clear_on_exit
 from htc_notebook.backends.slurm import scheduler
 from htc_notebook.backends.worker import DRAIN_TOPIC, PILOT_DEADLINE, PILOT_LIFETIME
 from htc_notebook.errors import BackendError
@@ -50,7 +51,7 @@ def pilot_options(profile: PartitionProfile, *, log_directory: str | None = None
         "job_mem": f"{profile.memory_per_node}M",  # exact: dask-jobqueue would round it up
         "walltime": format_walltime(walltime),
         "job_extra_directives": directives,
-        "job_script_prologue": [*profile.setup,  # the deadline counts from the job's start
+        "job_script_prologue": [*profile.setup, clear_on_exit(),  # the deadline counts from the job's start
                                 f"export {PILOT_LIFETIME}={lifetime} {PILOT_DEADLINE}=$(( $(date +%s) + {lifetime} ))"],
         "python": profile.python or sys.executable,
         "scheduler_options": {"dashboard_address": ":0", "allowed_failures": ALLOWED_FAILURES,
