@@ -152,3 +152,14 @@ def test_sbatch_options_are_single_plain_options_the_toolkit_does_not_own(bad, h
     ok = PartitionProfile(name="x", cores_per_node=1, memory_per_node=1,
                           sbatch_options=["--reservation=maint", "--exclusive", "--gpus-per-task=1", "--clusters=c2"])
     assert ok.sbatch_options == ("--reservation=maint", "--exclusive", "--gpus-per-task=1", "--clusters=c2")
+
+
+@pytest.mark.parametrize("bad", ["dask:1", "site/../x:1", "site/d a:1", "site/dask", "/dask:1"])
+def test_a_pilot_image_is_project_slash_image_and_only_on_slurm(bad):
+    assert PartitionProfile(name="x", cores_per_node=1, memory_per_node=1,
+                            pilot_image="site/dask:2024.12").pilot_image == "site/dask:2024.12"
+    with pytest.raises(SpecError) as info:
+        PartitionProfile(name="x", cores_per_node=1, memory_per_node=1, pilot_image=bad)
+    assert "pilot_image" in str(info.value) and "project/image" in str(info.value), str(info.value)
+    with pytest.raises(SpecError, match="only on a slurm profile"):
+        PartitionProfile(name="x", backend="local", cores_per_node=1, memory_per_node=1, pilot_image="site/dask:1")

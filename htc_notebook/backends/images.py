@@ -55,6 +55,20 @@ def apptainer_argv(rootfs: str, task_dir: str, shared_dir: str, argv: Sequence[s
 RUNTIMES = {"charliecloud": ch_run_argv, "apptainer": apptainer_argv}
 
 
+def worker_argv(runtime: str, rootfs: str, data_root: str, python: str, binds: Sequence[str] = ()) -> list[str]:
+    """The interpreter `python` of the unpacked image `rootfs`, for a pilot's dask workers: the whole
+    data root bound read-write (a worker writes every task's results and logs; its calls confine
+    themselves to their task's, `call_sandbox`), `binds` read-only, started in the data root.
+
+    >>> print(" ".join(worker_argv("charliecloud", "/c/rootfs", "/d", "python3")))
+    ch-run --bind=/d --cd=/d /c/rootfs -- python3
+    """
+    if runtime == "apptainer":
+        return ["apptainer", "exec", "--contain", "--no-home", "--bind", data_root,
+                *(a for b in binds for a in ("--bind", f"{b}:{b}:ro")), "--pwd", data_root, rootfs, python]
+    return ["ch-run", f"--bind={data_root}", *(f"--bind={b}" for b in binds), f"--cd={data_root}", rootfs, "--", python]
+
+
 def in_image(runtime: str, rootfs: str, task_dir: str, shared_dir: str, argv: Sequence[str],
              binds: Sequence[str] = ()) -> list[str]:
     return RUNTIMES[runtime](rootfs, task_dir, shared_dir, argv, binds)

@@ -24,7 +24,8 @@ MOUNT_POINTS = ("dev", "proc", "sys", "tmp", "home", "mnt")
 FILES = ("etc/passwd", "etc/group", "etc/hosts", "etc/resolv.conf")
 
 
-def resolve(registry: ProjectRegistry, image: str, architecture: str, field: str = "imageName") -> str:
+def resolve(registry: ProjectRegistry, image: str, architecture: str, field: str = "imageName",
+            model: str = "JobDefinition") -> str:
     """The digest of `image` in the project's registry. SpecError if it is not there (naming the
     project's images) or if its platform is not `architecture` (X86 = amd64, AARCH64 = arm64)."""
     parse_image(image, field=field)
@@ -32,11 +33,11 @@ def resolve(registry: ProjectRegistry, image: str, architecture: str, field: str
         digest, _ = registry.manifest(image)
     except KeyError:
         known = registry.images()
-        raise SpecError("JobDefinition", field, image, f"an image of project {registry.project!r}: "
+        raise SpecError(model, field, image, f"an image of project {registry.project!r}: "
                         f"{', '.join(known) or '(none pushed yet: htc images push)'}") from None
     arch, wanted = registry.architecture(image), ARCHITECTURES.get(architecture, architecture)
     if arch != wanted:
-        raise SpecError("JobDefinition", "architecture", architecture,
+        raise SpecError(model, "architecture", architecture,
                         f"the platform of image {image!r}: {arch} "
                         f"({next((k for k, v in ARCHITECTURES.items() if v == arch), 'no architecture of this toolkit')})")
     return digest

@@ -125,7 +125,8 @@ class Session:
                     from htc_notebook.backends.slurm.backend import SlurmBackend
 
                     backend = SlurmBackend(profile, self._recorder, log_directory=str(self.root / "pilot-logs"),
-                                           grace=self.site.exit_file_grace)
+                                           grace=self.site.exit_file_grace,
+                                           pilot_python=profile.pilot_image and (lambda: self._pilot_python(profile)))
                     if self._watch is None:
                         from htc_notebook.runtime.watch import SlurmWatch
 
@@ -287,6 +288,18 @@ class Session:
 
         return ProjectRegistry(self.root, check_name(project, field="project"))
 
+    def _pilot_python(self, profile: PartitionProfile) -> str:
+        """The command `profile`'s pilots start Python with in its `pilot_image`: the image resolved in
+        its project's registry (of the profile's architecture), pulled and unpacked once."""
+        from htc_notebook.backends.slurm.pilots import image_python
+        from htc_notebook.registry.pull import resolve, rootfs
+        from htc_notebook.spec.names import parse_site_image
+
+        project, image = parse_site_image(profile.pilot_image)
+        registry = self.registry(project)
+        digest = resolve(registry, image, profile.architecture, field="pilot_image", model="PartitionProfile")
+        return image_python(profile, str(rootfs(registry, image, digest)), str(self.root))
+
     # -- pilots (dask workers on a scheduler) --------------------------------------
     def pilots(self, profile: str | None = None):
         """The dask-jobqueue cluster of a SLURM profile (started on first use)."""
@@ -297,13 +310,17 @@ class Session:
         return backend.pilots.cluster
 
     def scale(self, profile: str | None, jobs: int) -> None:
-        """Keep exactly `jobs` pilot jobs of a SLURM profile (stops adapting)."""
+        """Keep exactly `jobs` pilot jobs of a SLURM profile (stops adapting). BackendError with
+        SLURM's words if it refuses the pilot's job script."""
+        from htc_notebook.backends.slurm.pilots import check_probe
+
         cluster = self.pilots(profile)
         adaptive = getattr(cluster, "_adaptive", None)  # where distributed keeps it; adapt() stops it too
         if adaptive is not None:
             adaptive.stop()
             cluster._adaptive = None
         cluster.scale(jobs=jobs)
+        check_probe(cluster)  # else a refused script leaves the caller waiting for workers that never come
 
     def adapt(self, profile: str | None, minimum: int = 0, maximum: int | None = None) -> None:
         """Let a SLURM profile's pilot count follow the work, between `minimum` and `maximum` jobs."""

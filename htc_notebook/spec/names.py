@@ -143,6 +143,22 @@ def parse_image(value: object, field: str = "imageName") -> tuple[str, str]:
     raise SpecError("", field, value, IMAGE_FORM)
 
 
+def parse_site_image(value: object, field: str = "pilot_image") -> tuple[str, str]:
+    """(project, image) of `project/repo:tag` (or `project/repo@sha256:...`): an image of a project's
+    registry named from outside the project, as a profile names its pilots' image.
+
+    >>> parse_site_image("site/dask:2024.12")
+    ('site', 'dask:2024.12')
+    """
+    project, slash, image = value.partition("/") if isinstance(value, str) else ("", "", "")
+    try:
+        check_name(project, field)
+        parse_image(image, field)
+    except SpecError:
+        raise SpecError("", field, value, f"project/image: a project's name, '/', then {IMAGE_FORM}") from None
+    return project, image
+
+
 Name = Annotated[str, BeforeValidator(lambda v: _check("name", v, ""))]
 EnvName = Annotated[str, BeforeValidator(lambda v: _check("env", v, ""))]
 SchedName = Annotated[str, BeforeValidator(lambda v: _check("sched", v, ""))]
@@ -150,3 +166,4 @@ Constraint = Annotated[str, BeforeValidator(lambda v: _check("constraint", v, ""
 SafeText = Annotated[str, BeforeValidator(lambda v: check_safe_text(v, ""))]
 HostPath = Annotated[str, BeforeValidator(lambda v: _check("host_path", v, ""))]
 SbatchOption = Annotated[str, BeforeValidator(lambda v: check_sbatch_option(v, ""))]
+SiteImage = Annotated[str, BeforeValidator(lambda v: parse_site_image(v, "") and v)]

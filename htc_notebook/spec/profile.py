@@ -19,7 +19,7 @@ from pydantic import BeforeValidator, model_validator
 from htc_notebook.errors import ResourceLimitError, SpecError
 
 from ._model import SpecModel, whole
-from .names import Constraint, HostPath, Name, SafeText, SbatchOption, SchedName
+from .names import Constraint, HostPath, Name, SafeText, SbatchOption, SchedName, SiteImage
 from .resources import MemoryMiB, Resources, WalltimeSeconds
 from .units import format_walltime
 
@@ -71,6 +71,10 @@ class PartitionProfile(SpecModel):
     omp_places: SafeText | None = None
     omp_proc_bind: SafeText | None = None
     python: SafeText | None = None
+    # SLURM pilots run their dask workers in this image (`project/repo:tag` of the toolkit's registry),
+    # with the container runtime below; `python` is then the interpreter inside it (default python3).
+    # Its Python (major.minor), dask, distributed and htc_notebook must be the kernel's
+    pilot_image: SiteImage | None = None
     scheduler_host: SchedName | None = None  # address the nodes use to reach this kernel's dask scheduler
     max_pilots: Annotated[int, whole(1)] = 4  # adapt() scales up to this many pilot jobs
     pilot_workers: Annotated[int, whole(1)] | None = None  # dask worker processes per pilot (default: one per core)
@@ -113,6 +117,9 @@ class PartitionProfile(SpecModel):
             raise SpecError("", "packing", self.packing,
                             f"'per_task' with launcher {self.launcher!r}: packing many MPI tasks into one "
                             "allocation needs srun steps (launcher: srun)")
+        if self.pilot_image and self.backend != "slurm":
+            raise SpecError("", "pilot_image", self.pilot_image, "only on a slurm profile (local workers run "
+                            "in the kernel's own environment); remove it, or set backend: slurm")
         if self.default_walltime and self.max_walltime and self.default_walltime > self.max_walltime:
             raise SpecError("", "default_walltime", self.default_walltime,
                             f"at most max_walltime={self.max_walltime} s ({format_walltime(self.max_walltime)})")

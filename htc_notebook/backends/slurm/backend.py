@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from htc_notebook.backends.base import Launch, Reporter
 from htc_notebook.backends.dask_jobs import DaskJobs
@@ -27,11 +27,14 @@ class SlurmBackend:
     name = "slurm"
 
     def __init__(self, profile: PartitionProfile, reporter: Reporter, *, log_directory: str | None = None,
-                 grace: float = 30.0):
+                 grace: float = 30.0, pilot_python: Callable[[], str] | None = None):
+        """`pilot_python`: asked once, when the first pilot is: the command its workers start Python
+        with (the profile's pilot_image made ready: `pilots.image_python`)."""
         self.profile = profile
         self.arrays = ArrayRunner(profile, reporter, grace=grace)
-        self.pilots = DaskJobs(lambda: make_pilot_cluster(profile, log_directory=log_directory), reporter,
-                               window=profile.dask_window)
+        self.pilots = DaskJobs(lambda: make_pilot_cluster(profile, log_directory=log_directory,
+                                                          python=pilot_python and pilot_python()),
+                               reporter, window=profile.dask_window)
         self.pool = pool_spec(profile, log_directory)
         self.packs = DaskJobs(lambda: make_pilot_cluster(profile, log_directory=log_directory, packed=True),
                               reporter, pool=self.pool, window=profile.dask_window)

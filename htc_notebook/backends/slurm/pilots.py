@@ -12,11 +12,15 @@ KilledWorker).
 from __future__ import annotations
 
 import functools
+import getpass
 import logging
+import os
+import shlex
 import sys
 from typing import Any
 
 from htc_notebook.backends.dask_jobs import ALLOWED_FAILURES
+from htc_notebook.backends.images import with_binds, worker_argv
 from htc_notebook.backends.memory_limit import clear_on_exit
 from htc_notebook.backends.slurm import scheduler
 from htc_notebook.backends.worker import DRAIN_TOPIC, PILOT_DEADLINE, PILOT_LIFETIME
@@ -29,8 +33,10 @@ DEFAULT_WALLTIME = 3600
 LIFETIME_MARGIN = 0.1  # fraction of the walltime kept free at the end (at least 2 min)
 
 
-def pilot_options(profile: PartitionProfile, *, log_directory: str | None = None) -> dict[str, Any]:
-    """Keyword arguments for `dask_jobqueue.SLURMCluster` (pure: no cluster is made)."""
+def pilot_options(profile: PartitionProfile, *, log_directory: str | None = None,
+                  python: str | None = None) -> dict[str, Any]:
+    """Keyword arguments for `dask_jobqueue.SLURMCluster` (pure: no cluster is made). `python`: the
+    command the workers start with (`image_python` for a pilot_image), else the profile's `python`."""
     walltime = profile.default_walltime or min(DEFAULT_WALLTIME, profile.max_walltime or DEFAULT_WALLTIME)
     margin = max(120, int(walltime * LIFETIME_MARGIN))
     lifetime = max(60, walltime - margin)
@@ -51,9 +57,11 @@ def pilot_options(profile: PartitionProfile, *, log_directory: str | None = None
         "job_mem": f"{profile.memory_per_node}M",  # exact: dask-jobqueue would round it up
         "walltime": format_walltime(walltime),
         "job_extra_directives": directives,
-        "job_script_prologue": [*profile.setup, clear_on_exit(),  # the deadline counts from the job's start
+        "job_script_prologue": [*profile.setup, clear_on_exit(),
+                                *(['export USER="${USER:-$(id -un)}"'] if python else []),  # ch-run wants it
+                                # the deadline counts from the job's start
                                 f"export {PILOT_LIFETIME}={lifetime} {PILOT_DEADLINE}=$(( $(date +%s) + {lifetime} ))"],
-        "python": profile.python or sys.executable,
+        "python": python or profile.python or sys.executable,
         "scheduler_options": {"dashboard_address": ":0", "allowed_failures": ALLOWED_FAILURES,
                               **({"host": profile.scheduler_host} if profile.scheduler_host else {})},
         "job_name": f"htc-pilot-{profile.name}",
@@ -94,14 +102,25 @@ def pack_options(profile: PartitionProfile, *, log_directory: str | None = None)
     return options
 
 
+def image_python(profile: PartitionProfile, rootfs: str, data_root: str) -> str:
+    """The command a pilot of `profile` starts Python with in its `pilot_image`, unpacked at `rootfs`:
+    the profile's container runtime over a copy of it with mount points for the data root and the
+    container_binds (made once, `images.with_binds`), its `python` (default python3) inside."""
+    root = with_binds(rootfs, [data_root, *profile.container_binds])
+    return shlex.join(worker_argv(profile.container_runtime, str(root), data_root, profile.python or "python3",
+                                  profile.container_binds))
+
+
 VERSIONS = ("import json, platform, dask, distributed, htc_notebook; print(json.dumps("
             "[platform.python_version(), dask.__version__, distributed.__version__, htc_notebook.__version__]))")
 
 
-def check_python(python: str) -> None:
-    """Refuse a profile's `python` whose Python, dask, distributed or htc_notebook differs from this
-    kernel's (or that cannot import them), naming both: a pilot running other code than its kernel
-    fails every call. Run here, where the path must also exist for the nodes (a shared file system)."""
+def check_python(python: str, what: str | None = None) -> None:
+    """Refuse the command pilots start Python with (`what` it is: the profile's `python`, or its
+    `pilot_image`) if its Python (major.minor: cloudpickle's code objects differ between them), dask,
+    distributed or htc_notebook differ from this kernel's, or it cannot import them, naming both: a
+    pilot running other code than its kernel fails every call. Run here: the path (or the image's
+    unpack) must also exist for the nodes (a shared file system)."""
     import json
     import platform
     import subprocess
@@ -113,26 +132,32 @@ def check_python(python: str) -> None:
 
     if python == sys.executable:
         return
+    what = what or f"the profile's python {python!r}"
     ours = [platform.python_version(), dask.__version__, distributed.__version__, htc_notebook.__version__]
     try:
-        out = subprocess.run([python, "-c", VERSIONS], capture_output=True, text=True, timeout=120,
-                             cwd="/")  # not a checkout of htc_notebook the kernel runs in
+        out = subprocess.run([*shlex.split(python), "-c", VERSIONS], capture_output=True, text=True, timeout=120,
+                             cwd="/",  # not a checkout of htc_notebook the kernel runs in
+                             env={"USER": getpass.getuser(), **os.environ})  # ch-run wants it
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise BackendError(f"the profile's python {python!r} cannot be run here: {exc}") from None
+        raise BackendError(f"{what} cannot be run here: {exc}") from None
     if out.returncode != 0:
         last = (out.stderr.strip().splitlines() or ["no output"])[-1]
-        raise BackendError(f"the profile's python {python!r} cannot load what pilots run ({last}); "
-                           f"install htc_notebook[slurm] {ours[3]} with dask {ours[1]} for it, or leave python unset")
+        raise BackendError(f"{what} cannot load what pilots run ({last}); install htc_notebook[slurm] "
+                           f"{ours[3]} with dask {ours[1]} for it, or leave it unset")
     theirs = json.loads(out.stdout.strip().splitlines()[-1])
     names = ("Python", "dask", "distributed", "htc_notebook")
-    differ = [f"{n} {t} (this kernel: {o})" for n, t, o in zip(names, theirs, ours) if t != o]
+    key = lambda v: [".".join(v[0].split(".")[:2]), *v[1:]]  # noqa: E731 - Python by major.minor
+    differ = [f"{n} {t} (this kernel: {o})"
+              for n, t, o, kt, ko in zip(names, theirs, ours, key(theirs), key(ours)) if kt != ko]
     if differ:
-        raise BackendError(f"the profile's python {python!r} has {', '.join(differ)}: pilots must run "
-                           "the kernel's versions (dask refuses mismatched workers, and calls would fail)")
+        raise BackendError(f"{what} has {', '.join(differ)}: pilots must run the kernel's versions "
+                           "(dask refuses mismatched workers, and calls would fail)")
 
 
-def make_pilot_cluster(profile: PartitionProfile, *, log_directory: str | None = None, packed: bool = False):
+def make_pilot_cluster(profile: PartitionProfile, *, log_directory: str | None = None, packed: bool = False,
+                       python: str | None = None):
     """A SLURMCluster for the profile (`packed`: MPI allocations), its job script under test by `sbatch --test-only`.
+    `python`: what the workers start with (`image_python`); it is checked first (`check_python`).
 
     dask-jobqueue does not surface an sbatch rejection (the client would just
     wait for workers); testing the rendered script turns it into an error
@@ -145,8 +170,9 @@ def make_pilot_cluster(profile: PartitionProfile, *, log_directory: str | None =
         from dask_jobqueue.slurm import SLURMJob
     except ImportError:
         raise BackendError("Python jobs on SLURM need dask-jobqueue: pip install 'htc_notebook[slurm]'") from None
-    options = (pack_options if packed else pilot_options)(profile, log_directory=log_directory)
-    check_python(options["python"])
+    options = (pack_options(profile, log_directory=log_directory) if packed
+               else pilot_options(profile, log_directory=log_directory, python=python))
+    check_python(options["python"], python and f"pilot_image {profile.pilot_image!r}")
     probe = {k: v for k, v in options.items() if k not in ("scheduler_options", "log_directory")}
     test = scheduler.start(["sbatch", "--test-only"],
                            input=SLURMJob(scheduler="tcp://scheduler:8786", name="probe", **probe).job_script())
