@@ -56,17 +56,24 @@ def _closure(names) -> dict[str, md.Distribution]:
     return out
 
 
+def _hard_link(src, dest) -> None:
+    try:
+        os.link(src, dest)
+    except OSError:  # another file system: a copy
+        shutil.copy2(src, dest)
+
+
 def _link(src: Path, rootfs: Path, inside: str) -> None:
     dest = rootfs / inside.lstrip("/")
     if src.is_dir() and not src.is_symlink():
-        shutil.copytree(src, dest, copy_function=os.link, symlinks=True, dirs_exist_ok=True,
+        shutil.copytree(src, dest, copy_function=_hard_link, symlinks=True, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns(*SKIP))
     else:
         dest.parent.mkdir(parents=True, exist_ok=True)
         if src.is_symlink():
             os.symlink(os.readlink(src), dest)
         else:
-            os.link(src, dest)
+            _hard_link(src, dest)
 
 
 def python_rootfs(rootfs: Path, marker: str, *, dask_version: str | None = None, with_htc: bool = True) -> Path:
