@@ -14,7 +14,7 @@ import pytest
 from htc_notebook.errors import LedgerError
 from htc_notebook.spec import JobSpec, RetryPolicy
 from htc_notebook.ledger import SCHEMA_VERSION, AttemptStart, Ledger, NewJob, Outcome
-from htc_notebook.ledger.schema import DDL, V1_STATUSES, V5_UPGRADE
+from htc_notebook.ledger.schema import DDL, V1_STATUSES, V5_UPGRADE, V6_UPGRADE
 from htc_notebook.ledger.states import JobStatus, sql_list
 
 
@@ -120,11 +120,11 @@ def test_timeouts_are_a_cause_of_their_own(ledger):
 # -- older ledgers, upgraded in place -------------------------------------------------------------
 
 def _old_ledger(path: Path, version: int) -> None:
-    """A ledger as version 1 to 4 of the schema made it: no project limits (v4), no owner index (v3), no
-    retry columns (v2), no HELD, no leases (v1)."""
+    """A ledger as version 1 to 5 of the schema made it: no project dimensions (v5), no project limits
+    (v4), no owner index (v3), no retry columns (v2), no HELD, no leases (v1)."""
     con = sqlite3.connect(path)
     for statement in DDL:
-        if statement in V5_UPGRADE:
+        if statement in V6_UPGRADE or statement in V5_UPGRADE and version < 5:
             continue
         if ("jobs_active_owner" in statement and version < 4 or "jobs_retry_at" in statement and version < 3
                 or statement.lstrip().startswith("CREATE TABLE leases") and version == 1):
@@ -147,7 +147,7 @@ def _old_ledger(path: Path, version: int) -> None:
     con.close()
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
 def test_older_ledgers_are_upgraded_and_keep_their_jobs(tmp_path, version):
     path = tmp_path / "old.db"
     _old_ledger(path, version)
@@ -155,7 +155,7 @@ def test_older_ledgers_are_upgraded_and_keep_their_jobs(tmp_path, version):
         with pytest.raises(sqlite3.OperationalError):  # the old schema has no retry column
             sqlite3.connect(path).execute("SELECT retry_at FROM jobs").fetchall()
     indexes = "SELECT name FROM sqlite_master WHERE type = 'index' AND name = 'jobs_active_owner'"
-    assert bool(sqlite3.connect(path).execute(indexes).fetchall()) == (version == 4)
+    assert bool(sqlite3.connect(path).execute(indexes).fetchall()) == (version >= 4)
     with Ledger(path) as ledger:
         assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert sqlite3.connect(path).execute(indexes).fetchall()  # owners are counted from the index
@@ -167,6 +167,8 @@ def test_older_ledgers_are_upgraded_and_keep_their_jobs(tmp_path, version):
         assert ledger.job(1).status == "SUBMITTED" and ledger.attempts(1)[0].cause == "memory"
         ledger.intend([1], "sbatch:x", "held")  # HELD exists in either
         ledger.add_limit("p", "PROJECT_ADMIN", 4)  # v5: project limits
+        ledger.set_dimensions("p", [{"region": "local"}])  # v6: project dimensions
+        assert ledger.dimensions("p") == [{"region": "local"}]
         assert ledger.vcpu_limit("p") == 4 and ledger.vcpus_in_use("p") == 1  # held for sbatch: given to a backend
     with Ledger(path) as again:  # opening an upgraded ledger again changes nothing
         assert again.job(1).status == "HELD" and again.vcpu_limit("p") == 4

@@ -83,6 +83,21 @@ def test_a_published_htc_client_drives_htc_serve_unchanged(client):
     api.delete_htc_projects_task_retention_policy(client, "md")
     with pytest.raises(HtcException, match="404"):
         api.get_htc_projects_task_retention_policy(client, "md")
+    # where jobs may run (HTC `dimensions`): the site's profiles are its regions; none set: all of them
+    offered = api.get_htc_workspaces_dimensions(client, project.json["workspaceId"])  # pages joined by the client
+    assert {(d["region"], d["priority"]) for d in offered} == {("local", "ON_DEMAND_PRIORITY"),
+                                                               ("local", "ON_DEMAND_ECONOMY")}
+    assert [r["region"] for r in api.get_htc_regions(client)] == ["local"] == project.json["regions"]
+    assert api.get_htc_regions(client, "local")["coresPerNode"] >= 1
+    assert api.get_htc_projects_dimensions(client, "md") == offered
+    economy = [{"region": "local", "machineArchitecture": "X86", "priority": "ON_DEMAND_ECONOMY", "hyperthreading": False}]
+    assert api.put_htc_projects_dimensions(client, "md", economy)["items"] == economy
+    assert api.get_htc_projects_dimensions(client, "md") == economy
+    for bad in ([{"region": "gpu"}], [{"region": "local", "hyperthreading": True}], {"region": "local"}):
+        with pytest.raises(HtcException, match="400"):
+            api.put_htc_projects_dimensions(client, "md", bad)
+    with pytest.raises(HtcException, match="404"):
+        api.get_htc_workspaces_dimensions(client, "someone-elses")
     tasks = [htctasks.create_task_with_name(client, project, f"t{i}") for i in range(3)]
     # the client pages on while a page has `next` (the last page has none: `"next": null` broke it)
     assert {t.json["taskName"] for t in htctasks.get_tasks(client, project)} >= {"t0", "t1", "t2"}
@@ -94,6 +109,9 @@ def test_a_published_htc_client_drives_htc_serve_unchanged(client):
                                   "envs": [{"name": "GREETING", "value": "hi"}], "architecture": "X86",
                                   "priority": "ON_DEMAND_ECONOMY", "execTimeoutSeconds": 60,
                                   "commands": ["sh", "-c", "echo first; echo $GREETING $HTC_JOB_INDEX; echo last"]}}
+    urgent = {**batch, "htcJobDefinition": {**batch["htcJobDefinition"], "priority": "ON_DEMAND_PRIORITY"}}
+    with pytest.raises(HtcException, match="400.*dimensions"):  # the project runs economy jobs only
+        api.post_htc_projects_tasks_jobs_batch(client, "md", task.json["taskId"], [urgent])
     (made,) = api.post_htc_projects_tasks_jobs_batch(client, project.json["projectId"], task.json["taskId"], [batch])
     assert made["batchSize"] == 3 and made["tags"] == [{"key": "study", "value": "lj"}]
     assert made["htcJobDefinition"]["tags"] == {"member": "all"}

@@ -27,7 +27,7 @@ from .rows import (AttemptRow, AttemptStart, BatchRow, EventRow, JobRow, NewBatc
                    ProjectRow, ResultRow, TaskRow)
 from .schema import (ACTIVE_SQL, ATTEMPT_COLUMNS, ATTEMPT_READ, DDL, JOB_COLUMNS, LEASES_DDL, PRAGMAS,
                      REQUEST_SQL, SCHEMA_VERSION, TERMINAL_SQL, V1_STATUSES, V3_UPGRADE,
-                     V4_UPGRADE, V5_UPGRADE)
+                     V4_UPGRADE, V5_UPGRADE, V6_UPGRADE)
 from .states import ACTIVE, CAUSES, REQUEUE_CAUSES, REQUEUEABLE, TERMINAL, Cause, JobStatus, sql_list
 
 T = TypeVar("T")
@@ -104,11 +104,11 @@ class Ledger(ProjectRules):
                 for statement in DDL:
                     con.execute(statement)
                 con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version in (1, 2, 3, 4):
+            elif version in (1, 2, 3, 4, 5):
                 if version == 1:
                     _upgrade_v1(con)
                 for statement in ((V3_UPGRADE if version < 3 else ()) + (V4_UPGRADE if version < 4 else ())
-                                  + V5_UPGRADE):
+                                  + (V5_UPGRADE if version < 5 else ()) + V6_UPGRADE):
                     con.execute(statement)
                 con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:  # equal: another process made it while we waited for the lock

@@ -1,4 +1,5 @@
-"""A project's rules, kept in the ledger: its vCPU limits and its task retention policy (HTC API).
+"""A project's rules, kept in the ledger: its vCPU limits, its task retention policy and the compute
+environments it may use (HTC API).
 
 `Ledger` inherits these methods; `admit` is the admission that `Ledger.start_attempts` runs in its
 own write transaction, so processes sharing the ledger never exceed a limit together.
@@ -19,7 +20,7 @@ HOUR = 3600.0
 
 
 class ProjectRules:
-    """vCPU limits and task retention, per project (mixed into `Ledger`)."""
+    """vCPU limits, task retention and dimensions, per project (mixed into `Ledger`)."""
 
     _write: Any
     _read: Any
@@ -68,6 +69,22 @@ class ProjectRules:
         rows = self._read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'HELD' AND native_id = '{HELD_FOR_ROOM}' "
                           f"AND json_extract(spec, '$.owner') = ? ORDER BY priority, id LIMIT ?", (owner, limit))
         return [_job(r) for r in rows]
+
+    # -- dimensions ------------------------------------------------------------------------------
+    def set_dimensions(self, project: str, dimensions: list[dict[str, Any]]) -> None:
+        """The compute environments `project` may use (wire-shaped dicts); [] lifts the restriction."""
+        with self._write() as con:
+            _project(con, project)
+            if dimensions:
+                con.execute("INSERT INTO project_dimensions (project, dimensions) VALUES (?, ?) ON CONFLICT "
+                            "(project) DO UPDATE SET dimensions = excluded.dimensions", (project, json.dumps(dimensions)))
+            else:
+                con.execute("DELETE FROM project_dimensions WHERE project = ?", (project,))
+
+    def dimensions(self, project: str) -> list[dict[str, Any]] | None:
+        """The compute environments `project` may use (None: every one the site offers)."""
+        rows = self._read("SELECT dimensions FROM project_dimensions WHERE project = ?", (project,))
+        return json.loads(rows[0][0]) if rows else None
 
     # -- task retention ------------------------------------------------------------------------
     def set_retention(self, project: str, archive_after: int, delete_after: int) -> RetentionRow:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .states import ACTIVE, TERMINAL, JobStatus, sql_list
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # Version 1 had no HELD state: its CHECK constraints list these (upgraded in place, see Ledger)
 V1_STATUSES = "'CANCELLED','FAILED','LOST','RUNNABLE','RUNNING','STARTING','SUBMITTED','SUCCEEDED'"
 
@@ -58,6 +58,13 @@ RETENTION_DDL = """CREATE TABLE retention (
 V5_UPGRADE = (LIMITS_DDL, "CREATE INDEX project_limits_project ON project_limits (project)", IN_USE_INDEX,
               HELD_INDEX, RETENTION_DDL, "ALTER TABLE tasks ADD COLUMN archived REAL",
               "ALTER TABLE tasks ADD COLUMN deleted REAL")
+
+# v5 -> v6: the compute environments (HTC `dimensions`) a project may use, as their JSON list;
+# no row: every one the site offers
+V6_UPGRADE = ("""CREATE TABLE project_dimensions (
+        project     TEXT PRIMARY KEY REFERENCES projects(name),
+        dimensions  TEXT NOT NULL
+    )""",)
 
 # Named leases: which process does a job for the whole data root (e.g. the one SLURM status poll)
 LEASES_DDL = """CREATE TABLE leases (
@@ -173,6 +180,7 @@ DDL = (
 
     LEASES_DDL,
     *V5_UPGRADE,
+    *V6_UPGRADE,
 
     # PRIMARY KEY job_id: a job's result is committed exactly once (G2).
     """CREATE TABLE results (

@@ -19,10 +19,11 @@ from htc_notebook.backends.base import Launch
 from htc_notebook.errors import SpecError
 from htc_notebook.ledger import NewJob
 from htc_notebook.spec import ImageRef, JobDefinition, JobSpec, PartitionProfile, Resources, RetryPolicy, SiteConfig
+from htc_notebook.spec.job import PRIORITIES
 from htc_notebook.storage import Storage, checkpoint_path
 from htc_notebook.storage.layout import log_paths_in
 
-PRIORITY = {"ON_DEMAND_PRIORITY": 0, "ON_DEMAND_ECONOMY": 1}
+PRIORITY = {name: rank for rank, name in enumerate(PRIORITIES)}  # a lower rank runs first
 _MACHINE_ARCH = {"x86_64": "X86", "amd64": "X86", "aarch64": "AARCH64", "arm64": "AARCH64"}
 
 

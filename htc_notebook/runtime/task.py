@@ -13,9 +13,11 @@ from htc_notebook.ledger import LimitRow, NewBatch, NewJob
 from htc_notebook.ledger.states import ACTIVE_NAMES, REQUEUEABLE_NAMES
 from htc_notebook.runtime.commands import plain_argv, render_command, template_argv
 from htc_notebook.runtime.handles import JobGroup, JobHandle
-from htc_notebook.runtime.plan import architecture, check_definition, check_mpi, definition_spec, job_spec, render_jobs
-from htc_notebook.spec import (ImageRef, JobBatch, JobDefinition, JobSpec, MpiLayout, PartitionProfile,
+from htc_notebook.runtime.plan import (PRIORITY, architecture, check_definition, check_mpi, definition_spec, job_spec,
+                                      render_jobs)
+from htc_notebook.spec import (Dimension, ImageRef, JobBatch, JobDefinition, JobSpec, MpiLayout, PartitionProfile,
                                ProjectLimit, Resources, RetentionPolicy, RetryPolicy, Sweep)
+from htc_notebook.spec.job import PRIORITIES
 from htc_notebook.storage import ProjectStorage, TaskStorage, atomic_write
 
 if TYPE_CHECKING:
@@ -78,6 +80,27 @@ class Project:
     def delete_limits(self, limit_id: int | None = None) -> int:
         """Delete one of this project's limits, or all of them; held jobs go as the rest allows."""
         return self._changed(self.session.ledger.delete_limits(self.name, limit_id))
+
+    # -- compute environments (HTC `dimensions`) ------------------------------------------------
+    def dimensions(self) -> list[Dimension]:
+        """The compute environments this project's jobs may use: those set, else all the site offers."""
+        rows = self.session.ledger.dimensions(self.name)
+        return self.session.site.dimensions() if rows is None else [Dimension.model_validate(d) for d in rows]
+
+    def set_dimensions(self, dimensions: Sequence[Dimension | Mapping[str, Any]]) -> list[Dimension]:
+        """Let this project's jobs run only in `dimensions` (profiles as regions, at a priority); []
+        lets them run anywhere the site offers. Each must be one the site offers (SpecError naming them).
+
+        >>> project.set_dimensions([{"region": "cpu", "priority": "ON_DEMAND_ECONOMY"}])  # doctest: +SKIP
+        """
+        offered = self.session.site.dimensions()
+        dims = [d if isinstance(d, Dimension) else Dimension.model_validate(d) for d in dimensions]
+        for i, d in enumerate(dims):
+            if d not in offered:
+                raise SpecError("Dimension", f"dimensions[{i}]", d.to_wire(), "one the site offers: " + ", ".join(
+                    f"{o.region}/{o.machine_architecture}/{o.priority}" for o in offered))
+        self.session.ledger.set_dimensions(self.name, [d.to_wire() for d in dict.fromkeys(dims)])
+        return self.dimensions()
 
     # -- task retention (HTC `task-retention-policy`) -----------------------------------------
     def retention(self) -> RetentionPolicy | None:
@@ -364,7 +387,16 @@ class Task:
         return self._add([job])[0]
 
     def _check_limit(self, jobs: list[NewJob]) -> None:
-        """Refuse, before anything is written, a job that could never start under the project's vCPU limit."""
+        """Refuse, before anything is written, a job outside the project's dimensions, or one that could
+        never start under its vCPU limit."""
+        allowed = self.session.ledger.dimensions(self.project)
+        if allowed is not None:
+            where = {(d["region"], PRIORITY[d["priority"]]) for d in allowed}
+            for name, rank in {(j.profile, j.priority) for j in jobs} - where:
+                raise SpecError("JobBatch", "region", name, f"a region (profile) at a priority project "
+                                f"{self.project!r} may use (its dimensions): " + ", ".join(
+                                    f"{d['region']} at {d['priority']}" for d in allowed)
+                                + f"; this job asks for {PRIORITIES[rank]}")
         limit = self.session.ledger.vcpu_limit(self.project)
         if limit is not None:
             cores = max({id(j.spec): j.spec.cores for j in jobs}.values())

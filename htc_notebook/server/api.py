@@ -31,12 +31,13 @@ from htc_notebook.errors import BackendError, HTCError, SpecError
 from htc_notebook.ledger import JobRow, TaskRow
 from htc_notebook.ledger.states import ACTIVE_NAMES, REQUEUEABLE_NAMES, STATES
 from htc_notebook.server.auth import Auth
-from htc_notebook.spec import JobBatch, ProjectLimit, RetentionPolicy, check_name
+from htc_notebook.spec import JobBatch, PartitionProfile, ProjectLimit, RetentionPolicy, check_name
 
 if TYPE_CHECKING:
     from htc_notebook.runtime.session import Session
 
 DEFAULT_PAGE, MAX_PAGE = 100, 1000
+WORKSPACE_ID = "default"  # this server's one workspace: its data root and site
 MAX_LOG_PAGE = 5000  # log lines a page: HTC API clients ask for 5000
 WIRE_STATUSES = ("SUBMITTED_TO_RESCALE", "SUBMITTED_TO_PROVIDER", "RUNNABLE", "STARTING", "RUNNING",
                  "SUCCEEDED", "FAILED")
@@ -132,7 +133,8 @@ class HTCApi:
             prefix, repositories = reg.prefix, reg.repositories()
         except BackendError:
             prefix, repositories = "", reg.recorded()
-        return {"projectId": name, "projectName": name, "regions": self.session.site.names(),
+        regions = list(dict.fromkeys(d.region for d in self.session.project(name).dimensions()))
+        return {"projectId": name, "projectName": name, "workspaceId": WORKSPACE_ID, "regions": regions,
                 "containerRegistry": prefix, "repositories": repositories, "taskCount": len(tasks)}
 
     def task_json(self, row: TaskRow) -> dict[str, Any]:
@@ -355,6 +357,42 @@ class HTCApi:
             raise ApiError(404, f"no limit {limit_id!r} in project {project.name!r}")
         return found[0]
 
+    # -- compute environments (HTC `dimensions`: the site's profiles are its regions) ----------------
+    def list_dimensions(self, user: str, project_id: str, page: str | None, size: int) -> tuple[list[dict], str | None]:
+        """The dimensions the project may use: those set for it, else every one the site offers."""
+        project = self.session.project(self._project(user, project_id))
+        return _offset_page([d.to_wire() for d in project.dimensions()], page, size)
+
+    def put_dimensions(self, user: str, project_id: str, body: Any) -> dict[str, Any]:
+        """Set the project's dimensions (a list; [] lifts the restriction); returns them as GET does."""
+        project = self.session.project(self._project(user, project_id))
+        if not isinstance(body, list):
+            raise ApiError(400, "the body is a list of dimensions: [{region, machineArchitecture, priority}, ...]")
+        try:
+            dims = project.set_dimensions(body)
+        except SpecError as exc:
+            raise ApiError(400, str(exc)) from None
+        return {"items": [d.to_wire() for d in dims]}
+
+    def workspace_dimensions(self, user: str, workspace_id: str, page: str | None,
+                             size: int) -> tuple[list[dict], str | None]:
+        """Every dimension the site offers (this server's one workspace)."""
+        self._workspace(workspace_id)
+        return _offset_page([d.to_wire() for d in self.session.site.dimensions()], page, size)
+
+    def regions(self, user: str, page: str | None, size: int) -> tuple[list[dict], str | None]:
+        return _offset_page([_region_json(p) for p in self.session.site.profiles.values()], page, size)
+
+    def region(self, user: str, name: str) -> dict[str, Any]:
+        if name not in self.session.site.profiles:
+            raise ApiError(404, f"no region {name!r}: the site's regions are its profiles, "
+                                f"{', '.join(self.session.site.names())}")
+        return _region_json(self.session.site.profile(name))
+
+    def _workspace(self, workspace_id: str) -> None:
+        if workspace_id != WORKSPACE_ID:
+            raise ApiError(404, f"no workspace {workspace_id!r}: this server has one, {WORKSPACE_ID!r}")
+
     # -- task retention policy (HTC `task-retention-policy`: hours, 0 turns a rule off) ------------
     def get_retention(self, user: str, project_id: str) -> dict[str, Any]:
         project = self.session.project(self._project(user, project_id))
@@ -490,6 +528,13 @@ class _Counted(NamedTuple):
     reason: str | None = None
 
 
+
+
+def _region_json(p: PartitionProfile) -> dict[str, Any]:
+    """A profile as an HTC region: where jobs can run, with what each node has."""
+    return {"region": p.name, "backend": p.backend, "machineArchitecture": p.architecture,
+            "coresPerNode": p.cores_per_node, "memoryPerNodeMiB": p.memory_per_node, "gpusPerNode": p.gpus_per_node,
+            "maxNodes": p.max_nodes, "maxWalltimeSeconds": p.max_walltime}
 
 
 def _limit_json(row) -> dict[str, Any]:

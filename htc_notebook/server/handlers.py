@@ -196,6 +196,13 @@ def routes(base: type[HTCHandler], prefix: str, api: HTCApi) -> list[tuple[str, 
             get=lambda h, u, p: h.api.get_retention(u, p),
             put=lambda h, u, p: h.api.put_retention(u, p, h.body()),
             delete=lambda h, u, p: h.api.delete_retention(u, p))(base)),
+        (f"/htc/projects/{seg}/dimensions", _route(
+            get=lambda h, u, p: Page(h.api.list_dimensions(u, p, h.page(), h.size())),
+            put=lambda h, u, p: h.api.put_dimensions(u, p, h.body()))(base)),
+        (f"/htc/workspaces/{seg}/dimensions", _route(
+            get=lambda h, u, w: Page(h.api.workspace_dimensions(u, w, h.page(), h.size())))(base)),
+        ("/htc/regions", _route(get=lambda h, u: Page(h.api.regions(u, h.page(), h.size())))(base)),
+        (f"/htc/regions/{seg}", _route(get=lambda h, u, r: h.api.region(u, r))(base)),
         (f"/htc/projects/{seg}/tasks", _route(
             get=lambda h, u, p: Page(h.api.list_tasks(u, p, h.page(), h.size())),
             post=lambda h, u, p: (201, h.api.create_task(u, p, h.body())))(base)),

@@ -4,7 +4,7 @@ Every model is frozen and forbids unknown keys; bad input raises
 :class:`htc_notebook.errors.SpecError` naming the field, the value and what is allowed.
 """
 
-from .job import EnvVar, JobBatch, JobDefinition, ProjectLimit, RetentionPolicy, load_batches
+from .job import Dimension, EnvVar, JobBatch, JobDefinition, ProjectLimit, RetentionPolicy, load_batches
 from .jobspec import ImageRef, JobSpec, MpiLayout
 from .names import check_name
 from .profile import PartitionProfile
@@ -16,7 +16,7 @@ from .units import format_walltime, parse_memory_mib, parse_walltime_seconds
 from .yaml_loader import LineMap, load_yaml, locate, located
 
 __all__ = [
-    "EnvVar", "ImageRef", "JobBatch", "JobDefinition", "JobSpec", "MpiLayout", "LineMap", "Member", "PartitionProfile", "ProjectLimit", "Resources", "RetentionPolicy",
+    "Dimension", "EnvVar", "ImageRef", "JobBatch", "JobDefinition", "JobSpec", "MpiLayout", "LineMap", "Member", "PartitionProfile", "ProjectLimit", "Resources", "RetentionPolicy",
     "Decision", "Limits", "Request", "RetryPolicy", "SiteConfig", "Sweep", "check_name", "format_walltime", "load_batches",
     "load_yaml", "locate", "located", "parse_memory_mib", "parse_walltime_seconds",
 ]

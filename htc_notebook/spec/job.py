@@ -25,6 +25,8 @@ from .yaml_loader import LineMap, load_yaml, locate
 
 BATCH_LIMIT = 100_000
 INDEX_VAR = "HTC_JOB_INDEX"
+PRIORITIES = ("ON_DEMAND_PRIORITY", "ON_DEMAND_ECONOMY")  # HTC priorities; economy runs after the others
+Priority = Literal["ON_DEMAND_PRIORITY", "ON_DEMAND_ECONOMY"]
 
 
 def _alias(wire: str, *more: str) -> dict[str, Any]:
@@ -100,7 +102,7 @@ class JobDefinition(SpecModel):
     exec_timeout_seconds: Annotated[int | None, whole(1)] = Field(
         None, **_alias("execTimeoutSeconds", "exec_timeout_seconds"))
     architecture: Literal["X86", "AARCH64", "A100"] = "X86"
-    priority: Literal["ON_DEMAND_PRIORITY", "ON_DEMAND_ECONOMY"] = "ON_DEMAND_PRIORITY"
+    priority: Priority = "ON_DEMAND_PRIORITY"
     tags: JobTags = ()  # kept with the batch's record; the backends do not use them
     claims: tuple[Any, ...] = ()  # accepted and kept (HTC API); the local and SLURM backends do not use them
 
@@ -170,6 +172,31 @@ class RetentionPolicy(SpecModel):
 
     archive_after: Annotated[int, whole(0)] = Field(0, **_alias("archiveAfter", "archive_after"))
     delete_after: Annotated[int, whole(0)] = Field(0, **_alias("deleteAfter", "delete_after"))
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def _no_hyperthreading(value: object) -> object:
+    if value not in (False, None):
+        raise SpecError("", "", value, "false: the site's profiles say nothing of hyperthreading (SLURM "
+                        "schedules cores), so a dimension cannot ask for it")
+    return False
+
+
+class Dimension(SpecModel):
+    """One compute environment a project may use (HTC ``dimensions``): a region, which is a profile
+    of the site, with that profile's machine architecture and a priority.
+
+    >>> Dimension.model_validate({"region": "cpu"}).to_wire()
+    {'region': 'cpu', 'machineArchitecture': 'X86', 'priority': 'ON_DEMAND_PRIORITY', 'hyperthreading': False}
+    """
+
+    region: Name
+    machine_architecture: Literal["X86", "AARCH64"] = Field(
+        "X86", **_alias("machineArchitecture", "machine_architecture"))
+    priority: Priority = "ON_DEMAND_PRIORITY"
+    hyperthreading: Annotated[bool, BeforeValidator(_no_hyperthreading)] = False
 
     def to_wire(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)

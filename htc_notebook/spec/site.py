@@ -29,6 +29,7 @@ from pydantic import field_serializer, field_validator, model_validator
 from htc_notebook.errors import ConfigError, SpecError, UnknownProfile
 
 from ._model import SpecModel, fail, whole
+from .job import PRIORITIES, Dimension
 from .profile import PartitionProfile
 from .units import MIB
 from .yaml_loader import LineMap, load_yaml, located
@@ -105,6 +106,12 @@ class SiteConfig(SpecModel):
     def names(self) -> list[str]:
         """Profile names, in definition order."""
         return list(self.profiles)
+
+    def dimensions(self) -> list[Dimension]:
+        """Every compute environment the site offers (HTC workspace ``dimensions``): each profile as a
+        region, with its architecture, at either priority."""
+        return [Dimension(region=p.name, machine_architecture=p.architecture, priority=priority)
+                for p in self.profiles.values() for priority in PRIORITIES]
 
     @classmethod
     def builtin(cls) -> SiteConfig:
