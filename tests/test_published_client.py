@@ -119,6 +119,10 @@ def test_a_published_htc_client_drives_htc_serve_unchanged(client):
     while not task.get_task_summary(client)["jobStatuses"]["SUCCEEDED"] == 3:
         assert time.monotonic() < deadline, task.get_task_summary(client)
         time.sleep(0.5)
+    # its groups: the batch's jobName, with the summary per group
+    assert api.get_htc_projects_tasks_groups(client, "md", task.json["taskId"]) == [{"group": "hello", "jobCount": 3}]
+    (stats,) = api.get_htc_projects_tasks_group_summary_statistics(client, "md", task.json["taskId"])
+    assert stats["group"] == "hello" and stats["jobStatuses"]["SUCCEEDED"] == 3
     jobs = htcjobs.get_jobs(client, task)
     assert sorted(j.json["jobUUID"] for j in jobs) == [f"{made['parentJobId']}:{i}" for i in range(3)]
     job = htcjobs.get_job_with_id(client, task, f"{made['parentJobId']}:2")
@@ -135,6 +139,14 @@ def test_a_published_htc_client_drives_htc_serve_unchanged(client):
     while tasks[1].is_still_running(client):
         assert time.monotonic() < deadline
         time.sleep(0.5)
+    t1 = tasks[1].json["taskId"]
+    api.post_htc_projects_tasks_jobs_batch(client, "md", t1, [{**batch, "jobName": "quick"}])
+    deadline = time.monotonic() + 60
+    while (groups := {g["group"]: g["jobStatuses"] for g in
+                      api.get_htc_projects_tasks_group_summary_statistics(client, "md", t1)})["quick"]["SUCCEEDED"] < 3:
+        assert time.monotonic() < deadline, groups
+        time.sleep(0.5)
+    assert list(groups) == ["slow", "quick"] and groups["slow"]["FAILED"] == 3, groups  # cancelled: FAILED on the wire
     for missing_id in ("999999", "not-a-task", "1;DROP"):
         assert htctasks.delete_task_with_id(client, project, missing_id) is None
     api.delete_htc_projects_limits(client, "md")  # all of them

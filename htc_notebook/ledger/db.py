@@ -626,6 +626,19 @@ class Ledger(ProjectRules):
                                  (task_id,)))
         return counts
 
+    def group_counts(self, task_id: int) -> dict[str, tuple[dict[str, int], int]]:
+        """A task's jobs by name (its batches' and sweeps' groups): (count per status, how many of the
+        RUNNABLE ones a scheduler knows by its own id, as `queued_count`)."""
+        out: dict[str, tuple[dict[str, int], int]] = {}
+        for name, status, n, queued in self._read(
+                "SELECT name, status, COUNT(*), SUM(status = 'RUNNABLE' AND native_id <> '' AND "
+                "substr(native_id, 1, 6) <> 'local:') FROM jobs WHERE task_id = ? GROUP BY name, status "
+                "ORDER BY MIN(id)", (task_id,)):
+            counts, before = out.setdefault(name, ({}, 0))
+            counts[status] = n
+            out[name] = (counts, before + int(queued or 0))
+        return out
+
     # --- reads that stay fast on 100,000-job tasks (indexed; no row read that is not needed) ---
 
     def queued_count(self, task_id: int, status: str = "RUNNABLE") -> int:

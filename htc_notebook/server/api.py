@@ -145,6 +145,7 @@ class HTCApi:
         status, reason = wire_status(row)
         return {"jobUUID": f"{row.batch_id}:{row.index}" if row.batch_id is not None else str(row.id),
                 "jobId": str(row.id), "projectId": task.project, "taskId": str(task.id), "jobName": row.name,
+                "group": row.name,
                 "parentJobId": str(row.batch_id) if row.batch_id is not None else None, "index": row.index,
                 "status": status, "statusReason": reason, "exitCode": row.exit_code, "attempts": row.attempts,
                 "host": row.host, "createdAt": _iso(row.created), "startedAt": _iso(row.started),
@@ -313,13 +314,24 @@ class HTCApi:
         ledger = self.session.ledger
         toolkit = ledger.counts(task.id)
         queued = ledger.queued_count(task.id) if toolkit.get("RUNNABLE") else 0
-        counts = dict.fromkeys(WIRE_STATUSES, 0)
-        for status, n in toolkit.items():  # wire_status looks at status and native id only
-            for k, native_id in ((n - queued, None), (queued, "queued")) if status == "RUNNABLE" else ((n, None),):
-                if k:
-                    wire = wire_status(cast(JobRow, _Counted(status, native_id)))[0]
-                    counts[wire] = counts.get(wire, 0) + k
-        return {"jobStatuses": counts, "toolkitStatuses": {s: n for s, n in toolkit.items() if s in STATES}}
+        return {"jobStatuses": _wire_counts(toolkit, queued),
+                "toolkitStatuses": {s: n for s, n in toolkit.items() if s in STATES}}
+
+    def groups(self, user: str, project_id: str, task_id: str, page: str | None,
+               size: int) -> tuple[list[dict], str | None]:
+        """The task's job groups: its jobs by name (a batch's jobName, a sweep's function), in order made."""
+        task = self._task(user, project_id, task_id)
+        items = [{"group": name, "jobCount": sum(counts.values())}
+                 for name, (counts, _) in self.session.ledger.group_counts(task.id).items()]
+        return _offset_page(items, page, size)
+
+    def group_statistics(self, user: str, project_id: str, task_id: str, page: str | None,
+                         size: int) -> tuple[list[dict], str | None]:
+        """`summary-statistics` per group: `{group, jobStatuses}`."""
+        task = self._task(user, project_id, task_id)
+        items = [{"group": name, "jobStatuses": _wire_counts(counts, queued)}
+                 for name, (counts, queued) in self.session.ledger.group_counts(task.id).items()]
+        return _offset_page(items, page, size)
 
     # -- vCPU limits (HTC `limits`: the lowest holds across every kernel and server) ------------------
     def list_limits(self, user: str, project_id: str, page: str | None, size: int) -> tuple[list[dict], str | None]:
@@ -528,6 +540,18 @@ class _Counted(NamedTuple):
     reason: str | None = None
 
 
+
+
+def _wire_counts(toolkit: dict[str, int], queued: int) -> dict[str, int]:
+    """Jobs per wire status from counts per toolkit status, `queued` of the RUNNABLE ones known to a
+    scheduler (wire_status looks at status and native id only)."""
+    counts = dict.fromkeys(WIRE_STATUSES, 0)
+    for status, n in toolkit.items():
+        for k, native_id in ((n - queued, None), (queued, "queued")) if status == "RUNNABLE" else ((n, None),):
+            if k:
+                wire = wire_status(cast(JobRow, _Counted(status, native_id)))[0]
+                counts[wire] = counts.get(wire, 0) + k
+    return counts
 
 
 def _region_json(p: PartitionProfile) -> dict[str, Any]:

@@ -221,6 +221,9 @@ def routes(base: type[HTCHandler], prefix: str, api: HTCApi) -> list[tuple[str, 
         (f"{task}/jobs/{seg}/events", _route(
             get=lambda h, u, p, t, j: Page(h.api.job_events(u, p, t, j, h.page(), h.size())))(base)),
         (f"{task}/summary-statistics", _route(get=lambda h, u, p, t: h.api.summary_statistics(u, p, t))(base)),
+        (f"{task}/groups", _route(get=lambda h, u, p, t: Page(h.api.groups(u, p, t, h.page(), h.size())))(base)),
+        (f"{task}/group-summary-statistics", _route(
+            get=lambda h, u, p, t: Page(h.api.group_statistics(u, p, t, h.page(), h.size())))(base)),
         ("/htc/profiles", _route(get=lambda h, u: h.api.profiles(u))(base)),
         (f"/htc/profiles/{seg}/check", _route(post=lambda h, u, n: h.api.check_request(u, n, h.body()))(base)),
         ("/htc/clusters", _route(get=lambda h, u: h.api.clusters(u))(base)),
