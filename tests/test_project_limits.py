@@ -228,9 +228,43 @@ def test_a_retention_policy_archives_idle_tasks_then_deletes_their_files(tmp_pat
         assert project.delete_retention() and project.retention() is None
 
 
+def test_the_workspace_policy_holds_for_projects_without_their_own(tmp_path):
+    with Session(tmp_path) as s:
+        assert s.retention() is None
+        own, other = s.project("own"), s.project("other")
+        own.set_retention(archive_after=0)  # its own: never archive
+        tasks = {p.name: p.task("t") for p in (own, other)}
+        for t in tasks.values():
+            t.submit_batch({"jobName": "w", "batchSize": 1, "htcJobDefinition": {"commands": ["true"]}}).wait(timeout=60)
+            _backdate(s.ledger.path, t.id, 25, "updated")
+        assert s.reconciler.apply_retention() == ([], [])  # no workspace policy yet
+        assert s.set_retention(archive_after=24).archive_after == 24 and s.retention().archive_after == 24
+        assert s.reconciler.apply_retention() == (["other/t"], [])  # own keeps its own rule
+        assert [r.project for r in s.ledger.retention_in_force()] == ["other", "own"]
+
+
 def test_a_retention_policy_with_bad_hours_is_refused_naming_the_field(tmp_path):
     with Session(tmp_path) as s:
         for bad in (-1, 2.5, "a day"):
             with pytest.raises(SpecError, match="archive_after|archiveAfter"):
                 s.project("md").set_retention(archive_after=bad)
         assert s.project("md").retention() is None
+
+
+def test_only_the_data_roots_owner_sets_the_workspace_policy_through_the_api(tmp_path):
+    from htc_notebook.server.api import WORKSPACE_ID, ApiError, HTCApi
+    from htc_notebook.server.auth import Auth
+
+    with Session(tmp_path) as s:
+        api = HTCApi(s, Auth(s.root), owner="me")
+        assert api.put_workspace_retention("me", WORKSPACE_ID, {"archiveAfter": 24}) == {"archiveAfter": 24,
+                                                                                          "deleteAfter": 0}
+        assert api.get_workspace_retention("ada", WORKSPACE_ID)["archiveAfter"] == 24
+        for user, workspace, status in (("ada", WORKSPACE_ID, 403), ("me", "other", 404)):
+            with pytest.raises(ApiError) as refused:
+                api.put_workspace_retention(user, workspace, {"archiveAfter": 1})
+            assert refused.value.status == status
+        with pytest.raises(ApiError) as bad:
+            api.put_workspace_retention("me", WORKSPACE_ID, {"archiveAfter": -1})
+        assert bad.value.status == 400 and "archiveAfter" in str(bad.value)
+        assert s.retention().archive_after == 24

@@ -98,6 +98,12 @@ def test_a_published_htc_client_drives_htc_serve_unchanged(client):
             api.put_htc_projects_dimensions(client, "md", bad)
     with pytest.raises(HtcException, match="404"):
         api.get_htc_workspaces_dimensions(client, "someone-elses")
+    # the workspace's policy, for projects without their own: read through the API, set by the data
+    # root's owner only (it holds for other users' projects too)
+    with pytest.raises(HtcException, match="404"):
+        api.get_htc_task_retention_policy(client, project.json["workspaceId"])
+    with pytest.raises(HtcException, match="403"):
+        api.put_htc_task_retention_policy(client, project.json["workspaceId"], policy)
     tasks = [htctasks.create_task_with_name(client, project, f"t{i}") for i in range(3)]
     # the client pages on while a page has `next` (the last page has none: `"next": null` broke it)
     assert {t.json["taskName"] for t in htctasks.get_tasks(client, project)} >= {"t0", "t1", "t2"}

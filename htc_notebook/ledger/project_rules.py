@@ -107,6 +107,26 @@ class ProjectRules:
         with self._write() as con:
             return con.execute("DELETE FROM retention WHERE project = ?", (project,)).rowcount == 1
 
+    def set_workspace_retention(self, archive_after: int, delete_after: int) -> RetentionRow:
+        """The policy of every project that has none of its own (project "" in the row)."""
+        with self._write() as con:
+            con.execute("INSERT INTO workspace_retention (id, archive_after, delete_after) VALUES (1, ?, ?) "
+                        "ON CONFLICT (id) DO UPDATE SET archive_after = excluded.archive_after, "
+                        "delete_after = excluded.delete_after", (archive_after, delete_after))
+        return RetentionRow("", archive_after, delete_after)
+
+    def workspace_retention(self) -> RetentionRow | None:
+        rows = self._read("SELECT '', archive_after, delete_after FROM workspace_retention")
+        return RetentionRow(*rows[0]) if rows else None
+
+    def retention_in_force(self) -> list[RetentionRow]:
+        """The policy each project is under: its own, else the workspace's (projects under none left out)."""
+        rows = self._read("SELECT p.name, COALESCE(r.archive_after, w.archive_after), COALESCE(r.delete_after, "
+                          "w.delete_after) FROM projects p LEFT JOIN retention r ON r.project = p.name "
+                          "LEFT JOIN workspace_retention w WHERE r.project IS NOT NULL OR w.id IS NOT NULL "
+                          "ORDER BY p.name")
+        return [RetentionRow(*r) for r in rows]
+
     def archive_inactive(self, policy: RetentionRow, now: float | None = None) -> list[tuple[int, str]]:
         """Archive the project's ACTIVE tasks with no active job and nothing done for
         `policy.archive_after` hours (their last job's update, else their creation). Returns

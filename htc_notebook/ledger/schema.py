@@ -61,10 +61,15 @@ V5_UPGRADE = (LIMITS_DDL, "CREATE INDEX project_limits_project ON project_limits
 
 # v5 -> v6: the compute environments (HTC `dimensions`) a project may use, as their JSON list;
 # no row: every one the site offers
+# ... and the workspace's task retention policy, for projects without one of their own (one row)
 V6_UPGRADE = ("""CREATE TABLE project_dimensions (
         project     TEXT PRIMARY KEY REFERENCES projects(name),
         dimensions  TEXT NOT NULL
-    )""",)
+    )""", """CREATE TABLE workspace_retention (
+        id             INTEGER PRIMARY KEY CHECK (id = 1),
+        archive_after  INTEGER NOT NULL CHECK (archive_after >= 0),
+        delete_after   INTEGER NOT NULL CHECK (delete_after >= 0)
+    )""")
 
 # Named leases: which process does a job for the whole data root (e.g. the one SLURM status poll)
 LEASES_DDL = """CREATE TABLE leases (

@@ -202,11 +202,11 @@ class Reconciler:
 
     # -- 5. task retention ------------------------------------------------------------------------
     def apply_retention(self, now: float | None = None) -> tuple[list[str], list[str]]:
-        """Apply every project's task retention policy once: (tasks archived, tasks whose files
-        were deleted), as project/task."""
+        """Apply every project's task retention policy (its own, else the workspace's) once: (tasks
+        archived, tasks whose files were deleted), as project/task."""
         s = self.session
         archived, deleted = [], []
-        for policy in s.ledger.retention():
+        for policy in s.ledger.retention_in_force():
             archived += [f"{policy.project}/{name}" for _, name in s.ledger.archive_inactive(policy, now)]
             for _, name in s.ledger.due_for_deletion(policy, now):
                 shutil.rmtree(s.storage.task_path(policy.project, name), ignore_errors=True)

@@ -32,7 +32,7 @@ from htc_notebook.runtime.owner import Owner, kill_orphan_group
 from htc_notebook.runtime.reconcile import Reconciler
 from htc_notebook.runtime.recorder import Recorder
 from htc_notebook.runtime.task import Pending, Project
-from htc_notebook.spec import PartitionProfile, SiteConfig
+from htc_notebook.spec import PartitionProfile, RetentionPolicy, SiteConfig
 from htc_notebook.storage import Storage, checkpoint_path
 
 POLL_SECONDS = 0.25
@@ -99,6 +99,18 @@ class Session:
 
     def projects(self) -> list[Project]:
         return [Project(self, p.name) for p in self.ledger.projects()]
+
+    def retention(self) -> RetentionPolicy | None:
+        """The data root's (the workspace's) task retention policy, which projects without one of
+        their own are under (`Project.set_retention`); None: it has none."""
+        row = self.ledger.workspace_retention()
+        return RetentionPolicy(archive_after=row.archive_after, delete_after=row.delete_after) if row else None
+
+    def set_retention(self, archive_after: int = 0, delete_after: int = 0) -> RetentionPolicy:
+        """The workspace's task retention policy, in hours (0 turns a rule off)."""
+        policy = RetentionPolicy(archive_after=archive_after, delete_after=delete_after)
+        self.ledger.set_workspace_retention(policy.archive_after, policy.delete_after)
+        return policy
 
     def job(self, job_id: int):
         """A handle for any job in the ledger, e.g. after a kernel restart."""

@@ -421,6 +421,25 @@ class HTCApi:
             raise ApiError(400, str(exc)) from None
         return project.set_retention(policy.archive_after, policy.delete_after).to_wire()
 
+    def get_workspace_retention(self, user: str, workspace_id: str) -> dict[str, Any]:
+        """The workspace's policy: what projects without one of their own are under (404: none)."""
+        self._workspace(workspace_id)
+        policy = self.session.retention()
+        if policy is None:
+            raise ApiError(404, f"workspace {workspace_id!r} has no task retention policy")
+        return policy.to_wire()
+
+    def put_workspace_retention(self, user: str, workspace_id: str, body: Any) -> dict[str, Any]:
+        self._workspace(workspace_id)
+        if self.owner is None or user != self.owner:  # it holds for other users' projects too
+            raise ApiError(403, "only the owner of the data root sets the workspace's policy (in JupyterLab, or "
+                                "Session.set_retention); set a project's own policy instead")
+        try:
+            policy = RetentionPolicy.model_validate(body)
+        except SpecError as exc:
+            raise ApiError(400, str(exc)) from None
+        return self.session.set_retention(policy.archive_after, policy.delete_after).to_wire()
+
     def delete_retention(self, user: str, project_id: str) -> tuple[int, None]:
         if not self.session.project(self._project(user, project_id)).delete_retention():
             raise ApiError(404, f"project {project_id!r} has no task retention policy")

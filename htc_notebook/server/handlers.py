@@ -201,6 +201,9 @@ def routes(base: type[HTCHandler], prefix: str, api: HTCApi) -> list[tuple[str, 
             put=lambda h, u, p: h.api.put_dimensions(u, p, h.body()))(base)),
         (f"/htc/workspaces/{seg}/dimensions", _route(
             get=lambda h, u, w: Page(h.api.workspace_dimensions(u, w, h.page(), h.size())))(base)),
+        (f"/htc/workspaces/{seg}/task-retention-policy", _route(
+            get=lambda h, u, w: h.api.get_workspace_retention(u, w),
+            put=lambda h, u, w: h.api.put_workspace_retention(u, w, h.body()))(base)),
         ("/htc/regions", _route(get=lambda h, u: Page(h.api.regions(u, h.page(), h.size())))(base)),
         (f"/htc/regions/{seg}", _route(get=lambda h, u, r: h.api.region(u, r))(base)),
         (f"/htc/projects/{seg}/tasks", _route(
