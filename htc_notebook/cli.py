@@ -7,6 +7,7 @@
     htc registry up|down|status       the data root's container registry (one namespace per project)
     htc images push SRC REPO:TAG      put an image (OCI archive or layout, docker archive, root fs dir) there
     htc images list                   a project's images
+    htc images prune [--unused-days N] the unpacked images no job has used for N days
     htc slurm up|down|status          the local multi-node SLURM test cluster (root)
 """
 
@@ -123,6 +124,11 @@ def _parser() -> argparse.ArgumentParser:
     il = isub.add_parser("list", help="the project's images (repo:tag)")
     il.add_argument("--project", default="default")
     il.set_defaults(func=_images_list)
+    ipr = isub.add_parser("prune", help="remove unpacked images no job used for a while (they are pulled again "
+                                        "when needed)")
+    ipr.add_argument("--unused-days", type=float, default=7.0, help="not used for this many days (default 7)")
+    ipr.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
+    ipr.set_defaults(func=_images_prune)
     im.set_defaults(func=_images_list, project="default")
 
     from htc_notebook.devcluster.cli import add_parser as _add_slurm_parser  # htc slurm up|down|status
@@ -416,6 +422,19 @@ def _images_list(args) -> int:
 
     for image in ProjectRegistry(_root(args), _project_name(args.project)).images():
         print(image)
+    return 0
+
+
+def _images_prune(args) -> int:
+    from htc_notebook.runtime import images
+
+    with _session(args, reconcile=False) as s:
+        pruned = images.prune(s, args.unused_days, dry_run=args.dry_run)
+    table = Table("image (digest)", "MiB", "unused (days)", title="would be removed" if args.dry_run else "removed")
+    for p in pruned:
+        table.add_row(p.digest, f"{p.mib:,.1f}", f"{p.unused_days:g}")
+    console.print(table)
+    print(f"{len(pruned)} image(s), {sum(p.mib for p in pruned):,.1f} MiB")
     return 0
 
 

@@ -20,7 +20,7 @@ from htc_notebook.registry.push import push
 from test_notebook_layer import ip  # noqa: F401 - the IPython shell with %htc loaded
 from test_registry import TOOLS, busybox_layout
 from test_sandbox import _local_site
-from conftest import registry_port
+from conftest import registry_port, run_htc
 from conftest import missing
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,3 +111,45 @@ def test_a_batch_runs_in_its_image_on_two_slurm_nodes(slurm_cluster, tmp_path):
         assert words[:9] == ["inside", "the", "busybox", "image", "shared", "input", "host-hidden",
                              "task-writable", "shared-read-only"], words
     assert {words[9] for words in out} == {"node1", "node2"}, out
+
+
+def test_pruned_images_are_unpacked_again_for_the_next_job_and_images_in_use_are_kept(tmp_path):
+    """`htc images prune` removes unpacked images no job used for --unused-days (not those of jobs
+    that have not ended); a later job of a pruned image, or a retry, pulls and unpacks it again."""
+    import os
+    import time
+
+    from htc_notebook.runtime import images
+
+    root = REPO / "test-output" / f"prune-{uuid.uuid4().hex[:8]}"
+    try:
+        reg = _registry(root, tmp_path)
+        push(reg, f"oci:{busybox_layout(tmp_path / 'other', 'another image')}:v1", "other:v1")
+        with Session(root, site=SiteConfig.builtin()) as s:
+            task = s.project("md").task("prune")
+            job = {"jobName": "p", "batchSize": 1, "htcJobDefinition": {  # fails once, then succeeds
+                "imageName": "tools:v1", "commands": ["/bin/busybox", "sh", "-c",
+                                                      "cat /etc/marker; [ -e again ] || { touch again; exit 3; }"]}}
+            (done,) = task.submit_batch(job)
+            assert done.wait(timeout=60).status == "FAILED", done.row.reason
+            (slow,) = task.submit_batch({**job, "htcJobDefinition": {**job["htcJobDefinition"], "imageName": "other:v1",
+                                                                      "commands": ["/bin/busybox", "sleep", "60"]}})
+            cache = root / "registry" / "cache"
+            unpacked = sorted(p for p in cache.glob("sha256-*") if p.is_dir())
+            assert len(unpacked) == 2, unpacked
+            for p in unpacked:  # not used for 10 days
+                old = time.time() - 10 * 86400
+                os.utime(p / "used", (old, old))
+            assert images.prune(s, 30) == []  # used within 30 days
+            assert [p.digest for p in images.prune(s, 7, dry_run=True)] == [done.row.spec.image.digest]
+            out = run_htc("images", "prune", "--unused-days", "7", root=root)
+            assert out.returncode == 0 and "1 image(s)" in out.stdout, out.stdout + out.stderr
+            assert not (cache / done.row.spec.image.digest.replace(":", "-")).exists()
+            assert (cache / slow.row.spec.image.digest.replace(":", "-")).is_dir()  # its job has not ended
+            assert s.retry([done.id], "after a prune") == [done.id]
+            assert done.wait(timeout=60).status == "SUCCEEDED", done.row.reason  # unpacked again, by digest
+            assert done.logs("out") == "inside the busybox image\n" * 2  # both attempts, in the image
+            assert (cache / done.row.spec.image.digest.replace(":", "-") / "rootfs").is_dir()
+            slow.cancel()
+    finally:
+        daemon.down(root)

@@ -626,6 +626,12 @@ class Ledger(ProjectRules):
                                  (task_id,)))
         return counts
 
+    def active_images(self) -> set[str]:
+        """The digests of the images jobs that have not ended run in."""
+        return {d for (d,) in self._read(f"SELECT DISTINCT json_extract(spec, '$.image.digest') FROM jobs "
+                                         f"WHERE status IN ({ACTIVE_SQL}) AND json_extract(spec, '$.image') "
+                                         "IS NOT NULL")}
+
     def group_counts(self, task_id: int) -> dict[str, tuple[dict[str, int], int]]:
         """A task's jobs by name (its batches' and sweeps' groups): (count per status, how many of the
         RUNNABLE ones a scheduler knows by its own id, as `queued_count`)."""

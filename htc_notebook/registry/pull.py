@@ -1,6 +1,7 @@
 """Images made ready to run: resolved to a digest, checked against the job's architecture, pulled
 once and unpacked into `<data root>/registry/cache/<digest>/rootfs` (the shared file system, so
 every node of the cluster finds it; one unpack per digest, under a lock, renamed into place).
+Each use marks the digest's `used` file; `prune` removes what no use has marked for a while.
 
 >>> ARCHITECTURES["X86"], ARCHITECTURES["AARCH64"]
 ('amd64', 'arm64')
@@ -9,7 +10,11 @@ every node of the cluster finds it; one unpack per digest, under a lock, renamed
 from __future__ import annotations
 
 import fcntl
+import os
+import shutil
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from htc_notebook.errors import SpecError
@@ -49,10 +54,12 @@ def rootfs_path(data_root: Path | str, digest: str) -> Path:
 
 
 def rootfs(registry: ProjectRegistry, image: str, digest: str) -> Path:
-    """The unpacked root file system of `image` at `digest`, pulled and unpacked on first use."""
+    """The unpacked root file system of `image` at `digest`, pulled and unpacked on first use (or
+    again after `prune`), its use marked."""
     final = rootfs_path(registry.root, digest).parent
     cache = final.parent
     if (final / "rootfs").is_dir():
+        _mark_used(final)
         return final / "rootfs"
     cache.mkdir(parents=True, exist_ok=True)
     with open(cache / f"{final.name}.lock", "w") as lock:
@@ -76,5 +83,67 @@ def rootfs(registry: ProjectRegistry, image: str, digest: str) -> Path:
             target.mkdir()
             root.rename(target / "rootfs")
             target.rename(final)
+    _mark_used(final)
     return final / "rootfs"
+
+
+def _mark_used(unpacked: Path) -> None:
+    try:
+        (unpacked / "used").touch()
+    except OSError:  # a read-only cache: its entries just look unused to `prune`
+        pass
+
+
+@dataclass(frozen=True)
+class Pruned:
+    digest: str
+    mib: float  # room freed (files hard-linked between an image and its copies counted once)
+    unused_days: float
+
+
+def prune(data_root: Path | str, keep: set[str], unused_days: float, dry_run: bool = False) -> list[Pruned]:
+    """Remove the unpacked images (with their container_binds copies) not used for `unused_days`
+    and whose digest is not in `keep` (the images of jobs that have not ended). Each is renamed away
+    under its unpack lock, then deleted; a later job of it pulls and unpacks it again."""
+    cache = daemon.registry_dir(data_root) / "cache"
+    now, out = time.time(), []
+    for unpacked in sorted(p for p in cache.glob("sha256-*") if p.is_dir()):
+        digest = unpacked.name.replace("-", ":", 1)
+        idle = (now - _last_used(unpacked)) / 86400
+        if digest in keep or idle < unused_days:
+            continue
+        mib = _size_mib(unpacked)
+        if not dry_run:
+            with open(cache / f"{unpacked.name}.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # not while it is being unpacked
+                if (now - _last_used(unpacked)) / 86400 < unused_days:
+                    continue  # used meanwhile
+                trash = Path(tempfile.mkdtemp(prefix=f".pruned-{unpacked.name}-", dir=cache))
+                unpacked.rename(trash / "image")
+            shutil.rmtree(trash, onerror=_writable_then_retry)
+        out.append(Pruned(digest, mib, round(idle, 1)))
+    return out
+
+
+def _last_used(unpacked: Path) -> float:
+    try:
+        return (unpacked / "used").stat().st_mtime
+    except OSError:  # unpacked before uses were marked
+        return unpacked.stat().st_mtime
+
+
+def _size_mib(tree: Path) -> float:
+    seen, total = set(), 0
+    for path in tree.rglob("*"):
+        st = path.lstat()
+        if (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_blocks * 512
+    return round(total / (1 << 20), 1)
+
+
+def _writable_then_retry(fn, path, _exc) -> None:
+    """An unpacked image may hold directories without write permission (umoci keeps the image's modes)."""
+    os.chmod(os.path.dirname(path), 0o700)
+    fn(path)
 

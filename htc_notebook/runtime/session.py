@@ -25,7 +25,7 @@ from htc_notebook.errors import HTCError, UnsupportedFeature
 from htc_notebook.ledger import AttemptStart, JobRow, Ledger, Outcome, TaskRow
 from htc_notebook.ledger.schema import HELD_FOR_ROOM
 from htc_notebook.ledger.states import TERMINAL_NAMES
-from htc_notebook.runtime import plan
+from htc_notebook.runtime import images, plan
 from htc_notebook.runtime.dashboard import proxy_dashboards
 from htc_notebook.runtime.handles import JobHandle
 from htc_notebook.runtime.owner import Owner, kill_orphan_group
@@ -218,6 +218,7 @@ class Session:
         """
         if not rows:
             return
+        images.ready(self, task.project, rows)  # pruned from the cache since they were submitted: again
         log_dir = self.storage.log_paths(task.project, task.name, rows[0].id)[0].parent
         log_dir.mkdir(parents=True, exist_ok=True)
         checkpoint_path(self.storage.task_dir(task.project, task.name), 0).parent.mkdir(parents=True, exist_ok=True)
