@@ -254,3 +254,17 @@ def test_a_profile_python_with_other_versions_is_refused_naming_both(tmp_path):
     check_python(python)  # the kernel's versions: accepted
     with pytest.raises(BackendError, match="cannot be run here"):
         check_python(str(tmp_path / "missing" / "python"))
+
+
+def test_a_pilot_image_is_rendered_in_the_pilots_job_script():
+    from htc_notebook.backends.slurm.backend import pilot_job_script
+
+    p = PartitionProfile(name="cpu", cores_per_node=2, memory_per_node="2000M", pilot_image="site/dask:v1",
+                         container_binds=["/opt/mpi"])
+    script = pilot_job_script(p)
+    assert "ch-run '--bind=<data root>' --bind=/opt/mpi '--cd=<data root>' '<site/dask:v1 unpacked>' -- python3 " \
+           "-m distributed.cli.dask_worker" in script, script
+    assert 'export USER="${USER:-$(id -un)}"' in script
+    apptainer = pilot_job_script(p.model_copy(update={"container_runtime": "apptainer"}))
+    assert "apptainer exec --contain --no-home --bind '<data root>' --bind /opt/mpi:/opt/mpi:ro" in apptainer
+    assert "ch-run" not in pilot_job_script(p.model_copy(update={"pilot_image": None}))

@@ -8,6 +8,7 @@ from typing import Callable, Sequence
 
 from htc_notebook.backends.base import Launch, Reporter
 from htc_notebook.backends.dask_jobs import DaskJobs
+from htc_notebook.backends.images import worker_argv
 from htc_notebook.backends.slurm import scheduler
 from htc_notebook.backends.slurm.arrays import ArrayRunner, array_scripts
 from htc_notebook.backends.mpi_jobs import on_pool, packs, pool_spec, pooled, stage, wrap
@@ -142,6 +143,11 @@ def pilot_job_script(profile: PartitionProfile, packed: bool = False) -> str:
     """The pilot's (or packed MPI allocation's) job script as dask-jobqueue renders it (nothing submitted)."""
     from dask_jobqueue.slurm import SLURMJob
 
-    opts = (pack_options if packed else pilot_options)(profile)
+    if packed:
+        opts = pack_options(profile)
+    else:  # a pilot_image is unpacked at the first pilot: its place is named, not known
+        opts = pilot_options(profile, python=profile.pilot_image and shlex.join(worker_argv(
+            profile.container_runtime, f"<{profile.pilot_image} unpacked>", "<data root>", profile.python or "python3",
+            profile.container_binds)))
     opts.pop("scheduler_options", None)
     return SLURMJob(scheduler="tcp://scheduler:8786", name="pilot", **opts).job_script()
