@@ -94,7 +94,7 @@ def bench_ledger(args: argparse.Namespace) -> str:
                     assert cli.main(argv) == 0
 
             status_ms = _median_ms(status, args.repeats)
-            table_ms = _median_ms(lambda: TableModel(s.ledger, task_id).poll(), args.repeats)
+            table_ms = _median_ms(lambda: TableModel(s.reads, task_id).poll(), args.repeats)
             rows.append((n, statistics.median(record_times) * 1e3, summary, rows_ms, status_ms, table_ms))
             print(f"{n:>7} jobs: record {rows[-1][1]:8.1f} ms  summary-statistics {summary:6.1f} ms  "
                   f"(by reading rows {rows_ms:6.0f} ms)  htc status {status_ms:6.1f} ms  table first load {table_ms:6.1f} ms", flush=True)

@@ -204,12 +204,12 @@ def _split_task(text: str) -> tuple[str, str]:
 
 def _status(args) -> int:
     with _session(args, reconcile=False) as session:  # a look, not a worker: no retries started here
-        ledger = session.ledger
+        reads = session.reads
         if args.task:
             project, name = _split_task(args.task)
-            row = ledger.find_task(project, name)
+            row = reads.find_task(project, name)
             if row is None:
-                known = ", ".join(f"{t.project}/{t.name}" for t in ledger.tasks()) or "(none)"
+                known = ", ".join(f"{t.project}/{t.name}" for t in reads.tasks()) or "(none)"
                 raise HTCError(f"no task {project}/{name} in {session.storage.ledger_path}; known tasks: {known}")
             task = session.project(project).task(name)
             if args.json:  # every job, as asked: reads every row
@@ -218,10 +218,10 @@ def _status(args) -> int:
                                   "jobs": json.loads(df.to_json(orient="records", date_format="iso"))}, indent=2))
                 return 0
             # the table: indexed counts and the newest 50 rows, whatever the task's size
-            _reconcile_gone(session, row.id)
-            counts = ledger.counts(row.id)
+            session.settle_gone_owners(row.id)
+            counts = reads.counts(row.id)
             _print_counts([(f"{project}/{name}", counts)])
-            jobs = ledger.last_jobs(row.id, 50)
+            jobs = reads.last_jobs(row.id, 50)
             params = list(dict.fromkeys(k for j in jobs for k in j.params))
             t = Table(title=f"jobs of {project}/{name}")
             for c in ("job_id", "index", "status", "reason", "exit_code", "attempts", "host", "started", "runtime_s",
@@ -238,7 +238,7 @@ def _status(args) -> int:
             if total > 50:
                 console.print(f"(last 50 of {total} jobs; --json for all)")
             return 0
-        rows = [(f"{t.project}/{t.name}", ledger.counts(t.id)) for t in ledger.tasks()]
+        rows = [(f"{t.project}/{t.name}", reads.counts(t.id)) for t in reads.tasks()]
         if args.json:
             print(json.dumps([{"task": n, "counts": c} for n, c in rows], indent=2))
         else:
@@ -246,21 +246,8 @@ def _status(args) -> int:
     return 0
 
 
-def _reconcile_gone(session, task_id: int) -> None:
-    """What `Task.jobs()` does before showing jobs (G5: the active jobs of a process that has exited
-    become LOST), but rows are read only if some owner of the task's active jobs is gone."""
-    from htc_notebook.ledger.states import ACTIVE_NAMES
-    from htc_notebook.runtime.owner import Owner
-
-    for text in session.ledger.active_owners(task_id):
-        owner = Owner.parse(text)
-        if owner is not None and owner != session.owner and owner.alive() is False:
-            session.reconcile(session.ledger.jobs(task_id, status=ACTIVE_NAMES))
-            return
-
-
 def _print_counts(rows) -> None:
-    from htc_notebook.ledger.states import STATES as states
+    from htc_notebook.states import STATES as states
     t = Table(title="tasks")
     t.add_column("task")
     for s in states:
@@ -324,25 +311,16 @@ def _profiles_discover(args) -> int:
 # -- submit -------------------------------------------------------------------------
 def _submit(args) -> int:
     from htc_notebook.runtime import Session
-    from htc_notebook.ledger import NewJob
-    from htc_notebook.runtime.plan import check_definition, check_image, definition_spec, render_jobs
+    from htc_notebook.runtime.plan import check_batches, render_batches
     from htc_notebook.spec import SiteConfig, load_batches
-    from htc_notebook.storage import Storage
 
     batches = load_batches(args.file)
     site = SiteConfig.load(args.site)
     project = _project_name(args.project)
-    jobs = []
-    for b in batches:  # every batch is checked before anything is written (no empty task, no half-submitted list)
-        d = b.htc_job_definition
-        prof, res, priority = check_definition(site, args.profile, d)
-        spec = definition_spec(res, d, 0, None, check_image(_root(args), project, d))
-        jobs += [NewJob(name=b.job_name, kind="command", params={}, spec=spec, index=i, profile=prof.name,
-                        priority=priority) for i in range(b.batch_size)]
     if args.dry_run:  # what submit_batch would send, rendered by the backends (nothing is written)
-        print(render_jobs(site, Storage(_root(args)), project, args.task, jobs))
+        print(render_batches(site, _root(args), project, args.task, batches, args.profile))
         return 0
-    del jobs
+    check_batches(site, _root(args), project, batches, args.profile)  # all of them, before anything is written
     with Session(args.root, site=site) as session:
         task = session.project(args.project).task(args.task)
         groups = [task.submit_batch(b, profile=args.profile) for b in batches]
@@ -353,7 +331,6 @@ def _submit(args) -> int:
             failed += sum(v for k, v in g.counts().items() if k != "SUCCEEDED")
         _print_counts([(f"{args.project}/{args.task}", task.counts())])
     return 1 if failed else 0
-
 
 
 # -- REST API -----------------------------------------------------------------------------

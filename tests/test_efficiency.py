@@ -35,7 +35,7 @@ def test_commands_report_cpu_and_peak_memory_and_the_oversized_request_is_flagge
     assert "memory: asks for 2048 MiB" in text and "would do" in text
     assert "ask for fewer cores (1 would do)" in text
     assert "time: the time limit is 600 s" in text
-    model = TableModel(session.ledger, task.id)
+    model = TableModel(session.reads, task.id)
     model.poll()
     used = [r["used"] for r in model.records()]
     assert all(u.endswith("%") and "/2048 MiB, CPU " in u for u in used), used

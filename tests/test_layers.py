@@ -1,4 +1,6 @@
-"""The spec layer is pure: it imports nothing from dask, Jupyter or pandas (design.md, Layers)."""
+"""design.md's layer table, enforced: which of the package's layers each layer may import (at
+module level or inside functions), the spec layer pure, the backends ignorant of Jupyter, ui/,
+server/ and cli.py reaching the ledger only through the runtime, no import circle in the runtime."""
 
 import ast
 import subprocess
@@ -54,15 +56,109 @@ def imported_modules(path: Path) -> set[str]:
     return mods
 
 
-def test_ui_and_server_call_the_runtime_not_the_backends():
-    """design.md: ui/ and server/ call runtime only; how jobs run is the backends' business."""
-    pkg = SPEC.parent
-    files = sorted((pkg / "ui").rglob("*.py")) + sorted((pkg / "server").rglob("*.py"))
-    assert len(files) >= 8
-    offenders = {str(f.relative_to(pkg)): sorted(m for m in imported_modules(f)
-                                                 if m.startswith(("htc_notebook.backends", "htc_notebook.devcluster")))
-                 for f in files}
-    assert {k: v for k, v in offenders.items() if v} == {}
+PKG = SPEC.parent
+BOTTOM = {"errors", "states"}  # the exception tree; job states and Outcome (what backends report, the ledger records)
+# layer -> the layers of the package it may import (design.md); "" is the package itself (htc_notebook)
+ALLOWED = {
+    "errors": set(),
+    "states": set(),
+    "spec": {"errors"},
+    "ledger": {"spec"} | BOTTOM,
+    "storage": {"spec"} | BOTTOM,
+    "registry": {"spec", "storage"} | BOTTOM,  # the data root's OCI registry (docs/registry.md)
+    "backends": {"spec", "storage", ""} | BOTTOM,  # "": htc_notebook.__version__ (pilots check it)
+    "runtime": {"spec", "ledger", "storage", "registry", "backends"} | BOTTOM,
+    "ui": {"runtime", "spec", ""} | BOTTOM,
+    "server": {"runtime", "spec"} | BOTTOM,
+    # the `htc` command: the runtime, plus its tools that are not job submission, each named:
+    # `htc slurm` (devcluster), `htc serve` / `htc keys` (server), `htc registry` / `htc images push`
+    # (registry), `htc profiles discover` (backends.slurm.discover), `htc demo` (examples)
+    "cli": {"runtime", "spec", "devcluster", "server", "registry", "examples", "backends.slurm.discover"} | BOTTOM,
+    "devcluster": {""} | BOTTOM,  # test-cluster tooling: nothing of the job layers
+    "examples": set(),
+    "": {"runtime", "spec", "ui"} | BOTTOM,  # htc_notebook/__init__.py: the public names, %load_ext
+}
+
+
+def layer_of(module: str) -> str:
+    """`htc_notebook.runtime.task` -> "runtime"; `htc_notebook.cli` -> "cli"; `htc_notebook` -> ""."""
+    parts = module.removesuffix(".__init__").split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def package_imports(path: Path, pkg: Path = PKG) -> set[str]:
+    """The htc_notebook modules a file of package directory `pkg` imports, anywhere in it (relative
+    imports resolved)."""
+    here = ".".join(path.relative_to(pkg.parent).with_suffix("").parts).removesuffix(".__init__")
+    package = here if path.name == "__init__.py" else here.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package.split(".")[:len(package.split(".")) - node.level + 1]
+            out.add(".".join(base + ([node.module] if node.module else [])))
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "htc_notebook":
+            out.add(node.module)
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.split(".")[0] == "htc_notebook"}
+    return out
+
+
+def offences(files, pkg: Path = PKG) -> dict[str, list[str]]:
+    """Each file's imports of layers its own may not import (file: modules)."""
+    found = {}
+    for f in files:
+        own = layer_of(".".join(f.relative_to(pkg.parent).with_suffix("").parts))
+        allowed = ALLOWED[own] | {own}
+        bad = sorted(m for m in package_imports(f, pkg) if layer_of(m) not in allowed
+                     and not any(m == f"htc_notebook.{a}" for a in allowed if "." in a))
+        if bad:
+            found[str(f.relative_to(pkg))] = bad
+    return found
+
+
+def test_every_layer_imports_only_the_layers_below_it():
+    files = sorted(PKG.rglob("*.py"))
+    assert {layer_of(".".join(f.relative_to(PKG.parent).with_suffix("").parts)) for f in files} == set(ALLOWED)
+    assert offences(files) == {}
+
+
+def test_the_layer_walker_would_notice(tmp_path):
+    """A backend importing the ledger, a ui module the backends, a relative import of the ledger from storage."""
+    probes = {"backends/probe.py": "from htc_notebook.ledger import Ledger\n",
+              "ui/probe.py": "def f():\n    from htc_notebook.backends.local import LocalBackend\n",
+              "storage/probe.py": "from ..ledger import rows\n"}
+    root = tmp_path / "htc_notebook"
+    for name, text in probes.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    assert offences(sorted(root.rglob("*.py")), root) == {
+        "backends/probe.py": ["htc_notebook.ledger"], "storage/probe.py": ["htc_notebook.ledger"],
+        "ui/probe.py": ["htc_notebook.backends.local"]}
+
+
+def test_ui_server_and_cli_read_the_ledger_through_the_runtime():
+    """Not even as an attribute: `session.reads` (runtime/reads.py) and the runtime's operations."""
+    files = [*sorted((PKG / "ui").rglob("*.py")), *sorted((PKG / "server").rglob("*.py")), PKG / "cli.py"]
+    uses = {f"{f.relative_to(PKG)}:{n.lineno}" for f in files for n in ast.walk(ast.parse(f.read_text()))
+            if isinstance(n, ast.Attribute) and n.attr == "ledger"}
+    assert uses == set()
+
+
+JUPYTER = {"IPython", "ipywidgets", "anywidget", "jupyter_server", "tornado", "ipykernel"}
+
+
+def test_the_backends_know_nothing_of_jupyter():
+    files = sorted((PKG / "backends").rglob("*.py"))
+    found = {str(f.relative_to(PKG)): sorted(imported_roots(f) & JUPYTER) for f in files}
+    assert {k: v for k, v in found.items() if v} == {}
+
+
+def test_the_notebook_layer_is_imported_lazily():
+    """`import htc_notebook` and a Session load no IPython, widgets or Jupyter server."""
+    code = ("import htc_notebook, sys; htc_notebook.Session; import htc_notebook.runtime.session; "
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {sorted(JUPYTER)!r}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def _module_level_imports(path: Path, package: str) -> set[str]:

@@ -14,8 +14,8 @@ import pytest
 from htc_notebook.errors import LedgerError
 from htc_notebook.spec import JobSpec, RetryPolicy
 from htc_notebook.ledger import SCHEMA_VERSION, AttemptStart, Ledger, NewJob, Outcome
-from htc_notebook.ledger.schema import DDL, V1_STATUSES, V5_UPGRADE, V6_UPGRADE
-from htc_notebook.ledger.states import JobStatus, sql_list
+from htc_notebook.ledger.schema import DDL, V1_STATUSES, V5_UPGRADE, V6_UPGRADE, sql_list
+from htc_notebook.states import JobStatus
 
 
 def spec(retries: int = 0, **more) -> JobSpec:

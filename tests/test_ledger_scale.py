@@ -17,7 +17,7 @@ from htc_notebook.spec import JobSpec
 from htc_notebook import cli
 from htc_notebook.errors import LedgerError
 from htc_notebook.ledger import AttemptStart, Ledger, NewBatch, NewJob, Outcome
-from htc_notebook.ledger.states import ACTIVE_NAMES, REQUEUEABLE_NAMES
+from htc_notebook.states import ACTIVE_NAMES, REQUEUEABLE_NAMES
 from htc_notebook.server.api import HTCApi, wire_status
 from htc_notebook.server.auth import Auth
 from htc_notebook.ui.table import TableModel
@@ -159,13 +159,13 @@ def test_job_at_finds_the_batch_member(big):
 
 def test_table_first_load_is_every_row_once(big):
     s, task, ids = big
-    model = TableModel(s.ledger, task.id)
+    model = TableModel(s.reads, task.id)
     patch = model.poll()
     assert [r[0] for r in patch["rows"]] == ids and [n[0] for n in patch["new"]] == ids
     assert patch["totals"] == {k: v for k, v in s.ledger.counts(task.id).items() if v}
     assert model.poll() is None  # nothing changed since
     some = ids[5:15] + ids[-3:]
-    part = TableModel(s.ledger, task.id, some)
+    part = TableModel(s.reads, task.id, some)
     assert [r[0] for r in part.poll()["rows"]] == some
     s.ledger.set_status(ids[:4] + ids[5:7], "RUNNABLE", "next")  # later polls: changes of its jobs only
     assert [r[0] for r in part.poll()["rows"]] == ids[5:7]

@@ -172,7 +172,7 @@ def test_patch_size_and_cost_per_thousand_changed_rows(tmp_path):
         t = s.project("p").task("big")
         ids = s.ledger.add_jobs(t.id, [NewJob(name="sim", kind="command", params={"T": i / 7, "seed": i % 5},
                                               spec=JobSpec(), index=i, profile="local") for i in range(20_000)])
-        model = TableModel(s.ledger, t.id)
+        model = TableModel(s.reads, t.id)
         model.poll()
         s.ledger.start_attempts([AttemptStart(i, host=f"node{i % 4}", native_id=None, log_out=None,
                                               log_err=None, status="RUNNING") for i in ids[:1000]])
@@ -215,7 +215,7 @@ def test_table_rows_preview_small_python_results(tmp_path):
         t = s.project("p").task("t")
         g = t.sweep(square, Sweep.grid(x=[0, 3]))
         g.wait(timeout=120)
-        model = TableModel(s.ledger, t.id)
+        model = TableModel(s.reads, t.id)
         model.poll()
         assert sorted(r["result"] for r in model.records()) == ["0", "9"]
         big = t.submit(lambda: "x" * 10_000)

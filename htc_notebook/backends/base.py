@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
-from htc_notebook.ledger import Outcome
+from htc_notebook.states import Outcome
 from htc_notebook.spec import JobSpec
 
 

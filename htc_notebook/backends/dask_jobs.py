@@ -28,7 +28,7 @@ from htc_notebook.backends.base import PER_JOB_ENV, Launch, Reporter, call_outco
 from htc_notebook.backends.mpi_pool import PoolSpec, run_pooled
 from htc_notebook.backends.mpi_ranks import run_step
 from htc_notebook.backends.worker import TIMED_CALLS, JobRunner, p95
-from htc_notebook.ledger import Outcome
+from htc_notebook.states import Outcome
 
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from htc_notebook.backends.memory_limit import cgroup_parent, limited_argv
 from htc_notebook.backends.mpi_jobs import verdict
 from htc_notebook.backends.mpi_pool import RankPool
 from htc_notebook.backends.mpi_ranks import kill_group
-from htc_notebook.ledger import Outcome
+from htc_notebook.states import Outcome
 
 
 

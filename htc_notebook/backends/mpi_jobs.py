@@ -18,7 +18,7 @@ from htc_notebook.backends.launchers import MpiLayout, launch_argv, launch_env
 from htc_notebook.backends.mpi_pool import PoolSpec
 from htc_notebook.backends.mpi_ranks import pool_argv, rank_argv, rank_dir, read_outcome, write_call
 from htc_notebook.backends.sandbox import bwrap_argv
-from htc_notebook.ledger import Outcome
+from htc_notebook.states import Outcome
 from htc_notebook.spec import PartitionProfile
 
 

@@ -250,8 +250,8 @@ def status() -> dict:
     nodes = daemons.sinfo_nodes() if daemon_state["slurmctld"]["alive"] else {}
     partitions = daemons.sinfo_partitions() if nodes else []
     network = {"bridge": net.bridge_exists(s), "namespaces": {n: net.netns_exists(s, n) for n in s.node_names}}
-    up_ = (all(d["alive"] for d in daemon_state.values())
-           and all(nodes.get(n, {}).get("state") in ("idle", "mix", "alloc") for n in s.node_names))
+    up_ = (all(d["alive"] for d in daemon_state.values())  # "comp": finishing a job (an srun just ended)
+           and all(nodes.get(n, {}).get("state") in ("idle", "mix", "alloc", "comp") for n in s.node_names))
     return {"up": up_, "state_root": s.state_root, "slurm_conf": s.slurm_conf, "shared_dir": s.shared_dir,
             "controller": f"{s.controller_host}({s.controller_address})", "daemons": daemon_state,
             "network": network, "nodes": nodes, "partitions": partitions,

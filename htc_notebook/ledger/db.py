@@ -23,12 +23,12 @@ from typing import Any, Callable, TypeVar
 from ..errors import KeyTaken, LedgerError
 from ..spec import JobSpec
 from .project_rules import ProjectRules, admit
-from .rows import (AttemptRow, AttemptStart, BatchRow, EventRow, JobRow, NewBatch, NewJob, Outcome,
-                   ProjectRow, ResultRow, TaskRow)
+from ..states import ACTIVE, CAUSES, REQUEUE_CAUSES, REQUEUEABLE, TERMINAL, Cause, JobStatus, Outcome
+from .rows import (AttemptRow, AttemptStart, BatchRow, EventRow, JobRow, NewBatch, NewJob, ProjectRow, ResultRow,
+                   TaskRow)
 from .schema import (ACTIVE_SQL, ATTEMPT_COLUMNS, ATTEMPT_READ, DDL, JOB_COLUMNS, LEASES_DDL, PRAGMAS,
                      REQUEST_SQL, SCHEMA_VERSION, TERMINAL_SQL, V1_STATUSES, V3_UPGRADE,
-                     V4_UPGRADE, V5_UPGRADE, V6_UPGRADE)
-from .states import ACTIVE, CAUSES, REQUEUE_CAUSES, REQUEUEABLE, TERMINAL, Cause, JobStatus, sql_list
+                     V4_UPGRADE, V5_UPGRADE, V6_UPGRADE, sql_list)
 
 T = TypeVar("T")
 PREVIEW_BYTES = 512  # results this small come with `view_changes` rows, for table previews
@@ -194,10 +194,14 @@ class Ledger(ProjectRules):
                 (project, name)).fetchone())
 
     def get_task(self, task_id: int) -> TaskRow:
-        rows = self._read("SELECT id, project, name, lifecycle, created FROM tasks WHERE id = ?", (task_id,))
-        if not rows:
+        row = self.find_task_by_id(task_id)
+        if row is None:
             raise LedgerError(f"no task {task_id}")
-        return TaskRow(*rows[0])
+        return row
+
+    def find_task_by_id(self, task_id: int) -> TaskRow | None:
+        rows = self._read("SELECT id, project, name, lifecycle, created FROM tasks WHERE id = ?", (task_id,))
+        return TaskRow(*rows[0]) if rows else None
 
     def find_task(self, project: str, name: str) -> TaskRow | None:
         rows = self._read("SELECT id, project, name, lifecycle, created FROM tasks "
@@ -562,10 +566,14 @@ class Ledger(ProjectRules):
     # --- reads ---------------------------------------------------------------------------
 
     def job(self, job_id: int) -> JobRow:
-        rows = self._read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
-        if not rows:
+        row = self.find_job(job_id)
+        if row is None:
             raise LedgerError(f"no job {job_id}")
-        return _job(rows[0])
+        return row
+
+    def find_job(self, job_id: int) -> JobRow | None:
+        rows = self._read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        return _job(rows[0]) if rows else None
 
     def jobs(self, task_id: int, *, status: str | Iterable[str] | None = None, batch_id: int | None = None,
              after_seq: int | None = None, after_id: int | None = None, limit: int | None = None) -> list[JobRow]:

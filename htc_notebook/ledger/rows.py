@@ -99,7 +99,7 @@ class AttemptRow:
     ended: float | None
     log_out: str | None
     log_err: str | None
-    cause: str | None = None  # why it failed (ledger.states.Cause)
+    cause: str | None = None  # why it failed (htc_notebook.states.Cause)
     cpu_s: float | None = None  # CPU time used (user + system), where measured
     max_rss_mib: float | None = None  # peak memory, where measured
     request: dict[str, Any] | None = None  # {"memory": MiB, "timeout": s} it asked for
@@ -155,20 +155,3 @@ class AttemptStart:
     log_out: str | None = None
     log_err: str | None = None
     status: str = "RUNNING"
-
-
-@dataclass(frozen=True)
-class Outcome:
-    job_id: int
-    attempt: int
-    status: str  # a terminal status
-    reason: str | None = None
-    exit_code: int | None = None
-    host: str | None = None
-    started: float | None = None
-    ended: float | None = None
-    result: bytes | None = None
-    result_path: str | None = None
-    cause: str | None = None  # why it failed (ledger.states.Cause); None: derived from the status
-    cpu_s: float | None = None  # CPU time the attempt used, where the backend measured it
-    max_rss_mib: float | None = None  # its peak memory, where measured

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from .states import ACTIVE, TERMINAL, JobStatus, sql_list
+from htc_notebook.states import ACTIVE, TERMINAL, JobStatus
+
+
+def sql_list(states: frozenset) -> str:
+    """`'A','B'` for use inside an SQL IN (...) (values are enum constants, never user input)."""
+    return ",".join(f"'{s.value}'" for s in sorted(states, key=lambda s: s.value))
+
 
 SCHEMA_VERSION = 6
 # Version 1 had no HELD state: its CHECK constraints list these (upgraded in place, see Ledger)
@@ -165,7 +171,7 @@ DDL = (
         ended      REAL,
         log_out    TEXT,
         log_err    TEXT,
-        cause      TEXT,             -- why it failed (ledger.states.Cause)
+        cause      TEXT,             -- why it failed (htc_notebook.states.Cause)
         request    TEXT,             -- JSON: the memory (MiB) and time limit (s) it asked for
         cpu_s      REAL,             -- CPU time it used (user + system), where measured
         max_rss_mib REAL,            -- its peak memory, where measured

@@ -17,7 +17,7 @@ import cloudpickle
 
 from htc_notebook.errors import JobFailed
 from htc_notebook.ledger import JobRow, ResultRow
-from htc_notebook.ledger.states import STATES, TERMINAL_NAMES
+from htc_notebook.states import STATES, TERMINAL_NAMES
 
 if TYPE_CHECKING:
     import pandas
@@ -172,6 +172,11 @@ class JobGroup(Sequence[JobHandle]):
 
     def __iter__(self) -> Iterator[JobHandle]:
         return (JobHandle(self.session, j, self.task_id) for j in self.ids)
+
+    @property
+    def parent_id(self) -> int | None:
+        """The batch of a group made by `submit_batch` (the HTC API's parentJobId); None for others."""
+        return self.session.ledger.job(self.ids[0]).batch_id if self.ids else None
 
     # -- state ------------------------------------------------------------------
     def rows(self) -> list[JobRow]:

@@ -18,7 +18,8 @@ from typing import Any
 from htc_notebook.backends.base import Launch
 from htc_notebook.errors import SpecError
 from htc_notebook.ledger import NewJob
-from htc_notebook.spec import ImageRef, JobDefinition, JobSpec, PartitionProfile, Resources, RetryPolicy, SiteConfig
+from htc_notebook.spec import (ImageRef, JobBatch, JobDefinition, JobSpec, PartitionProfile, Resources, RetryPolicy,
+                               SiteConfig)
 from htc_notebook.spec.job import PRIORITIES
 from htc_notebook.storage import Storage, checkpoint_path
 from htc_notebook.storage.layout import log_paths_in
@@ -123,6 +124,28 @@ def launch(at: Where, job_id: int, job: Any, attempt: int, log_out: str, log_err
            "HTC_CHECKPOINT": str(checkpoint_path(at.task_dir, job_id)), **job.spec.envs}
     return Launch(job_id=job_id, attempt=attempt, kind=job.kind, cwd=at.task_dir, env=env, name=job.name,
                   log_out=log_out, log_err=log_err, spec=job.spec, priority=job.priority, view=at.view, call=call)
+
+
+def check_batches(site: SiteConfig, root: str | os.PathLike, project: str, batches: Sequence[JobBatch],
+                  profile: str | None = None) -> list[tuple[PartitionProfile, JobSpec, int]]:
+    """(profile, spec, priority rank) of each HTC job batch for `project` under data root `root`, every
+    batch checked (its profile's limits, its image) before any is used: SpecError or
+    ResourceLimitError naming the field otherwise. Nothing is written."""
+    out = []
+    for b in batches:
+        d = b.htc_job_definition
+        prof, res, priority = check_definition(site, profile, d)
+        out.append((prof, definition_spec(res, d, 0, None, check_image(root, project, d)), priority))
+    return out
+
+
+def render_batches(site: SiteConfig, root: str | os.PathLike, project: str, task: str, batches: Sequence[JobBatch],
+                   profile: str | None = None) -> str:
+    """What submitting `batches` to `project`/`task` would send (`render_jobs`); nothing is written."""
+    jobs = [NewJob(name=b.job_name, kind="command", params={}, spec=spec, index=i, profile=prof.name, priority=priority)
+            for b, (prof, spec, priority) in zip(batches, check_batches(site, root, project, batches, profile))
+            for i in range(b.batch_size)]
+    return render_jobs(site, Storage(root), project, task, jobs)
 
 
 def render_jobs(site: SiteConfig, storage: Storage, project: str, task: str, jobs: Sequence[NewJob]) -> str:

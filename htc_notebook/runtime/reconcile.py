@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 from htc_notebook.errors import HTCError
 from htc_notebook.ledger import JobRow
-from htc_notebook.ledger.states import TERMINAL_NAMES
+from htc_notebook.states import TERMINAL_NAMES
 from htc_notebook.runtime.owner import Owner
 from htc_notebook.spec import Decision, Limits, Request
 

@@ -15,7 +15,8 @@ import threading
 from dataclasses import replace
 from typing import Callable, Sequence
 
-from htc_notebook.ledger import Ledger, Outcome
+from htc_notebook.ledger import Ledger
+from htc_notebook.states import Outcome
 from htc_notebook.storage import atomic_write
 
 INLINE_RESULT_LIMIT = 256 * 1024  # bytes; larger results go to files

@@ -22,10 +22,11 @@ import cloudpickle
 
 from htc_notebook.backends.base import Backend, Call, Launch
 from htc_notebook.errors import HTCError, UnsupportedFeature
-from htc_notebook.ledger import AttemptStart, JobRow, Ledger, Outcome, TaskRow
+from htc_notebook.ledger import AttemptStart, JobRow, Ledger, TaskRow
 from htc_notebook.ledger.schema import HELD_FOR_ROOM
-from htc_notebook.ledger.states import TERMINAL_NAMES
+from htc_notebook.states import ACTIVE_NAMES, TERMINAL_NAMES, Outcome
 from htc_notebook.runtime import images, plan
+from htc_notebook.runtime.reads import Reads
 from htc_notebook.runtime.dashboard import proxy_dashboards
 from htc_notebook.runtime.handles import JobHandle
 from htc_notebook.runtime.owner import Owner, kill_orphan_group
@@ -68,6 +69,7 @@ class Session:
         proxy_dashboards()  # in a kernel of a Jupyter server with jupyter-server-proxy: links through it
         self.storage = Storage(self.root)
         self.ledger = Ledger(self.storage.ledger_path)
+        self.reads = Reads(self.ledger)  # what ui/, server/ and cli.py read of it
         self.owner = Owner(socket.gethostname(), os.getpid())
         self._backends: dict[str, Backend] = {}
         self._tasks: dict[int, TaskRow] = {}
@@ -99,6 +101,20 @@ class Session:
 
     def projects(self) -> list[Project]:
         return [Project(self, p.name) for p in self.ledger.projects()]
+
+    def settle_gone_owners(self, task_id: int) -> None:
+        """What `Task.jobs()` does before showing jobs (G5: the active jobs of a process that has
+        exited become LOST), reading rows only if some owner of the task's active jobs is gone."""
+        for text in self.ledger.active_owners(task_id):
+            owner = Owner.parse(text)
+            if owner is not None and owner != self.owner and owner.alive() is False:
+                self.reconcile(self.ledger.jobs(task_id, status=ACTIVE_NAMES))
+                return
+
+    def set_lifecycle(self, task_id: int, status: str) -> TaskRow:
+        """Archive (ARCHIVED) or unarchive (ACTIVE) task `task_id`; returns it as it is now."""
+        self.ledger.set_lifecycle(task_id, status)
+        return self.ledger.get_task(task_id)
 
     def retention(self) -> RetentionPolicy | None:
         """The data root's (the workspace's) task retention policy, which projects without one of

@@ -10,7 +10,7 @@ import cloudpickle
 from htc_notebook.backends.base import Call
 from htc_notebook.errors import KeyTaken, SpecError
 from htc_notebook.ledger import LimitRow, NewBatch, NewJob
-from htc_notebook.ledger.states import ACTIVE_NAMES, REQUEUEABLE_NAMES
+from htc_notebook.states import ACTIVE_NAMES, REQUEUEABLE_NAMES
 from htc_notebook.runtime.commands import plain_argv, render_command, template_argv
 from htc_notebook.runtime.handles import JobGroup, JobHandle
 from htc_notebook.runtime.plan import (PRIORITY, architecture, check_definition, check_mpi, definition_spec, job_spec,

@@ -25,7 +25,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from htc_notebook.errors import HTCError
-from htc_notebook.ledger.states import TERMINAL_NAMES
+from htc_notebook.states import TERMINAL_NAMES
 
 if TYPE_CHECKING:
     from htc_notebook.runtime.session import Session

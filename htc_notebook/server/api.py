@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Sequence, cast
 from pydantic import ValidationError
 
 from htc_notebook.errors import BackendError, HTCError, SpecError
-from htc_notebook.ledger import JobRow, TaskRow
-from htc_notebook.ledger.states import ACTIVE_NAMES, REQUEUEABLE_NAMES, STATES
+from htc_notebook.runtime.reads import JobRow, TaskRow
+from htc_notebook.states import ACTIVE_NAMES, REQUEUEABLE_NAMES, STATES
 from htc_notebook.server.auth import Auth
 from htc_notebook.spec import JobBatch, PartitionProfile, ProjectLimit, RetentionPolicy, check_name
 
@@ -91,7 +91,7 @@ class HTCApi:
             check_name(project_id, field="projectId")
         except SpecError as exc:
             raise ApiError(404, f"no project {project_id!r}: {exc}") from None
-        if not self._member(user, project_id) or project_id not in {p.name for p in self.session.ledger.projects()}:
+        if not self._member(user, project_id) or project_id not in self.session.reads.project_names():
             raise ApiError(404, f"no project {project_id!r}")
         return project_id
 
@@ -99,26 +99,19 @@ class HTCApi:
         project = self._project(user, project_id)
         if not isinstance(task_id, str) or not _DIGITS.match(task_id):
             raise ApiError(404, f"no task {task_id!r} in project {project!r}: a task id is digits")
-        try:
-            row = self.session.ledger.get_task(int(task_id))
-        except HTCError:
-            raise ApiError(404, f"no task {task_id} in project {project!r}") from None
-        if row.project != project:
+        row = self.session.reads.task(int(task_id))
+        if row is None or row.project != project:
             raise ApiError(404, f"no task {task_id} in project {project!r}")
         return row
 
     def _job(self, user: str, project_id: str, task_id: str, job_id: str) -> tuple[TaskRow, JobRow]:
         task = self._task(user, project_id, task_id)
-        ledger = self.session.ledger
+        reads = self.session.reads
         m = _JOB_UUID.match(job_id) if isinstance(job_id, str) else None
-        row = None
         if m:
-            row = ledger.job_at(int(m.group(1)), int(m.group(2)))
+            row = reads.job_at(int(m.group(1)), int(m.group(2)))
         elif isinstance(job_id, str) and _DIGITS.match(job_id):
-            try:
-                row = ledger.job(int(job_id))
-            except HTCError:
-                row = None
+            row = reads.job(int(job_id))
         else:
             raise ApiError(404, f"no job {job_id!r} in task {task_id}: a job id is digits or <parentJobId>:<index>")
         if row is None or row.task_id != task.id:
@@ -127,7 +120,7 @@ class HTCApi:
 
     # -- shapes --------------------------------------------------------------------------------
     def project_json(self, name: str) -> dict[str, Any]:
-        tasks = self.session.ledger.tasks(name)
+        tasks = self.session.reads.tasks(name)
         reg = self.session.registry(name)
         try:  # the registry down: no prefix to push to, the repositories created so far
             prefix, repositories = reg.prefix, reg.repositories()
@@ -153,7 +146,7 @@ class HTCApi:
 
     # -- projects ------------------------------------------------------------------------------
     def list_projects(self, user: str, page: str | None, size: int) -> tuple[list[dict], str | None]:
-        names = sorted(p.name for p in self.session.ledger.projects() if self._member(user, p.name))
+        names = sorted(p for p in self.session.reads.project_names() if self._member(user, p))
         return _offset_page([self.project_json(n) for n in names], page, size)
 
     def create_project(self, user: str, body: Any) -> dict[str, Any]:
@@ -162,7 +155,7 @@ class HTCApi:
             check_name(name, field="projectName")
         except SpecError as exc:
             raise ApiError(400, str(exc)) from None
-        exists = name in {p.name for p in self.session.ledger.projects()}
+        exists = name in self.session.reads.project_names()
         if exists and not self._member(user, name):
             raise ApiError(409, f"project {name!r} exists and you are not a member")
         self.session.project(name)
@@ -175,7 +168,7 @@ class HTCApi:
     # -- tasks ---------------------------------------------------------------------------------
     def list_tasks(self, user: str, project_id: str, page: str | None, size: int) -> tuple[list[dict], str | None]:
         project = self._project(user, project_id)
-        return _offset_page([self.task_json(t) for t in self.session.ledger.tasks(project)], page, size)
+        return _offset_page([self.task_json(t) for t in self.session.reads.tasks(project)], page, size)
 
     def create_task(self, user: str, project_id: str, body: Any) -> dict[str, Any]:
         project = self._project(user, project_id)
@@ -184,7 +177,7 @@ class HTCApi:
             check_name(name, field="taskName")
         except SpecError as exc:
             raise ApiError(400, str(exc)) from None
-        return self.task_json(self.session.ledger.task(project, name))
+        return self.task_json(self.session.project(project).task(name).row)
 
     def get_task(self, user: str, project_id: str, task_id: str) -> dict[str, Any]:
         return self.task_json(self._task(user, project_id, task_id))
@@ -194,14 +187,13 @@ class HTCApi:
         status = _field(body, "lifecycleStatus", str)
         if status not in ("ACTIVE", "ARCHIVED"):
             raise ApiError(400, f"lifecycleStatus {status!r} is not allowed: ACTIVE or ARCHIVED")
-        self.session.ledger.set_lifecycle(task.id, status)
-        return self.task_json(self.session.ledger.get_task(task.id))
+        return self.task_json(self.session.set_lifecycle(task.id, status))
 
     def delete_task(self, user: str, project_id: str, task_id: str) -> dict[str, Any]:
         """Cancel the task's active jobs and archive it (the ledger keeps its record); the task as it is now."""
         task = self._task(user, project_id, task_id)
-        self.session.cancel(self.session.ledger.job_ids(task.id, ACTIVE_NAMES), "task deleted through the API")
-        self.session.ledger.set_lifecycle(task.id, "ARCHIVED")
+        self.session.cancel(self.session.reads.job_ids(task.id, ACTIVE_NAMES), "task deleted through the API")
+        self.session.set_lifecycle(task.id, "ARCHIVED")
         return self.get_task(user, project_id, task_id)
 
     # -- jobs ----------------------------------------------------------------------------------
@@ -213,7 +205,7 @@ class HTCApi:
             if not _DIGITS.match(page):
                 raise ApiError(400, f"page {page!r} is not allowed: use the `next` link of the previous page")
             after = int(page)
-        rows = self.session.ledger.jobs(task.id, after_id=after, limit=size + 1)
+        rows = self.session.reads.jobs(task.id, after_id=after, limit=size + 1)
         more = len(rows) > size
         rows = rows[:size]
         return [self.job_json(task, r) for r in rows], (str(rows[-1].id) if more else None)
@@ -226,7 +218,7 @@ class HTCApi:
                     "maxMemory": (a.request or {}).get("memory"),
                     "execTimeoutSeconds": (a.request or {}).get("timeout"),
                     "startedAt": _iso(a.started), "endedAt": _iso(a.ended)}
-                   for a in self.session.ledger.attempts(row.id)]
+                   for a in self.session.reads.attempts(row.id)]
         return {**self.job_json(task, row), "attemptHistory": history}
 
     def submit_batches(self, user: str, project_id: str, task_id: str, body: Any) -> list[dict[str, Any]]:
@@ -262,7 +254,7 @@ class HTCApi:
                 group = task.submit_batch(batch, profile=batch.region if batch.region in names else None)
             except HTCError as exc:
                 raise ApiError(400, f"batch {batch.job_name!r}: {exc}") from None
-            parent = self.session.ledger.job(group.ids[0]).batch_id
+            parent = group.parent_id
             out.append({"jobName": batch.job_name, "taskId": str(task_row.id), "projectId": task_row.project,
                         "parentJobId": str(parent), "batchSize": batch.batch_size, "group": batch.job_name,
                         "tags": batch.to_wire()["tags"], "region": batch.region,
@@ -286,7 +278,7 @@ class HTCApi:
         """Ids of the jobs a body lists (`{"jobIds": [...]}`, each checked), or of the task's jobs in `default` states."""
         task = self._task(user, project_id, task_id)
         if body in (None, {}):
-            return self.session.ledger.job_ids(task.id, default)
+            return self.session.reads.job_ids(task.id, default)
         return [self._job(user, project_id, task_id, str(j))[1].id for j in _field(body, "jobIds", list)]
 
     def job_logs(self, user: str, project_id: str, task_id: str, job_id: str, page: str | None,
@@ -304,16 +296,16 @@ class HTCApi:
                    size: int) -> tuple[list[dict], str | None]:
         _, row = self._job(user, project_id, task_id, job_id)
         items = [{"eventId": str(e.id), "kind": e.kind, "message": e.message, "timestamp": _iso(e.ts)}
-                 for e in self.session.ledger.events(job_id=row.id)]
+                 for e in self.session.reads.events(job_id=row.id)]
         return _offset_page(items, page, size)
 
     def summary_statistics(self, user: str, project_id: str, task_id: str) -> dict[str, Any]:
         """Jobs per wire and per toolkit status, from indexed counts: no job row is read except the
         RUNNABLE ones, to tell those a scheduler holds from those not yet given to one."""
         task = self._task(user, project_id, task_id)
-        ledger = self.session.ledger
-        toolkit = ledger.counts(task.id)
-        queued = ledger.queued_count(task.id) if toolkit.get("RUNNABLE") else 0
+        reads = self.session.reads
+        toolkit = reads.counts(task.id)
+        queued = reads.queued_count(task.id) if toolkit.get("RUNNABLE") else 0
         return {"jobStatuses": _wire_counts(toolkit, queued),
                 "toolkitStatuses": {s: n for s, n in toolkit.items() if s in STATES}}
 
@@ -322,7 +314,7 @@ class HTCApi:
         """The task's job groups: its jobs by name (a batch's jobName, a sweep's function), in order made."""
         task = self._task(user, project_id, task_id)
         items = [{"group": name, "jobCount": sum(counts.values())}
-                 for name, (counts, _) in self.session.ledger.group_counts(task.id).items()]
+                 for name, (counts, _) in self.session.reads.group_counts(task.id).items()]
         return _offset_page(items, page, size)
 
     def group_statistics(self, user: str, project_id: str, task_id: str, page: str | None,
@@ -330,7 +322,7 @@ class HTCApi:
         """`summary-statistics` per group: `{group, jobStatuses}`."""
         task = self._task(user, project_id, task_id)
         items = [{"group": name, "jobStatuses": _wire_counts(counts, queued)}
-                 for name, (counts, queued) in self.session.ledger.group_counts(task.id).items()]
+                 for name, (counts, queued) in self.session.reads.group_counts(task.id).items()]
         return _offset_page(items, page, size)
 
     # -- vCPU limits (HTC `limits`: the lowest holds across every kernel and server) ------------------

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import anywidget
 import traitlets
 
-from htc_notebook.ledger.states import REQUEUEABLE_NAMES, STATES, TERMINAL_NAMES
+from htc_notebook.states import REQUEUEABLE_NAMES, STATES, TERMINAL_NAMES
 from htc_notebook.ui.table import TableModel
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ class JobsTable(anywidget.AnyWidget):
                  interval: float = INTERVAL, **kwargs: Any):
         super().__init__(**kwargs)
         self.session = session
-        self.model = TableModel(session.ledger, task_id, job_ids)
+        self.model = TableModel(session.reads, task_id, job_ids)
         self.model.poll()
         self.sent_messages = 0
         self._lock = threading.Lock()

@@ -256,7 +256,7 @@ class HTCMagics(Magics):
 
     def _status(self, args, cell):
         task = self._task(args.task)
-        return LiveGroup(task.session, task.id, [r.id for r in task.session.ledger.jobs(task.id)], task.name)
+        return LiveGroup(task.session, task.id, task.session.reads.job_ids(task.id), task.name)
 
     def _attach(self, args, cell):
         """After a kernel restart: the task's jobs and live table, rebuilt from the ledger."""

@@ -23,8 +23,8 @@ from typing import Any, Iterable, Iterator
 
 import cloudpickle
 
-from htc_notebook.ledger import Ledger
-from htc_notebook.ledger.states import STATES
+from htc_notebook.runtime.reads import Reads
+from htc_notebook.states import STATES
 
 COLUMNS = ("id", "status", "host", "attempts", "started", "duration", "reason", "result", "used")
 PREVIEW_CHARS = 40
@@ -34,8 +34,8 @@ _STATUS = {s: i for i, s in enumerate(STATES)}
 class TableModel:
     """Incremental view of one task's jobs (or a subset of them) for a live table."""
 
-    def __init__(self, ledger: Ledger, task_id: int, job_ids: Iterable[int] | None = None):
-        self.ledger, self.task_id = ledger, task_id
+    def __init__(self, reads: Reads, task_id: int, job_ids: Iterable[int] | None = None):
+        self.reads, self.task_id = reads, task_id
         self.only = set(job_ids) if job_ids is not None else None
         self.t0 = round(time.time())
         self.seq = 0
@@ -48,9 +48,9 @@ class TableModel:
     def poll(self) -> dict[str, Any] | None:
         """A patch with the rows changed since the last poll, or None if nothing changed."""
         if self.seq == 0:  # first load: the rows asked for, looked up by id (not the whole task's)
-            seq, changed = self.ledger.view_rows(self.task_id, self.only)
+            seq, changed = self.reads.view_rows(self.task_id, self.only)
         else:
-            seq, changed = self.ledger.view_changes(self.task_id, self.seq)
+            seq, changed = self.reads.view_changes(self.task_id, self.seq)
         self.seq = seq
         rows, new, hosts, names = [], [], [], []
         only, static, known, t0 = self.only, self.static, self.rows, self.t0  # locals: the loop may run 100,000 times

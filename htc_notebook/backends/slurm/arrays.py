@@ -30,8 +30,7 @@ from htc_notebook.errors import BackendError
 from htc_notebook.backends.slurm.script import (KILL_AFTER, SLURM_MARGIN, TIMEOUT_EXIT, command_line,
                                                 render_array, sbatch_argv)
 from htc_notebook.backends.slurm.states import end_cause, end_reason, explain_pending, htc_status
-from htc_notebook.ledger import Outcome
-from htc_notebook.ledger.states import TERMINAL_NAMES, Cause
+from htc_notebook.states import TERMINAL_NAMES, Cause, Outcome
 from htc_notebook.spec import PartitionProfile
 from htc_notebook.storage import atomic_write
 

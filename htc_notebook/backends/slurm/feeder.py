@@ -24,7 +24,7 @@ from htc_notebook.backends.base import Launch, Reporter
 from htc_notebook.backends.slurm import limits as site_limits
 from htc_notebook.backends.slurm import scheduler
 from htc_notebook.errors import BackendError
-from htc_notebook.ledger import Outcome
+from htc_notebook.states import Outcome
 from htc_notebook.spec import PartitionProfile
 
 FEED_SECONDS = 2.0  # how often held work is looked at

@@ -1,4 +1,5 @@
-"""Job states and which moves between them the ledger allows.
+"""Job states, why attempts fail, and how an attempt ended (`Outcome`): the vocabulary backends
+report in and the ledger records, below both (design.md, Layers).
 
     SUBMITTED -> [HELD ->] RUNNABLE -> STARTING -> RUNNING -> SUCCEEDED | FAILED | CANCELLED | LOST
     FAILED | CANCELLED | LOST --requeue--> SUBMITTED
@@ -7,6 +8,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 
 
@@ -37,11 +39,6 @@ ACTIVE_NAMES: frozenset[str] = frozenset(s.value for s in ACTIVE)
 REQUEUEABLE_NAMES: frozenset[str] = frozenset(s.value for s in REQUEUEABLE)
 
 
-def sql_list(states: frozenset) -> str:
-    """`'A','B'` for use inside an SQL IN (...) (values are enum constants, never user input)."""
-    return ",".join(f"'{s.value}'" for s in sorted(states, key=lambda s: s.value))
-
-
 class Cause(str, Enum):
     """Why an attempt failed, as far as the backend could tell: decides how it is retried
     (spec/retry.py). Stored with the attempt."""
@@ -61,3 +58,22 @@ class Cause(str, Enum):
 
 CAUSES: frozenset[str] = frozenset(c.value for c in Cause)
 REQUEUE_CAUSES: frozenset[Cause] = frozenset({Cause.NODE, Cause.PREEMPTED, Cause.LOST})  # not the job's fault
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one attempt of a job ended, as its backend saw it (`Ledger.record_outcomes` commits it)."""
+
+    job_id: int
+    attempt: int
+    status: str  # a terminal status
+    reason: str | None = None
+    exit_code: int | None = None
+    host: str | None = None
+    started: float | None = None
+    ended: float | None = None
+    result: bytes | None = None
+    result_path: str | None = None
+    cause: str | None = None  # why it failed (Cause); None: derived from the status
+    cpu_s: float | None = None  # CPU time the attempt used, where the backend measured it
+    max_rss_mib: float | None = None  # its peak memory, where measured

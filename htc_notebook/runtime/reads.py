@@ -1,0 +1,95 @@
+"""What the layers above the runtime (ui/, server/, cli.py) read of the ledger: `Session.reads`.
+
+They reach the ledger only through the runtime (design.md, Layers): these reads, the row types
+they return, and the runtime's own operations for anything that changes a job or a task. Every
+read is indexed and bounded as the ledger's own is (docs/ledger.md).
+
+>>> session.reads.counts(task.id)["SUCCEEDED"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from htc_notebook.ledger import Ledger
+from htc_notebook.ledger.rows import AttemptRow, EventRow, JobRow, ProjectRow, TaskRow
+
+__all__ = ["AttemptRow", "EventRow", "JobRow", "ProjectRow", "Reads", "TaskRow"]
+
+
+class Reads:
+    """Read-only views of one data root's ledger: projects, tasks, jobs, attempts, events, counts."""
+
+    def __init__(self, ledger: Ledger):
+        self._ledger = ledger
+
+    # -- projects and tasks -------------------------------------------------------------------
+    def projects(self) -> list[ProjectRow]:
+        return self._ledger.projects()
+
+    def project_names(self) -> set[str]:
+        return {p.name for p in self._ledger.projects()}
+
+    def tasks(self, project: str | None = None) -> list[TaskRow]:
+        """The tasks of `project` (of every project if None), in the order made."""
+        return self._ledger.tasks(project)
+
+    def task(self, task_id: int) -> TaskRow | None:
+        """Task `task_id`, or None if there is none."""
+        return self._ledger.find_task_by_id(task_id)
+
+    def find_task(self, project: str, name: str) -> TaskRow | None:
+        return self._ledger.find_task(project, name)
+
+    # -- jobs ------------------------------------------------------------------------------------
+    def job(self, job_id: int) -> JobRow | None:
+        """Job `job_id`, or None if there is none."""
+        return self._ledger.find_job(job_id)
+
+    def job_at(self, batch_id: int, index: int) -> JobRow | None:
+        """Job `index` of batch `batch_id` (the HTC API's `<parentJobId>:<index>`)."""
+        return self._ledger.job_at(batch_id, index)
+
+    def jobs(self, task_id: int, *, status: str | Iterable[str] | None = None, after_id: int | None = None,
+             limit: int | None = None) -> list[JobRow]:
+        """A task's jobs by id (those in `status`); pages: `after_id` the last id of the previous one."""
+        return self._ledger.jobs(task_id, status=status, after_id=after_id, limit=limit)
+
+    def last_jobs(self, task_id: int, limit: int) -> list[JobRow]:
+        return self._ledger.last_jobs(task_id, limit)
+
+    def job_ids(self, task_id: int, status: str | Iterable[str] | None = None) -> list[int]:
+        return self._ledger.job_ids(task_id, status)
+
+    def attempts(self, job_id: int) -> list[AttemptRow]:
+        return self._ledger.attempts(job_id)
+
+    def events(self, *, task_id: int | None = None, job_id: int | None = None,
+               limit: int | None = None) -> list[EventRow]:
+        return self._ledger.events(task_id=task_id, job_id=job_id, limit=limit)
+
+    # -- counts (indexed: no job row read) -------------------------------------------------------
+    def counts(self, task_id: int) -> dict[str, int]:
+        """A task's jobs per status."""
+        return self._ledger.counts(task_id)
+
+    def queued_count(self, task_id: int) -> int:
+        """A task's RUNNABLE jobs that a scheduler knows by its own id."""
+        return self._ledger.queued_count(task_id)
+
+    def group_counts(self, task_id: int) -> dict[str, tuple[dict[str, int], int]]:
+        """A task's jobs by name: (count per status, how many RUNNABLE ones a scheduler holds)."""
+        return self._ledger.group_counts(task_id)
+
+    def active_owners(self, task_id: int | None = None) -> dict[str | None, int]:
+        """Who dispatched the jobs that have not ended (an owner's text), with how many."""
+        return self._ledger.active_owners(task_id)
+
+    # -- the live table's rows -------------------------------------------------------------------
+    def view_rows(self, task_id: int, job_ids: Iterable[int] | None = None) -> tuple[int, list[tuple[Any, ...]]]:
+        """(sequence number, rows) of a task's jobs (or of `job_ids`), as the live table shows them."""
+        return self._ledger.view_rows(task_id, job_ids)
+
+    def view_changes(self, task_id: int, after_seq: int) -> tuple[int, list[tuple[Any, ...]]]:
+        """The rows changed since sequence number `after_seq`."""
+        return self._ledger.view_changes(task_id, after_seq)
