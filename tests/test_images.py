@@ -96,10 +96,13 @@ def test_a_batch_runs_in_its_image_on_the_local_backend_and_bad_images_are_refus
 
 
 @pytest.mark.slurm
-def test_a_batch_runs_in_its_image_on_two_slurm_nodes(slurm_cluster, tmp_path):
+def test_a_batch_runs_in_its_image_on_two_slurm_nodes_from_each_nodes_copy(slurm_cluster, tmp_path):
+    """With `image_cache` (a node-local directory: here each node's private /tmp), each node copies
+    the shared unpack once and its jobs run from that copy."""
+    cache = f"/tmp/htc-images-{uuid.uuid4().hex[:6]}"
     site = SiteConfig.from_yaml(yaml.safe_dump({"profiles": {"cpu": {
         "backend": "slurm", "partition": "cpu", "cores_per_node": 2, "memory_per_node": "2G", "max_nodes": 2,
-        "bundle": 1, "python": slurm_cluster.python}}}))
+        "bundle": 1, "python": slurm_cluster.python, "image_cache": cache}}}))
     root = REPO / "test-output" / f"images-{uuid.uuid4().hex[:8]}"  # the shared file system: nodes find the image
     try:
         _registry(root, tmp_path)
@@ -111,6 +114,12 @@ def test_a_batch_runs_in_its_image_on_two_slurm_nodes(slurm_cluster, tmp_path):
         assert words[:9] == ["inside", "the", "busybox", "image", "shared", "input", "host-hidden",
                              "task-writable", "shared-read-only"], words
     assert {words[9] for words in out} == {"node1", "node2"}, out
+    (digest,) = [p.name for p in (root / "registry" / "cache").glob("sha256-*") if p.is_dir()]
+    for node in ("node1", "node2"):  # one copy on each node, in its own /tmp; none on this machine's
+        listed = subprocess.run(["srun", "-p", "cpu", "-w", node, "sh", "-c", f"cat {cache}/{digest}/rootfs/etc/marker; "
+                                 f"ls {cache}/{digest}; rm -rf {cache}"], capture_output=True, text=True, timeout=60)
+        assert listed.stdout.split() == ["inside", "the", "busybox", "image", "rootfs", "rootfs.lock"], listed
+    assert not Path(cache).exists()
 
 
 def test_pruned_images_are_unpacked_again_for_the_next_job_and_images_in_use_are_kept(tmp_path):
@@ -153,3 +162,20 @@ def test_pruned_images_are_unpacked_again_for_the_next_job_and_images_in_use_are
             slow.cancel()
     finally:
         daemon.down(root)
+
+
+def test_with_an_image_cache_local_jobs_run_from_the_nodes_copy(tmp_path):
+    cache = tmp_path / "node-local"
+    root = REPO / "test-output" / f"image-cache-{uuid.uuid4().hex[:8]}"
+    try:
+        _registry(root, tmp_path)
+        with Session(root, site=_local_site(image_cache=str(cache))) as s:
+            out = _run(s, 3)
+    finally:
+        daemon.down(root)
+    for words in out:
+        assert words[:9] == ["inside", "the", "busybox", "image", "shared", "input", "host-hidden",
+                             "task-writable", "shared-read-only"], words
+    (copy,) = cache.glob("sha256-*/rootfs")  # one copy for the three jobs
+    assert (copy / "etc" / "marker").read_text() == "inside the busybox image\n"
+    assert not list(cache.glob("sha256-*/*.part"))

@@ -74,6 +74,36 @@ def in_image(runtime: str, rootfs: str, task_dir: str, shared_dir: str, argv: Se
     return RUNTIMES[runtime](rootfs, task_dir, shared_dir, argv, binds)
 
 
+def node_local(rootfs: str, cache: str) -> str:
+    """Where a profile's `image_cache` holds its copy of the unpacked image `rootfs` on a node.
+
+    >>> node_local("/d/registry/cache/sha256-ab/rootfs-binds-1f", "/local/img")
+    '/local/img/sha256-ab/rootfs-binds-1f'
+    """
+    return posixpath.join(cache, posixpath.basename(posixpath.dirname(rootfs)), posixpath.basename(rootfs))
+
+
+# $1: the shared unpack, $2: the node's copy; then the command. The first job of an image on a
+# node copies it (under a lock, renamed into place), the others find it
+COPY_TO_NODE = ('[ -d "$2" ] || { mkdir -p "${2%/*}" && exec 9>"$2.lock" && flock 9 && { [ -d "$2" ] || '
+                '{ rm -rf "$2.part" && cp -a "$1" "$2.part" && mv "$2.part" "$2"; }; } && exec 9>&-; } '
+                '|| { echo "htc: could not copy image $1 to $2" >&2; exit 70; }; shift 2; exec "$@"')
+
+
+def on_node(rootfs: str, local: str, argv: Sequence[str]) -> list[str]:
+    """`argv` run after the image `rootfs` is copied to `local` on this node, if it is not there yet.
+
+    >>> on_node("/d/c/sha256-ab/rootfs", "/l/sha256-ab/rootfs", ["ch-run"])[-3:]
+    ['/d/c/sha256-ab/rootfs', '/l/sha256-ab/rootfs', 'ch-run']
+    """
+    return ["sh", "-c", COPY_TO_NODE, "htc-image", rootfs, local, *argv]
+
+
+def relocated(options: Sequence[str], rootfs: str, local: str) -> tuple[str, ...]:
+    """bwrap `options` laid out for the image at `rootfs` (`sandbox.image_root`) pointed at its copy `local`."""
+    return tuple(local + o[len(rootfs):] if o == rootfs or o.startswith(rootfs + "/") else o for o in options)
+
+
 def mount_points(task_dir: str, shared_dir: str, binds: Sequence[str] = ()) -> tuple[tuple[str, bool], ...]:
     """Where the runtime binds host paths into the image, each with whether it is a directory (a
     bind is what it is on this host: a file or a directory)."""

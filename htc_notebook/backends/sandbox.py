@@ -30,7 +30,7 @@ from typing import Sequence
 
 from htc_notebook.backends.base import Launch
 from htc_notebook.backends.call_sandbox import check_call_sandbox
-from htc_notebook.backends.images import deepest, host_path, in_image, mount_points
+from htc_notebook.backends.images import deepest, host_path, in_image, mount_points, node_local, on_node, relocated
 from htc_notebook.errors import BackendError
 from htc_notebook.spec import PartitionProfile
 
@@ -88,10 +88,11 @@ def confined(launch: Launch, profile: PartitionProfile) -> Launch:
     if launch.kind != "command" or launch.view is None:
         return launch
     argv, env, image = list(launch.command), launch.env, ()
+    rootfs = launch.image and (node_local(launch.image, profile.image_cache) if profile.image_cache else launch.image)
     if launch.image:
-        image = image_root(launch.image, mount_points(launch.view.task_dir, launch.view.shared_dir,
-                                                      profile.container_binds))
-        argv = in_image(profile.container_runtime, launch.image, launch.view.task_dir, launch.view.shared_dir, argv,
+        image = relocated(image_root(launch.image, mount_points(launch.view.task_dir, launch.view.shared_dir,
+                                                                profile.container_binds)), launch.image, rootfs)
+        argv = in_image(profile.container_runtime, rootfs, launch.view.task_dir, launch.view.shared_dir, argv,
                         profile.container_binds)
         env = {"USER": os.environ.get("USER") or pwd.getpwuid(os.getuid()).pw_name, **env}  # ch-run wants it
         if launch.mpi is not None:  # each rank in a user namespace of its own: Open MPI's CMA cannot cross them
@@ -104,6 +105,8 @@ def confined(launch: Launch, profile: PartitionProfile) -> Launch:
             env = {**env, "HTC_SCRATCH": SCRATCH, "TMPDIR": SCRATCH}
     elif image:  # unconfined: the host as it is, but the image's mount points are still laid out, not written
         argv = [BWRAP, "--die-with-parent", "--dev-bind", "/", "/", *image, "--", *argv]
+    if rootfs != launch.image:  # the node's copy, made by the first job of the image there
+        argv = on_node(launch.image, rootfs, argv)
     return replace(launch, command=tuple(argv), env=env)
 
 

@@ -100,6 +100,10 @@ class PartitionProfile(SpecModel):
     # this profile runs in: the site's MPI (its libraries, plugins and configuration) and interconnect
     # libraries, so an MPI program in an image talks to the host's launcher and network, as sites do
     container_binds: tuple[HostPath, ...] = ()
+    # a directory on each node's own disk (e.g. /local/scratch/htc-images): jobs in images run from a
+    # copy there, made once per node and image, instead of from the shared unpack (which every node
+    # reads over the shared file system). None: from the shared unpack
+    image_cache: HostPath | None = None
     # the site's own sbatch options, for what a profile does not type (--reservation=maint,
     # --exclusive, --gpus-per-task=1, --clusters=c2): one #SBATCH line each, in every job this
     # profile submits (arrays, pilots, packed allocations)
