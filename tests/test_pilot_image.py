@@ -125,10 +125,10 @@ def where_am_i() -> dict:
             "host_usr_share": os.path.exists("/usr/share/doc")}
 
 
-def _site(slurm_cluster, image: str) -> SiteConfig:
+def _site(slurm_cluster, image: str, **more) -> SiteConfig:
     return SiteConfig.from_yaml(yaml.safe_dump({"profiles": {"cpu": {
         "backend": "slurm", "partition": "cpu", "cores_per_node": 2, "memory_per_node": "2000M", "max_nodes": 2,
-        "pilot_image": image, "max_pilots": 2, "scheduler_host": SCHEDULER_HOST}}}))
+        "pilot_image": image, "max_pilots": 2, "scheduler_host": SCHEDULER_HOST, **more}}}))
 
 
 def test_pilots_run_their_workers_in_the_profiles_image_and_a_mismatch_is_refused(slurm_cluster, tmp_path):
@@ -142,7 +142,8 @@ def test_pilots_run_their_workers_in_the_profiles_image_and_a_mismatch_is_refuse
         push(reg, str(python_rootfs(tmp_path / "good", "inside the pilot image")), "dask:v1")
         push(reg, str(python_rootfs(tmp_path / "old", "old", dask_version="2023.1.0")), "dask:old")
         push(reg, str(python_rootfs(tmp_path / "bare", "bare", with_htc=False)), "dask:bare")
-        with Session(root, site=_site(slurm_cluster, "site/dask:v1")) as s:
+        cache = f"/tmp/htc-images-{uuid.uuid4().hex[:6]}"  # each node's private /tmp: a copy on each
+        with Session(root, site=_site(slurm_cluster, "site/dask:v1", image_cache=cache)) as s:
             s.scale("cpu", jobs=2)
             task = s.project("md").task("where")
             task.storage.path("input").write_text("x")
@@ -152,6 +153,11 @@ def test_pilots_run_their_workers_in_the_profiles_image_and_a_mismatch_is_refuse
             assert r["python"] == "/usr/bin/python3" and r["version"].startswith("3.11"), r
             assert "input" in r["task_dir"] and not r["host_usr_share"], r  # its task's files; not the host's
         assert {r["node"] for r in seen} <= {"node1", "node2"}
+        for node in {r["node"] for r in seen}:  # the pilots ran from the node's own copy
+            copy = subprocess.run(["srun", "-p", "cpu", "-w", node, "sh", "-c", f"cat {cache}/*/rootfs*/etc/pilot-image; "
+                                   f"rm -rf {cache}"], capture_output=True, text=True, timeout=60)
+            assert copy.stdout == "inside the pilot image", copy
+        shutil.rmtree(cache, ignore_errors=True)  # the check ran on this machine: its copy is here
         for image, words in (("site/dask:old", ["dask 2023.1.0", f"(this kernel: {dask.__version__})"]),
                              ("site/dask:bare", ["cannot load what pilots run", "No module named 'htc_notebook'"]),
                              ("site/dask:nope", ["PartitionProfile.pilot_image", "site", "dask:v1"])):

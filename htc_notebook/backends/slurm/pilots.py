@@ -20,7 +20,7 @@ import sys
 from typing import Any
 
 from htc_notebook.backends.dask_jobs import ALLOWED_FAILURES
-from htc_notebook.backends.images import with_binds, worker_argv
+from htc_notebook.backends.images import node_local, on_node, with_binds, worker_argv
 from htc_notebook.backends.memory_limit import clear_on_exit
 from htc_notebook.backends.slurm import scheduler
 from htc_notebook.backends.worker import DRAIN_TOPIC, PILOT_DEADLINE, PILOT_LIFETIME
@@ -105,10 +105,12 @@ def pack_options(profile: PartitionProfile, *, log_directory: str | None = None)
 def image_python(profile: PartitionProfile, rootfs: str, data_root: str) -> str:
     """The command a pilot of `profile` starts Python with in its `pilot_image`, unpacked at `rootfs`:
     the profile's container runtime over a copy of it with mount points for the data root and the
-    container_binds (made once, `images.with_binds`), its `python` (default python3) inside."""
-    root = with_binds(rootfs, [data_root, *profile.container_binds])
-    return shlex.join(worker_argv(profile.container_runtime, str(root), data_root, profile.python or "python3",
-                                  profile.container_binds))
+    container_binds (made once, `images.with_binds`), or over the node's copy of that with an
+    `image_cache`, its `python` (default python3) inside."""
+    shared = str(with_binds(rootfs, [data_root, *profile.container_binds]))
+    root = node_local(shared, profile.image_cache) if profile.image_cache else shared
+    argv = worker_argv(profile.container_runtime, root, data_root, profile.python or "python3", profile.container_binds)
+    return shlex.join(on_node(shared, root, argv) if root != shared else argv)  # a node's copy: made by its first pilot
 
 
 VERSIONS = ("import json, platform, dask, distributed, htc_notebook; print(json.dumps("
