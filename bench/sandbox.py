@@ -7,7 +7,10 @@ Two ways, side by side in this one process, alternating (A B, B A, ...) so machi
     against the same batch with `sandbox: bwrap`, and in a busybox image of the project registry
     (ch-run inside the sandbox), from submit to every job committed.
 Reported: milliseconds per job (medians), the ratios to bare, and the time to a first job of an
-image not yet unpacked against the same image cached; and what a profile's container_binds file
+image not yet unpacked against the same image cached; the same with a profile's `image_cache` (jobs
+run from a node-local copy: here the "shared" unpack is on this machine's disk too, so this measures
+the copy's check per job and the first copy, not what it saves a cluster's shared file system);
+and what a profile's container_binds file
 costs a process when it goes into a large image directory: in the image's copy for those binds,
 against its mount point laid out for each job over the shared unpack.
 
@@ -75,24 +78,27 @@ def main() -> int:
     from htc_notebook.registry import ProjectRegistry, daemon
     from htc_notebook.registry.push import push
 
-    def site(mode: str) -> SiteConfig:
+    def site(mode: str, tmp: Path) -> SiteConfig:
         data = SiteConfig.builtin().model_dump(exclude_defaults=True)
         data["profiles"]["local"]["sandbox"] = "none" if mode == "none" else "bwrap"
+        if mode == "node-copy":
+            data["profiles"]["local"]["image_cache"] = str(tmp / "node-local")
         return SiteConfig.model_validate(data)
 
-    modes = ("none", "bwrap", "image")
+    modes = ("none", "bwrap", "image", "node-copy")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         daemon.up(root / "image", port=5350, listen="127.0.0.1")
         registry = ProjectRegistry(root / "image", "bench")
         push(registry, str(busybox_rootfs(root / "rootfs", "v1")), "busybox:v1")
-        sessions = {mode: Session(root / mode, site=site(mode)) for mode in modes}
+        (root / "node-copy").symlink_to(root / "image")  # the same data root and registry as "image"
+        sessions = {mode: Session(root / mode, site=site(mode, root)) for mode in modes}
         runs = iter(range(10**6))
-        command = {"none": ["true"], "bwrap": ["true"], "image": ["/bin/true"]}
+        command = {"none": ["true"], "bwrap": ["true"], "image": ["/bin/true"], "node-copy": ["/bin/true"]}
 
         def jobs(mode: str, n: int = args.jobs, image: str = "busybox:v1") -> float:
             task = sessions[mode].project("bench").task(f"run-{next(runs)}")
-            definition = {"commands": command[mode], **({"imageName": image} if mode == "image" else {})}
+            definition = {"commands": command[mode], **({"imageName": image} if mode in ("image", "node-copy") else {})}
             t0 = time.perf_counter()
             group = task.submit_batch({"jobName": "true", "batchSize": n, "htcJobDefinition": definition})
             group.wait(timeout=600)
@@ -134,14 +140,17 @@ def main() -> int:
             for i in range(args.pairs):
                 order = modes if i % 2 == 0 else modes[::-1]
                 for what, fn in (("process", processes), ("job", jobs)):
-                    for mode in order + (("binds", "per-job") if what == "process" else ()):
+                    for mode in (order + ("binds", "per-job") if what == "process" else order):
+                        if what == "process" and mode == "node-copy":
+                            continue
                         times.setdefault((what, mode), []).append(fn(mode))
                 print("pair", i, " ".join(f"{w}/{m} {v[-1] * 1e3:.2f} ms" for (w, m), v in times.items()), flush=True)
-            first, cached = [], []
+            first, cached, first_copy = [], [], []
             for i in range(3):  # one job of an image not yet unpacked here, then one of it cached
                 push(registry, str(busybox_rootfs(root / f"rootfs-{i}", f"fresh {i}")), f"fresh:v{i}")
                 first.append(jobs("image", 1, f"fresh:v{i}"))
                 cached.append(jobs("image", 1, f"fresh:v{i}"))
+                first_copy.append(jobs("node-copy", 1, f"fresh:v{i}"))  # unpacked, not yet on the "node"
         finally:
             for s in sessions.values():
                 s.close()
@@ -158,6 +167,10 @@ def main() -> int:
         *[f"| {label} | {med[k, 'none']:.2f} ms | {med[k, 'bwrap']:.2f} ms | {med[k, 'image']:.2f} ms "
           f"| **{med[k, 'bwrap'] / med[k, 'none']:.2f}** | **{med[k, 'image'] / med[k, 'none']:.2f}** |"
           for label, k in rows],
+        "",
+        f"The same jobs run from a node-local copy (`image_cache`, copy made): {med['job', 'node-copy']:.2f} ms a job, "
+        f"**{med['job', 'node-copy'] / med['job', 'image']:.2f}x** the shared unpack; the first job of an image "
+        f"on a node, which copies it: {statistics.median(first_copy):.2f} s (median of 3).",
         "",
         f"One job of an image not yet unpacked (resolve, pull, unpack, run): {statistics.median(first):.2f} s "
         f"(median of 3); the same image once cached: {statistics.median(cached):.2f} s.",
