@@ -88,10 +88,11 @@ def main() -> int:
     modes = ("none", "bwrap", "image", "node-copy")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        daemon.up(root / "image", port=5350, listen="127.0.0.1")
-        registry = ProjectRegistry(root / "image", "bench")
-        push(registry, str(busybox_rootfs(root / "rootfs", "v1")), "busybox:v1")
-        (root / "node-copy").symlink_to(root / "image")  # the same data root and registry as "image"
+        registries = {}
+        for port, mode in ((5350, "image"), (5352, "node-copy")):  # a data root and registry each
+            daemon.up(root / mode, port=port, listen="127.0.0.1")
+            registries[mode] = ProjectRegistry(root / mode, "bench")
+            push(registries[mode], str(busybox_rootfs(root / f"rootfs-{mode}", "v1")), "busybox:v1")
         sessions = {mode: Session(root / mode, site=site(mode, root)) for mode in modes}
         runs = iter(range(10**6))
         command = {"none": ["true"], "bwrap": ["true"], "image": ["/bin/true"], "node-copy": ["/bin/true"]}
@@ -147,14 +148,18 @@ def main() -> int:
                 print("pair", i, " ".join(f"{w}/{m} {v[-1] * 1e3:.2f} ms" for (w, m), v in times.items()), flush=True)
             first, cached, first_copy = [], [], []
             for i in range(3):  # one job of an image not yet unpacked here, then one of it cached
-                push(registry, str(busybox_rootfs(root / f"rootfs-{i}", f"fresh {i}")), f"fresh:v{i}")
+                for mode, registry in registries.items():
+                    push(registry, str(busybox_rootfs(root / f"rootfs-{mode}-{i}", f"fresh {i}")), f"fresh:v{i}")
                 first.append(jobs("image", 1, f"fresh:v{i}"))
                 cached.append(jobs("image", 1, f"fresh:v{i}"))
-                first_copy.append(jobs("node-copy", 1, f"fresh:v{i}"))  # unpacked, not yet on the "node"
+                jobs("node-copy", 1, f"fresh:v{i}")  # pulled and unpacked by the first one there; then
+                shutil.rmtree(root / "node-local")  # as a node that has not run it yet
+                first_copy.append(jobs("node-copy", 1, f"fresh:v{i}"))
         finally:
             for s in sessions.values():
                 s.close()
-            daemon.down(root / "image")
+            for mode in registries:
+                daemon.down(root / mode)
 
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     rows = [("process alone (subprocess.run)", "process"), ("whole job (submit to committed)", "job")]
