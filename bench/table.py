@@ -74,9 +74,9 @@ def main() -> int:
     from htc_notebook import Session, SiteConfig
     import cloudpickle
 
-    from htc_notebook.ledger import NewJob, Outcome
+    from htc_notebook.ledger import AttemptStart, NewJob
     from htc_notebook.spec import JobSpec
-    from htc_notebook.ledger.rows import AttemptStart
+    from htc_notebook.states import Outcome
     from htc_notebook.ui.jobs_widget import JobsTable
 
     sent: list[int] = []

@@ -68,13 +68,13 @@ ALLOWED = {
     "registry": {"spec", "storage"} | BOTTOM,  # the data root's OCI registry (docs/registry.md)
     "backends": {"spec", "storage", ""} | BOTTOM,  # "": htc_notebook.__version__ (pilots check it)
     "runtime": {"spec", "ledger", "storage", "registry", "backends"} | BOTTOM,
-    "ui": {"runtime", "spec", ""} | BOTTOM,
+    "ui": {"runtime", "spec"} | BOTTOM,
     "server": {"runtime", "spec"} | BOTTOM,
     # the `htc` command: the runtime, plus its tools that are not job submission, each named:
     # `htc slurm` (devcluster), `htc serve` / `htc keys` (server), `htc registry` / `htc images push`
     # (registry), `htc profiles discover` (backends.slurm.discover), `htc demo` (examples)
     "cli": {"runtime", "spec", "devcluster", "server", "registry", "examples", "backends.slurm.discover"} | BOTTOM,
-    "devcluster": {""} | BOTTOM,  # test-cluster tooling: nothing of the job layers
+    "devcluster": BOTTOM,  # test-cluster tooling: nothing of the job layers
     "examples": set(),
     "": {"runtime", "spec", "ui"} | BOTTOM,  # htc_notebook/__init__.py: the public names, %load_ext
 }
@@ -87,19 +87,29 @@ def layer_of(module: str) -> str:
 
 
 def package_imports(path: Path, pkg: Path = PKG) -> set[str]:
-    """The htc_notebook modules a file of package directory `pkg` imports, anywhere in it (relative
-    imports resolved)."""
+    """The htc_notebook modules a file of package directory `pkg` imports, anywhere in it: relative
+    imports resolved, `from htc_notebook import ledger` as htc_notebook.ledger, `import_module("...")`."""
     here = ".".join(path.relative_to(pkg.parent).with_suffix("").parts).removesuffix(".__init__")
     package = here if path.name == "__init__.py" else here.rpartition(".")[0]
+
+    def is_module(name: str) -> bool:
+        where = pkg.parent.joinpath(*name.split("."))
+        return where.with_suffix(".py").is_file() or (where / "__init__.py").is_file()
+
     out = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.ImportFrom) and node.level:
-            base = package.split(".")[:len(package.split(".")) - node.level + 1]
-            out.add(".".join(base + ([node.module] if node.module else [])))
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "htc_notebook":
-            out.add(node.module)
+        if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] == "htc_notebook"):
+            base = node.module
+            if node.level:
+                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1]
+                                + ([node.module] if node.module else []))
+            out |= {f"{base}.{a.name}" if is_module(f"{base}.{a.name}") else base for a in node.names}
         elif isinstance(node, ast.Import):
             out |= {a.name for a in node.names if a.name.split(".")[0] == "htc_notebook"}
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) in (
+                "import_module", "__import__") and node.args and isinstance(node.args[0], ast.Constant) \
+                and str(node.args[0].value).split(".")[0] == "htc_notebook":
+            out.add(node.args[0].value)
     return out
 
 
@@ -123,8 +133,13 @@ def test_every_layer_imports_only_the_layers_below_it():
 
 
 def test_the_layer_walker_would_notice(tmp_path):
-    """A backend importing the ledger, a ui module the backends, a relative import of the ledger from storage."""
-    probes = {"backends/probe.py": "from htc_notebook.ledger import Ledger\n",
+    """A backend importing the ledger (by name, as a submodule of the package, relatively, by
+    import_module), a ui module the backends inside a function, storage the ledger relatively."""
+    probes = {"ledger/__init__.py": "",
+              "backends/probe.py": "from htc_notebook.ledger import Ledger\n",
+              "backends/probe_pkg.py": "from htc_notebook import ledger, __version__\n",
+              "backends/slurm/probe_rel.py": "from ... import ledger\n",
+              "backends/probe_dyn.py": "importlib.import_module('htc_notebook.ledger.db')\n",
               "ui/probe.py": "def f():\n    from htc_notebook.backends.local import LocalBackend\n",
               "storage/probe.py": "from ..ledger import rows\n"}
     root = tmp_path / "htc_notebook"
@@ -132,8 +147,9 @@ def test_the_layer_walker_would_notice(tmp_path):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(text)
     assert offences(sorted(root.rglob("*.py")), root) == {
-        "backends/probe.py": ["htc_notebook.ledger"], "storage/probe.py": ["htc_notebook.ledger"],
-        "ui/probe.py": ["htc_notebook.backends.local"]}
+        "backends/probe.py": ["htc_notebook.ledger"], "backends/probe_pkg.py": ["htc_notebook.ledger"],
+        "backends/slurm/probe_rel.py": ["htc_notebook.ledger"], "backends/probe_dyn.py": ["htc_notebook.ledger.db"],
+        "storage/probe.py": ["htc_notebook.ledger"], "ui/probe.py": ["htc_notebook.backends.local"]}
 
 
 def test_ui_server_and_cli_read_the_ledger_through_the_runtime():

@@ -10,8 +10,8 @@ import pytest
 
 from htc_notebook.spec import JobSpec
 from htc_notebook.errors import LedgerError
-from htc_notebook.ledger import (SCHEMA_VERSION, AttemptStart, JobStatus, Ledger, NewBatch, NewJob, Outcome,
-                                 TaskRow)
+from htc_notebook.ledger import SCHEMA_VERSION, AttemptStart, Ledger, NewBatch, NewJob, TaskRow
+from htc_notebook.states import JobStatus, Outcome
 
 
 @pytest.fixture

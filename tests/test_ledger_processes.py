@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from htc_notebook.spec import JobSpec
-from htc_notebook.ledger import AttemptStart, Ledger, NewBatch, NewJob, Outcome
+from htc_notebook.ledger import AttemptStart, Ledger, NewBatch, NewJob
+from htc_notebook.states import Outcome
 
 HERE = Path(__file__).resolve()
 BIG = 100_000

@@ -13,9 +13,9 @@ import pytest
 
 from htc_notebook.errors import LedgerError
 from htc_notebook.spec import JobSpec, RetryPolicy
-from htc_notebook.ledger import SCHEMA_VERSION, AttemptStart, Ledger, NewJob, Outcome
+from htc_notebook.ledger import SCHEMA_VERSION, AttemptStart, Ledger, NewJob
 from htc_notebook.ledger.schema import DDL, V1_STATUSES, V5_UPGRADE, V6_UPGRADE, sql_list
-from htc_notebook.states import JobStatus
+from htc_notebook.states import JobStatus, Outcome
 
 
 def spec(retries: int = 0, **more) -> JobSpec:

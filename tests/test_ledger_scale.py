@@ -16,8 +16,8 @@ import pytest
 from htc_notebook.spec import JobSpec
 from htc_notebook import cli
 from htc_notebook.errors import LedgerError
-from htc_notebook.ledger import AttemptStart, Ledger, NewBatch, NewJob, Outcome
-from htc_notebook.states import ACTIVE_NAMES, REQUEUEABLE_NAMES
+from htc_notebook.ledger import AttemptStart, Ledger, NewBatch, NewJob
+from htc_notebook.states import ACTIVE_NAMES, REQUEUEABLE_NAMES, Outcome
 from htc_notebook.server.api import HTCApi, wire_status
 from htc_notebook.server.auth import Auth
 from htc_notebook.ui.table import TableModel

@@ -12,8 +12,8 @@ from IPython.testing.globalipapp import start_ipython
 
 from htc_notebook.spec import JobSpec
 from htc_notebook import Session, SiteConfig, Sweep, use
-from htc_notebook.ledger import NewJob, Outcome
-from htc_notebook.ledger.rows import AttemptStart
+from htc_notebook.ledger import AttemptStart, NewJob
+from htc_notebook.states import Outcome
 from htc_notebook.ui.jobs_widget import JobsTable, live_table
 from htc_notebook.ui.magics import LiveGroup, parse_axis
 from htc_notebook.ui.table import TableModel

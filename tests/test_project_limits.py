@@ -17,8 +17,9 @@ import pytest
 
 from htc_notebook import Session, SiteConfig, Sweep
 from htc_notebook.errors import SpecError
-from htc_notebook.ledger import AttemptStart, Ledger, NewJob, Outcome
+from htc_notebook.ledger import AttemptStart, Ledger, NewJob
 from htc_notebook.spec import JobSpec
+from htc_notebook.states import Outcome
 
 from test_slurm import REPO, site  # noqa: F401 - the SLURM test cluster's site fixture
 

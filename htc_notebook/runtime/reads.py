@@ -12,21 +12,18 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from htc_notebook.ledger import Ledger
-from htc_notebook.ledger.rows import AttemptRow, EventRow, JobRow, ProjectRow, TaskRow
+from htc_notebook.ledger.rows import AttemptRow, EventRow, JobRow, TaskRow
 
-__all__ = ["AttemptRow", "EventRow", "JobRow", "ProjectRow", "Reads", "TaskRow"]
+__all__ = ["AttemptRow", "EventRow", "JobRow", "Reads", "TaskRow"]
 
 
 class Reads:
-    """Read-only views of one data root's ledger: projects, tasks, jobs, attempts, events, counts."""
+    """Read-only views of one data root's ledger: project names, tasks, jobs, attempts, events, counts."""
 
     def __init__(self, ledger: Ledger):
         self._ledger = ledger
 
     # -- projects and tasks -------------------------------------------------------------------
-    def projects(self) -> list[ProjectRow]:
-        return self._ledger.projects()
-
     def project_names(self) -> set[str]:
         return {p.name for p in self._ledger.projects()}
 
@@ -80,10 +77,6 @@ class Reads:
     def group_counts(self, task_id: int) -> dict[str, tuple[dict[str, int], int]]:
         """A task's jobs by name: (count per status, how many RUNNABLE ones a scheduler holds)."""
         return self._ledger.group_counts(task_id)
-
-    def active_owners(self, task_id: int | None = None) -> dict[str | None, int]:
-        """Who dispatched the jobs that have not ended (an owner's text), with how many."""
-        return self._ledger.active_owners(task_id)
 
     # -- the live table's rows -------------------------------------------------------------------
     def view_rows(self, task_id: int, job_ids: Iterable[int] | None = None) -> tuple[int, list[tuple[Any, ...]]]:
