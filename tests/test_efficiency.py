@@ -46,3 +46,24 @@ def test_python_calls_report_their_cpu_time(session):
     assert group.results(timeout=60) == [0.3, 0.2]
     cpu = list(group.to_dataframe()["cpu_s"])
     assert 0.28 <= cpu[0] < 1.0 and 0.18 <= cpu[1] < 1.0, cpu
+
+
+def test_a_jobs_peak_memory_is_its_own_not_the_kernels(session):
+    """Linux counts in a child's maxrss the memory it exec'd from: the kernel's. With the kernel at
+    400 MiB more than a job could use, the job's peak comes from its memory cgroup (a `maxMemory`
+    job), and a job without one reports none rather than the kernel's."""
+    from htc_notebook.backends import memory_limit
+
+    ballast = bytearray(400 << 20)
+    for i in range(0, len(ballast), 4096):  # touched: this process's peak RSS is now above 400 MiB
+        ballast[i] = 1
+    task = session.project("used").task("peak")
+    caged, bare = (task.submit_batch({"jobName": name, "batchSize": 1, "htcJobDefinition": {
+        "commands": [sys.executable, "-c", "x = bytearray(30 << 20)"], **more}})[0]
+        for name, more in (("caged", {"maxMemory": 512}), ("bare", {})))
+    for job in (caged, bare):
+        assert job.wait(timeout=60).status == "SUCCEEDED", job.row.reason
+    del ballast
+    if memory_limit.cgroup_parent() is not None:  # make test: root, cgroup v1
+        assert 30 <= caged.row.max_rss_mib < 200, caged.row.max_rss_mib
+    assert bare.row.max_rss_mib is None or bare.row.max_rss_mib < 200, bare.row.max_rss_mib
