@@ -125,8 +125,10 @@ def test_a_call_on_a_pilot_is_held_to_its_memory_and_no_cgroup_outlives_the_pilo
         task = s.project("retries").task("call-memory")
         stuck = task.submit(hog_once, 10, profile="cpu", resources={"memory": "256M"})
         deadline = time.monotonic() + 180
-        while not (cages := [c for c in CGROUPS.glob("slurm_*/uid_*/job_*/step_*/task_*/htc-*/call-*")
-                             if c.parents[3] not in before]):
+        # the call is inside its cgroup and has begun (its marker written): killed before, it would
+        # not have, and the next call to run (the hog) would be the one that waits
+        while not ((cages := [c for c in CGROUPS.glob("slurm_*/uid_*/job_*/step_*/task_*/htc-*/call-*")
+                              if c.parents[3] not in before]) and task.storage.path("first").exists()):
             assert time.monotonic() < deadline, stuck.row
             time.sleep(0.2)
         pilots = set(CGROUPS.glob("slurm_*/uid_*/job_*")) - before
