@@ -119,7 +119,11 @@ def test_a_call_on_a_pilot_is_held_to_its_memory_and_no_cgroup_outlives_the_pilo
     import time
 
     root = REPO / "test-output" / f"call-memory-{uuid.uuid4().hex[:8]}"
-    before = set(CGROUPS.glob("slurm_*/uid_*/job_*"))
+
+    def live_cages() -> list[Path]:  # of live workers only: a job id can come again, over an old leftover
+        return [c for c in CGROUPS.glob("slurm_*/uid_*/job_*/step_*/task_*/htc-*/call-*")
+                if Path("/proc", c.parent.name.split("-")[1]).exists()]
+
     with Session(root, site=site) as s:
         s.scale("cpu", jobs=1)
         task = s.project("retries").task("call-memory")
@@ -127,11 +131,10 @@ def test_a_call_on_a_pilot_is_held_to_its_memory_and_no_cgroup_outlives_the_pilo
         deadline = time.monotonic() + 180
         # the call is inside its cgroup and has begun (its marker written): killed before, it would
         # not have, and the next call to run (the hog) would be the one that waits
-        while not ((cages := [c for c in CGROUPS.glob("slurm_*/uid_*/job_*/step_*/task_*/htc-*/call-*")
-                              if c.parents[3] not in before]) and task.storage.path("first").exists()):
+        while not ((cages := live_cages()) and task.storage.path("first").exists()):
             assert time.monotonic() < deadline, stuck.row
             time.sleep(0.2)
-        pilots = set(CGROUPS.glob("slurm_*/uid_*/job_*")) - before
+        pilots = {c.parents[3] for c in cages}  # the pilot job's cgroup
         worker = int(cages[0].parent.name.split("-")[1])  # htc-<worker pid>
         os.kill(worker, signal.SIGKILL)  # its call dies with it (PDEATHSIG); the nanny starts another
         hog = task.submit(hog_once, 200, profile="cpu", resources={"memory": "128M"},
