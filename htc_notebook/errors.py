@@ -79,6 +79,15 @@ class StorageAccessDenied(HTCError, PermissionError):
         super().__init__(f"access to {path!r} denied: {reason}")
 
 
+class UntrustedFile(HTCError, PermissionError):
+    """A file a job could have touched is not a plain file of its own (a link, a FIFO, a directory,
+    a device, a hard link): refused, never followed (storage/untrusted.py)."""
+
+    def __init__(self, path: object, found: str):
+        self.path, self.found = str(path), found
+        super().__init__(f"refused {path}: {found} (a job's file is never followed)")
+
+
 class LedgerError(HTCError):
     """The ledger database cannot be opened or written."""
 

@@ -7,7 +7,6 @@ ledger: the runtime owns the truth (design G5) and records what backends report.
 
 from __future__ import annotations
 
-import os
 
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 from htc_notebook.states import Outcome
 from htc_notebook.spec import JobSpec
+from htc_notebook.storage.untrusted import read_tail
 
 
 PER_JOB_ENV = ("HTC_JOB_ID", "HTC_JOB_INDEX", "HTC_CHECKPOINT")  # the variables that differ between jobs of one submission
@@ -74,11 +74,8 @@ ENOSPC_TEXT = "No space left on device"  # strerror(ENOSPC), what tools print wh
 def disk_full_reason(log_err: str | Path, disk_gib: int | None) -> str | None:
     """If the job's error log says a disk was full: why, naming its scratch limit (None otherwise)."""
     try:
-        with open(log_err, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 65536))
-            tail = f.read().decode(errors="replace")
-    except OSError:
+        tail = read_tail(log_err, 65536, below=2).decode(errors="replace")
+    except OSError:  # not there, or not a plain file (UntrustedFile): no verdict from it
         return None
     if ENOSPC_TEXT not in tail:
         return None

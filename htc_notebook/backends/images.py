@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Sequence
 
 from htc_notebook.errors import BackendError
+from htc_notebook.backends.programs import program
 
 
 def ch_run_argv(rootfs: str, task_dir: str, shared_dir: str, argv: Sequence[str],
@@ -96,7 +97,7 @@ def on_node(rootfs: str, local: str, argv: Sequence[str]) -> list[str]:
     >>> on_node("/d/c/sha256-ab/rootfs", "/l/sha256-ab/rootfs", ["ch-run"])[-3:]
     ['/d/c/sha256-ab/rootfs', '/l/sha256-ab/rootfs', 'ch-run']
     """
-    return ["sh", "-c", COPY_TO_NODE, "htc-image", rootfs, local, *argv]
+    return [program("sh"), "-c", COPY_TO_NODE, "htc-image", rootfs, local, *argv]
 
 
 def relocated(options: Sequence[str], rootfs: str, local: str) -> tuple[str, ...]:

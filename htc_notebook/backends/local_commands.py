@@ -24,7 +24,9 @@ from htc_notebook.backends.memory_limit import cgroup_parent, limited_argv
 from htc_notebook.backends.mpi_jobs import verdict
 from htc_notebook.backends.mpi_pool import RankPool
 from htc_notebook.backends.mpi_ranks import kill_group
+from htc_notebook.errors import UntrustedFile
 from htc_notebook.states import Outcome
+from htc_notebook.storage.untrusted import job_logs
 
 
 
@@ -148,7 +150,7 @@ class CommandRunner:
             if launch.memory:  # a hard limit: the job's own memory cgroup, else prlimit (memory_limit.py)
                 argv, cage = limited_argv(cgroup_parent(), launch.memory, argv, f"job-{launch.job_id}-{launch.attempt}",
                                           swap_mib=launch.swap or 0)
-            with open(launch.log_out, "ab") as out, open(launch.log_err, "ab") as err:
+            with job_logs(launch.log_out, launch.log_err) as (out, err):
                 try:
                     proc = subprocess.Popen(argv, cwd=launch.cwd, env=env, stdout=out,
                                             stderr=err, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -184,6 +186,8 @@ class CommandRunner:
                                        "prlimit: this machine gives it no memory cgroup)")
                         full = disk_full_reason(launch.log_err, launch.disk_gib)
                         reason = f"{reason}; {full}" if full else reason
+        except UntrustedFile as exc:  # the job left a link or a FIFO where its log goes: not followed
+            reason = f"could not open its log: {exc}"
         except Exception as exc:  # noqa: BLE001 - a runner bug must still end the job
             reason = f"runner error: {type(exc).__name__}: {exc}"
         finally:

@@ -11,8 +11,8 @@ cgroup too (`call_sandbox.run_confined`; no prlimit fallback: a forked worker's 
 already larger than most limits), and so do a SLURM pilot's, inside the pilot job's cgroup; the pilot's
 script removes what its workers leave there (`clear_on_exit`).
 
->>> print(" ".join(limited_argv(None, 512, ["./md"])[0]))
-prlimit --as=536870912 -- ./md
+>>> print(" ".join(limited_argv(None, 512, ["./md"])[0]))  # doctest: +ELLIPSIS
+/...prlimit --as=536870912 -- ./md
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
+
+from htc_notebook.backends.programs import program
 
 MIB = 1024 * 1024
 V1 = Path("/sys/fs/cgroup/memory")
@@ -143,5 +145,5 @@ def limited_argv(parent: Path | None, limit_mib: int, argv: Sequence[str], name:
     under prlimit when there is none (which knows no swap)."""
     cage = make_cage(parent, limit_mib, name, swap_mib)
     if cage is not None:
-        return ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(cage.path / "cgroup.procs"), *argv], cage
-    return ["prlimit", f"--as={int(limit_mib) * MIB}", "--", *argv], None
+        return [program("sh"), "-c", 'echo $$ > "$0" && exec "$@"', str(cage.path / "cgroup.procs"), *argv], cage
+    return [program("prlimit"), f"--as={int(limit_mib) * MIB}", "--", *argv], None

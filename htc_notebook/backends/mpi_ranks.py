@@ -34,9 +34,14 @@ from typing import Any, Sequence
 
 import cloudpickle
 
+from htc_notebook.errors import UntrustedFile
+from htc_notebook.storage.untrusted import job_logs, read_head
+
 CALL_FILE = "call.pkl"
 RESULT_FILE = "result.pkl"
 RANKS_FILE = "ranks"
+REPORT_LIMIT = 1 << 20  # a rank's report (a traceback at most): read no more
+RESULT_LIMIT = 1 << 34  # rank 0's pickled value
 KILL_GRACE_SECONDS = 5.0
 
 
@@ -177,20 +182,29 @@ def main(directory: str) -> int:
 
 def read_outcome(directory: str | os.PathLike, exit_code: int | None) -> tuple[str, str | None, bytes | None]:
     """(status, reason, rank 0's pickled value) from the rank reports and the launcher's exit code."""
-    d = Path(directory)
-    ranks = int((d / RANKS_FILE).read_text())
+    d = Path(directory)  # task/.htc/mpi/job-N-A/: the ranks write here, so every file is read as untrusted
+    try:
+        ranks = int(read_head(d / RANKS_FILE, 32, below=4))
+    except (UntrustedFile, ValueError) as exc:
+        return "FAILED", f"the MPI job's rank count is not the toolkit's: {exc}", None
     reports = {}
     for r in range(ranks):
         try:
-            reports[r] = json.loads((d / f"rank-{r}.json").read_text())
-        except (FileNotFoundError, ValueError):
-            pass
+            report = json.loads(read_head(d / f"rank-{r}.json", REPORT_LIMIT, below=4))
+        except (FileNotFoundError, ValueError, UntrustedFile):
+            continue
+        if isinstance(report, dict):
+            reports[r] = report
     failed = [rep for _, rep in sorted(reports.items()) if not rep.get("ok")]
     if failed:
         return "FAILED", failure(failed), None
-    result = d / RESULT_FILE
-    if exit_code == 0 and len(reports) == ranks and result.exists():
-        return "SUCCEEDED", None, result.read_bytes()
+    if exit_code == 0 and len(reports) == ranks:
+        try:
+            return "SUCCEEDED", None, read_head(d / RESULT_FILE, RESULT_LIMIT, below=4)
+        except FileNotFoundError:
+            pass
+        except UntrustedFile as exc:
+            return "FAILED", f"rank 0's result is not a plain file: {exc}", None
     missing = [r for r in range(ranks) if r not in reports]
     how = f"killed by signal {-exit_code}" if exit_code is not None and exit_code < 0 else f"exit code {exit_code}"
     who = f"ranks {', '.join(map(str, missing))} ended without reporting" if missing else "no result from rank 0"
@@ -200,25 +214,28 @@ def read_outcome(directory: str | os.PathLike, exit_code: int | None) -> tuple[s
 def failure(failed: Sequence[dict[str, Any]]) -> str:
     """Why a Python MPI task failed, from the reports of the ranks that raised (rank order)."""
     first = failed[0]
-    tail = "".join(first.get("traceback", "").splitlines(keepends=True)[-6:]).rstrip()
-    also = f" (also failed: ranks {', '.join(str(f['rank']) for f in failed[1:])})" if failed[1:] else ""
-    return f"rank {first['rank']} on {first['host']} raised {first['error']}{also}\n{tail}"
+    tail = "".join(str(first.get("traceback", "")).splitlines(keepends=True)[-6:]).rstrip()
+    also = f" (also failed: ranks {', '.join(str(f.get('rank')) for f in failed[1:])})" if failed[1:] else ""
+    return f"rank {first.get('rank')} on {first.get('host')} raised {first.get('error')}{also}\n{tail}"
 
 
 def run_launch(argv: Sequence[str], *, cwd: str, env: dict[str, str], logs: tuple[str, str],
                timeout: float | None) -> tuple[int | None, str | None]:
     """Run a launcher command in its own process group: (exit code, reason if it did not exit by itself)."""
-    with open(logs[0], "ab") as out, open(logs[1], "ab") as err:
-        try:
-            proc = subprocess.Popen(list(argv), cwd=cwd, env={**os.environ, **env}, stdout=out, stderr=err,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
-        except OSError as exc:
-            return None, f"could not start {argv[0]!r}: {exc.strerror or exc}"
-        try:
-            return proc.wait(timeout=timeout), None
-        except subprocess.TimeoutExpired:
-            kill_group(proc)
-            return proc.wait(), f"timeout: killed after {timeout:g} s"
+    try:
+        with job_logs(*logs) as (out, err):
+            try:
+                proc = subprocess.Popen(list(argv), cwd=cwd, env={**os.environ, **env}, stdout=out, stderr=err,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+            except OSError as exc:
+                return None, f"could not start {argv[0]!r}: {exc.strerror or exc}"
+            try:
+                return proc.wait(timeout=timeout), None
+            except subprocess.TimeoutExpired:
+                kill_group(proc)
+                return proc.wait(), f"timeout: killed after {timeout:g} s"
+    except UntrustedFile as exc:  # the job left a link or a FIFO where its log goes: not followed
+        return None, f"could not open its log: {exc}"
 
 
 def run_step(argv: Sequence[str], env: dict[str, str], cwd: str, logs: tuple[str, str],

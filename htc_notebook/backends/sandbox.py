@@ -10,8 +10,8 @@ reaches the runner's wait4, and a signal it has no handler for does not kill it;
 PID namespaces (seen with Open MPI 4.1: vader segfaults), so MPI ranks keep the node's.
 
 >>> view = JobView(root="/d", task_dir="/d/projects/p/tasks/t", shared_dir="/d/projects/p/shared")
->>> print(" ".join(bwrap_argv(view, ["./md", "in.lj"])))  # doctest: +NORMALIZE_WHITESPACE
-bwrap --die-with-parent --ro-bind / / --dev-bind /dev /dev --proc /proc --bind /tmp /tmp --tmpfs /d
+>>> print(" ".join(bwrap_argv(view, ["./md", "in.lj"])))  # doctest: +NORMALIZE_WHITESPACE +ELLIPSIS
+/...bwrap --die-with-parent --ro-bind / / --dev-bind /dev /dev --proc /proc --bind /tmp /tmp --tmpfs /d
  --ro-bind /d/projects/p/shared /d/projects/p/shared --bind /d/projects/p/tasks/t /d/projects/p/tasks/t
  --ro-bind /d/projects/p/tasks/t/.htc /d/projects/p/tasks/t/.htc
  --bind /d/projects/p/tasks/t/.htc/checkpoints /d/projects/p/tasks/t/.htc/checkpoints
@@ -26,15 +26,16 @@ import posixpath
 import pwd
 import subprocess
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from htc_notebook.backends.base import Launch
 from htc_notebook.backends.call_sandbox import check_call_sandbox
+from htc_notebook.backends.programs import program, split_env
 from htc_notebook.backends.images import deepest, host_path, in_image, mount_points, node_local, on_node, relocated
 from htc_notebook.errors import BackendError
 from htc_notebook.spec import PartitionProfile
 
-BWRAP = "bwrap"
+BWRAP = program("bwrap")  # by absolute path: never through a PATH a job set (programs.py)
 
 
 @dataclass(frozen=True)
@@ -57,13 +58,15 @@ class JobView:
 SCRATCH = "/tmp/htc-scratch"  # each job's own tmpfs of maxDiskGiB, mounted here in its namespace
 
 
-def bwrap_argv(view: JobView, argv: Sequence[str], *, pid_namespace: bool = True,
-               image: Sequence[str] = (), scratch_gib: int | None = None, writable: Sequence[str] = ()) -> list[str]:
+def bwrap_argv(view: JobView, argv: Sequence[str], *, pid_namespace: bool = True, image: Sequence[str] = (),
+               scratch_gib: int | None = None, writable: Sequence[str] = (),
+               setenv: Mapping[str, str] | None = None) -> list[str]:
     """The argv that runs `argv` confined to `view` (a pure function: nothing is checked on disk);
     `image`: the options that show the root file system under the data root that `argv` runs in
     (`image_root`, read-only);
     `scratch_gib` gives the job a scratch tmpfs of that size at SCRATCH; `writable`: directories
-    of the task's `.htc/` the job may write (an MPI function's rank directory)."""
+    of the task's `.htc/` the job may write (an MPI function's rank directory); `setenv`: variables set
+    inside the sandbox only (a job's PATH, LD_*: `programs.split_env`)."""
     task, shared = view.task_dir, view.shared_dir
     out = [BWRAP, "--die-with-parent", "--ro-bind", "/", "/", "--dev-bind", "/dev", "/dev", "--proc", "/proc",
            "--bind", "/tmp", "/tmp", "--tmpfs", view.root, "--ro-bind", shared, shared, "--bind", task, task,
@@ -73,7 +76,7 @@ def bwrap_argv(view: JobView, argv: Sequence[str], *, pid_namespace: bool = True
            *(["--size", str(scratch_gib << 30), "--tmpfs", SCRATCH] if scratch_gib else []), "--chdir", task]
     if pid_namespace:  # the job is its pid 1: bwrap's own reaper would hide its CPU time from wait4
         out += ["--unshare-pid", "--as-pid-1"]
-    return out + ["--", *argv]
+    return out + [a for k, v in (setenv or {}).items() for a in ("--setenv", k, v)] + ["--", *argv]
 
 
 def confined(launch: Launch, profile: PartitionProfile) -> Launch:
@@ -100,11 +103,15 @@ def confined(launch: Launch, profile: PartitionProfile) -> Launch:
     if profile.sandbox != "none":
         # maxDiskGiB: a scratch of that size for a job that is not MPI (ranks on one node share /tmp)
         scratch = launch.disk_gib if launch.mpi is None else None
-        argv = bwrap_argv(launch.view, argv, pid_namespace=launch.mpi is None, image=image, scratch_gib=scratch)
         if scratch:
             env = {**env, "HTC_SCRATCH": SCRATCH, "TMPDIR": SCRATCH}
+        env, inside = split_env(env)  # the job's PATH, LD_* hold inside only: bwrap is not theirs to choose
+        argv = bwrap_argv(launch.view, argv, pid_namespace=launch.mpi is None, image=image, scratch_gib=scratch,
+                          setenv=inside)
     elif image:  # unconfined: the host as it is, but the image's mount points are still laid out, not written
-        argv = [BWRAP, "--die-with-parent", "--dev-bind", "/", "/", *image, "--", *argv]
+        env, inside = split_env(env)
+        argv = [BWRAP, "--die-with-parent", "--dev-bind", "/", "/", *image,
+                *(a for k, v in inside.items() for a in ("--setenv", k, v)), "--", *argv]
     if rootfs != launch.image:  # the node's copy, made by the first job of the image there
         argv = on_node(launch.image, rootfs, argv)
     return replace(launch, command=tuple(argv), env=env)

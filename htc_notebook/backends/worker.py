@@ -21,6 +21,7 @@ from typing import Any, Iterator
 import cloudpickle
 
 from htc_notebook.backends.call_sandbox import ConfinementError, OutOfMemory, run_confined
+from htc_notebook.storage.untrusted import open_below
 from htc_notebook.storage.views import checkpoint_path
 
 
@@ -32,7 +33,8 @@ class _LazyLog:
 
     def write(self, text: str) -> int:
         if self._f is None:
-            self._f = open(self.path, "a", encoding="utf-8")
+            self._f = open(open_below(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, below=2), "a",
+                           encoding="utf-8")  # a job's log: never through a link it left there
         return self._f.write(text)
 
     def flush(self) -> None:

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import cloudpickle
 
-from htc_notebook.errors import JobFailed
+from htc_notebook.errors import JobFailed, UntrustedFile
 from htc_notebook.ledger import JobRow, ResultRow
 from htc_notebook.states import STATES, TERMINAL_NAMES
+from htc_notebook.storage.untrusted import lines_from_end, read_text_tail
 
 if TYPE_CHECKING:
     import pandas
@@ -49,12 +50,12 @@ class CommandResult:
 
 
 def _read(path: str | None) -> str:
-    if not path:
-        return ""
+    """A job's log (task/logs/job-N.out): written by the job, so read as untrusted input (never
+    through a link, never blocking, at most its last `LOG_READ_LIMIT` bytes)."""
     try:
-        return Path(path).read_text(errors="replace")
-    except FileNotFoundError:
-        return ""
+        return read_text_tail(path, below=2)
+    except UntrustedFile as exc:
+        return f"[{exc}]"
 
 
 def load_result(session: "Session", row: JobRow, res: ResultRow | None = None) -> Any:
@@ -141,10 +142,23 @@ class JobHandle:
         return bool(self.session.retry([self.id]))
 
     def logs(self, stream: str = "out", tail: int | None = None) -> str:
-        """The job's stdout (`stream="out"`) or stderr (`"err"`), optionally the last `tail` lines."""
+        """The job's stdout (`stream="out"`) or stderr (`"err"`), optionally the last `tail` lines:
+        at most its last 8 MiB, after a line saying what was left out."""
         row = self.row
         text = _read(row.log_out if stream == "out" else row.log_err)
         return "".join(text.splitlines(keepends=True)[-tail:]) if tail else text
+
+    def log_page(self, stream: str, end: int | None, count: int) -> tuple[list[tuple[int, str]], int | None]:
+        """Up to `count` lines of the job's log ending at byte `end` (None: its end), newest first,
+        as (line number, text), and the `end` of the page before (None: none): only that page is
+        read, backwards from `end` (`storage.untrusted.lines_from_end`). [] if there is no log yet."""
+        row = self.row
+        path = row.log_out if stream == "out" else row.log_err
+        try:
+            lines, before = lines_from_end(path, end, count, below=2) if path else ([], None)
+        except FileNotFoundError:
+            return [], None
+        return [(n, text.decode(errors="replace")) for n, text in lines], before
 
 
 class JobGroup(Sequence[JobHandle]):

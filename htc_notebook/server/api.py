@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Sequence, cast
 
 from pydantic import ValidationError
 
-from htc_notebook.errors import BackendError, HTCError, SpecError
+from htc_notebook.errors import BackendError, HTCError, SpecError, UntrustedFile
 from htc_notebook.runtime.reads import JobRow, TaskRow
 from htc_notebook.states import ACTIVE_NAMES, REQUEUEABLE_NAMES, STATES
 from htc_notebook.server.auth import Auth
@@ -286,11 +286,15 @@ class HTCApi:
         _, row = self._job(user, project_id, task_id, job_id)
         if stream not in ("out", "err"):
             raise ApiError(400, f"stream {stream!r} is not allowed: out or err")
-        handle = self.session.job(row.id)
-        lines = handle.logs(stream).splitlines()
-        # newest line first, as the HTC API sends them (its clients reverse the pages they read)
-        items = [{"lineNumber": i + 1, "message": lines[i]} for i in range(len(lines) - 1, -1, -1)]
-        return _offset_page(items, page, size)
+        if page is not None and not _DIGITS.match(page):
+            raise ApiError(400, f"page {page!r} is not allowed: use the `next` link of the previous page")
+        # newest line first, as the HTC API sends them (its clients reverse the pages they read); the
+        # page token is the byte where the page ends: only the page is read, backwards from there
+        try:
+            lines, before = self.session.job(row.id).log_page(stream, None if page is None else int(page), size)
+        except UntrustedFile as exc:
+            raise ApiError(409, f"job {job_id}'s log is not a plain file: {exc}") from None
+        return [{"lineNumber": n, "message": text} for n, text in lines], None if before is None else str(before)
 
     def job_events(self, user: str, project_id: str, task_id: str, job_id: str, page: str | None,
                    size: int) -> tuple[list[dict], str | None]:

@@ -26,13 +26,14 @@ from htc_notebook.backends.mpi_ranks import is_python_job, rank_dir, read_outcom
 from htc_notebook.backends.slurm import limits as site_limits
 from htc_notebook.backends.slurm import scheduler
 from htc_notebook.backends.slurm.feeder import FEED_SECONDS, Chunk, Feeder
-from htc_notebook.errors import BackendError
+from htc_notebook.errors import BackendError, UntrustedFile
 from htc_notebook.backends.slurm.script import (KILL_AFTER, SLURM_MARGIN, TIMEOUT_EXIT, command_line,
                                                 render_array, sbatch_argv)
 from htc_notebook.backends.slurm.states import end_cause, end_reason, explain_pending, htc_status
 from htc_notebook.states import TERMINAL_NAMES, Cause, Outcome
 from htc_notebook.spec import PartitionProfile
 from htc_notebook.storage import atomic_write
+from htc_notebook.storage.untrusted import read_head
 
 EXIT_FILE_GRACE = 30.0  # seconds a job gone from the queue may take to show its exit-code file
 
@@ -378,10 +379,13 @@ def _read_exit(t: Tracked) -> Outcome | None:
     """The task's own record of how it ended: "<rc> <host> <epoch> <ok|oom> <cpu ticks> <peak bytes|->"
     (None if not there yet; files of older scripts end after <epoch>)."""
     try:
-        rc, host, when, *rest = (t.state_dir / f"job-{t.job_id}-{t.attempt}.exit").read_text().split()
+        rc, host, when, *rest = _state_words(t.state_dir / f"job-{t.job_id}-{t.attempt}.exit")
         ended = _epoch(when)
     except (FileNotFoundError, ValueError):
         return None
+    except UntrustedFile as exc:
+        return Outcome(t.job_id, t.attempt, "FAILED", reason=f"its exit file is not the toolkit's: {exc}",
+                       ended=time.time())
     code = int(rc)
     how, cpu, peak = (rest + ["ok", "-", "-"][len(rest):])[:3]
     used = {"cpu_s": round(int(cpu) / CLOCK_TICKS, 2) if cpu.isdigit() else None,
@@ -412,13 +416,18 @@ def _read_exit(t: Tracked) -> Outcome | None:
 
 def _read_start(t: Tracked) -> float | None:
     try:
-        return _epoch((t.state_dir / f"job-{t.job_id}-{t.attempt}.start").read_text().split()[1])
-    except (FileNotFoundError, ValueError, IndexError):
+        return _epoch(_state_words(t.state_dir / f"job-{t.job_id}-{t.attempt}.start")[1])
+    except (FileNotFoundError, ValueError, IndexError, UntrustedFile):
         return None
 
 
 def _read_start_host(t: Tracked) -> str | None:
     try:
-        return (t.state_dir / f"job-{t.job_id}-{t.attempt}.start").read_text().split()[0]
-    except (FileNotFoundError, IndexError):
+        return _state_words(t.state_dir / f"job-{t.job_id}-{t.attempt}.start")[0]
+    except (FileNotFoundError, IndexError, UntrustedFile):
         return None
+
+
+def _state_words(path: Path) -> list[str]:
+    """The words of a start or exit file (task/.htc/slurm/...): a few, read as untrusted input."""
+    return read_head(path, 4096, below=3).decode(errors="replace").split()
