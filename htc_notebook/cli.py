@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import functools
 import json
 import sys
@@ -29,6 +30,7 @@ console = Console()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    os.umask(0o077)  # the data root is private: what this command writes there is its user's alone
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import cloudpickle
 
-from htc_notebook.backends.base import Launch, Reporter, call_outcome, disk_full_reason, oom_reason
+from htc_notebook.backends.base import JOB_UMASK, Launch, Reporter, call_outcome, disk_full_reason, oom_reason
 from htc_notebook.backends.memory_limit import cgroup_parent, limited_argv
 from htc_notebook.backends.mpi_jobs import verdict
 from htc_notebook.backends.mpi_pool import RankPool
@@ -152,8 +152,8 @@ class CommandRunner:
                                           swap_mib=launch.swap or 0)
             with job_logs(launch.log_out, launch.log_err) as (out, err):
                 try:
-                    proc = subprocess.Popen(argv, cwd=launch.cwd, env=env, stdout=out,
-                                            stderr=err, stdin=subprocess.DEVNULL, start_new_session=True)
+                    proc = subprocess.Popen(argv, cwd=launch.cwd, env=env, stdout=out, stderr=err, umask=JOB_UMASK,
+                                            stdin=subprocess.DEVNULL, start_new_session=True)
                 except OSError as exc:
                     proc = None
                     reason = f"could not start {launch.command[0]!r}: {exc.strerror or exc}"

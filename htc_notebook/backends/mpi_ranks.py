@@ -226,7 +226,7 @@ def run_launch(argv: Sequence[str], *, cwd: str, env: dict[str, str], logs: tupl
         with job_logs(*logs) as (out, err):
             try:
                 proc = subprocess.Popen(list(argv), cwd=cwd, env={**os.environ, **env}, stdout=out, stderr=err,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
+                                        stdin=subprocess.DEVNULL, start_new_session=True, umask=0o077)
             except OSError as exc:
                 return None, f"could not start {argv[0]!r}: {exc.strerror or exc}"
             try:

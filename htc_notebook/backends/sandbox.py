@@ -3,7 +3,8 @@
 The job sees the host's system read-only, its task directory read-write (but the toolkit's
 `.htc/` in it read-only, except `checkpoints/`), its project's shared directory read-only, and
 nothing else of the data root: other tasks, other projects, the ledger and the keys are hidden
-under an empty tmpfs. /dev and /tmp are the node's (MPI ranks share memory through them).
+under an empty tmpfs. /tmp is the job's own (an empty tmpfs, charged to its memory), except for MPI
+ranks, which share memory through the node's /dev and /tmp.
 A job that is not an MPI rank also gets its own PID namespace, so it cannot reach other
 processes' files through /proc/<pid>/root; the job is the namespace's pid 1 (so its CPU time
 reaches the runner's wait4, and a signal it has no handler for does not kill it; SIGKILL does). Open MPI's shared-memory transport crashes across
@@ -11,7 +12,7 @@ PID namespaces (seen with Open MPI 4.1: vader segfaults), so MPI ranks keep the 
 
 >>> view = JobView(root="/d", task_dir="/d/projects/p/tasks/t", shared_dir="/d/projects/p/shared")
 >>> print(" ".join(bwrap_argv(view, ["./md", "in.lj"])))  # doctest: +NORMALIZE_WHITESPACE +ELLIPSIS
-/...bwrap --die-with-parent --ro-bind / / --dev-bind /dev /dev --proc /proc --bind /tmp /tmp --tmpfs /d
+/...bwrap --die-with-parent --ro-bind / / --dev-bind /dev /dev --proc /proc --tmpfs /tmp --tmpfs /d
  --ro-bind /d/projects/p/shared /d/projects/p/shared --bind /d/projects/p/tasks/t /d/projects/p/tasks/t
  --ro-bind /d/projects/p/tasks/t/.htc /d/projects/p/tasks/t/.htc
  --bind /d/projects/p/tasks/t/.htc/checkpoints /d/projects/p/tasks/t/.htc/checkpoints
@@ -68,8 +69,9 @@ def bwrap_argv(view: JobView, argv: Sequence[str], *, pid_namespace: bool = True
     of the task's `.htc/` the job may write (an MPI function's rank directory); `setenv`: variables set
     inside the sandbox only (a job's PATH, LD_*: `programs.split_env`)."""
     task, shared = view.task_dir, view.shared_dir
+    tmp = ["--tmpfs", "/tmp"] if pid_namespace else ["--bind", "/tmp", "/tmp"]  # ranks share the node's
     out = [BWRAP, "--die-with-parent", "--ro-bind", "/", "/", "--dev-bind", "/dev", "/dev", "--proc", "/proc",
-           "--bind", "/tmp", "/tmp", "--tmpfs", view.root, "--ro-bind", shared, shared, "--bind", task, task,
+           *tmp, "--tmpfs", view.root, "--ro-bind", shared, shared, "--bind", task, task,
            "--ro-bind", view.internal, view.internal, "--bind", view.checkpoints, view.checkpoints,
            *(a for d in writable for a in ("--bind", d, d)),
            *image,

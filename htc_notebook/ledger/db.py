@@ -78,6 +78,7 @@ class Ledger(ProjectRules):
     def _open(self) -> sqlite3.Connection:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))  # private; -wal, -shm follow it
             con = sqlite3.connect(self.path, timeout=LOCK_WAIT, isolation_level=None,
                                   check_same_thread=False)
         except (OSError, sqlite3.Error) as e:

@@ -1,4 +1,4 @@
-"""Where everything lives under the data root.
+"""Where everything lives under the data root (private: 0700, its files 0600).
 
     root/ledger.db
     root/projects/<project>/shared/
@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from ..errors import StorageAccessDenied
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 _NAME_RE = re.compile(NAME_PATTERN)
 _DIGEST_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+log = logging.getLogger(__name__)
 
 
 def check_name(kind: str, name: str) -> str:
@@ -31,6 +34,17 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
+def private_dir(path: Path) -> Path:
+    """`path` made (0700) if missing; if it is ours and open to others, closed (0700) with a warning.
+    The data root is private: other local users of a login or compute node reach nothing in it."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = path.stat()
+    if st.st_mode & 0o077 and st.st_uid == os.geteuid():
+        log.warning("data root %s was open to other users (mode %o): made private (0700)", path, st.st_mode & 0o777)
+        path.chmod(0o700)
+    return path
+
+
 class Storage:
     """The data root. Every directory is created on first use."""
 
@@ -42,7 +56,7 @@ class Storage:
 
     @property
     def ledger_path(self) -> Path:
-        _mkdir(self.root)
+        private_dir(self.root)
         return self.root / "ledger.db"
 
     def project_dir(self, project: str) -> Path:

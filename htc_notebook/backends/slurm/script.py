@@ -104,7 +104,7 @@ def render_array(*, job_name: str, size: int, ids_file: str, offset: int, task_d
     q = shlex.quote
     # no forks where bash has a builtin: the host from /proc (its UTS namespace), the time from
     # EPOCHREALTIME (bash >= 5; `date` on older shells) - a trivial job's cost is mostly this script
-    lines += ["set -u", f"htc_state={q(state_dir)}", "read -r htc_host < /proc/sys/kernel/hostname"]
+    lines += ["set -u", "umask 077", f"htc_state={q(state_dir)}", "read -r htc_host < /proc/sys/kernel/hostname"]
     lines += USAGE
     # SLURM's warning (--signal=B:USR1@WARNING_SECONDS) goes to this script: pass it to the running
     # job, so that it can checkpoint. It goes to the job's own first process, below `timeout` and the
