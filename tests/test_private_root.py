@@ -87,3 +87,34 @@ def test_a_jobs_tmp_is_its_own(tmp_path):
         assert mark in leave[0].logs()  # it did write its /tmp
         assert look[0].logs().strip() == "not-there"
     assert not Path("/tmp", mark).exists()
+
+
+def _leave_in_rank(comm, secret_path):
+    import builtins
+
+    builtins.htc_left_behind = "task A was here"  # what a call could leave in a long-lived rank
+    return comm.Get_size()
+
+
+def _look_in_rank(comm, secret_path):
+    import builtins
+
+    try:
+        with open(secret_path) as f:
+            seen = f.read()
+    except OSError as exc:
+        seen = type(exc).__name__
+    return getattr(builtins, "htc_left_behind", None), seen
+
+
+def test_a_rank_pool_serves_one_tasks_calls_confined_to_that_task(tmp_path):
+    """Packed MPI functions run on long-lived ranks; before, one pool served every task unconfined:
+    task B's call found what task A's left in its rank, and read task A's files."""
+    with Session(tmp_path / "root") as s:
+        a, b = s.project("p").task("a"), s.project("p").task("b")
+        secret = s.storage.task_dir("p", "a") / "secret.txt"
+        secret.write_text("task A's data")
+        assert a.mpi(_leave_in_rank, str(secret), ranks=2).result(timeout=180) == 2
+        left, seen = b.mpi(_look_in_rank, str(secret), ranks=2).result(timeout=180)
+    assert left is None
+    assert seen == "FileNotFoundError"

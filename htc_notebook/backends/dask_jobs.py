@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, NamedTuple, Sequence
 import cloudpickle
 
 from htc_notebook.backends.base import PER_JOB_ENV, Launch, Reporter, call_outcome
+from htc_notebook.backends.mpi_jobs import for_task
 from htc_notebook.backends.mpi_pool import PoolSpec, run_pooled
 from htc_notebook.backends.mpi_ranks import run_step
 from htc_notebook.backends.worker import TIMED_CALLS, JobRunner, p95
@@ -304,8 +305,8 @@ class DaskJobs:
                 futures.append(client.submit(run_step, l.command, l.env, str(l.cwd), (l.log_out, l.log_err),
                                              l.timeout, key=_key([l]), resources={SLOTS: cores}, pure=False))
             else:
-                futures.append(client.submit(run_pooled, self._pool, cloudpickle.dumps((l.call.fn, l.call.args,
-                                                                                      l.call.kwargs)),
+                payload = cloudpickle.dumps((l.call.fn, l.call.args, l.call.kwargs))
+                futures.append(client.submit(run_pooled, for_task(self._pool, l.view), payload,  # the task's own pool
                                              (l.mpi.nodes, l.mpi.ranks_per_node, l.mpi.cpus_per_rank), str(l.cwd),
                                              l.env, (l.log_out, l.log_err), l.timeout, key=_key([l]),
                                              resources={SLOTS: cores}, pure=False))

@@ -9,15 +9,16 @@ per core, started by the first). All report to the runtime through a `Reporter`.
 from __future__ import annotations
 
 import shlex
+import threading
 from dataclasses import dataclass
 from typing import Sequence
 
 from htc_notebook.backends.base import Launch, Reporter
 from htc_notebook.backends.dask_jobs import ALLOWED_FAILURES, DaskJobs
 from htc_notebook.backends.local_commands import CommandRunner
-from htc_notebook.backends.mpi_jobs import on_pool, pool_spec, pooled, stage, wrap
+from htc_notebook.backends.mpi_jobs import for_task, on_pool, pool_spec, pooled, stage, wrap
 from htc_notebook.backends.sandbox import check_confinement, confined
-from htc_notebook.backends.mpi_pool import RankPool
+from htc_notebook.backends.mpi_pool import PoolSpec, RankPool
 from htc_notebook.spec import PartitionProfile
 
 
@@ -28,8 +29,10 @@ class LocalBackend:
 
     def __init__(self, profile: PartitionProfile, reporter: Reporter, *, log_directory: str | None = None):
         self.profile = profile
-        self.pool = RankPool(pool_spec(profile, log_directory))  # started by its first task
-        self._commands = CommandRunner(profile.cores_per_node, reporter, pool=self.pool)
+        self._pool_spec = pool_spec(profile, log_directory)
+        self._pools: dict[PoolSpec, RankPool] = {}  # one per task (`for_task`), each started by its first call
+        self._pools_lock = threading.Lock()
+        self._commands = CommandRunner(profile.cores_per_node, reporter, pools=self._pool_for)
         self._calls = DaskJobs(self._make_cluster, reporter, window=profile.dask_window)
 
     def _make_cluster(self):
@@ -43,6 +46,12 @@ class LocalBackend:
     def client(self):
         """The dask Client of the local cluster, started on first use."""
         return self._calls.client
+
+    def _pool_for(self, launch: Launch) -> RankPool:
+        """The rank pool that serves `launch`'s task."""
+        spec = for_task(self._pool_spec, launch.view)
+        with self._pools_lock:
+            return self._pools.setdefault(spec, RankPool(spec))
 
     def dask_runners(self) -> dict[str, DaskJobs]:
         """The dask clusters this backend may run, by kind."""
@@ -66,7 +75,10 @@ class LocalBackend:
         """Stop everything; jobs still queued or running end CANCELLED."""
         self._commands.close()
         self._calls.close()
-        self.pool.close()
+        with self._pools_lock:
+            pools = list(self._pools.values())
+        for pool in pools:
+            pool.close()
 
 
 @dataclass(frozen=True)
@@ -93,7 +105,8 @@ def render(profile: PartitionProfile, launches: Sequence[Launch], shown: int = 2
     runs: list[tuple[list[int], str]] = []
     for l in sorted(p.commands + p.calls, key=lambda l: l.job_id):
         if l.kind == "python" and not l.command:
-            what = (f"on the rank pool ({shlex.join(pool_spec(profile, None).argv)}): {l.mpi.ranks} ranks "
+            what = (f"on the task's rank pool ({shlex.join(for_task(pool_spec(profile, None), l.view).argv)}): "
+                    f"{l.mpi.ranks} ranks "
                     f"run python call {_call_name(l.call)}" if l.mpi else f"python call {_call_name(l.call)}")
         else:
             what = shlex.join(l.command)

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import threading
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import cloudpickle
 
@@ -69,9 +69,9 @@ def wait_usage(proc: subprocess.Popen, timeout: float | None) -> tuple[int, Any]
 class CommandRunner:
     """Runs command launches as local subprocesses within `cores` slots."""
 
-    def __init__(self, cores: int, reporter: Reporter, *, pool: RankPool | None = None):
+    def __init__(self, cores: int, reporter: Reporter, *, pools: Callable[[Launch], RankPool] | None = None):
         self.cores = cores
-        self._pool = pool  # where Python MPI launches (no command) run
+        self._pools = pools  # where each Python MPI launch (no command) runs: its task's rank pool
         self._reporter = reporter
         self._free = cores
         self._queue: list[tuple[int, int, Launch]] = []
@@ -212,7 +212,7 @@ class CommandRunner:
             self._on_pool.add(launch.job_id)
         self._reporter.started(launch.job_id, launch.attempt, self._host, "rank pool")
         try:
-            report = self._pool.run(cloudpickle.dumps((launch.call.fn, launch.call.args, launch.call.kwargs)),
+            report = self._pools(launch).run(cloudpickle.dumps((launch.call.fn, launch.call.args, launch.call.kwargs)),
                                     nodes=1, ranks_per_node=launch.mpi.ranks_per_node,
                                     cpus_per_rank=launch.mpi.cpus_per_rank, cwd=str(launch.cwd), env=launch.env,
                                     logs=(launch.log_out, launch.log_err), timeout=launch.timeout)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import replace
-from typing import Sequence
+from typing import Any, Sequence
 
 from htc_notebook.backends.base import Launch
 from htc_notebook.backends.launchers import MpiLayout, launch_argv, launch_env
@@ -76,6 +76,18 @@ def pool_spec(profile: PartitionProfile, log_directory: str | None) -> PoolSpec:
         argv.insert(1, "--overlap")
     log = os.path.join(log_directory or ".", f"htc-mpi-pool-{profile.name}.log")
     return PoolSpec(argv=tuple(argv), env=tuple(_root_env().items()), size=layout.ranks, log=log)
+
+
+def for_task(spec: PoolSpec, view: Any) -> PoolSpec:
+    """The rank pool that serves the calls of one task only (`view`: its `sandbox.JobView`): each
+    rank confined to the task like a command job's (bwrap, with the node's PIDs and /tmp, which MPI
+    ranks share). A call cannot leave anything in a rank for another task's call, or read past its
+    task. `spec` itself for unconfined calls (`view` None: `sandbox: none`)."""
+    if view is None:
+        return spec
+    n = len(pool_argv("python"))  # the rank's own command ends the launcher line
+    rank = bwrap_argv(view, spec.argv[-n:], pid_namespace=False)
+    return replace(spec, argv=(*spec.argv[:-n], *rank))
 
 
 def on_pool(launch: Launch, profile: PartitionProfile) -> bool:
