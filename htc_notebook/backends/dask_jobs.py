@@ -497,6 +497,10 @@ class DaskJobs:
             self._reporter.finished(Outcome(launch.job_id, launch.attempt, "CANCELLED",
                                             reason="session closed before the job finished"))
         if client is not None:
+            try:  # or the scheduler's own "remove-client" event goes to this closing client (a CRITICAL traceback)
+                client.unsubscribe_topic("all")
+            except Exception as exc:  # noqa: BLE001 - a client whose scheduler is gone already
+                log.info("unsubscribing from dask's events: %s: %s", type(exc).__name__, exc)
             client.close()
         if cluster is not None:
             try:
