@@ -89,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="serve the HTC REST API (/htc/api/v1) over this data root")
     sv.add_argument("--port", type=int, default=8750)
     sv.add_argument("--address", default="127.0.0.1")
+    sv.add_argument("--allow-unconfined", action="store_true",
+                    help="serve API users even where jobs run unconfined (no sandbox: they could read each other's work)")
     sv.set_defaults(func=_serve)
 
     ky = sub.add_parser("keys", help="API keys for the REST API")
@@ -337,9 +339,15 @@ def _submit(args) -> int:
 
 # -- REST API -----------------------------------------------------------------------------
 def _serve(args) -> int:
+    from htc_notebook.runtime.confinement import refuse_serving_unconfined
     from htc_notebook.server.standalone import serve
 
     with _session(args) as session:
+        users = sorted({k["user"] for k in _auth(args).keys() if k["revoked"] is None})
+        unconfined = session.unconfined()
+        refuse_serving_unconfined(unconfined, users, args.allow_unconfined)
+        if unconfined:
+            print(f"htc: warning: {unconfined}", file=sys.stderr)
         session.resume()  # an earlier kernel's SLURM jobs and held work are watched and fed from here
         serve(session, args.port, args.address)
     return 0

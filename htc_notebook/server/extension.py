@@ -47,6 +47,7 @@ def owner_name() -> str:
 
 def _load_jupyter_server_extension(serverapp) -> None:
     from htc_notebook.runtime import Session
+    from htc_notebook.runtime.confinement import ALLOW_ENV, refuse_serving_unconfined
     from htc_notebook.runtime.dashboard import PROXY_BASE_ENV, proxy_dashboards
 
     base = serverapp.web_app.settings.get("base_url", "/")
@@ -56,9 +57,18 @@ def _load_jupyter_server_extension(serverapp) -> None:
         proxy_dashboards()
     root = os.environ.get("HTC_ROOT") or str(Path(serverapp.root_dir) / "htc-data")
     session = Session(root)
+    auth = Auth(session.root)
+    users = sorted({k["user"] for k in auth.keys() if k["revoked"] is None})
+    try:
+        refuse_serving_unconfined(session.unconfined(), users, os.environ.get(ALLOW_ENV) == "1")
+    except Exception:
+        session.close()
+        raise
+    if unconfined := session.unconfined():
+        serverapp.log.warning(f"htc_notebook: {unconfined}")
     # earlier kernels' SLURM jobs and held work are watched and fed from here (off the event loop)
     threading.Thread(target=session.resume, name="htc-resume", daemon=True).start()
-    api = HTCApi(session, Auth(session.root), owner=owner_name())
+    api = HTCApi(session, auth, owner=owner_name())
     serverapp.web_app.add_handlers(".*$", routes(JupyterHTCHandler, base.rstrip("/") + "/" + PREFIX, api))
     serverapp.web_app.settings["htc_api"] = api
     serverapp.log.info(f"htc_notebook: HTC API at {base}{PREFIX} over {session.root}")
