@@ -60,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--mc-sweeps", type=int, default=2000, help="Monte Carlo sweeps per job (default 2000)")
     d.set_defaults(func=_demo)
 
+    dr = sub.add_parser("doctor", help="what this machine and site allow, probed; what the toolkit does about each gap")
+    dr.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    dr.add_argument("--no-slurm", action="store_true", help="do not ask SLURM")
+    dr.set_defaults(func=_doctor)
+
     s = sub.add_parser("status", help="tasks, or one task's jobs, from the ledger")
     s.add_argument("--task", help="PROJECT/TASK (or TASK in project 'default')")
     s.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -204,6 +209,28 @@ def _print_ising(table, tc: float) -> None:
 def _split_task(text: str) -> tuple[str, str]:
     project, _, task = text.rpartition("/")
     return project or "default", task
+
+
+def _doctor(args) -> int:
+    import dataclasses
+
+    from htc_notebook.runtime.doctor import doctor
+
+    checks = doctor(_root(args), slurm=not args.no_slurm)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(c) for c in checks], indent=2))
+        return 0
+    import pwd
+
+    t = Table(title=f"htc doctor: this machine and site, as {pwd.getpwuid(os.getuid()).pw_name}",
+              show_lines=True)
+    for c in ("check", "", "found", "the toolkit does instead", "ask the site for"):
+        t.add_column(c, overflow="fold")
+    for c in checks:
+        mark = {True: "[green]ok[/]", False: "[red]no[/]", None: "-"}[c.ok]
+        t.add_row(c.name, mark, c.found, c.instead, c.ask)
+    console.print(t)
+    return 0
 
 
 def _status(args) -> int:

@@ -7,6 +7,7 @@ its programs on its own PATH only (backends/programs.py), so bwrap is then "not 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -87,3 +88,45 @@ def test_without_user_namespaces_an_ordinary_users_demo_runs_unconfined_and_says
         assert (work / "htc-data").stat().st_uid == user.pw_uid
     finally:
         subprocess.run(["rm", "-rf", str(work)], check=False)
+
+
+SEES_LEDGER = r"""
+import json, os, sys, warnings
+from htc_notebook import Session
+warnings.simplefilter("ignore")
+with Session(sys.argv[1]) as s:
+    (job,) = s.project("p").task("t").submit_batch({"jobName": "look", "batchSize": 1, "htcJobDefinition": {
+        "commands": ["sh", "-c", f"test -e {s.root}/ledger.db && echo sees || echo hidden"]}})
+    job.wait(timeout=120)
+    print(json.dumps({"status": job.status, "out": job.logs().strip()}))
+"""
+
+
+def test_htc_doctor_says_what_then_happens_as_an_ordinary_user_with_and_without_user_namespaces():
+    from conftest import missing
+    from restrictive import USER_VENV, as_user, ensure_user
+
+    if os.geteuid() != 0 or not (USER_VENV / "bin" / "htc").exists():
+        missing(f"root and {USER_VENV} (made by make test)")
+    user = ensure_user("htc-user")
+    for userns in (True, False):
+        root = Path(user.pw_dir) / f"doctor-{os.getpid()}-{userns}"
+        try:
+            said = as_user("htc-user", [str(USER_VENV / "bin" / "htc"), "--root", str(root), "doctor", "--json",
+                                        "--no-slurm"], userns=userns)
+            assert said.returncode == 0, said.stderr
+            checks = {c["name"]: c for c in json.loads(said.stdout)}
+            assert checks["user namespaces"]["ok"] is userns, checks["user namespaces"]
+            assert checks["memory cgroups"]["ok"] is False  # v1's memory tree is root's: no delegation here
+            if not userns:
+                assert "ENOSPC" in checks["user namespaces"]["found"]
+                assert "unconfined" in checks["user namespaces"]["instead"]
+            ran = as_user("htc-user", [str(USER_VENV / "bin" / "python"), "-c", SEES_LEDGER, str(root)],
+                          userns=userns)
+            assert ran.returncode == 0, ran.stderr[-2000:]
+            seen = json.loads(ran.stdout.strip().splitlines()[-1])
+            assert seen["status"] == "SUCCEEDED"
+            confined = checks["bubblewrap sandbox"]["ok"]
+            assert seen["out"] == ("hidden" if confined else "sees"), (checks["bubblewrap sandbox"], seen)
+        finally:
+            subprocess.run(["rm", "-rf", str(root)], check=False)
