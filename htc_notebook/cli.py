@@ -87,6 +87,12 @@ def _parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="serve the HTC REST API (/htc/api/v1) over this data root")
     sv.add_argument("--port", type=int, default=8750)
     sv.add_argument("--address", default="127.0.0.1")
+    sv.add_argument("--owner", metavar="USER", help="the API user who acts as the data root's owner: starts, "
+                    "scales and stops clusters, sets the workspace's policy, member of every project (default: none)")
+    sv.add_argument("--public-url", metavar="URL", help="scheme://host:port clients reach this server at, for "
+                    "`next` links (default: http://ADDRESS:PORT)")
+    sv.add_argument("--max-body-mib", type=int, default=None, metavar="N",
+                    help="refuse request bodies above N MiB with 413 (default: 4)")
     sv.set_defaults(func=_serve)
 
     ky = sub.add_parser("keys", help="API keys for the REST API")
@@ -335,11 +341,14 @@ def _submit(args) -> int:
 
 # -- REST API -----------------------------------------------------------------------------
 def _serve(args) -> int:
+    from htc_notebook.server.settings import MAX_BODY_MIB, ServerSettings
     from htc_notebook.server.standalone import serve
 
+    settings = ServerSettings(owner=args.owner, public_url=args.public_url,
+                              max_body_mib=MAX_BODY_MIB if args.max_body_mib is None else args.max_body_mib)
     with _session(args) as session:
         session.resume()  # an earlier kernel's SLURM jobs and held work are watched and fed from here
-        serve(session, args.port, args.address)
+        serve(session, args.port, args.address, settings)
     return 0
 
 

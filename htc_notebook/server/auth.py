@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -46,6 +46,16 @@ _DDL = (
 
 class Unauthorized(HTCError):
     """No, a malformed, forged, expired or revoked credential (HTTP 401)."""
+
+
+class Caller(NamedTuple):
+    """Who makes a request, as the credential says. API users (`key`: the id of the key their token
+    came from) and the data root's owner (`owner`: Jupyter's logged-in user, or the API user
+    `htc serve --owner` names) are apart: an API user named like the owner is not the owner."""
+
+    name: str
+    owner: bool = False
+    key: str | None = None
 
 
 class Auth:
@@ -150,9 +160,11 @@ class Auth:
             raise Unauthorized("the bearer token expired: get a new one from /auth/token") from None
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"invalid bearer token ({exc})") from None
-        row = self._db().execute("SELECT revoked FROM keys WHERE id = ?", (claims["key"],)).fetchone()
-        if row is None or row[0] is not None:
+        row = self._db().execute("SELECT user, revoked FROM keys WHERE id = ?", (claims["key"],)).fetchone()
+        if row is None or row[1] is not None:
             raise Unauthorized("the API key behind this token was revoked")
+        if not hmac.compare_digest(str(claims["sub"]), row[0]):  # a token speaks for its key's user only
+            raise Unauthorized("the bearer token's subject is not the user of its API key")
         return claims
 
     def jwks(self) -> dict[str, Any]:
@@ -164,6 +176,22 @@ class Auth:
     def grant(self, user: str, project: str) -> None:
         with self._db() as con:
             con.execute("INSERT OR IGNORE INTO members (user, project) VALUES (?, ?)", (user, project))
+
+    def claim(self, user: str, project: str, exists: bool) -> bool:
+        """Make `user` a member of `project` if nobody else holds it, in one write transaction (so
+        of users claiming a project at once, across threads and processes, exactly one wins). True if
+        `user` is now a member: granted before (`htc keys create USER --project P` reserves P for
+        USER), or the first to claim a project that has no members and does not `exist` yet."""
+        con = self._db()
+        with con:
+            con.execute("BEGIN IMMEDIATE")
+            members = {u for (u,) in con.execute("SELECT user FROM members WHERE project = ?", (project,))}
+            if user in members:
+                return True
+            if members or exists:
+                return False
+            con.execute("INSERT INTO members (user, project) VALUES (?, ?)", (user, project))
+            return True
 
     def is_member(self, user: str, project: str) -> bool:
         return self._db().execute("SELECT 1 FROM members WHERE user = ? AND project = ?",
