@@ -150,6 +150,38 @@ def test_a_token_whose_subject_is_not_its_keys_user_is_refused(serve):
     assert auth.verify(auth.issue_token(srv.keys["eve"])["tokenValue"])["sub"] == "eve"
 
 
+def test_grants_are_per_key(serve):
+    srv = serve({"ada": ["md"], "eve": []})
+    auth = Auth(srv.root)
+    srv.keys["ada2"] = auth.create_key("ada")  # ada's second key (say, on a shared CI runner), granted nothing
+    ada, ada2 = srv["ada"], api(srv.url, srv.keys["ada2"])
+    _task(ada, srv.url, "md")
+    assert ada2.get(f"{srv.url}/htc/projects/md").status_code == 404
+    assert ada2.get(f"{srv.url}/htc/projects").json()["items"] == []
+    assert ada2.post(f"{srv.url}/htc/projects", json={"projectName": "md"}).status_code == 409  # no way in
+    assert ada2.post(f"{srv.url}/htc/projects", json={"projectName": "ci"}).status_code == 201
+    assert ada.get(f"{srv.url}/htc/projects/ci").status_code == 404
+    assert [p["projectId"] for p in ada.get(f"{srv.url}/htc/projects").json()["items"]] == ["md"]
+    assert auth.whoami(srv.keys["ada2"])["projects"] == ["ci"] and auth.whoami(srv.keys["ada"])["projects"] == ["md"]
+    assert srv["eve"].post(f"{srv.url}/htc/projects", json={"projectName": "ci"}).status_code == 409
+
+
+def test_keys_made_before_grants_were_per_key_keep_their_users_projects(tmp_path):
+    import sqlite3
+
+    auth = Auth(tmp_path)
+    key = auth.create_key("ada", ["md"])
+    con = sqlite3.connect(tmp_path / "server" / "auth.db")
+    with con:  # the auth.db of the version before: memberships per user only
+        con.execute("DROP TABLE grants")
+        con.execute("INSERT INTO members (user, project) VALUES ('ada', 'later')")
+    con.close()
+    again = Auth(tmp_path)
+    key_id = key.split("_")[1]
+    assert again.key_reaches(key_id, "md") and again.key_reaches(key_id, "later")
+    assert again.whoami(key)["projects"] == ["later", "md"]
+
+
 # -- the Jupyter extension: its owner and API users are apart ----------------------------------------
 @pytest.fixture
 def jp_server_config(tmp_path, monkeypatch):

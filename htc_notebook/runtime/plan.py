@@ -47,9 +47,9 @@ def check_definition(site: SiteConfig, profile: str | None,
                         f"the architecture of profile {prof.name!r}: {arch}")
     me = f"profile {prof.name!r}"
     if d.max_disk_gib is not None and d.max_disk_gib > prof.disk_limit_gib:
-        raise ResourceLimitError("JobDefinition", "maxDiskGiB", d.max_disk_gib, f"{me} allows at most "
-                                 f"{prof.disk_limit_gib} GiB of scratch (max_disk_gib" +
-                                 (")" if prof.max_disk_gib else ", by default its memory_per_node: the scratch is a tmpfs)"))
+        why = ")" if prof.max_disk_gib else ", by default its memory_per_node: the scratch is a tmpfs)"
+        raise ResourceLimitError("JobDefinition", "maxDiskGiB", d.max_disk_gib,
+                                 f"{me} allows at most {prof.disk_limit_gib} GiB of scratch (max_disk_gib{why}")
     if d.exec_timeout_seconds is not None and prof.max_walltime is None and d.exec_timeout_seconds > MAX_EXEC_SECONDS:
         raise ResourceLimitError("JobDefinition", "execTimeoutSeconds", d.exec_timeout_seconds,
                                  f"at most {MAX_EXEC_SECONDS} s (365 days: {me} sets no max_walltime)")

@@ -103,7 +103,11 @@ class HTCApi:
         return self.owner is not None and user == self.owner
 
     def _member(self, user: User, project: str) -> bool:
-        return self._is_owner(user) or self.auth.is_member(_name(user), project)
+        if self._is_owner(user):
+            return True
+        if isinstance(user, Caller) and user.key is not None:  # grants are per key
+            return self.auth.key_reaches(user.key, project)
+        return self.auth.is_member(_name(user), project)
 
     # -- ids and scoping ---------------------------------------------------------------------
     # An id in a path that cannot be one of ours is not found (404, saying what ids look like), as
@@ -182,8 +186,10 @@ class HTCApi:
         except SpecError as exc:
             raise ApiError(400, str(exc)) from None
         exists = name in self.session.reads.project_names()
-        if not self._is_owner(user) and not self.auth.claim(_name(user), name, exists):
-            raise ApiError(409, f"project {name!r} exists or is reserved for others, and you are not a member")
+        key = user.key if isinstance(user, Caller) else None
+        if not self._is_owner(user) and not self.auth.claim(_name(user), name, exists, key):
+            raise ApiError(409, f"project {name!r} exists or is reserved, and is not granted to you (with this API "
+                                "key: a key reaches the projects granted to it and those created with it)")
         self.session.project(name)
         return self.project_json(name)
 
@@ -387,7 +393,8 @@ class HTCApi:
         return found[0]
 
     # -- compute environments (HTC `dimensions`: the site's profiles are its regions) ----------------
-    def list_dimensions(self, user: User, project_id: str, page: str | None, size: int) -> tuple[list[dict], str | None]:
+    def list_dimensions(self, user: User, project_id: str, page: str | None,
+                        size: int) -> tuple[list[dict], str | None]:
         """The dimensions the project may use: those set for it, else every one the site offers."""
         project = self.session.project(self._project(user, project_id))
         return _offset_page([d.to_wire() for d in project.dimensions()], page, size)

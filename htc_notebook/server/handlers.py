@@ -20,7 +20,8 @@ from htc_notebook.server.auth import Caller, Unauthorized
 from htc_notebook.server.body import BadBody, parse
 
 PREFIX = "htc/api/v1"
-DROP_FACTOR = 16  # a body up to this many times the limit is read and dropped, then refused (413); a larger one ends the connection
+# a body up to this many times the limit is read and dropped, then refused (413); a larger one ends the connection
+DROP_FACTOR = 16
 
 
 @web.stream_request_body

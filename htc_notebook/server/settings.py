@@ -37,7 +37,8 @@ class ServerSettings:
     def __post_init__(self) -> None:
         if isinstance(self.max_body_mib, bool) or not isinstance(self.max_body_mib, int) \
                 or not 1 <= self.max_body_mib <= 1024:
-            raise ConfigError(f"max_body_mib = {self.max_body_mib!r} is not allowed: a whole number from 1 to 1024 (MiB)")
+            raise ConfigError(f"max_body_mib = {self.max_body_mib!r} is not allowed: "
+                              "a whole number from 1 to 1024 (MiB)")
         if self.public_url is not None:
             parts = urllib.parse.urlsplit(self.public_url)
             if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment \
