@@ -1,8 +1,9 @@
 """The HTC REST API's operations over a Session, without HTTP (handlers are thin wrappers).
 
 Shapes follow the HTC API: camelCase fields; lists as `{"items": [...], "next": token}` (the
-handler turns the token into a URL). A user sees only projects they are a member of; anything
-else, and any task or job outside the project/task in the path, is a 404. Ids are validated
+handler turns the token into a URL). An API user sees, through a key, only the projects granted
+to that key (the owner sees every one); anything else, and any task or job outside the
+project/task in the path, is a 404. Ids are validated
 (project ids are names, task ids digits, job ids digits or `<parentJobId>:<index>`), never
 used as paths.
 

@@ -187,10 +187,6 @@ class Auth:
         return {"keys": [{**jwk, "kid": self.kid, "use": "sig", "alg": ALGORITHM}]}
 
     # -- membership ------------------------------------------------------------------------
-    def grant(self, user: str, project: str) -> None:
-        with self._db() as con:
-            con.execute("INSERT OR IGNORE INTO members (user, project) VALUES (?, ?)", (user, project))
-
     def claim(self, user: str, project: str, exists: bool, key: str | None = None) -> bool:
         """Make `user` a member of `project` (and grant it to `key`) if nobody else holds it, in one
         write transaction (so of users claiming a project at once, across threads and processes,
