@@ -313,7 +313,7 @@ class HTCApi:
             return self.session.reads.job_ids(task.id, default)
         return [self._job(user, project_id, task_id, str(j))[1].id for j in _field(body, "jobIds", list)]
 
-    def job_logs(self, user: User, project_id: str, task_id: str, job_id: str, page: str | None,
+    def job_logs(self, user: str, project_id: str, task_id: str, job_id: str, page: str | None,
                  size: int, stream: str = "out") -> tuple[list[dict], str | None]:
         _, row = self._job(user, project_id, task_id, job_id)
         if stream not in ("out", "err"):
