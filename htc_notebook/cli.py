@@ -96,6 +96,12 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--address", default="127.0.0.1")
     sv.add_argument("--allow-unconfined", action="store_true",
                     help="serve API users even where jobs run unconfined (no sandbox: they could read each other's work)")
+    sv.add_argument("--owner", metavar="USER", help="the API user who acts as the data root's owner: starts, "
+                    "scales and stops clusters, sets the workspace's policy, member of every project (default: none)")
+    sv.add_argument("--public-url", metavar="URL", help="scheme://host:port clients reach this server at, for "
+                    "`next` links (default: http://ADDRESS:PORT)")
+    sv.add_argument("--max-body-mib", type=int, default=None, metavar="N",
+                    help="refuse request bodies above N MiB with 413 (default: 4)")
     sv.set_defaults(func=_serve)
 
     ky = sub.add_parser("keys", help="API keys for the REST API")
@@ -367,16 +373,19 @@ def _submit(args) -> int:
 # -- REST API -----------------------------------------------------------------------------
 def _serve(args) -> int:
     from htc_notebook.runtime.confinement import refuse_serving_unconfined
+    from htc_notebook.server.settings import MAX_BODY_MIB, ServerSettings
     from htc_notebook.server.standalone import serve
 
+    settings = ServerSettings(owner=args.owner, public_url=args.public_url,
+                              max_body_mib=MAX_BODY_MIB if args.max_body_mib is None else args.max_body_mib)
     with _session(args) as session:
-        users = sorted({k["user"] for k in _auth(args).keys() if k["revoked"] is None})
+        users = sorted({k["user"] for k in _auth(args).keys() if k["revoked"] is None} - {args.owner})
         unconfined = session.unconfined()
         refuse_serving_unconfined(unconfined, users, args.allow_unconfined)
         if unconfined:
             print(f"htc: warning: {unconfined}", file=sys.stderr)
         session.resume()  # an earlier kernel's SLURM jobs and held work are watched and fed from here
-        serve(session, args.port, args.address)
+        serve(session, args.port, args.address, settings)
     return 0
 
 
