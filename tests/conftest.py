@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-HTC = str(REPO / ".venv" / "bin" / "htc") if (REPO / ".venv" / "bin" / "htc").exists() else "htc"
+_VENV_HTC = Path(sys.executable).parent / "htc"  # the venv running the tests (.venv, or .venv-user as a user)
+HTC = str(_VENV_HTC) if _VENV_HTC.exists() else str(REPO / ".venv" / "bin" / "htc")
 
 
 @pytest.fixture
