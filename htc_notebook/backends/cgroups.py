@@ -101,7 +101,7 @@ class Cage:
             except FileNotFoundError:
                 return
             except OSError as exc:
-                if exc.errno not in (errno.EBUSY, errno.ENOTEMPTY):
+                if exc.errno != errno.EBUSY:  # EBUSY: processes still in it
                     break
                 time.sleep(0.02)
         log.warning("memory cgroup %s left behind: its processes did not go", self.path)
