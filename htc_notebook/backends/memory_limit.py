@@ -103,7 +103,9 @@ class Hold:
             oom = watched is not None and watched.killed
             peak = watched.peak_mib if watched is not None else None
             if maxrss_mib is not None and (peak is None or maxrss_mib > peak):
-                peak = maxrss_mib
+                peak = maxrss_mib  # one process's peak: never more than the tree held together
+            # over its limit between two samples (grew and ended within one): over is over
+            oom = oom or bool(self.limit_mib and watched is not None and peak and peak > self.limit_mib)
         return Verdict(self.how, oom, peak)
 
 
