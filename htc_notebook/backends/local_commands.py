@@ -225,6 +225,8 @@ class CommandRunner:
                 cancelled = launch.job_id in self._cancelled
                 self._cancelled.discard(launch.job_id)
                 self._lock.notify_all()
-        self._reporter.finished(Outcome(launch.job_id, launch.attempt, "CANCELLED", reason="cancelled while running")
-                                if cancelled else call_outcome(launch, report))
+        outcome = (Outcome(launch.job_id, launch.attempt, "CANCELLED", reason="cancelled while running")
+                   if cancelled else call_outcome(launch, report))
+        # the pool's ranks serve many calls: nothing holds one call's memory there
+        self._reporter.finished(replace(outcome, memory_held="none") if launch.memory else outcome)
 

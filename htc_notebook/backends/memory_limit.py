@@ -149,15 +149,17 @@ _cgroup_parent: Any = _cgroup_place  # the cache tests clear (`_cgroup_parent.ca
 def clear_on_exit() -> str:
     """A bash line for the start of a SLURM pilot's job script: when the script exits (its worker
     ended or was killed, or the job was cancelled: SIGTERM) it removes the memory cgroups its workers
-    made under its own (`htc-<pid>/call-*`) once their processes are gone, for up to 10 s. A cgroup
+    made under its own (v1), or beside its own (v2: `cgroups.v2_base`'s usual choice), once their
+    processes are gone (`htc-<pid>/call-*`), for up to 10 s. A cgroup
     left inside a job's keeps slurmstepd from removing the job's (seen on the test cluster). Not
     covered: the script itself SIGKILLed (a worker slower to close than the site's KillWait).
 
     >>> "trap" in clear_on_exit() and "/proc/" in clear_on_exit()
     True
     """
-    own = "$(sed -n 's/^[0-9]*:memory://p' /proc/self/cgroup)"
+    v1 = "$(sed -n 's/^[0-9]*:memory://p' /proc/self/cgroup)"
+    v2 = "$(dirname \"/sys/fs/cgroup$(sed -n 's/^0:://p' /proc/self/cgroup)\")"  # v2: beside its own cgroup
     clear = ('for _ in $(seq 50); do left=; for d in "$htc_cg"/htc-*; do [ -d "$d" ] || continue; '
              '[ -e "/proc/${d##*-}" ] && left=1 && continue; rmdir "$d"/call-* 2>/dev/null; rmdir "$d" 2>/dev/null || left=1; done; '
              '[ -z "$left" ] && break; sleep 0.2; done')
-    return f"htc_cg={V1}{own}; trap '{clear}' EXIT"
+    return f'htc_cg={v1}; if [ -n "$htc_cg" ]; then htc_cg={V1}$htc_cg; else htc_cg={v2}; fi; trap \'{clear}\' EXIT'

@@ -140,7 +140,7 @@ def used(cpu_s: float | None, rss_mib: float | None, memory: int | None, cores: 
     return ", ".join(parts)
 
 
-HELD_TEXT = {"cgroup": "held by a memory cgroup of its own", "watched": "held by the memory watchdog on its processes",
+HELD_TEXT = {"cgroup": "held by a memory cgroup", "watched": "held by the memory watchdog on its processes",
              "none": "not held: nothing here could enforce it"}
 
 
