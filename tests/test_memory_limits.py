@@ -182,15 +182,16 @@ def test_v2_code_on_a_cgroupfs_shaped_directory_tree(tmp_path):
     (cage.path / "memory.current").write_text(str(10 << 20))
     verdict = sampler.ended()
     assert (verdict.how, verdict.oom, verdict.peak_mib) == ("cgroup", True, 90.0)
-    # nothing delegated (no memory in the service's subtree_control): no place, so the watchdog
+    # nothing delegated to the user (no memory in its service's subtree_control; above it, root's
+    # directories): an ordinary user gets no place (the watchdog), root gets the nearest one it may write
     other, own2 = _cgroupfs(tmp_path / "plain", writable=False)
-    assert cgroups.v2_base(other, own2) == other / "user.slice"  # root's, which this test may write...
-    (other / "user.slice").chmod(0o555)
+    for d in (other, other / "user.slice"):
+        d.chmod(0o555)
     try:
-        if os.geteuid() != 0:  # ...but an ordinary user may not
-            assert cgroups.v2_base(other, own2) is None
+        assert cgroups.v2_base(other, own2) == (other / "user.slice" if os.geteuid() == 0 else None)
     finally:
-        (other / "user.slice").chmod(0o755)
+        for d in (other, other / "user.slice"):
+            d.chmod(0o755)
 
 
 def test_the_watchdog_kills_a_whole_tree_over_its_limit_and_only_that_tree(tmp_path):
