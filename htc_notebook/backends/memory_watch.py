@@ -168,6 +168,8 @@ class _Watchdog:
             if not w.pids:
                 continue
             used = resident(w.pids, w.private)
+            if w.limit_mib and used > w.limit_mib * MIB and not w.killed:
+                used = self._recheck(w, children)  # before a kill, the tree from fresh stat lines
             w.peak = max(w.peak, used)
             if w.limit_mib and used > w.limit_mib * MIB and not w._done:
                 w.killed = True
@@ -189,6 +191,25 @@ class _Watchdog:
         for pid, (ppid, _) in self._known.items():
             children.setdefault(ppid, []).append(pid)
         return children
+
+    def _recheck(self, w: Watch, children: dict[int, list[int]]) -> int:
+        """The tree's memory again, its members' parent and session read afresh: a pid known from
+        an earlier sample that ended and was reused in between must not be counted, or killed."""
+        changed = False
+        for pid in w.pids:
+            got = _stat(pid)
+            if got != self._known.get(pid):
+                changed = True
+                if got is None:
+                    self._known.pop(pid, None)
+                else:
+                    self._known[pid] = got
+        if changed:
+            children = {}
+            for pid, (ppid, _) in self._known.items():
+                children.setdefault(ppid, []).append(pid)
+        w.pids = self._tree(w, children)
+        return resident(w.pids, w.private) if w.pids else 0
 
     def _tree(self, w: Watch, children: dict[int, list[int]]) -> set[int]:
         start = {p for p, (_, sid) in self._known.items() if sid == w.root} if w.session else set()
