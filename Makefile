@@ -4,6 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
+# ordinary users' venv: Debian's Python (the root venv's may live under /root, which they cannot enter)
+USER_VENV  := .venv-user
+USER_STAMP := $(USER_VENV)/.installed
 TEST_OUT ?= test-output
 
 .PHONY: demo test install bench bench-slurm clean
@@ -18,6 +21,11 @@ $(TEST_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,slurm,mpi]'
 	touch $(TEST_STAMP)
 
+$(USER_STAMP): pyproject.toml
+	/usr/bin/python3 -m venv $(USER_VENV)
+	$(USER_VENV)/bin/python -m pip install --quiet -e .
+	touch $(USER_STAMP)
+
 install: $(STAMP)
 
 ## demo: the main job, an ensemble sweep on the embedded local backend
@@ -26,7 +34,7 @@ demo: $(STAMP)
 
 ## test: every test; SLURM, MPI and browser parts are required (never skipped).
 ## Brings the SLURM test cluster up, runs pytest, always brings it down, exits with pytest's status.
-test: system-deps $(TEST_STAMP)
+test: system-deps $(TEST_STAMP) $(USER_STAMP)
 	mkdir -p $(TEST_OUT)
 	$(MAKE) --no-print-directory slurm-up || { $(MAKE) --no-print-directory slurm-down; exit 1; }
 	HTC_REQUIRE_SLURM=1 $(BIN)/python -m pytest -q -p no:cacheprovider --junitxml=$(TEST_OUT)/junit.xml; \
@@ -63,4 +71,4 @@ bench-slurm: $(TEST_STAMP)
 	$(BIN)/python bench/slurm.py --write bench/results.md
 
 clean:
-	rm -rf $(VENV) htc-data $(TEST_OUT)
+	rm -rf $(VENV) $(USER_VENV) htc-data $(TEST_OUT)

@@ -60,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--mc-sweeps", type=int, default=2000, help="Monte Carlo sweeps per job (default 2000)")
     d.set_defaults(func=_demo)
 
+    dr = sub.add_parser("doctor", help="what this machine and site allow, probed; what the toolkit does about each gap")
+    dr.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    dr.add_argument("--no-slurm", action="store_true", help="do not ask SLURM")
+    dr.set_defaults(func=_doctor)
+
     s = sub.add_parser("status", help="tasks, or one task's jobs, from the ledger")
     s.add_argument("--task", help="PROJECT/TASK (or TASK in project 'default')")
     s.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -89,6 +94,14 @@ def _parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="serve the HTC REST API (/htc/api/v1) over this data root")
     sv.add_argument("--port", type=int, default=8750)
     sv.add_argument("--address", default="127.0.0.1")
+    sv.add_argument("--allow-unconfined", action="store_true",
+                    help="serve API users even where jobs run unconfined (no sandbox: they could read each other's work)")
+    sv.add_argument("--owner", metavar="USER", help="the API user who acts as the data root's owner: starts, "
+                    "scales and stops clusters, sets the workspace's policy, member of every project (default: none)")
+    sv.add_argument("--public-url", metavar="URL", help="scheme://host:port clients reach this server at, for "
+                    "`next` links (default: http://ADDRESS:PORT)")
+    sv.add_argument("--max-body-mib", type=int, default=None, metavar="N",
+                    help="refuse request bodies above N MiB with 413 (default: 4)")
     sv.set_defaults(func=_serve)
 
     ky = sub.add_parser("keys", help="API keys for the REST API")
@@ -202,6 +215,28 @@ def _print_ising(table, tc: float) -> None:
 def _split_task(text: str) -> tuple[str, str]:
     project, _, task = text.rpartition("/")
     return project or "default", task
+
+
+def _doctor(args) -> int:
+    import dataclasses
+
+    from htc_notebook.runtime.doctor import doctor
+
+    checks = doctor(_root(args), slurm=not args.no_slurm)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(c) for c in checks], indent=2))
+        return 0
+    import pwd
+
+    t = Table(title=f"htc doctor: this machine and site, as {pwd.getpwuid(os.getuid()).pw_name}",
+              show_lines=True)
+    for c in ("check", "", "found", "the toolkit does instead", "ask the site for"):
+        t.add_column(c, overflow="fold")
+    for c in checks:
+        mark = {True: "[green]ok[/]", False: "[red]no[/]", None: "-"}[c.ok]
+        t.add_row(c.name, mark, c.found, c.instead, c.ask)
+    console.print(t)
+    return 0
 
 
 def _status(args) -> int:
@@ -337,11 +372,20 @@ def _submit(args) -> int:
 
 # -- REST API -----------------------------------------------------------------------------
 def _serve(args) -> int:
+    from htc_notebook.runtime.confinement import refuse_serving_unconfined
+    from htc_notebook.server.settings import MAX_BODY_MIB, ServerSettings
     from htc_notebook.server.standalone import serve
 
+    settings = ServerSettings(owner=args.owner, public_url=args.public_url,
+                              max_body_mib=MAX_BODY_MIB if args.max_body_mib is None else args.max_body_mib)
     with _session(args) as session:
+        users = sorted({k["user"] for k in _auth(args).keys() if k["revoked"] is None} - {args.owner})
+        unconfined = session.unconfined()
+        refuse_serving_unconfined(unconfined, users, args.allow_unconfined)
+        if unconfined:
+            print(f"htc: warning: {unconfined}", file=sys.stderr)
         session.resume()  # an earlier kernel's SLURM jobs and held work are watched and fed from here
-        serve(session, args.port, args.address)
+        serve(session, args.port, args.address, settings)
     return 0
 
 

@@ -10,6 +10,7 @@ import pytest
 from IPython.core.error import UsageError
 from IPython.testing.globalipapp import start_ipython
 
+from htc_notebook.backends import sandbox
 from htc_notebook.spec import JobSpec
 from htc_notebook import Session, SiteConfig, Sweep, use
 from htc_notebook.ledger import AttemptStart, NewJob
@@ -81,7 +82,9 @@ def test_mpi_dry_run_shows_the_launcher_line(ip, task):
     text = htc(ip, "submit --dry-run --nodes 1 --ranks-per-node 2 -- ./md -in x")
     # the line the backend would run, as its submit renders it: each rank in the job's sandbox
     [line] = [l.strip() for l in text.splitlines() if l.strip().startswith("mpirun")]
-    assert line.startswith("mpirun -np 2 --map-by ppr:2:node --bind-to core bwrap ") and line.endswith(" -- ./md -in x")
+    words = line.split()  # bwrap by absolute path: never through a PATH a job set (backends/programs.py)
+    assert words[:8] == ["mpirun", "-np", "2", "--map-by", "ppr:2:node", "--bind-to", "core", sandbox.BWRAP], words
+    assert words[8].startswith("--") and line.endswith(" -- ./md -in x")
     assert f"--bind {task.storage.task_dir} {task.storage.task_dir} " in line  # the task directory, writable
     assert sum(task.counts().values()) == 0
 

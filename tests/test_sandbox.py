@@ -8,7 +8,9 @@ on the local backend and on two nodes of the SLURM test cluster. The same probe 
 from __future__ import annotations
 
 import json
+import re
 import sys
+import warnings
 import uuid
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import yaml
 
 from htc_notebook import Session, SiteConfig
 from htc_notebook.backends import sandbox
-from htc_notebook.errors import BackendError
+from htc_notebook.errors import BackendError, HTCWarning
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -125,21 +127,44 @@ def test_slurm_array_jobs_on_two_nodes_are_confined_the_same_way(slurm_cluster, 
     assert {one["host"] for one in seen} == {"node1", "node2"}, [one["host"] for one in seen]
 
 
-def test_a_machine_that_cannot_make_a_sandbox_refuses_command_jobs_and_says_how_to_opt_out(tmp_path, monkeypatch):
+def test_a_machine_that_cannot_make_a_sandbox_runs_local_jobs_unconfined_and_says_so_once(tmp_path, monkeypatch):
+    """No bwrap (as without user namespaces): the check still refuses a profile that needs one (SLURM
+    nodes, images), but the owner's own local jobs run unconfined, with one warning per session
+    naming what is off, how to turn it back on, and the site file to say `sandbox: none` in."""
     monkeypatch.setattr(sandbox, "BWRAP", str(tmp_path / "no-such-bwrap"))
+    monkeypatch.setenv("HTC_SITE_CONFIG", str(tmp_path / "site.yaml"))
+    (tmp_path / "site.yaml").write_text("profiles: {}\n")
     sandbox.check_sandbox.cache_clear()
+    sandbox.sandbox_problem.cache_clear()
     try:
         with pytest.raises(BackendError, match=r"bwrap is not installed.*sandbox: none"):
             sandbox.check_sandbox("local")
         with Session(tmp_path / "root", site=_local_site()) as s:
-            task = s.project("sbx").task("refused")
-            with pytest.raises(BackendError, match="sandbox: bwrap"):
-                task.submit_batch({"jobName": "echo", "batchSize": 2, "htcJobDefinition": {"commands": ["true"]}})
-            rows = task.jobs().rows()
-            assert [r.status for r in rows] == ["FAILED", "FAILED"]
-            assert all("not submitted" in (r.reason or "") for r in rows)
+            task = s.project("sbx").task("unconfined")
+            with pytest.warns(HTCWarning) as said:
+                group = task.submit_batch({"jobName": "echo", "batchSize": 2,
+                                           "htcJobDefinition": {"commands": ["sh", "-c", "ls /tmp >/dev/null"]}})
+            group.wait(timeout=60)
+            assert [h.status for h in group] == ["SUCCEEDED", "SUCCEEDED"]
+            (message,) = [str(w.message) for w in said]
+            assert "runs jobs unconfined" in message and "bwrap is not installed" in message
+            assert "task isolation" in message and "maxDiskGiB" in message and "user namespaces" in message
+            assert str(tmp_path / "site.yaml") in message  # where to say `sandbox: none` on purpose
+            assert s.unconfined("local") == message
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # once per session: the next submission says nothing
+                task.submit_batch({"jobName": "again", "batchSize": 1, "htcJobDefinition": {"commands": ["true"]}})
     finally:
         sandbox.check_sandbox.cache_clear()
+        sandbox.sandbox_problem.cache_clear()
+
+
+def test_sandbox_none_set_by_hand_warns_naming_its_file_and_line(tmp_path):
+    site = SiteConfig.from_yaml("profiles:\n  local:\n    sandbox: none\n", file=str(tmp_path / "site.yaml"))
+    with Session(tmp_path / "root", site=site) as s:
+        with pytest.warns(HTCWarning, match=rf"sandbox: none` at {re.escape(str(tmp_path))}/site.yaml:3.*task isolation"):
+            s.project("p").task("t").submit_batch({"jobName": "x", "batchSize": 1,
+                                                   "htcJobDefinition": {"commands": ["true"]}})
 
 
 def test_an_images_mount_points_are_laid_out_over_it_and_not_written_into_it(tmp_path):

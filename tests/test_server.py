@@ -67,7 +67,7 @@ def key(tmp_path, jp_serverapp):
 async def call(client, jp_base_url, method, path, *, auth=None, body=None, headers=None):
     """A request to the test server without Jupyter's token (unless given): (status, JSON)."""
     url = f"{jp_base_url}{API}{path}"
-    h = dict(headers or {})
+    h = {"Content-Type": "application/json", **(headers or {})}
     if auth:
         h["Authorization"] = auth
     try:
@@ -213,7 +213,7 @@ async def test_jupyter_login_works_and_cookie_mutations_need_xsrf(jp_fetch, http
     assert "evil" not in {p.name for p in api.session.ledger.projects()}
 
 
-async def test_profiles_check_and_clusters(http_server_client, jp_base_url, key):
+async def test_profiles_check_and_clusters(http_server_client, jp_base_url, key, jp_fetch):
     ada, _ = await tokens(http_server_client, jp_base_url, key)
     c = lambda m, p, **kw: call(http_server_client, jp_base_url, m, p, **kw)  # noqa: E731
     profiles = (await c("GET", "/htc/profiles", auth=ada))[1]
@@ -224,7 +224,16 @@ async def test_profiles_check_and_clusters(http_server_client, jp_base_url, key)
     assert (await c("POST", "/htc/profiles/local/check", auth=ada, body={"cpus": 1}))[0] == 400
     assert (await c("POST", "/htc/profiles/nope/check", auth=ada, body={}))[0] == 404
     assert (await c("GET", "/htc/clusters", auth=ada))[1]["items"] == []
-    assert (await c("POST", "/htc/clusters/local", auth=ada, body={"action": "scale"}))[0] == 400
-    started = (await c("POST", "/htc/clusters/local", auth=ada, body={"action": "start"}))[1]["items"]
-    assert [(x["profile"], x["kind"]) for x in started] == [("local", "local")] and started[0]["workers"] >= 1
-    assert (await c("POST", "/htc/clusters/local", auth=ada, body={"action": "stop"}))[1]["items"] == []
+    for action in ("start", "scale", "stop"):  # the server's clusters run every project's jobs: the owner's
+        assert (await c("POST", "/htc/clusters/local", auth=ada, body={"action": action}))[0] == 403
+
+    async def owner(action):  # Jupyter's logged-in user (jp_fetch sends Jupyter's token): the data root's owner
+        r = await jp_fetch(*API.split("/"), "htc", "clusters", "local", method="POST",
+                           body=json.dumps({"action": action}), raise_error=False)
+        return r.code, json.loads(r.body)
+
+    assert (await owner("scale"))[0] == 400
+    code, started = await owner("start")
+    assert code == 200 and [(x["profile"], x["kind"]) for x in started["items"]] == [("local", "local")]
+    assert started["items"][0]["workers"] >= 1
+    assert (await owner("stop"))[1]["items"] == []

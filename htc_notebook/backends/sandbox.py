@@ -133,19 +133,27 @@ def check_confinement(profile: PartitionProfile, launches: Sequence[Launch]) -> 
 
 
 @functools.cache
-def check_sandbox(profile_name: str, images: bool = False) -> None:
-    """Refuse (BackendError) if bubblewrap cannot make a sandbox on this machine, before a job is sent.
-    Checked once per profile and process; on SLURM this checks the submitting machine only (a node
-    without it fails its jobs with bwrap's own message in the job's log)."""
+def sandbox_problem() -> str | None:
+    """Why bubblewrap cannot make a sandbox on this machine (None: it can), probed once per process:
+    bwrap's own words (e.g. "Creating new namespace failed: No space left on device" where user
+    namespaces are off), or that it is not installed."""
     probe = [BWRAP, "--die-with-parent", "--ro-bind", "/", "/", "--dev-bind", "/dev", "/dev", "--proc", "/proc",
              "--unshare-pid", "--", "true"]
     try:
         done = subprocess.run(probe, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
-        problem = None if done.returncode == 0 else (done.stderr.strip() or f"exit code {done.returncode}")
+        return None if done.returncode == 0 else (done.stderr.strip() or f"exit code {done.returncode}")
     except FileNotFoundError:
-        problem = "bwrap is not installed (Debian/Ubuntu: apt install bubblewrap)"
+        return "bwrap is not installed (Debian/Ubuntu: apt install bubblewrap)"
     except (OSError, subprocess.TimeoutExpired) as exc:
-        problem = str(exc)
+        return str(exc)
+
+
+@functools.cache
+def check_sandbox(profile_name: str, images: bool = False) -> None:
+    """Refuse (BackendError) if bubblewrap cannot make a sandbox on this machine, before a job is sent.
+    Checked once per profile and process; on SLURM this checks the submitting machine only (a node
+    without it fails its jobs with bwrap's own message in the job's log)."""
+    problem = sandbox_problem()
     if problem and images:
         raise BackendError(f"profile {profile_name!r} runs command jobs in images, whose mount points bubblewrap "
                            f"lays out over the image for each job (even with `sandbox: none`), but bwrap cannot "

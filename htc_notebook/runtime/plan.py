@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from htc_notebook.backends.base import Launch
-from htc_notebook.errors import SpecError
+from htc_notebook.errors import ResourceLimitError, SpecError
 from htc_notebook.ledger import NewJob
 from htc_notebook.spec import (ImageRef, JobBatch, JobDefinition, JobSpec, PartitionProfile, Resources, RetryPolicy,
                                SiteConfig)
@@ -25,6 +25,8 @@ from htc_notebook.storage import Storage, checkpoint_path
 from htc_notebook.storage.layout import log_paths_in
 
 PRIORITY = {name: rank for rank, name in enumerate(PRIORITIES)}  # a lower rank runs first
+MAX_EXEC_SECONDS = 365 * 86400  # the longest execTimeoutSeconds on a profile without max_walltime
+_WIRE = {"cores": "maxVCpus", "memory": "maxMemory", "walltime": "execTimeoutSeconds"}  # Resources -> JobDefinition
 _MACHINE_ARCH = {"x86_64": "X86", "amd64": "X86", "aarch64": "AARCH64", "arm64": "AARCH64"}
 
 
@@ -43,7 +45,20 @@ def check_definition(site: SiteConfig, profile: str | None,
     if d.architecture != arch:
         raise SpecError("JobDefinition", "architecture", d.architecture,
                         f"the architecture of profile {prof.name!r}: {arch}")
-    res = prof.resolve(Resources(cores=d.max_vcpus, memory=d.max_memory, walltime=d.exec_timeout_seconds))
+    me = f"profile {prof.name!r}"
+    if d.max_disk_gib is not None and d.max_disk_gib > prof.disk_limit_gib:
+        why = ")" if prof.max_disk_gib else ", by default its memory_per_node: the scratch is a tmpfs)"
+        raise ResourceLimitError("JobDefinition", "maxDiskGiB", d.max_disk_gib,
+                                 f"{me} allows at most {prof.disk_limit_gib} GiB of scratch (max_disk_gib{why}")
+    if d.exec_timeout_seconds is not None and prof.max_walltime is None and d.exec_timeout_seconds > MAX_EXEC_SECONDS:
+        raise ResourceLimitError("JobDefinition", "execTimeoutSeconds", d.exec_timeout_seconds,
+                                 f"at most {MAX_EXEC_SECONDS} s (365 days: {me} sets no max_walltime)")
+    try:
+        res = prof.resolve(Resources(cores=d.max_vcpus, memory=d.max_memory, walltime=d.exec_timeout_seconds))
+    except ResourceLimitError as exc:  # named as the job definition names it
+        if exc.field not in _WIRE:
+            raise
+        raise ResourceLimitError("JobDefinition", _WIRE[exc.field], exc.value, exc.allowed) from None
     return prof, res, PRIORITY[d.priority]
 
 

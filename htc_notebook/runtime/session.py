@@ -9,10 +9,12 @@
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import socket
 import threading
 import time
+import warnings
 import weakref
 from contextlib import ExitStack
 from pathlib import Path
@@ -21,11 +23,12 @@ from typing import Iterable, Sequence
 import cloudpickle
 
 from htc_notebook.backends.base import Backend, Call, Launch
-from htc_notebook.errors import HTCError, UnsupportedFeature
+from htc_notebook.backends.sandbox import sandbox_problem
+from htc_notebook.errors import HTCError, HTCWarning, UnsupportedFeature
 from htc_notebook.ledger import AttemptStart, JobRow, Ledger, TaskRow
 from htc_notebook.ledger.schema import HELD_FOR_ROOM
 from htc_notebook.states import ACTIVE_NAMES, TERMINAL_NAMES, Outcome
-from htc_notebook.runtime import images, plan
+from htc_notebook.runtime import confinement, images, plan
 from htc_notebook.runtime.reads import Reads
 from htc_notebook.runtime.dashboard import proxy_dashboards
 from htc_notebook.runtime.handles import JobHandle
@@ -35,6 +38,8 @@ from htc_notebook.runtime.recorder import Recorder
 from htc_notebook.runtime.task import Pending, Project
 from htc_notebook.spec import PartitionProfile, RetentionPolicy, SiteConfig
 from htc_notebook.storage import Storage, checkpoint_path
+
+log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.25
 DISPATCH_SLICE = 5000  # jobs whose attempts and Launches are built and handed over at a time
@@ -72,6 +77,7 @@ class Session:
         self.reads = Reads(self.ledger)  # what ui/, server/ and cli.py read of it
         self.owner = Owner(socket.gethostname(), os.getpid())
         self._backends: dict[str, Backend] = {}
+        self._profiles: dict[str, tuple[PartitionProfile, PartitionProfile]] = {}  # name -> (site's, as run here)
         self._tasks: dict[int, TaskRow] = {}
         self._calls: dict[str, object] = {}
         self._job_task: dict[int, int] = {}  # job id -> task id, for every job dispatched here
@@ -141,7 +147,24 @@ class Session:
 
     # -- backends --------------------------------------------------------------
     def profile(self, name: str | None) -> PartitionProfile:
-        return self.site.profile(name or self.site.default_profile)
+        """The profile `name` as it runs here: unconfined if it must be (runtime/confinement.py), said once."""
+        site = self.site.profile(name or self.site.default_profile)
+        known = self._profiles.get(site.name)
+        if known is not None and known[0] is site:
+            return known[1]
+        problem = sandbox_problem() if site.backend == "local" and site.sandbox != "none" else None
+        profile = confinement.effective(site, problem)
+        message = confinement.unconfined_message(self.site, profile, problem)
+        if message:  # once per profile and session (the warning filter would show it once per code line)
+            warnings.warn(message, HTCWarning, stacklevel=3)
+        self._profiles[site.name] = (site, profile)
+        return profile
+
+    def unconfined(self, name: str | None = None) -> str | None:
+        """What is off if profile `name`'s jobs run unconfined here (None: they run in the sandbox)."""
+        site = self.site.profile(name or self.site.default_profile)
+        problem = sandbox_problem() if site.backend == "local" and site.sandbox != "none" else None
+        return confinement.unconfined_message(self.site, confinement.effective(site, problem), problem)
 
     def backend(self, profile: PartitionProfile) -> Backend:
         with self._lock:

@@ -273,6 +273,19 @@ class Task:
         Job i sees `HTC_JOB_INDEX=i`. `throttle` caps how many of the batch run at once
         (SLURM: the array's `%N`; the local backend is bounded by its cores and ignores it).
         """
+        jobs, record = self._batch_jobs(batch, profile, retries, throttle)
+        return JobGroup(self.session, self.id, self._add(jobs, record), record.name)
+
+    def check_batch(self, batch: JobBatch | Mapping[str, Any], *, profile: str | None = None) -> None:
+        """Check a batch as `submit_batch` would (the site's batch size, its profile's limits, its
+        image, the project's dimensions and vCPU limit) and write nothing: to check every batch of a
+        request before any of them is submitted."""
+        jobs, _ = self._batch_jobs(batch, profile, 0, None, count=1)
+        self._check_limit(jobs)
+
+    def _batch_jobs(self, batch: JobBatch | Mapping[str, Any], profile: str | None, retries: int | RetryPolicy,
+                    throttle: int | None, count: int | None = None) -> tuple[list[NewJob], NewBatch]:
+        """A batch's jobs (the first `count` of them) and its record, checked against the profile."""
         if throttle is not None and (isinstance(throttle, bool) or not isinstance(throttle, int) or throttle < 1):
             raise SpecError("submit_batch", "throttle", throttle, "a whole number >= 1, or None")
         if not isinstance(batch, JobBatch):
@@ -284,11 +297,10 @@ class Task:
         prof, res, spec, priority = self._command_spec(profile, batch.htc_job_definition, retries)
         if throttle:
             spec = spec.model_copy(update={"throttle": throttle})
-        jobs = [NewJob(name=batch.job_name, kind="command", params={}, spec=spec, index=i,
-                       profile=prof.name, priority=priority) for i in range(batch.batch_size)]
+        jobs = [NewJob(name=batch.job_name, kind="command", params={}, spec=spec, index=i, profile=prof.name,
+                       priority=priority) for i in range(min(batch.batch_size, count or batch.batch_size))]
         wire = batch.to_wire()
-        ids = self._add(jobs, NewBatch(batch.job_name, batch.batch_size, wire, tuple(wire["tags"])))
-        return JobGroup(self.session, self.id, ids, batch.job_name)
+        return jobs, NewBatch(batch.job_name, batch.batch_size, wire, tuple(wire["tags"]))
 
     # -- looking ----------------------------------------------------------------
     def jobs(self, status: str | Sequence[str] | None = None) -> JobGroup:

@@ -1,8 +1,9 @@
 """The HTC REST API's operations over a Session, without HTTP (handlers are thin wrappers).
 
 Shapes follow the HTC API: camelCase fields; lists as `{"items": [...], "next": token}` (the
-handler turns the token into a URL). A user sees only projects they are a member of; anything
-else, and any task or job outside the project/task in the path, is a 404. Ids are validated
+handler turns the token into a URL). An API user sees, through a key, only the projects granted
+to that key (the owner sees every one); anything else, and any task or job outside the
+project/task in the path, is a 404. Ids are validated
 (project ids are names, task ids digits, job ids digits or `<parentJobId>:<index>`), never
 used as paths.
 
@@ -30,7 +31,8 @@ from pydantic import ValidationError
 from htc_notebook.errors import BackendError, HTCError, SpecError, UntrustedFile
 from htc_notebook.runtime.reads import JobRow, TaskRow
 from htc_notebook.states import ACTIVE_NAMES, REQUEUEABLE_NAMES, STATES
-from htc_notebook.server.auth import Auth
+from htc_notebook.server.auth import Auth, Caller
+from htc_notebook.server.settings import ServerSettings
 from htc_notebook.spec import JobBatch, PartitionProfile, ProjectLimit, RetentionPolicy, check_name
 
 if TYPE_CHECKING:
@@ -73,20 +75,45 @@ def _iso(ts: float | None) -> str | None:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+User = Caller | str
+
+
 class HTCApi:
-    """Projects, tasks and jobs of one data root, as the HTC API serves them."""
+    """Projects, tasks and jobs of one data root, as the HTC API serves them.
 
-    def __init__(self, session: "Session", auth: Auth, owner: str | None = None):
-        """`owner`: the user who runs the server (Jupyter's logged-in user); a member of every project."""
+    Every operation takes who asks: a Caller, which the handlers build from the request's credential
+    (so an API user named like the owner is not the owner), or, from Python in this process, a name
+    (the owner's own scripts and tests: `owner` is the owner, any other name an API user)."""
+
+    def __init__(self, session: "Session", auth: Auth, owner: str | None = None,
+                 settings: ServerSettings | None = None):
+        """`owner`: the user who runs the server (Jupyter's logged-in user); a member of every project,
+        the only one who starts, scales and stops clusters and sets the workspace's policy.
+        `settings.owner`: an API user who acts as the owner (`htc serve --owner`)."""
         self.session, self.auth, self.owner = session, auth, owner
+        self.settings = settings or ServerSettings()
 
-    def _member(self, user: str, project: str) -> bool:
-        return user == self.owner or self.auth.is_member(user, project)
+    def token_caller(self, claims: dict[str, Any]) -> Caller:
+        """Who a verified bearer token speaks for: an API user, the owner only if `settings.owner` names them."""
+        name = claims["sub"]
+        return Caller(name, owner=self.settings.owner is not None and name == self.settings.owner, key=claims["key"])
+
+    def _is_owner(self, user: User) -> bool:
+        if isinstance(user, Caller):
+            return user.owner
+        return self.owner is not None and user == self.owner
+
+    def _member(self, user: User, project: str) -> bool:
+        if self._is_owner(user):
+            return True
+        if isinstance(user, Caller) and user.key is not None:  # grants are per key
+            return self.auth.key_reaches(user.key, project)
+        return self.auth.is_member(_name(user), project)
 
     # -- ids and scoping ---------------------------------------------------------------------
     # An id in a path that cannot be one of ours is not found (404, saying what ids look like), as
     # the HTC API answers any id it does not know: published clients read only 404 as "no such".
-    def _project(self, user: str, project_id: str) -> str:
+    def _project(self, user: User, project_id: str) -> str:
         try:
             check_name(project_id, field="projectId")
         except SpecError as exc:
@@ -95,7 +122,7 @@ class HTCApi:
             raise ApiError(404, f"no project {project_id!r}")
         return project_id
 
-    def _task(self, user: str, project_id: str, task_id: str) -> TaskRow:
+    def _task(self, user: User, project_id: str, task_id: str) -> TaskRow:
         project = self._project(user, project_id)
         if not isinstance(task_id, str) or not _DIGITS.match(task_id):
             raise ApiError(404, f"no task {task_id!r} in project {project!r}: a task id is digits")
@@ -104,7 +131,7 @@ class HTCApi:
             raise ApiError(404, f"no task {task_id} in project {project!r}")
         return row
 
-    def _job(self, user: str, project_id: str, task_id: str, job_id: str) -> tuple[TaskRow, JobRow]:
+    def _job(self, user: User, project_id: str, task_id: str, job_id: str) -> tuple[TaskRow, JobRow]:
         task = self._task(user, project_id, task_id)
         reads = self.session.reads
         m = _JOB_UUID.match(job_id) if isinstance(job_id, str) else None
@@ -145,32 +172,37 @@ class HTCApi:
                 "endedAt": _iso(row.ended), "updatedAt": _iso(row.updated), "memoryHeld": row.memory_held}
 
     # -- projects ------------------------------------------------------------------------------
-    def list_projects(self, user: str, page: str | None, size: int) -> tuple[list[dict], str | None]:
+    def list_projects(self, user: User, page: str | None, size: int) -> tuple[list[dict], str | None]:
         names = sorted(p for p in self.session.reads.project_names() if self._member(user, p))
         return _offset_page([self.project_json(n) for n in names], page, size)
 
-    def create_project(self, user: str, body: Any) -> dict[str, Any]:
+    def create_project(self, user: User, body: Any) -> dict[str, Any]:
+        """Create a project; its creator becomes its member. Of API users creating one project at
+        once exactly one does (the claim is one write transaction, `Auth.claim`); the others, and
+        anyone but its grantees for a project granted before it exists, get 409. The owner is a member
+        of every project without a grant (an API user named like the owner gets none of theirs)."""
         name = _field(body, "projectName", str)
         try:
             check_name(name, field="projectName")
         except SpecError as exc:
             raise ApiError(400, str(exc)) from None
         exists = name in self.session.reads.project_names()
-        if exists and not self._member(user, name):
-            raise ApiError(409, f"project {name!r} exists and you are not a member")
+        key = user.key if isinstance(user, Caller) else None
+        if not self._is_owner(user) and not self.auth.claim(_name(user), name, exists, key):
+            raise ApiError(409, f"project {name!r} exists or is reserved, and is not granted to you (with this API "
+                                "key: a key reaches the projects granted to it and those created with it)")
         self.session.project(name)
-        self.auth.grant(user, name)
         return self.project_json(name)
 
-    def get_project(self, user: str, project_id: str) -> dict[str, Any]:
+    def get_project(self, user: User, project_id: str) -> dict[str, Any]:
         return self.project_json(self._project(user, project_id))
 
     # -- tasks ---------------------------------------------------------------------------------
-    def list_tasks(self, user: str, project_id: str, page: str | None, size: int) -> tuple[list[dict], str | None]:
+    def list_tasks(self, user: User, project_id: str, page: str | None, size: int) -> tuple[list[dict], str | None]:
         project = self._project(user, project_id)
         return _offset_page([self.task_json(t) for t in self.session.reads.tasks(project)], page, size)
 
-    def create_task(self, user: str, project_id: str, body: Any) -> dict[str, Any]:
+    def create_task(self, user: User, project_id: str, body: Any) -> dict[str, Any]:
         project = self._project(user, project_id)
         name = _field(body, "taskName", str)
         try:
@@ -179,17 +211,17 @@ class HTCApi:
             raise ApiError(400, str(exc)) from None
         return self.task_json(self.session.project(project).task(name).row)
 
-    def get_task(self, user: str, project_id: str, task_id: str) -> dict[str, Any]:
+    def get_task(self, user: User, project_id: str, task_id: str) -> dict[str, Any]:
         return self.task_json(self._task(user, project_id, task_id))
 
-    def patch_task(self, user: str, project_id: str, task_id: str, body: Any) -> dict[str, Any]:
+    def patch_task(self, user: User, project_id: str, task_id: str, body: Any) -> dict[str, Any]:
         task = self._task(user, project_id, task_id)
         status = _field(body, "lifecycleStatus", str)
         if status not in ("ACTIVE", "ARCHIVED"):
             raise ApiError(400, f"lifecycleStatus {status!r} is not allowed: ACTIVE or ARCHIVED")
         return self.task_json(self.session.set_lifecycle(task.id, status))
 
-    def delete_task(self, user: str, project_id: str, task_id: str) -> dict[str, Any]:
+    def delete_task(self, user: User, project_id: str, task_id: str) -> dict[str, Any]:
         """Cancel the task's active jobs and archive it (the ledger keeps its record); the task as it is now."""
         task = self._task(user, project_id, task_id)
         self.session.cancel(self.session.reads.job_ids(task.id, ACTIVE_NAMES), "task deleted through the API")
@@ -197,7 +229,7 @@ class HTCApi:
         return self.get_task(user, project_id, task_id)
 
     # -- jobs ----------------------------------------------------------------------------------
-    def list_jobs(self, user: str, project_id: str, task_id: str, page: str | None,
+    def list_jobs(self, user: User, project_id: str, task_id: str, page: str | None,
                   size: int) -> tuple[list[dict], str | None]:
         task = self._task(user, project_id, task_id)
         after = None
@@ -210,7 +242,7 @@ class HTCApi:
         rows = rows[:size]
         return [self.job_json(task, r) for r in rows], (str(rows[-1].id) if more else None)
 
-    def get_job(self, user: str, project_id: str, task_id: str, job_id: str) -> dict[str, Any]:
+    def get_job(self, user: User, project_id: str, task_id: str, job_id: str) -> dict[str, Any]:
         """A job, with each attempt: how it ended, why, and what it asked for (a retry may ask for more)."""
         task, row = self._job(user, project_id, task_id, job_id)
         history = [{"attempt": a.number, "status": a.status, "statusReason": a.reason, "cause": a.cause,
@@ -221,7 +253,7 @@ class HTCApi:
                    for a in self.session.reads.attempts(row.id)]
         return {**self.job_json(task, row), "attemptHistory": history}
 
-    def submit_batches(self, user: str, project_id: str, task_id: str, body: Any) -> list[dict[str, Any]]:
+    def submit_batches(self, user: User, project_id: str, task_id: str, body: Any) -> list[dict[str, Any]]:
         """Validate every batch first (nothing is submitted if one is bad), then submit them all."""
         task_row = self._task(user, project_id, task_id)
         if task_row.lifecycle != "ACTIVE":
@@ -234,24 +266,24 @@ class HTCApi:
                 batches.append(JobBatch.model_validate(item))
             except (ValidationError, SpecError) as exc:
                 raise ApiError(400, f"batch {i}: {exc}") from None
-        from htc_notebook.runtime.plan import check_definition, check_image
         from htc_notebook.runtime.task import Task
 
         task = Task(self.session, task_row)
         out = []
-        names = set(self.session.site.names())
-        for batch in batches:  # the profile's limits and the image, for every batch before any is submitted
+        names = self.session.site.names()
+        for i, batch in enumerate(batches):  # every batch checked in full before any is written
+            if batch.region is not None and batch.region not in names:
+                raise ApiError(400, f"batch {i} ({batch.job_name!r}): region = {batch.region!r} is not allowed: one "
+                                    f"of this site's regions (its profiles): {', '.join(names)}")
             try:
-                check_definition(self.session.site, batch.region if batch.region in names else None,
-                                 batch.htc_job_definition)
-                check_image(self.session.root, task_row.project, batch.htc_job_definition)
+                task.check_batch(batch, profile=batch.region)
             except BackendError as exc:
-                raise ApiError(503, f"batch {batch.job_name!r}: {exc}") from None
+                raise ApiError(503, f"batch {i} ({batch.job_name!r}): {exc}") from None
             except HTCError as exc:
-                raise ApiError(400, f"batch {batch.job_name!r}: {exc}") from None
+                raise ApiError(400, f"batch {i} ({batch.job_name!r}): {exc}") from None
         for batch in batches:
             try:  # `region` names the profile (partition) to run on; else the site's default
-                group = task.submit_batch(batch, profile=batch.region if batch.region in names else None)
+                group = task.submit_batch(batch, profile=batch.region)
             except HTCError as exc:
                 raise ApiError(400, f"batch {batch.job_name!r}: {exc}") from None
             parent = group.parent_id
@@ -262,26 +294,26 @@ class HTCApi:
                         "jobUUIDs": [f"{parent}:0", f"{parent}:{batch.batch_size - 1}"]})
         return out
 
-    def cancel_jobs(self, user: str, project_id: str, task_id: str, body: Any) -> dict[str, Any]:
+    def cancel_jobs(self, user: User, project_id: str, task_id: str, body: Any) -> dict[str, Any]:
         """Cancel the listed jobs (`{"jobIds": [...]}`), or every active job of the task."""
         cancelled = self.session.cancel(self._selected(user, project_id, task_id, body, ACTIVE_NAMES))
         return {"cancelled": len(cancelled), "jobIds": [str(i) for i in cancelled]}
 
-    def retry_jobs(self, user: str, project_id: str, task_id: str, body: Any) -> dict[str, Any]:
+    def retry_jobs(self, user: User, project_id: str, task_id: str, body: Any) -> dict[str, Any]:
         """Run the listed jobs again (`{"jobIds": [...]}`), or every FAILED, CANCELLED or LOST job of
         the task; SUCCEEDED jobs never run again (an extension of the HTC API, for the lab sidebar)."""
         moved = self.session.retry(self._selected(user, project_id, task_id, body, REQUEUEABLE_NAMES),
                                    "retried through the API")
         return {"retried": len(moved), "jobIds": [str(i) for i in moved]}
 
-    def _selected(self, user: str, project_id: str, task_id: str, body: Any, default: Any) -> list[int]:
+    def _selected(self, user: User, project_id: str, task_id: str, body: Any, default: Any) -> list[int]:
         """Ids of the jobs a body lists (`{"jobIds": [...]}`, each checked), or of the task's jobs in `default` states."""
         task = self._task(user, project_id, task_id)
         if body in (None, {}):
             return self.session.reads.job_ids(task.id, default)
         return [self._job(user, project_id, task_id, str(j))[1].id for j in _field(body, "jobIds", list)]
 
-    def job_logs(self, user: str, project_id: str, task_id: str, job_id: str, page: str | None,
+    def job_logs(self, user: User, project_id: str, task_id: str, job_id: str, page: str | None,
                  size: int, stream: str = "out") -> tuple[list[dict], str | None]:
         _, row = self._job(user, project_id, task_id, job_id)
         if stream not in ("out", "err"):
@@ -296,14 +328,14 @@ class HTCApi:
             raise ApiError(409, f"job {job_id}'s log is not a plain file: {exc}") from None
         return [{"lineNumber": n, "message": text} for n, text in lines], None if before is None else str(before)
 
-    def job_events(self, user: str, project_id: str, task_id: str, job_id: str, page: str | None,
+    def job_events(self, user: User, project_id: str, task_id: str, job_id: str, page: str | None,
                    size: int) -> tuple[list[dict], str | None]:
         _, row = self._job(user, project_id, task_id, job_id)
         items = [{"eventId": str(e.id), "kind": e.kind, "message": e.message, "timestamp": _iso(e.ts)}
                  for e in self.session.reads.events(job_id=row.id)]
         return _offset_page(items, page, size)
 
-    def summary_statistics(self, user: str, project_id: str, task_id: str) -> dict[str, Any]:
+    def summary_statistics(self, user: User, project_id: str, task_id: str) -> dict[str, Any]:
         """Jobs per wire and per toolkit status, from indexed counts: no job row is read except the
         RUNNABLE ones, to tell those a scheduler holds from those not yet given to one."""
         task = self._task(user, project_id, task_id)
@@ -313,7 +345,7 @@ class HTCApi:
         return {"jobStatuses": _wire_counts(toolkit, queued),
                 "toolkitStatuses": {s: n for s, n in toolkit.items() if s in STATES}}
 
-    def groups(self, user: str, project_id: str, task_id: str, page: str | None,
+    def groups(self, user: User, project_id: str, task_id: str, page: str | None,
                size: int) -> tuple[list[dict], str | None]:
         """The task's job groups: its jobs by name (a batch's jobName, a sweep's function), in order made."""
         task = self._task(user, project_id, task_id)
@@ -321,7 +353,7 @@ class HTCApi:
                  for name, (counts, _) in self.session.reads.group_counts(task.id).items()]
         return _offset_page(items, page, size)
 
-    def group_statistics(self, user: str, project_id: str, task_id: str, page: str | None,
+    def group_statistics(self, user: User, project_id: str, task_id: str, page: str | None,
                          size: int) -> tuple[list[dict], str | None]:
         """`summary-statistics` per group: `{group, jobStatuses}`."""
         task = self._task(user, project_id, task_id)
@@ -330,26 +362,26 @@ class HTCApi:
         return _offset_page(items, page, size)
 
     # -- vCPU limits (HTC `limits`: the lowest holds across every kernel and server) ------------------
-    def list_limits(self, user: str, project_id: str, page: str | None, size: int) -> tuple[list[dict], str | None]:
+    def list_limits(self, user: User, project_id: str, page: str | None, size: int) -> tuple[list[dict], str | None]:
         project = self.session.project(self._project(user, project_id))
         return _offset_page([_limit_json(l) for l in project.limits()], page, size)
 
-    def get_limit(self, user: str, project_id: str, limit_id: str) -> dict[str, Any]:
+    def get_limit(self, user: User, project_id: str, limit_id: str) -> dict[str, Any]:
         return _limit_json(self._limit(user, project_id, limit_id))
 
-    def add_limit(self, user: str, project_id: str, body: Any) -> dict[str, Any]:
+    def add_limit(self, user: User, project_id: str, body: Any) -> dict[str, Any]:
         project = self.session.project(self._project(user, project_id))
         limit = _limit_body(body)
         return _limit_json(project.set_vcpu_limit(limit.vcpus, limit.modifier_role))
 
-    def patch_limit(self, user: str, project_id: str, limit_id: str, body: Any) -> dict[str, Any]:
+    def patch_limit(self, user: User, project_id: str, limit_id: str, body: Any) -> dict[str, Any]:
         row = self._limit(user, project_id, limit_id)
         if not isinstance(body, dict):
             raise ApiError(400, "the body is an object: {modifierRole, vCPUs}")
         limit = _limit_body({"modifierRole": row.modifier_role, "vCPUs": row.vcpus, **body})
         return _limit_json(self.session.project(row.project).update_limit(row.id, limit.vcpus, limit.modifier_role))
 
-    def delete_limits(self, user: str, project_id: str, limit_id: str | None = None) -> tuple[int, None]:
+    def delete_limits(self, user: User, project_id: str, limit_id: str | None = None) -> tuple[int, None]:
         """Delete one limit, or all of the project's (204, no body)."""
         if limit_id is None:
             self.session.project(self._project(user, project_id)).delete_limits()
@@ -358,7 +390,7 @@ class HTCApi:
             self.session.project(row.project).delete_limits(row.id)
         return 204, None
 
-    def _limit(self, user: str, project_id: str, limit_id: str):
+    def _limit(self, user: User, project_id: str, limit_id: str):
         project = self.session.project(self._project(user, project_id))
         found = [l for l in project.limits() if isinstance(limit_id, str) and str(l.id) == limit_id]
         if not found:
@@ -366,12 +398,13 @@ class HTCApi:
         return found[0]
 
     # -- compute environments (HTC `dimensions`: the site's profiles are its regions) ----------------
-    def list_dimensions(self, user: str, project_id: str, page: str | None, size: int) -> tuple[list[dict], str | None]:
+    def list_dimensions(self, user: User, project_id: str, page: str | None,
+                        size: int) -> tuple[list[dict], str | None]:
         """The dimensions the project may use: those set for it, else every one the site offers."""
         project = self.session.project(self._project(user, project_id))
         return _offset_page([d.to_wire() for d in project.dimensions()], page, size)
 
-    def put_dimensions(self, user: str, project_id: str, body: Any) -> dict[str, Any]:
+    def put_dimensions(self, user: User, project_id: str, body: Any) -> dict[str, Any]:
         """Set the project's dimensions (a list; [] lifts the restriction); returns them as GET does."""
         project = self.session.project(self._project(user, project_id))
         if not isinstance(body, list):
@@ -382,16 +415,16 @@ class HTCApi:
             raise ApiError(400, str(exc)) from None
         return {"items": [d.to_wire() for d in dims]}
 
-    def workspace_dimensions(self, user: str, workspace_id: str, page: str | None,
+    def workspace_dimensions(self, user: User, workspace_id: str, page: str | None,
                              size: int) -> tuple[list[dict], str | None]:
         """Every dimension the site offers (this server's one workspace)."""
         self._workspace(workspace_id)
         return _offset_page([d.to_wire() for d in self.session.site.dimensions()], page, size)
 
-    def regions(self, user: str, page: str | None, size: int) -> tuple[list[dict], str | None]:
+    def regions(self, user: User, page: str | None, size: int) -> tuple[list[dict], str | None]:
         return _offset_page([_region_json(p) for p in self.session.site.profiles.values()], page, size)
 
-    def region(self, user: str, name: str) -> dict[str, Any]:
+    def region(self, user: User, name: str) -> dict[str, Any]:
         if name not in self.session.site.profiles:
             raise ApiError(404, f"no region {name!r}: the site's regions are its profiles, "
                                 f"{', '.join(self.session.site.names())}")
@@ -402,14 +435,14 @@ class HTCApi:
             raise ApiError(404, f"no workspace {workspace_id!r}: this server has one, {WORKSPACE_ID!r}")
 
     # -- task retention policy (HTC `task-retention-policy`: hours, 0 turns a rule off) ------------
-    def get_retention(self, user: str, project_id: str) -> dict[str, Any]:
+    def get_retention(self, user: User, project_id: str) -> dict[str, Any]:
         project = self.session.project(self._project(user, project_id))
         policy = project.retention()
         if policy is None:  # as the HTC API answers: then the workspace's policy (none here) applies
             raise ApiError(404, f"project {project.name!r} has no task retention policy")
         return policy.to_wire()
 
-    def put_retention(self, user: str, project_id: str, body: Any) -> dict[str, Any]:
+    def put_retention(self, user: User, project_id: str, body: Any) -> dict[str, Any]:
         project = self.session.project(self._project(user, project_id))
         try:
             policy = RetentionPolicy.model_validate(body)
@@ -417,7 +450,7 @@ class HTCApi:
             raise ApiError(400, str(exc)) from None
         return project.set_retention(policy.archive_after, policy.delete_after).to_wire()
 
-    def get_workspace_retention(self, user: str, workspace_id: str) -> dict[str, Any]:
+    def get_workspace_retention(self, user: User, workspace_id: str) -> dict[str, Any]:
         """The workspace's policy: what projects without one of their own are under (404: none)."""
         self._workspace(workspace_id)
         policy = self.session.retention()
@@ -425,9 +458,9 @@ class HTCApi:
             raise ApiError(404, f"workspace {workspace_id!r} has no task retention policy")
         return policy.to_wire()
 
-    def put_workspace_retention(self, user: str, workspace_id: str, body: Any) -> dict[str, Any]:
+    def put_workspace_retention(self, user: User, workspace_id: str, body: Any) -> dict[str, Any]:
         self._workspace(workspace_id)
-        if self.owner is None or user != self.owner:  # it holds for other users' projects too
+        if not self._is_owner(user):  # it holds for other users' projects too
             raise ApiError(403, "only the owner of the data root sets the workspace's policy (in JupyterLab, or "
                                 "Session.set_retention); set a project's own policy instead")
         try:
@@ -436,13 +469,13 @@ class HTCApi:
             raise ApiError(400, str(exc)) from None
         return self.session.set_retention(policy.archive_after, policy.delete_after).to_wire()
 
-    def delete_retention(self, user: str, project_id: str) -> tuple[int, None]:
+    def delete_retention(self, user: User, project_id: str) -> tuple[int, None]:
         if not self.session.project(self._project(user, project_id)).delete_retention():
             raise ApiError(404, f"project {project_id!r} has no task retention policy")
         return 204, None
 
     # -- profiles and clusters (toolkit extensions of the API, for the lab sidebar) --------------------
-    def profiles(self, user: str) -> dict[str, Any]:
+    def profiles(self, user: User) -> dict[str, Any]:
         out = []
         for name in self.session.site.names():
             p = self.session.site.profile(name)
@@ -452,7 +485,7 @@ class HTCApi:
                         "warning": p.warning})
         return {"items": out, "default": self.session.site.default_profile}
 
-    def check_request(self, user: str, name: str, body: Any) -> dict[str, Any]:
+    def check_request(self, user: User, name: str, body: Any) -> dict[str, Any]:
         """Does `{nodes, cores, gpus, memory, walltime}` fit profile `name`? The reason if not."""
         from htc_notebook.spec import Resources
 
@@ -470,11 +503,16 @@ class HTCApi:
         return {"ok": True, "message": f"fits {name}: {res.cores} cores, {res.memory or '-'} MiB, "
                                         f"walltime {res.walltime or '-'} s"}
 
-    def clusters(self, user: str) -> dict[str, Any]:
+    def clusters(self, user: User) -> dict[str, Any]:
         return {"items": self.session.clusters()}
 
-    def cluster_action(self, user: str, name: str, body: Any) -> dict[str, Any]:
+    def cluster_action(self, user: User, name: str, body: Any) -> dict[str, Any]:
+        """Start, scale or stop the server's cluster of profile `name`: only the data root's owner (it
+        runs every project's jobs: stopping it cancels them all). Cancel and retry are per project."""
         prof = self._profile(name)
+        if not self._is_owner(user):
+            raise ApiError(403, "only the owner of the data root starts, scales and stops clusters (in "
+                                "JupyterLab, or `htc serve --owner USER`); cancel your own jobs instead")
         action = _field(body, "action", str)
         jobs = body.get("jobs") if isinstance(body, dict) else None
         if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 0):
@@ -503,10 +541,10 @@ class HTCApi:
 
     # -- container registry --------------------------------------------------------------------
     # -- the project's container registry (htc_notebook.registry) -------------------------------
-    def _registry(self, user: str, project_id: str):
+    def _registry(self, user: User, project_id: str):
         return self.session.registry(self._project(user, project_id))
 
-    def create_repo(self, user: str, project_id: str, repo: str) -> dict[str, Any]:
+    def create_repo(self, user: User, project_id: str, repo: str) -> dict[str, Any]:
         """Create a repository (idempotent: an existing one is left as it is)."""
         reg = self._registry(user, project_id)
         try:
@@ -515,18 +553,18 @@ class HTCApi:
             raise ApiError(400, str(exc)) from None
         return {"repoName": repo, "imagePrefix": _registry_call(lambda: reg.prefix) + repo}
 
-    def registry_token(self, user: str, project_id: str) -> str:
+    def registry_token(self, user: User, project_id: str) -> str:
         """The project's registry password: `login <containerRegistry host> -u <projectId>` with it."""
         reg = self._registry(user, project_id)
         _registry_call(lambda: reg.state)
         return reg.password()
 
-    def images(self, user: str, project_id: str) -> dict[str, Any]:
+    def images(self, user: User, project_id: str) -> dict[str, Any]:
         """The project's images, as `repo:tag`."""
         reg = self._registry(user, project_id)
         return {"images": _registry_call(reg.images)}
 
-    def image(self, user: str, project_id: str, image_name: str) -> dict[str, Any]:
+    def image(self, user: User, project_id: str, image_name: str) -> dict[str, Any]:
         """`{"status": "READY"}` for an image the registry holds; 404 naming the known ones otherwise."""
         reg = self._registry(user, project_id)
         try:
@@ -585,6 +623,10 @@ def _limit_body(body: Any) -> ProjectLimit:
         return ProjectLimit.model_validate(body)
     except SpecError as exc:
         raise ApiError(400, str(exc)) from None
+
+
+def _name(user: User) -> str:
+    return user.name if isinstance(user, Caller) else user
 
 
 def _field(body: Any, name: str, kind: type) -> Any:

@@ -2,9 +2,11 @@
 
 An API key (`htc keys create USER`) is shown once and stored hashed; it buys bearer tokens
 (`GET /auth/token`, a JWT signed RS256 by this server's key, valid 6 hours) naming the user
-and the key. Every request re-checks that the key is not revoked, so revoking a key ends its
-tokens at once. A user sees the projects they are a member of (creating a project makes you
-one). Everything lives in `<data root>/server/`: `auth.db` (SQLite) and the signing key (0600).
+and the key. Every request re-checks that the key is not revoked and is its user's, so revoking
+a key ends its tokens at once. Grants are per key: a key reaches the projects granted to it
+(`--project P`) and those created with its tokens, not the other projects of its user; a
+project's members (users) hold it against others. Everything lives in `<data root>/server/`:
+`auth.db` (SQLite) and the signing key (0600).
 
 >>> auth = Auth(tmp)                                        # doctest: +SKIP
 >>> key = auth.create_key("ada", projects=["md"])           # doctest: +SKIP
@@ -25,7 +27,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -41,11 +43,23 @@ _DDL = (
         id TEXT PRIMARY KEY, user TEXT NOT NULL, hash TEXT NOT NULL, created REAL NOT NULL, revoked REAL)""",
     """CREATE TABLE IF NOT EXISTS members (
         user TEXT NOT NULL, project TEXT NOT NULL, PRIMARY KEY (user, project))""",
+    """CREATE TABLE IF NOT EXISTS grants (
+        key TEXT NOT NULL, project TEXT NOT NULL, PRIMARY KEY (key, project))""",
 )
 
 
 class Unauthorized(HTCError):
     """No, a malformed, forged, expired or revoked credential (HTTP 401)."""
+
+
+class Caller(NamedTuple):
+    """Who makes a request, as the credential says. API users (`key`: the id of the key their token
+    came from) and the data root's owner (`owner`: Jupyter's logged-in user, or the API user
+    `htc serve --owner` names) are apart: an API user named like the owner is not the owner."""
+
+    name: str
+    owner: bool = False
+    key: str | None = None
 
 
 class Auth:
@@ -55,9 +69,16 @@ class Auth:
         self.dir = Path(root) / "server"
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._local = threading.local()
-        with self._db() as con:
+        con = self._db()
+        with con:
+            con.execute("BEGIN IMMEDIATE")
+            per_user = con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'grants'"
+                                   ).fetchone() is None
             for stmt in _DDL:
                 con.execute(stmt)
+            if per_user:  # an auth.db from before grants were per key: each key keeps what its user had
+                con.execute("INSERT OR IGNORE INTO grants (key, project) "
+                            "SELECT k.id, m.project FROM keys k JOIN members m ON m.user = k.user")
         self._private = self._load_or_create_key()
         self.public_key = self._private.public_key()
         self.kid = hashlib.sha256(self.public_key.public_bytes(
@@ -91,7 +112,8 @@ class Auth:
 
     # -- API keys -------------------------------------------------------------------------
     def create_key(self, user: str, projects: tuple[str, ...] | list[str] = ()) -> str:
-        """A new API key for `user` (shown once; only its hash is kept), and memberships."""
+        """A new API key for `user` (shown once; only its hash is kept), granted `projects` (the user
+        becomes their member: a project not yet created is reserved for them)."""
         _check_user(user)
         key_id, secret = uuid.uuid4().hex[:12], secrets.token_urlsafe(32)
         with self._db() as con:
@@ -99,6 +121,8 @@ class Auth:
                         (key_id, user, _hash(secret), time.time()))
             con.executemany("INSERT OR IGNORE INTO members (user, project) VALUES (?, ?)",
                             [(user, p) for p in projects])
+            con.executemany("INSERT OR IGNORE INTO grants (key, project) VALUES (?, ?)",
+                            [(key_id, p) for p in projects])
         return f"htc_{key_id}_{secret}"
 
     def revoke_key(self, key_id: str) -> bool:
@@ -125,8 +149,8 @@ class Auth:
     def whoami(self, api_key: str) -> dict[str, Any]:
         """Who a valid API key belongs to: `{"username", "keyId", "projects"}` (GET /auth/whoami)."""
         key_id, user = self._check_key(api_key)
-        projects = [p for (p,) in self._db().execute("SELECT project FROM members WHERE user = ? ORDER BY project",
-                                                      (user,)).fetchall()]
+        projects = [p for (p,) in self._db().execute("SELECT project FROM grants WHERE key = ? ORDER BY project",
+                                                      (key_id,)).fetchall()]
         return {"username": user, "keyId": key_id, "projects": projects}
 
     # -- bearer tokens ---------------------------------------------------------------------
@@ -150,9 +174,11 @@ class Auth:
             raise Unauthorized("the bearer token expired: get a new one from /auth/token") from None
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"invalid bearer token ({exc})") from None
-        row = self._db().execute("SELECT revoked FROM keys WHERE id = ?", (claims["key"],)).fetchone()
-        if row is None or row[0] is not None:
+        row = self._db().execute("SELECT user, revoked FROM keys WHERE id = ?", (claims["key"],)).fetchone()
+        if row is None or row[1] is not None:
             raise Unauthorized("the API key behind this token was revoked")
+        if not hmac.compare_digest(str(claims["sub"]), row[0]):  # a token speaks for its key's user only
+            raise Unauthorized("the bearer token's subject is not the user of its API key")
         return claims
 
     def jwks(self) -> dict[str, Any]:
@@ -161,11 +187,33 @@ class Auth:
         return {"keys": [{**jwk, "kid": self.kid, "use": "sig", "alg": ALGORITHM}]}
 
     # -- membership ------------------------------------------------------------------------
-    def grant(self, user: str, project: str) -> None:
-        with self._db() as con:
-            con.execute("INSERT OR IGNORE INTO members (user, project) VALUES (?, ?)", (user, project))
+    def claim(self, user: str, project: str, exists: bool, key: str | None = None) -> bool:
+        """Make `user` a member of `project` (and grant it to `key`) if nobody else holds it, in one
+        write transaction (so of users claiming a project at once, across threads and processes,
+        exactly one wins). True if `user` (through `key`, if given) now holds it: granted before
+        (`htc keys create USER --project P` reserves P for USER), or the first to claim a project
+        that has no members and does not `exist` yet. Another key of a member is refused: a key
+        reaches only what was granted to it."""
+        con = self._db()
+        with con:
+            con.execute("BEGIN IMMEDIATE")
+            members = {u for (u,) in con.execute("SELECT user FROM members WHERE project = ?", (project,))}
+            if user in members:
+                return key is None or self.key_reaches(key, project)
+            if members or exists:
+                return False
+            con.execute("INSERT INTO members (user, project) VALUES (?, ?)", (user, project))
+            if key is not None:
+                con.execute("INSERT INTO grants (key, project) VALUES (?, ?)", (key, project))
+            return True
+
+    def key_reaches(self, key: str, project: str) -> bool:
+        """Is `project` granted to key `key` (its id)?"""
+        return self._db().execute("SELECT 1 FROM grants WHERE key = ? AND project = ?",
+                                  (key, project)).fetchone() is not None
 
     def is_member(self, user: str, project: str) -> bool:
+        """Is `user` a member of `project` (through any of their keys)?"""
         return self._db().execute("SELECT 1 FROM members WHERE user = ? AND project = ?",
                                   (user, project)).fetchone() is not None
 

@@ -16,16 +16,54 @@ from tornado import web
 from tornado.ioloop import IOLoop
 
 from htc_notebook.server.api import MAX_LOG_PAGE, MAX_PAGE, ApiError, HTCApi, page_size
-from htc_notebook.server.auth import Unauthorized
+from htc_notebook.server.auth import Caller, Unauthorized
+from htc_notebook.server.body import BadBody, parse
 
 PREFIX = "htc/api/v1"
+# a body up to this many times the limit is read and dropped, then refused (413); a larger one ends the connection
+DROP_FACTOR = 16
 
 
+@web.stream_request_body
 class HTCHandler(web.RequestHandler):
-    """Base: bearer-token user, JSON in and out, errors as `{"message": ...}`."""
+    """Base: bearer-token user, JSON in and out, errors as `{"message": ...}`.
+
+    Bodies are streamed in: at most the server's `max_body_mib` is kept; a larger one is read and
+    dropped (so the client reads the answer rather than a reset connection) and answered 413, one
+    that declares more than DROP_FACTOR times the limit at once (its connection is then closed)."""
 
     def initialize(self, api: HTCApi) -> None:
         self.api = api
+        self._chunks: list[bytes] = []
+        self._received = 0
+
+    async def prepare(self) -> None:
+        parent = super().prepare()
+        if parent is not None:  # Jupyter's handlers authenticate in an async prepare
+            await parent
+        if self._finished:
+            return
+        limit = self.api.settings.max_body_bytes
+        self.request.connection.set_max_body_size(limit * DROP_FACTOR)  # type: ignore[union-attr]
+        declared = self.request.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > limit * DROP_FACTOR:
+            self.send({"message": self._too_large()}, 413)
+
+    def data_received(self, chunk: bytes) -> None:
+        self._received += len(chunk)
+        if self._received <= self.api.settings.max_body_bytes:
+            self._chunks.append(chunk)
+        else:
+            self._chunks.clear()  # refused once it has all arrived (check_size)
+
+    def _too_large(self) -> str:
+        return (f"the body is larger than this server's limit of {self.api.settings.max_body_mib} MiB "
+                "(split the request, e.g. into several batch requests)")
+
+    def check_size(self) -> None:
+        """ApiError 413 if the body was larger than the limit."""
+        if self._received > self.api.settings.max_body_bytes:
+            raise ApiError(413, self._too_large())
 
     # -- who is asking -----------------------------------------------------------------------
     def bearer(self) -> str | None:
@@ -33,26 +71,30 @@ class HTCHandler(web.RequestHandler):
         scheme, _, value = header.partition(" ")
         return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
-    def htc_user(self) -> str:
+    def htc_user(self) -> Caller:
         token = self.bearer()
         if token is not None:
             try:
-                return self.api.auth.verify(token)["sub"]
+                return self.api.token_caller(self.api.auth.verify(token))
             except Unauthorized as exc:
                 raise ApiError(401, str(exc)) from None
         return self.fallback_user()
 
-    def fallback_user(self) -> str:
+    def fallback_user(self) -> Caller:
         raise ApiError(401, "authentication needed: Authorization: Bearer <token> (from GET /auth/token)")
 
     # -- io ------------------------------------------------------------------------------------
     def body(self) -> Any:
-        if not self.request.body:
+        """The JSON body (None if empty): ApiError 413 (too large), 415 (declared other than JSON) or
+        400 (malformed, nested too deep, an integer beyond 64 bits: server/body.py)."""
+        self.check_size()
+        raw = b"".join(self._chunks)
+        if not raw.strip():
             return None
         try:
-            return json.loads(self.request.body)
-        except ValueError:
-            raise ApiError(400, "the body is not JSON") from None
+            return parse(raw, self.request.headers.get("Content-Type"), self.api.settings.max_depth)
+        except BadBody as exc:
+            raise ApiError(exc.status, str(exc)) from None
 
     def send(self, obj: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -61,13 +103,14 @@ class HTCHandler(web.RequestHandler):
 
     def send_page(self, items: list, token: str | None) -> None:
         """`{"items": [...], "next": URL}`; the last page has no `next` (HTC API clients page on
-        until the key is absent: `"next": null` breaks them)."""
+        until the key is absent: `"next": null` breaks them). The URL starts with the server's
+        configured public URL, never with the request's Host header (without one it is relative)."""
         if token is None:
             return self.send({"items": items})
         query = dict(urllib.parse.parse_qsl(self.request.query))
         query["page"] = token
-        self.send({"items": items,
-                   "next": f"{self.request.protocol}://{self.request.host}{self.request.path}?{urllib.parse.urlencode(query)}"})
+        origin = self.api.settings.origin or ""
+        self.send({"items": items, "next": f"{origin}{self.request.path}?{urllib.parse.urlencode(query)}"})
 
     def size(self, most: int = MAX_PAGE) -> int:
         return page_size(self.get_query_argument("pageSize", None), most)
@@ -78,6 +121,7 @@ class HTCHandler(web.RequestHandler):
     def run(self, fn: Callable[[], None]) -> None:
         """Call `fn`; an ApiError becomes its JSON error response."""
         try:
+            self.check_size()
             fn()
         except ApiError as exc:
             self.send({"message": str(exc)}, exc.status)
@@ -104,6 +148,7 @@ def _route(**verbs: Callable[..., Any]) -> Callable[[type[HTCHandler]], type[HTC
         def bind(fn: Callable[..., Any]) -> Callable[..., Any]:
             async def method(self: HTCHandler, *args: str) -> None:
                 try:
+                    self.check_size()
                     user = self.htc_user()
                     out = await IOLoop.current().run_in_executor(None, lambda: fn(self, user, *args))
                 except ApiError as exc:

@@ -57,6 +57,9 @@ class PartitionProfile(SpecModel):
     architecture: Literal["X86", "AARCH64"] = "X86"
     default_walltime: WalltimeSeconds | None = None
     max_walltime: WalltimeSeconds | None = None
+    # the largest scratch (maxDiskGiB) a job may ask for: it is a tmpfs in the job's sandbox, so it
+    # counts as memory. None: the node's memory (memory_per_node, in whole GiB, at least 1)
+    max_disk_gib: Annotated[int, whole(1)] | None = None
     account: SchedName | None = None
     qos: SchedName | None = None
     economy_qos: SchedName | None = None
@@ -161,6 +164,11 @@ class PartitionProfile(SpecModel):
         if r.walltime is not None and self.max_walltime is not None and r.walltime > self.max_walltime:
             fail("walltime", r.walltime, f"{me} allows at most max_walltime={self.max_walltime} s "
                  f"({format_walltime(self.max_walltime)})")
+
+    @property
+    def disk_limit_gib(self) -> int:
+        """The largest maxDiskGiB a job may ask for (`max_disk_gib`, else the node's memory in GiB)."""
+        return self.max_disk_gib or max(1, self.memory_per_node // 1024)
 
     @property
     def nodes_per_pack(self) -> int:

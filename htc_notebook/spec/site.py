@@ -24,7 +24,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any
 
-from pydantic import field_serializer, field_validator, model_validator
+from pydantic import PrivateAttr, field_serializer, field_validator, model_validator
 
 from htc_notebook.errors import ConfigError, SpecError, UnknownProfile
 
@@ -63,6 +63,12 @@ class SiteConfig(SpecModel):
     # own record decides, or the job is called LOST
     poll_seconds: Annotated[int, whole(1, 3600)] = 2
     exit_file_grace: Annotated[int, whole(0, 3600)] = 30
+    _lines: LineMap = PrivateAttr(default_factory=LineMap)  # where each key was set (the layered files)
+
+    def source(self, *path: str) -> str | None:
+        """"file:line" where the key at `path` was set, e.g. `site.source("profiles", "cpu", "sandbox")`;
+        None if no site file sets it (a built-in value or a default)."""
+        return self._lines.exact(path)
 
     @field_validator("profiles", mode="before")
     @classmethod
@@ -155,7 +161,9 @@ class SiteConfig(SpecModel):
             _merge(merged, data, file_lines)
             lines = lines.merged(file_lines)
         with located(lines):
-            return cls.model_validate(merged)
+            site = cls.model_validate(merged)
+        site._lines = lines
+        return site
 
 
 def _read(path: Path) -> str:

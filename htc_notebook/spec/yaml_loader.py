@@ -55,12 +55,24 @@ class LineMap:
         found = self._find(path)
         return f"{found[0]}:{found[1]}" if found else None
 
+    def exact(self, path: Sequence[object]) -> str | None:
+        """"file:line" of `path` itself (no parent's), None if no file sets it."""
+        found = self._entries.get(self._key(path))
+        return f"{found[0]}:{found[1]}" if found else None
+
     def merged(self, later: LineMap) -> LineMap:
         """A new map where the entries of `later` win (for layered config files)."""
         return LineMap({**self._entries, **later._entries})
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def __eq__(self, other: object) -> bool:
+        """Where a value was written is not part of the value: two sites with the same profiles are
+        equal whatever files they came from (SiteConfig keeps its LineMap for messages only)."""
+        return isinstance(other, LineMap)
+
+    __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return f"LineMap({len(self._entries)} entries)"
