@@ -77,3 +77,9 @@ class Outcome:
     cause: str | None = None  # why it failed (Cause); None: derived from the status
     cpu_s: float | None = None  # CPU time the attempt used, where the backend measured it
     max_rss_mib: float | None = None  # its peak memory, where measured
+    memory_held: str | None = None  # how its memory limit was held: MEMORY_HELD (None: it asked for none)
+
+
+# how an attempt's memory limit was held: by a memory cgroup of its own (or the site's, on SLURM), by
+# the watchdog on its process tree (backends/memory_watch.py), or not at all (the attempt says so)
+MEMORY_HELD: tuple[str, ...] = ("cgroup", "watched", "none")

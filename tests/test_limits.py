@@ -1,5 +1,6 @@
 """maxMemory is a hard limit on the local backend too (backends/memory_limit.py): a job of its own
-memory cgroup where this process may make one, else prlimit; a job over it ends FAILED saying so."""
+memory cgroup where this process may make one, else the memory watchdog; a job over it ends FAILED
+saying so."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from htc_notebook import RetryPolicy, Session, SiteConfig
-from htc_notebook.backends import local_commands, memory_limit
+from htc_notebook.backends import memory_limit
 
 from conftest import missing
 
@@ -88,13 +89,15 @@ def test_a_python_call_over_its_memory_request_is_killed_says_so_and_its_retry_g
     assert not list(workers.glob("htc-*/call-*")), "every call's cgroup is removed when it ends"
 
 
-def test_without_a_memory_cgroup_prlimit_holds_the_job_to_its_limit(session, monkeypatch):
-    monkeypatch.setattr(local_commands, "cgroup_parent", lambda: None)
-    task = session.project("limits").task("prlimit")
+def test_without_a_memory_cgroup_the_watchdog_holds_the_job_to_its_limit(session, monkeypatch):
+    """HTC_MEMORY_CGROUPS=0: no cgroup, as for a user without delegation; the watchdog kills the
+    job's process tree over its limit (tests/test_memory_limits.py runs every case both ways)."""
+    monkeypatch.setenv(memory_limit.CGROUPS_ENV, "0")
+    task = session.project("limits").task("watched")
     row, job = _run(task, 1024, 256)
-    assert row.status == "FAILED"
-    assert row.reason.startswith("exited with code 1 (its address space was limited to maxMemory=256 MiB by prlimit")
-    assert "MemoryError" in job.logs("err")
+    assert row.status == "FAILED" and job.attempts[-1].cause == "memory", row.reason
+    assert row.reason.startswith("out of memory (limit 256 MiB): its processes held ")
+    assert row.reason.endswith("the memory watchdog killed them") and row.memory_held == "watched"
     row, _ = _run(task, 20, 256)
     assert row.status == "SUCCEEDED", row.reason
 

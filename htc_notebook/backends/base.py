@@ -69,6 +69,16 @@ def oom_reason(limit_mib: int | None) -> str:
             else "out of memory: the OOM killer stopped it")
 
 
+def watched_oom_reason(limit_mib: int | None, peak_mib: float | None) -> str:
+    """Why a job the memory watchdog stopped (no memory cgroup: backends/memory_watch.py) failed.
+
+    >>> watched_oom_reason(128, 140.2)
+    'out of memory (limit 128 MiB): its processes held 140.2 MiB together; the memory watchdog killed them'
+    """
+    held = f"its processes held {peak_mib} MiB together; " if peak_mib else ""
+    return f"out of memory (limit {limit_mib} MiB): {held}the memory watchdog killed them"
+
+
 ENOSPC_TEXT = "No space left on device"  # strerror(ENOSPC), what tools print when a disk is full
 
 
@@ -86,7 +96,8 @@ def disk_full_reason(log_err: str | Path, disk_gib: int | None) -> str | None:
 
 def call_outcome(launch: Launch, report: dict[str, Any]) -> Outcome:
     """How a Python call ended, from the report `worker.run_call` or a rank pool returns."""
-    times = dict(host=report["host"], started=report["started"], ended=report["ended"], cpu_s=report.get("cpu_s"))
+    times = dict(host=report["host"], started=report["started"], ended=report["ended"], cpu_s=report.get("cpu_s"),
+                 max_rss_mib=report.get("max_rss_mib"), memory_held=report.get("memory_held"))
     if report["ok"]:
         return Outcome(launch.job_id, launch.attempt, "SUCCEEDED", result=report["value"], **times)
     return Outcome(launch.job_id, launch.attempt, "FAILED", reason=report["message"], cause=report.get("cause"),

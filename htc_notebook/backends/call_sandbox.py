@@ -27,12 +27,12 @@ import pickle
 import select
 import signal
 import traceback
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Optional, TypeVar
 
 import cloudpickle
 
-from htc_notebook.backends.memory_limit import cgroup_parent, make_cage
-from htc_notebook.backends.base import oom_reason
+from htc_notebook.backends.memory_limit import Verdict, hold
+from htc_notebook.backends.base import oom_reason, watched_oom_reason
 
 T = TypeVar("T")
 
@@ -164,15 +164,21 @@ def _child(view: Any, work: Callable[[], Any], w: int, parent: int) -> int:
     return _exit_code(os.waitpid(init, 0)[1])
 
 
-def run_confined(view: Any, work: Callable[[], T], memory_mib: int | None = None) -> T:
+def run_confined(view: Any, work: Callable[[], T], memory_mib: int | None = None,
+                 measured: Optional[Callable[[Verdict], None]] = None) -> T:
     """`work()` run in a child confined to `view` (a `sandbox.JobView`; None: run here). Its value
-    comes back pickled. With `memory_mib`, the child and its descendants are held to it by a memory
-    cgroup of their own where this process may make one (`memory_limit.py`).
-    Raises ConfinementError if the child could not be confined, OutOfMemory if the OOM killer
-    stopped it, RuntimeError if `work` raised or its process died otherwise (saying how)."""
+    comes back pickled. With `memory_mib`, the child and its descendants are held to it, by a
+    memory cgroup of their own where this process may make one, else by the memory watchdog
+    (`memory_limit.py`); either way their peak is measured, and `measured` is called with how the
+    limit was held, whether a process was killed for memory and the peak (also when this raises).
+    Raises ConfinementError if the child could not be confined, OutOfMemory if a process of it was
+    killed for memory (even if `work` returned), RuntimeError if `work` raised or its process died
+    otherwise (saying how)."""
     if view is None:
+        if measured is not None:
+            measured(Verdict("none" if memory_mib else None, False, None))  # the worker's own process: not held
         return work()
-    cage = make_cage(cgroup_parent(), memory_mib, f"call-{os.getpid()}-{next(_calls)}") if memory_mib else None
+    limit = hold(memory_mib, f"call-{os.getpid()}-{next(_calls)}")
     r, w = os.pipe()
     worker = os.getpid()
     pid = os.fork()
@@ -180,27 +186,29 @@ def run_confined(view: Any, work: Callable[[], T], memory_mib: int | None = None
         code = 70
         try:
             os.close(r)
-            if cage is not None:  # joined before anything else: all the call allocates counts
-                with open(cage.path / "cgroup.procs", "w") as f:
-                    f.write(str(os.getpid()))
+            limit.join()  # joined before anything else: all the call allocates counts
             code = _child(view, work, w, worker)
         finally:
             os._exit(code)
     os.close(w)
+    limit.started(pid, session=False, forked=True)  # no cgroup: the watchdog holds the call's tree
     chunks = []
-    with os.fdopen(r, "rb") as f:
-        while chunk := f.read(1 << 20):
-            chunks.append(chunk)
-    _, status = os.waitpid(pid, 0)
-    oom = cage is not None and cage.oom_kills() > 0
-    if cage is not None:
-        cage.remove()
+    try:
+        with os.fdopen(r, "rb") as f:
+            while chunk := f.read(1 << 20):
+                chunks.append(chunk)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        memory = limit.ended()
+        if measured is not None:
+            measured(memory)
     try:
         kind, value = pickle.loads(b"".join(chunks))
     except Exception:  # noqa: BLE001 - nothing, or half a report: the call died before it had reported
         kind, value = "died", None
-    if kind != "ok" and oom:  # a call that reported its value is done, whatever else the killer stopped
-        raise OutOfMemory(oom_reason(memory_mib))
+    if memory.oom:  # a process of the call was killed for memory: so is the call, whatever it returned
+        raise OutOfMemory(oom_reason(memory_mib) if memory.how == "cgroup"
+                          else watched_oom_reason(memory_mib, memory.peak_mib))
     if kind == "died":
         code = _exit_code(status)  # the call's, passed on by init and the child; or how the child died
         sig = code - 128 if code > 128 else 0

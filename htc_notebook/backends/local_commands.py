@@ -15,12 +15,14 @@ import socket
 import subprocess
 import threading
 import time
+from dataclasses import replace
 from typing import Any, Callable, Sequence
 
 import cloudpickle
 
-from htc_notebook.backends.base import JOB_UMASK, Launch, Reporter, call_outcome, disk_full_reason, oom_reason
-from htc_notebook.backends.memory_limit import cgroup_parent, limited_argv
+from htc_notebook.backends.base import (JOB_UMASK, Launch, Reporter, call_outcome, disk_full_reason, oom_reason,
+                                       watched_oom_reason)
+from htc_notebook.backends.memory_limit import hold
 from htc_notebook.backends.mpi_jobs import verdict
 from htc_notebook.backends.mpi_pool import RankPool
 from htc_notebook.backends.mpi_ranks import kill_group
@@ -30,13 +32,11 @@ from htc_notebook.storage.untrusted import job_logs
 
 
 
-def peak_mib(usage: Any, cage_peak: float | None) -> float | None:
-    """A job's peak memory: its memory cgroup's when it has one; else wait4's maxrss, but only above
-    this process's own peak. Linux counts in a child's maxrss the memory it exec'd from, which for a
-    child that vfork or fork started is this process's (seen: a 470 MiB pytest made every job
-    "peak" at 470 MiB), so a figure that could be ours is not the job's: not measured (None)."""
-    if cage_peak is not None:
-        return cage_peak
+def trusted_maxrss(usage: Any) -> float | None:
+    """A job's peak RSS from wait4's maxrss, but only above this process's own peak. Linux counts in a
+    child's maxrss the memory it exec'd from, which for a child that vfork or fork started is this
+    process's (seen: a 470 MiB pytest made every job "peak" at 470 MiB), so a figure that could be
+    ours is not the job's: not measured (None)."""
     if usage is None:
         return None
     try:
@@ -143,13 +143,12 @@ class CommandRunner:
         if not launch.command:  # a Python MPI function (`mpi_jobs.pooled`); wrapped ones have a launcher line
             return self._run_on_pool(launch)
         started = time.time()
-        reason, exit_code, status, usage, cause, cage, cage_peak = None, None, "FAILED", None, None, None, None
+        reason, exit_code, status, usage, cause, memory = None, None, "FAILED", None, None, None
+        limit = hold(  # its own memory cgroup, else the watchdog (memory_limit.py); measured either way
+            launch.memory, f"job-{launch.job_id}-{launch.attempt}", swap_mib=launch.swap or 0)
         try:
             env = {**os.environ, **launch.env}
-            argv = list(launch.command)
-            if launch.memory:  # a hard limit: the job's own memory cgroup, else prlimit (memory_limit.py)
-                argv, cage = limited_argv(cgroup_parent(), launch.memory, argv, f"job-{launch.job_id}-{launch.attempt}",
-                                          swap_mib=launch.swap or 0)
+            argv = limit.argv(launch.command)  # joins its memory cgroup first, where it has one
             with job_logs(launch.log_out, launch.log_err) as (out, err):
                 try:
                     proc = subprocess.Popen(argv, cwd=launch.cwd, env=env, stdout=out, stderr=err, umask=JOB_UMASK,
@@ -158,6 +157,7 @@ class CommandRunner:
                     proc = None
                     reason = f"could not start {launch.command[0]!r}: {exc.strerror or exc}"
                 if proc is not None:
+                    limit.started(proc.pid)  # no cgroup: the watchdog holds its process tree to the limit
                     with self._lock:
                         self._procs[launch.job_id] = proc
                     self._reporter.started(launch.job_id, launch.attempt, self._host, f"pid:{proc.pid}")
@@ -171,19 +171,17 @@ class CommandRunner:
                         self._procs.pop(launch.job_id, None)
                         cancelled = launch.job_id in self._cancelled
                         self._cancelled.discard(launch.job_id)
-                    oom = cage is not None and cage.oom_kills() > 0
+                    memory = limit.ended(trusted_maxrss(usage))
                     if cancelled:
                         status, reason = "CANCELLED", "cancelled while running"
+                    elif reason is None and memory.oom:  # whatever its shell returned (a child was killed)
+                        reason, cause = (oom_reason(launch.memory) if memory.how == "cgroup"
+                                         else watched_oom_reason(launch.memory, memory.peak_mib)), "memory"
                     elif reason is None and exit_code == 0:
                         status = "SUCCEEDED"
-                    elif reason is None and oom:
-                        reason, cause = oom_reason(launch.memory), "memory"
                     elif reason is None and launch.mpi is None:
                         reason = (f"killed by signal {-exit_code}" if exit_code < 0
                                   else f"exited with code {exit_code}")
-                        if launch.memory and cage is None:
-                            reason += (f" (its address space was limited to maxMemory={launch.memory} MiB by "
-                                       "prlimit: this machine gives it no memory cgroup)")
                         full = disk_full_reason(launch.log_err, launch.disk_gib)
                         reason = f"{reason}; {full}" if full else reason
         except UntrustedFile as exc:  # the job left a link or a FIFO where its log goes: not followed
@@ -191,18 +189,19 @@ class CommandRunner:
         except Exception as exc:  # noqa: BLE001 - a runner bug must still end the job
             reason = f"runner error: {type(exc).__name__}: {exc}"
         finally:
-            if cage is not None:
-                cage_peak = cage.peak_mib()
-                cage.remove()
+            if memory is None:
+                memory = limit.ended()
             with self._lock:
                 self._free += launch.cores
                 self._lock.notify_all()
         times = dict(host=self._host, started=started, ended=time.time())
         if launch.mpi is not None:  # the ranks' own reports decide (and carry rank 0's value)
-            self._reporter.finished(verdict(launch, exit_code, reason, **times))
+            self._reporter.finished(replace(verdict(launch, exit_code, reason, **times), memory_held=memory.how,
+                                            max_rss_mib=memory.peak_mib,
+                                            **({"cause": "memory"} if cause == "memory" else {})))
             return
         used = dict(cpu_s=round(usage.ru_utime + usage.ru_stime, 3) if usage is not None else None,
-                    max_rss_mib=peak_mib(usage, cage_peak))
+                    max_rss_mib=memory.peak_mib, memory_held=memory.how)
         self._reporter.finished(Outcome(launch.job_id, launch.attempt, status, reason=reason, cause=cause,
                                         exit_code=exit_code, **times, **used))
 
@@ -226,6 +225,8 @@ class CommandRunner:
                 cancelled = launch.job_id in self._cancelled
                 self._cancelled.discard(launch.job_id)
                 self._lock.notify_all()
-        self._reporter.finished(Outcome(launch.job_id, launch.attempt, "CANCELLED", reason="cancelled while running")
-                                if cancelled else call_outcome(launch, report))
+        outcome = (Outcome(launch.job_id, launch.attempt, "CANCELLED", reason="cancelled while running")
+                   if cancelled else call_outcome(launch, report))
+        # the pool's ranks serve many calls: nothing holds one call's memory there
+        self._reporter.finished(replace(outcome, memory_held="none") if launch.memory else outcome)
 

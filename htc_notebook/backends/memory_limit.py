@@ -1,18 +1,31 @@
-"""`maxMemory` as a hard limit for a local command job.
+"""`maxMemory` (a command's) and `memory` (a Python call's) as hard limits, held the same way for
+every job a local runner or a pilot's worker starts, and every job's peak memory measured.
 
-Where this process may make memory cgroups (cgroup v1, under its own: a root kernel, or a
-delegated tree), each job gets one of its own (`job-<id>-<attempt>`) with `memory.limit_in_bytes`
-set; the kernel's OOM killer stops a job that goes over, and the cgroup's `oom_kill` count tells
-it apart from any other kill. Elsewhere (cgroup v2 without delegation, no cgroups) the job runs
-under `prlimit --as`: its address space is limited, so an allocation beyond it fails (a
-`MemoryError`, `ENOMEM`) instead of the job being killed. On SLURM, the site's cgroups do this
-(backends/slurm/script.py reads their OOM count). Python calls on the local backend get such a
-cgroup too (`call_sandbox.run_confined`; no prlimit fallback: a forked worker's address space is
-already larger than most limits), and so do a SLURM pilot's, inside the pilot job's cgroup; the pilot's
-script removes what its workers leave there (`clear_on_exit`).
+How a limit is held (`Hold.how`, recorded with each attempt: `attempts.memory_held`):
 
->>> print(" ".join(limited_argv(None, 512, ["./md"])[0]))  # doctest: +ELLIPSIS
-/...prlimit --as=536870912 -- ./md
+- `cgroup`: where this process may make memory cgroups (v1 under its own, or a delegated v2
+  subtree: `cgroups.py`), the job gets one of its own (`job-<id>-<attempt>`, a call's
+  `call-<pid>-<n>`) which it joins before it execs; the kernel's OOM killer stops a process of it
+  that goes over, and the cgroup's `oom_kill` count tells that kill apart from any other.
+- `watched`: elsewhere (an ordinary user without delegation, cgroup v2 without it, no cgroups),
+  the memory watchdog (`memory_watch.py`) sums the resident memory of the job's whole process
+  tree every 50 ms and SIGKILLs the tree when the sum passes the limit.
+- `none`: nothing holds it (a Python call run unconfined in its worker, `sandbox: none`); the
+  attempt says so.
+
+Either way a job any of whose processes was killed for memory fails for memory (cause `memory`:
+its retry asks for twice the memory), whatever its shell returned, and its peak is the cgroup's or
+the watchdog's. Jobs without a limit are measured the same way (a cgroup without a limit, or a
+watch that never kills). `HTC_MEMORY_CGROUPS=0` in the environment makes a process hold every
+limit by the watchdog (for tests, and for a site whose cgroups misbehave).
+
+On SLURM the site's cgroups hold command jobs' memory (backends/slurm/script.py reads their OOM
+count); Python calls on a pilot are held here, inside the pilot job's cgroup (v1) or by the
+watchdog; the pilot's script removes what its workers leave there (`clear_on_exit`).
+
+>>> h = hold(None, "doc", cgroups=False)
+>>> (h.how, h.argv(["./md"]))
+(None, ['./md'])
 """
 
 from __future__ import annotations
@@ -20,130 +33,133 @@ from __future__ import annotations
 import functools
 import os
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
+from htc_notebook.backends import memory_watch
+from htc_notebook.backends.cgroups import V1, Cage, find_parent, make_cage
 from htc_notebook.backends.programs import program
 
-MIB = 1024 * 1024
-V1 = Path("/sys/fs/cgroup/memory")
+CGROUPS_ENV = "HTC_MEMORY_CGROUPS"  # "0": hold limits by the watchdog only
 
 
 @dataclass(frozen=True)
-class Cage:
-    """A job's own memory cgroup (v1)."""
+class Verdict:
+    """How a job's memory went: `how` its limit was held (None: it asked for none), `oom` whether a
+    process of it was killed for memory, `peak_mib` its peak where measured."""
 
-    path: Path
-    limit_mib: int
+    how: str | None
+    oom: bool
+    peak_mib: float | None
 
-    def oom_kills(self) -> int:
-        """How many of the job's processes the OOM killer stopped (memory.oom_control's oom_kill)."""
-        try:
-            for line in (self.path / "memory.oom_control").read_text().splitlines():
-                key, _, value = line.partition(" ")
-                if key == "oom_kill":
-                    return int(value)
-        except (OSError, ValueError):
-            pass
-        return 0
 
-    def peak_mib(self) -> float | None:
-        try:
-            return round(int((self.path / "memory.max_usage_in_bytes").read_text()) / MIB, 1)
-        except (OSError, ValueError):
+class Hold:
+    """One job's memory limit (`limit_mib`, None: measured only) and its peak, held by `cage` (a
+    memory cgroup) or by a watch the watchdog keeps once `started` is called."""
+
+    def __init__(self, limit_mib: int | None, cage: Cage | None):
+        self.limit_mib, self.cage = limit_mib, cage
+        self._watch: memory_watch.Watch | None = None
+
+    @property
+    def how(self) -> str | None:
+        if not self.limit_mib:
             return None
+        return "cgroup" if self.cage is not None else "watched"
 
-    def remove(self) -> None:
-        """Remove the cgroup once its processes are gone (the kernel frees them a moment after the kill)."""
-        for _ in range(50):
-            try:
-                self.path.rmdir()
-                return
-            except FileNotFoundError:
-                return
-            except OSError:
-                time.sleep(0.02)
+    def argv(self, argv: Sequence[str]) -> list[str]:
+        """`argv`, made to join the job's cgroup before it execs (so nothing it allocates escapes)."""
+        if self.cage is None:
+            return list(argv)
+        return [program("sh"), "-c", 'echo $$ > "$0" && exec "$@"', str(self.cage.procs), *argv]
+
+    def join(self) -> None:
+        """Move this process into the job's cgroup (a forked child, before it does anything else)."""
+        if self.cage is not None:
+            with open(self.cage.procs, "w") as f:
+                f.write(str(os.getpid()))
+
+    def started(self, pid: int, *, session: bool = True, forked: bool = False) -> None:
+        """The job's first process is `pid` (with `session`: the leader of the job's own session;
+        `forked`: forked from this process, not exec'd, see `memory_watch.watch`'s `private`):
+        watched from now on without a cgroup, or, in a v2 cgroup without memory.peak, sampled."""
+        if self.cage is None:
+            self._watch = memory_watch.watch(pid, self.limit_mib, session=session, private=forked)
+        elif not self.cage.has_peak():
+            self._watch = memory_watch.watch(pid, None, session=session, cgroup=self.cage)
+
+    def ended(self, maxrss_mib: float | None = None) -> Verdict:
+        """The job ended (its processes reaped): stop watching, read the cgroup, remove it.
+        `maxrss_mib`, the job's own maxrss where it can be trusted, fills in a peak too quick for
+        the watchdog to see."""
+        watched = self._watch
+        if watched is not None:
+            watched.stop()
+        if self.cage is not None:
+            oom, peak = self.cage.oom_kills() > 0, self.cage.peak_mib()
+            self.cage.remove()
+        else:
+            oom = watched is not None and watched.killed
+            peak = watched.peak_mib if watched is not None else None
+            if maxrss_mib is not None and (peak is None or maxrss_mib > peak):
+                peak = maxrss_mib  # one process's peak: never more than the tree held together
+            # over its limit between two samples (grew and ended within one): over is over
+            oom = oom or bool(self.limit_mib and watched is not None and peak and peak > self.limit_mib)
+        return Verdict(self.how, oom, peak)
+
+
+def hold(limit_mib: int | None, name: str, *, swap_mib: int = 0, cgroups: bool = True) -> Hold:
+    """A `Hold` for a new job `name` (unique in this process): its own memory cgroup where this
+    process may make one (and `cgroups`), else the watchdog's."""
+    cage = None
+    if cgroups and os.environ.get(CGROUPS_ENV, "1") != "0":
+        where = cgroup_place()
+        if where is not None:
+            cage = make_cage(where[0], limit_mib, name, swap_mib, version=where[1])
+    return Hold(limit_mib, cage)
+
+
+def cgroup_place() -> tuple[Path, int] | None:
+    """Where this process makes its jobs' memory cgroups and their version, found once even when
+    several of its threads ask at the same time (`cgroups.find_parent`); None: the watchdog."""
+    if os.environ.get(CGROUPS_ENV, "1") == "0":
+        return None
+    with _FIRST:
+        return _cgroup_place(os.getpid())
 
 
 def cgroup_parent() -> Path | None:
-    """Where this process may make jobs' memory cgroups (see `_cgroup_parent`), found once even when
-    several of its threads ask at the same time."""
-    with _FIRST:
-        return _cgroup_parent()
+    """The directory of `cgroup_place`, or None."""
+    where = cgroup_place()
+    return where[0] if where is not None else None
 
 
 _FIRST = threading.Lock()
 
 
 @functools.cache
-def _cgroup_parent() -> Path | None:
-    """Where this process may make jobs' memory cgroups: a directory under its own v1 memory cgroup,
-    or None (then `prlimit`)."""
-    try:
-        own = next(line.split(":", 2)[2].strip() for line in Path("/proc/self/cgroup").read_text().splitlines()
-                   if line.split(":", 2)[1] == "memory")
-    except (OSError, StopIteration, IndexError):
-        return None
-    mine = V1 / own.lstrip("/")
-    for stale in mine.glob("htc-*"):  # left by processes that died: empty once their jobs ended
-        if stale.name[4:].isdigit() and not Path(f"/proc/{stale.name[4:]}").exists():
-            try:  # another process may be clearing the same one
-                for d in [*stale.glob("job-*"), *stale.glob("call-*"), stale]:
-                    d.rmdir()
-            except OSError:
-                pass
-    parent = mine / f"htc-{os.getpid()}"
-    try:
-        parent.mkdir(exist_ok=True)
-        (parent / "memory.use_hierarchy").read_text()
-    except OSError:
-        return None
-    return parent
+def _cgroup_place(pid: int) -> tuple[Path, int] | None:
+    return find_parent(pid)
+
+
+_cgroup_parent: Any = _cgroup_place  # the cache tests clear (`_cgroup_parent.cache_clear()`)
 
 
 def clear_on_exit() -> str:
     """A bash line for the start of a SLURM pilot's job script: when the script exits (its worker
     ended or was killed, or the job was cancelled: SIGTERM) it removes the memory cgroups its workers
-    made under its own (`htc-<pid>/call-*`) once their processes are gone, for up to 10 s. A cgroup
+    made under its own (v1), or beside its own (v2: `cgroups.v2_base`'s usual choice), once their
+    processes are gone (`htc-<pid>/call-*`), for up to 10 s. A cgroup
     left inside a job's keeps slurmstepd from removing the job's (seen on the test cluster). Not
     covered: the script itself SIGKILLed (a worker slower to close than the site's KillWait).
 
     >>> "trap" in clear_on_exit() and "/proc/" in clear_on_exit()
     True
     """
-    own = "$(sed -n 's/^[0-9]*:memory://p' /proc/self/cgroup)"
+    v1 = "$(sed -n 's/^[0-9]*:memory://p' /proc/self/cgroup)"
+    v2 = "$(dirname \"/sys/fs/cgroup$(sed -n 's/^0:://p' /proc/self/cgroup)\")"  # v2: beside its own cgroup
     clear = ('for _ in $(seq 50); do left=; for d in "$htc_cg"/htc-*; do [ -d "$d" ] || continue; '
              '[ -e "/proc/${d##*-}" ] && left=1 && continue; rmdir "$d"/call-* 2>/dev/null; rmdir "$d" 2>/dev/null || left=1; done; '
              '[ -z "$left" ] && break; sleep 0.2; done')
-    return f"htc_cg={V1}{own}; trap '{clear}' EXIT"
-
-
-def make_cage(parent: Path | None, limit_mib: int, name: str, swap_mib: int = 0) -> Cage | None:
-    """A new memory cgroup `name` under `parent` limited to `limit_mib` of memory, and to `swap_mib`
-    of swap beyond it where the kernel accounts swap (memory.memsw); None where it cannot be made."""
-    if parent is None:
-        return None
-    limit, path = int(limit_mib) * MIB, parent / name
-    try:
-        path.mkdir(exist_ok=True)
-        (path / "memory.limit_in_bytes").write_text(str(limit))
-    except OSError:
-        return None
-    try:
-        (path / "memory.memsw.limit_in_bytes").write_text(str(limit + int(swap_mib) * MIB))
-    except OSError:
-        pass
-    return Cage(path, limit_mib)
-
-
-def limited_argv(parent: Path | None, limit_mib: int, argv: Sequence[str], name: str = "job",
-                 swap_mib: int = 0) -> tuple[list[str], Cage | None]:
-    """`argv` held to `limit_mib` (and `swap_mib` of swap beyond it): in a new cgroup `name` under
-    `parent` (the job joins it before it execs, so nothing it allocates escapes the limit), or
-    under prlimit when there is none (which knows no swap)."""
-    cage = make_cage(parent, limit_mib, name, swap_mib)
-    if cage is not None:
-        return [program("sh"), "-c", 'echo $$ > "$0" && exec "$@"', str(cage.path / "cgroup.procs"), *argv], cage
-    return [program("prlimit"), f"--as={int(limit_mib) * MIB}", "--", *argv], None
+    return f'htc_cg={v1}; if [ -n "$htc_cg" ]; then htc_cg={V1}$htc_cg; else htc_cg={v2}; fi; trap \'{clear}\' EXIT'

@@ -2,7 +2,7 @@
 
 A job's `envs` are the job's own: they hold inside its sandbox, never outside it. So:
 
-- every program the toolkit starts around a job (bwrap, prlimit, sh for the cgroup step) is found
+- every program the toolkit starts around a job (bwrap, sh for the cgroup step) is found
   once, by absolute path, on the toolkit's own PATH as it was when this module was imported, never
   through a PATH a job set (a `bwrap` planted in the task directory is never run);
 - the variables that choose what a process loads or runs (PATH, LD_*, PYTHON*, BASH_ENV, ...) are

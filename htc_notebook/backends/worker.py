@@ -182,16 +182,20 @@ class JobRunner:
                               "HTC_CHECKPOINT": str(checkpoint_path(self.cwd, job_id))}, logs)
                     for job_id, index, args, kwargs, logs in jobs]
 
+        memory: list[Any] = []  # how the calls' memory went (memory_limit.Verdict): a pack's is each call's
         try:
-            reports = run_confined(self.view, run_all, self.memory_mib)
+            reports = run_confined(self.view, run_all, self.memory_mib, measured=memory.append)
         except ConfinementError as exc:
-            return _failed(len(jobs), f"{exc}. Allow user namespaces on {socket.gethostname()}, or set "
-                                      "`sandbox: none` in the profile to run Python calls unconfined")
+            reports = _failed(len(jobs), f"{exc}. Allow user namespaces on {socket.gethostname()}, or set "
+                                         "`sandbox: none` in the profile to run Python calls unconfined")
         except OutOfMemory as exc:
-            return _failed(len(jobs), str(exc), cause="memory")
+            reports = _failed(len(jobs), str(exc), cause="memory")
         except RuntimeError as exc:  # the confined process died under the calls (a crash, a kill)
-            return _failed(len(jobs), str(exc))
-        times.extend(r["ended"] - r["started"] for r in reports)
+            reports = _failed(len(jobs), str(exc))
+        else:
+            times.extend(r["ended"] - r["started"] for r in reports)
+        if memory:
+            reports = [{**r, "max_rss_mib": memory[0].peak_mib, "memory_held": memory[0].how} for r in reports]
         return reports
 
 

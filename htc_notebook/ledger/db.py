@@ -28,7 +28,7 @@ from .rows import (AttemptRow, AttemptStart, BatchRow, EventRow, JobRow, NewBatc
                    TaskRow)
 from .schema import (ACTIVE_SQL, ATTEMPT_COLUMNS, ATTEMPT_READ, DDL, JOB_COLUMNS, LEASES_DDL, PRAGMAS,
                      REQUEST_SQL, SCHEMA_VERSION, TERMINAL_SQL, V1_STATUSES, V3_UPGRADE,
-                     V4_UPGRADE, V5_UPGRADE, V6_UPGRADE, sql_list)
+                     V4_UPGRADE, V5_UPGRADE, V6_UPGRADE, V7_UPGRADE, sql_list)
 
 T = TypeVar("T")
 PREVIEW_BYTES = 512  # results this small come with `view_changes` rows, for table previews
@@ -105,11 +105,12 @@ class Ledger(ProjectRules):
                 for statement in DDL:
                     con.execute(statement)
                 con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version in (1, 2, 3, 4, 5):
+            elif version in (1, 2, 3, 4, 5, 6):
                 if version == 1:
                     _upgrade_v1(con)
                 for statement in ((V3_UPGRADE if version < 3 else ()) + (V4_UPGRADE if version < 4 else ())
-                                  + (V5_UPGRADE if version < 5 else ()) + V6_UPGRADE):
+                                  + (V5_UPGRADE if version < 5 else ()) + (V6_UPGRADE if version < 6 else ())
+                                  + V7_UPGRADE):
                     con.execute(statement)
                 con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:  # equal: another process made it while we waited for the lock
@@ -287,7 +288,7 @@ class Ledger(ProjectRules):
         with self._write() as con:
             seq = _next_seq(con)
             moved = con.execute(
-                f"UPDATE jobs SET status = 'SUBMITTED', reason = ?, exit_code = NULL, cpu_s = NULL, max_rss_mib = NULL, host = NULL, "
+                f"UPDATE jobs SET status = 'SUBMITTED', reason = ?, exit_code = NULL, cpu_s = NULL, max_rss_mib = NULL, memory_held = NULL, host = NULL, "
                 f"       native_id = NULL, started = NULL, ended = NULL, updated = ?, seq = ?, retry_at = NULL, "
                 f"       spec = CASE WHEN ? IS NULL THEN spec ELSE json_set(spec, '$.owner', ?) END "
                 f"WHERE id IN {IN_JSON} AND status IN ({REQUEUEABLE_SQL}) "
@@ -365,7 +366,7 @@ class Ledger(ProjectRules):
             # bump every live job (many rows a statement), reading back the ones this transaction moved
             # (u.column1..8: job id, status, host, native id, log out, log err, now, seq)
             numbers = dict(_many(
-                con, f"UPDATE jobs SET attempts = attempts + 1, status = u.column2, reason = NULL, exit_code = NULL, cpu_s = NULL, max_rss_mib = NULL, "
+                con, f"UPDATE jobs SET attempts = attempts + 1, status = u.column2, reason = NULL, exit_code = NULL, cpu_s = NULL, max_rss_mib = NULL, memory_held = NULL, "
                      f"       host = u.column3, native_id = u.column4, log_out = u.column5, log_err = u.column6, "
                      f"       ended = NULL, started = CASE WHEN u.column2 = 'RUNNING' THEN u.column7 END, "
                      f"       updated = u.column7, seq = u.column8 "
@@ -406,7 +407,8 @@ class Ledger(ProjectRules):
                     continue
                 p = {"id": o.job_id, "a": o.attempt, "s": status, "r": o.reason, "x": o.exit_code,
                      "h": o.host, "st": o.started, "en": o.ended if o.ended is not None else now,
-                     "now": now, "seq": seq, "c": _cause(o, status), "cpu": o.cpu_s, "rss": o.max_rss_mib}
+                     "now": now, "seq": seq, "c": _cause(o, status), "cpu": o.cpu_s, "rss": o.max_rss_mib,
+                     "held": o.memory_held}
                 # a non-success outcome never overrides a terminal job, a newer attempt, or a
                 # verdict already recorded for this attempt (outcomes are idempotent)
                 guard = (f"status NOT IN ({TERMINAL_SQL}) AND attempts <= :a AND NOT EXISTS "
@@ -416,7 +418,7 @@ class Ledger(ProjectRules):
                     f"UPDATE jobs SET status = CASE WHEN {retryable} THEN 'SUBMITTED' ELSE :s END, "
                     f"       reason = CASE WHEN {retryable} THEN 'attempt ' || :a || ' ended ' || :s || "
                     f"                ', a retry is being decided: ' || COALESCE(:r, 'no reason recorded') ELSE :r END, "
-                    f"       exit_code = :x, host = COALESCE(:h, host), cpu_s = :cpu, max_rss_mib = :rss, "
+                    f"       exit_code = :x, host = COALESCE(:h, host), cpu_s = :cpu, max_rss_mib = :rss, memory_held = :held, "
                     f"       attempts = MAX(attempts, :a), started = COALESCE(:st, started), ended = :en, "
                     f"       updated = :now, seq = :seq, retry_at = CASE WHEN {retryable} THEN :en END "
                     f"WHERE id = :id AND {guard} RETURNING task_id, host, native_id, COALESCE(log_err, log_out)", p).fetchone()
@@ -424,14 +426,14 @@ class Ledger(ProjectRules):
                 con.execute(
                     f"UPDATE attempts SET status = :s, reason = :r, exit_code = :x, host = COALESCE(:h, host), "
                     f"       started = COALESCE(:st, started), ended = :en, cause = :c, cpu_s = :cpu, "
-                    f"       max_rss_mib = :rss "
+                    f"       max_rss_mib = :rss, memory_held = :held "
                     f"WHERE job_id = :id AND number = :a AND status NOT IN ({TERMINAL_SQL})", p)
                 if row is None:
                     continue
                 task_id, host, native_id, log = row
                 con.execute(  # an outcome for an attempt that start_attempts never saw
-                    f"INSERT OR IGNORE INTO attempts ({ATTEMPT_COLUMNS}, cause, cpu_s, max_rss_mib, request) "
-                    f"SELECT id, :a, :s, :r, host, native_id, :x, :st, :en, log_out, log_err, :c, :cpu, :rss, "
+                    f"INSERT OR IGNORE INTO attempts ({ATTEMPT_COLUMNS}, cause, cpu_s, max_rss_mib, memory_held, request) "
+                    f"SELECT id, :a, :s, :r, host, native_id, :x, :st, :en, log_out, log_err, :c, :cpu, :rss, :held, "
                     f"       {REQUEST_SQL} "
                     f"FROM jobs WHERE id = :id", p)
                 details = ", ".join(f"{k} {v}" for k, v in (("exit code", o.exit_code), ("host", host),
@@ -526,7 +528,7 @@ class Ledger(ProjectRules):
         with self._write() as con:
             seq = _next_seq(con)
             row = con.execute(
-                "UPDATE jobs SET reason = ?, exit_code = NULL, cpu_s = NULL, max_rss_mib = NULL, host = NULL, "
+                "UPDATE jobs SET reason = ?, exit_code = NULL, cpu_s = NULL, max_rss_mib = NULL, memory_held = NULL, host = NULL, "
                 "       native_id = NULL, started = NULL, ended = NULL, updated = ?, seq = ?, retry_at = NULL, "
                 f"       spec = json_patch(spec, ?) WHERE {RETRY_PENDING} RETURNING task_id",
                 (reason, now, seq, patch, job_id, attempt)).fetchone()
@@ -786,20 +788,21 @@ def _record_successes(con: sqlite3.Connection, successes: list, now: float, seq:
             first[o.job_id] = (o, size)
     rows = [(o.job_id, o.attempt, o.reason, o.exit_code, o.host, o.started,
              o.ended if o.ended is not None else now) for o, _ in first.values()]
-    used = [(*r, o.cpu_s, o.max_rss_mib) for r, (o, _) in zip(rows, first.values())]
+    used = [(*r, o.cpu_s, o.max_rss_mib, o.memory_held) for r, (o, _) in zip(rows, first.values())]
     con.executemany(
         "UPDATE jobs SET status = 'SUCCEEDED', reason = ?3, exit_code = ?4, host = COALESCE(?5, host), "
         "       attempts = MAX(attempts, ?2), started = COALESCE(?6, started), ended = ?7, "
-        f"       updated = {now!r}, seq = {seq:d}, retry_at = NULL, cpu_s = ?8, max_rss_mib = ?9 WHERE id = ?1",
+        f"       updated = {now!r}, seq = {seq:d}, retry_at = NULL, cpu_s = ?8, max_rss_mib = ?9, "
+        "       memory_held = ?10 WHERE id = ?1",
         used)
     # finish the attempt row (or correct an earlier verdict), or add it if start_attempts never saw it
     con.executemany(
         "UPDATE attempts SET status = 'SUCCEEDED', reason = ?3, exit_code = ?4, host = COALESCE(?5, host), "
-        "       started = COALESCE(?6, started), ended = ?7, cause = NULL, cpu_s = ?8, max_rss_mib = ?9 "
+        "       started = COALESCE(?6, started), ended = ?7, cause = NULL, cpu_s = ?8, max_rss_mib = ?9, memory_held = ?10 "
         "WHERE job_id = ?1 AND number = ?2 AND status <> 'SUCCEEDED'", used)
     con.executemany(
-        f"INSERT OR IGNORE INTO attempts ({ATTEMPT_COLUMNS}, cpu_s, max_rss_mib, request) "
-        "SELECT id, ?2, 'SUCCEEDED', ?3, host, native_id, ?4, ?6, ?7, log_out, log_err, ?8, ?9, "
+        f"INSERT OR IGNORE INTO attempts ({ATTEMPT_COLUMNS}, cpu_s, max_rss_mib, memory_held, request) "
+        "SELECT id, ?2, 'SUCCEEDED', ?3, host, native_id, ?4, ?6, ?7, log_out, log_err, ?8, ?9, ?10, "
         f"       {REQUEST_SQL} FROM jobs WHERE id = ?1", used)
     con.executemany("INSERT INTO results (job_id, attempt, inline, path, size, created) VALUES (?, ?, ?, ?, ?, ?)",
                     [(o.job_id, o.attempt, o.result, o.result_path, size, now)

@@ -84,6 +84,7 @@ class JobRow:
     retry_at: float | None = None  # a retry is due (or to be decided) at this time
     cpu_s: float | None = None  # what its last attempt used: CPU time (user + system), where measured
     max_rss_mib: float | None = None  # and peak memory, where measured
+    memory_held: str | None = None  # and how its memory limit was held (states.MEMORY_HELD; None: none asked)
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ class AttemptRow:
     cause: str | None = None  # why it failed (htc_notebook.states.Cause)
     cpu_s: float | None = None  # CPU time used (user + system), where measured
     max_rss_mib: float | None = None  # peak memory, where measured
+    memory_held: str | None = None  # how its memory limit was held (states.MEMORY_HELD; None: none asked)
     request: dict[str, Any] | None = None  # {"memory": MiB, "timeout": s} it asked for
 
 

@@ -10,7 +10,7 @@ def sql_list(states: frozenset) -> str:
     return ",".join(f"'{s.value}'" for s in sorted(states, key=lambda s: s.value))
 
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 # Version 1 had no HELD state: its CHECK constraints list these (upgraded in place, see Ledger)
 V1_STATUSES = "'CANCELLED','FAILED','LOST','RUNNABLE','RUNNING','STARTING','SUBMITTED','SUCCEEDED'"
 
@@ -76,6 +76,10 @@ V6_UPGRADE = ("""CREATE TABLE project_dimensions (
         archive_after  INTEGER NOT NULL CHECK (archive_after >= 0),
         delete_after   INTEGER NOT NULL CHECK (delete_after >= 0)
     )""")
+
+# v6 -> v7: how each attempt's memory limit was held (states.MEMORY_HELD: a memory cgroup, the
+# watchdog on its process tree, not at all; NULL: it asked for none), and the last attempt's on the job
+V7_UPGRADE = ("ALTER TABLE attempts ADD COLUMN memory_held TEXT", "ALTER TABLE jobs ADD COLUMN memory_held TEXT")
 
 # Named leases: which process does a job for the whole data root (e.g. the one SLURM status poll)
 LEASES_DDL = """CREATE TABLE leases (
@@ -146,7 +150,7 @@ DDL = (
         retry_at   REAL,             -- a failed attempt waits for its retry decision (due then)
         cpu_s      REAL,             -- what its last attempt used (CPU time, peak memory), where measured
         max_rss_mib REAL
-    )""",
+    )""",  # V7_UPGRADE adds memory_held: how its last attempt's memory limit was held
     "CREATE UNIQUE INDEX jobs_task_key ON jobs (task_id, key) WHERE key IS NOT NULL",
     "CREATE INDEX jobs_task_status ON jobs (task_id, status)",
     "CREATE INDEX jobs_task_seq ON jobs (task_id, seq)",
@@ -192,6 +196,7 @@ DDL = (
     LEASES_DDL,
     *V5_UPGRADE,
     *V6_UPGRADE,
+    *V7_UPGRADE,
 
     # PRIMARY KEY job_id: a job's result is committed exactly once (G2).
     """CREATE TABLE results (
@@ -208,8 +213,8 @@ DDL = (
 
 JOB_COLUMNS = ("id, task_id, batch_id, idx, key, name, kind, profile, priority, params, spec, status, "
                "reason, exit_code, attempts, host, native_id, log_out, log_err, created, updated, "
-               "started, ended, seq, retry_at, cpu_s, max_rss_mib")
+               "started, ended, seq, retry_at, cpu_s, max_rss_mib, memory_held")
 ATTEMPT_COLUMNS = "job_id, number, status, reason, host, native_id, exit_code, started, ended, log_out, log_err"
-ATTEMPT_READ = ATTEMPT_COLUMNS + ", cause, cpu_s, max_rss_mib, request"
+ATTEMPT_READ = ATTEMPT_COLUMNS + ", cause, cpu_s, max_rss_mib, memory_held, request"
 # what an attempt asks for, from its job's spec when it starts
 REQUEST_SQL = "json_object('memory', json_extract(spec, '$.memory'), 'timeout', json_extract(spec, '$.timeout'))"

@@ -92,8 +92,8 @@ def memory_cgroups() -> Check:
     if parent is not None:
         return Check("memory cgroups", True, f"cgroup {version}: jobs get their own memory cgroup under {parent}")
     return Check("memory cgroups", False, f"cgroup {version}: this user may not make memory cgroups",
-                 instead="maxMemory is held by a limit on the job's process tree where no cgroup can be made "
-                         "(on SLURM, by the site's own cgroups)",
+                 instead="maxMemory is held by the memory watchdog on the job's process tree (each attempt "
+                         "records `watched`; on SLURM, by the site's own cgroups)",
                  ask="delegate a cgroup v2 subtree with the memory controller (systemd: Delegate=yes) "
                      "for the login node's users")
 

@@ -19,7 +19,7 @@ import anywidget
 import traitlets
 
 from htc_notebook.states import REQUEUEABLE_NAMES, STATES, TERMINAL_NAMES
-from htc_notebook.ui.table import TableModel
+from htc_notebook.ui.table import TableModel, memory_line
 
 if TYPE_CHECKING:
     from htc_notebook.runtime.session import Session
@@ -92,6 +92,8 @@ class JobsTable(anywidget.AnyWidget):
         row = handle.row
         lines = [f"job {row.id} {row.name}: {row.status}" + (f" - {row.reason}" if row.reason else ""),
                  f"attempts {row.attempts}, host {row.host or '-'}, native id {row.native_id or '-'}"]
+        if row.memory_held or row.max_rss_mib is not None:
+            lines.append(memory_line(row.max_rss_mib, row.spec.memory, row.memory_held))
         for stream in ("err", "out"):
             text = handle.logs(stream, tail=LOG_TAIL)
             if text.strip():

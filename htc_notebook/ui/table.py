@@ -140,6 +140,23 @@ def used(cpu_s: float | None, rss_mib: float | None, memory: int | None, cores: 
     return ", ".join(parts)
 
 
+HELD_TEXT = {"cgroup": "held by a memory cgroup", "watched": "held by the memory watchdog on its processes",
+             "none": "not held: nothing here could enforce it"}
+
+
+def memory_line(peak_mib: float | None, memory: int | None, held: str | None) -> str:
+    """A job's memory in its detail: its last attempt's peak, its limit and how the limit was held.
+
+    >>> memory_line(612.0, 4096, "watched")
+    'memory: peak 612 MiB, limit 4096 MiB held by the memory watchdog on its processes'
+    >>> memory_line(30.5, None, None)
+    'memory: peak 30 MiB, no limit asked'
+    """
+    peak = f"peak {peak_mib:.0f} MiB" if peak_mib is not None else "peak not measured"
+    limit = f"limit {memory} MiB {HELD_TEXT.get(held or '', held or 'not recorded')}" if memory else "no limit asked"
+    return f"memory: {peak}, {limit}"
+
+
 def _preview(blob: bytes) -> str | None:
     """A short repr of a small pickled result (None if it cannot be loaded here)."""
     try:

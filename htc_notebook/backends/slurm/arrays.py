@@ -389,14 +389,16 @@ def _read_exit(t: Tracked) -> Outcome | None:
     code = int(rc)
     how, cpu, peak = (rest + ["ok", "-", "-"][len(rest):])[:3]
     used = {"cpu_s": round(int(cpu) / CLOCK_TICKS, 2) if cpu.isdigit() else None,
-            "max_rss_mib": round(int(peak) / 2**20, 1) if peak.isdigit() else None}
+            "max_rss_mib": round(int(peak) / 2**20, 1) if peak.isdigit() else None,
+            # a peak means the script found the job's memory cgroup: the site's, which holds --mem
+            "memory_held": ("cgroup" if peak.isdigit() else "none") if t.memory else None}
     started = _read_start(t)
     ranks = rank_dir(t.state_dir.parent.parent, t.job_id, t.attempt)
     if is_python_job(ranks):  # an MPI function: the ranks' reports decide, and carry rank 0's value
         status, reason, result = read_outcome(ranks, code)
         return Outcome(t.job_id, t.attempt, status, reason=reason, exit_code=code, host=host,
                        started=started, ended=ended, result=result)
-    if code == 0:
+    if code == 0 and how != "oom":  # a process the OOM killer stopped fails the job, whatever its shell returned
         return Outcome(t.job_id, t.attempt, "SUCCEEDED", exit_code=0, host=host,
                        started=started, ended=ended, **used)
     cause = Cause.EXIT
