@@ -23,7 +23,7 @@ $(TEST_STAMP): $(STAMP)
 
 $(USER_STAMP): pyproject.toml
 	/usr/bin/python3 -m venv $(USER_VENV)
-	$(USER_VENV)/bin/python -m pip install --quiet -e .
+	$(USER_VENV)/bin/python -m pip install --quiet -e '.[test]'
 	touch $(USER_STAMP)
 
 install: $(STAMP)
@@ -32,14 +32,19 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/htc demo
 
+## the local-backend tests run again as an ordinary user (tests/restrictive.py; `root` and `slurm` ones left out)
+USER_TESTS := tests/test_sandbox.py tests/test_call_sandbox.py tests/test_job_files.py tests/test_memory_limits.py \
+              tests/test_limits.py tests/test_server_security.py tests/test_runtime_local.py tests/test_retries.py
+
 ## test: every test; SLURM, MPI and browser parts are required (never skipped).
 ## Brings the SLURM test cluster up, runs pytest, always brings it down, exits with pytest's status.
 test: system-deps $(TEST_STAMP) $(USER_STAMP)
 	mkdir -p $(TEST_OUT)
 	$(MAKE) --no-print-directory slurm-up || { $(MAKE) --no-print-directory slurm-down; exit 1; }
 	HTC_REQUIRE_SLURM=1 $(BIN)/python -m pytest -q -p no:cacheprovider --junitxml=$(TEST_OUT)/junit.xml; \
-	  rc=$$?; $(MAKE) --no-print-directory slurm-down; down=$$?; \
-	  if [ $$rc -ne 0 ]; then exit $$rc; fi; exit $$down
+	  rc=$$?; $(BIN)/python tests/restrictive.py suite htc-user userns $(USER_TESTS); user=$$?; \
+	  $(MAKE) --no-print-directory slurm-down; down=$$?; \
+	  if [ $$rc -ne 0 ]; then exit $$rc; fi; if [ $$user -ne 0 ]; then exit $$user; fi; exit $$down
 
 ## system-deps: Debian packages for the SLURM test cluster and the venv (root; apt-get only what is missing).
 ## Keep in sync with htc_notebook/devcluster/install.py (a test compares them).

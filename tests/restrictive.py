@@ -84,7 +84,28 @@ def _exec_without_userns(uid: int, gid: int, argv: list[str]) -> int:
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
+def suite(user: str, userns: bool, pytest_args: list[str]) -> int:
+    """`make test`'s run of local-backend tests as an ordinary user (tests marked `root` and `slurm`
+    left out), with its output shown as it comes; pytest's exit status."""
+    who = ensure_user(user)
+    out = REPO / "test-output" / f"as-{user}{'' if userns else '-no-userns'}"
+    out.mkdir(parents=True, exist_ok=True)
+    os.chown(out, who.pw_uid, who.pw_gid)
+    env = user_env(who, HTC_REQUIRE_SLURM="1")
+    argv = [str(USER_VENV / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider",
+            "-m", "not slurm and not root", f"--junitxml={out / 'junit.xml'}", *pytest_args]
+    if userns:
+        full = ["setpriv", f"--reuid={who.pw_uid}", f"--regid={who.pw_gid}", "--clear-groups", "--", *argv]
+    else:
+        full = [sys.executable, __file__, str(who.pw_uid), str(who.pw_gid), "--", *argv]
+    print(f"== tests as {user} ({'with' if userns else 'without'} user namespaces): {' '.join(pytest_args)}",
+          flush=True)
+    return subprocess.run(full, env=env, cwd=REPO).returncode
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "suite":  # restrictive.py suite USER userns|no-userns PYTEST-ARGS...
+        sys.exit(suite(sys.argv[2], sys.argv[3] == "userns", sys.argv[4:]))
     uid_, gid_, sep, *cmd = sys.argv[1:]
-    assert sep == "--" and cmd, "usage: restrictive.py UID GID -- ARGV"
+    assert sep == "--" and cmd, "usage: restrictive.py UID GID -- ARGV | suite USER userns|no-userns ARGS"
     sys.exit(_exec_without_userns(int(uid_), int(gid_), cmd))

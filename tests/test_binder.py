@@ -46,7 +46,8 @@ def test_binder_environment_runs_the_quickstart():
         pwd.getpwnam(USER)
     except KeyError:
         subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", USER], check=True)
-    work = Path(f"/tmp/htc-binder-{uuid.uuid4().hex[:8]}")
+    # in the user's home, as on Binder (/home/jovyan): not under /tmp, which each job has to itself
+    work = Path(pwd.getpwnam(USER).pw_dir) / f"htc-binder-{uuid.uuid4().hex[:8]}"
     work.mkdir(mode=0o755)
     try:
         # a clean copy of what is committed (no .venv, node_modules or build output), owned by the user

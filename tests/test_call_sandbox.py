@@ -111,6 +111,7 @@ print(json.dumps(run_confined(JobView(root, task, shared), look)))
 """
 
 
+@pytest.mark.root
 def test_an_unprivileged_user_is_confined_through_a_user_namespace(tmp_path):
     """What a site's users get (they are not root): the call runs in a user namespace mapping only
     them, and what it writes is still theirs."""

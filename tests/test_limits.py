@@ -30,6 +30,7 @@ def _run(task, mib: int, limit: int):
     return job.wait(timeout=120), job
 
 
+@pytest.mark.root
 def test_a_job_over_its_memory_limit_is_killed_and_says_so_and_one_under_it_runs(session):
     if memory_limit.cgroup_parent() is None:
         missing("no memory cgroup can be made here (make test runs as root with cgroup v1)")
@@ -48,6 +49,7 @@ def test_a_job_over_its_memory_limit_is_killed_and_says_so_and_one_under_it_runs
 MEMSW = ["sh", "-c", 'cat "/sys/fs/cgroup/memory$(grep :memory: /proc/self/cgroup | cut -d: -f3)/memory.memsw.limit_in_bytes"']
 
 
+@pytest.mark.root
 def test_maxswap_is_the_swap_a_job_may_use_beyond_its_memory(session):
     """The job reads its own cgroup's memory+swap limit: maxMemory plus maxSwap, or maxMemory alone."""
     parent = memory_limit.cgroup_parent()
@@ -70,6 +72,7 @@ def hog(mib: int) -> int:
     return len(x) >> 20
 
 
+@pytest.mark.root
 def test_a_python_call_over_its_memory_request_is_killed_says_so_and_its_retry_gets_more(session):
     """A confined call (backends/call_sandbox.py) runs in a memory cgroup of its own sized by its
     `memory` request: over it, FAILED with the same reason as a command; cause memory, so its retry
@@ -102,6 +105,7 @@ def test_without_a_memory_cgroup_the_watchdog_holds_the_job_to_its_limit(session
     assert row.status == "SUCCEEDED", row.reason
 
 
+@pytest.mark.root
 def test_the_cgroups_of_a_dead_process_are_cleared_when_the_next_one_starts(tmp_path):
     parent = memory_limit.cgroup_parent()
     if parent is None:

@@ -39,7 +39,7 @@ THREADS = [sys.executable, "-c", textwrap.dedent("""\
     print("16 threads")""")]
 
 
-@pytest.fixture(scope="module", params=["cgroup", "watched"])
+@pytest.fixture(scope="module", params=[pytest.param("cgroup", marks=pytest.mark.root), "watched"])
 def session(request, tmp_path_factory):
     """A session whose jobs' limits are held by cgroups, or (HTC_MEMORY_CGROUPS=0) by the watchdog;
     its dask workers start with the same setting."""
@@ -247,6 +247,7 @@ with Session(sys.argv[1], site=SiteConfig.builtin()) as s:
 """
 
 
+@pytest.mark.root
 def test_as_an_ordinary_user_no_cgroup_can_be_made_so_the_watchdog_holds_the_limit(tmp_path):
     """A real condition, not a setting: an ordinary user (no cgroup delegation here) runs a session;
     its command and its Python call over their limits are killed by the watchdog, for memory."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -118,3 +119,22 @@ def test_a_rank_pool_serves_one_tasks_calls_confined_to_that_task(tmp_path):
         left, seen = b.mpi(_look_in_rank, str(secret), ranks=2).result(timeout=180)
     assert left is None
     assert seen == "FileNotFoundError"
+
+
+def test_a_toolkit_that_lives_under_tmp_is_still_seen_by_jobs_over_their_own_tmp(tmp_path, monkeypatch):
+    """A checkout or venv under /tmp (as a CI run may have): jobs still run its programs, read-only."""
+    venv = Path(tempfile.mkdtemp(prefix="htc-venv-"))
+    try:
+        (venv / "bin").mkdir()
+        tool = venv / "bin" / "tool"
+        tool.write_text("#!/bin/sh\necho tool ran\n")
+        tool.chmod(0o755)
+        monkeypatch.setattr(sys, "prefix", str(venv))  # as if this Python lived there
+        with Session(tmp_path / "root") as s:
+            (job,) = s.project("p").task("t").submit_batch({"jobName": "tool", "batchSize": 1, "htcJobDefinition": {
+                "commands": ["sh", "-c", f"{tool}; touch {venv}/written || echo read-only"]}})
+            job.wait(timeout=120)
+            assert job.status == "SUCCEEDED", (job.row.reason, job.logs("err"))
+            assert job.logs().split() == ["tool", "ran", "read-only"]
+    finally:
+        subprocess.run(["rm", "-rf", str(venv)], check=False)

@@ -26,6 +26,7 @@ import os
 import posixpath
 import pwd
 import subprocess
+import sys
 from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
@@ -61,15 +62,17 @@ SCRATCH = "/tmp/htc-scratch"  # each job's own tmpfs of maxDiskGiB, mounted here
 
 def bwrap_argv(view: JobView, argv: Sequence[str], *, pid_namespace: bool = True, image: Sequence[str] = (),
                scratch_gib: int | None = None, writable: Sequence[str] = (),
-               setenv: Mapping[str, str] | None = None) -> list[str]:
+               setenv: Mapping[str, str] | None = None, keep: Sequence[str] = ()) -> list[str]:
     """The argv that runs `argv` confined to `view` (a pure function: nothing is checked on disk);
     `image`: the options that show the root file system under the data root that `argv` runs in
     (`image_root`, read-only);
     `scratch_gib` gives the job a scratch tmpfs of that size at SCRATCH; `writable`: directories
     of the task's `.htc/` the job may write (an MPI function's rank directory); `setenv`: variables set
-    inside the sandbox only (a job's PATH, LD_*: `programs.split_env`)."""
+    inside the sandbox only (a job's PATH, LD_*: `programs.split_env`); `keep`: paths under /tmp the job
+    still sees, read-only, over its own /tmp (the toolkit's Python where it lives there: `kept_under_tmp`)."""
     task, shared = view.task_dir, view.shared_dir
-    tmp = ["--tmpfs", "/tmp"] if pid_namespace else ["--bind", "/tmp", "/tmp"]  # ranks share the node's
+    tmp = ["--tmpfs", "/tmp", *(a for p in keep for a in ("--ro-bind", p, p))] if pid_namespace \
+        else ["--bind", "/tmp", "/tmp"]  # MPI ranks share the node's
     out = [BWRAP, "--die-with-parent", "--ro-bind", "/", "/", "--dev-bind", "/dev", "/dev", "--proc", "/proc",
            *tmp, "--tmpfs", view.root, "--ro-bind", shared, shared, "--bind", task, task,
            "--ro-bind", view.internal, view.internal, "--bind", view.checkpoints, view.checkpoints,
@@ -109,7 +112,7 @@ def confined(launch: Launch, profile: PartitionProfile) -> Launch:
             env = {**env, "HTC_SCRATCH": SCRATCH, "TMPDIR": SCRATCH}
         env, inside = split_env(env)  # the job's PATH, LD_* hold inside only: bwrap is not theirs to choose
         argv = bwrap_argv(launch.view, argv, pid_namespace=launch.mpi is None, image=image, scratch_gib=scratch,
-                          setenv=inside)
+                          setenv=inside, keep=kept_under_tmp(profile.python))
     elif image:  # unconfined: the host as it is, but the image's mount points are still laid out, not written
         env, inside = split_env(env)
         argv = [BWRAP, "--die-with-parent", "--dev-bind", "/", "/", *image,
@@ -117,6 +120,18 @@ def confined(launch: Launch, profile: PartitionProfile) -> Launch:
     if rootfs != launch.image:  # the node's copy, made by the first job of the image there
         argv = on_node(launch.image, rootfs, argv)
     return replace(launch, command=tuple(argv), env=env)
+
+
+def kept_under_tmp(python: str | None = None) -> tuple[str, ...]:
+    """What of the host's /tmp a job still sees over its own /tmp, read-only: this Python's prefixes,
+    the toolkit's own directory and the profile's `python`'s venv, where they live under /tmp (a
+    checkout or a venv there, as a CI run may have)."""
+    import htc_notebook
+
+    places = [sys.prefix, sys.base_prefix, os.path.dirname(os.path.dirname(htc_notebook.__file__))]
+    if python:
+        places.append(os.path.dirname(os.path.dirname(python)))
+    return tuple(dict.fromkeys(p for p in map(os.path.realpath, places) if p.startswith("/tmp/")))
 
 
 def check_confinement(profile: PartitionProfile, launches: Sequence[Launch]) -> None:
