@@ -219,6 +219,31 @@ def test_another_local_user_is_refused_by_the_local_cluster(local_client, tmp_pa
     assert_refused(attack(local_client, marker, argv_prefix=_as(user), python=python, env=env), marker)
 
 
+def test_the_credentials_directory_is_refused_as_a_link_or_anothers_and_tightened_when_open(tmp_path):
+    """Where pilots' credentials go (<data root>/dask-tls): a link planted there, or a directory of
+    another user, is refused (nothing written through it); one of ours left open to others is made 0700."""
+    from htc_notebook.backends.dask_security import private_directory
+    from htc_notebook.errors import BackendError
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "linked").symlink_to(elsewhere)
+    with pytest.raises(BackendError, match="not a link"):
+        private_directory(tmp_path / "linked")
+    assert list(elsewhere.iterdir()) == []
+    open_one = tmp_path / "open"
+    open_one.mkdir(mode=0o755)
+    os.chmod(open_one, 0o755)
+    made = private_directory(open_one)
+    assert stat.S_IMODE(open_one.stat().st_mode) == 0o700 and stat.S_IMODE(made.stat().st_mode) == 0o700
+    if os.geteuid() == 0:
+        theirs = tmp_path / "theirs"
+        theirs.mkdir(mode=0o700)
+        os.chown(theirs, _stranger().pw_uid, -1)
+        with pytest.raises(BackendError, match="not to this user"):
+            private_directory(theirs)
+
+
 # -- SLURM pilots and packed MPI allocations -----------------------------------------------------
 @pytest.fixture
 def slurm_session(site):  # noqa: F811
