@@ -279,12 +279,15 @@ def _credentials_are_private(root: Path) -> list[Path]:
 def _check_pilot_cluster(runner, marker: Path, scheduler_host: str) -> None:
     """Every listener refuses the attacker; TLS on the profile's scheduler host, the dashboard on
     loopback, the workers' HTTP endpoints on their nodes' loopback."""
+    from distributed.utils import format_dashboard_link
+
     client = runner.client
     assert_refused(attack(client, marker), marker)
     assert client.scheduler.address.startswith(f"tls://{scheduler_host}:")
     assert runner.cluster.scheduler.http_server.address == LOOPBACK  # the dashboard
     dashboard = client.scheduler_info()["services"]["dashboard"]
     assert (LOOPBACK, dashboard) in listening(os.getpid())
+    assert client.dashboard_link == runner.dashboard_link == format_dashboard_link(LOOPBACK, dashboard)  # where it is
     workers = client.scheduler_info()["workers"]
     assert workers and all(a.startswith("tls://") for a in workers)
     assert {ip for ip, _ in client.run(worker_http).values()} == {LOOPBACK}

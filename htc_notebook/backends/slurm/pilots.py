@@ -24,7 +24,7 @@ import sys
 from typing import Any
 
 from htc_notebook.backends.dask_jobs import ALLOWED_FAILURES
-from htc_notebook.backends.dask_security import DASHBOARD_ADDRESS, WORKER_HTTP_ARGS, cluster_security
+from htc_notebook.backends.dask_security import DASHBOARD_ADDRESS, WORKER_HTTP_ARGS, cluster_security, dashboard_link
 from htc_notebook.backends.images import node_local, on_node, with_binds, worker_argv
 from htc_notebook.backends.memory_limit import clear_on_exit
 from htc_notebook.backends.slurm import scheduler
@@ -176,7 +176,6 @@ def make_pilot_cluster(profile: PartitionProfile, credentials: str | os.PathLike
     the first pilot is asked for.
     """
     try:
-        from dask_jobqueue import SLURMCluster
         from dask_jobqueue.slurm import SLURMJob
     except ImportError:
         raise BackendError("Python jobs on SLURM need dask-jobqueue: pip install 'htc_notebook[slurm]'") from None
@@ -186,10 +185,24 @@ def make_pilot_cluster(profile: PartitionProfile, credentials: str | os.PathLike
     probe = {k: v for k, v in options.items() if k not in ("scheduler_options", "log_directory")}
     test = scheduler.start(["sbatch", "--test-only"],
                            input=SLURMJob(scheduler="tcp://scheduler:8786", name="probe", **probe).job_script())
-    cluster = SLURMCluster(job_cls=_clean_job_class(), security=cluster_security(),
-                           shared_temp_directory=str(credentials), **options)
+    cluster = _cluster_class()(job_cls=_clean_job_class(), security=cluster_security(),
+                               shared_temp_directory=str(credentials), **options)
     cluster.htc_probe = test  # its verdict is read by check_probe() before the first pilot is asked for
     return cluster
+
+
+@functools.cache
+def _cluster_class():
+    """dask-jobqueue's SLURMCluster, linking its dashboard where it listens (loopback): dask would
+    name the scheduler's host, where nothing listens for it. Its Client's link is the cluster's."""
+    from dask_jobqueue import SLURMCluster
+
+    class LoopbackDashboardSLURMCluster(SLURMCluster):
+        @property
+        def dashboard_link(self) -> str:
+            return dashboard_link(self.scheduler_info.get("services", {}).get("dashboard")) or ""
+
+    return LoopbackDashboardSLURMCluster
 
 
 @functools.cache
