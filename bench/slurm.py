@@ -2,7 +2,7 @@
 
 (a) launch-to-first-result of a profile's pilot (`task.submit(fn, profile=P).result()` in a
     fresh Session) against plain dask-jobqueue (`SLURMCluster` + `scale(1)` +
-    `client.submit(fn).result()`) with the same options, alternating; each sample runs in a
+    `client.submit(fn).result()`) with the same options (TLS included), alternating; each sample runs in a
     fresh process (timed from just before the cluster/session is made), so neither side
     inherits the other's event loop or pilots; ratio htc/plain (target <= 1.05).
 (b) submitting an N-job command batch as job arrays (`task.submit_batch`) against N single
@@ -61,14 +61,19 @@ def latency_plain(site) -> float:
     from dask_jobqueue import SLURMCluster
     from distributed import Client
 
+    from htc_notebook.backends.dask_security import cluster_security, forget_credentials, private_directory
     from htc_notebook.backends.slurm.pilots import pilot_options
 
     logs = str(REPO / "test-output" / "bench-slurm" / "plain-logs")  # as htc keeps its pilots' logs
     t0 = time.perf_counter()
-    with SLURMCluster(**pilot_options(site.profile("cpu"), log_directory=logs)) as cluster, Client(cluster) as client:
+    # TLS as htc's pilots have it (dask-jobqueue's own security= and shared_temp_directory)
+    tls = private_directory(REPO / "test-output" / "bench-slurm" / "dask-tls")
+    with SLURMCluster(**pilot_options(site.profile("cpu"), log_directory=logs), security=cluster_security(),
+                      shared_temp_directory=str(tls)) as cluster, Client(cluster) as client:
         cluster.scale(jobs=1)
         host = client.submit(first_result).result(timeout=300)
         dt = time.perf_counter() - t0
+    forget_credentials(tls, cluster)
     assert host in ("node1", "node2")
     return dt
 

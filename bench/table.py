@@ -38,7 +38,11 @@ def dask_progress(n: int, record, sent: list[int]) -> tuple[float, float, float,
     from distributed import Client, LocalCluster, wait
     from distributed.diagnostics.progressbar import MultiProgressWidget
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster, Client(cluster) as client:
+    from htc_notebook.backends.dask_security import DASHBOARD_ADDRESS, LOOPBACK, cluster_security
+
+    # on loopback with TLS credentials of its own, as the toolkit's clusters (Client(cluster) takes them)
+    with LocalCluster(n_workers=2, threads_per_worker=1, host=LOOPBACK, dashboard_address=DASHBOARD_ADDRESS,
+                      security=cluster_security()) as cluster, Client(cluster) as client:
         futures = client.map(trivial, range(n))
         widget = MultiProgressWidget(futures, complete=True)
         cpu = [0.0]

@@ -7,7 +7,21 @@ from __future__ import annotations
 import os
 import time
 
+from htc_notebook.backends.dask_security import DASHBOARD_ADDRESS, LOOPBACK, PROTOCOL, cluster_security
 from htc_notebook.backends.worker import DRAIN_TOPIC, PILOT_DEADLINE, PILOT_LIFETIME, JobRunner
+
+
+def authenticated(workers: dict[str, dict]) -> dict:
+    """SpecCluster arguments for these Nanny workers and a scheduler, all on loopback with TLS
+    credentials of their own, as the toolkit's clusters are (G10)."""
+    from distributed import Nanny, Scheduler
+
+    security = cluster_security()
+    where = {"host": LOOPBACK, "protocol": PROTOCOL, "security": security}
+    return {"workers": {name: {"cls": Nanny, "options": {**where, **options}} for name, options in workers.items()},
+            "scheduler": {"cls": Scheduler, "options": {**where, "dashboard_address": DASHBOARD_ADDRESS,
+                                                         "allowed_failures": 0}},
+            "security": security}
 
 
 def noted_second(x: int) -> int:
@@ -18,16 +32,14 @@ def noted_second(x: int) -> int:
 
 
 def test_a_worker_near_its_deadline_hands_back_the_call_and_leaves(tmp_path):
-    from distributed import Client, Nanny, Scheduler, SpecCluster
+    from distributed import Client, SpecCluster
 
     lifetime = 6
     deadline = time.time() + lifetime
     env = {PILOT_DEADLINE: f"{deadline:.3f}", PILOT_LIFETIME: str(lifetime)}
-    workers = {"late": {"cls": Nanny, "options": {"nthreads": 1, "env": env}},
-               "free": {"cls": Nanny, "options": {"nthreads": 1}}}
-    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0", "allowed_failures": 0}}
+    spec = authenticated({"late": {"nthreads": 1, "env": env}, "free": {"nthreads": 1}})
     events = []
-    with SpecCluster(workers=workers, scheduler=scheduler) as cluster, Client(cluster) as client:
+    with SpecCluster(**spec) as cluster, Client(cluster) as client:
         client.wait_for_workers(2)
         client.subscribe_topic(DRAIN_TOPIC, events.append)
         # a declared timeout longer than the pilot's lifetime fits no pilot: it counts as unknown
@@ -51,13 +63,11 @@ def test_a_worker_near_its_deadline_hands_back_the_call_and_leaves(tmp_path):
 def test_a_worker_that_never_ran_the_function_goes_by_the_sweeps_measured_time(tmp_path):
     """A fresh worker 20 s before its deadline, for calls the client measured at 30 s elsewhere:
     it starts none of them (they all run on the other worker) and leaves."""
-    from distributed import Client, Nanny, Scheduler, SpecCluster
+    from distributed import Client, SpecCluster
 
     env = {PILOT_DEADLINE: f"{time.time() + 20:.3f}", PILOT_LIFETIME: "60"}
-    workers = {"late": {"cls": Nanny, "options": {"nthreads": 1, "env": env}},
-               "free": {"cls": Nanny, "options": {"nthreads": 1}}}
-    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0", "allowed_failures": 0}}
-    with SpecCluster(workers=workers, scheduler=scheduler) as cluster, Client(cluster) as client:
+    spec = authenticated({"late": {"nthreads": 1, "env": env}, "free": {"nthreads": 1}})
+    with SpecCluster(**spec) as cluster, Client(cluster) as client:
         client.wait_for_workers(2)
         runner = JobRunner(noted_second, str(tmp_path), {})
         runner.expected = 30.0  # what DaskJobs learned from the calls that ended so far

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, NamedTuple, Sequence
 import cloudpickle
 
 from htc_notebook.backends.base import PER_JOB_ENV, Launch, Reporter, call_outcome
+from htc_notebook.backends.dask_security import dashboard_link
 from htc_notebook.backends.mpi_jobs import for_task
 from htc_notebook.backends.mpi_pool import PoolSpec, run_pooled
 from htc_notebook.backends.mpi_ranks import run_step
@@ -185,7 +186,8 @@ class DaskJobs:
 
     @property
     def client(self):
-        """The dask Client, with its cluster started on first use."""
+        """The dask Client, with its cluster started on first use (the Client takes the cluster's
+        TLS credentials from it: `dask_security`)."""
         with self._lock:
             if self._client is None:
                 from distributed import Client
@@ -194,6 +196,11 @@ class DaskJobs:
                 self._client = Client(self._cluster)
                 self._client.subscribe_topic("all", self._on_event)
             return self._client
+
+    @property
+    def dashboard_link(self) -> str | None:
+        """The cluster's dashboard (on loopback, `dask_security`), the cluster started on first use."""
+        return dashboard_link(self.client.scheduler_info().get("services", {}).get("dashboard"))
 
     def _on_event(self, event) -> None:
         """dask's cluster events (on the client's event loop: no lock taken here). A worker removed

@@ -1,7 +1,8 @@
 """The embedded local backend: no scheduler needed.
 
 Python jobs run on a dask `LocalCluster` (one process per core, one thread
-each) started on first use; command jobs run as subprocesses through
+each) started on first use, on loopback and with TLS credentials of its own
+(`dask_security`); command jobs run as subprocesses through
 `CommandRunner`, which also runs MPI functions on a local rank pool (one rank
 per core, started by the first). All report to the runtime through a `Reporter`.
 """
@@ -15,6 +16,7 @@ from typing import Sequence
 
 from htc_notebook.backends.base import Launch, Reporter
 from htc_notebook.backends.dask_jobs import ALLOWED_FAILURES, DaskJobs
+from htc_notebook.backends.dask_security import DASHBOARD_ADDRESS, LOOPBACK, PROTOCOL, cluster_security
 from htc_notebook.backends.local_commands import CommandRunner
 from htc_notebook.backends.mpi_jobs import for_task, on_pool, pool_spec, pooled, stage, wrap
 from htc_notebook.backends.sandbox import check_confinement, confined
@@ -36,10 +38,13 @@ class LocalBackend:
         self._calls = DaskJobs(self._make_cluster, reporter, window=profile.dask_window)
 
     def _make_cluster(self):
+        """Scheduler, workers, nannies and dashboard on loopback; every comm mutual TLS with the
+        cluster's own credentials (its Client takes them from the cluster)."""
         from distributed import LocalCluster
 
         return LocalCluster(n_workers=self.profile.cores_per_node, threads_per_worker=1,
-                            processes=True, dashboard_address=":0",
+                            processes=True, host=LOOPBACK, dashboard_address=DASHBOARD_ADDRESS,
+                            security=cluster_security(), protocol=PROTOCOL,
                             scheduler_kwargs={"allowed_failures": ALLOWED_FAILURES})
 
     @property

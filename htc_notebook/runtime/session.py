@@ -175,7 +175,8 @@ class Session:
                 if profile.backend == "slurm":
                     from htc_notebook.backends.slurm.backend import SlurmBackend
 
-                    backend = SlurmBackend(profile, self._recorder, log_directory=str(self.root / "pilot-logs"),
+                    backend = SlurmBackend(profile, self._recorder, credentials=self.storage.dask_credentials_path,
+                                           log_directory=str(self.root / "pilot-logs"),
                                            grace=self.site.exit_file_grace,
                                            pilot_python=profile.pilot_image and (lambda: self._pilot_python(profile)))
                     if self._watch is None:
@@ -406,7 +407,7 @@ class Session:
                     continue
                 client = runner.client
                 rows.append({"profile": name, "kind": kind, "workers": len(client.scheduler_info().get("workers", {})),
-                             "dashboard": client.dashboard_link, "jobs": len(runner.running())})
+                             "dashboard": runner.dashboard_link, "jobs": len(runner.running())})
         return rows
 
     def cancel(self, job_ids: Iterable[int], reason: str = "cancelled by user") -> list[int]:

@@ -1,6 +1,7 @@
 """Where everything lives under the data root (private: 0700, its files 0600).
 
     root/ledger.db
+    root/dask-tls/cluster-*/                       (0700: a pilot cluster's TLS credentials, while it runs)
     root/projects/<project>/shared/
     root/projects/<project>/tasks/<task>/          (the task's own files)
     root/projects/<project>/tasks/<task>/logs/     (job-<id>.out, job-<id>.err)
@@ -58,6 +59,12 @@ class Storage:
     def ledger_path(self) -> Path:
         private_dir(self.root)
         return self.root / "ledger.db"
+
+    @property
+    def dask_credentials_path(self) -> Path:
+        """Where pilot clusters keep their TLS credentials for the nodes (nothing is created here:
+        `backends.dask_security.private_directory` makes it 0700)."""
+        return self.root / "dask-tls"
 
     def project_dir(self, project: str) -> Path:
         return _mkdir(self.root / "projects" / check_name("project", project))

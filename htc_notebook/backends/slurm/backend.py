@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from htc_notebook.backends.base import Launch, Reporter
 from htc_notebook.backends.dask_jobs import DaskJobs
+from htc_notebook.backends.dask_security import PROTOCOL, forget_credentials, private_directory, rendered_security
 from htc_notebook.backends.images import worker_argv
 from htc_notebook.backends.slurm import scheduler
 from htc_notebook.backends.slurm.arrays import ArrayRunner, array_scripts
@@ -27,18 +29,33 @@ class SlurmBackend:
 
     name = "slurm"
 
-    def __init__(self, profile: PartitionProfile, reporter: Reporter, *, log_directory: str | None = None,
-                 grace: float = 30.0, pilot_python: Callable[[], str] | None = None):
-        """`pilot_python`: asked once, when the first pilot is: the command its workers start Python
+    def __init__(self, profile: PartitionProfile, reporter: Reporter, *, credentials: str | os.PathLike,
+                 log_directory: str | None = None, grace: float = 30.0, pilot_python: Callable[[], str] | None = None):
+        """`credentials`: a directory of the data root the nodes see, where each dask cluster of this
+        backend gets a private directory for its TLS credentials (`dask_security`).
+        `pilot_python`: asked once, when the first pilot is: the command its workers start Python
         with (the profile's pilot_image made ready: `pilots.image_python`)."""
         self.profile = profile
         self.arrays = ArrayRunner(profile, reporter, grace=grace)
-        self.pilots = DaskJobs(lambda: make_pilot_cluster(profile, log_directory=log_directory,
-                                                          python=pilot_python and pilot_python()),
+        self._log_directory = log_directory
+        self._credentials = credentials
+        self._made: list[tuple[object, object]] = []  # (cluster, its credentials directory), removed at close
+        self.pilots = DaskJobs(lambda: self._cluster(python=pilot_python and pilot_python()),
                                reporter, window=profile.dask_window)
         self.pool = pool_spec(profile, log_directory)
-        self.packs = DaskJobs(lambda: make_pilot_cluster(profile, log_directory=log_directory, packed=True),
-                              reporter, pool=self.pool, window=profile.dask_window)
+        self.packs = DaskJobs(lambda: self._cluster(packed=True), reporter, pool=self.pool, window=profile.dask_window)
+
+    def _cluster(self, *, packed: bool = False, python: str | None = None):
+        """A pilot cluster (`packed`: an MPI allocation) with its credentials in a new private directory."""
+        where = private_directory(self._credentials)
+        try:
+            cluster = make_pilot_cluster(self.profile, where, log_directory=self._log_directory, packed=packed,
+                                         python=python)
+        except BaseException:
+            forget_credentials(where)
+            raise
+        self._made.append((cluster, where))
+        return cluster
 
     def dask_runners(self) -> dict[str, DaskJobs]:
         """The dask clusters this backend may run, by kind."""
@@ -88,10 +105,13 @@ class SlurmBackend:
         return self.arrays.running() | self.pilots.running() | self.packs.running()
 
     def close(self) -> None:
-        """Stop pilots and watching; submitted arrays keep running in SLURM."""
+        """Stop pilots and watching, and remove the pilots' credentials; submitted arrays keep running in SLURM."""
         self.arrays.close()
         self.pilots.close()
         self.packs.close()
+        made, self._made = self._made, []
+        for cluster, where in made:
+            forget_credentials(where, cluster)
 
 
 @dataclass(frozen=True)
@@ -140,7 +160,8 @@ def render(profile: PartitionProfile, launches: Sequence[Launch], max_array: int
 
 
 def pilot_job_script(profile: PartitionProfile, packed: bool = False) -> str:
-    """The pilot's (or packed MPI allocation's) job script as dask-jobqueue renders it (nothing submitted)."""
+    """The pilot's (or packed MPI allocation's) job script as dask-jobqueue renders it (nothing submitted;
+    the cluster's credential files are named, not made)."""
     from dask_jobqueue.slurm import SLURMJob
 
     if packed:
@@ -150,4 +171,5 @@ def pilot_job_script(profile: PartitionProfile, packed: bool = False) -> str:
             profile.container_runtime, f"<{profile.pilot_image} unpacked>", "<data root>", profile.python or "python3",
             profile.container_binds)))
     opts.pop("scheduler_options", None)
-    return SLURMJob(scheduler="tcp://scheduler:8786", name="pilot", **opts).job_script()
+    return SLURMJob(scheduler=f"{PROTOCOL}scheduler:8786", name="pilot", protocol=PROTOCOL,
+                    security=rendered_security(), **opts).job_script()

@@ -7,6 +7,10 @@ the deadline; it hands the call back, drains and leaves, and the client asks for
 the pilot's replacement at once (`worker.leave_if_late`, `replace_draining_pilots`),
 so SLURM's time limit does not kill running calls (which dask would report as
 KilledWorker).
+
+Every pilot cluster speaks mutual TLS with credentials of its own (`dask_security`): its scheduler
+listens on the profile's `scheduler_host` (where the nodes reach it), its dashboard on loopback; the
+workers read their copy of the credentials from a private directory of the data root.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import sys
 from typing import Any
 
 from htc_notebook.backends.dask_jobs import ALLOWED_FAILURES
+from htc_notebook.backends.dask_security import DASHBOARD_ADDRESS, WORKER_HTTP_ARGS, cluster_security, dashboard_link
 from htc_notebook.backends.images import node_local, on_node, with_binds, worker_argv
 from htc_notebook.backends.memory_limit import clear_on_exit
 from htc_notebook.backends.slurm import scheduler
@@ -62,11 +67,12 @@ def pilot_options(profile: PartitionProfile, *, log_directory: str | None = None
                                 # the deadline counts from the job's start
                                 f"export {PILOT_LIFETIME}={lifetime} {PILOT_DEADLINE}=$(( $(date +%s) + {lifetime} ))"],
         "python": python or profile.python or sys.executable,
-        "scheduler_options": {"dashboard_address": ":0", "allowed_failures": ALLOWED_FAILURES,
+        "scheduler_options": {"dashboard_address": DASHBOARD_ADDRESS, "allowed_failures": ALLOWED_FAILURES,
                               **({"host": profile.scheduler_host} if profile.scheduler_host else {})},
         "job_name": f"htc-pilot-{profile.name}",
         # a GPU pilot: one worker per GPU, each seeing only its own (slurm/gpu_worker.py)
-        "worker_extra_args": ["--preload", "htc_notebook.backends.slurm.gpu_worker"] if profile.gpus_per_node else None,
+        "worker_extra_args": [*WORKER_HTTP_ARGS, *(["--preload", "htc_notebook.backends.slurm.gpu_worker"]
+                                                   if profile.gpus_per_node else [])],
     }
     if log_directory:
         options["log_directory"] = log_directory
@@ -97,7 +103,7 @@ def pack_options(profile: PartitionProfile, *, log_directory: str | None = None)
         job_directives_skip=["-n 1", "--cpus-per-task"],  # dask-jobqueue's one-task defaults
         job_extra_directives=[*options["job_extra_directives"], f"--nodes={nodes}",
                               f"--ntasks-per-node={profile.cores_per_node}"],
-        worker_extra_args=["--resources", f"slots={slots}"],
+        worker_extra_args=[*WORKER_HTTP_ARGS, "--resources", f"slots={slots}"],
     )
     return options
 
@@ -156,10 +162,12 @@ def check_python(python: str, what: str | None = None) -> None:
                            "(dask refuses mismatched workers, and calls would fail)")
 
 
-def make_pilot_cluster(profile: PartitionProfile, *, log_directory: str | None = None, packed: bool = False,
-                       python: str | None = None):
+def make_pilot_cluster(profile: PartitionProfile, credentials: str | os.PathLike, *, log_directory: str | None = None,
+                       packed: bool = False, python: str | None = None):
     """A SLURMCluster for the profile (`packed`: MPI allocations), its job script under test by `sbatch --test-only`.
     `python`: what the workers start with (`image_python`); it is checked first (`check_python`).
+    `credentials`: a private directory the nodes see (`dask_security.private_directory`), where
+    dask-jobqueue writes the workers' copy of the cluster's TLS credentials (0600).
 
     dask-jobqueue does not surface an sbatch rejection (the client would just
     wait for workers); testing the rendered script turns it into an error
@@ -168,7 +176,6 @@ def make_pilot_cluster(profile: PartitionProfile, *, log_directory: str | None =
     the first pilot is asked for.
     """
     try:
-        from dask_jobqueue import SLURMCluster
         from dask_jobqueue.slurm import SLURMJob
     except ImportError:
         raise BackendError("Python jobs on SLURM need dask-jobqueue: pip install 'htc_notebook[slurm]'") from None
@@ -178,9 +185,24 @@ def make_pilot_cluster(profile: PartitionProfile, *, log_directory: str | None =
     probe = {k: v for k, v in options.items() if k not in ("scheduler_options", "log_directory")}
     test = scheduler.start(["sbatch", "--test-only"],
                            input=SLURMJob(scheduler="tcp://scheduler:8786", name="probe", **probe).job_script())
-    cluster = SLURMCluster(job_cls=_clean_job_class(), **options)
+    cluster = _cluster_class()(job_cls=_clean_job_class(), security=cluster_security(),
+                               shared_temp_directory=str(credentials), **options)
     cluster.htc_probe = test  # its verdict is read by check_probe() before the first pilot is asked for
     return cluster
+
+
+@functools.cache
+def _cluster_class():
+    """dask-jobqueue's SLURMCluster, linking its dashboard where it listens (loopback): dask would
+    name the scheduler's host, where nothing listens for it. Its Client's link is the cluster's."""
+    from dask_jobqueue import SLURMCluster
+
+    class LoopbackDashboardSLURMCluster(SLURMCluster):
+        @property
+        def dashboard_link(self) -> str:
+            return dashboard_link(self.scheduler_info.get("services", {}).get("dashboard")) or ""
+
+    return LoopbackDashboardSLURMCluster
 
 
 @functools.cache
