@@ -48,6 +48,16 @@ USED_SQL = ("j.cpu_s, j.max_rss_mib, "
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
+def _create_private(path: Path) -> None:
+    """Make the ledger file 0600 if it is not there (SQLite's -wal and -shm take its mode). Only when
+    missing: closing any descriptor of a database file drops every POSIX lock this process holds on
+    it, which SQLite's connections in other threads rely on (it answers "disk I/O error")."""
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    except FileExistsError:
+        pass
+
+
 class Ledger(ProjectRules):
     """The durable truth. Safe for many threads (one connection each) and many processes."""
 
@@ -78,7 +88,7 @@ class Ledger(ProjectRules):
     def _open(self) -> sqlite3.Connection:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))  # private; -wal, -shm follow it
+            _create_private(self.path)
             con = sqlite3.connect(self.path, timeout=LOCK_WAIT, isolation_level=None,
                                   check_same_thread=False)
         except (OSError, sqlite3.Error) as e:
