@@ -34,7 +34,8 @@ demo: $(STAMP)
 
 ## the local-backend tests run again as an ordinary user (tests/restrictive.py; `root` and `slurm` ones left out)
 USER_TESTS := tests/test_sandbox.py tests/test_call_sandbox.py tests/test_job_files.py tests/test_memory_limits.py \
-              tests/test_limits.py tests/test_server_security.py tests/test_runtime_local.py tests/test_retries.py
+              tests/test_limits.py tests/test_server_security.py tests/test_runtime_local.py tests/test_retries.py \
+              tests/test_dask_security.py tests/test_unconfined.py tests/test_private_root.py
 
 ## test: every test; SLURM, MPI and browser parts are required (never skipped).
 ## Brings the SLURM test cluster up, runs pytest, always brings it down, exits with pytest's status.

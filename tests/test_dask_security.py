@@ -24,6 +24,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import missing
 
 from htc_notebook import Session
 
@@ -209,10 +210,11 @@ def stranger_python(user: pwd.struct_passwd) -> tuple[str, dict]:
                 f"(is it world-readable?) nor {sys.executable}")
 
 
+@pytest.mark.root
 def test_another_local_user_is_refused_by_the_local_cluster(local_client, tmp_path):
     """The shared login node: another user reaches loopback too; without the credentials they get nowhere."""
     if os.geteuid() != 0:
-        pytest.skip("needs root to run a process as another user")
+        missing("running a process as another user needs root (make test runs as root)")
     user = _stranger()
     python, env = stranger_python(user)
     marker = tmp_path / "planted-by-stranger"

@@ -48,6 +48,7 @@ def open_parent():
     subprocess.run(["rm", "-rf", str(d)], check=False)
 
 
+@pytest.mark.root
 def test_a_new_data_root_and_its_files_are_its_users_alone(open_parent, stranger):
     root = open_parent / "root"
     with Session(root) as s:

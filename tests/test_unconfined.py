@@ -15,6 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from conftest import HTC, run_htc
 
 NO_BWRAP = {"PATH": "/nonexistent"}
@@ -61,6 +62,7 @@ def test_a_server_with_other_api_users_refuses_to_run_their_jobs_unconfined(tmp_
     assert _serves(root, "--allow-unconfined")  # said explicitly: it serves
 
 
+@pytest.mark.root
 def test_without_user_namespaces_an_ordinary_users_demo_runs_unconfined_and_says_so(tmp_path):
     """The ENOSPC flavour of a site with user.max_user_namespaces=0 (tests/restrictive.py), as an
     ordinary user: before, every job of the main job was refused at submit."""
@@ -102,6 +104,7 @@ with Session(sys.argv[1]) as s:
 """
 
 
+@pytest.mark.root
 def test_htc_doctor_says_what_then_happens_as_an_ordinary_user_with_and_without_user_namespaces():
     from conftest import missing
     from restrictive import USER_VENV, as_user, ensure_user
