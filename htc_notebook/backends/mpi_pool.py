@@ -265,11 +265,15 @@ def _reachable_ip() -> str:
 
 
 def _tail(path: str, lines: int = 15) -> str:
+    """The last `lines` lines of the pool's log, which its ranks (running jobs' code) write: its last
+    64 KiB only, however large it grew."""
     try:
-        with open(path, errors="replace") as f:
-            return "".join(f.readlines()[-lines:]).rstrip()
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))
+            text = f.read().decode(errors="replace")
     except OSError:
         return ""
+    return "".join(text.splitlines(keepends=True)[-lines:]).rstrip()
 
 
 _POOLS: dict[PoolSpec, RankPool] = {}

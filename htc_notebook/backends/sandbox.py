@@ -125,10 +125,16 @@ def confined(launch: Launch, profile: PartitionProfile) -> Launch:
 def kept_under_tmp(python: str | None = None) -> tuple[str, ...]:
     """What of the host's /tmp a job still sees over its own /tmp, read-only: this Python's prefixes,
     the toolkit's own directory and the profile's `python`'s venv, where they live under /tmp (a
-    checkout or a venv there, as a CI run may have)."""
+    checkout or a venv there, as a CI run may have). Found once per prefixes and `python`: it is
+    asked for every launch."""
+    return _kept_under_tmp(sys.prefix, sys.base_prefix, python)
+
+
+@functools.lru_cache(maxsize=16)
+def _kept_under_tmp(prefix: str, base_prefix: str, python: str | None) -> tuple[str, ...]:
     import htc_notebook
 
-    places = [sys.prefix, sys.base_prefix, os.path.dirname(os.path.dirname(htc_notebook.__file__))]
+    places = [prefix, base_prefix, os.path.dirname(os.path.dirname(htc_notebook.__file__))]
     if python:
         places.append(os.path.dirname(os.path.dirname(python)))
     return tuple(dict.fromkeys(p for p in map(os.path.realpath, places) if p.startswith("/tmp/")))

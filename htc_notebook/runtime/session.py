@@ -152,9 +152,7 @@ class Session:
         known = self._profiles.get(site.name)
         if known is not None and known[0] is site:
             return known[1]
-        problem = sandbox_problem() if site.backend == "local" and site.sandbox != "none" else None
-        profile = confinement.effective(site, problem)
-        message = confinement.unconfined_message(self.site, profile, problem)
+        profile, message = self._as_run(site)
         if message:  # once per profile and session (the warning filter would show it once per code line)
             warnings.warn(message, HTCWarning, stacklevel=3)
         self._profiles[site.name] = (site, profile)
@@ -162,9 +160,13 @@ class Session:
 
     def unconfined(self, name: str | None = None) -> str | None:
         """What is off if profile `name`'s jobs run unconfined here (None: they run in the sandbox)."""
-        site = self.site.profile(name or self.site.default_profile)
+        return self._as_run(self.site.profile(name or self.site.default_profile))[1]
+
+    def _as_run(self, site: PartitionProfile) -> tuple[PartitionProfile, str | None]:
+        """The site's profile as it runs here, and what to say if it runs unconfined."""
         problem = sandbox_problem() if site.backend == "local" and site.sandbox != "none" else None
-        return confinement.unconfined_message(self.site, confinement.effective(site, problem), problem)
+        profile = confinement.effective(site, problem)
+        return profile, confinement.unconfined_message(self.site, profile, problem)
 
     def backend(self, profile: PartitionProfile) -> Backend:
         with self._lock:
