@@ -83,3 +83,7 @@ class Outcome:
 # how an attempt's memory limit was held: by a memory cgroup of its own (or the site's, on SLURM), by
 # the watchdog on its process tree (backends/memory_watch.py), or not at all (the attempt says so)
 MEMORY_HELD: tuple[str, ...] = ("cgroup", "watched", "none")
+
+# the sandbox an attempt ran in: bubblewrap (commands) or namespaces its worker makes (Python calls),
+# or none: unconfined, by `sandbox: none` or on a machine that cannot make one (runtime/confinement.py)
+SANDBOXES: tuple[str, ...] = ("bwrap", "none")

@@ -14,7 +14,7 @@ import pytest
 from htc_notebook.errors import LedgerError
 from htc_notebook.spec import JobSpec, RetryPolicy
 from htc_notebook.ledger import SCHEMA_VERSION, AttemptStart, Ledger, NewJob
-from htc_notebook.ledger.schema import DDL, V1_STATUSES, V5_UPGRADE, V6_UPGRADE, V7_UPGRADE, sql_list
+from htc_notebook.ledger.schema import DDL, V1_STATUSES, V5_UPGRADE, V6_UPGRADE, V7_UPGRADE, V8_UPGRADE, sql_list
 from htc_notebook.states import JobStatus, Outcome
 
 
@@ -120,11 +120,12 @@ def test_timeouts_are_a_cause_of_their_own(ledger):
 # -- older ledgers, upgraded in place -------------------------------------------------------------
 
 def _old_ledger(path: Path, version: int) -> None:
-    """A ledger as version 1 to 6 of the schema made it: no memory_held (v6), no project dimensions (v5), no project limits
+    """A ledger as version 1 to 7 of the schema made it: no sandbox (v7), no memory_held (v6), no project dimensions (v5), no project limits
     (v4), no owner index (v3), no retry columns (v2), no HELD, no leases (v1)."""
     con = sqlite3.connect(path)
     for statement in DDL:
-        if statement in V7_UPGRADE or statement in V6_UPGRADE and version < 6 or statement in V5_UPGRADE and version < 5:
+        if (statement in V8_UPGRADE or statement in V7_UPGRADE and version < 7 or statement in V6_UPGRADE and version < 6
+                or statement in V5_UPGRADE and version < 5):
             continue
         if ("jobs_active_owner" in statement and version < 4 or "jobs_retry_at" in statement and version < 3
                 or statement.lstrip().startswith("CREATE TABLE leases") and version == 1):
@@ -147,7 +148,7 @@ def _old_ledger(path: Path, version: int) -> None:
     con.close()
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 7])
 def test_older_ledgers_are_upgraded_and_keep_their_jobs(tmp_path, version):
     path = tmp_path / "old.db"
     _old_ledger(path, version)
@@ -166,6 +167,7 @@ def test_older_ledgers_are_upgraded_and_keep_their_jobs(tmp_path, version):
         ledger.record_outcomes([Outcome(1, 1, "FAILED", reason="out of memory", cause="memory", memory_held="watched")])
         assert ledger.job(1).status == "SUBMITTED" and ledger.attempts(1)[0].cause == "memory"
         assert ledger.attempts(1)[0].memory_held == "watched"  # v7: how its limit was held
+        assert (ledger.job(1).sandbox, ledger.attempts(1)[0].sandbox) == (None, None)  # v8: none recorded then
         ledger.intend([1], "sbatch:x", "held")  # HELD exists in either
         ledger.add_limit("p", "PROJECT_ADMIN", 4)  # v5: project limits
         ledger.set_dimensions("p", [{"region": "local"}])  # v6: project dimensions
@@ -173,3 +175,5 @@ def test_older_ledgers_are_upgraded_and_keep_their_jobs(tmp_path, version):
         assert ledger.vcpu_limit("p") == 4 and ledger.vcpus_in_use("p") == 1  # held for sbatch: given to a backend
     with Ledger(path) as again:  # opening an upgraded ledger again changes nothing
         assert again.job(1).status == "HELD" and again.vcpu_limit("p") == 4
+        assert again.start_attempts([AttemptStart(1, sandbox="none")]) == [2]  # v8: the sandbox it runs in
+        assert (again.job(1).sandbox, again.attempts(1)[-1].sandbox) == ("none", "none")

@@ -100,7 +100,7 @@ with Session(sys.argv[1]) as s:
     (job,) = s.project("p").task("t").submit_batch({"jobName": "look", "batchSize": 1, "htcJobDefinition": {
         "commands": ["sh", "-c", f"test -e {s.root}/ledger.db && echo sees || echo hidden"]}})
     job.wait(timeout=120)
-    print(json.dumps({"status": job.status, "out": job.logs().strip()}))
+    print(json.dumps({"status": job.status, "out": job.logs().strip(), "sandbox": job.row.sandbox}))
 """
 
 
@@ -131,5 +131,47 @@ def test_htc_doctor_says_what_then_happens_as_an_ordinary_user_with_and_without_
             assert seen["status"] == "SUCCEEDED"
             confined = checks["bubblewrap sandbox"]["ok"]
             assert seen["out"] == ("hidden" if confined else "sees"), (checks["bubblewrap sandbox"], seen)
+            assert seen["sandbox"] == ("bwrap" if confined else "none")  # its row says how it ran
         finally:
             subprocess.run(["rm", "-rf", str(root)], check=False)
+
+
+def _whereami() -> str:
+    return "ran"
+
+
+def test_each_job_records_the_sandbox_it_ran_in(tmp_path):
+    """A job that ran unconfined says so on its own row, its attempts, the DataFrame, the live
+    table's detail and the REST job view, not only in the session's one warning."""
+    from htc_notebook import Session, SiteConfig
+    from htc_notebook.errors import HTCWarning
+    from htc_notebook.server.api import HTCApi
+    from htc_notebook.ui.jobs_widget import JobsTable
+
+    site = SiteConfig.from_yaml(("profiles:\n  local: {}\n  open:\n    backend: local\n    cores_per_node: 2\n"
+                                 "    memory_per_node: 4096\n    sandbox: none\n"),
+                                file=str(tmp_path / "site.yaml"))
+    with Session(tmp_path / "root", site=site) as s:
+        task = s.project("p").task("t")
+        def batch(name: str) -> dict:
+            return {"jobName": name, "batchSize": 1, "htcJobDefinition": {"commands": ["true"]}}
+
+        (boxed,) = task.submit_batch(batch("boxed"))
+        with pytest.warns(HTCWarning, match=r"profile 'open' runs jobs unconfined .*site.yaml:7"):
+            (loose,) = task.submit_batch(batch("loose"), profile="open")
+        call = task.submit(_whereami, profile="open")
+        for job in (boxed, loose, call):
+            job.wait(timeout=120)
+            assert job.status == "SUCCEEDED", job.row.reason
+        assert (boxed.row.sandbox, loose.row.sandbox, call.row.sandbox) == ("bwrap", "none", "none")
+        assert [a.sandbox for a in s.ledger.attempts(loose.id)] == ["none"]
+        df = task.jobs().to_dataframe()
+        assert dict(zip(df.name, df.sandbox)) == {"boxed": "bwrap", "loose": "none", "whereami": "none"}
+        api = HTCApi(s, None)
+        assert [api.job_json(task.row, j.row)["sandbox"] for j in (boxed, loose)] == ["bwrap", "none"]
+        table = JobsTable(s, task.id, interval=3600)
+        try:
+            assert "ran unconfined" in table.detail(loose.id)
+            assert "unconfined" not in table.detail(boxed.id)
+        finally:
+            table.close()

@@ -28,7 +28,7 @@ from .rows import (AttemptRow, AttemptStart, BatchRow, EventRow, JobRow, NewBatc
                    TaskRow)
 from .schema import (ACTIVE_SQL, ATTEMPT_COLUMNS, ATTEMPT_READ, DDL, JOB_COLUMNS, LEASES_DDL, PRAGMAS,
                      REQUEST_SQL, SCHEMA_VERSION, TERMINAL_SQL, V1_STATUSES, V3_UPGRADE,
-                     V4_UPGRADE, V5_UPGRADE, V6_UPGRADE, V7_UPGRADE, sql_list)
+                     V4_UPGRADE, V5_UPGRADE, V6_UPGRADE, V7_UPGRADE, V8_UPGRADE, sql_list)
 
 T = TypeVar("T")
 PREVIEW_BYTES = 512  # results this small come with `view_changes` rows, for table previews
@@ -115,12 +115,12 @@ class Ledger(ProjectRules):
                 for statement in DDL:
                     con.execute(statement)
                 con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version in (1, 2, 3, 4, 5, 6):
+            elif version in (1, 2, 3, 4, 5, 6, 7):
                 if version == 1:
                     _upgrade_v1(con)
                 for statement in ((V3_UPGRADE if version < 3 else ()) + (V4_UPGRADE if version < 4 else ())
                                   + (V5_UPGRADE if version < 5 else ()) + (V6_UPGRADE if version < 6 else ())
-                                  + V7_UPGRADE):
+                                  + (V7_UPGRADE if version < 7 else ()) + V8_UPGRADE):
                     con.execute(statement)
                 con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:  # equal: another process made it while we waited for the lock
@@ -374,20 +374,20 @@ class Ledger(ProjectRules):
             if room is not None:
                 items = admit(con, items, room, now, seq)
             # bump every live job (many rows a statement), reading back the ones this transaction moved
-            # (u.column1..8: job id, status, host, native id, log out, log err, now, seq)
+            # (u.column1..9: job id, status, host, native id, log out, log err, now, seq, sandbox)
             numbers = dict(_many(
                 con, f"UPDATE jobs SET attempts = attempts + 1, status = u.column2, reason = NULL, exit_code = NULL, cpu_s = NULL, max_rss_mib = NULL, memory_held = NULL, "
                      f"       host = u.column3, native_id = u.column4, log_out = u.column5, log_err = u.column6, "
                      f"       ended = NULL, started = CASE WHEN u.column2 = 'RUNNING' THEN u.column7 END, "
-                     f"       updated = u.column7, seq = u.column8 "
+                     f"       updated = u.column7, seq = u.column8, sandbox = u.column9 "
                      f"FROM (VALUES {{values}}) AS u WHERE jobs.id = u.column1 AND jobs.status NOT IN ({TERMINAL_SQL}) "
-                     f"RETURNING jobs.id, jobs.attempts", "(?, ?, ?, ?, ?, ?, ?, ?)",
-                [(it.job_id, canonical[it.status], it.host, it.native_id, it.log_out, it.log_err, now, seq)
+                     f"RETURNING jobs.id, jobs.attempts", "(?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(it.job_id, canonical[it.status], it.host, it.native_id, it.log_out, it.log_err, now, seq, it.sandbox)
                  for it in {it.job_id: it for it in items}.values()]))  # a job twice: one attempt
             ids = json.dumps([it.job_id for it in items])
             con.execute(
-                f"INSERT INTO attempts ({ATTEMPT_COLUMNS}, request) "
-                f"SELECT id, attempts, status, NULL, host, native_id, NULL, started, NULL, log_out, log_err, "
+                f"INSERT INTO attempts ({ATTEMPT_COLUMNS}, sandbox, request) "
+                f"SELECT id, attempts, status, NULL, host, native_id, NULL, started, NULL, log_out, log_err, sandbox, "
                 f"       {REQUEST_SQL} FROM jobs WHERE id IN {IN_JSON} AND seq = ?", (ids, seq))
         return [numbers.get(it.job_id, 0) for it in asked]
 

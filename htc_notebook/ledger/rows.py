@@ -85,6 +85,7 @@ class JobRow:
     cpu_s: float | None = None  # what its last attempt used: CPU time (user + system), where measured
     max_rss_mib: float | None = None  # and peak memory, where measured
     memory_held: str | None = None  # and how its memory limit was held (states.MEMORY_HELD; None: none asked)
+    sandbox: str | None = None  # the sandbox its last attempt ran in (states.SANDBOXES; None: not started)
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ class AttemptRow:
     cpu_s: float | None = None  # CPU time used (user + system), where measured
     max_rss_mib: float | None = None  # peak memory, where measured
     memory_held: str | None = None  # how its memory limit was held (states.MEMORY_HELD; None: none asked)
+    sandbox: str | None = None  # the sandbox it ran in (states.SANDBOXES; "none": unconfined)
     request: dict[str, Any] | None = None  # {"memory": MiB, "timeout": s} it asked for
 
 
@@ -157,3 +159,4 @@ class AttemptStart:
     log_out: str | None = None
     log_err: str | None = None
     status: str = "RUNNING"
+    sandbox: str | None = None  # the sandbox it runs in (states.SANDBOXES; "none": unconfined)

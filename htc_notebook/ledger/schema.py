@@ -10,7 +10,7 @@ def sql_list(states: frozenset) -> str:
     return ",".join(f"'{s.value}'" for s in sorted(states, key=lambda s: s.value))
 
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 # Version 1 had no HELD state: its CHECK constraints list these (upgraded in place, see Ledger)
 V1_STATUSES = "'CANCELLED','FAILED','LOST','RUNNABLE','RUNNING','STARTING','SUBMITTED','SUCCEEDED'"
 
@@ -81,6 +81,10 @@ V6_UPGRADE = ("""CREATE TABLE project_dimensions (
 # watchdog on its process tree, not at all; NULL: it asked for none), and the last attempt's on the job
 V7_UPGRADE = ("ALTER TABLE attempts ADD COLUMN memory_held TEXT", "ALTER TABLE jobs ADD COLUMN memory_held TEXT")
 
+# v7 -> v8: the sandbox each attempt ran in (states.SANDBOXES: "bwrap", or "none": unconfined), set
+# when it starts, and the last attempt's on the job
+V8_UPGRADE = ("ALTER TABLE attempts ADD COLUMN sandbox TEXT", "ALTER TABLE jobs ADD COLUMN sandbox TEXT")
+
 # Named leases: which process does a job for the whole data root (e.g. the one SLURM status poll)
 LEASES_DDL = """CREATE TABLE leases (
         name     TEXT PRIMARY KEY,
@@ -150,7 +154,7 @@ DDL = (
         retry_at   REAL,             -- a failed attempt waits for its retry decision (due then)
         cpu_s      REAL,             -- what its last attempt used (CPU time, peak memory), where measured
         max_rss_mib REAL
-    )""",  # V7_UPGRADE adds memory_held: how its last attempt's memory limit was held
+    )""",  # V7_UPGRADE adds memory_held (how its last attempt's memory limit was held), V8 sandbox
     "CREATE UNIQUE INDEX jobs_task_key ON jobs (task_id, key) WHERE key IS NOT NULL",
     "CREATE INDEX jobs_task_status ON jobs (task_id, status)",
     "CREATE INDEX jobs_task_seq ON jobs (task_id, seq)",
@@ -197,6 +201,7 @@ DDL = (
     *V5_UPGRADE,
     *V6_UPGRADE,
     *V7_UPGRADE,
+    *V8_UPGRADE,
 
     # PRIMARY KEY job_id: a job's result is committed exactly once (G2).
     """CREATE TABLE results (
@@ -213,8 +218,8 @@ DDL = (
 
 JOB_COLUMNS = ("id, task_id, batch_id, idx, key, name, kind, profile, priority, params, spec, status, "
                "reason, exit_code, attempts, host, native_id, log_out, log_err, created, updated, "
-               "started, ended, seq, retry_at, cpu_s, max_rss_mib, memory_held")
+               "started, ended, seq, retry_at, cpu_s, max_rss_mib, memory_held, sandbox")
 ATTEMPT_COLUMNS = "job_id, number, status, reason, host, native_id, exit_code, started, ended, log_out, log_err"
-ATTEMPT_READ = ATTEMPT_COLUMNS + ", cause, cpu_s, max_rss_mib, memory_held, request"
+ATTEMPT_READ = ATTEMPT_COLUMNS + ", cause, cpu_s, max_rss_mib, memory_held, sandbox, request"
 # what an attempt asks for, from its job's spec when it starts
 REQUEST_SQL = "json_object('memory', json_extract(spec, '$.memory'), 'timeout', json_extract(spec, '$.timeout'))"

@@ -301,7 +301,9 @@ class JobGroup(Sequence[JobHandle]):
         `memory_mib`, `cores` and `timeout_s` are what the job asks for now (a retry may have raised
         them); `max_rss_mib`, `cpu_s` and `cpu_efficiency` (CPU time / (runtime x cores)) what its last
         attempt used, where measured; `memory_held` how its last attempt's memory limit was held
-        (`cgroup`, `watched` by the memory watchdog, `none`; None: it asked for no limit); `history` tells each attempt of a job tried more than once:
+        (`cgroup`, `watched` by the memory watchdog, `none`; None: it asked for no limit); `sandbox`
+        the sandbox its last attempt ran in (`bwrap`, or `none`: unconfined; None: not started);
+        `history` tells each attempt of a job tried more than once:
         "1 FAILED (memory, 128 MiB) · 2 ..."."""
         import pandas as pd
 
@@ -330,7 +332,7 @@ class JobGroup(Sequence[JobHandle]):
                "started": pd.to_datetime(row.started, unit="s") if row.started else pd.NaT,
                "runtime_s": (row.ended - row.started) if row.started and row.ended else None,
                "memory_mib": row.spec.memory, "max_rss_mib": row.max_rss_mib,
-               "memory_held": row.memory_held, "cores": row.spec.cores, "cpu_s": row.cpu_s,
+               "memory_held": row.memory_held, "sandbox": row.sandbox, "cores": row.spec.cores, "cpu_s": row.cpu_s,
                "cpu_efficiency": _efficiency(row), "timeout_s": row.spec.timeout,
                "history": " · ".join(map(_attempt_text, attempts)) if attempts else None}
         for k, v in row.params.items():

@@ -285,8 +285,9 @@ class Session:
         live: plain Python calls are returned by profile, the others added to `later`."""
         native = f"local:{self.owner}"
         logs = [(f"{prefix}{r.id}.out", f"{prefix}{r.id}.err") for r in rows]
+        sandbox = {p: self.profile(p).sandbox for p in {r.profile for r in rows}}
         numbers = self.ledger.start_attempts([AttemptStart(r.id, host=self.owner.host, native_id=native, log_out=o,
-                                                           log_err=e, status="RUNNABLE")
+                                                           log_err=e, status="RUNNABLE", sandbox=sandbox[r.profile])
                                               for r, (o, e) in zip(rows, logs)], room)
         if room is not None and not all(numbers):
             self.holding = True

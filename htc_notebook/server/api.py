@@ -169,7 +169,8 @@ class HTCApi:
                 "parentJobId": str(row.batch_id) if row.batch_id is not None else None, "index": row.index,
                 "status": status, "statusReason": reason, "exitCode": row.exit_code, "attempts": row.attempts,
                 "host": row.host, "createdAt": _iso(row.created), "startedAt": _iso(row.started),
-                "endedAt": _iso(row.ended), "updatedAt": _iso(row.updated), "memoryHeld": row.memory_held}
+                "endedAt": _iso(row.ended), "updatedAt": _iso(row.updated), "memoryHeld": row.memory_held,
+                "sandbox": row.sandbox}
 
     # -- projects ------------------------------------------------------------------------------
     def list_projects(self, user: User, page: str | None, size: int) -> tuple[list[dict], str | None]:

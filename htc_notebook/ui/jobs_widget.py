@@ -94,6 +94,8 @@ class JobsTable(anywidget.AnyWidget):
                  f"attempts {row.attempts}, host {row.host or '-'}, native id {row.native_id or '-'}"]
         if row.memory_held or row.max_rss_mib is not None:
             lines.append(memory_line(row.max_rss_mib, row.spec.memory, row.memory_held))
+        if row.sandbox == "none":
+            lines.append("ran unconfined (sandbox: none): no task isolation, no scratch limit")
         for stream in ("err", "out"):
             text = handle.logs(stream, tail=LOG_TAIL)
             if text.strip():
