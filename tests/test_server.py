@@ -237,3 +237,38 @@ async def test_profiles_check_and_clusters(http_server_client, jp_base_url, key,
     assert code == 200 and [(x["profile"], x["kind"]) for x in started["items"]] == [("local", "local")]
     assert started["items"][0]["workers"] >= 1
     assert (await owner("stop"))[1]["items"] == []
+
+
+HOLD_WRITE_LOCK = """
+import sqlite3, sys, time
+con = sqlite3.connect(sys.argv[1], isolation_level=None)
+con.execute("BEGIN IMMEDIATE")  # the ledger's write lock, held until killed (or 120 s)
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+async def test_reads_take_no_write_lock(http_server_client, jp_base_url, key, tmp_path):
+    """Every GET the sidebar polls answers while another process holds the ledger's write lock:
+    none of them gets-or-creates (before, GET /htc/projects opened a write transaction per project)."""
+    import subprocess
+    import sys
+
+    ada, _ = await tokens(http_server_client, jp_base_url, key)
+    c = lambda m, p, **kw: call(http_server_client, jp_base_url, m, p, **kw)  # noqa: E731
+    assert (await c("POST", "/htc/projects", auth=ada, body={"projectName": "md"}))[0] == 201
+    task = (await c("POST", "/htc/projects/md/tasks", auth=ada, body={"taskName": "melt"}))[1]
+    t = f"/htc/projects/md/tasks/{task['taskId']}"
+    assert (await c("POST", "/htc/projects/md/limits", auth=ada, body={"vcpus": 4}))[0] == 201
+    reads = ["/htc/projects", "/htc/projects/md", "/htc/projects/md/tasks", t, f"{t}/jobs", f"{t}/summary-statistics",
+             "/htc/projects/md/limits", "/htc/projects/md/dimensions", "/htc/projects/md/task-retention-policy"]
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_WRITE_LOCK, str(tmp_path / "htc-data" / "ledger.db")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        codes = [(await c("GET", path, auth=ada))[0] for path in reads]
+        assert holder.poll() is None  # still holding: no GET waited for the lock
+    finally:
+        holder.kill()
+        holder.wait()
+    assert codes == [200] * 6 + [200, 200, 404], dict(zip(reads, codes))  # no retention policy set: 404

@@ -107,9 +107,6 @@ class ClusterSpec:
         """Empty mount point used inside node namespaces to carry /tmp paths over the private /tmp."""
         return self.path("run", "hold")
 
-    def node_dir(self, node: str) -> str:
-        return self.path("nodes", node)
-
     def node_tmp(self, node: str) -> str:
         return self.path("nodes", node, "tmp")
 
@@ -167,10 +164,6 @@ class ClusterSpec:
     def slurm_conf(self) -> str:
         """The path clients read: the Debian default, so srun/sbatch/dask-jobqueue need no SLURM_CONF."""
         return str(PurePosixPath(self.slurm_conf_dir, "slurm.conf"))
-
-    @property
-    def gres_conf(self) -> str:
-        return str(PurePosixPath(self.slurm_conf_dir, "gres.conf"))
 
     def netns(self, node: str) -> str:
         return f"{NETNS_DIR}/{node}"

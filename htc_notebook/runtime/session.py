@@ -228,15 +228,7 @@ class Session:
         self._job_task[job_id] = task_id  # watched here from now on: reconcile skips it
         return True
 
-    def _local_names(self) -> str:
-        return ", ".join(n for n in self.site.names() if self.site.profile(n).backend == "local")
-
     # -- dispatch ----------------------------------------------------------------
-    @property
-    def dispatched(self) -> dict[int, int]:
-        """Jobs this process has handed to a backend (job id -> task id)."""
-        return self._job_task
-
     def remember_call(self, digest: str, obj: object) -> None:
         self._calls[digest] = obj
 

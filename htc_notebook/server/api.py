@@ -30,6 +30,7 @@ from pydantic import ValidationError
 
 from htc_notebook.errors import BackendError, HTCError, SpecError, UntrustedFile
 from htc_notebook.runtime.reads import JobRow, TaskRow
+from htc_notebook.runtime.task import Project
 from htc_notebook.states import ACTIVE_NAMES, REQUEUEABLE_NAMES, STATES
 from htc_notebook.server.auth import Auth, Caller
 from htc_notebook.server.settings import ServerSettings
@@ -122,6 +123,11 @@ class HTCApi:
             raise ApiError(404, f"no project {project_id!r}")
         return project_id
 
+    def _handle(self, user: User, project_id: str) -> Project:
+        """The project `project_id` (it exists and `user` is a member) to act on: a handle only, so
+        a read through it takes no write lock (`Session.project` gets or creates)."""
+        return Project(self.session, self._project(user, project_id))
+
     def _task(self, user: User, project_id: str, task_id: str) -> TaskRow:
         project = self._project(user, project_id)
         if not isinstance(task_id, str) or not _DIGITS.match(task_id):
@@ -153,7 +159,7 @@ class HTCApi:
             prefix, repositories = reg.prefix, reg.repositories()
         except BackendError:
             prefix, repositories = "", reg.recorded()
-        regions = list(dict.fromkeys(d.region for d in self.session.project(name).dimensions()))
+        regions = list(dict.fromkeys(d.region for d in Project(self.session, name).dimensions()))
         return {"projectId": name, "projectName": name, "workspaceId": WORKSPACE_ID, "regions": regions,
                 "containerRegistry": prefix, "repositories": repositories, "taskCount": len(tasks)}
 
@@ -364,14 +370,14 @@ class HTCApi:
 
     # -- vCPU limits (HTC `limits`: the lowest holds across every kernel and server) ------------------
     def list_limits(self, user: User, project_id: str, page: str | None, size: int) -> tuple[list[dict], str | None]:
-        project = self.session.project(self._project(user, project_id))
+        project = self._handle(user, project_id)
         return _offset_page([_limit_json(l) for l in project.limits()], page, size)
 
     def get_limit(self, user: User, project_id: str, limit_id: str) -> dict[str, Any]:
         return _limit_json(self._limit(user, project_id, limit_id))
 
     def add_limit(self, user: User, project_id: str, body: Any) -> dict[str, Any]:
-        project = self.session.project(self._project(user, project_id))
+        project = self._handle(user, project_id)
         limit = _limit_body(body)
         return _limit_json(project.set_vcpu_limit(limit.vcpus, limit.modifier_role))
 
@@ -380,19 +386,19 @@ class HTCApi:
         if not isinstance(body, dict):
             raise ApiError(400, "the body is an object: {modifierRole, vCPUs}")
         limit = _limit_body({"modifierRole": row.modifier_role, "vCPUs": row.vcpus, **body})
-        return _limit_json(self.session.project(row.project).update_limit(row.id, limit.vcpus, limit.modifier_role))
+        return _limit_json(Project(self.session, row.project).update_limit(row.id, limit.vcpus, limit.modifier_role))
 
     def delete_limits(self, user: User, project_id: str, limit_id: str | None = None) -> tuple[int, None]:
         """Delete one limit, or all of the project's (204, no body)."""
         if limit_id is None:
-            self.session.project(self._project(user, project_id)).delete_limits()
+            self._handle(user, project_id).delete_limits()
         else:
             row = self._limit(user, project_id, limit_id)
-            self.session.project(row.project).delete_limits(row.id)
+            Project(self.session, row.project).delete_limits(row.id)
         return 204, None
 
     def _limit(self, user: User, project_id: str, limit_id: str):
-        project = self.session.project(self._project(user, project_id))
+        project = self._handle(user, project_id)
         found = [l for l in project.limits() if isinstance(limit_id, str) and str(l.id) == limit_id]
         if not found:
             raise ApiError(404, f"no limit {limit_id!r} in project {project.name!r}")
@@ -402,12 +408,12 @@ class HTCApi:
     def list_dimensions(self, user: User, project_id: str, page: str | None,
                         size: int) -> tuple[list[dict], str | None]:
         """The dimensions the project may use: those set for it, else every one the site offers."""
-        project = self.session.project(self._project(user, project_id))
+        project = self._handle(user, project_id)
         return _offset_page([d.to_wire() for d in project.dimensions()], page, size)
 
     def put_dimensions(self, user: User, project_id: str, body: Any) -> dict[str, Any]:
         """Set the project's dimensions (a list; [] lifts the restriction); returns them as GET does."""
-        project = self.session.project(self._project(user, project_id))
+        project = self._handle(user, project_id)
         if not isinstance(body, list):
             raise ApiError(400, "the body is a list of dimensions: [{region, machineArchitecture, priority}, ...]")
         try:
@@ -437,14 +443,14 @@ class HTCApi:
 
     # -- task retention policy (HTC `task-retention-policy`: hours, 0 turns a rule off) ------------
     def get_retention(self, user: User, project_id: str) -> dict[str, Any]:
-        project = self.session.project(self._project(user, project_id))
+        project = self._handle(user, project_id)
         policy = project.retention()
         if policy is None:  # as the HTC API answers: then the workspace's policy (none here) applies
             raise ApiError(404, f"project {project.name!r} has no task retention policy")
         return policy.to_wire()
 
     def put_retention(self, user: User, project_id: str, body: Any) -> dict[str, Any]:
-        project = self.session.project(self._project(user, project_id))
+        project = self._handle(user, project_id)
         try:
             policy = RetentionPolicy.model_validate(body)
         except SpecError as exc:
@@ -471,7 +477,7 @@ class HTCApi:
         return self.session.set_retention(policy.archive_after, policy.delete_after).to_wire()
 
     def delete_retention(self, user: User, project_id: str) -> tuple[int, None]:
-        if not self.session.project(self._project(user, project_id)).delete_retention():
+        if not self._handle(user, project_id).delete_retention():
             raise ApiError(404, f"project {project_id!r} has no task retention policy")
         return 204, None
 

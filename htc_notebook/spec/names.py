@@ -89,11 +89,6 @@ def check_name(value: object, field: str = "name") -> str:
     return _check("name", value, field)
 
 
-def check_env_name(value: object, field: str = "name") -> str:
-    """Return `value` if it is a valid environment variable name, else raise SpecError."""
-    return _check("env", value, field)
-
-
 def check_safe_text(value: object, field: str = "text") -> str:
     """Return `value` if it is a str without NUL characters, else raise SpecError."""
     if not isinstance(value, str):

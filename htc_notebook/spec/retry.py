@@ -32,8 +32,7 @@ from htc_notebook.errors import SpecError
 from ._model import SpecModel, number, whole
 
 # causes (the ledger's Cause values) and how each is retried
-COUNTED = ("exit", "timeout", "memory")  # use up `retries`
-REQUEUED = ("node", "preempted", "lost")  # not the job's fault: use up `requeues`
+REQUEUED = ("node", "preempted", "lost")  # not the job's fault: use up `requeues` (the others: `retries`)
 NEVER = ("owner", "submit")  # the process that ran it is gone / the scheduler refused it: a person decides
 
 

@@ -13,6 +13,7 @@ A task unknown to all three is LOST, never SUCCEEDED (design G5).
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -34,6 +35,8 @@ from htc_notebook.states import TERMINAL_NAMES, Cause, Outcome
 from htc_notebook.spec import PartitionProfile
 from htc_notebook.storage import atomic_write
 from htc_notebook.storage.untrusted import read_head
+
+log = logging.getLogger(__name__)
 
 EXIT_FILE_GRACE = 30.0  # seconds a job gone from the queue may take to show its exit-code file
 
@@ -207,8 +210,8 @@ class ArrayRunner:
         while not self._stop.is_set():
             try:
                 self.feeder.feed()
-            except Exception as exc:  # noqa: BLE001 - feeding goes on next round
-                self._last_error = exc
+            except Exception:  # noqa: BLE001 - feeding goes on next round
+                log.exception("feeding SLURM array chunks failed; trying again in %s s", FEED_SECONDS)
             self._stop.wait(FEED_SECONDS)
 
     def poll(self) -> float:
