@@ -14,7 +14,7 @@ import yaml
 
 from htc_notebook import Session, SiteConfig, use
 from htc_notebook.errors import SpecError
-from htc_notebook.registry import ProjectRegistry, daemon
+from htc_notebook.registry import ProjectRegistry, daemon, pull
 from htc_notebook.registry.push import push
 
 from test_notebook_layer import ip  # noqa: F401 - the IPython shell with %htc loaded
@@ -155,11 +155,15 @@ def test_pruned_images_are_unpacked_again_for_the_next_job_and_images_in_use_are
             assert out.returncode == 0 and "1 image(s)" in out.stdout, out.stdout + out.stderr
             assert not (cache / done.row.spec.image.digest.replace(":", "-")).exists()
             assert (cache / slow.row.spec.image.digest.replace(":", "-")).is_dir()  # its job has not ended
+            slow.cancel()
+            slow.wait(timeout=60)
+            with pull.hold(root, slow.row.spec.image.digest):  # as a pilot cluster's kernel holds its image
+                assert images.prune(s, 7) == []
+            assert [p.digest for p in images.prune(s, 7)] == [slow.row.spec.image.digest]
             assert s.retry([done.id], "after a prune") == [done.id]
             assert done.wait(timeout=60).status == "SUCCEEDED", done.row.reason  # unpacked again, by digest
             assert done.logs("out") == "inside the busybox image\n" * 2  # both attempts, in the image
             assert (cache / done.row.spec.image.digest.replace(":", "-") / "rootfs").is_dir()
-            slow.cancel()
     finally:
         daemon.down(root)
 

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from htc_notebook.errors import BackendError, SpecError
 from htc_notebook.registry import ProjectRegistry, daemon
 from htc_notebook.registry.push import push
 
-from conftest import missing, registry_port
+from conftest import missing, registry_port, run_htc
 from test_registry import TOOLS
 from test_slurm import SCHEDULER_HOST
 
@@ -148,6 +149,16 @@ def test_pilots_run_their_workers_in_the_profiles_image_and_a_mismatch_is_refuse
             task = s.project("md").task("where")
             task.storage.path("input").write_text("x")
             seen = [h.result(timeout=300) for h in [task.submit(where_am_i, profile="cpu") for _ in range(4)]]
+            # its pilots' image, unused by any job for 10 days, is kept from a prune while they run
+            (unpacked,) = [p for p in (root / "registry" / "cache").glob("sha256-*") if p.is_dir()]
+            old = time.time() - 10 * 86400
+            os.utime(unpacked / "used", (old, old))
+            kept = run_htc("images", "prune", "--unused-days", "7", root=root)
+            assert kept.returncode == 0 and "0 image(s)" in kept.stdout, kept.stdout + kept.stderr
+            assert (unpacked / "rootfs").is_dir()
+        pruned = run_htc("images", "prune", "--unused-days", "7", root=root)  # its session closed: pruned
+        assert pruned.returncode == 0 and "1 image(s)" in pruned.stdout, pruned.stdout + pruned.stderr
+        assert not unpacked.exists()
         for r in seen:
             assert r["marker"] == "inside the pilot image", r
             assert r["python"] == "/usr/bin/python3" and r["version"].startswith("3.11"), r

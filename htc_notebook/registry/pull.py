@@ -1,7 +1,8 @@
 """Images made ready to run: resolved to a digest, checked against the job's architecture, pulled
 once and unpacked into `<data root>/registry/cache/<digest>/rootfs` (the shared file system, so
 every node of the cluster finds it; one unpack per digest, under a lock, renamed into place).
-Each use marks the digest's `used` file; `prune` removes what no use has marked for a while.
+Each use marks the digest's `used` file; `prune` removes what no use has marked for a while, and
+never an image a live pilot cluster runs in (`hold`).
 
 >>> ARCHITECTURES["X86"], ARCHITECTURES["AARCH64"]
 ('amd64', 'arm64')
@@ -16,6 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from htc_notebook.errors import SpecError
 from htc_notebook.registry import daemon
@@ -87,6 +89,32 @@ def rootfs(registry: ProjectRegistry, image: str, digest: str) -> Path:
     return final / "rootfs"
 
 
+def hold(data_root: Path | str, digest: str) -> IO[str]:
+    """Keep the image of `digest` from `prune` while the returned file stays open (a shared lock
+    on `<cache>/<digest>.inuse`; the kernel of a pilot cluster running in it holds one, and a
+    killed kernel's goes with it). Taken under the unpack lock, which `prune` holds from its last
+    look to the rename: a prune either sees the hold or has moved the image away first (then
+    `rootfs` unpacks it again)."""
+    cache = rootfs_path(data_root, digest).parent.parent
+    cache.mkdir(parents=True, exist_ok=True)
+    name = digest.replace(":", "-")
+    with open(cache / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        f = open(cache / f"{name}.inuse", "a")
+        fcntl.flock(f, fcntl.LOCK_SH)
+    return f
+
+
+def _held(cache: Path, name: str) -> bool:
+    """Is image `name` of `cache` held by a live pilot cluster (`hold`)?"""
+    try:
+        with open(cache / f"{name}.inuse", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    return False
+
+
 def _mark_used(unpacked: Path) -> None:
     try:
         (unpacked / "used").touch()
@@ -102,21 +130,22 @@ class Pruned:
 
 
 def prune(data_root: Path | str, keep: set[str], unused_days: float, dry_run: bool = False) -> list[Pruned]:
-    """Remove the unpacked images (with their container_binds copies) not used for `unused_days`
-    and whose digest is not in `keep` (the images of jobs that have not ended). Each is renamed away
+    """Remove the unpacked images (with their container_binds copies) not used for `unused_days`,
+    whose digest is not in `keep` (the images of jobs that have not ended) and that no live pilot
+    cluster holds (`hold`). Each is renamed away
     under its unpack lock, then deleted; a later job of it pulls and unpacks it again."""
     cache = daemon.registry_dir(data_root) / "cache"
     now, out = time.time(), []
     for unpacked in sorted(p for p in cache.glob("sha256-*") if p.is_dir()):
         digest = unpacked.name.replace("-", ":", 1)
         idle = (now - _last_used(unpacked)) / 86400
-        if digest in keep or idle < unused_days:
+        if digest in keep or idle < unused_days or _held(cache, unpacked.name):
             continue
         mib = _size_mib(unpacked)
         if not dry_run:
             with open(cache / f"{unpacked.name}.lock", "w") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)  # not while it is being unpacked
-                if (now - _last_used(unpacked)) / 86400 < unused_days:
+                if (now - _last_used(unpacked)) / 86400 < unused_days or _held(cache, unpacked.name):
                     continue  # used meanwhile
                 trash = Path(tempfile.mkdtemp(prefix=f".pruned-{unpacked.name}-", dir=cache))
                 unpacked.rename(trash / "image")

@@ -87,6 +87,7 @@ class Session:
         self._lock = threading.RLock()
         self._closed = False
         self._watch = None  # runtime/watch.py: started with the first SLURM backend
+        self._image_holds: list = []  # pilot images kept from `htc images prune` while this session runs
         self._recorder = Recorder(self.ledger, self._result_path, self._committed)
         self.reconciler = Reconciler(self, enabled=reconcile)
         _close_at_exit(self)
@@ -338,14 +339,16 @@ class Session:
 
     def _pilot_python(self, profile: PartitionProfile) -> str:
         """The command `profile`'s pilots start Python with in its `pilot_image`: the image resolved in
-        its project's registry (of the profile's architecture), pulled and unpacked once."""
+        its project's registry (of the profile's architecture), pulled and unpacked once, and held
+        from `htc images prune` until the session closes."""
         from htc_notebook.backends.slurm.pilots import image_python
-        from htc_notebook.registry.pull import resolve, rootfs
+        from htc_notebook.registry.pull import hold, resolve, rootfs
         from htc_notebook.spec.names import parse_site_image
 
         project, image = parse_site_image(profile.pilot_image)
         registry = self.registry(project)
         digest = resolve(registry, image, profile.architecture, field="pilot_image", model="PartitionProfile")
+        self._image_holds.append(hold(self.root, digest))
         return image_python(profile, str(rootfs(registry, image, digest)), str(self.root))
 
     # -- pilots (dask workers on a scheduler) --------------------------------------
@@ -570,6 +573,8 @@ class Session:
             self._watch.close()
         for backend in backends:
             backend.close()
+        for held in self._image_holds:
+            held.close()
         self._recorder.flush(timeout=30)
         self._recorder.close()
         self.ledger.close()
