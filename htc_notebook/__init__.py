@@ -45,6 +45,19 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
+def code_digest() -> str:
+    """A digest of this package's Python source (names and bytes): kernels and pilots of one
+    version may still run different code (an edited checkout), and calls pickled by one fail or
+    misbehave on the other (`backends.slurm.pilots.check_python` compares it)."""
+    import hashlib
+    from pathlib import Path
+
+    h, top = hashlib.sha256(), Path(__file__).parent
+    for path in sorted(top.rglob("*.py")):
+        h.update(str(path.relative_to(top)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def load_ipython_extension(ipython) -> None:
     """`%load_ext htc_notebook`: registers the `%htc` / `%%htc` magics."""
     from htc_notebook.ui.magics import load_ipython_extension as load

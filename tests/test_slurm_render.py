@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -234,6 +236,7 @@ def test_a_profile_python_with_other_versions_is_refused_naming_both(tmp_path):
     import venv
 
     import htc_notebook
+    from htc_notebook.backends.slurm import pilots
     from htc_notebook.backends.slurm.pilots import check_python
     from htc_notebook.errors import BackendError
 
@@ -251,7 +254,18 @@ def test_a_profile_python_with_other_versions_is_refused_naming_both(tmp_path):
     with pytest.raises(BackendError, match=rf"htc_notebook 0\.0\.1 \(this kernel: {htc_notebook.__version__}\)"):
         check_python(python)
     (stand_in / "__init__.py").write_text(f'__version__ = "{htc_notebook.__version__}"\n')
-    check_python(python)  # the kernel's versions: accepted
+    with pytest.raises(BackendError, match=r"htc_notebook code none \(this kernel: [0-9a-f]{16}\)"):
+        check_python(python)  # the kernel's version, other code
+    shutil.rmtree(stand_in)
+    shutil.copytree(Path(htc_notebook.__file__).parent, stand_in, ignore=shutil.ignore_patterns("__pycache__"))
+    check_python(python)  # the kernel's versions and code: accepted
+    (stand_in / "__init__.py").rename(stand_in / "gone.py")
+    check_python(python)  # and not probed again (it would fail now): this process remembers
+    (stand_in / "gone.py").rename(stand_in / "__init__.py")
+    (stand_in / "states.py").write_text((stand_in / "states.py").read_text() + "\n# edited\n")
+    pilots._check_python.cache_clear()  # another kernel, started after the edit
+    with pytest.raises(BackendError, match=r"htc_notebook code [0-9a-f]{16} \(this kernel: [0-9a-f]{16}\)"):
+        check_python(python)
     with pytest.raises(BackendError, match="cannot be run here"):
         check_python(str(tmp_path / "missing" / "python"))
 

@@ -120,15 +120,23 @@ def image_python(profile: PartitionProfile, rootfs: str, data_root: str) -> str:
 
 
 VERSIONS = ("import json, platform, dask, distributed, htc_notebook; print(json.dumps("
-            "[platform.python_version(), dask.__version__, distributed.__version__, htc_notebook.__version__]))")
+            "[platform.python_version(), dask.__version__, distributed.__version__, htc_notebook.__version__, "
+            "getattr(htc_notebook, 'code_digest', lambda: 'none')()]))")
 
 
 def check_python(python: str, what: str | None = None) -> None:
     """Refuse the command pilots start Python with (`what` it is: the profile's `python`, or its
     `pilot_image`) if its Python (major.minor: cloudpickle's code objects differ between them), dask,
-    distributed or htc_notebook differ from this kernel's, or it cannot import them, naming both: a
-    pilot running other code than its kernel fails every call. Run here: the path (or the image's
-    unpack) must also exist for the nodes (a shared file system)."""
+    distributed or htc_notebook (its version, then its code: `htc_notebook.code_digest`) differ from
+    this kernel's, or it cannot import them, naming both: a pilot running other code than its kernel
+    fails every call. Run here: the path (or the image's unpack) must also exist for the nodes (a
+    shared file system). Checked once per command and kernel (the pilots and the MPI packs of a
+    profile start the same one)."""
+    _check_python(python, what or f"the profile's python {python!r}")
+
+
+@functools.cache  # a refusal raises, and is not remembered: it is checked again next time
+def _check_python(python: str, what: str) -> None:
     import json
     import platform
     import subprocess
@@ -140,8 +148,8 @@ def check_python(python: str, what: str | None = None) -> None:
 
     if python == sys.executable:
         return
-    what = what or f"the profile's python {python!r}"
-    ours = [platform.python_version(), dask.__version__, distributed.__version__, htc_notebook.__version__]
+    ours = [platform.python_version(), dask.__version__, distributed.__version__, htc_notebook.__version__,
+            htc_notebook.code_digest()]
     try:
         out = subprocess.run([*shlex.split(python), "-c", VERSIONS], capture_output=True, text=True, timeout=120,
                              cwd="/",  # not a checkout of htc_notebook the kernel runs in
@@ -153,7 +161,7 @@ def check_python(python: str, what: str | None = None) -> None:
         raise BackendError(f"{what} cannot load what pilots run ({last}); install htc_notebook[slurm] "
                            f"{ours[3]} with dask {ours[1]} for it, or leave it unset")
     theirs = json.loads(out.stdout.strip().splitlines()[-1])
-    names = ("Python", "dask", "distributed", "htc_notebook")
+    names = ("Python", "dask", "distributed", "htc_notebook", "htc_notebook code")
     key = lambda v: [".".join(v[0].split(".")[:2]), *v[1:]]  # noqa: E731 - Python by major.minor
     differ = [f"{n} {t} (this kernel: {o})"
               for n, t, o, kt, ko in zip(names, theirs, ours, key(theirs), key(ours)) if kt != ko]
