@@ -160,7 +160,7 @@ def test_pilot_options_set_a_deadline_below_walltime_and_memory_exact():
                          setup=["module load cuda"], pilot_workers=2)
     o = pilot_options(p)
     setup, clear, deadline = o["job_script_prologue"]
-    assert clear.startswith("htc_cg=") and "trap " in clear  # memory_limit.clear_on_exit: calls' cgroups
+    assert clear.startswith("htc_cg=") and "trap htc_clear EXIT" in clear  # memory_limit.clear_on_exit
     lifetime = int(re.fullmatch(r"export HTC_PILOT_LIFETIME=(\d+) HTC_PILOT_DEADLINE=\$\(\( \$\(date \+%s\) \+ \1 \)\)", deadline)[1])
     assert 3600 * 0.8 <= lifetime <= 3600 - 120
     assert "--lifetime" not in o.get("worker_extra_args", [])  # dask's lifetime retires workers under their calls
