@@ -474,3 +474,30 @@ def test_a_kernel_of_a_jupyter_server_with_a_proxy_links_dashboards_through_it(t
     assert out.returncode == 0, out.stderr[-2000:]
     link, port = json.loads(out.stdout.strip().splitlines()[-1])
     assert link == f"/user/ada/proxy/{port}/status"
+
+
+def nap(seconds: float, i: int = 0) -> int:
+    time.sleep(seconds)
+    return i
+
+
+def test_a_new_session_expects_the_call_times_its_task_measured_before(tmp_path):
+    """Issue 26: after a restart, pilots near their deadline go by how long the function's calls
+    took before (the ledger's `call_durations`), not by nothing until the first ones are timed."""
+    from htc_notebook import Session, SiteConfig
+
+    with Session(tmp_path, site=SiteConfig.builtin()) as first:
+        task = first.project("p").task("naps")
+        done = task.sweep(nap, Sweep.grid(seconds=[0.4], i=[1, 2, 3])).wait(timeout=120)
+        assert done.counts()["SUCCEEDED"] == 3
+        other = task.submit(nap, 0.0, 9)  # another payload: not counted with the naps
+        assert other.result(timeout=60) == 9
+        took = first.ledger.call_durations(done.ids[0], done[0].row.spec.payload)
+        assert len(took) == 3 and all(0.4 <= t < 5 for t in took), took
+    with Session(tmp_path, site=SiteConfig.builtin()) as again:
+        task = again.project("p").task("naps")
+        more = task.sweep(nap, Sweep.grid(seconds=[0.4], i=[4]))  # the same function, a new member
+        calls = again.backend(again.profile("local"))._calls
+        runners = set(calls._runner_of.values()) | {h for h, _ in calls._queue}
+        assert runners and all(abs(r.expected - max(took)) < 1e-9 for r in runners), [r.expected for r in runners]
+        assert more.wait(timeout=60).counts()["SUCCEEDED"] == 1

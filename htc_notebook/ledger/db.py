@@ -777,6 +777,15 @@ class Ledger(ProjectRules):
                           "WHERE task_id = ? ORDER BY id", (task_id,))
         return [BatchRow(i, t, n, s, json.loads(d), tuple(json.loads(tags)), c) for i, t, n, s, d, tags, c in rows]
 
+    def call_durations(self, job_id: int, payload: str, limit: int = 100) -> list[float]:
+        """How long the last `limit` calls of `payload` that succeeded in job `job_id`'s task took
+        (seconds, newest first): what a restarted kernel expects its calls to take before it has
+        timed any (`DaskJobs`: a pilot near its deadline starts no call that would not fit)."""
+        rows = self._read("SELECT ended - started FROM jobs WHERE task_id = (SELECT task_id FROM jobs WHERE id = ?) "
+                          "AND status = 'SUCCEEDED' AND started IS NOT NULL AND ended IS NOT NULL "
+                          "AND json_extract(spec, '$.payload') = ? ORDER BY id DESC LIMIT ?", (job_id, payload, limit))
+        return [r[0] for r in rows]
+
     def max_seq(self) -> int:
         return int(self._read("SELECT seq FROM counter")[0][0])
 

@@ -181,7 +181,8 @@ class Session:
                     backend = SlurmBackend(profile, self._recorder, credentials=self.storage.dask_credentials_path,
                                            log_directory=str(self.root / "pilot-logs"),
                                            grace=self.site.exit_file_grace,
-                                           pilot_python=profile.pilot_image and (lambda: self._pilot_python(profile)))
+                                           pilot_python=profile.pilot_image and (lambda: self._pilot_python(profile)),
+                                           call_times=self.ledger.call_durations)
                     if self._watch is None:
                         from htc_notebook.runtime.watch import SlurmWatch
 
@@ -189,7 +190,8 @@ class Session:
                 else:
                     from htc_notebook.backends.local import LocalBackend
 
-                    backend = LocalBackend(profile, self._recorder, log_directory=str(self.root / "pilot-logs"))
+                    backend = LocalBackend(profile, self._recorder, log_directory=str(self.root / "pilot-logs"),
+                                           call_times=self.ledger.call_durations)
                 self._backends[profile.name] = backend
                 self.reconciler.start()
             return backend
