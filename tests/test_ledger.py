@@ -244,6 +244,8 @@ def test_requeue_only_moves_failed_cancelled_lost(ledger: Ledger, task: TaskRow)
     run_fail(ledger, ids[0])
     ledger.cancel([ids[1]])
     ledger.record_outcomes([Outcome(ids[2], 0, "LOST", reason="its owner exited", cause="owner")])
+    assert ledger.job(ids[2]).retry_at is not None  # not the job's fault: its requeue is due...
+    assert ledger.settle_retry(ids[2], 0, "no requeues left")  # ...and refused, it ends LOST
     run_ok(ledger, ids[3])
     assert ledger.requeue(reversed(ids), "again") == [ids[2], ids[1], ids[0]]
     assert [j.status for j in ledger.jobs(task.id)] == ["SUBMITTED"] * 3 + ["SUCCEEDED", "SUBMITTED"]

@@ -256,8 +256,9 @@ def test_bad_requests_are_refused_before_anything_is_written(session):
     assert sum(task.counts().values()) == 0
 
 
-def test_jobs_of_a_dead_session_become_lost_not_succeeded(tmp_path):
-    """A local job whose owning process died is LOST (design G5), and re-running resumes it."""
+def test_jobs_of_a_dead_session_become_lost_not_succeeded_and_are_requeued(tmp_path):
+    """A local job whose owning process died is LOST (design G5), at once on this host (its pid is
+    gone), cause `owner`: not the job's fault, so it is requeued, here, as its RetryPolicy allows."""
     from htc_notebook import Session, SiteConfig
 
     root = tmp_path / "root"
@@ -279,16 +280,17 @@ def test_jobs_of_a_dead_session_become_lost_not_succeeded(tmp_path):
     proc.wait()
     with Session(root, site=SiteConfig.builtin()) as s:
         task = s.project("p").task("t")
-        jobs = task.jobs()
-        assert [j.status for j in jobs] == ["LOST", "LOST"]
-        err = jobs[0].exception(timeout=5)
-        assert "has exited" in err.reason and str(proc.pid) in err.reason
-        assert "orphaned process group" in err.reason  # the `sleep 300` children were killed
-        pgid = int(jobs[0].row.native_id.split(":")[1])
-        assert not _alive(pgid)
-        retried = task.retry()
-        assert len(retried) == 2
-        retried.cancel()
+        jobs = task.jobs()  # after the session's first reconcile: no lease to wait for on this host
+        firsts = [s.ledger.attempts(j.id)[0] for j in jobs]
+        assert [(a.status, a.cause) for a in firsts] == [("LOST", "owner")] * 2
+        assert "has exited" in firsts[0].reason and str(proc.pid) in firsts[0].reason
+        assert "orphaned process group" in firsts[0].reason  # the `sleep 300` children were killed
+        assert not _alive(int(firsts[0].native_id.split(":")[1]))
+        deadline = time.monotonic() + 30
+        while {(j.row.attempts, j.row.status) for j in jobs} != {(2, "RUNNING")} and time.monotonic() < deadline:
+            s.wait_for_change(0.2)
+        assert [(j.row.attempts, j.row.status, j.row.spec.owner) for j in jobs] == [(2, "RUNNING", str(s.owner))] * 2
+        task.cancel()
         assert [j.status for j in task.jobs()] == ["CANCELLED", "CANCELLED"]
 
 
