@@ -13,7 +13,7 @@ from collections import Counter
 
 import pytest
 
-from htc_notebook.spec import JobSpec
+from htc_notebook.spec import JobSpec, RetryPolicy
 from htc_notebook import cli
 from htc_notebook.errors import LedgerError
 from htc_notebook.ledger import AttemptStart, Ledger, NewBatch, NewJob
@@ -38,8 +38,9 @@ def big(tmp_path_factory):
         led.add_jobs(before.id, [NewJob("b", "command", {}, JobSpec(), index=i) for i in range(300)], NewBatch("b", 300, {}))
         task = led.task("scale", "big")
         spec = JobSpec(cores=1, owner=str(s.owner))
-        ids = led.add_jobs(task.id, [NewJob("sim", "command", {"i": i}, spec, index=i) for i in range(N)],
-                           NewBatch("sim", N, {}))
+        once = JobSpec(cores=1, owner=str(s.owner), retry=RetryPolicy(requeues=0))  # LOST stays LOST
+        ids = led.add_jobs(task.id, [NewJob("sim", "command", {"i": i}, once if 18000 <= i < 19000 else spec, index=i)
+                                     for i in range(N)], NewBatch("sim", N, {}))
         after = led.task("scale", "after")  # interleaved: later ids belong to another task
         led.add_jobs(after.id, [NewJob("a", "command", {}, JobSpec(), index=i) for i in range(300)], NewBatch("a", 300, {}))
         # 4,000 SUBMITTED; 4,000 RUNNABLE local; 4,000 RUNNABLE queued in SLURM; 2,000 RUNNING; the rest ended

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from htc_notebook import Session, SiteConfig, cli
+from htc_notebook.errors import SpecError
 from htc_notebook.ledger import Ledger
 from htc_notebook.runtime.owner import HEARTBEAT_ENV, LEASE_LAPSE
 
@@ -138,3 +139,21 @@ def test_a_heartbeat_that_fails_or_comes_after_its_lease_lapsed_is_logged(tmp_pa
         s.ledger.close()
         assert not late.beat()
         assert "was not renewed" in caplog.text and "closed" in caplog.text
+
+
+@pytest.mark.parametrize("heartbeat", [0, -1.0, float("nan"), float("inf")])
+def test_a_heartbeat_that_is_not_a_positive_number_is_refused(tmp_path, heartbeat):
+    with pytest.raises(SpecError, match="heartbeat"):
+        Session(tmp_path, site=SiteConfig.builtin(), heartbeat=heartbeat)
+    assert not (tmp_path / "ledger.db").exists()  # refused before anything was written
+
+
+def test_the_heartbeat_interval_comes_from_the_environment_and_a_bad_one_is_said(monkeypatch, caplog):
+    from htc_notebook.runtime.owner import HEARTBEAT_SECONDS, heartbeat_seconds
+
+    monkeypatch.setenv(HEARTBEAT_ENV, "0.5")
+    assert heartbeat_seconds() == 0.5
+    for bad in ("abc", "0", "-3", "inf"):
+        monkeypatch.setenv(HEARTBEAT_ENV, bad)
+        assert heartbeat_seconds() == HEARTBEAT_SECONDS
+        assert f"{HEARTBEAT_ENV}={bad!r} is not a positive number" in caplog.text

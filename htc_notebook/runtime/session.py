@@ -24,7 +24,7 @@ import cloudpickle
 
 from htc_notebook.backends.base import Backend, Call, Launch
 from htc_notebook.backends.sandbox import sandbox_problem
-from htc_notebook.errors import HTCError, HTCWarning, UnsupportedFeature
+from htc_notebook.errors import HTCError, HTCWarning, SpecError, UnsupportedFeature
 from htc_notebook.ledger import AttemptStart, JobRow, Ledger, TaskRow
 from htc_notebook.ledger.schema import HELD_FOR_ROOM
 from htc_notebook.states import TERMINAL_NAMES, Outcome
@@ -71,6 +71,8 @@ class Session:
 
     def __init__(self, root: str | os.PathLike | None = None, *, site: SiteConfig | str | os.PathLike | None = None,
                  reconcile: bool = True, heartbeat: float | None = None):
+        if heartbeat is not None and not 0 < heartbeat < float("inf"):
+            raise SpecError("Session", "heartbeat", heartbeat, "a positive number of seconds (None: the default)")
         self.root = Path(root or os.environ.get("HTC_ROOT") or "htc-data").resolve()
         self.site = site if isinstance(site, SiteConfig) else SiteConfig.load(site)
         proxy_dashboards()  # in a kernel of a Jupyter server with jupyter-server-proxy: links through it
