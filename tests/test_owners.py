@@ -9,6 +9,7 @@ name is not this one, so the session on this host cannot use its pid; it is real
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -39,18 +40,22 @@ s.project("p").set_vcpu_limit(2)
 t = s.project("p").task("t")
 t.submit_batch({"jobName": "far", "batchSize": 3,
                 "htcJobDefinition": {"commands": ["sh", "-c", 'test -e "$HTC_TASK_DIR/go" || sleep 300']}})
-while t.counts()["RUNNING"] < 2 or t.counts()["HELD"] < 1:
+deadline = time.monotonic() + 60
+while (t.counts()["RUNNING"] < 2 or t.counts()["HELD"] < 1) and time.monotonic() < deadline:
     time.sleep(0.05)
-print(os.getpid(), s.owner, flush=True)
+if time.monotonic() < deadline:
+    print(os.getpid(), s.owner, flush=True)
+else:
+    print("not started:", t.counts(), flush=True)
 time.sleep(300)
 """
 
 
 def _far_kernel(root: Path) -> tuple[subprocess.Popen, int, str]:
     """A kernel on host FAR with jobs running and held: (its bwrap process, its pid, its owner record)."""
-    if socket.gethostname() == FAR:
-        missing(f"this host is called {FAR!r}")
-    argv = ["bwrap", "--unshare-uts", "--hostname", FAR, "--dev-bind", "/", "/", "--",
+    if socket.gethostname() == FAR or shutil.which("bwrap") is None:
+        missing(f"bubblewrap (for a UTS namespace whose host is {FAR!r}, not this one)")
+    argv = ["bwrap", "--die-with-parent", "--unshare-uts", "--hostname", FAR, "--dev-bind", "/", "/", "--",
             sys.executable, "-c", KERNEL, str(root)]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline().split()
