@@ -134,7 +134,7 @@ class Reconciler:
             return False
         if self._beaten and before is not None and before < time.time():
             log.warning("the heartbeat lease of %s had lapsed %.0f s ago (the reconcile loop was held up): sessions on "
-                        "other hosts may have taken its local jobs as LOST and its held work", s.owner,
+                        "other hosts may have marked its local jobs LOST and claimed its held work", s.owner,
                         time.time() - before)
         self._beaten = time.monotonic()
         return True
