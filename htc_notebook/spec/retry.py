@@ -28,12 +28,14 @@ from typing import Annotated, Sequence
 from pydantic import model_validator
 
 from htc_notebook.errors import SpecError
+from htc_notebook.states import REQUEUE_CAUSES, Cause
 
 from ._model import SpecModel, number, whole
 
-# causes (the ledger's Cause values) and how each is retried
-REQUEUED = ("node", "preempted", "lost", "owner")  # not the job's fault: use up `requeues` (the others: `retries`)
-NEVER = ("submit",)  # the scheduler refused it: a person decides
+# how each cause (states.Cause, one home) is retried: not the job's fault, they use up `requeues`;
+# the scheduler refused it: a person decides; the others use up `retries`
+REQUEUED = REQUEUE_CAUSES
+NEVER = frozenset({Cause.SUBMIT})
 
 
 @dataclass(frozen=True)
