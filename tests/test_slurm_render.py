@@ -82,6 +82,25 @@ def test_a_bundled_array_task_runs_its_jobs_in_turn_each_with_its_own_record(tmp
     assert not (logs / "job-13.out").exists()  # job 13 was not run again
 
 
+def test_a_bundle_runs_each_job_once_even_when_a_jobs_exit_record_cannot_be_written(tmp_path):
+    """The loop over a bundle's jobs counts in `htc_k`; reading the cgroup's OOM count once used that
+    name too, so after every job the loop began again at the bundle's first job, skipping those with
+    an exit record. A job whose record could not be written (here a dangling link; a full disk) then
+    ran again and again until the array task's time limit."""
+    state, logs = tmp_path / "state", tmp_path / "logs"
+    state.mkdir()
+    logs.mkdir()
+    (tmp_path / "ids").write_text("11 1\n12 1\n13 1\n")
+    (state / "job-11-1.exit").symlink_to(tmp_path / "nowhere" / "exit")
+    script = render_array(job_name="b", size=3, ids_file=str(tmp_path / "ids"), offset=0, task_dir=str(tmp_path),
+                          log_dir=str(logs), state_dir=str(state), bundle=3,
+                          command=["sh", "-c", 'echo "$HTC_JOB_ID" >> runs'])
+    proc = subprocess.run(["bash", "-c", script], env={"PATH": "/usr/bin:/bin", "SLURM_ARRAY_TASK_ID": "0"},
+                          capture_output=True, text=True, timeout=30)
+    assert (tmp_path / "runs").read_text().split() == ["11", "12", "13"], proc.stderr
+    assert [(state / f"job-{j}-1.exit").read_text().split()[0] for j in (12, 13)] == ["0", "0"]
+
+
 def test_a_sweep_array_runs_each_jobs_own_command_line(tmp_path):
     """The commands-file form (a command sweep): line n of the file is job n's argv, run in the task dir."""
     state, logs = tmp_path / "state", tmp_path / "logs"
