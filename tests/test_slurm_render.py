@@ -169,6 +169,29 @@ def test_discovered_site_loads_and_merges_heterogeneous_nodes():
     assert loaded.profile("gpu").max_walltime == 12 * 3600
 
 
+def test_a_pilots_exit_removes_its_workers_cgroups_at_once_while_a_worker_still_closes(tmp_path):
+    """The pilot script's exit trap (memory_limit.CLEAR_CAGES), on a directory shaped like the pilot
+    job's cgroup: a worker that is still there (closing slowly, or a zombie its nanny has not reaped)
+    keeps nothing. Before, the trap waited while /proc/<worker pid> existed, up to 10 s; SLURM's
+    KillWait (5 s on the test cluster) SIGKILLed it first and `htc-<pid>` stayed in the job's cgroup
+    (seen as an ordinary user: tests/test_slurm_as_user.py)."""
+    import time
+
+    from htc_notebook.backends.memory_limit import CLEAR_CAGES
+
+    worker = subprocess.Popen(["sleep", "60"])
+    try:
+        (tmp_path / f"htc-{worker.pid}" / "call-1").mkdir(parents=True)
+        t0 = time.monotonic()
+        subprocess.run(["bash", "-c", f"htc_cg={shlex.quote(str(tmp_path))}; trap {shlex.quote(CLEAR_CAGES)} EXIT; exit 0"],
+                       check=True, timeout=30)
+        took = time.monotonic() - t0
+    finally:
+        worker.kill()
+        worker.wait()
+    assert list(tmp_path.iterdir()) == [] and took < 2, (list(tmp_path.iterdir()), took)
+
+
 def test_pilot_options_set_a_deadline_below_walltime_and_memory_exact():
     import re
 

@@ -146,20 +146,27 @@ def _cgroup_place(pid: int) -> tuple[Path, int] | None:
 _cgroup_parent: Any = _cgroup_place  # the cache tests clear (`_cgroup_parent.cache_clear()`)
 
 
+# Removes the memory cgroups the workers made in "$htc_cg" (`htc-<worker pid>/call-*`), retrying for up
+# to 10 s those that still hold a call's processes. It does not wait for the workers: a worker holds
+# no process in its `htc-<pid>` (only its calls do, in `call-*`), it makes that directory once (the
+# first call) and never again, and a worker slow to close (or a zombie its nanny has not reaped) would
+# keep the script past the site's KillWait, to be SIGKILLed with the cgroups still there.
+CLEAR_CAGES = ('for _ in $(seq 50); do left=; for d in "$htc_cg"/htc-*; do [ -d "$d" ] || continue; '
+               'rmdir "$d"/call-* 2>/dev/null; rmdir "$d" 2>/dev/null || left=1; done; '
+               '[ -z "$left" ] && break; sleep 0.2; done')
+
+
 def clear_on_exit() -> str:
     """A bash line for the start of a SLURM pilot's job script: when the script exits (its worker
     ended or was killed, or the job was cancelled: SIGTERM) it removes the memory cgroups its workers
-    made under its own (v1), or beside its own (v2: `cgroups.v2_base`'s usual choice), once their
-    processes are gone (`htc-<pid>/call-*`), for up to 10 s. A cgroup
-    left inside a job's keeps slurmstepd from removing the job's (seen on the test cluster). Not
-    covered: the script itself SIGKILLed (a worker slower to close than the site's KillWait).
+    made under its own (v1), or beside its own (v2: `cgroups.v2_base`'s usual choice), at once
+    (`CLEAR_CAGES`). A cgroup left inside a job's keeps slurmstepd from removing the job's (seen on
+    the test cluster). Not covered: the script itself SIGKILLed, or a call whose processes outlive
+    the script by more than 10 s.
 
     >>> "trap" in clear_on_exit() and "/proc/" in clear_on_exit()
     True
     """
     v1 = "$(sed -n 's/^[0-9]*:memory://p' /proc/self/cgroup)"
     v2 = "$(dirname \"/sys/fs/cgroup$(sed -n 's/^0:://p' /proc/self/cgroup)\")"  # v2: beside its own cgroup
-    clear = ('for _ in $(seq 50); do left=; for d in "$htc_cg"/htc-*; do [ -d "$d" ] || continue; '
-             '[ -e "/proc/${d##*-}" ] && left=1 && continue; rmdir "$d"/call-* 2>/dev/null; rmdir "$d" 2>/dev/null || left=1; done; '
-             '[ -z "$left" ] && break; sleep 0.2; done')
-    return f'htc_cg={v1}; if [ -n "$htc_cg" ]; then htc_cg={V1}$htc_cg; else htc_cg={v2}; fi; trap \'{clear}\' EXIT'
+    return f'htc_cg={v1}; if [ -n "$htc_cg" ]; then htc_cg={V1}$htc_cg; else htc_cg={v2}; fi; trap \'{CLEAR_CAGES}\' EXIT'
