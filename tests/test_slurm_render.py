@@ -183,8 +183,8 @@ def test_a_pilots_exit_removes_its_workers_cgroups_at_once_while_a_worker_still_
     try:
         (tmp_path / f"htc-{worker.pid}" / "call-1").mkdir(parents=True)
         t0 = time.monotonic()
-        subprocess.run(["bash", "-c", f"htc_cg={shlex.quote(str(tmp_path))}; trap {shlex.quote(CLEAR_CAGES)} EXIT; exit 0"],
-                       check=True, timeout=30)
+        script = f"htc_cg={shlex.quote(str(tmp_path))}; trap {shlex.quote(CLEAR_CAGES)} EXIT; exit 0"
+        subprocess.run(["bash", "-c", script], check=True, timeout=30)
         took = time.monotonic() - t0
     finally:
         worker.kill()

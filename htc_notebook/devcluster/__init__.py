@@ -120,7 +120,8 @@ def _write_configs(s: ClusterSpec) -> None:
         os.makedirs(s.node_tmp(n.name), exist_ok=True)
         os.chmod(s.node_tmp(n.name), 0o1777)
         _write_public(s.node_hosts(n.name), render_hosts(s))
-    for d in (s.state_root, s.path("spool"), s.path("spool", "slurmd"), *(s.path("spool", "slurmd", n) for n in s.node_names)):
+    spool = [s.path("spool"), s.path("spool", "slurmd"), *(s.path("spool", "slurmd", n) for n in s.node_names)]
+    for d in (s.state_root, *spool):
         os.chmod(d, 0o755)
     texts = {"slurm.conf": render_slurm_conf(s), "gres.conf": render_gres_conf(s),
              "cgroup.conf": render_cgroup_conf(s)}
