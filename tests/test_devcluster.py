@@ -139,6 +139,7 @@ def test_what_the_sites_users_read_is_open_to_them_under_htcs_umask(tmp_path):
     assert {mode(s.shared_dir), *(mode(s.node_tmp(n)) for n in s.node_names)} == {0o1777}
 
 
+@pytest.mark.root  # makes the user when it is missing
 def test_the_sites_ordinary_user_gets_an_association():
     """Without one, slurmctld refuses an ordinary user's every job ("Invalid account or
     account/partition combination specified"): `up` gives `htc-user` one, making the user if missing."""
