@@ -90,9 +90,14 @@ def ensure_user(name: str) -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(name)
     except KeyError:
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True,
-                       capture_output=True, text=True, timeout=60)
-        return pwd.getpwnam(name)
+        pass
+    made = subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], capture_output=True, text=True,
+                          timeout=60)
+    try:
+        return pwd.getpwnam(name)  # made, or by another process at the same time
+    except KeyError:
+        raise DevClusterError(f"cannot make the local user {name!r}: `useradd` exit {made.returncode}: "
+                              f"{made.stderr.strip()}") from None
 
 
 def users(spec: ClusterSpec) -> list[str]:
