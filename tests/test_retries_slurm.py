@@ -121,7 +121,7 @@ def test_a_call_on_a_pilot_is_held_to_its_memory_and_no_cgroup_outlives_the_pilo
     root = REPO / "test-output" / f"call-memory-{uuid.uuid4().hex[:8]}"
 
     def live_cages() -> list[Path]:  # of live workers only: a job id can come again, over an old leftover
-        return [c for c in CGROUPS.glob("slurm_*/uid_*/job_*/step_*/task_*/htc-*/call-*")
+        return [c for c in CGROUPS.glob(f"slurm_*/uid_{os.getuid()}/job_*/step_*/task_*/htc-*/call-*")
                 if Path("/proc", c.parent.name.split("-")[1]).exists()]
 
     with Session(root, site=site) as s:
@@ -161,7 +161,7 @@ def test_a_pilot_scancelled_with_a_call_running_leaves_no_cgroup(site):  # noqa:
     root = REPO / "test-output" / f"call-scancel-{uuid.uuid4().hex[:8]}"
 
     def live_cages() -> list[Path]:
-        return [c for c in CGROUPS.glob("slurm_*/uid_*/job_*/step_*/task_*/htc-*/call-*")
+        return [c for c in CGROUPS.glob(f"slurm_*/uid_{os.getuid()}/job_*/step_*/task_*/htc-*/call-*")
                 if Path("/proc", c.parent.name.split("-")[1]).exists()]
 
     with Session(root, site=site) as s:
