@@ -122,6 +122,7 @@ def test_the_cgroups_of_a_dead_process_are_cleared_when_the_next_one_starts(tmp_
         memory_limit._cgroup_parent.cache_clear()
 
 
+@pytest.mark.sandbox
 def test_a_job_that_fills_its_scratch_gets_enospc_and_a_reason_that_says_so(session):
     """maxDiskGiB: each (sandboxed) job gets its own scratch tmpfs of that size at $HTC_SCRATCH."""
     task = session.project("limits").task("disk")
