@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from htc_notebook.backends.sandbox import sandbox_problem
 from htc_notebook.errors import HTCError
 from htc_notebook.spec import PartitionProfile, SiteConfig
 from htc_notebook.spec.site import ENV_VAR, USER_FILE
@@ -29,6 +30,14 @@ ALLOW_ENV = "HTC_ALLOW_UNCONFINED"  # the Jupyter extension's way to say --allow
 OFF = ("task isolation (a job reads and writes every task and project of its data root, and the ledger), "
        "the scratch limit (maxDiskGiB) and the memory limit of Python calls (they run in their worker's "
        "process; each attempt records `none`)")
+
+
+def as_run(site: SiteConfig, profile: PartitionProfile) -> tuple[PartitionProfile, str | None]:
+    """`profile` of `site` as it runs on this machine (`effective`), and what to tell the user if it
+    runs unconfined (`unconfined_message`). Submitting and dry runs both ask this."""
+    problem = sandbox_problem() if profile.backend == "local" and profile.sandbox != "none" else None
+    running = effective(profile, problem)
+    return running, unconfined_message(site, running, problem)
 
 
 def effective(profile: PartitionProfile, problem: str | None) -> PartitionProfile:
