@@ -19,11 +19,18 @@ import subprocess
 import sys
 import time
 import warnings
+from contextlib import contextmanager
+from typing import Iterator
 
+import pytest
+import requests
 from conftest import HTC, SITE_ENV, run_htc
 
 from htc_notebook import Session, SiteConfig
+from htc_notebook.backends import sandbox
 from htc_notebook.backends.sandbox import sandbox_problem
+
+pytest_plugins = ["pytest_jupyter.jupyter_server"]
 
 PROBLEM = sandbox_problem()  # why this machine cannot make a sandbox (None: it can)
 # a machine without a sandbox: this one, or one whose `htc` finds no bwrap; and the words it gives
@@ -36,26 +43,35 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _serves(root, *extra: str) -> bool:
-    """Does `htc serve` start (and listen) on `root` without a sandbox? Stopped again either way."""
+@contextmanager
+def _serving(root, *extra: str) -> Iterator[str | None]:
+    """`htc serve` on `root` without a sandbox: its API's URL once it listens, None if it exited
+    first; stopped at the end, its output then in `_serving.output`."""
     port = _free_port()
     env = {**os.environ, "HTC_ROOT": str(root), "HOME": str(root / "home"), **NO_SANDBOX}
     env.pop("HTC_SITE_CONFIG", None)
     proc = subprocess.Popen([HTC, "serve", "--port", str(port), *extra], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None:
+        deadline, url = time.monotonic() + 60, None
+        while url is None and time.monotonic() < deadline and proc.poll() is None:
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", port)) == 0:
-                    return True
+                    url = f"http://127.0.0.1:{port}/htc/api/v1"
             time.sleep(0.2)
-        return False
+        yield url
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
-        out = proc.communicate(timeout=60)[0]
-        _serves.output = out  # type: ignore[attr-defined]
+        _serving.output = proc.communicate(timeout=60)[0]  # type: ignore[attr-defined]
+
+
+def _serves(root, *extra: str) -> bool:
+    """Does `htc serve` start (and listen) on `root` without a sandbox? Stopped again either way."""
+    with _serving(root, *extra) as url:
+        pass
+    _serves.output = _serving.output  # type: ignore[attr-defined]
+    return url is not None
 
 
 def test_a_server_with_other_api_users_refuses_to_run_their_jobs_unconfined(tmp_path):
@@ -69,6 +85,77 @@ def test_a_server_with_other_api_users_refuses_to_run_their_jobs_unconfined(tmp_
     assert "refusing to serve 1 API user(s) (ada) unconfined" in out and "--allow-unconfined" in out, out
     assert WHY in out and "Traceback" not in out, out
     assert _serves(root, "--allow-unconfined")  # said explicitly: it serves
+
+
+def _token(url: str, key: str) -> requests.Response:
+    return requests.get(f"{url}/auth/token", headers={"Authorization": f"Token {key}"}, timeout=30)
+
+
+def _projects(url: str, token: str) -> requests.Response:
+    return requests.get(f"{url}/htc/projects", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+
+def test_a_key_made_while_an_unconfined_server_runs_gets_nothing_from_it(tmp_path):
+    """The refusal held only when the server started: a key made while it ran (`htc keys create`)
+    got a token from it, and that user's jobs ran unconfined, free to read every other user's work;
+    so did a token from another server of the same data root that was told to allow it."""
+    root = tmp_path / "root"
+    with _serving(root) as url:  # nobody else's keys yet: it starts
+        assert url is not None, _serving.output
+        made = run_htc("keys", "create", "ada", "--project", "md", root=root)
+        assert made.returncode == 0, made.stderr
+        ada = made.stdout.strip()
+        r = _token(url, ada)
+        assert r.status_code == 403, r.text
+        assert "refusing to serve 1 API user(s) (ada) unconfined" in r.text and WHY in r.text, r.text
+        assert "--allow-unconfined" in r.text
+        with _serving(root, "--allow-unconfined") as allowed:  # told: ada gets a token there, and it works
+            assert allowed is not None, _serving.output
+            r = _token(allowed, ada)
+            assert r.status_code == 200, r.text
+            token = r.json()["tokenValue"]
+            assert _projects(allowed, token).status_code == 200
+        r = _projects(url, token)  # the same token, at the server nobody told
+        assert r.status_code == 403 and "(ada)" in r.text, r.text
+    with _serving(root, "--owner", "ada") as url:  # ada is this server's owner: served
+        assert url is not None, _serving.output
+        assert _token(url, ada).status_code == 200
+        bob = run_htc("keys", "create", "bob", root=root).stdout.strip()
+        r = _token(url, bob)
+        assert r.status_code == 403 and "(bob)" in r.text, r.text
+
+
+@pytest.fixture
+def jp_server_config(tmp_path, monkeypatch):
+    """The Jupyter extension where no sandbox can be made: this machine, or (where it can) one
+    whose bwrap is not there; not told to serve API users unconfined."""
+    monkeypatch.setenv("HTC_ROOT", str(tmp_path / "htc-data"))
+    monkeypatch.delenv("HTC_ALLOW_UNCONFINED", raising=False)
+    if PROBLEM is None:
+        monkeypatch.setattr(sandbox, "BWRAP", str(tmp_path / "no-such-bwrap"))
+        sandbox.sandbox_problem.cache_clear()
+    yield {"ServerApp": {"jpserver_extensions": {"htc_notebook": True}}}
+    sandbox.sandbox_problem.cache_clear()  # probed again, with the real bwrap, by the next who asks
+    sandbox.check_sandbox.cache_clear()
+
+
+async def test_the_jupyter_extension_unconfined_refuses_api_users_whose_keys_came_after_it(
+        jp_serverapp, jp_fetch, http_server_client, jp_base_url):
+    """As `htc serve`: it refuses to start unconfined with other users' keys, and (before, not) a key
+    made once it runs gets no token, nor does a token made for it elsewhere get through."""
+    htc = jp_serverapp.web_app.settings["htc_api"]
+    assert htc.settings.unconfined is not None and WHY in htc.settings.unconfined
+    key = htc.auth.create_key("bob", ["cfd"])
+    api = f"{jp_base_url}htc/api/v1"
+    r = await http_server_client.fetch(f"{api}/auth/token", headers={"Authorization": f"Token {key}"},
+                                       raise_error=False)
+    assert r.code == 403 and b"refusing to serve 1 API user(s) (bob) unconfined" in r.body, r.body
+    token = htc.auth.issue_token(key)["tokenValue"]  # signed with this data root's key, by hand
+    r = await http_server_client.fetch(f"{api}/htc/projects", headers={"Authorization": f"Bearer {token}"},
+                                       raise_error=False)
+    assert r.code == 403 and b"(bob)" in r.body, r.body
+    r = await jp_fetch("htc", "api", "v1", "htc", "projects")  # its logged-in user, the owner, is served
+    assert r.code == 200
 
 
 def test_the_demo_runs_here_and_says_once_whether_its_jobs_run_unconfined(tmp_path):
