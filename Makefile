@@ -38,9 +38,11 @@ USER_TESTS := tests/test_sandbox.py tests/test_call_sandbox.py tests/test_job_fi
               tests/test_dask_security.py tests/test_unconfined.py tests/test_private_root.py
 ## and as that user without user namespaces (no sandbox: jobs run unconfined, tests marked `sandbox` left out);
 ## test_sandbox.py and test_call_sandbox.py are left out whole: what of them is not `sandbox` runs the same there.
-## The server, the `htc` command and the notebook layer too: there they serve, submit and dry-run unconfined.
+## The server, the `htc` command, the notebook layer and the local-only notebooks too (run from the user's
+## copies): there they serve, submit and dry-run unconfined.
 NO_USERNS_TESTS := $(filter-out tests/test_sandbox.py tests/test_call_sandbox.py,$(USER_TESTS)) \
-                   tests/test_server.py tests/test_server_e2e.py tests/test_cli.py tests/test_notebook_layer.py
+                   tests/test_server.py tests/test_server_e2e.py tests/test_cli.py tests/test_notebook_layer.py \
+                   notebooks/01-quickstart.ipynb notebooks/03-htc-batches.ipynb notebooks/05-ensemble-sweep.ipynb
 
 ## test: every test; SLURM, MPI and browser parts are required (never skipped).
 ## Brings the SLURM test cluster up, runs pytest, always brings it down, exits with pytest's status.

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import os
 import pwd
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -86,6 +87,22 @@ def _exec_without_userns(uid: int, gid: int, argv: list[str]) -> int:
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
+def user_copies(args: list[str], out: Path, who: pwd.struct_passwd) -> list[str]:
+    """`args` with each notebook (*.ipynb) replaced by a copy in `out`/notebooks, the user's: a
+    notebook makes its data root beside it, and the checkout is root's."""
+    where = out / "notebooks"
+    shutil.rmtree(where, ignore_errors=True)  # what an earlier run left, data roots included
+    copied = []
+    for arg in args:
+        if arg.endswith(".ipynb"):
+            where.mkdir(exist_ok=True)
+            os.chown(where, who.pw_uid, who.pw_gid)
+            arg = shutil.copy(REPO / arg, where)
+            os.chown(arg, who.pw_uid, who.pw_gid)
+        copied.append(str(arg))
+    return copied
+
+
 def suite(user: str, userns: bool, pytest_args: list[str]) -> int:
     """`make test`'s run of local-backend tests as an ordinary user (tests marked `root` and `slurm`
     left out, and without user namespaces those marked `sandbox`), with its output shown as it
@@ -97,7 +114,7 @@ def suite(user: str, userns: bool, pytest_args: list[str]) -> int:
     env = user_env(who, HTC_REQUIRE_SLURM="1", HTC_TEST_USERNS="1" if userns else "0")  # conftest checks the site
     left_out = "not slurm and not root" if userns else "not slurm and not root and not sandbox"
     argv = [str(USER_VENV / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider",
-            "-m", left_out, f"--junitxml={out / 'junit.xml'}", *pytest_args]
+            "-m", left_out, f"--junitxml={out / 'junit.xml'}", *user_copies(pytest_args, out, who)]
     if userns:
         full = ["setpriv", f"--reuid={who.pw_uid}", f"--regid={who.pw_gid}", "--clear-groups", "--", *argv]
     else:
