@@ -374,6 +374,8 @@ def _submit(args) -> int:
 
 # -- REST API -----------------------------------------------------------------------------
 def _serve(args) -> int:
+    import dataclasses
+
     from htc_notebook.runtime.confinement import refuse_serving_unconfined
     from htc_notebook.server.settings import MAX_BODY_MIB, ServerSettings
     from htc_notebook.server.standalone import serve
@@ -386,6 +388,8 @@ def _serve(args) -> int:
         refuse_serving_unconfined(unconfined, users, args.allow_unconfined)
         if unconfined:
             print(f"htc: warning: {unconfined}", file=sys.stderr)
+        if not args.allow_unconfined:  # keys made while it runs are refused as those above
+            settings = dataclasses.replace(settings, unconfined=unconfined)
         session.resume()  # an earlier kernel's SLURM jobs and held work are watched and fed from here
         serve(session, args.port, args.address, settings)
     return 0

@@ -64,6 +64,37 @@ def pytest_configure(config):
     config._htc_pickle = cloudpickle  # keep the import alive
 
 
+SITE_ENV = "HTC_TEST_USERNS"  # set by tests/restrictive.py's suites: "1" user namespaces allowed, "0" not
+
+
+def pytest_sessionstart(session):
+    """A suite run for a site (tests/restrictive.py) runs on that site: without user namespaces bwrap
+    must fail for want of them, with them it must work; else every verdict of the run would be about
+    another site than it says."""
+    expected = os.environ.get(SITE_ENV)
+    if expected is None:
+        return
+    from htc_notebook.backends.sandbox import sandbox_problem
+
+    problem = sandbox_problem()
+    if expected == "1" and problem is not None:
+        raise pytest.UsageError(f"{SITE_ENV}=1, but no sandbox can be made here: {problem}")
+    if expected == "0" and (problem is None or "ENOSPC" not in problem):
+        raise pytest.UsageError(f"{SITE_ENV}=0 (no user namespaces, ENOSPC), but bwrap says: {problem or 'it works'}")
+
+
+def pytest_runtest_setup(item):
+    """A test marked `sandbox` asserts what only a sandbox does: where none can be made it fails at
+    once, saying why (a run without user namespaces deselects them: `-m "not sandbox"`)."""
+    if item.get_closest_marker("sandbox") is None:
+        return
+    from htc_notebook.backends.sandbox import sandbox_problem
+
+    if (problem := sandbox_problem()) is not None:
+        pytest.fail(f"this test needs a sandbox, which this machine cannot make ({problem}); "
+                    "where none can be made, run with -m 'not sandbox'", pytrace=False)
+
+
 @pytest.fixture(autouse=True)
 def _pickle_test_module_by_value(request):
     import cloudpickle

@@ -17,12 +17,14 @@ from __future__ import annotations
 import ctypes
 import os
 import pwd
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-USER_VENV = REPO / ".venv-user"
+# $HTC_USER_VENV: another checkout's user venv (a git worktree has none); this checkout's code then goes first
+USER_VENV = Path(os.environ.get("HTC_USER_VENV") or REPO / ".venv-user")
 CLONE_NEWUSER = 0x10000000
 
 
@@ -36,8 +38,9 @@ def ensure_user(name: str) -> pwd.struct_passwd:
 
 def user_env(user: pwd.struct_passwd, **extra: str) -> dict[str, str]:
     """A clean environment for `user`, with the user venv first on PATH."""
+    code = {"PYTHONPATH": str(REPO)} if os.environ.get("HTC_USER_VENV") else {}
     return {"HOME": user.pw_dir, "USER": user.pw_name, "LOGNAME": user.pw_name, "LANG": "C.UTF-8",
-            "PATH": f"{USER_VENV / 'bin'}:/usr/local/bin:/usr/bin:/bin", **extra}
+            "PATH": f"{USER_VENV / 'bin'}:/usr/local/bin:/usr/bin:/bin", **code, **extra}
 
 
 def as_user(name: str, argv: list[str], *, userns: bool = True, env: dict[str, str] | None = None,
@@ -83,16 +86,34 @@ def _exec_without_userns(uid: int, gid: int, argv: list[str]) -> int:
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
+def user_copies(args: list[str], out: Path, who: pwd.struct_passwd) -> list[str]:
+    """`args` with each notebook (*.ipynb) replaced by a copy in `out`/notebooks, the user's: a
+    notebook makes its data root beside it, and the checkout is root's."""
+    where = out / "notebooks"
+    shutil.rmtree(where, ignore_errors=True)  # what an earlier run left, data roots included
+    copied = []
+    for arg in args:
+        if arg.endswith(".ipynb"):
+            where.mkdir(exist_ok=True)
+            os.chown(where, who.pw_uid, who.pw_gid)
+            arg = shutil.copy(REPO / arg, where)
+            os.chown(arg, who.pw_uid, who.pw_gid)
+        copied.append(str(arg))
+    return copied
+
+
 def suite(user: str, userns: bool, pytest_args: list[str]) -> int:
     """`make test`'s run of local-backend tests as an ordinary user (tests marked `root` and `slurm`
-    left out), with its output shown as it comes; pytest's exit status."""
+    left out, and without user namespaces those marked `sandbox`), with its output shown as it
+    comes; pytest's exit status."""
     who = ensure_user(user)
     out = REPO / "test-output" / f"as-{user}{'' if userns else '-no-userns'}"
     out.mkdir(parents=True, exist_ok=True)
     os.chown(out, who.pw_uid, who.pw_gid)
-    env = user_env(who, HTC_REQUIRE_SLURM="1")
+    env = user_env(who, HTC_REQUIRE_SLURM="1", HTC_TEST_USERNS="1" if userns else "0")  # conftest checks the site
+    left_out = "not slurm and not root" if userns else "not slurm and not root and not sandbox"
     argv = [str(USER_VENV / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider",
-            "-m", "not slurm and not root", f"--junitxml={out / 'junit.xml'}", *pytest_args]
+            "-m", left_out, f"--junitxml={out / 'junit.xml'}", *user_copies(pytest_args, out, who)]
     if userns:
         full = ["setpriv", f"--reuid={who.pw_uid}", f"--regid={who.pw_gid}", "--clear-groups", "--", *argv]
     else:

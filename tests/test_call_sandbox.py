@@ -67,6 +67,7 @@ def _probe_calls(s: Session, name: str, *, profile: str | None = None, jobs: int
     return [h.result(timeout=300) for h in handles]
 
 
+@pytest.mark.sandbox
 def test_a_local_python_call_sees_only_its_task_and_its_projects_shared_directory(tmp_path):
     with Session(tmp_path / "root", site=_local_site()) as s:
         (seen,) = _probe_calls(s, "py-local")
@@ -157,6 +158,7 @@ def _wait_for(predicate, timeout: float, what: str):
     return value
 
 
+@pytest.mark.sandbox
 def test_a_call_that_kills_itself_fails_saying_so_and_leaves_nothing_running(tmp_path):
     seconds = f"{700 + uuid.uuid4().int % 100_000 / 100_000:.5f}"
 
@@ -171,6 +173,7 @@ def test_a_call_that_kills_itself_fails_saying_so_and_leaves_nothing_running(tmp
     _wait_for(lambda: not _host_pids_with(seconds), 10, "the call's orphan to die with its namespace")
 
 
+@pytest.mark.sandbox
 def test_a_worker_killed_under_a_confined_call_takes_the_call_with_it_and_the_attempt_is_lost(tmp_path):
     """SIGKILL the dask worker while its confined call (and a process the call started) runs: both
     die with it (nothing runs untracked), the attempt ends with cause lost, the next one runs."""
@@ -201,6 +204,7 @@ def test_a_worker_killed_under_a_confined_call_takes_the_call_with_it_and_the_at
         assert [a.cause for a in job.attempts] == ["lost", None]
 
 
+@pytest.mark.sandbox
 def test_confining_costs_forks_not_an_interpreter(tmp_path):
     """run_confined returns the work's value and raises, naming how, when the work dies."""
     view = JobView(str(tmp_path), str(tmp_path / "projects/p/tasks/t"), str(tmp_path / "projects/p/shared"))
@@ -213,6 +217,7 @@ def test_confining_costs_forks_not_an_interpreter(tmp_path):
         run_confined(view, lambda: 1 / 0)
 
 
+@pytest.mark.sandbox
 def test_a_machine_that_cannot_confine_calls_refuses_them_at_submit_and_says_how_to_opt_out(tmp_path, monkeypatch):
     from htc_notebook.backends import call_sandbox
     from htc_notebook.errors import BackendError
@@ -241,6 +246,7 @@ def _assert_rank_confined(seen: dict) -> None:
     _assert_confined({**seen, "read_ledger_via_proc": "FileNotFoundError (not asserted for ranks)"})
 
 
+@pytest.mark.sandbox
 def test_each_rank_of_a_local_mpi_function_is_confined(tmp_path):
     site = _local_site(packing="per_task")  # the rank pool (packed) serves every task: not confined
     with Session(tmp_path / "root", site=site) as s:

@@ -10,6 +10,8 @@ import pytest
 
 from conftest import run_htc
 
+from htc_notebook.backends.sandbox import sandbox_problem
+
 WIDE = {"COLUMNS": "200"}  # rich tables are not truncated or wrapped
 
 
@@ -199,24 +201,37 @@ def test_submit_dry_run_writes_nothing(tmp_path):
     assert "4 jobs" in r.stdout
     assert "HTC_JOB_INDEX=0..3" in r.stdout
     assert "sh -c 'echo $HTC_JOB_INDEX > out-$HTC_JOB_INDEX.txt'" in r.stdout
+    # as submitting would run them here: in the sandbox, or (none can be made) unconfined and said so
+    confined = sandbox_problem() is None
+    assert ("bwrap --die-with-parent" in r.stdout) is confined, r.stdout
+    assert ("runs jobs unconfined" in r.stdout) is not confined, r.stdout
     assert_nothing_written(root)
 
 
 def test_submit_dry_run_on_slurm_renders_the_array_submit_would_send(tmp_path):
     """issue 13 item 8: the dry run goes through the backend's own plan, so it shows the sandbox
-    each job runs in (before, it had a path of its own and showed the bare command)."""
+    each job runs in (before, it had a path of its own and showed the bare command). A machine that
+    cannot make a sandbox refuses a SLURM profile that asks for one, as submitting from it would
+    (the submitting machine is checked: sandbox.check_sandbox); with `sandbox: none` it renders."""
     root, site = tmp_path / "root", tmp_path / "site.yaml"
     site.write_text(SITE)
     batch = batch_yaml(tmp_path / "batch.yaml", job_name="writer", batch_size=4, command=WRITE_INDEX,
                        extra=("maxVCpus: 2", "maxMemory: 300"))
-    r = htc("--site", str(site), "submit", str(batch), "--dry-run", "--profile", "cpu", "--project", "p",
-            "--task", "t", root=root)
+    argv = ("--site", str(site), "submit", str(batch), "--dry-run", "--profile", "cpu", "--project", "p",
+            "--task", "t")
+    r = htc(*argv, root=root)
+    confined = sandbox_problem() is None
+    if not confined:
+        assert r.returncode == 2 and "bwrap cannot make one here" in r.stderr, r.stderr
+        assert sandbox_problem() in r.stderr and "`sandbox: none`" in r.stderr, r.stderr
+        site.write_text(SITE + "    sandbox: none\n")
+        r = htc(*argv, root=root)
     assert r.returncode == 0, r.stderr
     task_dir = f"{root.resolve()}/projects/p/tasks/t"
     for directive in ("#SBATCH --array=0-3", "#SBATCH --partition=cpu", "#SBATCH --cpus-per-task=2",
                       "#SBATCH --mem=300M", f"htc_state={task_dir}/.htc/slurm"):
         assert directive in r.stdout, (directive, r.stdout)
-    assert "bwrap --die-with-parent" in r.stdout and f"--bind {task_dir} {task_dir}" in r.stdout
+    assert ("bwrap --die-with-parent" in r.stdout and f"--bind {task_dir} {task_dir}" in r.stdout) is confined
     assert_nothing_written(root)
 
 

@@ -27,6 +27,7 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.root
 def test_a_result_that_does_not_fit_fails_its_job_and_nothing_else(small_disk):
     with Session(small_disk / "root", site=SiteConfig.builtin()) as s:
         task = s.project("disk").task("full")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from htc_notebook import RetryPolicy, Session, SiteConfig
+from htc_notebook.errors import HTCWarning
 from htc_notebook.backends import memory_limit
 
 from conftest import missing
@@ -122,6 +123,7 @@ def test_the_cgroups_of_a_dead_process_are_cleared_when_the_next_one_starts(tmp_
         memory_limit._cgroup_parent.cache_clear()
 
 
+@pytest.mark.sandbox
 def test_a_job_that_fills_its_scratch_gets_enospc_and_a_reason_that_says_so(session):
     """maxDiskGiB: each (sandboxed) job gets its own scratch tmpfs of that size at $HTC_SCRATCH."""
     task = session.project("limits").task("disk")
@@ -135,3 +137,26 @@ def test_a_job_that_fills_its_scratch_gets_enospc_and_a_reason_that_says_so(sess
                            "its scratch of maxDiskGiB=1 GiB ($HTC_SCRATCH) is full")
     assert fits.status == "SUCCEEDED", fits.reason
     assert jobs[100].logs("out").split() == ["0", "tmpdir"]  # its own scratch: empty, not the other job's
+
+
+LOOK = ["sh", "-c", 'test -n "$HTC_SCRATCH" && [ "$TMPDIR" = "$HTC_SCRATCH" ] || exit 3; stat -c %a "$HTC_SCRATCH"; '
+        'ls -A "$HTC_SCRATCH" | wc -l; echo mine > "$HTC_SCRATCH/file"; echo "$HTC_SCRATCH"']
+
+
+def test_unconfined_a_job_still_gets_a_scratch_of_its_own_without_its_limit(tmp_path):
+    """`sandbox: none`, as where no sandbox can be made: no tmpfs, but $HTC_SCRATCH (and $TMPDIR) is
+    still a private empty directory of the job's own, gone when it ends; its size is not held (the
+    session's warning says so). Before, $HTC_SCRATCH was unset: a job written for it wrote to /."""
+    site = SiteConfig.builtin().model_dump(exclude_defaults=True)
+    site["profiles"]["local"]["sandbox"] = "none"
+    with pytest.warns(HTCWarning, match="the scratch limit"), \
+            Session(tmp_path / "root", site=SiteConfig.model_validate(site)) as s:
+        group = s.project("limits").task("scratch").submit_batch({"jobName": "look", "batchSize": 2,
+                                                                  "htcJobDefinition": {"commands": LOOK, "maxDiskGiB": 1}})
+        group.wait(timeout=120)
+        assert [h.status for h in group] == ["SUCCEEDED"] * 2, [(h.row.reason, h.logs("err")) for h in group]
+        seen = [h.logs().split() for h in group]
+    assert [mode_and_count for *mode_and_count, _ in seen] == [["700", "0"]] * 2, seen
+    places = [where for *_, where in seen]
+    assert len(set(places)) == 2, places  # each its own
+    assert not [p for p in places if Path(p).exists()], places  # removed when the job ended

@@ -76,6 +76,7 @@ def test_an_existing_data_root_open_to_others_is_closed(open_parent):
     assert stat.S_IMODE(root.stat().st_mode) == 0o700
 
 
+@pytest.mark.sandbox
 def test_a_jobs_tmp_is_its_own(tmp_path):
     mark = f"left-{uuid.uuid4().hex[:8]}"
     with Session(tmp_path / "root") as s:
@@ -109,6 +110,7 @@ def _look_in_rank(comm, secret_path):
     return getattr(builtins, "htc_left_behind", None), seen
 
 
+@pytest.mark.sandbox
 def test_a_rank_pool_serves_one_tasks_calls_confined_to_that_task(tmp_path):
     """Packed MPI functions run on long-lived ranks; before, one pool served every task unconfined:
     task B's call found what task A's left in its rank, and read task A's files."""
@@ -122,6 +124,7 @@ def test_a_rank_pool_serves_one_tasks_calls_confined_to_that_task(tmp_path):
     assert seen == "FileNotFoundError"
 
 
+@pytest.mark.sandbox
 def test_a_toolkit_that_lives_under_tmp_is_still_seen_by_jobs_over_their_own_tmp(tmp_path, monkeypatch):
     """A checkout or venv under /tmp (as a CI run may have): jobs still run its programs, read-only."""
     venv = Path(tempfile.mkdtemp(prefix="htc-venv-"))

@@ -176,6 +176,7 @@ def test_held_jobs_of_a_killed_kernel_run_once_in_the_next_session(tmp_path):
         assert "taken over by" in " ".join(e.message for e in s.ledger.events(task_id=task.id))
 
 
+@pytest.mark.slurm
 def test_a_slurm_profile_keeps_the_projects_limit(site):  # noqa: F811
     root = REPO / "test-output" / f"limits-{uuid.uuid4().hex[:8]}"
     with Session(root, site=site) as s:

@@ -405,6 +405,7 @@ def quick_nap(i: int) -> int:
     return i
 
 
+@pytest.mark.sandbox
 def test_confined_calls_of_20_ms_are_packed(session):
     """A fork per confined call costs ~10 ms, so calls this quick share one (dask_jobs.CONFINED_SCALE)."""
     from distributed import get_task_stream

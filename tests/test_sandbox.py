@@ -101,6 +101,7 @@ def _local_site(**fields) -> SiteConfig:
     return SiteConfig.model_validate(data)
 
 
+@pytest.mark.sandbox
 def test_a_local_command_job_sees_only_its_task_and_its_projects_shared_directory(tmp_path):
     with Session(tmp_path / "root", site=_local_site()) as s:
         (seen,) = _probe(s, "local")
@@ -167,6 +168,7 @@ def test_sandbox_none_set_by_hand_warns_naming_its_file_and_line(tmp_path):
                                                    "htcJobDefinition": {"commands": ["true"]}})
 
 
+@pytest.mark.sandbox
 def test_an_images_mount_points_are_laid_out_over_it_and_not_written_into_it(tmp_path):
     """`image_root`: the job sees the image with a mount point at each path it lacks (through the
     image's own link lib -> usr/lib), its own entries bound back as they are; the image is unchanged."""

@@ -16,6 +16,7 @@ import jwt
 import pytest
 import requests
 
+from htc_notebook.backends.sandbox import sandbox_problem
 from htc_notebook.server.auth import Auth, Unauthorized
 from test_server_e2e import HTC, _port, api
 
@@ -46,8 +47,12 @@ class Served:
 
 @pytest.fixture
 def serve(tmp_path):
-    """Start `htc serve` with `users` ({name: [projects]}) and extra arguments; stopped at the end."""
+    """Start `htc serve` with `users` ({name: [projects]}) and extra arguments; stopped at the end.
+    Where no sandbox can be made (no user namespaces) it serves API users only when told to run
+    their jobs unconfined (tests/test_unconfined.py shows the refusal): told, so these attacks on
+    the API itself are played there too."""
     servers = []
+    unconfined = ["--allow-unconfined"] if sandbox_problem() is not None else []
 
     def start(users: dict[str, list[str]], *args: str, site: str | None = None) -> Served:
         root = tmp_path / f"root{len(servers)}"
@@ -55,7 +60,7 @@ def serve(tmp_path):
         keys = {u: auth.create_key(u, projects) for u, projects in users.items()}
         port = _port()
         base = ["--root", str(root)] + (["--site", site] if site else [])
-        servers.append(subprocess.Popen([HTC, *base, "serve", "--port", str(port), *args],
+        servers.append(subprocess.Popen([HTC, *base, "serve", "--port", str(port), *unconfined, *args],
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
         return Served(root, f"http://127.0.0.1:{port}/{API}", keys)
 
@@ -186,6 +191,8 @@ def test_keys_made_before_grants_were_per_key_keep_their_users_projects(tmp_path
 @pytest.fixture
 def jp_server_config(tmp_path, monkeypatch):
     monkeypatch.setenv("HTC_ROOT", str(tmp_path / "htc-data"))
+    if sandbox_problem() is not None:  # no sandbox here: API users are served only if allowed (test_unconfined.py)
+        monkeypatch.setenv("HTC_ALLOW_UNCONFINED", "1")
     return {"ServerApp": {"jpserver_extensions": {"htc_notebook": True}}}
 
 

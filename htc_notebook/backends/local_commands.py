@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import os
+import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import replace
@@ -29,6 +32,27 @@ from htc_notebook.backends.mpi_ranks import kill_group
 from htc_notebook.errors import UntrustedFile
 from htc_notebook.states import Outcome
 from htc_notebook.storage.untrusted import job_logs
+
+log = logging.getLogger(__name__)
+
+
+def unconfined_scratch(launch: Launch) -> str | None:
+    """A scratch of its own for a job that asks for one (maxDiskGiB) but runs unconfined, where the
+    sandbox's tmpfs at $HTC_SCRATCH is not made (`sandbox.confined` sets it for a confined job): a new
+    private (0700) directory under this machine's temp directory, without a size limit (the session's
+    warning says so), removed when the job ends. None for any other job."""
+    if not launch.disk_gib or launch.mpi is not None or "HTC_SCRATCH" in launch.env:
+        return None
+    return tempfile.mkdtemp(prefix=f"htc-scratch-{launch.job_id}-{launch.attempt}-")
+
+
+def remove_scratch(path: str) -> None:
+    """Remove an unconfined job's scratch; what cannot be removed (a directory the job made
+    unwritable) is logged and left."""
+    def failed(_func: Any, where: str, exc_info: Any) -> None:
+        log.warning("could not remove %s of the job scratch %s: %s", where, path, exc_info[1])
+
+    shutil.rmtree(path, onerror=failed)  # Python 3.11: onexc is 3.12's
 
 
 
@@ -146,8 +170,10 @@ class CommandRunner:
         reason, exit_code, status, usage, cause, memory = None, None, "FAILED", None, None, None
         limit = hold(  # its own memory cgroup, else the watchdog (memory_limit.py); measured either way
             launch.memory, f"job-{launch.job_id}-{launch.attempt}", swap_mib=launch.swap or 0)
+        scratch = None
         try:
-            env = {**os.environ, **launch.env}
+            scratch = unconfined_scratch(launch)
+            env = {**os.environ, **launch.env, **({"HTC_SCRATCH": scratch, "TMPDIR": scratch} if scratch else {})}
             argv = limit.argv(launch.command)  # joins its memory cgroup first, where it has one
             with job_logs(launch.log_out, launch.log_err) as (out, err):
                 try:
@@ -191,6 +217,8 @@ class CommandRunner:
         finally:
             if memory is None:
                 memory = limit.ended()
+            if scratch is not None:
+                remove_scratch(scratch)
             with self._lock:
                 self._free += launch.cores
                 self._lock.notify_all()

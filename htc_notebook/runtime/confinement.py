@@ -11,8 +11,9 @@ sandbox is the boundary between users (`refuse_serving_unconfined`).
 >>> site = SiteConfig.from_yaml("profiles: {local: {sandbox: none}}", file="/etc/htc/site.yaml")
 >>> print(unconfined_message(site, site.profile("local"), None))  # doctest: +NORMALIZE_WHITESPACE
 profile 'local' runs jobs unconfined (`sandbox: none` at /etc/htc/site.yaml:1). Off: task isolation
-(a job reads and writes every task and project of its data root, and the ledger) and the scratch
-limit (maxDiskGiB). To turn them back on, remove that setting.
+(a job reads and writes every task and project of its data root, and the ledger), the scratch
+limit (maxDiskGiB) and the memory limit of Python calls (they run in their worker's process; each
+attempt records `none`). To turn them back on, remove that setting.
 """
 
 from __future__ import annotations
@@ -20,13 +21,23 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from htc_notebook.backends.sandbox import sandbox_problem
 from htc_notebook.errors import HTCError
 from htc_notebook.spec import PartitionProfile, SiteConfig
 from htc_notebook.spec.site import ENV_VAR, USER_FILE
 
 ALLOW_ENV = "HTC_ALLOW_UNCONFINED"  # the Jupyter extension's way to say --allow-unconfined
-OFF = ("task isolation (a job reads and writes every task and project of its data root, and the ledger) "
-       "and the scratch limit (maxDiskGiB)")
+OFF = ("task isolation (a job reads and writes every task and project of its data root, and the ledger), "
+       "the scratch limit (maxDiskGiB) and the memory limit of Python calls (they run in their worker's "
+       "process; each attempt records `none`)")
+
+
+def as_run(site: SiteConfig, profile: PartitionProfile) -> tuple[PartitionProfile, str | None]:
+    """`profile` of `site` as it runs on this machine (`effective`), and what to tell the user if it
+    runs unconfined (`unconfined_message`). Submitting and dry runs both ask this."""
+    problem = sandbox_problem() if profile.backend == "local" and profile.sandbox != "none" else None
+    running = effective(profile, problem)
+    return running, unconfined_message(site, running, problem)
 
 
 def effective(profile: PartitionProfile, problem: str | None) -> PartitionProfile:

@@ -70,8 +70,8 @@ def user_namespaces() -> Check:
     else:
         found = f"refused: {errno.errorcode.get(code, code)} ({os.strerror(code)})"
     return Check("user namespaces", False, found,
-                 instead="local jobs and calls run unconfined, with a warning (no task isolation, no scratch limit); "
-                         "a shared `htc serve` refuses to start unconfined",
+                 instead="local jobs and calls run unconfined, with a warning (no task isolation, no scratch limit, "
+                         "no memory limit for Python calls); a shared `htc serve` refuses to start unconfined",
                  ask="allow unprivileged user namespaces (user.max_user_namespaces > 0)")
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from htc_notebook.backends.base import Launch
 from htc_notebook.errors import ResourceLimitError, SpecError
 from htc_notebook.ledger import NewJob
+from htc_notebook.runtime.confinement import as_run
 from htc_notebook.spec import (ImageRef, JobBatch, JobDefinition, JobSpec, PartitionProfile, Resources, RetryPolicy,
                                SiteConfig)
 from htc_notebook.spec.job import PRIORITIES
@@ -179,8 +180,10 @@ def render_jobs(site: SiteConfig, storage: Storage, project: str, task: str, job
     if jobs and jobs[0].spec.envs:
         parts.append("# env: " + " ".join(f"{k}={shlex.quote(v)}" for k, v in jobs[0].spec.envs.items()))
     for name, launches in by_profile.items():
-        prof = site.profile(name)
+        prof, unconfined = as_run(site, site.profile(name))  # as submitting would run it here
         parts.append(f"# profile {name!r} ({prof.backend}): {len(launches)} job(s)")
+        if unconfined:
+            parts.append(f"# {unconfined}")
         if prof.backend == "slurm":
             from htc_notebook.backends.slurm.backend import render
         else:

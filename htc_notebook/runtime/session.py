@@ -23,7 +23,6 @@ from typing import Iterable, Sequence
 import cloudpickle
 
 from htc_notebook.backends.base import Backend, Call, Launch
-from htc_notebook.backends.sandbox import sandbox_problem
 from htc_notebook.errors import HTCError, HTCWarning, SpecError, UnsupportedFeature
 from htc_notebook.ledger import AttemptStart, JobRow, Ledger, TaskRow
 from htc_notebook.ledger.schema import HELD_FOR_ROOM
@@ -169,9 +168,7 @@ class Session:
 
     def _as_run(self, site: PartitionProfile) -> tuple[PartitionProfile, str | None]:
         """The site's profile as it runs here, and what to say if it runs unconfined."""
-        problem = sandbox_problem() if site.backend == "local" and site.sandbox != "none" else None
-        profile = confinement.effective(site, problem)
-        return profile, confinement.unconfined_message(self.site, profile, problem)
+        return confinement.as_run(self.site, site)
 
     def backend(self, profile: PartitionProfile) -> Backend:
         with self._lock:

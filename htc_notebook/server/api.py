@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Sequence, cast
 from pydantic import ValidationError
 
 from htc_notebook.errors import BackendError, HTCError, SpecError, UntrustedFile
+from htc_notebook.runtime.confinement import UnconfinedServer, refuse_serving_unconfined
 from htc_notebook.runtime.reads import JobRow, TaskRow
 from htc_notebook.runtime.task import Project
 from htc_notebook.states import ACTIVE_NAMES, REQUEUEABLE_NAMES, STATES
@@ -97,7 +98,23 @@ class HTCApi:
     def token_caller(self, claims: dict[str, Any]) -> Caller:
         """Who a verified bearer token speaks for: an API user, the owner only if `settings.owner` names them."""
         name = claims["sub"]
+        self._refuse_unconfined(name)
         return Caller(name, owner=self.settings.owner is not None and name == self.settings.owner, key=claims["key"])
+
+    def issue_token(self, api_key: str) -> dict[str, str]:
+        """A bearer token for a valid API key (GET /auth/token), unless its user is refused here."""
+        self._refuse_unconfined(self.auth.whoami(api_key)["username"])
+        return self.auth.issue_token(api_key)
+
+    def _refuse_unconfined(self, user: str) -> None:
+        """403 for an API user (not `settings.owner`) where jobs run unconfined and nobody allowed
+        that: the check `htc serve` and the Jupyter extension make when they start, for keys made since."""
+        if self.settings.unconfined is None or user == self.settings.owner:
+            return
+        try:
+            refuse_serving_unconfined(self.settings.unconfined, [user], allowed=False)
+        except UnconfinedServer as exc:
+            raise ApiError(403, str(exc)) from None
 
     def _is_owner(self, user: User) -> bool:
         if isinstance(user, Caller):

@@ -15,6 +15,7 @@ Data root: `$HTC_ROOT`, else `htc-data` under the server's root directory.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from pathlib import Path
@@ -66,16 +67,20 @@ def _load_jupyter_server_extension(serverapp) -> None:
     session = Session(root)
     auth = Auth(session.root)
     users = sorted({k["user"] for k in auth.keys() if k["revoked"] is None})
+    unconfined, allowed = session.unconfined(), os.environ.get(ALLOW_ENV) == "1"
     try:
-        refuse_serving_unconfined(session.unconfined(), users, os.environ.get(ALLOW_ENV) == "1")
+        refuse_serving_unconfined(unconfined, users, allowed)
     except Exception:
         session.close()
         raise
-    if unconfined := session.unconfined():
+    if unconfined:
         serverapp.log.warning(f"htc_notebook: {unconfined}")
     # earlier kernels' SLURM jobs and held work are watched and fed from here (off the event loop)
     threading.Thread(target=session.resume, name="htc-resume", daemon=True).start()
-    api = HTCApi(session, auth, owner=owner_name(), settings=ServerSettings.from_env(public_url=_public_origin(serverapp)))
+    settings = ServerSettings.from_env(public_url=_public_origin(serverapp))
+    if not allowed:  # keys made while it runs are refused as those above (its login user is never an API user)
+        settings = dataclasses.replace(settings, unconfined=unconfined)
+    api = HTCApi(session, auth, owner=owner_name(), settings=settings)
     serverapp.web_app.add_handlers(".*$", routes(JupyterHTCHandler, base.rstrip("/") + "/" + PREFIX, api))
     serverapp.web_app.settings["htc_api"] = api
     serverapp.log.info(f"htc_notebook: HTC API at {base}{PREFIX} over {session.root}")

@@ -198,7 +198,7 @@ def _with_key(h: HTCHandler, use: Callable[[str], Any]) -> None:
 
 
 def _token(h: HTCHandler) -> None:
-    _with_key(h, h.api.auth.issue_token)
+    _with_key(h, h.api.issue_token)
 
 
 def _key_whoami(h: HTCHandler) -> None:

@@ -27,12 +27,16 @@ class ServerSettings:
     """`owner`: the API user who acts as the data root's owner (`htc serve --owner`; None: nobody
     over the API. In Jupyter the owner is its logged-in user, never an API user). `public_url`:
     where clients reach the server (`scheme://host[:port]`): `next` links are built from it, never
-    from the request's Host header. `max_body_mib`: bodies above it are refused (413)."""
+    from the request's Host header. `max_body_mib`: bodies above it are refused (413).
+    `unconfined`: what is off where this server's jobs run unconfined and API users were not allowed
+    in anyway (`--allow-unconfined`, runtime/confinement.py): API users but `owner` are then refused
+    (403), keys made while it runs as those there at its start."""
 
     owner: str | None = None
     public_url: str | None = None
     max_body_mib: int = MAX_BODY_MIB
     max_depth: int = MAX_DEPTH
+    unconfined: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.max_body_mib, bool) or not isinstance(self.max_body_mib, int) \
