@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "htc_notebook.runtime": ("Session", "Project", "Task", "JobHandle", "JobGroup", "CommandResult"),
     "htc_notebook.runtime.decorators": ("on_cluster", "task", "mpi_task", "use", "current_task"),
+    "htc_notebook.runtime.futures": ("as_completed",),
     "htc_notebook.spec": ("Sweep", "Resources", "JobBatch", "JobDefinition", "PartitionProfile", "SiteConfig",
                           "RetryPolicy"),
     "htc_notebook.errors": ("HTCError", "SpecError", "JobFailed", "StorageAccessDenied"),
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from htc_notebook.errors import HTCError, JobFailed, SpecError, StorageAccessDenied  # noqa: F401
     from htc_notebook.runtime import CommandResult, JobGroup, JobHandle, Project, Session, Task  # noqa: F401
     from htc_notebook.runtime.decorators import current_task, mpi_task, on_cluster, task, use  # noqa: F401
+    from htc_notebook.runtime.futures import as_completed  # noqa: F401
     from htc_notebook.spec import (JobBatch, JobDefinition, PartitionProfile, Resources,  # noqa: F401
                                    RetryPolicy, SiteConfig, Sweep)
 

@@ -7,11 +7,12 @@ good as the original.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Generator, Iterator, Sequence
 
 import cloudpickle
 
@@ -56,6 +57,28 @@ def _read(path: str | None) -> str:
         return read_text_tail(path, below=2)
     except UntrustedFile as exc:
         return f"[{exc}]"
+
+
+async def _ended(handle: JobHandle) -> Any:
+    """The job's value once it has ended, waiting without blocking the running event loop."""
+    loop = asyncio.get_running_loop()
+    ended: asyncio.Future[str] = loop.create_future()
+
+    def settle(job_id: int, status: str) -> None:  # in the watcher's thread
+        loop.call_soon_threadsafe(lambda: ended.done() or ended.set_result(status))
+
+    watcher = handle.session.completions
+    watcher.watch(handle.id, handle.task_id, settle)
+    try:
+        await ended
+    finally:
+        watcher.forget(handle.id, settle)
+    return handle.result(timeout=0)
+
+
+async def _all_ended(group: "JobGroup") -> list[Any]:
+    await asyncio.gather(*(_ended(h) for h in group), return_exceptions=True)  # every one ended
+    return group.results(timeout=0)
 
 
 def load_result(session: "Session", row: JobRow, res: ResultRow | None = None) -> Any:
@@ -134,6 +157,11 @@ class JobHandle:
     def exception(self, timeout: float | None = None) -> JobFailed | None:
         row = self.wait(timeout)
         return None if row.status == "SUCCEEDED" else failure(row)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        """`await handle` in a coroutine (a notebook cell): the job's value, JobFailed if it did not
+        succeed; the event loop runs on meanwhile (the session's Completions watcher tells it)."""
+        return _ended(self).__await__()
 
     def cancel(self) -> bool:
         return bool(self.session.cancel([self.id]))
@@ -262,6 +290,10 @@ class JobGroup(Sequence[JobHandle]):
         finally:
             if bar:
                 bar.close()
+
+    def __await__(self) -> Generator[Any, None, list[Any]]:
+        """`await group`: every job's value in member order (the first failure raises JobFailed)."""
+        return _all_ended(self).__await__()
 
     def results(self, timeout: float | None = None, *, errors: str = "raise") -> list[Any]:
         """Values in member order. `errors`: "raise" the first failure, or "return" JobFailed objects.

@@ -29,6 +29,7 @@ from htc_notebook.ledger.schema import HELD_FOR_ROOM
 from htc_notebook.states import TERMINAL_NAMES, Outcome
 from htc_notebook.runtime import confinement, images, plan
 from htc_notebook.runtime.reads import Reads
+from htc_notebook.runtime.completions import Completions
 from htc_notebook.runtime.dashboard import proxy_dashboards
 from htc_notebook.runtime.handles import JobHandle
 from htc_notebook.runtime.owner import Owner, kill_orphan_group
@@ -92,6 +93,7 @@ class Session:
         self._watch = None  # runtime/watch.py: started with the first SLURM backend
         self._image_holds: list = []  # pilot images kept from `htc images prune` while this session runs
         self._recorder = Recorder(self.ledger, self._result_path, self._committed)
+        self.completions = Completions(self)  # what as_completed, executors' futures and `await` wait with
         self.reconciler = Reconciler(self, enabled=reconcile, heartbeat=heartbeat)
         _close_at_exit(self)
         self.reconciler.start()

@@ -12,6 +12,7 @@ from htc_notebook.errors import KeyTaken, SpecError
 from htc_notebook.ledger import LimitRow, NewBatch, NewJob, TaskRow
 from htc_notebook.states import ACTIVE_NAMES, REQUEUEABLE_NAMES
 from htc_notebook.runtime.commands import plain_argv, render_command, template_argv
+from htc_notebook.runtime.futures import TaskExecutor
 from htc_notebook.runtime.handles import JobGroup, JobHandle
 from htc_notebook.runtime.plan import (PRIORITY, architecture, check_definition, check_mpi, definition_spec, job_spec,
                                       render_jobs)
@@ -149,11 +150,27 @@ class Task:
         With a `key`, a job of this task with the same key is reused instead: its handle
         is returned (and it is run again if it failed, was cancelled or lost).
         """
+        return self.call(fn, args, kwargs, profile=profile, resources=resources, retries=retries, name=name, key=key)
+
+    def call(self, fn: Callable[..., Any], args: tuple = (), kwargs: Mapping[str, Any] | None = None, *,
+             profile: str | None = None, resources: Resources | Mapping[str, Any] | None = None,
+             retries: int | RetryPolicy = 0, name: str | None = None, key: str | None = None) -> JobHandle:
+        """`submit` with the function's arguments given apart, so its keywords may be named like
+        submit's own (`profile`, `name`, ...): `task.call(fn, (1,), {"name": "x"})` is `fn(1, name="x")`."""
         prof, res = self._resolve(profile, resources)
-        call = Call(fn, args, kwargs)
+        call = Call(fn, tuple(args), dict(kwargs or {}))
         job = NewJob(name=name or _fn_name(fn), kind="python", params={}, key=key,
                      spec=self._spec(res, retries, payload=self._store(call, fn)), profile=prof.name)
         return JobHandle(self.session, self._add_keyed(job), self.id)
+
+    def executor(self, profile: str | None = None, resources: Resources | Mapping[str, Any] | None = None,
+                 retries: int | RetryPolicy = 0) -> TaskExecutor:
+        """A `concurrent.futures.Executor` whose `submit` and `map` make jobs of this task (runtime/futures.py).
+
+        >>> with task.executor(resources={"cores": 1}) as ex:  # doctest: +SKIP
+        ...     energies = list(ex.map(simulate, temperatures))
+        """
+        return TaskExecutor(self, profile, resources, retries)
 
     def mpi(self, what: Callable[..., Any] | str | Sequence[str], /, *args: Any, nodes: int = 1,
             ranks: int | None = None, ranks_per_node: int | None = None, cpus_per_rank: int = 1,

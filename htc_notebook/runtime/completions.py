@@ -1,0 +1,96 @@
+"""Calls back when watched jobs end: what `as_completed`, the Executor's futures and `await` on
+handles wait with (runtime/futures.py, handles.py).
+
+One watcher per session: a thread, running while something is watched, that reads only the rows
+that changed since its last look (per task, by the ledger's change sequence), woken by this
+process's own commits (the session's change mark) and every POLL_SECONDS for other processes'.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Callable
+
+from htc_notebook.states import TERMINAL_NAMES
+
+if TYPE_CHECKING:
+    from htc_notebook.runtime.session import Session
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.25  # the longest an end committed by another process goes unseen
+
+Ended = Callable[[int, str], None]  # called with (job id, terminal status) in the watcher's thread
+
+
+class Completions:
+    """Calls back once when each watched job ends. One per session (`Session.completions`); its
+    thread runs while something is watched."""
+
+    def __init__(self, session: "Session"):
+        self._session = session
+        self._lock = threading.Lock()
+        self._watched: dict[int, list[Ended]] = {}  # job id -> callbacks
+        self._task_of: dict[int, int] = {}  # job id -> task id
+        self._seq: dict[int, int] = {}  # task id -> the change sequence seen so far
+        self._thread: threading.Thread | None = None
+
+    def watch(self, job_id: int, task_id: int, ended: Ended) -> None:
+        """Call `ended(job_id, status)` when the job ends (at once, here, if it has)."""
+        ledger = self._session.ledger
+        with self._lock:
+            if task_id not in self._seq:
+                self._seq[task_id] = ledger.max_seq()  # before the look below: no end between them is missed
+            self._watched.setdefault(job_id, []).append(ended)
+            self._task_of[job_id] = task_id
+        status = ledger.statuses([job_id]).get(job_id)
+        if status in TERMINAL_NAMES:
+            self._fire([(job_id, status)])
+        with self._lock:
+            if self._watched and (self._thread is None or not self._thread.is_alive()):
+                self._thread = threading.Thread(target=self._loop, name="htc-completions", daemon=True)
+                self._thread.start()
+
+    def forget(self, job_id: int, ended: Ended) -> None:
+        """Stop calling `ended` for this job."""
+        with self._lock:
+            rest = [c for c in self._watched.get(job_id, []) if c is not ended]
+            if rest:
+                self._watched[job_id] = rest
+            else:
+                self._watched.pop(job_id, None)
+                self._task_of.pop(job_id, None)
+
+    def _fire(self, ended: list[tuple[int, str]]) -> None:
+        calls = []
+        with self._lock:
+            for job_id, status in ended:
+                calls += [(c, job_id, status) for c in self._watched.pop(job_id, [])]
+                self._task_of.pop(job_id, None)
+        for callback, job_id, status in calls:
+            try:
+                callback(job_id, status)
+            except Exception:  # noqa: BLE001 - one waiter's failure must not stop the others being told
+                log.exception("a callback for the end of job %s failed", job_id)
+
+    def _loop(self) -> None:
+        session = self._session
+        while not session.closed:
+            with self._lock:
+                if not self._watched:
+                    self._thread = None
+                    return
+                tasks = dict(self._seq)
+            mark = session.change_mark()
+            try:
+                ended = []
+                for task_id, seq in tasks.items():
+                    new_seq, changed = session.ledger.status_changes(task_id, seq)
+                    with self._lock:
+                        self._seq[task_id] = max(self._seq.get(task_id, 0), new_seq)
+                        ended += [(j, s) for j, s in changed if s in TERMINAL_NAMES and j in self._watched]
+                self._fire(ended)
+            except Exception:  # noqa: BLE001 - logged, looked at again next round
+                log.exception("looking for ended jobs failed; looking again in %s s", POLL_SECONDS)
+            session.wait_for_change(timeout=POLL_SECONDS, since=mark)
