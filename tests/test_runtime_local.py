@@ -504,3 +504,27 @@ def test_a_new_session_expects_the_call_times_its_task_measured_before(tmp_path)
         runners = set(calls._runner_of.values()) | {h for h, _ in calls._queue}
         assert runners and all(abs(r.expected - max(took)) < 1e-9 for r in runners), [r.expected for r in runners]
         assert more.wait(timeout=60).counts()["SUCCEEDED"] == 1
+
+
+def wait_a_while(marker: str) -> str:
+    """Says it started (a file in its task directory), then waits two minutes."""
+    open(os.path.join(os.environ["HTC_TASK_DIR"], marker), "w").close()
+    time.sleep(120)
+    return marker
+
+
+@pytest.mark.sandbox  # a confined call is a child process, which a cancel stops
+def test_a_cancelled_running_call_is_stopped_and_frees_its_worker(session):
+    """dask cannot stop a running task's thread: before, a cancelled call ran on, untracked, and
+    held its worker until it returned. Both workers busy with calls, both cancelled: the next job
+    runs at once (backends/stop_cancelled.py)."""
+    task = session.project("e2e").task("cancel-running")
+    busy = [task.submit(wait_a_while, f"started-{i}") for i in range(2)]
+    deadline = time.monotonic() + 60
+    while not all(task.storage.path(f"started-{i}").exists() for i in range(2)):
+        assert time.monotonic() < deadline, [h.row for h in busy]
+        time.sleep(0.1)
+    for h in busy:
+        h.cancel()
+    assert [h.wait(timeout=30).status for h in busy] == ["CANCELLED"] * 2
+    assert task.submit(collatz_steps, 27).result(timeout=30) == 111  # a worker was free again

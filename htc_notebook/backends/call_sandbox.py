@@ -26,6 +26,7 @@ import os
 import pickle
 import select
 import signal
+import threading
 import traceback
 from typing import Any, Callable, Optional, TypeVar
 
@@ -51,6 +52,14 @@ class ConfinementError(OSError):
 
 class OutOfMemory(RuntimeError):
     """The OOM killer stopped the confined call at its memory limit."""
+
+
+class CallDied(RuntimeError):
+    """The confined call's process died before it reported (`signal`: the signal that killed it, 0: none)."""
+
+    def __init__(self, message: str, signal: int):
+        super().__init__(message)
+        self.signal = signal
 
 
 def _call(what: str, rc: int) -> None:
@@ -164,6 +173,38 @@ def _child(view: Any, work: Callable[[], Any], w: int, parent: int) -> int:
     return _exit_code(os.waitpid(init, 0)[1])
 
 
+_CHILDREN: dict[int, int] = {}  # thread ident -> the confined call it waits for (its child's pid)
+_STOPPED: set[int] = set()  # threads whose dask task was cancelled: they start no call until `resume`
+
+
+class CallStopped(RuntimeError):
+    """The call's dask task was cancelled: it was stopped (or not started)."""
+
+
+def stop_calls_of(thread: int) -> bool:
+    """Stop the confined calls of thread `thread` of this process: SIGKILL the one it waits for (its
+    pid namespace goes with its init: the whole call) and start no other until `resume(thread)`. A
+    cancelled dask task's thread runs on, and so would its calls, untracked
+    (`worker.StopCancelledCalls`). True if a call was killed."""
+    _STOPPED.add(thread)
+    return _kill(_CHILDREN.get(thread))
+
+
+def resume(thread: int) -> None:
+    """Thread `thread` runs calls again (a new dask task of its own)."""
+    _STOPPED.discard(thread)
+
+
+def _kill(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def run_confined(view: Any, work: Callable[[], T], memory_mib: int | None = None,
                  measured: Optional[Callable[[Verdict], None]] = None) -> T:
     """`work()` run in a child confined to `view` (a `sandbox.JobView`; None: run here). Its value
@@ -178,6 +219,9 @@ def run_confined(view: Any, work: Callable[[], T], memory_mib: int | None = None
         if measured is not None:
             measured(Verdict("none" if memory_mib else None, False, None))  # the worker's own process: not held
         return work()
+    me = threading.get_ident()
+    if me in _STOPPED:
+        raise CallStopped("not started: its dask task was cancelled")
     limit = hold(memory_mib, f"call-{os.getpid()}-{next(_calls)}")
     r, w = os.pipe()
     worker = os.getpid()
@@ -193,12 +237,16 @@ def run_confined(view: Any, work: Callable[[], T], memory_mib: int | None = None
     os.close(w)
     limit.started(pid, session=False, forked=True)  # no cgroup: the watchdog holds the call's tree
     chunks = []
+    _CHILDREN[me] = pid
+    if me in _STOPPED:  # cancelled while it was being forked
+        _kill(pid)
     try:
         with os.fdopen(r, "rb") as f:
             while chunk := f.read(1 << 20):
                 chunks.append(chunk)
         _, status = os.waitpid(pid, 0)
     finally:
+        _CHILDREN.pop(me, None)
         memory = limit.ended()
         if measured is not None:
             measured(memory)
@@ -213,7 +261,7 @@ def run_confined(view: Any, work: Callable[[], T], memory_mib: int | None = None
         code = _exit_code(status)  # the call's, passed on by init and the child; or how the child died
         sig = code - 128 if code > 128 else 0
         how = f"killed by signal {sig}: {signal.strsignal(sig)}" if sig else f"exit code {code}"
-        raise RuntimeError(f"the confined call's process died ({how}) before it reported")
+        raise CallDied(f"the confined call's process died ({how}) before it reported", sig)
     if kind == "confine":
         raise ConfinementError(f"could not confine the call to its task's storage: {value}")
     if kind == "error":

@@ -195,9 +195,12 @@ class DaskJobs:
             if self._client is None:
                 from distributed import Client
 
+                from htc_notebook.backends.stop_cancelled import NAME, StopCancelledCalls
+
                 self._cluster = self._make_cluster()
                 self._client = Client(self._cluster)
                 self._client.subscribe_topic("all", self._on_event)
+                self._client.register_plugin(StopCancelledCalls(), name=NAME)
             return self._client
 
     @property

@@ -12,6 +12,7 @@ import hashlib
 import math
 import os
 import socket
+import threading
 import time
 import traceback
 from collections import deque
@@ -20,7 +21,7 @@ from typing import Any, Iterator
 
 import cloudpickle
 
-from htc_notebook.backends.call_sandbox import ConfinementError, OutOfMemory, run_confined
+from htc_notebook.backends.call_sandbox import CallDied, ConfinementError, OutOfMemory, resume, run_confined
 from htc_notebook.storage.untrusted import open_below
 from htc_notebook.storage.views import checkpoint_path
 
@@ -164,6 +165,7 @@ class JobRunner:
 
     def __call__(self, jobs: list[tuple[int, int, tuple, dict, tuple[str, str]]]) -> list[dict[str, Any]]:
         """Run each (job_id, index, args, kwargs, logs) in turn; one report per job."""
+        resume(threading.get_ident())  # a new dask task in this thread: its calls run
         times = _TIMES.setdefault(self.digest, deque(maxlen=TIMED_CALLS))
         measured = max(p95(times) if times else 0.0, self.expected or 0.0)  # here, and the sweep's so far
         leave_if_late(len(jobs) * (measured or self.timeout or 0.0))
@@ -190,13 +192,36 @@ class JobRunner:
                                          "`sandbox: none` in the profile to run Python calls unconfined")
         except OutOfMemory as exc:
             reports = _failed(len(jobs), str(exc), cause="memory")
-        except RuntimeError as exc:  # the confined process died under the calls (a crash, a kill)
+        except CallDied as exc:  # killed: by its pilot stopping (not the job's fault), or by itself, or a crash
+            reports = (_failed(len(jobs), f"{exc}: its worker was stopping (its pilot cancelled, out of time or "
+                                          "lost)", cause="lost") if exc.signal and _worker_stopping()
+                       else _failed(len(jobs), str(exc)))
+        except RuntimeError as exc:  # the calls' process failed otherwise
             reports = _failed(len(jobs), str(exc))
         else:
             times.extend(r["ended"] - r["started"] for r in reports)
         if memory:
             reports = [{**r, "max_rss_mib": memory[0].peak_mib, "memory_held": memory[0].how} for r in reports]
         return reports
+
+
+def _worker_stopping(grace: float = 2.0) -> bool:
+    """Is this dask worker stopping, or does it start to within `grace` s? A pilot's end (SIGTERM to
+    every process of its job, whose exit trap SIGKILLs its calls: memory_limit.clear_on_exit)
+    reaches the worker and its call at once; the call's death may be seen first."""
+    from distributed import get_worker
+    from distributed.core import Status
+
+    try:
+        worker = get_worker()
+    except ValueError:  # not in a worker
+        return False
+    deadline = time.monotonic() + grace
+    while worker.status not in (Status.closing, Status.closing_gracefully, Status.closed, Status.failed):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _failed(n: int, message: str, cause: str | None = None) -> list[dict[str, Any]]:
