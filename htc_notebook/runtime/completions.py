@@ -71,7 +71,7 @@ class Completions:
         for callback, job_id, status in calls:
             try:
                 callback(job_id, status)
-            except Exception:  # noqa: BLE001 - one waiter's failure must not stop the others being told
+            except Exception:  # one waiter's failure must not stop the others being told
                 log.exception("a callback for the end of job %s failed", job_id)
 
     def _loop(self) -> None:
@@ -91,6 +91,6 @@ class Completions:
                         self._seq[task_id] = max(self._seq.get(task_id, 0), new_seq)
                         ended += [(j, s) for j, s in changed if s in TERMINAL_NAMES and j in self._watched]
                 self._fire(ended)
-            except Exception:  # noqa: BLE001 - logged, looked at again next round
+            except Exception:  # logged, looked at again next round
                 log.exception("looking for ended jobs failed; looking again in %s s", POLL_SECONDS)
             session.wait_for_change(timeout=POLL_SECONDS, since=mark)
