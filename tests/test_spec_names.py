@@ -63,3 +63,11 @@ def test_job_name_refused_in_batch():
     with pytest.raises(SpecError) as info:
         JobBatch(job_name="x$(rm)", batch_size=1, htc_job_definition={"commands": ["true"]})
     assert info.value.field == "job_name" and info.value.value == "x$(rm)"
+
+
+def test_storage_keeps_the_specs_name_rule():
+    """storage/layout.py repeats the rule (it must not import the spec: see there); they agree."""
+    from htc_notebook.spec.names import _RULES
+    from htc_notebook.storage.layout import NAME_PATTERN
+
+    assert NAME_PATTERN == f"^{_RULES['name'][0].pattern}$"
