@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -46,7 +45,8 @@ def test_a_job_over_its_memory_limit_is_killed_and_says_so_and_one_under_it_runs
     assert not list(memory_limit.cgroup_parent().glob("job-*"))
 
 
-MEMSW = ["sh", "-c", 'cat "/sys/fs/cgroup/memory$(grep :memory: /proc/self/cgroup | cut -d: -f3)/memory.memsw.limit_in_bytes"']
+MEMSW = ["sh", "-c",
+         'cat "/sys/fs/cgroup/memory$(grep :memory: /proc/self/cgroup | cut -d: -f3)/memory.memsw.limit_in_bytes"']
 
 
 @pytest.mark.root

@@ -18,7 +18,8 @@ from htc_notebook.storage.untrusted import read_tail
 
 
 JOB_UMASK = 0o077  # what a job creates is its user's alone: the data root is private (docs/security.md)
-PER_JOB_ENV = ("HTC_JOB_ID", "HTC_JOB_INDEX", "HTC_CHECKPOINT")  # the variables that differ between jobs of one submission
+# the variables that differ between jobs of one submission
+PER_JOB_ENV = ("HTC_JOB_ID", "HTC_JOB_INDEX", "HTC_CHECKPOINT")
 
 
 @dataclass(frozen=True)

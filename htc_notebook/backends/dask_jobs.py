@@ -222,18 +222,19 @@ class DaskJobs:
         self.client  # noqa: B018 - starts the cluster
         steps: dict[int, list[Launch]] = {}
         calls: dict[tuple, list[Launch]] = {}
-        for l in launches:
-            if l.mpi is not None:  # packed MPI (SLURM)
-                steps.setdefault(l.cores, []).append(l)
+        for launch in launches:
+            if launch.mpi is not None:  # packed MPI (SLURM)
+                steps.setdefault(launch.cores, []).append(launch)
             else:
-                shared = frozenset((k, v) for k, v in l.env.items() if k not in PER_JOB_ENV)
-                calls.setdefault((id(l.call.fn), l.cwd, shared, l.view, l.memory), []).append(l)
+                shared = frozenset((k, v) for k, v in launch.env.items() if k not in PER_JOB_ENV)
+                group_key = (id(launch.call.fn), launch.cwd, shared, launch.view, launch.memory)
+                calls.setdefault(group_key, []).append(launch)
         with self._lock:
-            self._waiting.update((l.job_id, l.attempt) for l in launches)
-            self._queue.extend((_Mpi(cores), [l]) for cores, group in steps.items() for l in group)
+            self._waiting.update((launch.job_id, launch.attempt) for launch in launches)
+            self._queue.extend((_Mpi(cores), [launch]) for cores, group in steps.items() for launch in group)
             for key, same in calls.items():
-                group = [_Call(l.job_id, l.attempt, int(l.env.get("HTC_JOB_INDEX", 0)), l.call.args, l.call.kwargs,
-                               (l.log_out, l.log_err)) for l in same]
+                group = [_Call(launch.job_id, launch.attempt, int(launch.env.get("HTC_JOB_INDEX", 0)), launch.call.args,
+                               launch.call.kwargs, (launch.log_out, launch.log_err)) for launch in same]
                 held = next((h for h in self._held if h.group == key), None) if self._open else None
                 verdict = self._verdicts.get(key)
                 if held is not None:  # continues a submission waiting for its probes: wait with it
@@ -243,14 +244,14 @@ class DaskJobs:
                     self._queue_packed(verdict.runner, group, verdict.durations, verdict.threads)
                     continue
                 runner = JobRunner(same[0].call.fn, str(key[1]), dict(key[2]),
-                                   max((l.timeout for l in same if l.timeout), default=None), view=key[3],
-                                   memory_mib=key[4])
+                                   max((launch.timeout for launch in same if launch.timeout), default=None),
+                                   view=key[3], memory_mib=key[4])
                 if len(group) > 2 * PROBE_JOBS:
                     probes, rest = group[:PROBE_JOBS], group[PROBE_JOBS:]
-                    self._held.append(_Held(runner, rest, {l.job_id for l in probes}, key))
-                    self._queue.extendleft((runner, [l]) for l in reversed(probes))
+                    self._held.append(_Held(runner, rest, {launch.job_id for launch in probes}, key))
+                    self._queue.extendleft((runner, [launch]) for launch in reversed(probes))
                 else:
-                    self._queue.extend((runner, [l]) for l in group)
+                    self._queue.extend((runner, [launch]) for launch in group)
         self._refill()
         self._start_collector()
 
@@ -280,22 +281,23 @@ class DaskJobs:
                 return
             while room > 0 and self._queue:
                 how, pack = self._queue.popleft()
-                pack = [l for l in pack if self._waiting.get(l.job_id) == l.attempt]  # cancelled ones never run
+                # cancelled ones never run
+                pack = [launch for launch in pack if self._waiting.get(launch.job_id) == launch.attempt]
                 if pack:
-                    for l in pack:
-                        del self._waiting[l.job_id]
+                    for launch in pack:
+                        del self._waiting[launch.job_id]
                     ready.append((how, pack))
                     room -= 1
             for (how, many), group in groupby(ready, key=lambda item: (item[0], len(item[1]) > 1)):
                 packs = [pack for _, pack in group]
                 futures = (self._map_mpi(client, how.cores, [p[0] for p in packs]) if isinstance(how, _Mpi)
                            else self._map(client, how, packs, many))
-                for pack, fut in zip(packs, futures):
+                for pack, fut in zip(packs, futures, strict=True):
                     self._tasks[fut.key] = (pack, fut)
                     if isinstance(how, JobRunner):
                         self._runner_of[fut.key] = how
-                    for l in pack:
-                        self._key_of[l.job_id] = fut.key
+                    for launch in pack:
+                        self._key_of[launch.job_id] = fut.key
             self.peak_in_flight = max(self.peak_in_flight, len(self._tasks))
             now = time.monotonic()
             for held in self._held:  # its probes' time starts once none of them waits for room
@@ -307,15 +309,17 @@ class DaskJobs:
         Python functions on the allocation's rank pool, programs as launcher steps.
         One future per launch, in `group`'s order."""
         futures = []
-        for l in group:  # few and long: one client call each keeps the order simple
-            if l.command:  # a launcher line; the rest are functions (`mpi_jobs.pooled`)
-                futures.append(client.submit(run_step, l.command, l.env, str(l.cwd), (l.log_out, l.log_err),
-                                             l.timeout, key=_key([l]), resources={SLOTS: cores}, pure=False))
+        for launch in group:  # few and long: one client call each keeps the order simple
+            if launch.command:  # a launcher line; the rest are functions (`mpi_jobs.pooled`)
+                futures.append(client.submit(run_step, launch.command, launch.env, str(launch.cwd),
+                                             (launch.log_out, launch.log_err), launch.timeout, key=_key([launch]),
+                                             resources={SLOTS: cores}, pure=False))
             else:
-                payload = cloudpickle.dumps((l.call.fn, l.call.args, l.call.kwargs))
-                futures.append(client.submit(run_pooled, for_task(self._pool, l.view), payload,  # the task's own pool
-                                             (l.mpi.nodes, l.mpi.ranks_per_node, l.mpi.cpus_per_rank), str(l.cwd),
-                                             l.env, (l.log_out, l.log_err), l.timeout, key=_key([l]),
+                payload = cloudpickle.dumps((launch.call.fn, launch.call.args, launch.call.kwargs))
+                layout = (launch.mpi.nodes, launch.mpi.ranks_per_node, launch.mpi.cpus_per_rank)
+                pool = for_task(self._pool, launch.view)  # the task's own pool
+                futures.append(client.submit(run_pooled, pool, payload, layout, str(launch.cwd), launch.env,
+                                             (launch.log_out, launch.log_err), launch.timeout, key=_key([launch]),
                                              resources={SLOTS: cores}, pure=False))
         return futures
 
@@ -381,21 +385,21 @@ class DaskJobs:
         outcomes = []
         # read once: a finished future turns "lost" if its worker dies
         status = ["lost" if f.key in gone else f.status for _, f in done]
-        finished = [f for (_, f), st in zip(done, status) if st == "finished"]
+        finished = [f for (_, f), st in zip(done, status, strict=True) if st == "finished"]
         values = iter(self._gather(finished))
         lost = []
-        for (pack, fut), keep, st, runner in zip(done, wanted, status, runners):
+        for (pack, fut), keep, st, runner in zip(done, wanted, status, runners, strict=True):
             value = next(values) if st == "finished" else None
             if st == "lost" or isinstance(value, Exception):  # finished, but its worker died before the gather
                 lost.append(fut)
-                outcomes += [_lost(l) for l, k in zip(pack, keep) if k]
+                outcomes += [_lost(launch) for launch, k in zip(pack, keep, strict=True) if k]
             elif st == "finished":
                 reports = value if isinstance(value, list) else [value] * len(pack)  # a pack's list, or one report
-                outcomes += [_outcome(l, fut, r) for l, r, k in zip(pack, reports, keep) if k]
+                outcomes += [_outcome(launch, fut, r) for launch, r, k in zip(pack, reports, keep, strict=True) if k]
                 if runner is not None:
                     self._time(runner, reports)
             else:
-                outcomes += [_outcome(l, fut, _exception(fut)) for l, k in zip(pack, keep) if k]
+                outcomes += [_outcome(launch, fut, _exception(fut)) for launch, k in zip(pack, keep, strict=True) if k]
         if lost:  # dask would run them again within the same attempt, where the ledger cannot see it
             client.cancel(lost)
         for outcome in outcomes:
@@ -415,10 +419,10 @@ class DaskJobs:
     def _claim(self, pack: list[Job], key: str) -> list[bool]:
         """Which jobs of a finished task are still its own (not cancelled or resubmitted since),
         forgetting them; called with the lock held."""
-        keep = [self._key_of.get(l.job_id) == key for l in pack]
-        for l, k in zip(pack, keep):
+        keep = [self._key_of.get(launch.job_id) == key for launch in pack]
+        for launch, k in zip(pack, keep, strict=True):
             if k:
-                del self._key_of[l.job_id]
+                del self._key_of[launch.job_id]
         return keep
 
     def _release(self, client, outcomes: list[Outcome]) -> None:
@@ -467,7 +471,7 @@ class DaskJobs:
         for fut in futures:
             try:
                 out.append(fut.result(timeout=30) if fut.status == "finished" else LookupError(fut.status))
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - the call's own exception, or the lost worker's: reported per job
                 out.append(exc)
         return out
 
@@ -478,9 +482,10 @@ class DaskJobs:
             for j in drop:  # queued or held: dropped when they would leave the queue
                 self._waiting.pop(j, None)
             keys = {self._key_of.pop(j) for j in drop if j in self._key_of}
-            for key in keys:  # a pack keeps its jobs in order (its reports line up with them); it ends once none is wanted
+            # a pack keeps its jobs in order (its reports line up with them); it ends once none is wanted
+            for key in keys:
                 pack, fut = self._tasks[key]
-                if not any(self._key_of.get(l.job_id) == key for l in pack):
+                if not any(self._key_of.get(launch.job_id) == key for launch in pack):
                     del self._tasks[key]
                     self._runner_of.pop(key, None)
                     futures.append(fut)
@@ -495,9 +500,10 @@ class DaskJobs:
         """Stop the cluster; jobs still pending end CANCELLED."""
         with self._lock:
             client, cluster, self._client, self._cluster = self._client, self._cluster, None, None
-            pending = [l for pack, _ in self._tasks.values() for l in pack]
-            waiting = [l for _, pack in self._queue for l in pack] + [l for h in self._held for l in h.launches]
-            pending += [l for l in waiting if self._waiting.get(l.job_id) == l.attempt]
+            pending = [launch for pack, _ in self._tasks.values() for launch in pack]
+            waiting = ([launch for _, pack in self._queue for launch in pack]
+                       + [launch for h in self._held for launch in h.launches])
+            pending += [launch for launch in waiting if self._waiting.get(launch.job_id) == launch.attempt]
             self._tasks, self._key_of, self._held, self._queue, self._waiting = {}, {}, [], deque(), {}
             self._verdicts = {}
         for launch in pending:
@@ -556,7 +562,7 @@ def _exception(fut) -> BaseException | None:
         return None
     try:
         return fut.exception(timeout=30)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - a future whose worker is gone: reported as the job's failure
         return exc
 
 

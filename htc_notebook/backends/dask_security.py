@@ -91,8 +91,9 @@ def rendered_security() -> "Security":
     from distributed import Security
 
     where = "<data root>/dask-tls/cluster-<id>/.dask-jobqueue.worker"
-    return Security(require_encryption=True, **{f"tls_{name}": shlex.quote(f"{where}.{field}.<id>") for name, field in
-                                                (("ca_file", "ca_file"), ("worker_cert", "cert"), ("worker_key", "key"))})
+    files = (("ca_file", "ca_file"), ("worker_cert", "cert"), ("worker_key", "key"))
+    return Security(require_encryption=True,
+                    **{f"tls_{name}": shlex.quote(f"{where}.{field}.<id>") for name, field in files})
 
 
 def dashboard_link(port: int | None) -> str | None:

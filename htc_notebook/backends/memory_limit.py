@@ -160,6 +160,7 @@ def clear_on_exit() -> str:
     v1 = "$(sed -n 's/^[0-9]*:memory://p' /proc/self/cgroup)"
     v2 = "$(dirname \"/sys/fs/cgroup$(sed -n 's/^0:://p' /proc/self/cgroup)\")"  # v2: beside its own cgroup
     clear = ('for _ in $(seq 50); do left=; for d in "$htc_cg"/htc-*; do [ -d "$d" ] || continue; '
-             '[ -e "/proc/${d##*-}" ] && left=1 && continue; rmdir "$d"/call-* 2>/dev/null; rmdir "$d" 2>/dev/null || left=1; done; '
+             '[ -e "/proc/${d##*-}" ] && left=1 && continue; '
+             'rmdir "$d"/call-* 2>/dev/null; rmdir "$d" 2>/dev/null || left=1; done; '
              '[ -z "$left" ] && break; sleep 0.2; done')
     return f'htc_cg={v1}; if [ -n "$htc_cg" ]; then htc_cg={V1}$htc_cg; else htc_cg={v2}; fi; trap \'{clear}\' EXIT'

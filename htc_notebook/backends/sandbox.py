@@ -7,8 +7,9 @@ under an empty tmpfs. /tmp is the job's own (an empty tmpfs, charged to its memo
 ranks, which share memory through the node's /dev and /tmp.
 A job that is not an MPI rank also gets its own PID namespace, so it cannot reach other
 processes' files through /proc/<pid>/root; the job is the namespace's pid 1 (so its CPU time
-reaches the runner's wait4, and a signal it has no handler for does not kill it; SIGKILL does). Open MPI's shared-memory transport crashes across
-PID namespaces (seen with Open MPI 4.1: vader segfaults), so MPI ranks keep the node's.
+reaches the runner's wait4, and a signal it has no handler for does not kill it; SIGKILL does).
+Open MPI's shared-memory transport crashes across PID namespaces (seen with Open MPI 4.1: vader
+segfaults), so MPI ranks keep the node's.
 
 >>> view = JobView(root="/d", task_dir="/d/projects/p/tasks/t", shared_dir="/d/projects/p/shared")
 >>> print(" ".join(bwrap_argv(view, ["./md", "in.lj"])))  # doctest: +NORMALIZE_WHITESPACE +ELLIPSIS
@@ -144,12 +145,13 @@ def check_confinement(profile: PartitionProfile, launches: Sequence[Launch]) -> 
     """Refuse (BackendError) before anything is sent if this machine cannot confine these launches
     as `profile` asks: commands under bwrap, Python calls in namespaces (`call_sandbox`)."""
     if profile.sandbox == "none":
-        if any(l.kind == "command" and l.image and l.view for l in launches):
+        if any(launch.kind == "command" and launch.image and launch.view for launch in launches):
             check_sandbox(profile.name, images=True)
         return
-    if any(l.kind == "command" or (l.mpi and l.view) for l in launches):  # MPI functions' ranks: bwrap too
+    # MPI functions' ranks: bwrap too
+    if any(launch.kind == "command" or (launch.mpi and launch.view) for launch in launches):
         check_sandbox(profile.name)
-    if calls := [l for l in launches if l.kind == "python" and l.view and not l.mpi]:
+    if calls := [launch for launch in launches if launch.kind == "python" and launch.view and not launch.mpi]:
         check_call_sandbox(profile.name, calls[0].view)
 
 

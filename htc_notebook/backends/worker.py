@@ -171,7 +171,7 @@ class JobRunner:
         if fn is None:
             try:
                 fn = _LOADED[self.digest] = cloudpickle.loads(self.payload)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - unpickling runs the user's imports: any error fails the jobs
                 return _failed(len(jobs), f"could not load {self.name} on {socket.gethostname()}: "
                                           f"{type(exc).__name__}: {exc}. Define the function in the notebook, or "
                                           "in a module installed where the jobs run")

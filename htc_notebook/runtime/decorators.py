@@ -176,7 +176,7 @@ def _key(fn: Callable, args: tuple, kwargs: dict) -> str:
     """Equal calls get equal keys: the function's name and its pickled arguments."""
     try:
         blob = cloudpickle.dumps((args, sorted(kwargs.items())))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - pickling raises whatever an argument's __reduce__ raises
         raise SpecError("task", "args", args, f"picklable arguments ({type(exc).__name__}: {exc})") from None
     name = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', '')}"
     return "call:" + hashlib.sha256(name.encode() + b"\0" + blob).hexdigest()[:32]

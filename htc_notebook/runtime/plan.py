@@ -158,7 +158,8 @@ def render_batches(site: SiteConfig, root: str | os.PathLike, project: str, task
                    profile: str | None = None) -> str:
     """What submitting `batches` to `project`/`task` would send (`render_jobs`); nothing is written."""
     jobs = [NewJob(name=b.job_name, kind="command", params={}, spec=spec, index=i, profile=prof.name, priority=priority)
-            for b, (prof, spec, priority) in zip(batches, check_batches(site, root, project, batches, profile))
+            for b, (prof, spec, priority) in zip(batches, check_batches(site, root, project, batches, profile),
+                                                 strict=True)
             for i in range(b.batch_size)]
     return render_jobs(site, Storage(root), project, task, jobs)
 

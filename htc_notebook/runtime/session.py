@@ -281,11 +281,11 @@ class Session:
         sandbox = {p: self.profile(p).sandbox for p in {r.profile for r in rows}}
         numbers = self.ledger.start_attempts([AttemptStart(r.id, host=self.owner.host, native_id=native, log_out=o,
                                                            log_err=e, status="RUNNABLE", sandbox=sandbox[r.profile])
-                                              for r, (o, e) in zip(rows, logs)], room)
+                                              for r, (o, e) in zip(rows, logs, strict=True)], room)
         if room is not None and not all(numbers):
             self.holding = True
         now: dict[str, list[Launch]] = {}
-        for row, attempt, (o, e) in zip(rows, numbers, logs):
+        for row, attempt, (o, e) in zip(rows, numbers, logs, strict=True):
             if attempt:  # 0: became terminal meanwhile (e.g. cancelled)
                 self._job_task[row.id] = task.id
                 launch = self._launch(task, where, row, attempt, o, e)
@@ -305,15 +305,15 @@ class Session:
                 backend.submit(launches)
             except HTCError as exc:
                 taken, reason, unstarted = backend.running(), f"not submitted: {exc}", rows[end:]
-                unsent = [l for l in launches if l.job_id not in taken]
-                unsent += [l for _, rest in queue[k + 1:] + list(later.items()) for l in rest]
+                unsent = [launch for launch in launches if launch.job_id not in taken]
+                unsent += [launch for _, rest in queue[k + 1:] + list(later.items()) for launch in rest]
                 numbers = self.ledger.start_attempts([AttemptStart(r.id, host=self.owner.host, status="RUNNABLE")
                                                       for r in unstarted]) if unstarted else []
                 self.ledger.record_outcomes(
-                    [Outcome(l.job_id, l.attempt, "FAILED", reason=reason, ended=time.time(), cause="submit")
-                     for l in unsent]
+                    [Outcome(launch.job_id, launch.attempt, "FAILED", reason=reason, ended=time.time(), cause="submit")
+                     for launch in unsent]
                     + [Outcome(r.id, n, "FAILED", reason=reason, ended=time.time(), cause="submit")
-                       for r, n in zip(unstarted, numbers) if n])
+                       for r, n in zip(unstarted, numbers, strict=True) if n])
                 self._notify()
                 raise
 

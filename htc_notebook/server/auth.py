@@ -163,7 +163,8 @@ class Auth:
                   "jti": uuid.uuid4().hex}
         token = jwt.encode(claims, self._private, algorithm=ALGORITHM, headers={"kid": self.kid})
         expires = dt.datetime.fromtimestamp(now + TOKEN_SECONDS, dt.timezone.utc)
-        return {"tokenValue": token, "expiresIn": TOKEN_SECONDS, "expiresAt": expires.isoformat().replace("+00:00", "Z")}
+        return {"tokenValue": token, "expiresIn": TOKEN_SECONDS,
+                "expiresAt": expires.isoformat().replace("+00:00", "Z")}
 
     def verify(self, token: str) -> dict[str, Any]:
         """The claims of a valid token whose key is not revoked; Unauthorized otherwise."""

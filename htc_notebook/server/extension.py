@@ -75,7 +75,8 @@ def _load_jupyter_server_extension(serverapp) -> None:
         serverapp.log.warning(f"htc_notebook: {unconfined}")
     # earlier kernels' SLURM jobs and held work are watched and fed from here (off the event loop)
     threading.Thread(target=session.resume, name="htc-resume", daemon=True).start()
-    api = HTCApi(session, auth, owner=owner_name(), settings=ServerSettings.from_env(public_url=_public_origin(serverapp)))
+    settings = ServerSettings.from_env(public_url=_public_origin(serverapp))
+    api = HTCApi(session, auth, owner=owner_name(), settings=settings)
     serverapp.web_app.add_handlers(".*$", routes(JupyterHTCHandler, base.rstrip("/") + "/" + PREFIX, api))
     serverapp.web_app.settings["htc_api"] = api
     serverapp.log.info(f"htc_notebook: HTC API at {base}{PREFIX} over {session.root}")

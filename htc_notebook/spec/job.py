@@ -222,7 +222,7 @@ def load_batches(path: str | Path) -> list[JobBatch]:
         raise SpecError("", "jobBatch", data, "one job batch object or a non-empty list of them",
                         where=lines.where(()))
     batches = []
-    for item, prefix in zip(items, prefixes):
+    for item, prefix in zip(items, prefixes, strict=True):
         try:
             batches.append(JobBatch.model_validate(item))
         except SpecError as exc:

@@ -73,8 +73,8 @@ class TableModel:
                    round((started - t0) * 10) if started else None,
                    round((ended - started) * 10) if ended and started else None, reason,
                    _preview(blob) if blob is not None else None,
-                   used(*use, ended - started if ended and started else None) if use[0] is not None or use[1] is not None
-                   else None]
+                   used(*use, ended - started if ended and started else None)
+                   if use[0] is not None or use[1] is not None else None]
             old = known.get(job_id)
             if old == row:
                 continue
