@@ -231,8 +231,8 @@ def _doctor(args) -> int:
 
     t = Table(title=f"htc doctor: this machine and site, as {pwd.getpwuid(os.getuid()).pw_name}",
               show_lines=True)
-    for c in ("check", "", "found", "the toolkit does instead", "ask the site for"):
-        t.add_column(c, overflow="fold")
+    for title in ("check", "", "found", "the toolkit does instead", "ask the site for"):
+        t.add_column(title, overflow="fold")
     for c in checks:
         mark = {True: "[green]ok[/]", False: "[red]no[/]", None: "-"}[c.ok]
         t.add_row(c.name, mark, c.found, c.instead, c.ask)

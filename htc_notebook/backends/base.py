@@ -95,7 +95,17 @@ def disk_full_reason(log_err: str | Path, disk_gib: int | None) -> str | None:
     return f"disk full (ENOSPC: '{ENOSPC_TEXT}' in its log): {where}"
 
 
-def call_outcome(launch: Launch, report: dict[str, Any]) -> Outcome:
+class Attempted(Protocol):
+    """What names an attempt: a Launch, or anything else that carries its job id and attempt."""
+
+    @property
+    def job_id(self) -> int: ...
+
+    @property
+    def attempt(self) -> int: ...
+
+
+def call_outcome(launch: Attempted, report: dict[str, Any]) -> Outcome:
     """How a Python call ended, from the report `worker.run_call` or a rank pool returns."""
     times = dict(host=report["host"], started=report["started"], ended=report["ended"], cpu_s=report.get("cpu_s"),
                  max_rss_mib=report.get("max_rss_mib"), memory_held=report.get("memory_held"))

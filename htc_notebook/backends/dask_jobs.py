@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import groupby
-from typing import Any, Callable, Iterator, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Sequence
 
 import cloudpickle
 
@@ -31,6 +31,9 @@ from htc_notebook.backends.mpi_pool import PoolSpec, run_pooled
 from htc_notebook.backends.mpi_ranks import run_step
 from htc_notebook.backends.worker import TIMED_CALLS, JobRunner, p95
 from htc_notebook.states import Outcome
+
+if TYPE_CHECKING:  # imported where used: workers import this module too (`_run_pack`)
+    from distributed import Client
 
 
 log = logging.getLogger(__name__)
@@ -110,7 +113,7 @@ class _Call(NamedTuple):
 
     job_id: int
     attempt: int
-    index: int
+    job_index: int  # HTC_JOB_INDEX (`index` would hide tuple.index)
     args: tuple
     kwargs: dict[str, Any]
     logs: tuple[str, str]
@@ -160,13 +163,13 @@ class DaskJobs:
         self._pool = pool  # packed allocations: where Python MPI jobs run (an MPI rank pool)
         self.window = window or WINDOW  # at most this many dask tasks in flight
         self.peak_in_flight = 0  # the most dask tasks that were in flight at once (for tests and benchmarks)
-        self._client = None
+        self._client: Client | None = None
         self._cluster = None
         self._tasks: dict[str, tuple[list[Job], object]] = {}  # dask key -> (its jobs, future): in flight
         self._key_of: dict[int, str] = {}  # job id -> dask key
         self._runner_of: dict[str, JobRunner] = {}  # dask key -> the JobRunner of its calls, in flight
         self._took: weakref.WeakKeyDictionary[JobRunner, deque[float]] = weakref.WeakKeyDictionary()
-        self._queue: deque[tuple[How, list[Job]]] = deque()  # dask tasks waiting for room in the window
+        self._queue: deque[tuple[How, Sequence[Job]]] = deque()  # dask tasks waiting for room in the window
         self._waiting: dict[int, int] = {}  # job id -> attempt, for jobs queued or held that are still to run
         self._held: list[_Held] = []
         self._verdicts: dict[tuple, _Verdict] = {}  # in one_submission(): group -> how its probes decided
@@ -276,7 +279,8 @@ class DaskJobs:
         waiting or in flight.
         """
         with self._lock:
-            client, room, ready = self._client, self.window - len(self._tasks), []
+            client, room = self._client, self.window - len(self._tasks)
+            ready: list[tuple[How, list]] = []  # a pack: Launches for an _Mpi, _Calls for a JobRunner
             if client is None:
                 return
             while room > 0 and self._queue:
@@ -317,6 +321,7 @@ class DaskJobs:
             else:
                 payload = cloudpickle.dumps((launch.call.fn, launch.call.args, launch.call.kwargs))
                 layout = (launch.mpi.nodes, launch.mpi.ranks_per_node, launch.mpi.cpus_per_rank)
+                assert self._pool is not None  # Python MPI functions are packed only where there is a rank pool
                 pool = for_task(self._pool, launch.view)  # the task's own pool
                 futures.append(client.submit(run_pooled, pool, payload, layout, str(launch.cwd), launch.env,
                                              (launch.log_out, launch.log_err), launch.timeout, key=_key([launch]),
@@ -329,7 +334,7 @@ class DaskJobs:
         A pack of many travels as one pickle that `_run_pack` loads on the worker: the scheduler
         keeps its recent messages to each worker (dask's low-level log, 1,000 per worker), and there
         a pack's jobs as Python objects would cost ~0.6 kB each, as bytes ~0.15 kB."""
-        jobs = [[(c.job_id, c.index, c.args, c.kwargs, c.logs) for c in pack] for pack in packs]
+        jobs = [[(c.job_id, c.job_index, c.args, c.kwargs, c.logs) for c in pack] for pack in packs]
         keys = [_key(pack) for pack in packs]
         if many:
             return client.map(partial(_run_pack, runner), [cloudpickle.dumps(j) for j in jobs], key=keys, pure=False)
@@ -386,7 +391,7 @@ class DaskJobs:
         # read once: a finished future turns "lost" if its worker dies
         status = ["lost" if f.key in gone else f.status for _, f in done]
         finished = [f for (_, f), st in zip(done, status, strict=True) if st == "finished"]
-        values = iter(self._gather(finished))
+        values = iter(self._gather(client, finished))
         lost = []
         for (pack, fut), keep, st, runner in zip(done, wanted, status, runners, strict=True):
             value = next(values) if st == "finished" else None
@@ -462,9 +467,9 @@ class DaskJobs:
         n = 1 if durations is None else pack_size(durations, len(calls), threads, _scale(runner))
         self._queue.extend((runner, calls[i:i + n]) for i in range(0, len(calls), n))
 
-    def _gather(self, futures: list) -> list:
+    def _gather(self, client: Client, futures: list) -> list:
         try:
-            return self._client.gather(futures, errors="raise") if futures else []
+            return client.gather(futures, errors="raise") if futures else []
         except Exception as exc:  # noqa: BLE001 - a worker died after finishing: which results are gone?
             log.info("gathering %d finished calls: %s: %s", len(futures), type(exc).__name__, exc)
         out = []
@@ -532,7 +537,7 @@ def _run_pack(runner: JobRunner, jobs: bytes) -> list[dict[str, Any]]:
     return runner(cloudpickle.loads(jobs))
 
 
-def _key(pack: list[Job]) -> str:
+def _key(pack: Sequence[Job]) -> str:
     """The dask key of a task running these jobs: htc-job-<id>-<attempt>[-x<count>]."""
     first = pack[0]
     return f"htc-job-{first.job_id}-{first.attempt}" + (f"-x{len(pack)}" if len(pack) > 1 else "")
@@ -577,6 +582,7 @@ def _outcome(launch: Job, fut, res) -> Outcome:
     if isinstance(res, dict) and res.get("mpi_step"):
         from htc_notebook.backends.mpi_jobs import verdict  # here: workers import this module (_run_pack)
 
+        assert isinstance(launch, Launch)  # MPI steps stay Launches (`Job`)
         return verdict(launch, res["exit_code"], res["reason"], host=res["host"], started=res["started"],
                        ended=res["ended"])
     if isinstance(res, dict) and "ok" in res:

@@ -72,7 +72,7 @@ def forget_credentials(directory: str | os.PathLike, cluster: object | None = No
     if cluster is not None:
         for name in ("_job_ca_file", "_job_cert", "_job_key"):
             temporary = getattr(cluster, name, None)
-            if hasattr(temporary, "close"):
+            if temporary is not None and hasattr(temporary, "close"):
                 temporary.close()
     try:
         if cluster is not None:

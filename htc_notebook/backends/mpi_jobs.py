@@ -119,6 +119,6 @@ def verdict(launch: Launch, exit_code: int | None, reason: str | None, **times) 
         return Outcome(status=status, reason=why, result=result, **o)
     if exit_code == 0:
         return Outcome(status="SUCCEEDED", **o)
-    signalled = exit_code is not None and exit_code < 0
-    how = f"killed by signal {-exit_code}" if signalled else f"exited with code {exit_code}"
+    how = (f"killed by signal {-exit_code}" if exit_code is not None and exit_code < 0
+           else f"exited with code {exit_code}")
     return Outcome(status="FAILED", reason=f"MPI program {how} (see the job's stderr log)", **o)

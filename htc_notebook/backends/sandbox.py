@@ -96,9 +96,11 @@ def confined(launch: Launch, profile: PartitionProfile) -> Launch:
         return replace(launch, view=None)
     if launch.kind != "command" or launch.view is None:
         return launch
-    argv, env, image = list(launch.command), launch.env, ()
-    rootfs = launch.image and (node_local(launch.image, profile.image_cache) if profile.image_cache else launch.image)
+    argv, env = list(launch.command), launch.env
+    image: tuple[str, ...] = ()
+    rootfs = None
     if launch.image:
+        rootfs = node_local(launch.image, profile.image_cache) if profile.image_cache else launch.image
         image = relocated(image_root(launch.image, mount_points(launch.view.task_dir, launch.view.shared_dir,
                                                                 profile.container_binds)), launch.image, rootfs)
         argv = in_image(profile.container_runtime, rootfs, launch.view.task_dir, launch.view.shared_dir, argv,
@@ -118,7 +120,8 @@ def confined(launch: Launch, profile: PartitionProfile) -> Launch:
         env, inside = split_env(env)
         argv = [BWRAP, "--die-with-parent", "--dev-bind", "/", "/", *image,
                 *(a for k, v in inside.items() for a in ("--setenv", k, v)), "--", *argv]
-    if rootfs != launch.image:  # the node's copy, made by the first job of the image there
+    # the node's copy, made by the first job of the image there
+    if launch.image and rootfs is not None and rootfs != launch.image:
         argv = on_node(launch.image, rootfs, argv)
     return replace(launch, command=tuple(argv), env=env)
 

@@ -16,7 +16,7 @@ import time
 import traceback
 from collections import deque
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 
 import cloudpickle
 
@@ -29,7 +29,8 @@ class _LazyLog:
     """A text stream that creates its log file only when something is written."""
 
     def __init__(self, path: str):
-        self.path, self._f = path, None
+        self.path = path
+        self._f: IO[str] | None = None
 
     def write(self, text: str) -> int:
         if self._f is None:

@@ -95,7 +95,9 @@ class Ledger(ProjectRules):
             raise LedgerError(f"cannot open ledger {self.path}: {e}") from e
         try:
             for pragma in PRAGMAS:
-                _retry(lambda p=pragma: con.execute(p).fetchall(), self.path)
+                def run(p: str = pragma) -> list[Any]:
+                    return con.execute(p).fetchall()
+                _retry(run, self.path)
             self._ensure_schema(con)
         except BaseException as e:
             con.close()
@@ -728,7 +730,8 @@ class Ledger(ProjectRules):
     def view_rows(self, task_id: int, job_ids: Iterable[int] | None = None) -> tuple[int, list[tuple[Any, ...]]]:
         """`view_changes(task_id, 0)` for a live table's first load, in id order: every job of the task,
         or only `job_ids` (looked up by id, so a table of 100 jobs in a 100,000-job task reads 100 rows)."""
-        where, params = "j.task_id = ?", [task_id]
+        where = "j.task_id = ?"
+        params: list[Any] = [task_id]
         if job_ids is not None:  # `+`: look the ids up by primary key, not the task's index
             where, params = f"j.id IN {IN_JSON} AND +j.task_id = ?", [json.dumps(_ids(job_ids)), task_id]
         with self._snapshot() as con:
@@ -749,7 +752,7 @@ class Ledger(ProjectRules):
                           (json.dumps(_ids(job_ids)),))
         out: dict[int, list[AttemptRow]] = {}
         for r in rows:
-            out.setdefault(r[0], []).append(AttemptRow(*r[:-1], json.loads(r[-1]) if r[-1] else None))
+            out.setdefault(r[0], []).append(AttemptRow(*(*r[:-1], json.loads(r[-1]) if r[-1] else None)))
         return out
 
     def events(self, *, task_id: int | None = None, job_id: int | None = None,

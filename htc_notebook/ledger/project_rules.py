@@ -191,7 +191,8 @@ def admit(con: sqlite3.Connection, items: list[AttemptStart], room: tuple[str, i
     cores = dict(con.execute(f"SELECT id, COALESCE(json_extract(spec, '$.cores'), 1) FROM jobs "
                              f"WHERE id IN {IN_JSON} AND status NOT IN ({TERMINAL_SQL})", (ids,)).fetchall())
     used = in_use(con, project)
-    admitted, held = [], []
+    admitted: list[AttemptStart] = []
+    held: list[int] = []
     for it in items:
         c = cores.get(it.job_id)
         if c is None:

@@ -183,8 +183,9 @@ def render_jobs(site: SiteConfig, storage: Storage, project: str, task: str, job
         prof = site.profile(name)
         parts.append(f"# profile {name!r} ({prof.backend}): {len(launches)} job(s)")
         if prof.backend == "slurm":
-            from htc_notebook.backends.slurm.backend import render
+            from htc_notebook.backends.slurm.backend import render as render_slurm
+            parts.append(render_slurm(prof, launches))
         else:
-            from htc_notebook.backends.local import render
-        parts.append(render(prof, launches))
+            from htc_notebook.backends.local import render as render_local
+            parts.append(render_local(prof, launches))
     return "\n".join(parts)

@@ -167,7 +167,7 @@ class Reconciler:
         lost = 0
         for text in s.ledger.active_owners():
             owner = Owner.parse(text)
-            if owner is not None and owner != s.owner and owner.alive() is False:
+            if text is not None and owner is not None and owner != s.owner and owner.alive() is False:
                 lost += s.reconcile(s.ledger.owned_jobs(text))
         return lost
 

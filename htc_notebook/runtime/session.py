@@ -18,7 +18,7 @@ import warnings
 import weakref
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence, cast
 
 import cloudpickle
 
@@ -38,6 +38,11 @@ from htc_notebook.runtime.recorder import Recorder
 from htc_notebook.runtime.task import Pending, Project
 from htc_notebook.spec import PartitionProfile, RetentionPolicy, SiteConfig
 from htc_notebook.storage import Storage, checkpoint_path
+
+if TYPE_CHECKING:  # the backends are imported where used (SLURM's needs dask-jobqueue)
+    from htc_notebook.backends.local import LocalBackend
+    from htc_notebook.backends.slurm.backend import SlurmBackend
+    from htc_notebook.runtime.watch import SlurmWatch
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +84,14 @@ class Session:
         self._backends: dict[str, Backend] = {}
         self._profiles: dict[str, tuple[PartitionProfile, PartitionProfile]] = {}  # name -> (site's, as run here)
         self._tasks: dict[int, TaskRow] = {}
-        self._calls: dict[str, object] = {}
+        self._calls: dict[str, Any] = {}  # digest -> a Call, or a function (unpickled)
         self._job_task: dict[int, int] = {}  # job id -> task id, for every job dispatched here
         self.holding = False  # some jobs of this session wait HELD for room in their project's vCPU limit
         self._changed = threading.Condition()
         self._generation = 0  # bumped on every commit this process makes (see change_mark)
         self._lock = threading.RLock()
         self._closed = False
-        self._watch = None  # runtime/watch.py: started with the first SLURM backend
+        self._watch: SlurmWatch | None = None  # runtime/watch.py: started with the first SLURM backend
         self._image_holds: list = []  # pilot images kept from `htc images prune` while this session runs
         self._recorder = Recorder(self.ledger, self._result_path, self._committed)
         self.reconciler = Reconciler(self, enabled=reconcile)
@@ -181,7 +186,8 @@ class Session:
                     backend = SlurmBackend(profile, self._recorder, credentials=self.storage.dask_credentials_path,
                                            log_directory=str(self.root / "pilot-logs"),
                                            grace=self.site.exit_file_grace,
-                                           pilot_python=profile.pilot_image and (lambda: self._pilot_python(profile)))
+                                           pilot_python=(lambda: self._pilot_python(profile))
+                                           if profile.pilot_image else None)
                     if self._watch is None:
                         from htc_notebook.runtime.watch import SlurmWatch
 
@@ -224,8 +230,8 @@ class Session:
         if profile.backend != "slurm" or not native or "_" not in native:
             return False
         task = self.task_row(task_id)
-        self.backend(profile).adopt(job_id, attempt, native, str(self.storage.task_dir(task.project, task.name)),
-                                    timeout)
+        backend = cast("SlurmBackend", self.backend(profile))
+        backend.adopt(job_id, attempt, native, str(self.storage.task_dir(task.project, task.name)), timeout)
         self._job_task[job_id] = task_id  # watched here from now on: reconcile skips it
         return True
 
@@ -233,8 +239,9 @@ class Session:
     def remember_call(self, digest: str, obj: object) -> None:
         self._calls[digest] = obj
 
-    def _call_for(self, task: TaskRow, row: JobRow) -> Call:
+    def _call_for(self, task: TaskRow, row: JobRow | Pending) -> Call:
         digest = row.spec.payload
+        assert digest is not None  # every Python job has its payload
         obj = self._calls.get(digest)
         if obj is None:
             path = self.storage.payload_path(task.project, task.name, digest)
@@ -358,7 +365,7 @@ class Session:
         backend = self.backend(prof)
         if prof.backend != "slurm":
             raise UnsupportedFeature(f"profile {prof.name!r} runs locally; it has no pilots to scale")
-        return backend.pilots.cluster
+        return cast("SlurmBackend", backend).pilots.cluster
 
     def scale(self, profile: str | None, jobs: int) -> None:
         """Keep exactly `jobs` pilot jobs of a SLURM profile (stops adapting). BackendError with
@@ -382,7 +389,7 @@ class Session:
         """Start a profile's cluster now: the local dask cluster, or `jobs` SLURM pilot jobs (default 1)."""
         prof = self.profile(profile)
         if prof.backend == "local":
-            self.backend(prof).client  # noqa: B018 - starts it
+            cast("LocalBackend", self.backend(prof)).client  # noqa: B018 - starts it
         else:
             self.scale(prof.name, jobs or 1)
 
@@ -517,8 +524,8 @@ class Session:
         if lost:
             self.ledger.record_outcomes(lost)
             self._notify()
-        for owner, group in held.items():
-            self._take_held(owner, group)
+        for dead, group in held.items():
+            self._take_held(dead, group)
         return len(lost)
 
     def resume(self) -> int:
@@ -553,9 +560,10 @@ class Session:
                 self._job_task[r.id] = task_id
                 by_profile.setdefault(r.profile, []).append(
                     self._launch(task, where, r, r.attempts, r.log_out or "", r.log_err or ""))
-            tokens = {r.id: r.native_id[len("sbatch:"):] for r in group if (r.native_id or "").startswith("sbatch:")}
+            tokens = {r.id: r.native_id[len("sbatch:"):] for r in group
+                      if r.native_id is not None and r.native_id.startswith("sbatch:")}
             for profile, launches in by_profile.items():
-                self.backend(self.profile(profile)).hold(launches, tokens)
+                cast("SlurmBackend", self.backend(self.profile(profile))).hold(launches, tokens)
 
     def flush(self) -> None:
         """Wait until everything backends reported is committed to the ledger."""

@@ -350,7 +350,7 @@ class Task:
         """A job's spec, dispatched by this session (`plan.job_spec`)."""
         return job_spec(res, retries, str(self.session.owner), **what)
 
-    def _command_spec(self, profile: str | None, d: JobDefinition, retries: int):
+    def _command_spec(self, profile: str | None, d: JobDefinition, retries: int | RetryPolicy):
         """Check an HTC job definition against a profile: (profile, resources, spec, priority)."""
         prof, res, priority = check_definition(self.session.site, profile, d)
         image = self._image(d.image_name, d.architecture, prof)

@@ -71,6 +71,7 @@ class Sweep:
     """An immutable sequence of Members; build one with grid, zip, from_list, from_dataframe or random."""
 
     __slots__ = ("_members",)
+    _members: tuple[Member, ...]
 
     def __init__(self, members: Iterable[Member] = ()):
         object.__setattr__(self, "_members", tuple(members))

@@ -21,7 +21,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from htc_notebook.backends.base import PER_JOB_ENV, Launch, Reporter, disk_full_reason, oom_reason
 from htc_notebook.backends.mpi_ranks import is_python_job, rank_dir, read_outcome
@@ -235,6 +235,7 @@ class ArrayRunner:
             if ended is not None:
                 self._finish(t, ended)
             elif entry is not None:
+                assert status is not None  # the state of an entry squeue lists
                 reason = explain_pending(entry.reason) if status == "RUNNABLE" else None
                 host = _read_start_host(t) if status != "RUNNABLE" else None
                 if t.bundled and status == "RUNNING" and host is None:
@@ -396,10 +397,11 @@ def _read_exit(t: Tracked) -> Outcome | None:
                        ended=time.time())
     code = int(rc)
     how, cpu, peak = (rest + ["ok", "-", "-"][len(rest):])[:3]
-    used = {"cpu_s": round(int(cpu) / CLOCK_TICKS, 2) if cpu.isdigit() else None,
-            "max_rss_mib": round(int(peak) / 2**20, 1) if peak.isdigit() else None,
-            # a peak means the script found the job's memory cgroup: the site's, which holds --mem
-            "memory_held": ("cgroup" if peak.isdigit() else "none") if t.memory else None}
+    used: dict[str, Any] = {
+        "cpu_s": round(int(cpu) / CLOCK_TICKS, 2) if cpu.isdigit() else None,
+        "max_rss_mib": round(int(peak) / 2**20, 1) if peak.isdigit() else None,
+        # a peak means the script found the job's memory cgroup: the site's, which holds --mem
+        "memory_held": ("cgroup" if peak.isdigit() else "none") if t.memory else None}
     started = _read_start(t)
     ranks = rank_dir(t.state_dir.parent.parent, t.job_id, t.attempt)
     if is_python_job(ranks):  # an MPI function: the ranks' reports decide, and carry rank 0's value

@@ -39,7 +39,7 @@ class SlurmBackend:
         self.arrays = ArrayRunner(profile, reporter, grace=grace)
         self._log_directory = log_directory
         self._credentials = credentials
-        self._made: list[tuple[object, object]] = []  # (cluster, its credentials directory), removed at close
+        self._made: list[tuple[object, os.PathLike[str]]] = []  # (cluster, its credentials directory), removed at close
         self.pilots = DaskJobs(lambda: self._cluster(python=pilot_python and pilot_python()),
                                reporter, window=profile.dask_window)
         self.pool = pool_spec(profile, log_directory)

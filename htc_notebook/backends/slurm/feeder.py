@@ -191,6 +191,7 @@ class Feeder:
                     self._transient(exc)
                     break
                 if free <= 0:
+                    assert why is not None  # room() names the limit that leaves none
                     self._say_held(why)
                     break
                 part = chunk.launches[:free * chunk.bundle]
