@@ -57,7 +57,6 @@ def start(argv: Sequence[str], *, input: str | None = None) -> subprocess.Popen:
     proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=clean_env())
     assert proc.stdin is not None  # stdin=PIPE
-    assert proc.stdin is not None  # stdin=PIPE
     if input is not None:
         proc.stdin.write(input)
     proc.stdin.close()
