@@ -241,7 +241,10 @@ def _doctor(args) -> int:
 
 
 def _status(args) -> int:
-    with _session(args, reconcile=False) as session:  # a look, not a worker: no retries started here
+    from htc_notebook.runtime.task import Task
+
+    # a look, not a worker: it writes nothing (the sessions that reconcile settle exited owners' jobs)
+    with _session(args, reconcile=False) as session:
         reads = session.reads
         if args.task:
             project, name = _split_task(args.task)
@@ -249,14 +252,13 @@ def _status(args) -> int:
             if row is None:
                 known = ", ".join(f"{t.project}/{t.name}" for t in reads.tasks()) or "(none)"
                 raise HTCError(f"no task {project}/{name} in {session.storage.ledger_path}; known tasks: {known}")
-            task = session.project(project).task(name)
+            task = Task(session, row)  # the task found, not made
             if args.json:  # every job, as asked: reads every row
                 df = task.to_dataframe()
                 print(json.dumps({"task": f"{project}/{name}", "counts": task.counts(),
                                   "jobs": json.loads(df.to_json(orient="records", date_format="iso"))}, indent=2))
                 return 0
             # the table: indexed counts and the newest 50 rows, whatever the task's size
-            session.settle_gone_owners(row.id)
             counts = reads.counts(row.id)
             _print_counts([(f"{project}/{name}", counts)])
             jobs = reads.last_jobs(row.id, 50)

@@ -49,7 +49,7 @@ class Cause(str, Enum):
     NODE = "node"            # the node it ran on failed
     PREEMPTED = "preempted"  # preempted by a higher-priority job
     LOST = "lost"            # its worker, pilot or scheduler job vanished without a word
-    OWNER = "owner"          # the process that ran it (local backend) exited
+    OWNER = "owner"          # the process that ran it (local backend) exited, or its heartbeat lease lapsed
     SUBMIT = "submit"        # the scheduler refused it
 
     def __str__(self) -> str:
@@ -57,7 +57,8 @@ class Cause(str, Enum):
 
 
 CAUSES: frozenset[str] = frozenset(c.value for c in Cause)
-REQUEUE_CAUSES: frozenset[Cause] = frozenset({Cause.NODE, Cause.PREEMPTED, Cause.LOST})  # not the job's fault
+# not the job's fault
+REQUEUE_CAUSES: frozenset[Cause] = frozenset({Cause.NODE, Cause.PREEMPTED, Cause.LOST, Cause.OWNER})
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,11 @@ CLONE_NEWUSER = 0x10000000
 
 
 def ensure_user(name: str) -> pwd.struct_passwd:
-    """The local user `name`, made (with a home) if it is not there."""
-    try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True)
-        return pwd.getpwnam(name)
+    """The local user `name`, made (with a home) if it is not there (as `htc slurm up` makes the test
+    site's ordinary users)."""
+    from htc_notebook.devcluster.accounting import ensure_user as made
+
+    return made(name)
 
 
 def user_env(user: pwd.struct_passwd, **extra: str) -> dict[str, str]:

@@ -110,6 +110,50 @@ def test_node_argv_uses_nsenter_not_ip_netns_exec():
     assert ["--uts", "--mount", "--propagation", "private"] == argv[4:8]
 
 
+def test_what_the_sites_users_read_is_open_to_them_under_htcs_umask(tmp_path):
+    """`htc slurm up` runs with the `htc` command's umask 077, yet an ordinary user's `sbatch` reads
+    slurm.conf, slurmstepd runs their batch script from slurmd's spool, and their jobs read the node's
+    /etc/hosts. Before: slurm.conf 0600 (sbatch: "unable to read /etc/slurm/slurm.conf"), spool 0700
+    ("execve(): .../slurm_script: Permission denied"), hosts 0600."""
+    import stat
+    from dataclasses import replace
+
+    from htc_notebook import devcluster
+
+    s = replace(cfg.default_spec(str(tmp_path / "state"), controller_host="ctl"), slurm_conf_dir=str(tmp_path / "etc"))
+    os.makedirs(s.etc_dir)
+    Path(s.etc_dir, "slurm.conf").touch(mode=0o600)  # as an earlier run under umask 077 left it
+    old = os.umask(0o077)
+    try:
+        devcluster._write_configs(s)
+    finally:
+        os.umask(old)
+
+    def mode(path: str) -> int:
+        return stat.S_IMODE(os.stat(path).st_mode)
+
+    assert {name: (mode(os.path.join(s.slurm_conf_dir, name)), mode(os.path.join(s.etc_dir, name)))
+            for name in cfg.CONFIG_FILES} == {name: (0o644, 0o644) for name in cfg.CONFIG_FILES}
+    assert {mode(s.node_hosts(n)) for n in s.node_names} == {0o644}
+    spool = [s.state_root, s.path("spool"), s.path("spool", "slurmd"),
+             *(s.path("spool", "slurmd", n) for n in s.node_names)]
+    assert {p: mode(p) for p in spool} == {p: 0o755 for p in spool}
+    assert {mode(s.shared_dir), *(mode(s.node_tmp(n)) for n in s.node_names)} == {0o1777}
+
+
+@pytest.mark.root  # makes the user when it is missing
+def test_the_sites_ordinary_user_gets_an_association():
+    """Without one, slurmctld refuses an ordinary user's every job ("Invalid account or
+    account/partition combination specified"): `up` gives `htc-user` one, making the user if missing."""
+    from htc_notebook.devcluster import accounting
+
+    assert SPEC.ordinary_users == ("htc-user",)
+    names = accounting.users(SPEC)
+    assert names[0] == "root" and "htc-user" in names
+    cmds = [" ".join(c) for c in cfg.render_sacctmgr(SPEC, "htc-user")]
+    assert any(c.startswith("sacctmgr -i add user htc-user Account=htc") for c in cmds)
+
+
 def test_state_root_under_tmp_is_refused(monkeypatch):
     from htc_notebook import devcluster
 

@@ -35,7 +35,7 @@ class Captured(DryRun):
     """The task, with each submission kept (and rendered by its backend) instead of recorded."""
 
     def __init__(self, task):
-        super().__init__(task)
+        super().__init__(task.session, task.project, task.name)
         self.jobs = []
 
     def _add(self, jobs, batch=None):

@@ -123,6 +123,25 @@ def test_a_batch_runs_in_its_image_on_two_slurm_nodes_from_each_nodes_copy(slurm
     assert not Path(cache).exists()
 
 
+def test_a_dry_run_of_a_job_in_an_image_pulls_nothing(tmp_path):
+    """The dry run resolves the image to its digest and names where it would be unpacked; it
+    neither pulls nor unpacks nor copies it, and records nothing (issue 26)."""
+    from htc_notebook.runtime.task import DryRun
+
+    root = REPO / "test-output" / f"dry-image-{uuid.uuid4().hex[:8]}"
+    try:
+        _registry(root, tmp_path)
+        with Session(root, site=SiteConfig.builtin()) as s:
+            dry = DryRun(s, "md", "dry")
+            dry.submit_batch({"jobName": "p", "batchSize": 1, "htcJobDefinition": {
+                "imageName": "tools:v1", "commands": ["/bin/busybox", "true"]}})
+            assert "/bin/busybox true" in dry.text and "registry/cache/sha256-" in dry.text, dry.text
+            assert not list((root / "registry" / "cache").glob("sha256-*"))
+            assert s.reads.find_task("md", "dry") is None
+    finally:
+        daemon.down(root)
+
+
 def test_pruned_images_are_unpacked_again_for_the_next_job_and_images_in_use_are_kept(tmp_path):
     """`htc images prune` removes unpacked images no job used for --unused-days (not those of jobs
     that have not ended); a later job of a pruned image, or a retry, pulls and unpacks it again."""

@@ -62,7 +62,7 @@ BOTTOM = {"errors", "states"}  # the exception tree; job states and Outcome (wha
 ALLOWED = {
     "errors": set(),
     "states": set(),
-    "spec": {"errors"},
+    "spec": {"errors", "states"},  # states: the causes retries are decided by (one home)
     "ledger": {"spec"} | BOTTOM,
     "storage": {"spec"} | BOTTOM,
     "registry": {"spec", "storage"} | BOTTOM,  # the data root's OCI registry (docs/registry.md)

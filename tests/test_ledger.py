@@ -245,6 +245,8 @@ def test_requeue_only_moves_failed_cancelled_lost(ledger: Ledger, task: TaskRow)
     run_fail(ledger, ids[0])
     ledger.cancel([ids[1]])
     ledger.record_outcomes([Outcome(ids[2], 0, "LOST", reason="its owner exited", cause="owner")])
+    assert ledger.job(ids[2]).retry_at is not None  # not the job's fault: its requeue is due...
+    assert ledger.settle_retry(ids[2], 0, "no requeues left")  # ...and refused, it ends LOST
     run_ok(ledger, ids[3])
     assert ledger.requeue(reversed(ids), "again") == [ids[2], ids[1], ids[0]]
     assert [j.status for j in ledger.jobs(task.id)] == ["SUBMITTED"] * 3 + ["SUCCEEDED", "SUBMITTED"]
@@ -338,3 +340,16 @@ def test_threads_share_one_ledger(ledger: Ledger, task: TaskRow) -> None:
         t.join()
     assert errors == []
     assert ledger.counts(task.id)["SUCCEEDED"] == 160
+
+
+def test_owner_leases_are_renewed_and_dropped_once_lapsed_with_no_active_job(ledger: Ledger, task: TaskRow) -> None:
+    assert ledger.renew_owner("far:1", 30) is None  # its first lease
+    first = ledger.owner_leases(["far:1"])["far:1"]
+    assert ledger.renew_owner("far:1", 60) == first and ledger.owner_leases(["far:1"])["far:1"] > first
+    ledger.add_jobs(task.id, [NewJob("j", "python", {}, JobSpec(owner="far:2"), key="o", index=0)])
+    ledger.renew_owner("far:2", -1)  # lapsed, with an active job: kept (a session settles it)
+    ledger.renew_owner("far:3", -1)  # lapsed, nothing active: nothing refers to it
+    assert ledger.owner_leases(["far:1", "far:2", "far:3", "never:4"]).keys() == {"far:1", "far:2"}
+    ledger.cancel(ledger.job_ids(task.id))
+    ledger.renew_owner("far:1", 30)
+    assert ledger.owner_leases(["far:1", "far:2"]).keys() == {"far:1"}

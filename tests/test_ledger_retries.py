@@ -14,7 +14,8 @@ import pytest
 from htc_notebook.errors import LedgerError
 from htc_notebook.spec import JobSpec, RetryPolicy
 from htc_notebook.ledger import SCHEMA_VERSION, AttemptStart, Ledger, NewJob
-from htc_notebook.ledger.schema import DDL, V1_STATUSES, V5_UPGRADE, V6_UPGRADE, V7_UPGRADE, V8_UPGRADE, sql_list
+from htc_notebook.ledger.schema import (DDL, V1_STATUSES, V5_UPGRADE, V6_UPGRADE, V7_UPGRADE, V8_UPGRADE, V9_UPGRADE,
+                                         sql_list)
 from htc_notebook.states import JobStatus, Outcome
 
 
@@ -120,12 +121,14 @@ def test_timeouts_are_a_cause_of_their_own(ledger):
 # -- older ledgers, upgraded in place -------------------------------------------------------------
 
 def _old_ledger(path: Path, version: int) -> None:
-    """A ledger as version 1 to 7 of the schema made it: no sandbox (v7), no memory_held (v6), no project
-    dimensions (v5), no project limits (v4), no owner index (v3), no retry columns (v2), no HELD, no leases (v1)."""
+    """A ledger as version 1 to 8 of the schema made it: no owners' leases (v8), no sandbox (v7), no memory_held
+    (v6), no project dimensions (v5), no project limits (v4), no owner index (v3), no retry columns (v2), no HELD,
+    no leases (v1)."""
     con = sqlite3.connect(path)
     for statement in DDL:
-        if (statement in V8_UPGRADE or statement in V7_UPGRADE and version < 7
-                or statement in V6_UPGRADE and version < 6 or statement in V5_UPGRADE and version < 5):
+        if (statement in V9_UPGRADE or statement in V8_UPGRADE and version < 8
+                or statement in V7_UPGRADE and version < 7 or statement in V6_UPGRADE and version < 6
+                or statement in V5_UPGRADE and version < 5):
             continue
         if ("jobs_active_owner" in statement and version < 4 or "jobs_retry_at" in statement and version < 3
                 or statement.lstrip().startswith("CREATE TABLE leases") and version == 1):
@@ -148,7 +151,7 @@ def _old_ledger(path: Path, version: int) -> None:
     con.close()
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 7])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 7, 8])
 def test_older_ledgers_are_upgraded_and_keep_their_jobs(tmp_path, version):
     path = tmp_path / "old.db"
     _old_ledger(path, version)
@@ -173,6 +176,8 @@ def test_older_ledgers_are_upgraded_and_keep_their_jobs(tmp_path, version):
         ledger.set_dimensions("p", [{"region": "local"}])  # v6: project dimensions
         assert ledger.dimensions("p") == [{"region": "local"}]
         assert ledger.vcpu_limit("p") == 4 and ledger.vcpus_in_use("p") == 1  # held for sbatch: given to a backend
+        assert ledger.renew_owner("elsewhere:1", 30) is None  # v9: owners' heartbeat leases
+        assert ledger.owner_leases(["elsewhere:1", "never:2"]).keys() == {"elsewhere:1"}
     with Ledger(path) as again:  # opening an upgraded ledger again changes nothing
         assert again.job(1).status == "HELD" and again.vcpu_limit("p") == 4
         assert again.start_attempts([AttemptStart(1, sandbox="none")]) == [2]  # v8: the sandbox it runs in

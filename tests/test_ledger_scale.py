@@ -5,7 +5,6 @@ No timings are asserted here: bench/scale.py measures them."""
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -13,10 +12,11 @@ from collections import Counter
 
 import pytest
 
-from htc_notebook.spec import JobSpec
+from htc_notebook.spec import JobSpec, RetryPolicy
 from htc_notebook import cli
 from htc_notebook.errors import LedgerError
 from htc_notebook.ledger import AttemptStart, Ledger, NewBatch, NewJob
+from htc_notebook.ledger.schema import HELD_FOR_ROOM
 from htc_notebook.states import ACTIVE_NAMES, REQUEUEABLE_NAMES, Outcome
 from htc_notebook.server.api import HTCApi, wire_status
 from htc_notebook.server.auth import Auth
@@ -38,8 +38,9 @@ def big(tmp_path_factory):
                      NewBatch("b", 300, {}))
         task = led.task("scale", "big")
         spec = JobSpec(cores=1, owner=str(s.owner))
-        ids = led.add_jobs(task.id, [NewJob("sim", "command", {"i": i}, spec, index=i) for i in range(N)],
-                           NewBatch("sim", N, {}))
+        once = JobSpec(cores=1, owner=str(s.owner), retry=RetryPolicy(requeues=0))  # LOST stays LOST
+        ids = led.add_jobs(task.id, [NewJob("sim", "command", {"i": i}, once if 18000 <= i < 19000 else spec, index=i)
+                                     for i in range(N)], NewBatch("sim", N, {}))
         after = led.task("scale", "after")  # interleaved: later ids belong to another task
         led.add_jobs(after.id, [NewJob("a", "command", {}, JobSpec(), index=i) for i in range(300)],
                      NewBatch("a", 300, {}))
@@ -184,23 +185,26 @@ def test_status_shows_counts_and_the_newest_jobs(big, capsys, monkeypatch):
     assert str(s.ledger.counts(task.id)["SUCCEEDED"]) in out.split("jobs of scale/big")[0]  # the counts table
 
 
-def test_status_marks_jobs_of_an_exited_owner_lost(tmp_path, capsys):
-    """`htc status --task` still reconciles (G5) while reading only what it shows."""
+def test_status_only_reads_and_leaves_jobs_of_an_exited_owner_to_the_sessions(tmp_path, capsys):
+    """`htc status` is a look: it marks nothing LOST and claims nothing; the ledger file stays byte-identical."""
     from htc_notebook import Session, SiteConfig
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    with Session(tmp_path, site=SiteConfig.builtin()) as s:
+    with Session(tmp_path, site=SiteConfig.builtin(), reconcile=False) as s:
         t = s.ledger.task("p", "t")
         gone = s.ledger.add_jobs(t.id, [NewJob("g", "command", {}, JobSpec(owner=f"{s.owner.host}:{dead.pid}"),
                                                index=i) for i in range(3)])
-        alive = s.ledger.add_jobs(t.id, [NewJob("a", "command", {}, JobSpec(owner=f"{s.owner.host}:{os.getppid()}"),
-                                                index=0)])
-    assert cli.main(["--root", str(tmp_path), "status", "--task", "p/t"]) == 0
-    capsys.readouterr()
-    with Ledger(tmp_path / "ledger.db") as led:
-        assert {led.job(i).status for i in gone} == {"LOST"}
-        assert led.job(alive[0]).status == "SUBMITTED"
+        s.ledger.start_attempts([AttemptStart(i, status="RUNNABLE") for i in gone[:2]])
+        s.ledger.intend(gone[2:], HELD_FOR_ROOM, "held for room")
+    db = tmp_path / "ledger.db"
+    before = db.read_bytes()
+    for args in (["status", "--task", "p/t"], ["status", "--task", "p/t", "--json"], ["status"]):
+        assert cli.main(["--root", str(tmp_path), *args]) == 0
+    assert "RUNNABLE" in capsys.readouterr().out
+    assert db.read_bytes() == before
+    with Ledger(db) as led:
+        assert [led.job(i).status for i in gone] == ["RUNNABLE", "RUNNABLE", "HELD"]
 
 
 def test_add_jobs_encodes_each_spec_and_keeps_keys_unique(tmp_path):

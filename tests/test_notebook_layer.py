@@ -225,3 +225,31 @@ def test_table_rows_preview_small_python_results(tmp_path):
         big.wait(timeout=120)
         model.poll()
         assert model.records()[-1]["result"] == ""  # large results are not previewed
+
+
+def _tree(root) -> dict[str, int]:
+    """Every file and directory under `root` (the ledger's own files aside: reads may checkpoint the WAL)."""
+    return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*") if not p.name.startswith("ledger.db")}
+
+
+def _double(x: int) -> int:
+    return 2 * x
+
+
+def test_a_dry_run_writes_nothing_not_even_its_task(ip, task):
+    """Issue 26: a dry run makes no project or task row, no directory, no stored call (before, the
+    magic's made the task and its directories)."""
+    from htc_notebook.runtime.task import DryRun
+
+    s, root = task.session, task.session.root
+    before, tasks = _tree(root), s.reads.tasks()
+    text = htc(ip, "submit --dry-run --task fresh/new --sweep T=1,2 -- echo {T}")
+    assert "2 jobs in task fresh/new" in text and "echo 2" in text, text
+    mpi = htc(ip, "submit --dry-run --task fresh/mpi --nodes 1 --ranks-per-node 2 -- ./md")
+    assert "mpirun -np 2" in mpi
+    dry = DryRun(s, "fresh", "calls")
+    dry.sweep(_double, Sweep.grid(x=[1, 2, 3]))
+    assert "3 jobs in task fresh/calls" in dry.text
+    assert s.reads.tasks() == tasks and s.reads.find_task("fresh", "new") is None
+    assert "fresh" not in s.reads.project_names()
+    assert _tree(root) == before

@@ -122,7 +122,7 @@ def test_a_call_on_a_pilot_is_held_to_its_memory_and_no_cgroup_outlives_the_pilo
     root = REPO / "test-output" / f"call-memory-{uuid.uuid4().hex[:8]}"
 
     def live_cages() -> list[Path]:  # of live workers only: a job id can come again, over an old leftover
-        return [c for c in CGROUPS.glob("slurm_*/uid_*/job_*/step_*/task_*/htc-*/call-*")
+        return [c for c in CGROUPS.glob(f"slurm_*/uid_{os.getuid()}/job_*/step_*/task_*/htc-*/call-*")
                 if Path("/proc", c.parent.name.split("-")[1]).exists()]
 
     with Session(root, site=site) as s:
@@ -150,3 +150,36 @@ def test_a_call_on_a_pilot_is_held_to_its_memory_and_no_cgroup_outlives_the_pilo
         assert time.monotonic() < deadline, (left, [c for p in left for c in p.glob("**/htc-*")],
                                              subprocess.run(["squeue"], capture_output=True, text=True).stdout)
         time.sleep(0.5)
+
+
+def test_a_pilot_scancelled_with_a_call_running_leaves_no_cgroup(site):  # noqa: F811 - the fixture imported above
+    """scancel of a pilot whose call sits in its memory cgroup: nothing of the pilot's cgroups stays
+    behind, so slurmstepd removes the job's (before, the script's cleanup trap waited for its worker,
+    which waited for the call, whose pid-namespace init ignores SIGTERM: KillWait's SIGKILL came first)."""
+    import subprocess
+    import time
+
+    root = REPO / "test-output" / f"call-scancel-{uuid.uuid4().hex[:8]}"
+
+    def live_cages() -> list[Path]:
+        return [c for c in CGROUPS.glob(f"slurm_*/uid_{os.getuid()}/job_*/step_*/task_*/htc-*/call-*")
+                if Path("/proc", c.parent.name.split("-")[1]).exists()]
+
+    with Session(root, site=site) as s:
+        s.scale("cpu", jobs=1)
+        task = s.project("retries").task("call-scancel")
+        stuck = task.submit(hog_once, 10, profile="cpu", resources={"memory": "256M"})
+        deadline = time.monotonic() + 180
+        while not ((cages := live_cages()) and task.storage.path("first").exists()):
+            assert time.monotonic() < deadline, stuck.row
+            time.sleep(0.2)
+        job_dir = cages[0].parents[3]  # the pilot job's cgroup: slurm_<node>/uid_<uid>/job_<id>
+        job_id = job_dir.name.split("_")[1]
+        s.scale("cpu", jobs=0)  # no replacement pilot to muddle the count
+        subprocess.run(["scancel", job_id], check=True)
+        deadline = time.monotonic() + 60
+        while job_dir.exists():
+            assert time.monotonic() < deadline, (sorted(str(p) for p in job_dir.glob("**/htc-*")),
+                                                 subprocess.run(["squeue"], capture_output=True, text=True).stdout)
+            time.sleep(0.5)
+        stuck.cancel()

@@ -255,8 +255,9 @@ def test_bad_requests_are_refused_before_anything_is_written(session):
     assert sum(task.counts().values()) == 0
 
 
-def test_jobs_of_a_dead_session_become_lost_not_succeeded(tmp_path):
-    """A local job whose owning process died is LOST (design G5), and re-running resumes it."""
+def test_jobs_of_a_dead_session_become_lost_not_succeeded_and_are_requeued(tmp_path):
+    """A local job whose owning process died is LOST (design G5), at once on this host (its pid is
+    gone), cause `owner`: not the job's fault, so it is requeued, here, as its RetryPolicy allows."""
     from htc_notebook import Session, SiteConfig
 
     root = tmp_path / "root"
@@ -278,16 +279,17 @@ def test_jobs_of_a_dead_session_become_lost_not_succeeded(tmp_path):
     proc.wait()
     with Session(root, site=SiteConfig.builtin()) as s:
         task = s.project("p").task("t")
-        jobs = task.jobs()
-        assert [j.status for j in jobs] == ["LOST", "LOST"]
-        err = jobs[0].exception(timeout=5)
-        assert "has exited" in err.reason and str(proc.pid) in err.reason
-        assert "orphaned process group" in err.reason  # the `sleep 300` children were killed
-        pgid = int(jobs[0].row.native_id.split(":")[1])
-        assert not _alive(pgid)
-        retried = task.retry()
-        assert len(retried) == 2
-        retried.cancel()
+        jobs = task.jobs()  # after the session's first reconcile: no lease to wait for on this host
+        firsts = [s.ledger.attempts(j.id)[0] for j in jobs]
+        assert [(a.status, a.cause) for a in firsts] == [("LOST", "owner")] * 2
+        assert "has exited" in firsts[0].reason and str(proc.pid) in firsts[0].reason
+        assert "orphaned process group" in firsts[0].reason  # the `sleep 300` children were killed
+        assert not _alive(int(firsts[0].native_id.split(":")[1]))
+        deadline = time.monotonic() + 30
+        while {(j.row.attempts, j.row.status) for j in jobs} != {(2, "RUNNING")} and time.monotonic() < deadline:
+            s.wait_for_change(0.2)
+        assert [(j.row.attempts, j.row.status, j.row.spec.owner) for j in jobs] == [(2, "RUNNING", str(s.owner))] * 2
+        task.cancel()
         assert [j.status for j in task.jobs()] == ["CANCELLED", "CANCELLED"]
 
 
@@ -473,3 +475,30 @@ def test_a_kernel_of_a_jupyter_server_with_a_proxy_links_dashboards_through_it(t
     assert out.returncode == 0, out.stderr[-2000:]
     link, port = json.loads(out.stdout.strip().splitlines()[-1])
     assert link == f"/user/ada/proxy/{port}/status"
+
+
+def doze(seconds: float, i: int = 0) -> int:
+    time.sleep(seconds)
+    return i
+
+
+def test_a_new_session_expects_the_call_times_its_task_measured_before(tmp_path):
+    """Issue 26: after a restart, pilots near their deadline go by how long the function's calls
+    took before (the ledger's `call_durations`), not by nothing until the first ones are timed."""
+    from htc_notebook import Session, SiteConfig
+
+    with Session(tmp_path, site=SiteConfig.builtin()) as first:
+        task = first.project("p").task("naps")
+        done = task.sweep(doze, Sweep.grid(seconds=[0.4], i=[1, 2, 3])).wait(timeout=120)
+        assert done.counts()["SUCCEEDED"] == 3
+        other = task.submit(doze, 0.0, 9)  # another payload: not counted with the naps
+        assert other.result(timeout=60) == 9
+        took = first.ledger.call_durations(done.ids[0], done[0].row.spec.payload)
+        assert len(took) == 3 and all(0.4 <= t < 5 for t in took), took
+    with Session(tmp_path, site=SiteConfig.builtin()) as again:
+        task = again.project("p").task("naps")
+        more = task.sweep(doze, Sweep.grid(seconds=[0.4], i=[4]))  # the same function, a new member
+        calls = again.backend(again.profile("local"))._calls
+        runners = set(calls._runner_of.values()) | {h for h, _ in calls._queue}
+        assert runners and all(abs(r.expected - max(took)) < 1e-9 for r in runners), [r.expected for r in runners]
+        assert more.wait(timeout=60).counts()["SUCCEEDED"] == 1

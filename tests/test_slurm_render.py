@@ -86,6 +86,25 @@ def test_a_bundled_array_task_runs_its_jobs_in_turn_each_with_its_own_record(tmp
     assert not (logs / "job-13.out").exists()  # job 13 was not run again
 
 
+def test_a_bundle_runs_each_job_once_even_when_a_jobs_exit_record_cannot_be_written(tmp_path):
+    """The loop over a bundle's jobs counts in `htc_k`; reading the cgroup's OOM count once used that
+    name too, so after every job the loop began again at the bundle's first job, skipping those with
+    an exit record. A job whose record could not be written (here a dangling link; a full disk) then
+    ran again and again until the array task's time limit."""
+    state, logs = tmp_path / "state", tmp_path / "logs"
+    state.mkdir()
+    logs.mkdir()
+    (tmp_path / "ids").write_text("11 1\n12 1\n13 1\n")
+    (state / "job-11-1.exit").symlink_to(tmp_path / "nowhere" / "exit")
+    script = render_array(job_name="b", size=3, ids_file=str(tmp_path / "ids"), offset=0, task_dir=str(tmp_path),
+                          log_dir=str(logs), state_dir=str(state), bundle=3,
+                          command=["sh", "-c", 'echo "$HTC_JOB_ID" >> runs'])
+    proc = subprocess.run(["bash", "-c", script], env={"PATH": "/usr/bin:/bin", "SLURM_ARRAY_TASK_ID": "0"},
+                          capture_output=True, text=True, timeout=30)
+    assert (tmp_path / "runs").read_text().split() == ["11", "12", "13"], proc.stderr
+    assert [(state / f"job-{j}-1.exit").read_text().split()[0] for j in (12, 13)] == ["0", "0"]
+
+
 def test_a_sweep_array_runs_each_jobs_own_command_line(tmp_path):
     """The commands-file form (a command sweep): line n of the file is job n's argv, run in the task dir."""
     state, logs = tmp_path / "state", tmp_path / "logs"
@@ -154,6 +173,28 @@ def test_discovered_site_loads_and_merges_heterogeneous_nodes():
     assert loaded.profile("gpu").max_walltime == 12 * 3600
 
 
+def test_a_pilots_exit_removes_its_workers_cgroups_at_once_while_a_worker_still_closes(tmp_path):
+    """The pilot script's exit trap (memory_limit.clear_on_exit), on a directory shaped like the pilot
+    job's cgroup: a worker of this job that is still there (closing slowly, or a zombie its nanny has
+    not reaped) keeps nothing; a worker of another job (on v2 their cgroups sit beside: pid 1 here)
+    keeps its own. Before, the trap waited while /proc/<worker pid> existed, up to 10 s; SLURM's
+    KillWait (5 s on the test cluster) SIGKILLed it first and `htc-<pid>` stayed in the job's cgroup
+    (seen as an ordinary user: tests/test_slurm_as_user.py)."""
+    from htc_notebook.backends.memory_limit import clear_on_exit
+
+    worker = subprocess.Popen(["sleep", "60"])  # in this job's cgroup, as the script is
+    try:
+        (tmp_path / f"htc-{worker.pid}" / "call-1").mkdir(parents=True)
+        (tmp_path / "htc-1" / "call-1").mkdir(parents=True)
+        script = f"{clear_on_exit()}\nhtc_cg={shlex.quote(str(tmp_path))}; exit 0"
+        subprocess.run(["bash", "-c", script], check=True, timeout=30)
+        assert worker.poll() is None  # still there when the trap ran
+    finally:
+        worker.kill()
+        worker.wait()
+    assert [p.name for p in tmp_path.iterdir()] == ["htc-1"], list(tmp_path.iterdir())
+
+
 def test_pilot_options_set_a_deadline_below_walltime_and_memory_exact():
     import re
 
@@ -162,7 +203,7 @@ def test_pilot_options_set_a_deadline_below_walltime_and_memory_exact():
                          setup=["module load cuda"], pilot_workers=2)
     o = pilot_options(p)
     setup, clear, deadline = o["job_script_prologue"]
-    assert clear.startswith("htc_cg=") and "trap " in clear  # memory_limit.clear_on_exit: calls' cgroups
+    assert clear.startswith("htc_cg=") and "trap htc_clear EXIT" in clear  # memory_limit.clear_on_exit
     lifetime = int(re.fullmatch(r"export HTC_PILOT_LIFETIME=(\d+) "
                                 r"HTC_PILOT_DEADLINE=\$\(\( \$\(date \+%s\) \+ \1 \)\)", deadline)[1])
     assert 3600 * 0.8 <= lifetime <= 3600 - 120

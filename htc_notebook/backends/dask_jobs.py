@@ -157,8 +157,11 @@ class DaskJobs:
     """Runs Python launches on the cluster `make_cluster()` returns, started on first use."""
 
     def __init__(self, make_cluster: Callable[[], Any], reporter: Reporter, *, pool: PoolSpec | None = None,
-                 window: int | None = None):
+                 window: int | None = None, call_times: Callable[[int, str], list[float]] | None = None):
+        """`call_times(job_id, payload)`: how long that function's calls took before (the ledger's
+        `call_durations`), so a new session's pilots know what to expect before they time any."""
         self._make_cluster = make_cluster
+        self._call_times = call_times
         self._reporter = reporter
         self._pool = pool  # packed allocations: where Python MPI jobs run (an MPI rank pool)
         self.window = window or WINDOW  # at most this many dask tasks in flight
@@ -249,6 +252,9 @@ class DaskJobs:
                 runner = JobRunner(same[0].call.fn, str(key[1]), dict(key[2]),
                                    max((launch.timeout for launch in same if launch.timeout), default=None),
                                    view=key[3], memory_mib=key[4])
+                if self._call_times is not None and same[0].spec.payload:
+                    self._time(runner, [{"ok": True, "started": 0.0, "ended": t}
+                                        for t in self._call_times(same[0].job_id, same[0].spec.payload)])
                 if len(group) > 2 * PROBE_JOBS:
                     probes, rest = group[:PROBE_JOBS], group[PROBE_JOBS:]
                     self._held.append(_Held(runner, rest, {launch.job_id for launch in probes}, key))

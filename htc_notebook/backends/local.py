@@ -12,7 +12,7 @@ from __future__ import annotations
 import shlex
 import threading
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from htc_notebook.backends.base import Launch, Reporter
 from htc_notebook.backends.dask_jobs import ALLOWED_FAILURES, DaskJobs
@@ -29,13 +29,14 @@ class LocalBackend:
 
     name = "local"
 
-    def __init__(self, profile: PartitionProfile, reporter: Reporter, *, log_directory: str | None = None):
+    def __init__(self, profile: PartitionProfile, reporter: Reporter, *, log_directory: str | None = None,
+                 call_times: Callable[[int, str], list[float]] | None = None):
         self.profile = profile
         self._pool_spec = pool_spec(profile, log_directory)
         self._pools: dict[PoolSpec, RankPool] = {}  # one per task (`for_task`), each started by its first call
         self._pools_lock = threading.Lock()
         self._commands = CommandRunner(profile.cores_per_node, reporter, pools=self._pool_for)
-        self._calls = DaskJobs(self._make_cluster, reporter, window=profile.dask_window)
+        self._calls = DaskJobs(self._make_cluster, reporter, window=profile.dask_window, call_times=call_times)
 
     def _make_cluster(self):
         """Scheduler, workers, nannies and dashboard on loopback; every comm mutual TLS with the

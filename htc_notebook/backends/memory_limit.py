@@ -21,7 +21,8 @@ limit by the watchdog (for tests, and for a site whose cgroups misbehave).
 
 On SLURM the site's cgroups hold command jobs' memory (backends/slurm/script.py reads their OOM
 count); Python calls on a pilot are held here, inside the pilot job's cgroup (v1) or by the
-watchdog; the pilot's script removes what its workers leave there (`clear_on_exit`).
+watchdog; the pilot's script removes what its workers leave there, also when it is cancelled
+(`clear_on_exit`).
 
 >>> h = hold(None, "doc", cgroups=False)
 >>> (h.how, h.argv(["./md"]))
@@ -147,20 +148,27 @@ _cgroup_parent: Any = _cgroup_place  # the cache tests clear (`_cgroup_parent.ca
 
 
 def clear_on_exit() -> str:
-    """A bash line for the start of a SLURM pilot's job script: when the script exits (its worker
-    ended or was killed, or the job was cancelled: SIGTERM) it removes the memory cgroups its workers
-    made under its own (v1), or beside its own (v2: `cgroups.v2_base`'s usual choice), once their
-    processes are gone (`htc-<pid>/call-*`), for up to 10 s. A cgroup
-    left inside a job's keeps slurmstepd from removing the job's (seen on the test cluster). Not
-    covered: the script itself SIGKILLed (a worker slower to close than the site's KillWait).
+    """Bash lines for the start of a SLURM pilot's job script: when the script exits (its worker
+    ended, or the job was cancelled or ran out of time: SIGTERM to every process of it, SIGKILL
+    KillWait later), it removes the memory cgroups its workers made under its own (v1), or beside
+    its own (v2: `cgroups.v2_base`'s usual choice), `htc-<pid>/call-*`. The calls still in them are
+    SIGKILLed first: a cancelled call may outlive SIGTERM (the init of its pid namespace ignores
+    it), and waiting for it would let KillWait's SIGKILL end the script before it cleans up. A
+    cgroup left inside a job's keeps slurmstepd from removing the job's (seen on the test cluster).
+    Those of another job's workers (on v2 they sit beside) are left alone.
 
-    >>> "trap" in clear_on_exit() and "/proc/" in clear_on_exit()
+    >>> lines = clear_on_exit()
+    >>> "trap htc_clear EXIT" in lines and "kill -9" in lines
     True
     """
     v1 = "$(sed -n 's/^[0-9]*:memory://p' /proc/self/cgroup)"
     v2 = "$(dirname \"/sys/fs/cgroup$(sed -n 's/^0:://p' /proc/self/cgroup)\")"  # v2: beside its own cgroup
-    clear = ('for _ in $(seq 50); do left=; for d in "$htc_cg"/htc-*; do [ -d "$d" ] || continue; '
-             '[ -e "/proc/${d##*-}" ] && left=1 && continue; '
-             'rmdir "$d"/call-* 2>/dev/null; rmdir "$d" 2>/dev/null || left=1; done; '
-             '[ -z "$left" ] && break; sleep 0.2; done')
-    return f'htc_cg={v1}; if [ -n "$htc_cg" ]; then htc_cg={V1}$htc_cg; else htc_cg={v2}; fi; trap \'{clear}\' EXIT'
+    own = ("htc_own=$(sed -n 's/^[0-9]*:memory://p' /proc/self/cgroup); "
+           "htc_own=${htc_own:-$(sed -n 's/^0:://p' /proc/self/cgroup)}")
+    clear = ('htc_clear() { for _ in $(seq 50); do left=; for d in "$htc_cg"/htc-*; do [ -d "$d" ] || continue; '
+             'p=${d##*-}; [ -e "/proc/$p" ] && ! grep -qF "$htc_own" "/proc/$p/cgroup" 2>/dev/null && continue; '
+             'for c in "$d"/*/; do kill -9 $(cat "$c"cgroup.procs 2>/dev/null) 2>/dev/null; done; '
+             'rmdir "$d"/*/ 2>/dev/null; rmdir "$d" 2>/dev/null || left=1; done; '
+             '[ -z "$left" ] && break; sleep 0.1; done; }')
+    return "\n".join([f'htc_cg={v1}; if [ -n "$htc_cg" ]; then htc_cg={V1}$htc_cg; else htc_cg={v2}; fi', own,
+                      clear, "trap htc_clear EXIT"])

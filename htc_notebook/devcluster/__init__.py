@@ -15,6 +15,7 @@ docs/test-cluster.md.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import shutil
@@ -24,6 +25,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Iterator
 
 from htc_notebook.errors import DevClusterError
 
@@ -93,7 +95,22 @@ def _ours(path: str) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def _admin_umask() -> Iterator[None]:
+    """umask 022 while the cluster is made, as in an administrator's shell: `htc` runs with umask 077
+    (a data root is private), but the files and daemons of a site are read by all its users."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
 def _write_configs(s: ClusterSpec) -> None:
+    """Every file and directory of the cluster, with what the site's ordinary users need opened to them
+    (explicitly: an earlier run under another umask may have left them closed): the state root, the
+    slurmd spool dirs slurmstepd runs their batch scripts from (0755), the configuration every SLURM
+    client reads and the nodes' /etc/hosts (0644), the shared scratch and the nodes' /tmp (1777)."""
     for d in (s.etc_dir, s.log_dir, s.run_dir, s.hold_dir, s.path("spool", "slurmctld"), s.slurm_conf_dir,
               s.shared_dir):
         os.makedirs(d, exist_ok=True)
@@ -102,19 +119,28 @@ def _write_configs(s: ClusterSpec) -> None:
         os.makedirs(s.path("spool", "slurmd", n.name), exist_ok=True)
         os.makedirs(s.node_tmp(n.name), exist_ok=True)
         os.chmod(s.node_tmp(n.name), 0o1777)
-        Path(s.node_hosts(n.name)).write_text(render_hosts(s))
+        _write_public(s.node_hosts(n.name), render_hosts(s))
+    spool = [s.path("spool"), s.path("spool", "slurmd"), *(s.path("spool", "slurmd", n) for n in s.node_names)]
+    for d in (s.state_root, *spool):
+        os.chmod(d, 0o755)
     texts = {"slurm.conf": render_slurm_conf(s), "gres.conf": render_gres_conf(s),
              "cgroup.conf": render_cgroup_conf(s)}
     assert tuple(texts) == CONFIG_FILES
     for name, text in texts.items():
-        Path(s.etc_dir, name).write_text(text)
+        _write_public(os.path.join(s.etc_dir, name), text)
         target = os.path.join(s.slurm_conf_dir, name)
         if os.path.exists(target) and not _ours(target):
             raise DevClusterError(f"{target} exists and was not written by htc_notebook.devcluster; "
                                   "refusing to overwrite a real SLURM configuration (move it away first)")
         tmp = target + ".htc-tmp"
-        Path(tmp).write_text(text)
+        _write_public(tmp, text)
         os.replace(tmp, target)
+
+
+def _write_public(path: str, text: str) -> None:
+    """Write `path`, readable by everyone (0644) whatever the umask or an earlier mode."""
+    Path(path).write_text(text)
+    os.chmod(path, 0o644)
 
 
 def _remove_configs(s: ClusterSpec) -> None:
@@ -166,7 +192,8 @@ def revive_node(node: str, timeout: float = 60) -> None:
     """Start a failed node's slurmd again and return it to service (`scontrol update ... resume`)."""
     s = spec()
     _clear_cgroups(node)
-    daemons.start_slurmd(s, node, shared_under_tmp(shared_paths()))
+    with _admin_umask():
+        daemons.start_slurmd(s, node, shared_under_tmp(shared_paths()))
     deadline = time.monotonic() + timeout
     while True:
         subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], capture_output=True, timeout=30)
@@ -181,6 +208,11 @@ def revive_node(node: str, timeout: float = 60) -> None:
 def up(*, shared=(), timeout: float = 90, install_missing: bool = True) -> ClusterInfo:
     """Clean whatever an earlier run left, then start munged, slurmctld and every node; wait until idle."""
     require_root()
+    with _admin_umask():
+        return _up(shared=shared, timeout=timeout, install_missing=install_missing)
+
+
+def _up(*, shared, timeout: float, install_missing: bool) -> ClusterInfo:
     t0 = time.monotonic()
     if install_missing:
         install()

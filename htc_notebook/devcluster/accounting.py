@@ -85,18 +85,39 @@ def start_slurmdbd(spec: ClusterSpec, timeout: float = 60) -> None:
                             f"log {spec.slurmdbd_log}:\n{_tail(spec.slurmdbd_log)}")
 
 
-def users() -> list[str]:
-    """Who gets an association: the user running `up` (root), and the one who ran sudo, if any."""
+def ensure_user(name: str) -> pwd.struct_passwd:
+    """The local user `name`, made (with a home, shell bash) if it is not there."""
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        pass
+    made = subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], capture_output=True, text=True,
+                          timeout=60)
+    try:
+        return pwd.getpwnam(name)  # made, or by another process at the same time
+    except KeyError:
+        raise DevClusterError(f"cannot make the local user {name!r}: `useradd` exit {made.returncode}: "
+                              f"{made.stderr.strip()}") from None
+
+
+def users(spec: ClusterSpec) -> list[str]:
+    """Who gets an association: the user running `up` (root), the one who ran sudo, if any, and the
+    site's ordinary users (made here if missing: slurmctld maps an association's name to a uid when it
+    loads it, and an ordinary user's jobs are refused without one)."""
     names = [pwd.getpwuid(os.getuid()).pw_name]
     sudo = os.environ.get("SUDO_USER")
     if sudo and sudo not in names:
         names.append(sudo)
+    for name in spec.ordinary_users:
+        if name not in names:
+            ensure_user(name)
+            names.append(name)
     return names
 
 
 def make_site(spec: ClusterSpec) -> None:
     """The cluster, the QOS (priorities, preemption, per-user limits), the account and its users."""
-    cmds = [argv for i, user in enumerate(users()) for argv in render_sacctmgr(spec, user)
+    cmds = [argv for i, user in enumerate(users(spec)) for argv in render_sacctmgr(spec, user)
             if i == 0 or "user" in argv]
     for argv in cmds:
         _run(argv, spec, "setting up accounting")

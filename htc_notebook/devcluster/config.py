@@ -75,6 +75,7 @@ class ClusterSpec:
     def_mem_per_cpu: int = 500
     slurm_conf_dir: str = "/etc/slurm"  # where clients look by default (see docs/test-cluster.md)
     account: str = "htc"  # every user of the test site is in this account
+    ordinary_users: tuple[str, ...] = ("htc-user",)  # local users made by `up` (if missing), in the account too
     default_qos: str = "normal"
     qos: tuple[QosSpec, ...] = ()
     db_port: int = 3307  # MariaDB on 127.0.0.1 only (not 3306: leave a real server's port alone)

@@ -28,7 +28,7 @@ from .rows import (AttemptRow, AttemptStart, BatchRow, EventRow, JobRow, NewBatc
                    TaskRow)
 from .schema import (ACTIVE_SQL, ATTEMPT_COLUMNS, ATTEMPT_READ, DDL, JOB_COLUMNS, LEASES_DDL, PRAGMAS,
                      REQUEST_SQL, SCHEMA_VERSION, TERMINAL_SQL, V1_STATUSES, V3_UPGRADE,
-                     V4_UPGRADE, V5_UPGRADE, V6_UPGRADE, V7_UPGRADE, V8_UPGRADE, sql_list)
+                     V4_UPGRADE, V5_UPGRADE, V6_UPGRADE, V7_UPGRADE, V8_UPGRADE, V9_UPGRADE, sql_list)
 
 T = TypeVar("T")
 PREVIEW_BYTES = 512  # results this small come with `view_changes` rows, for table previews
@@ -117,12 +117,13 @@ class Ledger(ProjectRules):
                 for statement in DDL:
                     con.execute(statement)
                 con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version in (1, 2, 3, 4, 5, 6, 7):
+            elif 1 <= version < SCHEMA_VERSION:
                 if version == 1:
                     _upgrade_v1(con)
                 for statement in ((V3_UPGRADE if version < 3 else ()) + (V4_UPGRADE if version < 4 else ())
                                   + (V5_UPGRADE if version < 5 else ()) + (V6_UPGRADE if version < 6 else ())
-                                  + (V7_UPGRADE if version < 7 else ()) + V8_UPGRADE):
+                                  + (V7_UPGRADE if version < 7 else ()) + (V8_UPGRADE if version < 8 else ())
+                                  + V9_UPGRADE):
                     con.execute(statement)
                 con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:  # equal: another process made it while we waited for the lock
@@ -571,6 +572,26 @@ class Ledger(ProjectRules):
         with self._write() as con:
             con.execute("DELETE FROM leases WHERE name = ? AND owner = ?", (name, owner))
 
+    # --- owners' heartbeat leases (runtime/owner.py) -------------------------------------------
+
+    def renew_owner(self, owner: str, ttl: float) -> float | None:
+        """Renew `owner`'s heartbeat lease for `ttl` seconds; returns when it was due to expire before
+        (None: it had none). The leases of other owners that lapsed with no active job left are dropped
+        in the same transaction (a lookup by the owner index for each; nothing refers to them)."""
+        now = time.time()
+        with self._write() as con:
+            before = con.execute("SELECT expires FROM owners WHERE owner = ?", (owner,)).fetchone()
+            con.execute("INSERT INTO owners (owner, expires) VALUES (?1, ?2) ON CONFLICT (owner) DO UPDATE "
+                        "SET expires = ?2", (owner, now + ttl))
+            con.execute(f"DELETE FROM owners WHERE expires < ? AND NOT EXISTS (SELECT 1 FROM jobs WHERE "
+                        f"json_extract(spec, '$.owner') = owners.owner AND status IN ({ACTIVE_SQL}))", (now,))
+        return before[0] if before else None
+
+    def owner_leases(self, owners: Iterable[str]) -> dict[str, float]:
+        """When each of `owners`' heartbeat lease expires (an owner that never renewed one is absent)."""
+        return dict(self._read(f"SELECT owner, expires FROM owners WHERE owner IN {IN_JSON}",
+                               (json.dumps(list(owners)),)))
+
     def scheduler_jobs(self) -> list[tuple[int, int, int, str, str, int | None]]:
         """Every active job a scheduler has (native id `<array>_<task>...`, no retry pending), in every task:
         (job id, task id, attempt, native id, profile, timeout)."""
@@ -790,6 +811,15 @@ class Ledger(ProjectRules):
         rows = self._read("SELECT id, task_id, name, size, definition, tags, created FROM batches "
                           "WHERE task_id = ? ORDER BY id", (task_id,))
         return [BatchRow(i, t, n, s, json.loads(d), tuple(json.loads(tags)), c) for i, t, n, s, d, tags, c in rows]
+
+    def call_durations(self, job_id: int, payload: str, limit: int = 100) -> list[float]:
+        """How long the last `limit` calls of `payload` that succeeded in job `job_id`'s task took
+        (seconds, newest first): what a restarted kernel expects its calls to take before it has
+        timed any (`DaskJobs`: a pilot near its deadline starts no call that would not fit)."""
+        rows = self._read("SELECT ended - started FROM jobs WHERE task_id = (SELECT task_id FROM jobs WHERE id = ?) "
+                          "AND status = 'SUCCEEDED' AND started IS NOT NULL AND ended IS NOT NULL "
+                          "AND json_extract(spec, '$.payload') = ? ORDER BY id DESC LIMIT ?", (job_id, payload, limit))
+        return [r[0] for r in rows]
 
     def max_seq(self) -> int:
         return int(self._read("SELECT seq FROM counter")[0][0])

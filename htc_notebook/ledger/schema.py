@@ -10,7 +10,7 @@ def sql_list(states: frozenset) -> str:
     return ",".join(f"'{s.value}'" for s in sorted(states, key=lambda s: s.value))
 
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 # Version 1 had no HELD state: its CHECK constraints list these (upgraded in place, see Ledger)
 V1_STATUSES = "'CANCELLED','FAILED','LOST','RUNNABLE','RUNNING','STARTING','SUBMITTED','SUCCEEDED'"
 
@@ -84,6 +84,14 @@ V7_UPGRADE = ("ALTER TABLE attempts ADD COLUMN memory_held TEXT", "ALTER TABLE j
 # v7 -> v8: the sandbox each attempt ran in (states.SANDBOXES: "bwrap", or "none": unconfined), set
 # when it starts, and the last attempt's on the job
 V8_UPGRADE = ("ALTER TABLE attempts ADD COLUMN sandbox TEXT", "ALTER TABLE jobs ADD COLUMN sandbox TEXT")
+
+# v8 -> v9: each session's heartbeat lease (runtime/owner.py). A process on another host cannot be
+# looked at by its pid: an owner whose lease has lapsed is dead wherever it ran
+OWNERS_DDL = """CREATE TABLE owners (
+        owner    TEXT PRIMARY KEY,  -- host:pid, as jobs' specs name it
+        expires  REAL NOT NULL      -- renewed by its heartbeats; once past, it counts as exited
+    )"""
+V9_UPGRADE = (OWNERS_DDL,)
 
 # Named leases: which process does a job for the whole data root (e.g. the one SLURM status poll)
 LEASES_DDL = """CREATE TABLE leases (
@@ -202,6 +210,7 @@ DDL = (
     *V6_UPGRADE,
     *V7_UPGRADE,
     *V8_UPGRADE,
+    *V9_UPGRADE,
 
     # PRIMARY KEY job_id: a job's result is committed exactly once (G2).
     """CREATE TABLE results (

@@ -12,7 +12,10 @@ state kept apart from the live one, one method that corrects the difference). Ea
    and those of owners that have exited; starting a retry is a compare-and-set in the ledger
    (of many processes, one does it), and the retry is owned by the process that started it.
 2. **Dead owners** (every few seconds, over the whole data root): the local jobs of a process that
-   has exited become LOST; its SLURM jobs are watched from here; its held work is claimed and fed.
+   has exited become LOST (cause `owner`, requeued as their RetryPolicy allows); its SLURM jobs are
+   watched from here; its held work is claimed and fed. A process on this host has exited when its
+   pid is gone; one on another host when its heartbeat lease has lapsed (runtime/owner.py), which
+   each session renews from here every `heartbeat` s (one small write; the tick comes first).
 3. **Foreign cancels**: a job this process runs that another process cancelled is stopped here.
 4. **Room in a project's vCPU limit**: jobs this session holds for room (`Ledger.start_attempts`
    with a limit) are dispatched again, in order, as jobs of their project end (a commit of an
@@ -27,6 +30,7 @@ the data root's one poller (runtime/watch.py). Readers (`jobs()`, `status()`, ha
 
 from __future__ import annotations
 
+import logging
 import shutil
 import threading
 import time
@@ -35,14 +39,16 @@ from typing import TYPE_CHECKING
 from htc_notebook.errors import HTCError
 from htc_notebook.ledger import JobRow
 from htc_notebook.states import TERMINAL_NAMES
-from htc_notebook.runtime.owner import Owner
+from htc_notebook.runtime.owner import LEASE_LAPSE, Owner, heartbeat_seconds
 from htc_notebook.spec import Decision, Limits, Request
 
 if TYPE_CHECKING:
     from htc_notebook.runtime.session import Session
 
+log = logging.getLogger(__name__)
+
 TICK_SECONDS = 1.0  # between two ticks (a commit of a failure wakes the loop at once)
-OWNERS_EVERY = 5.0  # seconds between two looks for owners that have exited
+OWNERS_EVERY = 5.0  # seconds between two looks for owners that have exited (at most one heartbeat)
 RETENTION_EVERY = 300.0  # seconds between two applications of the projects' task retention policies
 RETRIES_PER_TICK = 1000
 
@@ -50,8 +56,11 @@ RETRIES_PER_TICK = 1000
 class Reconciler:
     """The reconcile loop of one Session. `tick()` runs it once; `start()` in a thread."""
 
-    def __init__(self, session: "Session", enabled: bool = True):
+    def __init__(self, session: "Session", enabled: bool = True, heartbeat: float | None = None):
         self.session, self.enabled = session, enabled
+        self.heartbeat = heartbeat if heartbeat is not None else heartbeat_seconds()  # seconds between renewals
+        self._owners_every = min(OWNERS_EVERY, self.heartbeat)
+        self._beaten = 0.0  # time.monotonic() of this session's last renewal of its lease (0: none yet)
         self.retried = 0  # retries this process started (for tests and figures)
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -65,6 +74,7 @@ class Reconciler:
         """Run the loop in a thread (idempotent; nothing if not enabled)."""
         with self._lock:
             if self.enabled and self._thread is None and not self._stop.is_set():
+                self.beat()  # before anything is submitted: the owner of any job has a lease
                 self._thread = threading.Thread(target=self._loop, name="htc-reconcile", daemon=True)
                 self._thread.start()
 
@@ -95,9 +105,12 @@ class Reconciler:
             self._wake.clear()
 
     def tick(self, *, owners: bool | None = None) -> None:
-        """One round: due retries, exited owners (every OWNERS_EVERY s, or when `owners` is True), foreign cancels."""
+        """One round: the heartbeat when due, due retries, exited owners (every OWNERS_EVERY s or
+        heartbeat, or when `owners` is True), foreign cancels."""
+        if self.enabled and time.monotonic() - self._beaten >= self.heartbeat:
+            self.beat()
         now = time.time()
-        if owners or (owners is None and now - self._owners_looked >= OWNERS_EVERY):
+        if owners or (owners is None and now - self._owners_looked >= self._owners_every):
             self._owners_looked = now
             self.reconcile_owners()
             self.stop_cancelled()
@@ -108,21 +121,41 @@ class Reconciler:
             self._retention_applied = now
             self.apply_retention(now)
 
+    # -- 0. this session's heartbeat --------------------------------------------------------------
+    def beat(self) -> bool:
+        """Renew this session's heartbeat lease for LEASE_LAPSE heartbeats (one small write). A failure
+        is logged and tried again next tick; a renewal after the lease had lapsed says what that means."""
+        s = self.session
+        try:
+            before = s.ledger.renew_owner(str(s.owner), self.heartbeat * LEASE_LAPSE)
+        except HTCError as exc:
+            log.warning("the heartbeat lease of %s in %s was not renewed (tried again in %g s): %s",
+                        s.owner, s.ledger.path, TICK_SECONDS, exc)
+            return False
+        if self._beaten and before is not None and before < time.time():
+            log.warning("the heartbeat lease of %s had lapsed %.0f s ago (the reconcile loop was held up): sessions on "
+                        "other hosts may have marked its local jobs LOST and claimed its held work", s.owner,
+                        time.time() - before)
+        self._beaten = time.monotonic()
+        return True
+
     # -- 1. retries ----------------------------------------------------------------------------
     def start_retries(self, now: float) -> int:
         s = self.session
         started = 0
         by_task: dict[int, list[JobRow]] = {}
-        for row in s.ledger.retries_due(now, RETRIES_PER_TICK):
-            if s.closed or not self._mine(row):
+        due = s.ledger.retries_due(now, RETRIES_PER_TICK)
+        gone = s.gone_owners({row.spec.owner for row in due}) if due else {}
+        for row in due:
+            if s.closed or not self._mine(row, gone):
                 continue
             decision, failed = self._decide(row)
             if not decision.retry:
                 s.ledger.settle_retry(row.id, row.attempts, decision.why)
                 continue
-            due = (row.ended or now) + decision.delay
-            if due > now:
-                s.ledger.postpone_retry(row.id, row.attempts, due, f"{decision.why}, in {due - now:.0f} s "
+            at = (row.ended or now) + decision.delay
+            if at > now:
+                s.ledger.postpone_retry(row.id, row.attempts, at, f"{decision.why}, in {at - now:.0f} s "
                                         f"(attempt {row.attempts}: {failed})")
                 continue
             change = {k: v for k, v in (("memory", decision.request.memory), ("timeout", decision.request.timeout))
@@ -139,10 +172,10 @@ class Reconciler:
         self.retried += started
         return started
 
-    def _mine(self, row: JobRow) -> bool:
-        """Is this session the one to retry `row`: its owner, or the owner has exited."""
+    def _mine(self, row: JobRow, gone: dict[str, str]) -> bool:
+        """Is this session the one to retry `row`: its owner, or the owner has exited (in `gone`)."""
         owner = Owner.parse(row.spec.owner)
-        return owner is None or owner == self.session.owner or owner.alive() is False
+        return owner is None or owner == self.session.owner or (row.spec.owner or "") in gone
 
     def _decide(self, row: JobRow) -> tuple[Decision, str]:
         """The policy's decision for `row`'s failed attempt, and that attempt's reason."""
@@ -165,10 +198,8 @@ class Reconciler:
         """Look at the active jobs of every owner (data root wide) that has exited; returns how many became LOST."""
         s = self.session
         lost = 0
-        for text in s.ledger.active_owners():
-            owner = Owner.parse(text)
-            if text is not None and owner is not None and owner != s.owner and owner.alive() is False:
-                lost += s.reconcile(s.ledger.owned_jobs(text))
+        for text in s.gone_owners(s.ledger.active_owners()):
+            lost += s.reconcile(s.ledger.owned_jobs(text))
         return lost
 
     # -- 4. room in a project's vCPU limit -------------------------------------------------------

@@ -24,10 +24,10 @@ import cloudpickle
 
 from htc_notebook.backends.base import Backend, Call, Launch
 from htc_notebook.backends.sandbox import sandbox_problem
-from htc_notebook.errors import HTCError, HTCWarning, UnsupportedFeature
+from htc_notebook.errors import HTCError, HTCWarning, SpecError, UnsupportedFeature
 from htc_notebook.ledger import AttemptStart, JobRow, Ledger, TaskRow
 from htc_notebook.ledger.schema import HELD_FOR_ROOM
-from htc_notebook.states import ACTIVE_NAMES, TERMINAL_NAMES, Outcome
+from htc_notebook.states import TERMINAL_NAMES, Outcome
 from htc_notebook.runtime import confinement, images, plan
 from htc_notebook.runtime.reads import Reads
 from htc_notebook.runtime.dashboard import proxy_dashboards
@@ -69,11 +69,15 @@ class Session:
     a path to a site YAML, or None for the layered default site.
     No cluster is started until work is submitted. The reconcile loop (runtime/reconcile.py) runs
     from the start unless `reconcile=False` (a short look, such as `htc status`, that must not
-    take up retries it would not live to see through).
+    take up retries it would not live to see through). A session that reconciles renews its heartbeat
+    lease in the ledger every `heartbeat` seconds (default: runtime/owner.heartbeat_seconds()), so
+    sessions on other hosts can tell when it has died (runtime/owner.py).
     """
 
     def __init__(self, root: str | os.PathLike | None = None, *, site: SiteConfig | str | os.PathLike | None = None,
-                 reconcile: bool = True):
+                 reconcile: bool = True, heartbeat: float | None = None):
+        if heartbeat is not None and not 0 < heartbeat < float("inf"):
+            raise SpecError("Session", "heartbeat", heartbeat, "a positive number of seconds (None: the default)")
         self.root = Path(root or os.environ.get("HTC_ROOT") or "htc-data").resolve()
         self.site = site if isinstance(site, SiteConfig) else SiteConfig.load(site)
         proxy_dashboards()  # in a kernel of a Jupyter server with jupyter-server-proxy: links through it
@@ -94,7 +98,7 @@ class Session:
         self._watch: SlurmWatch | None = None  # runtime/watch.py: started with the first SLURM backend
         self._image_holds: list = []  # pilot images kept from `htc images prune` while this session runs
         self._recorder = Recorder(self.ledger, self._result_path, self._committed)
-        self.reconciler = Reconciler(self, enabled=reconcile)
+        self.reconciler = Reconciler(self, enabled=reconcile, heartbeat=heartbeat)
         _close_at_exit(self)
         self.reconciler.start()
 
@@ -114,14 +118,15 @@ class Session:
     def projects(self) -> list[Project]:
         return [Project(self, p.name) for p in self.ledger.projects()]
 
-    def settle_gone_owners(self, task_id: int) -> None:
-        """What `Task.jobs()` does before showing jobs (G5: the active jobs of a process that has
-        exited become LOST), reading rows only if some owner of the task's active jobs is gone."""
-        for text in self.ledger.active_owners(task_id):
-            owner = Owner.parse(text)
-            if owner is not None and owner != self.owner and owner.alive() is False:
-                self.reconcile(self.ledger.jobs(task_id, status=ACTIVE_NAMES))
-                return
+    def gone_owners(self, owners: Iterable[str | None]) -> dict[str, str]:
+        """Which of these owners (as jobs' specs name them) count as exited, and why (runtime/owner.py:
+        on this host by their pid, on another by their heartbeat lease); never this session itself."""
+        parsed = {text: o for text in owners
+                  if text is not None and (o := Owner.parse(text)) is not None and o != self.owner}
+        elsewhere = [text for text, o in parsed.items() if not o.here]
+        leases = self.ledger.owner_leases(elsewhere) if elsewhere else {}
+        now = time.time()
+        return {text: why for text, o in parsed.items() if (why := o.gone(leases, now)) is not None}
 
     def set_lifecycle(self, task_id: int, status: str) -> TaskRow:
         """Archive (ARCHIVED) or unarchive (ACTIVE) task `task_id`; returns it as it is now."""
@@ -187,7 +192,8 @@ class Session:
                                            log_directory=str(self.root / "pilot-logs"),
                                            grace=self.site.exit_file_grace,
                                            pilot_python=(lambda: self._pilot_python(profile))
-                                           if profile.pilot_image else None)
+                                           if profile.pilot_image else None,
+                                           call_times=self.ledger.call_durations)
                     if self._watch is None:
                         from htc_notebook.runtime.watch import SlurmWatch
 
@@ -195,7 +201,8 @@ class Session:
                 else:
                     from htc_notebook.backends.local import LocalBackend
 
-                    backend = LocalBackend(profile, self._recorder, log_directory=str(self.root / "pilot-logs"))
+                    backend = LocalBackend(profile, self._recorder, log_directory=str(self.root / "pilot-logs"),
+                                           call_times=self.ledger.call_durations)
                 self._backends[profile.name] = backend
                 self.reconciler.start()
             return backend
@@ -492,11 +499,14 @@ class Session:
                 self._changed.wait_for(lambda: self._generation != since, timeout)
 
     def reconcile(self, rows: Iterable[JobRow]) -> int:
-        """Mark LOST the active local jobs whose owning process has exited (design G5).
+        """Mark LOST (cause `owner`: requeued as its RetryPolicy allows) the active local jobs whose
+        owning process has exited, on this host or, its heartbeat lease lapsed, on another (design G5).
 
         Local jobs live inside the process that submitted them; if it is gone,
         so is the work. Nothing is assumed to have succeeded.
         """
+        rows = list(rows)
+        gone = self.gone_owners({r.spec.owner for r in rows if r.status not in TERMINAL_NAMES})
         lost: list[Outcome] = []
         held: dict[str, list[JobRow]] = {}
         for row in rows:
@@ -505,8 +515,9 @@ class Session:
             if row.kind == "command" and self._watch_job(row.id, row.task_id, row.attempts, row.native_id, row.profile,
                                                           row.spec.timeout):
                 continue
+            why = gone.get(row.spec.owner or "")
             owner = Owner.parse(row.spec.owner)
-            if owner is None or owner == self.owner or owner.alive() is not False:
+            if why is None or owner is None:
                 continue
             if row.status == "HELD" and row.native_id == HELD_FOR_ROOM:  # never started: this session takes it
                 if self.ledger.claim([row.id], str(owner), str(self.owner)):
@@ -515,9 +526,11 @@ class Session:
             if self._fed_by_slurm(row):
                 held.setdefault(str(owner), []).append(row)
                 continue
-            reason = (f"the process that ran it ({owner}) has exited; local jobs and pilots do not "
-                      f"outlive their session")
-            if kill_orphan_group(row.native_id):
+            reason = f"the process that ran it ({owner}) {why}; local jobs and pilots do not outlive their session"
+            if not owner.here:  # a pid of another host names another process here
+                if (row.native_id or "").startswith("pid:"):
+                    reason += f"; what is left of its process group {row.native_id} on {owner.host} was not reached"
+            elif kill_orphan_group(row.native_id):
                 reason += f"; its orphaned process group {row.native_id} was killed"
             lost.append(Outcome(row.id, row.attempts, "LOST", reason=reason + ". Retry it or re-run the sweep",
                                 host=owner.host, ended=time.time(), cause="owner"))

@@ -9,7 +9,7 @@ import cloudpickle
 
 from htc_notebook.backends.base import Call
 from htc_notebook.errors import KeyTaken, SpecError
-from htc_notebook.ledger import LimitRow, NewBatch, NewJob
+from htc_notebook.ledger import LimitRow, NewBatch, NewJob, TaskRow
 from htc_notebook.states import ACTIVE_NAMES, REQUEUEABLE_NAMES
 from htc_notebook.runtime.commands import plain_argv, render_command, template_argv
 from htc_notebook.runtime.handles import JobGroup, JobHandle
@@ -252,8 +252,8 @@ class Task:
         for race in range(RACES):
             keys = [_member_key(identity, m.key) for m in sweep.members]
             existing = self.session.ledger.jobs_by_key(self.id, keys)
-            self.session.reconcile(existing.values())
-            existing = self.session.ledger.jobs_by_key(self.id, keys) if existing else existing
+            if existing and self._settle(existing.values()):
+                existing = self.session.ledger.jobs_by_key(self.id, keys)
             new = [NewJob(name=label, kind=kind, params=dict(m.params), spec=render(m.params), key=k,
                           index=i, profile=prof.name, priority=priority)
                    for i, (m, k) in enumerate(zip(sweep.members, keys, strict=True)) if k not in existing]
@@ -399,8 +399,8 @@ class Task:
         if job.key is not None:
             existing = self.session.ledger.jobs_by_key(self.id, [job.key]).get(job.key)
             if existing is not None:
-                self.session.reconcile([existing])
-                existing = self.session.ledger.job(existing.id)
+                if self._settle([existing]):
+                    existing = self.session.ledger.job(existing.id)
                 if existing.status in REQUEUEABLE_NAMES:
                     self._rerun([existing.id], "submitted again")
                 return existing.id
@@ -425,6 +425,12 @@ class Task:
                                 f"at most the vCPU limit of project {self.project!r}, {limit} "
                                 "(a job above it would never start; raise the limit or ask for fewer cores)")
 
+    def _settle(self, rows) -> bool:
+        """Bring jobs found by key up to date before deciding on them (a gone owner's become LOST);
+        True if they may have changed."""
+        self.session.reconcile(rows)
+        return True
+
     def _rerun(self, ids: list[int], why: str) -> None:
         """Run again jobs found by key that failed, were cancelled or lost."""
         if ids:
@@ -446,15 +452,21 @@ class Task:
 
 
 class DryRun(Task):
-    """`task` as a dry run sees it: every submission is checked as it would be, then rendered as
-    its backend would send it (`plan.render_jobs`) instead of recorded and sent. `text` holds what
-    was rendered; jobs found by key are shown as they are, not run again.
+    """Task `project`/`name` as a dry run sees it: every submission is checked as it would be, then
+    rendered as its backend would send it (`plan.render_jobs`) instead of recorded and sent. `text`
+    holds what was rendered; jobs found by key are shown as they are, not run again. Nothing is
+    written: no project or task row (a task not made yet has no jobs), no directory, no stored
+    call, no image pulled or copied (the image is resolved to its digest and named where it would
+    be unpacked).
 
-    >>> dry = DryRun(task); dry.submit_batch(batch); print(dry.text)  # doctest: +SKIP
+    >>> dry = DryRun(session, "md", "melt"); dry.submit_batch(batch); print(dry.text)  # doctest: +SKIP
     """
 
-    def __init__(self, task: Task):
-        super().__init__(task.session, task.row)
+    def __init__(self, session: "Session", project: str, name: str):
+        self.session, self.project, self.name = session, project, name
+        # the task as it is, if it is; else one with no jobs (no id is 0)
+        self.row = session.reads.find_task(project, name) or TaskRow(0, project, name, "ACTIVE", 0.0)
+        self.id = self.row.id
         self.rendered: list[str] = []
 
     @property
@@ -468,10 +480,23 @@ class DryRun(Task):
     def _add(self, jobs: list[NewJob], batch: NewBatch | None = None) -> list[int]:
         if jobs:
             self._check_limit(jobs)
-            self.storage  # noqa: B018 - the task's directories, as a submission makes them (calls are probed in them)
             s = self.session
             self.rendered.append(render_jobs(s.site, s.storage, self.project, self.name, jobs))
         return [0] * len(jobs)  # no job was recorded: there are no ids
+
+    def _settle(self, rows) -> bool:
+        return False  # shown as the ledger has them: settling may write
+
+    def _store(self, obj: object, fn: object) -> str:
+        return hashlib.sha256(_pickle(obj, fn)).hexdigest()[:24]  # checked picklable, kept nowhere
+
+    def _image(self, name: str, arch: str, prof: PartitionProfile, field: str = "imageName") -> ImageRef | None:
+        if not name:
+            return None
+        from htc_notebook.registry.pull import resolve, rootfs_path
+
+        digest = resolve(self.session.registry(self.project), name, arch, field=field)
+        return ImageRef(name=name, digest=digest, rootfs=str(rootfs_path(self.session.root, digest)))
 
 
 def _fn_name(fn: Callable[..., Any]) -> str:

@@ -21,9 +21,11 @@ from pydantic import BeforeValidator
 
 from htc_notebook.errors import SpecError
 
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"  # a project, task or job name (also a directory name)
+
 _RULES: dict[str, tuple[re.Pattern[str], re.Pattern[str], str]] = {
     # kind: (whole-value pattern, one allowed character, description)
-    "name": (re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"), re.compile(r"[A-Za-z0-9_.-]"),
+    "name": (re.compile(NAME_PATTERN), re.compile(r"[A-Za-z0-9_.-]"),
              "1-128 characters: letters, digits, _ . - (starting with a letter or digit)"),
     "env": (re.compile(r"[A-Za-z_][A-Za-z0-9_]*"), re.compile(r"[A-Za-z0-9_]"),
             "an environment variable name: letters, digits, _ (not starting with a digit)"),

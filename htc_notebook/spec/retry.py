@@ -3,9 +3,10 @@
 Each attempt fails for a cause (the ledger's `Cause`). A program that failed (`exit`) is run again
 as it was; one killed for `memory` asks for `memory_factor` times the memory, one killed at its
 time limit (`timeout`) for `time_factor` times the time, each up to the most the profile allows.
-These three use up `retries`. A node that failed, a preemption, or a worker or scheduler job that
-vanished is not the job's fault: it is requeued as it was, up to `requeues` times, without using
-up `retries`. A request that cannot grow any more is not retried, and the decision says so.
+These three use up `retries`. A node that failed, a preemption, a worker or scheduler job that
+vanished, or the session that ran it exiting (`owner`) is not the job's fault: it is requeued as
+it was, up to `requeues` times, without using up `retries`. A request that cannot grow any more is
+not retried, and the decision says so.
 
 >>> policy = RetryPolicy(retries=3, backoff=2.0, max_backoff=5.0)
 >>> [policy.delay(a) for a in (1, 2, 3)]
@@ -28,12 +29,14 @@ from typing import Annotated, Sequence
 from pydantic import model_validator
 
 from htc_notebook.errors import SpecError
+from htc_notebook.states import REQUEUE_CAUSES, Cause
 
 from ._model import SpecModel, number, whole
 
-# causes (the ledger's Cause values) and how each is retried
-REQUEUED = ("node", "preempted", "lost")  # not the job's fault: use up `requeues` (the others: `retries`)
-NEVER = ("owner", "submit")  # the process that ran it is gone / the scheduler refused it: a person decides
+# how each cause (states.Cause, one home) is retried: not the job's fault, they use up `requeues`;
+# the scheduler refused it: a person decides; the others use up `retries`
+REQUEUED = REQUEUE_CAUSES
+NEVER = frozenset({Cause.SUBMIT})
 
 
 @dataclass(frozen=True)
@@ -89,8 +92,7 @@ class RetryPolicy(SpecModel):
         """What to do after an attempt failed for `cause`, asking for `request`; `earlier` are the
         causes of the job's attempts before it (None: not recorded, counted as the job's own)."""
         if cause in NEVER:
-            return Decision(False, "not retried automatically" + (": the process that ran it is gone" if
-                                                                  cause == "owner" else ": the scheduler refused it"))
+            return Decision(False, "not retried automatically: the scheduler refused it")
         if cause in REQUEUED:
             used = sum(1 for c in earlier if c in REQUEUED)
             if used >= self.requeues:
@@ -117,7 +119,8 @@ class RetryPolicy(SpecModel):
         return Decision(True, f"retry {used + 1} of {self.retries}, {why}", self.delay(used + 1), request)
 
 
-_WORDS = {"node": "its node failed", "preempted": "preemption", "lost": "it was lost"}
+_WORDS = {"node": "its node failed", "preempted": "preemption", "lost": "it was lost",
+          "owner": "the session that ran it exited"}
 
 
 def _grow(value: int | None, factor: float, limit: int | None) -> int | None:

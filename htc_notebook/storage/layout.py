@@ -16,8 +16,9 @@ import re
 from pathlib import Path
 
 from ..errors import StorageAccessDenied
+from ..spec import names
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+NAME_PATTERN = f"^{names.NAME_PATTERN}$"  # the spec's name rule (one home), anchored
 _NAME_RE = re.compile(NAME_PATTERN)
 _DIGEST_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 log = logging.getLogger(__name__)

@@ -201,8 +201,17 @@ class HTCMagics(Magics):
         task = current_task()
         if not name:
             return task
+        project, name = self._task_name(name)
+        return task.session.project(project).task(name)
+
+    @staticmethod
+    def _task_name(name: str | None) -> tuple[str, str]:
+        """(project, task) that `--task` names: PROJECT/TASK, TASK (of the task in use), or none."""
+        task = current_task()
+        if not name:
+            return task.project, task.name
         project, sep, rest = name.partition("/")
-        return task.session.project(project if sep else task.project).task(rest if sep else name)
+        return (project, rest) if sep else (task.project, name)
 
     def _submit(self, args, cell):
         from htc_notebook.runtime.commands import template_argv
@@ -217,7 +226,6 @@ class HTCMagics(Magics):
             command = ["env", *[f"{n}={{{n}}}" for n in axes_names], "bash", "-c", body, "htc-script"]
         if not command:
             raise UsageError(f"%htc submit: give a COMMAND after --\n\n{USAGE}")
-        task = self._task(args.task)
         axes: dict[str, Any] = dict(parse_axis(a) for a in args.sweep)
         if "limit" in axes:  # Sweep.grid would take it for its own limit= (the most members it allows)
             raise UsageError("%htc submit: --sweep cannot name an axis `limit`; call it something else")
@@ -226,10 +234,10 @@ class HTCMagics(Magics):
         name = args.name or argv[0].rsplit("/", 1)[-1]
         mpi = args.nodes is not None or args.ranks_per_node is not None
         if args.dry_run:  # the same submission, rendered by its backends instead of recorded and sent
-            dry = DryRun(task)
+            dry = DryRun(current_task().session, *self._task_name(args.task))
             self._send(dry, argv, sweep, args, mpi, name)
             return _Text(dry.text)
-        return self._send(task, argv, sweep, args, mpi, name)
+        return self._send(self._task(args.task), argv, sweep, args, mpi, name)
 
     def _send(self, task: Task, argv, sweep, args, mpi: bool, name: str) -> "LiveGroup":
         from htc_notebook.runtime.commands import render_command

@@ -385,7 +385,7 @@ def _epoch(text: str) -> float:
 
 
 def _read_exit(t: Tracked) -> Outcome | None:
-    """The task's own record of how it ended: "<rc> <host> <epoch> <ok|oom> <cpu ticks> <peak bytes|->"
+    """The task's own record of how it ended: "<rc> <host> <epoch> <ok|oom> <cpu ticks> <peak bytes|-|?>"
     (None if not there yet; files of older scripts end after <epoch>)."""
     try:
         rc, host, when, *rest = _state_words(t.state_dir / f"job-{t.job_id}-{t.attempt}.exit")
@@ -401,7 +401,8 @@ def _read_exit(t: Tracked) -> Outcome | None:
         "cpu_s": round(int(cpu) / CLOCK_TICKS, 2) if cpu.isdigit() else None,
         "max_rss_mib": round(int(peak) / 2**20, 1) if peak.isdigit() else None,
         # a peak means the script found the job's memory cgroup: the site's, which holds --mem
-        "memory_held": ("cgroup" if peak.isdigit() else "none") if t.memory else None}
+        # (`?`: found, but a job of a bundle whose peak it could not tell apart from those before)
+        "memory_held": ("cgroup" if peak.isdigit() or peak == "?" else "none") if t.memory else None}
     started = _read_start(t)
     ranks = rank_dir(t.state_dir.parent.parent, t.job_id, t.attempt)
     if is_python_job(ranks):  # an MPI function: the ranks' reports decide, and carry rank 0's value

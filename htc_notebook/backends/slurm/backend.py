@@ -30,18 +30,20 @@ class SlurmBackend:
     name = "slurm"
 
     def __init__(self, profile: PartitionProfile, reporter: Reporter, *, credentials: str | os.PathLike,
-                 log_directory: str | None = None, grace: float = 30.0, pilot_python: Callable[[], str] | None = None):
+                 log_directory: str | None = None, grace: float = 30.0, pilot_python: Callable[[], str] | None = None,
+                 call_times: Callable[[int, str], list[float]] | None = None):
         """`credentials`: a directory of the data root the nodes see, where each dask cluster of this
         backend gets a private directory for its TLS credentials (`dask_security`).
         `pilot_python`: asked once, when the first pilot is: the command its workers start Python
-        with (the profile's pilot_image made ready: `pilots.image_python`)."""
+        with (the profile's pilot_image made ready: `pilots.image_python`).
+        `call_times`: how long a function's calls took before (`DaskJobs`)."""
         self.profile = profile
         self.arrays = ArrayRunner(profile, reporter, grace=grace)
         self._log_directory = log_directory
         self._credentials = credentials
         self._made: list[tuple[object, os.PathLike[str]]] = []  # (cluster, its credentials directory), removed at close
         self.pilots = DaskJobs(lambda: self._cluster(python=pilot_python and pilot_python()),
-                               reporter, window=profile.dask_window)
+                               reporter, window=profile.dask_window, call_times=call_times)
         self.pool = pool_spec(profile, log_directory)
         self.packs = DaskJobs(lambda: self._cluster(packed=True), reporter, pool=self.pool, window=profile.dask_window)
 

@@ -35,8 +35,10 @@ SLURM_MARGIN = 60  # SLURM's own time limit sits this far above execTimeoutSecon
 # htc_o to the OOM kills counted in this task's memory cgroup (v1 memory.oom_control, v2
 # memory.events; found from /proc/self/cgroup; 0 without one) and htc_cpu to the CPU ticks of the
 # script's finished children (cutime + cstime of /proc/self/stat). The cgroup's peak (v1
-# memory.max_usage_in_bytes, v2 memory.peak) is reset before each job where the cgroup allows it,
-# so for bundled jobs without that right it is the bundle's peak so far.
+# memory.max_usage_in_bytes, v2 memory.peak) is reset before each job where the cgroup allows it
+# (root). Where it does not (an ordinary user: SLURM leaves the cgroup's files root's; v2 before
+# Linux 6.12), a bundled job after the first gets the bundle's peak only if it raised it, else `?`:
+# unknown, not the peak of a job before it.
 USAGE = [
     "htc_oomf=/dev/null htc_peakf=/dev/null",
     "while IFS=: read -r _ htc_c htc_p; do",
@@ -46,7 +48,7 @@ USAGE = [
     "    htc_oomf=/sys/fs/cgroup$htc_p/memory.events htc_peakf=/sys/fs/cgroup$htc_p/memory.peak; fi",
     "done < /proc/self/cgroup",
     "htc_used() {",
-    "  htc_o=0; while read -r htc_k htc_v; do [ \"$htc_k\" = oom_kill ] && htc_o=$htc_v; done < \"$htc_oomf\"",
+    "  htc_o=0; while read -r htc_key htc_v; do [ \"$htc_key\" = oom_kill ] && htc_o=$htc_v; done < \"$htc_oomf\"",
     "  read -r -a htc_st < /proc/self/stat; htc_cpu=$((htc_st[15] + htc_st[16]))",
     "}",
 ]
@@ -140,7 +142,7 @@ def render_array(*, job_name: str, size: int, ids_file: str, offset: int, task_d
         # cancelled alone, or done before its array task was preempted and requeued: not (again)
         '  [ -e "$htc_job.cancel" ] || [ -e "$htc_job.exit" ] && continue',
         "  htc_used; htc_oom0=$htc_o htc_cpu0=$htc_cpu",
-        '  { echo 0 > "$htc_peakf"; } 2>/dev/null',
+        '  htc_peak0=; { echo 0 > "$htc_peakf"; } 2>/dev/null || read -r htc_peak0 2>/dev/null < "$htc_peakf"',
         "  (",
         f"    exec >{q(log_dir)}/job-$HTC_JOB_ID.out 2>{q(log_dir)}/job-$HTC_JOB_ID.err",
         '    printf "%s %s\\n" "$htc_host" "${EPOCHREALTIME:-$(date +%s.%N)}" > "$htc_job.start"',
@@ -164,6 +166,7 @@ def render_array(*, job_name: str, size: int, ids_file: str, offset: int, task_d
         # code, host, end time, ok|oom (the cgroup's OOM killer struck while it ran), CPU ticks, peak bytes
         '  htc_used; htc_how=ok; [ "$htc_o" -gt "$htc_oom0" ] && htc_how=oom',
         '  htc_peak=-; read -r htc_peak 2>/dev/null < "$htc_peakf"',
+        '  [ "$htc_k" -gt 1 ] && [ -n "$htc_peak0" ] && [ "$htc_peak" = "$htc_peak0" ] && htc_peak="?"',
         '  printf "%s %s %s %s %s %s\\n" "$htc_rc" "$htc_host" "${EPOCHREALTIME:-$(date +%s.%N)}" "$htc_how" '
         '"$((htc_cpu - htc_cpu0))" "${htc_peak:--}" > "$htc_job.exit"',
         '  [ "$htc_worst" -eq 0 ] && htc_worst=$htc_rc',
