@@ -9,7 +9,7 @@ USER_VENV  := .venv-user
 USER_STAMP := $(USER_VENV)/.installed
 TEST_OUT ?= test-output
 
-.PHONY: demo test install bench bench-slurm clean
+.PHONY: demo test lint install bench bench-slurm clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,7 @@ NO_USERNS_TESTS := $(filter-out tests/test_sandbox.py tests/test_call_sandbox.py
 ## test: every test; SLURM, MPI and browser parts are required (never skipped).
 ## Brings the SLURM test cluster up, runs pytest, always brings it down, exits with pytest's status.
 test: system-deps $(TEST_STAMP) $(USER_STAMP)
+	$(MAKE) --no-print-directory lint
 	mkdir -p $(TEST_OUT)
 	$(MAKE) --no-print-directory slurm-up || { $(MAKE) --no-print-directory slurm-down; exit 1; }
 	HTC_REQUIRE_SLURM=1 $(BIN)/python -m pytest -q -p no:cacheprovider --junitxml=$(TEST_OUT)/junit.xml; \
@@ -55,6 +56,12 @@ test: system-deps $(TEST_STAMP) $(USER_STAMP)
 	  $(MAKE) --no-print-directory slurm-down; down=$$?; \
 	  if [ $$rc -ne 0 ]; then exit $$rc; fi; if [ $$user -ne 0 ]; then exit $$user; fi; \
 	  if [ $$nouserns -ne 0 ]; then exit $$nouserns; fi; exit $$down
+
+## lint: ruff (tests and benchmarks too) and mypy, as configured in pyproject.toml; `make test` runs it first,
+## before the SLURM cluster comes up, so a finding fails fast
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check htc_notebook tests bench
+	$(BIN)/mypy htc_notebook
 
 ## system-deps: Debian packages for the SLURM test cluster and the venv (root; apt-get only what is missing).
 ## Keep in sync with htc_notebook/devcluster/install.py (a test compares them).

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import _write  # noqa: E402
+from throughput import _write
 
 
 def nap(i: int) -> int:
@@ -92,7 +92,8 @@ def main() -> int:
                 sweep(mode, nothing, 20)  # warm up: the cluster and its workers start
             for i in range(args.pairs):
                 order = list(modes) if i % 2 == 0 else list(modes)[::-1]
-                for mode in (["bare", "confined", "interpreter"] if i % 2 == 0 else ["interpreter", "confined", "bare"]):
+                forward = ["bare", "confined", "interpreter"]
+                for mode in (forward if i % 2 == 0 else forward[::-1]):
                     times.setdefault(("alone", mode), []).append(alone(mode))
                 for mode in order:
                     times.setdefault(("nap", modes[mode]), []).append(sweep(mode, nap, args.jobs))
@@ -103,7 +104,10 @@ def main() -> int:
                 s.close()
 
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-    a = lambda m: med["alone", m]  # noqa: E731
+
+    def a(m):
+        return med["alone", m]
+
     summary = "\n".join([
         f"{args.pairs} alternating rounds, local backend (2 dask workers), medians:",
         "",

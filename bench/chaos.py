@@ -61,7 +61,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import _write  # noqa: E402
+from throughput import _write
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEDULER_HOST = "10.77.0.1"  # the test cluster's bridge: where nodes reach this process
@@ -118,7 +118,7 @@ def _queue_empty(timeout: float) -> bool:
 
 def _nodes_state() -> dict[str, str]:
     out = _slurm("sinfo", "-h", "-N", "-o", "%N %t").stdout.split()
-    return dict(zip(out[::2], out[1::2]))
+    return dict(zip(out[::2], out[1::2], strict=True))
 
 
 def _restore_nodes() -> None:
@@ -396,7 +396,8 @@ def run_once(label: str, site, args, inject: bool) -> dict:
                "status": dict(status), "active": active, "outside": sorted(outside),
                "others": {f"{st}: {shape}": sorted(v) for (st, shape), v in others.items()},
                "twice": twice, "bad_results": bad_results, "no_run": no_run, "py_missing": py_missing,
-               "more": more, "beyond": beyond, "runs_hist": dict(Counter(files[j][0] for j in more)), "escalations": escalations,
+               "more": more, "beyond": beyond, "runs_hist": dict(Counter(files[j][0] for j in more)),
+               "escalations": escalations,
                "oom": [(j, rows[j].status, [a.request.get("memory") if a.request else None for a in attempts[j]])
                        for j in ids["oom"]],
                "causes": dict(causes), "attempts": sum(len(v) for v in attempts.values()),
@@ -442,11 +443,12 @@ def _table(clean: dict, chaos: dict, args) -> str:
         "| results committed twice (must be 0) " + both(lambda r: f"**{len(r['twice']) + len(r['bad_results'])}**"),
         "| SUCCEEDED without a finished run in its file (must be 0) " + both(lambda r: f"{len(r['no_run'])}"),
         "| jobs run more than once (from the run files) "
-        + both(lambda r: f"{len(r['more'])}" + (f" ({', '.join(f'{n} runs: {c}' for n, c in sorted(r['runs_hist'].items()))})"
-                                               if r['more'] else "")),
+        + both(lambda r: f"{len(r['more'])}"
+               + (f" ({', '.join(f'{n} runs: {c}' for n, c in sorted(r['runs_hist'].items()))})" if r['more'] else "")),
         "| of which run more often than they have attempts " + both(lambda r: f"{len(r['beyond'])}"),
         "| attempts recorded (causes of failed ones) "
-        + both(lambda r: f"{r['attempts']:,} ({', '.join(f'{k} {v}' for k, v in sorted(r['causes'].items())) or 'none'})"),
+        + both(lambda r: f"{r['attempts']:,} "
+               f"({', '.join(f'{k} {v}' for k, v in sorted(r['causes'].items())) or 'none'})"),
         "| failed attempts whose reason names no fault (must be 0) "
         + both(lambda r: f"**{sum(len(v) for v in r['unnamed'].values())}**"),
         "| memory escalations of the 2 OOM jobs " + both(lambda r: f"{r['escalations']}"),

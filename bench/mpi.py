@@ -27,10 +27,11 @@ import time
 import uuid
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/
+from slurm import site
+from throughput import _write
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
-from slurm import site  # noqa: E402
-from throughput import _write  # noqa: E402
 
 CORES = 4  # the cpu partition: 2 nodes x 2 cores
 
@@ -74,7 +75,8 @@ def run_sbatch(tasks: int, seconds: float) -> float:
     while subprocess.run(["squeue", "-h", "-j", ",".join(ids)], capture_output=True, text=True).stdout.strip():
         time.sleep(0.5)
     dt = time.perf_counter() - t0
-    failed = subprocess.run(["grep", "-l", "-i", "error", *map(str, work.glob("*.out"))], capture_output=True, text=True)
+    failed = subprocess.run(["grep", "-l", "-i", "error", *map(str, work.glob("*.out"))],
+                            capture_output=True, text=True)
     assert not failed.stdout, f"sbatch tasks failed: {failed.stdout}"
     return dt
 

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import _write  # noqa: E402
+from throughput import _write
 
 
 def busybox_rootfs(where: Path, marker: str) -> Path:

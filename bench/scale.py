@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import _write  # noqa: E402
+from throughput import _write
 
 
 def _median_ms(fn: Callable[[], object], repeats: int) -> float:
@@ -84,30 +84,33 @@ def bench_ledger(args: argparse.Namespace) -> str:
                 record_times.append(time.perf_counter() - t0)
                 task_ids.append(task.id)
             task_id = task_ids[0]
-            summary = _median_ms(lambda: api.summary_statistics("bench", "bench", str(task_id)), args.repeats)
+            summary = _median_ms(lambda task_id=task_id: api.summary_statistics("bench", "bench", str(task_id)),
+                                 args.repeats)
             assert sum(api.summary_statistics("bench", "bench", str(task_id))["jobStatuses"].values()) == n
-            rows_ms = _median_ms(lambda: [wire_status(j) for j in s.ledger.jobs(task_id)], args.repeats)
+            rows_ms = _median_ms(lambda task_id=task_id: [wire_status(j) for j in s.ledger.jobs(task_id)], args.repeats)
             argv = ["--root", root, "status", "--task", f"bench/batch-{n}-0"]
 
-            def status() -> None:
+            def status(argv: list[str] = argv) -> None:
                 with contextlib.redirect_stdout(io.StringIO()):
                     assert cli.main(argv) == 0
 
             status_ms = _median_ms(status, args.repeats)
-            table_ms = _median_ms(lambda: TableModel(s.reads, task_id).poll(), args.repeats)
+            table_ms = _median_ms(lambda task_id=task_id: TableModel(s.reads, task_id).poll(), args.repeats)
             rows.append((n, statistics.median(record_times) * 1e3, summary, rows_ms, status_ms, table_ms))
             print(f"{n:>7} jobs: record {rows[-1][1]:8.1f} ms  summary-statistics {summary:6.1f} ms  "
-                  f"(by reading rows {rows_ms:6.0f} ms)  htc status {status_ms:6.1f} ms  table first load {table_ms:6.1f} ms", flush=True)
+                  f"(by reading rows {rows_ms:6.0f} ms)  htc status {status_ms:6.1f} ms  "
+                  f"table first load {table_ms:6.1f} ms", flush=True)
         # the reconcile loop's look at every owner (every few seconds), over all the active jobs above,
         # and the same query told not to use the owner index
         active = sum(s.ledger.active_owners().values())
-        plain = s.ledger._read  # noqa: SLF001 - the ledger's own read path, for the NOT INDEXED twin
+        plain = s.ledger._read  # the ledger's own read path, for the NOT INDEXED twin
         from htc_notebook.ledger.schema import ACTIVE_SQL
 
         owners_ms = _median_ms(s.ledger.active_owners, args.repeats * 3)
         unindexed_ms = _median_ms(lambda: plain(f"SELECT json_extract(spec, '$.owner'), COUNT(*) FROM jobs NOT INDEXED "
                                                 f"WHERE status IN ({ACTIVE_SQL}) GROUP BY 1"), args.repeats * 3)
-        print(f"owners of {active} active jobs: {owners_ms:.1f} ms (without the index {unindexed_ms:.1f} ms)", flush=True)
+        print(f"owners of {active} active jobs: {owners_ms:.1f} ms (without the index {unindexed_ms:.1f} ms)",
+              flush=True)
         limited = _limited(s, max(sizes), args.repeats)
     table = ("| jobs in the task | record a batch (add_jobs + start_attempts) | summary-statistics | "
              "(the same by reading every row, as before) | `htc status --task` | live table first load |\n"
@@ -116,12 +119,13 @@ def bench_ledger(args: argparse.Namespace) -> str:
                        for n, rec, summ, by_rows, st, tb in rows))
     return (f"Medians of {args.repeats} runs, each size in its own task of one fresh data root:\n\n{table}\n"
             f"The reconcile loop's count of active jobs per owner (`Ledger.active_owners`, every few seconds) over "
-            f"all {active:,} active jobs of that root: {owners_ms:.1f} ms through the owner index, {unindexed_ms:.1f} ms "
-            f"without it (`NOT INDEXED`, same run): **{unindexed_ms / owners_ms:.1f}x**.\n\n"
+            f"all {active:,} active jobs of that root: {owners_ms:.1f} ms through the owner index, "
+            f"{unindexed_ms:.1f} ms without it (`NOT INDEXED`, same run): **{unindexed_ms / owners_ms:.1f}x**.\n\n"
             "Targets at 100,000 jobs: record < 1 s, summary-statistics < 50 ms; queries well under a second.\n\n"
             f"Under a project vCPU limit of 64 (`start_attempts(..., room=)`: 64 jobs start, the rest are held in the "
-            f"same transaction), recording {max(sizes):,} jobs: {limited['held']:.0f} ms against {limited['free']:.0f} ms "
-            f"without a limit, same run (**{limited['held'] / limited['free']:.2f}x**); with them held, what the "
+            f"same transaction), recording {max(sizes):,} jobs: {limited['held']:.0f} ms against "
+            f"{limited['free']:.0f} ms without a limit, same run (**{limited['held'] / limited['free']:.2f}x**); "
+            f"with them held, what the "
             f"reconcile loop reads each tick: the owner's held jobs (first 1,000) {limited['list']:.1f} ms, the "
             f"project's vCPUs in use {limited['in_use']:.1f} ms.")
 
@@ -245,8 +249,9 @@ def _python_table(args: argparse.Namespace) -> str:
             r = by[side, jobs] = json.loads(run.stdout.strip().splitlines()[-1])
             print(f"{side} {jobs:>7}: {r['seconds']:7.2f} s, peak RSS +{r['growth_mb']['results']:.1f} MB, "
                   f"at most {r['tasks']} scheduler tasks", flush=True)
-    lines = ["| jobs | raw Client.map | task.sweep | time htc/raw (< 1: htc faster) | scheduler tasks at most (raw / htc) "
-             "| peak RSS growth, raw | peak RSS growth, htc: sweep() / all ended / results() "
+    lines = ["| jobs | raw Client.map | task.sweep | time htc/raw (< 1: htc faster) "
+             "| scheduler tasks at most (raw / htc) | peak RSS growth, raw "
+             "| peak RSS growth, htc: sweep() / all ended / results() "
              "| htc over raw, per job |", "|---|---|---|---|---|---|---|---|"]
     for jobs in sizes:
         raw, htc = by["raw", jobs], by["htc", jobs]

@@ -22,9 +22,10 @@ import time
 import uuid
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/
+from throughput import _write
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
-from throughput import _write  # noqa: E402
 
 
 def first_result() -> str:
@@ -44,8 +45,8 @@ def site():
 
 def latency_htc(site, root: Path) -> float:
     # the libraries both sides use are imported before the clock starts, as latency_plain does
-    import dask_jobqueue  # noqa: F401
-    import distributed  # noqa: F401
+    import dask_jobqueue  # noqa: F401 - imported for the clock's sake, not used
+    import distributed  # noqa: F401 - likewise
 
     from htc_notebook import Session
 
@@ -110,7 +111,7 @@ def submit_singles(root: Path, n: int) -> float:
 def sample(which: str) -> float:
     """One latency sample in a fresh interpreter."""
     out = subprocess.run([sys.executable, __file__, "--one", which], capture_output=True, text=True, timeout=600)
-    lines = [l for l in out.stdout.splitlines() if l.startswith("seconds=")]
+    lines = [line for line in out.stdout.splitlines() if line.startswith("seconds=")]
     if out.returncode != 0 or not lines:
         raise RuntimeError(f"{which} sample failed: {out.stderr[-2000:]}")
     return float(lines[-1].split("=")[1])
@@ -140,7 +141,7 @@ def main() -> int:
             (htc_t if which == "htc" else plain_t).append(sample(which))
         print(f"pair {i}: htc {htc_t[-1]:.2f} s, plain dask-jobqueue {plain_t[-1]:.2f} s", flush=True)
     ratio = statistics.median(htc_t) / statistics.median(plain_t)
-    diff = statistics.median(h - p for h, p in zip(htc_t, plain_t))
+    diff = statistics.median(h - p for h, p in zip(htc_t, plain_t, strict=True))
     a = (f"launch-to-first-result on profile cpu, {args.pairs} alternating pairs: htc "
          f"{statistics.median(htc_t):.2f} s (range {min(htc_t):.2f}-{max(htc_t):.2f}) vs plain dask-jobqueue "
          f"{statistics.median(plain_t):.2f} s (range {min(plain_t):.2f}-{max(plain_t):.2f}), medians; "

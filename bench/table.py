@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import _write  # noqa: E402
+from throughput import _write
 
 
 def trivial(x):
@@ -146,13 +146,16 @@ def main() -> int:
 
     med = statistics.median
     tc, tb, rc, rb = med(table_cpu) * 1e3, med(table_bytes), med(row_cpu) * 1e3, med(row_bytes)
-    summary = (f"{args.jobs} jobs tracked, {args.changes} changing per refresh, median of {args.refreshes} refreshes:\n\n"
+    summary = (f"{args.jobs} jobs tracked, {args.changes} changing per refresh, "
+               f"median of {args.refreshes} refreshes:\n\n"
                f"| | kernel CPU per refresh | bytes per refresh | messages per refresh |\n|---|---|---|---|\n"
                f"| JobsTable (patch of changed rows) | {tc:.1f} ms | {tb / 1e3:.1f} kB | {med(table_msgs):.0f} |\n"
                f"| one widget per row | {rc:.1f} ms | {rb / 1e3:.1f} kB | {med(row_msgs):.0f} |\n"
-               f"| ratio (per-row / table) | **{rc / tc:.1f}x** | **{rb / tb:.1f}x** | {med(row_msgs) / max(1, med(table_msgs)):.0f}x |\n"
-               + (f"| dask `progress` widget, per 1,000 tasks completed | {dask_row[0]:.1f} ms | {dask_row[1] / 1e3:.1f} kB "
-                  f"| {dask_row[2]:.0f} ({dask_row[3]:.1f}/s) |\n" if dask_row else "") + "\n"
+               f"| ratio (per-row / table) | **{rc / tc:.1f}x** | **{rb / tb:.1f}x** "
+               f"| {med(row_msgs) / max(1, med(table_msgs)):.0f}x |\n"
+               + (f"| dask `progress` widget, per 1,000 tasks completed | {dask_row[0]:.1f} ms "
+                  f"| {dask_row[1] / 1e3:.1f} kB | {dask_row[2]:.0f} ({dask_row[3]:.1f}/s) |\n"
+                  if dask_row else "") + "\n"
                f"Targets: <= 5 ms and <= 50 kB per 1,000 changed rows, <= 10 messages/s. The table's refresh "
                f"thread under continuous change sent **{rate:.1f} messages/s**.")
     print(summary)

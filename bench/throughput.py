@@ -91,7 +91,8 @@ def main() -> int:
                f"(median); ratio htc/raw = **{ratio:.3f}** (target >= 0.97)")
     print(summary)
     if args.write:
-        section = "throughput" + (f"-{args.work_ms:g}ms" if args.work_ms else "") + ("-unpacked" if args.no_pack else "")
+        section = ("throughput" + (f"-{args.work_ms:g}ms" if args.work_ms else "")
+                   + ("-unpacked" if args.no_pack else ""))
         _write(Path(args.write), section, summary, " ".join(["python"] + sys.argv))
     return 0
 

@@ -14,7 +14,8 @@ They are measured alternately (A B, B A, ...) so machine noise hits both alike:
 Reported: medians, TLS/plain as the ratio of the medians' throughputs (of times for start: above 1 is
 slower), and the median of the ratios within each pair (what drift over the run does not bias).
 
-    .venv/bin/python bench/tls.py [--jobs 2000] [--unpacked-jobs 300] [--pairs 7] [--starts 3] [--write bench/results.md]
+    .venv/bin/python bench/tls.py [--jobs 2000] [--unpacked-jobs 300] [--pairs 7] [--starts 3] \\
+        [--write bench/results.md]
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from throughput import _write, trivial  # noqa: E402 - bench/ is this script's directory
+from throughput import _write, trivial  # bench/ is this script's directory
 
 from htc_notebook import Session, SiteConfig, Sweep
 from htc_notebook.backends import dask_jobs
@@ -99,7 +100,7 @@ def main() -> int:
     alternate(1, start)  # warm up: the first start of each kind imports what later ones find loaded
     on, off = alternate(args.starts, start)
     rows.append(("start: new Session to first result", statistics.median(on), statistics.median(off),
-                 statistics.median(a / b for a, b in zip(on, off)), "s"))
+                 statistics.median(a / b for a, b in zip(on, off, strict=True)), "s"))
     print(f"start: TLS {on}  plain {off}", flush=True)
 
     with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b, \
@@ -136,7 +137,7 @@ def main() -> int:
                                         ("raw Client.map", raw, args.jobs, args.pairs)):
             on, off = alternate(pairs, measure)
             rows.append((f"{name} ({n} calls x {pairs} pairs)", n / statistics.median(on), n / statistics.median(off),
-                         statistics.median(b / a for a, b in zip(on, off)), "jobs/s"))
+                         statistics.median(b / a for a, b in zip(on, off, strict=True)), "jobs/s"))
             print(f"{name}: TLS {[round(n / t) for t in on]}  plain {[round(n / t) for t in off]}", flush=True)
         workers = len(with_tls.backend(with_tls.profile("local")).client.scheduler_info()["workers"])
 

@@ -25,13 +25,17 @@ _EXPORTS = {
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = [name for names in _EXPORTS.values() for name in names]
 
-if TYPE_CHECKING:
-    from htc_notebook.errors import HTCError, JobFailed, SpecError, StorageAccessDenied  # noqa: F401
-    from htc_notebook.runtime import CommandResult, JobGroup, JobHandle, Project, Session, Task  # noqa: F401
-    from htc_notebook.runtime.decorators import current_task, mpi_task, on_cluster, task, use  # noqa: F401
-    from htc_notebook.runtime.futures import as_completed  # noqa: F401
-    from htc_notebook.spec import (JobBatch, JobDefinition, PartitionProfile, Resources,  # noqa: F401
-                                   RetryPolicy, SiteConfig, Sweep)
+if TYPE_CHECKING:  # the same names for type checkers (`name as name`: an explicit re-export)
+    from htc_notebook.errors import (HTCError as HTCError, JobFailed as JobFailed, SpecError as SpecError,
+                                     StorageAccessDenied as StorageAccessDenied)
+    from htc_notebook.runtime import (CommandResult as CommandResult, JobGroup as JobGroup, JobHandle as JobHandle,
+                                      Project as Project, Session as Session, Task as Task)
+    from htc_notebook.runtime.decorators import (current_task as current_task, mpi_task as mpi_task,
+                                                 on_cluster as on_cluster, task as task, use as use)
+    from htc_notebook.runtime.futures import as_completed as as_completed
+    from htc_notebook.spec import (JobBatch as JobBatch, JobDefinition as JobDefinition,
+                                   PartitionProfile as PartitionProfile, Resources as Resources,
+                                   RetryPolicy as RetryPolicy, SiteConfig as SiteConfig, Sweep as Sweep)
 
 
 def __getattr__(name: str) -> Any:

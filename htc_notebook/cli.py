@@ -95,7 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=8750)
     sv.add_argument("--address", default="127.0.0.1")
     sv.add_argument("--allow-unconfined", action="store_true",
-                    help="serve API users even where jobs run unconfined (no sandbox: they could read each other's work)")
+                    help="serve API users even where jobs run unconfined "
+                         "(no sandbox: they could read each other's work)")
     sv.add_argument("--owner", metavar="USER", help="the API user who acts as the data root's owner: starts, "
                     "scales and stops clusters, sets the workspace's policy, member of every project (default: none)")
     sv.add_argument("--public-url", metavar="URL", help="scheme://host:port clients reach this server at, for "
@@ -230,8 +231,8 @@ def _doctor(args) -> int:
 
     t = Table(title=f"htc doctor: this machine and site, as {pwd.getpwuid(os.getuid()).pw_name}",
               show_lines=True)
-    for c in ("check", "", "found", "the toolkit does instead", "ask the site for"):
-        t.add_column(c, overflow="fold")
+    for title in ("check", "", "found", "the toolkit does instead", "ask the site for"):
+        t.add_column(title, overflow="fold")
     for c in checks:
         mark = {True: "[green]ok[/]", False: "[red]no[/]", None: "-"}[c.ok]
         t.add_row(c.name, mark, c.found, c.instead, c.ask)

@@ -22,6 +22,8 @@ class HTCError(Exception):
 class SpecError(HTCError, ValueError):
     """Bad input to a spec: names the model, the field, the value and what is allowed."""
 
+    loc: tuple[str | int, ...]  # the field's path in the model, where validation knows it (absent otherwise)
+
     def __init__(self, model: str, field: str, value: Any, allowed: str, *, where: str | None = None):
         self.model, self.field, self.value, self.allowed, self.where = model, field, value, allowed, where
         prefix = f"{where}: " if where else ""

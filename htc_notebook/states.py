@@ -57,7 +57,8 @@ class Cause(str, Enum):
 
 
 CAUSES: frozenset[str] = frozenset(c.value for c in Cause)
-REQUEUE_CAUSES: frozenset[Cause] = frozenset({Cause.NODE, Cause.PREEMPTED, Cause.LOST, Cause.OWNER})  # not the job's fault
+# not the job's fault
+REQUEUE_CAUSES: frozenset[Cause] = frozenset({Cause.NODE, Cause.PREEMPTED, Cause.LOST, Cause.OWNER})
 
 
 @dataclass(frozen=True)

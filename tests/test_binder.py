@@ -36,8 +36,8 @@ def as_user(cmd: str, cwd: Path, timeout: int = 1200) -> subprocess.CompletedPro
            **{k: v for k, v in os.environ.items()
               if any(t in k.upper() for t in ("PROXY", "CERT", "CA_BUNDLE", "CAINFO"))
               or k.startswith(("PIP_", "npm_config_", "NPM_CONFIG_"))}}
-    return subprocess.run([shutil.which("runuser") or "/usr/sbin/runuser", "-u", USER, "--", "bash", "-c", cmd], cwd=cwd, env=env, timeout=timeout,
-                          capture_output=True, text=True)
+    return subprocess.run([shutil.which("runuser") or "/usr/sbin/runuser", "-u", USER, "--", "bash", "-c", cmd],
+                          cwd=cwd, env=env, timeout=timeout, capture_output=True, text=True)
 
 
 def test_binder_environment_runs_the_quickstart():
@@ -65,9 +65,11 @@ def test_binder_environment_runs_the_quickstart():
         ran = nbformat.read(f"/tmp/{work.name}-out.ipynb", as_version=4)
         want = nbformat.read(REPO / "notebooks" / "01-quickstart.ipynb", as_version=4)
         checked = 0
-        for got, ref in zip(ran.cells, want.cells):
+        for got, ref in zip(ran.cells, want.cells, strict=True):
             if ref.cell_type == "code" and ref.source.startswith("# NBVAL_CHECK_OUTPUT"):
-                text = lambda c: "".join(o.get("text", "") for o in c.outputs if o.output_type == "stream")  # noqa: E731
+                def text(c):
+                    return "".join(o.get("text", "") for o in c.outputs if o.output_type == "stream")
+
                 assert text(got) == text(ref), ref.source
                 checked += 1
         assert checked >= 3

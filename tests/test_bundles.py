@@ -18,7 +18,7 @@ from htc_notebook.backends.slurm.feeder import PROBES
 pytestmark = pytest.mark.slurm
 
 
-def with_profile(site, name: str, **changes) -> SiteConfig:  # noqa: F811
+def with_profile(site, name: str, **changes) -> SiteConfig:  # noqa: F811 - the fixture imported above
     data = {"profiles": {n: site.profile(n).model_dump(exclude_none=True, exclude={"name"}) for n in site.names()}}
     data["profiles"][name] = {**data["profiles"]["cpu"], **changes}
     return SiteConfig.from_yaml(yaml.safe_dump(data))
@@ -29,7 +29,7 @@ def root():
     return REPO / "test-output" / f"bundle-{uuid.uuid4().hex[:8]}"
 
 
-def test_short_commands_are_timed_then_bundled_and_keep_their_own_records(site, root):  # noqa: F811
+def test_short_commands_are_timed_then_bundled_and_keep_their_own_records(site, root):  # noqa: F811 - the fixture imported above
     n = 60
     with Session(root, site=site) as s:
         task = s.project("bundle").task("short")
@@ -51,7 +51,7 @@ def test_short_commands_are_timed_then_bundled_and_keep_their_own_records(site, 
         assert "code 3" in group[32].row.reason
 
 
-def test_one_job_of_a_bundle_is_cancelled_alone_and_a_timeout_is_its_own(site, root):  # noqa: F811
+def test_one_job_of_a_bundle_is_cancelled_alone_and_a_timeout_is_its_own(site, root):  # noqa: F811 - the fixture imported above
     bundled = with_profile(site, "bundled", bundle=4, max_nodes=1)
     with Session(root, site=bundled) as s:
         task = s.project("bundle").task("cancel")

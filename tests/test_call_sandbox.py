@@ -82,7 +82,7 @@ def test_with_sandbox_none_the_same_call_reads_what_confinement_hides(tmp_path):
 
 
 @pytest.mark.slurm
-def test_python_calls_on_pilots_on_two_nodes_are_confined_the_same_way(site):  # noqa: F811
+def test_python_calls_on_pilots_on_two_nodes_are_confined_the_same_way(site):  # noqa: F811 - the fixture imported above
     root = REPO / "test-output" / f"call-sandbox-{uuid.uuid4().hex[:8]}"  # a shared file system: nodes see it
     with Session(root, site=site) as s:
         s.scale("cpu", jobs=2)
@@ -229,7 +229,8 @@ def test_a_machine_that_cannot_confine_calls_refuses_them_at_submit_and_says_how
     monkeypatch.setattr(call_sandbox, "_checked", set())
     with Session(tmp_path / "root", site=_local_site()) as s:
         task = s.project("nons").task("refused")
-        with pytest.raises(BackendError, match=r"cannot confine them: .*unshare: Operation not permitted.*sandbox: none"):
+        with pytest.raises(BackendError,
+                           match=r"cannot confine them: .*unshare: Operation not permitted.*sandbox: none"):
             task.submit(pow, 2, 3)
         (row,) = task.jobs().rows()
         assert row.status == "FAILED" and "not submitted" in row.reason, row.reason
@@ -248,8 +249,8 @@ def _assert_rank_confined(seen: dict) -> None:
 
 @pytest.mark.sandbox
 def test_each_rank_of_a_local_mpi_function_is_confined(tmp_path):
-    site = _local_site(packing="per_task")  # the rank pool (packed) serves every task: not confined
-    with Session(tmp_path / "root", site=site) as s:
+    local = _local_site(packing="per_task")  # the rank pool (packed) serves every task: not confined
+    with Session(tmp_path / "root", site=local) as s:
         task, argv = _prepare(s, "py-mpi")
         seen = task.mpi(mpi_probe, *argv[-3:], ranks_per_node=2).result(timeout=300)
     assert len(seen) == 2
@@ -258,7 +259,7 @@ def test_each_rank_of_a_local_mpi_function_is_confined(tmp_path):
 
 
 @pytest.mark.slurm
-def test_each_rank_of_an_mpi_function_on_two_slurm_nodes_is_confined(site):  # noqa: F811
+def test_each_rank_of_an_mpi_function_on_two_slurm_nodes_is_confined(site):  # noqa: F811 - the fixture imported above
     """A per-task allocation (a packed one's rank pool serves every task: not confined)."""
     per_task = site.profile("cpu").model_validate({**site.profile("cpu").model_dump(), "packing": "per_task"})
     alone = SiteConfig(profiles={**site.profiles, "cpu": per_task}, default_profile="cpu")

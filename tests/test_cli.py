@@ -325,5 +325,6 @@ def test_the_module_runs_as_a_program():
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "htc_notebook.cli", "--help"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-m", "htc_notebook.cli", "--help"], capture_output=True, text=True,
+                         timeout=60)
     assert out.returncode == 0 and out.stdout.startswith("usage: htc"), out.stderr

@@ -202,7 +202,8 @@ def stranger_python(user: pwd.struct_passwd) -> tuple[str, dict]:
     for python, extra in ((system, {"PYTHONPATH": packages}), (sys.executable, {})):
         if not python:
             continue
-        probe = subprocess.run([*_as(user), python, "-c", "import os, sys, distributed; print(os.getuid(), sys.prefix)"],
+        probe = subprocess.run([*_as(user), python, "-c",
+                                "import os, sys, distributed; print(os.getuid(), sys.prefix)"],
                                capture_output=True, text=True, timeout=120, cwd="/", env={**env, **extra})
         if probe.returncode == 0 and probe.stdout.split()[0] == str(user.pw_uid):
             return python, {**env, **extra}
@@ -248,7 +249,7 @@ def test_the_credentials_directory_is_refused_as_a_link_or_anothers_and_tightene
 
 # -- SLURM pilots and packed MPI allocations -----------------------------------------------------
 @pytest.fixture
-def slurm_session(site):  # noqa: F811
+def slurm_session(site):  # noqa: F811 - the fixture imported above
     root = REPO / "test-output" / f"slurm-sec-{uuid.uuid4().hex[:8]}"
     with Session(root, site=site) as s:
         yield s
@@ -296,7 +297,7 @@ def _check_pilot_cluster(runner, marker: Path, scheduler_host: str) -> None:
 
 
 @pytest.mark.slurm
-def test_a_pilot_cluster_speaks_tls_refuses_a_client_without_credentials_and_runs_calls(slurm_session, site,  # noqa: F811
+def test_a_pilot_cluster_speaks_tls_refuses_a_client_without_credentials_and_runs_calls(slurm_session, site,  # noqa: F811 - the fixture imported above
                                                                                        tmp_path):
     task = slurm_session.project("sec").task("pilot")
     assert task.submit(node_name, profile="cpu").result(timeout=300) in ("node1", "node2")
@@ -309,7 +310,7 @@ def test_a_pilot_cluster_speaks_tls_refuses_a_client_without_credentials_and_run
 
 
 @pytest.mark.slurm
-def test_a_packed_mpi_allocation_speaks_tls_refuses_a_client_without_credentials_and_runs_tasks(slurm_session, site,  # noqa: F811
+def test_a_packed_mpi_allocation_speaks_tls_refuses_a_client_without_credentials_and_runs_tasks(slurm_session, site,  # noqa: F811 - the fixture imported above
                                                                                                 tmp_path):
     task = slurm_session.project("sec").task("packed")
     rows = task.mpi(ranks_and_hosts, nodes=2, ranks_per_node=1, profile="cpu").result(timeout=300)

@@ -97,7 +97,8 @@ def test_node_script_rebinds_tmp_checkouts_before_hiding_tmp():
     script = cfg.render_node_script(SPEC, "node2", ["/tmp/ci/repo", "/work/x"]).splitlines()
     hold, private = "mount --rbind /tmp /srv/htc-dc/run/hold", "mount --bind /srv/htc-dc/nodes/node2/tmp /tmp"
     back = "mount --rbind /srv/htc-dc/run/hold/ci/repo /tmp/ci/repo"
-    assert script.index(hold) < script.index(private) < script.index(back) < script.index("umount -l /srv/htc-dc/run/hold")
+    release = "umount -l /srv/htc-dc/run/hold"
+    assert script.index(hold) < script.index(private) < script.index(back) < script.index(release)
     assert script[1] == "hostname node2" and script[-1] == "exec slurmd -N node2 -f /etc/slurm/slurm.conf"
     plain = cfg.render_node_script(SPEC, "node2", ["/work/x"])
     assert "hold" not in plain and "mount --bind /srv/htc-dc/nodes/node2/tmp /tmp" in plain
@@ -134,7 +135,8 @@ def test_what_the_sites_users_read_is_open_to_them_under_htcs_umask(tmp_path):
     assert {name: (mode(os.path.join(s.slurm_conf_dir, name)), mode(os.path.join(s.etc_dir, name)))
             for name in cfg.CONFIG_FILES} == {name: (0o644, 0o644) for name in cfg.CONFIG_FILES}
     assert {mode(s.node_hosts(n)) for n in s.node_names} == {0o644}
-    spool = [s.state_root, s.path("spool"), s.path("spool", "slurmd"), *(s.path("spool", "slurmd", n) for n in s.node_names)]
+    spool = [s.state_root, s.path("spool"), s.path("spool", "slurmd"),
+             *(s.path("spool", "slurmd", n) for n in s.node_names)]
     assert {p: mode(p) for p in spool} == {p: 0o755 for p in spool}
     assert {mode(s.shared_dir), *(mode(s.node_tmp(n)) for n in s.node_names)} == {0o1777}
 
@@ -178,7 +180,7 @@ def test_partitions_and_nodes_idle(slurm_cluster):
     assert got == {"cpu": ["2", "up"], "gpu": ["1", "up"], "knl": ["1", "up"]}
     assert slurm_cluster.partitions == {"cpu": ["node1", "node2"], "gpu": ["node3"], "knl": ["node4"]}
     states = run("sinfo", "-h", "-N", "-o", "%N %t").split()
-    assert dict(zip(states[::2], states[1::2])).keys() == {"node1", "node2", "node3", "node4"}
+    assert dict(zip(states[::2], states[1::2], strict=True)).keys() == {"node1", "node2", "node3", "node4"}
 
 
 def test_two_nodes_two_hostnames(slurm_cluster):
@@ -249,8 +251,8 @@ def test_status_and_leftovers_see_the_running_cluster(slurm_cluster):
     assert all(d["alive"] for d in st["daemons"].values())
     # leftovers() is what `down()` promises to empty; with the cluster up it must notice everything.
     left = " ".join(devcluster.leftovers())
-    for thing in ("slurmctld", "slurmd", "slurmdbd", "mariadbd", "bridge br-htc", "network namespace node1", "network namespace node4",
-                  "file /etc/slurm/slurm.conf"):
+    for thing in ("slurmctld", "slurmd", "slurmdbd", "mariadbd", "bridge br-htc", "network namespace node1",
+                  "network namespace node4", "file /etc/slurm/slurm.conf"):
         assert thing in left
 
 

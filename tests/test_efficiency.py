@@ -9,7 +9,8 @@ import time
 from htc_notebook import Sweep
 from htc_notebook.ui.table import TableModel
 
-GROW = "import time; x = bytearray(80 << 20); t = time.process_time(); exec('while time.process_time() - t < 0.3: pass')"
+GROW = ("import time; x = bytearray(80 << 20); t = time.process_time(); "
+        "exec('while time.process_time() - t < 0.3: pass')")
 
 
 def burn(seconds: float) -> float:

@@ -65,7 +65,8 @@ def test_submit_and_a_python_sweep_carry_every_resource_and_the_retry_policy(cap
     assert [asked(s) for s in specs] == [(2, 300, 60, 1)] * 3
     assert [(s.retry.retries, s.retry.backoff) for s in specs] == [(2, 3.0), (1, 1.0), (1, 1.0)]
     assert all(s.payload for s in specs) and [j.params for j in captured.jobs] == [{}, {"x": 1}, {"x": 2}]
-    assert [(l.cores, l.memory, l.timeout, l.gpus) for l in launches(captured)] == [(2, 300, 60, 1)] * 3
+    assert [(launch.cores, launch.memory, launch.timeout, launch.gpus)
+            for launch in launches(captured)] == [(2, 300, 60, 1)] * 3
 
 
 def test_a_command_sweep_carries_resources_or_a_definition(captured):
@@ -93,7 +94,7 @@ def test_a_command_sweep_with_an_mpi_layout_makes_each_member_an_mpi_program(cap
         (("./md", "-T", "1"), 2, 2, 2, 200), (("./md", "-T", "2"), 2, 2, 2, 200)]
     assert [j.params for j in captured.jobs] == [{"T": 1}, {"T": 2}]  # members keep their parameters
     rendered = local_plan(captured.session.profile(None), launches(captured)).commands
-    assert [l.command[:3] for l in rendered] == [("mpirun", "-np", "2")] * 2
+    assert [launch.command[:3] for launch in rendered] == [("mpirun", "-np", "2")] * 2
 
 
 def test_a_batch_carries_its_definition_and_throttle(captured):
@@ -105,7 +106,7 @@ def test_a_batch_carries_its_definition_and_throttle(captured):
     assert (s.commands, s.cores, s.memory, s.timeout, s.throttle, s.envs, s.retry.retries) == (
         ("true",), 2, 100, 30, 2, {"B": "2"}, 1)
     assert [j.index for j in captured.jobs] == [0, 1, 2]
-    assert [l.env["HTC_JOB_INDEX"] for l in launches(captured)] == ["0", "1", "2"]
+    assert [launch.env["HTC_JOB_INDEX"] for launch in launches(captured)] == ["0", "1", "2"]
 
 
 def test_mpi_jobs_and_the_decorators_carry_their_layout(captured):

@@ -30,7 +30,7 @@ CAP = 6
 
 
 @pytest.fixture(scope="module")
-def capped_site(site):  # noqa: F811
+def capped_site(site):  # noqa: F811 - the fixture imported above
     """The discovered site plus a profile whose jobs ask for the `capped` QOS."""
     data = {"profiles": {name: site.profile(name).model_dump(exclude_none=True, exclude={"name"})
                          for name in site.names()}}
@@ -233,6 +233,7 @@ def test_sbatch_words_are_sorted_into_limit_transient_refused():
     assert classify("sbatch: error: AssocMaxSubmitJobLimit") == "limit"
     assert classify("Batch job submission failed: Job violates accounting/QOS policy (job submit limit, user's "
                     "size and/or time limits)") == "limit"
-    assert classify("sbatch: error: Batch job submission failed: Socket timed out on send/recv operation") == "transient"
+    assert classify("sbatch: error: Batch job submission failed: Socket timed out on send/recv operation") \
+        == "transient"
     assert classify("sbatch did not answer within 60 s (is slurmctld up?)") == "transient"
     assert classify("sbatch: error: Batch job submission failed: Invalid partition name specified") == "refused"

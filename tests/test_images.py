@@ -60,7 +60,7 @@ def _run(s: Session, jobs: int, profile: str | None = None, cores: int = 1) -> l
     return out
 
 
-def test_a_batch_runs_in_its_image_on_the_local_backend_and_bad_images_are_refused(ip, tmp_path):  # noqa: F811
+def test_a_batch_runs_in_its_image_on_the_local_backend_and_bad_images_are_refused(ip, tmp_path):  # noqa: F811 - the fixture imported above
     root = REPO / "test-output" / f"images-local-{uuid.uuid4().hex[:8]}"  # not under /tmp, which ch-run binds
     try:
         _registry(root, tmp_path)
@@ -116,8 +116,9 @@ def test_a_batch_runs_in_its_image_on_two_slurm_nodes_from_each_nodes_copy(slurm
     assert {words[9] for words in out} == {"node1", "node2"}, out
     (digest,) = [p.name for p in (root / "registry" / "cache").glob("sha256-*") if p.is_dir()]
     for node in ("node1", "node2"):  # one copy on each node, in its own /tmp; none on this machine's
-        listed = subprocess.run(["srun", "-p", "cpu", "-w", node, "sh", "-c", f"cat {cache}/{digest}/rootfs/etc/marker; "
-                                 f"ls {cache}/{digest}; rm -rf {cache}"], capture_output=True, text=True, timeout=60)
+        listed = subprocess.run(["srun", "-p", "cpu", "-w", node, "sh", "-c",
+                                 f"cat {cache}/{digest}/rootfs/etc/marker; ls {cache}/{digest}; rm -rf {cache}"],
+                                capture_output=True, text=True, timeout=60)
         assert listed.stdout.split() == ["inside", "the", "busybox", "image", "rootfs", "rootfs.lock"], listed
     assert not Path(cache).exists()
 

@@ -31,7 +31,7 @@ def run(kc, code: str) -> str:
     return "".join(out)
 
 
-def test_attach_after_kernel_restart_runs_nothing_twice(site, tmp_path):  # noqa: F811
+def test_attach_after_kernel_restart_runs_nothing_twice(site, tmp_path):  # noqa: F811 - the fixture imported above
     root = REPO / "test-output" / f"restart-{uuid.uuid4().hex[:8]}"
     site_file = tmp_path / "site.yaml"
     site_file.write_text(json.dumps({"profiles": {n: site.profile(n).model_dump(mode="json", exclude_none=True)

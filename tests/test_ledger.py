@@ -126,7 +126,8 @@ def test_duplicate_keys_rejected_nothing_inserted(ledger: Ledger, task: TaskRow)
     with pytest.raises(LedgerError, match="'k2'"):
         ledger.add_jobs(task.id, clash, NewBatch("b2", 2, {}))
     with pytest.raises(LedgerError, match="'dup'"):
-        ledger.add_jobs(task.id, [NewJob("a", "python", {}, JobSpec(), key="dup"), NewJob("b", "python", {}, JobSpec(), key="dup")])
+        ledger.add_jobs(task.id, [NewJob("a", "python", {}, JobSpec(), key="dup"),
+                                  NewJob("b", "python", {}, JobSpec(), key="dup")])
     assert (ledger.jobs(task.id), ledger.events(), ledger.batches(task.id), ledger.max_seq()) == before
     # keys are per task; None keys never clash
     other = ledger.task("proj", "other")
@@ -329,7 +330,7 @@ def test_threads_share_one_ledger(ledger: Ledger, task: TaskRow) -> None:
             for i in range(20):
                 [j] = ledger.add_jobs(task.id, [NewJob("t", "python", {}, JobSpec(), key=f"{n}-{i}")])
                 run_ok(ledger, j)
-        except BaseException as e:  # pragma: no cover - reported below
+        except BaseException as e:  # noqa: BLE001 - reported below  # pragma: no cover
             errors.append(e)
 
     threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]

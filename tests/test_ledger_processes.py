@@ -57,7 +57,8 @@ def crash_writer(db: str, task_id: int, start: int, size: int) -> None:
         print(f"added {i} {ids[0]} {ids[-1]}", flush=True)
         if previous:
             nums = led.start_attempts([AttemptStart(k, host="h") for k in previous])
-            led.record_outcomes([Outcome(k, n, "SUCCEEDED", result=b"r" * 64) for k, n in zip(previous, nums)])
+            led.record_outcomes([Outcome(k, n, "SUCCEEDED", result=b"r" * 64)
+                                 for k, n in zip(previous, nums, strict=True)])
             print(f"done {i - 1}", flush=True)
         previous = ids
         i += 1
@@ -72,9 +73,9 @@ def busy_writer(db: str, task_id: int, who: str, rounds: int, size: int, go: str
         ids = led.add_jobs(task_id, [NewJob("w", "command", {}, JobSpec(), key=f"{who}-{r}-{j}") for j in range(size)])
         nums = led.start_attempts([AttemptStart(k, host=who) for k in ids])
         half = len(ids) // 2
-        led.record_outcomes([Outcome(k, n, "SUCCEEDED", result=b"ok") for k, n in zip(ids[:half], nums)])
+        led.record_outcomes([Outcome(k, n, "SUCCEEDED", result=b"ok") for k, n in zip(ids[:half], nums, strict=False)])
         led.record_outcomes([Outcome(k, n, "FAILED", reason="x", exit_code=1)
-                             for k, n in zip(ids[half:], nums[half:])])
+                             for k, n in zip(ids[half:], nums[half:], strict=True)])
         led.add_event(task_id, None, "note", f"{who} round {r}")
     print("ok", flush=True)
 

@@ -121,12 +121,13 @@ def test_timeouts_are_a_cause_of_their_own(ledger):
 # -- older ledgers, upgraded in place -------------------------------------------------------------
 
 def _old_ledger(path: Path, version: int) -> None:
-    """A ledger as version 1 to 8 of the schema made it: no owners' leases (v8), no sandbox (v7), no memory_held (v6), no
-    project dimensions (v5), no project limits (v4), no owner index (v3), no retry columns (v2), no HELD, no leases (v1)."""
+    """A ledger as version 1 to 8 of the schema made it: no owners' leases (v8), no sandbox (v7), no memory_held
+    (v6), no project dimensions (v5), no project limits (v4), no owner index (v3), no retry columns (v2), no HELD,
+    no leases (v1)."""
     con = sqlite3.connect(path)
     for statement in DDL:
-        if (statement in V9_UPGRADE or statement in V8_UPGRADE and version < 8 or statement in V7_UPGRADE and version < 7
-                or statement in V6_UPGRADE and version < 6
+        if (statement in V9_UPGRADE or statement in V8_UPGRADE and version < 8
+                or statement in V7_UPGRADE and version < 7 or statement in V6_UPGRADE and version < 6
                 or statement in V5_UPGRADE and version < 5):
             continue
         if ("jobs_active_owner" in statement and version < 4 or "jobs_retry_at" in statement and version < 3

@@ -5,7 +5,6 @@ No timings are asserted here: bench/scale.py measures them."""
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -35,14 +34,16 @@ def big(tmp_path_factory):
     with Session(root, site=SiteConfig.builtin(), reconcile=False) as s:  # a made-up ledger: nothing acts on it
         led = s.ledger
         before = led.task("scale", "before")
-        led.add_jobs(before.id, [NewJob("b", "command", {}, JobSpec(), index=i) for i in range(300)], NewBatch("b", 300, {}))
+        led.add_jobs(before.id, [NewJob("b", "command", {}, JobSpec(), index=i) for i in range(300)],
+                     NewBatch("b", 300, {}))
         task = led.task("scale", "big")
         spec = JobSpec(cores=1, owner=str(s.owner))
         once = JobSpec(cores=1, owner=str(s.owner), retry=RetryPolicy(requeues=0))  # LOST stays LOST
         ids = led.add_jobs(task.id, [NewJob("sim", "command", {"i": i}, once if 18000 <= i < 19000 else spec, index=i)
                                      for i in range(N)], NewBatch("sim", N, {}))
         after = led.task("scale", "after")  # interleaved: later ids belong to another task
-        led.add_jobs(after.id, [NewJob("a", "command", {}, JobSpec(), index=i) for i in range(300)], NewBatch("a", 300, {}))
+        led.add_jobs(after.id, [NewJob("a", "command", {}, JobSpec(), index=i) for i in range(300)],
+                     NewBatch("a", 300, {}))
         # 4,000 SUBMITTED; 4,000 RUNNABLE local; 4,000 RUNNABLE queued in SLURM; 2,000 RUNNING; the rest ended
         led.start_attempts([AttemptStart(i, native_id=f"local:{s.owner}", status="RUNNABLE") for i in ids[4000:8000]])
         led.start_attempts([AttemptStart(i, native_id=f"77_{i}", status="RUNNABLE") for i in ids[8000:12000]])

@@ -47,7 +47,8 @@ def test_a_job_over_its_memory_limit_is_killed_and_says_so_and_one_under_it_runs
     assert not list(memory_limit.cgroup_parent().glob("job-*"))
 
 
-MEMSW = ["sh", "-c", 'cat "/sys/fs/cgroup/memory$(grep :memory: /proc/self/cgroup | cut -d: -f3)/memory.memsw.limit_in_bytes"']
+MEMSW = ["sh", "-c",
+         'cat "/sys/fs/cgroup/memory$(grep :memory: /proc/self/cgroup | cut -d: -f3)/memory.memsw.limit_in_bytes"']
 
 
 @pytest.mark.root
@@ -151,8 +152,8 @@ def test_unconfined_a_job_still_gets_a_scratch_of_its_own_without_its_limit(tmp_
     site["profiles"]["local"]["sandbox"] = "none"
     with pytest.warns(HTCWarning, match="the scratch limit"), \
             Session(tmp_path / "root", site=SiteConfig.model_validate(site)) as s:
-        group = s.project("limits").task("scratch").submit_batch({"jobName": "look", "batchSize": 2,
-                                                                  "htcJobDefinition": {"commands": LOOK, "maxDiskGiB": 1}})
+        group = s.project("limits").task("scratch").submit_batch(
+            {"jobName": "look", "batchSize": 2, "htcJobDefinition": {"commands": LOOK, "maxDiskGiB": 1}})
         group.wait(timeout=120)
         assert [h.status for h in group] == ["SUCCEEDED"] * 2, [(h.row.reason, h.logs("err")) for h in group]
         seen = [h.logs().split() for h in group]

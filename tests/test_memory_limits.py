@@ -33,7 +33,8 @@ HOG = [sys.executable, "-c", "import sys, time; x = bytearray(int(sys.argv[1]) <
 THREADS = [sys.executable, "-c", textwrap.dedent("""\
     import threading, time
     def work():
-        x = [bytearray(4000) for _ in range(500)]  # ~2 MiB by malloc: each thread its own arena (64 MiB of address space)
+        # ~2 MiB by malloc: each thread its own arena (64 MiB of address space)
+        x = [bytearray(4000) for _ in range(500)]
         time.sleep(0.5)
     ts = [threading.Thread(target=work) for _ in range(16)]
     [t.start() for t in ts]; [t.join() for t in ts]

@@ -17,7 +17,8 @@ HYBRID = MpiLayout(ranks=4, nodes=2, ranks_per_node=2, cpus_per_rank=3)
 
 
 @pytest.mark.parametrize("launcher, layout, kw, expected", [
-    ("srun", L22, {}, "srun --nodes=2 --ntasks=4 --ntasks-per-node=2 --cpus-per-task=1 --kill-on-bad-exit=1 ./md -in x"),
+    ("srun", L22, {}, "srun --nodes=2 --ntasks=4 --ntasks-per-node=2 --cpus-per-task=1 "
+                      "--kill-on-bad-exit=1 ./md -in x"),
     ("srun", L22, {"mpi": "pmix"}, "srun --nodes=2 --ntasks=4 --ntasks-per-node=2 --cpus-per-task=1 "
                                    "--kill-on-bad-exit=1 --mpi=pmix ./md -in x"),
     ("srun", HYBRID, {"mpi": "pmi2", "step_mem_per_cpu": 1000},
@@ -28,7 +29,8 @@ HYBRID = MpiLayout(ranks=4, nodes=2, ranks_per_node=2, cpus_per_rank=3)
     ("mpiexec", L22, {}, "mpiexec -n 4 -ppn 2 -bind-to core:1 ./md -in x"),
     ("mpiexec", HYBRID, {}, "mpiexec -n 4 -ppn 2 -bind-to core:3 ./md -in x"),
     ("ibrun", L22, {}, "ibrun -n 4 -o 0 ./md -in x"),
-    ("aprun -n {ranks} -N {ranks_per_node} -d {cpus_per_rank} {command}", HYBRID, {}, "aprun -n 4 -N 2 -d 3 ./md -in x"),
+    ("aprun -n {ranks} -N {ranks_per_node} -d {cpus_per_rank} {command}", HYBRID, {},
+     "aprun -n 4 -N 2 -d 3 ./md -in x"),
 ])
 def test_launcher_matrix(launcher, layout, kw, expected):
     assert " ".join(launch_argv(launcher, layout, ["./md", "-in", "x"], **kw)) == expected
@@ -121,7 +123,7 @@ def test_decorators_have_no_side_effects_until_called(tmp_path, monkeypatch):
 def _need_mpi():
     absent = [t for t in ("mpirun",) if not shutil.which(t)]
     try:
-        import mpi4py  # noqa: F401
+        import mpi4py  # noqa: F401 - only whether it imports
     except ImportError:
         absent.append("mpi4py")
     if absent:

@@ -21,7 +21,7 @@ from htc_notebook.devcluster import kill_node, revive_node
 pytestmark = pytest.mark.slurm
 
 
-def test_a_node_lost_mid_array_requeues_its_jobs_on_the_other_node(site, slurm_cluster):  # noqa: F811
+def test_a_node_lost_mid_array_requeues_its_jobs_on_the_other_node(site, slurm_cluster):  # noqa: F811 - the fixture imported above
     root = REPO / "test-output" / f"node-fail-{uuid.uuid4().hex[:8]}"
     with Session(root, site=site) as s:
         task = s.project("faults").task("node")

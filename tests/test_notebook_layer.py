@@ -81,7 +81,7 @@ def test_dry_run_shows_what_submitting_again_would_send(ip, task):
 def test_mpi_dry_run_shows_the_launcher_line(ip, task):
     text = htc(ip, "submit --dry-run --nodes 1 --ranks-per-node 2 -- ./md -in x")
     # the line the backend would run, as its submit renders it: each rank in the job's sandbox
-    [line] = [l.strip() for l in text.splitlines() if l.strip().startswith("mpirun")]
+    [line] = [raw.strip() for raw in text.splitlines() if raw.strip().startswith("mpirun")]
     words = line.split()  # bwrap by absolute path: never through a PATH a job set (backends/programs.py)
     assert words[:7] == ["mpirun", "-np", "2", "--map-by", "ppr:2:node", "--bind-to", "core"], words
     assert sum(task.counts().values()) == 0

@@ -29,7 +29,7 @@ def slow_square(x: int) -> tuple[int, str]:
     return x * x, socket.gethostname()
 
 
-def test_a_pilot_scancelled_mid_sweep_loses_no_call(site):  # noqa: F811
+def test_a_pilot_scancelled_mid_sweep_loses_no_call(site):  # noqa: F811 - the fixture imported above
     root = REPO / "test-output" / f"pilot-fault-{uuid.uuid4().hex[:8]}"
     with Session(root, site=site) as s:
         s.scale("cpu", jobs=2)
@@ -68,7 +68,7 @@ def timed_call(x: int) -> int:
     return x
 
 
-def test_pilots_drain_before_their_walltime_and_no_call_runs_twice(site):  # noqa: F811
+def test_pilots_drain_before_their_walltime_and_no_call_runs_twice(site):  # noqa: F811 - the fixture imported above
     """Pilots of 3 minutes' walltime (a deadline 60 s after start) and 5 s calls: 75 s of work for
     one pilot's two workers. The first pilot starts no call it cannot finish by its deadline, its
     replacement takes the rest, and every call ran once, ended before its pilot's deadline, and
@@ -82,7 +82,7 @@ def test_pilots_drain_before_their_walltime_and_no_call_runs_twice(site):  # noq
         group = task.sweep(timed_call, Sweep.grid(x=list(range(WALLTIME_N))), profile="short")
         assert group.results(timeout=400) == list(range(WALLTIME_N))
         assert {(r.status, r.attempts) for r in group.rows()} == {("SUCCEEDED", 1)}
-        lines = [l.split() for l in task.storage.read_text("timed").splitlines()]
+        lines = [line.split() for line in task.storage.read_text("timed").splitlines()]
     starts = sorted(int(x) for kind, x, *_ in lines if kind == "start")
     ends = [(int(x), pilot, float(deadline), float(t)) for kind, x, pilot, deadline, t in lines if kind == "end"]
     assert starts == list(range(WALLTIME_N))  # none started twice (dask reruns nothing behind the ledger)

@@ -165,8 +165,9 @@ def test_pilots_run_their_workers_in_the_profiles_image_and_a_mismatch_is_refuse
             assert "input" in r["task_dir"] and not r["host_usr_share"], r  # its task's files; not the host's
         assert {r["node"] for r in seen} <= {"node1", "node2"}
         for node in {r["node"] for r in seen}:  # the pilots ran from the node's own copy
-            copy = subprocess.run(["srun", "-p", "cpu", "-w", node, "sh", "-c", f"cat {cache}/*/rootfs*/etc/pilot-image; "
-                                   f"rm -rf {cache}"], capture_output=True, text=True, timeout=60)
+            copy = subprocess.run(["srun", "-p", "cpu", "-w", node, "sh", "-c",
+                                   f"cat {cache}/*/rootfs*/etc/pilot-image; rm -rf {cache}"],
+                                  capture_output=True, text=True, timeout=60)
             assert copy.stdout == "inside the pilot image", copy
         shutil.rmtree(cache, ignore_errors=True)  # the check ran on this machine: its copy is here
         for image, words in (("site/dask:old", ["dask 2023.1.0", f"(this kernel: {dask.__version__})"]),

@@ -24,7 +24,7 @@ def test_a_sweep_is_plotted_mean_and_spread_over_seeds_and_one_line_per_value_of
         assert list(line.get_ydata()) == [3.0, 5.0, 7.0]  # 2T + mean(0, 2)
         assert ax.get_xlabel() == "T" and "mean" in ax.get_ylabel() and ax.get_title() == "energy"
         ax = group.plot(x="T", y="P", by="seed")
-        assert [l.get_label() for l in ax.get_legend().get_lines()] == ["seed=0", "seed=2"]
-        assert [list(l.get_ydata()) for l in ax.lines] == [[0.5, 1.0, 1.5]] * 2
+        assert [curve.get_label() for curve in ax.get_legend().get_lines()] == ["seed=0", "seed=2"]
+        assert [list(curve.get_ydata()) for curve in ax.lines] == [[0.5, 1.0, 1.5]] * 2
         with pytest.raises(SpecError, match=r"plot.y = 'volume'.*E, P"):
             group.plot(x="T", y="volume")

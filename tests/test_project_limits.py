@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from htc_notebook import Session, SiteConfig, Sweep
+from htc_notebook import Session, Sweep
 from htc_notebook.errors import SpecError
 from htc_notebook.ledger import AttemptStart, Ledger, NewJob
 from htc_notebook.spec import JobSpec
@@ -64,7 +64,8 @@ def test_a_projects_jobs_never_use_more_vcpus_than_its_limit(tmp_path):
 def test_without_a_limit_the_same_sweep_runs_side_by_side(tmp_path):
     """The measurement above could fail: the same sweep, unlimited, overlaps."""
     with Session(tmp_path) as s:
-        group = s.project("md").task("t").sweep(nap, Sweep.grid(seconds=[0.6 + i / 100 for i in range(4)])).wait(timeout=120)
+        sweep = Sweep.grid(seconds=[0.6 + i / 100 for i in range(4)])
+        group = s.project("md").task("t").sweep(nap, sweep).wait(timeout=120)
         assert most_at_once([h.result() for h in group]) >= 2
 
 
@@ -72,7 +73,8 @@ def test_two_kernels_submitting_to_one_project_share_its_limit(tmp_path):
     code = ("import sys, json; from htc_notebook import Session, Sweep\n"
             "if __name__ == '__main__':\n"
             "    with Session(sys.argv[1]) as s:\n"
-            f"        g = s.project('md').task(sys.argv[2]).sweep({SPAN!r}, Sweep.grid(s=[0.5, 0.51, 0.52, 0.53])).wait(timeout=120)\n"
+            f"        g = s.project('md').task(sys.argv[2]).sweep({SPAN!r}, Sweep.grid(s=[0.5, 0.51, 0.52, 0.53]))"
+            ".wait(timeout=120)\n"
             "        print(json.dumps([h.logs() for h in g]))\n")
     with Session(tmp_path) as s:
         s.project("md").set_vcpu_limit(2)
@@ -123,8 +125,8 @@ def test_the_ledger_admits_atomically_across_processes(tmp_path):
             "with Ledger(sys.argv[1]) as led:\n"
             "    print(json.dumps(led.start_attempts([AttemptStart(int(i), status='RUNNABLE') for i in sys.argv[2:]],"
             " ('md', 5))))\n")
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(db), *map(str, group)], stdout=subprocess.PIPE, text=True)
-             for group in ids]
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(db), *map(str, group)],
+                              stdout=subprocess.PIPE, text=True) for group in ids]
     started = [n for p in procs for n in json.loads(p.communicate(timeout=60)[0])]
     assert sum(1 for n in started if n) == 2  # 2 x 2 vCPUs fit in 5; a third would need 6
     every = sum(ids, [])
@@ -133,10 +135,10 @@ def test_the_ledger_admits_atomically_across_processes(tmp_path):
         held = [i for i in every if led.job(i).status == "HELD"]
         assert len(held) == 22 and all(led.job(i).attempts == 0 for i in held)
         # room appears as a job ends: exactly one more fits (2 + 2 <= 5), the first held in order
-        first = next(i for i, n in zip(every, started) if n)
+        first = next(i for i, n in zip(every, started, strict=True) if n)
         led.record_outcomes([Outcome(first, 1, "SUCCEEDED")])
         again = led.start_attempts([AttemptStart(i, status="RUNNABLE") for i in held], ("md", 5))
-        assert [i for i, n in zip(held, again) if n] == held[:1]
+        assert [i for i, n in zip(held, again, strict=True) if n] == held[:1]
 
 
 KERNEL = """
@@ -177,7 +179,7 @@ def test_held_jobs_of_a_killed_kernel_run_once_in_the_next_session(tmp_path):
 
 
 @pytest.mark.slurm
-def test_a_slurm_profile_keeps_the_projects_limit(site):  # noqa: F811
+def test_a_slurm_profile_keeps_the_projects_limit(site):  # noqa: F811 - the fixture imported above
     root = REPO / "test-output" / f"limits-{uuid.uuid4().hex[:8]}"
     with Session(root, site=site) as s:
         project = s.project("md")
@@ -212,7 +214,8 @@ def test_a_retention_policy_archives_idle_tasks_then_deletes_their_files(tmp_pat
         idle, busy, fresh = (project.task(n) for n in ("idle", "busy", "fresh"))
         idle.submit_batch({"jobName": "w", "batchSize": 1,
                            "htcJobDefinition": {"commands": ["sh", "-c", "echo kept > out.txt"]}}).wait(timeout=60)
-        fresh.submit_batch({"jobName": "w", "batchSize": 1, "htcJobDefinition": {"commands": ["true"]}}).wait(timeout=60)
+        fresh.submit_batch({"jobName": "w", "batchSize": 1,
+                            "htcJobDefinition": {"commands": ["true"]}}).wait(timeout=60)
         running = busy.submit_batch({"jobName": "w", "batchSize": 1, "htcJobDefinition": {"commands": ["sleep", "60"]}})
         for t in (idle, busy):
             _backdate(s.ledger.path, t.id, 25, "updated")
@@ -240,7 +243,8 @@ def test_the_workspace_policy_holds_for_projects_without_their_own(tmp_path):
         own.set_retention(archive_after=0)  # its own: never archive
         tasks = {p.name: p.task("t") for p in (own, other)}
         for t in tasks.values():
-            t.submit_batch({"jobName": "w", "batchSize": 1, "htcJobDefinition": {"commands": ["true"]}}).wait(timeout=60)
+            t.submit_batch({"jobName": "w", "batchSize": 1,
+                            "htcJobDefinition": {"commands": ["true"]}}).wait(timeout=60)
             _backdate(s.ledger.path, t.id, 25, "updated")
         assert s.reconciler.apply_retention() == ([], [])  # no workspace policy yet
         assert s.set_retention(archive_after=24).archive_after == 24 and s.retention().archive_after == 24

@@ -67,11 +67,12 @@ def test_a_published_htc_client_drives_htc_serve_unchanged(client):
     for role, vcpus in (("PROJECT_ADMIN", 2), ("WORKSPACE_ADMIN", 8)):
         project.set_vcpu_limit(client, role, vcpus)
     limits = project.get_limits(client)
-    assert [(l["modifierRole"], l["vCPUs"]) for l in limits] == [("PROJECT_ADMIN", 2), ("WORKSPACE_ADMIN", 8)]
+    assert [(limit["modifierRole"], limit["vCPUs"]) for limit in limits] == [("PROJECT_ADMIN", 2),
+                                                                               ("WORKSPACE_ADMIN", 8)]
     assert api.get_htc_projects_limits(client, "md", limits[0]["id"])["vCPUs"] == 2
     assert api.patch_htc_projects_limits(client, "md", limits[0]["id"], {"vCPUs": 3})["vCPUs"] == 3
     api.delete_htc_projects_limits(client, "md", limits[1]["id"])
-    assert [l["vCPUs"] for l in project.get_limits(client)] == [3]
+    assert [limit["vCPUs"] for limit in project.get_limits(client)] == [3]
     with pytest.raises(HtcException, match="400.*vCPUs = 0"):
         api.post_htc_projects_limits(client, "md", {"modifierRole": "PROJECT_ADMIN", "vCPUs": 0})
     # the task retention policy: none yet (404, as the HTC API answers), then set, read, deleted
@@ -90,7 +91,8 @@ def test_a_published_htc_client_drives_htc_serve_unchanged(client):
     assert [r["region"] for r in api.get_htc_regions(client)] == ["local"] == project.json["regions"]
     assert api.get_htc_regions(client, "local")["coresPerNode"] >= 1
     assert api.get_htc_projects_dimensions(client, "md") == offered
-    economy = [{"region": "local", "machineArchitecture": "X86", "priority": "ON_DEMAND_ECONOMY", "hyperthreading": False}]
+    economy = [{"region": "local", "machineArchitecture": "X86", "priority": "ON_DEMAND_ECONOMY",
+                "hyperthreading": False}]
     assert api.put_htc_projects_dimensions(client, "md", economy)["items"] == economy
     assert api.get_htc_projects_dimensions(client, "md") == economy
     for bad in ([{"region": "gpu"}], [{"region": "local", "hyperthreading": True}], {"region": "local"}):

@@ -61,7 +61,7 @@ def skopeo(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["skopeo", *args], capture_output=True, text=True, timeout=120)
 
 
-def test_push_with_skopeo_using_the_apis_token_then_the_client_sees_it_ready(client, registry, tmp_path):  # noqa: F811
+def test_push_with_skopeo_using_the_apis_token_then_the_client_sees_it_ready(client, registry, tmp_path):  # noqa: F811 - the fixture imported above
     from rescalehtc import api
 
     root, address = registry
@@ -96,7 +96,7 @@ def test_push_with_skopeo_using_the_apis_token_then_the_client_sees_it_ready(cli
         api.post_htc_projects_container_registry_repo(client, "md", "Bad..Name")
 
 
-def test_another_projects_credentials_are_refused_by_the_registry_itself(client, registry, tmp_path):  # noqa: F811
+def test_another_projects_credentials_are_refused_by_the_registry_itself(client, registry, tmp_path):  # noqa: F811 - the fixture imported above
     from rescalehtc import api
 
     root, address = registry
@@ -145,7 +145,7 @@ def test_htc_images_push_packs_a_root_file_system_and_lists_it(registry, tmp_pat
     assert bad.returncode == 2 and "image = 'tools'" in bad.stderr and "repo:tag" in bad.stderr
 
 
-def test_with_the_registry_down_the_api_says_so_and_the_project_has_no_prefix(client, tmp_path):  # noqa: F811
+def test_with_the_registry_down_the_api_says_so_and_the_project_has_no_prefix(client, tmp_path):  # noqa: F811 - the fixture imported above
     from rescalehtc import api
     from rescalehtc.exceptions import HtcException
 

@@ -20,7 +20,7 @@ from htc_notebook.server.auth import Auth
 pytestmark = pytest.mark.slurm
 
 
-def test_out_of_memory_and_timeout_are_retried_with_more(site, slurm_cluster):  # noqa: F811
+def test_out_of_memory_and_timeout_are_retried_with_more(site, slurm_cluster):  # noqa: F811 - the fixture imported above
     root = REPO / "test-output" / f"retries-{uuid.uuid4().hex[:8]}"
     grow = [slurm_cluster.python, "-c", "x = bytearray(300 << 20); import time; time.sleep(0.5)"]
     with Session(root, site=site) as s:
@@ -49,7 +49,8 @@ def test_out_of_memory_and_timeout_are_retried_with_more(site, slurm_cluster):  
         # shown where people look: the DataFrame and the REST job view
         df = task.to_dataframe().set_index("job_id")
         assert df.loc[hungry.id, "memory_mib"] == 512 and df.loc[slow.id, "timeout_s"] == 4
-        assert df.loc[hungry.id, "history"] == "1 FAILED (memory, 128 MiB) · 2 FAILED (memory, 256 MiB) · 3 SUCCEEDED (512 MiB)"
+        assert df.loc[hungry.id, "history"] == ("1 FAILED (memory, 128 MiB) · 2 FAILED (memory, 256 MiB) · "
+                                                "3 SUCCEEDED (512 MiB)")
         view = HTCApi(s, Auth(root), owner="me").get_job("me", "retries", str(task.id), str(hungry.id))
         assert [(a["status"], a["cause"], a["maxMemory"]) for a in view["attemptHistory"]] == [
             ("FAILED", "memory", 128), ("FAILED", "memory", 256), ("SUCCEEDED", None, 512)]
@@ -65,7 +66,7 @@ echo "done $step" >> runs
 """
 
 
-def test_slurms_warning_signal_checkpoints_a_command_and_its_retry_resumes(site):  # noqa: F811
+def test_slurms_warning_signal_checkpoints_a_command_and_its_retry_resumes(site):  # noqa: F811 - the fixture imported above
     """USR1 delivered by slurmd to the array task's batch script (`scancel --batch --signal=USR1`,
     what `--signal=B:USR1@60` makes SLURM send before the time limit) reaches the job, which saves
     its step and exits; the retry resumes from the saved step instead of starting over."""
@@ -110,7 +111,7 @@ def hog_once(mib: int) -> int:
 CGROUPS = Path("/sys/fs/cgroup/memory")
 
 
-def test_a_call_on_a_pilot_is_held_to_its_memory_and_no_cgroup_outlives_the_pilot(site):  # noqa: F811
+def test_a_call_on_a_pilot_is_held_to_its_memory_and_no_cgroup_outlives_the_pilot(site):  # noqa: F811 - the fixture imported above
     """A Python call on a SLURM pilot runs in a memory cgroup of its own inside the pilot job's:
     over its request it ends FAILED saying so, and its retry gets twice as much. A worker SIGKILLed
     with a call in its cgroup, and the pilots' end, leave no cgroup behind: the pilot's script
@@ -151,7 +152,7 @@ def test_a_call_on_a_pilot_is_held_to_its_memory_and_no_cgroup_outlives_the_pilo
         time.sleep(0.5)
 
 
-def test_a_pilot_scancelled_with_a_call_running_leaves_no_cgroup(site):  # noqa: F811
+def test_a_pilot_scancelled_with_a_call_running_leaves_no_cgroup(site):  # noqa: F811 - the fixture imported above
     """scancel of a pilot whose call sits in its memory cgroup: nothing of the pilot's cgroups stays
     behind, so slurmstepd removes the job's (before, the script's cleanup trap waited for its worker,
     which waited for the call, whose pid-namespace init ignores SIGTERM: KillWait's SIGKILL came first)."""

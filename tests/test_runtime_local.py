@@ -13,7 +13,6 @@ import time
 import pytest
 
 from htc_notebook import JobBatch, JobFailed, SpecError, Sweep
-from htc_notebook.errors import UnsupportedFeature
 from htc_notebook.registry import RegistryNotRunning
 
 

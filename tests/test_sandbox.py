@@ -163,7 +163,8 @@ def test_a_machine_that_cannot_make_a_sandbox_runs_local_jobs_unconfined_and_say
 def test_sandbox_none_set_by_hand_warns_naming_its_file_and_line(tmp_path):
     site = SiteConfig.from_yaml("profiles:\n  local:\n    sandbox: none\n", file=str(tmp_path / "site.yaml"))
     with Session(tmp_path / "root", site=site) as s:
-        with pytest.warns(HTCWarning, match=rf"sandbox: none` at {re.escape(str(tmp_path))}/site.yaml:3.*task isolation"):
+        with pytest.warns(HTCWarning,
+                          match=rf"sandbox: none` at {re.escape(str(tmp_path))}/site.yaml:3.*task isolation"):
             s.project("p").task("t").submit_batch({"jobName": "x", "batchSize": 1,
                                                    "htcJobDefinition": {"commands": ["true"]}})
 

@@ -14,7 +14,7 @@ import yaml
 
 from test_feeder import CAP, capped_site  # noqa: F401 - the site with the `capped` QOS profile
 from test_server_e2e import HTC, _port, api
-from test_slurm import REPO, site  # noqa: F401
+from test_slurm import REPO, site  # noqa: F401 - the discovered site fixture
 
 pytestmark = pytest.mark.slurm
 N = 16
@@ -25,7 +25,7 @@ def serve(base: list[str], port: int) -> subprocess.Popen:
                             stderr=subprocess.DEVNULL)
 
 
-def test_htc_serve_killed_mid_batch_and_restarted_finishes_it_once(capped_site, tmp_path):  # noqa: F811
+def test_htc_serve_killed_mid_batch_and_restarted_finishes_it_once(capped_site, tmp_path):  # noqa: F811 - the fixture imported above
     root = REPO / "test-output" / f"serve-restart-{uuid.uuid4().hex[:8]}"
     site_file = tmp_path / "site.yaml"
     site_file.write_text(yaml.safe_dump({"profiles": {n: capped_site.profile(n).model_dump(

@@ -112,11 +112,11 @@ def test_25_concurrent_creations_of_one_project_make_exactly_one_member(serve):
     for round_ in range(3):
         name, barrier, codes = f"race{round_}", threading.Barrier(len(users)), {}
 
-        def create(user: str) -> None:
+        def create(user: str, barrier: threading.Barrier, codes: dict, name: str) -> None:
             barrier.wait()
             codes[user] = sessions[user].post(f"{srv.url}/htc/projects", json={"projectName": name}).status_code
 
-        threads = [threading.Thread(target=create, args=(u,)) for u in users]
+        threads = [threading.Thread(target=create, args=(u, barrier, codes, name)) for u in users]
         for th in threads:
             th.start()
         for th in threads:
@@ -211,7 +211,10 @@ async def test_an_api_user_named_like_the_owner_is_not_the_owner(http_server_cli
     assert htc.owner == owner_name()
     bob = htc.auth.issue_token(htc.auth.create_key("bob", ["cfd"]))["tokenValue"]
     mimic = htc.auth.issue_token(htc.auth.create_key(owner_name()))["tokenValue"]  # the attacker's chosen name
-    c = lambda *a, **kw: _call(http_server_client, jp_base_url, *a, **kw)  # noqa: E731
+
+    def c(*a, **kw):
+        return _call(http_server_client, jp_base_url, *a, **kw)
+
     assert (await c("POST", "/htc/projects", bob, {"projectName": "cfd"}))[0] == 201
     # the owner (Jupyter's login) makes a project and sees bob's: a member of every project
     r = await jp_fetch(*API.split("/"), "htc", "projects", method="POST", body=json.dumps({"projectName": "lab"}))
@@ -238,9 +241,13 @@ def md(serve):
 
 def test_an_oversize_body_is_413_and_nothing_is_written(md):
     srv, ada, t = md
-    ledger_files = lambda: sum(f.stat().st_size for f in srv.root.rglob("*.db*"))  # noqa: E731
+
+    def ledger_files():
+        return sum(f.stat().st_size for f in srv.root.rglob("*.db*"))
+
     before = ledger_files()
-    huge = [{"jobName": "big", "batchSize": 1, "htcJobDefinition": {"commands": ["true"], "claims": ["x" * 20_000_000]}}]
+    huge = [{"jobName": "big", "batchSize": 1,
+             "htcJobDefinition": {"commands": ["true"], "claims": ["x" * 20_000_000]}}]
     r = ada.post(f"{t}/jobs/batch", json=huge)
     assert r.status_code == 413 and "4 MiB" in r.json()["message"], r.text[:200]
 
@@ -258,12 +265,16 @@ def test_an_oversize_body_is_413_and_nothing_is_written(md):
 
 def test_deep_json_and_huge_integers_are_400_naming_the_field(md):
     srv, ada, t = md
-    post = lambda path, raw: ada.post(path, data=raw, headers={"Content-Type": "application/json"})  # noqa: E731
+
+    def post(path, raw):
+        return ada.post(path, data=raw, headers={"Content-Type": "application/json"})
+
     for depth in (40, 100_000):
         r = post(f"{t}/jobs/batch", "[" * depth + "]" * depth)
         assert r.status_code == 400 and "nests deeper than 32" in r.json()["message"], (depth, r.text[:200])
     cases = [(f"{t}/jobs/batch", [{"jobName": "x", "batchSize": 1, "htcJobDefinition": {
-                 "commands": ["true"], "maxDiskGiB": 2 ** 64}}], "[0].htcJobDefinition.maxDiskGiB = 18446744073709551616"),
+                 "commands": ["true"], "maxDiskGiB": 2 ** 64}}],
+              "[0].htcJobDefinition.maxDiskGiB = 18446744073709551616"),
              (f"{t}/jobs/batch", [{"jobName": "x", "batchSize": 1, "htcJobDefinition": {
                  "commands": ["true"], "maxSwap": -(2 ** 70)}}], "maxSwap"),
              (f"{srv.url}/htc/projects/md/limits", {"modifierRole": "PROJECT_ADMIN", "vCPUs": 2 ** 63}, "vCPUs"),
@@ -284,7 +295,8 @@ def test_a_body_that_is_not_json_is_415_and_malformed_json_400(md):
         r = ada.post(url, data=b"projectName=evil", headers={"Content-Type": content_type})
         assert r.status_code == 415 and "application/json" in r.json()["message"], (content_type, r.text)
     for content_type in ("application/json", "application/json; charset=utf-8", None):
-        r = ada.post(url, data=b'{"projectName": "evil"', headers={"Content-Type": content_type} if content_type else {})
+        r = ada.post(url, data=b'{"projectName": "evil"',
+                     headers={"Content-Type": content_type} if content_type else {})
         assert r.status_code == 400 and "not valid JSON" in r.json()["message"], (content_type, r.text)
     assert [p["projectId"] for p in ada.get(url).json()["items"]] == ["md"]
 

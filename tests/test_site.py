@@ -82,7 +82,7 @@ RESUMABLE = """i=$(cat "$HTC_CHECKPOINT" 2>/dev/null || echo 0); echo "$i" >> ru
 while [ "$i" -lt 12 ]; do sleep 1; i=$((i + 1)); echo "$i" > "$HTC_CHECKPOINT"; done"""
 
 
-def test_economy_jobs_are_preempted_requeued_and_succeed_once(site, tmp_path_factory):  # noqa: F811
+def test_economy_jobs_are_preempted_requeued_and_succeed_once(site, tmp_path_factory):  # noqa: F811 - the fixture imported above
     """ON_DEMAND_ECONOMY -> the economy QOS. Priority jobs that need the cores preempt them; SLURM
     requeues them; each resumes from its checkpoint and ends SUCCEEDED once, in one attempt, having
     started twice."""

@@ -31,7 +31,7 @@ int main(int argc, char **argv) {
 
 
 @pytest.fixture
-def session(site):  # noqa: F811
+def session(site):  # noqa: F811 - the fixture imported above
     root = REPO / "test-output" / f"slurm-mpi-{uuid.uuid4().hex[:8]}"
     with Session(root, site=site) as s:
         with use(s.project("mpi").task(f"t-{uuid.uuid4().hex[:6]}")) as task:
@@ -147,7 +147,7 @@ def test_an_executable_step_runs_beside_a_running_rank_pool(session, mpi_hello):
     assert again == first  # the pool was not disturbed by the step
 
 
-def test_per_task_profile_gives_each_task_its_own_allocation(site, tmp_path):  # noqa: F811
+def test_per_task_profile_gives_each_task_its_own_allocation(site, tmp_path):  # noqa: F811 - the fixture imported above
     data = site.profile("cpu").model_dump()
     per_task = site.profile("cpu").model_validate({**data, "name": "cpu-alone", "packing": "per_task"})
     from htc_notebook import SiteConfig

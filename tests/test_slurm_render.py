@@ -24,7 +24,8 @@ BASE = dict(job_name="b", size=3, ids_file="/d/ids", offset=1001, task_dir="/dat
 
 def directives(script: str) -> dict[str, str]:
     """`#SBATCH --key=value` -> {key: value}; a flag (`--requeue`) -> {flag: ""}."""
-    return dict((l[len("#SBATCH --"):] + "=").split("=")[:2] for l in script.splitlines() if l.startswith("#SBATCH"))
+    return dict((line[len("#SBATCH --"):] + "=").split("=")[:2]
+                for line in script.splitlines() if line.startswith("#SBATCH"))
 
 
 def test_array_script_maps_the_job_definition_onto_directives():
@@ -32,8 +33,9 @@ def test_array_script_maps_the_job_definition_onto_directives():
                      tmp_gib=3, timeout_s=30, qos="low", constraints=("avx2", "ib"), gres="gpu:1", throttle=5,
                      env={"MODE": "x; $(rm -rf /)"}, setup=["module load lammps"])
     d = directives(s)
-    assert d == {"job-name": "b", "array": "0-2%5", "requeue": "", "partition": "cpu", "qos": "low", "cpus-per-task": "2",
-                 "mem": "512M", "tmp": "3G", "time": "00:01:40", "constraint": "avx2&ib", "gres": "gpu:1"}
+    assert d == {"job-name": "b", "array": "0-2%5", "requeue": "", "partition": "cpu", "qos": "low",
+                 "cpus-per-task": "2", "mem": "512M", "tmp": "3G", "time": "00:01:40", "constraint": "avx2&ib",
+                 "gres": "gpu:1"}
     assert "export HTC_JOB_INDEX=$((htc_n - 1 + 1001))" in s
     assert "export MODE='x; $(rm -rf /)'" in s
     assert "cd '/data/my task'" in s and "timeout --kill-after=10 30 echo 'a b'" in s
@@ -202,7 +204,8 @@ def test_pilot_options_set_a_deadline_below_walltime_and_memory_exact():
     o = pilot_options(p)
     setup, clear, deadline = o["job_script_prologue"]
     assert clear.startswith("htc_cg=") and "trap htc_clear EXIT" in clear  # memory_limit.clear_on_exit
-    lifetime = int(re.fullmatch(r"export HTC_PILOT_LIFETIME=(\d+) HTC_PILOT_DEADLINE=\$\(\( \$\(date \+%s\) \+ \1 \)\)", deadline)[1])
+    lifetime = int(re.fullmatch(r"export HTC_PILOT_LIFETIME=(\d+) "
+                                r"HTC_PILOT_DEADLINE=\$\(\( \$\(date \+%s\) \+ \1 \)\)", deadline)[1])
     assert 3600 * 0.8 <= lifetime <= 3600 - 120
     assert "--lifetime" not in o.get("worker_extra_args", [])  # dask's lifetime retires workers under their calls
     assert o["job_mem"] == "8000M" and o["processes"] == 2 and o["cores"] == 4

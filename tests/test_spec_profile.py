@@ -47,7 +47,8 @@ def test_literal_choices_listed():
 
 
 def test_missing_required_field():
-    with pytest.raises(SpecError, match=r"PartitionProfile.memory_per_node = <missing> is not allowed: a value is required"):
+    with pytest.raises(SpecError,
+                       match=r"PartitionProfile.memory_per_node = <missing> is not allowed: a value is required"):
         PartitionProfile(name="x", cores_per_node=1)
 
 
@@ -135,7 +136,8 @@ def test_container_binds_are_plain_absolute_paths(bad, hint):
     with pytest.raises(SpecError) as info:
         PartitionProfile(name="x", cores_per_node=1, memory_per_node=1, container_binds=["/etc/openmpi", bad])
     assert "container_binds" in str(info.value) and repr(bad) in str(info.value) and hint in str(info.value)
-    ok = PartitionProfile(name="x", cores_per_node=1, memory_per_node=1, container_binds=["/usr/lib/x86_64-linux-gnu/libmpi.so.40"])
+    ok = PartitionProfile(name="x", cores_per_node=1, memory_per_node=1,
+                          container_binds=["/usr/lib/x86_64-linux-gnu/libmpi.so.40"])
     assert ok.container_binds == ("/usr/lib/x86_64-linux-gnu/libmpi.so.40",)
 
 

@@ -98,7 +98,8 @@ def test_unknown_top_level_key():
 
 
 def test_several_errors_each_located():
-    text = "profiles:\n  a:\n    cores_per_node: -1\n    memory_per_node: 1\n  b:\n    cores_per_node: 1\n    memory_per_node: 0\n"
+    text = ("profiles:\n  a:\n    cores_per_node: -1\n    memory_per_node: 1\n"
+            "  b:\n    cores_per_node: 1\n    memory_per_node: 0\n")
     with pytest.raises(SpecErrors) as info:
         SiteConfig.from_yaml(text, file="s.yaml")
     assert [e.where for e in info.value.errors] == ["s.yaml:3", "s.yaml:7"]

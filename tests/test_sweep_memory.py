@@ -118,7 +118,7 @@ class RefusesSecondSlice:
 
         if self.taken:
             raise BackendError("the site refused the submission")
-        self.taken |= {l.job_id for l in launches}
+        self.taken |= {launch.job_id for launch in launches}
 
     def running(self):
         return set(self.taken)

@@ -252,7 +252,7 @@ def test_each_job_records_the_sandbox_it_ran_in(tmp_path):
         assert (boxed.row.sandbox, loose.row.sandbox, call.row.sandbox) == ("bwrap", "none", "none")
         assert [a.sandbox for a in s.ledger.attempts(loose.id)] == ["none"]
         df = task.jobs().to_dataframe()
-        assert dict(zip(df.name, df.sandbox)) == {"boxed": "bwrap", "loose": "none", "whereami": "none"}
+        assert dict(zip(df.name, df.sandbox, strict=True)) == {"boxed": "bwrap", "loose": "none", "whereami": "none"}
         api = HTCApi(s, None)
         assert [api.job_json(task.row, j.row)["sandbox"] for j in (boxed, loose)] == ["bwrap", "none"]
         table = JobsTable(s, task.id, interval=3600)

@@ -55,7 +55,7 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_kernels_and_htc_serve_make_one_poll_per_interval(site, tmp_path):  # noqa: F811
+def test_two_kernels_and_htc_serve_make_one_poll_per_interval(site, tmp_path):  # noqa: F811 - the fixture imported above
     root = REPO / "test-output" / f"watch-{uuid.uuid4().hex[:8]}"
     site_file = tmp_path / "site.yaml"
     site_file.write_text(yaml.safe_dump({"profiles": {n: site.profile(n).model_dump(exclude_none=True,
@@ -106,7 +106,7 @@ def test_two_kernels_and_htc_serve_make_one_poll_per_interval(site, tmp_path):  
         assert group.counts()["SUCCEEDED"] == 4
 
 
-def test_a_controller_that_stalled_once_is_polled_again_soon_after(site, tmp_path):  # noqa: F811
+def test_a_controller_that_stalled_once_is_polled_again_soon_after(site, tmp_path):  # noqa: F811 - the fixture imported above
     """squeue hangs while slurmctld is stopped and returns once it is continued: that one slow poll
     must not stretch the interval to ten times its length (a minute without news)."""
     from test_feeder import controller_paused
@@ -128,4 +128,5 @@ def test_a_controller_that_stalled_once_is_polled_again_soon_after(site, tmp_pat
         took = list(watch.took)
         group.cancel()
         assert max(took) >= 4, f"the stall was not measured: {took}"
-        assert watch.polls >= polls + 3, f"{watch.polls - polls} polls in 40 s after the stall; took {took}, interval {watch.interval}"
+        assert watch.polls >= polls + 3, (f"{watch.polls - polls} polls in 40 s after the stall; took {took}, "
+                                          f"interval {watch.interval}")

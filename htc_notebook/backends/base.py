@@ -18,7 +18,8 @@ from htc_notebook.storage.untrusted import read_tail
 
 
 JOB_UMASK = 0o077  # what a job creates is its user's alone: the data root is private (docs/security.md)
-PER_JOB_ENV = ("HTC_JOB_ID", "HTC_JOB_INDEX", "HTC_CHECKPOINT")  # the variables that differ between jobs of one submission
+# the variables that differ between jobs of one submission
+PER_JOB_ENV = ("HTC_JOB_ID", "HTC_JOB_INDEX", "HTC_CHECKPOINT")
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,17 @@ def disk_full_reason(log_err: str | Path, disk_gib: int | None) -> str | None:
     return f"disk full (ENOSPC: '{ENOSPC_TEXT}' in its log): {where}"
 
 
-def call_outcome(launch: Launch, report: dict[str, Any]) -> Outcome:
+class Attempted(Protocol):
+    """What names an attempt: a Launch, or anything else that carries its job id and attempt."""
+
+    @property
+    def job_id(self) -> int: ...
+
+    @property
+    def attempt(self) -> int: ...
+
+
+def call_outcome(launch: Attempted, report: dict[str, Any]) -> Outcome:
     """How a Python call ended, from the report `worker.run_call` or a rank pool returns."""
     times = dict(host=report["host"], started=report["started"], ended=report["ended"], cpu_s=report.get("cpu_s"),
                  max_rss_mib=report.get("max_rss_mib"), memory_held=report.get("memory_held"))

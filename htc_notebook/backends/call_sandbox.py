@@ -69,7 +69,9 @@ def _call(what: str, rc: int) -> None:
 
 
 def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    enc = lambda s: None if s is None else s.encode()  # noqa: E731
+    def enc(s: str | None) -> bytes | None:
+        return None if s is None else s.encode()
+
     _call(f"mount {target}", _libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)))
 
 
@@ -154,7 +156,7 @@ def _child(view: Any, work: Callable[[], Any], w: int, parent: int) -> int:
                 try:
                     _die_with_parent(1)
                     _send(w, cloudpickle.dumps(("ok", work())))
-                except BaseException as exc:  # noqa: BLE001
+                except BaseException as exc:  # noqa: BLE001 - the call's error, SystemExit included, goes to the parent
                     _send(w, pickle.dumps(("error", "".join(traceback.format_exception(exc)).strip())))
                 finally:
                     os._exit(0)
@@ -164,7 +166,7 @@ def _child(view: Any, work: Callable[[], Any], w: int, parent: int) -> int:
                 if pid == call:
                     code = _exit_code(status)
                     break
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:  # noqa: BLE001 - a forked child must report and _exit, whatever failed
             _send(w, pickle.dumps(("confine", f"{type(exc).__name__}: {exc}")))
         finally:
             os._exit(code)

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import groupby
-from typing import Any, Callable, Iterator, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Sequence
 
 import cloudpickle
 
@@ -31,6 +31,9 @@ from htc_notebook.backends.mpi_pool import PoolSpec, run_pooled
 from htc_notebook.backends.mpi_ranks import run_step
 from htc_notebook.backends.worker import TIMED_CALLS, JobRunner, p95
 from htc_notebook.states import Outcome
+
+if TYPE_CHECKING:  # imported where used: workers import this module too (`_run_pack`)
+    from distributed import Client
 
 
 log = logging.getLogger(__name__)
@@ -110,7 +113,7 @@ class _Call(NamedTuple):
 
     job_id: int
     attempt: int
-    index: int
+    job_index: int  # HTC_JOB_INDEX (`index` would hide tuple.index)
     args: tuple
     kwargs: dict[str, Any]
     logs: tuple[str, str]
@@ -163,13 +166,13 @@ class DaskJobs:
         self._pool = pool  # packed allocations: where Python MPI jobs run (an MPI rank pool)
         self.window = window or WINDOW  # at most this many dask tasks in flight
         self.peak_in_flight = 0  # the most dask tasks that were in flight at once (for tests and benchmarks)
-        self._client = None
+        self._client: Client | None = None
         self._cluster = None
         self._tasks: dict[str, tuple[list[Job], object]] = {}  # dask key -> (its jobs, future): in flight
         self._key_of: dict[int, str] = {}  # job id -> dask key
         self._runner_of: dict[str, JobRunner] = {}  # dask key -> the JobRunner of its calls, in flight
         self._took: weakref.WeakKeyDictionary[JobRunner, deque[float]] = weakref.WeakKeyDictionary()
-        self._queue: deque[tuple[How, list[Job]]] = deque()  # dask tasks waiting for room in the window
+        self._queue: deque[tuple[How, Sequence[Job]]] = deque()  # dask tasks waiting for room in the window
         self._waiting: dict[int, int] = {}  # job id -> attempt, for jobs queued or held that are still to run
         self._held: list[_Held] = []
         self._verdicts: dict[tuple, _Verdict] = {}  # in one_submission(): group -> how its probes decided
@@ -228,18 +231,19 @@ class DaskJobs:
         self.client  # noqa: B018 - starts the cluster
         steps: dict[int, list[Launch]] = {}
         calls: dict[tuple, list[Launch]] = {}
-        for l in launches:
-            if l.mpi is not None:  # packed MPI (SLURM)
-                steps.setdefault(l.cores, []).append(l)
+        for launch in launches:
+            if launch.mpi is not None:  # packed MPI (SLURM)
+                steps.setdefault(launch.cores, []).append(launch)
             else:
-                shared = frozenset((k, v) for k, v in l.env.items() if k not in PER_JOB_ENV)
-                calls.setdefault((id(l.call.fn), l.cwd, shared, l.view, l.memory), []).append(l)
+                shared = frozenset((k, v) for k, v in launch.env.items() if k not in PER_JOB_ENV)
+                group_key = (id(launch.call.fn), launch.cwd, shared, launch.view, launch.memory)
+                calls.setdefault(group_key, []).append(launch)
         with self._lock:
-            self._waiting.update((l.job_id, l.attempt) for l in launches)
-            self._queue.extend((_Mpi(cores), [l]) for cores, group in steps.items() for l in group)
+            self._waiting.update((launch.job_id, launch.attempt) for launch in launches)
+            self._queue.extend((_Mpi(cores), [launch]) for cores, group in steps.items() for launch in group)
             for key, same in calls.items():
-                group = [_Call(l.job_id, l.attempt, int(l.env.get("HTC_JOB_INDEX", 0)), l.call.args, l.call.kwargs,
-                               (l.log_out, l.log_err)) for l in same]
+                group = [_Call(launch.job_id, launch.attempt, int(launch.env.get("HTC_JOB_INDEX", 0)), launch.call.args,
+                               launch.call.kwargs, (launch.log_out, launch.log_err)) for launch in same]
                 held = next((h for h in self._held if h.group == key), None) if self._open else None
                 verdict = self._verdicts.get(key)
                 if held is not None:  # continues a submission waiting for its probes: wait with it
@@ -249,17 +253,17 @@ class DaskJobs:
                     self._queue_packed(verdict.runner, group, verdict.durations, verdict.threads)
                     continue
                 runner = JobRunner(same[0].call.fn, str(key[1]), dict(key[2]),
-                                   max((l.timeout for l in same if l.timeout), default=None), view=key[3],
-                                   memory_mib=key[4])
+                                   max((launch.timeout for launch in same if launch.timeout), default=None),
+                                   view=key[3], memory_mib=key[4])
                 if self._call_times is not None and same[0].spec.payload:
                     self._time(runner, [{"ok": True, "started": 0.0, "ended": t}
                                         for t in self._call_times(same[0].job_id, same[0].spec.payload)])
                 if len(group) > 2 * PROBE_JOBS:
                     probes, rest = group[:PROBE_JOBS], group[PROBE_JOBS:]
-                    self._held.append(_Held(runner, rest, {l.job_id for l in probes}, key))
-                    self._queue.extendleft((runner, [l]) for l in reversed(probes))
+                    self._held.append(_Held(runner, rest, {launch.job_id for launch in probes}, key))
+                    self._queue.extendleft((runner, [launch]) for launch in reversed(probes))
                 else:
-                    self._queue.extend((runner, [l]) for l in group)
+                    self._queue.extend((runner, [launch]) for launch in group)
         self._refill()
         self._start_collector()
 
@@ -284,27 +288,29 @@ class DaskJobs:
         waiting or in flight.
         """
         with self._lock:
-            client, room, ready = self._client, self.window - len(self._tasks), []
+            client, room = self._client, self.window - len(self._tasks)
+            ready: list[tuple[How, list]] = []  # a pack: Launches for an _Mpi, _Calls for a JobRunner
             if client is None:
                 return
             while room > 0 and self._queue:
                 how, pack = self._queue.popleft()
-                pack = [l for l in pack if self._waiting.get(l.job_id) == l.attempt]  # cancelled ones never run
+                # cancelled ones never run
+                pack = [launch for launch in pack if self._waiting.get(launch.job_id) == launch.attempt]
                 if pack:
-                    for l in pack:
-                        del self._waiting[l.job_id]
+                    for launch in pack:
+                        del self._waiting[launch.job_id]
                     ready.append((how, pack))
                     room -= 1
             for (how, many), group in groupby(ready, key=lambda item: (item[0], len(item[1]) > 1)):
                 packs = [pack for _, pack in group]
                 futures = (self._map_mpi(client, how.cores, [p[0] for p in packs]) if isinstance(how, _Mpi)
                            else self._map(client, how, packs, many))
-                for pack, fut in zip(packs, futures):
+                for pack, fut in zip(packs, futures, strict=True):
                     self._tasks[fut.key] = (pack, fut)
                     if isinstance(how, JobRunner):
                         self._runner_of[fut.key] = how
-                    for l in pack:
-                        self._key_of[l.job_id] = fut.key
+                    for launch in pack:
+                        self._key_of[launch.job_id] = fut.key
             self.peak_in_flight = max(self.peak_in_flight, len(self._tasks))
             now = time.monotonic()
             for held in self._held:  # its probes' time starts once none of them waits for room
@@ -316,15 +322,18 @@ class DaskJobs:
         Python functions on the allocation's rank pool, programs as launcher steps.
         One future per launch, in `group`'s order."""
         futures = []
-        for l in group:  # few and long: one client call each keeps the order simple
-            if l.command:  # a launcher line; the rest are functions (`mpi_jobs.pooled`)
-                futures.append(client.submit(run_step, l.command, l.env, str(l.cwd), (l.log_out, l.log_err),
-                                             l.timeout, key=_key([l]), resources={SLOTS: cores}, pure=False))
+        for launch in group:  # few and long: one client call each keeps the order simple
+            if launch.command:  # a launcher line; the rest are functions (`mpi_jobs.pooled`)
+                futures.append(client.submit(run_step, launch.command, launch.env, str(launch.cwd),
+                                             (launch.log_out, launch.log_err), launch.timeout, key=_key([launch]),
+                                             resources={SLOTS: cores}, pure=False))
             else:
-                payload = cloudpickle.dumps((l.call.fn, l.call.args, l.call.kwargs))
-                futures.append(client.submit(run_pooled, for_task(self._pool, l.view), payload,  # the task's own pool
-                                             (l.mpi.nodes, l.mpi.ranks_per_node, l.mpi.cpus_per_rank), str(l.cwd),
-                                             l.env, (l.log_out, l.log_err), l.timeout, key=_key([l]),
+                payload = cloudpickle.dumps((launch.call.fn, launch.call.args, launch.call.kwargs))
+                layout = (launch.mpi.nodes, launch.mpi.ranks_per_node, launch.mpi.cpus_per_rank)
+                assert self._pool is not None  # Python MPI functions are packed only where there is a rank pool
+                pool = for_task(self._pool, launch.view)  # the task's own pool
+                futures.append(client.submit(run_pooled, pool, payload, layout, str(launch.cwd), launch.env,
+                                             (launch.log_out, launch.log_err), launch.timeout, key=_key([launch]),
                                              resources={SLOTS: cores}, pure=False))
         return futures
 
@@ -334,7 +343,7 @@ class DaskJobs:
         A pack of many travels as one pickle that `_run_pack` loads on the worker: the scheduler
         keeps its recent messages to each worker (dask's low-level log, 1,000 per worker), and there
         a pack's jobs as Python objects would cost ~0.6 kB each, as bytes ~0.15 kB."""
-        jobs = [[(c.job_id, c.index, c.args, c.kwargs, c.logs) for c in pack] for pack in packs]
+        jobs = [[(c.job_id, c.job_index, c.args, c.kwargs, c.logs) for c in pack] for pack in packs]
         keys = [_key(pack) for pack in packs]
         if many:
             return client.map(partial(_run_pack, runner), [cloudpickle.dumps(j) for j in jobs], key=keys, pure=False)
@@ -390,21 +399,21 @@ class DaskJobs:
         outcomes = []
         # read once: a finished future turns "lost" if its worker dies
         status = ["lost" if f.key in gone else f.status for _, f in done]
-        finished = [f for (_, f), st in zip(done, status) if st == "finished"]
-        values = iter(self._gather(finished))
+        finished = [f for (_, f), st in zip(done, status, strict=True) if st == "finished"]
+        values = iter(self._gather(client, finished))
         lost = []
-        for (pack, fut), keep, st, runner in zip(done, wanted, status, runners):
+        for (pack, fut), keep, st, runner in zip(done, wanted, status, runners, strict=True):
             value = next(values) if st == "finished" else None
             if st == "lost" or isinstance(value, Exception):  # finished, but its worker died before the gather
                 lost.append(fut)
-                outcomes += [_lost(l) for l, k in zip(pack, keep) if k]
+                outcomes += [_lost(launch) for launch, k in zip(pack, keep, strict=True) if k]
             elif st == "finished":
                 reports = value if isinstance(value, list) else [value] * len(pack)  # a pack's list, or one report
-                outcomes += [_outcome(l, fut, r) for l, r, k in zip(pack, reports, keep) if k]
+                outcomes += [_outcome(launch, fut, r) for launch, r, k in zip(pack, reports, keep, strict=True) if k]
                 if runner is not None:
                     self._time(runner, reports)
             else:
-                outcomes += [_outcome(l, fut, _exception(fut)) for l, k in zip(pack, keep) if k]
+                outcomes += [_outcome(launch, fut, _exception(fut)) for launch, k in zip(pack, keep, strict=True) if k]
         if lost:  # dask would run them again within the same attempt, where the ledger cannot see it
             client.cancel(lost)
         for outcome in outcomes:
@@ -424,10 +433,10 @@ class DaskJobs:
     def _claim(self, pack: list[Job], key: str) -> list[bool]:
         """Which jobs of a finished task are still its own (not cancelled or resubmitted since),
         forgetting them; called with the lock held."""
-        keep = [self._key_of.get(l.job_id) == key for l in pack]
-        for l, k in zip(pack, keep):
+        keep = [self._key_of.get(launch.job_id) == key for launch in pack]
+        for launch, k in zip(pack, keep, strict=True):
             if k:
-                del self._key_of[l.job_id]
+                del self._key_of[launch.job_id]
         return keep
 
     def _release(self, client, outcomes: list[Outcome]) -> None:
@@ -467,16 +476,16 @@ class DaskJobs:
         n = 1 if durations is None else pack_size(durations, len(calls), threads, _scale(runner))
         self._queue.extend((runner, calls[i:i + n]) for i in range(0, len(calls), n))
 
-    def _gather(self, futures: list) -> list:
+    def _gather(self, client: Client, futures: list) -> list:
         try:
-            return self._client.gather(futures, errors="raise") if futures else []
+            return client.gather(futures, errors="raise") if futures else []
         except Exception as exc:  # noqa: BLE001 - a worker died after finishing: which results are gone?
             log.info("gathering %d finished calls: %s: %s", len(futures), type(exc).__name__, exc)
         out = []
         for fut in futures:
             try:
                 out.append(fut.result(timeout=30) if fut.status == "finished" else LookupError(fut.status))
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - the call's own exception, or the lost worker's: reported per job
                 out.append(exc)
         return out
 
@@ -487,9 +496,10 @@ class DaskJobs:
             for j in drop:  # queued or held: dropped when they would leave the queue
                 self._waiting.pop(j, None)
             keys = {self._key_of.pop(j) for j in drop if j in self._key_of}
-            for key in keys:  # a pack keeps its jobs in order (its reports line up with them); it ends once none is wanted
+            # a pack keeps its jobs in order (its reports line up with them); it ends once none is wanted
+            for key in keys:
                 pack, fut = self._tasks[key]
-                if not any(self._key_of.get(l.job_id) == key for l in pack):
+                if not any(self._key_of.get(launch.job_id) == key for launch in pack):
                     del self._tasks[key]
                     self._runner_of.pop(key, None)
                     futures.append(fut)
@@ -504,9 +514,10 @@ class DaskJobs:
         """Stop the cluster; jobs still pending end CANCELLED."""
         with self._lock:
             client, cluster, self._client, self._cluster = self._client, self._cluster, None, None
-            pending = [l for pack, _ in self._tasks.values() for l in pack]
-            waiting = [l for _, pack in self._queue for l in pack] + [l for h in self._held for l in h.launches]
-            pending += [l for l in waiting if self._waiting.get(l.job_id) == l.attempt]
+            pending = [launch for pack, _ in self._tasks.values() for launch in pack]
+            waiting = ([launch for _, pack in self._queue for launch in pack]
+                       + [launch for h in self._held for launch in h.launches])
+            pending += [launch for launch in waiting if self._waiting.get(launch.job_id) == launch.attempt]
             self._tasks, self._key_of, self._held, self._queue, self._waiting = {}, {}, [], deque(), {}
             self._verdicts = {}
         for launch in pending:
@@ -535,7 +546,7 @@ def _run_pack(runner: JobRunner, jobs: bytes) -> list[dict[str, Any]]:
     return runner(cloudpickle.loads(jobs))
 
 
-def _key(pack: list[Job]) -> str:
+def _key(pack: Sequence[Job]) -> str:
     """The dask key of a task running these jobs: htc-job-<id>-<attempt>[-x<count>]."""
     first = pack[0]
     return f"htc-job-{first.job_id}-{first.attempt}" + (f"-x{len(pack)}" if len(pack) > 1 else "")
@@ -565,7 +576,7 @@ def _exception(fut) -> BaseException | None:
         return None
     try:
         return fut.exception(timeout=30)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - a future whose worker is gone: reported as the job's failure
         return exc
 
 
@@ -580,6 +591,7 @@ def _outcome(launch: Job, fut, res) -> Outcome:
     if isinstance(res, dict) and res.get("mpi_step"):
         from htc_notebook.backends.mpi_jobs import verdict  # here: workers import this module (_run_pack)
 
+        assert isinstance(launch, Launch)  # MPI steps stay Launches (`Job`)
         return verdict(launch, res["exit_code"], res["reason"], host=res["host"], started=res["started"],
                        ended=res["ended"])
     if isinstance(res, dict) and "ok" in res:

@@ -72,7 +72,7 @@ def forget_credentials(directory: str | os.PathLike, cluster: object | None = No
     if cluster is not None:
         for name in ("_job_ca_file", "_job_cert", "_job_key"):
             temporary = getattr(cluster, name, None)
-            if hasattr(temporary, "close"):
+            if temporary is not None and hasattr(temporary, "close"):
                 temporary.close()
     try:
         if cluster is not None:
@@ -91,8 +91,9 @@ def rendered_security() -> "Security":
     from distributed import Security
 
     where = "<data root>/dask-tls/cluster-<id>/.dask-jobqueue.worker"
-    return Security(require_encryption=True, **{f"tls_{name}": shlex.quote(f"{where}.{field}.<id>") for name, field in
-                                                (("ca_file", "ca_file"), ("worker_cert", "cert"), ("worker_key", "key"))})
+    files = (("ca_file", "ca_file"), ("worker_cert", "cert"), ("worker_key", "key"))
+    return Security(require_encryption=True,
+                    **{f"tls_{name}": shlex.quote(f"{where}.{field}.<id>") for name, field in files})
 
 
 def dashboard_link(port: int | None) -> str | None:

@@ -49,7 +49,8 @@ def ch_run_argv(rootfs: str, task_dir: str, shared_dir: str, argv: Sequence[str]
 def apptainer_argv(rootfs: str, task_dir: str, shared_dir: str, argv: Sequence[str],
                    binds: Sequence[str] = ()) -> list[str]:
     """Apptainer (rendering only here): a contained run of the unpacked image (a sandbox directory)."""
-    return ["apptainer", "exec", "--contain", "--no-home", "--bind", task_dir, "--bind", f"{shared_dir}:{shared_dir}:ro",
+    return ["apptainer", "exec", "--contain", "--no-home",
+            "--bind", task_dir, "--bind", f"{shared_dir}:{shared_dir}:ro",
             *(a for b in binds for a in ("--bind", f"{b}:{b}:ro")), "--pwd", task_dir, rootfs, *argv]
 
 

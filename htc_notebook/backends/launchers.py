@@ -57,7 +57,8 @@ def launch_argv(launcher: str, layout: MpiLayout, command: Sequence[str], *, mpi
         return shlex.split(launcher.format(**fields))
     except (KeyError, IndexError, ValueError) as exc:
         raise SpecError("PartitionProfile", "launcher", launcher,
-                        f"srun, mpirun, mpiexec, ibrun, or a template with fields {', '.join(fields)} ({exc})") from None
+                        f"srun, mpirun, mpiexec, ibrun, or a template with fields {', '.join(fields)} "
+                        f"({exc})") from None
 
 
 def launch_env(layout: MpiLayout, *, omp_places: str | None = None, omp_proc_bind: str | None = None) -> dict[str, str]:

@@ -99,28 +99,30 @@ def plan(profile: PartitionProfile, launches: Sequence[Launch]) -> LocalPlan:
     """How the local backend runs `launches` (a pure function, but for refusing a machine that
     cannot confine them as the profile asks)."""
     check_confinement(profile, launches)
-    launches = [confined(l, profile) for l in launches]
-    commands = [l if not l.mpi else pooled(l, profile) if on_pool(l, profile) else wrap(l, profile)
-                for l in launches if l.kind == "command" or l.mpi]
-    return LocalPlan(commands, [l for l in launches if l.kind == "python" and not l.mpi])
+    launches = [confined(launch, profile) for launch in launches]
+    commands = [launch if not launch.mpi else pooled(launch, profile) if on_pool(launch, profile)
+                else wrap(launch, profile) for launch in launches if launch.kind == "command" or launch.mpi]
+    return LocalPlan(commands, [launch for launch in launches if launch.kind == "python" and not launch.mpi])
 
 
 def render(profile: PartitionProfile, launches: Sequence[Launch], shown: int = 20) -> str:
     """What the local backend would run, as text: each run of jobs that run alike once, up to `shown` runs."""
     p = plan(profile, launches)
     runs: list[tuple[list[int], str]] = []
-    for l in sorted(p.commands + p.calls, key=lambda l: l.job_id):
-        if l.kind == "python" and not l.command:
-            what = (f"on the task's rank pool ({shlex.join(for_task(pool_spec(profile, None), l.view).argv)}): "
-                    f"{l.mpi.ranks} ranks "
-                    f"run python call {_call_name(l.call)}" if l.mpi else f"python call {_call_name(l.call)}")
+    for launch in sorted(p.commands + p.calls, key=lambda launch: launch.job_id):
+        if launch.kind == "python" and not launch.command:
+            what = (f"on the task's rank pool ({shlex.join(for_task(pool_spec(profile, None), launch.view).argv)}): "
+                    f"{launch.mpi.ranks} ranks "
+                    f"run python call {_call_name(launch.call)}"
+                    if launch.mpi else f"python call {_call_name(launch.call)}")
         else:
-            what = shlex.join(l.command)
-        what = f"cores={l.cores}{f' timeout={l.timeout}s' if l.timeout else ''} cwd={l.cwd}\n    {what}"
+            what = shlex.join(launch.command)
+        timeout = f" timeout={launch.timeout}s" if launch.timeout else ""
+        what = f"cores={launch.cores}{timeout} cwd={launch.cwd}\n    {what}"
         if runs and runs[-1][1] == what:
-            runs[-1][0].append(l.job_id)
+            runs[-1][0].append(launch.job_id)
         else:
-            runs.append(([l.job_id], what))
+            runs.append(([launch.job_id], what))
     lines = [f"# local backend: {profile.cores_per_node} cores on this machine"]
     lines += [f"job{'s' if len(ids) > 1 else ''} {ids[0]}{f'..{ids[-1]}' if len(ids) > 1 else ''}: {what}"
               for ids, what in runs[:shown]]

@@ -83,6 +83,7 @@ def wait_usage(proc: subprocess.Popen, timeout: float | None) -> tuple[int, Any]
         if pid:
             proc.returncode = os.waitstatus_to_exitcode(status)
             return proc.returncode, usage
+        assert deadline is not None and timeout is not None  # without a deadline wait4 blocked until the end
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise subprocess.TimeoutExpired(proc.args, timeout)
@@ -93,7 +94,7 @@ def wait_usage(proc: subprocess.Popen, timeout: float | None) -> tuple[int, Any]
 class CommandRunner:
     """Runs command launches as local subprocesses within `cores` slots."""
 
-    def __init__(self, cores: int, reporter: Reporter, *, pools: Callable[[Launch], RankPool] | None = None):
+    def __init__(self, cores: int, reporter: Reporter, *, pools: Callable[[Launch], RankPool]):
         self.cores = cores
         self._pools = pools  # where each Python MPI launch (no command) runs: its task's rank pool
         self._reporter = reporter
@@ -222,14 +223,14 @@ class CommandRunner:
             with self._lock:
                 self._free += launch.cores
                 self._lock.notify_all()
-        times = dict(host=self._host, started=started, ended=time.time())
+        times: dict[str, Any] = dict(host=self._host, started=started, ended=time.time())
         if launch.mpi is not None:  # the ranks' own reports decide (and carry rank 0's value)
-            self._reporter.finished(replace(verdict(launch, exit_code, reason, **times), memory_held=memory.how,
-                                            max_rss_mib=memory.peak_mib,
-                                            **({"cause": "memory"} if cause == "memory" else {})))
+            ranks = verdict(launch, exit_code, reason, **times)
+            self._reporter.finished(replace(ranks, memory_held=memory.how, max_rss_mib=memory.peak_mib,
+                                            cause="memory" if cause == "memory" else ranks.cause))
             return
-        used = dict(cpu_s=round(usage.ru_utime + usage.ru_stime, 3) if usage is not None else None,
-                    max_rss_mib=memory.peak_mib, memory_held=memory.how)
+        used: dict[str, Any] = dict(cpu_s=round(usage.ru_utime + usage.ru_stime, 3) if usage is not None else None,
+                                    max_rss_mib=memory.peak_mib, memory_held=memory.how)
         self._reporter.finished(Outcome(launch.job_id, launch.attempt, status, reason=reason, cause=cause,
                                         exit_code=exit_code, **times, **used))
 

@@ -163,7 +163,8 @@ def clear_on_exit() -> str:
     """
     v1 = "$(sed -n 's/^[0-9]*:memory://p' /proc/self/cgroup)"
     v2 = "$(dirname \"/sys/fs/cgroup$(sed -n 's/^0:://p' /proc/self/cgroup)\")"  # v2: beside its own cgroup
-    own = "htc_own=$(sed -n 's/^[0-9]*:memory://p' /proc/self/cgroup); htc_own=${htc_own:-$(sed -n 's/^0:://p' /proc/self/cgroup)}"
+    own = ("htc_own=$(sed -n 's/^[0-9]*:memory://p' /proc/self/cgroup); "
+           "htc_own=${htc_own:-$(sed -n 's/^0:://p' /proc/self/cgroup)}")
     clear = ('htc_clear() { for _ in $(seq 50); do left=; for d in "$htc_cg"/htc-*; do [ -d "$d" ] || continue; '
              'p=${d##*-}; [ -e "/proc/$p" ] && ! grep -qF "$htc_own" "/proc/$p/cgroup" 2>/dev/null && continue; '
              'for c in "$d"/*/; do kill -9 $(cat "$c"cgroup.procs 2>/dev/null) 2>/dev/null; done; '

@@ -151,7 +151,7 @@ class _Watchdog:
                     self._lock.wait()
                 try:
                     self._sample(list(self._watches))
-                except Exception:  # noqa: BLE001 - the watchdog must outlive any one bad sample
+                except Exception:  # the watchdog must outlive any one bad sample
                     log.exception("memory watchdog: a sample failed")
             time.sleep(INTERVAL)
 

@@ -44,9 +44,10 @@ def wrap(launch: Launch, profile: PartitionProfile, *, step: bool = False) -> La
 
 def stage(launches: Sequence[Launch]) -> None:
     """Write the call of each Python MPI launch that `wrap` gave a launcher line where its ranks load it."""
-    for l in launches:
-        if l.kind == "python" and l.mpi and l.command:
-            write_call(rank_dir(l.cwd, l.job_id, l.attempt), l.call.fn, l.call.args, l.call.kwargs, ranks=l.mpi.ranks)
+    for launch in launches:
+        if launch.kind == "python" and launch.mpi and launch.command:
+            write_call(rank_dir(launch.cwd, launch.job_id, launch.attempt), launch.call.fn, launch.call.args,
+                       launch.call.kwargs, ranks=launch.mpi.ranks)
 
 
 def pooled(launch: Launch, profile: PartitionProfile) -> Launch:
@@ -65,7 +66,8 @@ def pool_spec(profile: PartitionProfile, log_directory: str | None) -> PoolSpec:
     ...                      max_nodes=2, mpi="pmix", python="/venv/bin/python")
     >>> spec = pool_spec(p, "/logs")
     >>> " ".join(spec.argv[:8]), spec.size, spec.log
-    ('srun --overlap --nodes=2 --ntasks=4 --ntasks-per-node=2 --cpus-per-task=1 --kill-on-bad-exit=1 --mpi=pmix', 4, '/logs/htc-mpi-pool-cpu.log')
+    ('srun --overlap --nodes=2 --ntasks=4 --ntasks-per-node=2 --cpus-per-task=1 --kill-on-bad-exit=1 --mpi=pmix', 4,
+     '/logs/htc-mpi-pool-cpu.log')
     """
     local = profile.backend == "local"
     nodes, per_node = (1 if local else profile.nodes_per_pack), profile.cores_per_node
@@ -117,5 +119,6 @@ def verdict(launch: Launch, exit_code: int | None, reason: str | None, **times) 
         return Outcome(status=status, reason=why, result=result, **o)
     if exit_code == 0:
         return Outcome(status="SUCCEEDED", **o)
-    how = f"killed by signal {-exit_code}" if exit_code is not None and exit_code < 0 else f"exited with code {exit_code}"
+    how = (f"killed by signal {-exit_code}" if exit_code is not None and exit_code < 0
+           else f"exited with code {exit_code}")
     return Outcome(status="FAILED", reason=f"MPI program {how} (see the job's stderr log)", **o)

@@ -31,7 +31,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, Listener, wait
-from typing import Any
+from typing import Any, cast
 
 from htc_notebook.backends.mpi_ranks import POOL_KEY_ENV, failure, kill_group
 
@@ -109,7 +109,7 @@ class RankPool:
         while conns:
             limits = [t for t in (deadline, grace) if t is not None]
             left = None if not limits else max(0.0, min(limits) - time.monotonic())
-            ready = wait(list(conns), timeout=left)
+            ready = cast("list[Connection]", wait(list(conns), timeout=left))  # of the connections given
             if not ready:
                 if grace is not None and (deadline is None or grace <= deadline):
                     why = self._lose(f"ranks {sorted(conns.values())} did not finish within {FAIL_GRACE:g} s "

@@ -7,8 +7,9 @@ under an empty tmpfs. /tmp is the job's own (an empty tmpfs, charged to its memo
 ranks, which share memory through the node's /dev and /tmp.
 A job that is not an MPI rank also gets its own PID namespace, so it cannot reach other
 processes' files through /proc/<pid>/root; the job is the namespace's pid 1 (so its CPU time
-reaches the runner's wait4, and a signal it has no handler for does not kill it; SIGKILL does). Open MPI's shared-memory transport crashes across
-PID namespaces (seen with Open MPI 4.1: vader segfaults), so MPI ranks keep the node's.
+reaches the runner's wait4, and a signal it has no handler for does not kill it; SIGKILL does).
+Open MPI's shared-memory transport crashes across PID namespaces (seen with Open MPI 4.1: vader
+segfaults), so MPI ranks keep the node's.
 
 >>> view = JobView(root="/d", task_dir="/d/projects/p/tasks/t", shared_dir="/d/projects/p/shared")
 >>> print(" ".join(bwrap_argv(view, ["./md", "in.lj"])))  # doctest: +NORMALIZE_WHITESPACE +ELLIPSIS
@@ -95,9 +96,11 @@ def confined(launch: Launch, profile: PartitionProfile) -> Launch:
         return replace(launch, view=None)
     if launch.kind != "command" or launch.view is None:
         return launch
-    argv, env, image = list(launch.command), launch.env, ()
-    rootfs = launch.image and (node_local(launch.image, profile.image_cache) if profile.image_cache else launch.image)
+    argv, env = list(launch.command), launch.env
+    image: tuple[str, ...] = ()
+    rootfs = None
     if launch.image:
+        rootfs = node_local(launch.image, profile.image_cache) if profile.image_cache else launch.image
         image = relocated(image_root(launch.image, mount_points(launch.view.task_dir, launch.view.shared_dir,
                                                                 profile.container_binds)), launch.image, rootfs)
         argv = in_image(profile.container_runtime, rootfs, launch.view.task_dir, launch.view.shared_dir, argv,
@@ -117,7 +120,8 @@ def confined(launch: Launch, profile: PartitionProfile) -> Launch:
         env, inside = split_env(env)
         argv = [BWRAP, "--die-with-parent", "--dev-bind", "/", "/", *image,
                 *(a for k, v in inside.items() for a in ("--setenv", k, v)), "--", *argv]
-    if rootfs != launch.image:  # the node's copy, made by the first job of the image there
+    # the node's copy, made by the first job of the image there
+    if launch.image and rootfs is not None and rootfs != launch.image:
         argv = on_node(launch.image, rootfs, argv)
     return replace(launch, command=tuple(argv), env=env)
 
@@ -144,12 +148,13 @@ def check_confinement(profile: PartitionProfile, launches: Sequence[Launch]) -> 
     """Refuse (BackendError) before anything is sent if this machine cannot confine these launches
     as `profile` asks: commands under bwrap, Python calls in namespaces (`call_sandbox`)."""
     if profile.sandbox == "none":
-        if any(l.kind == "command" and l.image and l.view for l in launches):
+        if any(launch.kind == "command" and launch.image and launch.view for launch in launches):
             check_sandbox(profile.name, images=True)
         return
-    if any(l.kind == "command" or (l.mpi and l.view) for l in launches):  # MPI functions' ranks: bwrap too
+    # MPI functions' ranks: bwrap too
+    if any(launch.kind == "command" or (launch.mpi and launch.view) for launch in launches):
         check_sandbox(profile.name)
-    if calls := [l for l in launches if l.kind == "python" and l.view and not l.mpi]:
+    if calls := [launch for launch in launches if launch.kind == "python" and launch.view and not launch.mpi]:
         check_call_sandbox(profile.name, calls[0].view)
 
 

@@ -17,7 +17,7 @@ import time
 import traceback
 from collections import deque
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 
 import cloudpickle
 
@@ -30,7 +30,8 @@ class _LazyLog:
     """A text stream that creates its log file only when something is written."""
 
     def __init__(self, path: str):
-        self.path, self._f = path, None
+        self.path = path
+        self._f: IO[str] | None = None
 
     def write(self, text: str) -> int:
         if self._f is None:
@@ -173,7 +174,7 @@ class JobRunner:
         if fn is None:
             try:
                 fn = _LOADED[self.digest] = cloudpickle.loads(self.payload)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - unpickling runs the user's imports: any error fails the jobs
                 return _failed(len(jobs), f"could not load {self.name} on {socket.gethostname()}: "
                                           f"{type(exc).__name__}: {exc}. Define the function in the notebook, or "
                                           "in a module installed where the jobs run")

@@ -271,7 +271,7 @@ def leftovers() -> list[str]:
 
 def status() -> dict:
     s = spec()
-    daemon_state = {"munged": {"alive": daemons.munge_works()}}
+    daemon_state: dict[str, dict[str, int | bool | None]] = {"munged": {"alive": daemons.munge_works()}}
     for name, pidfile in (("mariadbd", s.db_pidfile), ("slurmdbd", s.slurmdbd_pidfile),
                           ("slurmctld", s.slurmctld_pidfile)):
         pid = daemons.pidfile_alive(pidfile, name)

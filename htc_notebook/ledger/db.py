@@ -95,7 +95,9 @@ class Ledger(ProjectRules):
             raise LedgerError(f"cannot open ledger {self.path}: {e}") from e
         try:
             for pragma in PRAGMAS:
-                _retry(lambda p=pragma: con.execute(p).fetchall(), self.path)
+                def run(p: str = pragma) -> list[Any]:
+                    return con.execute(p).fetchall()
+                _retry(run, self.path)
             self._ensure_schema(con)
         except BaseException as e:
             con.close()
@@ -231,8 +233,8 @@ class Ledger(ProjectRules):
         if lifecycle not in LIFECYCLES:
             raise LedgerError(f"task lifecycle {lifecycle!r} is not one of {', '.join(LIFECYCLES)}")
         with self._write() as con:
-            if con.execute("UPDATE tasks SET lifecycle = ?, archived = CASE WHEN ? = 'ARCHIVED' THEN ? END WHERE id = ?",
-                           (lifecycle, lifecycle, time.time(), task_id)).rowcount == 0:
+            if con.execute("UPDATE tasks SET lifecycle = ?, archived = CASE WHEN ? = 'ARCHIVED' THEN ? END "
+                           "WHERE id = ?", (lifecycle, lifecycle, time.time(), task_id)).rowcount == 0:
                 raise LedgerError(f"no task {task_id}")
 
     # --- submitting ----------------------------------------------------------------------
@@ -271,7 +273,8 @@ class Ledger(ProjectRules):
                 _many(con, "INSERT INTO jobs (id, task_id, batch_id, idx, key, name, kind, profile, priority, "
                            "                  params, spec, status, created, updated, seq) VALUES {values}",
                       "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'SUBMITTED', ?, ?, ?)",
-                      [(job_id, task_id, batch_id, *row, now, now, seq) for job_id, row in zip(ids, encoded)])
+                      [(job_id, task_id, batch_id, *row, now, now, seq)
+                       for job_id, row in zip(ids, encoded, strict=True)])
             except sqlite3.IntegrityError as e:
                 taken = con.execute(f"SELECT key FROM jobs WHERE task_id = ? AND id < ? AND key IN {IN_JSON} "
                                     f"ORDER BY id LIMIT 1", (task_id, first, json.dumps(keys))).fetchone()
@@ -299,8 +302,9 @@ class Ledger(ProjectRules):
         with self._write() as con:
             seq = _next_seq(con)
             moved = con.execute(
-                f"UPDATE jobs SET status = 'SUBMITTED', reason = ?, exit_code = NULL, cpu_s = NULL, max_rss_mib = NULL, memory_held = NULL, host = NULL, "
-                f"       native_id = NULL, started = NULL, ended = NULL, updated = ?, seq = ?, retry_at = NULL, "
+                f"UPDATE jobs SET status = 'SUBMITTED', reason = ?, exit_code = NULL, cpu_s = NULL, "
+                f"       max_rss_mib = NULL, memory_held = NULL, host = NULL, native_id = NULL, started = NULL, "
+                f"       ended = NULL, updated = ?, seq = ?, retry_at = NULL, "
                 f"       spec = CASE WHEN ? IS NULL THEN spec ELSE json_set(spec, '$.owner', ?) END "
                 f"WHERE id IN {IN_JSON} AND status IN ({REQUEUEABLE_SQL}) "
                 f"RETURNING id, task_id", (reason, now, seq, owner, owner, json.dumps(ids))).fetchall()
@@ -377,8 +381,9 @@ class Ledger(ProjectRules):
             # bump every live job (many rows a statement), reading back the ones this transaction moved
             # (u.column1..9: job id, status, host, native id, log out, log err, now, seq, sandbox)
             numbers = dict(_many(
-                con, f"UPDATE jobs SET attempts = attempts + 1, status = u.column2, reason = NULL, exit_code = NULL, cpu_s = NULL, max_rss_mib = NULL, memory_held = NULL, "
-                     f"       host = u.column3, native_id = u.column4, log_out = u.column5, log_err = u.column6, "
+                con, f"UPDATE jobs SET attempts = attempts + 1, status = u.column2, reason = NULL, exit_code = NULL, "
+                     f"       cpu_s = NULL, max_rss_mib = NULL, memory_held = NULL, host = u.column3, "
+                     f"       native_id = u.column4, log_out = u.column5, log_err = u.column6, "
                      f"       ended = NULL, started = CASE WHEN u.column2 = 'RUNNING' THEN u.column7 END, "
                      f"       updated = u.column7, seq = u.column8, sandbox = u.column9 "
                      f"FROM (VALUES {{values}}) AS u WHERE jobs.id = u.column1 AND jobs.status NOT IN ({TERMINAL_SQL}) "
@@ -413,7 +418,7 @@ class Ledger(ProjectRules):
             successes = [p for p in prepared if p[1] == JobStatus.SUCCEEDED]
             if successes:
                 committed += _record_successes(con, successes, now, seq)
-            for o, status, result_size in prepared:
+            for o, status, _size in prepared:
                 if status == JobStatus.SUCCEEDED:
                     continue
                 p = {"id": o.job_id, "a": o.attempt, "s": status, "r": o.reason, "x": o.exit_code,
@@ -428,11 +433,14 @@ class Ledger(ProjectRules):
                 row = con.execute(
                     f"UPDATE jobs SET status = CASE WHEN {retryable} THEN 'SUBMITTED' ELSE :s END, "
                     f"       reason = CASE WHEN {retryable} THEN 'attempt ' || :a || ' ended ' || :s || "
-                    f"                ', a retry is being decided: ' || COALESCE(:r, 'no reason recorded') ELSE :r END, "
-                    f"       exit_code = :x, host = COALESCE(:h, host), cpu_s = :cpu, max_rss_mib = :rss, memory_held = :held, "
+                    f"                ', a retry is being decided: ' || COALESCE(:r, 'no reason recorded') "
+                    f"                ELSE :r END, "
+                    f"       exit_code = :x, host = COALESCE(:h, host), cpu_s = :cpu, max_rss_mib = :rss, "
+                    f"       memory_held = :held, "
                     f"       attempts = MAX(attempts, :a), started = COALESCE(:st, started), ended = :en, "
                     f"       updated = :now, seq = :seq, retry_at = CASE WHEN {retryable} THEN :en END "
-                    f"WHERE id = :id AND {guard} RETURNING task_id, host, native_id, COALESCE(log_err, log_out)", p).fetchone()
+                    f"WHERE id = :id AND {guard} RETURNING task_id, host, native_id, COALESCE(log_err, log_out)",
+                    p).fetchone()
                 # finish the attempt row if still open
                 con.execute(
                     f"UPDATE attempts SET status = :s, reason = :r, exit_code = :x, host = COALESCE(:h, host), "
@@ -443,7 +451,8 @@ class Ledger(ProjectRules):
                     continue
                 task_id, host, native_id, log = row
                 con.execute(  # an outcome for an attempt that start_attempts never saw
-                    f"INSERT OR IGNORE INTO attempts ({ATTEMPT_COLUMNS}, cause, cpu_s, max_rss_mib, memory_held, request) "
+                    f"INSERT OR IGNORE INTO attempts ({ATTEMPT_COLUMNS}, cause, cpu_s, max_rss_mib, memory_held, "
+                    f"                                   request) "
                     f"SELECT id, :a, :s, :r, host, native_id, :x, :st, :en, log_out, log_err, :c, :cpu, :rss, :held, "
                     f"       {REQUEST_SQL} "
                     f"FROM jobs WHERE id = :id", p)
@@ -539,8 +548,9 @@ class Ledger(ProjectRules):
         with self._write() as con:
             seq = _next_seq(con)
             row = con.execute(
-                "UPDATE jobs SET reason = ?, exit_code = NULL, cpu_s = NULL, max_rss_mib = NULL, memory_held = NULL, host = NULL, "
-                "       native_id = NULL, started = NULL, ended = NULL, updated = ?, seq = ?, retry_at = NULL, "
+                "UPDATE jobs SET reason = ?, exit_code = NULL, cpu_s = NULL, max_rss_mib = NULL, memory_held = NULL, "
+                "       host = NULL, native_id = NULL, started = NULL, ended = NULL, updated = ?, seq = ?, "
+                "       retry_at = NULL, "
                 f"       spec = json_patch(spec, ?) WHERE {RETRY_PENDING} RETURNING task_id",
                 (reason, now, seq, patch, job_id, attempt)).fetchone()
             if row is not None:
@@ -586,7 +596,8 @@ class Ledger(ProjectRules):
         """Every active job a scheduler has (native id `<array>_<task>...`, no retry pending), in every task:
         (job id, task id, attempt, native id, profile, timeout)."""
         return self._read(f"SELECT id, task_id, attempts, native_id, profile, json_extract(spec, '$.timeout') "
-                          f"FROM jobs WHERE status IN ({ACTIVE_SQL}) AND native_id GLOB '[0-9]*_[0-9]*' AND retry_at IS NULL")
+                          f"FROM jobs WHERE status IN ({ACTIVE_SQL}) AND native_id GLOB '[0-9]*_[0-9]*' "
+                          f"AND retry_at IS NULL")
 
     def statuses(self, job_ids: Iterable[int]) -> dict[int, str]:
         """job id -> status, for many jobs in one query."""
@@ -657,7 +668,8 @@ class Ledger(ProjectRules):
         with self._snapshot() as con:
             seq = con.execute("SELECT seq FROM counter").fetchone()[0]
             rows = con.execute("SELECT j.id, j.name, j.status, j.reason, j.host, j.attempts, j.started, j.ended, "
-                               f"       j.params, j.seq, CASE WHEN r.size <= {PREVIEW_BYTES} THEN r.inline END, {USED_SQL} "
+                               f"       j.params, j.seq, CASE WHEN r.size <= {PREVIEW_BYTES} THEN r.inline END, "
+                               f"       {USED_SQL} "
                                "FROM jobs j LEFT JOIN results r ON r.job_id = j.id "
                                "WHERE j.task_id = ? AND j.seq > ? ORDER BY j.id", (task_id, after_seq)).fetchall()
         return seq, rows
@@ -739,13 +751,15 @@ class Ledger(ProjectRules):
     def view_rows(self, task_id: int, job_ids: Iterable[int] | None = None) -> tuple[int, list[tuple[Any, ...]]]:
         """`view_changes(task_id, 0)` for a live table's first load, in id order: every job of the task,
         or only `job_ids` (looked up by id, so a table of 100 jobs in a 100,000-job task reads 100 rows)."""
-        where, params = "j.task_id = ?", [task_id]
+        where = "j.task_id = ?"
+        params: list[Any] = [task_id]
         if job_ids is not None:  # `+`: look the ids up by primary key, not the task's index
             where, params = f"j.id IN {IN_JSON} AND +j.task_id = ?", [json.dumps(_ids(job_ids)), task_id]
         with self._snapshot() as con:
             seq = con.execute("SELECT seq FROM counter").fetchone()[0]
             rows = con.execute("SELECT j.id, j.name, j.status, j.reason, j.host, j.attempts, j.started, j.ended, "
-                               f"       j.params, j.seq, CASE WHEN r.size <= {PREVIEW_BYTES} THEN r.inline END, {USED_SQL} "
+                               f"       j.params, j.seq, CASE WHEN r.size <= {PREVIEW_BYTES} THEN r.inline END, "
+                               f"       {USED_SQL} "
                                f"FROM jobs j LEFT JOIN results r ON r.job_id = j.id WHERE {where} ORDER BY j.id",
                                params).fetchall()
         return seq, rows
@@ -759,7 +773,7 @@ class Ledger(ProjectRules):
                           (json.dumps(_ids(job_ids)),))
         out: dict[int, list[AttemptRow]] = {}
         for r in rows:
-            out.setdefault(r[0], []).append(AttemptRow(*r[:-1], json.loads(r[-1]) if r[-1] else None))
+            out.setdefault(r[0], []).append(AttemptRow(*(*r[:-1], json.loads(r[-1]) if r[-1] else None)))
         return out
 
     def events(self, *, task_id: int | None = None, job_id: int | None = None,
@@ -828,7 +842,7 @@ def _record_successes(con: sqlite3.Connection, successes: list, now: float, seq:
             first[o.job_id] = (o, size)
     rows = [(o.job_id, o.attempt, o.reason, o.exit_code, o.host, o.started,
              o.ended if o.ended is not None else now) for o, _ in first.values()]
-    used = [(*r, o.cpu_s, o.max_rss_mib, o.memory_held) for r, (o, _) in zip(rows, first.values())]
+    used = [(*r, o.cpu_s, o.max_rss_mib, o.memory_held) for r, (o, _) in zip(rows, first.values(), strict=True)]
     con.executemany(
         "UPDATE jobs SET status = 'SUCCEEDED', reason = ?3, exit_code = ?4, host = COALESCE(?5, host), "
         "       attempts = MAX(attempts, ?2), started = COALESCE(?6, started), ended = ?7, "
@@ -838,7 +852,8 @@ def _record_successes(con: sqlite3.Connection, successes: list, now: float, seq:
     # finish the attempt row (or correct an earlier verdict), or add it if start_attempts never saw it
     con.executemany(
         "UPDATE attempts SET status = 'SUCCEEDED', reason = ?3, exit_code = ?4, host = COALESCE(?5, host), "
-        "       started = COALESCE(?6, started), ended = ?7, cause = NULL, cpu_s = ?8, max_rss_mib = ?9, memory_held = ?10 "
+        "       started = COALESCE(?6, started), ended = ?7, cause = NULL, cpu_s = ?8, max_rss_mib = ?9, "
+        "       memory_held = ?10 "
         "WHERE job_id = ?1 AND number = ?2 AND status <> 'SUCCEEDED'", used)
     con.executemany(
         f"INSERT OR IGNORE INTO attempts ({ATTEMPT_COLUMNS}, cpu_s, max_rss_mib, memory_held, request) "
@@ -851,9 +866,10 @@ def _record_successes(con: sqlite3.Connection, successes: list, now: float, seq:
 
 
 def _upgrade_v1(con: sqlite3.Connection) -> None:
-    """v1 -> v2 (then v3 follows): the HELD state joins the CHECK constraints of jobs and attempts, and leases appear. A CHECK that admits
-    more values changes no stored row, so the table definitions are edited in place (the procedure
-    in SQLite's ALTER TABLE documentation), then the schema cookie is bumped and checked."""
+    """v1 -> v2 (then v3 follows): the HELD state joins the CHECK constraints of jobs and attempts,
+    and leases appear. A CHECK that admits more values changes no stored row, so the table
+    definitions are edited in place (the procedure in SQLite's ALTER TABLE documentation), then the
+    schema cookie is bumped and checked."""
     new = sql_list(frozenset(JobStatus))
     cookie = con.execute("PRAGMA schema_version").fetchone()[0]
     con.execute("PRAGMA writable_schema = ON")

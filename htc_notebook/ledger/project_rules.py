@@ -77,7 +77,8 @@ class ProjectRules:
             _project(con, project)
             if dimensions:
                 con.execute("INSERT INTO project_dimensions (project, dimensions) VALUES (?, ?) ON CONFLICT "
-                            "(project) DO UPDATE SET dimensions = excluded.dimensions", (project, json.dumps(dimensions)))
+                            "(project) DO UPDATE SET dimensions = excluded.dimensions",
+                            (project, json.dumps(dimensions)))
             else:
                 con.execute("DELETE FROM project_dimensions WHERE project = ?", (project,))
 
@@ -147,8 +148,8 @@ class ProjectRules:
 
     def due_for_deletion(self, policy: RetentionRow, now: float | None = None) -> list[tuple[int, str]]:
         """Claim the project's tasks archived more than `policy.delete_after` hours ago, with no
-        active job, whose files are still there: (task id, name) of those this call claimed (one process each); the caller
-        deletes their files. The ledger keeps their record."""
+        active job, whose files are still there: (task id, name) of those this call claimed (one
+        process each); the caller deletes their files. The ledger keeps their record."""
         if not policy.delete_after:
             return []
         now = time.time() if now is None else now
@@ -190,7 +191,8 @@ def admit(con: sqlite3.Connection, items: list[AttemptStart], room: tuple[str, i
     cores = dict(con.execute(f"SELECT id, COALESCE(json_extract(spec, '$.cores'), 1) FROM jobs "
                              f"WHERE id IN {IN_JSON} AND status NOT IN ({TERMINAL_SQL})", (ids,)).fetchall())
     used = in_use(con, project)
-    admitted, held = [], []
+    admitted: list[AttemptStart] = []
+    held: list[int] = []
     for it in items:
         c = cores.get(it.job_id)
         if c is None:
@@ -205,5 +207,6 @@ def admit(con: sqlite3.Connection, items: list[AttemptStart], room: tuple[str, i
                   "(it starts as jobs of the project end)")
         con.execute(f"UPDATE jobs SET status = 'HELD', native_id = '{HELD_FOR_ROOM}', reason = ?, updated = ?, seq = ? "
                     f"WHERE id IN {IN_JSON} AND status NOT IN ({TERMINAL_SQL}) "
-                    f"AND NOT (status = 'HELD' AND native_id IS '{HELD_FOR_ROOM}')", (reason, now, seq, json.dumps(held)))
+                    f"AND NOT (status = 'HELD' AND native_id IS '{HELD_FOR_ROOM}')",
+                    (reason, now, seq, json.dumps(held)))
     return admitted

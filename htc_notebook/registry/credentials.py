@@ -35,6 +35,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+from htc_notebook.errors import ConfigError
+
 SERVICE = "htc-registry"
 ISSUER = "htc_notebook"
 TOKEN_SECONDS = 300
@@ -93,7 +95,10 @@ class RegistryKeys:
             key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
             _private(self.key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                       serialization.NoEncryption()))
-        self._key = serialization.load_pem_private_key(self.key_path.read_bytes(), password=None)
+        loaded = serialization.load_pem_private_key(self.key_path.read_bytes(), password=None)
+        if not isinstance(loaded, rsa.RSAPrivateKey):  # tokens are signed RS256
+            raise ConfigError("holds no RSA private key (the registry's token key)", file=str(self.key_path))
+        self._key = loaded
         if not self.cert_path.exists():
             name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "htc_notebook registry tokens")])
             now = dt.datetime.now(dt.timezone.utc)

@@ -44,9 +44,8 @@ def resolve(registry: ProjectRegistry, image: str, architecture: str, field: str
                         f"{', '.join(known) or '(none pushed yet: htc images push)'}") from None
     arch, wanted = registry.architecture(image), ARCHITECTURES.get(architecture, architecture)
     if arch != wanted:
-        raise SpecError(model, "architecture", architecture,
-                        f"the platform of image {image!r}: {arch} "
-                        f"({next((k for k, v in ARCHITECTURES.items() if v == arch), 'no architecture of this toolkit')})")
+        name = next((k for k, v in ARCHITECTURES.items() if v == arch), "no architecture of this toolkit")
+        raise SpecError(model, "architecture", architecture, f"the platform of image {image!r}: {arch} ({name})")
     return digest
 
 

@@ -47,7 +47,8 @@ def template_fields(token: str) -> list[str]:
     try:
         return [f for _, f, _, _ in _FORMATTER.parse(token) if f is not None]
     except ValueError as exc:
-        raise SpecError("command", "template", token, f"balanced braces; use {{{{ and }}}} for literal braces ({exc})") from None
+        raise SpecError("command", "template", token,
+                        f"balanced braces; use {{{{ and }}}} for literal braces ({exc})") from None
 
 
 def render_command(template: str | Sequence[str], params: Mapping[str, Any]) -> tuple[str, ...]:

@@ -57,7 +57,8 @@ def unconfined_message(site: SiteConfig, profile: PartitionProfile, problem: str
     where = site.source("profiles", profile.name, "sandbox")
     if problem is None or where:
         how = f"`sandbox: none` at {where}" if where else "`sandbox: none`"
-        return f"profile {profile.name!r} runs jobs unconfined ({how}). Off: {OFF}. To turn them back on, remove that setting."
+        return (f"profile {profile.name!r} runs jobs unconfined ({how}). Off: {OFF}. "
+                "To turn them back on, remove that setting.")
     return (f"profile {profile.name!r} runs jobs unconfined: this machine cannot make a sandbox ({problem}). "
             f"Off: {OFF}. To turn them back on, ask the site to allow unprivileged user namespaces "
             f"(sysctl user.max_user_namespaces > 0, kernel.unprivileged_userns_clone = 1) and install bubblewrap. "

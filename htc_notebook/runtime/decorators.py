@@ -50,7 +50,9 @@ class use:
         self._token = _task.set(task)
 
     def __enter__(self) -> "Task":
-        return _task.get()  # type: ignore[return-value]
+        task = _task.get()
+        assert task is not None  # set by __init__
+        return task
 
     def __exit__(self, *exc: object) -> None:
         _task.reset(self._token)
@@ -98,8 +100,8 @@ def on_cluster(fn: Callable | None = None, *, profile: str | None = None, jobs: 
                 if first:
                     if jobs is not None:
                         session.scale(prof.name, jobs)
-                    else:
-                        session.adapt(prof.name, *adapt)  # type: ignore[misc]
+                    elif adapt is not None:
+                        session.adapt(prof.name, *adapt)
             token = _profile.set(prof.name)
             try:
                 return f(*args, **kwargs)
@@ -126,7 +128,7 @@ def task(fn: Callable | None = None, *, profile: str | None = None, retries: int
             return current_task().submit(f, *args, profile=profile or _profile.get(), resources=res,
                                          retries=retries, key=_key(f, args, kwargs) if pure else None, **kwargs)
 
-        submit.remote = f  # the undecorated function
+        submit.remote = f  # type: ignore[attr-defined]  # the undecorated function (a function attribute)
         return submit
 
     return decorate(fn) if fn is not None else decorate
@@ -147,20 +149,20 @@ def mpi_task(fn: Callable | None = None, *, profile: str | None = None, nodes: i
                        cpus_per_rank=cpus_per_rank, memory=memory, walltime=walltime)
     if not layout.is_mpi:
         raise SpecError("mpi_task", "ranks", ranks, "a number of ranks: give ranks=, or ranks_per_node= (with nodes=)")
-    asked = dict(nodes=layout.nodes, ranks=layout.ranks, cpus_per_rank=cpus_per_rank, memory=memory,
-                 walltime=walltime, launcher=launcher, retries=retries)
+    asked: dict[str, Any] = dict(nodes=layout.nodes, ranks=layout.ranks, cpus_per_rank=cpus_per_rank, memory=memory,
+                                 walltime=walltime, launcher=launcher, retries=retries)
 
     def decorate(f: Callable) -> Callable:
         @functools.wraps(f)
         def submit(*args: Any, **kwargs: Any) -> "JobHandle":
             key = _key(f, args, kwargs) if pure else None
-            where = dict(profile=profile or _profile.get(), key=key, **asked)
+            where: dict[str, Any] = dict(profile=profile or _profile.get(), key=key, **asked)
             if executable:
                 argv = plain_argv(f(*args, **kwargs), "mpi_task", f"{f.__name__}() (executable=True) return value")
                 return current_task().mpi(argv, name=f.__name__, **where)
             return current_task().mpi(f, *args, **where, **kwargs)
 
-        submit.remote = f
+        submit.remote = f  # type: ignore[attr-defined]  # the undecorated function (a function attribute)
         return submit
 
     return decorate(fn) if fn is not None else decorate
@@ -176,7 +178,7 @@ def _key(fn: Callable, args: tuple, kwargs: dict) -> str:
     """Equal calls get equal keys: the function's name and its pickled arguments."""
     try:
         blob = cloudpickle.dumps((args, sorted(kwargs.items())))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - pickling raises whatever an argument's __reduce__ raises
         raise SpecError("task", "args", args, f"picklable arguments ({type(exc).__name__}: {exc})") from None
     name = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', '')}"
     return "call:" + hashlib.sha256(name.encode() + b"\0" + blob).hexdigest()[:32]

@@ -65,7 +65,7 @@ async def _ended(handle: JobHandle) -> Any:
     ended: asyncio.Future[str] = loop.create_future()
 
     def settle(job_id: int, status: str) -> None:  # in the watcher's thread
-        loop.call_soon_threadsafe(lambda: ended.done() or ended.set_result(status))
+        loop.call_soon_threadsafe(_set_once, ended, status)
 
     watcher = handle.session.completions
     watcher.watch(handle.id, handle.task_id, settle)
@@ -74,6 +74,11 @@ async def _ended(handle: JobHandle) -> Any:
     finally:
         watcher.forget(handle.id, settle)
     return handle.result(timeout=0)
+
+
+def _set_once(future: "asyncio.Future[str]", value: str) -> None:
+    if not future.done():
+        future.set_result(value)
 
 
 async def _all_ended(group: "JobGroup") -> list[Any]:
@@ -88,7 +93,11 @@ def load_result(session: "Session", row: JobRow, res: ResultRow | None = None) -
     res = res or session.ledger.result(row.id)
     if res is None:
         raise JobFailed(row.id, row.status, "no result was recorded", hint="retry the job")
-    data = res.inline if res.inline is not None else Path(res.path).read_bytes()
+    if res.inline is not None:
+        data = res.inline
+    else:
+        assert res.path is not None  # a result is inline or in a file
+        data = Path(res.path).read_bytes()
     return cloudpickle.loads(data)
 
 
@@ -207,7 +216,7 @@ class JobGroup(Sequence[JobHandle]):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, i):  # type: ignore[override]
+    def __getitem__(self, i):
         if isinstance(i, slice):
             return JobGroup(self.session, self.task_id, self.ids[i], self.name)
         return JobHandle(self.session, self.ids[i], self.task_id)
@@ -229,7 +238,8 @@ class JobGroup(Sequence[JobHandle]):
         A page of a sweep's ids, numbered consecutively, is one query over their range."""
         ledger = self.session.ledger
         for start in range(0, len(self.ids), PAGE):
-            ids, by_id = self.ids[start:start + PAGE], {}
+            ids = self.ids[start:start + PAGE]
+            by_id: dict[int, JobRow] = {}
             for first, last in _spans(ids, PAGE):
                 by_id.update((r.id, r) for r in ledger.jobs(self.task_id, after_id=first - 1, limit=last - first + 1))
             yield [by_id[j] for j in ids if j in by_id]

@@ -159,7 +159,8 @@ def render_batches(site: SiteConfig, root: str | os.PathLike, project: str, task
                    profile: str | None = None) -> str:
     """What submitting `batches` to `project`/`task` would send (`render_jobs`); nothing is written."""
     jobs = [NewJob(name=b.job_name, kind="command", params={}, spec=spec, index=i, profile=prof.name, priority=priority)
-            for b, (prof, spec, priority) in zip(batches, check_batches(site, root, project, batches, profile))
+            for b, (prof, spec, priority) in zip(batches, check_batches(site, root, project, batches, profile),
+                                                 strict=True)
             for i in range(b.batch_size)]
     return render_jobs(site, Storage(root), project, task, jobs)
 
@@ -185,8 +186,9 @@ def render_jobs(site: SiteConfig, storage: Storage, project: str, task: str, job
         if unconfined:
             parts.append(f"# {unconfined}")
         if prof.backend == "slurm":
-            from htc_notebook.backends.slurm.backend import render
+            from htc_notebook.backends.slurm.backend import render as render_slurm
+            parts.append(render_slurm(prof, launches))
         else:
-            from htc_notebook.backends.local import render
-        parts.append(render(prof, launches))
+            from htc_notebook.backends.local import render as render_local
+            parts.append(render_local(prof, launches))
     return "\n".join(parts)

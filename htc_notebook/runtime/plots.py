@@ -52,7 +52,7 @@ def plot_results(df: "pandas.DataFrame", x: str, y: str = "result", by: str | No
     groups = [(None, table)] if by is None else list(table.groupby(by, sort=True))
     for value, part in groups:
         stats = part.groupby(x, sort=True)[y].agg(["mean", "std", "count"])
-        label = None if by is None else f"{by}={value}"
+        label = None if by is None else f"{by}={value!s}"
         if (stats["count"] > 1).any():
             ax.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3, label=label)
         else:

@@ -153,9 +153,9 @@ class Reconciler:
             if not decision.retry:
                 s.ledger.settle_retry(row.id, row.attempts, decision.why)
                 continue
-            due = (row.ended or now) + decision.delay
-            if due > now:
-                s.ledger.postpone_retry(row.id, row.attempts, due, f"{decision.why}, in {due - now:.0f} s "
+            at = (row.ended or now) + decision.delay
+            if at > now:
+                s.ledger.postpone_retry(row.id, row.attempts, at, f"{decision.why}, in {at - now:.0f} s "
                                         f"(attempt {row.attempts}: {failed})")
                 continue
             change = {k: v for k, v in (("memory", decision.request.memory), ("timeout", decision.request.timeout))

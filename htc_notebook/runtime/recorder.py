@@ -13,6 +13,7 @@ from __future__ import annotations
 import queue
 import threading
 from dataclasses import replace
+from pathlib import Path
 from typing import Callable, Sequence
 
 from htc_notebook.ledger import Ledger
@@ -28,7 +29,7 @@ _STOP = object()
 class Recorder:
     """Batched, single-writer committer of backend reports into the ledger."""
 
-    def __init__(self, ledger: Ledger, result_path: Callable[[int], object],
+    def __init__(self, ledger: Ledger, result_path: Callable[[int], Path],
                  on_commit: Callable[[Sequence[Outcome]], None]):
         self._ledger = ledger
         self._result_path = result_path

@@ -18,7 +18,7 @@ import warnings
 import weakref
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence, cast
 
 import cloudpickle
 
@@ -38,6 +38,11 @@ from htc_notebook.runtime.recorder import Recorder
 from htc_notebook.runtime.task import Pending, Project
 from htc_notebook.spec import PartitionProfile, RetentionPolicy, SiteConfig
 from htc_notebook.storage import Storage, checkpoint_path
+
+if TYPE_CHECKING:  # the backends are imported where used (SLURM's needs dask-jobqueue)
+    from htc_notebook.backends.local import LocalBackend
+    from htc_notebook.backends.slurm.backend import SlurmBackend
+    from htc_notebook.runtime.watch import SlurmWatch
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +88,14 @@ class Session:
         self._backends: dict[str, Backend] = {}
         self._profiles: dict[str, tuple[PartitionProfile, PartitionProfile]] = {}  # name -> (site's, as run here)
         self._tasks: dict[int, TaskRow] = {}
-        self._calls: dict[str, object] = {}
+        self._calls: dict[str, Any] = {}  # digest -> a Call, or a function (unpickled)
         self._job_task: dict[int, int] = {}  # job id -> task id, for every job dispatched here
         self.holding = False  # some jobs of this session wait HELD for room in their project's vCPU limit
         self._changed = threading.Condition()
         self._generation = 0  # bumped on every commit this process makes (see change_mark)
         self._lock = threading.RLock()
         self._closed = False
-        self._watch = None  # runtime/watch.py: started with the first SLURM backend
+        self._watch: SlurmWatch | None = None  # runtime/watch.py: started with the first SLURM backend
         self._image_holds: list = []  # pilot images kept from `htc images prune` while this session runs
         self._recorder = Recorder(self.ledger, self._result_path, self._committed)
         self.completions = Completions(self)  # what as_completed, executors' futures and `await` wait with
@@ -117,7 +122,8 @@ class Session:
     def gone_owners(self, owners: Iterable[str | None]) -> dict[str, str]:
         """Which of these owners (as jobs' specs name them) count as exited, and why (runtime/owner.py:
         on this host by their pid, on another by their heartbeat lease); never this session itself."""
-        parsed = {text: o for text in owners if (o := Owner.parse(text)) is not None and o != self.owner}
+        parsed = {text: o for text in owners
+                  if text is not None and (o := Owner.parse(text)) is not None and o != self.owner}
         elsewhere = [text for text, o in parsed.items() if not o.here]
         leases = self.ledger.owner_leases(elsewhere) if elsewhere else {}
         now = time.time()
@@ -184,7 +190,8 @@ class Session:
                     backend = SlurmBackend(profile, self._recorder, credentials=self.storage.dask_credentials_path,
                                            log_directory=str(self.root / "pilot-logs"),
                                            grace=self.site.exit_file_grace,
-                                           pilot_python=profile.pilot_image and (lambda: self._pilot_python(profile)),
+                                           pilot_python=(lambda: self._pilot_python(profile))
+                                           if profile.pilot_image else None,
                                            call_times=self.ledger.call_durations)
                     if self._watch is None:
                         from htc_notebook.runtime.watch import SlurmWatch
@@ -229,8 +236,8 @@ class Session:
         if profile.backend != "slurm" or not native or "_" not in native:
             return False
         task = self.task_row(task_id)
-        self.backend(profile).adopt(job_id, attempt, native, str(self.storage.task_dir(task.project, task.name)),
-                                    timeout)
+        backend = cast("SlurmBackend", self.backend(profile))
+        backend.adopt(job_id, attempt, native, str(self.storage.task_dir(task.project, task.name)), timeout)
         self._job_task[job_id] = task_id  # watched here from now on: reconcile skips it
         return True
 
@@ -238,8 +245,9 @@ class Session:
     def remember_call(self, digest: str, obj: object) -> None:
         self._calls[digest] = obj
 
-    def _call_for(self, task: TaskRow, row: JobRow) -> Call:
+    def _call_for(self, task: TaskRow, row: JobRow | Pending) -> Call:
         digest = row.spec.payload
+        assert digest is not None  # every Python job has its payload
         obj = self._calls.get(digest)
         if obj is None:
             path = self.storage.payload_path(task.project, task.name, digest)
@@ -286,11 +294,11 @@ class Session:
         sandbox = {p: self.profile(p).sandbox for p in {r.profile for r in rows}}
         numbers = self.ledger.start_attempts([AttemptStart(r.id, host=self.owner.host, native_id=native, log_out=o,
                                                            log_err=e, status="RUNNABLE", sandbox=sandbox[r.profile])
-                                              for r, (o, e) in zip(rows, logs)], room)
+                                              for r, (o, e) in zip(rows, logs, strict=True)], room)
         if room is not None and not all(numbers):
             self.holding = True
         now: dict[str, list[Launch]] = {}
-        for row, attempt, (o, e) in zip(rows, numbers, logs):
+        for row, attempt, (o, e) in zip(rows, numbers, logs, strict=True):
             if attempt:  # 0: became terminal meanwhile (e.g. cancelled)
                 self._job_task[row.id] = task.id
                 launch = self._launch(task, where, row, attempt, o, e)
@@ -310,15 +318,15 @@ class Session:
                 backend.submit(launches)
             except HTCError as exc:
                 taken, reason, unstarted = backend.running(), f"not submitted: {exc}", rows[end:]
-                unsent = [l for l in launches if l.job_id not in taken]
-                unsent += [l for _, rest in queue[k + 1:] + list(later.items()) for l in rest]
+                unsent = [launch for launch in launches if launch.job_id not in taken]
+                unsent += [launch for _, rest in queue[k + 1:] + list(later.items()) for launch in rest]
                 numbers = self.ledger.start_attempts([AttemptStart(r.id, host=self.owner.host, status="RUNNABLE")
                                                       for r in unstarted]) if unstarted else []
                 self.ledger.record_outcomes(
-                    [Outcome(l.job_id, l.attempt, "FAILED", reason=reason, ended=time.time(), cause="submit")
-                     for l in unsent]
+                    [Outcome(launch.job_id, launch.attempt, "FAILED", reason=reason, ended=time.time(), cause="submit")
+                     for launch in unsent]
                     + [Outcome(r.id, n, "FAILED", reason=reason, ended=time.time(), cause="submit")
-                       for r, n in zip(unstarted, numbers) if n])
+                       for r, n in zip(unstarted, numbers, strict=True) if n])
                 self._notify()
                 raise
 
@@ -363,7 +371,7 @@ class Session:
         backend = self.backend(prof)
         if prof.backend != "slurm":
             raise UnsupportedFeature(f"profile {prof.name!r} runs locally; it has no pilots to scale")
-        return backend.pilots.cluster
+        return cast("SlurmBackend", backend).pilots.cluster
 
     def scale(self, profile: str | None, jobs: int) -> None:
         """Keep exactly `jobs` pilot jobs of a SLURM profile (stops adapting). BackendError with
@@ -387,7 +395,7 @@ class Session:
         """Start a profile's cluster now: the local dask cluster, or `jobs` SLURM pilot jobs (default 1)."""
         prof = self.profile(profile)
         if prof.backend == "local":
-            self.backend(prof).client  # noqa: B018 - starts it
+            cast("LocalBackend", self.backend(prof)).client  # noqa: B018 - starts it
         else:
             self.scale(prof.name, jobs or 1)
 
@@ -528,8 +536,8 @@ class Session:
         if lost:
             self.ledger.record_outcomes(lost)
             self._notify()
-        for owner, group in held.items():
-            self._take_held(owner, group)
+        for dead, group in held.items():
+            self._take_held(dead, group)
         return len(lost)
 
     def resume(self) -> int:
@@ -564,9 +572,10 @@ class Session:
                 self._job_task[r.id] = task_id
                 by_profile.setdefault(r.profile, []).append(
                     self._launch(task, where, r, r.attempts, r.log_out or "", r.log_err or ""))
-            tokens = {r.id: r.native_id[len("sbatch:"):] for r in group if (r.native_id or "").startswith("sbatch:")}
+            tokens = {r.id: r.native_id[len("sbatch:"):] for r in group
+                      if r.native_id is not None and r.native_id.startswith("sbatch:")}
             for profile, launches in by_profile.items():
-                self.backend(self.profile(profile)).hold(launches, tokens)
+                cast("SlurmBackend", self.backend(self.profile(profile))).hold(launches, tokens)
 
     def flush(self) -> None:
         """Wait until everything backends reported is committed to the ledger."""

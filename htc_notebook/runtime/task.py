@@ -230,14 +230,18 @@ class Task:
             raise SpecError("sweep", "sweep", type(sweep).__name__, "a Sweep (Sweep.grid, Sweep.zip, ...)")
         if callable(what):
             if definition is not None:
-                raise SpecError("sweep", "definition", type(definition).__name__, "no job definition for a Python "
-                                "function (definitions are for commands): give its cores, memory, walltime as resources=")
+                raise SpecError("sweep", "definition", type(definition).__name__,
+                                "no job definition for a Python function (definitions are for commands): "
+                                "give its cores, memory, walltime as resources=")
             prof, res = self._resolve(profile, resources)
             digest = self._store(what, what)
             identity, label = f"fn:{_fn_name(what)}", name or _fn_name(what)
             common = self._spec(res, retries, payload=digest)
             kind = "python"
-            render = lambda params: common  # noqa: E731
+
+            def render(params: Mapping[str, Any]) -> JobSpec:
+                return common
+
             priority = 0
         else:
             argv = template_argv(what)
@@ -258,7 +262,10 @@ class Task:
             identity, label, kind = "cmd:" + "\0".join(argv), name or _safe_label(argv[0]), "command"
             for member in sweep.members[:1]:
                 render_command(argv, member.params)  # a missing field fails before anything is written
-            render = lambda params: common.model_copy(update={"commands": render_command(argv, params)})  # noqa: E731
+
+            def render(params: Mapping[str, Any]) -> JobSpec:
+                return common.model_copy(update={"commands": render_command(argv, params)})
+
         for race in range(RACES):
             keys = [_member_key(identity, m.key) for m in sweep.members]
             existing = self.session.ledger.jobs_by_key(self.id, keys)
@@ -266,7 +273,7 @@ class Task:
                 existing = self.session.ledger.jobs_by_key(self.id, keys)
             new = [NewJob(name=label, kind=kind, params=dict(m.params), spec=render(m.params), key=k,
                           index=i, profile=prof.name, priority=priority)
-                   for i, (m, k) in enumerate(zip(sweep.members, keys)) if k not in existing]
+                   for i, (m, k) in enumerate(zip(sweep.members, keys, strict=True)) if k not in existing]
             order = [existing[k].id if k in existing else None for k in keys] if existing else None  # None: new
             del keys  # the new jobs hold theirs, and are let go once recorded (see _add)
             try:
@@ -360,10 +367,11 @@ class Task:
         """A job's spec, dispatched by this session (`plan.job_spec`)."""
         return job_spec(res, retries, str(self.session.owner), **what)
 
-    def _command_spec(self, profile: str | None, d: JobDefinition, retries: int):
+    def _command_spec(self, profile: str | None, d: JobDefinition, retries: int | RetryPolicy):
         """Check an HTC job definition against a profile: (profile, resources, spec, priority)."""
         prof, res, priority = check_definition(self.session.site, profile, d)
-        spec = definition_spec(res, d, retries, str(self.session.owner), self._image(d.image_name, d.architecture, prof))
+        image = self._image(d.image_name, d.architecture, prof)
+        spec = definition_spec(res, d, retries, str(self.session.owner), image)
         return prof, res, spec, priority
 
     def _image(self, name: str, arch: str, prof: PartitionProfile, field: str = "imageName") -> ImageRef | None:
@@ -430,7 +438,8 @@ class Task:
         if limit is not None:
             cores = max({id(j.spec): j.spec.cores for j in jobs}.values())
             if cores > limit:
-                raise SpecError("JobSpec", "cores", cores, f"at most the vCPU limit of project {self.project!r}, {limit} "
+                raise SpecError("JobSpec", "cores", cores,
+                                f"at most the vCPU limit of project {self.project!r}, {limit} "
                                 "(a job above it would never start; raise the limit or ask for fewer cores)")
 
     def _settle(self, rows) -> bool:
@@ -453,7 +462,7 @@ class Task:
             return []
         self._check_limit(jobs)
         ids = self.session.ledger.add_jobs(self.id, jobs, batch)
-        pending = [Pending(i, j) for i, j in zip(ids, jobs)]
+        pending = [Pending(i, j) for i, j in zip(ids, jobs, strict=True)]
         jobs.clear()
         self.session.dispatch(self.row, pending)
         return ids
@@ -525,8 +534,9 @@ def _pickle(obj: object, fn: object) -> bytes:
     """Pickle now, so an unpicklable function fails at submit time, not on a node."""
     try:
         return cloudpickle.dumps(obj)
-    except Exception as exc:
-        raise SpecError("submit", "fn", fn, f"a picklable function and arguments ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # noqa: BLE001 - pickling raises whatever an object's __reduce__ or a closure raises
+        raise SpecError("submit", "fn", fn,
+                        f"a picklable function and arguments ({type(exc).__name__}: {exc})") from None
 
 
 def _with_launcher(profile: PartitionProfile, launcher: str) -> PartitionProfile:

@@ -34,7 +34,8 @@ LEASE = "slurm-status-poll"
 JOBS_PER_STEP = 2000  # the interval grows by `base` for every this many array tasks watched
 MAX_INTERVAL = 60.0
 SLOW_POLLS = 3  # squeue counts as slow once this many polls in a row were
-LEASE_MIN_SECONDS = 10.0  # a holder silent this long (and 3 intervals) is taken over; two pollers for a moment are harmless
+# a holder silent this long (and 3 intervals) is taken over; two pollers for a moment are harmless
+LEASE_MIN_SECONDS = 10.0
 
 
 def poll_interval(base: float, watched: int, took: float, failures: int) -> float:

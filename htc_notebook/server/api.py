@@ -331,7 +331,8 @@ class HTCApi:
         return {"retried": len(moved), "jobIds": [str(i) for i in moved]}
 
     def _selected(self, user: User, project_id: str, task_id: str, body: Any, default: Any) -> list[int]:
-        """Ids of the jobs a body lists (`{"jobIds": [...]}`, each checked), or of the task's jobs in `default` states."""
+        """Ids of the jobs a body lists (`{"jobIds": [...]}`, each checked), or of the task's jobs in
+        `default` states."""
         task = self._task(user, project_id, task_id)
         if body in (None, {}):
             return self.session.reads.job_ids(task.id, default)
@@ -388,7 +389,7 @@ class HTCApi:
     # -- vCPU limits (HTC `limits`: the lowest holds across every kernel and server) ------------------
     def list_limits(self, user: User, project_id: str, page: str | None, size: int) -> tuple[list[dict], str | None]:
         project = self._handle(user, project_id)
-        return _offset_page([_limit_json(l) for l in project.limits()], page, size)
+        return _offset_page([_limit_json(limit) for limit in project.limits()], page, size)
 
     def get_limit(self, user: User, project_id: str, limit_id: str) -> dict[str, Any]:
         return _limit_json(self._limit(user, project_id, limit_id))
@@ -416,7 +417,7 @@ class HTCApi:
 
     def _limit(self, user: User, project_id: str, limit_id: str):
         project = self._handle(user, project_id)
-        found = [l for l in project.limits() if isinstance(limit_id, str) and str(l.id) == limit_id]
+        found = [limit for limit in project.limits() if isinstance(limit_id, str) and str(limit.id) == limit_id]
         if not found:
             raise ApiError(404, f"no limit {limit_id!r} in project {project.name!r}")
         return found[0]

@@ -33,7 +33,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from htc_notebook.errors import HTCError
+from htc_notebook.errors import ConfigError, HTCError
 
 TOKEN_SECONDS = 6 * 3600
 ALGORITHM = "RS256"
@@ -94,7 +94,7 @@ class Auth:
     def _load_or_create_key(self) -> rsa.RSAPrivateKey:
         path = self.dir / "jwt-signing-key.pem"
         if path.exists():
-            return serialization.load_pem_private_key(path.read_bytes(), password=None)  # type: ignore[return-value]
+            return _rsa_key(path)
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
@@ -106,7 +106,7 @@ class Auth:
             os.link(tmp, path)  # first writer wins if two servers start at once
         except FileExistsError:
             tmp.unlink()
-            return serialization.load_pem_private_key(path.read_bytes(), password=None)  # type: ignore[return-value]
+            return _rsa_key(path)
         tmp.unlink()
         return key
 
@@ -154,7 +154,7 @@ class Auth:
         return {"username": user, "keyId": key_id, "projects": projects}
 
     # -- bearer tokens ---------------------------------------------------------------------
-    def issue_token(self, api_key: str) -> dict[str, str]:
+    def issue_token(self, api_key: str) -> dict[str, Any]:
         """`{"tokenValue", "expiresIn", "expiresAt"}` for a valid API key (expiresIn in seconds: what
         HTC API clients read to renew it)."""
         key_id, user = self._check_key(api_key)
@@ -163,7 +163,8 @@ class Auth:
                   "jti": uuid.uuid4().hex}
         token = jwt.encode(claims, self._private, algorithm=ALGORITHM, headers={"kid": self.kid})
         expires = dt.datetime.fromtimestamp(now + TOKEN_SECONDS, dt.timezone.utc)
-        return {"tokenValue": token, "expiresIn": TOKEN_SECONDS, "expiresAt": expires.isoformat().replace("+00:00", "Z")}
+        return {"tokenValue": token, "expiresIn": TOKEN_SECONDS,
+                "expiresAt": expires.isoformat().replace("+00:00", "Z")}
 
     def verify(self, token: str) -> dict[str, Any]:
         """The claims of a valid token whose key is not revoked; Unauthorized otherwise."""
@@ -216,6 +217,13 @@ class Auth:
         """Is `user` a member of `project` (through any of their keys)?"""
         return self._db().execute("SELECT 1 FROM members WHERE user = ? AND project = ?",
                                   (user, project)).fetchone() is not None
+
+
+def _rsa_key(path: Path) -> rsa.RSAPrivateKey:
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, rsa.RSAPrivateKey):  # tokens are signed RS256
+        raise ConfigError("holds no RSA private key (the server's token signing key)", file=str(path))
+    return key
 
 
 def _hash(secret: str) -> str:

@@ -13,11 +13,13 @@ cookie requests need its XSRF token.
 >>> parse(b'[{"htcJobDefinition": {"maxDiskGiB": 18446744073709551616}}]', "application/json")
 Traceback (most recent call last):
 ...
-htc_notebook.server.body.BadBody: [0].htcJobDefinition.maxDiskGiB = 18446744073709551616 is not allowed: a whole number from -2**63 to 2**63 - 1
+htc_notebook.server.body.BadBody: [0].htcJobDefinition.maxDiskGiB = 18446744073709551616 is not allowed:
+a whole number from -2**63 to 2**63 - 1
 >>> parse(b"projectName=md", "application/x-www-form-urlencoded")
 Traceback (most recent call last):
 ...
-htc_notebook.server.body.BadBody: the body is not JSON (Content-Type 'application/x-www-form-urlencoded'): send JSON, with Content-Type: application/json
+htc_notebook.server.body.BadBody: the body is not JSON (Content-Type 'application/x-www-form-urlencoded'):
+send JSON, with Content-Type: application/json
 """
 
 from __future__ import annotations

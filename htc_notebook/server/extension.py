@@ -30,7 +30,7 @@ from htc_notebook.server.handlers import PREFIX, HTCHandler, routes
 from htc_notebook.server.settings import ServerSettings
 
 
-class JupyterHTCHandler(HTCHandler, APIHandler):
+class JupyterHTCHandler(HTCHandler, APIHandler):  # type: ignore[misc]  # HTCHandler.prepare awaits Jupyter's, typed apart
     """Bearer token, or Jupyter's own login (with XSRF on mutations)."""
 
     def check_xsrf_cookie(self) -> None:

@@ -44,7 +44,7 @@ class HTCHandler(web.RequestHandler):
         if self._finished:
             return
         limit = self.api.settings.max_body_bytes
-        self.request.connection.set_max_body_size(limit * DROP_FACTOR)  # type: ignore[union-attr]
+        self.request.connection.set_max_body_size(limit * DROP_FACTOR)  # type: ignore[union-attr]  # HTTP1Connection's
         declared = self.request.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > limit * DROP_FACTOR:
             self.send({"message": self._too_large()}, 413)
@@ -178,7 +178,7 @@ def _route(**verbs: Callable[..., Any]) -> Callable[[type[HTCHandler]], type[HTC
 def public(action: Callable[[HTCHandler], None], base: type[HTCHandler]) -> type[HTCHandler]:
     """A GET route that needs no bearer token (it checks its own credential, if any)."""
 
-    class Public(base):  # type: ignore[valid-type, misc]
+    class Public(base):  # type: ignore[valid-type, misc]  # a base class given at run time
         def get(self) -> None:
             self.run(lambda: action(self))
 

@@ -16,7 +16,9 @@ from .units import format_walltime, parse_memory_mib, parse_walltime_seconds
 from .yaml_loader import LineMap, load_yaml, locate, located
 
 __all__ = [
-    "Dimension", "EnvVar", "ImageRef", "JobBatch", "JobDefinition", "JobSpec", "MpiLayout", "LineMap", "Member", "PartitionProfile", "ProjectLimit", "Resources", "RetentionPolicy",
-    "Decision", "Limits", "Request", "RetryPolicy", "SiteConfig", "Sweep", "check_name", "format_walltime", "load_batches",
+    "Dimension", "EnvVar", "ImageRef", "JobBatch", "JobDefinition", "JobSpec", "MpiLayout", "LineMap", "Member",
+    "PartitionProfile", "ProjectLimit", "Resources", "RetentionPolicy",
+    "Decision", "Limits", "Request", "RetryPolicy", "SiteConfig", "Sweep", "check_name", "format_walltime",
+    "load_batches",
     "load_yaml", "locate", "located", "parse_memory_mib", "parse_walltime_seconds",
 ]

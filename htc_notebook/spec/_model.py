@@ -53,7 +53,7 @@ def as_whole(value: object, lo: int = 1, hi: int | None = None, *, field: str = 
     allowed = f"a whole number >= {lo}" if hi is None else f"a whole number from {lo} to {hi}"
     if _is_bool(value) or isinstance(value, (float, str, bytes)) or not hasattr(value, "__index__"):
         raise SpecError(model, field, value, f"{allowed} (got {type(value).__name__})")
-    number = value.__index__()  # type: ignore[attr-defined]  # also numpy integers
+    number = value.__index__()  # also numpy integers
     if number < lo or (hi is not None and number > hi):
         raise SpecError(model, field, value, allowed)
     return number
@@ -85,7 +85,7 @@ def with_where(err: SpecError, where: str | None) -> SpecError:
         new: SpecError = SpecErrors([e if e.where else with_where(e, where) for e in err.errors])
     else:
         new = type(err)(err.model, err.field, err.value, err.allowed, where=where)
-    new.loc = getattr(err, "loc", ())  # type: ignore[attr-defined]
+    new.loc = getattr(err, "loc", ())
     return new
 
 
@@ -222,7 +222,7 @@ def _make(cls: type[BaseModel], loc: Loc, value: object, allowed: str) -> SpecEr
     # with no field path, the model itself is what is wrong: "Resources = [1] is not allowed"
     result = SpecError(cls.__name__, format_loc(loc), value, allowed) if loc else \
         SpecError("", cls.__name__, value, allowed)
-    result.loc = loc  # type: ignore[attr-defined]
+    result.loc = loc
     return result
 
 
@@ -236,5 +236,5 @@ def fail(loc: Sequence[str | int] | str, value: object, allowed: str, model: str
     """A SpecError for the field at `loc` (a path relative to the model being validated)."""
     loc = (loc,) if isinstance(loc, str) else tuple(loc)
     err = SpecError(model, format_loc(loc), value, allowed)
-    err.loc = loc  # type: ignore[attr-defined]
+    err.loc = loc
     return err

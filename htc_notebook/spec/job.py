@@ -214,6 +214,7 @@ def load_batches(path: str | Path) -> list[JobBatch]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read job batch file: {exc}", file=file) from None
     data, lines = _load_json(text, file) if suffix == ".json" else load_yaml(text, file)
+    prefixes: list[tuple[int, ...]]  # where each batch is in the file
     if isinstance(data, Mapping):
         items, prefixes = [data], [()]
     elif isinstance(data, list) and data:
@@ -222,7 +223,7 @@ def load_batches(path: str | Path) -> list[JobBatch]:
         raise SpecError("", "jobBatch", data, "one job batch object or a non-empty list of them",
                         where=lines.where(()))
     batches = []
-    for item, prefix in zip(items, prefixes):
+    for item, prefix in zip(items, prefixes, strict=True):
         try:
             batches.append(JobBatch.model_validate(item))
         except SpecError as exc:

@@ -8,7 +8,8 @@ Each type refuses anything a shell would treat specially (``;``, newlines, quote
 >>> check_name("a; rm -rf ~")
 Traceback (most recent call last):
 ...
-htc_notebook.errors.SpecError: name = 'a; rm -rf ~' is not allowed: 1-128 characters: letters, digits, _ . - (starting with a letter or digit); found ';'
+htc_notebook.errors.SpecError: name = 'a; rm -rf ~' is not allowed: 1-128 characters: letters, digits, _ . -
+(starting with a letter or digit); found ';'
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ def check_safe_text(value: object, field: str = "text") -> str:
 _REPO = re.compile(r"[a-z0-9]+(?:(?:[._]|__|[-]*)[a-z0-9]+)*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _DIGEST = re.compile(r"sha256:[a-f0-9]{64}")
-REPO_FORM = "1-128 characters: lowercase letters and digits, with single . _ or - (or __) between them (an OCI repository name)"
+REPO_FORM = ("1-128 characters: lowercase letters and digits, with single . _ or - (or __) between them "
+             "(an OCI repository name)")
 IMAGE_FORM = (f"repo:tag or repo@sha256:<64 hex digits> of the project's registry; repo: {REPO_FORM}; "
               "tag: letters, digits, _ . - (1-128, not starting with . or -)")
 
@@ -128,7 +130,9 @@ def parse_image(value: object, field: str = "imageName") -> tuple[str, str]:
     >>> parse_image("../etc:x")
     Traceback (most recent call last):
     ...
-    htc_notebook.errors.SpecError: imageName = '../etc:x' is not allowed: repo:tag or repo@sha256:<64 hex digits> of the project's registry; repo: 1-128 characters: lowercase letters and digits, with single . _ or - (or __) between them (an OCI repository name); tag: letters, digits, _ . - (1-128, not starting with . or -)
+    htc_notebook.errors.SpecError: imageName = '../etc:x' is not allowed: repo:tag or repo@sha256:<64 hex digits>
+    of the project's registry; repo: 1-128 characters: lowercase letters and digits, with single . _ or - (or __)
+    between them (an OCI repository name); tag: letters, digits, _ . - (1-128, not starting with . or -)
     """
     if isinstance(value, str):
         repo, at, digest = value.partition("@")

@@ -141,18 +141,20 @@ class PartitionProfile(SpecModel):
 
         if r.nodes > self.max_nodes:
             fail("nodes", r.nodes, f"{me} allows at most max_nodes={self.max_nodes}")
+        assert r.cores is not None  # always set once validated: ranks x cpus_per_rank, else 1
         if r.is_mpi:
-            per_node = r.ranks_per_node * r.cpus_per_rank  # type: ignore[operator]
+            assert r.ranks_per_node is not None  # inferred for an MPI job
+            per_node = r.ranks_per_node * r.cpus_per_rank
             if per_node > self.cores_per_node:
                 fail("ranks_per_node", r.ranks_per_node,
                      f"more ranks than cores: ranks_per_node x cpus_per_rank = {r.ranks_per_node} x "
                      f"{r.cpus_per_rank} = {per_node} cores per node, but {me} has "
                      f"cores_per_node={self.cores_per_node}")
         total = self.cores_per_node * r.nodes
-        if r.cores > total:  # type: ignore[operator]
+        if r.cores > total:
             fail("cores", r.cores, f"{me} allows at most cores_per_node x nodes = "
                  f"{self.cores_per_node} x {r.nodes} = {total} cores")
-        if not r.is_mpi and r.cores > self.cores_per_node:  # type: ignore[operator]
+        if not r.is_mpi and r.cores > self.cores_per_node:
             fail("cores", r.cores, f"a job without MPI ranks runs on one node; {me} has "
                  f"cores_per_node={self.cores_per_node}")
         if r.memory is not None and r.memory > self.memory_per_node:

@@ -9,7 +9,8 @@ always set after validation (``ranks x cpus_per_rank`` for MPI jobs, else 1).
 >>> Resources(ranks=5, nodes=2)
 Traceback (most recent call last):
 ...
-htc_notebook.errors.SpecError: Resources.ranks = 5 is not allowed: ranks=5 does not split evenly over nodes=2 (5 / 2 = 2.5)
+htc_notebook.errors.SpecError: Resources.ranks = 5 is not allowed: ranks=5 does not split evenly over nodes=2
+(5 / 2 = 2.5)
 """
 
 from __future__ import annotations

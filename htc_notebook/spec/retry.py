@@ -5,7 +5,8 @@ as it was; one killed for `memory` asks for `memory_factor` times the memory, on
 time limit (`timeout`) for `time_factor` times the time, each up to the most the profile allows.
 These three use up `retries`. A node that failed, a preemption, a worker or scheduler job that
 vanished, or the session that ran it exiting (`owner`) is not the job's fault: it is requeued as
-it was, up to `requeues` times, without using up `retries`. A request that cannot grow any more is not retried, and the decision says so.
+it was, up to `requeues` times, without using up `retries`. A request that cannot grow any more is
+not retried, and the decision says so.
 
 >>> policy = RetryPolicy(retries=3, backoff=2.0, max_backoff=5.0)
 >>> [policy.delay(a) for a in (1, 2, 3)]

@@ -71,6 +71,7 @@ class Sweep:
     """An immutable sequence of Members; build one with grid, zip, from_list, from_dataframe or random."""
 
     __slots__ = ("_members",)
+    _members: tuple[Member, ...]
 
     def __init__(self, members: Iterable[Member] = ()):
         object.__setattr__(self, "_members", tuple(members))
@@ -133,7 +134,7 @@ class Sweep:
         _check_limit(size, limit)
         names = list(values)
         combos = itertools.product(*values.values()) if values else ()
-        return cls._build((dict(zip(names, combo)) for combo in combos), limit)
+        return cls._build((dict(zip(names, combo, strict=True)) for combo in combos), limit)
 
     @classmethod
     def zip(cls, *, limit: int = LIMIT, **axes: Iterable[Any]) -> Sweep:
@@ -146,7 +147,7 @@ class Sweep:
             raise SpecError("Sweep", "zip", lengths, f"axes of equal length (got lengths {shown})")
         _check_limit(next(iter(lengths.values()), 0), limit)
         names = list(values)
-        return cls._build((dict(zip(names, combo)) for combo in zip(*values.values())), limit)
+        return cls._build((dict(zip(names, combo, strict=True)) for combo in zip(*values.values(), strict=True)), limit)
 
     @classmethod
     def from_dataframe(cls, df: Any, *, limit: int = LIMIT) -> Sweep:

@@ -39,7 +39,7 @@ def parse_memory_mib(value: object, *, field: str = "memory") -> int:
     if not isinstance(value, str):
         if _is_bool(value) or isinstance(value, float) or not hasattr(value, "__index__"):
             raise SpecError("", field, value, f"{MEMORY_FORMATS} (got {type(value).__name__})")
-        mib = value.__index__()  # type: ignore[attr-defined]
+        mib = value.__index__()
     else:
         m = _MEMORY.fullmatch(value)
         if not m:
@@ -73,7 +73,7 @@ def parse_walltime_seconds(value: object, *, field: str = "walltime") -> int:
     if not isinstance(value, str):
         if _is_bool(value) or isinstance(value, float) or not hasattr(value, "__index__"):
             raise SpecError("", field, value, f"{WALLTIME_FORMATS} (got {type(value).__name__})")
-        total = value.__index__()  # type: ignore[attr-defined]
+        total = value.__index__()
     else:
         m = _WALLTIME.fullmatch(value.strip())
         if not m:

@@ -72,7 +72,7 @@ class LineMap:
         equal whatever files they came from (SiteConfig keeps its LineMap for messages only)."""
         return isinstance(other, LineMap)
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # unhashable, as it defines __eq__ (typeshed: a method)
 
     def __repr__(self) -> str:
         return f"LineMap({len(self._entries)} entries)"

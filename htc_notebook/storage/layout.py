@@ -51,7 +51,7 @@ def private_dir(path: Path) -> Path:
 class Storage:
     """The data root. Every directory is created on first use."""
 
-    def __init__(self, root: Path | str):
+    def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root).absolute()
 
     def __repr__(self) -> str:

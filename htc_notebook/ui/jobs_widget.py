@@ -105,6 +105,7 @@ class JobsTable(anywidget.AnyWidget):
     # -- without a widget front end --------------------------------------------------------
     def _repr_mimebundle_(self, **kwargs):
         bundle = super()._repr_mimebundle_(**kwargs)
+        assert bundle is not None  # anywidget gives None only to a widget without a view
         data = bundle[0] if isinstance(bundle, tuple) else bundle
         data["text/plain"] = self.text()
         data["text/html"] = self.html()

@@ -8,7 +8,7 @@ scale and stop act on the session's pilots for that profile.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
 
@@ -82,7 +82,8 @@ class ClusterLauncher(w.VBox):
                 self.session.stop(prof.name)
                 self.status.value = f"stopped {prof.name}"
             elif prof.backend == "local":
-                client = self.session.backend(prof).client
+                local: Any = self.session.backend(prof)  # a LocalBackend (ui/ does not import backends/)
+                client = local.client
                 self.status.value = f"local cluster running: <a href='{client.dashboard_link}'>dashboard</a>"
             else:
                 self.session.scale(prof.name, self.jobs.value)

@@ -36,10 +36,10 @@ USAGE = __doc__.split("\n\n", 2)[2]
 class _Parser(argparse.ArgumentParser):
     """argparse that raises UsageError (with the usage text) instead of exiting."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str):
         raise UsageError(f"%htc: {message}\n\n{self.format_usage()}\n{USAGE}")
 
-    def exit(self, status: int = 0, message: str | None = None):  # type: ignore[override]
+    def exit(self, status: int = 0, message: str | None = None):
         raise UsageError(message or self.format_help())
 
 
@@ -177,7 +177,8 @@ class HTCMagics(Magics):
             if args.action != "start":
                 raise UsageError(f"profile {prof.name!r} is the local machine: only start and stop apply")
             session.start(prof.name)
-            return session.backend(prof).client
+            local: Any = session.backend(prof)  # a LocalBackend (ui/ does not import backends/)
+            return local.client
         if args.action == "start":
             session.start(prof.name, args.jobs)
         elif args.action == "scale":
@@ -225,7 +226,9 @@ class HTCMagics(Magics):
             command = ["env", *[f"{n}={{{n}}}" for n in axes_names], "bash", "-c", body, "htc-script"]
         if not command:
             raise UsageError(f"%htc submit: give a COMMAND after --\n\n{USAGE}")
-        axes = dict(parse_axis(a) for a in args.sweep)
+        axes: dict[str, Any] = dict(parse_axis(a) for a in args.sweep)
+        if "limit" in axes:  # Sweep.grid would take it for its own limit= (the most members it allows)
+            raise UsageError("%htc submit: --sweep cannot name an axis `limit`; call it something else")
         sweep = Sweep.grid(**axes) if axes else None
         argv = template_argv(command)
         name = args.name or argv[0].rsplit("/", 1)[-1]
@@ -251,10 +254,10 @@ class HTCMagics(Magics):
                                 cpus_per_rank=args.cpus_per_rank, memory=args.memory, walltime=args.timeout,
                                 profile=args.profile, name=name, image=args.image) for m in members]
             return LiveGroup(task.session, task.id, [h.id for h in handles], name)
-        definition = JobDefinition(commands=list(argv), maxVCpus=args.cores or 1,
-                                   **({"maxMemory": _mib(args.memory)} if args.memory else {}),
-                                   **({"execTimeoutSeconds": args.timeout} if args.timeout else {}),
-                                   **({"imageName": args.image} if args.image else {}))
+        definition = JobDefinition.model_validate({"commands": list(argv), "maxVCpus": args.cores or 1,
+                                                   **({"maxMemory": _mib(args.memory)} if args.memory else {}),
+                                                   **({"execTimeoutSeconds": args.timeout} if args.timeout else {}),
+                                                   **({"imageName": args.image} if args.image else {})})
         if sweep is None:
             group = task.submit_batch({"jobName": name, "batchSize": 1,
                                        "htcJobDefinition": definition.to_wire()}, profile=args.profile)

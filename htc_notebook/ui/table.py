@@ -52,9 +52,13 @@ class TableModel:
         else:
             seq, changed = self.reads.view_changes(self.task_id, self.seq)
         self.seq = seq
-        rows, new, hosts, names = [], [], [], []
+        rows: list[list] = []
+        new: list[list] = []
+        hosts: list[str] = []
+        names: list[str] = []
         only, static, known, t0 = self.only, self.static, self.rows, self.t0  # locals: the loop may run 100,000 times
-        for job_id, name, status, reason, host, attempts, started, ended, params, _, blob, *use in changed:
+        for (job_id, name, status, reason, host, attempts, started, ended, params, _, blob,
+             cpu_s, rss, memory, cores) in changed:  # the last four: USED_SQL's
             if only is not None and job_id not in only:
                 continue
             if job_id not in static:
@@ -63,7 +67,7 @@ class TableModel:
                     n = self.names[name] = len(self.names)
                     names.append(name)
                 new.append(static.setdefault(job_id, [job_id, n, params]))
-            h = -1
+            h: int | None = -1
             if host:
                 h = self.hosts.get(host)
                 if h is None:
@@ -73,8 +77,8 @@ class TableModel:
                    round((started - t0) * 10) if started else None,
                    round((ended - started) * 10) if ended and started else None, reason,
                    _preview(blob) if blob is not None else None,
-                   used(*use, ended - started if ended and started else None) if use[0] is not None or use[1] is not None
-                   else None]
+                   used(cpu_s, rss, memory, cores, ended - started if ended and started else None)
+                   if cpu_s is not None or rss is not None else None]
             old = known.get(job_id)
             if old == row:
                 continue

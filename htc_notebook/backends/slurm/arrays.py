@@ -5,9 +5,10 @@ A group of launches that share a job definition becomes one array per
 (`sbatch:<token>` as native id, `--comment=htc:<token>` on the job) is in the ledger before
 sbatch runs, so a chunk whose sbatch timed out, or whose submitter died, is looked up in
 `squeue` by its comment before it is ever sent again. `poll()` (called by the data root's one
-poller, runtime/watch.py) turns what SLURM and the jobs' own files say into reports: squeue for queued and running tasks (with the pending reason
-in words), the exit-code file each task writes when it ends, and `scontrol`
-for tasks that left the queue without one (cancelled, timed out, node failure).
+poller, runtime/watch.py) turns what SLURM and the jobs' own files say into reports: squeue for
+queued and running tasks (with the pending reason in words), the exit-code file each task writes
+when it ends, and `scontrol` for tasks that left the queue without one (cancelled, timed out, node
+failure).
 A task unknown to all three is LOST, never SUCCEEDED (design G5).
 """
 
@@ -20,7 +21,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from htc_notebook.backends.base import PER_JOB_ENV, Launch, Reporter, disk_full_reason, oom_reason
 from htc_notebook.backends.mpi_ranks import is_python_job, rank_dir, read_outcome
@@ -117,22 +118,23 @@ class ArrayRunner:
         token = uuid.uuid4().hex[:16]
         # the intent, before sbatch: a restart looks this chunk up by its comment instead of sending it
         # twice; a job cancelled meanwhile (by any process) gets its .cancel file, so its array task skips it
-        live = self._reporter.sending([l.job_id for l in chunk], f"sbatch:{token}", "being submitted to SLURM")
+        live = self._reporter.sending([launch.job_id for launch in chunk], f"sbatch:{token}",
+                                      "being submitted to SLURM")
         if not live:
             return  # all cancelled while they waited: nothing to send
-        for l in chunk:
-            if l.job_id not in live:
-                stop_bundled(sdir, l.job_id, l.attempt)
+        for launch in chunk:
+            if launch.job_id not in live:
+                stop_bundled(sdir, launch.job_id, launch.attempt)
         stem = sdir / f"array-{first.job_id}-{first.attempt}"
         ids_file = Path(f"{stem}.ids")
-        atomic_write(ids_file, "".join(f"{l.job_id} {l.attempt}\n" for l in chunk).encode())
+        atomic_write(ids_file, "".join(f"{launch.job_id} {launch.attempt}\n" for launch in chunk).encode())
         commands_file = None
-        if any(l.command != first.command for l in chunk):
+        if any(launch.command != first.command for launch in chunk):
             commands_file = Path(f"{stem}.commands")
-            atomic_write(commands_file, "".join(command_line(l.command) + "\n" for l in chunk).encode())
+            atomic_write(commands_file, "".join(command_line(launch.command) + "\n" for launch in chunk).encode())
         script = Path(f"{stem}.sh")
-        atomic_write(script, array_script(self.profile, chunk, str(ids_file), str(commands_file) if commands_file else None,
-                                          of.bundle or 1).encode())
+        atomic_write(script, array_script(self.profile, chunk, str(ids_file),
+                                          str(commands_file) if commands_file else None, of.bundle or 1).encode())
         try:
             job = scheduler.sbatch(sbatch_argv(str(script), wrapper_log=f"{stem}-%a.log", chdir=str(first.cwd),
                                                comment=f"htc:{token}"))
@@ -146,13 +148,13 @@ class ArrayRunner:
         """Watch array `job` (job i of the chunk is in task i // bundle) and record the native ids now
         (of the `live` jobs: the others were cancelled before sbatch and are skipped by their task)."""
         sdir = state_dir(chunk[0].cwd)
-        natives = {l.job_id: f"{job}_{i // bundle}" + (f"/{bundle}" if bundle > 1 else "")
-                   for i, l in enumerate(chunk) if live is None or l.job_id in live}
+        natives = {launch.job_id: f"{job}_{i // bundle}" + (f"/{bundle}" if bundle > 1 else "")
+                   for i, launch in enumerate(chunk) if live is None or launch.job_id in live}
         with self._lock:
-            for l in chunk:
-                if l.job_id in natives:
-                    self._tracked[l.job_id] = Tracked(l.job_id, l.attempt, natives[l.job_id], sdir, l.timeout, l.memory,
-                                                      l.disk_gib)
+            for launch in chunk:
+                if launch.job_id in natives:
+                    self._tracked[launch.job_id] = Tracked(launch.job_id, launch.attempt, natives[launch.job_id], sdir,
+                                                           launch.timeout, launch.memory, launch.disk_gib)
         what = f"as array {job}" + (f", {bundle} jobs per array task" if bundle > 1 else "")
         self._reporter.submitted(natives, reason=f"submitted to SLURM {what}")
 
@@ -210,7 +212,7 @@ class ArrayRunner:
         while not self._stop.is_set():
             try:
                 self.feeder.feed()
-            except Exception:  # noqa: BLE001 - feeding goes on next round
+            except Exception:  # feeding goes on next round
                 log.exception("feeding SLURM array chunks failed; trying again in %s s", FEED_SECONDS)
             self._stop.wait(FEED_SECONDS)
 
@@ -233,6 +235,7 @@ class ArrayRunner:
             if ended is not None:
                 self._finish(t, ended)
             elif entry is not None:
+                assert status is not None  # the state of an entry squeue lists
                 reason = explain_pending(entry.reason) if status == "RUNNABLE" else None
                 host = _read_start_host(t) if status != "RUNNABLE" else None
                 if t.bundled and status == "RUNNING" and host is None:
@@ -321,7 +324,7 @@ def array_script(p: PartitionProfile, chunk: list[Launch], ids_file: str, comman
     """The sbatch script of one array: the jobs of `chunk` (one group of `_groups`), `bundle` per array task."""
     first = chunk[0]
     env = {k: v for k, v in first.env.items() if k not in PER_JOB_ENV}
-    same_command = all(l.command == first.command for l in chunk)
+    same_command = all(launch.command == first.command for launch in chunk)
     return render_array(
         job_name=f"htc-{first.name}"[:64], size=len(chunk), ids_file=ids_file,
         offset=int(first.env.get("HTC_JOB_INDEX", 0)), task_dir=str(first.cwd),
@@ -338,10 +341,12 @@ def array_script(p: PartitionProfile, chunk: list[Launch], ids_file: str, comman
         throttle=first.throttle, setup=p.setup, env=env, bundle=bundle, options=p.sbatch_options)
 
 
-def array_scripts(profile: PartitionProfile, launches: Sequence[Launch], max_array: int) -> list[tuple[list[Launch], str]]:
+def array_scripts(profile: PartitionProfile, launches: Sequence[Launch],
+                  max_array: int) -> list[tuple[list[Launch], str]]:
     """(chunk, script) pairs: the arrays `ArrayRunner.submit` would send, with placeholder file names."""
     return [(chunk, array_script(profile, chunk, ids_file="<ids>", commands_file="<commands>"))
-            for group in _groups(launches) for chunk in (group[i:i + max_array] for i in range(0, len(group), max_array))]
+            for group in _groups(launches)
+            for chunk in (group[i:i + max_array] for i in range(0, len(group), max_array))]
 
 
 def stop_bundled(sdir: Path | str, job_id: int, attempt: int) -> None:
@@ -352,20 +357,21 @@ def stop_bundled(sdir: Path | str, job_id: int, attempt: int) -> None:
 def _groups(launches: Sequence[Launch]) -> list[list[Launch]]:
     """Launches that can share one array script: same directory, resources, env and priority."""
     groups: dict[tuple, list[Launch]] = {}
-    for l in launches:
-        env = tuple(sorted((k, v) for k, v in l.env.items() if k not in PER_JOB_ENV))
-        key = (str(l.cwd), l.cores, l.mpi, l.memory, l.disk_gib, l.gpus, l.timeout, l.priority, l.throttle, env)
-        groups.setdefault(key, []).append(l)
+    for launch in launches:
+        env = tuple(sorted((k, v) for k, v in launch.env.items() if k not in PER_JOB_ENV))
+        key = (str(launch.cwd), launch.cores, launch.mpi, launch.memory, launch.disk_gib, launch.gpus, launch.timeout,
+               launch.priority, launch.throttle, env)
+        groups.setdefault(key, []).append(launch)
     out = []
     for group in groups.values():
         # HTC_JOB_INDEX must run consecutively inside one array: split where it does not
         run = [group[0]]
-        for l in group[1:]:
-            if int(l.env.get("HTC_JOB_INDEX", -2)) == int(run[-1].env.get("HTC_JOB_INDEX", -9)) + 1:
-                run.append(l)
+        for launch in group[1:]:
+            if int(launch.env.get("HTC_JOB_INDEX", -2)) == int(run[-1].env.get("HTC_JOB_INDEX", -9)) + 1:
+                run.append(launch)
             else:
                 out.append(run)
-                run = [l]
+                run = [launch]
         out.append(run)
     return out
 
@@ -391,11 +397,12 @@ def _read_exit(t: Tracked) -> Outcome | None:
                        ended=time.time())
     code = int(rc)
     how, cpu, peak = (rest + ["ok", "-", "-"][len(rest):])[:3]
-    used = {"cpu_s": round(int(cpu) / CLOCK_TICKS, 2) if cpu.isdigit() else None,
-            "max_rss_mib": round(int(peak) / 2**20, 1) if peak.isdigit() else None,
-            # a peak means the script found the job's memory cgroup: the site's, which holds --mem
-            # (`?`: found, but a job of a bundle whose peak it could not tell apart from those before)
-            "memory_held": ("cgroup" if peak.isdigit() or peak == "?" else "none") if t.memory else None}
+    used: dict[str, Any] = {
+        "cpu_s": round(int(cpu) / CLOCK_TICKS, 2) if cpu.isdigit() else None,
+        "max_rss_mib": round(int(peak) / 2**20, 1) if peak.isdigit() else None,
+        # a peak means the script found the job's memory cgroup: the site's, which holds --mem
+        # (`?`: found, but a job of a bundle whose peak it could not tell apart from those before)
+        "memory_held": ("cgroup" if peak.isdigit() or peak == "?" else "none") if t.memory else None}
     started = _read_start(t)
     ranks = rank_dir(t.state_dir.parent.parent, t.job_id, t.attempt)
     if is_python_job(ranks):  # an MPI function: the ranks' reports decide, and carry rank 0's value

@@ -41,7 +41,7 @@ class SlurmBackend:
         self.arrays = ArrayRunner(profile, reporter, grace=grace)
         self._log_directory = log_directory
         self._credentials = credentials
-        self._made: list[tuple[object, object]] = []  # (cluster, its credentials directory), removed at close
+        self._made: list[tuple[object, os.PathLike[str]]] = []  # (cluster, its credentials directory), removed at close
         self.pilots = DaskJobs(lambda: self._cluster(python=pilot_python and pilot_python()),
                                reporter, window=profile.dask_window, call_times=call_times)
         self.pool = pool_spec(profile, log_directory)
@@ -129,13 +129,14 @@ def plan(profile: PartitionProfile, launches: Sequence[Launch]) -> SlurmPlan:
     """How the SLURM backend runs `launches` (a pure function, but for refusing a machine that
     cannot confine them as the profile asks)."""
     check_confinement(profile, launches)
-    launches = [confined(l, profile) for l in launches]
-    mpi = [l for l in launches if l.mpi]
-    packed = [pooled(l, profile) if on_pool(l, profile) else wrap(l, profile, step=True)
-              for l in mpi if packs(l, profile)]
-    alone = [wrap(l, profile) for l in mpi if not packs(l, profile)]
-    calls = [l for l in launches if l.kind == "python" and not l.mpi]
-    return SlurmPlan([l for l in launches if l.kind == "command" and not l.mpi] + alone, calls, packed)
+    launches = [confined(launch, profile) for launch in launches]
+    mpi = [launch for launch in launches if launch.mpi]
+    packed = [pooled(launch, profile) if on_pool(launch, profile) else wrap(launch, profile, step=True)
+              for launch in mpi if packs(launch, profile)]
+    alone = [wrap(launch, profile) for launch in mpi if not packs(launch, profile)]
+    calls = [launch for launch in launches if launch.kind == "python" and not launch.mpi]
+    commands = [launch for launch in launches if launch.kind == "command" and not launch.mpi]
+    return SlurmPlan(commands + alone, calls, packed)
 
 
 def render(profile: PartitionProfile, launches: Sequence[Launch], max_array: int | None = None) -> str:
@@ -154,8 +155,9 @@ def render(profile: PartitionProfile, launches: Sequence[Launch], max_array: int
         parts.append(f"# pilot job (dask-jobqueue) for {len(p.calls)} Python calls\n{pilot_job_script(profile)}")
     if p.packed:
         parts.append(f"# packed MPI allocation (dask-jobqueue)\n{pilot_job_script(profile, packed=True)}")
-        parts += [f"# job {l.job_id}: a step of it\n{shlex.join(l.command)}" for l in p.packed if l.command]
-        if pool := [str(l.job_id) for l in p.packed if not l.command]:
+        parts += [f"# job {launch.job_id}: a step of it\n{shlex.join(launch.command)}"
+                  for launch in p.packed if launch.command]
+        if pool := [str(launch.job_id) for launch in p.packed if not launch.command]:
             parts.append(f"# jobs {', '.join(pool)}: on the allocation's MPI rank pool, started once as\n"
                          f"{shlex.join(pool_spec(profile, None).argv)} <driver address>")
     return "\n".join(parts)

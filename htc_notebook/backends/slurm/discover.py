@@ -110,7 +110,7 @@ def economy_from_sacctmgr(assoc: str, qos: str) -> str | None:
     candidates = sorted((levels[n][0], n) for n in allowed & set(levels) if n != default)
     preempted = [n for _, n in candidates if n in preempts]
     lower = [n for p, n in candidates if p < prio]
-    return (preempted or lower or [None])[0]
+    return next(iter(preempted or lower), None)
 
 
 def _economy_qos() -> str | None:

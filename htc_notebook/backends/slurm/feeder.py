@@ -95,10 +95,10 @@ class Feeder:
                 qos, fixed = self._qos(group[0]), self.profile.bundle
                 if fixed is None and len(group) > 2 * PROBES and not group[0].mpi:
                     probes, group = group[:PROBES], group[PROBES:]
-                    self._timed.update(dict.fromkeys((l.job_id for l in probes), -1.0))
+                    self._timed.update(dict.fromkeys((launch.job_id for launch in probes), -1.0))
                     self._held.append(Chunk(probes, qos, key=call))
                     self._held.append(Chunk(group, qos, key=call, bundle=None,
-                                            probes=frozenset(l.job_id for l in probes)))
+                                            probes=frozenset(launch.job_id for launch in probes)))
                     continue
                 step = self.max_array * (fixed or 1)
                 for start in range(0, len(group), step):
@@ -111,8 +111,8 @@ class Feeder:
         with self._lock:
             for group in groups:
                 by_token: dict[str | None, list[Launch]] = {}
-                for l in group:
-                    by_token.setdefault(tokens.get(l.job_id), []).append(l)
+                for launch in group:
+                    by_token.setdefault(tokens.get(launch.job_id), []).append(launch)
                 for token, part in by_token.items():
                     for start in range(0, len(part), self.max_array):
                         self._held.append(Chunk(part[start:start + self.max_array], self._qos(part[0]),
@@ -158,7 +158,8 @@ class Feeder:
         if self.profile.max_queued:
             part = self.profile.partition or self.profile.name
             out.append(site_limits.Limit(f"partition:{part}", self.profile.max_queued,
-                                         f"profile {self.profile.name} allows {self.profile.max_queued:,} (max_queued)"))
+                                         f"profile {self.profile.name} allows {self.profile.max_queued:,} "
+                                         "(max_queued)"))
         if self._learned:
             out.append(self._learned)
         return out
@@ -190,6 +191,7 @@ class Feeder:
                     self._transient(exc)
                     break
                 if free <= 0:
+                    assert why is not None  # room() names the limit that leaves none
                     self._say_held(why)
                     break
                 part = chunk.launches[:free * chunk.bundle]
@@ -233,14 +235,14 @@ class Feeder:
                 self._held.popleft()
         if raise_it:
             raise exc
-        for l in chunk.launches:
-            self._reporter.finished(Outcome(l.job_id, l.attempt, "FAILED", reason=f"not submitted: {exc}",
+        for launch in chunk.launches:
+            self._reporter.finished(Outcome(launch.job_id, launch.attempt, "FAILED", reason=f"not submitted: {exc}",
                                             ended=time.time(), cause="submit"))
 
     def _say_held(self, why: str) -> None:
         """Report held jobs HELD with `why` (each job once per new reason)."""
         with self._lock:
-            ids = [l.job_id for c in self._held for l in c.launches]
+            ids = [launch.job_id for c in self._held for launch in c.launches]
         new = [i for i in ids if self._said.get(i) != why]
         if new:
             self._reporter.update(new, "HELD", reason=why)
@@ -264,12 +266,12 @@ class Feeder:
         with self._lock:
             for c in self._held:
                 if c.token is None:  # a chunk that may be in SLURM is resolved first
-                    c.launches = [l for l in c.launches if l.job_id not in job_ids]
+                    c.launches = [launch for launch in c.launches if launch.job_id not in job_ids]
             self._held = deque(c for c in self._held if c.launches)
 
     def held(self) -> set[int]:
         with self._lock:
-            return {l.job_id for c in self._held for l in c.launches}
+            return {launch.job_id for c in self._held for launch in c.launches}
 
     def timed(self, job_id: int, outcome: Outcome) -> None:
         """A probe ended: how long it ran decides its batch's bundle size."""

@@ -82,7 +82,8 @@ def parse_limits(*, config: str, qos_rows: str, assoc_rows: str) -> list[Limit]:
 
 def for_qos(limits: list[Limit], qos: str | None) -> list[Limit]:
     """The limits that jobs asking for `qos` (None: the default QOS) meet."""
-    return [l for l in limits if not l.scope.startswith("qos:") or (l.scope == f"qos:{qos}" if qos else l.default)]
+    return [limit for limit in limits
+            if not limit.scope.startswith("qos:") or (limit.scope == f"qos:{qos}" if qos else limit.default)]
 
 
 def room(limits: list[Limit], counts: Counter | dict[str, int]) -> tuple[int, str | None]:

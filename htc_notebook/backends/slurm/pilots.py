@@ -162,9 +162,12 @@ def _check_python(python: str, what: str) -> None:
                            f"{ours[3]} with dask {ours[1]} for it, or leave it unset")
     theirs = json.loads(out.stdout.strip().splitlines()[-1])
     names = ("Python", "dask", "distributed", "htc_notebook", "htc_notebook code")
-    key = lambda v: [".".join(v[0].split(".")[:2]), *v[1:]]  # noqa: E731 - Python by major.minor
+
+    def key(versions: list[str]) -> list[str]:  # Python by major.minor
+        return [".".join(versions[0].split(".")[:2]), *versions[1:]]
+
     differ = [f"{n} {t} (this kernel: {o})"
-              for n, t, o, kt, ko in zip(names, theirs, ours, key(theirs), key(ours)) if kt != ko]
+              for n, t, o, kt, ko in zip(names, theirs, ours, key(theirs), key(ours), strict=True) if kt != ko]
     if differ:
         raise BackendError(f"{what} has {', '.join(differ)}: pilots must run the kernel's versions "
                            "(dask refuses mismatched workers, and calls would fail)")

@@ -11,7 +11,7 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from htc_notebook.errors import BackendError
 
@@ -21,7 +21,7 @@ ALLOCATION_PREFIXES = ("SLURM_", "SBATCH_", "SALLOC_", "SRUN_", "SQUEUE_", "SCON
 KEPT = ("SLURM_CONF",)  # where the cluster's configuration is: not a property of an allocation
 
 
-def clean_env(env: dict[str, str] | None = None) -> dict[str, str]:
+def clean_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment for every SLURM command the toolkit starts: without the `SLURM_*`/`SBATCH_*`
     variables of an allocation the kernel runs in (Open OnDemand, batchspawner), so a job gets
     what its profile asks for, not its kernel's allocation. `SLURM_CONF` is kept.
@@ -29,8 +29,8 @@ def clean_env(env: dict[str, str] | None = None) -> dict[str, str]:
     >>> sorted(clean_env({"SLURM_JOB_ID": "7", "SBATCH_PARTITION": "x", "SLURM_CONF": "/c", "HOME": "/h"}))
     ['HOME', 'SLURM_CONF']
     """
-    env = os.environ if env is None else env
-    return {k: v for k, v in env.items() if k in KEPT or not k.startswith(ALLOCATION_PREFIXES)}
+    source = os.environ if env is None else env
+    return {k: v for k, v in source.items() if k in KEPT or not k.startswith(ALLOCATION_PREFIXES)}
 
 
 def run(argv: Sequence[str], *, timeout: float = TIMEOUT, check: bool = True,
@@ -56,6 +56,7 @@ def start(argv: Sequence[str], *, input: str | None = None) -> subprocess.Popen:
         raise BackendError(f"{argv[0]} not found: SLURM client commands are not installed on this machine")
     proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=clean_env())
+    assert proc.stdin is not None  # stdin=PIPE
     if input is not None:
         proc.stdin.write(input)
     proc.stdin.close()

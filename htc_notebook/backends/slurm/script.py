@@ -123,8 +123,11 @@ def render_array(*, job_name: str, size: int, ids_file: str, offset: int, task_d
     lines += [f"export {name}={q(value)}" for name, value in (env or {}).items()]
     lines += list(setup)
     runner = f"timeout --kill-after={KILL_AFTER} {int(timeout_s)} " if timeout_s else ""
-    run = (f"exec {runner}{shlex.join(command)}" if command is not None
-           else f"eval \"exec {runner}$(sed -n \"${{htc_n}}p\" {q(commands_file)})\"")
+    if command is not None:
+        run = f"exec {runner}{shlex.join(command)}"
+    else:
+        assert commands_file is not None  # exactly one of them, checked above
+        run = f"eval \"exec {runner}$(sed -n \"${{htc_n}}p\" {q(commands_file)})\""
     lines += [
         "htc_worst=0",
         f"for ((htc_k = 1; htc_k <= {int(bundle)}; htc_k++)); do",
