@@ -527,3 +527,29 @@ def test_a_cancelled_running_call_is_stopped_and_frees_its_worker(session):
         h.cancel()
     assert [h.wait(timeout=30).status for h in busy] == ["CANCELLED"] * 2
     assert task.submit(collatz_steps, 27).result(timeout=30) == 111  # a worker was free again
+
+
+def fail_or_wait(x: int) -> int:
+    if x < 2:
+        raise ValueError(f"x={x} fails")
+    time.sleep(20)
+    return x
+
+
+def test_max_failures_cancels_the_rest_of_a_batch_or_sweep(session):
+    """Issue 27 item 6: once `max_failures` jobs of a batch (or the members a sweep submitted) have
+    failed for good, the rest are cancelled, saying why; a bad value is refused, nothing submitted."""
+    task = session.project("e2e").task("max-failures")
+    with pytest.raises(SpecError, match="max_failures"):
+        task.submit_batch({"jobName": "x", "batchSize": 2, "htcJobDefinition": {"commands": ["true"]}}, max_failures=0)
+    assert sum(task.counts().values()) == 0
+    failing = ["sh", "-c", 'if [ "$HTC_JOB_INDEX" -lt 3 ]; then exit 1; fi; sleep 60']
+    group = task.submit_batch({"jobName": "flaky", "batchSize": 8, "htcJobDefinition": {"commands": failing}},
+                              max_failures=2).wait(timeout=120)
+    counts = group.counts()
+    assert counts["FAILED"] in (2, 3) and counts["FAILED"] + counts["CANCELLED"] == 8, counts
+    cancelled = [h.row.reason for h in group if h.status == "CANCELLED"]
+    assert all(r.startswith("max_failures=2 reached:") and "'flaky' failed" in r for r in cancelled), cancelled
+    sweep = task.sweep(fail_or_wait, Sweep.grid(x=list(range(6))), max_failures=2).wait(timeout=120)
+    counts = sweep.counts()
+    assert counts["FAILED"] == 2 and counts["CANCELLED"] == 4, counts

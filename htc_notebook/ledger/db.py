@@ -812,6 +812,21 @@ class Ledger(ProjectRules):
                           "WHERE task_id = ? ORDER BY id", (task_id,))
         return [BatchRow(i, t, n, s, json.loads(d), tuple(json.loads(tags)), c) for i, t, n, s, d, tags, c in rows]
 
+    def over_max_failures(self, job_ids: Iterable[int]) -> list[tuple[int, str, int, int]]:
+        """The batches of these jobs that have a failure limit (`maxFailures` in their definition)
+        and reached it: (batch id, name, limit, jobs of it that FAILED or were LOST)."""
+        return self._read(
+            "WITH limited AS (SELECT id, name, json_extract(definition, '$.maxFailures') AS m FROM batches "
+            f"  WHERE id IN (SELECT DISTINCT batch_id FROM jobs WHERE id IN {IN_JSON}) AND m IS NOT NULL) "
+            "SELECT id, name, m, (SELECT COUNT(*) FROM jobs WHERE batch_id = limited.id "
+            "                     AND status IN ('FAILED', 'LOST')) AS f "
+            "FROM limited WHERE f >= m", (json.dumps(_ids(job_ids)),))
+
+    def active_in_batch(self, batch_id: int) -> list[int]:
+        """The ids of a batch's jobs that have not ended."""
+        return [r[0] for r in self._read(f"SELECT id FROM jobs WHERE batch_id = ? AND status IN ({ACTIVE_SQL})",
+                                         (batch_id,))]
+
     def call_durations(self, job_id: int, payload: str, limit: int = 100) -> list[float]:
         """How long the last `limit` calls of `payload` that succeeded in job `job_id`'s task took
         (seconds, newest first): what a restarted kernel expects its calls to take before it has

@@ -62,6 +62,7 @@ class Reconciler:
         self._owners_every = min(OWNERS_EVERY, self.heartbeat)
         self._beaten = 0.0  # time.monotonic() of this session's last renewal of its lease (0: none yet)
         self.retried = 0  # retries this process started (for tests and figures)
+        self._failed: set[int] = set()  # jobs that failed since the last tick (their batches' max_failures)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._first = threading.Event()  # set when the first tick is over
@@ -115,6 +116,7 @@ class Reconciler:
             self.reconcile_owners()
             self.stop_cancelled()
         self.start_retries(now)
+        self.stop_failing_batches()
         if self.session.holding:
             self.release_held()
         if now - self._retention_applied >= RETENTION_EVERY:
@@ -152,6 +154,7 @@ class Reconciler:
             decision, failed = self._decide(row)
             if not decision.retry:
                 s.ledger.settle_retry(row.id, row.attempts, decision.why)
+                self.failed([row.id])
                 continue
             at = (row.ended or now) + decision.delay
             if at > now:
@@ -192,6 +195,20 @@ class Reconciler:
             limits = Limits()
         return row.spec.retry.decide(cause, Request(memory=row.spec.memory, timeout=row.spec.timeout),
                              causes, limits), failed
+
+    # -- 1b. batches that reached their max_failures ------------------------------------------
+    def failed(self, job_ids: list[int]) -> None:
+        """These jobs failed (committed by the recorder, or not retried): their batches are looked at
+        next tick (`stop_failing_batches`), in this thread, not the recorder's."""
+        with self._lock:
+            self._failed.update(job_ids)
+        self.wake()
+
+    def stop_failing_batches(self) -> int:
+        """Cancel the rest of each batch whose failures reached its `max_failures`; how many were cancelled."""
+        with self._lock:
+            failed, self._failed = self._failed, set()
+        return len(self.session.stop_failing_batches(failed)) if failed else 0
 
     # -- 2. owners that exited -------------------------------------------------------------------
     def reconcile_owners(self) -> int:

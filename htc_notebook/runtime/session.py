@@ -474,8 +474,21 @@ class Session:
 
     def _committed(self, outcomes: Sequence[Outcome]) -> None:
         self._notify()
-        if self.holding or any(o.status in ("FAILED", "LOST") for o in outcomes):
+        failed = [o.job_id for o in outcomes if o.status in ("FAILED", "LOST")]
+        if failed:
+            self.reconciler.failed(failed)  # a batch's max_failures may be reached
+        if self.holding or failed:
             self.reconciler.wake()  # a retry may be due now, or room for held jobs
+
+    def stop_failing_batches(self, job_ids: Iterable[int]) -> list[int]:
+        """Cancel the rest of every batch of these jobs that reached its `max_failures` (saying so);
+        returns the ids cancelled."""
+        stopped: list[int] = []
+        for batch_id, name, limit, failed in self.ledger.over_max_failures(job_ids):
+            rest = self.ledger.active_in_batch(batch_id)
+            if rest:
+                stopped += self.cancel(rest, f"max_failures={limit} reached: {failed} jobs of {name!r} failed")
+        return stopped
 
     def _notify(self) -> None:
         with self._changed:

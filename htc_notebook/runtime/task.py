@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import cloudpickle
@@ -217,8 +218,10 @@ class Task:
     def sweep(self, what: Callable[..., Any] | str | Sequence[str], sweep: Sweep, *,
               profile: str | None = None, resources: Resources | Mapping[str, Any] | None = None,
               definition: JobDefinition | None = None, retries: int | RetryPolicy = 0,
-              name: str | None = None) -> JobGroup:
+              name: str | None = None, max_failures: int | None = None) -> JobGroup:
         """Run `what` once per sweep member; members that already succeeded are not run again.
+        With `max_failures`, once that many of the members submitted now have failed for good
+        (after their retries), the rest are cancelled, saying why.
 
         `what` is a function called as `fn(**params)`, or a command template whose
         `{name}` fields are filled from each member's parameters. Each job asks for `resources`
@@ -228,6 +231,7 @@ class Task:
         """
         if not isinstance(sweep, Sweep):
             raise SpecError("sweep", "sweep", type(sweep).__name__, "a Sweep (Sweep.grid, Sweep.zip, ...)")
+        limit = _max_failures(max_failures, "sweep")
         if callable(what):
             if definition is not None:
                 raise SpecError("sweep", "definition", type(definition).__name__,
@@ -277,7 +281,7 @@ class Task:
             order = [existing[k].id if k in existing else None for k in keys] if existing else None  # None: new
             del keys  # the new jobs hold theirs, and are let go once recorded (see _add)
             try:
-                new_ids = self._add(new, NewBatch(label, len(new), {"sweep": identity, "members": len(sweep)}))
+                new_ids = self._add(new, NewBatch(label, len(new), {"sweep": identity, "members": len(sweep), **limit}))
                 break
             except KeyTaken:  # another kernel added some of these members just now: theirs are used
                 if race == RACES - 1:
@@ -291,13 +295,19 @@ class Task:
                         skipped=sum(1 for r in existing.values() if r.status == "SUCCEEDED"))
 
     def submit_batch(self, batch: JobBatch | Mapping[str, Any], *, profile: str | None = None,
-                     retries: int | RetryPolicy = 0, throttle: int | None = None) -> JobGroup:
+                     retries: int | RetryPolicy = 0, throttle: int | None = None,
+                     max_failures: int | None = None) -> JobGroup:
         """Submit an HTC job batch: `batchSize` jobs sharing one job definition.
 
         Job i sees `HTC_JOB_INDEX=i`. `throttle` caps how many of the batch run at once
         (SLURM: the array's `%N`; the local backend is bounded by its cores and ignores it).
+        `max_failures`: once that many of its jobs have failed for good (after their retries), the
+        rest are cancelled, saying why.
         """
+        limit = _max_failures(max_failures, "submit_batch")
         jobs, record = self._batch_jobs(batch, profile, retries, throttle)
+        if limit:
+            record = replace(record, definition={**record.definition, **limit})
         return JobGroup(self.session, self.id, self._add(jobs, record), record.name)
 
     def check_batch(self, batch: JobBatch | Mapping[str, Any], *, profile: str | None = None) -> None:
@@ -514,6 +524,16 @@ class DryRun(Task):
 
         digest = resolve(self.session.registry(self.project), name, arch, field=field)
         return ImageRef(name=name, digest=digest, rootfs=str(rootfs_path(self.session.root, digest)))
+
+
+def _max_failures(value: object, where: str) -> dict[str, int]:
+    """A batch definition's failure limit (`maxFailures`), checked: {} for None."""
+    if value is None:
+        return {}
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SpecError(where, "max_failures", value, "a whole number >= 1 (failures after which the rest is "
+                        "cancelled), or None")
+    return {"maxFailures": value}
 
 
 def _fn_name(fn: Callable[..., Any]) -> str:
