@@ -107,6 +107,21 @@ def test_rejected_pilot_raises_with_the_schedulers_message_fast(session):
         assert job.status == "FAILED" and "invalid partition" in job.row.reason.lower()
 
 
+def test_a_batch_refused_for_its_account_says_what_to_ask_the_site_for(session):
+    """SLURM's 'Invalid account or account/partition combination' names no remedy: the job's
+    reason adds one (scheduler.HINTS), as for a user the site gave no association."""
+    bad = SiteConfig.from_yaml(yaml.safe_dump({"profiles": {"cpu": {
+        "backend": "slurm", "partition": "cpu", "account": "nosuch", "cores_per_node": 2, "memory_per_node": "1G"}}}))
+    with Session(session.root, site=bad) as s:
+        task = s.project("slurm").task("no-account")
+        with pytest.raises(BackendError, match="Invalid account") as refused:
+            task.submit_batch({"jobName": "x", "batchSize": 1, "htcJobDefinition": {"commands": ["true"]}},
+                              profile="cpu")
+        assert "ask the site for one (sacctmgr add user" in str(refused.value)
+        (job,) = task.jobs()
+        assert job.status == "FAILED" and "no association" in job.row.reason, job.row.reason
+
+
 def test_a_batch_bigger_than_max_array_size_runs_every_index_exactly_once(site, session):
     # bundling off (bundle: 1): one array task per job, so 2,500 jobs need several arrays
     data = {"profiles": {n: site.profile(n).model_dump(exclude_none=True, exclude={"name"}) for n in site.names()}}

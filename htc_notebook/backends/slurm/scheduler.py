@@ -46,8 +46,29 @@ def run(argv: Sequence[str], *, timeout: float = TIMEOUT, check: bool = True,
         raise BackendError(f"{argv[0]} did not answer within {timeout:.0f} s (is slurmctld up?)") from None
     if check and proc.returncode != 0:
         msg = (proc.stderr or proc.stdout).strip() or f"exit code {proc.returncode}"
-        raise BackendError(f"{argv[0]} failed: {msg}")
+        raise BackendError(f"{argv[0]} failed: {msg}{hint(msg)}")
     return proc
+
+
+# what a user can do about SLURM's refusals that name no remedy (a substring of its words -> advice)
+HINTS = {
+    "Invalid account or account/partition combination":
+        "your user has no association (account) for this partition: ask the site for one "
+        "(sacctmgr add user $USER account=<account>), or name an account your user has in the profile's "
+        "`account`",
+    "Invalid qos specification":
+        "the profile's `qos` is not one your association may use (sacctmgr show assoc user=$USER)",
+    "Invalid partition name specified": "the profile's `partition` is not on this cluster (sinfo lists them)",
+}
+
+
+def hint(message: str) -> str:
+    """What to do about a SLURM refusal, when its own words do not say (`HINTS`); "" otherwise.
+
+    >>> hint("Batch job submission failed: Invalid account or account/partition combination specified")[:35]
+    ': your user has no association (acc'
+    """
+    return next((f": {advice}" for words, advice in HINTS.items() if words in message), "")
 
 
 def start(argv: Sequence[str], *, input: str | None = None) -> subprocess.Popen:
