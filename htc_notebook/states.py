@@ -88,3 +88,53 @@ MEMORY_HELD: tuple[str, ...] = ("cgroup", "watched", "none")
 # the sandbox an attempt ran in: bubblewrap (commands) or namespaces its worker makes (Python calls),
 # or none: unconfined, by `sandbox: none` or on a machine that cannot make one (runtime/confinement.py)
 SANDBOXES: tuple[str, ...] = ("bwrap", "none")
+
+
+@dataclass(frozen=True)
+class NativeId:
+    """What a job's `native_id` (text in the ledger) names, parsed once instead of tested by prefix:
+
+    - `session`: `local:<host>:<pid>`: handed to that session's backend, not started yet
+    - `process`: `pid:<pid>`: a local command job, its own process group on the job's host
+    - `intent`: `sbatch:<token>`: about to be sent to SLURM (HELD until sbatch answers)
+    - `held`: `held:<why>`: waiting in the ledger for room (a project's vCPU limit)
+    - `slurm`: `<job>` or `<array>_<task>`: a SLURM job or array task
+    - `bundled`: `<array>_<task>/<n>`: one of several jobs an array task runs in turn
+
+    >>> NativeId.parse("123_4").slurm, NativeId.parse("123_4/2").kind, NativeId.parse("pid:77").pid
+    ('123_4', 'bundled', 77)
+    >>> NativeId.parse("sbatch:ab12").token, NativeId.parse(None)
+    ('ab12', None)
+    """
+
+    kind: str  # session | process | intent | held | slurm | bundled | other
+    text: str
+
+    @classmethod
+    def parse(cls, text: str | None) -> "NativeId | None":
+        if not text:
+            return None
+        head, _, rest = text.partition(":")
+        if head in ("local", "pid", "sbatch", "held") and rest:
+            return cls({"local": "session", "pid": "process", "sbatch": "intent", "held": "held"}[head], text)
+        job, slash, part = text.partition("/")
+        if job.replace("_", "").isdigit() and job[:1].isdigit():
+            return cls("bundled" if slash and part.isdigit() else "slurm", text)
+        return cls("other", text)
+
+    @property
+    def pid(self) -> int | None:
+        """A local command job's process (group) id."""
+        rest = self.text[len("pid:"):]
+        return int(rest) if self.kind == "process" and rest.isdigit() else None
+
+    @property
+    def slurm(self) -> str | None:
+        """The SLURM job or array task (`123` or `123_4`) that runs it, also for a bundled job."""
+        return self.text.split("/")[0] if self.kind in ("slurm", "bundled") else None
+
+    @property
+    def token(self) -> str | None:
+        """An intent's token (`sbatch:<token>`): how a later session finds what sbatch made of it."""
+        return self.text[len("sbatch:"):] if self.kind == "intent" else None
+

@@ -27,6 +27,8 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from htc_notebook.states import NativeId
+
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 10.0  # between two renewals of a session's lease (HEARTBEAT_ENV sets another)
@@ -95,13 +97,13 @@ class Owner:
         return None
 
 
-def kill_orphan_group(native_id: str | None) -> bool:
+def kill_orphan_group(native: NativeId) -> bool:
     """Kill what is left of a local command job (`pid:N`, its own process group) after its owner died.
     Only for an owner on this host: a pid of another host names another process here."""
-    if not native_id or not native_id.startswith("pid:") or not native_id[4:].isdigit():
+    if native.pid is None:
         return False
     try:
-        os.killpg(int(native_id[4:]), signal.SIGKILL)
+        os.killpg(native.pid, signal.SIGKILL)
         return True
     except (ProcessLookupError, PermissionError):
         return False

@@ -26,7 +26,7 @@ from htc_notebook.backends.base import Backend, Call, Launch
 from htc_notebook.errors import HTCError, HTCWarning, SpecError, UnsupportedFeature
 from htc_notebook.ledger import AttemptStart, JobRow, Ledger, TaskRow
 from htc_notebook.ledger.schema import HELD_FOR_ROOM
-from htc_notebook.states import TERMINAL_NAMES, Outcome
+from htc_notebook.states import TERMINAL_NAMES, NativeId, Outcome
 from htc_notebook.runtime import confinement, images, plan
 from htc_notebook.runtime.reads import Reads
 from htc_notebook.runtime.completions import Completions
@@ -438,15 +438,17 @@ class Session:
         slurm, host = [], socket.gethostname()
         for job_id in job_ids:
             row = self.ledger.job(job_id)
-            native = row.native_id or ""
-            if native.replace("_", "").isdigit():
-                slurm.append(native)
-            elif "/" in native:  # one job of a bundle: its array task skips or stops it, the others go on
+            native = NativeId.parse(row.native_id)
+            if native is None:
+                continue
+            if native.kind == "slurm":
+                slurm.append(native.text)
+            elif native.kind == "bundled":  # one job of a bundle: its array task skips or stops it, the others go on
                 from htc_notebook.backends.slurm.arrays import state_dir, stop_bundled
 
                 task = self.task_row(row.task_id)
                 stop_bundled(state_dir(self.storage.task_dir(task.project, task.name)), row.id, row.attempts)
-            elif native.startswith("pid:") and row.host == host:
+            elif native.kind == "process" and row.host == host:
                 kill_orphan_group(native)
         if slurm:
             from htc_notebook.backends.slurm import scheduler
@@ -539,10 +541,11 @@ class Session:
                 held.setdefault(str(owner), []).append(row)
                 continue
             reason = f"the process that ran it ({owner}) {why}; local jobs and pilots do not outlive their session"
+            native = NativeId.parse(row.native_id)
             if not owner.here:  # a pid of another host names another process here
-                if (row.native_id or "").startswith("pid:"):
+                if native is not None and native.kind == "process":
                     reason += f"; what is left of its process group {row.native_id} on {owner.host} was not reached"
-            elif kill_orphan_group(row.native_id):
+            elif native is not None and kill_orphan_group(native):
                 reason += f"; its orphaned process group {row.native_id} was killed"
             lost.append(Outcome(row.id, row.attempts, "LOST", reason=reason + ". Retry it or re-run the sweep",
                                 host=owner.host, ended=time.time(), cause="owner"))
@@ -567,8 +570,9 @@ class Session:
             profile = self.profile(row.profile)
         except Exception:  # noqa: BLE001 - a profile gone from the site
             return False
+        native = NativeId.parse(row.native_id)
         return (profile.backend == "slurm" and row.kind == "command" and not row.spec.mpi
-                and not (row.native_id or "")[:1].isdigit())
+                and (native is None or native.slurm is None))
 
     def _take_held(self, owner: str, rows: list[JobRow]) -> None:
         """Claim held work of a dead session (exactly one live session gets each job) and feed it."""
@@ -585,8 +589,8 @@ class Session:
                 self._job_task[r.id] = task_id
                 by_profile.setdefault(r.profile, []).append(
                     self._launch(task, where, r, r.attempts, r.log_out or "", r.log_err or ""))
-            tokens = {r.id: r.native_id[len("sbatch:"):] for r in group
-                      if r.native_id is not None and r.native_id.startswith("sbatch:")}
+            tokens = {r.id: token for r in group
+                      if (native := NativeId.parse(r.native_id)) is not None and (token := native.token) is not None}
             for profile, launches in by_profile.items():
                 cast("SlurmBackend", self.backend(self.profile(profile))).hold(launches, tokens)
 

@@ -32,7 +32,7 @@ from htc_notebook.errors import BackendError, HTCError, SpecError, UntrustedFile
 from htc_notebook.runtime.confinement import UnconfinedServer, refuse_serving_unconfined
 from htc_notebook.runtime.reads import JobRow, TaskRow
 from htc_notebook.runtime.task import Project
-from htc_notebook.states import ACTIVE_NAMES, REQUEUEABLE_NAMES, STATES
+from htc_notebook.states import ACTIVE_NAMES, REQUEUEABLE_NAMES, STATES, NativeId
 from htc_notebook.server.auth import Auth, Caller
 from htc_notebook.server.settings import ServerSettings
 from htc_notebook.spec import JobBatch, PartitionProfile, ProjectLimit, RetentionPolicy, check_name
@@ -64,7 +64,8 @@ def wire_status(row: JobRow) -> tuple[str, str | None]:
     if row.status == "HELD":
         return "SUBMITTED_TO_PROVIDER", row.reason
     if row.status == "RUNNABLE":
-        return ("RUNNABLE" if row.native_id and not row.native_id.startswith("local:") else
+        native = NativeId.parse(row.native_id)
+        return ("RUNNABLE" if native is not None and native.kind != "session" else
                 "SUBMITTED_TO_PROVIDER"), row.reason
     if row.status in ("CANCELLED", "LOST"):
         return "FAILED", f"{row.status}: {row.reason or ''}".rstrip(": ")
