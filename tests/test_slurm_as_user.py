@@ -165,6 +165,7 @@ def test_the_htc_command_submits_a_batch_file_that_runs_as_the_user(user_work: U
     batch = user_work.work / "batch.json"
     batch.write_text(json.dumps({"jobName": "cli", "batchSize": 2, "htcJobDefinition": {
         "commands": ["sh", "-c", "id -u; id -un"], "maxMemory": 100}}))
+    os.chown(batch, user_work.user.pw_uid, user_work.user.pw_gid)  # the user's file, whatever umask wrote it
     htc = [str(USER_VENV / "bin" / "htc"), "--root", str(root), "--site", str(user_work.site)]
     sent = as_user(USER, [*htc, "submit", "--project", "p", "--task", "t", "--profile", "cpu", str(batch)],
                    env=user_work.env, cwd=user_work.work, timeout=300)
