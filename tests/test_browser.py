@@ -91,9 +91,12 @@ def test_quickstart_runs_in_jupyterlab_with_live_table_and_launcher(lab):
             assert rows == 5
             # the chart of states over time, drawn from the same patches: green (SUCCEEDED) on top at
             # the end, and the rate jobs ended at
+            # (the chart is redrawn on its own frame after the count: waited for, not read at once)
             table = page.locator(".htc-table", has=page.locator(".htc-count", has_text="5 / 5 ended")).first
-            assert table.locator(".htc-chart svg polygon[data-state='SUCCEEDED']").count() == 1
-            assert " jobs/s ended " in table.locator(".htc-rate").inner_text()
+            succeeded = table.locator(".htc-chart svg polygon[data-state='SUCCEEDED']")
+            succeeded.first.wait_for(state="attached", timeout=30_000)
+            assert succeeded.count() == 1
+            table.locator(".htc-rate", has_text=" jobs/s ended ").wait_for(timeout=30_000)
             # every widget renders as a widget, not as its repr (issue 14 item 5): rich's progress bar of
             # jobs.wait(progress=True) (an ipywidgets Output), the live tables (anywidget), the launcher
             outputs = page.locator(".jp-OutputArea-output").all_inner_texts()

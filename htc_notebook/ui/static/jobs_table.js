@@ -10,8 +10,17 @@ const COLOR = { SUCCEEDED: "#4caf50", FAILED: "#e53935", CANCELLED: "#9e9e9e", L
 const SAMPLES = 300;  // points kept for the chart (older ones thinned out by half)
 
 // The chart: counts of each state over time, stacked (SVG polygons), and jobs ended per second.
-function chart(history) {
-  if (history.length < 2) return { svg: "", rate: "" };
+// Seen only once (every job ended before the first look), the counts are one band and the rate
+// comes from the jobs' own end times (`ends`: seconds).
+function chart(history, ends) {
+  if (history.length === 0) return { svg: "", rate: "" };
+  if (history.length === 1) {
+    const drawn = chart([history[0], { ...history[0], t: history[0].t + 1 }], ends);
+    const last = Math.max(...ends), first = Math.min(...ends.filter((e) => e >= last - 10));
+    return { svg: drawn.svg, rate: ends.length > 1 && last > first
+      ? `${((ends.filter((e) => e >= first).length - 1) / (last - first)).toFixed(1)} jobs/s ended (last ${(last - first).toFixed(0)} s)`
+      : "" };
+  }
   const W = 400, H = 48, t0 = history[0].t, span = Math.max(1, history[history.length - 1].t - t0);
   const total = (h) => STACK.reduce((a, s) => a + (h.c[s] || 0), 0);
   const most = Math.max(1, ...history.map(total));
@@ -91,7 +100,8 @@ function render({ model, el }) {
     }).join("");
     const total = Object.values(totals).reduce((a, b) => a + b, 0);
     const ended = ENDED.reduce((a, s) => a + (totals[s] || 0), 0);
-    const drawn = chart(history);
+    const drawn = chart(history, history.length === 1 ? [...rows.values()]
+      .filter((r) => r[4] != null && r[5] != null).map((r) => (r[4] + r[5]) / 10) : []);
     $(".htc-plot").innerHTML = drawn.svg;
     $(".htc-rate").textContent = drawn.rate;
     $(".htc-bar").style.width = total ? `${(100 * ended) / total}%` : "0";
