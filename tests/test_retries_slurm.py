@@ -111,6 +111,13 @@ def hog_once(mib: int) -> int:
 CGROUPS = Path("/sys/fs/cgroup/memory")
 
 
+def _live_cages() -> list[Path]:
+    """This user's pilot calls' memory cgroups, of live workers only (a job id can come again, over
+    an old leftover; another user's pilots may still be closing)."""
+    return [c for c in CGROUPS.glob(f"slurm_*/uid_{os.getuid()}/job_*/step_*/task_*/htc-*/call-*")
+            if Path("/proc", c.parent.name.split("-")[1]).exists()]
+
+
 def test_a_call_on_a_pilot_is_held_to_its_memory_and_no_cgroup_outlives_the_pilot(site):  # noqa: F811 - the fixture imported above
     """A Python call on a SLURM pilot runs in a memory cgroup of its own inside the pilot job's:
     over its request it ends FAILED saying so, and its retry gets twice as much. A worker SIGKILLed
@@ -121,10 +128,6 @@ def test_a_call_on_a_pilot_is_held_to_its_memory_and_no_cgroup_outlives_the_pilo
 
     root = REPO / "test-output" / f"call-memory-{uuid.uuid4().hex[:8]}"
 
-    def live_cages() -> list[Path]:  # of live workers only: a job id can come again, over an old leftover
-        return [c for c in CGROUPS.glob(f"slurm_*/uid_{os.getuid()}/job_*/step_*/task_*/htc-*/call-*")
-                if Path("/proc", c.parent.name.split("-")[1]).exists()]
-
     with Session(root, site=site) as s:
         s.scale("cpu", jobs=1)
         task = s.project("retries").task("call-memory")
@@ -132,7 +135,7 @@ def test_a_call_on_a_pilot_is_held_to_its_memory_and_no_cgroup_outlives_the_pilo
         deadline = time.monotonic() + 180
         # the call is inside its cgroup and has begun (its marker written): killed before, it would
         # not have, and the next call to run (the hog) would be the one that waits
-        while not ((cages := live_cages()) and task.storage.path("first").exists()):
+        while not ((cages := _live_cages()) and task.storage.path("first").exists()):
             assert time.monotonic() < deadline, stuck.row
             time.sleep(0.2)
         pilots = {c.parents[3] for c in cages}  # the pilot job's cgroup
@@ -161,16 +164,12 @@ def test_a_pilot_scancelled_with_a_call_running_leaves_no_cgroup(site):  # noqa:
 
     root = REPO / "test-output" / f"call-scancel-{uuid.uuid4().hex[:8]}"
 
-    def live_cages() -> list[Path]:
-        return [c for c in CGROUPS.glob(f"slurm_*/uid_{os.getuid()}/job_*/step_*/task_*/htc-*/call-*")
-                if Path("/proc", c.parent.name.split("-")[1]).exists()]
-
     with Session(root, site=site) as s:
         s.scale("cpu", jobs=1)
         task = s.project("retries").task("call-scancel")
         stuck = task.submit(hog_once, 10, profile="cpu", resources={"memory": "256M"})
         deadline = time.monotonic() + 180
-        while not ((cages := live_cages()) and task.storage.path("first").exists()):
+        while not ((cages := _live_cages()) and task.storage.path("first").exists()):
             assert time.monotonic() < deadline, stuck.row
             time.sleep(0.2)
         job_dir = cages[0].parents[3]  # the pilot job's cgroup: slurm_<node>/uid_<uid>/job_<id>
