@@ -284,7 +284,7 @@ def _submit(task, args, runs: Path):
             "x = bytearray(300 << 20); time.sleep(0.5); open('runs/oom-' + os.environ['HTC_JOB_INDEX'], 'a')"
             ".write('end\\n')")
     oom = task.submit_batch({"jobName": "oom", "batchSize": OOM_JOBS, "htcJobDefinition": {
-        "commands": [task.session.profile("cpu").python or sys.executable, "-c", grow], "maxMemory": 128}},
+        "commands": [task.parts.profiles.get("cpu").python or sys.executable, "-c", grow], "maxMemory": 128}},
         profile="cpu", retries=policy)
     ids["oom"] = list(oom.ids)
     ids["mpi"] = []

@@ -72,7 +72,8 @@ def bench_ledger(args: argparse.Namespace) -> str:
             for r in range(args.repeats):
                 task = project.task(f"batch-{n}-{r}")
                 # what Task.submit_batch and Session.dispatch hand the ledger
-                _, _, spec, priority = Task(s, task.row)._command_spec(None, JobDefinition(commands=["echo", "hi"]), 0)
+                definition = JobDefinition(commands=["echo", "hi"])
+                _, _, spec, priority = Task(s.parts, task.row)._command_spec(None, definition, 0)
                 jobs = [NewJob(name="batch", kind="command", params={}, spec=spec, index=i, profile="local",
                                priority=priority) for i in range(n)]
                 prefix = f"{s.storage.log_paths('bench', task.name, 0)[0].parent}/job-"

@@ -94,7 +94,7 @@ def main() -> int:
         ids = s.ledger.add_jobs(t.id, [NewJob(name="sim", kind="command", params={"T": round(i / 7, 3), "seed": i % 9},
                                               spec=JobSpec(), index=i, profile="local") for i in range(args.jobs)])
         t0 = time.perf_counter()
-        table = JobsTable(s, t.id, interval=3600)
+        table = JobsTable(s.parts, t.id, interval=3600)
         print(f"table over {args.jobs} jobs built in {time.perf_counter() - t0:.2f} s", flush=True)
         t0 = time.perf_counter()
         per_row = {i: w.HTML(value=f"{i} sim SUBMITTED") for i in ids}
@@ -129,7 +129,7 @@ def main() -> int:
             row_msgs.append(len(sent))
 
         # message rate of the refresh thread under continuous change
-        live = JobsTable(s, t.id, interval=0.25)
+        live = JobsTable(s.parts, t.id, interval=0.25)
         sent.clear()
         start, end = time.monotonic(), time.monotonic() + 4.0
         k = args.refreshes

@@ -241,7 +241,6 @@ def _doctor(args) -> int:
 
 
 def _status(args) -> int:
-    from htc_notebook.runtime.task import Task
 
     # a look, not a worker: it writes nothing (the sessions that reconcile settle exited owners' jobs)
     with _session(args, reconcile=False) as session:
@@ -252,7 +251,7 @@ def _status(args) -> int:
             if row is None:
                 known = ", ".join(f"{t.project}/{t.name}" for t in reads.tasks()) or "(none)"
                 raise HTCError(f"no task {project}/{name} in {session.storage.ledger_path}; known tasks: {known}")
-            task = Task(session, row)  # the task found, not made
+            task = session.task(row)  # the task found, not made
             if args.json:  # every job, as asked: reads every row
                 df = task.to_dataframe()
                 print(json.dumps({"task": f"{project}/{name}", "counts": task.counts(),
@@ -456,10 +455,8 @@ def _images_list(args) -> int:
 
 
 def _images_prune(args) -> int:
-    from htc_notebook.runtime import images
-
     with _session(args, reconcile=False) as s:
-        pruned = images.prune(s, args.unused_days, dry_run=args.dry_run)
+        pruned = s.prune_images(args.unused_days, dry_run=args.dry_run)
     table = Table("image (digest)", "MiB", "unused (days)", title="would be removed" if args.dry_run else "removed")
     for p in pruned:
         table.add_row(p.digest, f"{p.mib:,.1f}", f"{p.unused_days:g}")

@@ -35,7 +35,7 @@ class Captured(DryRun):
     """The task, with each submission kept (and rendered by its backend) instead of recorded."""
 
     def __init__(self, task):
-        super().__init__(task.session, task.project, task.name)
+        super().__init__(task.parts, task.project, task.name)
         self.jobs = []
 
     def _add(self, jobs, batch=None):
@@ -50,7 +50,7 @@ def captured(tmp_path):
 
 
 def launches(t: Captured):
-    at = plan.where(t.session.storage, t.project, t.name)
+    at = plan.where(t.parts.storage, t.project, t.name)
     return [plan.launch(at, i, job, 1, "o", "e") for i, job in enumerate(t.jobs, 1)]
 
 
@@ -81,7 +81,7 @@ def test_a_command_sweep_carries_resources_or_a_definition(captured):
     assert (s.commands, s.cores, s.memory, s.timeout, s.disk_gib, s.swap, s.envs) == (
         ("run", "3"), 3, 400, 90, 2, 64, {"A": "1"})
     assert by_definition.priority == 1  # economy
-    p = local_plan(captured.session.profile(None), launches(captured))
+    p = local_plan(captured.parts.profiles.get(None), launches(captured))
     assert p.commands[2].env["A"] == "1" and p.commands[2].command[-2:] == ("run", "3")
     assert p.commands[0].command[-2:] == ("echo", "1")  # each in its sandbox
 
@@ -93,7 +93,7 @@ def test_a_command_sweep_with_an_mpi_layout_makes_each_member_an_mpi_program(cap
     assert [(s.commands, s.mpi.ranks, s.mpi.ranks_per_node, s.cores, s.memory) for s in specs] == [
         (("./md", "-T", "1"), 2, 2, 2, 200), (("./md", "-T", "2"), 2, 2, 2, 200)]
     assert [j.params for j in captured.jobs] == [{"T": 1}, {"T": 2}]  # members keep their parameters
-    rendered = local_plan(captured.session.profile(None), launches(captured)).commands
+    rendered = local_plan(captured.parts.profiles.get(None), launches(captured)).commands
     assert [launch.command[:3] for launch in rendered] == [("mpirun", "-np", "2")] * 2
 
 
@@ -125,7 +125,7 @@ def test_mpi_jobs_and_the_decorators_carry_their_layout(captured):
     assert (asked(decorated), decorated.retry.retries) == ((2, 300, 60, 1), 3)
     assert (mpi_decorated.mpi.ranks, mpi_decorated.timeout) == (2, 30)
     assert (mpi_executable.commands, mpi_executable.mpi.ranks) == (("./md",), 2)
-    rendered = local_plan(captured.session.profile(None), launches(captured)[:1]).commands[0].command
+    rendered = local_plan(captured.parts.profiles.get(None), launches(captured)[:1]).commands[0].command
     assert rendered[:3] == ("mpiexec", "-n", "2") and rendered[-2:] == ("./md", "in.lj")
 
 

@@ -132,7 +132,7 @@ def test_a_dry_run_of_a_job_in_an_image_pulls_nothing(tmp_path):
     try:
         _registry(root, tmp_path)
         with Session(root, site=SiteConfig.builtin()) as s:
-            dry = DryRun(s, "md", "dry")
+            dry = DryRun(s.parts, "md", "dry")
             dry.submit_batch({"jobName": "p", "batchSize": 1, "htcJobDefinition": {
                 "imageName": "tools:v1", "commands": ["/bin/busybox", "true"]}})
             assert "/bin/busybox true" in dry.text and "registry/cache/sha256-" in dry.text, dry.text
@@ -148,7 +148,6 @@ def test_pruned_images_are_unpacked_again_for_the_next_job_and_images_in_use_are
     import os
     import time
 
-    from htc_notebook.runtime import images
 
     root = REPO / "test-output" / f"prune-{uuid.uuid4().hex[:8]}"
     try:
@@ -169,8 +168,8 @@ def test_pruned_images_are_unpacked_again_for_the_next_job_and_images_in_use_are
             for p in unpacked:  # not used for 10 days
                 old = time.time() - 10 * 86400
                 os.utime(p / "used", (old, old))
-            assert images.prune(s, 30) == []  # used within 30 days
-            assert [p.digest for p in images.prune(s, 7, dry_run=True)] == [done.row.spec.image.digest]
+            assert s.prune_images(30) == []  # used within 30 days
+            assert [p.digest for p in s.prune_images(7, dry_run=True)] == [done.row.spec.image.digest]
             out = run_htc("images", "prune", "--unused-days", "7", root=root)
             assert out.returncode == 0 and "1 image(s)" in out.stdout, out.stdout + out.stderr
             assert not (cache / done.row.spec.image.digest.replace(":", "-")).exists()
@@ -178,8 +177,8 @@ def test_pruned_images_are_unpacked_again_for_the_next_job_and_images_in_use_are
             slow.cancel()
             slow.wait(timeout=60)
             with pull.hold(root, slow.row.spec.image.digest):  # as a pilot cluster's kernel holds its image
-                assert images.prune(s, 7) == []
-            assert [p.digest for p in images.prune(s, 7)] == [slow.row.spec.image.digest]
+                assert s.prune_images(7) == []
+            assert [p.digest for p in s.prune_images(7)] == [slow.row.spec.image.digest]
             assert s.retry([done.id], "after a prune") == [done.id]
             assert done.wait(timeout=60).status == "SUCCEEDED", done.row.reason  # unpacked again, by digest
             assert done.logs("out") == "inside the busybox image\n" * 2  # both attempts, in the image

@@ -177,22 +177,44 @@ def test_the_notebook_layer_is_imported_lazily():
     assert out.stdout.strip() == "[]"
 
 
-def _module_level_imports(path: Path, package: str) -> set[str]:
-    """The package's modules a file imports when it is loaded (not inside functions, not under TYPE_CHECKING)."""
+def _runtime_imports(path: Path) -> set[str]:
+    """The runtime modules a file imports anywhere: at module level, inside functions and under
+    TYPE_CHECKING too (a circle hidden there is still a circle)."""
     out = set()
-    for node in ast.parse(path.read_text()).body:
-        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith(package):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module == "htc_notebook.runtime":
+            out |= {f"htc_notebook.runtime.{a.name}" for a in node.names}  # from htc_notebook.runtime import images
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith(
+                "htc_notebook.runtime."):
             out.add(node.module)
         elif isinstance(node, ast.Import):
-            out |= {a.name for a in node.names if a.name.startswith(package)}
+            out |= {a.name for a in node.names if a.name.startswith("htc_notebook.runtime.")}
     return out
 
 
+RUNTIME = SPEC.parent / "runtime"
+RUNTIME_GRAPH = {f"htc_notebook.runtime.{p.stem}": _runtime_imports(p) for p in RUNTIME.glob("*.py")
+                 if p.stem != "__init__"}
+
+
+def test_the_walker_sees_imports_under_type_checking_and_in_functions(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from htc_notebook.runtime.session "
+                     "import Session\ndef f():\n    from htc_notebook.runtime import task\n")
+    assert _runtime_imports(probe) == {"htc_notebook.runtime.session", "htc_notebook.runtime.task"}
+
+
+def test_nothing_below_the_session_imports_it():
+    """issue 26: the Session is a facade over its parts (runtime/parts.py); the parts, tasks and
+    handles get what they need, not the Session. Only the package's entry points make sessions."""
+    importers = {m for m, deps in RUNTIME_GRAPH.items() if "htc_notebook.runtime.session" in deps}
+    assert importers == {"htc_notebook.runtime.decorators"}  # current_task() opens the default session
+
+
 def test_the_runtime_has_no_import_circle():
-    """issue 12: session, task, handles and the reconcile loop import each other one way only."""
-    runtime = SPEC.parent / "runtime"
-    graph = {f"htc_notebook.runtime.{p.stem}": _module_level_imports(p, "htc_notebook.runtime")
-             for p in runtime.glob("*.py") if p.stem != "__init__"}
+    """issue 12, issue 26: the runtime's modules import each other one way only, counting imports
+    inside functions and under TYPE_CHECKING."""
+    graph = RUNTIME_GRAPH
     assert "htc_notebook.runtime.task" in graph["htc_notebook.runtime.session"]  # what a circle used to hide
 
     def cycle_from(node, path):

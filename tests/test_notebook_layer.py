@@ -14,6 +14,7 @@ from htc_notebook.backends import sandbox
 from htc_notebook.spec import JobSpec
 from htc_notebook import Session, SiteConfig, Sweep, use
 from htc_notebook.ledger import AttemptStart, NewJob
+from htc_notebook.runtime.handles import JobHandle
 from htc_notebook.states import Outcome
 from htc_notebook.ui.jobs_widget import JobsTable, live_table
 from htc_notebook.ui.magics import LiveGroup, parse_axis
@@ -101,7 +102,7 @@ def test_status_logs_cancel_retry_attach(ip, task):
     assert htc(ip, "status").counts()["FAILED"] == 1
     assert htc(ip, f"logs {job}").strip() == "out" and htc(ip, f"logs {job} --err").strip() == "err"
     assert "retry 1 job" in htc(ip, "retry t")
-    task.session.job(job).wait(timeout=60)
+    JobHandle(task.parts, job).wait(timeout=60)
     slow = htc(ip, "submit -- sleep 60")
     assert "done" in htc(ip, f"cancel {slow.ids[0]}")
     assert slow.wait(timeout=30).counts()["CANCELLED"] == 1
@@ -153,7 +154,7 @@ def test_diff_protocol_sends_only_changed_rows(tmp_path):
         ledger = s.ledger
         ids = ledger.add_jobs(t.id, [NewJob(name="sim", kind="command", params={"i": i}, spec=JobSpec(), index=i,
                                             profile="local") for i in range(10_000)])
-        table = JobsTable(s, t.id, interval=3600)  # refreshed by hand below
+        table = JobsTable(s.parts, t.id, interval=3600)  # refreshed by hand below
         sent = []
         table.send = lambda msg, buffers=None: sent.append(msg)
         assert table.refresh() is None and sent == []  # nothing changed: no message at all
@@ -246,15 +247,15 @@ def test_a_dry_run_writes_nothing_not_even_its_task(ip, task):
     magic's made the task and its directories)."""
     from htc_notebook.runtime.task import DryRun
 
-    s, root = task.session, task.session.root
-    before, tasks = _tree(root), s.reads.tasks()
+    parts, root = task.parts, task.parts.root
+    before, tasks = _tree(root), parts.reads.tasks()
     text = htc(ip, "submit --dry-run --task fresh/new --sweep T=1,2 -- echo {T}")
     assert "2 jobs in task fresh/new" in text and "echo 2" in text, text
     mpi = htc(ip, "submit --dry-run --task fresh/mpi --nodes 1 --ranks-per-node 2 -- ./md")
     assert "mpirun -np 2" in mpi
-    dry = DryRun(s, "fresh", "calls")
+    dry = DryRun(parts, "fresh", "calls")
     dry.sweep(_double, Sweep.grid(x=[1, 2, 3]))
     assert "3 jobs in task fresh/calls" in dry.text
-    assert s.reads.tasks() == tasks and s.reads.find_task("fresh", "new") is None
-    assert "fresh" not in s.reads.project_names()
+    assert parts.reads.tasks() == tasks and parts.reads.find_task("fresh", "new") is None
+    assert "fresh" not in parts.reads.project_names()
     assert _tree(root) == before

@@ -135,7 +135,9 @@ def test_a_heartbeat_that_fails_or_comes_after_its_lease_lapsed_is_logged(tmp_pa
     from htc_notebook.runtime.reconcile import Reconciler
 
     with Session(tmp_path, site=SiteConfig.builtin(), reconcile=False) as s:
-        late = Reconciler(s, heartbeat=0.01)
+        p = s.parts
+        late = Reconciler(ledger=p.ledger, storage=p.storage, owner=p.owner, profiles=p.profiles, backends=p.backends,
+                          dispatcher=p.dispatcher, tasks=p.tasks, changes=p.changes, poll_seconds=2, heartbeat=0.01)
         assert late.beat()
         time.sleep(LEASE_LAPSE * 0.01 + 0.05)  # past its lease
         assert late.beat()

@@ -241,5 +241,5 @@ def test_a_call_that_loses_its_worker_resumes_from_its_checkpoint(unconfined, tm
 def test_a_group_that_names_a_job_twice_still_ends(session):
     task = session.project("retries").task("twice")
     (job,) = task.submit_batch(batch(["true"]))
-    group = JobGroup(session, task.id, [job.id, job.id], "twice")
+    group = JobGroup(session.parts, task.id, [job.id, job.id], "twice")
     assert group.wait(timeout=30) is group and group.counts()["SUCCEEDED"] == 1

@@ -48,7 +48,7 @@ def swept(tmp_path_factory):
 
     from htc_notebook import Session, SiteConfig
     from htc_notebook.backends import dask_jobs
-    from htc_notebook.runtime import plan as plan_module, session as session_module
+    from htc_notebook.runtime import dispatch as dispatch_module, plan as plan_module
 
     with pytest.MonkeyPatch.context() as mp:
         # packing decided by the probes whatever the machine's load: quick means under 5 s here,
@@ -56,8 +56,8 @@ def swept(tmp_path_factory):
         mp.setattr(dask_jobs, "PACK_BELOW", 5.0)
         mp.setattr(dask_jobs, "PACK_SECONDS", 1e3)
         mp.setattr(dask_jobs, "PROBE_WAIT", 300.0)
-        mp.setattr(session_module, "DISPATCH_SLICE", SLICE)
-        mp.setattr(plan_module, "Launch", CountedLaunch)  # where Session builds its Launches
+        mp.setattr(dispatch_module, "DISPATCH_SLICE", SLICE)
+        mp.setattr(plan_module, "Launch", CountedLaunch)  # where the Dispatcher builds its Launches
         # the scheduler slow to say its threads (as under load): slices handed over meanwhile must
         # still join the probed ones (they were probed a second time: seen twice under make test)
         nthreads = Client.nthreads
@@ -104,7 +104,7 @@ def test_results_read_in_pages_keep_member_order_for_any_ids(swept, monkeypatch)
     monkeypatch.setattr(handles, "PAGE", 700)
     picked = list(range(N - 1, -1, -3)) + [0, 3, 8]  # out of order and scattered (distinct: wait() counts jobs)
     ids, expected = [group.ids[i] for i in picked], [values[i] for i in picked]
-    assert JobGroup(s, task.id, ids, "mixed").results() == expected
+    assert JobGroup(s.parts, task.id, ids, "mixed").results() == expected
 
 
 class RefusesSecondSlice:
@@ -132,12 +132,12 @@ class RefusesSecondSlice:
 
 def test_when_a_slice_is_refused_every_job_not_taken_ends_failed_saying_why(tmp_path, monkeypatch):
     from htc_notebook import HTCError, Session, SiteConfig
-    from htc_notebook.runtime import session as session_module
+    from htc_notebook.runtime import dispatch as dispatch_module
 
-    monkeypatch.setattr(session_module, "DISPATCH_SLICE", 10)
+    monkeypatch.setattr(dispatch_module, "DISPATCH_SLICE", 10)
     backend = RefusesSecondSlice()
     with Session(tmp_path, site=SiteConfig.builtin()) as s:
-        monkeypatch.setattr(s, "backend", lambda profile: backend)
+        monkeypatch.setattr(s.parts.backends, "get", lambda profile: backend)
         task = s.project("p").task("refused")
         with pytest.raises(HTCError, match="refused"):
             task.sweep(add_one, Sweep.zip(x=list(range(35))))

@@ -255,7 +255,7 @@ def test_each_job_records_the_sandbox_it_ran_in(tmp_path):
         assert dict(zip(df.name, df.sandbox, strict=True)) == {"boxed": "bwrap", "loose": "none", "whereami": "none"}
         api = HTCApi(s, None)
         assert [api.job_json(task.row, j.row)["sandbox"] for j in (boxed, loose)] == ["bwrap", "none"]
-        table = JobsTable(s, task.id, interval=3600)
+        table = JobsTable(s.parts, task.id, interval=3600)
         try:
             assert "ran unconfined" in table.detail(loose.id)
             assert "unconfined" not in table.detail(boxed.id)

@@ -115,7 +115,7 @@ def test_a_controller_that_stalled_once_is_polled_again_soon_after(site, tmp_pat
         task = s.project("watch").task("stall")
         group = task.submit_batch({"jobName": "slow", "batchSize": 1, "htcJobDefinition": {
             "commands": ["sh", "-c", "sleep 120"], "maxVCpus": 1, "maxMemory": 64}}, profile="knl")
-        watch = s._watch
+        watch = s.reconciler.watch
         deadline = time.monotonic() + 60
         while watch.polls < 2 and time.monotonic() < deadline:
             time.sleep(0.1)

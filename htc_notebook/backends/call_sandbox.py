@@ -26,6 +26,7 @@ import os
 import pickle
 import select
 import signal
+import tempfile
 import threading
 import traceback
 from typing import Any, Callable, Optional, TypeVar
@@ -274,15 +275,20 @@ def run_confined(view: Any, work: Callable[[], T], memory_mib: int | None = None
 _calls = itertools.count()  # names this process's calls' memory cgroups
 
 
-def check_call_sandbox(profile_name: str, view: Any) -> None:
+def check_call_sandbox(profile_name: str) -> None:
     """Refuse (BackendError) if Python calls cannot be confined on this machine, before a job is
-    sent: one empty confined call, once per profile and process (on SLURM this checks the
-    submitting machine only; a node that cannot fails its calls saying why)."""
+    sent: one empty confined call in a throwaway view (the machine is checked, not a task's
+    directories, which a dry run does not make), once per profile and process (on SLURM this checks
+    the submitting machine only; a node that cannot fails its calls saying why)."""
     if profile_name not in _checked:
+        from htc_notebook.backends.sandbox import JobView
         from htc_notebook.errors import BackendError
 
         try:
-            run_confined(view, lambda: None)
+            with tempfile.TemporaryDirectory(prefix="htc-probe-") as tmp:
+                for part in ("task", "shared"):
+                    os.mkdir(os.path.join(tmp, part))
+                run_confined(JobView(tmp, os.path.join(tmp, "task"), os.path.join(tmp, "shared")), lambda: None)
         except (ConfinementError, RuntimeError) as exc:
             raise BackendError(f"profile {profile_name!r} runs Python calls confined to their task's storage "
                                f"(sandbox: bwrap), but this machine cannot confine them: {exc}. Allow user "

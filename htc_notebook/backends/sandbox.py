@@ -154,8 +154,8 @@ def check_confinement(profile: PartitionProfile, launches: Sequence[Launch]) -> 
     # MPI functions' ranks: bwrap too
     if any(launch.kind == "command" or (launch.mpi and launch.view) for launch in launches):
         check_sandbox(profile.name)
-    if calls := [launch for launch in launches if launch.kind == "python" and launch.view and not launch.mpi]:
-        check_call_sandbox(profile.name, calls[0].view)
+    if any(launch.kind == "python" and launch.view and not launch.mpi for launch in launches):
+        check_call_sandbox(profile.name)
 
 
 @functools.cache

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
+from htc_notebook.ledger import Ledger
+from htc_notebook.runtime.changes import Changes
 from htc_notebook.states import TERMINAL_NAMES
-
-if TYPE_CHECKING:
-    from htc_notebook.runtime.session import Session
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +24,12 @@ Ended = Callable[[int, str], None]  # called with (job id, terminal status) in t
 
 
 class Completions:
-    """Calls back once when each watched job ends. One per session (`Session.completions`); its
+    """Calls back once when each watched job ends. One per session (`Parts.completions`); its
     thread runs while something is watched."""
 
-    def __init__(self, session: "Session"):
-        self._session = session
+    def __init__(self, ledger: Ledger, changes: Changes):
+        self._ledger, self._changes = ledger, changes
+        self._closed = False
         self._lock = threading.Lock()
         self._watched: dict[int, list[Ended]] = {}  # job id -> callbacks
         self._task_of: dict[int, int] = {}  # job id -> task id
@@ -38,7 +38,7 @@ class Completions:
 
     def watch(self, job_id: int, task_id: int, ended: Ended) -> None:
         """Call `ended(job_id, status)` when the job ends (at once, here, if it has)."""
-        ledger = self._session.ledger
+        ledger = self._ledger
         with self._lock:
             if task_id not in self._seq:
                 self._seq[task_id] = ledger.max_seq()  # before the look below: no end between them is missed
@@ -74,23 +74,26 @@ class Completions:
             except Exception:  # one waiter's failure must not stop the others being told
                 log.exception("a callback for the end of job %s failed", job_id)
 
+    def close(self) -> None:
+        """Stop watching (the session is closing); callbacks not yet called never are."""
+        self._closed = True
+
     def _loop(self) -> None:
-        session = self._session
-        while not session.closed:
+        while not self._closed:
             with self._lock:
                 if not self._watched:
                     self._thread = None
                     return
                 tasks = dict(self._seq)
-            mark = session.change_mark()
+            mark = self._changes.mark()
             try:
                 ended = []
                 for task_id, seq in tasks.items():
-                    new_seq, changed = session.ledger.status_changes(task_id, seq)
+                    new_seq, changed = self._ledger.status_changes(task_id, seq)
                     with self._lock:
                         self._seq[task_id] = max(self._seq.get(task_id, 0), new_seq)
                         ended += [(j, s) for j, s in changed if s in TERMINAL_NAMES and j in self._watched]
                 self._fire(ended)
             except Exception:  # logged, looked at again next round
                 log.exception("looking for ended jobs failed; looking again in %s s", POLL_SECONDS)
-            session.wait_for_change(timeout=POLL_SECONDS, since=mark)
+            self._changes.wait(timeout=POLL_SECONDS, since=mark)

@@ -40,7 +40,7 @@ _task: ContextVar["Task | None"] = ContextVar("htc_task", default=None)
 _profile: ContextVar[str | None] = ContextVar("htc_profile", default=None)
 _default: list["Task"] = []
 _default_lock = threading.Lock()
-_configured: set[tuple[int, str]] = set()  # (session id, profile) already scaled by on_cluster
+_configured: set[tuple[int, str]] = set()  # (id of a session's parts, profile) already scaled by on_cluster
 
 
 class use:
@@ -91,17 +91,17 @@ def on_cluster(fn: Callable | None = None, *, profile: str | None = None, jobs: 
     def decorate(f: Callable) -> Callable:
         @functools.wraps(f)
         def run(*args: Any, **kwargs: Any) -> Any:
-            session = current_task().session
-            prof = session.profile(profile)
+            parts = current_task().parts
+            prof = parts.profiles.get(profile)
             if prof.backend == "slurm" and (jobs is not None or adapt is not None):
                 with _default_lock:
-                    first = (id(session), prof.name) not in _configured
-                    _configured.add((id(session), prof.name))
+                    first = (id(parts), prof.name) not in _configured
+                    _configured.add((id(parts), prof.name))
                 if first:
                     if jobs is not None:
-                        session.scale(prof.name, jobs)
+                        parts.backends.scale(prof.name, jobs)
                     elif adapt is not None:
-                        session.adapt(prof.name, *adapt)
+                        parts.backends.adapt(prof.name, *adapt)
             token = _profile.set(prof.name)
             try:
                 return f(*args, **kwargs)

@@ -18,13 +18,11 @@ import functools
 import queue
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from htc_notebook.runtime.handles import JobHandle, failure, load_result
 
-if TYPE_CHECKING:
-    from htc_notebook.runtime.task import Task
-    from htc_notebook.spec import Resources, RetryPolicy
+Submit = Callable[[Callable[..., Any], tuple, Mapping[str, Any]], JobHandle]  # fn, args, kwargs -> its job
 
 
 def as_completed(handles: Iterable[JobHandle], timeout: float | None = None) -> Iterator[JobHandle]:
@@ -36,7 +34,7 @@ def as_completed(handles: Iterable[JobHandle], timeout: float | None = None) -> 
     ended: queue.Queue[JobHandle] = queue.Queue()
     callbacks = [(h, functools.partial(_put, ended, h)) for h in handles]
     for h, callback in callbacks:
-        h.session.completions.watch(h.id, h.task_id, callback)
+        h.parts.completions.watch(h.id, h.task_id, callback)
     try:
         for left in range(len(handles), 0, -1):
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -46,7 +44,7 @@ def as_completed(handles: Iterable[JobHandle], timeout: float | None = None) -> 
                 raise TimeoutError(f"{left} (of {len(handles)}) jobs unfinished") from None
     finally:
         for h, callback in callbacks:
-            h.session.completions.forget(h.id, callback)
+            h.parts.completions.forget(h.id, callback)
 
 
 def _put(q: queue.Queue, handle: JobHandle, job_id: int, status: str) -> None:
@@ -80,7 +78,7 @@ class JobFuture(concurrent.futures.Future):
             return
         try:
             if status == "SUCCEEDED":
-                self.set_result(load_result(self.handle.session, self.handle.row))
+                self.set_result(load_result(self.handle.parts.ledger, self.handle.row))
             elif status == "CANCELLED":
                 self._cancelled()  # cancelled elsewhere (the table, another process): so is the future
             else:
@@ -102,9 +100,8 @@ class TaskExecutor(concurrent.futures.Executor):
     ...     done, _ = concurrent.futures.wait(futures)
     """
 
-    def __init__(self, task: "Task", profile: str | None = None,
-                 resources: "Resources | Mapping[str, Any] | None" = None, retries: "int | RetryPolicy" = 0):
-        self._task, self._profile, self._resources, self._retries = task, profile, resources, retries
+    def __init__(self, call: Submit):
+        self._call = call  # `Task.call` with the executor's profile, resources and retries
         self._futures: list[JobFuture] = []
         self._lock = threading.Lock()
         self._shutdown = False
@@ -113,11 +110,10 @@ class TaskExecutor(concurrent.futures.Executor):
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            handle = self._task.call(fn, args, kwargs, profile=self._profile, resources=self._resources,
-                                     retries=self._retries)
+            handle = self._call(fn, args, kwargs)
             future = JobFuture(handle)
             self._futures = [f for f in self._futures if not f.done()] + [future]
-        handle.session.completions.watch(handle.id, handle.task_id, future._settle)
+        handle.parts.completions.watch(handle.id, handle.task_id, future._settle)
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

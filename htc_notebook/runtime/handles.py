@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Generator, Iterator, Sequence
 import cloudpickle
 
 from htc_notebook.errors import JobFailed, UntrustedFile
-from htc_notebook.ledger import JobRow, ResultRow
+from htc_notebook.ledger import JobRow, Ledger, ResultRow
+from htc_notebook.runtime.parts import Parts
 from htc_notebook.states import STATES, TERMINAL_NAMES
 from htc_notebook.storage.untrusted import lines_from_end, read_text_tail
 
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
     import pandas
 
     from htc_notebook.runtime.efficiency import Efficiency
-    from htc_notebook.runtime.session import Session
 
 PAGE = 5000  # jobs whose rows (and results) a group reads at a time
 REFRESH_MIN_INTERVAL = 0.02  # seconds between two looks at the ledger while waiting
@@ -67,7 +67,7 @@ async def _ended(handle: JobHandle) -> Any:
     def settle(job_id: int, status: str) -> None:  # in the watcher's thread
         loop.call_soon_threadsafe(_set_once, ended, status)
 
-    watcher = handle.session.completions
+    watcher = handle.parts.completions
     watcher.watch(handle.id, handle.task_id, settle)
     try:
         await ended
@@ -86,11 +86,11 @@ async def _all_ended(group: "JobGroup") -> list[Any]:
     return group.results(timeout=0)
 
 
-def load_result(session: "Session", row: JobRow, res: ResultRow | None = None) -> Any:
+def load_result(ledger: Ledger, row: JobRow, res: ResultRow | None = None) -> Any:
     """The value a SUCCEEDED job produced (a CommandResult for command jobs)."""
     if row.kind == "command":
         return CommandResult(row.exit_code if row.exit_code is not None else 0, row.log_out, row.log_err)
-    res = res or session.ledger.result(row.id)
+    res = res or ledger.result(row.id)
     if res is None:
         raise JobFailed(row.id, row.status, "no result was recorded", hint="retry the job")
     if res.inline is not None:
@@ -119,9 +119,9 @@ def failure(row: JobRow) -> JobFailed:
 class JobHandle:
     """One job: `result()`, `done()`, `cancel()`, `status`, `attempts`."""
 
-    def __init__(self, session: "Session", job_id: int, task_id: int | None = None):
-        self.session, self.id = session, job_id
-        self.task_id = task_id if task_id is not None else session.ledger.job(job_id).task_id
+    def __init__(self, parts: Parts, job_id: int, task_id: int | None = None):
+        self.parts, self.id = parts, job_id
+        self.task_id = task_id if task_id is not None else parts.ledger.job(job_id).task_id
 
     def __repr__(self) -> str:
         row = self.row
@@ -129,7 +129,7 @@ class JobHandle:
 
     @property
     def row(self) -> JobRow:
-        return self.session.ledger.job(self.id)
+        return self.parts.ledger.job(self.id)
 
     @property
     def status(self) -> str:
@@ -137,7 +137,7 @@ class JobHandle:
 
     @property
     def attempts(self) -> list:
-        return self.session.ledger.attempts(self.id)
+        return self.parts.ledger.attempts(self.id)
 
     def done(self) -> bool:
         return self.status in TERMINAL
@@ -146,22 +146,22 @@ class JobHandle:
         """Block until the job ends (or `timeout` seconds; then TimeoutError). Only reads: the
         session's reconcile loop (started here if need be) resolves jobs whose owner has exited."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        self.session.reconciler.start()
+        self.parts.reconciler.start()
         while True:
-            mark = self.session.change_mark()
+            mark = self.parts.changes.mark()
             row = self.row
             if row.status in TERMINAL:
                 return row
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job {self.id} is still {row.status} after {timeout} s")
-            self.session.wait_for_change(since=mark)
+            self.parts.changes.wait(since=mark)
 
     def result(self, timeout: float | None = None) -> Any:
         """The job's value; raises JobFailed (with reason, host, log path) if it did not succeed."""
         row = self.wait(timeout)
         if row.status != "SUCCEEDED":
             raise failure(row)
-        return load_result(self.session, row)
+        return load_result(self.parts.ledger, row)
 
     def exception(self, timeout: float | None = None) -> JobFailed | None:
         row = self.wait(timeout)
@@ -173,10 +173,10 @@ class JobHandle:
         return _ended(self).__await__()
 
     def cancel(self) -> bool:
-        return bool(self.session.cancel([self.id]))
+        return bool(self.parts.dispatcher.cancel([self.id]))
 
     def retry(self) -> bool:
-        return bool(self.session.retry([self.id]))
+        return bool(self.parts.dispatcher.retry([self.id]))
 
     def logs(self, stream: str = "out", tail: int | None = None) -> str:
         """The job's stdout (`stream="out"`) or stderr (`"err"`), optionally the last `tail` lines:
@@ -201,8 +201,8 @@ class JobHandle:
 class JobGroup(Sequence[JobHandle]):
     """Many jobs (a sweep, a batch, a task): counts, waiting with progress, results, a DataFrame."""
 
-    def __init__(self, session: "Session", task_id: int, job_ids: Sequence[int], name: str, *, skipped: int = 0):
-        self.session, self.task_id, self.ids, self.name = session, task_id, list(job_ids), name
+    def __init__(self, parts: Parts, task_id: int, job_ids: Sequence[int], name: str, *, skipped: int = 0):
+        self.parts, self.task_id, self.ids, self.name = parts, task_id, list(job_ids), name
         self.skipped = skipped
         self._status: dict[int, str] = {}
         self._counts: dict[str, int] = dict.fromkeys(STATES, 0)
@@ -218,16 +218,16 @@ class JobGroup(Sequence[JobHandle]):
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return JobGroup(self.session, self.task_id, self.ids[i], self.name)
-        return JobHandle(self.session, self.ids[i], self.task_id)
+            return JobGroup(self.parts, self.task_id, self.ids[i], self.name)
+        return JobHandle(self.parts, self.ids[i], self.task_id)
 
     def __iter__(self) -> Iterator[JobHandle]:
-        return (JobHandle(self.session, j, self.task_id) for j in self.ids)
+        return (JobHandle(self.parts, j, self.task_id) for j in self.ids)
 
     @property
     def parent_id(self) -> int | None:
         """The batch of a group made by `submit_batch` (the HTC API's parentJobId); None for others."""
-        return self.session.ledger.job(self.ids[0]).batch_id if self.ids else None
+        return self.parts.ledger.job(self.ids[0]).batch_id if self.ids else None
 
     # -- state ------------------------------------------------------------------
     def rows(self) -> list[JobRow]:
@@ -236,7 +236,7 @@ class JobGroup(Sequence[JobHandle]):
     def _pages(self) -> Iterator[list[JobRow]]:
         """The members' rows in member order, PAGE jobs at a time (ids not in the task are left out).
         A page of a sweep's ids, numbered consecutively, is one query over their range."""
-        ledger = self.session.ledger
+        ledger = self.parts.ledger
         for start in range(0, len(self.ids), PAGE):
             ids = self.ids[start:start + PAGE]
             by_id: dict[int, JobRow] = {}
@@ -255,7 +255,7 @@ class JobGroup(Sequence[JobHandle]):
     def refresh(self) -> dict[int, str]:
         """Bring the status of every member up to date, reading only rows that changed."""
         wanted = self._wanted()
-        self._seq, changed = self.session.ledger.status_changes(self.task_id, self._seq)
+        self._seq, changed = self.parts.ledger.status_changes(self.task_id, self._seq)
         counts, known = self._counts, self._status
         for job_id, status in changed:
             if job_id in wanted:
@@ -282,10 +282,10 @@ class JobGroup(Sequence[JobHandle]):
         deadline = None if timeout is None else time.monotonic() + timeout
         total = len(self._wanted())  # distinct jobs: a group may name one twice
         bar = _Progress(total, self.name) if progress else None
-        self.session.reconciler.start()
+        self.parts.reconciler.start()
         try:
             while True:
-                mark = self.session.change_mark()
+                mark = self.parts.changes.mark()
                 counts = self.counts()
                 ended = sum(counts[s] for s in TERMINAL)
                 if bar:
@@ -296,7 +296,7 @@ class JobGroup(Sequence[JobHandle]):
                     raise TimeoutError(f"{total - ended} of {total} jobs still running after {timeout} s")
                 # at most ~50 looks a second: each look takes the GIL from the scheduler's loop
                 time.sleep(REFRESH_MIN_INTERVAL)
-                self.session.wait_for_change(since=mark)
+                self.parts.changes.wait(since=mark)
         finally:
             if bar:
                 bar.close()
@@ -312,10 +312,10 @@ class JobGroup(Sequence[JobHandle]):
         self.wait(timeout)
         out = []
         for page in self._pages():
-            stored = self.session.ledger.results(r.id for r in page if r.kind == "python" and r.status == "SUCCEEDED")
+            stored = self.parts.ledger.results(r.id for r in page if r.kind == "python" and r.status == "SUCCEEDED")
             for row in page:
                 if row.status == "SUCCEEDED":
-                    out.append(load_result(self.session, row, stored.get(row.id)))
+                    out.append(load_result(self.parts.ledger, row, stored.get(row.id)))
                 elif errors == "return":
                     out.append(failure(row))
                 else:
@@ -332,10 +332,10 @@ class JobGroup(Sequence[JobHandle]):
                          for page in self._pages() for r in page if r.status == "SUCCEEDED")
 
     def cancel(self) -> list[int]:
-        return self.session.cancel(self.ids)
+        return self.parts.dispatcher.cancel(self.ids)
 
     def retry(self) -> list[int]:
-        return self.session.retry(self.ids)
+        return self.parts.dispatcher.retry(self.ids)
 
     def to_dataframe(self, results: bool = False) -> "pandas.DataFrame":
         """One row per job; parameters become columns; `results=True` adds a `result` column.
@@ -351,7 +351,7 @@ class JobGroup(Sequence[JobHandle]):
 
         records = []
         for page in self._pages():
-            retried = self.session.ledger.attempts_of(r.id for r in page if r.attempts > 1)
+            retried = self.parts.ledger.attempts_of(r.id for r in page if r.attempts > 1)
             for row in page:
                 records.append(self._record(pd, row, retried.get(row.id), results))
         return pd.DataFrame.from_records(records)
@@ -380,7 +380,7 @@ class JobGroup(Sequence[JobHandle]):
         for k, v in row.params.items():
             rec[k if k not in rec else f"param_{k}"] = v
         if results:
-            rec["result"] = load_result(self.session, row) if row.status == "SUCCEEDED" else None
+            rec["result"] = load_result(self.parts.ledger, row) if row.status == "SUCCEEDED" else None
         return rec
 
 

@@ -2,20 +2,23 @@
 is pulled and unpacked again (by digest) before a job of it starts, and `prune` removes the images
 no job has used for a while and no job that has not ended needs (`htc images prune`).
 
->>> ready(session, "md", rows)  # doctest: +SKIP
+>>> ready(root, profiles, "md", rows)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+from htc_notebook.runtime.live_backends import project_registry
+from htc_notebook.runtime.profiles import Profiles
 
 if TYPE_CHECKING:
     from htc_notebook.registry.pull import Pruned
-    from htc_notebook.runtime.session import Session
 
 
-def ready(session: "Session", project: str, rows: Sequence[Any]) -> None:
+def ready(root: Path, profiles: Profiles, project: str, rows: Sequence[Any]) -> None:
     """Unpack again each image of `rows` (job rows of `project`) whose root file system is gone,
     with the mount points its profile's container_binds need (the same path as before)."""
     seen: set[str] = set()
@@ -29,13 +32,13 @@ def ready(session: "Session", project: str, rows: Sequence[Any]) -> None:
         from htc_notebook.backends.images import with_binds
         from htc_notebook.registry.pull import rootfs
 
-        base = rootfs(session.registry(project), image.name, image.digest)
+        base = rootfs(project_registry(root, project), image.name, image.digest)
         if str(base) != image.rootfs:
-            with_binds(base, session.profile(row.profile).container_binds)
+            with_binds(base, profiles.get(row.profile).container_binds)
 
 
-def prune(session: "Session", unused_days: float = 7.0, dry_run: bool = False) -> list["Pruned"]:
-    """Remove the unpacked images not used for `unused_days` days, but those of jobs not ended."""
+def prune(root: Path, active: Iterable[str], unused_days: float = 7.0, dry_run: bool = False) -> list["Pruned"]:
+    """Remove the unpacked images not used for `unused_days` days, but those of jobs not ended (`active`)."""
     from htc_notebook.registry.pull import prune as prune_cache
 
-    return prune_cache(session.root, session.ledger.active_images(), unused_days, dry_run)
+    return prune_cache(root, set(active), unused_days, dry_run)

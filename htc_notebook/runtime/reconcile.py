@@ -1,7 +1,9 @@
 """The reconcile loop: what the ledger says, brought in line with what is really going on.
 
-One loop per Session (in the spirit of distributed's `SpecCluster._correct_state`: the desired
-state kept apart from the live one, one method that corrects the difference). Each tick:
+One loop per Session, the one owner of every periodic action (in the spirit of distributed's
+`SpecCluster._correct_state`: the desired state kept apart from the live one, one method that
+corrects the difference). One thread; each action of a tick runs on its own, and what it does and
+every error (with its traceback) are logged (logger `htc_notebook.runtime.reconcile`). Each tick:
 
 1. **Retries** that are due. A job whose attempt failed in a way that may be retried stays
    SUBMITTED (it has not ended: waiting goes on, a cancel stops it) with its retry due in the
@@ -24,8 +26,11 @@ state kept apart from the live one, one method that corrects the difference). Ea
    inactive for their `archiveAfter` hours and delete the files of tasks archived `deleteAfter`
    hours ago (each task claimed by one process in the ledger; its record is kept).
 
-Held work is released by the SLURM feeder as room appears; the status of SLURM jobs comes from
-the data root's one poller (runtime/watch.py). Readers (`jobs()`, `status()`, handles) only read.
+6. **SLURM's status** (once a SLURM backend runs, every `SlurmWatch.interval` s): the data root's
+   one poll of SLURM, by the process that holds its lease (runtime/watch.py).
+
+Held work is released by the SLURM feeder as room appears. Readers (`jobs()`, `status()`, handles)
+only read.
 """
 
 from __future__ import annotations
@@ -34,16 +39,20 @@ import logging
 import shutil
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import Callable, Iterable, Sequence
 
 from htc_notebook.errors import HTCError
-from htc_notebook.ledger import JobRow
-from htc_notebook.states import TERMINAL_NAMES
-from htc_notebook.runtime.owner import LEASE_LAPSE, Owner, heartbeat_seconds
+from htc_notebook.ledger import JobRow, Ledger
+from htc_notebook.ledger.schema import HELD_FOR_ROOM
+from htc_notebook.runtime.changes import Changes
+from htc_notebook.runtime.dispatch import Dispatcher, TaskRows
+from htc_notebook.runtime.live_backends import LiveBackends
+from htc_notebook.runtime.owner import LEASE_LAPSE, Owner, heartbeat_seconds, kill_orphan_group
+from htc_notebook.runtime.profiles import Profiles
+from htc_notebook.runtime.watch import SlurmWatch
 from htc_notebook.spec import Decision, Limits, Request
-
-if TYPE_CHECKING:
-    from htc_notebook.runtime.session import Session
+from htc_notebook.states import TERMINAL_NAMES, NativeId, Outcome
+from htc_notebook.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +63,21 @@ RETRIES_PER_TICK = 1000
 
 
 class Reconciler:
-    """The reconcile loop of one Session. `tick()` runs it once; `start()` in a thread."""
+    """The reconcile loop of one Session. `tick()` runs it once; `start()` in a thread.
 
-    def __init__(self, session: "Session", enabled: bool = True, heartbeat: float | None = None):
-        self.session, self.enabled = session, enabled
+    With `enabled=False` (a short look, such as `htc status`, that must not take up retries it
+    would not live to see through) it reconciles nothing and renews no lease; it still polls
+    SLURM for the session's own SLURM backends, if it makes any."""
+
+    def __init__(self, *, ledger: Ledger, storage: Storage, owner: Owner, profiles: Profiles, backends: LiveBackends,
+                 dispatcher: Dispatcher, tasks: TaskRows, changes: Changes, poll_seconds: float,
+                 enabled: bool = True, heartbeat: float | None = None):
+        self.ledger, self.storage, self.owner, self.profiles = ledger, storage, owner, profiles
+        self.backends, self.dispatcher, self.tasks, self.changes = backends, dispatcher, tasks, changes
+        self.enabled = enabled
         self.heartbeat = heartbeat if heartbeat is not None else heartbeat_seconds()  # seconds between renewals
+        self.watch = SlurmWatch(ledger, str(owner), backends, dispatcher.adopt_all, poll_seconds)
+        self.watching = False  # polling SLURM: set once the first SLURM backend is made (`watch_slurm`)
         self._owners_every = min(OWNERS_EVERY, self.heartbeat)
         self._beaten = 0.0  # time.monotonic() of this session's last renewal of its lease (0: none yet)
         self.retried = 0  # retries this process started (for tests and figures)
@@ -70,14 +89,30 @@ class Reconciler:
         self._lock = threading.Lock()
         self._owners_looked = 0.0
         self._retention_applied = 0.0
+        changes.listen(self.committed)
+        backends.on_slurm(self.watch_slurm)
 
     def start(self) -> None:
-        """Run the loop in a thread (idempotent; nothing if not enabled)."""
+        """Run the loop in a thread (idempotent; nothing if not enabled and not watching SLURM)."""
         with self._lock:
-            if self.enabled and self._thread is None and not self._stop.is_set():
-                self.beat()  # before anything is submitted: the owner of any job has a lease
+            if (self.enabled or self.watching) and self._thread is None and not self._stop.is_set():
+                if self.enabled:
+                    self.beat()  # before anything is submitted: the owner of any job has a lease
                 self._thread = threading.Thread(target=self._loop, name="htc-reconcile", daemon=True)
                 self._thread.start()
+
+    def resume(self) -> int:
+        """Take up what earlier sessions of this data root left, now and from then on (the loop):
+        their SLURM jobs watched, held work fed, retries due started, local jobs of processes that
+        have exited marked LOST. Returns how many jobs were marked LOST."""
+        self.start()
+        return self.reconcile_owners()
+
+    def watch_slurm(self) -> None:
+        """Poll SLURM from now on (the session made its first SLURM backend)."""
+        self.watching = True
+        self.start()
+        self.wake()
 
     def wake(self) -> None:
         self._wake.set()
@@ -93,108 +128,132 @@ class Reconciler:
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=30)
+        self._run("give up the SLURM poll lease", self.watch.close)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
                 self.tick()
-            except HTCError:  # the ledger busy, a backend refusing: next tick
-                pass
             finally:
                 self._first.set()
-            self._wake.wait(TICK_SECONDS)
+            wait = TICK_SECONDS
+            if self.watching:
+                wait = max(0.0, min(wait, self.watch.next - time.monotonic()))
+            self._wake.wait(wait)
             self._wake.clear()
 
+    def _run(self, what: str, action: Callable[[], object]) -> None:
+        """Run one action of a tick; an error is logged with its traceback and tried again next tick."""
+        try:
+            action()
+        except HTCError as exc:  # the ledger busy, SLURM away, a backend refusing
+            log.warning("reconcile: %s failed (tried again next tick): %s", what, exc, exc_info=True)
+        except Exception:
+            log.exception("reconcile: %s failed (tried again next tick)", what)
+
     def tick(self, *, owners: bool | None = None) -> None:
-        """One round: the heartbeat when due, due retries, exited owners (every OWNERS_EVERY s or
-        heartbeat, or when `owners` is True), foreign cancels."""
-        if self.enabled and time.monotonic() - self._beaten >= self.heartbeat:
-            self.beat()
-        now = time.time()
-        if owners or (owners is None and now - self._owners_looked >= self._owners_every):
-            self._owners_looked = now
-            self.reconcile_owners()
-            self.stop_cancelled()
-        self.start_retries(now)
-        self.stop_failing_batches()
-        if self.session.holding:
-            self.release_held()
-        if now - self._retention_applied >= RETENTION_EVERY:
-            self._retention_applied = now
-            self.apply_retention(now)
+        """One round: the heartbeat when due, exited owners and foreign cancels (every OWNERS_EVERY s
+        or heartbeat, or when `owners` is True), due retries, batches over their max_failures, held
+        work with room, retention (every RETENTION_EVERY s), SLURM's status when due."""
+        if self.enabled:
+            if time.monotonic() - self._beaten >= self.heartbeat:
+                self._run("renew the heartbeat lease", self.beat)
+            now = time.time()
+            if owners or (owners is None and now - self._owners_looked >= self._owners_every):
+                self._owners_looked = now
+                self._run("settle the jobs of exited owners", self.reconcile_owners)
+                self._run("stop jobs cancelled elsewhere", self.stop_cancelled)
+            self._run("start due retries", lambda: self.start_retries(now))
+            self._run("stop batches over their max_failures", self.stop_failing_batches)
+            if self.dispatcher.holding:
+                self._run("release held jobs", self.release_held)
+            if now - self._retention_applied >= RETENTION_EVERY:
+                self._retention_applied = now
+                self._run("apply task retention", lambda: self.apply_retention(now))
+        if self.watching and self.watch.due(time.monotonic()):
+            self._run("poll SLURM", self.watch.tick)
+
+    def committed(self, outcomes: Sequence[Outcome]) -> None:
+        """Told of every commit (runtime/changes.py): failures may reach a batch's max_failures or
+        be retried, and ended jobs make room for held ones."""
+        failed = [o.job_id for o in outcomes if o.status in ("FAILED", "LOST")]
+        if failed:
+            self.failed(failed)
+        if self.dispatcher.holding:
+            self.wake()
 
     # -- 0. this session's heartbeat --------------------------------------------------------------
     def beat(self) -> bool:
         """Renew this session's heartbeat lease for LEASE_LAPSE heartbeats (one small write). A failure
         is logged and tried again next tick; a renewal after the lease had lapsed says what that means."""
-        s = self.session
         try:
-            before = s.ledger.renew_owner(str(s.owner), self.heartbeat * LEASE_LAPSE)
+            before = self.ledger.renew_owner(str(self.owner), self.heartbeat * LEASE_LAPSE)
         except HTCError as exc:
             log.warning("the heartbeat lease of %s in %s was not renewed (tried again in %g s): %s",
-                        s.owner, s.ledger.path, TICK_SECONDS, exc)
+                        self.owner, self.ledger.path, TICK_SECONDS, exc)
             return False
         if self._beaten and before is not None and before < time.time():
             log.warning("the heartbeat lease of %s had lapsed %.0f s ago (the reconcile loop was held up): sessions on "
-                        "other hosts may have marked its local jobs LOST and claimed its held work", s.owner,
+                        "other hosts may have marked its local jobs LOST and claimed its held work", self.owner,
                         time.time() - before)
         self._beaten = time.monotonic()
         return True
 
     # -- 1. retries ----------------------------------------------------------------------------
     def start_retries(self, now: float) -> int:
-        s = self.session
         started = 0
         by_task: dict[int, list[JobRow]] = {}
-        due = s.ledger.retries_due(now, RETRIES_PER_TICK)
-        gone = s.gone_owners({row.spec.owner for row in due}) if due else {}
+        due = self.ledger.retries_due(now, RETRIES_PER_TICK)
+        gone = self.gone_owners({row.spec.owner for row in due}) if due else {}
         for row in due:
-            if s.closed or not self._mine(row, gone):
+            if self.backends.closed or not self._mine(row, gone):
                 continue
             decision, failed = self._decide(row)
             if not decision.retry:
-                s.ledger.settle_retry(row.id, row.attempts, decision.why)
+                self.ledger.settle_retry(row.id, row.attempts, decision.why)
+                log.info("job %s is not retried: %s", row.id, decision.why)
                 self.failed([row.id])
                 continue
             at = (row.ended or now) + decision.delay
             if at > now:
-                s.ledger.postpone_retry(row.id, row.attempts, at, f"{decision.why}, in {at - now:.0f} s "
-                                        f"(attempt {row.attempts}: {failed})")
+                self.ledger.postpone_retry(row.id, row.attempts, at, f"{decision.why}, in {at - now:.0f} s "
+                                           f"(attempt {row.attempts}: {failed})")
                 continue
             change = {k: v for k, v in (("memory", decision.request.memory), ("timeout", decision.request.timeout))
                       if v is not None and v != getattr(row.spec, k)}
             reason = f"automatic {decision.why} (attempt {row.attempts}: {failed})"
-            if s.ledger.requeue_retry(row.id, row.attempts, str(s.owner), change, reason):
-                by_task.setdefault(row.task_id, []).append(s.ledger.job(row.id))
+            if self.ledger.requeue_retry(row.id, row.attempts, str(self.owner), change, reason):
+                by_task.setdefault(row.task_id, []).append(self.ledger.job(row.id))
                 started += 1
         for task_id, rows in by_task.items():
             try:
-                s.dispatch(s.task_row(task_id), rows)
-            except HTCError:
-                pass  # dispatch has recorded why they were not submitted
+                self.dispatcher.dispatch(self.tasks.row(task_id), rows)
+            except HTCError as exc:  # dispatch has recorded why they were not submitted
+                log.warning("retries of task %s were not submitted: %s", task_id, exc)
+        if started:
+            log.info("started %d retries", started)
         self.retried += started
         return started
 
     def _mine(self, row: JobRow, gone: dict[str, str]) -> bool:
         """Is this session the one to retry `row`: its owner, or the owner has exited (in `gone`)."""
         owner = Owner.parse(row.spec.owner)
-        return owner is None or owner == self.session.owner or (row.spec.owner or "") in gone
+        return owner is None or owner == self.owner or (row.spec.owner or "") in gone
 
     def _decide(self, row: JobRow) -> tuple[Decision, str]:
         """The policy's decision for `row`'s failed attempt, and that attempt's reason."""
-        s = self.session
-        attempts = s.ledger.attempts(row.id)
+        attempts = self.ledger.attempts(row.id)
         causes = [a.cause for a in attempts if a.number < row.attempts]
         last = next((a for a in attempts if a.number == row.attempts), None)
         cause = (last.cause if last else None) or "exit"
         failed = f"{last.status}, {last.reason}" if last and last.reason else "failed"
         try:
-            profile = s.profile(row.profile)
+            profile = self.profiles.get(row.profile)
             limits = Limits(memory=profile.memory_per_node, timeout=profile.max_walltime)
         except HTCError:
             limits = Limits()
         return row.spec.retry.decide(cause, Request(memory=row.spec.memory, timeout=row.spec.timeout),
-                             causes, limits), failed
+                                     causes, limits), failed
 
     # -- 1b. batches that reached their max_failures ------------------------------------------
     def failed(self, job_ids: list[int]) -> None:
@@ -204,38 +263,125 @@ class Reconciler:
             self._failed.update(job_ids)
         self.wake()
 
-    def stop_failing_batches(self) -> int:
-        """Cancel the rest of each batch whose failures reached its `max_failures`; how many were cancelled."""
+    def stop_failing_batches(self) -> list[int]:
+        """Cancel the rest of every batch whose failures reached its `max_failures` (saying so); the
+        ids cancelled."""
         with self._lock:
             failed, self._failed = self._failed, set()
-        return len(self.session.stop_failing_batches(failed)) if failed else 0
+        stopped: list[int] = []
+        for batch_id, name, limit, count in self.ledger.over_max_failures(failed) if failed else []:
+            rest = self.ledger.active_in_batch(batch_id)
+            if rest:
+                why = f"max_failures={limit} reached: {count} jobs of {name!r} failed"
+                stopped += self.dispatcher.cancel(rest, why)
+                log.info("batch %s: %s; %d jobs cancelled", batch_id, why, len(rest))
+        return stopped
 
     # -- 2. owners that exited -------------------------------------------------------------------
+    def gone_owners(self, owners: Iterable[str | None]) -> dict[str, str]:
+        """Which of these owners (as jobs' specs name them) count as exited, and why (runtime/owner.py:
+        on this host by their pid, on another by their heartbeat lease); never this session itself."""
+        parsed = {text: o for text in owners
+                  if text is not None and (o := Owner.parse(text)) is not None and o != self.owner}
+        elsewhere = [text for text, o in parsed.items() if not o.here]
+        leases = self.ledger.owner_leases(elsewhere) if elsewhere else {}
+        now = time.time()
+        return {text: why for text, o in parsed.items() if (why := o.gone(leases, now)) is not None}
+
     def reconcile_owners(self) -> int:
         """Look at the active jobs of every owner (data root wide) that has exited; returns how many became LOST."""
-        s = self.session
         lost = 0
-        for text in s.gone_owners(s.ledger.active_owners()):
-            lost += s.reconcile(s.ledger.owned_jobs(text))
+        for text in self.gone_owners(self.ledger.active_owners()):
+            lost += self.settle(self.ledger.owned_jobs(text))
         return lost
+
+    def settle(self, rows: Iterable[JobRow]) -> int:
+        """Mark LOST (cause `owner`: requeued as its RetryPolicy allows) the active local jobs whose
+        owning process has exited, on this host or, its heartbeat lease lapsed, on another (design G5);
+        watch their SLURM jobs from here; claim and feed their held work. Returns how many became LOST.
+
+        Local jobs live inside the process that submitted them; if it is gone, so is the work.
+        Nothing is assumed to have succeeded.
+        """
+        rows = list(rows)
+        gone = self.gone_owners({r.spec.owner for r in rows if r.status not in TERMINAL_NAMES})
+        lost: list[Outcome] = []
+        held: dict[str, list[JobRow]] = {}
+        for row in rows:
+            if row.status in TERMINAL_NAMES or row.id in self.tasks.here or row.retry_at is not None:
+                continue  # ended, watched by this process, or waiting for its retry (the reconcile loop's)
+            if row.kind == "command" and self.dispatcher.adopt(row.id, row.task_id, row.attempts, row.native_id,
+                                                               row.profile, row.spec.timeout):
+                continue
+            why = gone.get(row.spec.owner or "")
+            owner = Owner.parse(row.spec.owner)
+            if why is None or owner is None:
+                continue
+            if row.status == "HELD" and row.native_id == HELD_FOR_ROOM:  # never started: this session takes it
+                if self.ledger.claim([row.id], str(owner), str(self.owner)):
+                    self.dispatcher.holding = True
+                continue
+            if self._fed_by_slurm(row):
+                held.setdefault(str(owner), []).append(row)
+                continue
+            reason = f"the process that ran it ({owner}) {why}; local jobs and pilots do not outlive their session"
+            native = NativeId.parse(row.native_id)
+            if not owner.here:  # a pid of another host names another process here
+                if native is not None and native.kind == "process":
+                    reason += f"; what is left of its process group {row.native_id} on {owner.host} was not reached"
+            elif native is not None and kill_orphan_group(native):
+                reason += f"; its orphaned process group {row.native_id} was killed"
+            lost.append(Outcome(row.id, row.attempts, "LOST", reason=reason + ". Retry it or re-run the sweep",
+                                host=owner.host, ended=time.time(), cause="owner"))
+        if lost:
+            self.ledger.record_outcomes(lost)
+            log.info("%d jobs of exited owners marked LOST", len(lost))
+            self.changes.committed(lost)
+        for dead, group in held.items():
+            claimed = set(self.ledger.claim([r.id for r in group], dead, str(self.owner)))
+            if claimed:
+                log.info("took over %d held jobs of %s, which %s", len(claimed), dead, gone.get(dead, "exited"))
+                self.dispatcher.feed_held([r for r in group if r.id in claimed])
+        return len(lost)
+
+    def _fed_by_slurm(self, row: JobRow) -> bool:
+        """A SLURM array job that its dead submitter never handed to SLURM (held, or its sbatch unanswered)."""
+        try:
+            profile = self.profiles.get(row.profile)
+        except HTCError:  # a profile gone from the site
+            return False
+        native = NativeId.parse(row.native_id)
+        return (profile.backend == "slurm" and row.kind == "command" and not row.spec.mpi
+                and (native is None or native.slurm is None))
+
+    # -- 3. cancels from elsewhere ----------------------------------------------------------------
+    def stop_cancelled(self) -> None:
+        """Stop what this process runs for jobs that the ledger says have ended (cancelled elsewhere)."""
+        for backend in self.backends.all():
+            running = backend.running()
+            if running:
+                status = self.ledger.statuses(running)
+                ended = [j for j in running if status.get(j) in STOPPED]
+                if ended:
+                    log.info("stopping %d jobs ended elsewhere", len(ended))
+                    backend.cancel(ended)
 
     # -- 4. room in a project's vCPU limit -------------------------------------------------------
     def release_held(self) -> int:
         """Dispatch again the jobs this session holds for room, as many as their projects' limits
         now have room for (the ledger admits them, atomically across processes). Returns how many
         were offered."""
-        s = self.session
-        held = s.ledger.held_for_room(str(s.owner))
+        held = self.ledger.held_for_room(str(self.owner))
         if not held:
-            s.holding = False
+            self.dispatcher.holding = False
             return 0
         offered: dict[int, list[JobRow]] = {}
         free: dict[str, float] = {}
         for row in held:
-            project = s.task_row(row.task_id).project
+            project = self.tasks.row(row.task_id).project
             if project not in free:
-                limit = s.ledger.vcpu_limit(project)
-                free[project] = float("inf") if limit is None else limit - s.ledger.vcpus_in_use(project)
+                limit = self.ledger.vcpu_limit(project)
+                free[project] = float("inf") if limit is None else limit - self.ledger.vcpus_in_use(project)
             if free[project] >= row.spec.cores:
                 free[project] -= row.spec.cores
                 offered.setdefault(row.task_id, []).append(row)
@@ -243,36 +389,24 @@ class Reconciler:
                 free[project] = 0  # in order: nothing after the first that does not fit
         for task_id, rows in offered.items():
             try:
-                s.dispatch(s.task_row(task_id), rows)
-            except HTCError:
-                pass  # dispatch has recorded why they were not submitted
+                self.dispatcher.dispatch(self.tasks.row(task_id), rows)
+            except HTCError as exc:  # dispatch has recorded why they were not submitted
+                log.warning("held jobs of task %s were not submitted: %s", task_id, exc)
         return sum(len(r) for r in offered.values())
 
     # -- 5. task retention ------------------------------------------------------------------------
     def apply_retention(self, now: float | None = None) -> tuple[list[str], list[str]]:
         """Apply every project's task retention policy (its own, else the workspace's) once: (tasks
         archived, tasks whose files were deleted), as project/task."""
-        s = self.session
         archived, deleted = [], []
-        for policy in s.ledger.retention_in_force():
-            archived += [f"{policy.project}/{name}" for _, name in s.ledger.archive_inactive(policy, now)]
-            for _, name in s.ledger.due_for_deletion(policy, now):
-                shutil.rmtree(s.storage.task_path(policy.project, name), ignore_errors=True)
+        for policy in self.ledger.retention_in_force():
+            archived += [f"{policy.project}/{name}" for _, name in self.ledger.archive_inactive(policy, now)]
+            for _, name in self.ledger.due_for_deletion(policy, now):
+                shutil.rmtree(self.storage.task_path(policy.project, name), ignore_errors=True)
                 deleted.append(f"{policy.project}/{name}")
+        if archived or deleted:
+            log.info("task retention: archived %s, files deleted %s", archived, deleted)
         return archived, deleted
-
-    # -- 3. cancels from elsewhere ----------------------------------------------------------------
-    def stop_cancelled(self) -> None:
-        """Stop what this process runs for jobs that the ledger says have ended (cancelled elsewhere)."""
-        s = self.session
-        for backend in s.live_backends():
-            running = backend.running()
-            if running:
-                status = s.ledger.statuses(running)
-                ended = [j for j in running if status.get(j) in STOPPED]
-                if ended:
-                    backend.cancel(ended)
 
 
 STOPPED = TERMINAL_NAMES - {"SUCCEEDED"}  # a job that ended so while it runs here was stopped elsewhere
-

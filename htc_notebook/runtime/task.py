@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
@@ -13,8 +14,11 @@ from htc_notebook.errors import KeyTaken, SpecError
 from htc_notebook.ledger import LimitRow, NewBatch, NewJob, TaskRow
 from htc_notebook.states import ACTIVE_NAMES, REQUEUEABLE_NAMES
 from htc_notebook.runtime.commands import plain_argv, render_command, template_argv
+from htc_notebook.runtime.dispatch import Pending
 from htc_notebook.runtime.futures import TaskExecutor
 from htc_notebook.runtime.handles import JobGroup, JobHandle
+from htc_notebook.runtime.live_backends import project_registry
+from htc_notebook.runtime.parts import Parts
 from htc_notebook.runtime.plan import (PRIORITY, architecture, check_definition, check_mpi, definition_spec, job_spec,
                                       render_jobs)
 from htc_notebook.spec import (Dimension, ImageRef, JobBatch, JobDefinition, JobSpec, MpiLayout, PartitionProfile,
@@ -25,46 +29,34 @@ from htc_notebook.storage import ProjectStorage, TaskStorage, atomic_write
 if TYPE_CHECKING:
     import pandas
 
-    from htc_notebook.runtime.session import Session
-
 RACES = 5  # times a submission re-reads the task when another process added the same keys meanwhile
-
-
-class Pending:
-    """A job just added to the ledger, described from what was added (no read-back)."""
-
-    __slots__ = ("id", "name", "kind", "params", "spec", "index", "profile", "priority")
-
-    def __init__(self, job_id: int, job: NewJob):
-        self.id, self.name, self.kind, self.params, self.spec = job_id, job.name, job.kind, job.params, job.spec
-        self.index, self.profile, self.priority = job.index, job.profile, job.priority
 
 
 class Project:
     """A long-lived container of tasks with shared storage every task can read."""
 
-    def __init__(self, session: "Session", name: str):
-        self.session, self.name = session, name
+    def __init__(self, parts: Parts, name: str):
+        self.parts, self.name = parts, name
 
     def __repr__(self) -> str:
         return f"Project({self.name!r})"
 
     def task(self, name: str) -> "Task":
         """The task `name`, created on first use."""
-        return Task(self.session, self.session.ledger.task(self.name, name))
+        return Task(self.parts, self.parts.ledger.task(self.name, name))
 
     def tasks(self) -> list["Task"]:
-        return [Task(self.session, row) for row in self.session.ledger.tasks(self.name)]
+        return [Task(self.parts, row) for row in self.parts.ledger.tasks(self.name)]
 
     @property
     def shared(self) -> ProjectStorage:
         """The project's shared storage: put inputs here for every task's jobs to read."""
-        return ProjectStorage(self.session.storage.shared_dir(self.name))
+        return ProjectStorage(self.parts.storage.shared_dir(self.name))
 
     # -- vCPU limits (HTC `limits`) ------------------------------------------------------
     def limits(self) -> list[LimitRow]:
         """This project's vCPU limits; the lowest holds for every kernel and server of the data root."""
-        return self.session.ledger.limits(self.name)
+        return self.parts.ledger.limits(self.name)
 
     def set_vcpu_limit(self, vcpus: int, modifier_role: str = "PROJECT_ADMIN") -> LimitRow:
         """At most `vcpus` vCPUs of this project's jobs in use at once; the rest wait HELD, in order.
@@ -72,22 +64,22 @@ class Project:
         >>> project.set_vcpu_limit(64)  # doctest: +SKIP
         """
         limit = ProjectLimit(vcpus=vcpus, modifier_role=modifier_role)
-        return self._changed(self.session.ledger.add_limit(self.name, limit.modifier_role, limit.vcpus))
+        return self._changed(self.parts.ledger.add_limit(self.name, limit.modifier_role, limit.vcpus))
 
     def update_limit(self, limit_id: int, vcpus: int, modifier_role: str = "PROJECT_ADMIN") -> LimitRow | None:
         """Change limit `limit_id` of this project (None if it has no such limit)."""
         limit = ProjectLimit(vcpus=vcpus, modifier_role=modifier_role)
-        return self._changed(self.session.ledger.update_limit(self.name, limit_id, limit.modifier_role, limit.vcpus))
+        return self._changed(self.parts.ledger.update_limit(self.name, limit_id, limit.modifier_role, limit.vcpus))
 
     def delete_limits(self, limit_id: int | None = None) -> int:
         """Delete one of this project's limits, or all of them; held jobs go as the rest allows."""
-        return self._changed(self.session.ledger.delete_limits(self.name, limit_id))
+        return self._changed(self.parts.ledger.delete_limits(self.name, limit_id))
 
     # -- compute environments (HTC `dimensions`) ------------------------------------------------
     def dimensions(self) -> list[Dimension]:
         """The compute environments this project's jobs may use: those set, else all the site offers."""
-        rows = self.session.ledger.dimensions(self.name)
-        return self.session.site.dimensions() if rows is None else [Dimension.model_validate(d) for d in rows]
+        rows = self.parts.ledger.dimensions(self.name)
+        return self.parts.site.dimensions() if rows is None else [Dimension.model_validate(d) for d in rows]
 
     def set_dimensions(self, dimensions: Sequence[Dimension | Mapping[str, Any]]) -> list[Dimension]:
         """Let this project's jobs run only in `dimensions` (profiles as regions, at a priority); []
@@ -95,19 +87,19 @@ class Project:
 
         >>> project.set_dimensions([{"region": "cpu", "priority": "ON_DEMAND_ECONOMY"}])  # doctest: +SKIP
         """
-        offered = self.session.site.dimensions()
+        offered = self.parts.site.dimensions()
         dims = [d if isinstance(d, Dimension) else Dimension.model_validate(d) for d in dimensions]
         for i, d in enumerate(dims):
             if d not in offered:
                 raise SpecError("Dimension", f"dimensions[{i}]", d.to_wire(), "one the site offers: " + ", ".join(
                     f"{o.region}/{o.machine_architecture}/{o.priority}" for o in offered))
-        self.session.ledger.set_dimensions(self.name, [d.to_wire() for d in dict.fromkeys(dims)])
+        self.parts.ledger.set_dimensions(self.name, [d.to_wire() for d in dict.fromkeys(dims)])
         return self.dimensions()
 
     # -- task retention (HTC `task-retention-policy`) -----------------------------------------
     def retention(self) -> RetentionPolicy | None:
         """This project's task retention policy (None: it has none, tasks are kept)."""
-        rows = self.session.ledger.retention(self.name)
+        rows = self.parts.ledger.retention(self.name)
         return RetentionPolicy(archive_after=rows[0].archive_after, delete_after=rows[0].delete_after) if rows else None
 
     def set_retention(self, archive_after: int = 0, delete_after: int = 0) -> RetentionPolicy:
@@ -115,31 +107,31 @@ class Project:
         tasks archived `delete_after` hours ago (their ledger record is kept); 0 turns a rule off.
         Any session of the data root applies it (its reconcile loop, every few minutes)."""
         policy = RetentionPolicy(archive_after=archive_after, delete_after=delete_after)
-        self.session.ledger.set_retention(self.name, policy.archive_after, policy.delete_after)
+        self.parts.ledger.set_retention(self.name, policy.archive_after, policy.delete_after)
         return policy
 
     def delete_retention(self) -> bool:
-        return self.session.ledger.delete_retention(self.name)
+        return self.parts.ledger.delete_retention(self.name)
 
     def _changed(self, out):
-        self.session.reconciler.wake()  # a raised or deleted limit makes room for held jobs
+        self.parts.reconciler.wake()  # a raised or deleted limit makes room for held jobs
         return out
 
 
 class Task:
     """One run of a workload: a set of jobs and a storage directory only they can write."""
 
-    def __init__(self, session: "Session", row):
-        self.session, self.row = session, row
+    def __init__(self, parts: Parts, row: TaskRow):
+        self.parts, self.row = parts, row
         self.id, self.name, self.project = row.id, row.name, row.project
-        session._tasks[row.id] = row
+        parts.tasks.remember(row)
 
     def __repr__(self) -> str:
         return f"Task({self.project}/{self.name}, id={self.id})"
 
     @property
     def storage(self) -> TaskStorage:
-        st = self.session.storage
+        st = self.parts.storage
         return TaskStorage(st.task_dir(self.project, self.name), st.shared_dir(self.project))
 
     # -- submitting -----------------------------------------------------------
@@ -162,7 +154,7 @@ class Task:
         call = Call(fn, tuple(args), dict(kwargs or {}))
         job = NewJob(name=name or _fn_name(fn), kind="python", params={}, key=key,
                      spec=self._spec(res, retries, payload=self._store(call, fn)), profile=prof.name)
-        return JobHandle(self.session, self._add_keyed(job), self.id)
+        return JobHandle(self.parts, self._add_keyed(job), self.id)
 
     def executor(self, profile: str | None = None, resources: Resources | Mapping[str, Any] | None = None,
                  retries: int | RetryPolicy = 0) -> TaskExecutor:
@@ -171,7 +163,7 @@ class Task:
         >>> with task.executor(resources={"cores": 1}) as ex:  # doctest: +SKIP
         ...     energies = list(ex.map(simulate, temperatures))
         """
-        return TaskExecutor(self, profile, resources, retries)
+        return TaskExecutor(functools.partial(self.call, profile=profile, resources=resources, retries=retries))
 
     def mpi(self, what: Callable[..., Any] | str | Sequence[str], /, *args: Any, nodes: int = 1,
             ranks: int | None = None, ranks_per_node: int | None = None, cpus_per_rank: int = 1,
@@ -213,7 +205,7 @@ class Task:
                               image=self._image(image or "", architecture(prof), prof, field="image"))
             job = NewJob(name=name or _safe_label(argv[0]), kind="command", params={}, spec=spec, key=key,
                          profile=prof.name)
-        return JobHandle(self.session, self._add_keyed(job), self.id)
+        return JobHandle(self.parts, self._add_keyed(job), self.id)
 
     def sweep(self, what: Callable[..., Any] | str | Sequence[str], sweep: Sweep, *,
               profile: str | None = None, resources: Resources | Mapping[str, Any] | None = None,
@@ -272,9 +264,9 @@ class Task:
 
         for race in range(RACES):
             keys = [_member_key(identity, m.key) for m in sweep.members]
-            existing = self.session.ledger.jobs_by_key(self.id, keys)
+            existing = self.parts.ledger.jobs_by_key(self.id, keys)
             if existing and self._settle(existing.values()):
-                existing = self.session.ledger.jobs_by_key(self.id, keys)
+                existing = self.parts.ledger.jobs_by_key(self.id, keys)
             new = [NewJob(name=label, kind=kind, params=dict(m.params), spec=render(m.params), key=k,
                           index=i, profile=prof.name, priority=priority)
                    for i, (m, k) in enumerate(zip(sweep.members, keys, strict=True)) if k not in existing]
@@ -291,7 +283,7 @@ class Task:
             fresh = iter(new_ids)
             new_ids = [j if j is not None else next(fresh) for j in order]
         ids = new_ids
-        return JobGroup(self.session, self.id, ids, label,
+        return JobGroup(self.parts, self.id, ids, label,
                         skipped=sum(1 for r in existing.values() if r.status == "SUCCEEDED"))
 
     def submit_batch(self, batch: JobBatch | Mapping[str, Any], *, profile: str | None = None,
@@ -308,7 +300,7 @@ class Task:
         jobs, record = self._batch_jobs(batch, profile, retries, throttle)
         if limit:
             record = replace(record, definition={**record.definition, **limit})
-        return JobGroup(self.session, self.id, self._add(jobs, record), record.name)
+        return JobGroup(self.parts, self.id, self._add(jobs, record), record.name)
 
     def check_batch(self, batch: JobBatch | Mapping[str, Any], *, profile: str | None = None) -> None:
         """Check a batch as `submit_batch` would (the site's batch size, its profile's limits, its
@@ -324,7 +316,7 @@ class Task:
             raise SpecError("submit_batch", "throttle", throttle, "a whole number >= 1, or None")
         if not isinstance(batch, JobBatch):
             batch = JobBatch.model_validate(batch)
-        limit = self.session.site.max_batch_size
+        limit = self.parts.site.max_batch_size
         if batch.batch_size > limit:
             raise SpecError("JobBatch", "batchSize", batch.batch_size,
                             f"at most the site's max_batch_size={limit}; split the batch or raise max_batch_size")
@@ -339,13 +331,13 @@ class Task:
     # -- looking ----------------------------------------------------------------
     def jobs(self, status: str | Sequence[str] | None = None) -> JobGroup:
         """Handles for this task's jobs (all, or those in `status`), rebuilt from the ledger."""
-        self.session.reconciler.settled()
-        rows = self.session.ledger.jobs(self.id, status=status)
-        return JobGroup(self.session, self.id, [r.id for r in rows], self.name)
+        self.parts.reconciler.settled()
+        rows = self.parts.ledger.jobs(self.id, status=status)
+        return JobGroup(self.parts, self.id, [r.id for r in rows], self.name)
 
     def counts(self) -> dict[str, int]:
-        self.session.reconciler.settled()
-        return self.session.ledger.counts(self.id)
+        self.parts.reconciler.settled()
+        return self.parts.ledger.counts(self.id)
 
     def to_dataframe(self, results: bool = False) -> "pandas.DataFrame":
         """One row per job: status, reason, timing, host, parameters (and results if asked)."""
@@ -353,18 +345,18 @@ class Task:
 
     def cancel(self) -> list[int]:
         """Cancel every job of this task that has not ended."""
-        active = self.session.ledger.jobs(self.id, status=ACTIVE_NAMES)
-        return self.session.cancel([r.id for r in active])
+        active = self.parts.ledger.jobs(self.id, status=ACTIVE_NAMES)
+        return self.parts.dispatcher.cancel([r.id for r in active])
 
     def retry(self) -> JobGroup:
         """Run this task's FAILED, CANCELLED and LOST jobs again."""
-        rows = self.session.ledger.jobs(self.id, status=REQUEUEABLE_NAMES)
-        moved = self.session.retry([r.id for r in rows])
-        return JobGroup(self.session, self.id, moved, self.name)
+        rows = self.parts.ledger.jobs(self.id, status=REQUEUEABLE_NAMES)
+        moved = self.parts.dispatcher.retry([r.id for r in rows])
+        return JobGroup(self.parts, self.id, moved, self.name)
 
     # -- internals ----------------------------------------------------------------
     def _resolve(self, profile: str | None, resources) -> tuple[PartitionProfile, Resources]:
-        prof = self.session.profile(profile)
+        prof = self.parts.profiles.get(profile)
         if resources is None:
             res = Resources()
         elif isinstance(resources, Resources):
@@ -375,13 +367,13 @@ class Task:
 
     def _spec(self, res: Resources, retries: int | RetryPolicy, **what: Any) -> JobSpec:
         """A job's spec, dispatched by this session (`plan.job_spec`)."""
-        return job_spec(res, retries, str(self.session.owner), **what)
+        return job_spec(res, retries, str(self.parts.owner), **what)
 
     def _command_spec(self, profile: str | None, d: JobDefinition, retries: int | RetryPolicy):
         """Check an HTC job definition against a profile: (profile, resources, spec, priority)."""
-        prof, res, priority = check_definition(self.session.site, profile, d)
+        prof, res, priority = check_definition(self.parts.site, profile, d)
         image = self._image(d.image_name, d.architecture, prof)
-        spec = definition_spec(res, d, retries, str(self.session.owner), image)
+        spec = definition_spec(res, d, retries, str(self.parts.owner), image)
         return prof, res, spec, priority
 
     def _image(self, name: str, arch: str, prof: PartitionProfile, field: str = "imageName") -> ImageRef | None:
@@ -396,7 +388,7 @@ class Task:
         from htc_notebook.backends.images import with_binds
         from htc_notebook.registry.pull import resolve, rootfs
 
-        registry = self.session.registry(self.project)
+        registry = project_registry(self.parts.root, self.project)
         digest = resolve(registry, name, arch, field=field)
         root = with_binds(rootfs(registry, name, digest), prof.container_binds)
         return ImageRef(name=name, digest=digest, rootfs=str(root))
@@ -406,10 +398,10 @@ class Task:
         later session can find it (content-addressed); this session keeps the object itself."""
         payload = _pickle(obj, fn)
         digest = hashlib.sha256(payload).hexdigest()[:24]
-        path = self.session.storage.payload_path(self.project, self.name, digest)
+        path = self.parts.storage.payload_path(self.project, self.name, digest)
         if not path.exists():
             atomic_write(path, payload)
-        self.session.remember_call(digest, obj)
+        self.parts.dispatcher.remember_call(digest, obj)
         return digest
 
     def _add_keyed(self, job: NewJob) -> int:
@@ -424,10 +416,10 @@ class Task:
 
     def _add_keyed_once(self, job: NewJob) -> int:
         if job.key is not None:
-            existing = self.session.ledger.jobs_by_key(self.id, [job.key]).get(job.key)
+            existing = self.parts.ledger.jobs_by_key(self.id, [job.key]).get(job.key)
             if existing is not None:
                 if self._settle([existing]):
-                    existing = self.session.ledger.job(existing.id)
+                    existing = self.parts.ledger.job(existing.id)
                 if existing.status in REQUEUEABLE_NAMES:
                     self._rerun([existing.id], "submitted again")
                 return existing.id
@@ -436,7 +428,7 @@ class Task:
     def _check_limit(self, jobs: list[NewJob]) -> None:
         """Refuse, before anything is written, a job outside the project's dimensions, or one that could
         never start under its vCPU limit."""
-        allowed = self.session.ledger.dimensions(self.project)
+        allowed = self.parts.ledger.dimensions(self.project)
         if allowed is not None:
             where = {(d["region"], PRIORITY[d["priority"]]) for d in allowed}
             for name, rank in {(j.profile, j.priority) for j in jobs} - where:
@@ -444,7 +436,7 @@ class Task:
                                 f"{self.project!r} may use (its dimensions): " + ", ".join(
                                     f"{d['region']} at {d['priority']}" for d in allowed)
                                 + f"; this job asks for {PRIORITIES[rank]}")
-        limit = self.session.ledger.vcpu_limit(self.project)
+        limit = self.parts.ledger.vcpu_limit(self.project)
         if limit is not None:
             cores = max({id(j.spec): j.spec.cores for j in jobs}.values())
             if cores > limit:
@@ -455,13 +447,13 @@ class Task:
     def _settle(self, rows) -> bool:
         """Bring jobs found by key up to date before deciding on them (a gone owner's become LOST);
         True if they may have changed."""
-        self.session.reconcile(rows)
+        self.parts.reconciler.settle(rows)
         return True
 
     def _rerun(self, ids: list[int], why: str) -> None:
         """Run again jobs found by key that failed, were cancelled or lost."""
         if ids:
-            self.session.retry(ids, why)
+            self.parts.dispatcher.retry(ids, why)
 
     def _add(self, jobs: list[NewJob], batch: NewBatch | None = None) -> list[int]:
         """Write-ahead: record the jobs, then dispatch them. Returns their ids.
@@ -471,10 +463,10 @@ class Task:
         if not jobs:
             return []
         self._check_limit(jobs)
-        ids = self.session.ledger.add_jobs(self.id, jobs, batch)
+        ids = self.parts.ledger.add_jobs(self.id, jobs, batch)
         pending = [Pending(i, j) for i, j in zip(ids, jobs, strict=True)]
         jobs.clear()
-        self.session.dispatch(self.row, pending)
+        self.parts.dispatcher.dispatch(self.row, pending)
         return ids
 
 
@@ -486,13 +478,13 @@ class DryRun(Task):
     call, no image pulled or copied (the image is resolved to its digest and named where it would
     be unpacked).
 
-    >>> dry = DryRun(session, "md", "melt"); dry.submit_batch(batch); print(dry.text)  # doctest: +SKIP
+    >>> dry = DryRun(session.parts, "md", "melt"); dry.submit_batch(batch); print(dry.text)  # doctest: +SKIP
     """
 
-    def __init__(self, session: "Session", project: str, name: str):
-        self.session, self.project, self.name = session, project, name
+    def __init__(self, parts: Parts, project: str, name: str):
+        self.parts, self.project, self.name = parts, project, name
         # the task as it is, if it is; else one with no jobs (no id is 0)
-        self.row = session.reads.find_task(project, name) or TaskRow(0, project, name, "ACTIVE", 0.0)
+        self.row = parts.reads.find_task(project, name) or TaskRow(0, project, name, "ACTIVE", 0.0)
         self.id = self.row.id
         self.rendered: list[str] = []
 
@@ -507,8 +499,7 @@ class DryRun(Task):
     def _add(self, jobs: list[NewJob], batch: NewBatch | None = None) -> list[int]:
         if jobs:
             self._check_limit(jobs)
-            s = self.session
-            self.rendered.append(render_jobs(s.site, s.storage, self.project, self.name, jobs))
+            self.rendered.append(render_jobs(self.parts.site, self.parts.storage, self.project, self.name, jobs))
         return [0] * len(jobs)  # no job was recorded: there are no ids
 
     def _settle(self, rows) -> bool:
@@ -522,8 +513,8 @@ class DryRun(Task):
             return None
         from htc_notebook.registry.pull import resolve, rootfs_path
 
-        digest = resolve(self.session.registry(self.project), name, arch, field=field)
-        return ImageRef(name=name, digest=digest, rootfs=str(rootfs_path(self.session.root, digest)))
+        digest = resolve(project_registry(self.parts.root, self.project), name, arch, field=field)
+        return ImageRef(name=name, digest=digest, rootfs=str(rootfs_path(self.parts.root, digest)))
 
 
 def _max_failures(value: object, where: str) -> dict[str, int]:

@@ -1,10 +1,10 @@
 """One status poll of SLURM per data root, however many kernels, `htc status` and `htc serve` use it.
 
-Every Session that has a SLURM backend runs a `SlurmWatch`. Each round it asks the ledger for the
-lease `slurm-status-poll` (a row with an owner and an expiry, taken in one write transaction: one
-process holds it at a time). The holder adopts every active job SLURM has in the ledger, whichever
-process submitted it, and polls them all (squeue, the jobs' exit-code files, scontrol/sacct for the
-ones that left the queue); what it learns is committed to the ledger, which every other process
+Every Session that has a SLURM backend runs a `SlurmWatch`, from its reconcile loop. Each round it
+asks the ledger for the lease `slurm-status-poll` (a row with an owner and an expiry, taken in one
+write transaction: one process holds it at a time). The holder adopts every active job SLURM has in
+the ledger, whichever process submitted it, and polls them all (squeue, the jobs' exit-code files,
+scontrol/sacct for the ones that left the queue); what it learns is committed to the ledger, which every other process
 reads. The others only drop from their watch what the ledger says has ended. When the holder
 closes it gives the lease up; when it dies, the lease expires and another process takes over.
 
@@ -20,15 +20,16 @@ say while it restarted, is not then left alone for a minute), and backs off whil
 
 from __future__ import annotations
 
-import threading
+import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import Callable, Sequence
 
 from htc_notebook.errors import HTCError
+from htc_notebook.ledger import Ledger
+from htc_notebook.runtime.live_backends import LiveBackends
 from htc_notebook.states import TERMINAL_NAMES
 
-if TYPE_CHECKING:
-    from htc_notebook.runtime.session import Session
+Adopt = Callable[[Sequence[tuple[int, int, int, str, str, int | None]]], None]  # Dispatcher.adopt_all
 
 LEASE = "slurm-status-poll"
 JOBS_PER_STEP = 2000  # the interval grows by `base` for every this many array tasks watched
@@ -47,33 +48,36 @@ def poll_interval(base: float, watched: int, took: float, failures: int) -> floa
 
 
 class SlurmWatch:
-    """The poll loop of one Session; polls only while it holds the data root's lease."""
+    """The SLURM status poll of one Session, run by its reconcile loop (`tick` when `due`); polls
+    only while this process holds the data root's lease."""
 
-    def __init__(self, session: "Session"):
-        self.session = session
-        self.base = float(session.site.poll_seconds)
+    def __init__(self, ledger: Ledger, owner: str, backends: LiveBackends, adopt: Adopt, base: float):
+        self.ledger, self.owner, self.backends, self.adopt = ledger, owner, backends, adopt
+        self.base = float(base)
         self.interval = self.base
         self.failures = 0
         self.took: deque[float] = deque(maxlen=SLOW_POLLS)  # seconds the last polls took
         self.polls = 0  # rounds this process polled SLURM (for tests)
         self.holder = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="htc-slurm-watch", daemon=True)
-        self._thread.start()
+        self.next = 0.0  # time.monotonic() of the next round
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.tick()
-            except HTCError:  # the ledger busy or SLURM away: next round
-                self.failures += 1
-            self._stop.wait(self.interval)
+    def due(self, now: float) -> bool:
+        return now >= self.next
 
     def tick(self) -> None:
-        s = self.session
-        ledger, owner = s.ledger, str(s.owner)
-        self.holder = ledger.lease(LEASE, owner, ttl=max(LEASE_MIN_SECONDS, 3 * self.interval))
-        runners = [b.arrays for b in s.slurm_backends()]
+        """One round, the next due an `interval` after its start (a failure counts toward the backoff)."""
+        try:
+            self._round()
+        except HTCError:
+            self.failures += 1
+            raise
+        finally:
+            self.next = time.monotonic() + self.interval
+
+    def _round(self) -> None:
+        ledger = self.ledger
+        self.holder = ledger.lease(LEASE, self.owner, ttl=max(LEASE_MIN_SECONDS, 3 * self.interval))
+        runners = [b.arrays for b in self.backends.slurm()]
         if not self.holder:
             for runner in runners:
                 ids = runner.tracked()
@@ -82,10 +86,10 @@ class SlurmWatch:
                     runner.forget([i for i in ids if status.get(i, "LOST") in TERMINAL_NAMES])
             return
         rows = ledger.scheduler_jobs()
-        s.watch_rows(rows)
+        self.adopt(rows)
         took = 0.0
         try:
-            for b in s.slurm_backends():
+            for b in self.backends.slurm():
                 took += b.arrays.poll()
             self.failures = 0
         except HTCError:
@@ -96,10 +100,6 @@ class SlurmWatch:
         self.interval = poll_interval(self.base, tasks, min(self.took), self.failures)
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
+        """Give the lease up if this process holds it (another takes over at once)."""
         if self.holder:
-            try:
-                self.session.ledger.release(LEASE, str(self.session.owner))
-            except HTCError:
-                pass
+            self.ledger.release(LEASE, self.owner)

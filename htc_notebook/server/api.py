@@ -144,7 +144,7 @@ class HTCApi:
     def _handle(self, user: User, project_id: str) -> Project:
         """The project `project_id` (it exists and `user` is a member) to act on: a handle only, so
         a read through it takes no write lock (`Session.project` gets or creates)."""
-        return Project(self.session, self._project(user, project_id))
+        return Project(self.session.parts, self._project(user, project_id))
 
     def _task(self, user: User, project_id: str, task_id: str) -> TaskRow:
         project = self._project(user, project_id)
@@ -177,7 +177,7 @@ class HTCApi:
             prefix, repositories = reg.prefix, reg.repositories()
         except BackendError:
             prefix, repositories = "", reg.recorded()
-        regions = list(dict.fromkeys(d.region for d in Project(self.session, name).dimensions()))
+        regions = list(dict.fromkeys(d.region for d in Project(self.session.parts, name).dimensions()))
         return {"projectId": name, "projectName": name, "workspaceId": WORKSPACE_ID, "regions": regions,
                 "containerRegistry": prefix, "repositories": repositories, "taskCount": len(tasks)}
 
@@ -291,9 +291,8 @@ class HTCApi:
                 batches.append(JobBatch.model_validate(item))
             except (ValidationError, SpecError) as exc:
                 raise ApiError(400, f"batch {i}: {exc}") from None
-        from htc_notebook.runtime.task import Task
 
-        task = Task(self.session, task_row)
+        task = self.session.task(task_row)
         out = []
         names = self.session.site.names()
         for i, batch in enumerate(batches):  # every batch checked in full before any is written
@@ -405,7 +404,8 @@ class HTCApi:
         if not isinstance(body, dict):
             raise ApiError(400, "the body is an object: {modifierRole, vCPUs}")
         limit = _limit_body({"modifierRole": row.modifier_role, "vCPUs": row.vcpus, **body})
-        return _limit_json(Project(self.session, row.project).update_limit(row.id, limit.vcpus, limit.modifier_role))
+        project = Project(self.session.parts, row.project)
+        return _limit_json(project.update_limit(row.id, limit.vcpus, limit.modifier_role))
 
     def delete_limits(self, user: User, project_id: str, limit_id: str | None = None) -> tuple[int, None]:
         """Delete one limit, or all of the project's (204, no body)."""
@@ -413,7 +413,7 @@ class HTCApi:
             self._handle(user, project_id).delete_limits()
         else:
             row = self._limit(user, project_id, limit_id)
-            Project(self.session, row.project).delete_limits(row.id)
+            Project(self.session.parts, row.project).delete_limits(row.id)
         return 204, None
 
     def _limit(self, user: User, project_id: str, limit_id: str):

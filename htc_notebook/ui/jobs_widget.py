@@ -22,7 +22,7 @@ from htc_notebook.states import REQUEUEABLE_NAMES, STATES, TERMINAL_NAMES
 from htc_notebook.ui.table import TableModel, memory_line
 
 if TYPE_CHECKING:
-    from htc_notebook.runtime.session import Session
+    from htc_notebook.runtime.parts import Parts
 
 STATIC = pathlib.Path(__file__).parent / "static"
 INTERVAL = 0.25  # seconds between looks at the ledger: at most 4 patch messages per second
@@ -36,11 +36,11 @@ class JobsTable(anywidget.AnyWidget):
     _css = STATIC / "jobs_table.css"
     states = traitlets.List(list(STATES)).tag(sync=True)  # the status codes rows carry
 
-    def __init__(self, session: "Session", task_id: int, job_ids: Iterable[int] | None = None, *,
+    def __init__(self, parts: "Parts", task_id: int, job_ids: Iterable[int] | None = None, *,
                  interval: float = INTERVAL, **kwargs: Any):
         super().__init__(**kwargs)
-        self.session = session
-        self.model = TableModel(session.reads, task_id, job_ids)
+        self.parts = parts
+        self.model = TableModel(parts.reads, task_id, job_ids)
         self.model.poll()
         self.sent_messages = 0
         self._lock = threading.Lock()
@@ -75,7 +75,7 @@ class JobsTable(anywidget.AnyWidget):
             self._post({"t": "detail", "id": content.get("id"), "text": self.detail(int(content["id"]))})
         elif kind in ("cancel", "retry"):
             ids = self._ids(content.get("ids"))
-            done = (self.session.cancel if kind == "cancel" else self.session.retry)(ids)
+            done = (self.parts.dispatcher.cancel if kind == "cancel" else self.parts.dispatcher.retry)(ids)
             self._post({"t": "notice", "text": f"{kind}: {len(done)} of {len(ids)} jobs"})
 
     def _ids(self, ids: Any) -> list[int]:
@@ -88,7 +88,9 @@ class JobsTable(anywidget.AnyWidget):
 
     def detail(self, job_id: int) -> str:
         """What a click on a row shows: state, reason, where it ran, the log tails."""
-        handle = self.session.job(job_id)
+        from htc_notebook.runtime.handles import JobHandle
+
+        handle = JobHandle(self.parts, job_id)
         row = handle.row
         lines = [f"job {row.id} {row.name}: {row.status}" + (f" - {row.reason}" if row.reason else ""),
                  f"attempts {row.attempts}, host {row.host or '-'}, native id {row.native_id or '-'}"]
@@ -153,9 +155,9 @@ def live_table(obj: Any) -> JobsTable:
     from htc_notebook.runtime import JobGroup, JobHandle, Task
 
     if isinstance(obj, Task):
-        return JobsTable(obj.session, obj.id)
+        return JobsTable(obj.parts, obj.id)
     if isinstance(obj, JobGroup):
-        return JobsTable(obj.session, obj.task_id, obj.ids)
+        return JobsTable(obj.parts, obj.task_id, obj.ids)
     if isinstance(obj, JobHandle):
-        return JobsTable(obj.session, obj.task_id, [obj.id])
+        return JobsTable(obj.parts, obj.task_id, [obj.id])
     raise TypeError(f"live_table takes a Task, JobGroup or JobHandle, not {type(obj).__name__}")

@@ -17,16 +17,16 @@ from htc_notebook.runtime.plan import render_pilot
 from htc_notebook.spec import Resources
 
 if TYPE_CHECKING:
-    from htc_notebook.runtime.session import Session
+    from htc_notebook.runtime.parts import Parts
 
 
 class ClusterLauncher(w.VBox):
     """Profile, nodes, cores, GPUs, memory, walltime; live validation; script preview; start/scale/stop."""
 
-    def __init__(self, session: "Session"):
-        self.session = session
-        names = session.site.names()
-        self.profile = w.Dropdown(options=names, value=session.site.default_profile, description="profile")
+    def __init__(self, parts: "Parts"):
+        self.parts = parts
+        names = parts.site.names()
+        self.profile = w.Dropdown(options=names, value=parts.site.default_profile, description="profile")
         self.nodes = w.BoundedIntText(value=1, min=1, max=10_000, description="nodes")
         self.cores = w.BoundedIntText(value=1, min=1, max=100_000, description="cores")
         self.gpus = w.BoundedIntText(value=0, min=0, max=1_000, description="GPUs")
@@ -55,7 +55,7 @@ class ClusterLauncher(w.VBox):
 
     def validate(self) -> bool:
         """Check the form against the profile; show the reason, or the script preview."""
-        prof = self.session.site.profile(self.profile.value)
+        prof = self.parts.site.profile(self.profile.value)
         try:
             prof.resolve(self.request())
         except HTCError as exc:
@@ -76,17 +76,17 @@ class ClusterLauncher(w.VBox):
     def _act(self, action: str) -> None:
         if action != "stop" and not self.validate():
             return
-        prof = self.session.site.profile(self.profile.value)
+        prof = self.parts.site.profile(self.profile.value)
         try:
             if action == "stop":
-                self.session.stop(prof.name)
+                self.parts.backends.stop(prof.name)
                 self.status.value = f"stopped {prof.name}"
             elif prof.backend == "local":
-                local: Any = self.session.backend(prof)  # a LocalBackend (ui/ does not import backends/)
+                local: Any = self.parts.backends.get(prof)  # a LocalBackend (ui/ does not import backends/)
                 client = local.client
                 self.status.value = f"local cluster running: <a href='{client.dashboard_link}'>dashboard</a>"
             else:
-                self.session.scale(prof.name, self.jobs.value)
+                self.parts.backends.scale(prof.name, self.jobs.value)
                 self.status.value = f"{prof.name}: {self.jobs.value} pilot job(s) requested"
         except HTCError as exc:
             self.status.value = f"<span style='color:#c62828'>{_escape(str(exc))}</span>"

@@ -25,7 +25,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
 from htc_notebook.errors import HTCError
-from htc_notebook.runtime import JobGroup, Task
+from htc_notebook.runtime import JobGroup, JobHandle, Project, Task
 from htc_notebook.runtime.task import DryRun
 from htc_notebook.runtime.decorators import current_task, use
 from htc_notebook.spec import JobDefinition, Sweep
@@ -152,7 +152,7 @@ class HTCMagics(Magics):
     def _profiles(self, args, cell):
         import pandas as pd
 
-        site = current_task().session.site
+        site = current_task().parts.site
         rows = []
         for name in site.names():
             p = site.profile(name)
@@ -165,35 +165,35 @@ class HTCMagics(Magics):
     def _clusters(self, args, cell):
         import pandas as pd
 
-        rows = current_task().session.clusters()
+        rows = current_task().parts.backends.clusters()
         return pd.DataFrame(rows, columns=["profile", "kind", "workers", "dashboard", "jobs"])
 
     def _cluster(self, args, cell):
-        session = current_task().session
-        prof = session.profile(args.profile)
+        backends = current_task().parts.backends
+        prof = backends.profiles.get(args.profile)
         if args.action == "stop":
-            return _Text(f"stopped {prof.name}" if session.stop(prof.name) else f"{prof.name} was not running")
+            return _Text(f"stopped {prof.name}" if backends.stop(prof.name) else f"{prof.name} was not running")
         if prof.backend == "local":
             if args.action != "start":
                 raise UsageError(f"profile {prof.name!r} is the local machine: only start and stop apply")
-            session.start(prof.name)
-            local: Any = session.backend(prof)  # a LocalBackend (ui/ does not import backends/)
+            backends.start(prof.name)
+            local: Any = backends.get(prof)  # a LocalBackend (ui/ does not import backends/)
             return local.client
         if args.action == "start":
-            session.start(prof.name, args.jobs)
+            backends.start(prof.name, args.jobs)
         elif args.action == "scale":
             if args.jobs is None:
                 raise UsageError("%htc cluster scale PROFILE --jobs N")
-            session.scale(prof.name, args.jobs)
+            backends.scale(prof.name, args.jobs)
         else:
-            session.adapt(prof.name, args.min, args.max or prof.max_pilots)
-        return session.pilots(prof.name)
+            backends.adapt(prof.name, args.min, args.max or prof.max_pilots)
+        return backends.pilots(prof.name)
 
     def _use(self, args, cell):
         project, sep, name = args.task.partition("/")
         if not sep or not project or not name:
             raise UsageError("%htc use PROJECT/TASK")
-        task = current_task().session.project(project).task(name)
+        task = Project(current_task().parts, project).task(name)
         use(task)
         return task
 
@@ -202,7 +202,7 @@ class HTCMagics(Magics):
         if not name:
             return task
         project, name = self._task_name(name)
-        return task.session.project(project).task(name)
+        return Project(task.parts, project).task(name)
 
     @staticmethod
     def _task_name(name: str | None) -> tuple[str, str]:
@@ -234,7 +234,7 @@ class HTCMagics(Magics):
         name = args.name or argv[0].rsplit("/", 1)[-1]
         mpi = args.nodes is not None or args.ranks_per_node is not None
         if args.dry_run:  # the same submission, rendered by its backends instead of recorded and sent
-            dry = DryRun(current_task().session, *self._task_name(args.task))
+            dry = DryRun(current_task().parts, *self._task_name(args.task))
             self._send(dry, argv, sweep, args, mpi, name)
             return _Text(dry.text)
         return self._send(self._task(args.task), argv, sweep, args, mpi, name)
@@ -246,14 +246,14 @@ class HTCMagics(Magics):
             group = task.sweep(list(argv), sweep, profile=args.profile, name=name, resources={
                 "nodes": args.nodes or 1, "ranks_per_node": args.ranks_per_node or 1,
                 "cpus_per_rank": args.cpus_per_rank, "memory": args.memory, "walltime": args.timeout})
-            return LiveGroup(group.session, group.task_id, group.ids, group.name, skipped=group.skipped)
+            return LiveGroup(group.parts, group.task_id, group.ids, group.name, skipped=group.skipped)
         if mpi:
             members = sweep.members if sweep else [None]
             handles = [task.mpi(list(render_command(argv, m.params)) if m else list(argv),
                                 nodes=args.nodes or 1, ranks_per_node=args.ranks_per_node or 1,
                                 cpus_per_rank=args.cpus_per_rank, memory=args.memory, walltime=args.timeout,
                                 profile=args.profile, name=name, image=args.image) for m in members]
-            return LiveGroup(task.session, task.id, [h.id for h in handles], name)
+            return LiveGroup(task.parts, task.id, [h.id for h in handles], name)
         definition = JobDefinition.model_validate({"commands": list(argv), "maxVCpus": args.cores or 1,
                                                    **({"maxMemory": _mib(args.memory)} if args.memory else {}),
                                                    **({"execTimeoutSeconds": args.timeout} if args.timeout else {}),
@@ -263,19 +263,19 @@ class HTCMagics(Magics):
                                        "htcJobDefinition": definition.to_wire()}, profile=args.profile)
         else:
             group = task.sweep(list(argv), sweep, profile=args.profile, definition=definition, name=name)
-        return LiveGroup(group.session, group.task_id, group.ids, group.name, skipped=group.skipped)
+        return LiveGroup(group.parts, group.task_id, group.ids, group.name, skipped=group.skipped)
 
     def _status(self, args, cell):
         task = self._task(args.task)
-        return LiveGroup(task.session, task.id, task.session.reads.job_ids(task.id), task.name)
+        return LiveGroup(task.parts, task.id, task.parts.reads.job_ids(task.id), task.name)
 
     def _attach(self, args, cell):
         """After a kernel restart: the task's jobs and live table, rebuilt from the ledger."""
         task = self._task(args.task)
         use(task)
-        task.session.resume()  # what the earlier kernel left: watched, fed, retried, or LOST
+        task.parts.reconciler.resume()  # what the earlier kernel left: watched, fed, retried, or LOST
         group = task.jobs()
-        return LiveGroup(group.session, group.task_id, group.ids, task.name)
+        return LiveGroup(group.parts, group.task_id, group.ids, task.name)
 
     def _cancel(self, args, cell):
         return self._act(args.target, "cancel")
@@ -286,7 +286,7 @@ class HTCMagics(Magics):
     def _act(self, target: str, action: str):
         task = current_task()
         if target.isdigit():
-            job = task.session.job(int(target))
+            job = JobHandle(task.parts, int(target))
             ok = job.cancel() if action == "cancel" else job.retry()
             return _Text(f"job {target}: {'done' if ok else 'nothing to ' + action} ({job.status})")
         t = self._task(target)
@@ -295,13 +295,13 @@ class HTCMagics(Magics):
         return _Text(f"task {t.project}/{t.name}: {action} {n} job(s)")
 
     def _logs(self, args, cell):
-        job = current_task().session.job(args.job)
+        job = JobHandle(current_task().parts, args.job)
         return _Text(job.logs("err" if args.err else "out", tail=args.tail))
 
     def _launcher(self, args, cell):
         from htc_notebook.ui.launcher import ClusterLauncher
 
-        return ClusterLauncher(current_task().session)
+        return ClusterLauncher(current_task().parts)
 
 
 def _mib(text: str) -> int:

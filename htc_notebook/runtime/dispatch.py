@@ -1,0 +1,270 @@
+"""The one path from ledger rows to running work, and back out: every job that Task, the magics,
+the CLI or REST submits, a retry restarts or held work releases is handed to its backend here, and
+every cancel and user retry goes through here too.
+
+`dispatch` is write-ahead: each job's attempt is in the ledger before its backend hears of it; a
+backend that refuses leaves the jobs it did not take FAILED (cause `submit`), saying why.
+
+>>> dispatcher.dispatch(tasks.row(task_id), rows)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Sequence, cast
+
+import cloudpickle
+
+from htc_notebook.backends.base import Call, Launch
+from htc_notebook.errors import HTCError
+from htc_notebook.ledger import AttemptStart, JobRow, Ledger, NewJob, TaskRow
+from htc_notebook.runtime import images, plan
+from htc_notebook.runtime.changes import Changes
+from htc_notebook.runtime.live_backends import LiveBackends
+from htc_notebook.runtime.owner import Owner, kill_orphan_group
+from htc_notebook.runtime.profiles import Profiles
+from htc_notebook.states import NativeId, Outcome
+from htc_notebook.storage import Storage, checkpoint_path
+
+if TYPE_CHECKING:
+    from htc_notebook.backends.slurm.backend import SlurmBackend
+
+DISPATCH_SLICE = 5000  # jobs whose attempts and Launches are built and handed over at a time
+
+
+class Pending:
+    """A job just added to the ledger, described from what was added (no read-back)."""
+
+    __slots__ = ("id", "name", "kind", "params", "spec", "index", "profile", "priority")
+
+    def __init__(self, job_id: int, job: NewJob):
+        self.id, self.name, self.kind, self.params, self.spec = job_id, job.name, job.kind, job.params, job.spec
+        self.index, self.profile, self.priority = job.index, job.profile, job.priority
+
+
+class TaskRows:
+    """Task rows by id, read once, and the task of every job this process runs (`here`)."""
+
+    def __init__(self, ledger: Ledger, storage: Storage):
+        self._ledger, self._storage = ledger, storage
+        self._rows: dict[int, TaskRow] = {}
+        self.here: dict[int, int] = {}  # job id -> task id, for every job dispatched or watched by this process
+
+    def row(self, task_id: int) -> TaskRow:
+        row = self._rows.get(task_id)
+        if row is None:
+            row = self._rows[task_id] = self._ledger.get_task(task_id)
+        return row
+
+    def remember(self, row: TaskRow) -> None:
+        self._rows[row.id] = row
+
+    def result_path(self, job_id: int) -> Path:
+        """Where job `job_id`'s large result is written (for the recorder)."""
+        task = self.row(self.here.get(job_id) or self._ledger.job(job_id).task_id)
+        return self._storage.result_path(task.project, task.name, job_id)
+
+
+class Dispatcher:
+    """Ledger rows -> Launches -> backends, for one Session (its `owner`)."""
+
+    def __init__(self, ledger: Ledger, storage: Storage, owner: Owner, profiles: Profiles, backends: LiveBackends,
+                 tasks: TaskRows, changes: Changes):
+        self.ledger, self.storage, self.owner = ledger, storage, owner
+        self.profiles, self.backends, self.tasks, self.changes = profiles, backends, tasks, changes
+        self._calls: dict[str, Any] = {}  # digest -> a Call, or a function (unpickled)
+        self.holding = False  # some jobs dispatched here wait HELD for room in their project's vCPU limit
+
+    def remember_call(self, digest: str, obj: object) -> None:
+        """This process has the call of payload `digest` (no need to unpickle it from storage)."""
+        self._calls[digest] = obj
+
+    def dispatch(self, task: TaskRow, rows: Sequence[JobRow | Pending]) -> None:
+        """Record an attempt for each job (write-ahead), then hand them to their backends.
+
+        A slice of DISPATCH_SLICE jobs at a time: their attempts, their Launches, handed over and
+        dropped, so memory does not grow with a sweep's size. Plain Python calls are handed over
+        slice by slice (DaskJobs keeps them as small records, probing once per sweep); other
+        launches are handed over together at the end (SLURM arrays and throttles are per submission).
+        """
+        if not rows:
+            return
+        images.ready(self.storage.root, self.profiles, task.project, rows)  # pruned since they were submitted
+        log_dir = self.storage.log_paths(task.project, task.name, rows[0].id)[0].parent
+        log_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint_path(self.storage.task_dir(task.project, task.name), 0).parent.mkdir(parents=True, exist_ok=True)
+        prefix, where = os.path.join(log_dir, "job-"), self._where(task)
+        limit = self.ledger.vcpu_limit(task.project)
+        room = (task.project, limit) if limit is not None else None
+        later: dict[str, list[Launch]] = {}
+        with ExitStack() as one:  # to each dask runner the slices are one submission (probed once)
+            for profile in {r.profile for r in rows}:
+                for runner in self.backends.get(self.profiles.get(profile)).dask_runners().values():
+                    one.enter_context(runner.one_submission())
+            for start in range(0, len(rows), DISPATCH_SLICE):
+                end = start + DISPATCH_SLICE
+                # one expression: the previous slice's Launches are gone before the next is built
+                self._hand_over(self._attempt(task, where, prefix, rows[start:end], later, room), later, rows, end)
+            self._hand_over(later, {}, rows, len(rows))
+
+    def _attempt(self, task: TaskRow, where: plan.Where, prefix: str, rows: Sequence[JobRow | Pending],
+                 later: dict[str, list[Launch]], room: tuple[str, int] | None) -> dict[str, list[Launch]]:
+        """Start an attempt for each of these jobs that fits in `room` (its project's vCPU limit;
+        the others wait HELD, released by the reconcile loop) and make the Launches of those still
+        live: plain Python calls are returned by profile, the others added to `later`."""
+        native = f"local:{self.owner}"
+        logs = [(f"{prefix}{r.id}.out", f"{prefix}{r.id}.err") for r in rows]
+        sandbox = {p: self.profiles.get(p).sandbox for p in {r.profile for r in rows}}
+        numbers = self.ledger.start_attempts([AttemptStart(r.id, host=self.owner.host, native_id=native, log_out=o,
+                                                           log_err=e, status="RUNNABLE", sandbox=sandbox[r.profile])
+                                              for r, (o, e) in zip(rows, logs, strict=True)], room)
+        if room is not None and not all(numbers):
+            self.holding = True
+        now: dict[str, list[Launch]] = {}
+        for row, attempt, (o, e) in zip(rows, numbers, logs, strict=True):
+            if attempt:  # 0: became terminal meanwhile (e.g. cancelled)
+                self.tasks.here[row.id] = task.id
+                launch = self._launch(task, where, row, attempt, o, e)
+                plain = launch.kind == "python" and launch.mpi is None
+                (now if plain else later).setdefault(row.profile, []).append(launch)
+        return now
+
+    def _hand_over(self, by_profile: dict[str, list[Launch]], later: dict[str, list[Launch]],
+                   rows: Sequence[JobRow | Pending], end: int) -> None:
+        """Submit launches per profile. If a backend refuses, what it did not take, what waits for
+        `later` and the jobs not yet attempted (`rows[end:]`) end FAILED saying why (they were
+        recorded before submission, write-ahead), then the error is raised."""
+        queue = list(by_profile.items())
+        for k, (profile, launches) in enumerate(queue):
+            backend = self.backends.get(self.profiles.get(profile))
+            try:
+                backend.submit(launches)
+            except HTCError as exc:
+                taken, reason, unstarted = backend.running(), f"not submitted: {exc}", rows[end:]
+                unsent = [launch for launch in launches if launch.job_id not in taken]
+                unsent += [launch for _, rest in queue[k + 1:] + list(later.items()) for launch in rest]
+                numbers = self.ledger.start_attempts([AttemptStart(r.id, host=self.owner.host, status="RUNNABLE")
+                                                      for r in unstarted]) if unstarted else []
+                outcomes = ([Outcome(launch.job_id, launch.attempt, "FAILED", reason=reason, ended=time.time(),
+                                     cause="submit") for launch in unsent]
+                            + [Outcome(r.id, n, "FAILED", reason=reason, ended=time.time(), cause="submit")
+                               for r, n in zip(unstarted, numbers, strict=True) if n])
+                self.ledger.record_outcomes(outcomes)
+                self.changes.committed(outcomes)
+                raise
+
+    def _where(self, task: TaskRow) -> plan.Where:
+        """Where a task's jobs run (its directories made now)."""
+        self.storage.task_dir(task.project, task.name), self.storage.shared_dir(task.project)
+        return plan.where(self.storage, task.project, task.name)
+
+    def _launch(self, task: TaskRow, where: plan.Where, row: JobRow | Pending, attempt: int,
+                log_out: str, log_err: str) -> Launch:
+        """What a backend needs to run one attempt of a job."""
+        return plan.launch(where, row.id, row, attempt, log_out, log_err,
+                           call=self._call_for(task, row) if row.kind == "python" else None)
+
+    def _call_for(self, task: TaskRow, row: JobRow | Pending) -> Call:
+        digest = row.spec.payload
+        assert digest is not None  # every Python job has its payload
+        obj = self._calls.get(digest)
+        if obj is None:
+            path = self.storage.payload_path(task.project, task.name, digest)
+            obj = self._calls[digest] = cloudpickle.loads(Path(path).read_bytes())
+        if isinstance(obj, Call):
+            return obj
+        return Call(obj, (), row.params)  # the job's own dict (a copy of its member's), not shared
+
+    # -- work other processes started ---------------------------------------------------------
+    def adopt(self, job_id: int, task_id: int, attempt: int, native: str | None, profile_name: str,
+              timeout: int | None) -> bool:
+        """Watch a SLURM array task this process did not submit (jobs outlive kernels); False if the
+        job is not one (no array id, or a profile this site does not know or runs locally)."""
+        try:
+            profile = self.profiles.get(profile_name)
+        except HTCError:
+            return False  # a profile gone from this site: another process may know it
+        if profile.backend != "slurm" or not native or "_" not in native:
+            return False
+        task = self.tasks.row(task_id)
+        backend = cast("SlurmBackend", self.backends.get(profile))
+        backend.adopt(job_id, attempt, native, str(self.storage.task_dir(task.project, task.name)), timeout)
+        self.tasks.here[job_id] = task_id  # watched here from now on: reconcile skips it
+        return True
+
+    def adopt_all(self, rows: Sequence[tuple[int, int, int, str, str, int | None]]) -> None:
+        """Watch jobs SLURM has, whoever submitted them: (job id, task id, attempt, native id,
+        profile, timeout) rows of `Ledger.scheduler_jobs` (this process holds the poll lease)."""
+        for job_id, task_id, attempt, native, profile_name, timeout in rows:
+            if job_id not in self.tasks.here:
+                self.adopt(job_id, task_id, attempt, native, profile_name, timeout)
+
+    def feed_held(self, rows: Sequence[JobRow]) -> None:
+        """Hand SLURM the held work of a dead session, claimed by this one (`Ledger.claim`)."""
+        by_task: dict[int, list[JobRow]] = {}
+        for r in rows:
+            by_task.setdefault(r.task_id, []).append(r)
+        for task_id, group in by_task.items():
+            task = self.tasks.row(task_id)
+            where = self._where(task)
+            by_profile: dict[str, list[Launch]] = {}
+            for r in group:
+                self.tasks.here[r.id] = task_id
+                by_profile.setdefault(r.profile, []).append(
+                    self._launch(task, where, r, r.attempts, r.log_out or "", r.log_err or ""))
+            tokens = {r.id: token for r in group
+                      if (native := NativeId.parse(r.native_id)) is not None and (token := native.token) is not None}
+            for profile, launches in by_profile.items():
+                cast("SlurmBackend", self.backends.get(self.profiles.get(profile))).hold(launches, tokens)
+
+    # -- cancel and retry ---------------------------------------------------------------------
+    def cancel(self, job_ids: Iterable[int], reason: str = "cancelled by user") -> list[int]:
+        """End these jobs CANCELLED (those not ended) and stop what runs for them; the ids cancelled."""
+        cancelled = self.ledger.cancel(list(job_ids), reason)
+        self.backends.cancel(cancelled)
+        self._stop_foreign([i for i in cancelled if i not in self.tasks.here])
+        self.changes.committed()
+        return cancelled
+
+    def _stop_foreign(self, job_ids: list[int]) -> None:
+        """Stop what other processes started for jobs just cancelled here (the ledger already says
+        CANCELLED, so their owners' later reports are ignored): scancel SLURM jobs, kill local
+        command jobs' process groups on this host. Python jobs on another process's dask cannot
+        be reached from here; they finish and their result is not recorded."""
+        slurm, host = [], socket.gethostname()
+        for job_id in job_ids:
+            row = self.ledger.job(job_id)
+            native = NativeId.parse(row.native_id)
+            if native is None:
+                continue
+            if native.kind == "slurm":
+                slurm.append(native.text)
+            elif native.kind == "bundled":  # one job of a bundle: its array task skips or stops it, the others go on
+                from htc_notebook.backends.slurm.arrays import state_dir, stop_bundled
+
+                task = self.tasks.row(row.task_id)
+                stop_bundled(state_dir(self.storage.task_dir(task.project, task.name)), row.id, row.attempts)
+            elif native.kind == "process" and row.host == host:
+                kill_orphan_group(native)
+        if slurm:
+            from htc_notebook.backends.slurm import scheduler
+
+            try:
+                scheduler.scancel(slurm)
+            except HTCError:
+                pass  # no SLURM here (or it refused): the ledger's verdict stands
+
+    def retry(self, job_ids: Iterable[int], reason: str = "retried by user") -> list[int]:
+        """Run FAILED, CANCELLED or LOST jobs again (SUCCEEDED ones are never re-run)."""
+        moved = self.ledger.requeue(list(job_ids), reason, owner=str(self.owner))
+        by_task: dict[int, list[JobRow]] = {}
+        for job_id in moved:
+            row = self.ledger.job(job_id)
+            by_task.setdefault(row.task_id, []).append(row)
+        for task_id, rows in by_task.items():
+            self.dispatch(self.tasks.row(task_id), rows)
+        return moved
