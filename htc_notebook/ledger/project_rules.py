@@ -1,7 +1,7 @@
 """A project's rules, kept in the ledger: its vCPU limits, its task retention policy and the compute
 environments it may use (HTC API).
 
-`Ledger` inherits these methods; `admit` is the admission that `Ledger.start_attempts` runs in its
+`Ledger` inherits these methods; `admit` is the admission that `Attempts.start_attempts` runs in its
 own write transaction, so processes sharing the ledger never exceed a limit together.
 """
 
@@ -12,18 +12,17 @@ import sqlite3
 import time
 from typing import Any
 
+from .connection import LedgerCore
+from .encoding import job_row
 from .rows import AttemptStart, JobRow, LimitRow, RetentionRow
-from .schema import HELD_FOR_ROOM, IN_USE_WHERE, TERMINAL_SQL
+from .schema import HELD_FOR_ROOM, IN_USE_WHERE, JOB_COLUMNS, TERMINAL_SQL
+from .statements import IN_JSON, event
 
-IN_JSON = "(SELECT value FROM json_each(?))"
 HOUR = 3600.0
 
 
-class ProjectRules:
-    """vCPU limits, task retention and dimensions, per project (mixed into `Ledger`)."""
-
-    _write: Any
-    _read: Any
+class ProjectRules(LedgerCore):
+    """vCPU limits, task retention and dimensions, per project."""
 
     # -- vCPU limits -------------------------------------------------------------------------
     _LIMIT = "SELECT id, project, modifier_role, vcpus, created FROM project_limits"
@@ -64,11 +63,9 @@ class ProjectRules:
 
     def held_for_room(self, owner: str, limit: int = 1000) -> list[JobRow]:
         """Jobs `owner` holds for room in their project's vCPU limit, in the order they go."""
-        from .db import JOB_COLUMNS, _job
-
         rows = self._read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'HELD' AND native_id = '{HELD_FOR_ROOM}' "
                           f"AND json_extract(spec, '$.owner') = ? ORDER BY priority, id LIMIT ?", (owner, limit))
-        return [_job(r) for r in rows]
+        return [job_row(r) for r in rows]
 
     # -- dimensions ------------------------------------------------------------------------------
     def set_dimensions(self, project: str, dimensions: list[dict[str, Any]]) -> None:
@@ -142,8 +139,8 @@ class ProjectRules:
                 "AND COALESCE((SELECT MAX(updated) FROM jobs WHERE jobs.task_id = tasks.id), tasks.created) < ? "
                 "RETURNING id, name", (now, policy.project, now - policy.archive_after * HOUR)).fetchall()
             for task_id, _ in moved:
-                _event(con, task_id, now, "archived", f"inactive for {policy.archive_after} h (the project's task "
-                       "retention policy, archiveAfter)")
+                event(con, task_id, None, now, "archived", f"inactive for {policy.archive_after} h (the project's "
+                      "task retention policy, archiveAfter)")
         return [tuple(r) for r in moved]
 
     def due_for_deletion(self, policy: RetentionRow, now: float | None = None) -> list[tuple[int, str]]:
@@ -160,18 +157,13 @@ class ProjectRules:
                 "AND COALESCE(archived, created) < ? RETURNING id, name",
                 (now, policy.project, now - policy.delete_after * HOUR)).fetchall()
             for task_id, _ in moved:
-                _event(con, task_id, now, "deleted", f"its files deleted {policy.delete_after} h after it was "
-                       "archived (the project's task retention policy, deleteAfter); its record is kept")
+                event(con, task_id, None, now, "deleted", f"its files deleted {policy.delete_after} h after it "
+                      "was archived (the project's task retention policy, deleteAfter); its record is kept")
         return [tuple(r) for r in moved]
 
 
 def _project(con: sqlite3.Connection, project: str) -> None:
     con.execute("INSERT OR IGNORE INTO projects (name, created) VALUES (?, ?)", (project, time.time()))
-
-
-def _event(con: sqlite3.Connection, task_id: int, ts: float, kind: str, message: str) -> None:
-    con.execute("INSERT INTO events (task_id, job_id, ts, kind, message) VALUES (?, NULL, ?, ?, ?)",
-                (task_id, ts, kind, message))
 
 
 def in_use(con: sqlite3.Connection, project: str) -> int:
