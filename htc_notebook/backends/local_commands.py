@@ -102,6 +102,7 @@ class CommandRunner:
         self._queue: list[tuple[int, int, Launch]] = []
         self._order = itertools.count()
         self._procs: dict[int, subprocess.Popen] = {}
+        self._starting: set[int] = set()  # taken from the queue, their process not yet registered
         self._on_pool: set[int] = set()  # jobs running on the rank pool
         self._cancelled: set[int] = set()
         self._lock = threading.Condition()
@@ -125,7 +126,7 @@ class CommandRunner:
                 heapq.heapify(self._queue)
             procs = [(jid, p) for jid, p in self._procs.items() if jid in ids]
             self._cancelled.update(jid for jid, _ in procs)
-            self._cancelled.update(ids & self._on_pool)
+            self._cancelled.update(ids & (self._on_pool | self._starting))  # those starting are killed once started
         for launch in dropped:
             self._reporter.finished(Outcome(launch.job_id, launch.attempt, "CANCELLED",
                                             reason="cancelled before it started"))
@@ -134,7 +135,7 @@ class CommandRunner:
 
     def running(self) -> set[int]:
         with self._lock:
-            return set(self._procs) | self._on_pool | {item[2].job_id for item in self._queue}
+            return set(self._procs) | self._on_pool | self._starting | {item[2].job_id for item in self._queue}
 
     def close(self) -> None:
         with self._lock:
@@ -143,6 +144,7 @@ class CommandRunner:
             self._queue.clear()
             procs = list(self._procs.items())
             self._cancelled.update(jid for jid, _ in procs)
+            self._cancelled.update(self._starting)
             self._lock.notify_all()
         for launch in queued:
             self._reporter.finished(Outcome(launch.job_id, launch.attempt, "CANCELLED",
@@ -161,6 +163,7 @@ class CommandRunner:
                     return
                 _, _, launch = heapq.heappop(self._queue)
                 self._free -= launch.cores
+                self._starting.add(launch.job_id)
             threading.Thread(target=self._run, args=(launch,), name=f"htc-job-{launch.job_id}",
                              daemon=True).start()
 
@@ -186,7 +189,11 @@ class CommandRunner:
                 if proc is not None:
                     limit.started(proc.pid)  # no cgroup: the watchdog holds its process tree to the limit
                     with self._lock:
+                        self._starting.discard(launch.job_id)
                         self._procs[launch.job_id] = proc
+                        doomed = launch.job_id in self._cancelled
+                    if doomed:  # cancelled, or the runner closed, while it was starting: it runs no further
+                        kill_group(proc)
                     self._reporter.started(launch.job_id, launch.attempt, self._host, f"pid:{proc.pid}")
                     try:
                         exit_code, usage = wait_usage(proc, launch.timeout)
@@ -222,6 +229,8 @@ class CommandRunner:
                 remove_scratch(scratch)
             with self._lock:
                 self._free += launch.cores
+                self._starting.discard(launch.job_id)
+                self._cancelled.discard(launch.job_id)
                 self._lock.notify_all()
         times: dict[str, Any] = dict(host=self._host, started=started, ended=time.time())
         if launch.mpi is not None:  # the ranks' own reports decide (and carry rank 0's value)
@@ -237,6 +246,7 @@ class CommandRunner:
     def _run_on_pool(self, launch: Launch) -> None:
         """A Python MPI launch on the rank pool, holding its cores meanwhile (a cancel drops its result)."""
         with self._lock:
+            self._starting.discard(launch.job_id)
             self._on_pool.add(launch.job_id)
         self._reporter.started(launch.job_id, launch.attempt, self._host, "rank pool")
         try:

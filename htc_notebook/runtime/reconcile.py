@@ -206,7 +206,9 @@ class Reconciler:
         due = self.ledger.retries_due(now, RETRIES_PER_TICK)
         gone = self.gone_owners({row.spec.owner for row in due}) if due else {}
         for row in due:
-            if self.backends.closed or not self._mine(row, gone):
+            if self._stop.is_set() or self.backends.closed:
+                break  # the session is closing: the next one retries it
+            if not self._mine(row, gone):
                 continue
             decision, failed = self._decide(row)
             if not decision.retry:
