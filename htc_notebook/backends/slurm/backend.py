@@ -15,8 +15,9 @@ from htc_notebook.backends.slurm import scheduler
 from htc_notebook.backends.slurm.arrays import ArrayRunner, array_scripts
 from htc_notebook.backends.mpi_jobs import on_pool, packs, pool_spec, pooled, stage, wrap
 from htc_notebook.backends.sandbox import check_confinement, confined
-from htc_notebook.backends.slurm.pilots import (check_probe, make_pilot_cluster, pack_options, pilot_options,
-                                                pilot_workers, replace_draining_pilots, start_adapting)
+from htc_notebook.backends.slurm.pilots import (check_probe, make_pilot_cluster, pack_options, pilot_lifetime,
+                                                pilot_options, pilot_workers, replace_draining_pilots,
+                                                replace_pilots_in_time, start_adapting)
 from htc_notebook.errors import BackendError
 from htc_notebook.spec import PartitionProfile
 
@@ -48,7 +49,8 @@ class SlurmBackend:
         self.packs = DaskJobs(lambda: self._cluster(packed=True), reporter, pool=self.pool, window=profile.dask_window)
 
     def _cluster(self, *, packed: bool = False, python: str | None = None):
-        """A pilot cluster (`packed`: an MPI allocation) with its credentials in a new private directory."""
+        """A pilot cluster (`packed`: an MPI allocation) with its credentials in a new private directory,
+        asking for each pilot's replacement a queue wait ahead of its deadline."""
         where = private_directory(self._credentials)
         try:
             cluster = make_pilot_cluster(self.profile, where, log_directory=self._log_directory, packed=packed,
@@ -57,6 +59,7 @@ class SlurmBackend:
             forget_credentials(where)
             raise
         self._made.append((cluster, where))
+        replace_pilots_in_time(cluster, pilot_lifetime(self.profile))
         return cluster
 
     def dask_runners(self) -> dict[str, DaskJobs]:

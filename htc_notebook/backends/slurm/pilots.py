@@ -2,11 +2,14 @@
 
 A pilot is one SLURM job per node running dask workers (one process per core)
 that take Python jobs until its deadline: its start plus its walltime less a
-margin (10 %, at least 2 minutes). A worker starts no call expected to end after
-the deadline; it hands the call back, drains and leaves, and the client asks for
-the pilot's replacement at once (`worker.leave_if_late`, `replace_draining_pilots`),
-so SLURM's time limit does not kill running calls (which dask would report as
-KilledWorker).
+margin (10 %, at least 2 minutes: `pilot_lifetime`). A worker starts no call
+expected to end after the deadline; it hands the call back, drains and leaves
+(`worker.leave_if_late`), so SLURM's time limit does not kill running calls (which
+dask would report as KilledWorker). The client asks for a pilot's replacement a
+queue wait ahead of its deadline (`replace_pilots_in_time`, `pilot_lifetimes`), so
+the replacement is working when the old pilot leaves; the old one works on until
+then. A pilot that drains earlier than that is replaced at once
+(`replace_draining_pilots`).
 
 Every pilot cluster speaks mutual TLS with credentials of its own (`dask_security`): its scheduler
 listens on the profile's `scheduler_host` (where the nodes reach it), its dashboard on loopback; the
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import getpass
+import itertools
 import logging
 import os
 import shlex
@@ -28,6 +32,7 @@ from htc_notebook.backends.dask_security import DASHBOARD_ADDRESS, WORKER_HTTP_A
 from htc_notebook.backends.images import node_local, on_node, with_binds, worker_argv
 from htc_notebook.backends.memory_limit import clear_on_exit
 from htc_notebook.backends.slurm import scheduler
+from htc_notebook.backends.slurm.pilot_lifetimes import MARGIN, PilotLifetimes
 from htc_notebook.backends.worker import DRAIN_TOPIC, PILOT_DEADLINE, PILOT_LIFETIME
 from htc_notebook.errors import BackendError
 from htc_notebook.spec import PartitionProfile, format_walltime
@@ -42,9 +47,8 @@ def pilot_options(profile: PartitionProfile, *, log_directory: str | None = None
                   python: str | None = None) -> dict[str, Any]:
     """Keyword arguments for `dask_jobqueue.SLURMCluster` (pure: no cluster is made). `python`: the
     command the workers start with (`image_python` for a pilot_image), else the profile's `python`."""
-    walltime = profile.default_walltime or min(DEFAULT_WALLTIME, profile.max_walltime or DEFAULT_WALLTIME)
-    margin = max(120, int(walltime * LIFETIME_MARGIN))
-    lifetime = max(60, walltime - margin)
+    walltime = pilot_walltime(profile)
+    lifetime = pilot_lifetime(profile)
     directives = []
     if profile.qos:
         directives.append(f"--qos={profile.qos}")
@@ -77,6 +81,18 @@ def pilot_options(profile: PartitionProfile, *, log_directory: str | None = None
     if log_directory:
         options["log_directory"] = log_directory
     return {k: v for k, v in options.items() if v is not None}
+
+
+def pilot_walltime(profile: PartitionProfile) -> int:
+    """A pilot's walltime in seconds: the profile's default, else an hour within its maximum."""
+    return profile.default_walltime or min(DEFAULT_WALLTIME, profile.max_walltime or DEFAULT_WALLTIME)
+
+
+def pilot_lifetime(profile: PartitionProfile) -> int:
+    """Seconds from a pilot's start to its deadline: its walltime less a margin (10 %, at least
+    2 min), at least 1 min."""
+    walltime = pilot_walltime(profile)
+    return max(60, walltime - max(120, int(walltime * LIFETIME_MARGIN)))
 
 
 def pilot_workers(profile: PartitionProfile) -> int:
@@ -205,15 +221,25 @@ def make_pilot_cluster(profile: PartitionProfile, credentials: str | os.PathLike
 @functools.cache
 def _cluster_class():
     """dask-jobqueue's SLURMCluster, linking its dashboard where it listens (loopback): dask would
-    name the scheduler's host, where nothing listens for it. Its Client's link is the cluster's."""
+    name the scheduler's host, where nothing listens for it. Its Client's link is the cluster's.
+    Each new pilot gets a name the cluster never gave before: dask's SpecCluster gives a pilot's name
+    to the next one once it left the plan, but a pilot left out of the plan (replaced) works on
+    beside its replacement, and dask's scheduler refuses a worker whose name is taken."""
     from dask_jobqueue import SLURMCluster
 
-    class LoopbackDashboardSLURMCluster(SLURMCluster):
+    class PilotSLURMCluster(SLURMCluster):
+        def __init__(self, *args: Any, **kwargs: Any):
+            self._numbers = itertools.count()
+            super().__init__(*args, **kwargs)
+
         @property
         def dashboard_link(self) -> str:
             return dashboard_link(self.scheduler_info.get("services", {}).get("dashboard")) or ""
 
-    return LoopbackDashboardSLURMCluster
+        def new_worker_spec(self) -> dict[str, dict]:
+            return {self._new_worker_name(next(self._numbers)): self.new_spec}
+
+    return PilotSLURMCluster
 
 
 @functools.cache
@@ -238,23 +264,63 @@ def start_adapting(cluster, profile: PartitionProfile) -> None:
 
 
 def replace_draining_pilots(client, cluster) -> None:
-    """Ask for a pilot's replacement as soon as one of its workers starts draining before its
-    deadline (`worker.leave_if_late`), not once it has left: the draining pilot leaves the
-    cluster's plan (it ends by itself), so adapting, or a fixed scale, asks for a new one now."""
+    """Ask for a pilot's replacement as soon as one of its workers starts draining (`worker.leave_if_late`),
+    not once it has left, unless it was asked for already (`replace_pilots_in_time`)."""
 
     def draining(event) -> None:
-        name = event[1]["name"]
-        job = next((job for job, spec in cluster.worker_spec.items()
-                    if name == job or name in {f"{job}{suffix}" for suffix in spec.get("group", ())}), None)
-        if job is None:  # another of its workers reported first
+        job = _pilot_of(cluster, event[1]["name"])
+        if job is None:  # replaced already, or another of its workers reported first
             return
         log.info("pilot %s drains before its deadline: asking for its replacement", job)
-        del cluster.worker_spec[job]
-        cluster.workers.pop(job, None)  # so correcting the plan neither scancels it nor asks for it again
-        if getattr(cluster, "_adaptive", None) is None:  # a fixed scale: keep the count
-            cluster.scale(jobs=len(cluster.worker_spec) + 1)
+        _leave_plan(cluster, job)
 
     client.subscribe_topic(DRAIN_TOPIC, draining)
+
+
+def replace_pilots_in_time(cluster, lifetime: float, interval: float = 1.0) -> None:
+    """Every `interval` s, on the cluster's event loop until it closes: ask for the replacement of
+    each pilot a queue wait ahead of its deadline (`pilot_lifetimes.PilotLifetimes`; `lifetime`:
+    `pilot_lifetime`). Called before the cluster's first pilot is asked for, so that one's queue
+    wait is measured too."""
+    from distributed.core import Status
+
+    lifetimes = PilotLifetimes(lifetime)
+
+    def look() -> None:
+        arrived = {job for w in list(cluster.scheduler_info["workers"].values())
+                   if (job := _pilot_of(cluster, w["name"])) is not None}
+        for job, left in lifetimes.due(list(cluster.worker_spec), arrived).items():
+            log.info("pilot %s (SLURM job %s) reaches its deadline in %.0f s, within the queue wait expected for a "
+                     "new one (%.0f s; measured: %s) plus %.0f s: asking for its replacement now",
+                     job, getattr(cluster.workers.get(job), "job_id", "?"), left, lifetimes.expected_wait(),
+                     ", ".join(f"{w:.0f} s" for w in lifetimes.waits) or "none yet", MARGIN)
+            _leave_plan(cluster, job)
+
+    def tick() -> None:
+        try:
+            look()
+        except Exception:  # logged; the next look may well succeed
+            log.exception("looking at the pilots' deadlines failed")
+        if cluster.status not in (Status.closing, Status.closed, Status.failed):
+            cluster.loop.call_later(interval, tick)
+
+    look()  # the first look, here: nothing is asked for yet
+    cluster.loop.add_callback(tick)
+
+
+def _pilot_of(cluster, worker: str) -> str | None:
+    """The pilot job in the cluster's plan that the worker named `worker` belongs to, if any."""
+    return next((job for job, spec in list(cluster.worker_spec.items())  # a copy: scale() may run in another thread
+                 if worker == job or worker in {f"{job}{suffix}" for suffix in spec.get("group", ())}), None)
+
+
+def _leave_plan(cluster, job: str) -> None:
+    """Take a pilot out of the cluster's plan, so adapting, or a fixed scale, asks for a new one now;
+    it works on and ends by itself (at its deadline)."""
+    del cluster.worker_spec[job]
+    cluster.workers.pop(job, None)  # so correcting the plan neither scancels it nor asks for it again
+    if getattr(cluster, "_adaptive", None) is None:  # a fixed scale: keep the count
+        cluster.scale(jobs=len(cluster.worker_spec) + 1)
 
 
 def check_probe(cluster) -> None:
