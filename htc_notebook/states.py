@@ -1,8 +1,9 @@
 """Job states, why attempts fail, and how an attempt ended (`Outcome`): the vocabulary backends
 report in and the ledger records, below both (design.md, Layers).
 
-    SUBMITTED -> [HELD ->] RUNNABLE -> STARTING -> RUNNING -> SUCCEEDED | FAILED | CANCELLED | LOST
-    FAILED | CANCELLED | LOST --requeue--> SUBMITTED
+    [WAITING ->] SUBMITTED -> [HELD ->] RUNNABLE -> STARTING -> RUNNING -> SUCCEEDED | FAILED | CANCELLED | LOST
+    WAITING -> FAILED (cause `dependency`: a job it depends on did not succeed)
+    FAILED | CANCELLED | LOST --requeue--> SUBMITTED (a requeued job's children FAILED for it wait again)
     SUCCEEDED is final (G3).
 """
 
@@ -13,6 +14,7 @@ from enum import Enum
 
 
 class JobStatus(str, Enum):
+    WAITING = "WAITING"  # for the jobs it depends on to succeed (held in the ledger, runtime/reconcile.py)
     SUBMITTED = "SUBMITTED"
     HELD = "HELD"  # waiting in the ledger for room in the site's limits (G8); not yet given to the scheduler
     RUNNABLE = "RUNNABLE"
@@ -51,6 +53,7 @@ class Cause(str, Enum):
     LOST = "lost"            # its worker, pilot or scheduler job vanished without a word
     OWNER = "owner"          # the process that ran it (local backend) exited, or its heartbeat lease lapsed
     SUBMIT = "submit"        # the scheduler refused it
+    DEPENDENCY = "dependency"  # a job it depends on ended without succeeding: it never ran
 
     def __str__(self) -> str:
         return self.value

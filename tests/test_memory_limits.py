@@ -307,3 +307,23 @@ def test_a_slurm_array_task_whose_cgroup_counted_an_oom_kill_fails_for_memory_th
     assert (oom.status, oom.cause, oom.memory_held, oom.max_rss_mib) == ("FAILED", "memory", "cgroup", 130.0)
     assert oom.reason == "out of memory (limit 128 MiB): the OOM killer stopped it"
     assert (fine.status, fine.memory_held) == ("SUCCEEDED", "cgroup")
+
+
+@pytest.mark.root
+def test_a_cage_whose_processes_linger_after_its_job_is_emptied_and_removed_in_the_background():
+    """A job's cgroup still holding a process when the job is done (an OOM-killed tree the kernel is
+    slow to free, a child that escaped its job's kill): the process is SIGKILLed and the cgroup
+    removed once the kernel lets it go, not left behind (seen in CI: a call's cgroup outlived it)."""
+    parent = memory_limit.cgroup_parent()
+    if parent is None:
+        missing("no memory cgroup can be made here (make test runs as root with cgroup v1)")
+    cage = cgroups.make_cage(parent, 64, f"job-linger-{os.getpid()}")
+    assert cage is not None
+    lingering = subprocess.Popen(["sleep", "300"])
+    (cage.path / "cgroup.procs").write_text(str(lingering.pid))
+    cage.remove()  # returns at once: the sleep is still in it
+    assert lingering.wait(timeout=10) == -9  # killed: nothing of an ended job runs on
+    deadline = time.monotonic() + 10
+    while cage.path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not cage.path.exists() and cage.path not in cgroups._reaper.pending()

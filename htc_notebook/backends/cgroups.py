@@ -27,6 +27,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,18 +95,82 @@ class Cage:
             return round(self.sampled_peak / MIB, 1) if self.sampled_peak else None
 
     def remove(self) -> None:
-        """Remove the cgroup once its processes are gone (the kernel frees them a moment after a kill)."""
-        for _ in range(50):
+        """Remove the cgroup once its processes are gone (the kernel frees them a moment after a
+        kill; a large one, OOM-killed on a loaded machine, can take seconds). What is still in it
+        after a moment belongs to a job that has ended: it is SIGKILLed, and the cgroup removed
+        in the background (`_reaper`) once the kernel has let its processes go."""
+        for _ in range(10):
+            if _rmdir(self.path) is not False:
+                return
+            time.sleep(0.02)
+        for pid in _procs(self.path):
             try:
-                self.path.rmdir()
-                return
-            except FileNotFoundError:
-                return
-            except OSError as exc:
-                if exc.errno != errno.EBUSY:  # EBUSY: processes still in it
-                    break
-                time.sleep(0.02)
-        log.warning("memory cgroup %s left behind: its processes did not go", self.path)
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass  # gone meanwhile
+        _reaper.add(self.path)
+
+
+def _rmdir(path: Path) -> bool | None:
+    """True: removed (or gone); False: processes still in it (EBUSY); None: it cannot be removed."""
+    try:
+        path.rmdir()
+        return True
+    except FileNotFoundError:
+        return True
+    except OSError as exc:
+        return False if exc.errno == errno.EBUSY else None
+
+
+def _procs(path: Path) -> list[int]:
+    try:
+        return [int(p) for p in (path / "cgroup.procs").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
+class _Reaper:
+    """One thread that removes the cgroups whose processes were still leaving, every REAP_EVERY s
+    for REAP_FOR s each; one it cannot remove by then is logged, naming it."""
+
+    REAP_EVERY, REAP_FOR = 0.1, 120.0
+
+    def __init__(self) -> None:
+        self._due: dict[Path, float] = {}  # path -> when to give up
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def add(self, path: Path) -> None:
+        with self._lock:
+            self._due[path] = time.monotonic() + self.REAP_FOR
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="htc-cgroup-reaper", daemon=True)
+                self._thread.start()
+
+    def pending(self) -> list[Path]:
+        with self._lock:
+            return list(self._due)
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(self.REAP_EVERY)
+            with self._lock:
+                due = dict(self._due)
+            now = time.monotonic()
+            for path, until in due.items():
+                done = _rmdir(path)
+                if done or done is None or now > until:
+                    if not done:
+                        log.warning("memory cgroup %s left behind: its processes did not go", path)
+                    with self._lock:
+                        self._due.pop(path, None)
+            with self._lock:
+                if not self._due:
+                    self._thread = None
+                    return
+
+
+_reaper = _Reaper()
 
 
 def make_cage(parent: Path | None, limit_mib: int | None, name: str, swap_mib: int = 0,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from .attempts import Attempts
 from .changes import Changes
+from .dependencies import Dependencies
 from .job_states import JobStates
 from .leases import Leases
 from .project_rules import ProjectRules
@@ -21,5 +22,5 @@ from .retries import Retries
 from .submission import Submission
 
 
-class Ledger(Projects, Submission, JobStates, Attempts, Retries, Leases, ProjectRules, Reads, Changes):
+class Ledger(Projects, Submission, JobStates, Attempts, Retries, Dependencies, Leases, ProjectRules, Reads, Changes):
     """The durable truth. Safe for many threads (one connection each) and many processes."""

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from ..errors import LedgerError
 from ..states import ACTIVE, REQUEUEABLE, JobStatus
 from .connection import LedgerCore
+from .dependencies import rearm_children
 from .encoding import checked_ids, checked_status
 from .schema import ACTIVE_SQL, TERMINAL_SQL, sql_list
 from .statements import IN_JSON, events_per_task, in_order, next_seq
@@ -25,7 +26,8 @@ class JobStates(LedgerCore):
 
     def requeue(self, job_ids: Iterable[int], reason: str, owner: str | None = None) -> list[int]:
         """FAILED/CANCELLED/LOST -> SUBMITTED, owned by `owner` from now on (if given: the process
-        that will run them). Returns the ids moved; SUCCEEDED never moves."""
+        that will run them); the jobs that failed for them (cause `dependency`) wait again. Returns
+        the ids moved; SUCCEEDED never moves."""
         ids = checked_ids(job_ids)
         now = time.time()
         with self._write() as con:
@@ -38,6 +40,9 @@ class JobStates(LedgerCore):
                 f"WHERE id IN {IN_JSON} AND status IN ({REQUEUEABLE_SQL}) "
                 f"RETURNING id, task_id", (reason, now, seq, owner, owner, json.dumps(ids))).fetchall()
             events_per_task(con, moved, now, "requeued", reason)
+            if moved:
+                rearmed = rearm_children(con, [m[0] for m in moved], seq, now)
+                events_per_task(con, rearmed, now, "waiting", "a job it depends on was retried")
         return in_order(ids, moved)
 
     def set_status(self, job_ids: Iterable[int], status: str, reason: str | None = None, *,

@@ -1,5 +1,5 @@
 """The ledger's schema on open: created (schema.py's DDL) in a new file, or upgraded from any older
-version (1..8) to SCHEMA_VERSION, in one write transaction that concurrent openers queue on."""
+version (1..9) to SCHEMA_VERSION, in one write transaction that concurrent openers queue on."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from ..errors import LedgerError
 from ..states import JobStatus
 from .schema import (DDL, LEASES_DDL, SCHEMA_VERSION, V1_STATUSES, V3_UPGRADE, V4_UPGRADE, V5_UPGRADE, V6_UPGRADE,
-                     V7_UPGRADE, V8_UPGRADE, V9_UPGRADE, sql_list)
+                     V7_UPGRADE, V8_UPGRADE, V9_STATUSES, V9_UPGRADE, V10_UPGRADE, sql_list)
 from .statements import retry
 
 
@@ -27,11 +27,14 @@ def ensure_schema(con: sqlite3.Connection, path: Path) -> None:
             con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         elif 1 <= version < SCHEMA_VERSION:
             if version == 1:
-                _upgrade_v1(con)
+                widen_statuses(con, V1_STATUSES)
+                con.execute(LEASES_DDL)
+            elif version <= 9:
+                widen_statuses(con, V9_STATUSES)
             for statement in ((V3_UPGRADE if version < 3 else ()) + (V4_UPGRADE if version < 4 else ())
                               + (V5_UPGRADE if version < 5 else ()) + (V6_UPGRADE if version < 6 else ())
                               + (V7_UPGRADE if version < 7 else ()) + (V8_UPGRADE if version < 8 else ())
-                              + V9_UPGRADE):
+                              + (V9_UPGRADE if version < 9 else ()) + V10_UPGRADE):
                 con.execute(statement)
             con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         elif version != SCHEMA_VERSION:  # equal: another process made it while we waited for the lock
@@ -43,19 +46,18 @@ def ensure_schema(con: sqlite3.Connection, path: Path) -> None:
         raise
 
 
-def _upgrade_v1(con: sqlite3.Connection) -> None:
-    """v1 -> v2 (then v3 follows): the HELD state joins the CHECK constraints of jobs and attempts,
-    and leases appear. A CHECK that admits more values changes no stored row, so the table
+def widen_statuses(con: sqlite3.Connection, old: str) -> None:
+    """New states (v2: HELD, v10: WAITING) join the status CHECK constraints of jobs and attempts,
+    which admitted `old`. A CHECK that admits more values changes no stored row, so the table
     definitions are edited in place (the procedure in SQLite's ALTER TABLE documentation), then the
     schema cookie is bumped and checked."""
     new = sql_list(frozenset(JobStatus))
     cookie = con.execute("PRAGMA schema_version").fetchone()[0]
     con.execute("PRAGMA writable_schema = ON")
     con.execute("UPDATE sqlite_master SET sql = replace(sql, ?, ?) WHERE type = 'table' AND name IN "
-                "('jobs', 'attempts')", (V1_STATUSES, new))
+                "('jobs', 'attempts')", (old, new))
     con.execute(f"PRAGMA schema_version = {cookie + 1}")
     con.execute("PRAGMA writable_schema = OFF")
     problems = con.execute("PRAGMA integrity_check").fetchall()
     if problems != [("ok",)]:
         raise LedgerError(f"upgrading the ledger to schema {SCHEMA_VERSION} failed: {problems[:3]}")
-    con.execute(LEASES_DDL)

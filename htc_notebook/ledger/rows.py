@@ -141,6 +141,7 @@ class NewJob:
     index: int = 0
     profile: str = "local"
     priority: int = 0
+    after: tuple[int, ...] = ()  # the jobs it depends on: it waits WAITING until they all SUCCEEDED
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ def sql_list(states: frozenset) -> str:
     return ",".join(f"'{s.value}'" for s in sorted(states, key=lambda s: s.value))
 
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 # Version 1 had no HELD state: its CHECK constraints list these (upgraded in place, see Ledger)
 V1_STATUSES = "'CANCELLED','FAILED','LOST','RUNNABLE','RUNNING','STARTING','SUBMITTED','SUCCEEDED'"
 
@@ -92,6 +92,17 @@ OWNERS_DDL = """CREATE TABLE owners (
         expires  REAL NOT NULL      -- renewed by its heartbeats; once past, it counts as exited
     )"""
 V9_UPGRADE = (OWNERS_DDL,)
+
+# v9 -> v10: dependencies between jobs (a job WAITING until the jobs it depends on succeed). The
+# WAITING state joins the status CHECKs (migrations.widen_statuses); a partial index finds them
+V9_STATUSES = "'CANCELLED','FAILED','HELD','LOST','RUNNABLE','RUNNING','STARTING','SUBMITTED','SUCCEEDED'"
+DEPS_DDL = """CREATE TABLE deps (
+        child   INTEGER NOT NULL REFERENCES jobs(id),
+        parent  INTEGER NOT NULL REFERENCES jobs(id),
+        PRIMARY KEY (child, parent)
+    ) WITHOUT ROWID"""
+V10_UPGRADE = (DEPS_DDL, "CREATE INDEX deps_parent ON deps (parent, child)",
+               "CREATE INDEX jobs_waiting ON jobs (id) WHERE status = 'WAITING'")
 
 # Named leases: which process does a job for the whole data root (e.g. the one SLURM status poll)
 LEASES_DDL = """CREATE TABLE leases (
@@ -211,6 +222,7 @@ DDL = (
     *V7_UPGRADE,
     *V8_UPGRADE,
     *V9_UPGRADE,
+    *V10_UPGRADE,
 
     # PRIMARY KEY job_id: a job's result is committed exactly once (G2).
     """CREATE TABLE results (

@@ -1,4 +1,5 @@
-"""Submitting: new jobs (and their batch) inserted as SUBMITTED in one transaction (G1), checked first."""
+"""Submitting: new jobs (and their batch) inserted as SUBMITTED in one transaction (G1), checked first;
+jobs that depend on others (`NewJob.after`) as WAITING, with their parents."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 from ..errors import KeyTaken, LedgerError
 from ..spec import JobSpec
 from .connection import LedgerCore
+from .dependencies import add_parents, waiting_reason
 from .encoding import check_text, job_row, to_json
 from .rows import JobRow, NewBatch, NewJob
 from .schema import JOB_COLUMNS
@@ -55,10 +57,11 @@ class Submission(LedgerCore):
             ids = list(range(first, first + len(jobs)))
             try:
                 many(con, "INSERT INTO jobs (id, task_id, batch_id, idx, key, name, kind, profile, priority, "
-                           "                  params, spec, status, created, updated, seq) VALUES {values}",
-                      "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'SUBMITTED', ?, ?, ?)",
-                      [(job_id, task_id, batch_id, *row, now, now, seq)
-                       for job_id, row in zip(ids, encoded, strict=True)])
+                           "                  params, spec, status, reason, created, updated, seq) VALUES {values}",
+                      "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                      [(job_id, task_id, batch_id, *row, *(("WAITING", waiting_reason(job.after)) if job.after
+                                                           else ("SUBMITTED", None)), now, now, seq)
+                       for job_id, row, job in zip(ids, encoded, jobs, strict=True)])
             except sqlite3.IntegrityError as e:
                 taken = con.execute(f"SELECT key FROM jobs WHERE task_id = ? AND id < ? AND key IN {IN_JSON} "
                                     f"ORDER BY id LIMIT 1", (task_id, first, json.dumps(keys))).fetchone()
@@ -66,6 +69,7 @@ class Submission(LedgerCore):
                     raise
                 raise KeyTaken(f"job key {taken[0]!r} already exists in task {task_id}; "
                                "nothing was submitted") from e
+            add_parents(con, [(job_id, job.after) for job_id, job in zip(ids, jobs, strict=True) if job.after])
             what = f"batch {batch.name!r}: " if batch is not None else ""
             event(con, task_id, ids[0] if len(ids) == 1 else None, now, "submitted",
                    f"{what}{len(ids)} job{'s' if len(ids) != 1 else ''} submitted")

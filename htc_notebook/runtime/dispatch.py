@@ -10,6 +10,7 @@ backend that refuses leaves the jobs it did not take FAILED (cause `submit`), sa
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -24,6 +25,7 @@ from htc_notebook.errors import HTCError
 from htc_notebook.ledger import AttemptStart, JobRow, Ledger, NewJob, TaskRow
 from htc_notebook.runtime import images, plan
 from htc_notebook.runtime.changes import Changes
+from htc_notebook.runtime.dependencies import parents_in, with_results
 from htc_notebook.runtime.live_backends import LiveBackends
 from htc_notebook.runtime.owner import Owner, kill_orphan_group
 from htc_notebook.runtime.profiles import Profiles
@@ -32,6 +34,8 @@ from htc_notebook.storage import Storage, checkpoint_path
 
 if TYPE_CHECKING:
     from htc_notebook.backends.slurm.backend import SlurmBackend
+
+log = logging.getLogger(__name__)
 
 DISPATCH_SLICE = 5000  # jobs whose attempts and Launches are built and handed over at a time
 
@@ -77,6 +81,7 @@ class Dispatcher:
         self.ledger, self.storage, self.owner = ledger, storage, owner
         self.profiles, self.backends, self.tasks, self.changes = profiles, backends, tasks, changes
         self._calls: dict[str, Any] = {}  # digest -> a Call, or a function (unpickled)
+        self._takes_results: dict[str, bool] = {}  # digest -> its Call takes other jobs' results
         self.holding = False  # some jobs dispatched here wait HELD for room in their project's vCPU limit
 
     def remember_call(self, digest: str, obj: object) -> None:
@@ -115,7 +120,9 @@ class Dispatcher:
                  later: dict[str, list[Launch]], room: tuple[str, int] | None) -> dict[str, list[Launch]]:
         """Start an attempt for each of these jobs that fits in `room` (its project's vCPU limit;
         the others wait HELD, released by the reconcile loop) and make the Launches of those still
-        live: plain Python calls are returned by profile, the others added to `later`."""
+        live: plain Python calls are returned by profile, the others added to `later`. A job whose
+        Launch cannot be made (its stored call unreadable, a parent's result missing) ends FAILED
+        (cause `submit`) saying why; the others go on."""
         native = f"local:{self.owner}"
         logs = [(f"{prefix}{r.id}.out", f"{prefix}{r.id}.err") for r in rows]
         sandbox = {p: self.profiles.get(p).sandbox for p in {r.profile for r in rows}}
@@ -125,12 +132,22 @@ class Dispatcher:
         if room is not None and not all(numbers):
             self.holding = True
         now: dict[str, list[Launch]] = {}
+        unmade: list[Outcome] = []
         for row, attempt, (o, e) in zip(rows, numbers, logs, strict=True):
             if attempt:  # 0: became terminal meanwhile (e.g. cancelled)
                 self.tasks.here[row.id] = task.id
-                launch = self._launch(task, where, row, attempt, o, e)
+                try:
+                    launch = self._launch(task, where, row, attempt, o, e)
+                except Exception as exc:
+                    log.warning("job %s could not be prepared: %s", row.id, exc, exc_info=True)
+                    unmade.append(Outcome(row.id, attempt, "FAILED", reason=f"not submitted: could not be prepared: "
+                                          f"{type(exc).__name__}: {exc}", ended=time.time(), cause="submit"))
+                    continue
                 plain = launch.kind == "python" and launch.mpi is None
                 (now if plain else later).setdefault(row.profile, []).append(launch)
+        if unmade:
+            self.ledger.record_outcomes(unmade)
+            self.changes.committed(unmade)
         return now
 
     def _hand_over(self, by_profile: dict[str, list[Launch]], later: dict[str, list[Launch]],
@@ -176,6 +193,12 @@ class Dispatcher:
             path = self.storage.payload_path(task.project, task.name, digest)
             obj = self._calls[digest] = cloudpickle.loads(Path(path).read_bytes())
         if isinstance(obj, Call):
+            takes = self._takes_results.get(digest)
+            if takes is None:
+                takes = self._takes_results[digest] = bool(parents_in(obj.args, obj.kwargs))
+            if takes:  # released once its parents SUCCEEDED: their results in place of the markers
+                args, kwargs = with_results(obj.args, obj.kwargs, self.ledger)
+                return Call(obj.fn, args, kwargs)
             return obj
         return Call(obj, (), row.params)  # the job's own dict (a copy of its member's), not shared
 

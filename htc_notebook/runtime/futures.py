@@ -20,7 +20,8 @@ import threading
 import time
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from htc_notebook.runtime.handles import JobHandle, failure, load_result
+from htc_notebook.runtime.handles import JobHandle, failure
+from htc_notebook.runtime.results import load_result
 
 Submit = Callable[[Callable[..., Any], tuple, Mapping[str, Any]], JobHandle]  # fn, args, kwargs -> its job
 

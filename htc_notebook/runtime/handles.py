@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 from itertools import pairwise
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generator, Iterator, Sequence
 
-import cloudpickle
 
-from htc_notebook.errors import JobFailed, UntrustedFile
-from htc_notebook.ledger import JobRow, Ledger, ResultRow
+from htc_notebook.errors import JobFailed
+from htc_notebook.ledger import JobRow
 from htc_notebook.runtime.parts import Parts
+from htc_notebook.runtime.results import load_result, read_log
 from htc_notebook.states import STATES, TERMINAL_NAMES
-from htc_notebook.storage.untrusted import lines_from_end, read_text_tail
+from htc_notebook.storage.untrusted import lines_from_end
 
 if TYPE_CHECKING:
     import pandas
@@ -31,32 +29,6 @@ PAGE = 5000  # jobs whose rows (and results) a group reads at a time
 REFRESH_MIN_INTERVAL = 0.02  # seconds between two looks at the ledger while waiting
 TERMINAL = TERMINAL_NAMES
 _STATUS = {s: s for s in STATES}  # one string per state, however many jobs are in it
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    """What a command job leaves behind: its exit code and log files."""
-
-    exit_code: int
-    log_out: str | None
-    log_err: str | None
-
-    @property
-    def stdout(self) -> str:
-        return _read(self.log_out)
-
-    @property
-    def stderr(self) -> str:
-        return _read(self.log_err)
-
-
-def _read(path: str | None) -> str:
-    """A job's log (task/logs/job-N.out): written by the job, so read as untrusted input (never
-    through a link, never blocking, at most its last `LOG_READ_LIMIT` bytes)."""
-    try:
-        return read_text_tail(path, below=2)
-    except UntrustedFile as exc:
-        return f"[{exc}]"
 
 
 async def _ended(handle: JobHandle) -> Any:
@@ -84,21 +56,6 @@ def _set_once(future: "asyncio.Future[str]", value: str) -> None:
 async def _all_ended(group: "JobGroup") -> list[Any]:
     await asyncio.gather(*(_ended(h) for h in group), return_exceptions=True)  # every one ended
     return group.results(timeout=0)
-
-
-def load_result(ledger: Ledger, row: JobRow, res: ResultRow | None = None) -> Any:
-    """The value a SUCCEEDED job produced (a CommandResult for command jobs)."""
-    if row.kind == "command":
-        return CommandResult(row.exit_code if row.exit_code is not None else 0, row.log_out, row.log_err)
-    res = res or ledger.result(row.id)
-    if res is None:
-        raise JobFailed(row.id, row.status, "no result was recorded", hint="retry the job")
-    if res.inline is not None:
-        data = res.inline
-    else:
-        assert res.path is not None  # a result is inline or in a file
-        data = Path(res.path).read_bytes()
-    return cloudpickle.loads(data)
 
 
 def failure(row: JobRow) -> JobFailed:
@@ -182,7 +139,7 @@ class JobHandle:
         """The job's stdout (`stream="out"`) or stderr (`"err"`), optionally the last `tail` lines:
         at most its last 8 MiB, after a line saying what was left out."""
         row = self.row
-        text = _read(row.log_out if stream == "out" else row.log_err)
+        text = read_log(row.log_out if stream == "out" else row.log_err)
         return "".join(text.splitlines(keepends=True)[-tail:]) if tail else text
 
     def log_page(self, stream: str, end: int | None, count: int) -> tuple[list[tuple[int, str]], int | None]:

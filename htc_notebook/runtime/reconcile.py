@@ -26,7 +26,12 @@ every error (with its traceback) are logged (logger `htc_notebook.runtime.reconc
    inactive for their `archiveAfter` hours and delete the files of tasks archived `deleteAfter`
    hours ago (each task claimed by one process in the ledger; its record is kept).
 
-6. **SLURM's status** (once a SLURM backend runs, every `SlurmWatch.interval` s): the data root's
+6. **Dependencies**: waiting jobs whose parents all SUCCEEDED are released (WAITING -> SUBMITTED, a
+   compare-and-set: of many processes one gets each) and dispatched here, their parents' results in
+   place of the handles; those a parent of which failed for good end FAILED (cause `dependency`).
+   A session releases its own jobs and those of owners that have exited (a DAG whose builder died is
+   finished by the next session). Woken by every commit of an ended job while jobs wait.
+7. **SLURM's status** (once a SLURM backend runs, every `SlurmWatch.interval` s): the data root's
    one poll of SLURM, by the process that holds its lease (runtime/watch.py).
 
 Held work is released by the SLURM feeder as room appears. Readers (`jobs()`, `status()`, handles)
@@ -60,6 +65,7 @@ TICK_SECONDS = 1.0  # between two ticks (a commit of a failure wakes the loop at
 OWNERS_EVERY = 5.0  # seconds between two looks for owners that have exited (at most one heartbeat)
 RETENTION_EVERY = 300.0  # seconds between two applications of the projects' task retention policies
 RETRIES_PER_TICK = 1000
+RELEASES_PER_TICK = 5000
 
 
 class Reconciler:
@@ -82,6 +88,8 @@ class Reconciler:
         self._beaten = 0.0  # time.monotonic() of this session's last renewal of its lease (0: none yet)
         self.retried = 0  # retries this process started (for tests and figures)
         self._failed: set[int] = set()  # jobs that failed since the last tick (their batches' max_failures)
+        self._waiting = True  # jobs of the data root wait for others: a commit of an ended job wakes the loop
+        self.released = 0  # waiting jobs this process released (for tests and figures)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._first = threading.Event()  # set when the first tick is over
@@ -165,6 +173,7 @@ class Reconciler:
                 self._run("stop jobs cancelled elsewhere", self.stop_cancelled)
             self._run("start due retries", lambda: self.start_retries(now))
             self._run("stop batches over their max_failures", self.stop_failing_batches)
+            self._run("release jobs whose parents succeeded", self.release_waiting)
             if self.dispatcher.holding:
                 self._run("release held jobs", self.release_held)
             if now - self._retention_applied >= RETENTION_EVERY:
@@ -179,8 +188,13 @@ class Reconciler:
         failed = [o.job_id for o in outcomes if o.status in ("FAILED", "LOST")]
         if failed:
             self.failed(failed)
-        if self.dispatcher.holding:
+        if self.dispatcher.holding or (self._waiting and outcomes):
             self.wake()
+
+    def expect_waiting(self) -> None:
+        """Jobs that wait for others were just added: look at them now (their parents may have ended)."""
+        self._waiting = True
+        self.wake()
 
     # -- 0. this session's heartbeat --------------------------------------------------------------
     def beat(self) -> bool:
@@ -239,8 +253,11 @@ class Reconciler:
 
     def _mine(self, row: JobRow, gone: dict[str, str]) -> bool:
         """Is this session the one to retry `row`: its owner, or the owner has exited (in `gone`)."""
-        owner = Owner.parse(row.spec.owner)
-        return owner is None or owner == self.owner or (row.spec.owner or "") in gone
+        return self._mine_text(row.spec.owner, gone)
+
+    def _mine_text(self, text: str | None, gone: dict[str, str]) -> bool:
+        owner = Owner.parse(text)
+        return owner is None or owner == self.owner or (text or "") in gone
 
     def _decide(self, row: JobRow) -> tuple[Decision, str]:
         """The policy's decision for `row`'s failed attempt, and that attempt's reason."""
@@ -310,8 +327,9 @@ class Reconciler:
         lost: list[Outcome] = []
         held: dict[str, list[JobRow]] = {}
         for row in rows:
-            if row.status in TERMINAL_NAMES or row.id in self.tasks.here or row.retry_at is not None:
-                continue  # ended, watched by this process, or waiting for its retry (the reconcile loop's)
+            if (row.status in TERMINAL_NAMES or row.status == "WAITING" or row.id in self.tasks.here
+                    or row.retry_at is not None):
+                continue  # ended, waiting for its parents or its retry (released here), or watched by this process
             if row.kind == "command" and self.dispatcher.adopt(row.id, row.task_id, row.attempts, row.native_id,
                                                                row.profile, row.spec.timeout):
                 continue
@@ -355,6 +373,39 @@ class Reconciler:
         native = NativeId.parse(row.native_id)
         return (profile.backend == "slurm" and row.kind == "command" and not row.spec.mpi
                 and (native is None or native.slurm is None))
+
+    # -- 6. dependencies ---------------------------------------------------------------------------
+    def release_waiting(self) -> int:
+        """Fail the waiting jobs a parent of which failed for good, release (and dispatch) those whose
+        parents all SUCCEEDED that are this session's to run; returns how many were released."""
+        self._waiting = self.ledger.has_waiting()  # an index look-up: the usual case ends here
+        if not self._waiting:
+            return 0
+        failed = self.ledger.fail_dependents()
+        if failed:
+            log.info("%d waiting jobs failed: a job they depend on did not succeed", len(failed))
+            self.changes.committed([Outcome(job_id, attempt, "FAILED", cause="dependency")
+                                    for job_id, attempt in failed])
+        ready = self.ledger.ready(RELEASES_PER_TICK)
+        released = 0
+        if ready:
+            gone = self.gone_owners({owner for _, owner in ready})
+            mine = [job_id for job_id, owner in ready if self._mine_text(owner, gone)]
+            rows = self.ledger.release_waiting(mine, str(self.owner)) if mine else []
+            by_task: dict[int, list[JobRow]] = {}
+            for row in rows:
+                by_task.setdefault(row.task_id, []).append(row)
+            for task_id, group in by_task.items():
+                try:
+                    self.dispatcher.dispatch(self.tasks.row(task_id), group)
+                except HTCError as exc:  # dispatch has recorded why they were not submitted
+                    log.warning("released jobs of task %s were not submitted: %s", task_id, exc)
+            released = len(rows)
+            if released:
+                log.info("released %d jobs whose parents succeeded", released)
+                self.changes.committed()
+        self.released += released
+        return released
 
     # -- 3. cancels from elsewhere ----------------------------------------------------------------
     def stop_cancelled(self) -> None:

@@ -14,6 +14,7 @@ from htc_notebook.errors import KeyTaken, SpecError
 from htc_notebook.ledger import LimitRow, NewBatch, NewJob, TaskRow
 from htc_notebook.states import ACTIVE_NAMES, REQUEUEABLE_NAMES
 from htc_notebook.runtime.commands import plain_argv, render_command, template_argv
+from htc_notebook.runtime.dependencies import ParentResult, replace_in
 from htc_notebook.runtime.dispatch import Pending
 from htc_notebook.runtime.futures import TaskExecutor
 from htc_notebook.runtime.handles import JobGroup, JobHandle
@@ -137,22 +138,32 @@ class Task:
     # -- submitting -----------------------------------------------------------
     def submit(self, fn: Callable[..., Any], /, *args: Any, profile: str | None = None,
                resources: Resources | Mapping[str, Any] | None = None, retries: int | RetryPolicy = 0,
-               name: str | None = None, key: str | None = None, **kwargs: Any) -> JobHandle:
+               name: str | None = None, key: str | None = None, after: Sequence[JobHandle] | None = None,
+               **kwargs: Any) -> JobHandle:
         """Run `fn(*args, **kwargs)` as one job; returns its handle at once.
 
+        A JobHandle (or JobGroup) among the arguments, also inside lists, tuples and dicts, makes
+        the job wait until that job SUCCEEDED and get its result in the handle's place; `after`
+        names more jobs to wait for without taking their results. If one of them fails for good,
+        this job ends FAILED (cause `dependency`) without running; retrying it lets this one wait again.
         With a `key`, a job of this task with the same key is reused instead: its handle
         is returned (and it is run again if it failed, was cancelled or lost).
+
+        >>> b = task.submit(analyse, task.submit(simulate, 300.0))  # doctest: +SKIP
         """
-        return self.call(fn, args, kwargs, profile=profile, resources=resources, retries=retries, name=name, key=key)
+        return self.call(fn, args, kwargs, profile=profile, resources=resources, retries=retries, name=name, key=key,
+                         after=after)
 
     def call(self, fn: Callable[..., Any], args: tuple = (), kwargs: Mapping[str, Any] | None = None, *,
              profile: str | None = None, resources: Resources | Mapping[str, Any] | None = None,
-             retries: int | RetryPolicy = 0, name: str | None = None, key: str | None = None) -> JobHandle:
+             retries: int | RetryPolicy = 0, name: str | None = None, key: str | None = None,
+             after: Sequence[JobHandle] | None = None) -> JobHandle:
         """`submit` with the function's arguments given apart, so its keywords may be named like
         submit's own (`profile`, `name`, ...): `task.call(fn, (1,), {"name": "x"})` is `fn(1, name="x")`."""
         prof, res = self._resolve(profile, resources)
-        call = Call(fn, tuple(args), dict(kwargs or {}))
-        job = NewJob(name=name or _fn_name(fn), kind="python", params={}, key=key,
+        args, kwargs, parents = self._take_handles(tuple(args), dict(kwargs or {}), after)
+        call = Call(fn, args, kwargs)
+        job = NewJob(name=name or _fn_name(fn), kind="python", params={}, key=key, after=parents,
                      spec=self._spec(res, retries, payload=self._store(call, fn)), profile=prof.name)
         return JobHandle(self.parts, self._add_keyed(job), self.id)
 
@@ -169,8 +180,10 @@ class Task:
             ranks: int | None = None, ranks_per_node: int | None = None, cpus_per_rank: int = 1,
             memory: int | str | None = None, walltime: int | str | None = None, gpus: int = 0,
             launcher: str | None = None, profile: str | None = None, retries: int | RetryPolicy = 0,
-            name: str | None = None, key: str | None = None, image: str | None = None, **kwargs: Any) -> JobHandle:
+            name: str | None = None, key: str | None = None, image: str | None = None,
+            after: Sequence[JobHandle] | None = None, **kwargs: Any) -> JobHandle:
         """Run an MPI job with `ranks` = `nodes` x `ranks_per_node` ranks; returns its handle at once.
+        Handles among a function's arguments, and `after`, make it wait as for `submit`.
 
         `what` is a function, run on every rank with mpi4py (a parameter named ``comm`` gets
         the communicator); the result is rank 0's return value. Or it is an MPI
@@ -194,9 +207,11 @@ class Task:
             if image:
                 raise SpecError("mpi", "image", image, "no image for a Python function (it runs in the kernel's "
                                 "Python on every rank): images run MPI executables, given as an argv")
-            call = Call(what, args, kwargs)
+            margs, mkwargs, parents = self._take_handles(tuple(args), dict(kwargs), after)
+            call = Call(what, margs, mkwargs)
             spec = self._spec(res, retries, payload=self._store(call, what), mpi=layout)
-            job = NewJob(name=name or _fn_name(what), kind="python", params={}, spec=spec, key=key, profile=prof.name)
+            job = NewJob(name=name or _fn_name(what), kind="python", params={}, spec=spec, key=key, profile=prof.name,
+                         after=parents)
         else:
             if args or kwargs:
                 raise SpecError("mpi", "args", args or kwargs, "no arguments for an executable: put them in its argv")
@@ -204,14 +219,16 @@ class Task:
             spec = self._spec(res, retries, commands=tuple(argv), mpi=layout,
                               image=self._image(image or "", architecture(prof), prof, field="image"))
             job = NewJob(name=name or _safe_label(argv[0]), kind="command", params={}, spec=spec, key=key,
-                         profile=prof.name)
+                         profile=prof.name, after=self._take_handles((), {}, after)[2])
         return JobHandle(self.parts, self._add_keyed(job), self.id)
 
     def sweep(self, what: Callable[..., Any] | str | Sequence[str], sweep: Sweep, *,
               profile: str | None = None, resources: Resources | Mapping[str, Any] | None = None,
               definition: JobDefinition | None = None, retries: int | RetryPolicy = 0,
-              name: str | None = None, max_failures: int | None = None) -> JobGroup:
+              name: str | None = None, max_failures: int | None = None,
+              after: Sequence[JobHandle] | None = None) -> JobGroup:
         """Run `what` once per sweep member; members that already succeeded are not run again.
+        With `after` (handles), every member waits until those jobs SUCCEEDED (as for `submit`).
         With `max_failures`, once that many of the members submitted now have failed for good
         (after their retries), the rest are cancelled, saying why.
 
@@ -224,6 +241,7 @@ class Task:
         if not isinstance(sweep, Sweep):
             raise SpecError("sweep", "sweep", type(sweep).__name__, "a Sweep (Sweep.grid, Sweep.zip, ...)")
         limit = _max_failures(max_failures, "sweep")
+        waits = self._take_handles((), {}, after)[2]
         if callable(what):
             if definition is not None:
                 raise SpecError("sweep", "definition", type(definition).__name__,
@@ -268,7 +286,7 @@ class Task:
             if existing and self._settle(existing.values()):
                 existing = self.parts.ledger.jobs_by_key(self.id, keys)
             new = [NewJob(name=label, kind=kind, params=dict(m.params), spec=render(m.params), key=k,
-                          index=i, profile=prof.name, priority=priority)
+                          index=i, profile=prof.name, priority=priority, after=waits)
                    for i, (m, k) in enumerate(zip(sweep.members, keys, strict=True)) if k not in existing]
             order = [existing[k].id if k in existing else None for k in keys] if existing else None  # None: new
             del keys  # the new jobs hold theirs, and are let go once recorded (see _add)
@@ -288,16 +306,20 @@ class Task:
 
     def submit_batch(self, batch: JobBatch | Mapping[str, Any], *, profile: str | None = None,
                      retries: int | RetryPolicy = 0, throttle: int | None = None,
-                     max_failures: int | None = None) -> JobGroup:
+                     max_failures: int | None = None, after: Sequence[JobHandle] | None = None) -> JobGroup:
         """Submit an HTC job batch: `batchSize` jobs sharing one job definition.
 
         Job i sees `HTC_JOB_INDEX=i`. `throttle` caps how many of the batch run at once
         (SLURM: the array's `%N`; the local backend is bounded by its cores and ignores it).
         `max_failures`: once that many of its jobs have failed for good (after their retries), the
-        rest are cancelled, saying why.
+        rest are cancelled, saying why. With `after` (handles), every job waits until those jobs
+        SUCCEEDED (as for `submit`; held in the ledger, on every backend).
         """
         limit = _max_failures(max_failures, "submit_batch")
         jobs, record = self._batch_jobs(batch, profile, retries, throttle)
+        if after:
+            waits = self._take_handles((), {}, after)[2]
+            jobs = [replace(j, after=waits) for j in jobs]
         if limit:
             record = replace(record, definition={**record.definition, **limit})
         return JobGroup(self.parts, self.id, self._add(jobs, record), record.name)
@@ -355,6 +377,34 @@ class Task:
         return JobGroup(self.parts, self.id, moved, self.name)
 
     # -- internals ----------------------------------------------------------------
+    def _take_handles(self, args: tuple, kwargs: dict[str, Any],
+                      after: Sequence[JobHandle] | None) -> tuple[tuple, dict[str, Any], tuple[int, ...]]:
+        """The arguments with each JobHandle (a JobGroup: a list of them) replaced by a marker of its
+        result, and the jobs to wait for: theirs, then `after`'s."""
+        if after is not None and (isinstance(after, (str, bytes)) or not isinstance(after, (list, tuple, JobGroup))):
+            raise SpecError("submit", "after", after, "a list of JobHandles (the jobs to wait for), or None")
+        parents: list[int] = []
+
+        def marker(h: JobHandle | JobGroup) -> ParentResult | list[ParentResult]:
+            if h.parts.root != self.parts.root:
+                raise SpecError("submit", "argument", h, f"a job of this data root ({self.parts.root}), not of "
+                                f"{h.parts.root}")
+            if isinstance(h, JobGroup):
+                parents.extend(h.ids)
+                return [ParentResult(i) for i in h.ids]
+            parents.append(h.id)
+            return ParentResult(h.id)
+
+        def is_handle(v: Any) -> bool:
+            return isinstance(v, (JobHandle, JobGroup))
+
+        args, kwargs = replace_in(args, is_handle, marker), replace_in(kwargs, is_handle, marker)
+        for h in after or ():
+            if not is_handle(h):
+                raise SpecError("submit", "after", h, "JobHandles (or JobGroups) of this task's data root")
+            marker(h)
+        return args, kwargs, tuple(dict.fromkeys(parents))
+
     def _resolve(self, profile: str | None, resources) -> tuple[PartitionProfile, Resources]:
         prof = self.parts.profiles.get(profile)
         if resources is None:
@@ -464,9 +514,12 @@ class Task:
             return []
         self._check_limit(jobs)
         ids = self.parts.ledger.add_jobs(self.id, jobs, batch)
-        pending = [Pending(i, j) for i, j in zip(ids, jobs, strict=True)]
+        pending = [Pending(i, j) for i, j in zip(ids, jobs, strict=True) if not j.after]
+        waiting = len(pending) < len(ids)  # released by the reconcile loop once their parents SUCCEEDED
         jobs.clear()
         self.parts.dispatcher.dispatch(self.row, pending)
+        if waiting:
+            self.parts.reconciler.expect_waiting()  # their parents may have succeeded already
         return ids
 
 

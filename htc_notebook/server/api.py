@@ -11,6 +11,7 @@ Toolkit state -> wire status (the names existing HTC clients know):
 
 | toolkit | wire | statusReason |
 |---|---|---|
+| WAITING (for the jobs it depends on) | RUNNABLE | "waiting for jobs 12, 13" |
 | SUBMITTED | SUBMITTED_TO_RESCALE | |
 | HELD (beyond the site's limits) | SUBMITTED_TO_PROVIDER | "held: ..." (why, and how many are queued) |
 | RUNNABLE (no native id yet) | SUBMITTED_TO_PROVIDER | the backend's reason |
@@ -61,6 +62,8 @@ def wire_status(row: JobRow) -> tuple[str, str | None]:
     """(wire status, statusReason) for a job row (table in the module docstring)."""
     if row.status == "SUBMITTED":
         return "SUBMITTED_TO_RESCALE", row.reason
+    if row.status == "WAITING":
+        return "RUNNABLE", row.reason
     if row.status == "HELD":
         return "SUBMITTED_TO_PROVIDER", row.reason
     if row.status == "RUNNABLE":

@@ -4,9 +4,10 @@
 // patch already carries: it costs no message of its own.
 const ROW = 24, COLS = ["id", "name", "status", "host", "attempts", "runtime", "used", "params", "result", "reason"];
 const ENDED = ["SUCCEEDED", "FAILED", "CANCELLED", "LOST"];
-const STACK = ["SUCCEEDED", "FAILED", "CANCELLED", "LOST", "RUNNING", "STARTING", "RUNNABLE", "HELD", "SUBMITTED"];
+const STACK = ["SUCCEEDED", "FAILED", "CANCELLED", "LOST", "RUNNING", "STARTING", "RUNNABLE", "HELD", "SUBMITTED", "WAITING"];
 const COLOR = { SUCCEEDED: "#4caf50", FAILED: "#e53935", CANCELLED: "#9e9e9e", LOST: "#b71c1c", RUNNING: "#1e88e5",
-                STARTING: "#64b5f6", RUNNABLE: "#bbdefb", HELD: "#ffb74d", SUBMITTED: "#e0e0e0" };
+                STARTING: "#64b5f6", RUNNABLE: "#bbdefb", HELD: "#ffb74d", SUBMITTED: "#e0e0e0",
+                WAITING: "#d1c4e9" };
 const SAMPLES = 300;  // points kept for the chart (older ones thinned out by half)
 
 // The chart: counts of each state over time, stacked (SVG polygons), and jobs ended per second.

@@ -1,0 +1,197 @@
+"""Jobs that feed each other (issue 27, item 1): a JobHandle among a call's arguments makes the new
+job WAIT in the ledger until that job SUCCEEDED, and the function gets its result; a parent that
+fails for good fails its descendants (cause `dependency`, naming it), and retrying it lets them
+wait again; a DAG whose builder was SIGKILLed is finished by the next session, no job run twice;
+of two processes releasing one ready job, one gets it."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from htc_notebook import JobFailed, JobGroup, Session, SiteConfig
+from htc_notebook.ledger import AttemptStart, Ledger, NewJob
+from htc_notebook.server.api import wire_status
+from htc_notebook.spec import JobSpec
+from htc_notebook.states import Outcome
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def add(a, b):
+    return a + b
+
+
+def total(values, extra):
+    return sum(values) + sum(extra.values())
+
+
+def fail_unless(name: str, value: int) -> int:
+    """Fails until the file `name` exists in its task directory."""
+    if not os.path.exists(os.path.join(os.environ["HTC_TASK_DIR"], name)):
+        raise RuntimeError(f"no {name} yet")
+    return value
+
+
+def tally(name: str, value):
+    """Appends a line to `name` in its task directory (how many times it ran), returns `value`."""
+    with open(os.path.join(os.environ["HTC_TASK_DIR"], name), "a") as f:
+        f.write("ran\n")
+    return value
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory):
+    with Session(tmp_path_factory.mktemp("deps"), site=SiteConfig.builtin()) as s:
+        yield s
+
+
+def test_a_chain_and_a_diamond_pass_results_in_place_of_handles(session):
+    task = session.project("deps").task("diamond")
+    a = task.submit(add, 1, 2)
+    b = task.submit(add, a, 10)  # a chain: a -> b
+    c = task.submit(add, a, 100)
+    d = task.submit(total, [a, b], extra={"c": c, "n": 1000})  # a diamond, handles nested in a list and a dict
+    group = task.submit(total, JobGroup(task.parts, task.id, [b.id, c.id], "bc"), {})  # a group: its results
+    assert d.result(timeout=120) == 3 + 13 + 103 + 1000
+    assert (b.result(timeout=30), c.result(timeout=30), group.result(timeout=30)) == (13, 103, 116)
+    ledger = task.parts.ledger
+    assert ledger.parents(d.id) == sorted([a.id, b.id, c.id]) and ledger.children(a.id) == [b.id, c.id, d.id]
+    assert [x.attempts[-1].number for x in (a, b, c, d)] == [1, 1, 1, 1]  # each ran once
+    events = [e.message for e in ledger.events(task_id=task.id)]
+    assert any("released" in m and "the jobs it depends on succeeded" in m for m in events), events
+
+
+def test_a_failed_parent_fails_its_descendants_and_a_retry_lets_them_run(session):
+    task = session.project("deps").task("failing")
+    a = task.submit(fail_unless, "go", 5)
+    b = task.submit(add, a, 1)
+    c = task.submit(add, b, 1)  # a grandchild
+    other = task.submit(add, 40, 2)  # another branch: untouched
+    e = task.submit(add, other, 0)
+    with pytest.raises(JobFailed):
+        c.result(timeout=120)
+    for child in (b, c):
+        row = child.row
+        assert row.status == "FAILED" and child.attempts[-1].cause == "dependency", (row.status, row.reason)
+    assert f"job {a.id}" in b.row.reason and f"job {b.id}" in c.row.reason
+    assert e.result(timeout=60) == 42
+    (task.storage.task_dir / "go").write_text("")
+    assert a.retry()
+    assert {b.status, c.status} <= {"WAITING", "SUBMITTED", "RUNNABLE", "RUNNING", "SUCCEEDED"}
+    assert c.result(timeout=120) == 7 and b.result() == 6
+
+
+def test_a_command_batch_after_a_call_starts_once_the_call_succeeded(session):
+    task = session.project("deps").task("after")
+    first = task.submit(tally, "first", 1)
+    group = task.submit_batch({"jobName": "then", "batchSize": 2, "htcJobDefinition": {
+        "commands": ["sh", "-c", "cat first >> seen"]}}, after=[first])
+    group.wait(timeout=120)
+    assert group.counts()["SUCCEEDED"] == 2
+    assert (task.storage.task_dir / "seen").read_text() == "ran\n" * 2  # both saw the call's file
+    for job in group:
+        assert job.row.started >= first.row.ended
+
+
+def test_a_waiting_job_is_runnable_in_the_rest_view_saying_what_it_waits_for(tmp_path):
+    with Ledger(tmp_path / "l.db") as ledger:
+        task = ledger.task("p", "t")
+        (a,) = ledger.add_jobs(task.id, [NewJob("a", "command", {}, JobSpec())])
+        (b,) = ledger.add_jobs(task.id, [NewJob("b", "command", {}, JobSpec(), after=(a,))])
+        assert wire_status(ledger.job(b)) == ("RUNNABLE", f"waiting for job {a}")
+        assert ledger.ready() == []  # its parent has not succeeded
+        with pytest.raises(Exception, match="no job 99"):
+            ledger.add_jobs(task.id, [NewJob("c", "command", {}, JobSpec(), after=(99,))])
+
+
+def _release(path: str, owner: str, ids: list[int], out) -> None:
+    with Ledger(path) as ledger:
+        out.put((owner, [r.id for r in ledger.release_waiting(ids, owner)]))
+
+
+def test_of_processes_releasing_the_same_ready_jobs_each_job_goes_to_one(tmp_path):
+    path = tmp_path / "race.db"
+    with Ledger(path) as ledger:
+        task = ledger.task("p", "t")
+        (a,) = ledger.add_jobs(task.id, [NewJob("a", "command", {}, JobSpec())])
+        ids = ledger.add_jobs(task.id, [NewJob(f"c{i}", "command", {}, JobSpec(), after=(a,)) for i in range(200)])
+        ledger.start_attempts([AttemptStart(a)])
+        ledger.record_outcomes([Outcome(a, 1, "SUCCEEDED")])
+        assert sorted(j for j, _ in ledger.ready()) == ids
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_release, args=(str(path), f"h:{n}", ids, out)) for n in range(4)]
+    for p in procs:
+        p.start()
+    got = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(60)
+    released = [j for _, mine in got for j in mine]
+    assert sorted(released) == ids  # every job released, none twice
+    with Ledger(path) as ledger:
+        assert {r.status for r in ledger.jobs(task.id) if r.id in ids} == {"SUBMITTED"}
+        owners = {ledger.job(j).spec.owner for j in ids}
+        assert owners <= {f"h:{n}" for n in range(4)}
+
+
+BUILDER = textwrap.dedent("""
+    import os, time
+    from htc_notebook import Session, SiteConfig
+
+    def tally(name, value):  # as in the test module; defined here, so they travel by value
+        with open(os.path.join(os.environ["HTC_TASK_DIR"], name), "a") as f:
+            f.write("ran\\n")
+        return value
+
+    def when_told(name, value):
+        open(os.path.join(os.environ["HTC_TASK_DIR"], "started-" + name), "a").close()
+        while not os.path.exists(os.path.join(os.environ["HTC_TASK_DIR"], name)):
+            time.sleep(0.1)
+        return value
+
+    def main():
+        s = Session({root!r}, site=SiteConfig.builtin())
+        task = s.project("deps").task("orphan")
+        a = task.submit(tally, "a", 2)
+        a.result(timeout=120)
+        slow = task.submit(when_told, "gate", 3)  # runs until the test opens the gate: the builder dies first
+        b = task.submit(tally, "b", [a, slow])
+        while not (task.storage.task_dir / "started-gate").exists():  # its call runs
+            time.sleep(0.05)
+        print(a.id, slow.id, b.id, flush=True)
+        time.sleep(600)  # SIGKILLed here: b waits in the ledger, nobody to release it
+
+    if __name__ == "__main__":  # its LocalCluster's workers import this file
+        main()
+""")
+
+
+def test_a_dag_whose_builder_was_sigkilled_is_finished_by_the_next_session_with_no_job_run_twice(tmp_path):
+    root = tmp_path / "root"
+    script = tmp_path / "builder.py"
+    script.write_text(BUILDER.format(root=str(root)))
+    builder = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=REPO,
+                               env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        a, slow, b = map(int, builder.stdout.readline().split())
+    finally:
+        builder.send_signal(signal.SIGKILL)
+        builder.wait(30)
+    with Session(root, site=SiteConfig.builtin()) as s:
+        task = s.project("deps").task("orphan")
+        assert s.job(b).status == "WAITING"
+        (task.storage.task_dir / "gate").write_text("")  # the killed run of `slow` is LOST and run again here
+        assert s.job(b).result(timeout=180) == [2, 3]
+        for name in ("a", "b"):
+            assert (task.storage.task_dir / name).read_text() == "ran\n", name  # each ran once
+        assert [x.status for x in s.job(slow).attempts] == ["LOST", "SUCCEEDED"]  # its result committed once
+        assert s.job(slow).attempts[0].cause == "owner"
+        assert s.reconciler.released == 1  # b, released here: not by the dead builder
