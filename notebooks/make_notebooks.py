@@ -436,6 +436,88 @@ print("each job that succeeded on its first attempt ran once:", all(ran.count(st
 ])
 
 
+rare = nb([
+"""md:# Rare events: forward flux sampling as a DAG of jobs
+
+A particle in a double well crosses its barrier (4 kT) rarely. Forward flux sampling splits the
+crossing at interfaces: the flux of trajectories leaving state A, then, interface by interface, the
+chance that a trajectory started where the last generation arrived gets to the next one. Each
+generation of jobs starts from the previous generation's results: a job takes the previous
+generation's handles as its argument, waits WAITING in the ledger until they SUCCEEDED, and gets
+their results in their place. The whole DAG is submitted at once; nothing in the notebook blocks.
+
+The kernel that builds it is killed halfway (a separate process, SIGKILLed); this kernel finishes
+the DAG from the ledger, each job once (`htc_notebook/examples/ffs.py` holds the model).""",
+"""import os, shutil, subprocess, sys, tempfile, textwrap
+from htc_notebook import Session, use
+root = os.path.abspath("htc-data-rare-events")
+shutil.rmtree(root, ignore_errors=True)""",
+"""md:## The first kernel: build the DAG, then die
+
+Four flux jobs, then six generations of five trial jobs each (200 trajectories a job), each
+generation taking the whole previous one; a final job takes every result and computes the rate.
+Eight brute-force jobs measure the same rate directly, for comparison.""",
+"""first_kernel = textwrap.dedent(f\"\"\"
+    import os, signal, time
+    from htc_notebook import Session
+    from htc_notebook.examples import ffs
+
+    def main():
+        task = Session({root!r}).project("ffs").task("barrier")
+        fluxes = [task.submit(ffs.flux, seed, 200_000, name="flux") for seed in range(1, 5)]
+        previous, generations = fluxes, []
+        for stage in range(len(ffs.INTERFACES) - 1):
+            previous = [task.submit(ffs.trials, previous, stage, 100 * stage + k, 200, name=f"stage-{{stage}}")
+                        for k in range(5)]
+            generations.append(previous)
+        task.submit(ffs.rate, fluxes, generations, name="rate")
+        [task.submit(ffs.first_passage, seed, 25, name="brute-force") for seed in range(8)]
+        while task.counts()["SUCCEEDED"] < 4:   # the flux jobs are done, the generations wait
+            time.sleep(0.1)
+        print("submitted", len(task.jobs()), "jobs; waiting:", task.counts()["WAITING"] > 0, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if __name__ == "__main__":
+        main()
+\"\"\")
+script = os.path.join(tempfile.mkdtemp(), "first_kernel.py")
+with open(script, "w") as f:
+    f.write(first_kernel)
+killed = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=600)
+print(killed.stdout.strip(), "| exit:", killed.returncode)""",
+"""md:## This kernel: attach and watch the generations go
+
+`%htc attach` takes up what the dead kernel left: its running jobs are LOST and run again, and its
+waiting jobs are released here as their parents succeed.""",
+"""%load_ext htc_notebook
+session = Session(root)
+task = session.project("ffs").task("barrier")
+use(task);""",
+"""%htc attach ffs/barrier""",
+"""jobs = task.jobs()
+jobs.wait(timeout=600)
+rate = next(h for h in jobs if h.row.name == "rate").result()
+brute = [t for h in jobs if h.row.name == "brute-force" for t in h.result()]
+print({k: round(v, 4) if isinstance(v, float) else [round(p, 3) for p in v] for k, v in rate.items()})
+print("brute force:", round(len(brute) / sum(brute), 4))""",
+"""import matplotlib.pyplot as plt
+from itertools import accumulate
+from htc_notebook.examples import ffs
+fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+left.semilogy(ffs.INTERFACES[1:], list(accumulate(rate["probabilities"], lambda a, b: a * b)), marker="o")
+left.set_xlabel("interface"); left.set_ylabel("P(reach it | left A)"); left.set_title("crossing probability")
+right.bar(["FFS", "brute force"], [rate["rate"], len(brute) / sum(brute)], color=["#5e35b1", "#9e9e9e"])
+right.set_ylabel("rate A -> B (1 / time)"); right.set_title("the same rate, two ways");""",
+"""jobs.graph();""",
+"""# NBVAL_CHECK_OUTPUT
+counts = task.counts()
+print("every job SUCCEEDED:", counts["SUCCEEDED"] == len(jobs) == 43)
+print("each result committed once:", all([a.status for a in h.attempts].count("SUCCEEDED") == 1 for h in jobs))
+print("generations released by this kernel:", session.reconciler.released > 0)
+print("FFS within a factor 2 of brute force:", 0.5 < rate["rate"] * sum(brute) / len(brute) < 2)""",
+])
+
+
 if __name__ == "__main__":
     # Executed here so the saved outputs are the reference nbval compares `# NBVAL_CHECK_OUTPUT` cells to.
     from nbclient import NotebookClient
@@ -444,7 +526,7 @@ if __name__ == "__main__":
 
     books = (("01-quickstart", quickstart), ("02-mpi-tasks", mpi), ("03-htc-batches", batches),
              ("04-profiles-and-clusters", clusters), ("05-ensemble-sweep", ensemble),
-             ("06-lammps-ensemble", lammps), ("07-reattach", reattach))
+             ("06-lammps-ensemble", lammps), ("07-reattach", reattach), ("08-rare-events", rare))
     for name, book in books:
         if sys.argv[1:] and name not in sys.argv[1:]:   # `make_notebooks.py 06-lammps-ensemble`: only that one
             continue

@@ -65,6 +65,16 @@ def test_a_chain_and_a_diamond_pass_results_in_place_of_handles(session):
     ledger = task.parts.ledger
     assert ledger.parents(d.id) == sorted([a.id, b.id, c.id]) and ledger.children(a.id) == [b.id, c.id, d.id]
     assert [x.attempts[-1].number for x in (a, b, c, d)] == [1, 1, 1, 1]  # each ran once
+    assert [h.id for h in d.parents()] == sorted([a.id, b.id, c.id])
+    assert [h.id for h in b.children()] == [d.id, group.id]
+    ax = JobGroup(task.parts, task.id, [d.id, group.id], "tips").graph()  # the tips and all they depend on
+    (dots,) = ax.collections
+    assert len(dots.get_offsets()) == 5  # a, b, c, d, group
+    assert sorted(x for x, _ in dots.get_offsets()) == [0, 1, 1, 2, 2]  # generations: a; b, c; d, group
+    from htc_notebook.ui.jobs_widget import JobsTable
+
+    detail = JobsTable(task.parts, task.id, interval=3600).detail(d.id)
+    assert f"depends on jobs {', '.join(map(str, sorted([a.id, b.id, c.id])))}" in detail
     events = [e.message for e in ledger.events(task_id=task.id)]
     assert any("released" in m and "the jobs it depends on succeeded" in m for m in events), events
 

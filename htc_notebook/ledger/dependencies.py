@@ -118,6 +118,13 @@ class Dependencies(LedgerCore):
     def children(self, job_id: int) -> list[int]:
         return [r[0] for r in self._read("SELECT child FROM deps WHERE parent = ? ORDER BY child", (job_id,))]
 
+    def edges(self, job_ids: Iterable[int]) -> list[tuple[int, int]]:
+        """(parent, child) of every dependency of these jobs (as child or as parent)."""
+        ids = json.dumps(checked_ids(job_ids))
+        return [(int(p), int(c)) for p, c in self._read(
+            f"SELECT parent, child FROM deps WHERE child IN {IN_JSON} UNION "
+            f"SELECT parent, child FROM deps WHERE parent IN {IN_JSON} ORDER BY 2, 1", (ids, ids))]
+
     def has_waiting(self) -> bool:
         """Does any job of the data root wait for others (an index look-up)."""
         return bool(self._read("SELECT 1 FROM jobs WHERE status = 'WAITING' LIMIT 1"))

@@ -135,6 +135,14 @@ class JobHandle:
     def retry(self) -> bool:
         return bool(self.parts.dispatcher.retry([self.id]))
 
+    def parents(self) -> list["JobHandle"]:
+        """The jobs this one depends on (whose results it took, or named in `after=`)."""
+        return [JobHandle(self.parts, j) for j in self.parts.ledger.parents(self.id)]
+
+    def children(self) -> list["JobHandle"]:
+        """The jobs that depend on this one."""
+        return [JobHandle(self.parts, j) for j in self.parts.ledger.children(self.id)]
+
     def logs(self, stream: str = "out", tail: int | None = None) -> str:
         """The job's stdout (`stream="out"`) or stderr (`"err"`), optionally the last `tail` lines:
         at most its last 8 MiB, after a line saying what was left out."""
@@ -323,6 +331,20 @@ class JobGroup(Sequence[JobHandle]):
         from htc_notebook.runtime.plots import plot_results
 
         return plot_results(self.to_dataframe(results=True), x, y, by=by, ax=ax, title=self.name)
+
+    def graph(self, ax: Any = None) -> Any:
+        """Draw the group's jobs and the jobs they depend on as a DAG, coloured by state, each
+        column a generation (matplotlib; returns the Axes).
+
+        >>> group.graph()  # doctest: +SKIP
+        """
+        from htc_notebook.runtime.plots import plot_dag
+
+        ledger = self.parts.ledger
+        mine = set(self.ids)
+        ids = mine | {p for p, c in ledger.edges(mine) if c in mine}  # and the jobs they depend on
+        edges = [(p, c) for p, c in ledger.edges(ids) if p in ids and c in ids]
+        return plot_dag(ledger.statuses(sorted(ids)), edges, ax=ax, title=self.name)
 
     def _record(self, pd, row: JobRow, attempts, results: bool) -> dict[str, Any]:
         rec = {"job_id": row.id, "name": row.name, "index": row.index, "status": row.status,

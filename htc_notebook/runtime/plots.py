@@ -36,6 +36,75 @@ def results_table(df: "pandas.DataFrame") -> "pandas.DataFrame":
     return done
 
 
+# the live table's colours (ui/static/jobs_table.js)
+STATE_COLOURS = {"SUCCEEDED": "#4caf50", "FAILED": "#e53935", "CANCELLED": "#9e9e9e", "LOST": "#b71c1c",
+                 "RUNNING": "#1e88e5", "STARTING": "#64b5f6", "RUNNABLE": "#bbdefb", "HELD": "#ffb74d",
+                 "SUBMITTED": "#e0e0e0", "WAITING": "#d1c4e9"}
+
+
+def generations(nodes: list[int], edges: list[tuple[int, int]]) -> dict[int, int]:
+    """Each node's generation: 0 for a node with no parent among `nodes`, else one more than its
+    latest parent's (the longest path to it).
+
+    >>> generations([1, 2, 3, 4], [(1, 2), (1, 3), (2, 4), (3, 4)])
+    {1: 0, 2: 1, 3: 1, 4: 2}
+    """
+    parents: dict[int, list[int]] = {n: [] for n in nodes}
+    for p, c in edges:
+        if p in parents and c in parents:
+            parents[c].append(p)
+    depth: dict[int, int] = {}
+    for start in nodes:
+        stack = [start]
+        while stack:  # iterative: a long chain would overflow recursion
+            n = stack[-1]
+            todo = [p for p in parents[n] if p not in depth]
+            if todo:
+                stack += todo
+                continue
+            stack.pop()
+            depth[n] = 1 + max((depth[p] for p in parents[n]), default=-1)
+    return {n: depth[n] for n in nodes}
+
+
+def plot_dag(statuses: Mapping[int, str], edges: list[tuple[int, int]], ax: Any = None,
+             title: str | None = None) -> Any:
+    """Jobs (id -> state) and their dependencies ((parent, child)) drawn left to right by generation,
+    each job a dot coloured by its state; returns the matplotlib Axes."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    nodes = list(statuses)
+    gen = generations(nodes, edges)
+    place: dict[int, tuple[int, int]] = {}
+    rows: dict[int, int] = {}
+    for n in nodes:
+        g = gen[n]
+        place[n] = (g, rows.get(g, 0))
+        rows[g] = rows.get(g, 0) + 1
+    if ax is None:
+        _, ax = plt.subplots(figsize=(min(12, 2 + 1.2 * (max(gen.values(), default=0) + 1)),
+                                      min(8, 1 + 0.35 * max(rows.values(), default=1))))
+    for p, c in edges:
+        if p in place and c in place:
+            (x0, y0), (x1, y1) = place[p], place[c]
+            ax.plot([x0, x1], [y0, y1], color="#9e9e9e", linewidth=0.6, zorder=1)
+    ax.scatter([place[n][0] for n in nodes], [place[n][1] for n in nodes], zorder=2, s=60,
+               c=[STATE_COLOURS.get(statuses[n], "#000000") for n in nodes], edgecolors="#424242", linewidths=0.5)
+    if len(nodes) <= 40:
+        for n in nodes:
+            ax.annotate(str(n), place[n], textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+    seen = sorted({statuses[n] for n in nodes})
+    ax.legend(handles=[Line2D([], [], marker="o", linestyle="", color=STATE_COLOURS.get(s, "#000"), label=s)
+                       for s in seen], loc="upper left", bbox_to_anchor=(1, 1), fontsize=8)
+    ax.set_xlabel("generation")
+    ax.set_yticks([])
+    ax.invert_yaxis()
+    if title:
+        ax.set_title(title)
+    return ax
+
+
 def plot_results(df: "pandas.DataFrame", x: str, y: str = "result", by: str | None = None, ax: Any = None,
                  title: str | None = None) -> Any:
     """Plot `y` against parameter `x` for the succeeded jobs of `df`; returns the matplotlib Axes."""

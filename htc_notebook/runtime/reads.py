@@ -58,6 +58,14 @@ class Reads:
     def job_ids(self, task_id: int, status: str | Iterable[str] | None = None) -> list[int]:
         return self._ledger.job_ids(task_id, status)
 
+    def parents(self, job_id: int) -> list[int]:
+        """The jobs `job_id` depends on (it waited for their results)."""
+        return self._ledger.parents(job_id)
+
+    def children(self, job_id: int) -> list[int]:
+        """The jobs that depend on `job_id`."""
+        return self._ledger.children(job_id)
+
     def attempts(self, job_id: int) -> list[AttemptRow]:
         return self._ledger.attempts(job_id)
 

@@ -279,7 +279,9 @@ class HTCApi:
                     "execTimeoutSeconds": (a.request or {}).get("timeout"),
                     "startedAt": _iso(a.started), "endedAt": _iso(a.ended)}
                    for a in self.session.reads.attempts(row.id)]
-        return {**self.job_json(task, row), "attemptHistory": history}
+        return {**self.job_json(task, row), "attemptHistory": history,
+                "dependsOn": [str(j) for j in self.session.reads.parents(row.id)],
+                "dependents": [str(j) for j in self.session.reads.children(row.id)]}
 
     def submit_batches(self, user: User, project_id: str, task_id: str, body: Any) -> list[dict[str, Any]]:
         """Validate every batch first (nothing is submitted if one is bad), then submit them all."""

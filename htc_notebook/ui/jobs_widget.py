@@ -98,6 +98,11 @@ class JobsTable(anywidget.AnyWidget):
             lines.append(memory_line(row.max_rss_mib, row.spec.memory, row.memory_held))
         if row.sandbox == "none":
             lines.append("ran unconfined (sandbox: none): no task isolation, no scratch limit")
+        parents, children = self.parts.reads.parents(job_id), self.parts.reads.children(job_id)
+        if parents:
+            lines.append("depends on jobs " + ", ".join(map(str, parents)))
+        if children:
+            lines.append("jobs depending on it: " + ", ".join(map(str, children)))
         for stream in ("err", "out"):
             text = handle.logs(stream, tail=LOG_TAIL)
             if text.strip():
