@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import _write  # the sibling script's results writer
 
 
-def step(*parents: int) -> int:
+def step(*parents: int, x: int = 0) -> int:
+    """One more than the deepest parent (a sweep member's `x` is ignored)."""
     return 1 + max(parents, default=0)
 
 
@@ -54,7 +55,7 @@ def main() -> int:
     n = args.layers * args.width
     with tempfile.TemporaryDirectory() as root, Session(root, site=SiteConfig.builtin()) as session:
         project = session.project("bench")
-        project.task("warm").sweep(step, Sweep.zip(parents=[(i,) for i in range(200)])).results()
+        project.task("warm").sweep(step, Sweep.zip(x=list(range(200)))).results()
 
         def dag(i: int) -> float:
             task = project.task(f"dag-{i}")
@@ -73,7 +74,7 @@ def main() -> int:
         def flat(i: int) -> float:
             task = project.task(f"flat-{i}")
             t0 = time.perf_counter()
-            out = task.sweep(step, Sweep.zip(parents=[(j,) for j in range(n)])).results()
+            out = task.sweep(step, Sweep.zip(x=list(range(n)))).results()
             dt = time.perf_counter() - t0
             assert len(out) == n
             return dt

@@ -2,7 +2,7 @@
 tuples and dicts) makes the new job depend on it. The call is stored with a `ParentResult` marker
 in the handle's place; the job waits WAITING in the ledger (ledger/dependencies.py) until every
 parent SUCCEEDED, and when it is released its markers are replaced by the parents' results
-(`with_results`, in the dispatcher), so the function gets values, never handles.
+(`ParentValues.fill`, in the dispatcher), so the function gets values, never handles.
 
 >>> a = task.submit(simulate, 300.0)                      # doctest: +SKIP
 >>> b = task.submit(analyse, [a, task.submit(simulate, 310.0)])  # doctest: +SKIP
@@ -52,16 +52,22 @@ def parents_in(args: tuple, kwargs: Mapping[str, Any]) -> list[int]:
     return list(dict.fromkeys(found))
 
 
-def with_results(args: tuple, kwargs: Mapping[str, Any], ledger: Ledger) -> tuple[tuple, dict[str, Any]]:
-    """The arguments with each parent's marker replaced by its result (read once per parent)."""
-    results: dict[int, Any] = {}
+class ParentValues:
+    """Parents' results for the calls of one dispatch, each read from the ledger once (a parent
+    often feeds several children released together)."""
 
-    def value(marker: ParentResult) -> Any:
-        if marker.job_id not in results:
-            results[marker.job_id] = load_result(ledger, ledger.job(marker.job_id))
-        return results[marker.job_id]
+    def __init__(self, ledger: Ledger):
+        self._ledger = ledger
+        self._values: dict[int, Any] = {}
 
-    def pick(v: Any) -> bool:
-        return isinstance(v, ParentResult)
+    def value(self, marker: ParentResult) -> Any:
+        if marker.job_id not in self._values:
+            self._values[marker.job_id] = load_result(self._ledger, self._ledger.job(marker.job_id))
+        return self._values[marker.job_id]
 
-    return replace_in(tuple(args), pick, value), replace_in(dict(kwargs), pick, value)
+    def fill(self, args: tuple, kwargs: Mapping[str, Any]) -> tuple[tuple, dict[str, Any]]:
+        """The arguments with each parent's marker replaced by its result."""
+        def pick(v: Any) -> bool:
+            return isinstance(v, ParentResult)
+
+        return replace_in(tuple(args), pick, self.value), replace_in(dict(kwargs), pick, self.value)

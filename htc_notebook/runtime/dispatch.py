@@ -25,7 +25,7 @@ from htc_notebook.errors import HTCError
 from htc_notebook.ledger import AttemptStart, JobRow, Ledger, NewJob, TaskRow
 from htc_notebook.runtime import images, plan
 from htc_notebook.runtime.changes import Changes
-from htc_notebook.runtime.dependencies import parents_in, with_results
+from htc_notebook.runtime.dependencies import ParentValues, parents_in
 from htc_notebook.runtime.live_backends import LiveBackends
 from htc_notebook.runtime.owner import Owner, kill_orphan_group
 from htc_notebook.runtime.profiles import Profiles
@@ -106,6 +106,7 @@ class Dispatcher:
         limit = self.ledger.vcpu_limit(task.project)
         room = (task.project, limit) if limit is not None else None
         later: dict[str, list[Launch]] = {}
+        parents = ParentValues(self.ledger)  # the results of jobs these depend on, read once each
         with ExitStack() as one:  # to each dask runner the slices are one submission (probed once)
             for profile in {r.profile for r in rows}:
                 for runner in self.backends.get(self.profiles.get(profile)).dask_runners().values():
@@ -113,11 +114,13 @@ class Dispatcher:
             for start in range(0, len(rows), DISPATCH_SLICE):
                 end = start + DISPATCH_SLICE
                 # one expression: the previous slice's Launches are gone before the next is built
-                self._hand_over(self._attempt(task, where, prefix, rows[start:end], later, room), later, rows, end)
+                self._hand_over(self._attempt(task, where, prefix, rows[start:end], later, room, parents), later,
+                                rows, end)
             self._hand_over(later, {}, rows, len(rows))
 
     def _attempt(self, task: TaskRow, where: plan.Where, prefix: str, rows: Sequence[JobRow | Pending],
-                 later: dict[str, list[Launch]], room: tuple[str, int] | None) -> dict[str, list[Launch]]:
+                 later: dict[str, list[Launch]], room: tuple[str, int] | None,
+                 parents: ParentValues) -> dict[str, list[Launch]]:
         """Start an attempt for each of these jobs that fits in `room` (its project's vCPU limit;
         the others wait HELD, released by the reconcile loop) and make the Launches of those still
         live: plain Python calls are returned by profile, the others added to `later`. A job whose
@@ -137,7 +140,7 @@ class Dispatcher:
             if attempt:  # 0: became terminal meanwhile (e.g. cancelled)
                 self.tasks.here[row.id] = task.id
                 try:
-                    launch = self._launch(task, where, row, attempt, o, e)
+                    launch = self._launch(task, where, row, attempt, o, e, parents)
                 except Exception as exc:
                     log.warning("job %s could not be prepared: %s", row.id, exc, exc_info=True)
                     unmade.append(Outcome(row.id, attempt, "FAILED", reason=f"not submitted: could not be prepared: "
@@ -180,12 +183,12 @@ class Dispatcher:
         return plan.where(self.storage, task.project, task.name)
 
     def _launch(self, task: TaskRow, where: plan.Where, row: JobRow | Pending, attempt: int,
-                log_out: str, log_err: str) -> Launch:
+                log_out: str, log_err: str, parents: ParentValues) -> Launch:
         """What a backend needs to run one attempt of a job."""
         return plan.launch(where, row.id, row, attempt, log_out, log_err,
-                           call=self._call_for(task, row) if row.kind == "python" else None)
+                           call=self._call_for(task, row, parents) if row.kind == "python" else None)
 
-    def _call_for(self, task: TaskRow, row: JobRow | Pending) -> Call:
+    def _call_for(self, task: TaskRow, row: JobRow | Pending, parents: ParentValues) -> Call:
         digest = row.spec.payload
         assert digest is not None  # every Python job has its payload
         obj = self._calls.get(digest)
@@ -197,7 +200,7 @@ class Dispatcher:
             if takes is None:
                 takes = self._takes_results[digest] = bool(parents_in(obj.args, obj.kwargs))
             if takes:  # released once its parents SUCCEEDED: their results in place of the markers
-                args, kwargs = with_results(obj.args, obj.kwargs, self.ledger)
+                args, kwargs = parents.fill(obj.args, obj.kwargs)
                 return Call(obj.fn, args, kwargs)
             return obj
         return Call(obj, (), row.params)  # the job's own dict (a copy of its member's), not shared
@@ -235,10 +238,11 @@ class Dispatcher:
             task = self.tasks.row(task_id)
             where = self._where(task)
             by_profile: dict[str, list[Launch]] = {}
+            parents = ParentValues(self.ledger)  # held work is command jobs: no call takes results
             for r in group:
                 self.tasks.here[r.id] = task_id
                 by_profile.setdefault(r.profile, []).append(
-                    self._launch(task, where, r, r.attempts, r.log_out or "", r.log_err or ""))
+                    self._launch(task, where, r, r.attempts, r.log_out or "", r.log_err or "", parents))
             tokens = {r.id: token for r in group
                       if (native := NativeId.parse(r.native_id)) is not None and (token := native.token) is not None}
             for profile, launches in by_profile.items():

@@ -89,6 +89,7 @@ class Reconciler:
         self.retried = 0  # retries this process started (for tests and figures)
         self._failed: set[int] = set()  # jobs that failed since the last tick (their batches' max_failures)
         self._waiting = True  # jobs of the data root wait for others: a commit of an ended job wakes the loop
+        self._unsettled = True  # a job may have ended without succeeding: look for waiting jobs to fail
         self.released = 0  # waiting jobs this process released (for tests and figures)
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -169,6 +170,7 @@ class Reconciler:
             now = time.time()
             if owners or (owners is None and now - self._owners_looked >= self._owners_every):
                 self._owners_looked = now
+                self._unsettled = True  # other processes' failures too, now and then
                 self._run("settle the jobs of exited owners", self.reconcile_owners)
                 self._run("stop jobs cancelled elsewhere", self.stop_cancelled)
             self._run("start due retries", lambda: self.start_retries(now))
@@ -188,6 +190,8 @@ class Reconciler:
         failed = [o.job_id for o in outcomes if o.status in ("FAILED", "LOST")]
         if failed:
             self.failed(failed)
+        if not outcomes or any(o.status != "SUCCEEDED" for o in outcomes):  # a cancel commits no outcome
+            self._unsettled = True
         if self.dispatcher.holding or (self._waiting and outcomes):
             self.wake()
 
@@ -381,7 +385,10 @@ class Reconciler:
         self._waiting = self.ledger.has_waiting()  # an index look-up: the usual case ends here
         if not self._waiting:
             return 0
-        failed = self.ledger.fail_dependents()
+        failed: list[tuple[int, int]] = []
+        if self._unsettled:  # only after a failure or cancel was committed, and every few seconds
+            self._unsettled = False
+            failed = self.ledger.fail_dependents()
         if failed:
             log.info("%d waiting jobs failed: a job they depend on did not succeed", len(failed))
             self.changes.committed([Outcome(job_id, attempt, "FAILED", cause="dependency")
