@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from htc_notebook import JobFailed, Session, SiteConfig, as_completed
+from htc_notebook import JobFailed, Session, SiteConfig, Sweep, as_completed
 
 
 def when_told(name: str, value: int = 0, patience: float = 60.0) -> int:
@@ -119,3 +119,22 @@ def test_await_a_handle_and_a_group_without_blocking_the_loop(session):
     value, ticks, values = asyncio.run(main())
     assert value == 42 and ticks >= 3
     assert values == [42]
+
+
+def test_as_completed_over_many_handles_reads_the_ledger_twice_not_twice_per_handle(session, monkeypatch):
+    task = session.project("futures").task("many")
+    group = task.sweep(square, Sweep.zip(x=list(range(60))))
+    group.wait(timeout=120)
+    handles = list(group)
+    ledger = task.parts.ledger
+    reads = {"statuses": 0, "max_seq": 0}
+    for name in reads:
+        real = getattr(ledger, name)
+
+        def counted(*args, _real=real, _name=name, **kwargs):
+            reads[_name] += 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(ledger, name, counted)
+    assert sorted(h.id for h in as_completed(handles, timeout=60)) == sorted(h.id for h in handles)
+    assert reads == {"statuses": 1, "max_seq": 1}  # before: 60 of each

@@ -34,8 +34,11 @@ def as_completed(handles: Iterable[JobHandle], timeout: float | None = None) -> 
     deadline = None if timeout is None else time.monotonic() + timeout
     ended: queue.Queue[JobHandle] = queue.Queue()
     callbacks = [(h, functools.partial(_put, ended, h)) for h in handles]
+    by_parts: dict[int, list] = {}
     for h, callback in callbacks:
-        h.parts.completions.watch(h.id, h.task_id, callback)
+        by_parts.setdefault(id(h.parts), []).append((h, callback))
+    for group in by_parts.values():  # one watcher per session: two reads each, however many handles
+        group[0][0].parts.completions.watch_many([(h.id, h.task_id, callback) for h, callback in group])
     try:
         for left in range(len(handles), 0, -1):
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
