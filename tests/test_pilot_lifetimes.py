@@ -88,3 +88,22 @@ def test_the_expected_wait_is_the_p95_of_the_last_20_waits():
     assert measure(*[30.0] * 18) == 30.0  # one long wait in 20 is an outlier
     assert measure(3000.0) == 3000.0  # two are not
     assert measure(*[40.0] * 19) == 40.0  # the first long wait fell out: one in 20 again
+
+
+def test_a_runner_tells_its_hook_of_its_client_however_it_was_started():
+    """The pilots' drain subscription (`replace_draining_pilots`) was made only by a first
+    submission: pilots started by `Session.scale` or `start` never had their draining noticed."""
+    from distributed import LocalCluster
+
+    from htc_notebook.backends.dask_jobs import DaskJobs
+
+    seen = []
+    runner = DaskJobs(lambda: LocalCluster(n_workers=1, processes=False, dashboard_address=None), reporter=None,
+                      on_client=lambda client, cluster: seen.append((client, cluster)))
+    try:
+        cluster = runner.cluster  # what Session.scale reaches first
+        assert seen == [(runner.client, cluster)]
+        runner.client  # noqa: B018 - made once: told once
+        assert len(seen) == 1
+    finally:
+        runner.close()

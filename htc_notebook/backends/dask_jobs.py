@@ -157,10 +157,14 @@ class DaskJobs:
     """Runs Python launches on the cluster `make_cluster()` returns, started on first use."""
 
     def __init__(self, make_cluster: Callable[[], Any], reporter: Reporter, *, pool: PoolSpec | None = None,
-                 window: int | None = None, call_times: Callable[[int, str], list[float]] | None = None):
+                 window: int | None = None, call_times: Callable[[int, str], list[float]] | None = None,
+                 on_client: Callable[[Any, Any], None] | None = None):
         """`call_times(job_id, payload)`: how long that function's calls took before (the ledger's
-        `call_durations`), so a new session's pilots know what to expect before they time any."""
+        `call_durations`), so a new session's pilots know what to expect before they time any.
+        `on_client(client, cluster)` is called once the client is made, however it was started
+        (a submission, `scale`, `start`)."""
         self._make_cluster = make_cluster
+        self._on_client = on_client
         self._call_times = call_times
         self._reporter = reporter
         self._pool = pool  # packed allocations: where Python MPI jobs run (an MPI rank pool)
@@ -204,6 +208,8 @@ class DaskJobs:
                 self._client = Client(self._cluster)
                 self._client.subscribe_topic("all", self._on_event)
                 self._client.register_plugin(StopCancelledCalls(), name=NAME)
+                if self._on_client is not None:
+                    self._on_client(self._client, self._cluster)
             return self._client
 
     @property

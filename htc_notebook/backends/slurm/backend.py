@@ -44,9 +44,11 @@ class SlurmBackend:
         self._credentials = credentials
         self._made: list[tuple[object, os.PathLike[str]]] = []  # (cluster, its credentials directory), removed at close
         self.pilots = DaskJobs(lambda: self._cluster(python=pilot_python and pilot_python()),
-                               reporter, window=profile.dask_window, call_times=call_times)
+                               reporter, window=profile.dask_window, call_times=call_times,
+                               on_client=replace_draining_pilots)  # also when started by scale()
         self.pool = pool_spec(profile, log_directory)
-        self.packs = DaskJobs(lambda: self._cluster(packed=True), reporter, pool=self.pool, window=profile.dask_window)
+        self.packs = DaskJobs(lambda: self._cluster(packed=True), reporter, pool=self.pool, window=profile.dask_window,
+                              on_client=replace_draining_pilots)
 
     def _cluster(self, *, packed: bool = False, python: str | None = None):
         """A pilot cluster (`packed`: an MPI allocation) with its credentials in a new private directory,
@@ -83,7 +85,6 @@ class SlurmBackend:
             # of the `sbatch --test-only` probe that ran while the scheduler started: a rejected
             # script raises here, with SLURM's message, before any job is handed to dask.
             runner.cluster.scale(jobs=min(self.profile.max_pilots, jobs))
-            replace_draining_pilots(runner.client, runner.cluster)
             try:
                 check_probe(runner.cluster)
             except BackendError:
