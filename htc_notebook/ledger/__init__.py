@@ -3,7 +3,7 @@
 Split by concern. `LedgerCore` (connection.py) owns the file, its connections and transactions
 (`_write`, `_snapshot`, `_read`); each concern is a subclass of it that uses only those and its own
 names: projects.py, submission.py, job_states.py, attempts.py, retries.py, leases.py,
-project_rules.py, reads.py, changes.py. `Ledger` (db.py) is their composition and defines nothing
+project_rules.py, dependencies.py, reads.py, changes.py. `Ledger` (db.py) is their composition and defines nothing
 itself, so its public API is theirs, one method in one place. Helpers the concerns share are public
 functions of modules below them: statements.py (lock waits, batched statements, seq, events),
 encoding.py (values checked and encoded, job rows decoded), migrations.py (schema created or
@@ -12,9 +12,9 @@ these modules run one way (no circle) and never name another module's private `_
 """
 
 from .db import Ledger
-from .rows import (AttemptRow, AttemptStart, BatchRow, EventRow, JobRow, LimitRow, RetentionRow, NewBatch, NewJob,
-                   ProjectRow, ResultRow, TaskRow)
+from .rows import (AttemptRow, AttemptStart, BatchRow, Envelope, EventRow, JobRow, LimitRow, NewBatch, NewJob,
+                   ProjectRow, ResultRow, RetentionRow, TaskRow)
 from .schema import SCHEMA_VERSION
 
-__all__ = ["AttemptRow", "AttemptStart", "BatchRow", "EventRow", "JobRow", "LimitRow", "RetentionRow", "Ledger",
-           "NewBatch", "NewJob", "ProjectRow", "ResultRow", "SCHEMA_VERSION", "TaskRow"]
+__all__ = ["AttemptRow", "AttemptStart", "BatchRow", "Envelope", "EventRow", "JobRow", "LimitRow", "RetentionRow",
+           "Ledger", "NewBatch", "NewJob", "ProjectRow", "ResultRow", "SCHEMA_VERSION", "TaskRow"]

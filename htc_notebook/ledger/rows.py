@@ -3,9 +3,30 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from htc_notebook.spec import JobSpec
+
+
+class Envelope(Protocol):
+    """What every form of a job carries, read where it is needed and never copied field by field:
+    a job being added (`NewJob`), just added (`runtime.dispatch.Pending`: a NewJob and its id) or
+    read back (`JobRow`); `runtime.plan.launch` makes a backend's `Launch` from any of them."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def kind(self) -> str: ...  # 'python' | 'command'
+    @property
+    def profile(self) -> str: ...
+    @property
+    def priority(self) -> int: ...
+    @property
+    def index(self) -> int: ...
+    @property
+    def params(self) -> dict[str, Any]: ...
+    @property
+    def spec(self) -> JobSpec: ...
 
 
 @dataclass(frozen=True)

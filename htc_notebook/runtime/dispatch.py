@@ -41,7 +41,7 @@ DISPATCH_SLICE = 5000  # jobs whose attempts and Launches are built and handed o
 
 
 class Pending:
-    """A job just added to the ledger, described from what was added (no read-back)."""
+    """A job just added to the ledger, described from what was added (no read-back): a ledger `Envelope` with its id."""
 
     __slots__ = ("id", "name", "kind", "params", "spec", "index", "profile", "priority")
 

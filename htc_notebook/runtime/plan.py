@@ -17,7 +17,7 @@ from typing import Any
 
 from htc_notebook.backends.base import Launch
 from htc_notebook.errors import ResourceLimitError, SpecError
-from htc_notebook.ledger import NewJob
+from htc_notebook.ledger import Envelope, NewJob
 from htc_notebook.runtime.confinement import as_run
 from htc_notebook.spec import (ImageRef, JobBatch, JobDefinition, JobSpec, PartitionProfile, Resources, RetryPolicy,
                                SiteConfig)
@@ -133,9 +133,10 @@ def where(storage: Storage, project: str, task: str) -> Where:
                                   "HTC_PROJECT": project, "HTC_TASK": task})
 
 
-def launch(at: Where, job_id: int, job: Any, attempt: int, log_out: str, log_err: str, call: Any = None) -> Launch:
-    """What a backend needs to run one attempt of job `job_id` (`job`: a JobRow, or what was just
-    recorded: name, kind, index, priority, spec)."""
+def launch(at: Where, job_id: int, job: Envelope, attempt: int, log_out: str, log_err: str,
+           call: Any = None) -> Launch:
+    """What a backend needs to run one attempt of job `job_id` (`job`: a JobRow, a NewJob, or one
+    just recorded, `dispatch.Pending`)."""
     env = {**at.env, "HTC_JOB_ID": str(job_id), "HTC_JOB_INDEX": str(job.index),
            "HTC_CHECKPOINT": str(checkpoint_path(at.task_dir, job_id)), **job.spec.envs}
     return Launch(job_id=job_id, attempt=attempt, kind=job.kind, cwd=at.task_dir, env=env, name=job.name,
