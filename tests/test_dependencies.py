@@ -205,3 +205,18 @@ def test_a_dag_whose_builder_was_sigkilled_is_finished_by_the_next_session_with_
         assert [x.status for x in s.job(slow).attempts] == ["LOST", "SUCCEEDED"]  # its result committed once
         assert s.job(slow).attempts[0].cause == "owner"
         assert s.reconciler.released == 1  # b, released here: not by the dead builder
+
+
+def test_a_sweep_over_jobs_calls_each_member_with_its_jobs_result(session):
+    from htc_notebook import SpecError, Sweep
+
+    task = session.project("deps").task("sweep-over-jobs")
+    starts = [task.submit(add, i, 0) for i in range(3)]
+    group = task.sweep(add, Sweep.zip(a=starts, b=[10, 20, 30]))
+    assert group.results(timeout=120) == [10, 21, 32]
+    assert [task.parts.ledger.parents(j) for j in group.ids] == [[h.id] for h in starts]
+    assert group.to_dataframe()["a"].tolist() == [{"$job": h.id} for h in starts]  # the reference, as stored
+    again = task.sweep(add, Sweep.zip(a=starts, b=[10, 20, 30]))
+    assert again.skipped == 3  # the same jobs: the same members
+    with pytest.raises(SpecError, match="after="):
+        task.sweep("echo {a}", Sweep.zip(a=starts))

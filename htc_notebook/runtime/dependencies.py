@@ -15,6 +15,12 @@ from typing import Any, Callable, Mapping
 
 from htc_notebook.ledger import Ledger
 from htc_notebook.runtime.results import load_result
+from htc_notebook.spec.sweep import job_ref
+
+
+def refs_in(params: Mapping[str, Any]) -> tuple[int, ...]:
+    """The jobs a sweep member's parameters refer to (their results are its arguments)."""
+    return tuple(job for v in params.values() if (job := job_ref(v)) is not None)
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,11 @@ class ParentValues:
         if marker.job_id not in self._values:
             self._values[marker.job_id] = load_result(self._ledger, self._ledger.job(marker.job_id))
         return self._values[marker.job_id]
+
+    def fill_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """A sweep member's parameters with each job reference (`{"$job": id}`) replaced by that job's result."""
+        return {name: self.value(ParentResult(job)) if (job := job_ref(v)) is not None else v
+                for name, v in params.items()}
 
     def fill(self, args: tuple, kwargs: Mapping[str, Any]) -> tuple[tuple, dict[str, Any]]:
         """The arguments with each parent's marker replaced by its result."""

@@ -25,7 +25,7 @@ from htc_notebook.errors import HTCError
 from htc_notebook.ledger import AttemptStart, JobRow, Ledger, NewJob, TaskRow
 from htc_notebook.runtime import images, plan
 from htc_notebook.runtime.changes import Changes
-from htc_notebook.runtime.dependencies import ParentValues, parents_in
+from htc_notebook.runtime.dependencies import ParentValues, parents_in, refs_in
 from htc_notebook.runtime.live_backends import LiveBackends
 from htc_notebook.runtime.owner import Owner, kill_orphan_group
 from htc_notebook.runtime.profiles import Profiles
@@ -203,6 +203,8 @@ class Dispatcher:
                 args, kwargs = parents.fill(obj.args, obj.kwargs)
                 return Call(obj.fn, args, kwargs)
             return obj
+        if refs_in(row.params):  # a sweep over jobs: their results in place of the references
+            return Call(obj, (), parents.fill_params(row.params))
         return Call(obj, (), row.params)  # the job's own dict (a copy of its member's), not shared
 
     # -- work other processes started ---------------------------------------------------------

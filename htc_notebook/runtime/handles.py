@@ -135,6 +135,11 @@ class JobHandle:
     def retry(self) -> bool:
         return bool(self.parts.dispatcher.retry([self.id]))
 
+    @property
+    def __htc_job_id__(self) -> int:
+        """What a Sweep keeps of a handle it ranges over (spec/sweep.py: a job reference)."""
+        return self.id
+
     def parents(self) -> list["JobHandle"]:
         """The jobs this one depends on (whose results it took, or named in `after=`)."""
         return [JobHandle(self.parts, j) for j in self.parts.ledger.parents(self.id)]

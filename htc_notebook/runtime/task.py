@@ -14,7 +14,7 @@ from htc_notebook.errors import KeyTaken, SpecError
 from htc_notebook.ledger import LimitRow, NewBatch, NewJob, TaskRow
 from htc_notebook.states import ACTIVE_NAMES, REQUEUEABLE_NAMES
 from htc_notebook.runtime.commands import plain_argv, render_command, template_argv
-from htc_notebook.runtime.dependencies import ParentResult, replace_in
+from htc_notebook.runtime.dependencies import ParentResult, refs_in, replace_in
 from htc_notebook.runtime.dispatch import Pending
 from htc_notebook.runtime.futures import TaskExecutor
 from htc_notebook.runtime.handles import JobGroup, JobHandle
@@ -276,6 +276,11 @@ class Task:
             identity, label, kind = "cmd:" + "\0".join(argv), name or _safe_label(argv[0]), "command"
             for member in sweep.members[:1]:
                 render_command(argv, member.params)  # a missing field fails before anything is written
+            for member in sweep.members:
+                if refs := refs_in(member.params):
+                    raise SpecError("sweep", "sweep", f"a member taking job {refs[0]}'s result",
+                                    "values for a command's fields: a sweep over jobs is for Python functions; "
+                                    "a command sweep waits for jobs with after=[handles]")
 
             def render(params: Mapping[str, Any]) -> JobSpec:
                 return common.model_copy(update={"commands": render_command(argv, params)})
@@ -286,7 +291,8 @@ class Task:
             if existing and self._settle(existing.values()):
                 existing = self.parts.ledger.jobs_by_key(self.id, keys)
             new = [NewJob(name=label, kind=kind, params=dict(m.params), spec=render(m.params), key=k,
-                          index=i, profile=prof.name, priority=priority, after=waits)
+                          index=i, profile=prof.name, priority=priority,
+                          after=tuple(dict.fromkeys(waits + refs_in(m.params))) if kind == "python" else waits)
                    for i, (m, k) in enumerate(zip(sweep.members, keys, strict=True)) if k not in existing]
             order = [existing[k].id if k in existing else None for k in keys] if existing else None  # None: new
             del keys  # the new jobs hold theirs, and are let go once recorded (see _add)

@@ -8,6 +8,10 @@ canonical JSON, so it is the same in every process, whatever PYTHONHASHSEED or d
 (4, {'x': 1, 'mode': 'b'})
 >>> Sweep.member_key({"x": 1, "mode": "b"}) == Sweep.member_key({"mode": "b", "x": 1})
 True
+
+A sweep of a Python function may range over jobs (anything with an integer `__htc_job_id__`, such
+as a JobHandle): such a value is the job reference `{"$job": id}`, and each member waits for its
+job and is called with that job's result in its place (`Task.sweep`).
 """
 
 from __future__ import annotations
@@ -31,7 +35,22 @@ LIMIT = 100_000
 Scalar = Union[int, float, str, bool, None]
 
 
-def _scalar(name: str, value: Any) -> Scalar:
+JOB_REF = "$job"  # a parameter that is a job's result: {"$job": id}
+
+
+def job_ref(value: Any) -> int | None:
+    """The job id of a job reference (`{"$job": id}`), else None."""
+    if type(value) is dict and len(value) == 1 and type(value.get(JOB_REF)) is int:
+        return value[JOB_REF]
+    return None
+
+
+def _scalar(name: str, value: Any) -> Scalar | dict[str, int]:
+    job = getattr(value, "__htc_job_id__", None)
+    if type(job) is int:
+        return {JOB_REF: job}
+    if job_ref(value) is not None:
+        return dict(value)
     if type(value) not in (int, float, str, bool, type(None)) and hasattr(value, "item"):
         value = value.item()  # numpy / pandas scalars (np.float64 subclasses float: convert it too)
     if value is None or isinstance(value, (int, str, bool)):
@@ -44,11 +63,11 @@ def _scalar(name: str, value: Any) -> Scalar:
                     f"a JSON scalar: int, float, str, bool or None (got {type(value).__name__})")
 
 
-def _clean(params: Any) -> dict[str, Scalar]:
+def _clean(params: Any) -> dict[str, Any]:
     if not isinstance(params, Mapping):
         raise SpecError("Sweep", "member", params, f"a mapping of parameter names to values "
                         f"(got {type(params).__name__})")
-    out: dict[str, Scalar] = {}
+    out: dict[str, Any] = {}
     for name, value in params.items():
         if not isinstance(name, str) or not name.isidentifier():
             raise SpecError("Sweep", "parameter name", name, "a python identifier (letters, digits, _)")
