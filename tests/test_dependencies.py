@@ -71,7 +71,12 @@ def test_a_chain_and_a_diamond_pass_results_in_place_of_handles(session):
     (dots,) = ax.collections
     assert len(dots.get_offsets()) == 5  # a, b, c, d, group
     assert sorted(x for x, _ in dots.get_offsets()) == [0, 1, 1, 2, 2]  # generations: a; b, c; d, group
+    from htc_notebook.server.api import HTCApi
+    from htc_notebook.server.auth import Auth
     from htc_notebook.ui.jobs_widget import JobsTable
+
+    view = HTCApi(session, Auth(session.root), owner="me").get_job("me", "deps", str(task.id), str(b.id))
+    assert (view["dependsOn"], view["dependents"]) == ([str(a.id)], [str(d.id), str(group.id)])
 
     detail = JobsTable(task.parts, task.id, interval=3600).detail(d.id)
     assert f"depends on jobs {', '.join(map(str, sorted([a.id, b.id, c.id])))}" in detail

@@ -245,12 +245,20 @@ class HTCSidebar extends Widget {
         await api(`${base}/retry`, { method: 'POST', body: JSON.stringify({ jobIds: [job] }) });
         void this.refresh();
       };
+      const view = await api(`${base}/${job}`);
+      const links = el('div', 'htc-links');
+      if (view.dependsOn?.length) {
+        links.append(el('div', '', `depends on jobs ${view.dependsOn.join(', ')}`));
+      }
+      if (view.dependents?.length) {
+        links.append(el('div', '', `jobs depending on it: ${view.dependents.join(', ')}`));
+      }
       const out = await api(`${base}/${job}/logs?pageSize=200`);
       const err = await api(`${base}/${job}/logs?pageSize=200&stream=err`);
       // the last 200 lines, newest first on the wire: shown in reading order
       const lines = (page: any) => page.items.slice().reverse().map((l: any) => l.message).join('\n');
       const log = el('div', 'htc-log', lines(out) + (err.items.length ? '\n--- stderr ---\n' + lines(err) : ''));
-      detail.append(el('h3', '', `Job ${job}`), cancel, retry, log);
+      detail.append(el('h3', '', `Job ${job}`), links, cancel, retry, log);
     }
     this.detail.replaceWith(detail);
     this.detail = detail;
