@@ -182,3 +182,28 @@ def test_a_pilot_scancelled_with_a_call_running_leaves_no_cgroup(site):  # noqa:
                                                  subprocess.run(["squeue"], capture_output=True, text=True).stdout)
             time.sleep(0.5)
         stuck.cancel()
+
+
+def test_a_call_whose_pilot_ends_runs_again_on_its_replacement(site):  # noqa: F811 - the fixture imported above
+    """The only pilot of a fixed scale ends under a call (scancelled here; in CI its `dask worker` once
+    exited when a worker was SIGKILLed while its nanny was still starting): the call's attempt ends
+    lost, and its requeued attempt runs on a pilot asked for in its place (before, the ended pilot
+    stayed in the cluster's plan: no other was asked for, and the call stayed RUNNABLE for ever)."""
+    import subprocess
+    import time
+
+    root = REPO / "test-output" / f"pilot-ends-{uuid.uuid4().hex[:8]}"
+    with Session(root, site=site) as s:
+        s.scale("cpu", jobs=1)
+        task = s.project("retries").task("pilot-ends")
+        stuck = task.submit(hog_once, 10, profile="cpu")
+        deadline = time.monotonic() + 180
+        while not task.storage.path("first").exists():
+            assert time.monotonic() < deadline, stuck.row
+            time.sleep(0.2)
+        client = s.backend(s.profile("cpu")).pilots.client
+        (pilot,) = set(client.run(lambda: os.environ["SLURM_JOB_ID"]).values())
+        subprocess.run(["scancel", pilot], check=True)
+        assert stuck.result(timeout=120) == 10
+        assert [(a.status, a.cause) for a in stuck.attempts] == [("FAILED", "lost"), ("SUCCEEDED", None)]
+        assert pilot not in set(client.run(lambda: os.environ["SLURM_JOB_ID"]).values())
