@@ -1,10 +1,11 @@
 """When the client asks for a pilot's replacement (`PilotLifetimes`, a clock of the test's own):
-a queue wait, as measured for the cluster's pilots, ahead of its deadline. The SLURM side is in
-test_pilot_faults.py."""
+a queue wait, as measured for the cluster's pilots, ahead of its deadline; and once a pilot has
+had no worker for LOST_AFTER s (it ended early). The SLURM side is in test_pilot_faults.py and
+test_retries_slurm.py."""
 
 from __future__ import annotations
 
-from htc_notebook.backends.slurm.pilot_lifetimes import DEFAULT_WAIT, FLOOR_WAIT, MARGIN, PilotLifetimes
+from htc_notebook.backends.slurm.pilot_lifetimes import DEFAULT_WAIT, FLOOR_WAIT, LOST_AFTER, MARGIN, PilotLifetimes
 
 LIFETIME = 600.0
 
@@ -107,3 +108,45 @@ def test_a_runner_tells_its_hook_of_its_client_however_it_was_started():
         assert len(seen) == 1
     finally:
         runner.close()
+
+
+def test_a_pilot_whose_workers_are_gone_for_a_while_is_lost_once_and_a_nanny_restart_is_not_that():
+    clock = Clock()
+    lifetimes = PilotLifetimes(LIFETIME, clock=clock)
+    lifetimes.due({"p-0", "p-1"}, set())
+    assert lifetimes.lost() == []  # queued, no worker yet: not lost (however long it waits)
+    clock.now += 5 * LOST_AFTER
+    lifetimes.due({"p-0", "p-1"}, {"p-0", "p-1"})
+    clock.now += 1.0
+    lifetimes.due({"p-0", "p-1"}, {"p-1"})  # p-0's workers left (its only worker restarting, say)
+    clock.now += LOST_AFTER - 2
+    lifetimes.due({"p-0", "p-1"}, {"p-0", "p-1"})  # and came back in time
+    assert lifetimes.lost() == []
+    clock.now += 1.0
+    lifetimes.due({"p-0", "p-1"}, {"p-1"})  # gone again (scancelled)
+    gone = clock.now
+    clock.now = gone + LOST_AFTER - 0.5
+    lifetimes.due({"p-0", "p-1"}, {"p-1"})
+    assert lifetimes.lost() == []
+    clock.now = gone + LOST_AFTER
+    lifetimes.due({"p-0", "p-1"}, {"p-1"})
+    assert lifetimes.lost() == ["p-0"]
+    clock.now += 1.0
+    lifetimes.due({"p-0", "p-1"}, {"p-1"})
+    assert lifetimes.lost() == []  # once only, even while still in the plan
+    assert lifetimes.due({"p-1"}, {"p-1"}) == {}  # and due() does not return it either
+
+
+def test_a_pilot_replaced_for_its_deadline_is_not_lost_when_it_leaves():
+    clock = Clock()
+    lifetimes = PilotLifetimes(LIFETIME, clock=clock)
+    lifetimes.due({"p-0"}, set())
+    clock.now += 10.0
+    lifetimes.due({"p-0"}, {"p-0"})
+    clock.now += LIFETIME
+    assert lifetimes.due({"p-0"}, {"p-0"}) != {}  # replaced (it stays planned until the client drops it)
+    clock.now += 1.0
+    lifetimes.due({"p-0"}, set())  # it drained and left
+    clock.now += 2 * LOST_AFTER
+    lifetimes.due({"p-0"}, set())
+    assert lifetimes.lost() == []

@@ -111,11 +111,16 @@ def hog_once(mib: int) -> int:
 CGROUPS = Path("/sys/fs/cgroup/memory")
 
 
-def _live_cages() -> list[Path]:
-    """This user's pilot calls' memory cgroups, of live workers only (a job id can come again, over
-    an old leftover; another user's pilots may still be closing)."""
+def _live_cages(session: Session) -> list[Path]:
+    """The memory cgroups of the calls running on this session's cpu pilots (`htc-<worker pid>/call-*`).
+
+    Only of its own workers' pids: the pattern also matches the cgroups of other sessions' pilots
+    (another user's, or a previous test's still closing) and leftovers of pilots that died, whose
+    `htc-<pid>` may name a pid reused since by any process. Picking one of those, the test SIGKILLed
+    a process that was not its call's worker and waited 240 s for the call in vain (one CI failure)."""
+    workers = set(session.backend(session.profile("cpu")).pilots.client.run(os.getpid).values())
     return [c for c in CGROUPS.glob(f"slurm_*/uid_{os.getuid()}/job_*/step_*/task_*/htc-*/call-*")
-            if Path("/proc", c.parent.name.split("-")[1]).exists()]
+            if int(c.parent.name.split("-")[1]) in workers]
 
 
 def test_a_call_on_a_pilot_is_held_to_its_memory_and_no_cgroup_outlives_the_pilot(site):  # noqa: F811 - the fixture imported above
@@ -135,7 +140,7 @@ def test_a_call_on_a_pilot_is_held_to_its_memory_and_no_cgroup_outlives_the_pilo
         deadline = time.monotonic() + 180
         # the call is inside its cgroup and has begun (its marker written): killed before, it would
         # not have, and the next call to run (the hog) would be the one that waits
-        while not ((cages := _live_cages()) and task.storage.path("first").exists()):
+        while not ((cages := _live_cages(s)) and task.storage.path("first").exists()):
             assert time.monotonic() < deadline, stuck.row
             time.sleep(0.2)
         pilots = {c.parents[3] for c in cages}  # the pilot job's cgroup
@@ -169,7 +174,7 @@ def test_a_pilot_scancelled_with_a_call_running_leaves_no_cgroup(site):  # noqa:
         task = s.project("retries").task("call-scancel")
         stuck = task.submit(hog_once, 10, profile="cpu", resources={"memory": "256M"})
         deadline = time.monotonic() + 180
-        while not ((cages := _live_cages()) and task.storage.path("first").exists()):
+        while not ((cages := _live_cages(s)) and task.storage.path("first").exists()):
             assert time.monotonic() < deadline, stuck.row
             time.sleep(0.2)
         job_dir = cages[0].parents[3]  # the pilot job's cgroup: slurm_<node>/uid_<uid>/job_<id>
@@ -182,3 +187,28 @@ def test_a_pilot_scancelled_with_a_call_running_leaves_no_cgroup(site):  # noqa:
                                                  subprocess.run(["squeue"], capture_output=True, text=True).stdout)
             time.sleep(0.5)
         stuck.cancel()
+
+
+def test_a_call_whose_pilot_ends_runs_again_on_its_replacement(site):  # noqa: F811 - the fixture imported above
+    """The only pilot of a fixed scale ends under a call (scancelled here; in CI its `dask worker` once
+    exited when a worker was SIGKILLed while its nanny was still starting): the call's attempt ends
+    lost, and its requeued attempt runs on a pilot asked for in its place (before, the ended pilot
+    stayed in the cluster's plan: no other was asked for, and the call stayed RUNNABLE for ever)."""
+    import subprocess
+    import time
+
+    root = REPO / "test-output" / f"pilot-ends-{uuid.uuid4().hex[:8]}"
+    with Session(root, site=site) as s:
+        s.scale("cpu", jobs=1)
+        task = s.project("retries").task("pilot-ends")
+        stuck = task.submit(hog_once, 10, profile="cpu")
+        deadline = time.monotonic() + 180
+        while not task.storage.path("first").exists():
+            assert time.monotonic() < deadline, stuck.row
+            time.sleep(0.2)
+        client = s.backend(s.profile("cpu")).pilots.client
+        (pilot,) = set(client.run(lambda: os.environ["SLURM_JOB_ID"]).values())
+        subprocess.run(["scancel", pilot], check=True)
+        assert stuck.result(timeout=120) == 10
+        assert [(a.status, a.cause) for a in stuck.attempts] == [("FAILED", "lost"), ("SUCCEEDED", None)]
+        assert pilot not in set(client.run(lambda: os.environ["SLURM_JOB_ID"]).values())

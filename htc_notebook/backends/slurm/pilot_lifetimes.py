@@ -8,8 +8,12 @@ and when its first worker arrived. The difference is the pilot's queue wait (sta
 and up to a look's interval more). A pilot's deadline is taken as its arrival plus its lifetime
 (late by the worker's start-up, which MARGIN covers). A pilot is due for replacement once
 `deadline - now <= expected wait + MARGIN`; the expected wait is the p95 of the last WAITS_KEPT
-waits, at least FLOOR_WAIT, or DEFAULT_WAIT before any was measured. Bookkeeping with an injected
-clock: `pilots.replace_pilots_in_time` acts on it."""
+waits, at least FLOOR_WAIT, or DEFAULT_WAIT before any was measured.
+
+A pilot that ended before its deadline (scancelled, its node lost, its `dask worker` exited) stays in
+the cluster's plan, where nothing asks for another in its place: the calls requeued from it would wait
+for ever. So a pilot none of whose workers has been seen for LOST_AFTER s, after one was, is lost
+(`lost`), and replaced too. Bookkeeping with an injected clock: `pilots.replace_pilots_in_time` acts on it."""
 
 from __future__ import annotations
 
@@ -24,13 +28,17 @@ DEFAULT_WAIT = 60.0  # s: the queue wait expected before one of this cluster's p
 FLOOR_WAIT = 10.0  # s: the least queue wait expected (an idle test cluster's 1 s is no promise)
 MARGIN = 15.0  # s: asked this much earlier still (the deadline's estimate is late by the start-up)
 WAITS_KEPT = 20  # the last queue waits the expected one is taken from
+# s without a worker of a pilot whose workers arrived: it is lost. dask's own wait for a worker that left
+# (`distributed.deploy.lost-worker-timeout`); a nanny restarting a killed worker takes ~1 s.
+LOST_AFTER = 15.0
 
 
 @dataclass
 class _Pilot:
     asked: float | None  # the earliest it can have been asked for: the look before it was seen; None: unknown
     arrived: float | None = None  # when its first worker was seen
-    replaced: bool = False  # due() returned it
+    replaced: bool = False  # due() or lost() returned it
+    missing: float | None = None  # since when none of its workers is seen, after one was
 
 
 class PilotLifetimes:
@@ -62,6 +70,10 @@ class PilotLifetimes:
             del self._pilots[job]
         for job in planned:
             pilot = self._pilots.setdefault(job, _Pilot(asked=self._looked))  # asked since the last look
+            if job in arrived:
+                pilot.missing = None
+            elif pilot.arrived is not None and pilot.missing is None:
+                pilot.missing = now
             if pilot.arrived is None and job in arrived:
                 pilot.arrived = now
                 if pilot.asked is not None:  # else already planned at the first look: its wait is unknown
@@ -73,3 +85,15 @@ class PilotLifetimes:
         for job in due:
             self._pilots[job].replaced = True
         return due
+
+    def lost(self, grace: float = LOST_AFTER) -> list[str]:
+        """The pilots none of whose workers was seen for `grace` s at the last look (`due`), after one
+        was: they ended before their deadline. A pilot is returned once, and not after `due` did."""
+        now = self._looked
+        if now is None:
+            return []
+        lost = [job for job, pilot in self._pilots.items()
+                if not pilot.replaced and pilot.missing is not None and now - pilot.missing >= grace]
+        for job in lost:
+            self._pilots[job].replaced = True
+        return lost

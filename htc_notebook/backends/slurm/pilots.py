@@ -9,7 +9,8 @@ dask would report as KilledWorker). The client asks for a pilot's replacement a
 queue wait ahead of its deadline (`replace_pilots_in_time`, `pilot_lifetimes`), so
 the replacement is working when the old pilot leaves; the old one works on until
 then. A pilot that drains earlier than that is replaced at once
-(`replace_draining_pilots`).
+(`replace_draining_pilots`); one that ends without draining (scancelled, its node lost)
+once none of its workers came back for a while (`pilot_lifetimes.LOST_AFTER`).
 
 Every pilot cluster speaks mutual TLS with credentials of its own (`dask_security`): its scheduler
 listens on the profile's `scheduler_host` (where the nodes reach it), its dashboard on loopback; the
@@ -32,7 +33,7 @@ from htc_notebook.backends.dask_security import DASHBOARD_ADDRESS, WORKER_HTTP_A
 from htc_notebook.backends.images import node_local, on_node, with_binds, worker_argv
 from htc_notebook.backends.memory_limit import clear_on_exit
 from htc_notebook.backends.slurm import scheduler
-from htc_notebook.backends.slurm.pilot_lifetimes import MARGIN, PilotLifetimes
+from htc_notebook.backends.slurm.pilot_lifetimes import LOST_AFTER, MARGIN, PilotLifetimes
 from htc_notebook.backends.worker import DRAIN_TOPIC, PILOT_DEADLINE, PILOT_LIFETIME
 from htc_notebook.errors import BackendError
 from htc_notebook.spec import PartitionProfile, format_walltime
@@ -224,13 +225,21 @@ def _cluster_class():
     name the scheduler's host, where nothing listens for it. Its Client's link is the cluster's.
     Each new pilot gets a name the cluster never gave before: dask's SpecCluster gives a pilot's name
     to the next one once it left the plan, but a pilot left out of the plan (replaced) works on
-    beside its replacement, and dask's scheduler refuses a worker whose name is taken."""
+    beside its replacement, and dask's scheduler refuses a worker whose name is taken.
+    The names of the workers that arrived are noted for `replace_pilots_in_time` (`htc_arrivals`): a
+    pilot may come and go between two of its looks, and then it must still count as lost."""
     from dask_jobqueue import SLURMCluster
 
     class PilotSLURMCluster(SLURMCluster):
         def __init__(self, *args: Any, **kwargs: Any):
             self._numbers = itertools.count()
+            self.htc_arrivals: list[str] = []  # names of the workers that arrived since the last look
             super().__init__(*args, **kwargs)
+
+        def _update_worker_status(self, op: str, msg: Any) -> None:
+            if op == "add":
+                self.htc_arrivals += [w.get("name") for w in msg.get("workers", {}).values()]
+            super()._update_worker_status(op, msg)
 
         @property
         def dashboard_link(self) -> str:
@@ -280,21 +289,31 @@ def replace_draining_pilots(client, cluster) -> None:
 def replace_pilots_in_time(cluster, lifetime: float, interval: float = 1.0) -> None:
     """Every `interval` s, on the cluster's event loop until it closes: ask for the replacement of
     each pilot a queue wait ahead of its deadline (`pilot_lifetimes.PilotLifetimes`; `lifetime`:
-    `pilot_lifetime`). Called before the cluster's first pilot is asked for, so that one's queue
-    wait is measured too."""
+    `pilot_lifetime`), and of each pilot lost (its workers gone, none back): that one is scancelled,
+    in case its job lingers without them. Called before the cluster's first pilot is asked for, so
+    that one's queue wait is measured too."""
     from distributed.core import Status
 
     lifetimes = PilotLifetimes(lifetime)
 
     def look() -> None:
-        arrived = {job for w in list(cluster.scheduler_info["workers"].values())
-                   if (job := _pilot_of(cluster, w["name"])) is not None}
+        names = [w["name"] for w in list(cluster.scheduler_info["workers"].values())] + cluster.htc_arrivals
+        cluster.htc_arrivals = []  # on the event loop that notes them (the first look: before any pilot is asked)
+        arrived = {job for name in names if (job := _pilot_of(cluster, name)) is not None}
         for job, left in lifetimes.due(list(cluster.worker_spec), arrived).items():
             log.info("pilot %s (SLURM job %s) reaches its deadline in %.0f s, within the queue wait expected for a "
                      "new one (%.0f s; measured: %s) plus %.0f s: asking for its replacement now",
                      job, getattr(cluster.workers.get(job), "job_id", "?"), left, lifetimes.expected_wait(),
                      ", ".join(f"{w:.0f} s" for w in lifetimes.waits) or "none yet", MARGIN)
             _leave_plan(cluster, job)
+        for job in lifetimes.lost():
+            pilot = cluster.workers.get(job)
+            log.warning("pilot %s (SLURM job %s) has had no worker for %.0f s: it ended before its deadline "
+                        "(cancelled, its node lost, or its workers failed); asking for its replacement",
+                        job, getattr(pilot, "job_id", "?"), LOST_AFTER)
+            _leave_plan(cluster, job)
+            if pilot is not None:
+                cluster.loop.add_callback(pilot.close)
 
     def tick() -> None:
         try:
