@@ -88,8 +88,13 @@ class Dispatcher:
         """This process has the call of payload `digest` (no need to unpickle it from storage)."""
         self._calls[digest] = obj
 
-    def dispatch(self, task: TaskRow, rows: Sequence[JobRow | Pending]) -> None:
-        """Record an attempt for each job (write-ahead), then hand them to their backends.
+    def dispatch(self, task: TaskRow, rows: Sequence[JobRow | Pending], *, release_for: str | None = None) -> int:
+        """Record an attempt for each job (write-ahead), then hand them to their backends; returns
+        how many attempts started.
+
+        With `release_for` (this session's owner) the rows are waiting jobs found ready: each is
+        released and its attempt started in one write transaction (`Ledger.start_attempts`), and
+        one that another process released first is skipped.
 
         A slice of DISPATCH_SLICE jobs at a time: their attempts, their Launches, handed over and
         dropped, so memory does not grow with a sweep's size. Plain Python calls are handed over
@@ -97,7 +102,7 @@ class Dispatcher:
         launches are handed over together at the end (SLURM arrays and throttles are per submission).
         """
         if not rows:
-            return
+            return 0
         images.ready(self.storage.root, self.profiles, task.project, rows)  # pruned since they were submitted
         log_dir = self.storage.log_paths(task.project, task.name, rows[0].id)[0].parent
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -107,23 +112,27 @@ class Dispatcher:
         room = (task.project, limit) if limit is not None else None
         later: dict[str, list[Launch]] = {}
         parents = ParentValues(self.ledger)  # the results of jobs these depend on, read once each
+        started = 0
         with ExitStack() as one:  # to each dask runner the slices are one submission (probed once)
             for profile in {r.profile for r in rows}:
                 for runner in self.backends.get(self.profiles.get(profile)).dask_runners().values():
                     one.enter_context(runner.one_submission())
             for start in range(0, len(rows), DISPATCH_SLICE):
                 end = start + DISPATCH_SLICE
-                # one expression: the previous slice's Launches are gone before the next is built
-                self._hand_over(self._attempt(task, where, prefix, rows[start:end], later, room, parents), later,
-                                rows, end)
+                launches, n = self._attempt(task, where, prefix, rows[start:end], later, room, parents, release_for)
+                self._hand_over(launches, later, rows, end)
+                started += n
+                del launches  # gone before the next slice's are built
             self._hand_over(later, {}, rows, len(rows))
+        return started
 
     def _attempt(self, task: TaskRow, where: plan.Where, prefix: str, rows: Sequence[JobRow | Pending],
-                 later: dict[str, list[Launch]], room: tuple[str, int] | None,
-                 parents: ParentValues) -> dict[str, list[Launch]]:
+                 later: dict[str, list[Launch]], room: tuple[str, int] | None, parents: ParentValues,
+                 release_for: str | None) -> tuple[dict[str, list[Launch]], int]:
         """Start an attempt for each of these jobs that fits in `room` (its project's vCPU limit;
         the others wait HELD, released by the reconcile loop) and make the Launches of those still
-        live: plain Python calls are returned by profile, the others added to `later`. A job whose
+        live: plain Python calls are returned by profile (with how many attempts started), the
+        others added to `later`. A job whose
         Launch cannot be made (its stored call unreadable, a parent's result missing) ends FAILED
         (cause `submit`) saying why; the others go on."""
         native = f"local:{self.owner}"
@@ -131,13 +140,14 @@ class Dispatcher:
         sandbox = {p: self.profiles.get(p).sandbox for p in {r.profile for r in rows}}
         numbers = self.ledger.start_attempts([AttemptStart(r.id, host=self.owner.host, native_id=native, log_out=o,
                                                            log_err=e, status="RUNNABLE", sandbox=sandbox[r.profile])
-                                              for r, (o, e) in zip(rows, logs, strict=True)], room)
+                                              for r, (o, e) in zip(rows, logs, strict=True)], room,
+                                             release_for=release_for)
         if room is not None and not all(numbers):
             self.holding = True
         now: dict[str, list[Launch]] = {}
         unmade: list[Outcome] = []
         for row, attempt, (o, e) in zip(rows, numbers, logs, strict=True):
-            if attempt:  # 0: became terminal meanwhile (e.g. cancelled)
+            if attempt:  # 0: became terminal meanwhile (e.g. cancelled), held for room, or released elsewhere
                 self.tasks.here[row.id] = task.id
                 try:
                     launch = self._launch(task, where, row, attempt, o, e, parents)
@@ -151,7 +161,7 @@ class Dispatcher:
         if unmade:
             self.ledger.record_outcomes(unmade)
             self.changes.committed(unmade)
-        return now
+        return now, sum(1 for n in numbers if n)
 
     def _hand_over(self, by_profile: dict[str, list[Launch]], later: dict[str, list[Launch]],
                    rows: Sequence[JobRow | Pending], end: int) -> None:
