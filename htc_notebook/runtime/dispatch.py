@@ -202,9 +202,11 @@ class Dispatcher:
         digest = row.spec.payload
         assert digest is not None  # every Python job has its payload
         obj = self._calls.get(digest)
-        if obj is None:
-            path = self.storage.payload_path(task.project, task.name, digest)
-            obj = self._calls[digest] = cloudpickle.loads(Path(path).read_bytes())
+        if obj is None:  # submitted by another process: kept in the ledger, or (a large one) in a file
+            data = self.ledger.payload(task.id, digest)
+            if data is None:
+                data = Path(self.storage.payload_path(task.project, task.name, digest)).read_bytes()
+            obj = self._calls[digest] = cloudpickle.loads(data)
         if isinstance(obj, Call):
             takes = self._takes_results.get(digest)
             if takes is None:
