@@ -84,12 +84,13 @@ class Hold:
             with open(path, "w") as f:
                 f.write(what)
 
-    def started(self, pid: int, *, session: bool = True, forked: bool = False) -> None:
+    def started(self, pid: int, *, session: bool = True, forked: bool = False, below: bool = False) -> None:
         """The job's first process is `pid` (with `session`: the leader of the job's own session;
-        `forked`: forked from this process, not exec'd, see `memory_watch.watch`'s `private`):
+        `forked`: forked from this process, not exec'd, see `memory_watch.watch`'s `private`;
+        `below`: the job is what runs below `pid`, not `pid` itself: a confined call's zygote):
         watched from now on without a cgroup, or, in a v2 cgroup without memory.peak, sampled."""
         if self.cage is None:
-            self._watch = memory_watch.watch(pid, self.limit_mib, session=session, private=forked)
+            self._watch = memory_watch.watch(pid, self.limit_mib, session=session, private=forked, below=below)
         elif not self.cage.has_peak():
             self._watch = memory_watch.watch(pid, None, session=session, cgroup=self.cage)
 
