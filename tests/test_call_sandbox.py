@@ -457,3 +457,25 @@ def test_a_stopped_call_of_a_zygote_dies_at_once_and_the_next_call_runs(tmp_path
     assert not _host_pids_with(marker)
     resume(thread.ident)
     assert run_confined(view, lambda: sorted(os.listdir(tmp_path))) == ["projects"]
+
+
+@pytest.mark.sandbox
+def test_a_process_keeps_few_idle_zygotes_and_ends_the_others(tmp_path, monkeypatch):
+    """Past MAX_IDLE views, the least recently used zygote ends (its processes reaped); one idle
+    longer than IDLE_SECONDS ends at the next call's end."""
+    from htc_notebook.backends import call_sandbox
+
+    views = [_view(tmp_path, f"t{i}") for i in range(call_sandbox.MAX_IDLE + 2)]
+    for view in views:
+        call_sandbox.forget(view)
+    made = []
+    for view in views:
+        run_confined(view, _namespace)
+        made += call_sandbox._IDLE[view]
+    assert all(view not in call_sandbox._IDLE for view in views[:2]), "the two least recently used ended"
+    assert [z.code for z in made[:2]] == [128 + signal.SIGKILL] * 2 and all(z.alive() for z in made[2:])
+    monkeypatch.setattr(call_sandbox, "IDLE_SECONDS", 0.0)
+    time.sleep(0.01)
+    run_confined(views[-1], _namespace)
+    assert [view for view in views if view in call_sandbox._IDLE] == [views[-1]]
+    assert not any(z.alive() for z in made[2:-1])

@@ -22,8 +22,9 @@ is done once per worker process and view, not per call, and kept:
   from inside a namespace off its pid 1) nor ptrace it (the zygote is not dumpable, and has given
   up every capability before it runs anything of a call).
 - A zygote serves one view (one task of one project), never another: the worker keeps its idle
-  zygotes by view (at most MAX_IDLE, the least recently used ended first); a view with a call
-  running gets another zygote for a second call at once.
+  zygotes by view (at most MAX_IDLE, the least recently used ended first, and none idle longer than
+  IDLE_SECONDS: a zygote holds its worker's memory pages as they were when it was forked); a view
+  with a call running gets another zygote for a second call at once.
 - It keeps none of the worker's file descriptors but its channel (a socket pair); the call closes
   that too before it runs, and reports through a pipe of its own (passed with the request). The
   worker decodes a report as plain data only (`_Plain`): a call cannot make it load a class.
@@ -34,7 +35,8 @@ is done once per worker process and view, not per call, and kept:
   watchdog (on the zygote's descendants, the zygote left out), its peak, its cwd, environment and
   logs (`worker.run_call`), its report. Cancelling it (`stop_calls_of`) SIGKILLs z0: the zygote
   dies with it (PR_SET_PDEATHSIG), its namespace and the call with the zygote.
-- It dies with its worker (z0 is SIGKILLed when the worker dies, the zygote when z0 dies). A zygote
+- It dies with its worker (z0 is SIGKILLed when the worker dies, the zygote when z0 dies; zygotes
+  are forked by one thread of the worker's that lives as long as it does, `_make`). A zygote
   that died (killed, OOM) is found dead when next taken, and a new one is made; one that dies as a
   call is handed to it is replaced once.
 
@@ -49,18 +51,19 @@ interpreter start (bench/call_sandbox.py). A confined call cannot use its worker
 from __future__ import annotations
 
 import array
-import collections
 import ctypes
 import io
 import itertools
 import os
 import pickle
+import queue
 import select
 import signal
 import socket
 import struct
 import tempfile
 import threading
+import time
 import traceback
 from typing import Any, Callable, Optional, TypeVar
 
@@ -373,6 +376,7 @@ class _Zygote:
         theirs.close()
         self.z0, self.sock, self.pid = z0, mine, 0
         self.code: int | None = None  # its parent's exit code, once reaped
+        self.idle_since = 0.0  # time.monotonic() when it last went idle
         got = _get(mine)
         if got is None or got[0] != b"R":
             self.close()
@@ -397,39 +401,65 @@ class _Zygote:
         return int(self.code)
 
 
-MAX_IDLE = 8  # idle zygotes a process keeps (each holds a view's mounts): beyond, the least recently used ends
-_IDLE: collections.OrderedDict[Any, list[_Zygote]] = collections.OrderedDict()  # view -> its idle zygotes
+MAX_IDLE = 4  # idle zygotes a process keeps: beyond, the least recently used ends
+IDLE_SECONDS = 60.0  # an idle zygote older than this ends (it holds its worker's pages as they were at its fork)
+_IDLE: dict[Any, list[_Zygote]] = {}  # view -> its idle zygotes
 _IDLE_LOCK = threading.Lock()
-_IDLE_OWNER = [0]  # the pid whose zygotes _IDLE holds (a forked child starts with none)
+_OWNER = [0]  # the pid whose zygotes _IDLE holds, and whose thread _MAKER feeds (a forked child has neither)
+_MAKER: list[queue.SimpleQueue] = []
 
 
 def _take(view: Any) -> _Zygote:
     """An idle zygote of `view` (that is still there), else a new one."""
     with _IDLE_LOCK:
-        if _IDLE_OWNER[0] != os.getpid():
-            _IDLE_OWNER[0] = os.getpid()
+        if _OWNER[0] != os.getpid():
+            _OWNER[0] = os.getpid()
             _IDLE.clear()
+            _MAKER.clear()
         idle = _IDLE.get(view, [])
         while idle:
             zygote = idle.pop()
             if zygote.alive():
                 return zygote
             zygote.close()
-    return _Zygote(view)
+        if not _MAKER:
+            _MAKER.append(queue.SimpleQueue())
+            threading.Thread(target=_make, args=(_MAKER[0],), name="htc-zygotes", daemon=True).start()
+        maker = _MAKER[0]
+    answer: queue.SimpleQueue = queue.SimpleQueue()
+    maker.put((view, answer))
+    made = answer.get()
+    if isinstance(made, BaseException):
+        raise made
+    return made
+
+
+def _make(requests: queue.SimpleQueue) -> None:
+    """The one thread of this process that forks zygotes. PR_SET_PDEATHSIG follows the thread that
+    forked, not its process, and the threads of dask's pool may end before their worker: a zygote
+    forked by one of them would die with it, maybe under a call another thread handed it."""
+    while True:
+        view, answer = requests.get()
+        try:
+            answer.put(_Zygote(view))
+        except BaseException as exc:  # noqa: BLE001 - the caller raises it
+            answer.put(exc)
 
 
 def _give_back(zygote: _Zygote) -> None:
+    """Keep `zygote` for its view's next call; end those idle too long, and the least recently used
+    beyond MAX_IDLE."""
+    zygote.idle_since = time.monotonic()
     with _IDLE_LOCK:
         _IDLE.setdefault(zygote.view, []).append(zygote)
-        _IDLE.move_to_end(zygote.view)
-        extra = sum(map(len, _IDLE.values())) - MAX_IDLE
-        while extra > 0:
-            oldest = next(iter(_IDLE))
-            idle = _IDLE[oldest]
-            idle.pop(0).close()
-            extra -= 1
-            if not idle:
-                del _IDLE[oldest]
+        idle = sorted((z for zs in _IDLE.values() for z in zs), key=lambda z: z.idle_since)  # oldest first
+        ending = [z for z in idle if zygote.idle_since - z.idle_since > IDLE_SECONDS]
+        ending += [z for z in idle if z not in ending][:max(0, len(idle) - len(ending) - MAX_IDLE)]
+        for z in ending:
+            _IDLE[z.view].remove(z)
+            if not _IDLE[z.view]:
+                del _IDLE[z.view]
+            z.close()
 
 
 def forget(view: Any) -> None:
