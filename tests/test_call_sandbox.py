@@ -479,3 +479,27 @@ def test_a_process_keeps_few_idle_zygotes_and_ends_the_others(tmp_path, monkeypa
     run_confined(views[-1], _namespace)
     assert [view for view in views if view in call_sandbox._IDLE] == [views[-1]]
     assert not any(z.alive() for z in made[2:-1])
+
+
+@pytest.mark.sandbox
+def test_a_zygote_found_dead_as_a_call_is_handed_to_it_is_replaced_once(tmp_path, monkeypatch):
+    """Killed between its last call and this one, unnoticed (its parent not yet reaped): the call goes
+    to a new zygote and runs once, confined."""
+    from htc_notebook.backends import call_sandbox
+
+    view = _view(tmp_path)
+    marker = tmp_path / "projects/p/tasks/t/runs"
+    run_confined(view, _namespace)
+    (zygote,) = call_sandbox._IDLE[view]
+    os.kill(zygote.pid, signal.SIGKILL)
+    monkeypatch.setattr(call_sandbox._Zygote, "alive", lambda self: True)  # as if not seen dead yet
+
+    def once() -> list:
+        with open(marker, "a") as f:
+            f.write("ran\n")
+        return sorted(os.listdir(tmp_path))
+
+    assert run_confined(view, once) == ["projects"]
+    assert marker.read_text() == "ran\n"
+    (new,) = call_sandbox._IDLE[view]
+    assert new is not zygote and zygote.code == 128 + signal.SIGKILL

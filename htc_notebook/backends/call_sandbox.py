@@ -523,48 +523,24 @@ def run_confined(view: Any, work: Callable[[], T], memory_mib: int | None = None
     if me in _STOPPED:
         raise CallStopped("not started: its dask task was cancelled")
     request = cloudpickle.dumps(work)
-    for attempt in (1, 2):  # an idle zygote may have died meanwhile (an OOM kill, its thread's end): once more
+    for attempt in (1, 2):  # an idle zygote may have died meanwhile (an OOM kill): once more, with a new one
         zygote = _take(view)
         limit = hold(memory_mib, f"call-{os.getpid()}-{next(_calls)}")
-        r, w = os.pipe()
+        limit.started(zygote.pid, session=False, forked=True, below=True)  # no cgroup: the watchdog holds the calls
         try:
-            _put(zygote.sock, b"C", pickle.dumps((functions or {}, request, limit)), fds=(w,))
-            started = _get(zygote.sock)
-        except OSError:
-            started = None
-        os.close(w)
-        if started is not None:
+            chunks, started, code = _serve(zygote, pickle.dumps((functions or {}, request, limit)), me)
+        except BaseException:
+            limit.ended()
+            raise
+        if started or attempt == 2 or me in _STOPPED:
             break
-        os.close(r)
-        limit.ended()
-        code = zygote.close()
-        if attempt == 2:
-            raise CallDied(f"the confined call's zygote died before the call started (exit code {code})",
-                           code - 128 if code > 128 else 0)
-    limit.started(zygote.pid, session=False, forked=True, below=True)  # no cgroup: the watchdog holds the calls
-    chunks = []
-    _CHILDREN[me] = zygote.z0  # stopped by killing the zygote: its namespace, the call with it, goes
-    if me in _STOPPED:  # cancelled while it was being started
-        _kill(zygote.z0)
-    done: tuple | None = None
-    try:
-        with os.fdopen(r, "rb") as f:
-            while chunk := f.read(1 << 20):
-                chunks.append(chunk)
-        try:
-            done = _get(zygote.sock)
-        except OSError:
-            pass
-    finally:
-        _CHILDREN.pop(me, None)
-        if done is not None and done[0] == b"D":
-            code = _exit_code(_STATUS.unpack(done[1])[0])
-            _give_back(zygote)
-        else:  # the zygote died under the call (stopped, killed): the call died with its namespace
-            code = zygote.close()
-        memory = limit.ended()
-        if measured is not None:
-            measured(memory)
+        limit.ended()  # it never ran: nothing to measure
+    memory = limit.ended()
+    if measured is not None:
+        measured(memory)
+    if not started:
+        raise CallDied(f"the confined call's zygote died before the call started (exit code {code})",
+                       code - 128 if code > 128 else 0)
     try:
         kind, value = _plain(b"".join(chunks))
     except Exception:  # noqa: BLE001 - nothing, or half a report: the call died before it had reported
@@ -582,6 +558,37 @@ def run_confined(view: Any, work: Callable[[], T], memory_mib: int | None = None
 
 
 _calls = itertools.count()  # names this process's calls' memory cgroups
+
+
+def _serve(zygote: _Zygote, request: bytes, me: int) -> tuple[list[bytes], bool, int]:
+    """Hand `request` to `zygote` with a pipe for the call's report; read the report to its end (the
+    call's, and whatever it started, having ended), then the zygote's word. (the report's chunks,
+    whether the call started, its exit code as a shell gives it, or the zygote's if it died). The
+    zygote goes back to its view's idle ones, or is reaped if it died."""
+    r, w = os.pipe()
+    try:
+        _put(zygote.sock, b"C", request, fds=(w,))
+    except OSError:  # it is gone: the pipe's read end sees EOF at once
+        pass
+    os.close(w)
+    chunks = []
+    _CHILDREN[me] = zygote.z0  # stopped by killing the zygote: its namespace, the call with it, goes
+    if me in _STOPPED:  # cancelled while it was being started
+        _kill(zygote.z0)
+    try:
+        with os.fdopen(r, "rb") as f:
+            while chunk := f.read(1 << 20):
+                chunks.append(chunk)
+        try:  # both there by now, or the zygote died: "F" once it forked the call, "D" once all of it ended
+            started, done = _get(zygote.sock), _get(zygote.sock)
+        except OSError:
+            started = done = None
+    finally:
+        _CHILDREN.pop(me, None)
+    if started is not None and started[0] == b"F" and done is not None and done[0] == b"D":
+        _give_back(zygote)
+        return chunks, True, _exit_code(_STATUS.unpack(done[1])[0])
+    return chunks, started is not None, zygote.close()  # it died (stopped, killed): its namespace with it
 
 
 def check_call_sandbox(profile_name: str) -> None:
