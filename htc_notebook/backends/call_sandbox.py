@@ -6,8 +6,9 @@ root, as bwrap does) the data root shows what bwrap shows a command job (`sandbo
 empty read-only tmpfs with the task directory bound read-write (its `.htc/` read-only but
 `checkpoints/`) and the project's shared directory read-only. Other tasks, other projects, the
 ledger and the keys are not there, so `open()` fails with the OS's own error. The calls run in a
-PID namespace of their own with a /proc of its own, so they cannot reach the worker's view through
-/proc/<pid>/root; they hold no capability, so they cannot undo the view (umount its tmpfs).
+PID namespace (their zygote's, below) with a /proc of its own, so they cannot reach the worker's
+view through /proc/<pid>/root; they hold no capability, so they cannot undo the view (umount its
+tmpfs). Their reports come back pickled through a pipe.
 
 The zygote. Setting a view up (a fork of the worker, unshare, the mounts, a PID namespace's init)
 is done once per worker process and view, not per call, and kept:
