@@ -315,7 +315,16 @@ def _attack(secret: str, root: str) -> dict:
         return "ok" if rc == 0 else os.strerror(ctypes.get_errno())
 
     status = dict(line.split(":\t", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":\t" in line)
+    r, w = os.pipe()
+    if os.fork() == 0:  # a nested user namespace: every capability there, over a copy of the mounts, locked
+        rc = libc.unshare(0x10000000 | 0x00020000)  # CLONE_NEWUSER | CLONE_NEWNS
+        os.write(w, f"{errno_of(rc) if rc else errno_of(libc.umount2(root.encode(), 2))}|{_read(secret)}".encode())
+        os._exit(0)
+    os.close(w)
+    nested = os.read(r, 200).decode()
+    os.wait()
     seen = {
+        "nested_userns_umount": nested,
         "umount_view": errno_of(libc.umount2(root.encode(), 2)),  # MNT_DETACH
         "mount_tmpfs": errno_of(libc.mount(b"tmpfs", root.encode(), b"tmpfs", 0, None)),
         "secret": _read(secret),
@@ -340,7 +349,8 @@ def test_a_call_can_neither_undo_its_view_nor_reach_or_kill_its_zygote(tmp_path)
     secret = str(tmp_path / "projects/p/tasks/s/secret")
     first = run_confined(view, _namespace)
     seen = run_confined(view, lambda: _attack(secret, str(tmp_path)))
-    assert seen == {"umount_view": "Operation not permitted", "mount_tmpfs": "Operation not permitted",
+    assert seen == {"nested_userns_umount": "Invalid argument|FileNotFoundError",
+                    "umount_view": "Operation not permitted", "mount_tmpfs": "Operation not permitted",
                     "secret": "FileNotFoundError", "secret_via_zygote_root": "PermissionError",
                     "zygote_fds": "PermissionError", "zygote_mem": "PermissionError",
                     "ptrace_zygote": "Operation not permitted", "caps": ("0" * 16,) * 3, "no_new_privs": "1"}, seen
