@@ -179,13 +179,14 @@ def _drop_privileges() -> None:
     """Give up every capability for good: a confined call may not undo its view (umount the tmpfs over
     the data root, mount another /proc), which a process with CAP_SYS_ADMIN in its mount namespace's
     user namespace may (an ordinary user's call has it in the namespace it made; root's, everywhere).
-    No new privileges (an exec'd setuid program gains nothing), the bounding set emptied (root's execs
-    regain nothing), then no effective, permitted or inheritable capability."""
+    No new privileges (an exec'd program, setuid or root's, gains no capability it does not hold), the
+    bounding set emptied where this process may (CAP_SETPCAP; a container's root may not: no new
+    privileges holds alone), then no effective, permitted or inheritable capability."""
     _call("no_new_privs", _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
     with open("/proc/sys/kernel/cap_last_cap") as f:
         last = int(f.read())
     for cap in range(last + 1):
-        _call("drop capability", _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0))
+        _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
     header = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)
     _call("capset", _libc.capset(header, (ctypes.c_uint32 * 6)()))
 
