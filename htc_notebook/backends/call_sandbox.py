@@ -70,7 +70,7 @@ from typing import Any, Callable, Optional, TypeVar
 
 import cloudpickle
 
-from htc_notebook.backends.memory_limit import Verdict, hold
+from htc_notebook.backends.memory_limit import Hold, Verdict, hold
 from htc_notebook.backends.base import oom_reason, watched_oom_reason
 
 T = TypeVar("T")
@@ -529,8 +529,9 @@ def run_confined(view: Any, work: Callable[[], T], memory_mib: int | None = None
         zygote = _take(view)
         limit = hold(memory_mib, f"call-{os.getpid()}-{next(_calls)}")
         limit.started(zygote.pid, session=False, forked=True, below=True)  # no cgroup: the watchdog holds the calls
+        joins = Hold(limit.limit_mib, limit.cage)  # what the call needs to join its cgroup (not the watch)
         try:
-            chunks, started, code = _serve(zygote, pickle.dumps((functions or {}, request, limit)), me)
+            chunks, started, code = _serve(zygote, pickle.dumps((functions or {}, request, joins)), me)
         except BaseException:
             limit.ended()
             raise
