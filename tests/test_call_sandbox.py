@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -515,3 +516,39 @@ def test_a_zygote_found_dead_as_a_call_is_handed_to_it_is_replaced_once(tmp_path
     assert marker.read_text() == "ran\n"
     (new,) = call_sandbox._IDLE[view]
     assert new is not zygote and zygote.code == 128 + signal.SIGKILL
+
+
+def forge_report(marker: str) -> None:
+    """Write to each pipe this call holds a report whose unpickling runs a command, then end."""
+    import pickle
+    import stat
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    forged = pickle.dumps(("ok", Evil()))
+    for fd in map(int, os.listdir("/proc/self/fd")):
+        try:
+            if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                os.write(fd, forged)
+        except OSError:
+            pass
+    os._exit(0)
+
+
+@pytest.mark.sandbox
+def test_a_forged_report_runs_nothing_in_the_worker(tmp_path):
+    """Before, the worker unpickled a call's report as it came: a call that wrote its own made the
+    worker (unconfined) run a command. Now a report is plain data or the call failed."""
+    from htc_notebook.backends.call_sandbox import CallDied
+
+    view = _view(tmp_path / "data")
+    marker = Path(tempfile.mkdtemp(prefix="htc-forged-")) / "ran-in-the-worker"
+    try:
+        with pytest.raises(CallDied, match="before it reported"):
+            run_confined(view, lambda: forge_report(str(marker)))
+        assert not marker.exists()
+        assert run_confined(view, lambda: {"plain": [1, 2.0, b"x", None]}) == {"plain": [1, 2.0, b"x", None]}
+    finally:
+        shutil.rmtree(marker.parent)
