@@ -384,7 +384,10 @@ class _Zygote:
             self.close()
             raise ConfinementError(got[1].decode() if got is not None and got[0] == b"E"
                                    else "the confined process ended before it was ready")
-        self.pid = got[3]
+        self.pid = got[3]  # as this process sees it (the socket's credentials)
+        if self.pid <= 1:  # never watch (or kill) the processes below this machine's init
+            self.close()
+            raise ConfinementError("the confined process's pid did not come with its word")
 
     def alive(self) -> bool:
         if self.code is None:

@@ -72,6 +72,8 @@ def watch(root: int, limit_mib: int | None, *, session: bool = True, cgroup: Any
     the tree itself touched; pages its own processes share after a fork then go uncounted. `below`:
     the tree is what runs below `root`, which is neither counted nor killed (a zygote that forks a
     confined call and is the reaper of what the call leaves: `call_sandbox.py`)."""
+    if below and root <= 1:
+        raise ValueError(f"no watch below pid {root}: that is every process of this machine")
     w = Watch(root, limit_mib, session, cgroup, private, below)
     _DOG.add(w)
     return w
