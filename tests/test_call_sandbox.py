@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -67,11 +68,18 @@ def _probe_calls(s: Session, name: str, *, profile: str | None = None, jobs: int
     return [h.result(timeout=300) for h in handles]
 
 
+def _assert_call_confined(seen: dict) -> None:
+    """As a command's; but /proc/1 is the call's zygote, which is not dumpable: its root is refused
+    (PermissionError) rather than shown (the same view: FileNotFoundError)."""
+    assert seen["read_ledger_via_proc"].startswith(("FileNotFoundError", "PermissionError")), seen
+    _assert_confined({**seen, "read_ledger_via_proc": "FileNotFoundError (either way)"})
+
+
 @pytest.mark.sandbox
 def test_a_local_python_call_sees_only_its_task_and_its_projects_shared_directory(tmp_path):
     with Session(tmp_path / "root", site=_local_site()) as s:
         (seen,) = _probe_calls(s, "py-local")
-    _assert_confined(seen)
+    _assert_call_confined(seen)
 
 
 def test_with_sandbox_none_the_same_call_reads_what_confinement_hides(tmp_path):
@@ -88,7 +96,7 @@ def test_python_calls_on_pilots_on_two_nodes_are_confined_the_same_way(site):  #
         s.scale("cpu", jobs=2)
         seen = _probe_calls(s, "py-slurm", profile="cpu", jobs=8)
     for one in seen:
-        _assert_confined(one)
+        _assert_call_confined(one)
     assert {one["host"] for one in seen} <= {"node1", "node2"}, [one["host"] for one in seen]
 
 
@@ -270,3 +278,277 @@ def test_each_rank_of_an_mpi_function_on_two_slurm_nodes_is_confined(site):  # n
     for one in seen:
         _assert_rank_confined(one)
     assert {one["host"] for one in seen} == {"node1", "node2"}, seen
+
+
+# -- the zygote (call_sandbox's module docstring): one confined process per worker process and view,
+# which forks each call. Each test plays a call that attacks it, or checks that what a call got from
+# its own confined child still holds on a zygote's second and later calls.
+
+def _view(tmp_path: Path, task: str = "t") -> JobView:
+    """A view of task `task`, beside a sibling task `s` that holds a secret."""
+    view = JobView(str(tmp_path), str(tmp_path / "projects/p/tasks" / task), str(tmp_path / "projects/p/shared"))
+    for d in (view.checkpoints, view.shared_dir, tmp_path / "projects/p/tasks/s"):
+        os.makedirs(d, exist_ok=True)
+    (tmp_path / "projects/p/tasks/s/secret").write_text("the sibling's secret")
+    return view
+
+
+def _namespace() -> tuple[int, int]:
+    """(pid namespace inode, pid) of the calling process."""
+    return os.stat("/proc/self/ns/pid").st_ino, os.getpid()
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError as exc:
+        return type(exc).__name__
+
+
+def _attack(secret: str, root: str) -> dict:
+    """What a call may try against its view and its zygote (pid 1 of its namespace)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def errno_of(rc: int) -> str:
+        return "ok" if rc == 0 else os.strerror(ctypes.get_errno())
+
+    status = dict(line.split(":\t", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":\t" in line)
+    r, w = os.pipe()
+    if os.fork() == 0:  # a nested user namespace: every capability there, over a copy of the mounts, locked
+        rc = libc.unshare(0x10000000 | 0x00020000)  # CLONE_NEWUSER | CLONE_NEWNS
+        os.write(w, f"{errno_of(rc) if rc else errno_of(libc.umount2(root.encode(), 2))}|{_read(secret)}".encode())
+        os._exit(0)
+    os.close(w)
+    nested = os.read(r, 200).decode()
+    os.wait()
+    seen = {
+        "nested_userns_umount": nested,
+        "umount_view": errno_of(libc.umount2(root.encode(), 2)),  # MNT_DETACH
+        "mount_tmpfs": errno_of(libc.mount(b"tmpfs", root.encode(), b"tmpfs", 0, None)),
+        "secret": _read(secret),
+        "secret_via_zygote_root": _read("/proc/1/root" + secret),
+        "zygote_fds": _read("/proc/1/fdinfo/0"),
+        "zygote_mem": _read("/proc/1/mem"),
+        "ptrace_zygote": errno_of(libc.ptrace(16, 1, None, None)),  # PTRACE_ATTACH
+        "caps": (status["CapEff"].strip(), status["CapPrm"].strip(), status["CapBnd"].strip()),
+        "no_new_privs": status["NoNewPrivs"].strip(),
+    }
+    os.kill(1, signal.SIGKILL)  # the kernel keeps this off the namespace's pid 1
+    return seen
+
+
+@pytest.mark.sandbox
+def test_a_call_can_neither_undo_its_view_nor_reach_or_kill_its_zygote(tmp_path):
+    """Before: a call (root's, or an ordinary user's in the user namespace it made) kept its
+    capabilities, umounted the tmpfs over the data root and read the sibling task's secret. Now it
+    holds none; its zygote is not dumpable (no /proc/1/root, fds, mem, no ptrace) and outlives its
+    SIGKILL: the next call runs in the same namespace, confined."""
+    view = _view(tmp_path)
+    secret = str(tmp_path / "projects/p/tasks/s/secret")
+    first = run_confined(view, _namespace)
+    seen = run_confined(view, lambda: _attack(secret, str(tmp_path)))
+    assert seen == {"nested_userns_umount": "Invalid argument|FileNotFoundError",
+                    "umount_view": "Operation not permitted", "mount_tmpfs": "Operation not permitted",
+                    "secret": "FileNotFoundError", "secret_via_zygote_root": "PermissionError",
+                    "zygote_fds": "PermissionError", "zygote_mem": "PermissionError",
+                    "ptrace_zygote": "Operation not permitted", "caps": ("0" * 16,) * 3, "no_new_privs": "1"}, seen
+    later = run_confined(view, lambda: (_namespace(), sorted(os.listdir(tmp_path)), _read(secret)))
+    assert later[0][0] == first[0] and later[0][1] > first[1], (first, later)  # the same zygote served it
+    assert later[1:] == (["projects"], "FileNotFoundError")
+
+
+@pytest.mark.sandbox
+def test_a_zygote_serves_one_view_and_one_that_died_is_replaced(tmp_path):
+    """Two tasks' calls never share a zygote (each sees its own task, not the other's); a zygote
+    killed from outside (as an OOM kill would) is replaced: the next call runs confined."""
+    from htc_notebook.backends import call_sandbox
+
+    a, b = _view(tmp_path, "a"), _view(tmp_path, "b")
+    Path(a.task_dir, "mine").write_text("a's")
+
+    def look() -> tuple:
+        return _namespace()[0], _read(os.path.join(a.task_dir, "mine")), sorted(os.listdir(os.path.dirname(a.task_dir)))
+
+    ns_a, mine_a, tasks_a = run_confined(a, look)
+    ns_b, mine_b, tasks_b = run_confined(b, look)
+    assert ns_a != ns_b and (mine_a, tasks_a) == ("a's", ["a"]) and (mine_b, tasks_b) == ("FileNotFoundError", ["b"])
+    assert run_confined(a, look)[0] == ns_a  # kept for the view's next call
+    (zygote,) = call_sandbox._IDLE[a]
+    os.kill(zygote.pid, signal.SIGKILL)
+    _wait_for(lambda: not zygote.alive(), 10, "the zygote's parent to see it die")
+    assert run_confined(a, look)[1:] == ("a's", ["a"])
+    (new,) = call_sandbox._IDLE[a]
+    assert new is not zygote and new.pid != zygote.pid and zygote.code == 128 + signal.SIGKILL
+
+
+def leave_behind(marker: str) -> str:
+    """Start a process in a new session, and a daemon (double fork), both outliving this call."""
+    subprocess.Popen(["sleep", marker], start_new_session=True)
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            os.execvp("sleep", ["sleep", marker + "1"])
+        os._exit(0)
+    return "left"
+
+
+@pytest.mark.sandbox
+def test_what_a_call_leaves_running_is_gone_when_its_result_is(tmp_path):
+    """On every call of a zygote: its orphans are SIGKILLed and reaped before the call is done."""
+    view = _view(tmp_path)
+    for _ in range(3):
+        marker = f"{900 + uuid.uuid4().int % 100_000 / 100_000:.5f}"
+        assert run_confined(view, lambda marker=marker: leave_behind(marker)) == "left"
+        assert not _host_pids_with(marker), "a process the call left outlived it"
+
+
+def hog(mib: int) -> int:
+    x = bytearray(mib << 20)
+    for i in range(0, len(x), 4096):
+        x[i] = 1
+    time.sleep(0.3)  # held a moment: the watchdog samples every 50 ms
+    return len(x) >> 20
+
+
+@pytest.mark.sandbox
+@pytest.mark.parametrize("held", [pytest.param("cgroup", marks=pytest.mark.root), "watched"])
+def test_each_call_of_a_zygote_is_held_to_its_own_memory_limit_and_measured(tmp_path, monkeypatch, held):
+    """Calls in a row on one zygote: each its own limit and peak; one over it fails for memory, and
+    neither the zygote nor the next call pays for it."""
+    from htc_notebook.backends import memory_limit
+    from htc_notebook.backends.call_sandbox import OutOfMemory
+
+    if held == "watched":
+        monkeypatch.setenv(memory_limit.CGROUPS_ENV, "0")
+    elif memory_limit.cgroup_place() is None:
+        pytest.skip("no memory cgroup can be made here (make test runs as root with cgroup v1)")
+    view = _view(tmp_path)
+    verdicts: list = []
+    namespaces = [run_confined(view, _namespace)[0]]
+    for mib in (40, 60):
+        assert run_confined(view, lambda mib=mib: hog(mib), 128, verdicts.append) == mib
+    with pytest.raises(OutOfMemory, match=r"out of memory \(limit 128 MiB\)"):
+        run_confined(view, lambda: hog(400), 128, verdicts.append)
+    assert run_confined(view, lambda: hog(40), 128, verdicts.append) == 40
+    namespaces.append(run_confined(view, _namespace)[0])
+    assert [(v.how, v.oom) for v in verdicts] == [(held, False)] * 2 + [(held, True), (held, False)], verdicts
+    for v, mib in zip(verdicts, (40, 60, None, 40), strict=True):
+        if mib:
+            assert mib <= v.peak_mib < mib + 40, verdicts  # its own peak, not the calls' before it
+    assert namespaces[0] == namespaces[1]  # one zygote served them all
+
+
+@pytest.mark.sandbox
+def test_a_stopped_call_of_a_zygote_dies_at_once_and_the_next_call_runs(tmp_path):
+    """stop_calls_of (a cancelled dask task) SIGKILLs the call's zygote: the call, and what it started,
+    end at once; after `resume`, the thread's next call gets a new zygote."""
+    from htc_notebook.backends.call_sandbox import CallDied, resume, stop_calls_of
+
+    view = _view(tmp_path)
+    marker = f"{600 + uuid.uuid4().int % 100_000 / 100_000:.5f}"
+    outcome: list = []
+    first = run_confined(view, _namespace)  # the stopped call is its zygote's second
+
+    def run() -> None:
+        try:
+            outcome.append(run_confined(view, lambda: subprocess.run(["sleep", marker]).returncode))
+        except CallDied as exc:
+            outcome.append(exc)
+
+    import threading
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    _wait_for(lambda: _host_pids_with(marker), 30, "the call's sleep to start")
+    assert stop_calls_of(thread.ident)
+    thread.join(timeout=10)
+    assert not thread.is_alive() and isinstance(outcome[0], CallDied) and outcome[0].signal == 9, outcome
+    assert not _host_pids_with(marker)
+    resume(thread.ident)
+    later = run_confined(view, lambda: (_namespace(), sorted(os.listdir(tmp_path))))
+    assert later[1] == ["projects"] and later[0][1] == 2, (first, later)  # a new zygote's first call
+
+
+@pytest.mark.sandbox
+def test_a_process_keeps_few_idle_zygotes_and_ends_the_others(tmp_path, monkeypatch):
+    """Past MAX_IDLE views, the least recently used zygote ends (its processes reaped); one idle
+    longer than IDLE_SECONDS ends at the next call's end."""
+    from htc_notebook.backends import call_sandbox
+
+    views = [_view(tmp_path, f"t{i}") for i in range(call_sandbox.MAX_IDLE + 2)]
+    for view in views:
+        call_sandbox.forget(view)
+    made = []
+    for view in views:
+        run_confined(view, _namespace)
+        made += call_sandbox._IDLE[view]
+    assert all(view not in call_sandbox._IDLE for view in views[:2]), "the two least recently used ended"
+    assert [z.code for z in made[:2]] == [128 + signal.SIGKILL] * 2 and all(z.alive() for z in made[2:])
+    monkeypatch.setattr(call_sandbox, "IDLE_SECONDS", 0.0)
+    time.sleep(0.01)
+    run_confined(views[-1], _namespace)
+    assert [view for view in views if view in call_sandbox._IDLE] == [views[-1]]
+    assert not any(z.alive() for z in made[2:-1])
+
+
+@pytest.mark.sandbox
+def test_a_zygote_found_dead_as_a_call_is_handed_to_it_is_replaced_once(tmp_path, monkeypatch):
+    """Killed between its last call and this one, unnoticed (its parent not yet reaped): the call goes
+    to a new zygote and runs once, confined."""
+    from htc_notebook.backends import call_sandbox
+
+    view = _view(tmp_path)
+    marker = tmp_path / "projects/p/tasks/t/runs"
+    run_confined(view, _namespace)
+    (zygote,) = call_sandbox._IDLE[view]
+    os.kill(zygote.pid, signal.SIGKILL)
+    monkeypatch.setattr(call_sandbox._Zygote, "alive", lambda self: True)  # as if not seen dead yet
+
+    def once() -> list:
+        with open(marker, "a") as f:
+            f.write("ran\n")
+        return sorted(os.listdir(tmp_path))
+
+    assert run_confined(view, once) == ["projects"]
+    assert marker.read_text() == "ran\n"
+    (new,) = call_sandbox._IDLE[view]
+    assert new is not zygote and zygote.code == 128 + signal.SIGKILL
+
+
+def forge_report(marker: str) -> None:
+    """Write to each pipe this call holds a report whose unpickling runs a command, then end."""
+    import pickle
+    import stat
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    forged = pickle.dumps(("ok", Evil()))
+    for fd in map(int, os.listdir("/proc/self/fd")):
+        try:
+            if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                os.write(fd, forged)
+        except OSError:
+            pass
+    os._exit(0)
+
+
+@pytest.mark.sandbox
+def test_a_forged_report_runs_nothing_in_the_worker(tmp_path):
+    """Before, the worker unpickled a call's report as it came: a call that wrote its own made the
+    worker (unconfined) run a command. Now a report is plain data or the call failed."""
+    from htc_notebook.backends.call_sandbox import CallDied
+
+    view = _view(tmp_path / "data")
+    marker = Path(tempfile.mkdtemp(prefix="htc-forged-")) / "ran-in-the-worker"
+    try:
+        with pytest.raises(CallDied, match="before it reported"):
+            run_confined(view, lambda: forge_report(str(marker)))
+        assert not marker.exists()
+        assert run_confined(view, lambda: {"plain": [1, 2.0, b"x", None]}) == {"plain": [1, 2.0, b"x", None]}
+    finally:
+        shutil.rmtree(marker.parent)

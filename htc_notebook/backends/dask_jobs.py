@@ -51,9 +51,10 @@ PACK_SECONDS = 0.05
 PACKS_PER_THREAD = 4
 MAX_PACK = 1000
 PROBE_WAIT = 0.5  # seconds the rest of a submission waits for its probes before running unpacked
-# A confined call (backends/call_sandbox.py) costs its dask task ~10 ms of forks more, so confined
-# calls are packed up to CONFINED_SCALE times longer: under 0.2 s, ~1 s of work a pack (the forks
-# then cost ~1 %; bench/results.md, call-sandbox and throughput-20ms).
+# A confined call (backends/call_sandbox.py) costs its dask task a fork of its view's zygote more
+# (~3-6 ms; ~11 ms before zygotes, when this was chosen), so confined calls are packed up to
+# CONFINED_SCALE times longer: under 0.2 s, ~1 s of work a pack (the fork then costs under 1 %;
+# bench/results.md, call-sandbox and throughput-20ms).
 CONFINED_SCALE = 20
 # The runtime hands a large sweep over in slices (`Session.dispatch`), inside `one_submission()`:
 # there a slice of the same function, directory and environment as an earlier one joins it while

@@ -73,20 +73,24 @@ class Hold:
         """`argv`, made to join the job's cgroup before it execs (so nothing it allocates escapes)."""
         if self.cage is None:
             return list(argv)
-        return [program("sh"), "-c", 'echo $$ > "$0" && exec "$@"', str(self.cage.procs), *argv]
+        path, what = self.cage.entry  # the shell has one thread (`Cage.entry`)
+        return [program("sh"), "-c", f'echo {"0" if what == "0" else "$$"} > "$0" && exec "$@"', str(path), *argv]
 
     def join(self) -> None:
-        """Move this process into the job's cgroup (a forked child, before it does anything else)."""
+        """Move this process into the job's cgroup: a forked child, before it does anything else
+        (it has one thread, as `Cage.entry` needs)."""
         if self.cage is not None:
-            with open(self.cage.procs, "w") as f:
-                f.write(str(os.getpid()))
+            path, what = self.cage.entry
+            with open(path, "w") as f:
+                f.write(what)
 
-    def started(self, pid: int, *, session: bool = True, forked: bool = False) -> None:
+    def started(self, pid: int, *, session: bool = True, forked: bool = False, below: bool = False) -> None:
         """The job's first process is `pid` (with `session`: the leader of the job's own session;
-        `forked`: forked from this process, not exec'd, see `memory_watch.watch`'s `private`):
+        `forked`: forked from this process, not exec'd, see `memory_watch.watch`'s `private`;
+        `below`: the job is what runs below `pid`, not `pid` itself: a confined call's zygote):
         watched from now on without a cgroup, or, in a v2 cgroup without memory.peak, sampled."""
         if self.cage is None:
-            self._watch = memory_watch.watch(pid, self.limit_mib, session=session, private=forked)
+            self._watch = memory_watch.watch(pid, self.limit_mib, session=session, private=forked, below=below)
         elif not self.cage.has_peak():
             self._watch = memory_watch.watch(pid, None, session=session, cgroup=self.cage)
 

@@ -48,6 +48,7 @@ class Watch:
     session: bool = True
     cgroup: Any = None
     private: bool = False  # count only pages no process outside the tree shares (a forked call's tree)
+    below: bool = False  # the tree is root's descendants, root left out (a confined call's zygote)
     peak: int = 0  # bytes: the highest sum seen
     killed: bool = False  # the tree passed its limit and was killed
     pids: set[int] = field(default_factory=set)  # the tree at the last sample
@@ -63,13 +64,17 @@ class Watch:
 
 
 def watch(root: int, limit_mib: int | None, *, session: bool = True, cgroup: Any = None,
-          private: bool = False) -> Watch:
+          private: bool = False, below: bool = False) -> Watch:
     """Start watching the process tree of `root` (see the module docstring); `stop()` the watch
     when the job ended. `private`: for a tree forked from a process that goes on (a Python call's,
     `call_sandbox.py`), whose copy-on-write pages are that process's until written, count each
     process's private pages only (Private_Clean + Private_Dirty), as a cgroup charges only the pages
-    the tree itself touched; pages its own processes share after a fork then go uncounted."""
-    w = Watch(root, limit_mib, session, cgroup, private)
+    the tree itself touched; pages its own processes share after a fork then go uncounted. `below`:
+    the tree is what runs below `root`, which is neither counted nor killed (a zygote that forks a
+    confined call and is the reaper of what the call leaves: `call_sandbox.py`)."""
+    if below and root <= 1:
+        raise ValueError(f"no watch below pid {root}: that is every process of this machine")
+    w = Watch(root, limit_mib, session, cgroup, private, below)
     _DOG.add(w)
     return w
 
@@ -213,7 +218,9 @@ class _Watchdog:
 
     def _tree(self, w: Watch, children: dict[int, list[int]]) -> set[int]:
         start = {p for p, (_, sid) in self._known.items() if sid == w.root} if w.session else set()
-        if w.root in self._known:
+        if w.below:
+            start.update(children.get(w.root, ()))
+        elif w.root in self._known:
             start.add(w.root)
         tree, todo = set(), list(start)
         while todo:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import math
 import os
@@ -21,7 +22,8 @@ from typing import IO, Any, Iterator
 
 import cloudpickle
 
-from htc_notebook.backends.call_sandbox import CallDied, ConfinementError, OutOfMemory, resume, run_confined
+from htc_notebook.backends.call_sandbox import (CallDied, ConfinementError, Loaded, LoadError, OutOfMemory, resume,
+                                                run_confined)
 from htc_notebook.storage.untrusted import open_below
 from htc_notebook.storage.views import checkpoint_path
 
@@ -170,24 +172,21 @@ class JobRunner:
         times = _TIMES.setdefault(self.digest, deque(maxlen=TIMED_CALLS))
         measured = max(p95(times) if times else 0.0, self.expected or 0.0)  # here, and the sweep's so far
         leave_if_late(len(jobs) * (measured or self.timeout or 0.0))
-        fn = _LOADED.get(self.digest)
-        if fn is None:
-            try:
-                fn = _LOADED[self.digest] = cloudpickle.loads(self.payload)
-            except Exception as exc:  # noqa: BLE001 - unpickling runs the user's imports: any error fails the jobs
-                return _failed(len(jobs), f"could not load {self.name} on {socket.gethostname()}: "
-                                          f"{type(exc).__name__}: {exc}. Define the function in the notebook, or "
-                                          "in a module installed where the jobs run")
-
-        def run_all() -> list[dict[str, Any]]:
-            return [run_call(fn, args, kwargs, self.cwd,
-                             {**self.env, "HTC_JOB_ID": str(job_id), "HTC_JOB_INDEX": str(index),
-                              "HTC_CHECKPOINT": str(checkpoint_path(self.cwd, job_id))}, logs)
-                    for job_id, index, args, kwargs, logs in jobs]
+        if self.view is None:  # unconfined: loaded here, once per worker process
+            fn = _LOADED.get(self.digest)
+            if fn is None:
+                try:
+                    fn = _LOADED[self.digest] = cloudpickle.loads(self.payload)
+                except Exception as exc:  # noqa: BLE001 - unpickling runs the user's imports: any error fails the jobs
+                    return _failed(len(jobs), _unloadable(self.name, f"{type(exc).__name__}: {exc}"))
+            functions = None
+        else:  # confined: loaded (once) by the zygote of the view, in its sandbox (`call_sandbox`)
+            fn, functions = Loaded(self.digest), {self.digest: self.payload}
+        run_all = functools.partial(run_jobs, fn, self.name, jobs, self.cwd, self.env)
 
         memory: list[Any] = []  # how the calls' memory went (memory_limit.Verdict): a pack's is each call's
         try:
-            reports = run_confined(self.view, run_all, self.memory_mib, measured=memory.append)
+            reports = run_confined(self.view, run_all, self.memory_mib, measured=memory.append, functions=functions)
         except ConfinementError as exc:
             reports = _failed(len(jobs), f"{exc}. Allow user namespaces on {socket.gethostname()}, or set "
                                          "`sandbox: none` in the profile to run Python calls unconfined")
@@ -204,6 +203,26 @@ class JobRunner:
         if memory:
             reports = [{**r, "max_rss_mib": memory[0].peak_mib, "memory_held": memory[0].how} for r in reports]
         return reports
+
+
+def run_jobs(fn: Any, name: str, jobs: list[tuple[int, int, tuple, dict, tuple[str, str]]], cwd: str,
+             env: dict[str, str]) -> list[dict[str, Any]]:
+    """Run each (job_id, index, args, kwargs, logs) of a dask task in turn with `fn` (a function, or
+    a confined call's `Loaded` one); one report per job."""
+    if isinstance(fn, Loaded):
+        try:
+            fn = fn.get()
+        except LoadError as exc:
+            return _failed(len(jobs), _unloadable(name, str(exc)))
+    return [run_call(fn, args, kwargs, cwd,
+                     {**env, "HTC_JOB_ID": str(job_id), "HTC_JOB_INDEX": str(index),
+                      "HTC_CHECKPOINT": str(checkpoint_path(cwd, job_id))}, logs)
+            for job_id, index, args, kwargs, logs in jobs]
+
+
+def _unloadable(name: str, error: str) -> str:
+    return (f"could not load {name} on {socket.gethostname()}: {error}. Define the function in the notebook, or "
+            "in a module installed where the jobs run")
 
 
 def _worker_stopping(grace: float = 2.0) -> bool:
