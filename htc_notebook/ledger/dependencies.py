@@ -5,6 +5,11 @@ that ended without succeeding for good (FAILED, CANCELLED or LOST with no retry 
 waiting children with cause `dependency`, naming it, and theirs in turn; requeueing that parent
 (a retry) lets the children it failed wait again (`rearm_children`).
 
+A SLURM command job whose parents SLURM already has may instead be sent at once behind them
+(`send_after`: WAITING -> SUBMITTED, sbatch --dependency=afterok); if one of those parents then
+ends without succeeding for good, `fail_sent_dependents` fails it (cause `dependency`, naming the
+parent) for the runtime to scancel.
+
 >>> ledger.release_waiting([12], owner="host:42")  # doctest: +SKIP
 """
 
@@ -22,6 +27,8 @@ from .schema import JOB_COLUMNS, REQUEST_SQL
 from .statements import IN_JSON, events_per_task, next_seq
 
 FAILED_PARENT = "status IN ('FAILED', 'CANCELLED', 'LOST')"  # ended for good: a retry due keeps a job SUBMITTED
+# a job sent before its parents ended (afterok): active, not waiting in the ledger, no retry due
+SENT_CHILD = "j.status IN ('SUBMITTED', 'HELD', 'RUNNABLE', 'STARTING', 'RUNNING') AND j.retry_at IS NULL"
 # waiting jobs all of whose parents SUCCEEDED
 READY_SQL = ("SELECT j.id, json_extract(j.spec, '$.owner') FROM jobs j WHERE j.status = 'WAITING' AND NOT EXISTS "
              "(SELECT 1 FROM deps d JOIN jobs p ON p.id = d.parent WHERE d.child = j.id AND p.status <> 'SUCCEEDED') "
@@ -110,6 +117,75 @@ class Dependencies(LedgerCore):
                     failed.append((job_id, number))
                 events_per_task(con, [(r[0], r[1]) for r in found], now, "failed", "a job it depends on did not "
                                 "succeed")
+        return failed
+
+    def parent_states(self, parent_ids: Iterable[int]) -> list[tuple]:
+        """(id, status, kind, profile, native id, retries, mpi, retry due) of these jobs: what
+        `runtime.dependencies.afterok` decides from."""
+        ids = json.dumps(checked_ids(parent_ids))
+        return [(r[0], r[1], r[2], r[3], r[4], int(r[5] or 0), bool(r[6]), r[7] is not None) for r in self._read(
+            f"SELECT id, status, kind, profile, native_id, json_extract(spec, '$.retry.retries'), "
+            f"json_extract(spec, '$.mpi') IS NOT NULL, retry_at FROM jobs WHERE id IN {IN_JSON}", (ids,))]
+
+    def send_after(self, reasons: dict[int, str], owner: str) -> list[JobRow]:
+        """WAITING -> SUBMITTED, owned by `owner`, with its reason ("waiting for jobs 12, 13 (SLURM
+        afterok)"), for those of these jobs still waiting none of whose parents waits, has a retry
+        due or ended without succeeding (a compare-and-set, as `release_waiting`): they are sent to
+        SLURM at once behind their parents. Returns their rows."""
+        by_reason: dict[str, list[int]] = {}
+        for job_id, reason in reasons.items():
+            by_reason.setdefault(reason, []).append(job_id)
+        now = time.time()
+        rows: list = []
+        with self._write() as con:
+            seq = next_seq(con)
+            for reason, ids in by_reason.items():
+                rows += con.execute(
+                    f"UPDATE jobs SET status = 'SUBMITTED', reason = ?, updated = ?, seq = ?, "
+                    f"       spec = json_set(spec, '$.owner', ?) "
+                    f"WHERE id IN {IN_JSON} AND status = 'WAITING' AND NOT EXISTS (SELECT 1 FROM deps d JOIN jobs p "
+                    f"  ON p.id = d.parent WHERE d.child = jobs.id AND (p.{FAILED_PARENT} OR p.status = 'WAITING' "
+                    f"  OR p.retry_at IS NOT NULL)) "
+                    f"RETURNING {JOB_COLUMNS}", (reason, now, seq, owner, json.dumps(checked_ids(ids)))).fetchall()
+            events_per_task(con, [(r[0], r[1]) for r in rows], now, "released",
+                            "sent to SLURM behind the jobs it depends on (afterok)")
+        return [job_row(r) for r in sorted(rows)]
+
+    def fail_sent_dependents(self) -> list[tuple[int, int, int, str | None]]:
+        """Fail (cause `dependency`, naming the parent) every job sent before its parents ended
+        (`send_after`) a parent of which ended without succeeding for good; its attempt ends so.
+        Their waiting children follow in `fail_dependents`. (job id, attempt, task id, native id) of
+        each, for the runtime to scancel: SLURM keeps such a job pending (DependencyNeverSatisfied).
+
+        Only such jobs can be active with a parent that failed for good: the ledger releases a job
+        once all its parents SUCCEEDED, and a SUCCEEDED job never runs again."""
+        failed: list[tuple[int, int, int, str | None]] = []
+        query = (f"SELECT j.id, j.task_id, MAX(j.attempts, 1), j.native_id, p.id, p.status, p.reason FROM jobs j "
+                 f"JOIN deps d ON d.child = j.id JOIN jobs p ON p.id = d.parent "
+                 f"WHERE {SENT_CHILD} AND p.{FAILED_PARENT} GROUP BY j.id")
+        if not self._read(query + " LIMIT 1"):
+            return failed
+        now = time.time()
+        with self._write() as con:
+            seq = None
+            while True:
+                found = con.execute(query).fetchall()
+                if not found:
+                    break
+                seq = seq if seq is not None else next_seq(con)
+                for job_id, _task, number, _native, parent, status, why in found:
+                    reason = (f"job {parent}, which it depends on, ended {status}" + (f" ({why})" if why else "")
+                              + "; cancelled in SLURM, where it waited behind it (afterok)")
+                    con.execute(f"INSERT INTO attempts (job_id, number, status, reason, ended, cause, request) "
+                                f"SELECT id, ?, 'FAILED', ?, ?, 'dependency', {REQUEST_SQL} FROM jobs WHERE id = ? "
+                                f"ON CONFLICT (job_id, number) DO UPDATE SET status = 'FAILED', "
+                                f"reason = excluded.reason, ended = excluded.ended, cause = 'dependency'",
+                                (number, reason, now, job_id))
+                    con.execute("UPDATE jobs SET status = 'FAILED', reason = ?, attempts = ?, ended = ?, updated = ?, "
+                                "seq = ?, retry_at = NULL WHERE id = ?", (reason, number, now, now, seq, job_id))
+                    failed.append((job_id, number, _task, _native))
+                events_per_task(con, [(r[0], r[1]) for r in found], now, "failed", "a job it depends on did not "
+                                "succeed (cancelled in SLURM)")
         return failed
 
     def parents(self, job_id: int) -> list[int]:

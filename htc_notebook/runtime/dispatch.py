@@ -15,17 +15,19 @@ import os
 import socket
 import time
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence, cast
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, cast
 
 import cloudpickle
 
-from htc_notebook.backends.base import Call, Launch
+from htc_notebook.backends.base import Call, Launch, afterok_reason
 from htc_notebook.errors import HTCError
 from htc_notebook.ledger import AttemptStart, JobRow, Ledger, NewJob, TaskRow
 from htc_notebook.runtime import images, plan
 from htc_notebook.runtime.changes import Changes
-from htc_notebook.runtime.dependencies import ParentValues, parents_in, refs_in
+from htc_notebook.runtime.dependencies import (ARRAY_TASK, ParentState, ParentValues, afterok, parents_in,
+                                              refs_in)
 from htc_notebook.runtime.live_backends import LiveBackends
 from htc_notebook.runtime.owner import Owner, kill_orphan_group
 from htc_notebook.runtime.profiles import Profiles
@@ -43,11 +45,11 @@ DISPATCH_SLICE = 5000  # jobs whose attempts and Launches are built and handed o
 class Pending:
     """A job just added to the ledger, described from what was added (no read-back): a ledger `Envelope` with its id."""
 
-    __slots__ = ("id", "name", "kind", "params", "spec", "index", "profile", "priority")
+    __slots__ = ("id", "name", "kind", "params", "spec", "index", "profile", "priority", "after")
 
     def __init__(self, job_id: int, job: NewJob):
         self.id, self.name, self.kind, self.params, self.spec = job_id, job.name, job.kind, job.params, job.spec
-        self.index, self.profile, self.priority = job.index, job.profile, job.priority
+        self.index, self.profile, self.priority, self.after = job.index, job.profile, job.priority, job.after
 
 
 class TaskRows:
@@ -88,7 +90,61 @@ class Dispatcher:
         """This process has the call of payload `digest` (no need to unpickle it from storage)."""
         self._calls[digest] = obj
 
-    def dispatch(self, task: TaskRow, rows: Sequence[JobRow | Pending]) -> None:
+    def send_after(self, task: TaskRow, children: Sequence[Pending]) -> list[int]:
+        """Send at once, behind their parents (`sbatch --dependency=afterok`), those of these jobs
+        just added to wait that `dependencies.afterok` allows and the site has room for (G8); the
+        others wait in the ledger. Returns the ids sent. Each is SUBMITTED in the ledger first
+        (`Ledger.send_after`, a compare-and-set), then dispatched as any job is."""
+        slurm = {name for name in {c.profile for c in children} if self._is_slurm(name)}
+        candidates = [c for c in children if c.kind == "command" and not c.spec.mpi and c.profile in slurm]
+        if not candidates:
+            return []
+        by_parents: dict[tuple[int, ...], list[Pending]] = {}
+        for c in candidates:
+            by_parents.setdefault(tuple(c.after), []).append(c)
+        states = {row[0]: ParentState(*row) for row in self.ledger.parent_states(
+            {p for parents in by_parents for p in parents})}
+        after: dict[int, tuple[tuple[str, ...], tuple[int, ...]]] = {}
+        reasons: dict[int, str] = {}
+        for parents, group in by_parents.items():
+            known = [states[p] for p in parents if p in states]
+            by_profile: dict[str, list[Pending]] = {}
+            for c in group:
+                by_profile.setdefault(c.profile, []).append(c)
+            for profile, members in by_profile.items():
+                tasks = afterok("command", profile, True, False, known)
+                if tasks is None or not self._room(task, profile, members):
+                    continue
+                waits = tuple(p.id for p in known if p.status != "SUCCEEDED")
+                for c in members:
+                    after[c.id], reasons[c.id] = (tasks, waits), afterok_reason(waits)
+        rows = self.ledger.send_after(reasons, str(self.owner)) if reasons else []
+        if rows:
+            log.info("%d jobs sent to SLURM behind the jobs they depend on (afterok)", len(rows))
+            self.dispatch(task, rows, after)
+        return [r.id for r in rows]
+
+    def _is_slurm(self, profile: str) -> bool:
+        try:
+            return self.profiles.get(profile).backend == "slurm"
+        except HTCError:
+            return False
+
+    def _room(self, task: TaskRow, profile: str, members: Sequence[Pending]) -> bool:
+        """Would `members` go to sbatch at once (nothing held before them, room in the site's limits)?
+        If not, they wait in the ledger: a job held by the feeder would be sent later behind parents
+        SLURM may have forgotten by then."""
+        try:
+            backend = cast("SlurmBackend", self.backends.get(self.profiles.get(profile)))
+            where = self._where(task)
+            return backend.arrays.has_room([plan.launch(where, c.id, c, 1, "", "") for c in members[:1]] * len(members))
+        except HTCError as exc:
+            log.warning("jobs %s wait in the ledger for their parents: the site's room could not be read: %s",
+                        [c.id for c in members[:10]], exc)
+            return False
+
+    def dispatch(self, task: TaskRow, rows: Sequence[JobRow | Pending],
+                 after: Mapping[int, tuple[tuple[str, ...], tuple[int, ...]]] | None = None) -> None:
         """Record an attempt for each job (write-ahead), then hand them to their backends.
 
         A slice of DISPATCH_SLICE jobs at a time: their attempts, their Launches, handed over and
@@ -114,13 +170,14 @@ class Dispatcher:
             for start in range(0, len(rows), DISPATCH_SLICE):
                 end = start + DISPATCH_SLICE
                 # one expression: the previous slice's Launches are gone before the next is built
-                self._hand_over(self._attempt(task, where, prefix, rows[start:end], later, room, parents), later,
-                                rows, end)
+                self._hand_over(self._attempt(task, where, prefix, rows[start:end], later, room, parents, after),
+                                later, rows, end)
             self._hand_over(later, {}, rows, len(rows))
 
     def _attempt(self, task: TaskRow, where: plan.Where, prefix: str, rows: Sequence[JobRow | Pending],
                  later: dict[str, list[Launch]], room: tuple[str, int] | None,
-                 parents: ParentValues) -> dict[str, list[Launch]]:
+                 parents: ParentValues,
+                 after: Mapping[int, tuple[tuple[str, ...], tuple[int, ...]]] | None = None) -> dict[str, list[Launch]]:
         """Start an attempt for each of these jobs that fits in `room` (its project's vCPU limit;
         the others wait HELD, released by the reconcile loop) and make the Launches of those still
         live: plain Python calls are returned by profile, the others added to `later`. A job whose
@@ -141,6 +198,8 @@ class Dispatcher:
                 self.tasks.here[row.id] = task.id
                 try:
                     launch = self._launch(task, where, row, attempt, o, e, parents)
+                    if after and row.id in after:  # sent behind its parents: sbatch --dependency=afterok
+                        launch = replace(launch, after=after[row.id][0], after_jobs=after[row.id][1])
                 except Exception as exc:
                     log.warning("job %s could not be prepared: %s", row.id, exc, exc_info=True)
                     unmade.append(Outcome(row.id, attempt, "FAILED", reason=f"not submitted: could not be prepared: "
@@ -258,6 +317,22 @@ class Dispatcher:
         self._stop_foreign([i for i in cancelled if i not in self.tasks.here])
         self.changes.committed()
         return cancelled
+
+    def stop_sent(self, failed: Sequence[tuple[int, int, int, str | None]]) -> None:
+        """scancel the jobs the ledger just failed while SLURM held them behind a parent that did not
+        succeed (afterok; `Ledger.fail_sent_dependents` rows): SLURM would keep them pending for
+        ever (DependencyNeverSatisfied). Those this process submitted or watches are cancelled by
+        their backend (also if still held by its feeder); the others by their native id."""
+        here = [job_id for job_id, *_ in failed if job_id in self.tasks.here]
+        if here:
+            self.backends.cancel(here)
+        foreign = [native for job_id, _, _, native in failed
+                   if job_id not in self.tasks.here and native and ARRAY_TASK.match(native)]
+        if foreign:
+            from htc_notebook.backends.slurm import scheduler
+
+            scheduler.scancel(foreign)  # a BackendError is logged by the reconcile loop
+        log.info("jobs %s failed for a parent and were cancelled in SLURM", [job_id for job_id, *_ in failed][:20])
 
     def _stop_foreign(self, job_ids: list[int]) -> None:
         """Stop what other processes started for jobs just cancelled here (the ledger already says

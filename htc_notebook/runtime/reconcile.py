@@ -30,7 +30,9 @@ every error (with its traceback) are logged (logger `htc_notebook.runtime.reconc
    compare-and-set: of many processes one gets each) and dispatched here, their parents' results in
    place of the handles; those a parent of which failed for good end FAILED (cause `dependency`).
    A session releases its own jobs and those of owners that have exited (a DAG whose builder died is
-   finished by the next session). Woken by every commit of an ended job while jobs wait.
+   finished by the next session). Woken by every commit of an ended job while jobs wait. Jobs sent
+   to SLURM behind their parents (afterok: never WAITING, never released here) whose parent failed
+   for good end FAILED (cause `dependency`) and are scancelled.
 7. **SLURM's status** (once a SLURM backend runs, every `SlurmWatch.interval` s): the data root's
    one poll of SLURM, by the process that holds its lease (runtime/watch.py).
 
@@ -382,12 +384,18 @@ class Reconciler:
     def release_waiting(self) -> int:
         """Fail the waiting jobs a parent of which failed for good, release (and dispatch) those whose
         parents all SUCCEEDED that are this session's to run; returns how many were released."""
+        unsettled, self._unsettled = self._unsettled, False  # after a failure or cancel was committed, every few s
+        if unsettled:  # jobs sent behind a parent (SLURM afterok) that did not succeed: failed, then scancelled
+            sent = self.ledger.fail_sent_dependents()
+            if sent:
+                self.changes.committed([Outcome(job_id, attempt, "FAILED", cause="dependency")
+                                        for job_id, attempt, _, _ in sent])
+                self.dispatcher.stop_sent(sent)
         self._waiting = self.ledger.has_waiting()  # an index look-up: the usual case ends here
         if not self._waiting:
             return 0
         failed: list[tuple[int, int]] = []
-        if self._unsettled:  # only after a failure or cancel was committed, and every few seconds
-            self._unsettled = False
+        if unsettled:
             failed = self.ledger.fail_dependents()
         if failed:
             log.info("%d waiting jobs failed: a job they depend on did not succeed", len(failed))
