@@ -29,6 +29,10 @@ from .statements import IN_JSON, events_per_task, next_seq
 FAILED_PARENT = "status IN ('FAILED', 'CANCELLED', 'LOST')"  # ended for good: a retry due keeps a job SUBMITTED
 # a job sent before its parents ended (afterok): active, not waiting in the ledger, no retry due
 SENT_CHILD = "j.status IN ('SUBMITTED', 'HELD', 'RUNNABLE', 'STARTING', 'RUNNING') AND j.retry_at IS NULL"
+# a parent a job may be sent behind (afterok): SUCCEEDED, or SLURM has it as an array task of its own, no retry due
+IN_SLURM_OR_DONE = ("(p.status = 'SUCCEEDED' OR (p.status IN ('SUBMITTED', 'RUNNABLE', 'STARTING', 'RUNNING') "
+                    "AND p.retry_at IS NULL AND p.native_id GLOB '[0-9]*_[0-9]*' "
+                    "AND p.native_id NOT GLOB '*[^0-9_]*'))")
 # waiting jobs all of whose parents SUCCEEDED
 READY_SQL = ("SELECT j.id, json_extract(j.spec, '$.owner') FROM jobs j WHERE j.status = 'WAITING' AND NOT EXISTS "
              "(SELECT 1 FROM deps d JOIN jobs p ON p.id = d.parent WHERE d.child = j.id AND p.status <> 'SUCCEEDED') "
@@ -129,9 +133,10 @@ class Dependencies(LedgerCore):
 
     def send_after(self, reasons: dict[int, str], owner: str) -> list[JobRow]:
         """WAITING -> SUBMITTED, owned by `owner`, with its reason ("waiting for jobs 12, 13 (SLURM
-        afterok)"), for those of these jobs still waiting none of whose parents waits, has a retry
-        due or ended without succeeding (a compare-and-set, as `release_waiting`): they are sent to
-        SLURM at once behind their parents. Returns their rows."""
+        afterok)"), for those of these jobs still waiting each of whose parents SUCCEEDED or is in
+        SLURM as an array task of its own with no retry due (a compare-and-set, as `release_waiting`:
+        a parent that failed or was requeued meanwhile keeps it waiting): they are sent to SLURM at
+        once behind their parents. Returns their rows."""
         by_reason: dict[str, list[int]] = {}
         for job_id, reason in reasons.items():
             by_reason.setdefault(reason, []).append(job_id)
@@ -144,8 +149,7 @@ class Dependencies(LedgerCore):
                     f"UPDATE jobs SET status = 'SUBMITTED', reason = ?, updated = ?, seq = ?, "
                     f"       spec = json_set(spec, '$.owner', ?) "
                     f"WHERE id IN {IN_JSON} AND status = 'WAITING' AND NOT EXISTS (SELECT 1 FROM deps d JOIN jobs p "
-                    f"  ON p.id = d.parent WHERE d.child = jobs.id AND (p.{FAILED_PARENT} OR p.status = 'WAITING' "
-                    f"  OR p.retry_at IS NOT NULL)) "
+                    f"  ON p.id = d.parent WHERE d.child = jobs.id AND NOT COALESCE({IN_SLURM_OR_DONE}, 0)) "
                     f"RETURNING {JOB_COLUMNS}", (reason, now, seq, owner, json.dumps(checked_ids(ids)))).fetchall()
             events_per_task(con, [(r[0], r[1]) for r in rows], now, "released",
                             "sent to SLURM behind the jobs it depends on (afterok)")
