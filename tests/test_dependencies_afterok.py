@@ -128,3 +128,35 @@ def test_a_parent_sent_with_retries_is_not_followed_by_afterok(tmp_path):
         ledger.start_attempts([AttemptStart(a)])
         ledger.set_status([a], "RUNNABLE", native_id="301_0")
         assert afterok("command", "local", True, False, [ParentState(*ledger.parent_states([a])[0])]) is None
+
+
+def test_jobs_sent_behind_a_parent_that_runs_again_wait_in_the_ledger_and_late_reports_change_nothing(tmp_path):
+    with Ledger(tmp_path / "l.db") as ledger:
+        task = ledger.task("p", "t")
+        (a,) = ledger.add_jobs(task.id, [NewJob("a", "command", {}, JobSpec())])
+        ledger.start_attempts([AttemptStart(a)])
+        ledger.set_status([a], "RUNNABLE", native_id="301_0")
+        (child,) = ledger.add_jobs(task.id, [NewJob("c", "command", {}, JobSpec(), after=(a,))])
+        (grandchild,) = ledger.add_jobs(task.id, [NewJob("g", "command", {}, JobSpec(), after=(child,))])
+        assert ledger.send_after({child: "behind 301_0"}, "h:1")
+        ledger.start_attempts([AttemptStart(child)])
+        ledger.set_status([child], "RUNNABLE", native_id="302_0")
+        assert ledger.send_after({grandchild: "behind 302_0"}, "h:1")
+        ledger.start_attempts([AttemptStart(grandchild)])
+        ledger.set_status([grandchild], "RUNNABLE", native_id="303_0")
+        # its node failed: requeued (a new SLURM job, which afterok does not follow)
+        ledger.record_outcomes([Outcome(a, 1, "FAILED", reason="node failure", cause="node")])
+        assert ledger.job(a).retry_at is not None
+        assert ledger.rewait_sent_children([a]) == [(child, 1, task.id, "302_0"), (grandchild, 1, task.id, "303_0")]
+        for j in (child, grandchild):
+            row = ledger.job(j)
+            assert (row.status, row.native_id) == ("WAITING", None), row
+            assert [(t.number, t.status) for t in ledger.attempts(j)] == [(1, "CANCELLED")]
+        # what the poller says late of the jobs SLURM had changes nothing
+        ledger.set_status([child], "RUNNABLE", reason="pending: DependencyNeverSatisfied")
+        ledger.record_outcomes([Outcome(child, 1, "CANCELLED", reason="cancelled in SLURM")])
+        assert ledger.intend([child], "sbatch:4f2a", "being submitted") == []
+        assert ledger.job(child).status == "WAITING"
+        assert ledger.rewait_sent_children([a]) == []
+        ledger.record_outcomes([Outcome(a, 1, "SUCCEEDED")])  # the retry (any attempt) succeeds: released as usual
+        assert [j for j, _ in ledger.ready()] == [child]

@@ -192,6 +192,36 @@ class Dependencies(LedgerCore):
                                 "succeed (cancelled in SLURM)")
         return failed
 
+    def rewait_sent_children(self, parent_ids: Iterable[int]) -> list[tuple[int, int, int, str | None]]:
+        """The jobs sent to SLURM behind these parents (afterok), and those sent behind them, wait in
+        the ledger again (WAITING): each parent is about to run again as a new SLURM job, which
+        their dependency does not name. Their attempt ends CANCELLED (never ran), so a late report of
+        it changes nothing. (job id, attempt, task id, native id) of each, for the runtime to scancel."""
+        ids = json.dumps(checked_ids(parent_ids))
+        now = time.time()
+        with self._write() as con:
+            found = con.execute(
+                f"WITH RECURSIVE down(id) AS (SELECT j.id FROM deps d JOIN jobs j ON j.id = d.child "
+                f"  WHERE d.parent IN {IN_JSON} AND {SENT_CHILD} "
+                f"  UNION SELECT j.id FROM deps d JOIN down ON d.parent = down.id JOIN jobs j ON j.id = d.child "
+                f"  WHERE {SENT_CHILD}) "
+                f"SELECT id, attempts, task_id, native_id FROM jobs WHERE id IN (SELECT id FROM down) ORDER BY id",
+                (ids,)).fetchall()
+            if not found:
+                return []
+            seq = next_seq(con)
+            why = "not run: a job it waited for in SLURM (afterok) runs again; it waits for it in the ledger"
+            for job_id, attempt, _task, _native in found:
+                con.execute("UPDATE attempts SET status = 'CANCELLED', reason = ?, ended = ? WHERE job_id = ? AND "
+                            "number = ? AND status NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'LOST')",
+                            (why, now, job_id, attempt))
+            con.execute(f"UPDATE jobs SET status = 'WAITING', reason = 'waiting again: a job it depends on runs "
+                        f"again', native_id = NULL, host = NULL, started = NULL, ended = NULL, updated = ?, seq = ? "
+                        f"WHERE id IN {IN_JSON}", (now, seq, json.dumps([r[0] for r in found])))
+            events_per_task(con, [(r[0], r[2]) for r in found], now, "waiting", "a job it waited for in SLURM "
+                            "(afterok) runs again")
+        return [(int(a), int(b), int(c), d) for a, b, c, d in found]
+
     def parents(self, job_id: int) -> list[int]:
         return [r[0] for r in self._read("SELECT parent FROM deps WHERE child = ? ORDER BY parent", (job_id,))]
 

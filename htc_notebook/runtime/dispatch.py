@@ -332,7 +332,19 @@ class Dispatcher:
             from htc_notebook.backends.slurm import scheduler
 
             scheduler.scancel(foreign)  # a BackendError is logged by the reconcile loop
-        log.info("jobs %s failed for a parent and were cancelled in SLURM", [job_id for job_id, *_ in failed][:20])
+
+    def rewait_sent(self, parents: Sequence[int]) -> None:
+        """These jobs run again (a retry: a new SLURM job): the jobs sent behind them (afterok) wait in
+        the ledger again and are scancelled (`Ledger.rewait_sent_children`)."""
+        rows = self.ledger.rewait_sent_children(parents) if parents else []
+        if rows:
+            log.info("jobs %s wait in the ledger again: a job they waited for in SLURM runs again",
+                     [job_id for job_id, *_ in rows][:20])
+            try:
+                self.stop_sent(rows)
+            except HTCError as exc:  # the retry goes on; what SLURM still holds never starts (its parent ended)
+                log.warning("jobs %s wait in the ledger again but were not cancelled in SLURM (scancel %s): %s",
+                            [job_id for job_id, *_ in rows][:20], " ".join(str(n) for *_, n in rows if n), exc)
 
     def _stop_foreign(self, job_ids: list[int]) -> None:
         """Stop what other processes started for jobs just cancelled here (the ledger already says
@@ -365,6 +377,7 @@ class Dispatcher:
     def retry(self, job_ids: Iterable[int], reason: str = "retried by user") -> list[int]:
         """Run FAILED, CANCELLED or LOST jobs again (SUCCEEDED ones are never re-run)."""
         moved = self.ledger.requeue(list(job_ids), reason, owner=str(self.owner))
+        self.rewait_sent(moved)  # jobs SLURM holds behind them would wait for the old job
         by_task: dict[int, list[JobRow]] = {}
         for job_id in moved:
             row = self.ledger.job(job_id)

@@ -247,6 +247,8 @@ class Reconciler:
             if self.ledger.requeue_retry(row.id, row.attempts, str(self.owner), change, reason):
                 by_task.setdefault(row.task_id, []).append(self.ledger.job(row.id))
                 started += 1
+        if by_task:  # jobs SLURM holds behind them (afterok) would wait for the old job: they wait in the ledger
+            self.dispatcher.rewait_sent([r.id for rows in by_task.values() for r in rows])
         for task_id, rows in by_task.items():
             try:
                 self.dispatcher.dispatch(self.tasks.row(task_id), rows)
@@ -388,6 +390,7 @@ class Reconciler:
         if unsettled:  # jobs sent behind a parent (SLURM afterok) that did not succeed: failed, then scancelled
             sent = self.ledger.fail_sent_dependents()
             if sent:
+                log.info("jobs %s failed for a parent; cancelled in SLURM", [job_id for job_id, *_ in sent][:20])
                 self.changes.committed([Outcome(job_id, attempt, "FAILED", cause="dependency")
                                         for job_id, attempt, _, _ in sent])
                 self.dispatcher.stop_sent(sent)
