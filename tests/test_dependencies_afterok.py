@@ -109,14 +109,15 @@ def test_the_ledger_sends_a_job_once_fails_it_with_its_parent_and_lets_it_wait_a
         assert ledger.fail_sent_dependents() == []  # no parent failed
         ledger.record_outcomes([Outcome(b, 1, "SUCCEEDED"), Outcome(a, 1, "FAILED", reason="exited with code 3",
                                                                    cause="exit")])
-        failed = ledger.fail_sent_dependents()
+        assert ledger.fail_sent_dependents([b]) == []  # b succeeded: an index look-up finds nothing
+        failed = ledger.fail_sent_dependents([a])
         assert sorted((j, n, native) for j, n, _, native in failed) == [(child, 1, "302_0"), (grandchild, 1, "303_0")]
         row = ledger.job(child)
         assert row.status == "FAILED" and row.reason.startswith(f"job {a}, which it depends on, ended FAILED "
                                                                 "(exited with code 3)")
         assert [(t.number, t.status, t.cause) for t in ledger.attempts(child)] == [(1, "FAILED", "dependency")]
         assert ledger.job(grandchild).reason.startswith(f"job {child}, which it depends on, ended FAILED")
-        assert ledger.fail_sent_dependents() == []
+        assert ledger.fail_sent_dependents() == [] and ledger.fail_sent_dependents([a]) == []
         ledger.requeue([a], "retried by user")  # they wait again, in the ledger
         assert {ledger.job(j).status for j in (child, grandchild)} == {"WAITING"}
 

@@ -14,9 +14,10 @@ import time
 import uuid
 
 import pytest
+import yaml
 from test_slurm import REPO, site  # noqa: F401 - the discovered site fixture
 
-from htc_notebook import Session
+from htc_notebook import Session, SiteConfig
 from htc_notebook.runtime.dependencies import ARRAY_TASK
 
 pytestmark = pytest.mark.slurm
@@ -124,3 +125,40 @@ def test_a_parent_that_fails_for_good_fails_and_scancels_its_afterok_child(site)
             time.sleep(0.5)
         assert _in_squeue(native) is None and _in_squeue(grandchild.row.native_id) is None  # scancelled
         assert not (task.storage.task_dir / "child").exists() and not (task.storage.task_dir / "grandchild").exists()
+
+
+def test_cancelling_a_parent_fails_and_scancels_the_job_sent_behind_it(site):  # noqa: F811
+    root = REPO / "test-output" / f"deps-{uuid.uuid4().hex[:8]}"
+    with Session(root, site=site) as s:
+        task = s.project("deps").task("afterok-cancelled")
+        (parent,) = task.submit_batch(_batch("parent", 1, "sleep 30"), profile="cpu")
+        (child,) = task.submit_batch(_batch("child", 1, "touch child"), profile="cpu", after=[parent])
+        native = child.row.native_id
+        assert ARRAY_TASK.match(native or "")
+        parent.cancel()
+        row = child.wait(timeout=30)
+        assert row.status == "FAILED" and child.attempts[-1].cause == "dependency", row.reason
+        assert row.reason.startswith(f"job {parent.id}, which it depends on, ended CANCELLED")
+        deadline = time.monotonic() + 15
+        while _in_squeue(native) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _in_squeue(native) is None and not (task.storage.task_dir / "child").exists()
+
+
+def test_jobs_the_site_has_no_room_for_wait_in_the_ledger_instead_of_the_queue(site):  # noqa: F811
+    """G8: a profile that allows 3 queued jobs, 2 of them parents: a child fits and goes behind
+    them at once; a batch of 2 more does not fit and waits in the ledger, released once they SUCCEEDED."""
+    data = {"profiles": {n: site.profile(n).model_dump(exclude_none=True, exclude={"name"}) for n in site.names()}}
+    data["profiles"]["cpu"]["max_queued"] = 3
+    root = REPO / "test-output" / f"deps-{uuid.uuid4().hex[:8]}"
+    with Session(root, site=SiteConfig.from_yaml(yaml.safe_dump(data))) as s:
+        task = s.project("deps").task("afterok-room")
+        parents = task.submit_batch(_batch("parents", 2, "sleep 3"), profile="cpu")
+        (one,) = task.submit_batch(_batch("one", 1, "true"), profile="cpu", after=list(parents))
+        two = task.submit_batch(_batch("two", 2, "true"), profile="cpu", after=list(parents))
+        assert ARRAY_TASK.match(one.row.native_id or ""), one.row  # the third queued job: room for it
+        assert [(h.row.status, h.row.native_id) for h in two] == [("WAITING", None)] * 2  # no room for two more
+        two.wait(timeout=120)
+        one.wait(timeout=60)
+        assert [h.status for h in (one, *two)] == ["SUCCEEDED"] * 3
+        assert max(h.row.ended for h in parents) <= min(h.row.started for h in (one, *two))

@@ -155,29 +155,32 @@ class Dependencies(LedgerCore):
                             "sent to SLURM behind the jobs it depends on (afterok)")
         return [job_row(r) for r in sorted(rows)]
 
-    def fail_sent_dependents(self) -> list[tuple[int, int, int, str | None]]:
+    def fail_sent_dependents(self, parent_ids: Iterable[int] | None = None) -> list[tuple[int, int, int, str | None]]:
         """Fail (cause `dependency`, naming the parent) every job sent before its parents ended
-        (`send_after`) a parent of which ended without succeeding for good; its attempt ends so.
-        Their waiting children follow in `fail_dependents`. (job id, attempt, task id, native id) of
-        each, for the runtime to scancel: SLURM keeps such a job pending (DependencyNeverSatisfied).
+        (`send_after`) a parent of which (of `parent_ids`, jobs that just ended without succeeding:
+        an index look-up; None: any, a scan of every dependency) ended without succeeding for good;
+        its attempt ends so. Jobs sent behind those follow; their waiting children follow in
+        `fail_dependents`. (job id, attempt, task id, native id) of each, for the runtime to scancel:
+        SLURM keeps such a job pending (DependencyNeverSatisfied).
 
         Only such jobs can be active with a parent that failed for good: the ledger releases a job
         once all its parents SUCCEEDED, and a SUCCEEDED job never runs again."""
         failed: list[tuple[int, int, int, str | None]] = []
         query = (f"SELECT j.id, j.task_id, MAX(j.attempts, 1), j.native_id, p.id, p.status, p.reason FROM jobs j "
                  f"JOIN deps d ON d.child = j.id JOIN jobs p ON p.id = d.parent "
-                 f"WHERE {SENT_CHILD} AND p.{FAILED_PARENT} GROUP BY j.id")
-        if not self._read(query + " LIMIT 1"):
+                 f"WHERE {SENT_CHILD} AND p.{FAILED_PARENT} {{among}} GROUP BY j.id")
+        among = f"AND d.parent IN {IN_JSON}"
+        frontier = None if parent_ids is None else json.dumps(checked_ids(parent_ids))
+        first = (query.format(among=among), (frontier,)) if frontier is not None else (query.format(among=""), ())
+        if frontier == "[]" or not self._read(first[0] + " LIMIT 1", first[1]):
             return failed
         now = time.time()
         with self._write() as con:
             seq = None
-            while True:
-                found = con.execute(query).fetchall()
-                if not found:
-                    break
+            found = con.execute(*first).fetchall()
+            while found:
                 seq = seq if seq is not None else next_seq(con)
-                for job_id, _task, number, _native, parent, status, why in found:
+                for job_id, task_id, number, native, parent, status, why in found:
                     reason = (f"job {parent}, which it depends on, ended {status}" + (f" ({why})" if why else "")
                               + "; cancelled in SLURM, where it waited behind it (afterok)")
                     con.execute(f"INSERT INTO attempts (job_id, number, status, reason, ended, cause, request) "
@@ -187,9 +190,10 @@ class Dependencies(LedgerCore):
                                 (number, reason, now, job_id))
                     con.execute("UPDATE jobs SET status = 'FAILED', reason = ?, attempts = ?, ended = ?, updated = ?, "
                                 "seq = ?, retry_at = NULL WHERE id = ?", (reason, number, now, now, seq, job_id))
-                    failed.append((job_id, number, _task, _native))
+                    failed.append((job_id, number, task_id, native))
                 events_per_task(con, [(r[0], r[1]) for r in found], now, "failed", "a job it depends on did not "
                                 "succeed (cancelled in SLURM)")
+                found = con.execute(query.format(among=among), (json.dumps([r[0] for r in found]),)).fetchall()
         return failed
 
     def rewait_sent_children(self, parent_ids: Iterable[int]) -> list[tuple[int, int, int, str | None]]:

@@ -316,7 +316,21 @@ class Dispatcher:
         self.backends.cancel(cancelled)
         self._stop_foreign([i for i in cancelled if i not in self.tasks.here])
         self.changes.committed()
+        try:
+            self.fail_sent(cancelled)  # jobs SLURM holds behind them (afterok) fail, naming them
+        except HTCError as exc:
+            log.warning("jobs sent behind cancelled jobs %s were not all cancelled in SLURM: %s", cancelled[:20], exc)
         return cancelled
+
+    def fail_sent(self, parents: Sequence[int] | set[int] | None) -> None:
+        """Fail (cause `dependency`) and scancel the jobs sent behind these jobs (None: any) with
+        afterok, and those sent behind them, where a parent ended without succeeding for good."""
+        sent = self.ledger.fail_sent_dependents(parents)
+        if sent:
+            log.info("jobs %s failed for a parent; cancelled in SLURM", [job_id for job_id, *_ in sent][:20])
+            self.changes.committed([Outcome(job_id, attempt, "FAILED", cause="dependency")
+                                    for job_id, attempt, _, _ in sent])
+            self.stop_sent(sent)
 
     def stop_sent(self, failed: Sequence[tuple[int, int, int, str | None]]) -> None:
         """scancel the jobs the ledger just failed while SLURM held them behind a parent that did not

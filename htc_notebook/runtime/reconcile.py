@@ -68,6 +68,7 @@ OWNERS_EVERY = 5.0  # seconds between two looks for owners that have exited (at 
 RETENTION_EVERY = 300.0  # seconds between two applications of the projects' task retention policies
 RETRIES_PER_TICK = 1000
 RELEASES_PER_TICK = 5000
+SENT_SCAN_EVERY = 60.0  # seconds between two scans of every dependency for jobs sent behind a failed parent
 
 
 class Reconciler:
@@ -93,6 +94,8 @@ class Reconciler:
         self._waiting = True  # jobs of the data root wait for others: a commit of an ended job wakes the loop
         self._unsettled = True  # a job may have ended without succeeding: look for waiting jobs to fail
         self.released = 0  # waiting jobs this process released (for tests and figures)
+        self._ended_badly: set[int] = set()  # jobs that failed or were cancelled: jobs sent behind them may fail
+        self._sent_scanned = time.monotonic()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._first = threading.Event()  # set when the first tick is over
@@ -192,6 +195,10 @@ class Reconciler:
         failed = [o.job_id for o in outcomes if o.status in ("FAILED", "LOST")]
         if failed:
             self.failed(failed)
+        cancelled = [o.job_id for o in outcomes if o.status == "CANCELLED"]
+        if cancelled:
+            with self._lock:
+                self._ended_badly.update(cancelled)
         if not outcomes or any(o.status != "SUCCEEDED" for o in outcomes):  # a cancel commits no outcome
             self._unsettled = True
         if self.dispatcher.holding or (self._waiting and outcomes):
@@ -288,6 +295,7 @@ class Reconciler:
         next tick (`stop_failing_batches`), in this thread, not the recorder's."""
         with self._lock:
             self._failed.update(job_ids)
+            self._ended_badly.update(job_ids)  # a job sent behind it (afterok) may have to fail
         self.wake()
 
     def stop_failing_batches(self) -> list[int]:
@@ -387,13 +395,17 @@ class Reconciler:
         """Fail the waiting jobs a parent of which failed for good, release (and dispatch) those whose
         parents all SUCCEEDED that are this session's to run; returns how many were released."""
         unsettled, self._unsettled = self._unsettled, False  # after a failure or cancel was committed, every few s
-        if unsettled:  # jobs sent behind a parent (SLURM afterok) that did not succeed: failed, then scancelled
-            sent = self.ledger.fail_sent_dependents()
-            if sent:
-                log.info("jobs %s failed for a parent; cancelled in SLURM", [job_id for job_id, *_ in sent][:20])
-                self.changes.committed([Outcome(job_id, attempt, "FAILED", cause="dependency")
-                                        for job_id, attempt, _, _ in sent])
-                self.dispatcher.stop_sent(sent)
+        ended: set[int] | None
+        with self._lock:
+            ended, self._ended_badly = self._ended_badly, set()
+        now = time.monotonic()
+        if now - self._sent_scanned >= SENT_SCAN_EVERY:  # failures this process did not commit (its poller died)
+            self._sent_scanned, ended = now, None
+        if ended is None or ended:  # jobs sent behind a parent (SLURM afterok) that did not succeed: failed, scancelled
+            try:
+                self.dispatcher.fail_sent(ended)
+            except HTCError as exc:  # recorded FAILED; those running here are stopped by stop_cancelled
+                log.warning("jobs sent behind jobs that failed were not all cancelled in SLURM: %s", exc)
         self._waiting = self.ledger.has_waiting()  # an index look-up: the usual case ends here
         if not self._waiting:
             return 0
