@@ -20,10 +20,9 @@ import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/
-from slurm import site
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "bench"), str(REPO)]  # this checkout's htc_notebook, whatever the venv installed
+from slurm import site  # noqa: E402 - after the path is set
 
 
 def _batch(name: str, size: int, seconds: float) -> dict:
