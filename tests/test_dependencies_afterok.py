@@ -161,3 +161,10 @@ def test_jobs_sent_behind_a_parent_that_runs_again_wait_in_the_ledger_and_late_r
         assert ledger.rewait_sent_children([a]) == []
         ledger.record_outcomes([Outcome(a, 1, "SUCCEEDED")])  # the retry (any attempt) succeeds: released as usual
         assert [j for j, _ in ledger.ready()] == [child]
+        # held work of a dead session that can no longer go behind its parents waits in the ledger again
+        assert ledger.send_after({child: "behind nothing"}, "h:1")
+        ledger.start_attempts([AttemptStart(child)])
+        ledger.intend([child], "sbatch:4f2a", "being submitted")
+        assert ledger.rewait([child, grandchild], "its parents changed") == [child]  # the grandchild waits already
+        assert (ledger.job(child).status, ledger.job(child).reason) == ("WAITING", "waiting again: its parents changed")
+        assert [t.status for t in ledger.attempts(child)] == ["CANCELLED", "CANCELLED"]

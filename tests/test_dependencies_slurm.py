@@ -19,6 +19,7 @@ from test_slurm import REPO, site  # noqa: F401 - the discovered site fixture
 
 from htc_notebook import Session, SiteConfig
 from htc_notebook.runtime.dependencies import ARRAY_TASK
+from htc_notebook.server.api import wire_status
 
 pytestmark = pytest.mark.slurm
 
@@ -83,6 +84,8 @@ def test_a_slurm_dag_of_command_batches_is_queued_at_once_through_afterok(site):
                 row = rows[h.id]
                 assert row.status in ("SUBMITTED", "RUNNABLE") and ARRAY_TASK.match(row.native_id or ""), row
                 assert row.reason.startswith(f"waiting for jobs {parents[0].id}, {parents[1].id} (SLURM afterok)"), row
+                if row.status == "RUNNABLE":  # the REST view says so too
+                    assert wire_status(row) == ("RUNNABLE", row.reason)
                 shown = subprocess.run(["scontrol", "show", "job", row.native_id], capture_output=True, text=True,
                                        check=True).stdout
                 dependency = next(w for w in shown.split() if w.startswith("Dependency="))
@@ -92,6 +95,11 @@ def test_a_slurm_dag_of_command_batches_is_queued_at_once_through_afterok(site):
         while (_in_squeue(held) or "").endswith("None") and time.monotonic() < deadline:
             time.sleep(0.2)
         assert _in_squeue(held) == "PENDING Dependency"  # SLURM holds it behind its parents
+        words = f"waiting for jobs {second[0].id}, {second[1].id} (SLURM afterok)"
+        deadline = time.monotonic() + 10  # the poller reports squeue's Dependency in these words, not SLURM's
+        while last[0].row.reason != words and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert last[0].row.reason == words, last[0].row
         last.wait(timeout=120)
         assert last.counts()["SUCCEEDED"] == 1, [h.row.reason for h in (*first, *second, *last)]
         assert (task.storage.task_dir / "last").read_text().split() == ["0", "1", "0", "1"]

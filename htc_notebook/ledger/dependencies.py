@@ -70,6 +70,21 @@ def rearm_children(con: sqlite3.Connection, parents: list[int], seq: int, now: f
         f"RETURNING id, task_id", (json.dumps(parents), now, seq)).fetchall()
 
 
+def _rewait(con: sqlite3.Connection, found: Sequence[tuple], now: float, why: str) -> None:
+    """(job id, attempt, task id, native id) rows: back to WAITING, their attempt CANCELLED (never ran)."""
+    if not found:
+        return
+    seq = next_seq(con)
+    for job_id, attempt, _task, _native in found:
+        con.execute("UPDATE attempts SET status = 'CANCELLED', reason = ?, ended = ? WHERE job_id = ? AND number = ? "
+                    "AND status NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'LOST')",
+                    (f"not run: {why}; it waits in the ledger", now, job_id, attempt))
+    con.execute(f"UPDATE jobs SET status = 'WAITING', reason = ?, native_id = NULL, host = NULL, started = NULL, "
+                f"ended = NULL, updated = ?, seq = ? WHERE id IN {IN_JSON}",
+                (f"waiting again: {why}", now, seq, json.dumps([r[0] for r in found])))
+    events_per_task(con, [(r[0], r[2]) for r in found], now, "waiting", why)
+
+
 class Dependencies(LedgerCore):
     """Jobs waiting for others: which are ready, releasing them once, failing them for a parent."""
 
@@ -211,20 +226,18 @@ class Dependencies(LedgerCore):
                 f"  WHERE {SENT_CHILD}) "
                 f"SELECT id, attempts, task_id, native_id FROM jobs WHERE id IN (SELECT id FROM down) ORDER BY id",
                 (ids,)).fetchall()
-            if not found:
-                return []
-            seq = next_seq(con)
-            why = "not run: a job it waited for in SLURM (afterok) runs again; it waits for it in the ledger"
-            for job_id, attempt, _task, _native in found:
-                con.execute("UPDATE attempts SET status = 'CANCELLED', reason = ?, ended = ? WHERE job_id = ? AND "
-                            "number = ? AND status NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'LOST')",
-                            (why, now, job_id, attempt))
-            con.execute(f"UPDATE jobs SET status = 'WAITING', reason = 'waiting again: a job it depends on runs "
-                        f"again', native_id = NULL, host = NULL, started = NULL, ended = NULL, updated = ?, seq = ? "
-                        f"WHERE id IN {IN_JSON}", (now, seq, json.dumps([r[0] for r in found])))
-            events_per_task(con, [(r[0], r[2]) for r in found], now, "waiting", "a job it waited for in SLURM "
-                            "(afterok) runs again")
+            _rewait(con, found, now, "a job it waited for in SLURM (afterok) runs again")
         return [(int(a), int(b), int(c), d) for a, b, c, d in found]
+
+    def rewait(self, job_ids: Iterable[int], why: str) -> list[int]:
+        """These jobs, sent (or about to be sent) behind their parents but not run, wait in the ledger
+        again (WAITING), their attempt ending CANCELLED: the ids moved (those still active)."""
+        ids = json.dumps(checked_ids(job_ids))
+        with self._write() as con:
+            found = con.execute(f"SELECT id, attempts, task_id, native_id FROM jobs j WHERE id IN {IN_JSON} "
+                                f"AND {SENT_CHILD}", (ids,)).fetchall()
+            _rewait(con, found, time.time(), why)
+        return [int(r[0]) for r in found]
 
     def parents(self, job_id: int) -> list[int]:
         return [r[0] for r in self._read("SELECT parent FROM deps WHERE child = ? ORDER BY parent", (job_id,))]

@@ -292,6 +292,7 @@ class Dispatcher:
 
     def feed_held(self, rows: Sequence[JobRow]) -> None:
         """Hand SLURM the held work of a dead session, claimed by this one (`Ledger.claim`)."""
+        after, rows = self._still_behind(rows)
         by_task: dict[int, list[JobRow]] = {}
         for r in rows:
             by_task.setdefault(r.task_id, []).append(r)
@@ -302,12 +303,45 @@ class Dispatcher:
             parents = ParentValues(self.ledger)  # held work is command jobs: no call takes results
             for r in group:
                 self.tasks.here[r.id] = task_id
-                by_profile.setdefault(r.profile, []).append(
-                    self._launch(task, where, r, r.attempts, r.log_out or "", r.log_err or "", parents))
+                launch = self._launch(task, where, r, r.attempts, r.log_out or "", r.log_err or "", parents)
+                if r.id in after:  # sent behind its parents (afterok), as it was to be
+                    launch = replace(launch, after=after[r.id][0], after_jobs=after[r.id][1])
+                by_profile.setdefault(r.profile, []).append(launch)
             tokens = {r.id: token for r in group
                       if (native := NativeId.parse(r.native_id)) is not None and (token := native.token) is not None}
             for profile, launches in by_profile.items():
                 cast("SlurmBackend", self.backends.get(self.profiles.get(profile))).hold(launches, tokens)
+
+    def _still_behind(self, rows: Sequence[JobRow]) -> tuple[dict[int, tuple[tuple[str, ...], tuple[int, ...]]],
+                                                              list[JobRow]]:
+        """Held work of a dead session that was to go behind its parents (afterok): the dependency of
+        each (from the parents' array tasks now), and the rows to feed. One whose parents can no
+        longer be followed so (one runs again, or failed) waits in the ledger again instead."""
+        ids = {r.id for r in rows}
+        parents_of: dict[int, list[int]] = {}
+        for parent, child in self.ledger.edges(ids):
+            if child in ids:
+                parents_of.setdefault(child, []).append(parent)
+        if not parents_of:
+            return {}, list(rows)
+        states = {row[0]: ParentState(*row) for row in self.ledger.parent_states(
+            {p for ps in parents_of.values() for p in ps})}
+        after: dict[int, tuple[tuple[str, ...], tuple[int, ...]]] = {}
+        back: list[int] = []
+        for r in rows:
+            known = [states[p] for p in parents_of.get(r.id, ()) if p in states]
+            if all(p.status == "SUCCEEDED" for p in known):
+                continue
+            tasks = afterok(r.kind, r.profile, True, bool(r.spec.mpi), known)
+            if tasks is None:
+                back.append(r.id)
+            else:
+                after[r.id] = (tasks, tuple(p.id for p in known if p.status != "SUCCEEDED"))
+        moved = set(self.ledger.rewait(back, "the jobs it was to wait for in SLURM (afterok) changed before it was "
+                                       "sent")) if back else set()
+        if moved:
+            log.info("held jobs %s of a dead session wait in the ledger again for their parents", sorted(moved)[:20])
+        return after, [r for r in rows if r.id not in moved and r.id not in back]
 
     # -- cancel and retry ---------------------------------------------------------------------
     def cancel(self, job_ids: Iterable[int], reason: str = "cancelled by user") -> list[int]:
