@@ -105,19 +105,16 @@ class Dispatcher:
         states = {row[0]: ParentState(*row) for row in self.ledger.parent_states(
             {p for parents in by_parents for p in parents})}
         after: dict[int, tuple[tuple[str, ...], tuple[int, ...]]] = {}
-        reasons: dict[int, str] = {}
+        eligible: dict[str, list[Pending]] = {}
         for parents, group in by_parents.items():
             known = [states[p] for p in parents if p in states]
-            by_profile: dict[str, list[Pending]] = {}
             for c in group:
-                by_profile.setdefault(c.profile, []).append(c)
-            for profile, members in by_profile.items():
-                tasks = afterok("command", profile, True, False, known)
-                if tasks is None or not self._room(task, profile, members):
-                    continue
-                waits = tuple(p.id for p in known if p.status != "SUCCEEDED")
-                for c in members:
-                    after[c.id], reasons[c.id] = (tasks, waits), afterok_reason(waits)
+                tasks = afterok("command", c.profile, True, False, known)
+                if tasks is not None:
+                    after[c.id] = (tasks, tuple(p.id for p in known if p.status != "SUCCEEDED"))
+                    eligible.setdefault(c.profile, []).append(c)
+        reasons = {c.id: afterok_reason(after[c.id][1]) for profile, members in eligible.items()
+                   if self._room(task, profile, members) for c in members}  # the site's room: once per profile
         rows = self.ledger.send_after(reasons, str(self.owner)) if reasons else []
         if rows:
             log.info("%d jobs sent to SLURM behind the jobs they depend on (afterok)", len(rows))
