@@ -515,6 +515,37 @@ print("every job SUCCEEDED:", counts["SUCCEEDED"] == len(jobs) == 43)
 print("each result committed once:", all([a.status for a in h.attempts].count("SUCCEEDED") == 1 for h in jobs))
 print("generations released by this kernel:", session.reconciler.released > 0)
 print("FFS within a factor 2 of brute force:", 0.5 < rate["rate"] * sum(brute) / len(brute) < 2)""",
+"""md:## The same with LAMMPS as the engine
+
+Real rare-event studies run a real MD code. Here Debian's LAMMPS (`lmp`) moves the particle
+(underdamped Langevin dynamics, so a configuration is a position and a velocity), and every job is
+a command batch: each generation is submitted `after=` the one before, draws its starting points
+from the files the last generation wrote into the task directory, and writes its own
+(`htc_notebook/examples/ffs_lammps.py` holds the inputs and the scripts). The whole chain is
+submitted at once; the ledger holds each generation until the last one succeeded.""",
+"""from htc_notebook.examples import ffs_lammps
+md = session.project("ffs").task("lammps")
+ffs_lammps.write_inputs(md.storage.task_dir)
+generation = md.submit_batch(ffs_lammps.flux_batch())
+brute_md = md.submit_batch(ffs_lammps.passage_batch())
+generations = [generation]
+for stage in range(len(ffs.INTERFACES) - 1):
+    generation = md.submit_batch(ffs_lammps.stage_batch(stage), after=list(generation))
+    generations.append(generation)
+print(md.counts()["WAITING"], "jobs wait for the generation before them")""",
+"""generation.wait(timeout=600); brute_md.wait(timeout=600)
+md_rate = ffs_lammps.rate(md.storage.task_dir)
+print({k: round(v, 4) if isinstance(v, float) else [round(p, 3) for p in v] for k, v in md_rate.items()})
+fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+left.semilogy(ffs.INTERFACES[1:], list(accumulate(md_rate["probabilities"], lambda a, b: a * b)), marker="o")
+left.set_xlabel("interface"); left.set_ylabel("P(reach it | left A)"); left.set_title("LAMMPS: crossing probability")
+right.bar(["FFS", "brute force"], [md_rate["rate"], md_rate["brute_force"]], color=["#5e35b1", "#9e9e9e"])
+right.set_ylabel("rate A -> B (1 / time)"); right.set_title("LAMMPS: the same rate, two ways");""",
+"""# NBVAL_CHECK_OUTPUT
+print("every LAMMPS job SUCCEEDED:", md.counts()["SUCCEEDED"] == len(md.jobs()) == 42)
+print("each generation started after the one before had ended:",
+      all(max(h.row.ended for h in a) <= min(h.row.started for h in b) for a, b in zip(generations, generations[1:])))
+print("FFS within a factor 2 of brute force:", 0.5 < md_rate["rate"] / md_rate["brute_force"] < 2)""",
 ])
 
 

@@ -122,14 +122,15 @@ def test_a_waiting_job_is_runnable_in_the_rest_view_saying_what_it_waits_for(tmp
         (a,) = ledger.add_jobs(task.id, [NewJob("a", "command", {}, JobSpec())])
         (b,) = ledger.add_jobs(task.id, [NewJob("b", "command", {}, JobSpec(), after=(a,))])
         assert wire_status(ledger.job(b)) == ("RUNNABLE", f"waiting for job {a}")
-        assert ledger.ready() == []  # its parent has not succeeded
+        assert ledger.ready_rows() == []  # its parent has not succeeded
         with pytest.raises(Exception, match="no job 99"):
             ledger.add_jobs(task.id, [NewJob("c", "command", {}, JobSpec(), after=(99,))])
 
 
 def _release(path: str, owner: str, ids: list[int], out) -> None:
     with Ledger(path) as ledger:
-        out.put((owner, [r.id for r in ledger.release_waiting(ids, owner)]))
+        numbers = ledger.start_attempts([AttemptStart(i) for i in ids], release_for=owner)
+        out.put((owner, [i for i, n in zip(ids, numbers, strict=True) if n]))
 
 
 def test_of_processes_releasing_the_same_ready_jobs_each_job_goes_to_one(tmp_path):
@@ -140,7 +141,7 @@ def test_of_processes_releasing_the_same_ready_jobs_each_job_goes_to_one(tmp_pat
         ids = ledger.add_jobs(task.id, [NewJob(f"c{i}", "command", {}, JobSpec(), after=(a,)) for i in range(200)])
         ledger.start_attempts([AttemptStart(a)])
         ledger.record_outcomes([Outcome(a, 1, "SUCCEEDED")])
-        assert sorted(j for j, _ in ledger.ready()) == ids
+        assert [r.id for r in ledger.ready_rows()] == ids
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
     procs = [ctx.Process(target=_release, args=(str(path), f"h:{n}", ids, out)) for n in range(4)]
@@ -152,7 +153,7 @@ def test_of_processes_releasing_the_same_ready_jobs_each_job_goes_to_one(tmp_pat
     released = [j for _, mine in got for j in mine]
     assert sorted(released) == ids  # every job released, none twice
     with Ledger(path) as ledger:
-        assert {r.status for r in ledger.jobs(task.id) if r.id in ids} == {"SUBMITTED"}
+        assert {(r.status, r.attempts) for r in ledger.jobs(task.id) if r.id in ids} == {("RUNNING", 1)}  # started once
         owners = {ledger.job(j).spec.owner for j in ids}
         assert owners <= {f"h:{n}" for n in range(4)}
 
@@ -179,9 +180,10 @@ BUILDER = textwrap.dedent("""
         a.result(timeout=120)
         slow = task.submit(when_told, "gate", 3)  # runs until the test opens the gate: the builder dies first
         b = task.submit(tally, "b", [a, slow])
+        big = task.submit(tally, "big", [slow, "x" * 300_000])  # a call too large for the ledger: a file
         while not (task.storage.task_dir / "started-gate").exists():  # its call runs
             time.sleep(0.05)
-        print(a.id, slow.id, b.id, flush=True)
+        print(a.id, slow.id, b.id, big.id, flush=True)
         time.sleep(600)  # SIGKILLed here: b waits in the ledger, nobody to release it
 
     if __name__ == "__main__":  # its LocalCluster's workers import this file
@@ -196,7 +198,7 @@ def test_a_dag_whose_builder_was_sigkilled_is_finished_by_the_next_session_with_
     builder = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=REPO,
                                env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
-        a, slow, b = map(int, builder.stdout.readline().split())
+        a, slow, b, big = map(int, builder.stdout.readline().split())
     finally:
         builder.send_signal(signal.SIGKILL)
         builder.wait(30)
@@ -205,11 +207,18 @@ def test_a_dag_whose_builder_was_sigkilled_is_finished_by_the_next_session_with_
         assert s.job(b).status == "WAITING"
         (task.storage.task_dir / "gate").write_text("")  # the killed run of `slow` is LOST and run again here
         assert s.job(b).result(timeout=180) == [2, 3]
-        for name in ("a", "b"):
+        assert s.job(big).result(timeout=180) == [3, "x" * 300_000]
+        for name in ("a", "b", "big"):
             assert (task.storage.task_dir / name).read_text() == "ran\n", name  # each ran once
         assert [x.status for x in s.job(slow).attempts] == ["LOST", "SUCCEEDED"]  # its result committed once
         assert s.job(slow).attempts[0].cause == "owner"
-        assert s.reconciler.released == 1  # b, released here: not by the dead builder
+        assert s.reconciler.released == 2  # b and big, released here: not by the dead builder
+        # their calls came from what the builder stored: b's in the ledger, big's in a file
+        small_digest, big_digest = s.job(b).row.spec.payload, s.job(big).row.spec.payload
+        assert s.parts.ledger.payload(task.id, small_digest) is not None
+        assert s.parts.ledger.payload(task.id, big_digest) is None
+        assert s.parts.storage.payload_path("deps", "orphan", big_digest).stat().st_size > 300_000
+        assert not s.parts.storage.payload_path("deps", "orphan", small_digest).exists()
 
 
 def test_a_sweep_over_jobs_calls_each_member_with_its_jobs_result(session):

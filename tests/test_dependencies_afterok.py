@@ -160,7 +160,7 @@ def test_jobs_sent_behind_a_parent_that_runs_again_wait_in_the_ledger_and_late_r
         assert ledger.job(child).status == "WAITING"
         assert ledger.rewait_sent_children([a]) == []
         ledger.record_outcomes([Outcome(a, 1, "SUCCEEDED")])  # the retry (any attempt) succeeds: released as usual
-        assert [j for j, _ in ledger.ready()] == [child]
+        assert [r.id for r in ledger.ready_rows()] == [child]
         # held work of a dead session that can no longer go behind its parents waits in the ledger again
         assert ledger.send_after({child: "behind nothing"}, "h:1")
         ledger.start_attempts([AttemptStart(child)])

@@ -14,9 +14,8 @@ import pytest
 from htc_notebook.errors import LedgerError
 from htc_notebook.spec import JobSpec, RetryPolicy
 from htc_notebook.ledger import SCHEMA_VERSION, AttemptStart, Ledger, NewJob
-from htc_notebook.ledger.schema import (DDL, V1_STATUSES, V9_STATUSES, V10_UPGRADE, V5_UPGRADE, V6_UPGRADE, V7_UPGRADE,
-                                        V8_UPGRADE, V9_UPGRADE,
-                                         sql_list)
+from htc_notebook.ledger.schema import (DDL, V1_STATUSES, V5_UPGRADE, V6_UPGRADE, V7_UPGRADE, V8_UPGRADE,
+                                        V9_STATUSES, V9_UPGRADE, V10_UPGRADE, V11_UPGRADE, sql_list)
 from htc_notebook.states import JobStatus, Outcome
 
 
@@ -122,12 +121,13 @@ def test_timeouts_are_a_cause_of_their_own(ledger):
 # -- older ledgers, upgraded in place -------------------------------------------------------------
 
 def _old_ledger(path: Path, version: int) -> None:
-    """A ledger as version 1 to 9 of the schema made it: no dependencies or WAITING (v9), no owners'
-    leases (v8), no sandbox (v7), no memory_held (v6), no project dimensions (v5), no project limits
-    (v4), no owner index (v3), no retry columns (v2), no HELD, no leases (v1)."""
+    """A ledger as version 1 to 10 of the schema made it: no stored calls (v10), no dependencies or
+    WAITING (v9), no owners' leases (v8), no sandbox (v7), no memory_held (v6), no project dimensions
+    (v5), no project limits (v4), no owner index (v3), no retry columns (v2), no HELD, no leases (v1)."""
     con = sqlite3.connect(path)
     for statement in DDL:
-        if (statement in V10_UPGRADE or statement in V9_UPGRADE and version < 9
+        if (statement in V11_UPGRADE or statement in V10_UPGRADE and version < 10
+                or statement in V9_UPGRADE and version < 9
                 or statement in V8_UPGRADE and version < 8
                 or statement in V7_UPGRADE and version < 7 or statement in V6_UPGRADE and version < 6
                 or statement in V5_UPGRADE and version < 5):
@@ -138,7 +138,8 @@ def _old_ledger(path: Path, version: int) -> None:
         if version < 3:
             statement = re.sub(r",\n\s+retry_at .*", "", statement)  # v3's columns, each on its own line
             statement = re.sub(r"\n\s+(cause|request|cpu_s|max_rss_mib) .*", "", statement)
-        statement = statement.replace(sql_list(frozenset(JobStatus)), V1_STATUSES if version == 1 else V9_STATUSES)
+        if version < 10:
+            statement = statement.replace(sql_list(frozenset(JobStatus)), V1_STATUSES if version == 1 else V9_STATUSES)
         con.execute(statement)
     con.execute("INSERT INTO projects VALUES ('p', 0)")
     con.execute("INSERT INTO tasks (id, project, name, created) VALUES (1, 'p', 't', 0)")
@@ -152,7 +153,7 @@ def _old_ledger(path: Path, version: int) -> None:
     con.close()
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 7, 8, 9])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
 def test_older_ledgers_are_upgraded_and_keep_their_jobs(tmp_path, version):
     path = tmp_path / "old.db"
     _old_ledger(path, version)
@@ -185,3 +186,5 @@ def test_older_ledgers_are_upgraded_and_keep_their_jobs(tmp_path, version):
         assert (again.job(1).sandbox, again.attempts(1)[-1].sandbox) == ("none", "none")
         (child,) = again.add_jobs(1, [NewJob("child", "command", {}, JobSpec(), after=(1,))])  # v10: dependencies
         assert again.job(child).status == "WAITING" and again.parents(child) == [1]
+        again.add_jobs(1, [NewJob("call", "python", {}, JobSpec(payload="d1"), stored=b"pickled")])  # v11
+        assert again.payload(1, "d1") == b"pickled" and again.payload(1, "other") is None

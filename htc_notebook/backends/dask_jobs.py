@@ -14,8 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import weakref
-from collections import deque
+from collections import OrderedDict, deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -66,6 +65,7 @@ CONFINED_SCALE = 20
 # as results come back. Probes go to the front of the queue: they decide how the rest runs.
 WINDOW = 4000
 REFILL_EVERY = 0.2  # seconds at most between looks while launches wait for room
+TIMED_FUNCTIONS = 256  # how many functions' call times are kept (each its last TIMED_CALLS)
 
 # A worker that dies under a call ends that call's attempt at once (cause "lost"; the reconcile
 # loop requeues it): dask's own reruns (allowed-failures, 3 by default) would run the call again
@@ -175,7 +175,8 @@ class DaskJobs:
         self._tasks: dict[str, tuple[list[Job], object]] = {}  # dask key -> (its jobs, future): in flight
         self._key_of: dict[int, str] = {}  # job id -> dask key
         self._runner_of: dict[str, JobRunner] = {}  # dask key -> the JobRunner of its calls, in flight
-        self._took: weakref.WeakKeyDictionary[JobRunner, deque[float]] = weakref.WeakKeyDictionary()
+        # a function's digest -> how long its last calls took (of the TIMED_FUNCTIONS timed last)
+        self._took: OrderedDict[str, deque[float]] = OrderedDict()
         self._queue: deque[tuple[How, Sequence[Job]]] = deque()  # dask tasks waiting for room in the window
         self._waiting: dict[int, int] = {}  # job id -> attempt, for jobs queued or held that are still to run
         self._held: list[_Held] = []
@@ -261,7 +262,10 @@ class DaskJobs:
                 runner = JobRunner(same[0].call.fn, str(key[1]), dict(key[2]),
                                    max((launch.timeout for launch in same if launch.timeout), default=None),
                                    view=key[3], memory_mib=key[4])
-                if self._call_times is not None and same[0].spec.payload:
+                took = self._took.get(runner.digest)
+                if took:
+                    runner.expected = p95(took)
+                elif self._call_times is not None and same[0].spec.payload:  # not timed here yet: as before
                     self._time(runner, [{"ok": True, "started": 0.0, "ended": t}
                                         for t in self._call_times(same[0].job_id, same[0].spec.payload)])
                 if len(group) > 2 * PROBE_JOBS:
@@ -431,7 +435,10 @@ class DaskJobs:
     def _time(self, runner: JobRunner, reports: list) -> None:
         """Learn how long the runner's calls take: the p95 of its last calls that succeeded, carried by
         the dask tasks submitted from now on (a pilot near its deadline starts none that would not fit)."""
-        took = self._took.setdefault(runner, deque(maxlen=TIMED_CALLS))
+        took = self._took.setdefault(runner.digest, deque(maxlen=TIMED_CALLS))
+        self._took.move_to_end(runner.digest)
+        if len(self._took) > TIMED_FUNCTIONS:
+            self._took.popitem(last=False)
         took.extend(r["ended"] - r["started"] for r in reports if isinstance(r, dict) and r.get("ok"))
         if took:
             runner.expected = p95(took)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from ..errors import LedgerError
 from ..states import ACTIVE, CAUSES, REQUEUE_CAUSES, TERMINAL, Cause, JobStatus, Outcome
 from .connection import LedgerCore
+from .dependencies import release
 from .encoding import checked_status
 from .project_rules import admit
 from .rows import AttemptStart
@@ -22,12 +23,16 @@ from .statements import IN_JSON, event, many, next_seq
 class Attempts(LedgerCore):
     """`start_attempts` and `record_outcomes`."""
 
-    def start_attempts(self, items: Sequence[AttemptStart], room: tuple[str, int] | None = None) -> list[int]:
+    def start_attempts(self, items: Sequence[AttemptStart], room: tuple[str, int] | None = None, *,
+                       release_for: str | None = None) -> list[int]:
         """Begin a new attempt for each job; returns attempt numbers (0 for jobs already terminal).
 
         `room` = (project, vCPU limit): only the jobs that fit in the project's limit start (in
         order, counted in this write transaction, so processes sharing the ledger never exceed
-        it together); the others wait HELD for room, and get 0."""
+        it together); the others wait HELD for room, and get 0. With `release_for` (an owner), the
+        jobs are waiting ones (`ready_rows`): those still WAITING with every parent SUCCEEDED are
+        released to that owner in the same transaction (a compare-and-set, `dependencies.release`: of
+        many processes, one gets each); the others get 0."""
         items = list(items)
         canonical = {s: checked_status(s) for s in {it.status for it in items}}  # each distinct status checked once
         for status in canonical.values():
@@ -37,6 +42,9 @@ class Attempts(LedgerCore):
         asked = items
         with self._write() as con:
             seq = next_seq(con)
+            if release_for is not None:
+                released = {r[0] for r in release(con, [it.job_id for it in items], release_for, now, seq)}
+                items = [it for it in items if it.job_id in released]
             if room is not None:
                 items = admit(con, items, room, now, seq)
             # bump every live job (many rows a statement), reading back the ones this transaction moved

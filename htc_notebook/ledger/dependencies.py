@@ -1,6 +1,7 @@
 """Dependencies between jobs: a job added with parents (`NewJob.after`) waits WAITING until every
-parent SUCCEEDED; then one process releases it (WAITING -> SUBMITTED, a compare-and-set in one
-write transaction, so across kernels and servers of the data root it is released once). A parent
+parent SUCCEEDED; then one process releases it with its first attempt (WAITING -> SUBMITTED ->
+RUNNABLE, a compare-and-set in `start_attempts`' write transaction, so across kernels and servers
+of the data root it is released once). A parent
 that ended without succeeding for good (FAILED, CANCELLED or LOST with no retry due) fails its
 waiting children with cause `dependency`, naming it, and theirs in turn; requeueing that parent
 (a retry) lets the children it failed wait again (`rearm_children`).
@@ -10,7 +11,10 @@ A SLURM command job whose parents SLURM already has may instead be sent at once 
 ends without succeeding for good, `fail_sent_dependents` fails it (cause `dependency`, naming the
 parent) for the runtime to scancel.
 
->>> ledger.release_waiting([12], owner="host:42")  # doctest: +SKIP
+>>> [row.id for row in ledger.ready_rows()]  # doctest: +SKIP
+[12]
+>>> ledger.start_attempts([AttemptStart(12)], release_for="host:42")  # doctest: +SKIP
+[1]
 """
 
 from __future__ import annotations
@@ -85,28 +89,27 @@ def _rewait(con: sqlite3.Connection, found: Sequence[tuple], now: float, why: st
     events_per_task(con, [(r[0], r[2]) for r in found], now, "waiting", why)
 
 
+def release(con: sqlite3.Connection, ids: Sequence[int], owner: str, now: float, seq: int) -> list[tuple]:
+    """WAITING -> SUBMITTED, owned by `owner`, for those of `ids` still waiting with every parent
+    SUCCEEDED (a compare-and-set inside the caller's write transaction); their job rows."""
+    rows = con.execute(
+        f"UPDATE jobs SET status = 'SUBMITTED', reason = 'the jobs it depends on succeeded', updated = ?, "
+        f"       seq = ?, spec = json_set(spec, '$.owner', ?) "
+        f"WHERE id IN {IN_JSON} AND status = 'WAITING' AND NOT EXISTS (SELECT 1 FROM deps d JOIN jobs p "
+        f"  ON p.id = d.parent WHERE d.child = jobs.id AND p.status <> 'SUCCEEDED') "
+        f"RETURNING {JOB_COLUMNS}", (now, seq, owner, json.dumps(list(ids)))).fetchall()
+    events_per_task(con, [(r[0], r[1]) for r in rows], now, "released", "the jobs it depends on succeeded")
+    return rows
+
+
 class Dependencies(LedgerCore):
     """Jobs waiting for others: which are ready, releasing them once, failing them for a parent."""
 
-    def ready(self, limit: int = 1000) -> list[tuple[int, str | None]]:
-        """(job id, owner) of waiting jobs whose parents all SUCCEEDED, oldest first."""
-        return [(int(r[0]), r[1]) for r in self._read(READY_SQL, (limit,))]
-
-    def release_waiting(self, job_ids: Iterable[int], owner: str) -> list[JobRow]:
-        """WAITING -> SUBMITTED, owned by `owner`, for those of these jobs still waiting with every
-        parent SUCCEEDED: of many processes releasing one job, one gets it. Returns their rows."""
-        ids = checked_ids(job_ids)
-        now = time.time()
-        with self._write() as con:
-            seq = next_seq(con)
-            rows = con.execute(
-                f"UPDATE jobs SET status = 'SUBMITTED', reason = 'the jobs it depends on succeeded', updated = ?, "
-                f"       seq = ?, spec = json_set(spec, '$.owner', ?) "
-                f"WHERE id IN {IN_JSON} AND status = 'WAITING' AND NOT EXISTS (SELECT 1 FROM deps d JOIN jobs p "
-                f"  ON p.id = d.parent WHERE d.child = jobs.id AND p.status <> 'SUCCEEDED') "
-                f"RETURNING {JOB_COLUMNS}", (now, seq, owner, json.dumps(ids))).fetchall()
-            events_per_task(con, [(r[0], r[1]) for r in rows], now, "released", "the jobs it depends on succeeded")
-        return [job_row(r) for r in sorted(rows)]
+    def ready_rows(self, limit: int = 1000) -> list[JobRow]:
+        """The rows of waiting jobs whose parents all SUCCEEDED, oldest first (a read: they are
+        released with their first attempt, `start_attempts(..., release_for=owner)`)."""
+        return [job_row(r) for r in self._read(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE id IN (SELECT id FROM ({READY_SQL})) ORDER BY id", (limit,))]
 
     def fail_dependents(self) -> list[tuple[int, int]]:
         """Fail (cause `dependency`) every waiting job a parent of which ended without succeeding, and

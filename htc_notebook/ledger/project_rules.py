@@ -146,7 +146,7 @@ class ProjectRules(LedgerCore):
     def due_for_deletion(self, policy: RetentionRow, now: float | None = None) -> list[tuple[int, str]]:
         """Claim the project's tasks archived more than `policy.delete_after` hours ago, with no
         active job, whose files are still there: (task id, name) of those this call claimed (one
-        process each); the caller deletes their files. The ledger keeps their record."""
+        process each); the caller deletes their files. The ledger keeps their record (not their stored calls)."""
         if not policy.delete_after:
             return []
         now = time.time() if now is None else now
@@ -156,6 +156,7 @@ class ProjectRules(LedgerCore):
                 f"AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.task_id = tasks.id AND status NOT IN ({TERMINAL_SQL})) "
                 "AND COALESCE(archived, created) < ? RETURNING id, name",
                 (now, policy.project, now - policy.delete_after * HOUR)).fetchall()
+            con.executemany("DELETE FROM payloads WHERE task_id = ?", [(task_id,) for task_id, _ in moved])
             for task_id, _ in moved:
                 event(con, task_id, None, now, "deleted", f"its files deleted {policy.delete_after} h after it "
                       "was archived (the project's task retention policy, deleteAfter); its record is kept")

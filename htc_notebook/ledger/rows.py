@@ -163,6 +163,7 @@ class NewJob:
     profile: str = "local"
     priority: int = 0
     after: tuple[int, ...] = ()  # the jobs it depends on: it waits WAITING until they all SUCCEEDED
+    stored: bytes | None = None  # the pickled call `spec.payload` names, to keep in the ledger (small ones)
 
 
 @dataclass(frozen=True)

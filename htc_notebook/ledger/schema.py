@@ -10,7 +10,7 @@ def sql_list(states: frozenset) -> str:
     return ",".join(f"'{s.value}'" for s in sorted(states, key=lambda s: s.value))
 
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 # Version 1 had no HELD state: its CHECK constraints list these (upgraded in place, see Ledger)
 V1_STATUSES = "'CANCELLED','FAILED','LOST','RUNNABLE','RUNNING','STARTING','SUBMITTED','SUCCEEDED'"
 
@@ -103,6 +103,16 @@ DEPS_DDL = """CREATE TABLE deps (
     ) WITHOUT ROWID"""
 V10_UPGRADE = (DEPS_DDL, "CREATE INDEX deps_parent ON deps (parent, child)",
                "CREATE INDEX jobs_waiting ON jobs (id) WHERE status = 'WAITING'")
+
+# v10 -> v11: small pickled calls kept in the ledger, written in the transaction that adds their
+# jobs (no file and its two fsyncs per `task.submit`); larger ones stay files under the task's .htc/
+PAYLOADS_DDL = """CREATE TABLE payloads (
+        task_id  INTEGER NOT NULL REFERENCES tasks(id),
+        digest   TEXT NOT NULL,
+        data     BLOB NOT NULL,
+        PRIMARY KEY (task_id, digest)
+    ) WITHOUT ROWID"""
+V11_UPGRADE = (PAYLOADS_DDL,)
 
 # Named leases: which process does a job for the whole data root (e.g. the one SLURM status poll)
 LEASES_DDL = """CREATE TABLE leases (
@@ -223,6 +233,7 @@ DDL = (
     *V8_UPGRADE,
     *V9_UPGRADE,
     *V10_UPGRADE,
+    *V11_UPGRADE,
 
     # PRIMARY KEY job_id: a job's result is committed exactly once (G2).
     """CREATE TABLE results (

@@ -25,8 +25,14 @@ KINDS = ("python", "command")
 class Submission(LedgerCore):
     """`add_jobs` and the look-up of a task's jobs by key."""
 
+    def payload(self, task_id: int, digest: str) -> bytes | None:
+        """The pickled call `digest` of task `task_id`, if it is kept in the ledger."""
+        rows = self._read("SELECT data FROM payloads WHERE task_id = ? AND digest = ?", (task_id, digest))
+        return bytes(rows[0][0]) if rows else None
+
     def add_jobs(self, task_id: int, jobs: Sequence[NewJob], batch: NewBatch | None = None) -> list[int]:
-        """Insert jobs as SUBMITTED in one transaction; returns their ids in input order.
+        """Insert jobs as SUBMITTED in one transaction, with the calls they carry (`NewJob.stored`);
+        returns their ids in input order.
 
         A key already used in this task (or twice in `jobs`) raises LedgerError naming it, and
         nothing is inserted.
@@ -68,6 +74,10 @@ class Submission(LedgerCore):
                     raise
                 raise KeyTaken(f"job key {taken[0]!r} already exists in task {task_id}; "
                                "nothing was submitted") from e
+            stored = {job.spec.payload: job.stored for job in jobs if job.stored is not None and job.spec.payload}
+            if stored:
+                con.executemany("INSERT OR IGNORE INTO payloads (task_id, digest, data) VALUES (?, ?, ?)",
+                                [(task_id, digest, data) for digest, data in stored.items()])
             waiting = [(job_id, job.after) for job_id, job in zip(ids, jobs, strict=True) if job.after]
             if waiting:  # apart, so a plain batch's insert stays as lean as it was
                 con.executemany("UPDATE jobs SET status = 'WAITING', reason = ? WHERE id = ?",

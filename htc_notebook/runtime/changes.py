@@ -37,14 +37,18 @@ class Changes:
 
     def committed(self, outcomes: Sequence[Outcome] = ()) -> None:
         """Something was committed (with these outcomes): wake the waiters, tell the listeners."""
-        with self._changed:
-            self._generation += 1
-            self._changed.notify_all()
+        self.moved()
         for listener in self._listeners:
             try:
                 listener(outcomes)
             except Exception:
                 log.exception("a listener of committed changes failed")
+
+    def moved(self) -> None:
+        """Jobs changed state without ending (released to run): wake the waiters only."""
+        with self._changed:
+            self._generation += 1
+            self._changed.notify_all()
 
     def mark(self) -> int:
         """A mark to pass to `wait`: take it before looking at the ledger."""

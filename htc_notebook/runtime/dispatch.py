@@ -118,7 +118,7 @@ class Dispatcher:
         rows = self.ledger.send_after(reasons, str(self.owner)) if reasons else []
         if rows:
             log.info("%d jobs sent to SLURM behind the jobs they depend on (afterok)", len(rows))
-            self.dispatch(task, rows, after)
+            self.dispatch(task, rows, after=after)
         return [r.id for r in rows]
 
     def _is_slurm(self, profile: str) -> bool:
@@ -140,9 +140,15 @@ class Dispatcher:
                         [c.id for c in members[:10]], exc)
             return False
 
-    def dispatch(self, task: TaskRow, rows: Sequence[JobRow | Pending],
-                 after: Mapping[int, tuple[tuple[str, ...], tuple[int, ...]]] | None = None) -> None:
-        """Record an attempt for each job (write-ahead), then hand them to their backends.
+    def dispatch(self, task: TaskRow, rows: Sequence[JobRow | Pending], *, release_for: str | None = None,
+                 after: Mapping[int, tuple[tuple[str, ...], tuple[int, ...]]] | None = None) -> int:
+        """Record an attempt for each job (write-ahead), then hand them to their backends; returns
+        how many attempts started.
+
+        With `release_for` (this session's owner) the rows are waiting jobs found ready: each is
+        released and its attempt started in one write transaction (`Ledger.start_attempts`), and
+        one that another process released first is skipped. `after`: job id -> (the SLURM array
+        tasks it goes behind, their job ids), for jobs sent behind their parents (`send_after`).
 
         A slice of DISPATCH_SLICE jobs at a time: their attempts, their Launches, handed over and
         dropped, so memory does not grow with a sweep's size. Plain Python calls are handed over
@@ -150,7 +156,7 @@ class Dispatcher:
         launches are handed over together at the end (SLURM arrays and throttles are per submission).
         """
         if not rows:
-            return
+            return 0
         images.ready(self.storage.root, self.profiles, task.project, rows)  # pruned since they were submitted
         log_dir = self.storage.log_paths(task.project, task.name, rows[0].id)[0].parent
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -160,24 +166,30 @@ class Dispatcher:
         room = (task.project, limit) if limit is not None else None
         later: dict[str, list[Launch]] = {}
         parents = ParentValues(self.ledger)  # the results of jobs these depend on, read once each
+        started = 0
         with ExitStack() as one:  # to each dask runner the slices are one submission (probed once)
             for profile in {r.profile for r in rows}:
                 for runner in self.backends.get(self.profiles.get(profile)).dask_runners().values():
                     one.enter_context(runner.one_submission())
             for start in range(0, len(rows), DISPATCH_SLICE):
                 end = start + DISPATCH_SLICE
-                # one expression: the previous slice's Launches are gone before the next is built
-                self._hand_over(self._attempt(task, where, prefix, rows[start:end], later, room, parents, after),
-                                later, rows, end)
+                launches, n = self._attempt(task, where, prefix, rows[start:end], later, room, parents, release_for,
+                                            after)
+                self._hand_over(launches, later, rows, end)
+                started += n
+                del launches  # gone before the next slice's are built
             self._hand_over(later, {}, rows, len(rows))
+        return started
 
     def _attempt(self, task: TaskRow, where: plan.Where, prefix: str, rows: Sequence[JobRow | Pending],
-                 later: dict[str, list[Launch]], room: tuple[str, int] | None,
-                 parents: ParentValues,
-                 after: Mapping[int, tuple[tuple[str, ...], tuple[int, ...]]] | None = None) -> dict[str, list[Launch]]:
+                 later: dict[str, list[Launch]], room: tuple[str, int] | None, parents: ParentValues,
+                 release_for: str | None,
+                 after: Mapping[int, tuple[tuple[str, ...], tuple[int, ...]]] | None = None,
+                 ) -> tuple[dict[str, list[Launch]], int]:
         """Start an attempt for each of these jobs that fits in `room` (its project's vCPU limit;
         the others wait HELD, released by the reconcile loop) and make the Launches of those still
-        live: plain Python calls are returned by profile, the others added to `later`. A job whose
+        live: plain Python calls are returned by profile (with how many attempts started), the
+        others added to `later`. A job whose
         Launch cannot be made (its stored call unreadable, a parent's result missing) ends FAILED
         (cause `submit`) saying why; the others go on."""
         native = f"local:{self.owner}"
@@ -185,13 +197,14 @@ class Dispatcher:
         sandbox = {p: self.profiles.get(p).sandbox for p in {r.profile for r in rows}}
         numbers = self.ledger.start_attempts([AttemptStart(r.id, host=self.owner.host, native_id=native, log_out=o,
                                                            log_err=e, status="RUNNABLE", sandbox=sandbox[r.profile])
-                                              for r, (o, e) in zip(rows, logs, strict=True)], room)
+                                              for r, (o, e) in zip(rows, logs, strict=True)], room,
+                                             release_for=release_for)
         if room is not None and not all(numbers):
             self.holding = True
         now: dict[str, list[Launch]] = {}
         unmade: list[Outcome] = []
         for row, attempt, (o, e) in zip(rows, numbers, logs, strict=True):
-            if attempt:  # 0: became terminal meanwhile (e.g. cancelled)
+            if attempt:  # 0: became terminal meanwhile (e.g. cancelled), held for room, or released elsewhere
                 self.tasks.here[row.id] = task.id
                 try:
                     launch = self._launch(task, where, row, attempt, o, e, parents)
@@ -207,7 +220,7 @@ class Dispatcher:
         if unmade:
             self.ledger.record_outcomes(unmade)
             self.changes.committed(unmade)
-        return now
+        return now, sum(1 for n in numbers if n)
 
     def _hand_over(self, by_profile: dict[str, list[Launch]], later: dict[str, list[Launch]],
                    rows: Sequence[JobRow | Pending], end: int) -> None:
@@ -248,9 +261,11 @@ class Dispatcher:
         digest = row.spec.payload
         assert digest is not None  # every Python job has its payload
         obj = self._calls.get(digest)
-        if obj is None:
-            path = self.storage.payload_path(task.project, task.name, digest)
-            obj = self._calls[digest] = cloudpickle.loads(Path(path).read_bytes())
+        if obj is None:  # submitted by another process: kept in the ledger, or (a large one) in a file
+            data = self.ledger.payload(task.id, digest)
+            if data is None:
+                data = Path(self.storage.payload_path(task.project, task.name, digest)).read_bytes()
+            obj = self._calls[digest] = cloudpickle.loads(data)
         if isinstance(obj, Call):
             takes = self._takes_results.get(digest)
             if takes is None:

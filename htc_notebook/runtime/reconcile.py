@@ -416,24 +416,22 @@ class Reconciler:
             log.info("%d waiting jobs failed: a job they depend on did not succeed", len(failed))
             self.changes.committed([Outcome(job_id, attempt, "FAILED", cause="dependency")
                                     for job_id, attempt in failed])
-        ready = self.ledger.ready(RELEASES_PER_TICK)
+        ready = self.ledger.ready_rows(RELEASES_PER_TICK)
         released = 0
         if ready:
-            gone = self.gone_owners({owner for _, owner in ready})
-            mine = [job_id for job_id, owner in ready if self._mine_text(owner, gone)]
-            rows = self.ledger.release_waiting(mine, str(self.owner)) if mine else []
+            gone = self.gone_owners({row.spec.owner for row in ready})
             by_task: dict[int, list[JobRow]] = {}
-            for row in rows:
-                by_task.setdefault(row.task_id, []).append(row)
+            for row in ready:
+                if self._mine_text(row.spec.owner, gone):
+                    by_task.setdefault(row.task_id, []).append(row)
             for task_id, group in by_task.items():
-                try:
-                    self.dispatcher.dispatch(self.tasks.row(task_id), group)
+                try:  # released and started in one write transaction (of many processes, one gets each)
+                    released += self.dispatcher.dispatch(self.tasks.row(task_id), group, release_for=str(self.owner))
                 except HTCError as exc:  # dispatch has recorded why they were not submitted
                     log.warning("released jobs of task %s were not submitted: %s", task_id, exc)
-            released = len(rows)
             if released:
                 log.info("released %d jobs whose parents succeeded", released)
-                self.changes.committed()
+                self.changes.moved()
         self.released += released
         return released
 

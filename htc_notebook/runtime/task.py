@@ -30,6 +30,7 @@ from htc_notebook.storage import ProjectStorage, TaskStorage, atomic_write
 if TYPE_CHECKING:
     import pandas
 
+STORED_IN_LEDGER = 256 * 1024  # bytes: a pickled call up to this size is kept in the ledger, not a file
 RACES = 5  # times a submission re-reads the task when another process added the same keys meanwhile
 
 
@@ -162,9 +163,9 @@ class Task:
         submit's own (`profile`, `name`, ...): `task.call(fn, (1,), {"name": "x"})` is `fn(1, name="x")`."""
         prof, res = self._resolve(profile, resources)
         args, kwargs, parents = self._take_handles(tuple(args), dict(kwargs or {}), after)
-        call = Call(fn, args, kwargs)
-        job = NewJob(name=name or _fn_name(fn), kind="python", params={}, key=key, after=parents,
-                     spec=self._spec(res, retries, payload=self._store(call, fn)), profile=prof.name)
+        digest, stored = self._store(Call(fn, args, kwargs), fn)
+        job = NewJob(name=name or _fn_name(fn), kind="python", params={}, key=key, after=parents, stored=stored,
+                     spec=self._spec(res, retries, payload=digest), profile=prof.name)
         return JobHandle(self.parts, self._add_keyed(job), self.id)
 
     def executor(self, profile: str | None = None, resources: Resources | Mapping[str, Any] | None = None,
@@ -208,10 +209,10 @@ class Task:
                 raise SpecError("mpi", "image", image, "no image for a Python function (it runs in the kernel's "
                                 "Python on every rank): images run MPI executables, given as an argv")
             margs, mkwargs, parents = self._take_handles(tuple(args), dict(kwargs), after)
-            call = Call(what, margs, mkwargs)
-            spec = self._spec(res, retries, payload=self._store(call, what), mpi=layout)
+            digest, stored = self._store(Call(what, margs, mkwargs), what)
+            spec = self._spec(res, retries, payload=digest, mpi=layout)
             job = NewJob(name=name or _fn_name(what), kind="python", params={}, spec=spec, key=key, profile=prof.name,
-                         after=parents)
+                         after=parents, stored=stored)
         else:
             if args or kwargs:
                 raise SpecError("mpi", "args", args or kwargs, "no arguments for an executable: put them in its argv")
@@ -242,13 +243,14 @@ class Task:
             raise SpecError("sweep", "sweep", type(sweep).__name__, "a Sweep (Sweep.grid, Sweep.zip, ...)")
         limit = _max_failures(max_failures, "sweep")
         waits = self._take_handles((), {}, after)[2]
+        stored: bytes | None = None  # a function's pickle, kept in the ledger with the jobs
         if callable(what):
             if definition is not None:
                 raise SpecError("sweep", "definition", type(definition).__name__,
                                 "no job definition for a Python function (definitions are for commands): "
                                 "give its cores, memory, walltime as resources=")
             prof, res = self._resolve(profile, resources)
-            digest = self._store(what, what)
+            digest, stored = self._store(what, what)
             identity, label = f"fn:{_fn_name(what)}", name or _fn_name(what)
             common = self._spec(res, retries, payload=digest)
             kind = "python"
@@ -291,7 +293,7 @@ class Task:
             if existing and self._settle(existing.values()):
                 existing = self.parts.ledger.jobs_by_key(self.id, keys)
             new = [NewJob(name=label, kind=kind, params=dict(m.params), spec=render(m.params), key=k,
-                          index=i, profile=prof.name, priority=priority,
+                          index=i, profile=prof.name, priority=priority, stored=stored,
                           after=tuple(dict.fromkeys(waits + refs_in(m.params))) if kind == "python" else waits)
                    for i, (m, k) in enumerate(zip(sweep.members, keys, strict=True)) if k not in existing]
             order = [existing[k].id if k in existing else None for k in keys] if existing else None  # None: new
@@ -451,16 +453,20 @@ class Task:
         root = with_binds(rootfs(registry, name, digest), prof.container_binds)
         return ImageRef(name=name, digest=digest, rootfs=str(root))
 
-    def _store(self, obj: object, fn: object) -> str:
-        """Pickle `obj` now (an unpicklable function fails here, not on a node) and keep it where a
-        later session can find it (content-addressed); this session keeps the object itself."""
+    def _store(self, obj: object, fn: object) -> tuple[str, bytes | None]:
+        """Pickle `obj` now (an unpicklable function fails here, not on a node) so that a later session
+        finds it by its digest: up to STORED_IN_LEDGER bytes are returned, to be kept in the ledger with
+        their jobs (`NewJob.stored`); a larger one is written to a file now. This session keeps the
+        object itself."""
         payload = _pickle(obj, fn)
         digest = hashlib.sha256(payload).hexdigest()[:24]
+        self.parts.dispatcher.remember_call(digest, obj)
+        if len(payload) <= STORED_IN_LEDGER:
+            return digest, payload
         path = self.parts.storage.payload_path(self.project, self.name, digest)
         if not path.exists():
             atomic_write(path, payload)
-        self.parts.dispatcher.remember_call(digest, obj)
-        return digest
+        return digest, None
 
     def _add_keyed(self, job: NewJob) -> int:
         """Add one job, or reuse the job with the same key (re-running it if it did not succeed)."""
@@ -570,8 +576,8 @@ class DryRun(Task):
     def _settle(self, rows) -> bool:
         return False  # shown as the ledger has them: settling may write
 
-    def _store(self, obj: object, fn: object) -> str:
-        return hashlib.sha256(_pickle(obj, fn)).hexdigest()[:24]  # checked picklable, kept nowhere
+    def _store(self, obj: object, fn: object) -> tuple[str, bytes | None]:
+        return hashlib.sha256(_pickle(obj, fn)).hexdigest()[:24], None  # checked picklable, kept nowhere
 
     def _image(self, name: str, arch: str, prof: PartitionProfile, field: str = "imageName") -> ImageRef | None:
         if not name:
