@@ -250,6 +250,8 @@ class ArrayRunner:
                 reason = explain_pending(entry.reason) if status == "RUNNABLE" else None
                 if t.waits and status == "RUNNABLE" and entry.reason.strip("()") == "Dependency":
                     reason = t.waits  # which jobs, not only that it waits for some
+                elif t.waits and status == "RUNNABLE" and entry.reason.strip("()") == "DependencyNeverSatisfied":
+                    reason = f"{t.waits}: one of them did not succeed (SLURM DependencyNeverSatisfied); it fails for it"
                 host = _read_start_host(t) if status != "RUNNABLE" else None
                 if t.bundled and status == "RUNNING" and host is None:
                     status, reason = "RUNNABLE", f"waiting its turn in array task {t.task} (bundled jobs run in turn)"
