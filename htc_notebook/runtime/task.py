@@ -535,9 +535,12 @@ class Task:
         if waiting:
             # SLURM command jobs behind SLURM command jobs go at once (afterok); the rest are released
             # by the reconcile loop once their parents SUCCEEDED
-            sent = set(self.parts.dispatcher.send_after(self.row, waiting))
-            if len(sent) < len(waiting):
-                self.parts.reconciler.expect_waiting()  # their parents may have succeeded already
+            sent: set[int] = set()
+            try:
+                sent = set(self.parts.dispatcher.send_after(self.row, waiting))
+            finally:  # also when sbatch refused those sent (they are FAILED, cause submit, and it is raised)
+                if len(sent) < len(waiting):
+                    self.parts.reconciler.expect_waiting()  # their parents may have succeeded already
         return ids
 
 
