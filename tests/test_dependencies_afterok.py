@@ -6,6 +6,7 @@ waiting again when that parent is retried. The real thing runs in tests/test_dep
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -96,14 +97,14 @@ def test_the_ledger_sends_a_job_once_fails_it_with_its_parent_and_lets_it_wait_a
         (child,) = ledger.add_jobs(task.id, [NewJob("c", "command", {}, JobSpec(), after=(a, b))])
         (grandchild,) = ledger.add_jobs(task.id, [NewJob("g", "command", {}, JobSpec(), after=(child,))])
         assert ledger.parent_states([a]) == [(a, "RUNNABLE", "command", "local", "301_0", 0, False, False)]
-        sent = ledger.send_after({child: "waiting for jobs 1, 2 (SLURM afterok)"}, "h:1")
-        assert [(r.id, r.status, r.reason, r.spec.owner) for r in sent] == [
-            (child, "SUBMITTED", "waiting for jobs 1, 2 (SLURM afterok)", "h:1")]
-        assert ledger.send_after({child: "again"}, "h:2") == []  # of two processes, one sends it
-        assert ledger.send_after({grandchild: "x"}, "h:1") == []  # its parent is not in SLURM yet: not sent
+        sent = ledger.send_after({child: ("waiting for jobs 1, 2 (SLURM afterok)", ["301_0", "301_1"])}, "h:1")
+        assert [(r.id, r.status, r.reason, r.spec.owner, r.spec.afterok) for r in sent] == [
+            (child, "SUBMITTED", "waiting for jobs 1, 2 (SLURM afterok)", "h:1", ("301_0", "301_1"))]
+        assert ledger.send_after({child: ("again", ["301_0"])}, "h:2") == []  # of two processes, one sends it
+        assert ledger.send_after({grandchild: ("x", [])}, "h:1") == []  # its parent is not in SLURM yet: not sent
         ledger.start_attempts([AttemptStart(child)])
         ledger.set_status([child], "RUNNABLE", native_id="302_0")
-        assert ledger.send_after({grandchild: "behind 302_0"}, "h:1")[0].id == grandchild
+        assert ledger.send_after({grandchild: ("behind 302_0", ["302_0"])}, "h:1")[0].id == grandchild
         ledger.start_attempts([AttemptStart(grandchild)])
         ledger.set_status([grandchild], "RUNNABLE", native_id="303_0")
         assert ledger.fail_sent_dependents() == []  # no parent failed
@@ -120,6 +121,39 @@ def test_the_ledger_sends_a_job_once_fails_it_with_its_parent_and_lets_it_wait_a
         assert ledger.fail_sent_dependents() == [] and ledger.fail_sent_dependents([a]) == []
         ledger.requeue([a], "retried by user")  # they wait again, in the ledger
         assert {ledger.job(j).status for j in (child, grandchild)} == {"WAITING"}
+
+
+def test_a_job_retried_alone_while_its_parent_failed_is_not_taken_for_one_sent_with_afterok(tmp_path):
+    with Ledger(tmp_path / "l.db") as ledger:
+        task = ledger.task("p", "t")
+        (a,) = ledger.add_jobs(task.id, [NewJob("a", "command", {}, JobSpec())])
+        (child,) = ledger.add_jobs(task.id, [NewJob("c", "command", {}, JobSpec(), after=(a,))])
+        ledger.start_attempts([AttemptStart(a)])
+        ledger.record_outcomes([Outcome(a, 1, "FAILED", cause="exit")])
+        assert ledger.fail_dependents() == [(child, 1)]
+        assert ledger.requeue([child], "retried by user") == [child]  # run as the user asked
+        ledger.start_attempts([AttemptStart(child, native_id="310_0", status="RUNNABLE")])
+        assert ledger.fail_sent_dependents([a]) == ledger.fail_sent_dependents() == []
+        assert ledger.rewait_sent_children([a]) == ledger.rewait_stale_sent() == []
+        assert ledger.job(child).status == "RUNNABLE"
+
+
+def test_a_job_sent_behind_a_parent_requeued_by_a_process_that_died_waits_again_on_the_next_look(tmp_path):
+    with Ledger(tmp_path / "l.db") as ledger:
+        task = ledger.task("p", "t")
+        (a,) = ledger.add_jobs(task.id, [NewJob("a", "command", {}, JobSpec())])
+        ledger.start_attempts([AttemptStart(a, native_id="301_0", status="RUNNABLE")])
+        (child,) = ledger.add_jobs(task.id, [NewJob("c", "command", {}, JobSpec(), after=(a,))])
+        assert ledger.send_after({child: ("behind 301_0", ["301_0"])}, "h:1")
+        ledger.start_attempts([AttemptStart(child, native_id="302_0", status="RUNNABLE")])
+        assert ledger.rewait_stale_sent() == []  # its parent is the job it waits for
+        ledger.record_outcomes([Outcome(a, 1, "LOST", reason="gone", cause="lost")])
+        assert ledger.rewait_stale_sent() == []  # a retry is due, not started
+        (row,) = [r for r in ledger.retries_due(time.time() + 1, 10) if r.id == a]
+        assert ledger.requeue_retry(a, row.attempts, "h:2", {}, "requeued")  # ... and h:2 died here
+        assert ledger.rewait_stale_sent() == [(child, 1, task.id, "302_0")]
+        row = ledger.job(child)
+        assert (row.status, row.native_id, row.spec.afterok) == ("WAITING", None, None)
 
 
 def test_a_parent_sent_with_retries_is_not_followed_by_afterok(tmp_path):
@@ -139,10 +173,10 @@ def test_jobs_sent_behind_a_parent_that_runs_again_wait_in_the_ledger_and_late_r
         ledger.set_status([a], "RUNNABLE", native_id="301_0")
         (child,) = ledger.add_jobs(task.id, [NewJob("c", "command", {}, JobSpec(), after=(a,))])
         (grandchild,) = ledger.add_jobs(task.id, [NewJob("g", "command", {}, JobSpec(), after=(child,))])
-        assert ledger.send_after({child: "behind 301_0"}, "h:1")
+        assert ledger.send_after({child: ("behind 301_0", ["301_0"])}, "h:1")
         ledger.start_attempts([AttemptStart(child)])
         ledger.set_status([child], "RUNNABLE", native_id="302_0")
-        assert ledger.send_after({grandchild: "behind 302_0"}, "h:1")
+        assert ledger.send_after({grandchild: ("behind 302_0", ["302_0"])}, "h:1")
         ledger.start_attempts([AttemptStart(grandchild)])
         ledger.set_status([grandchild], "RUNNABLE", native_id="303_0")
         # its node failed: requeued (a new SLURM job, which afterok does not follow)
@@ -162,7 +196,7 @@ def test_jobs_sent_behind_a_parent_that_runs_again_wait_in_the_ledger_and_late_r
         ledger.record_outcomes([Outcome(a, 1, "SUCCEEDED")])  # the retry (any attempt) succeeds: released as usual
         assert [r.id for r in ledger.ready_rows()] == [child]
         # held work of a dead session that can no longer go behind its parents waits in the ledger again
-        assert ledger.send_after({child: "behind nothing"}, "h:1")
+        assert ledger.send_after({child: ("behind 301_0", ["301_0"])}, "h:1")
         ledger.start_attempts([AttemptStart(child)])
         ledger.intend([child], "sbatch:4f2a", "being submitted")
         assert ledger.rewait([child, grandchild], "its parents changed") == [child]  # the grandchild waits already

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from .connection import LedgerCore
 from .encoding import checked_ids, job_row
@@ -33,6 +33,7 @@ from .statements import IN_JSON, events_per_task, next_seq
 FAILED_PARENT = "status IN ('FAILED', 'CANCELLED', 'LOST')"  # ended for good: a retry due keeps a job SUBMITTED
 # a job sent before its parents ended (afterok): active, not waiting in the ledger, no retry due
 SENT_CHILD = "j.status IN ('SUBMITTED', 'HELD', 'RUNNABLE', 'STARTING', 'RUNNING') AND j.retry_at IS NULL"
+SENT_AFTEROK = f"{SENT_CHILD} AND json_extract(j.spec, '$.afterok') IS NOT NULL"  # and it was (JobSpec.afterok)
 # a parent a job may be sent behind (afterok): SUCCEEDED, or SLURM has it as an array task of its own, no retry due
 IN_SLURM_OR_DONE = ("(p.status = 'SUCCEEDED' OR (p.status IN ('SUBMITTED', 'RUNNABLE', 'STARTING', 'RUNNING') "
                     "AND p.retry_at IS NULL AND p.native_id GLOB '[0-9]*_[0-9]*' "
@@ -84,7 +85,7 @@ def _rewait(con: sqlite3.Connection, found: Sequence[tuple], now: float, why: st
                     "AND status NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'LOST')",
                     (f"not run: {why}; it waits in the ledger", now, job_id, attempt))
     con.execute(f"UPDATE jobs SET status = 'WAITING', reason = ?, native_id = NULL, host = NULL, started = NULL, "
-                f"ended = NULL, updated = ?, seq = ? WHERE id IN {IN_JSON}",
+                f"ended = NULL, updated = ?, seq = ?, spec = json_remove(spec, '$.afterok') WHERE id IN {IN_JSON}",
                 (f"waiting again: {why}", now, seq, json.dumps([r[0] for r in found])))
     events_per_task(con, [(r[0], r[2]) for r in found], now, "waiting", why)
 
@@ -149,26 +150,28 @@ class Dependencies(LedgerCore):
             f"SELECT id, status, kind, profile, native_id, json_extract(spec, '$.retry.retries'), "
             f"json_extract(spec, '$.mpi') IS NOT NULL, retry_at FROM jobs WHERE id IN {IN_JSON}", (ids,))]
 
-    def send_after(self, reasons: dict[int, str], owner: str) -> list[JobRow]:
+    def send_after(self, sends: Mapping[int, tuple[str, Sequence[str]]], owner: str) -> list[JobRow]:
         """WAITING -> SUBMITTED, owned by `owner`, with its reason ("waiting for jobs 12, 13 (SLURM
-        afterok)"), for those of these jobs still waiting each of whose parents SUCCEEDED or is in
+        afterok)") and the array tasks it goes behind (`JobSpec.afterok`): `sends` maps job id ->
+        (reason, tasks). For those of these jobs still waiting each of whose parents SUCCEEDED or is in
         SLURM as an array task of its own with no retry due (a compare-and-set, as `release_waiting`:
         a parent that failed or was requeued meanwhile keeps it waiting): they are sent to SLURM at
         once behind their parents. Returns their rows."""
-        by_reason: dict[str, list[int]] = {}
-        for job_id, reason in reasons.items():
-            by_reason.setdefault(reason, []).append(job_id)
+        by_reason: dict[tuple[str, str], list[int]] = {}
+        for job_id, (reason, tasks) in sends.items():
+            by_reason.setdefault((reason, json.dumps(list(tasks))), []).append(job_id)
         now = time.time()
         rows: list = []
         with self._write() as con:
             seq = next_seq(con)
-            for reason, ids in by_reason.items():
+            for (reason, tasks), ids in by_reason.items():
                 rows += con.execute(
                     f"UPDATE jobs SET status = 'SUBMITTED', reason = ?, updated = ?, seq = ?, "
-                    f"       spec = json_set(spec, '$.owner', ?) "
+                    f"       spec = json_set(spec, '$.owner', ?, '$.afterok', json(?)) "
                     f"WHERE id IN {IN_JSON} AND status = 'WAITING' AND NOT EXISTS (SELECT 1 FROM deps d JOIN jobs p "
                     f"  ON p.id = d.parent WHERE d.child = jobs.id AND NOT COALESCE({IN_SLURM_OR_DONE}, 0)) "
-                    f"RETURNING {JOB_COLUMNS}", (reason, now, seq, owner, json.dumps(checked_ids(ids)))).fetchall()
+                    f"RETURNING {JOB_COLUMNS}",
+                    (reason, now, seq, owner, tasks, json.dumps(checked_ids(ids)))).fetchall()
             events_per_task(con, [(r[0], r[1]) for r in rows], now, "released",
                             "sent to SLURM behind the jobs it depends on (afterok)")
         return [job_row(r) for r in sorted(rows)]
@@ -186,7 +189,7 @@ class Dependencies(LedgerCore):
         failed: list[tuple[int, int, int, str | None]] = []
         query = (f"SELECT j.id, j.task_id, MAX(j.attempts, 1), j.native_id, p.id, p.status, p.reason FROM jobs j "
                  f"JOIN deps d ON d.child = j.id JOIN jobs p ON p.id = d.parent "
-                 f"WHERE {SENT_CHILD} AND p.{FAILED_PARENT} {{among}} GROUP BY j.id")
+                 f"WHERE {SENT_AFTEROK} AND p.{FAILED_PARENT} {{among}} GROUP BY j.id")
         among = f"AND d.parent IN {IN_JSON}"
         frontier = None if parent_ids is None else json.dumps(checked_ids(parent_ids))
         first = (query.format(among=among), (frontier,)) if frontier is not None else (query.format(among=""), ())
@@ -224,12 +227,26 @@ class Dependencies(LedgerCore):
         with self._write() as con:
             found = con.execute(
                 f"WITH RECURSIVE down(id) AS (SELECT j.id FROM deps d JOIN jobs j ON j.id = d.child "
-                f"  WHERE d.parent IN {IN_JSON} AND {SENT_CHILD} "
+                f"  WHERE d.parent IN {IN_JSON} AND {SENT_AFTEROK} "
                 f"  UNION SELECT j.id FROM deps d JOIN down ON d.parent = down.id JOIN jobs j ON j.id = d.child "
-                f"  WHERE {SENT_CHILD}) "
+                f"  WHERE {SENT_AFTEROK}) "
                 f"SELECT id, attempts, task_id, native_id FROM jobs WHERE id IN (SELECT id FROM down) ORDER BY id",
                 (ids,)).fetchall()
             _rewait(con, found, now, "a job it waited for in SLURM (afterok) runs again")
+        return [(int(a), int(b), int(c), d) for a, b, c, d in found]
+
+    def rewait_stale_sent(self) -> list[tuple[int, int, int, str | None]]:
+        """Jobs sent behind their parents (afterok) a parent of which is neither done nor the SLURM job
+        they were sent behind any longer (it runs again, and the process that requeued it did not
+        live to say so) wait in the ledger again, as `rewait_sent_children` does. A scan of every
+        dependency of such jobs (the reconcile loop's look once a minute)."""
+        with self._write() as con:
+            found = con.execute(
+                f"SELECT j.id, j.attempts, j.task_id, j.native_id FROM jobs j JOIN deps d ON d.child = j.id "
+                f"JOIN jobs p ON p.id = d.parent WHERE {SENT_AFTEROK} AND p.status NOT IN ('SUCCEEDED', 'FAILED', "
+                f"'CANCELLED', 'LOST') AND (p.native_id IS NULL OR p.native_id NOT IN "
+                f"(SELECT value FROM json_each(j.spec, '$.afterok'))) GROUP BY j.id ORDER BY j.id").fetchall()
+            _rewait(con, found, time.time(), "a job it waited for in SLURM (afterok) runs again")
         return [(int(a), int(b), int(c), d) for a, b, c, d in found]
 
     def rewait(self, job_ids: Iterable[int], why: str) -> list[int]:

@@ -113,9 +113,9 @@ class Dispatcher:
                 if tasks is not None:
                     after[c.id] = (tasks, tuple(p.id for p in known if p.status != "SUCCEEDED"))
                     eligible.setdefault(c.profile, []).append(c)
-        reasons = {c.id: afterok_reason(after[c.id][1]) for profile, members in eligible.items()
-                   if self._room(task, profile, members) for c in members}  # the site's room: once per profile
-        rows = self.ledger.send_after(reasons, str(self.owner)) if reasons else []
+        sends = {c.id: (afterok_reason(after[c.id][1]), after[c.id][0]) for profile, members in eligible.items()
+                 if self._room(task, profile, members) for c in members}  # the site's room: once per profile
+        rows = self.ledger.send_after(sends, str(self.owner)) if sends else []
         if rows:
             log.info("%d jobs sent to SLURM behind the jobs they depend on (afterok)", len(rows))
             self.dispatch(task, rows, after=after)
@@ -393,10 +393,12 @@ class Dispatcher:
 
             scheduler.scancel(foreign)  # a BackendError is logged by the reconcile loop
 
-    def rewait_sent(self, parents: Sequence[int]) -> None:
+    def rewait_sent(self, parents: Sequence[int] | None) -> None:
         """These jobs run again (a retry: a new SLURM job): the jobs sent behind them (afterok) wait in
-        the ledger again and are scancelled (`Ledger.rewait_sent_children`)."""
-        rows = self.ledger.rewait_sent_children(parents) if parents else []
+        the ledger again and are scancelled (`Ledger.rewait_sent_children`). None: any such jobs
+        whose parent is no longer the SLURM job they wait for (`Ledger.rewait_stale_sent`)."""
+        rows = (self.ledger.rewait_stale_sent() if parents is None
+                else self.ledger.rewait_sent_children(parents) if parents else [])
         if rows:
             log.info("jobs %s wait in the ledger again: a job they waited for in SLURM runs again",
                      [job_id for job_id, *_ in rows][:20])

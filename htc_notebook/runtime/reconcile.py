@@ -68,7 +68,7 @@ OWNERS_EVERY = 5.0  # seconds between two looks for owners that have exited (at 
 RETENTION_EVERY = 300.0  # seconds between two applications of the projects' task retention policies
 RETRIES_PER_TICK = 1000
 RELEASES_PER_TICK = 5000
-SENT_SCAN_EVERY = 60.0  # seconds between two scans of every dependency for jobs sent behind a failed parent
+SENT_SCAN_EVERY = 60.0  # seconds between two scans for jobs sent behind a parent that failed or runs again
 
 
 class Reconciler:
@@ -399,8 +399,9 @@ class Reconciler:
         with self._lock:
             ended, self._ended_badly = self._ended_badly, set()
         now = time.monotonic()
-        if now - self._sent_scanned >= SENT_SCAN_EVERY:  # failures this process did not commit (its poller died)
+        if now - self._sent_scanned >= SENT_SCAN_EVERY:  # what this process did not see (another's failures)
             self._sent_scanned, ended = now, None
+            self.dispatcher.rewait_sent(None)  # behind a parent requeued by a process that died before it said so
         if ended is None or ended:  # jobs sent behind a parent (SLURM afterok) that did not succeed: failed, scancelled
             try:
                 self.dispatcher.fail_sent(ended)
