@@ -182,10 +182,9 @@ class Dependencies(LedgerCore):
         an index look-up; None: any, a scan of every dependency) ended without succeeding for good;
         its attempt ends so. Jobs sent behind those follow; their waiting children follow in
         `fail_dependents`. (job id, attempt, task id, native id) of each, for the runtime to scancel:
-        SLURM keeps such a job pending (DependencyNeverSatisfied).
-
-        Only such jobs can be active with a parent that failed for good: the ledger releases a job
-        once all its parents SUCCEEDED, and a SUCCEEDED job never runs again."""
+        SLURM keeps such a job pending (DependencyNeverSatisfied). Such jobs carry the array tasks
+        they wait for (`JobSpec.afterok`): a job a user retried alone while its parent had failed is
+        not one, and runs as asked."""
         failed: list[tuple[int, int, int, str | None]] = []
         query = (f"SELECT j.id, j.task_id, MAX(j.attempts, 1), j.native_id, p.id, p.status, p.reason FROM jobs j "
                  f"JOIN deps d ON d.child = j.id JOIN jobs p ON p.id = d.parent "
