@@ -44,6 +44,10 @@ class Launch:
     call: Any = None  # python jobs: a `Call` (function + arguments)
     name: str = "job"  # the job's (batch's) name
     view: Any = None  # a `sandbox.JobView`: what of the data root the job may see (command jobs are confined to it)
+    # SLURM command jobs sent at once behind their parents: the parents' array tasks (sbatch
+    # --dependency=afterok:...) and their ledger ids (for the reason shown while it waits)
+    after: tuple[str, ...] = ()
+    after_jobs: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.command and self.spec.commands:
@@ -62,6 +66,16 @@ class Launch:
     def image(self) -> str | None:
         """Command jobs with an imageName: the image's unpacked root file system."""
         return self.spec.image.rootfs if self.spec.image else None
+
+
+def afterok_reason(parents: Sequence[int]) -> str:
+    """What a job sent behind its parents waits for, in words.
+
+    >>> afterok_reason([12, 13])
+    'waiting for jobs 12, 13 (SLURM afterok)'
+    """
+    shown = ", ".join(map(str, parents[:10])) + (f" and {len(parents) - 10} more" if len(parents) > 10 else "")
+    return f"waiting for job{'s' if len(parents) != 1 else ''} {shown} (SLURM afterok)"
 
 
 def oom_reason(limit_mib: int | None) -> str:

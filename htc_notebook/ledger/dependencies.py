@@ -6,6 +6,11 @@ that ended without succeeding for good (FAILED, CANCELLED or LOST with no retry 
 waiting children with cause `dependency`, naming it, and theirs in turn; requeueing that parent
 (a retry) lets the children it failed wait again (`rearm_children`).
 
+A SLURM command job whose parents SLURM already has may instead be sent at once behind them
+(`send_after`: WAITING -> SUBMITTED, sbatch --dependency=afterok); if one of those parents then
+ends without succeeding for good, `fail_sent_dependents` fails it (cause `dependency`, naming the
+parent) for the runtime to scancel.
+
 >>> [row.id for row in ledger.ready_rows()]  # doctest: +SKIP
 [12]
 >>> ledger.start_attempts([AttemptStart(12)], release_for="host:42")  # doctest: +SKIP
@@ -17,7 +22,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from .connection import LedgerCore
 from .encoding import checked_ids, job_row
@@ -26,6 +31,13 @@ from .schema import JOB_COLUMNS, REQUEST_SQL
 from .statements import IN_JSON, events_per_task, next_seq
 
 FAILED_PARENT = "status IN ('FAILED', 'CANCELLED', 'LOST')"  # ended for good: a retry due keeps a job SUBMITTED
+# a job sent before its parents ended (afterok): active, not waiting in the ledger, no retry due
+SENT_CHILD = "j.status IN ('SUBMITTED', 'HELD', 'RUNNABLE', 'STARTING', 'RUNNING') AND j.retry_at IS NULL"
+SENT_AFTEROK = f"{SENT_CHILD} AND json_extract(j.spec, '$.afterok') IS NOT NULL"  # and it was (JobSpec.afterok)
+# a parent a job may be sent behind (afterok): SUCCEEDED, or SLURM has it as an array task of its own, no retry due
+IN_SLURM_OR_DONE = ("(p.status = 'SUCCEEDED' OR (p.status IN ('SUBMITTED', 'RUNNABLE', 'STARTING', 'RUNNING') "
+                    "AND p.retry_at IS NULL AND p.native_id GLOB '[0-9]*_[0-9]*' "
+                    "AND p.native_id NOT GLOB '*[^0-9_]*'))")
 # waiting jobs all of whose parents SUCCEEDED
 READY_SQL = ("SELECT j.id, json_extract(j.spec, '$.owner') FROM jobs j WHERE j.status = 'WAITING' AND NOT EXISTS "
              "(SELECT 1 FROM deps d JOIN jobs p ON p.id = d.parent WHERE d.child = j.id AND p.status <> 'SUCCEEDED') "
@@ -61,6 +73,21 @@ def rearm_children(con: sqlite3.Connection, parents: list[int], seq: int, now: f
         f"WHERE id IN (SELECT id FROM down) AND status = 'FAILED' AND EXISTS (SELECT 1 FROM attempts a "
         f"  WHERE a.job_id = jobs.id AND a.number = jobs.attempts AND a.cause = 'dependency') "
         f"RETURNING id, task_id", (json.dumps(parents), now, seq)).fetchall()
+
+
+def _rewait(con: sqlite3.Connection, found: Sequence[tuple], now: float, why: str) -> None:
+    """(job id, attempt, task id, native id) rows: back to WAITING, their attempt CANCELLED (never ran)."""
+    if not found:
+        return
+    seq = next_seq(con)
+    for job_id, attempt, _task, _native in found:
+        con.execute("UPDATE attempts SET status = 'CANCELLED', reason = ?, ended = ? WHERE job_id = ? AND number = ? "
+                    "AND status NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'LOST')",
+                    (f"not run: {why}; it waits in the ledger", now, job_id, attempt))
+    con.execute(f"UPDATE jobs SET status = 'WAITING', reason = ?, native_id = NULL, host = NULL, started = NULL, "
+                f"ended = NULL, updated = ?, seq = ?, spec = json_remove(spec, '$.afterok') WHERE id IN {IN_JSON}",
+                (f"waiting again: {why}", now, seq, json.dumps([r[0] for r in found])))
+    events_per_task(con, [(r[0], r[2]) for r in found], now, "waiting", why)
 
 
 def release(con: sqlite3.Connection, ids: Sequence[int], owner: str, now: float, seq: int) -> list[tuple]:
@@ -114,6 +141,124 @@ class Dependencies(LedgerCore):
                 events_per_task(con, [(r[0], r[1]) for r in found], now, "failed", "a job it depends on did not "
                                 "succeed")
         return failed
+
+    def parent_states(self, parent_ids: Iterable[int]) -> list[tuple]:
+        """(id, status, kind, profile, native id, retries, mpi, retry due) of these jobs: what
+        `runtime.dependencies.afterok` decides from."""
+        ids = json.dumps(checked_ids(parent_ids))
+        return [(r[0], r[1], r[2], r[3], r[4], int(r[5] or 0), bool(r[6]), r[7] is not None) for r in self._read(
+            f"SELECT id, status, kind, profile, native_id, json_extract(spec, '$.retry.retries'), "
+            f"json_extract(spec, '$.mpi') IS NOT NULL, retry_at FROM jobs WHERE id IN {IN_JSON}", (ids,))]
+
+    def send_after(self, sends: Mapping[int, tuple[str, Sequence[str]]], owner: str) -> list[JobRow]:
+        """WAITING -> SUBMITTED, owned by `owner`, with its reason ("waiting for jobs 12, 13 (SLURM
+        afterok)") and the array tasks it goes behind (`JobSpec.afterok`): `sends` maps job id ->
+        (reason, tasks). For those of these jobs still waiting each of whose parents SUCCEEDED or is in
+        SLURM as an array task of its own with no retry due (a compare-and-set, as `release_waiting`:
+        a parent that failed or was requeued meanwhile keeps it waiting): they are sent to SLURM at
+        once behind their parents. Returns their rows."""
+        by_reason: dict[tuple[str, str], list[int]] = {}
+        for job_id, (reason, tasks) in sends.items():
+            by_reason.setdefault((reason, json.dumps(list(tasks))), []).append(job_id)
+        now = time.time()
+        rows: list = []
+        with self._write() as con:
+            seq = next_seq(con)
+            for (reason, tasks), ids in by_reason.items():
+                rows += con.execute(
+                    f"UPDATE jobs SET status = 'SUBMITTED', reason = ?, updated = ?, seq = ?, "
+                    f"       spec = json_set(spec, '$.owner', ?, '$.afterok', json(?)) "
+                    f"WHERE id IN {IN_JSON} AND status = 'WAITING' AND NOT EXISTS (SELECT 1 FROM deps d JOIN jobs p "
+                    f"  ON p.id = d.parent WHERE d.child = jobs.id AND NOT COALESCE({IN_SLURM_OR_DONE}, 0)) "
+                    f"RETURNING {JOB_COLUMNS}",
+                    (reason, now, seq, owner, tasks, json.dumps(checked_ids(ids)))).fetchall()
+            events_per_task(con, [(r[0], r[1]) for r in rows], now, "released",
+                            "sent to SLURM behind the jobs it depends on (afterok)")
+        return [job_row(r) for r in sorted(rows)]
+
+    def fail_sent_dependents(self, parent_ids: Iterable[int] | None = None) -> list[tuple[int, int, int, str | None]]:
+        """Fail (cause `dependency`, naming the parent) every job sent before its parents ended
+        (`send_after`) a parent of which (of `parent_ids`, jobs that just ended without succeeding:
+        an index look-up; None: any, a scan of every dependency) ended without succeeding for good;
+        its attempt ends so. Jobs sent behind those follow; their waiting children follow in
+        `fail_dependents`. (job id, attempt, task id, native id) of each, for the runtime to scancel:
+        SLURM keeps such a job pending (DependencyNeverSatisfied). Such jobs carry the array tasks
+        they wait for (`JobSpec.afterok`): a job a user retried alone while its parent had failed is
+        not one, and runs as asked."""
+        failed: list[tuple[int, int, int, str | None]] = []
+        query = (f"SELECT j.id, j.task_id, MAX(j.attempts, 1), j.native_id, p.id, p.status, p.reason FROM jobs j "
+                 f"JOIN deps d ON d.child = j.id JOIN jobs p ON p.id = d.parent "
+                 f"WHERE {SENT_AFTEROK} AND p.{FAILED_PARENT} {{among}} GROUP BY j.id")
+        among = f"AND d.parent IN {IN_JSON}"
+        frontier = None if parent_ids is None else json.dumps(checked_ids(parent_ids))
+        first = (query.format(among=among), (frontier,)) if frontier is not None else (query.format(among=""), ())
+        if frontier == "[]" or not self._read(first[0] + " LIMIT 1", first[1]):
+            return failed
+        now = time.time()
+        with self._write() as con:
+            seq = None
+            found = con.execute(*first).fetchall()
+            while found:
+                seq = seq if seq is not None else next_seq(con)
+                for job_id, task_id, number, native, parent, status, why in found:
+                    reason = (f"job {parent}, which it depends on, ended {status}" + (f" ({why})" if why else "")
+                              + "; cancelled in SLURM, where it waited behind it (afterok)")
+                    con.execute(f"INSERT INTO attempts (job_id, number, status, reason, ended, cause, request) "
+                                f"SELECT id, ?, 'FAILED', ?, ?, 'dependency', {REQUEST_SQL} FROM jobs WHERE id = ? "
+                                f"ON CONFLICT (job_id, number) DO UPDATE SET status = 'FAILED', "
+                                f"reason = excluded.reason, ended = excluded.ended, cause = 'dependency'",
+                                (number, reason, now, job_id))
+                    con.execute("UPDATE jobs SET status = 'FAILED', reason = ?, attempts = ?, ended = ?, updated = ?, "
+                                "seq = ?, retry_at = NULL WHERE id = ?", (reason, number, now, now, seq, job_id))
+                    failed.append((job_id, number, task_id, native))
+                events_per_task(con, [(r[0], r[1]) for r in found], now, "failed", "a job it depends on did not "
+                                "succeed (cancelled in SLURM)")
+                found = con.execute(query.format(among=among), (json.dumps([r[0] for r in found]),)).fetchall()
+        return failed
+
+    def rewait_sent_children(self, parent_ids: Iterable[int]) -> list[tuple[int, int, int, str | None]]:
+        """The jobs sent to SLURM behind these parents (afterok), and those sent behind them, wait in
+        the ledger again (WAITING): each parent is about to run again as a new SLURM job, which
+        their dependency does not name. Their attempt ends CANCELLED (never ran), so a late report of
+        it changes nothing. (job id, attempt, task id, native id) of each, for the runtime to scancel."""
+        ids = json.dumps(checked_ids(parent_ids))
+        now = time.time()
+        with self._write() as con:
+            found = con.execute(
+                f"WITH RECURSIVE down(id) AS (SELECT j.id FROM deps d JOIN jobs j ON j.id = d.child "
+                f"  WHERE d.parent IN {IN_JSON} AND {SENT_AFTEROK} "
+                f"  UNION SELECT j.id FROM deps d JOIN down ON d.parent = down.id JOIN jobs j ON j.id = d.child "
+                f"  WHERE {SENT_AFTEROK}) "
+                f"SELECT id, attempts, task_id, native_id FROM jobs WHERE id IN (SELECT id FROM down) ORDER BY id",
+                (ids,)).fetchall()
+            _rewait(con, found, now, "a job it waited for in SLURM (afterok) runs again")
+        return [(int(a), int(b), int(c), d) for a, b, c, d in found]
+
+    def rewait_stale_sent(self) -> list[tuple[int, int, int, str | None]]:
+        """Jobs sent behind their parents (afterok) a parent of which is neither done nor the SLURM job
+        they were sent behind any longer (it runs again, and the process that requeued it did not
+        live to say so) wait in the ledger again, as `rewait_sent_children` does. A scan of every
+        dependency of such jobs (the reconcile loop's look once a minute)."""
+        query = (f"SELECT j.id, j.attempts, j.task_id, j.native_id FROM jobs j JOIN deps d ON d.child = j.id "
+                 f"JOIN jobs p ON p.id = d.parent WHERE {SENT_AFTEROK} AND p.status NOT IN ('SUCCEEDED', 'FAILED', "
+                 f"'CANCELLED', 'LOST') AND (p.native_id IS NULL OR p.native_id NOT IN "
+                 f"(SELECT value FROM json_each(j.spec, '$.afterok'))) GROUP BY j.id ORDER BY j.id")
+        if not self._read(query + " LIMIT 1"):
+            return []  # the usual case, read without taking the write lock
+        with self._write() as con:
+            found = con.execute(query).fetchall()
+            _rewait(con, found, time.time(), "a job it waited for in SLURM (afterok) runs again")
+        return [(int(a), int(b), int(c), d) for a, b, c, d in found]
+
+    def rewait(self, job_ids: Iterable[int], why: str) -> list[int]:
+        """These jobs, sent (or about to be sent) behind their parents but not run, wait in the ledger
+        again (WAITING), their attempt ending CANCELLED: the ids moved (those still active)."""
+        ids = json.dumps(checked_ids(job_ids))
+        with self._write() as con:
+            found = con.execute(f"SELECT id, attempts, task_id, native_id FROM jobs j WHERE id IN {IN_JSON} "
+                                f"AND {SENT_CHILD}", (ids,)).fetchall()
+            _rewait(con, found, time.time(), why)
+        return [int(r[0]) for r in found]
 
     def parents(self, job_id: int) -> list[int]:
         return [r[0] for r in self._read("SELECT parent FROM deps WHERE child = ? ORDER BY parent", (job_id,))]

@@ -80,6 +80,7 @@ class JobStates(LedgerCore):
             f"       native_id = COALESCE(:n, native_id), updated = :now, seq = :seq, "
             f"       started = CASE WHEN :s = 'RUNNING' AND started IS NULL THEN :now ELSE started END "
             f"WHERE id IN (SELECT value FROM json_each(:ids)) AND status NOT IN ({TERMINAL_SQL}) "
+            f"  AND status <> 'WAITING' "  # only released (ledger/dependencies.py): a report about it is stale
             f"  AND (status IS NOT :s OR reason IS NOT :r "
             f"       OR (:h IS NOT NULL AND host IS NOT :h) "
             f"       OR (:n IS NOT NULL AND native_id IS NOT :n)) "
@@ -121,7 +122,8 @@ class JobStates(LedgerCore):
         with self._write() as con:
             seq = next_seq(con)
             moved = con.execute(f"UPDATE jobs SET status = 'HELD', reason = ?, native_id = ?, updated = ?, seq = ? "
-                                f"WHERE id IN {IN_JSON} AND status IN ({ACTIVE_SQL}) RETURNING id",
+                                f"WHERE id IN {IN_JSON} AND status IN ({ACTIVE_SQL}) AND status <> 'WAITING' "
+                                f"RETURNING id",
                                 (reason, native_id, now, seq, json.dumps(ids))).fetchall()
         return [r[0] for r in moved]
 

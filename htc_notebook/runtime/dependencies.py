@@ -4,18 +4,72 @@ in the handle's place; the job waits WAITING in the ledger (ledger/dependencies.
 parent SUCCEEDED, and when it is released its markers are replaced by the parents' results
 (`ParentValues.fill`, in the dispatcher), so the function gets values, never handles.
 
+A SLURM command job whose unfinished parents are all SLURM array tasks of command jobs of its own
+profile, none of which may be retried, is not held in the ledger: it is sent at once behind them,
+`sbatch --dependency=afterok:<their array tasks>` (`afterok` decides; runtime/dispatch.py
+`send_after` sends). The ledger still records it with its parents; it is SUBMITTED (RUNNABLE once
+sbatch answered, with its native id), saying "waiting for jobs 12, 13 (SLURM afterok)".
+
 >>> a = task.submit(simulate, 300.0)                      # doctest: +SKIP
 >>> b = task.submit(analyse, [a, task.submit(simulate, 310.0)])  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from htc_notebook.ledger import Ledger
 from htc_notebook.runtime.results import load_result
 from htc_notebook.spec.sweep import job_ref
+
+
+SENT_PARENT = frozenset({"SUBMITTED", "RUNNABLE", "STARTING", "RUNNING"})  # statuses of a parent SLURM has
+ARRAY_TASK = re.compile(r"^[0-9]+_[0-9]+$")  # one array task of its own (not a bundle's `_3/5`, not `sbatch:<token>`)
+
+
+@dataclass(frozen=True)
+class ParentState:
+    """What `afterok` needs to know of a parent (ledger `Dependencies.parent_states`)."""
+
+    id: int
+    status: str
+    kind: str
+    profile: str
+    native_id: str | None
+    retries: int  # the retries its RetryPolicy allows
+    mpi: bool = False
+    retry_due: bool = False
+
+
+def afterok(kind: str, profile: str, slurm: bool, mpi: bool, parents: Sequence[ParentState]) -> tuple[str, ...] | None:
+    """The SLURM array tasks a new job may be sent behind at once (`sbatch --dependency=afterok`),
+    or None: it waits in the ledger (WAITING) until its parents all SUCCEEDED.
+
+    Only a command job (not MPI) on a SLURM profile (`slurm`), and only if each of its parents
+    either SUCCEEDED (no dependency needed) or is a command job (not MPI) of the same profile that
+    SLURM has as an array task of its own, with no retry to spend (`retries` 0, none due): a retry
+    would be a new SLURM job, which afterok would not follow. A parent held by the feeder, bundled,
+    WAITING, failed, on another profile or backend, or a Python call keeps the job in the ledger.
+    With every parent SUCCEEDED there is nothing to wait for: the ledger releases it at once.
+
+    >>> p = ParentState(12, "RUNNING", "command", "cpu", "301_0", retries=0)
+    >>> afterok("command", "cpu", True, False, [p, ParentState(13, "SUCCEEDED", "python", "gpu", None, 2)])
+    ('301_0',)
+    >>> afterok("command", "cpu", True, False, [ParentState(12, "RUNNING", "command", "cpu", "301_0", retries=1)])
+    """
+    if kind != "command" or not slurm or mpi or not parents:
+        return None
+    tasks: list[str] = []
+    for p in parents:
+        if p.status == "SUCCEEDED":
+            continue
+        if (p.status not in SENT_PARENT or p.kind != "command" or p.profile != profile or p.mpi or p.retries
+                or p.retry_due or not p.native_id or not ARRAY_TASK.match(p.native_id)):
+            return None
+        tasks.append(p.native_id)
+    return tuple(dict.fromkeys(tasks)) or None
 
 
 def refs_in(params: Mapping[str, Any]) -> tuple[int, ...]:

@@ -15,17 +15,19 @@ import os
 import socket
 import time
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence, cast
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, cast
 
 import cloudpickle
 
-from htc_notebook.backends.base import Call, Launch
+from htc_notebook.backends.base import Call, Launch, afterok_reason
 from htc_notebook.errors import HTCError
 from htc_notebook.ledger import AttemptStart, JobRow, Ledger, NewJob, TaskRow
 from htc_notebook.runtime import images, plan
 from htc_notebook.runtime.changes import Changes
-from htc_notebook.runtime.dependencies import ParentValues, parents_in, refs_in
+from htc_notebook.runtime.dependencies import (ARRAY_TASK, ParentState, ParentValues, afterok, parents_in,
+                                              refs_in)
 from htc_notebook.runtime.live_backends import LiveBackends
 from htc_notebook.runtime.owner import Owner, kill_orphan_group
 from htc_notebook.runtime.profiles import Profiles
@@ -43,11 +45,11 @@ DISPATCH_SLICE = 5000  # jobs whose attempts and Launches are built and handed o
 class Pending:
     """A job just added to the ledger, described from what was added (no read-back): a ledger `Envelope` with its id."""
 
-    __slots__ = ("id", "name", "kind", "params", "spec", "index", "profile", "priority")
+    __slots__ = ("id", "name", "kind", "params", "spec", "index", "profile", "priority", "after")
 
     def __init__(self, job_id: int, job: NewJob):
         self.id, self.name, self.kind, self.params, self.spec = job_id, job.name, job.kind, job.params, job.spec
-        self.index, self.profile, self.priority = job.index, job.profile, job.priority
+        self.index, self.profile, self.priority, self.after = job.index, job.profile, job.priority, job.after
 
 
 class TaskRows:
@@ -88,13 +90,65 @@ class Dispatcher:
         """This process has the call of payload `digest` (no need to unpickle it from storage)."""
         self._calls[digest] = obj
 
-    def dispatch(self, task: TaskRow, rows: Sequence[JobRow | Pending], *, release_for: str | None = None) -> int:
+    def send_after(self, task: TaskRow, children: Sequence[Pending]) -> list[int]:
+        """Send at once, behind their parents (`sbatch --dependency=afterok`), those of these jobs
+        just added to wait that `dependencies.afterok` allows and the site has room for (G8); the
+        others wait in the ledger. Returns the ids sent. Each is SUBMITTED in the ledger first
+        (`Ledger.send_after`, a compare-and-set), then dispatched as any job is."""
+        slurm = {name for name in {c.profile for c in children} if self._is_slurm(name)}
+        candidates = [c for c in children if c.kind == "command" and not c.spec.mpi and c.profile in slurm]
+        if not candidates:
+            return []
+        by_parents: dict[tuple[int, ...], list[Pending]] = {}
+        for c in candidates:
+            by_parents.setdefault(tuple(c.after), []).append(c)
+        states = {row[0]: ParentState(*row) for row in self.ledger.parent_states(
+            {p for parents in by_parents for p in parents})}
+        after: dict[int, tuple[tuple[str, ...], tuple[int, ...]]] = {}
+        eligible: dict[str, list[Pending]] = {}
+        for parents, group in by_parents.items():
+            known = [states[p] for p in parents if p in states]
+            for c in group:
+                tasks = afterok("command", c.profile, True, False, known)
+                if tasks is not None:
+                    after[c.id] = (tasks, tuple(p.id for p in known if p.status != "SUCCEEDED"))
+                    eligible.setdefault(c.profile, []).append(c)
+        sends = {c.id: (afterok_reason(after[c.id][1]), after[c.id][0]) for profile, members in eligible.items()
+                 if self._room(task, profile, members) for c in members}  # the site's room: once per profile
+        rows = self.ledger.send_after(sends, str(self.owner)) if sends else []
+        if rows:
+            log.info("%d jobs sent to SLURM behind the jobs they depend on (afterok)", len(rows))
+            self.dispatch(task, rows, after=after)
+        return [r.id for r in rows]
+
+    def _is_slurm(self, profile: str) -> bool:
+        try:
+            return self.profiles.get(profile).backend == "slurm"
+        except HTCError:
+            return False
+
+    def _room(self, task: TaskRow, profile: str, members: Sequence[Pending]) -> bool:
+        """Would `members` go to sbatch at once (nothing held before them, room in the site's limits)?
+        If not, they wait in the ledger: a job held by the feeder would be sent later behind parents
+        SLURM may have forgotten by then."""
+        try:
+            backend = cast("SlurmBackend", self.backends.get(self.profiles.get(profile)))
+            where = self._where(task)
+            return backend.arrays.has_room([plan.launch(where, c.id, c, 1, "", "") for c in members[:1]] * len(members))
+        except HTCError as exc:
+            log.warning("jobs %s wait in the ledger for their parents: the site's room could not be read: %s",
+                        [c.id for c in members[:10]], exc)
+            return False
+
+    def dispatch(self, task: TaskRow, rows: Sequence[JobRow | Pending], *, release_for: str | None = None,
+                 after: Mapping[int, tuple[tuple[str, ...], tuple[int, ...]]] | None = None) -> int:
         """Record an attempt for each job (write-ahead), then hand them to their backends; returns
         how many attempts started.
 
         With `release_for` (this session's owner) the rows are waiting jobs found ready: each is
         released and its attempt started in one write transaction (`Ledger.start_attempts`), and
-        one that another process released first is skipped.
+        one that another process released first is skipped. `after`: job id -> (the SLURM array
+        tasks it goes behind, their job ids), for jobs sent behind their parents (`send_after`).
 
         A slice of DISPATCH_SLICE jobs at a time: their attempts, their Launches, handed over and
         dropped, so memory does not grow with a sweep's size. Plain Python calls are handed over
@@ -119,7 +173,8 @@ class Dispatcher:
                     one.enter_context(runner.one_submission())
             for start in range(0, len(rows), DISPATCH_SLICE):
                 end = start + DISPATCH_SLICE
-                launches, n = self._attempt(task, where, prefix, rows[start:end], later, room, parents, release_for)
+                launches, n = self._attempt(task, where, prefix, rows[start:end], later, room, parents, release_for,
+                                            after)
                 self._hand_over(launches, later, rows, end)
                 started += n
                 del launches  # gone before the next slice's are built
@@ -128,7 +183,9 @@ class Dispatcher:
 
     def _attempt(self, task: TaskRow, where: plan.Where, prefix: str, rows: Sequence[JobRow | Pending],
                  later: dict[str, list[Launch]], room: tuple[str, int] | None, parents: ParentValues,
-                 release_for: str | None) -> tuple[dict[str, list[Launch]], int]:
+                 release_for: str | None,
+                 after: Mapping[int, tuple[tuple[str, ...], tuple[int, ...]]] | None = None,
+                 ) -> tuple[dict[str, list[Launch]], int]:
         """Start an attempt for each of these jobs that fits in `room` (its project's vCPU limit;
         the others wait HELD, released by the reconcile loop) and make the Launches of those still
         live: plain Python calls are returned by profile (with how many attempts started), the
@@ -151,6 +208,8 @@ class Dispatcher:
                 self.tasks.here[row.id] = task.id
                 try:
                     launch = self._launch(task, where, row, attempt, o, e, parents)
+                    if after and row.id in after:  # sent behind its parents: sbatch --dependency=afterok
+                        launch = replace(launch, after=after[row.id][0], after_jobs=after[row.id][1])
                 except Exception as exc:
                     log.warning("job %s could not be prepared: %s", row.id, exc, exc_info=True)
                     unmade.append(Outcome(row.id, attempt, "FAILED", reason=f"not submitted: could not be prepared: "
@@ -245,6 +304,7 @@ class Dispatcher:
 
     def feed_held(self, rows: Sequence[JobRow]) -> None:
         """Hand SLURM the held work of a dead session, claimed by this one (`Ledger.claim`)."""
+        after, rows = self._still_behind(rows)
         by_task: dict[int, list[JobRow]] = {}
         for r in rows:
             by_task.setdefault(r.task_id, []).append(r)
@@ -255,12 +315,45 @@ class Dispatcher:
             parents = ParentValues(self.ledger)  # held work is command jobs: no call takes results
             for r in group:
                 self.tasks.here[r.id] = task_id
-                by_profile.setdefault(r.profile, []).append(
-                    self._launch(task, where, r, r.attempts, r.log_out or "", r.log_err or "", parents))
+                launch = self._launch(task, where, r, r.attempts, r.log_out or "", r.log_err or "", parents)
+                if r.id in after:  # sent behind its parents (afterok), as it was to be
+                    launch = replace(launch, after=after[r.id][0], after_jobs=after[r.id][1])
+                by_profile.setdefault(r.profile, []).append(launch)
             tokens = {r.id: token for r in group
                       if (native := NativeId.parse(r.native_id)) is not None and (token := native.token) is not None}
             for profile, launches in by_profile.items():
                 cast("SlurmBackend", self.backends.get(self.profiles.get(profile))).hold(launches, tokens)
+
+    def _still_behind(self, rows: Sequence[JobRow]) -> tuple[dict[int, tuple[tuple[str, ...], tuple[int, ...]]],
+                                                              list[JobRow]]:
+        """Held work of a dead session that was to go behind its parents (afterok): the dependency of
+        each (from the parents' array tasks now), and the rows to feed. One whose parents can no
+        longer be followed so (one runs again, or failed) waits in the ledger again instead."""
+        ids = {r.id for r in rows}
+        parents_of: dict[int, list[int]] = {}
+        for parent, child in self.ledger.edges(ids):
+            if child in ids:
+                parents_of.setdefault(child, []).append(parent)
+        if not parents_of:
+            return {}, list(rows)
+        states = {row[0]: ParentState(*row) for row in self.ledger.parent_states(
+            {p for ps in parents_of.values() for p in ps})}
+        after: dict[int, tuple[tuple[str, ...], tuple[int, ...]]] = {}
+        back: list[int] = []
+        for r in rows:
+            known = [states[p] for p in parents_of.get(r.id, ()) if p in states]
+            if all(p.status == "SUCCEEDED" for p in known):
+                continue
+            tasks = afterok(r.kind, r.profile, True, bool(r.spec.mpi), known)
+            if tasks is None:
+                back.append(r.id)
+            else:
+                after[r.id] = (tasks, tuple(p.id for p in known if p.status != "SUCCEEDED"))
+        moved = set(self.ledger.rewait(back, "the jobs it was to wait for in SLURM (afterok) changed before it was "
+                                       "sent")) if back else set()
+        if moved:
+            log.info("held jobs %s of a dead session wait in the ledger again for their parents", sorted(moved)[:20])
+        return after, [r for r in rows if r.id not in moved and r.id not in back]
 
     # -- cancel and retry ---------------------------------------------------------------------
     def cancel(self, job_ids: Iterable[int], reason: str = "cancelled by user") -> list[int]:
@@ -269,7 +362,51 @@ class Dispatcher:
         self.backends.cancel(cancelled)
         self._stop_foreign([i for i in cancelled if i not in self.tasks.here])
         self.changes.committed()
+        try:
+            self.fail_sent(cancelled)  # jobs SLURM holds behind them (afterok) fail, naming them
+        except HTCError as exc:
+            log.warning("jobs sent behind cancelled jobs %s were not all cancelled in SLURM: %s", cancelled[:20], exc)
         return cancelled
+
+    def fail_sent(self, parents: Sequence[int] | set[int] | None) -> None:
+        """Fail (cause `dependency`) and scancel the jobs sent behind these jobs (None: any) with
+        afterok, and those sent behind them, where a parent ended without succeeding for good."""
+        sent = self.ledger.fail_sent_dependents(parents)
+        if sent:
+            log.info("jobs %s failed for a parent; cancelled in SLURM", [job_id for job_id, *_ in sent][:20])
+            self.changes.committed([Outcome(job_id, attempt, "FAILED", cause="dependency")
+                                    for job_id, attempt, _, _ in sent])
+            self.stop_sent(sent)
+
+    def stop_sent(self, failed: Sequence[tuple[int, int, int, str | None]]) -> None:
+        """scancel the jobs the ledger just failed while SLURM held them behind a parent that did not
+        succeed (afterok; `Ledger.fail_sent_dependents` rows): SLURM would keep them pending for
+        ever (DependencyNeverSatisfied). Those this process submitted or watches are cancelled by
+        their backend (also if still held by its feeder); the others by their native id."""
+        here = [job_id for job_id, *_ in failed if job_id in self.tasks.here]
+        if here:
+            self.backends.cancel(here)
+        foreign = [native for job_id, _, _, native in failed
+                   if job_id not in self.tasks.here and native and ARRAY_TASK.match(native)]
+        if foreign:
+            from htc_notebook.backends.slurm import scheduler
+
+            scheduler.scancel(foreign)  # a BackendError is logged by the reconcile loop
+
+    def rewait_sent(self, parents: Sequence[int] | None) -> None:
+        """These jobs run again (a retry: a new SLURM job): the jobs sent behind them (afterok) wait in
+        the ledger again and are scancelled (`Ledger.rewait_sent_children`). None: any such jobs
+        whose parent is no longer the SLURM job they wait for (`Ledger.rewait_stale_sent`)."""
+        rows = (self.ledger.rewait_stale_sent() if parents is None
+                else self.ledger.rewait_sent_children(parents) if parents else [])
+        if rows:
+            log.info("jobs %s wait in the ledger again: a job they waited for in SLURM runs again",
+                     [job_id for job_id, *_ in rows][:20])
+            try:
+                self.stop_sent(rows)
+            except HTCError as exc:  # the retry goes on; what SLURM still holds never starts (its parent ended)
+                log.warning("jobs %s wait in the ledger again but were not cancelled in SLURM (scancel %s): %s",
+                            [job_id for job_id, *_ in rows][:20], " ".join(str(n) for *_, n in rows if n), exc)
 
     def _stop_foreign(self, job_ids: list[int]) -> None:
         """Stop what other processes started for jobs just cancelled here (the ledger already says
@@ -302,6 +439,7 @@ class Dispatcher:
     def retry(self, job_ids: Iterable[int], reason: str = "retried by user") -> list[int]:
         """Run FAILED, CANCELLED or LOST jobs again (SUCCEEDED ones are never re-run)."""
         moved = self.ledger.requeue(list(job_ids), reason, owner=str(self.owner))
+        self.rewait_sent(moved)  # jobs SLURM holds behind them would wait for the old job
         by_task: dict[int, list[JobRow]] = {}
         for job_id in moved:
             row = self.ledger.job(job_id)

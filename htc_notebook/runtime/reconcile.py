@@ -30,7 +30,9 @@ every error (with its traceback) are logged (logger `htc_notebook.runtime.reconc
    compare-and-set: of many processes one gets each) and dispatched here, their parents' results in
    place of the handles; those a parent of which failed for good end FAILED (cause `dependency`).
    A session releases its own jobs and those of owners that have exited (a DAG whose builder died is
-   finished by the next session). Woken by every commit of an ended job while jobs wait.
+   finished by the next session). Woken by every commit of an ended job while jobs wait. Jobs sent
+   to SLURM behind their parents (afterok: never WAITING, never released here) whose parent failed
+   for good end FAILED (cause `dependency`) and are scancelled.
 7. **SLURM's status** (once a SLURM backend runs, every `SlurmWatch.interval` s): the data root's
    one poll of SLURM, by the process that holds its lease (runtime/watch.py).
 
@@ -66,6 +68,7 @@ OWNERS_EVERY = 5.0  # seconds between two looks for owners that have exited (at 
 RETENTION_EVERY = 300.0  # seconds between two applications of the projects' task retention policies
 RETRIES_PER_TICK = 1000
 RELEASES_PER_TICK = 5000
+SENT_SCAN_EVERY = 60.0  # seconds between two scans for jobs sent behind a parent that failed or runs again
 
 
 class Reconciler:
@@ -91,6 +94,8 @@ class Reconciler:
         self._waiting = True  # jobs of the data root wait for others: a commit of an ended job wakes the loop
         self._unsettled = True  # a job may have ended without succeeding: look for waiting jobs to fail
         self.released = 0  # waiting jobs this process released (for tests and figures)
+        self._ended_badly: set[int] = set()  # jobs that failed or were cancelled: jobs sent behind them may fail
+        self._sent_scanned = time.monotonic()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._first = threading.Event()  # set when the first tick is over
@@ -190,6 +195,10 @@ class Reconciler:
         failed = [o.job_id for o in outcomes if o.status in ("FAILED", "LOST")]
         if failed:
             self.failed(failed)
+        cancelled = [o.job_id for o in outcomes if o.status == "CANCELLED"]
+        if cancelled:
+            with self._lock:
+                self._ended_badly.update(cancelled)
         if not outcomes or any(o.status != "SUCCEEDED" for o in outcomes):  # a cancel commits no outcome
             self._unsettled = True
         if self.dispatcher.holding or (self._waiting and outcomes):
@@ -245,6 +254,8 @@ class Reconciler:
             if self.ledger.requeue_retry(row.id, row.attempts, str(self.owner), change, reason):
                 by_task.setdefault(row.task_id, []).append(self.ledger.job(row.id))
                 started += 1
+        if by_task:  # jobs SLURM holds behind them (afterok) would wait for the old job: they wait in the ledger
+            self.dispatcher.rewait_sent([r.id for rows in by_task.values() for r in rows])
         for task_id, rows in by_task.items():
             try:
                 self.dispatcher.dispatch(self.tasks.row(task_id), rows)
@@ -284,6 +295,7 @@ class Reconciler:
         next tick (`stop_failing_batches`), in this thread, not the recorder's."""
         with self._lock:
             self._failed.update(job_ids)
+            self._ended_badly.update(job_ids)  # a job sent behind it (afterok) may have to fail
         self.wake()
 
     def stop_failing_batches(self) -> list[int]:
@@ -382,12 +394,24 @@ class Reconciler:
     def release_waiting(self) -> int:
         """Fail the waiting jobs a parent of which failed for good, release (and dispatch) those whose
         parents all SUCCEEDED that are this session's to run; returns how many were released."""
+        unsettled, self._unsettled = self._unsettled, False  # after a failure or cancel was committed, every few s
+        ended: set[int] | None
+        with self._lock:
+            ended, self._ended_badly = self._ended_badly, set()
+        now = time.monotonic()
+        if now - self._sent_scanned >= SENT_SCAN_EVERY:  # what this process did not see (another's failures)
+            self._sent_scanned, ended = now, None
+            self.dispatcher.rewait_sent(None)  # behind a parent requeued by a process that died before it said so
+        if ended is None or ended:  # jobs sent behind a parent (SLURM afterok) that did not succeed: failed, scancelled
+            try:
+                self.dispatcher.fail_sent(ended)
+            except HTCError as exc:  # recorded FAILED; those running here are stopped by stop_cancelled
+                log.warning("jobs sent behind jobs that failed were not all cancelled in SLURM: %s", exc)
         self._waiting = self.ledger.has_waiting()  # an index look-up: the usual case ends here
         if not self._waiting:
             return 0
         failed: list[tuple[int, int]] = []
-        if self._unsettled:  # only after a failure or cancel was committed, and every few seconds
-            self._unsettled = False
+        if unsettled:
             failed = self.ledger.fail_dependents()
         if failed:
             log.info("%d waiting jobs failed: a job they depend on did not succeed", len(failed))

@@ -321,7 +321,9 @@ class Task:
         (SLURM: the array's `%N`; the local backend is bounded by its cores and ignores it).
         `max_failures`: once that many of its jobs have failed for good (after their retries), the
         rest are cancelled, saying why. With `after` (handles), every job waits until those jobs
-        SUCCEEDED (as for `submit`; held in the ledger, on every backend).
+        SUCCEEDED (as for `submit`). On SLURM, a batch whose unfinished parents are all SLURM command
+        jobs of its profile with no retries is sent at once, `sbatch --dependency=afterok`; otherwise
+        it waits in the ledger.
         """
         limit = _max_failures(max_failures, "submit_batch")
         jobs, record = self._batch_jobs(batch, profile, retries, throttle)
@@ -527,11 +529,18 @@ class Task:
         self._check_limit(jobs)
         ids = self.parts.ledger.add_jobs(self.id, jobs, batch)
         pending = [Pending(i, j) for i, j in zip(ids, jobs, strict=True) if not j.after]
-        waiting = len(pending) < len(ids)  # released by the reconcile loop once their parents SUCCEEDED
+        waiting = [Pending(i, j) for i, j in zip(ids, jobs, strict=True) if j.after] if len(pending) < len(ids) else []
         jobs.clear()
         self.parts.dispatcher.dispatch(self.row, pending)
         if waiting:
-            self.parts.reconciler.expect_waiting()  # their parents may have succeeded already
+            # SLURM command jobs behind SLURM command jobs go at once (afterok); the rest are released
+            # by the reconcile loop once their parents SUCCEEDED
+            sent: set[int] = set()
+            try:
+                sent = set(self.parts.dispatcher.send_after(self.row, waiting))
+            finally:  # also when sbatch refused those sent (they are FAILED, cause submit, and it is raised)
+                if len(sent) < len(waiting):
+                    self.parts.reconciler.expect_waiting()  # their parents may have succeeded already
         return ids
 
 

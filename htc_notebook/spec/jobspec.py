@@ -69,6 +69,9 @@ class JobSpec(_Stored):
     image: ImageRef | None = None
     retry: RetryPolicy = RetryPolicy()
     owner: str | None = None  # the process that dispatches it (runtime/owner.py); changed as kernels come and go
+    # the SLURM array tasks it was sent behind (sbatch --dependency=afterok), set by the ledger when
+    # it is sent before its parents ended (ledger/dependencies.py `send_after`); cleared if it waits again
+    afterok: tuple[str, ...] | None = None
 
     @field_validator("image", mode="before")
     @classmethod

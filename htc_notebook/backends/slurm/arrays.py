@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from htc_notebook.backends.base import PER_JOB_ENV, Launch, Reporter, disk_full_reason, oom_reason
+from htc_notebook.backends.base import PER_JOB_ENV, Launch, Reporter, afterok_reason, disk_full_reason, oom_reason
 from htc_notebook.backends.mpi_ranks import is_python_job, rank_dir, read_outcome
 from htc_notebook.backends.slurm import limits as site_limits
 from htc_notebook.backends.slurm import scheduler
@@ -54,6 +54,7 @@ class Tracked:
     memory: int | None = None  # MiB asked for (to say so when the cgroup kills it)
     disk_gib: int | None = None  # its scratch (to say so when it fills up)
     last: tuple | None = None  # last (status, reason, host) reported
+    waits: str | None = None  # sent behind its parents (afterok): what it waits for, in words
     gone_since: float | None = None  # monotonic time it was first missing from squeue
 
     @property
@@ -104,6 +105,13 @@ class ArrayRunner:
         self.feeder.feed(call=self.feeder.add(_groups(launches)))
         self._ensure_poller()
 
+    def has_room(self, launches: Sequence[Launch]) -> bool:
+        """Would these launches go to sbatch now: nothing held before them and room in the site's
+        limits (G8)? Raises BackendError when SLURM does not answer."""
+        if not launches or self.feeder.held():
+            return not launches
+        return self.feeder.room_for(launches[0], len(launches))
+
     def hold(self, launches: Sequence[Launch], tokens: dict[int, str]) -> None:
         """Take over held work of an earlier session (`tokens`: job id -> the intent token of a chunk
         whose sbatch may have gone through); fed like this session's own."""
@@ -137,7 +145,7 @@ class ArrayRunner:
                                           str(commands_file) if commands_file else None, of.bundle or 1).encode())
         try:
             job = scheduler.sbatch(sbatch_argv(str(script), wrapper_log=f"{stem}-%a.log", chdir=str(first.cwd),
-                                               comment=f"htc:{token}"))
+                                               comment=f"htc:{token}", after=first.after))
         except BackendError as exc:
             if site_limits.classify(str(exc)) == "transient":
                 of.token = token  # no clear answer: it may be in SLURM
@@ -150,13 +158,16 @@ class ArrayRunner:
         sdir = state_dir(chunk[0].cwd)
         natives = {launch.job_id: f"{job}_{i // bundle}" + (f"/{bundle}" if bundle > 1 else "")
                    for i, launch in enumerate(chunk) if live is None or launch.job_id in live}
+        waits = afterok_reason(chunk[0].after_jobs) if chunk[0].after else None
         with self._lock:
             for launch in chunk:
                 if launch.job_id in natives:
                     self._tracked[launch.job_id] = Tracked(launch.job_id, launch.attempt, natives[launch.job_id], sdir,
-                                                           launch.timeout, launch.memory, launch.disk_gib)
+                                                           launch.timeout, launch.memory, launch.disk_gib,
+                                                           waits=waits)
         what = f"as array {job}" + (f", {bundle} jobs per array task" if bundle > 1 else "")
-        self._reporter.submitted(natives, reason=f"submitted to SLURM {what}")
+        self._reporter.submitted(natives, reason=f"{waits}: submitted to SLURM {what}" if waits
+                                 else f"submitted to SLURM {what}")
 
     # -- adopting jobs submitted by an earlier process ------------------------------
     def adopt(self, job_id: int, attempt: int, native_id: str, cwd: str | Path, timeout: int | None) -> None:
@@ -237,6 +248,10 @@ class ArrayRunner:
             elif entry is not None:
                 assert status is not None  # the state of an entry squeue lists
                 reason = explain_pending(entry.reason) if status == "RUNNABLE" else None
+                if t.waits and status == "RUNNABLE" and entry.reason.strip("()") == "Dependency":
+                    reason = t.waits  # which jobs, not only that it waits for some
+                elif t.waits and status == "RUNNABLE" and entry.reason.strip("()") == "DependencyNeverSatisfied":
+                    reason = f"{t.waits}: one of them did not succeed (SLURM DependencyNeverSatisfied); it fails for it"
                 host = _read_start_host(t) if status != "RUNNABLE" else None
                 if t.bundled and status == "RUNNING" and host is None:
                     status, reason = "RUNNABLE", f"waiting its turn in array task {t.task} (bundled jobs run in turn)"
@@ -360,7 +375,7 @@ def _groups(launches: Sequence[Launch]) -> list[list[Launch]]:
     for launch in launches:
         env = tuple(sorted((k, v) for k, v in launch.env.items() if k not in PER_JOB_ENV))
         key = (str(launch.cwd), launch.cores, launch.mpi, launch.memory, launch.disk_gib, launch.gpus, launch.timeout,
-               launch.priority, launch.throttle, env)
+               launch.priority, launch.throttle, env, launch.after, launch.after_jobs)
         groups.setdefault(key, []).append(launch)
     out = []
     for group in groups.values():

@@ -93,7 +93,8 @@ class Feeder:
         with self._lock:
             for group in groups:
                 qos, fixed = self._qos(group[0]), self.profile.bundle
-                if fixed is None and len(group) > 2 * PROBES and not group[0].mpi:
+                # jobs sent behind their parents (afterok) are not probed: they would wait for them
+                if fixed is None and len(group) > 2 * PROBES and not group[0].mpi and not group[0].after:
                     probes, group = group[:PROBES], group[PROBES:]
                     self._timed.update(dict.fromkeys((launch.job_id for launch in probes), -1.0))
                     self._held.append(Chunk(probes, qos, key=call))
@@ -163,6 +164,10 @@ class Feeder:
         if self._learned:
             out.append(self._learned)
         return out
+
+    def room_for(self, launch: Launch, count: int) -> bool:
+        """Is there room in the site's limits for `count` jobs like `launch` now (G8)?"""
+        return self._room(Chunk([launch] * count, self._qos(launch)))[0] >= count
 
     def _room(self, chunk: Chunk) -> tuple[int, str | None]:
         limits = site_limits.for_qos(self._site(), chunk.qos)

@@ -184,8 +184,26 @@ def command_line(argv: Sequence[str]) -> str:
     return shlex.join(argv)
 
 
-def sbatch_argv(script: str, *, wrapper_log: str, chdir: str, comment: str | None = None) -> list[str]:
+_ARRAY_TASK = re.compile(r"^[0-9]+(_[0-9]+)?$")
+
+
+def sbatch_argv(script: str, *, wrapper_log: str, chdir: str, comment: str | None = None,
+                after: Sequence[str] = ()) -> list[str]:
     """The sbatch command line (paths go here, as arguments, not as directives); `comment` marks
-    the job so that it can be found in squeue by what the ledger recorded before sbatch ran."""
+    the job so that it can be found in squeue by what the ledger recorded before sbatch ran.
+
+    `after`: SLURM jobs (or array tasks, `<job>_<task>`) that must all complete with exit code 0
+    before it starts (`--dependency=afterok`). `--kill-on-invalid-dep=no`: whatever the site's
+    default, a job whose dependency can never be satisfied stays pending (reason
+    DependencyNeverSatisfied) until the toolkit fails it in the ledger, naming the parent, and
+    scancels it.
+
+    >>> sbatch_argv("a.sh", wrapper_log="a-%a.log", chdir="/d", after=["12_0", "12_1"])[4:]
+    ['--dependency=afterok:12_0:12_1', '--kill-on-invalid-dep=no', 'a.sh']
+    """
+    for job in after:
+        if not _ARRAY_TASK.match(job):
+            raise SpecError("sbatch", "dependency", job, "a SLURM job id, or an array task <job>_<task>")
+    dependency = [f"--dependency=afterok:{':'.join(after)}", "--kill-on-invalid-dep=no"] if after else []
     return ["sbatch", "--parsable", f"--output={wrapper_log}", f"--chdir={chdir}",
-            *([f"--comment={comment}"] if comment else []), script]
+            *([f"--comment={comment}"] if comment else []), *dependency, script]
