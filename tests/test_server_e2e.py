@@ -4,6 +4,7 @@ statistics -> cancel of a second batch. Once on the local backend, once on the S
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -107,3 +108,29 @@ def test_rest_flow_on_slurm(slurm_cluster, tmp_path):
                    capture_output=True)
     hosts = flow(REPO / "test-output" / f"rest-{uuid.uuid4().hex[:8]}", str(site), "cpu")
     assert hosts <= {"node1", "node2"} and hosts
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_htc_serve_stops_on_sigint_and_sigterm_also_when_started_with_sigint_ignored(tmp_path, sig):
+    """A script's `htc serve &` starts with SIGINT ignored (so Python raises no KeyboardInterrupt):
+    it stopped on nothing but SIGKILL. It stops, and closes its session, on SIGINT and on SIGTERM."""
+    port = _port()
+    proc = subprocess.Popen([HTC, "--root", str(tmp_path / "root"), "serve", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.communicate()[0]
+        proc.send_signal(sig)
+        out = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out
+    assert "HTC API on" in out and "Traceback" not in out, out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import signal
 
 from tornado import web
 
@@ -20,7 +21,8 @@ def make_app(session, settings: ServerSettings | None = None) -> web.Application
 
 
 def serve(session, port: int, address: str = "127.0.0.1", settings: ServerSettings | None = None) -> None:
-    """Serve until interrupted. `settings.public_url` defaults to `http://address:port`."""
+    """Serve until SIGINT (Ctrl-C) or SIGTERM, then return (the caller closes the session).
+    `settings.public_url` defaults to `http://address:port`."""
     settings = settings or ServerSettings()
     if settings.public_url is None:
         host = f"[{address}]" if ":" in address else address
@@ -30,11 +32,11 @@ def serve(session, port: int, address: str = "127.0.0.1", settings: ServerSettin
     async def main() -> None:
         app.listen(port, address, max_body_size=settings.max_body_bytes * DROP_FACTOR)
         owner = f"owner: API user {settings.owner!r}" if settings.owner else "no owner over the API"
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):  # also where SIGINT came ignored (started in the background)
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
         print(f"HTC API on {settings.origin}/{PREFIX} (data root {session.root}; {owner}); Ctrl-C stops",
               flush=True)
-        await asyncio.Event().wait()
+        await stop.wait()
 
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        pass
+    asyncio.run(main())
