@@ -28,6 +28,24 @@ def _create_private(path: Path) -> None:
         pass
 
 
+_WRITERS: dict[tuple[int, str], threading.Lock] = {}  # (pid, ledger file) -> its writers' lock in this process
+_WRITERS_LOCK = threading.Lock()
+
+
+def _writers(path: Path) -> threading.Lock:
+    """The lock this process's threads take before they ask SQLite for the write lock of `path`. Queued
+    on it, a writer starts the moment the last one commits; queued on SQLite's busy handler, it slept
+    1, 2, 5, 10 ... ms between looks (measured: a release's write took 4.9 ms under the recorder's
+    commits, most of it asleep). Other processes still queue on SQLite's lock. Keyed by pid: a forked
+    child never inherits a lock a thread of its parent held."""
+    key = (os.getpid(), str(path.resolve()))
+    with _WRITERS_LOCK:
+        lock = _WRITERS.get(key)
+        if lock is None:
+            lock = _WRITERS[key] = threading.Lock()
+        return lock
+
+
 class LedgerCore:
     """The ledger file and its transactions. Safe for many threads (one connection each) and many processes."""
 
@@ -35,6 +53,7 @@ class LedgerCore:
         self.path = Path(path)
         self._local = threading.local()
         self._lock = threading.Lock()
+        self._writing: tuple[int, threading.Lock] | None = None  # (pid, its writers' lock): see _writers
         self._connections: list[sqlite3.Connection] = []
         self._closed = False
         self._con()  # open now: errors surface here, and the schema exists afterwards
@@ -76,18 +95,22 @@ class LedgerCore:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
+        """One write transaction: BEGIN IMMEDIATE ... COMMIT, rolled back on any error (this process's
+        writers queued on one lock first)."""
         con = self._con()
-        retry(lambda: con.execute("BEGIN IMMEDIATE"), self.path)
-        try:
-            yield con
-            con.execute("COMMIT")
-        except BaseException as e:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-            if isinstance(e, sqlite3.Error):
-                raise LedgerError(f"ledger {self.path}: {e}") from e
-            raise
+        if self._writing is None or self._writing[0] != os.getpid():
+            self._writing = (os.getpid(), _writers(self.path))
+        with self._writing[1]:
+            retry(lambda: con.execute("BEGIN IMMEDIATE"), self.path)
+            try:
+                yield con
+                con.execute("COMMIT")
+            except BaseException as e:
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+                if isinstance(e, sqlite3.Error):
+                    raise LedgerError(f"ledger {self.path}: {e}") from e
+                raise
 
     @contextmanager
     def _snapshot(self) -> Iterator[sqlite3.Connection]:

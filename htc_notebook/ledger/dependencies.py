@@ -106,11 +106,18 @@ def release(con: sqlite3.Connection, ids: Sequence[int], owner: str, now: float,
 class Dependencies(LedgerCore):
     """Jobs waiting for others: which are ready, releasing them once, failing them for a parent."""
 
-    def ready_rows(self, limit: int = 1000) -> list[JobRow]:
+    def ready_rows(self, limit: int = 1000, parents: Iterable[int] | None = None) -> list[JobRow]:
         """The rows of waiting jobs whose parents all SUCCEEDED, oldest first (a read: they are
-        released with their first attempt, `start_attempts(..., release_for=owner)`)."""
+        released with their first attempt, `start_attempts(..., release_for=owner)`); with `parents`,
+        only children of those (an index look-up, where the whole look reads every waiting job)."""
+        if parents is None:
+            return [job_row(r) for r in self._read(
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE id IN (SELECT id FROM ({READY_SQL})) ORDER BY id", (limit,))]
         return [job_row(r) for r in self._read(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE id IN (SELECT id FROM ({READY_SQL})) ORDER BY id", (limit,))]
+            f"SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id IN (SELECT child FROM deps WHERE parent IN {IN_JSON}) "
+            f"AND j.status = 'WAITING' AND NOT EXISTS (SELECT 1 FROM deps d JOIN jobs p ON p.id = d.parent "
+            f"WHERE d.child = j.id AND p.status <> 'SUCCEEDED') ORDER BY j.id LIMIT ?",
+            (json.dumps(checked_ids(parents)), limit))]
 
     def fail_dependents(self) -> list[tuple[int, int]]:
         """Fail (cause `dependency`) every waiting job a parent of which ended without succeeding, and

@@ -68,6 +68,7 @@ OWNERS_EVERY = 5.0  # seconds between two looks for owners that have exited (at 
 RETENTION_EVERY = 300.0  # seconds between two applications of the projects' task retention policies
 RETRIES_PER_TICK = 1000
 RELEASES_PER_TICK = 5000
+READY_SCAN_EVERY = 1.0  # seconds between looks at every waiting job (between them: children of what succeeded here)
 SENT_SCAN_EVERY = 60.0  # seconds between two scans for jobs sent behind a parent that failed or runs again
 
 
@@ -94,6 +95,8 @@ class Reconciler:
         self._waiting = True  # jobs of the data root wait for others: a commit of an ended job wakes the loop
         self._unsettled = True  # a job may have ended without succeeding: look for waiting jobs to fail
         self.released = 0  # waiting jobs this process released (for tests and figures)
+        self._succeeded: set[int] = set()  # jobs committed SUCCEEDED here since the last release: parents
+        self._ready_scanned = 0.0  # time.monotonic() of the last look at every waiting job
         self._ended_badly: set[int] = set()  # jobs that failed or were cancelled: jobs sent behind them may fail
         self._sent_scanned = time.monotonic()
         self._wake = threading.Event()
@@ -196,9 +199,11 @@ class Reconciler:
         if failed:
             self.failed(failed)
         cancelled = [o.job_id for o in outcomes if o.status == "CANCELLED"]
-        if cancelled:
+        succeeded = [o.job_id for o in outcomes if o.status == "SUCCEEDED"]
+        if cancelled or succeeded:
             with self._lock:
                 self._ended_badly.update(cancelled)
+                self._succeeded.update(succeeded)
         if not outcomes or any(o.status != "SUCCEEDED" for o in outcomes):  # a cancel commits no outcome
             self._unsettled = True
         if self.dispatcher.holding or (self._waiting and outcomes):
@@ -207,6 +212,7 @@ class Reconciler:
     def expect_waiting(self) -> None:
         """Jobs that wait for others were just added: look at them now (their parents may have ended)."""
         self._waiting = True
+        self._ready_scanned = 0.0
         self.wake()
 
     # -- 0. this session's heartbeat --------------------------------------------------------------
@@ -417,7 +423,7 @@ class Reconciler:
             log.info("%d waiting jobs failed: a job they depend on did not succeed", len(failed))
             self.changes.committed([Outcome(job_id, attempt, "FAILED", cause="dependency")
                                     for job_id, attempt in failed])
-        ready = self.ledger.ready_rows(RELEASES_PER_TICK)
+        ready = self._ready()
         released = 0
         if ready:
             gone = self.gone_owners({row.spec.owner for row in ready})
@@ -435,6 +441,20 @@ class Reconciler:
                 self.changes.moved()
         self.released += released
         return released
+
+    def _ready(self) -> list[JobRow]:
+        """Waiting jobs whose parents all SUCCEEDED: children of the jobs this process committed
+        SUCCEEDED since the last look (an index look-up), and every READY_SCAN_EVERY s, or after jobs
+        were added to wait, all of the data root's (what other processes' commits made ready; this
+        look reads every waiting job)."""
+        with self._lock:
+            succeeded, self._succeeded = self._succeeded, set()
+        now = time.monotonic()
+        if now - self._ready_scanned >= READY_SCAN_EVERY:
+            rows = self.ledger.ready_rows(RELEASES_PER_TICK)
+            self._ready_scanned = now if len(rows) < RELEASES_PER_TICK else 0.0  # more: again next tick
+            return rows
+        return self.ledger.ready_rows(RELEASES_PER_TICK, parents=succeeded) if succeeded else []
 
     # -- 3. cancels from elsewhere ----------------------------------------------------------------
     def stop_cancelled(self) -> None:
