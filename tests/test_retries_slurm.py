@@ -146,6 +146,9 @@ def test_a_call_on_a_pilot_is_held_to_its_memory_and_no_cgroup_outlives_the_pilo
         pilots = {c.parents[3] for c in cages}  # the pilot job's cgroup
         worker = int(cages[0].parent.name.split("-")[1])  # htc-<worker pid>
         os.kill(worker, signal.SIGKILL)  # its call dies with it (PDEATHSIG); the nanny starts another
+        while not any(a.cause == "lost" for a in stuck.attempts):  # the scheduler has let the dead worker go:
+            assert time.monotonic() < deadline, stuck.attempts    # a call sent now cannot land on it (ending lost)
+            time.sleep(0.2)
         hog = task.submit(hog_once, 200, profile="cpu", resources={"memory": "128M"},
                           retries=RetryPolicy(retries=1, backoff=0))
         assert stuck.result(timeout=240) == 10
