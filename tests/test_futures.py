@@ -138,3 +138,19 @@ def test_as_completed_over_many_handles_reads_the_ledger_twice_not_twice_per_han
         monkeypatch.setattr(ledger, name, counted)
     assert sorted(h.id for h in as_completed(handles, timeout=60)) == sorted(h.id for h in handles)
     assert reads == {"statuses": 1, "max_seq": 1}  # before: 60 of each
+
+
+def test_a_job_future_notifies_its_cancel_once_whichever_side_sees_it_first(session):
+    """`cancel()` cancels the job, and the job's CANCELLED reaches the future from the Completions
+    thread too: both notify it. The second used to raise "Future in unexpected state" (seen once in
+    CI, from `slow.cancel()` above)."""
+    from htc_notebook.runtime.futures import JobFuture
+
+    handle = session.project("f").task("cancel-once").submit(when_told, "never", patience=3)
+    future = JobFuture(handle)
+    waiter = concurrent.futures.wait([future], timeout=0)  # nothing done yet
+    assert waiter.not_done == {future}
+    assert future._cancelled() and future._cancelled()  # the user's side and the job's, either order
+    assert future.cancelled() and future.done()
+    assert concurrent.futures.wait([future], timeout=5).done == {future}
+    handle.cancel()

@@ -62,6 +62,8 @@ class JobFuture(concurrent.futures.Future):
     def __init__(self, handle: JobHandle):
         super().__init__()
         self.handle = handle
+        self._notify = threading.Lock()  # `cancel()` here and the job's CANCELLED seen by Completions race
+        self._notified = False
 
     def cancel(self) -> bool:
         if self.done():
@@ -70,11 +72,16 @@ class JobFuture(concurrent.futures.Future):
         return self._cancelled()
 
     def _cancelled(self) -> bool:
-        """Cancelled, and its waiters told (`concurrent.futures.wait` counts only a notified cancel)."""
-        if not super().cancel():
-            return False
-        self.set_running_or_notify_cancel()
-        return True
+        """Cancelled, and its waiters told once (`concurrent.futures.wait` counts only a notified cancel;
+        a second notification raises)."""
+        with self._notify:
+            if self._notified:
+                return True
+            if not super().cancel():
+                return False
+            self.set_running_or_notify_cancel()
+            self._notified = True
+            return True
 
     def _settle(self, job_id: int, status: str) -> None:
         """The job ended (`Completions` calls this): its value, its failure, or cancelled."""
