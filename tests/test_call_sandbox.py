@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import missing
 from test_sandbox import _assert_confined, _local_site, _prepare
 from test_slurm import REPO, site  # noqa: F401 - the discovered site fixture
 
@@ -424,7 +425,7 @@ def test_each_call_of_a_zygote_is_held_to_its_own_memory_limit_and_measured(tmp_
     if held == "watched":
         monkeypatch.setenv(memory_limit.CGROUPS_ENV, "0")
     elif memory_limit.cgroup_place() is None:
-        pytest.skip("no memory cgroup can be made here (make test runs as root with cgroup v1)")
+        missing("no memory cgroup can be made here (make test runs as root with cgroup v1)")
     view = _view(tmp_path)
     verdicts: list = []
     namespaces = [run_confined(view, _namespace)[0]]

@@ -234,3 +234,22 @@ def test_a_sweep_over_jobs_calls_each_member_with_its_jobs_result(session):
     assert again.skipped == 3  # the same jobs: the same members
     with pytest.raises(SpecError, match="after="):
         task.sweep("echo {a}", Sweep.zip(a=starts))
+
+
+def test_the_lammps_ffs_example_neither_follows_nor_waits_on_what_its_jobs_left(tmp_path):
+    """The notebook's LAMMPS FFS writes inputs into, and reads results from, the task directory its
+    jobs write: a link a job left is replaced, not followed, and a FIFO is refused, not waited on."""
+    from htc_notebook.errors import UntrustedFile
+    from htc_notebook.examples import ffs_lammps
+
+    (tmp_path / "outside").write_text("kept")
+    os.symlink(tmp_path / "outside", tmp_path / "ffs.in")
+    ffs_lammps.write_inputs(tmp_path)
+    assert (tmp_path / "outside").read_text() == "kept" and not (tmp_path / "ffs.in").is_symlink()
+    assert "fix halt" not in (tmp_path / "ffs.in").read_text() and "langevin" in (tmp_path / "ffs.in").read_text()
+    (tmp_path / "flux-0.pts").write_text("-0.7 1.0\n-0.7 2.0\n")
+    (tmp_path / "flux-0.time").write_text("400.0\n")
+    assert ffs_lammps.rate(tmp_path)["flux"] == 2 / 400.0
+    os.mkfifo(tmp_path / "flux-1.pts")
+    with pytest.raises(UntrustedFile, match="FIFO"):
+        ffs_lammps.rate(tmp_path)

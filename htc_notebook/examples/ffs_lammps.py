@@ -31,10 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from htc_notebook.examples.ffs import A_EDGE, B_EDGE, INTERFACES
+from htc_notebook.storage import atomic_write
+from htc_notebook.storage.untrusted import read_head
 
 HEIGHT = 4.0  # the barrier, in kT
 DAMP = 0.5  # the Langevin damping time (LJ time units)
 DT = 0.001
+READ_LIMIT = 16 << 20  # bytes read of any file a job wrote
 
 COMMON = f"""# one particle in V(x) = h (x^2 - 1)^2, Langevin dynamics at kT = 1 (htc_notebook.examples.ffs_lammps)
 units lj
@@ -102,9 +105,10 @@ DRAW = ("awk -v n={n} -v seed={seed} 'BEGIN {{srand(seed)}} {{l[NR] = $0}} "
 
 
 def write_inputs(directory: str | Path) -> None:
-    """Put the LAMMPS input files where the jobs run (the task directory)."""
+    """Put the LAMMPS input files where the jobs run (the task directory). Written atomically (a temp
+    file renamed over the name): a link a job left there is replaced, never followed."""
     for name, text in INPUTS.items():
-        (Path(directory) / name).write_text(text)
+        atomic_write(Path(directory) / name, text.encode())
 
 
 def _batch(name: str, jobs: int, script: str) -> dict[str, Any]:
@@ -143,7 +147,10 @@ def passage_batch(jobs: int = 8, samples: int = 20) -> dict[str, Any]:
 
 
 def _lines(path: Path) -> list[str]:
-    return [line for line in path.read_text().splitlines() if line.strip()]
+    """The lines of a file the jobs wrote: read as untrusted (no link followed, no FIFO waited on,
+    at most READ_LIMIT bytes)."""
+    text = read_head(path, READ_LIMIT, below=1).decode(errors="replace")
+    return [line for line in text.splitlines() if line.strip()]
 
 
 def rate(directory: str | Path) -> dict[str, Any]:
@@ -151,10 +158,10 @@ def rate(directory: str | Path) -> dict[str, Any]:
     brute-force rate (first passages per unit time)."""
     d = Path(directory)
     crossings = sum(len(_lines(p)) for p in d.glob("flux-*.pts"))
-    phi = crossings / sum(float(p.read_text()) for p in d.glob("flux-*.time"))
+    phi = crossings / sum(float(_lines(p)[0]) for p in d.glob("flux-*.time"))
     probabilities = []
     for stage in range(len(INTERFACES) - 1):
-        tries = sum(int(p.read_text()) for p in d.glob(f"stage-{stage}-*.tries"))
+        tries = sum(int(_lines(p)[0]) for p in d.glob(f"stage-{stage}-*.tries"))
         successes = sum(len(_lines(p)) for p in d.glob(f"stage-{stage}-*.pts"))
         probabilities.append(successes / max(1, tries))
     passages = [float(t) for p in d.glob("passage-*.txt") for t in _lines(p)]
