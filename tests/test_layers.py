@@ -75,7 +75,9 @@ ALLOWED = {
     # (registry), `htc profiles discover` (backends.slurm.discover), `htc demo` (examples)
     "cli": {"runtime", "spec", "devcluster", "server", "registry", "examples", "backends.slurm.discover"} | BOTTOM,
     "devcluster": BOTTOM,  # test-cluster tooling: nothing of the job layers
-    "examples": set(),
+    # the shipped examples are user code; storage: reading what jobs wrote as untrusted (no link
+    # followed, no FIFO waited on, bounded) and writing inputs atomically, as the runtime does
+    "examples": {"storage"} | BOTTOM,
     "": {"runtime", "spec", "ui"} | BOTTOM,  # htc_notebook/__init__.py: the public names, %load_ext
 }
 
