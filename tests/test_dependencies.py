@@ -81,7 +81,11 @@ def test_a_chain_and_a_diamond_pass_results_in_place_of_handles(session):
     detail = JobsTable(task.parts, task.id, interval=3600).detail(d.id)
     assert f"depends on jobs {', '.join(map(str, sorted([a.id, b.id, c.id])))}" in detail
     events = [e.message for e in ledger.events(task_id=task.id)]
-    assert any("released" in m and "the jobs it depends on succeeded" in m for m in events), events
+    # each child went to this session's dask cluster behind its parents' tasks, or (a parent had ended
+    # already) was released by the ledger: none ran before its parents
+    assert all("sent to its session's dask cluster" in m or "the jobs it depends on succeeded" in m
+               for m in events if "released" in m), events
+    assert sum("released" in m for m in events) == 4, events
 
 
 def test_a_failed_parent_fails_its_descendants_and_a_retry_lets_them_run(session):
@@ -184,7 +188,7 @@ BUILDER = textwrap.dedent("""
         while not (task.storage.task_dir / "started-gate").exists():  # its call runs
             time.sleep(0.05)
         print(a.id, slow.id, b.id, big.id, flush=True)
-        time.sleep(600)  # SIGKILLed here: b waits in the ledger, nobody to release it
+        time.sleep(600)  # SIGKILLed here: b and big wait behind slow in a dask cluster that dies
 
     if __name__ == "__main__":  # its LocalCluster's workers import this file
         main()
@@ -204,7 +208,10 @@ def test_a_dag_whose_builder_was_sigkilled_is_finished_by_the_next_session_with_
         builder.wait(30)
     with Session(root, site=SiteConfig.builtin()) as s:
         task = s.project("deps").task("orphan")
-        assert s.job(b).status == "WAITING"
+        # b went behind `slow` in the builder's dask cluster, gone with it: the ledger says so, and this
+        # session's reconcile loop marks it LOST and, its parent not done, has it wait in the ledger
+        assert (s.job(b).status, s.job(b).row.reason) == ("RUNNABLE", f"waiting for job {slow} (in this session's "
+                                                                      "dask cluster)")
         (task.storage.task_dir / "gate").write_text("")  # the killed run of `slow` is LOST and run again here
         assert s.job(b).result(timeout=180) == [2, 3]
         assert s.job(big).result(timeout=180) == [3, "x" * 300_000]
@@ -212,6 +219,7 @@ def test_a_dag_whose_builder_was_sigkilled_is_finished_by_the_next_session_with_
             assert (task.storage.task_dir / name).read_text() == "ran\n", name  # each ran once
         assert [x.status for x in s.job(slow).attempts] == ["LOST", "SUCCEEDED"]  # its result committed once
         assert s.job(slow).attempts[0].cause == "owner"
+        assert [(x.status, x.cause) for x in s.job(b).attempts] == [("LOST", "owner"), ("SUCCEEDED", None)]
         assert s.reconciler.released == 2  # b and big, released here: not by the dead builder
         # their calls came from what the builder stored: b's in the ledger, big's in a file
         small_digest, big_digest = s.job(b).row.spec.payload, s.job(big).row.spec.payload

@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Sequence
 import cloudpickle
 
 from htc_notebook.backends.base import PER_JOB_ENV, Launch, Reporter, call_outcome
+from htc_notebook.backends.dask_chain import Behind, Chains
 from htc_notebook.backends.dask_security import dashboard_link
 from htc_notebook.backends.mpi_jobs import for_task
 from htc_notebook.backends.mpi_pool import PoolSpec, run_pooled
 from htc_notebook.backends.mpi_ranks import run_step
-from htc_notebook.backends.worker import TIMED_CALLS, JobRunner, p95
+from htc_notebook.backends.worker import TIMED_CALLS, JobRunner, p95, run_after
 from htc_notebook.states import Outcome
 
 if TYPE_CHECKING:  # imported where used: workers import this module too (`_run_pack`)
@@ -189,6 +190,7 @@ class DaskJobs:
         # client's event loop: dask runs them again, within the same attempt, unless they count as lost
         self._lost_keys: deque[list] = deque()
         self._rounds = 0
+        self._chains = Chains()  # calls sent behind their parents' dask tasks (dask_chain.py)
         self._lock = threading.Lock()
 
     @property
@@ -239,8 +241,11 @@ class DaskJobs:
         self.client  # noqa: B018 - starts the cluster
         steps: dict[int, list[Launch]] = {}
         calls: dict[tuple, list[Launch]] = {}
+        behind: list[Behind] = []
         for launch in launches:
-            if launch.mpi is not None:  # packed MPI (SLURM)
+            if launch.after_jobs and launch.mpi is None:  # behind its parents' dask tasks (dask_chain.py)
+                behind.append(self._behind(launch))
+            elif launch.mpi is not None:  # packed MPI (SLURM)
                 steps.setdefault(launch.cores, []).append(launch)
             else:
                 shared = frozenset((k, v) for k, v in launch.env.items() if k not in PER_JOB_ENV)
@@ -248,6 +253,7 @@ class DaskJobs:
                 calls.setdefault(group_key, []).append(launch)
         with self._lock:
             self._waiting.update((launch.job_id, launch.attempt) for launch in launches)
+            self._chains.behind += behind
             self._queue.extend((_Mpi(cores), [launch]) for cores, group in steps.items() for launch in group)
             for key, same in calls.items():
                 group = [_Call(launch.job_id, launch.attempt, int(launch.env.get("HTC_JOB_INDEX", 0)), launch.call.args,
@@ -277,6 +283,17 @@ class DaskJobs:
                     self._queue.extend((runner, [launch]) for launch in group)
         self._refill()
         self._start_collector()
+
+    def _behind(self, launch: Launch) -> Behind:
+        """A call to send behind its parents' dask tasks, as it waits for them."""
+        env = {k: v for k, v in launch.env.items() if k not in PER_JOB_ENV}
+        runner = JobRunner(launch.call.fn, str(launch.cwd), env, launch.timeout, view=launch.view,
+                           memory_mib=launch.memory)
+        took = self._took.get(runner.digest)
+        runner.expected = p95(took) if took else None
+        job = (launch.job_id, int(launch.env.get("HTC_JOB_INDEX", 0)), launch.call.args, launch.call.kwargs,
+               (launch.log_out, launch.log_err))
+        return Behind(job, launch.attempt, runner, launch.after_jobs)
 
     @contextmanager
     def one_submission(self) -> Iterator[None]:
@@ -322,11 +339,50 @@ class DaskJobs:
                         self._runner_of[fut.key] = how
                     for launch in pack:
                         self._key_of[launch.job_id] = fut.key
+            unfound = self._send_behind(client, room) if self._chains.behind else []
             self.peak_in_flight = max(self.peak_in_flight, len(self._tasks))
             now = time.monotonic()
             for held in self._held:  # its probes' time starts once none of them waits for room
                 if held.since is None and self._waiting.keys().isdisjoint(held.probes):
                     held.since = now
+        for b in unfound:  # requeued (not its fault), it then waits in the ledger for its parents
+            self._reporter.finished(Outcome(b.job[0], b.attempt, "FAILED", cause="lost", reason=(
+                "not run: the result of a job it depends on was no longer held by this session's dask client "
+                "when it was sent behind it")))
+
+    def _send_behind(self, client, room: int) -> list[Behind]:
+        """Hand dask, within `room`, the calls waiting behind parents that are all dask tasks (or
+        collected) by now; with the lock held. Returns those a parent of which is found nowhere."""
+        still, unfound = [], []
+        for b in self._chains.behind:
+            if self._waiting.get(b.job[0]) != b.attempt:
+                continue  # cancelled
+            got = self._chains.inputs(b, {p: where for p in b.parents if (where := self._in_flight(p))},
+                                      self._waiting) if room > 0 else None
+            if got is None:
+                still.append(b)
+                continue
+            del self._waiting[b.job[0]]
+            if got is False:
+                unfound.append(b)
+                continue
+            call = _Call(b.job[0], b.attempt, b.job[1], b.job[2], b.job[3], b.job[4])
+            fut = client.submit(run_after, b.runner, b.job, got, key=_key([call]), pure=False)
+            self._tasks[fut.key] = ([call], fut)
+            self._runner_of[fut.key] = b.runner
+            self._key_of[call.job_id] = fut.key
+            self._chains.follows[fut.key] = [f for f, _ in got.values() if not isinstance(f, dict)]
+            room -= 1
+        self._chains.behind = still
+        return unfound
+
+    def _in_flight(self, job_id: int) -> tuple[Any, int] | None:
+        """The dask task running job `job_id` and the job's place in its pack; with the lock held."""
+        key = self._key_of.get(job_id)
+        if key is None or key not in self._tasks:
+            return None
+        pack, fut = self._tasks[key]
+        return fut, next(i for i, launch in enumerate(pack) if launch.job_id == job_id)
 
     def _map_mpi(self, client, cores: int, group: list[Launch]) -> list:
         """Packed MPI launches, each holding `cores` of the allocation's slots while it runs:
@@ -403,10 +459,17 @@ class DaskJobs:
             done += [self._tasks[k] for k in gone if k in self._tasks and k not in seen]
             wanted = []  # per task: which of its jobs are still wanted (not cancelled meanwhile)
             runners = []
+            chained, orphaned = set(), set()  # tasks of calls sent behind parents; those whose parent's task failed
             for pack, fut in done:
                 del self._tasks[fut.key]
                 runners.append(self._runner_of.pop(fut.key, None))
                 wanted.append(self._claim(pack, fut.key))
+                self._chains.collecting.update(launch.job_id for launch in pack)
+                if fut.key in self._chains.follows:
+                    chained.add(fut.key)
+                    if fut.key not in gone and self._chains.orphaned(fut.key):
+                        orphaned.add(fut.key)
+                    del self._chains.follows[fut.key]
         outcomes = []
         # read once: a finished future turns "lost" if its worker dies
         status = ["lost" if f.key in gone else f.status for _, f in done]
@@ -418,17 +481,26 @@ class DaskJobs:
             if st == "lost" or isinstance(value, Exception):  # finished, but its worker died before the gather
                 lost.append(fut)
                 outcomes += [_lost(launch) for launch, k in zip(pack, keep, strict=True) if k]
+            elif fut.key in orphaned or (fut.key in chained and st == "finished" and _for_a_parent(value)):
+                with self._lock:  # a parent did not succeed (or its task was lost): the ledger decides for it
+                    self._chains.orphans.update((launch.job_id, launch.attempt)
+                                                for launch, k in zip(pack, keep, strict=True) if k)
             elif st == "finished":
                 reports = value if isinstance(value, list) else [value] * len(pack)  # a pack's list, or one report
                 outcomes += [_outcome(launch, fut, r) for launch, r, k in zip(pack, reports, keep, strict=True) if k]
                 if runner is not None:
                     self._time(runner, reports)
+                    with self._lock:  # for calls sent behind these after they ended
+                        for launch, r in zip(pack, reports, strict=True):
+                            self._chains.collected(launch.job_id, r)
             else:
                 outcomes += [_outcome(launch, fut, _exception(fut)) for launch, k in zip(pack, keep, strict=True) if k]
         if lost:  # dask would run them again within the same attempt, where the ledger cannot see it
             client.cancel(lost)
         for outcome in outcomes:
             self._reporter.finished(outcome)
+        with self._lock:
+            self._chains.collecting.clear()  # their reports are in `recent` by now (those to keep)
         if self._held:
             self._release(client, outcomes)
         return len(done)
@@ -507,8 +579,9 @@ class DaskJobs:
         """Stop these jobs: a dask task is cancelled once none of its jobs is wanted."""
         drop, futures = set(job_ids), []
         with self._lock:
-            for j in drop:  # queued or held: dropped when they would leave the queue
+            for j in drop:  # queued, held or behind their parents: dropped when they would leave the queue
                 self._waiting.pop(j, None)
+                self._chains.orphans.pop(j, None)
             keys = {self._key_of.pop(j) for j in drop if j in self._key_of}
             # a pack keeps its jobs in order (its reports line up with them); it ends once none is wanted
             for key in keys:
@@ -522,7 +595,7 @@ class DaskJobs:
 
     def running(self) -> set[int]:
         with self._lock:
-            return set(self._key_of) | self._waiting.keys()
+            return set(self._key_of) | self._waiting.keys() | self._chains.orphans.keys()
 
     def close(self) -> None:
         """Stop the cluster; jobs still pending end CANCELLED."""
@@ -532,10 +605,13 @@ class DaskJobs:
             waiting = ([launch for _, pack in self._queue for launch in pack]
                        + [launch for h in self._held for launch in h.launches])
             pending += [launch for launch in waiting if self._waiting.get(launch.job_id) == launch.attempt]
+            ended = [(launch.job_id, launch.attempt) for launch in pending]
+            ended += [(b.job[0], b.attempt) for b in self._chains.behind if self._waiting.get(b.job[0]) == b.attempt]
+            ended += list(self._chains.orphans.items())
             self._tasks, self._key_of, self._held, self._queue, self._waiting = {}, {}, [], deque(), {}
-            self._verdicts = {}
-        for launch in pending:
-            self._reporter.finished(Outcome(launch.job_id, launch.attempt, "CANCELLED",
+            self._verdicts, self._chains = {}, Chains()
+        for job_id, attempt in ended:
+            self._reporter.finished(Outcome(job_id, attempt, "CANCELLED",
                                             reason="session closed before the job finished"))
         if client is not None:
             try:  # or the scheduler's own "remove-client" event goes to this closing client (a CRITICAL traceback)
@@ -583,6 +659,12 @@ def _not_pending(items, full: bool, look: int = 256) -> list:
             if not full and streak >= look:
                 break
     return done
+
+
+def _for_a_parent(value: Any) -> bool:
+    """Did a call sent behind its parents not run because one of them did not succeed (`run_after`)?"""
+    first = value[0] if isinstance(value, list) and value else None
+    return isinstance(first, dict) and first.get("cause") == "dependency"
 
 
 def _exception(fut) -> BaseException | None:

@@ -18,6 +18,7 @@ import time
 import traceback
 from collections import deque
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import IO, Any, Iterator
 
 import cloudpickle
@@ -166,8 +167,10 @@ class JobRunner:
         self.view = view  # a `sandbox.JobView`: the calls run confined to it (`call_sandbox`); None: unconfined
         self.memory_mib = memory_mib  # confined calls: their memory cgroup's limit (the jobs' memory request)
 
-    def __call__(self, jobs: list[tuple[int, int, tuple, dict, tuple[str, str]]]) -> list[dict[str, Any]]:
-        """Run each (job_id, index, args, kwargs, logs) in turn; one report per job."""
+    def __call__(self, jobs: list[tuple[int, int, tuple, dict, tuple[str, str]]],
+                 upstream: dict[int, bytes] | None = None) -> list[dict[str, Any]]:
+        """Run each (job_id, index, args, kwargs, logs) in turn; one report per job (`upstream`: see
+        `run_jobs`)."""
         resume(threading.get_ident())  # a new dask task in this thread: its calls run
         times = _TIMES.setdefault(self.digest, deque(maxlen=TIMED_CALLS))
         measured = max(p95(times) if times else 0.0, self.expected or 0.0)  # here, and the sweep's so far
@@ -182,7 +185,7 @@ class JobRunner:
             functions = None
         else:  # confined: loaded (once) by the zygote of the view, in its sandbox (`call_sandbox`)
             fn, functions = Loaded(self.digest), {self.digest: self.payload}
-        run_all = functools.partial(run_jobs, fn, self.name, jobs, self.cwd, self.env)
+        run_all = functools.partial(run_jobs, fn, self.name, jobs, self.cwd, self.env, upstream)
 
         memory: list[Any] = []  # how the calls' memory went (memory_limit.Verdict): a pack's is each call's
         try:
@@ -206,18 +209,68 @@ class JobRunner:
 
 
 def run_jobs(fn: Any, name: str, jobs: list[tuple[int, int, tuple, dict, tuple[str, str]]], cwd: str,
-             env: dict[str, str]) -> list[dict[str, Any]]:
+             env: dict[str, str], upstream: dict[int, bytes] | None = None) -> list[dict[str, Any]]:
     """Run each (job_id, index, args, kwargs, logs) of a dask task in turn with `fn` (a function, or
-    a confined call's `Loaded` one); one report per job."""
+    a confined call's `Loaded` one); one report per job. `upstream`: the pickled values of the
+    parents whose `Upstream` markers the arguments hold, loaded here (for a confined call: in its
+    sandbox, never in the worker)."""
     if isinstance(fn, Loaded):
         try:
             fn = fn.get()
         except LoadError as exc:
             return _failed(len(jobs), _unloadable(name, str(exc)))
+    if upstream:
+        try:
+            values = {job: cloudpickle.loads(data) for job, data in upstream.items()}
+        except Exception as exc:  # noqa: BLE001 - loading a value runs its classes' imports: the call's error
+            return _failed(len(jobs), f"could not load the result of a job it depends on on {socket.gethostname()}: "
+                                      f"{type(exc).__name__}: {exc}")
+        jobs = [(job_id, index, _filled(args, values), _filled(kwargs, values), logs)
+                for job_id, index, args, kwargs, logs in jobs]
     return [run_call(fn, args, kwargs, cwd,
                      {**env, "HTC_JOB_ID": str(job_id), "HTC_JOB_INDEX": str(index),
                       "HTC_CHECKPOINT": str(checkpoint_path(cwd, job_id))}, logs)
             for job_id, index, args, kwargs, logs in jobs]
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """Where a call sent behind its parents in its session's dask cluster takes parent `job_id`'s
+    value: the dispatcher's stand-in for a handle whose job had not ended, filled where the call runs."""
+
+    job_id: int
+
+
+def _filled(value: Any, values: dict[int, Any]) -> Any:
+    """`value` with each `Upstream` marker replaced by its parent's value, inside lists, tuples (named
+    ones too) and dicts' values, as the dispatcher fills the results of parents that had ended."""
+    if isinstance(value, Upstream):
+        return values[value.job_id]
+    kind = type(value)
+    if kind is list:
+        return [_filled(v, values) for v in value]
+    if kind is dict:
+        return {k: _filled(v, values) for k, v in value.items()}
+    if isinstance(value, tuple):
+        items = [_filled(v, values) for v in value]
+        return kind(*items) if hasattr(value, "_fields") else kind(items)
+    return value
+
+
+def run_after(runner: JobRunner, job: tuple[int, int, tuple, dict, tuple[str, str]],
+              parents: dict[int, tuple[Any, int]]) -> list[dict[str, Any]]:
+    """The dask task of a call sent behind its parents' dask tasks: `parents` maps each parent's job
+    id to what its dask task returned (dask passes it in place of the future: one report, or a
+    pack's list) and its place in it. Runs the call with their values once all succeeded; fails it
+    (cause `dependency`), naming the parent, if one did not."""
+    upstream = {}
+    for parent, (got, place) in parents.items():
+        report = got[place] if isinstance(got, list) else got
+        if not (isinstance(report, dict) and report.get("ok")):
+            why = report.get("message") if isinstance(report, dict) else f"{type(report).__name__}: {report}"
+            return _failed(1, f"job {parent}, which it depends on, failed: {why}", cause="dependency")
+        upstream[parent] = report["value"]
+    return runner([job], upstream)
 
 
 def _unloadable(name: str, error: str) -> str:

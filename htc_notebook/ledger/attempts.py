@@ -20,6 +20,10 @@ from .schema import ATTEMPT_COLUMNS, REQUEST_SQL, TERMINAL_SQL, sql_list
 from .statements import IN_JSON, event, many, next_seq
 
 
+# a job sent behind its parents just now (SLURM afterok, or its session's dask cluster): its reason says so
+SENT_NOW = "jobs.status = 'SUBMITTED' AND json_extract(jobs.spec, '$.afterok') IS NOT NULL"
+
+
 class Attempts(LedgerCore):
     """`start_attempts` and `record_outcomes`."""
 
@@ -50,7 +54,8 @@ class Attempts(LedgerCore):
             # bump every live job (many rows a statement), reading back the ones this transaction moved
             # (u.column1..9: job id, status, host, native id, log out, log err, now, seq, sandbox)
             numbers = dict(many(
-                con, f"UPDATE jobs SET attempts = attempts + 1, status = u.column2, reason = NULL, exit_code = NULL, "
+                con, f"UPDATE jobs SET attempts = attempts + 1, status = u.column2, exit_code = NULL, "
+                     f"       reason = CASE WHEN {SENT_NOW} THEN jobs.reason END, "  # what it waits behind
                      f"       cpu_s = NULL, max_rss_mib = NULL, memory_held = NULL, host = u.column3, "
                      f"       native_id = u.column4, log_out = u.column5, log_err = u.column6, "
                      f"       ended = NULL, started = CASE WHEN u.column2 = 'RUNNING' THEN u.column7 END, "

@@ -38,6 +38,9 @@ SENT_AFTEROK = f"{SENT_CHILD} AND json_extract(j.spec, '$.afterok') IS NOT NULL"
 IN_SLURM_OR_DONE = ("(p.status = 'SUCCEEDED' OR (p.status IN ('SUBMITTED', 'RUNNABLE', 'STARTING', 'RUNNING') "
                     "AND p.retry_at IS NULL AND p.native_id GLOB '[0-9]*_[0-9]*' "
                     "AND p.native_id NOT GLOB '*[^0-9_]*'))")
+# a parent a call may be sent behind in its session's dask cluster: SUCCEEDED, or that session runs it now
+IN_SESSION_OR_DONE = ("(p.status = 'SUCCEEDED' OR (p.status IN ('SUBMITTED', 'RUNNABLE', 'STARTING', 'RUNNING') "
+                      "AND p.retry_at IS NULL AND p.native_id = ?))")
 # waiting jobs all of whose parents SUCCEEDED
 READY_SQL = ("SELECT j.id, json_extract(j.spec, '$.owner') FROM jobs j WHERE j.status = 'WAITING' AND NOT EXISTS "
              "(SELECT 1 FROM deps d JOIN jobs p ON p.id = d.parent WHERE d.child = j.id AND p.status <> 'SUCCEEDED') "
@@ -157,16 +160,20 @@ class Dependencies(LedgerCore):
             f"SELECT id, status, kind, profile, native_id, json_extract(spec, '$.retry.retries'), "
             f"json_extract(spec, '$.mpi') IS NOT NULL, retry_at FROM jobs WHERE id IN {IN_JSON}", (ids,))]
 
-    def send_after(self, sends: Mapping[int, tuple[str, Sequence[str]]], owner: str) -> list[JobRow]:
+    def send_after(self, sends: Mapping[int, tuple[str, Sequence[str]]], owner: str, *,
+                   in_session: bool = False) -> list[JobRow]:
         """WAITING -> SUBMITTED, owned by `owner`, with its reason ("waiting for jobs 12, 13 (SLURM
-        afterok)") and the array tasks it goes behind (`JobSpec.afterok`): `sends` maps job id ->
-        (reason, tasks). For those of these jobs still waiting each of whose parents SUCCEEDED or is in
-        SLURM as an array task of its own with no retry due (a compare-and-set, as `release_waiting`:
-        a parent that failed or was requeued meanwhile keeps it waiting): they are sent to SLURM at
-        once behind their parents. Returns their rows."""
+        afterok)") and what it goes behind (`JobSpec.afterok`): `sends` maps job id -> (reason, the
+        parents' native ids). For those of these jobs still waiting each of whose parents SUCCEEDED or
+        (a compare-and-set, as `release_waiting`: a parent that failed or was requeued meanwhile keeps
+        it waiting) is in SLURM as an array task of its own with no retry due: they are sent to SLURM
+        at once behind their parents; with `in_session`, is instead a call `owner` runs now (its
+        native id `local:<owner>`), with no retry due: they are sent to `owner`'s dask cluster at
+        once, behind their parents' futures. Returns their rows."""
         by_reason: dict[tuple[str, str], list[int]] = {}
         for job_id, (reason, tasks) in sends.items():
             by_reason.setdefault((reason, json.dumps(list(tasks))), []).append(job_id)
+        parent_ok, here = (IN_SESSION_OR_DONE, (f"local:{owner}",)) if in_session else (IN_SLURM_OR_DONE, ())
         now = time.time()
         rows: list = []
         with self._write() as con:
@@ -176,12 +183,28 @@ class Dependencies(LedgerCore):
                     f"UPDATE jobs SET status = 'SUBMITTED', reason = ?, updated = ?, seq = ?, "
                     f"       spec = json_set(spec, '$.owner', ?, '$.afterok', json(?)) "
                     f"WHERE id IN {IN_JSON} AND status = 'WAITING' AND NOT EXISTS (SELECT 1 FROM deps d JOIN jobs p "
-                    f"  ON p.id = d.parent WHERE d.child = jobs.id AND NOT COALESCE({IN_SLURM_OR_DONE}, 0)) "
+                    f"  ON p.id = d.parent WHERE d.child = jobs.id AND NOT COALESCE({parent_ok}, 0)) "
                     f"RETURNING {JOB_COLUMNS}",
-                    (reason, now, seq, owner, tasks, json.dumps(checked_ids(ids)))).fetchall()
+                    (reason, now, seq, owner, tasks, json.dumps(checked_ids(ids)), *here)).fetchall()
             events_per_task(con, [(r[0], r[1]) for r in rows], now, "released",
-                            "sent to SLURM behind the jobs it depends on (afterok)")
+                            "sent to its session's dask cluster behind the calls it depends on" if in_session
+                            else "sent to SLURM behind the jobs it depends on (afterok)")
         return [job_row(r) for r in sorted(rows)]
+
+    def rewait_unready(self, job_ids: Iterable[int], why: str) -> list[int]:
+        """Those of these jobs about to run again (SUBMITTED, no retry due: a requeue) a parent of which
+        has not SUCCEEDED (a call sent behind a parent in its session's dask cluster, the two lost
+        together) wait in the ledger again (WAITING), the ids moved."""
+        ids = json.dumps(checked_ids(job_ids))
+        query = (f"SELECT j.id, j.attempts, j.task_id, j.native_id FROM jobs j WHERE j.id IN {IN_JSON} "
+                 f"AND j.status = 'SUBMITTED' AND j.retry_at IS NULL AND EXISTS (SELECT 1 FROM deps d "
+                 f"JOIN jobs p ON p.id = d.parent WHERE d.child = j.id AND p.status <> 'SUCCEEDED')")
+        if ids == "[]" or not self._read(query + " LIMIT 1", (ids,)):
+            return []
+        with self._write() as con:
+            found = con.execute(query, (ids,)).fetchall()
+            _rewait(con, found, time.time(), why)
+        return [int(r[0]) for r in found]
 
     def fail_sent_dependents(self, parent_ids: Iterable[int] | None = None) -> list[tuple[int, int, int, str | None]]:
         """Fail (cause `dependency`, naming the parent) every job sent before its parents ended
@@ -209,7 +232,9 @@ class Dependencies(LedgerCore):
                 seq = seq if seq is not None else next_seq(con)
                 for job_id, task_id, number, native, parent, status, why in found:
                     reason = (f"job {parent}, which it depends on, ended {status}" + (f" ({why})" if why else "")
-                              + "; cancelled in SLURM, where it waited behind it (afterok)")
+                              + ("; cancelled in its session's dask cluster, where it waited behind it"
+                                 if (native or "").startswith("local:")
+                                 else "; cancelled in SLURM, where it waited behind it (afterok)"))
                     con.execute(f"INSERT INTO attempts (job_id, number, status, reason, ended, cause, request) "
                                 f"SELECT id, ?, 'FAILED', ?, ?, 'dependency', {REQUEST_SQL} FROM jobs WHERE id = ? "
                                 f"ON CONFLICT (job_id, number) DO UPDATE SET status = 'FAILED', "
@@ -238,7 +263,7 @@ class Dependencies(LedgerCore):
                 f"  WHERE {SENT_AFTEROK}) "
                 f"SELECT id, attempts, task_id, native_id FROM jobs WHERE id IN (SELECT id FROM down) ORDER BY id",
                 (ids,)).fetchall()
-            _rewait(con, found, now, "a job it waited for in SLURM (afterok) runs again")
+            _rewait(con, found, now, "a job it was sent behind runs again")
         return [(int(a), int(b), int(c), d) for a, b, c, d in found]
 
     def rewait_stale_sent(self) -> list[tuple[int, int, int, str | None]]:
@@ -254,7 +279,7 @@ class Dependencies(LedgerCore):
             return []  # the usual case, read without taking the write lock
         with self._write() as con:
             found = con.execute(query).fetchall()
-            _rewait(con, found, time.time(), "a job it waited for in SLURM (afterok) runs again")
+            _rewait(con, found, time.time(), "a job it was sent behind runs again")
         return [(int(a), int(b), int(c), d) for a, b, c, d in found]
 
     def rewait(self, job_ids: Iterable[int], why: str) -> list[int]:

@@ -10,6 +10,11 @@ profile, none of which may be retried, is not held in the ledger: it is sent at 
 `send_after` sends). The ledger still records it with its parents; it is SUBMITTED (RUNNABLE once
 sbatch answered, with its native id), saying "waiting for jobs 12, 13 (SLURM afterok)".
 
+A Python call whose unfinished parents are all Python calls this session runs now on the same
+profile is not held in the ledger either: it is sent at once to the session's dask cluster behind
+its parents' dask tasks (`follows` decides; backends/dask_chain.py), SUBMITTED, saying "waiting for
+jobs 12, 13 (in this session's dask cluster)", so a chain of calls runs as dask chains futures.
+
 >>> a = task.submit(simulate, 300.0)                      # doctest: +SKIP
 >>> b = task.submit(analyse, [a, task.submit(simulate, 310.0)])  # doctest: +SKIP
 """
@@ -18,8 +23,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
+from htc_notebook.backends.worker import Upstream
 from htc_notebook.ledger import Ledger
 from htc_notebook.runtime.results import load_result
 from htc_notebook.spec.sweep import job_ref
@@ -72,6 +78,40 @@ def afterok(kind: str, profile: str, slurm: bool, mpi: bool, parents: Sequence[P
     return tuple(dict.fromkeys(tasks)) or None
 
 
+def follows(profile: str, parents: Sequence[ParentState], here: str) -> tuple[int, ...] | None:
+    """The parents a new Python call (not MPI) of `profile` may be sent behind in its session's dask
+    cluster, or None: it waits in the ledger. Each parent either SUCCEEDED (its value is read from
+    the ledger) or is a Python call (not MPI) of the same profile that this session (`here`, its
+    native id `local:<owner>`) runs now, with no retry due. A retry of a parent sends its children
+    back to wait in the ledger (`Dispatcher.rewait_sent`), as for SLURM afterok.
+
+    >>> p = ParentState(12, "RUNNING", "python", "local", "local:h:1", retries=2)
+    >>> follows("local", [p, ParentState(9, "SUCCEEDED", "command", "cpu", None, 0)], "local:h:1")
+    (12,)
+    >>> follows("local", [p], "local:h:2"), follows("gpu", [p], "local:h:1")
+    (None, None)
+    """
+    waits: list[int] = []
+    for p in parents:
+        if p.status == "SUCCEEDED":
+            continue
+        if (p.status not in SENT_PARENT or p.kind != "python" or p.mpi or p.profile != profile or p.retry_due
+                or p.native_id != here):
+            return None
+        waits.append(p.id)
+    return tuple(dict.fromkeys(waits)) or None
+
+
+def in_session_reason(parents: Sequence[int]) -> str:
+    """What a call sent behind its parents in its session's dask cluster waits for, in words.
+
+    >>> in_session_reason([12, 13])
+    "waiting for jobs 12, 13 (in this session's dask cluster)"
+    """
+    shown = ", ".join(str(p) for p in parents[:10]) + (f" and {len(parents) - 10} more" if len(parents) > 10 else "")
+    return f"waiting for job{'s' if len(parents) != 1 else ''} {shown} (in this session's dask cluster)"
+
+
 def refs_in(params: Mapping[str, Any]) -> tuple[int, ...]:
     """The jobs a sweep member's parameters refer to (their results are its arguments)."""
     return tuple(job for v in params.values() if (job := job_ref(v)) is not None)
@@ -120,19 +160,28 @@ class ParentValues:
         self._ledger = ledger
         self._values: dict[int, Any] = {}
 
-    def value(self, marker: ParentResult) -> Any:
+    def value(self, marker: ParentResult, pending: Collection[int] = ()) -> Any:
+        """Parent `marker.job_id`'s result; for one of `pending` (not ended: the call goes behind it in
+        its session's dask cluster) an `Upstream` marker, filled where the call runs."""
+        if marker.job_id in pending:
+            return Upstream(marker.job_id)
         if marker.job_id not in self._values:
             self._values[marker.job_id] = load_result(self._ledger, self._ledger.job(marker.job_id))
         return self._values[marker.job_id]
 
-    def fill_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """A sweep member's parameters with each job reference (`{"$job": id}`) replaced by that job's result."""
-        return {name: self.value(ParentResult(job)) if (job := job_ref(v)) is not None else v
+    def fill_params(self, params: Mapping[str, Any], pending: Collection[int] = ()) -> dict[str, Any]:
+        """A sweep member's parameters with each job reference (`{"$job": id}`) replaced by that job's
+        result (see `value` for `pending`)."""
+        return {name: self.value(ParentResult(job), pending) if (job := job_ref(v)) is not None else v
                 for name, v in params.items()}
 
-    def fill(self, args: tuple, kwargs: Mapping[str, Any]) -> tuple[tuple, dict[str, Any]]:
-        """The arguments with each parent's marker replaced by its result."""
+    def fill(self, args: tuple, kwargs: Mapping[str, Any],
+             pending: Collection[int] = ()) -> tuple[tuple, dict[str, Any]]:
+        """The arguments with each parent's marker replaced by its result (see `value` for `pending`)."""
         def pick(v: Any) -> bool:
             return isinstance(v, ParentResult)
 
-        return replace_in(tuple(args), pick, self.value), replace_in(dict(kwargs), pick, self.value)
+        def to(marker: ParentResult) -> Any:
+            return self.value(marker, pending)
+
+        return replace_in(tuple(args), pick, to), replace_in(dict(kwargs), pick, to)

@@ -26,8 +26,8 @@ from htc_notebook.errors import HTCError
 from htc_notebook.ledger import AttemptStart, JobRow, Ledger, NewJob, TaskRow
 from htc_notebook.runtime import images, plan
 from htc_notebook.runtime.changes import Changes
-from htc_notebook.runtime.dependencies import (ARRAY_TASK, ParentState, ParentValues, afterok, parents_in,
-                                              refs_in)
+from htc_notebook.runtime.dependencies import (ARRAY_TASK, ParentState, ParentValues, afterok, follows,
+                                              in_session_reason, parents_in, refs_in)
 from htc_notebook.runtime.live_backends import LiveBackends
 from htc_notebook.runtime.owner import Owner, kill_orphan_group
 from htc_notebook.runtime.profiles import Profiles
@@ -91,10 +91,37 @@ class Dispatcher:
         self._calls[digest] = obj
 
     def send_after(self, task: TaskRow, children: Sequence[Pending]) -> list[int]:
-        """Send at once, behind their parents (`sbatch --dependency=afterok`), those of these jobs
-        just added to wait that `dependencies.afterok` allows and the site has room for (G8); the
+        """Send at once, behind their parents, those of these jobs just added to wait that may go:
+        command jobs to SLURM (`sbatch --dependency=afterok`, `dependencies.afterok`, where the site
+        has room, G8), Python calls to this session's dask cluster (`dependencies.follows`); the
         others wait in the ledger. Returns the ids sent. Each is SUBMITTED in the ledger first
         (`Ledger.send_after`, a compare-and-set), then dispatched as any job is."""
+        sent = self._send_afterok(task, children)
+        return sent + self._send_in_session(task, [c for c in children if c.id not in set(sent)])
+
+    def _send_in_session(self, task: TaskRow, children: Sequence[Pending]) -> list[int]:
+        """Python calls sent behind their parents' dask tasks in this session (backends/dask_chain.py).
+        Not under a project vCPU limit: a call held for room would be dispatched later, when its
+        parents' tasks may be gone."""
+        candidates = [c for c in children if c.kind == "python" and not c.spec.mpi and c.spec.image is None]
+        if not candidates or self.ledger.vcpu_limit(task.project) is not None:
+            return []
+        states = {row[0]: ParentState(*row) for row in self.ledger.parent_states(
+            {p for c in candidates for p in c.after})}
+        here = f"local:{self.owner}"
+        sends: dict[int, tuple[str, tuple[str, ...]]] = {}
+        after: dict[int, tuple[tuple[str, ...], tuple[int, ...]]] = {}
+        for c in candidates:
+            parents = follows(c.profile, [states[p] for p in c.after if p in states], here)
+            if parents:
+                sends[c.id], after[c.id] = (in_session_reason(parents), (here,)), ((), parents)
+        rows = self.ledger.send_after(sends, str(self.owner), in_session=True) if sends else []
+        if rows:
+            self.dispatch(task, rows, after=after)
+        return [r.id for r in rows]
+
+    def _send_afterok(self, task: TaskRow, children: Sequence[Pending]) -> list[int]:
+        """SLURM command jobs sent behind their parents' array tasks (see `send_after`)."""
         slurm = {name for name in {c.profile for c in children} if self._is_slurm(name)}
         candidates = [c for c in children if c.kind == "command" and not c.spec.mpi and c.profile in slurm]
         if not candidates:
@@ -207,9 +234,10 @@ class Dispatcher:
             if attempt:  # 0: became terminal meanwhile (e.g. cancelled), held for room, or released elsewhere
                 self.tasks.here[row.id] = task.id
                 try:
-                    launch = self._launch(task, where, row, attempt, o, e, parents)
-                    if after and row.id in after:  # sent behind its parents: sbatch --dependency=afterok
-                        launch = replace(launch, after=after[row.id][0], after_jobs=after[row.id][1])
+                    behind = after.get(row.id) if after else None  # sent behind its parents
+                    launch = self._launch(task, where, row, attempt, o, e, parents, behind[1] if behind else ())
+                    if behind:  # SLURM: sbatch --dependency=afterok; dask: behind their tasks
+                        launch = replace(launch, after=behind[0], after_jobs=behind[1])
                 except Exception as exc:
                     log.warning("job %s could not be prepared: %s", row.id, exc, exc_info=True)
                     unmade.append(Outcome(row.id, attempt, "FAILED", reason=f"not submitted: could not be prepared: "
@@ -252,12 +280,14 @@ class Dispatcher:
         return plan.where(self.storage, task.project, task.name)
 
     def _launch(self, task: TaskRow, where: plan.Where, row: JobRow | Pending, attempt: int,
-                log_out: str, log_err: str, parents: ParentValues) -> Launch:
-        """What a backend needs to run one attempt of a job."""
+                log_out: str, log_err: str, parents: ParentValues, pending: tuple[int, ...] = ()) -> Launch:
+        """What a backend needs to run one attempt of a job (`pending`: parents it goes behind in
+        this session's dask cluster, whose values it takes where it runs)."""
         return plan.launch(where, row.id, row, attempt, log_out, log_err,
-                           call=self._call_for(task, row, parents) if row.kind == "python" else None)
+                           call=self._call_for(task, row, parents, pending) if row.kind == "python" else None)
 
-    def _call_for(self, task: TaskRow, row: JobRow | Pending, parents: ParentValues) -> Call:
+    def _call_for(self, task: TaskRow, row: JobRow | Pending, parents: ParentValues,
+                  pending: tuple[int, ...] = ()) -> Call:
         digest = row.spec.payload
         assert digest is not None  # every Python job has its payload
         obj = self._calls.get(digest)
@@ -271,11 +301,11 @@ class Dispatcher:
             if takes is None:
                 takes = self._takes_results[digest] = bool(parents_in(obj.args, obj.kwargs))
             if takes:  # released once its parents SUCCEEDED: their results in place of the markers
-                args, kwargs = parents.fill(obj.args, obj.kwargs)
+                args, kwargs = parents.fill(obj.args, obj.kwargs, pending)
                 return Call(obj.fn, args, kwargs)
             return obj
         if refs_in(row.params):  # a sweep over jobs: their results in place of the references
-            return Call(obj, (), parents.fill_params(row.params))
+            return Call(obj, (), parents.fill_params(row.params, pending))
         return Call(obj, (), row.params)  # the job's own dict (a copy of its member's), not shared
 
     # -- work other processes started ---------------------------------------------------------
@@ -393,10 +423,10 @@ class Dispatcher:
 
             scheduler.scancel(foreign)  # a BackendError is logged by the reconcile loop
 
-    def rewait_sent(self, parents: Sequence[int] | None) -> None:
+    def rewait_sent(self, parents: Sequence[int] | None) -> list[int]:
         """These jobs run again (a retry: a new SLURM job): the jobs sent behind them (afterok) wait in
         the ledger again and are scancelled (`Ledger.rewait_sent_children`). None: any such jobs
-        whose parent is no longer the SLURM job they wait for (`Ledger.rewait_stale_sent`)."""
+        whose parent is no longer the SLURM job they wait for (`Ledger.rewait_stale_sent`). The ids moved."""
         rows = (self.ledger.rewait_stale_sent() if parents is None
                 else self.ledger.rewait_sent_children(parents) if parents else [])
         if rows:
@@ -407,6 +437,7 @@ class Dispatcher:
             except HTCError as exc:  # the retry goes on; what SLURM still holds never starts (its parent ended)
                 log.warning("jobs %s wait in the ledger again but were not cancelled in SLURM (scancel %s): %s",
                             [job_id for job_id, *_ in rows][:20], " ".join(str(n) for *_, n in rows if n), exc)
+        return [job_id for job_id, *_ in rows]
 
     def _stop_foreign(self, job_ids: list[int]) -> None:
         """Stop what other processes started for jobs just cancelled here (the ledger already says

@@ -261,7 +261,11 @@ class Reconciler:
                 by_task.setdefault(row.task_id, []).append(self.ledger.job(row.id))
                 started += 1
         if by_task:  # jobs SLURM holds behind them (afterok) would wait for the old job: they wait in the ledger
-            self.dispatcher.rewait_sent([r.id for rows in by_task.values() for r in rows])
+            unready = set(self.dispatcher.rewait_sent([r.id for rows in by_task.values() for r in rows]))
+            # a call that ran behind a parent in a dask cluster, requeued with it (both lost): it waits for it again
+            unready.update(self.ledger.rewait_unready([r.id for rows in by_task.values() for r in rows
+                                                       if r.id not in unready], "a job it depends on has not ended"))
+            by_task = {t: kept for t, rows in by_task.items() if (kept := [r for r in rows if r.id not in unready])}
         for task_id, rows in by_task.items():
             try:
                 self.dispatcher.dispatch(self.tasks.row(task_id), rows)
