@@ -5,7 +5,8 @@ Command jobs whose unfinished parents are all SLURM command jobs of their profil
 are sent at once behind them (`sbatch --dependency=afterok`): they have a native id before their
 parents end, and SLURM holds them (pending reason `Dependency`). A parent that may be retried keeps
 its children in the ledger (WAITING, no native id) until it SUCCEEDED. A parent that fails for good
-fails its children, naming it: a waiting one never reaches SLURM, one sent behind it is scancelled."""
+fails its children, naming it: a waiting one never reaches SLURM, one sent behind it is scancelled.
+Python calls on pilots go behind their parents' dask tasks instead (backends/dask_chain.py)."""
 
 from __future__ import annotations
 
@@ -170,3 +171,31 @@ def test_jobs_the_site_has_no_room_for_wait_in_the_ledger_instead_of_the_queue(s
         one.wait(timeout=60)
         assert [h.status for h in (one, *two)] == ["SUCCEEDED"] * 3
         assert max(h.row.ended for h in parents) <= min(h.row.started for h in (one, *two))
+
+
+def host_plus(value, extra):
+    """Runs on a pilot: the host it ran on with what it was given (a chain's link)."""
+    import socket
+
+    return [*value, (socket.gethostname(), extra)] if isinstance(value, list) else [(socket.gethostname(), value)]
+
+
+def test_python_calls_on_pilots_chain_as_dask_futures_behind_their_parents(site):  # noqa: F811
+    """Python calls on the cpu partition's pilots, each taking the last one's result: every call after
+    the first goes to the pilots' dask cluster at once, behind its parent's task (not held in the
+    ledger), and they run in order, each once, with their parents' values."""
+    root = REPO / "test-output" / f"deps-{uuid.uuid4().hex[:8]}"
+    with Session(root, site=site) as s:
+        task = s.project("deps").task("pilot-chain")
+        chain = [task.submit(host_plus, 0, None, profile="cpu")]
+        for i in range(1, 4):
+            chain.append(task.submit(host_plus, chain[-1], i, profile="cpu"))
+        for child in chain[1:]:
+            messages = [e.message for e in task.parts.ledger.events(job_id=child.id)]
+            assert "job released: sent to its session's dask cluster behind the calls it depends on" in messages
+        links = chain[-1].result(timeout=300)
+        assert [extra for _, extra in links] == [0, 1, 2, 3]
+        assert all(host.startswith("node") for host, _ in links), links  # on the pilots, not here
+        assert all([a.number for a in h.attempts] == [1] for h in chain)
+        rows = sorted((h.row for h in chain), key=lambda r: r.id)
+        assert all(a.ended <= b.started for a, b in zip(rows, rows[1:], strict=False))
