@@ -7,12 +7,12 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from ..errors import LedgerError
 from ..states import ACTIVE, CAUSES, REQUEUE_CAUSES, TERMINAL, Cause, JobStatus, Outcome
 from .connection import LedgerCore
-from .dependencies import release
+from .dependencies import release, send_behind
 from .encoding import checked_status
 from .project_rules import admit
 from .rows import AttemptStart
@@ -28,7 +28,8 @@ class Attempts(LedgerCore):
     """`start_attempts` and `record_outcomes`."""
 
     def start_attempts(self, items: Sequence[AttemptStart], room: tuple[str, int] | None = None, *,
-                       release_for: str | None = None) -> list[int]:
+                       release_for: str | None = None,
+                       behind: Mapping[int, tuple[str, Sequence[str]]] | None = None) -> list[int]:
         """Begin a new attempt for each job; returns attempt numbers (0 for jobs already terminal).
 
         `room` = (project, vCPU limit): only the jobs that fit in the project's limit start (in
@@ -36,7 +37,9 @@ class Attempts(LedgerCore):
         it together); the others wait HELD for room, and get 0. With `release_for` (an owner), the
         jobs are waiting ones (`ready_rows`): those still WAITING with every parent SUCCEEDED are
         released to that owner in the same transaction (a compare-and-set, `dependencies.release`: of
-        many processes, one gets each); the others get 0."""
+        many processes, one gets each); the others get 0. With `behind` as well (job id -> (reason,
+        its parents' native ids)), they are instead sent behind their parents in that owner's dask
+        cluster (`Dependencies.send_after(..., in_session=True)`), in the same transaction."""
         items = list(items)
         canonical = {s: checked_status(s) for s in {it.status for it in items}}  # each distinct status checked once
         for status in canonical.values():
@@ -47,7 +50,8 @@ class Attempts(LedgerCore):
         with self._write() as con:
             seq = next_seq(con)
             if release_for is not None:
-                released = {r[0] for r in release(con, [it.job_id for it in items], release_for, now, seq)}
+                released = {r[0] for r in (send_behind(con, behind, release_for, True, now, seq) if behind is not None
+                                           else release(con, [it.job_id for it in items], release_for, now, seq))}
                 items = [it for it in items if it.job_id in released]
             if room is not None:
                 items = admit(con, items, room, now, seq)

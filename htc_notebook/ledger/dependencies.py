@@ -106,6 +106,29 @@ def release(con: sqlite3.Connection, ids: Sequence[int], owner: str, now: float,
     return rows
 
 
+def send_behind(con: sqlite3.Connection, sends: Mapping[int, tuple[str, Sequence[str]]], owner: str,
+                in_session: bool, now: float, seq: int) -> list[tuple]:
+    """`Dependencies.send_after` inside the caller's write transaction (`start_attempts(..., behind=)`
+    starts their attempts in the same one): the rows of the jobs sent."""
+    by_reason: dict[tuple[str, str], list[int]] = {}
+    for job_id, (reason, tasks) in sends.items():
+        by_reason.setdefault((reason, json.dumps(list(tasks))), []).append(job_id)
+    parent_ok, here = (IN_SESSION_OR_DONE, (f"local:{owner}",)) if in_session else (IN_SLURM_OR_DONE, ())
+    rows: list = []
+    for (reason, tasks), ids in by_reason.items():
+        rows += con.execute(
+            f"UPDATE jobs SET status = 'SUBMITTED', reason = ?, updated = ?, seq = ?, "
+            f"       spec = json_set(spec, '$.owner', ?, '$.afterok', json(?)) "
+            f"WHERE id IN {IN_JSON} AND status = 'WAITING' AND NOT EXISTS (SELECT 1 FROM deps d JOIN jobs p "
+            f"  ON p.id = d.parent WHERE d.child = jobs.id AND NOT COALESCE({parent_ok}, 0)) "
+            f"RETURNING {JOB_COLUMNS}",
+            (reason, now, seq, owner, tasks, json.dumps(checked_ids(ids)), *here)).fetchall()
+    events_per_task(con, [(r[0], r[1]) for r in rows], now, "released",
+                    "sent to its session's dask cluster behind the calls it depends on" if in_session
+                    else "sent to SLURM behind the jobs it depends on (afterok)")
+    return rows
+
+
 class Dependencies(LedgerCore):
     """Jobs waiting for others: which are ready, releasing them once, failing them for a parent."""
 
@@ -170,25 +193,8 @@ class Dependencies(LedgerCore):
         at once behind their parents; with `in_session`, is instead a call `owner` runs now (its
         native id `local:<owner>`), with no retry due: they are sent to `owner`'s dask cluster at
         once, behind their parents' futures. Returns their rows."""
-        by_reason: dict[tuple[str, str], list[int]] = {}
-        for job_id, (reason, tasks) in sends.items():
-            by_reason.setdefault((reason, json.dumps(list(tasks))), []).append(job_id)
-        parent_ok, here = (IN_SESSION_OR_DONE, (f"local:{owner}",)) if in_session else (IN_SLURM_OR_DONE, ())
-        now = time.time()
-        rows: list = []
         with self._write() as con:
-            seq = next_seq(con)
-            for (reason, tasks), ids in by_reason.items():
-                rows += con.execute(
-                    f"UPDATE jobs SET status = 'SUBMITTED', reason = ?, updated = ?, seq = ?, "
-                    f"       spec = json_set(spec, '$.owner', ?, '$.afterok', json(?)) "
-                    f"WHERE id IN {IN_JSON} AND status = 'WAITING' AND NOT EXISTS (SELECT 1 FROM deps d JOIN jobs p "
-                    f"  ON p.id = d.parent WHERE d.child = jobs.id AND NOT COALESCE({parent_ok}, 0)) "
-                    f"RETURNING {JOB_COLUMNS}",
-                    (reason, now, seq, owner, tasks, json.dumps(checked_ids(ids)), *here)).fetchall()
-            events_per_task(con, [(r[0], r[1]) for r in rows], now, "released",
-                            "sent to its session's dask cluster behind the calls it depends on" if in_session
-                            else "sent to SLURM behind the jobs it depends on (afterok)")
+            rows = send_behind(con, sends, owner, in_session, time.time(), next_seq(con))
         return [job_row(r) for r in sorted(rows)]
 
     def rewait_unready(self, job_ids: Iterable[int], why: str) -> list[int]:

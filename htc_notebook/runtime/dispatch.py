@@ -115,10 +115,11 @@ class Dispatcher:
             parents = follows(c.profile, [states[p] for p in c.after if p in states], here)
             if parents:
                 sends[c.id], after[c.id] = (in_session_reason(parents), (here,)), ((), parents)
-        rows = self.ledger.send_after(sends, str(self.owner), in_session=True) if sends else []
-        if rows:
-            self.dispatch(task, rows, after=after)
-        return [r.id for r in rows]
+        if not sends:
+            return []
+        sent = [c for c in candidates if c.id in sends]  # sent (a compare-and-set) with their attempts, in one write
+        started = self.dispatch(task, sent, release_for=str(self.owner), behind=sends, after=after)
+        return [c.id for c in sent] if started == len(sent) else []  # some still wait: the caller looks again
 
     def _send_afterok(self, task: TaskRow, children: Sequence[Pending]) -> list[int]:
         """SLURM command jobs sent behind their parents' array tasks (see `send_after`)."""
@@ -168,14 +169,17 @@ class Dispatcher:
             return False
 
     def dispatch(self, task: TaskRow, rows: Sequence[JobRow | Pending], *, release_for: str | None = None,
-                 after: Mapping[int, tuple[tuple[str, ...], tuple[int, ...]]] | None = None) -> int:
+                 after: Mapping[int, tuple[tuple[str, ...], tuple[int, ...]]] | None = None,
+                 behind: Mapping[int, tuple[str, Sequence[str]]] | None = None) -> int:
         """Record an attempt for each job (write-ahead), then hand them to their backends; returns
         how many attempts started.
 
         With `release_for` (this session's owner) the rows are waiting jobs found ready: each is
         released and its attempt started in one write transaction (`Ledger.start_attempts`), and
-        one that another process released first is skipped. `after`: job id -> (the SLURM array
-        tasks it goes behind, their job ids), for jobs sent behind their parents (`send_after`).
+        one that another process released first is skipped; with `behind` too (job id -> (reason, the
+        parents' native ids)), they are sent behind their parents in this session's dask cluster
+        instead (`Ledger.start_attempts(..., behind=)`). `after`: job id -> (the SLURM array tasks it
+        goes behind, their job ids), for jobs sent behind their parents (`send_after`).
 
         A slice of DISPATCH_SLICE jobs at a time: their attempts, their Launches, handed over and
         dropped, so memory does not grow with a sweep's size. Plain Python calls are handed over
@@ -201,7 +205,7 @@ class Dispatcher:
             for start in range(0, len(rows), DISPATCH_SLICE):
                 end = start + DISPATCH_SLICE
                 launches, n = self._attempt(task, where, prefix, rows[start:end], later, room, parents, release_for,
-                                            after)
+                                            after, behind)
                 self._hand_over(launches, later, rows, end)
                 started += n
                 del launches  # gone before the next slice's are built
@@ -212,6 +216,7 @@ class Dispatcher:
                  later: dict[str, list[Launch]], room: tuple[str, int] | None, parents: ParentValues,
                  release_for: str | None,
                  after: Mapping[int, tuple[tuple[str, ...], tuple[int, ...]]] | None = None,
+                 behind: Mapping[int, tuple[str, Sequence[str]]] | None = None,
                  ) -> tuple[dict[str, list[Launch]], int]:
         """Start an attempt for each of these jobs that fits in `room` (its project's vCPU limit;
         the others wait HELD, released by the reconcile loop) and make the Launches of those still
@@ -225,7 +230,7 @@ class Dispatcher:
         numbers = self.ledger.start_attempts([AttemptStart(r.id, host=self.owner.host, native_id=native, log_out=o,
                                                            log_err=e, status="RUNNABLE", sandbox=sandbox[r.profile])
                                               for r, (o, e) in zip(rows, logs, strict=True)], room,
-                                             release_for=release_for)
+                                             release_for=release_for, behind=behind)
         if room is not None and not all(numbers):
             self.holding = True
         now: dict[str, list[Launch]] = {}
@@ -234,10 +239,10 @@ class Dispatcher:
             if attempt:  # 0: became terminal meanwhile (e.g. cancelled), held for room, or released elsewhere
                 self.tasks.here[row.id] = task.id
                 try:
-                    behind = after.get(row.id) if after else None  # sent behind its parents
-                    launch = self._launch(task, where, row, attempt, o, e, parents, behind[1] if behind else ())
-                    if behind:  # SLURM: sbatch --dependency=afterok; dask: behind their tasks
-                        launch = replace(launch, after=behind[0], after_jobs=behind[1])
+                    waits = after.get(row.id) if after else None  # sent behind its parents
+                    launch = self._launch(task, where, row, attempt, o, e, parents, waits[1] if waits else ())
+                    if waits:  # SLURM: sbatch --dependency=afterok; dask: behind their tasks
+                        launch = replace(launch, after=waits[0], after_jobs=waits[1])
                 except Exception as exc:
                     log.warning("job %s could not be prepared: %s", row.id, exc, exc_info=True)
                     unmade.append(Outcome(row.id, attempt, "FAILED", reason=f"not submitted: could not be prepared: "
