@@ -242,9 +242,10 @@ class DaskJobs:
         steps: dict[int, list[Launch]] = {}
         calls: dict[tuple, list[Launch]] = {}
         behind: list[Behind] = []
+        runners: dict[tuple, JobRunner] = {}  # one per function and what its calls share, as for the others
         for launch in launches:
             if launch.after_jobs and launch.mpi is None:  # behind its parents' dask tasks (dask_chain.py)
-                behind.append(self._behind(launch))
+                behind.append(self._behind(launch, runners))
             elif launch.mpi is not None:  # packed MPI (SLURM)
                 steps.setdefault(launch.cores, []).append(launch)
             else:
@@ -284,13 +285,17 @@ class DaskJobs:
         self._refill()
         self._start_collector()
 
-    def _behind(self, launch: Launch) -> Behind:
-        """A call to send behind its parents' dask tasks, as it waits for them."""
-        env = {k: v for k, v in launch.env.items() if k not in PER_JOB_ENV}
-        runner = JobRunner(launch.call.fn, str(launch.cwd), env, launch.timeout, view=launch.view,
-                           memory_mib=launch.memory)
-        took = self._took.get(runner.digest)
-        runner.expected = p95(took) if took else None
+    def _behind(self, launch: Launch, runners: dict[tuple, JobRunner]) -> Behind:
+        """A call to send behind its parents' dask tasks, as it waits for them (`runners`: those made
+        for this submission's calls so far, by what they share)."""
+        shared = frozenset((k, v) for k, v in launch.env.items() if k not in PER_JOB_ENV)
+        group = (id(launch.call.fn), launch.cwd, shared, launch.view, launch.memory, launch.timeout)
+        runner = runners.get(group)
+        if runner is None:
+            runner = runners[group] = JobRunner(launch.call.fn, str(launch.cwd), dict(shared), launch.timeout,
+                                                view=launch.view, memory_mib=launch.memory)
+            took = self._took.get(runner.digest)
+            runner.expected = p95(took) if took else None
         job = (launch.job_id, int(launch.env.get("HTC_JOB_INDEX", 0)), launch.call.args, launch.call.kwargs,
                (launch.log_out, launch.log_err))
         return Behind(job, launch.attempt, runner, launch.after_jobs)
@@ -353,7 +358,7 @@ class DaskJobs:
     def _send_behind(self, client, room: int) -> list[Behind]:
         """Hand dask, within `room`, the calls waiting behind parents that are all dask tasks (or
         collected) by now; with the lock held. Returns those a parent of which is found nowhere."""
-        still, unfound = [], []
+        still, unfound, ready = [], [], []
         for b in self._chains.behind:
             if self._waiting.get(b.job[0]) != b.attempt:
                 continue  # cancelled
@@ -366,14 +371,19 @@ class DaskJobs:
             if got is False:
                 unfound.append(b)
                 continue
-            call = _Call(b.job[0], b.attempt, b.job[1], b.job[2], b.job[3], b.job[4])
-            fut = client.submit(run_after, b.runner, b.job, got, key=_key([call]), pure=False)
-            self._tasks[fut.key] = ([call], fut)
-            self._runner_of[fut.key] = b.runner
-            self._key_of[call.job_id] = fut.key
-            self._chains.follows[fut.key] = [f for f, _ in got.values() if not isinstance(f, dict)]
+            ready.append((b, got))
             room -= 1
         self._chains.behind = still
+        for _, group in groupby(ready, key=lambda item: id(item[0].runner)):  # one client call a runner
+            items = list(group)
+            calls = [_Call(b.job[0], b.attempt, b.job[1], b.job[2], b.job[3], b.job[4]) for b, _ in items]
+            futures = client.map(partial(run_after, items[0][0].runner), [b.job for b, _ in items],
+                                 [got for _, got in items], key=[_key([c]) for c in calls], pure=False)
+            for (b, got), call, fut in zip(items, calls, futures, strict=True):
+                self._tasks[fut.key] = ([call], fut)
+                self._runner_of[fut.key] = b.runner
+                self._key_of[call.job_id] = fut.key
+                self._chains.follows[fut.key] = [f for f, _ in got.values() if not isinstance(f, dict)]
         return unfound
 
     def _in_flight(self, job_id: int) -> tuple[Any, int] | None:
