@@ -553,3 +553,42 @@ def test_a_forged_report_runs_nothing_in_the_worker(tmp_path):
         assert run_confined(view, lambda: {"plain": [1, 2.0, b"x", None]}) == {"plain": [1, 2.0, b"x", None]}
     finally:
         shutil.rmtree(marker.parent)
+
+
+def nap_and_say(seconds: float) -> float:
+    """Writes its pid (and that of a child it leaves running) to `pids` in its task directory, then sleeps."""
+    child = subprocess.Popen(["sleep", "3001.7"])  # a duration no other test uses
+    with open(os.path.join(os.environ["HTC_TASK_DIR"], "pids"), "a") as f:
+        f.write(f"{os.getpid()} {child.pid}\n")
+    time.sleep(seconds)
+    return seconds
+
+
+def test_a_confined_call_past_its_walltime_is_killed_with_all_it_started_and_retried_with_more(tmp_path):
+    """A Python call's time limit (`walltime`) is held: past it the call, and what it started, are
+    killed (its zygote's namespace goes); the attempt ends FAILED, cause `timeout`, and a retry asks
+    for twice the time, as for command jobs."""
+    from htc_notebook import Resources
+    from htc_notebook.spec import RetryPolicy
+
+    with Session(tmp_path / "root", site=_local_site()) as s:
+        task = s.project("limits").task("walltime")
+        started = time.monotonic()
+        job = task.submit(nap_and_say, 3, resources=Resources(walltime=2), retries=RetryPolicy(retries=1, backoff=0))
+        row = job.wait(timeout=120)
+        assert row.status == "SUCCEEDED", row.reason  # the retry, with 4 s
+        first, second = job.attempts
+        assert (first.status, first.cause, first.request["timeout"]) == ("FAILED", "timeout", 2), first
+        assert first.reason == "timeout: killed after 2 s (its walltime)"
+        assert second.request["timeout"] == 4
+        assert time.monotonic() - started < 60
+        assert len((task.storage.task_dir / "pids").read_text().splitlines()) == 2  # both attempts ran
+        # (their pids are the calls' namespaces'): none of what either attempt started is alive anywhere
+        assert not [p for p in Path("/proc").iterdir() if p.name.isdigit() and _is_our_sleep(p)]
+
+
+def _is_our_sleep(proc: Path) -> bool:
+    try:
+        return (proc / "cmdline").read_bytes().split(b"\0")[:2] == [b"sleep", b"3001.7"]
+    except OSError:
+        return False

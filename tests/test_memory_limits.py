@@ -138,7 +138,7 @@ def test_a_python_call_over_its_memory_fails_for_memory_and_one_under_it_is_meas
         assert row.status == "SUCCEEDED" and over.result() == 400, row.reason
         assert [(a.cause, a.memory_held) for a in over.attempts] == [(None, "none")]
         assert under.result(timeout=120) == 40 and under.row.memory_held == "none"
-        assert "the memory limit of Python calls" in session.unconfined("local")
+        assert "the memory and time limits of Python calls" in session.unconfined("local")
         return
     assert row.status == "FAILED" and row.reason.startswith("out of memory (limit 128 MiB)"), row.reason
     assert [(a.cause, a.memory_held) for a in over.attempts] == [("memory", session.held)]

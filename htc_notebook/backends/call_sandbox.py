@@ -96,6 +96,10 @@ class OutOfMemory(RuntimeError):
     """The OOM killer stopped the confined call at its memory limit."""
 
 
+class CallTimedOut(RuntimeError):
+    """The confined call ran past its time limit and was killed (its whole namespace with it)."""
+
+
 class CallDied(RuntimeError):
     """The confined call's process died before it reported (`signal`: the signal that killed it, 0: none)."""
 
@@ -508,7 +512,7 @@ def _kill(pid: int | None) -> bool:
 
 def run_confined(view: Any, work: Callable[[], T], memory_mib: int | None = None,
                  measured: Optional[Callable[[Verdict], None]] = None,
-                 functions: Optional[dict[str, bytes]] = None) -> T:
+                 functions: Optional[dict[str, bytes]] = None, seconds: float | None = None) -> T:
     """`work()` run in a child confined to `view` (a `sandbox.JobView`; None: run here), forked by the
     view's zygote (see the module docstring). `work` goes there cloudpickled; `functions` (digest ->
     cloudpickled function) are loaded there once and kept: `work` calls them through `Loaded(digest)`.
@@ -518,8 +522,10 @@ def run_confined(view: Any, work: Callable[[], T], memory_mib: int | None = None
     is measured, and `measured` is called with how the limit was held, whether a process was killed
     for memory and the peak (also when this raises). Raises ConfinementError if the child could not
     be confined, OutOfMemory if a process of it was killed for memory (even if `work` returned),
-    CallStopped if its thread was stopped (`stop_calls_of`) before it started, RuntimeError if `work`
-    raised or its process died otherwise (saying how)."""
+    CallStopped if its thread was stopped (`stop_calls_of`) before it started, CallTimedOut if it ran
+    longer than `seconds` (it is killed then, with all it started), RuntimeError if `work` raised or
+    its process died otherwise (saying how). Without a view `seconds` is not held (nothing here can
+    stop a call running in this process's thread: the profile's warning says so)."""
     if view is None:
         if measured is not None:
             measured(Verdict("none" if memory_mib else None, False, None))  # the worker's own process: not held
@@ -534,7 +540,7 @@ def run_confined(view: Any, work: Callable[[], T], memory_mib: int | None = None
         limit.started(zygote.pid, session=False, forked=True, below=True)  # no cgroup: the watchdog holds the calls
         joins = Hold(limit.limit_mib, limit.cage)  # what the call needs to join its cgroup (not the watch)
         try:
-            chunks, started, code = _serve(zygote, pickle.dumps((functions or {}, request, joins)), me)
+            chunks, started, code, late = _serve(zygote, pickle.dumps((functions or {}, request, joins)), me, seconds)
         except BaseException:
             limit.ended()
             raise
@@ -544,6 +550,8 @@ def run_confined(view: Any, work: Callable[[], T], memory_mib: int | None = None
     memory = limit.ended()
     if measured is not None:
         measured(memory)
+    if late:
+        raise CallTimedOut(f"timeout: killed after {seconds:g} s (its walltime)")
     if not started:
         raise CallDied(f"the confined call's zygote died before the call started (exit code {code})",
                        code - 128 if code > 128 else 0)
@@ -566,11 +574,13 @@ def run_confined(view: Any, work: Callable[[], T], memory_mib: int | None = None
 _calls = itertools.count()  # names this process's calls' memory cgroups
 
 
-def _serve(zygote: _Zygote, request: bytes, me: int) -> tuple[list[bytes], bool, int]:
+def _serve(zygote: _Zygote, request: bytes, me: int,
+           seconds: float | None = None) -> tuple[list[bytes], bool, int, bool]:
     """Hand `request` to `zygote` with a pipe for the call's report; read the report to its end (the
     call's, and whatever it started, having ended), then the zygote's word. (the report's chunks,
-    whether the call started, its exit code as a shell gives it, or the zygote's if it died). The
-    zygote goes back to its view's idle ones, or is reaped if it died."""
+    whether the call started, its exit code as a shell gives it, or the zygote's if it died, whether
+    it ran past `seconds` and was killed: its zygote and namespace with it). The zygote goes back to
+    its view's idle ones, or is reaped if it died."""
     r, w = os.pipe()
     try:
         _put(zygote.sock, b"C", request, fds=(w,))
@@ -581,9 +591,19 @@ def _serve(zygote: _Zygote, request: bytes, me: int) -> tuple[list[bytes], bool,
     _CHILDREN[me] = zygote.z0  # stopped by killing the zygote: its namespace, the call with it, goes
     if me in _STOPPED:  # cancelled while it was being started
         _kill(zygote.z0)
+    late = False
+    deadline = None if seconds is None else time.monotonic() + seconds
     try:
         with os.fdopen(r, "rb") as f:
-            while chunk := f.read(1 << 20):
+            while True:
+                if deadline is not None and not late and not select.select(
+                        [f], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                    late = True  # past its time: its zygote, namespace, the call and all it started go; EOF follows
+                    _kill(zygote.z0)
+                    continue
+                chunk = os.read(f.fileno(), 1 << 20)
+                if not chunk:
+                    break
                 chunks.append(chunk)
         try:  # both there by now, or the zygote died: "F" once it forked the call, "D" once all of it ended
             started, done = _get(zygote.sock), _get(zygote.sock)
@@ -593,8 +613,8 @@ def _serve(zygote: _Zygote, request: bytes, me: int) -> tuple[list[bytes], bool,
         _CHILDREN.pop(me, None)
     if started is not None and started[0] == b"F" and done is not None and done[0] == b"D":
         _give_back(zygote)
-        return chunks, True, _exit_code(_STATUS.unpack(done[1])[0])
-    return chunks, started is not None, zygote.close()  # it died (stopped, killed): its namespace with it
+        return chunks, True, _exit_code(_STATUS.unpack(done[1])[0]), False
+    return chunks, started is not None, zygote.close(), late  # it died (stopped, killed): its namespace with it
 
 
 def check_call_sandbox(profile_name: str) -> None:

@@ -23,8 +23,8 @@ from typing import IO, Any, Iterator
 
 import cloudpickle
 
-from htc_notebook.backends.call_sandbox import (CallDied, ConfinementError, Loaded, LoadError, OutOfMemory, resume,
-                                                run_confined)
+from htc_notebook.backends.call_sandbox import (CallDied, CallTimedOut, ConfinementError, Loaded, LoadError,
+                                                OutOfMemory, resume, run_confined)
 from htc_notebook.storage.untrusted import open_below
 from htc_notebook.storage.views import checkpoint_path
 
@@ -189,12 +189,15 @@ class JobRunner:
 
         memory: list[Any] = []  # how the calls' memory went (memory_limit.Verdict): a pack's is each call's
         try:
-            reports = run_confined(self.view, run_all, self.memory_mib, measured=memory.append, functions=functions)
+            reports = run_confined(self.view, run_all, self.memory_mib, measured=memory.append, functions=functions,
+                                   seconds=len(jobs) * self.timeout if self.timeout else None)
         except ConfinementError as exc:
             reports = _failed(len(jobs), f"{exc}. Allow user namespaces on {socket.gethostname()}, or set "
                                          "`sandbox: none` in the profile to run Python calls unconfined")
         except OutOfMemory as exc:
             reports = _failed(len(jobs), str(exc), cause="memory")
+        except CallTimedOut as exc:
+            reports = _failed(len(jobs), str(exc), cause="timeout")
         except CallDied as exc:  # killed: by its pilot stopping (not the job's fault), or by itself, or a crash
             reports = (_failed(len(jobs), f"{exc}: its worker was stopping (its pilot cancelled, out of time or "
                                           "lost)", cause="lost") if exc.signal and _worker_stopping()

@@ -12,8 +12,8 @@ sandbox is the boundary between users (`refuse_serving_unconfined`).
 >>> print(unconfined_message(site, site.profile("local"), None))  # doctest: +NORMALIZE_WHITESPACE
 profile 'local' runs jobs unconfined (`sandbox: none` at /etc/htc/site.yaml:1). Off: task isolation
 (a job reads and writes every task and project of its data root, and the ledger), the scratch
-limit (maxDiskGiB) and the memory limit of Python calls (they run in their worker's process; each
-attempt records `none`). To turn them back on, remove that setting.
+limit (maxDiskGiB) and the memory and time limits of Python calls (they run in their worker's process;
+each attempt records `none`). To turn them back on, remove that setting.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from htc_notebook.spec.site import ENV_VAR, USER_FILE
 
 ALLOW_ENV = "HTC_ALLOW_UNCONFINED"  # the Jupyter extension's way to say --allow-unconfined
 OFF = ("task isolation (a job reads and writes every task and project of its data root, and the ledger), "
-       "the scratch limit (maxDiskGiB) and the memory limit of Python calls (they run in their worker's "
-       "process; each attempt records `none`)")
+       "the scratch limit (maxDiskGiB) and the memory and time limits of Python calls (they run in their "
+       "worker's process; each attempt records `none`)")
 
 
 def as_run(site: SiteConfig, profile: PartitionProfile) -> tuple[PartitionProfile, str | None]:
