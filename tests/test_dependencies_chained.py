@@ -13,7 +13,7 @@ import time
 import pytest
 
 from htc_notebook import Session, SiteConfig
-from htc_notebook.backends.dask_chain import Behind, Chains
+from htc_notebook.backends.dask_chain import UNFOUND_SECONDS, Behind, Chains
 from htc_notebook.backends.worker import JobRunner, Upstream, run_after
 from htc_notebook.spec import RetryPolicy
 
@@ -181,12 +181,16 @@ def test_run_after_fails_with_its_parents_message_and_fills_values_where_it_runs
 def test_chains_wait_for_parents_still_queued_and_find_collected_ones_among_recent_reports():
     chains = Chains()
     b = Behind((3, 0, (), {}, ("o", "e")), 1, JobRunner(len, "/", {}), (1, 2))
-    assert chains.inputs(b, {1: ("future", 0)}, waiting={2: 1}) is None  # 2 queued: not yet
-    assert chains.inputs(b, {1: ("future", 0)}, waiting={}) is False  # 2 found nowhere
+    assert chains.inputs(b, {1: ("future", 0)}, waiting={2: 1}, now=0.0) is None  # 2 queued: not yet
+    # 2 found nowhere: another thread may be handing it over; lost only once that has taken too long
+    assert chains.inputs(b, {1: ("future", 0)}, waiting={}, now=100.0) is None
+    assert chains.inputs(b, {1: ("future", 0)}, waiting={}, now=100.0 + UNFOUND_SECONDS - 1) is None
+    assert chains.inputs(b, {1: ("future", 0)}, waiting={}, now=100.0 + UNFOUND_SECONDS) is False
     chains.collected(2, {"ok": True, "value": b"x"})
-    assert chains.inputs(b, {1: ("future", 0)}, waiting={}) == {1: ("future", 0), 2: ({"ok": True, "value": b"x"}, 0)}
+    assert chains.inputs(b, {1: ("future", 0)}, waiting={}, now=200.0) == {1: ("future", 0),
+                                                                          2: ({"ok": True, "value": b"x"}, 0)}
     chains.collecting.add(1)
-    assert chains.inputs(b, {}, waiting={}) is None  # its report is being gathered
+    assert chains.inputs(b, {}, waiting={}, now=200.0) is None  # its report is being gathered
     chains.collected(4, {"ok": True, "value": b"x" * (2 << 20)})  # too large to keep
     assert 4 not in chains.recent
 

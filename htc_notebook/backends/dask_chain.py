@@ -9,8 +9,10 @@ cluster)". Here it waits (`Chains.behind`) until each parent is a dask task, the
 `worker.run_after` over the parents' futures: dask starts it where and when they end, with their
 reports, and it runs with their values (loaded in its sandbox), or fails (cause `dependency`)
 naming a parent that did not succeed. A parent whose dask task ended already is found among the
-reports this client collected last (`recent`); one found nowhere fails the call as lost (it is
-requeued, and waits in the ledger for its parents, runtime/reconcile.py).
+reports this client collected last (`recent`); one not here yet (the ledger says this session runs
+it, and another thread is handing it over) is waited for; one still found nowhere after
+UNFOUND_SECONDS fails the call as lost (it is requeued, and waits in the ledger for its parents,
+runtime/reconcile.py).
 
 A parent that is lost (its worker died) or cancelled takes its children's dask tasks with it;
 those children are not reported (`orphans`): the ledger decides for them as it does for SLURM
@@ -28,6 +30,7 @@ from htc_notebook.backends.worker import JobRunner
 
 RECENT_REPORTS = 1024  # the last reports collected, kept for children sent after their parent ended
 RECENT_VALUE_BYTES = 1 << 20  # a larger value is not kept (its child is requeued, and released by the ledger)
+UNFOUND_SECONDS = 10.0  # how long a call waits here for a parent found nowhere (being handed over) before it is lost
 
 
 @dataclass(eq=False)
@@ -38,6 +41,7 @@ class Behind:
     attempt: int
     runner: JobRunner
     parents: tuple[int, ...]
+    unfound_since: float | None = None  # time.monotonic() when a parent was first found nowhere
 
 
 class Chains:
@@ -58,9 +62,10 @@ class Chains:
                 self.recent.popitem(last=False)
 
     def inputs(self, behind: Behind, in_flight: Mapping[int, tuple[Any, int]],
-               waiting: Mapping[int, int]) -> dict[int, tuple[Any, int]] | None | Literal[False]:
+               waiting: Mapping[int, int], now: float) -> dict[int, tuple[Any, int]] | None | Literal[False]:
         """Each parent's (future or report, place in it) for `run_after`; None while a parent is still
-        to become a dask task; False if one is found nowhere (its report is gone)."""
+        to become a dask task (or found nowhere for less than UNFOUND_SECONDS); False if one has been
+        found nowhere for that long (its report is gone)."""
         found: dict[int, tuple[Any, int]] = {}
         for parent in behind.parents:
             if parent in in_flight:
@@ -69,8 +74,11 @@ class Chains:
                 found[parent] = (self.recent[parent], 0)
             elif parent in waiting or parent in self.collecting:
                 return None
+            elif behind.unfound_since is None:
+                behind.unfound_since = now
+                return None
             else:
-                return False
+                return None if now - behind.unfound_since < UNFOUND_SECONDS else False
         return found
 
     def orphaned(self, key: str) -> bool:

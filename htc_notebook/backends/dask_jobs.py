@@ -359,11 +359,12 @@ class DaskJobs:
         """Hand dask, within `room`, the calls waiting behind parents that are all dask tasks (or
         collected) by now; with the lock held. Returns those a parent of which is found nowhere."""
         still, unfound, ready = [], [], []
+        now = time.monotonic()
         for b in self._chains.behind:
             if self._waiting.get(b.job[0]) != b.attempt:
                 continue  # cancelled
             got = self._chains.inputs(b, {p: where for p in b.parents if (where := self._in_flight(p))},
-                                      self._waiting) if room > 0 else None
+                                      self._waiting, now) if room > 0 else None
             if got is None:
                 still.append(b)
                 continue

@@ -80,16 +80,19 @@ def afterok(kind: str, profile: str, slurm: bool, mpi: bool, parents: Sequence[P
 
 def follows(profile: str, parents: Sequence[ParentState], here: str) -> tuple[int, ...] | None:
     """The parents a new Python call (not MPI) of `profile` may be sent behind in its session's dask
-    cluster, or None: it waits in the ledger. Each parent either SUCCEEDED (its value is read from
-    the ledger) or is a Python call (not MPI) of the same profile that this session (`here`, its
-    native id `local:<owner>`) runs now, with no retry due. A retry of a parent sends its children
-    back to wait in the ledger (`Dispatcher.rewait_sent`), as for SLURM afterok.
+    cluster (none: every parent SUCCEEDED, it may run now), or None: it waits in the ledger. Each
+    parent either SUCCEEDED (its value is read from the ledger) or is a Python call (not MPI) of the
+    same profile that this session (`here`, its native id `local:<owner>`) runs now, with no retry
+    due. A retry of a parent sends its children back to wait in the ledger
+    (`Dispatcher.rewait_sent`), as for SLURM afterok.
 
     >>> p = ParentState(12, "RUNNING", "python", "local", "local:h:1", retries=2)
     >>> follows("local", [p, ParentState(9, "SUCCEEDED", "command", "cpu", None, 0)], "local:h:1")
     (12,)
     >>> follows("local", [p], "local:h:2"), follows("gpu", [p], "local:h:1")
     (None, None)
+    >>> follows("gpu", [ParentState(9, "SUCCEEDED", "python", "cpu", None, 0)], "local:h:1")
+    ()
     """
     waits: list[int] = []
     for p in parents:
@@ -99,7 +102,7 @@ def follows(profile: str, parents: Sequence[ParentState], here: str) -> tuple[in
                 or p.native_id != here):
             return None
         waits.append(p.id)
-    return tuple(dict.fromkeys(waits)) or None
+    return tuple(dict.fromkeys(waits))
 
 
 def in_session_reason(parents: Sequence[int]) -> str:

@@ -111,15 +111,18 @@ class Dispatcher:
         here = f"local:{self.owner}"
         sends: dict[int, tuple[str, tuple[str, ...]]] = {}
         after: dict[int, tuple[tuple[str, ...], tuple[int, ...]]] = {}
+        ready: list[Pending] = []  # every parent SUCCEEDED already: released now, not at the loop's next look
         for c in candidates:
             parents = follows(c.profile, [states[p] for p in c.after if p in states], here)
             if parents:
                 sends[c.id], after[c.id] = (in_session_reason(parents), (here,)), ((), parents)
-        if not sends:
-            return []
+            elif parents is not None and len(states) and all(p in states for p in c.after):
+                ready.append(c)
         sent = [c for c in candidates if c.id in sends]  # sent (a compare-and-set) with their attempts, in one write
-        started = self.dispatch(task, sent, release_for=str(self.owner), behind=sends, after=after)
-        return [c.id for c in sent] if started == len(sent) else []  # some still wait: the caller looks again
+        started = self.dispatch(task, sent, release_for=str(self.owner), behind=sends, after=after) if sent else 0
+        started += self.dispatch(task, ready, release_for=str(self.owner)) if ready else 0
+        gone = sent + ready
+        return [c.id for c in gone] if started == len(gone) else []  # some still wait: the caller looks again
 
     def _send_afterok(self, task: TaskRow, children: Sequence[Pending]) -> list[int]:
         """SLURM command jobs sent behind their parents' array tasks (see `send_after`)."""
