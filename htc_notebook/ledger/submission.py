@@ -49,7 +49,7 @@ class Submission(LedgerCore):
         admission into it is `start_attempts`' work).
         """
         jobs = list(jobs)
-        encoded = _encode_jobs(jobs)  # validate everything before touching the db
+        segments, specs = _encode_jobs(jobs)  # validate everything before touching the db
         keys = [j.key for j in jobs if j.key is not None]
         seen: set[str] = set()
         for key in keys:
@@ -79,7 +79,7 @@ class Submission(LedgerCore):
             ids = list(range(first, first + len(jobs)))
             shared = (task_id, batch_id, now, seq)
             try:
-                _insert_jobs(con, first, jobs, encoded, shared, first_attempt)
+                _insert_jobs(con, first, segments, shared, first_attempt)
             except sqlite3.IntegrityError as e:
                 taken = con.execute(f"SELECT key FROM jobs WHERE task_id = ? AND id < ? AND key IN {IN_JSON} "
                                     f"ORDER BY id LIMIT 1", (task_id, first, json.dumps(keys))).fetchone()
@@ -88,8 +88,7 @@ class Submission(LedgerCore):
                 raise KeyTaken(f"job key {taken[0]!r} already exists in task {task_id}; "
                                "nothing was submitted") from e
             if first_attempt is not None and ids:
-                _insert_first_attempts(con, ids[0], ids[-1], {id(j.spec): e[7] for j, e in zip(jobs, encoded,
-                                                                                              strict=True)})
+                _insert_first_attempts(con, ids[0], ids[-1], set(specs.values()))
             stored = {job.spec.payload: job.stored for job in jobs if job.stored is not None and job.spec.payload}
             if stored:
                 con.executemany("INSERT OR IGNORE INTO payloads (task_id, digest, data) VALUES (?, ?, ?)",
@@ -134,55 +133,44 @@ def _check_start(start: FirstAttempt) -> FirstAttempt:
     return replace(start, status=status)
 
 
-def _insert_jobs(con: sqlite3.Connection, first: int, jobs: list[NewJob], encoded: list[tuple[Any, ...]],
-                 shared: tuple[Any, ...], start: FirstAttempt | None) -> None:
+def _insert_jobs(con: sqlite3.Connection, first: int, segments: list[list[Any]], shared: tuple[Any, ...],
+                 start: FirstAttempt | None) -> None:
     """Insert the jobs' rows (ids from `first` on), started in `start` where they wait on nothing:
-    runs of alike jobs one statement each, the others many rows a statement."""
+    runs of alike jobs (`_encode_jobs`' segments) one statement each, the others many rows a statement."""
     task_id, batch_id, now, seq = shared
-
-    def attempt(job: NewJob, profile: str) -> tuple[str, int, str | None, str | None, float | None, str | None]:
-        """status, attempts, host, native id, started, sandbox of a job as inserted."""
-        if start is None or job.after:
-            return "SUBMITTED", 0, None, None, None, None
-        sandbox = start.sandbox.get(profile) if isinstance(start.sandbox, Mapping) else start.sandbox
-        return (start.status, 1, start.host, start.native_id, now if start.status == "RUNNING" else None,
-                sandbox)
-
     logs = start.logs if start is not None else None
     single: list[tuple[Any, ...]] = []
-    i = 0
-    while i < len(jobs):
-        e, end = encoded[i], i + 1
-        if e[1] is None and not jobs[i].after:
-            while (end < len(jobs) and encoded[end][1] is None and encoded[end][0] == e[0] + end - i
-                   and encoded[end][2:] == e[2:] and not jobs[end].after):
-                end += 1
-        if end - i >= RUN:
-            status, attempts, host, native, started, sandbox = attempt(jobs[i], e[4])
-            con.execute(_RUN_SQL, {"count": end - i, "id": first + i, "task": task_id, "batch": batch_id,
+    for k, count, e, waits in segments:
+        if start is None or waits:
+            status, attempts, host, native, started, sandbox = "SUBMITTED", 0, None, None, None, None
+        else:
+            status, attempts, host, native = start.status, 1, start.host, start.native_id
+            started = now if status == "RUNNING" else None
+            sandbox = start.sandbox.get(e[4]) if isinstance(start.sandbox, Mapping) else start.sandbox
+        if count >= RUN:
+            con.execute(_RUN_SQL, {"count": count, "id": first + k, "task": task_id, "batch": batch_id,
                                    "idx": e[0], "name": e[2], "kind": e[3], "profile": e[4], "priority": e[5],
                                    "params": e[6], "spec": e[7], "status": status, "now": now, "seq": seq,
                                    "attempts": attempts, "host": host, "native": native,
                                    "logs": logs if attempts else None, "started": started, "sandbox": sandbox})
-        else:
-            for k in range(i, end):
-                status, attempts, host, native, started, sandbox = attempt(jobs[k], encoded[k][4])
-                out = f"{logs}{first + k}.out" if logs is not None and attempts else None
-                err = f"{logs}{first + k}.err" if logs is not None and attempts else None
-                single.append((first + k, *encoded[k], status, attempts, host, native, out, err, started, sandbox))
-        i = end
+            continue
+        for j in range(count):
+            job_id = first + k + j
+            out = f"{logs}{job_id}.out" if logs is not None and attempts else None
+            err = f"{logs}{job_id}.err" if logs is not None and attempts else None
+            single.append((job_id, e[0] + j, *e[1:], status, attempts, host, native, out, err, started, sandbox))
     many(con, f"INSERT INTO jobs ({_COLUMNS}) VALUES {{values}}",
          f"(?, {task_id:d}, {'NULL' if batch_id is None else f'{batch_id:d}'}, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
          f"{now!r}, {now!r}, {seq:d}, ?, ?, ?, ?, ?, ?, ?)", single)
 
 
-def _insert_first_attempts(con: sqlite3.Connection, low: int, high: int, specs: dict[int, str]) -> None:
+def _insert_first_attempts(con: sqlite3.Connection, low: int, high: int, specs: set[str]) -> None:
     """The attempt rows of jobs `low`..`high` inserted in their first attempt, from the rows themselves;
-    what the attempt asks for worked out once if they share one spec."""
-    if len(set(specs.values())) == 1:
+    what the attempt asks for worked out once if they share one spec (of `specs`, those of the jobs)."""
+    if len(specs) == 1:
         request = "?3"
         params: tuple[Any, ...] = (low, high, con.execute(f"SELECT {REQUEST_SQL} FROM (SELECT ? AS spec)",
-                                                          (next(iter(specs.values())),)).fetchone()[0])
+                                                          (next(iter(specs)),)).fetchone()[0])
     else:
         request, params = REQUEST_SQL, (low, high)
     con.execute(f"INSERT INTO attempts ({ATTEMPT_COLUMNS}, sandbox, request) "
@@ -190,17 +178,21 @@ def _insert_first_attempts(con: sqlite3.Connection, low: int, high: int, specs: 
                 f"       {request} FROM jobs WHERE id BETWEEN ?1 AND ?2 AND attempts = 1", params)
 
 
-def _encode_jobs(jobs: list[NewJob]) -> list[tuple[Any, ...]]:
-    """The jobs' column values (idx, key, name, kind, profile, priority, params, spec), validated. What
-    many jobs share (name, kind, priority, spec: a batch's) is checked and encoded once, by identity
-    of the spec (every job, hence every spec, stays alive while this runs)."""
+def _encode_jobs(jobs: list[NewJob]) -> tuple[list[list[Any]], dict[int, str]]:
+    """The jobs validated and encoded, as segments [k, count, values, waits]: jobs k .. k+count-1 share
+    every column value (idx, key, name, kind, profile, priority, params, spec) but their indexes,
+    consecutive from values[0] (a run: no key, no parents); `waits`: they depend on others. With the
+    spec JSON of each distinct spec, by identity. What many jobs share (name, kind, priority, spec: a
+    batch's) is checked and encoded once (every job, hence every spec, stays alive while this runs)."""
     specs: dict[int, str] = {}
     checked: set[tuple[Any, ...]] = set()
-    out = []
+    segments: list[list[Any]] = []
+    seg: list[Any] = [0, 0, (), True]
     prev: NewJob | None = None
-    for job in jobs:
-        if prev is None or not (job.spec is prev.spec and job.name is prev.name and job.kind is prev.kind
-                                and job.priority is prev.priority):  # else: as the job before, checked
+    for k, job in enumerate(jobs):
+        same = prev is not None and (job.spec is prev.spec and job.name is prev.name and job.kind is prev.kind
+                                     and job.priority is prev.priority)  # then checked as the job before
+        if not same:
             shape = (job.name, job.kind, job.priority, type(job.priority), id(job.spec))
             try:
                 known = shape in checked
@@ -210,15 +202,21 @@ def _encode_jobs(jobs: list[NewJob]) -> list[tuple[Any, ...]]:
                 specs[id(job.spec)] = _check_shape(job)
                 checked.add(shape)
         prev = job
-        key, index, params = job.key, job.index, job.params
+        key, index, params, after = job.key, job.index, job.params, job.after
         if key is not None and type(key) is not str and not isinstance(key, str):
             raise LedgerError(f"job {job.name!r}: key must be a string or None, not {key!r}")
         if type(index) is not int and (isinstance(index, bool) or not isinstance(index, int)):
             raise LedgerError(f"job {job.name!r}: index must be an integer, not {index!r}")
-        out.append((index, key, job.name, job.kind, job.profile, job.priority,
-                    "{}" if type(params) is dict and not params else to_json(f"job {job.name!r} params", params),
-                    specs[id(job.spec)]))
-    return out
+        text = "{}" if type(params) is dict and not params else to_json(f"job {job.name!r} params", params)
+        e = seg[2]
+        if (same and key is None and not after and not seg[3] and e[1] is None and index == e[0] + seg[1]
+                and text == e[6] and job.profile == e[4]):
+            seg[1] += 1
+            continue
+        seg = [k, 1, (index, key, job.name, job.kind, job.profile, job.priority, text, specs[id(job.spec)]),
+               bool(after)]
+        segments.append(seg)
+    return segments, specs
 
 
 def _check_shape(job: NewJob) -> str:
