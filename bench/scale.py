@@ -1,20 +1,24 @@
-"""Scale benchmarks: how the toolkit holds up at 100,000 jobs. One subcommand per part.
+"""Scale benchmarks: how the toolkit holds up at 100,000 jobs (the ledger: 1,000,000). One subcommand per part.
 
-    .venv/bin/python bench/scale.py ledger [--sizes 1000,10000,100000] [--repeats 3] [--write bench/results.md]
+    .venv/bin/python bench/scale.py ledger [--sizes 1000,10000,100000,1000000] [--repeats 3] [--write bench/results.md]
     .venv/bin/python bench/scale.py python [--sizes 1000,10000,100000] [--window 4000] [--write bench/results.md]
     .venv/bin/python bench/scale.py slurm [--jobs 2000] [--limit 500] [--short 2000] [--write bench/results.md]
 
 `ledger`: on a fresh data root (a temp dir), for each task size, side by side in one run:
-- record: writing a batch as `Task.submit_batch` does, `Ledger.add_jobs` (one spec shared by the
-  batch) then `start_attempts` (RUNNABLE, per-job log paths) as `Session.dispatch` does; a new task
-  each repeat; the jobs are built before the clock starts, the attempts (which need the ids) after
-  it (target < 1 s at 100,000);
+- record: writing a batch as `Task.submit_batch` does: the dispatcher's `first_attempt` and
+  `Ledger.add_jobs(..., start=)` (one spec shared by the batch; each job recorded in its first
+  attempt, RUNNABLE with its log paths, in one transaction); beside it, alternating, the way before
+  (`add_jobs`, then `start_attempts` over every row, as a vCPU-limited project still does); a new
+  task each repeat; the jobs are built before the clock starts, the old way's attempts (which need
+  the ids) after it (targets < 1 s at 100,000, < 5 s at 1,000,000);
 - summary-statistics: the REST operation (`HTCApi.summary_statistics`), in-process, no HTTP
-  (target < 50 ms at 100,000); beside it, the same counts by reading every job row (how it was done before);
+  (target < 50 ms at 1,000,000); beside it, the same counts by reading every job row (how it was done
+  before; up to --rows-up-to);
 - `htc status --task P/T`: the whole command in-process (session, queries, table), output discarded;
-- live table first load: `TableModel.poll()` on a new model (everything the widget gets first);
-- recording the largest size under a project vCPU limit of 64 against none, and the reconcile
-  loop's per-tick reads with those jobs held.
+- live table first load: `TableModel.poll()` on a new model (everything the widget gets first), and
+  the peak RSS it adds;
+- recording the largest size (at most --limited-size) under a project vCPU limit of 64 against none,
+  and the reconcile loop's per-tick reads with those jobs held.
 Figures are medians of `--repeats` runs.
 
 `slurm`: command jobs through a per-user submit limit (htc's feeder against a plain shell loop that
@@ -51,6 +55,16 @@ def _median_ms(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times) * 1e3
 
 
+def _rss_mb(field: str = "VmHWM") -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
+
+
+def _reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # VmHWM := VmRSS
+
+
 def bench_ledger(args: argparse.Namespace) -> str:
     """Record / summary-statistics / htc status / live table first load, per task size; returns the summary."""
     from htc_notebook import Session, SiteConfig
@@ -67,28 +81,43 @@ def bench_ledger(args: argparse.Namespace) -> str:
     with tempfile.TemporaryDirectory(prefix="htc-scale-") as root, Session(root, site=SiteConfig.builtin()) as s:
         api = HTCApi(s, Auth(root), owner="bench")
         project = s.project("bench")
+        first_attempt = getattr(s.parts.dispatcher, "first_attempt", None)  # None: a ledger before issue 28
         for n in sizes:
-            record_times, task_ids = [], []
+            record_times, before_times, task_ids = [], [], []
+            sides = ["now"] + (["before"] if first_attempt is not None and n <= args.before_up_to else [])
+            _reset_peak()
             for r in range(args.repeats):
-                task = project.task(f"batch-{n}-{r}")
-                # what Task.submit_batch and Session.dispatch hand the ledger
-                definition = JobDefinition(commands=["echo", "hi"])
-                _, _, spec, priority = Task(s.parts, task.row)._command_spec(None, definition, 0)
-                jobs = [NewJob(name="batch", kind="command", params={}, spec=spec, index=i, profile="local",
-                               priority=priority) for i in range(n)]
-                prefix = f"{s.storage.log_paths('bench', task.name, 0)[0].parent}/job-"
-                t0 = time.perf_counter()
-                ids = s.ledger.add_jobs(task.id, jobs, NewBatch("batch", n, {"jobName": "batch"}))
-                s.ledger.start_attempts([AttemptStart(i, host=s.owner.host, native_id=f"local:{s.owner}",
-                                                      log_out=f"{prefix}{i}.out", log_err=f"{prefix}{i}.err",
-                                                      status="RUNNABLE") for i in ids])
-                record_times.append(time.perf_counter() - t0)
-                task_ids.append(task.id)
+                for side in (sides if r % 2 == 0 else sides[::-1]):
+                    task = project.task(f"batch-{n}-{r}" + ("-before" if side == "before" else ""))
+                    # what Task.submit_batch and Session.dispatch hand the ledger
+                    definition = JobDefinition(commands=["echo", "hi"])
+                    _, _, spec, priority = Task(s.parts, task.row)._command_spec(None, definition, 0)
+                    jobs = [NewJob(name="batch", kind="command", params={}, spec=spec, index=i, profile="local",
+                                   priority=priority) for i in range(n)]
+                    prefix = f"{s.storage.log_paths('bench', task.name, 0)[0].parent}/job-"
+                    batch = NewBatch("batch", n, {"jobName": "batch"})
+                    t0 = time.perf_counter()
+                    if side == "now" and first_attempt is not None:  # as Task._add: one transaction
+                        ids = s.ledger.add_jobs(task.id, jobs, batch, start=first_attempt(task.row, jobs))
+                    else:  # as before: add_jobs, then start_attempts over every row
+                        ids = s.ledger.add_jobs(task.id, jobs, batch)
+                        s.ledger.start_attempts([AttemptStart(i, host=s.owner.host, native_id=f"local:{s.owner}",
+                                                              log_out=f"{prefix}{i}.out", log_err=f"{prefix}{i}.err",
+                                                              status="RUNNABLE") for i in ids])
+                    (record_times if side == "now" else before_times).append(time.perf_counter() - t0)
+                    if side == "now":
+                        task_ids.append(task.id)
+                    del jobs, ids
+            record_peak = _rss_mb()  # while recording, the jobs' inputs (built by the bench) included
             task_id = task_ids[0]
             summary = _median_ms(lambda task_id=task_id: api.summary_statistics("bench", "bench", str(task_id)),
                                  args.repeats)
             assert sum(api.summary_statistics("bench", "bench", str(task_id))["jobStatuses"].values()) == n
-            rows_ms = _median_ms(lambda task_id=task_id: [wire_status(j) for j in s.ledger.jobs(task_id)], args.repeats)
+            if n <= args.rows_up_to:
+                rows_ms = _median_ms(lambda task_id=task_id: [wire_status(j) for j in s.ledger.jobs(task_id)],
+                                     args.repeats)
+            else:
+                rows_ms = float("nan")
             argv = ["--root", root, "status", "--task", f"bench/batch-{n}-0"]
 
             def status(argv: list[str] = argv) -> None:
@@ -96,11 +125,18 @@ def bench_ledger(args: argparse.Namespace) -> str:
                     assert cli.main(argv) == 0
 
             status_ms = _median_ms(status, args.repeats)
+            rss = _rss_mb("VmRSS")
+            _reset_peak()
             table_ms = _median_ms(lambda task_id=task_id: TableModel(s.reads, task_id).poll(), args.repeats)
-            rows.append((n, statistics.median(record_times) * 1e3, summary, rows_ms, status_ms, table_ms))
-            print(f"{n:>7} jobs: record {rows[-1][1]:8.1f} ms  summary-statistics {summary:6.1f} ms  "
-                  f"(by reading rows {rows_ms:6.0f} ms)  htc status {status_ms:6.1f} ms  "
-                  f"table first load {table_ms:6.1f} ms", flush=True)
+            table_rss = max(0.0, _rss_mb() - rss)  # peak growth over the first loads (a model is dropped after each)
+            before = statistics.median(before_times) * 1e3 if before_times else float("nan")
+            rows.append((n, statistics.median(record_times) * 1e3, before, summary, rows_ms, status_ms, table_ms,
+                         table_rss, record_peak))
+            print(f"{n:>7} jobs: record {rows[-1][1]:8.1f} ms (before: {before:8.1f} ms)  summary-statistics "
+                  f"{summary:6.1f} ms  (by reading rows {rows_ms:6.0f} ms)  htc status {status_ms:6.1f} ms  "
+                  f"table first load {table_ms:6.1f} ms (peak RSS +{table_rss:.0f} MB); peak RSS while recording "
+                  f"{record_peak:.0f} MB",
+                  flush=True)
         # the reconcile loop's look at every owner (every few seconds), over all the active jobs above,
         # and the same query told not to use the owner index
         active = sum(s.ledger.active_owners().values())
@@ -112,21 +148,30 @@ def bench_ledger(args: argparse.Namespace) -> str:
                                                 f"WHERE status IN ({ACTIVE_SQL}) GROUP BY 1"), args.repeats * 3)
         print(f"owners of {active} active jobs: {owners_ms:.1f} ms (without the index {unindexed_ms:.1f} ms)",
               flush=True)
-        limited = _limited(s, max(sizes), args.repeats)
-    table = ("| jobs in the task | record a batch (add_jobs + start_attempts) | summary-statistics | "
-             "(the same by reading every row, as before) | `htc status --task` | live table first load |\n"
-             "|---|---|---|---|---|---|\n"
-             + "".join(f"| {n:,} | {rec:.0f} ms | {summ:.1f} ms | {by_rows:.0f} ms | {st:.0f} ms | {tb:.0f} ms |\n"
-                       for n, rec, summ, by_rows, st, tb in rows))
-    return (f"Medians of {args.repeats} runs, each size in its own task of one fresh data root:\n\n{table}\n"
+        limited_n = min(max(sizes), args.limited_size)
+        limited = _limited(s, limited_n, args.repeats)
+
+    def fmt(ms: float, digits: int = 0) -> str:
+        return "-" if ms != ms else f"{ms:.{digits}f} ms"
+
+    table = ("| jobs in the task | record a batch (`add_jobs(..., start=)`, one transaction) | before: `add_jobs` "
+             "then `start_attempts` | summary-statistics | (the same by reading every row) | `htc status --task` "
+             "| live table first load | its peak RSS growth | peak RSS while recording (inputs included) |\n"
+             "|---|---|---|---|---|---|---|---|---|\n"
+             + "".join(f"| {n:,} | **{fmt(rec)}** | {fmt(bef)} | **{fmt(summ, 1)}** | {fmt(by_rows)} | {fmt(st)} "
+                       f"| {fmt(tb)} | {tr:.0f} MB | {peak:.0f} MB |\n"
+                       for n, rec, bef, summ, by_rows, st, tb, tr, peak in rows))
+    return (f"Medians of {args.repeats} runs, each size in its own task of one fresh data root; the two ways of "
+            f"recording alternate, each in a new task (\"before\" only up to {args.before_up_to:,} jobs):\n\n"
+            f"{table}\n"
             f"The reconcile loop's count of active jobs per owner (`Ledger.active_owners`, every few seconds) over "
             f"all {active:,} active jobs of that root: {owners_ms:.1f} ms through the owner index, "
             f"{unindexed_ms:.1f} ms without it (`NOT INDEXED`, same run): **{unindexed_ms / owners_ms:.1f}x**.\n\n"
-            "Targets at 100,000 jobs: record < 1 s, summary-statistics < 50 ms; queries well under a second.\n\n"
+            "Targets: record < 1 s at 100,000 and < 5 s at 1,000,000; summary-statistics < 50 ms at 1,000,000.\n\n"
             f"Under a project vCPU limit of 64 (`start_attempts(..., room=)`: 64 jobs start, the rest are held in the "
-            f"same transaction), recording {max(sizes):,} jobs: {limited['held']:.0f} ms against "
-            f"{limited['free']:.0f} ms without a limit, same run (**{limited['held'] / limited['free']:.2f}x**); "
-            f"with them held, what the "
+            f"same transaction; a limited project's jobs are not started at insert), recording {limited_n:,} jobs: "
+            f"{limited['held']:.0f} ms against {limited['free']:.0f} ms without a limit through the same two calls, "
+            f"same run (**{limited['held'] / limited['free']:.2f}x**); with them held, what the "
             f"reconcile loop reads each tick: the owner's held jobs (first 1,000) {limited['list']:.1f} ms, the "
             f"project's vCPUs in use {limited['in_use']:.1f} ms.")
 
@@ -287,9 +332,15 @@ def bench_python(args: argparse.Namespace) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="part", required=True)
-    led = sub.add_parser("ledger", help="recording a batch and the read paths, at 1,000 to 100,000 jobs")
+    led = sub.add_parser("ledger", help="recording a batch and the read paths, at 1,000 to 1,000,000 jobs")
     led.add_argument("--sizes", default="1000,10000,100000", help="comma-separated task sizes")
     led.add_argument("--repeats", type=int, default=3)
+    led.add_argument("--before-up-to", type=int, default=100_000,
+                     help="also record the old way (add_jobs, then start_attempts) for sizes up to this")
+    led.add_argument("--rows-up-to", type=int, default=100_000,
+                     help="also read every row (the old summary) for sizes up to this")
+    led.add_argument("--limited-size", type=int, default=100_000,
+                     help="jobs recorded under a vCPU limit (at most the largest size)")
     led.add_argument("--write", help="update this section of this results file")
     led.set_defaults(func=bench_ledger, section="scale-ledger")
     py = sub.add_parser("python", help="trivial Python calls, task.sweep vs raw Client.map in windows: time, peak RSS")

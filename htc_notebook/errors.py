@@ -98,6 +98,11 @@ class KeyTaken(LedgerError):
     """A job key already used in the task (another process may have just added it); nothing was added."""
 
 
+class Limited(LedgerError):
+    """Jobs were to start at insert (`add_jobs(..., start=)`) but their project has a vCPU limit:
+    nothing was added (start them through `start_attempts`' admission instead)."""
+
+
 class BackendError(HTCError):
     """A backend could not submit, query or cancel work (the scheduler's message is kept)."""
 

@@ -15,7 +15,8 @@ from htc_notebook.errors import LedgerError
 from htc_notebook.spec import JobSpec, RetryPolicy
 from htc_notebook.ledger import SCHEMA_VERSION, AttemptStart, Ledger, NewJob
 from htc_notebook.ledger.schema import (DDL, V1_STATUSES, V5_UPGRADE, V6_UPGRADE, V7_UPGRADE, V8_UPGRADE,
-                                        V9_STATUSES, V9_UPGRADE, V10_UPGRADE, V11_UPGRADE, sql_list)
+                                        V9_STATUSES, V9_UPGRADE, V10_UPGRADE, V11_UPGRADE, V12_UPGRADE,
+                                        sql_list)
 from htc_notebook.states import JobStatus, Outcome
 
 
@@ -121,12 +122,14 @@ def test_timeouts_are_a_cause_of_their_own(ledger):
 # -- older ledgers, upgraded in place -------------------------------------------------------------
 
 def _old_ledger(path: Path, version: int) -> None:
-    """A ledger as version 1 to 10 of the schema made it: no stored calls (v10), no dependencies or
+    """A ledger as version 1 to 11 of the schema made it: no index of the jobs a scheduler queues (v11),
+    no stored calls (v10), no dependencies or
     WAITING (v9), no owners' leases (v8), no sandbox (v7), no memory_held (v6), no project dimensions
     (v5), no project limits (v4), no owner index (v3), no retry columns (v2), no HELD, no leases (v1)."""
     con = sqlite3.connect(path)
     for statement in DDL:
-        if (statement in V11_UPGRADE or statement in V10_UPGRADE and version < 10
+        if (statement in V12_UPGRADE or statement in V11_UPGRADE and version < 11
+                or statement in V10_UPGRADE and version < 10
                 or statement in V9_UPGRADE and version < 9
                 or statement in V8_UPGRADE and version < 8
                 or statement in V7_UPGRADE and version < 7 or statement in V6_UPGRADE and version < 6
@@ -153,7 +156,7 @@ def _old_ledger(path: Path, version: int) -> None:
     con.close()
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11])
 def test_older_ledgers_are_upgraded_and_keep_their_jobs(tmp_path, version):
     path = tmp_path / "old.db"
     _old_ledger(path, version)
@@ -188,3 +191,10 @@ def test_older_ledgers_are_upgraded_and_keep_their_jobs(tmp_path, version):
         assert again.job(child).status == "WAITING" and again.parents(child) == [1]
         again.add_jobs(1, [NewJob("call", "python", {}, JobSpec(payload="d1"), stored=b"pickled")])  # v11
         assert again.payload(1, "d1") == b"pickled" and again.payload(1, "other") is None
+        # v12: the RUNNABLE jobs a scheduler holds are counted from their own index
+        queued = "SELECT name FROM sqlite_master WHERE type = 'index' AND name = 'jobs_queued'"
+        assert sqlite3.connect(path).execute(queued).fetchall()
+        assert again.queued_count(1) == 0
+        (plain,) = again.add_jobs(1, [NewJob("plain", "command", {}, JobSpec())])
+        again.start_attempts([AttemptStart(plain, native_id="sbatch:7_1", status="RUNNABLE")])
+        assert again.queued_count(1) == 1

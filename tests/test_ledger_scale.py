@@ -97,12 +97,14 @@ def _plans(ledger: Ledger, fn) -> list[str]:
 
 
 def test_counts_use_the_status_index(big):
-    """The SQL behind counts and summary-statistics searches (task_id, status); it never scans the table."""
+    """The SQL behind counts and summary-statistics searches (task_id, status), and the RUNNABLE jobs a
+    scheduler holds are counted from their own partial index; it never scans the table."""
     s, task, _ = big
-    plans = _plans(s.ledger, lambda: (s.ledger.counts(task.id), s.ledger.queued_count(task.id)))
-    assert len(plans) == 2
-    for plan in plans:
-        assert "jobs_task_status" in plan and "SCAN jobs" not in plan, plan
+    counts, queued = _plans(s.ledger, lambda: (s.ledger.counts(task.id), s.ledger.queued_count(task.id)))
+    assert "COVERING INDEX jobs_task_status" in counts and "SCAN jobs" not in counts, counts
+    assert queued.startswith("SEARCH jobs USING COVERING INDEX jobs_queued (task_id=?"), queued
+    [other] = _plans(s.ledger, lambda: s.ledger.queued_count(task.id, "RUNNING"))
+    assert "jobs_task_status" in other and "SCAN jobs" not in other, other
 
 
 def test_owners_are_counted_from_the_owner_index(big):

@@ -12,9 +12,9 @@ these modules run one way (no circle) and never name another module's private `_
 """
 
 from .db import Ledger
-from .rows import (AttemptRow, AttemptStart, BatchRow, Envelope, EventRow, JobRow, LimitRow, NewBatch, NewJob,
-                   ProjectRow, ResultRow, RetentionRow, TaskRow)
+from .rows import (AttemptRow, AttemptStart, BatchRow, Envelope, EventRow, FirstAttempt, JobRow, LimitRow, NewBatch,
+                   NewJob, ProjectRow, ResultRow, RetentionRow, TaskRow)
 from .schema import SCHEMA_VERSION
 
-__all__ = ["AttemptRow", "AttemptStart", "BatchRow", "Envelope", "EventRow", "JobRow", "LimitRow", "RetentionRow",
-           "Ledger", "NewBatch", "NewJob", "ProjectRow", "ResultRow", "SCHEMA_VERSION", "TaskRow"]
+__all__ = ["AttemptRow", "AttemptStart", "BatchRow", "Envelope", "EventRow", "FirstAttempt", "JobRow", "LimitRow",
+           "RetentionRow", "Ledger", "NewBatch", "NewJob", "ProjectRow", "ResultRow", "SCHEMA_VERSION", "TaskRow"]

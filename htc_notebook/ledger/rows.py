@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -183,3 +184,16 @@ class AttemptStart:
     log_err: str | None = None
     status: str = "RUNNING"
     sandbox: str | None = None  # the sandbox it runs in (states.SANDBOXES; "none": unconfined)
+
+
+@dataclass(frozen=True)
+class FirstAttempt:
+    """How the jobs of one `add_jobs` call start their first attempt in the transaction that records
+    them (what `start_attempts` would write for each, without a second pass over their rows). Job
+    `id` logs to f"{logs}{id}.out" and f"{logs}{id}.err" (no logs: None); `sandbox` is one for all,
+    or one per profile (a profile missing from it: None)."""
+    status: str = "RUNNABLE"
+    host: str | None = None
+    native_id: str | None = None
+    logs: str | None = None
+    sandbox: str | None | Mapping[str, str | None] = None

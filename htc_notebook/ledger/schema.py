@@ -10,13 +10,14 @@ def sql_list(states: frozenset) -> str:
     return ",".join(f"'{s.value}'" for s in sorted(states, key=lambda s: s.value))
 
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 # Version 1 had no HELD state: its CHECK constraints list these (upgraded in place, see Ledger)
 V1_STATUSES = "'CANCELLED','FAILED','LOST','RUNNABLE','RUNNING','STARTING','SUBMITTED','SUCCEEDED'"
 
 _ALL = sql_list(frozenset(JobStatus))
 
 PRAGMAS = (
+    "PRAGMA page_size = 16384",  # a new ledger's (an existing one keeps its own): fewer pages a big batch writes
     "PRAGMA busy_timeout = 60000",
     "PRAGMA journal_mode = WAL",
     "PRAGMA synchronous = FULL",
@@ -113,6 +114,13 @@ PAYLOADS_DDL = """CREATE TABLE payloads (
         PRIMARY KEY (task_id, digest)
     ) WITHOUT ROWID"""
 V11_UPGRADE = (PAYLOADS_DDL,)
+
+# v11 -> v12: summary-statistics counts a task's RUNNABLE jobs a scheduler holds (its own native id,
+# not the local backend's) from this index's rows alone, not by reading every RUNNABLE row (300 ms at
+# 1,000,000 local jobs); a job the local backend runs has no entry
+QUEUED_WHERE = "status = 'RUNNABLE' AND native_id <> '' AND substr(native_id, 1, 6) <> 'local:'"
+QUEUED_INDEX = f"CREATE INDEX jobs_queued ON jobs (task_id, status, native_id) WHERE {QUEUED_WHERE}"  # covering
+V12_UPGRADE = (QUEUED_INDEX,)
 
 # Named leases: which process does a job for the whole data root (e.g. the one SLURM status poll)
 LEASES_DDL = """CREATE TABLE leases (
@@ -234,6 +242,7 @@ DDL = (
     *V9_UPGRADE,
     *V10_UPGRADE,
     *V11_UPGRADE,
+    *V12_UPGRADE,
 
     # PRIMARY KEY job_id: a job's result is committed exactly once (G2).
     """CREATE TABLE results (

@@ -23,7 +23,7 @@ import cloudpickle
 
 from htc_notebook.backends.base import Call, Launch, afterok_reason
 from htc_notebook.errors import HTCError
-from htc_notebook.ledger import AttemptStart, JobRow, Ledger, NewJob, TaskRow
+from htc_notebook.ledger import AttemptStart, FirstAttempt, JobRow, Ledger, NewJob, TaskRow
 from htc_notebook.runtime import images, plan
 from htc_notebook.runtime.changes import Changes
 from htc_notebook.runtime.dependencies import (ARRAY_TASK, ParentState, ParentValues, afterok, follows,
@@ -171,9 +171,25 @@ class Dispatcher:
                         [c.id for c in members[:10]], exc)
             return False
 
+    def first_attempt(self, task: TaskRow, jobs: Sequence[NewJob]) -> FirstAttempt | None:
+        """How new jobs of `task` start their first attempt in the transaction that records them
+        (`Ledger.add_jobs(..., start=)`): the attempt `dispatch` would start for each, so that it need
+        not write their rows a second time (then `dispatch(..., started=True)`). None if their project
+        has a vCPU limit: admission into it is `start_attempts`' (the ledger checks this again in its
+        transaction, `Limited`)."""
+        if not jobs or self.ledger.vcpu_limit(task.project) is not None:
+            return None
+        sandbox = {p: self.profiles.get(p).sandbox for p in {j.profile for j in jobs}}
+        return FirstAttempt("RUNNABLE", host=self.owner.host, native_id=f"local:{self.owner}",
+                            logs=self._log_prefix(task), sandbox=sandbox)
+
+    def _log_prefix(self, task: TaskRow) -> str:
+        """Job `id` of `task` logs to f"{prefix}{id}.out" and ".err" (nothing is created)."""
+        return os.path.join(self.storage.task_path(task.project, task.name) / "logs", "job-")
+
     def dispatch(self, task: TaskRow, rows: Sequence[JobRow | Pending], *, release_for: str | None = None,
                  after: Mapping[int, tuple[tuple[str, ...], tuple[int, ...]]] | None = None,
-                 behind: Mapping[int, tuple[str, Sequence[str]]] | None = None) -> int:
+                 behind: Mapping[int, tuple[str, Sequence[str]]] | None = None, started: bool = False) -> int:
         """Record an attempt for each job (write-ahead), then hand them to their backends; returns
         how many attempts started.
 
@@ -183,6 +199,8 @@ class Dispatcher:
         parents' native ids)), they are sent behind their parents in this session's dask cluster
         instead (`Ledger.start_attempts(..., behind=)`). `after`: job id -> (the SLURM array tasks it
         goes behind, their job ids), for jobs sent behind their parents (`send_after`).
+        `started`: the rows were recorded in their first attempt (`first_attempt`), none is started
+        again; if they cannot be handed over they end FAILED, as others do.
 
         A slice of DISPATCH_SLICE jobs at a time: their attempts, their Launches, handed over and
         dropped, so memory does not grow with a sweep's size. Plain Python calls are handed over
@@ -191,16 +209,23 @@ class Dispatcher:
         """
         if not rows:
             return 0
-        images.ready(self.storage.root, self.profiles, task.project, rows)  # pruned since they were submitted
-        log_dir = self.storage.log_paths(task.project, task.name, rows[0].id)[0].parent
-        log_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint_path(self.storage.task_dir(task.project, task.name), 0).parent.mkdir(parents=True, exist_ok=True)
-        prefix, where = os.path.join(log_dir, "job-"), self._where(task)
-        limit = self.ledger.vcpu_limit(task.project)
+        try:
+            images.ready(self.storage.root, self.profiles, task.project, rows)  # pruned since they were submitted
+            log_dir = self.storage.log_paths(task.project, task.name, rows[0].id)[0].parent
+            log_dir.mkdir(parents=True, exist_ok=True)
+            checkpoint_path(self.storage.task_dir(task.project, task.name), 0).parent.mkdir(parents=True,
+                                                                                           exist_ok=True)
+            prefix, where = self._log_prefix(task), self._where(task)  # first_attempt's logs, the same
+        except Exception as exc:
+            if started:  # their attempts are recorded: they end saying why, as a refused submission does
+                self._fail([(r.id, 1) for r in rows], f"not submitted: could not be prepared: "
+                           f"{type(exc).__name__}: {exc}")
+            raise
+        limit = None if started else self.ledger.vcpu_limit(task.project)
         room = (task.project, limit) if limit is not None else None
         later: dict[str, list[Launch]] = {}
         parents = ParentValues(self.ledger)  # the results of jobs these depend on, read once each
-        started = 0
+        count = 0
         with ExitStack() as one:  # to each dask runner the slices are one submission (probed once)
             for profile in {r.profile for r in rows}:
                 for runner in self.backends.get(self.profiles.get(profile)).dask_runners().values():
@@ -208,32 +233,36 @@ class Dispatcher:
             for start in range(0, len(rows), DISPATCH_SLICE):
                 end = start + DISPATCH_SLICE
                 launches, n = self._attempt(task, where, prefix, rows[start:end], later, room, parents, release_for,
-                                            after, behind)
-                self._hand_over(launches, later, rows, end)
-                started += n
+                                            after, behind, started)
+                self._hand_over(launches, later, rows, end, started)
+                count += n
                 del launches  # gone before the next slice's are built
-            self._hand_over(later, {}, rows, len(rows))
-        return started
+            self._hand_over(later, {}, rows, len(rows), started)
+        return count
 
     def _attempt(self, task: TaskRow, where: plan.Where, prefix: str, rows: Sequence[JobRow | Pending],
                  later: dict[str, list[Launch]], room: tuple[str, int] | None, parents: ParentValues,
                  release_for: str | None,
                  after: Mapping[int, tuple[tuple[str, ...], tuple[int, ...]]] | None = None,
                  behind: Mapping[int, tuple[str, Sequence[str]]] | None = None,
-                 ) -> tuple[dict[str, list[Launch]], int]:
+                 started: bool = False) -> tuple[dict[str, list[Launch]], int]:
         """Start an attempt for each of these jobs that fits in `room` (its project's vCPU limit;
         the others wait HELD, released by the reconcile loop) and make the Launches of those still
         live: plain Python calls are returned by profile (with how many attempts started), the
         others added to `later`. A job whose
         Launch cannot be made (its stored call unreadable, a parent's result missing) ends FAILED
-        (cause `submit`) saying why; the others go on."""
+        (cause `submit`) saying why; the others go on. `started`: their first attempts are recorded."""
         native = f"local:{self.owner}"
         logs = [(f"{prefix}{r.id}.out", f"{prefix}{r.id}.err") for r in rows]
-        sandbox = {p: self.profiles.get(p).sandbox for p in {r.profile for r in rows}}
-        numbers = self.ledger.start_attempts([AttemptStart(r.id, host=self.owner.host, native_id=native, log_out=o,
-                                                           log_err=e, status="RUNNABLE", sandbox=sandbox[r.profile])
-                                              for r, (o, e) in zip(rows, logs, strict=True)], room,
-                                             release_for=release_for, behind=behind)
+        if started:
+            numbers = [1] * len(rows)
+        else:
+            sandbox = {p: self.profiles.get(p).sandbox for p in {r.profile for r in rows}}
+            numbers = self.ledger.start_attempts([AttemptStart(r.id, host=self.owner.host, native_id=native,
+                                                               log_out=o, log_err=e, status="RUNNABLE",
+                                                               sandbox=sandbox[r.profile])
+                                                  for r, (o, e) in zip(rows, logs, strict=True)], room,
+                                                 release_for=release_for, behind=behind)
         if room is not None and not all(numbers):
             self.holding = True
         now: dict[str, list[Launch]] = {}
@@ -259,10 +288,11 @@ class Dispatcher:
         return now, sum(1 for n in numbers if n)
 
     def _hand_over(self, by_profile: dict[str, list[Launch]], later: dict[str, list[Launch]],
-                   rows: Sequence[JobRow | Pending], end: int) -> None:
+                   rows: Sequence[JobRow | Pending], end: int, started: bool = False) -> None:
         """Submit launches per profile. If a backend refuses, what it did not take, what waits for
-        `later` and the jobs not yet attempted (`rows[end:]`) end FAILED saying why (they were
-        recorded before submission, write-ahead), then the error is raised."""
+        `later` and the jobs not yet attempted (`rows[end:]`; `started`: in their first attempt
+        already) end FAILED saying why (they were recorded before submission, write-ahead), then the
+        error is raised."""
         queue = list(by_profile.items())
         for k, (profile, launches) in enumerate(queue):
             backend = self.backends.get(self.profiles.get(profile))
@@ -272,8 +302,9 @@ class Dispatcher:
                 taken, reason, unstarted = backend.running(), f"not submitted: {exc}", rows[end:]
                 unsent = [launch for launch in launches if launch.job_id not in taken]
                 unsent += [launch for _, rest in queue[k + 1:] + list(later.items()) for launch in rest]
-                numbers = self.ledger.start_attempts([AttemptStart(r.id, host=self.owner.host, status="RUNNABLE")
-                                                      for r in unstarted]) if unstarted else []
+                numbers = ([1] * len(unstarted) if started else self.ledger.start_attempts(
+                    [AttemptStart(r.id, host=self.owner.host, status="RUNNABLE") for r in unstarted])
+                    if unstarted else [])
                 outcomes = ([Outcome(launch.job_id, launch.attempt, "FAILED", reason=reason, ended=time.time(),
                                      cause="submit") for launch in unsent]
                             + [Outcome(r.id, n, "FAILED", reason=reason, ended=time.time(), cause="submit")
@@ -281,6 +312,13 @@ class Dispatcher:
                 self.ledger.record_outcomes(outcomes)
                 self.changes.committed(outcomes)
                 raise
+
+    def _fail(self, attempts: Sequence[tuple[int, int]], reason: str) -> None:
+        """These (job id, attempt) end FAILED, cause `submit`, saying why."""
+        outcomes = [Outcome(job_id, attempt, "FAILED", reason=reason, ended=time.time(), cause="submit")
+                    for job_id, attempt in attempts]
+        self.ledger.record_outcomes(outcomes)
+        self.changes.committed(outcomes)
 
     def _where(self, task: TaskRow) -> plan.Where:
         """Where a task's jobs run (its directories made now)."""

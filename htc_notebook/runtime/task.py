@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import cloudpickle
 
 from htc_notebook.backends.base import Call
-from htc_notebook.errors import KeyTaken, SpecError
+from htc_notebook.errors import KeyTaken, Limited, SpecError
 from htc_notebook.ledger import LimitRow, NewBatch, NewJob, TaskRow
 from htc_notebook.states import ACTIVE_NAMES, REQUEUEABLE_NAMES
 from htc_notebook.runtime.commands import plain_argv, render_command, template_argv
@@ -527,11 +527,18 @@ class Task:
         if not jobs:
             return []
         self._check_limit(jobs)
-        ids = self.parts.ledger.add_jobs(self.id, jobs, batch)
+        # recorded in their first attempt, in the one transaction that adds them (not a second write of
+        # every row by start_attempts), unless their project has a vCPU limit to be admitted into
+        start = self.parts.dispatcher.first_attempt(self.row, jobs)
+        try:
+            ids = self.parts.ledger.add_jobs(self.id, jobs, batch, start=start)
+        except Limited:  # a limit set since first_attempt looked: nothing was added
+            start = None
+            ids = self.parts.ledger.add_jobs(self.id, jobs, batch)
         pending = [Pending(i, j) for i, j in zip(ids, jobs, strict=True) if not j.after]
         waiting = [Pending(i, j) for i, j in zip(ids, jobs, strict=True) if j.after] if len(pending) < len(ids) else []
         jobs.clear()
-        self.parts.dispatcher.dispatch(self.row, pending)
+        self.parts.dispatcher.dispatch(self.row, pending, started=start is not None)
         if waiting:
             # SLURM command jobs behind SLURM command jobs go at once (afterok); the rest are released
             # by the reconcile loop once their parents SUCCEEDED
