@@ -29,6 +29,7 @@ from htc_notebook.backends.memory_limit import hold
 from htc_notebook.backends.mpi_jobs import verdict
 from htc_notebook.backends.mpi_pool import RankPool
 from htc_notebook.backends.mpi_ranks import kill_group
+from htc_notebook.backends.zygote_jobs import ZygoteJobs
 from htc_notebook.errors import UntrustedFile
 from htc_notebook.states import Outcome
 from htc_notebook.storage.untrusted import job_logs
@@ -108,6 +109,7 @@ class CommandRunner:
         self._lock = threading.Condition()
         self._closed = False
         self._host = socket.gethostname()
+        self._zygote_jobs = ZygoteJobs(reporter, self._host, self._lock, self._ended)  # confined commands
         self._thread = threading.Thread(target=self._dispatch_loop, name="htc-commands", daemon=True)
         self._thread.start()
 
@@ -132,10 +134,13 @@ class CommandRunner:
                                             reason="cancelled before it started"))
         for _, proc in procs:
             kill_group(proc)
+        self._zygote_jobs.cancel(ids)
 
     def running(self) -> set[int]:
+        in_zygotes = self._zygote_jobs.running()
         with self._lock:
-            return set(self._procs) | self._on_pool | self._starting | {item[2].job_id for item in self._queue}
+            return (set(self._procs) | self._on_pool | self._starting | {item[2].job_id for item in self._queue}
+                    | in_zygotes)
 
     def close(self) -> None:
         with self._lock:
@@ -152,6 +157,7 @@ class CommandRunner:
         for _, proc in procs:
             kill_group(proc)
         self._thread.join(timeout=10)
+        self._zygote_jobs.close()
 
     # -- internals ---------------------------------------------------------
     def _dispatch_loop(self) -> None:
@@ -164,8 +170,24 @@ class CommandRunner:
                 _, _, launch = heapq.heappop(self._queue)
                 self._free -= launch.cores
                 self._starting.add(launch.job_id)
+            if launch.zygote is not None:  # confined: its view's zygote forks it, no thread of its own
+                self._zygote_jobs.start(launch, self._registered)
+                continue
             threading.Thread(target=self._run, args=(launch,), name=f"htc-job-{launch.job_id}",
                              daemon=True).start()
+
+    def _registered(self, job_id: int) -> bool:
+        """A job is its zygote's (called under the lock): no longer starting; whether it was stopped meanwhile."""
+        self._starting.discard(job_id)
+        return job_id in self._cancelled
+
+    def _ended(self, launch: Launch) -> None:
+        """A job of the zygotes ended: its cores are free."""
+        with self._lock:
+            self._free += launch.cores
+            self._starting.discard(launch.job_id)
+            self._cancelled.discard(launch.job_id)
+            self._lock.notify_all()
 
     def _run(self, launch: Launch) -> None:
         if not launch.command:  # a Python MPI function (`mpi_jobs.pooled`); wrapped ones have a launcher line
