@@ -8,7 +8,9 @@ zygote_jobs.py): each job still gets what a bwrap of its own gave it, and plays 
 - what a job leaves running (a double-forked daemon in a new session) dies when the job ends;
 - the data root's tmpfs is read-only: nothing one job writes there reaches the next job of its task;
 - a link a job planted where the next job of its zygote logs is not followed;
-- timeout and cancel kill the job's whole PID namespace, and the zygote serves on.
+- timeout and cancel kill the job's whole PID namespace, and the zygote serves on;
+- unconfined (`sandbox: none`, one zygote per runner): a timeout SIGTERMs the job's process group and
+  SIGKILLs what ignores it 5 s later, as for a job of its own Popen; its scratch directory is removed.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import pytest
 from htc_notebook import Session, SiteConfig
 from htc_notebook.backends import command_zygotes
 
-pytestmark = pytest.mark.sandbox
 
 SNOOP = r"""
 import json, os, signal, sys, time
@@ -63,6 +64,7 @@ def _one(task, name: str, commands: list[str], **definition):
     return job
 
 
+@pytest.mark.sandbox
 def test_a_job_sees_and_signals_nothing_but_itself_and_holds_no_capability(tmp_path):
     with Session(tmp_path / "root", site=SiteConfig.builtin()) as s:
         task = s.project("p").task("t")
@@ -107,6 +109,7 @@ def _processes_with(token: str) -> list[int]:
     return found
 
 
+@pytest.mark.sandbox
 def test_what_a_job_leaves_running_dies_when_it_ends(tmp_path):
     token = f"{300 + uuid.uuid4().int % 1000}.{uuid.uuid4().int % 10**6}"  # a sleep no one else runs
     with Session(tmp_path / "root", site=SiteConfig.builtin()) as s:
@@ -121,6 +124,7 @@ def test_what_a_job_leaves_running_dies_when_it_ends(tmp_path):
         assert _processes_with(token) == [], "a process the job left still runs"
 
 
+@pytest.mark.sandbox
 def test_timeout_and_cancel_kill_the_jobs_namespace_and_the_zygote_serves_on(tmp_path):
     token = f"{400 + uuid.uuid4().int % 1000}.{uuid.uuid4().int % 10**6}"
     with Session(tmp_path / "root", site=SiteConfig.builtin()) as s:
@@ -142,6 +146,7 @@ def test_timeout_and_cancel_kill_the_jobs_namespace_and_the_zygote_serves_on(tmp
         assert after.wait(timeout=60).status == "SUCCEEDED", after.row.reason
 
 
+@pytest.mark.sandbox
 def test_a_link_a_job_planted_for_the_next_jobs_log_is_not_followed(tmp_path):
     """A job of a zygote plants a link where the next job of its task (the same zygote) will log: that
     job fails saying why, and nothing is written through the link (its logs are opened by the runner,
@@ -160,3 +165,21 @@ def test_a_link_a_job_planted_for_the_next_jobs_log_is_not_followed(tmp_path):
         third = _one(task, "third", ["true"])  # the zygote serves on
         assert third.wait(timeout=60).status == "SUCCEEDED", third.row.reason
     assert victim.read_text() == "untouched\n"
+
+
+def test_unconfined_a_timeout_kills_the_jobs_group_even_what_ignores_sigterm(tmp_path):
+    token = f"{500 + uuid.uuid4().int % 1000}.{uuid.uuid4().int % 10**6}"
+    site = SiteConfig.from_yaml("profiles:\n  local:\n    sandbox: none\n")
+    with pytest.warns(Warning), Session(tmp_path / "root", site=site) as s:
+        task = s.project("p").task("t")
+        stubborn = f'trap "" TERM; echo "$HTC_SCRATCH"; sleep {token} & wait; sleep {token}'
+        job = _one(task, "stubborn", ["sh", "-c", stubborn], execTimeoutSeconds=1, maxDiskGiB=1)
+        started = time.monotonic()
+        row = job.wait(timeout=60)
+        assert row.status == "FAILED" and row.reason.startswith("timeout"), row.reason
+        assert time.monotonic() - started >= 1
+        assert _processes_with(token) == []
+        scratch = job.logs("out").strip()
+        assert scratch and not os.path.exists(scratch), scratch  # its own, removed when it ended
+        after = _one(task, "after", ["true"])
+        assert after.wait(timeout=60).status == "SUCCEEDED", after.row.reason

@@ -20,6 +20,9 @@ SOCK_SEQPACKET socket to the runner), several at once. For each job it
 - reaps it and sends its wait status and rusage, with this zygote's own peak RSS: a child forked from
   here starts with this process's pages counted, so a job's maxrss is its own only above that.
 
+Unconfined (`sandbox: none`), one zygote per runner, outside any sandbox, forks each job into its own
+session only (as Popen did), and a kill signals the job's process group.
+
 Messages (first byte a tag): runner -> zygote `R` + key + pickle((argv, env, cwd, scratch_bytes)) with
 descriptors (out, err[, its cgroup's file]); `K` + key, signal (kill the job's PID namespace:
 its pid 1 and so all of it; a job already reaped is not signalled, so no pid is reused by mistake).
@@ -30,6 +33,7 @@ zygote's maxrss. The runner reads these with `struct` only: nothing in them is c
 
 import array
 import ctypes
+import gc
 import mmap
 import os
 import pickle
@@ -44,7 +48,7 @@ CLONE_NEWNS, CLONE_NEWPID = 0x00020000, 0x20000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE, MS_RELATIME = 0x20, 0x1000, 0x4000, 0x40000, 0x200000
 ST_NOATIME, ST_NODIRATIME, ST_RELATIME = 0x400, 0x800, 0x1000
-PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 4, 24, 38
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 1, 4, 24, 38
 CAP_VERSION_3 = 0x20080522
 KEY = struct.Struct("!Q")
 KILL = struct.Struct("!Qi")
@@ -79,12 +83,13 @@ def _read_only_bind(source, target):
     _mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | locked)
 
 
-def _drop_privileges(last_cap):
-    """No capability left, for good: no new privileges, the bounding set emptied, none effective,
-    permitted or inheritable (as `call_sandbox._drop_privileges`, and bwrap for its payload)."""
+def _drop_privileges(bounding):
+    """No capability left, for good: no new privileges, the bounding set emptied (`bounding`: the
+    capabilities in it, read once by the zygote: bwrap left only those it was asked to add), none
+    effective, permitted or inheritable (as `call_sandbox._drop_privileges`, and bwrap for its payload)."""
     _check("no_new_privs", _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
-    for cap in range(last_cap + 1):
-        _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
+    for cap in bounding:
+        _check("capbset_drop", _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0))
     header = (ctypes.c_uint32 * 2)(CAP_VERSION_3, 0)
     _check("capset", _libc.capset(header, (ctypes.c_uint32 * 6)()))
 
@@ -177,16 +182,22 @@ def _spawn(sock, msg, fds, flags, jobs, pids, keep, under_tmp, confined, last_ca
     return key
 
 
-def serve(fd, confined, root, keep):
+def serve(fd, confined, root, keep, runner=0):
     """Serve the runner on channel `fd`; `root`: the data root (its tmpfs made read-only here: what one
     job wrote there would be there for the next; under bwrap each job had its own)."""
     sock = socket.socket(fileno=fd)
     _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # nothing of the same user may ptrace it or read its /proc
     under_tmp = (root,) if confined and root.startswith("/tmp/") else ()
+    if not confined:  # no bwrap to die with the runner: it does so itself (and exits if the runner is gone)
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != runner:
+            os._exit(0)
     if confined:
         _mount(None, root, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
-    with open("/proc/sys/kernel/cap_last_cap") as f:
-        last_cap = int(f.read())
+    gc.disable()  # a collection in a forked job would touch (copy) every page of objects: nothing here makes cycles
+    with open("/proc/self/status") as f:
+        bnd = int(next(line for line in f if line.startswith("CapBnd:")).split()[1], 16)
+    last_cap = tuple(cap for cap in range(64) if bnd >> cap & 1)  # the bounding set's capabilities
     own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC) if confined else -1
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
@@ -227,9 +238,9 @@ def serve(fd, confined, root, keep):
                                  own_pidns)
                 elif msg[:1] == b"K":
                     key, sig = KILL.unpack(msg[1:])
-                    if key in pids:
-                        try:
-                            os.kill(pids[key], sig)
+                    if key in pids:  # not reaped: the pid is still the job's
+                        try:  # confined: its pid 1 (SIGKILL: its whole namespace); else its process group
+                            os.kill(pids[key], sig) if confined else os.killpg(pids[key], sig)
                         except ProcessLookupError:
                             pass
                 for fd in received:
@@ -250,4 +261,7 @@ def serve(fd, confined, root, keep):
 
 
 if __name__ == "__main__":
-    serve(int(sys.argv[1]), sys.argv[2] == "confined", sys.argv[3], tuple(sys.argv[4:]))
+    if sys.argv[2] == "confined":  # FD confined ROOT KEEP...
+        serve(int(sys.argv[1]), True, sys.argv[3], tuple(sys.argv[4:]))
+    else:  # FD unconfined RUNNER-PID
+        serve(int(sys.argv[1]), False, "", (), runner=int(sys.argv[3]))

@@ -47,11 +47,15 @@ class ZygoteJob:
     environment (all of it holds inside the sandbox), the view, what of /tmp it still sees (`keep`,
     read-only) and its scratch of maxDiskGiB (None: none)."""
 
-    view: Any
+    view: Any  # None: unconfined (`sandbox: none`), in the runner's one unconfined zygote
     keep: tuple[str, ...]
     argv: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict)
     scratch_gib: int | None = None
+
+    @property
+    def confined(self) -> bool:
+        return self.view is not None
 
 
 @dataclass
@@ -70,11 +74,14 @@ ZYGOTES_ENV = "HTC_COMMAND_ZYGOTES"  # "0": each confined command job under a bw
 
 
 def in_zygote(launch: Launch, profile: PartitionProfile) -> ZygoteJob | None:
-    """How the local runner runs `launch` in its view's zygote, or None where it does not: a command
-    that is not confined (`sandbox: none`), runs in an image or is an MPI job keeps its own bwrap."""
-    if (launch.kind != "command" or launch.view is None or profile.sandbox == "none" or launch.image
-            or launch.mpi is not None or os.environ.get(ZYGOTES_ENV, "1") == "0"):
+    """How the local runner runs `launch` in a zygote: in its view's, or unconfined (`sandbox: none`) in
+    the runner's unconfined one; None where it does not: a command in an image or an MPI job keeps its
+    own bwrap or launcher line."""
+    if (launch.kind != "command" or launch.view is None or launch.image or launch.mpi is not None
+            or os.environ.get(ZYGOTES_ENV, "1") == "0"):
         return None
+    if profile.sandbox == "none":  # its scratch (a directory of its own, unlimited) is made by the runner
+        return ZygoteJob(None, (), tuple(launch.command), dict(launch.env), launch.disk_gib or None)
     scratch = launch.disk_gib or None
     env = {**launch.env, "HTC_SCRATCH": SCRATCH, "TMPDIR": SCRATCH} if scratch else dict(launch.env)
     return ZygoteJob(launch.view, kept_under_tmp(profile.python), tuple(launch.command), env, scratch)
@@ -99,10 +106,13 @@ class Zygote:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         mine.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         mine.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)  # a job's argv and environment in one message
-        inner = [sys.executable, "-I", "-S", PROGRAM, str(theirs.fileno()), "confined", view.root, *self.keep]
-        argv = bwrap_argv(view, inner, keep=self.keep)
-        cut = argv.index("--")
-        argv[cut:cut] = CAPS
+        if view is None:  # unconfined: no sandbox, it dies with this process by itself
+            argv = [sys.executable, "-I", "-S", PROGRAM, str(theirs.fileno()), "unconfined", str(os.getpid())]
+        else:
+            inner = [sys.executable, "-I", "-S", PROGRAM, str(theirs.fileno()), "confined", view.root, *self.keep]
+            argv = bwrap_argv(view, inner, keep=self.keep)
+            cut = argv.index("--")
+            argv[cut:cut] = CAPS
         try:
             self.proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
@@ -116,6 +126,7 @@ class Zygote:
         self.pid = self.proc.pid
         self.running: set[int] = set()  # keys of its jobs not ended yet (the runner's to keep)
         self.idle_since = 0.0
+        self.closed = False  # ended by this process (not on its own)
         mine.settimeout(START_SECONDS)
         try:
             ready = mine.recv(16)
@@ -143,6 +154,7 @@ class Zygote:
 
     def close(self) -> None:
         """End it (its jobs with it: it is their namespaces' ancestor's pid 1); reaped by its reader."""
+        self.closed = True
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:

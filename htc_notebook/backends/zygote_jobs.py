@@ -11,6 +11,7 @@ namespace goes with it, as a job under its own bwrap did.
 from __future__ import annotations
 
 import heapq
+import logging
 import os
 import signal
 import threading
@@ -21,9 +22,13 @@ from typing import Any, Callable
 from htc_notebook.backends.base import (Launch, Reporter, disk_full_reason, oom_reason, watched_oom_reason)
 from htc_notebook.backends.command_zygotes import Events, Zygote, ZygoteError, next_key
 from htc_notebook.backends.memory_limit import Hold, Verdict, hold
+from htc_notebook.backends.mpi_ranks import KILL_GRACE_SECONDS
+from htc_notebook.backends.scratch_dirs import remove_scratch, unconfined_scratch
 from htc_notebook.errors import UntrustedFile
 from htc_notebook.states import Outcome
 from htc_notebook.storage.untrusted import job_logs
+
+log = logging.getLogger(__name__)
 
 MAX_ZYGOTES = 8  # beyond, the least recently idle ends
 IDLE_SECONDS = 60.0
@@ -40,6 +45,7 @@ class _Job:
     timed_out: bool = False
     start_error: str | None = None
     finished: bool = False
+    scratch: str | None = None  # unconfined: its scratch directory (removed when it ends)
 
 
 class ZygoteJobs:
@@ -51,9 +57,10 @@ class ZygoteJobs:
         self._jobs: dict[int, _Job] = {}  # key -> job
         self._keys: dict[int, int] = {}  # job id -> key
         self._zygotes: dict[Any, Zygote] = {}  # (view, keep) -> its zygote
-        self._deadlines: list[tuple[float, int]] = []
+        self._deadlines: list[tuple[float, int, int]] = []  # (when, key, signal: 0 its timeout)
         self._wake = threading.Condition(threading.Lock())
-        self._closed = False
+        self._closed = False  # the timer's end
+        self._closing = False  # the runner is closing: whatever ends now was cancelled
         self._events = Events(pid=self._pid, failed=self._failed, done=self._done, gone=self._gone)
         self._timer = threading.Thread(target=self._time, name="htc-command-timer", daemon=True)
         self._timer.start()
@@ -68,6 +75,9 @@ class ZygoteJobs:
         try:
             zygote = self._zygote_for(zj.view, zj.keep)
             job.zygote = zygote
+            job.scratch = unconfined_scratch(launch) if not zj.confined else None
+            scratch = {"HTC_SCRATCH": job.scratch, "TMPDIR": job.scratch} if job.scratch else {}
+            env = {**os.environ, **zj.env, **scratch}
             cage = job.limit.cage
             entry = os.open(cage.entry[0], os.O_WRONLY | os.O_CLOEXEC) if cage is not None else None
             try:
@@ -76,21 +86,20 @@ class ZygoteJobs:
                         self._jobs[key], self._keys[launch.job_id] = job, key
                         zygote.running.add(key)
                         job.cancelled = registered(launch.job_id)
-                    zygote.run(key, zj.argv, {**os.environ, **zj.env}, str(launch.cwd),
-                               (zj.scratch_gib or 0) << 30, [out, err] + ([entry] if entry is not None else []))
+                    size = (zj.scratch_gib or 0) << 30 if zj.confined else 0  # unconfined: a directory
+                    fds = [out, err] + ([entry] if entry is not None else [])
+                    zygote.run(key, zj.argv, env, str(launch.cwd), size, fds)
             finally:
                 if entry is not None:
                     os.close(entry)
         except UntrustedFile as exc:  # the job left a link or a FIFO where its log goes: not followed
             return self._finish(key, job, reason=f"could not open its log: {exc}")
         except (ZygoteError, OSError) as exc:
-            return self._finish(key, job, reason=f"could not start its sandbox: {exc}")
+            return self._finish(key, job, reason=f"could not start its zygote: {exc}")
         if job.cancelled:
-            zygote.kill(key, signal.SIGKILL)
+            self._stop(key, job)
         if launch.timeout:
-            with self._wake:
-                heapq.heappush(self._deadlines, (time.monotonic() + launch.timeout, key))
-                self._wake.notify()
+            self._at(time.monotonic() + launch.timeout, key, 0)
 
     def cancel(self, job_ids: set[int]) -> set[int]:
         """Stop these jobs if they run here; the ids that did."""
@@ -100,13 +109,18 @@ class ZygoteJobs:
             for _, job in hits:
                 job.cancelled = True
         for key, job in hits:
-            if job.zygote is not None:
-                job.zygote.kill(key, signal.SIGKILL)
+            self._stop(key, job)
         return {job.launch.job_id for _, job in hits}
 
     def running(self) -> set[int]:
         with self._lock:
             return set(self._keys)
+
+    def closing(self) -> None:
+        """The runner closes (called under its lock, as it stops dispatching): every job that ends from
+        now on ends CANCELLED, also one that dies with its zygote first (its dispatcher thread, which
+        the zygotes die with, ends)."""
+        self._closing = True
 
     def close(self, within: float = 10.0) -> None:
         """Kill every job, wait (within `within` s) for their reports, end the zygotes."""
@@ -125,10 +139,29 @@ class ZygoteJobs:
         for zygote in zygotes:
             zygote.close()
 
+    def _at(self, when: float, key: int, sig: int) -> None:
+        with self._wake:
+            heapq.heappush(self._deadlines, (when, key, sig))
+            self._wake.notify()
+
+    def _stop(self, key: int, job: _Job) -> None:
+        """Kill a job: confined, SIGKILL its pid 1 (its whole PID namespace goes, as with SIGTERM to the
+        bwrap of its own it had); unconfined, SIGTERM its process group, SIGKILL it KILL_GRACE_SECONDS
+        later if it has not ended (as `mpi_ranks.kill_group`)."""
+        if job.zygote is None:
+            return
+        if job.launch.zygote.confined:
+            job.zygote.kill(key, signal.SIGKILL)
+        else:
+            job.zygote.kill(key, signal.SIGTERM)
+            self._at(time.monotonic() + KILL_GRACE_SECONDS, key, signal.SIGKILL)
+
     # -- zygotes ------------------------------------------------------------------
     def _zygote_for(self, view: Any, keep: tuple[str, ...]) -> Zygote:
         with self._lock:
             zygote = self._zygotes.get((view, keep))
+            if zygote is not None:
+                zygote.idle_since = 0.0  # taken: the timer does not end it now
         if zygote is not None:
             return zygote
         zygote = Zygote(view, keep, self._events)  # made on the dispatcher thread: bwrap dies with it
@@ -144,6 +177,8 @@ class ZygoteJobs:
         return zygote
 
     def _gone(self, zygote: Zygote, why: str) -> None:
+        if not zygote.closed:
+            log.warning("the command zygote %s of %s ended (%s)", zygote.pid, zygote.view or "unconfined jobs", why)
         with self._lock:
             if self._zygotes.get((zygote.view, zygote.keep)) is zygote:
                 del self._zygotes[(zygote.view, zygote.keep)]
@@ -160,17 +195,20 @@ class ZygoteJobs:
                 now = time.monotonic()
                 due = []
                 while self._deadlines and self._deadlines[0][0] <= now:
-                    due.append(heapq.heappop(self._deadlines)[1])
+                    due.append(heapq.heappop(self._deadlines)[1:])
                 wait = min(self._deadlines[0][0] - now if self._deadlines else IDLE_SECONDS, IDLE_SECONDS / 4)
                 if not due:
                     self._wake.wait(wait)
-            for key in due:
+            for key, sig in due:
                 with self._lock:
                     job = self._jobs.get(key)
-                    if job is not None:
+                    if job is not None and not sig:
                         job.timed_out = True
                 if job is not None and job.zygote is not None:
-                    job.zygote.kill(key, signal.SIGKILL)
+                    if sig:
+                        job.zygote.kill(key, sig)
+                    else:
+                        self._stop(key, job)
             with self._lock:
                 stale = [z for z in self._zygotes.values()
                          if not z.running and z.idle_since and time.monotonic() - z.idle_since > IDLE_SECONDS]
@@ -221,7 +259,7 @@ class ZygoteJobs:
         status, cause = "FAILED", None
         try:
             memory = job.limit.ended(peak)
-            if job.cancelled:
+            if job.cancelled or self._closing:
                 status, reason = "CANCELLED", "cancelled while running"
             elif reason is not None:
                 pass
@@ -240,6 +278,9 @@ class ZygoteJobs:
                 reason = f"{reason}; {full}" if full else reason
         except Exception as exc:  # noqa: BLE001 - a runner bug must still end the job
             reason = f"runner error: {type(exc).__name__}: {exc}"
+        finally:
+            if job.scratch is not None:
+                remove_scratch(job.scratch)
         self._reporter.finished(Outcome(
             launch.job_id, launch.attempt, status, reason=reason, cause=cause, exit_code=exit_code,
             host=self._host, started=job.started, ended=time.time(), cpu_s=cpu_s,
