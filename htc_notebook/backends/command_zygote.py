@@ -20,13 +20,15 @@ SOCK_SEQPACKET socket to the runner), several at once. For each job it
 - reaps it and sends its wait status and rusage, with this zygote's own peak RSS: a child forked from
   here starts with this process's pages counted, so a job's maxrss is its own only above that.
 
-Unconfined (`sandbox: none`), one zygote per runner, outside any sandbox, forks each job into its own
-session only (as Popen did), and a kill signals the job's process group.
+Unconfined (`sandbox: none`), one zygote per runner, outside any sandbox, starts each job in its own
+session only (as Popen did): by posix_spawn (vfork), with its cgroup (v1) joined around the spawn;
+forked as above where its cgroup is v2; a kill signals the job's process group.
 
-Messages (first byte a tag): runner -> zygote `R` + key + pickle((argv, env, cwd, scratch_bytes)) with
+Messages (first byte a tag): runner -> zygote `R` + key + pickle((argv, env, cwd, scratch_bytes, cgroup_v1)) with
 descriptors (out, err[, its cgroup's file]); `K` + key, signal (kill the job's PID namespace:
 its pid 1 and so all of it; a job already reaped is not signalled, so no pid is reused by mistake).
-Zygote -> runner: `Y` ready; `P` + key from the job's child (pid in the credentials); `X` + key +
+Zygote -> runner: `Y` ready; `P` + key from the job's child (pid in the credentials); `Q` + key, pid
+from an unconfined zygote that spawned the job (no namespace: its pid is the runner's too); `X` + key +
 message: the child could not start the job; `D` + key, status, user and system CPU, maxrss, the
 zygote's maxrss. The runner reads these with `struct` only: nothing in them is code.
 """
@@ -55,6 +57,8 @@ KILL = struct.Struct("!Qi")
 DONE = struct.Struct("!Qiddqq")  # key, wait status, user s, system s, maxrss KiB, the zygote's maxrss KiB
 SCRATCH = "/tmp/htc-scratch"
 MAX_MESSAGE = 4 << 20  # a job's argv and environment (the kernel's own limit for them is lower)
+
+RESTORED = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGXFSZ)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -114,7 +118,7 @@ def _job(sock, key, argv, env, cwd, scratch, fds, keep, under_tmp, confined, las
     """The forked child: become the job (see the module docstring). Never returns."""
     try:
         signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # the job's as exec gives them
+        for sig in RESTORED:  # the job's as exec gives them (Python ignores SIGPIPE and SIGXFSZ)
             signal.signal(sig, signal.SIG_DFL)
         out, err = fds[0], fds[1]
         if len(fds) > 2:  # its memory cgroup, first: all it allocates counts there
@@ -157,14 +161,57 @@ def _job(sock, key, argv, env, cwd, scratch, fds, keep, under_tmp, confined, las
             os._exit(127)
 
 
-def _spawn(sock, msg, fds, flags, jobs, pids, keep, under_tmp, confined, last_cap, own_pidns):
+def _which(name, env):
+    """The program the job's PATH names (as execvp would find it), or FileNotFoundError."""
+    if "/" in name:
+        return name
+    for d in (env.get("PATH") or os.defpath).split(os.pathsep):
+        path = os.path.join(d or ".", name)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    raise FileNotFoundError(2, "No such file or directory", name)
+
+
+def _spawned(argv, env, cwd, fds, own_cgroup):
+    """An unconfined job started by posix_spawn (vfork and exec: no copy of this process's page tables,
+    no Python in the child) in its own session, its logs as stdout and stderr. Its memory cgroup (v1)
+    is joined by this process's one thread just around the spawn, which the child inherits; this
+    process's memory stays charged where it was (v1 moves no charges). The pid it runs as."""
+    path = _which(argv[0], env)
+    actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+               (os.POSIX_SPAWN_DUP2, fds[0], 1), (os.POSIX_SPAWN_DUP2, fds[1], 2)]
+    os.chdir(cwd)
+    try:
+        if len(fds) > 2:
+            os.write(fds[2], b"0")
+        try:
+            return os.posix_spawn(path, argv, env, file_actions=actions, setsid=True, setsigdef=RESTORED)
+        finally:
+            if len(fds) > 2:
+                os.write(own_cgroup, b"0")
+    finally:
+        os.chdir("/")
+
+
+def _spawn(sock, msg, fds, flags, jobs, pids, keep, under_tmp, confined, last_cap, own_pidns, own_cgroup):
     """Fork the job a request names (see the module docstring). A job that cannot be forked is said to
     have failed (`X`, then `D` with exit code 127); this zygote serves on."""
     key = KEY.unpack(msg[1:1 + KEY.size])[0]
     try:
         if flags & socket.MSG_TRUNC or len(fds) < 2:
             raise OSError(f"its request was cut short ({len(msg)} bytes, {len(fds)} descriptors)")
-        argv, env, cwd, scratch = pickle.loads(msg[1 + KEY.size:])  # from the runner: trusted
+        argv, env, cwd, scratch, v1 = pickle.loads(msg[1 + KEY.size:])  # from the runner: trusted
+        if not confined and (len(fds) == 2 or (v1 and own_cgroup is not None)):
+            try:
+                pid = _spawned(argv, env, cwd, fds, own_cgroup)
+            except OSError as exc:
+                what = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+                sock.send(b"X" + KEY.pack(key) + what.encode(errors="replace")[:4000])
+                sock.send(b"D" + DONE.pack(key, 127 << 8, 0.0, 0.0, 0, 0))
+                return key
+            sock.send(b"Q" + KILL.pack(key, pid))  # its pid as the runner sees it (no namespace here)
+            jobs[pid], pids[key] = key, pid
+            return key
         if confined:
             _check("unshare", _libc.unshare(CLONE_NEWPID))
         try:
@@ -182,10 +229,25 @@ def _spawn(sock, msg, fds, flags, jobs, pids, keep, under_tmp, confined, last_ca
     return key
 
 
+def _own_cgroup():
+    """This process's v1 memory cgroup's `tasks`, opened to come back to after a spawn; None elsewhere."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            own = next((line.split(":", 2)[2].strip() for line in f if "memory" in line.split(":")[1].split(",")),
+                       None)
+        return None if own is None else os.open(f"/sys/fs/cgroup/memory{own.rstrip('/')}/tasks",
+                                                os.O_WRONLY | os.O_CLOEXEC)
+    except (OSError, IndexError):
+        return None
+
+
 def serve(fd, confined, root, keep, runner=0):
     """Serve the runner on channel `fd`; `root`: the data root (its tmpfs made read-only here: what one
     job wrote there would be there for the next; under bwrap each job had its own)."""
+    os.set_inheritable(fd, False)  # no job's
     sock = socket.socket(fileno=fd)
+    os.umask(0o077)  # a spawned job's (a forked one sets it again)
+    own_cgroup = None if confined else _own_cgroup()
     _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # nothing of the same user may ptrace it or read its /proc
     under_tmp = (root,) if confined and root.startswith("/tmp/") else ()
     if not confined:  # no bwrap to die with the runner: it does so itself (and exits if the runner is gone)
@@ -235,7 +297,7 @@ def serve(fd, confined, root, keep, runner=0):
                 msg = bytes(buffer[:size])
                 if msg[:1] == b"R":
                     key = _spawn(sock, msg, received, flags, jobs, pids, keep, under_tmp, confined, last_cap,
-                                 own_pidns)
+                                 own_pidns, own_cgroup)
                 elif msg[:1] == b"K":
                     key, sig = KILL.unpack(msg[1:])
                     if key in pids:  # not reaped: the pid is still the job's

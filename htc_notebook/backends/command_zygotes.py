@@ -140,10 +140,10 @@ class Zygote:
         self._reader.start()
 
     def run(self, key: int, argv: Sequence[str], env: Mapping[str, str], cwd: str, scratch_bytes: int,
-            fds: Sequence[int]) -> None:
-        """Start job `key` (its logs and, if any, its cgroup's file in `fds`; they are copied over)."""
-        socket.send_fds(self.sock, [b"R" + KEY.pack(key) + pickle.dumps((list(argv), dict(env), cwd, scratch_bytes))],
-                        list(fds))
+            fds: Sequence[int], v1: bool = True) -> None:
+        """Start job `key` (its logs and, if any, its cgroup's file in `fds`, `v1` or not; they are copied over)."""
+        request = pickle.dumps((list(argv), dict(env), cwd, scratch_bytes, v1))
+        socket.send_fds(self.sock, [b"R" + KEY.pack(key) + request], list(fds))
 
     def kill(self, key: int, sig: int) -> None:
         """Signal job `key`'s pid 1 (SIGKILL: its whole PID namespace), if it has not been reaped."""
@@ -178,6 +178,10 @@ class Zygote:
                                    if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS), 0)
                     if sender > 1:
                         self.events.pid(key, sender)
+                elif tag == b"Q" and self.view is None:  # unconfined: the pid it spawned, ours too
+                    key, pid = KILL.unpack(data[1:1 + KILL.size])
+                    if pid > 1:
+                        self.events.pid(key, pid)
                 elif tag == b"X":
                     (key,) = KEY.unpack(data[1:1 + KEY.size])
                     self.events.failed(key, data[1 + KEY.size:].decode(errors="replace"))

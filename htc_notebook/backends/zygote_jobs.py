@@ -88,7 +88,7 @@ class ZygoteJobs:
                         job.cancelled = registered(launch.job_id)
                     size = (zj.scratch_gib or 0) << 30 if zj.confined else 0  # unconfined: a directory
                     fds = [out, err] + ([entry] if entry is not None else [])
-                    zygote.run(key, zj.argv, env, str(launch.cwd), size, fds)
+                    zygote.run(key, zj.argv, env, str(launch.cwd), size, fds, v1=cage is None or cage.version == 1)
             finally:
                 if entry is not None:
                     os.close(entry)
