@@ -55,7 +55,7 @@ CAP_VERSION_3 = 0x20080522
 KEY = struct.Struct("!Q")
 KILL = struct.Struct("!Qi")
 DONE = struct.Struct("!Qiddqq")  # key, wait status, user s, system s, maxrss KiB, the zygote's maxrss KiB
-SCRATCH = "/tmp/htc-scratch"
+SCRATCH = "/tmp/htc-scratch"  # sandbox.SCRATCH (this program imports nothing of the toolkit)
 MAX_MESSAGE = 4 << 20  # a job's argv and environment (the kernel's own limit for them is lower)
 
 RESTORED = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGXFSZ)
@@ -74,8 +74,7 @@ def _enc(s):
 
 
 def _mount(source, target, fstype, flags, data=None):
-    enc = _enc
-    _check(f"mount {target}", _libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)))
+    _check(f"mount {target}", _libc.mount(_enc(source), _enc(target), _enc(fstype), ctypes.c_ulong(flags), _enc(data)))
 
 
 def _read_only_bind(source, target):

@@ -177,7 +177,7 @@ class ZygoteJobs:
         return zygote
 
     def _gone(self, zygote: Zygote, why: str) -> None:
-        if not zygote.closed:
+        if not zygote.closed and not self._closing:  # closing: it dies with the dispatcher thread
             log.warning("the command zygote %s of %s ended (%s)", zygote.pid, zygote.view or "unconfined jobs", why)
         with self._lock:
             if self._zygotes.get((zygote.view, zygote.keep)) is zygote:
