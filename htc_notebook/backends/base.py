@@ -48,6 +48,9 @@ class Launch:
     # --dependency=afterok:...) and their ledger ids (for the reason shown while it waits)
     after: tuple[str, ...] = ()
     after_jobs: tuple[int, ...] = ()
+    # the local runner: a confined command run by its view's zygote (`command_zygotes.ZygoteJob`); `command`
+    # then says what it is the same as (its own bwrap), for a dry run
+    zygote: Any = None
 
     def __post_init__(self) -> None:
         if not self.command and self.spec.commands:

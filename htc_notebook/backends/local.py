@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import shlex
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 from htc_notebook.backends.base import Launch, Reporter
+from htc_notebook.backends.command_zygotes import in_zygote
 from htc_notebook.backends.dask_jobs import ALLOWED_FAILURES, DaskJobs
 from htc_notebook.backends.dask_security import DASHBOARD_ADDRESS, LOOPBACK, PROTOCOL, cluster_security
 from htc_notebook.backends.local_commands import CommandRunner
@@ -99,7 +100,8 @@ def plan(profile: PartitionProfile, launches: Sequence[Launch]) -> LocalPlan:
     """How the local backend runs `launches` (a pure function, but for refusing a machine that
     cannot confine them as the profile asks)."""
     check_confinement(profile, launches)
-    launches = [confined(launch, profile) for launch in launches]
+    # a confined command runs in its view's zygote; `command` keeps the bwrap line it is the same as
+    launches = [replace(confined(launch, profile), zygote=in_zygote(launch, profile)) for launch in launches]
     commands = [launch if not launch.mpi else pooled(launch, profile) if on_pool(launch, profile)
                 else wrap(launch, profile) for launch in launches if launch.kind == "command" or launch.mpi]
     return LocalPlan(commands, [launch for launch in launches if launch.kind == "python" and not launch.mpi])

@@ -12,10 +12,9 @@ import heapq
 import itertools
 import logging
 import os
-import shutil
+import resource
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 from dataclasses import replace
@@ -29,6 +28,8 @@ from htc_notebook.backends.memory_limit import hold
 from htc_notebook.backends.mpi_jobs import verdict
 from htc_notebook.backends.mpi_pool import RankPool
 from htc_notebook.backends.mpi_ranks import kill_group
+from htc_notebook.backends.scratch_dirs import remove_scratch, unconfined_scratch
+from htc_notebook.backends.zygote_jobs import ZygoteJobs
 from htc_notebook.errors import UntrustedFile
 from htc_notebook.states import Outcome
 from htc_notebook.storage.untrusted import job_logs
@@ -36,37 +37,15 @@ from htc_notebook.storage.untrusted import job_logs
 log = logging.getLogger(__name__)
 
 
-def unconfined_scratch(launch: Launch) -> str | None:
-    """A scratch of its own for a job that asks for one (maxDiskGiB) but runs unconfined, where the
-    sandbox's tmpfs at $HTC_SCRATCH is not made (`sandbox.confined` sets it for a confined job): a new
-    private (0700) directory under this machine's temp directory, without a size limit (the session's
-    warning says so), removed when the job ends. None for any other job."""
-    if not launch.disk_gib or launch.mpi is not None or "HTC_SCRATCH" in launch.env:
-        return None
-    return tempfile.mkdtemp(prefix=f"htc-scratch-{launch.job_id}-{launch.attempt}-")
-
-
-def remove_scratch(path: str) -> None:
-    """Remove an unconfined job's scratch; what cannot be removed (a directory the job made
-    unwritable) is logged and left."""
-    def failed(_func: Any, where: str, exc_info: Any) -> None:
-        log.warning("could not remove %s of the job scratch %s: %s", where, path, exc_info[1])
-
-    shutil.rmtree(path, onerror=failed)  # Python 3.11: onexc is 3.12's
-
-
-
 def trusted_maxrss(usage: Any) -> float | None:
     """A job's peak RSS from wait4's maxrss, but only above this process's own peak. Linux counts in a
     child's maxrss the memory it exec'd from, which for a child that vfork or fork started is this
     process's (seen: a 470 MiB pytest made every job "peak" at 470 MiB), so a figure that could be
-    ours is not the job's: not measured (None)."""
+    ours is not the job's: not measured (None). Ours is getrusage's maxrss (a system call, not a read
+    of /proc/self/status per job; at least VmHWM)."""
     if usage is None:
         return None
-    try:
-        mine = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-    except (OSError, StopIteration, ValueError, IndexError):
-        mine = 0
+    mine = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(usage.ru_maxrss / 1024, 1) if usage.ru_maxrss > mine else None
 
 
@@ -108,6 +87,7 @@ class CommandRunner:
         self._lock = threading.Condition()
         self._closed = False
         self._host = socket.gethostname()
+        self._zygote_jobs = ZygoteJobs(reporter, self._host, self._lock, self._ended)  # confined commands
         self._thread = threading.Thread(target=self._dispatch_loop, name="htc-commands", daemon=True)
         self._thread.start()
 
@@ -132,14 +112,18 @@ class CommandRunner:
                                             reason="cancelled before it started"))
         for _, proc in procs:
             kill_group(proc)
+        self._zygote_jobs.cancel(ids)
 
     def running(self) -> set[int]:
+        in_zygotes = self._zygote_jobs.running()
         with self._lock:
-            return set(self._procs) | self._on_pool | self._starting | {item[2].job_id for item in self._queue}
+            return (set(self._procs) | self._on_pool | self._starting | {item[2].job_id for item in self._queue}
+                    | in_zygotes)
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
+            self._zygote_jobs.closing()
             queued = [item[2] for item in self._queue]
             self._queue.clear()
             procs = list(self._procs.items())
@@ -152,6 +136,7 @@ class CommandRunner:
         for _, proc in procs:
             kill_group(proc)
         self._thread.join(timeout=10)
+        self._zygote_jobs.close()
 
     # -- internals ---------------------------------------------------------
     def _dispatch_loop(self) -> None:
@@ -164,8 +149,24 @@ class CommandRunner:
                 _, _, launch = heapq.heappop(self._queue)
                 self._free -= launch.cores
                 self._starting.add(launch.job_id)
+            if launch.zygote is not None:  # confined: its view's zygote forks it, no thread of its own
+                self._zygote_jobs.start(launch, self._registered)
+                continue
             threading.Thread(target=self._run, args=(launch,), name=f"htc-job-{launch.job_id}",
                              daemon=True).start()
+
+    def _registered(self, job_id: int) -> bool:
+        """A job is its zygote's (called under the lock): no longer starting; whether it was stopped meanwhile."""
+        self._starting.discard(job_id)
+        return job_id in self._cancelled
+
+    def _ended(self, launch: Launch) -> None:
+        """A job of the zygotes ended: its cores are free."""
+        with self._lock:
+            self._free += launch.cores
+            self._starting.discard(launch.job_id)
+            self._cancelled.discard(launch.job_id)
+            self._lock.notify_all()
 
     def _run(self, launch: Launch) -> None:
         if not launch.command:  # a Python MPI function (`mpi_jobs.pooled`); wrapped ones have a launcher line

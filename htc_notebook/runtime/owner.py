@@ -100,10 +100,18 @@ class Owner:
 def kill_orphan_group(native: NativeId) -> bool:
     """Kill what is left of a local command job (`pid:N`, its own process group) after its owner died.
     Only for an owner on this host: a pid of another host names another process here."""
+    return orphan_group(native) == "killed"
+
+
+def orphan_group(native: NativeId) -> str | None:
+    """`kill_orphan_group`, saying what it found: "killed", "gone" (nothing of the group was left: a
+    confined job dies with its owner, its zygote's PID namespace with it) or None (no pid, or not ours)."""
     if native.pid is None:
-        return False
+        return None
     try:
         os.killpg(native.pid, signal.SIGKILL)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
+        return "killed"
+    except ProcessLookupError:
+        return "gone"
+    except PermissionError:
+        return None

@@ -54,7 +54,7 @@ from htc_notebook.ledger.schema import HELD_FOR_ROOM
 from htc_notebook.runtime.changes import Changes
 from htc_notebook.runtime.dispatch import Dispatcher, TaskRows
 from htc_notebook.runtime.live_backends import LiveBackends
-from htc_notebook.runtime.owner import LEASE_LAPSE, Owner, heartbeat_seconds, kill_orphan_group
+from htc_notebook.runtime.owner import LEASE_LAPSE, Owner, heartbeat_seconds, orphan_group
 from htc_notebook.runtime.profiles import Profiles
 from htc_notebook.runtime.watch import SlurmWatch
 from htc_notebook.spec import Decision, Limits, Request
@@ -375,8 +375,9 @@ class Reconciler:
             if not owner.here:  # a pid of another host names another process here
                 if native is not None and native.kind == "process":
                     reason += f"; what is left of its process group {row.native_id} on {owner.host} was not reached"
-            elif native is not None and kill_orphan_group(native):
-                reason += f"; its orphaned process group {row.native_id} was killed"
+            elif native is not None and (found := orphan_group(native)) is not None:
+                reason += (f"; its orphaned process group {row.native_id} was killed" if found == "killed" else
+                           f"; its process group {row.native_id} had ended with it (no orphaned process group left)")
             lost.append(Outcome(row.id, row.attempts, "LOST", reason=reason + ". Retry it or re-run the sweep",
                                 host=owner.host, ended=time.time(), cause="owner"))
         if lost:
