@@ -17,7 +17,6 @@ V1_STATUSES = "'CANCELLED','FAILED','LOST','RUNNABLE','RUNNING','STARTING','SUBM
 _ALL = sql_list(frozenset(JobStatus))
 
 PRAGMAS = (
-    "PRAGMA page_size = 16384",  # a new ledger's (an existing one keeps its own): fewer pages a big batch writes
     "PRAGMA busy_timeout = 60000",
     "PRAGMA journal_mode = WAL",
     "PRAGMA synchronous = FULL",

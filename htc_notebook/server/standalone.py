@@ -30,11 +30,13 @@ def serve(session, port: int, address: str = "127.0.0.1", settings: ServerSettin
     app = make_app(session, settings)
 
     async def main() -> None:
+        stop = asyncio.Event()
+        # before it listens: a signal sent once the port answers must find them (also where SIGINT came
+        # ignored, started in the background; the CI saw one lost between the two)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
         app.listen(port, address, max_body_size=settings.max_body_bytes * DROP_FACTOR)
         owner = f"owner: API user {settings.owner!r}" if settings.owner else "no owner over the API"
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):  # also where SIGINT came ignored (started in the background)
-            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
         print(f"HTC API on {settings.origin}/{PREFIX} (data root {session.root}; {owner}); Ctrl-C stops",
               flush=True)
         await stop.wait()
