@@ -13,7 +13,7 @@ import time
 import pytest
 
 from htc_notebook import Session, SiteConfig
-from htc_notebook.backends.dask_chain import UNFOUND_SECONDS, Behind, Chains
+from htc_notebook.backends.dask_chain import RECENT_BYTES, UNFOUND_SECONDS, Behind, Chains
 from htc_notebook.backends.worker import JobRunner, Upstream, run_after
 from htc_notebook.spec import RetryPolicy
 
@@ -145,6 +145,7 @@ def test_a_cancelled_parent_fails_its_chained_child_which_never_runs(session):
     assert not (task.storage.task_dir / "child").exists()
 
 
+@pytest.mark.sandbox
 def test_a_parents_value_is_loaded_in_its_childs_sandbox_never_in_the_worker(session):
     """A parent's value is the parent's code: unpickling it may run anything. It is loaded where the
     child runs, confined: a value that writes into another task on load cannot, there."""
@@ -193,6 +194,10 @@ def test_chains_wait_for_parents_still_queued_and_find_collected_ones_among_rece
     assert chains.inputs(b, {}, waiting={}, now=200.0) is None  # its report is being gathered
     chains.collected(4, {"ok": True, "value": b"x" * (2 << 20)})  # too large to keep
     assert 4 not in chains.recent
+    big = b"x" * (1 << 20)  # kept, but no more than RECENT_BYTES of them all together: the oldest go
+    for job in range(100, 100 + (RECENT_BYTES >> 20) + 5):
+        chains.collected(job, {"ok": True, "value": big})
+    assert len(chains.recent) <= RECENT_BYTES >> 20 and 100 not in chains.recent and job in chains.recent
 
 
 def test_a_lost_parent_is_requeued_and_its_child_waits_for_it_then_runs_once(tmp_path):

@@ -30,6 +30,7 @@ from htc_notebook.backends.worker import JobRunner
 
 RECENT_REPORTS = 1024  # the last reports collected, kept for children sent after their parent ended
 RECENT_VALUE_BYTES = 1 << 20  # a larger value is not kept (its child is requeued, and released by the ledger)
+RECENT_BYTES = 64 << 20  # and the values kept, all together, at most this: the oldest go first
 UNFOUND_SECONDS = 10.0  # how long a call waits here for a parent found nowhere (being handed over) before it is lost
 
 
@@ -50,16 +51,22 @@ class Chains:
     def __init__(self) -> None:
         self.behind: list[Behind] = []
         self.recent: OrderedDict[int, dict[str, Any]] = OrderedDict()  # job id -> its report, collected
+        self._recent_bytes = 0  # the values' sizes in `recent`
         self.follows: dict[str, list[Any]] = {}  # a child's dask key -> its parents' futures
         self.orphans: dict[int, int] = {}  # job id -> attempt: its parent's task was lost; the ledger decides
         self.collecting: set[int] = set()  # jobs whose dask task ended, their reports being gathered
 
     def collected(self, job_id: int, report: Any) -> None:
         """Keep a parent's report for a child that comes after its end (not a large value)."""
-        if isinstance(report, dict) and len(report.get("value") or b"") <= RECENT_VALUE_BYTES:
-            self.recent[job_id] = report
-            if len(self.recent) > RECENT_REPORTS:
-                self.recent.popitem(last=False)
+        size = len(report.get("value") or b"") if isinstance(report, dict) else RECENT_VALUE_BYTES + 1
+        if size > RECENT_VALUE_BYTES:
+            return
+        old = self.recent.pop(job_id, None)
+        self._recent_bytes += size - (len(old.get("value") or b"") if old else 0)
+        self.recent[job_id] = report
+        while len(self.recent) > RECENT_REPORTS or self._recent_bytes > RECENT_BYTES:
+            _, gone = self.recent.popitem(last=False)
+            self._recent_bytes -= len(gone.get("value") or b"")
 
     def inputs(self, behind: Behind, in_flight: Mapping[int, tuple[Any, int]],
                waiting: Mapping[int, int], now: float) -> dict[int, tuple[Any, int]] | None | Literal[False]:
