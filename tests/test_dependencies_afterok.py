@@ -61,8 +61,8 @@ def test_only_slurm_command_jobs_use_afterok():
 
 
 def test_the_sbatch_line_carries_the_dependency_and_keeps_a_never_satisfied_job_pending():
-    argv = sbatch_argv("/d/a.sh", wrapper_log="/d/a-%a.log", chdir="/d", comment="htc:t", after=("12_0", "12_1", "13"))
-    assert argv == ["sbatch", "--parsable", "--output=/d/a-%a.log", "--chdir=/d", "--comment=htc:t",
+    argv = sbatch_argv("/d/a.sh", wrapper_log="/d/a.log", chdir="/d", comment="htc:t", after=("12_0", "12_1", "13"))
+    assert argv == ["sbatch", "--parsable", "--output=/d/a.log", "--open-mode=append", "--chdir=/d", "--comment=htc:t",
                     "--dependency=afterok:12_0:12_1:13", "--kill-on-invalid-dep=no", "/d/a.sh"]
     assert not any(a.startswith(("--dependency", "--kill-on")) for a in sbatch_argv("/d/a.sh", wrapper_log="l",
                                                                                    chdir="/d"))

@@ -15,7 +15,7 @@ from htc_notebook.errors import LedgerError
 from htc_notebook.spec import JobSpec, RetryPolicy
 from htc_notebook.ledger import SCHEMA_VERSION, AttemptStart, Ledger, NewJob
 from htc_notebook.ledger.schema import (DDL, V1_STATUSES, V5_UPGRADE, V6_UPGRADE, V7_UPGRADE, V8_UPGRADE,
-                                        V9_STATUSES, V9_UPGRADE, V10_UPGRADE, V11_UPGRADE, V12_UPGRADE,
+                                        V9_STATUSES, V9_UPGRADE, V10_UPGRADE, V11_UPGRADE, V12_UPGRADE, V13_UPGRADE,
                                         sql_list)
 from htc_notebook.states import JobStatus, Outcome
 
@@ -122,13 +122,15 @@ def test_timeouts_are_a_cause_of_their_own(ledger):
 # -- older ledgers, upgraded in place -------------------------------------------------------------
 
 def _old_ledger(path: Path, version: int) -> None:
-    """A ledger as version 1 to 11 of the schema made it: no index of the jobs a scheduler queues (v11),
+    """A ledger as version 1 to 12 of the schema made it: no queue of logs to pack (v12), no index of the
+    jobs a scheduler queues (v11),
     no stored calls (v10), no dependencies or
     WAITING (v9), no owners' leases (v8), no sandbox (v7), no memory_held (v6), no project dimensions
     (v5), no project limits (v4), no owner index (v3), no retry columns (v2), no HELD, no leases (v1)."""
     con = sqlite3.connect(path)
     for statement in DDL:
-        if (statement in V12_UPGRADE or statement in V11_UPGRADE and version < 11
+        if (statement in V13_UPGRADE or statement in V12_UPGRADE and version < 12
+                or statement in V11_UPGRADE and version < 11
                 or statement in V10_UPGRADE and version < 10
                 or statement in V9_UPGRADE and version < 9
                 or statement in V8_UPGRADE and version < 8
@@ -156,7 +158,7 @@ def _old_ledger(path: Path, version: int) -> None:
     con.close()
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12])
 def test_older_ledgers_are_upgraded_and_keep_their_jobs(tmp_path, version):
     path = tmp_path / "old.db"
     _old_ledger(path, version)

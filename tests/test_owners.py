@@ -137,7 +137,8 @@ def test_a_heartbeat_that_fails_or_comes_after_its_lease_lapsed_is_logged(tmp_pa
     with Session(tmp_path, site=SiteConfig.builtin(), reconcile=False) as s:
         p = s.parts
         late = Reconciler(ledger=p.ledger, storage=p.storage, owner=p.owner, profiles=p.profiles, backends=p.backends,
-                          dispatcher=p.dispatcher, tasks=p.tasks, changes=p.changes, poll_seconds=2, heartbeat=0.01)
+                          dispatcher=p.dispatcher, tasks=p.tasks, changes=p.changes, packer=p.reconciler.packer,
+                          poll_seconds=2, heartbeat=0.01)
         assert late.beat()
         time.sleep(LEASE_LAPSE * 0.01 + 0.05)  # past its lease
         assert late.beat()

@@ -3,7 +3,8 @@
 Split by concern. `LedgerCore` (connection.py) owns the file, its connections and transactions
 (`_write`, `_snapshot`, `_read`); each concern is a subclass of it that uses only those and its own
 names: projects.py, submission.py, job_states.py, attempts.py, retries.py, leases.py,
-project_rules.py, dependencies.py, reads.py, changes.py. `Ledger` (db.py) is their composition and defines nothing
+project_rules.py, dependencies.py, reads.py, changes.py, log_queue.py. `Ledger` (db.py) is their
+composition and defines nothing
 itself, so its public API is theirs, one method in one place. Helpers the concerns share are public
 functions of modules below them: statements.py (lock waits, batched statements, seq, events),
 encoding.py (values checked and encoded, job rows decoded), migrations.py (schema created or

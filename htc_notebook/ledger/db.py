@@ -15,6 +15,7 @@ from .changes import Changes
 from .dependencies import Dependencies
 from .job_states import JobStates
 from .leases import Leases
+from .log_queue import LogQueue
 from .project_rules import ProjectRules
 from .projects import Projects
 from .reads import Reads
@@ -22,5 +23,6 @@ from .retries import Retries
 from .submission import Submission
 
 
-class Ledger(Projects, Submission, JobStates, Attempts, Retries, Dependencies, Leases, ProjectRules, Reads, Changes):
+class Ledger(Projects, Submission, JobStates, Attempts, Retries, Dependencies, Leases, ProjectRules, Reads, Changes,
+             LogQueue):
     """The durable truth. Safe for many threads (one connection each) and many processes."""

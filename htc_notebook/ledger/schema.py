@@ -10,7 +10,7 @@ def sql_list(states: frozenset) -> str:
     return ",".join(f"'{s.value}'" for s in sorted(states, key=lambda s: s.value))
 
 
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 # Version 1 had no HELD state: its CHECK constraints list these (upgraded in place, see Ledger)
 V1_STATUSES = "'CANCELLED','FAILED','LOST','RUNNABLE','RUNNING','STARTING','SUBMITTED','SUCCEEDED'"
 
@@ -120,6 +120,21 @@ V11_UPGRADE = (PAYLOADS_DDL,)
 QUEUED_WHERE = "status = 'RUNNABLE' AND native_id <> '' AND substr(native_id, 1, 6) <> 'local:'"
 QUEUED_INDEX = f"CREATE INDEX jobs_queued ON jobs (task_id, status, native_id) WHERE {QUEUED_WHERE}"  # covering
 V12_UPGRADE = (QUEUED_INDEX,)
+
+# v12 -> v13: jobs whose logs are to be packed (storage/log_packs.py), queued by the database itself
+# when a job with logs reaches a terminal state (whatever code ends it), with when it did; the
+# packer (runtime/log_packer.py) takes them a while later. Ended jobs of older ledgers are queued too.
+LOG_QUEUE_DDL = """CREATE TABLE log_queue (
+        job_id  INTEGER PRIMARY KEY REFERENCES jobs(id),
+        ended   REAL NOT NULL
+    )"""
+LOG_QUEUE_TRIGGER = f"""CREATE TRIGGER jobs_ended_pack_logs
+        AFTER UPDATE OF status ON jobs
+        WHEN NEW.status IN ({TERMINAL_SQL}) AND NEW.log_out IS NOT NULL
+        BEGIN INSERT OR REPLACE INTO log_queue (job_id, ended) VALUES (NEW.id, NEW.updated); END"""
+V13_UPGRADE = (LOG_QUEUE_DDL, "CREATE INDEX log_queue_ended ON log_queue (ended)", LOG_QUEUE_TRIGGER)
+V13_BACKFILL = (f"INSERT INTO log_queue (job_id, ended) SELECT id, updated FROM jobs "
+                f"WHERE status IN ({TERMINAL_SQL}) AND log_out IS NOT NULL",)
 
 # Named leases: which process does a job for the whole data root (e.g. the one SLURM status poll)
 LEASES_DDL = """CREATE TABLE leases (
@@ -242,6 +257,7 @@ DDL = (
     *V10_UPGRADE,
     *V11_UPGRADE,
     *V12_UPGRADE,
+    *V13_UPGRADE,
 
     # PRIMARY KEY job_id: a job's result is committed exactly once (G2).
     """CREATE TABLE results (

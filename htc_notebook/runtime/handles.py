@@ -18,7 +18,7 @@ from htc_notebook.ledger import JobRow
 from htc_notebook.runtime.parts import Parts
 from htc_notebook.runtime.results import load_result, read_log
 from htc_notebook.states import STATES, TERMINAL_NAMES
-from htc_notebook.storage.untrusted import lines_from_end
+from htc_notebook.storage.log_packs import log_lines
 
 if TYPE_CHECKING:
     import pandas
@@ -158,13 +158,10 @@ class JobHandle:
     def log_page(self, stream: str, end: int | None, count: int) -> tuple[list[tuple[int, str]], int | None]:
         """Up to `count` lines of the job's log ending at byte `end` (None: its end), newest first,
         as (line number, text), and the `end` of the page before (None: none): only that page is
-        read, backwards from `end` (`storage.untrusted.lines_from_end`). [] if there is no log yet."""
+        read, backwards from `end` (`storage.log_packs.log_lines`, loose or packed). [] if there is no log yet."""
         row = self.row
         path = row.log_out if stream == "out" else row.log_err
-        try:
-            lines, before = lines_from_end(path, end, count, below=2) if path else ([], None)
-        except FileNotFoundError:
-            return [], None
+        lines, before = log_lines(path, end, count) if path else ([], None)
         return [(n, text.decode(errors="replace")) for n, text in lines], before
 
 

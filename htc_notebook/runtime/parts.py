@@ -27,6 +27,7 @@ from htc_notebook.runtime.changes import Changes
 from htc_notebook.runtime.completions import Completions
 from htc_notebook.runtime.dispatch import Dispatcher, TaskRows
 from htc_notebook.runtime.live_backends import LiveBackends
+from htc_notebook.runtime.log_packer import LogPacker
 from htc_notebook.runtime.owner import Owner
 from htc_notebook.runtime.profiles import Profiles
 from htc_notebook.runtime.reads import Reads
@@ -88,7 +89,8 @@ def wire(root: Path, site: SiteConfig, *, reconcile: bool = True, heartbeat: flo
     backends = LiveBackends(site, profiles, storage, recorder, ledger.call_durations)
     dispatcher = Dispatcher(ledger, storage, owner, profiles, backends, tasks, changes)
     reconciler = Reconciler(ledger=ledger, storage=storage, owner=owner, profiles=profiles, backends=backends,
-                            dispatcher=dispatcher, tasks=tasks, changes=changes, poll_seconds=site.poll_seconds,
+                            dispatcher=dispatcher, tasks=tasks, changes=changes, packer=LogPacker(ledger),
+                            poll_seconds=site.poll_seconds,
                             enabled=reconcile, heartbeat=heartbeat)
     parts = Parts(root=root, site=site, storage=storage, ledger=ledger, reads=Reads(ledger), owner=owner,
                   profiles=profiles, changes=changes, tasks=tasks, recorder=recorder, backends=backends,

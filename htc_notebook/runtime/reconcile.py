@@ -24,7 +24,8 @@ every error (with its traceback) are logged (logger `htc_notebook.runtime.reconc
    outcome wakes the loop) or the limit is raised or deleted.
 5. **Task retention** (every RETENTION_EVERY s): projects' retention policies archive tasks
    inactive for their `archiveAfter` hours and delete the files of tasks archived `deleteAfter`
-   hours ago (each task claimed by one process in the ledger; its record is kept).
+   hours ago (each task claimed by one process in the ledger; its record is kept). **Logs**
+   (every PACK_EVERY s): ended jobs' logs are packed, a few files per task (runtime/log_packer.py).
 
 6. **Dependencies**: waiting jobs whose parents all SUCCEEDED are released (WAITING -> SUBMITTED, a
    compare-and-set: of many processes one gets each) and dispatched here, their parents' results in
@@ -53,6 +54,7 @@ from htc_notebook.ledger import JobRow, Ledger
 from htc_notebook.ledger.schema import HELD_FOR_ROOM
 from htc_notebook.runtime.changes import Changes
 from htc_notebook.runtime.dispatch import Dispatcher, TaskRows
+from htc_notebook.runtime.log_packer import PACK_EVERY, LogPacker
 from htc_notebook.runtime.live_backends import LiveBackends
 from htc_notebook.runtime.owner import LEASE_LAPSE, Owner, heartbeat_seconds, orphan_group
 from htc_notebook.runtime.profiles import Profiles
@@ -80,9 +82,10 @@ class Reconciler:
     SLURM for the session's own SLURM backends, if it makes any."""
 
     def __init__(self, *, ledger: Ledger, storage: Storage, owner: Owner, profiles: Profiles, backends: LiveBackends,
-                 dispatcher: Dispatcher, tasks: TaskRows, changes: Changes, poll_seconds: float,
+                 dispatcher: Dispatcher, tasks: TaskRows, changes: Changes, packer: LogPacker, poll_seconds: float,
                  enabled: bool = True, heartbeat: float | None = None):
         self.ledger, self.storage, self.owner, self.profiles = ledger, storage, owner, profiles
+        self.packer = packer
         self.backends, self.dispatcher, self.tasks, self.changes = backends, dispatcher, tasks, changes
         self.enabled = enabled
         self.heartbeat = heartbeat if heartbeat is not None else heartbeat_seconds()  # seconds between renewals
@@ -106,6 +109,7 @@ class Reconciler:
         self._lock = threading.Lock()
         self._owners_looked = 0.0
         self._retention_applied = 0.0
+        self._logs_packed = 0.0
         changes.listen(self.committed)
         backends.on_slurm(self.watch_slurm)
 
@@ -171,7 +175,8 @@ class Reconciler:
     def tick(self, *, owners: bool | None = None) -> None:
         """One round: the heartbeat when due, exited owners and foreign cancels (every OWNERS_EVERY s
         or heartbeat, or when `owners` is True), due retries, batches over their max_failures, held
-        work with room, retention (every RETENTION_EVERY s), SLURM's status when due."""
+        work with room, retention (every RETENTION_EVERY s), logs packed (every PACK_EVERY s), SLURM's
+        status when due."""
         if self.enabled:
             if time.monotonic() - self._beaten >= self.heartbeat:
                 self._run("renew the heartbeat lease", self.beat)
@@ -189,6 +194,9 @@ class Reconciler:
             if now - self._retention_applied >= RETENTION_EVERY:
                 self._retention_applied = now
                 self._run("apply task retention", lambda: self.apply_retention(now))
+            if now - self._logs_packed >= PACK_EVERY:
+                self._logs_packed = now
+                self._run("pack the logs of ended jobs", lambda: self.packer.pack_due(now))
         if self.watching and self.watch.due(time.monotonic()):
             self._run("poll SLURM", self.watch.tick)
 

@@ -15,7 +15,7 @@ import cloudpickle
 
 from htc_notebook.errors import JobFailed, UntrustedFile
 from htc_notebook.ledger import JobRow, Ledger, ResultRow
-from htc_notebook.storage.untrusted import read_text_tail
+from htc_notebook.storage.log_packs import read_log_text
 
 
 @dataclass(frozen=True)
@@ -36,10 +36,11 @@ class CommandResult:
 
 
 def read_log(path: str | None) -> str:
-    """A job's log (task/logs/job-N.out): written by the job, so read as untrusted input (never
-    through a link, never blocking, at most its last `LOG_READ_LIMIT` bytes)."""
+    """A job's log (task/logs/job-N.out, or its bytes in the task's pack once packed): written by the
+    job, so read as untrusted input (never through a link, never blocking, at most its last
+    `LOG_READ_LIMIT` bytes)."""
     try:
-        return read_text_tail(path, below=2)
+        return read_log_text(path)
     except UntrustedFile as exc:
         return f"[{exc}]"
 

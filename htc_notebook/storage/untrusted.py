@@ -121,14 +121,19 @@ def read_text_tail(path: str | os.PathLike[str] | None, limit: int = LOG_READ_LI
     except FileNotFoundError:
         return ""
     try:
-        size = os.fstat(fd).st_size
-        data = os.pread(fd, min(limit, size), max(0, size - limit))
+        return text_tail(fd, 0, os.fstat(fd).st_size, limit, os.fspath(path))
     finally:
         os.close(fd)
+
+
+def text_tail(fd: int, base: int, size: int, limit: int, name: str) -> str:
+    """The last `limit` bytes of the `size` bytes at `base` of `fd` as text (see `read_text_tail`;
+    `name` is the log's name in the note of what was left out)."""
+    data = os.pread(fd, min(limit, size), base + max(0, size - limit))
     if size <= limit:
         return data.decode(errors="replace")
     cut = data.find(b"\n") + 1
-    return (f"[first {size - len(data) + cut} bytes not shown: the whole log is {os.fspath(path)}]\n"
+    return (f"[first {size - len(data) + cut} bytes not shown: the whole log is {name}]\n"
             + data[cut:].decode(errors="replace"))
 
 
@@ -156,35 +161,41 @@ def lines_from_end(path: str | os.PathLike[str], end: int | None, count: int, *,
     line numbers come from counting newlines before the page, a block at a time."""
     fd = open_below(path, below=below)
     try:
-        size = os.fstat(fd).st_size
-        if end is None:
-            end = size - 1 if size and os.pread(fd, 1, size - 1) == b"\n" else size  # a last newline ends a line
-        end = max(0, min(end, size))
-        found: list[tuple[int, bytes]] = []  # (offset, bytes)
-        pos, tail = end, b""  # `tail`: the end of the line being read back (at most max_line bytes)
-        while pos > 0 and len(found) < count:
-            start = max(0, pos - block)
-            chunk, pos = os.pread(fd, pos - start, start), start
-            while len(found) < count:
-                nl = chunk.rfind(b"\n")
-                if nl < 0:
-                    tail = (chunk + tail)[-max_line:]
-                    break
-                found.append((pos + nl + 1, (chunk[nl + 1:] + tail)[-max_line:]))
-                chunk, tail = chunk[:nl], b""
-        if len(found) < count and pos == 0 and end > 0:
-            found.append((0, tail))
-        first = found[-1][0] if found else 0
-        number = _newlines(fd, first, block) + len(found)
-        return [(number - i, text) for i, (_, text) in enumerate(found)], (first - 1 if first > 0 else None)
+        return lines_in(fd, 0, os.fstat(fd).st_size, end, count, max_line=max_line, block=block)
     finally:
         os.close(fd)
 
 
-def _newlines(fd: int, before: int, block: int) -> int:
+def lines_in(fd: int, base: int, size: int, end: int | None, count: int, *, max_line: int = 64 * 1024,
+             block: int = 64 * 1024) -> tuple[list[tuple[int, bytes]], int | None]:
+    """`lines_from_end` on the `size` bytes at `base` of `fd` (a log packed among others): offsets
+    are the log's own, from 0."""
+    if end is None:
+        end = size - 1 if size and os.pread(fd, 1, base + size - 1) == b"\n" else size  # a last newline ends a line
+    end = max(0, min(end, size))
+    found: list[tuple[int, bytes]] = []  # (offset, bytes)
+    pos, tail = end, b""  # `tail`: the end of the line being read back (at most max_line bytes)
+    while pos > 0 and len(found) < count:
+        start = max(0, pos - block)
+        chunk, pos = os.pread(fd, pos - start, base + start), start
+        while len(found) < count:
+            nl = chunk.rfind(b"\n")
+            if nl < 0:
+                tail = (chunk + tail)[-max_line:]
+                break
+            found.append((pos + nl + 1, (chunk[nl + 1:] + tail)[-max_line:]))
+            chunk, tail = chunk[:nl], b""
+    if len(found) < count and pos == 0 and end > 0:
+        found.append((0, tail))
+    first = found[-1][0] if found else 0
+    number = _newlines(fd, base, first, block) + len(found)
+    return [(number - i, text) for i, (_, text) in enumerate(found)], (first - 1 if first > 0 else None)
+
+
+def _newlines(fd: int, base: int, before: int, block: int) -> int:
     n, pos = 0, 0
     while pos < before:
-        chunk = os.pread(fd, min(block * 16, before - pos), pos)
+        chunk = os.pread(fd, min(block * 16, before - pos), base + pos)
         if not chunk:
             break
         n, pos = n + chunk.count(b"\n"), pos + len(chunk)

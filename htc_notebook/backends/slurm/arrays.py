@@ -144,7 +144,7 @@ class ArrayRunner:
         atomic_write(script, array_script(self.profile, chunk, str(ids_file),
                                           str(commands_file) if commands_file else None, of.bundle or 1).encode())
         try:
-            job = scheduler.sbatch(sbatch_argv(str(script), wrapper_log=f"{stem}-%a.log", chdir=str(first.cwd),
+            job = scheduler.sbatch(sbatch_argv(str(script), wrapper_log=f"{stem}.log", chdir=str(first.cwd),
                                                comment=f"htc:{token}", after=first.after))
         except BackendError as exc:
             if site_limits.classify(str(exc)) == "transient":

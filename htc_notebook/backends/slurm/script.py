@@ -198,12 +198,15 @@ def sbatch_argv(script: str, *, wrapper_log: str, chdir: str, comment: str | Non
     DependencyNeverSatisfied) until the toolkit fails it in the ledger, naming the parent, and
     scancels it.
 
-    >>> sbatch_argv("a.sh", wrapper_log="a-%a.log", chdir="/d", after=["12_0", "12_1"])[4:]
+    The script's own output (`wrapper_log`: bash's complaints, rarely anything) is appended to one
+    file for the whole array (`--open-mode=append`), not one file per array task.
+
+    >>> sbatch_argv("a.sh", wrapper_log="a.log", chdir="/d", after=["12_0", "12_1"])[5:]
     ['--dependency=afterok:12_0:12_1', '--kill-on-invalid-dep=no', 'a.sh']
     """
     for job in after:
         if not _ARRAY_TASK.match(job):
             raise SpecError("sbatch", "dependency", job, "a SLURM job id, or an array task <job>_<task>")
     dependency = [f"--dependency=afterok:{':'.join(after)}", "--kill-on-invalid-dep=no"] if after else []
-    return ["sbatch", "--parsable", f"--output={wrapper_log}", f"--chdir={chdir}",
+    return ["sbatch", "--parsable", f"--output={wrapper_log}", "--open-mode=append", f"--chdir={chdir}",
             *([f"--comment={comment}"] if comment else []), *dependency, script]
