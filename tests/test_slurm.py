@@ -240,3 +240,28 @@ def test_a_profiles_own_sbatch_options_reach_slurm(site):
         assert row.status == "SUCCEEDED", row.reason
         shown = subprocess.run(["scontrol", "show", "job", row.native_id], capture_output=True, text=True).stdout
         assert "Nice=7" in shown, shown
+
+
+def test_an_ended_array_leaves_a_few_files_and_its_logs_read_per_job(session):
+    """Few files at scale (issue 28): once no task of an array is in the queue, its jobs' start and
+    exit files go; their logs go into the task's pack; the array keeps its script, id list and one
+    file of its script's own output (not one per array task)."""
+    task = session.project("slurm").task("few-files")
+    n = 12
+    group = task.submit_batch({"jobName": "echo", "batchSize": n, "htcJobDefinition": {
+        "commands": ["sh", "-c", 'echo "job $HTC_JOB_INDEX on $(hostname)"'], "maxVCpus": 1, "maxMemory": 64}},
+        profile="cpu")
+    group.wait(timeout=300)
+    assert group.counts()["SUCCEEDED"] == n
+    state = task.storage.path(".") / ".htc" / "slurm"
+    deadline = time.monotonic() + 60
+    while any(p.suffix in (".start", ".exit") for p in state.iterdir()):  # the watch's next polls
+        assert time.monotonic() < deadline, sorted(p.name for p in state.iterdir())
+        time.sleep(0.5)
+    (array,) = {j.row.native_id.split("_")[0] for j in group}
+    assert sorted(p.suffix for p in state.iterdir()) == [".ids", ".log", ".sh"], sorted(state.iterdir())
+    assert session.parts.reconciler.packer.pack_due(time.time() + 3600) == n
+    assert list(task.storage.path("logs").iterdir()) == []
+    for job in group:
+        assert job.logs().startswith(f"job {job.row.index} on node") and job.logs("err") == ""
+    assert subprocess.run(["squeue", "-h", "-j", array], capture_output=True, text=True).stdout == ""

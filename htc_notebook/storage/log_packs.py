@@ -33,13 +33,12 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from ..errors import UntrustedFile
-from .untrusted import LOG_READ_LIMIT, MIB, lines_in, open_below, text_tail
+from .untrusted import LOG_READ_LIMIT, MIB, lines_in, open_below, open_dir_below, text_tail
 
 PACK_JOBS = 1024  # jobs whose logs share a pack (by id): a reader knows its pack without a search
 PACK_MAX_BYTES = 1 * MIB  # a log longer than this stays loose
 INDEX_MAX_BYTES = 8 * MIB  # an index longer than this (a job appended to it) is not read
 _LOOSE = re.compile(r"^job-([0-9]+)\.(out|err)$")
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 log = logging.getLogger(__name__)
 
 
@@ -66,11 +65,11 @@ def pack_logs(task_dir: str | os.PathLike[str], loose: Sequence[str | os.PathLik
         groups.setdefault(pack_of(p)[2] // PACK_JOBS, []).append(p)
     if not groups:
         return 0
-    logs_fd = _open_dir(Path(task_dir), "logs", create=False)
+    logs_fd = open_dir_below(Path(task_dir), "logs", create=False)
     if logs_fd is None:
         return 0  # no logs directory: nothing was written
     try:
-        packs_fd = _open_dir(Path(task_dir), ".htc", "logs", create=True)
+        packs_fd = open_dir_below(Path(task_dir), ".htc", "logs", create=True)
         assert packs_fd is not None  # made if missing
         os.close(packs_fd)
         return sum(_pack_group(paths, logs_fd) for paths in groups.values())
@@ -142,32 +141,6 @@ def _unlink_same(dir_fd: int, name: str, st: os.stat_result) -> None:
             os.unlink(name, dir_fd=dir_fd)
     except FileNotFoundError:
         pass
-
-
-def _open_dir(top: Path, *names: str, create: bool) -> int | None:
-    """A descriptor of top/names... (the caller closes it), each component opened without following
-    a link (made 0700 if `create`); None if one is missing and not `create`."""
-    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for name in names:
-            if create:
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(name, 0o700, dir_fd=fd)
-            try:
-                sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
-            except FileNotFoundError:
-                if create:
-                    raise
-                return None
-            except OSError as exc:
-                raise UntrustedFile(top / name, "not a directory of the toolkit's (a link?)") from exc
-            os.close(fd)
-            fd = sub
-        fd, out = -1, fd
-        return out
-    finally:
-        if fd >= 0:
-            os.close(fd)
 
 
 @contextlib.contextmanager

@@ -80,6 +80,32 @@ def open_below(path: str | os.PathLike[str], flags: int = os.O_RDONLY, mode: int
     return fd
 
 
+def open_dir_below(top: str | os.PathLike[str], *names: str, create: bool) -> int | None:
+    """A descriptor of top/names... (the caller closes it), each component opened without following
+    a link (made 0700 if `create`); None if one is missing and not `create`."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for name in names:
+            if create:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(name, 0o700, dir_fd=fd)
+            try:
+                sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if create:
+                    raise
+                return None
+            except OSError as exc:
+                raise UntrustedFile(Path(top, name), "not a directory of the toolkit's (a link?)") from exc
+            os.close(fd)
+            fd = sub
+        fd, out = -1, fd
+        return out
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
 def _refuse_link(exc: OSError, path: Path, name: str, dir_fd: int) -> None:
     """Turn the OS's answer to an O_NOFOLLOW open (ELOOP, ENOTDIR, ENXIO: a FIFO without a
     reader) into an UntrustedFile that says what the job left there."""

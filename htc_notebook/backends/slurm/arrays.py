@@ -10,10 +10,16 @@ queued and running tasks (with the pending reason in words), the exit-code file 
 when it ends, and `scontrol` for tasks that left the queue without one (cancelled, timed out, node
 failure).
 A task unknown to all three is LOST, never SUCCEEDED (design G5).
+
+Once no task of an array is in the queue any more, the start, exit and cancel files of its jobs
+that were reported are removed (`_forget_state`): before that, a requeued array task (a node lost, a
+preemption) skips the jobs of its bundle that have an exit file. What stays of an array is its
+script, id list, commands and its script's own output: four files for up to MaxArraySize jobs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -35,7 +41,7 @@ from htc_notebook.backends.slurm.states import end_cause, end_reason, explain_pe
 from htc_notebook.states import TERMINAL_NAMES, Cause, Outcome
 from htc_notebook.spec import PartitionProfile
 from htc_notebook.storage import atomic_write
-from htc_notebook.storage.untrusted import read_head
+from htc_notebook.storage.untrusted import open_dir_below, read_head
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +86,7 @@ class ArrayRunner:
         self._reporter = reporter
         self._grace = grace
         self._tracked: dict[int, Tracked] = {}  # by ledger job id
+        self._reported: dict[str, list[Tracked]] = {}  # by array id: jobs whose state files may go
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -233,11 +240,14 @@ class ArrayRunner:
         Returns the seconds squeue took. Jobs of pending array tasks are not looked for on disk."""
         with self._lock:
             tracked = list(self._tracked.values())
-        if not tracked:
+            reported = set(self._reported)
+        if not tracked and not reported:
             return 0.0
         t0 = time.monotonic()
-        queue = scheduler.squeue({t.task.split("_")[0] for t in tracked})
+        arrays = {t.task.split("_")[0] for t in tracked}
+        queue = scheduler.squeue(arrays | reported)
         took = time.monotonic() - t0
+        self._forget_state(reported - arrays - {task.split("_")[0] for task in queue})
         missing: list[Tracked] = []
         for t in tracked:
             entry = queue.get(t.task)
@@ -320,8 +330,35 @@ class ArrayRunner:
         with self._lock:
             if self._tracked.get(t.job_id) is t:
                 del self._tracked[t.job_id]
+            self._reported.setdefault(t.task.split("_")[0], []).append(t)
         self.feeder.timed(t.job_id, outcome)
         self._reporter.finished(outcome)
+
+    def _forget_state(self, arrays: set[str]) -> None:
+        """Remove the start, exit and cancel files of the reported jobs of `arrays`, which have no
+        task left in the queue (nothing can run them again). Each name is removed from the state
+        directory opened without following a link: a job may have replaced `.htc` or its files."""
+        for array_id in arrays:
+            with self._lock:
+                done = self._reported.pop(array_id, [])
+            by_dir: dict[Path, list[Tracked]] = {}
+            for t in done:
+                by_dir.setdefault(t.state_dir, []).append(t)
+            for sdir, jobs in by_dir.items():
+                try:
+                    fd = open_dir_below(sdir.parent.parent, ".htc", "slurm", create=False)
+                except (OSError, UntrustedFile) as exc:
+                    log.warning("state files of array %s left in %s: %s", array_id, sdir, exc)
+                    continue
+                if fd is None:
+                    continue
+                try:
+                    for t in jobs:
+                        for end in ("start", "exit", "cancel"):
+                            with contextlib.suppress(FileNotFoundError):
+                                os.unlink(f"job-{t.job_id}-{t.attempt}.{end}", dir_fd=fd)
+                finally:
+                    os.close(fd)
 
 
 def _bundle_time(timeout: int | None, bundle: int, profile: PartitionProfile) -> int | None:
