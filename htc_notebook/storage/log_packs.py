@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from ..errors import UntrustedFile
-from .untrusted import LOG_READ_LIMIT, MIB, lines_in, open_below, open_dir_below, text_tail
+from .untrusted import LOG_READ_LIMIT, MIB, lines_in, open_below, open_dir_below, open_in, text_tail
 
 PACK_JOBS = 1024  # jobs whose logs share a pack (by id): a reader knows its pack without a search
 PACK_MAX_BYTES = 1 * MIB  # a log longer than this stays loose
@@ -57,34 +57,37 @@ def pack_logs(task_dir: str | os.PathLike[str], loose: Sequence[str | os.PathLik
     """Move the `loose` logs (jobs of the task at `task_dir` that have ended) into their packs;
     returns how many were packed or, empty, removed. A log a job replaced by anything but a plain
     file, or longer than PACK_MAX_BYTES, is left where it is."""
-    groups: dict[int, list[Path]] = {}
+    logs = os.path.join(os.fspath(task_dir), "logs")
+    groups: dict[int, list[tuple[str, int, str]]] = {}  # pack -> (name, job id, stream)
     for path in loose:
-        p = Path(path)
-        if p.parent != Path(task_dir, "logs"):
-            raise ValueError(f"{p}: not a log of task {task_dir}")
-        groups.setdefault(pack_of(p)[2] // PACK_JOBS, []).append(p)
+        head, name = os.path.split(os.fspath(path))
+        m = _LOOSE.match(name)
+        if head != logs or m is None:
+            raise ValueError(f"{path}: not a log of task {task_dir} (logs/job-<id>.out|err)")
+        groups.setdefault(int(m.group(1)) // PACK_JOBS, []).append((name, int(m.group(1)), m.group(2)))
     if not groups:
         return 0
-    logs_fd = open_dir_below(Path(task_dir), "logs", create=False)
+    logs_fd = open_dir_below(task_dir, "logs", create=False)
     if logs_fd is None:
         return 0  # no logs directory: nothing was written
     try:
-        packs_fd = open_dir_below(Path(task_dir), ".htc", "logs", create=True)
+        packs_fd = open_dir_below(task_dir, ".htc", "logs", create=True)
         assert packs_fd is not None  # made if missing
-        os.close(packs_fd)
-        return sum(_pack_group(paths, logs_fd) for paths in groups.values())
+        try:
+            return sum(_pack_group(k, names, logs, logs_fd, packs_fd) for k, names in groups.items())
+        finally:
+            os.close(packs_fd)
     finally:
         os.close(logs_fd)
 
 
-def _pack_group(paths: list[Path], logs_fd: int) -> int:
-    """Pack logs of one pack: append their bytes, sync, append their index lines, sync, unlink."""
-    pack, index, _, _ = pack_of(paths[0])
-    entries: list[tuple[Path, int, str, bytes, os.stat_result]] = []
-    empty: list[tuple[Path, os.stat_result]] = []
-    for p in paths:
+def _pack_group(k: int, names: list[tuple[str, int, str]], logs: str, logs_fd: int, packs_fd: int) -> int:
+    """Pack logs of pack `k`: append their bytes, sync, append their index lines, sync, unlink."""
+    entries: list[tuple[str, str, bytes, os.stat_result]] = []  # (name, index line's key, bytes, stat)
+    empty: list[tuple[str, os.stat_result]] = []
+    for name, job_id, stream in names:
         try:
-            fd = open_below(p, below=2)
+            fd = open_in(logs_fd, name, os.path.join(logs, name))
         except FileNotFoundError:
             continue
         except UntrustedFile as exc:
@@ -97,23 +100,25 @@ def _pack_group(paths: list[Path], logs_fd: int) -> int:
             data = os.pread(fd, st.st_size, 0) if st.st_size else b""
         finally:
             os.close(fd)
-        _, _, job_id, stream = pack_of(p)
         if data:
-            entries.append((p, job_id, stream, data, st))
+            entries.append((name, f"{job_id} {stream}", data, st))
         else:
-            empty.append((p, st))
+            empty.append((name, st))
     if entries:
-        pfd = open_below(pack, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600, below=3)
+        packs = os.path.join(os.path.dirname(logs), ".htc", "logs")
+        pfd = open_in(packs_fd, f"pack-{k}.log", os.path.join(packs, f"pack-{k}.log"),
+                      os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         try:
             fcntl.flock(pfd, fcntl.LOCK_EX)  # one packer appends to a pack at a time
             offset = os.fstat(pfd).st_size
             lines = []
-            for _, job_id, stream, data, _ in entries:
-                lines.append(f"{job_id} {stream} {offset} {len(data)}\n")
+            for _, key, data, _ in entries:
+                lines.append(f"{key} {offset} {len(data)}\n")
                 offset += len(data)
-            _write_all(pfd, b"".join(e[3] for e in entries))
+            _write_all(pfd, b"".join(e[2] for e in entries))
             os.fsync(pfd)
-            ifd = open_below(index, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600, below=3)
+            ifd = open_in(packs_fd, f"pack-{k}.idx", os.path.join(packs, f"pack-{k}.idx"),
+                          os.O_WRONLY | os.O_APPEND | os.O_CREAT)
             try:
                 _write_all(ifd, "".join(lines).encode())
                 os.fsync(ifd)
@@ -121,8 +126,8 @@ def _pack_group(paths: list[Path], logs_fd: int) -> int:
                 os.close(ifd)
         finally:
             os.close(pfd)
-    for p, st in [(e[0], e[4]) for e in entries] + empty:
-        _unlink_same(logs_fd, p.name, st)
+    for name, st in [(e[0], e[3]) for e in entries] + empty:
+        _unlink_same(logs_fd, name, st)
     return len(entries) + len(empty)
 
 

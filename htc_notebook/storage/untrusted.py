@@ -65,17 +65,24 @@ def open_below(path: str | os.PathLike[str], flags: int = os.O_RDONLY, mode: int
                 raise
             os.close(top)
             top = sub
-        try:
-            fd = os.open(parts[-1], flags | _FILE_FLAGS, mode, dir_fd=top)
-        except OSError as exc:
-            _refuse_link(exc, p, parts[-1], top)
-            raise
+        return open_in(top, parts[-1], p, flags, mode)
     finally:
         os.close(top)
+
+
+def open_in(dir_fd: int, name: str, path: str | os.PathLike[str], flags: int = os.O_RDONLY, mode: int = 0o600) -> int:
+    """`open_below`'s last step: `name` in the directory `dir_fd` (opened by `open_below` or
+    `open_dir_below`), not through a link, without blocking, kept only if it is a regular file
+    with one name; `path` names it in a refusal."""
+    try:
+        fd = os.open(name, flags | _FILE_FLAGS, mode, dir_fd=dir_fd)
+    except OSError as exc:
+        _refuse_link(exc, Path(path), name, dir_fd)
+        raise
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
         os.close(fd)
-        raise UntrustedFile(p, _kind(st.st_mode) if not stat.S_ISREG(st.st_mode)
+        raise UntrustedFile(Path(path), _kind(st.st_mode) if not stat.S_ISREG(st.st_mode)
                             else f"a regular file with {st.st_nlink} names (a hard link)")
     return fd
 
