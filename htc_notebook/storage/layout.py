@@ -5,7 +5,7 @@
     root/projects/<project>/shared/
     root/projects/<project>/tasks/<task>/          (the task's own files)
     root/projects/<project>/tasks/<task>/logs/     (job-<id>.out, job-<id>.err)
-    root/projects/<project>/tasks/<task>/.htc/     (results/, payloads/: toolkit internals)
+    root/projects/<project>/tasks/<task>/.htc/     (results/, payloads/, logs/ (log packs): toolkit internals)
 """
 
 from __future__ import annotations
