@@ -297,13 +297,15 @@ def test_as_an_ordinary_user_no_cgroup_can_be_made_so_the_watchdog_holds_the_lim
 def test_a_slurm_array_task_whose_cgroup_counted_an_oom_kill_fails_for_memory_though_it_exited_0(tmp_path):
     """The array script's exit file says `oom` (the task's cgroup counted an OOM kill while it ran)
     but the job's shell exited 0: FAILED for memory, held by the site's cgroup, its peak kept."""
-    from htc_notebook.backends.slurm.arrays import Tracked, _read_exit
+    from htc_notebook.backends.slurm.arrays import StateDirs, Tracked, _read_exit
 
     state = tmp_path / "task" / ".htc" / "slurm"  # read below the task directory, as the runner does
     state.mkdir(parents=True)
     (state / "job-7-1.exit").write_text(f"0 node1 1700000000.5 oom 12 {130 << 20}\n")
     (state / "job-8-1.exit").write_text(f"0 node1 1700000000.5 ok 12 {30 << 20}\n")
-    oom, fine = (_read_exit(Tracked(j, 1, f"5_{j}", state, memory=128)) for j in (7, 8))
+    dirs = StateDirs()
+    oom, fine = (_read_exit(Tracked(j, 1, f"5_{j}", state, memory=128), dirs) for j in (7, 8))
+    dirs.close()
     assert (oom.status, oom.cause, oom.memory_held, oom.max_rss_mib) == ("FAILED", "memory", "cgroup", 130.0)
     assert oom.reason == "out of memory (limit 128 MiB): the OOM killer stopped it"
     assert (fine.status, fine.memory_held) == ("SUCCEEDED", "cgroup")

@@ -77,15 +77,11 @@ class Events:
     gone: Callable[[Zygote, str], None]
 
 
-ZYGOTES_ENV = "HTC_COMMAND_ZYGOTES"  # "0": each confined command job under a bwrap of its own, as before
-
-
 def in_zygote(launch: Launch, profile: PartitionProfile) -> ZygoteJob | None:
     """How the local runner runs `launch` in a zygote: in its view's, or unconfined (`sandbox: none`) in
     the runner's unconfined one; None where it does not: a command in an image or an MPI job keeps its
     own bwrap or launcher line."""
-    if (launch.kind != "command" or launch.view is None or launch.image or launch.mpi is not None
-            or os.environ.get(ZYGOTES_ENV, "1") == "0"):
+    if launch.kind != "command" or launch.view is None or launch.image or launch.mpi is not None:
         return None
     if profile.sandbox == "none":  # its scratch (a directory of its own, unlimited) is made by the runner
         return ZygoteJob(None, (), tuple(launch.command), dict(launch.env), launch.disk_gib or None)

@@ -176,6 +176,7 @@ class DaskJobs:
         self._cluster = None
         self._tasks: dict[str, tuple[list[Job], object]] = {}  # dask key -> (its jobs, future): in flight
         self._key_of: dict[int, str] = {}  # job id -> dask key
+        self._place: dict[int, int] = {}  # job id -> its place in its dask task's pack (with _key_of)
         self._runner_of: dict[str, JobRunner] = {}  # dask key -> the JobRunner of its calls, in flight
         # a function's digest -> how long its last calls took (of the TIMED_FUNCTIONS timed last)
         self._took: OrderedDict[str, deque[float]] = OrderedDict()
@@ -342,8 +343,9 @@ class DaskJobs:
                     self._tasks[fut.key] = (pack, fut)
                     if isinstance(how, JobRunner):
                         self._runner_of[fut.key] = how
-                    for launch in pack:
+                    for i, launch in enumerate(pack):
                         self._key_of[launch.job_id] = fut.key
+                        self._place[launch.job_id] = i
             unfound = self._send_behind(client, room) if self._chains.behind else []
             self.peak_in_flight = max(self.peak_in_flight, len(self._tasks))
             now = time.monotonic()
@@ -384,6 +386,7 @@ class DaskJobs:
                 self._tasks[fut.key] = ([call], fut)
                 self._runner_of[fut.key] = b.runner
                 self._key_of[call.job_id] = fut.key
+                self._place[call.job_id] = 0
                 self._chains.follows[fut.key] = [f for f, _ in got.values() if not isinstance(f, dict)]
         return unfound
 
@@ -392,8 +395,7 @@ class DaskJobs:
         key = self._key_of.get(job_id)
         if key is None or key not in self._tasks:
             return None
-        pack, fut = self._tasks[key]
-        return fut, next(i for i, launch in enumerate(pack) if launch.job_id == job_id)
+        return self._tasks[key][1], self._place[job_id]
 
     def _map_mpi(self, client, cores: int, group: list[Launch]) -> list:
         """Packed MPI launches, each holding `cores` of the allocation's slots while it runs:
@@ -534,6 +536,7 @@ class DaskJobs:
         for launch, k in zip(pack, keep, strict=True):
             if k:
                 del self._key_of[launch.job_id]
+                del self._place[launch.job_id]
         return keep
 
     def _release(self, client, outcomes: list[Outcome]) -> None:
@@ -594,6 +597,8 @@ class DaskJobs:
                 self._waiting.pop(j, None)
                 self._chains.orphans.pop(j, None)
             keys = {self._key_of.pop(j) for j in drop if j in self._key_of}
+            for j in drop:
+                self._place.pop(j, None)
             # a pack keeps its jobs in order (its reports line up with them); it ends once none is wanted
             for key in keys:
                 pack, fut = self._tasks[key]
@@ -620,6 +625,7 @@ class DaskJobs:
             ended += [(b.job[0], b.attempt) for b in self._chains.behind if self._waiting.get(b.job[0]) == b.attempt]
             ended += list(self._chains.orphans.items())
             self._tasks, self._key_of, self._held, self._queue, self._waiting = {}, {}, [], deque(), {}
+            self._place = {}
             self._verdicts, self._chains = {}, Chains()
         for job_id, attempt in ended:
             self._reporter.finished(Outcome(job_id, attempt, "CANCELLED",

@@ -77,7 +77,7 @@ def open_in(dir_fd: int, name: str, path: str | os.PathLike[str], flags: int = o
     try:
         fd = os.open(name, flags | _FILE_FLAGS, mode, dir_fd=dir_fd)
     except OSError as exc:
-        _refuse_link(exc, Path(path), name, dir_fd)
+        _refuse_link(exc, path, name, dir_fd)
         raise
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
@@ -113,7 +113,7 @@ def open_dir_below(top: str | os.PathLike[str], *names: str, create: bool) -> in
             os.close(fd)
 
 
-def _refuse_link(exc: OSError, path: Path, name: str, dir_fd: int) -> None:
+def _refuse_link(exc: OSError, path: str | os.PathLike[str], name: str, dir_fd: int) -> None:
     """Turn the OS's answer to an O_NOFOLLOW open (ELOOP, ENOTDIR, ENXIO: a FIFO without a
     reader) into an UntrustedFile that says what the job left there."""
     if exc.errno not in (errno.ELOOP, errno.ENOTDIR, errno.ENXIO, errno.EISDIR, errno.EWOULDBLOCK):
@@ -122,7 +122,7 @@ def _refuse_link(exc: OSError, path: Path, name: str, dir_fd: int) -> None:
         found = _kind(os.lstat(name, dir_fd=dir_fd).st_mode)
     except OSError:
         return
-    raise UntrustedFile(path, found) from None
+    raise UntrustedFile(Path(path), found) from None
 
 
 def read_tail(path: str | os.PathLike[str], limit: int, *, below: int) -> bytes:

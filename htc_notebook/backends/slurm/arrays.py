@@ -25,6 +25,7 @@ import os
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -41,7 +42,7 @@ from htc_notebook.backends.slurm.states import end_cause, end_reason, explain_pe
 from htc_notebook.states import TERMINAL_NAMES, Cause, Outcome
 from htc_notebook.spec import PartitionProfile
 from htc_notebook.storage import atomic_write
-from htc_notebook.storage.untrusted import open_dir_below, read_head
+from htc_notebook.storage.untrusted import open_dir_below, open_in
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class ArrayRunner:
         self._grace = grace
         self._tracked: dict[int, Tracked] = {}  # by ledger job id
         self._reported: dict[str, list[Tracked]] = {}  # by array id: jobs whose state files may go
+        self._dirs = StateDirs()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -217,6 +219,7 @@ class ArrayRunner:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        self._dirs.close()
 
     # -- watching --------------------------------------------------------------------
     def _ensure_poller(self) -> None:
@@ -252,7 +255,7 @@ class ArrayRunner:
         for t in tracked:
             entry = queue.get(t.task)
             status = htc_status(entry.state) if entry else None
-            ended = _read_exit(t) if status != "RUNNABLE" else None
+            ended = _read_exit(t, self._dirs) if status != "RUNNABLE" else None
             if ended is not None:
                 self._finish(t, ended)
             elif entry is not None:
@@ -262,7 +265,7 @@ class ArrayRunner:
                     reason = t.waits  # which jobs, not only that it waits for some
                 elif t.waits and status == "RUNNABLE" and entry.reason.strip("()") == "DependencyNeverSatisfied":
                     reason = f"{t.waits}: one of them did not succeed (SLURM DependencyNeverSatisfied); it fails for it"
-                host = _read_start_host(t) if status != "RUNNABLE" else None
+                host = _read_start_host(t, self._dirs) if status != "RUNNABLE" else None
                 if t.bundled and status == "RUNNING" and host is None:
                     status, reason = "RUNNABLE", f"waiting its turn in array task {t.task} (bundled jobs run in turn)"
                 self._report(t, status, reason, host or (entry.nodes or None))
@@ -284,7 +287,7 @@ class ArrayRunner:
         self._reporter.update([t.job_id], status, reason=reason, host=host)
 
     def _resolve_missing(self, t: Tracked, fields: dict[str, str] | None) -> None:
-        ended = _read_exit(t)  # it may have finished between squeue and now
+        ended = _read_exit(t, self._dirs)  # it may have finished between squeue and now
         if ended is not None:
             self._finish(t, ended)
             return
@@ -310,7 +313,7 @@ class ArrayRunner:
         if state.split()[0] in ("COMPLETED", "FAILED") and waited < self._grace:
             return  # its script ran to the end: the exit-code file may still be on its way
         if status == "SUCCEEDED":  # SLURM says the script ended well, but the job wrote no exit file
-            started = _read_start(t) is not None
+            started = _read_start(t, self._dirs) is not None
             what = ("started (its start file is there) but wrote no exit-code file: it was stopped before "
                     "it finished" if started else "ended without running it (no start or exit file)")
             self._finish(t, Outcome(t.job_id, t.attempt, "LOST", reason=(
@@ -336,29 +339,16 @@ class ArrayRunner:
 
     def _forget_state(self, arrays: set[str]) -> None:
         """Remove the start, exit and cancel files of the reported jobs of `arrays`, which have no
-        task left in the queue (nothing can run them again). Each name is removed from the state
-        directory opened without following a link: a job may have replaced `.htc` or its files."""
+        task left in the queue (nothing can run them again), from their state directories opened
+        without following a link (a job may have replaced `.htc` or its files)."""
         for array_id in arrays:
             with self._lock:
                 done = self._reported.pop(array_id, [])
-            by_dir: dict[Path, list[Tracked]] = {}
-            for t in done:
-                by_dir.setdefault(t.state_dir, []).append(t)
-            for sdir, jobs in by_dir.items():
-                try:
-                    fd = open_dir_below(sdir.parent.parent, ".htc", "slurm", create=False)
-                except (OSError, UntrustedFile) as exc:
-                    log.warning("state files of array %s left in %s: %s", array_id, sdir, exc)
-                    continue
-                if fd is None:
-                    continue
-                try:
-                    for t in jobs:
-                        for end in ("start", "exit", "cancel"):
-                            with contextlib.suppress(FileNotFoundError):
-                                os.unlink(f"job-{t.job_id}-{t.attempt}.{end}", dir_fd=fd)
-                finally:
-                    os.close(fd)
+            try:
+                for t in done:
+                    self._dirs.remove(t)
+            except (OSError, UntrustedFile) as exc:
+                log.warning("state files of array %s left: %s", array_id, exc)
 
 
 def _bundle_time(timeout: int | None, bundle: int, profile: PartitionProfile) -> int | None:
@@ -436,11 +426,11 @@ def _epoch(text: str) -> float:
     return float(text.replace(",", "."))
 
 
-def _read_exit(t: Tracked) -> Outcome | None:
+def _read_exit(t: Tracked, dirs: StateDirs) -> Outcome | None:
     """The task's own record of how it ended: "<rc> <host> <epoch> <ok|oom> <cpu ticks> <peak bytes|-|?>"
     (None if not there yet; files of older scripts end after <epoch>)."""
     try:
-        rc, host, when, *rest = _state_words(t.state_dir / f"job-{t.job_id}-{t.attempt}.exit")
+        rc, host, when, *rest = dirs.words(t, "exit")
         ended = _epoch(when)
     except (FileNotFoundError, ValueError):
         return None
@@ -455,7 +445,7 @@ def _read_exit(t: Tracked) -> Outcome | None:
         # a peak means the script found the job's memory cgroup: the site's, which holds --mem
         # (`?`: found, but a job of a bundle whose peak it could not tell apart from those before)
         "memory_held": ("cgroup" if peak.isdigit() or peak == "?" else "none") if t.memory else None}
-    started = _read_start(t)
+    started = _read_start(t, dirs)
     ranks = rank_dir(t.state_dir.parent.parent, t.job_id, t.attempt)
     if is_python_job(ranks):  # an MPI function: the ranks' reports decide, and carry rank 0's value
         status, reason, result = read_outcome(ranks, code)
@@ -479,20 +469,66 @@ def _read_exit(t: Tracked) -> Outcome | None:
                    started=started, ended=ended, cause=cause, **used)
 
 
-def _read_start(t: Tracked) -> float | None:
+def _read_start(t: Tracked, dirs: StateDirs) -> float | None:
     try:
-        return _epoch(_state_words(t.state_dir / f"job-{t.job_id}-{t.attempt}.start")[1])
+        return _epoch(dirs.words(t, "start")[1])
     except (FileNotFoundError, ValueError, IndexError, UntrustedFile):
         return None
 
 
-def _read_start_host(t: Tracked) -> str | None:
+def _read_start_host(t: Tracked, dirs: StateDirs) -> str | None:
     try:
-        return _state_words(t.state_dir / f"job-{t.job_id}-{t.attempt}.start")[0]
+        return dirs.words(t, "start")[0]
     except (FileNotFoundError, IndexError, UntrustedFile):
         return None
 
 
-def _state_words(path: Path) -> list[str]:
-    """The words of a start or exit file (task/.htc/slurm/...): a few, read as untrusted input."""
-    return read_head(path, 4096, below=3).decode(errors="replace").split()
+class StateDirs:
+    """The state directories (task/.htc/slurm) a runner reads start and exit files in, each opened
+    once without following links and kept open (a job that replaces `.htc` later does not move
+    them), the most recently used MAX_OPEN of them; each file opened by name in it, as untrusted
+    input (`storage.untrusted.open_in`). A poll looks for the exit file of every job of every running
+    array task: by path, each look cost a dozen path operations (seconds per poll at 10,000 jobs)."""
+
+    MAX_OPEN = 64
+
+    def __init__(self) -> None:
+        self._fds: OrderedDict[Path, int] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _dir(self, sdir: Path) -> int:
+        fd = self._fds.get(sdir)
+        if fd is not None:
+            self._fds.move_to_end(sdir)
+            return fd
+        fd = open_dir_below(sdir.parent.parent, ".htc", "slurm", create=False)
+        if fd is None:
+            raise FileNotFoundError(sdir)
+        self._fds[sdir] = fd
+        if len(self._fds) > self.MAX_OPEN:
+            os.close(self._fds.popitem(last=False)[1])
+        return fd
+
+    def words(self, t: Tracked, kind: str) -> list[str]:
+        """The words of job `t`'s start or exit file (`kind`): a few, read as untrusted input."""
+        name = f"job-{t.job_id}-{t.attempt}.{kind}"
+        with self._lock:
+            fd = open_in(self._dir(t.state_dir), name, f"{t.state_dir}/{name}")
+        try:
+            return os.pread(fd, 4096, 0).decode(errors="replace").split()
+        finally:
+            os.close(fd)
+
+    def remove(self, t: Tracked) -> None:
+        """Remove job `t`'s start, exit and cancel files."""
+        with self._lock:
+            fd = self._dir(t.state_dir)
+            for kind in ("start", "exit", "cancel"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"job-{t.job_id}-{t.attempt}.{kind}", dir_fd=fd)
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
