@@ -26,8 +26,11 @@ def count(top: Path) -> tuple[int, int]:
     files = size = 0
     for d, _, names in os.walk(top):
         for name in names:
-            files += 1
-            size += os.lstat(os.path.join(d, name)).st_size
+            try:
+                size += os.lstat(os.path.join(d, name)).st_size
+                files += 1
+            except FileNotFoundError:
+                pass  # removed meanwhile (the SLURM watch removing an ended array's state files)
     return files, size
 
 
@@ -51,7 +54,10 @@ def main() -> None:
         ran = time.monotonic() - t0
         assert group.counts()["SUCCEEDED"] == args.jobs, group.counts()
         task_dir = s.storage.task_path("bench", "files")
-        time.sleep(s.site.poll_seconds * 3)  # the SLURM watch's last polls: state files of ended arrays go
+        state, deadline = task_dir / ".htc" / "slurm", time.monotonic() + 300
+        while state.is_dir() and any(n.endswith((".start", ".exit")) for n in os.listdir(state)):
+            assert time.monotonic() < deadline, "state files of ended arrays still there after 300 s"
+            time.sleep(1)  # the SLURM watch's last polls: state files of ended arrays go
         before = count(task_dir)
         packer = s.parts.reconciler.packer
         t1 = time.monotonic()
