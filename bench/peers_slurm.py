@@ -88,7 +88,7 @@ def dask_side(a: argparse.Namespace, work: Path) -> dict:
 
     out: dict = {}
     t0 = time.perf_counter()
-    with SLURMCluster(queue="cpu", cores=2, processes=2, memory="1800MiB", walltime="00:20:00",
+    with SLURMCluster(queue="cpu", cores=2, processes=2, memory="1GiB", walltime="00:20:00",
                       python=sys.executable, log_directory=str(work / "logs"),
                       scheduler_options={"host": HOST, "dashboard_address": ":0"}) as cluster, Client(cluster) as c:
         cluster.scale(jobs=2)
