@@ -175,17 +175,28 @@ def one(side: str, a: argparse.Namespace) -> dict:
     work.mkdir(parents=True)
     argv = [python_of(side), __file__, "--side", side, "--work", str(work), "--calls", str(a.calls),
             "--cmds", str(a.cmds), "--chain", str(a.chain), "--timeout", str(a.timeout)]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "bench")}
+    # the side's venv first on PATH: Parsl starts its interchange as a command (`interchange.py`)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "bench"),
+           "PATH": f"{Path(python_of(side)).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=3 * a.timeout, env=env, cwd=work)
     except subprocess.TimeoutExpired:
         return {"error": f"no answer in {3 * a.timeout:.0f} s"}
     finally:
-        subprocess.run(["scancel", "-u", str(os.getuid()), "-p", "cpu"], check=False)  # what the side left
+        scancel_under(work)  # what the side left in the queue (only its own: others may share the cluster)
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("PEERS-RESULT ")), None)
     if line is None:
         return {"error": (done.stderr.strip().splitlines() or ["no result"])[-1][:300]}
     return json.loads(line.removeprefix("PEERS-RESULT "))
+
+
+def scancel_under(work: Path) -> None:
+    """Cancel the queued jobs whose working directory is `work` or below it."""
+    queue = subprocess.run(["squeue", "-h", "-u", str(os.getuid()), "-o", "%i|%Z"], capture_output=True, text=True)
+    mine = [job for job, _, cwd in (ln.partition("|") for ln in queue.stdout.splitlines())
+            if cwd == str(work) or cwd.startswith(f"{work}/")]
+    if mine:
+        subprocess.run(["scancel", *mine], check=False)
 
 
 def table(results: dict[str, list[dict]], a: argparse.Namespace) -> str:
