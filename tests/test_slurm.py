@@ -123,12 +123,13 @@ def test_a_batch_refused_for_its_account_says_what_to_ask_the_site_for(session):
 
 
 def test_a_batch_bigger_than_max_array_size_runs_every_index_exactly_once(site, session):
-    # bundling off (bundle: 1): one array task per job, so 2,500 jobs need several arrays
+    # bundling off (bundle: 1): one array task per job, so 1,100 jobs need two arrays (MaxArraySize 1001)
+    n = 1100
     data = {"profiles": {n: site.profile(n).model_dump(exclude_none=True, exclude={"name"}) for n in site.names()}}
     data["profiles"]["knl"]["bundle"] = 1
     session = Session(session.root, site=SiteConfig.from_yaml(yaml.safe_dump(data)))
     task = session.project("slurm").task("big-batch")
-    batch = {"jobName": "many", "batchSize": 2500,
+    batch = {"jobName": "many", "batchSize": n,
              "htcJobDefinition": {"commands": ["sh", "-c", 'echo "$HTC_JOB_INDEX $(hostname)" >> out/$HTC_JOB_INDEX'],
                                   "maxVCpus": 1, "maxMemory": 64}}
     task.storage.path("out").mkdir()
@@ -136,10 +137,10 @@ def test_a_batch_bigger_than_max_array_size_runs_every_index_exactly_once(site, 
     natives = {j.row.native_id.split("_")[0] for j in group[:1]} | {group[-1].row.native_id.split("_")[0]}
     assert len(natives) == 2  # more than one array: MaxArraySize is 1001 on the test cluster
     group.wait(timeout=900)
-    assert group.counts()["SUCCEEDED"] == 2500
+    assert group.counts()["SUCCEEDED"] == n
     out = task.storage.path("out")
     lines = {int(p.name): p.read_text().splitlines() for p in out.iterdir()}
-    assert sorted(lines) == list(range(2500))
+    assert sorted(lines) == list(range(n))
     assert all(len(v) == 1 and v[0].endswith("node4") for v in lines.values())
     assert all("/" not in j.row.native_id for j in group)  # not bundled
     session.close()
