@@ -64,6 +64,9 @@ def test_nodes_and_partitions_rendered():
     gres = cfg.render_gres_conf(SPEC)
     assert "NodeName=node3 Name=gpu File=/dev/tty[0-1]" in gres
     assert cfg.render_slurm_conf(SPEC).startswith(cfg.MARKER) and gres.startswith(cfg.MARKER)
+    # MPI ranks of two nodes share this machine's cores: each task is told to yield while it waits
+    assert f"TaskProlog={SPEC.task_prolog}" in text
+    assert "echo export OMPI_MCA_mpi_yield_when_idle=1" in cfg.render_task_prolog()
 
 
 def test_accounting_files_and_commands_rendered():

@@ -31,7 +31,7 @@ from htc_notebook.errors import DevClusterError
 
 from . import accounting, daemons, net
 from .config import (CONFIG_FILES, DEFAULT_ROOT, MARKER, ClusterSpec, default_spec, render_cgroup_conf,
-                     render_gres_conf, render_hosts, render_slurm_conf, shared_under_tmp)
+                     render_gres_conf, render_hosts, render_slurm_conf, render_task_prolog, shared_under_tmp)
 from .install import install, missing_packages
 
 __all__ = ["ClusterInfo", "ClusterSpec", "DevClusterError", "down", "install", "kill_node", "leftovers",
@@ -123,6 +123,8 @@ def _write_configs(s: ClusterSpec) -> None:
     spool = [s.path("spool"), s.path("spool", "slurmd"), *(s.path("spool", "slurmd", n) for n in s.node_names)]
     for d in (s.state_root, *spool):
         os.chmod(d, 0o755)
+    _write_public(s.task_prolog, render_task_prolog())
+    os.chmod(s.task_prolog, 0o755)
     texts = {"slurm.conf": render_slurm_conf(s), "gres.conf": render_gres_conf(s),
              "cgroup.conf": render_cgroup_conf(s)}
     assert tuple(texts) == CONFIG_FILES
