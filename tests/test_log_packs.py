@@ -154,3 +154,23 @@ def test_a_sessions_ended_jobs_are_packed_and_every_api_still_reads_them(tmp_pat
             assert j.logs() == f"out {j.row.index}\n"
         assert [r.stdout for r in results] == ["out 0\n", "out 1\n"]
         assert s.ledger.logs_due(time.time() + 3600) == []
+
+
+def test_a_task_whose_pack_directory_a_job_replaced_does_not_hold_up_the_others(tmp_path, caplog):
+    with Session(tmp_path / "root", site=SiteConfig.builtin()) as s:
+        groups = {}
+        for name in ("hostile", "fine"):
+            groups[name] = s.project("p").task(name).submit_batch({"jobName": "echo", "batchSize": 3,
+                                                                    "htcJobDefinition": {"commands": ["echo", name]}})
+        for g in groups.values():
+            g.wait(timeout=120)
+        hostile = Path(s.storage.task_path("p", "hostile"))
+        shutil.rmtree(hostile / ".htc", ignore_errors=True)
+        os.symlink(tmp_path, hostile / ".htc")  # as an unconfined job of that task could
+        assert s.parts.reconciler.packer.pack_due(time.time() + GRACE + 1) == 6
+        assert s.ledger.logs_due(time.time() + 3600) == []  # not retried for ever: left loose
+        assert "left loose" in caplog.text
+        assert os.listdir(Path(s.storage.task_path("p", "fine")) / "logs") == []
+        assert len(os.listdir(hostile / "logs")) == 6 and not (tmp_path / "logs").exists()
+        assert [j.logs() for j in groups["hostile"]] == ["hostile\n"] * 3
+        assert [j.logs() for j in groups["fine"]] == ["fine\n"] * 3
