@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -209,9 +210,13 @@ def test_a_dag_whose_builder_was_sigkilled_is_finished_by_the_next_session_with_
     with Session(root, site=SiteConfig.builtin()) as s:
         task = s.project("deps").task("orphan")
         # b went behind `slow` in the builder's dask cluster, gone with it: the ledger says so, and this
-        # session's reconcile loop marks it LOST and, its parent not done, has it wait in the ledger
-        assert (s.job(b).status, s.job(b).row.reason) == ("RUNNABLE", f"waiting for job {slow} (in this session's "
-                                                                      "dask cluster)")
+        # session's reconcile loop marks it LOST and, its parent not done, has it wait in the ledger (its
+        # retry is started by a tick after the one that found it LOST: CI once looked in between)
+        waiting = ("RUNNABLE", f"waiting for job {slow} (in this session's dask cluster)")
+        deadline = time.monotonic() + 30
+        while (s.job(b).status, s.job(b).row.reason) != waiting and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (s.job(b).status, s.job(b).row.reason) == waiting
         (task.storage.task_dir / "gate").write_text("")  # the killed run of `slow` is LOST and run again here
         assert s.job(b).result(timeout=180) == [2, 3]
         assert s.job(big).result(timeout=180) == [3, "x" * 300_000]
