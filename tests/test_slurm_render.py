@@ -326,3 +326,28 @@ def test_a_pilot_image_is_rendered_in_the_pilots_job_script():
     apptainer = pilot_job_script(p.model_copy(update={"container_runtime": "apptainer"}))
     assert "apptainer exec --contain --no-home --bind '<data root>' --bind /opt/mpi:/opt/mpi:ro" in apptainer
     assert "ch-run" not in pilot_job_script(p.model_copy(update={"pilot_image": None}))
+
+
+def test_commands_pilots_sends_one_core_commands_to_the_pilots_and_the_rest_as_arrays():
+    from htc_notebook.backends.base import Launch
+    from htc_notebook.backends.slurm.backend import plan, render
+    from htc_notebook.spec.jobspec import JobSpec, MpiLayout
+
+    def launch(job_id: int, after: tuple[str, ...] = (), **spec) -> Launch:
+        return Launch(job_id=job_id, attempt=1, kind="command", cwd=Path("/d"), env={}, log_out="/d/o",
+                      log_err="/d/e", spec=JobSpec(commands=("true",), **spec), after=after)
+
+    mpi = MpiLayout(ranks=2, nodes=1, ranks_per_node=2, cpus_per_rank=1)
+    launches = [launch(1), launch(2, memory=64, timeout=5), launch(3, cores=2), launch(4, gpus=1), launch(5, mpi=mpi),
+                launch(6, after=("301_0",))]
+    base = dict(name="cpu", backend="slurm", cores_per_node=2, memory_per_node="2G", gpus_per_node=1,
+                sandbox="none", launcher="mpirun")
+    piloted = PartitionProfile(**base, commands="pilots")
+    p = plan(piloted, launches)
+    assert [launch.job_id for launch in p.commands] == [1, 2]  # one core, no GPU, no MPI, not behind an array
+    assert sorted(launch.job_id for launch in p.arrays) == [3, 4, 5, 6]
+    assert not plan(piloted, launches, pilots=False).commands  # held work sbatch may have: arrays whatever
+    assert not plan(PartitionProfile(**base), launches).commands  # the default: arrays
+    shown = render(piloted, launches[:2], max_array=1001)
+    assert "pilot job (dask-jobqueue) for 2 command jobs" in shown and "# job 2: on a pilot's worker\ntrue" in shown
+    assert "#SBATCH --array" not in shown

@@ -165,3 +165,14 @@ def test_a_pilot_image_is_project_slash_image_and_only_on_slurm(bad):
     assert "pilot_image" in str(info.value) and "project/image" in str(info.value), str(info.value)
     with pytest.raises(SpecError, match="only on a slurm profile"):
         PartitionProfile(name="x", backend="local", cores_per_node=1, memory_per_node=1, pilot_image="site/dask:1")
+
+
+def test_commands_on_pilots_is_a_slurm_profiles_choice_without_a_pilot_image():
+    assert PartitionProfile(name="x", cores_per_node=1, memory_per_node=1).commands == "arrays"
+    assert PartitionProfile(name="x", cores_per_node=1, memory_per_node=1, commands="pilots").commands == "pilots"
+    for bad, words in (({"commands": "nodes"}, "one of arrays, pilots"),
+                       ({"commands": "pilots", "backend": "local"}, "only on a slurm profile"),
+                       ({"commands": "pilots", "pilot_image": "site/dask:1"}, "pilot_image")):
+        with pytest.raises(SpecError) as info:
+            PartitionProfile(name="x", cores_per_node=1, memory_per_node=1, **bad)
+        assert "commands" in str(info.value) and words in str(info.value), str(info.value)

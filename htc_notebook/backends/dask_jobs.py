@@ -1,4 +1,5 @@
-"""Python jobs on any dask cluster: a LocalCluster here, dask-jobqueue pilots on SLURM.
+"""Python jobs on any dask cluster: a LocalCluster here, dask-jobqueue pilots on SLURM (and there the
+short command jobs of a `commands: pilots` profile, a dask task each: `command_run.run_on_worker`).
 
 `DaskJobs` maps launches onto a dask Client and reports each job's outcome.
 The cluster is created by a factory on first use, so nothing starts until a
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Sequence
 import cloudpickle
 
 from htc_notebook.backends.base import PER_JOB_ENV, Launch, Reporter, call_outcome
+from htc_notebook.backends.command_run import run_on_worker, task_key
 from htc_notebook.backends.dask_chain import Behind, Chains
 from htc_notebook.backends.dask_security import dashboard_link
 from htc_notebook.backends.mpi_jobs import for_task
@@ -152,7 +154,12 @@ class _Mpi:
     cores: int
 
 
-How = JobRunner | _Mpi  # what a waiting dask task runs: a JobRunner over its pack, or an MPI launch
+@dataclass(frozen=True)
+class _Command:
+    """A command job (on a pilot): run by `command_run.run_on_worker`."""
+
+
+How = JobRunner | _Mpi | _Command  # what a waiting dask task runs: a JobRunner over its pack, or a Launch
 
 
 class DaskJobs:
@@ -241,6 +248,7 @@ class DaskJobs:
             return
         self.client  # noqa: B018 - starts the cluster
         steps: dict[int, list[Launch]] = {}
+        commands: list[Launch] = []
         calls: dict[tuple, list[Launch]] = {}
         behind: list[Behind] = []
         runners: dict[tuple, JobRunner] = {}  # one per function and what its calls share, as for the others
@@ -249,6 +257,8 @@ class DaskJobs:
                 behind.append(self._behind(launch, runners))
             elif launch.mpi is not None:  # packed MPI (SLURM)
                 steps.setdefault(launch.cores, []).append(launch)
+            elif launch.kind == "command":  # on a pilot (SLURM)
+                commands.append(launch)
             else:
                 shared = frozenset((k, v) for k, v in launch.env.items() if k not in PER_JOB_ENV)
                 group_key = (id(launch.call.fn), launch.cwd, shared, launch.view, launch.memory)
@@ -257,6 +267,7 @@ class DaskJobs:
             self._waiting.update((launch.job_id, launch.attempt) for launch in launches)
             self._chains.behind += behind
             self._queue.extend((_Mpi(cores), [launch]) for cores, group in steps.items() for launch in group)
+            self._queue.extend((_Command(), [launch]) for launch in commands)
             for key, same in calls.items():
                 group = [_Call(launch.job_id, launch.attempt, int(launch.env.get("HTC_JOB_INDEX", 0)), launch.call.args,
                                launch.call.kwargs, (launch.log_out, launch.log_err)) for launch in same]
@@ -337,8 +348,13 @@ class DaskJobs:
                     room -= 1
             for (how, many), group in groupby(ready, key=lambda item: (item[0], len(item[1]) > 1)):
                 packs = [pack for _, pack in group]
-                futures = (self._map_mpi(client, how.cores, [p[0] for p in packs]) if isinstance(how, _Mpi)
-                           else self._map(client, how, packs, many))
+                if isinstance(how, _Mpi):
+                    futures = self._map_mpi(client, how.cores, [p[0] for p in packs])
+                elif isinstance(how, _Command):
+                    futures = client.map(run_on_worker, [p[0] for p in packs], key=[task_key(p[0]) for p in packs],
+                                         pure=False)
+                else:
+                    futures = self._map(client, how, packs, many)
                 for pack, fut in zip(packs, futures, strict=True):
                     self._tasks[fut.key] = (pack, fut)
                     if isinstance(how, JobRunner):
@@ -701,6 +717,8 @@ def _lost(launch: Job) -> Outcome:
 
 def _outcome(launch: Job, fut, res) -> Outcome:
     """Translate what dask gave back into an Outcome."""
+    if isinstance(res, Outcome):  # a command job's (`command_run.run_on_worker`)
+        return res
     if isinstance(res, dict) and res.get("mpi_step"):
         from htc_notebook.backends.mpi_jobs import verdict  # here: workers import this module (_run_pack)
 

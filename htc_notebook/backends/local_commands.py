@@ -1,7 +1,8 @@
 """Command jobs on this machine: subprocesses with core slots, timeouts and logs.
 
 Each job runs in its own session (process group) in its task directory, with
-stdout/stderr in per-job log files. A timeout or a cancel kills the whole group.
+stdout/stderr in per-job log files (`command_run`; confined ones: `zygote_jobs`).
+A timeout or a cancel kills the whole group.
 Jobs wait until enough of the profile's cores are free; lower `priority`
 values start first (ON_DEMAND_PRIORITY before ON_DEMAND_ECONOMY).
 """
@@ -11,63 +12,24 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import os
-import resource
 import socket
 import subprocess
 import threading
 import time
 from dataclasses import replace
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import cloudpickle
 
-from htc_notebook.backends.base import (JOB_UMASK, Launch, Reporter, call_outcome, disk_full_reason, oom_reason,
-                                       watched_oom_reason)
-from htc_notebook.backends.memory_limit import hold
+from htc_notebook.backends.base import Launch, Reporter, call_outcome
+from htc_notebook.backends.command_run import outcome, run_command
 from htc_notebook.backends.mpi_jobs import verdict
 from htc_notebook.backends.mpi_pool import RankPool
 from htc_notebook.backends.mpi_ranks import kill_group
-from htc_notebook.backends.scratch_dirs import remove_scratch, unconfined_scratch
 from htc_notebook.backends.zygote_jobs import ZygoteJobs
-from htc_notebook.errors import UntrustedFile
 from htc_notebook.states import Outcome
-from htc_notebook.storage.untrusted import job_logs
 
 log = logging.getLogger(__name__)
-
-
-def trusted_maxrss(usage: Any) -> float | None:
-    """A job's peak RSS from wait4's maxrss, but only above this process's own peak. Linux counts in a
-    child's maxrss the memory it exec'd from, which for a child that vfork or fork started is this
-    process's (seen: a 470 MiB pytest made every job "peak" at 470 MiB), so a figure that could be
-    ours is not the job's: not measured (None). Ours is getrusage's maxrss (a system call, not a read
-    of /proc/self/status per job; at least VmHWM)."""
-    if usage is None:
-        return None
-    mine = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(usage.ru_maxrss / 1024, 1) if usage.ru_maxrss > mine else None
-
-
-def wait_usage(proc: subprocess.Popen, timeout: float | None) -> tuple[int, Any]:
-    """`proc.wait(timeout)` that also returns what the child used (`os.wait4`'s rusage: CPU time,
-    peak RSS), None if another thread reaped it first. Polls like Popen.wait does with a timeout."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    delay = 0.0005
-    while True:
-        try:
-            pid, status, usage = os.wait4(proc.pid, 0 if deadline is None else os.WNOHANG)
-        except ChildProcessError:  # reaped elsewhere (a cancel's kill)
-            return proc.wait(), None
-        if pid:
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            return proc.returncode, usage
-        assert deadline is not None and timeout is not None  # without a deadline wait4 blocked until the end
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise subprocess.TimeoutExpired(proc.args, timeout)
-        delay = min(delay * 2, remaining, 0.05)
-        time.sleep(delay)
 
 
 class CommandRunner:
@@ -171,78 +133,35 @@ class CommandRunner:
     def _run(self, launch: Launch) -> None:
         if not launch.command:  # a Python MPI function (`mpi_jobs.pooled`); wrapped ones have a launcher line
             return self._run_on_pool(launch)
-        started = time.time()
-        reason, exit_code, status, usage, cause, memory = None, None, "FAILED", None, None, None
-        limit = hold(  # its own memory cgroup, else the watchdog (memory_limit.py); measured either way
-            launch.memory, f"job-{launch.job_id}-{launch.attempt}", swap_mib=launch.swap or 0)
-        scratch = None
+
+        def registered(proc: subprocess.Popen) -> bool:
+            with self._lock:
+                self._starting.discard(launch.job_id)
+                self._procs[launch.job_id] = proc
+                doomed = launch.job_id in self._cancelled  # cancelled, or the runner closed, while it was starting
+            self._reporter.started(launch.job_id, launch.attempt, self._host, f"pid:{proc.pid}")
+            return doomed
+
+        def unregistered() -> bool:
+            with self._lock:
+                self._procs.pop(launch.job_id, None)
+                return launch.job_id in self._cancelled
+
         try:
-            scratch = unconfined_scratch(launch)
-            env = {**os.environ, **launch.env, **({"HTC_SCRATCH": scratch, "TMPDIR": scratch} if scratch else {})}
-            argv = limit.argv(launch.command)  # joins its memory cgroup first, where it has one
-            with job_logs(launch.log_out, launch.log_err) as (out, err):
-                try:
-                    proc = subprocess.Popen(argv, cwd=launch.cwd, env=env, stdout=out, stderr=err, umask=JOB_UMASK,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
-                except OSError as exc:
-                    proc = None
-                    reason = f"could not start {launch.command[0]!r}: {exc.strerror or exc}"
-                if proc is not None:
-                    limit.started(proc.pid)  # no cgroup: the watchdog holds its process tree to the limit
-                    with self._lock:
-                        self._starting.discard(launch.job_id)
-                        self._procs[launch.job_id] = proc
-                        doomed = launch.job_id in self._cancelled
-                    if doomed:  # cancelled, or the runner closed, while it was starting: it runs no further
-                        kill_group(proc)
-                    self._reporter.started(launch.job_id, launch.attempt, self._host, f"pid:{proc.pid}")
-                    try:
-                        exit_code, usage = wait_usage(proc, launch.timeout)
-                    except subprocess.TimeoutExpired:
-                        kill_group(proc)
-                        exit_code = proc.wait()
-                        reason = f"timeout: killed after execTimeoutSeconds={launch.timeout}"
-                    with self._lock:
-                        self._procs.pop(launch.job_id, None)
-                        cancelled = launch.job_id in self._cancelled
-                        self._cancelled.discard(launch.job_id)
-                    memory = limit.ended(trusted_maxrss(usage))
-                    if cancelled:
-                        status, reason = "CANCELLED", "cancelled while running"
-                    elif reason is None and memory.oom:  # whatever its shell returned (a child was killed)
-                        reason, cause = (oom_reason(launch.memory) if memory.how == "cgroup"
-                                         else watched_oom_reason(launch.memory, memory.peak_mib)), "memory"
-                    elif reason is None and exit_code == 0:
-                        status = "SUCCEEDED"
-                    elif reason is None and launch.mpi is None:
-                        reason = (f"killed by signal {-exit_code}" if exit_code < 0
-                                  else f"exited with code {exit_code}")
-                        full = disk_full_reason(launch.log_err, launch.disk_gib)
-                        reason = f"{reason}; {full}" if full else reason
-        except UntrustedFile as exc:  # the job left a link or a FIFO where its log goes: not followed
-            reason = f"could not open its log: {exc}"
-        except Exception as exc:  # noqa: BLE001 - a runner bug must still end the job
-            reason = f"runner error: {type(exc).__name__}: {exc}"
+            ran = run_command(launch, registered=registered, unregistered=unregistered)
         finally:
-            if memory is None:
-                memory = limit.ended()
-            if scratch is not None:
-                remove_scratch(scratch)
             with self._lock:
                 self._free += launch.cores
                 self._starting.discard(launch.job_id)
                 self._cancelled.discard(launch.job_id)
                 self._lock.notify_all()
-        times: dict[str, Any] = dict(host=self._host, started=started, ended=time.time())
-        if launch.mpi is not None:  # the ranks' own reports decide (and carry rank 0's value)
-            ranks = verdict(launch, exit_code, reason, **times)
-            self._reporter.finished(replace(ranks, memory_held=memory.how, max_rss_mib=memory.peak_mib,
-                                            cause="memory" if cause == "memory" else ranks.cause))
+        if launch.mpi is None:
+            self._reporter.finished(outcome(launch, ran, self._host))
             return
-        used: dict[str, Any] = dict(cpu_s=round(usage.ru_utime + usage.ru_stime, 3) if usage is not None else None,
-                                    max_rss_mib=memory.peak_mib, memory_held=memory.how)
-        self._reporter.finished(Outcome(launch.job_id, launch.attempt, status, reason=reason, cause=cause,
-                                        exit_code=exit_code, **times, **used))
+        # an MPI job: the ranks' own reports decide (and carry rank 0's value)
+        ranks = verdict(launch, ran.exit_code, ran.reason, host=self._host, started=ran.started, ended=ran.ended)
+        self._reporter.finished(replace(ranks, memory_held=ran.memory.how, max_rss_mib=ran.memory.peak_mib,
+                                        cause="memory" if ran.cause == "memory" else ranks.cause))
 
     def _run_on_pool(self, launch: Launch) -> None:
         """A Python MPI launch on the rank pool, holding its cores meanwhile (a cancel drops its result)."""

@@ -59,7 +59,7 @@ class LogPacker:
                 pass  # the task's files were deleted (retention)
             except (OSError, ValueError) as exc:  # a job replaced `.htc` or `logs` (UntrustedFile), a full disk
                 # their logs stay loose (read as before); the other tasks' are packed all the same
-                log.warning("logs of %d jobs of %s left loose: %s", len(paths) // 2 or 1, task_dir, exc)
+                log.warning("%d logs of %s left loose: %s", len(paths), task_dir, exc)
         if due:
             self.ledger.logs_done([job_id for job_id, *_ in due])
         return len(due)

@@ -400,14 +400,19 @@ class Reconciler:
         return len(lost)
 
     def _fed_by_slurm(self, row: JobRow) -> bool:
-        """A SLURM array job that its dead submitter never handed to SLURM (held, or its sbatch unanswered)."""
+        """A SLURM array job that its dead submitter never handed to SLURM (held, or its sbatch unanswered).
+        Not a command job of a `commands: pilots` profile that was handed to the session's pilots: it may
+        have run there, so it is LOST as a call is (and retried as its policy says)."""
         try:
             profile = self.profiles.get(row.profile)
         except HTCError:  # a profile gone from the site
             return False
         native = NativeId.parse(row.native_id)
-        return (profile.backend == "slurm" and row.kind == "command" and not row.spec.mpi
-                and (native is None or native.slurm is None))
+        if profile.backend != "slurm" or row.kind != "command" or row.spec.mpi:
+            return False
+        if native is None:
+            return True
+        return native.slurm is None and (profile.commands == "arrays" or native.kind != "session")
 
     # -- 6. dependencies ---------------------------------------------------------------------------
     def release_waiting(self) -> int:

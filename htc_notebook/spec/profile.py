@@ -87,6 +87,12 @@ class PartitionProfile(SpecModel):
     # command jobs on SLURM: at most this many of this user's jobs queued in the partition (below
     # the site's own limits, which are read from SLURM); the rest wait HELD in the ledger
     max_queued: Annotated[int, whole(1)] | None = None
+    # command jobs on SLURM: "arrays" (sbatch arrays: each job an allocation of its own, in SLURM's
+    # accounting, running on when the kernel is gone) or "pilots" (as a dask task on the session's pilots,
+    # beside its Python calls: a start in milliseconds, not a pass through SLURM's queue; a job still
+    # running when the session ends is LOST, and retried as its retry policy says). Only one-core jobs
+    # without GPUs or MPI go to pilots; the others are arrays all the same
+    commands: Literal["arrays", "pilots"] = "arrays"
     # command jobs on SLURM: run this many jobs in turn per array task (1: never bundle). Default:
     # a large batch's first jobs are timed, and short ones are bundled to ~20 s of work per task
     bundle: Annotated[int, whole(1)] | None = None
@@ -124,6 +130,12 @@ class PartitionProfile(SpecModel):
             raise SpecError("", "packing", self.packing,
                             f"'per_task' with launcher {self.launcher!r}: packing many MPI tasks into one "
                             "allocation needs srun steps (launcher: srun)")
+        if self.commands == "pilots" and self.backend != "slurm":
+            raise SpecError("", "commands", self.commands, "only on a slurm profile (local command jobs run on "
+                            "this machine); remove it, or set backend: slurm")
+        if self.commands == "pilots" and self.pilot_image:
+            raise SpecError("", "commands", self.commands, f"'arrays' with a pilot_image ({self.pilot_image}): "
+                            "command jobs run on the host's programs, not in the image the pilots' Python runs in")
         if self.pilot_image and self.backend != "slurm":
             raise SpecError("", "pilot_image", self.pilot_image, "only on a slurm profile (local workers run "
                             "in the kernel's own environment); remove it, or set backend: slurm")

@@ -1,4 +1,5 @@
-"""The SLURM backend: command jobs as sbatch arrays, Python jobs on dask-jobqueue pilots."""
+"""The SLURM backend: command jobs as sbatch arrays (or on the pilots: `commands: pilots`), Python jobs on
+dask-jobqueue pilots."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from htc_notebook.backends.base import Launch, Reporter
 from htc_notebook.backends.dask_jobs import DaskJobs
 from htc_notebook.backends.dask_security import PROTOCOL, forget_credentials, private_directory, rendered_security
 from htc_notebook.backends.images import worker_argv
-from htc_notebook.backends.slurm import scheduler
+from htc_notebook.backends.slurm import jobqueue, scheduler
 from htc_notebook.backends.slurm.arrays import ArrayRunner, array_scripts
 from htc_notebook.backends.mpi_jobs import on_pool, packs, pool_spec, pooled, stage, wrap
 from htc_notebook.backends.sandbox import check_confinement, confined
@@ -73,7 +74,7 @@ class SlurmBackend:
         p = plan(self.profile, launches)
         stage(p.arrays + p.packed)
         self.arrays.submit(p.arrays)
-        self._start(self.pilots, p.calls, -(-len(p.calls) // pilot_workers(self.profile)))
+        self._start(self.pilots, p.calls + p.commands, -(-len(p.calls + p.commands) // pilot_workers(self.profile)))
         self._start(self.packs, p.packed, 1)
 
     def _start(self, runner: DaskJobs, launches: list[Launch], jobs: int) -> None:
@@ -95,8 +96,12 @@ class SlurmBackend:
             start_adapting(runner.cluster, self.profile)
 
     def hold(self, launches: Sequence[Launch], tokens: dict[int, str]) -> None:
-        """Feed command jobs an earlier session held (or sent without an answer: `tokens`)."""
-        self.arrays.hold(plan(self.profile, launches).arrays, tokens)
+        """Feed command jobs an earlier session held (or sent without an answer: `tokens`, which SLURM
+        may have: watched as arrays whatever the profile says now)."""
+        sent = plan(self.profile, [launch for launch in launches if launch.job_id in tokens], pilots=False)
+        p = plan(self.profile, [launch for launch in launches if launch.job_id not in tokens])
+        self.arrays.hold(sent.arrays + p.arrays, tokens)
+        self._start(self.pilots, p.commands, -(-len(p.commands) // pilot_workers(self.profile)))
 
     def adopt(self, job_id: int, attempt: int, native_id: str, cwd: str, timeout: int | None) -> None:
         """Watch an array task submitted by an earlier session (jobs outlive kernels)."""
@@ -127,11 +132,19 @@ class SlurmPlan:
     arrays: list[Launch]  # commands, and MPI jobs in allocations of their own: sbatch arrays
     calls: list[Launch]  # Python calls: on the profile's pilots
     packed: list[Launch]  # MPI jobs packed into the profile's shared allocation: steps, or on its rank pool
+    commands: list[Launch]  # command jobs on the pilots (`commands: pilots`), a dask task each
 
 
-def plan(profile: PartitionProfile, launches: Sequence[Launch]) -> SlurmPlan:
+def on_pilots(launch: Launch, profile: PartitionProfile) -> bool:
+    """Does a command job run on the profile's pilots? With `commands: pilots`, if it needs one core of
+    one node and no GPU (a pilot's worker holds one core; `after`: sent behind array tasks, in SLURM)."""
+    return (profile.commands == "pilots" and launch.kind == "command" and launch.mpi is None and launch.cores == 1
+            and not launch.gpus and not launch.after)
+
+
+def plan(profile: PartitionProfile, launches: Sequence[Launch], *, pilots: bool = True) -> SlurmPlan:
     """How the SLURM backend runs `launches` (a pure function, but for refusing a machine that
-    cannot confine them as the profile asks)."""
+    cannot confine them as the profile asks). `pilots=False`: no command job on the pilots."""
     check_confinement(profile, launches)
     launches = [confined(launch, profile) for launch in launches]
     mpi = [launch for launch in launches if launch.mpi]
@@ -139,8 +152,11 @@ def plan(profile: PartitionProfile, launches: Sequence[Launch]) -> SlurmPlan:
               for launch in mpi if packs(launch, profile)]
     alone = [wrap(launch, profile) for launch in mpi if not packs(launch, profile)]
     calls = [launch for launch in launches if launch.kind == "python" and not launch.mpi]
-    commands = [launch for launch in launches if launch.kind == "command" and not launch.mpi]
-    return SlurmPlan(commands + alone, calls, packed)
+    on = [launch for launch in launches if pilots and on_pilots(launch, profile)]
+    piloted = {launch.job_id for launch in on}
+    commands = [launch for launch in launches
+                if launch.kind == "command" and not launch.mpi and launch.job_id not in piloted]
+    return SlurmPlan(commands + alone, calls, packed, on)
 
 
 def render(profile: PartitionProfile, launches: Sequence[Launch], max_array: int | None = None) -> str:
@@ -155,8 +171,11 @@ def render(profile: PartitionProfile, launches: Sequence[Launch], max_array: int
             parts.append(f"# ({exc}: arrays are split at SLURM's default MaxArraySize, {max_array})")
     for chunk, script in array_scripts(profile, p.arrays, max_array or DEFAULT_MAX_ARRAY):
         parts.append(f"# array of {len(chunk)} jobs (ids {chunk[0].job_id}..{chunk[-1].job_id})\n{script}")
-    if p.calls:
-        parts.append(f"# pilot job (dask-jobqueue) for {len(p.calls)} Python calls\n{pilot_job_script(profile)}")
+    if p.calls or p.commands:
+        what = " and ".join(f"{n} {kind}" for n, kind in ((len(p.calls), "Python calls"),
+                                                          (len(p.commands), "command jobs")) if n)
+        parts.append(f"# pilot job (dask-jobqueue) for {what}\n{pilot_job_script(profile)}")
+        parts += [f"# job {launch.job_id}: on a pilot's worker\n{shlex.join(launch.command)}" for launch in p.commands]
     if p.packed:
         parts.append(f"# packed MPI allocation (dask-jobqueue)\n{pilot_job_script(profile, packed=True)}")
         parts += [f"# job {launch.job_id}: a step of it\n{shlex.join(launch.command)}"
@@ -170,8 +189,7 @@ def render(profile: PartitionProfile, launches: Sequence[Launch], max_array: int
 def pilot_job_script(profile: PartitionProfile, packed: bool = False) -> str:
     """The pilot's (or packed MPI allocation's) job script as dask-jobqueue renders it (nothing submitted;
     the cluster's credential files are named, not made)."""
-    from dask_jobqueue.slurm import SLURMJob
-
+    SLURMJob = jobqueue.slurm().SLURMJob
     if packed:
         opts = pack_options(profile)
     else:  # a pilot_image is unpacked at the first pilot: its place is named, not known

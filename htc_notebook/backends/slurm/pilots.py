@@ -26,13 +26,15 @@ import logging
 import os
 import shlex
 import sys
-from typing import Any
+from typing import Any, Callable
+
+from distributed.diagnostics.plugin import SchedulerPlugin
 
 from htc_notebook.backends.dask_jobs import ALLOWED_FAILURES
 from htc_notebook.backends.dask_security import DASHBOARD_ADDRESS, WORKER_HTTP_ARGS, cluster_security, dashboard_link
 from htc_notebook.backends.images import node_local, on_node, with_binds, worker_argv
 from htc_notebook.backends.memory_limit import clear_on_exit
-from htc_notebook.backends.slurm import scheduler
+from htc_notebook.backends.slurm import jobqueue, scheduler
 from htc_notebook.backends.slurm.pilot_lifetimes import LOST_AFTER, MARGIN, PilotLifetimes
 from htc_notebook.backends.worker import DRAIN_TOPIC, PILOT_DEADLINE, PILOT_LIFETIME
 from htc_notebook.errors import BackendError
@@ -204,7 +206,7 @@ def make_pilot_cluster(profile: PartitionProfile, credentials: str | os.PathLike
     the first pilot is asked for.
     """
     try:
-        from dask_jobqueue.slurm import SLURMJob
+        SLURMJob = jobqueue.slurm().SLURMJob
     except ImportError:
         raise BackendError("Python jobs on SLURM need dask-jobqueue: pip install 'htc_notebook[slurm]'") from None
     options = (pack_options(profile, log_directory=log_directory) if packed
@@ -228,9 +230,7 @@ def _cluster_class():
     beside its replacement, and dask's scheduler refuses a worker whose name is taken.
     The names of the workers that arrived are noted for `replace_pilots_in_time` (`htc_arrivals`): a
     pilot may come and go between two of its looks, and then it must still count as lost."""
-    from dask_jobqueue import SLURMCluster
-
-    class PilotSLURMCluster(SLURMCluster):
+    class PilotSLURMCluster(jobqueue.slurm().SLURMCluster):  # type: ignore[misc]
         def __init__(self, *args: Any, **kwargs: Any):
             self._numbers = itertools.count()
             self.htc_arrivals: list[str] = []  # names of the workers that arrived since the last look
@@ -255,9 +255,9 @@ def _cluster_class():
 def _clean_job_class():
     """dask-jobqueue's SLURMJob, calling sbatch and scancel with `scheduler.clean_env()`: a kernel
     inside an allocation must not hand its SLURM_* variables to the pilots it submits."""
-    from dask_jobqueue.slurm import SLURMJob
+    SLURMJob = jobqueue.slurm().SLURMJob
 
-    class CleanEnvSLURMJob(SLURMJob):
+    class CleanEnvSLURMJob(SLURMJob):  # type: ignore[valid-type,misc]
         @staticmethod
         async def _call(cmd, *, shell=False, **kwargs):
             return await SLURMJob._call(cmd, shell=shell, env=scheduler.clean_env(), **kwargs)
@@ -268,8 +268,28 @@ def _clean_job_class():
 def start_adapting(cluster, profile: PartitionProfile) -> None:
     """Let the pilot count follow the work. Called once the first pilots are asked for: an
     adaptive loop running while the first pilot starts delays it (~0.15 s measured). A pilot is
-    released only after ~10 s without work, so a fresh one is not cancelled before its task lands."""
+    released only after ~10 s without work, so a fresh one is not cancelled before its task lands,
+    and never while one of its workers has a task (`KeepBusyPilots`)."""
+    cluster.scheduler.add_plugin(KeepBusyPilots(lambda worker: _pilot_of(cluster, worker) or worker),
+                                 name=KeepBusyPilots.name)
     cluster.adapt(minimum_jobs=0, maximum_jobs=profile.max_pilots, interval="1s", wait_count=10)
+
+
+class KeepBusyPilots(SchedulerPlugin):
+    """Offers dask's adaptive scaling no worker of a pilot that has a task. The scheduler counts a task
+    that has run longer than its kind's average as no work left, so a lone long call or command looks
+    like an idle cluster, and scaling down closes a pilot whole: every worker of its job (seen: a 30 s
+    command on a two-worker pilot, its pilot retired after 10 s, again at every requeue).
+    `pilot_of(worker name)`: the pilot job the worker belongs to."""
+
+    name = "htc-keep-busy-pilots"
+
+    def __init__(self, pilot_of: Callable[[str], str]):
+        self._pilot_of = pilot_of
+
+    def valid_workers_downscaling(self, scheduler: Any, workers: list) -> list:
+        busy = {self._pilot_of(ws.name) for ws in scheduler.workers.values() if ws.processing}
+        return [ws for ws in workers if self._pilot_of(ws.name) not in busy]
 
 
 def replace_draining_pilots(client, cluster) -> None:
