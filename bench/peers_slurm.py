@@ -1,5 +1,6 @@
 """This toolkit against its peers on the SLURM test cluster's `cpu` partition (two nodes of 2 cores):
-the same workloads through htc (pilots for Python calls, job arrays for commands), plain
+the same workloads through htc (pilots for Python calls; commands on the pilots too, `commands: pilots`,
+and, as `htc-arrays`, as job arrays, the default), plain
 dask-jobqueue (`SLURMCluster`, two pilot jobs), Parsl (HighThroughputExecutor on a SlurmProvider,
 two blocks) and submitit (`map_array`), each peer from PyPI in a venv of its own (bench/peers.py
 `--setup` makes them). Each side runs in a fresh process per round, sides alternating; medians.
@@ -32,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 VENVS = Path(os.environ.get("PEERS_VENVS", "/work/peer-venvs"))
 HOST = "10.77.0.1"  # the test cluster's bridge: where the nodes reach this machine
-SIDES = ("htc", "dask-jobqueue", "parsl", "submitit")
+SIDES = ("htc", "htc-arrays", "dask-jobqueue", "parsl", "submitit")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
@@ -48,13 +49,15 @@ def step(prev: int) -> int:
     return prev + 1
 
 
-def htc_side(a: argparse.Namespace, work: Path) -> dict:
+def htc_side(a: argparse.Namespace, work: Path, commands: str = "pilots") -> dict:
     import yaml
 
     from htc_notebook import Session, SiteConfig, Sweep
     from htc_notebook.backends.slurm.discover import discover
 
-    site = SiteConfig.from_yaml(yaml.safe_dump(discover(scheduler_host=HOST)))
+    found = discover(scheduler_host=HOST)
+    found["profiles"]["cpu"]["commands"] = commands
+    site = SiteConfig.from_yaml(yaml.safe_dump(found))
     out: dict = {}
     t0 = time.perf_counter()
     with Session(work / "root", site=site) as s:
@@ -76,8 +79,9 @@ def htc_side(a: argparse.Namespace, work: Path) -> dict:
             h = task.submit(step, h, profile="cpu")
         assert h.result(timeout=a.timeout) == a.chain
         out["chain"] = time.perf_counter() - t2
-    out["version"] = "htc_notebook " + subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                                                      capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    out["version"] = f"htc_notebook {commit} (commands: {commands})"
     return out
 
 
@@ -163,11 +167,12 @@ def submitit_side(a: argparse.Namespace, work: Path) -> dict:
     return out
 
 
-KINDS = {"htc": htc_side, "dask-jobqueue": dask_side, "parsl": parsl_side, "submitit": submitit_side}
+KINDS = {"htc": htc_side, "htc-arrays": lambda a, work: htc_side(a, work, "arrays"), "dask-jobqueue": dask_side,
+         "parsl": parsl_side, "submitit": submitit_side}
 
 
 def python_of(side: str) -> str:
-    return sys.executable if side in ("htc", "dask-jobqueue") else str(VENVS / side / "bin" / "python")
+    return sys.executable if side in ("htc", "htc-arrays", "dask-jobqueue") else str(VENVS / side / "bin" / "python")
 
 
 def one(side: str, a: argparse.Namespace) -> dict:
@@ -206,8 +211,8 @@ def table(results: dict[str, list[dict]], a: argparse.Namespace) -> str:
 
     lines = [f"{a.rounds} rounds, sides alternating, each a fresh process; medians. {a.calls} trivial Python calls "
              f"(from the start: pilots or blocks asked for), then {a.cmds} `true` commands, then a chain of "
-             f"{a.chain} calls. Seconds (lower is better); the ratio is the peer's time over htc's (above 1: htc is "
-             "faster).", "",
+             f"{a.chain} calls. Seconds (lower is better); the ratio is the side's time over htc's (commands on "
+             "pilots; above 1: htc is faster).", "",
              "| side | calls (cold) | `true` commands | chain | errors |", "|---|---|---|---|---|"]
     htc = {k: med("htc", k) for k in ("calls", "cmds", "chain")}
     for side, runs in results.items():

@@ -1,9 +1,9 @@
 """One command job run to its end by this process: its memory limit held, its scratch, its logs, its timeout.
 
-The local runner (`local_commands.CommandRunner`) runs its unconfined and MPI command jobs through
-`run_command`; a SLURM pilot's dask worker runs the short command jobs of a `commands: pilots`
-profile through `run_on_worker` (a dask task per job). The job runs in a session (process group) of
-its own in its task directory; a timeout or a stop kills the whole group.
+The local runner (`local_commands.CommandRunner`) and a SLURM pilot's worker (`pilot_commands`) run
+their command jobs that no zygote runs (MPI programs, jobs in an image) through `run_command`. The
+job runs in a session (process group) of its own in its task directory; a timeout or a stop kills
+the whole group.
 
 >>> ran = run_command(launch, registered=lambda proc: False, unregistered=lambda: False)  # doctest: +SKIP
 >>> ran.status, ran.exit_code
@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import os
 import resource
-import socket
 import subprocess
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -139,55 +137,3 @@ def outcome(launch: Launch, ran: Ran, host: str) -> Outcome:
     return Outcome(launch.job_id, launch.attempt, ran.status, reason=ran.reason, cause=ran.cause,
                    exit_code=ran.exit_code, host=host, started=ran.started, ended=ran.ended, cpu_s=ran.cpu_s,
                    max_rss_mib=ran.memory.peak_mib, memory_held=ran.memory.how)
-
-
-# -- on a dask worker (SLURM pilots) ----------------------------------------------------------------
-
-KEY_PREFIX = "htc-command-"  # the dask key of a command job's task: htc-command-<job id>-<attempt>
-_running: dict[str, subprocess.Popen] = {}  # the dask task running a command job -> its process
-_stopped: set[str] = set()  # tasks whose command job was stopped (cancelled while executing)
-_lock = threading.Lock()
-
-
-def run_on_worker(launch: Launch) -> Outcome:
-    """The dask task of a command job on a pilot: run it to its end; a cancel of the task stops it
-    (`stop_command_of`). Its timeout is a limit, not what it is expected to take, so it does not make
-    a pilot near its deadline leave (`worker.leave_if_late`): a job the pilot's end kills is LOST and
-    requeued."""
-    from distributed import get_worker
-
-    key = str(get_worker().get_current_task())
-
-    def registered(proc: subprocess.Popen) -> bool:
-        with _lock:
-            _running[key] = proc
-            return key in _stopped
-
-    def unregistered() -> bool:
-        with _lock:
-            _running.pop(key, None)
-            return key in _stopped
-
-    try:
-        return outcome(launch, run_command(launch, registered=registered, unregistered=unregistered),
-                       socket.gethostname())
-    finally:
-        with _lock:
-            _stopped.discard(key)
-
-
-def task_key(launch: Launch) -> str:
-    return f"{KEY_PREFIX}{launch.job_id}-{launch.attempt}"
-
-
-def stop_command_of(key: str) -> bool:
-    """Stop the command job of dask task `key` (cancelled while executing), now or as soon as it starts;
-    whether it had started."""
-    if not key.startswith(KEY_PREFIX):
-        return False
-    with _lock:
-        _stopped.add(key)
-        proc = _running.get(key)
-    if proc is not None:
-        kill_group(proc)
-    return proc is not None

@@ -1,5 +1,5 @@
 """Python jobs on any dask cluster: a LocalCluster here, dask-jobqueue pilots on SLURM (and there the
-short command jobs of a `commands: pilots` profile, a dask task each: `command_run.run_on_worker`).
+short command jobs of a `commands: pilots` profile, a dask task each: `pilot_commands`).
 
 `DaskJobs` maps launches onto a dask Client and reports each job's outcome.
 The cluster is created by a factory on first use, so nothing starts until a
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Sequence
 import cloudpickle
 
 from htc_notebook.backends.base import PER_JOB_ENV, Launch, Reporter, call_outcome
-from htc_notebook.backends.command_run import run_on_worker, task_key
+from htc_notebook.backends.pilot_commands import run_on_worker, task_key
 from htc_notebook.backends.dask_chain import Behind, Chains
 from htc_notebook.backends.dask_security import dashboard_link
 from htc_notebook.backends.mpi_jobs import for_task
@@ -156,7 +156,7 @@ class _Mpi:
 
 @dataclass(frozen=True)
 class _Command:
-    """A command job (on a pilot): run by `command_run.run_on_worker`."""
+    """A command job (on a pilot): run by `pilot_commands.run_on_worker`."""
 
 
 How = JobRunner | _Mpi | _Command  # what a waiting dask task runs: a JobRunner over its pack, or a Launch
@@ -717,7 +717,7 @@ def _lost(launch: Job) -> Outcome:
 
 def _outcome(launch: Job, fut, res) -> Outcome:
     """Translate what dask gave back into an Outcome."""
-    if isinstance(res, Outcome):  # a command job's (`command_run.run_on_worker`)
+    if isinstance(res, Outcome):  # a command job's (`pilot_commands.run_on_worker`)
         return res
     if isinstance(res, dict) and res.get("mpi_step"):
         from htc_notebook.backends.mpi_jobs import verdict  # here: workers import this module (_run_pack)

@@ -5,8 +5,7 @@ dask cannot stop the thread that runs a task: a task cancelled while it runs (it
 a session closing) would run its call on, untracked, holding its worker, and then the rest of its
 pack. A confined call runs in a child process (`call_sandbox`): it is SIGKILLed at once and the
 task's thread starts no other call. A call running unconfined, in the worker's own thread, cannot
-be stopped so and runs to its end. A command job on a pilot (`command_run.run_on_worker`) is killed
-with its process group.
+be stopped so and runs to its end. A command job on a pilot (`pilot_commands`) is killed.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from typing import Any
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from htc_notebook.backends.call_sandbox import stop_calls_of
-from htc_notebook.backends.command_run import stop_command_of
+from htc_notebook.backends.pilot_commands import stop_command_of
 
 log = logging.getLogger(__name__)
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 from htc_notebook.backends.base import Launch, Reporter
 from htc_notebook.backends.dask_jobs import DaskJobs
 from htc_notebook.backends.dask_security import PROTOCOL, forget_credentials, private_directory, rendered_security
+from htc_notebook.backends.command_zygotes import in_zygote
 from htc_notebook.backends.images import worker_argv
 from htc_notebook.backends.slurm import jobqueue, scheduler
 from htc_notebook.backends.slurm.arrays import ArrayRunner, array_scripts
@@ -146,14 +147,17 @@ def plan(profile: PartitionProfile, launches: Sequence[Launch], *, pilots: bool 
     """How the SLURM backend runs `launches` (a pure function, but for refusing a machine that
     cannot confine them as the profile asks). `pilots=False`: no command job on the pilots."""
     check_confinement(profile, launches)
+    # a command on the pilots runs in its view's zygote there; `command` keeps the bwrap line it is the same as
+    zygotes = {launch.job_id: in_zygote(launch, profile) for launch in launches
+               if pilots and on_pilots(launch, profile)}
     launches = [confined(launch, profile) for launch in launches]
     mpi = [launch for launch in launches if launch.mpi]
     packed = [pooled(launch, profile) if on_pool(launch, profile) else wrap(launch, profile, step=True)
               for launch in mpi if packs(launch, profile)]
     alone = [wrap(launch, profile) for launch in mpi if not packs(launch, profile)]
     calls = [launch for launch in launches if launch.kind == "python" and not launch.mpi]
-    on = [launch for launch in launches if pilots and on_pilots(launch, profile)]
-    piloted = {launch.job_id for launch in on}
+    on = [replace(launch, zygote=zygotes[launch.job_id]) for launch in launches if launch.job_id in zygotes]
+    piloted = set(zygotes)
     commands = [launch for launch in launches
                 if launch.kind == "command" and not launch.mpi and launch.job_id not in piloted]
     return SlurmPlan(commands + alone, calls, packed, on)
