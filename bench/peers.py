@@ -441,6 +441,7 @@ def python_of(side: str) -> str:
 
 def setup(sides: list[str]) -> dict[str, str]:
     """Makes /work/peer-venvs/<name> with pip; returns what failed, per side."""
+    VENVS.mkdir(parents=True, exist_ok=True)
     failed = {}
     for side in sides:
         if side == "htc":

@@ -56,6 +56,7 @@ def swept(tmp_path_factory):
         mp.setattr(dask_jobs, "PACK_BELOW", 5.0)
         mp.setattr(dask_jobs, "PACK_SECONDS", 1e3)
         mp.setattr(dask_jobs, "PROBE_WAIT", 300.0)
+        mp.setattr(dask_jobs, "PROBE_CAP", 300.0)
         mp.setattr(dispatch_module, "DISPATCH_SLICE", SLICE)
         mp.setattr(plan_module, "Launch", CountedLaunch)  # where the Dispatcher builds its Launches
         # the scheduler slow to say its threads (as under load): slices handed over meanwhile must

@@ -5,9 +5,13 @@ their command jobs that no zygote runs (MPI programs, jobs in an image) through 
 job runs in a session (process group) of its own in its task directory; a timeout or a stop kills
 the whole group.
 
->>> ran = run_command(launch, registered=lambda proc: False, unregistered=lambda: False)  # doctest: +SKIP
->>> ran.status, ran.exit_code
-('SUCCEEDED', 0)
+>>> import tempfile; from pathlib import Path; from htc_notebook.spec.jobspec import JobSpec
+>>> d = Path(tempfile.mkdtemp())
+>>> launch = Launch(job_id=1, attempt=1, kind="command", cwd=d, env={}, log_out=str(d / "o"), log_err=str(d / "e"),
+...                 spec=JobSpec(commands=("sh", "-c", "echo hi; exit 3")))
+>>> ran = run_command(launch, registered=lambda proc: False, unregistered=lambda: False)
+>>> ran.status, ran.exit_code, ran.reason, (d / "o").read_text()
+('FAILED', 3, 'exited with code 3', 'hi\\n')
 """
 
 from __future__ import annotations

@@ -53,7 +53,10 @@ PACK_BELOW = 0.01
 PACK_SECONDS = 0.05
 PACKS_PER_THREAD = 4
 MAX_PACK = 1000
-PROBE_WAIT = 0.5  # seconds the rest of a submission waits for its probes before running unpacked
+PROBE_WAIT = 0.5  # seconds the rest of a submission waits for its other probes once one is timed: those timed decide
+PROBE_CAP = 5.0  # seconds it waits, a worker up, for any probe to end: then it runs one job to a task
+# (a worker's first confined call waits for its sandbox's zygote: on a pilot of a loaded node that takes
+# longer than PROBE_WAIT, and a cold sweep then ran one trivial call to a dask task)
 # A confined call (backends/call_sandbox.py) costs its dask task a fork of its view's zygote more
 # (~3-6 ms; ~11 ms before zygotes, when this was chosen), so confined calls are packed up to
 # CONFINED_SCALE times longer: under 0.2 s, ~1 s of work a pack (the fork then costs under 1 %;
@@ -135,7 +138,8 @@ class _Held:
     probes: set[int]  # job ids still running
     group: tuple = ()  # what its jobs share: (id of the function, cwd, environment)
     durations: list[float] = field(default_factory=list)
-    since: float | None = None  # when its probes left the queue (handed to dask or cancelled)
+    since: float | None = None  # when its probes left the queue (handed to dask or cancelled), a worker up
+    timed: float | None = None  # when its first probe was timed
 
 
 @dataclass(eq=False)
@@ -365,13 +369,21 @@ class DaskJobs:
             unfound = self._send_behind(client, room) if self._chains.behind else []
             self.peak_in_flight = max(self.peak_in_flight, len(self._tasks))
             now = time.monotonic()
-            for held in self._held:  # its probes' time starts once none of them waits for room
-                if held.since is None and self._waiting.keys().isdisjoint(held.probes):
+            up = self._workers_up() if any(held.since is None for held in self._held) else False
+            for held in self._held:  # its probes' time starts once none of them waits for room, and workers are up
+                if held.since is None and up and self._waiting.keys().isdisjoint(held.probes):
                     held.since = now
         for b in unfound:  # requeued (not its fault), it then waits in the ledger for its parents
             self._reporter.finished(Outcome(b.job[0], b.attempt, "FAILED", cause="lost", reason=(
                 "not run: the result of a job it depends on was no longer held by this session's dask client "
                 "when it was sent behind it")))
+
+    def _workers_up(self) -> bool:
+        """Has the cluster a worker yet? (Pilots take seconds to start: PROBE_WAIT counts from then, or a
+        cold sweep's probes would time out while no worker runs them, and the sweep run one call to a
+        dask task: 400 trivial calls on the test cluster's pilots took 4.5 s after the first started.)"""
+        info = getattr(self._cluster, "scheduler_info", None)
+        return not isinstance(info, dict) or bool(info.get("workers"))
 
     def _send_behind(self, client, room: int) -> list[Behind]:
         """Hand dask, within `room`, the calls waiting behind parents that are all dask tasks (or
@@ -557,8 +569,9 @@ class DaskJobs:
 
     def _release(self, client, outcomes: list[Outcome]) -> None:
         """Time the probes that ended, and queue the rest of a submission once that decides how:
-        packed when every probe was quick; one job per task as soon as one probe was slow,
-        or PROBE_WAIT after the probes were handed to dask."""
+        packed when every probe was quick; one job per task as soon as one probe was slow; as the
+        probes timed say PROBE_WAIT after the first was timed; one job per task if none was timed
+        PROBE_CAP after the probes were handed to dask with a worker up."""
         ready = []
         with self._lock:
             now = time.monotonic()
@@ -568,17 +581,20 @@ class DaskJobs:
                         held.probes.discard(o.job_id)
                         if o.started is not None and o.ended is not None:
                             held.durations.append(o.ended - o.started)
+                            held.timed = held.timed or now
                 slow = max(held.durations, default=0) >= PACK_BELOW * _scale(held.runner)  # decided: no packing
-                if slow or not held.probes or (held.since is not None and now - held.since > PROBE_WAIT):
+                late = (held.timed is not None and now - held.timed > PROBE_WAIT) or (
+                    held.since is not None and now - held.since > PROBE_CAP)
+                if slow or not held.probes or late:
                     ready.append(held)
         # the ready ones stay held while the scheduler is asked for its threads (a round trip, long
         # under load): a slice of the same submission arriving meanwhile joins them, where it would
         # otherwise find neither them nor their verdict and be probed again
-        threads = sum(client.nthreads().values()) if any(not h.probes for h in ready) else 0
+        threads = sum(client.nthreads().values()) if any(h.durations for h in ready) else 0
         with self._lock:
             self._held = [h for h in self._held if h not in ready]
             for held in ready:
-                durations = None if held.probes else held.durations  # probes still out: PROBE_WAIT passed
+                durations = held.durations or None  # probes still out: those timed decide; none: unpacked
                 log.debug("%d jobs after probes of %s s: packs of %d", len(held.launches), durations,
                           1 if durations is None else pack_size(durations, len(held.launches), threads,
                                                                 _scale(held.runner)))
