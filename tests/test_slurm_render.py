@@ -351,3 +351,17 @@ def test_commands_pilots_sends_one_core_commands_to_the_pilots_and_the_rest_as_a
     shown = render(piloted, launches[:2], max_array=1001)
     assert "pilot job (dask-jobqueue) for 2 command jobs" in shown and "# job 2: on a pilot's worker\ntrue" in shown
     assert "#SBATCH --array" not in shown
+    many = render(piloted, [launch(100 + i) for i in range(25)], max_array=1001)
+    assert many.count("on a pilot's worker") == 20 and "and 5 more command jobs on the pilots' workers" in many
+
+
+def test_scaling_down_is_never_offered_a_worker_of_a_pilot_that_has_a_task():
+    from types import SimpleNamespace
+
+    from htc_notebook.backends.slurm.pilots import KeepBusyPilots
+
+    workers = [SimpleNamespace(name=name, processing=tasks) for name, tasks in
+               (("P-0-0", set()), ("P-0-1", {"htc-command-7-1"}), ("P-1-0", set()), ("P-1-1", set()))]
+    keep = KeepBusyPilots(lambda worker: worker.rsplit("-", 1)[0])  # pilot P-0 runs a task on one of its workers
+    offered = keep.valid_workers_downscaling(SimpleNamespace(workers={w.name: w for w in workers}), workers)
+    assert [w.name for w in offered] == ["P-1-0", "P-1-1"]

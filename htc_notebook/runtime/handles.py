@@ -61,7 +61,8 @@ async def _all_ended(group: "JobGroup") -> list[Any]:
 def failure(row: JobRow) -> JobFailed:
     """The error that explains why a job did not succeed (design G4)."""
     hints = {
-        "FAILED": "read the log, fix the cause, then retry (task.retry() or re-run the sweep; "
+        "FAILED": "read its log (job.logs('err'): the file named is packed with others soon after the job "
+                  "ends), fix the cause, then retry (task.retry() or re-run the sweep; "
                   "members that succeeded are not run again)",
         "CANCELLED": "retry it if it should run",
         "LOST": "retry it (task.retry() or re-run the sweep)",

@@ -25,6 +25,7 @@ from htc_notebook.spec import PartitionProfile
 
 
 DEFAULT_MAX_ARRAY = 1001  # SLURM's default MaxArraySize
+SHOWN = 20  # a dry run shows this many command jobs on the pilots, then counts the rest
 
 
 class SlurmBackend:
@@ -179,7 +180,10 @@ def render(profile: PartitionProfile, launches: Sequence[Launch], max_array: int
         what = " and ".join(f"{n} {kind}" for n, kind in ((len(p.calls), "Python calls"),
                                                           (len(p.commands), "command jobs")) if n)
         parts.append(f"# pilot job (dask-jobqueue) for {what}\n{pilot_job_script(profile)}")
-        parts += [f"# job {launch.job_id}: on a pilot's worker\n{shlex.join(launch.command)}" for launch in p.commands]
+        parts += [f"# job {launch.job_id}: on a pilot's worker\n{shlex.join(launch.command)}"
+                  for launch in p.commands[:SHOWN]]
+        if len(p.commands) > SHOWN:
+            parts.append(f"# ... and {len(p.commands) - SHOWN} more command jobs on the pilots' workers")
     if p.packed:
         parts.append(f"# packed MPI allocation (dask-jobqueue)\n{pilot_job_script(profile, packed=True)}")
         parts += [f"# job {launch.job_id}: a step of it\n{shlex.join(launch.command)}"

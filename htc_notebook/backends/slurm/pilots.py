@@ -270,8 +270,8 @@ def start_adapting(cluster, profile: PartitionProfile) -> None:
     adaptive loop running while the first pilot starts delays it (~0.15 s measured). A pilot is
     released only after ~10 s without work, so a fresh one is not cancelled before its task lands,
     and never while one of its workers has a task (`KeepBusyPilots`)."""
-    cluster.scheduler.add_plugin(KeepBusyPilots(lambda worker: _pilot_of(cluster, worker) or worker),
-                                 name=KeepBusyPilots.name)
+    keep = KeepBusyPilots(lambda worker: _pilot_of(cluster, worker) or worker)
+    cluster.loop.add_callback(lambda: cluster.scheduler.add_plugin(keep, name=keep.name))  # on the scheduler's loop
     cluster.adapt(minimum_jobs=0, maximum_jobs=profile.max_pilots, interval="1s", wait_count=10)
 
 
