@@ -82,6 +82,7 @@ class Outcome:
     cpu_s: float | None = None  # CPU time the attempt used, where the backend measured it
     max_rss_mib: float | None = None  # its peak memory, where measured
     memory_held: str | None = None  # how its memory limit was held: MEMORY_HELD (None: it asked for none)
+    logged: bool | None = None  # whether it wrote a log (False: a Python call that printed nothing; None: unknown)
 
 
 # how an attempt's memory limit was held: by a memory cgroup of its own (or the site's, on SLURM), by

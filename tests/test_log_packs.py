@@ -156,6 +156,24 @@ def test_a_sessions_ended_jobs_are_packed_and_every_api_still_reads_them(tmp_pat
         assert s.ledger.logs_due(time.time() + 3600) == []
 
 
+def say_if_odd(i: int) -> int:
+    if i % 2:
+        print("odd", i)
+    return i
+
+
+def test_only_calls_that_wrote_a_log_wait_to_be_packed(tmp_path):
+    """Most calls print nothing: they have no log, and nothing for the packer to look at."""
+    with Session(tmp_path / "root", site=SiteConfig.builtin()) as s:
+        from htc_notebook import Sweep
+
+        group = s.project("p").task("calls").sweep(say_if_odd, Sweep.zip(i=list(range(20))))
+        assert group.results(timeout=120) == list(range(20))
+        due = {row[0] for row in s.ledger.logs_due(time.time() + 3600)}
+        assert due == {j.id for j in group if j.row.index % 2}, due
+        assert [group[i].logs() for i in (2, 3)] == ["", "odd 3\n"]
+
+
 def test_a_task_whose_pack_directory_a_job_replaced_does_not_hold_up_the_others(tmp_path, caplog):
     with Session(tmp_path / "root", site=SiteConfig.builtin()) as s:
         groups = {}

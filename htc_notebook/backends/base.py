@@ -125,7 +125,8 @@ class Attempted(Protocol):
 def call_outcome(launch: Attempted, report: dict[str, Any]) -> Outcome:
     """How a Python call ended, from the report `worker.run_call` or a rank pool returns."""
     times = dict(host=report["host"], started=report["started"], ended=report["ended"], cpu_s=report.get("cpu_s"),
-                 max_rss_mib=report.get("max_rss_mib"), memory_held=report.get("memory_held"))
+                 max_rss_mib=report.get("max_rss_mib"), memory_held=report.get("memory_held"),
+                 logged=report.get("logged"))
     if report["ok"]:
         return Outcome(launch.job_id, launch.attempt, "SUCCEEDED", result=report["value"], **times)
     return Outcome(launch.job_id, launch.attempt, "FAILED", reason=report["message"], cause=report.get("cause"),

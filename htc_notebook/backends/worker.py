@@ -42,6 +42,11 @@ class _LazyLog:
                            encoding="utf-8")  # a job's log: never through a link it left there
         return self._f.write(text)
 
+    @property
+    def opened(self) -> bool:
+        """Was anything written (is there a log file)?"""
+        return self._f is not None
+
     def flush(self) -> None:
         if self._f is not None:
             self._f.flush()
@@ -52,11 +57,13 @@ class _LazyLog:
 
 
 @contextmanager
-def job_context(cwd: str, env: dict[str, str], log_out: str, log_err: str) -> Iterator[_LazyLog]:
+def job_context(cwd: str, env: dict[str, str], log_out: str,
+                log_err: str) -> Iterator[tuple[_LazyLog, _LazyLog]]:
     """Run in the task directory with the job's variables set and prints sent to the job's logs.
 
     Workers run one task per process (threads_per_worker=1), so this is safe.
-    Yields the stderr log, so a failure's traceback lands next to what the job printed.
+    Yields the stdout and stderr logs (a failure's traceback goes to the latter, next to what the
+    job printed).
     """
     old_cwd = os.getcwd()
     saved = {k: os.environ.get(k) for k in env}
@@ -65,7 +72,7 @@ def job_context(cwd: str, env: dict[str, str], log_out: str, log_err: str) -> It
     out, err = _LazyLog(log_out), _LazyLog(log_err)
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            yield err
+            yield out, err
     finally:
         out.close()
         err.close()
@@ -312,11 +319,12 @@ def run_call(fn: Any, args: tuple, kwargs: dict, cwd: str, env: dict[str, str],
     """Run `fn(*args, **kwargs)`; never raises for user errors.
 
     Returns a plain dict: ok, value (cloudpickled bytes) or message (the
-    exception, whose traceback goes to the stderr log), host, pid, started, ended.
+    exception, whose traceback goes to the stderr log), host, pid, started, ended, cpu_s, and
+    logged (whether it wrote a log: most calls print nothing, and then have no log to pack).
     """
     started, cpu = time.time(), time.thread_time()  # the call's own thread (a worker runs one call per thread)
     out: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(), "started": started}
-    with job_context(cwd, env, *logs) as err:
+    with job_context(cwd, env, *logs) as (stdout, err):
         try:
             value = fn(*args, **kwargs)
             try:
@@ -329,4 +337,5 @@ def run_call(fn: Any, args: tuple, kwargs: dict, cwd: str, env: dict[str, str],
             out["message"] = f"{type(exc).__name__}: {exc}"
             err.write("".join(traceback.format_exception(exc)))
     out["ended"], out["cpu_s"] = time.time(), round(time.thread_time() - cpu, 3)
+    out["logged"] = stdout.opened or err.opened
     return out

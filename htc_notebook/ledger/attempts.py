@@ -178,6 +178,9 @@ def _record_successes(con: sqlite3.Connection, successes: list, now: float, seq:
     con.executemany("INSERT INTO results (job_id, attempt, inline, path, size, created) VALUES (?, ?, ?, ?, ?, ?)",
                     [(o.job_id, o.attempt, o.result, o.result_path, size, now)
                      for o, size in first.values() if size is not None])
+    # a call that wrote no log has none to pack: off the queue its end put it on (schema's jobs_ended_pack_logs)
+    con.executemany("DELETE FROM log_queue WHERE job_id = ?", [(o.job_id,) for o, _ in first.values()
+                                                               if o.logged is False])
     return list(first)
 
 
