@@ -79,6 +79,21 @@ def bundled_peaks(session: Session) -> list[dict[str, Any]]:
              "max_rss_mib": j.row.max_rss_mib, "held": j.row.memory_held} for j in jobs]
 
 
+def pilot_commands(session: Session) -> dict[str, Any]:
+    """Command jobs on the pilots (profile `piloted`: commands: pilots): who they run as, and one over
+    its memory limit."""
+    task = session.project("as-user").task("pilot-commands")
+    who = task.submit_batch({"jobName": "who", "batchSize": 2, "htcJobDefinition": {
+        "commands": ["sh", "-c", "id -u; id -un"], "maxMemory": LIMIT_MIB}}, profile="piloted").wait(timeout=300)
+    (hog,) = task.submit_batch({"jobName": "hog", "batchSize": 1, "htcJobDefinition": {
+        "commands": [sys.executable, "-c", HOLD, "300"], "maxMemory": 128}}, profile="piloted")
+    hog.wait(timeout=300)
+    return {"who": [{"status": j.status, "native_id": j.row.native_id, "out": j.logs("out"),
+                     "held": j.row.memory_held} for j in who],
+            "hog": {"status": hog.status, "reason": hog.row.reason, "causes": [a.cause for a in hog.attempts],
+                    "held": hog.row.memory_held}}
+
+
 def hold(mib: int) -> int:
     """A call that holds `mib` MiB."""
     x = bytearray(mib << 20)
@@ -111,10 +126,11 @@ def main(root: str, site_file: str) -> None:
     site = yaml.safe_load(Path(site_file).read_text())
     site["profiles"]["knl"]["pilot_workers"] = 2  # a 64-core node on a 2-core machine: two workers are plenty
     site["profiles"]["bundled"] = {**site["profiles"]["cpu"], "bundle": 2}
+    site["profiles"]["piloted"] = {**site["profiles"]["cpu"], "commands": "pilots", "max_pilots": 1}
     Path(site_file).write_text(yaml.safe_dump(site))
     with Session(root, site=SiteConfig.load(site_file)) as session:
         seen = {"batch": batch(session), "bundled": bundled_peaks(session), "sweep": sweep(session),
-                "mpi": mpi(session)}
+                "mpi": mpi(session), "pilot_commands": pilot_commands(session)}
     seen["htc_notebook"] = htc_notebook.__file__  # the checkout's, not another install's
     print(json.dumps(seen))
 

@@ -127,6 +127,17 @@ def test_python_calls_on_pilots_run_as_the_user_and_one_over_its_memory_fails_fo
     assert hog["reason"] == "out of memory (limit 128 MiB): the OOM killer stopped it"
 
 
+def test_command_jobs_on_pilots_run_as_the_user_and_one_over_its_memory_fails_for_memory(seen):
+    who = seen["pilot_commands"]["who"]
+    assert [j["status"] for j in who] == ["SUCCEEDED"] * 2, who
+    for job in who:
+        assert job["out"].splitlines() == [str(seen["uid"]), USER], job
+        assert job["native_id"].startswith("local:") and job["held"] in ("cgroup", "watched"), job  # on a pilot
+    hog = seen["pilot_commands"]["hog"]
+    assert (hog["status"], hog["causes"]) == ("FAILED", ["memory"]) and hog["held"] in ("cgroup", "watched"), hog
+    assert hog["reason"].startswith("out of memory (limit 128 MiB)"), hog
+
+
 def test_mpi_tasks_across_two_nodes_run_as_the_user(seen):
     uid = seen["uid"]
     ranks = seen["mpi"]["function"]
@@ -148,11 +159,11 @@ def test_the_data_root_and_its_credentials_directory_are_the_users_alone(seen):
 
 
 def test_no_cgroup_of_the_users_pilots_outlives_them(seen):
-    """The pilots' calls each had a memory cgroup of their own, made by the user inside the pilot
+    """The pilots' calls and command jobs each had a memory cgroup of their own, made by the user inside the pilot
     job's: all gone once the session closed, so SLURM could remove the pilot jobs' own (a leftover
     keeps `job_<id>` there and fails a later job of that id)."""
     pilots = {name.rsplit("-", 1)[1] for name in (p.stem for p in Path(seen["root"], "pilot-logs").glob("htc-*.out"))}
-    assert len(pilots) == 2, pilots  # the knl pilot and the cpu MPI allocation
+    assert len(pilots) == 3, pilots  # the knl pilot, the cpu MPI allocation and the `piloted` commands' pilot
     deadline = time.monotonic() + 60
     while left := sorted(c for job in pilots for c in CGROUPS.glob(f"slurm_*/uid_{seen['uid']}/job_{job}")):
         assert time.monotonic() < deadline, [str(d) for c in left for d in c.rglob("*") if d.is_dir()]
