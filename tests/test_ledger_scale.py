@@ -20,7 +20,7 @@ from htc_notebook.ledger.schema import HELD_FOR_ROOM
 from htc_notebook.states import ACTIVE_NAMES, REQUEUEABLE_NAMES, Outcome
 from htc_notebook.server.api import HTCApi, wire_status
 from htc_notebook.server.auth import Auth
-from htc_notebook.ui.table import TableModel
+from htc_notebook.ui.table import PAGE, TableModel
 
 N = 20_000
 
@@ -117,10 +117,22 @@ def test_owners_are_counted_from_the_owner_index(big):
     assert sum(s.ledger.active_owners(task.id).values()) == len(s.ledger.job_ids(task.id, ACTIVE_NAMES))
 
 
-def test_small_table_first_load_looks_up_its_jobs_by_id(big):
+def test_a_tables_window_reads_its_rows_by_index(big):
+    """A group's table counts and reads its jobs by id range; a task's window of one status walks the
+    (task_id, status) index in id order: neither scans the task's jobs."""
     s, task, ids = big
-    [plan] = _plans(s.ledger, lambda: s.ledger.view_rows(task.id, ids[:10]))
-    assert "SEARCH j USING INTEGER PRIMARY KEY" in plan and "INDEX jobs_task" not in plan, plan
+    plans = _plans(s.ledger, lambda: s.ledger.view_page(task.id, [(ids[0], ids[9])]))
+    assert len(plans) == 2 and all("USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)" in p for p in plans), plans
+    plans = _plans(s.ledger, lambda: s.ledger.view_page(task.id, status="SUBMITTED", offset=100, limit=50))
+    rows = plans[-1]
+    assert "INDEX jobs_task_status (task_id=? AND status=?)" in rows and "TEMP B-TREE" not in rows, rows
+    # all of a task's jobs by id: its counts and id range from the status index, its rows by primary key
+    counts, rows = _plans(s.ledger, lambda: s.ledger.view_page(task.id, offset=100, limit=50))
+    assert counts.count("COVERING INDEX jobs_task_status (task_id=? AND status=?)") == 3, counts
+    assert "SCAN" not in counts.replace("SCAN json_each", ""), counts
+    assert "INTEGER PRIMARY KEY (rowid>? AND rowid<?)" in rows and "TEMP B-TREE" not in rows, rows
+    seq, totals, matching, got = s.ledger.view_page(task.id, offset=100, limit=50)
+    assert [r[0] for r in got] == ids[100:150] and matching == N
 
 
 def test_paging_returns_every_job_once(big):
@@ -162,17 +174,19 @@ def test_job_at_finds_the_batch_member(big):
     assert api.get_job("me", "scale", str(task.id), f"{batch}:777")["jobId"] == str(ids[777])
 
 
-def test_table_first_load_is_every_row_once(big):
+def test_table_first_load_is_one_window_and_the_counts(big):
     s, task, ids = big
     model = TableModel(s.reads, task.id)
     patch = model.poll()
-    assert [r[0] for r in patch["rows"]] == ids and [n[0] for n in patch["new"]] == ids
-    assert patch["totals"] == {k: v for k, v in s.ledger.counts(task.id).items() if v}
+    assert patch["ids"] == ids[:PAGE] and [n[0] for n in patch["new"]] == ids[:PAGE]
+    assert patch["totals"] == {k: v for k, v in s.ledger.counts(task.id).items() if v} and patch["matching"] == N
+    model.due = 0
     assert model.poll() is None  # nothing changed since
     some = ids[5:15] + ids[-3:]
     part = TableModel(s.reads, task.id, some)
-    assert [r[0] for r in part.poll()["rows"]] == some
+    assert part.poll()["ids"] == some
     s.ledger.set_status(ids[:4] + ids[5:7], "RUNNABLE", "next")  # later polls: changes of its jobs only
+    part.due = 0
     assert [r[0] for r in part.poll()["rows"]] == ids[5:7]
 
 

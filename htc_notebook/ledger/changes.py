@@ -4,21 +4,74 @@ that number from one snapshot."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .connection import LedgerCore
-from .encoding import checked_ids, job_row
+from ..errors import LedgerError
+from ..states import JobStatus
+from .encoding import checked_ids, checked_status, job_row
 from .rows import JobRow
 from .schema import JOB_COLUMNS
 from .statements import IN_JSON
 
 
-PREVIEW_BYTES = 512  # results this small come with `view_changes` rows, for table previews
+PREVIEW_BYTES = 512  # results this small come with `view_page` rows, for table previews
 # what a job's last attempt used and what it asked for, for live tables (the spec is read only when measured)
 USED_SQL = ("j.cpu_s, j.max_rss_mib, "
             "CASE WHEN j.cpu_s IS NOT NULL OR j.max_rss_mib IS NOT NULL THEN json_extract(j.spec, '$.memory') END, "
             "CASE WHEN j.cpu_s IS NOT NULL THEN json_extract(j.spec, '$.cores') END")
+
+
+VIEW_COLUMNS = ("SELECT j.id, j.name, j.status, j.reason, j.host, j.attempts, j.started, j.ended, j.params, j.seq, "
+                f"CASE WHEN r.size <= {PREVIEW_BYTES} THEN r.inline END, {USED_SQL} "
+                "FROM jobs j LEFT JOIN results r ON r.job_id = j.id ")
+# what a live table's rows can be ordered by (then by id): column -> SQL (constants, never user input)
+SORTS = {"id": "j.id", "name": "j.name", "status": "j.status", "host": "j.host", "attempts": "j.attempts",
+         "started": "j.started", "runtime": "j.ended - j.started", "reason": "j.reason"}
+# how many id ranges a subset is matched by directly (BETWEEN each); more, and by its id list
+MAX_RANGES = 8
+
+
+def id_ranges(job_ids: Iterable[int]) -> list[tuple[int, int]]:
+    """Sorted job ids as inclusive ranges: a sweep's ids are one or a few.
+
+    >>> id_ranges([7, 3, 4, 5, 9])
+    [(3, 5), (7, 7), (9, 9)]
+    """
+    out: list[tuple[int, int]] = []
+    for i in sorted(set(checked_ids(job_ids))):
+        if out and out[-1][1] == i - 1:
+            out[-1] = (out[-1][0], i)
+        else:
+            out.append((i, i))
+    return out
+
+
+def _where(task_id: int, ranges: Sequence[tuple[int, int]] | None, status: str | None,
+           text: str | None) -> tuple[str, list[Any]]:
+    """The WHERE clause of a live table's view: a task's jobs, or those in `ranges`, of one status,
+    with `text` (lower case) in the name, parameters, host or reason."""
+    # `+`: by id ranges, the rows are looked up by primary key, not through the task's indexes
+    where: list[str] = ["j.task_id = ?" if ranges is None else "+j.task_id = ?"]
+    params: list[Any] = [task_id]
+    if ranges is not None and len(ranges) <= MAX_RANGES:
+        where.append("(" + (" OR ".join(["j.id BETWEEN ? AND ?"] * len(ranges)) or "0") + ")")
+        params += [i for r in ranges for i in r]
+    elif ranges is not None:
+        where.append(f"j.id IN {IN_JSON}")
+        params.append(json.dumps([i for lo, hi in ranges for i in range(lo, hi + 1)]))
+    if status:
+        where.append("j.status = ?")
+        params.append(status)
+    if text:
+        where.append("(instr(lower(j.name), ?1) OR instr(lower(j.params), ?1) OR instr(lower(j.host), ?1) "
+                     "OR instr(lower(j.reason), ?1) OR j.id = ?1)".replace("?1", f"?{len(params) + 1}"))
+        params.append(text)
+    return " AND ".join(where), params
+
+
+STATUS_NAMES = [s.value for s in JobStatus]
 
 
 class Changes(LedgerCore):
@@ -40,35 +93,59 @@ class Changes(LedgerCore):
                                (task_id, after_seq)).fetchall()
         return seq, rows
 
-    def view_changes(self, task_id: int, after_seq: int) -> tuple[int, list[tuple[Any, ...]]]:
-        """For live tables: (max_seq, rows changed after `after_seq`), each (id, name, status, reason,
-        host, attempts, started, ended, params as JSON text, seq, result bytes if inline and at most
+    def view_page(self, task_id: int, ranges: Sequence[tuple[int, int]] | None = None, *,
+                  status: str | None = None, text: str | None = None, sort: str = "id", descending: bool = False,
+                  offset: int = 0, limit: int = 200) -> tuple[int, dict[str, int], int, list[tuple[Any, ...]]]:
+        """One window of a live table, read from one snapshot: (sequence number, count per status of
+        the task's jobs or of those in `ranges`, how many match `status` and `text`, the rows from
+        `offset` on (at most `limit`, ordered by `sort` then id): (id, name, status, reason, host,
+        attempts, started, ended, params as JSON text, seq, result bytes if inline and at most
         `PREVIEW_BYTES`, CPU s, peak MiB, memory asked, cores asked (the last two only when measured)).
-        Plain tuples, nothing decoded: a refresh of thousands of rows stays cheap."""
+        Bounded by the window, not the task: a million-job task costs its indexed counts and `limit`
+        rows (a text filter or a sort other than by id reads every row of the view)."""
+        if sort not in SORTS:
+            raise LedgerError(f"a live table sorts by one of {', '.join(SORTS)}, not {sort!r}")
+        if status:
+            status = checked_status(status)
+        order = f"{SORTS[sort]} {'DESC' if descending else 'ASC'}, j.id {'DESC' if descending else 'ASC'}"
+        where_all, params_all = _where(task_id, ranges, None, None)
         with self._snapshot() as con:
             seq = con.execute("SELECT seq FROM counter").fetchone()[0]
-            rows = con.execute("SELECT j.id, j.name, j.status, j.reason, j.host, j.attempts, j.started, j.ended, "
-                               f"       j.params, j.seq, CASE WHEN r.size <= {PREVIEW_BYTES} THEN r.inline END, "
-                               f"       {USED_SQL} "
-                               "FROM jobs j LEFT JOIN results r ON r.job_id = j.id "
-                               "WHERE j.task_id = ? AND j.seq > ? ORDER BY j.id", (task_id, after_seq)).fetchall()
-        return seq, rows
+            if ranges is None:  # one indexed count per status (cheaper than GROUP BY over a big task)
+                counts = con.execute("SELECT value, (SELECT COUNT(*) FROM jobs WHERE task_id = ?1 AND status = value), "
+                                     "(SELECT MIN(id) FROM jobs WHERE task_id = ?1 AND status = value), "
+                                     "(SELECT MAX(id) FROM jobs WHERE task_id = ?1 AND status = value) "
+                                     "FROM json_each(?2)", (task_id, json.dumps(STATUS_NAMES))).fetchall()
+                ends = [i for _, n, lo, hi in counts if n for i in (lo, hi)]
+                # all of them, in id order: the task's id range by primary key (no index holds a task's ids
+                # in order; one status's are, in the (task_id, status) index)
+                view_ranges = None if status or not ends else [(min(ends), max(ends))]
+            else:
+                counts = con.execute(f"SELECT j.status, COUNT(*), 0, 0 FROM jobs j WHERE {where_all} "
+                                     "GROUP BY j.status", params_all).fetchall()
+                view_ranges = ranges
+            totals = {k: n for k, n, _, _ in counts if n}
+            where, params = _where(task_id, view_ranges, status, text.lower() if text else None)
+            if text:
+                matching = con.execute(f"SELECT COUNT(*) FROM jobs j WHERE {where}", params).fetchone()[0]
+            else:
+                matching = totals.get(status, 0) if status else sum(totals.values())
+            rows = con.execute(f"{VIEW_COLUMNS} WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?",
+                               [*params, max(0, int(limit)), max(0, int(offset))]).fetchall()
+        return seq, totals, matching, rows
 
-    def view_rows(self, task_id: int, job_ids: Iterable[int] | None = None) -> tuple[int, list[tuple[Any, ...]]]:
-        """`view_changes(task_id, 0)` for a live table's first load, in id order: every job of the task,
-        or only `job_ids` (looked up by id, so a table of 100 jobs in a 100,000-job task reads 100 rows)."""
-        where = "j.task_id = ?"
-        params: list[Any] = [task_id]
-        if job_ids is not None:  # `+`: look the ids up by primary key, not the task's index
-            where, params = f"j.id IN {IN_JSON} AND +j.task_id = ?", [json.dumps(checked_ids(job_ids)), task_id]
-        with self._snapshot() as con:
-            seq = con.execute("SELECT seq FROM counter").fetchone()[0]
-            rows = con.execute("SELECT j.id, j.name, j.status, j.reason, j.host, j.attempts, j.started, j.ended, "
-                               f"       j.params, j.seq, CASE WHEN r.size <= {PREVIEW_BYTES} THEN r.inline END, "
-                               f"       {USED_SQL} "
-                               f"FROM jobs j LEFT JOIN results r ON r.job_id = j.id WHERE {where} ORDER BY j.id",
-                               params).fetchall()
-        return seq, rows
+    def view_ids(self, task_id: int, ranges: Sequence[tuple[int, int]] | None, statuses: Iterable[str] | None = None,
+                 job_ids: Iterable[int] | None = None) -> list[int]:
+        """The ids of a live table's jobs (a task's, or those in `ranges`) that have one of `statuses`
+        (any, if None), and are among `job_ids` if given: what its buttons act on."""
+        where, params = _where(task_id, ranges, None, None)
+        if statuses is not None:
+            where += f" AND j.status IN {IN_JSON}"
+            params.append(json.dumps([checked_status(s) for s in statuses]))
+        if job_ids is not None:
+            where += f" AND j.id IN {IN_JSON}"
+            params.append(json.dumps(checked_ids(job_ids)))
+        return [i for (i,) in self._read(f"SELECT j.id FROM jobs j WHERE {where} ORDER BY j.id", params)]
 
     def max_seq(self) -> int:
         return int(self._read("SELECT seq FROM counter")[0][0])

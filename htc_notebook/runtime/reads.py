@@ -9,7 +9,7 @@ read is indexed and bounded as the ledger's own is (docs/ledger.md).
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from htc_notebook.ledger import Ledger
 from htc_notebook.ledger.rows import AttemptRow, EventRow, JobRow, TaskRow
@@ -87,10 +87,18 @@ class Reads:
         return self._ledger.group_counts(task_id)
 
     # -- the live table's rows -------------------------------------------------------------------
-    def view_rows(self, task_id: int, job_ids: Iterable[int] | None = None) -> tuple[int, list[tuple[Any, ...]]]:
-        """(sequence number, rows) of a task's jobs (or of `job_ids`), as the live table shows them."""
-        return self._ledger.view_rows(task_id, job_ids)
+    def view_page(self, task_id: int, ranges: Sequence[tuple[int, int]] | None = None, *, status: str | None = None,
+                  text: str | None = None, sort: str = "id", descending: bool = False, offset: int = 0,
+                  limit: int = 200) -> tuple[int, dict[str, int], int, list[tuple[Any, ...]]]:
+        """(sequence number, counts per status, rows matching, the window's rows): `Changes.view_page`."""
+        return self._ledger.view_page(task_id, ranges, status=status, text=text, sort=sort, descending=descending,
+                                      offset=offset, limit=limit)
 
-    def view_changes(self, task_id: int, after_seq: int) -> tuple[int, list[tuple[Any, ...]]]:
-        """The rows changed since sequence number `after_seq`."""
-        return self._ledger.view_changes(task_id, after_seq)
+    def view_ids(self, task_id: int, ranges: Sequence[tuple[int, int]] | None, statuses: Iterable[str] | None = None,
+                 job_ids: Iterable[int] | None = None) -> list[int]:
+        """The ids of a live table's jobs with one of `statuses` (and among `job_ids`): `Changes.view_ids`."""
+        return self._ledger.view_ids(task_id, ranges, statuses, job_ids)
+
+    def status_changes(self, task_id: int, after_seq: int) -> tuple[int, list[tuple[int, str]]]:
+        """(sequence number, (id, status) of the jobs changed after `after_seq`)."""
+        return self._ledger.status_changes(task_id, after_seq)

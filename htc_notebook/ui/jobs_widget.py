@@ -1,14 +1,16 @@
 """The live jobs table widget: anywidget front end, patches from `TableModel`.
 
 A background thread looks at the ledger every `interval` seconds and sends one
-message with the rows that changed (nothing when nothing did), so the message rate
-is bounded (<= 1/interval) whatever the number of jobs. The browser keeps all rows and
-renders only those in view. Cancel/retry buttons and row clicks come back as messages.
+message with what changed in the browser's window (nothing when nothing did), so the message
+rate is bounded (<= 1/interval) whatever the number of jobs. The browser holds the counts and
+one window of rows (`TableModel`); scrolling, filtering and sorting ask the kernel for another
+(a "view" message). Cancel/retry buttons and row clicks come back as messages.
 Without a widget front end (terminal, nbconvert) the widget shows as text and HTML.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import pathlib
 import threading
@@ -18,8 +20,9 @@ from typing import TYPE_CHECKING, Any, Iterable
 import anywidget
 import traitlets
 
+from htc_notebook.errors import SpecError
 from htc_notebook.states import REQUEUEABLE_NAMES, STATES, TERMINAL_NAMES
-from htc_notebook.ui.table import TableModel, memory_line
+from htc_notebook.ui.table import TableModel, View, memory_line
 
 if TYPE_CHECKING:
     from htc_notebook.runtime.parts import Parts
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
 STATIC = pathlib.Path(__file__).parent / "static"
 INTERVAL = 0.25  # seconds between looks at the ledger: at most 4 patch messages per second
 LOG_TAIL = 40
+VIEW_FIELDS = tuple(f.name for f in dataclasses.fields(View))  # what a "view" message may set
 
 
 class JobsTable(anywidget.AnyWidget):
@@ -40,7 +44,7 @@ class JobsTable(anywidget.AnyWidget):
                  interval: float = INTERVAL, **kwargs: Any):
         super().__init__(**kwargs)
         self.parts = parts
-        self.model = TableModel(parts.reads, task_id, job_ids)
+        self.model = TableModel(parts.reads, task_id, job_ids, interval=interval)
         self.model.poll()
         self.sent_messages = 0
         self._lock = threading.Lock()
@@ -69,8 +73,13 @@ class JobsTable(anywidget.AnyWidget):
         kind = content.get("t")
         if kind == "ready":
             with self._lock:
-                for chunk in self.model.snapshot():
-                    self._post(chunk)
+                self._post(self.model.snapshot())
+        elif kind == "view":
+            try:
+                with self._lock:
+                    self._post(self.model.set_view(**{k: content[k] for k in VIEW_FIELDS if k in content}))
+            except (SpecError, TypeError, ValueError) as e:
+                self._post({"t": "notice", "text": str(e)})
         elif kind == "detail":
             self._post({"t": "detail", "id": content.get("id"), "text": self.detail(int(content["id"]))})
         elif kind in ("cancel", "retry"):
@@ -79,12 +88,14 @@ class JobsTable(anywidget.AnyWidget):
             self._post({"t": "notice", "text": f"{kind}: {len(done)} of {len(ids)} jobs"})
 
     def _ids(self, ids: Any) -> list[int]:
-        rows = self.model.rows
+        """The table's jobs a button acts on: "all" not ended, "failed" (those a retry takes), or the
+        selected ones that are the table's."""
+        reads, task_id, ranges = self.parts.reads, self.model.task_id, self.model.ranges
         if ids == "all":
-            return [i for i, r in rows.items() if STATES[r[1]] not in TERMINAL_NAMES]
+            return reads.view_ids(task_id, ranges, [s for s in STATES if s not in TERMINAL_NAMES])
         if ids == "failed":
-            return [i for i, r in rows.items() if STATES[r[1]] in REQUEUEABLE_NAMES]
-        return [int(i) for i in ids or [] if int(i) in rows]
+            return reads.view_ids(task_id, ranges, REQUEUEABLE_NAMES)
+        return reads.view_ids(task_id, ranges, None, [int(i) for i in ids or []])
 
     def detail(self, job_id: int) -> str:
         """What a click on a row shows: state, reason, where it ran, the log tails."""
@@ -124,8 +135,8 @@ class JobsTable(anywidget.AnyWidget):
         out = [self.model.summary()]
         out += [f"{r['id']:>7} {r['name'][:20]:20} {r['status']:10} {r['host'][:12]:12} {r['runtime']:>8} "
                 f"{r['params'][:30]:30} {r['result'][:20]}" for r in recs]
-        if len(self.model.rows) > limit:
-            out.append(f"... {len(self.model.rows) - limit} more")
+        if self.model.matching > len(recs):
+            out.append(f"... {self.model.matching - len(recs)} more")
         return "\n".join(out)
 
     def html(self, limit: int = 20) -> str:

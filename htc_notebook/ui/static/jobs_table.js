@@ -1,5 +1,7 @@
-// Live jobs table (anywidget front end). Rows arrive as patches of changed rows only;
-// only the rows in view are in the DOM (virtual scrolling), so 100,000 jobs stay responsive.
+// Live jobs table (anywidget front end). The kernel keeps the counts and one window of rows
+// (a few hundred); scrolling past it, a status chip, the filter or a column's sort ask for another.
+// Patches carry only the window's rows that changed; only the rows in view are in the DOM, so a
+// million-job task costs the browser what a hundred does.
 // The chart of job states over time (and the rate jobs end at) is drawn from the counts each
 // patch already carries: it costs no message of its own.
 const ROW = 24, COLS = ["id", "name", "status", "host", "attempts", "runtime", "used", "params", "result", "reason"];
@@ -44,8 +46,10 @@ function chart(history, ends) {
 
 function render({ model, el }) {
   let states = model.get("states"), hosts = [], names = [], t0 = 0, totals = {}, synced = false;
+  // the kernel holds the counts and sends one window of rows (`ids` from `offset` of `matching`)
+  let ids = [], offset = 0, matching = 0, pending = null;
   const rows = new Map(), stat = new Map(), selected = new Set(), history = [];
-  let order = [], filterState = "", filterText = "", sortCol = "id", sortDir = 1, dirty = true;
+  const view = { status: "", text: "", sort: "id", descending: false };
 
   el.classList.add("htc-table");
   el.innerHTML = `
@@ -54,7 +58,7 @@ function render({ model, el }) {
       <div class="htc-chart"><div class="htc-plot"></div><span class="htc-rate"></span></div>
       <div class="htc-chips"></div>
       <div class="htc-tools">
-        <input class="htc-filter" placeholder="filter: text in any column">
+        <input class="htc-filter" placeholder="filter: text in name, parameters, host or reason">
         <button class="htc-retry-failed">Retry failed</button>
         <button class="htc-cancel-sel">Cancel selected</button>
         <button class="htc-retry-sel">Retry selected</button>
@@ -74,31 +78,37 @@ function render({ model, el }) {
     return { id: r[0], name: names[s[1]] ?? "", status: states[r[1]], host: r[2] >= 0 ? hosts[r[2]] : "",
              attempts: r[3], runtime, used: r[8] ?? "", params: s[2] ?? "", result: r[7] ?? "", reason: r[6] ?? "" };
   };
-  const rebuild = () => {
-    let ids = [...rows.keys()];
-    if (filterState) ids = ids.filter((id) => states[rows.get(id)[1]] === filterState);
-    if (filterText) {
-      const q = filterText.toLowerCase();
-      ids = ids.filter((id) => Object.values(fmt(rows.get(id))).join(" ").toLowerCase().includes(q));
-    }
-    if (sortCol !== "id") {
-      const key = (id) => fmt(rows.get(id))[sortCol];
-      ids.sort((a, b) => (key(a) > key(b) ? 1 : key(a) < key(b) ? -1 : a - b) * sortDir);
-    } else ids.sort((a, b) => (a - b) * sortDir);
-    order = ids;
+  const ask = (changes) => {  // another window (or filter, or order) from the kernel
+    Object.assign(view, changes);
+    pending = changes.offset ?? 0;
+    model.send({ t: "view", ...view, offset: pending, limit: PAGE });
   };
+  // Browsers cap an element's height: past MAX_PX the scroll bar maps to rows proportionally.
+  const MAX_PX = 8_000_000, PAGE = 200;
   const paint = () => {
-    if (dirty) { rebuild(); dirty = false; }
-    spacer.style.height = `${order.length * ROW}px`;
-    const first = Math.max(0, Math.floor(scroll.scrollTop / ROW) - 5);
-    const last = Math.min(order.length, first + Math.ceil(scroll.clientHeight / ROW) + 10);
-    body.style.transform = `translateY(${first * ROW}px)`;
-    body.innerHTML = order.slice(first, last).map((id) => {
-      const f = fmt(rows.get(id));
-      return `<div class="htc-row st-${f.status} ${selected.has(id) ? "sel" : ""}" data-id="${id}">` +
+    const visible = Math.ceil(scroll.clientHeight / ROW) + 1;
+    const height = Math.min(matching * ROW, MAX_PX);
+    spacer.style.height = `${height}px`;
+    const scaled = matching * ROW > MAX_PX;
+    const room = Math.max(1, height - scroll.clientHeight);
+    const first = Math.min(Math.max(0, matching - visible + 1), scaled
+      ? Math.round(scroll.scrollTop / room * Math.max(0, matching - visible + 1))
+      : Math.floor(scroll.scrollTop / ROW));
+    const last = Math.min(matching, first + visible);
+    body.style.transform = `translateY(${scaled ? scroll.scrollTop : first * ROW}px)`;
+    let html = "";
+    for (let i = first; i < last; i++) {
+      const id = ids[i - offset], r = id != null ? rows.get(id) : null;
+      if (!r) { html += `<div class="htc-row htc-loading">${COLS.map(() => "<span>…</span>").join("")}</div>`; continue; }
+      const f = fmt(r);
+      html += `<div class="htc-row st-${f.status} ${selected.has(id) ? "sel" : ""}" data-id="${id}">` +
         COLS.map((c) => `<span title="${String(f[c]).replace(/"/g, "&quot;")}">${String(f[c])
           .replace(/&/g, "&amp;").replace(/</g, "&lt;")}</span>`).join("") + "</div>";
-    }).join("");
+    }
+    body.innerHTML = html;
+    // rows in view that the window does not hold: ask for a window around them (one request at a time)
+    const held = first >= offset && last <= offset + ids.length;
+    if (!held && pending === null && synced) ask({ offset: Math.max(0, first - Math.floor((PAGE - visible) / 2)) });
     const total = Object.values(totals).reduce((a, b) => a + b, 0);
     const ended = ENDED.reduce((a, s) => a + (totals[s] || 0), 0);
     const drawn = chart(history, history.length === 1 ? [...rows.values()]
@@ -108,7 +118,9 @@ function render({ model, el }) {
     $(".htc-bar").style.width = total ? `${(100 * ended) / total}%` : "0";
     $(".htc-count").textContent = `${ended} / ${total} ended`;
     $(".htc-chips").innerHTML = states.filter((s) => totals[s]).map((s) =>
-      `<span class="chip st-${s} ${filterState === s ? "on" : ""}" data-state="${s}">${s} ${totals[s]}</span>`).join("");
+      `<span class="chip st-${s} ${view.status === s ? "on" : ""}" data-state="${s}">${s} ${totals[s]}</span>`).join("");
+    for (const h of el.querySelectorAll(".htc-grid-head span"))
+      h.className = h.dataset.col === view.sort ? (view.descending ? "sorted desc" : "sorted") : "";
   };
   let queued = false;
   const schedule = () => { if (!queued) { queued = true; requestAnimationFrame(() => { queued = false; paint(); }); } };
@@ -116,49 +128,63 @@ function render({ model, el }) {
   model.on("msg:custom", (msg) => {
     if (msg.t === "reset") {
       rows.clear(); stat.clear(); states = msg.states; t0 = msg.t0; hosts = msg.hosts; names = msg.names;
+      Object.assign(view, { status: msg.view.status, text: msg.view.text, sort: msg.view.sort,
+                            descending: msg.view.descending });
       synced = true;
     }
     if (msg.t === "patch" && !synced) return;  // everything comes with the reset this view asked for
     if (msg.t === "reset" || msg.t === "patch") {
-      hosts.push(...(msg.t === "patch" ? msg.hosts : []));
-      names.push(...(msg.t === "patch" ? msg.names : []));
+      if (msg.t === "patch") { hosts.push(...msg.hosts); names.push(...msg.names); }
+      if (msg.ids) {
+        ids = msg.ids;
+        const keep = new Set(ids);
+        for (const id of [...rows.keys()]) if (!keep.has(id)) { rows.delete(id); stat.delete(id); }
+        if (pending !== null && msg.offset === pending) pending = null;
+      }
+      offset = msg.offset; matching = msg.matching;
       for (const s of msg.new) stat.set(s[0], s);
       for (const r of msg.rows) rows.set(r[0], r);
-      if (msg.totals) {
-        totals = msg.totals;
+      totals = msg.totals;
+      const prev = history[history.length - 1];
+      if (!prev || JSON.stringify(prev.c) !== JSON.stringify(totals)) {
         history.push({ t: Date.now(), c: { ...totals } });
         if (history.length > SAMPLES) history.splice(0, history.length, ...history.filter((_, i) => i % 2 === 0));
       }
-      dirty = true; schedule();
-    } else if (msg.t === "detail") {
+      schedule();
+    } else if (msg.t === "detail" || msg.t === "notice") {
       detail.textContent = msg.text;
-    } else if (msg.t === "notice") {
-      detail.textContent = msg.text;
+      if (msg.t === "notice") pending = null;
     }
   });
   scroll.addEventListener("scroll", schedule);
   body.addEventListener("click", (e) => {
-    const row = e.target.closest(".htc-row"); if (!row) return;
+    const row = e.target.closest(".htc-row"); if (!row || !row.dataset.id) return;
     const id = Number(row.dataset.id);
     if (e.ctrlKey || e.metaKey || e.shiftKey) { selected.has(id) ? selected.delete(id) : selected.add(id); }
     else { selected.clear(); selected.add(id); }
     model.send({ t: "detail", id }); schedule();
   });
+  const restart = (changes) => { scroll.scrollTop = 0; ask({ ...changes, offset: 0 }); };
   $(".htc-chips").addEventListener("click", (e) => {
     const s = e.target.dataset.state; if (!s) return;
-    filterState = filterState === s ? "" : s; dirty = true; schedule();
+    restart({ status: view.status === s ? "" : s });
   });
   $(".htc-grid-head").addEventListener("click", (e) => {
     const c = e.target.dataset.col; if (!c) return;
-    sortDir = sortCol === c ? -sortDir : 1; sortCol = c; dirty = true; schedule();
+    const col = { params: "id", result: "id", used: "id" }[c] || c;  // columns the ledger cannot order by: by id
+    restart({ sort: col, descending: view.sort === col ? !view.descending : false });
   });
-  $(".htc-filter").addEventListener("input", (e) => { filterText = e.target.value; dirty = true; schedule(); });
+  let typing = null;
+  $(".htc-filter").addEventListener("input", (e) => {
+    clearTimeout(typing);
+    typing = setTimeout(() => restart({ text: e.target.value }), 300);
+  });
   $(".htc-retry-failed").addEventListener("click", () => model.send({ t: "retry", ids: "failed" }));
   $(".htc-cancel-all").addEventListener("click", () => model.send({ t: "cancel", ids: "all" }));
   $(".htc-cancel-sel").addEventListener("click", () => model.send({ t: "cancel", ids: [...selected] }));
   $(".htc-retry-sel").addEventListener("click", () => model.send({ t: "retry", ids: [...selected] }));
   const timer = setInterval(() => { if (totals.RUNNING) schedule(); }, 1000);  // running times tick
   model.send({ t: "ready" });
-  return () => clearInterval(timer);
+  return () => { clearInterval(timer); clearTimeout(typing); };
 }
 export default { render };
