@@ -47,17 +47,24 @@ NO_USERNS_TESTS := $(filter-out tests/test_sandbox.py tests/test_call_sandbox.py
                    notebooks/01-quickstart.ipynb notebooks/03-htc-batches.ipynb notebooks/05-ensemble-sweep.ipynb
 
 ## test: every test; SLURM, MPI and browser parts are required (never skipped).
-## Brings the SLURM test cluster up, runs pytest, always brings it down, exits with pytest's status.
+## Brings the SLURM test cluster up, runs the tests in two lanes side by side, always brings it down, exits
+## with the first failing status. The SLURM lane (`-m slurm`: every test that uses the cluster, in order, in
+## one process; its output is printed when it ends) runs beside the local lane: the rest as root, then the
+## local-backend tests as an ordinary user, with and without user namespaces.
 test: system-deps $(TEST_STAMP) $(USER_STAMP)
 	$(MAKE) --no-print-directory lint
 	mkdir -p $(TEST_OUT)
 	$(MAKE) --no-print-directory slurm-up || { $(MAKE) --no-print-directory slurm-down; exit 1; }
-	HTC_REQUIRE_SLURM=1 $(BIN)/python -m pytest -q -p no:cacheprovider --junitxml=$(TEST_OUT)/junit.xml; \
+	@echo "== SLURM lane (-m slurm) in the background, into $(TEST_OUT)/slurm-lane.log; shown when it ends"
+	HTC_REQUIRE_SLURM=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m slurm --basetemp=$(SLURM_LANE_TMP) \
+	  --junitxml=$(TEST_OUT)/junit-slurm.xml > $(TEST_OUT)/slurm-lane.log 2>&1 & lane=$$!; \
+	  HTC_REQUIRE_SLURM=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m "not slurm" --junitxml=$(TEST_OUT)/junit.xml; \
 	  rc=$$?; $(BIN)/python tests/restrictive.py suite htc-user userns $(USER_TESTS); user=$$?; \
 	  $(BIN)/python tests/restrictive.py suite htc-user no-userns $(NO_USERNS_TESTS); nouserns=$$?; \
+	  wait $$lane; slurm=$$?; echo "== SLURM lane (-m slurm)"; cat $(TEST_OUT)/slurm-lane.log; \
 	  $(MAKE) --no-print-directory slurm-down; down=$$?; \
-	  if [ $$rc -ne 0 ]; then exit $$rc; fi; if [ $$user -ne 0 ]; then exit $$user; fi; \
-	  if [ $$nouserns -ne 0 ]; then exit $$nouserns; fi; exit $$down
+	  for s in $$slurm $$rc $$user $$nouserns $$down; do [ $$s -eq 0 ] || exit $$s; done
+SLURM_LANE_TMP := /tmp/pytest-of-$(shell id -un)/slurm-lane
 
 ## lint: ruff (tests and benchmarks too) and mypy, as configured in pyproject.toml; `make test` runs it first,
 ## before the SLURM cluster comes up, so a finding fails fast

@@ -95,6 +95,22 @@ def pytest_runtest_setup(item):
                     "where none can be made, run with -m 'not sandbox'", pytrace=False)
 
 
+# notebooks that run jobs on the SLURM test cluster (their cells carry no marker)
+SLURM_NOTEBOOKS = {"02-mpi-tasks.ipynb", "04-profiles-and-clusters.ipynb", "06-lammps-ensemble.ipynb", "07-reattach.ipynb"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by marker
+def pytest_collection_modifyitems(config, items):
+    """Every test that uses the SLURM test cluster is marked `slurm`, whether it says so or gets the
+    cluster through a fixture (`slurm_cluster`, `site`) or is a notebook's cell that submits to it:
+    `make test` runs `-m slurm` and `-m "not slurm"` side by side, and the ordinary user's runs leave
+    `slurm` out."""
+    for item in items:
+        if item.get_closest_marker("slurm") is None and (
+                "slurm_cluster" in getattr(item, "fixturenames", ()) or item.path.name in SLURM_NOTEBOOKS):
+            item.add_marker(pytest.mark.slurm)
+
+
 @pytest.fixture(autouse=True)
 def _pickle_test_module_by_value(request):
     import cloudpickle
