@@ -96,7 +96,8 @@ def pytest_runtest_setup(item):
 
 
 # notebooks that run jobs on the SLURM test cluster (their cells carry no marker)
-SLURM_NOTEBOOKS = {"02-mpi-tasks.ipynb", "04-profiles-and-clusters.ipynb", "06-lammps-ensemble.ipynb", "07-reattach.ipynb"}
+SLURM_NOTEBOOKS = {"02-mpi-tasks.ipynb", "04-profiles-and-clusters.ipynb", "06-lammps-ensemble.ipynb",
+                   "07-reattach.ipynb"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects by marker
