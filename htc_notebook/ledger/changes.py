@@ -109,6 +109,7 @@ class Changes(LedgerCore):
             status = checked_status(status)
         order = f"{SORTS[sort]} {'DESC' if descending else 'ASC'}, j.id {'DESC' if descending else 'ASC'}"
         where_all, params_all = _where(task_id, ranges, None, None)
+        view_ranges: Sequence[tuple[int, int]] | None = ranges
         with self._snapshot() as con:
             seq = con.execute("SELECT seq FROM counter").fetchone()[0]
             if ranges is None:  # one indexed count per status (cheaper than GROUP BY over a big task)
@@ -123,7 +124,6 @@ class Changes(LedgerCore):
             else:
                 counts = con.execute(f"SELECT j.status, COUNT(*), 0, 0 FROM jobs j WHERE {where_all} "
                                      "GROUP BY j.status", params_all).fetchall()
-                view_ranges = ranges
             totals = {k: n for k, n, _, _ in counts if n}
             where, params = _where(task_id, view_ranges, status, text.lower() if text else None)
             if text:
