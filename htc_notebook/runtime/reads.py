@@ -12,9 +12,10 @@ from __future__ import annotations
 from typing import Any, Iterable, Sequence
 
 from htc_notebook.ledger import Ledger
+from htc_notebook.ledger.changes import SORTS as VIEW_SORTS, id_ranges
 from htc_notebook.ledger.rows import AttemptRow, EventRow, JobRow, TaskRow
 
-__all__ = ["AttemptRow", "EventRow", "JobRow", "Reads", "TaskRow"]
+__all__ = ["AttemptRow", "EventRow", "JobRow", "Reads", "TaskRow", "VIEW_SORTS", "id_ranges"]
 
 
 class Reads:

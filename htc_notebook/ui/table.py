@@ -30,8 +30,7 @@ from typing import Any, Iterable
 import cloudpickle
 
 from htc_notebook.errors import SpecError
-from htc_notebook.ledger.changes import SORTS, id_ranges
-from htc_notebook.runtime.reads import Reads
+from htc_notebook.runtime.reads import VIEW_SORTS, Reads, id_ranges
 from htc_notebook.states import STATES
 
 COLUMNS = ("id", "status", "host", "attempts", "started", "duration", "reason", "result", "used")
@@ -44,7 +43,7 @@ _STATUS = {s: i for i, s in enumerate(STATES)}
 @dataclasses.dataclass(frozen=True)
 class View:
     """Which rows a table shows: of one status (or all), with `text` in the name, parameters,
-    host or reason, ordered by `sort` (a column of `ledger.changes.SORTS`), from `offset`."""
+    host or reason, ordered by `sort` (a column of `runtime.reads.VIEW_SORTS`), from `offset`."""
 
     status: str = ""
     text: str = ""
@@ -60,8 +59,8 @@ class View:
             raise SpecError("View", "descending", self.descending, "true or false")
         if self.status and self.status not in STATES:
             raise SpecError("View", "status", self.status, f"a job status ({', '.join(STATES)}) or empty")
-        if self.sort not in SORTS:
-            raise SpecError("View", "sort", self.sort, f"a column the table sorts by ({', '.join(SORTS)})")
+        if self.sort not in VIEW_SORTS:
+            raise SpecError("View", "sort", self.sort, f"a column the table sorts by ({', '.join(VIEW_SORTS)})")
         if not isinstance(self.offset, int) or self.offset < 0:
             raise SpecError("View", "offset", self.offset, "an integer >= 0")
         if not isinstance(self.limit, int) or not 0 < self.limit <= PAGE:
