@@ -243,7 +243,7 @@ def _python_side(side: str, jobs: int, window: int | None) -> dict:
         client.gather(client.map(add_one, range(200)))  # warm up workers and imports, both paths
         session.project("bench").task("warm-up").sweep(add_one, Sweep.zip(x=list(range(2000)))).results()
         xs = list(range(jobs))
-        work = Sweep.zip(x=xs) if side == "htc" else None
+        work = Sweep.zip(x=xs, limit=max(jobs, 100_000)) if side == "htc" else None
         tasks, stop = [0], threading.Event()
 
         def count_tasks():  # the most tasks the scheduler held at once
