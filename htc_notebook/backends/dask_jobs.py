@@ -19,7 +19,7 @@ from collections import OrderedDict, deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from itertools import groupby
+from itertools import groupby, pairwise
 from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Sequence
 
 import cloudpickle
@@ -606,7 +606,7 @@ class DaskJobs:
         """Queue calls packed as their probes' `durations` say (None: one per task); with the lock held.
         Cancelled ones are dropped when their pack leaves the queue."""
         n = 1 if durations is None else pack_size(durations, len(calls), threads, _scale(runner))
-        self._queue.extend((runner, calls[i:i + n]) for i in range(0, len(calls), n))
+        self._queue.extend((runner, pack) for pack in _even(calls, n))
 
     def _gather(self, client: Client, futures: list) -> list:
         try:
@@ -683,6 +683,18 @@ def _scale(runner: JobRunner) -> float:
 def _run_pack(runner: JobRunner, jobs: bytes) -> list[dict[str, Any]]:
     """On a worker: run a pack of jobs sent as one pickle (see `DaskJobs._map`)."""
     return runner(cloudpickle.loads(jobs))
+
+
+def _even(calls: list[_Call], n: int) -> list[list[_Call]]:
+    """`calls` in packs of at most `n`, as even as can be (no short pack left at the end).
+
+    >>> [len(p) for p in _even(list(range(10)), 4)]   # not [4, 4, 2]
+    [4, 3, 3]
+    """
+    count = -(-len(calls) // n)
+    size, extra = divmod(len(calls), count) if calls else (0, 0)
+    bounds = [i * size + min(i, extra) for i in range(count + 1)]
+    return [calls[a:b] for a, b in pairwise(bounds)]
 
 
 def _key(pack: Sequence[Job]) -> str:
