@@ -9,11 +9,11 @@ from typing import Any
 
 from .connection import LedgerCore
 from ..errors import LedgerError
-from ..states import JobStatus
+from ..states import STATES
 from .encoding import checked_ids, checked_status, job_row
 from .rows import JobRow
 from .schema import JOB_COLUMNS
-from .statements import IN_JSON
+from .statements import IN_JSON, per_status
 
 
 PREVIEW_BYTES = 512  # results this small come with `view_page` rows, for table previews
@@ -29,6 +29,7 @@ VIEW_COLUMNS = ("SELECT j.id, j.name, j.status, j.reason, j.host, j.attempts, j.
 # what a live table's rows can be ordered by (then by id): column -> SQL (constants, never user input)
 SORTS = {"id": "j.id", "name": "j.name", "status": "j.status", "host": "j.host", "attempts": "j.attempts",
          "started": "j.started", "runtime": "j.ended - j.started", "reason": "j.reason"}
+COUNTS_AND_ENDS_SQL = per_status("COUNT(*)", "MIN(id)", "MAX(id)")  # a task's, per status
 # how many id ranges a subset is matched by directly (BETWEEN each); more, and by its id list
 MAX_RANGES = 8
 
@@ -65,13 +66,10 @@ def _where(task_id: int, ranges: Sequence[tuple[int, int]] | None, status: str |
         where.append("j.status = ?")
         params.append(status)
     if text:
-        where.append("(instr(lower(j.name), ?1) OR instr(lower(j.params), ?1) OR instr(lower(j.host), ?1) "
-                     "OR instr(lower(j.reason), ?1) OR j.id = ?1)".replace("?1", f"?{len(params) + 1}"))
-        params.append(text)
+        where.append("(instr(lower(j.name), ?) OR instr(lower(j.params), ?) OR instr(lower(j.host), ?) "
+                     "OR instr(lower(j.reason), ?) OR j.id = ?)")
+        params += [text] * 5
     return " AND ".join(where), params
-
-
-STATUS_NAMES = [s.value for s in JobStatus]
 
 
 class Changes(LedgerCore):
@@ -113,10 +111,7 @@ class Changes(LedgerCore):
         with self._snapshot() as con:
             seq = con.execute("SELECT seq FROM counter").fetchone()[0]
             if ranges is None:  # one indexed count per status (cheaper than GROUP BY over a big task)
-                counts = con.execute("SELECT value, (SELECT COUNT(*) FROM jobs WHERE task_id = ?1 AND status = value), "
-                                     "(SELECT MIN(id) FROM jobs WHERE task_id = ?1 AND status = value), "
-                                     "(SELECT MAX(id) FROM jobs WHERE task_id = ?1 AND status = value) "
-                                     "FROM json_each(?2)", (task_id, json.dumps(STATUS_NAMES))).fetchall()
+                counts = con.execute(COUNTS_AND_ENDS_SQL, (task_id, json.dumps(STATES))).fetchall()
                 ends = [i for _, n, lo, hi in counts if n for i in (lo, hi)]
                 # all of them, in id order: the task's id range by primary key (no index holds a task's ids
                 # in order; one status's are, in the (task_id, status) index)

@@ -12,8 +12,9 @@ from .connection import LedgerCore
 from .encoding import checked_ids, checked_status, job_row
 from .rows import AttemptRow, BatchRow, EventRow, JobRow, ResultRow
 from .schema import ACTIVE_SQL, ATTEMPT_READ, JOB_COLUMNS, QUEUED_WHERE
-from .statements import IN_JSON
+from .statements import IN_JSON, per_status
 
+COUNTS_SQL = per_status("COUNT(*)")  # a task's jobs per status
 CALLS_LOOKED_AT = 2000  # `call_durations` looks among this many of a task's last successes
 
 class Reads(LedgerCore):
@@ -67,9 +68,7 @@ class Reads(LedgerCore):
 
     def counts(self, task_id: int) -> dict[str, int]:
         counts = {s.value: 0 for s in JobStatus}
-        # one indexed count per status: 40-50% less time than GROUP BY status on a 1,000,000-job task
-        counts.update(self._read("SELECT value, (SELECT COUNT(*) FROM jobs WHERE task_id = ?1 AND status = value) "
-                                 "FROM json_each(?2)", (task_id, json.dumps(list(counts)))))
+        counts.update(self._read(COUNTS_SQL, (task_id, json.dumps(list(counts)))))
         return counts
 
     def active_images(self) -> set[str]:
