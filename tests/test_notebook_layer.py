@@ -155,7 +155,6 @@ def test_diff_protocol_sends_only_changed_rows_of_the_window(tmp_path):
         ids = ledger.add_jobs(t.id, [NewJob(name="sim", kind="command", params={"i": i}, spec=JobSpec(), index=i,
                                             profile="local") for i in range(10_000)])
         table = JobsTable(s.parts, t.id, interval=3600)  # refreshed by hand below
-        table.model.interval = 0  # (the widget's thread would wait an hour between re-reads)
         assert table.model.ids == ids[:PAGE] and len(table.model.rows) == PAGE  # the kernel holds one window
         sent = []
         table.send = lambda msg, buffers=None: sent.append(msg)

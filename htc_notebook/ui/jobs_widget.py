@@ -44,7 +44,7 @@ class JobsTable(anywidget.AnyWidget):
                  interval: float = INTERVAL, **kwargs: Any):
         super().__init__(**kwargs)
         self.parts = parts
-        self.model = TableModel(parts.reads, task_id, job_ids, interval=interval)
+        self.model = TableModel(parts.reads, task_id, job_ids)
         self.model.poll()
         self.sent_messages = 0
         self._lock = threading.Lock()

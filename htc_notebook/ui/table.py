@@ -3,9 +3,10 @@
 `TableModel` holds what a browser shows, never every job: the count per status of the task's
 jobs (or of a group of them), and one window of rows (`PAGE` at most) of a `View` (a status, a
 text filter, a sort, an offset). It looks for changes by the ledger's change sequence number and
-re-reads the counts and the window when a job of its view changed, at most every `interval` and
-never more often than ~10 % of the time (`COST_SHARE`: a million-job task's counts take tens of
-milliseconds), so its cost and memory are bounded by the window, not the task.
+re-reads the counts and the window when a job of its view changed, at most as often as it is
+polled (the widget's thread sets the pace) and never more than ~10 % of the time (`COST_SHARE`:
+a million-job task's counts take tens of milliseconds), so its cost and memory are bounded by
+the window, not the task.
 A refresh sends only the window's rows that changed; the ids in view only when they changed.
 No widget code here: the widget (`jobs_widget.py`) sends what this returns, and the
 plain-text/HTML fallback renders from it too.
@@ -70,9 +71,8 @@ class View:
 class TableModel:
     """Counts and one window of a task's jobs (or of `job_ids`) for a live table."""
 
-    def __init__(self, reads: Reads, task_id: int, job_ids: Iterable[int] | None = None, *,
-                 interval: float = 0.0):
-        self.reads, self.task_id, self.interval = reads, task_id, interval
+    def __init__(self, reads: Reads, task_id: int, job_ids: Iterable[int] | None = None):
+        self.reads, self.task_id = reads, task_id
         self.ranges = id_ranges(job_ids) if job_ids is not None else None
         self.view = View()
         self.t0 = round(time.time())
@@ -123,7 +123,7 @@ class TableModel:
         seq, totals, matching, changed = self.reads.view_page(
             self.task_id, self.ranges, status=v.status or None, text=v.text or None, sort=v.sort,
             descending=v.descending, offset=v.offset, limit=v.limit)
-        self.due = time.monotonic() + max(self.interval, (time.perf_counter() - began) / COST_SHARE)
+        self.due = time.monotonic() + (time.perf_counter() - began) / COST_SHARE
         self.seq, self.stale, self.loaded = max(self.seq, seq), False, True
         rows: list[list] = []
         new: list[list] = []
