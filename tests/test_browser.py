@@ -71,16 +71,10 @@ def test_quickstart_runs_in_jupyterlab_with_live_table_and_launcher(lab):
     url, token, _ = lab
     OUT.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=shutil.which("chromium"), headless=True,
-                                    args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"])
+        browser = _browser(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
-            page.goto(f"{url}/lab/tree/01-quickstart.ipynb?token={token}")
-            page.wait_for_selector(".jp-NotebookPanel .jp-Notebook", timeout=90_000)
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
-            page.wait_for_timeout(2_000)  # "idle" shows before the session is wired to the panel
-            page.click("div.lm-MenuBar-itemLabel:text-is('Run')")
-            page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
+            _run_all(page, f"{url}/lab/tree/01-quickstart.ipynb?token={token}")
             # the %htc submit cell: a live table of 5 jobs, all SUCCEEDED
             page.wait_for_function(
                 "() => [...document.querySelectorAll('.htc-table .htc-count')]"
@@ -123,6 +117,16 @@ def test_quickstart_runs_in_jupyterlab_with_live_table_and_launcher(lab):
 def _browser(p):
     return p.chromium.launch(executable_path=shutil.which("chromium"), headless=True,
                              args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"])
+
+
+def _run_all(page, notebook_url: str) -> None:
+    """Open a notebook in Lab, wait for its kernel, then Run > Run All Cells."""
+    page.goto(notebook_url)
+    page.wait_for_selector(".jp-NotebookPanel .jp-Notebook", timeout=90_000)
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
+    page.wait_for_timeout(2_000)  # "idle" shows before the session is wired to the panel
+    page.click("div.lm-MenuBar-itemLabel:text-is('Run')")
+    page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
 
 
 def test_sidebar_shows_kernel_work_logs_cancel_and_survives_reload(lab):
@@ -335,11 +339,7 @@ def test_a_100000_job_table_scrolls_filters_and_sorts_through_windows(lab):
         browser = _browser(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
-            page.goto(f"{url}/lab/tree/big-table.ipynb?token={token}")
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
-            page.wait_for_timeout(2_000)  # "idle" shows before the session is wired to the panel
-            page.click("div.lm-MenuBar-itemLabel:text-is('Run')")
-            page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
+            _run_all(page, f"{url}/lab/tree/big-table.ipynb?token={token}")
             table = page.locator(".htc-table").first
             table.locator(".htc-count", has_text=f"0 / {BIG} ended").wait_for(timeout=120_000)
             last = int(page.locator(".jp-OutputArea-output", has_text="last ").first.inner_text().split()[-1])
