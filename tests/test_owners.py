@@ -15,6 +15,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -164,3 +165,26 @@ def test_the_heartbeat_interval_comes_from_the_environment_and_a_bad_one_is_said
         monkeypatch.setenv(HEARTBEAT_ENV, bad)
         assert heartbeat_seconds() == HEARTBEAT_SECONDS
         assert f"{HEARTBEAT_ENV}={bad!r} is not a positive number" in caplog.text
+
+
+def test_a_reconcile_loop_held_up_past_the_lease_does_not_let_it_lapse(tmp_path, monkeypatch, caplog):
+    """The lease says the process lives: a tick stuck for several leases (a long release, a busy
+    ledger) must not let sessions elsewhere mark this live process's jobs LOST."""
+    from htc_notebook.runtime.reconcile import Reconciler
+
+    beat, stuck = 0.25, threading.Event()  # a lease of 1.5 s
+
+    def held_up(self, now):
+        stuck.set()
+        time.sleep(4 * beat * LEASE_LAPSE)  # 6 s: 4 leases
+        return 0
+
+    monkeypatch.setattr(Reconciler, "start_retries", held_up)
+    with Session(tmp_path, site=SiteConfig.builtin(), heartbeat=beat) as s:
+        assert stuck.wait(30)
+        lapses = 0
+        for _ in range(20):  # 5 s of the stall, looked at every heartbeat
+            time.sleep(beat)
+            lapses += s.ledger.owner_leases([str(s.owner)])[str(s.owner)] < time.time()
+        assert lapses == 0
+        assert "had lapsed" not in caplog.text

@@ -17,7 +17,8 @@ every error (with its traceback) are logged (logger `htc_notebook.runtime.reconc
    has exited become LOST (cause `owner`, requeued as their RetryPolicy allows); its SLURM jobs are
    watched from here; its held work is claimed and fed. A process on this host has exited when its
    pid is gone; one on another host when its heartbeat lease has lapsed (runtime/owner.py), which
-   each session renews from here every `heartbeat` s (one small write; the tick comes first).
+   each session renews every `heartbeat` s from a thread of its own (one small write), so a tick
+   held up by a long step or a busy ledger does not let the lease of a live process lapse.
 3. **Foreign cancels**: a job this process runs that another process cancelled is stopped here.
 4. **Room in a project's vCPU limit**: jobs this session holds for room (`Ledger.start_attempts`
    with a limit) are dispatched again, in order, as jobs of their project end (a commit of an
@@ -106,6 +107,7 @@ class Reconciler:
         self._stop = threading.Event()
         self._first = threading.Event()  # set when the first tick is over
         self._thread: threading.Thread | None = None
+        self._beater: threading.Thread | None = None
         self._lock = threading.Lock()
         self._owners_looked = 0.0
         self._retention_applied = 0.0
@@ -119,6 +121,8 @@ class Reconciler:
             if (self.enabled or self.watching) and self._thread is None and not self._stop.is_set():
                 if self.enabled:
                     self.beat()  # before anything is submitted: the owner of any job has a lease
+                    self._beater = threading.Thread(target=self._beat_loop, name="htc-heartbeat", daemon=True)
+                    self._beater.start()
                 self._thread = threading.Thread(target=self._loop, name="htc-reconcile", daemon=True)
                 self._thread.start()
 
@@ -147,8 +151,9 @@ class Reconciler:
     def close(self) -> None:
         self._stop.set()
         self._wake.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=30)
+        for thread in (self._thread, self._beater):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout=30)
         self._run("give up the SLURM poll lease", self.watch.close)
 
     def _loop(self) -> None:
@@ -163,6 +168,12 @@ class Reconciler:
             self._wake.wait(wait)
             self._wake.clear()
 
+    def _beat_loop(self) -> None:
+        """Renew the lease every `heartbeat` s while the session lives: it says the process is alive,
+        whatever its reconcile loop is doing (a job of a live process marked LOST would run twice)."""
+        while not self._stop.wait(self.heartbeat):
+            self.beat()
+
     def _run(self, what: str, action: Callable[[], object]) -> None:
         """Run one action of a tick; an error is logged with its traceback and tried again next tick."""
         try:
@@ -173,13 +184,11 @@ class Reconciler:
             log.exception("reconcile: %s failed (tried again next tick)", what)
 
     def tick(self, *, owners: bool | None = None) -> None:
-        """One round: the heartbeat when due, exited owners and foreign cancels (every OWNERS_EVERY s
+        """One round: exited owners and foreign cancels (every OWNERS_EVERY s
         or heartbeat, or when `owners` is True), due retries, batches over their max_failures, held
         work with room, retention (every RETENTION_EVERY s), logs packed (every PACK_EVERY s), SLURM's
         status when due."""
         if self.enabled:
-            if time.monotonic() - self._beaten >= self.heartbeat:
-                self._run("renew the heartbeat lease", self.beat)
             now = time.time()
             if owners or (owners is None and now - self._owners_looked >= self._owners_every):
                 self._owners_looked = now
@@ -234,7 +243,7 @@ class Reconciler:
                         self.owner, self.ledger.path, TICK_SECONDS, exc)
             return False
         if self._beaten and before is not None and before < time.time():
-            log.warning("the heartbeat lease of %s had lapsed %.0f s ago (the reconcile loop was held up): sessions on "
+            log.warning("the heartbeat lease of %s had lapsed %.0f s ago (this process was held up): sessions on "
                         "other hosts may have marked its local jobs LOST and claimed its held work", self.owner,
                         time.time() - before)
         self._beaten = time.monotonic()
