@@ -37,6 +37,7 @@ REQUEUEABLE: frozenset[JobStatus] = TERMINAL - {JobStatus.SUCCEEDED}
 # the same sets as plain strings (job rows carry statuses as str), and every state in lifecycle order
 STATES: tuple[str, ...] = tuple(s.value for s in JobStatus)
 TERMINAL_NAMES: frozenset[str] = frozenset(s.value for s in TERMINAL)
+STOPPED_NAMES: frozenset[str] = TERMINAL_NAMES - {"SUCCEEDED"}  # ended without succeeding: failed, cancelled, lost
 ACTIVE_NAMES: frozenset[str] = frozenset(s.value for s in ACTIVE)
 REQUEUEABLE_NAMES: frozenset[str] = frozenset(s.value for s in REQUEUEABLE)
 

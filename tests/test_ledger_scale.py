@@ -117,6 +117,23 @@ def test_owners_are_counted_from_the_owner_index(big):
     assert sum(s.ledger.active_owners(task.id).values()) == len(s.ledger.job_ids(task.id, ACTIVE_NAMES))
 
 
+def test_the_look_for_jobs_stopped_elsewhere_reads_only_what_changed(big):
+    """The reconcile loop's look (every few seconds) for jobs cancelled by another process walks the
+    (task_id, seq) index from its last change mark: it never reads every job a session holds."""
+    s, task, ids = big
+    seq = s.ledger.max_seq()
+    [plan] = _plans(s.ledger, lambda: s.ledger.stopped_since([task.id], seq))
+    assert plan.startswith("SEARCH jobs USING INDEX jobs_task_seq (task_id=? AND seq>?)"), plan
+    assert s.ledger.stopped_since([task.id], seq) == (seq, [])
+    small = s.ledger.task("scale", "stops")  # (the big task's states are shared by this module's tests)
+    few = s.ledger.add_jobs(small.id, [NewJob("s", "command", {}, JobSpec(), index=i) for i in range(4)])
+    s.ledger.record_outcomes([Outcome(few[0], 0, "SUCCEEDED")])
+    s.ledger.cancel(few[2:])
+    later, stopped = s.ledger.stopped_since([task.id, small.id], seq)
+    assert later > seq and stopped == few[2:]  # cancelled: found; succeeded or untouched: not
+    assert s.ledger.stopped_since([task.id, small.id], later) == (later, [])
+
+
 def test_a_tables_window_reads_its_rows_by_index(big):
     """A group's table counts and reads its jobs by id range; a task's window of one status walks the
     (task_id, status) index in id order: neither scans the task's jobs."""

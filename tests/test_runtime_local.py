@@ -222,6 +222,29 @@ def test_cancel_a_running_command(session):
     assert row.status == "CANCELLED"
 
 
+def test_jobs_cancelled_by_another_process_are_stopped_here_one_look_after_another(session):
+    """A cancel from the CLI, the REST API or another kernel reaches the running session through the
+    ledger: its reconcile loop stops the job (the first look, then each later look by change mark)."""
+    from htc_notebook.ledger import Ledger
+
+    task = session.project("e2e").task("cancel-elsewhere")
+    backend = session.backend(session.profile("local"))
+    a, b = task.submit_batch({"jobName": "long", "batchSize": 2, "htcJobDefinition": {"commands": ["sleep", "300"]}})
+    deadline = time.monotonic() + 30
+    while {a.status, b.status} != {"RUNNING"}:
+        assert time.monotonic() < deadline, (a.status, b.status)
+        time.sleep(0.05)
+    with Ledger(session.ledger.path) as elsewhere:  # another process's connection, as `htc cancel` opens
+        for job, other in ((a, b), (b, None)):
+            assert elsewhere.cancel([job.id]) == [job.id]
+            deadline = time.monotonic() + 30
+            while job.id in backend.running():
+                assert time.monotonic() < deadline, f"job {job.id} cancelled elsewhere still runs here"
+                time.sleep(0.1)
+            assert other is None or (other.id in backend.running() and other.status == "RUNNING")
+            assert job.wait(timeout=10).status == "CANCELLED"
+
+
 def test_economy_jobs_start_after_priority_jobs(session):
     task = session.project("e2e").task("priority")
     cores = session.profile(None).cores_per_node
@@ -381,6 +404,7 @@ def test_quick_jobs_are_packed_and_each_keeps_its_own_record(session):
     assert jobs[250].logs().strip() == "job says 250"
     assert "ValueError: x is 123" in jobs[123].logs("err")
     assert {len(j.attempts) for j in jobs} == {1}
+    assert not {j.id for j in jobs} & session.parts.tasks.here.keys()  # what ended is not held as running here
 
 
 def nap(i: int) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -97,7 +98,7 @@ def test_economy_jobs_are_preempted_requeued_and_succeed_once(site, tmp_path_fac
         while economy.counts()["RUNNING"] < 4:
             assert time.monotonic() < deadline, economy.counts()
             time.sleep(0.5)
-        saved = [checkpoint_path(task.storage.path("."), j.id) for j in economy]
+        saved = [Path(checkpoint_path(task.storage.path("."), j.id)) for j in economy]
         while not all(p.exists() and p.read_text().strip() not in ("", "0", "1") for p in saved):
             assert time.monotonic() < deadline, [p.exists() and p.read_text() for p in saved]
             time.sleep(0.2)  # each has saved a step or two

@@ -123,7 +123,11 @@ class _Call(NamedTuple):
     job_index: int  # HTC_JOB_INDEX (`index` would hide tuple.index)
     args: tuple
     kwargs: dict[str, Any]
-    logs: tuple[str, str]
+    log_prefix: str  # its logs are f"{log_prefix}{job_id}.out" and ".err": one string a task (`_log_prefix`)
+
+    @property
+    def logs(self) -> tuple[str, str]:
+        return f"{self.log_prefix}{self.job_id}.out", f"{self.log_prefix}{self.job_id}.err"
 
 
 Job = Launch | _Call  # packed MPI launches stay Launches: few, and they need all of it
@@ -196,6 +200,7 @@ class DaskJobs:
         self._held: list[_Held] = []
         self._verdicts: dict[tuple, _Verdict] = {}  # in one_submission(): group -> how its probes decided
         self._open = 0  # one_submission() contexts open
+        self._prefixes: dict[str, str] = {}  # the log prefixes of queued calls, one string each
         self._collector: threading.Thread | None = None
         self._wake = threading.Event()  # set by a submission: the collector looks at once
         # keys whose results died with a worker (dask's "remove-worker" event), appended on the
@@ -274,7 +279,8 @@ class DaskJobs:
             self._queue.extend((_Command(), [launch]) for launch in commands)
             for key, same in calls.items():
                 group = [_Call(launch.job_id, launch.attempt, int(launch.env.get("HTC_JOB_INDEX", 0)), launch.call.args,
-                               launch.call.kwargs, (launch.log_out, launch.log_err)) for launch in same]
+                               launch.call.kwargs, self._log_prefix(launch.job_id, launch.log_out, launch.log_err))
+                         for launch in same]
                 held = next((h for h in self._held if h.group == key), None) if self._open else None
                 verdict = self._verdicts.get(key)
                 if held is not None:  # continues a submission waiting for its probes: wait with it
@@ -300,6 +306,15 @@ class DaskJobs:
                     self._queue.extend((runner, [launch]) for launch in group)
         self._refill()
         self._start_collector()
+
+    def _log_prefix(self, job_id: int, out: str, err: str) -> str:
+        """The prefix p of a call's logs, f"{p}{job_id}.out" and ".err" (as dispatch names them), one
+        string for all calls of a task: a queued call keeps it, not two paths of its own (~0.2 kB).
+        With the lock held."""
+        prefix = out[:len(out) - len(f"{job_id}.out")]
+        if out != f"{prefix}{job_id}.out" or err != f"{prefix}{job_id}.err":
+            raise ValueError(f"job {job_id}'s logs are not <prefix>{job_id}.out and .err: {out!r}, {err!r}")
+        return self._prefixes.setdefault(prefix, prefix)
 
     def _behind(self, launch: Launch, runners: dict[tuple, JobRunner]) -> Behind:
         """A call to send behind its parents' dask tasks, as it waits for them (`runners`: those made
@@ -407,7 +422,8 @@ class DaskJobs:
         self._chains.behind = still
         for _, group in groupby(ready, key=lambda item: id(item[0].runner)):  # one client call a runner
             items = list(group)
-            calls = [_Call(b.job[0], b.attempt, b.job[1], b.job[2], b.job[3], b.job[4]) for b, _ in items]
+            calls = [_Call(b.job[0], b.attempt, b.job[1], b.job[2], b.job[3], self._log_prefix(b.job[0], *b.job[4]))
+                     for b, _ in items]
             futures = client.map(partial(run_after, items[0][0].runner), [b.job for b, _ in items],
                                  [got for _, got in items], key=[_key([c]) for c in calls], pure=False)
             for (b, got), call, fut in zip(items, calls, futures, strict=True):

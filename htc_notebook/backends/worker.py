@@ -239,7 +239,7 @@ def run_jobs(fn: Any, name: str, jobs: list[tuple[int, int, tuple, dict, tuple[s
                 for job_id, index, args, kwargs, logs in jobs]
     return [run_call(fn, args, kwargs, cwd,
                      {**env, "HTC_JOB_ID": str(job_id), "HTC_JOB_INDEX": str(index),
-                      "HTC_CHECKPOINT": str(checkpoint_path(cwd, job_id))}, logs)
+                      "HTC_CHECKPOINT": checkpoint_path(cwd, job_id)}, logs)
             for job_id, index, args, kwargs, logs in jobs]
 
 

@@ -153,7 +153,7 @@ class ResultRow:
 
 # --- inputs --------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a sweep makes one per member
 class NewJob:
     name: str
     kind: str  # 'python' | 'command'

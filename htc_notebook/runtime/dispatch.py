@@ -31,7 +31,7 @@ from htc_notebook.runtime.dependencies import (ARRAY_TASK, ParentState, ParentVa
 from htc_notebook.runtime.live_backends import LiveBackends
 from htc_notebook.runtime.owner import Owner, kill_orphan_group
 from htc_notebook.runtime.profiles import Profiles
-from htc_notebook.states import NativeId, Outcome
+from htc_notebook.states import TERMINAL_NAMES, NativeId, Outcome
 from htc_notebook.storage import Storage, checkpoint_path
 
 if TYPE_CHECKING:
@@ -58,7 +58,8 @@ class TaskRows:
     def __init__(self, ledger: Ledger, storage: Storage):
         self._ledger, self._storage = ledger, storage
         self._rows: dict[int, TaskRow] = {}
-        self.here: dict[int, int] = {}  # job id -> task id, for every job dispatched or watched by this process
+        # job id -> task id, for every job dispatched or watched by this process until it ends (`forget_ended`)
+        self.here: dict[int, int] = {}
 
     def row(self, task_id: int) -> TaskRow:
         row = self._rows.get(task_id)
@@ -68,6 +69,17 @@ class TaskRows:
 
     def remember(self, row: TaskRow) -> None:
         self._rows[row.id] = row
+
+    def known(self) -> list[int]:
+        """The ids of the tasks read here: every task of a job in `here` is among them."""
+        return list(self._rows)
+
+    def forget_ended(self, outcomes: Sequence[Outcome]) -> None:
+        """Jobs that ended are no longer run here (a retry or a re-run dispatches them again): `here`
+        stays the size of what runs, not of every job a session ever ran. A commit listener."""
+        for o in outcomes:
+            if o.status in TERMINAL_NAMES:
+                self.here.pop(o.job_id, None)
 
     def result_path(self, job_id: int) -> Path:
         """Where job `job_id`'s large result is written (for the recorder)."""
@@ -84,6 +96,7 @@ class Dispatcher:
         self.profiles, self.backends, self.tasks, self.changes = profiles, backends, tasks, changes
         self._calls: dict[str, Any] = {}  # digest -> a Call, or a function (unpickled)
         self._takes_results: dict[str, bool] = {}  # digest -> its Call takes other jobs' results
+        changes.listen(tasks.forget_ended)
         self.holding = False  # some jobs dispatched here wait HELD for room in their project's vCPU limit
 
     def remember_call(self, digest: str, obj: object) -> None:
@@ -213,8 +226,8 @@ class Dispatcher:
             images.ready(self.storage.root, self.profiles, task.project, rows)  # pruned since they were submitted
             log_dir = self.storage.log_paths(task.project, task.name, rows[0].id)[0].parent
             log_dir.mkdir(parents=True, exist_ok=True)
-            checkpoint_path(self.storage.task_dir(task.project, task.name), 0).parent.mkdir(parents=True,
-                                                                                           exist_ok=True)
+            checkpoints = Path(checkpoint_path(self.storage.task_dir(task.project, task.name), 0)).parent
+            checkpoints.mkdir(parents=True, exist_ok=True)
             prefix, where = self._log_prefix(task), self._where(task)  # first_attempt's logs, the same
         except Exception as exc:
             if started:  # their attempts are recorded: they end saying why, as a refused submission does

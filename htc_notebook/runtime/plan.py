@@ -138,7 +138,7 @@ def launch(at: Where, job_id: int, job: Envelope, attempt: int, log_out: str, lo
     """What a backend needs to run one attempt of job `job_id` (`job`: a JobRow, a NewJob, or one
     just recorded, `dispatch.Pending`)."""
     env = {**at.env, "HTC_JOB_ID": str(job_id), "HTC_JOB_INDEX": str(job.index),
-           "HTC_CHECKPOINT": str(checkpoint_path(at.task_dir, job_id)), **job.spec.envs}
+           "HTC_CHECKPOINT": checkpoint_path(at.task_dir, job_id), **job.spec.envs}
     return Launch(job_id=job_id, attempt=attempt, kind=job.kind, cwd=at.task_dir, env=env, name=job.name,
                   log_out=log_out, log_err=log_err, spec=job.spec, priority=job.priority, view=at.view, call=call)
 

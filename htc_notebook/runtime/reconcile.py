@@ -61,7 +61,7 @@ from htc_notebook.runtime.owner import LEASE_LAPSE, Owner, heartbeat_seconds, or
 from htc_notebook.runtime.profiles import Profiles
 from htc_notebook.runtime.watch import SlurmWatch
 from htc_notebook.spec import Decision, Limits, Request
-from htc_notebook.states import TERMINAL_NAMES, NativeId, Outcome
+from htc_notebook.states import STOPPED_NAMES, TERMINAL_NAMES, NativeId, Outcome
 from htc_notebook.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,7 @@ class Reconciler:
         self._beater: threading.Thread | None = None
         self._lock = threading.Lock()
         self._owners_looked = 0.0
+        self._stops_seen: int | None = None  # the change mark of stop_cancelled's last look (None: none yet)
         self._retention_applied = 0.0
         self._logs_packed = 0.0
         changes.listen(self.committed)
@@ -485,12 +486,22 @@ class Reconciler:
 
     # -- 3. cancels from elsewhere ----------------------------------------------------------------
     def stop_cancelled(self) -> None:
-        """Stop what this process runs for jobs that the ledger says have ended (cancelled elsewhere)."""
-        for backend in self.backends.all():
-            running = backend.running()
-            if running:
-                status = self.ledger.statuses(running)
-                ended = [j for j in running if status.get(j) in STOPPED]
+        """Stop what this process runs for jobs that the ledger says have ended (cancelled from the CLI,
+        the REST API, another kernel). The first look reads the status of everything held here; the
+        next ones only the jobs of this process's tasks that changed since (`Ledger.stopped_since`), so
+        a look costs what changed, not the million calls a sweep may hold."""
+        if self._stops_seen is None:
+            seq = self.ledger.max_seq()  # first: a change after it is found by the next look
+            held = set().union(*(backend.running() for backend in self.backends.all()))
+            status = self.ledger.statuses(held) if held else {}
+            stopped = {j for j in held if status.get(j) in STOPPED_NAMES}
+        else:
+            seq, found = self.ledger.stopped_since(self.tasks.known(), self._stops_seen)
+            stopped = set(found)
+        self._stops_seen = seq
+        if stopped:
+            for backend in self.backends.all():
+                ended = sorted(stopped & backend.running())
                 if ended:
                     log.info("stopping %d jobs ended elsewhere", len(ended))
                     backend.cancel(ended)
@@ -538,4 +549,3 @@ class Reconciler:
         return archived, deleted
 
 
-STOPPED = TERMINAL_NAMES - {"SUCCEEDED"}  # a job that ended so while it runs here was stopped elsewhere

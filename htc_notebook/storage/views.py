@@ -15,10 +15,12 @@ INTERNAL = ".htc"
 _WRITE_CHARS = set("wax+")
 
 
-def checkpoint_path(task_dir: Path | str, job_id: int) -> Path:
+def checkpoint_path(task_dir: Path | str, job_id: int) -> str:
     """Where a job keeps its checkpoint: the same file for every attempt of the job (jobs see it as
-    `$HTC_CHECKPOINT`; Python calls use `storage.current().checkpoint()` / `.restore()`)."""
-    return Path(task_dir) / INTERNAL / "checkpoints" / f"job-{int(job_id)}"
+    `$HTC_CHECKPOINT`; Python calls use `storage.current().checkpoint()` / `.restore()`).
+    A string: one is made for every job of a sweep, and a Path interns each of its parts (Python's
+    table of interned strings would grow to the sweep's size, and never shrinks)."""
+    return os.path.join(task_dir, INTERNAL, "checkpoints", f"job-{int(job_id)}")
 
 
 def _is_write_mode(mode: str) -> bool:
@@ -119,7 +121,7 @@ class TaskStorage:
     def _checkpoint(self) -> Path:
         if self.job_id is None:
             raise HTCError("checkpoint() and restore() work inside a job run by htc_notebook (HTC_JOB_ID is not set)")
-        return checkpoint_path(self.task_dir, self.job_id)
+        return Path(checkpoint_path(self.task_dir, self.job_id))
 
 
 class ProjectStorage:
