@@ -153,6 +153,34 @@ def test_jobs_by_key_many(ledger: Ledger, task: TaskRow) -> None:
 
 # --- state rules ---------------------------------------------------------------------------
 
+def test_native_ids_of_many_jobs_are_set_in_two_statements_as_set_status_would(ledger: Ledger, task: TaskRow) -> None:
+    """What an sbatch of an array records for each of its jobs (job id -> its array task), in one
+    transaction of two statements that look jobs and attempts up by key: no per-job statement."""
+    a, b, c, d = ledger.add_jobs(task.id, new_jobs(4))
+    ledger.start_attempts([AttemptStart(j, host="n1", status="RUNNABLE") for j in (a, b)])
+    run_fail(ledger, c)
+    statements: list[str] = []
+    con = ledger._con()
+    con.set_trace_callback(statements.append)
+    try:
+        assert ledger.set_native_ids({a: "7_0", b: "7_1", c: "7_2"}, "RUNNABLE", "submitted to SLURM") == 2
+    finally:
+        con.set_trace_callback(None)
+    updates = list(dict.fromkeys(q for q in statements if q.lstrip().upper().startswith("UPDATE")))
+    assert len(updates) == 3  # the change counter, the jobs, their attempts (the trace repeats a statement's text)
+    for q in updates[1:]:
+        plan = " | ".join(r[3] for r in con.execute("EXPLAIN QUERY PLAN " + q))
+        assert "SCAN jobs" not in plan and "SCAN attempts" not in plan, plan
+    rows = {j: ledger.job(j) for j in (a, b, c, d)}
+    assert [(rows[j].status, rows[j].native_id, rows[j].reason) for j in (a, b)] == [
+        ("RUNNABLE", "7_0", "submitted to SLURM"), ("RUNNABLE", "7_1", "submitted to SLURM")]
+    assert [ledger.attempts(j)[-1].native_id for j in (a, b)] == ["7_0", "7_1"]
+    assert rows[c].status == "FAILED" and rows[c].native_id != "7_2"  # ended: never moved back
+    assert ledger.set_native_ids({a: "7_0", b: "7_1"}, "RUNNABLE", "submitted to SLURM") == 0  # nothing new
+    with pytest.raises(LedgerError, match="active"):
+        ledger.set_native_ids({a: "7_0"}, "SUCCEEDED", None)
+
+
 def test_set_status_active_only(ledger: Ledger, task: TaskRow) -> None:
     a, b, c = ledger.add_jobs(task.id, new_jobs(3))
     run_fail(ledger, c)

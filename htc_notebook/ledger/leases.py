@@ -36,8 +36,8 @@ class Leases(LedgerCore):
         """Renew `owner`'s heartbeat lease for `ttl` seconds; returns when it was due to expire before
         (None: it had none). The leases of other owners that lapsed with no active job left are dropped
         in the same transaction (a lookup by the owner index for each; nothing refers to them)."""
-        now = time.time()
         with self._write() as con:
+            now = time.time()  # once the write lock is held: a wait for it does not shorten the lease
             before = con.execute("SELECT expires FROM owners WHERE owner = ?", (owner,)).fetchone()
             con.execute("INSERT INTO owners (owner, expires) VALUES (?1, ?2) ON CONFLICT (owner) DO UPDATE "
                         "SET expires = ?2", (owner, now + ttl))

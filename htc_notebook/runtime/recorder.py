@@ -22,6 +22,7 @@ from htc_notebook.storage import atomic_write
 
 INLINE_RESULT_LIMIT = 256 * 1024  # bytes; larger results go to files
 MAX_BATCH = 2000
+NATIVES_PER_WRITE = 10_000  # native ids recorded a transaction: others' writes (the heartbeat) go in between
 
 _STOP = object()
 
@@ -53,8 +54,9 @@ class Recorder:
 
     def submitted(self, native_ids: dict[int, str], reason: str) -> None:
         """Synchronous, unlike the rest: the link to the scheduler's job must survive a crash."""
-        self._ledger.set_statuses([([job_id], "RUNNABLE", reason, None, native)
-                                   for job_id, native in native_ids.items()])
+        pairs = list(native_ids.items())
+        for start in range(0, len(pairs), NATIVES_PER_WRITE):
+            self._ledger.set_native_ids(dict(pairs[start:start + NATIVES_PER_WRITE]), "RUNNABLE", reason)
         self._on_commit([])
 
     def update(self, job_ids, status: str, *, reason: str | None = None, host: str | None = None,
