@@ -120,13 +120,26 @@ def _browser(p):
 
 
 def _run_all(page, notebook_url: str) -> None:
-    """Open a notebook in Lab, wait for its kernel, then Run > Run All Cells."""
+    """Open a notebook in Lab, wait for its kernel, then Run > Run All Cells, again if the first
+    cell's prompt did not take it (`[ ]:`: "idle" can show before the kernel is wired to the panel,
+    and on a loaded machine 2 s were not always enough)."""
+    from playwright.sync_api import TimeoutError as NotYet
+
     page.goto(notebook_url)
     page.wait_for_selector(".jp-NotebookPanel .jp-Notebook", timeout=90_000)
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
-    page.wait_for_timeout(2_000)  # "idle" shows before the session is wired to the panel
-    page.click("div.lm-MenuBar-itemLabel:text-is('Run')")
-    page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
+    page.wait_for_timeout(2_000)
+    prompts = "() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(e => e.textContent)"
+    taken = f"() => ({prompts})().some(t => /\\[[*0-9]+\\]/.test(t))"
+    for _ in range(5):
+        page.click("div.lm-MenuBar-itemLabel:text-is('Run')")
+        page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
+        try:
+            page.wait_for_function(taken, timeout=10_000)
+            return
+        except NotYet:
+            continue
+    raise AssertionError(f"Run All Cells was not taken in {notebook_url}: prompts {page.evaluate(prompts)}")
 
 
 def test_sidebar_shows_kernel_work_logs_cancel_and_survives_reload(lab):
