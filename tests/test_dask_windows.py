@@ -144,3 +144,31 @@ def test_a_queued_job_cancelled_then_retried_runs_once(windowed, tmp_path):
     time.sleep(0.5)
     assert _runs(tmp_path) == {i: 1 for i in range(n)}  # the cancelled attempt's queue entry never ran
     assert [a.number for a in group[8].attempts] == [1, 2]
+
+
+def test_a_launch_whose_logs_are_named_otherwise_is_refused_before_anything_is_queued(tmp_path):
+    """DaskJobs keeps one log prefix per task (`log_prefix`): a launch of a submission whose logs
+    do not follow it is refused with a BackendError (which dispatch turns into FAILED jobs, saying
+    why), and none of that submission is held, queued or run."""
+    from pathlib import Path
+
+    from distributed import LocalCluster
+
+    from htc_notebook import HTCError
+    from htc_notebook.backends.base import Call, Launch
+    from htc_notebook.backends.dask_jobs import DaskJobs
+
+    def launch(job_id: int, out: str, err: str) -> Launch:
+        return Launch(job_id, 1, "python", Path(tmp_path), {}, out, err, call=Call(abs, (-job_id,), {}))
+
+    runner = DaskJobs(lambda: LocalCluster(n_workers=1, processes=False, dashboard_address=None), reporter=None)
+    try:
+        good = launch(1, f"{tmp_path}/j1.out", f"{tmp_path}/j1.err")
+        odd = launch(2, f"{tmp_path}/j2.out", f"{tmp_path}/other.err")
+        with pytest.raises(HTCError, match=r"job 2's logs are not <prefix>2.out and .err"):
+            runner.submit([good, odd])
+        assert runner.running() == set()  # not even the good one waits
+        time.sleep(0.5)
+        assert not (tmp_path / "j1.out").exists()  # and did not run
+    finally:
+        runner.close()

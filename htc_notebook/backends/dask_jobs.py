@@ -32,6 +32,7 @@ from htc_notebook.backends.mpi_jobs import for_task
 from htc_notebook.backends.mpi_pool import PoolSpec, run_pooled
 from htc_notebook.backends.mpi_ranks import run_step
 from htc_notebook.backends.worker import TIMED_CALLS, JobRunner, p95, run_after
+from htc_notebook.errors import BackendError
 from htc_notebook.states import Outcome
 
 if TYPE_CHECKING:  # imported where used: workers import this module too (`_run_pack`)
@@ -170,6 +171,21 @@ class _Command:
 How = JobRunner | _Mpi | _Command  # what a waiting dask task runs: a JobRunner over its pack, or a Launch
 
 
+def log_prefix(job_id: int, out: str, err: str) -> str:
+    """The prefix p of a call's logs `out` and `err`, f"{p}{job_id}.out" and ".err" (as dispatch names them).
+
+    >>> log_prefix(7, "/logs/j7.out", "/logs/j7.err")
+    '/logs/j'
+    >>> log_prefix(7, "/logs/a.out", "/logs/a.err")
+    Traceback (most recent call last):
+    htc_notebook.errors.BackendError: job 7's logs are not <prefix>7.out and .err: '/logs/a.out', '/logs/a.err'
+    """
+    prefix = out[:len(out) - len(f"{job_id}.out")]
+    if out != f"{prefix}{job_id}.out" or err != f"{prefix}{job_id}.err":
+        raise BackendError(f"job {job_id}'s logs are not <prefix>{job_id}.out and .err: {out!r}, {err!r}")
+    return prefix
+
+
 class DaskJobs:
     """Runs Python launches on the cluster `make_cluster()` returns, started on first use."""
 
@@ -271,6 +287,7 @@ class DaskJobs:
             else:
                 shared = frozenset((k, v) for k, v in launch.env.items() if k not in PER_JOB_ENV)
                 group_key = (id(launch.call.fn), launch.cwd, shared, launch.view, launch.memory)
+                log_prefix(launch.job_id, launch.log_out, launch.log_err)  # or refused before anything is queued
                 calls.setdefault(group_key, []).append(launch)
         with self._lock:
             self._waiting.update((launch.job_id, launch.attempt) for launch in launches)
@@ -279,7 +296,8 @@ class DaskJobs:
             self._queue.extend((_Command(), [launch]) for launch in commands)
             for key, same in calls.items():
                 group = [_Call(launch.job_id, launch.attempt, int(launch.env.get("HTC_JOB_INDEX", 0)), launch.call.args,
-                               launch.call.kwargs, self._log_prefix(launch.job_id, launch.log_out, launch.log_err))
+                               launch.call.kwargs,
+                               self._log_prefix(log_prefix(launch.job_id, launch.log_out, launch.log_err)))
                          for launch in same]
                 held = next((h for h in self._held if h.group == key), None) if self._open else None
                 verdict = self._verdicts.get(key)
@@ -307,13 +325,9 @@ class DaskJobs:
         self._refill()
         self._start_collector()
 
-    def _log_prefix(self, job_id: int, out: str, err: str) -> str:
-        """The prefix p of a call's logs, f"{p}{job_id}.out" and ".err" (as dispatch names them), one
-        string for all calls of a task: a queued call keeps it, not two paths of its own (~0.2 kB).
-        With the lock held."""
-        prefix = out[:len(out) - len(f"{job_id}.out")]
-        if out != f"{prefix}{job_id}.out" or err != f"{prefix}{job_id}.err":
-            raise ValueError(f"job {job_id}'s logs are not <prefix>{job_id}.out and .err: {out!r}, {err!r}")
+    def _log_prefix(self, prefix: str) -> str:
+        """One string for a prefix all calls of a task share (see `log_prefix`): a queued call keeps it,
+        not two paths of its own (~0.2 kB). With the lock held."""
         return self._prefixes.setdefault(prefix, prefix)
 
     def _behind(self, launch: Launch, runners: dict[tuple, JobRunner]) -> Behind:
@@ -327,6 +341,7 @@ class DaskJobs:
                                                 view=launch.view, memory_mib=launch.memory)
             took = self._took.get(runner.digest)
             runner.expected = p95(took) if took else None
+        log_prefix(launch.job_id, launch.log_out, launch.log_err)  # or refused before anything is queued
         job = (launch.job_id, int(launch.env.get("HTC_JOB_INDEX", 0)), launch.call.args, launch.call.kwargs,
                (launch.log_out, launch.log_err))
         return Behind(job, launch.attempt, runner, launch.after_jobs)
@@ -422,8 +437,8 @@ class DaskJobs:
         self._chains.behind = still
         for _, group in groupby(ready, key=lambda item: id(item[0].runner)):  # one client call a runner
             items = list(group)
-            calls = [_Call(b.job[0], b.attempt, b.job[1], b.job[2], b.job[3], self._log_prefix(b.job[0], *b.job[4]))
-                     for b, _ in items]
+            calls = [_Call(b.job[0], b.attempt, b.job[1], b.job[2], b.job[3],
+                           self._log_prefix(log_prefix(b.job[0], *b.job[4]))) for b, _ in items]
             futures = client.map(partial(run_after, items[0][0].runner), [b.job for b, _ in items],
                                  [got for _, got in items], key=[_key([c]) for c in calls], pure=False)
             for (b, got), call, fut in zip(items, calls, futures, strict=True):
