@@ -19,9 +19,11 @@ from .statements import IN_JSON, events_per_task, in_order, next_seq
 
 
 REQUEUEABLE_SQL = sql_list(REQUEUEABLE)
-# (job id, native id) pairs given as one JSON parameter, :pairs
+# The jobs a move names, a table n(id, native) from one JSON parameter :named: job ids that share
+# one native id (:native; None: each keeps its own), or (job id, native id) pairs.
+SHARED = "(SELECT value AS id, :native AS native FROM json_each(:named)) AS n"
 PAIRS = ("(SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS native "
-         "FROM json_each(:pairs)) AS n")
+         "FROM json_each(:named)) AS n")
 
 
 class JobStates(LedgerCore):
@@ -70,7 +72,7 @@ class JobStates(LedgerCore):
         with self._write() as con:
             seq = next_seq(con)
             for ids, status, reason, host, native_id in prepared:
-                total += self._set_status(con, seq, ids, status, reason, host, native_id)
+                total += self._move(con, seq, ids, native_id, status, reason, host)
         return total
 
     def set_native_ids(self, native_ids: Mapping[int, str], status: str, reason: str | None) -> int:
@@ -81,54 +83,41 @@ class JobStates(LedgerCore):
         status = checked_status(status)
         if JobStatus(status) not in ACTIVE:
             raise LedgerError(f"set_native_ids only moves jobs between active states ({ACTIVE_SQL}), not to {status}")
-        pairs = json.dumps([[job_id, str(native)] for job_id, native in zip(checked_ids(native_ids),
-                                                                           native_ids.values(), strict=True)])
+        pairs = list(zip(checked_ids(native_ids), map(str, native_ids.values()), strict=True))
         with self._write() as con:
-            now, seq = time.time(), next_seq(con)
-            p = {"s": status, "r": reason, "now": now, "seq": seq, "pairs": pairs}
-            changed = con.execute(
-                f"UPDATE jobs SET status = :s, reason = :r, native_id = n.native, updated = :now, seq = :seq, "
-                f"       started = CASE WHEN :s = 'RUNNING' AND jobs.started IS NULL THEN :now ELSE jobs.started END "
-                f"FROM {PAIRS} WHERE jobs.id = n.id AND jobs.status NOT IN ({TERMINAL_SQL}) "
-                f"  AND jobs.status <> 'WAITING' "  # only released (ledger/dependencies.py): a report about it is stale
-                f"  AND (jobs.status IS NOT :s OR jobs.reason IS NOT :r OR jobs.native_id IS NOT n.native) "
-                f"RETURNING jobs.id", p).fetchall()
-            if changed and status != JobStatus.SUBMITTED:  # the current attempt's row in step with its job
-                done = {i for (i,) in changed}
-                p["pairs"] = json.dumps([pair for pair in json.loads(pairs) if pair[0] in done])
-                con.execute(
-                    f"UPDATE attempts SET status = :s, native_id = n.native, "
-                    f"       started = CASE WHEN :s = 'RUNNING' AND attempts.started IS NULL THEN :now "
-                    f"                 ELSE attempts.started END "
-                    f"FROM {PAIRS} JOIN jobs j ON j.id = n.id "
-                    f"WHERE attempts.job_id = j.id AND attempts.number = j.attempts "
-                    f"  AND attempts.status NOT IN ({TERMINAL_SQL})", p)
-        return len(changed)
+            return self._move(con, next_seq(con), pairs, None, status, reason, None)
 
     @staticmethod
-    def _set_status(con: sqlite3.Connection, seq: int, ids: list[int], status: str, reason: str | None,
-                    host: str | None, native_id: str | None) -> int:
+    def _move(con: sqlite3.Connection, seq: int, named: Sequence[int] | Sequence[tuple[int, str]],
+              native: str | None, status: str, reason: str | None, host: str | None) -> int:
+        """The jobs `named` (ids, all given the native id `native` if not None, or (id, native id)
+        pairs) to `status`, `reason` and `host` (if given), their current attempts with them.
+        Terminal jobs, WAITING ones (only released: ledger/dependencies.py, so a report about one is
+        stale) and jobs already so are left alone. Returns how many changed."""
+        paired = bool(named) and isinstance(named[0], tuple)
+        table = PAIRS if paired else SHARED
         now = time.time()
-        p = {"s": status, "r": reason, "h": host, "n": native_id, "now": now, "seq": seq, "ids": json.dumps(ids)}
+        p = {"s": status, "r": reason, "h": host, "now": now, "seq": seq, "native": native, "named": json.dumps(named)}
         changed = con.execute(
-            f"UPDATE jobs SET status = :s, reason = :r, host = COALESCE(:h, host), "
-            f"       native_id = COALESCE(:n, native_id), updated = :now, seq = :seq, "
-            f"       started = CASE WHEN :s = 'RUNNING' AND started IS NULL THEN :now ELSE started END "
-            f"WHERE id IN (SELECT value FROM json_each(:ids)) AND status NOT IN ({TERMINAL_SQL}) "
-            f"  AND status <> 'WAITING' "  # only released (ledger/dependencies.py): a report about it is stale
-            f"  AND (status IS NOT :s OR reason IS NOT :r "
-            f"       OR (:h IS NOT NULL AND host IS NOT :h) "
-            f"       OR (:n IS NOT NULL AND native_id IS NOT :n)) "
-            f"RETURNING id", p).fetchall()
-        if changed and status != JobStatus.SUBMITTED:
-            # keep the current attempt's row in step with its job
+            f"UPDATE jobs SET status = :s, reason = :r, host = COALESCE(:h, jobs.host), "
+            f"       native_id = COALESCE(n.native, jobs.native_id), updated = :now, seq = :seq, "
+            f"       started = CASE WHEN :s = 'RUNNING' AND jobs.started IS NULL THEN :now ELSE jobs.started END "
+            f"FROM {table} WHERE jobs.id = n.id AND jobs.status NOT IN ({TERMINAL_SQL}) AND jobs.status <> 'WAITING' "
+            f"  AND (jobs.status IS NOT :s OR jobs.reason IS NOT :r "
+            f"       OR (:h IS NOT NULL AND jobs.host IS NOT :h) "
+            f"       OR (n.native IS NOT NULL AND jobs.native_id IS NOT n.native)) "
+            f"RETURNING jobs.id", p).fetchall()
+        if changed and status != JobStatus.SUBMITTED:  # the current attempt's row in step with its job
+            done = {i for (i,) in changed}
+            p["named"] = json.dumps([x for x in named if (x[0] if paired else x) in done])  # type: ignore[index]
             con.execute(
-                f"UPDATE attempts SET status = :s, host = COALESCE(:h, host), "
-                f"       native_id = COALESCE(:n, native_id), "
-                f"       started = CASE WHEN :s = 'RUNNING' AND started IS NULL THEN :now ELSE started END "
-                f"WHERE status NOT IN ({TERMINAL_SQL}) AND (job_id, number) IN "
-                f"      (SELECT id, attempts FROM jobs WHERE id IN (SELECT value FROM json_each(:ids)))",
-                {**p, "ids": json.dumps([r[0] for r in changed])})
+                f"UPDATE attempts SET status = :s, host = COALESCE(:h, attempts.host), "
+                f"       native_id = COALESCE(n.native, attempts.native_id), "
+                f"       started = CASE WHEN :s = 'RUNNING' AND attempts.started IS NULL THEN :now "
+                f"                 ELSE attempts.started END "
+                f"FROM {table} JOIN jobs j ON j.id = n.id "
+                f"WHERE attempts.job_id = j.id AND attempts.number = j.attempts "
+                f"  AND attempts.status NOT IN ({TERMINAL_SQL})", p)
         return len(changed)
 
     def cancel(self, job_ids: Iterable[int], reason: str = "cancelled by user") -> list[int]:
