@@ -85,6 +85,28 @@ def test_a_retry_waits_in_the_ledger_and_a_cancel_calls_it_off(session):
     assert job.status == "CANCELLED" and len(job.attempts) == 1 and job.row.retry_at is None
 
 
+def test_cancelling_a_job_that_waits_for_its_retry_signals_no_process(session):
+    """A job waiting for its retry runs nothing: its cancel must not kill the process group its
+    failed attempt had, since that pid may name another process by now (PIDs are reused). The
+    attacker's side: a process of this user in its own group, whose pid the ledger's row names
+    (written there by hand: a reuse cannot be forced)."""
+    task = session.project("retries").task("cancel-reused-pid")
+    (job,) = task.submit_batch(batch(["false"]), retries=RetryPolicy(retries=2, backoff=30, max_backoff=30))
+    wait_for(lambda: job.row.retry_at is not None, what="postponed")
+    assert job.row.native_id.startswith("pid:") and job.attempts[-1].status == "FAILED"
+    bystander = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        with session.ledger._write() as con:
+            con.execute("UPDATE jobs SET native_id = ? WHERE id = ?", (f"pid:{bystander.pid}", job.id))
+        assert job.cancel()
+        time.sleep(0.5)
+        assert bystander.poll() is None, "the cancel killed a process its job no longer ran"
+        assert job.status == "CANCELLED"
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
 def test_python_calls_that_lose_their_worker_are_requeued_without_using_retries(unconfined, tmp_path):
     """The worker process running the call dies (SIGKILL), twice: each death ends one attempt
     (cause lost; dask does not rerun it unseen), each is requeued even with retries=0, and the

@@ -502,11 +502,17 @@ class Dispatcher:
         """Stop what other processes started for jobs just cancelled here (the ledger already says
         CANCELLED, so their owners' later reports are ignored): scancel SLURM jobs, kill local
         command jobs' process groups on this host. Python jobs on another process's dask cannot
-        be reached from here; they finish and their result is not recorded."""
+        be reached from here; they finish and their result is not recorded. Only attempts that this
+        cancel ended (the ledger ends a job and its live attempt at one time): a job waiting for its
+        retry, or requeued and not started again, runs nothing, and the pid its last attempt had
+        may name another process by now."""
         slurm, host = [], socket.gethostname()
+        attempts = self.ledger.attempts_of(job_ids)
         for job_id in job_ids:
-            row = self.ledger.job(job_id)
-            native = NativeId.parse(row.native_id)
+            row, last = self.ledger.job(job_id), attempts.get(job_id, [None])[-1]
+            if last is None or last.number != row.attempts or last.ended != row.ended:
+                continue  # nothing ran when it was cancelled
+            native = NativeId.parse(row.native_id)  # the job's: set before its attempt's when sent (`intend`)
             if native is None:
                 continue
             if native.kind == "slurm":
@@ -515,7 +521,7 @@ class Dispatcher:
                 from htc_notebook.backends.slurm.arrays import state_dir, stop_bundled
 
                 task = self.tasks.row(row.task_id)
-                stop_bundled(state_dir(self.storage.task_dir(task.project, task.name)), row.id, row.attempts)
+                stop_bundled(state_dir(self.storage.task_dir(task.project, task.name)), row.id, last.number)
             elif native.kind == "process" and row.host == host:
                 kill_orphan_group(native)
         if slurm:
