@@ -172,3 +172,24 @@ def test_a_launch_whose_logs_are_named_otherwise_is_refused_before_anything_is_q
         assert not (tmp_path / "j1.out").exists()  # and did not run
     finally:
         runner.close()
+
+
+def test_a_packed_sweep_keeps_a_few_packs_a_worker_thread_in_flight_not_the_whole_sweep(tmp_path, monkeypatch):
+    """Packs hold up to MAX_PACK calls each: the window of dask tasks alone would let a sweep of a
+    million calls into the scheduler at once. At most PACKS_AHEAD packs a worker thread are in flight
+    (1 here, on 2 workers of 1 thread: 2), the rest wait in the queue, and every call runs once."""
+    from distributed import get_task_stream
+
+    from htc_notebook import Session
+    from htc_notebook.backends import dask_jobs
+
+    monkeypatch.setattr(dask_jobs, "PACKS_AHEAD", 1)
+    with Session(tmp_path / "root") as s:
+        runner = _runner(s)
+        threads = sum(runner.client.nthreads().values())
+        with get_task_stream(runner.client) as stream:
+            values = s.project("w").task("packs").sweep(quick, Sweep.zip(x=list(range(4000)))).results(timeout=120)
+        assert values == [x + 1 for x in range(4000)]
+        packs = [t["key"] for t in stream.data if "-x" in t["key"]]
+        assert len(packs) > 2 * threads, packs  # enough packs that the cap had work to do
+        assert 1 <= runner.peak_packs_in_flight <= threads, runner.peak_packs_in_flight

@@ -73,6 +73,12 @@ CONFINED_SCALE = 20
 # as results come back. Probes go to the front of the queue: they decide how the rest runs.
 WINDOW = 4000
 REFILL_EVERY = 0.2  # seconds at most between looks while launches wait for room
+# A pack holds up to MAX_PACK calls, so WINDOW packs could be a whole sweep of a million calls sent
+# to the scheduler (in this process) at once, each call pickled there (~0.4 kB). At most PACKS_AHEAD
+# packs per worker thread are in flight: a thread runs one while the next waits on its worker, and
+# a few more cover the look between results; the rest wait here as small records.
+PACKS_AHEAD = 2 * PACKS_PER_THREAD
+THREADS_EVERY = 2.0  # seconds between looks at how many worker threads the cluster has
 TIMED_FUNCTIONS = 256  # how many functions' call times are kept (each its last TIMED_CALLS)
 
 # A worker that dies under a call ends that call's attempt at once (cause "lost"; the reconcile
@@ -203,6 +209,8 @@ class DaskJobs:
         self._pool = pool  # packed allocations: where Python MPI jobs run (an MPI rank pool)
         self.window = window or WINDOW  # at most this many dask tasks in flight
         self.peak_in_flight = 0  # the most dask tasks that were in flight at once (for tests and benchmarks)
+        self.peak_packs_in_flight = 0  # the most packs (dask tasks of more than one call) in flight at once (likewise)
+        self._threads, self._threads_seen = 0, -THREADS_EVERY  # the cluster's worker threads, when last looked
         self._client: Client | None = None
         self._cluster = None
         self._tasks: dict[str, tuple[list[Job], object]] = {}  # dask key -> (its jobs, future): in flight
@@ -361,17 +369,23 @@ class DaskJobs:
                     self._verdicts = {}
 
     def _refill(self) -> None:
-        """Hand waiting dask tasks to dask while fewer than `window` are in flight.
+        """Hand waiting dask tasks to dask while fewer than `window` are in flight, and fewer than
+        PACKS_AHEAD packs per worker thread.
 
         Under the lock from queue to tracking, so a cancel finds each job either
         waiting or in flight.
         """
+        threads = self._worker_threads() if self._queue else self._threads
         with self._lock:
             client, room = self._client, self.window - len(self._tasks)
             ready: list[tuple[How, list]] = []  # a pack: Launches for an _Mpi, _Calls for a JobRunner
             if client is None:
                 return
+            packed = sum(1 for pack, _ in self._tasks.values() if len(pack) > 1)  # packs in flight
+            packs_room = PACKS_AHEAD * max(1, threads) - packed
             while room > 0 and self._queue:
+                if len(self._queue[0][1]) > 1 and packs_room <= 0:
+                    break  # in order: what is queued behind a pack waits with it
                 how, pack = self._queue.popleft()
                 # cancelled ones never run
                 pack = [launch for launch in pack if self._waiting.get(launch.job_id) == launch.attempt]
@@ -380,6 +394,8 @@ class DaskJobs:
                         del self._waiting[launch.job_id]
                     ready.append((how, pack))
                     room -= 1
+                    packs_room -= len(pack) > 1
+                    packed += len(pack) > 1
             for (how, many), group in groupby(ready, key=lambda item: (item[0], len(item[1]) > 1)):
                 packs = [pack for _, pack in group]
                 if isinstance(how, _Mpi):
@@ -398,6 +414,7 @@ class DaskJobs:
                         self._place[launch.job_id] = i
             unfound = self._send_behind(client, room) if self._chains.behind else []
             self.peak_in_flight = max(self.peak_in_flight, len(self._tasks))
+            self.peak_packs_in_flight = max(self.peak_packs_in_flight, packed)
             now = time.monotonic()
             up = self._workers_up() if any(held.since is None for held in self._held) else False
             for held in self._held:  # its probes' time starts once none of them waits for room, and workers are up
@@ -407,6 +424,18 @@ class DaskJobs:
             self._reporter.finished(Outcome(b.job[0], b.attempt, "FAILED", cause="lost", reason=(
                 "not run: the result of a job it depends on was no longer held by this session's dask client "
                 "when it was sent behind it")))
+
+    def _worker_threads(self) -> int:
+        """The cluster's worker threads, looked up at most every THREADS_EVERY s (a round trip that
+        carries only the totals); 0 before the cluster starts. Not with the lock held."""
+        client, now = self._client, time.monotonic()
+        if client is not None and now - self._threads_seen >= THREADS_EVERY:
+            self._threads_seen = now
+            try:
+                self._threads = int(client.scheduler_info(n_workers=0).get("total_threads") or 0)
+            except Exception as exc:  # noqa: BLE001 - a closing client: the last count stands
+                log.debug("could not read the cluster's threads: %s", exc)
+        return self._threads
 
     def _workers_up(self) -> bool:
         """Has the cluster a worker yet? (Pilots take seconds to start: PROBE_WAIT counts from then, or a
