@@ -145,6 +145,22 @@ def test_add_jobs_validates_before_writing(ledger: Ledger, task: TaskRow) -> Non
     assert ledger.jobs(task.id) == [] and ledger.events() == []
 
 
+def test_a_bad_job_after_the_first_chunk_leaves_nothing_recorded(ledger: Ledger, task: TaskRow, monkeypatch) -> None:
+    """add_jobs encodes and inserts its rows a chunk at a time inside one transaction: a job that
+    does not validate in a later chunk undoes the chunks already inserted (G1: all or nothing)."""
+    from htc_notebook.ledger import submission
+
+    monkeypatch.setattr(submission, "ENCODE_CHUNK", 4)
+    seq = ledger.max_seq()
+    jobs = new_jobs(10)
+    jobs[9] = NewJob("bad", "python", {"f": object()}, JobSpec(cores=1), key="k9", index=9)
+    with pytest.raises(LedgerError, match="JSON"):
+        ledger.add_jobs(task.id, jobs)
+    assert ledger.jobs(task.id) == [] and ledger.events() == [] and ledger.max_seq() == seq
+    ids = ledger.add_jobs(task.id, new_jobs(10))  # and the same jobs, valid, in three chunks
+    assert [(j.id, j.key, j.index) for j in ledger.jobs(task.id)] == [(i, f"k{n}", n) for n, i in enumerate(ids)]
+
+
 def test_jobs_by_key_many(ledger: Ledger, task: TaskRow) -> None:
     ids = ledger.add_jobs(task.id, new_jobs(5000))
     found = ledger.jobs_by_key(task.id, [f"k{i}" for i in range(5000)] + ["missing"])

@@ -46,10 +46,12 @@ class Submission(LedgerCore):
 
         A key already used in this task (or twice in `jobs`) raises LedgerError naming it, and
         nothing is inserted. So does `start` when the task's project has a vCPU limit (`Limited`:
-        admission into it is `start_attempts`' work).
+        admission into it is `start_attempts`' work), and a job that does not validate.
+
+        The rows are encoded and inserted ENCODE_CHUNK jobs at a time, inside the one transaction:
+        a million jobs' rows are never all built at once (~0.6 kB a job).
         """
         jobs = list(jobs)
-        segments, specs = _encode_jobs(jobs)  # validate everything before touching the db
         keys = [j.key for j in jobs if j.key is not None]
         seen: set[str] = set()
         for key in keys:
@@ -78,8 +80,13 @@ class Submission(LedgerCore):
             first = con.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM jobs").fetchone()[0]
             ids = list(range(first, first + len(jobs)))
             shared = (task_id, batch_id, now, seq)
+            specs: set[str] = set()
             try:
-                _insert_jobs(con, first, segments, shared, first_attempt)
+                for at in range(0, len(jobs), ENCODE_CHUNK):  # a bad job fails the whole transaction
+                    segments, chunk_specs = _encode_jobs(jobs[at:at + ENCODE_CHUNK])
+                    specs.update(chunk_specs.values())
+                    _insert_jobs(con, first + at, segments, shared, first_attempt)
+                    del segments
             except sqlite3.IntegrityError as e:
                 taken = con.execute(f"SELECT key FROM jobs WHERE task_id = ? AND id < ? AND key IN {IN_JSON} "
                                     f"ORDER BY id LIMIT 1", (task_id, first, json.dumps(keys))).fetchone()
@@ -88,7 +95,7 @@ class Submission(LedgerCore):
                 raise KeyTaken(f"job key {taken[0]!r} already exists in task {task_id}; "
                                "nothing was submitted") from e
             if first_attempt is not None and ids:
-                _insert_first_attempts(con, ids[0], ids[-1], set(specs.values()))
+                _insert_first_attempts(con, ids[0], ids[-1], specs)
             stored = {job.spec.payload: job.stored for job in jobs if job.stored is not None and job.spec.payload}
             if stored:
                 con.executemany("INSERT OR IGNORE INTO payloads (task_id, digest, data) VALUES (?, ?, ?)",
@@ -110,6 +117,7 @@ class Submission(LedgerCore):
 
 _COLUMNS = ("id, task_id, batch_id, idx, key, name, kind, profile, priority, params, spec, status, created, "
             "updated, seq, attempts, host, native_id, log_out, log_err, started, sandbox")
+ENCODE_CHUNK = 10_000  # jobs encoded and inserted at a time by add_jobs
 RUN = 16  # this many alike jobs in a row, or more, are inserted by one statement that makes their rows
 # a run of alike jobs: ids :id.., indexes :idx.., logs named by id (a NULL prefix: no logs)
 _RUN_SQL = (f"INSERT INTO jobs ({_COLUMNS}) WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n "
