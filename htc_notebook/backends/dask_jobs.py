@@ -79,6 +79,11 @@ REFILL_EVERY = 0.2  # seconds at most between looks while launches wait for room
 # a few more cover the look between results; the rest wait here as small records.
 PACKS_AHEAD = 2 * PACKS_PER_THREAD
 THREADS_EVERY = 2.0  # seconds between looks at how many worker threads the cluster has
+# dask keeps each comm's last messages under 1 MB for its developers (`distributed.admin.low-level-
+# log-length`, 1,000 by default): each of ours carries a pack of calls, so the client's log alone
+# kept a sweep's arguments in the kernel (~140 B a call, growing with every sweep up to 1,000
+# packs). Lowered to this in the process that starts a cluster (and so in its local workers).
+RECENT_MESSAGES = 4
 TIMED_FUNCTIONS = 256  # how many functions' call times are kept (each its last TIMED_CALLS)
 
 # A worker that dies under a call ends that call's attempt at once (cause "lost"; the reconcile
@@ -249,6 +254,10 @@ class DaskJobs:
 
                 from htc_notebook.backends.stop_cancelled import NAME, StopCancelledCalls
 
+                import dask
+
+                if dask.config.get("distributed.admin.low-level-log-length", RECENT_MESSAGES) > RECENT_MESSAGES:
+                    dask.config.set({"distributed.admin.low-level-log-length": RECENT_MESSAGES})
                 self._cluster = self._make_cluster()
                 self._client = Client(self._cluster)
                 self._client.subscribe_topic("all", self._on_event)
