@@ -365,7 +365,7 @@ class Dispatcher:
             return obj
         if refs_in(row.params):  # a sweep over jobs: their results in place of the references
             return Call(obj, (), parents.fill_params(row.params, pending))
-        return Call(obj, (), row.params)  # the job's own dict (a copy of its member's), not shared
+        return Call(obj, (), row.params)  # its sweep member's own dict (`Member.shared_params`), never changed
 
     # -- work other processes started ---------------------------------------------------------
     def adopt(self, job_id: int, task_id: int, attempt: int, native: str | None, profile_name: str,

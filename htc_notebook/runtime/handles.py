@@ -170,9 +170,12 @@ class JobGroup(Sequence[JobHandle]):
     """Many jobs (a sweep, a batch, a task): counts, waiting with progress, results, a DataFrame."""
 
     def __init__(self, parts: Parts, task_id: int, job_ids: Sequence[int], name: str, *, skipped: int = 0):
-        self.parts, self.task_id, self.ids, self.name = parts, task_id, list(job_ids), name
+        self.parts, self.task_id, self.name = parts, task_id, name
+        self._ids: Sequence[int] = _compact(job_ids)  # a range when consecutive (a new sweep's)
         self.skipped = skipped
-        self._status: dict[int, str] = {}
+        # each member's last known state: a byte each for a range of ids, else by id
+        self._status: _StateBytes | dict[int, str] = (_StateBytes(self._ids) if isinstance(self._ids, range)
+                                                      else {})
         self._counts: dict[str, int] = dict.fromkeys(STATES, 0)
         self._seq = -1  # ledger seq already seen
         self._members: range | set[int] | None = None
@@ -181,21 +184,26 @@ class JobGroup(Sequence[JobHandle]):
         counts = ", ".join(f"{k}={v}" for k, v in self.counts().items() if v)
         return f"<JobGroup {self.name}: {len(self)} jobs ({counts or 'none'})>"
 
+    @property
+    def ids(self) -> list[int]:
+        """The members' job ids, in order (a new list)."""
+        return list(self._ids)
+
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self._ids)
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return JobGroup(self.parts, self.task_id, self.ids[i], self.name)
-        return JobHandle(self.parts, self.ids[i], self.task_id)
+            return JobGroup(self.parts, self.task_id, self._ids[i], self.name)
+        return JobHandle(self.parts, self._ids[i], self.task_id)
 
     def __iter__(self) -> Iterator[JobHandle]:
-        return (JobHandle(self.parts, j, self.task_id) for j in self.ids)
+        return (JobHandle(self.parts, j, self.task_id) for j in self._ids)
 
     @property
     def parent_id(self) -> int | None:
         """The batch of a group made by `submit_batch` (the HTC API's parentJobId); None for others."""
-        return self.parts.ledger.job(self.ids[0]).batch_id if self.ids else None
+        return self.parts.ledger.job(self._ids[0]).batch_id if self._ids else None
 
     # -- state ------------------------------------------------------------------
     def rows(self) -> list[JobRow]:
@@ -205,8 +213,8 @@ class JobGroup(Sequence[JobHandle]):
         """The members' rows in member order, PAGE jobs at a time (ids not in the task are left out).
         A page of a sweep's ids, numbered consecutively, is one query over their range."""
         ledger = self.parts.ledger
-        for start in range(0, len(self.ids), PAGE):
-            ids = self.ids[start:start + PAGE]
+        for start in range(0, len(self._ids), PAGE):
+            ids = self._ids[start:start + PAGE]
             by_id: dict[int, JobRow] = {}
             for first, last in _spans(ids, PAGE):
                 by_id.update((r.id, r) for r in ledger.jobs(self.task_id, after_id=first - 1, limit=last - first + 1))
@@ -215,12 +223,10 @@ class JobGroup(Sequence[JobHandle]):
     def _wanted(self) -> range | set[int]:
         """The members' ids, to test membership: a range when they are consecutive (a new sweep)."""
         if self._members is None:
-            ids = self.ids
-            consecutive = bool(ids) and ids[-1] - ids[0] == len(ids) - 1 and all(b == a + 1 for a, b in pairwise(ids))
-            self._members = range(ids[0], ids[-1] + 1) if consecutive else set(ids)
+            self._members = self._ids if isinstance(self._ids, range) else set(self._ids)
         return self._members
 
-    def refresh(self) -> dict[int, str]:
+    def refresh(self) -> None:
         """Bring the status of every member up to date, reading only rows that changed."""
         wanted = self._wanted()
         self._seq, changed = self.parts.ledger.status_changes(self.task_id, self._seq)
@@ -233,7 +239,6 @@ class JobGroup(Sequence[JobHandle]):
                     counts[old] -= 1
                 counts[status] = counts.get(status, 0) + 1
                 known[job_id] = status
-        return self._status
 
     def counts(self) -> dict[str, int]:
         """Jobs per state (kept up to date incrementally from the ledger's changes)."""
@@ -241,8 +246,8 @@ class JobGroup(Sequence[JobHandle]):
         return dict(self._counts)
 
     def done(self) -> bool:
-        status = self.refresh()
-        return all(status.get(j) in TERMINAL for j in self.ids)
+        counts = self.counts()  # of distinct members
+        return sum(counts[s] for s in TERMINAL) == len(self._wanted())
 
     def wait(self, timeout: float | None = None, *, progress: bool = False) -> "JobGroup":
         """Block until every job has ended; `progress=True` shows a progress bar. A job waiting for
@@ -300,10 +305,10 @@ class JobGroup(Sequence[JobHandle]):
                          for page in self._pages() for r in page if r.status == "SUCCEEDED")
 
     def cancel(self) -> list[int]:
-        return self.parts.dispatcher.cancel(self.ids)
+        return self.parts.dispatcher.cancel(self._ids)
 
     def retry(self) -> list[int]:
-        return self.parts.dispatcher.retry(self.ids)
+        return self.parts.dispatcher.retry(self._ids)
 
     def to_dataframe(self, results: bool = False) -> "pandas.DataFrame":
         """One row per job; parameters become columns; `results=True` adds a `result` column.
@@ -344,7 +349,7 @@ class JobGroup(Sequence[JobHandle]):
         from htc_notebook.runtime.plots import plot_dag
 
         ledger = self.parts.ledger
-        mine = set(self.ids)
+        mine = set(self._ids)
         ids = mine | {p for p, c in ledger.edges(mine) if c in mine}  # and the jobs they depend on
         edges = [(p, c) for p, c in ledger.edges(ids) if p in ids and c in ids]
         return plot_dag(ledger.statuses(sorted(ids)), edges, ax=ax, title=self.name)
@@ -380,6 +385,44 @@ def _attempt_text(a) -> str:
     parts += [f"{asked['memory']} MiB"] if asked.get("memory") else []
     parts += [f"{asked['timeout']} s"] if asked.get("timeout") and a.cause == "timeout" else []
     return f"{a.number} {a.status}" + (f" ({', '.join(parts)})" if parts else "")
+
+
+def _compact(ids: Sequence[int]) -> Sequence[int]:
+    """`ids` as a range when they are consecutive (a new sweep's: a million ids in a few bytes), else a list.
+
+    >>> _compact([4, 5, 6]), _compact(range(3)), _compact([4, 6]), _compact([])
+    (range(4, 7), range(0, 3), [4, 6], [])
+    """
+    if isinstance(ids, range) and ids.step == 1:
+        return ids
+    ids = list(ids)
+    if ids and ids[-1] - ids[0] == len(ids) - 1 and all(b == a + 1 for a, b in pairwise(ids)):
+        return range(ids[0], ids[-1] + 1)
+    return ids
+
+
+_CODES = {state: code for code, state in enumerate(STATES, 1)}
+
+
+class _StateBytes:
+    """The last known state of each job of a range of ids, a byte each (0: not seen yet): what a
+    sweep's group keeps of a million jobs is 1 MB, not a dict of a million entries.
+
+    >>> known = _StateBytes(range(10, 13)); known[11] = "RUNNING"; known.get(11), known.get(12)
+    ('RUNNING', None)
+    """
+
+    __slots__ = ("first", "codes")
+
+    def __init__(self, ids: range):
+        self.first, self.codes = ids.start, bytearray(len(ids))
+
+    def get(self, job_id: int) -> str | None:
+        code = self.codes[job_id - self.first]
+        return STATES[code - 1] if code else None
+
+    def __setitem__(self, job_id: int, state: str) -> None:
+        self.codes[job_id - self.first] = _CODES[state]
 
 
 def _spans(ids: Sequence[int], width: int) -> list[tuple[int, int]]:

@@ -292,7 +292,7 @@ class Task:
             existing = self.parts.ledger.jobs_by_key(self.id, keys)
             if existing and self._settle(existing.values()):
                 existing = self.parts.ledger.jobs_by_key(self.id, keys)
-            new = [NewJob(name=label, kind=kind, params=dict(m.params), spec=render(m.params), key=k,
+            new = [NewJob(name=label, kind=kind, params=m.shared_params(), spec=render(m.params), key=k,
                           index=i, profile=prof.name, priority=priority, stored=stored,
                           after=tuple(dict.fromkeys(waits + refs_in(m.params))) if kind == "python" else waits)
                    for i, (m, k) in enumerate(zip(sweep.members, keys, strict=True)) if k not in existing]

@@ -23,7 +23,7 @@ import math
 import random
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Union
 
@@ -81,6 +81,18 @@ class Member:
 
     params: Mapping[str, Scalar]
     key: str
+    _own: dict[str, Scalar] = field(default_factory=dict, repr=False, compare=False)  # what `params` shows
+
+    def shared_params(self) -> dict[str, Scalar]:
+        """The parameters themselves, not a copy: the toolkit's records of the member's job share
+        them (a dict a job less: ~0.2 GB over a million members). Never changed by anyone.
+
+        >>> m = Sweep.zip(x=[1])[0]; m.shared_params() is m.shared_params(), m.shared_params() == m.params
+        (True, True)
+        >>> Member({"x": 2}, "k").shared_params()  # made by hand: a copy
+        {'x': 2}
+        """
+        return self._own if self._own or not self.params else dict(self.params)
 
     def __hash__(self) -> int:
         return hash(self.key)
@@ -208,7 +220,7 @@ class Sweep:
             if key in members:
                 dropped += 1
             else:
-                members[key] = Member(MappingProxyType(params), key)
+                members[key] = Member(MappingProxyType(params), key, params)
         if not members:
             warnings.warn("empty sweep: it has no members, so nothing will run", HTCWarning, stacklevel=3)
         if dropped:
