@@ -273,3 +273,25 @@ def test_start_attempts_over_many_statements(tmp_path):
         assert json.loads(json.dumps(led.job_ids(t.id, REQUEUEABLE_NAMES))) == ids[500:510]
         with pytest.raises(LedgerError, match="active state"):
             led.start_attempts([AttemptStart(ids[0], status="SUCCEEDED")])
+
+
+def test_the_write_ahead_log_is_cut_back_after_a_large_recording(tmp_path):
+    """SQLite resets its WAL after a checkpoint but keeps the file's size: a million jobs recorded
+    at once left 871 MB next to the ledger. The ledger's connections cut it back to WAL_LIMIT."""
+    from htc_notebook.ledger import Ledger, NewJob
+    from htc_notebook.ledger.schema import WAL_LIMIT
+    from htc_notebook.spec import JobSpec
+
+    wal = tmp_path / "ledger.db-wal"
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        task = ledger.task("p", "t")
+        pad = "p" * 400  # fewer, larger rows: the same bytes sooner
+        ledger.add_jobs(task.id, [NewJob(f"j{i}", "python", {"x": i, "pad": pad}, JobSpec(cores=1), key=f"k{i}",
+                                         index=i) for i in range(100_000)])
+        grown = wal.stat().st_size
+        assert grown > WAL_LIMIT  # the recording alone was larger than the limit
+        con = ledger._con()
+        assert con.execute("PRAGMA journal_size_limit").fetchone()[0] == WAL_LIMIT
+        busy, _, _ = con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()  # what autocheckpoint does, at once
+        ledger.task("p", "u")  # the next write starts the log over
+        assert busy == 0 and wal.stat().st_size <= WAL_LIMIT, (grown, wal.stat().st_size)

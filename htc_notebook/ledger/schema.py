@@ -16,9 +16,13 @@ V1_STATUSES = "'CANCELLED','FAILED','LOST','RUNNABLE','RUNNING','STARTING','SUBM
 
 _ALL = sql_list(frozenset(JobStatus))
 
+# The write-ahead log is reset, not shrunk, after a checkpoint: a million jobs recorded at once left
+# an 871 MB ledger.db-wal on the data root's file system for as long as the ledger stayed open.
+WAL_LIMIT = 64 * 1024 * 1024  # bytes the -wal file is cut back to when it is reset
 PRAGMAS = (
     "PRAGMA busy_timeout = 60000",
     "PRAGMA journal_mode = WAL",
+    f"PRAGMA journal_size_limit = {WAL_LIMIT}",
     "PRAGMA synchronous = FULL",
     "PRAGMA foreign_keys = ON",
 )
