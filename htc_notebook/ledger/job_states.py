@@ -72,7 +72,7 @@ class JobStates(LedgerCore):
         with self._write() as con:
             seq = next_seq(con)
             for ids, status, reason, host, native_id in prepared:
-                total += self._move(con, seq, ids, native_id, status, reason, host)
+                total += self._move(con, seq, ids, None, native_id, status, reason, host)
         return total
 
     def set_native_ids(self, native_ids: Mapping[int, str], status: str, reason: str | None) -> int:
@@ -83,21 +83,26 @@ class JobStates(LedgerCore):
         status = checked_status(status)
         if JobStatus(status) not in ACTIVE:
             raise LedgerError(f"set_native_ids only moves jobs between active states ({ACTIVE_SQL}), not to {status}")
-        pairs = list(zip(checked_ids(native_ids), map(str, native_ids.values()), strict=True))
+        ids, natives = checked_ids(native_ids), [str(n) for n in native_ids.values()]
         with self._write() as con:
-            return self._move(con, next_seq(con), pairs, None, status, reason, None)
+            return self._move(con, next_seq(con), ids, natives, None, status, reason, None)
 
     @staticmethod
-    def _move(con: sqlite3.Connection, seq: int, named: Sequence[int] | Sequence[tuple[int, str]],
+    def _move(con: sqlite3.Connection, seq: int, ids: Sequence[int], natives: Sequence[str] | None,
               native: str | None, status: str, reason: str | None, host: str | None) -> int:
-        """The jobs `named` (ids, all given the native id `native` if not None, or (id, native id)
-        pairs) to `status`, `reason` and `host` (if given), their current attempts with them.
-        Terminal jobs, WAITING ones (only released: ledger/dependencies.py, so a report about one is
-        stale) and jobs already so are left alone. Returns how many changed."""
-        paired = bool(named) and isinstance(named[0], tuple)
-        table = PAIRS if paired else SHARED
+        """Jobs `ids` to `status`, `reason` and `host` (if given), with the native ids `natives` (one
+        a job) or else `native` (all of them; None: each keeps its own); their current attempts with
+        them. Terminal jobs, WAITING ones (only released: ledger/dependencies.py, so a report about
+        one is stale) and jobs already so are left alone. Returns how many changed."""
+        table = SHARED if natives is None else PAIRS
+
+        def named(keep: set[int] | None = None) -> str:
+            """:named, the jobs in `keep` (None: all): ids, or (id, native id) pairs."""
+            rows: Sequence[object] = ids if natives is None else list(zip(ids, natives, strict=True))
+            return json.dumps([r for i, r in zip(ids, rows, strict=True) if keep is None or i in keep])
+
         now = time.time()
-        p = {"s": status, "r": reason, "h": host, "now": now, "seq": seq, "native": native, "named": json.dumps(named)}
+        p = {"s": status, "r": reason, "h": host, "now": now, "seq": seq, "native": native, "named": named()}
         changed = con.execute(
             f"UPDATE jobs SET status = :s, reason = :r, host = COALESCE(:h, jobs.host), "
             f"       native_id = COALESCE(n.native, jobs.native_id), updated = :now, seq = :seq, "
@@ -108,8 +113,7 @@ class JobStates(LedgerCore):
             f"       OR (n.native IS NOT NULL AND jobs.native_id IS NOT n.native)) "
             f"RETURNING jobs.id", p).fetchall()
         if changed and status != JobStatus.SUBMITTED:  # the current attempt's row in step with its job
-            done = {i for (i,) in changed}
-            p["named"] = json.dumps([x for x in named if (x[0] if paired else x) in done])  # type: ignore[index]
+            p["named"] = named({i for (i,) in changed})
             con.execute(
                 f"UPDATE attempts SET status = :s, host = COALESCE(:h, attempts.host), "
                 f"       native_id = COALESCE(n.native, attempts.native_id), "
