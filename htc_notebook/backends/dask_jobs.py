@@ -135,7 +135,7 @@ class _Call(NamedTuple):
     job_index: int  # HTC_JOB_INDEX (`index` would hide tuple.index)
     args: tuple
     kwargs: dict[str, Any]
-    log_prefix: str  # its logs are f"{log_prefix}{job_id}.out" and ".err": one string a task (`_log_prefix`)
+    log_prefix: str  # its logs are f"{log_prefix}{job_id}.out" and ".err": one string a task (`_interned`)
 
     @property
     def logs(self) -> tuple[str, str]:
@@ -293,6 +293,7 @@ class DaskJobs:
         commands: list[Launch] = []
         calls: dict[tuple, list[Launch]] = {}
         behind: list[Behind] = []
+        prefixes: dict[int, str] = {}  # job id -> its logs' prefix (`log_prefix`), for the queued calls
         runners: dict[tuple, JobRunner] = {}  # one per function and what its calls share, as for the others
         for launch in launches:
             if launch.after_jobs and launch.mpi is None:  # behind its parents' dask tasks (dask_chain.py)
@@ -304,8 +305,8 @@ class DaskJobs:
             else:
                 shared = frozenset((k, v) for k, v in launch.env.items() if k not in PER_JOB_ENV)
                 group_key = (id(launch.call.fn), launch.cwd, shared, launch.view, launch.memory)
-                log_prefix(launch.job_id, launch.log_out, launch.log_err)  # or refused before anything is queued
-                calls.setdefault(group_key, []).append(launch)
+                prefixes[launch.job_id] = log_prefix(launch.job_id, launch.log_out, launch.log_err)  # or refused
+                calls.setdefault(group_key, []).append(launch)  # before anything is queued
         with self._lock:
             self._waiting.update((launch.job_id, launch.attempt) for launch in launches)
             self._chains.behind += behind
@@ -313,8 +314,7 @@ class DaskJobs:
             self._queue.extend((_Command(), [launch]) for launch in commands)
             for key, same in calls.items():
                 group = [_Call(launch.job_id, launch.attempt, int(launch.env.get("HTC_JOB_INDEX", 0)), launch.call.args,
-                               launch.call.kwargs,
-                               self._log_prefix(log_prefix(launch.job_id, launch.log_out, launch.log_err)))
+                               launch.call.kwargs, self._interned(prefixes[launch.job_id]))
                          for launch in same]
                 held = next((h for h in self._held if h.group == key), None) if self._open else None
                 verdict = self._verdicts.get(key)
@@ -342,9 +342,9 @@ class DaskJobs:
         self._refill()
         self._start_collector()
 
-    def _log_prefix(self, prefix: str) -> str:
-        """One string for a prefix all calls of a task share (see `log_prefix`): a queued call keeps it,
-        not two paths of its own (~0.2 kB). With the lock held."""
+    def _interned(self, prefix: str) -> str:
+        """One string for a log prefix all calls of a task share (`log_prefix`): a queued call keeps
+        it, not two paths of its own (~0.2 kB). With the lock held."""
         return self._prefixes.setdefault(prefix, prefix)
 
     def _behind(self, launch: Launch, runners: dict[tuple, JobRunner]) -> Behind:
@@ -476,7 +476,7 @@ class DaskJobs:
         for _, group in groupby(ready, key=lambda item: id(item[0].runner)):  # one client call a runner
             items = list(group)
             calls = [_Call(b.job[0], b.attempt, b.job[1], b.job[2], b.job[3],
-                           self._log_prefix(log_prefix(b.job[0], *b.job[4]))) for b, _ in items]
+                           self._interned(log_prefix(b.job[0], *b.job[4]))) for b, _ in items]
             futures = client.map(partial(run_after, items[0][0].runner), [b.job for b, _ in items],
                                  [got for _, got in items], key=[_key([c]) for c in calls], pure=False)
             for (b, got), call, fut in zip(items, calls, futures, strict=True):
