@@ -1,4 +1,4 @@
-"""Submitting: new jobs (and their batch) inserted as SUBMITTED in one transaction (G1), checked first,
+"""Submitting: new jobs (and their batch) inserted as SUBMITTED in one transaction (G1), checked as they go in,
 or (`add_jobs(..., start=FirstAttempt(...))`) already in their first attempt with its attempt row, in
 that same transaction; jobs that depend on others (`NewJob.after`) as WAITING, with their parents."""
 
