@@ -193,3 +193,26 @@ def test_a_packed_sweep_keeps_a_few_packs_a_worker_thread_in_flight_not_the_whol
         packs = [t["key"] for t in stream.data if "-x" in t["key"]]
         assert len(packs) > 2 * threads, packs  # enough packs that the cap had work to do
         assert 1 <= runner.peak_packs_in_flight <= threads, runner.peak_packs_in_flight
+
+
+def test_no_more_calls_go_to_dask_while_the_recorder_is_behind(tmp_path, monkeypatch):
+    """Results are not taken in faster than the ledger commits them: with a slow ledger, the
+    recorder's queue stays near BACKLOG (plus what was in flight) instead of taking every result."""
+    from htc_notebook import Session, SiteConfig
+    from htc_notebook.backends import dask_jobs
+    from htc_notebook.ledger import Ledger
+    from htc_notebook.runtime.recorder import Recorder
+
+    monkeypatch.setattr(dask_jobs, "BACKLOG", 10)
+    monkeypatch.setattr(dask_jobs, "PACK_BELOW", 0.0)  # never packed: one call a dask task, WINDOW at most in flight
+    record = Ledger.record_outcomes
+    monkeypatch.setattr(Ledger, "record_outcomes", lambda self, o: (time.sleep(0.03 * len(o)), record(self, o))[1])
+    most = [0]
+    put = Recorder._put
+    monkeypatch.setattr(Recorder, "_put", lambda self, item: (put(self, item), most.__setitem__(
+        0, max(most[0], self._pending)))[0])
+    site = SiteConfig.from_yaml("profiles:\n  local: {dask_window: 10}\n")
+    with Session(tmp_path / "root", site=site) as s:
+        values = s.project("w").task("slow").sweep(quick, Sweep.zip(x=list(range(300)))).results(timeout=300)
+    assert values == [x + 1 for x in range(300)]
+    assert 10 < most[0] <= 10 + 10 + 2, most[0]  # behind, but by BACKLOG and the window, not by the sweep

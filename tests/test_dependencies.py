@@ -124,12 +124,12 @@ def test_a_command_batch_after_a_call_starts_once_the_call_succeeded(session):
 def test_a_waiting_job_is_runnable_in_the_rest_view_saying_what_it_waits_for(tmp_path):
     with Ledger(tmp_path / "l.db") as ledger:
         task = ledger.task("p", "t")
-        (a,) = ledger.add_jobs(task.id, [NewJob("a", "command", {}, JobSpec())])
-        (b,) = ledger.add_jobs(task.id, [NewJob("b", "command", {}, JobSpec(), after=(a,))])
+        (a,) = list(ledger.add_jobs(task.id, [NewJob("a", "command", {}, JobSpec())]))
+        (b,) = list(ledger.add_jobs(task.id, [NewJob("b", "command", {}, JobSpec(), after=(a,))]))
         assert wire_status(ledger.job(b)) == ("RUNNABLE", f"waiting for job {a}")
         assert ledger.ready_rows() == []  # its parent has not succeeded
         with pytest.raises(Exception, match="no job 99"):
-            ledger.add_jobs(task.id, [NewJob("c", "command", {}, JobSpec(), after=(99,))])
+            list(ledger.add_jobs(task.id, [NewJob("c", "command", {}, JobSpec(), after=(99,))]))
 
 
 def _release(path: str, owner: str, ids: list[int], out) -> None:
@@ -142,8 +142,9 @@ def test_of_processes_releasing_the_same_ready_jobs_each_job_goes_to_one(tmp_pat
     path = tmp_path / "race.db"
     with Ledger(path) as ledger:
         task = ledger.task("p", "t")
-        (a,) = ledger.add_jobs(task.id, [NewJob("a", "command", {}, JobSpec())])
-        ids = ledger.add_jobs(task.id, [NewJob(f"c{i}", "command", {}, JobSpec(), after=(a,)) for i in range(200)])
+        (a,) = list(ledger.add_jobs(task.id, [NewJob("a", "command", {}, JobSpec())]))
+        ids = list(ledger.add_jobs(task.id, [NewJob(f"c{i}", "command", {}, JobSpec(), after=(a,))
+                                            for i in range(200)]))
         ledger.start_attempts([AttemptStart(a)])
         ledger.record_outcomes([Outcome(a, 1, "SUCCEEDED")])
         assert [r.id for r in ledger.ready_rows()] == ids

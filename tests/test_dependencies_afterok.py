@@ -94,8 +94,8 @@ def test_the_ledger_sends_a_job_once_fails_it_with_its_parent_and_lets_it_wait_a
         ledger.start_attempts([AttemptStart(a), AttemptStart(b)])
         ledger.set_status([a], "RUNNABLE", native_id="301_0")
         ledger.set_status([b], "RUNNABLE", native_id="301_1")
-        (child,) = ledger.add_jobs(task.id, [NewJob("c", "command", {}, JobSpec(), after=(a, b))])
-        (grandchild,) = ledger.add_jobs(task.id, [NewJob("g", "command", {}, JobSpec(), after=(child,))])
+        (child,) = list(ledger.add_jobs(task.id, [NewJob("c", "command", {}, JobSpec(), after=(a, b))]))
+        (grandchild,) = list(ledger.add_jobs(task.id, [NewJob("g", "command", {}, JobSpec(), after=(child,))]))
         assert ledger.parent_states([a]) == [(a, "RUNNABLE", "command", "local", "301_0", 0, False, False)]
         sent = ledger.send_after({child: ("waiting for jobs 1, 2 (SLURM afterok)", ["301_0", "301_1"])}, "h:1")
         assert [(r.id, r.status, r.reason, r.spec.owner, r.spec.afterok) for r in sent] == [
@@ -126,8 +126,8 @@ def test_the_ledger_sends_a_job_once_fails_it_with_its_parent_and_lets_it_wait_a
 def test_a_job_retried_alone_while_its_parent_failed_is_not_taken_for_one_sent_with_afterok(tmp_path):
     with Ledger(tmp_path / "l.db") as ledger:
         task = ledger.task("p", "t")
-        (a,) = ledger.add_jobs(task.id, [NewJob("a", "command", {}, JobSpec())])
-        (child,) = ledger.add_jobs(task.id, [NewJob("c", "command", {}, JobSpec(), after=(a,))])
+        (a,) = list(ledger.add_jobs(task.id, [NewJob("a", "command", {}, JobSpec())]))
+        (child,) = list(ledger.add_jobs(task.id, [NewJob("c", "command", {}, JobSpec(), after=(a,))]))
         ledger.start_attempts([AttemptStart(a)])
         ledger.record_outcomes([Outcome(a, 1, "FAILED", cause="exit")])
         assert ledger.fail_dependents() == [(child, 1)]
@@ -141,9 +141,9 @@ def test_a_job_retried_alone_while_its_parent_failed_is_not_taken_for_one_sent_w
 def test_a_job_sent_behind_a_parent_requeued_by_a_process_that_died_waits_again_on_the_next_look(tmp_path):
     with Ledger(tmp_path / "l.db") as ledger:
         task = ledger.task("p", "t")
-        (a,) = ledger.add_jobs(task.id, [NewJob("a", "command", {}, JobSpec())])
+        (a,) = list(ledger.add_jobs(task.id, [NewJob("a", "command", {}, JobSpec())]))
         ledger.start_attempts([AttemptStart(a, native_id="301_0", status="RUNNABLE")])
-        (child,) = ledger.add_jobs(task.id, [NewJob("c", "command", {}, JobSpec(), after=(a,))])
+        (child,) = list(ledger.add_jobs(task.id, [NewJob("c", "command", {}, JobSpec(), after=(a,))]))
         assert ledger.send_after({child: ("behind 301_0", ["301_0"])}, "h:1")
         ledger.start_attempts([AttemptStart(child, native_id="302_0", status="RUNNABLE")])
         assert ledger.rewait_stale_sent() == []  # its parent is the job it waits for
@@ -159,7 +159,7 @@ def test_a_job_sent_behind_a_parent_requeued_by_a_process_that_died_waits_again_
 def test_a_parent_sent_with_retries_is_not_followed_by_afterok(tmp_path):
     with Ledger(tmp_path / "l.db") as ledger:
         task = ledger.task("p", "t")
-        (a,) = ledger.add_jobs(task.id, [NewJob("a", "command", {}, JobSpec(retry=RetryPolicy(retries=2)))])
+        (a,) = list(ledger.add_jobs(task.id, [NewJob("a", "command", {}, JobSpec(retry=RetryPolicy(retries=2)))]))
         ledger.start_attempts([AttemptStart(a)])
         ledger.set_status([a], "RUNNABLE", native_id="301_0")
         assert afterok("command", "local", True, False, [ParentState(*ledger.parent_states([a])[0])]) is None
@@ -168,11 +168,11 @@ def test_a_parent_sent_with_retries_is_not_followed_by_afterok(tmp_path):
 def test_jobs_sent_behind_a_parent_that_runs_again_wait_in_the_ledger_and_late_reports_change_nothing(tmp_path):
     with Ledger(tmp_path / "l.db") as ledger:
         task = ledger.task("p", "t")
-        (a,) = ledger.add_jobs(task.id, [NewJob("a", "command", {}, JobSpec())])
+        (a,) = list(ledger.add_jobs(task.id, [NewJob("a", "command", {}, JobSpec())]))
         ledger.start_attempts([AttemptStart(a)])
         ledger.set_status([a], "RUNNABLE", native_id="301_0")
-        (child,) = ledger.add_jobs(task.id, [NewJob("c", "command", {}, JobSpec(), after=(a,))])
-        (grandchild,) = ledger.add_jobs(task.id, [NewJob("g", "command", {}, JobSpec(), after=(child,))])
+        (child,) = list(ledger.add_jobs(task.id, [NewJob("c", "command", {}, JobSpec(), after=(a,))]))
+        (grandchild,) = list(ledger.add_jobs(task.id, [NewJob("g", "command", {}, JobSpec(), after=(child,))]))
         assert ledger.send_after({child: ("behind 301_0", ["301_0"])}, "h:1")
         ledger.start_attempts([AttemptStart(child)])
         ledger.set_status([child], "RUNNABLE", native_id="302_0")

@@ -104,7 +104,7 @@ def test_projects_and_tasks(ledger: Ledger) -> None:
 # --- submitting ----------------------------------------------------------------------------
 
 def test_add_jobs_rows_batch_and_one_event(ledger: Ledger, task: TaskRow) -> None:
-    ids = ledger.add_jobs(task.id, new_jobs(3), NewBatch("b1", 3, {"fn": "f"}, ("sweep",)))
+    ids = list(ledger.add_jobs(task.id, new_jobs(3), NewBatch("b1", 3, {"fn": "f"}, ("sweep",))))
     assert ids == sorted(ids) and len(ids) == 3
     rows = ledger.jobs(task.id)
     assert [r.id for r in rows] == ids
@@ -116,32 +116,32 @@ def test_add_jobs_rows_batch_and_one_event(ledger: Ledger, task: TaskRow) -> Non
     assert all(r.batch_id == batch.id for r in rows)
     assert [e.kind for e in ledger.events(task_id=task.id)] == ["submitted"]
     assert ledger.counts(task.id)["SUBMITTED"] == 3 and ledger.counts(task.id)["LOST"] == 0
-    assert ledger.add_jobs(task.id, []) == []
+    assert list(ledger.add_jobs(task.id, [])) == []
 
 
 def test_duplicate_keys_rejected_nothing_inserted(ledger: Ledger, task: TaskRow) -> None:
-    ledger.add_jobs(task.id, new_jobs(3))
+    list(ledger.add_jobs(task.id, new_jobs(3)))
     before = (ledger.jobs(task.id), ledger.events(), ledger.batches(task.id), ledger.max_seq())
     clash = [NewJob("a", "python", {}, JobSpec(), key="fresh"), NewJob("b", "python", {}, JobSpec(), key="k2")]
     with pytest.raises(LedgerError, match="'k2'"):
-        ledger.add_jobs(task.id, clash, NewBatch("b2", 2, {}))
+        list(ledger.add_jobs(task.id, clash, NewBatch("b2", 2, {})))
     with pytest.raises(LedgerError, match="'dup'"):
-        ledger.add_jobs(task.id, [NewJob("a", "python", {}, JobSpec(), key="dup"),
-                                  NewJob("b", "python", {}, JobSpec(), key="dup")])
+        list(ledger.add_jobs(task.id, [NewJob("a", "python", {}, JobSpec(), key="dup"),
+                                  NewJob("b", "python", {}, JobSpec(), key="dup")]))
     assert (ledger.jobs(task.id), ledger.events(), ledger.batches(task.id), ledger.max_seq()) == before
     # keys are per task; None keys never clash
     other = ledger.task("proj", "other")
-    ledger.add_jobs(other.id, new_jobs(3))
-    ledger.add_jobs(task.id, [NewJob("n", "python", {}, JobSpec()), NewJob("n", "python", {}, JobSpec())])
+    list(ledger.add_jobs(other.id, new_jobs(3)))
+    list(ledger.add_jobs(task.id, [NewJob("n", "python", {}, JobSpec()), NewJob("n", "python", {}, JobSpec())]))
 
 
 def test_add_jobs_validates_before_writing(ledger: Ledger, task: TaskRow) -> None:
     with pytest.raises(LedgerError, match="JSON"):
-        ledger.add_jobs(task.id, [NewJob("a", "python", {"f": object()}, JobSpec())])
+        list(ledger.add_jobs(task.id, [NewJob("a", "python", {"f": object()}, JobSpec())]))
     with pytest.raises(LedgerError, match="kind"):
-        ledger.add_jobs(task.id, [NewJob("a", "shell", {}, JobSpec())])
+        list(ledger.add_jobs(task.id, [NewJob("a", "shell", {}, JobSpec())]))
     with pytest.raises(LedgerError, match="no task 999"):
-        ledger.add_jobs(999, new_jobs(1))
+        list(ledger.add_jobs(999, new_jobs(1)))
     assert ledger.jobs(task.id) == [] and ledger.events() == []
 
 
@@ -155,14 +155,14 @@ def test_a_bad_job_after_the_first_chunk_leaves_nothing_recorded(ledger: Ledger,
     jobs = new_jobs(10)
     jobs[9] = NewJob("bad", "python", {"f": object()}, JobSpec(cores=1), key="k9", index=9)
     with pytest.raises(LedgerError, match="JSON"):
-        ledger.add_jobs(task.id, jobs)
+        list(ledger.add_jobs(task.id, jobs))
     assert ledger.jobs(task.id) == [] and ledger.events() == [] and ledger.max_seq() == seq
-    ids = ledger.add_jobs(task.id, new_jobs(10))  # and the same jobs, valid, in three chunks
+    ids = list(ledger.add_jobs(task.id, new_jobs(10)))  # and the same jobs, valid, in three chunks
     assert [(j.id, j.key, j.index) for j in ledger.jobs(task.id)] == [(i, f"k{n}", n) for n, i in enumerate(ids)]
 
 
 def test_jobs_by_key_many(ledger: Ledger, task: TaskRow) -> None:
-    ids = ledger.add_jobs(task.id, new_jobs(5000))
+    ids = list(ledger.add_jobs(task.id, new_jobs(5000)))
     found = ledger.jobs_by_key(task.id, [f"k{i}" for i in range(5000)] + ["missing"])
     assert len(found) == 5000 and found["k4999"].id == ids[-1]
 
@@ -172,7 +172,7 @@ def test_jobs_by_key_many(ledger: Ledger, task: TaskRow) -> None:
 def test_native_ids_of_many_jobs_are_set_in_two_statements_as_set_status_would(ledger: Ledger, task: TaskRow) -> None:
     """What an sbatch of an array records for each of its jobs (job id -> its array task), in one
     transaction of two statements that look jobs and attempts up by key: no per-job statement."""
-    a, b, c, d = ledger.add_jobs(task.id, new_jobs(4))
+    a, b, c, d = list(ledger.add_jobs(task.id, new_jobs(4)))
     ledger.start_attempts([AttemptStart(j, host="n1", status="RUNNABLE") for j in (a, b)])
     run_fail(ledger, c)
     statements: list[str] = []
@@ -198,7 +198,7 @@ def test_native_ids_of_many_jobs_are_set_in_two_statements_as_set_status_would(l
 
 
 def test_set_status_active_only(ledger: Ledger, task: TaskRow) -> None:
-    a, b, c = ledger.add_jobs(task.id, new_jobs(3))
+    a, b, c = list(ledger.add_jobs(task.id, new_jobs(3)))
     run_fail(ledger, c)
     assert ledger.set_status([a, b, c], "RUNNABLE", "pending: Resources") == 2
     assert ledger.job(c).status == "FAILED"
@@ -215,7 +215,7 @@ def test_set_status_active_only(ledger: Ledger, task: TaskRow) -> None:
 
 
 def test_succeeded_is_sticky(ledger: Ledger, task: TaskRow) -> None:
-    [j] = ledger.add_jobs(task.id, new_jobs(1))
+    [j] = list(ledger.add_jobs(task.id, new_jobs(1)))
     run_ok(ledger, j)
     seq = ledger.job(j).seq
     assert ledger.set_status([j], "RUNNING") == 0
@@ -235,7 +235,7 @@ def test_succeeded_is_sticky(ledger: Ledger, task: TaskRow) -> None:
 
 
 def test_result_committed_exactly_once(ledger: Ledger, task: TaskRow) -> None:
-    [j] = ledger.add_jobs(task.id, new_jobs(1))
+    [j] = list(ledger.add_jobs(task.id, new_jobs(1)))
     run_ok(ledger, j, b"first")
     # the same attempt reported twice, and a duplicate run reporting success: both no-ops
     assert ledger.record_outcomes([Outcome(j, 1, "SUCCEEDED", result=b"second")]) == []
@@ -243,14 +243,14 @@ def test_result_committed_exactly_once(ledger: Ledger, task: TaskRow) -> None:
     res = ledger.result(j)
     assert res is not None and (res.inline, res.attempt, res.size) == (b"first", 1, 5)
     # twice in one call: only the first counts
-    [k] = ledger.add_jobs(task.id, new_jobs(1, "z"))
+    [k] = list(ledger.add_jobs(task.id, new_jobs(1, "z")))
     assert ledger.record_outcomes([Outcome(k, 1, "SUCCEEDED", result=b"a"),
                                    Outcome(k, 1, "SUCCEEDED", result=b"b")]) == [k]
     assert ledger.result(k).inline == b"a"  # type: ignore[union-attr]
 
 
 def test_result_by_path(ledger: Ledger, task: TaskRow, tmp_path: Path) -> None:
-    [j, k] = ledger.add_jobs(task.id, new_jobs(2))
+    [j, k] = list(ledger.add_jobs(task.id, new_jobs(2)))
     f = tmp_path / "job.pkl"
     f.write_bytes(b"12345678")
     assert ledger.record_outcomes([Outcome(j, 1, "SUCCEEDED", result_path=str(f))]) == [j]
@@ -266,7 +266,7 @@ def test_result_by_path(ledger: Ledger, task: TaskRow, tmp_path: Path) -> None:
 
 
 def test_requeue_failed_and_attempts_accumulate(ledger: Ledger, task: TaskRow) -> None:
-    [j] = ledger.add_jobs(task.id, new_jobs(1))
+    [j] = list(ledger.add_jobs(task.id, new_jobs(1)))
     assert run_fail(ledger, j, "exit 1") == 1
     job = ledger.job(j)
     assert (job.status, job.reason, job.exit_code) == ("FAILED", "exit 1", 1)
@@ -285,7 +285,7 @@ def test_requeue_failed_and_attempts_accumulate(ledger: Ledger, task: TaskRow) -
 
 
 def test_requeue_only_moves_failed_cancelled_lost(ledger: Ledger, task: TaskRow) -> None:
-    ids = ledger.add_jobs(task.id, new_jobs(5))
+    ids = list(ledger.add_jobs(task.id, new_jobs(5)))
     run_fail(ledger, ids[0])
     ledger.cancel([ids[1]])
     ledger.record_outcomes([Outcome(ids[2], 0, "LOST", reason="its owner exited", cause="owner")])
@@ -297,7 +297,7 @@ def test_requeue_only_moves_failed_cancelled_lost(ledger: Ledger, task: TaskRow)
 
 
 def test_stale_attempt_cannot_fail_a_newer_one(ledger: Ledger, task: TaskRow) -> None:
-    [j] = ledger.add_jobs(task.id, new_jobs(1))
+    [j] = list(ledger.add_jobs(task.id, new_jobs(1)))
     ledger.start_attempts([AttemptStart(j)])
     ledger.start_attempts([AttemptStart(j)])  # e.g. resubmitted while the first was presumed gone
     assert ledger.record_outcomes([Outcome(j, 1, "FAILED", reason="old")]) == []
@@ -308,7 +308,7 @@ def test_stale_attempt_cannot_fail_a_newer_one(ledger: Ledger, task: TaskRow) ->
 
 
 def test_cancel(ledger: Ledger, task: TaskRow) -> None:
-    a, b, c = ledger.add_jobs(task.id, new_jobs(3))
+    a, b, c = list(ledger.add_jobs(task.id, new_jobs(3)))
     ledger.start_attempts([AttemptStart(b, status="STARTING")])
     run_ok(ledger, c)
     assert ledger.cancel([a, b, c], "user said stop") == [a, b]
@@ -318,7 +318,7 @@ def test_cancel(ledger: Ledger, task: TaskRow) -> None:
 
 
 def test_start_attempts(ledger: Ledger, task: TaskRow) -> None:
-    a, b = ledger.add_jobs(task.id, new_jobs(2))
+    a, b = list(ledger.add_jobs(task.id, new_jobs(2)))
     ledger.cancel([b])
     nums = ledger.start_attempts([AttemptStart(a, "n1", "7_1", "/l/job.out", "/l/job.err"),
                                   AttemptStart(b, "n1")])
@@ -335,7 +335,7 @@ def test_start_attempts(ledger: Ledger, task: TaskRow) -> None:
 # --- change tracking -----------------------------------------------------------------------
 
 def test_seq_and_after_seq(ledger: Ledger, task: TaskRow) -> None:
-    ids = ledger.add_jobs(task.id, new_jobs(10))
+    ids = list(ledger.add_jobs(task.id, new_jobs(10)))
     s0 = ledger.max_seq()
     assert all(j.seq == s0 for j in ledger.jobs(task.id))
     assert ledger.jobs(task.id, after_seq=s0) == []
@@ -351,8 +351,8 @@ def test_seq_and_after_seq(ledger: Ledger, task: TaskRow) -> None:
 
 
 def test_job_filters_and_reads(ledger: Ledger, task: TaskRow) -> None:
-    ids = ledger.add_jobs(task.id, new_jobs(4), NewBatch("b", 4, {}))
-    more = ledger.add_jobs(task.id, new_jobs(2, "m"), NewBatch("c", 2, {}))
+    ids = list(ledger.add_jobs(task.id, new_jobs(4), NewBatch("b", 4, {})))
+    more = list(ledger.add_jobs(task.id, new_jobs(2, "m"), NewBatch("c", 2, {})))
     run_ok(ledger, ids[0])
     assert [j.id for j in ledger.jobs(task.id, status="SUCCEEDED")] == [ids[0]]
     assert len(ledger.jobs(task.id, status=[JobStatus.SUBMITTED, "SUCCEEDED"])) == 6
@@ -372,7 +372,7 @@ def test_threads_share_one_ledger(ledger: Ledger, task: TaskRow) -> None:
     def work(n: int) -> None:
         try:
             for i in range(20):
-                [j] = ledger.add_jobs(task.id, [NewJob("t", "python", {}, JobSpec(), key=f"{n}-{i}")])
+                [j] = list(ledger.add_jobs(task.id, [NewJob("t", "python", {}, JobSpec(), key=f"{n}-{i}")]))
                 run_ok(ledger, j)
         except BaseException as e:  # noqa: BLE001 - reported below  # pragma: no cover
             errors.append(e)
@@ -390,7 +390,7 @@ def test_owner_leases_are_renewed_and_dropped_once_lapsed_with_no_active_job(led
     assert ledger.renew_owner("far:1", 30) is None  # its first lease
     first = ledger.owner_leases(["far:1"])["far:1"]
     assert ledger.renew_owner("far:1", 60) == first and ledger.owner_leases(["far:1"])["far:1"] > first
-    ledger.add_jobs(task.id, [NewJob("j", "python", {}, JobSpec(owner="far:2"), key="o", index=0)])
+    list(ledger.add_jobs(task.id, [NewJob("j", "python", {}, JobSpec(owner="far:2"), key="o", index=0)]))
     ledger.renew_owner("far:2", -1)  # lapsed, with an active job: kept (a session settles it)
     ledger.renew_owner("far:3", -1)  # lapsed, nothing active: nothing refers to it
     assert ledger.owner_leases(["far:1", "far:2", "far:3", "never:4"]).keys() == {"far:1", "far:2"}

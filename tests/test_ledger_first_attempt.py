@@ -53,16 +53,16 @@ def _state(led: Ledger, task_id: int, logs: str) -> tuple[list[tuple], list[tupl
 def test_started_in_one_transaction_leaves_what_two_calls_leave(tmp_path, status):
     with Ledger(tmp_path / "l.db") as led:
         t0, t1, t2 = led.task("p", "parent"), led.task("p", "two-calls"), led.task("p", "one-call")
-        (parent,) = led.add_jobs(t0.id, [NewJob("parent", "command", {}, SPEC)])
+        (parent,) = list(led.add_jobs(t0.id, [NewJob("parent", "command", {}, SPEC)]))
         sandbox = {"local": "bwrap", "gpu": "none"}
-        ids = led.add_jobs(t1.id, _jobs(parent), NewBatch("b", 1, {}))
+        ids = list(led.add_jobs(t1.id, _jobs(parent), NewBatch("b", 1, {})))
         logs = str(tmp_path / "logs" / "job-")
         rows = {r.id: r for r in led.jobs(t1.id)}
         led.start_attempts([AttemptStart(i, host="h", native_id="local:h:1", log_out=f"{logs}{i}.out",
                                          log_err=f"{logs}{i}.err", status=status, sandbox=sandbox[rows[i].profile])
                             for i in ids if not rows[i].status == "WAITING"])
-        got = led.add_jobs(t2.id, _jobs(parent), NewBatch("b", 1, {}),
-                           start=FirstAttempt(status, host="h", native_id="local:h:1", logs=logs, sandbox=sandbox))
+        got = list(led.add_jobs(t2.id, _jobs(parent), NewBatch("b", 1, {}),
+                           start=FirstAttempt(status, host="h", native_id="local:h:1", logs=logs, sandbox=sandbox)))
         assert len(got) == len(ids) and got == list(range(got[0], got[0] + len(ids)))
         assert _state(led, t2.id, logs) == _state(led, t1.id, logs)
         jobs, attempts = _state(led, t2.id, logs)
@@ -79,14 +79,14 @@ def test_started_in_one_transaction_leaves_what_two_calls_leave(tmp_path, status
 def test_one_start_for_all_and_no_logs(tmp_path):
     with Ledger(tmp_path / "l.db") as led:
         t = led.task("p", "t")
-        ids = led.add_jobs(t.id, [NewJob("b", "command", {}, SPEC, index=i) for i in range(50)],
-                           start=FirstAttempt(sandbox="none"))
+        ids = list(led.add_jobs(t.id, [NewJob("b", "command", {}, SPEC, index=i) for i in range(50)],
+                           start=FirstAttempt(sandbox="none")))
         rows = led.jobs(t.id)
         assert {(r.status, r.attempts, r.log_out, r.log_err, r.sandbox, r.host) for r in rows} == {
             ("RUNNABLE", 1, None, None, "none", None)}
         assert [len(led.attempts(i)) for i in ids] == [1] * 50
         assert led.attempts(ids[7])[0].request == {"memory": None, "timeout": None}
-        assert led.add_jobs(t.id, [], start=FirstAttempt()) == []
+        assert list(led.add_jobs(t.id, [], start=FirstAttempt())) == []
 
 
 def test_a_failed_insert_leaves_nothing(tmp_path):
@@ -94,7 +94,7 @@ def test_a_failed_insert_leaves_nothing(tmp_path):
     no job, no attempt, no batch, no event, no change counter step of that call is left."""
     with Ledger(tmp_path / "l.db") as led:
         t = led.task("p", "t")
-        led.add_jobs(t.id, [NewJob("old", "command", {}, SPEC, key="taken")])
+        list(led.add_jobs(t.id, [NewJob("old", "command", {}, SPEC, key="taken")]))
 
         def tables() -> list[int]:
             con = sqlite3.connect(led.path)
@@ -108,15 +108,15 @@ def test_a_failed_insert_leaves_nothing(tmp_path):
         before = tables()
         start = FirstAttempt(host="h", logs="/l/job-")
         with pytest.raises(KeyTaken, match="'taken' already exists"):
-            led.add_jobs(t.id, [NewJob("b", "command", {}, SPEC, index=i) for i in range(5 * RUN)]
-                         + [NewJob("k", "command", {}, SPEC, key="taken")], NewBatch("b", 1, {}), start=start)
+            list(led.add_jobs(t.id, [NewJob("b", "command", {}, SPEC, index=i) for i in range(5 * RUN)]
+                         + [NewJob("k", "command", {}, SPEC, key="taken")], NewBatch("b", 1, {}), start=start))
         assert tables() == before
         with pytest.raises(LedgerError):
-            led.add_jobs(t.id, [NewJob("b", "command", {}, SPEC, index=i) for i in range(5 * RUN)]
-                         + [NewJob("child", "command", {}, SPEC, after=(10**6,))], start=start)
+            list(led.add_jobs(t.id, [NewJob("b", "command", {}, SPEC, index=i) for i in range(5 * RUN)]
+                         + [NewJob("child", "command", {}, SPEC, after=(10**6,))], start=start))
         assert tables() == before
         with pytest.raises(LedgerError, match="no task"):
-            led.add_jobs(10**6, [NewJob("b", "command", {}, SPEC)], start=start)
+            list(led.add_jobs(10**6, [NewJob("b", "command", {}, SPEC)], start=start))
         assert tables() == before
 
 
@@ -131,7 +131,7 @@ def test_a_bad_start_is_refused_before_anything_is_written(tmp_path, start, mess
     with Ledger(tmp_path / "l.db") as led:
         t = led.task("p", "t")
         with pytest.raises(LedgerError, match=message):
-            led.add_jobs(t.id, [NewJob("b", "command", {}, SPEC)], start=start)
+            list(led.add_jobs(t.id, [NewJob("b", "command", {}, SPEC)], start=start))
         assert led.jobs(t.id) == []
 
 
@@ -140,8 +140,8 @@ def test_succeeded_stays_final_for_jobs_started_at_insert(tmp_path):
     it still guards every update after."""
     with Ledger(tmp_path / "l.db") as led:
         t = led.task("p", "t")
-        ids = led.add_jobs(t.id, [NewJob("b", "command", {}, SPEC, index=i) for i in range(2 * RUN)],
-                           start=FirstAttempt())
+        ids = list(led.add_jobs(t.id, [NewJob("b", "command", {}, SPEC, index=i) for i in range(2 * RUN)],
+                           start=FirstAttempt()))
         led.record_outcomes([Outcome(ids[0], 1, "SUCCEEDED")])
         con = sqlite3.connect(led.path)
         with pytest.raises(sqlite3.IntegrityError, match="SUCCEEDED job is final"):
@@ -163,5 +163,5 @@ def test_validation_is_unchanged_by_sharing(tmp_path):
                              (NewJob("b", "command", {"f": object()}, SPEC), "JSON"),
                              (NewJob("b", "command", {}, SPEC, key=5), "key")):  # type: ignore[arg-type]
             with pytest.raises(LedgerError, match=message):
-                led.add_jobs(t.id, good + [bad] + good, start=FirstAttempt())
+                list(led.add_jobs(t.id, good + [bad] + good, start=FirstAttempt()))
         assert led.jobs(t.id) == []

@@ -53,7 +53,7 @@ def crash_writer(db: str, task_id: int, start: int, size: int) -> None:
     while True:
         jobs = [NewJob(f"b{i}-{j}", "python", {"i": i, "j": j, "pad": "x" * 200}, JobSpec(), key=f"b{i}-{j}", index=j)
                 for j in range(size)]
-        ids = led.add_jobs(task_id, jobs, NewBatch(f"b{i}", size, {"i": i}))
+        ids = list(led.add_jobs(task_id, jobs, NewBatch(f"b{i}", size, {"i": i})))
         print(f"added {i} {ids[0]} {ids[-1]}", flush=True)
         if previous:
             nums = led.start_attempts([AttemptStart(k, host="h") for k in previous])
@@ -91,7 +91,7 @@ def test_big_add_jobs_is_one_transaction(tmp_path: Path) -> None:
     assert child.stdout is not None
     assert child.stdout.readline().strip() == "ready"
     t0 = time.perf_counter()
-    ids = led.add_jobs(task.id, jobs, NewBatch("big", BIG, {}))
+    ids = list(led.add_jobs(task.id, jobs, NewBatch("big", BIG, {})))
     elapsed = time.perf_counter() - t0
     out, err = child.communicate(timeout=120)
     report = json.loads(out.strip().splitlines()[-1])

@@ -16,7 +16,7 @@ from htc_notebook.spec import JobSpec, RetryPolicy
 from htc_notebook.ledger import SCHEMA_VERSION, AttemptStart, Ledger, NewJob
 from htc_notebook.ledger.schema import (DDL, V1_STATUSES, V5_UPGRADE, V6_UPGRADE, V7_UPGRADE, V8_UPGRADE,
                                         V9_STATUSES, V9_UPGRADE, V10_UPGRADE, V11_UPGRADE, V12_UPGRADE, V13_UPGRADE,
-                                        sql_list)
+                                        V14_UPGRADE, sql_list)
 from htc_notebook.states import JobStatus, Outcome
 
 
@@ -39,9 +39,9 @@ def start_and_fail(ledger: Ledger, job_id: int, cause: str | None, status: str =
 
 def test_a_failure_that_may_be_retried_has_not_ended(ledger):
     task = ledger.task("p", "t")
-    retried, final, fault = ledger.add_jobs(task.id, [NewJob("a", "command", {}, spec(retries=1)),
+    retried, final, fault = list(ledger.add_jobs(task.id, [NewJob("a", "command", {}, spec(retries=1)),
                                                       NewJob("b", "command", {}, spec(retries=0)),
-                                                      NewJob("c", "command", {}, spec(retries=0))])
+                                                      NewJob("c", "command", {}, spec(retries=0))]))
     start_and_fail(ledger, retried, "memory")
     start_and_fail(ledger, final, "exit")
     start_and_fail(ledger, fault, "node")  # not the job's fault: requeued even with retries=0
@@ -59,7 +59,7 @@ def test_a_failure_that_may_be_retried_has_not_ended(ledger):
 
 def test_starting_a_retry_is_compare_and_set(ledger):
     task = ledger.task("p", "t")
-    (job,) = ledger.add_jobs(task.id, [NewJob("a", "command", {}, spec(retries=2))])
+    (job,) = list(ledger.add_jobs(task.id, [NewJob("a", "command", {}, spec(retries=2))]))
     attempt = start_and_fail(ledger, job, "memory")
     assert ledger.requeue_retry(job, attempt, "h:2", {"memory": 200}, "retry 1 of 2") is True
     assert ledger.requeue_retry(job, attempt, "h:3", {"memory": 400}, "retry 1 of 2") is False  # one wins
@@ -74,8 +74,8 @@ def test_starting_a_retry_is_compare_and_set(ledger):
 
 def test_settled_jobs_end_as_their_attempt_did_saying_why(ledger):
     task = ledger.task("p", "t")
-    failed, lost = ledger.add_jobs(task.id, [NewJob("a", "command", {}, spec(retries=1)),
-                                             NewJob("b", "command", {}, spec())])
+    failed, lost = list(ledger.add_jobs(task.id, [NewJob("a", "command", {}, spec(retries=1)),
+                                             NewJob("b", "command", {}, spec())]))
     a1 = start_and_fail(ledger, failed, "memory")
     a2 = start_and_fail(ledger, lost, "lost", status="LOST")
     assert ledger.settle_retry(failed, a1, "out of memory at 100 MiB, the most the profile allows: not retried")
@@ -90,7 +90,7 @@ def test_settled_jobs_end_as_their_attempt_did_saying_why(ledger):
 
 def test_a_retry_can_be_postponed_and_cancelled(ledger):
     task = ledger.task("p", "t")
-    (job,) = ledger.add_jobs(task.id, [NewJob("a", "python", {}, spec(retries=3))])
+    (job,) = list(ledger.add_jobs(task.id, [NewJob("a", "python", {}, spec(retries=3))]))
     attempt = start_and_fail(ledger, job, "exit")
     due = time.time() + 60
     assert ledger.postpone_retry(job, attempt, due, "retry 1 of 3, in 60 s")
@@ -104,7 +104,7 @@ def test_a_retry_can_be_postponed_and_cancelled(ledger):
 
 def test_unknown_cause_is_refused_and_nothing_written(ledger):
     task = ledger.task("p", "t")
-    (job,) = ledger.add_jobs(task.id, [NewJob("a", "command", {}, spec(retries=1))])
+    (job,) = list(ledger.add_jobs(task.id, [NewJob("a", "command", {}, spec(retries=1))]))
     [attempt] = ledger.start_attempts([AttemptStart(job)])
     with pytest.raises(LedgerError, match="cause 'gremlins' is not one of"):
         ledger.record_outcomes([Outcome(job, attempt, "FAILED", cause="gremlins")])
@@ -113,7 +113,7 @@ def test_unknown_cause_is_refused_and_nothing_written(ledger):
 
 def test_timeouts_are_a_cause_of_their_own(ledger):
     task = ledger.task("p", "t")
-    (job,) = ledger.add_jobs(task.id, [NewJob("a", "command", {}, spec(retries=1))])
+    (job,) = list(ledger.add_jobs(task.id, [NewJob("a", "command", {}, spec(retries=1))]))
     [attempt] = ledger.start_attempts([AttemptStart(job)])
     ledger.record_outcomes([Outcome(job, attempt, "FAILED", reason="timeout: killed after execTimeoutSeconds=60")])
     assert ledger.attempts(job)[0].cause == "timeout"
@@ -122,14 +122,16 @@ def test_timeouts_are_a_cause_of_their_own(ledger):
 # -- older ledgers, upgraded in place -------------------------------------------------------------
 
 def _old_ledger(path: Path, version: int) -> None:
-    """A ledger as version 1 to 12 of the schema made it: no queue of logs to pack (v12), no index of the
+    """A ledger as version 1 to 13 of the schema made it: successes queue their logs by trigger (v13), no queue
+    of logs to pack (v12), no index of the
     jobs a scheduler queues (v11),
     no stored calls (v10), no dependencies or
     WAITING (v9), no owners' leases (v8), no sandbox (v7), no memory_held (v6), no project dimensions
     (v5), no project limits (v4), no owner index (v3), no retry columns (v2), no HELD, no leases (v1)."""
     con = sqlite3.connect(path)
     for statement in DDL:
-        if (statement in V13_UPGRADE or statement in V12_UPGRADE and version < 12
+        if (statement in V14_UPGRADE or statement in V13_UPGRADE and version < 13
+                or statement in V12_UPGRADE and version < 12
                 or statement in V11_UPGRADE and version < 11
                 or statement in V10_UPGRADE and version < 10
                 or statement in V9_UPGRADE and version < 9
@@ -158,7 +160,7 @@ def _old_ledger(path: Path, version: int) -> None:
     con.close()
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13])
 def test_older_ledgers_are_upgraded_and_keep_their_jobs(tmp_path, version):
     path = tmp_path / "old.db"
     _old_ledger(path, version)
@@ -189,14 +191,14 @@ def test_older_ledgers_are_upgraded_and_keep_their_jobs(tmp_path, version):
         assert again.job(1).status == "HELD" and again.vcpu_limit("p") == 4
         assert again.start_attempts([AttemptStart(1, sandbox="none")]) == [2]  # v8: the sandbox it runs in
         assert (again.job(1).sandbox, again.attempts(1)[-1].sandbox) == ("none", "none")
-        (child,) = again.add_jobs(1, [NewJob("child", "command", {}, JobSpec(), after=(1,))])  # v10: dependencies
+        (child,) = list(again.add_jobs(1, [NewJob("child", "command", {}, JobSpec(), after=(1,))]))  # v10: dependencies
         assert again.job(child).status == "WAITING" and again.parents(child) == [1]
-        again.add_jobs(1, [NewJob("call", "python", {}, JobSpec(payload="d1"), stored=b"pickled")])  # v11
+        list(again.add_jobs(1, [NewJob("call", "python", {}, JobSpec(payload="d1"), stored=b"pickled")]))  # v11
         assert again.payload(1, "d1") == b"pickled" and again.payload(1, "other") is None
         # v12: the RUNNABLE jobs a scheduler holds are counted from their own index
         queued = "SELECT name FROM sqlite_master WHERE type = 'index' AND name = 'jobs_queued'"
         assert sqlite3.connect(path).execute(queued).fetchall()
         assert again.queued_count(1) == 0
-        (plain,) = again.add_jobs(1, [NewJob("plain", "command", {}, JobSpec())])
+        (plain,) = list(again.add_jobs(1, [NewJob("plain", "command", {}, JobSpec())]))
         again.start_attempts([AttemptStart(plain, native_id="sbatch:7_1", status="RUNNABLE")])
         assert again.queued_count(1) == 1

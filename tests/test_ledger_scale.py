@@ -34,16 +34,16 @@ def big(tmp_path_factory):
     with Session(root, site=SiteConfig.builtin(), reconcile=False) as s:  # a made-up ledger: nothing acts on it
         led = s.ledger
         before = led.task("scale", "before")
-        led.add_jobs(before.id, [NewJob("b", "command", {}, JobSpec(), index=i) for i in range(300)],
-                     NewBatch("b", 300, {}))
+        list(led.add_jobs(before.id, [NewJob("b", "command", {}, JobSpec(), index=i) for i in range(300)],
+                     NewBatch("b", 300, {})))
         task = led.task("scale", "big")
         spec = JobSpec(cores=1, owner=str(s.owner))
         once = JobSpec(cores=1, owner=str(s.owner), retry=RetryPolicy(requeues=0))  # LOST stays LOST
-        ids = led.add_jobs(task.id, [NewJob("sim", "command", {"i": i}, once if 18000 <= i < 19000 else spec, index=i)
-                                     for i in range(N)], NewBatch("sim", N, {}))
+        ids = list(led.add_jobs(task.id, [NewJob("sim", "command", {"i": i}, once if 18000 <= i < 19000 else spec,
+                                                 index=i) for i in range(N)], NewBatch("sim", N, {})))
         after = led.task("scale", "after")  # interleaved: later ids belong to another task
-        led.add_jobs(after.id, [NewJob("a", "command", {}, JobSpec(), index=i) for i in range(300)],
-                     NewBatch("a", 300, {}))
+        list(led.add_jobs(after.id, [NewJob("a", "command", {}, JobSpec(), index=i) for i in range(300)],
+                     NewBatch("a", 300, {})))
         # 4,000 SUBMITTED; 4,000 RUNNABLE local; 4,000 RUNNABLE queued in SLURM; 2,000 RUNNING; the rest ended
         led.start_attempts([AttemptStart(i, native_id=f"local:{s.owner}", status="RUNNABLE") for i in ids[4000:8000]])
         led.start_attempts([AttemptStart(i, native_id=f"77_{i}", status="RUNNABLE") for i in ids[8000:12000]])
@@ -126,7 +126,7 @@ def test_the_look_for_jobs_stopped_elsewhere_reads_only_what_changed(big):
     assert plan.startswith("SEARCH jobs USING INDEX jobs_task_seq (task_id=? AND seq>?)"), plan
     assert s.ledger.stopped_since([task.id], seq) == (seq, [])
     small = s.ledger.task("scale", "stops")  # (the big task's states are shared by this module's tests)
-    few = s.ledger.add_jobs(small.id, [NewJob("s", "command", {}, JobSpec(), index=i) for i in range(4)])
+    few = list(s.ledger.add_jobs(small.id, [NewJob("s", "command", {}, JobSpec(), index=i) for i in range(4)]))
     s.ledger.record_outcomes([Outcome(few[0], 0, "SUCCEEDED")])
     s.ledger.cancel(few[2:])
     later, stopped = s.ledger.stopped_since([task.id, small.id], seq)
@@ -183,8 +183,8 @@ def test_job_at_finds_the_batch_member(big):
     assert led.job_at(batch, N) is None
     # a batch whose members are not at first id + index (a re-run sweep skips what succeeded)
     t = led.task("scale", "sparse")
-    sparse = led.add_jobs(t.id, [NewJob("s", "command", {}, JobSpec(), index=2 * i + 1) for i in range(100)],
-                          NewBatch("s", 100, {}))
+    sparse = list(led.add_jobs(t.id, [NewJob("s", "command", {}, JobSpec(), index=2 * i + 1) for i in range(100)],
+                          NewBatch("s", 100, {})))
     sb = led.job(sparse[0]).batch_id
     assert led.job_at(sb, 41).id == sparse[20] and led.job_at(sb, 40) is None
     api = HTCApi(s, Auth(s.root), owner="me")
@@ -226,8 +226,8 @@ def test_status_only_reads_and_leaves_jobs_of_an_exited_owner_to_the_sessions(tm
     dead.wait()
     with Session(tmp_path, site=SiteConfig.builtin(), reconcile=False) as s:
         t = s.ledger.task("p", "t")
-        gone = s.ledger.add_jobs(t.id, [NewJob("g", "command", {}, JobSpec(owner=f"{s.owner.host}:{dead.pid}"),
-                                               index=i) for i in range(3)])
+        gone = list(s.ledger.add_jobs(t.id, [NewJob("g", "command", {}, JobSpec(owner=f"{s.owner.host}:{dead.pid}"),
+                                               index=i) for i in range(3)]))
         s.ledger.start_attempts([AttemptStart(i, status="RUNNABLE") for i in gone[:2]])
         s.ledger.intend(gone[2:], HELD_FOR_ROOM, "held for room")
     db = tmp_path / "ledger.db"
@@ -244,22 +244,22 @@ def test_add_jobs_encodes_each_spec_and_keeps_keys_unique(tmp_path):
     with Ledger(tmp_path / "l.db") as led:
         t = led.task("p", "t")
         a, b = JobSpec(cores=1, commands=("x", "1")), JobSpec(cores=2)
-        ids = led.add_jobs(t.id, [NewJob(f"j{i}", "python", {"i": i} if i % 2 else {}, (a, b, a)[i % 3],
-                                         key=f"k{i}", index=i) for i in range(500)])
+        ids = list(led.add_jobs(t.id, [NewJob(f"j{i}", "python", {"i": i} if i % 2 else {}, (a, b, a)[i % 3],
+                                         key=f"k{i}", index=i) for i in range(500)]))
         rows = led.jobs(t.id)
         assert [r.spec for r in rows] == [(a, b, a)[i % 3] for i in range(500)]
         assert [r.params for r in rows] == [{"i": i} if i % 2 else {} for i in range(500)]
         # a key taken far beyond the first statement of many rows: nothing of the call is kept
         with pytest.raises(LedgerError, match="'k444' already exists"):
-            led.add_jobs(t.id, [NewJob(f"n{i}", "python", {}, JobSpec(), key=f"n{i}") for i in range(400)]
-                         + [NewJob("dup", "python", {}, JobSpec(), key="k444")])
+            list(led.add_jobs(t.id, [NewJob(f"n{i}", "python", {}, JobSpec(), key=f"n{i}") for i in range(400)]
+                         + [NewJob("dup", "python", {}, JobSpec(), key="k444")]))
         assert led.job_ids(t.id) == ids
 
 
 def test_start_attempts_over_many_statements(tmp_path):
     with Ledger(tmp_path / "l.db") as led:
         t = led.task("p", "t")
-        ids = led.add_jobs(t.id, [NewJob(f"j{i}", "command", {}, JobSpec(), index=i) for i in range(1000)])
+        ids = list(led.add_jobs(t.id, [NewJob(f"j{i}", "command", {}, JobSpec(), index=i) for i in range(1000)]))
         led.cancel(ids[500:510])
         items = [AttemptStart(i, host="h", native_id=f"n{i}", log_out=f"/o{i}", log_err=f"/e{i}", status="RUNNABLE")
                  for i in ids] + [AttemptStart(ids[3], status="RUNNABLE")]  # one job twice: one attempt
@@ -286,8 +286,8 @@ def test_the_write_ahead_log_is_cut_back_after_a_large_recording(tmp_path):
     with Ledger(tmp_path / "ledger.db") as ledger:
         task = ledger.task("p", "t")
         pad = "p" * 400  # fewer, larger rows: the same bytes sooner
-        ledger.add_jobs(task.id, [NewJob(f"j{i}", "python", {"x": i, "pad": pad}, JobSpec(cores=1), key=f"k{i}",
-                                         index=i) for i in range(100_000)])
+        list(ledger.add_jobs(task.id, [NewJob(f"j{i}", "python", {"x": i, "pad": pad}, JobSpec(cores=1), key=f"k{i}",
+                                         index=i) for i in range(100_000)]))
         grown = wal.stat().st_size
         assert grown > WAL_LIMIT  # the recording alone was larger than the limit
         con = ledger._con()
@@ -295,3 +295,22 @@ def test_the_write_ahead_log_is_cut_back_after_a_large_recording(tmp_path):
         busy, _, _ = con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()  # what autocheckpoint does, at once
         ledger.task("p", "u")  # the next write starts the log over
         assert busy == 0 and wal.stat().st_size <= WAL_LIMIT, (grown, wal.stat().st_size)
+
+
+def test_a_key_twice_in_one_submission_is_refused_across_chunks_and_nothing_is_kept(tmp_path, monkeypatch):
+    """Keys are checked a chunk at a time (a million keys are never all held): a key twice within
+    one chunk, or in two chunks of one submission, or one an earlier job has, each names the key."""
+    from htc_notebook.ledger import submission
+
+    monkeypatch.setattr(submission, "ENCODE_CHUNK", 100)
+    with Ledger(tmp_path / "l.db") as led:
+        t = led.task("p", "t")
+        ids = list(led.add_jobs(t.id, [NewJob("j", "python", {}, JobSpec(), key=f"k{i}") for i in range(250)]))
+        for key, at, why in (("n5", 20, "'n5' in one submission"),  # the same chunk
+                             ("n5", 160, "'n5' in one submission"),  # the chunk after
+                             ("k7", 260, "'k7' already exists")):  # an earlier job's
+            jobs = [NewJob("n", "python", {}, JobSpec(), key=f"n{i}") for i in range(300)]
+            jobs.insert(at, NewJob("d", "python", {}, JobSpec(), key=key))
+            with pytest.raises(LedgerError, match=why):
+                led.add_jobs(t.id, jobs)
+        assert led.job_ids(t.id) == ids

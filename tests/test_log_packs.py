@@ -18,7 +18,7 @@ import pytest
 from htc_notebook import Session, SiteConfig
 from htc_notebook.errors import UntrustedFile
 from htc_notebook.ledger import Ledger
-from htc_notebook.ledger.schema import DDL, V13_UPGRADE
+from htc_notebook.ledger.schema import DDL, V13_UPGRADE, V14_UPGRADE
 from htc_notebook.runtime.log_packer import GRACE
 from htc_notebook.storage.log_packs import PACK_JOBS, PACK_MAX_BYTES, log_lines, pack_logs, read_log_text
 
@@ -112,7 +112,7 @@ def test_the_ledger_queues_ended_jobs_with_logs_and_an_old_ledger_its_ended_jobs
     path = tmp_path / "v12.db"
     con = sqlite3.connect(path)
     for statement in DDL:
-        if statement not in V13_UPGRADE:
+        if statement not in V13_UPGRADE + V14_UPGRADE:
             con.execute(statement)
     con.execute("INSERT INTO projects VALUES ('p', 0)")
     con.execute("INSERT INTO tasks (id, project, name, created) VALUES (1, 'p', 't', 0)")
@@ -154,6 +154,27 @@ def test_a_sessions_ended_jobs_are_packed_and_every_api_still_reads_them(tmp_pat
             assert j.logs() == f"out {j.row.index}\n"
         assert [r.stdout for r in results] == ["out 0\n", "out 1\n"]
         assert s.ledger.logs_due(time.time() + 3600) == []
+
+
+def test_a_success_is_queued_by_the_statement_that_records_it_and_only_with_a_log(tmp_path):
+    """The trigger queues every end but a success; a success queues itself unless its call wrote no
+    log (the hot path of big sweeps: most calls print nothing)."""
+    from htc_notebook.ledger import FirstAttempt, NewJob
+    from htc_notebook.spec import JobSpec
+    from htc_notebook.states import Outcome
+
+    with Ledger(tmp_path / "l.db") as ledger:
+        task = ledger.task("p", "t")
+        ids = ledger.add_jobs(task.id, [NewJob("f", "python", {}, JobSpec(payload="d"), index=i) for i in range(5)],
+                              start=FirstAttempt("RUNNING", host="h", native_id="local:x", logs="/l/job-"))
+        ledger.record_outcomes([Outcome(ids[0], 1, "SUCCEEDED", ended=1.0, logged=False),
+                                Outcome(ids[1], 1, "SUCCEEDED", ended=1.0, logged=True),
+                                Outcome(ids[2], 1, "SUCCEEDED", ended=1.0),  # not known: queued
+                                Outcome(ids[3], 1, "FAILED", reason="exit 1", ended=1.0, logged=False)])
+        due = {row[0]: row[1] for row in ledger.logs_due(time.time() + 3600)}
+        assert due == {ids[1]: "SUCCEEDED", ids[2]: "SUCCEEDED", ids[3]: "FAILED"}, due
+        ledger.record_outcomes([Outcome(ids[0], 1, "SUCCEEDED", ended=2.0, logged=True)])  # already SUCCEEDED
+        assert ids[0] not in {row[0] for row in ledger.logs_due(time.time() + 3600)}
 
 
 def say_if_odd(i: int) -> int:

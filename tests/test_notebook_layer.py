@@ -152,8 +152,8 @@ def test_diff_protocol_sends_only_changed_rows_of_the_window(tmp_path):
     with Session(tmp_path, site=SiteConfig.builtin()) as s:
         t = s.project("p").task("big")
         ledger = s.ledger
-        ids = ledger.add_jobs(t.id, [NewJob(name="sim", kind="command", params={"i": i}, spec=JobSpec(), index=i,
-                                            profile="local") for i in range(10_000)])
+        ids = list(ledger.add_jobs(t.id, [NewJob(name="sim", kind="command", params={"i": i}, spec=JobSpec(), index=i,
+                                            profile="local") for i in range(10_000)]))
         table = JobsTable(s.parts, t.id, interval=3600)  # refreshed by hand below
         assert table.model.ids == ids[:PAGE] and len(table.model.rows) == PAGE  # the kernel holds one window
         sent = []
@@ -195,10 +195,34 @@ def test_diff_protocol_sends_only_changed_rows_of_the_window(tmp_path):
         assert sent[7]["view"]["text"] == "7777" and len(sent[7]["rows"]) == len(want)
         # the buttons act on the table's jobs, not only those in view; a stranger's id is not one of them
         other = s.project("p").task("other")
-        (stranger,) = ledger.add_jobs(other.id, [NewJob(name="x", kind="command", params={}, spec=JobSpec(),
-                                                        index=0, profile="local")])
+        (stranger,) = list(ledger.add_jobs(other.id, [NewJob(name="x", kind="command", params={}, spec=JobSpec(),
+                                                        index=0, profile="local")]))
         assert table._ids("all") == ids[:5000] + ids[5001:]
         assert table._ids([ids[1], stranger, ids[2]]) == [ids[1], ids[2]]
+        table.close()
+
+
+def test_a_table_keeps_its_last_window_in_its_widget_state_for_a_saved_notebook(tmp_path):
+    """Issue 29 item 5: a notebook saved with its widget state shows the table as it was before any
+    kernel talks to it. `saved` holds a reset message: from the start, and the final one as soon as
+    the last job ends (not only every SAVE_EVERY s)."""
+    with Session(tmp_path, site=SiteConfig.builtin()) as s:
+        t = s.project("p").task("saved")
+        ids = list(s.ledger.add_jobs(t.id, [NewJob(name="sim", kind="command", params={"i": i}, spec=JobSpec(),
+                                                   index=i, profile="local") for i in range(3)]))
+        table = JobsTable(s.parts, t.id, interval=3600)  # refreshed by hand below
+        assert table.saved["t"] == "reset" and table.saved["totals"] == {"SUBMITTED": 3}
+        assert [r[0] for r in table.saved["rows"]] == ids
+        now = time.time()
+        s.ledger.record_outcomes([Outcome(i, 1, "SUCCEEDED", started=now - 1, ended=now) for i in ids[:2]])
+        table.model.due = 0
+        table.refresh()
+        assert table.saved["totals"] == {"SUBMITTED": 3}  # still running, and saved < SAVE_EVERY s ago
+        s.ledger.record_outcomes([Outcome(ids[2], 1, "SUCCEEDED", started=now - 1, ended=now)])
+        table.model.due = 0
+        table.refresh()
+        assert table.saved["t"] == "reset" and table.saved["totals"] == {"SUCCEEDED": 3}
+        assert json.loads(json.dumps(table.saved)) == table.saved  # as the notebook's metadata keeps it
         table.close()
 
 
@@ -207,8 +231,8 @@ def test_a_big_tasks_table_holds_one_window_and_its_counts(tmp_path):
     holds the counts and one window; a group's table counts only its jobs."""
     with Session(tmp_path, site=SiteConfig.builtin()) as s:
         t = s.project("p").task("big")
-        ids = s.ledger.add_jobs(t.id, [NewJob(name="sim", kind="command", params={"i": i}, spec=JobSpec(), index=i,
-                                              profile="local") for i in range(100_000)])
+        ids = list(s.ledger.add_jobs(t.id, [NewJob(name="sim", kind="command", params={"i": i}, spec=JobSpec(), index=i,
+                                              profile="local") for i in range(100_000)]))
         model = TableModel(s.reads, t.id)
         patch = model.poll()
         assert patch["ids"] == ids[:PAGE] and patch["totals"] == {"SUBMITTED": 100_000}
@@ -229,8 +253,8 @@ def test_patch_size_after_a_thousand_changed_rows(tmp_path):
     start, the window's 200 of them travel, well under 50 kB."""
     with Session(tmp_path, site=SiteConfig.builtin()) as s:
         t = s.project("p").task("big")
-        ids = s.ledger.add_jobs(t.id, [NewJob(name="sim", kind="command", params={"T": i / 7, "seed": i % 5},
-                                              spec=JobSpec(), index=i, profile="local") for i in range(20_000)])
+        ids = list(s.ledger.add_jobs(t.id, [NewJob(name="sim", kind="command", params={"T": i / 7, "seed": i % 5},
+                                              spec=JobSpec(), index=i, profile="local") for i in range(20_000)]))
         model = TableModel(s.reads, t.id)
         model.poll()
         s.ledger.start_attempts([AttemptStart(i, host=f"node{i % 4}", native_id=None, log_out=None,

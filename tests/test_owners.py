@@ -149,6 +149,43 @@ def test_a_heartbeat_that_fails_or_comes_after_its_lease_lapsed_is_logged(tmp_pa
         assert "was not renewed" in caplog.text and "closed" in caplog.text
 
 
+def slow_insert(real, seconds):
+    def insert(*args, **kwargs):
+        time.sleep(seconds)  # as a million jobs' rows take, inside the write transaction
+        return real(*args, **kwargs)
+    return insert
+
+
+def test_a_submission_that_holds_the_write_lock_past_the_lease_extends_the_lease_first(tmp_path, caplog,
+                                                                                    monkeypatch):
+    """Recording holds the ledger's write lock, so the heartbeat cannot renew meanwhile: a large
+    submission first extends the lease, and another host looking while it records (a read) never
+    sees it lapsed."""
+    from htc_notebook.ledger import submission
+    from htc_notebook.runtime import task as task_module
+
+    beat = 0.1  # a lease of LEASE_LAPSE * 0.1 s; the insert takes longer
+    monkeypatch.setattr(task_module, "LONG_SUBMISSION", 10)
+    monkeypatch.setattr(task_module, "RECORDING_SECONDS", 0.2)  # 20 jobs: 4 s more
+    monkeypatch.setattr(submission, "_insert_jobs", slow_insert(submission._insert_jobs, LEASE_LAPSE * beat + 1.5))
+    with Session(tmp_path, site=SiteConfig.builtin(), heartbeat=beat) as s:
+        owner, seen = str(s.owner), []
+
+        def look():  # another host's look at the lease while the rows are inserted
+            with Ledger(s.ledger.path) as other:
+                for _ in range(3):
+                    time.sleep(LEASE_LAPSE * beat)
+                    seen.append(other.owner_leases([owner])[owner] - time.time())
+
+        looker = threading.Thread(target=look)
+        looker.start()
+        s.project("p").task("t").submit_batch({"jobName": "j", "batchSize": 20,
+                                               "htcJobDefinition": {"commands": ["true"]}})
+        looker.join()
+    assert len(seen) == 3 and min(seen) > 0, seen  # always ahead of the clock
+    assert "had lapsed" not in caplog.text
+
+
 @pytest.mark.parametrize("heartbeat", [0, -1.0, float("nan"), float("inf")])
 def test_a_heartbeat_that_is_not_a_positive_number_is_refused(tmp_path, heartbeat):
     with pytest.raises(SpecError, match="heartbeat"):

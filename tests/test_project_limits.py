@@ -120,7 +120,8 @@ def test_the_ledger_admits_atomically_across_processes(tmp_path):
     with Ledger(db) as led:
         led.add_limit("md", "PROJECT_ADMIN", 5)
         tasks = [led.task("md", f"t{i}").id for i in range(8)]
-        ids = [led.add_jobs(t, [NewJob(f"j{k}", "command", {}, JobSpec(cores=2)) for k in range(3)]) for t in tasks]
+        ids = [list(led.add_jobs(t, [NewJob(f"j{k}", "command", {}, JobSpec(cores=2)) for k in range(3)]))
+               for t in tasks]
     code = ("import sys, json; from htc_notebook.ledger import Ledger, AttemptStart\n"
             "with Ledger(sys.argv[1]) as led:\n"
             "    print(json.dumps(led.start_attempts([AttemptStart(int(i), status='RUNNABLE') for i in sys.argv[2:]],"

@@ -1,5 +1,5 @@
 """Task submissions record their jobs already in their first attempt, in the one transaction that adds
-them (`Dispatcher.first_attempt`, `Ledger.add_jobs(..., start=)`): no second write of every row by
+them (`Dispatcher.first_attempt`, `list(Ledger.add_jobs(..., start=))`): no second write of every row by
 `start_attempts`, except where a project's vCPU limit must admit them; a job whose attempt is recorded
 but that cannot be handed over ends FAILED saying why, as before."""
 

@@ -164,6 +164,32 @@ class Reporter(Protocol):
 
     def finished(self, outcome: Outcome) -> None: ...
 
+    def backlog(self) -> int:
+        """Reports not yet committed: a backend that can wait (dask's calls) fetches no more work
+        while many are (results are not taken in faster than the ledger commits them)."""
+        ...
+
+
+class Feed(Protocol):
+    """The rest of a large submission of plain Python calls, made into Launches a slice at a time as a
+    runner's queue drains (`DaskJobs.feed`), instead of all handed over at once: a million-call sweep
+    then waits as its members and a position, not as a million queued records. Every job it has not
+    given yet is in its first attempt (recorded RUNNABLE, attempt 1)."""
+
+    def take(self) -> list[Launch]:
+        """The next slice's Launches, without the jobs ended or restarted meanwhile (a cancel, a
+        retry: the ledger says); [] once nothing is left. Never raises: a slice that cannot be made
+        ends its jobs and the rest FAILED (cause `submit`) saying why."""
+        ...
+
+    def left(self) -> Sequence[int]:
+        """The ids of the jobs not taken yet (each in attempt 1)."""
+        ...
+
+    def close(self) -> None:
+        """Nothing more will be taken (given up with its runner)."""
+        ...
+
 
 class Backend(Protocol):
     """How launches become running work on one kind of resource. Each backend's module also has

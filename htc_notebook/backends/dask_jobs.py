@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Sequence
 
 import cloudpickle
 
-from htc_notebook.backends.base import PER_JOB_ENV, Launch, Reporter, call_outcome
+from htc_notebook.backends.base import PER_JOB_ENV, Feed, Launch, Reporter, call_outcome
 from htc_notebook.backends.pilot_commands import run_on_worker, task_key
 from htc_notebook.backends.dask_chain import Behind, Chains
 from htc_notebook.backends.dask_security import dashboard_link
@@ -84,6 +84,13 @@ THREADS_EVERY = 2.0  # seconds between looks at how many worker threads the clus
 # kept a sweep's arguments in the kernel (~140 B a call, growing with every sweep up to 1,000
 # packs). Lowered to this in the process that starts a cluster (and so in its local workers).
 RECENT_MESSAGES = 4
+# Results are not taken in faster than the ledger commits them: while more reports than this wait
+# for the recorder, no more work goes to dask (at a million calls the recorder is the bottleneck,
+# and its queue held ~0.25 kB a call: the outcome, its report and its value).
+BACKLOG = 10_000
+# A large sweep is fed (`feed`): its calls are made into Launches and queued here a slice at a time,
+# while fewer than FEED_AHEAD wait here (queued or held for their probes), instead of a million at once.
+FEED_AHEAD = 10_000
 TIMED_FUNCTIONS = 256  # how many functions' call times are kept (each its last TIMED_CALLS)
 
 # A worker that dies under a call ends that call's attempt at once (cause "lost"; the reconcile
@@ -227,6 +234,10 @@ class DaskJobs:
         self._queue: deque[tuple[How, Sequence[Job]]] = deque()  # dask tasks waiting for room in the window
         self._waiting: dict[int, int] = {}  # job id -> attempt, for jobs queued or held that are still to run
         self._held: list[_Held] = []
+        self._feeds: deque[Feed] = deque()  # the rest of large submissions, taken from as the queue drains
+        self._taking: set[int] | None = None  # while a feed's slice is made: the jobs cancelled meanwhile
+        self._feeder: threading.Thread | None = None  # takes from the feeds while they last (`_feed_loop`)
+        self._feed_now = threading.Event()  # set when the queue runs low: the feeder looks at once
         self._verdicts: dict[tuple, _Verdict] = {}  # in one_submission(): group -> how its probes decided
         self._open = 0  # one_submission() contexts open
         self._prefixes: dict[str, str] = {}  # the log prefixes of queued calls, one string each
@@ -286,9 +297,74 @@ class DaskJobs:
 
     def submit(self, launches: Sequence[Launch]) -> None:
         """Queue these launches (probes of a large submission first) and hand dask what fits the window."""
-        if not launches:
-            return
+        if launches:
+            self.client  # noqa: B018 - starts the cluster
+            self._submit(launches)
+            self._refill()
+            self._start_collector()
+
+    def feed(self, source: Feed) -> None:
+        """Queue `source`'s calls a slice at a time, while fewer than FEED_AHEAD wait here. Until it is
+        used up, the submission it continues stays open (`one_submission`): its slices join the probed
+        ones or run as their probes decided."""
         self.client  # noqa: B018 - starts the cluster
+        with self._lock:
+            self._feeds.append(source)
+            self._open += 1
+            if self._feeder is None:
+                self._feeder = threading.Thread(target=self._feed_loop, name="htc-feed", daemon=True)
+                self._feeder.start()
+        self._feed_now.set()
+        self._start_collector()
+
+    def _feed_loop(self) -> None:
+        """The feeder thread: slices are made here, beside the collector (which hands them to dask),
+        as they were made beside it when a sweep was handed over whole; it ends with the last feed."""
+        while True:
+            self._feed_now.wait(REFILL_EVERY)
+            self._feed_now.clear()
+            with self._lock:
+                if not self._feeds:  # used up, or the backend closed
+                    self._feeder = None
+                    return
+            self._top_up()
+
+    def _top_up(self) -> None:
+        """Take slices from the first feed while fewer than FEED_AHEAD calls wait here (on the feeder
+        thread only). A job cancelled while its slice is made is dropped as a queued one is (`_taking`)."""
+        while True:
+            with self._lock:
+                if not self._feeds or self._client is None or len(self._waiting) >= FEED_AHEAD:
+                    return
+                source, self._taking = self._feeds[0], set()
+            try:
+                launches = source.take()  # the ledger read and the Launches made outside the lock
+            except Exception as exc:  # a Feed ends its own jobs FAILED when it cannot make them: a bug
+                log.exception("a feed of %d calls failed; they end FAILED", len(source.left()))
+                for job_id in source.left():  # not left RUNNABLE with nothing to run them
+                    self._reporter.finished(Outcome(job_id, 1, "FAILED", cause="submit", reason=(
+                        f"not submitted: the sweep's feed failed: {type(exc).__name__}: {exc}")))
+                launches = []
+            if launches:
+                self._submit(launches, fed=True)
+                del launches  # queued as small records: gone before the next slice is made
+                self._wake.set()  # the collector hands them to dask now
+                continue
+            with self._lock:  # used up
+                self._taking = None
+                if source in self._feeds:  # (not if the backend closed meanwhile)
+                    self._feeds.remove(source)
+                    self._close_submission()
+            source.close()
+
+    def _close_submission(self) -> None:
+        """One `one_submission` (or feed) less open; with the lock held."""
+        self._open -= 1
+        if not self._open:
+            self._verdicts = {}
+
+    def _submit(self, launches: Sequence[Launch], fed: bool = False) -> None:
+        """Queue launches (see `submit`); `fed`: a feed's slice, made while `_taking` collected cancels."""
         steps: dict[int, list[Launch]] = {}
         commands: list[Launch] = []
         calls: dict[tuple, list[Launch]] = {}
@@ -308,7 +384,16 @@ class DaskJobs:
                 prefixes[launch.job_id] = log_prefix(launch.job_id, launch.log_out, launch.log_err)  # or refused
                 calls.setdefault(group_key, []).append(launch)  # before anything is queued
         with self._lock:
-            self._waiting.update((launch.job_id, launch.attempt) for launch in launches)
+            dropped: set[int] = set()
+            if fed:
+                dropped, self._taking = self._taking or set(), None
+                if self._client is None:  # closed while the slice was made: never run
+                    unrun = [launch for launch in launches if launch.job_id not in dropped]
+                    for launch in unrun:
+                        self._reporter.finished(Outcome(launch.job_id, launch.attempt, "CANCELLED",
+                                                        reason="session closed before the job finished"))
+                    return
+            self._waiting.update((launch.job_id, launch.attempt) for launch in launches if launch.job_id not in dropped)
             self._chains.behind += behind
             self._queue.extend((_Mpi(cores), [launch]) for cores, group in steps.items() for launch in group)
             self._queue.extend((_Command(), [launch]) for launch in commands)
@@ -339,8 +424,6 @@ class DaskJobs:
                     self._queue.extendleft((runner, [launch]) for launch in reversed(probes))
                 else:
                     self._queue.extend((runner, [launch]) for launch in group)
-        self._refill()
-        self._start_collector()
 
     def _interned(self, prefix: str) -> str:
         """One string for a log prefix all calls of a task share (`log_prefix`): a queued call keeps
@@ -373,20 +456,21 @@ class DaskJobs:
             yield
         finally:
             with self._lock:
-                self._open -= 1
-                if not self._open:
-                    self._verdicts = {}
+                self._close_submission()
 
     def _refill(self) -> None:
-        """Hand waiting dask tasks to dask while fewer than `window` are in flight, and fewer than
-        PACKS_AHEAD packs per worker thread.
+        """Hand waiting dask tasks to dask while fewer than `window` are in flight, fewer than
+        PACKS_AHEAD packs per worker thread, and the recorder has at most BACKLOG reports to commit.
 
         Under the lock from queue to tracking, so a cancel finds each job either
         waiting or in flight.
         """
+        if self._feeds and len(self._waiting) < FEED_AHEAD:
+            self._feed_now.set()
         threads = self._worker_threads() if self._queue else self._threads
+        behind = self._reporter.backlog() > BACKLOG  # the recorder's: more waits here meanwhile
         with self._lock:
-            client, room = self._client, self.window - len(self._tasks)
+            client, room = self._client, 0 if behind else self.window - len(self._tasks)
             ready: list[tuple[How, list]] = []  # a pack: Launches for an _Mpi, _Calls for a JobRunner
             if client is None:
                 return
@@ -545,7 +629,8 @@ class DaskJobs:
                 return
             self._refill()  # after the round: the futures it reported are released by now
             interval = _collect_interval(len(self._tasks))
-            self._wake.wait(0.02 if self._held else min(interval, REFILL_EVERY) if self._queue else interval)
+            self._wake.wait(0.02 if self._held else min(interval, REFILL_EVERY) if self._queue or self._feeds
+                            else interval)
             self._wake.clear()
 
     def _collect_once(self) -> int | None:
@@ -694,6 +779,8 @@ class DaskJobs:
         """Stop these jobs: a dask task is cancelled once none of its jobs is wanted."""
         drop, futures = set(job_ids), []
         with self._lock:
+            if self._taking is not None:  # a feed's slice is being made: dropped once it is queued
+                self._taking.update(drop)
             for j in drop:  # queued, held or behind their parents: dropped when they would leave the queue
                 self._waiting.pop(j, None)
                 self._chains.orphans.pop(j, None)
@@ -714,6 +801,12 @@ class DaskJobs:
         with self._lock:
             return set(self._key_of) | self._waiting.keys() | self._chains.orphans.keys()
 
+    def count(self) -> int:
+        """How many jobs run here or will: `running()` and those its feeds have not given yet."""
+        with self._lock:
+            fed = sum(len(source.left()) for source in self._feeds)
+        return len(self.running()) + fed
+
     def close(self) -> None:
         """Stop the cluster; jobs still pending end CANCELLED."""
         with self._lock:
@@ -728,6 +821,15 @@ class DaskJobs:
             self._tasks, self._key_of, self._held, self._queue, self._waiting = {}, {}, [], deque(), {}
             self._place = {}
             self._verdicts, self._chains = {}, Chains()
+            feeds, self._feeds = list(self._feeds), deque()
+            self._open -= len(feeds)
+            feeder = self._feeder
+        self._feed_now.set()  # the feeder ends, once the slice it may be making is reported
+        if feeder is not None and feeder is not threading.current_thread():
+            feeder.join(timeout=60)
+        for source in feeds:  # what they did not give yet never runs (each job in its first attempt)
+            ended += [(job_id, 1) for job_id in source.left()]
+            source.close()
         for job_id, attempt in ended:
             self._reporter.finished(Outcome(job_id, attempt, "CANCELLED",
                                             reason="session closed before the job finished"))

@@ -109,6 +109,9 @@ class WorkerCommands:
     def sending(self, job_ids: Sequence[int], native_id: str, reason: str) -> set[int]:
         return set(job_ids)
 
+    def backlog(self) -> int:
+        return 0
+
     def submitted(self, native_ids: dict[int, str], reason: str) -> None:
         pass
 

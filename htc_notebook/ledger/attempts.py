@@ -178,9 +178,10 @@ def _record_successes(con: sqlite3.Connection, successes: list, now: float, seq:
     con.executemany("INSERT INTO results (job_id, attempt, inline, path, size, created) VALUES (?, ?, ?, ?, ?, ?)",
                     [(o.job_id, o.attempt, o.result, o.result_path, size, now)
                      for o, size in first.values() if size is not None])
-    # a call that wrote no log has none to pack: off the queue its end put it on (schema's jobs_ended_pack_logs)
-    con.executemany("DELETE FROM log_queue WHERE job_id = ?", [(o.job_id,) for o, _ in first.values()
-                                                               if o.logged is False])
+    # its logs to pack (storage/log_packs.py), unless its call wrote none (schema's LOG_QUEUE_TRIGGER_V14)
+    con.executemany(f"INSERT OR REPLACE INTO log_queue (job_id, ended) SELECT id, {now!r} FROM jobs "
+                    "WHERE id = ? AND log_out IS NOT NULL", [(o.job_id,) for o, _ in first.values()
+                                                             if o.logged is not False])
     return list(first)
 
 

@@ -84,6 +84,33 @@ class Changes(LedgerCore):
                                (task_id, after_seq)).fetchall()
         return seq, [job_row(r) for r in rows]
 
+    def change_mark(self) -> tuple[int, int, int, int]:
+        """(change sequence number, projects, tasks, archived tasks): what a watcher compares to learn
+        that anything it shows changed, from one snapshot, at the cost of four small reads.
+
+        >>> from htc_notebook.ledger import Ledger; import tempfile, pathlib
+        >>> ledger = Ledger(pathlib.Path(tempfile.mkdtemp()) / "l.db")
+        >>> ledger.change_mark()
+        (0, 0, 0, 0)
+        >>> _ = ledger.task("p", "t"); ledger.change_mark()
+        (0, 1, 1, 0)
+        """
+        return self._read("SELECT (SELECT seq FROM counter), (SELECT COUNT(*) FROM projects), "
+                          "(SELECT COUNT(*) FROM tasks), (SELECT COUNT(*) FROM tasks WHERE lifecycle != 'ACTIVE')")[0]
+
+    def tasks_changed(self, after_seq: int) -> list[tuple[str, int]]:
+        """(project, task id) of the tasks a job of which changed after `after_seq`: one indexed
+        look per task (jobs_task_seq), whatever the number of jobs."""
+        return self._read("SELECT t.project, t.id FROM tasks t WHERE EXISTS "
+                          "(SELECT 1 FROM jobs j WHERE j.task_id = t.id AND j.seq > ?) ORDER BY t.id", (after_seq,))
+
+    def status_page(self, task_id: int, after: tuple[int, int], limit: int) -> list[tuple[int, str, int]]:
+        """(job id, status, seq) of at most `limit` of the task's jobs changed after `after`, a (seq, job
+        id) mark, in that order (index jobs_task_seq): a million jobs' first look read a page at a time.
+        Read again from the last row's (seq, id); a job that changes meanwhile comes again, later."""
+        return self._read("SELECT id, status, seq FROM jobs WHERE task_id = ? AND (seq, id) > (?, ?) "
+                          "ORDER BY seq, id LIMIT ?", (task_id, *after, limit))
+
     def status_changes(self, task_id: int, after_seq: int) -> tuple[int, list[tuple[int, str]]]:
         """Like `changes`, but only (job id, status) pairs: cheap enough to poll for huge tasks."""
         with self._snapshot() as con:

@@ -33,14 +33,15 @@ class Leases(LedgerCore):
     # --- owners' heartbeat leases (runtime/owner.py) -------------------------------------------
 
     def renew_owner(self, owner: str, ttl: float) -> float | None:
-        """Renew `owner`'s heartbeat lease for `ttl` seconds; returns when it was due to expire before
-        (None: it had none). The leases of other owners that lapsed with no active job left are dropped
-        in the same transaction (a lookup by the owner index for each; nothing refers to them)."""
+        """Renew `owner`'s heartbeat lease for `ttl` seconds (never shortened: a lease extended for a long
+        write stays so); returns when it was due to expire before (None: it had none). The leases of
+        other owners that lapsed with no active job left are dropped in the same transaction (a lookup
+        by the owner index for each; nothing refers to them)."""
         with self._write() as con:
             now = time.time()  # once the write lock is held: a wait for it does not shorten the lease
             before = con.execute("SELECT expires FROM owners WHERE owner = ?", (owner,)).fetchone()
             con.execute("INSERT INTO owners (owner, expires) VALUES (?1, ?2) ON CONFLICT (owner) DO UPDATE "
-                        "SET expires = ?2", (owner, now + ttl))
+                        "SET expires = MAX(expires, ?2)", (owner, now + ttl))
             con.execute(f"DELETE FROM owners WHERE expires < ? AND NOT EXISTS (SELECT 1 FROM jobs WHERE "
                         f"json_extract(spec, '$.owner') = owners.owner AND status IN ({ACTIVE_SQL}))", (now,))
         return before[0] if before else None

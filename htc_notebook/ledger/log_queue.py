@@ -1,5 +1,6 @@
 """Jobs whose logs are to be packed (storage/log_packs.py): queued by the trigger `jobs_ended_pack_logs`
-(schema.py) when a job with logs reaches a terminal state; taken by runtime/log_packer.py."""
+(schema.py) when a job with logs fails, is cancelled or lost, and by the statement that records a
+success (attempts.py) unless its call wrote no log; taken by runtime/log_packer.py."""
 
 from __future__ import annotations
 

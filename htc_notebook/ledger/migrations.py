@@ -1,5 +1,5 @@
 """The ledger's schema on open: created (schema.py's DDL) in a new file, or upgraded from any older
-version (1..12) to SCHEMA_VERSION, in one write transaction that concurrent openers queue on."""
+version (1..13) to SCHEMA_VERSION, in one write transaction that concurrent openers queue on."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from ..errors import LedgerError
 from ..states import JobStatus
 from .schema import (DDL, LEASES_DDL, SCHEMA_VERSION, V1_STATUSES, V3_UPGRADE, V4_UPGRADE, V5_UPGRADE, V6_UPGRADE,
                      V7_UPGRADE, V8_UPGRADE, V9_STATUSES, V9_UPGRADE, V10_UPGRADE, V11_UPGRADE,
-                     V12_UPGRADE, V13_BACKFILL, V13_UPGRADE, sql_list)
+                     V12_UPGRADE, V13_BACKFILL, V13_UPGRADE, V14_UPGRADE, sql_list)
 from .statements import retry
 
 
@@ -37,7 +37,7 @@ def ensure_schema(con: sqlite3.Connection, path: Path) -> None:
                               + (V7_UPGRADE if version < 7 else ()) + (V8_UPGRADE if version < 8 else ())
                               + (V9_UPGRADE if version < 9 else ()) + (V10_UPGRADE if version < 10 else ())
                               + (V11_UPGRADE if version < 11 else ()) + (V12_UPGRADE if version < 12 else ())
-                              + V13_UPGRADE + V13_BACKFILL):
+                              + (V13_UPGRADE + V13_BACKFILL if version < 13 else ()) + V14_UPGRADE):
                 con.execute(statement)
             con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         elif version != SCHEMA_VERSION:  # equal: another process made it while we waited for the lock

@@ -32,6 +32,12 @@ class Reads(LedgerCore):
         return dict(self._read(f"SELECT id, status FROM jobs WHERE id IN {IN_JSON}",
                                (json.dumps(checked_ids(job_ids)),)))
 
+    def first_attempts_left(self, first: int, last: int) -> set[int]:
+        """Of jobs `first`..`last`, those still RUNNABLE in their first attempt (not cancelled, retried
+        or ended since they were recorded so): what a sweep's feed may still hand over."""
+        return {job_id for job_id, in self._read(
+            "SELECT id FROM jobs WHERE id BETWEEN ? AND ? AND status = 'RUNNABLE' AND attempts = 1", (first, last))}
+
     def job(self, job_id: int) -> JobRow:
         row = self.find_job(job_id)
         if row is None:

@@ -34,9 +34,9 @@ class Submission(LedgerCore):
         return bytes(rows[0][0]) if rows else None
 
     def add_jobs(self, task_id: int, jobs: Sequence[NewJob], batch: NewBatch | None = None, *,
-                 start: FirstAttempt | None = None) -> list[int]:
+                 start: FirstAttempt | None = None) -> range:
         """Insert jobs as SUBMITTED in one transaction, with the calls they carry (`NewJob.stored`);
-        returns their ids in input order.
+        returns their ids in input order (consecutive: a range).
 
         With `start`, each job that waits on no other (`NewJob.after`) is inserted already in its
         first attempt (attempt 1, `start.status`, as `start_attempts` would leave it) and its attempt
@@ -48,20 +48,16 @@ class Submission(LedgerCore):
         nothing is inserted. So does `start` when the task's project has a vCPU limit (`Limited`:
         admission into it is `start_attempts`' work), and a job that does not validate.
 
-        The rows are encoded and inserted ENCODE_CHUNK jobs at a time, inside the one transaction:
-        a million jobs' rows are never all built at once (~0.6 kB a job).
+        `jobs` is read ENCODE_CHUNK jobs at a time, each chunk encoded and inserted inside the one
+        transaction: a million jobs' rows are never all built at once (~0.6 kB a job), nor, from a
+        sequence that makes its jobs when asked (`runtime.pending.SweepJobs`), the jobs themselves.
         """
-        jobs = list(jobs)
-        keys = [j.key for j in jobs if j.key is not None]
-        seen: set[str] = set()
-        for key in keys:
-            if key in seen:
-                raise LedgerError(f"duplicate job key {key!r} in one submission; keys are unique per task")
-            seen.add(key)
+        if not isinstance(jobs, Sequence):
+            jobs = list(jobs)
         batch_row = _encode_batch(batch) if batch is not None else None
         first_attempt = _check_start(start) if start is not None else None
         if not jobs and batch is None:
-            return []
+            return range(0)
         now = time.time()
         with self._write() as con:
             require_task(con, task_id)
@@ -78,29 +74,32 @@ class Submission(LedgerCore):
                     "VALUES (?, ?, ?, ?, ?, ?)", (task_id, *batch_row, now)).lastrowid
             # We hold the write lock, so ids from MAX(id)+1 on are ours: no per-row round trips.
             first = con.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM jobs").fetchone()[0]
-            ids = list(range(first, first + len(jobs)))
+            ids = range(first, first + len(jobs))
             shared = (task_id, batch_id, now, seq)
             specs: set[str] = set()
-            try:
-                for at in range(0, len(jobs), ENCODE_CHUNK):  # a bad job fails the whole transaction
-                    segments, chunk_specs = _encode_jobs(jobs[at:at + ENCODE_CHUNK])
-                    specs.update(chunk_specs.values())
+            stored: dict[str, bytes] = {}
+            waiting: list[tuple[int, tuple[int, ...]]] = []
+            for at in range(0, len(jobs), ENCODE_CHUNK):  # a bad job fails the whole transaction
+                chunk = list(jobs[at:at + ENCODE_CHUNK])  # made now, if `jobs` makes them
+                keys = _unique_keys(chunk)
+                segments, chunk_specs = _encode_jobs(chunk)
+                specs.update(chunk_specs.values())
+                try:
                     _insert_jobs(con, first + at, segments, shared, first_attempt)
-                    del segments
-            except sqlite3.IntegrityError as e:
-                taken = con.execute(f"SELECT key FROM jobs WHERE task_id = ? AND id < ? AND key IN {IN_JSON} "
-                                    f"ORDER BY id LIMIT 1", (task_id, first, json.dumps(keys))).fetchone()
-                if taken is None:
-                    raise
-                raise KeyTaken(f"job key {taken[0]!r} already exists in task {task_id}; "
-                               "nothing was submitted") from e
+                except sqlite3.IntegrityError as e:
+                    why = _key_error(con, task_id, first, first + at, keys)
+                    if why is None:
+                        raise
+                    raise why from e
+                del segments
+                stored.update((job.spec.payload, job.stored) for job in chunk
+                              if job.stored is not None and job.spec.payload)
+                waiting += [(first + at + k, job.after) for k, job in enumerate(chunk) if job.after]
             if first_attempt is not None and ids:
                 _insert_first_attempts(con, ids[0], ids[-1], specs)
-            stored = {job.spec.payload: job.stored for job in jobs if job.stored is not None and job.spec.payload}
             if stored:
                 con.executemany("INSERT OR IGNORE INTO payloads (task_id, digest, data) VALUES (?, ?, ?)",
                                 [(task_id, digest, data) for digest, data in stored.items()])
-            waiting = [(job_id, job.after) for job_id, job in zip(ids, jobs, strict=True) if job.after]
             if waiting:  # apart, so a plain batch's insert stays as lean as it was
                 con.executemany("UPDATE jobs SET status = 'WAITING', reason = ? WHERE id = ?",
                                 [(waiting_reason(after), job_id) for job_id, after in waiting])
@@ -109,6 +108,10 @@ class Submission(LedgerCore):
             event(con, task_id, ids[0] if len(ids) == 1 else None, now, "submitted",
                    f"{what}{len(ids)} job{'s' if len(ids) != 1 else ''} submitted")
         return ids
+
+    def has_keys(self, task_id: int) -> bool:
+        """Has task `task_id` any job with a key (none: no look-up by key can find one)?"""
+        return bool(self._read("SELECT 1 FROM jobs WHERE task_id = ? AND key IS NOT NULL LIMIT 1", (task_id,)))
 
     def jobs_by_key(self, task_id: int, keys: Iterable[str]) -> dict[str, JobRow]:
         rows = self._read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE task_id = ? AND key IN {IN_JSON}",
@@ -139,6 +142,30 @@ def _check_start(start: FirstAttempt) -> FirstAttempt:
         if value is not None and not isinstance(value, str):
             raise LedgerError(f"a first attempt's {what} is a string or None, not {value!r}")
     return replace(start, status=status)
+
+
+def _unique_keys(chunk: list[NewJob]) -> list[str]:
+    """The keys of these jobs, none twice (a key twice in one chunk raises LedgerError naming it)."""
+    keys = [j.key for j in chunk if j.key is not None]
+    seen: set[str] = set()
+    for key in keys:
+        if key in seen:
+            raise LedgerError(f"duplicate job key {key!r} in one submission; keys are unique per task")
+        seen.add(key)
+    return keys
+
+
+def _key_error(con: sqlite3.Connection, task_id: int, first: int, at: int, keys: list[str]) -> Exception | None:
+    """Why a chunk's insert broke a constraint (its jobs from id `at` on, the submission's from
+    `first`): a key an earlier job of the task has (KeyTaken), or one of an earlier chunk of this
+    submission (LedgerError); None if no key is the cause."""
+    taken = con.execute(f"SELECT key, id >= ? FROM jobs WHERE task_id = ? AND id < ? AND key IN {IN_JSON} "
+                        f"ORDER BY id LIMIT 1", (first, task_id, at, json.dumps(keys))).fetchone()
+    if taken is None:
+        return None
+    if taken[1]:
+        return LedgerError(f"duplicate job key {taken[0]!r} in one submission; keys are unique per task")
+    return KeyTaken(f"job key {taken[0]!r} already exists in task {task_id}; nothing was submitted")
 
 
 def _insert_jobs(con: sqlite3.Connection, first: int, segments: list[list[Any]], shared: tuple[Any, ...],

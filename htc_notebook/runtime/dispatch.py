@@ -30,26 +30,19 @@ from htc_notebook.runtime.dependencies import (ARRAY_TASK, ParentState, ParentVa
                                               in_session_reason, parents_in, refs_in)
 from htc_notebook.runtime.live_backends import LiveBackends
 from htc_notebook.runtime.owner import Owner, kill_orphan_group
+from htc_notebook.runtime.sweep_feed import SweepFeed
+from htc_notebook.runtime.pending import Pending, SweepRows, distinct
 from htc_notebook.runtime.profiles import Profiles
 from htc_notebook.states import TERMINAL_NAMES, NativeId, Outcome
 from htc_notebook.storage import Storage, checkpoint_path
 
 if TYPE_CHECKING:
+    from htc_notebook.backends.dask_jobs import DaskJobs
     from htc_notebook.backends.slurm.backend import SlurmBackend
 
 log = logging.getLogger(__name__)
 
 DISPATCH_SLICE = 5000  # jobs whose attempts and Launches are built and handed over at a time
-
-
-class Pending:
-    """A job just added to the ledger, described from what was added (no read-back): a ledger `Envelope` with its id."""
-
-    __slots__ = ("id", "name", "kind", "params", "spec", "index", "profile", "priority", "after")
-
-    def __init__(self, job_id: int, job: NewJob):
-        self.id, self.name, self.kind, self.params, self.spec = job_id, job.name, job.kind, job.params, job.spec
-        self.index, self.profile, self.priority, self.after = job.index, job.profile, job.priority, job.after
 
 
 class TaskRows:
@@ -60,12 +53,18 @@ class TaskRows:
         self._rows: dict[int, TaskRow] = {}
         # job id -> task id, for every job dispatched or watched by this process until it ends (`forget_ended`)
         self.here: dict[int, int] = {}
+        self.feeding: set[SweepFeed] = set()  # sweeps handed over a slice at a time (`runtime/sweep_feed.py`)
 
     def row(self, task_id: int) -> TaskRow:
         row = self._rows.get(task_id)
         if row is None:
             row = self._rows[task_id] = self._ledger.get_task(task_id)
         return row
+
+    def runs_here(self, job_id: int) -> bool:
+        """Is job `job_id` dispatched or watched by this process: in `here`, or still to be handed over
+        by one of its sweeps' feeds (`feeding`)?"""
+        return job_id in self.here or any(job_id in feed.left() for feed in tuple(self.feeding))
 
     def remember(self, row: TaskRow) -> None:
         self._rows[row.id] = row
@@ -223,7 +222,7 @@ class Dispatcher:
         if not rows:
             return 0
         try:
-            images.ready(self.storage.root, self.profiles, task.project, rows)  # pruned since they were submitted
+            images.ready(self.storage.root, self.profiles, task.project, distinct(rows))  # pruned since submitted
             log_dir = self.storage.log_paths(task.project, task.name, rows[0].id)[0].parent
             log_dir.mkdir(parents=True, exist_ok=True)
             checkpoints = Path(checkpoint_path(self.storage.task_dir(task.project, task.name), 0)).parent
@@ -240,7 +239,7 @@ class Dispatcher:
         parents = ParentValues(self.ledger)  # the results of jobs these depend on, read once each
         count = 0
         with ExitStack() as one:  # to each dask runner the slices are one submission (probed once)
-            for profile in {r.profile for r in rows}:
+            for profile in {r.profile for r in distinct(rows)}:
                 for runner in self.backends.get(self.profiles.get(profile)).dask_runners().values():
                     one.enter_context(runner.one_submission())
             for start in range(0, len(rows), DISPATCH_SLICE):
@@ -249,9 +248,44 @@ class Dispatcher:
                                             after, behind, started)
                 self._hand_over(launches, later, rows, end, started)
                 count += n
+                profiles = list(launches)
                 del launches  # gone before the next slice's are built
+                if start == 0 and end < len(rows) and started and not (later or release_for or after or behind):
+                    runner = self._feedable(rows, profiles)
+                    if runner is not None:  # the rest a slice at a time, as the runner's queue drains
+                        runner.feed(self._feed(task, where, prefix, cast(SweepRows, rows), end, parents))
+                        return count + len(rows) - end
             self._hand_over(later, {}, rows, len(rows), started)
         return count
+
+    def _feedable(self, rows: Sequence[JobRow | Pending], profiles: list[str]) -> DaskJobs | None:
+        """The dask runner to feed the rest of `rows` to (`runtime/sweep_feed.py`): a sweep's new jobs
+        (SweepRows, contiguous ids) whose first slice was all plain Python calls of one local
+        profile; else None (handed over now, slice by slice)."""
+        if not isinstance(rows, SweepRows) or not isinstance(rows.ids, range) or len(profiles) != 1:
+            return None
+        profile = self.profiles.get(profiles[0])
+        if profile.backend != "local":
+            return None
+        return self.backends.get(profile).dask_runners().get("local")
+
+    def _feed(self, task: TaskRow, where: plan.Where, prefix: str, rows: SweepRows, start: int,
+              parents: ParentValues) -> SweepFeed:
+        """Jobs `rows[start:]` (recorded in their first attempt) as a feed of plain Python calls."""
+
+        def make(chunk: Sequence[Pending]) -> list[Launch]:
+            later: dict[str, list[Launch]] = {}
+            launches, _ = self._attempt(task, where, prefix, chunk, later, None, parents, None, started=True)
+            assert not later, "a sweep's calls are all plain Python calls"
+            return [launch for group in launches.values() for launch in group]
+
+        def fail(ids: Sequence[int], reason: str) -> None:
+            self._fail([(job_id, 1) for job_id in ids], reason)
+
+        feed = SweepFeed(rows, cast(range, rows.ids), make, self.ledger.first_attempts_left, fail, start=start,
+                         size=DISPATCH_SLICE, on_close=self.tasks.feeding.discard)
+        self.tasks.feeding.add(feed)
+        return feed
 
     def _attempt(self, task: TaskRow, where: plan.Where, prefix: str, rows: Sequence[JobRow | Pending],
                  later: dict[str, list[Launch]], room: tuple[str, int] | None, parents: ParentValues,
@@ -449,7 +483,7 @@ class Dispatcher:
         """End these jobs CANCELLED (those not ended) and stop what runs for them; the ids cancelled."""
         cancelled = self.ledger.cancel(list(job_ids), reason)
         self.backends.cancel(cancelled)
-        self._stop_foreign([i for i in cancelled if i not in self.tasks.here])
+        self._stop_foreign([i for i in cancelled if not self.tasks.runs_here(i)])
         self.changes.committed()
         try:
             self.fail_sent(cancelled)  # jobs SLURM holds behind them (afterok) fail, naming them
@@ -472,11 +506,11 @@ class Dispatcher:
         succeed (afterok; `Ledger.fail_sent_dependents` rows): SLURM would keep them pending for
         ever (DependencyNeverSatisfied). Those this process submitted or watches are cancelled by
         their backend (also if still held by its feeder); the others by their native id."""
-        here = [job_id for job_id, *_ in failed if job_id in self.tasks.here]
+        here = [job_id for job_id, *_ in failed if self.tasks.runs_here(job_id)]
         if here:
             self.backends.cancel(here)
         foreign = [native for job_id, _, _, native in failed
-                   if job_id not in self.tasks.here and native and ARRAY_TASK.match(native)]
+                   if not self.tasks.runs_here(job_id) and native and ARRAY_TASK.match(native)]
         if foreign:
             from htc_notebook.backends.slurm import scheduler
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from htc_notebook.runtime.efficiency import Efficiency
 
 PAGE = 5000  # jobs whose rows (and results) a group reads at a time
+CHANGES_PAGE = 20_000  # changed jobs' statuses a group reads at a time (~2 MB)
 REFRESH_MIN_INTERVAL = 0.02  # seconds between two looks at the ledger while waiting
 TERMINAL = TERMINAL_NAMES
 _STATUS = {s: s for s in STATES}  # one string per state, however many jobs are in it
@@ -177,7 +178,7 @@ class JobGroup(Sequence[JobHandle]):
         self._status: _StateBytes | dict[int, str] = (_StateBytes(self._ids) if isinstance(self._ids, range)
                                                       else {})
         self._counts: dict[str, int] = dict.fromkeys(STATES, 0)
-        self._seq = -1  # ledger seq already seen
+        self._seen = (-1, 0)  # the (seq, job id) of the last change read (`Ledger.status_page`)
         self._members: range | set[int] | None = None
 
     def __repr__(self) -> str:
@@ -228,17 +229,21 @@ class JobGroup(Sequence[JobHandle]):
 
     def refresh(self) -> None:
         """Bring the status of every member up to date, reading only rows that changed."""
-        wanted = self._wanted()
-        self._seq, changed = self.parts.ledger.status_changes(self.task_id, self._seq)
-        counts, known = self._counts, self._status
-        for job_id, status in changed:
-            if job_id in wanted:
-                status = _STATUS.get(status, status)
-                old = known.get(job_id)
-                if old is not None:
-                    counts[old] -= 1
-                counts[status] = counts.get(status, 0) + 1
-                known[job_id] = status
+        wanted, counts, known = self._wanted(), self._counts, self._status
+        while True:  # a page at a time: the first look at a million jobs reads them all
+            changed = self.parts.ledger.status_page(self.task_id, self._seen, CHANGES_PAGE)
+            for job_id, status, _ in changed:
+                if job_id in wanted:
+                    status = _STATUS.get(status, status)
+                    old = known.get(job_id)
+                    if old is not None:
+                        counts[old] -= 1
+                    counts[status] = counts.get(status, 0) + 1
+                    known[job_id] = status
+            if changed:
+                self._seen = (changed[-1][2], changed[-1][0])
+            if len(changed) < CHANGES_PAGE:
+                return
 
     def counts(self) -> dict[str, int]:
         """Jobs per state (kept up to date incrementally from the ledger's changes)."""

@@ -161,7 +161,9 @@ class LiveBackends:
                     continue
                 client = runner.client
                 rows.append({"profile": name, "kind": kind, "workers": len(client.scheduler_info().get("workers", {})),
-                             "dashboard": runner.dashboard_link, "jobs": len(runner.running())})
+                             "dashboard": runner.dashboard_link, "jobs": runner.count(),
+                             # adapting (distributed keeps its Adaptive there; `scale` stops it)
+                             "adaptive": getattr(runner.cluster, "_adaptive", None) is not None})
         return rows
 
     def close(self) -> None:

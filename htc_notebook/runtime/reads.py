@@ -103,3 +103,11 @@ class Reads:
     def status_changes(self, task_id: int, after_seq: int) -> tuple[int, list[tuple[int, str]]]:
         """(sequence number, (id, status) of the jobs changed after `after_seq`)."""
         return self._ledger.status_changes(task_id, after_seq)
+
+    def change_mark(self) -> tuple[int, int, int, int]:
+        """What changes when anything a view shows does: `Changes.change_mark`."""
+        return self._ledger.change_mark()
+
+    def tasks_changed(self, after_seq: int) -> list[tuple[str, int]]:
+        """(project, task id) of the tasks with a job changed after `after_seq`."""
+        return self._ledger.tasks_changed(after_seq)

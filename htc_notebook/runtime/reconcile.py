@@ -234,11 +234,12 @@ class Reconciler:
         self.wake()
 
     # -- 0. this session's heartbeat --------------------------------------------------------------
-    def beat(self) -> bool:
-        """Renew this session's heartbeat lease for LEASE_LAPSE heartbeats (one small write). A failure
-        is logged and tried again next tick; a renewal after the lease had lapsed says what that means."""
+    def beat(self, longer: float = 0.0) -> bool:
+        """Renew this session's heartbeat lease for LEASE_LAPSE heartbeats, and `longer` seconds more
+        (one small write). A failure is logged and tried again next tick; a renewal after the lease had
+        lapsed says what that means."""
         try:
-            before = self.ledger.renew_owner(str(self.owner), self.heartbeat * LEASE_LAPSE)
+            before = self.ledger.renew_owner(str(self.owner), self.heartbeat * LEASE_LAPSE + longer)
         except HTCError as exc:
             log.warning("the heartbeat lease of %s in %s was not renewed (tried again in %g s): %s",
                         self.owner, self.ledger.path, TICK_SECONDS, exc)
@@ -371,7 +372,7 @@ class Reconciler:
         lost: list[Outcome] = []
         held: dict[str, list[JobRow]] = {}
         for row in rows:
-            if (row.status in TERMINAL_NAMES or row.status == "WAITING" or row.id in self.tasks.here
+            if (row.status in TERMINAL_NAMES or row.status == "WAITING" or self.tasks.runs_here(row.id)
                     or row.retry_at is not None):
                 continue  # ended, waiting for its parents or its retry (released here), or watched by this process
             if row.kind == "command" and self.dispatcher.adopt(row.id, row.task_id, row.attempts, row.native_id,
@@ -443,6 +444,8 @@ class Reconciler:
                 log.warning("jobs sent behind jobs that failed were not all cancelled in SLURM: %s", exc)
         self._waiting = self.ledger.has_waiting()  # an index look-up: the usual case ends here
         if not self._waiting:
+            with self._lock:  # no child waits for them (one added later is found by a full look: expect_waiting)
+                self._succeeded = set()
             return 0
         failed: list[tuple[int, int]] = []
         if unsettled:

@@ -66,6 +66,9 @@ class Recorder:
     def finished(self, outcome: Outcome) -> None:
         self._put(("finished", outcome))
 
+    def backlog(self) -> int:
+        return self._pending  # an int read: no lock needed for a hint
+
     # -------------------------------------------------------------------------
     def flush(self, timeout: float | None = None) -> None:
         """Block until everything reported so far is committed."""

@@ -15,7 +15,7 @@ from htc_notebook.ledger import LimitRow, NewBatch, NewJob, TaskRow
 from htc_notebook.states import ACTIVE_NAMES, REQUEUEABLE_NAMES
 from htc_notebook.runtime.commands import plain_argv, render_command, template_argv
 from htc_notebook.runtime.dependencies import ParentResult, refs_in, replace_in
-from htc_notebook.runtime.dispatch import Pending
+from htc_notebook.runtime.pending import Pending, SweepJobs, distinct
 from htc_notebook.runtime.futures import TaskExecutor
 from htc_notebook.runtime.handles import JobGroup, JobHandle
 from htc_notebook.runtime.live_backends import project_registry
@@ -25,6 +25,7 @@ from htc_notebook.runtime.plan import (PRIORITY, architecture, check_definition,
 from htc_notebook.spec import (Dimension, ImageRef, JobBatch, JobDefinition, JobSpec, MpiLayout, PartitionProfile,
                                ProjectLimit, Resources, RetentionPolicy, RetryPolicy, Sweep)
 from htc_notebook.spec.job import PRIORITIES
+from htc_notebook.spec.sweep import Member
 from htc_notebook.storage import ProjectStorage, TaskStorage, atomic_write
 
 if TYPE_CHECKING:
@@ -32,6 +33,12 @@ if TYPE_CHECKING:
 
 STORED_IN_LEDGER = 256 * 1024  # bytes: a pickled call up to this size is kept in the ledger, not a file
 RACES = 5  # times a submission re-reads the task when another process added the same keys meanwhile
+KEY_CHUNK = 10_000  # sweep members looked up by key at a time
+# Recording holds the ledger's write lock, and so the heartbeat, for the whole submission: 42 us a job
+# measured inside a busy session (300,000 jobs: 12.6 s), so a million could outlast the lease (60 s) and
+# sessions on other hosts would count this one's jobs LOST. A submission this large first extends the
+# lease by this much a job (a margin of about 2.4).
+LONG_SUBMISSION, RECORDING_SECONDS = 10_000, 1e-4
 
 
 class Project:
@@ -287,17 +294,29 @@ class Task:
             def render(params: Mapping[str, Any]) -> JobSpec:
                 return common.model_copy(update={"commands": render_command(argv, params)})
 
+        members = sweep.members
+        # a job reference is the one dict a member's parameter may be (`{"$job": id}`): then each waits for its own
+        member_waits = kind == "python" and any(type(v) is dict for m in members for v in m.params.values())
+        waits = tuple(dict.fromkeys(waits))
+
+        def make(i: int, m: Member, keyed: bool) -> NewJob:  # member i's job (its key only if asked for)
+            return NewJob(name=label, kind=kind, params=m.shared_params(), spec=render(m.params),
+                          key=_member_key(identity, m.key) if keyed else None, index=i, profile=prof.name,
+                          priority=priority, stored=stored,
+                          after=tuple(dict.fromkeys(waits + refs_in(m.params))) if member_waits else waits)
+
         for race in range(RACES):
-            keys = [_member_key(identity, m.key) for m in sweep.members]
-            existing = self.parts.ledger.jobs_by_key(self.id, keys)
+            existing = self._found(identity, members)
             if existing and self._settle(existing.values()):
-                existing = self.parts.ledger.jobs_by_key(self.id, keys)
-            new = [NewJob(name=label, kind=kind, params=m.shared_params(), spec=render(m.params), key=k,
-                          index=i, profile=prof.name, priority=priority, stored=stored,
-                          after=tuple(dict.fromkeys(waits + refs_in(m.params))) if kind == "python" else waits)
-                   for i, (m, k) in enumerate(zip(sweep.members, keys, strict=True)) if k not in existing]
-            order = [existing[k].id if k in existing else None for k in keys] if existing else None  # None: new
-            del keys  # the new jobs hold theirs, and are let go once recorded (see _add)
+                existing = self._found(identity, members)
+            positions: Sequence[int] = range(len(members))
+            order = None  # None: every member is new
+            if existing:
+                keys = [_member_key(identity, m.key) for m in members]
+                positions = [i for i, k in enumerate(keys) if k not in existing]
+                order = [existing[k].id if k in existing else None for k in keys]
+                del keys
+            new = SweepJobs(members, positions, make, waiting=bool(waits) or member_waits)
             try:
                 new_ids = self._add(new, NewBatch(label, len(new), {"sweep": identity, "members": len(sweep), **limit}))
                 break
@@ -305,10 +324,10 @@ class Task:
                 if race == RACES - 1:
                     raise
         self._rerun([r.id for r in existing.values() if r.status in REQUEUEABLE_NAMES], "sweep submitted again")
+        ids: Sequence[int] = new_ids
         if order is not None:
             fresh = iter(new_ids)
-            new_ids = [j if j is not None else next(fresh) for j in order]
-        ids = new_ids
+            ids = [j if j is not None else next(fresh) for j in order]
         return JobGroup(self.parts, self.id, ids, label,
                         skipped=sum(1 for r in existing.values() if r.status == "SUCCEEDED"))
 
@@ -489,7 +508,18 @@ class Task:
                 return existing.id
         return self._add([job])[0]
 
-    def _check_limit(self, jobs: list[NewJob]) -> None:
+    def _found(self, identity: str, members: Sequence[Member]) -> dict[str, Any]:
+        """This task's jobs of these sweep members, by key (none looked up in a task without keyed
+        jobs), KEY_CHUNK members at a time: a million members' keys are never all made at once."""
+        if not self.parts.ledger.has_keys(self.id):
+            return {}
+        found: dict[str, Any] = {}
+        for at in range(0, len(members), KEY_CHUNK):
+            found.update(self.parts.ledger.jobs_by_key(self.id, [_member_key(identity, m.key)
+                                                                 for m in members[at:at + KEY_CHUNK]]))
+        return found
+
+    def _check_limit(self, jobs: Sequence[NewJob]) -> None:
         """Refuse, before anything is written, a job outside the project's dimensions, or one that could
         never start under its vCPU limit."""
         allowed = self.parts.ledger.dimensions(self.project)
@@ -519,25 +549,34 @@ class Task:
         if ids:
             self.parts.dispatcher.retry(ids, why)
 
-    def _add(self, jobs: list[NewJob], batch: NewBatch | None = None) -> list[int]:
+    def _add(self, jobs: list[NewJob] | SweepJobs, batch: NewBatch | None = None) -> Sequence[int]:
         """Write-ahead: record the jobs, then dispatch them. Returns their ids.
 
-        Takes `jobs` over: once recorded, the list is emptied, so only their small Pending
-        records (what dispatch needs) stay alive while a large sweep is handed over."""
+        Takes a list of `jobs` over: once recorded, it is emptied, so only their small Pending
+        records (what dispatch needs) stay alive while a large batch is handed over. A sweep's
+        (`SweepJobs`) are made from its members a chunk at a time, as they are recorded and handed over."""
         if not jobs:
             return []
-        self._check_limit(jobs)
+        self._check_limit(distinct(jobs))
         # recorded in their first attempt, in the one transaction that adds them (not a second write of
         # every row by start_attempts), unless their project has a vCPU limit to be admitted into
-        start = self.parts.dispatcher.first_attempt(self.row, jobs)
+        start = self.parts.dispatcher.first_attempt(self.row, distinct(jobs))
+        if len(jobs) >= LONG_SUBMISSION:  # its lease outlasts the write that holds up its heartbeat
+            self.parts.reconciler.beat(longer=len(jobs) * RECORDING_SECONDS)
         try:
             ids = self.parts.ledger.add_jobs(self.id, jobs, batch, start=start)
         except Limited:  # a limit set since first_attempt looked: nothing was added
             start = None
             ids = self.parts.ledger.add_jobs(self.id, jobs, batch)
-        pending = [Pending(i, j) for i, j in zip(ids, jobs, strict=True) if not j.after]
-        waiting = [Pending(i, j) for i, j in zip(ids, jobs, strict=True) if j.after] if len(pending) < len(ids) else []
-        jobs.clear()
+        pending: Sequence[Pending]
+        if isinstance(jobs, SweepJobs) and not jobs.waiting:
+            pending, waiting = jobs.pending(ids), []
+        else:
+            listed = list(jobs) if isinstance(jobs, SweepJobs) else jobs
+            pending = [Pending(i, j) for i, j in zip(ids, listed, strict=True) if not j.after]
+            waiting = ([Pending(i, j) for i, j in zip(ids, listed, strict=True) if j.after]
+                       if len(pending) < len(ids) else [])
+            listed.clear()
         self.parts.dispatcher.dispatch(self.row, pending, started=start is not None)
         if waiting:
             # SLURM command jobs behind SLURM command jobs go at once (afterok); the rest are released
@@ -577,7 +616,7 @@ class DryRun(Task):
         if ids:
             self.rendered.append(f"# {len(ids)} job(s) found by key would run again ({why}): {ids[:10]}")
 
-    def _add(self, jobs: list[NewJob], batch: NewBatch | None = None) -> list[int]:
+    def _add(self, jobs: list[NewJob] | SweepJobs, batch: NewBatch | None = None) -> Sequence[int]:
         if jobs:
             self._check_limit(jobs)
             self.rendered.append(render_jobs(self.parts.site, self.parts.storage, self.project, self.name, jobs))

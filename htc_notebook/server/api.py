@@ -125,7 +125,7 @@ class HTCApi:
             return user.owner
         return self.owner is not None and user == self.owner
 
-    def _member(self, user: User, project: str) -> bool:
+    def member(self, user: User, project: str) -> bool:
         if self._is_owner(user):
             return True
         if isinstance(user, Caller) and user.key is not None:  # grants are per key
@@ -140,7 +140,7 @@ class HTCApi:
             check_name(project_id, field="projectId")
         except SpecError as exc:
             raise ApiError(404, f"no project {project_id!r}: {exc}") from None
-        if not self._member(user, project_id) or project_id not in self.session.reads.project_names():
+        if not self.member(user, project_id) or project_id not in self.session.reads.project_names():
             raise ApiError(404, f"no project {project_id!r}")
         return project_id
 
@@ -194,14 +194,15 @@ class HTCApi:
                 "jobId": str(row.id), "projectId": task.project, "taskId": str(task.id), "jobName": row.name,
                 "group": row.name,
                 "parentJobId": str(row.batch_id) if row.batch_id is not None else None, "index": row.index,
-                "status": status, "statusReason": reason, "exitCode": row.exit_code, "attempts": row.attempts,
+                "status": status, "statusReason": reason, "toolkitStatus": row.status,
+                "exitCode": row.exit_code, "attempts": row.attempts,
                 "host": row.host, "createdAt": _iso(row.created), "startedAt": _iso(row.started),
                 "endedAt": _iso(row.ended), "updatedAt": _iso(row.updated), "memoryHeld": row.memory_held,
                 "sandbox": row.sandbox}
 
     # -- projects ------------------------------------------------------------------------------
     def list_projects(self, user: User, page: str | None, size: int) -> tuple[list[dict], str | None]:
-        names = sorted(p for p in self.session.reads.project_names() if self._member(user, p))
+        names = sorted(p for p in self.session.reads.project_names() if self.member(user, p))
         return _offset_page([self.project_json(n) for n in names], page, size)
 
     def create_project(self, user: User, body: Any) -> dict[str, Any]:
@@ -258,14 +259,18 @@ class HTCApi:
 
     # -- jobs ----------------------------------------------------------------------------------
     def list_jobs(self, user: User, project_id: str, task_id: str, page: str | None,
-                  size: int) -> tuple[list[dict], str | None]:
+                  size: int, status: str | None = None) -> tuple[list[dict], str | None]:
+        """A page of the task's jobs by id; `status`: only those in this toolkit status (one of STATES,
+        as `summary-statistics` counts them in `toolkitStatuses`), read through the (task, status) index."""
         task = self._task(user, project_id, task_id)
         after = None
         if page is not None:
             if not _DIGITS.match(page):
                 raise ApiError(400, f"page {page!r} is not allowed: use the `next` link of the previous page")
             after = int(page)
-        rows = self.session.reads.jobs(task.id, after_id=after, limit=size + 1)
+        if status is not None and status not in STATES:
+            raise ApiError(400, f"status {status[:40]!r} is not allowed: one of {', '.join(STATES)}")
+        rows = self.session.reads.jobs(task.id, status=status, after_id=after, limit=size + 1)
         more = len(rows) > size
         rows = rows[:size]
         return [self.job_json(task, r) for r in rows], (str(rows[-1].id) if more else None)
@@ -279,7 +284,12 @@ class HTCApi:
                     "execTimeoutSeconds": (a.request or {}).get("timeout"),
                     "startedAt": _iso(a.started), "endedAt": _iso(a.ended)}
                    for a in self.session.reads.attempts(row.id)]
+        spec = row.spec
         return {**self.job_json(task, row), "attemptHistory": history,
+                # what its last attempt used (where measured) against what it asked for
+                "usage": {"cpuSeconds": row.cpu_s, "maxMemoryMiB": row.max_rss_mib},
+                "requested": {"vCpus": spec.cores, "memoryMiB": spec.memory, "gpus": spec.gpus,
+                              "execTimeoutSeconds": spec.timeout, "diskGiB": spec.disk_gib},
                 "dependsOn": [str(j) for j in self.session.reads.parents(row.id)],
                 "dependents": [str(j) for j in self.session.reads.children(row.id)]}
 
@@ -545,19 +555,22 @@ class HTCApi:
             raise ApiError(403, "only the owner of the data root starts, scales and stops clusters (in "
                                 "JupyterLab, or `htc serve --owner USER`); cancel your own jobs instead")
         action = _field(body, "action", str)
-        jobs = body.get("jobs") if isinstance(body, dict) else None
-        if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 0):
-            raise ApiError(400, f"jobs = {jobs!r} is not allowed: a whole number >= 0")
+        jobs, minimum, maximum = (_count(body, name) for name in ("jobs", "minimum", "maximum"))
         try:
             if action == "start":
                 self.session.start(prof.name, jobs)
             elif action == "scale" and prof.backend == "slurm":
                 self.session.scale(prof.name, 1 if jobs is None else jobs)
+            elif action == "adapt" and prof.backend == "slurm":
+                if maximum is not None and maximum < (minimum or 0):
+                    raise ApiError(400, f"maximum = {maximum} is not allowed: at least minimum ({minimum or 0})")
+                self.session.adapt(prof.name, minimum or 0, maximum)
             elif action == "stop":
                 self.session.stop(prof.name)
             else:
                 raise ApiError(400, f"action {action!r} is not allowed: start, stop" +
-                               (", scale" if prof.backend == "slurm" else " (a local profile cannot scale)"))
+                               (", scale, adapt" if prof.backend == "slurm"
+                                else " (a local profile cannot scale or adapt)"))
         except ApiError:
             raise
         except HTCError as exc:
@@ -624,6 +637,14 @@ class _Counted(NamedTuple):
     reason: str | None = None
 
 
+
+
+def _count(body: Any, name: str) -> int | None:
+    """`body[name]`: absent (None) or a whole number >= 0; anything else is a 400 naming it."""
+    value = body.get(name) if isinstance(body, dict) else None
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise ApiError(400, f"{name} = {value!r} is not allowed: a whole number >= 0")
+    return value
 
 
 def _wire_counts(toolkit: dict[str, int], queued: int) -> dict[str, int]:

@@ -20,12 +20,14 @@ import os
 import threading
 from pathlib import Path
 
-from jupyter_server.base.handlers import APIHandler
+from jupyter_server.base.handlers import APIHandler, JupyterHandler
+from jupyter_server.base.websocket import WebSocketMixin
 
 import urllib.parse
 
 from htc_notebook.server.api import HTCApi
 from htc_notebook.server.auth import Auth, Caller
+from htc_notebook.server.changes import ChangeFeed, ChangesSocket
 from htc_notebook.server.handlers import PREFIX, HTCHandler, routes
 from htc_notebook.server.settings import ServerSettings
 
@@ -47,6 +49,14 @@ class JupyterHTCHandler(HTCHandler, APIHandler):  # type: ignore[misc]  # HTCHan
 
     def write_error(self, status_code: int, **kwargs) -> None:
         HTCHandler.write_error(self, status_code, **kwargs)
+
+
+class JupyterChangesSocket(WebSocketMixin, ChangesSocket, JupyterHandler):
+    """The change feed for a bearer token or Jupyter's own login (Jupyter's origin check: another
+    site's page cannot open it with the user's cookie)."""
+
+    def session_caller(self) -> Caller | None:
+        return None if self.current_user is None else Caller(self.api.owner or owner_name(), owner=True)
 
 
 def owner_name() -> str:
@@ -81,7 +91,11 @@ def _load_jupyter_server_extension(serverapp) -> None:
     if not allowed:  # keys made while it runs are refused as those above (its login user is never an API user)
         settings = dataclasses.replace(settings, unconfined=unconfined)
     api = HTCApi(session, auth, owner=owner_name(), settings=settings)
-    serverapp.web_app.add_handlers(".*$", routes(JupyterHTCHandler, base.rstrip("/") + "/" + PREFIX, api))
+    prefix = base.rstrip("/") + "/" + PREFIX
+    feed = ChangeFeed(session.reads)
+    serverapp.web_app.add_handlers(".*$", [(f"{prefix}/htc/changes", JupyterChangesSocket, {"api": api, "feed": feed}),
+                                           *routes(JupyterHTCHandler, prefix, api)])
+    serverapp.web_app.settings["htc_changes"] = feed
     serverapp.web_app.settings["htc_api"] = api
     serverapp.log.info(f"htc_notebook: HTC API at {base}{PREFIX} over {session.root}")
 

@@ -24,6 +24,16 @@ PREFIX = "htc/api/v1"
 DROP_FACTOR = 16
 
 
+def bearer_token(authorization: str) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, else None.
+
+    >>> bearer_token("Bearer abc "), bearer_token("Token abc"), bearer_token("")
+    ('abc', None, None)
+    """
+    scheme, _, value = authorization.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
 @web.stream_request_body
 class HTCHandler(web.RequestHandler):
     """Base: bearer-token user, JSON in and out, errors as `{"message": ...}`.
@@ -67,9 +77,7 @@ class HTCHandler(web.RequestHandler):
 
     # -- who is asking -----------------------------------------------------------------------
     def bearer(self) -> str | None:
-        header = self.request.headers.get("Authorization", "")
-        scheme, _, value = header.partition(" ")
-        return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+        return bearer_token(self.request.headers.get("Authorization", ""))
 
     def htc_user(self) -> Caller:
         token = self.bearer()
@@ -258,7 +266,8 @@ def routes(base: type[HTCHandler], prefix: str, api: HTCApi) -> list[tuple[str, 
             get=lambda h, u, p, t: h.api.get_task(u, p, t),
             patch=lambda h, u, p, t: h.api.patch_task(u, p, t, h.body()),
             delete=lambda h, u, p, t: h.api.delete_task(u, p, t))(base)),
-        (f"{task}/jobs", _route(get=lambda h, u, p, t: Page(h.api.list_jobs(u, p, t, h.page(), h.size())))(base)),
+        (f"{task}/jobs", _route(get=lambda h, u, p, t: Page(h.api.list_jobs(
+            u, p, t, h.page(), h.size(), h.get_query_argument("status", None))))(base)),
         (f"{task}/jobs/batch", _route(post=lambda h, u, p, t: (201, h.api.submit_batches(u, p, t, h.body())))(base)),
         (f"{task}/jobs/cancel", _route(post=lambda h, u, p, t: h.api.cancel_jobs(u, p, t, h.body()))(base)),
         (f"{task}/jobs/retry", _route(post=lambda h, u, p, t: h.api.retry_jobs(u, p, t, h.body()))(base)),

@@ -14,6 +14,7 @@ import dataclasses
 import html
 import pathlib
 import threading
+import time
 import weakref
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 STATIC = pathlib.Path(__file__).parent / "static"
 INTERVAL = 0.25  # seconds between looks at the ledger: at most 4 patch messages per second
+SAVE_EVERY = 5.0  # seconds between snapshots kept in the widget's state while jobs change (`saved`)
 LOG_TAIL = 40
 VIEW_FIELDS = tuple(f.name for f in dataclasses.fields(View))  # what a "view" message may set
 
@@ -39,6 +41,10 @@ class JobsTable(anywidget.AnyWidget):
     _esm = STATIC / "jobs_table.js"
     _css = STATIC / "jobs_table.css"
     states = traitlets.List(list(STATES)).tag(sync=True)  # the status codes rows carry
+    # the window as last seen (a "reset" message), in the widget's state: a saved notebook shows the
+    # table as it was before any kernel talks to it (Binder, a fresh open). Kept every SAVE_EVERY s
+    # while jobs change and at once when the last one ends.
+    saved = traitlets.Dict({}).tag(sync=True)
 
     def __init__(self, parts: "Parts", task_id: int, job_ids: Iterable[int] | None = None, *,
                  interval: float = INTERVAL, **kwargs: Any):
@@ -46,6 +52,7 @@ class JobsTable(anywidget.AnyWidget):
         self.parts = parts
         self.model = TableModel(parts.reads, task_id, job_ids)
         self.model.poll()
+        self._keep()
         self.sent_messages = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -62,7 +69,25 @@ class JobsTable(anywidget.AnyWidget):
             patch = self.model.poll()
             if patch is not None:
                 self._post(patch)
+                totals = patch.get("totals") or {}
+                ended = sum(n for s, n in totals.items() if s in TERMINAL_NAMES) == sum(totals.values())
+                if ended or time.monotonic() - self._saved_at >= SAVE_EVERY:
+                    self._keep()
             return patch
+
+    def settle(self) -> None:
+        """Read the ledger now (not when the next look is due) and keep the window in `saved`."""
+        with self._lock:
+            self.model.due = 0
+            patch = self.model.poll()
+            if patch is not None:
+                self._post(patch)
+            self._keep()
+
+    def _keep(self) -> None:
+        """The window in `saved` (the same one the views hold now)."""
+        self.saved = self.model.snapshot()
+        self._saved_at = time.monotonic()
 
     def _post(self, msg: dict) -> None:
         self.sent_messages += 1

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import weakref
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -318,14 +319,30 @@ class _Text(str):
 
 
 class LiveGroup(JobGroup):
-    """A JobGroup that displays as the live jobs table."""
+    """A JobGroup that displays as the live jobs table; `wait()` leaves its tables showing the end
+    (read at once on the caller's thread, so the cell that waited carries the table's last state:
+    a notebook saved with its widget state shows it)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._shown: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # table -> its DisplayHandle
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
 
         from htc_notebook.ui.jobs_widget import live_table
 
-        display(live_table(self))
+        table = live_table(self)
+        self._shown[table] = display(table, display_id=True)
+
+    def wait(self, timeout: float | None = None, *, progress: bool = False) -> "JobGroup":
+        try:
+            return super().wait(timeout, progress=progress)
+        finally:  # the widget's state, and the static HTML a viewer without widgets shows, as things are now
+            for table, shown in list(self._shown.items()):
+                table.settle()
+                if shown is not None:
+                    shown.update(table)
 
 
 def load_ipython_extension(ipython) -> None:

@@ -125,7 +125,7 @@ function render({ model, el }) {
   let queued = false;
   const schedule = () => { if (!queued) { queued = true; requestAnimationFrame(() => { queued = false; paint(); }); } };
 
-  model.on("msg:custom", (msg) => {
+  const receive = (msg) => {
     if (msg.t === "reset") {
       rows.clear(); stat.clear(); states = msg.states; t0 = msg.t0; hosts = msg.hosts; names = msg.names;
       Object.assign(view, { status: msg.view.status, text: msg.view.text, sort: msg.view.sort,
@@ -155,7 +155,11 @@ function render({ model, el }) {
       detail.textContent = msg.text;
       if (msg.t === "notice") pending = null;
     }
-  });
+  };
+  model.on("msg:custom", receive);
+  // the window as the kernel last saw it (kept in a saved notebook): shown until a kernel answers "ready"
+  const saved = model.get("saved");
+  if (saved && saved.t === "reset") receive(saved);
   scroll.addEventListener("scroll", schedule);
   body.addEventListener("click", (e) => {
     const row = e.target.closest(".htc-row"); if (!row || !row.dataset.id) return;
