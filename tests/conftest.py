@@ -62,6 +62,36 @@ def pytest_configure(config):
     import cloudpickle
 
     config._htc_pickle = cloudpickle  # keep the import alive
+    _start_notebook_kernels_with_their_stderr()
+
+
+def _start_notebook_kernels_with_their_stderr():
+    """nbval starts each notebook's kernel with its stderr sent to /dev/null. In CI a kernel once died
+    before its first reply (each of notebook 06's cells: "Kernel died before replying to kernel_info")
+    and said nothing. Its stderr now goes to a file. A kernel that dies while starting has that file's
+    tail shown in the warnings summary, and is started once more: Jupyter picks a kernel's ports
+    before the kernel binds them, and another process of the parallel lanes can take one in between
+    (jupyter_client#154). Any other failure, and a second death, still fail the notebook."""
+    import tempfile
+    import warnings
+
+    from nbval import kernel
+
+    start = kernel.start_new_kernel
+
+    def start_new_kernel(**kwargs):
+        with tempfile.TemporaryFile("w+") as stderr:
+            try:
+                return start(**{**kwargs, "stderr": stderr})
+            except RuntimeError as e:
+                if "died before replying" not in str(e):
+                    raise
+                stderr.seek(0)
+                warnings.warn(f"nbval's kernel died while starting ({e}); starting it once more. "
+                              f"Its stderr:\n{stderr.read()[-4000:]}", stacklevel=1)
+        return start(**kwargs)
+
+    kernel.start_new_kernel = start_new_kernel
 
 
 SITE_ENV = "HTC_TEST_USERNS"  # set by tests/restrictive.py's suites: "1" user namespaces allowed, "0" not
