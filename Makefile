@@ -37,7 +37,7 @@ USER_TESTS := tests/test_sandbox.py tests/test_call_sandbox.py tests/test_job_fi
               tests/test_limits.py tests/test_server_security.py tests/test_runtime_local.py tests/test_retries.py \
               tests/test_dask_security.py tests/test_unconfined.py tests/test_private_root.py \
               tests/test_command_zygote.py tests/test_local_commands.py tests/test_dependencies_chained.py \
-              tests/test_log_packs.py
+              tests/test_log_packs.py tests/test_command_feed.py
 ## and as that user without user namespaces (no sandbox: jobs run unconfined, tests marked `sandbox` left out);
 ## test_sandbox.py and test_call_sandbox.py are left out whole: what of them is not `sandbox` runs the same there.
 ## The server, the `htc` command, the notebook layer and the local-only notebooks too (run from the user's

@@ -171,10 +171,11 @@ class Reporter(Protocol):
 
 
 class Feed(Protocol):
-    """The rest of a large submission of plain Python calls, made into Launches a slice at a time as a
-    runner's queue drains (`DaskJobs.feed`), instead of all handed over at once: a million-call sweep
-    then waits as its members and a position, not as a million queued records. Every job it has not
-    given yet is in its first attempt (recorded RUNNABLE, attempt 1)."""
+    """The rest of a large submission, made into Launches a slice at a time as a runner's queue drains
+    (plain Python calls: `DaskJobs.feed`; local command jobs: `LocalBackend.feed`), instead of all
+    handed over at once: a million-job sweep or batch then waits as its rows and a position, not as a
+    million queued records. Every job it has not given yet is in its first attempt (recorded
+    RUNNABLE, attempt 1)."""
 
     def take(self) -> list[Launch]:
         """The next slice's Launches, without the jobs ended or restarted meanwhile (a cancel, a

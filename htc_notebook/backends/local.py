@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
-from htc_notebook.backends.base import Launch, Reporter
+from htc_notebook.backends.base import Feed, Launch, Reporter
 from htc_notebook.backends.command_zygotes import in_zygote
 from htc_notebook.backends.dask_jobs import ALLOWED_FAILURES, DaskJobs
 from htc_notebook.backends.dask_security import DASHBOARD_ADDRESS, LOOPBACK, PROTOCOL, cluster_security
@@ -71,6 +71,11 @@ class LocalBackend:
         self._commands.submit(p.commands)
         self._calls.submit(p.calls)
 
+    def feed(self, source: Feed) -> None:
+        """The rest of a large submission of command jobs (`Feed`), a slice at a time as the command
+        runner's queue drains; each slice placed as `submit` places launches."""
+        self._commands.feed(_Placed(source, self.profile))
+
     def cancel(self, job_ids: Sequence[int]) -> None:
         self._commands.cancel(job_ids)
         self._calls.cancel(job_ids)
@@ -112,6 +117,25 @@ def _placed(launch: Launch, profile: PartitionProfile) -> Launch:
     from the command itself (a Python call has none: not copied again, ~11 us a call)."""
     placed, zygote = confined(launch, profile), in_zygote(launch, profile)
     return placed if zygote is None and placed.zygote is None else replace(placed, zygote=zygote)
+
+
+class _Placed:
+    """A feed of command jobs whose slices come placed (`plan`) and staged, as `submit` hands them over."""
+
+    def __init__(self, source: Feed, profile: PartitionProfile):
+        self._source, self._profile = source, profile
+
+    def take(self) -> list[Launch]:
+        p = plan(self._profile, self._source.take())
+        assert not p.calls, "a command feed gives command jobs only"
+        stage(p.commands)
+        return p.commands
+
+    def left(self) -> Sequence[int]:
+        return self._source.left()
+
+    def close(self) -> None:
+        self._source.close()
 
 
 def render(profile: PartitionProfile, launches: Sequence[Launch], shown: int = 20) -> str:

@@ -5,6 +5,10 @@ stdout/stderr in per-job log files (`command_run`; confined ones: `zygote_jobs`)
 A timeout or a cancel kills the whole group.
 Jobs wait until enough of the profile's cores are free; lower `priority`
 values start first (ON_DEMAND_PRIORITY before ON_DEMAND_ECONOMY).
+
+A large batch is fed (`feed`): a feeder thread makes its next slice into Launches whenever fewer than
+FEED_LOW of them wait in the queue, so a million-job batch waits as its rows and a position, not as a
+million queued Launches (each ~2 kB with its sandbox line and environment).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Callable, Sequence
 
 import cloudpickle
 
-from htc_notebook.backends.base import Launch, Reporter, call_outcome
+from htc_notebook.backends.base import Feed, Launch, Reporter, call_outcome
 from htc_notebook.backends.command_run import outcome, run_command
 from htc_notebook.backends.mpi_jobs import verdict
 from htc_notebook.backends.mpi_pool import RankPool
@@ -30,6 +34,8 @@ from htc_notebook.backends.zygote_jobs import ZygoteJobs
 from htc_notebook.states import Outcome
 
 log = logging.getLogger(__name__)
+
+FEED_LOW = 1000  # a feed's next slice is made once fewer launches than this wait in the queue
 
 
 class CommandRunner:
@@ -50,6 +56,9 @@ class CommandRunner:
         self._closed = False
         self._host = socket.gethostname()
         self._zygote_jobs = ZygoteJobs(reporter, self._host, self._lock, self._ended)  # confined commands
+        self._feeds: list[Feed] = []  # the rest of large submissions, taken from as the queue drains
+        self._taking: set[int] | None = None  # while a feed's slice is made: the jobs cancelled meanwhile
+        self._feeder: threading.Thread | None = None  # takes from the feeds while they last (`_feed_loop`)
         self._thread = threading.Thread(target=self._dispatch_loop, name="htc-commands", daemon=True)
         self._thread.start()
 
@@ -59,9 +68,68 @@ class CommandRunner:
                 heapq.heappush(self._queue, (launch.priority, next(self._order), launch))
             self._lock.notify_all()
 
+    def feed(self, source: Feed) -> None:
+        """Queue `source`'s launches a slice at a time, whenever fewer than FEED_LOW wait here. Jobs it
+        has not given yet are not `running()`: the dispatcher counts them as this process's
+        (`TaskRows.runs_here`), and a job cancelled meanwhile is left out of its slice (`Feed.take`)."""
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                self._feeds.append(source)
+                if self._feeder is None:
+                    self._feeder = threading.Thread(target=self._feed_loop, name="htc-command-feed", daemon=True)
+                    self._feeder.start()
+                self._lock.notify_all()
+        if closed:
+            self._end_untaken([source], "session closed before the job started")
+
+    def _feed_loop(self) -> None:
+        """The feeder thread: a slice is made (outside the lock) whenever the queue runs low; it ends
+        with the last feed, or when the runner closes."""
+        while True:
+            with self._lock:
+                while not self._closed and self._feeds and len(self._queue) >= FEED_LOW:
+                    self._lock.wait()
+                if self._closed or not self._feeds:
+                    self._feeder = None
+                    return
+                source, self._taking = self._feeds[0], set()
+            try:
+                launches = source.take()
+            except Exception as exc:  # a Feed ends its own jobs FAILED when it cannot make them: a bug
+                log.exception("a feed of %d command jobs failed; they end FAILED", len(source.left()))
+                for job_id in source.left():  # not left RUNNABLE with nothing to run them
+                    self._reporter.finished(Outcome(job_id, 1, "FAILED", cause="submit", reason=(
+                        f"not submitted: the batch's feed failed: {type(exc).__name__}: {exc}")))
+                launches = []
+            with self._lock:
+                dropped, self._taking = self._taking or set(), None
+                unrun = [launch for launch in launches if launch.job_id not in dropped]
+                if not self._closed:
+                    for launch in unrun:
+                        heapq.heappush(self._queue, (launch.priority, next(self._order), launch))
+                    unrun = []
+                    self._lock.notify_all()
+                if not launches and source in self._feeds:  # used up
+                    self._feeds.remove(source)
+            for launch in unrun:  # closed while the slice was made: never run
+                self._reporter.finished(Outcome(launch.job_id, launch.attempt, "CANCELLED",
+                                                reason="session closed before the job started"))
+            if not launches:
+                source.close()
+
+    def _end_untaken(self, feeds: Sequence[Feed], reason: str) -> None:
+        """What these feeds have not given yet never runs: CANCELLED (each job in its first attempt)."""
+        for source in feeds:
+            for job_id in source.left():
+                self._reporter.finished(Outcome(job_id, 1, "CANCELLED", reason=reason))
+            source.close()
+
     def cancel(self, job_ids: Sequence[int]) -> None:
         ids = set(job_ids)
         with self._lock:
+            if self._taking is not None:  # a feed's slice is being made: dropped once it is made
+                self._taking.update(ids)
             dropped = [item[2] for item in self._queue if item[2].job_id in ids]
             if dropped:
                 self._queue = [item for item in self._queue if item[2].job_id not in ids]
@@ -91,7 +159,11 @@ class CommandRunner:
             procs = list(self._procs.items())
             self._cancelled.update(jid for jid, _ in procs)
             self._cancelled.update(self._starting)
+            feeds, self._feeds, feeder = self._feeds, [], self._feeder
             self._lock.notify_all()
+        if feeder is not None:  # once the slice it may be making is queued (or reported, the runner being closed)
+            feeder.join(timeout=60)
+        self._end_untaken(feeds, "session closed before the job started")
         for launch in queued:
             self._reporter.finished(Outcome(launch.job_id, launch.attempt, "CANCELLED",
                                             reason="session closed before the job started"))
@@ -111,6 +183,8 @@ class CommandRunner:
                 _, _, launch = heapq.heappop(self._queue)
                 self._free -= launch.cores
                 self._starting.add(launch.job_id)
+                if self._feeds and len(self._queue) < FEED_LOW:
+                    self._lock.notify_all()  # the feeder makes the next slice
             if launch.zygote is not None:  # confined: its view's zygote forks it, no thread of its own
                 self._zygote_jobs.start(launch, self._registered)
                 continue

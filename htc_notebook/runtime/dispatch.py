@@ -15,9 +15,10 @@ import os
 import socket
 import time
 from contextlib import ExitStack
+from itertools import pairwise
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, cast
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence, cast
 
 import cloudpickle
 
@@ -37,12 +38,22 @@ from htc_notebook.states import TERMINAL_NAMES, NativeId, Outcome
 from htc_notebook.storage import Storage, checkpoint_path
 
 if TYPE_CHECKING:
-    from htc_notebook.backends.dask_jobs import DaskJobs
+    from htc_notebook.backends.local import LocalBackend
     from htc_notebook.backends.slurm.backend import SlurmBackend
 
 log = logging.getLogger(__name__)
 
 DISPATCH_SLICE = 5000  # jobs whose attempts and Launches are built and handed over at a time
+
+
+def _contiguous(rows: Sequence[JobRow | Pending]) -> range | None:
+    """The ids of `rows` as a range, if they are contiguous and rising (a new sweep's or batch's)."""
+    if isinstance(rows, SweepRows):
+        return rows.ids if isinstance(rows.ids, range) else None
+    if isinstance(rows, list) and rows and rows[-1].id - rows[0].id == len(rows) - 1 and all(
+            a.id < b.id for a, b in pairwise(rows)):
+        return range(rows[0].id, rows[-1].id + 1)
+    return None
 
 
 class TaskRows:
@@ -218,6 +229,9 @@ class Dispatcher:
         dropped, so memory does not grow with a sweep's size. Plain Python calls are handed over
         slice by slice (DaskJobs keeps them as small records, probing once per sweep); other
         launches are handed over together at the end (SLURM arrays and throttles are per submission).
+        New jobs of one local profile beyond the first slice (a large sweep or batch: plain Python
+        calls, or command jobs that are not MPI) are not made here at all: their runner is fed them
+        a slice at a time as its queue drains (`_feedable`, `runtime/sweep_feed.py`).
         """
         if not rows:
             return 0
@@ -248,42 +262,51 @@ class Dispatcher:
                                             after, behind, started)
                 self._hand_over(launches, later, rows, end, started)
                 count += n
-                profiles = list(launches)
+                feedable = start == 0 and end < len(rows) and started and not (release_for or after or behind)
+                feed = self._feedable(rows, launches, later) if feedable else None
                 del launches  # gone before the next slice's are built
-                if start == 0 and end < len(rows) and started and not (later or release_for or after or behind):
-                    runner = self._feedable(rows, profiles)
-                    if runner is not None:  # the rest a slice at a time, as the runner's queue drains
-                        runner.feed(self._feed(task, where, prefix, cast(SweepRows, rows), end, parents))
-                        return count + len(rows) - end
+                if feed is not None:  # the rest a slice at a time, as the runner's queue drains
+                    self._hand_over(later, {}, rows, end, started)
+                    feed(self._feed(task, where, prefix, cast(Sequence[Pending], rows), end, parents))
+                    return count + len(rows) - end
             self._hand_over(later, {}, rows, len(rows), started)
         return count
 
-    def _feedable(self, rows: Sequence[JobRow | Pending], profiles: list[str]) -> DaskJobs | None:
-        """The dask runner to feed the rest of `rows` to (`runtime/sweep_feed.py`): a sweep's new jobs
-        (SweepRows, contiguous ids) whose first slice was all plain Python calls of one local
-        profile; else None (handed over now, slice by slice)."""
-        if not isinstance(rows, SweepRows) or not isinstance(rows.ids, range) or len(profiles) != 1:
+    def _feedable(self, rows: Sequence[JobRow | Pending], calls: dict[str, list[Launch]],
+                  later: dict[str, list[Launch]]) -> Callable[[SweepFeed], None] | None:
+        """Where to feed the rest of `rows` (`runtime/sweep_feed.py`), given how their first slice went
+        (plain Python `calls`, the `later` others): new jobs with contiguous ids (a sweep's or a
+        batch's) of one local profile whose first slice was all plain Python calls (to its dask
+        runner) or all command jobs that are not MPI (to its command runner); else None (handed over
+        now, slice by slice)."""
+        if _contiguous(rows) is None or len(calls) + len(later) != 1:
             return None
-        profile = self.profiles.get(profiles[0])
+        name, launches = next(iter((calls or later).items()))
+        profile = self.profiles.get(name)
         if profile.backend != "local":
             return None
-        return self.backends.get(profile).dask_runners().get("local")
+        backend = cast("LocalBackend", self.backends.get(profile))
+        if calls:
+            runner = backend.dask_runners().get("local")
+            return runner.feed if runner is not None else None
+        if all(launch.kind == "command" and launch.mpi is None for launch in launches):
+            return backend.feed
+        return None
 
-    def _feed(self, task: TaskRow, where: plan.Where, prefix: str, rows: SweepRows, start: int,
+    def _feed(self, task: TaskRow, where: plan.Where, prefix: str, rows: Sequence[Pending], start: int,
               parents: ParentValues) -> SweepFeed:
-        """Jobs `rows[start:]` (recorded in their first attempt) as a feed of plain Python calls."""
+        """Jobs `rows[start:]` (recorded in their first attempt, contiguous ids) as a feed."""
 
         def make(chunk: Sequence[Pending]) -> list[Launch]:
             later: dict[str, list[Launch]] = {}
-            launches, _ = self._attempt(task, where, prefix, chunk, later, None, parents, None, started=True)
-            assert not later, "a sweep's calls are all plain Python calls"
-            return [launch for group in launches.values() for launch in group]
+            calls, _ = self._attempt(task, where, prefix, chunk, later, None, parents, None, started=True)
+            return [launch for group in (*calls.values(), *later.values()) for launch in group]
 
         def fail(ids: Sequence[int], reason: str) -> None:
             self._fail([(job_id, 1) for job_id in ids], reason)
 
-        feed = SweepFeed(rows, cast(range, rows.ids), make, self.ledger.first_attempts_left, fail, start=start,
-                         size=DISPATCH_SLICE, on_close=self.tasks.feeding.discard)
+        feed = SweepFeed(rows, cast(range, _contiguous(rows)), make, self.ledger.first_attempts_left, fail,
+                         start=start, size=DISPATCH_SLICE, on_close=self.tasks.feeding.discard)
         self.tasks.feeding.add(feed)
         return feed
 
