@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/scale.py ledger [--sizes 1000,10000,100000,1000000] [--repeats 3] [--write bench/results.md]
     .venv/bin/python bench/scale.py python [--sizes 1000,10000,100000] [--window 4000] [--write bench/results.md]
+    .venv/bin/python bench/scale.py commands [--sizes 10000,100000] [--before DIR] [--write bench/results.md]
     .venv/bin/python bench/scale.py slurm [--jobs 2000] [--limit 500] [--short 2000] [--write bench/results.md]
 
 `ledger`: on a fresh data root (a temp dir), for each task size, side by side in one run:
@@ -20,6 +21,11 @@
 - recording the largest size (at most --limited-size) under a project vCPU limit of 64 against none,
   and the reconcile loop's per-tick reads with those jobs held.
 Figures are medians of `--repeats` runs.
+
+`commands`: a batch of `true` command jobs on the local backend (each confined, run by its view's
+command zygote), each size in a fresh process: the kernel's peak RSS growth once `submit_batch`
+returned and once every job ended, and the time to every job's end. With `--before DIR` (a checkout
+of other code), the same runs of that code's toolkit (PYTHONPATH=DIR), sides alternating.
 
 `slurm`: command jobs through a per-user submit limit (htc's feeder against a plain shell loop that
 waits for room), and 0.1 s commands bundled against one array task per job: bench/slurm_scale.py.
@@ -320,6 +326,71 @@ def _python_table(args: argparse.Namespace) -> str:
             f"(targets: flat within 100 MB; within +0.5 kB per job over raw futures).")
 
 
+def _commands_side(jobs: int) -> dict:
+    """One measured run in this (fresh) process: a batch of `jobs` `true` commands, to every job's end."""
+    import gc
+    import tempfile
+
+    from htc_notebook import Session, SiteConfig
+
+    batch = {"jobName": "true", "batchSize": jobs, "htcJobDefinition": {"commands": ["true"]}}
+    with tempfile.TemporaryDirectory() as root, Session(root, site=SiteConfig.builtin()) as session:
+        project = session.project("bench")
+        project.task("warm-up").submit_batch({**batch, "batchSize": 20}).wait()  # the view's zygote, imports
+        gc.collect()
+        base, peaks = _rss_kb("VmRSS"), {}
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # VmHWM := VmRSS
+        t0 = time.perf_counter()
+        group = project.task("run").submit_batch(batch)
+        peaks["submitted"], submitted = _rss_kb("VmHWM"), time.perf_counter() - t0
+        group.wait()
+        seconds = time.perf_counter() - t0
+        peaks["ended"] = _rss_kb("VmHWM")
+        assert group.counts().get("SUCCEEDED") == jobs, group.counts()
+    return {"jobs": jobs, "seconds": seconds, "submitted_s": submitted,
+            "growth_mb": {phase: (kb - base) / 1024 for phase, kb in peaks.items()}}
+
+
+def bench_commands(args: argparse.Namespace) -> str:
+    """`commands`: each size (and side, with --before) in a fresh process, sides alternating; the table."""
+    import json
+    import os
+    import subprocess
+
+    if args.child:
+        return json.dumps(_commands_side(int(args.sizes)))
+    sizes = [int(s) for s in args.sizes.split(",")]
+    sides = {"now": str(Path(__file__).resolve().parents[1])} | ({"before": args.before} if args.before else {})
+    by = {}
+    for k, jobs in enumerate(sizes):
+        for r in range(args.repeats):
+            for side in (list(sides) if (k + r) % 2 == 0 else list(sides)[::-1]):
+                env = {**os.environ, "PYTHONPATH": sides[side]}
+                run = subprocess.run([sys.executable, __file__, "commands", "--child", "--sizes", str(jobs)],
+                                     capture_output=True, text=True, check=True, env=env)
+                out = json.loads(run.stdout.strip().splitlines()[-1])
+                by.setdefault((side, jobs), []).append(out)
+                print(f"{side} {jobs:>7}: {out['seconds']:7.1f} s, submitted in {out['submitted_s']:.1f} s, "
+                      f"peak RSS +{out['growth_mb']['submitted']:.0f} / +{out['growth_mb']['ended']:.0f} MB",
+                      flush=True)
+    lines = ["| code | jobs | submit_batch returned | every job ended | jobs/s | peak RSS growth: submitted / ended |",
+             "|---|---|---|---|---|---|"]
+    for jobs in sizes:
+        for side in sides:
+            runs = by[side, jobs]
+            med = statistics.median
+            lines.append(f"| {side} | {jobs:,} | {med(r['submitted_s'] for r in runs):.1f} s "
+                         f"| {med(r['seconds'] for r in runs):.1f} s | {med(jobs / r['seconds'] for r in runs):.0f} "
+                         f"| {med(r['growth_mb']['submitted'] for r in runs):.0f} / "
+                         f"**{med(r['growth_mb']['ended'] for r in runs):.0f}** MB |")
+    return (f"Batches of `true` command jobs on the local backend ({os.cpu_count()} cores; each job confined, "
+            f"forked by its view's command zygote), each run in a fresh process, medians of {args.repeats}"
+            + (f"; `before` is the code in {args.before}, sides alternating" if args.before else "")
+            + ". Peak RSS growth: the kernel's VmHWM minus its RSS just before `submit_batch`.\n\n"
+            + "\n".join(lines))
+
+
 def bench_python(args: argparse.Namespace) -> str:
     """`python`: the side-by-side table, or (--side, in a child process) one measured run as JSON."""
     if args.side:
@@ -349,6 +420,13 @@ def main() -> int:
     py.add_argument("--side", choices=("htc", "raw"), help=argparse.SUPPRESS)  # a child: one run of one size
     py.add_argument("--write", help="update this section of this results file")
     py.set_defaults(func=bench_python, section="scale-python")
+    cmds = sub.add_parser("commands", help="a local batch of `true` commands: the kernel's peak RSS, time")
+    cmds.add_argument("--sizes", default="10000,100000", help="comma-separated batch sizes")
+    cmds.add_argument("--repeats", type=int, default=1)
+    cmds.add_argument("--before", help="also run the toolkit checked out in this directory (PYTHONPATH)")
+    cmds.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # one run of one size, as JSON
+    cmds.add_argument("--write", help="update this section of this results file")
+    cmds.set_defaults(func=bench_commands, section="scale-commands")
     from slurm_scale import add_parser as add_slurm  # needs the test cluster (make slurm-up)
 
     add_slurm(sub)
