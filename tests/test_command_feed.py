@@ -120,3 +120,21 @@ def test_closing_the_session_ends_the_jobs_not_fed_cancelled(tmp_path, monkeypat
         ran = set(map(int, task.storage.path("ran.txt").read_text().split())) if task.storage.path(
             "ran.txt").exists() else set()
         assert not ran & {r.id for r in cancelled if r.reason == "session closed before the job started"}
+
+
+def test_a_command_sweep_is_fed_too(tmp_path, monkeypatch):
+    """A sweep of a command template makes its members' jobs a slice at a time (SweepRows) and feeds
+    them as a batch's; each member's command is its own."""
+    from htc_notebook import Sweep
+    from htc_notebook.backends import local_commands
+    from htc_notebook.runtime import dispatch
+
+    monkeypatch.setattr(dispatch, "DISPATCH_SLICE", SLICE)
+    monkeypatch.setattr(local_commands, "FEED_LOW", LOW)
+    with Session(tmp_path / "root", site=SiteConfig.builtin()) as s:
+        task = s.project("p").task("sweep")
+        group = task.sweep(["sh", "-c", "echo {x} >> ran.txt"], Sweep.zip(x=list(range(N))))
+        assert len(_unfed(s, group.ids)) > N // 2
+        group.wait(timeout=600)
+        assert group.counts()["SUCCEEDED"] == N
+        assert sorted(map(int, task.storage.path("ran.txt").read_text().split())) == list(range(N))
