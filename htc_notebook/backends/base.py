@@ -7,7 +7,7 @@ ledger: the runtime owns the truth (design G5) and records what backends report.
 
 from __future__ import annotations
 
-
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
@@ -16,6 +16,8 @@ from htc_notebook.states import Outcome
 from htc_notebook.spec import JobSpec
 from htc_notebook.storage.untrusted import read_tail
 
+
+log = logging.getLogger(__name__)
 
 JOB_UMASK = 0o077  # what a job creates is its user's alone: the data root is private (docs/security.md)
 # the variables that differ between jobs of one submission
@@ -190,6 +192,25 @@ class Feed(Protocol):
     def close(self) -> None:
         """Nothing more will be taken (given up with its runner)."""
         ...
+
+
+def take_from(source: Feed, reporter: Reporter, what: str) -> list[Launch]:
+    """`source.take()`. A Feed ends its own jobs FAILED when it cannot make them; should it raise all
+    the same (a bug), the jobs it has not given end FAILED (cause `submit`) saying so, instead of
+    staying RUNNABLE with nothing to run them, and [] is returned. `what`: the submission, in words."""
+    try:
+        return source.take()
+    except Exception as exc:  # ended and logged here, not raised into a runner's thread
+        log.exception("the feed of %s failed; its %d jobs not given yet end FAILED", what, len(source.left()))
+        end_untaken(source, reporter, "FAILED", f"not submitted: the {what}'s feed failed: {type(exc).__name__}: {exc}",
+                    cause="submit")
+        return []
+
+
+def end_untaken(source: Feed, reporter: Reporter, status: str, reason: str, cause: str | None = None) -> None:
+    """The jobs `source` has not given yet never run: each reported `status` in its first attempt."""
+    for job_id in source.left():
+        reporter.finished(Outcome(job_id, 1, status, reason=reason, cause=cause))
 
 
 class Backend(Protocol):

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Sequence
 
 import cloudpickle
 
-from htc_notebook.backends.base import PER_JOB_ENV, Feed, Launch, Reporter, call_outcome
+from htc_notebook.backends.base import PER_JOB_ENV, Feed, Launch, Reporter, call_outcome, end_untaken, take_from
 from htc_notebook.backends.pilot_commands import run_on_worker, task_key
 from htc_notebook.backends.dask_chain import Behind, Chains
 from htc_notebook.backends.dask_security import dashboard_link
@@ -337,14 +337,7 @@ class DaskJobs:
                 if not self._feeds or self._client is None or len(self._waiting) >= FEED_AHEAD:
                     return
                 source, self._taking = self._feeds[0], set()
-            try:
-                launches = source.take()  # the ledger read and the Launches made outside the lock
-            except Exception as exc:  # a Feed ends its own jobs FAILED when it cannot make them: a bug
-                log.exception("a feed of %d calls failed; they end FAILED", len(source.left()))
-                for job_id in source.left():  # not left RUNNABLE with nothing to run them
-                    self._reporter.finished(Outcome(job_id, 1, "FAILED", cause="submit", reason=(
-                        f"not submitted: the sweep's feed failed: {type(exc).__name__}: {exc}")))
-                launches = []
+            launches = take_from(source, self._reporter, "sweep")  # the ledger read and the Launches, outside the lock
             if launches:
                 self._submit(launches, fed=True)
                 del launches  # queued as small records: gone before the next slice is made
@@ -827,8 +820,8 @@ class DaskJobs:
         self._feed_now.set()  # the feeder ends, once the slice it may be making is reported
         if feeder is not None and feeder is not threading.current_thread():
             feeder.join(timeout=60)
-        for source in feeds:  # what they did not give yet never runs (each job in its first attempt)
-            ended += [(job_id, 1) for job_id in source.left()]
+        for source in feeds:  # what they did not give yet never runs
+            end_untaken(source, self._reporter, "CANCELLED", "session closed before the job finished")
             source.close()
         for job_id, attempt in ended:
             self._reporter.finished(Outcome(job_id, attempt, "CANCELLED",

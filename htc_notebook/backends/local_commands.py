@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 import cloudpickle
 
-from htc_notebook.backends.base import Feed, Launch, Reporter, call_outcome
+from htc_notebook.backends.base import Feed, Launch, Reporter, call_outcome, end_untaken, take_from
 from htc_notebook.backends.command_run import outcome, run_command
 from htc_notebook.backends.mpi_jobs import verdict
 from htc_notebook.backends.mpi_pool import RankPool
@@ -81,7 +81,7 @@ class CommandRunner:
                     self._feeder.start()
                 self._lock.notify_all()
         if closed:
-            self._end_untaken([source], "session closed before the job started")
+            self._end_untaken([source])
 
     def _feed_loop(self) -> None:
         """The feeder thread: a slice is made (outside the lock) whenever the queue runs low; it ends
@@ -94,14 +94,7 @@ class CommandRunner:
                     self._feeder = None
                     return
                 source, self._taking = self._feeds[0], set()
-            try:
-                launches = source.take()
-            except Exception as exc:  # a Feed ends its own jobs FAILED when it cannot make them: a bug
-                log.exception("a feed of %d command jobs failed; they end FAILED", len(source.left()))
-                for job_id in source.left():  # not left RUNNABLE with nothing to run them
-                    self._reporter.finished(Outcome(job_id, 1, "FAILED", cause="submit", reason=(
-                        f"not submitted: the batch's feed failed: {type(exc).__name__}: {exc}")))
-                launches = []
+            launches = take_from(source, self._reporter, "batch")
             with self._lock:
                 dropped, self._taking = self._taking or set(), None
                 unrun = [launch for launch in launches if launch.job_id not in dropped]
@@ -118,11 +111,10 @@ class CommandRunner:
             if not launches:
                 source.close()
 
-    def _end_untaken(self, feeds: Sequence[Feed], reason: str) -> None:
-        """What these feeds have not given yet never runs: CANCELLED (each job in its first attempt)."""
+    def _end_untaken(self, feeds: Sequence[Feed]) -> None:
+        """What these feeds have not given yet never runs: the session closed."""
         for source in feeds:
-            for job_id in source.left():
-                self._reporter.finished(Outcome(job_id, 1, "CANCELLED", reason=reason))
+            end_untaken(source, self._reporter, "CANCELLED", "session closed before the job started")
             source.close()
 
     def cancel(self, job_ids: Sequence[int]) -> None:
@@ -163,7 +155,7 @@ class CommandRunner:
             self._lock.notify_all()
         if feeder is not None:  # once the slice it may be making is queued (or reported, the runner being closed)
             feeder.join(timeout=60)
-        self._end_untaken(feeds, "session closed before the job started")
+        self._end_untaken(feeds)
         for launch in queued:
             self._reporter.finished(Outcome(launch.job_id, launch.attempt, "CANCELLED",
                                             reason="session closed before the job started"))
